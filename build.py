@@ -1,0 +1,69 @@
+"""cffi build script: compiles csrc/ into the extension module dataplane._core.
+
+API mode (``set_source``). The cdef is the part of ``csrc/dataplane.h``
+between the CDEF markers, so the header is the single contract between C
+and Python. DPDK is found with ``pkg-config libdpdk``.
+
+cffi's setuptools hook runs this file with exec, not import: paths are found
+through ``__file__``.
+"""
+import os
+import shlex
+import subprocess
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(HERE, "csrc")
+SOURCES = ["dp_control.c", "dp_pipeline.c", "afpacket.c"]
+
+
+def _pkg_config(*args):
+    try:
+        out = subprocess.run(
+            ["pkg-config", *args, "libdpdk"], check=True, capture_output=True, text=True
+        ).stdout
+    except FileNotFoundError:
+        sys.exit("dataplane build: pkg-config not found; install it "
+                 "(Debian/Ubuntu: apt-get install pkg-config libdpdk-dev)")
+    except subprocess.CalledProcessError:
+        sys.exit("dataplane build: DPDK development files not found by "
+                 "'pkg-config libdpdk'; install them (Debian/Ubuntu: "
+                 "apt-get install libdpdk-dev, DPDK 22.11 LTS or newer)")
+    return shlex.split(out)
+
+
+def read_cdef(path=os.path.join(CSRC, "dataplane.h")):
+    """The declarations between the CDEF markers of the header."""
+    text = open(path).read()
+    start = text.index("/* CDEF BEGIN */") + len("/* CDEF BEGIN */")
+    end = text.index("/* CDEF END */")
+    return text[start:end]
+
+
+def make_ffi():
+    cflags = _pkg_config("--cflags")
+    libs = _pkg_config("--libs")
+    ffi = FFI()
+    ffi.cdef(read_cdef())
+    ffi.set_source(
+        "dataplane._core",
+        '#include "dataplane.h"\n',
+        sources=[os.path.join("csrc", s) for s in SOURCES],  # relative to the project root
+        include_dirs=[CSRC],
+        extra_compile_args=cflags + ["-O3", "-march=native", "-std=gnu11",
+                                     "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                     "-DALLOW_EXPERIMENTAL_API"],
+        # the ring PMD is a plugin; rte_eth_from_rings needs it at link time
+        extra_link_args=libs + ["-lrte_net_ring"],
+    )
+    return ffi
+
+
+ffibuilder = make_ffi()
+
+if __name__ == "__main__":
+    # build in place (dataplane/_core*.so) for a checkout without pip
+    os.chdir(HERE)
+    ffibuilder.compile(tmpdir=".", verbose=True)

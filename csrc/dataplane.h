@@ -1,0 +1,148 @@
+/*
+ * dataplane.h - the one contract between the C forwarding core and Python.
+ *
+ * build.py feeds the text between the CDEF markers to cffi's cdef(), so that
+ * part holds plain declarations only: integer #defines, structs, prototypes.
+ * Everything else (X-macro lists, inline helpers) lives in dp_internal.h.
+ *
+ * Conventions
+ *   - every exported symbol starts with dp_ / DP_;
+ *   - functions return 0 (or a non-negative value) on success and a negative
+ *     errno on failure; dp_last_error() then holds a message naming the cause;
+ *   - control functions are called from the control (main lcore) thread only;
+ *     workers read tables lock-free and report quiescent states (RCU/QSBR).
+ */
+#ifndef DATAPLANE_H
+#define DATAPLANE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF BEGIN */
+
+#define DP_ABI_VERSION 3
+
+#define DP_MAX_WORKERS 8
+#define DP_MAX_PORTS 256
+#define DP_MAX_NETS 256
+#define DP_MAX_TUNNELS 1024
+#define DP_MAX_PLANES 8
+#define DP_BURST 32
+
+/* port roles */
+#define DP_ROLE_POD 0
+#define DP_ROLE_UPLINK 1
+
+/* port drivers */
+#define DP_DRV_ETHDEV 0
+#define DP_DRV_AFPACKET 1
+
+/* counter blocks (dp_counter_block) */
+#define DP_BLOCK_PORT 0
+#define DP_BLOCK_NET 1
+#define DP_BLOCK_DROP 2
+#define DP_BLOCK_WORKER 3
+
+/* per-port counters */
+#define DP_PORT_RX_PACKETS 0
+#define DP_PORT_RX_BYTES 1
+#define DP_PORT_TX_PACKETS 2
+#define DP_PORT_TX_BYTES 3
+#define DP_PORT_CTR_COUNT 4
+
+/* per-network counters */
+#define DP_NET_ENCAP 0
+#define DP_NET_DECAP 1
+#define DP_NET_FLOOD 2
+#define DP_NET_LOCAL 3
+#define DP_NET_CTR_COUNT 4
+
+/* per-worker counters */
+#define DP_WORKER_POLLS 0
+#define DP_WORKER_BUSY_POLLS 1
+#define DP_WORKER_CTR_COUNT 2
+
+/* fdb entry kinds (dp_fdb_get) */
+#define DP_FDB_NONE 0
+#define DP_FDB_LOCAL 1
+#define DP_FDB_REMOTE 2
+
+struct dp_eal_info {
+    int n_workers;           /* worker lcores started */
+    unsigned main_lcore;
+    int socket_id;
+};
+
+struct dp_vtep_conf {
+    uint32_t ip;             /* VTEP IPv4, host byte order */
+    uint8_t prefix_len;      /* underlay subnet of the VTEP address */
+    uint32_t gateway;        /* underlay next hop for other subnets, 0 = none */
+    uint8_t mac[6];          /* VTEP MAC (the uplink's) */
+    uint16_t udp_port;       /* VXLAN UDP destination port, normally 4789 */
+    uint16_t underlay_mtu;   /* IP MTU of the underlay, normally 1500 */
+    int uplink;              /* port index of the uplink, -1 = none */
+    int learning;            /* accept (and learn from) unknown source VTEPs */
+    int static_nh;           /* 1: use static_nh_mac, no ARP */
+    uint8_t static_nh_mac[6];
+};
+
+struct dp_port_info {
+    int used;
+    int driver;
+    int role;
+    int net;
+    int worker;
+    uint16_t eth_port;
+    uint16_t n_txq;
+    uint8_t mac[6];
+    char name[64];
+};
+
+/* process-wide */
+int dp_abi_version(void);
+const char *dp_last_error(void);
+int dp_eal_init(int argc, char **argv, struct dp_eal_info *info);
+int dp_setup(unsigned n_mbufs);
+int dp_start(void);
+int dp_stop(void);
+int dp_shutdown(void);
+int dp_running(void);
+
+/* ports */
+int dp_port_add(const char *devargs, int role);
+int dp_port_add_ring(const char *name, int role, unsigned ring_size);
+int dp_port_add_afpacket(const char *ifname, int role, unsigned frames);
+int dp_port_del(int port);
+int dp_port_info(int port, struct dp_port_info *out);
+int dp_port_set_net(int port, int net);
+
+/* networks */
+int dp_net_add(int net, uint32_t vni, int plane);
+int dp_net_del(int net);
+int dp_net_flood_set(int net, const uint32_t *vtep_ips, int n);
+
+/* forwarding database */
+int dp_fdb_add_local(int net, const uint8_t *mac, int port);
+int dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t vtep_ip);
+int dp_fdb_del(int net, const uint8_t *mac);
+int dp_fdb_get(int net, const uint8_t *mac, int *kind, uint32_t *target);
+int dp_fdb_count(void);
+
+/* VTEP and underlay neighbours */
+int dp_vtep_set(const struct dp_vtep_conf *conf);
+int dp_neigh_set(uint32_t ip, const uint8_t *mac);
+int dp_neigh_get(uint32_t ip, uint8_t *mac);
+int dp_housekeeping(void);
+
+/* counters: worker-major arrays of uint64_t, read without locks */
+uint64_t *dp_counter_block(int block, size_t *n_rows, size_t *row_len);
+int dp_counter_count(int block);
+const char *dp_counter_name(int block, int idx);
+
+/* test and tool ports: push frames into / take frames out of a ring port */
+int dp_ring_inject(int port, const uint8_t *data, const uint32_t *lens, int n);
+int dp_ring_collect(int port, uint8_t *buf, size_t buf_len, uint32_t *lens, int max);
+
+/* CDEF END */
+
+#endif /* DATAPLANE_H */

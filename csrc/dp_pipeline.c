@@ -1,0 +1,544 @@
+/*
+ * dp_pipeline.c - the per-worker forwarding loop. Run to completion, bursts
+ * of DP_BURST:
+ *
+ *   pod port rx → (network, dst MAC) bulk FDB lookup → local port | VXLAN
+ *                 encap to a remote VTEP | flood (local ports + one copy per
+ *                 remote VTEP of the network)
+ *   uplink rx   → outer checks → (VNI, source VTEP) bulk lookup → decap →
+ *                 bulk FDB lookup → local port | flood to local ports
+ *                 ARP for the VTEP address is answered here.
+ *   tx          → per (worker, port) buffers flushed once per burst.
+ *
+ * The hot path never logs, never fails: what it cannot send it frees and
+ * counts under a drop reason.
+ */
+#include <string.h>
+
+#include <rte_ethdev.h>
+#include <rte_arp.h>
+#include <rte_hash_crc.h>
+#include <rte_prefetch.h>
+#include <rte_malloc.h>
+
+#include "dp_internal.h"
+
+struct dp_wctx {
+    int id;
+    uint64_t *drop;                 /* this worker's drop counters */
+    uint64_t (*port)[DP_PORT_CTR_COUNT];
+    uint64_t (*net)[DP_NET_CTR_COUNT];
+    const struct dp_vtep *vtep;     /* snapshot for this loop iteration */
+    uint16_t n_dirty;
+    uint16_t dirty[DP_MAX_PORTS];
+    uint8_t queued[DP_MAX_PORTS];
+    struct dp_txbuf tx[DP_MAX_PORTS];
+};
+
+static inline void
+drop(struct dp_wctx *w, struct rte_mbuf *m, enum dp_drop why)
+{
+    w->drop[why]++;
+    rte_pktmbuf_free(m);
+}
+
+/* ------------------------------------------------------------------ tx */
+
+static void
+tx_flush(struct dp_wctx *w, uint16_t pi)
+{
+    struct dp_txbuf *b = &w->tx[pi];
+    uint16_t n = b->n;
+    if (n == 0)
+        return;
+    b->n = 0;
+    struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
+    if (unlikely(p == NULL)) {
+        w->drop[DP_DROP_PORT_GONE] += n;
+        rte_pktmbuf_free_bulk(b->m, n);
+        return;
+    }
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; i++)
+        bytes += b->m[i]->pkt_len;
+    uint16_t sent;
+    if (p->driver == DP_DRV_ETHDEV) {
+        if (likely(w->id < p->n_txq)) {
+            sent = rte_eth_tx_burst(p->eth_port, (uint16_t)w->id, b->m, n);
+        } else {
+            rte_spinlock_lock(p->tx_lock);
+            sent = rte_eth_tx_burst(p->eth_port, 0, b->m, n);
+            rte_spinlock_unlock(p->tx_lock);
+        }
+    } else {
+        rte_spinlock_lock(p->tx_lock);
+        sent = dp_afp_tx_burst(p->afp, b->m, n);
+        rte_spinlock_unlock(p->tx_lock);
+    }
+    if (unlikely(sent < n)) {
+        for (uint16_t i = sent; i < n; i++)
+            bytes -= b->m[i]->pkt_len;
+        w->drop[DP_DROP_TX_FULL] += n - sent;
+        rte_pktmbuf_free_bulk(b->m + sent, n - sent);
+    }
+    w->port[pi][DP_PORT_TX_PACKETS] += sent;
+    w->port[pi][DP_PORT_TX_BYTES] += bytes;
+}
+
+static inline void
+tx_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
+{
+    struct dp_txbuf *b = &w->tx[pi];
+    if (!w->queued[pi]) {
+        w->queued[pi] = 1;
+        w->dirty[w->n_dirty++] = pi;
+    }
+    b->m[b->n++] = m;
+    if (unlikely(b->n == DP_TXBUF))
+        tx_flush(w, pi);
+}
+
+static void
+tx_flush_all(struct dp_wctx *w)
+{
+    for (uint16_t i = 0; i < w->n_dirty; i++) {
+        uint16_t pi = w->dirty[i];
+        tx_flush(w, pi);
+        w->queued[pi] = 0;
+    }
+    w->n_dirty = 0;
+}
+
+/* --------------------------------------------------------------- encap */
+
+/*
+ * Inner flow hash for the outer UDP source port (RFC 7348 §5: entropy for
+ * ECMP, in the dynamic range 49152-65535) and the inner DSCP to copy.
+ */
+static inline uint32_t
+inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
+{
+    uint16_t et;
+    memcpy(&et, eth + 12, 2);
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && m->data_len >= 34) {
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
+        *tos = ip->type_of_service & 0xfc;
+        uint64_t addrs;
+        memcpy(&addrs, &ip->src_addr, 8);
+        uint32_t h = rte_hash_crc_8byte(addrs, ip->next_proto_id);
+        uint32_t hl = (ip->version_ihl & 0xf) * 4u;
+        if ((ip->next_proto_id == IPPROTO_TCP || ip->next_proto_id == IPPROTO_UDP ||
+             ip->next_proto_id == IPPROTO_SCTP) &&
+            !(ip->fragment_offset & RTE_BE16(0x3fff)) && m->data_len >= 14 + hl + 4)
+        {
+            uint32_t ports;
+            memcpy(&ports, eth + 14 + hl, 4);
+            h = rte_hash_crc_4byte(ports, h);
+        }
+        return h;
+    }
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6) && m->data_len >= 54) {
+        const uint8_t *ip6 = eth + 14;
+        uint32_t vtc;
+        memcpy(&vtc, ip6, 4);
+        *tos = (uint8_t)((rte_be_to_cpu_32(vtc) >> 20) & 0xfc);
+        return rte_hash_crc(ip6 + 8, 32, vtc & RTE_BE32(0x000fffff));
+    }
+    *tos = 0;
+    return rte_hash_crc(eth, 12, et);
+}
+
+static inline void
+encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+{
+    const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
+    if (unlikely(t == NULL || !t->resolved)) {
+        drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
+        return;
+    }
+    if (unlikely(m->pkt_len > net->max_frame)) {
+        drop(w, m, DP_DROP_OVERSIZE);
+        return;
+    }
+    uint8_t tos;
+    uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
+    uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
+    if (unlikely(hdr == NULL)) {
+        drop(w, m, DP_DROP_NO_HEADROOM);
+        return;
+    }
+    rte_memcpy(hdr, t->hdr, DP_VXLAN_HDR_LEN);
+    struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(hdr + sizeof(struct rte_ether_hdr));
+    struct rte_udp_hdr *udp = (struct rte_udp_hdr *)(ip + 1);
+    struct rte_vxlan_hdr *vx = (struct rte_vxlan_hdr *)(udp + 1);
+    uint16_t ip_len = (uint16_t)(m->pkt_len - sizeof(struct rte_ether_hdr));
+    ip->type_of_service = tos;
+    ip->total_length = rte_cpu_to_be_16(ip_len);
+    /* incremental checksum: template sum + first word (version, TOS) + length */
+    uint16_t w0;
+    memcpy(&w0, ip, 2);
+    uint32_t sum = t->csum_base + w0 + ip->total_length;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    ip->hdr_checksum = (uint16_t)~sum;
+    h ^= h >> 16;
+    udp->src_port = rte_cpu_to_be_16((uint16_t)(0xc000 | (h & 0x3fff)));
+    udp->dgram_len = rte_cpu_to_be_16((uint16_t)(ip_len - sizeof(struct rte_ipv4_hdr)));
+    vx->vx_vni = net->vni_be_word;
+    w->net[net->idx][DP_NET_ENCAP]++;
+    tx_put(w, (uint16_t)w->vtep->uplink, m);
+}
+
+/*
+ * Broadcast, multicast and unknown unicast: every local port of the network
+ * but the ingress one, and (from pods only) one encapsulated copy per remote
+ * VTEP in the network's flood list.
+ */
+static void
+flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
+      struct rte_mbuf *m)
+{
+    uint16_t targets[DP_MAX_PORTS];
+    uint16_t nt = 0;
+    for (uint16_t i = 0; i < net->n_local; i++)
+        if (net->local[i] != in_port)
+            targets[nt++] = net->local[i];
+    uint16_t nr = to_remote && w->vtep->uplink >= 0 ? net->n_flood : 0;
+    if (unlikely(nt == 0 && nr == 0)) {
+        drop(w, m, DP_DROP_NO_DESTINATION);
+        return;
+    }
+    w->net[net->idx][DP_NET_FLOOD]++;
+    for (uint16_t i = 0; i < nr; i++) {
+        struct rte_mbuf *c = rte_pktmbuf_copy(m, dp.pool, 0, UINT32_MAX);
+        if (unlikely(c == NULL)) {
+            w->drop[DP_DROP_NO_MBUF]++;
+            continue;
+        }
+        encap(w, net, net->flood[i], c);
+    }
+    if (nt == 0) {
+        rte_pktmbuf_free(m);
+        return;
+    }
+    /* local copies share the frame: it is not modified any more */
+    rte_pktmbuf_refcnt_update(m, (int16_t)(nt - 1));
+    for (uint16_t i = 0; i < nt; i++)
+        tx_put(w, targets[i], m);
+}
+
+static void
+pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, uint16_t n)
+{
+    const struct dp_net *net =
+        in->net >= 0 ? atomic_load_explicit(&dp.nets[in->net], memory_order_acquire) : NULL;
+    if (unlikely(net == NULL)) {
+        w->drop[DP_DROP_NO_NETWORK] += n;
+        rte_pktmbuf_free_bulk(pkts, n);
+        return;
+    }
+    uint64_t keys[DP_BURST];
+    const void *kp[DP_BURST];
+    void *val[DP_BURST];
+    uint64_t hits = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        const uint8_t *eth = rte_pktmbuf_mtod(pkts[i], const uint8_t *);
+        keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
+        kp[i] = &keys[i];
+    }
+    rte_hash_lookup_bulk_data(dp.fdb, kp, n, &hits, val);
+    uint64_t local = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        struct rte_mbuf *m = pkts[i];
+        if (i + 1 < n)
+            rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void *));
+        if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
+            drop(w, m, DP_DROP_TRUNCATED);
+            continue;
+        }
+        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
+        if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
+            flood(w, net, in->idx, 1, m);
+            continue;
+        }
+        uint32_t target = DP_FDB_TARGET(val[i]);
+        if (DP_FDB_KIND(val[i]) == DP_FDB_REMOTE) {
+            if (unlikely(w->vtep->uplink < 0)) {
+                drop(w, m, DP_DROP_NO_UPLINK);
+                continue;
+            }
+            encap(w, net, target, m);
+        } else if (unlikely((int)target == in->idx)) {
+            drop(w, m, DP_DROP_HAIRPIN);
+        } else {
+            local++;
+            tx_put(w, (uint16_t)target, m);
+        }
+    }
+    w->net[net->idx][DP_NET_LOCAL] += local;
+}
+
+/* ------------------------------------------------------------- uplink */
+
+static void
+slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
+{
+    struct dp_slow_event ev = {.kind = kind, .ip = rte_be_to_cpu_32(ip_be), .net = net};
+    memcpy(ev.mac, mac, 6);
+    if (rte_ring_enqueue_elem(dp.slow_ring, &ev, sizeof(ev)) != 0)
+        w->drop[DP_DROP_SLOWPATH_FULL]++;
+}
+
+/* ARP on the uplink: answer requests for the VTEP address, learn senders */
+static void
+arp_input(struct dp_wctx *w, struct rte_mbuf *m)
+{
+    const struct dp_vtep *v = w->vtep;
+    struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, struct rte_ether_hdr *);
+    struct rte_arp_hdr *arp = (struct rte_arp_hdr *)(eth + 1);
+    if (unlikely(m->data_len < sizeof(*eth) + sizeof(*arp) ||
+                 arp->arp_hardware != RTE_BE16(RTE_ARP_HRD_ETHER) ||
+                 arp->arp_protocol != RTE_BE16(RTE_ETHER_TYPE_IPV4) ||
+                 arp->arp_hlen != 6 || arp->arp_plen != 4 ||
+                 arp->arp_data.arp_tip != v->ip_be || v->uplink < 0)) {
+        drop(w, m, DP_DROP_ARP_IGNORED);
+        return;
+    }
+    slow_event(w, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes, arp->arp_data.arp_sip, 0);
+    if (arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
+        rte_pktmbuf_free(m); /* a reply: consumed by the neighbour table */
+        return;
+    }
+    /* turn the request into the reply, in place */
+    arp->arp_opcode = RTE_BE16(RTE_ARP_OP_REPLY);
+    arp->arp_data.arp_tha = arp->arp_data.arp_sha;
+    arp->arp_data.arp_tip = arp->arp_data.arp_sip;
+    memcpy(arp->arp_data.arp_sha.addr_bytes, v->mac, 6);
+    arp->arp_data.arp_sip = v->ip_be;
+    eth->dst_addr = arp->arp_data.arp_tha;
+    memcpy(eth->src_addr.addr_bytes, v->mac, 6);
+    tx_put(w, (uint16_t)v->uplink, m);
+}
+
+static void
+uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
+{
+    const struct dp_vtep *v = w->vtep;
+    struct rte_mbuf *vx_pkts[DP_BURST];
+    uint64_t keys[DP_BURST];
+    const void *kp[DP_BURST];
+    void *val[DP_BURST];
+    uint16_t k = 0;
+
+    /* 1. outer checks; keep VXLAN frames for us, stripped of nothing yet */
+    for (uint16_t i = 0; i < n; i++) {
+        struct rte_mbuf *m = pkts[i];
+        if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
+            drop(w, m, DP_DROP_TRUNCATED);
+            continue;
+        }
+        const struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, const struct rte_ether_hdr *);
+        if (unlikely(eth->ether_type != RTE_BE16(RTE_ETHER_TYPE_IPV4))) {
+            if (eth->ether_type == RTE_BE16(RTE_ETHER_TYPE_ARP))
+                arp_input(w, m);
+            else
+                drop(w, m, DP_DROP_UPLINK_NON_IP);
+            continue;
+        }
+        if (unlikely(memcmp(eth->dst_addr.addr_bytes, v->mac, 6) != 0)) {
+            drop(w, m, DP_DROP_NOT_FOR_US);
+            continue;
+        }
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 1);
+        uint32_t hl = (ip->version_ihl & 0xf) * 4u;
+        if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ||
+                     (ip->version_ihl >> 4) != 4 || hl < sizeof(*ip))) {
+            drop(w, m, m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ? DP_DROP_TRUNCATED
+                                                                     : DP_DROP_BAD_IP);
+            continue;
+        }
+        if (unlikely(ip->dst_addr != v->ip_be)) {
+            drop(w, m, DP_DROP_NOT_FOR_US);
+            continue;
+        }
+        if (unlikely(ip->fragment_offset & RTE_BE16(0x3fff))) {
+            drop(w, m, DP_DROP_IP_FRAGMENT);
+            continue;
+        }
+        if (unlikely(ip->next_proto_id != IPPROTO_UDP)) {
+            drop(w, m, DP_DROP_NOT_UDP);
+            continue;
+        }
+        uint32_t tot = rte_be_to_cpu_16(ip->total_length);
+        uint32_t outer = RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr) +
+                         sizeof(struct rte_vxlan_hdr);
+        if (unlikely(tot < hl || RTE_ETHER_HDR_LEN + tot > m->pkt_len ||
+                     m->data_len < outer)) {
+            drop(w, m, DP_DROP_TRUNCATED);
+            continue;
+        }
+        const struct rte_udp_hdr *udp = (const struct rte_udp_hdr *)((const uint8_t *)ip + hl);
+        if (unlikely(udp->dst_port != v->udp_port_be)) {
+            drop(w, m, DP_DROP_UDP_PORT);
+            continue;
+        }
+        if (unlikely(RTE_ETHER_HDR_LEN + tot < outer + RTE_ETHER_HDR_LEN)) {
+            drop(w, m, DP_DROP_TRUNCATED);
+            continue;
+        }
+        const struct rte_vxlan_hdr *vx = (const struct rte_vxlan_hdr *)(udp + 1);
+        if (unlikely(!(*(const uint8_t *)vx & 0x08))) {
+            drop(w, m, DP_DROP_VXLAN_FLAGS);
+            continue;
+        }
+        /* drop Ethernet padding past the IP datagram */
+        if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
+            rte_pktmbuf_trim(m, (uint16_t)(m->pkt_len - RTE_ETHER_HDR_LEN - tot));
+        keys[k] = dp_vtep_key(vx->vx_vni & RTE_BE32(0xffffff00), ip->src_addr);
+        kp[k] = &keys[k];
+        m->l2_len = (uint16_t)outer; /* remembered for the strip below */
+        vx_pkts[k++] = m;
+    }
+    if (k == 0)
+        return;
+
+    /* 2. (VNI, source VTEP) → network; strip the outer headers */
+    uint64_t hits = 0;
+    rte_hash_lookup_bulk_data(dp.vteps, kp, k, &hits, val);
+    uint16_t nets[DP_BURST];
+    uint16_t j = 0;
+    for (uint16_t i = 0; i < k; i++) {
+        struct rte_mbuf *m = vx_pkts[i];
+        uint32_t net;
+        if (likely((hits >> i) & 1)) {
+            net = (uint32_t)(uintptr_t)val[i];
+        } else {
+            uint32_t vni = rte_be_to_cpu_32((uint32_t)(keys[i] >> 32)) >> 8;
+            void *d;
+            if (rte_hash_lookup_data(dp.vnis, &vni, &d) < 0) {
+                drop(w, m, DP_DROP_UNKNOWN_VNI);
+                continue;
+            }
+            if (!v->learning) {
+                drop(w, m, DP_DROP_UNKNOWN_VTEP);
+                continue;
+            }
+            net = (uint32_t)(uintptr_t)d;
+            const uint8_t *inner = rte_pktmbuf_mtod_offset(m, const uint8_t *, m->l2_len);
+            slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)keys[i], net);
+        }
+        rte_pktmbuf_adj(m, m->l2_len);
+        m->l2_len = 0;
+        w->net[net][DP_NET_DECAP]++;
+        const uint8_t *inner = rte_pktmbuf_mtod(m, const uint8_t *);
+        keys[j] = dp_fdb_key(net, inner);
+        kp[j] = &keys[j];
+        nets[j] = (uint16_t)net;
+        vx_pkts[j++] = m;
+    }
+    if (j == 0)
+        return;
+
+    /* 3. inner destination within the VNI's network */
+    hits = 0;
+    rte_hash_lookup_bulk_data(dp.fdb, kp, j, &hits, val);
+    for (uint16_t i = 0; i < j; i++) {
+        struct rte_mbuf *m = vx_pkts[i];
+        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
+        if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
+            const struct dp_net *net =
+                atomic_load_explicit(&dp.nets[nets[i]], memory_order_acquire);
+            if (unlikely(net == NULL))
+                drop(w, m, DP_DROP_UNKNOWN_VNI);
+            else
+                flood(w, net, -1, 0, m);
+            continue;
+        }
+        if (unlikely(DP_FDB_KIND(val[i]) != DP_FDB_LOCAL)) {
+            drop(w, m, DP_DROP_SPLIT_HORIZON);
+            continue;
+        }
+        w->net[nets[i]][DP_NET_LOCAL]++;
+        tx_put(w, (uint16_t)DP_FDB_TARGET(val[i]), m);
+    }
+}
+
+/* ------------------------------------------------------------ main loop */
+
+static inline uint16_t
+port_rx(const struct dp_port *p, struct rte_mbuf **pkts)
+{
+    if (p->driver == DP_DRV_ETHDEV)
+        return rte_eth_rx_burst(p->eth_port, 0, pkts, DP_BURST);
+    return dp_afp_rx_burst(p->afp, pkts, DP_BURST);
+}
+
+int
+dp_worker_main(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    struct dp_wctx *w = rte_zmalloc("dp_wctx", sizeof(*w), RTE_CACHE_LINE_SIZE);
+    if (w == NULL)
+        return -1;
+    w->id = id;
+    w->drop = dp.ctr->drop[id];
+    w->port = dp.ctr->port[id];
+    w->net = dp.ctr->net[id];
+    uint64_t *wc = dp.ctr->worker[id];
+    struct rte_mbuf *pkts[DP_BURST];
+
+    rte_rcu_qsbr_thread_register(dp.qsbr, (unsigned)id);
+    rte_rcu_qsbr_thread_online(dp.qsbr, (unsigned)id);
+
+    while (!atomic_load_explicit(&dp.stop, memory_order_relaxed)) {
+        const struct dp_poll_list *pl = atomic_load_explicit(&dp.poll[id], memory_order_acquire);
+        w->vtep = atomic_load_explicit(&dp.vtep, memory_order_acquire);
+        uint64_t busy = 0;
+
+        for (uint16_t i = 0; i < pl->n; i++) {
+            uint16_t pi = pl->port[i];
+            const struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
+            if (unlikely(p == NULL))
+                continue;
+
+            /* control-plane frames (ARP requests) leave by the uplink */
+            if (p->role == DP_ROLE_UPLINK && unlikely(!rte_ring_empty(dp.ctrl_tx))) {
+                struct rte_mbuf *c[DP_BURST];
+                unsigned nc = rte_ring_dequeue_burst(dp.ctrl_tx, (void **)c, DP_BURST, NULL);
+                for (unsigned x = 0; x < nc; x++)
+                    tx_put(w, pi, c[x]);
+            }
+
+            /* rx */
+            uint16_t n = port_rx(p, pkts);
+            if (n == 0)
+                continue;
+            busy++;
+            uint64_t bytes = 0;
+            for (uint16_t x = 0; x < n; x++)
+                bytes += pkts[x]->pkt_len;
+            w->port[pi][DP_PORT_RX_PACKETS] += n;
+            w->port[pi][DP_PORT_RX_BYTES] += bytes;
+
+            /* process */
+            if (p->role == DP_ROLE_POD)
+                pod_burst(w, p, pkts, n);
+            else
+                uplink_burst(w, pkts, n);
+
+            /* tx: everything this burst produced */
+            tx_flush_all(w);
+        }
+        wc[DP_WORKER_POLLS]++;
+        wc[DP_WORKER_BUSY_POLLS] += busy != 0;
+
+        /* no table entry or snapshot read above is held past this point */
+        rte_rcu_qsbr_quiescent(dp.qsbr, (unsigned)id);
+    }
+
+    tx_flush_all(w);
+    rte_rcu_qsbr_thread_offline(dp.qsbr, (unsigned)id);
+    rte_rcu_qsbr_thread_unregister(dp.qsbr, (unsigned)id);
+    rte_free(w);
+    return 0;
+}

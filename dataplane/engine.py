@@ -1,0 +1,444 @@
+"""Engine: the Python face of the C forwarding core.
+
+One Engine per process (DPDK's EAL starts once per process). The calling
+thread is the control thread; worker lcores forward. Every method is a
+control-path call (per table change or per burst of work), never per packet.
+
+    eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1]))
+    up = eng.add_port("net_ring_up", role="uplink")   # any DPDK device string
+    eng.add_network(0, vni=100, plane=0)
+    ...
+    eng.start()
+"""
+import dataclasses
+import ipaddress
+import os
+import threading
+import time
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from . import errors
+from .errors import ConfigError, EALError, check
+
+try:
+    from ._core import ffi, lib
+except ImportError as e:  # pragma: no cover - depends on the build
+    raise ImportError(
+        f"dataplane._core cannot be loaded ({e}): build it with 'pip install -e .' "
+        "(needs libdpdk-dev, pkg-config and a C compiler)"
+    ) from e
+
+#: the C ABI this Python code was written against (csrc/dataplane.h)
+ABI_VERSION = 3
+if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
+    raise ImportError(
+        f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
+        f"package's {ABI_VERSION}: rebuild with 'pip install -e .'"
+    )
+
+ROLES = {"pod": lib.DP_ROLE_POD, "uplink": lib.DP_ROLE_UPLINK}
+MODES = ("hugepages", "fallback")
+
+
+def _names(block):
+    return [ffi.string(lib.dp_counter_name(block, i)).decode()
+            for i in range(lib.dp_counter_count(block))]
+
+
+DROP_REASONS: List[str] = _names(lib.DP_BLOCK_DROP)
+PORT_COUNTERS: List[str] = _names(lib.DP_BLOCK_PORT)
+NET_COUNTERS: List[str] = _names(lib.DP_BLOCK_NET)
+WORKER_COUNTERS: List[str] = _names(lib.DP_BLOCK_WORKER)
+
+
+def parse_mac(mac, field="mac") -> bytes:
+    """'02:00:00:00:00:01' (or 6 bytes) -> 6 bytes; ConfigError naming field."""
+    if isinstance(mac, (bytes, bytearray)) and len(mac) == 6:
+        return bytes(mac)
+    try:
+        parts = str(mac).replace("-", ":").split(":")
+        if len(parts) != 6:
+            raise ValueError
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{field}: {mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)") from None
+
+
+def format_mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in bytes(b))
+
+
+def parse_ipv4(ip, field="ip") -> int:
+    try:
+        return int(ipaddress.IPv4Address(str(ip)))
+    except ValueError:
+        raise ConfigError(f"{field}: {ip!r} is not an IPv4 address") from None
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    """How to start DPDK. Validated by :meth:`eal_args`."""
+
+    mode: str = "fallback"            # "hugepages" or "fallback" (EAL --no-huge)
+    lcores: Sequence[int] = (0, 1)    # first: control thread; others: workers
+    pci: Sequence[str] = ()           # PCI devices to use; empty: --no-pci
+    memory_mb: int = 512
+    n_mbufs: int = 16383
+    file_prefix: Optional[str] = None  # default: unique per process
+    log_level: str = "notice"
+
+    def eal_args(self) -> List[str]:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        lcores = list(self.lcores)
+        if len(lcores) < 2:
+            raise ConfigError("lcores: need at least two (one control, one worker)")
+        if len(set(lcores)) != len(lcores) or any(
+                not isinstance(c, int) or c < 0 for c in lcores):
+            raise ConfigError(f"lcores: {lcores!r} must be distinct non-negative integers")
+        if len(lcores) - 1 > lib.DP_MAX_WORKERS:
+            raise ConfigError(f"lcores: at most {lib.DP_MAX_WORKERS} workers")
+        ncpu = os.cpu_count() or 1
+        bad = [c for c in lcores if c >= ncpu]
+        if bad:
+            raise ConfigError(f"lcores: {bad} not present (this machine has {ncpu} CPUs)")
+        if not 64 <= int(self.memory_mb) <= 1 << 20:
+            raise ConfigError(f"memory_mb: {self.memory_mb} out of range 64..1048576")
+        if not 1023 <= int(self.n_mbufs) <= 1 << 22:
+            raise ConfigError(f"n_mbufs: {self.n_mbufs} out of range 1023..4194304")
+        prefix = self.file_prefix or f"dataplane-{os.getpid()}"
+        if not prefix.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"file_prefix: {prefix!r} must be letters, digits, - or _")
+        args = ["dataplane", "-l", ",".join(map(str, lcores)),
+                "--main-lcore", str(lcores[0]),
+                "--file-prefix", prefix,
+                "-m", str(int(self.memory_mb)),
+                f"--log-level={self.log_level}"]
+        if self.mode == "fallback":
+            # plain anonymous memory, no shared config files
+            args += ["--no-huge", "--no-shconf"]
+        else:
+            # hugepages through memfd: no hugetlbfs file outlives the process
+            args.append("--in-memory")
+        if self.pci:
+            for dev in self.pci:
+                if not isinstance(dev, str) or not dev or "," in dev or " " in dev:
+                    raise ConfigError(f"pci: {dev!r} is not a PCI address such as 0000:03:00.0")
+                args += ["-a", dev]
+        else:
+            # the machine's own NIC must never be probed
+            args.append("--no-pci")
+        return args
+
+
+@dataclasses.dataclass
+class PortInfo:
+    index: int
+    name: str
+    role: str
+    driver: str
+    network: Optional[int]
+    worker: int
+    mac: str
+
+
+class Counters:
+    """Counters summed over workers at the time of the call (numpy arrays)."""
+
+    def __init__(self, port, net, drop, worker):
+        self.port = port        # [DP_MAX_PORTS, len(PORT_COUNTERS)]
+        self.net = net          # [DP_MAX_NETS, len(NET_COUNTERS)]
+        self.drop = drop        # [len(DROP_REASONS)]
+        self.worker = worker    # [n_workers, len(WORKER_COUNTERS)]
+
+    def drops(self) -> dict:
+        return {name: int(self.drop[i]) for i, name in enumerate(DROP_REASONS)}
+
+    def port_dict(self, port: int) -> dict:
+        return {name: int(self.port[port, i]) for i, name in enumerate(PORT_COUNTERS)}
+
+    def net_dict(self, net: int) -> dict:
+        return {name: int(self.net[net, i]) for i, name in enumerate(NET_COUNTERS)}
+
+
+_started_in_pid = None
+
+
+class Engine:
+    """The forwarding core of this process."""
+
+    def __init__(self, config: Optional[EngineConfig] = None):
+        global _started_in_pid
+        self.config = config or EngineConfig()
+        args = self.config.eal_args()
+        if _started_in_pid == os.getpid():
+            raise EALError("DPDK's EAL was already started in this process; "
+                           "it cannot be started twice (use a child process)")
+        self._lock = threading.RLock()
+        self._keep = [ffi.new("char[]", a.encode()) for a in args]
+        argv = ffi.new("char *[]", self._keep)
+        info = ffi.new("struct dp_eal_info *")
+        check(lib.dp_eal_init(len(args), argv, info), lib, ffi, "starting DPDK (EAL)")
+        _started_in_pid = os.getpid()
+        self.eal_args = args
+        self.n_workers = info.n_workers
+        check(lib.dp_setup(int(self.config.n_mbufs)), lib, ffi, "setting up the core")
+        self._views = {b: self._block(b) for b in (lib.DP_BLOCK_PORT, lib.DP_BLOCK_NET,
+                                                  lib.DP_BLOCK_DROP, lib.DP_BLOCK_WORKER)}
+        self._hk_stop = threading.Event()
+        self._hk_thread = None
+        self._closed = False
+
+    # ---------------------------------------------------------------- misc
+    def _call(self, what, fn, *args):
+        with self._lock:
+            return check(fn(*args), lib, ffi, what)
+
+    @staticmethod
+    def _block(b):
+        rows = ffi.new("size_t *")
+        cols = ffi.new("size_t *")
+        ptr = lib.dp_counter_block(b, rows, cols)
+        buf = ffi.buffer(ptr, rows[0] * cols[0] * 8)
+        return np.frombuffer(buf, dtype=np.uint64).reshape(rows[0], cols[0])
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, housekeeping_interval=0.01):
+        """Start the workers, and a thread that runs control housekeeping
+        (ARP, learning) every ``housekeeping_interval`` seconds."""
+        self._call("starting workers", lib.dp_start)
+        if housekeeping_interval and self._hk_thread is None:
+            self._hk_stop.clear()
+            self._hk_thread = threading.Thread(
+                target=self._hk_loop, args=(housekeeping_interval,),
+                name="dataplane-housekeeping", daemon=True)
+            self._hk_thread.start()
+
+    def _hk_loop(self, interval):
+        while not self._hk_stop.wait(interval):
+            self.housekeeping()
+
+    def stop(self):
+        if self._hk_thread is not None:
+            self._hk_stop.set()
+            self._hk_thread.join()
+            self._hk_thread = None
+        self._call("stopping workers", lib.dp_stop)
+
+    @property
+    def running(self) -> bool:
+        return bool(lib.dp_running())
+
+    def housekeeping(self) -> int:
+        with self._lock:
+            if self._closed:
+                return 0
+            return lib.dp_housekeeping()
+
+    def close(self):
+        """Stop forwarding, remove every port, release DPDK memory."""
+        if self._closed:
+            return
+        self.stop()
+        with self._lock:
+            self._views = {}
+            lib.dp_shutdown()
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---------------------------------------------------------------- ports
+    @staticmethod
+    def _role(role):
+        if role not in ROLES:
+            raise ConfigError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+        return ROLES[role]
+
+    def add_port(self, devargs: str, role: str = "pod") -> int:
+        """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
+        ``net_null0``, ``net_tap0,iface=dp0``, ``net_memif0,role=server``,
+        ``net_af_packet0,iface=veth0``) as a port; returns its index."""
+        if not isinstance(devargs, str) or not devargs.strip():
+            raise ConfigError("devargs: empty device string")
+        r = self._role(role)
+        return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r)
+
+    def add_ring_port(self, name: str, role: str = "pod", size: int = 4096) -> int:
+        """A net_ring port whose rx and tx rings this process feeds and drains
+        with :meth:`inject` and :meth:`collect`."""
+        r = self._role(role)
+        if size <= 0 or size & (size - 1):
+            raise ConfigError(f"size: {size} is not a power of two")
+        return self._call(f"adding ring port {name!r}", lib.dp_port_add_ring,
+                          name.encode(), r, size)
+
+    def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048) -> int:
+        """A kernel interface through the core's native AF_PACKET driver."""
+        r = self._role(role)
+        if frames < 64 or frames & (frames - 1):
+            raise ConfigError(f"frames: {frames} must be a power of two >= 64")
+        return self._call(f"adding AF_PACKET port {ifname!r}", lib.dp_port_add_afpacket,
+                          ifname.encode(), r, frames)
+
+    def del_port(self, port: int):
+        self._call(f"removing port {port}", lib.dp_port_del, port)
+
+    def port_info(self, port: int) -> Optional[PortInfo]:
+        out = ffi.new("struct dp_port_info *")
+        with self._lock:
+            if not lib.dp_port_info(port, out):
+                return None
+        return PortInfo(
+            index=port, name=ffi.string(out.name).decode(),
+            role="uplink" if out.role == lib.DP_ROLE_UPLINK else "pod",
+            driver="afpacket" if out.driver == lib.DP_DRV_AFPACKET else "ethdev",
+            network=out.net if out.net >= 0 else None, worker=out.worker,
+            mac=format_mac(bytes(out.mac)))
+
+    def ports(self) -> List[PortInfo]:
+        return [p for p in (self.port_info(i) for i in range(lib.DP_MAX_PORTS)) if p]
+
+    def set_port_network(self, port: int, net: Optional[int]):
+        self._call(f"attaching port {port} to network {net}", lib.dp_port_set_net,
+                   port, -1 if net is None else net)
+
+    # ------------------------------------------------------------- networks
+    def add_network(self, net: int, vni: int, plane: int = 0):
+        if not isinstance(vni, int) or not 1 <= vni < 1 << 24:
+            raise ConfigError(f"vni: {vni!r} out of range 1..16777215 (24 bits)")
+        self._call(f"adding network {net} (VNI {vni})", lib.dp_net_add, net, vni, plane)
+
+    def del_network(self, net: int):
+        self._call(f"removing network {net}", lib.dp_net_del, net)
+
+    def set_flood(self, net: int, vteps: Sequence[str]):
+        """Remote VTEPs that get a copy of broadcast/unknown frames of ``net``."""
+        ips = [parse_ipv4(v, f"flood[{i}]") for i, v in enumerate(vteps)]
+        arr = ffi.new("uint32_t[]", ips or [0])
+        self._call(f"setting flood list of network {net}", lib.dp_net_flood_set,
+                   net, arr, len(ips))
+
+    # ------------------------------------------------------------------ FDB
+    def fdb_add_local(self, net: int, mac, port: int):
+        self._call(f"adding local MAC {mac} to network {net}", lib.dp_fdb_add_local,
+                   net, parse_mac(mac), port)
+
+    def fdb_add_remote(self, net: int, mac, vtep: str):
+        self._call(f"adding remote MAC {mac} via {vtep} to network {net}",
+                   lib.dp_fdb_add_remote, net, parse_mac(mac), parse_ipv4(vtep, "vtep"))
+
+    def fdb_del(self, net: int, mac):
+        self._call(f"removing MAC {mac} from network {net}", lib.dp_fdb_del,
+                   net, parse_mac(mac))
+
+    def fdb_get(self, net: int, mac):
+        """None, ("local", port) or ("remote", "vtep-ip")."""
+        kind = ffi.new("int *")
+        target = ffi.new("uint32_t *")
+        with self._lock:
+            if not lib.dp_fdb_get(net, parse_mac(mac), kind, target):
+                return None
+        if kind[0] == lib.DP_FDB_LOCAL:
+            return ("local", int(target[0]))
+        return ("remote", str(ipaddress.IPv4Address(target[0])))
+
+    def fdb_count(self) -> int:
+        with self._lock:
+            return lib.dp_fdb_count()
+
+    # ----------------------------------------------------------------- VTEP
+    def set_vtep(self, address: str, mac, uplink: int, udp_port: int = 4789,
+                 underlay_mtu: int = 1500, gateway: Optional[str] = None,
+                 next_hop_mac=None, learning: bool = False):
+        """This node's VTEP. ``address`` is 'a.b.c.d/len' (the underlay subnet).
+        Next hops are resolved by ARP unless ``next_hop_mac`` is given."""
+        try:
+            iface = ipaddress.IPv4Interface(str(address))
+        except ValueError:
+            raise ConfigError(f"vtep address: {address!r} is not IPv4 a.b.c.d/len") from None
+        if not isinstance(udp_port, int) or not 1 <= udp_port <= 65535:
+            raise ConfigError(f"udp_port: {udp_port!r} out of range 1..65535")
+        if not isinstance(underlay_mtu, int) or not 576 <= underlay_mtu <= 9216:
+            raise ConfigError(f"underlay_mtu: {underlay_mtu!r} out of range 576..9216")
+        c = ffi.new("struct dp_vtep_conf *")
+        c.ip = int(iface.ip)
+        c.prefix_len = iface.network.prefixlen if "/" in str(address) else 32
+        c.gateway = parse_ipv4(gateway, "gateway") if gateway else 0
+        c.mac = parse_mac(mac, "vtep mac")
+        c.udp_port = udp_port
+        c.underlay_mtu = underlay_mtu
+        c.uplink = uplink
+        c.learning = 1 if learning else 0
+        if next_hop_mac is not None:
+            c.static_nh = 1
+            c.static_nh_mac = parse_mac(next_hop_mac, "next_hop_mac")
+        self._call("configuring the VTEP", lib.dp_vtep_set, c)
+
+    def set_neighbor(self, ip: str, mac):
+        self._call(f"setting neighbour {ip}", lib.dp_neigh_set, parse_ipv4(ip), parse_mac(mac))
+
+    def neighbor(self, ip: str) -> Optional[str]:
+        out = ffi.new("uint8_t[6]")
+        with self._lock:
+            if not lib.dp_neigh_get(parse_ipv4(ip), out):
+                return None
+        return format_mac(bytes(out))
+
+    # -------------------------------------------------------------- counters
+    def counters(self) -> Counters:
+        """A snapshot of every counter, summed over workers (no locks taken:
+        each counter is a 64-bit word only its worker writes)."""
+        with self._lock:
+            if self._closed:
+                raise EALError("engine is closed")
+            v = self._views
+            port = v[lib.DP_BLOCK_PORT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, -1)
+            net = v[lib.DP_BLOCK_NET].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_NETS, -1)
+            return Counters(
+                port=port.sum(axis=0, dtype=np.uint64),
+                net=net.sum(axis=0, dtype=np.uint64),
+                drop=v[lib.DP_BLOCK_DROP][:, :len(DROP_REASONS)].sum(axis=0, dtype=np.uint64),
+                worker=v[lib.DP_BLOCK_WORKER][:self.n_workers, :len(WORKER_COUNTERS)].copy())
+
+    # ------------------------------------------------------- ring test ports
+    def inject(self, port: int, frames: Sequence[bytes]) -> int:
+        """Put frames into a ring port's rx ring (as if received)."""
+        if not frames:
+            return 0
+        data = b"".join(frames)
+        lens = ffi.new("uint32_t[]", [len(f) for f in frames])
+        return self._call(f"injecting into port {port}", lib.dp_ring_inject,
+                          port, data, lens, len(frames))
+
+    def collect(self, port: int, max_frames: int = 4096, wait: float = 0.0,
+                expect: Optional[int] = None) -> List[bytes]:
+        """Take frames out of a ring port's tx ring. With ``wait``, keep
+        collecting until ``expect`` frames came or ``wait`` seconds passed."""
+        out: List[bytes] = []
+        deadline = time.monotonic() + wait
+        buf = ffi.new("uint8_t[]", max_frames * 2048 + 65536)
+        lens = ffi.new("uint32_t[]", max_frames)
+        while True:
+            n = self._call(f"collecting from port {port}", lib.dp_ring_collect,
+                           port, buf, len(buf), lens, max_frames - len(out))
+            off = 0
+            raw = ffi.buffer(buf)
+            for i in range(n):
+                out.append(bytes(raw[off:off + lens[i]]))
+                off += lens[i]
+            if len(out) >= max_frames or time.monotonic() >= deadline:
+                return out
+            if expect is not None and len(out) >= expect:
+                return out
+            time.sleep(0.002)
+
+
+__all__ = ["Engine", "EngineConfig", "Counters", "PortInfo", "DROP_REASONS",
+           "PORT_COUNTERS", "NET_COUNTERS", "WORKER_COUNTERS", "parse_mac",
+           "format_mac", "parse_ipv4", "errors"]

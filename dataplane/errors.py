@@ -1,0 +1,64 @@
+"""Exceptions of the dataplane package.
+
+The C core returns a negative errno and keeps a message naming the cause
+(``dp_last_error``); :func:`check` turns that into one of the classes below.
+"""
+import errno as _errno
+
+
+class DataplaneError(Exception):
+    """Base class: a failed dataplane operation. ``errno`` is set for C errors."""
+
+    def __init__(self, message, errno=None):
+        super().__init__(message)
+        self.errno = errno
+
+    def __reduce__(self):  # picklable across processes with its errno
+        return (self.__class__, (str(self), self.errno))
+
+
+class ConfigError(DataplaneError, ValueError):
+    """Bad input: a config field, a spec or an argument. Names what is wrong."""
+
+
+class NotFound(DataplaneError, LookupError):
+    """The port, network, entry or object named does not exist."""
+
+
+class AlreadyExists(DataplaneError):
+    """The object to create exists already."""
+
+
+class Busy(DataplaneError):
+    """The object is in use (e.g. a network that still has ports)."""
+
+
+class ResourceError(DataplaneError):
+    """A table, pool or slot array is full, or memory ran out."""
+
+
+class EALError(DataplaneError):
+    """DPDK's environment (EAL) could not be started or is in the wrong state."""
+
+
+_BY_ERRNO = {
+    _errno.EINVAL: ConfigError,
+    _errno.ENOENT: NotFound,
+    _errno.ENODEV: NotFound,
+    _errno.EEXIST: AlreadyExists,
+    _errno.EBUSY: Busy,
+    _errno.ENOSPC: ResourceError,
+    _errno.ENOMEM: ResourceError,
+    _errno.ENOBUFS: ResourceError,
+    _errno.EALREADY: EALError,
+}
+
+
+def check(ret, lib, ffi, what):
+    """Return ``ret`` if non-negative, else raise with the C error text."""
+    if ret >= 0:
+        return ret
+    err = -ret
+    msg = ffi.string(lib.dp_last_error()).decode("utf-8", "replace")
+    cls = _BY_ERRNO.get(err, DataplaneError)
+    raise cls(f"{what}: {msg}" if msg else f"{what}: {_errno.errorcode.get(err, err)}", err)
