@@ -688,9 +688,9 @@ dp_net_del(int net)
         FAIL(ENOENT, "no network %d", net);
     if (n->n_local)
         FAIL(EBUSY, "network %d still has %u local ports", net, n->n_local);
+    uint32_t vni = n->vni; /* n is freed by the changes below */
     dp_net_flood_set(net, NULL, 0);
     fdb_purge(match_net, net);
-    uint32_t vni = n->vni;
     rte_hash_del_key(dp.vnis, &vni);
     net_publish(net, NULL);
     return 0;
@@ -1354,6 +1354,26 @@ dp_shutdown(void)
         struct rte_mbuf *m;
         while (rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0)
             rte_pktmbuf_free(m);
+        for (int i = 0; i < DP_MAX_NETS; i++) {
+            rte_free(atomic_exchange(&dp.nets[i], NULL));
+        }
+        for (int i = 0; i < DP_MAX_TUNNELS; i++)
+            rte_free(atomic_exchange(&dp.tunnels[i], NULL));
+        for (int w = 0; w < DP_MAX_WORKERS; w++)
+            free(atomic_exchange(&dp.poll[w], NULL));
+        free(atomic_exchange(&dp.vtep, NULL));
+        /* give the hugepage memory back before the EAL goes */
+        rte_hash_free(dp.fdb);
+        rte_hash_free(dp.vteps);
+        rte_hash_free(dp.vnis);
+        rte_ring_free(dp.slow_ring);
+        rte_ring_free(dp.ctrl_tx);
+        rte_mempool_free(dp.pool);
+        rte_free(dp.ctr);
+        rte_free(dp.qsbr);
+        memset(tun_refs, 0, sizeof(tun_refs));
+        memset(net_tun_refs, 0, sizeof(net_tun_refs));
+        memset(&dp, 0, sizeof(dp));
     }
     rte_eal_cleanup();
     dp_eal_up = 0;

@@ -507,6 +507,7 @@ dp_worker_main(void *arg)
                 unsigned nc = rte_ring_dequeue_burst(dp.ctrl_tx, (void **)c, DP_BURST, NULL);
                 for (unsigned x = 0; x < nc; x++)
                     tx_put(w, pi, c[x]);
+                tx_flush_all(w);
             }
 
             /* rx */

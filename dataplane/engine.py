@@ -13,6 +13,7 @@ control-path call (per table change or per burst of work), never per packet.
 import dataclasses
 import ipaddress
 import os
+import shutil
 import threading
 import time
 from typing import List, Optional, Sequence
@@ -114,14 +115,14 @@ class EngineConfig:
         args = ["dataplane", "-l", ",".join(map(str, lcores)),
                 "--main-lcore", str(lcores[0]),
                 "--file-prefix", prefix,
-                "-m", str(int(self.memory_mb)),
                 f"--log-level={self.log_level}"]
         if self.mode == "fallback":
             # plain anonymous memory, no shared config files
-            args += ["--no-huge", "--no-shconf"]
+            args += ["--no-huge", "--no-shconf", "-m", str(int(self.memory_mb))]
         else:
-            # hugepages through memfd: no hugetlbfs file outlives the process
-            args.append("--in-memory")
+            # hugepages through memfd: no hugetlbfs file outlives the process;
+            # taken as needed up to the limit and given back when freed
+            args += ["--in-memory", f"--socket-limit={int(self.memory_mb)}"]
         if self.pci:
             for dev in self.pci:
                 if not isinstance(dev, str) or not dev or "," in dev or " " in dev:
@@ -166,6 +167,12 @@ class Counters:
 _started_in_pid = None
 
 
+def _runtime_dir():
+    if os.geteuid() == 0:
+        return "/var/run/dpdk"
+    return os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/tmp"), "dpdk")
+
+
 class Engine:
     """The forwarding core of this process."""
 
@@ -187,6 +194,8 @@ class Engine:
         check(lib.dp_setup(int(self.config.n_mbufs)), lib, ffi, "setting up the core")
         self._views = {b: self._block(b) for b in (lib.DP_BLOCK_PORT, lib.DP_BLOCK_NET,
                                                   lib.DP_BLOCK_DROP, lib.DP_BLOCK_WORKER)}
+        self._nets = {}          # index -> (vni, plane)
+        self._vtep = None        # kwargs of the last set_vtep
         self._hk_stop = threading.Event()
         self._hk_thread = None
         self._closed = False
@@ -246,6 +255,9 @@ class Engine:
             self._views = {}
             lib.dp_shutdown()
             self._closed = True
+        # the EAL's runtime directory (sockets, config) goes with it
+        prefix = self.eal_args[self.eal_args.index("--file-prefix") + 1]
+        shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -313,9 +325,25 @@ class Engine:
         if not isinstance(vni, int) or not 1 <= vni < 1 << 24:
             raise ConfigError(f"vni: {vni!r} out of range 1..16777215 (24 bits)")
         self._call(f"adding network {net} (VNI {vni})", lib.dp_net_add, net, vni, plane)
+        self._nets[net] = (vni, plane)
 
     def del_network(self, net: int):
         self._call(f"removing network {net}", lib.dp_net_del, net)
+        self._nets.pop(net, None)
+
+    def networks(self) -> dict:
+        """{index: (vni, plane)} of the networks in the core."""
+        return dict(self._nets)
+
+    def reset(self):
+        """Remove every port, network and table entry; forwarding goes on."""
+        with self._lock:
+            if self._vtep is not None:
+                self.set_vtep(**dict(self._vtep, uplink=-1))
+            for p in self.ports():
+                self.del_port(p.index)
+            for n in list(self._nets):
+                self.del_network(n)
 
     def set_flood(self, net: int, vteps: Sequence[str]):
         """Remote VTEPs that get a copy of broadcast/unknown frames of ``net``."""
@@ -379,6 +407,9 @@ class Engine:
             c.static_nh = 1
             c.static_nh_mac = parse_mac(next_hop_mac, "next_hop_mac")
         self._call("configuring the VTEP", lib.dp_vtep_set, c)
+        self._vtep = dict(address=address, mac=mac, uplink=uplink, udp_port=udp_port,
+                          underlay_mtu=underlay_mtu, gateway=gateway,
+                          next_hop_mac=next_hop_mac, learning=learning)
 
     def set_neighbor(self, ip: str, mac):
         self._call(f"setting neighbour {ip}", lib.dp_neigh_set, parse_ipv4(ip), parse_mac(mac))

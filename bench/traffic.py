@@ -1,0 +1,206 @@
+"""scapy traffic profiles for the throughput benchmark, written as pcaps.
+
+Both profiles carry the same traffic mix (see bench.topology for addresses):
+
+- ``n_frames`` inner frames of exactly INNER_FRAME_LEN (60) bytes, i.e. 64 B
+  on the wire with the FCS; one per flow. Frame i belongs to MAC pair
+  k = i % n_macs and flow f = i // n_macs: the flows of a pair differ in
+  their inner IP addresses (4 per host) and L4 ports; one in four is TCP,
+  the rest UDP. Every tenth frame is marked DSCP EF (TOS 0xb8).
+- the frames are then shuffled with a fixed seed, so a burst of 32 holds
+  ~32 different destination MACs behind all the remote VTEPs, in no
+  regular stride: no one-entry (or last-hit) cache can stand in for the
+  FDB lookup.
+
+``encap``: the inner frames as a pod sends them (dst = remote MAC k).
+``decap``: the reverse direction (dst = local pod MAC k) wrapped in VXLAN
+as remote VTEP k % n_vteps sends it to us: outer dst MAC/IP = our VTEP, UDP
+dport 4789, DF, outer TOS copied from the inner one, UDP checksum 0, and
+``VXLAN(flags=0x08, vni=...)`` (plain ``VXLAN(vni=)`` would make scapy emit
+VXLAN-GPE flags). The outer headers are built by scapy once per (VTEP, TOS)
+and only their UDP source port is patched per frame.
+
+Inner frames are built by scapy one by one (~1-2 ms each): 4096 frames take
+a few seconds, paid once per benchmark invocation, outside any measurement.
+"""
+import random
+import zlib
+
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
+from scapy.data import DLT_EN10MB
+from scapy.utils import RawPcapReader, RawPcapWriter
+
+from . import topology as topo
+
+SHUFFLE_SEED = 20240607
+KINDS = ("encap", "decap")
+
+
+def _inner(i: int, n_macs: int, reverse: bool) -> bytes:
+    """Inner frame i as bytes, INNER_FRAME_LEN long (no FCS)."""
+    k, f = i % n_macs, i // n_macs
+    tos = topo.EF_TOS if i % 10 == 0 else 0
+    sport, dport = 1024 + (f * 7919) % 60000, 5000 + f % 64
+    if reverse:   # remote endpoint k -> local pod k (what decap delivers)
+        eth = Ether(src=topo.remote_mac(k), dst=topo.local_mac(k))
+        ip = IP(src=topo.remote_ip(k, f), dst=topo.local_ip(k, f), tos=tos)
+        sport, dport = dport, sport
+    else:         # local pod k -> remote endpoint k (what encap tunnels)
+        eth = Ether(src=topo.local_mac(k), dst=topo.remote_mac(k))
+        ip = IP(src=topo.local_ip(k, f), dst=topo.remote_ip(k, f), tos=tos)
+    if f % 4 == 3:
+        l4, hdr_len = TCP(sport=sport, dport=dport, flags="A"), 14 + 20 + 20
+    else:
+        l4, hdr_len = UDP(sport=sport, dport=dport), 14 + 20 + 8
+    # payload (not Ethernet padding): the IP total length covers the frame
+    data = bytes(eth / ip / l4 / Raw(b"\x00" * (topo.INNER_FRAME_LEN - hdr_len)))
+    assert len(data) == topo.INNER_FRAME_LEN
+    return data
+
+
+def _outer_templates(n_vteps: int):
+    """Outer Ether/IPv4/UDP/VXLAN headers built by scapy once per (remote
+    VTEP, TOS), for a 60-byte inner frame: {(vtep index, tos): bytes}.
+    Per frame only the UDP source port is patched (the UDP checksum is 0,
+    so nothing else depends on it) - the same template recipe a VTEP uses,
+    and 16 scapy builds instead of one per frame."""
+    out = {}
+    for j in range(n_vteps):
+        for tos in (0, topo.EF_TOS):
+            pkt = (Ether(src=topo.NEXT_HOP_MAC, dst=topo.VTEP_MAC)
+                   / IP(src=topo.remote_vtep(j), dst=topo.LOCAL_VTEP, tos=tos,
+                        flags="DF", id=0, ttl=64)
+                   / UDP(sport=0xc000, dport=topo.VXLAN_PORT, chksum=0)
+                   / VXLAN(flags=0x08, vni=topo.VNI)
+                   / Raw(b"\x00" * topo.INNER_FRAME_LEN))
+            hdr = bytes(pkt)[:topo.VXLAN_OVERHEAD]
+            assert len(bytes(pkt)) == topo.INNER_FRAME_LEN + topo.VXLAN_OVERHEAD
+            out[j, tos] = hdr
+    return out
+
+
+_UDP_SPORT_OFF = 14 + 20     # outer UDP source port: bytes 34..35
+
+
+def _vxlan(inner: bytes, i: int, n_macs: int, n_vteps: int, templates) -> bytes:
+    """Inner frame i as remote VTEP k % n_vteps tunnels it to us."""
+    hdr = bytearray(templates[(i % n_macs) % n_vteps, inner[15] & 0xfc])
+    # outer source port: entropy from the inner flow, as a VTEP does (RFC 7348 §5)
+    sport = 0xc000 | (zlib.crc32(inner[26:38]) & 0x3fff)
+    hdr[_UDP_SPORT_OFF:_UDP_SPORT_OFF + 2] = sport.to_bytes(2, "big")
+    return bytes(hdr) + inner
+
+
+def frames(kind: str, n_frames: int, n_macs: int, n_vteps: int):
+    """The frames (bytes) of profile ``kind`` in replay order."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    topo.check_sizes(n_macs, n_vteps)
+    if n_frames < n_macs:
+        raise ValueError(f"--frames: {n_frames} frames cannot cover {n_macs} MACs")
+    templates = _outer_templates(n_vteps) if kind == "decap" else None
+    out = []
+    for i in range(n_frames):
+        inner = _inner(i, n_macs, reverse=(kind == "decap"))
+        out.append(_vxlan(inner, i, n_macs, n_vteps, templates) if templates else inner)
+    random.Random(SHUFFLE_SEED).shuffle(out)
+    return out
+
+
+def write_pcap(path: str, kind: str, n_frames: int, n_macs: int, n_vteps: int) -> int:
+    """Write profile ``kind`` to ``path``; returns the frame length in the pcap."""
+    data = frames(kind, n_frames, n_macs, n_vteps)
+    with RawPcapWriter(path, linktype=DLT_EN10MB) as w:
+        for d in data:
+            w.write(d)
+    return len(data[0])
+
+
+def read_pcap(path: str):
+    """Every frame of a pcap, as bytes."""
+    with RawPcapReader(path) as r:
+        return [data for data, _meta in r]
+
+
+# ------------------------------------------------------------------ checks
+
+def check_encap_output(inp, out, n_macs: int, n_vteps: int):
+    """Problems (list of str) with ``out``, what the core sent to the uplink
+    for ``inp``, the encap pcap's frames. Empty when every frame came out
+    tunnelled to the right VTEP with the headers DESIGN.md prescribes."""
+    vtep = {topo.remote_mac(k): topo.vtep_of(k, n_vteps) for k in range(n_macs)}
+    want = {}
+    for f in inp:
+        want[f] = vtep[Ether(f).dst]
+    errs = []
+    if len(out) != len(inp):
+        errs.append(f"{len(out)} frames out for {len(inp)} in")
+    seen = set()
+    for n, raw in enumerate(out):
+        p = Ether(raw)
+        inner = raw[topo.VXLAN_OVERHEAD:]
+        problems = []
+        if IP not in p or UDP not in p or VXLAN not in p:
+            problems.append("not Ether/IP/UDP/VXLAN")
+        else:
+            ip, udp, vx = p[IP], p[UDP], p[VXLAN]
+            exp_vtep = want.get(inner)
+            if exp_vtep is None:
+                problems.append("inner frame not one of the input frames")
+            elif ip.dst != exp_vtep:
+                problems.append(f"outer dst {ip.dst}, expected {exp_vtep}")
+            if p.dst != topo.NEXT_HOP_MAC or p.src != topo.VTEP_MAC:
+                problems.append(f"outer MACs {p.src} -> {p.dst}")
+            if ip.src != topo.LOCAL_VTEP or ip.flags != "DF" or ip.tos != inner[15] & 0xfc:
+                problems.append(f"outer IP src {ip.src} flags {ip.flags} tos {ip.tos:#x}")
+            if ip.len != len(raw) - 14:
+                problems.append(f"outer IP length {ip.len}")
+            hdr = bytearray(bytes(p[IP])[:20])
+            hdr[10:12] = b"\x00\x00"
+            if ip.chksum != _ip_checksum(bytes(hdr)):
+                problems.append(f"outer IP checksum {ip.chksum:#06x}")
+            if udp.dport != topo.VXLAN_PORT or udp.chksum != 0 or udp.sport < 0xc000:
+                problems.append(f"UDP {udp.sport}->{udp.dport} csum {udp.chksum:#x}")
+            if udp.len != len(raw) - 34:
+                problems.append(f"UDP length {udp.len}")
+            if vx.flags != 0x08 or vx.vni != topo.VNI:
+                problems.append(f"VXLAN flags {vx.flags:#x} vni {vx.vni}")
+        if problems:
+            errs.append(f"frame {n}: " + "; ".join(problems))
+        seen.add(inner)
+        if len(errs) > 10:
+            errs.append("...")
+            break
+    missing = len(set(inp) - seen)
+    if missing and len(errs) <= 10:
+        errs.append(f"{missing} input frames never came out")
+    return errs
+
+
+def check_decap_output(inp, out):
+    """Problems with ``out``, what the core delivered to the pod port for
+    ``inp``, the decap pcap's VXLAN frames: it must be exactly the inner
+    frames (order aside)."""
+    inner = sorted(f[topo.VXLAN_OVERHEAD:] for f in inp)
+    got = sorted(out)
+    if got == inner:
+        return []
+    errs = [f"{len(out)} frames out for {len(inp)} in"] if len(out) != len(inp) else []
+    extra = set(got) - set(inner)
+    if extra:
+        errs.append(f"{len(extra)} output frames are no input's inner frame, e.g. "
+                    f"{next(iter(extra)).hex()}")
+    missing = set(inner) - set(got)
+    if missing:
+        errs.append(f"{len(missing)} inner frames never came out")
+    return errs or ["output differs from the inner frames (duplicates?)"]
+
+
+def _ip_checksum(hdr: bytes) -> int:
+    s = sum(int.from_bytes(hdr[i:i + 2], "big") for i in range(0, len(hdr), 2))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff

@@ -1,0 +1,479 @@
+"""Golden-packet tests of the forwarding core on real DPDK ports.
+
+Frames are built with scapy, pushed into net_ring ports of an Engine running
+in a child process (once with hugepages, once with --no-huge), and what comes
+out is parsed back and checked field by field.
+"""
+import ipaddress
+import struct
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
+
+VTEP_IP = "10.0.0.1"
+VTEP_MAC = "02:00:0a:00:00:01"
+NH_MAC = "02:00:0a:00:00:fe"
+R1_VTEP, R2_VTEP, R3_VTEP = "10.0.0.2", "10.0.0.3", "10.0.0.4"
+A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
+R1, R2 = "02:00:00:00:01:01", "02:00:00:00:01:02"
+VNI0, VNI1 = 100, 200
+BCAST = "ff:ff:ff:ff:ff:ff"
+WAIT = 2.0
+
+
+class Topo:
+    """uplink + pods a, b in network 0 (VNI 100), pod c in network 1 (VNI 200)."""
+
+    def __init__(self, eng, static_nh=True, learning=False, mtu=1500):
+        self.eng = eng
+        self.base = eng.counters().drops()   # drop counters live as long as the core
+        self.up = eng.add_ring_port("up", role="uplink")
+        self.a = eng.add_ring_port("a")
+        self.b = eng.add_ring_port("b")
+        self.c = eng.add_ring_port("c")
+        eng.add_network(0, vni=VNI0)
+        eng.add_network(1, vni=VNI1)
+        eng.set_port_network(self.a, 0)
+        eng.set_port_network(self.b, 0)
+        eng.set_port_network(self.c, 1)
+        eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, self.up, underlay_mtu=mtu,
+                     next_hop_mac=NH_MAC if static_nh else None, learning=learning)
+        eng.fdb_add_local(0, A, self.a)
+        eng.fdb_add_local(0, B, self.b)
+        eng.fdb_add_local(1, C, self.c)
+        eng.fdb_add_remote(0, R1, R1_VTEP)
+        eng.fdb_add_remote(0, R2, R2_VTEP)
+        eng.set_flood(0, [R1_VTEP, R2_VTEP, R3_VTEP])
+
+    def send(self, port, *frames):
+        n = self.eng.inject(port, [bytes(f) for f in frames])
+        assert n == len(frames)
+
+    def recv(self, port, n=1, wait=WAIT):
+        return [Ether(f) for f in self.eng.collect(port, wait=wait, expect=n)]
+
+    def nothing(self, *ports):
+        for p in ports:
+            got = self.eng.collect(p, wait=0.2)
+            assert got == [], f"port {p} got {len(got)} unexpected frames"
+
+    def drops(self):
+        return drops_since(self.eng, self.base)
+
+
+def drops_since(eng, base):
+    now = eng.counters().drops()
+    return {k: now[k] - base[k] for k in now}
+
+
+def wait_drop(eng, base, reason, n=1):
+    import time
+    for _ in range(200):
+        if drops_since(eng, base)[reason] >= n:
+            break
+        time.sleep(0.01)
+    return drops_since(eng, base)[reason]
+
+
+def udp_frame(src=A, dst=R1, tos=0, sport=1000, dport=2000, size=100, ipsrc="192.168.1.1",
+              ipdst="192.168.1.2"):
+    f = Ether(src=src, dst=dst) / IP(src=ipsrc, dst=ipdst, tos=tos) / UDP(sport=sport, dport=dport)
+    return f / Raw(b"\x55" * max(0, size - len(f)))
+
+
+def vxlan_frame(inner, vni=VNI0, src_vtep=R1_VTEP, dst_vtep=VTEP_IP, dport=4789, flags=0x08,
+                dst_mac=VTEP_MAC):
+    return (Ether(src=NH_MAC, dst=dst_mac) / IP(src=src_vtep, dst=dst_vtep, flags="DF")
+            / UDP(sport=54321, dport=dport, chksum=0) / VXLAN(flags=flags, vni=vni) / inner)
+
+
+def ip_checksum_ok(pkt):
+    raw = bytes(pkt[IP])[: pkt[IP].ihl * 4]
+    s = sum(struct.unpack(f"!{len(raw) // 2}H", raw))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF
+
+
+@pytest.fixture
+def topo(eng):
+    return Topo(eng)
+
+
+# ------------------------------------------------------------------ encap
+def test_encap_every_field(topo):
+    inner = udp_frame(tos=0xB8, size=200)
+    topo.send(topo.a, inner)
+    [out] = topo.recv(topo.up)
+    assert out.dst == NH_MAC and out.src == VTEP_MAC and out.type == 0x0800
+    ip = out[IP]
+    assert (ip.version, ip.ihl) == (4, 5)
+    assert ip.tos == 0xB8                                  # DSCP EF copied
+    assert ip.len == len(bytes(inner)) + 36
+    assert ip.flags == "DF" and ip.frag == 0
+    assert ip.ttl == 64 and ip.proto == 17
+    assert ip.src == VTEP_IP and ip.dst == R1_VTEP
+    assert ip_checksum_ok(out)
+    udp = out[UDP]
+    assert 49152 <= udp.sport <= 65535
+    assert udp.dport == 4789
+    assert udp.len == len(bytes(inner)) + 16
+    assert udp.chksum == 0
+    vx = out[VXLAN]
+    assert vx.flags == 0x08 and vx.vni == VNI0
+    assert bytes(vx.payload) == bytes(inner)              # inner frame untouched
+    c = topo.eng.counters()
+    assert c.net_dict(0)["encap_packets"] == 1
+    assert c.port_dict(topo.up)["tx_packets"] == 1
+    assert c.port_dict(topo.up)["tx_bytes"] == len(bytes(out))
+
+
+def test_encap_picks_vtep_per_mac(topo):
+    topo.send(topo.a, udp_frame(dst=R1), udp_frame(dst=R2))
+    outs = topo.recv(topo.up, 2)
+    assert sorted(o[IP].dst for o in outs) == [R1_VTEP, R2_VTEP]
+
+
+@pytest.mark.parametrize("inner_tos,outer_tos", [(0xB8, 0xB8), (0x60, 0x60), (0x03, 0x00),
+                                                 (0xBB, 0xB8), (0, 0)])
+def test_encap_copies_dscp_not_ecn(topo, inner_tos, outer_tos):
+    topo.send(topo.a, udp_frame(tos=inner_tos))
+    [out] = topo.recv(topo.up)
+    assert out[IP].tos == outer_tos
+    assert ip_checksum_ok(out)
+
+
+def test_encap_ipv6_and_non_ip_inner(topo):
+    v6 = Ether(src=A, dst=R1) / IPv6(src="fd00::1", dst="fd00::2", tc=0xB8) / UDP() / Raw(b"x" * 40)
+    arpish = Ether(src=A, dst=R1, type=0x88B5) / Raw(b"y" * 60)
+    topo.send(topo.a, v6, arpish)
+    outs = topo.recv(topo.up, 2)
+    by_type = {bytes(o[VXLAN].payload)[12:14]: o for o in outs}
+    assert by_type[b"\x86\xdd"][IP].tos == 0xB8
+    assert by_type[b"\x88\xb5"][IP].tos == 0
+    for o in outs:
+        assert ip_checksum_ok(o)
+
+
+def test_encap_source_port_entropy(topo):
+    flows = [udp_frame(sport=1000 + i, dport=2000 + 7 * i, ipsrc=f"192.168.{i}.1") for i in range(64)]
+    topo.send(topo.a, *flows)
+    outs = topo.recv(topo.up, 64)
+    assert len(outs) == 64
+    sports = {o[UDP].sport for o in outs}
+    assert len(sports) >= 48                      # distinct flows spread out
+    assert all(49152 <= s <= 65535 for s in sports)
+    # one flow always takes one source port (no reordering across paths)
+    topo.send(topo.a, *[flows[5]] * 8)
+    again = topo.recv(topo.up, 8)
+    assert {o[UDP].sport for o in again} == {outs[5][UDP].sport}
+
+
+def test_encap_tcp_flows_differ_by_port(topo):
+    f = [Ether(src=A, dst=R1) / IP(src="1.1.1.1", dst="2.2.2.2") / TCP(sport=p, dport=80)
+         for p in range(5000, 5016)]
+    topo.send(topo.a, *f)
+    outs = topo.recv(topo.up, 16)
+    assert len({o[UDP].sport for o in outs}) >= 12
+
+
+def test_oversize_frame_dropped_not_truncated(topo):
+    # underlay MTU 1500: the largest inner frame is 1500 - 50 + 14 = 1464 bytes
+    fits = udp_frame(size=1464)
+    too_big = udp_frame(size=1465)
+    topo.send(topo.a, fits, too_big)
+    [out] = topo.recv(topo.up)
+    assert len(bytes(out)) == 1514 and out[IP].len == 1500
+    topo.nothing(topo.up)
+    assert topo.drops()["oversize"] == 1
+
+
+def test_oversize_follows_underlay_mtu(eng):
+    t = Topo(eng, mtu=1000)
+    t.send(t.a, udp_frame(size=964), udp_frame(size=965))
+    assert len(t.recv(t.up)) == 1
+    t.nothing(t.up)
+    assert t.drops()["oversize"] == 1
+
+
+# ------------------------------------------------------------------ decap
+def test_decap_delivers_inner_frame(topo):
+    inner = Ether(src=R1, dst=A) / IP(src="192.168.1.2", dst="192.168.1.1") / ICMP() / Raw(b"p" * 56)
+    topo.send(topo.up, vxlan_frame(inner))
+    [got] = topo.recv(topo.a)
+    assert bytes(got) == bytes(inner)
+    topo.nothing(topo.b, topo.c, topo.up)
+    c = topo.eng.counters()
+    assert c.net_dict(0)["decap_packets"] == 1
+    assert c.port_dict(topo.a)["tx_bytes"] == len(bytes(inner))
+
+
+def test_decap_uses_vni_network(topo):
+    # C lives in network 1 (VNI 200); the same frame in VNI 100 must not reach it
+    topo.eng.set_flood(1, [R1_VTEP])
+    inner = Ether(src=R1, dst=C) / IP() / UDP() / Raw(b"z" * 30)
+    topo.send(topo.up, vxlan_frame(inner, vni=VNI1))
+    [got] = topo.recv(topo.c)
+    assert bytes(got) == bytes(inner)
+    topo.send(topo.up, vxlan_frame(inner, vni=VNI0))  # unknown in net 0: flooded there
+    assert len(topo.recv(topo.a)) == 1 and len(topo.recv(topo.b)) == 1
+    topo.nothing(topo.c)
+
+
+def test_decap_trims_ethernet_padding(topo):
+    inner = Ether(src=R1, dst=A) / IP() / UDP() / Raw(b"q" * 10)
+    outer = bytes(vxlan_frame(inner)) + b"\x00" * 24      # trailer past the IP datagram
+    topo.send(topo.up, outer)
+    [got] = topo.recv(topo.a)
+    assert bytes(got) == bytes(inner)
+
+
+def test_decap_reserved_flag_bits_ignored(topo):
+    # RFC 7348: reserved bits are ignored on receipt; only I must be set
+    inner = Ether(src=R1, dst=A) / IP() / UDP()
+    topo.send(topo.up, vxlan_frame(inner, flags=0x0C))
+    assert len(topo.recv(topo.a)) == 1
+
+
+# ------------------------------------------------------------ local switch
+def test_local_switching_both_ways(topo):
+    ab = udp_frame(src=A, dst=B)
+    ba = udp_frame(src=B, dst=A)
+    topo.send(topo.a, ab)
+    topo.send(topo.b, ba)
+    assert bytes(topo.recv(topo.b)[0]) == bytes(ab)
+    assert bytes(topo.recv(topo.a)[0]) == bytes(ba)
+    topo.nothing(topo.up, topo.c)
+    assert topo.eng.counters().net_dict(0)["local_packets"] == 2
+
+
+def test_networks_are_isolated(topo):
+    # C is known only in network 1: from a (network 0) it is unknown unicast,
+    # flooded inside network 0 only
+    topo.eng.set_flood(0, [])
+    topo.send(topo.a, udp_frame(src=A, dst=C))
+    assert len(topo.recv(topo.b)) == 1
+    topo.nothing(topo.c, topo.up)
+
+
+def test_hairpin_dropped(topo):
+    topo.send(topo.a, udp_frame(src=B, dst=A))
+    topo.nothing(topo.a, topo.b, topo.up)
+    assert topo.drops()["hairpin"] == 1
+
+
+def test_port_without_network_drops(eng):
+    t = Topo(eng)
+    lone = eng.add_ring_port("lone")
+    t.send(lone, udp_frame(src=A, dst=B))
+    t.nothing(t.a, t.b, t.up)
+    assert t.drops()["no_network"] == 1
+
+
+# ------------------------------------------------------------------- flood
+@pytest.mark.parametrize("dst", [BCAST, "01:00:5e:00:00:01", "02:00:00:00:09:09"])
+def test_flood_from_pod(topo, dst):
+    f = udp_frame(src=A, dst=dst, ipdst="192.168.1.255")
+    topo.send(topo.a, f)
+    assert bytes(topo.recv(topo.b)[0]) == bytes(f)
+    outs = topo.recv(topo.up, 3)
+    assert sorted(o[IP].dst for o in outs) == [R1_VTEP, R2_VTEP, R3_VTEP]
+    for o in outs:
+        assert o[VXLAN].vni == VNI0 and bytes(o[VXLAN].payload) == bytes(f)
+        assert ip_checksum_ok(o)
+    topo.nothing(topo.a, topo.c)
+    assert topo.eng.counters().net_dict(0)["flood_packets"] == 1
+
+
+def test_flood_from_uplink_stays_local(topo):
+    inner = Ether(src=R1, dst=BCAST) / ARP(psrc="192.168.1.2", pdst="192.168.1.1")
+    topo.send(topo.up, vxlan_frame(inner))
+    assert bytes(topo.recv(topo.a)[0]) == bytes(inner)
+    assert bytes(topo.recv(topo.b)[0]) == bytes(inner)
+    topo.nothing(topo.up, topo.c)       # split horizon: never back to the underlay
+
+
+def test_flood_with_nobody_to_reach(eng):
+    base = eng.counters().drops()
+    eng.add_network(5, vni=555)
+    p = eng.add_ring_port("solo")
+    eng.set_port_network(p, 5)
+    eng.inject(p, [bytes(udp_frame(dst=BCAST))])
+    assert eng.collect(p, wait=0.2) == []
+    assert wait_drop(eng, base, "no_destination") == 1
+
+
+# --------------------------------------------------------------------- ARP
+def test_arp_request_for_vtep_answered(topo):
+    req = Ether(src=NH_MAC, dst=BCAST) / ARP(op=1, hwsrc=NH_MAC, psrc="10.0.0.254",
+                                             pdst=VTEP_IP)
+    topo.send(topo.up, req)
+    [rep] = topo.recv(topo.up)
+    assert rep.dst == NH_MAC and rep.src == VTEP_MAC and rep.type == 0x0806
+    a = rep[ARP]
+    assert a.op == 2 and a.hwsrc == VTEP_MAC and a.psrc == VTEP_IP
+    assert a.hwdst == NH_MAC and a.pdst == "10.0.0.254"
+    assert a.hwtype == 1 and a.ptype == 0x0800 and a.hwlen == 6 and a.plen == 4
+
+
+def test_arp_for_other_address_ignored(topo):
+    topo.send(topo.up, Ether(src=NH_MAC, dst=BCAST) / ARP(op=1, psrc="10.0.0.254", pdst="10.0.0.99"))
+    topo.nothing(topo.up, topo.a)
+    assert topo.drops()["arp_ignored"] == 1
+
+
+def test_next_hop_resolved_by_arp(eng):
+    t = Topo(eng, static_nh=False)
+    # before resolution: counted, not sent
+    t.send(t.a, udp_frame(dst=R1))
+    assert t.drops()["neigh_unresolved"] >= 0
+    # housekeeping asks for each unresolved next hop on the uplink
+    reqs = []
+    for f in eng.collect(t.up, wait=WAIT, expect=3):
+        p = Ether(f)
+        assert p.dst == BCAST and p[ARP].op == 1
+        assert p[ARP].psrc == VTEP_IP and p[ARP].hwsrc == VTEP_MAC
+        reqs.append(p[ARP].pdst)
+    assert sorted(reqs) == [R1_VTEP, R2_VTEP, R3_VTEP]
+    assert t.drops()["neigh_unresolved"] == 1
+    # the neighbour answers; the core learns it and encapsulates to it
+    peer_mac = "02:00:0a:00:00:02"
+    t.send(t.up, Ether(src=peer_mac, dst=VTEP_MAC) / ARP(op=2, hwsrc=peer_mac, psrc=R1_VTEP,
+                                                          hwdst=VTEP_MAC, pdst=VTEP_IP))
+    import time
+    for _ in range(200):
+        if eng.neighbor(R1_VTEP):
+            break
+        time.sleep(0.01)
+    assert eng.neighbor(R1_VTEP) == peer_mac
+    t.send(t.a, udp_frame(dst=R1))
+    outs = [o for o in t.recv(t.up, 1) if o.haslayer(VXLAN)]
+    assert outs and outs[0].dst == peer_mac and outs[0][IP].dst == R1_VTEP
+
+
+# ------------------------------------------------------------ drop reasons
+def _dropped(topo, frame, reason, port=None):
+    before = topo.drops()[reason]
+    topo.send(topo.up if port is None else port, frame)
+    topo.nothing(topo.a, topo.b, topo.c)
+    assert topo.drops()[reason] == before + 1, topo.drops()
+
+
+def test_drop_vxlan_flags(topo):
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), flags=0x00), "vxlan_flags")
+
+
+def test_drop_unknown_vni(topo):
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), vni=4242), "unknown_vni")
+
+
+def test_drop_unknown_vtep(topo):
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), src_vtep="10.0.0.77"), "unknown_vtep")
+
+
+def test_learning_accepts_and_learns_unknown_vtep(eng):
+    t = Topo(eng, learning=True)
+    inner = udp_frame(src="02:00:00:00:07:07", dst=A)
+    t.send(t.up, vxlan_frame(inner, src_vtep="10.0.0.77"))
+    assert bytes(t.recv(t.a)[0]) == bytes(inner)
+    import time
+    for _ in range(200):
+        if eng.fdb_get(0, "02:00:00:00:07:07"):
+            break
+        time.sleep(0.01)
+    assert eng.fdb_get(0, "02:00:00:00:07:07") == ("remote", "10.0.0.77")
+
+
+def test_drop_truncated_inner(topo):
+    outer = bytes(vxlan_frame(Ether(src=R1, dst=A)))[:-6]   # inner shorter than Ether
+    raw = bytearray(outer)
+    struct.pack_into("!H", raw, 16, len(raw) - 14)          # consistent IP length
+    _dropped(topo, bytes(raw), "truncated")
+
+
+def test_drop_truncated_ip_length(topo):
+    f = vxlan_frame(udp_frame(src=R1, dst=A))
+    f[IP].len = len(bytes(f[IP])) + 40                      # claims more than arrived
+    _dropped(topo, f, "truncated")
+
+
+def test_drop_wrong_udp_port(topo):
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), dport=4790), "udp_port")
+
+
+def test_drop_not_for_our_address(topo):
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), dst_vtep="10.0.0.9"), "not_for_us")
+
+
+def test_drop_not_for_our_mac(topo):
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), dst_mac="02:99:99:99:99:99"),
+             "not_for_us")
+
+
+def test_drop_not_udp(topo):
+    f = Ether(src=NH_MAC, dst=VTEP_MAC) / IP(src=R1_VTEP, dst=VTEP_IP) / TCP(dport=4789)
+    _dropped(topo, f, "not_udp")
+
+
+def test_drop_fragment(topo):
+    f = vxlan_frame(udp_frame(src=R1, dst=A))
+    f[IP].flags = "MF"
+    _dropped(topo, f, "ip_fragment")
+
+
+def test_drop_bad_ip(topo):
+    raw = bytearray(bytes(vxlan_frame(udp_frame(src=R1, dst=A))))
+    raw[14] = 0x65                                          # IP version 6 in an IPv4 frame
+    _dropped(topo, bytes(raw), "bad_ip")
+
+
+def test_drop_non_ip_on_uplink(topo):
+    _dropped(topo, Ether(src=NH_MAC, dst=VTEP_MAC) / Dot1Q(vlan=5) / Raw(b"v" * 50),
+             "uplink_non_ip")
+
+
+def test_drop_split_horizon(topo):
+    # a decapsulated frame whose destination is another remote: never re-encapsulated
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=R2)), "split_horizon")
+    topo.nothing(topo.up)
+
+
+def test_drop_runt_from_pod(topo):
+    _dropped(topo, b"\x02\x00\x00\x00", "truncated", port=topo.a)
+
+
+def test_drop_no_uplink(eng):
+    base = eng.counters().drops()
+    a = eng.add_ring_port("a")
+    eng.add_network(0, vni=VNI0)
+    eng.set_port_network(a, 0)
+    eng.fdb_add_remote(0, R1, R1_VTEP)
+    eng.inject(a, [bytes(udp_frame(dst=R1))])
+    assert wait_drop(eng, base, "no_uplink") == 1
+
+
+def test_every_drop_reason_has_a_name():
+    from dataplane.engine import DROP_REASONS
+    assert len(DROP_REASONS) == len(set(DROP_REASONS)) >= 20
+    assert all(n.isidentifier() and n.islower() for n in DROP_REASONS)
+
+
+# ---------------------------------------------------------------- counters
+def test_counters_add_up(topo):
+    frames = [udp_frame(src=A, dst=B)] * 10 + [udp_frame(src=A, dst=R1)] * 7 + \
+             [udp_frame(src=A, dst=A)] * 3
+    topo.send(topo.a, *frames)
+    assert len(topo.recv(topo.b, 10)) == 10
+    assert len(topo.recv(topo.up, 7)) == 7
+    c = topo.eng.counters()
+    rx = c.port_dict(topo.a)
+    assert rx["rx_packets"] == 20
+    assert rx["rx_bytes"] == sum(len(bytes(f)) for f in frames)
+    assert c.net_dict(0)["local_packets"] == 10 and c.net_dict(0)["encap_packets"] == 7
+    d = topo.drops()
+    assert d["hairpin"] == 3
+    assert sum(d.values()) == 3
