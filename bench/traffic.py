@@ -6,7 +6,7 @@ Both profiles carry the same traffic mix (see bench.topology for addresses):
   on the wire with the FCS; one per flow. Frame i belongs to MAC pair
   k = i % n_macs and flow f = i // n_macs: the flows of a pair differ in
   their inner IP addresses (4 per host) and L4 ports; one in four is TCP,
-  the rest UDP. Every tenth frame is marked DSCP EF (TOS 0xb8).
+  the rest UDP. One flow in ten of every pair is marked DSCP EF (TOS 0xb8).
 - the frames are then shuffled with a fixed seed, so a burst of 32 holds
   ~32 different destination MACs behind all the remote VTEPs, in no
   regular stride: no one-entry (or last-hit) cache can stand in for the
@@ -26,11 +26,11 @@ a few seconds, paid once per benchmark invocation, outside any measurement.
 import random
 import zlib
 
+from scapy.data import DLT_EN10MB
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
-from scapy.data import DLT_EN10MB
 from scapy.utils import RawPcapReader, RawPcapWriter
 
 from . import topology as topo
@@ -42,7 +42,8 @@ KINDS = ("encap", "decap")
 def _inner(i: int, n_macs: int, reverse: bool) -> bytes:
     """Inner frame i as bytes, INNER_FRAME_LEN long (no FCS)."""
     k, f = i % n_macs, i // n_macs
-    tos = topo.EF_TOS if i % 10 == 0 else 0
+    # a tenth EF, spread over all MAC pairs (i % 10 would pick even k only)
+    tos = topo.EF_TOS if (k + f) % 10 == 0 else 0
     sport, dport = 1024 + (f * 7919) % 60000, 5000 + f % 64
     if reverse:   # remote endpoint k -> local pod k (what decap delivers)
         eth = Ether(src=topo.remote_mac(k), dst=topo.local_mac(k))

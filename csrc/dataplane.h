@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 3
+#define DP_ABI_VERSION 4
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -109,9 +109,10 @@ int dp_shutdown(void);
 int dp_running(void);
 
 /* ports */
-int dp_port_add(const char *devargs, int role);
-int dp_port_add_ring(const char *name, int role, unsigned ring_size);
-int dp_port_add_afpacket(const char *ifname, int role, unsigned frames);
+/* net: network of a pod port from its first packet on (-1: none yet) */
+int dp_port_add(const char *devargs, int role, int net);
+int dp_port_add_ring(const char *name, int role, int net, unsigned ring_size);
+int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames);
 int dp_port_del(int port);
 int dp_port_info(int port, struct dp_port_info *out);
 int dp_port_set_net(int port, int net);

@@ -278,12 +278,16 @@ least_loaded_worker(void)
     return best;
 }
 
+static int net_set_local(int net, int port, int add);
+
 static void
 port_publish(int idx, struct dp_port *p)
 {
     for (int w = 0; w < DP_MAX_WORKERS; w++)
         memset(dp.ctr->port[w][idx], 0, sizeof(dp.ctr->port[w][idx]));
     atomic_store(&dp.ports[idx], p);
+    if (p->net >= 0)
+        net_set_local(p->net, idx, 1); /* flood to it only once it exists */
     poll_rebuild();
 }
 
@@ -327,14 +331,14 @@ ethdev_setup(uint16_t pid, struct dp_port *p)
 }
 
 static struct dp_port *
-port_new(int role, const char *name, int driver)
+port_new(int role, int net, const char *name, int driver)
 {
     struct dp_port *p = rte_zmalloc("dp_port", sizeof(*p), RTE_CACHE_LINE_SIZE);
     if (!p)
         return NULL;
     p->role = role;
     p->driver = driver;
-    p->net = -1;
+    p->net = net;
     p->worker = least_loaded_worker();
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->tx_lock = rte_zmalloc("dp_txlock", sizeof(rte_spinlock_t), RTE_CACHE_LINE_SIZE);
@@ -353,21 +357,28 @@ port_free(struct dp_port *p)
     rte_free(p);
 }
 
+static struct dp_net *net_get(int net);
+
 static int
-check_role(int role)
+check_role(int role, int net)
 {
     if (role != DP_ROLE_POD && role != DP_ROLE_UPLINK)
         FAIL(EINVAL, "role %d is neither pod (0) nor uplink (1)", role);
+    if (net >= 0 && role != DP_ROLE_POD)
+        FAIL(EINVAL, "an uplink port belongs to no network");
+    if (net >= 0 && !net_get(net))
+        FAIL(ENOENT, "no network %d", net);
     return 0;
 }
 
 int
-dp_port_add(const char *devargs, int role)
+dp_port_add(const char *devargs, int role, int net)
 {
     if (!dp_setup_done)
         FAIL(EINVAL, "dp_setup not done");
-    if (check_role(role))
-        return -EINVAL;
+    int cr = check_role(role, net);
+    if (cr)
+        return cr;
     int idx = port_slot();
     if (idx < 0)
         FAIL(ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
@@ -386,7 +397,7 @@ dp_port_add(const char *devargs, int role)
         rte_eal_hotplug_remove("vdev", name);
         FAIL(ENODEV, "device '%s' probed but no ethdev port appeared", devargs);
     }
-    struct dp_port *p = port_new(role, name, DP_DRV_ETHDEV);
+    struct dp_port *p = port_new(role, net, name, DP_DRV_ETHDEV);
     if (!p)
         FAIL(ENOMEM, "out of memory");
     p->idx = idx;
@@ -408,12 +419,13 @@ dp_port_add(const char *devargs, int role)
 }
 
 int
-dp_port_add_ring(const char *name, int role, unsigned ring_size)
+dp_port_add_ring(const char *name, int role, int net, unsigned ring_size)
 {
     if (!dp_setup_done)
         FAIL(EINVAL, "dp_setup not done");
-    if (check_role(role))
-        return -EINVAL;
+    int cr = check_role(role, net);
+    if (cr)
+        return cr;
     if (ring_size == 0 || (ring_size & (ring_size - 1)))
         FAIL(EINVAL, "ring size %u is not a power of two", ring_size);
     int idx = port_slot();
@@ -444,7 +456,7 @@ dp_port_add_ring(const char *name, int role, unsigned ring_size)
         rte_ring_free(tx);
         FAIL(EINVAL, "cannot create ring port %s: %s", name, rte_strerror(rte_errno));
     }
-    struct dp_port *p = port_new(role, dev, DP_DRV_ETHDEV);
+    struct dp_port *p = port_new(role, net, dev, DP_DRV_ETHDEV);
     if (!p)
         FAIL(ENOMEM, "out of memory");
     p->idx = idx;
@@ -462,12 +474,13 @@ dp_port_add_ring(const char *name, int role, unsigned ring_size)
 }
 
 int
-dp_port_add_afpacket(const char *ifname, int role, unsigned frames)
+dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
 {
     if (!dp_setup_done)
         FAIL(EINVAL, "dp_setup not done");
-    if (check_role(role))
-        return -EINVAL;
+    int cr = check_role(role, net);
+    if (cr)
+        return cr;
     int idx = port_slot();
     if (idx < 0)
         FAIL(ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
@@ -476,7 +489,7 @@ dp_port_add_afpacket(const char *ifname, int role, unsigned frames)
         if (q && q->driver == DP_DRV_AFPACKET && strcmp(q->name, ifname) == 0)
             FAIL(EEXIST, "interface %s is already a port", ifname);
     }
-    struct dp_port *p = port_new(role, ifname, DP_DRV_AFPACKET);
+    struct dp_port *p = port_new(role, net, ifname, DP_DRV_AFPACKET);
     if (!p)
         FAIL(ENOMEM, "out of memory");
     p->idx = idx;
@@ -490,8 +503,6 @@ dp_port_add_afpacket(const char *ifname, int role, unsigned frames)
     port_publish(idx, p);
     return idx;
 }
-
-static int net_set_local(int net, int port, int add);
 
 static void
 fdb_purge(int (*match)(uint64_t key, void *val, int arg), int arg)

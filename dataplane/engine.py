@@ -32,7 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 3
+ABI_VERSION = 4
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -272,31 +272,39 @@ class Engine:
             raise ConfigError(f"role: {role!r} is not one of {', '.join(ROLES)}")
         return ROLES[role]
 
-    def add_port(self, devargs: str, role: str = "pod") -> int:
+    @staticmethod
+    def _net(net):
+        return -1 if net is None else net
+
+    def add_port(self, devargs: str, role: str = "pod", network: Optional[int] = None) -> int:
         """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
         ``net_null0``, ``net_tap0,iface=dp0``, ``net_memif0,role=server``,
-        ``net_af_packet0,iface=veth0``) as a port; returns its index."""
+        ``net_af_packet0,iface=veth0``) as a port; returns its index. A pod
+        port given ``network`` belongs to it from its first packet on."""
         if not isinstance(devargs, str) or not devargs.strip():
             raise ConfigError("devargs: empty device string")
         r = self._role(role)
-        return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r)
+        return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r,
+                          self._net(network))
 
-    def add_ring_port(self, name: str, role: str = "pod", size: int = 4096) -> int:
+    def add_ring_port(self, name: str, role: str = "pod", size: int = 4096,
+                      network: Optional[int] = None) -> int:
         """A net_ring port whose rx and tx rings this process feeds and drains
         with :meth:`inject` and :meth:`collect`."""
         r = self._role(role)
         if size <= 0 or size & (size - 1):
             raise ConfigError(f"size: {size} is not a power of two")
         return self._call(f"adding ring port {name!r}", lib.dp_port_add_ring,
-                          name.encode(), r, size)
+                          name.encode(), r, self._net(network), size)
 
-    def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048) -> int:
+    def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048,
+                          network: Optional[int] = None) -> int:
         """A kernel interface through the core's native AF_PACKET driver."""
         r = self._role(role)
         if frames < 64 or frames & (frames - 1):
             raise ConfigError(f"frames: {frames} must be a power of two >= 64")
         return self._call(f"adding AF_PACKET port {ifname!r}", lib.dp_port_add_afpacket,
-                          ifname.encode(), r, frames)
+                          ifname.encode(), r, self._net(network), frames)
 
     def del_port(self, port: int):
         self._call(f"removing port {port}", lib.dp_port_del, port)

@@ -1,0 +1,222 @@
+"""VXLAN encap/decap throughput of the core against testpmd io-forward.
+
+    python -m bench encap    ->  RESULT name=encap64 mpps=.. testpmd_mpps=.. ratio=..
+    python -m bench decap    ->  RESULT name=decap64 mpps=.. testpmd_mpps=.. ratio=..
+
+Method (DESIGN.md, "Performance targets"):
+
+1. scapy writes one pcap (bench.traffic): 4096 frames of 64 bytes on the
+   wire (60 in the pcap, no FCS), one flow each, interleaved over 64
+   destination MACs behind 8 remote VTEPs, a tenth DSCP EF. For decap the
+   same kind of frames (reverse direction) wrapped in VXLAN (110 bytes).
+2. Both contenders replay that file with ``net_pcap0,rx_pcap=FILE,
+   infinite_rx=1`` into ``net_null0,no-rx=1`` on one forwarding lcore
+   (EAL ``-l 0,1``, no PCI, own file prefix, 1 GiB):
+   - ours (bench.ours, in a child process) does the VXLAN encap (or decap)
+     with the FDB lookup, and is measured at the null port's tx;
+   - testpmd ``--forward-mode=io`` (bench.testpmd) forwards the frames
+     unchanged, measured at the null port's tx too.
+   The pcap PMD copies every frame into a fresh mbuf: that input cost is
+   the same for both.
+3. Runs alternate, ours then testpmd, ``--runs`` times each (the machine is
+   shared and noisy): the result is the median of each and the ratio of the
+   medians. Each run warms up ``--warmup`` s and measures ``--seconds`` s.
+4. Before timing, a functional check (``--no-verify`` skips it) forwards the
+   pcap once into a pcap file and compares: every frame must come out
+   encapsulated to the right VTEP (or decapsulated to the exact inner frame).
+   A rate of wrong work would be meaningless.
+
+Drops seen by our core during a measurement are printed as a WARNING (none
+are expected with this set-up). Progress goes to stdout; the last line is
+the RESULT line.
+"""
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from . import testpmd, topology as topo, traffic
+from .ours import JSON_PREFIX
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def say(msg: str):
+    print(f"bench: {msg}", flush=True)
+
+
+def _n_mbufs(n_frames: int) -> int:
+    """Pool size for both contenders: the infinite pcap keeps every frame of
+    the file in an mbuf, plus room for rings and caches (2^k - 1)."""
+    need = n_frames + 12288
+    return (1 << (need - 1).bit_length()) - 1
+
+
+def _run_ours(args, kind: str, pcap: str, extra=()) -> dict:
+    """bench.ours in a child process; its BENCH-JSON line as a dict."""
+    cmd = [sys.executable, "-m", "bench.ours", kind, pcap, str(args.seconds),
+           "--warmup", str(args.warmup), "--mode", args.mode, "--macs", str(args.macs),
+           "--vteps", str(args.vteps), "--n-mbufs", str(_n_mbufs(args.frames)), *extra]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    timeout = args.warmup + args.seconds + 120
+    try:
+        # on timeout (or Ctrl-C) subprocess.run kills the child it started
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"")
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        raise BenchError(f"our side did not finish within {timeout:.0f} s; killed\n"
+                         + "\n".join(out.splitlines()[-20:])) from None
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith(JSON_PREFIX):
+            return json.loads(line[len(JSON_PREFIX):])
+    tail = "\n".join((p.stdout + p.stderr).splitlines()[-25:])
+    raise BenchError(f"our side failed (exit code {p.returncode}):\n{tail}")
+
+
+def _verify(args, kind: str, pcap: str, workdir: str):
+    """Forward the pcap once through the core into a pcap and check it."""
+    out = os.path.join(workdir, f"{kind}-verify-out.pcap")
+    res = _run_ours(args, kind, pcap, ("--verify-out", out, "--frames", str(args.frames)))
+    try:
+        inp, got = traffic.read_pcap(pcap), traffic.read_pcap(out)
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+    if kind == "encap":
+        errs = traffic.check_encap_output(inp, got, args.macs, args.vteps)
+    else:
+        errs = traffic.check_decap_output(inp, got)
+    if res["drops"]:
+        errs.append(f"drops: {res['drops']}")
+    if errs:
+        raise BenchError(f"{kind} verification failed:\n  " + "\n  ".join(errs))
+    say(f"verify {kind}: {len(got)}/{len(inp)} frames forwarded correctly")
+
+
+def _fmt_drops(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
+
+
+def run(args) -> dict:
+    kind = args.kind
+    name = f"{kind}64"
+    if args.pcap_dir:
+        os.makedirs(args.pcap_dir, exist_ok=True)
+        workdir, tmp = args.pcap_dir, None
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-")
+        workdir = tmp.name
+    try:
+        la = os.getloadavg()[0]
+        say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
+            + (" - other work on the machine will slow both contenders" if la > 0.5 else ""))
+        pcap = os.path.join(workdir, f"{name}.pcap")
+        say(f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
+            f"{args.vteps} VTEPs ...")
+        flen = traffic.write_pcap(pcap, kind, args.frames, args.macs, args.vteps)
+        say(f"  {flen} bytes per frame in the pcap (+4 FCS on the wire)")
+        if args.verify:
+            _verify(args, kind, pcap, workdir)
+
+        ours, base = [], []
+        for r in range(1, args.runs + 1):
+            o = _run_ours(args, kind, pcap)
+            ours.append(o["mpps"])
+            lost = o["rx_packets"] - o["tx_packets"]
+            say(f"run {r}/{args.runs} ours    {o['mpps']:7.3f} Mpps  "
+                f"(rx {o['rx_packets']}, tx {o['tx_packets']}, busy polls "
+                f"{o['busy_poll_ratio']:.0%}, drops: {_fmt_drops(o['drops'])})")
+            if o["drops"]:
+                say(f"WARNING: our core dropped frames in run {r}: {_fmt_drops(o['drops'])}"
+                    " - the set-up is wrong or the core has a bug")
+            elif abs(lost) > 4096:  # more than a few bursts in flight
+                say(f"WARNING: rx - tx = {lost} in run {r} without a counted drop")
+            b = testpmd.measure(pcap, args.seconds, args.warmup, args.mode,
+                                _n_mbufs(args.frames) + 1,
+                                file_prefix=f"bench-testpmd-{os.getpid()}-{r}",
+                                testpmd=args.testpmd)
+            base.append(b["mpps"])
+            say(f"run {r}/{args.runs} testpmd {b['mpps']:7.3f} Mpps  "
+                f"(testpmd's own Tx-pps: {b['testpmd_tx_mpps']:.3f})")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    m_ours, m_base = statistics.median(ours), statistics.median(base)
+    ratio = m_ours / m_base if m_base > 0 else float("nan")
+    say(f"{name}: ours median {m_ours:.3f} Mpps {fmt_runs(ours)}, testpmd io median "
+        f"{m_base:.3f} Mpps {fmt_runs(base)}, ratio {ratio:.3f} "
+        f"(floor 0.5, aim 0.6)")
+    return {"name": name, "mpps": m_ours, "testpmd_mpps": m_base, "ratio": ratio}
+
+
+def fmt_runs(xs) -> str:
+    return "[" + " ".join(f"{x:.2f}" for x in xs) + "]"
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="VXLAN encap/decap throughput of the core vs testpmd io-forward "
+                    "(64-byte frames, one forwarding core).")
+    ap.add_argument("kind", choices=traffic.KINDS, help="encap or decap")
+    ap.add_argument("--seconds", type=float, default=3.0,
+                    help="measurement window per run (default 3)")
+    ap.add_argument("--warmup", type=float, default=1.0,
+                    help="forwarding time before the window (default 1)")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="runs per contender, alternating (default 3)")
+    ap.add_argument("--mode", choices=("hugepages", "fallback"), default="hugepages",
+                    help="hugepages, or fallback = EAL --no-huge (both contenders)")
+    ap.add_argument("--pcap-dir", help="keep the pcaps here (default: a temporary "
+                                       "directory removed afterwards)")
+    ap.add_argument("--frames", type=int, default=4096, help="frames (= flows) in the pcap")
+    ap.add_argument("--macs", type=int, default=topo.MIN_MACS,
+                    help=f"destination MACs (>= {topo.MIN_MACS})")
+    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS,
+                    help=f"remote VTEPs (>= {topo.MIN_VTEPS})")
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip the functional check before timing")
+    ap.add_argument("--testpmd", default=testpmd.TESTPMD, help="testpmd binary")
+    return ap
+
+
+def _terminate(signum, frame):
+    # SIGTERM like Ctrl-C: unwind, so the children we started are killed
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.seconds <= 0 or args.warmup < 0 or args.runs < 1:
+        ap.error("--seconds must be > 0, --warmup >= 0, --runs >= 1")
+    try:
+        topo.check_sizes(args.macs, args.vteps)
+        if not args.macs <= args.frames <= 1 << 20:
+            raise ValueError(f"--frames: {args.frames} out of range {args.macs}..{1 << 20}")
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        res = run(args)
+    except (BenchError, testpmd.TestpmdError) as e:
+        print(f"bench: FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr, flush=True)
+        return 130
+    print(f"RESULT name={res['name']} mpps={res['mpps']:.3f} "
+          f"testpmd_mpps={res['testpmd_mpps']:.3f} ratio={res['ratio']:.3f}", flush=True)
+    return 0

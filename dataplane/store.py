@@ -1,0 +1,438 @@
+"""The embedded state store: one SQLite file (WAL journal).
+
+What the node knows and must find again after a restart: networks, pods,
+their endpoints (one per pod plane: pod MAC/IP -> node VTEP) and address
+allocations. Every write is one transaction, committed before the call
+returns (``synchronous=FULL``).
+
+The store is written *before* a change is applied, so that a crash in the
+middle leaves a record of what was being done::
+
+    store.put_pod(name, netns, spec)                  # pod state 'pending'
+    for each plane:
+        ip  = store.allocate_ip(net, subnet, gw, name, fixed)
+        mac = store.allocate_mac(name, plane)
+        store.add_endpoint(name, plane, net, ifname, host_ifname, mac, ip)
+                                                      # endpoint 'pending'
+        ... create the interfaces, attach the port ...
+        store.set_endpoint_state(name, plane, "ready")
+    store.set_pod_state(name, "ready")
+
+    store.set_pod_state(name, "deleting")             # pod del: intent first
+    ... detach everything ...
+    store.delete_pod(name)                            # endpoints + addresses too
+
+After a restart, 'ready' rows are replayed (interfaces found again and
+re-attached), 'pending' and 'deleting' rows are finished or rolled back.
+Nothing is allocated twice: allocations survive until ``release_ips`` or
+``delete_pod``.
+
+One ``Store`` may be shared by threads (a lock serialises its calls); several
+processes may open the same file (``BEGIN IMMEDIATE`` serialises writers).
+"""
+import hashlib
+import ipaddress
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional
+
+from .errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
+
+SCHEMA_VERSION = 1
+STATES = ("pending", "ready", "deleting")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS networks (
+    name    TEXT PRIMARY KEY,
+    vni     INTEGER NOT NULL UNIQUE CHECK (vni BETWEEN 1 AND 16777215),
+    plane   TEXT NOT NULL,
+    subnet  TEXT NOT NULL,
+    gateway TEXT,
+    mtu     INTEGER,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pods (
+    name    TEXT PRIMARY KEY,
+    netns   TEXT NOT NULL,
+    spec    TEXT NOT NULL,                       -- JSON
+    state   TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'ready', 'deleting')),
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    pod         TEXT NOT NULL,
+    plane       TEXT NOT NULL,
+    network     TEXT NOT NULL,
+    ifname      TEXT,                            -- inside the pod
+    host_ifname TEXT UNIQUE,                     -- NULL for a remote endpoint
+    mac         TEXT NOT NULL,
+    ip          TEXT,
+    node        TEXT,
+    vtep        TEXT,
+    state       TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'ready', 'deleting')),
+    created     REAL NOT NULL,
+    PRIMARY KEY (pod, plane)
+);
+CREATE INDEX IF NOT EXISTS endpoints_network ON endpoints (network);
+CREATE TABLE IF NOT EXISTS allocations (
+    network TEXT NOT NULL,
+    ip      TEXT NOT NULL,
+    pod     TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (network, ip),
+    UNIQUE (network, pod)
+);
+CREATE INDEX IF NOT EXISTS allocations_pod ON allocations (pod);
+"""
+
+
+def _check_state(state):
+    if state not in STATES:
+        raise ConfigError(f"state: {state!r} is not one of {', '.join(STATES)}")
+    return state
+
+
+class Store:
+    """The node's state in the SQLite file ``path`` (created if missing; its
+    directory is created with mode 0700, the file with mode 0600)."""
+
+    def __init__(self, path: str, timeout: float = 10.0):
+        self.path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.chmod(parent, 0o700)  # makedirs' mode is filtered by the umask
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._lock = threading.RLock()
+        # autocommit mode: transactions are opened explicitly by _tx()
+        self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        try:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":  # pragma: no cover - e.g. a read-only medium
+                raise sqlite3.OperationalError(f"journal mode is {mode}, not WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._tx() as db:
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(stmt)
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'"
+                                 ).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                               (str(SCHEMA_VERSION),))
+                elif int(row[0]) != SCHEMA_VERSION:
+                    raise ConfigError(f"store {self.path}: schema version {row[0]}, "
+                                      f"this program knows {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise ConfigError(f"store {self.path}: not a usable SQLite state file ({e})") \
+                from None
+        except Exception:
+            self._db.close()
+            raise
+
+    # ------------------------------------------------------------ plumbing
+    @contextmanager
+    def _tx(self):
+        """One write transaction (BEGIN IMMEDIATE: takes the write lock now)."""
+        with self._lock:
+            cur = _Cursor(self._db)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql, args=()):
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self):
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---------------------------------------------------------------- meta
+    def get_meta(self, key: str) -> Optional[str]:
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str):
+        with self._tx() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                       "SET value=excluded.value", (key, str(value)))
+
+    # ------------------------------------------------------------ networks
+    def put_network(self, name: str, vni: int, plane: str, subnet: str,
+                    gateway: Optional[str] = None, mtu: Optional[int] = None):
+        """Insert or update network ``name``. A VNI used by another network, or
+        a new subnet that leaves allocated addresses outside, is refused."""
+        try:
+            net = ipaddress.IPv4Network(str(subnet))
+        except ValueError:
+            raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 "
+                              "subnet") from None
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni < 1 << 24:
+            raise ConfigError(f"network {name}: vni {vni!r} out of range 1..16777215")
+        with self._tx() as db:
+            other = db.execute("SELECT name FROM networks WHERE vni=? AND name<>?",
+                               (vni, name)).fetchone()
+            if other:
+                raise ConfigError(f"network {name}: VNI {vni} is used by network "
+                                  f"{other[0]} already")
+            outside = [r[0] for r in db.execute(
+                "SELECT ip FROM allocations WHERE network=?", (name,))
+                if ipaddress.IPv4Address(r[0]) not in net]
+            if outside:
+                raise Busy(f"network {name}: subnet {net} would leave allocated "
+                           f"addresses outside it ({', '.join(sorted(outside)[:5])})")
+            db.execute(
+                "INSERT INTO networks (name, vni, plane, subnet, gateway, mtu, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "vni=excluded.vni, plane=excluded.plane, subnet=excluded.subnet, "
+                "gateway=excluded.gateway, mtu=excluded.mtu, updated=excluded.updated",
+                (name, vni, plane, str(net), gateway, mtu, time.time()))
+
+    def network(self, name: str) -> Optional[Dict[str, Any]]:
+        rows = self._query("SELECT * FROM networks WHERE name=?", (name,))
+        return dict(rows[0]) if rows else None
+
+    def networks(self) -> List[Dict[str, Any]]:
+        """Every network: dicts with name, vni, plane, subnet, gateway, mtu."""
+        return [dict(r) for r in self._query("SELECT * FROM networks ORDER BY name")]
+
+    def delete_network(self, name: str) -> bool:
+        """Remove network ``name``; Busy while it has endpoints or addresses."""
+        with self._tx() as db:
+            n = db.execute("SELECT (SELECT count(*) FROM endpoints WHERE network=?) + "
+                           "(SELECT count(*) FROM allocations WHERE network=?)",
+                           (name, name)).fetchone()[0]
+            if n:
+                raise Busy(f"network {name} is in use by pods (endpoints or addresses)")
+            return db.execute("DELETE FROM networks WHERE name=?", (name,)).rowcount > 0
+
+    # ---------------------------------------------------------------- pods
+    def put_pod(self, name: str, netns: str, spec_dict: Dict[str, Any],
+                state: str = "pending"):
+        """Record pod ``name`` (intent: state 'pending'). AlreadyExists if a pod
+        of that name is recorded."""
+        _check_state(state)
+        try:
+            spec = json.dumps(spec_dict, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"pod {name}: spec is not JSON data ({e})") from None
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM pods WHERE name=?", (name,)).fetchone():
+                raise AlreadyExists(f"pod {name} exists already")
+            db.execute("INSERT INTO pods (name, netns, spec, state, created) "
+                       "VALUES (?, ?, ?, ?, ?)", (name, netns, spec, state, time.time()))
+
+    def set_pod_state(self, name: str, state: str):
+        _check_state(state)
+        with self._tx() as db:
+            if db.execute("UPDATE pods SET state=? WHERE name=?", (state, name)).rowcount == 0:
+                raise NotFound(f"pod {name} is not recorded")
+
+    @staticmethod
+    def _pod_row(r):
+        d = dict(r)
+        d["spec"] = json.loads(d["spec"])
+        return d
+
+    def pod(self, name: str) -> Optional[Dict[str, Any]]:
+        """{name, netns, spec (dict), state, created} or None."""
+        rows = self._query("SELECT * FROM pods WHERE name=?", (name,))
+        return self._pod_row(rows[0]) if rows else None
+
+    def pods(self, state: Optional[str] = None) -> List[Dict[str, Any]]:
+        if state is None:
+            rows = self._query("SELECT * FROM pods ORDER BY created, name")
+        else:
+            rows = self._query("SELECT * FROM pods WHERE state=? ORDER BY created, name",
+                               (_check_state(state),))
+        return [self._pod_row(r) for r in rows]
+
+    def delete_pod(self, name: str) -> bool:
+        """Remove the pod, its endpoints and its addresses in one transaction.
+        False if nothing was recorded under ``name``."""
+        with self._tx() as db:
+            n = db.execute("DELETE FROM endpoints WHERE pod=?", (name,)).rowcount
+            n += db.execute("DELETE FROM allocations WHERE pod=?", (name,)).rowcount
+            n += db.execute("DELETE FROM pods WHERE name=?", (name,)).rowcount
+            return n > 0
+
+    # ----------------------------------------------------------- endpoints
+    def add_endpoint(self, pod: str, plane: str, network: str, ifname: Optional[str],
+                     host_ifname: Optional[str], mac: str, ip: Optional[str],
+                     node: Optional[str] = None, vtep: Optional[str] = None,
+                     state: str = "pending"):
+        """Record (or update) the endpoint of ``pod`` on ``plane``. Local
+        endpoints have a host_ifname; remote ones a node and a VTEP."""
+        _check_state(state)
+        with self._tx() as db:
+            if host_ifname is not None:
+                other = db.execute("SELECT pod, plane FROM endpoints WHERE host_ifname=? "
+                                   "AND NOT (pod=? AND plane=?)",
+                                   (host_ifname, pod, plane)).fetchone()
+                if other:
+                    raise AlreadyExists(f"host interface {host_ifname} belongs to pod "
+                                        f"{other[0]} plane {other[1]} already")
+            db.execute(
+                "INSERT INTO endpoints (pod, plane, network, ifname, host_ifname, mac, ip, "
+                "node, vtep, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(pod, plane) DO UPDATE SET network=excluded.network, "
+                "ifname=excluded.ifname, host_ifname=excluded.host_ifname, "
+                "mac=excluded.mac, ip=excluded.ip, node=excluded.node, "
+                "vtep=excluded.vtep, state=excluded.state",
+                (pod, plane, network, ifname, host_ifname, mac, ip, node, vtep, state,
+                 time.time()))
+
+    def set_endpoint_state(self, pod: str, plane: str, state: str):
+        _check_state(state)
+        with self._tx() as db:
+            if db.execute("UPDATE endpoints SET state=? WHERE pod=? AND plane=?",
+                          (state, pod, plane)).rowcount == 0:
+                raise NotFound(f"endpoint of pod {pod} on plane {plane} is not recorded")
+
+    def delete_endpoint(self, pod: str, plane: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM endpoints WHERE pod=? AND plane=?",
+                              (pod, plane)).rowcount > 0
+
+    def endpoints(self, pod: Optional[str] = None, network: Optional[str] = None,
+                  state: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Endpoints (dicts with the columns), filtered by whatever is given."""
+        where, args = [], []
+        for col, val in (("pod", pod), ("network", network), ("state", state)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        sql = "SELECT * FROM endpoints"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [dict(r) for r in self._query(sql + " ORDER BY pod, plane", args)]
+
+    # ---------------------------------------------------------------- IPAM
+    def allocate_ip(self, network: str, subnet_cidr: str, gateway: Optional[str],
+                    pod: str, fixed: Optional[str] = None) -> str:
+        """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded.
+
+        Never the network, broadcast or gateway address, never one already
+        given. ``fixed`` asks for that address (ConfigError if it is outside
+        the subnet, reserved or taken). A pod has at most one address per
+        network: asking again returns the one it has (so a retried or
+        replayed pod add gets the same address). ResourceError when the
+        subnet is full."""
+        try:
+            subnet = ipaddress.IPv4Network(str(subnet_cidr))
+        except ValueError:
+            raise ConfigError(f"network {network}: subnet {subnet_cidr!r} is not an IPv4 "
+                              "subnet") from None
+        reserved = set()
+        if subnet.prefixlen < 31:
+            reserved |= {subnet.network_address, subnet.broadcast_address}
+        if gateway:
+            reserved.add(ipaddress.IPv4Address(str(gateway)))
+        want = None
+        if fixed is not None:
+            try:
+                want = ipaddress.IPv4Address(str(fixed).split("/", 1)[0])
+            except ValueError:
+                raise ConfigError(f"ips: {fixed!r} for network {network} is not an IPv4 "
+                                  "address") from None
+            if want not in subnet:
+                raise ConfigError(f"ips: {want} is outside network {network}'s subnet "
+                                  f"{subnet}")
+            if want in reserved:
+                what = "gateway" if gateway and want == ipaddress.IPv4Address(
+                    str(gateway)) else "network or broadcast"
+                raise ConfigError(f"ips: {want} is the {what} address of network "
+                                  f"{network}")
+        with self._tx() as db:
+            mine = db.execute("SELECT ip FROM allocations WHERE network=? AND pod=?",
+                              (network, pod)).fetchone()
+            if mine is not None:
+                if want is not None and str(want) != mine[0]:
+                    raise ConfigError(f"ips: pod {pod} has address {mine[0]} on network "
+                                      f"{network} already, not {want}")
+                return mine[0]
+            if want is not None:
+                owner = db.execute("SELECT pod FROM allocations WHERE network=? AND ip=?",
+                                   (network, str(want))).fetchone()
+                if owner is not None:
+                    raise ConfigError(f"ips: {want} on network {network} is taken by pod "
+                                      f"{owner[0]}")
+                ip = want
+            else:
+                taken = {int(ipaddress.IPv4Address(r[0])) for r in db.execute(
+                    "SELECT ip FROM allocations WHERE network=?", (network,))}
+                taken |= {int(a) for a in reserved}
+                ip = None
+                lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
+                for cand in range(lo, hi + 1):
+                    if cand not in taken:
+                        ip = ipaddress.IPv4Address(cand)
+                        break
+                if ip is None:
+                    raise ResourceError(f"network {network}: no free address left in "
+                                        f"{subnet} ({len(taken)} allocated or reserved)")
+            db.execute("INSERT INTO allocations (network, ip, pod, created) "
+                       "VALUES (?, ?, ?, ?)", (network, str(ip), pod, time.time()))
+            return str(ip)
+
+    def release_ips(self, pod: str) -> int:
+        """Give back every address of ``pod``; returns how many."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM allocations WHERE pod=?", (pod,)).rowcount
+
+    def allocations(self, network: Optional[str] = None) -> List[Dict[str, Any]]:
+        if network is None:
+            rows = self._query("SELECT * FROM allocations ORDER BY network, ip")
+        else:
+            rows = self._query("SELECT * FROM allocations WHERE network=? ORDER BY ip",
+                               (network,))
+        return [dict(r) for r in rows]
+
+    def allocate_mac(self, pod: str, plane: str) -> str:
+        """A locally administered unicast MAC (02:xx:xx:xx:xx:xx) derived from
+        (pod, plane): the same pair gets the same MAC. Should it equal the MAC
+        of another recorded endpoint, the next derivation is taken (still
+        deterministic for a given store content)."""
+        used = {r[0] for r in self._query(
+            "SELECT mac FROM endpoints WHERE NOT (pod=? AND plane=?)", (pod, plane))}
+        for i in range(1 << 16):
+            h = hashlib.sha256(f"{pod}\0{plane}\0{i}".encode()).digest()
+            mac = "02:" + ":".join(f"{b:02x}" for b in h[:5])
+            if mac not in used:
+                return mac
+        raise ResourceError(f"no free MAC for pod {pod} plane {plane}")  # pragma: no cover
+
+
+class _Cursor:
+    """What a transaction body sees: ``execute`` only."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def execute(self, sql, args=()):
+        return self._db.execute(sql, args)
