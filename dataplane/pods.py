@@ -1,0 +1,623 @@
+"""Pods: plane specs, and the interfaces that put a pod on its planes.
+
+(a) A pod's plane spec, JSON text or a dict::
+
+    {"pod_type": "ct", "network_plane": ["std", "control", "media"],
+     "networks": {"std": "net1", "control": "net2", "media": "net3"},
+     "ips": {"std": "192.168.10.7"},                 # optional fixed addresses
+     "macs": {"media": "02:00:00:00:00:07"},         # optional fixed MACs
+     "interfaces": {"media": "rtp0"}}                # optional interface names
+
+"it" pods have only the std plane. :func:`parse_pod_spec` checks it against
+the node configuration and returns a :class:`PodSpec`, or raises ConfigError
+naming the problem. Inside the pod, std is ``eth0`` and every other plane is
+named after the plane, unless the node configuration (``planes.X.interface``)
+or the spec (``interfaces``) says otherwise.
+
+(b) Netlink plumbing (pyroute2), one veth pair per pod plane:
+:func:`attach_plane`, :func:`detach_plane`, :func:`find_plane`. The host end
+of the pair lives in this namespace and becomes a dataplane port; the other
+end is in the pod's namespace. Interfaces and addresses are left in place
+when the service stops, so pods keep them across a restart; ``find_plane``
+finds them again.
+"""
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import socket
+import struct
+from typing import Any, Dict, List, NamedTuple, Optional
+
+from .config import IFNAMSIZ, MIN_MTU, NodeConfig, check_mac
+from .errors import (AlreadyExists, Busy, ConfigError, DataplaneError, NotFound,
+                     ResourceError)
+
+POD_TYPES = ("ct", "it")
+SPEC_KEYS = ("pod_type", "network_plane", "networks", "ips", "macs", "interfaces")
+STD_PLANE = "std"
+
+
+# ============================================================== plane specs
+@dataclasses.dataclass(frozen=True)
+class PlaneSpec:
+    plane: str
+    network: str
+    ifname: str                       # interface name inside the pod
+    ip: Optional[str] = None          # fixed address asked for (no prefix)
+    mac: Optional[str] = None         # fixed MAC asked for
+
+    @property
+    def default_route(self) -> bool:
+        """The std plane carries the pod's default route."""
+        return self.plane == STD_PLANE
+
+
+@dataclasses.dataclass(frozen=True)
+class PodSpec:
+    pod_type: str
+    planes: List[PlaneSpec]           # in network_plane order
+
+    def plane(self, name: str) -> Optional[PlaneSpec]:
+        for p in self.planes:
+            if p.plane == name:
+                return p
+        return None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The spec as JSON data; ``parse_pod_spec`` gives back the same spec."""
+        d = {"pod_type": self.pod_type,
+             "network_plane": [p.plane for p in self.planes],
+             "networks": {p.plane: p.network for p in self.planes},
+             "interfaces": {p.plane: p.ifname for p in self.planes}}
+        ips = {p.plane: p.ip for p in self.planes if p.ip}
+        macs = {p.plane: p.mac for p in self.planes if p.mac}
+        if ips:
+            d["ips"] = ips
+        if macs:
+            d["macs"] = macs
+        return d
+
+
+# `"networks": ["std": "net1", ...]`: a list of "key": "value" pairs
+_PAIRS_IN_LIST = re.compile(r'"([^"\\]+)"\s*:\s*\[\s*"[^"\\]*"\s*:\s*"')
+_WHAT = {"networks": "network", "ips": "address", "macs": "MAC", "interfaces": "interface"}
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _load_json(text: str):
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise ConfigError(f"pod spec: key {e.args[0]!r} is given twice") from None
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno} column {e.colno} (char {e.pos})"
+        m = _PAIRS_IN_LIST.search(text)
+        if m:
+            key = m.group(1)
+            what = _WHAT.get(key, "value")
+            raise ConfigError(
+                f'{key} must be a mapping {{"plane": "{what}"}}, not a list of '
+                f'"plane": "{what}" pairs (invalid JSON: {e.msg} at {where})') from None
+        raise ConfigError(f"pod spec is not valid JSON: {e.msg} at {where}") from None
+
+
+def _ifname_ok(name) -> bool:
+    return (isinstance(name, str) and 0 < len(name) < IFNAMSIZ
+            and name not in (".", "..", "lo") and not any(c in name for c in "/:")
+            and not any(c.isspace() for c in name))
+
+
+def _plane_map(spec, key, listed, config):
+    """spec[key] as {plane: value}, every plane known and listed."""
+    value = spec.get(key)
+    if value is None:
+        return {}
+    what = _WHAT[key]
+    if isinstance(value, list):
+        raise ConfigError(f'{key} must be a mapping {{"plane": "{what}"}}, not a list')
+    if not isinstance(value, dict):
+        raise ConfigError(f'{key} must be a mapping {{"plane": "{what}"}}, not '
+                          f"{type(value).__name__}")
+    for plane, v in value.items():
+        if plane not in config.planes:
+            raise ConfigError(f"{key}: unknown plane {plane!r} (known: "
+                              f"{', '.join(config.planes)})")
+        if plane not in listed:
+            raise ConfigError(f"{key}.{plane}: {what} given for plane {plane}, which is "
+                              "not listed in network_plane")
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{key}.{plane}: {v!r} is not a {what} name" if key in (
+                "networks", "interfaces") else f"{key}.{plane}: {v!r} is not a {what}")
+    return value
+
+
+def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
+    """Validate a pod's plane spec (JSON text, bytes or a dict) against the
+    node configuration. ConfigError names the problem."""
+    if isinstance(obj, (bytes, bytearray)):
+        try:
+            obj = obj.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"pod spec: not UTF-8 text ({e.reason} at byte {e.start})") \
+                from None
+    if isinstance(obj, str):
+        obj = _load_json(obj)
+    if not isinstance(obj, dict):
+        raise ConfigError(f"pod spec must be a JSON object, not {type(obj).__name__}")
+    for key in obj:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"pod spec: unknown key {key!r} (known: "
+                              f"{', '.join(SPEC_KEYS)})")
+
+    pod_type = obj.get("pod_type")
+    if pod_type is None:
+        raise ConfigError(f"pod_type: is required ({' or '.join(POD_TYPES)})")
+    if pod_type not in POD_TYPES:
+        raise ConfigError(f"pod_type: unknown pod type {pod_type!r} (known: "
+                          f"{', '.join(POD_TYPES)})")
+
+    planes = obj.get("network_plane")
+    if planes is None and pod_type == "it":
+        planes = [STD_PLANE]
+    if planes is None:
+        raise ConfigError("network_plane: is required for a ct pod (a list of planes)")
+    if not isinstance(planes, list) or not planes:
+        raise ConfigError(f"network_plane: {planes!r} is not a non-empty list of planes")
+    for i, plane in enumerate(planes):
+        if not isinstance(plane, str):
+            raise ConfigError(f"network_plane[{i}]: {plane!r} is not a plane name")
+        if plane not in config.planes:
+            raise ConfigError(f"network_plane[{i}]: unknown plane {plane!r} (known: "
+                              f"{', '.join(config.planes)})")
+        if plane in planes[:i]:
+            raise ConfigError(f"network_plane[{i}]: duplicate plane {plane!r}")
+    if pod_type == "it" and planes != [STD_PLANE]:
+        other = [p for p in planes if p != STD_PLANE]
+        raise ConfigError(f"network_plane: an it pod has only the std plane, not "
+                          f"{', '.join(other) if other else planes}")
+
+    if obj.get("networks") is None:
+        raise ConfigError('networks: is required (a mapping {"plane": "network"})')
+    networks = _plane_map(obj, "networks", planes, config)
+    ips = _plane_map(obj, "ips", planes, config)
+    macs = _plane_map(obj, "macs", planes, config)
+    ifnames = _plane_map(obj, "interfaces", planes, config)
+
+    out = []
+    used_if = {}
+    used_mac = {}
+    for plane in planes:
+        name = networks.get(plane)
+        if name is None:
+            raise ConfigError(f"networks: plane {plane} is listed in network_plane but has "
+                              "no network")
+        net = config.network(name)
+        if net is None:
+            known = ", ".join(n.name for n in config.networks) or "none"
+            raise ConfigError(f"networks.{plane}: unknown network {name!r} (known: {known})")
+        if net.plane != plane:
+            raise ConfigError(f"networks.{plane}: network {name} belongs to plane "
+                              f"{net.plane}, not {plane}")
+
+        ifname = ifnames.get(plane, config.planes[plane].interface)
+        if not _ifname_ok(ifname):
+            raise ConfigError(f"interfaces.{plane}: {ifname!r} is not a valid interface "
+                              f"name (at most {IFNAMSIZ - 1} characters, no '/', ':' "
+                              "or spaces)")
+        if ifname in used_if:
+            raise ConfigError(f"interfaces: duplicate interface name {ifname!r} (planes "
+                              f"{used_if[ifname]} and {plane})")
+        used_if[ifname] = plane
+
+        ip = ips.get(plane)
+        if ip is not None:
+            ip = _check_pod_ip(ip, plane, net)
+        mac = macs.get(plane)
+        if mac is not None:
+            mac = check_mac(mac, f"macs.{plane}")
+            if mac in used_mac:
+                raise ConfigError(f"macs.{plane}: {mac} is the MAC of plane "
+                                  f"{used_mac[mac]} already")
+            used_mac[mac] = plane
+        out.append(PlaneSpec(plane=plane, network=name, ifname=ifname, ip=ip, mac=mac))
+    return PodSpec(pod_type=pod_type, planes=out)
+
+
+def _check_pod_ip(ip: str, plane: str, net) -> str:
+    subnet = ipaddress.IPv4Network(net.subnet)
+    addr, _, plen = ip.partition("/")
+    try:
+        a = ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise ConfigError(f"ips.{plane}: {ip!r} is not an IPv4 address") from None
+    if plen and plen != str(subnet.prefixlen):
+        raise ConfigError(f"ips.{plane}: prefix length /{plen} differs from network "
+                          f"{net.name}'s subnet {subnet}")
+    if a not in subnet:
+        raise ConfigError(f"ips.{plane}: {a} is outside network {net.name}'s subnet "
+                          f"{subnet}")
+    if a in (subnet.network_address, subnet.broadcast_address):
+        raise ConfigError(f"ips.{plane}: {a} is the network or broadcast address of "
+                          f"{subnet}")
+    if net.gateway and a == ipaddress.IPv4Address(net.gateway):
+        raise ConfigError(f"ips.{plane}: {a} is the gateway of network {net.name}")
+    return str(a)
+
+
+def host_ifname(pod: str, plane: str) -> str:
+    """The host end's name for (pod, plane): 'dp' + 8 hex digits of a hash of
+    both + the plane's first letters; 15 characters at most, always the same."""
+    h = hashlib.sha256(f"{pod}\0{plane}".encode()).hexdigest()[:8]
+    return f"dp{h}{plane[:IFNAMSIZ - 1 - 10]}"
+
+
+# ============================================================== netlink
+class AttachResult(NamedTuple):
+    host_ifname: str
+    host_mac: str
+
+
+@dataclasses.dataclass
+class PlaneInfo:
+    """What ``find_plane`` sees of a pod plane's interfaces."""
+    host_ifname: str
+    host_index: int
+    host_mac: str
+    kind: Optional[str]               # 'veth' for ours
+    mtu: int
+    up: bool                          # host end administratively up
+    peer_index: Optional[int]         # ifindex of the other end, in its namespace
+    # the pod end, when find_plane was given the pod's namespace:
+    ifname: Optional[str] = None
+    mac: Optional[str] = None
+    pod_mtu: Optional[int] = None
+    pod_up: Optional[bool] = None
+    addresses: List[str] = dataclasses.field(default_factory=list)   # "ip/len"
+
+
+_CLONE_NEWNET = 0x40000000
+_NS_GET_NSTYPE = 0xB703               # _IO(0xb7, 0x3), linux/nsfs.h
+_SIOCETHTOOL = 0x8946
+# ethtool commands (linux/ethtool.h) on the feature bits, by feature name
+_ETHTOOL_GSTRINGS = 0x1B
+_ETHTOOL_GSSET_INFO = 0x37
+_ETHTOOL_GFEATURES = 0x3A
+_ETHTOOL_SFEATURES = 0x3B
+_ETH_SS_FEATURES = 4
+_ETH_GSTRING_LEN = 32
+N_STEPS = 5
+
+_BY_ERRNO = {errno.EEXIST: AlreadyExists, errno.ENOENT: NotFound, errno.ENODEV: NotFound,
+             errno.EBUSY: Busy, errno.ENOSPC: ResourceError, errno.ENOMEM: ResourceError,
+             errno.ENOBUFS: ResourceError, errno.EINVAL: ConfigError}
+
+
+def _err_code(e) -> Optional[int]:
+    code = getattr(e, "code", None)         # pyroute2 NetlinkError
+    if isinstance(code, int):
+        return abs(code)
+    return getattr(e, "errno", None)
+
+
+def _describe(e) -> str:
+    if isinstance(e, DataplaneError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} (errno {e.errno})"
+    code = _err_code(e)
+    if isinstance(code, int) and code > 0:
+        return f"{os.strerror(code)} (errno {code})"
+    return str(e) or type(e).__name__
+
+
+def _open_netns(netns_path) -> int:
+    """fd of the network namespace at ``netns_path``; ConfigError if it is
+    missing, not a network namespace, or this process's own."""
+    path = os.fspath(netns_path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"netns: cannot open {path}: {e.strerror}") from None
+    try:
+        try:
+            nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        except OSError:
+            nstype = None
+        if nstype != _CLONE_NEWNET:
+            raise ConfigError(f"netns: {path} is not a network namespace "
+                              "(give /var/run/netns/NAME or /proc/PID/ns/net)")
+        st, own = os.fstat(fd), os.stat("/proc/self/ns/net")
+        if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+            raise ConfigError(f"netns: {path} is the dataplane's own network namespace, "
+                              "not a pod's")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _ipr(netns_path=None):
+    from pyroute2 import IPRoute
+    if netns_path is None:
+        return IPRoute()
+    # flags=0: never create a namespace that is not there
+    return IPRoute(netns=os.fspath(netns_path), flags=0)
+
+
+def _ethtool(sock, ifname: str, buf) -> None:
+    """One SIOCETHTOOL call; ``buf`` (a ctypes buffer) is read and written."""
+    ifr = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf))
+    ifr += bytes(40 - len(ifr))       # sizeof(struct ifreq)
+    fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifr)
+
+
+def _feature_names(sock, ifname: str) -> List[str]:
+    buf = ctypes.create_string_buffer(struct.pack("IIQI", _ETHTOOL_GSSET_INFO, 0,
+                                                  1 << _ETH_SS_FEATURES, 0))
+    _ethtool(sock, ifname, buf)
+    count = struct.unpack_from("I", buf.raw, 16)[0]
+    buf = ctypes.create_string_buffer(
+        struct.pack("III", _ETHTOOL_GSTRINGS, _ETH_SS_FEATURES, count)
+        + bytes(count * _ETH_GSTRING_LEN))
+    _ethtool(sock, ifname, buf)
+    raw = buf.raw[12:]
+    return [raw[i * _ETH_GSTRING_LEN:(i + 1) * _ETH_GSTRING_LEN].split(b"\0", 1)[0]
+            .decode() for i in range(count)]
+
+
+def _active_features(sock, ifname: str, nbits: int) -> set:
+    size = (nbits + 31) // 32
+    buf = ctypes.create_string_buffer(struct.pack("II", _ETHTOOL_GFEATURES, size)
+                                      + bytes(16 * size))
+    _ethtool(sock, ifname, buf)
+    blocks = struct.unpack_from(f"{4 * size}I", buf.raw, 8)
+    return {b for b in range(nbits) if blocks[4 * (b // 32) + 2] >> (b % 32) & 1}
+
+
+def _is_tx_offload(name: str) -> bool:
+    """What 'ethtool -K dev tx off tso off gso off' turns off, every other
+    kind of segmentation offload, and VLAN tag insertion: each would let a
+    frame without a finished checksum, larger than the MTU, or with its tag
+    outside the frame reach the AF_PACKET driver."""
+    return (name.startswith(("tx-checksum", "tx-vlan")) or name.endswith("segmentation")
+            or name in ("tx-gso-list", "tx-gso-partial"))
+
+
+def _offloads_off(ifname: str, netns_path=None):
+    """TX checksum offload, TSO and GSO (every segmentation offload) and VLAN
+    tag insertion off on
+    ``ifname`` (ETHTOOL_SFEATURES, as ethtool -K does): frames read by the
+    AF_PACKET driver then carry complete checksums. Checked by reading back."""
+    if netns_path is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    else:
+        from pyroute2.netns import create_socket
+        # an ioctl acts in the namespace of the socket it is made on
+        sock = create_socket(netns=os.fspath(netns_path), family=socket.AF_INET,
+                             socket_type=socket.SOCK_DGRAM, flags=0)
+    with sock:
+        names = _feature_names(sock, ifname)
+        bits = [i for i, n in enumerate(names) if _is_tx_offload(n)]
+        size = (len(names) + 31) // 32
+        blocks = [0] * (2 * size)                 # (valid, requested) per block
+        for b in bits:
+            blocks[2 * (b // 32)] |= 1 << (b % 32)
+        buf = ctypes.create_string_buffer(
+            struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks))
+        _ethtool(sock, ifname, buf)
+        still = sorted(names[b] for b in _active_features(sock, ifname, len(names))
+                       & set(bits))
+        if still:
+            raise OSError(errno.EOPNOTSUPP, f"{', '.join(still)} stay on on {ifname}")
+
+
+def _disable_ipv6(ifname: str):
+    """No IPv6 on the host end: the kernel must not talk into the pod's plane
+    from it (best effort; absent when IPv6 is off)."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
+def _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu,
+                       default_route):
+    if not _ifname_ok(ifname):
+        raise ConfigError(f"ifname: {ifname!r} is not a valid interface name")
+    if not _ifname_ok(host_ifname):
+        raise ConfigError(f"host_ifname: {host_ifname!r} is not a valid interface name")
+    mac = check_mac(mac, "mac")
+    if not isinstance(ip_cidr, str) or "/" not in ip_cidr:
+        raise ConfigError(f"ip: {ip_cidr!r} is not an IPv4 address with prefix length")
+    try:
+        iface = ipaddress.IPv4Interface(ip_cidr)
+    except ValueError:
+        raise ConfigError(f"ip: {ip_cidr!r} is not an IPv4 address with prefix "
+                          "length") from None
+    gw = None
+    if gateway and default_route:
+        try:
+            gw = ipaddress.IPv4Address(str(gateway))
+        except ValueError:
+            raise ConfigError(f"gateway: {gateway!r} is not an IPv4 address") from None
+        if gw not in iface.network:
+            raise ConfigError(f"gateway: {gw} is not in {iface.network}")
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= 65535:
+        raise ConfigError(f"mtu: {mtu!r} out of range {MIN_MTU}..65535")
+    return mac, iface, gw
+
+
+def attach_plane(pod: str, netns_path: str, ifname: str, host_ifname: str, mac: str,
+                 ip_cidr: str, gateway: Optional[str], mtu: int, default_route: bool,
+                 *, plane: Optional[str] = None) -> AttachResult:
+    """Put pod ``pod`` (network namespace at ``netns_path``) on a plane.
+
+    Steps: 1. veth pair: ``host_ifname`` here, ``ifname`` in the pod's
+    namespace (created there directly, through IFLA_NET_NS_FD, with its MAC
+    and both ends' MTU); 2. TX checksum offload, TSO and GSO off on both ends;
+    3. ``ip_cidr`` on the pod end (the kernel adds the subnet route);
+    4. both ends up; 5. on the std plane (``default_route``) a default route
+    via ``gateway``. If a step fails, the pair is deleted and the error names
+    the step. Returns the host end's name and MAC."""
+    mac, iface, gw = _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr,
+                                        gateway, mtu, default_route)
+    what = f"pod {pod}" + (f" plane {plane}" if plane else "")
+    nsfd = _open_netns(netns_path)
+    try:
+        with _ipr() as ipr:
+            if ipr.link_lookup(ifname=host_ifname):
+                raise AlreadyExists(f"{what}: host interface {host_ifname} exists already "
+                                    "(detach the plane first)")
+            try:
+                pod_ipr = _ipr(netns_path)
+            except Exception as e:
+                raise ConfigError(f"netns: cannot enter {netns_path}: {_describe(e)}") \
+                    from None
+            with pod_ipr:
+                if pod_ipr.link_lookup(ifname=ifname):
+                    raise AlreadyExists(f"{what}: interface {ifname} exists in the pod's "
+                                        f"namespace {netns_path} already")
+                return _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname,
+                                     host_ifname, mac, iface, gw, mtu)
+    finally:
+        os.close(nsfd)
+
+
+def _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac,
+                  iface, gw, mtu) -> AttachResult:
+    host_index = None
+    step, desc = 0, ""
+    try:
+        step, desc = 1, f"create veth {host_ifname} <-> {ifname} in the pod's namespace"
+        ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu,
+                 peer={"ifname": ifname, "net_ns_fd": nsfd, "address": mac, "mtu": mtu})
+        host_index = ipr.link_lookup(ifname=host_ifname)[0]
+        pod_index = pod_ipr.link_lookup(ifname=ifname)[0]
+
+        step, desc = 2, f"turn TX checksum offload, TSO and GSO off on {ifname}"
+        _offloads_off(ifname, netns_path)
+        try:                           # host end: the driver writes whole frames
+            _offloads_off(host_ifname)
+        except OSError:
+            pass
+
+        step, desc = 3, f"add address {iface} to {ifname}"
+        pod_ipr.addr("add", index=pod_index, address=str(iface.ip),
+                     prefixlen=iface.network.prefixlen)
+
+        step, desc = 4, f"bring {host_ifname} and {ifname} up"
+        _disable_ipv6(host_ifname)
+        ipr.link("set", index=host_index, state="up")
+        pod_ipr.link("set", index=pod_index, state="up")
+
+        step, desc = 5, (f"add default route via {gw}" if gw else "check routes")
+        if gw is not None:
+            pod_ipr.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=pod_index)
+
+        link = ipr.get_links(host_index)[0]
+        return AttachResult(host_ifname, link.get("IFLA_ADDRESS"))
+    except BaseException as e:
+        undone = ""
+        if host_index is not None:
+            try:
+                ipr.link("del", index=host_index)   # takes the pod end with it
+                undone = f"; undone: veth {host_ifname} deleted"
+            except Exception as e2:  # pragma: no cover - nothing we can do more
+                undone = f"; could not delete veth {host_ifname}: {_describe(e2)}"
+        if not isinstance(e, Exception):
+            raise
+        if isinstance(e, DataplaneError):
+            cls = type(e)
+        else:
+            cls = _BY_ERRNO.get(_err_code(e), DataplaneError)
+            if cls is ConfigError:       # a kernel EINVAL is not the user's input
+                cls = DataplaneError
+        raise cls(f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}"
+                  f"{undone}", _err_code(e)) from e
+
+
+def detach_plane(host_ifname: str) -> bool:
+    """Delete the veth pair whose host end is ``host_ifname`` (the pod end goes
+    with it). False if it does not exist; ConfigError if it is not a veth."""
+    from pyroute2.netlink.exceptions import NetlinkError
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=host_ifname)
+        if not idx:
+            return False
+        link = ipr.get_links(idx[0])[0]
+        kind = _link_kind(link)
+        if kind != "veth":
+            raise ConfigError(f"host_ifname: {host_ifname} is a {kind or 'non-veth'} "
+                              "interface, not a pod plane's veth: not deleting it")
+        try:
+            ipr.link("del", index=idx[0])
+        except NetlinkError as e:
+            if abs(e.code) in (errno.ENODEV, errno.ENOENT):
+                return False                  # gone meanwhile (the pod's netns died)
+            raise _BY_ERRNO.get(abs(e.code), DataplaneError)(
+                f"deleting {host_ifname}: {_describe(e)}", abs(e.code)) from e
+        return True
+
+
+def _link_kind(link) -> Optional[str]:
+    info = link.get("IFLA_LINKINFO")
+    return info.get("IFLA_INFO_KIND") if info is not None else None
+
+
+def find_plane(host_ifname: str, netns_path: Optional[str] = None) -> Optional[PlaneInfo]:
+    """The plane's interfaces if the host end still exists (None otherwise).
+    With ``netns_path``, the pod end is looked up too (ifname, MAC, MTU,
+    addresses); those stay None when the namespace is gone."""
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=host_ifname)
+        if not idx:
+            return None
+        link = ipr.get_links(idx[0])[0]
+    info = PlaneInfo(host_ifname=host_ifname, host_index=idx[0],
+                     host_mac=link.get("IFLA_ADDRESS"), kind=_link_kind(link),
+                     mtu=link.get("IFLA_MTU"), up=bool(link["flags"] & 1),
+                     peer_index=link.get("IFLA_LINK"))
+    if netns_path is None or info.peer_index is None:
+        return info
+    try:
+        nsfd = _open_netns(netns_path)
+    except ConfigError:
+        return info
+    os.close(nsfd)
+    try:
+        with _ipr(netns_path) as pod_ipr:
+            peers = pod_ipr.get_links(info.peer_index)
+            if not peers:
+                return info
+            peer = peers[0]
+            if peer.get("IFLA_LINK") != info.host_index:
+                return info                  # same index, another interface
+            info.ifname = peer.get("IFLA_IFNAME")
+            info.mac = peer.get("IFLA_ADDRESS")
+            info.pod_mtu = peer.get("IFLA_MTU")
+            info.pod_up = bool(peer["flags"] & 1)
+            info.addresses = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+                              for a in pod_ipr.get_addr(index=info.peer_index,
+                                                        family=socket.AF_INET)]
+    except Exception:
+        pass                                 # namespace or peer gone meanwhile
+    return info

@@ -1,0 +1,35 @@
+#!/bin/bash
+# Set up this machine for dataplane (Debian/Ubuntu, as root), idempotently:
+# system packages (DPDK 22.11 LTS from the distribution), hugepages and the
+# hugetlbfs mount, a virtual environment in .venv with the package built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
+           iproute2 ethtool iputils-ping prometheus; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# the Prometheus server is started by the tests that need it, never as a service
+if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
+
+# hugepages: 1024 x 2 MB, and hugetlbfs mounted (the fallback mode needs neither)
+if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt 1024 ]; then
+    echo 1024 > /proc/sys/vm/nr_hugepages || echo "setup: could not reserve hugepages (fallback mode still works)"
+fi
+mkdir -p /dev/hugepages
+mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages || \
+    echo "setup: could not mount hugetlbfs (fallback mode still works)"
+
+# Python: a virtual environment (stock Debian/Ubuntu python3 refuses system-wide pip)
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "setup: done ($(.venv/bin/python -c 'import dataplane.engine as e; print("core ABI", e.ABI_VERSION)'))"
