@@ -113,6 +113,27 @@ dp_eal_init(int argc, char **argv, struct dp_eal_info *info)
     return 0;
 }
 
+/* rte_hash_cmp_eq_t: 0 when equal */
+static int
+dp_key8_cmp(const void *a, const void *b, size_t len)
+{
+    (void)len;
+    uint64_t x, y;
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    return x != y;
+}
+
+static int
+dp_key4_cmp(const void *a, const void *b, size_t len)
+{
+    (void)len;
+    uint32_t x, y;
+    memcpy(&x, a, 4);
+    memcpy(&y, b, 4);
+    return x != y;
+}
+
 static struct rte_hash *
 mk_hash(const char *name, uint32_t entries, uint32_t key_len)
 {
@@ -128,6 +149,11 @@ mk_hash(const char *name, uint32_t entries, uint32_t key_len)
     struct rte_hash *h = rte_hash_create(&p);
     if (!h)
         return NULL;
+    /* the library compares keys of other than 16..128 bytes with memcmp */
+    if (key_len == sizeof(uint64_t))
+        rte_hash_set_cmp_func(h, dp_key8_cmp);
+    else if (key_len == sizeof(uint32_t))
+        rte_hash_set_cmp_func(h, dp_key4_cmp);
     struct rte_hash_rcu_config rc = {.v = dp.qsbr, .mode = RTE_HASH_QSBR_MODE_DQ};
     if (rte_hash_rcu_qsbr_add(h, &rc) != 0) {
         rte_hash_free(h);

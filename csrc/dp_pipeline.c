@@ -127,14 +127,15 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
         memcpy(&addrs, &ip->src_addr, 8);
         uint32_t h = rte_hash_crc_8byte(addrs, ip->next_proto_id);
         uint32_t hl = (ip->version_ihl & 0xf) * 4u;
-        if ((ip->next_proto_id == IPPROTO_TCP || ip->next_proto_id == IPPROTO_UDP ||
-             ip->next_proto_id == IPPROTO_SCTP) &&
-            !(ip->fragment_offset & RTE_BE16(0x3fff)) && m->data_len >= 14 + hl + 4)
-        {
-            uint32_t ports;
+        /* L4 ports for TCP/UDP/SCTP first fragments, without branches: the
+         * protocol mix of real traffic would defeat the predictor */
+        uint8_t pr = ip->next_proto_id;
+        uint32_t l4 = (pr == IPPROTO_TCP) | (pr == IPPROTO_UDP) | (pr == IPPROTO_SCTP);
+        l4 &= !(ip->fragment_offset & RTE_BE16(0x3fff));
+        uint32_t ports = 0;
+        if (likely(m->data_len >= 14 + hl + 4))
             memcpy(&ports, eth + 14 + hl, 4);
-            h = rte_hash_crc_4byte(ports, h);
-        }
+        h = rte_hash_crc_4byte(ports & (0u - l4), h);
         return h;
     }
     if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6) && m->data_len >= 54) {
@@ -148,36 +149,41 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
     return rte_hash_crc(eth, 12, et);
 }
 
-static inline void
-encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+/*
+ * Rewrite m in place into a VXLAN frame to tunnel ti. Returns 1, or 0 when
+ * the frame was dropped (and counted).
+ */
+static inline int
+encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
 {
     const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
     if (unlikely(t == NULL || !t->resolved)) {
         drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
-        return;
+        return 0;
     }
     if (unlikely(m->pkt_len > net->max_frame)) {
         drop(w, m, DP_DROP_OVERSIZE);
-        return;
+        return 0;
     }
     uint8_t tos;
     uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
     uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
     if (unlikely(hdr == NULL)) {
         drop(w, m, DP_DROP_NO_HEADROOM);
-        return;
+        return 0;
     }
     rte_memcpy(hdr, t->hdr, DP_VXLAN_HDR_LEN);
     struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(hdr + sizeof(struct rte_ether_hdr));
     struct rte_udp_hdr *udp = (struct rte_udp_hdr *)(ip + 1);
     struct rte_vxlan_hdr *vx = (struct rte_vxlan_hdr *)(udp + 1);
     uint16_t ip_len = (uint16_t)(m->pkt_len - sizeof(struct rte_ether_hdr));
+    rte_be16_t len_be = rte_cpu_to_be_16(ip_len);
     ip->type_of_service = tos;
-    ip->total_length = rte_cpu_to_be_16(ip_len);
-    /* incremental checksum: template sum + first word (version, TOS) + length */
-    uint16_t w0;
-    memcpy(&w0, ip, 2);
-    uint32_t sum = t->csum_base + w0 + ip->total_length;
+    ip->total_length = len_be;
+    /* incremental checksum: template sum + first word (version, TOS) + length,
+     * from registers (reading the header back would stall on the stores) */
+    rte_be16_t w0 = rte_cpu_to_be_16((uint16_t)(RTE_IPV4_VHL_DEF << 8 | tos));
+    uint32_t sum = t->csum_base + w0 + len_be;
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     ip->hdr_checksum = (uint16_t)~sum;
@@ -185,8 +191,38 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
     udp->src_port = rte_cpu_to_be_16((uint16_t)(0xc000 | (h & 0x3fff)));
     udp->dgram_len = rte_cpu_to_be_16((uint16_t)(ip_len - sizeof(struct rte_ipv4_hdr)));
     vx->vx_vni = net->vni_be_word;
-    w->net[net->idx][DP_NET_ENCAP]++;
-    tx_put(w, (uint16_t)w->vtep->uplink, m);
+    return 1;
+}
+
+/* encapsulate a batch to the uplink: the tx buffer index stays in a register */
+static void
+encap_burst(struct dp_wctx *w, const struct dp_net *net, struct rte_mbuf **pkts,
+            const uint32_t *tids, uint16_t n)
+{
+    uint16_t up = (uint16_t)w->vtep->uplink;
+    struct dp_txbuf *b = &w->tx[up];
+    if (b->n + n > DP_TXBUF)
+        tx_flush(w, up);
+    if (!w->queued[up]) {
+        w->queued[up] = 1;
+        w->dirty[w->n_dirty++] = up;
+    }
+    uint16_t k = b->n;
+    for (uint16_t i = 0; i < n; i++) {
+        if (i + 1 < n)
+            rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void *));
+        struct rte_mbuf *m = pkts[i];
+        b->m[k] = m;
+        k += (uint16_t)encap_one(w, net, tids[i], m);
+    }
+    w->net[net->idx][DP_NET_ENCAP] += k - b->n;
+    b->n = k;
+}
+
+static inline void
+encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+{
+    encap_burst(w, net, &m, &ti, 1);
 }
 
 /*
@@ -248,10 +284,12 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
     }
     rte_hash_lookup_bulk_data(dp.fdb, kp, n, &hits, val);
     uint64_t local = 0;
+    struct rte_mbuf *enc[DP_BURST];
+    uint32_t enc_t[DP_BURST];
+    uint16_t ne = 0;
+    int have_uplink = w->vtep->uplink >= 0;
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
-        if (i + 1 < n)
-            rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void *));
         if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
             drop(w, m, DP_DROP_TRUNCATED);
             continue;
@@ -263,11 +301,12 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
         }
         uint32_t target = DP_FDB_TARGET(val[i]);
         if (DP_FDB_KIND(val[i]) == DP_FDB_REMOTE) {
-            if (unlikely(w->vtep->uplink < 0)) {
+            if (unlikely(!have_uplink)) {
                 drop(w, m, DP_DROP_NO_UPLINK);
                 continue;
             }
-            encap(w, net, target, m);
+            enc[ne] = m;
+            enc_t[ne++] = target;
         } else if (unlikely((int)target == in->idx)) {
             drop(w, m, DP_DROP_HAIRPIN);
         } else {
@@ -275,6 +314,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
             tx_put(w, (uint16_t)target, m);
         }
     }
+    if (ne)
+        encap_burst(w, net, enc, enc_t, ne);
     w->net[net->idx][DP_NET_LOCAL] += local;
 }
 

@@ -536,6 +536,8 @@ class _Parser:
             if ifn is None:
                 ifn = default[1] if default else name
             self.ifname(ifn, f"{p}.interface")
+            if ifn == "lo":
+                raise self.err(f"{p}.interface", "'lo' is the pod's loopback interface")
             if ifn in by_if:
                 raise self.err(f"{p}.interface", f"{ifn!r} is the interface of plane "
                                                  f"{by_if[ifn]} already")

@@ -383,13 +383,18 @@ def _feature_names(sock, ifname: str) -> List[str]:
             .decode() for i in range(count)]
 
 
-def _active_features(sock, ifname: str, nbits: int) -> set:
+def _features(sock, ifname: str, nbits: int):
+    """(changeable, active) feature bit sets of ``ifname``."""
     size = (nbits + 31) // 32
     buf = ctypes.create_string_buffer(struct.pack("II", _ETHTOOL_GFEATURES, size)
                                       + bytes(16 * size))
     _ethtool(sock, ifname, buf)
+    # per block of 32: available (changeable), requested, active, never_changed
     blocks = struct.unpack_from(f"{4 * size}I", buf.raw, 8)
-    return {b for b in range(nbits) if blocks[4 * (b // 32) + 2] >> (b % 32) & 1}
+
+    def bits(field):
+        return {b for b in range(nbits) if blocks[4 * (b // 32) + field] >> (b % 32) & 1}
+    return bits(0), bits(2)
 
 
 def _is_tx_offload(name: str) -> bool:
@@ -402,10 +407,11 @@ def _is_tx_offload(name: str) -> bool:
 
 
 def _offloads_off(ifname: str, netns_path=None):
-    """TX checksum offload, TSO and GSO (every segmentation offload) and VLAN
-    tag insertion off on
-    ``ifname`` (ETHTOOL_SFEATURES, as ethtool -K does): frames read by the
-    AF_PACKET driver then carry complete checksums. Checked by reading back."""
+    """Turn TX checksum offload, every segmentation offload (TSO, GSO, ...)
+    and VLAN tag insertion off on ``ifname`` (ETHTOOL_SFEATURES, as
+    ``ethtool -K`` does): frames the AF_PACKET driver reads then carry
+    complete checksums. Read back: OSError if one that can be changed, or a
+    checksum offload, stays on."""
     if netns_path is None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     else:
@@ -415,16 +421,19 @@ def _offloads_off(ifname: str, netns_path=None):
                              socket_type=socket.SOCK_DGRAM, flags=0)
     with sock:
         names = _feature_names(sock, ifname)
-        bits = [i for i, n in enumerate(names) if _is_tx_offload(n)]
+        changeable, active = _features(sock, ifname, len(names))
+        targets = {i for i, n in enumerate(names) if _is_tx_offload(n)}
         size = (len(names) + 31) // 32
-        blocks = [0] * (2 * size)                 # (valid, requested) per block
-        for b in bits:
+        blocks = [0] * (2 * size)                 # (valid, requested = 0) per block
+        for b in targets & changeable & active:
             blocks[2 * (b // 32)] |= 1 << (b % 32)
-        buf = ctypes.create_string_buffer(
-            struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks))
-        _ethtool(sock, ifname, buf)
-        still = sorted(names[b] for b in _active_features(sock, ifname, len(names))
-                       & set(bits))
+        if any(blocks):
+            buf = ctypes.create_string_buffer(
+                struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks))
+            _ethtool(sock, ifname, buf)
+            changeable, active = _features(sock, ifname, len(names))
+        still = sorted(names[b] for b in active & targets
+                       if b in changeable or names[b].startswith("tx-checksum"))
         if still:
             raise OSError(errno.EOPNOTSUPP, f"{', '.join(still)} stay on on {ifname}")
 
@@ -559,6 +568,8 @@ def detach_plane(host_ifname: str) -> bool:
     """Delete the veth pair whose host end is ``host_ifname`` (the pod end goes
     with it). False if it does not exist; ConfigError if it is not a veth."""
     from pyroute2.netlink.exceptions import NetlinkError
+    if not host_ifname:
+        return False                          # a remote endpoint has no interface
     with _ipr() as ipr:
         idx = ipr.link_lookup(ifname=host_ifname)
         if not idx:
@@ -587,6 +598,8 @@ def find_plane(host_ifname: str, netns_path: Optional[str] = None) -> Optional[P
     """The plane's interfaces if the host end still exists (None otherwise).
     With ``netns_path``, the pod end is looked up too (ifname, MAC, MTU,
     addresses); those stay None when the namespace is gone."""
+    if not host_ifname:
+        return None                           # a remote endpoint has no interface
     with _ipr() as ipr:
         idx = ipr.link_lookup(ifname=host_ifname)
         if not idx:

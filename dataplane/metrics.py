@@ -1,0 +1,113 @@
+"""Prometheus metrics, read from the core's counter arrays at scrape time.
+
+Nothing is pushed per packet: :class:`CoreCollector` asks its source for a
+snapshot when Prometheus scrapes. The source and the registry are injectable,
+so tests use a fresh registry.
+"""
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__
+
+
+class PortLabel(NamedTuple):
+    index: int
+    name: str
+    role: str
+    network: str
+
+
+class NetLabel(NamedTuple):
+    index: int
+    name: str
+    vni: int
+    plane: str
+
+
+class Snapshot(NamedTuple):
+    counters: object                     # dataplane.engine.Counters
+    ports: List[PortLabel]
+    networks: List[NetLabel]
+    pods_per_network: Dict[str, int]
+    endpoints_per_network: Dict[str, int]
+
+
+class CoreCollector:
+    """Custom collector over a ``source()`` returning a :class:`Snapshot`."""
+
+    def __init__(self, source: Callable[[], Optional[Snapshot]], node: str = "",
+                 abi: int = 0):
+        self.source = source
+        self.node = node
+        self.abi = abi
+
+    def describe(self):
+        return []  # values are only known at scrape time
+
+    def collect(self):
+        from .engine import DROP_REASONS, NET_COUNTERS, PORT_COUNTERS, WORKER_COUNTERS
+
+        info = InfoMetricFamily("dataplane_build", "Build of the running dataplane")
+        info.add_metric([], {"version": __version__, "abi": str(self.abi), "node": self.node})
+        yield info
+        snap = self.source()
+        if snap is None:
+            return
+        c = snap.counters
+
+        pl = ["port", "name", "role", "network"]
+        port_fams = {}
+        for i, cname in enumerate(PORT_COUNTERS):           # rx_packets -> ..._total
+            port_fams[i] = CounterMetricFamily(
+                f"dataplane_port_{cname}", f"Port {cname.replace('_', ' ')}", labels=pl)
+        for p in snap.ports:
+            for i, fam in port_fams.items():
+                fam.add_metric([str(p.index), p.name, p.role, p.network], int(c.port[p.index, i]))
+        yield from port_fams.values()
+
+        nl = ["network", "vni", "plane"]
+        net_fams = {i: CounterMetricFamily(f"dataplane_network_{n}",
+                                           f"Network {n.replace('_', ' ')}", labels=nl)
+                    for i, n in enumerate(NET_COUNTERS)}
+        for n in snap.networks:
+            for i, fam in net_fams.items():
+                fam.add_metric([n.name, str(n.vni), n.plane], int(c.net[n.index, i]))
+        yield from net_fams.values()
+
+        drops = CounterMetricFamily("dataplane_drops", "Packets dropped, by reason",
+                                    labels=["reason"])
+        for i, reason in enumerate(DROP_REASONS):
+            drops.add_metric([reason], int(c.drop[i]))
+        yield drops
+
+        pods = GaugeMetricFamily("dataplane_network_pods", "Pods attached to the network",
+                                 labels=["network"])
+        eps = GaugeMetricFamily("dataplane_network_endpoints",
+                                "Endpoints (local and remote) of the network", labels=["network"])
+        for n in snap.networks:
+            pods.add_metric([n.name], snap.pods_per_network.get(n.name, 0))
+            eps.add_metric([n.name], snap.endpoints_per_network.get(n.name, 0))
+        yield pods
+        yield eps
+
+        polls = WORKER_COUNTERS.index("polls")
+        busy = WORKER_COUNTERS.index("busy_polls")
+        ratio = GaugeMetricFamily("dataplane_worker_busy_ratio",
+                                  "Polls that found packets / all polls, since start",
+                                  labels=["worker"])
+        total = CounterMetricFamily("dataplane_worker_polls", "Poll loops run",
+                                    labels=["worker"])
+        for w in range(c.worker.shape[0]):
+            p = int(c.worker[w, polls])
+            ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
+            total.add_metric([str(w)], p)
+        yield ratio
+        yield total
+
+
+def make_registry(collector: CoreCollector) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg

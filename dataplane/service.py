@@ -1,0 +1,297 @@
+"""The node service: engine + store + pods + control API + metrics.
+
+    dataplane run -c node.yaml
+
+Order of work for every change: validate, write the intent to the store,
+apply it (netlink, core tables), mark it done. On start the service replays
+the store: pod interfaces that still exist are re-attached with the MACs and
+addresses they had; nothing is allocated twice.
+"""
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+from . import __version__
+from .api import APIServer
+from .config import NodeConfig
+from .errors import ConfigError, DataplaneError, NotFound
+from .store import Store
+
+log = logging.getLogger("dataplane")
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record):
+        d = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+             "msg": record.getMessage()}
+        d.update(getattr(record, "fields", {}) or {})
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def setup_logging(level=logging.INFO):
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(_JSONFormatter())
+    root = logging.getLogger("dataplane")
+    root.handlers[:] = [h]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _ev(msg, **fields):
+    log.info(msg, extra={"fields": fields})
+
+
+class NodeService:
+    def __init__(self, config: NodeConfig, registry=None):
+        self.config = config
+        self.registry = registry
+        self.lock = threading.RLock()
+        self.engine = None
+        self.store: Optional[Store] = None
+        self.api: Optional[APIServer] = None
+        self.metrics_server = None
+        self.net_index: Dict[str, int] = {n.name: i for i, n in enumerate(config.networks)}
+        self.ports: Dict[str, int] = {}          # host_ifname -> core port
+        self.uplink = None
+        self.started = None
+        self._stop = threading.Event()
+
+    # -------------------------------------------------------------- start
+    def start(self):
+        from .engine import Engine, EngineConfig
+
+        cfg = self.config
+        self.store = Store(cfg.store.path)
+        for n in cfg.networks:
+            self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
+        self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
+        try:
+            self._setup_core()
+            self._replay()
+            self.engine.start()
+            self.api = APIServer(cfg.api_socket, self._routes(), log=log)
+            self.api.start()
+            self._start_metrics()
+        except BaseException:
+            self.stop()
+            raise
+        self.started = time.time()
+        _ev("node service started", node=cfg.node, mode=cfg.mode, api=cfg.api_socket,
+            metrics=cfg.metrics.listen, pods=len(self.store.pods()))
+
+    def _setup_core(self):
+        cfg, eng = self.config, self.engine
+        v = cfg.vtep
+        if v.uplink_kind == "dpdk":
+            self.uplink = eng.add_port(v.uplink_devargs, role="uplink")
+        else:
+            self.uplink = eng.add_afpacket_port(v.uplink_ifname, role="uplink")
+        mac = v.mac or eng.port_info(self.uplink).mac
+        for i, n in enumerate(cfg.networks):
+            eng.add_network(i, vni=n.vni, plane=cfg.plane_id(n.plane))
+        eng.set_vtep(v.address, mac, self.uplink, udp_port=v.udp_port,
+                     underlay_mtu=v.underlay_mtu, gateway=v.gateway,
+                     next_hop_mac=v.next_hop_mac, learning=v.learning)
+        for name, vteps in cfg.flood_lists().items():
+            if vteps:
+                eng.set_flood(self.net_index[name], vteps)
+        _ev("core ready", uplink=v.uplink, vtep=v.address, vtep_mac=mac,
+            networks=len(cfg.networks))
+
+    def _start_metrics(self):
+        if self.config.metrics.listen is None:
+            return
+        from prometheus_client import start_http_server
+
+        from .metrics import CoreCollector, make_registry
+        from .engine import ABI_VERSION
+        reg = self.registry or make_registry(
+            CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION))
+        if self.registry is not None:
+            reg.register(CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION))
+        self.metrics_server, _ = start_http_server(self.config.metrics.port,
+                                                   addr=self.config.metrics.host, registry=reg)
+
+    # ------------------------------------------------------------- replay
+    def _replay(self):
+        """Re-attach the pods the store knows whose interfaces still exist."""
+        from .pods import find_plane
+        for pod in self.store.pods():
+            eps = self.store.endpoints(pod=pod["name"])
+            missing = [e for e in eps if find_plane(e["host_ifname"]) is None]
+            if missing or pod["state"] != "ready":
+                # half-made or gone (its namespace died): undo what is left
+                _ev("replay: removing incomplete pod", pod=pod["name"], state=pod["state"],
+                    missing=[e["plane"] for e in missing])
+                self._remove_pod(pod["name"], eps)
+                continue
+            for e in eps:
+                self._attach_port(e)
+            _ev("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
+
+    def _attach_port(self, e):
+        net = self.net_index[e["network"]]
+        port = self.engine.add_afpacket_port(e["host_ifname"], network=net)
+        self.ports[e["host_ifname"]] = port
+        self.engine.fdb_add_local(net, e["mac"], port)
+        return port
+
+    # --------------------------------------------------------------- pods
+    def add_pod(self, name: str, netns: str, spec) -> dict:
+        from .pods import attach_plane, host_ifname, parse_pod_spec
+        if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
+            raise ConfigError(f"name: {name!r} is not a pod name")
+        if not isinstance(netns, str) or not netns.startswith("/"):
+            raise ConfigError(f"netns: {netns!r} must be a path such as /var/run/netns/NAME "
+                              "or /proc/PID/ns/net")
+        import os
+        if not os.path.exists(netns):
+            raise NotFound(f"netns: {netns} does not exist")
+        ps = parse_pod_spec(spec, self.config)
+        with self.lock:
+            self.store.put_pod(name, netns, ps.to_dict())     # intent first
+            done = []
+            try:
+                for p in ps.planes:
+                    n = self.config.network(p.network)
+                    ip = self.store.allocate_ip(n.name, n.subnet, n.gateway, name, fixed=p.ip)
+                    mac = p.mac or self.store.allocate_mac(name, p.plane)
+                    hif = host_ifname(name, p.plane)
+                    self.store.add_endpoint(name, p.plane, n.name, p.ifname, hif, mac, ip,
+                                            node=self.config.node, vtep=self.config.vtep.ip)
+                    attach_plane(name, netns, p.ifname, hif, mac, f"{ip}/{n.prefixlen}",
+                                 n.gateway, n.mtu, p.default_route, plane=p.plane)
+                    done.append(hif)
+                    self._attach_port(self.store.endpoints(pod=name)[-1] | {
+                        "host_ifname": hif, "network": n.name, "mac": mac})
+                    self.store.set_endpoint_state(name, p.plane, "ready")
+                self.store.set_pod_state(name, "ready")
+            except BaseException:
+                self._remove_pod(name, self.store.endpoints(pod=name))
+                raise
+        _ev("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
+        return self.pod_info(name)
+
+    def _remove_pod(self, name, eps):
+        from .pods import detach_plane
+        for e in eps:
+            hif = e["host_ifname"]
+            port = self.ports.pop(hif, None)
+            if port is not None:
+                try:
+                    self.engine.del_port(port)
+                except DataplaneError as err:
+                    log.warning("removing port %s: %s", hif, err)
+            try:
+                detach_plane(hif)
+            except DataplaneError as err:
+                log.warning("removing %s: %s", hif, err)
+        self.store.delete_pod(name)
+
+    def del_pod(self, name: str) -> dict:
+        with self.lock:
+            if not self.store.pod(name):
+                raise NotFound(f"pod {name} is not attached")
+            self._remove_pod(name, self.store.endpoints(pod=name))
+        _ev("pod deleted", pod=name)
+        return {"deleted": name}
+
+    def pod_info(self, name: str) -> dict:
+        pod = self.store.pod(name)
+        if not pod:
+            raise NotFound(f"pod {name} is not attached")
+        eps = self.store.endpoints(pod=name)
+        return {"name": name, "netns": pod["netns"], "state": pod["state"],
+                "planes": [{k: e[k] for k in ("plane", "network", "ifname", "host_ifname",
+                                                "mac", "ip")}
+                           | {"port": self.ports.get(e["host_ifname"])} for e in eps]}
+
+    def list_pods(self) -> List[dict]:
+        return [self.pod_info(p["name"]) for p in self.store.pods()]
+
+    # ------------------------------------------------------------- status
+    def snapshot(self):
+        from .metrics import NetLabel, PortLabel, Snapshot
+        with self.lock:
+            if self.engine is None or self.store is None:
+                return None
+            eng = self.engine
+            names = {i: n for n, i in self.net_index.items()}
+            ports = [PortLabel(p.index, p.name, p.role,
+                               names.get(p.network, "") if p.network is not None else "")
+                     for p in eng.ports()]
+            nets = [NetLabel(i, n.name, n.vni, n.plane)
+                    for i, n in enumerate(self.config.networks)]
+            pods, eps = {}, {}
+            for e in self.store.endpoints():
+                pods.setdefault(e["network"], set()).add(e["pod"])
+                eps[e["network"]] = eps.get(e["network"], 0) + 1
+            return Snapshot(eng.counters(), ports, nets,
+                            {k: len(v) for k, v in pods.items()}, eps)
+
+    def status(self) -> dict:
+        snap = self.snapshot()
+        c = snap.counters
+        return {
+            "node": self.config.node, "version": __version__, "mode": self.config.mode,
+            "vtep": self.config.vtep.address, "uplink": self.config.vtep.uplink,
+            "uptime_s": round(time.time() - (self.started or time.time()), 1),
+            "forwarding": self.engine.running,
+            "networks": [{"name": n.name, "vni": n.vni, "plane": n.plane,
+                          "pods": snap.pods_per_network.get(n.name, 0),
+                          **c.net_dict(n.index)} for n in snap.networks],
+            "ports": [{"port": p.index, "name": p.name, "role": p.role,
+                       "network": p.network, **c.port_dict(p.index)} for p in snap.ports],
+            "drops": {k: v for k, v in c.drops().items() if v},
+        }
+
+    def _routes(self):
+        return {
+            ("GET", "/v1/status"): lambda b, q: self.status(),
+            ("GET", "/v1/pods"): lambda b, q: self.list_pods(),
+            ("POST", "/v1/pods"): lambda b, q: self.add_pod(b.get("name"), b.get("netns"),
+                                                            b.get("spec")),
+            ("DELETE", "/v1/pods"): lambda b, q: self.del_pod(q.get("name") or b.get("name")),
+            ("GET", "/v1/networks"): lambda b, q: [
+                {"name": n.name, "vni": n.vni, "plane": n.plane, "subnet": n.subnet,
+                 "gateway": n.gateway, "mtu": n.mtu} for n in self.config.networks],
+        }
+
+    # --------------------------------------------------------------- stop
+    def stop(self):
+        """Ports closed, hugepage memory returned, API socket removed; pod
+        interfaces and addresses stay so pods keep them across a restart."""
+        if self.api:
+            self.api.stop()
+            self.api = None
+        if self.metrics_server:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
+        with self.lock:
+            if self.engine:
+                self.engine.close()
+                self.engine = None
+            if self.store:
+                self.store.close()
+                self.store = None
+        _ev("node service stopped", node=self.config.node)
+
+    def run_forever(self):
+        def _sig(signum, frame):
+            _ev("signal received, stopping", signal=signal.Signals(signum).name)
+            self._stop.set()
+        signal.signal(signal.SIGTERM, _sig)
+        signal.signal(signal.SIGINT, _sig)
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()

@@ -1,0 +1,306 @@
+"""Node configuration: defaults, round trip, and errors that name the field."""
+import copy
+import os
+import re
+
+import pytest
+
+from dataplane import config as C
+from dataplane.config import load_config, parse_config
+from dataplane.errors import ConfigError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+BASE = {
+    "node": "node1",
+    "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+    "networks": [
+        {"name": "net1", "vni": 100, "plane": "std", "subnet": "192.168.10.0/24",
+         "gateway": "192.168.10.1"},
+        {"name": "net2", "vni": 200, "plane": "control", "subnet": "192.168.20.0/24"},
+        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24",
+         "mtu": 1400},
+    ],
+}
+
+FULL_YAML = """\
+node: node1
+mode: hugepages
+lcores: [2, 3, 4]
+memory_mb: 1024
+vtep:
+  address: 10.0.0.1/24
+  uplink: dpdk:net_tap0,iface=up0
+  mac: 02:AA:00:00:00:01
+  udp_port: 8472
+  gateway: 10.0.0.254
+  next_hop_mac: 02:aa:00:00:00:fe
+  underlay_mtu: 9000
+  learning: true
+planes:
+  std: {priority: 0}
+  control: {priority: 5, interface: sig0}
+  media: {priority: 7}
+networks:
+  - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
+  - {name: net3, vni: 300, plane: media, subnet: 192.168.30.0/24, mtu: 8950}
+remotes:
+  - {vtep: 10.0.0.2, networks: [net1, net3]}
+  - {vtep: 10.0.0.3, networks: [net3]}
+state_dir: state
+store: {kind: sqlite}
+api_socket: run/api.sock
+metrics: {listen: "[::1]:9100"}
+"""
+
+
+def cfg(**changes):
+    d = copy.deepcopy(BASE)
+    d.update(changes)
+    return d
+
+
+def bad(data, pattern):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data)
+    assert re.search(pattern, str(ei.value)), str(ei.value)
+    return str(ei.value)
+
+
+# ------------------------------------------------------------- good files
+def test_defaults():
+    c = parse_config({"vtep": {"address": "10.0.0.1/24", "uplink": "eth1"}})
+    assert c.mode == "fallback"
+    assert c.lcores == [0, 1]
+    assert c.node  # the host name
+    assert c.vtep.udp_port == 4789 and c.vtep.underlay_mtu == 1500
+    assert c.vtep.mac is None and c.vtep.gateway is None and c.vtep.learning is False
+    assert c.vtep.uplink_kind == "kernel" and c.vtep.uplink_ifname == "eth1"
+    assert set(c.planes) == {"std", "control", "media", "oam"}
+    assert c.planes["std"].interface == "eth0"
+    assert c.planes["media"].interface == "media"
+    assert c.planes["media"].priority > c.planes["std"].priority
+    assert c.networks == [] and c.remotes == []
+    assert c.state_dir == "/var/lib/dataplane"
+    assert c.store.kind == "sqlite" and c.store.path == "/var/lib/dataplane/state.db"
+    assert c.api_socket == "/run/dataplane/api.sock"
+    assert c.metrics.listen == "127.0.0.1:9464"
+    assert (c.metrics.host, c.metrics.port) == ("127.0.0.1", 9464)
+
+
+def test_network_mtu_default_is_underlay_minus_50():
+    c = parse_config(BASE)
+    assert c.network("net1").mtu == 1450
+    assert c.network("net3").mtu == 1400
+    assert c.network("nope") is None
+
+
+def test_full_file(tmp_path):
+    p = tmp_path / "node.yaml"
+    p.write_text(FULL_YAML)
+    c = load_config(p)
+    assert c.mode == "hugepages" and c.lcores == [2, 3, 4] and c.memory_mb == 1024
+    v = c.vtep
+    assert v.uplink_kind == "dpdk" and v.uplink_devargs == "net_tap0,iface=up0"
+    assert v.uplink_ifname is None and v.uplink_pci is None
+    assert v.mac == "02:aa:00:00:00:01"  # normalised
+    assert v.ip == "10.0.0.1" and v.gateway == "10.0.0.254"
+    assert v.udp_port == 8472 and v.underlay_mtu == 9000 and v.learning is True
+    assert list(c.planes) == ["std", "control", "media"]
+    assert c.planes["control"].interface == "sig0"
+    assert c.plane_id("media") == 7
+    assert c.network("net1").mtu == 8950
+    assert c.flood_lists() == {"net1": ["10.0.0.2"], "net3": ["10.0.0.2", "10.0.0.3"]}
+    # relative paths are taken from the file's directory
+    assert c.state_dir == str(tmp_path / "state")
+    assert c.store.path == str(tmp_path / "state" / "state.db")
+    assert c.api_socket == str(tmp_path / "run" / "api.sock")
+    assert (c.metrics.host, c.metrics.port) == ("::1", 9100)
+    assert c.engine_kwargs() == {"mode": "hugepages", "lcores": [2, 3, 4],
+                                 "memory_mb": 1024, "pci": []}
+
+
+def test_round_trip(tmp_path):
+    p = tmp_path / "node.yaml"
+    p.write_text(FULL_YAML)
+    c = load_config(p)
+    d = c.to_dict()
+    assert parse_config(d) == c
+    assert parse_config(parse_config(BASE).to_dict()) == parse_config(BASE)
+
+
+def test_pci_uplink():
+    c = parse_config(cfg(vtep={"address": "10.0.0.1/24", "uplink": "dpdk:0000:03:00.0"}))
+    assert c.vtep.uplink_pci == "0000:03:00.0"
+    assert c.engine_kwargs()["pci"] == ["0000:03:00.0"]
+
+
+def test_metrics_can_be_off():
+    c = parse_config(cfg(metrics={"listen": None}))
+    assert c.metrics.listen is None and c.metrics.port is None
+
+
+def test_limits_match_the_core_header():
+    header = os.path.join(HERE, "..", "csrc", "dataplane.h")
+    if not os.path.exists(header):
+        pytest.skip("csrc/dataplane.h not present")
+    text = open(header).read()
+    for name, value in (("DP_MAX_PLANES", C.MAX_PLANES), ("DP_MAX_NETS", C.MAX_NETWORKS),
+                        ("DP_MAX_WORKERS", C.MAX_WORKERS)):
+        m = re.search(rf"#define\s+{name}\s+(\d+)", text)
+        assert m and int(m.group(1)) == value, name
+
+
+# ------------------------------------------------------------- bad input
+def test_unknown_keys_name_the_path():
+    d = cfg()
+    d["networks"][1]["vnii"] = 5
+    msg = bad(d, r"^networks\[1\]\.vnii: unknown key")
+    assert "did you mean 'vni'" in msg
+    bad(cfg(vtepp={}), r"^vtepp: unknown key")
+    bad(cfg(vtep={"address": "10.0.0.1/24", "uplink": "eth1", "port": 1}),
+        r"^vtep\.port: unknown key")
+    bad(cfg(planes={"std": {"prio": 1}}), r"^planes\.std\.prio: unknown key")
+    bad(cfg(store={"type": "sqlite"}), r"^store\.type: unknown key")
+    bad(cfg(metrics={"address": "x"}), r"^metrics\.address: unknown key")
+
+
+@pytest.mark.parametrize("vni, pattern", [
+    (16777216, r"^networks\[2\]\.vni: 16777216 out of range 1\.\.16777215$"),
+    (0, r"^networks\[2\]\.vni: 0 out of range"),
+    ("300", r"^networks\[2\]\.vni: '300' is not an integer"),
+    (True, r"^networks\[2\]\.vni: True is not an integer"),
+    (100, r"^networks\[2\]\.vni: 100 is the VNI of networks\[0\] already"),
+])
+def test_vni(vni, pattern):
+    d = cfg()
+    d["networks"][2]["vni"] = vni
+    bad(d, pattern)
+
+
+def test_network_errors():
+    def net(i=0, **kw):
+        d = cfg()
+        d["networks"][i].update(kw)
+        return d
+    bad(net(1, name="net1"), r"^networks\[1\]\.name: 'net1' is used by networks\[0\]")
+    bad(net(name="a b"), r"^networks\[0\]\.name: 'a b' is not a valid network name")
+    bad(net(plane="voice"), r"^networks\[0\]\.plane: 'voice' is not a plane")
+    bad(net(subnet="192.168.10.1/24"), r"^networks\[0\]\.subnet: .*host bits")
+    bad(net(subnet="192.168.10.0"), r"^networks\[0\]\.subnet: .*not an IPv4 subnet")
+    bad(net(subnet="192.168.10.0/31"), r"^networks\[0\]\.subnet: .*too small")
+    bad(net(gateway="192.168.11.1"), r"^networks\[0\]\.gateway: 192\.168\.11\.1 is not in "
+                                     r"subnet 192\.168\.10\.0/24")
+    bad(net(gateway="192.168.10.255"), r"^networks\[0\]\.gateway: .*broadcast")
+    bad(net(gateway="x"), r"^networks\[0\]\.gateway: 'x' is not an IPv4 address")
+    bad(net(mtu=1451), r"^networks\[0\]\.mtu: 1451 out of range 68\.\.1450")
+    d = cfg()
+    del d["networks"][0]["subnet"]
+    bad(d, r"^networks\[0\]\.subnet: is required")
+    bad(cfg(networks={"net1": {}}), r"^networks: must be a list")
+
+
+def test_vtep_errors():
+    def vtep(**kw):
+        return cfg(vtep=dict({"address": "10.0.0.1/24", "uplink": "eth1"}, **kw))
+    bad({"node": "n"}, r"^vtep: is required")
+    bad(vtep(address="10.0.0.1"), r"^vtep\.address: '10\.0\.0\.1' is not an IPv4 address "
+                                  r"with prefix length")
+    bad(vtep(address="10.0.0.300/24"), r"^vtep\.address: ")
+    bad(vtep(address="10.0.0.0/24"), r"^vtep\.address: .*cannot be a VTEP address")
+    bad(vtep(uplink="a-very-long-interface"), r"^vtep\.uplink: .*longer than 15")
+    bad(vtep(uplink="dpdk:"), r"^vtep\.uplink: 'dpdk:': give a DPDK device string")
+    bad(vtep(mac="02:00:00:00:00"), r"^vtep\.mac: .*not a MAC address")
+    bad(vtep(mac="01:00:5e:00:00:01"), r"^vtep\.mac: .*multicast")
+    bad(vtep(udp_port=70000), r"^vtep\.udp_port: 70000 out of range 1\.\.65535")
+    bad(vtep(gateway="10.0.1.1"), r"^vtep\.gateway: 10\.0\.1\.1 is not in the VTEP's "
+                                  r"subnet 10\.0\.0\.0/24")
+    bad(vtep(gateway="10.0.0.1"), r"^vtep\.gateway: .*own address")
+    bad(vtep(next_hop_mac="zz:00:00:00:00:00"), r"^vtep\.next_hop_mac: ")
+    bad(vtep(underlay_mtu=100), r"^vtep\.underlay_mtu: 100 out of range 576\.\.9216")
+    bad(vtep(learning="yes"), r"^vtep\.learning: 'yes' is not true or false")
+
+
+def test_top_level_errors():
+    bad(cfg(mode="turbo"), r"^mode: 'turbo' is not one of hugepages, fallback")
+    bad(cfg(lcores=[0]), r"^lcores: needs at least two")
+    bad(cfg(lcores=[0, 1, 1]), r"^lcores\[2\]: CPU 1 is listed twice")
+    bad(cfg(lcores=[0, -1]), r"^lcores\[1\]: -1 out of range")
+    bad(cfg(lcores="0,1"), r"^lcores: '0,1' is not a list")
+    bad(cfg(lcores=list(range(C.MAX_WORKERS + 2))), r"^lcores: at most")
+    bad(cfg(memory_mb=10), r"^memory_mb: 10 out of range")
+    bad(cfg(node=""), r"^node: '' is not a non-empty string")
+    bad(cfg(store={"kind": "etcd"}), r"^store\.kind: 'etcd' is not supported")
+    bad(cfg(metrics={"listen": "9464"}), r"^metrics\.listen: '9464' is not host:port")
+    bad(cfg(metrics={"listen": "::1:9464"}), r"^metrics\.listen: .*brackets")
+    bad(cfg(metrics={"listen": "127.0.0.1:99999"}), r"^metrics\.listen: port '99999'")
+    bad(cfg(api_socket="/" + "x" * 120), r"^api_socket: .*longer than 107 bytes")
+    bad([1, 2], r"^configuration: must be a mapping, not list")
+
+
+def test_plane_errors():
+    bad(cfg(planes={"control": {}}), r"^planes: the std plane is required")
+    bad(cfg(planes={"std": {}, "voice": {}}), r"^planes\.voice\.priority: is required")
+    bad(cfg(planes={"std": {"priority": 1}, "media": {"priority": 1}}),
+        r"^planes\.media\.priority: 1 is the priority of plane std already")
+    bad(cfg(planes={"std": {"priority": 8}}), r"^planes\.std\.priority: 8 out of range 0\.\.7")
+    bad(cfg(planes={"std": {}, "media": {"interface": "eth0"}}),
+        r"^planes\.media\.interface: 'eth0' is the interface of plane std already")
+    bad(cfg(planes={"std": {}, "Media": {"priority": 3}}),
+        r"^planes\.Media: 'Media' is not a valid plane name")
+    bad(cfg(planes={"std": {"interface": "a/b"}}), r"^planes\.std\.interface: ")
+    bad(cfg(planes={}), r"^planes: must be a non-empty mapping")
+    bad(cfg(planes={"std": {"interface": "lo"}}), r"^planes\.std\.interface: 'lo' is the")
+
+
+def test_network_on_a_plane_not_configured():
+    d = cfg(planes={"std": {}, "media": {}})
+    bad(d, r"^networks\[1\]\.plane: 'control' is not a plane \(known: std, media\)")
+
+
+def test_remote_errors():
+    def rem(*items):
+        return cfg(remotes=list(items))
+    bad(rem({"vtep": "10.0.0.2", "networks": ["net9"]}),
+        r"^remotes\[0\]\.networks\[0\]: 'net9' is not a network")
+    bad(rem({"vtep": "10.0.0.2", "networks": []}), r"^remotes\[0\]\.networks: must be a "
+                                                   r"non-empty list")
+    bad(rem({"vtep": "10.0.0.1", "networks": ["net1"]}), r"^remotes\[0\]\.vtep: .*own VTEP")
+    bad(rem({"vtep": "10.0.0.2", "networks": ["net1"]},
+            {"vtep": "10.0.0.2", "networks": ["net2"]}),
+        r"^remotes\[1\]\.vtep: 10\.0\.0\.2 is listed in remotes\[0\] already")
+    bad(rem({"vtep": "10.0.0.2", "networks": ["net1", "net1"]}),
+        r"^remotes\[0\]\.networks\[1\]: 'net1' is listed twice")
+    bad(rem({"vtep": "host", "networks": ["net1"]}), r"^remotes\[0\]\.vtep: 'host' is not")
+    bad(rem({"vtep": "10.0.0.2", "network": ["net1"]}), r"^remotes\[0\]\.network: unknown")
+
+
+# ------------------------------------------------------------- files
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read the configuration"):
+        load_config(tmp_path / "missing.yaml")
+    p = tmp_path / "empty.yaml"
+    p.write_text("")
+    with pytest.raises(ConfigError, match=r"empty"):
+        load_config(p)
+    p.write_text("vtep: {address: 10.0.0.1/24\nnode: [\n")
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+: invalid YAML"):
+        load_config(p)
+    p.write_text("node: a\nnode: b\nvtep: {address: 10.0.0.1/24, uplink: eth1}\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 1: .*'node' is given twice"):
+        load_config(p)
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"^configuration: must be a mapping"):
+        load_config(p)
+
+
+def test_bad_file_has_no_side_effects(tmp_path):
+    p = tmp_path / "node.yaml"
+    p.write_text(FULL_YAML.replace("vni: 300", "vni: 16777216"))
+    with pytest.raises(ConfigError, match=r"^networks\[1\]\.vni: 16777216 out of range"):
+        load_config(p)
+    assert sorted(os.listdir(tmp_path)) == ["node.yaml"]   # no state dir, no socket
+    # a good one does not create anything either
+    p.write_text(FULL_YAML)
+    load_config(p)
+    assert sorted(os.listdir(tmp_path)) == ["node.yaml"]

@@ -1,0 +1,231 @@
+"""The SQLite state store: tables, transactions, IPAM, MACs, reopen."""
+import ipaddress
+import os
+import sqlite3
+import stat
+import threading
+
+import pytest
+
+from dataplane.errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
+from dataplane.store import Store
+
+SPEC = {"pod_type": "ct", "network_plane": ["std", "media"],
+        "networks": {"std": "net1", "media": "net3"}}
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "state" / "sub" / "state.db")
+
+
+@pytest.fixture
+def store(path):
+    s = Store(path)
+    yield s
+    s.close()
+
+
+def test_file_dir_and_wal(path, store):
+    d = os.path.dirname(path)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"networks", "pods", "endpoints", "allocations"} <= tables
+    db.close()
+
+
+def test_not_a_database(tmp_path):
+    p = tmp_path / "junk.db"
+    p.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ConfigError, match=r"junk\.db: not a usable SQLite state file"):
+        Store(str(p))
+
+
+def test_networks(store):
+    store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
+    store.put_network("net3", 300, "media", "192.168.30.0/24")
+    assert [n["name"] for n in store.networks()] == ["net1", "net3"]
+    n = store.network("net1")
+    assert (n["vni"], n["plane"], n["subnet"], n["gateway"], n["mtu"]) == (
+        100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
+    store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.254", 1400)
+    assert store.network("net1")["gateway"] == "192.168.10.254"
+    with pytest.raises(ConfigError, match=r"network net2: VNI 100 is used by network net1"):
+        store.put_network("net2", 100, "control", "192.168.20.0/24")
+    with pytest.raises(ConfigError, match=r"vni 0 out of range"):
+        store.put_network("net2", 0, "control", "192.168.20.0/24")
+    store.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "p1")
+    with pytest.raises(Busy, match=r"would leave allocated addresses outside"):
+        store.put_network("net1", 100, "std", "192.168.99.0/24")
+    with pytest.raises(Busy):
+        store.delete_network("net1")
+    assert store.delete_network("net3") is True
+    assert store.delete_network("net3") is False
+
+
+def test_pod_lifecycle(store):
+    store.put_pod("p1", "/var/run/netns/p1", SPEC)
+    p = store.pod("p1")
+    assert p["netns"] == "/var/run/netns/p1" and p["spec"] == SPEC
+    assert p["state"] == "pending" and p["created"] > 0
+    with pytest.raises(AlreadyExists, match="pod p1 exists already"):
+        store.put_pod("p1", "/x", SPEC)
+    store.set_pod_state("p1", "ready")
+    assert store.pod("p1")["state"] == "ready"
+    with pytest.raises(ConfigError, match=r"state: 'done' is not one of"):
+        store.set_pod_state("p1", "done")
+    with pytest.raises(NotFound):
+        store.set_pod_state("p9", "ready")
+    store.put_pod("p2", "/proc/1/ns/net", {"pod_type": "it"})
+    assert [p["name"] for p in store.pods()] == ["p1", "p2"]
+    assert [p["name"] for p in store.pods(state="pending")] == ["p2"]
+    assert store.pod("nope") is None
+
+
+def test_endpoints_and_delete_pod(store):
+    store.put_pod("p1", "/var/run/netns/p1", SPEC)
+    store.put_pod("p2", "/var/run/netns/p2", SPEC)
+    for pod in ("p1", "p2"):
+        for plane, net, subnet in (("std", "net1", "192.168.10.0/24"),
+                                   ("media", "net3", "192.168.30.0/24")):
+            ip = store.allocate_ip(net, subnet, None, pod)
+            mac = store.allocate_mac(pod, plane)
+            store.add_endpoint(pod, plane, net, "eth0" if plane == "std" else plane,
+                               f"h-{pod}-{plane}", mac, ip, node="node1", vtep="10.0.0.1")
+    assert len(store.endpoints()) == 4
+    assert {e["plane"] for e in store.endpoints(pod="p1")} == {"std", "media"}
+    assert {e["pod"] for e in store.endpoints(network="net3")} == {"p1", "p2"}
+    assert store.endpoints(state="ready") == []
+    store.set_endpoint_state("p1", "std", "ready")
+    [e] = store.endpoints(state="ready")
+    assert (e["pod"], e["plane"], e["host_ifname"], e["node"], e["vtep"]) == (
+        "p1", "std", "h-p1-std", "node1", "10.0.0.1")
+    # re-recording the same endpoint updates it (a retried pod add)
+    store.add_endpoint("p1", "std", "net1", "eth0", "h-p1-std", e["mac"], e["ip"],
+                       state="ready")
+    assert len(store.endpoints(pod="p1")) == 2
+    with pytest.raises(AlreadyExists, match=r"host interface h-p1-std belongs to pod p1"):
+        store.add_endpoint("p2", "std", "net1", "eth0", "h-p1-std", "02:00:00:00:00:01",
+                           None)
+    # remote endpoints (another node's pods) have no host interface
+    store.add_endpoint("r1", "std", "net1", None, None, "02:00:00:00:99:01",
+                       "192.168.10.99", node="node2", vtep="10.0.0.2", state="ready")
+    assert store.delete_pod("p1") is True
+    assert store.pod("p1") is None
+    assert store.endpoints(pod="p1") == []
+    assert [a["pod"] for a in store.allocations()] == ["p2", "p2"]
+    assert len(store.endpoints()) == 3
+    assert store.delete_pod("p1") is False
+    assert store.delete_endpoint("r1", "std") is True
+
+
+def test_allocate_ip_skips_reserved_and_never_repeats(store):
+    subnet = "10.1.0.0/29"          # hosts .1 .. .6
+    got = [store.allocate_ip("n", subnet, "10.1.0.1", f"p{i}") for i in range(5)]
+    assert got == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]
+    with pytest.raises(ResourceError, match=r"network n: no free address left in "
+                                            r"10\.1\.0\.0/29"):
+        store.allocate_ip("n", subnet, "10.1.0.1", "p9")
+    # asking again for the same pod gives the address it has
+    assert store.allocate_ip("n", subnet, "10.1.0.1", "p2") == "10.1.0.4"
+    assert store.release_ips("p2") == 1
+    assert store.allocate_ip("n", subnet, "10.1.0.1", "p9") == "10.1.0.4"
+    # the same address on another network is another allocation
+    assert store.allocate_ip("m", subnet, None, "p0") == "10.1.0.1"
+
+
+def test_allocate_fixed(store):
+    s, gw = "192.168.10.0/24", "192.168.10.1"
+    assert store.allocate_ip("net1", s, gw, "p1", fixed="192.168.10.7") == "192.168.10.7"
+    with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.7 on network net1 is taken "
+                                          r"by pod p1"):
+        store.allocate_ip("net1", s, gw, "p2", fixed="192.168.10.7")
+    with pytest.raises(ConfigError, match=r"ips: 192\.168\.11\.7 is outside network net1's "
+                                          r"subnet 192\.168\.10\.0/24"):
+        store.allocate_ip("net1", s, gw, "p2", fixed="192.168.11.7")
+    with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.1 is the gateway address"):
+        store.allocate_ip("net1", s, gw, "p2", fixed="192.168.10.1")
+    with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.255 is the network or "
+                                          r"broadcast address"):
+        store.allocate_ip("net1", s, gw, "p2", fixed="192.168.10.255")
+    with pytest.raises(ConfigError, match=r"ips: 'x' for network net1"):
+        store.allocate_ip("net1", s, gw, "p2", fixed="x")
+    with pytest.raises(ConfigError, match=r"pod p1 has address 192\.168\.10\.7 on network "
+                                          r"net1 already, not 192\.168\.10\.8"):
+        store.allocate_ip("net1", s, gw, "p1", fixed="192.168.10.8")
+    # a dynamic allocation goes round the fixed one
+    assert store.allocate_ip("net1", s, gw, "p2") == "192.168.10.2"
+    # nothing failed left a row behind
+    assert sorted(a["ip"] for a in store.allocations("net1")) == [
+        "192.168.10.2", "192.168.10.7"]
+
+
+def test_allocate_mac(store):
+    m = store.allocate_mac("p1", "std")
+    assert m == store.allocate_mac("p1", "std")           # deterministic
+    assert m != store.allocate_mac("p1", "media") != store.allocate_mac("p2", "std")
+    first = int(m.split(":")[0], 16)
+    assert first == 0x02                                  # local, unicast
+    assert len(bytes.fromhex(m.replace(":", ""))) == 6
+    # a MAC already recorded for another endpoint is not given again
+    store.put_pod("p1", "/x", SPEC)
+    store.add_endpoint("other", "std", "net1", "eth0", "h1", store.allocate_mac("p1", "std"),
+                       None)
+    m2 = store.allocate_mac("p1", "std")
+    assert m2 != m and m2.startswith("02:")
+
+
+def test_state_survives_reopen(path):
+    s = Store(path)
+    s.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
+    s.put_pod("p1", "/var/run/netns/p1", SPEC, state="ready")
+    ip = s.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "p1")
+    s.add_endpoint("p1", "std", "net1", "eth0", "dpabc", "02:00:00:00:00:01", ip,
+                   state="ready")
+    s.set_meta("node", "node1")
+    s.close()                      # as after a crash: nothing else is flushed
+    s = Store(path)
+    assert s.pod("p1")["state"] == "ready"
+    assert s.endpoints(pod="p1")[0]["ip"] == ip
+    assert s.get_meta("node") == "node1"
+    # nothing is handed out twice after a restart
+    assert s.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "p2") != ip
+    s.close()
+
+
+def test_failed_transaction_leaves_nothing(store):
+    with pytest.raises(RuntimeError):
+        with store._tx() as db:
+            db.execute("INSERT INTO allocations VALUES ('n', '10.0.0.9', 'p', 0)")
+            raise RuntimeError("boom")
+    assert store.allocations() == []
+
+
+def test_threads_never_share_an_address(store):
+    got, errors = [], []
+
+    def worker(i):
+        try:
+            for j in range(20):
+                got.append(store.allocate_ip("n", "10.2.0.0/24", None, f"p{i}-{j}"))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(got) == 160 and len(set(got)) == 160
+    assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.2.0.0/24") for a in got)
+
+
+def test_two_processes_share_the_file(path, store):
+    other = Store(path)            # as the CLI and the service would
+    store.allocate_ip("n", "10.3.0.0/24", None, "a")
+    assert other.allocate_ip("n", "10.3.0.0/24", None, "b") == "10.3.0.2"
+    other.close()
