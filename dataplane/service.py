@@ -168,8 +168,7 @@ class NodeService:
                     attach_plane(name, netns, p.ifname, hif, mac, f"{ip}/{n.prefixlen}",
                                  n.gateway, n.mtu, p.default_route, plane=p.plane)
                     done.append(hif)
-                    self._attach_port(self.store.endpoints(pod=name)[-1] | {
-                        "host_ifname": hif, "network": n.name, "mac": mac})
+                    self._attach_port({"host_ifname": hif, "network": n.name, "mac": mac})
                     self.store.set_endpoint_state(name, p.plane, "ready")
                 self.store.set_pod_state(name, "ready")
             except BaseException:

@@ -1,0 +1,173 @@
+"""dataplane command line.
+
+    dataplane run -c node.yaml            the node service, in the foreground
+    dataplane check -c node.yaml          validate a config file, start nothing
+    dataplane status                      what the running service has attached
+    dataplane pod add NAME --netns PATH --spec JSON|@FILE
+    dataplane pod del NAME
+    dataplane pod list
+    dataplane net list
+    dataplane bench {encap,decap,afpacket} [...]
+
+Client commands talk to the service's control API (HTTP+JSON on a unix
+socket): --socket, or the api_socket of -c FILE, or /run/dataplane/api.sock.
+"""
+import argparse
+import json
+import logging
+import sys
+
+from .config import DEFAULT_API_SOCKET, load_config
+from .errors import DataplaneError
+
+
+def _socket(args):
+    if getattr(args, "socket", None):
+        return args.socket
+    if getattr(args, "config", None):
+        return load_config(args.config).api_socket
+    return DEFAULT_API_SOCKET
+
+
+def _call(args, method, endpoint, body=None):
+    from .api import APIError, call
+    try:
+        return call(_socket(args), method, endpoint, body)
+    except APIError as e:
+        raise SystemExit(f"dataplane: {e}")
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise SystemExit(f"dataplane: no service answers on {_socket(args)} "
+                         "(is 'dataplane run' running?)")
+
+
+def _print(obj, as_json):
+    if as_json:
+        print(json.dumps(obj, indent=2))
+        return
+    if isinstance(obj, list):
+        for o in obj:
+            _print(o, False)
+        return
+    if isinstance(obj, dict) and "planes" in obj:   # a pod
+        print(f"{obj['name']}  netns={obj['netns']}  state={obj['state']}")
+        for p in obj["planes"]:
+            print(f"  {p['plane']:8s} {p['ifname']:10s} {p['ip']:15s} {p['mac']}  "
+                  f"net={p['network']} host={p['host_ifname']} port={p['port']}")
+        return
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_run(args):
+    from .service import NodeService, setup_logging
+    setup_logging(getattr(logging, args.log_level.upper()))
+    cfg = load_config(args.config)
+    NodeService(cfg).run_forever()
+    return 0
+
+
+def cmd_check(args):
+    cfg = load_config(args.config)
+    print(f"{args.config}: ok (node {cfg.node}, {len(cfg.networks)} networks, mode {cfg.mode})")
+    return 0
+
+
+def cmd_status(args):
+    st = _call(args, "GET", "/v1/status")
+    if args.json:
+        _print(st, True)
+        return 0
+    print(f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}  "
+          f"forwarding {st['forwarding']}  up {st['uptime_s']}s")
+    for n in st["networks"]:
+        print(f"  network {n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} "
+              f"pods {n['pods']:<3d} encap {n['encap_packets']} decap {n['decap_packets']} "
+              f"flood {n['flood_packets']} local {n['local_packets']}")
+    for p in st["ports"]:
+        print(f"  port {p['port']:<3d} {p['name']:18s} {p['role']:6s} {p['network'] or '-':10s} "
+              f"rx {p['rx_packets']} tx {p['tx_packets']}")
+    if st["drops"]:
+        print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))
+    return 0
+
+
+def cmd_pod(args):
+    if args.pod_cmd == "add":
+        spec = args.spec
+        if spec.startswith("@"):
+            with open(spec[1:]) as f:
+                spec = f.read()
+        _print(_call(args, "POST", "/v1/pods", {"name": args.name, "netns": args.netns,
+                                                 "spec": spec}), args.json)
+    elif args.pod_cmd == "del":
+        _print(_call(args, "DELETE", f"/v1/pods?name={args.name}"), args.json)
+    else:
+        _print(_call(args, "GET", "/v1/pods"), args.json)
+    return 0
+
+
+def cmd_net(args):
+    for n in _call(args, "GET", "/v1/networks"):
+        print(f"{n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} subnet {n['subnet']} "
+              f"gateway {n['gateway'] or '-'} mtu {n['mtu']}")
+    return 0
+
+
+def cmd_bench(args):
+    import os
+    os.execv(sys.executable, [sys.executable, "-m", "bench", *args.rest])
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="dataplane", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def client(p):
+        p.add_argument("--socket", help="control API socket")
+        p.add_argument("-c", "--config", help="node config (for its api_socket)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("run", help="run the node service in the foreground")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("check", help="validate a node config file")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("status", help="show the service's state and counters")
+    client(p)
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("pod", help="attach, detach and list pods")
+    psub = p.add_subparsers(dest="pod_cmd", required=True)
+    pa = psub.add_parser("add")
+    pa.add_argument("name")
+    pa.add_argument("--netns", required=True, help="/var/run/netns/NAME or /proc/PID/ns/net")
+    pa.add_argument("--spec", required=True, help="plane spec as JSON, or @FILE")
+    client(pa)
+    pd = psub.add_parser("del")
+    pd.add_argument("name")
+    client(pd)
+    pl = psub.add_parser("list")
+    client(pl)
+    p.set_defaults(fn=cmd_pod)
+    p = sub.add_parser("net", help="list networks")
+    p.add_argument("net_cmd", choices=["list"])
+    client(p)
+    p.set_defaults(fn=cmd_net)
+    p = sub.add_parser("bench", help="run a benchmark (python -m bench ...)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DataplaneError as e:
+        print(f"dataplane: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
