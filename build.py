@@ -16,7 +16,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-SOURCES = ["dp_control.c", "dp_pipeline.c", "afpacket.c"]
+SOURCES = ["dp_control.c", "dp_pipeline.c", "dp_qos.c", "afpacket.c"]
 
 
 def _pkg_config(*args):

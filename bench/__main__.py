@@ -1,7 +1,10 @@
-"""``python -m bench {encap|decap} [options]``: see bench.throughput."""
+"""``python -m bench {encap|decap} [options]``: see bench.throughput;
+``python -m bench afpacket [options]``: see bench.afpacket."""
 import sys
 
-from .throughput import main
-
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["afpacket"]:
+        from .afpacket import main
+        sys.exit(main(sys.argv[2:]))
+    from .throughput import main
     sys.exit(main())

@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 4
+#define DP_ABI_VERSION 5
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -42,6 +42,21 @@
 #define DP_BLOCK_NET 1
 #define DP_BLOCK_DROP 2
 #define DP_BLOCK_WORKER 3
+#define DP_BLOCK_QOS 4
+#define DP_BLOCK_LAT 5
+
+/* per (port, plane) queue counters */
+#define DP_QOS_ENQUEUED 0
+#define DP_QOS_SENT 1
+#define DP_QOS_DROPPED 2
+#define DP_QOS_SENT_BYTES 3
+#define DP_QOS_CTR_COUNT 4
+
+/* per plane latency histogram rows: 17 buckets (16 bounds + inf), then the
+ * sum of latencies in TSC cycles */
+#define DP_LAT_BUCKETS 17
+#define DP_LAT_SUM 17
+#define DP_LAT_ROW 18
 
 /* per-port counters */
 #define DP_PORT_RX_PACKETS 0
@@ -98,6 +113,16 @@ struct dp_port_info {
     char name[64];
 };
 
+/* a network plane: strict priority (higher first), rates, queue, marking */
+struct dp_plane_conf {
+    int priority;            /* unique among planes; higher is served first */
+    uint64_t min_bps;        /* guaranteed rate on a shaped port, 0 = none */
+    uint64_t max_bps;        /* rate limit on a shaped port, 0 = none */
+    uint32_t queue_len;      /* frames per shaped port, power of two */
+    int dscp;                /* outer DSCP to mark, -1 = copy the inner one */
+    int worker;              /* worker that polls this plane's pod ports, -1 = any */
+};
+
 /* process-wide */
 int dp_abi_version(void);
 const char *dp_last_error(void);
@@ -134,6 +159,15 @@ int dp_vtep_set(const struct dp_vtep_conf *conf);
 int dp_neigh_set(uint32_t ip, const uint8_t *mac);
 int dp_neigh_get(uint32_t ip, uint8_t *mac);
 int dp_housekeeping(void);
+
+/* planes and queues */
+int dp_plane_set(int plane, const struct dp_plane_conf *conf);
+int dp_port_shaper(int port, uint64_t rate_bps, uint32_t burst_bytes);
+int dp_qos_mode(int priority_on, int latency_on);
+int dp_dscp_plane(int dscp, int plane);
+int dp_qos_depth(int port, int plane);
+uint64_t dp_tsc_hz(void);
+int dp_lat_bound_ns(int idx, uint64_t *ns);
 
 /* counters: worker-major arrays of uint64_t, read without locks */
 uint64_t *dp_counter_block(int block, size_t *n_rows, size_t *row_len);

@@ -25,6 +25,7 @@
 #include <rte_errno.h>
 
 #include "dp_internal.h"
+#include "dp_qos.h"
 
 struct dp_state dp;
 
@@ -54,6 +55,7 @@ static const char *const drop_names[] = {
 static const char *const port_ctr_names[] = {"rx_packets", "rx_bytes", "tx_packets", "tx_bytes"};
 static const char *const net_ctr_names[] = {"encap_packets", "decap_packets", "flood_packets", "local_packets"};
 static const char *const worker_ctr_names[] = {"polls", "busy_polls"};
+static const char *const qos_ctr_names[] = {"enqueued", "sent", "dropped", "sent_bytes"};
 
 void
 dp_set_error(int err, const char *fmt, ...)
@@ -99,7 +101,7 @@ dp_eal_init(int argc, char **argv, struct dp_eal_info *info)
     unsigned lcore;
     int n = 0;
     RTE_LCORE_FOREACH_WORKER(lcore) {
-        if (n < DP_MAX_WORKERS)
+        if (n < DP_MAX_WORKERS - 1) /* the last counter row is the control thread's */
             dp.worker_lcore[n++] = lcore;
     }
     dp.n_workers = n;
@@ -134,15 +136,27 @@ dp_key4_cmp(const void *a, const void *b, size_t len)
     return x != y;
 }
 
+/* rte_hash_function for 8-byte keys: the pipeline's inline dp_key8_hash */
+static uint32_t
+dp_key8_hash_fn(const void *key, uint32_t len, uint32_t init)
+{
+    (void)len;
+    (void)init; /* DP_KEY8_HASH_INIT, as given below */
+    uint64_t k;
+    memcpy(&k, key, 8);
+    return dp_key8_hash(k);
+}
+
 static struct rte_hash *
 mk_hash(const char *name, uint32_t entries, uint32_t key_len)
 {
+    int key8 = key_len == sizeof(uint64_t);
     struct rte_hash_parameters p = {
         .name = name,
         .entries = entries,
         .key_len = key_len,
-        .hash_func = rte_hash_crc,
-        .hash_func_init_val = 0,
+        .hash_func = key8 ? dp_key8_hash_fn : rte_hash_crc,
+        .hash_func_init_val = key8 ? DP_KEY8_HASH_INIT : 0,
         .socket_id = (int)rte_socket_id(),
         .extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF,
     };
@@ -150,7 +164,7 @@ mk_hash(const char *name, uint32_t entries, uint32_t key_len)
     if (!h)
         return NULL;
     /* the library compares keys of other than 16..128 bytes with memcmp */
-    if (key_len == sizeof(uint64_t))
+    if (key8)
         rte_hash_set_cmp_func(h, dp_key8_cmp);
     else if (key_len == sizeof(uint32_t))
         rte_hash_set_cmp_func(h, dp_key4_cmp);
@@ -183,6 +197,9 @@ dp_setup(unsigned n_mbufs)
         dp_set_error(e, "cannot create mbuf pool of %u mbufs", n_mbufs);
         return -e;
     }
+    int qret = dp_qos_init();
+    if (qret < 0)
+        FAIL(-qret, "cannot register the mbuf metadata field");
     dp.fdb = mk_hash("dp_fdb", 1 << 20, sizeof(uint64_t));
     dp.vteps = mk_hash("dp_vteps", 1 << 16, sizeof(uint64_t));
     dp.vnis = mk_hash("dp_vnis", 1 << 12, sizeof(uint32_t));
@@ -366,6 +383,13 @@ port_new(int role, int net, const char *name, int driver)
     p->driver = driver;
     p->net = net;
     p->worker = least_loaded_worker();
+    if (net >= 0) {
+        /* a plane given its own worker gets its pod ports polled there */
+        struct dp_net *n = atomic_load(&dp.nets[net]);
+        int pw = n ? dp_qg.plane[n->plane].worker : -1;
+        if (pw >= 0 && pw < dp.n_workers)
+            p->worker = pw;
+    }
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->tx_lock = rte_zmalloc("dp_txlock", sizeof(rte_spinlock_t), RTE_CACHE_LINE_SIZE);
     if (!p->tx_lock) {
@@ -379,6 +403,7 @@ port_new(int role, int net, const char *name, int driver)
 static void
 port_free(struct dp_port *p)
 {
+    dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED] += dp_qos_free(p->qos);
     rte_free(p->tx_lock);
     rte_free(p);
 }
@@ -1254,6 +1279,50 @@ dp_fdb_count(void)
     return (int)rte_hash_count(dp.fdb);
 }
 
+/* ------------------------------------------------------- shaped ports */
+
+int
+dp_port_shaper(int idx, uint64_t rate_bps, uint32_t burst_bytes)
+{
+    struct dp_port *p = port_get(idx);
+    if (!p)
+        FAIL(ENOENT, "no port %d", idx);
+    if (rate_bps && rate_bps < 8000)
+        FAIL(EINVAL, "port %d: shaper rate %lu bit/s below 8000", idx, (unsigned long)rate_bps);
+    if (rate_bps && burst_bytes < 2048)
+        FAIL(EINVAL, "port %d: shaper burst %u bytes below one frame (2048)", idx, burst_bytes);
+    struct dp_port *np = rte_zmalloc("dp_port", sizeof(*np), RTE_CACHE_LINE_SIZE);
+    if (!np)
+        FAIL(ENOMEM, "out of memory");
+    *np = *p;
+    np->qos = NULL;
+    if (rate_bps) {
+        np->qos = dp_qos_new(idx, rate_bps, burst_bytes);
+        if (!np->qos) {
+            rte_free(np);
+            FAIL(ENOMEM, "port %d: cannot create the plane queues", idx);
+        }
+    }
+    atomic_store(&dp.ports[idx], np);
+    dp_sync(); /* no worker holds p, its queues or its heads any more */
+    struct dp_qos *old = p->qos;
+    rte_free(p);
+    /* frames still queued are freed with it, and counted */
+    dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED] += dp_qos_free(old);
+    return 0;
+}
+
+int
+dp_qos_depth(int idx, int plane)
+{
+    struct dp_port *p = port_get(idx);
+    if (!p || plane < 0 || plane >= DP_MAX_PLANES)
+        FAIL(EINVAL, "no port %d / plane %d", idx, plane);
+    if (!p->qos)
+        return 0;
+    return (int)rte_ring_count(p->qos->q[plane]) + (p->qos->head[plane] != NULL);
+}
+
 /* ------------------------------------------------------------- counters */
 
 uint64_t *
@@ -1278,6 +1347,14 @@ dp_counter_block(int block, size_t *n_rows, size_t *row_len)
         *n_rows = DP_MAX_WORKERS;
         *row_len = 8;
         return &dp.ctr->worker[0][0];
+    case DP_BLOCK_QOS:
+        *n_rows = DP_MAX_WORKERS * DP_MAX_PORTS * DP_MAX_PLANES;
+        *row_len = DP_QOS_CTR_COUNT;
+        return &dp.ctr->qos[0][0][0][0];
+    case DP_BLOCK_LAT:
+        *n_rows = DP_MAX_WORKERS * DP_MAX_PLANES;
+        *row_len = DP_LAT_ROW;
+        return &dp.ctr->lat[0][0][0];
     }
     return NULL;
 }
@@ -1290,6 +1367,8 @@ dp_counter_count(int block)
     case DP_BLOCK_NET: return DP_NET_CTR_COUNT;
     case DP_BLOCK_DROP: return DP_DROP_COUNT;
     case DP_BLOCK_WORKER: return DP_WORKER_CTR_COUNT;
+    case DP_BLOCK_QOS: return DP_QOS_CTR_COUNT;
+    case DP_BLOCK_LAT: return DP_LAT_BUCKETS;
     }
     return 0;
 }
@@ -1304,6 +1383,8 @@ dp_counter_name(int block, int i)
     case DP_BLOCK_NET: return net_ctr_names[i];
     case DP_BLOCK_DROP: return drop_names[i];
     case DP_BLOCK_WORKER: return worker_ctr_names[i];
+    case DP_BLOCK_QOS: return qos_ctr_names[i];
+    case DP_BLOCK_LAT: return "bucket";
     }
     return NULL;
 }

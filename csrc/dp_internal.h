@@ -17,11 +17,14 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 #include <rte_hash.h>
+#include <rte_hash_crc.h>
 #include <rte_rcu_qsbr.h>
 #include <rte_spinlock.h>
 
 #include "dataplane.h"
 #include "afpacket.h"
+
+struct dp_qos;
 
 /*
  * Drop reasons. One list makes the C enum and the names Python and
@@ -50,7 +53,9 @@
     _(TRUNCATED, "truncated")             /* frame shorter than headers */  \
     _(SPLIT_HORIZON, "split_horizon")     /* decapped frame for a remote */ \
     _(ARP_IGNORED, "arp_ignored")         /* ARP not for the VTEP */        \
-    _(SLOWPATH_FULL, "slowpath_full")     /* control ring full */
+    _(SLOWPATH_FULL, "slowpath_full")     /* control ring full */          \
+    _(QUEUE_FULL, "queue_full")           /* plane queue of a shaped port */ \
+    _(QUEUE_FLUSHED, "queue_flushed")     /* queued when shaper/port went */
 
 enum dp_drop {
 #define _(sym, str) DP_DROP_##sym,
@@ -90,6 +95,18 @@ dp_fdb_key(uint32_t net, const uint8_t *mac)
     return (uint64_t)lo | ((uint64_t)hi << 32) | ((uint64_t)net << 48);
 }
 
+/*
+ * Hash of an 8-byte table key (FDB, VTEP table): CRC32C. It is the tables'
+ * hash_func (mk_hash) and the signature the pipeline computes inline for
+ * rte_hash_lookup_with_hash_bulk_data, one function so the two cannot differ.
+ */
+#define DP_KEY8_HASH_INIT 0
+static inline uint32_t
+dp_key8_hash(uint64_t key)
+{
+    return rte_hash_crc_8byte(key, DP_KEY8_HASH_INIT);
+}
+
 /* decap key: VNI and source VTEP (both network byte order as on the wire) */
 static inline uint64_t
 dp_vtep_key(uint32_t vni_be_word, uint32_t src_ip_be)
@@ -110,6 +127,7 @@ struct dp_port {
     struct rte_ring *ring_rx; /* ring ports: what Python injects */
     struct rte_ring *ring_tx; /* ring ports: what Python collects */
     rte_spinlock_t *tx_lock;
+    struct dp_qos *qos;       /* shaped port: per-plane queues, else NULL */
     uint8_t mac[6];
     char name[64];
 };
@@ -176,6 +194,8 @@ struct dp_counters {
     uint64_t net[DP_MAX_WORKERS][DP_MAX_NETS][DP_NET_CTR_COUNT];
     uint64_t drop[DP_MAX_WORKERS][DP_DROP_COUNT + 1];
     uint64_t worker[DP_MAX_WORKERS][8];
+    uint64_t qos[DP_MAX_WORKERS][DP_MAX_PORTS][DP_MAX_PLANES][DP_QOS_CTR_COUNT];
+    uint64_t lat[DP_MAX_WORKERS][DP_MAX_PLANES][DP_LAT_ROW];
 };
 
 struct dp_vtep {
@@ -208,6 +228,9 @@ struct dp_state {
 };
 
 extern struct dp_state dp;
+
+/* the last worker row of the counters belongs to the control thread */
+#define DP_CTRL_ROW (DP_MAX_WORKERS - 1)
 
 int dp_worker_main(void *arg);
 void dp_set_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

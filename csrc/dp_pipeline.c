@@ -115,7 +115,7 @@ tx_flush_all(struct dp_wctx *w)
  * Inner flow hash for the outer UDP source port (RFC 7348 §5: entropy for
  * ECMP, in the dynamic range 49152-65535) and the inner DSCP to copy.
  */
-static inline uint32_t
+static __rte_always_inline uint32_t
 inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 {
     uint16_t et;
@@ -153,7 +153,7 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
  * Rewrite m in place into a VXLAN frame to tunnel ti. Returns 1, or 0 when
  * the frame was dropped (and counted).
  */
-static inline int
+static __rte_always_inline int
 encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
 {
     const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
@@ -275,14 +275,16 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
     }
     uint64_t keys[DP_BURST];
     const void *kp[DP_BURST];
+    hash_sig_t sig[DP_BURST];
     void *val[DP_BURST];
     uint64_t hits = 0;
     for (uint16_t i = 0; i < n; i++) {
         const uint8_t *eth = rte_pktmbuf_mtod(pkts[i], const uint8_t *);
         keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
         kp[i] = &keys[i];
+        sig[i] = dp_key8_hash(keys[i]);
     }
-    rte_hash_lookup_bulk_data(dp.fdb, kp, n, &hits, val);
+    rte_hash_lookup_with_hash_bulk_data(dp.fdb, kp, sig, n, &hits, val);
     uint64_t local = 0;
     struct rte_mbuf *enc[DP_BURST];
     uint32_t enc_t[DP_BURST];
@@ -361,83 +363,193 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     tx_put(w, (uint16_t)v->uplink, m);
 }
 
+/*
+ * Outer checks of one uplink frame, every reason in order. Returns the
+ * outer header length (Ether + IPv4 + UDP + VXLAN) of a VXLAN frame for us,
+ * its Ethernet padding trimmed, or 0 when the frame was consumed (ARP) or
+ * dropped and counted.
+ */
+static __rte_noinline uint32_t
+outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
+{
+    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
+        drop(w, m, DP_DROP_TRUNCATED);
+        return 0;
+    }
+    const struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, const struct rte_ether_hdr *);
+    if (unlikely(eth->ether_type != RTE_BE16(RTE_ETHER_TYPE_IPV4))) {
+        if (eth->ether_type == RTE_BE16(RTE_ETHER_TYPE_ARP))
+            arp_input(w, m);
+        else
+            drop(w, m, DP_DROP_UPLINK_NON_IP);
+        return 0;
+    }
+    if (unlikely(memcmp(eth->dst_addr.addr_bytes, v->mac, 6) != 0)) {
+        drop(w, m, DP_DROP_NOT_FOR_US);
+        return 0;
+    }
+    const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 1);
+    uint32_t hl = (ip->version_ihl & 0xf) * 4u;
+    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ||
+                 (ip->version_ihl >> 4) != 4 || hl < sizeof(*ip))) {
+        drop(w, m, m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ? DP_DROP_TRUNCATED
+                                                                 : DP_DROP_BAD_IP);
+        return 0;
+    }
+    if (unlikely(ip->dst_addr != v->ip_be)) {
+        drop(w, m, DP_DROP_NOT_FOR_US);
+        return 0;
+    }
+    if (unlikely(ip->fragment_offset & RTE_BE16(0x3fff))) {
+        drop(w, m, DP_DROP_IP_FRAGMENT);
+        return 0;
+    }
+    if (unlikely(ip->next_proto_id != IPPROTO_UDP)) {
+        drop(w, m, DP_DROP_NOT_UDP);
+        return 0;
+    }
+    uint32_t tot = rte_be_to_cpu_16(ip->total_length);
+    uint32_t outer = RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr) +
+                     sizeof(struct rte_vxlan_hdr);
+    if (unlikely(tot < hl || RTE_ETHER_HDR_LEN + tot > m->pkt_len ||
+                 m->data_len < outer)) {
+        drop(w, m, DP_DROP_TRUNCATED);
+        return 0;
+    }
+    const struct rte_udp_hdr *udp = (const struct rte_udp_hdr *)((const uint8_t *)ip + hl);
+    if (unlikely(udp->dst_port != v->udp_port_be)) {
+        drop(w, m, DP_DROP_UDP_PORT);
+        return 0;
+    }
+    if (unlikely(RTE_ETHER_HDR_LEN + tot < outer + RTE_ETHER_HDR_LEN)) {
+        drop(w, m, DP_DROP_TRUNCATED);
+        return 0;
+    }
+    const struct rte_vxlan_hdr *vx = (const struct rte_vxlan_hdr *)(udp + 1);
+    if (unlikely(!(*(const uint8_t *)vx & 0x08))) {
+        drop(w, m, DP_DROP_VXLAN_FLAGS);
+        return 0;
+    }
+    /* drop Ethernet padding past the IP datagram */
+    if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
+        rte_pktmbuf_trim(m, (uint16_t)(m->pkt_len - RTE_ETHER_HDR_LEN - tot));
+    return outer;
+}
+
+/* the fields of our VTEP the fast check compares, loaded once per burst */
+struct dp_outer_ref {
+    uint32_t mac_lo;
+    uint16_t mac_hi;
+    uint16_t udp_port_be;
+    uint32_t ip_be;
+};
+
+/*
+ * Outer checks, fast path: the common frame (IPv4 without options to our
+ * MAC and address, not a fragment, UDP to our port, I flag set, no padding,
+ * inner Ethernet header in the first segment) accepted with one branch;
+ * anything else goes through outer_check_full, which names the reason.
+ */
+static __rte_always_inline uint32_t
+outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_ref *r,
+            struct rte_mbuf *m)
+{
+    if (likely(m->data_len >= DP_VXLAN_HDR_LEN + RTE_ETHER_HDR_LEN)) {
+        const uint8_t *p = rte_pktmbuf_mtod(m, const uint8_t *);
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(p + RTE_ETHER_HDR_LEN);
+        const struct rte_udp_hdr *udp = (const struct rte_udp_hdr *)(ip + 1);
+        uint32_t mac_lo;
+        uint16_t mac_hi, et;
+        memcpy(&mac_lo, p, 4);
+        memcpy(&mac_hi, p + 4, 2);
+        memcpy(&et, p + 12, 2);
+        uint32_t tot = rte_be_to_cpu_16(ip->total_length);
+        uint32_t bad = (mac_lo ^ r->mac_lo) | (uint32_t)(mac_hi ^ r->mac_hi) |
+                       (uint32_t)(et ^ RTE_BE16(RTE_ETHER_TYPE_IPV4)) |
+                       (uint32_t)(ip->version_ihl ^ 0x45) |
+                       (uint32_t)(ip->fragment_offset & RTE_BE16(0x3fff)) |
+                       (uint32_t)(ip->next_proto_id ^ IPPROTO_UDP) |
+                       (ip->dst_addr ^ r->ip_be) |
+                       (uint32_t)(udp->dst_port ^ r->udp_port_be) |
+                       (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
+                       (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) |
+                       (uint32_t)(tot < DP_VXLAN_HDR_LEN);
+        if (likely(bad == 0))
+            return DP_VXLAN_HDR_LEN;
+    }
+    return outer_check_full(w, v, m);
+}
+
+/* (VNI, source VTEP) keys of a burst are looked up once each: a few tunnels
+ * carry many frames. Direct-mapped by hash, rebuilt every burst. */
+#define DP_VTEP_DEDUP_SLOTS 16
+/* dp_vtep_key's top byte is the VXLAN header's reserved byte after the VNI,
+ * masked to zero: a key with it set never occurs */
+#define DP_VTEP_KEY_NONE UINT64_MAX
+
+/* per-network counter summed over a run of frames of one network */
+static __rte_always_inline void
+net_count(struct dp_wctx *w, int ctr, uint32_t net, uint32_t *cur, uint64_t *cnt)
+{
+    if (unlikely(net != *cur)) {
+        if (*cnt)
+            w->net[*cur][ctr] += *cnt;
+        *cur = net;
+        *cnt = 0;
+    }
+    (*cnt)++;
+}
+
+static __rte_always_inline void
+net_count_flush(struct dp_wctx *w, int ctr, uint32_t cur, uint64_t cnt)
+{
+    if (cnt)
+        w->net[cur][ctr] += cnt;
+}
+
 static void
 uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
 {
     const struct dp_vtep *v = w->vtep;
     struct rte_mbuf *vx_pkts[DP_BURST];
-    uint64_t keys[DP_BURST];
-    const void *kp[DP_BURST];
-    void *val[DP_BURST];
-    uint16_t k = 0;
+    uint8_t olen[DP_BURST];           /* outer header length per frame */
+    uint8_t uix[DP_BURST];            /* frame -> its distinct (VNI, VTEP) key */
+    uint64_t ukeys[DP_BURST + 1];     /* + the no-key sentinel, never a key */
+    const void *ukp[DP_BURST];
+    hash_sig_t usig[DP_BURST];
+    void *uval[DP_BURST];
+    uint8_t slot[DP_VTEP_DEDUP_SLOTS]; /* ukeys index, DP_BURST = none */
+    uint16_t k = 0, nu = 0;
+    struct dp_outer_ref ref = {.udp_port_be = v->udp_port_be, .ip_be = v->ip_be};
+    memcpy(&ref.mac_lo, v->mac, 4);
+    memcpy(&ref.mac_hi, v->mac + 4, 2);
+    memset(slot, DP_BURST, sizeof(slot));
+    ukeys[DP_BURST] = DP_VTEP_KEY_NONE;
 
     /* 1. outer checks; keep VXLAN frames for us, stripped of nothing yet */
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
-        if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
-            drop(w, m, DP_DROP_TRUNCATED);
+        uint32_t outer = outer_check(w, v, &ref, m);
+        if (outer == 0)
             continue;
-        }
-        const struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, const struct rte_ether_hdr *);
-        if (unlikely(eth->ether_type != RTE_BE16(RTE_ETHER_TYPE_IPV4))) {
-            if (eth->ether_type == RTE_BE16(RTE_ETHER_TYPE_ARP))
-                arp_input(w, m);
-            else
-                drop(w, m, DP_DROP_UPLINK_NON_IP);
-            continue;
-        }
-        if (unlikely(memcmp(eth->dst_addr.addr_bytes, v->mac, 6) != 0)) {
-            drop(w, m, DP_DROP_NOT_FOR_US);
-            continue;
-        }
-        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 1);
-        uint32_t hl = (ip->version_ihl & 0xf) * 4u;
-        if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ||
-                     (ip->version_ihl >> 4) != 4 || hl < sizeof(*ip))) {
-            drop(w, m, m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ? DP_DROP_TRUNCATED
-                                                                     : DP_DROP_BAD_IP);
-            continue;
-        }
-        if (unlikely(ip->dst_addr != v->ip_be)) {
-            drop(w, m, DP_DROP_NOT_FOR_US);
-            continue;
-        }
-        if (unlikely(ip->fragment_offset & RTE_BE16(0x3fff))) {
-            drop(w, m, DP_DROP_IP_FRAGMENT);
-            continue;
-        }
-        if (unlikely(ip->next_proto_id != IPPROTO_UDP)) {
-            drop(w, m, DP_DROP_NOT_UDP);
-            continue;
-        }
-        uint32_t tot = rte_be_to_cpu_16(ip->total_length);
-        uint32_t outer = RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr) +
-                         sizeof(struct rte_vxlan_hdr);
-        if (unlikely(tot < hl || RTE_ETHER_HDR_LEN + tot > m->pkt_len ||
-                     m->data_len < outer)) {
-            drop(w, m, DP_DROP_TRUNCATED);
-            continue;
-        }
-        const struct rte_udp_hdr *udp = (const struct rte_udp_hdr *)((const uint8_t *)ip + hl);
-        if (unlikely(udp->dst_port != v->udp_port_be)) {
-            drop(w, m, DP_DROP_UDP_PORT);
-            continue;
-        }
-        if (unlikely(RTE_ETHER_HDR_LEN + tot < outer + RTE_ETHER_HDR_LEN)) {
-            drop(w, m, DP_DROP_TRUNCATED);
-            continue;
-        }
-        const struct rte_vxlan_hdr *vx = (const struct rte_vxlan_hdr *)(udp + 1);
-        if (unlikely(!(*(const uint8_t *)vx & 0x08))) {
-            drop(w, m, DP_DROP_VXLAN_FLAGS);
-            continue;
-        }
-        /* drop Ethernet padding past the IP datagram */
-        if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
-            rte_pktmbuf_trim(m, (uint16_t)(m->pkt_len - RTE_ETHER_HDR_LEN - tot));
-        keys[k] = dp_vtep_key(vx->vx_vni & RTE_BE32(0xffffff00), ip->src_addr);
-        kp[k] = &keys[k];
-        m->l2_len = (uint16_t)outer; /* remembered for the strip below */
+        const uint8_t *p = rte_pktmbuf_mtod(m, const uint8_t *);
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(p + RTE_ETHER_HDR_LEN);
+        const struct rte_vxlan_hdr *vx =
+            (const struct rte_vxlan_hdr *)(p + outer - sizeof(struct rte_vxlan_hdr));
+        uint64_t key = dp_vtep_key(vx->vx_vni & RTE_BE32(0xffffff00), ip->src_addr);
+        hash_sig_t sig = dp_key8_hash(key);
+        /* without branches: whether a key is new in the burst is random */
+        unsigned s = sig & (DP_VTEP_DEDUP_SLOTS - 1);
+        unsigned u = slot[s];
+        unsigned same = ukeys[u] == key;
+        ukeys[nu] = key;
+        ukp[nu] = &ukeys[nu];
+        usig[nu] = sig;
+        u = same ? u : nu;
+        nu += !same;
+        slot[s] = (uint8_t)u;
+        uix[k] = (uint8_t)u;
+        olen[k] = (uint8_t)outer;
         vx_pkts[k++] = m;
     }
     if (k == 0)
@@ -445,16 +557,23 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
 
     /* 2. (VNI, source VTEP) → network; strip the outer headers */
     uint64_t hits = 0;
-    rte_hash_lookup_bulk_data(dp.vteps, kp, k, &hits, val);
+    rte_hash_lookup_with_hash_bulk_data(dp.vteps, ukp, usig, nu, &hits, uval);
+    uint64_t keys[DP_BURST];
+    const void *kp[DP_BURST];
+    hash_sig_t sig[DP_BURST];
+    void *val[DP_BURST];
     uint16_t nets[DP_BURST];
     uint16_t j = 0;
+    uint32_t cnet = 0;
+    uint64_t ccnt = 0;
     for (uint16_t i = 0; i < k; i++) {
         struct rte_mbuf *m = vx_pkts[i];
+        unsigned u = uix[i];
         uint32_t net;
-        if (likely((hits >> i) & 1)) {
-            net = (uint32_t)(uintptr_t)val[i];
+        if (likely((hits >> u) & 1)) {
+            net = (uint32_t)(uintptr_t)uval[u];
         } else {
-            uint32_t vni = rte_be_to_cpu_32((uint32_t)(keys[i] >> 32)) >> 8;
+            uint32_t vni = rte_be_to_cpu_32((uint32_t)(ukeys[u] >> 32)) >> 8;
             void *d;
             if (rte_hash_lookup_data(dp.vnis, &vni, &d) < 0) {
                 drop(w, m, DP_DROP_UNKNOWN_VNI);
@@ -465,24 +584,27 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
                 continue;
             }
             net = (uint32_t)(uintptr_t)d;
-            const uint8_t *inner = rte_pktmbuf_mtod_offset(m, const uint8_t *, m->l2_len);
-            slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)keys[i], net);
+            const uint8_t *inner = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen[i]);
+            slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)ukeys[u], net);
         }
-        rte_pktmbuf_adj(m, m->l2_len);
-        m->l2_len = 0;
-        w->net[net][DP_NET_DECAP]++;
+        rte_pktmbuf_adj(m, olen[i]);
+        net_count(w, DP_NET_DECAP, net, &cnet, &ccnt);
         const uint8_t *inner = rte_pktmbuf_mtod(m, const uint8_t *);
         keys[j] = dp_fdb_key(net, inner);
         kp[j] = &keys[j];
+        sig[j] = dp_key8_hash(keys[j]);
         nets[j] = (uint16_t)net;
         vx_pkts[j++] = m;
     }
+    net_count_flush(w, DP_NET_DECAP, cnet, ccnt);
     if (j == 0)
         return;
 
     /* 3. inner destination within the VNI's network */
     hits = 0;
-    rte_hash_lookup_bulk_data(dp.fdb, kp, j, &hits, val);
+    rte_hash_lookup_with_hash_bulk_data(dp.fdb, kp, sig, j, &hits, val);
+    cnet = 0;
+    ccnt = 0;
     for (uint16_t i = 0; i < j; i++) {
         struct rte_mbuf *m = vx_pkts[i];
         const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
@@ -499,9 +621,10 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
             drop(w, m, DP_DROP_SPLIT_HORIZON);
             continue;
         }
-        w->net[nets[i]][DP_NET_LOCAL]++;
+        net_count(w, DP_NET_LOCAL, nets[i], &cnet, &ccnt);
         tx_put(w, (uint16_t)DP_FDB_TARGET(val[i]), m);
     }
+    net_count_flush(w, DP_NET_LOCAL, cnet, ccnt);
 }
 
 /* ------------------------------------------------------------ main loop */

@@ -11,6 +11,8 @@
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
     remotes:
       - {vtep: 10.0.0.2, networks: [net1]}
+    # store: {kind: sqlite}         # default: state_dir/state.db, one node
+    # store: {kind: etcd, endpoints: ["http://127.0.0.1:2379"], prefix: /dataplane}
 
 :func:`load_config` reads a file, :func:`parse_config` a dict already parsed.
 Both return a :class:`NodeConfig` or raise :class:`~dataplane.errors.ConfigError`
@@ -25,14 +27,16 @@ import ipaddress
 import os
 import re
 import socket
-from typing import Any, Dict, List, Optional
+import urllib.parse
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
 from .errors import ConfigError
 
 MODES = ("hugepages", "fallback")
-STORE_KINDS = ("sqlite",)
+STORE_KINDS = ("sqlite", "etcd")
+DEFAULT_ETCD_PREFIX = "/dataplane"
 #: VXLAN header overhead on an IPv4 underlay: outer Ether + IPv4 + UDP + VXLAN
 VXLAN_OVERHEAD = 50
 VNI_MAX = (1 << 24) - 1
@@ -144,8 +148,19 @@ class RemoteConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StoreConfig:
+    """Where the state is kept: ``kind: sqlite`` (one node: the file
+    ``path``) or ``kind: etcd`` (a cluster: ``endpoints``, URLs of the etcd
+    members, and the key ``prefix`` the cluster's state lives under)."""
     kind: str = "sqlite"
     path: str = os.path.join(DEFAULT_STATE_DIR, "state.db")
+    endpoints: Tuple[str, ...] = ()
+    prefix: str = DEFAULT_ETCD_PREFIX
+
+    def to_dict(self) -> Dict[str, Any]:
+        if self.kind == "etcd":
+            return {"kind": self.kind, "endpoints": list(self.endpoints),
+                    "prefix": self.prefix}
+        return {"kind": self.kind, "path": self.path}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +234,7 @@ class NodeConfig:
             "remotes": [{"vtep": r.vtep, "networks": list(r.networks)}
                         for r in self.remotes],
             "state_dir": self.state_dir,
-            "store": dataclasses.asdict(self.store),
+            "store": self.store.to_dict(),
             "api_socket": self.api_socket,
             "metrics": dataclasses.asdict(self.metrics),
         }
@@ -640,17 +655,77 @@ class _Parser:
 
     def store(self, value, state_dir):
         value = {} if value is None else value
-        s = self.mapping(value, "store", ("kind", "path"))
+        s = self.mapping(value, "store", ("kind", "path", "endpoints", "prefix"))
         kind = s.get("kind", "sqlite")
         if kind not in STORE_KINDS:
             raise self.err("store.kind", f"{_fmt(kind)} is not supported (supported: "
                                          f"{', '.join(STORE_KINDS)})")
+        if kind == "etcd":
+            if s.get("path") is not None:
+                raise self.err("store.path", "is for kind sqlite (an etcd store has "
+                                             "endpoints and a prefix)")
+            if s.get("endpoints") is None:
+                raise self.err("store.endpoints", "is required for kind etcd (a list "
+                                                  "of URLs, e.g. [http://127.0.0.1:2379])")
+            endpoints = self.etcd_endpoints(s["endpoints"], "store.endpoints")
+            prefix = self.etcd_prefix(s.get("prefix", DEFAULT_ETCD_PREFIX), "store.prefix")
+            return StoreConfig(kind=kind, path=os.path.join(state_dir, "state.db"),
+                               endpoints=endpoints, prefix=prefix)
+        for key in ("endpoints", "prefix"):
+            if s.get(key) is not None:
+                raise self.err(f"store.{key}", "is for kind etcd (add kind: etcd)")
         path = s.get("path")
         if path is None:
             path = os.path.join(state_dir, "state.db")
         else:
             path = self.abspath(path, "store.path")
         return StoreConfig(kind=kind, path=path)
+
+    def etcd_endpoints(self, value, path):
+        if isinstance(value, str):
+            value = [value]                # one URL written without brackets
+        if not isinstance(value, list) or not value:
+            raise self.err(path, f"{_fmt(value)} is not a non-empty list of URLs "
+                                 "(http://host:port)")
+        out = []
+        for i, url in enumerate(value):
+            p = f"{path}[{i}]"
+            if not isinstance(url, str) or "://" not in url:
+                raise self.err(p, f"{_fmt(url)} is not a URL (http://host:port)")
+            u = urllib.parse.urlsplit(url)
+            if u.scheme not in ("http", "https"):
+                raise self.err(p, f"{url!r}: scheme {u.scheme!r} is not http or https")
+            try:
+                port = u.port
+            except ValueError:
+                raise self.err(p, f"{url!r}: the port is not a number in 0..65535") \
+                    from None
+            if not u.hostname:
+                raise self.err(p, f"{url!r} has no host")
+            if port is None:
+                raise self.err(p, f"{url!r} has no port (etcd's client port is "
+                                  "usually 2379)")
+            if u.path not in ("", "/") or u.query or u.fragment or u.username \
+                    or u.password:
+                raise self.err(p, f"{url!r}: give only scheme, host and port "
+                                  "(http://host:port)")
+            url = f"{u.scheme}://{u.netloc}"
+            if url in out:
+                raise self.err(p, f"{url!r} is listed in {path}[{out.index(url)}] already")
+            out.append(url)
+        return tuple(out)
+
+    def etcd_prefix(self, value, path):
+        self.string(value, path)
+        if not value.startswith("/"):
+            raise self.err(path, f"{value!r} does not start with '/' (e.g. /dataplane)")
+        if any(c.isspace() or c == "\0" for c in value):
+            raise self.err(path, f"{value!r} contains white space or NUL")
+        value = value.rstrip("/")
+        if not value:
+            raise self.err(path, "'/' alone would mix the cluster's keys with others' "
+                                 "(e.g. /dataplane)")
+        return value
 
     def metrics(self, value):
         value = {} if value is None else value

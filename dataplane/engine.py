@@ -32,7 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 4
+ABI_VERSION = 5
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -52,6 +52,20 @@ DROP_REASONS: List[str] = _names(lib.DP_BLOCK_DROP)
 PORT_COUNTERS: List[str] = _names(lib.DP_BLOCK_PORT)
 NET_COUNTERS: List[str] = _names(lib.DP_BLOCK_NET)
 WORKER_COUNTERS: List[str] = _names(lib.DP_BLOCK_WORKER)
+QOS_COUNTERS: List[str] = _names(lib.DP_BLOCK_QOS)
+
+
+def _lat_bounds():
+    out = []
+    v = ffi.new("uint64_t *")
+    for i in range(lib.DP_LAT_BUCKETS - 1):
+        lib.dp_lat_bound_ns(i, v)
+        out.append(v[0] / 1e9)
+    return out
+
+
+#: upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf
+LATENCY_BOUNDS_S: List[float] = _lat_bounds()
 
 
 def parse_mac(mac, field="mac") -> bytes:
@@ -99,8 +113,8 @@ class EngineConfig:
         if len(set(lcores)) != len(lcores) or any(
                 not isinstance(c, int) or c < 0 for c in lcores):
             raise ConfigError(f"lcores: {lcores!r} must be distinct non-negative integers")
-        if len(lcores) - 1 > lib.DP_MAX_WORKERS:
-            raise ConfigError(f"lcores: at most {lib.DP_MAX_WORKERS} workers")
+        if len(lcores) - 1 > lib.DP_MAX_WORKERS - 1:
+            raise ConfigError(f"lcores: at most {lib.DP_MAX_WORKERS - 1} workers")
         ncpu = os.cpu_count() or 1
         bad = [c for c in lcores if c >= ncpu]
         if bad:
@@ -148,11 +162,38 @@ class PortInfo:
 class Counters:
     """Counters summed over workers at the time of the call (numpy arrays)."""
 
-    def __init__(self, port, net, drop, worker):
+    def __init__(self, port, net, drop, worker, qos=None, lat=None, tsc_hz=1):
         self.port = port        # [DP_MAX_PORTS, len(PORT_COUNTERS)]
         self.net = net          # [DP_MAX_NETS, len(NET_COUNTERS)]
         self.drop = drop        # [len(DROP_REASONS)]
         self.worker = worker    # [n_workers, len(WORKER_COUNTERS)]
+        self.qos = qos          # [DP_MAX_PORTS, DP_MAX_PLANES, len(QOS_COUNTERS)]
+        self.lat = lat          # [DP_MAX_PLANES, DP_LAT_ROW]: buckets, then sum (TSC)
+        self.tsc_hz = tsc_hz
+
+    def qos_dict(self, port: int, plane: int) -> dict:
+        return {name: int(self.qos[port, plane, i]) for i, name in enumerate(QOS_COUNTERS)}
+
+    def latency(self, plane: int):
+        """(bucket counts [len(LATENCY_BOUNDS_S) + 1], sum in seconds)."""
+        row = self.lat[plane]
+        return ([int(x) for x in row[:lib.DP_LAT_BUCKETS]],
+                float(row[lib.DP_LAT_SUM]) / self.tsc_hz)
+
+    def latency_quantile(self, plane: int, q: float) -> Optional[float]:
+        """Upper bound (seconds) of the bucket holding quantile q; None: no data,
+        inf: beyond the last bound."""
+        counts, _ = self.latency(plane)
+        total = sum(counts)
+        if total == 0:
+            return None
+        need = q * total
+        acc = 0
+        for i, c in enumerate(counts):
+            acc += c
+            if acc >= need:
+                return LATENCY_BOUNDS_S[i] if i < len(LATENCY_BOUNDS_S) else float("inf")
+        return float("inf")
 
     def drops(self) -> dict:
         return {name: int(self.drop[i]) for i, name in enumerate(DROP_REASONS)}
@@ -193,7 +234,9 @@ class Engine:
         self.n_workers = info.n_workers
         check(lib.dp_setup(int(self.config.n_mbufs)), lib, ffi, "setting up the core")
         self._views = {b: self._block(b) for b in (lib.DP_BLOCK_PORT, lib.DP_BLOCK_NET,
-                                                  lib.DP_BLOCK_DROP, lib.DP_BLOCK_WORKER)}
+                                                  lib.DP_BLOCK_DROP, lib.DP_BLOCK_WORKER,
+                                                  lib.DP_BLOCK_QOS, lib.DP_BLOCK_LAT)}
+        self.tsc_hz = int(lib.dp_tsc_hz())
         self._nets = {}          # index -> (vni, plane)
         self._vtep = None        # kwargs of the last set_vtep
         self._hk_stop = threading.Event()
@@ -360,6 +403,48 @@ class Engine:
         self._call(f"setting flood list of network {net}", lib.dp_net_flood_set,
                    net, arr, len(ips))
 
+    # --------------------------------------------------------------- planes
+    def set_plane(self, plane: int, priority: int, min_bps: int = 0, max_bps: int = 0,
+                  queue_len: int = 1024, dscp: Optional[int] = None,
+                  worker: Optional[int] = None):
+        """Plane ``plane`` (0..DP_MAX_PLANES-1): strict ``priority`` (higher
+        first), guaranteed/maximum rate on shaped ports (bit/s, 0 = none),
+        queue length (frames, power of two), outer DSCP to mark (None: copy
+        the inner one), a worker of its own for its pod ports (None: shared).
+        Rates change at once, while traffic flows."""
+        for name, v in (("min_bps", min_bps), ("max_bps", max_bps)):
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"plane {plane}: {name} {v!r} must be a non-negative integer")
+        c = ffi.new("struct dp_plane_conf *")
+        c.priority = priority
+        c.min_bps = min_bps
+        c.max_bps = max_bps
+        c.queue_len = queue_len
+        c.dscp = -1 if dscp is None else dscp
+        c.worker = -1 if worker is None else worker
+        self._call(f"configuring plane {plane}", lib.dp_plane_set, plane, c)
+
+    def set_shaper(self, port: int, rate_bps: int, burst_bytes: int = 16384):
+        """Shape ``port`` to ``rate_bps`` (bits/s on the wire, 24 bytes of
+        Ethernet overhead per frame counted) with per-plane queues and strict
+        priority; 0 switches the shaper and the queues off."""
+        if not isinstance(rate_bps, int) or rate_bps < 0:
+            raise ConfigError(f"rate_bps: {rate_bps!r} must be a non-negative integer")
+        self._call(f"shaping port {port}", lib.dp_port_shaper, port, rate_bps, burst_bytes)
+
+    def set_qos_mode(self, priority: bool = True, latency: bool = True):
+        """priority=False: every plane shares one FIFO (the comparison baseline)."""
+        self._call("setting the QoS mode", lib.dp_qos_mode, int(priority), int(latency))
+
+    def set_dscp_plane(self, dscp: int, plane: Optional[int]):
+        """Classify frames whose inner DSCP is ``dscp`` into ``plane`` (None:
+        by their network, the default)."""
+        self._call(f"mapping DSCP {dscp}", lib.dp_dscp_plane, dscp,
+                   -1 if plane is None else plane)
+
+    def queue_depth(self, port: int, plane: int) -> int:
+        return self._call("reading a queue depth", lib.dp_qos_depth, port, plane)
+
     # ------------------------------------------------------------------ FDB
     def fdb_add_local(self, net: int, mac, port: int):
         self._call(f"adding local MAC {mac} to network {net}", lib.dp_fdb_add_local,
@@ -439,11 +524,16 @@ class Engine:
             v = self._views
             port = v[lib.DP_BLOCK_PORT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, -1)
             net = v[lib.DP_BLOCK_NET].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_NETS, -1)
+            qos = v[lib.DP_BLOCK_QOS].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS,
+                                              lib.DP_MAX_PLANES, -1)
+            lat = v[lib.DP_BLOCK_LAT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PLANES, -1)
             return Counters(
                 port=port.sum(axis=0, dtype=np.uint64),
                 net=net.sum(axis=0, dtype=np.uint64),
                 drop=v[lib.DP_BLOCK_DROP][:, :len(DROP_REASONS)].sum(axis=0, dtype=np.uint64),
-                worker=v[lib.DP_BLOCK_WORKER][:self.n_workers, :len(WORKER_COUNTERS)].copy())
+                worker=v[lib.DP_BLOCK_WORKER][:self.n_workers, :len(WORKER_COUNTERS)].copy(),
+                qos=qos.sum(axis=0, dtype=np.uint64),
+                lat=lat.sum(axis=0, dtype=np.uint64), tsc_hz=self.tsc_hz)
 
     # ------------------------------------------------------- ring test ports
     def inject(self, port: int, frames: Sequence[bytes]) -> int:
@@ -479,5 +569,6 @@ class Engine:
 
 
 __all__ = ["Engine", "EngineConfig", "Counters", "PortInfo", "DROP_REASONS",
+           "QOS_COUNTERS", "LATENCY_BOUNDS_S",
            "PORT_COUNTERS", "NET_COUNTERS", "WORKER_COUNTERS", "parse_mac",
            "format_mac", "parse_ipv4", "errors"]

@@ -6,7 +6,8 @@ so tests use a fresh registry.
 """
 from typing import Callable, Dict, List, NamedTuple, Optional
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                   HistogramMetricFamily, InfoMetricFamily)
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
@@ -26,12 +27,19 @@ class NetLabel(NamedTuple):
     plane: str
 
 
+class PlaneLabel(NamedTuple):
+    index: int
+    name: str
+
+
 class Snapshot(NamedTuple):
     counters: object                     # dataplane.engine.Counters
     ports: List[PortLabel]
     networks: List[NetLabel]
     pods_per_network: Dict[str, int]
     endpoints_per_network: Dict[str, int]
+    planes: List[PlaneLabel] = []
+    shaped: Dict[int, Dict[int, int]] = {}   # port -> {plane: queue depth}
 
 
 class CoreCollector:
@@ -92,6 +100,8 @@ class CoreCollector:
         yield pods
         yield eps
 
+        yield from self._planes(snap)
+
         polls = WORKER_COUNTERS.index("polls")
         busy = WORKER_COUNTERS.index("busy_polls")
         ratio = GaugeMetricFamily("dataplane_worker_busy_ratio",
@@ -105,6 +115,43 @@ class CoreCollector:
             total.add_metric([str(w)], p)
         yield ratio
         yield total
+
+
+    @staticmethod
+    def _planes(snap):
+        from .engine import LATENCY_BOUNDS_S, QOS_COUNTERS
+
+        c = snap.counters
+        hist = HistogramMetricFamily("dataplane_plane_latency_seconds",
+                                     "Time from rx to tx inside the dataplane, per plane",
+                                     labels=["plane"])
+        for pl in snap.planes:
+            counts, total = c.latency(pl.index)
+            acc, buckets = 0, []
+            for bound, n in zip(LATENCY_BOUNDS_S + [float("inf")], counts):
+                acc += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+            hist.add_metric([pl.name], buckets, total)
+        yield hist
+        fams = {name: CounterMetricFamily(f"dataplane_plane_queue_{name}",
+                                          f"Frames {name.replace('_', ' ')} by the plane queue "
+                                          "of a shaped port", labels=["port", "plane"])
+                for name in QOS_COUNTERS if name != "sent_bytes"}
+        depth = GaugeMetricFamily("dataplane_plane_queue_depth",
+                                  "Frames waiting in the plane queue of a shaped port",
+                                  labels=["port", "plane"])
+        names = {p.index: p.name for p in snap.planes}
+        for port, planes in snap.shaped.items():
+            for plane, d in planes.items():
+                if plane not in names:
+                    continue
+                lab = [str(port), names[plane]]
+                depth.add_metric(lab, d)
+                for i, name in enumerate(QOS_COUNTERS):
+                    if name in fams:
+                        fams[name].add_metric(lab, int(c.qos[port, plane, i]))
+        yield from fams.values()
+        yield depth
 
 
 def make_registry(collector: CoreCollector) -> CollectorRegistry:

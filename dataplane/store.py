@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS pods (
     spec    TEXT NOT NULL,                       -- JSON
     state   TEXT NOT NULL DEFAULT 'pending'
             CHECK (state IN ('pending', 'ready', 'deleting')),
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    node    TEXT                                 -- the node that runs it (a cluster)
 );
 CREATE TABLE IF NOT EXISTS endpoints (
     pod         TEXT NOT NULL,
@@ -101,9 +102,57 @@ def _check_state(state):
     return state
 
 
+def ip_request(network, subnet_cidr, gateway, fixed):
+    """Check the arguments of ``allocate_ip`` (shared by every store, so that
+    they all refuse the same things with the same words): returns (subnet,
+    reserved addresses, the fixed address asked for or None)."""
+    try:
+        subnet = ipaddress.IPv4Network(str(subnet_cidr))
+    except ValueError:
+        raise ConfigError(f"network {network}: subnet {subnet_cidr!r} is not an IPv4 "
+                          "subnet") from None
+    reserved = set()
+    if subnet.prefixlen < 31:
+        reserved |= {subnet.network_address, subnet.broadcast_address}
+    if gateway:
+        reserved.add(ipaddress.IPv4Address(str(gateway)))
+    want = None
+    if fixed is not None:
+        try:
+            want = ipaddress.IPv4Address(str(fixed).split("/", 1)[0])
+        except ValueError:
+            raise ConfigError(f"ips: {fixed!r} for network {network} is not an IPv4 "
+                              "address") from None
+        if want not in subnet:
+            raise ConfigError(f"ips: {want} is outside network {network}'s subnet "
+                              f"{subnet}")
+        if want in reserved:
+            what = "gateway" if gateway and want == ipaddress.IPv4Address(
+                str(gateway)) else "network or broadcast"
+            raise ConfigError(f"ips: {want} is the {what} address of network "
+                              f"{network}")
+    return subnet, reserved, want
+
+
+def no_free_address(network, subnet, n_taken):
+    return ResourceError(f"network {network}: no free address left in {subnet} "
+                         f"({n_taken} allocated or reserved)")
+
+
+def derive_mac(pod: str, plane: str, i: int) -> str:
+    """The ``i``-th candidate MAC of (pod, plane): locally administered,
+    unicast, 02:xx:xx:xx:xx:xx."""
+    h = hashlib.sha256(f"{pod}\0{plane}\0{i}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+
+
 class Store:
     """The node's state in the SQLite file ``path`` (created if missing; its
     directory is created with mode 0700, the file with mode 0600)."""
+
+    kind = "sqlite"
+    #: the node's name when opened by ``stores.open_store`` (not used by the store)
+    node: Optional[str] = None
 
     def __init__(self, path: str, timeout: float = 10.0):
         self.path = os.fspath(path)
@@ -127,6 +176,10 @@ class Store:
             with self._tx() as db:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(stmt)
+                # files written before pods had a node column get it (NULL)
+                cols = {r[1] for r in db.execute("PRAGMA table_info(pods)")}
+                if "node" not in cols:
+                    db.execute("ALTER TABLE pods ADD COLUMN node TEXT")
                 row = db.execute("SELECT value FROM meta WHERE key='schema_version'"
                                  ).fetchone()
                 if row is None:
@@ -233,9 +286,10 @@ class Store:
 
     # ---------------------------------------------------------------- pods
     def put_pod(self, name: str, netns: str, spec_dict: Dict[str, Any],
-                state: str = "pending"):
-        """Record pod ``name`` (intent: state 'pending'). AlreadyExists if a pod
-        of that name is recorded."""
+                state: str = "pending", node: Optional[str] = None):
+        """Record pod ``name`` (intent: state 'pending'), run by ``node`` (in a
+        cluster; None on a single node). AlreadyExists if a pod of that name is
+        recorded."""
         _check_state(state)
         try:
             spec = json.dumps(spec_dict, sort_keys=True)
@@ -244,8 +298,9 @@ class Store:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM pods WHERE name=?", (name,)).fetchone():
                 raise AlreadyExists(f"pod {name} exists already")
-            db.execute("INSERT INTO pods (name, netns, spec, state, created) "
-                       "VALUES (?, ?, ?, ?, ?)", (name, netns, spec, state, time.time()))
+            db.execute("INSERT INTO pods (name, netns, spec, state, created, node) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       (name, netns, spec, state, time.time(), node))
 
     def set_pod_state(self, name: str, state: str):
         _check_state(state)
@@ -260,17 +315,24 @@ class Store:
         return d
 
     def pod(self, name: str) -> Optional[Dict[str, Any]]:
-        """{name, netns, spec (dict), state, created} or None."""
+        """{name, netns, spec (dict), state, created, node} or None."""
         rows = self._query("SELECT * FROM pods WHERE name=?", (name,))
         return self._pod_row(rows[0]) if rows else None
 
-    def pods(self, state: Optional[str] = None) -> List[Dict[str, Any]]:
-        if state is None:
-            rows = self._query("SELECT * FROM pods ORDER BY created, name")
-        else:
-            rows = self._query("SELECT * FROM pods WHERE state=? ORDER BY created, name",
-                               (_check_state(state),))
-        return [self._pod_row(r) for r in rows]
+    def pods(self, state: Optional[str] = None,
+             node: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Pods, oldest first, filtered by state and/or node when given."""
+        where, args = [], []
+        if state is not None:
+            where.append("state=?")
+            args.append(_check_state(state))
+        if node is not None:
+            where.append("node=?")
+            args.append(node)
+        sql = "SELECT * FROM pods"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [self._pod_row(r) for r in self._query(sql + " ORDER BY created, name", args)]
 
     def delete_pod(self, name: str) -> bool:
         """Remove the pod, its endpoints and its addresses in one transaction.
@@ -320,10 +382,12 @@ class Store:
                               (pod, plane)).rowcount > 0
 
     def endpoints(self, pod: Optional[str] = None, network: Optional[str] = None,
-                  state: Optional[str] = None) -> List[Dict[str, Any]]:
+                  state: Optional[str] = None,
+                  node: Optional[str] = None) -> List[Dict[str, Any]]:
         """Endpoints (dicts with the columns), filtered by whatever is given."""
         where, args = [], []
-        for col, val in (("pod", pod), ("network", network), ("state", state)):
+        for col, val in (("pod", pod), ("network", network), ("state", state),
+                         ("node", node)):
             if val is not None:
                 where.append(f"{col}=?")
                 args.append(val)
@@ -343,31 +407,7 @@ class Store:
         network: asking again returns the one it has (so a retried or
         replayed pod add gets the same address). ResourceError when the
         subnet is full."""
-        try:
-            subnet = ipaddress.IPv4Network(str(subnet_cidr))
-        except ValueError:
-            raise ConfigError(f"network {network}: subnet {subnet_cidr!r} is not an IPv4 "
-                              "subnet") from None
-        reserved = set()
-        if subnet.prefixlen < 31:
-            reserved |= {subnet.network_address, subnet.broadcast_address}
-        if gateway:
-            reserved.add(ipaddress.IPv4Address(str(gateway)))
-        want = None
-        if fixed is not None:
-            try:
-                want = ipaddress.IPv4Address(str(fixed).split("/", 1)[0])
-            except ValueError:
-                raise ConfigError(f"ips: {fixed!r} for network {network} is not an IPv4 "
-                                  "address") from None
-            if want not in subnet:
-                raise ConfigError(f"ips: {want} is outside network {network}'s subnet "
-                                  f"{subnet}")
-            if want in reserved:
-                what = "gateway" if gateway and want == ipaddress.IPv4Address(
-                    str(gateway)) else "network or broadcast"
-                raise ConfigError(f"ips: {want} is the {what} address of network "
-                                  f"{network}")
+        subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
         with self._tx() as db:
             mine = db.execute("SELECT ip FROM allocations WHERE network=? AND pod=?",
                               (network, pod)).fetchone()
@@ -394,8 +434,7 @@ class Store:
                         ip = ipaddress.IPv4Address(cand)
                         break
                 if ip is None:
-                    raise ResourceError(f"network {network}: no free address left in "
-                                        f"{subnet} ({len(taken)} allocated or reserved)")
+                    raise no_free_address(network, subnet, len(taken))
             db.execute("INSERT INTO allocations (network, ip, pod, created) "
                        "VALUES (?, ?, ?, ?)", (network, str(ip), pod, time.time()))
             return str(ip)
@@ -421,8 +460,7 @@ class Store:
         used = {r[0] for r in self._query(
             "SELECT mac FROM endpoints WHERE NOT (pod=? AND plane=?)", (pod, plane))}
         for i in range(1 << 16):
-            h = hashlib.sha256(f"{pod}\0{plane}\0{i}".encode()).digest()
-            mac = "02:" + ":".join(f"{b:02x}" for b in h[:5])
+            mac = derive_mac(pod, plane, i)
             if mac not in used:
                 return mac
         raise ResourceError(f"no free MAC for pod {pod} plane {plane}")  # pragma: no cover

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
-           iproute2 ethtool iputils-ping prometheus; do
+           iproute2 ethtool iputils-ping prometheus etcd-server; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,6 +17,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # the Prometheus server is started by the tests that need it, never as a service
 if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
+# etcd likewise: the tests start their own (free ports, a temporary data dir), so the
+# service the package installs is stopped and disabled (systemd or sysv init, if any)
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd.service >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/etcd ]; then
+    # 'status' and 'stop' go by the service's pidfile: the tests' etcd is left alone
+    if /etc/init.d/etcd status >/dev/null 2>&1; then /etc/init.d/etcd stop >/dev/null 2>&1 || true; fi
+    if command -v update-rc.d >/dev/null 2>&1; then update-rc.d etcd disable >/dev/null 2>&1 || true; fi
+fi
 
 # hugepages: 1024 x 2 MB, and hugetlbfs mounted (the fallback mode needs neither)
 if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt 1024 ]; then

@@ -230,12 +230,56 @@ def test_top_level_errors():
     bad(cfg(lcores=list(range(C.MAX_WORKERS + 2))), r"^lcores: at most")
     bad(cfg(memory_mb=10), r"^memory_mb: 10 out of range")
     bad(cfg(node=""), r"^node: '' is not a non-empty string")
-    bad(cfg(store={"kind": "etcd"}), r"^store\.kind: 'etcd' is not supported")
+    bad(cfg(store={"kind": "consul"}), r"^store\.kind: 'consul' is not supported "
+                                        r"\(supported: sqlite, etcd\)")
     bad(cfg(metrics={"listen": "9464"}), r"^metrics\.listen: '9464' is not host:port")
     bad(cfg(metrics={"listen": "::1:9464"}), r"^metrics\.listen: .*brackets")
     bad(cfg(metrics={"listen": "127.0.0.1:99999"}), r"^metrics\.listen: port '99999'")
     bad(cfg(api_socket="/" + "x" * 120), r"^api_socket: .*longer than 107 bytes")
     bad([1, 2], r"^configuration: must be a mapping, not list")
+
+
+def test_store_etcd():
+    c = parse_config(cfg(store={"kind": "etcd", "endpoints": [
+        "http://127.0.0.1:2379", "https://etcd2.example:2379/"]}))
+    assert c.store.kind == "etcd"
+    assert c.store.endpoints == ("http://127.0.0.1:2379", "https://etcd2.example:2379")
+    assert c.store.prefix == "/dataplane"
+    assert c.to_dict()["store"] == {"kind": "etcd", "prefix": "/dataplane", "endpoints": [
+        "http://127.0.0.1:2379", "https://etcd2.example:2379"]}
+    assert parse_config(c.to_dict()) == c                      # round trip
+    c = parse_config(cfg(store={"kind": "etcd", "endpoints": "http://[::1]:2379",
+                                "prefix": "/clusters/a/"}))
+    assert c.store.endpoints == ("http://[::1]:2379",) and c.store.prefix == "/clusters/a"
+    # the sqlite store's dict has no etcd keys, and round-trips too
+    assert parse_config(BASE).to_dict()["store"] == {
+        "kind": "sqlite", "path": "/var/lib/dataplane/state.db"}
+
+
+def test_store_etcd_errors():
+    def etcd(**kw):
+        return cfg(store=dict({"kind": "etcd"}, **kw))
+    bad(etcd(), r"^store\.endpoints: is required for kind etcd")
+    bad(etcd(endpoints=[]), r"^store\.endpoints: \[\] is not a non-empty list of URLs")
+    bad(etcd(endpoints=["127.0.0.1:2379"]),
+        r"^store\.endpoints\[0\]: '127\.0\.0\.1:2379' is not a URL")
+    bad(etcd(endpoints=["http://a:2379", 5]), r"^store\.endpoints\[1\]: 5 is not a URL")
+    bad(etcd(endpoints=["unix://x:1"]), r"^store\.endpoints\[0\]: .*scheme 'unix'")
+    bad(etcd(endpoints=["http://a"]), r"^store\.endpoints\[0\]: 'http://a' has no port")
+    bad(etcd(endpoints=["http://a:99999"]), r"^store\.endpoints\[0\]: .*port is not")
+    bad(etcd(endpoints=["http://a:2379/v3"]), r"^store\.endpoints\[0\]: .*only scheme")
+    bad(etcd(endpoints=["http://a:2379", "http://a:2379/"]),
+        r"^store\.endpoints\[1\]: 'http://a:2379' is listed in store\.endpoints\[0\]")
+    bad(etcd(endpoints=["http://a:2379"], prefix="dataplane"),
+        r"^store\.prefix: 'dataplane' does not start with '/'")
+    bad(etcd(endpoints=["http://a:2379"], prefix="/"), r"^store\.prefix: '/' alone")
+    bad(etcd(endpoints=["http://a:2379"], prefix="/a b"), r"^store\.prefix: .*white space")
+    bad(etcd(endpoints=["http://a:2379"], prefix=7), r"^store\.prefix: 7 is not")
+    bad(etcd(endpoints=["http://a:2379"], path="/x.db"), r"^store\.path: is for kind sqlite")
+    bad(cfg(store={"endpoints": ["http://a:2379"]}), r"^store\.endpoints: is for kind etcd")
+    bad(cfg(store={"kind": "sqlite", "prefix": "/x"}), r"^store\.prefix: is for kind etcd")
+    bad(etcd(endpoints=["http://a:2379"], endpoint="x"),
+        r"^store\.endpoint: unknown key \(did you mean 'endpoints'\?\)")
 
 
 def test_plane_errors():

@@ -1,17 +1,27 @@
-"""The SQLite state store: tables, transactions, IPAM, MACs, reopen."""
+"""The state stores: tables, transactions, IPAM, MACs, reopen.
+
+The behaviour tests run against both stores: the embedded SQLite one and the
+etcd one (on a test etcd, see tests/etcdhost.py; skipped without
+/usr/bin/etcd). The file-level tests are SQLite's own; tests/test_store_etcd.py
+has etcd's (races between processes, watches, restarts).
+"""
+import base64
 import ipaddress
 import os
 import sqlite3
 import stat
 import threading
+import uuid
 
 import pytest
 
 from dataplane.errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
 from dataplane.store import Store
+from etcdhost import have_etcd, shared_server
 
 SPEC = {"pod_type": "ct", "network_plane": ["std", "media"],
         "networks": {"std": "net1", "media": "net3"}}
+NO_ETCD = "etcd-server is not installed (/usr/bin/etcd; apt-get install etcd-server)"
 
 
 @pytest.fixture
@@ -19,14 +29,51 @@ def path(tmp_path):
     return str(tmp_path / "state" / "sub" / "state.db")
 
 
+@pytest.fixture(params=["sqlite", "etcd"])
+def opener(request, path):
+    """A function that opens the store under test, again and again: the same
+    SQLite file, or the same etcd key prefix (a fresh one per test)."""
+    opened = []
+    if request.param == "sqlite":
+        def open_store():
+            opened.append(Store(path))
+            return opened[-1]
+    else:
+        if not have_etcd():
+            pytest.skip(NO_ETCD)
+        from dataplane.store_etcd import EtcdStore
+        url = shared_server(request.config).url
+        prefix = f"/dptest/{uuid.uuid4().hex}"
+
+        def open_store():
+            opened.append(EtcdStore([url], prefix=prefix))
+            return opened[-1]
+    yield open_store
+    for s in opened:
+        s.close()
+    if request.param == "etcd":                        # leave nothing behind
+        with EtcdStore([url], prefix=prefix) as s:
+            s._post("kv/deleterange", {"key": _b64(prefix + "/"),
+                                       "range_end": _b64(prefix + "0")})
+
+
+def _b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
 @pytest.fixture
-def store(path):
+def store(opener):
+    return opener()
+
+
+@pytest.fixture
+def sqlite_store(path):
     s = Store(path)
     yield s
     s.close()
 
 
-def test_file_dir_and_wal(path, store):
+def test_file_dir_and_wal(path, sqlite_store):
     d = os.path.dirname(path)
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -178,8 +225,8 @@ def test_allocate_mac(store):
     assert m2 != m and m2.startswith("02:")
 
 
-def test_state_survives_reopen(path):
-    s = Store(path)
+def test_state_survives_reopen(opener):
+    s = opener()
     s.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
     s.put_pod("p1", "/var/run/netns/p1", SPEC, state="ready")
     ip = s.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "p1")
@@ -187,7 +234,7 @@ def test_state_survives_reopen(path):
                    state="ready")
     s.set_meta("node", "node1")
     s.close()                      # as after a crash: nothing else is flushed
-    s = Store(path)
+    s = opener()
     assert s.pod("p1")["state"] == "ready"
     assert s.endpoints(pod="p1")[0]["ip"] == ip
     assert s.get_meta("node") == "node1"
@@ -196,7 +243,8 @@ def test_state_survives_reopen(path):
     s.close()
 
 
-def test_failed_transaction_leaves_nothing(store):
+def test_failed_transaction_leaves_nothing(sqlite_store):
+    store = sqlite_store
     with pytest.raises(RuntimeError):
         with store._tx() as db:
             db.execute("INSERT INTO allocations VALUES ('n', '10.0.0.9', 'p', 0)")
@@ -224,8 +272,49 @@ def test_threads_never_share_an_address(store):
     assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.2.0.0/24") for a in got)
 
 
-def test_two_processes_share_the_file(path, store):
-    other = Store(path)            # as the CLI and the service would
+def test_two_openers_share_the_state(opener, store):
+    other = opener()               # as the CLI and the service would
     store.allocate_ip("n", "10.3.0.0/24", None, "a")
     assert other.allocate_ip("n", "10.3.0.0/24", None, "b") == "10.3.0.2"
-    other.close()
+    other.put_pod("p1", "/x", SPEC)
+    with pytest.raises(AlreadyExists):
+        store.put_pod("p1", "/y", SPEC)
+
+
+def test_pods_and_endpoints_of_a_node(store):
+    store.put_pod("a", "/x", SPEC, node="node1")
+    store.put_pod("b", "/x", SPEC, node="node2", state="ready")
+    store.put_pod("c", "/x", SPEC)
+    assert store.pod("a")["node"] == "node1" and store.pod("c")["node"] is None
+    assert [p["name"] for p in store.pods(node="node1")] == ["a"]
+    assert [p["name"] for p in store.pods(node="node2", state="ready")] == ["b"]
+    assert store.pods(node="node2", state="pending") == []
+    assert [p["name"] for p in store.pods()] == ["a", "b", "c"]
+    store.add_endpoint("a", "std", "net1", "eth0", "ha", "02:00:00:00:00:0a", "10.0.0.2",
+                       node="node1", vtep="10.1.0.1")
+    store.add_endpoint("b", "std", "net1", "eth0", "hb", "02:00:00:00:00:0b", "10.0.0.3",
+                       node="node2", vtep="10.1.0.2")
+    assert [e["pod"] for e in store.endpoints(node="node2")] == ["b"]
+    assert [e["pod"] for e in store.endpoints(node="node1", network="net1")] == ["a"]
+    assert set(store.endpoints()[0]) == {"pod", "plane", "network", "ifname", "host_ifname",
+                                         "mac", "ip", "node", "vtep", "state", "created"}
+
+
+def test_old_file_gets_the_node_column(path):
+    os.makedirs(os.path.dirname(path))
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE pods (name TEXT PRIMARY KEY, netns TEXT NOT NULL, spec TEXT NOT NULL,
+                           state TEXT NOT NULL DEFAULT 'pending', created REAL NOT NULL);
+        INSERT INTO pods VALUES ('old', '/x', '{}', 'ready', 1.0);
+    """)
+    db.close()
+    s = Store(path)
+    assert s.pod("old") == {"name": "old", "netns": "/x", "spec": {}, "state": "ready",
+                            "created": 1.0, "node": None}
+    s.put_pod("new", "/y", {}, node="node1")
+    assert [p["name"] for p in s.pods(node="node1")] == ["new"]
+    s.close()
+    Store(path).close()            # opened again: nothing more to add

@@ -1,0 +1,760 @@
+"""VXLAN encap on kernel interfaces: our native AF_PACKET driver against
+DPDK's ``net_af_packet`` PMD and against the kernel's own bridge + vxlan.
+
+    python -m bench afpacket [--seconds S] [--runs N] ...
+    ->  RESULT name=afpacket native_pps=.. pmd_pps=.. kernel_pps=.. ratio=<native/pmd>
+        kernel_ratio=<native/kernel>
+
+Set-up (all in three network namespaces made for the run, named
+``afpb<pid>-{pod,node,ul}``, removed at the end, also on error or Ctrl-C):
+
+    pod ns                node ns                                    ul ns ("underlay")
+    eth0  ==veth==  vpod  [ contender ]  vup 10.0.0.1/24  ==veth==  eth0  (counted)
+    generator             02:00:0a:00:00:01
+
+- Traffic: bench.traffic's ``encap`` profile (scapy, 4096 frames of 64 bytes
+  on the wire, 60 without FCS; 64 remote MACs behind 8 remote VTEPs
+  10.0.0.2-9, VNI 5000; three in four UDP, one in four TCP; shuffled), the
+  same pcap ``python -m bench encap`` replays.
+- Generator (bench/afpacket_gen.c, compiled with the system C compiler at
+  start): replays the pcap on the pod's eth0 through a PACKET_TX_RING with
+  qdisc bypass, every ring frame filled once; per batch of 256 frames it only
+  flips status words and makes one sendto(), so its rate is the kernel's
+  per-skb cost on its CPU (``--gen-cpu``). Its send buffer is large
+  (SO_SNDBUFFORCE): sent skbs stay charged to it until the forwarding side
+  frees them, and with the default buffer the generator would stall on the
+  latency of the path under test. As fast as it can by default (the figure
+  is the rate under overload); ``--rate PPS`` caps it.
+- Contenders, each with one forwarding CPU (``--fwd-cpu``):
+    native  our core (bench.afpacket_ours, a child process in the node ns,
+            EAL ``--no-huge``, lcores [gen-cpu, fwd-cpu]: control thread,
+            one worker) with vpod as a pod port of network 0 and vup as the
+            uplink, both through ``Engine.add_afpacket_port`` (TPACKET_V3 rx
+            ring, TPACKET_V2 tx ring, qdisc bypass);
+    pmd     the same core and configuration, both ports through DPDK 22.11's
+            ``net_af_packet`` (TPACKET_V2 rx and tx rings of the same size,
+            2048 frames of 2048 bytes, qdisc bypass on);
+    kernel  no process: vpod and a ``vxlan`` device (VNI 5000, local
+            10.0.0.1, dstport 4789, nolearning, noudpcsum as our UDP checksum
+            0) in a Linux bridge, static bridge + vxlan FDB entries for every
+            remote MAC - the docker-overlay / flannel class of data path.
+  Both engines encapsulate to the static next-hop MAC 02:00:0a:00:00:fe;
+  the kernel gets permanent neighbour entries for the remote VTEPs to the
+  same MAC. That MAC is not the underlay end's, so the ul namespace drops
+  the frames at once (ip_rcv, PACKET_OTHERHOST): the receive cost there is
+  the same small one for every contender.
+- Where the kernel work runs: a veth transmit queues the frame for the
+  receiving end's softirq on the sending CPU. With RPS (the default) vpod's
+  receive processing is steered to the forwarding CPU, so everything the
+  forwarding costs lands there - for the kernel contender the whole bridge
+  + vxlan + underlay transmit, for the engines the kernel's copy into their
+  rx ring (softirq, partly in ksoftirqd/<fwd-cpu>) next to the busy-polling
+  worker, whose tx (sendto) runs the underlay transmit in its own context.
+  The generator's CPU only builds skbs and queues them. ``--no-rps`` leaves
+  vpod's receive processing on the generator's CPU instead: the kernel
+  contender then forwards on the generator's CPU (and the fwd CPU idles),
+  the engines get the rx copy done on the generator's CPU for free.
+  Under overload this matters: the kernel contender drops the excess when
+  the forwarding CPU's backlog is full (cheap, on the generator's side),
+  the engines only after the softirq has copied it into their rx ring
+  and found the ring full - work on the forwarding CPU for nothing, which
+  also takes CPU time from the worker (receive livelock).
+- Counting: delivered = rx_packets of the ul end (the veth counts a frame
+  when it is queued to the receiver), over ``--seconds`` after ``--warmup``;
+  offered = rx_packets + rx_dropped of vpod over the same window. Before the
+  runs the generator runs alone (vpod attached to nothing) to show the
+  source's rate. A contender that delivers (almost) all it is offered was
+  limited by the source, not by itself: that is printed as a WARNING. Each
+  run also prints where the forwarding CPU's time went (/proc/stat: user,
+  sys, softirq, idle, steal - other work on a shared machine shows as user
+  there) and, for the engines, the worker thread's CPU share, its busy-poll
+  ratio and the frames the kernel dropped because the rx ring was full
+  (PACKET_STATISTICS of the pod port's socket). From the same figures: the
+  share of the forwarding CPU the contender held (all but idle, steal and
+  other processes' user time; the worker's user time counts as the
+  engine's) and its rate per CPU-second held - printed beside the RESULT
+  as a guide on a shared machine, where other work takes more from the
+  kernel contender (nothing of it runs in user space) than from a worker
+  that polls all the time. The RESULT line has the plain rates.
+- DPDK's ``net_af_packet`` changes the interfaces it uses: its port start
+  flushed vup's (permanent) neighbour entries here and it leaves both
+  interfaces promiscuous when it exits. Before every contender the node's
+  interfaces are put back (promisc off, up, neighbour entries).
+- Functional check (``--no-verify`` skips it), once per contender before
+  its first timed run: every frame of the pcap sent once, paced, must come
+  out of the underlay exactly once as VXLAN (VNI, dst port 4789, flags 0x08)
+  from 10.0.0.1 to the remote VTEP of its inner destination MAC, next-hop
+  MAC as outer destination, the inner frame unchanged.
+
+Runs alternate native, pmd, kernel, ``--runs`` times; the result is the
+median of each and the ratios of the medians. Progress goes to stdout; the
+last line is the RESULT line. Needs root (namespaces), ``ip``/``bridge``
+(iproute2), a C compiler and the built core (``python3 build.py``).
+"""
+import argparse
+import json
+import os
+import queue
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from . import topology as topo
+from .afpacket_ours import JSON_PREFIX
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEN_SRC = os.path.join(ROOT, "bench", "afpacket_gen.c")
+CONTENDERS = ("native", "pmd", "kernel")
+
+POD_IF = "eth0"      # in the pod ns
+NODE_POD_IF = "vpod"  # in the node ns, facing the pod
+NODE_UP_IF = "vup"   # in the node ns, facing the underlay (the uplink)
+UL_IF = "eth0"       # in the ul ns: the counting point
+BRIDGE, VXLAN_IF = "br0", "vx0"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def say(msg: str):
+    print(f"bench: {msg}", flush=True)
+
+
+def _run(cmd, what: str, timeout: float = 30.0, input_text=None) -> str:
+    """Run a set-up command; BenchError with its stderr if it fails."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           input=input_text)
+    except FileNotFoundError:
+        raise BenchError(f"{what}: {cmd[0]} not found") from None
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what}: {' '.join(cmd)} did not finish in {timeout:.0f} s") from None
+    if p.returncode != 0:
+        raise BenchError(f"{what}: {' '.join(cmd)} failed: {(p.stderr or p.stdout).strip()}")
+    return p.stdout
+
+
+def _cpu_stat(cpu: int) -> list:
+    """The /proc/stat line of one CPU: user nice system idle iowait irq
+    softirq steal (clock ticks)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                return [int(x) for x in line.split()[1:9]]
+    raise BenchError(f"CPU {cpu} not in /proc/stat")
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+class _Child:
+    """A process we started (in its own session, so a terminal's Ctrl-C
+    reaches only us): its output collected line by line by a thread, JSON
+    events picked out, stopped by its PID."""
+
+    def __init__(self, cmd, what: str, stdin=False, cpu=None):
+        self.what = what
+        self.lines = []
+        self._q = queue.Queue()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"]
+                                    if env.get("PYTHONPATH") else "")
+        self.p = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, bufsize=1,
+                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        self.pid = self.p.pid
+        if cpu is not None:
+            # inherited across the exec chain (ip netns exec -> program);
+            # set here rather than in a preexec_fn (unsafe with threads)
+            os.sched_setaffinity(self.pid, {cpu})
+        self._t = threading.Thread(target=self._read, name=f"out-{what}", daemon=True)
+        self._t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if line.startswith(JSON_PREFIX):
+                try:
+                    self._q.put(json.loads(line[len(JSON_PREFIX):]))
+                except ValueError:
+                    pass
+        self._q.put(None)   # EOF
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join("    " + x for x in self.lines[-n:])
+
+    def expect(self, event: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.what}: no '{event}' within {timeout:.0f} s:\n"
+                                 + self.tail())
+            try:
+                msg = self._q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if msg is None:
+                self._t.join(1)
+                self.p.wait()
+                raise BenchError(f"{self.what} exited (code {self.p.returncode}) "
+                                 f"before '{event}':\n" + self.tail())
+            if msg.get("event") == event:
+                return msg
+
+    def send(self, line: str):
+        try:
+            self.p.stdin.write(line + "\n")
+            self.p.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def stop(self, grace: float = 5.0):
+        """Ask nicely (quit / EOF on stdin, then SIGTERM), then SIGKILL -
+        always this one PID."""
+        if self.p.poll() is None and self.p.stdin is not None:
+            self.send("quit")
+            try:
+                self.p.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._t.join(2)
+
+
+class Lab:
+    """The three namespaces, their veths and the processes started in them;
+    everything removed by close(), whatever happened."""
+
+    def __init__(self, args, workdir: str):
+        self.args = args
+        self.workdir = workdir
+        tag = f"afpb{os.getpid()}"
+        self.pod_ns, self.node_ns, self.ul_ns = (f"{tag}-pod", f"{tag}-node", f"{tag}-ul")
+        self._made_ns = []
+        self._children = []
+        self._sleepers = {}
+        self.gen_bin = os.path.join(workdir, "afpacket_gen")
+
+    # ------------------------------------------------------------ helpers
+    def ip(self, ns, *args, what="ip"):
+        return _run(["ip", "-n", ns, *args], what)
+
+    def nsexec(self, ns, *cmd):
+        return ["ip", "netns", "exec", ns, *cmd]
+
+    def spawn(self, cmd, what, **kw) -> _Child:
+        c = _Child(cmd, what, **kw)
+        self._children.append(c)
+        return c
+
+    def reap(self, c: _Child, grace: float = 5.0):
+        c.stop(grace)
+        if c in self._children:
+            self._children.remove(c)
+
+    # ------------------------------------------------------------- set-up
+    def build_generator(self):
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise BenchError("no C compiler (cc/gcc) to build the traffic generator")
+        _run([cc, "-O2", "-Wall", "-o", self.gen_bin, GEN_SRC], "building the generator",
+             timeout=120)
+
+    def setup(self):
+        a = self.args
+        for ns in (self.pod_ns, self.node_ns, self.ul_ns):
+            _run(["ip", "netns", "add", ns], "creating namespaces")
+            self._made_ns.append(ns)
+        self.ip(self.pod_ns, "link", "add", POD_IF, "type", "veth", "peer", "name",
+                NODE_POD_IF, "netns", self.node_ns, what="pod veth")
+        self.ip(self.node_ns, "link", "add", NODE_UP_IF, "type", "veth", "peer", "name",
+                UL_IF, "netns", self.ul_ns, what="underlay veth")
+        for ns in (self.pod_ns, self.node_ns, self.ul_ns):
+            # no IPv6 autoconfiguration / router solicitations in the counts
+            _run(self.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                             "net.ipv6.conf.default.disable_ipv6=1"), "disabling IPv6")
+            self.ip(ns, "link", "set", "lo", "up")
+        self.ip(self.pod_ns, "link", "set", POD_IF, "up")
+        self.ip(self.node_ns, "link", "set", NODE_POD_IF, "up")
+        self.ip(self.node_ns, "link", "set", NODE_UP_IF, "address", topo.VTEP_MAC, "up")
+        self.ip(self.node_ns, "addr", "add", f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}",
+                "dev", NODE_UP_IF)
+        self.ip(self.ul_ns, "link", "set", UL_IF, "up")
+        self.reset_node()   # + the kernel vxlan's next-hop neighbour entries
+        # where vpod's receive softirq runs (see the module docstring)
+        mask = f"{1 << a.fwd_cpu:x}" if a.rps else "0"
+        _run(self.nsexec(self.node_ns, "sh", "-c",
+                         f"echo {mask} > /sys/class/net/{NODE_POD_IF}/queues/rx-0/rps_cpus"),
+             "setting RPS on vpod")
+        # br_netfilter (when the kernel has it) would run bridged frames
+        # through iptables hooks in this namespace: off unless asked for
+        val = "1" if a.br_netfilter else "0"
+        for k in ("call-iptables", "call-ip6tables", "call-arptables"):
+            path = f"/proc/sys/net/bridge/bridge-nf-{k}"
+            _run(self.nsexec(self.node_ns, "sh", "-c", f"[ ! -e {path} ] || echo {val} > {path}"),
+                 "setting bridge-nf sysctls")
+        # processes that stay in the node and ul namespaces, so their
+        # counters can be read from /proc/<pid>/net/dev without forking
+        for ns in (self.node_ns, self.ul_ns):
+            self._sleepers[ns] = self.spawn(self.nsexec(ns, "sleep", "infinity"),
+                                            f"sleeper in {ns}")
+
+    def close(self):
+        for c in reversed(self._children):
+            try:
+                c.stop(grace=3.0)
+            except Exception as e:  # keep cleaning up
+                print(f"bench: could not stop {c.what} (pid {c.pid}): {e}",
+                      file=sys.stderr, flush=True)
+        self._children = []
+        for ns in reversed(self._made_ns):
+            p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
+            if p.returncode != 0:
+                print(f"bench: could not remove namespace {ns}: {p.stderr.strip()}",
+                      file=sys.stderr, flush=True)
+        self._made_ns = []
+
+    # ----------------------------------------------------------- counters
+    def netdev(self, ns) -> dict:
+        """{ifname: (rx_packets, rx_dropped, tx_packets, tx_dropped)} in ns."""
+        out = {}
+        with open(f"/proc/{self._sleepers[ns].pid}/net/dev") as f:
+            for line in f.read().splitlines()[2:]:
+                name, rest = line.split(":", 1)
+                v = rest.split()
+                out[name.strip()] = (int(v[1]), int(v[3]), int(v[9]), int(v[11]))
+        return out
+
+    def sample(self, gen=None, engine=None) -> dict:
+        s = {}
+        if engine is not None:
+            engine.send("snap")
+            s["engine"] = engine.expect("snap", 10)
+        node = self.netdev(self.node_ns)
+        s["t"] = time.monotonic()
+        s["delivered"] = self.netdev(self.ul_ns)[UL_IF][0]
+        s["offered"] = node[NODE_POD_IF][0] + node[NODE_POD_IF][1]
+        s["gen_ticks"] = _cpu_ticks(gen.pid) if gen is not None else 0
+        s["fwd_cpu"] = _cpu_stat(self.args.fwd_cpu)
+        return s
+
+    # ---------------------------------------------------------- generator
+    def start_generator(self, pcap) -> _Child:
+        rate = ["--pps", str(self.args.rate)] if self.args.rate else []
+        return self.spawn(self.nsexec(self.pod_ns, self.gen_bin, POD_IF, pcap, *rate),
+                          "generator", cpu=self.args.gen_cpu)
+
+    def send_once(self, pcap):
+        """Every pcap frame once, paced (the functional check's input)."""
+        c = self.spawn(self.nsexec(self.pod_ns, self.gen_bin, POD_IF, pcap, "--once"),
+                       "generator --once", cpu=self.args.gen_cpu)
+        try:
+            c.p.wait(30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("generator --once did not finish in 30 s:\n" + c.tail()) from None
+        finally:
+            self.reap(c)
+        if c.p.returncode != 0:
+            raise BenchError(f"generator failed (code {c.p.returncode}):\n" + c.tail())
+
+    # ---------------------------------------------------------- contenders
+    def reset_node(self):
+        """Put the node's interfaces back as setup() left them. DPDK's
+        net_af_packet changes them behind our back: its port start flushes
+        vup's neighbour entries (permanent ones too) and it leaves both
+        interfaces promiscuous when it exits."""
+        for dev in (NODE_POD_IF, NODE_UP_IF):
+            self.ip(self.node_ns, "link", "set", dev, "promisc", "off", "up",
+                    what="resetting node links")
+        for vtep in topo.remote_vteps(self.args.vteps):
+            self.ip(self.node_ns, "neigh", "replace", vtep, "lladdr", topo.NEXT_HOP_MAC,
+                    "dev", NODE_UP_IF, "nud", "permanent", what="kernel vxlan next hop")
+
+    def kernel_up(self):
+        a, ns = self.args, self.node_ns
+        self.ip(ns, "link", "add", BRIDGE, "type", "bridge", what="kernel bridge")
+        self.ip(ns, "link", "add", VXLAN_IF, "type", "vxlan", "id", str(topo.VNI),
+                "local", topo.LOCAL_VTEP, "dstport", str(topo.VXLAN_PORT),
+                "dev", NODE_UP_IF, "nolearning", "noudpcsum", what="kernel vxlan")
+        self.ip(ns, "link", "set", VXLAN_IF, "master", BRIDGE, what="kernel bridge")
+        self.ip(ns, "link", "set", NODE_POD_IF, "master", BRIDGE, what="kernel bridge")
+        batch = []
+        for k in range(a.macs):
+            mac, vtep = topo.remote_mac(k), topo.vtep_of(k, a.vteps)
+            batch.append(f"fdb append {mac} dev {VXLAN_IF} dst {vtep} self permanent")
+            batch.append(f"fdb add {mac} dev {VXLAN_IF} master static")
+        _run(["bridge", "-n", ns, "-batch", "-"], "kernel FDB", input_text="\n".join(batch) + "\n")
+        self.ip(ns, "link", "set", VXLAN_IF, "up", what="kernel vxlan")
+        self.ip(ns, "link", "set", BRIDGE, "up", what="kernel bridge")
+        # STP is off: ports forward as soon as they are up; wait for it anyway
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            out = _run(["bridge", "-n", ns, "link", "show", "dev", NODE_POD_IF], "bridge state")
+            if "state forwarding" in out:
+                return
+            time.sleep(0.05)
+        raise BenchError(f"{NODE_POD_IF} did not reach the forwarding state:\n{out}")
+
+    def kernel_down(self):
+        for dev in (BRIDGE, VXLAN_IF):
+            subprocess.run(["ip", "-n", self.node_ns, "link", "del", dev],
+                           capture_output=True)
+
+    def engine_up(self, driver: str) -> _Child:
+        a = self.args
+        c = self.spawn(self.nsexec(
+            self.node_ns, sys.executable, "-m", "bench.afpacket_ours", "engine",
+            "--driver", driver, "--pod", NODE_POD_IF, "--uplink", NODE_UP_IF,
+            "--macs", str(a.macs), "--vteps", str(a.vteps), "--frames", str(a.ring_frames),
+            "--control-cpu", str(a.gen_cpu), "--worker-cpu", str(a.fwd_cpu)),
+            f"engine ({driver})", stdin=True)
+        c.ready = c.expect("ready", 60)
+        return c
+
+    # --------------------------------------------------------------- check
+    def verify(self, name: str, pcap: str, frames, engine=None):
+        before = self.sample(None, engine)
+        cap = self.spawn(self.nsexec(
+            self.ul_ns, sys.executable, "-m", "bench.afpacket_ours", "capture",
+            "--iface", UL_IF, "--count", str(len(frames)), "--timeout", "5"),
+            "capture")
+        try:
+            cap.expect("ready", 30)
+            self.send_once(pcap)
+            got = [bytes.fromhex(h) for h in cap.expect("captured", 30)["frames"]]
+        finally:
+            self.reap(cap)
+        errs = check_encap(frames, got, self.args.macs, self.args.vteps)
+        if errs:
+            after = self.sample(None, engine)
+            errs.append(f"vpod offered {after['offered'] - before['offered']}, underlay "
+                        f"received {after['delivered'] - before['delivered']}")
+            if engine is not None:
+                e0, e1 = before["engine"], after["engine"]
+                errs.append(f"engine: pod rx {e1['pod_rx'] - e0['pod_rx']}, uplink tx "
+                            f"{e1['up_tx'] - e0['up_tx']}, rx ring full {e1['ring_drops']}, "
+                            f"drops {e1['drops']}")
+            raise BenchError(f"{name}: functional check failed:\n  " + "\n  ".join(errs))
+        say(f"verify {name}: {len(got)}/{len(frames)} frames came out of the underlay "
+            f"correctly encapsulated")
+
+
+# ---------------------------------------------------------------- checking
+
+def _ipv4(b: bytes) -> str:
+    return ".".join(str(x) for x in b)
+
+
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def check_encap(inp, out, n_macs: int, n_vteps: int):
+    """Problems (list of str) with ``out``, the frames captured at the
+    underlay for ``inp`` sent once: every input frame must come out exactly
+    once, VXLAN-encapsulated towards the remote VTEP of its inner
+    destination MAC. (The outer DSCP/DF/source-port rules of DESIGN.md are
+    checked by ``python -m bench encap``; the kernel contender does not
+    follow them and need not.)"""
+    vtep = {topo.remote_mac(k): topo.vtep_of(k, n_vteps) for k in range(n_macs)}
+    want = set(inp)
+    seen, errs = {}, []
+    for n, raw in enumerate(out):
+        problems = []
+        if len(raw) < topo.VXLAN_OVERHEAD + 14 or raw[12:14] != b"\x08\x00":
+            problems.append(f"not IPv4 ({len(raw)} bytes, ethertype {raw[12:14].hex()})")
+        else:
+            ip, udp, vx = raw[14:34], raw[34:42], raw[42:50]
+            inner = raw[topo.VXLAN_OVERHEAD:]
+            if ip[0] != 0x45 or ip[9] != 17:
+                problems.append(f"IP version/ihl {ip[0]:#x}, protocol {ip[9]}")
+            if int.from_bytes(ip[2:4], "big") != len(raw) - 14:
+                problems.append(f"IP total length {int.from_bytes(ip[2:4], 'big')}")
+            if int.from_bytes(udp[2:4], "big") != topo.VXLAN_PORT:
+                problems.append(f"UDP dst port {int.from_bytes(udp[2:4], 'big')}")
+            if vx[0] != 0x08 or int.from_bytes(vx[4:7], "big") != topo.VNI:
+                problems.append(f"VXLAN flags {vx[0]:#x} vni {int.from_bytes(vx[4:7], 'big')}")
+            if _mac(raw[0:6]) != topo.NEXT_HOP_MAC:
+                problems.append(f"outer dst MAC {_mac(raw[0:6])}")
+            if _ipv4(ip[12:16]) != topo.LOCAL_VTEP:
+                problems.append(f"outer src IP {_ipv4(ip[12:16])}")
+            if inner not in want:
+                problems.append("inner frame is not one of the input frames")
+            else:
+                exp = vtep.get(_mac(inner[0:6]))
+                if _ipv4(ip[16:20]) != exp:
+                    problems.append(f"outer dst IP {_ipv4(ip[16:20])}, expected {exp}")
+                seen[inner] = seen.get(inner, 0) + 1
+        if problems:
+            errs.append(f"frame {n}: " + "; ".join(problems))
+        if len(errs) > 10:
+            errs.append("...")
+            return errs
+    dup = sum(v - 1 for v in seen.values())
+    if dup:
+        errs.append(f"{dup} frames came out more than once")
+    missing = len(want - set(seen))
+    if missing:
+        errs.append(f"{missing} of {len(want)} input frames never came out")
+    return errs
+
+
+# ----------------------------------------------------------------- running
+
+def _rates(s0: dict, s1: dict) -> dict:
+    dt = s1["t"] - s0["t"]
+    hz = os.sysconf("SC_CLK_TCK")
+    r = {"seconds": dt,
+         "pps": (s1["delivered"] - s0["delivered"]) / dt,
+         "offered_pps": (s1["offered"] - s0["offered"]) / dt,
+         "gen_cpu": (s1["gen_ticks"] - s0["gen_ticks"]) / hz / dt}
+    # where the forwarding CPU's time went
+    d = [b - a for a, b in zip(s0["fwd_cpu"], s1["fwd_cpu"])]
+    tot = sum(d) or 1
+    r["fwd_cpu"] = {"user": (d[0] + d[1]) / tot, "system": d[2] / tot,
+                    "irq+softirq": (d[5] + d[6]) / tot, "idle": (d[3] + d[4]) / tot,
+                    "steal": d[7] / tot}
+    # the contender's share of it: all but idle, steal and the user time of
+    # other processes (the worker's own user time is the engine's)
+    own_user = 0
+    if "engine" in s0:
+        e0, e1 = s0["engine"], s1["engine"]
+        polls = e1["polls"] - e0["polls"]
+        wu = e1["worker_ticks"][0] - e0["worker_ticks"][0]
+        ws = e1["worker_ticks"][1] - e0["worker_ticks"][1]
+        own_user = wu
+        r["engine"] = {
+            "pod_rx_pps": (e1["pod_rx"] - e0["pod_rx"]) / dt,
+            "uplink_tx_pps": (e1["up_tx"] - e0["up_tx"]) / dt,
+            # PACKET_STATISTICS counts from the previous read: the window
+            "ring_drop_pps": e1["ring_drops"] / dt,
+            "busy_poll_ratio": (e1["busy_polls"] - e0["busy_polls"]) / polls if polls else 0.0,
+            "worker_cpu": (wu + ws) / hz / dt,
+            "drops": {k: v - e0["drops"].get(k, 0) for k, v in e1["drops"].items()
+                      if v != e0["drops"].get(k, 0)},
+        }
+    share = (tot - d[3] - d[4] - d[7] - max(0, d[0] + d[1] - own_user)) / tot
+    r["fwd_share"] = share
+    r["pps_per_cpu"] = r["pps"] / share if share > 0.05 else float("nan")
+    return r
+
+
+def _measure(lab: Lab, pcap: str, engine=None) -> dict:
+    a = lab.args
+    gen = lab.start_generator(pcap)
+    try:
+        time.sleep(a.warmup)
+        if gen.p.poll() is not None:
+            raise BenchError(f"generator exited (code {gen.p.returncode}):\n" + gen.tail())
+        s0 = lab.sample(gen, engine)
+        time.sleep(a.seconds)
+        s1 = lab.sample(gen, engine)
+    finally:
+        lab.reap(gen)
+    return _rates(s0, s1)
+
+
+def run_contender(lab: Lab, name: str, pcap: str, frames, verify: bool) -> dict:
+    lab.reset_node()
+    if name == "kernel":
+        lab.kernel_up()
+        try:
+            if verify:
+                lab.verify(name, pcap, frames)
+            return _measure(lab, pcap)
+        finally:
+            lab.kernel_down()
+    eng = lab.engine_up(name)
+    try:
+        if verify:
+            lab.verify(name, pcap, frames, engine=eng)
+        return _measure(lab, pcap, engine=eng)
+    finally:
+        lab.reap(eng, grace=15.0)
+        if eng.p.returncode not in (0, None):
+            say(f"WARNING: engine ({name}) exited with code {eng.p.returncode}:\n" + eng.tail())
+
+
+def _fmt(r: dict) -> str:
+    loss = max(0.0, 1 - r["pps"] / r["offered_pps"]) if r["offered_pps"] else 0.0
+    c = r["fwd_cpu"]
+    s = (f"{r['pps'] / 1e6:6.3f} Mpps  (offered {r['offered_pps'] / 1e6:.3f}, "
+         f"{loss:.0%} not delivered; held {r['fwd_share']:.0%} of the fwd CPU: "
+         f"{r['pps_per_cpu'] / 1e6:.3f} Mpps per CPU-second; generator CPU "
+         f"{r['gen_cpu']:.0%}; fwd CPU user "
+         f"{c['user']:.0%} sys {c['system']:.0%} softirq {c['irq+softirq']:.0%} "
+         f"idle {c['idle']:.0%} steal {c['steal']:.0%}")
+    e = r.get("engine")
+    if e:
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(e["drops"].items())) or "none"
+        s += (f"; worker thread CPU {e['worker_cpu']:.0%}, busy polls "
+              f"{e['busy_poll_ratio']:.0%}, rx ring full {e['ring_drop_pps'] / 1e6:.3f} "
+              f"Mpps, core drops: {drops}")
+    return s + ")"
+
+
+def fmt_runs(xs) -> str:
+    return "[" + " ".join(f"{x / 1e6:.3f}" for x in xs) + "]"
+
+
+def run(args) -> dict:
+    from . import traffic   # scapy: only in the parent
+    with tempfile.TemporaryDirectory(prefix="bench-afpacket-") as workdir:
+        la = os.getloadavg()[0]
+        say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
+            + (" - other work on the machine will slow every contender" if la > 0.5 else ""))
+        pcap = os.path.join(workdir, "encap64.pcap")
+        say(f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
+            f"{args.vteps} VTEPs ...")
+        traffic.write_pcap(pcap, "encap", args.frames, args.macs, args.vteps)
+        frames = traffic.read_pcap(pcap)
+        lab = Lab(args, workdir)
+        try:
+            lab.build_generator()
+            lab.setup()
+            say(f"namespaces {lab.pod_ns}, {lab.node_ns}, {lab.ul_ns}; generator on CPU "
+                f"{args.gen_cpu} " + (f"capped at {args.rate} pps" if args.rate else
+                                      "as fast as it can")
+                + f", forwarding CPU {args.fwd_cpu}, vpod receive softirq on "
+                + (f"CPU {args.fwd_cpu} (RPS)" if args.rps else "the sender's CPU (no RPS)")
+                + f", bridge netfilter {'on' if args.br_netfilter else 'off'}")
+            src = _measure(lab, pcap)
+            say(f"source alone (vpod attached to nothing): {src['offered_pps'] / 1e6:.3f} Mpps "
+                f"into vpod, generator CPU {src['gen_cpu']:.0%}")
+            res = {n: [] for n in CONTENDERS}
+            per_cpu = {n: [] for n in CONTENDERS}
+            for r in range(1, args.runs + 1):
+                for name in CONTENDERS:
+                    x = run_contender(lab, name, pcap, frames, verify=args.verify and r == 1)
+                    res[name].append(x["pps"])
+                    per_cpu[name].append(x["pps_per_cpu"])
+                    say(f"run {r}/{args.runs} {name:6s} {_fmt(x)}")
+                    if x["offered_pps"] and x["pps"] >= 0.98 * x["offered_pps"]:
+                        say(f"WARNING: {name} delivered what the source offered: "
+                            "limited by the source, its own rate may be higher")
+        finally:
+            lab.close()
+    med = {n: statistics.median(v) for n, v in res.items()}
+    ratio = med["native"] / med["pmd"] if med["pmd"] else float("nan")
+    kratio = med["native"] / med["kernel"] if med["kernel"] else float("nan")
+    say(f"afpacket: native median {med['native'] / 1e6:.3f} Mpps {fmt_runs(res['native'])}, "
+        f"pmd {med['pmd'] / 1e6:.3f} Mpps {fmt_runs(res['pmd'])}, kernel bridge+vxlan "
+        f"{med['kernel'] / 1e6:.3f} Mpps {fmt_runs(res['kernel'])}; native/pmd {ratio:.3f}, "
+        f"native/kernel {kratio:.3f}")
+    pc = {n: statistics.median(v) for n, v in per_cpu.items()}
+    say("per CPU-second the contender held on the forwarding CPU (other work on a shared "
+        f"machine takes the rest): native {pc['native'] / 1e6:.3f} Mpps "
+        f"{fmt_runs(per_cpu['native'])}, pmd {pc['pmd'] / 1e6:.3f} Mpps "
+        f"{fmt_runs(per_cpu['pmd'])}, kernel {pc['kernel'] / 1e6:.3f} Mpps "
+        f"{fmt_runs(per_cpu['kernel'])}")
+    return {"native": med["native"], "pmd": med["pmd"], "kernel": med["kernel"],
+            "ratio": ratio, "kernel_ratio": kratio, "source_pps": src["offered_pps"]}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench afpacket",
+        description="VXLAN encap of 64-byte frames on veth, one forwarding core: our "
+                    "native AF_PACKET driver vs DPDK's net_af_packet vs the kernel's "
+                    "bridge + vxlan.")
+    ap.add_argument("--seconds", type=float, default=3.0,
+                    help="measurement window per run (default 3)")
+    ap.add_argument("--warmup", type=float, default=1.0,
+                    help="traffic before the window (default 1)")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="runs per contender, alternating (default 3)")
+    ap.add_argument("--rate", type=int, default=0, metavar="PPS",
+                    help="cap the generator at PPS frames/s (default 0: as fast as it can; "
+                         "the benchmark's figure is the overload rate)")
+    ap.add_argument("--frames", type=int, default=4096, help="frames (= flows) in the pcap")
+    ap.add_argument("--macs", type=int, default=topo.MIN_MACS,
+                    help=f"remote MACs (>= {topo.MIN_MACS})")
+    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS,
+                    help=f"remote VTEPs (>= {topo.MIN_VTEPS})")
+    ap.add_argument("--ring-frames", type=int, default=2048,
+                    help="AF_PACKET ring size in frames, ours and the PMD's (default 2048)")
+    ap.add_argument("--gen-cpu", type=int, default=0,
+                    help="CPU of the generator and of the engine's control thread (default 0)")
+    ap.add_argument("--fwd-cpu", type=int, default=1,
+                    help="the forwarding CPU: engine worker, RPS target (default 1)")
+    ap.add_argument("--no-rps", dest="rps", action="store_false",
+                    help="leave vpod's receive softirq on the sender's CPU")
+    ap.add_argument("--br-netfilter", action="store_true",
+                    help="keep bridge-nf-call-iptables on for the kernel bridge "
+                         "(as on Kubernetes nodes); default off (the kernel's best case)")
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip the functional check before timing")
+    return ap
+
+
+def _terminate(signum, frame):
+    # SIGTERM/SIGHUP like Ctrl-C: unwind, so what we made is removed
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.seconds <= 0 or args.warmup < 0 or args.runs < 1:
+        ap.error("--seconds must be > 0, --warmup >= 0, --runs >= 1")
+    ncpu = os.cpu_count() or 1
+    for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
+        if not 0 <= cpu < ncpu:
+            ap.error(f"{opt}: CPU {cpu} not present (this machine has {ncpu})")
+    if args.rate < 0:
+        ap.error("--rate must be >= 0")
+    if args.gen_cpu == args.fwd_cpu:
+        ap.error("--gen-cpu and --fwd-cpu must differ")
+    if args.ring_frames < 64 or args.ring_frames & (args.ring_frames - 1):
+        ap.error(f"--ring-frames: {args.ring_frames} is not a power of two >= 64")
+    try:
+        topo.check_sizes(args.macs, args.vteps)
+        if not args.macs <= args.frames <= 1 << 16:
+            raise ValueError(f"--frames: {args.frames} out of range {args.macs}..{1 << 16}")
+    except ValueError as e:
+        ap.error(str(e))
+    if os.geteuid() != 0:
+        print("bench: FAILED: needs root (it makes network namespaces)", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:   # nohup: leave it
+        signal.signal(signal.SIGHUP, _terminate)
+    try:
+        res = run(args)
+    except BenchError as e:
+        print(f"bench: FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr, flush=True)
+        return 130
+    print(f"RESULT name=afpacket native_pps={res['native']:.0f} pmd_pps={res['pmd']:.0f} "
+          f"kernel_pps={res['kernel']:.0f} ratio={res['ratio']:.3f} "
+          f"kernel_ratio={res['kernel_ratio']:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Child processes of the AF_PACKET benchmark (bench.afpacket), each started
+by the parent inside one of its network namespaces (``ip netns exec NS``):
+
+    python -m bench.afpacket_ours engine --driver {native|pmd} --pod IF --uplink IF ...
+    python -m bench.afpacket_ours capture --iface IF --count N --timeout S
+
+``engine``: our core in fallback mode (EAL ``--no-huge``, one worker lcore)
+with the pod-facing veth end as a pod port of network 0 and the underlay
+veth end as the uplink, through either the core's native AF_PACKET driver
+(``Engine.add_afpacket_port``) or DPDK's ``net_af_packet`` PMD
+(``Engine.add_port("net_af_packet0,iface=...")``, same ring size, qdisc
+bypass on like ours). The VTEP has a static next-hop MAC (no ARP) and every
+remote MAC of bench.topology an FDB entry to its remote VTEP: exactly the
+encap set-up of bench.ours, on kernel interfaces. The parent drives it over
+stdin, one command a line:
+
+    (start-up)  ->  BENCH-JSON {"event": "ready", ...}
+    snap        ->  BENCH-JSON {"event": "snap", counters ...}
+    quit / EOF  ->  stop, close the ports, exit 0
+
+``capture``: counts and keeps frames received on IF (an AF_PACKET socket):
+prints ``BENCH-JSON {"event": "ready"}`` once the socket is bound, then
+``BENCH-JSON {"event": "captured", "frames": [hex, ...]}`` after ``--count``
+frames or ``--timeout`` seconds.
+
+DPDK's own log lines share stdout, hence the ``BENCH-JSON`` prefix.
+"""
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from . import topology as topo
+
+JSON_PREFIX = "BENCH-JSON "
+DRIVERS = ("native", "pmd")
+ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33
+PACKET_OUTGOING = 4
+
+
+def emit(obj: dict):
+    print(JSON_PREFIX + json.dumps(obj), flush=True)
+
+
+def pmd_devargs(index: int, ifname: str, frames: int) -> str:
+    """DPDK 22.11 ``net_af_packet`` device string (drivers/net/af_packet):
+    one queue pair, TPACKET_V2 rings of ``frames`` 2048-byte frames (as our
+    driver's rings), page-sized blocks, qdisc bypass on (as ours)."""
+    return (f"net_af_packet{index},iface={ifname},qpairs=1,blocksz=4096,"
+            f"framesz=2048,framecnt={frames},qdisc_bypass=1")
+
+
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+
+
+def _packet_sockets(ifname: str):
+    """fds of this process's AF_PACKET sockets bound to ``ifname`` with a
+    protocol (receiving sockets; a tx-only socket is bound with 0)."""
+    ifindex = socket.if_nametoindex(ifname)
+    inodes = set()
+    with open("/proc/self/net/packet") as f:
+        next(f)
+        for line in f:
+            v = line.split()   # sk RefCnt Type Proto Iface R Rmem User Inode
+            if int(v[4]) == ifindex and int(v[3], 16) != 0:
+                inodes.add(v[8])
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            fds.append(int(fd))
+    return fds
+
+
+def ring_stats(fds) -> dict:
+    """Kernel-side counters of the receiving sockets since the last call
+    (PACKET_STATISTICS resets them): frames the kernel offered to the ring
+    and frames it dropped because the ring was full (the driver's consumer
+    did not keep up). Read through a dup of the driver's own fd."""
+    seen = drops = 0
+    for fd in fds:
+        s = socket.socket(fileno=os.dup(fd))
+        try:
+            st = s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+        finally:
+            s.close()
+        packets, dropped = int.from_bytes(st[0:4], "little"), int.from_bytes(st[4:8], "little")
+        seen += packets     # includes the drops
+        drops += dropped
+    return {"ring_seen": seen, "ring_drops": drops}
+
+
+def _worker_tasks():
+    """Thread ids of the EAL worker lcores of this process (named
+    "rte-worker-N" or, in other DPDK builds, "lcore-worker-N")."""
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith(("rte-worker", "lcore-worker")):
+                    out.append(int(tid))
+        except OSError:
+            pass
+    return out
+
+
+def _task_ticks(tids):
+    """(utime, stime) of the given threads, in clock ticks."""
+    ut = st = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            ut += int(v[11])
+            st += int(v[12])
+        except OSError:
+            pass
+    return ut, st
+
+
+def _snap(eng, pod: int, up: int, fds, tids) -> dict:
+    c = eng.counters()
+    w = c.worker.sum(axis=0)
+    return {
+        "event": "snap",
+        "t": time.monotonic(),
+        "pod_rx": c.port_dict(pod)["rx_packets"],
+        "up_tx": c.port_dict(up)["tx_packets"],
+        "encap": c.net_dict(topo.NET)["encap_packets"],
+        "drops": {k: v for k, v in c.drops().items() if v},
+        "polls": int(w[0]),
+        "busy_polls": int(w[1]),
+        "worker_ticks": _task_ticks(tids),   # [user, system]
+        **ring_stats(fds),
+    }
+
+
+def run_engine(a) -> int:
+    from dataplane.engine import Engine, EngineConfig
+    cfg = EngineConfig(mode="fallback", lcores=[a.control_cpu, a.worker_cpu],
+                       memory_mb=512, n_mbufs=16383,
+                       file_prefix=f"bench-afpacket-{os.getpid()}")
+    with Engine(cfg) as eng:
+        eng.add_network(topo.NET, vni=topo.VNI, plane=0)
+        if a.driver == "native":
+            pod = eng.add_afpacket_port(a.pod, role="pod", frames=a.frames,
+                                        network=topo.NET)
+            up = eng.add_afpacket_port(a.uplink, role="uplink", frames=a.frames)
+        else:
+            pod = eng.add_port(pmd_devargs(0, a.pod, a.frames), role="pod",
+                               network=topo.NET)
+            up = eng.add_port(pmd_devargs(1, a.uplink, a.frames), role="uplink")
+        info = eng.port_info(up)
+        eng.set_vtep(f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}", info.mac, up,
+                     udp_port=topo.VXLAN_PORT, next_hop_mac=topo.NEXT_HOP_MAC)
+        for k in range(a.macs):
+            eng.fdb_add_remote(topo.NET, topo.remote_mac(k), topo.vtep_of(k, a.vteps))
+        fds = _packet_sockets(a.pod)
+        ring_stats(fds)   # start counting from here
+        eng.start()
+        tids = _worker_tasks()
+        emit({"event": "ready", "driver": a.driver, "eal_args": eng.eal_args,
+              "ports": {"pod": eng.port_info(pod).name, "uplink": info.name},
+              "vtep_mac": info.mac, "pod_rx_sockets": len(fds),
+              "worker_threads": len(tids)})
+        for line in sys.stdin:
+            cmd = line.strip()
+            if cmd == "snap":
+                emit(_snap(eng, pod, up, fds, tids))
+            elif cmd == "quit":
+                break
+            elif cmd:
+                print(f"bench.afpacket_ours: unknown command {cmd!r}", file=sys.stderr,
+                      flush=True)
+        eng.stop()
+    return 0
+
+
+def run_capture(a) -> int:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    s.bind((a.iface, ETH_P_ALL))
+    s.setblocking(False)
+    emit({"event": "ready"})
+    frames = []
+    deadline = time.monotonic() + a.timeout
+    while len(frames) < a.count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not select.select([s], [], [], left)[0]:
+            continue
+        while len(frames) < a.count:
+            try:
+                data, addr = s.recvfrom(65536)
+            except BlockingIOError:
+                break
+            if addr[2] != PACKET_OUTGOING:
+                frames.append(data.hex())
+    s.close()
+    emit({"event": "captured", "frames": frames})
+    return 0
+
+
+def _terminate(signum, frame):
+    # SIGTERM from the parent: unwind, so the engine closes its ports
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    ap = argparse.ArgumentParser(prog="python -m bench.afpacket_ours",
+                                 description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("engine")
+    e.add_argument("--driver", choices=DRIVERS, required=True)
+    e.add_argument("--pod", required=True, help="pod-facing kernel interface")
+    e.add_argument("--uplink", required=True, help="underlay kernel interface")
+    e.add_argument("--macs", type=int, default=topo.MIN_MACS)
+    e.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
+    e.add_argument("--frames", type=int, default=2048, help="ring size in frames")
+    e.add_argument("--control-cpu", type=int, default=0)
+    e.add_argument("--worker-cpu", type=int, default=1)
+    c = sub.add_parser("capture")
+    c.add_argument("--iface", required=True)
+    c.add_argument("--count", type=int, required=True)
+    c.add_argument("--timeout", type=float, default=5.0)
+    a = ap.parse_args(argv)
+    try:
+        return run_engine(a) if a.cmd == "engine" else run_capture(a)
+    except Exception as ex:  # reported to the parent, which shows our output
+        print(f"bench.afpacket_ours: {type(ex).__name__}: {ex}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+/*
+ * dp_qos.c - per-plane queues, strict-priority scheduler, shapers, latency
+ * histogram bounds. See dp_qos.h for the picture.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include <rte_cycles.h>
+#include <rte_malloc.h>
+#include <rte_mbuf_dyn.h>
+#include <rte_errno.h>
+
+#include "dp_internal.h"
+#include "dp_qos.h"
+
+struct dp_qos_global dp_qg;
+int dp_meta_off = -1;
+
+static const uint64_t lat_bounds_ns[16] = {DP_LAT_BOUNDS_NS};
+
+uint64_t
+dp_bps_to_tsc_rate(uint64_t bps)
+{
+    /* bytes per 2^20 TSC cycles */
+    long double r = (long double)bps / 8.0L * (long double)(1u << 20) / (long double)rte_get_tsc_hz();
+    return (uint64_t)(r + 0.5L);
+}
+
+uint64_t
+dp_tsc_hz(void)
+{
+    return rte_get_tsc_hz();
+}
+
+int
+dp_lat_bound_ns(int idx, uint64_t *ns)
+{
+    if (idx < 0 || idx >= 16)
+        return -EINVAL;
+    *ns = lat_bounds_ns[idx];
+    return 0;
+}
+
+static void
+order_rebuild(void)
+{
+    int n = 0;
+    uint8_t ord[DP_MAX_PLANES];
+    for (int p = 0; p < DP_MAX_PLANES; p++)
+        if (dp_qg.plane[p].used)
+            ord[n++] = (uint8_t)p;
+    for (int i = 1; i < n; i++) /* insertion sort, highest priority first */
+        for (int j = i; j > 0 && dp_qg.plane[ord[j]].priority > dp_qg.plane[ord[j - 1]].priority; j--) {
+            uint8_t t = ord[j];
+            ord[j] = ord[j - 1];
+            ord[j - 1] = t;
+        }
+    memcpy(dp_qg.order, ord, sizeof(ord));
+    __atomic_store_n(&dp_qg.n_order, n, __ATOMIC_RELEASE);
+}
+
+int
+dp_qos_init(void)
+{
+    static const struct rte_mbuf_dynfield f = {
+        .name = "dataplane_meta", .size = sizeof(struct dp_meta),
+        .align = __alignof__(struct dp_meta),
+    };
+    dp_meta_off = rte_mbuf_dynfield_register(&f);
+    if (dp_meta_off < 0)
+        return -rte_errno;
+    uint64_t hz = rte_get_tsc_hz();
+    for (int i = 0; i < 16; i++)
+        dp_qg.lat_bound_tsc[i] = (uint64_t)((long double)lat_bounds_ns[i] * hz / 1e9L);
+    memset(dp_qg.dscp_plane, -1, sizeof(dp_qg.dscp_plane));
+    /* plane 0 exists from the start: everything is in some plane */
+    dp_qg.plane[0] = (struct dp_plane_rt){.used = 1, .priority = 0, .queue_len = 1024,
+                                          .outer_tos = -1, .worker = -1};
+    dp_qg.priority_on = 1;
+    dp_qg.latency_on = 1;
+    order_rebuild();
+    return 0;
+}
+
+int
+dp_plane_set(int plane, const struct dp_plane_conf *c)
+{
+    if (plane < 0 || plane >= DP_MAX_PLANES) {
+        dp_set_error(0, "plane %d out of range 0..%d", plane, DP_MAX_PLANES - 1);
+        return -EINVAL;
+    }
+    if (c->queue_len < 16 || c->queue_len > (1u << 20) || (c->queue_len & (c->queue_len - 1))) {
+        dp_set_error(0, "plane %d: queue length %u is not a power of two in 16..1048576", plane,
+                     c->queue_len);
+        return -EINVAL;
+    }
+    if (c->dscp < -1 || c->dscp > 63) {
+        dp_set_error(0, "plane %d: DSCP %d out of range 0..63 (or -1)", plane, c->dscp);
+        return -EINVAL;
+    }
+    if (c->max_bps && c->min_bps > c->max_bps) {
+        dp_set_error(0, "plane %d: guaranteed rate above its maximum", plane);
+        return -EINVAL;
+    }
+    if (c->worker < -1 || c->worker >= dp.n_workers) {
+        dp_set_error(0, "plane %d: worker %d does not exist (%d workers)", plane, c->worker,
+                     dp.n_workers);
+        return -EINVAL;
+    }
+    for (int p = 0; p < DP_MAX_PLANES; p++)
+        if (p != plane && dp_qg.plane[p].used && dp_qg.plane[p].priority == c->priority) {
+            dp_set_error(0, "plane %d: priority %d is already plane %d's", plane, c->priority, p);
+            return -EEXIST;
+        }
+    struct dp_plane_rt *r = &dp_qg.plane[plane];
+    /* words a worker reads: each one written whole */
+    __atomic_store_n(&r->min_bytes_tsc, dp_bps_to_tsc_rate(c->min_bps), __ATOMIC_RELAXED);
+    __atomic_store_n(&r->max_bytes_tsc, dp_bps_to_tsc_rate(c->max_bps), __ATOMIC_RELAXED);
+    __atomic_store_n(&r->outer_tos, c->dscp < 0 ? -1 : c->dscp << 2, __ATOMIC_RELAXED);
+    r->queue_len = c->queue_len; /* applies to queues made from now on */
+    r->worker = c->worker;
+    r->priority = c->priority;
+    __atomic_store_n(&r->used, 1, __ATOMIC_RELEASE);
+    order_rebuild();
+    return 0;
+}
+
+int
+dp_qos_mode(int priority_on, int latency_on)
+{
+    __atomic_store_n(&dp_qg.priority_on, !!priority_on, __ATOMIC_RELEASE);
+    __atomic_store_n(&dp_qg.latency_on, !!latency_on, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int
+dp_dscp_plane(int dscp, int plane)
+{
+    if (dscp < 0 || dscp > 63) {
+        dp_set_error(0, "DSCP %d out of range 0..63", dscp);
+        return -EINVAL;
+    }
+    if (plane >= DP_MAX_PLANES || (plane >= 0 && !dp_qg.plane[plane].used)) {
+        dp_set_error(0, "plane %d is not configured", plane);
+        return -EINVAL;
+    }
+    __atomic_store_n(&dp_qg.dscp_plane[dscp], (int8_t)(plane < 0 ? -1 : plane), __ATOMIC_RELEASE);
+    return 0;
+}
+
+struct dp_qos *
+dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
+{
+    struct dp_qos *q = rte_zmalloc("dp_qos", sizeof(*q), RTE_CACHE_LINE_SIZE);
+    if (!q)
+        return NULL;
+    q->rate_bytes_tsc = dp_bps_to_tsc_rate(rate_bps);
+    q->burst_bytes = burst_bytes;
+    q->tokens = (int64_t)burst_bytes << 20;
+    q->last_tsc = rte_get_tsc_cycles();
+    for (int p = 0; p < DP_MAX_PLANES; p++) {
+        char name[RTE_RING_NAMESIZE];
+        snprintf(name, sizeof(name), "dpq_%d_%d_%u", port, p, (unsigned)(q->last_tsc & 0xffff));
+        unsigned len = dp_qg.plane[p].used ? dp_qg.plane[p].queue_len : 1024;
+        q->q[p] = rte_ring_create(name, len, (int)rte_socket_id(),
+                                  RING_F_SC_DEQ | RING_F_EXACT_SZ);
+        if (!q->q[p]) {
+            dp_qos_free(q);
+            return NULL;
+        }
+        q->ptok_max[p] = (int64_t)burst_bytes << 20;
+        q->ptok_min[p] = (int64_t)burst_bytes << 20;
+    }
+    return q;
+}
+
+unsigned
+dp_qos_free(struct dp_qos *q)
+{
+    unsigned n = 0;
+    if (!q)
+        return 0;
+    for (int p = 0; p < DP_MAX_PLANES; p++) {
+        if (q->head[p]) {
+            rte_pktmbuf_free(q->head[p]);
+            n++;
+        }
+        if (q->q[p]) {
+            struct rte_mbuf *m;
+            while (rte_ring_dequeue(q->q[p], (void **)&m) == 0) {
+                rte_pktmbuf_free(m);
+                n++;
+            }
+            rte_ring_free(q->q[p]);
+        }
+    }
+    rte_free(q);
+    return n;
+}
+
+void
+dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
+               uint64_t (*ctr)[DP_QOS_CTR_COUNT])
+{
+    struct rte_mbuf *byp[DP_MAX_PLANES][DP_BURST * 2];
+    uint16_t cnt[DP_MAX_PLANES] = {0};
+    int prio = __atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE);
+    for (uint16_t i = 0; i < n; i++) {
+        unsigned p = DP_META(m[i])->plane;
+        ctr[p][DP_QOS_ENQUEUED]++;
+        unsigned qi = prio ? p : 0; /* FIFO mode: one queue for every plane */
+        if (cnt[qi] == DP_BURST * 2) {
+            unsigned k = rte_ring_enqueue_burst(q->q[qi], (void **)byp[qi], cnt[qi], NULL);
+            for (unsigned j = k; j < cnt[qi]; j++) {
+                ctr[DP_META(byp[qi][j])->plane][DP_QOS_DROPPED]++;
+                rte_pktmbuf_free(byp[qi][j]);
+            }
+            cnt[qi] = 0;
+        }
+        byp[qi][cnt[qi]++] = m[i];
+    }
+    for (unsigned qi = 0; qi < DP_MAX_PLANES; qi++) {
+        if (!cnt[qi])
+            continue;
+        unsigned k = rte_ring_enqueue_burst(q->q[qi], (void **)byp[qi], cnt[qi], NULL);
+        for (unsigned j = k; j < cnt[qi]; j++) {
+            ctr[DP_META(byp[qi][j])->plane][DP_QOS_DROPPED]++;
+            rte_pktmbuf_free(byp[qi][j]);
+        }
+    }
+}
+
+static inline int64_t
+refill(int64_t tok, uint64_t rate, uint64_t dt, int64_t cap)
+{
+    if (rate == 0)
+        return cap;
+    int64_t t = tok + (int64_t)(rate * dt);
+    return t > cap ? cap : t;
+}
+
+/* take frames of queue qi while the buckets allow; pass 0 = guaranteed */
+static uint16_t
+drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k, uint16_t max,
+      uint64_t (*ctr)[DP_QOS_CTR_COUNT])
+{
+    const struct dp_plane_rt *r = &dp_qg.plane[qi];
+    int limited_max = r->max_bytes_tsc != 0 && dp_qg.priority_on;
+    while (k < max) {
+        struct rte_mbuf *m = q->head[qi];
+        if (m == NULL && rte_ring_sc_dequeue(q->q[qi], (void **)&m) != 0)
+            break;
+        q->head[qi] = NULL;
+        int64_t need = (int64_t)(m->pkt_len + DP_WIRE_OVERHEAD) << 20;
+        int ok = !q->rate_bytes_tsc || q->tokens >= need;
+        if (pass == 0)
+            ok = ok && q->ptok_min[qi] >= need;
+        if (limited_max)
+            ok = ok && q->ptok_max[qi] >= need;
+        if (!ok) {
+            q->head[qi] = m; /* waits, in order, for tokens */
+            break;
+        }
+        if (q->rate_bytes_tsc)
+            q->tokens -= need;
+        if (pass == 0)
+            q->ptok_min[qi] -= need;
+        if (limited_max)
+            q->ptok_max[qi] -= need;
+        unsigned p = DP_META(m)->plane;
+        ctr[p][DP_QOS_SENT]++;
+        ctr[p][DP_QOS_SENT_BYTES] += m->pkt_len;
+        out[k++] = m;
+    }
+    return k;
+}
+
+uint16_t
+dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
+               uint64_t (*ctr)[DP_QOS_CTR_COUNT])
+{
+    uint64_t dt = now - q->last_tsc;
+    q->last_tsc = now;
+    int64_t cap = q->burst_bytes << 20;
+    q->tokens = refill(q->tokens, q->rate_bytes_tsc, dt, cap);
+    uint16_t k = 0;
+    if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE))
+        return drain(q, 0, 1, out, 0, max, ctr); /* one FIFO */
+    int n = __atomic_load_n(&dp_qg.n_order, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++) {
+        unsigned p = dp_qg.order[i];
+        const struct dp_plane_rt *r = &dp_qg.plane[p];
+        q->ptok_max[p] = refill(q->ptok_max[p], r->max_bytes_tsc, dt, cap);
+        q->ptok_min[p] = r->min_bytes_tsc ? refill(q->ptok_min[p], r->min_bytes_tsc, dt, cap) : 0;
+    }
+    /* pass 1: guaranteed rates, in priority order */
+    for (int i = 0; i < n && k < max; i++) {
+        unsigned p = dp_qg.order[i];
+        if (dp_qg.plane[p].min_bytes_tsc)
+            k = drain(q, p, 0, out, k, max, ctr);
+    }
+    /* pass 2: strict priority for the rest */
+    for (int i = 0; i < n && k < max; i++)
+        k = drain(q, dp_qg.order[i], 1, out, k, max, ctr);
+    return k;
+}

@@ -1,0 +1,105 @@
+/*
+ * dp_qos.h - network planes on shared ports: per-plane egress queues, a
+ * strict-priority scheduler under a per-port token-bucket shaper with
+ * per-plane guaranteed / maximum rates, and per-plane latency histograms.
+ *
+ *   tx_flush(uplink) ──► classify by plane ──► q[plane] (bounded rte_ring,
+ *                                               overflow dropped + counted)
+ *   owner worker, every loop: dp_qos_dequeue ─► pass 1: planes with a
+ *       guaranteed rate, up to it; pass 2: strict priority, each plane up
+ *       to its maximum, all under the port's shaper ─► tx
+ *
+ * Packets of one plane leave in the order they were queued: a packet that
+ * does not fit the tokens yet waits as the plane's head.
+ */
+#ifndef DP_QOS_H
+#define DP_QOS_H
+
+#include <stdint.h>
+#include <rte_mbuf.h>
+#include <rte_ring.h>
+
+#include "dataplane.h"
+
+/* on the wire per frame besides pkt_len: FCS 4 + preamble 8 + IFG 12 */
+#define DP_WIRE_OVERHEAD 24
+/* latency buckets, upper bounds in ns (1-2-5 steps, 1 us .. 100 ms) + inf */
+#define DP_LAT_BOUNDS_NS                                                     \
+    1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000,  \
+        2000000, 5000000, 10000000, 20000000, 50000000, 100000000
+
+/* per mbuf: when it was received and which plane it belongs to */
+struct dp_meta {
+    uint64_t rx_tsc;
+    uint8_t plane;
+};
+extern int dp_meta_off;
+#define DP_META(m) RTE_MBUF_DYNFIELD((m), dp_meta_off, struct dp_meta *)
+
+/* plane settings the workers read (plain aligned words: no torn reads) */
+struct dp_plane_rt {
+    int used;
+    int priority;
+    uint64_t min_bytes_tsc;   /* guaranteed rate, bytes per 2^20 TSC cycles */
+    uint64_t max_bytes_tsc;   /* maximum rate, same unit; 0 = none */
+    uint32_t queue_len;
+    int outer_tos;            /* -1: copy the inner DSCP */
+    int worker;               /* -1: shared */
+};
+
+/* per shaped port: allocated by control, scheduled by the port's worker */
+struct dp_qos {
+    struct rte_ring *q[DP_MAX_PLANES];
+    struct rte_mbuf *head[DP_MAX_PLANES];
+    uint64_t rate_bytes_tsc;  /* port shaper, bytes per 2^20 TSC cycles; 0 = off */
+    int64_t burst_bytes;
+    int64_t tokens;           /* port bucket, bytes << 20 */
+    int64_t ptok_max[DP_MAX_PLANES];
+    int64_t ptok_min[DP_MAX_PLANES];
+    uint64_t last_tsc;
+};
+
+struct dp_qos_global {
+    struct dp_plane_rt plane[DP_MAX_PLANES];
+    uint8_t order[DP_MAX_PLANES]; /* planes by priority, highest first */
+    int n_order;
+    int priority_on;              /* 0: one FIFO (the plane 0 queue) for all */
+    int latency_on;
+    int8_t dscp_plane[64];        /* inner DSCP -> plane, -1: by network */
+    uint64_t lat_bound_tsc[16];
+};
+extern struct dp_qos_global dp_qg;
+
+/* control */
+int dp_qos_init(void);
+struct dp_qos *dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes);
+/* frees the queues and what they hold; returns how many frames that was */
+unsigned dp_qos_free(struct dp_qos *q);
+uint64_t dp_bps_to_tsc_rate(uint64_t bps);
+
+/* worker: queue n frames (freed and counted when their queue is full) */
+void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
+                    uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
+/* worker: what the scheduler lets go now, at most max frames */
+uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
+                        uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
+
+/* latency of m from rx to now into the worker's histogram row set */
+static inline void
+dp_lat_record(uint64_t (*hist)[DP_LAT_ROW], const struct rte_mbuf *m, uint64_t now)
+{
+    const struct dp_meta *md = DP_META(m);
+    uint64_t d = now - md->rx_tsc;
+    const uint64_t *b = dp_qg.lat_bound_tsc;
+    /* branch-light search over 16 bounds */
+    unsigned i = (d > b[7]) ? 8 : 0;
+    i += (d > b[i + 3]) ? 4 : 0;
+    i += (d > b[i + 1]) ? 2 : 0;
+    i += (d > b[i]) ? 1 : 0;
+    i += (i == 15 && d > b[15]) ? 1 : 0;
+    uint64_t *row = hist[md->plane];
+    row[i]++;
+    row[DP_LAT_SUM] += d; /* sum, in TSC cycles */
+}
+
+#endif

@@ -1,0 +1,187 @@
+"""Network planes on a shaped uplink: per-plane queues, strict priority,
+rate limits, outer marking, latency per plane — on real net_ring ports.
+
+Traffic is offered from this process at a known rate (a burst every 10 ms);
+the shaper is the core's, so what comes out is paced by the core alone."""
+import time
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
+
+VTEP_MAC, NH_MAC = "02:00:0a:00:00:01", "02:00:0a:00:00:fe"
+STD, CONTROL, MEDIA = 0, 2, 3
+RATE = 20_000_000                      # uplink shaped to 20 Mbit/s
+TICK = 0.01
+
+
+def frame(src, dst, size, tos=0, sport=1000):
+    f = Ether(src=src, dst=dst) / IP(src="10.1.0.1", dst="10.1.0.2", tos=tos) / UDP(sport=sport)
+    return bytes(f / Raw(b"\x00" * (size - len(f))))
+
+
+class Planes:
+    """uplink + one pod port per plane (std, control, media), each in its own
+    network whose remote MAC sits behind VTEP 10.0.0.2."""
+
+    def __init__(self, eng, qlen=128):
+        self.eng = eng
+        eng.set_plane(STD, priority=0, queue_len=qlen)
+        eng.set_plane(CONTROL, priority=2, queue_len=qlen, dscp=24)      # CS3
+        eng.set_plane(MEDIA, priority=3, queue_len=qlen, dscp=46)        # EF
+        self.up = eng.add_ring_port("up", role="uplink", size=8192)
+        eng.set_vtep("10.0.0.1/24", VTEP_MAC, self.up, next_hop_mac=NH_MAC)
+        self.pods, self.remote = {}, {}
+        for i, plane in enumerate((STD, CONTROL, MEDIA)):
+            eng.add_network(i, vni=1000 + plane, plane=plane)
+            self.pods[plane] = eng.add_ring_port(f"p{plane}", network=i, size=8192)
+            self.remote[plane] = f"02:00:00:00:0{plane}:02"
+            eng.fdb_add_remote(i, self.remote[plane], "10.0.0.2")
+        eng.set_shaper(self.up, RATE, burst_bytes=4096)
+
+    def offer(self, seconds, per_tick, sizes, change=None):
+        """per_tick: {plane: frames per 10 ms}. Returns offered counts and
+        the frames that came out of the uplink."""
+        frames = {p: frame(f"02:00:00:00:0{p}:01", self.remote[p], sizes[p], sport=2000 + p)
+                  for p in per_tick}
+        offered = {p: 0 for p in per_tick}
+        owed = {p: 0.0 for p in per_tick}
+        out = []
+        t0 = time.monotonic()
+        tick = 0
+        while time.monotonic() - t0 < seconds:
+            for p in sorted(per_tick, reverse=True):
+                owed[p] += per_tick[p]
+                whole = int(owed[p])
+                owed[p] -= whole
+                if whole:
+                    offered[p] += self.eng.inject(self.pods[p], [frames[p]] * whole)
+            if change and tick == change[0]:
+                change[1]()
+            out += self.eng.collect(self.up, max_frames=1024)
+            tick += 1
+            time.sleep(max(0.0, t0 + tick * TICK - time.monotonic()))
+        # let the queues drain at the shaped rate
+        for _ in range(300):
+            out += self.eng.collect(self.up, max_frames=4096)
+            if all(self.eng.queue_depth(self.up, p) == 0 for p in per_tick):
+                break
+            time.sleep(0.02)
+        out += self.eng.collect(self.up, max_frames=4096, wait=0.1)
+        return offered, out
+
+
+def wire_bits(frame_len):
+    return (frame_len + 50 + 24) * 8          # VXLAN outer headers + Ethernet overhead
+
+
+@pytest.fixture
+def planes(eng):
+    p = Planes(eng)
+    yield p
+    eng.set_qos_mode(priority=True)
+
+
+def test_media_first_under_std_overload(planes):
+    eng = planes.eng
+    std_size, media_size = 950, 200
+    std_rate = 2 * RATE / wire_bits(std_size) * TICK        # 2x the shaped rate
+    media_rate = RATE / 10 / wire_bits(media_size) * TICK   # a tenth of it
+    offered, out = planes.offer(2.0, {STD: std_rate, MEDIA: media_rate},
+                                {STD: std_size, MEDIA: media_size})
+    c = eng.counters()
+    media, std = c.qos_dict(planes.up, MEDIA), c.qos_dict(planes.up, STD)
+    # media loses nothing; std loses the excess; everything adds up exactly
+    assert media["enqueued"] == offered[MEDIA] and media["dropped"] == 0
+    assert media["sent"] == offered[MEDIA]
+    assert std["enqueued"] == offered[STD]
+    assert std["dropped"] > offered[STD] // 4
+    assert std["sent"] + std["dropped"] + eng.queue_depth(planes.up, STD) == offered[STD]
+    assert c.drops()["queue_full"] >= std["dropped"]
+    # media waits far less than std inside the dataplane
+    m99, s99 = c.latency_quantile(MEDIA, 0.99), c.latency_quantile(STD, 0.99)
+    assert m99 is not None and s99 is not None
+    assert m99 * 10 <= s99, (m99, s99)
+    # on the wire: media marked EF in its own VNI, std copied (0) in its own
+    vx = [Ether(f) for f in out]
+    by_vni = {}
+    for o in vx:
+        by_vni.setdefault(o[VXLAN].vni, set()).add(o[IP].tos)
+    assert by_vni[1000 + MEDIA] == {46 << 2}
+    assert by_vni[1000 + STD] == {0}
+    assert sum(1 for o in vx if o[VXLAN].vni == 1000 + MEDIA) == offered[MEDIA]
+
+
+def test_strict_priority_three_planes(planes):
+    eng = planes.eng
+    size = 950
+    half = RATE / wire_bits(size) * TICK * 0.8              # control alone fits
+    offered, out = planes.offer(2.0, {STD: half, CONTROL: half, MEDIA: half / 8},
+                                {STD: size, CONTROL: size, MEDIA: 200})
+    c = eng.counters()
+    assert c.qos_dict(planes.up, MEDIA)["dropped"] == 0
+    assert c.qos_dict(planes.up, CONTROL)["dropped"] == 0
+    assert c.qos_dict(planes.up, STD)["dropped"] > 0        # the lowest plane pays
+    assert c.latency_quantile(CONTROL, 0.99) <= c.latency_quantile(STD, 0.99)
+    marks = {Ether(f)[VXLAN].vni: Ether(f)[IP].tos for f in out}
+    assert marks[1000 + CONTROL] == 24 << 2
+
+
+def test_fifo_baseline_hurts_media(planes):
+    eng = planes.eng
+    eng.set_qos_mode(priority=False)
+    std_rate = 2 * RATE / wire_bits(950) * TICK
+    media_rate = RATE / 10 / wire_bits(200) * TICK
+    offered, _ = planes.offer(1.5, {STD: std_rate, MEDIA: media_rate}, {STD: 950, MEDIA: 200})
+    c = eng.counters()
+    media = c.qos_dict(planes.up, MEDIA)
+    # one shared queue: media waits behind std and is dropped with it
+    assert media["dropped"] > 0 or c.latency_quantile(MEDIA, 0.5) >= 0.01
+    assert media["sent"] + media["dropped"] == offered[MEDIA]
+
+
+def test_plane_rate_limit_and_live_change(planes):
+    eng = planes.eng
+    eng.set_shaper(planes.up, 100_000_000, burst_bytes=4096)    # port fast, plane limited
+    eng.set_plane(STD, priority=0, queue_len=128, max_bps=4_000_000)
+    size = 950
+    std_rate = 8_000_000 / wire_bits(size) * TICK               # 2x the plane limit
+    media_rate = 1_000_000 / wire_bits(200) * TICK
+    c0 = eng.counters()
+    t0 = time.monotonic()
+    offered, _ = planes.offer(2.0, {STD: std_rate, MEDIA: media_rate}, {STD: size, MEDIA: 200})
+    elapsed = time.monotonic() - t0
+    c1 = eng.counters()
+    sent = c1.qos_dict(planes.up, STD)["sent"] - c0.qos_dict(planes.up, STD)["sent"]
+    rate = sent * wire_bits(size) / elapsed
+    assert 0.85 * 4_000_000 <= rate <= 1.1 * 4_000_000, rate
+    # raise the std limit while traffic flows: media loses nothing meanwhile
+    before = eng.counters().qos_dict(planes.up, MEDIA)
+    offered2, _ = planes.offer(
+        1.0, {STD: std_rate, MEDIA: media_rate}, {STD: size, MEDIA: 200},
+        change=(50, lambda: eng.set_plane(STD, priority=0, queue_len=128, max_bps=20_000_000)))
+    after = eng.counters().qos_dict(planes.up, MEDIA)
+    assert after["dropped"] == before["dropped"]
+    assert after["sent"] - before["sent"] == offered2[MEDIA]
+
+
+def test_shaper_off_sends_directly(planes):
+    eng = planes.eng
+    eng.set_shaper(planes.up, 0)
+    eng.inject(planes.pods[MEDIA], [frame("02:00:00:00:03:01", planes.remote[MEDIA], 200)] * 5)
+    got = eng.collect(planes.up, wait=2.0, expect=5)
+    assert len(got) == 5
+    assert all(Ether(f)[IP].tos == 46 << 2 for f in got)
+
+
+def test_bad_plane_settings_refused(eng):
+    from dataplane import errors
+    with pytest.raises(errors.ConfigError, match="power of two"):
+        eng.set_plane(1, priority=5, queue_len=100)
+    with pytest.raises(errors.ConfigError, match="DSCP"):
+        eng.set_plane(1, priority=5, dscp=64)
+    eng.set_plane(1, priority=5)
+    with pytest.raises(errors.AlreadyExists, match="priority 5"):
+        eng.set_plane(2, priority=5)
