@@ -43,6 +43,7 @@
 #define GEN_MIN_FRAMES   4096u   /* ring frames, at least (power of two) */
 #define GEN_BATCH        256u    /* frames flagged per kick */
 #define GEN_PACED_BATCH  32u     /* --pps: frames per kick */
+#define GEN_MAX_LATE_S   0.001   /* --pps: largest catch-up, seconds */
 #define GEN_ONCE_BATCH   16u     /* --once: frames per kick, one kick per ms */
 #define GEN_MAX_FRAME    1514u
 #define GEN_SNDBUF       (256 << 20)  /* bytes of skbs in flight, at most */
@@ -254,14 +255,19 @@ main(int argc, char **argv)
 	while (!stop) {
 		uint32_t batch = once ? GEN_ONCE_BATCH : pps > 0 ? GEN_PACED_BATCH : GEN_BATCH, k;
 
-		/* --pps: wait until this batch is due (sleep, then spin) */
+		/* --pps: wait until this batch is due (sleep, then spin); after
+		 * falling behind by more than GEN_MAX_LATE_S, do not catch up
+		 * with a burst above the rate: restart the schedule from now */
 		while (pps > 0 && !stop) {
 			double late = now_s() - (t0 + (double)requested / pps);
 
+			if (late > GEN_MAX_LATE_S)
+				t0 += late;
 			if (late >= 0)
 				break;
-			if (late < -200e-6) {
-				struct timespec ts = {0, (long)(-late * 1e9) - 100000};
+			if (late < -200e-6) {    /* sleep, leaving 100 us to spin */
+				double d = -late - 100e-6;
+				struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
 
 				nanosleep(&ts, NULL);
 			}

@@ -326,8 +326,10 @@ static int net_set_local(int net, int port, int add);
 static void
 port_publish(int idx, struct dp_port *p)
 {
-    for (int w = 0; w < DP_MAX_WORKERS; w++)
+    for (int w = 0; w < DP_MAX_WORKERS; w++) {
         memset(dp.ctr->port[w][idx], 0, sizeof(dp.ctr->port[w][idx]));
+        memset(dp.ctr->qos[w][idx], 0, sizeof(dp.ctr->qos[w][idx]));
+    }
     atomic_store(&dp.ports[idx], p);
     if (p->net >= 0)
         net_set_local(p->net, idx, 1); /* flood to it only once it exists */
@@ -731,6 +733,7 @@ dp_net_add(int net, uint32_t vni, int plane)
     n->vni_be_word = rte_cpu_to_be_32(vni << 8);
     n->plane = plane;
     n->max_frame = max_frame();
+    dp.net_plane[net] = (uint8_t)plane;
     int ret = rte_hash_add_key_data(dp.vnis, &vni, (void *)(uintptr_t)net);
     if (ret != 0) {
         rte_free(n);
@@ -1106,6 +1109,8 @@ arp_request(uint32_t ip)
     arp->arp_data.arp_sip = rte_cpu_to_be_32(vconf.ip);
     memset(arp->arp_data.arp_tha.addr_bytes, 0, 6);
     arp->arp_data.arp_tip = rte_cpu_to_be_32(ip);
+    DP_META(m)->rx_tsc = rte_get_tsc_cycles();
+    DP_META(m)->plane = 0;
     if (rte_ring_enqueue(dp.ctrl_tx, m) != 0)
         rte_pktmbuf_free(m);
 }

@@ -222,6 +222,7 @@ struct dp_state {
     _Atomic(struct dp_tunnel *) tunnels[DP_MAX_TUNNELS];
     _Atomic(struct dp_poll_list *) poll[DP_MAX_WORKERS];
     _Atomic(struct dp_vtep *) vtep;
+    uint8_t net_plane[DP_MAX_NETS]; /* plane of each network, for the workers */
     atomic_int stop;
     atomic_int running;
     struct dp_counters *ctr;

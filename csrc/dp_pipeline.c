@@ -22,12 +22,15 @@
 #include <rte_malloc.h>
 
 #include "dp_internal.h"
+#include "dp_qos.h"
 
 struct dp_wctx {
     int id;
     uint64_t *drop;                 /* this worker's drop counters */
     uint64_t (*port)[DP_PORT_CTR_COUNT];
     uint64_t (*net)[DP_NET_CTR_COUNT];
+    uint64_t (*qos)[DP_MAX_PLANES][DP_QOS_CTR_COUNT]; /* per port */
+    uint64_t (*lat)[DP_LAT_ROW];    /* per plane */
     const struct dp_vtep *vtep;     /* snapshot for this loop iteration */
     uint16_t n_dirty;
     uint16_t dirty[DP_MAX_PORTS];
@@ -44,6 +47,48 @@ drop(struct dp_wctx *w, struct rte_mbuf *m, enum dp_drop why)
 
 /* ------------------------------------------------------------------ tx */
 
+/* hand n frames to port p's driver; what it does not take is freed and counted */
+static inline void
+port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n)
+{
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; i++)
+        bytes += m[i]->pkt_len;
+    uint16_t sent;
+    if (p->driver == DP_DRV_ETHDEV) {
+        if (likely(w->id < p->n_txq)) {
+            sent = rte_eth_tx_burst(p->eth_port, (uint16_t)w->id, m, n);
+        } else {
+            rte_spinlock_lock(p->tx_lock);
+            sent = rte_eth_tx_burst(p->eth_port, 0, m, n);
+            rte_spinlock_unlock(p->tx_lock);
+        }
+    } else {
+        rte_spinlock_lock(p->tx_lock);
+        sent = dp_afp_tx_burst(p->afp, m, n);
+        rte_spinlock_unlock(p->tx_lock);
+    }
+    if (unlikely(sent < n)) {
+        for (uint16_t i = sent; i < n; i++)
+            bytes -= m[i]->pkt_len;
+        w->drop[DP_DROP_TX_FULL] += n - sent;
+        rte_pktmbuf_free_bulk(m + sent, n - sent);
+    }
+    w->port[pi][DP_PORT_TX_PACKETS] += sent;
+    w->port[pi][DP_PORT_TX_BYTES] += bytes;
+}
+
+/* time from rx to tx, per plane (before the driver may free the frames) */
+static inline void
+lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n)
+{
+    if (!dp_qg.latency_on)
+        return;
+    uint64_t now = rte_rdtsc();
+    for (uint16_t i = 0; i < n; i++)
+        dp_lat_record(w->lat, m[i], now);
+}
+
 static void
 tx_flush(struct dp_wctx *w, uint16_t pi)
 {
@@ -58,31 +103,25 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
         rte_pktmbuf_free_bulk(b->m, n);
         return;
     }
-    uint64_t bytes = 0;
-    for (uint16_t i = 0; i < n; i++)
-        bytes += b->m[i]->pkt_len;
-    uint16_t sent;
-    if (p->driver == DP_DRV_ETHDEV) {
-        if (likely(w->id < p->n_txq)) {
-            sent = rte_eth_tx_burst(p->eth_port, (uint16_t)w->id, b->m, n);
-        } else {
-            rte_spinlock_lock(p->tx_lock);
-            sent = rte_eth_tx_burst(p->eth_port, 0, b->m, n);
-            rte_spinlock_unlock(p->tx_lock);
-        }
-    } else {
-        rte_spinlock_lock(p->tx_lock);
-        sent = dp_afp_tx_burst(p->afp, b->m, n);
-        rte_spinlock_unlock(p->tx_lock);
+    if (p->qos) {
+        /* a shaped port: into the plane queues; its worker schedules them */
+        dp_qos_enqueue(p->qos, b->m, n, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
+        return;
     }
-    if (unlikely(sent < n)) {
-        for (uint16_t i = sent; i < n; i++)
-            bytes -= b->m[i]->pkt_len;
-        w->drop[DP_DROP_TX_FULL] += n - sent;
-        rte_pktmbuf_free_bulk(b->m + sent, n - sent);
+    lat_record(w, b->m, n);
+    port_tx(w, p, pi, b->m, n);
+}
+
+/* the scheduler of a shaped port this worker owns */
+static void
+qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
+{
+    struct rte_mbuf *out[DP_BURST * 2];
+    uint16_t n = dp_qos_dequeue(p->qos, out, RTE_DIM(out), rte_rdtsc(), w->qos[pi]);
+    if (n) {
+        lat_record(w, out, n);
+        port_tx(w, p, pi, out, n);
     }
-    w->port[pi][DP_PORT_TX_PACKETS] += sent;
-    w->port[pi][DP_PORT_TX_BYTES] += bytes;
 }
 
 static inline void
@@ -167,6 +206,13 @@ encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
     }
     uint8_t tos;
     uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
+    /* plane: by the network, or by the inner DSCP where a map says so;
+     * outer DSCP: the plane's marking, or the inner one copied */
+    struct dp_meta *md = DP_META(m);
+    int8_t by_dscp = dp_qg.dscp_plane[tos >> 2];
+    md->plane = by_dscp >= 0 ? (uint8_t)by_dscp : md->plane;
+    int mark = dp_qg.plane[md->plane & (DP_MAX_PLANES - 1)].outer_tos;
+    tos = mark >= 0 ? (uint8_t)mark : tos;
     uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
     if (unlikely(hdr == NULL)) {
         drop(w, m, DP_DROP_NO_HEADROOM);
@@ -278,8 +324,10 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
     hash_sig_t sig[DP_BURST];
     void *val[DP_BURST];
     uint64_t hits = 0;
+    uint8_t plane = (uint8_t)net->plane;
     for (uint16_t i = 0; i < n; i++) {
         const uint8_t *eth = rte_pktmbuf_mtod(pkts[i], const uint8_t *);
+        DP_META(pkts[i])->plane = plane;
         keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
         kp[i] = &keys[i];
         sig[i] = dp_key8_hash(keys[i]);
@@ -588,6 +636,7 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
             slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)ukeys[u], net);
         }
         rte_pktmbuf_adj(m, olen[i]);
+        DP_META(m)->plane = dp.net_plane[net];
         net_count(w, DP_NET_DECAP, net, &cnet, &ccnt);
         const uint8_t *inner = rte_pktmbuf_mtod(m, const uint8_t *);
         keys[j] = dp_fdb_key(net, inner);
@@ -648,6 +697,8 @@ dp_worker_main(void *arg)
     w->drop = dp.ctr->drop[id];
     w->port = dp.ctr->port[id];
     w->net = dp.ctr->net[id];
+    w->qos = dp.ctr->qos[id];
+    w->lat = dp.ctr->lat[id];
     uint64_t *wc = dp.ctr->worker[id];
     struct rte_mbuf *pkts[DP_BURST];
 
@@ -674,14 +725,23 @@ dp_worker_main(void *arg)
                 tx_flush_all(w);
             }
 
-            /* rx */
+            /* shaped port: let out what its planes' queues and buckets allow */
+            if (p->qos)
+                qos_run(w, p, pi);
+
+            /* rx, stamped with the time (latency per plane is measured at tx) */
             uint16_t n = port_rx(p, pkts);
             if (n == 0)
                 continue;
             busy++;
             uint64_t bytes = 0;
-            for (uint16_t x = 0; x < n; x++)
+            uint64_t now = rte_rdtsc();
+            for (uint16_t x = 0; x < n; x++) {
+                struct dp_meta *md = DP_META(pkts[x]);
+                md->rx_tsc = now;
+                md->plane = 0;
                 bytes += pkts[x]->pkt_len;
+            }
             w->port[pi][DP_PORT_RX_PACKETS] += n;
             w->port[pi][DP_PORT_RX_BYTES] += bytes;
 

@@ -200,21 +200,22 @@ dp_qos_free(struct dp_qos *q)
 
 void
 dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
-               uint64_t (*ctr)[DP_QOS_CTR_COUNT])
+               uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t *queue_full)
 {
     struct rte_mbuf *byp[DP_MAX_PLANES][DP_BURST * 2];
     uint16_t cnt[DP_MAX_PLANES] = {0};
     int prio = __atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE);
     for (uint16_t i = 0; i < n; i++) {
-        unsigned p = DP_META(m[i])->plane;
+        unsigned p = DP_META(m[i])->plane & (DP_MAX_PLANES - 1);
         ctr[p][DP_QOS_ENQUEUED]++;
         unsigned qi = prio ? p : 0; /* FIFO mode: one queue for every plane */
         if (cnt[qi] == DP_BURST * 2) {
             unsigned k = rte_ring_enqueue_burst(q->q[qi], (void **)byp[qi], cnt[qi], NULL);
             for (unsigned j = k; j < cnt[qi]; j++) {
-                ctr[DP_META(byp[qi][j])->plane][DP_QOS_DROPPED]++;
+                ctr[DP_META(byp[qi][j])->plane & (DP_MAX_PLANES - 1)][DP_QOS_DROPPED]++;
                 rte_pktmbuf_free(byp[qi][j]);
             }
+            *queue_full += cnt[qi] - k;
             cnt[qi] = 0;
         }
         byp[qi][cnt[qi]++] = m[i];
@@ -224,9 +225,10 @@ dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
             continue;
         unsigned k = rte_ring_enqueue_burst(q->q[qi], (void **)byp[qi], cnt[qi], NULL);
         for (unsigned j = k; j < cnt[qi]; j++) {
-            ctr[DP_META(byp[qi][j])->plane][DP_QOS_DROPPED]++;
+            ctr[DP_META(byp[qi][j])->plane & (DP_MAX_PLANES - 1)][DP_QOS_DROPPED]++;
             rte_pktmbuf_free(byp[qi][j]);
         }
+        *queue_full += cnt[qi] - k;
     }
 }
 
@@ -267,7 +269,7 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
             q->ptok_min[qi] -= need;
         if (limited_max)
             q->ptok_max[qi] -= need;
-        unsigned p = DP_META(m)->plane;
+        unsigned p = DP_META(m)->plane & (DP_MAX_PLANES - 1);
         ctr[p][DP_QOS_SENT]++;
         ctr[p][DP_QOS_SENT_BYTES] += m->pkt_len;
         out[k++] = m;

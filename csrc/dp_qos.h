@@ -79,7 +79,7 @@ uint64_t dp_bps_to_tsc_rate(uint64_t bps);
 
 /* worker: queue n frames (freed and counted when their queue is full) */
 void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
-                    uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
+                    uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t *queue_full);
 /* worker: what the scheduler lets go now, at most max frames */
 uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
                         uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
@@ -97,7 +97,7 @@ dp_lat_record(uint64_t (*hist)[DP_LAT_ROW], const struct rte_mbuf *m, uint64_t n
     i += (d > b[i + 1]) ? 2 : 0;
     i += (d > b[i]) ? 1 : 0;
     i += (i == 15 && d > b[15]) ? 1 : 0;
-    uint64_t *row = hist[md->plane];
+    uint64_t *row = hist[md->plane & (DP_MAX_PLANES - 1)];
     row[i]++;
     row[DP_LAT_SUM] += d; /* sum, in TSC cycles */
 }

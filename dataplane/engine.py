@@ -171,6 +171,13 @@ class Counters:
         self.lat = lat          # [DP_MAX_PLANES, DP_LAT_ROW]: buckets, then sum (TSC)
         self.tsc_hz = tsc_hz
 
+    def since(self, earlier: "Counters") -> "Counters":
+        """What was counted between ``earlier`` and this snapshot."""
+        d = lambda a, b: None if a is None else a - b
+        return Counters(self.port - earlier.port, self.net - earlier.net,
+                        self.drop - earlier.drop, self.worker - earlier.worker,
+                        d(self.qos, earlier.qos), d(self.lat, earlier.lat), self.tsc_hz)
+
     def qos_dict(self, port: int, plane: int) -> dict:
         return {name: int(self.qos[port, plane, i]) for i, name in enumerate(QOS_COUNTERS)}
 

@@ -89,9 +89,10 @@ def test_media_first_under_std_overload(planes):
     std_size, media_size = 950, 200
     std_rate = 2 * RATE / wire_bits(std_size) * TICK        # 2x the shaped rate
     media_rate = RATE / 10 / wire_bits(media_size) * TICK   # a tenth of it
+    c0 = eng.counters()
     offered, out = planes.offer(2.0, {STD: std_rate, MEDIA: media_rate},
                                 {STD: std_size, MEDIA: media_size})
-    c = eng.counters()
+    c = eng.counters().since(c0)
     media, std = c.qos_dict(planes.up, MEDIA), c.qos_dict(planes.up, STD)
     # media loses nothing; std loses the excess; everything adds up exactly
     assert media["enqueued"] == offered[MEDIA] and media["dropped"] == 0
@@ -118,9 +119,10 @@ def test_strict_priority_three_planes(planes):
     eng = planes.eng
     size = 950
     half = RATE / wire_bits(size) * TICK * 0.8              # control alone fits
+    c0 = eng.counters()
     offered, out = planes.offer(2.0, {STD: half, CONTROL: half, MEDIA: half / 8},
                                 {STD: size, CONTROL: size, MEDIA: 200})
-    c = eng.counters()
+    c = eng.counters().since(c0)
     assert c.qos_dict(planes.up, MEDIA)["dropped"] == 0
     assert c.qos_dict(planes.up, CONTROL)["dropped"] == 0
     assert c.qos_dict(planes.up, STD)["dropped"] > 0        # the lowest plane pays
@@ -134,8 +136,9 @@ def test_fifo_baseline_hurts_media(planes):
     eng.set_qos_mode(priority=False)
     std_rate = 2 * RATE / wire_bits(950) * TICK
     media_rate = RATE / 10 / wire_bits(200) * TICK
+    c0 = eng.counters()
     offered, _ = planes.offer(1.5, {STD: std_rate, MEDIA: media_rate}, {STD: 950, MEDIA: 200})
-    c = eng.counters()
+    c = eng.counters().since(c0)
     media = c.qos_dict(planes.up, MEDIA)
     # one shared queue: media waits behind std and is dropped with it
     assert media["dropped"] > 0 or c.latency_quantile(MEDIA, 0.5) >= 0.01
