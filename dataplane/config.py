@@ -63,6 +63,9 @@ DEFAULT_PLANES = {
     "control": (2, "control"),
     "media": (3, "media"),
 }
+#: outer DSCP marked by default: control CS3, media EF; others copy the inner DSCP
+DEFAULT_PLANE_DSCP = {"control": 24, "media": 46}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:bit/s|bps)?\s*$")
 
 _PCI_RE = re.compile(r"^(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -88,6 +91,8 @@ class VtepConfig:
     next_hop_mac: Optional[str] = None
     underlay_mtu: int = DEFAULT_UNDERLAY_MTU
     learning: bool = False
+    uplink_rate: int = 0               # shaper on the uplink, bit/s; 0 = off
+    uplink_burst: int = 16384          # shaper bucket, bytes
 
     @property
     def ip(self) -> str:
@@ -124,6 +129,12 @@ class PlaneConfig:
     name: str
     priority: int                      # 0..MAX_PLANES-1, unique; higher first
     interface: str                     # interface name inside the pod
+    min_rate: int = 0                  # guaranteed bit/s on the shaped uplink, 0 = none
+    max_rate: int = 0                  # bit/s limit on the shaped uplink, 0 = none
+    queue_len: int = 1024              # frames per shaped port, power of two
+    dscp: Optional[int] = None         # outer DSCP to mark; None = copy the inner one
+    worker: Optional[int] = None       # lcore that polls this plane's pod ports
+    classify_dscp: List[int] = dataclasses.field(default_factory=list)  # inner DSCPs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +239,10 @@ class NodeConfig:
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
             "vtep": dataclasses.asdict(self.vtep),
-            "planes": {p.name: {"priority": p.priority, "interface": p.interface}
+            "planes": {p.name: {"priority": p.priority, "interface": p.interface,
+                                "min_rate": p.min_rate, "max_rate": p.max_rate,
+                                "queue_len": p.queue_len, "dscp": p.dscp,
+                                "worker": p.worker, "classify_dscp": list(p.classify_dscp)}
                        for p in self.planes.values()},
             "networks": [dataclasses.asdict(n) for n in self.networks],
             "remotes": [{"vtep": r.vtep, "networks": list(r.networks)}
@@ -348,6 +362,24 @@ class _Parser:
             raise self.err(path, f"{value} out of range {lo}..{hi}")
         return value
 
+    def rate(self, value, path):
+        """bit/s: an integer, or a string such as '100M', '2.5G', '64k'."""
+        if isinstance(value, bool):
+            raise self.err(path, f"{_fmt(value)} is not a rate")
+        if isinstance(value, int):
+            n = value
+        else:
+            m = _RATE_RE.match(str(value))
+            if not m:
+                raise self.err(path, f"{_fmt(value)} is not a rate in bit/s (e.g. 100M, 2.5G)")
+            n = int(float(m.group(1)) * {"": 1, "k": 10**3, "m": 10**6,
+                                         "g": 10**9}[m.group(2).lower()])
+        if not 0 <= n <= 400 * 10**9:
+            raise self.err(path, f"{n} bit/s out of range 0..400G")
+        if 0 < n < 8000:
+            raise self.err(path, f"{n} bit/s is below 8000 (use 0 for none)")
+        return n
+
     def boolean(self, value, path):
         if not isinstance(value, bool):
             raise self.err(path, f"{_fmt(value)} is not true or false")
@@ -431,6 +463,7 @@ class _Parser:
             raise self.err("mode", f"{_fmt(mode)} is not one of {', '.join(MODES)}")
 
         lcores = self.lcores(top.get("lcores", list(DEFAULT_LCORES)))
+        self._lcores = lcores
         memory_mb = self.integer(top.get("memory_mb", DEFAULT_MEMORY_MB),
                                  "memory_mb", 64, 1 << 20)
         vtep = self.vtep(top["vtep"])
@@ -470,7 +503,8 @@ class _Parser:
     def vtep(self, value):
         p = "vtep"
         v = self.mapping(value, p, ("address", "uplink", "mac", "udp_port", "gateway",
-                                    "next_hop_mac", "underlay_mtu", "learning"),
+                                    "next_hop_mac", "underlay_mtu", "learning",
+                                    "uplink_rate", "uplink_burst"),
                          required=("address", "uplink"))
         addr = v["address"]
         if not isinstance(addr, str) or "/" not in addr:
@@ -512,13 +546,16 @@ class _Parser:
         mtu = self.integer(v.get("underlay_mtu", DEFAULT_UNDERLAY_MTU),
                            f"{p}.underlay_mtu", *UNDERLAY_MTU_RANGE)
         learning = self.boolean(v.get("learning", False), f"{p}.learning")
+        rate = self.rate(v.get("uplink_rate", 0), f"{p}.uplink_rate")
+        burst = self.integer(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26)
         return VtepConfig(address=str(iface), uplink=uplink, mac=mac, udp_port=udp_port,
                           gateway=gateway, next_hop_mac=nh, underlay_mtu=mtu,
-                          learning=learning)
+                          learning=learning, uplink_rate=rate, uplink_burst=burst)
 
     def planes(self, value):
         if value is None:
-            return {n: PlaneConfig(n, prio, ifn) for n, (prio, ifn) in DEFAULT_PLANES.items()}
+            return {n: PlaneConfig(n, prio, ifn, dscp=DEFAULT_PLANE_DSCP.get(n))
+                    for n, (prio, ifn) in DEFAULT_PLANES.items()}
         if not isinstance(value, dict) or not value:
             raise self.err("planes", "must be a non-empty mapping of plane name -> "
                                      "{priority, interface}")
@@ -533,7 +570,8 @@ class _Parser:
                 raise self.err(p, f"{_fmt(name)} is not a valid plane name (lower-case "
                                   "letter, then letters, digits, '_' or '-'; at most 15)")
             spec = {} if spec is None else spec
-            self.mapping(spec, p, ("priority", "interface"))
+            self.mapping(spec, p, ("priority", "interface", "min_rate", "max_rate",
+                                   "queue_len", "dscp", "worker", "classify_dscp"))
             default = DEFAULT_PLANES.get(name)
             if "priority" in spec:
                 prio = self.integer(spec["priority"], f"{p}.priority", 0, MAX_PLANES - 1)
@@ -557,7 +595,28 @@ class _Parser:
                 raise self.err(f"{p}.interface", f"{ifn!r} is the interface of plane "
                                                  f"{by_if[ifn]} already")
             by_if[ifn] = name
-            planes[name] = PlaneConfig(name, prio, ifn)
+            min_rate = self.rate(spec.get("min_rate", 0), f"{p}.min_rate")
+            max_rate = self.rate(spec.get("max_rate", 0), f"{p}.max_rate")
+            if max_rate and min_rate > max_rate:
+                raise self.err(f"{p}.min_rate", f"{min_rate} bit/s is above max_rate "
+                                                f"{max_rate} bit/s")
+            qlen = self.integer(spec.get("queue_len", 1024), f"{p}.queue_len", 16, 1 << 20)
+            if qlen & (qlen - 1):
+                raise self.err(f"{p}.queue_len", f"{qlen} is not a power of two")
+            dscp = spec.get("dscp", DEFAULT_PLANE_DSCP.get(name))
+            dscp = None if dscp is None else self.integer(dscp, f"{p}.dscp", 0, 63)
+            worker = spec.get("worker")
+            if worker is not None:
+                worker = self.integer(worker, f"{p}.worker", 0, 4095)
+                if worker not in self._lcores[1:]:
+                    raise self.err(f"{p}.worker", f"lcore {worker} is not one of the "
+                                                  f"worker lcores {self._lcores[1:]}")
+            cls = spec.get("classify_dscp", [])
+            if not isinstance(cls, list):
+                raise self.err(f"{p}.classify_dscp", "must be a list of DSCP values")
+            cls = [self.integer(d, f"{p}.classify_dscp[{i}]", 0, 63) for i, d in enumerate(cls)]
+            planes[name] = PlaneConfig(name, prio, ifn, min_rate, max_rate, qlen, dscp,
+                                       worker, cls)
         if "std" not in planes:
             raise self.err("planes", "the std plane is required (IT pods use it)")
         return planes

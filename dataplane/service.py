@@ -93,6 +93,15 @@ class NodeService:
         else:
             self.uplink = eng.add_afpacket_port(v.uplink_ifname, role="uplink")
         mac = v.mac or eng.port_info(self.uplink).mac
+        for pl in cfg.planes.values():
+            eng.set_plane(cfg.plane_id(pl.name), priority=pl.priority, min_bps=pl.min_rate,
+                          max_bps=pl.max_rate, queue_len=pl.queue_len, dscp=pl.dscp,
+                          worker=(list(cfg.lcores).index(pl.worker) - 1
+                                  if pl.worker is not None else None))
+            for d in pl.classify_dscp:
+                eng.set_dscp_plane(d, cfg.plane_id(pl.name))
+        if v.uplink_rate:
+            eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
         for i, n in enumerate(cfg.networks):
             eng.add_network(i, vni=n.vni, plane=cfg.plane_id(n.plane))
         eng.set_vtep(v.address, mac, self.uplink, udp_port=v.udp_port,
@@ -216,7 +225,7 @@ class NodeService:
 
     # ------------------------------------------------------------- status
     def snapshot(self):
-        from .metrics import NetLabel, PortLabel, Snapshot
+        from .metrics import NetLabel, PlaneLabel, PortLabel, Snapshot
         with self.lock:
             if self.engine is None or self.store is None:
                 return None
@@ -231,8 +240,14 @@ class NodeService:
             for e in self.store.endpoints():
                 pods.setdefault(e["network"], set()).add(e["pod"])
                 eps[e["network"]] = eps.get(e["network"], 0) + 1
+            planes = [PlaneLabel(self.config.plane_id(p.name), p.name)
+                      for p in self.config.planes.values()]
+            shaped = {}
+            if self.config.vtep.uplink_rate and self.uplink is not None:
+                shaped[self.uplink] = {pl.index: eng.queue_depth(self.uplink, pl.index)
+                                       for pl in planes}
             return Snapshot(eng.counters(), ports, nets,
-                            {k: len(v) for k, v in pods.items()}, eps)
+                            {k: len(v) for k, v in pods.items()}, eps, planes, shaped)
 
     def status(self) -> dict:
         snap = self.snapshot()
@@ -248,7 +263,18 @@ class NodeService:
             "ports": [{"port": p.index, "name": p.name, "role": p.role,
                        "network": p.network, **c.port_dict(p.index)} for p in snap.ports],
             "drops": {k: v for k, v in c.drops().items() if v},
+            "planes": [self._plane_status(c, pl, snap.shaped.get(self.uplink, {}))
+                       for pl in snap.planes],
         }
+
+    def _plane_status(self, c, pl, depths):
+        q = {k: None if v is None or v == float("inf") else round(v * 1e6, 1)
+             for k, v in (("p50_us", c.latency_quantile(pl.index, 0.5)),
+                          ("p99_us", c.latency_quantile(pl.index, 0.99)))}
+        d = {"name": pl.name, "plane": pl.index, **q}
+        if pl.index in depths:
+            d.update(c.qos_dict(self.uplink, pl.index), queue_depth=depths[pl.index])
+        return d
 
     def _routes(self):
         return {

@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CT_SPEC = {"pod_type": "ct", "network_plane": ["std", "control"],
            "networks": {"std": "net1", "control": "net2"}}
 IT_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+NETWORKS = """  - {name: net1, vni: 101, plane: std, subnet: 192.168.50.0/24, gateway: 192.168.50.1}
+  - {name: net2, vni: 102, plane: control, subnet: 192.168.51.0/24}"""
 
 
 def sh(*cmd, check=True):
@@ -38,7 +40,7 @@ def free_port():
 class Node:
     """A node service process with its own uplink veth, state dir and socket."""
 
-    def __init__(self, tmp, tag):
+    def __init__(self, tmp, tag, extra="", networks=None):
         self.tmp = tmp
         self.tag = tag
         self.uplink = f"dpu{tag}a"
@@ -56,8 +58,8 @@ lcores: [0, 1]
 memory_mb: 256
 vtep: {{address: 10.99.0.1/24, uplink: {self.uplink}}}
 networks:
-  - {{name: net1, vni: 101, plane: std, subnet: 192.168.50.0/24, gateway: 192.168.50.1}}
-  - {{name: net2, vni: 102, plane: control, subnet: 192.168.51.0/24}}
+{networks or NETWORKS}
+{extra}
 state_dir: {tmp}/state
 api_socket: {self.sock}
 metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
@@ -318,3 +320,65 @@ scrape_configs:
     finally:
         prom.terminate()
         prom.wait(30)
+
+
+def test_three_planes_land_in_their_queues_and_markings(tmp_path):
+    """A CT pod on std, control and media: each plane's traffic leaves the
+    shaped uplink in its own VNI, queued in its own plane, marked as the
+    plane says (std copies the inner DSCP, control CS3, media EF)."""
+    tag = uuid.uuid4().hex[:5]
+    nets = NETWORKS + """
+  - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0/24}"""
+    n = Node(tmp_path, tag, networks=nets, extra="""remotes:
+  - {vtep: 10.99.0.2, networks: [net1, net2, net3]}""")
+    ul = f"dptul{tag}"
+    try:
+        # the uplink's peer lives in an underlay namespace as 10.99.0.2
+        sh("ip", "netns", "add", ul)
+        sh("ip", "link", "set", f"dpu{tag}b", "netns", ul)
+        sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", f"dpu{tag}b")
+        sh("ip", "-n", ul, "link", "set", f"dpu{tag}b", "up")
+        cfg = n.cfg.read_text().replace("uplink: " + n.uplink + "}",
+                                        "uplink: " + n.uplink + ", uplink_rate: 100M}")
+        n.cfg.write_text(cfg)
+        n.start()
+        spec = {"pod_type": "ct", "network_plane": ["std", "control", "media"],
+                "networks": {"std": "net1", "control": "net2", "media": "net3"}}
+        pod = n.pod("a", spec)
+        cap = tmp_path / "ul.pcap"
+        tcpdump = subprocess.Popen(["ip", "netns", "exec", ul, "tcpdump", "-i", f"dpu{tag}b",
+                                    "-w", str(cap), "-U", "udp port 4789"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        # unknown destinations in each plane's subnet: ARP floods to the remote VTEP,
+        # and pings with a DSCP of their own (std copies it, others mark their own)
+        for ip, dev in (("192.168.50.99", "eth0"), ("192.168.51.99", "control"),
+                        ("192.168.52.99", "media")):
+            subprocess.run(["ip", "netns", "exec", pod["ns"], "ping", "-c", "2", "-i", "0.2",
+                            "-W", "1", "-Q", "0x28", "-I", dev, ip], capture_output=True)
+        time.sleep(0.5)
+        tcpdump.terminate()
+        tcpdump.wait(10)
+        from scapy.utils import rdpcap
+        from scapy.layers.vxlan import VXLAN
+        from scapy.layers.inet import IP
+        from scapy.layers.l2 import Ether
+        by_vni = {}
+        for f in rdpcap(str(cap)):
+            if f.haslayer(VXLAN):
+                assert f[VXLAN].flags == 0x08 and f[IP].flags == "DF"
+                by_vni.setdefault(f[VXLAN].vni, set()).add(f[IP].tos)
+        assert set(by_vni) >= {101, 102, 103}, by_vni
+        assert by_vni[102] == {24 << 2} and by_vni[103] == {46 << 2}
+        assert by_vni[101] <= {0, 0x28}                       # copied from the inner frame
+        st = n.api("GET", "/v1/status")
+        q = {p["name"]: p for p in st["planes"]}
+        for plane in ("std", "control", "media"):
+            assert q[plane]["enqueued"] > 0 and q[plane]["dropped"] == 0, q[plane]
+        assert q["oam"]["enqueued"] == 0
+        text = scrape(n)
+        assert 'dataplane_plane_latency_seconds_count{plane="media"}' in text
+        assert 'dataplane_plane_queue_enqueued_total{plane="control",port=' in text
+    finally:
+        n.cleanup()
+        sh("ip", "netns", "del", ul, check=False)
