@@ -19,7 +19,7 @@ from . import __version__
 from .api import APIServer
 from .config import NodeConfig
 from .errors import ConfigError, DataplaneError, NotFound
-from .store import Store
+from .stores import open_store
 
 log = logging.getLogger("dataplane")
 
@@ -53,7 +53,7 @@ class NodeService:
         self.registry = registry
         self.lock = threading.RLock()
         self.engine = None
-        self.store: Optional[Store] = None
+        self.store = None
         self.api: Optional[APIServer] = None
         self.metrics_server = None
         self.net_index: Dict[str, int] = {n.name: i for i, n in enumerate(config.networks)}
@@ -61,13 +61,20 @@ class NodeService:
         self.uplink = None
         self.started = None
         self._stop = threading.Event()
+        # cluster view: endpoints of other nodes, and what the core has of them
+        self._sync_thread = None
+        self._watch = None
+        self._remote_eps: Dict[tuple, dict] = {}      # (pod, plane) -> endpoint
+        self._fdb: Dict[tuple, str] = {}              # (net index, mac) -> vtep
+        self._flood: Dict[int, List[str]] = {}        # net index -> vteps
+        self.synced = threading.Event()
 
     # -------------------------------------------------------------- start
     def start(self):
         from .engine import Engine, EngineConfig
 
         cfg = self.config
-        self.store = Store(cfg.store.path)
+        self.store = open_store(cfg.store, cfg.node)
         for n in cfg.networks:
             self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
         self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
@@ -75,6 +82,10 @@ class NodeService:
             self._setup_core()
             self._replay()
             self.engine.start()
+            if hasattr(self.store, "watch_endpoints"):
+                self._sync_thread = threading.Thread(target=self._sync_loop,
+                                                     name="dataplane-sync", daemon=True)
+                self._sync_thread.start()
             self.api = APIServer(cfg.api_socket, self._routes(), log=log)
             self.api.start()
             self._start_metrics()
@@ -131,7 +142,7 @@ class NodeService:
     def _replay(self):
         """Re-attach the pods the store knows whose interfaces still exist."""
         from .pods import find_plane
-        for pod in self.store.pods():
+        for pod in self.store.pods(node=self.config.node):
             eps = self.store.endpoints(pod=pod["name"])
             missing = [e for e in eps if find_plane(e["host_ifname"]) is None]
             if missing or pod["state"] != "ready":
@@ -164,7 +175,7 @@ class NodeService:
             raise NotFound(f"netns: {netns} does not exist")
         ps = parse_pod_spec(spec, self.config)
         with self.lock:
-            self.store.put_pod(name, netns, ps.to_dict())     # intent first
+            self.store.put_pod(name, netns, ps.to_dict(), node=self.config.node)  # intent first
             done = []
             try:
                 for p in ps.planes:
@@ -204,9 +215,11 @@ class NodeService:
 
     def del_pod(self, name: str) -> dict:
         with self.lock:
-            if not self.store.pod(name):
-                raise NotFound(f"pod {name} is not attached")
+            pod = self.store.pod(name)
+            if not pod or pod.get("node") not in (None, self.config.node):
+                raise NotFound(f"pod {name} is not attached to this node")
             self._remove_pod(name, self.store.endpoints(pod=name))
+            self._apply_remote()  # a remote endpoint may have that MAC again
         _ev("pod deleted", pod=name)
         return {"deleted": name}
 
@@ -221,7 +234,95 @@ class NodeService:
                            | {"port": self.ports.get(e["host_ifname"])} for e in eps]}
 
     def list_pods(self) -> List[dict]:
-        return [self.pod_info(p["name"]) for p in self.store.pods()]
+        return [self.pod_info(p["name"]) for p in self.store.pods(node=self.config.node)]
+
+    # -------------------------------------------------------- cluster sync
+    def _sync_loop(self):
+        """Keep the core's remote entries in step with the cluster's endpoints:
+        a snapshot, then a watch from its revision; on any error (etcd gone,
+        history compacted) wait, take a new snapshot and diff again, so
+        nothing is added twice or left behind. Forwarding goes on meanwhile
+        with what the core has."""
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                eps, rev = self.store.endpoints_snapshot()
+                with self.lock:
+                    self._remote_eps = {(e["pod"], e["plane"]): e for e in eps
+                                        if self._is_remote(e)}
+                    self._apply_remote()
+                self.synced.set()
+                _ev("cluster view synchronised", endpoints=len(self._remote_eps), revision=rev)
+                errors = []
+                self._watch = self.store.watch_endpoints(
+                    rev + 1, lambda kind, obj: self._on_event(kind, obj, errors))
+                while not self._stop.is_set() and not self._watch.wait(0.5):
+                    pass
+                self._watch.cancel()
+                if self._stop.is_set():
+                    return
+                log.warning("cluster watch ended (%s); resynchronising",
+                            errors[0] if errors else self._watch.error)
+                backoff = 0.2
+            except Exception as e:  # noqa: BLE001 - keep forwarding, retry
+                if self._stop.is_set():
+                    return
+                log.warning("cluster store unavailable (%s); retrying in %.1fs", e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _is_remote(self, e) -> bool:
+        return (e.get("node") != self.config.node and e.get("state") == "ready"
+                and e.get("vtep") and e.get("network") in self.net_index
+                and e.get("vtep") != self.config.vtep.ip)
+
+    def _on_event(self, kind, obj, errors):
+        if kind == "error":
+            errors.append(obj)
+            return
+        key = (obj.get("pod"), obj.get("plane"))
+        with self.lock:
+            if kind == "put" and self._is_remote(obj):
+                self._remote_eps[key] = obj
+            else:
+                self._remote_eps.pop(key, None)
+            self._apply_remote()
+
+    def _apply_remote(self):
+        """Diff the wanted remote FDB entries and flood lists against what the
+        core has; change only the difference. Called with self.lock held."""
+        eng = self.engine
+        if eng is None:
+            return
+        want_fdb, want_flood = {}, {i: set() for i in self.net_index.values()}
+        for name, vteps in self.config.flood_lists().items():
+            want_flood[self.net_index[name]].update(vteps)
+        for e in self._remote_eps.values():
+            net = self.net_index[e["network"]]
+            want_fdb[(net, e["mac"].lower())] = e["vtep"]
+            want_flood[net].add(e["vtep"])
+        local_macs = {(self.net_index[e["network"]], e["mac"].lower())
+                      for e in self.store.endpoints(node=self.config.node)
+                      if e["network"] in self.net_index}
+        for key in list(self._fdb):
+            if key not in want_fdb:
+                if key not in local_macs:
+                    try:
+                        eng.fdb_del(*key)
+                    except NotFound:
+                        pass
+                del self._fdb[key]
+        for key, vtep in want_fdb.items():
+            if key in local_macs:
+                continue            # a pod here owns that MAC now (it moved here)
+            if self._fdb.get(key) != vtep:
+                eng.fdb_add_remote(key[0], key[1], vtep)
+                self._fdb[key] = vtep
+        for net, vteps in want_flood.items():
+            vl = sorted(vteps)
+            if self._flood.get(net, []) != vl:
+                eng.set_flood(net, vl)
+                self._flood[net] = vl
 
     # ------------------------------------------------------------- status
     def snapshot(self):
@@ -292,6 +393,11 @@ class NodeService:
     def stop(self):
         """Ports closed, hugepage memory returned, API socket removed; pod
         interfaces and addresses stay so pods keep them across a restart."""
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._sync_thread is not None:
+            self._sync_thread.join(10)
         if self.api:
             self.api.stop()
             self.api = None

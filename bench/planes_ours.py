@@ -1,0 +1,368 @@
+"""Our side of the planes benchmark (bench.planes), run in a child process
+(DPDK's EAL starts once per process):
+
+    python -m bench.planes_ours --std S.pcap --control C.pcap --media M.pcap \\
+        --rate BPS [--seconds S] [--warmup S] [--runs N] [--mode M] ...
+
+prints one line ``BENCH-JSON {...}`` with every phase's counters (DPDK's own
+log lines share stdout, hence the prefix).
+
+Set-up (as tests/test_planes.py, with one pod port per profile):
+
+    pod ring port "std"     net 0, VNI 1000, plane 0, priority 0, outer DSCP copied
+    pod ring port "control" net 1, VNI 1002, plane 2, priority 2, outer DSCP CS3
+    pod ring port "media"   net 2, VNI 1003, plane 3, priority 3, outer DSCP EF
+        --> VXLAN to remote VTEP 10.0.0.2 --> uplink ring port, shaped to --rate
+
+Every destination MAC found in a pcap gets an FDB entry to 10.0.0.2; the
+VTEP has a static next-hop MAC (no ARP). The uplink's per-plane queues are
+made by set_shaper, after the planes' queue lengths are set.
+
+Offered load: this process feeds the pod ports itself (``dp_ring_inject``),
+each plane at a fixed frame rate so that its wire bit rate (outer frame + 24
+bytes of Ethernet overhead, what the shaper counts) is its share of
+``--rate`` (``--std-x`` 2.0, ``--control-x`` 0.2, ``--media-x`` 0.1). The
+control thread spins: whenever a plane owes whole frames (rate x elapsed
+time - frames offered so far) it injects them, the next frames of its pcap
+in a cycle. The long-run rate is exact whatever the loop's jitter; the loop
+turns every few microseconds, so a plane whose frames are due every 100 us
+or more (media, control) arrives one frame at a time, std in groups of a
+few frames. The uplink ring is drained every millisecond; each frame's outer
+DSCP and VNI are counted from the raw bytes (numpy), as a check of the
+marking on the wire.
+
+A phase (``priority`` or ``fifo``, i.e. Engine.set_qos_mode(priority=...))
+offers for ``--warmup`` + ``--seconds`` seconds, then stops offering and
+lets the queues drain. Reported per plane:
+
+- accounting over the whole phase: offered (frames the pod port's rx ring
+  took), and the uplink queue's enqueued / sent / dropped counters, plus
+  the depth left (offered = sent + dropped + depth must hold exactly);
+- latency over the window (frames the scheduler sent after the warm-up and
+  before offering stopped): the core's per-plane histogram (TSC at rx ->
+  tx, bucket upper bounds), its exact sum, and the sent bit rate;
+- the worker thread's scheduling over the window (/proc: time it waited on
+  a run queue, involuntary context switches): a worker that was preempted
+  delays every plane, whatever the priority.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+
+JSON_PREFIX = "BENCH-JSON "
+STD, CONTROL, MEDIA = 0, 2, 3
+PLANE_NAMES = {STD: "std", CONTROL: "control", MEDIA: "media"}
+#: plane -> (network index, VNI, priority, outer DSCP or None = copy inner)
+PLANE_SETUP = {STD: (0, 1000, 0, None), CONTROL: (1, 1002, 2, 24), MEDIA: (2, 1003, 3, 46)}
+LOCAL_VTEP = "10.0.0.1/24"
+REMOTE_VTEP = "10.0.0.2"
+VTEP_MAC = "02:00:0a:00:00:01"
+NEXT_HOP_MAC = "02:00:0a:00:00:fe"
+VXLAN_OVERHEAD = 50       # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
+WIRE_OVERHEAD = 24        # FCS 4 + preamble 8 + IFG 12 (what the shaper adds)
+DRAIN_EVERY = 0.001
+
+
+def emit(obj: dict):
+    print(JSON_PREFIX + json.dumps(obj), flush=True)
+
+
+def read_pcap(path: str):
+    """Frames of a classic pcap file as bytes (no scapy in this process)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic = data[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        e = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        e = ">"
+    else:
+        raise ValueError(f"{path}: not a pcap file")
+    off, out = 24, []
+    while off + 16 <= len(data):
+        _, _, incl, _ = struct.unpack_from(e + "IIII", data, off)
+        off += 16
+        out.append(data[off:off + incl])
+        off += incl
+    if not out:
+        raise ValueError(f"{path}: no frames")
+    return out
+
+
+def wire_bits(inner_len: int) -> int:
+    """Bits the shaper counts for one inner frame once encapsulated."""
+    return (inner_len + VXLAN_OVERHEAD + WIRE_OVERHEAD) * 8
+
+
+class Feeder:
+    """Injects one plane's pcap frames, in a cycle, into its pod ring port
+    at ``pps`` frames per second (one dp_ring_inject call per group)."""
+
+    MAX_GROUP = 256
+
+    def __init__(self, ffi, lib, port: int, frames, pps: float):
+        self.ffi, self.lib, self.port, self.pps = ffi, lib, port, pps
+        self.n = len(frames)
+        # the frames twice over: any run of up to n frames is contiguous
+        cyc = list(frames) * 2
+        self.data = ffi.new("uint8_t[]", b"".join(cyc))
+        self.lens = ffi.new("uint32_t[]", [len(f) for f in cyc])
+        self.offs, o = [], 0
+        for f in cyc:
+            self.offs.append(o)
+            o += len(f)
+        self.i = 0
+        self.due = 0            # frames owed so far (tried)
+        self.offered = 0        # frames the rx ring took
+        self.refused = 0        # rx ring full (should stay 0)
+
+    def reset(self):
+        self.due = self.offered = self.refused = 0
+
+    def push(self, elapsed: float):
+        want = int(self.pps * elapsed) - self.due
+        while want > 0:
+            k = min(want, self.MAX_GROUP, self.n)
+            got = self.lib.dp_ring_inject(self.port, self.data + self.offs[self.i],
+                                          self.lens + self.i, k)
+            if got < 0:
+                raise RuntimeError(f"dp_ring_inject on port {self.port} failed ({got})")
+            self.due += k
+            self.offered += got
+            self.refused += k - got
+            self.i = (self.i + k) % self.n
+            want -= k
+
+
+class Drain:
+    """Empties the uplink ring; counts frames by (VNI, outer TOS)."""
+
+    def __init__(self, ffi, lib, port: int, max_frames: int = 4096):
+        import numpy as np
+        self.np, self.ffi, self.lib, self.port = np, ffi, lib, port
+        self.max = max_frames
+        self.buf = ffi.new("uint8_t[]", max_frames * 2048)
+        self.lens = ffi.new("uint32_t[]", max_frames)
+        self.lens_np = np.frombuffer(ffi.buffer(self.lens), dtype=np.uint32)
+        self.by = {}            # (vni, tos) -> frames
+        self.other = 0          # not VXLAN on UDP 4789
+
+    def reset(self):
+        self.by, self.other = {}, 0
+
+    def __call__(self) -> int:
+        np, total = self.np, 0
+        while True:
+            n = self.lib.dp_ring_collect(self.port, self.buf, len(self.buf), self.lens, self.max)
+            if n <= 0:
+                return total
+            total += n
+            lens = self.lens_np[:n].astype(np.int64)
+            offs = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            raw = np.frombuffer(self.ffi.buffer(self.buf, int(lens.sum())), dtype=np.uint8)
+            ok = lens >= VXLAN_OVERHEAD
+            o = offs[ok]
+            # Ether type IPv4, UDP, dport 4789 (outer IPv4 has no options)
+            vx = ((raw[o + 12] == 0x08) & (raw[o + 13] == 0x00) & (raw[o + 23] == 17)
+                  & (raw[o + 36] == 0x12) & (raw[o + 37] == 0xb5))
+            self.other += int(n - vx.sum())
+            o = o[vx]
+            vni = (raw[o + 46].astype(np.int64) << 16) | (raw[o + 47].astype(np.int64) << 8) \
+                | raw[o + 48]
+            key = vni * 256 + raw[o + 15]
+            for k, c in zip(*np.unique(key, return_counts=True)):
+                kk = (int(k) >> 8, int(k) & 0xff)
+                self.by[kk] = self.by.get(kk, 0) + int(c)
+            if n < self.max:
+                return total
+
+
+def find_worker_tid():
+    """The DPDK worker lcore thread of this process (named lcore-worker-N)."""
+    for tid in sorted(os.listdir("/proc/self/task")):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if "worker" in f.read():
+                    return int(tid)
+        except OSError:
+            pass
+    return None
+
+
+def sched(tid):
+    """(cpu ns, run-queue wait ns, involuntary switches) of thread tid."""
+    if tid is None:
+        return None
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            run_ns, wait_ns, _ = (int(x) for x in f.read().split())
+        nvcsw = 0
+        with open(f"/proc/self/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("nonvoluntary_ctxt_switches"):
+                    nvcsw = int(line.split()[1])
+        return (run_ns, wait_ns, nvcsw)
+    except OSError:
+        return None
+
+
+def setup(eng, pcaps: dict, rate: int, burst: int, qlen: dict, ring: int):
+    """Planes, ports, networks, FDB, VTEP and the shaper; returns (uplink,
+    {plane: pod port}, {plane: frames})."""
+    for plane, (_, _, prio, dscp) in PLANE_SETUP.items():
+        eng.set_plane(plane, priority=prio, queue_len=qlen[plane], dscp=dscp)
+    up = eng.add_ring_port("up", role="uplink", size=16384)
+    eng.set_vtep(LOCAL_VTEP, VTEP_MAC, up, next_hop_mac=NEXT_HOP_MAC)
+    pods, frames = {}, {}
+    for plane, (net, vni, _, _) in PLANE_SETUP.items():
+        frames[plane] = read_pcap(pcaps[plane])
+        eng.add_network(net, vni=vni, plane=plane)
+        pods[plane] = eng.add_ring_port(PLANE_NAMES[plane], network=net, size=ring)
+        for mac in sorted({f[0:6] for f in frames[plane]}):
+            eng.fdb_add_remote(net, mac, REMOTE_VTEP)
+    # after set_plane: the queues are made with the planes' lengths
+    eng.set_shaper(up, rate, burst_bytes=burst)
+    return up, pods, frames
+
+
+def lat_rows(c, planes):
+    return {str(p): {"buckets": c.latency(p)[0], "sum_s": c.latency(p)[1]} for p in planes}
+
+
+def run_phase(eng, name, up, feeders, drain, warmup, seconds, drain_timeout):
+    """Offer every plane at its rate for warmup + seconds, then drain."""
+    planes = sorted(feeders)
+    for f in feeders.values():
+        f.reset()
+    drain()
+    drain.reset()
+    wtid = find_worker_tid()
+    order = [feeders[p] for p in sorted(feeders, reverse=True)]  # media, control, std
+    total = warmup + seconds
+    gaps = {"max_us": 0.0, "over_100us": 0, "over_1ms": 0, "iterations": 0}
+    c0 = eng.counters()
+    cw = sw = None
+    t0 = time.perf_counter()
+    prev = t0
+    next_drain = t0 + DRAIN_EVERY
+    while True:
+        now = time.perf_counter()
+        el = now - t0
+        if el >= total:
+            break
+        gap = now - prev
+        prev = now
+        gaps["iterations"] += 1
+        if gap > 100e-6:
+            gaps["over_100us"] += 1
+            if gap > 1e-3:
+                gaps["over_1ms"] += 1
+            gaps["max_us"] = max(gaps["max_us"], gap * 1e6)
+        for f in order:
+            f.push(el)
+        if now >= next_drain:
+            drain()
+            next_drain = now + DRAIN_EVERY
+        if cw is None and el >= warmup:
+            cw, sw, tw = eng.counters(), sched(wtid), time.perf_counter()
+    ce, se, te = eng.counters(), sched(wtid), time.perf_counter()
+    # stop offering; the queues drain at the shaped rate
+    deadline = time.monotonic() + drain_timeout
+    while time.monotonic() < deadline:
+        drain()
+        if all(eng.queue_depth(up, p) == 0 for p in range(8)):
+            break
+        time.sleep(0.002)
+    time.sleep(0.01)
+    drain()
+    cd = eng.counters()
+    acc = cd.since(c0)
+    win = ce.since(cw)
+    out = {"phase": name, "window_s": te - tw, "offer_s": te - t0, "loop": gaps,
+           "planes": {}, "latency": lat_rows(win, planes),
+           "drops": {k: v for k, v in acc.drops().items() if v},
+           "uplink_out": {f"{vni}/{tos}": n for (vni, tos), n in sorted(drain.by.items())},
+           "uplink_other": drain.other}
+    for p in planes:
+        q, w = acc.qos_dict(up, p), win.qos_dict(up, p)
+        out["planes"][str(p)] = {
+            "offered": feeders[p].offered, "refused": feeders[p].refused,
+            "enqueued": q["enqueued"], "sent": q["sent"], "dropped": q["dropped"],
+            "depth": eng.queue_depth(up, p),
+            "win_sent": w["sent"],
+            "win_wire_bits": (w["sent_bytes"] + WIRE_OVERHEAD * w["sent"]) * 8,
+        }
+    out["depth_plane0"] = eng.queue_depth(up, 0)
+    if sw and se:
+        out["worker_sched"] = {"cpu_ms": (se[0] - sw[0]) / 1e6,
+                               "runqueue_wait_ms": (se[1] - sw[1]) / 1e6,
+                               "involuntary_switches": se[2] - sw[2]}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.planes_ours",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--std", required=True)
+    ap.add_argument("--control", required=True)
+    ap.add_argument("--media", required=True)
+    ap.add_argument("--rate", type=int, required=True, help="uplink shaper, bit/s")
+    ap.add_argument("--burst", type=int, default=4096, help="shaper bucket, bytes")
+    ap.add_argument("--std-x", type=float, default=2.0)
+    ap.add_argument("--control-x", type=float, default=0.2)
+    ap.add_argument("--media-x", type=float, default=0.1)
+    ap.add_argument("--std-qlen", type=int, default=1024)
+    ap.add_argument("--qlen", type=int, default=256, help="control and media queues")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--mode", choices=("hugepages", "fallback"), default="fallback")
+    a = ap.parse_args(argv)
+    try:
+        from dataplane.engine import Engine, EngineConfig, LATENCY_BOUNDS_S, ffi, lib
+        cfg = EngineConfig(mode=a.mode, lcores=[0, 1], memory_mb=1024, n_mbufs=65535,
+                           file_prefix=f"bench-planes-{os.getpid()}")
+        with Engine(cfg) as eng:
+            pcaps = {STD: a.std, CONTROL: a.control, MEDIA: a.media}
+            qlen = {STD: a.std_qlen, CONTROL: a.qlen, MEDIA: a.qlen}
+            up, pods, frames = setup(eng, pcaps, a.rate, a.burst, qlen, ring=8192)
+            share = {STD: a.std_x, CONTROL: a.control_x, MEDIA: a.media_x}
+            feeders, cfg_planes = {}, {}
+            for p, fr in frames.items():
+                mean_bits = sum(wire_bits(len(f)) for f in fr) / len(fr)
+                pps = share[p] * a.rate / mean_bits
+                feeders[p] = Feeder(ffi, lib, pods[p], fr, pps)
+                cfg_planes[str(p)] = {"name": PLANE_NAMES[p], "pps": pps, "x": share[p],
+                                      "frames": len(fr), "mean_inner_len": sum(map(len, fr)) / len(fr),
+                                      "mean_wire_bits": mean_bits, "vni": PLANE_SETUP[p][1],
+                                      "priority": PLANE_SETUP[p][2], "dscp": PLANE_SETUP[p][3],
+                                      "queue_len": qlen[p]}
+            drain = Drain(ffi, lib, up)
+            eng.start()
+            time.sleep(0.2)
+            phases = []
+            for r in range(a.runs):
+                for name, prio in (("priority", True), ("fifo", False)):
+                    eng.set_qos_mode(priority=prio)
+                    ph = run_phase(eng, name, up, feeders, drain, a.warmup, a.seconds,
+                                   drain_timeout=10.0)
+                    ph["run"] = r + 1
+                    phases.append(ph)
+            eng.set_qos_mode(priority=True)
+            eng.stop()
+            res = {"config": {"rate": a.rate, "burst": a.burst, "seconds": a.seconds,
+                              "warmup": a.warmup, "mode": a.mode, "planes": cfg_planes,
+                              "eal_args": eng.eal_args, "tsc_hz": eng.tsc_hz},
+                   "bounds_s": LATENCY_BOUNDS_S, "phases": phases}
+    except Exception as e:  # reported to the parent, which shows our output
+        print(f"bench.planes_ours: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    emit(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
