@@ -84,9 +84,7 @@ lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n)
 {
     if (!dp_qg.latency_on)
         return;
-    uint64_t now = rte_rdtsc();
-    for (uint16_t i = 0; i < n; i++)
-        dp_lat_record(w->lat, m[i], now);
+    dp_lat_record_burst(w->lat, m, n, rte_rdtsc());
 }
 
 static void

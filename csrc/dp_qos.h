@@ -84,22 +84,52 @@ void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
 uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
                         uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
 
-/* latency of m from rx to now into the worker's histogram row set */
-static inline void
-dp_lat_record(uint64_t (*hist)[DP_LAT_ROW], const struct rte_mbuf *m, uint64_t now)
+/* histogram bucket of a latency d (TSC cycles): a 4-step search of 16 bounds */
+static inline unsigned
+dp_lat_bucket(uint64_t d)
 {
-    const struct dp_meta *md = DP_META(m);
-    uint64_t d = now - md->rx_tsc;
     const uint64_t *b = dp_qg.lat_bound_tsc;
-    /* branch-light search over 16 bounds */
     unsigned i = (d > b[7]) ? 8 : 0;
     i += (d > b[i + 3]) ? 4 : 0;
     i += (d > b[i + 1]) ? 2 : 0;
     i += (d > b[i]) ? 1 : 0;
     i += (i == 15 && d > b[15]) ? 1 : 0;
-    uint64_t *row = hist[md->plane & (DP_MAX_PLANES - 1)];
-    row[i]++;
-    row[DP_LAT_SUM] += d; /* sum, in TSC cycles */
+    return i;
+}
+
+/*
+ * Latencies of n frames from rx to now into the worker's per-plane
+ * histograms. Runs of frames with the same (plane, bucket) — the common case
+ * in a burst — are summed in registers and written once.
+ */
+static inline void
+dp_lat_record_burst(uint64_t (*hist)[DP_LAT_ROW], struct rte_mbuf *const *m, uint16_t n,
+                    uint64_t now)
+{
+    unsigned cp = 0, cb = 0;
+    uint64_t run = 0, sum = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        const struct dp_meta *md = DP_META(m[i]);
+        uint64_t d = now - md->rx_tsc;
+        unsigned p = md->plane & (DP_MAX_PLANES - 1);
+        unsigned b = dp_lat_bucket(d);
+        if (unlikely(p != cp || b != cb)) {
+            if (run) {
+                hist[cp][cb] += run;
+                hist[cp][DP_LAT_SUM] += sum;
+            }
+            cp = p;
+            cb = b;
+            run = 0;
+            sum = 0;
+        }
+        run++;
+        sum += d;
+    }
+    if (run) {
+        hist[cp][cb] += run;
+        hist[cp][DP_LAT_SUM] += sum;
+    }
 }
 
 #endif
