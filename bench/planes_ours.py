@@ -27,7 +27,7 @@ time - frames offered so far) it injects them, the next frames of its pcap
 in a cycle. The long-run rate is exact whatever the loop's jitter; the loop
 turns every few microseconds, so a plane whose frames are due every 100 us
 or more (media, control) arrives one frame at a time, std in groups of a
-few frames. The uplink ring is drained every millisecond; each frame's outer
+few frames. The uplink ring is drained every 5 ms; each frame's outer
 DSCP and VNI are counted from the raw bytes (numpy), as a check of the
 marking on the wire.
 
@@ -42,8 +42,17 @@ lets the queues drain. Reported per plane:
   before offering stopped): the core's per-plane histogram (TSC at rx ->
   tx, bucket upper bounds), its exact sum, and the sent bit rate;
 - the worker thread's scheduling over the window (/proc: time it waited on
-  a run queue, involuntary context switches): a worker that was preempted
-  delays every plane, whatever the priority.
+  a run queue, involuntary context switches, and CPU 1's steal time): a
+  worker that was preempted delays every plane, whatever the priority.
+
+On a shared machine another process (another DPDK worker above all) can
+take the worker's CPU for milliseconds. That is the host's doing, not the
+scheduler's under test: a phase whose worker was off its CPU for more than
+``--max-preempted`` of the window (default 1 %) is repeated, after 2 s, up
+to ``--retries`` times; the last attempt is kept whatever it shows. Every
+attempt is in the output, marked kept or not. Before each attempt the child
+also waits (up to ``--wait-others`` s) while other processes have DPDK
+worker threads (``lcore-worker-N``), which poll without pause.
 """
 import argparse
 import json
@@ -63,7 +72,7 @@ VTEP_MAC = "02:00:0a:00:00:01"
 NEXT_HOP_MAC = "02:00:0a:00:00:fe"
 VXLAN_OVERHEAD = 50       # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
 WIRE_OVERHEAD = 24        # FCS 4 + preamble 8 + IFG 12 (what the shaper adds)
-DRAIN_EVERY = 0.001
+DRAIN_EVERY = 0.005
 
 
 def emit(obj: dict):
@@ -209,6 +218,39 @@ def sched(tid):
         return None
 
 
+def cpu_stat(cpu: int = 1):
+    """(steal, total) jiffies of one CPU from /proc/stat; None if unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    return (v[7] if len(v) > 7 else 0, sum(v[:8]))
+    except OSError:
+        pass
+    return None
+
+
+def other_dpdk_workers():
+    """Processes other than this one with a DPDK worker thread (lcore-worker-N):
+    {pid: command}. Their workers poll CPUs ours needs."""
+    me, out = os.getpid(), {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    if f.read().startswith("lcore-worker"):
+                        with open(f"/proc/{pid}/cmdline", "rb") as c:
+                            out[int(pid)] = c.read().replace(b"\0", b" ").decode(
+                                errors="replace")[:120].strip()
+                        break
+        except OSError:
+            continue
+    return out
+
+
 def setup(eng, pcaps: dict, rate: int, burst: int, qlen: dict, ring: int):
     """Planes, ports, networks, FDB, VTEP and the shaper; returns (uplink,
     {plane: pod port}, {plane: frames})."""
@@ -268,7 +310,10 @@ def run_phase(eng, name, up, feeders, drain, warmup, seconds, drain_timeout):
             next_drain = now + DRAIN_EVERY
         if cw is None and el >= warmup:
             cw, sw, tw = eng.counters(), sched(wtid), time.perf_counter()
+            stw = cpu_stat()
+            others = other_dpdk_workers()
     ce, se, te = eng.counters(), sched(wtid), time.perf_counter()
+    ste = cpu_stat()
     # stop offering; the queues drain at the shaped rate
     deadline = time.monotonic() + drain_timeout
     while time.monotonic() < deadline:
@@ -296,11 +341,30 @@ def run_phase(eng, name, up, feeders, drain, warmup, seconds, drain_timeout):
             "win_wire_bits": (w["sent_bytes"] + WIRE_OVERHEAD * w["sent"]) * 8,
         }
     out["depth_plane0"] = eng.queue_depth(up, 0)
+    out["other_dpdk"] = {str(k): v for k, v in others.items()}
+    if stw and ste and ste[1] > stw[1]:
+        out["cpu1_steal"] = (ste[0] - stw[0]) / (ste[1] - stw[1])
     if sw and se:
         out["worker_sched"] = {"cpu_ms": (se[0] - sw[0]) / 1e6,
                                "runqueue_wait_ms": (se[1] - sw[1]) / 1e6,
                                "involuntary_switches": se[2] - sw[2]}
     return out
+
+
+def wait_for_others(limit: float) -> float:
+    """Wait (up to ``limit`` s) while other processes run DPDK workers: they
+    poll the CPUs ours needs. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit and other_dpdk_workers():
+        time.sleep(1.0)
+    return time.monotonic() - t0
+
+
+def preempted(ph) -> float:
+    """Share of the window the worker was runnable but not running (waiting
+    on a run queue, or its vCPU stolen by the hypervisor)."""
+    w = ph.get("worker_sched") or {}
+    return w.get("runqueue_wait_ms", 0) / 1e3 / ph["window_s"] + ph.get("cpu1_steal", 0)
 
 
 def main(argv=None):
@@ -320,6 +384,12 @@ def main(argv=None):
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--mode", choices=("hugepages", "fallback"), default="fallback")
+    ap.add_argument("--retries", type=int, default=4,
+                    help="repeat a phase whose worker was preempted (default 4 times)")
+    ap.add_argument("--wait-others", type=float, default=120.0,
+                    help="before a phase, wait up to S s while other DPDK processes run")
+    ap.add_argument("--max-preempted", type=float, default=0.01,
+                    help="share of the window the worker may be off its CPU (default 0.01)")
     a = ap.parse_args(argv)
     try:
         from dataplane.engine import Engine, EngineConfig, LATENCY_BOUNDS_S, ffi, lib
@@ -347,10 +417,19 @@ def main(argv=None):
             for r in range(a.runs):
                 for name, prio in (("priority", True), ("fifo", False)):
                     eng.set_qos_mode(priority=prio)
-                    ph = run_phase(eng, name, up, feeders, drain, a.warmup, a.seconds,
-                                   drain_timeout=10.0)
-                    ph["run"] = r + 1
-                    phases.append(ph)
+                    for attempt in range(1, a.retries + 2):
+                        waited = wait_for_others(a.wait_others)
+                        ph = run_phase(eng, name, up, feeders, drain, a.warmup, a.seconds,
+                                       drain_timeout=10.0)
+                        ph["run"], ph["attempt"] = r + 1, attempt
+                        ph["waited_for_others_s"] = waited
+                        ph["preempted"] = preempted(ph)
+                        ph["kept"] = (ph["preempted"] <= a.max_preempted
+                                      or attempt == a.retries + 1)
+                        phases.append(ph)
+                        if ph["kept"]:
+                            break
+                        time.sleep(2.0)     # let the other work pass
             eng.set_qos_mode(priority=True)
             eng.stop()
             res = {"config": {"rate": a.rate, "burst": a.burst, "seconds": a.seconds,

@@ -32,6 +32,7 @@ import os
 import re
 import socket
 import struct
+import subprocess
 from typing import Any, Dict, List, NamedTuple, Optional
 
 from .config import IFNAMSIZ, MIN_MTU, NodeConfig, check_mac
@@ -475,6 +476,44 @@ def _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr, gateway, m
     return mac, iface, gw
 
 
+def _announce_addresses(netns_path):
+    """Interfaces made in the pod's namespace from now on send a gratuitous
+    ARP when they come up, so peers that cached an old MAC for a reused or
+    moved address learn the new one at once (best effort)."""
+    subprocess.run(["nsenter", f"--net={netns_path}", "sysctl", "-qw",
+                    "net.ipv4.conf.default.arp_notify=1"], capture_output=True)
+
+
+def announce(netns_path: str, ifname: str, mac: str, ip: str, count: int = 2) -> bool:
+    """Send gratuitous ARPs for ``ip`` from the pod's ``ifname`` (once the
+    host end is a port of the dataplane), so that peers holding an old MAC
+    for this address - a pod that moved, a reused address - switch at once.
+    Done in a short-lived child that enters the pod's namespace; best effort."""
+    try:
+        hw = bytes(int(x, 16) for x in mac.split(":"))
+        frame = (b"\xff" * 6 + hw + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+                 + hw + socket.inet_aton(ip) + b"\x00" * 6 + socket.inet_aton(ip))
+        nsfd = _open_netns(netns_path)
+    except (OSError, ValueError, DataplaneError):
+        return False
+    pid = os.fork()
+    if pid == 0:  # child: enter the namespace, send, leave; nothing else
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(nsfd, _CLONE_NEWNET) == 0:
+                with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sk:
+                    sk.bind((ifname, 0))
+                    for _ in range(count):
+                        sk.send(frame)
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(nsfd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def attach_plane(pod: str, netns_path: str, ifname: str, host_ifname: str, mac: str,
                  ip_cidr: str, gateway: Optional[str], mtu: int, default_route: bool,
                  *, plane: Optional[str] = None) -> AttachResult:
@@ -505,6 +544,7 @@ def attach_plane(pod: str, netns_path: str, ifname: str, host_ifname: str, mac: 
                 if pod_ipr.link_lookup(ifname=ifname):
                     raise AlreadyExists(f"{what}: interface {ifname} exists in the pod's "
                                         f"namespace {netns_path} already")
+                _announce_addresses(netns_path)
                 return _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname,
                                      host_ifname, mac, iface, gw, mtu)
     finally:

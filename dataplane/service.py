@@ -9,6 +9,7 @@ addresses they had; nothing is allocated twice.
 """
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,9 @@ from .errors import ConfigError, DataplaneError, NotFound
 from .stores import open_store
 
 log = logging.getLogger("dataplane")
+
+#: longest wait (s) between two attempts to reach an unreachable cluster store
+SYNC_RETRY_MAX = 1.0
 
 
 class _JSONFormatter(logging.Formatter):
@@ -164,7 +168,7 @@ class NodeService:
 
     # --------------------------------------------------------------- pods
     def add_pod(self, name: str, netns: str, spec) -> dict:
-        from .pods import attach_plane, host_ifname, parse_pod_spec
+        from .pods import announce, attach_plane, host_ifname, parse_pod_spec
         if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
             raise ConfigError(f"name: {name!r} is not a pod name")
         if not isinstance(netns, str) or not netns.startswith("/"):
@@ -189,6 +193,7 @@ class NodeService:
                                  n.gateway, n.mtu, p.default_route, plane=p.plane)
                     done.append(hif)
                     self._attach_port({"host_ifname": hif, "network": n.name, "mac": mac})
+                    announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
                 self.store.set_pod_state(name, "ready")
             except BaseException:
@@ -242,8 +247,11 @@ class NodeService:
         a snapshot, then a watch from its revision; on any error (etcd gone,
         history compacted) wait, take a new snapshot and diff again, so
         nothing is added twice or left behind. Forwarding goes on meanwhile
-        with what the core has."""
+        with what the core has. While the store cannot be reached it is tried
+        again at most SYNC_RETRY_MAX seconds apart, so a node is back in step
+        within about that long after etcd is."""
         backoff = 0.2
+        failures, warned = 0, 0.0
         while not self._stop.is_set():
             try:
                 eps, rev = self.store.endpoints_snapshot()
@@ -252,7 +260,9 @@ class NodeService:
                                         if self._is_remote(e)}
                     self._apply_remote()
                 self.synced.set()
-                _ev("cluster view synchronised", endpoints=len(self._remote_eps), revision=rev)
+                _ev("cluster view synchronised", endpoints=len(self._remote_eps), revision=rev,
+                    **({"failed_attempts": failures} if failures else {}))
+                failures = 0
                 errors = []
                 self._watch = self.store.watch_endpoints(
                     rev + 1, lambda kind, obj: self._on_event(kind, obj, errors))
@@ -267,9 +277,15 @@ class NodeService:
             except Exception as e:  # noqa: BLE001 - keep forwarding, retry
                 if self._stop.is_set():
                     return
-                log.warning("cluster store unavailable (%s); retrying in %.1fs", e, backoff)
+                failures += 1
+                now = time.monotonic()
+                if failures == 1 or now - warned >= 30.0:   # not one line per attempt
+                    log.warning("cluster store unavailable (%s); forwarding on the last "
+                                "view, retrying every %.1fs at most (attempt %d)",
+                                e, SYNC_RETRY_MAX, failures)
+                    warned = now
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, SYNC_RETRY_MAX)
 
     def _is_remote(self, e) -> bool:
         return (e.get("node") != self.config.node and e.get("state") == "ready"
@@ -301,19 +317,24 @@ class NodeService:
             net = self.net_index[e["network"]]
             want_fdb[(net, e["mac"].lower())] = e["vtep"]
             want_flood[net].add(e["vtep"])
-        local_macs = {(self.net_index[e["network"]], e["mac"].lower())
-                      for e in self.store.endpoints(node=self.config.node)
-                      if e["network"] in self.net_index}
+        # a MAC that a pod on this node has (it moved here, or a remote record
+        # is stale) stays local: the core's own table says which ones are
+        # (local entries are made and purged with their ports, under self.lock),
+        # so no store read per event
+        def local(key):
+            hit = eng.fdb_get(*key)
+            return hit is not None and hit[0] == "local"
         for key in list(self._fdb):
             if key not in want_fdb:
-                if key not in local_macs:
+                if not local(key):
                     try:
                         eng.fdb_del(*key)
                     except NotFound:
                         pass
                 del self._fdb[key]
         for key, vtep in want_fdb.items():
-            if key in local_macs:
+            if local(key):
+                self._fdb.pop(key, None)
                 continue            # a pod here owns that MAC now (it moved here)
             if self._fdb.get(key) != vtep:
                 eng.fdb_add_remote(key[0], key[1], vtep)
@@ -415,7 +436,11 @@ class NodeService:
         _ev("node service stopped", node=self.config.node)
 
     def run_forever(self):
+        me = os.getpid()
+
         def _sig(signum, frame):
+            if os.getpid() != me:   # a forked helper (pyroute2 netns) inherited this
+                return
             _ev("signal received, stopping", signal=signal.Signals(signum).name)
             self._stop.set()
         signal.signal(signal.SIGTERM, _sig)

@@ -1,0 +1,691 @@
+"""Three nodes, one etcd, a real (namespaced) underlay, and a host whose VTEP
+is the Linux kernel's own vxlan device.
+
+    underlay netns: bridge br0, etcd on 10.99.1.100:2379
+      |-- node1 netns: uplink0 10.99.1.1/24 (kernel, to reach etcd); VTEP 10.99.0.1 (core only)
+      |-- node2 netns: uplink0 10.99.1.2/24;                          VTEP 10.99.0.2
+      |-- node3 netns: uplink0 10.99.1.3/24;                          VTEP 10.99.0.3
+      `-- host netns:  eth0 10.99.0.50/24, vxlan101 (kernel VTEP) + bridge -- vm netns
+                                                   (192.168.60.200 on net1)
+
+Each node runs ``python -m dataplane.cli run -c nodeN.yaml`` inside its
+namespace (fallback mode, AF_PACKET uplink), with the etcd store. Pods are
+namespaces attached through each node's control API. The tests share the
+cluster (module fixture) and run in file order; each leaves it as it found
+it, give or take a pod.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.clusterhost import NetnsEtcd, store_call
+from tests.etcdhost import have_etcd
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)"),
+    pytest.mark.skipif(not have_etcd(), reason="needs /usr/bin/etcd (Debian: etcd-server)"),
+]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NODES = (1, 2, 3)
+ETCD_IP = "10.99.1.100"
+HOST_VTEP = "10.99.0.50"
+VM_IP, VM_MAC = "192.168.60.200", "02:00:00:0a:63:32"
+NET1, NET2 = "192.168.60.", "192.168.61."
+CT = {"pod_type": "ct", "network_plane": ["std", "control"],
+      "networks": {"std": "net1", "control": "net2"}}
+IT = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+
+NODE_CONFIG = """\
+node: node{n}
+mode: fallback
+lcores: [0, 1]
+memory_mb: 256
+vtep: {{address: 10.99.0.{n}/24, uplink: uplink0}}
+networks:
+  - {{name: net1, vni: 101, plane: std, subnet: 192.168.60.0/24, gateway: 192.168.60.1}}
+  - {{name: net2, vni: 102, plane: control, subnet: 192.168.61.0/24}}
+store: {{kind: etcd, endpoints: ["{etcd}"], prefix: {prefix}}}
+state_dir: {dir}/state
+api_socket: {dir}/api.sock
+metrics: {{listen: null}}
+"""
+
+# a UDP echo server: echoes every datagram until it has been idle 15 s
+UDP_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(15)
+print("ready", flush=True)
+try:
+    while True:
+        d, a = s.recvfrom(2048)
+        s.sendto(b"echo:" + d, a)
+except socket.timeout:
+    pass
+"""
+# a UDP client: sends, waits 1 s for the echo, up to 8 times (the first
+# datagram may wait for ARP); prints the echo, exit 1 without one
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+for _ in range(8):
+    s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recvfrom(2048)[0].decode()); sys.exit(0)
+    except socket.timeout:
+        pass
+sys.exit(1)
+"""
+
+
+def sh(*cmd, check=True, timeout=60):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}: {r.stdout}{r.stderr}")
+    return r
+
+
+def nsx(ns, *cmd, check=False, timeout=60):
+    return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
+
+
+def ping(ns, ip, count=3, interval="0.2", wait="2", extra=()):
+    return nsx(ns, "ping", "-n", "-c", str(count), "-i", interval, "-W", wait, *extra, ip)
+
+
+def reachable(ns, ip, deadline=10.0):
+    """Seconds until the first echo reply from ``ip`` (pinging every 0.1 s),
+    or None if none came within ``deadline``."""
+    t0 = time.monotonic()
+    r = nsx(ns, "ping", "-n", "-c", "1", "-i", "0.1", "-w", str(int(deadline)), ip,
+            timeout=deadline + 10)
+    return round(time.monotonic() - t0, 2) if r.returncode == 0 else None
+
+
+def ip_of(info, plane="std"):
+    return next(p["ip"] for p in info["planes"] if p["plane"] == plane)
+
+
+def mac_of(info, plane="std"):
+    return next(p["mac"] for p in info["planes"] if p["plane"] == plane)
+
+
+def quiet_netns(ns):
+    """A new namespace with loopback up and no IPv6 (no ND/MLD chatter)."""
+    sh("ip", "netns", "add", ns)
+    nsx(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1", check=True)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+
+class Node:
+    """One node service, run inside its own namespace."""
+
+    def __init__(self, cl, n):
+        self.n = n
+        self.ns = f"{cl.tag}n{n}"
+        self.dir = cl.tmp / f"node{n}"
+        self.dir.mkdir()
+        self.sock = str(self.dir / "api.sock")
+        self.cfg = self.dir / "node.yaml"
+        self.logfile = self.dir / "service.log"
+        self.cfg.write_text(NODE_CONFIG.format(n=n, etcd=cl.etcd.url, prefix=cl.prefix,
+                                               dir=self.dir))
+        self.proc = None
+        self._syncs_before = 0
+
+    @property
+    def vtep(self):
+        return f"10.99.0.{self.n}"
+
+    def log(self):
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def syncs(self):
+        return self.log().count('"cluster view synchronised"')
+
+    def spawn(self):
+        assert self.proc is None
+        self._syncs_before = self.syncs()
+        with open(self.logfile, "a") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, sys.executable, "-m", "dataplane.cli",
+                 "run", "-c", str(self.cfg)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
+
+    def wait_ready(self, timeout=60):
+        """API answers and the first cluster snapshot has been applied."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node{self.n} exited ({self.proc.returncode}):\n"
+                                     + self.log()[-3000:])
+            if os.path.exists(self.sock) and self.syncs() > self._syncs_before:
+                try:
+                    self.api("GET", "/v1/status")
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise AssertionError(f"node{self.n} not ready in {timeout}s:\n" + self.log()[-3000:])
+
+    def stop(self, timeout=30):
+        """SIGTERM (its PID only); SIGKILL if it does not end. The exit code."""
+        p, self.proc = self.proc, None
+        if p is None:
+            return None
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return p.returncode
+
+    def api(self, method, endpoint, body=None):
+        from dataplane.api import call
+        return call(self.sock, method, endpoint, body)
+
+
+class Cluster:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.tag = "dpc" + uuid.uuid4().hex[:5]
+        self.prefix = f"/dptest-{self.tag}"
+        self.ul, self.host, self.vm = f"{self.tag}ul", f"{self.tag}h", f"{self.tag}vm"
+        self.namespaces = []
+        self.etcd = None
+        self.nodes = {}
+        self.pods = {}          # name -> pod info (+ "ns", "node")
+        self.helpers = []       # other processes we started (tcpdump, udp servers)
+        self.freed = None       # addresses a deleted pod gave back (ip, ip control, mac)
+
+    # ---------------------------------------------------------- topology
+    def netns(self, ns):
+        self.namespaces.append(ns)
+        quiet_netns(ns)
+        return ns
+
+    def build(self):
+        ul = self.netns(self.ul)
+        sh("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", ul, "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
+        sh("ip", "-n", ul, "link", "set", "br0", "up")
+        for n in NODES:
+            ns = self.netns(f"{self.tag}n{n}")
+            sh("ip", "-n", ul, "link", "add", f"ul{n}", "type", "veth",
+               "peer", "name", "uplink0", "netns", ns)
+            sh("ip", "-n", ul, "link", "set", f"ul{n}", "master", "br0", "up")
+            # management address only; the VTEP address 10.99.0.n is the core's
+            sh("ip", "-n", ns, "addr", "add", f"10.99.1.{n}/24", "dev", "uplink0")
+            sh("ip", "-n", ns, "link", "set", "uplink0", "up")
+        # a host that is not ours: the kernel's vxlan device, a bridge, a "vm"
+        h, vm = self.netns(self.host), self.netns(self.vm)
+        sh("ip", "-n", ul, "link", "add", "ulh", "type", "veth", "peer", "name", "eth0",
+           "netns", h)
+        sh("ip", "-n", ul, "link", "set", "ulh", "master", "br0", "up")
+        sh("ip", "-n", h, "addr", "add", f"{HOST_VTEP}/24", "dev", "eth0")
+        sh("ip", "-n", h, "link", "set", "eth0", "up")
+        sh("ip", "-n", h, "link", "add", "vxlan101", "type", "vxlan", "id", "101",
+           "local", HOST_VTEP, "dstport", "4789", "dev", "eth0", "learning")
+        for n in NODES:
+            nsx(h, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan101",
+                "dst", f"10.99.0.{n}", check=True)
+        sh("ip", "-n", h, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", h, "link", "set", "vxlan101", "master", "br0", "up")
+        sh("ip", "-n", h, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0",
+           "netns", vm)
+        sh("ip", "-n", h, "link", "set", "vm0", "master", "br0", "up")
+        sh("ip", "-n", h, "link", "set", "br0", "up")
+        sh("ip", "-n", vm, "link", "set", "eth0", "address", VM_MAC, "mtu", "1450", "up")
+        sh("ip", "-n", vm, "addr", "add", f"{VM_IP}/24", "dev", "eth0")
+
+    def start(self):
+        self.etcd = NetnsEtcd(self.ul, ETCD_IP)
+        self.etcd.start()
+        for n in NODES:
+            self.nodes[n] = Node(self, n)
+        for node in self.nodes.values():     # all three at once, as a cluster would
+            node.spawn()
+        for node in self.nodes.values():
+            node.wait_ready()
+
+    def store(self, method, *args):
+        return store_call(self.ul, self.etcd.url, self.prefix, method, *args)
+
+    # --------------------------------------------------------------- pods
+    def add_pod(self, n, name, spec, ns=None):
+        ns = ns or self.netns(f"{self.tag}p{name}")
+        info = self.nodes[n].api("POST", "/v1/pods", {"name": name,
+                                                      "netns": f"/var/run/netns/{ns}",
+                                                      "spec": json.dumps(spec)})
+        info.update(ns=ns, node=n)
+        self.pods[name] = info
+        return info
+
+    def del_pod(self, name):
+        info = self.pods.pop(name)
+        self.nodes[info["node"]].api("DELETE", f"/v1/pods?name={name}")
+        return info
+
+    # ------------------------------------------------------------ helpers
+    def spawn(self, ns, *cmd, **kw):
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
+        self.helpers.append(p)
+        return p
+
+    def end(self, p, sig=signal.SIGTERM):
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def teardown(self):
+        for p in self.helpers:
+            self.end(p)
+        for node in self.nodes.values():
+            node.stop()
+        if self.etcd is not None:
+            self.etcd.close()
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request):
+    cl = Cluster(tmp_path_factory.mktemp("cluster"))
+    failed = request.session.testsfailed
+    try:
+        cl.build()
+        t0 = time.monotonic()
+        cl.start()
+        print(f"\ncluster: etcd + 3 node services up in {time.monotonic() - t0:.1f}s")
+        # the kernel-VTEP host, described to the cluster from outside any node
+        cl.store("put_static_endpoint", "kvm", "net1", VM_MAC, VM_IP, HOST_VTEP)
+        cl.add_pod(1, "a", CT)
+        cl.add_pod(2, "b", CT)
+        cl.add_pod(3, "c", IT)
+        yield cl
+    except BaseException:
+        failed = -1
+        raise
+    finally:
+        if request.session.testsfailed != failed:
+            for node in cl.nodes.values():
+                print(f"--- node{node.n}: {node.logfile} (tail)\n{node.log()[-2000:]}")
+        cl.teardown()
+
+
+def net_counter(cl, n, net, what):
+    st = cl.nodes[n].api("GET", "/v1/status")
+    return next(x for x in st["networks"] if x["name"] == net)[what]
+
+
+def _udp(cl, src, dst, port, plane="std"):
+    srv = cl.spawn(cl.pods[dst]["ns"], sys.executable, "-c", UDP_SERVER, str(port),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
+        r = nsx(cl.pods[src]["ns"], sys.executable, "-c", UDP_CLIENT,
+                ip_of(cl.pods[dst], plane), str(port), f"hello-{src}-{dst}")
+        return r
+    finally:
+        cl.end(srv)
+
+
+# ------------------------------------------------------------------ tests
+def test_pods_on_different_nodes_reach_each_other(cluster):
+    cl = cluster
+    a, b, c = cl.pods["a"], cl.pods["b"], cl.pods["c"]
+    for src, dst, plane in (("a", "b", "std"), ("a", "c", "std"), ("c", "b", "std"),
+                            ("b", "a", "control")):
+        r = ping(cl.pods[src]["ns"], ip_of(cl.pods[dst], plane))
+        assert r.returncode == 0, f"{src} -> {dst} ({plane}): {r.stdout}{r.stderr}"
+    r = _udp(cl, "a", "c", 5001)
+    assert r.returncode == 0 and r.stdout.strip() == "echo:hello-a-c", r.stdout + r.stderr
+    r = _udp(cl, "b", "a", 5002, plane="control")
+    assert r.returncode == 0 and r.stdout.strip() == "echo:hello-b-a", r.stdout + r.stderr
+    # it went over the underlay: encapsulated on one node, decapsulated on another
+    st = {n: {x["name"]: x for x in cl.nodes[n].api("GET", "/v1/status")["networks"]}
+          for n in NODES}
+    assert st[1]["net1"]["encap_packets"] > 0 and st[3]["net1"]["decap_packets"] > 0
+    assert st[2]["net2"]["encap_packets"] > 0 and st[1]["net2"]["decap_packets"] > 0
+    assert a["node"] != b["node"] != c["node"]
+
+
+def test_networks_are_isolated(cluster):
+    cl = cluster
+    a, b, c = cl.pods["a"], cl.pods["b"], cl.pods["c"]
+    # b answers ARP only on the interface that has the address (a host on
+    # two planes otherwise answers for any of its addresses on any interface)
+    nsx(b["ns"], "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", check=True)
+    b_net2_port = next(pl["host_ifname"] for pl in b["planes"] if pl["plane"] == "control")
+
+    def to_b_net2():      # frames node2's core delivered to b's net2 interface
+        st = cl.nodes[2].api("GET", "/v1/status")
+        return next(p for p in st["ports"] if p["name"] == b_net2_port)["tx_packets"]
+    before = to_b_net2()
+    # c (net1 only) sends to b's net2 address through its net1 interface
+    sh("ip", "-n", c["ns"], "route", "add", NET2 + "0/24", "dev", "eth0")
+    try:
+        assert ping(c["ns"], ip_of(b, "control"), count=3).returncode != 0
+    finally:
+        sh("ip", "-n", c["ns"], "route", "del", NET2 + "0/24", "dev", "eth0")
+    # a (on both) with its control plane down, net2 routed into net1
+    sh("ip", "-n", a["ns"], "link", "set", "control", "down")
+    sh("ip", "-n", a["ns"], "route", "add", NET2 + "0/24", "dev", "eth0", "metric", "5")
+    try:
+        assert ping(a["ns"], ip_of(b, "control"), count=3).returncode != 0
+        # the ARP requests and pings sent into net1 never came out on net2
+        # (read before a's control link comes back up: it announces itself)
+        after = to_b_net2()
+    finally:
+        sh("ip", "-n", a["ns"], "route", "del", NET2 + "0/24", "dev", "eth0", "metric", "5")
+        sh("ip", "-n", a["ns"], "link", "set", "control", "up")
+    assert after == before
+    # and each network still works
+    assert ping(c["ns"], ip_of(b)).returncode == 0
+    assert ping(a["ns"], ip_of(b, "control")).returncode == 0
+    assert to_b_net2() > before
+
+
+def test_underlay_vxlan_headers(cluster):
+    cl = cluster
+    a, b, c = cl.pods["a"], cl.pods["b"], cl.pods["c"]
+    if not os.path.exists("/usr/bin/tcpdump") and not os.path.exists("/usr/sbin/tcpdump"):
+        pytest.skip("tcpdump not installed")
+    cap = cl.tmp / "underlay.pcap"
+    # --immediate-mode: else libpcap hands over packets in blocks (up to 1 s
+    # late) and the last ones are lost when tcpdump is stopped
+    td = cl.spawn(cl.ul, "tcpdump", "-i", "br0", "-n", "--immediate-mode", "-U", "-w", str(cap),
+                  "udp port 4789", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                  text=True)
+    line = td.stderr.readline()
+    assert "listening on" in line, line
+    try:
+        answered = {}
+        for dst, plane, extra in ((b, "std", ()),                    # std, TOS 0
+                                  (c, "std", ("-Q", "0x28")),        # std, AF11
+                                  (b, "control", ())):               # control
+            r = ping(a["ns"], ip_of(dst, plane), extra=extra)
+            assert r.returncode == 0, r.stdout
+            answered[(ip_of(a, plane), ip_of(dst, plane))] = \
+                int(re.search(r"(\d+) received", r.stdout).group(1))
+        time.sleep(0.3)
+    finally:
+        cl.end(td, signal.SIGINT)
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import ARP, Ether
+    from scapy.layers.vxlan import VXLAN
+    from scapy.utils import rdpcap
+    ours = {n.vtep for n in cl.nodes.values()}
+    seen = {}
+    flows = {}
+    counts = {}           # (inner src, inner dst) -> frames
+    frames = rdpcap(str(cap))
+    for f in frames:
+        if IP not in f or f[IP].src not in ours:
+            continue
+        o = f[IP]
+        assert o.dst in ours | {HOST_VTEP}, f.summary()
+        assert UDP in f and f[UDP].dport == 4789 and f[UDP].chksum == 0, f.summary()
+        assert o.flags.DF, f"DF not set: {f.summary()}"
+        v = f[VXLAN]
+        assert v.flags == 0x08, f"VXLAN flags {v.flags:#x}"
+        inner = v.payload
+        assert isinstance(inner, Ether)
+        seen.setdefault(v.vni, set()).add(o.tos)
+        subnet = {101: NET1, 102: NET2}[v.vni]                     # VNI per network
+        if IP in inner:
+            assert inner[IP].src.startswith(subnet) and inner[IP].dst.startswith(subnet)
+            want = (inner[IP].tos & 0xFC) if v.vni == 101 else 24 << 2
+            flow = (inner[IP].src, inner[IP].dst, inner[IP].proto)
+            flows.setdefault(flow, set()).add(f[UDP].sport)
+            counts[flow[:2]] = counts.get(flow[:2], 0) + 1
+        else:
+            assert ARP in inner and inner[ARP].pdst.startswith(subnet)
+            want = 0 if v.vni == 101 else 24 << 2
+        assert o.tos & 0xFC == want, f"VNI {v.vni}: outer TOS {o.tos:#x}, want {want:#x}"
+    assert {101, 102} <= set(seen), seen
+    assert seen[102] == {24 << 2}                                   # control: CS3
+    assert {0, 0x28} <= seen[101]                                   # std: copied
+    # every answered ping crossed the underlay both ways (and was captured)
+    for (x, y), n in answered.items():
+        assert counts.get((x, y), 0) >= n and counts.get((y, x), 0) >= n, (x, y, n, counts)
+    # one inner flow, one outer source port (ECMP entropy without reordering)
+    assert all(len(p) == 1 and 0 not in p for p in flows.values()), flows
+    print(f"underlay capture: {len(frames)} frames, TOS per VNI "
+          f"{ {k: sorted(v) for k, v in seen.items()} }")
+
+
+def test_kernel_vtep_host_both_directions(cluster):
+    cl = cluster
+    a, b, c = cl.pods["a"], cl.pods["b"], cl.pods["c"]
+    # vm -> each pod (ARP from the kernel's VTEP, floods to the three nodes)
+    nsx(cl.vm, "ip", "neigh", "flush", "all")
+    for p in (a, b, c):
+        r = ping(cl.vm, ip_of(p))
+        assert r.returncode == 0, f"vm -> pod on node{p['node']}: {r.stdout}"
+        neigh = sh("ip", "-n", cl.vm, "neigh", "show", ip_of(p)).stdout
+        assert mac_of(p) in neigh.lower(), neigh
+    # pod -> vm (ARP from our VTEPs, flooded to the kernel VTEP among others)
+    for p in (a, b, c):
+        sh("ip", "-n", p["ns"], "neigh", "flush", "all")
+        r = ping(p["ns"], VM_IP)
+        assert r.returncode == 0, f"pod on node{p['node']} -> vm: {r.stdout}"
+        neigh = sh("ip", "-n", p["ns"], "neigh", "show", VM_IP).stdout
+        assert VM_MAC in neigh.lower(), neigh
+    # the kernel VTEP learned each pod's MAC behind the right node's VTEP
+    fdb = sh("ip", "netns", "exec", cl.host, "bridge", "fdb", "show", "dev", "vxlan101").stdout
+    for p in (a, b, c):
+        assert re.search(rf"{mac_of(p)} dst 10\.99\.0\.{p['node']}\b", fdb), fdb
+
+
+def test_pod_moves_to_another_node_with_its_ip(cluster):
+    cl = cluster
+    a, b = cl.pods["a"], cl.pods["b"]
+    m = cl.add_pod(2, "m", CT)
+    ip, ipc, mac = ip_of(m), ip_of(m, "control"), mac_of(m)
+    for x in (ip, ipc):
+        t = reachable(a["ns"], x)
+        assert t is not None, f"new pod on node2 ({x}) not reachable from node1"
+    cl.del_pod("m")
+    time.sleep(1.0)     # gone from every node's tables within a second:
+    f0 = net_counter(cl, 1, "net1", "flood_packets")
+    assert ping(a["ns"], ip, count=3, wait="1").returncode != 0, "deleted pod answers"
+    # a still has m's MAC in its ARP cache, node1 no FDB entry: flooded, not sent to node2
+    assert net_counter(cl, 1, "net1", "flood_packets") - f0 >= 3
+    # the same pod, same addresses, on node3 (which has no pod on net2 yet:
+    # node1 must learn that node3 joined net2 and where the MAC is now)
+    m3 = cl.add_pod(3, "m", dict(CT, ips={"std": ip, "control": ipc}),
+                    ns=cl.netns(f"{cl.tag}pm3"))
+    t_add = time.monotonic()
+    assert (ip_of(m3), ip_of(m3, "control"), mac_of(m3)) == (ip, ipc, mac)
+    for x in (ipc, ip):
+        t = reachable(a["ns"], x)
+        assert t is not None, f"moved pod ({x}) not reachable from node1 at its new place"
+    print(f"\npod moved node2 -> node3 with {ip}, {ipc}: both reachable from node1 "
+          f"{time.monotonic() - t_add:.2f}s after the add returned")
+    # unicast to node3 now (node1's FDB has the new place), not flooded
+    f0 = net_counter(cl, 1, "net2", "flood_packets")
+    e0 = net_counter(cl, 1, "net2", "encap_packets")
+    assert ping(a["ns"], ipc, count=5, interval="0.1").returncode == 0
+    assert net_counter(cl, 1, "net2", "flood_packets") - f0 < 5
+    assert net_counter(cl, 1, "net2", "encap_packets") - e0 >= 5
+    eps = cl.store("endpoints", "m")
+    assert {(e["plane"], e["node"], e["vtep"], e["ip"]) for e in eps} == \
+        {("std", "node3", "10.99.0.3", ip), ("control", "node3", "10.99.0.3", ipc)}
+    assert "eth0" not in sh("ip", "-n", f"{cl.tag}pm", "-o", "link").stdout  # old place empty
+    assert ping(b["ns"], ipc).returncode == 0                                 # node2 too
+    cl.del_pod("m")                    # node3 has no pod on net2 again
+    cl.freed = (ip, ipc, mac)
+
+
+def test_address_taken_over_by_a_new_mac_is_reachable_at_once(cluster):
+    cl = cluster
+    a = cl.pods["a"]
+    ip, ipc, old_mac = cl.freed
+    # a talked to ip a moment ago (pod m, now deleted): a new pod with another
+    # name, hence another MAC, takes the address on node3
+    n = cl.add_pod(3, "n", dict(CT, ips={"std": ip, "control": ipc}))
+    try:
+        new_mac = mac_of(n)
+        assert new_mac != old_mac
+        # n announced itself (gratuitous ARP on attach): a's cache moved over
+        # without waiting for its old entry to expire
+        neigh = ""
+        for _ in range(30):
+            neigh = sh("ip", "-n", a["ns"], "neigh", "show", ip).stdout.lower()
+            if new_mac in neigh:
+                break
+            time.sleep(0.1)
+        assert new_mac in neigh and old_mac not in neigh, neigh
+        assert reachable(a["ns"], ip, deadline=3) is not None
+    finally:
+        cl.del_pod("n")                # node3 has no pod on net2 again
+
+
+def test_node_restart_loses_no_state(cluster):
+    cl = cluster
+    a, b = cl.pods["a"], cl.pods["b"]
+    n2 = cl.nodes[2]
+    strip = lambda ps: sorted(({**x, "planes": [{k: v for k, v in pl.items() if k != "port"}
+                                                 for pl in x["planes"]]} for x in ps),
+                              key=lambda x: x["name"])
+    before = strip(n2.api("GET", "/v1/pods"))
+    allocs_before = cl.store("allocations")
+    t0 = time.monotonic()
+    assert n2.stop() == 0, n2.log()[-2000:]
+    assert not os.path.exists(n2.sock)
+    n2.spawn()
+    n2.wait_ready()
+    print(f"\nnode2 restarted (SIGTERM + start, synced) in {time.monotonic() - t0:.1f}s")
+    assert strip(n2.api("GET", "/v1/pods")) == before
+    assert cl.store("allocations") == allocs_before
+    for src, dst, plane in (("a", "b", "std"), ("b", "c", "std"), ("a", "b", "control")):
+        r = ping(cl.pods[src]["ns"], ip_of(cl.pods[dst], plane))
+        assert r.returncode == 0, f"{src} -> {dst} ({plane}) after restart: {r.stdout}"
+    assert ping(b["ns"], VM_IP).returncode == 0                      # static endpoint too
+    # nothing allocated twice
+    r = cl.add_pod(2, "r", CT)
+    taken = {(al["network"], al["ip"]) for al in allocs_before}
+    assert ("net1", ip_of(r)) not in taken and ("net2", ip_of(r, "control")) not in taken
+    allocs = cl.store("allocations")
+    assert len({(al["network"], al["ip"]) for al in allocs}) == len(allocs)
+    per_pod = [(al["pod"], al["network"]) for al in allocs]
+    assert len(set(per_pod)) == len(per_pod)
+    # (a may have another pod's MAC cached for a reused address: pods announce their addresses on attach)
+    sh("ip", "-n", a["ns"], "neigh", "flush", "all")
+    assert ping(a["ns"], ip_of(r)).returncode == 0
+    assert ping(a["ns"], ip_of(r, "control")).returncode == 0
+
+
+def test_node_cut_off_from_etcd_resynchronises_without_leftovers(cluster):
+    """node1 loses etcd (its management address goes; the VTEP, the core's,
+    stays) while the cluster changes: it forwards on what it has, then
+    catches up: the deleted pod's entry is gone, the new pod is there."""
+    cl = cluster
+    a, b = cl.pods["a"], cl.pods["b"]
+    n1 = cl.nodes[1]
+    x = cl.add_pod(2, "x", dict(IT, ips={"std": NET1 + "150"}))
+    assert reachable(a["ns"], ip_of(x)) is not None
+    syncs, ended = n1.syncs(), n1.log().count('"cluster watch ended')
+    p = cl.spawn(a["ns"], "ping", "-n", "-i", "0.1", "-W", "2", "-c", "60", ip_of(b),
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sh("ip", "-n", n1.ns, "addr", "del", "10.99.1.1/24", "dev", "uplink0")
+    t_cut = time.monotonic()
+    try:
+        # changes node1 does not hear of: x deleted, y on node3 (new to net2)
+        cl.del_pod("x")
+        y = cl.add_pod(3, "y", dict(CT, ips={"std": NET1 + "151", "control": NET2 + "151"}))
+        deadline = time.monotonic() + 15
+        while n1.log().count('"cluster watch ended') == ended and time.monotonic() < deadline:
+            time.sleep(0.2)
+        t_noticed = time.monotonic() - t_cut
+        assert n1.log().count('"cluster watch ended') > ended, "node1 did not notice"
+        time.sleep(1.0)
+    finally:
+        sh("ip", "-n", n1.ns, "addr", "add", "10.99.1.1/24", "dev", "uplink0")
+    t_back = time.monotonic()
+    deadline = t_back + 10
+    while n1.syncs() == syncs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert n1.syncs() > syncs, "node1 did not resynchronise:\n" + n1.log()[-2000:]
+    print(f"\nnode1 cut off from etcd {t_back - t_cut:.1f}s (noticed after {t_noticed:.1f}s), "
+          f"resynchronised {time.monotonic() - t_back:.2f}s after it could reach etcd again")
+    out, _ = p.communicate(timeout=30)
+    sent, recv = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    print(f"ping a -> b at 10/s meanwhile: {recv}/{sent} answered")
+    assert recv >= 0.9 * sent, out
+    # no leftover: a still has x's MAC cached; node1 has no entry for it, floods
+    f0 = net_counter(cl, 1, "net1", "flood_packets")
+    assert ping(a["ns"], ip_of(x), count=3, wait="1").returncode != 0
+    assert net_counter(cl, 1, "net1", "flood_packets") - f0 >= 3
+    # nothing missing: y's control address, on a node new to net2
+    assert reachable(a["ns"], ip_of(y, "control")) is not None
+    cl.del_pod("y")                    # node3 has no pod on net2 again
+
+
+def test_etcd_outage_does_not_stop_traffic(cluster):
+    cl = cluster
+    a, b = cl.pods["a"], cl.pods["b"]
+    syncs = {n: node.syncs() for n, node in cl.nodes.items()}
+    p = cl.spawn(a["ns"], "ping", "-n", "-i", "0.1", "-W", "2", "-w", "14", ip_of(b),
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    cl.etcd.pause()                              # hung: SIGSTOP
+    time.sleep(3.0)
+    cl.etcd.resume()
+    time.sleep(1.0)
+    t_stop = time.monotonic()
+    cl.etcd.stop()                               # gone: SIGTERM, same data directory
+    time.sleep(4.0)
+    cl.etcd.start()
+    t_back, back_wall = time.monotonic(), time.time()
+    print(f"\netcd paused 3s, then down {t_back - t_stop:.1f}s (restart included)")
+    # a pod added right after etcd is back is reached from the other nodes:
+    # they resynchronise (snapshot + diff) once they get through again
+    # node3 has no pod on net2 before this one: reaching d's control address
+    # from node1/node2 needs their view of net2 resynchronised
+    d = cl.add_pod(3, "d", CT)
+    t_add = time.monotonic()
+    for src in (a, b):                 # d may reuse a deleted pod's address (announced by gratuitous ARP)
+        sh("ip", "-n", src["ns"], "neigh", "flush", "all")
+    for n in (1, 2):
+        src = a if n == 1 else b
+        t = reachable(src["ns"], ip_of(d, "control"), deadline=15)
+        assert t is not None, f"pod added after the outage not reachable from node{n}:\n" \
+            + cl.nodes[n].log()[-2000:]
+        print(f"pod added on node3 after the outage: reachable from node{n} after "
+              f"{time.monotonic() - t_add:.1f}s")
+    for n, node in cl.nodes.items():
+        ts = [json.loads(ln)["ts"] for ln in node.log().splitlines()
+              if '"cluster view synchronised"' in ln]
+        # (negative: it got through before the test's own health check did)
+        print(f"node{n}: resynchronised {ts[-1] - back_wall:+.2f}s after etcd answered "
+              "the test's health check")
+    out, _ = p.communicate(timeout=30)
+    sent, recv = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    print(f"ping a -> b at 10/s across the outage: {recv}/{sent} answered")
+    assert recv >= 0.9 * sent, out
+    # every node noticed and resynchronised, with no leftovers or duplicates
+    for n, node in cl.nodes.items():
+        assert node.syncs() > syncs[n], f"node{n} did not resynchronise"
+        assert node.proc.poll() is None
+    for src, dst in (("a", "b"), ("b", "c"), ("c", "a")):
+        assert ping(cl.pods[src]["ns"], ip_of(cl.pods[dst])).returncode == 0
