@@ -381,14 +381,17 @@ def check_phase(ph, cfg) -> list:
 
 def print_phase(ph, cfg, bounds):
     sch = ph.get("worker_sched") or {}
+    fsch = ph.get("feeder_sched") or {}
     lp = ph["loop"]
     if ph.get("waited_for_others_s", 0) >= 1:
         say(f"waited {ph['waited_for_others_s']:.0f} s for other DPDK processes to end")
     say(f"phase {ph['phase']} (run {ph['run']}, attempt {ph['attempt']}): window {ph['window_s']:.2f} s; worker thread "
         f"cpu {sch.get('cpu_ms', 0):.0f} ms, waited on a run queue "
         f"{sch.get('runqueue_wait_ms', 0):.1f} ms, {sch.get('involuntary_switches', 0)} "
-        f"involuntary switches; feeder loop gaps > 100 us: {lp['over_100us']}, > 1 ms: "
-        f"{lp['over_1ms']}, max {lp['max_us']:.0f} us")
+        f"involuntary switches; feeder (control thread) waited {fsch.get('runqueue_wait_ms', 0):.1f} "
+        f"ms, loop gaps > 100 us: {lp['over_100us']}, > 1 ms: {lp['over_1ms']}, max "
+        f"{lp['max_us']:.0f} us; media injected in groups of 1/2/3-4/5-8/9+ frames: "
+        + "/".join(map(str, ph["planes"][str(MEDIA)].get("inject_groups", []))))
     s = summary({p: {**ph["planes"][str(p)], "window_s": ph["window_s"],
                      "sum_s": ph["latency"][str(p)]["sum_s"],
                      "buckets": ph["latency"][str(p)]["buckets"]} for p in PLANES}, bounds)
@@ -400,7 +403,7 @@ def print_phase(ph, cfg, bounds):
             "another thread or the hypervisor had the CPU, the shaper lost that time and every "
             "plane's latency includes it")
     if ph.get("other_dpdk"):
-        say("WARNING: other DPDK processes were polling during the window: "
+        say("WARNING: other DPDK processes were running at the end of the window: "
             + "; ".join(f"pid {k}: {v}" for k, v in ph["other_dpdk"].items()))
 
 
@@ -468,7 +471,12 @@ def plot(path: str, res: dict):
     ax[0].set_ylabel("fraction of frames")
     ax[0].set_title("latency CDF per plane (solid: strict priority, dashed: one FIFO)", fontsize=10)
     ax[0].grid(True, alpha=0.3)
-    ax[0].legend(fontsize=7.5, loc="center left")
+    ax[0].legend(fontsize=7.5, loc="center", bbox_to_anchor=(0.47, 0.42))
+    f_p99 = [merged["fifo"][str(p)]["buckets"] for p in PLANES]
+    if all(sum(b) for b in f_p99):
+        ax[0].annotate("one FIFO: the three planes'\ncurves lie on one another",
+                       xy=(xb[13] * 0.97, 0.8), xytext=(xb[8], 0.88), fontsize=7.5,
+                       arrowprops={"arrowstyle": "->", "color": "gray"}, color="dimgray")
     names = [PLANE_NAMES[p] for p in PLANES]
     x = range(len(PLANES))
     w = 0.38

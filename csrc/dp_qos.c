@@ -244,7 +244,7 @@ refill(int64_t tok, uint64_t rate, uint64_t dt, int64_t cap)
 /* take frames of queue qi while the buckets allow; pass 0 = guaranteed */
 static uint16_t
 drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k, uint16_t max,
-      uint64_t (*ctr)[DP_QOS_CTR_COUNT])
+      uint64_t (*ctr)[DP_QOS_CTR_COUNT], int *port_blocked)
 {
     const struct dp_plane_rt *r = &dp_qg.plane[qi];
     int limited_max = r->max_bytes_tsc != 0 && dp_qg.priority_on;
@@ -261,6 +261,8 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
             ok = ok && q->ptok_max[qi] >= need;
         if (!ok) {
             q->head[qi] = m; /* waits, in order, for tokens */
+            if (port_blocked && q->rate_bytes_tsc && q->tokens < need)
+                *port_blocked = 1;
             break;
         }
         if (q->rate_bytes_tsc)
@@ -287,7 +289,7 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
     q->tokens = refill(q->tokens, q->rate_bytes_tsc, dt, cap);
     uint16_t k = 0;
     if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE))
-        return drain(q, 0, 1, out, 0, max, ctr); /* one FIFO */
+        return drain(q, 0, 1, out, 0, max, ctr, NULL); /* one FIFO */
     int n = __atomic_load_n(&dp_qg.n_order, __ATOMIC_ACQUIRE);
     for (int i = 0; i < n; i++) {
         unsigned p = dp_qg.order[i];
@@ -299,10 +301,14 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
     for (int i = 0; i < n && k < max; i++) {
         unsigned p = dp_qg.order[i];
         if (dp_qg.plane[p].min_bytes_tsc)
-            k = drain(q, p, 0, out, k, max, ctr);
+            k = drain(q, p, 0, out, k, max, ctr, NULL);
     }
     /* pass 2: strict priority for the rest */
-    for (int i = 0; i < n && k < max; i++)
-        k = drain(q, dp_qg.order[i], 1, out, k, max, ctr);
+    for (int i = 0; i < n && k < max; i++) {
+        int blocked = 0;
+        k = drain(q, dp_qg.order[i], 1, out, k, max, ctr, &blocked);
+        if (blocked)
+            break; /* the port's tokens are this plane's: no lower plane overtakes it */
+    }
     return k;
 }
