@@ -106,13 +106,21 @@ static inline void
 dp_lat_record_burst(uint64_t (*hist)[DP_LAT_ROW], struct rte_mbuf *const *m, uint16_t n,
                     uint64_t now)
 {
+    const uint64_t *bound = dp_qg.lat_bound_tsc;
     unsigned cp = 0, cb = 0;
+    uint64_t lo = 0, hi = bound[0];  /* (lo, hi]: the current bucket's range */
     uint64_t run = 0, sum = 0;
     for (uint16_t i = 0; i < n; i++) {
         const struct dp_meta *md = DP_META(m[i]);
         uint64_t d = now - md->rx_tsc;
         unsigned p = md->plane & (DP_MAX_PLANES - 1);
-        unsigned b = dp_lat_bucket(d);
+        /* frames of a burst mostly share a bucket: test it before searching */
+        unsigned b = cb;
+        if (unlikely(d > hi || (d <= lo && cb != 0))) {
+            b = dp_lat_bucket(d);
+            lo = b ? bound[b - 1] : 0;
+            hi = b < 16 ? bound[b] : UINT64_MAX;
+        }
         if (unlikely(p != cp || b != cb)) {
             if (run) {
                 hist[cp][cb] += run;
