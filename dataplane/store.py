@@ -102,6 +102,18 @@ def _check_state(state):
     return state
 
 
+def check_network(name, vni, subnet) -> ipaddress.IPv4Network:
+    """The subnet of network ``name`` after checking it and its VNI (both stores)."""
+    try:
+        net = ipaddress.IPv4Network(str(subnet))
+    except ValueError:
+        raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 "
+                          "subnet") from None
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni < 1 << 24:
+        raise ConfigError(f"network {name}: vni {vni!r} out of range 1..16777215")
+    return net
+
+
 def ip_request(network, subnet_cidr, gateway, fixed):
     """Check the arguments of ``allocate_ip`` (shared by every store, so that
     they all refuse the same things with the same words): returns (subnet,
@@ -240,13 +252,7 @@ class Store:
                     gateway: Optional[str] = None, mtu: Optional[int] = None):
         """Insert or update network ``name``. A VNI used by another network, or
         a new subnet that leaves allocated addresses outside, is refused."""
-        try:
-            net = ipaddress.IPv4Network(str(subnet))
-        except ValueError:
-            raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 "
-                              "subnet") from None
-        if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni < 1 << 24:
-            raise ConfigError(f"network {name}: vni {vni!r} out of range 1..16777215")
+        net = check_network(name, vni, subnet)
         with self._tx() as db:
             other = db.execute("SELECT name FROM networks WHERE vni=? AND name<>?",
                                (vni, name)).fetchone()

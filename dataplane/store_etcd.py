@@ -103,7 +103,7 @@ import requests
 
 from .errors import (AlreadyExists, Busy, ConfigError, DataplaneError, NotFound,
                      ResourceError)
-from .store import _check_state, derive_mac, ip_request, no_free_address
+from .store import _check_state, check_network, derive_mac, ip_request, no_free_address
 
 log = logging.getLogger(__name__)
 
@@ -623,13 +623,7 @@ class EtcdStore:
         """Insert or update network ``name``. A VNI used by another network
         (anywhere in the cluster, checked atomically), or a new subnet that
         leaves allocated addresses outside, is refused."""
-        try:
-            net = ipaddress.IPv4Network(str(subnet))
-        except ValueError:
-            raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 "
-                              "subnet") from None
-        if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni < 1 << 24:
-            raise ConfigError(f"network {name}: vni {vni!r} out of range 1..16777215")
+        net = check_network(name, vni, subnet)
 
         def body(tx):
             old = tx.get(self._k("networks", name))
