@@ -104,7 +104,7 @@ import tempfile
 import threading
 import time
 
-from . import topology as topo
+from . import BenchError, run_or_exit, topology as topo
 from .afpacket_ours import JSON_PREFIX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,8 +118,6 @@ UL_IF = "eth0"       # in the ul ns: the counting point
 BRIDGE, VXLAN_IF = "br0", "vx0"
 
 
-class BenchError(RuntimeError):
-    pass
 
 
 def say(msg: str):
@@ -742,14 +740,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:   # nohup: leave it
         signal.signal(signal.SIGHUP, _terminate)
-    try:
-        res = run(args)
-    except BenchError as e:
-        print(f"bench: FAILED: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr, flush=True)
-        return 130
+    res, status = run_or_exit(run, args)
+    if status is not None:
+        return status
     print(f"RESULT name=afpacket native_pps={res['native']:.0f} pmd_pps={res['pmd']:.0f} "
           f"kernel_pps={res['kernel']:.0f} ratio={res['ratio']:.3f} "
           f"kernel_ratio={res['kernel_ratio']:.3f}", flush=True)

@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 
+from . import BenchError, run_or_exit
 from .planes_ours import CONTROL, JSON_PREFIX, MEDIA, PLANE_NAMES, PLANE_SETUP, STD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,8 +67,6 @@ PLANES = (MEDIA, CONTROL, STD)          # print order: highest priority first
 CS3_TOS, EF_TOS = 24 << 2, 46 << 2
 
 
-class BenchError(RuntimeError):
-    pass
 
 
 def say(msg: str = ""):
@@ -642,14 +641,9 @@ def main(argv=None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             ap.error("--plot needs matplotlib (pip install matplotlib)")
-    try:
-        res = run(args)
-    except BenchError as e:
-        print(f"bench: FAILED: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr, flush=True)
-        return 130
+    res, status = run_or_exit(run, args)
+    if status is not None:
+        return status
     m, f = res["summary"]["priority"][str(MEDIA)], res["summary"]["fifo"][str(MEDIA)]
     print(f"RESULT name=planes media_loss={m['loss']:.6f} media_p99_us={p99_us(m['p99'])} "
           f"fifo_media_loss={f['loss']:.6f} fifo_media_p99_us={p99_us(f['p99'])}", flush=True)

@@ -39,14 +39,12 @@ import subprocess
 import sys
 import tempfile
 
-from . import testpmd, topology as topo, traffic
+from . import BenchError, run_or_exit, testpmd, topology as topo, traffic
 from .ours import JSON_PREFIX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class BenchError(RuntimeError):
-    pass
 
 
 def say(msg: str):
@@ -209,14 +207,9 @@ def main(argv=None) -> int:
             raise ValueError(f"--frames: {args.frames} out of range {args.macs}..{1 << 20}")
     except ValueError as e:
         ap.error(str(e))
-    try:
-        res = run(args)
-    except (BenchError, testpmd.TestpmdError) as e:
-        print(f"bench: FAILED: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr, flush=True)
-        return 130
+    res, status = run_or_exit(run, args, errors=(testpmd.TestpmdError,))
+    if status is not None:
+        return status
     print(f"RESULT name={res['name']} mpps={res['mpps']:.3f} "
           f"testpmd_mpps={res['testpmd_mpps']:.3f} ratio={res['ratio']:.3f}", flush=True)
     return 0
