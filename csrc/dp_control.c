@@ -44,7 +44,6 @@ static struct {
     uint32_t ip;
     uint8_t mac[6];
     int valid;
-    uint64_t last_req_tsc;
 } neigh[DP_MAX_NEIGH];
 
 static const char *const drop_names[] = {
