@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 5
+#define DP_ABI_VERSION 6
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -75,7 +75,9 @@
 /* per-worker counters */
 #define DP_WORKER_POLLS 0
 #define DP_WORKER_BUSY_POLLS 1
-#define DP_WORKER_CTR_COUNT 2
+#define DP_WORKER_FDB_LOOKUPS 2      /* FDB lookups of the worker */
+#define DP_WORKER_FDB_CACHE_MISSES 3 /* ... that its FDB cache could not answer */
+#define DP_WORKER_CTR_COUNT 4
 
 /* fdb entry kinds (dp_fdb_get) */
 #define DP_FDB_NONE 0

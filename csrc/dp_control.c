@@ -53,7 +53,8 @@ static const char *const drop_names[] = {
 };
 static const char *const port_ctr_names[] = {"rx_packets", "rx_bytes", "tx_packets", "tx_bytes"};
 static const char *const net_ctr_names[] = {"encap_packets", "decap_packets", "flood_packets", "local_packets"};
-static const char *const worker_ctr_names[] = {"polls", "busy_polls"};
+static const char *const worker_ctr_names[] = {"polls", "busy_polls", "fdb_lookups",
+                                                "fdb_cache_misses"};
 static const char *const qos_ctr_names[] = {"enqueued", "sent", "dropped", "sent_bytes"};
 
 void
@@ -1174,6 +1175,13 @@ dp_housekeeping(void)
 
 /* ------------------------------------------------------------------ FDB */
 
+/* after every FDB change: the workers' FDB caches start over (dp_internal.h) */
+static void
+fdb_changed(void)
+{
+    atomic_fetch_add_explicit(&dp.fdb_gen, 1, memory_order_release);
+}
+
 static int
 fdb_check(int net, const uint8_t *mac)
 {
@@ -1208,6 +1216,7 @@ dp_fdb_add_local(int net, const uint8_t *mac, int port)
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
     fdb_release(net, key);
     ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_LOCAL, port));
+    fdb_changed();
     if (ret != 0)
         FAIL(-ret, "FDB full");
     return 0;
@@ -1235,6 +1244,7 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
         return ti;
     fdb_release(net, key);
     ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_REMOTE, ti));
+    fdb_changed();
     if (ret != 0) {
         tunnel_unref(net, ti);
         FAIL(-ret, "FDB full");
@@ -1252,6 +1262,7 @@ dp_fdb_del(int net, const uint8_t *mac)
     if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0)
         FAIL(ENOENT, "no FDB entry for that MAC in network %d", net);
     int ret = rte_hash_del_key(dp.fdb, &key);
+    fdb_changed();
     if (ret < 0)
         FAIL(-ret, "cannot delete FDB entry");
     if (DP_FDB_KIND(old) == DP_FDB_REMOTE)

@@ -82,6 +82,24 @@ _Static_assert(DP_VXLAN_HDR_LEN == 50, "outer Ether/IPv4/UDP/VXLAN is 50 bytes")
 #define DP_FDB_KIND(v) ((int)((uint64_t)(uintptr_t)(v) >> 56))
 #define DP_FDB_TARGET(v) ((uint32_t)(uint64_t)(uintptr_t)(v))
 
+/*
+ * Per-worker FDB cache: a direct-mapped copy of the FDB's answers, indexed
+ * by the key's hash, in front of the rte_hash table (which stays the truth).
+ * The control thread bumps dp.fdb_gen after every FDB change; a worker that
+ * sees a new generation at the start of a burst starts a new epoch, and only
+ * entries of the current epoch answer. Misses (and unknown MACs, which are
+ * not cached) go to one bulk table lookup per burst.
+ */
+#define DP_FDB_CACHE_SIZE 1024 /* entries per worker, power of two (16 KB) */
+struct dp_fdb_cent {
+    uint64_t key;
+    uint32_t val;   /* DP_FV: kind << 24 | target */
+    uint32_t epoch; /* 0 = never valid */
+};
+#define DP_FV(kind, target) ((uint32_t)(kind) << 24 | ((uint32_t)(target) & 0xffffff))
+#define DP_FV_KIND(v) ((int)((v) >> 24))
+#define DP_FV_TARGET(v) ((v) & 0xffffff)
+
 /* FDB key: network index in the top 16 bits, MAC in the low 48 (wire order) */
 static inline uint64_t
 dp_fdb_key(uint32_t net, const uint8_t *mac)
@@ -223,6 +241,7 @@ struct dp_state {
     _Atomic(struct dp_poll_list *) poll[DP_MAX_WORKERS];
     _Atomic(struct dp_vtep *) vtep;
     uint8_t net_plane[DP_MAX_NETS]; /* plane of each network, for the workers */
+    atomic_uint fdb_gen;          /* bumped after every FDB change */
     atomic_int stop;
     atomic_int running;
     struct dp_counters *ctr;

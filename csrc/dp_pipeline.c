@@ -31,11 +31,16 @@ struct dp_wctx {
     uint64_t (*net)[DP_NET_CTR_COUNT];
     uint64_t (*qos)[DP_MAX_PLANES][DP_QOS_CTR_COUNT]; /* per port */
     uint64_t (*lat)[DP_LAT_ROW];    /* per plane */
+    uint64_t *wc;                   /* this worker's own counters */
     const struct dp_vtep *vtep;     /* snapshot for this loop iteration */
+    uint64_t rx_tsc;                /* when the burst in hand was received */
+    uint32_t fdb_gen;               /* dp.fdb_gen the cache epoch belongs to */
+    uint32_t epoch;                 /* current FDB cache epoch, never 0 */
     uint16_t n_dirty;
     uint16_t dirty[DP_MAX_PORTS];
     uint8_t queued[DP_MAX_PORTS];
     struct dp_txbuf tx[DP_MAX_PORTS];
+    struct dp_fdb_cent fcache[DP_FDB_CACHE_SIZE] __rte_cache_aligned;
 };
 
 static inline void
@@ -78,13 +83,40 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
     w->port[pi][DP_PORT_TX_BYTES] += bytes;
 }
 
-/* time from rx to tx, per plane (before the driver may free the frames) */
+static __rte_always_inline void
+lat_add(struct dp_wctx *w, unsigned plane, unsigned bucket, uint64_t d, uint64_t n)
+{
+    if (plane < DP_MAX_PLANES) { /* not a control-plane frame of our own */
+        w->lat[plane][bucket] += n;
+        w->lat[plane][DP_LAT_SUM] += n * d;
+    }
+}
+
+/*
+ * Time from rx to tx, per plane, of frames leaving an unshaped port (before
+ * the driver may free them). They all came in with the burst in hand (tx
+ * buffers are flushed at the end of every burst), so they share one latency
+ * and one bucket: only the plane is read per frame.
+ */
 static inline void
 lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n)
 {
     if (!dp_qg.latency_on)
         return;
-    dp_lat_record_burst(w->lat, m, n, rte_rdtsc());
+    uint64_t d = rte_rdtsc() - w->rx_tsc;
+    unsigned b = dp_lat_bucket(d);
+    unsigned cp = DP_META(m[0])->plane;
+    uint64_t run = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        unsigned p = DP_META(m[i])->plane;
+        if (unlikely(p != cp)) {
+            lat_add(w, cp, b, d, run);
+            cp = p;
+            run = 0;
+        }
+        run++;
+    }
+    lat_add(w, cp, b, d, run);
 }
 
 static void
@@ -103,7 +135,7 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
     }
     if (p->qos) {
         /* a shaped port: into the plane queues; its worker schedules them */
-        dp_qos_enqueue(p->qos, b->m, n, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
+        dp_qos_enqueue(p->qos, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }
     lat_record(w, b->m, n);
@@ -117,7 +149,8 @@ qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
     struct rte_mbuf *out[DP_BURST * 2];
     uint16_t n = dp_qos_dequeue(p->qos, out, RTE_DIM(out), rte_rdtsc(), w->qos[pi]);
     if (n) {
-        lat_record(w, out, n);
+        if (dp_qg.latency_on)
+            dp_lat_record_burst(w->lat, out, n, rte_rdtsc());
         port_tx(w, p, pi, out, n);
     }
 }
@@ -206,10 +239,10 @@ encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
     uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
     /* plane: by the network, or by the inner DSCP where a map says so;
      * outer DSCP: the plane's marking, or the inner one copied */
-    struct dp_meta *md = DP_META(m);
     int8_t by_dscp = dp_qg.dscp_plane[tos >> 2];
-    md->plane = by_dscp >= 0 ? (uint8_t)by_dscp : md->plane;
-    int mark = dp_qg.plane[md->plane & (DP_MAX_PLANES - 1)].outer_tos;
+    unsigned plane = by_dscp >= 0 ? (unsigned)by_dscp : (unsigned)net->plane;
+    DP_META(m)->plane = (uint8_t)plane;
+    int mark = dp_qg.plane[plane & (DP_MAX_PLANES - 1)].outer_tos;
     tos = mark >= 0 ? (uint8_t)mark : tos;
     uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
     if (unlikely(hdr == NULL)) {
@@ -307,6 +340,68 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
         tx_put(w, targets[i], m);
 }
 
+/*
+ * FDB answers (DP_FV) for n keys of a burst; returns the hit mask. The
+ * worker's cache answers first; what it cannot goes to the table in one bulk
+ * lookup, and the table's answers are cached (dp_internal.h).
+ */
+static __rte_always_inline uint64_t
+fdb_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint16_t n,
+           uint32_t *val)
+{
+    const void *kp[DP_BURST];
+    hash_sig_t msig[DP_BURST];
+    uint8_t mi[DP_BURST];
+    uint16_t nm = 0;
+    uint64_t hits = 0;
+    uint32_t ep = w->epoch;
+    for (uint16_t i = 0; i < n; i++) {
+        const struct dp_fdb_cent *e = &w->fcache[sig[i] & (DP_FDB_CACHE_SIZE - 1)];
+        if (likely(e->key == keys[i] && e->epoch == ep)) {
+            val[i] = e->val;
+            hits |= 1ull << i;
+        } else {
+            kp[nm] = &keys[i];
+            msig[nm] = sig[i];
+            mi[nm++] = (uint8_t)i;
+        }
+    }
+    w->wc[DP_WORKER_FDB_LOOKUPS] += n;
+    if (nm == 0)
+        return hits;
+    void *d[DP_BURST];
+    uint64_t mh = 0;
+    rte_hash_lookup_with_hash_bulk_data(dp.fdb, kp, msig, nm, &mh, d);
+    w->wc[DP_WORKER_FDB_CACHE_MISSES] += nm;
+    for (uint16_t j = 0; j < nm; j++) {
+        if (!((mh >> j) & 1))
+            continue; /* unknown MACs are not cached: they flood */
+        unsigned i = mi[j];
+        uint32_t v = DP_FV(DP_FDB_KIND(d[j]), DP_FDB_TARGET(d[j]));
+        struct dp_fdb_cent *e = &w->fcache[msig[j] & (DP_FDB_CACHE_SIZE - 1)];
+        e->key = keys[i];
+        e->val = v;
+        e->epoch = ep;
+        val[i] = v;
+        hits |= 1ull << i;
+    }
+    return hits;
+}
+
+/* start of a burst: a changed FDB starts a new cache epoch */
+static __rte_always_inline void
+fdb_cache_sync(struct dp_wctx *w)
+{
+    uint32_t g = atomic_load_explicit(&dp.fdb_gen, memory_order_acquire);
+    if (likely(g == w->fdb_gen))
+        return;
+    w->fdb_gen = g;
+    if (unlikely(++w->epoch == 0)) { /* wrapped: no old entry may look current */
+        memset(w->fcache, 0, sizeof(w->fcache));
+        w->epoch = 1;
+    }
+}
+
 static void
 pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, uint16_t n)
 {
@@ -318,19 +413,15 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
         return;
     }
     uint64_t keys[DP_BURST];
-    const void *kp[DP_BURST];
     hash_sig_t sig[DP_BURST];
-    void *val[DP_BURST];
-    uint64_t hits = 0;
+    uint32_t val[DP_BURST];
     uint8_t plane = (uint8_t)net->plane;
     for (uint16_t i = 0; i < n; i++) {
         const uint8_t *eth = rte_pktmbuf_mtod(pkts[i], const uint8_t *);
-        DP_META(pkts[i])->plane = plane;
         keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
-        kp[i] = &keys[i];
         sig[i] = dp_key8_hash(keys[i]);
     }
-    rte_hash_lookup_with_hash_bulk_data(dp.fdb, kp, sig, n, &hits, val);
+    uint64_t hits = fdb_lookup(w, keys, sig, n, val);
     uint64_t local = 0;
     struct rte_mbuf *enc[DP_BURST];
     uint32_t enc_t[DP_BURST];
@@ -344,11 +435,12 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
         }
         const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
         if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
+            DP_META(m)->plane = plane;
             flood(w, net, in->idx, 1, m);
             continue;
         }
-        uint32_t target = DP_FDB_TARGET(val[i]);
-        if (DP_FDB_KIND(val[i]) == DP_FDB_REMOTE) {
+        uint32_t target = DP_FV_TARGET(val[i]);
+        if (DP_FV_KIND(val[i]) == DP_FDB_REMOTE) {
             if (unlikely(!have_uplink)) {
                 drop(w, m, DP_DROP_NO_UPLINK);
                 continue;
@@ -359,6 +451,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
             drop(w, m, DP_DROP_HAIRPIN);
         } else {
             local++;
+            DP_META(m)->plane = plane;
             tx_put(w, (uint16_t)target, m);
         }
     }
@@ -398,7 +491,8 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
         rte_pktmbuf_free(m); /* a reply: consumed by the neighbour table */
         return;
     }
-    /* turn the request into the reply, in place */
+    /* turn the request into the reply, in place; it queues as plane 0 */
+    DP_META(m)->plane = 0;
     arp->arp_opcode = RTE_BE16(RTE_ARP_OP_REPLY);
     arp->arp_data.arp_tha = arp->arp_data.arp_sha;
     arp->arp_data.arp_tip = arp->arp_data.arp_sip;
@@ -605,9 +699,8 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
     uint64_t hits = 0;
     rte_hash_lookup_with_hash_bulk_data(dp.vteps, ukp, usig, nu, &hits, uval);
     uint64_t keys[DP_BURST];
-    const void *kp[DP_BURST];
     hash_sig_t sig[DP_BURST];
-    void *val[DP_BURST];
+    uint32_t val[DP_BURST];
     uint16_t nets[DP_BURST];
     uint16_t j = 0;
     uint32_t cnet = 0;
@@ -638,7 +731,6 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
         net_count(w, DP_NET_DECAP, net, &cnet, &ccnt);
         const uint8_t *inner = rte_pktmbuf_mtod(m, const uint8_t *);
         keys[j] = dp_fdb_key(net, inner);
-        kp[j] = &keys[j];
         sig[j] = dp_key8_hash(keys[j]);
         nets[j] = (uint16_t)net;
         vx_pkts[j++] = m;
@@ -648,8 +740,7 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
         return;
 
     /* 3. inner destination within the VNI's network */
-    hits = 0;
-    rte_hash_lookup_with_hash_bulk_data(dp.fdb, kp, sig, j, &hits, val);
+    hits = fdb_lookup(w, keys, sig, j, val);
     cnet = 0;
     ccnt = 0;
     for (uint16_t i = 0; i < j; i++) {
@@ -664,12 +755,12 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
                 flood(w, net, -1, 0, m);
             continue;
         }
-        if (unlikely(DP_FDB_KIND(val[i]) != DP_FDB_LOCAL)) {
+        if (unlikely(DP_FV_KIND(val[i]) != DP_FDB_LOCAL)) {
             drop(w, m, DP_DROP_SPLIT_HORIZON);
             continue;
         }
         net_count(w, DP_NET_LOCAL, nets[i], &cnet, &ccnt);
-        tx_put(w, (uint16_t)DP_FDB_TARGET(val[i]), m);
+        tx_put(w, (uint16_t)DP_FV_TARGET(val[i]), m);
     }
     net_count_flush(w, DP_NET_LOCAL, cnet, ccnt);
 }
@@ -698,6 +789,9 @@ dp_worker_main(void *arg)
     w->qos = dp.ctr->qos[id];
     w->lat = dp.ctr->lat[id];
     uint64_t *wc = dp.ctr->worker[id];
+    w->wc = wc;
+    w->epoch = 1;
+    w->fdb_gen = atomic_load_explicit(&dp.fdb_gen, memory_order_acquire);
     struct rte_mbuf *pkts[DP_BURST];
 
     rte_rcu_qsbr_thread_register(dp.qsbr, (unsigned)id);
@@ -706,6 +800,7 @@ dp_worker_main(void *arg)
     while (!atomic_load_explicit(&dp.stop, memory_order_relaxed)) {
         const struct dp_poll_list *pl = atomic_load_explicit(&dp.poll[id], memory_order_acquire);
         w->vtep = atomic_load_explicit(&dp.vtep, memory_order_acquire);
+        fdb_cache_sync(w);
         uint64_t busy = 0;
 
         for (uint16_t i = 0; i < pl->n; i++) {
@@ -718,8 +813,11 @@ dp_worker_main(void *arg)
             if (p->role == DP_ROLE_UPLINK && unlikely(!rte_ring_empty(dp.ctrl_tx))) {
                 struct rte_mbuf *c[DP_BURST];
                 unsigned nc = rte_ring_dequeue_burst(dp.ctrl_tx, (void **)c, DP_BURST, NULL);
-                for (unsigned x = 0; x < nc; x++)
+                for (unsigned x = 0; x < nc; x++) {
+                    /* plane 0's queue, outside the latency histograms */
+                    DP_META(c[x])->plane = DP_PLANE_OWN;
                     tx_put(w, pi, c[x]);
+                }
                 tx_flush_all(w);
             }
 
@@ -727,19 +825,16 @@ dp_worker_main(void *arg)
             if (p->qos)
                 qos_run(w, p, pi);
 
-            /* rx, stamped with the time (latency per plane is measured at tx) */
+            /* rx: the burst's time is its frames' (latency per plane is
+             * measured at tx, or stamped per frame when a frame queues) */
             uint16_t n = port_rx(p, pkts);
             if (n == 0)
                 continue;
             busy++;
+            w->rx_tsc = rte_rdtsc();
             uint64_t bytes = 0;
-            uint64_t now = rte_rdtsc();
-            for (uint16_t x = 0; x < n; x++) {
-                struct dp_meta *md = DP_META(pkts[x]);
-                md->rx_tsc = now;
-                md->plane = 0;
+            for (uint16_t x = 0; x < n; x++)
                 bytes += pkts[x]->pkt_len;
-            }
             w->port[pi][DP_PORT_RX_PACKETS] += n;
             w->port[pi][DP_PORT_RX_BYTES] += bytes;
 

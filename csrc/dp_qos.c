@@ -199,14 +199,16 @@ dp_qos_free(struct dp_qos *q)
 }
 
 void
-dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
+dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_tsc,
                uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t *queue_full)
 {
     struct rte_mbuf *byp[DP_MAX_PLANES][DP_BURST * 2];
     uint16_t cnt[DP_MAX_PLANES] = {0};
     int prio = __atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE);
     for (uint16_t i = 0; i < n; i++) {
-        unsigned p = DP_META(m[i])->plane & (DP_MAX_PLANES - 1);
+        struct dp_meta *md = DP_META(m[i]);
+        md->rx_tsc = rx_tsc; /* latency of a queued frame is measured per frame */
+        unsigned p = md->plane & (DP_MAX_PLANES - 1);
         ctr[p][DP_QOS_ENQUEUED]++;
         unsigned qi = prio ? p : 0; /* FIFO mode: one queue for every plane */
         if (cnt[qi] == DP_BURST * 2) {

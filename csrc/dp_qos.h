@@ -34,6 +34,9 @@ struct dp_meta {
     uint8_t plane;
 };
 extern int dp_meta_off;
+/* plane of the frames the core makes itself (ARP requests): plane 0's queue
+ * (the low bits), kept out of the latency histograms */
+#define DP_PLANE_OWN 0x80
 #define DP_META(m) RTE_MBUF_DYNFIELD((m), dp_meta_off, struct dp_meta *)
 
 /* plane settings the workers read (plain aligned words: no torn reads) */
@@ -77,8 +80,9 @@ struct dp_qos *dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes);
 unsigned dp_qos_free(struct dp_qos *q);
 uint64_t dp_bps_to_tsc_rate(uint64_t bps);
 
-/* worker: queue n frames (freed and counted when their queue is full) */
-void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n,
+/* worker: queue n frames received at rx_tsc (freed and counted when their
+ * queue is full) */
+void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_tsc,
                     uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t *queue_full);
 /* worker: what the scheduler lets go now, at most max frames */
 uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
@@ -113,7 +117,9 @@ dp_lat_record_burst(uint64_t (*hist)[DP_LAT_ROW], struct rte_mbuf *const *m, uin
     for (uint16_t i = 0; i < n; i++) {
         const struct dp_meta *md = DP_META(m[i]);
         uint64_t d = now - md->rx_tsc;
-        unsigned p = md->plane & (DP_MAX_PLANES - 1);
+        unsigned p = md->plane;
+        if (unlikely(p >= DP_MAX_PLANES))
+            continue; /* DP_PLANE_OWN */
         /* frames of a burst mostly share a bucket: test it before searching */
         unsigned b = cb;
         if (unlikely(d > hi || (d <= lo && cb != 0))) {
