@@ -917,6 +917,14 @@ tunnel_find(uint32_t ip)
 }
 
 /* take a reference on the tunnel to ip for network net, creating it */
+/* after every FDB or VTEP table change: the workers' caches of them start
+ * over (dp_internal.h) */
+static void
+tables_changed(void)
+{
+    atomic_fetch_add_explicit(&dp.tbl_gen, 1, memory_order_release);
+}
+
 static int
 tunnel_ref(int net, uint32_t ip)
 {
@@ -939,6 +947,7 @@ tunnel_ref(int net, uint32_t ip)
         struct dp_net *n = net_get(net);
         uint64_t k = dp_vtep_key(n->vni_be_word, rte_cpu_to_be_32(ip));
         rte_hash_add_key_data(dp.vteps, &k, (void *)(uintptr_t)net);
+        tables_changed();
     }
     return ti;
 }
@@ -954,6 +963,7 @@ tunnel_unref(int net, int ti)
         if (n) {
             uint64_t k = dp_vtep_key(n->vni_be_word, rte_cpu_to_be_32(t->ip));
             rte_hash_del_key(dp.vteps, &k);
+            tables_changed();
         }
     }
     if (--tun_refs[ti] == 0) {
@@ -1175,13 +1185,6 @@ dp_housekeeping(void)
 
 /* ------------------------------------------------------------------ FDB */
 
-/* after every FDB change: the workers' FDB caches start over (dp_internal.h) */
-static void
-fdb_changed(void)
-{
-    atomic_fetch_add_explicit(&dp.fdb_gen, 1, memory_order_release);
-}
-
 static int
 fdb_check(int net, const uint8_t *mac)
 {
@@ -1216,7 +1219,7 @@ dp_fdb_add_local(int net, const uint8_t *mac, int port)
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
     fdb_release(net, key);
     ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_LOCAL, port));
-    fdb_changed();
+    tables_changed();
     if (ret != 0)
         FAIL(-ret, "FDB full");
     return 0;
@@ -1244,7 +1247,7 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
         return ti;
     fdb_release(net, key);
     ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_REMOTE, ti));
-    fdb_changed();
+    tables_changed();
     if (ret != 0) {
         tunnel_unref(net, ti);
         FAIL(-ret, "FDB full");
@@ -1262,11 +1265,11 @@ dp_fdb_del(int net, const uint8_t *mac)
     if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0)
         FAIL(ENOENT, "no FDB entry for that MAC in network %d", net);
     int ret = rte_hash_del_key(dp.fdb, &key);
-    fdb_changed();
     if (ret < 0)
         FAIL(-ret, "cannot delete FDB entry");
     if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
         tunnel_unref(net, (int)DP_FDB_TARGET(old));
+    tables_changed();
     return 0;
 }
 

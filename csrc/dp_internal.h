@@ -83,17 +83,19 @@ _Static_assert(DP_VXLAN_HDR_LEN == 50, "outer Ether/IPv4/UDP/VXLAN is 50 bytes")
 #define DP_FDB_TARGET(v) ((uint32_t)(uint64_t)(uintptr_t)(v))
 
 /*
- * Per-worker FDB cache: a direct-mapped copy of the FDB's answers, indexed
- * by the key's hash, in front of the rte_hash table (which stays the truth).
- * The control thread bumps dp.fdb_gen after every FDB change; a worker that
- * sees a new generation at the start of a burst starts a new epoch, and only
- * entries of the current epoch answer. Misses (and unknown MACs, which are
- * not cached) go to one bulk table lookup per burst.
+ * Per-worker caches of the FDB and of the (VNI, source VTEP) table: direct-
+ * mapped copies of the tables' answers, indexed by the key's hash, in front
+ * of the rte_hash tables (which stay the truth). The control thread bumps
+ * dp.tbl_gen after every change to either table; a worker that sees a new
+ * generation at the start of a loop starts a new epoch, and only entries of
+ * the current epoch answer. Misses (and unknown keys, which are not cached)
+ * go to one bulk table lookup per burst.
  */
 #define DP_FDB_CACHE_SIZE 1024 /* entries per worker, power of two (16 KB) */
+#define DP_VTEP_CACHE_SIZE 256
 struct dp_fdb_cent {
     uint64_t key;
-    uint32_t val;   /* DP_FV: kind << 24 | target */
+    uint32_t val;   /* FDB: DP_FV; VTEP table: network index */
     uint32_t epoch; /* 0 = never valid */
 };
 #define DP_FV(kind, target) ((uint32_t)(kind) << 24 | ((uint32_t)(target) & 0xffffff))
@@ -241,7 +243,7 @@ struct dp_state {
     _Atomic(struct dp_poll_list *) poll[DP_MAX_WORKERS];
     _Atomic(struct dp_vtep *) vtep;
     uint8_t net_plane[DP_MAX_NETS]; /* plane of each network, for the workers */
-    atomic_uint fdb_gen;          /* bumped after every FDB change */
+    atomic_uint tbl_gen;          /* bumped after every FDB or VTEP table change */
     atomic_int stop;
     atomic_int running;
     struct dp_counters *ctr;

@@ -34,13 +34,14 @@ struct dp_wctx {
     uint64_t *wc;                   /* this worker's own counters */
     const struct dp_vtep *vtep;     /* snapshot for this loop iteration */
     uint64_t rx_tsc;                /* when the burst in hand was received */
-    uint32_t fdb_gen;               /* dp.fdb_gen the cache epoch belongs to */
+    uint32_t tbl_gen;               /* dp.tbl_gen the cache epoch belongs to */
     uint32_t epoch;                 /* current FDB cache epoch, never 0 */
     uint16_t n_dirty;
     uint16_t dirty[DP_MAX_PORTS];
     uint8_t queued[DP_MAX_PORTS];
     struct dp_txbuf tx[DP_MAX_PORTS];
     struct dp_fdb_cent fcache[DP_FDB_CACHE_SIZE] __rte_cache_aligned;
+    struct dp_fdb_cent vcache[DP_VTEP_CACHE_SIZE];
 };
 
 static inline void
@@ -341,13 +342,16 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
 }
 
 /*
- * FDB answers (DP_FV) for n keys of a burst; returns the hit mask. The
+ * A cached table's answers for n keys of a burst; returns the hit mask. The
  * worker's cache answers first; what it cannot goes to the table in one bulk
- * lookup, and the table's answers are cached (dp_internal.h).
+ * lookup, and the table's answers are cached (dp_internal.h). fdb (a
+ * constant once inlined): the FDB, whose values are kept as DP_FV; else the
+ * VTEP table, whose values are network indexes.
  */
 static __rte_always_inline uint64_t
-fdb_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint16_t n,
-           uint32_t *val)
+cached_lookup(struct dp_wctx *w, struct dp_fdb_cent *cache, unsigned mask,
+              const struct rte_hash *table, int fdb, const uint64_t *keys,
+              const hash_sig_t *sig, uint16_t n, uint32_t *val)
 {
     const void *kp[DP_BURST];
     hash_sig_t msig[DP_BURST];
@@ -356,7 +360,7 @@ fdb_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint1
     uint64_t hits = 0;
     uint32_t ep = w->epoch;
     for (uint16_t i = 0; i < n; i++) {
-        const struct dp_fdb_cent *e = &w->fcache[sig[i] & (DP_FDB_CACHE_SIZE - 1)];
+        const struct dp_fdb_cent *e = &cache[sig[i] & mask];
         if (likely(e->key == keys[i] && e->epoch == ep)) {
             val[i] = e->val;
             hits |= 1ull << i;
@@ -366,19 +370,22 @@ fdb_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint1
             mi[nm++] = (uint8_t)i;
         }
     }
-    w->wc[DP_WORKER_FDB_LOOKUPS] += n;
+    if (fdb)
+        w->wc[DP_WORKER_FDB_LOOKUPS] += n;
     if (nm == 0)
         return hits;
     void *d[DP_BURST];
     uint64_t mh = 0;
-    rte_hash_lookup_with_hash_bulk_data(dp.fdb, kp, msig, nm, &mh, d);
-    w->wc[DP_WORKER_FDB_CACHE_MISSES] += nm;
+    rte_hash_lookup_with_hash_bulk_data(table, kp, msig, nm, &mh, d);
+    if (fdb)
+        w->wc[DP_WORKER_FDB_CACHE_MISSES] += nm;
     for (uint16_t j = 0; j < nm; j++) {
         if (!((mh >> j) & 1))
-            continue; /* unknown MACs are not cached: they flood */
+            continue; /* unknown keys are not cached */
         unsigned i = mi[j];
-        uint32_t v = DP_FV(DP_FDB_KIND(d[j]), DP_FDB_TARGET(d[j]));
-        struct dp_fdb_cent *e = &w->fcache[msig[j] & (DP_FDB_CACHE_SIZE - 1)];
+        uint32_t v = fdb ? DP_FV(DP_FDB_KIND(d[j]), DP_FDB_TARGET(d[j]))
+                         : (uint32_t)(uintptr_t)d[j];
+        struct dp_fdb_cent *e = &cache[msig[j] & mask];
         e->key = keys[i];
         e->val = v;
         e->epoch = ep;
@@ -388,16 +395,25 @@ fdb_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint1
     return hits;
 }
 
-/* start of a burst: a changed FDB starts a new cache epoch */
-static __rte_always_inline void
-fdb_cache_sync(struct dp_wctx *w)
+/* FDB answers (DP_FV) of a burst; unknown MACs flood */
+static __rte_always_inline uint64_t
+fdb_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint16_t n,
+           uint32_t *val)
 {
-    uint32_t g = atomic_load_explicit(&dp.fdb_gen, memory_order_acquire);
-    if (likely(g == w->fdb_gen))
+    return cached_lookup(w, w->fcache, DP_FDB_CACHE_SIZE - 1, dp.fdb, 1, keys, sig, n, val);
+}
+
+/* loop start: a changed table starts a new cache epoch */
+static __rte_always_inline void
+cache_sync(struct dp_wctx *w)
+{
+    uint32_t g = atomic_load_explicit(&dp.tbl_gen, memory_order_acquire);
+    if (likely(g == w->tbl_gen))
         return;
-    w->fdb_gen = g;
+    w->tbl_gen = g;
     if (unlikely(++w->epoch == 0)) { /* wrapped: no old entry may look current */
         memset(w->fcache, 0, sizeof(w->fcache));
+        memset(w->vcache, 0, sizeof(w->vcache));
         w->epoch = 1;
     }
 }
@@ -620,13 +636,6 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
     return outer_check_full(w, v, m);
 }
 
-/* (VNI, source VTEP) keys of a burst are looked up once each: a few tunnels
- * carry many frames. Direct-mapped by hash, rebuilt every burst. */
-#define DP_VTEP_DEDUP_SLOTS 16
-/* dp_vtep_key's top byte is the VXLAN header's reserved byte after the VNI,
- * masked to zero: a key with it set never occurs */
-#define DP_VTEP_KEY_NONE UINT64_MAX
-
 /* per-network counter summed over a run of frames of one network */
 static __rte_always_inline void
 net_count(struct dp_wctx *w, int ctr, uint32_t net, uint32_t *cur, uint64_t *cnt)
@@ -653,18 +662,13 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
     const struct dp_vtep *v = w->vtep;
     struct rte_mbuf *vx_pkts[DP_BURST];
     uint8_t olen[DP_BURST];           /* outer header length per frame */
-    uint8_t uix[DP_BURST];            /* frame -> its distinct (VNI, VTEP) key */
-    uint64_t ukeys[DP_BURST + 1];     /* + the no-key sentinel, never a key */
-    const void *ukp[DP_BURST];
-    hash_sig_t usig[DP_BURST];
-    void *uval[DP_BURST];
-    uint8_t slot[DP_VTEP_DEDUP_SLOTS]; /* ukeys index, DP_BURST = none */
-    uint16_t k = 0, nu = 0;
+    uint64_t vkeys[DP_BURST];         /* (VNI, source VTEP) per frame */
+    hash_sig_t vsig[DP_BURST];
+    uint32_t vnet[DP_BURST];
+    uint16_t k = 0;
     struct dp_outer_ref ref = {.udp_port_be = v->udp_port_be, .ip_be = v->ip_be};
     memcpy(&ref.mac_lo, v->mac, 4);
     memcpy(&ref.mac_hi, v->mac + 4, 2);
-    memset(slot, DP_BURST, sizeof(slot));
-    ukeys[DP_BURST] = DP_VTEP_KEY_NONE;
 
     /* 1. outer checks; keep VXLAN frames for us, stripped of nothing yet */
     for (uint16_t i = 0; i < n; i++) {
@@ -676,19 +680,8 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
         const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(p + RTE_ETHER_HDR_LEN);
         const struct rte_vxlan_hdr *vx =
             (const struct rte_vxlan_hdr *)(p + outer - sizeof(struct rte_vxlan_hdr));
-        uint64_t key = dp_vtep_key(vx->vx_vni & RTE_BE32(0xffffff00), ip->src_addr);
-        hash_sig_t sig = dp_key8_hash(key);
-        /* without branches: whether a key is new in the burst is random */
-        unsigned s = sig & (DP_VTEP_DEDUP_SLOTS - 1);
-        unsigned u = slot[s];
-        unsigned same = ukeys[u] == key;
-        ukeys[nu] = key;
-        ukp[nu] = &ukeys[nu];
-        usig[nu] = sig;
-        u = same ? u : nu;
-        nu += !same;
-        slot[s] = (uint8_t)u;
-        uix[k] = (uint8_t)u;
+        vkeys[k] = dp_vtep_key(vx->vx_vni & RTE_BE32(0xffffff00), ip->src_addr);
+        vsig[k] = dp_key8_hash(vkeys[k]);
         olen[k] = (uint8_t)outer;
         vx_pkts[k++] = m;
     }
@@ -696,8 +689,8 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
         return;
 
     /* 2. (VNI, source VTEP) → network; strip the outer headers */
-    uint64_t hits = 0;
-    rte_hash_lookup_with_hash_bulk_data(dp.vteps, ukp, usig, nu, &hits, uval);
+    uint64_t hits = cached_lookup(w, w->vcache, DP_VTEP_CACHE_SIZE - 1, dp.vteps, 0, vkeys,
+                                  vsig, k, vnet);
     uint64_t keys[DP_BURST];
     hash_sig_t sig[DP_BURST];
     uint32_t val[DP_BURST];
@@ -707,12 +700,11 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
     uint64_t ccnt = 0;
     for (uint16_t i = 0; i < k; i++) {
         struct rte_mbuf *m = vx_pkts[i];
-        unsigned u = uix[i];
         uint32_t net;
-        if (likely((hits >> u) & 1)) {
-            net = (uint32_t)(uintptr_t)uval[u];
+        if (likely((hits >> i) & 1)) {
+            net = vnet[i];
         } else {
-            uint32_t vni = rte_be_to_cpu_32((uint32_t)(ukeys[u] >> 32)) >> 8;
+            uint32_t vni = rte_be_to_cpu_32((uint32_t)(vkeys[i] >> 32)) >> 8;
             void *d;
             if (rte_hash_lookup_data(dp.vnis, &vni, &d) < 0) {
                 drop(w, m, DP_DROP_UNKNOWN_VNI);
@@ -724,7 +716,7 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
             }
             net = (uint32_t)(uintptr_t)d;
             const uint8_t *inner = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen[i]);
-            slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)ukeys[u], net);
+            slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)vkeys[i], net);
         }
         rte_pktmbuf_adj(m, olen[i]);
         DP_META(m)->plane = dp.net_plane[net];
@@ -791,7 +783,7 @@ dp_worker_main(void *arg)
     uint64_t *wc = dp.ctr->worker[id];
     w->wc = wc;
     w->epoch = 1;
-    w->fdb_gen = atomic_load_explicit(&dp.fdb_gen, memory_order_acquire);
+    w->tbl_gen = atomic_load_explicit(&dp.tbl_gen, memory_order_acquire);
     struct rte_mbuf *pkts[DP_BURST];
 
     rte_rcu_qsbr_thread_register(dp.qsbr, (unsigned)id);
@@ -800,7 +792,7 @@ dp_worker_main(void *arg)
     while (!atomic_load_explicit(&dp.stop, memory_order_relaxed)) {
         const struct dp_poll_list *pl = atomic_load_explicit(&dp.poll[id], memory_order_acquire);
         w->vtep = atomic_load_explicit(&dp.vtep, memory_order_acquire);
-        fdb_cache_sync(w);
+        cache_sync(w);
         uint64_t busy = 0;
 
         for (uint16_t i = 0; i < pl->n; i++) {

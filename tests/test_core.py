@@ -477,3 +477,52 @@ def test_counters_add_up(topo):
     d = topo.drops()
     assert d["hairpin"] == 3
     assert sum(d.values()) == 3
+
+
+# ------------------------------------------------------ worker table caches
+def test_fdb_change_takes_effect_past_the_cache(topo):
+    """A MAC the workers have cached moves, leaves and comes back: each change
+    shows on the very next frame (the change invalidates the caches)."""
+    topo.send(topo.a, udp_frame(dst=R1))
+    assert topo.recv(topo.up)[0][IP].dst == R1_VTEP          # now cached
+    topo.eng.fdb_add_remote(0, R1, R2_VTEP)                  # moved to another VTEP
+    topo.send(topo.a, udp_frame(dst=R1))
+    assert topo.recv(topo.up)[0][IP].dst == R2_VTEP
+    topo.eng.fdb_del(0, R1)                                  # gone: unknown unicast floods
+    topo.eng.set_flood(0, [])
+    topo.send(topo.a, udp_frame(dst=R1))
+    assert len(topo.recv(topo.b)) == 1
+    topo.nothing(topo.up)
+    topo.eng.fdb_add_local(0, R1, topo.b)                    # back, as a local MAC
+    topo.send(topo.a, udp_frame(dst=R1))
+    assert len(topo.recv(topo.b)) == 1
+    topo.nothing(topo.up)
+
+
+def test_vtep_table_change_takes_effect_past_the_cache(topo):
+    """Decap accepts a source VTEP only while the network uses it (a MAC
+    behind it or a flood-list entry); the cached answer must not outlive that."""
+    inner = Ether(src=R2, dst=A) / IP() / UDP()
+    topo.send(topo.up, vxlan_frame(inner, src_vtep=R2_VTEP))
+    assert len(topo.recv(topo.a)) == 1                       # R2_VTEP known (MAC R2)
+    base = topo.eng.counters().drops()
+    topo.eng.set_flood(0, [R1_VTEP])
+    topo.eng.fdb_del(0, R2)                                  # nothing left behind it
+    topo.send(topo.up, vxlan_frame(inner, src_vtep=R2_VTEP))
+    assert wait_drop(topo.eng, base, "unknown_vtep") == 1
+    topo.nothing(topo.a)
+
+
+def test_fdb_cache_counters(topo):
+    """Every FDB lookup is counted, and those the worker cache could not answer."""
+    c0 = topo.eng.counters()
+    topo.send(topo.a, *[udp_frame(dst=R1) for _ in range(20)])
+    assert len(topo.recv(topo.up, 20)) == 20
+    topo.send(topo.a, *[udp_frame(dst=R1) for _ in range(20)])
+    assert len(topo.recv(topo.up, 20)) == 20
+    w = topo.eng.counters().worker.sum(axis=0) - c0.worker.sum(axis=0)
+    from dataplane.engine import WORKER_COUNTERS
+    d = dict(zip(WORKER_COUNTERS, w.tolist()))
+    assert d["fdb_lookups"] == 40
+    # the first burst may miss (once per frame of it); the second one hits
+    assert 1 <= d["fdb_cache_misses"] <= 20
