@@ -272,35 +272,14 @@ encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
     return 1;
 }
 
-/* encapsulate a batch to the uplink: the tx buffer index stays in a register */
+/* one frame to the uplink (flood copies; the pod loop encapsulates inline) */
 static void
-encap_burst(struct dp_wctx *w, const struct dp_net *net, struct rte_mbuf **pkts,
-            const uint32_t *tids, uint16_t n)
-{
-    uint16_t up = (uint16_t)w->vtep->uplink;
-    struct dp_txbuf *b = &w->tx[up];
-    if (b->n + n > DP_TXBUF)
-        tx_flush(w, up);
-    if (!w->queued[up]) {
-        w->queued[up] = 1;
-        w->dirty[w->n_dirty++] = up;
-    }
-    uint16_t k = b->n;
-    for (uint16_t i = 0; i < n; i++) {
-        if (i + 1 < n)
-            rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void *));
-        struct rte_mbuf *m = pkts[i];
-        b->m[k] = m;
-        k += (uint16_t)encap_one(w, net, tids[i], m);
-    }
-    w->net[net->idx][DP_NET_ENCAP] += k - b->n;
-    b->n = k;
-}
-
-static inline void
 encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
 {
-    encap_burst(w, net, &m, &ti, 1);
+    if (!encap_one(w, net, ti, m))
+        return;
+    w->net[net->idx][DP_NET_ENCAP]++;
+    tx_put(w, (uint16_t)w->vtep->uplink, m);
 }
 
 /*
@@ -439,10 +418,15 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
     }
     uint64_t hits = fdb_lookup(w, keys, sig, n, val);
     uint64_t local = 0;
-    struct rte_mbuf *enc[DP_BURST];
-    uint32_t enc_t[DP_BURST];
-    uint16_t ne = 0;
-    int have_uplink = w->vtep->uplink >= 0;
+    struct rte_mbuf *fl[DP_BURST];    /* broadcast / unknown: after the rest */
+    uint16_t nf = 0;
+    /* remote targets are encapsulated straight into the uplink's tx buffer,
+     * its fill level kept in a register (nothing else adds to it meanwhile) */
+    int up = w->vtep->uplink;
+    struct dp_txbuf *ub = &w->tx[up >= 0 ? up : 0];
+    if (up >= 0 && ub->n + n > DP_TXBUF)
+        tx_flush(w, (uint16_t)up);
+    uint16_t k = ub->n, k0 = k;
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
         if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
@@ -451,18 +435,17 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
         }
         const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
         if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
-            DP_META(m)->plane = plane;
-            flood(w, net, in->idx, 1, m);
+            fl[nf++] = m;
             continue;
         }
         uint32_t target = DP_FV_TARGET(val[i]);
         if (DP_FV_KIND(val[i]) == DP_FDB_REMOTE) {
-            if (unlikely(!have_uplink)) {
+            if (unlikely(up < 0)) {
                 drop(w, m, DP_DROP_NO_UPLINK);
                 continue;
             }
-            enc[ne] = m;
-            enc_t[ne++] = target;
+            ub->m[k] = m;
+            k += (uint16_t)encap_one(w, net, target, m);
         } else if (unlikely((int)target == in->idx)) {
             drop(w, m, DP_DROP_HAIRPIN);
         } else {
@@ -471,8 +454,18 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
             tx_put(w, (uint16_t)target, m);
         }
     }
-    if (ne)
-        encap_burst(w, net, enc, enc_t, ne);
+    if (k != k0) {
+        ub->n = k;
+        if (!w->queued[up]) {
+            w->queued[up] = 1;
+            w->dirty[w->n_dirty++] = (uint16_t)up;
+        }
+        w->net[net->idx][DP_NET_ENCAP] += k - k0;
+    }
+    for (uint16_t i = 0; i < nf; i++) {
+        DP_META(fl[i])->plane = plane;
+        flood(w, net, in->idx, 1, fl[i]);
+    }
     w->net[net->idx][DP_NET_LOCAL] += local;
 }
 
