@@ -299,11 +299,19 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
         q->ptok_max[p] = refill(q->ptok_max[p], r->max_bytes_tsc, dt, cap);
         q->ptok_min[p] = r->min_bytes_tsc ? refill(q->ptok_min[p], r->min_bytes_tsc, dt, cap) : 0;
     }
-    /* pass 1: guaranteed rates, in priority order */
+    /* pass 1: guaranteed rates, in priority order. A plane within its
+     * guarantee that waits only for the port's tokens keeps them: otherwise a
+     * higher plane of smaller frames would take every few bytes as they come
+     * and the guarantee of a plane of large frames would never be met. */
     for (int i = 0; i < n && k < max; i++) {
         unsigned p = dp_qg.order[i];
-        if (dp_qg.plane[p].min_bytes_tsc)
-            k = drain(q, p, 0, out, k, max, ctr, NULL);
+        if (!dp_qg.plane[p].min_bytes_tsc)
+            continue;
+        int blocked = 0;
+        k = drain(q, p, 0, out, k, max, ctr, &blocked);
+        if (blocked &&
+            q->ptok_min[p] >= (int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20)
+            return k;
     }
     /* pass 2: strict priority for the rest */
     for (int i = 0; i < n && k < max; i++) {

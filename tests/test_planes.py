@@ -43,7 +43,9 @@ class Planes:
 
     def offer(self, seconds, per_tick, sizes, change=None):
         """per_tick: {plane: frames per 10 ms}. Returns offered counts and
-        the frames that came out of the uplink."""
+        the frames that came out of the uplink. change: (tick, fn) or a list
+        of them, fn called after that tick's frames are offered."""
+        changes = dict([change] if isinstance(change, tuple) else change or [])
         frames = {p: frame(f"02:00:00:00:0{p}:01", self.remote[p], sizes[p], sport=2000 + p)
                   for p in per_tick}
         offered = {p: 0 for p in per_tick}
@@ -58,8 +60,8 @@ class Planes:
                 owed[p] -= whole
                 if whole:
                     offered[p] += self.eng.inject(self.pods[p], [frames[p]] * whole)
-            if change and tick == change[0]:
-                change[1]()
+            if tick in changes:
+                changes[tick]()
             out += self.eng.collect(self.up, max_frames=1024)
             tick += 1
             time.sleep(max(0.0, t0 + tick * TICK - time.monotonic()))
@@ -168,6 +170,29 @@ def test_plane_rate_limit_and_live_change(planes):
     after = eng.counters().qos_dict(planes.up, MEDIA)
     assert after["dropped"] == before["dropped"]
     assert after["sent"] - before["sent"] == offered2[MEDIA]
+
+
+def test_guaranteed_rate_holds_against_smaller_frames_above(planes):
+    """std (large frames) is guaranteed 30 % of the port while media floods it
+    with small ones: std still gets its guarantee. (Without the guarantee
+    keeping the port's tokens for it, media's 200-byte frames would take them
+    before they ever add up to one std frame.)"""
+    eng = planes.eng
+    guaranteed = int(RATE * 0.3)
+    eng.set_plane(STD, priority=0, queue_len=128, min_bps=guaranteed)
+    std_size, media_size = 1400, 200
+    std_rate = 2 * guaranteed / wire_bits(std_size) * TICK
+    media_rate = 1.5 * RATE / wire_bits(media_size) * TICK
+    snaps = []
+    snap = lambda: snaps.append((time.monotonic(), eng.counters()))  # noqa: E731
+    planes.offer(2.0, {STD: std_rate, MEDIA: media_rate}, {STD: std_size, MEDIA: media_size},
+                 change=[(50, snap), (170, snap)])
+    (t0, c0), (t1, c1) = snaps
+    sent = c1.qos_dict(planes.up, STD)["sent"] - c0.qos_dict(planes.up, STD)["sent"]
+    rate = sent * wire_bits(std_size) / (t1 - t0)
+    assert 0.85 * guaranteed <= rate <= 1.15 * guaranteed, rate
+    media = c1.qos_dict(planes.up, MEDIA)["sent"] - c0.qos_dict(planes.up, MEDIA)["sent"]
+    assert media * wire_bits(media_size) / (t1 - t0) >= 0.5 * RATE   # media has most of the rest
 
 
 def test_shaper_off_sends_directly(planes):
