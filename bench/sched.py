@@ -1,0 +1,274 @@
+"""Our per-plane egress scheduler (csrc/dp_qos.c) against DPDK's rte_sched
+(lib/sched), on the same frames, in one process (docs/sched.md).
+
+    python -m bench sched [--seconds S] [--runs N] [--lcore N] ...
+    ->  RESULT name=sched ours_ns_per_pkt=<x> rte_sched_ns_per_pkt=<y>
+        ratio=<ours/rte_sched> ours_media_p99_us=<a> rte_sched_media_p99_us=<b>
+
+bench/sched_cmp.c is compiled at start with the system C compiler and
+``pkg-config libdpdk`` into a temporary directory, together with
+csrc/dp_qos.c (our scheduler as the core builds it: -O3 -march=native), and
+run ``--runs`` times, one process per run. Each run: EAL with --no-pci
+--no-huge --no-shconf on one lcore (``--lcore``), then the scenarios
+(``--seconds`` each, per scheduler):
+
+- cost: shapers far above the load; bursts of 32 in and out; ns per frame
+  in the enqueue + dequeue calls;
+- overload: 1 Gbit/s shaper, std offered at 2x, media 0.1x, control 0.05x on
+  the real TSC; per plane sent / dropped and queueing delay p50/p99/max;
+  rte_sched as meant (port = 10 Gbit/s line, subport/pipe bucket = shaper)
+  and with only its port rate at 1 Gbit/s (which does not shape);
+- cap: std limited to 0.5x (plane max rate / pipe TC rate);
+- guarantee: media offered 1.5x, std with a 0.3x guaranteed rate (ours),
+  rte_sched without (it has no per-TC minimum) and with TC0 capped instead.
+
+The child's output is printed as it comes (its RESULT line prefixed with the
+run number); then medians over the runs of the cost and overload figures,
+with their range, and the final RESULT line: medians, ratio of the medians.
+The child removes its (empty) EAL runtime directory; this module checks and
+removes it too, and the temporary directory, also on error or Ctrl-C.
+Needs a C compiler, pkg-config and DPDK's development files (libdpdk-dev,
+with librte_sched).
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+
+from . import BenchError, run_or_exit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+SRC = os.path.join(ROOT, "bench", "sched_cmp.c")
+QOS_SRC = os.path.join(CSRC, "dp_qos.c")
+RESULT_KEYS = ("ours_ns_per_pkt", "rte_sched_ns_per_pkt", "ours_media_p99_us",
+               "rte_sched_media_p99_us")
+RUNTIME_DIRS = ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk")
+
+_COST_RE = re.compile(r"^cost\s+(\S+)\s+enqueue ([\d.]+) \+ dequeue ([\d.]+) = ([\d.]+) ns/frame")
+_PLANE_RE = r"\| {p} off ([\d.]+) sent ([\d.]+) Mbit/s drop (\d+) \(([\d.]+)%\) " \
+            r"p50/p99/max ([\d.]+)/([\d.]+)/([\d.]+) us "
+_LOAD_RE = re.compile(r"^(overload|cap|guarantee)\s+(.+?)\s+"
+                      + _PLANE_RE.format(p="media") + _PLANE_RE.format(p="control")
+                      + _PLANE_RE.format(p="std") + r"\| total sent ([\d.]+) Mbit/s")
+
+
+def say(msg: str = ""):
+    print(f"bench: {msg}" if msg else "", flush=True)
+
+
+def _pkg_config(flag: str) -> list:
+    try:
+        p = subprocess.run(["pkg-config", flag, "libdpdk"], capture_output=True, text=True,
+                           timeout=30)
+    except FileNotFoundError:
+        raise BenchError("pkg-config not found (apt-get install pkg-config)") from None
+    if p.returncode != 0:
+        raise BenchError("pkg-config does not know libdpdk: DPDK's development files are "
+                         f"missing (apt-get install libdpdk-dev): {p.stderr.strip()}")
+    return p.stdout.split()
+
+
+def build(workdir: str) -> str:
+    """Compile sched_cmp.c + csrc/dp_qos.c; the path of the program."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise BenchError("no C compiler (cc/gcc) to build bench/sched_cmp.c")
+    for f in (SRC, QOS_SRC):
+        if not os.path.exists(f):
+            raise BenchError(f"{f} is missing")
+    out = os.path.join(workdir, "sched_cmp")
+    # as build.py compiles the core: DPDK's cflags, then -O3 -march=native
+    cmd = [cc, *_pkg_config("--cflags"), "-O3", "-march=native", "-std=gnu11", "-Wall",
+           "-Wno-unused-parameter", "-DALLOW_EXPERIMENTAL_API", "-I", CSRC, "-o", out,
+           SRC, QOS_SRC, *_pkg_config("--libs"), "-lrte_sched", "-lrte_meter"]
+    say("building: " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c
+                                for c in cmd))
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise BenchError("building bench/sched_cmp.c took over 300 s") from None
+    if p.returncode != 0:
+        tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-30:])
+        raise BenchError("building bench/sched_cmp.c failed (if csrc/dp_qos.c is being "
+                         f"edited, retry in a minute):\n{tail}")
+    return out
+
+
+def _remove_runtime_dir(prefix: str):
+    """The EAL runtime directory of our own --file-prefix, if still there."""
+    for base in RUNTIME_DIRS:
+        d = os.path.join(base, prefix)
+        if os.path.isdir(d):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _parse(lines) -> dict:
+    """Figures of one run: RESULT values, cost and loaded lines by (scenario, label)."""
+    res = {"cost": {}, "load": {}}
+    for line in lines:
+        if line.startswith("RESULT "):
+            kv = dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
+            try:
+                res["result"] = {k: float(kv[k]) for k in RESULT_KEYS}
+            except (KeyError, ValueError):
+                raise BenchError(f"unexpected RESULT line: {line}") from None
+            continue
+        m = _COST_RE.match(line)
+        if m:
+            res["cost"][m.group(1)] = tuple(float(x) for x in m.group(2, 3, 4))
+            continue
+        m = _LOAD_RE.match(line)
+        if m:
+            g = m.groups()
+            planes = {}
+            for i, name in enumerate(("media", "control", "std")):
+                off, sent, drop, lost, p50, p99, mx = g[2 + 7 * i: 9 + 7 * i]
+                planes[name] = {"off": float(off), "sent": float(sent), "drop": int(drop),
+                                "lost": float(lost), "p50": float(p50), "p99": float(p99),
+                                "max": float(mx)}
+            planes["total"] = float(g[-1])
+            res["load"][(g[0], g[1])] = planes
+    if "result" not in res:
+        raise BenchError("sched_cmp printed no RESULT line")
+    return res
+
+
+def run_once(binary: str, args, i: int) -> dict:
+    prefix = f"sched-{os.getpid()}-{i}"
+    cmd = [binary, "--seconds", str(args.seconds), "--lcore", str(args.lcore), "--prefix",
+           prefix, "--max-wait", str(args.max_wait), "--retries", str(args.retries)]
+    if args.verbose:
+        cmd.append("--verbose")
+    # 10 measurements per run, each up to 1 + retries attempts, + drains
+    timeout = 60 + 10 * (1 + args.retries) * (args.seconds + 1.5)
+    lines = []
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         bufsize=1, start_new_session=True)   # Ctrl-C reaches us only
+    killer = threading.Timer(timeout, p.kill)   # this PID only
+    killer.start()
+    try:
+        for line in p.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if line.startswith("RESULT "):
+                say(f"run {i}/{args.runs}: {line}")
+            else:
+                print("  " + line, flush=True)
+        p.wait()
+    finally:
+        killer.cancel()
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        _remove_runtime_dir(prefix)
+    if p.returncode != 0:
+        tail = "\n".join("    " + x for x in lines[-15:])
+        if p.returncode < 0:
+            raise BenchError(f"sched_cmp killed by signal {-p.returncode} (timeout "
+                             f"{timeout:.0f} s?):\n{tail}")
+        raise BenchError(f"sched_cmp exited with code {p.returncode}:\n{tail}")
+    return _parse(lines)
+
+
+def _med(xs) -> str:
+    return (f"{statistics.median(xs):.2f} [{min(xs):.2f}..{max(xs):.2f}]" if len(xs) > 1
+            else f"{xs[0]:.2f}")
+
+
+def summary(runs):
+    """Medians [min..max] over the runs of the main figures."""
+    say(f"medians [min..max] over {len(runs)} run(s):")
+    for label in ("ours", "rte_sched"):
+        c = [r["cost"][label] for r in runs if label in r["cost"]]
+        if c:
+            say(f"  cost      {label:24s} enqueue {_med([x[0] for x in c])} + dequeue "
+                f"{_med([x[1] for x in c])} = {_med([x[2] for x in c])} ns/frame")
+    keys = []
+    for r in runs:
+        keys += [k for k in r["load"] if k not in keys]
+    for key in keys:
+        rs = [r["load"][key] for r in runs if key in r["load"]]
+        parts = []
+        for pl in ("media", "control", "std"):
+            parts.append(f"{pl} sent {_med([x[pl]['sent'] for x in rs])} Mbit/s, lost "
+                         f"{_med([x[pl]['lost'] for x in rs])} %, p50 "
+                         f"{_med([x[pl]['p50'] for x in rs])} us, p99 "
+                         f"{_med([x[pl]['p99'] for x in rs])} us")
+        say(f"  {key[0]:9s} {key[1]:24s} " + "; ".join(parts)
+            + f"; total {_med([x['total'] for x in rs])} Mbit/s")
+
+
+def run(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-sched-") as workdir:
+        la = os.getloadavg()[0]
+        say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
+            + (" - other work on the machine disturbs the timings (see 'cpu wait')"
+               if la > 0.5 else ""))
+        binary = build(workdir)
+        runs = []
+        for i in range(1, args.runs + 1):
+            say(f"run {i}/{args.runs}")
+            runs.append(run_once(binary, args, i))
+    summary(runs)
+    med = {k: statistics.median(r["result"][k] for r in runs) for k in RESULT_KEYS}
+    med["ratio"] = (med["ours_ns_per_pkt"] / med["rte_sched_ns_per_pkt"]
+                    if med["rte_sched_ns_per_pkt"] else float("nan"))
+    for k in RESULT_KEYS:
+        say(f"{k}: median {med[k]:.2f} of " + " ".join(f"{r['result'][k]:.2f}" for r in runs))
+    return med
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench sched",
+        description="Per-plane egress scheduling: csrc/dp_qos.c vs DPDK's rte_sched, same "
+                    "frames, one process (bench/sched_cmp.c).")
+    ap.add_argument("--seconds", type=float, default=2.0,
+                    help="window per scenario and scheduler (default 2)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="runs (processes); the RESULT has the medians (default 1)")
+    ap.add_argument("--lcore", type=int, default=0, help="CPU to run on (default 0)")
+    ap.add_argument("--max-wait", type=float, default=0.01,
+                    help="repeat a measurement whose thread waited for its CPU more than this "
+                         "share of the window (default 0.01)")
+    ap.add_argument("--retries", type=int, default=3,
+                    help="repeats of such a measurement, at most (default 3)")
+    ap.add_argument("--verbose", action="store_true", help="say which measurements were repeated")
+    return ap
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt   # unwind: the child is stopped, the temp dir removed
+
+
+def main(argv=None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    if not 0 < args.seconds <= 600 or args.runs < 1 or args.retries < 0 or args.max_wait < 0:
+        ap.error("0 < --seconds <= 600, --runs >= 1, --retries >= 0, --max-wait >= 0")
+    if not 0 <= args.lcore < (os.cpu_count() or 1):
+        ap.error(f"--lcore: CPU {args.lcore} not present")
+    signal.signal(signal.SIGTERM, _terminate)
+    res, status = run_or_exit(run, args)
+    if status is not None:
+        return status
+    print(f"RESULT name=sched ours_ns_per_pkt={res['ours_ns_per_pkt']:.2f} "
+          f"rte_sched_ns_per_pkt={res['rte_sched_ns_per_pkt']:.2f} ratio={res['ratio']:.3f} "
+          f"ours_media_p99_us={res['ours_media_p99_us']:.2f} "
+          f"rte_sched_media_p99_us={res['rte_sched_media_p99_us']:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
