@@ -139,7 +139,7 @@ class Feeder:
         want = int(self.pps * elapsed) - self.due
         while want > 0:
             k = min(want, self.MAX_GROUP, self.n)
-            got = self.lib.dp_ring_inject(self.port, self.data + self.offs[self.i],
+            got = self.lib.dp_ring_inject(self.port, 0, self.data + self.offs[self.i],
                                           self.lens + self.i, k)
             if got < 0:
                 raise RuntimeError(f"dp_ring_inject on port {self.port} failed ({got})")

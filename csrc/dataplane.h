@@ -20,10 +20,11 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 6
+#define DP_ABI_VERSION 7
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
+#define DP_MAX_RXQ 8             /* rx queues per port */
 #define DP_MAX_NETS 256
 #define DP_MAX_TUNNELS 1024
 #define DP_MAX_PLANES 8
@@ -111,6 +112,8 @@ struct dp_port_info {
     int worker;
     uint16_t eth_port;
     uint16_t n_txq;
+    uint16_t n_rxq;
+    int rxq_worker[DP_MAX_RXQ]; /* the worker polling each rx queue */
     uint8_t mac[6];
     char name[64];
 };
@@ -123,6 +126,8 @@ struct dp_plane_conf {
     uint32_t queue_len;      /* frames per shaped port, power of two */
     int dscp;                /* outer DSCP to mark, -1 = copy the inner one */
     int worker;              /* worker that polls this plane's pod ports, -1 = any */
+    int rx_queue;            /* rx queue (1..) of multi-queue ports this plane's
+                                worker polls, -1 = none; needs worker */
 };
 
 /* process-wide */
@@ -137,8 +142,10 @@ int dp_running(void);
 
 /* ports */
 /* net: network of a pod port from its first packet on (-1: none yet) */
-int dp_port_add(const char *devargs, int role, int net);
-int dp_port_add_ring(const char *name, int role, int net, unsigned ring_size);
+/* n_rxq: rx queues (ethdev ports; steering traffic into them is the
+ * device's job: RSS, flow rules, or the kernel for a tap) */
+int dp_port_add(const char *devargs, int role, int net, unsigned n_rxq);
+int dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsigned n_rxq);
 int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames);
 int dp_port_del(int port);
 int dp_port_info(int port, struct dp_port_info *out);
@@ -177,7 +184,7 @@ int dp_counter_count(int block);
 const char *dp_counter_name(int block, int idx);
 
 /* test and tool ports: push frames into / take frames out of a ring port */
-int dp_ring_inject(int port, const uint8_t *data, const uint32_t *lens, int n);
+int dp_ring_inject(int port, int queue, const uint8_t *data, const uint32_t *lens, int n);
 int dp_ring_collect(int port, uint8_t *buf, size_t buf_len, uint32_t *lens, int max);
 
 /* CDEF END */

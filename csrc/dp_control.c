@@ -284,22 +284,76 @@ port_slot(void)
     return -1;
 }
 
-/* rebuild every worker's poll list from the published ports */
-static void
-poll_rebuild(void)
+/* the worker that polls rx queue q of port p */
+static int
+rxq_worker(const struct dp_port *p, int q)
 {
-    struct dp_poll_list *old[DP_MAX_WORKERS];
-    for (int w = 0; w < dp.n_workers; w++) {
-        struct dp_poll_list *pl = calloc(1, sizeof(*pl));
-        if (!pl)
-            abort();
-        for (int i = 0; i < DP_MAX_PORTS; i++) {
-            struct dp_port *p = port_get(i);
-            if (p && p->worker == w)
-                pl->port[pl->n++] = (uint16_t)i;
+    int w = p->worker;
+    if (q > 0) {
+        /* a plane that claims this queue number, with a worker of its own */
+        for (int pl = 0; pl < DP_MAX_PLANES; pl++) {
+            const struct dp_plane_rt *r = &dp_qg.plane[pl];
+            if (r->used && r->rx_queue == q && r->worker >= 0 && r->worker < dp.n_workers)
+                return r->worker;
         }
-        old[w] = atomic_exchange(&dp.poll[w], pl);
+    } else if (p->net >= 0) {
+        /* a plane given its own worker gets its pod ports polled there */
+        struct dp_net *n = atomic_load(&dp.nets[p->net]);
+        int pw = n ? dp_qg.plane[n->plane].worker : -1;
+        if (pw >= 0 && pw < dp.n_workers)
+            w = pw;
     }
+    return w;
+}
+
+static int
+poll_has(const struct dp_poll_list *pl, uint16_t port, uint16_t q)
+{
+    for (uint16_t i = 0; pl && i < pl->n; i++)
+        if (pl->e[i].port == port && pl->e[i].queue == q)
+            return 1;
+    return 0;
+}
+
+/*
+ * Rebuild every worker's poll list from the published ports. An rx queue is
+ * never polled by two workers at once: a queue that changes workers is first
+ * taken off the old list (and a grace period waited), then put on the new.
+ */
+void
+dp_poll_rebuild(void)
+{
+    struct dp_poll_list *want[DP_MAX_WORKERS], *old[DP_MAX_WORKERS];
+    for (int w = 0; w < dp.n_workers; w++) {
+        want[w] = calloc(1, sizeof(*want[w]));
+        if (!want[w])
+            abort();
+    }
+    for (int i = 0; i < DP_MAX_PORTS; i++) {
+        struct dp_port *p = port_get(i);
+        for (int q = 0; p && q < p->n_rxq; q++) {
+            struct dp_poll_list *pl = want[rxq_worker(p, q)];
+            pl->e[pl->n].port = (uint16_t)i;
+            pl->e[pl->n++].queue = (uint16_t)q;
+        }
+    }
+    /* 1: each worker keeps only what stays its own */
+    for (int w = 0; w < dp.n_workers; w++) {
+        struct dp_poll_list *cur = atomic_load(&dp.poll[w]);
+        struct dp_poll_list *keep = calloc(1, sizeof(*keep));
+        if (!keep)
+            abort();
+        for (uint16_t k = 0; k < want[w]->n; k++)
+            if (poll_has(cur, want[w]->e[k].port, want[w]->e[k].queue))
+                keep->e[keep->n++] = want[w]->e[k];
+        old[w] = atomic_exchange(&dp.poll[w], keep);
+    }
+    dp_sync();
+    for (int w = 0; w < dp.n_workers; w++) {
+        free(old[w]);
+        old[w] = atomic_exchange(&dp.poll[w], want[w]);
+    }
+    /* 2: the new lists; the old ones are free once no worker reads them */
     dp_sync();
     for (int w = 0; w < dp.n_workers; w++)
         free(old[w]);
@@ -333,22 +387,27 @@ port_publish(int idx, struct dp_port *p)
     atomic_store(&dp.ports[idx], p);
     if (p->net >= 0)
         net_set_local(p->net, idx, 1); /* flood to it only once it exists */
-    poll_rebuild();
+    dp_poll_rebuild();
 }
 
 static int
-ethdev_setup(uint16_t pid, struct dp_port *p)
+ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
 {
     struct rte_eth_dev_info di;
     int ret = rte_eth_dev_info_get(pid, &di);
     if (ret != 0)
         FAIL(-ret, "port %s: cannot read device info", p->name);
+    if (n_rxq < 1 || n_rxq > DP_MAX_RXQ)
+        FAIL(EINVAL, "port %s: %u rx queues, not 1..%d", p->name, n_rxq, DP_MAX_RXQ);
+    if (n_rxq > di.max_rx_queues)
+        FAIL(EINVAL, "port %s: %u rx queues asked, the device has at most %u", p->name, n_rxq,
+             (unsigned)di.max_rx_queues);
     uint16_t ntx = (uint16_t)dp.n_workers;
     if (di.max_tx_queues < ntx)
         ntx = 1;
     struct rte_eth_conf conf;
     memset(&conf, 0, sizeof(conf));
-    ret = rte_eth_dev_configure(pid, 1, ntx, &conf);
+    ret = rte_eth_dev_configure(pid, (uint16_t)n_rxq, ntx, &conf);
     if (ret != 0)
         FAIL(-ret, "port %s: rte_eth_dev_configure failed (%s)", p->name, strerror(-ret));
     uint16_t nrxd = 1024, ntxd = 1024;
@@ -356,9 +415,11 @@ ethdev_setup(uint16_t pid, struct dp_port *p)
     int sock = rte_eth_dev_socket_id(pid);
     if (sock < 0)
         sock = (int)rte_socket_id();
-    ret = rte_eth_rx_queue_setup(pid, 0, nrxd, (unsigned)sock, NULL, dp.pool);
-    if (ret != 0)
-        FAIL(-ret, "port %s: rx queue setup failed (%s)", p->name, strerror(-ret));
+    for (uint16_t q = 0; q < n_rxq; q++) {
+        ret = rte_eth_rx_queue_setup(pid, q, nrxd, (unsigned)sock, NULL, dp.pool);
+        if (ret != 0)
+            FAIL(-ret, "port %s: rx queue %u setup failed (%s)", p->name, q, strerror(-ret));
+    }
     for (uint16_t q = 0; q < ntx; q++) {
         ret = rte_eth_tx_queue_setup(pid, q, ntxd, (unsigned)sock, NULL);
         if (ret != 0)
@@ -372,6 +433,7 @@ ethdev_setup(uint16_t pid, struct dp_port *p)
     if (rte_eth_macaddr_get(pid, &ea) == 0)
         memcpy(p->mac, ea.addr_bytes, 6);
     p->n_txq = ntx;
+    p->n_rxq = (uint16_t)n_rxq;
     return 0;
 }
 
@@ -384,6 +446,7 @@ port_new(int role, int net, const char *name, int driver)
     p->role = role;
     p->driver = driver;
     p->net = net;
+    p->n_rxq = 1;
     p->worker = least_loaded_worker();
     if (net >= 0) {
         /* a plane given its own worker gets its pod ports polled there */
@@ -425,7 +488,7 @@ check_role(int role, int net)
 }
 
 int
-dp_port_add(const char *devargs, int role, int net)
+dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
 {
     if (!dp_setup_done)
         FAIL(EINVAL, "dp_setup not done");
@@ -455,7 +518,7 @@ dp_port_add(const char *devargs, int role, int net)
         FAIL(ENOMEM, "out of memory");
     p->idx = idx;
     p->eth_port = pid;
-    ret = ethdev_setup(pid, p);
+    ret = ethdev_setup(pid, p, n_rxq);
     if (ret != 0) {
         char keep[512];
         snprintf(keep, sizeof(keep), "%s", dp_errbuf);
@@ -471,8 +534,23 @@ dp_port_add(const char *devargs, int role, int net)
     return idx;
 }
 
+/* free a ring port's rings and the frames in them */
+static void
+ring_port_free_rings(struct rte_ring **rx, unsigned n_rx, struct rte_ring *tx)
+{
+    struct rte_mbuf *m;
+    for (unsigned q = 0; q < n_rx; q++) {
+        while (rx[q] && rte_ring_dequeue(rx[q], (void **)&m) == 0)
+            rte_pktmbuf_free(m);
+        rte_ring_free(rx[q]);
+    }
+    while (tx && rte_ring_dequeue(tx, (void **)&m) == 0)
+        rte_pktmbuf_free(m);
+    rte_ring_free(tx);
+}
+
 int
-dp_port_add_ring(const char *name, int role, int net, unsigned ring_size)
+dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsigned n_rxq)
 {
     if (!dp_setup_done)
         FAIL(EINVAL, "dp_setup not done");
@@ -481,6 +559,8 @@ dp_port_add_ring(const char *name, int role, int net, unsigned ring_size)
         return cr;
     if (ring_size == 0 || (ring_size & (ring_size - 1)))
         FAIL(EINVAL, "ring size %u is not a power of two", ring_size);
+    if (n_rxq < 1 || n_rxq > DP_MAX_RXQ)
+        FAIL(EINVAL, "port %s: %u rx queues, not 1..%d", name, n_rxq, DP_MAX_RXQ);
     int idx = port_slot();
     if (idx < 0)
         FAIL(ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
@@ -490,35 +570,44 @@ dp_port_add_ring(const char *name, int role, int net, unsigned ring_size)
     if (rte_eth_dev_get_port_by_name(dev, &pid) == 0)
         FAIL(EEXIST, "ring port %s already exists", name);
     int sock = (int)rte_socket_id();
-    snprintf(rn, sizeof(rn), "rx_%s", name);
-    struct rte_ring *rx = rte_ring_create(rn, ring_size, sock, 0);
+    struct rte_ring *rx[DP_MAX_RXQ] = {NULL};
+    int ok = 1;
+    for (unsigned q = 0; q < n_rxq; q++) {
+        snprintf(rn, sizeof(rn), "rx%u_%s", q, name);
+        rx[q] = rte_ring_create(rn, ring_size, sock, 0);
+        ok = ok && rx[q];
+    }
     snprintf(rn, sizeof(rn), "tx_%s", name);
     struct rte_ring *tx = rte_ring_create(rn, ring_size, sock, 0);
-    if (!rx || !tx) {
-        rte_ring_free(rx);
-        rte_ring_free(tx);
+    if (!ok || !tx) {
+        ring_port_free_rings(rx, n_rxq, tx);
         FAIL(ENOMEM, "cannot create rings for port %s: %s", name, rte_strerror(rte_errno));
     }
     struct rte_ring *txq[DP_MAX_WORKERS];
     for (int i = 0; i < DP_MAX_WORKERS; i++)
         txq[i] = tx;
     int n_txq = dp.n_workers > 0 ? dp.n_workers : 1;
-    int ret = rte_eth_from_rings(dev, &rx, 1, txq, (unsigned)n_txq, (unsigned)sock);
+    int ret = rte_eth_from_rings(dev, rx, n_rxq, txq, (unsigned)n_txq, (unsigned)sock);
     if (ret < 0) {
-        rte_ring_free(rx);
-        rte_ring_free(tx);
+        ring_port_free_rings(rx, n_rxq, tx);
         FAIL(EINVAL, "cannot create ring port %s: %s", name, rte_strerror(rte_errno));
     }
+    uint16_t eth = (uint16_t)ret;
     struct dp_port *p = port_new(role, net, dev, DP_DRV_ETHDEV);
-    if (!p)
+    if (!p) {
+        rte_eth_dev_close(eth);
+        ring_port_free_rings(rx, n_rxq, tx);
         FAIL(ENOMEM, "out of memory");
+    }
     p->idx = idx;
-    p->eth_port = (uint16_t)ret;
-    p->ring_rx = rx;
+    p->eth_port = eth;
+    memcpy(p->ring_rx, rx, sizeof(p->ring_rx));
     p->ring_tx = tx;
     /* a ring port's tx ring is multi-producer: one tx queue per worker */
-    ret = ethdev_setup(p->eth_port, p);
+    ret = ethdev_setup(p->eth_port, p, n_rxq);
     if (ret != 0) {
+        rte_eth_dev_close(eth);
+        ring_port_free_rings(rx, n_rxq, tx);
         port_free(p);
         return ret;
     }
@@ -616,7 +705,7 @@ dp_port_del(int idx)
     if (p->net >= 0)
         net_set_local(p->net, idx, 0);
     atomic_store(&dp.ports[idx], NULL);
-    poll_rebuild(); /* includes the grace period: no worker holds p now */
+    dp_poll_rebuild(); /* includes the grace period: no worker holds p now */
     if (p->driver == DP_DRV_AFPACKET) {
         dp_afp_close(p->afp);
     } else {
@@ -625,15 +714,8 @@ dp_port_del(int idx)
         int have = rte_eth_dev_info_get(p->eth_port, &di) == 0 && di.device;
         if (!have || rte_dev_remove(di.device) != 0)
             rte_eth_dev_close(p->eth_port);
-        if (p->ring_rx) {
-            struct rte_mbuf *m;
-            while (rte_ring_dequeue(p->ring_rx, (void **)&m) == 0)
-                rte_pktmbuf_free(m);
-            while (rte_ring_dequeue(p->ring_tx, (void **)&m) == 0)
-                rte_pktmbuf_free(m);
-            rte_ring_free(p->ring_rx);
-            rte_ring_free(p->ring_tx);
-        }
+        if (p->ring_tx)
+            ring_port_free_rings(p->ring_rx, DP_MAX_RXQ, p->ring_tx);
     }
     port_free(p);
     return 0;
@@ -653,6 +735,9 @@ dp_port_info(int idx, struct dp_port_info *out)
     out->worker = p->worker;
     out->eth_port = p->eth_port;
     out->n_txq = p->n_txq;
+    out->n_rxq = p->n_rxq;
+    for (int q = 0; q < DP_MAX_RXQ; q++)
+        out->rxq_worker[q] = q < p->n_rxq ? rxq_worker(p, q) : -1;
     memcpy(out->mac, p->mac, 6);
     snprintf(out->name, sizeof(out->name), "%s", p->name);
     return 1;
@@ -1410,11 +1495,14 @@ dp_counter_name(int block, int i)
 /* ------------------------------------------------------ ring test ports */
 
 int
-dp_ring_inject(int idx, const uint8_t *data, const uint32_t *lens, int n)
+dp_ring_inject(int idx, int queue, const uint8_t *data, const uint32_t *lens, int n)
 {
     struct dp_port *p = port_get(idx);
-    if (!p || !p->ring_rx)
+    if (!p || !p->ring_tx)
         FAIL(EINVAL, "port %d is not a ring port", idx);
+    if (queue < 0 || queue >= p->n_rxq)
+        FAIL(EINVAL, "port %d has no rx queue %d (it has %u)", idx, queue, p->n_rxq);
+    struct rte_ring *ring = p->ring_rx[queue];
     int done = 0;
     size_t off = 0;
     while (done < n) {
@@ -1432,7 +1520,7 @@ dp_ring_inject(int idx, const uint8_t *data, const uint32_t *lens, int n)
             memcpy(d, data + off, len);
             off += len;
         }
-        unsigned q = rte_ring_enqueue_burst(p->ring_rx, (void **)m, (unsigned)k, NULL);
+        unsigned q = rte_ring_enqueue_burst(ring, (void **)m, (unsigned)k, NULL);
         if (q < (unsigned)k)
             rte_pktmbuf_free_bulk(m + q, (unsigned)k - q);
         done += (int)q;

@@ -143,8 +143,9 @@ struct dp_port {
     int worker;               /* which worker polls rx */
     uint16_t eth_port;
     uint16_t n_txq;           /* < n_workers: tx shared under a lock */
+    uint16_t n_rxq;           /* queue 0: the port's worker; others: a plane's */
     struct dp_afp *afp;       /* native AF_PACKET driver */
-    struct rte_ring *ring_rx; /* ring ports: what Python injects */
+    struct rte_ring *ring_rx[DP_MAX_RXQ]; /* ring ports: what Python injects, per queue */
     struct rte_ring *ring_tx; /* ring ports: what Python collects */
     rte_spinlock_t *tx_lock;
     struct dp_qos *qos;       /* shaped port: per-plane queues, else NULL */
@@ -203,9 +204,13 @@ struct dp_worker {
 } __rte_cache_aligned;
 
 /* worker poll lists: immutable snapshots */
+/* what a worker polls: (port, rx queue) pairs */
 struct dp_poll_list {
     uint16_t n;
-    uint16_t port[DP_MAX_PORTS];
+    struct {
+        uint16_t port;
+        uint16_t queue;
+    } e[DP_MAX_PORTS * 2];
 };
 
 /* counters, one cache-aligned row block per worker */
@@ -255,6 +260,8 @@ extern struct dp_state dp;
 #define DP_CTRL_ROW (DP_MAX_WORKERS - 1)
 
 int dp_worker_main(void *arg);
+/* re-deal (port, queue) pairs to the workers (after a plane's change) */
+void dp_poll_rebuild(void);
 void dp_set_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif /* DP_INTERNAL_H */

@@ -753,10 +753,10 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
 /* ------------------------------------------------------------ main loop */
 
 static inline uint16_t
-port_rx(const struct dp_port *p, struct rte_mbuf **pkts)
+port_rx(const struct dp_port *p, uint16_t q, struct rte_mbuf **pkts)
 {
     if (p->driver == DP_DRV_ETHDEV)
-        return rte_eth_rx_burst(p->eth_port, 0, pkts, DP_BURST);
+        return rte_eth_rx_burst(p->eth_port, q, pkts, DP_BURST);
     return dp_afp_rx_burst(p->afp, pkts, DP_BURST);
 }
 
@@ -789,13 +789,13 @@ dp_worker_main(void *arg)
         uint64_t busy = 0;
 
         for (uint16_t i = 0; i < pl->n; i++) {
-            uint16_t pi = pl->port[i];
+            uint16_t pi = pl->e[i].port, q = pl->e[i].queue;
             const struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
             if (unlikely(p == NULL))
                 continue;
 
             /* control-plane frames (ARP requests) leave by the uplink */
-            if (p->role == DP_ROLE_UPLINK && unlikely(!rte_ring_empty(dp.ctrl_tx))) {
+            if (q == 0 && p->role == DP_ROLE_UPLINK && unlikely(!rte_ring_empty(dp.ctrl_tx))) {
                 struct rte_mbuf *c[DP_BURST];
                 unsigned nc = rte_ring_dequeue_burst(dp.ctrl_tx, (void **)c, DP_BURST, NULL);
                 for (unsigned x = 0; x < nc; x++) {
@@ -806,13 +806,14 @@ dp_worker_main(void *arg)
                 tx_flush_all(w);
             }
 
-            /* shaped port: let out what its planes' queues and buckets allow */
-            if (p->qos)
+            /* shaped port: let out what its planes' queues and buckets allow
+             * (its scheduler runs where its queue 0 is polled) */
+            if (q == 0 && p->qos)
                 qos_run(w, p, pi);
 
             /* rx: the burst's time is its frames' (latency per plane is
              * measured at tx, or stamped per frame when a frame queues) */
-            uint16_t n = port_rx(p, pkts);
+            uint16_t n = port_rx(p, q, pkts);
             if (n == 0)
                 continue;
             busy++;

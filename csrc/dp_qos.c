@@ -75,7 +75,8 @@ dp_qos_init(void)
     memset(dp_qg.dscp_plane, -1, sizeof(dp_qg.dscp_plane));
     /* plane 0 exists from the start: everything is in some plane */
     dp_qg.plane[0] = (struct dp_plane_rt){.used = 1, .priority = 0, .queue_len = 1024,
-                                          .outer_tos = -1, .worker = -1};
+                                          .outer_tos = -1, .worker = -1,
+                                          .rx_queue = -1};
     dp_qg.priority_on = 1;
     dp_qg.latency_on = 1;
     order_rebuild();
@@ -107,21 +108,41 @@ dp_plane_set(int plane, const struct dp_plane_conf *c)
                      dp.n_workers);
         return -EINVAL;
     }
-    for (int p = 0; p < DP_MAX_PLANES; p++)
-        if (p != plane && dp_qg.plane[p].used && dp_qg.plane[p].priority == c->priority) {
+    if (c->rx_queue != -1 && (c->rx_queue < 1 || c->rx_queue >= DP_MAX_RXQ)) {
+        dp_set_error(0, "plane %d: rx queue %d out of range 1..%d (queue 0 is the port's own)",
+                     plane, c->rx_queue, DP_MAX_RXQ - 1);
+        return -EINVAL;
+    }
+    if (c->rx_queue >= 1 && c->worker < 0) {
+        dp_set_error(0, "plane %d: an rx queue of its own needs a worker of its own", plane);
+        return -EINVAL;
+    }
+    for (int p = 0; p < DP_MAX_PLANES; p++) {
+        if (p == plane || !dp_qg.plane[p].used)
+            continue;
+        if (dp_qg.plane[p].priority == c->priority) {
             dp_set_error(0, "plane %d: priority %d is already plane %d's", plane, c->priority, p);
             return -EEXIST;
         }
+        if (c->rx_queue >= 1 && dp_qg.plane[p].rx_queue == c->rx_queue) {
+            dp_set_error(0, "plane %d: rx queue %d is already plane %d's", plane, c->rx_queue, p);
+            return -EEXIST;
+        }
+    }
     struct dp_plane_rt *r = &dp_qg.plane[plane];
     /* words a worker reads: each one written whole */
     __atomic_store_n(&r->min_bytes_tsc, dp_bps_to_tsc_rate(c->min_bps), __ATOMIC_RELAXED);
     __atomic_store_n(&r->max_bytes_tsc, dp_bps_to_tsc_rate(c->max_bps), __ATOMIC_RELAXED);
     __atomic_store_n(&r->outer_tos, c->dscp < 0 ? -1 : c->dscp << 2, __ATOMIC_RELAXED);
     r->queue_len = c->queue_len; /* applies to queues made from now on */
+    int moved = r->worker != c->worker || r->rx_queue != c->rx_queue || !r->used;
     r->worker = c->worker;
+    r->rx_queue = c->rx_queue;
     r->priority = c->priority;
     __atomic_store_n(&r->used, 1, __ATOMIC_RELEASE);
     order_rebuild();
+    if (moved && dp.qsbr)
+        dp_poll_rebuild(); /* its ports and queues to its worker */
     return 0;
 }
 

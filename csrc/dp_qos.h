@@ -48,6 +48,7 @@ struct dp_plane_rt {
     uint32_t queue_len;
     int outer_tos;            /* -1: copy the inner DSCP */
     int worker;               /* -1: shared */
+    int rx_queue;             /* -1: none */
 };
 
 /* per shaped port: allocated by control, scheduled by the port's worker */

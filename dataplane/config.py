@@ -78,6 +78,7 @@ _PLANE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,14}$")
 MAX_PLANES = 8
 MAX_NETWORKS = 256
 MAX_WORKERS = 8
+MAX_RX_QUEUES = 8                  # rx queues per port (core: DP_MAX_RXQ)
 
 
 # ---------------------------------------------------------------- dataclasses
@@ -93,6 +94,7 @@ class VtepConfig:
     learning: bool = False
     uplink_rate: int = 0               # shaper on the uplink, bit/s; 0 = off
     uplink_burst: int = 16384          # shaper bucket, bytes
+    uplink_rx_queues: int = 1          # rx queues of a DPDK uplink (planes' rx_queue)
 
     @property
     def ip(self) -> str:
@@ -134,6 +136,7 @@ class PlaneConfig:
     queue_len: int = 1024              # frames per shaped port, power of two
     dscp: Optional[int] = None         # outer DSCP to mark; None = copy the inner one
     worker: Optional[int] = None       # lcore that polls this plane's pod ports
+    rx_queue: Optional[int] = None     # uplink rx queue that worker polls (1..)
     classify_dscp: List[int] = dataclasses.field(default_factory=list)  # inner DSCPs
 
 
@@ -242,7 +245,8 @@ class NodeConfig:
             "planes": {p.name: {"priority": p.priority, "interface": p.interface,
                                 "min_rate": p.min_rate, "max_rate": p.max_rate,
                                 "queue_len": p.queue_len, "dscp": p.dscp,
-                                "worker": p.worker, "classify_dscp": list(p.classify_dscp)}
+                                "worker": p.worker, "rx_queue": p.rx_queue,
+                                "classify_dscp": list(p.classify_dscp)}
                        for p in self.planes.values()},
             "networks": [dataclasses.asdict(n) for n in self.networks],
             "remotes": [{"vtep": r.vtep, "networks": list(r.networks)}
@@ -467,7 +471,7 @@ class _Parser:
         memory_mb = self.integer(top.get("memory_mb", DEFAULT_MEMORY_MB),
                                  "memory_mb", 64, 1 << 20)
         vtep = self.vtep(top["vtep"])
-        planes = self.planes(top.get("planes"))
+        planes = self.planes(top.get("planes"), vtep.uplink_rx_queues)
         networks = self.networks(top.get("networks"), planes, vtep)
         remotes = self.remotes(top.get("remotes"), networks, vtep)
 
@@ -504,7 +508,7 @@ class _Parser:
         p = "vtep"
         v = self.mapping(value, p, ("address", "uplink", "mac", "udp_port", "gateway",
                                     "next_hop_mac", "underlay_mtu", "learning",
-                                    "uplink_rate", "uplink_burst"),
+                                    "uplink_rate", "uplink_burst", "uplink_rx_queues"),
                          required=("address", "uplink"))
         addr = v["address"]
         if not isinstance(addr, str) or "/" not in addr:
@@ -548,11 +552,18 @@ class _Parser:
         learning = self.boolean(v.get("learning", False), f"{p}.learning")
         rate = self.rate(v.get("uplink_rate", 0), f"{p}.uplink_rate")
         burst = self.integer(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26)
+        rxq = self.integer(v.get("uplink_rx_queues", 1), f"{p}.uplink_rx_queues", 1,
+                           MAX_RX_QUEUES)
+        if rxq > 1 and not uplink.startswith("dpdk:"):
+            raise self.err(f"{p}.uplink_rx_queues", "a kernel-interface uplink (native "
+                                                    "AF_PACKET) has one rx queue; several "
+                                                    "need a DPDK uplink ('dpdk:...')")
         return VtepConfig(address=str(iface), uplink=uplink, mac=mac, udp_port=udp_port,
                           gateway=gateway, next_hop_mac=nh, underlay_mtu=mtu,
-                          learning=learning, uplink_rate=rate, uplink_burst=burst)
+                          learning=learning, uplink_rate=rate, uplink_burst=burst,
+                          uplink_rx_queues=rxq)
 
-    def planes(self, value):
+    def planes(self, value, uplink_rx_queues=1):
         if value is None:
             return {n: PlaneConfig(n, prio, ifn, dscp=DEFAULT_PLANE_DSCP.get(n))
                     for n, (prio, ifn) in DEFAULT_PLANES.items()}
@@ -564,6 +575,7 @@ class _Parser:
         planes = {}
         by_prio = {}
         by_if = {}
+        by_rxq = {}
         for name, spec in value.items():
             p = f"planes.{name}"
             if not isinstance(name, str) or not _PLANE_RE.match(name):
@@ -571,7 +583,8 @@ class _Parser:
                                   "letter, then letters, digits, '_' or '-'; at most 15)")
             spec = {} if spec is None else spec
             self.mapping(spec, p, ("priority", "interface", "min_rate", "max_rate",
-                                   "queue_len", "dscp", "worker", "classify_dscp"))
+                                   "queue_len", "dscp", "worker", "rx_queue",
+                                   "classify_dscp"))
             default = DEFAULT_PLANES.get(name)
             if "priority" in spec:
                 prio = self.integer(spec["priority"], f"{p}.priority", 0, MAX_PLANES - 1)
@@ -611,12 +624,26 @@ class _Parser:
                 if worker not in self._lcores[1:]:
                     raise self.err(f"{p}.worker", f"lcore {worker} is not one of the "
                                                   f"worker lcores {self._lcores[1:]}")
+            rxq = spec.get("rx_queue")
+            if rxq is not None:
+                rxq = self.integer(rxq, f"{p}.rx_queue", 1, MAX_RX_QUEUES - 1)
+                if worker is None:
+                    raise self.err(f"{p}.rx_queue", "needs the plane's own worker (set "
+                                                    f"{p}.worker)")
+                if rxq >= uplink_rx_queues:
+                    raise self.err(f"{p}.rx_queue", f"{rxq}: the uplink has "
+                                                    f"{uplink_rx_queues} rx queue(s) "
+                                                    "(vtep.uplink_rx_queues)")
+                if rxq in by_rxq:
+                    raise self.err(f"{p}.rx_queue", f"{rxq} is the rx queue of plane "
+                                                    f"{by_rxq[rxq]} already")
+                by_rxq[rxq] = name
             cls = spec.get("classify_dscp", [])
             if not isinstance(cls, list):
                 raise self.err(f"{p}.classify_dscp", "must be a list of DSCP values")
             cls = [self.integer(d, f"{p}.classify_dscp[{i}]", 0, 63) for i, d in enumerate(cls)]
             planes[name] = PlaneConfig(name, prio, ifn, min_rate, max_rate, qlen, dscp,
-                                       worker, cls)
+                                       worker, rxq, cls)
         if "std" not in planes:
             raise self.err("planes", "the std plane is required (IT pods use it)")
         return planes

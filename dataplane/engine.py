@@ -32,7 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 6
+ABI_VERSION = 7
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -98,6 +98,7 @@ class EngineConfig:
 
     mode: str = "fallback"            # "hugepages" or "fallback" (EAL --no-huge)
     lcores: Sequence[int] = (0, 1)    # first: control thread; others: workers
+    cpus: Sequence[int] = ()          # CPU of each lcore; empty: lcore n on CPU n
     pci: Sequence[str] = ()           # PCI devices to use; empty: --no-pci
     memory_mb: int = 512
     n_mbufs: int = 16383
@@ -116,9 +117,14 @@ class EngineConfig:
         if len(lcores) - 1 > lib.DP_MAX_WORKERS - 1:
             raise ConfigError(f"lcores: at most {lib.DP_MAX_WORKERS - 1} workers")
         ncpu = os.cpu_count() or 1
-        bad = [c for c in lcores if c >= ncpu]
+        cpus = list(self.cpus) or lcores
+        if len(cpus) != len(lcores) or any(not isinstance(c, int) or c < 0 for c in cpus):
+            raise ConfigError(f"cpus: {list(self.cpus)!r} must give one CPU per lcore "
+                              f"({len(lcores)})")
+        bad = [c for c in cpus if c >= ncpu]
         if bad:
-            raise ConfigError(f"lcores: {bad} not present (this machine has {ncpu} CPUs)")
+            raise ConfigError(f"{'cpus' if self.cpus else 'lcores'}: {bad} not present "
+                              f"(this machine has {ncpu} CPUs)")
         if not 64 <= int(self.memory_mb) <= 1 << 20:
             raise ConfigError(f"memory_mb: {self.memory_mb} out of range 64..1048576")
         if not 1023 <= int(self.n_mbufs) <= 1 << 22:
@@ -126,7 +132,9 @@ class EngineConfig:
         prefix = self.file_prefix or f"dataplane-{os.getpid()}"
         if not prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"file_prefix: {prefix!r} must be letters, digits, - or _")
-        args = ["dataplane", "-l", ",".join(map(str, lcores)),
+        where = (["--lcores", ",".join(f"{l}@{c}" for l, c in zip(lcores, cpus))]
+                 if self.cpus else ["-l", ",".join(map(str, lcores))])
+        args = ["dataplane"] + where + [
                 "--main-lcore", str(lcores[0]),
                 "--file-prefix", prefix,
                 f"--log-level={self.log_level}"]
@@ -157,6 +165,7 @@ class PortInfo:
     network: Optional[int]
     worker: int
     mac: str
+    rx_workers: List[int] = dataclasses.field(default_factory=list)  # per rx queue
 
 
 class Counters:
@@ -326,26 +335,35 @@ class Engine:
     def _net(net):
         return -1 if net is None else net
 
-    def add_port(self, devargs: str, role: str = "pod", network: Optional[int] = None) -> int:
+    def add_port(self, devargs: str, role: str = "pod", network: Optional[int] = None,
+                 rx_queues: int = 1) -> int:
         """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
         ``net_null0``, ``net_tap0,iface=dp0``, ``net_memif0,role=server``,
         ``net_af_packet0,iface=veth0``) as a port; returns its index. A pod
-        port given ``network`` belongs to it from its first packet on."""
+        port given ``network`` belongs to it from its first packet on.
+        ``rx_queues`` > 1: queue 0 is polled by the port's worker, queue q by
+        the worker of the plane whose ``rx_queue`` is q (see :meth:`set_plane`);
+        which frames land in which queue is the device's steering."""
         if not isinstance(devargs, str) or not devargs.strip():
             raise ConfigError("devargs: empty device string")
+        if not isinstance(rx_queues, int) or not 1 <= rx_queues <= lib.DP_MAX_RXQ:
+            raise ConfigError(f"rx_queues: {rx_queues!r} out of range 1..{lib.DP_MAX_RXQ}")
         r = self._role(role)
         return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r,
-                          self._net(network))
+                          self._net(network), rx_queues)
 
     def add_ring_port(self, name: str, role: str = "pod", size: int = 4096,
-                      network: Optional[int] = None) -> int:
+                      network: Optional[int] = None, rx_queues: int = 1) -> int:
         """A net_ring port whose rx and tx rings this process feeds and drains
-        with :meth:`inject` and :meth:`collect`."""
+        with :meth:`inject` and :meth:`collect`; with ``rx_queues`` > 1 the
+        caller steers, giving each frame's queue to :meth:`inject`."""
         r = self._role(role)
         if size <= 0 or size & (size - 1):
             raise ConfigError(f"size: {size} is not a power of two")
+        if not isinstance(rx_queues, int) or not 1 <= rx_queues <= lib.DP_MAX_RXQ:
+            raise ConfigError(f"rx_queues: {rx_queues!r} out of range 1..{lib.DP_MAX_RXQ}")
         return self._call(f"adding ring port {name!r}", lib.dp_port_add_ring,
-                          name.encode(), r, self._net(network), size)
+                          name.encode(), r, self._net(network), size, rx_queues)
 
     def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048,
                           network: Optional[int] = None) -> int:
@@ -369,7 +387,8 @@ class Engine:
             role="uplink" if out.role == lib.DP_ROLE_UPLINK else "pod",
             driver="afpacket" if out.driver == lib.DP_DRV_AFPACKET else "ethdev",
             network=out.net if out.net >= 0 else None, worker=out.worker,
-            mac=format_mac(bytes(out.mac)))
+            mac=format_mac(bytes(out.mac)),
+            rx_workers=[out.rxq_worker[q] for q in range(out.n_rxq)])
 
     def ports(self) -> List[PortInfo]:
         return [p for p in (self.port_info(i) for i in range(lib.DP_MAX_PORTS)) if p]
@@ -413,12 +432,14 @@ class Engine:
     # --------------------------------------------------------------- planes
     def set_plane(self, plane: int, priority: int, min_bps: int = 0, max_bps: int = 0,
                   queue_len: int = 1024, dscp: Optional[int] = None,
-                  worker: Optional[int] = None):
+                  worker: Optional[int] = None, rx_queue: Optional[int] = None):
         """Plane ``plane`` (0..DP_MAX_PLANES-1): strict ``priority`` (higher
         first), guaranteed/maximum rate on shaped ports (bit/s, 0 = none),
         queue length (frames, power of two), outer DSCP to mark (None: copy
-        the inner one), a worker of its own for its pod ports (None: shared).
-        Rates change at once, while traffic flows."""
+        the inner one), a worker of its own for its pod ports (None: shared),
+        and with it rx queue ``rx_queue`` (1..) of every port that has it.
+        Rates change at once, while traffic flows; a queue changes workers
+        without ever being polled by two."""
         for name, v in (("min_bps", min_bps), ("max_bps", max_bps)):
             if not isinstance(v, int) or v < 0:
                 raise ConfigError(f"plane {plane}: {name} {v!r} must be a non-negative integer")
@@ -429,6 +450,7 @@ class Engine:
         c.queue_len = queue_len
         c.dscp = -1 if dscp is None else dscp
         c.worker = -1 if worker is None else worker
+        c.rx_queue = -1 if rx_queue is None else rx_queue
         self._call(f"configuring plane {plane}", lib.dp_plane_set, plane, c)
 
     def set_shaper(self, port: int, rate_bps: int, burst_bytes: int = 16384):
@@ -522,6 +544,15 @@ class Engine:
         return format_mac(bytes(out))
 
     # -------------------------------------------------------------- counters
+    def port_by_worker(self, port: int) -> np.ndarray:
+        """Port ``port``'s counters per worker, [n_workers, len(PORT_COUNTERS)]:
+        which worker received (polled) and sent what."""
+        with self._lock:
+            if self._closed:
+                raise EALError("engine is closed")
+            a = self._views[lib.DP_BLOCK_PORT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, -1)
+            return a[:self.n_workers, port, :len(PORT_COUNTERS)].copy()
+
     def counters(self) -> Counters:
         """A snapshot of every counter, summed over workers (no locks taken:
         each counter is a 64-bit word only its worker writes)."""
@@ -543,14 +574,14 @@ class Engine:
                 lat=lat.sum(axis=0, dtype=np.uint64), tsc_hz=self.tsc_hz)
 
     # ------------------------------------------------------- ring test ports
-    def inject(self, port: int, frames: Sequence[bytes]) -> int:
-        """Put frames into a ring port's rx ring (as if received)."""
+    def inject(self, port: int, frames: Sequence[bytes], queue: int = 0) -> int:
+        """Put frames into a ring port's rx ring ``queue`` (as if received)."""
         if not frames:
             return 0
         data = b"".join(frames)
         lens = ffi.new("uint32_t[]", [len(f) for f in frames])
         return self._call(f"injecting into port {port}", lib.dp_ring_inject,
-                          port, data, lens, len(frames))
+                          port, queue, data, lens, len(frames))
 
     def collect(self, port: int, max_frames: int = 4096, wait: float = 0.0,
                 expect: Optional[int] = None) -> List[bytes]:

@@ -104,7 +104,8 @@ class NodeService:
         cfg, eng = self.config, self.engine
         v = cfg.vtep
         if v.uplink_kind == "dpdk":
-            self.uplink = eng.add_port(v.uplink_devargs, role="uplink")
+            self.uplink = eng.add_port(v.uplink_devargs, role="uplink",
+                                       rx_queues=v.uplink_rx_queues)
         else:
             self.uplink = eng.add_afpacket_port(v.uplink_ifname, role="uplink")
         mac = v.mac or eng.port_info(self.uplink).mac
@@ -112,7 +113,8 @@ class NodeService:
             eng.set_plane(cfg.plane_id(pl.name), priority=pl.priority, min_bps=pl.min_rate,
                           max_bps=pl.max_rate, queue_len=pl.queue_len, dscp=pl.dscp,
                           worker=(list(cfg.lcores).index(pl.worker) - 1
-                                  if pl.worker is not None else None))
+                                  if pl.worker is not None else None),
+                          rx_queue=pl.rx_queue)
             for d in pl.classify_dscp:
                 eng.set_dscp_plane(d, cfg.plane_id(pl.name))
         if v.uplink_rate:

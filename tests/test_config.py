@@ -146,7 +146,7 @@ def test_limits_match_the_core_header():
         pytest.skip("csrc/dataplane.h not present")
     text = open(header).read()
     for name, value in (("DP_MAX_PLANES", C.MAX_PLANES), ("DP_MAX_NETS", C.MAX_NETWORKS),
-                        ("DP_MAX_WORKERS", C.MAX_WORKERS)):
+                        ("DP_MAX_WORKERS", C.MAX_WORKERS), ("DP_MAX_RXQ", C.MAX_RX_QUEUES)):
         m = re.search(rf"#define\s+{name}\s+(\d+)", text)
         assert m and int(m.group(1)) == value, name
 
@@ -295,6 +295,32 @@ def test_plane_errors():
     bad(cfg(planes={"std": {"interface": "a/b"}}), r"^planes\.std\.interface: ")
     bad(cfg(planes={}), r"^planes: must be a non-empty mapping")
     bad(cfg(planes={"std": {"interface": "lo"}}), r"^planes\.std\.interface: 'lo' is the")
+
+
+def test_plane_rx_queue():
+    up = {"address": "10.0.0.1/24", "uplink": "dpdk:net_tap0,iface=up0", "uplink_rx_queues": 2}
+    c = parse_config(cfg(lcores=[0, 1, 2], vtep=up,
+                         planes={"std": {}, "control": {}, "media": {"worker": 2, "rx_queue": 1}}))
+    assert c.vtep.uplink_rx_queues == 2
+    assert c.planes["media"].rx_queue == 1 and c.planes["media"].worker == 2
+    assert c.planes["std"].rx_queue is None
+
+
+def test_plane_rx_queue_errors():
+    up = {"address": "10.0.0.1/24", "uplink": "dpdk:net_tap0,iface=up0", "uplink_rx_queues": 2}
+    bad(cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"rx_queue": 1}}),
+        r"^planes\.media\.rx_queue: needs the plane's own worker")
+    bad(cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 2}}),
+        r"^planes\.media\.rx_queue: 2: the uplink has 2 rx queue\(s\)")
+    bad(cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 0}}),
+        r"^planes\.media\.rx_queue: 0 out of range 1\.\.7")
+    bad(cfg(lcores=[0, 1, 2], vtep=dict(up, uplink_rx_queues=3),
+            planes={"std": {}, "media": {"worker": 2, "rx_queue": 1},
+                    "control": {"worker": 1, "rx_queue": 1}}),
+        r"^planes\.control\.rx_queue: 1 is the rx queue of plane media already")
+    bad(cfg(vtep={"address": "10.0.0.1/24", "uplink": "eth1", "uplink_rx_queues": 2}),
+        r"^vtep\.uplink_rx_queues: a kernel-interface uplink .* has one rx queue")
+    bad(cfg(vtep=dict(up, uplink_rx_queues=9)), r"^vtep\.uplink_rx_queues: 9 out of range 1\.\.8")
 
 
 def test_network_on_a_plane_not_configured():
