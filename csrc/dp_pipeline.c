@@ -398,11 +398,16 @@ cache_sync(struct dp_wctx *w)
 }
 
 static void
-pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, uint16_t n)
+pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_mbuf **pkts,
+          uint16_t n)
 {
     const struct dp_net *net =
         in->net >= 0 ? atomic_load_explicit(&dp.nets[in->net], memory_order_acquire) : NULL;
     if (unlikely(net == NULL)) {
+        uint64_t bytes = 0;
+        for (uint16_t i = 0; i < n; i++)
+            bytes += pkts[i]->pkt_len;
+        w->port[pi][DP_PORT_RX_BYTES] += bytes;
         w->drop[DP_DROP_NO_NETWORK] += n;
         rte_pktmbuf_free_bulk(pkts, n);
         return;
@@ -411,11 +416,14 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, struct rte_mbuf **pkts, u
     hash_sig_t sig[DP_BURST];
     uint32_t val[DP_BURST];
     uint8_t plane = (uint8_t)net->plane;
+    uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; i++) {
         const uint8_t *eth = rte_pktmbuf_mtod(pkts[i], const uint8_t *);
+        bytes += pkts[i]->pkt_len;
         keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
         sig[i] = dp_key8_hash(keys[i]);
     }
+    w->port[pi][DP_PORT_RX_BYTES] += bytes;
     uint64_t hits = fdb_lookup(w, keys, sig, n, val);
     uint64_t local = 0;
     struct rte_mbuf *fl[DP_BURST];    /* broadcast / unknown: after the rest */
@@ -650,7 +658,7 @@ net_count_flush(struct dp_wctx *w, int ctr, uint32_t cur, uint64_t cnt)
 }
 
 static void
-uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
+uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
 {
     const struct dp_vtep *v = w->vtep;
     struct rte_mbuf *vx_pkts[DP_BURST];
@@ -664,8 +672,10 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
     memcpy(&ref.mac_hi, v->mac + 4, 2);
 
     /* 1. outer checks; keep VXLAN frames for us, stripped of nothing yet */
+    uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
+        bytes += m->pkt_len; /* before a check may trim or drop it */
         uint32_t outer = outer_check(w, v, &ref, m);
         if (outer == 0)
             continue;
@@ -678,6 +688,7 @@ uplink_burst(struct dp_wctx *w, struct rte_mbuf **pkts, uint16_t n)
         olen[k] = (uint8_t)outer;
         vx_pkts[k++] = m;
     }
+    w->port[pi][DP_PORT_RX_BYTES] += bytes;
     if (k == 0)
         return;
 
@@ -818,17 +829,13 @@ dp_worker_main(void *arg)
                 continue;
             busy++;
             w->rx_tsc = rte_rdtsc();
-            uint64_t bytes = 0;
-            for (uint16_t x = 0; x < n; x++)
-                bytes += pkts[x]->pkt_len;
-            w->port[pi][DP_PORT_RX_PACKETS] += n;
-            w->port[pi][DP_PORT_RX_BYTES] += bytes;
+            w->port[pi][DP_PORT_RX_PACKETS] += n; /* bytes: in the first pass */
 
             /* process */
             if (p->role == DP_ROLE_POD)
-                pod_burst(w, p, pkts, n);
+                pod_burst(w, p, pi, pkts, n);
             else
-                uplink_burst(w, pkts, n);
+                uplink_burst(w, pi, pkts, n);
 
             /* tx: everything this burst produced */
             tx_flush_all(w);
