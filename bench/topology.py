@@ -13,6 +13,7 @@ burst go to different MACs and different tunnels.
 No third-party imports here: the benchmark child (bench.ours) imports this
 module next to DPDK and should not pay for scapy.
 """
+import ipaddress
 
 NET = 0                      # network index in the core
 VNI = 5000
@@ -62,14 +63,19 @@ def local_mac(k: int) -> str:
     return f"02:00:00:02:{k >> 8 & 0xff:02x}:{k & 0xff:02x}"
 
 
+def _inner_ip(base: str, k: int, f: int) -> str:
+    # 4 addresses per endpoint, up to MAX_MACS endpoints: 2^18 addresses
+    return str(ipaddress.IPv4Address(base) + 1 + k * 4 + f % 4)
+
+
 def remote_ip(k: int, f: int = 0) -> str:
     """An inner IPv4 address of remote endpoint k (f picks one of 4 per host)."""
-    return f"172.17.{(k // 250) * 4 + f % 4}.{k % 250 + 1}"
+    return _inner_ip("172.24.0.0", k, f)
 
 
 def local_ip(k: int, f: int = 0) -> str:
     """An inner IPv4 address of local endpoint k (f picks one of 4 per host)."""
-    return f"172.16.{(k // 250) * 4 + f % 4}.{k % 250 + 1}"
+    return _inner_ip("172.16.0.0", k, f)
 
 
 def check_sizes(n_macs: int, n_vteps: int):
