@@ -182,6 +182,8 @@ struct dp_tunnel {
 
 struct dp_txbuf {
     uint16_t n;
+    uint16_t planes;          /* planes of the frames held: bit p, bit 8 = own */
+    uint64_t bytes;           /* their pkt_len summed */
     struct rte_mbuf *m[DP_TXBUF];
 };
 

@@ -55,13 +55,19 @@ drop(struct dp_wctx *w, struct rte_mbuf *m, enum dp_drop why)
 
 /* ------------------------------------------------------------------ tx */
 
-/* hand n frames to port p's driver; what it does not take is freed and counted */
-static inline void
-port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n)
+/* a plane's bit in dp_txbuf.planes (DP_PLANE_OWN and the like: bit 8) */
+static __rte_always_inline uint16_t
+plane_bit(unsigned plane)
 {
-    uint64_t bytes = 0;
-    for (uint16_t i = 0; i < n; i++)
-        bytes += m[i]->pkt_len;
+    return (uint16_t)(1u << (plane < DP_MAX_PLANES ? plane : DP_MAX_PLANES));
+}
+
+/* hand n frames of `bytes` bytes to port p's driver; what it does not take is
+ * freed and counted */
+static inline void
+port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n,
+        uint64_t bytes)
+{
     uint16_t sent;
     if (p->driver == DP_DRV_ETHDEV) {
         if (likely(w->id < p->n_txq)) {
@@ -99,15 +105,20 @@ lat_add(struct dp_wctx *w, unsigned plane, unsigned bucket, uint64_t d, uint64_t
  * Time from rx to tx, per plane, of frames leaving an unshaped port (before
  * the driver may free them). They all came in with the burst in hand (tx
  * buffers are flushed at the end of every burst), so they share one latency
- * and one bucket: only the plane is read per frame.
+ * and one bucket; frames of one plane (`planes`: the buffer's plane bits)
+ * are counted at once, a mix by reading each frame's plane.
  */
 static inline void
-lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n)
+lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n, uint16_t planes)
 {
     if (!dp_qg.latency_on)
         return;
     uint64_t d = rte_rdtsc() - w->rx_tsc;
     unsigned b = dp_lat_bucket(d);
+    if (likely((planes & (planes - 1)) == 0)) {
+        lat_add(w, (unsigned)__builtin_ctz(planes), b, d, n);
+        return;
+    }
     unsigned cp = DP_META(m[0])->plane;
     uint64_t run = 0;
     for (uint16_t i = 0; i < n; i++) {
@@ -126,10 +137,13 @@ static void
 tx_flush(struct dp_wctx *w, uint16_t pi)
 {
     struct dp_txbuf *b = &w->tx[pi];
-    uint16_t n = b->n;
+    uint16_t n = b->n, planes = b->planes;
+    uint64_t bytes = b->bytes;
     if (n == 0)
         return;
     b->n = 0;
+    b->planes = 0;
+    b->bytes = 0;
     struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
     if (unlikely(p == NULL)) {
         w->drop[DP_DROP_PORT_GONE] += n;
@@ -141,8 +155,8 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
         dp_qos_enqueue(p->qos, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }
-    lat_record(w, b->m, n);
-    port_tx(w, p, pi, b->m, n);
+    lat_record(w, b->m, n, planes);
+    port_tx(w, p, pi, b->m, n, bytes);
 }
 
 /* the scheduler of a shaped port this worker owns */
@@ -150,11 +164,15 @@ static void
 qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
 {
     struct rte_mbuf *out[DP_BURST * 2];
-    uint16_t n = dp_qos_dequeue(p->qos, out, RTE_DIM(out), rte_rdtsc(), w->qos[pi]);
+    uint64_t now = rte_rdtsc();
+    uint16_t n = dp_qos_dequeue(p->qos, out, RTE_DIM(out), now, w->qos[pi]);
     if (n) {
         if (dp_qg.latency_on)
-            dp_lat_record_burst(w->lat, out, n, rte_rdtsc());
-        port_tx(w, p, pi, out, n);
+            dp_lat_record_burst(w->lat, out, n, now);
+        uint64_t bytes = 0;
+        for (uint16_t i = 0; i < n; i++)
+            bytes += out[i]->pkt_len;
+        port_tx(w, p, pi, out, n, bytes);
     }
 }
 
@@ -167,6 +185,8 @@ tx_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
         w->dirty[w->n_dirty++] = pi;
     }
     b->m[b->n++] = m;
+    b->bytes += m->pkt_len;
+    b->planes |= plane_bit(DP_META(m)->plane);
     if (unlikely(b->n == DP_TXBUF))
         tx_flush(w, pi);
 }
@@ -250,7 +270,7 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
  */
 static __rte_always_inline int
 encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m,
-          uint32_t h, uint8_t tos)
+          uint32_t h, uint8_t tos, uint64_t *bytes, uint16_t *planes)
 {
     const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
     if (unlikely(t == NULL || !t->resolved)) {
@@ -267,6 +287,7 @@ encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
     int8_t by_dscp = dp_qg.dscp_plane[tos >> 2];
     unsigned plane = by_dscp >= 0 ? (unsigned)by_dscp : (unsigned)net->plane;
     DP_META(m)->plane = (uint8_t)plane;
+    *planes |= plane_bit(plane);
     int mark = dp_qg.plane[plane & (DP_MAX_PLANES - 1)].outer_tos;
     tos = mark >= 0 ? (uint8_t)mark : tos;
     uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
@@ -293,6 +314,7 @@ encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
     udp->src_port = rte_cpu_to_be_16((uint16_t)(0xc000 | (h & 0x3fff)));
     udp->dgram_len = rte_cpu_to_be_16((uint16_t)(ip_len - sizeof(struct rte_ipv4_hdr)));
     vx->vx_vni = net->vni_be_word;
+    *bytes += m->pkt_len;
     return 1;
 }
 
@@ -302,7 +324,9 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
 {
     uint8_t tos;
     uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
-    if (!encap_one(w, net, ti, m, h, tos))
+    uint64_t bytes = 0;  /* tx_put counts both */
+    uint16_t planes = 0;
+    if (!encap_one(w, net, ti, m, h, tos, &bytes, &planes))
         return;
     w->net[net->idx][DP_NET_ENCAP]++;
     tx_put(w, (uint16_t)w->vtep->uplink, m);
@@ -464,6 +488,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     if (up >= 0 && ub->n + n > DP_TXBUF)
         tx_flush(w, (uint16_t)up);
     uint16_t k = ub->n, k0 = k;
+    uint64_t ubytes = 0;
+    uint16_t uplanes = 0;
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
         if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
@@ -482,7 +508,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
                 continue;
             }
             ub->m[k] = m;
-            k += (uint16_t)encap_one(w, net, target, m, fh[i], ftos[i]);
+            k += (uint16_t)encap_one(w, net, target, m, fh[i], ftos[i], &ubytes, &uplanes);
         } else if (unlikely((int)target == in->idx)) {
             drop(w, m, DP_DROP_HAIRPIN);
         } else {
@@ -493,6 +519,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     }
     if (k != k0) {
         ub->n = k;
+        ub->bytes += ubytes;
+        ub->planes |= uplanes;
         if (!w->queued[up]) {
             w->queued[up] = 1;
             w->dirty[w->n_dirty++] = (uint16_t)up;

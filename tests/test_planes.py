@@ -195,6 +195,29 @@ def test_guaranteed_rate_holds_against_smaller_frames_above(planes):
     assert media * wire_bits(media_size) / (t1 - t0) >= 0.5 * RATE   # media has most of the rest
 
 
+def test_latency_counted_per_plane_in_a_mixed_burst(planes):
+    """Unshaped: a burst whose frames go to two planes (a DSCP map moves EF
+    frames of the std network into media) counts each frame in its own
+    plane's histogram."""
+    eng = planes.eng
+    eng.set_shaper(planes.up, 0)
+    eng.set_dscp_plane(46, MEDIA)
+    try:
+        src, dst = "02:00:00:00:00:01", planes.remote[STD]
+        frames = [frame(src, dst, 200, tos=46 << 2 if i % 3 == 0 else 0) for i in range(30)]
+        c0 = eng.counters()
+        assert eng.inject(planes.pods[STD], frames) == 30
+        out = eng.collect(planes.up, wait=2.0, expect=30)
+        assert len(out) == 30
+        c = eng.counters().since(c0)
+        counted = {p: sum(c.latency(p)[0]) for p in (STD, CONTROL, MEDIA)}
+        assert counted == {STD: 20, CONTROL: 0, MEDIA: 10}, counted
+        # and each frame went out marked as its plane says
+        assert sorted(Ether(f)[IP].tos for f in out) == [0] * 20 + [46 << 2] * 10
+    finally:
+        eng.set_dscp_plane(46, None)
+
+
 def test_shaper_off_sends_directly(planes):
     eng = planes.eng
     eng.set_shaper(planes.up, 0)
