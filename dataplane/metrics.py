@@ -109,12 +109,23 @@ class CoreCollector:
                                   labels=["worker"])
         total = CounterMetricFamily("dataplane_worker_polls", "Poll loops run",
                                     labels=["worker"])
+        lookups = CounterMetricFamily("dataplane_worker_fdb_lookups",
+                                      "FDB lookups (per frame from pods and from the uplink)",
+                                      labels=["worker"])
+        misses = CounterMetricFamily("dataplane_worker_fdb_cache_misses",
+                                     "FDB lookups the worker's cache could not answer",
+                                     labels=["worker"])
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
             total.add_metric([str(w)], p)
+            lookups.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_lookups")]))
+            misses.add_metric([str(w)],
+                              int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
         yield ratio
         yield total
+        yield lookups
+        yield misses
 
 
     @staticmethod

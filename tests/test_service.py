@@ -270,9 +270,13 @@ def scrape(node):
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed")
 def test_metrics_pass_promtool(node):
     node.pod("a", CT_SPEC)
-    r = subprocess.run(["promtool", "check", "metrics"], input=scrape(node),
+    text = scrape(node)
+    r = subprocess.run(["promtool", "check", "metrics"], input=text,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("dataplane_worker_polls_total", "dataplane_worker_fdb_lookups_total",
+                 "dataplane_worker_fdb_cache_misses_total", "dataplane_plane_latency_seconds_bucket"):
+        assert f"\n{name}{{" in text, name
 
 
 @pytest.mark.skipif(not shutil.which("prometheus"), reason="prometheus not installed")
