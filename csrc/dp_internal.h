@@ -212,7 +212,7 @@ struct dp_poll_list {
     struct {
         uint16_t port;
         uint16_t queue;
-    } e[DP_MAX_PORTS * 2];
+    } e[DP_MAX_PORTS * DP_MAX_RXQ];
 };
 
 /* counters, one cache-aligned row block per worker */
