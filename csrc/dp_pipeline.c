@@ -115,7 +115,7 @@ lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n, uint16_t planes)
         return;
     uint64_t d = rte_rdtsc() - w->rx_tsc;
     unsigned b = dp_lat_bucket(d);
-    if (likely((planes & (planes - 1)) == 0)) {
+    if (likely(planes != 0 && (planes & (planes - 1)) == 0)) {
         lat_add(w, (unsigned)__builtin_ctz(planes), b, d, n);
         return;
     }
