@@ -30,7 +30,8 @@ EF_TOS = 46 << 2             # DSCP EF in the IPv4 TOS byte (0xb8)
 INNER_FRAME_LEN = 60
 VXLAN_OVERHEAD = 50          # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
 
-#: the issue's floor: no one-entry cache may stand in for the FDB
+#: at least this many destination MACs: no one-entry cache can stand in for the
+#: FDB; --macs above the workers' FDB cache (1024 entries) measures the table itself
 MIN_MACS = 64
 MIN_VTEPS = 8
 MAX_VTEPS = 200              # remote VTEPs are 10.0.0.2 .. 10.0.0.201 (in the /24)
