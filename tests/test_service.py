@@ -216,7 +216,7 @@ def test_bad_specs_are_refused_without_side_effects(node):
     r = node.cli("pod", "add", "bad", "--netns", "/var/run/netns/nope", "--spec",
                  json.dumps(IT_SPEC), check=False)
     assert r.returncode != 0 and "nope" in r.stderr
-    assert host_links() == before
+    assert host_links() <= before     # nothing new (an earlier test's may still be going)
     assert node.api("GET", "/v1/pods") == []
     assert "eth0" not in sh("ip", "-n", ns, "-o", "link").stdout
 
