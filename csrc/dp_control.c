@@ -284,7 +284,8 @@ port_slot(void)
     return -1;
 }
 
-/* the worker that polls rx queue q of port p */
+/* the worker that polls rx queue q of port p (p->worker: the shared worker
+ * it was dealt, which a plane with a worker of its own overrides) */
 static int
 rxq_worker(const struct dp_port *p, int q)
 {
@@ -366,7 +367,7 @@ least_loaded_worker(void)
     for (int i = 0; i < DP_MAX_PORTS; i++) {
         struct dp_port *p = port_get(i);
         if (p)
-            load[p->worker]++;
+            load[rxq_worker(p, 0)]++;
     }
     int best = 0;
     for (int w = 1; w < dp.n_workers; w++)
@@ -447,14 +448,7 @@ port_new(int role, int net, const char *name, int driver)
     p->driver = driver;
     p->net = net;
     p->n_rxq = 1;
-    p->worker = least_loaded_worker();
-    if (net >= 0) {
-        /* a plane given its own worker gets its pod ports polled there */
-        struct dp_net *n = atomic_load(&dp.nets[net]);
-        int pw = n ? dp_qg.plane[n->plane].worker : -1;
-        if (pw >= 0 && pw < dp.n_workers)
-            p->worker = pw;
-    }
+    p->worker = least_loaded_worker(); /* unless its plane has one (rxq_worker) */
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->tx_lock = rte_zmalloc("dp_txlock", sizeof(rte_spinlock_t), RTE_CACHE_LINE_SIZE);
     if (!p->tx_lock) {
@@ -732,7 +726,7 @@ dp_port_info(int idx, struct dp_port_info *out)
     out->driver = p->driver;
     out->role = p->role;
     out->net = p->net;
-    out->worker = p->worker;
+    out->worker = rxq_worker(p, 0);
     out->eth_port = p->eth_port;
     out->n_txq = p->n_txq;
     out->n_rxq = p->n_rxq;
