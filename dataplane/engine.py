@@ -335,6 +335,12 @@ class Engine:
     def _net(net):
         return -1 if net is None else net
 
+    @staticmethod
+    def _rx_queues(n):
+        if not isinstance(n, int) or not 1 <= n <= lib.DP_MAX_RXQ:
+            raise ConfigError(f"rx_queues: {n!r} out of range 1..{lib.DP_MAX_RXQ}")
+        return n
+
     def add_port(self, devargs: str, role: str = "pod", network: Optional[int] = None,
                  rx_queues: int = 1) -> int:
         """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
@@ -346,11 +352,9 @@ class Engine:
         which frames land in which queue is the device's steering."""
         if not isinstance(devargs, str) or not devargs.strip():
             raise ConfigError("devargs: empty device string")
-        if not isinstance(rx_queues, int) or not 1 <= rx_queues <= lib.DP_MAX_RXQ:
-            raise ConfigError(f"rx_queues: {rx_queues!r} out of range 1..{lib.DP_MAX_RXQ}")
         r = self._role(role)
         return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r,
-                          self._net(network), rx_queues)
+                          self._net(network), self._rx_queues(rx_queues))
 
     def add_ring_port(self, name: str, role: str = "pod", size: int = 4096,
                       network: Optional[int] = None, rx_queues: int = 1) -> int:
@@ -360,10 +364,9 @@ class Engine:
         r = self._role(role)
         if size <= 0 or size & (size - 1):
             raise ConfigError(f"size: {size} is not a power of two")
-        if not isinstance(rx_queues, int) or not 1 <= rx_queues <= lib.DP_MAX_RXQ:
-            raise ConfigError(f"rx_queues: {rx_queues!r} out of range 1..{lib.DP_MAX_RXQ}")
         return self._call(f"adding ring port {name!r}", lib.dp_port_add_ring,
-                          name.encode(), r, self._net(network), size, rx_queues)
+                          name.encode(), r, self._net(network), size,
+                          self._rx_queues(rx_queues))
 
     def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048,
                           network: Optional[int] = None) -> int:

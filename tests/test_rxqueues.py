@@ -7,7 +7,6 @@ flow steering (as a NIC's flow rule on the outer DSCP would be): frames
 marked EF go into queue 1, the rest into queue 0. The engine runs two
 workers (the second shares CPU 0 with the control thread: these tests are
 about which worker polls what, not about speed)."""
-import time
 import uuid
 
 import pytest
@@ -71,21 +70,13 @@ def send(eng, up, frames):
         assert eng.inject(up, [bytes(f)], queue=q) == 1
 
 
-def collect(eng, port, n):
-    got = []
-    deadline = time.monotonic() + 5
-    while len(got) < n and time.monotonic() < deadline:
-        got += eng.collect(port, wait=0.1)
-    return got
-
-
 def test_plane_rx_queue_polled_by_its_worker(rig):
     eng, up, pods, mac = rig
     assert eng.port_info(up).rx_workers == [0, 1]
     before = eng.port_by_worker(up)
     send(eng, up, vxlan_to(mac, MEDIA, 30) + vxlan_to(mac, STD, 20))
-    assert len(collect(eng, pods[MEDIA], 30)) == 30
-    assert len(collect(eng, pods[STD], 20)) == 20
+    assert len(eng.collect(pods[MEDIA], wait=5, expect=30)) == 30
+    assert len(eng.collect(pods[STD], wait=5, expect=20)) == 20
     rx = (eng.port_by_worker(up) - before)[:, 0]        # rx_packets per worker
     # the media plane's worker took exactly the media frames from queue 1;
     # the shared worker the std ones from queue 0
@@ -100,7 +91,7 @@ def test_plane_rx_queue_moves_back_without_loss(rig):
         assert eng.port_info(up).rx_workers == [0, 0]
         before = eng.port_by_worker(up)
         send(eng, up, vxlan_to(mac, MEDIA, 25))
-        assert len(collect(eng, pods[MEDIA], 25)) == 25     # queue 1 still polled
+        assert len(eng.collect(pods[MEDIA], wait=5, expect=25)) == 25     # queue 1 still polled
         rx = (eng.port_by_worker(up) - before)[:, 0]
         assert rx[0] == 25 and rx[1] == 0, rx
     finally:
