@@ -30,6 +30,12 @@
 #define DP_MAX_PLANES 8
 #define DP_BURST 32
 
+/* wire limits (the Python checks read these, never a copy) */
+#define DP_VNI_MAX 16777215          /* 24-bit VXLAN network identifier */
+#define DP_VXLAN_OVERHEAD 50         /* outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8 */
+#define DP_UNDERLAY_MTU_MIN 576
+#define DP_UNDERLAY_MTU_MAX 9216
+
 /* port roles */
 #define DP_ROLE_POD 0
 #define DP_ROLE_UPLINK 1
