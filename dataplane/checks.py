@@ -97,8 +97,8 @@ def check_ifname(value, path: str = "ifname", reserved: Iterable[str] = ()) -> s
         raise fail(path, f"{show(value)} is not a non-empty string")
     size = len(value.encode("utf-8", "surrogatepass"))
     if size >= IFNAMSIZ:
-        raise fail(path, f"{value!r} is {size} bytes long; interface names have at most "
-                         f"{IFNAMSIZ - 1}")
+        raise fail(path, f"{value!r} is not a valid interface name: {size} bytes, longer "
+                         f"than {IFNAMSIZ - 1} (the kernel's limit)")
     if value in (".", "..") or any(c in value for c in "/:\0") or \
             any(c.isspace() for c in value):
         raise fail(path, f"{value!r} is not a valid interface name (no '/', ':', NUL or "

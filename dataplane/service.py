@@ -147,7 +147,7 @@ class NodeService:
     # ------------------------------------------------------------- replay
     def _replay(self):
         """Re-attach the pods the store knows whose interfaces still exist."""
-        from .pods import find_plane
+        from .podnet import find_plane
         for pod in self.store.pods(node=self.config.node):
             eps = self.store.endpoints(pod=pod["name"])
             missing = [e for e in eps if find_plane(e["host_ifname"]) is None]
@@ -170,7 +170,8 @@ class NodeService:
 
     # --------------------------------------------------------------- pods
     def add_pod(self, name: str, netns: str, spec) -> dict:
-        from .pods import announce, attach_plane, host_ifname, parse_pod_spec
+        from .podnet import announce, attach_plane
+        from .podspec import host_ifname, parse_pod_spec
         if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
             raise ConfigError(f"name: {name!r} is not a pod name")
         if not isinstance(netns, str) or not netns.startswith("/"):
@@ -205,7 +206,7 @@ class NodeService:
         return self.pod_info(name)
 
     def _remove_pod(self, name, eps):
-        from .pods import detach_plane
+        from .podnet import detach_plane
         for e in eps:
             hif = e["host_ifname"]
             port = self.ports.pop(hif, None)

@@ -6,7 +6,7 @@ import pytest
 
 from dataplane.config import parse_config
 from dataplane.errors import ConfigError
-from dataplane.pods import IFNAMSIZ, host_ifname, parse_pod_spec
+from dataplane.podspec import IFNAMSIZ, host_ifname, parse_pod_spec
 
 CONFIG = parse_config({
     "node": "node1",

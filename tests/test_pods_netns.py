@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 from dataplane.errors import AlreadyExists, ConfigError
-from dataplane.pods import attach_plane, detach_plane, find_plane, host_ifname
+from dataplane.podnet import attach_plane, detach_plane, find_plane
+from dataplane.podspec import host_ifname
 
 pytestmark = [
     pytest.mark.netns,

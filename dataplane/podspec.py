@@ -1,0 +1,257 @@
+"""Pod specs: which planes a pod asks for, on which networks, with which
+names and addresses. Pure: it reads the node configuration and nothing else.
+
+A pod's plane spec, JSON text or a dict::
+
+    {"pod_type": "ct", "network_plane": ["std", "control", "media"],
+     "networks": {"std": "net1", "control": "net2", "media": "net3"},
+     "ips": {"std": "192.168.10.7"},                 # optional fixed addresses
+     "macs": {"media": "02:00:00:00:00:07"},         # optional fixed MACs
+     "interfaces": {"media": "rtp0"}}                # optional interface names
+
+"it" pods have only the std plane. :func:`parse_pod_spec` checks it against
+the node configuration and returns a :class:`PodSpec`, or raises ConfigError
+naming the problem. Inside the pod, std is ``eth0`` and every other plane is
+named after the plane, unless the node configuration (``planes.X.interface``)
+or the spec (``interfaces``) says otherwise. The interfaces themselves are
+made by :mod:`dataplane.podnet`.
+"""
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import re
+from typing import Any, Dict, List, Optional
+
+from .config import IFNAMSIZ, NodeConfig, check_mac
+from .errors import ConfigError
+
+POD_TYPES = ("ct", "it")
+SPEC_KEYS = ("pod_type", "network_plane", "networks", "ips", "macs", "interfaces")
+STD_PLANE = "std"
+
+
+# ============================================================== plane specs
+@dataclasses.dataclass(frozen=True)
+class PlaneSpec:
+    plane: str
+    network: str
+    ifname: str                       # interface name inside the pod
+    ip: Optional[str] = None          # fixed address asked for (no prefix)
+    mac: Optional[str] = None         # fixed MAC asked for
+
+    @property
+    def default_route(self) -> bool:
+        """The std plane carries the pod's default route."""
+        return self.plane == STD_PLANE
+
+
+@dataclasses.dataclass(frozen=True)
+class PodSpec:
+    pod_type: str
+    planes: List[PlaneSpec]           # in network_plane order
+
+    def plane(self, name: str) -> Optional[PlaneSpec]:
+        for p in self.planes:
+            if p.plane == name:
+                return p
+        return None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The spec as JSON data; ``parse_pod_spec`` gives back the same spec."""
+        d = {"pod_type": self.pod_type,
+             "network_plane": [p.plane for p in self.planes],
+             "networks": {p.plane: p.network for p in self.planes},
+             "interfaces": {p.plane: p.ifname for p in self.planes}}
+        ips = {p.plane: p.ip for p in self.planes if p.ip}
+        macs = {p.plane: p.mac for p in self.planes if p.mac}
+        if ips:
+            d["ips"] = ips
+        if macs:
+            d["macs"] = macs
+        return d
+
+
+# `"networks": ["std": "net1", ...]`: a list of "key": "value" pairs
+_PAIRS_IN_LIST = re.compile(r'"([^"\\]+)"\s*:\s*\[\s*"[^"\\]*"\s*:\s*"')
+_WHAT = {"networks": "network", "ips": "address", "macs": "MAC", "interfaces": "interface"}
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _load_json(text: str):
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise ConfigError(f"pod spec: key {e.args[0]!r} is given twice") from None
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno} column {e.colno} (char {e.pos})"
+        m = _PAIRS_IN_LIST.search(text)
+        if m:
+            key = m.group(1)
+            what = _WHAT.get(key, "value")
+            raise ConfigError(
+                f'{key} must be a mapping {{"plane": "{what}"}}, not a list of '
+                f'"plane": "{what}" pairs (invalid JSON: {e.msg} at {where})') from None
+        raise ConfigError(f"pod spec is not valid JSON: {e.msg} at {where}") from None
+
+
+def _ifname_ok(name) -> bool:
+    return (isinstance(name, str) and 0 < len(name) < IFNAMSIZ
+            and name not in (".", "..", "lo") and not any(c in name for c in "/:")
+            and not any(c.isspace() for c in name))
+
+
+def _plane_map(spec, key, listed, config):
+    """spec[key] as {plane: value}, every plane known and listed."""
+    value = spec.get(key)
+    if value is None:
+        return {}
+    what = _WHAT[key]
+    if isinstance(value, list):
+        raise ConfigError(f'{key} must be a mapping {{"plane": "{what}"}}, not a list')
+    if not isinstance(value, dict):
+        raise ConfigError(f'{key} must be a mapping {{"plane": "{what}"}}, not '
+                          f"{type(value).__name__}")
+    for plane, v in value.items():
+        if plane not in config.planes:
+            raise ConfigError(f"{key}: unknown plane {plane!r} (known: "
+                              f"{', '.join(config.planes)})")
+        if plane not in listed:
+            raise ConfigError(f"{key}.{plane}: {what} given for plane {plane}, which is "
+                              "not listed in network_plane")
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{key}.{plane}: {v!r} is not a {what} name" if key in (
+                "networks", "interfaces") else f"{key}.{plane}: {v!r} is not a {what}")
+    return value
+
+
+def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
+    """Validate a pod's plane spec (JSON text, bytes or a dict) against the
+    node configuration. ConfigError names the problem."""
+    if isinstance(obj, (bytes, bytearray)):
+        try:
+            obj = obj.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"pod spec: not UTF-8 text ({e.reason} at byte {e.start})") \
+                from None
+    if isinstance(obj, str):
+        obj = _load_json(obj)
+    if not isinstance(obj, dict):
+        raise ConfigError(f"pod spec must be a JSON object, not {type(obj).__name__}")
+    for key in obj:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"pod spec: unknown key {key!r} (known: "
+                              f"{', '.join(SPEC_KEYS)})")
+
+    pod_type = obj.get("pod_type")
+    if pod_type is None:
+        raise ConfigError(f"pod_type: is required ({' or '.join(POD_TYPES)})")
+    if pod_type not in POD_TYPES:
+        raise ConfigError(f"pod_type: unknown pod type {pod_type!r} (known: "
+                          f"{', '.join(POD_TYPES)})")
+
+    planes = obj.get("network_plane")
+    if planes is None and pod_type == "it":
+        planes = [STD_PLANE]
+    if planes is None:
+        raise ConfigError("network_plane: is required for a ct pod (a list of planes)")
+    if not isinstance(planes, list) or not planes:
+        raise ConfigError(f"network_plane: {planes!r} is not a non-empty list of planes")
+    for i, plane in enumerate(planes):
+        if not isinstance(plane, str):
+            raise ConfigError(f"network_plane[{i}]: {plane!r} is not a plane name")
+        if plane not in config.planes:
+            raise ConfigError(f"network_plane[{i}]: unknown plane {plane!r} (known: "
+                              f"{', '.join(config.planes)})")
+        if plane in planes[:i]:
+            raise ConfigError(f"network_plane[{i}]: duplicate plane {plane!r}")
+    if pod_type == "it" and planes != [STD_PLANE]:
+        other = [p for p in planes if p != STD_PLANE]
+        raise ConfigError(f"network_plane: an it pod has only the std plane, not "
+                          f"{', '.join(other) if other else planes}")
+
+    if obj.get("networks") is None:
+        raise ConfigError('networks: is required (a mapping {"plane": "network"})')
+    networks = _plane_map(obj, "networks", planes, config)
+    ips = _plane_map(obj, "ips", planes, config)
+    macs = _plane_map(obj, "macs", planes, config)
+    ifnames = _plane_map(obj, "interfaces", planes, config)
+
+    out = []
+    used_if = {}
+    used_mac = {}
+    for plane in planes:
+        name = networks.get(plane)
+        if name is None:
+            raise ConfigError(f"networks: plane {plane} is listed in network_plane but has "
+                              "no network")
+        net = config.network(name)
+        if net is None:
+            known = ", ".join(n.name for n in config.networks) or "none"
+            raise ConfigError(f"networks.{plane}: unknown network {name!r} (known: {known})")
+        if net.plane != plane:
+            raise ConfigError(f"networks.{plane}: network {name} belongs to plane "
+                              f"{net.plane}, not {plane}")
+
+        ifname = ifnames.get(plane, config.planes[plane].interface)
+        if not _ifname_ok(ifname):
+            raise ConfigError(f"interfaces.{plane}: {ifname!r} is not a valid interface "
+                              f"name (at most {IFNAMSIZ - 1} characters, no '/', ':' "
+                              "or spaces)")
+        if ifname in used_if:
+            raise ConfigError(f"interfaces: duplicate interface name {ifname!r} (planes "
+                              f"{used_if[ifname]} and {plane})")
+        used_if[ifname] = plane
+
+        ip = ips.get(plane)
+        if ip is not None:
+            ip = _check_pod_ip(ip, plane, net)
+        mac = macs.get(plane)
+        if mac is not None:
+            mac = check_mac(mac, f"macs.{plane}")
+            if mac in used_mac:
+                raise ConfigError(f"macs.{plane}: {mac} is the MAC of plane "
+                                  f"{used_mac[mac]} already")
+            used_mac[mac] = plane
+        out.append(PlaneSpec(plane=plane, network=name, ifname=ifname, ip=ip, mac=mac))
+    return PodSpec(pod_type=pod_type, planes=out)
+
+
+def _check_pod_ip(ip: str, plane: str, net) -> str:
+    subnet = ipaddress.IPv4Network(net.subnet)
+    addr, _, plen = ip.partition("/")
+    try:
+        a = ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise ConfigError(f"ips.{plane}: {ip!r} is not an IPv4 address") from None
+    if plen and plen != str(subnet.prefixlen):
+        raise ConfigError(f"ips.{plane}: prefix length /{plen} differs from network "
+                          f"{net.name}'s subnet {subnet}")
+    if a not in subnet:
+        raise ConfigError(f"ips.{plane}: {a} is outside network {net.name}'s subnet "
+                          f"{subnet}")
+    if a in (subnet.network_address, subnet.broadcast_address):
+        raise ConfigError(f"ips.{plane}: {a} is the network or broadcast address of "
+                          f"{subnet}")
+    if net.gateway and a == ipaddress.IPv4Address(net.gateway):
+        raise ConfigError(f"ips.{plane}: {a} is the gateway of network {net.name}")
+    return str(a)
+
+
+def host_ifname(pod: str, plane: str) -> str:
+    """The host end's name for (pod, plane): 'dp' + 8 hex digits of a hash of
+    both + the plane's first letters; 15 characters at most, always the same."""
+    h = hashlib.sha256(f"{pod}\0{plane}".encode()).hexdigest()[:8]
+    return f"dp{h}{plane[:IFNAMSIZ - 1 - 10]}"
