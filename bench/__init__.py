@@ -1,31 +1,31 @@
-"""Benchmarks of the dataplane core.
+"""Benchmarks of the dataplane core, run from a checkout as root:
+``python -m bench NAME [options]`` (``--help`` for each).
 
-- ``python -m bench encap`` / ``python -m bench decap``: VXLAN encap/decap
-  throughput of 64-byte frames on one forwarding core, against
-  ``dpdk-testpmd --forward-mode=io`` on the same pcap and ports, as a ratio
-  (bench.throughput; DESIGN.md "Performance targets").
+- ``encap`` / ``decap``: VXLAN encap/decap throughput of 64-byte frames on
+  one forwarding core, against ``dpdk-testpmd --forward-mode=io`` on the
+  same pcap and ports, as a ratio (bench.throughput);
+- ``planes``: media first on a shaped uplink under overload, against one
+  shared FIFO (bench.planes);
+- ``sched``: our per-plane egress scheduler against DPDK's rte_sched
+  (bench.sched);
+- ``afpacket``: VXLAN encap on veth, our AF_PACKET driver against DPDK's
+  net_af_packet and the kernel's bridge + vxlan (bench.afpacket).
 
-Modules: ``topology`` (the addressing plan), ``traffic`` (scapy profiles ->
-pcap, output checks), ``ours`` (our core, run as a child process),
-``testpmd`` (the baseline), ``throughput`` (alternating runs, medians,
-the RESULT line).
+Each shows its progress on stderr (``--quiet``: none) and prints one
+``RESULT name=... key=value ...`` line on stdout.
+
+Modules: ``common`` (options, progress, medians, the RESULT line, child
+processes), ``topology`` (the addressing plan), ``traffic`` (scapy profiles
+-> pcap, output checks), ``ours`` / ``planes_ours`` / ``afpacket_ours`` (our
+core, run as a child process), ``testpmd`` (the baseline).
 """
 
-import sys
-
-
-class BenchError(RuntimeError):
-    """A benchmark could not be set up or run, or its output was wrong."""
-
-
-def run_or_exit(run, args, errors=()):
-    """``(run(args), None)``, or ``(None, exit status)`` after saying why it
-    stopped: 1 for a failure (BenchError or one of ``errors``), 130 for Ctrl-C."""
-    try:
-        return run(args), None
-    except (BenchError, *errors) as e:
-        print(f"bench: FAILED: {e}", file=sys.stderr, flush=True)
-        return None, 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr, flush=True)
-        return None, 130
+#: ``python -m bench NAME``: the module whose ``main(argv)`` runs it, and
+#: whether NAME itself is its first argument
+BENCHMARKS = {
+    "encap": ("throughput", True),
+    "decap": ("throughput", True),
+    "planes": ("planes", False),
+    "sched": ("sched", False),
+    "afpacket": ("afpacket", False),
+}

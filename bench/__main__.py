@@ -1,18 +1,15 @@
-"""``python -m bench {encap|decap} [options]``: see bench.throughput;
-``python -m bench afpacket [options]``: see bench.afpacket;
-``python -m bench planes [options]``: see bench.planes;
-``python -m bench sched [options]``: see bench.sched."""
+"""``python -m bench NAME [options]``: the benchmarks of bench.BENCHMARKS."""
+import importlib
 import sys
 
+from . import BENCHMARKS
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["afpacket"]:
-        from .afpacket import main
-        sys.exit(main(sys.argv[2:]))
-    if sys.argv[1:2] == ["planes"]:
-        from .planes import main
-        sys.exit(main(sys.argv[2:]))
-    if sys.argv[1:2] == ["sched"]:
-        from .sched import main
-        sys.exit(main(sys.argv[2:]))
-    from .throughput import main
-    sys.exit(main())
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    if name not in BENCHMARKS:
+        print(f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [options]\n"
+              "       python -m bench NAME --help", file=sys.stderr)
+        sys.exit(0 if name in ("-h", "--help") else 2)
+    module, takes_name = BENCHMARKS[name]
+    main = importlib.import_module(f".{module}", __package__).main
+    sys.exit(main(sys.argv[1:] if takes_name else sys.argv[2:]))

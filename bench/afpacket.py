@@ -87,27 +87,26 @@ Set-up (all in three network namespaces made for the run, named
   MAC as outer destination, the inner frame unchanged.
 
 Runs alternate native, pmd, kernel, ``--runs`` times; the result is the
-median of each and the ratios of the medians. Progress goes to stdout; the
-last line is the RESULT line. Needs root (namespaces), ``ip``/``bridge``
-(iproute2), a C compiler and the built core (``python3 build.py``).
+median of each and the ratios of the medians. Progress goes to stderr
+(``--quiet``: none); stdout has the RESULT line. Needs root (namespaces),
+``ip``/``bridge`` (iproute2), a C compiler and the built core (``python3
+build.py``).
 """
 import argparse
 import json
 import os
 import queue
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from . import BenchError, run_or_exit, topology as topo
-from .afpacket_ours import JSON_PREFIX
+from . import topology as topo
+from .common import (JSON_PREFIX, ROOT, BenchError, add_run_options, child_env, fmt_runs,
+                     medians, parse_args, ratio, run_main, say, say_machine)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_SRC = os.path.join(ROOT, "bench", "afpacket_gen.c")
 CONTENDERS = ("native", "pmd", "kernel")
 
@@ -116,12 +115,6 @@ NODE_POD_IF = "vpod"  # in the node ns, facing the pod
 NODE_UP_IF = "vup"   # in the node ns, facing the underlay (the uplink)
 UL_IF = "eth0"       # in the ul ns: the counting point
 BRIDGE, VXLAN_IF = "br0", "vx0"
-
-
-
-
-def say(msg: str):
-    print(f"bench: {msg}", flush=True)
 
 
 def _run(cmd, what: str, timeout: float = 30.0, input_text=None) -> str:
@@ -164,10 +157,7 @@ class _Child:
         self.what = what
         self.lines = []
         self._q = queue.Queue()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"]
-                                    if env.get("PYTHONPATH") else "")
-        self.p = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, bufsize=1,
+        self.p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), text=True, bufsize=1,
                                   stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -614,16 +604,14 @@ def _fmt(r: dict) -> str:
     return s + ")"
 
 
-def fmt_runs(xs) -> str:
-    return "[" + " ".join(f"{x / 1e6:.3f}" for x in xs) + "]"
+def fmt_mpps(xs) -> str:
+    return fmt_runs(xs, digits=3, scale=1e-6)
 
 
 def run(args) -> dict:
     from . import traffic   # scapy: only in the parent
     with tempfile.TemporaryDirectory(prefix="bench-afpacket-") as workdir:
-        la = os.getloadavg()[0]
-        say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
-            + (" - other work on the machine will slow every contender" if la > 0.5 else ""))
+        say_machine("other work on the machine will slow every contender")
         pcap = os.path.join(workdir, "encap64.pcap")
         say(f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
             f"{args.vteps} VTEPs ...")
@@ -655,21 +643,20 @@ def run(args) -> dict:
                             "limited by the source, its own rate may be higher")
         finally:
             lab.close()
-    med = {n: statistics.median(v) for n, v in res.items()}
-    ratio = med["native"] / med["pmd"] if med["pmd"] else float("nan")
-    kratio = med["native"] / med["kernel"] if med["kernel"] else float("nan")
-    say(f"afpacket: native median {med['native'] / 1e6:.3f} Mpps {fmt_runs(res['native'])}, "
-        f"pmd {med['pmd'] / 1e6:.3f} Mpps {fmt_runs(res['pmd'])}, kernel bridge+vxlan "
-        f"{med['kernel'] / 1e6:.3f} Mpps {fmt_runs(res['kernel'])}; native/pmd {ratio:.3f}, "
-        f"native/kernel {kratio:.3f}")
-    pc = {n: statistics.median(v) for n, v in per_cpu.items()}
+    med = medians(res)
+    r, kr = ratio(med["native"], med["pmd"]), ratio(med["native"], med["kernel"])
+    say(f"afpacket: native median {med['native'] / 1e6:.3f} Mpps {fmt_mpps(res['native'])}, "
+        f"pmd {med['pmd'] / 1e6:.3f} Mpps {fmt_mpps(res['pmd'])}, kernel bridge+vxlan "
+        f"{med['kernel'] / 1e6:.3f} Mpps {fmt_mpps(res['kernel'])}; native/pmd {r:.3f}, "
+        f"native/kernel {kr:.3f}")
+    pc = medians(per_cpu)
     say("per CPU-second the contender held on the forwarding CPU (other work on a shared "
         f"machine takes the rest): native {pc['native'] / 1e6:.3f} Mpps "
-        f"{fmt_runs(per_cpu['native'])}, pmd {pc['pmd'] / 1e6:.3f} Mpps "
-        f"{fmt_runs(per_cpu['pmd'])}, kernel {pc['kernel'] / 1e6:.3f} Mpps "
-        f"{fmt_runs(per_cpu['kernel'])}")
+        f"{fmt_mpps(per_cpu['native'])}, pmd {pc['pmd'] / 1e6:.3f} Mpps "
+        f"{fmt_mpps(per_cpu['pmd'])}, kernel {pc['kernel'] / 1e6:.3f} Mpps "
+        f"{fmt_mpps(per_cpu['kernel'])}")
     return {"native": med["native"], "pmd": med["pmd"], "kernel": med["kernel"],
-            "ratio": ratio, "kernel_ratio": kratio, "source_pps": src["offered_pps"]}
+            "ratio": r, "kernel_ratio": kr, "source_pps": src["offered_pps"]}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -678,20 +665,13 @@ def parser() -> argparse.ArgumentParser:
         description="VXLAN encap of 64-byte frames on veth, one forwarding core: our "
                     "native AF_PACKET driver vs DPDK's net_af_packet vs the kernel's "
                     "bridge + vxlan.")
-    ap.add_argument("--seconds", type=float, default=3.0,
-                    help="measurement window per run (default 3)")
-    ap.add_argument("--warmup", type=float, default=1.0,
-                    help="traffic before the window (default 1)")
-    ap.add_argument("--runs", type=int, default=3,
-                    help="runs per contender, alternating (default 3)")
+    add_run_options(ap, seconds=3.0, seconds_help="measurement window per run",
+                    warmup=1.0, warmup_help="traffic before the window",
+                    runs=3, runs_help="runs per contender, alternating")
     ap.add_argument("--rate", type=int, default=0, metavar="PPS",
                     help="cap the generator at PPS frames/s (default 0: as fast as it can; "
                          "the benchmark's figure is the overload rate)")
-    ap.add_argument("--frames", type=int, default=4096, help="frames (= flows) in the pcap")
-    ap.add_argument("--macs", type=int, default=topo.MIN_MACS,
-                    help=f"remote MACs (>= {topo.MIN_MACS})")
-    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS,
-                    help=f"remote VTEPs (>= {topo.MIN_VTEPS})")
+    topo.add_options(ap, macs_help="remote MACs")
     ap.add_argument("--ring-frames", type=int, default=2048,
                     help="AF_PACKET ring size in frames, ours and the PMD's (default 2048)")
     ap.add_argument("--gen-cpu", type=int, default=0,
@@ -708,16 +688,9 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _terminate(signum, frame):
-    # SIGTERM/SIGHUP like Ctrl-C: unwind, so what we made is removed
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     ap = parser()
-    args = ap.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0 or args.runs < 1:
-        ap.error("--seconds must be > 0, --warmup >= 0, --runs >= 1")
+    args = parse_args(ap, argv)
     ncpu = os.cpu_count() or 1
     for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
         if not 0 <= cpu < ncpu:
@@ -729,24 +702,19 @@ def main(argv=None) -> int:
     if args.ring_frames < 64 or args.ring_frames & (args.ring_frames - 1):
         ap.error(f"--ring-frames: {args.ring_frames} is not a power of two >= 64")
     try:
-        topo.check_sizes(args.macs, args.vteps)
-        if not args.macs <= args.frames <= 1 << 16:
-            raise ValueError(f"--frames: {args.frames} out of range {args.macs}..{1 << 16}")
+        topo.check_options(args, max_frames=1 << 16)
     except ValueError as e:
         ap.error(str(e))
     if os.geteuid() != 0:
         print("bench: FAILED: needs root (it makes network namespaces)", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:   # nohup: leave it
-        signal.signal(signal.SIGHUP, _terminate)
-    res, status = run_or_exit(run, args)
-    if status is not None:
-        return status
-    print(f"RESULT name=afpacket native_pps={res['native']:.0f} pmd_pps={res['pmd']:.0f} "
-          f"kernel_pps={res['kernel']:.0f} ratio={res['ratio']:.3f} "
-          f"kernel_ratio={res['kernel_ratio']:.3f}", flush=True)
-    return 0
+    return run_main(run, args, _result)
+
+
+def _result(res):
+    return "afpacket", {"native_pps": f"{res['native']:.0f}", "pmd_pps": f"{res['pmd']:.0f}",
+                        "kernel_pps": f"{res['kernel']:.0f}", "ratio": f"{res['ratio']:.3f}",
+                        "kernel_ratio": f"{res['kernel_ratio']:.3f}"}
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ frames or ``--timeout`` seconds.
 DPDK's own log lines share stdout, hence the ``BENCH-JSON`` prefix.
 """
 import argparse
-import json
 import os
 import select
 import signal
@@ -35,16 +34,11 @@ import sys
 import time
 
 from . import topology as topo
-
-JSON_PREFIX = "BENCH-JSON "
+from .common import child_failed, emit
 DRIVERS = ("native", "pmd")
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
 PACKET_OUTGOING = 4
-
-
-def emit(obj: dict):
-    print(JSON_PREFIX + json.dumps(obj), flush=True)
 
 
 def pmd_devargs(index: int, ifname: str, frames: int) -> str:
@@ -241,8 +235,7 @@ def main(argv=None) -> int:
     try:
         return run_engine(a) if a.cmd == "engine" else run_capture(a)
     except Exception as ex:  # reported to the parent, which shows our output
-        print(f"bench.afpacket_ours: {type(ex).__name__}: {ex}", file=sys.stderr, flush=True)
-        return 1
+        return child_failed("bench.afpacket_ours", ex)
 
 
 if __name__ == "__main__":

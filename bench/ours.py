@@ -30,14 +30,12 @@ read once (no infinite_rx) and what the core sends goes to
 ``net_pcap1,tx_pcap=FILE``; the parent then compares it with the input.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
 from . import topology as topo
-
-JSON_PREFIX = "BENCH-JSON "
+from .common import child_failed, emit
 
 
 def _setup(eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int):
@@ -153,9 +151,8 @@ def main(argv=None):
             res = measure(a.kind, a.pcap, a.seconds, a.warmup, a.mode, a.macs,
                           a.vteps, a.n_mbufs)
     except Exception as e:  # reported to the parent, which shows our output
-        print(f"bench.ours: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
-    print(JSON_PREFIX + json.dumps(res), flush=True)
+        return child_failed("bench.ours", e)
+    emit(res)
     return 0
 
 

@@ -48,29 +48,22 @@ Method (DESIGN.md "Performance targets"):
 The RESULT line sums every run of a kind: loss = dropped / offered of the
 media plane, p99 from the merged histogram (a bucket upper bound in us).
 Target: media_loss=0 and media_p99_us <= 50 with std at 2x the shaped rate.
+Progress and the tables go to stderr (``--quiet``: none); stdout has the
+RESULT line.
 """
 import argparse
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 
-from . import BenchError, run_or_exit
-from .planes_ours import CONTROL, JSON_PREFIX, MEDIA, PLANE_NAMES, PLANE_SETUP, STD
+from .common import add_run_options, parse_args, run_json_child, run_main, say, show
+from .planes_ours import CONTROL, MEDIA, PLANE_NAMES, PLANE_SETUP, STD
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 20240611
 PLANES = (MEDIA, CONTROL, STD)          # print order: highest priority first
 CS3_TOS, EF_TOS = 24 << 2, 46 << 2
-
-
-
-
-def say(msg: str = ""):
-    print(f"bench: {msg}" if msg else "", flush=True)
 
 
 # ------------------------------------------------------------------ profiles
@@ -243,24 +236,9 @@ def run_child(args, pcaps: dict, mode: str) -> dict:
            "--warmup", str(args.warmup), "--runs", str(args.runs), "--mode", mode,
            "--retries", str(args.retries), "--max-preempted", str(args.max_preempted),
            "--wait-others", str(args.wait_others)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     timeout = 2 * args.runs * (args.retries + 1) * (args.warmup + args.seconds + 14
                                                      + args.wait_others) + 60
-    try:
-        # on timeout (or Ctrl-C) subprocess.run kills the child it started
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout or b""
-        out = out.decode(errors="replace") if isinstance(out, bytes) else out
-        raise BenchError(f"the child did not finish within {timeout:.0f} s; killed\n"
-                         + "\n".join(out.splitlines()[-20:])) from None
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith(JSON_PREFIX):
-            return json.loads(line[len(JSON_PREFIX):])
-    tail = "\n".join((p.stdout + p.stderr).splitlines()[-25:])
-    raise BenchError(f"the child failed (exit code {p.returncode}):\n{tail}")
+    return run_json_child(cmd, "the child", timeout)
 
 
 # --------------------------------------------------------------- statistics
@@ -412,15 +390,15 @@ HEADER = (f"  {'plane':8s} {'prio':>4s} {'offered':>8s} {'sent':>8s} {'dropped':
 
 
 def print_table(s: dict):
-    print(HEADER + "   (Mbit/s: sent on the wire in the window; latency in us: bucket "
-          "upper bounds, mean exact)", flush=True)
+    show(HEADER + "   (Mbit/s: sent on the wire in the window; latency in us: bucket "
+         "upper bounds, mean exact)")
     for p in PLANES:
         r = s[p]
         mean = "-" if r["mean"] is None else f"{r['mean'] * 1e6:.1f}"
-        print(f"  {PLANE_NAMES[p]:8s} {PLANE_SETUP[p][2]:4d} {r['offered']:8d} {r['sent']:8d} "
-              f"{r['dropped']:8d} {r['depth']:6d} {r['loss']:7.4f} {r['mbps']:7.1f} "
-              f"{us(r['p50']):>6s} {us(r['p99']):>6s} {us(r['p999']):>6s} {us(r['max']):>6s} "
-              f"{mean:>8s}", flush=True)
+        show(f"  {PLANE_NAMES[p]:8s} {PLANE_SETUP[p][2]:4d} {r['offered']:8d} {r['sent']:8d} "
+             f"{r['dropped']:8d} {r['depth']:6d} {r['loss']:7.4f} {r['mbps']:7.1f} "
+             f"{us(r['p50']):>6s} {us(r['p99']):>6s} {us(r['p999']):>6s} {us(r['max']):>6s} "
+             f"{mean:>8s}")
 
 
 def p99_us(v) -> str:
@@ -567,7 +545,7 @@ def run(args) -> dict:
             "of the kept phases")
     say("all kept phases, strict priority vs one FIFO:")
     for kind in ("priority", "fifo"):
-        print(f"  [{kind}]", flush=True)
+        show(f"  [{kind}]")
         print_table(summ[kind])
     res["merged"] = {k: {str(p): v for p, v in m.items()} for k, m in merged.items()}
     res["summary"] = {k: {str(p): v for p, v in s.items()} for k, s in summ.items()}
@@ -603,10 +581,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--std-qlen", type=int, default=1024, help="std queue, frames (default 1024)")
     ap.add_argument("--qlen", type=int, default=256,
                     help="control and media queues, frames (default 256)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="window per phase (default 5)")
-    ap.add_argument("--warmup", type=float, default=0.5, help="before the window (default 0.5)")
-    ap.add_argument("--runs", type=int, default=1,
-                    help="priority/FIFO pairs, alternating (default 1)")
+    add_run_options(ap, seconds=5.0, seconds_help="window per phase",
+                    warmup=0.5, warmup_help="before the window",
+                    runs=1, runs_help="priority/FIFO pairs, alternating")
     ap.add_argument("--mode", choices=("auto", "hugepages", "fallback"), default="auto",
                     help="EAL memory: auto = hugepages if >= 512 MB are free, else --no-huge")
     ap.add_argument("--retries", type=int, default=4,
@@ -624,30 +601,26 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt   # unwind: subprocess.run kills the child
-
-
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
     ap = parser()
-    args = ap.parse_args(argv)
-    if (args.rate < 1_000_000 or args.seconds <= 0 or args.warmup < 0 or args.runs < 1
-            or args.retries < 0 or not 0 <= args.max_preempted <= 1):
-        ap.error("--rate >= 1000000, --seconds > 0, --warmup >= 0, --runs >= 1, --retries >= 0, "
+    args = parse_args(ap, argv)
+    if (args.rate < 1_000_000 or args.retries < 0 or args.wait_others < 0
+            or not 0 <= args.max_preempted <= 1):
+        ap.error("--rate >= 1000000, --retries >= 0, --wait-others >= 0, "
                  "0 <= --max-preempted <= 1")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             ap.error("--plot needs matplotlib (pip install matplotlib)")
-    res, status = run_or_exit(run, args)
-    if status is not None:
-        return status
+    return run_main(run, args, _result)
+
+
+def _result(res):
     m, f = res["summary"]["priority"][str(MEDIA)], res["summary"]["fifo"][str(MEDIA)]
-    print(f"RESULT name=planes media_loss={m['loss']:.6f} media_p99_us={p99_us(m['p99'])} "
-          f"fifo_media_loss={f['loss']:.6f} fifo_media_p99_us={p99_us(f['p99'])}", flush=True)
-    return 0
+    return "planes", {"media_loss": f"{m['loss']:.6f}", "media_p99_us": p99_us(m["p99"]),
+                      "fifo_media_loss": f"{f['loss']:.6f}",
+                      "fifo_media_p99_us": p99_us(f["p99"])}
 
 
 if __name__ == "__main__":

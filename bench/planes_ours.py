@@ -5,7 +5,8 @@
         --rate BPS [--seconds S] [--warmup S] [--runs N] [--mode M] ...
 
 prints one line ``BENCH-JSON {...}`` with every phase's counters (DPDK's own
-log lines share stdout, hence the prefix).
+log lines share stdout, hence the prefix), and a ``BENCH-SAY`` line as each
+phase starts, which the parent shows.
 
 Set-up (as tests/test_planes.py, with one pod port per profile):
 
@@ -57,13 +58,12 @@ worker threads (``lcore-worker-N``), which poll without pause.
 """
 import argparse
 import gc
-import json
 import os
 import struct
 import sys
 import time
 
-JSON_PREFIX = "BENCH-JSON "
+from .common import child_failed, child_say, emit
 STD, CONTROL, MEDIA = 0, 2, 3
 PLANE_NAMES = {STD: "std", CONTROL: "control", MEDIA: "media"}
 #: plane -> (network index, VNI, priority, outer DSCP or None = copy inner)
@@ -75,10 +75,6 @@ NEXT_HOP_MAC = "02:00:0a:00:00:fe"
 VXLAN_OVERHEAD = 50       # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
 WIRE_OVERHEAD = 24        # FCS 4 + preamble 8 + IFG 12 (what the shaper adds)
 DRAIN_EVERY = 0.00025
-
-
-def emit(obj: dict):
-    print(JSON_PREFIX + json.dumps(obj), flush=True)
 
 
 def read_pcap(path: str):
@@ -437,7 +433,12 @@ def main(argv=None):
                 for name, prio in (("priority", True), ("fifo", False)):
                     eng.set_qos_mode(priority=prio)
                     for attempt in range(1, a.retries + 2):
+                        if a.wait_others > 0 and other_dpdk_workers():
+                            child_say(f"waiting up to {a.wait_others:g} s while other "
+                                      "processes run DPDK workers")
                         waited = wait_for_others(a.wait_others)
+                        child_say(f"phase {name} (run {r + 1}/{a.runs}, attempt {attempt}): "
+                                  f"offering for {a.warmup + a.seconds:g} s, then draining")
                         ph = run_phase(eng, name, up, feeders, drain, a.warmup, a.seconds,
                                        drain_timeout=10.0)
                         ph["run"], ph["attempt"] = r + 1, attempt
@@ -456,8 +457,7 @@ def main(argv=None):
                               "eal_args": eng.eal_args, "tsc_hz": eng.tsc_hz},
                    "bounds_s": LATENCY_BOUNDS_S, "phases": phases}
     except Exception as e:  # reported to the parent, which shows our output
-        print(f"bench.planes_ours: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        return 1
+        return child_failed("bench.planes_ours", e)
     emit(res)
     return 0
 

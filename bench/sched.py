@@ -22,9 +22,10 @@ run ``--runs`` times, one process per run. Each run: EAL with --no-pci
 - guarantee: media offered 1.5x, std with a 0.3x guaranteed rate (ours),
   rte_sched without (it has no per-TC minimum) and with TC0 capped instead.
 
-The child's output is printed as it comes (its RESULT line prefixed with the
-run number); then medians over the runs of the cost and overload figures,
-with their range, and the final RESULT line: medians, ratio of the medians.
+The child's output is shown as it comes, on stderr with the rest of the
+progress (its RESULT line prefixed with the run number); then medians over
+the runs of the cost and overload figures, with their range; stdout has the
+final RESULT line: medians, ratio of the medians. ``--quiet``: only that.
 The child removes its (empty) EAL runtime directory; this module checks and
 removes it too, and the temporary directory, also on error or Ctrl-C.
 Needs a C compiler, pkg-config and DPDK's development files (libdpdk-dev,
@@ -34,16 +35,13 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 
-from . import BenchError, run_or_exit
+from .common import (ROOT, BenchError, add_run_options, fmt_spread, medians, parse_args,
+                     parse_result, ratio, run_child, run_main, say, say_machine, show)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 SRC = os.path.join(ROOT, "bench", "sched_cmp.c")
 QOS_SRC = os.path.join(CSRC, "dp_qos.c")
@@ -57,10 +55,6 @@ _PLANE_RE = r"\| {p} off ([\d.]+) sent ([\d.]+) Mbit/s drop (\d+) \(([\d.]+)%\) 
 _LOAD_RE = re.compile(r"^(overload|cap|guarantee)\s+(.+?)\s+"
                       + _PLANE_RE.format(p="media") + _PLANE_RE.format(p="control")
                       + _PLANE_RE.format(p="std") + r"\| total sent ([\d.]+) Mbit/s")
-
-
-def say(msg: str = ""):
-    print(f"bench: {msg}" if msg else "", flush=True)
 
 
 def _pkg_config(flag: str) -> list:
@@ -114,8 +108,8 @@ def _parse(lines) -> dict:
     res = {"cost": {}, "load": {}}
     for line in lines:
         if line.startswith("RESULT "):
-            kv = dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
             try:
+                kv = parse_result(line)
                 res["result"] = {k: float(kv[k]) for k in RESULT_KEYS}
             except (KeyError, ValueError):
                 raise BenchError(f"unexpected RESULT line: {line}") from None
@@ -148,42 +142,18 @@ def run_once(binary: str, args, i: int) -> dict:
         cmd.append("--verbose")
     # 10 measurements per run, each up to 1 + retries attempts, + drains
     timeout = 60 + 10 * (1 + args.retries) * (args.seconds + 1.5)
-    lines = []
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         bufsize=1, start_new_session=True)   # Ctrl-C reaches us only
-    killer = threading.Timer(timeout, p.kill)   # this PID only
-    killer.start()
+
+    def on_line(line):
+        if line.startswith("RESULT "):
+            say(f"run {i}/{args.runs}: {line}")
+        else:
+            show("  " + line)
+
     try:
-        for line in p.stdout:
-            line = line.rstrip("\n")
-            lines.append(line)
-            if line.startswith("RESULT "):
-                say(f"run {i}/{args.runs}: {line}")
-            else:
-                print("  " + line, flush=True)
-        p.wait()
+        lines = run_child(cmd, "sched_cmp", timeout, on_line)
     finally:
-        killer.cancel()
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
         _remove_runtime_dir(prefix)
-    if p.returncode != 0:
-        tail = "\n".join("    " + x for x in lines[-15:])
-        if p.returncode < 0:
-            raise BenchError(f"sched_cmp killed by signal {-p.returncode} (timeout "
-                             f"{timeout:.0f} s?):\n{tail}")
-        raise BenchError(f"sched_cmp exited with code {p.returncode}:\n{tail}")
     return _parse(lines)
-
-
-def _med(xs) -> str:
-    return (f"{statistics.median(xs):.2f} [{min(xs):.2f}..{max(xs):.2f}]" if len(xs) > 1
-            else f"{xs[0]:.2f}")
 
 
 def summary(runs):
@@ -192,8 +162,8 @@ def summary(runs):
     for label in ("ours", "rte_sched"):
         c = [r["cost"][label] for r in runs if label in r["cost"]]
         if c:
-            say(f"  cost      {label:24s} enqueue {_med([x[0] for x in c])} + dequeue "
-                f"{_med([x[1] for x in c])} = {_med([x[2] for x in c])} ns/frame")
+            say(f"  cost      {label:24s} enqueue {fmt_spread([x[0] for x in c])} + dequeue "
+                f"{fmt_spread([x[1] for x in c])} = {fmt_spread([x[2] for x in c])} ns/frame")
     keys = []
     for r in runs:
         keys += [k for k in r["load"] if k not in keys]
@@ -201,29 +171,25 @@ def summary(runs):
         rs = [r["load"][key] for r in runs if key in r["load"]]
         parts = []
         for pl in ("media", "control", "std"):
-            parts.append(f"{pl} sent {_med([x[pl]['sent'] for x in rs])} Mbit/s, lost "
-                         f"{_med([x[pl]['lost'] for x in rs])} %, p50 "
-                         f"{_med([x[pl]['p50'] for x in rs])} us, p99 "
-                         f"{_med([x[pl]['p99'] for x in rs])} us")
+            parts.append(f"{pl} sent {fmt_spread([x[pl]['sent'] for x in rs])} Mbit/s, lost "
+                         f"{fmt_spread([x[pl]['lost'] for x in rs])} %, p50 "
+                         f"{fmt_spread([x[pl]['p50'] for x in rs])} us, p99 "
+                         f"{fmt_spread([x[pl]['p99'] for x in rs])} us")
         say(f"  {key[0]:9s} {key[1]:24s} " + "; ".join(parts)
-            + f"; total {_med([x['total'] for x in rs])} Mbit/s")
+            + f"; total {fmt_spread([x['total'] for x in rs])} Mbit/s")
 
 
 def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as workdir:
-        la = os.getloadavg()[0]
-        say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
-            + (" - other work on the machine disturbs the timings (see 'cpu wait')"
-               if la > 0.5 else ""))
+        say_machine("other work on the machine disturbs the timings (see 'cpu wait')")
         binary = build(workdir)
         runs = []
         for i in range(1, args.runs + 1):
             say(f"run {i}/{args.runs}")
             runs.append(run_once(binary, args, i))
     summary(runs)
-    med = {k: statistics.median(r["result"][k] for r in runs) for k in RESULT_KEYS}
-    med["ratio"] = (med["ours_ns_per_pkt"] / med["rte_sched_ns_per_pkt"]
-                    if med["rte_sched_ns_per_pkt"] else float("nan"))
+    med = medians({k: [r["result"][k] for r in runs] for k in RESULT_KEYS})
+    med["ratio"] = ratio(med["ours_ns_per_pkt"], med["rte_sched_ns_per_pkt"])
     for k in RESULT_KEYS:
         say(f"{k}: median {med[k]:.2f} of " + " ".join(f"{r['result'][k]:.2f}" for r in runs))
     return med
@@ -234,10 +200,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m bench sched",
         description="Per-plane egress scheduling: csrc/dp_qos.c vs DPDK's rte_sched, same "
                     "frames, one process (bench/sched_cmp.c).")
-    ap.add_argument("--seconds", type=float, default=2.0,
-                    help="window per scenario and scheduler (default 2)")
-    ap.add_argument("--runs", type=int, default=1,
-                    help="runs (processes); the RESULT has the medians (default 1)")
+    add_run_options(ap, seconds=2.0, seconds_help="window per scenario and scheduler",
+                    runs=1, runs_help="runs (processes); the RESULT has the medians")
     ap.add_argument("--lcore", type=int, default=0, help="CPU to run on (default 0)")
     ap.add_argument("--max-wait", type=float, default=0.01,
                     help="repeat a measurement whose thread waited for its CPU more than this "
@@ -248,26 +212,22 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt   # unwind: the child is stopped, the temp dir removed
-
-
 def main(argv=None) -> int:
     ap = parser()
-    args = ap.parse_args(argv)
-    if not 0 < args.seconds <= 600 or args.runs < 1 or args.retries < 0 or args.max_wait < 0:
-        ap.error("0 < --seconds <= 600, --runs >= 1, --retries >= 0, --max-wait >= 0")
+    args = parse_args(ap, argv)
+    if args.seconds > 600 or args.retries < 0 or args.max_wait < 0:
+        ap.error("--seconds <= 600, --retries >= 0, --max-wait >= 0")
     if not 0 <= args.lcore < (os.cpu_count() or 1):
         ap.error(f"--lcore: CPU {args.lcore} not present")
-    signal.signal(signal.SIGTERM, _terminate)
-    res, status = run_or_exit(run, args)
-    if status is not None:
-        return status
-    print(f"RESULT name=sched ours_ns_per_pkt={res['ours_ns_per_pkt']:.2f} "
-          f"rte_sched_ns_per_pkt={res['rte_sched_ns_per_pkt']:.2f} ratio={res['ratio']:.3f} "
-          f"ours_media_p99_us={res['ours_media_p99_us']:.2f} "
-          f"rte_sched_media_p99_us={res['rte_sched_media_p99_us']:.2f}", flush=True)
-    return 0
+    return run_main(run, args, _result)
+
+
+def _result(res):
+    return "sched", {"ours_ns_per_pkt": f"{res['ours_ns_per_pkt']:.2f}",
+                     "rte_sched_ns_per_pkt": f"{res['rte_sched_ns_per_pkt']:.2f}",
+                     "ratio": f"{res['ratio']:.3f}",
+                     "ours_media_p99_us": f"{res['ours_media_p99_us']:.2f}",
+                     "rte_sched_media_p99_us": f"{res['rte_sched_media_p99_us']:.2f}"}
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
     segs = out.text().split(PROMPT)
     try:
         s0, s1 = _port_stats(segs[2]), _port_stats(segs[3])
-        (rx0, tx0, _), (rx1, tx1, pps) = s0[1], s1[1]
+        (_, tx0, _), (_, tx1, pps) = s0[1], s1[1]
         in_rx0, in_rx1 = s0[0][0], s1[0][0]
     except (IndexError, KeyError) as e:
         raise TestpmdError(f"cannot parse the port statistics ({e!r}):\n"

@@ -27,28 +27,17 @@ Method (DESIGN.md, "Performance targets"):
    A rate of wrong work would be meaningless.
 
 Drops seen by our core during a measurement are printed as a WARNING (none
-are expected with this set-up). Progress goes to stdout; the last line is
-the RESULT line.
+are expected with this set-up). Progress goes to stderr (``--quiet``: none);
+stdout has the RESULT line.
 """
 import argparse
-import json
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 
-from . import BenchError, run_or_exit, testpmd, topology as topo, traffic
-from .ours import JSON_PREFIX
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-
-
-def say(msg: str):
-    print(f"bench: {msg}", flush=True)
+from . import testpmd, topology as topo, traffic
+from .common import (BenchError, add_run_options, fmt_runs, median, parse_args, ratio,
+                     run_json_child, run_main, say, say_machine)
 
 
 def _n_mbufs(n_frames: int) -> int:
@@ -63,23 +52,7 @@ def _run_ours(args, kind: str, pcap: str, extra=()) -> dict:
     cmd = [sys.executable, "-m", "bench.ours", kind, pcap, str(args.seconds),
            "--warmup", str(args.warmup), "--mode", args.mode, "--macs", str(args.macs),
            "--vteps", str(args.vteps), "--n-mbufs", str(_n_mbufs(args.frames)), *extra]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    timeout = args.warmup + args.seconds + 120
-    try:
-        # on timeout (or Ctrl-C) subprocess.run kills the child it started
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"")
-        out = out.decode(errors="replace") if isinstance(out, bytes) else out
-        raise BenchError(f"our side did not finish within {timeout:.0f} s; killed\n"
-                         + "\n".join(out.splitlines()[-20:])) from None
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith(JSON_PREFIX):
-            return json.loads(line[len(JSON_PREFIX):])
-    tail = "\n".join((p.stdout + p.stderr).splitlines()[-25:])
-    raise BenchError(f"our side failed (exit code {p.returncode}):\n{tail}")
+    return run_json_child(cmd, "our side", timeout=args.warmup + args.seconds + 120)
 
 
 def _verify(args, kind: str, pcap: str, workdir: str):
@@ -116,9 +89,7 @@ def run(args) -> dict:
         tmp = tempfile.TemporaryDirectory(prefix="bench-")
         workdir = tmp.name
     try:
-        la = os.getloadavg()[0]
-        say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
-            + (" - other work on the machine will slow both contenders" if la > 0.5 else ""))
+        say_machine("other work on the machine will slow both contenders")
         pcap = os.path.join(workdir, f"{name}.pcap")
         say(f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
             f"{args.vteps} VTEPs ...")
@@ -151,16 +122,12 @@ def run(args) -> dict:
         if tmp is not None:
             tmp.cleanup()
 
-    m_ours, m_base = statistics.median(ours), statistics.median(base)
-    ratio = m_ours / m_base if m_base > 0 else float("nan")
+    m_ours, m_base = median(ours), median(base)
+    rel = ratio(m_ours, m_base)
     say(f"{name}: ours median {m_ours:.3f} Mpps {fmt_runs(ours)}, testpmd io median "
-        f"{m_base:.3f} Mpps {fmt_runs(base)}, ratio {ratio:.3f} "
+        f"{m_base:.3f} Mpps {fmt_runs(base)}, ratio {rel:.3f} "
         f"(floor 0.5, aim 0.6)")
-    return {"name": name, "mpps": m_ours, "testpmd_mpps": m_base, "ratio": ratio}
-
-
-def fmt_runs(xs) -> str:
-    return "[" + " ".join(f"{x:.2f}" for x in xs) + "]"
+    return {"name": name, "mpps": m_ours, "testpmd_mpps": m_base, "ratio": rel}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -169,47 +136,31 @@ def parser() -> argparse.ArgumentParser:
         description="VXLAN encap/decap throughput of the core vs testpmd io-forward "
                     "(64-byte frames, one forwarding core).")
     ap.add_argument("kind", choices=traffic.KINDS, help="encap or decap")
-    ap.add_argument("--seconds", type=float, default=3.0,
-                    help="measurement window per run (default 3)")
-    ap.add_argument("--warmup", type=float, default=1.0,
-                    help="forwarding time before the window (default 1)")
-    ap.add_argument("--runs", type=int, default=3,
-                    help="runs per contender, alternating (default 3)")
+    add_run_options(ap, seconds=3.0, seconds_help="measurement window per run",
+                    warmup=1.0, warmup_help="forwarding time before the window",
+                    runs=3, runs_help="runs per contender, alternating")
     ap.add_argument("--mode", choices=("hugepages", "fallback"), default="hugepages",
                     help="hugepages, or fallback = EAL --no-huge (both contenders)")
     ap.add_argument("--pcap-dir", help="keep the pcaps here (default: a temporary "
                                        "directory removed afterwards)")
-    ap.add_argument("--frames", type=int, default=4096, help="frames (= flows) in the pcap")
-    ap.add_argument("--macs", type=int, default=topo.MIN_MACS,
-                    help=f"destination MACs (>= {topo.MIN_MACS})")
-    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS,
-                    help=f"remote VTEPs (>= {topo.MIN_VTEPS})")
+    topo.add_options(ap, macs_help="destination MACs")
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip the functional check before timing")
     ap.add_argument("--testpmd", default=testpmd.TESTPMD, help="testpmd binary")
     return ap
 
 
-def _terminate(signum, frame):
-    # SIGTERM like Ctrl-C: unwind, so the children we started are killed
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
     ap = parser()
-    args = ap.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0 or args.runs < 1:
-        ap.error("--seconds must be > 0, --warmup >= 0, --runs >= 1")
+    args = parse_args(ap, argv)
     try:
-        topo.check_sizes(args.macs, args.vteps)
-        if not args.macs <= args.frames <= 1 << 20:
-            raise ValueError(f"--frames: {args.frames} out of range {args.macs}..{1 << 20}")
+        topo.check_options(args, max_frames=1 << 20)
     except ValueError as e:
         ap.error(str(e))
-    res, status = run_or_exit(run, args, errors=(testpmd.TestpmdError,))
-    if status is not None:
-        return status
-    print(f"RESULT name={res['name']} mpps={res['mpps']:.3f} "
-          f"testpmd_mpps={res['testpmd_mpps']:.3f} ratio={res['ratio']:.3f}", flush=True)
-    return 0
+    return run_main(run, args, _result, errors=(testpmd.TestpmdError,))
+
+
+def _result(res):
+    return res["name"], {"mpps": f"{res['mpps']:.3f}",
+                         "testpmd_mpps": f"{res['testpmd_mpps']:.3f}",
+                         "ratio": f"{res['ratio']:.3f}"}

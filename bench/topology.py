@@ -87,3 +87,20 @@ def check_sizes(n_macs: int, n_vteps: int):
         raise ValueError(f"--vteps: {n_vteps} out of range {MIN_VTEPS}..{MAX_VTEPS}")
     if n_vteps > n_macs:
         raise ValueError(f"--vteps: {n_vteps} VTEPs for {n_macs} MACs leaves some empty")
+
+
+def add_options(ap, macs_help: str):
+    """--frames, --macs, --vteps of a benchmark that replays bench.traffic's
+    pcap; ``macs_help`` says which MACs (checked by check_options)."""
+    ap.add_argument("--frames", type=int, default=4096, help="frames (= flows) in the pcap")
+    ap.add_argument("--macs", type=int, default=MIN_MACS, help=f"{macs_help} (>= {MIN_MACS})")
+    ap.add_argument("--vteps", type=int, default=MIN_VTEPS,
+                    help=f"remote VTEPs (>= {MIN_VTEPS})")
+
+
+def check_options(args, max_frames: int):
+    """Raise ValueError naming the option if --frames, --macs or --vteps is
+    out of range (at least one frame per MAC)."""
+    check_sizes(args.macs, args.vteps)
+    if not args.macs <= args.frames <= max_frames:
+        raise ValueError(f"--frames: {args.frames} out of range {args.macs}..{max_frames}")

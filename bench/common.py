@@ -1,0 +1,278 @@
+"""What every benchmark entry point shares.
+
+- Output: progress lines (``say``, ``show``) go to stderr and ``--quiet``
+  silences them; the one ``RESULT name=... key=value ...`` line
+  (``print_result``) goes to stdout, so ``python -m bench NAME > file``
+  keeps the figures alone. Failures are said on stderr whatever ``--quiet``.
+- Options: ``--seconds``, ``--warmup``, ``--runs`` and ``--quiet``
+  (``add_run_options``), checked by ``parse_args``.
+- Run sets: medians, ratios, their print form.
+- Child processes: started in their own session (a terminal's Ctrl-C
+  reaches only the parent, which stops them by PID), with this checkout on
+  PYTHONPATH; a Python child reports with one ``BENCH-JSON {...}`` line
+  (``emit``; DPDK's log lines share its stdout, hence the prefix) and its
+  progress with ``BENCH-SAY ...`` lines (``child_say``), which the parent
+  shows as its own.
+- ``run_main``: signals, failure reporting and the RESULT line around a
+  benchmark's ``run(args)``.
+
+No third-party imports: the children import this module next to DPDK.
+"""
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JSON_PREFIX = "BENCH-JSON "
+SAY_PREFIX = "BENCH-SAY "
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not be set up or run, or its output was wrong."""
+
+
+# ------------------------------------------------------------------ output
+
+_quiet = False
+
+
+def set_quiet(quiet: bool):
+    global _quiet
+    _quiet = bool(quiet)
+
+
+def show(line: str = ""):
+    """One progress line as it is, on stderr (nothing with --quiet)."""
+    if not _quiet:
+        print(line, file=sys.stderr, flush=True)
+
+
+def say(msg: str = ""):
+    """A progress line of the benchmark: ``bench: msg``."""
+    show(f"bench: {msg}" if msg else "")
+
+
+def say_machine(busy: str):
+    """CPUs and load average before the runs; ``busy`` is what a load
+    average above 0.5 means for this benchmark."""
+    la = os.getloadavg()[0]
+    say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
+        + (f" - {busy}" if la > 0.5 else ""))
+
+
+def result_line(name: str, **fields) -> str:
+    """``RESULT name=NAME key=value ...``, the fields in the order given;
+    values are printed with str(): format floats before."""
+    parts = [("name", name), *fields.items()]
+    for k, v in parts:
+        if not k.isidentifier() or not str(v) or any(c.isspace() or c == "=" for c in str(v)):
+            raise ValueError(f"RESULT field {k}={v!r}: a key is a name, a value has "
+                             "no blanks and no '='")
+    return "RESULT " + " ".join(f"{k}={v}" for k, v in parts)
+
+
+def print_result(name: str, **fields):
+    print(result_line(name, **fields), flush=True)
+
+
+def parse_result(line: str) -> dict:
+    """The fields of a RESULT line, ``name`` included; ValueError if the
+    line is not one."""
+    words = line.split()
+    if not words or words[0] != "RESULT" or len(words) < 2:
+        raise ValueError(f"not a RESULT line: {line!r}")
+    out = {}
+    for w in words[1:]:
+        k, sep, v = w.partition("=")
+        if not sep or not k.isidentifier() or not v or k in out:
+            raise ValueError(f"RESULT line: bad field {w!r} in {line!r}")
+        out[k] = v
+    if list(out)[0] != "name":
+        raise ValueError(f"RESULT line does not start with name=: {line!r}")
+    return out
+
+
+# ----------------------------------------------------------------- options
+
+def add_run_options(ap, *, seconds: float, seconds_help: str, runs: int, runs_help: str,
+                    warmup: float = None, warmup_help: str = None):
+    """--seconds, --warmup (when a default is given), --runs and --quiet;
+    the help texts get "(default X)" appended."""
+    ap.add_argument("--seconds", type=float, default=seconds,
+                    help=f"{seconds_help} (default {seconds:g})")
+    if warmup is not None:
+        ap.add_argument("--warmup", type=float, default=warmup,
+                        help=f"{warmup_help} (default {warmup:g})")
+    ap.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
+    ap.add_argument("-q", "--quiet", action="store_true",
+                    help="print only the RESULT line (no progress on stderr)")
+
+
+def parse_args(ap, argv=None):
+    """Parse; reject --seconds <= 0, --warmup < 0, --runs < 1 (exit 2,
+    naming the option); apply --quiet."""
+    args = ap.parse_args(argv)
+    bad = []
+    if args.seconds <= 0:
+        bad.append("--seconds must be > 0")
+    if getattr(args, "warmup", 0) < 0:
+        bad.append("--warmup must be >= 0")
+    if args.runs < 1:
+        bad.append("--runs must be >= 1")
+    if bad:
+        ap.error(", ".join(bad))
+    set_quiet(args.quiet)
+    return args
+
+
+# ---------------------------------------------------------------- run sets
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def medians(runs: dict) -> dict:
+    """{key: median} of {key: [one figure per run]}."""
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b; NaN when b is not positive (no baseline figure)."""
+    return a / b if b > 0 else float("nan")
+
+
+def fmt_runs(xs, digits: int = 2, scale: float = 1.0) -> str:
+    """Every run's figure: ``[1.23 1.25 1.19]``."""
+    return "[" + " ".join(f"{x * scale:.{digits}f}" for x in xs) + "]"
+
+
+def fmt_spread(xs, digits: int = 2) -> str:
+    """``median [min..max]``, or the one figure of a single run."""
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{statistics.median(xs):.{digits}f} [{min(xs):.{digits}f}..{max(xs):.{digits}f}]"
+
+
+# --------------------------------------------------------- child processes
+
+def child_env() -> dict:
+    """Our environment with this checkout first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _tail(lines, n: int = 25) -> str:
+    return "\n".join("    " + x for x in lines[-n:])
+
+
+def run_child(cmd, what: str, timeout: float, on_line=None) -> list:
+    """Run ``cmd`` (cwd: the checkout) to its end; its output lines (stdout
+    and stderr), each also given to ``on_line`` as it comes. Killed - this
+    PID - after ``timeout`` s, and on any exception here (Ctrl-C included).
+    BenchError, with the last lines, if it does not exit 0."""
+    try:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             errors="replace", bufsize=1, start_new_session=True)
+    except OSError as e:
+        raise BenchError(f"cannot run {what} ({cmd[0]}): {e}") from None
+    expired = threading.Event()
+
+    def kill():
+        expired.set()
+        p.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    lines = []
+    try:
+        for line in p.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if on_line is not None:
+                on_line(line)
+        p.wait()
+    finally:
+        timer.cancel()
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        p.stdout.close()
+    if expired.is_set():
+        raise BenchError(f"{what} did not finish within {timeout:.0f} s; killed:\n"
+                         + _tail(lines))
+    if p.returncode < 0:
+        raise BenchError(f"{what} killed by signal {-p.returncode}:\n" + _tail(lines))
+    if p.returncode != 0:
+        raise BenchError(f"{what} failed (exit code {p.returncode}):\n" + _tail(lines))
+    return lines
+
+
+def relay(line: str):
+    """on_line for run_child: a child's BENCH-SAY lines shown as ours."""
+    if line.startswith(SAY_PREFIX):
+        say(line[len(SAY_PREFIX):])
+
+
+def run_json_child(cmd, what: str, timeout: float) -> dict:
+    """Run a Python child (run_child, its progress relayed); its last
+    BENCH-JSON line as a dict."""
+    lines = run_child(cmd, what, timeout, on_line=relay)
+    for line in reversed(lines):
+        if line.startswith(JSON_PREFIX):
+            return json.loads(line[len(JSON_PREFIX):])
+    raise BenchError(f"{what} reported nothing:\n" + _tail(lines))
+
+
+def emit(obj: dict):
+    """In a child: one BENCH-JSON line for the parent."""
+    print(JSON_PREFIX + json.dumps(obj), flush=True)
+
+
+def child_say(msg: str):
+    """In a child: a progress line the parent shows (run_json_child)."""
+    print(SAY_PREFIX + msg, flush=True)
+
+
+def child_failed(prog: str, e: BaseException) -> int:
+    """In a child: say why it failed (the parent shows our output); exit 1."""
+    print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    return 1
+
+
+# -------------------------------------------------------------------- main
+
+def _terminate(signum, frame):
+    # SIGTERM/SIGHUP like Ctrl-C: unwind, so what we started is stopped
+    # and what we made is removed
+    raise KeyboardInterrupt
+
+
+def run_main(run, args, result, errors=()) -> int:
+    """``run(args)``, then the RESULT line ``result(res)`` gives as
+    ``(name, {key: formatted value})``; the exit status: 0, 1 for a failure
+    (BenchError or one of ``errors``, said on stderr), 130 for Ctrl-C,
+    SIGTERM or SIGHUP."""
+    signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:   # nohup: leave it
+        signal.signal(signal.SIGHUP, _terminate)
+    try:
+        res = run(args)
+    except (BenchError, *errors) as e:
+        print(f"bench: FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr, flush=True)
+        return 130
+    name, fields = result(res)
+    print_result(name, **fields)
+    return 0
