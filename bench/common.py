@@ -20,6 +20,7 @@ No third-party imports: the children import this module next to DPDK.
 """
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ import sys
 import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EAL_RUNTIME_DIRS = ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk")
 JSON_PREFIX = "BENCH-JSON "
 SAY_PREFIX = "BENCH-SAY "
 
@@ -215,6 +217,16 @@ def run_child(cmd, what: str, timeout: float, on_line=None) -> list:
     if p.returncode != 0:
         raise BenchError(f"{what} failed (exit code {p.returncode}):\n" + _tail(lines))
     return lines
+
+
+def remove_eal_runtime_dir(prefix: str):
+    """The EAL runtime directory of a DPDK process we ran with
+    ``--file-prefix PREFIX``, if it left one (testpmd does, even with
+    --in-memory)."""
+    for base in EAL_RUNTIME_DIRS:
+        d = os.path.join(base, prefix)
+        if os.path.isdir(d):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def relay(line: str):

@@ -40,14 +40,14 @@ import sys
 import tempfile
 
 from .common import (ROOT, BenchError, add_run_options, fmt_spread, medians, parse_args,
-                     parse_result, ratio, run_child, run_main, say, say_machine, show)
+                     parse_result, ratio, remove_eal_runtime_dir, run_child, run_main, say,
+                     say_machine, show)
 
 CSRC = os.path.join(ROOT, "csrc")
 SRC = os.path.join(ROOT, "bench", "sched_cmp.c")
 QOS_SRC = os.path.join(CSRC, "dp_qos.c")
 RESULT_KEYS = ("ours_ns_per_pkt", "rte_sched_ns_per_pkt", "ours_media_p99_us",
                "rte_sched_media_p99_us")
-RUNTIME_DIRS = ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk")
 
 _COST_RE = re.compile(r"^cost\s+(\S+)\s+enqueue ([\d.]+) \+ dequeue ([\d.]+) = ([\d.]+) ns/frame")
 _PLANE_RE = r"\| {p} off ([\d.]+) sent ([\d.]+) Mbit/s drop (\d+) \(([\d.]+)%\) " \
@@ -93,14 +93,6 @@ def build(workdir: str) -> str:
         raise BenchError("building bench/sched_cmp.c failed (if csrc/dp_qos.c is being "
                          f"edited, retry in a minute):\n{tail}")
     return out
-
-
-def _remove_runtime_dir(prefix: str):
-    """The EAL runtime directory of our own --file-prefix, if still there."""
-    for base in RUNTIME_DIRS:
-        d = os.path.join(base, prefix)
-        if os.path.isdir(d):
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def _parse(lines) -> dict:
@@ -152,7 +144,7 @@ def run_once(binary: str, args, i: int) -> dict:
     try:
         lines = run_child(cmd, "sched_cmp", timeout, on_line)
     finally:
-        _remove_runtime_dir(prefix)
+        remove_eal_runtime_dir(prefix)
     return _parse(lines)
 
 

@@ -36,6 +36,8 @@ import threading
 import time
 from typing import List, Optional
 
+from .common import remove_eal_runtime_dir
+
 PROMPT = "testpmd> "
 TESTPMD = "dpdk-testpmd"
 
@@ -126,7 +128,8 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
     """One testpmd io-forward run; the pcap -> null rate over ``seconds``."""
     if shutil.which(testpmd) is None:
         raise TestpmdError(f"{testpmd} not found (Debian/Ubuntu: apt-get install dpdk)")
-    cmd = command(pcap, mode, n_mbufs, file_prefix, testpmd)
+    prefix = file_prefix or f"bench-testpmd-{os.getpid()}"
+    cmd = command(pcap, mode, n_mbufs, prefix, testpmd)
     try:
         # own session: on failure we kill its process group, i.e. exactly
         # what we started (and anything it started), and a Ctrl-C meant for
@@ -134,6 +137,7 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as e:
+        remove_eal_runtime_dir(prefix)
         raise TestpmdError(f"cannot run {cmd[0]}: {e}") from None
     out = _Output(proc.stdout)
     prompts = 1     # testpmd's first prompt says it is ready
@@ -179,6 +183,7 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
                 f.close()
             except OSError:
                 pass
+        remove_eal_runtime_dir(prefix)     # empty, but left behind
 
     # output after each prompt: [0] init, [1] start, [2] first show, [3] second show
     segs = out.text().split(PROMPT)
