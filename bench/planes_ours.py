@@ -449,6 +449,8 @@ def main(argv=None):
                         phases.append(ph)
                         if ph["kept"]:
                             break
+                        child_say(f"  the worker was off its CPU {ph['preempted']:.1%} of the "
+                                  "window: again in 2 s")
                         time.sleep(2.0)     # let the other work pass
             eng.set_qos_mode(priority=True)
             eng.stop()
