@@ -1,7 +1,8 @@
 """Every benchmark entry point, run briefly with its smallest settings
 (``python -m bench NAME ...`` from the checkout, as a user runs it): it
 must exit 0, print exactly one well-formed RESULT line on stdout with its
-keys and sane figures, and show its progress on stderr (``--quiet``: none).
+keys and sane figures, show its progress on stderr (``--quiet``: none), and
+leave no EAL runtime directory or namespace behind.
 The figures of such short runs mean nothing; that the benchmarks still
 run does.
 
@@ -71,7 +72,21 @@ def run_bench(name, args):
             p.kill()
             out, err = p.communicate()
         pytest.fail(f"bench {name} did not finish within {TIMEOUT_S} s:\n{err[-4000:]}")
-    return p.returncode, out, err
+    return p.pid, p.returncode, out, err
+
+
+def left_behind(pid):
+    """EAL runtime directories and namespaces named for the benchmark's PID
+    (testpmd's and sched_cmp's file prefixes, afpacket's namespaces)."""
+    found = []
+    for base in ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk"):
+        if os.path.isdir(base):
+            found += [os.path.join(base, d) for d in os.listdir(base)
+                      if str(pid) in d.split("-")]
+    if os.path.isdir("/var/run/netns"):
+        found += [f"netns {n}" for n in os.listdir("/var/run/netns")
+                  if n.startswith(f"afpb{pid}-")]
+    return found
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.netns])
@@ -80,10 +95,11 @@ def test_bench_runs(name):
     assert os.geteuid() == 0, "the benchmarks need root (DPDK, network namespaces)"
     args, result_name, checks = CASES[name]
     quiet = name in QUIET
-    rc, out, err = run_bench(name, args + (["--quiet"] if quiet else []))
+    pid, rc, out, err = run_bench(name, args + (["--quiet"] if quiet else []))
     where = (f"python -m bench {name} {' '.join(args)}: exit code {rc}\n"
              f"--- stderr ---\n{err[-6000:]}")
     assert rc == 0, where
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
     lines = out.splitlines()
     assert len(lines) == 1, f"stdout is not the RESULT line alone: {out!r}\n{where}"
     line = lines[0]
