@@ -28,13 +28,12 @@ DPDK's own log lines share stdout, hence the ``BENCH-JSON`` prefix.
 import argparse
 import os
 import select
-import signal
 import socket
 import sys
 import time
 
 from . import topology as topo
-from .common import child_failed, emit
+from .common import child_failed, child_unwind_on_sigterm, emit
 DRIVERS = ("native", "pmd")
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
@@ -208,13 +207,8 @@ def run_capture(a) -> int:
     return 0
 
 
-def _terminate(signum, frame):
-    # SIGTERM from the parent: unwind, so the engine closes its ports
-    raise SystemExit(128 + signum)
-
-
 def main(argv=None) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    child_unwind_on_sigterm()
     ap = argparse.ArgumentParser(prog="python -m bench.afpacket_ours",
                                  description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

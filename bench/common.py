@@ -202,9 +202,9 @@ def run_child(cmd, what: str, timeout: float, on_line=None) -> list:
     finally:
         timer.cancel()
         if p.poll() is None:
-            p.terminate()
+            p.terminate()       # a Python child unwinds: child_unwind_on_sigterm
             try:
-                p.wait(5)
+                p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
@@ -253,6 +253,17 @@ def emit(obj: dict):
 def child_say(msg: str):
     """In a child: a progress line the parent shows (run_json_child)."""
     print(SAY_PREFIX + msg, flush=True)
+
+
+def _child_terminate(signum, frame):
+    # SIGTERM from the parent: unwind, so the engine closes its ports and
+    # DPDK removes its runtime files
+    raise SystemExit(128 + signum)
+
+
+def child_unwind_on_sigterm():
+    """In a child: SIGTERM (the parent stopping it) unwinds like an exit."""
+    signal.signal(signal.SIGTERM, _child_terminate)
 
 
 def child_failed(prog: str, e: BaseException) -> int:

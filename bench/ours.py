@@ -35,7 +35,7 @@ import sys
 import time
 
 from . import topology as topo
-from .common import child_failed, emit
+from .common import child_failed, child_unwind_on_sigterm, emit
 
 
 def _setup(eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int):
@@ -128,6 +128,7 @@ def verify(kind: str, pcap: str, out: str, mode: str, n_macs: int, n_vteps: int,
 
 
 def main(argv=None):
+    child_unwind_on_sigterm()
     ap = argparse.ArgumentParser(prog="python -m bench.ours", description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=("encap", "decap"))
     ap.add_argument("pcap")

@@ -63,7 +63,7 @@ import struct
 import sys
 import time
 
-from .common import child_failed, child_say, emit
+from .common import child_failed, child_say, child_unwind_on_sigterm, emit
 STD, CONTROL, MEDIA = 0, 2, 3
 PLANE_NAMES = {STD: "std", CONTROL: "control", MEDIA: "media"}
 #: plane -> (network index, VNI, priority, outer DSCP or None = copy inner)
@@ -381,6 +381,7 @@ def preempted(ph) -> float:
 
 
 def main(argv=None):
+    child_unwind_on_sigterm()
     ap = argparse.ArgumentParser(prog="python -m bench.planes_ours",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--std", required=True)
