@@ -20,7 +20,7 @@ from . import __version__
 from .api import APIServer
 from .config import NodeConfig
 from .errors import ConfigError, DataplaneError, NotFound
-from .stores import open_store
+from .store import open_store
 
 log = logging.getLogger("dataplane")
 
@@ -86,7 +86,7 @@ class NodeService:
             self._setup_core()
             self._replay()
             self.engine.start()
-            if hasattr(self.store, "watch_endpoints"):
+            if self.store.can_watch:
                 self._sync_thread = threading.Thread(target=self._sync_loop,
                                                      name="dataplane-sync", daemon=True)
                 self._sync_thread.start()
