@@ -17,13 +17,9 @@ serialisable against every other writer, on any node:
 - ``put_network`` compares ``P/vni/<vni>``: two nodes that give one VNI to two
   networks at once cannot both win; the loser sees the winner's network on
   its retry and gets the same ConfigError as with SQLite.
-- ``allocate_ip`` is compare-and-create on the address key
-  ``P/alloc/<network>/<ip>`` (``create_revision == 0``) together with the
-  pod's ``P/podalloc/<pod>/<network>``: two nodes that pick the same free
-  address cannot both get it, the loser reads again and takes another; a
-  pod never gets two addresses on one network.
-- ``allocate_mac`` creates ``P/macs/<mac>`` the same way, so a MAC is given to
-  one (pod, plane) in the whole cluster.
+- ``allocate_ip`` and ``allocate_mac`` create the address's (the MAC's) key
+  only if it is still absent, so that two nodes never get the same one (see
+  :mod:`dataplane.store.etcd_alloc`).
 - ``delete_pod`` removes the pod, its endpoints, addresses and MACs in one
   transaction.
 
@@ -54,15 +50,17 @@ when no endpoint answers, and :class:`EtcdCompacted` for a watch of history
 etcd no longer has.
 """
 import ipaddress
+import itertools
 import json
-import random
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..checks import check_mac
-from ..errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
+from ..errors import AlreadyExists, Busy, ConfigError, NotFound
+from . import etcd_alloc as alloc
 from .base import StateStore
-from .common import check_network, check_state, derive_mac, ip_request, no_free_address
+from .common import check_network, check_state, ip_request
+from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import (DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, EtcdCompacted, EtcdGateway,
                      EtcdUnavailable, Txn, Watch)
@@ -70,7 +68,7 @@ from .etcdgw import (DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, EtcdCompacted, EtcdGate
 __all__ = ["EtcdStore", "EtcdUnavailable", "EtcdCompacted", "STATIC_NODE_PREFIX"]
 
 DEFAULT_PREFIX = "/dataplane"
-STATIC_NODE_PREFIX = "static:"
+
 
 class EtcdStore(StateStore):
     """The cluster's state in etcd at ``endpoints`` (URLs like
@@ -351,116 +349,24 @@ class EtcdStore(StateStore):
                               "address") from None
         if vtep_ip.is_multicast or vtep_ip.is_unspecified or vtep_ip.is_loopback:
             raise ConfigError(f"static endpoint {name}: {vtep_ip} cannot be a VTEP address")
-
-        def body(tx):
-            net = tx.get(self._k("networks", network))
-            if net is None:
-                raise NotFound(f"static endpoint {name}: network {network} is not recorded")
-            _, _, want = ip_request(network, net["subnet"], net["gateway"], ip)
-            if tx.get(self._k("pods", name)) is not None:
-                raise AlreadyExists(f"static endpoint {name}: a pod of that name exists")
-            plane = net["plane"]
-            old = tx.get(self._k("endpoints", name, plane))
-            if old is not None and old.get("node") != STATIC_NODE_PREFIX + name:
-                raise AlreadyExists(f"static endpoint {name}: pod {name} has an endpoint "
-                                    f"on plane {plane} already")
-            if old is not None and old["network"] != network:
-                raise AlreadyExists(f"static endpoint {name}: it has network "
-                                    f"{old['network']} on plane {plane} already (use "
-                                    "another name for a second network of that plane)")
-            akey = self._k("alloc", network, str(want))
-            owner = tx.get(akey)
-            if owner is not None and owner["pod"] != name:
-                raise ConfigError(f"ips: {want} on network {network} is taken by pod "
-                                  f"{owner['pod']}")
-            pkey = self._k("podalloc", name, network)
-            mine = tx.get(pkey)
-            if mine is not None and mine["ip"] != str(want):
-                okey = self._k("alloc", network, mine["ip"])
-                prev = tx.get(okey)
-                if prev is not None and prev["pod"] == name:
-                    tx.delete(okey)
-            if owner is None:
-                tx.put(akey, {"network": network, "ip": str(want), "pod": name,
-                              "created": time.time()})
-                tx.put(pkey, {"ip": str(want)})
-            return self.layout.write_endpoint(tx, {
-                "pod": name, "plane": plane, "network": network, "ifname": None,
-                "host_ifname": None, "mac": mac, "ip": str(want),
-                "node": STATIC_NODE_PREFIX + name, "vtep": str(vtep_ip),
-                "state": "ready"}, strict_mac=True)
-        return self.client.atomic(body)
+        return self.client.atomic(lambda tx: alloc.record_static_host(
+            tx, self.layout, name, network, mac, ip, str(vtep_ip)))
 
     # ---------------------------------------------------------------- IPAM
     def allocate_ip(self, network: str, subnet_cidr: str, gateway: Optional[str],
                     pod: str, fixed: Optional[str] = None) -> str:
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded
-        (the lowest free one, or ``fixed``); the same rules and errors as
-        :meth:`dataplane.store.Store.allocate_ip`. Safe when several nodes
-        allocate at once: the address key is created only if it does not
-        exist (compare-and-create); a node that loses reads again and takes
-        one of the lowest free addresses at random (so that racers spread)."""
+        (the lowest free one, or ``fixed``); the rules and errors of
+        :meth:`StateStore.allocate_ip`. Safe when several nodes allocate at
+        once (see :func:`dataplane.store.etcd_alloc.take_address`)."""
         subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
-        pkey = self._k("podalloc", pod, network)
-        tries = [0]
-
-        def body(tx):
-            tries[0] += 1
-            mine = tx.get(pkey)
-            if mine is not None:
-                if want is not None and str(want) != mine["ip"]:
-                    raise ConfigError(f"ips: pod {pod} has address {mine['ip']} on network "
-                                      f"{network} already, not {want}")
-                return mine["ip"]
-            if want is not None:
-                owner = tx.get(self._k("alloc", network, str(want)))
-                if owner is not None:
-                    raise ConfigError(f"ips: {want} on network {network} is taken by pod "
-                                      f"{owner['pod']}")
-                ip = str(want)
-            else:
-                taken = set()
-                for k, _ in tx.items(self._k("alloc", network, ""), guard=False,
-                                     keys_only=True):
-                    try:
-                        taken.add(int(ipaddress.IPv4Address(last_part(k))))
-                    except ValueError:  # pragma: no cover - not written by us
-                        pass
-                taken |= {int(a) for a in reserved}
-                # the lowest free address; after losing a race, one of the
-                # lowest few at random, so that racing nodes spread out
-                spread = 1 if tries[0] == 1 else min(1 << tries[0], 64)
-                free = []
-                lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
-                for cand in range(lo, hi + 1):
-                    if cand not in taken:
-                        free.append(cand)
-                        if len(free) >= spread:
-                            break
-                if not free:
-                    raise no_free_address(network, subnet,
-                                          len({t for t in taken if lo <= t <= hi}))
-                ip = str(ipaddress.IPv4Address(random.choice(free)))
-                tx.absent(self._k("alloc", network, ip))
-            tx.put(self._k("alloc", network, ip), {"network": network, "ip": ip,
-                                                    "pod": pod, "created": time.time()})
-            tx.put(pkey, {"ip": ip})
-            return ip
-        return self.client.atomic(body)
+        attempts = itertools.count(1)
+        return self.client.atomic(lambda tx: alloc.take_address(
+            tx, self.layout, network, subnet, reserved, want, pod, next(attempts)))
 
     def release_ips(self, pod: str) -> int:
         """Give back every address of ``pod``; returns how many."""
-        def body(tx):
-            allocs = tx.items(self._k("podalloc", pod, ""))
-            for k, v in allocs:
-                akey = self._k("alloc", last_part(k), v["ip"])
-                owner = tx.get(akey)
-                if owner is not None and owner["pod"] == pod:
-                    tx.delete(akey)
-            if allocs:
-                tx.delete(self._k("podalloc", pod, ""), prefix=True)
-            return len(allocs)
-        return self.client.atomic(body)
+        return self.client.atomic(lambda tx: alloc.give_back_addresses(tx, self.layout, pod))
 
     def allocations(self, network: Optional[str] = None) -> List[Dict[str, Any]]:
         prefix = self._k("alloc", network, "") if network is not None else \
@@ -474,26 +380,4 @@ class EtcdStore(StateStore):
         the whole cluster: the same pair gets the same MAC; a MAC another
         endpoint has (or another pair reserved) is skipped for the next
         derivation. The reservation goes with ``delete_pod``."""
-        def body(tx):
-            rkey = self._k("podmacs", pod, plane)
-            reserved = tx.get(rkey)
-            for i in range(1 << 16):
-                mac = derive_mac(pod, plane, i)
-                owner = tx.get(self._k("macs", mac))
-                if owner is None or (owner["pod"], owner["plane"]) == (pod, plane):
-                    break
-            else:  # pragma: no cover
-                raise ResourceError(f"no free MAC for pod {pod} plane {plane}")
-            if reserved is not None and reserved["mac"] == mac and owner is not None:
-                return mac                                  # nothing to write
-            if reserved is not None and reserved["mac"] != mac:
-                # an older reservation of the pair (a lower derivation was taken
-                # then): give it back unless the pair's endpoint uses it
-                ep = tx.get(self._k("endpoints", pod, plane))
-                if ep is None or ep["mac"] != reserved["mac"]:
-                    self.layout.drop_mac(tx, reserved["mac"], pod, plane)
-            tx.put(self._k("macs", mac), {"pod": pod, "plane": plane})
-            tx.put(rkey, {"mac": mac})
-            return mac
-        return self.client.atomic(body)
-
+        return self.client.atomic(lambda tx: alloc.take_mac(tx, self.layout, pod, plane))
