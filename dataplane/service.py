@@ -21,7 +21,7 @@ from typing import Optional
 
 from .api import APIServer
 from .config import NodeConfig
-from .logs import event, log, setup_logging
+from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife
 from .status import api_routes, status_report, take_snapshot
 from .store import StateStore, open_store
@@ -31,6 +31,12 @@ __all__ = ["NodeService", "setup_logging"]
 
 
 class NodeService:
+    """One node: ``start()`` opens the store, sets the core up, replays the
+    pods, starts forwarding, the cluster sync, the control API and the
+    metrics endpoint; ``stop()`` undoes it; ``run_forever()`` does both
+    around SIGTERM/SIGINT. ``registry``: a Prometheus registry to add the
+    core's collector to (tests), instead of a fresh one."""
+
     def __init__(self, config: NodeConfig, registry=None):
         self.config = config
         self.registry = registry
