@@ -94,7 +94,7 @@ def store_call(netns, url, prefix, method, *args, timeout=60):
 
 def _main(argv):
     url, prefix, method, args = argv
-    from dataplane.store_etcd import EtcdStore
+    from dataplane.store.etcd import EtcdStore
     with EtcdStore([url], prefix=prefix) as store:
         print(json.dumps(getattr(store, method)(*json.loads(args))))
     return 0

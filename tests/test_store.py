@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from dataplane.errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
-from dataplane.store import Store
+from dataplane.store import SqliteStore
 from etcdhost import have_etcd, shared_server
 
 SPEC = {"pod_type": "ct", "network_plane": ["std", "media"],
@@ -36,12 +36,12 @@ def opener(request, path):
     opened = []
     if request.param == "sqlite":
         def open_store():
-            opened.append(Store(path))
+            opened.append(SqliteStore(path))
             return opened[-1]
     else:
         if not have_etcd():
             pytest.skip(NO_ETCD)
-        from dataplane.store_etcd import EtcdStore
+        from dataplane.store.etcd import EtcdStore
         url = shared_server(request.config).url
         prefix = f"/dptest/{uuid.uuid4().hex}"
 
@@ -53,8 +53,8 @@ def opener(request, path):
         s.close()
     if request.param == "etcd":                        # leave nothing behind
         with EtcdStore([url], prefix=prefix) as s:
-            s._post("kv/deleterange", {"key": _b64(prefix + "/"),
-                                       "range_end": _b64(prefix + "0")})
+            s.client.post("kv/deleterange", {"key": _b64(prefix + "/"),
+                                             "range_end": _b64(prefix + "0")})
 
 
 def _b64(text):
@@ -68,7 +68,7 @@ def store(opener):
 
 @pytest.fixture
 def sqlite_store(path):
-    s = Store(path)
+    s = SqliteStore(path)
     yield s
     s.close()
 
@@ -88,7 +88,7 @@ def test_not_a_database(tmp_path):
     p = tmp_path / "junk.db"
     p.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(ConfigError, match=r"junk\.db: not a usable SQLite state file"):
-        Store(str(p))
+        SqliteStore(str(p))
 
 
 def test_networks(store):
@@ -311,10 +311,10 @@ def test_old_file_gets_the_node_column(path):
         INSERT INTO pods VALUES ('old', '/x', '{}', 'ready', 1.0);
     """)
     db.close()
-    s = Store(path)
+    s = SqliteStore(path)
     assert s.pod("old") == {"name": "old", "netns": "/x", "spec": {}, "state": "ready",
                             "created": 1.0, "node": None}
     s.put_pod("new", "/y", {}, node="node1")
     assert [p["name"] for p in s.pods(node="node1")] == ["new"]
     s.close()
-    Store(path).close()            # opened again: nothing more to add
+    SqliteStore(path).close()      # opened again: nothing more to add

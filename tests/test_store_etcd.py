@@ -15,8 +15,7 @@ import pytest
 
 from dataplane.config import StoreConfig
 from dataplane.errors import AlreadyExists, Busy, ConfigError, NotFound
-from dataplane.store import Store
-from dataplane.stores import open_store
+from dataplane.store import SqliteStore, open_store
 from etcdhost import EtcdServer, _free_port, have_etcd, shared_server
 
 pytestmark = pytest.mark.skipif(
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.skipif(
                             "apt-get install etcd-server)")
 
 if have_etcd():
-    from dataplane.store_etcd import (EtcdCompacted, EtcdStore, EtcdUnavailable,
+    from dataplane.store.etcd import (EtcdCompacted, EtcdStore, EtcdUnavailable,
                                       STATIC_NODE_PREFIX)
 
 SUBNET = "192.168.10.0/24"
@@ -59,7 +58,7 @@ def store(server, prefix):
 
 def _wipe(s):
     p = s.prefix.encode()
-    s._post("kv/deleterange", {"key": _b64(p + b"/"), "range_end": _b64(p + b"0")})
+    s.client.post("kv/deleterange", {"key": _b64(p + b"/"), "range_end": _b64(p + b"0")})
 
 
 def _b64(b):
@@ -68,8 +67,8 @@ def _b64(b):
 
 def _raw_keys(s):
     p = s.prefix.encode()
-    r = s._post("kv/range", {"key": _b64(p + b"/"), "range_end": _b64(p + b"0"),
-                             "keys_only": True})
+    r = s.client.post("kv/range", {"key": _b64(p + b"/"), "range_end": _b64(p + b"0"),
+                                   "keys_only": True})
     return sorted(base64.b64decode(kv["key"]).decode()[len(s.prefix) + 1:]
                   for kv in r.get("kvs", []))
 
@@ -100,7 +99,7 @@ class Events:
 # ----------------------------------------------------------------- opening
 def test_open_store_by_kind(tmp_path, server, prefix):
     s = open_store(StoreConfig(kind="sqlite", path=str(tmp_path / "s.db")), "node1")
-    assert isinstance(s, Store) and s.kind == "sqlite" and s.node == "node1"
+    assert isinstance(s, SqliteStore) and s.kind == "sqlite" and s.node == "node1"
     s.close()
     e = open_store(StoreConfig(kind="etcd", endpoints=(server.url,), prefix=prefix),
                    "node1", timeout=3)
@@ -201,20 +200,20 @@ def test_a_failed_change_writes_nothing(store):
         tx.put(store._k("pods", "x"), {"name": "x"})
         raise RuntimeError("boom")
     with pytest.raises(RuntimeError):
-        store._atomic(body)
+        store.client.atomic(body)
     assert _raw_keys(store) == []
 
 
 def test_a_change_overtaken_forever_is_busy(store, monkeypatch):
-    import dataplane.store_etcd as se
-    monkeypatch.setattr(se, "MAX_ATTEMPTS", 3)
+    import dataplane.store.etcdgw as gw
+    monkeypatch.setattr(gw, "MAX_ATTEMPTS", 3)
 
     def body(tx):
         tx.get(store._k("meta", "x"))
         store.set_meta("x", str(time.time()))          # another writer, every time
         tx.put(store._k("meta", "x"), "mine")
     with pytest.raises(Busy, match="overtaken by other writers 3 times"):
-        store._atomic(body)
+        store.client.atomic(body)
 
 
 # ------------------------------------------------------------------- races
@@ -464,7 +463,7 @@ def test_watch_of_a_compacted_revision_is_an_error(store):
     _, rev = store.endpoints_snapshot()
     store.set_endpoint_state("p1", "std", "ready")
     _, now = store.endpoints_snapshot()
-    store._post("kv/compaction", {"revision": now})
+    store.client.post("kv/compaction", {"revision": now})
     ev = Events()
     w = store.watch_endpoints(rev, ev)
     kind, err = ev.next()
@@ -541,7 +540,7 @@ def test_threads_share_a_few_clients_and_close_ends_watches(server, prefix):
         t = threading.Thread(target=s.get_meta, args=("x",))
         t.start()
         t.join()
-    assert len(s._sessions) == 1
+    assert len(s.client._sessions) == 1
     ev = Events()
     w = s.watch_endpoints(None, ev)
     s.close()

@@ -1,36 +1,11 @@
-"""The embedded state store: one SQLite file (WAL journal).
+"""The embedded state store: one SQLite file (WAL journal), one node's state.
 
-What the node knows and must find again after a restart: networks, pods,
-their endpoints (one per pod plane: pod MAC/IP -> node VTEP) and address
-allocations. Every write is one transaction, committed before the call
-returns (``synchronous=FULL``).
-
-The store is written *before* a change is applied, so that a crash in the
-middle leaves a record of what was being done::
-
-    store.put_pod(name, netns, spec)                  # pod state 'pending'
-    for each plane:
-        ip  = store.allocate_ip(net, subnet, gw, name, fixed)
-        mac = store.allocate_mac(name, plane)
-        store.add_endpoint(name, plane, net, ifname, host_ifname, mac, ip)
-                                                      # endpoint 'pending'
-        ... create the interfaces, attach the port ...
-        store.set_endpoint_state(name, plane, "ready")
-    store.set_pod_state(name, "ready")
-
-    store.set_pod_state(name, "deleting")             # pod del: intent first
-    ... detach everything ...
-    store.delete_pod(name)                            # endpoints + addresses too
-
-After a restart, 'ready' rows are replayed (interfaces found again and
-re-attached), 'pending' and 'deleting' rows are finished or rolled back.
-Nothing is allocated twice: allocations survive until ``release_ips`` or
-``delete_pod``.
-
-One ``Store`` may be shared by threads (a lock serialises its calls); several
-processes may open the same file (``BEGIN IMMEDIATE`` serialises writers).
+Every write is one transaction, committed before the call returns
+(``synchronous=FULL``). One store may be shared by threads (a lock serialises
+its calls); several processes may open the same file (``BEGIN IMMEDIATE``
+serialises writers). The interface and the order of work are those of
+:class:`dataplane.store.base.StateStore`.
 """
-import hashlib
 import ipaddress
 import json
 import os
@@ -40,19 +15,22 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
-from .errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
+from ..checks import VNI_MAX
+from ..errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
+from .base import StateStore
+from .common import STATES, check_network, check_state, derive_mac, ip_request, no_free_address
 
 SCHEMA_VERSION = 1
-STATES = ("pending", "ready", "deleting")
+_STATES_SQL = ", ".join(f"'{s}'" for s in STATES)
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS networks (
     name    TEXT PRIMARY KEY,
-    vni     INTEGER NOT NULL UNIQUE CHECK (vni BETWEEN 1 AND 16777215),
+    vni     INTEGER NOT NULL UNIQUE CHECK (vni BETWEEN 1 AND {VNI_MAX}),
     plane   TEXT NOT NULL,
     subnet  TEXT NOT NULL,
     gateway TEXT,
@@ -64,7 +42,7 @@ CREATE TABLE IF NOT EXISTS pods (
     netns   TEXT NOT NULL,
     spec    TEXT NOT NULL,                       -- JSON
     state   TEXT NOT NULL DEFAULT 'pending'
-            CHECK (state IN ('pending', 'ready', 'deleting')),
+            CHECK (state IN ({_STATES_SQL})),
     created REAL NOT NULL,
     node    TEXT                                 -- the node that runs it (a cluster)
 );
@@ -79,7 +57,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     node        TEXT,
     vtep        TEXT,
     state       TEXT NOT NULL DEFAULT 'pending'
-                CHECK (state IN ('pending', 'ready', 'deleting')),
+                CHECK (state IN ({_STATES_SQL})),
     created     REAL NOT NULL,
     PRIMARY KEY (pod, plane)
 );
@@ -96,75 +74,12 @@ CREATE INDEX IF NOT EXISTS allocations_pod ON allocations (pod);
 """
 
 
-def _check_state(state):
-    if state not in STATES:
-        raise ConfigError(f"state: {state!r} is not one of {', '.join(STATES)}")
-    return state
-
-
-def check_network(name, vni, subnet) -> ipaddress.IPv4Network:
-    """The subnet of network ``name`` after checking it and its VNI (both stores)."""
-    try:
-        net = ipaddress.IPv4Network(str(subnet))
-    except ValueError:
-        raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 "
-                          "subnet") from None
-    if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni < 1 << 24:
-        raise ConfigError(f"network {name}: vni {vni!r} out of range 1..16777215")
-    return net
-
-
-def ip_request(network, subnet_cidr, gateway, fixed):
-    """Check the arguments of ``allocate_ip`` (shared by every store, so that
-    they all refuse the same things with the same words): returns (subnet,
-    reserved addresses, the fixed address asked for or None)."""
-    try:
-        subnet = ipaddress.IPv4Network(str(subnet_cidr))
-    except ValueError:
-        raise ConfigError(f"network {network}: subnet {subnet_cidr!r} is not an IPv4 "
-                          "subnet") from None
-    reserved = set()
-    if subnet.prefixlen < 31:
-        reserved |= {subnet.network_address, subnet.broadcast_address}
-    if gateway:
-        reserved.add(ipaddress.IPv4Address(str(gateway)))
-    want = None
-    if fixed is not None:
-        try:
-            want = ipaddress.IPv4Address(str(fixed).split("/", 1)[0])
-        except ValueError:
-            raise ConfigError(f"ips: {fixed!r} for network {network} is not an IPv4 "
-                              "address") from None
-        if want not in subnet:
-            raise ConfigError(f"ips: {want} is outside network {network}'s subnet "
-                              f"{subnet}")
-        if want in reserved:
-            what = "gateway" if gateway and want == ipaddress.IPv4Address(
-                str(gateway)) else "network or broadcast"
-            raise ConfigError(f"ips: {want} is the {what} address of network "
-                              f"{network}")
-    return subnet, reserved, want
-
-
-def no_free_address(network, subnet, n_taken):
-    return ResourceError(f"network {network}: no free address left in {subnet} "
-                         f"({n_taken} allocated or reserved)")
-
-
-def derive_mac(pod: str, plane: str, i: int) -> str:
-    """The ``i``-th candidate MAC of (pod, plane): locally administered,
-    unicast, 02:xx:xx:xx:xx:xx."""
-    h = hashlib.sha256(f"{pod}\0{plane}\0{i}".encode()).digest()
-    return "02:" + ":".join(f"{b:02x}" for b in h[:5])
-
-
-class Store:
+class SqliteStore(StateStore):
     """The node's state in the SQLite file ``path`` (created if missing; its
     directory is created with mode 0700, the file with mode 0600)."""
 
     kind = "sqlite"
-    #: the node's name when opened by ``stores.open_store`` (not used by the store)
-    node: Optional[str] = None
+    can_watch = False            # one node's file: nothing changes behind its back
 
     def __init__(self, path: str, timeout: float = 10.0):
         self.path = os.fspath(path)
@@ -231,12 +146,6 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # ---------------------------------------------------------------- meta
     def get_meta(self, key: str) -> Optional[str]:
         rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
@@ -296,7 +205,7 @@ class Store:
         """Record pod ``name`` (intent: state 'pending'), run by ``node`` (in a
         cluster; None on a single node). AlreadyExists if a pod of that name is
         recorded."""
-        _check_state(state)
+        check_state(state)
         try:
             spec = json.dumps(spec_dict, sort_keys=True)
         except (TypeError, ValueError) as e:
@@ -309,7 +218,7 @@ class Store:
                        (name, netns, spec, state, time.time(), node))
 
     def set_pod_state(self, name: str, state: str):
-        _check_state(state)
+        check_state(state)
         with self._tx() as db:
             if db.execute("UPDATE pods SET state=? WHERE name=?", (state, name)).rowcount == 0:
                 raise NotFound(f"pod {name} is not recorded")
@@ -331,7 +240,7 @@ class Store:
         where, args = [], []
         if state is not None:
             where.append("state=?")
-            args.append(_check_state(state))
+            args.append(check_state(state))
         if node is not None:
             where.append("node=?")
             args.append(node)
@@ -356,7 +265,7 @@ class Store:
                      state: str = "pending"):
         """Record (or update) the endpoint of ``pod`` on ``plane``. Local
         endpoints have a host_ifname; remote ones a node and a VTEP."""
-        _check_state(state)
+        check_state(state)
         with self._tx() as db:
             if host_ifname is not None:
                 other = db.execute("SELECT pod, plane FROM endpoints WHERE host_ifname=? "
@@ -376,7 +285,7 @@ class Store:
                  time.time()))
 
     def set_endpoint_state(self, pod: str, plane: str, state: str):
-        _check_state(state)
+        check_state(state)
         with self._tx() as db:
             if db.execute("UPDATE endpoints SET state=? WHERE pod=? AND plane=?",
                           (state, pod, plane)).rowcount == 0:

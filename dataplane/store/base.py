@@ -1,0 +1,196 @@
+"""The state store's interface: what the node service may ask of a store,
+whichever keeps the state (one SQLite file, or etcd for a cluster).
+
+Order of work for every change: the intent is written *before* it is
+applied, so that a crash in the middle leaves a record of what was being
+done::
+
+    store.put_pod(name, netns, spec)                  # pod state 'pending'
+    for each plane:
+        ip  = store.allocate_ip(net, subnet, gw, name, fixed)
+        mac = store.allocate_mac(name, plane)
+        store.add_endpoint(name, plane, net, ifname, host_ifname, mac, ip)
+                                                      # endpoint 'pending'
+        ... create the interfaces, attach the port ...
+        store.set_endpoint_state(name, plane, "ready")
+    store.set_pod_state(name, "ready")
+
+    store.set_pod_state(name, "deleting")             # pod del: intent first
+    ... detach everything ...
+    store.delete_pod(name)                            # endpoints + addresses too
+
+After a restart, 'ready' rows are replayed (interfaces found again and
+re-attached), 'pending' and 'deleting' rows are finished or rolled back.
+Nothing is allocated twice: allocations survive until ``release_ips`` or
+``delete_pod``.
+
+Every write is one transaction, done before the call returns. Errors:
+ConfigError (a bad value, a conflict with what is recorded), NotFound,
+AlreadyExists, Busy (in use), ResourceError (nothing free left).
+
+A store that sees the changes other nodes make says so with ``can_watch``;
+only then do ``endpoints_snapshot`` and ``watch_endpoints`` work.
+"""
+import abc
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+
+
+class WatchHandle(Protocol):
+    """What ``watch_endpoints`` returns."""
+
+    #: the exception that ended the watch (None while it runs or after a cancel)
+    error: Optional[BaseException]
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the watch to end; True if it has."""
+
+    def cancel(self) -> None:
+        """Stop it: no callback after this returns, except one already running."""
+
+
+class StateStore(abc.ABC):
+    """The node's (or the cluster's) networks, pods, endpoints and address
+    allocations. One store may be shared by threads."""
+
+    #: which store this is: 'sqlite', 'etcd'
+    kind: str = ""
+    #: the node's name when opened by ``open_store`` (kept for the caller)
+    node: Optional[str] = None
+    #: whether ``endpoints_snapshot`` and ``watch_endpoints`` are available
+    can_watch: bool = False
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the store (files, connections, watches)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---------------------------------------------------------------- meta
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> Optional[str]:
+        """A setting kept with the state (None if unset)."""
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Keep setting ``key`` (as a string)."""
+
+    # ------------------------------------------------------------ networks
+    @abc.abstractmethod
+    def put_network(self, name: str, vni: int, plane: str, subnet: str,
+                    gateway: Optional[str] = None, mtu: Optional[int] = None) -> None:
+        """Insert or update network ``name``. A VNI used by another network
+        (ConfigError), or a new subnet that leaves allocated addresses
+        outside (Busy), is refused."""
+
+    @abc.abstractmethod
+    def network(self, name: str) -> Optional[Dict[str, Any]]:
+        """Network ``name`` (see ``networks``) or None."""
+
+    @abc.abstractmethod
+    def networks(self) -> List[Dict[str, Any]]:
+        """Every network: dicts with name, vni, plane, subnet, gateway, mtu."""
+
+    @abc.abstractmethod
+    def delete_network(self, name: str) -> bool:
+        """Remove network ``name``; Busy while it has endpoints or addresses.
+        False if it was not recorded."""
+
+    # ---------------------------------------------------------------- pods
+    @abc.abstractmethod
+    def put_pod(self, name: str, netns: str, spec_dict: Dict[str, Any],
+                state: str = "pending", node: Optional[str] = None) -> None:
+        """Record pod ``name`` (intent: state 'pending'), run by ``node`` (in a
+        cluster; None on a single node). AlreadyExists if a pod of that name
+        is recorded."""
+
+    @abc.abstractmethod
+    def set_pod_state(self, name: str, state: str) -> None:
+        """NotFound if the pod is not recorded."""
+
+    @abc.abstractmethod
+    def pod(self, name: str) -> Optional[Dict[str, Any]]:
+        """{name, netns, spec (dict), state, created, node} or None."""
+
+    @abc.abstractmethod
+    def pods(self, state: Optional[str] = None,
+             node: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Pods, oldest first, filtered by state and/or node when given."""
+
+    @abc.abstractmethod
+    def delete_pod(self, name: str) -> bool:
+        """Remove the pod, its endpoints and its addresses in one transaction.
+        False if nothing was recorded under ``name``."""
+
+    # ----------------------------------------------------------- endpoints
+    @abc.abstractmethod
+    def add_endpoint(self, pod: str, plane: str, network: str, ifname: Optional[str],
+                     host_ifname: Optional[str], mac: str, ip: Optional[str],
+                     node: Optional[str] = None, vtep: Optional[str] = None,
+                     state: str = "pending") -> None:
+        """Record (or update) the endpoint of ``pod`` on ``plane``. Local
+        endpoints have a host_ifname (AlreadyExists if another endpoint has
+        it); remote ones a node and a VTEP."""
+
+    @abc.abstractmethod
+    def set_endpoint_state(self, pod: str, plane: str, state: str) -> None:
+        """NotFound if the endpoint is not recorded."""
+
+    @abc.abstractmethod
+    def delete_endpoint(self, pod: str, plane: str) -> bool:
+        """False if it was not recorded."""
+
+    @abc.abstractmethod
+    def endpoints(self, pod: Optional[str] = None, network: Optional[str] = None,
+                  state: Optional[str] = None,
+                  node: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Endpoints (dicts with pod, plane, network, ifname, host_ifname, mac,
+        ip, node, vtep, state, created), by pod and plane, filtered by
+        whatever is given."""
+
+    # ---------------------------------------------------------------- IPAM
+    @abc.abstractmethod
+    def allocate_ip(self, network: str, subnet_cidr: str, gateway: Optional[str],
+                    pod: str, fixed: Optional[str] = None) -> str:
+        """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded.
+
+        Never the network, broadcast or gateway address, never one already
+        given. ``fixed`` asks for that address (ConfigError if it is outside
+        the subnet, reserved or taken). A pod has at most one address per
+        network: asking again returns the one it has (so a retried or
+        replayed pod add gets the same address). ResourceError when the
+        subnet is full."""
+
+    @abc.abstractmethod
+    def release_ips(self, pod: str) -> int:
+        """Give back every address of ``pod``; returns how many."""
+
+    @abc.abstractmethod
+    def allocations(self, network: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Address allocations (dicts with network, ip, pod, created)."""
+
+    @abc.abstractmethod
+    def allocate_mac(self, pod: str, plane: str) -> str:
+        """A locally administered unicast MAC (02:xx:xx:xx:xx:xx) derived from
+        (pod, plane): the same pair gets the same MAC. Should it equal the MAC
+        of another recorded endpoint, the next derivation is taken."""
+
+    # ------------------------------------------------------------ watching
+    def endpoints_snapshot(self) -> Tuple[List[Dict[str, Any]], int]:
+        """Every endpoint and the revision they were read at: watch from
+        ``revision + 1`` to get every change after them. Only when
+        ``can_watch``; NotImplementedError otherwise."""
+        raise NotImplementedError(f"the {self.kind} store cannot watch (can_watch is False)")
+
+    def watch_endpoints(self, start_revision: Optional[int],
+                        callback: Callable[[str, Any], None]) -> WatchHandle:
+        """Deliver every endpoint change from ``start_revision`` on (None:
+        from now) to ``callback(kind, data)`` in a thread, in order:
+        ``('put', endpoint)``, ``('delete', {'pod', 'plane', ...})``, and
+        once, when the watch cannot go on, ``('error', exception)`` (take a
+        new snapshot and watch again). Only when ``can_watch``;
+        NotImplementedError otherwise."""
+        raise NotImplementedError(f"the {self.kind} store cannot watch (can_watch is False)")

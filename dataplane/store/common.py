@@ -1,0 +1,74 @@
+"""What every store checks and derives the same way, so that they all refuse
+the same things with the same words and hand out the same values."""
+import hashlib
+import ipaddress
+
+from ..checks import VNI_MAX, check_vni
+from ..errors import ConfigError, ResourceError
+
+#: the states of a pod and of an endpoint: intent, done, being undone
+STATES = ("pending", "ready", "deleting")
+
+
+def check_state(state):
+    if state not in STATES:
+        raise ConfigError(f"state: {state!r} is not one of {', '.join(STATES)}")
+    return state
+
+
+def check_network(name, vni, subnet) -> ipaddress.IPv4Network:
+    """The subnet of network ``name`` after checking it and its VNI."""
+    try:
+        net = ipaddress.IPv4Network(str(subnet))
+    except ValueError:
+        raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 "
+                          "subnet") from None
+    try:
+        check_vni(vni)
+    except ConfigError:
+        raise ConfigError(f"network {name}: vni {vni!r} out of range "
+                          f"1..{VNI_MAX}") from None
+    return net
+
+
+def ip_request(network, subnet_cidr, gateway, fixed):
+    """Check the arguments of ``allocate_ip``: returns (subnet, reserved
+    addresses, the fixed address asked for or None)."""
+    try:
+        subnet = ipaddress.IPv4Network(str(subnet_cidr))
+    except ValueError:
+        raise ConfigError(f"network {network}: subnet {subnet_cidr!r} is not an IPv4 "
+                          "subnet") from None
+    reserved = set()
+    if subnet.prefixlen < 31:
+        reserved |= {subnet.network_address, subnet.broadcast_address}
+    if gateway:
+        reserved.add(ipaddress.IPv4Address(str(gateway)))
+    want = None
+    if fixed is not None:
+        try:
+            want = ipaddress.IPv4Address(str(fixed).split("/", 1)[0])
+        except ValueError:
+            raise ConfigError(f"ips: {fixed!r} for network {network} is not an IPv4 "
+                              "address") from None
+        if want not in subnet:
+            raise ConfigError(f"ips: {want} is outside network {network}'s subnet "
+                              f"{subnet}")
+        if want in reserved:
+            what = "gateway" if gateway and want == ipaddress.IPv4Address(
+                str(gateway)) else "network or broadcast"
+            raise ConfigError(f"ips: {want} is the {what} address of network "
+                              f"{network}")
+    return subnet, reserved, want
+
+
+def no_free_address(network, subnet, n_taken) -> ResourceError:
+    return ResourceError(f"network {network}: no free address left in {subnet} "
+                         f"({n_taken} allocated or reserved)")
+
+
+def derive_mac(pod: str, plane: str, i: int) -> str:
+    """The ``i``-th candidate MAC of (pod, plane): locally administered,
+    unicast, 02:xx:xx:xx:xx:xx."""
+    h = hashlib.sha256(f"{pod}\0{plane}\0{i}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:5])

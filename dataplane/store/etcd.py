@@ -1,0 +1,383 @@
+"""The cluster state store: the interface of
+:class:`dataplane.store.base.StateStore`, kept in etcd (v3 API) so that every
+node sees the same networks, pods, endpoints and address allocations. The
+requests go through :class:`dataplane.store.etcdgw.EtcdGateway`; this module
+knows what the keys mean.
+
+The keys and the indexes kept with each record are described in
+:mod:`dataplane.store.etcd_keys`.
+
+Transactions
+------------
+Every write is one optimistic etcd transaction (``EtcdGateway.atomic``: the
+reads at one revision, compared at commit, the change computed again from
+fresh reads when another writer got there first). That makes each method
+serialisable against every other writer, on any node:
+
+- ``put_network`` compares ``P/vni/<vni>``: two nodes that give one VNI to two
+  networks at once cannot both win; the loser sees the winner's network on
+  its retry and gets the same ConfigError as with SQLite.
+- ``allocate_ip`` and ``allocate_mac`` create the address's (the MAC's) key
+  only if it is still absent, so that two nodes never get the same one (see
+  :mod:`dataplane.store.etcd_alloc`).
+- ``delete_pod`` removes the pod, its endpoints, addresses and MACs in one
+  transaction.
+
+etcd refuses a transaction of more than 128 operations (``--max-txn-ops``);
+a pod with the core's maximum of 8 planes needs about 30.
+
+Watching
+--------
+:meth:`EtcdStore.endpoints_snapshot` returns the endpoints and the revision
+they were read at; :meth:`EtcdStore.watch_endpoints` delivers every change
+after a revision to a callback, in a thread, in order; a watch that cannot
+go on says so once with ``callback('error', exc)`` and ends: the caller
+takes a new snapshot and watches again::
+
+    eps, rev = store.endpoints_snapshot()
+    w = store.watch_endpoints(rev + 1, callback)   # every change after the snapshot
+    ...
+    w.cancel()
+
+Differences from the SQLite store: ``host_ifname`` is unique per node (the
+SQLite file is one node's); ``allocate_mac`` reserves the MAC it returns
+until ``delete_pod``; meta keys are shared by the cluster. Reads that list
+(``endpoints``, ``pods``, ``allocations``) fetch the prefix and filter here.
+
+Errors are those of the SQLite store (ConfigError, NotFound, AlreadyExists,
+Busy, ResourceError) plus :class:`EtcdUnavailable` (also a ConnectionError)
+when no endpoint answers, and :class:`EtcdCompacted` for a watch of history
+etcd no longer has.
+"""
+import ipaddress
+import itertools
+import json
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..checks import check_mac
+from ..errors import AlreadyExists, Busy, ConfigError, NotFound
+from . import etcd_alloc as alloc
+from .base import StateStore
+from .common import check_network, check_state, ip_request
+from .etcd_alloc import STATIC_NODE_PREFIX
+from .etcd_keys import EtcdLayout, last_part
+from .etcdgw import (DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, EtcdCompacted, EtcdGateway,
+                     EtcdUnavailable, Txn, Watch)
+
+__all__ = ["EtcdStore", "EtcdUnavailable", "EtcdCompacted", "STATIC_NODE_PREFIX"]
+
+DEFAULT_PREFIX = "/dataplane"
+
+
+class EtcdStore(StateStore):
+    """The cluster's state in etcd at ``endpoints`` (URLs like
+    ``http://127.0.0.1:2379``; several members of one cluster may be given:
+    when one does not answer the next is tried), under key ``prefix``.
+
+    ``timeout`` bounds every request (seconds). ``node`` is this node's name,
+    kept as ``self.node`` for the caller (the store does not fill it in).
+    ``ca_cert``, ``cert_cert``, ``cert_key``: TLS files for https endpoints.
+    One store may be shared by threads. Opening checks that etcd answers
+    (EtcdUnavailable if not). ``client`` is the :class:`EtcdGateway` it
+    sends its requests through."""
+
+    kind = "etcd"
+    can_watch = True
+
+    def __init__(self, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX,
+                 timeout: float = DEFAULT_TIMEOUT, node: Optional[str] = None,
+                 ca_cert: Optional[str] = None, cert_cert: Optional[str] = None,
+                 cert_key: Optional[str] = None, connect: bool = True):
+        self.client = EtcdGateway(endpoints, timeout=timeout, ca_cert=ca_cert,
+                                  cert_cert=cert_cert, cert_key=cert_key)
+        self.layout = EtcdLayout(prefix)
+        self.prefix = self.layout.prefix
+        self._k = self.layout.key
+        self.node = node
+        if connect:
+            self.client.ping(self._k("meta/"))
+
+    def __repr__(self):
+        return f"EtcdStore({self.client.urls!r}, prefix={self.prefix!r})"
+
+    @property
+    def urls(self) -> List[str]:
+        return self.client.urls
+
+    @property
+    def timeout(self) -> float:
+        return self.client.timeout
+
+    def close(self):
+        """Close the HTTP sessions and cancel the watches (no 'error' for them)."""
+        self.client.close()
+
+    # ---------------------------------------------------------------- meta
+    def get_meta(self, key: str) -> Optional[str]:
+        """A cluster-wide setting (shared by every node)."""
+        return self.client.get(self._k("meta", key))
+
+    def set_meta(self, key: str, value: str):
+        def body(tx):
+            tx.put(self._k("meta", key), str(value))
+        self.client.atomic(body)
+
+    # ------------------------------------------------------------ networks
+    def put_network(self, name: str, vni: int, plane: str, subnet: str,
+                    gateway: Optional[str] = None, mtu: Optional[int] = None):
+        """Insert or update network ``name``. A VNI used by another network
+        (anywhere in the cluster, checked atomically), or a new subnet that
+        leaves allocated addresses outside, is refused."""
+        net = check_network(name, vni, subnet)
+
+        def body(tx):
+            old = tx.get(self._k("networks", name))
+            owner = tx.get(self._k("vni", vni))
+            if owner is not None and owner["name"] != name:
+                raise ConfigError(f"network {name}: VNI {vni} is used by network "
+                                  f"{owner['name']} already")
+            outside = [last_part(k) for k, _ in
+                       tx.items(self._k("alloc", name, ""), keys_only=True)]
+            outside = [ip for ip in outside if ipaddress.IPv4Address(ip) not in net]
+            if outside:
+                raise Busy(f"network {name}: subnet {net} would leave allocated "
+                           f"addresses outside it ({', '.join(sorted(outside)[:5])})")
+            tx.put(self._k("networks", name), {
+                "name": name, "vni": vni, "plane": plane, "subnet": str(net),
+                "gateway": gateway, "mtu": mtu, "updated": time.time()})
+            tx.put(self._k("vni", vni), {"name": name})
+            if old is not None and old["vni"] != vni:
+                prev = tx.get(self._k("vni", old["vni"]))
+                if prev is not None and prev["name"] == name:
+                    tx.delete(self._k("vni", old["vni"]))
+        self.client.atomic(body)
+
+    def network(self, name: str) -> Optional[Dict[str, Any]]:
+        return self.client.get(self._k("networks", name))
+
+    def networks(self) -> List[Dict[str, Any]]:
+        """Every network: dicts with name, vni, plane, subnet, gateway, mtu."""
+        return sorted((v for _, v in self.client.items(self._k("networks", ""))),
+                      key=lambda n: n["name"])
+
+    def delete_network(self, name: str) -> bool:
+        """Remove network ``name``; Busy while it has endpoints or addresses."""
+        def body(tx):
+            net = tx.get(self._k("networks", name))
+            used = any(ep["network"] == name for _, ep in tx.items(self._k("endpoints", "")))
+            used = used or bool(tx.items(self._k("alloc", name, ""), keys_only=True))
+            if used:
+                raise Busy(f"network {name} is in use by pods (endpoints or addresses)")
+            if net is None:
+                return False
+            tx.delete(self._k("networks", name))
+            owner = tx.get(self._k("vni", net["vni"]))
+            if owner is not None and owner["name"] == name:
+                tx.delete(self._k("vni", net["vni"]))
+            return True
+        return self.client.atomic(body)
+
+    # ---------------------------------------------------------------- pods
+    def put_pod(self, name: str, netns: str, spec_dict: Dict[str, Any],
+                state: str = "pending", node: Optional[str] = None):
+        """Record pod ``name`` (intent: state 'pending') run by ``node``.
+        AlreadyExists if a pod of that name is recorded (on any node)."""
+        check_state(state)
+        try:
+            spec = json.loads(json.dumps(spec_dict, sort_keys=True))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"pod {name}: spec is not JSON data ({e})") from None
+
+        def body(tx):
+            key = self._k("pods", name)
+            old = tx.get(key)
+            if old is not None:
+                where = f" on node {old['node']}" if old.get("node") else ""
+                raise AlreadyExists(f"pod {name} exists already{where}")
+            tx.put(key, {"name": name, "netns": netns, "spec": spec, "state": state,
+                         "created": time.time(), "node": node})
+        self.client.atomic(body)
+
+    def set_pod_state(self, name: str, state: str):
+        check_state(state)
+
+        def body(tx):
+            key = self._k("pods", name)
+            pod = tx.get(key)
+            if pod is None:
+                raise NotFound(f"pod {name} is not recorded")
+            tx.put(key, dict(pod, state=state))
+        self.client.atomic(body)
+
+    def pod(self, name: str) -> Optional[Dict[str, Any]]:
+        """{name, netns, spec (dict), state, created, node} or None."""
+        return self.client.get(self._k("pods", name))
+
+    def pods(self, state: Optional[str] = None,
+             node: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Pods, oldest first, filtered by state and/or node when given."""
+        if state is not None:
+            check_state(state)
+        out = [p for _, p in self.client.items(self._k("pods", ""))
+               if (state is None or p["state"] == state)
+               and (node is None or p.get("node") == node)]
+        return sorted(out, key=lambda p: (p["created"], p["name"]))
+
+    def delete_pod(self, name: str) -> bool:
+        """Remove the pod, its endpoints, its addresses and its MACs in one
+        transaction. False if nothing was recorded under ``name``."""
+        def body(tx):
+            pod = tx.get(self._k("pods", name))
+            eps = [v for _, v in tx.items(self._k("endpoints", name, ""))]
+            allocs = tx.items(self._k("podalloc", name, ""))
+            pmacs = tx.items(self._k("podmacs", name, ""))
+            for ep in eps:
+                self.layout.drop_hostif(tx, ep)
+                self.layout.drop_mac(tx, ep["mac"], name, ep["plane"])
+            for k, v in pmacs:
+                self.layout.drop_mac(tx, v["mac"], name, last_part(k))
+            for k, v in allocs:
+                net = last_part(k)
+                akey = self._k("alloc", net, v["ip"])
+                owner = tx.get(akey)
+                if owner is not None and owner["pod"] == name:
+                    tx.delete(akey)
+            tx.delete(self._k("pods", name))
+            for what in ("endpoints", "podalloc", "podmacs"):
+                tx.delete(self._k(what, name, ""), prefix=True)
+            return (pod is not None) + len(eps) + len(allocs) > 0
+        return self.client.atomic(body)
+
+    # ----------------------------------------------------------- endpoints
+    def add_endpoint(self, pod: str, plane: str, network: str, ifname: Optional[str],
+                     host_ifname: Optional[str], mac: str, ip: Optional[str],
+                     node: Optional[str] = None, vtep: Optional[str] = None,
+                     state: str = "pending"):
+        """Record (or update) the endpoint of ``pod`` on ``plane``. Local
+        endpoints have a host_ifname (unique per node); remote ones a node
+        and a VTEP."""
+        check_state(state)
+        rec = {"pod": pod, "plane": plane, "network": network, "ifname": ifname,
+               "host_ifname": host_ifname, "mac": mac, "ip": ip, "node": node,
+               "vtep": vtep, "state": state}
+        self.client.atomic(lambda tx: self.layout.write_endpoint(tx, rec))
+
+    def set_endpoint_state(self, pod: str, plane: str, state: str):
+        check_state(state)
+
+        def body(tx):
+            key = self._k("endpoints", pod, plane)
+            ep = tx.get(key)
+            if ep is None:
+                raise NotFound(f"endpoint of pod {pod} on plane {plane} is not recorded")
+            tx.put(key, dict(ep, state=state))
+        self.client.atomic(body)
+
+    def delete_endpoint(self, pod: str, plane: str) -> bool:
+        def body(tx):
+            key = self._k("endpoints", pod, plane)
+            ep = tx.get(key)
+            if ep is None:
+                return False
+            tx.delete(key)
+            self.layout.drop_hostif(tx, ep)
+            self.layout.drop_mac(tx, ep["mac"], pod, plane)
+            pm = tx.get(self._k("podmacs", pod, plane))
+            if pm is not None and pm["mac"] == ep["mac"]:
+                tx.delete(self._k("podmacs", pod, plane))
+            return True
+        return self.client.atomic(body)
+
+    def endpoints(self, pod: Optional[str] = None, network: Optional[str] = None,
+                  state: Optional[str] = None,
+                  node: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Endpoints (dicts with the columns), filtered by whatever is given."""
+        prefix = self._k("endpoints", pod, "") if pod is not None else \
+            self._k("endpoints", "")
+        want = {"network": network, "state": state, "node": node}
+        out = [ep for _, ep in self.client.items(prefix)
+               if all(v is None or ep.get(f) == v for f, v in want.items())]
+        return sorted(out, key=lambda e: (e["pod"], e["plane"]))
+
+    def endpoints_snapshot(self) -> Tuple[List[Dict[str, Any]], int]:
+        """Every endpoint of the cluster and the etcd revision they were read
+        at: watch from ``revision + 1`` to get every change after them."""
+        tx = Txn(self.client)
+        eps = [ep for _, ep in tx.items(self._k("endpoints", ""), guard=False)]
+        return sorted(eps, key=lambda e: (e["pod"], e["plane"])), tx.revision
+
+    def watch_endpoints(self, start_revision: Optional[int],
+                        callback: Callable[[str, Any], None],
+                        heartbeat: float = DEFAULT_HEARTBEAT) -> Watch:
+        """Deliver every endpoint change from etcd revision ``start_revision``
+        on (None: from now) to ``callback(kind, data)`` in a thread, in order:
+
+        - ``('put', endpoint)``: an endpoint was added or changed (the dict of
+          :meth:`endpoints`);
+        - ``('delete', {'pod', 'plane', ...})``: an endpoint was removed; the
+          dict has the removed endpoint's fields when etcd still had them;
+        - ``('error', exception)``: the watch cannot go on (EtcdUnavailable:
+          etcd stopped, unreachable or silent for ``heartbeat`` seconds plus
+          the request timeout; EtcdCompacted; or what the callback raised). It
+          comes once and the watch ends: take a new snapshot, watch again.
+
+        The watch is established when this returns (EtcdUnavailable if etcd
+        does not answer). ``heartbeat`` 0 turns the liveness check off."""
+        return self.client.watch(self._k("endpoints", ""), start_revision, callback,
+                                 self.layout.endpoint_event, heartbeat)
+
+    def put_static_endpoint(self, name: str, network: str, mac: str, ip: str,
+                            vtep: str) -> Dict[str, Any]:
+        """Describe to the cluster a host that is not a dataplane node (e.g. a
+        Linux host whose VTEP is the kernel's vxlan device): its address
+        ``ip`` with ``mac`` on ``network`` (recorded), behind VTEP ``vtep``.
+
+        Stored as the endpoint of pod ``name`` on the network's plane, node
+        ``static:<name>``, state 'ready'; its address is allocated to
+        ``name`` (no pod gets it). Calling it again updates it (a new MAC,
+        address or VTEP). A static host has one network per plane (use another
+        name for a second network of the same plane). ``delete_pod(name)``
+        removes it. Returns the endpoint."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"static endpoint: name {name!r} is not a non-empty string")
+        mac = check_mac(mac, "mac")
+        try:
+            vtep_ip = ipaddress.IPv4Address(str(vtep))
+        except ValueError:
+            raise ConfigError(f"static endpoint {name}: vtep {vtep!r} is not an IPv4 "
+                              "address") from None
+        if vtep_ip.is_multicast or vtep_ip.is_unspecified or vtep_ip.is_loopback:
+            raise ConfigError(f"static endpoint {name}: {vtep_ip} cannot be a VTEP address")
+        return self.client.atomic(lambda tx: alloc.record_static_host(
+            tx, self.layout, name, network, mac, ip, str(vtep_ip)))
+
+    # ---------------------------------------------------------------- IPAM
+    def allocate_ip(self, network: str, subnet_cidr: str, gateway: Optional[str],
+                    pod: str, fixed: Optional[str] = None) -> str:
+        """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded
+        (the lowest free one, or ``fixed``); the rules and errors of
+        :meth:`StateStore.allocate_ip`. Safe when several nodes allocate at
+        once (see :func:`dataplane.store.etcd_alloc.take_address`)."""
+        subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
+        attempts = itertools.count(1)
+        return self.client.atomic(lambda tx: alloc.take_address(
+            tx, self.layout, network, subnet, reserved, want, pod, next(attempts)))
+
+    def release_ips(self, pod: str) -> int:
+        """Give back every address of ``pod``; returns how many."""
+        return self.client.atomic(lambda tx: alloc.give_back_addresses(tx, self.layout, pod))
+
+    def allocations(self, network: Optional[str] = None) -> List[Dict[str, Any]]:
+        prefix = self._k("alloc", network, "") if network is not None else \
+            self._k("alloc", "")
+        return sorted((v for _, v in self.client.items(prefix)),
+                      key=lambda a: (a["network"], a["ip"]))
+
+    def allocate_mac(self, pod: str, plane: str) -> str:
+        """A locally administered unicast MAC (02:xx:xx:xx:xx:xx) derived from
+        (pod, plane), as the SQLite store derives it, reserved for the pair in
+        the whole cluster: the same pair gets the same MAC; a MAC another
+        endpoint has (or another pair reserved) is skipped for the next
+        derivation. The reservation goes with ``delete_pod``."""
+        return self.client.atomic(lambda tx: alloc.take_mac(tx, self.layout, pod, plane))

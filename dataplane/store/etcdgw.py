@@ -1,0 +1,603 @@
+"""A client of etcd's v3 API through its JSON gRPC gateway (``/v3/...`` over
+HTTP): requests that fail over between the members of a cluster,
+optimistic transactions, and watches that report how they ended. Nothing in
+it knows what the keys mean (see :mod:`dataplane.store.etcd`).
+
+It is built on ``etcd3gw``, the OpenStack-maintained client: pure Python on
+top of requests, so it brings no grpcio/protobuf pins (python-etcd3, the gRPC
+client, has had no release since 2020 and its generated code does not import
+with protobuf >= 4 unless the slow pure-Python protobuf is forced). We use its
+client for what it does well — the HTTP session and TLS settings, discovery
+of the API path (/v3, /v3beta), mapping of HTTP errors to exceptions — and
+send the v3 requests (range, txn, watch) ourselves, because its convenience
+helpers drop what a cluster store needs: ``get`` hides the response header
+(the revision a snapshot was taken at), and its ``Watcher`` reads the stream
+in a thread pool that swallows errors, so a dropped connection or a
+compacted revision just stops the events with no sign. Our watch loop
+reports both.
+
+Transactions
+------------
+:meth:`EtcdGateway.atomic` runs a body that reads through a :class:`Txn` and
+commits it. The reads are made at one revision R (the first read's), every
+key read is compared (``mod_revision`` still what was read, 0 for "still
+absent"), a prefix read is compared as a range (no key in it modified after
+R), and the writes happen only if every compare holds; otherwise the body
+runs again on fresh reads (a bounded number of times, with jittered
+back-off). That makes each body serialisable against every other writer.
+etcd refuses a transaction of more than 128 operations (``--max-txn-ops``).
+
+Watching
+--------
+:meth:`EtcdGateway.watch` delivers every change under a prefix after a
+revision to a callback, in a thread, in order. A watch that cannot go on
+(etcd stopped or unreachable — a heartbeat notices a silent connection too —
+a compacted revision, a callback that raised) calls ``callback('error',
+exc)`` once, records ``handle.error`` and ends: the caller reads again and
+watches again, which is how it resynchronises after a reconnect. Nothing
+stops silently.
+
+Errors: :class:`EtcdUnavailable` (also a ConnectionError) when no endpoint
+answers, :class:`EtcdCompacted` for a watch of history etcd no longer has,
+DataplaneError for a request etcd refused, Busy for a transaction that other
+writers overtook every time.
+"""
+import base64
+import json
+import logging
+import random
+import socket
+import threading
+import time
+import urllib.parse
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import etcd3gw
+import etcd3gw.exceptions as etcd_exc
+import requests
+
+from ..errors import Busy, ConfigError, DataplaneError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+#: how often a watch checks that etcd still answers (seconds)
+DEFAULT_HEARTBEAT = 5.0
+#: how many times a change is recomputed when other writers keep winning
+MAX_ATTEMPTS = 500
+
+
+class EtcdUnavailable(DataplaneError, ConnectionError):
+    """No etcd endpoint answered (stopped, unreachable, no leader, timed out)."""
+
+
+class EtcdCompacted(DataplaneError):
+    """A watch asked for a revision etcd has compacted away: take a new snapshot."""
+
+    def __init__(self, message, compact_revision=None):
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+    def __reduce__(self):
+        return (self.__class__, (str(self), self.compact_revision))
+
+
+# ------------------------------------------------------------------ helpers
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def unb64(s: Optional[str]) -> bytes:
+    return base64.b64decode(s) if s else b""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix``."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return b"\0"  # pragma: no cover - every prefix here ends with '/'
+
+
+def parse_endpoint(url: str) -> Tuple[str, str, int]:
+    """'http://host:port' -> (protocol, host, port), or ConfigError."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"etcd endpoint {url!r} is not a URL (http://host:port)")
+    u = urllib.parse.urlsplit(url)
+    try:
+        port = u.port
+    except ValueError:
+        raise ConfigError(f"etcd endpoint {url!r}: bad port") from None
+    if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") \
+            or u.query or u.fragment or u.username or u.password:
+        raise ConfigError(f"etcd endpoint {url!r} is not http(s)://host:port")
+    return u.scheme, u.hostname, port or 2379
+
+
+def _first_line(x) -> str:
+    lines = str(x).strip().splitlines()
+    return lines[0] if lines else type(x).__name__
+
+
+# ------------------------------------------------------------- transaction
+class Txn:
+    """One optimistic transaction: reads at one revision, compares, writes."""
+
+    def __init__(self, gateway: "EtcdGateway"):
+        self._gw = gateway
+        self.revision: Optional[int] = None
+        self._cmp: List[dict] = []
+        self._ops: List[dict] = []
+        self._seen: Dict[str, Any] = {}
+
+    def _range(self, key: str, range_end: Optional[bytes] = None, keys_only=False):
+        payload = {"key": b64(key.encode())}
+        if range_end is not None:
+            payload["range_end"] = b64(range_end)
+        if keys_only:
+            payload["keys_only"] = True
+        if self.revision is not None:
+            payload["revision"] = self.revision
+        try:
+            r = self._gw.post("kv/range", payload)
+        except DataplaneError as e:
+            if "required revision has been compacted" in str(e):
+                raise _Retry() from None       # compacted between two reads
+            raise
+        if self.revision is None:
+            self.revision = int(r["header"]["revision"])
+        return r.get("kvs", [])
+
+    def get(self, key: str):
+        """The JSON value of ``key`` (None if absent); the commit requires it
+        unchanged."""
+        if key in self._seen:
+            return self._seen[key]
+        kvs = self._range(key)
+        if kvs:
+            mod = int(kvs[0]["mod_revision"])
+            value = json.loads(unb64(kvs[0].get("value")))
+        else:
+            mod, value = 0, None
+        self._cmp.append({"key": b64(key.encode()), "target": "MOD", "result": "EQUAL",
+                          "mod_revision": mod})
+        self._seen[key] = value
+        return value
+
+    def items(self, prefix: str, guard: bool = True, keys_only: bool = False):
+        """[(key, JSON value or None)] under ``prefix``, in key order. With
+        ``guard`` the commit requires that no key under it was created or
+        changed since (keys deleted meanwhile are not noticed)."""
+        end = prefix_end(prefix.encode())
+        kvs = self._range(prefix, end, keys_only=keys_only)
+        if guard:
+            self._cmp.append({"key": b64(prefix.encode()), "range_end": b64(end),
+                              "target": "MOD", "result": "LESS",
+                              "mod_revision": self.revision + 1})
+        out = []
+        for kv in kvs:
+            k = unb64(kv["key"]).decode()
+            out.append((k, None if keys_only else json.loads(unb64(kv.get("value")))))
+        return out
+
+    def absent(self, key: str):
+        """The commit requires that ``key`` does not exist."""
+        self._cmp.append({"key": b64(key.encode()), "target": "CREATE",
+                          "result": "EQUAL", "create_revision": 0})
+
+    def put(self, key: str, value):
+        self._ops.append({"request_put": {"key": b64(key.encode()),
+                                          "value": b64(json.dumps(value).encode())}})
+
+    def delete(self, key: str, prefix: bool = False):
+        req = {"key": b64(key.encode())}
+        if prefix:
+            req["range_end"] = b64(prefix_end(key.encode()))
+        self._ops.append({"request_delete_range": req})
+
+    def commit(self) -> bool:
+        if not self._ops:
+            return True
+        r = self._gw.post("kv/txn", {"compare": self._cmp, "success": self._ops,
+                                     "failure": []})
+        return bool(r.get("succeeded", False))
+
+
+class _Retry(Exception):
+    """Read again: the revision a transaction read at is gone."""
+
+
+class _NextEndpoint(Exception):
+    """This endpoint cannot be used now: try the next one."""
+
+
+# ------------------------------------------------------------------- watch
+class Watch:
+    """What :meth:`EtcdGateway.watch` returns.
+
+    ``cancel()`` stops it (no callback after it returns, except one already
+    running); ``error`` is the exception that ended it (None while it runs or
+    after a cancel); ``revision`` the revision of the last event delivered;
+    ``wait(timeout)`` waits for the end; ``running`` tells whether it goes on.
+    """
+
+    def __init__(self, gateway, key, resp, lines, callback, decode, start_revision,
+                 heartbeat, session):
+        self._gw = gateway
+        self._key = key
+        self._session = session
+        self._resp = resp
+        self._sock = _stream_socket(resp)
+        self._lines = lines
+        self._callback = callback
+        self._decode = decode
+        self._heartbeat = heartbeat
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._reason: Optional[BaseException] = None
+        self.error: Optional[BaseException] = None
+        self.revision = (start_revision - 1) if start_revision else 0
+        self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
+        self._hb = threading.Thread(target=self._beat, name="etcd-watch-heartbeat",
+                                    daemon=True)
+
+    def _start(self):
+        self._thread.start()
+        if self._heartbeat:
+            self._hb.start()
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._done.wait(timeout)
+
+    def cancel(self):
+        self._cancelled.set()
+        self._shutdown()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+    def _shutdown(self):
+        """Break the stream: the reading thread's blocked read returns."""
+        with self._lock:
+            resp, self._resp = self._resp, None
+        if resp is None:
+            return
+        try:
+            sock = self._sock
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+        for x in (resp, self._session):
+            try:
+                x.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _fail(self, exc: BaseException):
+        """Stop because of ``exc`` (first reason wins)."""
+        with self._lock:
+            if self._reason is None:
+                self._reason = exc
+        self._shutdown()
+
+    def _beat(self):
+        while not self._cancelled.wait(self._heartbeat) and not self._done.is_set():
+            try:
+                self._gw.ping(self._key)
+            except Exception as e:  # noqa: BLE001 - any failure ends the watch
+                self._fail(e if isinstance(e, DataplaneError) else
+                           EtcdUnavailable(f"etcd watch heartbeat failed: {e}"))
+                return
+
+    def _run(self):
+        exc = None
+        try:
+            for line in self._lines:
+                if self._cancelled.is_set():
+                    break
+                self._handle(json.loads(line))
+            if not self._cancelled.is_set():
+                exc = EtcdUnavailable("etcd closed the watch stream (stopped, restarted "
+                                      "or unreachable): take a new snapshot")
+        except _StreamError as e:
+            exc = e.exc
+        except Exception as e:  # noqa: BLE001 - connection reset and the like
+            if not self._cancelled.is_set():
+                exc = EtcdUnavailable(f"etcd watch stream failed: {e}")
+        with self._lock:
+            if self._reason is not None:       # heartbeat failure: the real cause
+                exc = self._reason
+        self._shutdown()
+        if exc is not None and not self._cancelled.is_set():
+            self.error = exc
+            log.warning("etcd watch of %s ended: %s", self._key, exc)
+            try:
+                self._callback("error", exc)
+            except Exception:  # noqa: BLE001
+                log.exception("etcd watch: the error callback raised")
+        self._done.set()
+
+    def _handle(self, msg):
+        if "error" in msg:
+            err = msg["error"]
+            text = err.get("message", err) if isinstance(err, dict) else err
+            raise _StreamError(EtcdUnavailable(f"etcd ended the watch: {text}"))
+        res = msg.get("result", {})
+        if res.get("canceled"):
+            crev = res.get("compact_revision")
+            if crev is not None and int(crev) > 0:
+                raise _StreamError(EtcdCompacted(
+                    f"etcd compacted revisions up to {crev}, the watch asked for "
+                    f"{self.revision + 1}: take a new snapshot", int(crev)))
+            raise _StreamError(EtcdUnavailable(
+                f"etcd cancelled the watch ({res.get('cancel_reason') or 'no reason'})"))
+        for ev in res.get("events", ()):
+            if self._cancelled.is_set():
+                return
+            kind, data = self._decode(ev)
+            try:
+                self._callback(kind, data)
+            except Exception as e:  # noqa: BLE001 - the caller's bug: make it seen
+                log.exception("etcd watch: the callback raised on %s %s", kind, data)
+                raise _CallbackError(e) from None
+            self.revision = int(ev["kv"]["mod_revision"])
+
+
+def _stream_socket(resp):
+    """The socket under a streamed requests response (urllib3 1.26 and 2.x)."""
+    raw = resp.raw
+    conn = getattr(raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        return sock
+    try:
+        return raw._fp.fp.raw._sock
+    except AttributeError:
+        return None
+
+
+class _StreamError(Exception):
+    def __init__(self, exc):
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+class _CallbackError(_StreamError):
+    pass
+
+
+def _json_lines(resp) -> "iter":
+    """The gateway's watch stream, one JSON document per line (a line may come
+    in several chunks, a chunk may hold several lines)."""
+    buf = b""
+    for chunk in resp.iter_content(chunk_size=None):
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                yield line
+    if buf.strip():
+        yield buf
+
+
+# ----------------------------------------------------------------- gateway
+class EtcdGateway:
+    """etcd at ``endpoints`` (URLs like ``http://127.0.0.1:2379``; several
+    members of one cluster may be given: when one does not answer the next
+    is tried).
+
+    ``timeout`` bounds every request (seconds). ``ca_cert``, ``cert_cert``,
+    ``cert_key``: TLS files for https endpoints. One gateway may be shared by
+    threads (a call borrows an HTTP client from a small pool)."""
+
+    def __init__(self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT,
+                 ca_cert: Optional[str] = None, cert_cert: Optional[str] = None,
+                 cert_key: Optional[str] = None):
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        if not endpoints:
+            raise ConfigError("etcd endpoints: give at least one (http://host:port)")
+        self.urls = [str(e) for e in endpoints]
+        self._targets = [parse_endpoint(e) for e in self.urls]
+        self.timeout = float(timeout)
+        self._tls = {"ca_cert": ca_cert, "cert_cert": cert_cert, "cert_key": cert_key}
+        self._current = 0                      # index of the endpoint that answered last
+        self._idle: List[list] = [[] for _ in self._targets]   # clients not in use
+        self._api_paths: List[Optional[str]] = [None] * len(self._targets)
+        self._sessions: List[requests.Session] = []
+        self._watches = weakref.WeakSet()
+        self._slock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self):
+        return f"EtcdGateway({self.urls!r})"
+
+    # ------------------------------------------------------------ requests
+    def _new_client(self, i: int):
+        """An etcd3gw client of endpoint ``i`` with a session of its own."""
+        protocol, host, port = self._targets[i]
+        c = etcd3gw.client(host=host, port=port, protocol=protocol,
+                           timeout=self.timeout, api_path=self._api_paths[i], **self._tls)
+        c.session.trust_env = False            # etcd is never reached through a proxy
+        return c
+
+    @contextmanager
+    def _borrow(self, i: int):
+        """A client of endpoint ``i`` for one request (requests' sessions are
+        not meant to be shared by threads; the pool is as big as the most
+        requests that were ever in flight at once)."""
+        with self._slock:
+            c = self._idle[i].pop() if self._idle[i] else None
+        if c is None:
+            c = self._new_client(i)
+            with self._slock:
+                self._sessions.append(c.session)
+        try:
+            yield c
+        finally:
+            with self._slock:
+                if self._closed:
+                    c.session.close()
+                else:
+                    self._idle[i].append(c)
+
+    def post(self, path: str, payload: dict) -> dict:
+        """One v3 request (``kv/range``, ``kv/txn``, ...), to the endpoint that
+        answered last, then the others. A connection that fails (or etcd's
+        503: no leader) moves to the next endpoint; a timeout does not (the
+        request may have been applied)."""
+        if self._closed:
+            raise DataplaneError("etcd store is closed")
+        n = len(self._targets)
+        start = self._current
+        last = None
+        for j in range(n):
+            i = (start + j) % n
+            with self._borrow(i) as c:
+                try:
+                    r = c.post(c.get_url(path), json=payload)
+                except etcd_exc.ConnectionFailedError as e:
+                    last = _first_line(e.detail_text or e)
+                    continue
+                except etcd_exc.ConnectionTimeoutError as e:
+                    raise EtcdUnavailable(f"etcd {self.urls[i]}: no answer within "
+                                          f"{self.timeout:g} s ({e.detail_text or e})") \
+                        from None
+                except etcd_exc.Etcd3Exception as e:
+                    raise DataplaneError(f"etcd {self.urls[i]}: {path} failed: "
+                                         f"{(e.detail_text or str(e)).strip()}") from None
+                self._api_paths[i] = c.api_path
+            self._current = i
+            return r
+        raise EtcdUnavailable(f"etcd: {', '.join(self.urls)} "
+                              f"{'does' if n == 1 else 'do'} not answer ({last})")
+
+    def ping(self, key: str):
+        """The cheapest request that needs an answer (a count of ``key``):
+        EtcdUnavailable when none comes."""
+        self.post("kv/range", {"key": b64(key.encode()), "count_only": True, "limit": 1})
+
+    # -------------------------------------------------------- transactions
+    def atomic(self, body: Callable[[Txn], Any]):
+        """Run ``body(txn)`` and commit; again from fresh reads while another
+        writer changed what it read. What ``body`` returns."""
+        for attempt in range(MAX_ATTEMPTS):
+            tx = Txn(self)
+            try:
+                result = body(tx)
+            except _Retry:
+                continue
+            if tx.commit():
+                return result
+            if attempt >= 2:
+                time.sleep(random.uniform(0, min(0.05, 0.0005 * (1 << min(attempt, 10)))))
+        raise Busy(f"etcd: the change was overtaken by other writers {MAX_ATTEMPTS} times "
+                   "in a row; try again")
+
+    def get(self, key: str):
+        """The JSON value of ``key`` (None if absent)."""
+        return Txn(self).get(key)
+
+    def items(self, prefix: str):
+        """[(key, JSON value)] under ``prefix``, in key order."""
+        return Txn(self).items(prefix, guard=False)
+
+    # ------------------------------------------------------------- watches
+    def watch(self, prefix: str, start_revision: Optional[int],
+              callback: Callable[[str, Any], None],
+              decode: Callable[[dict], Tuple[str, Any]],
+              heartbeat: float = DEFAULT_HEARTBEAT) -> Watch:
+        """Deliver every change of a key under ``prefix`` from revision
+        ``start_revision`` on (None: from now) to ``callback(*decode(event))``
+        in a thread, in order (``event`` is the gateway's, with ``prev_kv``);
+        when the watch cannot go on, ``callback('error', exception)`` once:
+        EtcdUnavailable (etcd stopped, unreachable or silent for
+        ``heartbeat`` seconds plus the request timeout), EtcdCompacted, or
+        what the callback raised.
+
+        The watch is established when this returns (EtcdUnavailable if etcd
+        does not answer). ``heartbeat`` 0 turns the liveness check off."""
+        pb = prefix.encode()
+        create = {"key": b64(pb), "range_end": b64(prefix_end(pb)), "prev_kv": True}
+        if start_revision is not None:
+            if isinstance(start_revision, bool) or not isinstance(start_revision, int) \
+                    or start_revision < 1:
+                raise ConfigError(f"start_revision: {start_revision!r} is not a revision "
+                                  "(an integer >= 1)")
+            create["start_revision"] = start_revision
+        n = len(self._targets)
+        last = None
+        for j in range(n):
+            i = (self._current + j) % n
+            try:
+                resp, lines, session = self._open_watch(i, create)
+            except _NextEndpoint as e:
+                last = f"{self.urls[i]}: {e}"
+                continue
+            w = Watch(self, prefix, resp, lines, callback, decode, start_revision,
+                      heartbeat, session)
+            self._watches.add(w)
+            w._start()
+            return w
+        raise EtcdUnavailable(f"etcd: cannot watch, no endpoint answers ({last})")
+
+    def _open_watch(self, i, create):
+        """Open the watch stream on endpoint ``i`` and read etcd's confirmation
+        (within the timeout); then the stream may stay silent for ever."""
+        c = self._new_client(i)          # its own session: the stream keeps a connection
+        try:
+            resp = c.session.post(c.get_url("watch"), json={"create_request": create},
+                                  stream=True, timeout=(self.timeout, self.timeout))
+        except (requests.exceptions.RequestException, etcd_exc.Etcd3Exception) as e:
+            c.session.close()
+            raise _NextEndpoint(_first_line(e)) from None
+        try:
+            if resp.status_code != 200:
+                text = resp.text.strip()
+                if resp.status_code == 503:
+                    raise _NextEndpoint(text)
+                raise DataplaneError(f"etcd {self.urls[i]}: watch refused "
+                                     f"(HTTP {resp.status_code}): {text}")
+            lines = _json_lines(resp)
+            try:
+                first = json.loads(next(lines))
+            except (StopIteration, ValueError, requests.exceptions.RequestException) as e:
+                raise _NextEndpoint(f"no watch confirmation ({_first_line(e)})") from None
+            if "error" in first or not first.get("result", {}).get("created"):
+                raise DataplaneError(f"etcd {self.urls[i]}: watch not created: {first}")
+            sock = _stream_socket(resp)
+            if sock is not None:
+                sock.settimeout(None)    # events may be minutes apart: the heartbeat
+            else:  # pragma: no cover - urllib3 internals changed  # watches liveness
+                log.warning("etcd watch: cannot reach the stream's socket; a watch "
+                            "without events for %g s will end with an error", self.timeout)
+            return resp, lines, c.session
+        except BaseException:
+            resp.close()
+            c.session.close()
+            raise
+
+    # --------------------------------------------------------------- close
+    def close(self):
+        """Close the HTTP sessions and cancel the watches (no 'error' for them)."""
+        for w in list(self._watches):
+            w.cancel()
+        with self._slock:
+            self._closed = True
+            sessions, self._sessions = self._sessions, []
+            self._idle = [[] for _ in self._targets]
+        for s in sessions:
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001
+                pass
