@@ -20,7 +20,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from . import errors
+from . import checks, errors
+from .checks import (check_int, check_lcores, check_memory_mb, check_mode, check_pow2,
+                     check_rx_queues, check_udp_port, check_underlay_mtu, check_vni,
+                     format_mac, parse_ipv4_interface, parse_mac)
 from .errors import ConfigError, EALError, check
 
 try:
@@ -40,7 +43,6 @@ if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     )
 
 ROLES = {"pod": lib.DP_ROLE_POD, "uplink": lib.DP_ROLE_UPLINK}
-MODES = ("hugepages", "fallback")
 
 
 def _names(block):
@@ -68,28 +70,9 @@ def _lat_bounds():
 LATENCY_BOUNDS_S: List[float] = _lat_bounds()
 
 
-def parse_mac(mac, field="mac") -> bytes:
-    """'02:00:00:00:00:01' (or 6 bytes) -> 6 bytes; ConfigError naming field."""
-    if isinstance(mac, (bytes, bytearray)) and len(mac) == 6:
-        return bytes(mac)
-    try:
-        parts = str(mac).replace("-", ":").split(":")
-        if len(parts) != 6:
-            raise ValueError
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ConfigError(f"{field}: {mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)") from None
-
-
-def format_mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in bytes(b))
-
-
 def parse_ipv4(ip, field="ip") -> int:
-    try:
-        return int(ipaddress.IPv4Address(str(ip)))
-    except ValueError:
-        raise ConfigError(f"{field}: {ip!r} is not an IPv4 address") from None
+    """'a.b.c.d' -> the address as the core takes it (host order)."""
+    return int(checks.parse_ipv4(ip, field))
 
 
 @dataclasses.dataclass
@@ -106,16 +89,8 @@ class EngineConfig:
     log_level: str = "notice"
 
     def eal_args(self) -> List[str]:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
-        lcores = list(self.lcores)
-        if len(lcores) < 2:
-            raise ConfigError("lcores: need at least two (one control, one worker)")
-        if len(set(lcores)) != len(lcores) or any(
-                not isinstance(c, int) or c < 0 for c in lcores):
-            raise ConfigError(f"lcores: {lcores!r} must be distinct non-negative integers")
-        if len(lcores) - 1 > lib.DP_MAX_WORKERS - 1:
-            raise ConfigError(f"lcores: at most {lib.DP_MAX_WORKERS - 1} workers")
+        check_mode(self.mode)
+        lcores = check_lcores(self.lcores)
         ncpu = os.cpu_count() or 1
         cpus = list(self.cpus) or lcores
         if len(cpus) != len(lcores) or any(not isinstance(c, int) or c < 0 for c in cpus):
@@ -125,10 +100,8 @@ class EngineConfig:
         if bad:
             raise ConfigError(f"{'cpus' if self.cpus else 'lcores'}: {bad} not present "
                               f"(this machine has {ncpu} CPUs)")
-        if not 64 <= int(self.memory_mb) <= 1 << 20:
-            raise ConfigError(f"memory_mb: {self.memory_mb} out of range 64..1048576")
-        if not 1023 <= int(self.n_mbufs) <= 1 << 22:
-            raise ConfigError(f"n_mbufs: {self.n_mbufs} out of range 1023..4194304")
+        check_memory_mb(self.memory_mb)
+        check_int(self.n_mbufs, "n_mbufs", 1023, 1 << 22)
         prefix = self.file_prefix or f"dataplane-{os.getpid()}"
         if not prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"file_prefix: {prefix!r} must be letters, digits, - or _")
@@ -335,12 +308,6 @@ class Engine:
     def _net(net):
         return -1 if net is None else net
 
-    @staticmethod
-    def _rx_queues(n):
-        if not isinstance(n, int) or not 1 <= n <= lib.DP_MAX_RXQ:
-            raise ConfigError(f"rx_queues: {n!r} out of range 1..{lib.DP_MAX_RXQ}")
-        return n
-
     def add_port(self, devargs: str, role: str = "pod", network: Optional[int] = None,
                  rx_queues: int = 1) -> int:
         """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
@@ -354,7 +321,7 @@ class Engine:
             raise ConfigError("devargs: empty device string")
         r = self._role(role)
         return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r,
-                          self._net(network), self._rx_queues(rx_queues))
+                          self._net(network), check_rx_queues(rx_queues))
 
     def add_ring_port(self, name: str, role: str = "pod", size: int = 4096,
                       network: Optional[int] = None, rx_queues: int = 1) -> int:
@@ -362,18 +329,16 @@ class Engine:
         with :meth:`inject` and :meth:`collect`; with ``rx_queues`` > 1 the
         caller steers, giving each frame's queue to :meth:`inject`."""
         r = self._role(role)
-        if size <= 0 or size & (size - 1):
-            raise ConfigError(f"size: {size} is not a power of two")
+        check_pow2(size, "size")
         return self._call(f"adding ring port {name!r}", lib.dp_port_add_ring,
                           name.encode(), r, self._net(network), size,
-                          self._rx_queues(rx_queues))
+                          check_rx_queues(rx_queues))
 
     def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048,
                           network: Optional[int] = None) -> int:
         """A kernel interface through the core's native AF_PACKET driver."""
         r = self._role(role)
-        if frames < 64 or frames & (frames - 1):
-            raise ConfigError(f"frames: {frames} must be a power of two >= 64")
+        check_pow2(frames, "frames", 64)
         return self._call(f"adding AF_PACKET port {ifname!r}", lib.dp_port_add_afpacket,
                           ifname.encode(), r, self._net(network), frames)
 
@@ -402,8 +367,7 @@ class Engine:
 
     # ------------------------------------------------------------- networks
     def add_network(self, net: int, vni: int, plane: int = 0):
-        if not isinstance(vni, int) or not 1 <= vni < 1 << 24:
-            raise ConfigError(f"vni: {vni!r} out of range 1..16777215 (24 bits)")
+        check_vni(vni)
         self._call(f"adding network {net} (VNI {vni})", lib.dp_net_add, net, vni, plane)
         self._nets[net] = (vni, plane)
 
@@ -511,17 +475,12 @@ class Engine:
                  next_hop_mac=None, learning: bool = False):
         """This node's VTEP. ``address`` is 'a.b.c.d/len' (the underlay subnet).
         Next hops are resolved by ARP unless ``next_hop_mac`` is given."""
-        try:
-            iface = ipaddress.IPv4Interface(str(address))
-        except ValueError:
-            raise ConfigError(f"vtep address: {address!r} is not IPv4 a.b.c.d/len") from None
-        if not isinstance(udp_port, int) or not 1 <= udp_port <= 65535:
-            raise ConfigError(f"udp_port: {udp_port!r} out of range 1..65535")
-        if not isinstance(underlay_mtu, int) or not 576 <= underlay_mtu <= 9216:
-            raise ConfigError(f"underlay_mtu: {underlay_mtu!r} out of range 576..9216")
+        iface = parse_ipv4_interface(address, "vtep address", need_prefix=False)
+        check_udp_port(udp_port)
+        check_underlay_mtu(underlay_mtu)
         c = ffi.new("struct dp_vtep_conf *")
         c.ip = int(iface.ip)
-        c.prefix_len = iface.network.prefixlen if "/" in str(address) else 32
+        c.prefix_len = iface.network.prefixlen
         c.gateway = parse_ipv4(gateway, "gateway") if gateway else 0
         c.mac = parse_mac(mac, "vtep mac")
         c.udp_port = udp_port
