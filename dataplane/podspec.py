@@ -124,24 +124,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
         raise fail("pod_type", f"is required ({' or '.join(POD_TYPES)})")
     check_known(pod_type, "pod_type", POD_TYPES, "pod type")
 
-    planes = obj.get("network_plane")
-    if planes is None and pod_type == "it":
-        planes = [STD_PLANE]
-    if planes is None:
-        raise ConfigError("network_plane: is required for a ct pod (a list of planes)")
-    if not isinstance(planes, list) or not planes:
-        raise ConfigError(f"network_plane: {planes!r} is not a non-empty list of planes")
-    for i, plane in enumerate(planes):
-        if not isinstance(plane, str):
-            raise ConfigError(f"network_plane[{i}]: {plane!r} is not a plane name")
-        check_known(plane, f"network_plane[{i}]", config.planes, "plane")
-        if plane in planes[:i]:
-            raise ConfigError(f"network_plane[{i}]: duplicate plane {plane!r}")
-    if pod_type == "it" and planes != [STD_PLANE]:
-        other = [p for p in planes if p != STD_PLANE]
-        raise ConfigError(f"network_plane: an it pod has only the std plane, not "
-                          f"{', '.join(other) if other else planes}")
-
+    planes = _listed_planes(obj.get("network_plane"), pod_type, config)
     if obj.get("networks") is None:
         raise ConfigError('networks: is required (a mapping {"plane": "network"})')
     networks = _plane_map(obj, "networks", planes, config)
@@ -183,6 +166,27 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
             used_mac[mac] = plane
         out.append(PlaneSpec(plane=plane, network=name, ifname=ifname, ip=ip, mac=mac))
     return PodSpec(pod_type=pod_type, planes=out)
+
+
+def _listed_planes(planes, pod_type: str, config: NodeConfig) -> List[str]:
+    """network_plane: the pod's planes, each known once (an it pod: std)."""
+    if planes is None and pod_type == "it":
+        planes = [STD_PLANE]
+    if planes is None:
+        raise ConfigError("network_plane: is required for a ct pod (a list of planes)")
+    if not isinstance(planes, list) or not planes:
+        raise ConfigError(f"network_plane: {planes!r} is not a non-empty list of planes")
+    for i, plane in enumerate(planes):
+        if not isinstance(plane, str):
+            raise ConfigError(f"network_plane[{i}]: {plane!r} is not a plane name")
+        check_known(plane, f"network_plane[{i}]", config.planes, "plane")
+        if plane in planes[:i]:
+            raise ConfigError(f"network_plane[{i}]: duplicate plane {plane!r}")
+    if pod_type == "it" and planes != [STD_PLANE]:
+        other = [p for p in planes if p != STD_PLANE]
+        raise ConfigError(f"network_plane: an it pod has only the std plane, not "
+                          f"{', '.join(other) if other else planes}")
+    return planes
 
 
 def _check_pod_ip(ip: str, plane: str, net) -> str:
