@@ -19,8 +19,7 @@ from typing import List, NamedTuple, Optional
 
 from .checks import (MIN_MTU, POD_RESERVED_IFNAMES, check_ifname, check_int, check_mac,
                      parse_ipv4, parse_ipv4_interface, parse_mac)
-from .errors import (AlreadyExists, Busy, ConfigError, DataplaneError, NotFound,
-                     ResourceError)
+from .errors import BY_ERRNO, AlreadyExists, ConfigError, DataplaneError
 
 
 class AttachResult(NamedTuple):
@@ -57,10 +56,6 @@ _ETHTOOL_SFEATURES = 0x3B
 _ETH_SS_FEATURES = 4
 _ETH_GSTRING_LEN = 32
 N_STEPS = 5
-
-_BY_ERRNO = {errno.EEXIST: AlreadyExists, errno.ENOENT: NotFound, errno.ENODEV: NotFound,
-             errno.EBUSY: Busy, errno.ENOSPC: ResourceError, errno.ENOMEM: ResourceError,
-             errno.ENOBUFS: ResourceError, errno.EINVAL: ConfigError}
 
 
 def _err_code(e) -> Optional[int]:
@@ -337,7 +332,7 @@ def _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac
         if isinstance(e, DataplaneError):
             cls = type(e)
         else:
-            cls = _BY_ERRNO.get(_err_code(e), DataplaneError)
+            cls = BY_ERRNO.get(_err_code(e), DataplaneError)
             if cls is ConfigError:       # a kernel EINVAL is not the user's input
                 cls = DataplaneError
         raise cls(f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}"
@@ -364,7 +359,7 @@ def detach_plane(host_ifname: str) -> bool:
         except NetlinkError as e:
             if abs(e.code) in (errno.ENODEV, errno.ENOENT):
                 return False                  # gone meanwhile (the pod's netns died)
-            raise _BY_ERRNO.get(abs(e.code), DataplaneError)(
+            raise BY_ERRNO.get(abs(e.code), DataplaneError)(
                 f"deleting {host_ifname}: {_describe(e)}", abs(e.code)) from e
         return True
 
