@@ -30,7 +30,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-# check_mac is imported from here by code written before dataplane.checks
 from .checks import (MAX_CPU, MAX_NETWORKS, MAX_PLANES, MAX_RX_QUEUES, MIN_MTU,
                      POD_RESERVED_IFNAMES, VXLAN_OVERHEAD, check_abspath, check_bool,
                      check_dscp, check_etcd_endpoints, check_etcd_prefix, check_ifname,
