@@ -52,9 +52,10 @@ static const char *const drop_names[] = {
 #undef _
 };
 static const char *const port_ctr_names[] = {"rx_packets", "rx_bytes", "tx_packets", "tx_bytes"};
-static const char *const net_ctr_names[] = {"encap_packets", "decap_packets", "flood_packets", "local_packets"};
+static const char *const net_ctr_names[] = {"encap_packets", "decap_packets", "flood_packets",
+                                            "local_packets"};
 static const char *const worker_ctr_names[] = {"polls", "busy_polls", "fdb_lookups",
-                                                "fdb_cache_misses"};
+                                               "fdb_cache_misses"};
 static const char *const qos_ctr_names[] = {"enqueued", "sent", "dropped", "sent_bytes"};
 
 void
@@ -68,15 +69,27 @@ dp_set_error(int err, const char *fmt, ...)
         snprintf(dp_errbuf + n, sizeof(dp_errbuf) - n, ": %s", rte_strerror(err));
 }
 
-#define FAIL(err, ...)                                                     \
-    do {                                                                   \
-        dp_set_error(0, __VA_ARGS__);                                      \
-        return -(err);                                                     \
+#define FAIL(err, ...)                \
+    do {                              \
+        dp_set_error(0, __VA_ARGS__); \
+        return -(err);                \
     } while (0)
 
-int dp_abi_version(void) { return DP_ABI_VERSION; }
-const char *dp_last_error(void) { return dp_errbuf; }
-int dp_running(void) { return atomic_load(&dp.running); }
+int
+dp_abi_version(void)
+{
+    return DP_ABI_VERSION;
+}
+const char *
+dp_last_error(void)
+{
+    return dp_errbuf;
+}
+int
+dp_running(void)
+{
+    return atomic_load(&dp.running);
+}
 
 static void
 dp_sync(void)
@@ -190,8 +203,8 @@ dp_setup(unsigned n_mbufs)
     if (!dp.qsbr || rte_rcu_qsbr_init(dp.qsbr, DP_MAX_WORKERS) != 0)
         FAIL(ENOMEM, "cannot allocate the RCU state");
 
-    dp.pool = rte_pktmbuf_pool_create("dp_pool", n_mbufs, 256, 0,
-                                      RTE_MBUF_DEFAULT_BUF_SIZE, socket);
+    dp.pool =
+        rte_pktmbuf_pool_create("dp_pool", n_mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, socket);
     if (!dp.pool) {
         int e = rte_errno;
         dp_set_error(e, "cannot create mbuf pool of %u mbufs", n_mbufs);
@@ -205,12 +218,12 @@ dp_setup(unsigned n_mbufs)
     dp.vnis = mk_hash("dp_vnis", 1 << 12, sizeof(uint32_t));
     if (!dp.fdb || !dp.vteps || !dp.vnis)
         FAIL(ENOMEM, "cannot create hash tables: %s", rte_strerror(rte_errno));
-    dp.slow_ring = rte_ring_create_elem("dp_slow", sizeof(struct dp_slow_event),
-                                        DP_SLOW_RING_SIZE, socket, RING_F_SC_DEQ);
-    dp.ctrl_tx = rte_ring_create("dp_ctrl_tx", DP_CTRL_TX_RING_SIZE, socket,
-                                 RING_F_SP_ENQ | RING_F_SC_DEQ);
-    dp.ctr = rte_zmalloc_socket("dp_counters", sizeof(struct dp_counters),
-                                RTE_CACHE_LINE_SIZE, socket);
+    dp.slow_ring = rte_ring_create_elem("dp_slow", sizeof(struct dp_slow_event), DP_SLOW_RING_SIZE,
+                                        socket, RING_F_SC_DEQ);
+    dp.ctrl_tx =
+        rte_ring_create("dp_ctrl_tx", DP_CTRL_TX_RING_SIZE, socket, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    dp.ctr =
+        rte_zmalloc_socket("dp_counters", sizeof(struct dp_counters), RTE_CACHE_LINE_SIZE, socket);
     if (!dp.slow_ring || !dp.ctrl_tx || !dp.ctr)
         FAIL(ENOMEM, "cannot create rings/counters");
     for (int w = 0; w < DP_MAX_WORKERS; w++) {
@@ -241,8 +254,7 @@ dp_start(void)
         FAIL(EALREADY, "already forwarding");
     atomic_store(&dp.stop, 0);
     for (int w = 0; w < dp.n_workers; w++) {
-        int ret = rte_eal_remote_launch(dp_worker_main, (void *)(intptr_t)w,
-                                        dp.worker_lcore[w]);
+        int ret = rte_eal_remote_launch(dp_worker_main, (void *)(intptr_t)w, dp.worker_lcore[w]);
         if (ret != 0) {
             atomic_store(&dp.stop, 1);
             rte_eal_mp_wait_lcore();
@@ -942,21 +954,21 @@ tunnel_build(struct dp_tunnel *t)
     memcpy(eth->src_addr.addr_bytes, vconf.mac, 6);
     eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
     ip->version_ihl = RTE_IPV4_VHL_DEF;
-    ip->type_of_service = 0;     /* per packet: inner DSCP */
-    ip->total_length = 0;        /* per packet */
-    ip->packet_id = 0;           /* DF set: ID carries nothing (RFC 6864) */
+    ip->type_of_service = 0; /* per packet: inner DSCP */
+    ip->total_length = 0;    /* per packet */
+    ip->packet_id = 0;       /* DF set: ID carries nothing (RFC 6864) */
     ip->fragment_offset = rte_cpu_to_be_16(RTE_IPV4_HDR_DF_FLAG);
     ip->time_to_live = 64;
     ip->next_proto_id = IPPROTO_UDP;
-    ip->hdr_checksum = 0;        /* per packet, incrementally */
+    ip->hdr_checksum = 0; /* per packet, incrementally */
     ip->src_addr = rte_cpu_to_be_32(vconf.ip);
     ip->dst_addr = rte_cpu_to_be_32(t->ip);
-    udp->src_port = 0;           /* per packet: inner flow hash */
+    udp->src_port = 0; /* per packet: inner flow hash */
     udp->dst_port = rte_cpu_to_be_16(vconf.udp_port);
-    udp->dgram_len = 0;          /* per packet */
-    udp->dgram_cksum = 0;        /* zero on IPv4 (RFC 7348) */
+    udp->dgram_len = 0;                          /* per packet */
+    udp->dgram_cksum = 0;                        /* zero on IPv4 (RFC 7348) */
     vx->vx_flags = rte_cpu_to_be_32(0x08000000); /* I flag */
-    vx->vx_vni = 0;              /* per packet: the network's VNI */
+    vx->vx_vni = 0;                              /* per packet: the network's VNI */
     /* all words but the first (version, TOS), which the pipeline adds */
     t->csum_base = csum_words((const uint8_t *)ip + 2, sizeof(*ip) - 2);
 }
@@ -1244,7 +1256,10 @@ dp_housekeeping(void)
             continue;
         asked[n_asked++] = tu->nh_ip;
         /* remember when we asked, in a pseudo-entry keyed by the ip */
-        static struct { uint32_t ip; uint64_t tsc; } last[64];
+        static struct {
+            uint32_t ip;
+            uint64_t tsc;
+        } last[64];
         int slot = -1;
         for (int j = 0; j < 64; j++)
             if (last[j].ip == tu->nh_ip)
@@ -1270,8 +1285,8 @@ fdb_check(int net, const uint8_t *mac)
     if (!net_get(net))
         FAIL(ENOENT, "no network %d", net);
     if (mac[0] & 1)
-        FAIL(EINVAL, "%02x:%02x:%02x:%02x:%02x:%02x is a multicast MAC", mac[0], mac[1],
-             mac[2], mac[3], mac[4], mac[5]);
+        FAIL(EINVAL, "%02x:%02x:%02x:%02x:%02x:%02x is a multicast MAC", mac[0], mac[1], mac[2],
+             mac[3], mac[4], mac[5]);
     return 0;
 }
 

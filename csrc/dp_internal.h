@@ -30,6 +30,7 @@ struct dp_qos;
  * Drop reasons. One list makes the C enum and the names Python and
  * Prometheus show (dp_counter_name(DP_BLOCK_DROP, i)).
  */
+// clang-format off
 #define foreach_dp_drop                                                     \
     _(NO_NETWORK, "no_network")           /* pod port not in a network */   \
     _(HAIRPIN, "hairpin")                 /* destination is ingress port */ \
@@ -63,22 +64,24 @@ enum dp_drop {
 #undef _
     DP_DROP_COUNT
 };
+// clang-format on
 
-#define DP_VXLAN_HDR_LEN                                                    \
-    (sizeof(struct rte_ether_hdr) + sizeof(struct rte_ipv4_hdr) +           \
-     sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr))
+#define DP_VXLAN_HDR_LEN                                                                       \
+    (sizeof(struct rte_ether_hdr) + sizeof(struct rte_ipv4_hdr) + sizeof(struct rte_udp_hdr) + \
+     sizeof(struct rte_vxlan_hdr))
 _Static_assert(sizeof(struct rte_vxlan_hdr) == 8, "VXLAN header is 8 bytes");
 _Static_assert(DP_VXLAN_HDR_LEN == 50, "outer Ether/IPv4/UDP/VXLAN is 50 bytes");
 
 /* outer IPv4 overhead counted against the underlay MTU: IPv4+UDP+VXLAN+inner Ether */
 #define DP_VXLAN_MTU_OVERHEAD 50
-#define DP_TXBUF 64                 /* per worker, per port tx buffer */
+#define DP_TXBUF 64 /* per worker, per port tx buffer */
 #define DP_SLOW_RING_SIZE 1024
 #define DP_CTRL_TX_RING_SIZE 256
 #define DP_ARP_RETRY_US 500000
 
 /* FDB value: kind in the top byte, target (port index or tunnel index) below */
-#define DP_FDB_VAL(kind, target) ((void *)(uintptr_t)(((uint64_t)(kind) << 56) | (uint32_t)(target)))
+#define DP_FDB_VAL(kind, target) \
+    ((void *)(uintptr_t)(((uint64_t)(kind) << 56) | (uint32_t)(target)))
 #define DP_FDB_KIND(v) ((int)((uint64_t)(uintptr_t)(v) >> 56))
 #define DP_FDB_TARGET(v) ((uint32_t)(uint64_t)(uintptr_t)(v))
 
@@ -98,9 +101,9 @@ struct dp_fdb_cent {
     uint32_t val;   /* FDB: DP_FV; VTEP table: network index */
     uint32_t epoch; /* 0 = never valid */
 };
-#define DP_FV(kind, target) ((uint32_t)(kind) << 24 | ((uint32_t)(target) & 0xffffff))
+#define DP_FV(kind, target) ((uint32_t)(kind) << 24 | (0xffffff & (uint32_t)(target)))
 #define DP_FV_KIND(v) ((int)((v) >> 24))
-#define DP_FV_TARGET(v) ((v) & 0xffffff)
+#define DP_FV_TARGET(v) (0xffffff & (v))
 
 /* FDB key: network index in the top 16 bits, MAC in the low 48 (wire order) */
 static inline uint64_t
@@ -139,16 +142,16 @@ struct dp_port {
     int idx;
     int driver;
     int role;
-    int net;                  /* network index, -1 = none */
-    int worker;               /* which worker polls rx */
+    int net;    /* network index, -1 = none */
+    int worker; /* which worker polls rx */
     uint16_t eth_port;
-    uint16_t n_txq;           /* < n_workers: tx shared under a lock */
-    uint16_t n_rxq;           /* queue 0: the port's worker; others: a plane's */
-    struct dp_afp *afp;       /* native AF_PACKET driver */
+    uint16_t n_txq;                       /* < n_workers: tx shared under a lock */
+    uint16_t n_rxq;                       /* queue 0: the port's worker; others: a plane's */
+    struct dp_afp *afp;                   /* native AF_PACKET driver */
     struct rte_ring *ring_rx[DP_MAX_RXQ]; /* ring ports: what Python injects, per queue */
-    struct rte_ring *ring_tx; /* ring ports: what Python collects */
+    struct rte_ring *ring_tx;             /* ring ports: what Python collects */
     rte_spinlock_t *tx_lock;
-    struct dp_qos *qos;       /* shaped port: per-plane queues, else NULL */
+    struct dp_qos *qos; /* shaped port: per-plane queues, else NULL */
     uint8_t mac[6];
     char name[64];
 };
@@ -157,9 +160,9 @@ struct dp_port {
 struct dp_net {
     int idx;
     uint32_t vni;
-    uint32_t vni_be_word;     /* rte_vxlan_hdr.vx_vni value */
+    uint32_t vni_be_word; /* rte_vxlan_hdr.vx_vni value */
     int plane;
-    uint32_t max_frame;       /* largest inner frame that may be encapsulated */
+    uint32_t max_frame; /* largest inner frame that may be encapsulated */
     uint16_t n_local;
     uint16_t n_flood;
     uint16_t local[DP_MAX_PORTS];
@@ -173,8 +176,8 @@ struct dp_net {
  * but the first (version/TOS), with total_length and hdr_checksum zero.
  */
 struct dp_tunnel {
-    uint32_t ip;              /* remote VTEP, host order */
-    uint32_t nh_ip;           /* underlay next hop, host order */
+    uint32_t ip;    /* remote VTEP, host order */
+    uint32_t nh_ip; /* underlay next hop, host order */
     int resolved;
     uint32_t csum_base;
     uint8_t hdr[DP_VXLAN_HDR_LEN];
@@ -182,17 +185,17 @@ struct dp_tunnel {
 
 struct dp_txbuf {
     uint16_t n;
-    uint16_t planes;          /* planes of the frames held: bit p, bit 8 = own */
-    uint64_t bytes;           /* their pkt_len summed */
+    uint16_t planes; /* planes of the frames held: bit p, bit 8 = own */
+    uint64_t bytes;  /* their pkt_len summed */
     struct rte_mbuf *m[DP_TXBUF];
 };
 
 /* what a worker hands to the control thread */
 struct dp_slow_event {
-    uint8_t kind;             /* DP_EV_* */
+    uint8_t kind; /* DP_EV_* */
     uint8_t mac[6];
     uint8_t pad;
-    uint32_t ip;              /* host order */
+    uint32_t ip; /* host order */
     uint32_t net;
 };
 #define DP_EV_NEIGH 1
@@ -238,19 +241,19 @@ struct dp_state {
     int n_workers;
     unsigned worker_lcore[DP_MAX_WORKERS];
     struct rte_mempool *pool;
-    struct rte_hash *fdb;        /* (net, mac) -> DP_FDB_VAL */
-    struct rte_hash *vteps;      /* (vni, src vtep) -> net index */
-    struct rte_hash *vnis;       /* vni -> net index */
+    struct rte_hash *fdb;   /* (net, mac) -> DP_FDB_VAL */
+    struct rte_hash *vteps; /* (vni, src vtep) -> net index */
+    struct rte_hash *vnis;  /* vni -> net index */
     struct rte_rcu_qsbr *qsbr;
-    struct rte_ring *slow_ring;  /* workers -> control: ARP, learning */
-    struct rte_ring *ctrl_tx;    /* control -> uplink: ARP requests */
+    struct rte_ring *slow_ring; /* workers -> control: ARP, learning */
+    struct rte_ring *ctrl_tx;   /* control -> uplink: ARP requests */
     _Atomic(struct dp_port *) ports[DP_MAX_PORTS];
     _Atomic(struct dp_net *) nets[DP_MAX_NETS];
     _Atomic(struct dp_tunnel *) tunnels[DP_MAX_TUNNELS];
     _Atomic(struct dp_poll_list *) poll[DP_MAX_WORKERS];
     _Atomic(struct dp_vtep *) vtep;
     uint8_t net_plane[DP_MAX_NETS]; /* plane of each network, for the workers */
-    atomic_uint tbl_gen;          /* bumped after every FDB or VTEP table change */
+    atomic_uint tbl_gen;            /* bumped after every FDB or VTEP table change */
     atomic_int stop;
     atomic_int running;
     struct dp_counters *ctr;

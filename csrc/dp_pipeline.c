@@ -28,16 +28,16 @@
 
 struct dp_wctx {
     int id;
-    uint64_t *drop;                 /* this worker's drop counters */
+    uint64_t *drop; /* this worker's drop counters */
     uint64_t (*port)[DP_PORT_CTR_COUNT];
     uint64_t (*net)[DP_NET_CTR_COUNT];
     uint64_t (*qos)[DP_MAX_PLANES][DP_QOS_CTR_COUNT]; /* per port */
-    uint64_t (*lat)[DP_LAT_ROW];    /* per plane */
-    uint64_t *wc;                   /* this worker's own counters */
-    const struct dp_vtep *vtep;     /* snapshot for this loop iteration */
-    uint64_t rx_tsc;                /* when the burst in hand was received */
-    uint32_t tbl_gen;               /* dp.tbl_gen the cache epoch belongs to */
-    uint32_t epoch;                 /* current FDB cache epoch, never 0 */
+    uint64_t (*lat)[DP_LAT_ROW];                      /* per plane */
+    uint64_t *wc;                                     /* this worker's own counters */
+    const struct dp_vtep *vtep;                       /* snapshot for this loop iteration */
+    uint64_t rx_tsc;                                  /* when the burst in hand was received */
+    uint32_t tbl_gen;                                 /* dp.tbl_gen the cache epoch belongs to */
+    uint32_t epoch;                                   /* current FDB cache epoch, never 0 */
     uint16_t n_dirty;
     uint16_t dirty[DP_MAX_PORTS];
     uint8_t queued[DP_MAX_PORTS];
@@ -260,8 +260,8 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
     uint8_t pr = ip->next_proto_id;
     uint32_t l4 = (pr == IPPROTO_TCP) | (pr == IPPROTO_UDP) | (pr == IPPROTO_SCTP);
     l4 &= !(ip->fragment_offset & RTE_BE16(0x3fff));
-    return rte_hash_crc_8byte(addrs, pr) ^ rte_hash_crc_4byte(ports & (0u - l4),
-                                                              DP_FLOW_PORTS_INIT);
+    return rte_hash_crc_8byte(addrs, pr) ^
+           rte_hash_crc_4byte(ports & (0u - l4), DP_FLOW_PORTS_INIT);
 }
 
 /*
@@ -269,8 +269,8 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
  * the frame was dropped (and counted).
  */
 static __rte_always_inline int
-encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m,
-          uint32_t h, uint8_t tos, uint64_t *bytes, uint16_t *planes)
+encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m, uint32_t h,
+          uint8_t tos, uint64_t *bytes, uint16_t *planes)
 {
     const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
     if (unlikely(t == NULL || !t->resolved)) {
@@ -324,7 +324,7 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
 {
     uint8_t tos;
     uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
-    uint64_t bytes = 0;  /* tx_put counts both */
+    uint64_t bytes = 0; /* tx_put counts both */
     uint16_t planes = 0;
     if (!encap_one(w, net, ti, m, h, tos, &bytes, &planes))
         return;
@@ -338,8 +338,7 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
  * VTEP in the network's flood list.
  */
 static void
-flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
-      struct rte_mbuf *m)
+flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, struct rte_mbuf *m)
 {
     uint16_t targets[DP_MAX_PORTS];
     uint16_t nt = 0;
@@ -379,8 +378,8 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
  */
 static __rte_always_inline uint64_t
 cached_lookup(struct dp_wctx *w, struct dp_fdb_cent *cache, unsigned mask,
-              const struct rte_hash *table, int fdb, const uint64_t *keys,
-              const hash_sig_t *sig, uint16_t n, uint32_t *val)
+              const struct rte_hash *table, int fdb, const uint64_t *keys, const hash_sig_t *sig,
+              uint16_t n, uint32_t *val)
 {
     const void *kp[DP_BURST];
     hash_sig_t msig[DP_BURST];
@@ -412,8 +411,8 @@ cached_lookup(struct dp_wctx *w, struct dp_fdb_cent *cache, unsigned mask,
         if (!((mh >> j) & 1))
             continue; /* unknown keys are not cached */
         unsigned i = mi[j];
-        uint32_t v = fdb ? DP_FV(DP_FDB_KIND(d[j]), DP_FDB_TARGET(d[j]))
-                         : (uint32_t)(uintptr_t)d[j];
+        uint32_t v =
+            fdb ? DP_FV(DP_FDB_KIND(d[j]), DP_FDB_TARGET(d[j])) : (uint32_t)(uintptr_t)d[j];
         struct dp_fdb_cent *e = &cache[msig[j] & mask];
         e->key = keys[i];
         e->val = v;
@@ -465,8 +464,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint64_t keys[DP_BURST];
     hash_sig_t sig[DP_BURST];
     uint32_t val[DP_BURST];
-    uint32_t fh[DP_BURST];      /* inner flow hash and DSCP, for encapsulation: */
-    uint8_t ftos[DP_BURST];     /* a short loop of its own overlaps the frames' loads */
+    uint32_t fh[DP_BURST];  /* inner flow hash and DSCP, for encapsulation: */
+    uint8_t ftos[DP_BURST]; /* a short loop of its own overlaps the frames' loads */
     uint8_t plane = (uint8_t)net->plane;
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; i++) {
@@ -479,7 +478,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     w->port[pi][DP_PORT_RX_BYTES] += bytes;
     uint64_t hits = fdb_lookup(w, keys, sig, n, val);
     uint64_t local = 0;
-    struct rte_mbuf *fl[DP_BURST];    /* broadcast / unknown: after the rest */
+    struct rte_mbuf *fl[DP_BURST]; /* broadcast / unknown: after the rest */
     uint16_t nf = 0;
     /* remote targets are encapsulated straight into the uplink's tx buffer,
      * its fill level kept in a register (nothing else adds to it meanwhile) */
@@ -554,9 +553,8 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     struct rte_arp_hdr *arp = (struct rte_arp_hdr *)(eth + 1);
     if (unlikely(m->data_len < sizeof(*eth) + sizeof(*arp) ||
                  arp->arp_hardware != RTE_BE16(RTE_ARP_HRD_ETHER) ||
-                 arp->arp_protocol != RTE_BE16(RTE_ETHER_TYPE_IPV4) ||
-                 arp->arp_hlen != 6 || arp->arp_plen != 4 ||
-                 arp->arp_data.arp_tip != v->ip_be || v->uplink < 0)) {
+                 arp->arp_protocol != RTE_BE16(RTE_ETHER_TYPE_IPV4) || arp->arp_hlen != 6 ||
+                 arp->arp_plen != 4 || arp->arp_data.arp_tip != v->ip_be || v->uplink < 0)) {
         drop(w, m, DP_DROP_ARP_IGNORED);
         return;
     }
@@ -604,10 +602,10 @@ outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
     }
     const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 1);
     uint32_t hl = (ip->version_ihl & 0xf) * 4u;
-    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ||
-                 (ip->version_ihl >> 4) != 4 || hl < sizeof(*ip))) {
-        drop(w, m, m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ? DP_DROP_TRUNCATED
-                                                                 : DP_DROP_BAD_IP);
+    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) || (ip->version_ihl >> 4) != 4 ||
+                 hl < sizeof(*ip))) {
+        drop(w, m,
+             m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ? DP_DROP_TRUNCATED : DP_DROP_BAD_IP);
         return 0;
     }
     if (unlikely(ip->dst_addr != v->ip_be)) {
@@ -623,10 +621,9 @@ outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         return 0;
     }
     uint32_t tot = rte_be_to_cpu_16(ip->total_length);
-    uint32_t outer = RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr) +
-                     sizeof(struct rte_vxlan_hdr);
-    if (unlikely(tot < hl || RTE_ETHER_HDR_LEN + tot > m->pkt_len ||
-                 m->data_len < outer)) {
+    uint32_t outer =
+        RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr);
+    if (unlikely(tot < hl || RTE_ETHER_HDR_LEN + tot > m->pkt_len || m->data_len < outer)) {
         drop(w, m, DP_DROP_TRUNCATED);
         return 0;
     }
@@ -678,16 +675,14 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
         memcpy(&mac_hi, p + 4, 2);
         memcpy(&et, p + 12, 2);
         uint32_t tot = rte_be_to_cpu_16(ip->total_length);
-        uint32_t bad = (mac_lo ^ r->mac_lo) | (uint32_t)(mac_hi ^ r->mac_hi) |
-                       (uint32_t)(et ^ RTE_BE16(RTE_ETHER_TYPE_IPV4)) |
-                       (uint32_t)(ip->version_ihl ^ 0x45) |
-                       (uint32_t)(ip->fragment_offset & RTE_BE16(0x3fff)) |
-                       (uint32_t)(ip->next_proto_id ^ IPPROTO_UDP) |
-                       (ip->dst_addr ^ r->ip_be) |
-                       (uint32_t)(udp->dst_port ^ r->udp_port_be) |
-                       (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
-                       (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) |
-                       (uint32_t)(tot < DP_VXLAN_HDR_LEN);
+        uint32_t bad =
+            (mac_lo ^ r->mac_lo) | (uint32_t)(mac_hi ^ r->mac_hi) |
+            (uint32_t)(et ^ RTE_BE16(RTE_ETHER_TYPE_IPV4)) | (uint32_t)(ip->version_ihl ^ 0x45) |
+            (uint32_t)(ip->fragment_offset & RTE_BE16(0x3fff)) |
+            (uint32_t)(ip->next_proto_id ^ IPPROTO_UDP) | (ip->dst_addr ^ r->ip_be) |
+            (uint32_t)(udp->dst_port ^ r->udp_port_be) |
+            (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
+            (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN);
         if (likely(bad == 0))
             return DP_VXLAN_HDR_LEN;
     }
@@ -719,8 +714,8 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
 {
     const struct dp_vtep *v = w->vtep;
     struct rte_mbuf *vx_pkts[DP_BURST];
-    uint8_t olen[DP_BURST];           /* outer header length per frame */
-    uint64_t vkeys[DP_BURST];         /* (VNI, source VTEP) per frame */
+    uint8_t olen[DP_BURST];   /* outer header length per frame */
+    uint64_t vkeys[DP_BURST]; /* (VNI, source VTEP) per frame */
     hash_sig_t vsig[DP_BURST];
     uint32_t vnet[DP_BURST];
     uint16_t k = 0;
@@ -750,8 +745,8 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
         return;
 
     /* 2. (VNI, source VTEP) → network; strip the outer headers */
-    uint64_t hits = cached_lookup(w, w->vcache, DP_VTEP_CACHE_SIZE - 1, dp.vteps, 0, vkeys,
-                                  vsig, k, vnet);
+    uint64_t hits =
+        cached_lookup(w, w->vcache, DP_VTEP_CACHE_SIZE - 1, dp.vteps, 0, vkeys, vsig, k, vnet);
     uint64_t keys[DP_BURST];
     hash_sig_t sig[DP_BURST];
     uint32_t val[DP_BURST];

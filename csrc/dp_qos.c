@@ -22,7 +22,8 @@ uint64_t
 dp_bps_to_tsc_rate(uint64_t bps)
 {
     /* bytes per 2^20 TSC cycles */
-    long double r = (long double)bps / 8.0L * (long double)(1u << 20) / (long double)rte_get_tsc_hz();
+    long double r =
+        (long double)bps / 8.0L * (long double)(1u << 20) / (long double)rte_get_tsc_hz();
     return (uint64_t)(r + 0.5L);
 }
 
@@ -50,7 +51,8 @@ order_rebuild(void)
         if (dp_qg.plane[p].used)
             ord[n++] = (uint8_t)p;
     for (int i = 1; i < n; i++) /* insertion sort, highest priority first */
-        for (int j = i; j > 0 && dp_qg.plane[ord[j]].priority > dp_qg.plane[ord[j - 1]].priority; j--) {
+        for (int j = i; j > 0 && dp_qg.plane[ord[j]].priority > dp_qg.plane[ord[j - 1]].priority;
+             j--) {
             uint8_t t = ord[j];
             ord[j] = ord[j - 1];
             ord[j - 1] = t;
@@ -63,7 +65,8 @@ int
 dp_qos_init(void)
 {
     static const struct rte_mbuf_dynfield f = {
-        .name = "dataplane_meta", .size = sizeof(struct dp_meta),
+        .name = "dataplane_meta",
+        .size = sizeof(struct dp_meta),
         .align = __alignof__(struct dp_meta),
     };
     dp_meta_off = rte_mbuf_dynfield_register(&f);
@@ -74,9 +77,8 @@ dp_qos_init(void)
         dp_qg.lat_bound_tsc[i] = (uint64_t)((long double)lat_bounds_ns[i] * hz / 1e9L);
     memset(dp_qg.dscp_plane, -1, sizeof(dp_qg.dscp_plane));
     /* plane 0 exists from the start: everything is in some plane */
-    dp_qg.plane[0] = (struct dp_plane_rt){.used = 1, .priority = 0, .queue_len = 1024,
-                                          .outer_tos = -1, .worker = -1,
-                                          .rx_queue = -1};
+    dp_qg.plane[0] = (struct dp_plane_rt){
+        .used = 1, .priority = 0, .queue_len = 1024, .outer_tos = -1, .worker = -1, .rx_queue = -1};
     dp_qg.priority_on = 1;
     dp_qg.latency_on = 1;
     order_rebuild();
@@ -183,8 +185,7 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
         char name[RTE_RING_NAMESIZE];
         snprintf(name, sizeof(name), "dpq_%d_%d_%u", port, p, (unsigned)(q->last_tsc & 0xffff));
         unsigned len = dp_qg.plane[p].used ? dp_qg.plane[p].queue_len : 1024;
-        q->q[p] = rte_ring_create(name, len, (int)rte_socket_id(),
-                                  RING_F_SC_DEQ | RING_F_EXACT_SZ);
+        q->q[p] = rte_ring_create(name, len, (int)rte_socket_id(), RING_F_SC_DEQ | RING_F_EXACT_SZ);
         if (!q->q[p]) {
             dp_qos_free(q);
             return NULL;
@@ -330,8 +331,7 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
             continue;
         int blocked = 0;
         k = drain(q, p, 0, out, k, max, ctr, &blocked);
-        if (blocked &&
-            q->ptok_min[p] >= (int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20)
+        if (blocked && q->ptok_min[p] >= (int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20)
             return k;
     }
     /* pass 2: strict priority for the rest */

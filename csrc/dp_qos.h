@@ -24,9 +24,9 @@
 /* on the wire per frame besides pkt_len: FCS 4 + preamble 8 + IFG 12 */
 #define DP_WIRE_OVERHEAD 24
 /* latency buckets, upper bounds in ns (1-2-5 steps, 1 us .. 100 ms) + inf */
-#define DP_LAT_BOUNDS_NS                                                     \
-    1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000,  \
-        2000000, 5000000, 10000000, 20000000, 50000000, 100000000
+#define DP_LAT_BOUNDS_NS                                                                      \
+    1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000, 2000000, 5000000, \
+        10000000, 20000000, 50000000, 100000000
 
 /* per mbuf: when it was received and which plane it belongs to */
 struct dp_meta {
@@ -43,21 +43,21 @@ extern int dp_meta_off;
 struct dp_plane_rt {
     int used;
     int priority;
-    uint64_t min_bytes_tsc;   /* guaranteed rate, bytes per 2^20 TSC cycles */
-    uint64_t max_bytes_tsc;   /* maximum rate, same unit; 0 = none */
+    uint64_t min_bytes_tsc; /* guaranteed rate, bytes per 2^20 TSC cycles */
+    uint64_t max_bytes_tsc; /* maximum rate, same unit; 0 = none */
     uint32_t queue_len;
-    int outer_tos;            /* -1: copy the inner DSCP */
-    int worker;               /* -1: shared */
-    int rx_queue;             /* -1: none */
+    int outer_tos; /* -1: copy the inner DSCP */
+    int worker;    /* -1: shared */
+    int rx_queue;  /* -1: none */
 };
 
 /* per shaped port: allocated by control, scheduled by the port's worker */
 struct dp_qos {
     struct rte_ring *q[DP_MAX_PLANES];
     struct rte_mbuf *head[DP_MAX_PLANES];
-    uint64_t rate_bytes_tsc;  /* port shaper, bytes per 2^20 TSC cycles; 0 = off */
+    uint64_t rate_bytes_tsc; /* port shaper, bytes per 2^20 TSC cycles; 0 = off */
     int64_t burst_bytes;
-    int64_t tokens;           /* port bucket, bytes << 20 */
+    int64_t tokens; /* port bucket, bytes << 20 */
     int64_t ptok_max[DP_MAX_PLANES];
     int64_t ptok_min[DP_MAX_PLANES];
     uint64_t last_tsc;
@@ -67,9 +67,9 @@ struct dp_qos_global {
     struct dp_plane_rt plane[DP_MAX_PLANES];
     uint8_t order[DP_MAX_PLANES]; /* planes by priority, highest first */
     int n_order;
-    int priority_on;              /* 0: one FIFO (the plane 0 queue) for all */
+    int priority_on; /* 0: one FIFO (the plane 0 queue) for all */
     int latency_on;
-    int8_t dscp_plane[64];        /* inner DSCP -> plane, -1: by network */
+    int8_t dscp_plane[64]; /* inner DSCP -> plane, -1: by network */
     uint64_t lat_bound_tsc[16];
 };
 extern struct dp_qos_global dp_qg;
@@ -113,7 +113,7 @@ dp_lat_record_burst(uint64_t (*hist)[DP_LAT_ROW], struct rte_mbuf *const *m, uin
 {
     const uint64_t *bound = dp_qg.lat_bound_tsc;
     unsigned cp = 0, cb = 0;
-    uint64_t lo = 0, hi = bound[0];  /* (lo, hi]: the current bucket's range */
+    uint64_t lo = 0, hi = bound[0]; /* (lo, hi]: the current bucket's range */
     uint64_t run = 0, sum = 0;
     for (uint16_t i = 0; i < n; i++) {
         const struct dp_meta *md = DP_META(m[i]);
