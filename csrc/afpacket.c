@@ -69,6 +69,7 @@
 #include <rte_prefetch.h>
 
 #include "afpacket.h"
+#include "dp_error.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23 /* Linux >= 4.20 */
@@ -118,15 +119,6 @@ struct dp_afp {
     char ifname[IF_NAMESIZE];
 } __rte_cache_aligned;
 
-/* Record "afpacket <if>: <step>: <strerror>" and return -err. */
-static int
-afp_fail(char *errbuf, size_t errlen, const char *ifname, const char *step, int err)
-{
-    if (errbuf != NULL && errlen > 0)
-        snprintf(errbuf, errlen, "afpacket %s: %s: %s", ifname, step, strerror(err));
-    return -err;
-}
-
 /* Pick a ring block size: a power of two in [page, 64 KiB], small enough to
  * give at least AFP_BLOCK_MIN_NR blocks (smaller blocks fill, and so reach
  * user space, sooner under light load). total is a power of two >= 128 KiB. */
@@ -165,7 +157,7 @@ afp_filter_outgoing(int fd)
 
 /* Set up the rx socket: V3 ring, ignore outgoing, bind, promiscuous. */
 static int
-afp_open_rx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
+afp_open_rx(struct dp_afp *a, unsigned frames)
 {
     const char *ifn = a->ifname;
     struct tpacket_req3 req;
@@ -179,16 +171,16 @@ afp_open_rx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
     /* protocol 0: nothing is queued until bind() below, after the ring */
     fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return afp_fail(errbuf, errlen, ifn, "rx socket", errno);
+        return dp_fail(-errno, "afpacket %s: rx socket: %m", ifn);
     a->rx.fd = fd;
 
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof(ver)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "rx PACKET_VERSION v3", errno);
+        return dp_fail(-errno, "afpacket %s: rx PACKET_VERSION v3: %m", ifn);
 
     /* do not receive what is transmitted on the interface (our own tx) */
     if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0 &&
         afp_filter_outgoing(fd) < 0)
-        return afp_fail(errbuf, errlen, ifn, "rx PACKET_IGNORE_OUTGOING", errno);
+        return dp_fail(-errno, "afpacket %s: rx PACKET_IGNORE_OUTGOING: %m", ifn);
 
     /* V3 ring: blocks of variable-sized frames, retired by timer */
     memset(&req, 0, sizeof(req));
@@ -200,12 +192,12 @@ afp_open_rx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
     req.tp_frame_nr = frames;
     req.tp_retire_blk_tov = AFP_RX_RETIRE_MS;
     if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "rx PACKET_RX_RING", errno);
+        return dp_fail(-errno, "afpacket %s: rx PACKET_RX_RING: %m", ifn);
 
     /* map it; MAP_POPULATE keeps page faults off the hot path */
     map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (map == MAP_FAILED)
-        return afp_fail(errbuf, errlen, ifn, "rx mmap", errno);
+        return dp_fail(-errno, "afpacket %s: rx mmap: %m", ifn);
     a->rx.map = map;
     a->rx.map_len = total;
 
@@ -215,20 +207,20 @@ afp_open_rx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
     sll.sll_protocol = htons(ETH_P_ALL);
     sll.sll_ifindex = a->ifindex;
     if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "rx bind", errno);
+        return dp_fail(-errno, "afpacket %s: rx bind: %m", ifn);
 
     /* promiscuous for as long as the socket lives */
     memset(&mr, 0, sizeof(mr));
     mr.mr_ifindex = a->ifindex;
     mr.mr_type = PACKET_MR_PROMISC;
     if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof(mr)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "rx PACKET_MR_PROMISC", errno);
+        return dp_fail(-errno, "afpacket %s: rx PACKET_MR_PROMISC: %m", ifn);
     return 0;
 }
 
 /* Set up the tx socket: V2 ring, qdisc bypass, bound with protocol 0. */
 static int
-afp_open_tx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
+afp_open_tx(struct dp_afp *a, unsigned frames)
 {
     const char *ifn = a->ifname;
     struct tpacket_req req;
@@ -241,11 +233,11 @@ afp_open_tx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
 
     fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return afp_fail(errbuf, errlen, ifn, "tx socket", errno);
+        return dp_fail(-errno, "afpacket %s: tx socket: %m", ifn);
     a->tx.fd = fd;
 
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof(ver)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "tx PACKET_VERSION v2", errno);
+        return dp_fail(-errno, "afpacket %s: tx PACKET_VERSION v2: %m", ifn);
 
     /* straight to the driver, no qdisc (best effort: old kernels lack it) */
     (void)setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
@@ -253,7 +245,7 @@ afp_open_tx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
     /* a frame the kernel rejects (e.g. > MTU) is skipped, not left stuck
 	 * in TP_STATUS_WRONG_FORMAT blocking the ring */
     if (setsockopt(fd, SOL_PACKET, PACKET_LOSS, &one, sizeof(one)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "tx PACKET_LOSS", errno);
+        return dp_fail(-errno, "afpacket %s: tx PACKET_LOSS: %m", ifn);
 
     /* room for a whole ring in flight, so sendto() never stops early for
 	 * want of socket memory (which would leave frames until the next kick);
@@ -270,11 +262,11 @@ afp_open_tx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
     req.tp_frame_size = AFP_FRAME_SIZE;
     req.tp_frame_nr = frames;
     if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "tx PACKET_TX_RING", errno);
+        return dp_fail(-errno, "afpacket %s: tx PACKET_TX_RING: %m", ifn);
 
     map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (map == MAP_FAILED)
-        return afp_fail(errbuf, errlen, ifn, "tx mmap", errno);
+        return dp_fail(-errno, "afpacket %s: tx mmap: %m", ifn);
     a->tx.map = map;
     a->tx.map_len = total;
     a->tx.frame_nr = frames;
@@ -287,13 +279,12 @@ afp_open_tx(struct dp_afp *a, unsigned frames, char *errbuf, size_t errlen)
     sll.sll_protocol = 0;
     sll.sll_ifindex = a->ifindex;
     if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
-        return afp_fail(errbuf, errlen, ifn, "tx bind", errno);
+        return dp_fail(-errno, "afpacket %s: tx bind: %m", ifn);
     return 0;
 }
 
 int
-dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out,
-            char *errbuf, size_t errlen)
+dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out)
 {
     const char *ifn = ifname != NULL ? ifname : "(null)";
     struct dp_afp *a;
@@ -302,27 +293,28 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     void *mem;
     int ret;
 
-    if (errbuf != NULL && errlen > 0)
-        errbuf[0] = '\0';
     if (out == NULL)
-        return afp_fail(errbuf, errlen, ifn, "open", EINVAL);
+        return dp_fail(-EINVAL, "afpacket %s: nowhere to put the port", ifn);
     *out = NULL;
 
     /* check arguments */
     if (ifname == NULL || ifname[0] == '\0' || strlen(ifname) >= IF_NAMESIZE)
-        return afp_fail(errbuf, errlen, ifn, "interface name", EINVAL);
+        return dp_fail(-EINVAL, "afpacket %s: interface name empty or longer than %d bytes", ifn,
+                       IF_NAMESIZE - 1);
     if (frames < 64 || frames > AFP_FRAMES_MAX || !rte_is_power_of_2(frames))
-        return afp_fail(errbuf, errlen, ifn, "frames (power of two in 64..2^20)", EINVAL);
+        return dp_fail(-EINVAL, "afpacket %s: %u frames, not a power of two in 64..%u", ifn, frames,
+                       AFP_FRAMES_MAX);
     if (mp == NULL)
-        return afp_fail(errbuf, errlen, ifn, "mempool", EINVAL);
+        return dp_fail(-EINVAL, "afpacket %s: no mbuf pool", ifn);
     room = rte_pktmbuf_data_room_size(mp);
     room = room > RTE_PKTMBUF_HEADROOM ? room - RTE_PKTMBUF_HEADROOM : 0;
     if (room < RTE_ETHER_MAX_LEN)
-        return afp_fail(errbuf, errlen, ifn, "mempool data room below 1518 bytes", EINVAL);
+        return dp_fail(-EINVAL, "afpacket %s: mbuf data room %u below %u bytes", ifn, room,
+                       RTE_ETHER_MAX_LEN);
 
     /* state; cache aligned so rx and tx halves do not share lines */
     if (posix_memalign(&mem, RTE_CACHE_LINE_SIZE, sizeof(*a)) != 0)
-        return afp_fail(errbuf, errlen, ifn, "alloc", ENOMEM);
+        return dp_fail(-ENOMEM, "afpacket %s: out of memory", ifn);
     a = mem;
     memset(a, 0, sizeof(*a));
     a->rx.fd = -1;
@@ -334,11 +326,11 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     /* interface index */
     a->ifindex = (int)if_nametoindex(ifname);
     if (a->ifindex == 0) {
-        ret = afp_fail(errbuf, errlen, ifn, "if_nametoindex", errno);
+        ret = dp_fail(-errno, "afpacket %s: if_nametoindex: %m", ifn);
         goto fail;
     }
 
-    ret = afp_open_rx(a, frames, errbuf, errlen);
+    ret = afp_open_rx(a, frames);
     if (ret < 0)
         goto fail;
 
@@ -346,16 +338,16 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     memset(&ifr, 0, sizeof(ifr));
     memcpy(ifr.ifr_name, a->ifname, sizeof(a->ifname));
     if (ioctl(a->rx.fd, SIOCGIFHWADDR, &ifr) < 0) {
-        ret = afp_fail(errbuf, errlen, ifn, "SIOCGIFHWADDR", errno);
+        ret = dp_fail(-errno, "afpacket %s: SIOCGIFHWADDR: %m", ifn);
         goto fail;
     }
     if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER) {
-        ret = afp_fail(errbuf, errlen, ifn, "SIOCGIFHWADDR: not an Ethernet device", EINVAL);
+        ret = dp_fail(-EINVAL, "afpacket %s: not an Ethernet device", ifn);
         goto fail;
     }
     memcpy(a->mac, ifr.ifr_hwaddr.sa_data, RTE_ETHER_ADDR_LEN);
 
-    ret = afp_open_tx(a, frames, errbuf, errlen);
+    ret = afp_open_tx(a, frames);
     if (ret < 0)
         goto fail;
 

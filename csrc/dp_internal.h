@@ -1,6 +1,7 @@
 /*
- * dp_internal.h - state shared by the control path (dp_control.c) and the
- * per-lcore pipeline (dp_pipeline.c). Not part of the Python contract.
+ * dp_internal.h - state shared by the control path (dp_control.h and the
+ * files it lists) and the per-lcore pipeline (dp_pipeline.c). Not part of
+ * the Python contract.
  */
 #ifndef DP_INTERNAL_H
 #define DP_INTERNAL_H
@@ -265,8 +266,5 @@ extern struct dp_state dp;
 #define DP_CTRL_ROW (DP_MAX_WORKERS - 1)
 
 int dp_worker_main(void *arg);
-/* re-deal (port, queue) pairs to the workers (after a plane's change) */
-void dp_poll_rebuild(void);
-void dp_set_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif /* DP_INTERNAL_H */

@@ -10,7 +10,7 @@
 #include <rte_mbuf_dyn.h>
 #include <rte_errno.h>
 
-#include "dp_internal.h"
+#include "dp_control.h"
 #include "dp_qos.h"
 
 struct dp_qos_global dp_qg;
@@ -89,46 +89,41 @@ int
 dp_plane_set(int plane, const struct dp_plane_conf *c)
 {
     if (plane < 0 || plane >= DP_MAX_PLANES) {
-        dp_set_error(0, "plane %d out of range 0..%d", plane, DP_MAX_PLANES - 1);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "plane %d out of range 0..%d", plane, DP_MAX_PLANES - 1);
     }
     if (c->queue_len < 16 || c->queue_len > (1u << 20) || (c->queue_len & (c->queue_len - 1))) {
-        dp_set_error(0, "plane %d: queue length %u is not a power of two in 16..1048576", plane,
-                     c->queue_len);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "plane %d: queue length %u is not a power of two in 16..1048576",
+                       plane, c->queue_len);
     }
     if (c->dscp < -1 || c->dscp > 63) {
-        dp_set_error(0, "plane %d: DSCP %d out of range 0..63 (or -1)", plane, c->dscp);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "plane %d: DSCP %d out of range 0..63 (or -1)", plane, c->dscp);
     }
     if (c->max_bps && c->min_bps > c->max_bps) {
-        dp_set_error(0, "plane %d: guaranteed rate above its maximum", plane);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "plane %d: guaranteed rate above its maximum", plane);
     }
     if (c->worker < -1 || c->worker >= dp.n_workers) {
-        dp_set_error(0, "plane %d: worker %d does not exist (%d workers)", plane, c->worker,
-                     dp.n_workers);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "plane %d: worker %d does not exist (%d workers)", plane, c->worker,
+                       dp.n_workers);
     }
     if (c->rx_queue != -1 && (c->rx_queue < 1 || c->rx_queue >= DP_MAX_RXQ)) {
-        dp_set_error(0, "plane %d: rx queue %d out of range 1..%d (queue 0 is the port's own)",
-                     plane, c->rx_queue, DP_MAX_RXQ - 1);
-        return -EINVAL;
+        return dp_fail(-EINVAL,
+                       "plane %d: rx queue %d out of range 1..%d (queue 0 is the port's own)",
+                       plane, c->rx_queue, DP_MAX_RXQ - 1);
     }
     if (c->rx_queue >= 1 && c->worker < 0) {
-        dp_set_error(0, "plane %d: an rx queue of its own needs a worker of its own", plane);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "plane %d: an rx queue of its own needs a worker of its own",
+                       plane);
     }
     for (int p = 0; p < DP_MAX_PLANES; p++) {
         if (p == plane || !dp_qg.plane[p].used)
             continue;
         if (dp_qg.plane[p].priority == c->priority) {
-            dp_set_error(0, "plane %d: priority %d is already plane %d's", plane, c->priority, p);
-            return -EEXIST;
+            return dp_fail(-EEXIST, "plane %d: priority %d is already plane %d's", plane,
+                           c->priority, p);
         }
         if (c->rx_queue >= 1 && dp_qg.plane[p].rx_queue == c->rx_queue) {
-            dp_set_error(0, "plane %d: rx queue %d is already plane %d's", plane, c->rx_queue, p);
-            return -EEXIST;
+            return dp_fail(-EEXIST, "plane %d: rx queue %d is already plane %d's", plane,
+                           c->rx_queue, p);
         }
     }
     struct dp_plane_rt *r = &dp_qg.plane[plane];
@@ -160,12 +155,10 @@ int
 dp_dscp_plane(int dscp, int plane)
 {
     if (dscp < 0 || dscp > 63) {
-        dp_set_error(0, "DSCP %d out of range 0..63", dscp);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "DSCP %d out of range 0..63", dscp);
     }
     if (plane >= DP_MAX_PLANES || (plane >= 0 && !dp_qg.plane[plane].used)) {
-        dp_set_error(0, "plane %d is not configured", plane);
-        return -EINVAL;
+        return dp_fail(-EINVAL, "plane %d is not configured", plane);
     }
     __atomic_store_n(&dp_qg.dscp_plane[dscp], (int8_t)(plane < 0 ? -1 : plane), __ATOMIC_RELEASE);
     return 0;
