@@ -65,26 +65,10 @@
 #include <rte_errno.h>
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
-#include <rte_mbuf_dyn.h> /* DP_META (dp_qos.h) needs it */
 #include <rte_mempool.h>
 #include <rte_sched.h>
 
-#include "dp_internal.h"
 #include "dp_qos.h"
-
-/* ------------------------------------------------ what dp_qos.c needs */
-struct dp_state dp;
-static char dp_err[512];
-
-void
-dp_set_error(int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(dp_err, sizeof(dp_err), fmt, ap);
-    va_end(ap);
-    (void)err;
-}
 
 /* ------------------------------------------------------------- set-up */
 #define PL_STD 0
@@ -192,9 +176,9 @@ ours_planes(const struct plane_cfg *pc)
             .queue_len = PQLEN[p],
             .dscp = -1,
             .worker = -1,
+            .rx_queue = -1,
         };
-        if (dp_plane_set(p, &c) < 0)
-            die("dp_plane_set(%d): %s", p, dp_err);
+        dp_qos_plane_set(p, &c);
     }
 }
 
@@ -824,7 +808,6 @@ main(int argc, char **argv)
                                    (int)rte_socket_id());
     if (!pool)
         die("mbuf pool: %s", rte_strerror(rte_errno));
-    dp.n_workers = 1;
     if (dp_qos_init() < 0)
         die("dp_qos_init: %s", rte_strerror(rte_errno));
     printf("TSC %.3f GHz, lcore %u, %.1f s per scenario and scheduler; planes media (prio 3 "

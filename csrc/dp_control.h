@@ -68,6 +68,11 @@ void dp_tunnel_unref(int net, int ti);
 void dp_tunnels_refresh_nh(uint32_t nh_ip);
 void dp_tunnels_free_all(void);
 
+/* dp_plane.c: the worker of a plane's own, of the plane that claims rx
+ * queue q (>= 1); -1 = none */
+int dp_plane_worker(int plane);
+int dp_plane_rxq_worker(int q);
+
 /* dp_neigh.c */
 const uint8_t *dp_neigh_mac(uint32_t ip);
 

@@ -2,7 +2,12 @@
  * dp_counters.c - the counter blocks Python reads (dp_counter_block) and
  * the names of their columns.
  */
+#include <errno.h>
+
+#include <rte_cycles.h>
+
 #include "dp_control.h"
+#include "dp_qos.h"
 
 static const char *const drop_names[] = {
 #define _(sym, str) str,
@@ -82,4 +87,21 @@ dp_counter_name(int block, int i)
     case DP_BLOCK_LAT: return "bucket";
     }
     return NULL;
+}
+
+/* the upper bound of latency bucket idx (the last bucket has none) */
+int
+dp_lat_bound_ns(int idx, uint64_t *ns)
+{
+    if (idx < 0 || idx >= 16)
+        return dp_fail(-EINVAL, "latency bucket %d has no bound (0..%d have)", idx, 16 - 1);
+    *ns = dp_lat_bounds_ns[idx];
+    return 0;
+}
+
+/* the unit of the latency sums (DP_LAT_SUM): TSC cycles per second */
+uint64_t
+dp_tsc_hz(void)
+{
+    return rte_get_tsc_hz();
 }

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 
 #include "dp_control.h"
-#include "dp_qos.h"
 
 /* the worker that polls rx queue q of port p (p->worker: the shared worker
  * it was dealt, which a plane with a worker of its own overrides) */
@@ -17,16 +16,14 @@ dp_rxq_worker(const struct dp_port *p, int q)
     int w = p->worker;
     if (q > 0) {
         /* a plane that claims this queue number, with a worker of its own */
-        for (int pl = 0; pl < DP_MAX_PLANES; pl++) {
-            const struct dp_plane_rt *r = &dp_qg.plane[pl];
-            if (r->used && r->rx_queue == q && r->worker >= 0 && r->worker < dp.n_workers)
-                return r->worker;
-        }
+        int pw = dp_plane_rxq_worker(q);
+        if (pw >= 0)
+            return pw;
     } else if (p->net >= 0) {
         /* a plane given its own worker gets its pod ports polled there */
         struct dp_net *n = atomic_load(&dp.nets[p->net]);
-        int pw = n ? dp_qg.plane[n->plane].worker : -1;
-        if (pw >= 0 && pw < dp.n_workers)
+        int pw = n ? dp_plane_worker(n->plane) : -1;
+        if (pw >= 0)
             w = pw;
     }
     return w;

@@ -48,8 +48,6 @@ struct dp_plane_rt {
     uint64_t max_bytes_tsc; /* maximum rate, same unit; 0 = none */
     uint32_t queue_len;
     int outer_tos; /* -1: copy the inner DSCP */
-    int worker;    /* -1: shared */
-    int rx_queue;  /* -1: none */
 };
 
 /* per shaped port: allocated by control, scheduled by the port's worker */
@@ -75,12 +73,26 @@ struct dp_qos_global {
 };
 extern struct dp_qos_global dp_qg;
 
-/* control */
+/*
+ * control: called by the control side (dp_plane.c, dp_port.c, dp_eal.c),
+ * which has checked the arguments; nothing here calls back
+ */
+/* register the mbuf metadata field, plane 0's defaults; 0 or -rte_errno */
 int dp_qos_init(void);
+/* a plane's priority, rates, queue length and marking (c->worker and
+ * c->rx_queue are the poll lists' business, not the scheduler's) */
+void dp_qos_plane_set(int plane, const struct dp_plane_conf *c);
+void dp_qos_set_mode(int priority_on, int latency_on);
+/* frames of inner DSCP dscp go to plane (-1: their network's) */
+void dp_qos_set_dscp_plane(int dscp, int plane);
+/* the queues of a shaped port; NULL when out of memory */
 struct dp_qos *dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes);
 /* frees the queues and what they hold; returns how many frames that was */
 unsigned dp_qos_free(struct dp_qos *q);
+unsigned dp_qos_queued(const struct dp_qos *q, int plane);
 uint64_t dp_bps_to_tsc_rate(uint64_t bps);
+/* the latency buckets' upper bounds, ns (DP_LAT_BOUNDS_NS) */
+extern const uint64_t dp_lat_bounds_ns[16];
 
 /* worker: queue n frames received at rx_tsc (freed and counted when their
  * queue is full) */
