@@ -23,49 +23,10 @@
 #include <rte_spinlock.h>
 
 #include "dataplane.h"
+#include "dp_counters.h"
 #include "afpacket.h"
 
 struct dp_qos;
-
-/*
- * Drop reasons. One list makes the C enum and the names Python and
- * Prometheus show (dp_counter_name(DP_BLOCK_DROP, i)).
- */
-// clang-format off
-#define foreach_dp_drop                                                     \
-    _(NO_NETWORK, "no_network")           /* pod port not in a network */   \
-    _(HAIRPIN, "hairpin")                 /* destination is ingress port */ \
-    _(PORT_GONE, "port_gone")             /* destination port removed */    \
-    _(NO_DESTINATION, "no_destination")   /* flood with nobody to reach */  \
-    _(OVERSIZE, "oversize")               /* too big once encapsulated */   \
-    _(NO_HEADROOM, "no_headroom")         /* mbuf lacks room for header */  \
-    _(NEIGH_UNRESOLVED, "neigh_unresolved") /* next hop MAC unknown */      \
-    _(NO_UPLINK, "no_uplink")             /* remote target, no uplink */    \
-    _(NO_MBUF, "no_mbuf")                 /* pool empty for a flood copy */ \
-    _(TX_FULL, "tx_full")                 /* port tx queue full */          \
-    _(NOT_FOR_US, "not_for_us")           /* uplink frame for another host */ \
-    _(UPLINK_NON_IP, "uplink_non_ip")     /* neither IPv4 nor ARP */        \
-    _(BAD_IP, "bad_ip")                   /* malformed outer IPv4 */        \
-    _(IP_FRAGMENT, "ip_fragment")         /* fragmented outer IPv4 */       \
-    _(NOT_UDP, "not_udp")                 /* IPv4 to VTEP, not UDP */       \
-    _(UDP_PORT, "udp_port")               /* UDP to VTEP, wrong port */     \
-    _(VXLAN_FLAGS, "vxlan_flags")         /* I flag clear */                \
-    _(UNKNOWN_VNI, "unknown_vni")                                           \
-    _(UNKNOWN_VTEP, "unknown_vtep")       /* source VTEP not in network */  \
-    _(TRUNCATED, "truncated")             /* frame shorter than headers */  \
-    _(SPLIT_HORIZON, "split_horizon")     /* decapped frame for a remote */ \
-    _(ARP_IGNORED, "arp_ignored")         /* ARP not for the VTEP */        \
-    _(SLOWPATH_FULL, "slowpath_full")     /* control ring full */          \
-    _(QUEUE_FULL, "queue_full")           /* plane queue of a shaped port */ \
-    _(QUEUE_FLUSHED, "queue_flushed")     /* queued when shaper/port went */
-
-enum dp_drop {
-#define _(sym, str) DP_DROP_##sym,
-    foreach_dp_drop
-#undef _
-    DP_DROP_COUNT
-};
-// clang-format on
 
 #define DP_VXLAN_HDR_LEN                                                                       \
     (sizeof(struct rte_ether_hdr) + sizeof(struct rte_ipv4_hdr) + sizeof(struct rte_udp_hdr) + \
@@ -202,13 +163,6 @@ struct dp_slow_event {
 #define DP_EV_NEIGH 1
 #define DP_EV_LEARN 2
 
-struct dp_worker {
-    int id;
-    unsigned lcore;
-    uint16_t n_poll;
-    uint16_t poll[DP_MAX_PORTS];
-} __rte_cache_aligned;
-
 /* worker poll lists: immutable snapshots */
 /* what a worker polls: (port, rx queue) pairs */
 struct dp_poll_list {
@@ -219,15 +173,29 @@ struct dp_poll_list {
     } e[DP_MAX_PORTS * DP_MAX_RXQ];
 };
 
-/* counters, one cache-aligned row block per worker */
+/* a per-worker row of n counters, padded to whole cache lines */
+#define DP_CTR_ROW_LEN(n) RTE_ALIGN_CEIL((n), RTE_CACHE_LINE_SIZE / sizeof(uint64_t))
+
+/* counters: one block of rows per worker, each block on cache lines of its
+ * own, so no two workers ever write the same line (dp_counters.h: columns) */
 struct dp_counters {
     uint64_t port[DP_MAX_WORKERS][DP_MAX_PORTS][DP_PORT_CTR_COUNT];
     uint64_t net[DP_MAX_WORKERS][DP_MAX_NETS][DP_NET_CTR_COUNT];
-    uint64_t drop[DP_MAX_WORKERS][DP_DROP_COUNT + 1];
-    uint64_t worker[DP_MAX_WORKERS][8];
+    uint64_t drop[DP_MAX_WORKERS][DP_CTR_ROW_LEN(DP_DROP_COUNT)];
+    uint64_t worker[DP_MAX_WORKERS][DP_CTR_ROW_LEN(DP_WORKER_CTR_COUNT)];
     uint64_t qos[DP_MAX_WORKERS][DP_MAX_PORTS][DP_MAX_PLANES][DP_QOS_CTR_COUNT];
     uint64_t lat[DP_MAX_WORKERS][DP_MAX_PLANES][DP_LAT_ROW];
 };
+#define DP_CTR_WORKER_BLOCK_ALIGNED(m)                                                     \
+    _Static_assert(offsetof(struct dp_counters, m) % RTE_CACHE_LINE_SIZE == 0 &&           \
+                       sizeof(((struct dp_counters *)0)->m[0]) % RTE_CACHE_LINE_SIZE == 0, \
+                   "counters: " #m " blocks of workers share a cache line")
+DP_CTR_WORKER_BLOCK_ALIGNED(port);
+DP_CTR_WORKER_BLOCK_ALIGNED(net);
+DP_CTR_WORKER_BLOCK_ALIGNED(drop);
+DP_CTR_WORKER_BLOCK_ALIGNED(worker);
+DP_CTR_WORKER_BLOCK_ALIGNED(qos);
+DP_CTR_WORKER_BLOCK_ALIGNED(lat);
 
 struct dp_vtep {
     uint32_t ip_be;

@@ -18,7 +18,7 @@
 struct dp_qos_global dp_qg;
 int dp_meta_off = -1;
 
-const uint64_t dp_lat_bounds_ns[16] = {DP_LAT_BOUNDS_NS};
+const uint64_t dp_lat_bounds_ns[DP_LAT_BOUNDS] = {DP_LAT_BOUNDS_NS};
 
 uint64_t
 dp_bps_to_tsc_rate(uint64_t bps)
@@ -60,7 +60,7 @@ dp_qos_init(void)
     if (dp_meta_off < 0)
         return -rte_errno;
     uint64_t hz = rte_get_tsc_hz();
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < DP_LAT_BOUNDS; i++)
         dp_qg.lat_bound_tsc[i] = (uint64_t)((long double)dp_lat_bounds_ns[i] * hz / 1e9L);
     memset(dp_qg.dscp_plane, -1, sizeof(dp_qg.dscp_plane));
     /* plane 0 exists from the start: everything is in some plane */

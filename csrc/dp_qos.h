@@ -21,13 +21,18 @@
 #include <rte_ring.h>
 
 #include "dataplane.h"
+#include "dp_counters.h"
 
 /* on the wire per frame besides pkt_len: FCS 4 + preamble 8 + IFG 12 */
 #define DP_WIRE_OVERHEAD 24
-/* latency buckets, upper bounds in ns (1-2-5 steps, 1 us .. 100 ms) + inf */
+/* latency buckets, upper bounds in ns (1-2-5 steps, 1 us .. 100 ms); the
+ * last bucket (DP_LAT_BOUNDS, dp_counters.h) has none */
 #define DP_LAT_BOUNDS_NS                                                                      \
     1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000, 2000000, 5000000, \
         10000000, 20000000, 50000000, 100000000
+_Static_assert(sizeof((uint64_t[]){DP_LAT_BOUNDS_NS}) == DP_LAT_BOUNDS * sizeof(uint64_t),
+               "DP_LAT_BOUNDS_NS: one bound per bucket but the last");
+_Static_assert(DP_LAT_BOUNDS == 16, "dp_lat_bucket's 4-step search is written for 16 bounds");
 
 /* per mbuf: when it was received and which plane it belongs to */
 struct dp_meta {
@@ -69,7 +74,7 @@ struct dp_qos_global {
     int priority_on; /* 0: one FIFO (the plane 0 queue) for all */
     int latency_on;
     int8_t dscp_plane[64]; /* inner DSCP -> plane, -1: by network */
-    uint64_t lat_bound_tsc[16];
+    uint64_t lat_bound_tsc[DP_LAT_BOUNDS];
 };
 extern struct dp_qos_global dp_qg;
 
@@ -92,7 +97,7 @@ unsigned dp_qos_free(struct dp_qos *q);
 unsigned dp_qos_queued(const struct dp_qos *q, int plane);
 uint64_t dp_bps_to_tsc_rate(uint64_t bps);
 /* the latency buckets' upper bounds, ns (DP_LAT_BOUNDS_NS) */
-extern const uint64_t dp_lat_bounds_ns[16];
+extern const uint64_t dp_lat_bounds_ns[DP_LAT_BOUNDS];
 
 /* worker: queue n frames received at rx_tsc (freed and counted when their
  * queue is full) */
@@ -102,7 +107,7 @@ void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t 
 uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
                         uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
 
-/* histogram bucket of a latency d (TSC cycles): a 4-step search of 16 bounds */
+/* histogram bucket of a latency d (TSC cycles): a 4-step search of the 16 bounds */
 static inline unsigned
 dp_lat_bucket(uint64_t d)
 {
@@ -111,7 +116,7 @@ dp_lat_bucket(uint64_t d)
     i += (d > b[i + 3]) ? 4 : 0;
     i += (d > b[i + 1]) ? 2 : 0;
     i += (d > b[i]) ? 1 : 0;
-    i += (i == 15 && d > b[15]) ? 1 : 0;
+    i += (i == DP_LAT_BOUNDS - 1 && d > b[DP_LAT_BOUNDS - 1]) ? 1 : 0;
     return i;
 }
 
@@ -139,7 +144,7 @@ dp_lat_record_burst(uint64_t (*hist)[DP_LAT_ROW], struct rte_mbuf *const *m, uin
         if (unlikely(d > hi || (d <= lo && cb != 0))) {
             b = dp_lat_bucket(d);
             lo = b ? bound[b - 1] : 0;
-            hi = b < 16 ? bound[b] : UINT64_MAX;
+            hi = b < DP_LAT_BOUNDS ? bound[b] : UINT64_MAX;
         }
         if (unlikely(p != cp || b != cb)) {
             if (run) {
