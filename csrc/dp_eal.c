@@ -173,8 +173,8 @@ dp_setup(unsigned n_mbufs)
     if (!v)
         return dp_fail(-ENOMEM, "out of memory");
     v->uplink = -1;
-    v->udp_port_be = rte_cpu_to_be_16(4789);
-    v->max_frame = 1500 - DP_VXLAN_MTU_OVERHEAD + RTE_ETHER_HDR_LEN;
+    v->udp_port_be = rte_cpu_to_be_16(dp_vconf.udp_port);
+    v->max_frame = dp_max_frame();
     atomic_store(&dp.vtep, v);
     dp_setup_done = 1;
     return 0;

@@ -32,10 +32,8 @@ struct dp_qos;
     (sizeof(struct rte_ether_hdr) + sizeof(struct rte_ipv4_hdr) + sizeof(struct rte_udp_hdr) + \
      sizeof(struct rte_vxlan_hdr))
 _Static_assert(sizeof(struct rte_vxlan_hdr) == 8, "VXLAN header is 8 bytes");
-_Static_assert(DP_VXLAN_HDR_LEN == 50, "outer Ether/IPv4/UDP/VXLAN is 50 bytes");
+_Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLAN is 50 bytes");
 
-/* outer IPv4 overhead counted against the underlay MTU: IPv4+UDP+VXLAN+inner Ether */
-#define DP_VXLAN_MTU_OVERHEAD 50
 #define DP_TXBUF 64 /* per worker, per port tx buffer */
 #define DP_SLOW_RING_SIZE 1024
 #define DP_CTRL_TX_RING_SIZE 256

@@ -44,8 +44,8 @@ dp_net_add(int net, uint32_t vni, int plane)
         return dp_fail(-EINVAL, "dp_setup not done");
     if (net < 0 || net >= DP_MAX_NETS)
         return dp_fail(-EINVAL, "network index %d out of range 0..%d", net, DP_MAX_NETS - 1);
-    if (vni == 0 || vni >= (1u << 24))
-        return dp_fail(-EINVAL, "VNI %u out of range 1..16777215", vni);
+    if (vni == 0 || vni > DP_VNI_MAX)
+        return dp_fail(-EINVAL, "VNI %u out of range 1..%u", vni, DP_VNI_MAX);
     if (plane < 0 || plane >= DP_MAX_PLANES)
         return dp_fail(-EINVAL, "plane %d out of range 0..%d", plane, DP_MAX_PLANES - 1);
     if (dp_net_get(net))

@@ -12,18 +12,21 @@
 
 #include "dp_control.h"
 
-struct dp_vtep_conf dp_vconf = {.uplink = -1, .udp_port = 4789, .underlay_mtu = 1500};
+struct dp_vtep_conf dp_vconf = {
+    .uplink = -1, .udp_port = RTE_VXLAN_DEFAULT_PORT, .underlay_mtu = 1500};
 int dp_vconf_set;
 
 /* references to each tunnel: all, and per network (FDB entries, flood lists) */
 static uint32_t tun_refs[DP_MAX_TUNNELS];
 static uint16_t net_tun_refs[DP_MAX_NETS][DP_MAX_TUNNELS];
 
-/* the largest inner frame the underlay MTU lets through once encapsulated */
+/* the largest inner frame (its Ethernet header included) that the underlay
+ * MTU lets through once encapsulated: the outer IPv4 datagram is the frame
+ * plus DP_VXLAN_OVERHEAD less the outer Ethernet header */
 uint32_t
 dp_max_frame(void)
 {
-    return (uint32_t)dp_vconf.underlay_mtu - DP_VXLAN_MTU_OVERHEAD + RTE_ETHER_HDR_LEN;
+    return (uint32_t)dp_vconf.underlay_mtu - DP_VXLAN_OVERHEAD + RTE_ETHER_HDR_LEN;
 }
 
 static int
@@ -191,8 +194,9 @@ dp_vtep_set(const struct dp_vtep_conf *c)
         return dp_fail(-EINVAL, "VTEP prefix length %u > 32", c->prefix_len);
     if (c->udp_port == 0)
         return dp_fail(-EINVAL, "VXLAN UDP port must not be 0");
-    if (c->underlay_mtu < 576 || c->underlay_mtu > 9216)
-        return dp_fail(-EINVAL, "underlay MTU %u out of range 576..9216", c->underlay_mtu);
+    if (c->underlay_mtu < DP_UNDERLAY_MTU_MIN || c->underlay_mtu > DP_UNDERLAY_MTU_MAX)
+        return dp_fail(-EINVAL, "underlay MTU %u out of range %d..%d", c->underlay_mtu,
+                       DP_UNDERLAY_MTU_MIN, DP_UNDERLAY_MTU_MAX);
     if (c->uplink >= 0) {
         struct dp_port *p = dp_port_get(c->uplink);
         if (!p)
