@@ -33,23 +33,39 @@ void dp_sync(void);
 
 /* dp_port.c */
 struct dp_port *dp_port_get(int idx);
+void dp_ports_free_all(void); /* teardown, workers stopped */
 
-/* dp_poll.c */
+/* dp_poll.c: a change of the poll lists is planned (allocations: may fail,
+ * NULL) before it is applied (cannot fail), so that a caller can prepare
+ * everything else first; dp_poll_rebuild does both */
+struct dp_poll_plan;
+struct dp_poll_plan *dp_poll_plan(int idx, const struct dp_port *p);
+void dp_poll_apply(struct dp_poll_plan *plan);
+void dp_poll_plan_free(struct dp_poll_plan *plan);
+int dp_poll_rebuild(void);
 int dp_rxq_worker(const struct dp_port *p, int q);
 int dp_least_loaded_worker(void);
-/* re-deal (port, queue) pairs to the workers (after a port's or plane's change) */
-void dp_poll_rebuild(void);
 void dp_poll_free_all(void);
 
-/* dp_net.c */
+/* dp_net.c: copies to modify, published whole (dp_net_publish frees the
+ * one it replaces after a grace period) */
 struct dp_net *dp_net_get(int net);
-int dp_net_set_local(int net, int port, int add);
-void dp_nets_set_max_frame(uint32_t max_frame);
+struct dp_net *dp_net_with_local(int net, int port, int add);
+void dp_net_publish(int net, struct dp_net *n);
+int dp_nets_prepare(uint32_t max_frame, struct dp_net *fresh[DP_MAX_NETS]);
+void dp_nets_publish(struct dp_net *fresh[DP_MAX_NETS]);
 void dp_nets_free_all(void);
 
-/* dp_fdb.c */
-void dp_fdb_purge_port(int port);
-void dp_fdb_purge_net(int net);
+/* dp_fdb.c: entries to delete are collected first (may fail), deleted after
+ * (cannot fail) */
+struct dp_fdb_keys {
+    size_t n, cap;
+    uint64_t *key;
+};
+int dp_fdb_collect_port(int port, struct dp_fdb_keys *keys);
+int dp_fdb_collect_net(int net, struct dp_fdb_keys *keys);
+void dp_fdb_purge(struct dp_fdb_keys *keys);
+void dp_fdb_keys_free(struct dp_fdb_keys *keys);
 
 /* after every FDB or VTEP table change: the workers' caches of them start
  * over (dp_internal.h) */
@@ -65,7 +81,7 @@ extern int dp_vconf_set;
 uint32_t dp_max_frame(void);
 int dp_tunnel_ref(int net, uint32_t ip);
 void dp_tunnel_unref(int net, int ti);
-void dp_tunnels_refresh_nh(uint32_t nh_ip);
+int dp_tunnels_refresh_nh(uint32_t nh_ip);
 void dp_tunnels_free_all(void);
 
 /* dp_plane.c: the worker of a plane's own, of the plane that claims rx

@@ -128,6 +128,31 @@ mk_hash(const char *name, uint32_t entries, uint32_t key_len)
     return h;
 }
 
+/* free what dp_setup made, as far as it got (NULL pointers are skipped) */
+static void
+setup_free(void)
+{
+    dp_poll_free_all();
+    free(atomic_exchange(&dp.vtep, NULL));
+    struct rte_mbuf *m;
+    while (dp.ctrl_tx && rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0)
+        rte_pktmbuf_free(m);
+    /* give the hugepage memory back before the EAL goes */
+    rte_hash_free(dp.fdb);
+    rte_hash_free(dp.vteps);
+    rte_hash_free(dp.vnis);
+    rte_ring_free(dp.slow_ring);
+    rte_ring_free(dp.ctrl_tx);
+    rte_mempool_free(dp.pool);
+    rte_free(dp.ctr);
+    rte_free(dp.qsbr);
+    dp.fdb = dp.vteps = dp.vnis = NULL;
+    dp.slow_ring = dp.ctrl_tx = NULL;
+    dp.pool = NULL;
+    dp.ctr = NULL;
+    dp.qsbr = NULL;
+}
+
 int
 dp_setup(unsigned n_mbufs)
 {
@@ -136,48 +161,65 @@ dp_setup(unsigned n_mbufs)
     if (dp_setup_done)
         return dp_fail(-EALREADY, "dp_setup already done");
     int socket = (int)rte_socket_id();
+    int ret;
 
     size_t qsz = rte_rcu_qsbr_get_memsize(DP_MAX_WORKERS);
     dp.qsbr = rte_zmalloc_socket("dp_qsbr", qsz, RTE_CACHE_LINE_SIZE, socket);
-    if (!dp.qsbr || rte_rcu_qsbr_init(dp.qsbr, DP_MAX_WORKERS) != 0)
-        return dp_fail(-ENOMEM, "cannot allocate the RCU state");
-
+    if (!dp.qsbr || rte_rcu_qsbr_init(dp.qsbr, DP_MAX_WORKERS) != 0) {
+        ret = dp_fail(-ENOMEM, "cannot allocate the RCU state");
+        goto fail;
+    }
     dp.pool =
         rte_pktmbuf_pool_create("dp_pool", n_mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, socket);
-    if (!dp.pool)
-        return dp_fail(-rte_errno, "cannot create mbuf pool of %u mbufs: %s", n_mbufs,
-                       rte_strerror(rte_errno));
-    int qret = dp_qos_init();
-    if (qret < 0)
-        return dp_fail(qret, "cannot register the mbuf metadata field");
+    if (!dp.pool) {
+        ret = dp_fail(-rte_errno, "cannot create mbuf pool of %u mbufs: %s", n_mbufs,
+                      rte_strerror(rte_errno));
+        goto fail;
+    }
+    ret = dp_qos_init();
+    if (ret < 0) {
+        ret = dp_fail(ret, "cannot register the mbuf metadata field");
+        goto fail;
+    }
     dp.fdb = mk_hash("dp_fdb", 1 << 20, sizeof(uint64_t));
     dp.vteps = mk_hash("dp_vteps", 1 << 16, sizeof(uint64_t));
     dp.vnis = mk_hash("dp_vnis", 1 << 12, sizeof(uint32_t));
-    if (!dp.fdb || !dp.vteps || !dp.vnis)
-        return dp_fail(-ENOMEM, "cannot create hash tables: %s", rte_strerror(rte_errno));
+    if (!dp.fdb || !dp.vteps || !dp.vnis) {
+        ret = dp_fail(-ENOMEM, "cannot create hash tables: %s", rte_strerror(rte_errno));
+        goto fail;
+    }
     dp.slow_ring = rte_ring_create_elem("dp_slow", sizeof(struct dp_slow_event), DP_SLOW_RING_SIZE,
                                         socket, RING_F_SC_DEQ);
     dp.ctrl_tx =
         rte_ring_create("dp_ctrl_tx", DP_CTRL_TX_RING_SIZE, socket, RING_F_SP_ENQ | RING_F_SC_DEQ);
     dp.ctr =
         rte_zmalloc_socket("dp_counters", sizeof(struct dp_counters), RTE_CACHE_LINE_SIZE, socket);
-    if (!dp.slow_ring || !dp.ctrl_tx || !dp.ctr)
-        return dp_fail(-ENOMEM, "cannot create rings/counters");
+    if (!dp.slow_ring || !dp.ctrl_tx || !dp.ctr) {
+        ret = dp_fail(-ENOMEM, "cannot create rings/counters");
+        goto fail;
+    }
     for (int w = 0; w < DP_MAX_WORKERS; w++) {
         struct dp_poll_list *pl = calloc(1, sizeof(*pl));
-        if (!pl)
-            return dp_fail(-ENOMEM, "out of memory");
+        if (!pl) {
+            ret = dp_fail(-ENOMEM, "out of memory");
+            goto fail;
+        }
         atomic_store(&dp.poll[w], pl);
     }
     struct dp_vtep *v = calloc(1, sizeof(*v));
-    if (!v)
-        return dp_fail(-ENOMEM, "out of memory");
+    if (!v) {
+        ret = dp_fail(-ENOMEM, "out of memory");
+        goto fail;
+    }
     v->uplink = -1;
     v->udp_port_be = rte_cpu_to_be_16(dp_vconf.udp_port);
     v->max_frame = dp_max_frame();
     atomic_store(&dp.vtep, v);
     dp_setup_done = 1;
     return 0;
+fail:
+    setup_free();
+    return ret;
 }
 
 int
@@ -187,12 +229,24 @@ dp_start(void)
         return dp_fail(-EINVAL, "dp_setup not done");
     if (atomic_load(&dp.running))
         return dp_fail(-EALREADY, "already forwarding");
+    struct dp_wctx *ctx[DP_MAX_WORKERS] = {NULL};
+    for (int w = 0; w < dp.n_workers; w++) {
+        ctx[w] = dp_worker_new(w);
+        if (!ctx[w]) {
+            while (w-- > 0)
+                rte_free(ctx[w]);
+            return dp_fail(-ENOMEM, "out of memory for the workers");
+        }
+    }
     atomic_store(&dp.stop, 0);
     for (int w = 0; w < dp.n_workers; w++) {
-        int ret = rte_eal_remote_launch(dp_worker_main, (void *)(intptr_t)w, dp.worker_lcore[w]);
+        int ret = rte_eal_remote_launch(dp_worker_main, ctx[w], dp.worker_lcore[w]);
         if (ret != 0) {
+            /* the workers launched stop and free their own context */
             atomic_store(&dp.stop, 1);
             rte_eal_mp_wait_lcore();
+            for (int u = w; u < dp.n_workers; u++)
+                rte_free(ctx[u]);
             return dp_fail(ret, "cannot launch worker on lcore %u", dp.worker_lcore[w]);
         }
     }
@@ -207,7 +261,7 @@ dp_stop(void)
         return 0;
     atomic_store(&dp.stop, 1);
     for (int w = 0; w < dp.n_workers; w++)
-        rte_eal_wait_lcore(dp.worker_lcore[w]);
+        (void)rte_eal_wait_lcore(dp.worker_lcore[w]); /* dp_worker_main returns 0 */
     atomic_store(&dp.running, 0);
     return 0;
 }
@@ -219,31 +273,14 @@ dp_shutdown(void)
     if (!dp_eal_up)
         return 0;
     if (dp_setup_done) {
-        for (int i = 0; i < DP_MAX_PORTS; i++) {
-            if (dp_vconf.uplink == i)
-                dp_vconf.uplink = -1;
-            if (dp_port_get(i))
-                dp_port_del(i);
-        }
-        struct rte_mbuf *m;
-        while (rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0)
-            rte_pktmbuf_free(m);
+        /* no worker runs: nothing is held, nothing needs a grace period */
+        dp_ports_free_all();
         dp_nets_free_all();
         dp_tunnels_free_all();
-        dp_poll_free_all();
-        free(atomic_exchange(&dp.vtep, NULL));
-        /* give the hugepage memory back before the EAL goes */
-        rte_hash_free(dp.fdb);
-        rte_hash_free(dp.vteps);
-        rte_hash_free(dp.vnis);
-        rte_ring_free(dp.slow_ring);
-        rte_ring_free(dp.ctrl_tx);
-        rte_mempool_free(dp.pool);
-        rte_free(dp.ctr);
-        rte_free(dp.qsbr);
+        setup_free();
         memset(&dp, 0, sizeof(dp));
     }
-    rte_eal_cleanup();
+    (void)rte_eal_cleanup(); /* nothing is left to undo if it fails */
     dp_eal_up = 0;
     dp_setup_done = 0;
     return 0;

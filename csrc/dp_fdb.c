@@ -9,36 +9,32 @@
 
 #include "dp_control.h"
 
-static void
-fdb_purge(int (*match)(uint64_t key, void *val, int arg), int arg)
+/* the keys of the entries match() selects, into keys: 0, or -ENOMEM with
+ * keys empty */
+static int
+fdb_collect(int (*match)(uint64_t key, void *val, int arg), int arg, struct dp_fdb_keys *keys)
 {
     /* collect first, delete after: never delete while iterating */
     uint32_t iter = 0;
     const void *key;
     void *val;
-    size_t cap = 1024, n = 0;
-    uint64_t *keys = malloc(cap * sizeof(*keys));
-    if (!keys)
-        return;
     while (rte_hash_iterate(dp.fdb, &key, &val, &iter) >= 0) {
         uint64_t k = *(const uint64_t *)key;
         if (!match(k, val, arg))
             continue;
-        if (n == cap) {
-            uint64_t *nk = realloc(keys, 2 * cap * sizeof(*keys));
-            if (!nk)
-                break;
-            keys = nk;
-            cap *= 2;
+        if (keys->n == keys->cap) {
+            size_t cap = keys->cap ? 2 * keys->cap : 1024;
+            uint64_t *nk = realloc(keys->key, cap * sizeof(*nk));
+            if (!nk) {
+                dp_fdb_keys_free(keys);
+                return dp_fail(-ENOMEM, "out of memory for a list of FDB entries");
+            }
+            keys->key = nk;
+            keys->cap = cap;
         }
-        keys[n++] = k;
+        keys->key[keys->n++] = k;
     }
-    for (size_t i = 0; i < n; i++) {
-        uint8_t mac[6];
-        memcpy(mac, &keys[i], 6);
-        dp_fdb_del((int)(keys[i] >> 48), mac);
-    }
-    free(keys);
+    return 0;
 }
 
 static int
@@ -55,6 +51,50 @@ match_net(uint64_t key, void *val, int net)
     return (int)(key >> 48) == net;
 }
 
+/* the local entries that point at port */
+int
+dp_fdb_collect_port(int port, struct dp_fdb_keys *keys)
+{
+    return fdb_collect(match_port, port, keys);
+}
+
+/* the entries of network net */
+int
+dp_fdb_collect_net(int net, struct dp_fdb_keys *keys)
+{
+    return fdb_collect(match_net, net, keys);
+}
+
+void
+dp_fdb_keys_free(struct dp_fdb_keys *keys)
+{
+    free(keys->key);
+    *keys = (struct dp_fdb_keys){0};
+}
+
+/* delete entry key, if there, and what it held */
+static void
+fdb_remove(uint64_t key)
+{
+    void *old;
+    if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0 || rte_hash_del_key(dp.fdb, &key) < 0)
+        return;
+    /* no worker's cache answers with it once they have passed the grace
+     * period the tunnel's release may wait for */
+    dp_tables_changed();
+    if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref((int)(key >> 48), (int)DP_FDB_TARGET(old));
+}
+
+/* delete the collected entries (cannot fail) and free the list */
+void
+dp_fdb_purge(struct dp_fdb_keys *keys)
+{
+    for (size_t i = 0; i < keys->n; i++)
+        fdb_remove(keys->key[i]);
+    dp_fdb_keys_free(keys);
+}
+
 static int
 fdb_check(int net, const uint8_t *mac)
 {
@@ -64,15 +104,6 @@ fdb_check(int net, const uint8_t *mac)
         return dp_fail(-EINVAL, "%02x:%02x:%02x:%02x:%02x:%02x is a multicast MAC", mac[0], mac[1],
                        mac[2], mac[3], mac[4], mac[5]);
     return 0;
-}
-
-/* release what an existing entry held */
-static void
-fdb_release(int net, uint64_t key)
-{
-    void *old;
-    if (rte_hash_lookup_data(dp.fdb, &key, &old) >= 0 && DP_FDB_KIND(old) == DP_FDB_REMOTE)
-        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
 }
 
 int
@@ -87,11 +118,15 @@ dp_fdb_add_local(int net, const uint8_t *mac, int port)
     if (p->net != net)
         return dp_fail(-EINVAL, "port %d (%s) is not in network %d", port, p->name, net);
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
-    fdb_release(net, key);
+    void *old;
+    int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
     ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_LOCAL, port));
-    dp_tables_changed();
     if (ret != 0)
         return dp_fail(ret, "FDB full");
+    dp_tables_changed();
+    /* the entry it replaced no longer holds its tunnel */
+    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
     return 0;
 }
 
@@ -107,7 +142,8 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
         return dp_fail(-EINVAL, "remote VTEP is this node's own VTEP address");
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
     void *old;
-    if (rte_hash_lookup_data(dp.fdb, &key, &old) >= 0 && DP_FDB_KIND(old) == DP_FDB_REMOTE) {
+    int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
+    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE) {
         struct dp_tunnel *t = atomic_load(&dp.tunnels[DP_FDB_TARGET(old)]);
         if (t && t->ip == ip)
             return 0; /* unchanged */
@@ -115,13 +151,15 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
     int ti = dp_tunnel_ref(net, ip);
     if (ti < 0)
         return ti;
-    fdb_release(net, key);
     ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_REMOTE, ti));
-    dp_tables_changed();
     if (ret != 0) {
         dp_tunnel_unref(net, ti);
         return dp_fail(ret, "FDB full");
     }
+    dp_tables_changed();
+    /* the entry it replaced no longer holds its tunnel */
+    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
     return 0;
 }
 
@@ -137,9 +175,9 @@ dp_fdb_del(int net, const uint8_t *mac)
     int ret = rte_hash_del_key(dp.fdb, &key);
     if (ret < 0)
         return dp_fail(ret, "cannot delete FDB entry");
+    dp_tables_changed();
     if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
         dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
-    dp_tables_changed();
     return 0;
 }
 
@@ -165,18 +203,4 @@ int
 dp_fdb_count(void)
 {
     return (int)rte_hash_count(dp.fdb);
-}
-
-/* every local entry that points at port */
-void
-dp_fdb_purge_port(int port)
-{
-    fdb_purge(match_port, port);
-}
-
-/* every entry of network net */
-void
-dp_fdb_purge_net(int net)
-{
-    fdb_purge(match_net, net);
 }

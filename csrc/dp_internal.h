@@ -231,6 +231,9 @@ extern struct dp_state dp;
 /* the last worker row of the counters belongs to the control thread */
 #define DP_CTRL_ROW (DP_MAX_WORKERS - 1)
 
+/* the workers (dp_pipeline.c) */
+struct dp_wctx;
+struct dp_wctx *dp_worker_new(int id);
 int dp_worker_main(void *arg);
 
 #endif /* DP_INTERNAL_H */

@@ -15,11 +15,12 @@
 #define DP_MAX_NEIGH 256
 
 /* underlay neighbours: IPv4 -> MAC */
-static struct {
+struct dp_neigh {
     uint32_t ip;
     uint8_t mac[6];
     int valid;
-} neigh[DP_MAX_NEIGH];
+};
+static struct dp_neigh neigh[DP_MAX_NEIGH];
 
 static int
 neigh_find(uint32_t ip)
@@ -51,11 +52,14 @@ dp_neigh_set(uint32_t ip, const uint8_t *mac)
     } else if (memcmp(neigh[i].mac, mac, 6) == 0) {
         return 0;
     }
+    struct dp_neigh was = neigh[i];
     neigh[i].ip = ip;
     memcpy(neigh[i].mac, mac, 6);
     neigh[i].valid = 1;
-    dp_tunnels_refresh_nh(ip);
-    return 0;
+    int ret = dp_tunnels_refresh_nh(ip);
+    if (ret < 0)
+        neigh[i] = was; /* as before: the tunnels still have the old MAC */
+    return ret;
 }
 
 int
@@ -72,11 +76,16 @@ dp_neigh_get(uint32_t ip, uint8_t *mac)
 static void
 arp_request(uint32_t ip)
 {
+    /* without an mbuf now, the next round asks again (DP_ARP_RETRY_US) */
     struct rte_mbuf *m = rte_pktmbuf_alloc(dp.pool);
     if (!m)
         return;
     size_t len = sizeof(struct rte_ether_hdr) + sizeof(struct rte_arp_hdr);
     struct rte_ether_hdr *eth = (struct rte_ether_hdr *)rte_pktmbuf_append(m, (uint16_t)len);
+    if (!eth) {
+        rte_pktmbuf_free(m);
+        return;
+    }
     struct rte_arp_hdr *arp = (struct rte_arp_hdr *)(eth + 1);
     memset(eth->dst_addr.addr_bytes, 0xff, 6);
     memcpy(eth->src_addr.addr_bytes, dp_vconf.mac, 6);
@@ -111,11 +120,15 @@ dp_housekeeping(void)
     int handled = 0;
     unsigned n;
     while ((n = rte_ring_dequeue_burst_elem(dp.slow_ring, ev, sizeof(ev[0]), 64, NULL)) > 0) {
+        /* an event that cannot be applied now (table full, out of memory)
+         * is left: the workers report it again, with the neighbour's next
+         * ARP (asked for below while a next hop is unresolved) or the
+         * remote MAC's next frame (its VTEP is not known until learned) */
         for (unsigned i = 0; i < n; i++) {
             if (ev[i].kind == DP_EV_NEIGH)
-                dp_neigh_set(ev[i].ip, ev[i].mac);
+                (void)dp_neigh_set(ev[i].ip, ev[i].mac);
             else if (ev[i].kind == DP_EV_LEARN && dp_net_get((int)ev[i].net))
-                dp_fdb_add_remote((int)ev[i].net, ev[i].mac, ev[i].ip);
+                (void)dp_fdb_add_remote((int)ev[i].net, ev[i].mac, ev[i].ip);
         }
         handled += (int)n;
     }

@@ -18,23 +18,43 @@ dp_net_get(int net)
     return atomic_load(&dp.nets[net]);
 }
 
-/* publish a modified copy of a network */
+/* a copy of network net (which exists) to modify; NULL when out of memory */
 static struct dp_net *
 net_clone(int net)
 {
     struct dp_net *o = dp_net_get(net);
     struct dp_net *n = rte_malloc("dp_net", sizeof(*n), RTE_CACHE_LINE_SIZE);
-    if (n && o)
+    if (n)
         *n = *o;
     return n;
 }
 
-static void
-net_publish(int net, struct dp_net *n)
+/* publish n as network net (NULL: remove it); the old one is freed once no
+ * worker holds it */
+void
+dp_net_publish(int net, struct dp_net *n)
 {
     struct dp_net *old = atomic_exchange(&dp.nets[net], n);
     dp_sync();
     rte_free(old);
+}
+
+/* a copy of network net with port among its local ports (add = 1) or not
+ * (add = 0), to publish; NULL when out of memory */
+struct dp_net *
+dp_net_with_local(int net, int port, int add)
+{
+    struct dp_net *n = net_clone(net);
+    if (!n)
+        return NULL;
+    uint16_t k = 0;
+    for (uint16_t i = 0; i < n->n_local; i++)
+        if (n->local[i] != port)
+            n->local[k++] = n->local[i];
+    if (add)
+        n->local[k++] = (uint16_t)port;
+    n->n_local = k;
+    return n;
 }
 
 int
@@ -61,15 +81,15 @@ dp_net_add(int net, uint32_t vni, int plane)
     n->vni_be_word = rte_cpu_to_be_32(vni << 8);
     n->plane = plane;
     n->max_frame = dp_max_frame();
-    dp.net_plane[net] = (uint8_t)plane;
     int ret = rte_hash_add_key_data(dp.vnis, &vni, (void *)(uintptr_t)net);
     if (ret != 0) {
         rte_free(n);
         return dp_fail(ret, "cannot add VNI %u to the VNI table", vni);
     }
+    dp.net_plane[net] = (uint8_t)plane;
     for (int w = 0; w < DP_MAX_WORKERS; w++)
         memset(dp.ctr->net[w][net], 0, sizeof(dp.ctr->net[w][net]));
-    net_publish(net, n);
+    dp_net_publish(net, n);
     return 0;
 }
 
@@ -81,29 +101,18 @@ dp_net_del(int net)
         return dp_fail(-ENOENT, "no network %d", net);
     if (n->n_local)
         return dp_fail(-EBUSY, "network %d still has %u local ports", net, n->n_local);
-    uint32_t vni = n->vni; /* n is freed by the changes below */
-    dp_net_flood_set(net, NULL, 0);
-    dp_fdb_purge_net(net);
-    rte_hash_del_key(dp.vnis, &vni);
-    net_publish(net, NULL);
-    return 0;
-}
-
-/* add port to (add = 1) or remove it from (0) network net's local ports */
-int
-dp_net_set_local(int net, int port, int add)
-{
-    struct dp_net *n = net_clone(net);
-    if (!n)
-        return dp_fail(-ENOMEM, "out of memory");
-    uint16_t k = 0;
-    for (uint16_t i = 0; i < n->n_local; i++)
-        if (n->local[i] != port)
-            n->local[k++] = n->local[i];
-    if (add)
-        n->local[k++] = (uint16_t)port;
-    n->n_local = k;
-    net_publish(net, n);
+    struct dp_fdb_keys keys = {0};
+    int ret = dp_fdb_collect_net(net, &keys);
+    if (ret < 0)
+        return ret;
+    /* nothing fails from here on: its FDB entries, its flood list's
+     * references to tunnels, its VNI, itself */
+    dp_fdb_purge(&keys);
+    for (uint16_t j = 0; j < n->n_flood; j++)
+        dp_tunnel_unref(net, n->flood[j]);
+    uint32_t vni = n->vni;
+    (void)rte_hash_del_key(dp.vnis, &vni); /* there since dp_net_add */
+    dp_net_publish(net, NULL);
     return 0;
 }
 
@@ -143,26 +152,45 @@ dp_net_flood_set(int net, const uint32_t *ips, int cnt)
         }
         n->flood[n->n_flood++] = (uint16_t)ti;
     }
-    net_publish(net, n);
+    dp_net_publish(net, n);
     for (uint16_t j = 0; j < old_n; j++)
         dp_tunnel_unref(net, old_flood[j]);
     return 0;
 }
 
-/* every network's largest inner frame (after an underlay MTU change) */
-void
-dp_nets_set_max_frame(uint32_t max_frame)
+/*
+ * Copies of every network with another largest inner frame (after an
+ * underlay MTU change), into fresh[] (NULL where there is no network): all
+ * of them, or none and -ENOMEM.
+ */
+int
+dp_nets_prepare(uint32_t max_frame, struct dp_net *fresh[DP_MAX_NETS])
 {
-    /* VNI words are unchanged; only max_frame depends on the MTU */
     for (int i = 0; i < DP_MAX_NETS; i++) {
+        fresh[i] = NULL;
         if (!dp_net_get(i))
             continue;
-        struct dp_net *n = net_clone(i);
-        if (n) {
-            n->max_frame = max_frame;
-            net_publish(i, n);
+        fresh[i] = net_clone(i);
+        if (!fresh[i]) {
+            while (i-- > 0)
+                rte_free(fresh[i]);
+            return -ENOMEM;
         }
+        fresh[i]->max_frame = max_frame; /* VNI words are unchanged */
     }
+    return 0;
+}
+
+/* publish what dp_nets_prepare made, after one grace period free the old */
+void
+dp_nets_publish(struct dp_net *fresh[DP_MAX_NETS])
+{
+    for (int i = 0; i < DP_MAX_NETS; i++)
+        if (fresh[i])
+            fresh[i] = atomic_exchange(&dp.nets[i], fresh[i]);
+    dp_sync();
+    for (int i = 0; i < DP_MAX_NETS; i++)
+        rte_free(fresh[i]);
 }
 
 void

@@ -823,26 +823,38 @@ port_rx(const struct dp_port *p, uint16_t q, struct rte_mbuf **pkts)
     return dp_afp_rx_burst(p->afp, pkts, DP_BURST);
 }
 
-int
-dp_worker_main(void *arg)
+/* worker id's context, made by the control thread before the worker is
+ * launched (dp_start); NULL when out of memory */
+struct dp_wctx *
+dp_worker_new(int id)
 {
-    int id = (int)(intptr_t)arg;
     struct dp_wctx *w = rte_zmalloc("dp_wctx", sizeof(*w), RTE_CACHE_LINE_SIZE);
     if (w == NULL)
-        return -1;
+        return NULL;
     w->id = id;
     w->drop = dp.ctr->drop[id];
     w->port = dp.ctr->port[id];
     w->net = dp.ctr->net[id];
     w->qos = dp.ctr->qos[id];
     w->lat = dp.ctr->lat[id];
-    uint64_t *wc = dp.ctr->worker[id];
-    w->wc = wc;
+    w->wc = dp.ctr->worker[id];
     w->epoch = 1;
+    return w;
+}
+
+/* a worker: runs until dp.stop; arg is its context (dp_worker_new), freed
+ * when it returns */
+int
+dp_worker_main(void *arg)
+{
+    struct dp_wctx *w = arg;
+    int id = w->id;
+    uint64_t *wc = w->wc;
     w->tbl_gen = atomic_load_explicit(&dp.tbl_gen, memory_order_acquire);
     struct rte_mbuf *pkts[DP_BURST];
 
-    rte_rcu_qsbr_thread_register(dp.qsbr, (unsigned)id);
+    /* id < DP_MAX_WORKERS, the threads dp.qsbr was made for: cannot fail */
+    (void)rte_rcu_qsbr_thread_register(dp.qsbr, (unsigned)id);
     rte_rcu_qsbr_thread_online(dp.qsbr, (unsigned)id);
 
     while (!atomic_load_explicit(&dp.stop, memory_order_relaxed)) {
@@ -901,7 +913,7 @@ dp_worker_main(void *arg)
 
     tx_flush_all(w);
     rte_rcu_qsbr_thread_offline(dp.qsbr, (unsigned)id);
-    rte_rcu_qsbr_thread_unregister(dp.qsbr, (unsigned)id);
+    (void)rte_rcu_qsbr_thread_unregister(dp.qsbr, (unsigned)id);
     rte_free(w);
     return 0;
 }

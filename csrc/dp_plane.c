@@ -16,10 +16,12 @@
 
 /* per plane: the worker that polls its networks' pod ports and the rx queue
  * number (of multi-queue ports) it claims; -1 = none of its own */
-static struct {
+struct dp_plane_poll {
     int worker;
     int rx_queue;
-} plane_poll[DP_MAX_PLANES] = {[0 ... DP_MAX_PLANES - 1] = {.worker = -1, .rx_queue = -1}};
+};
+static struct dp_plane_poll plane_poll[DP_MAX_PLANES] = {
+    [0 ... DP_MAX_PLANES - 1] = {.worker = -1, .rx_queue = -1}};
 
 int
 dp_plane_worker(int plane)
@@ -71,11 +73,22 @@ dp_plane_set(int plane, const struct dp_plane_conf *c)
     }
     int moved = plane_poll[plane].worker != c->worker ||
                 plane_poll[plane].rx_queue != c->rx_queue || !dp_qg.plane[plane].used;
+    struct dp_poll_plan *plan = NULL;
+    if (moved && dp_setup_done) {
+        /* its ports and queues to its worker: the lists as they will be */
+        struct dp_plane_poll was = plane_poll[plane];
+        plane_poll[plane].worker = c->worker;
+        plane_poll[plane].rx_queue = c->rx_queue;
+        plan = dp_poll_plan(-1, NULL);
+        plane_poll[plane] = was;
+        if (!plan)
+            return dp_fail(-ENOMEM, "plane %d: out of memory for the workers' poll lists", plane);
+    }
     plane_poll[plane].worker = c->worker;
     plane_poll[plane].rx_queue = c->rx_queue;
     dp_qos_plane_set(plane, c);
-    if (moved && dp_setup_done)
-        dp_poll_rebuild(); /* its ports and queues to its worker */
+    if (plan)
+        dp_poll_apply(plan);
     return 0;
 }
 

@@ -3,6 +3,10 @@
  * native AF_PACKET ports, added and removed; a pod port moved to another
  * network. A port is published whole, then its queues are dealt to the
  * workers (dp_poll.c).
+ *
+ * Every change allocates all it needs first; a failure then undoes what was
+ * made (the device, the driver state) and leaves the published state as it
+ * was.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -34,19 +38,6 @@ port_slot(void)
     return -1;
 }
 
-static void
-port_publish(int idx, struct dp_port *p)
-{
-    for (int w = 0; w < DP_MAX_WORKERS; w++) {
-        memset(dp.ctr->port[w][idx], 0, sizeof(dp.ctr->port[w][idx]));
-        memset(dp.ctr->qos[w][idx], 0, sizeof(dp.ctr->qos[w][idx]));
-    }
-    atomic_store(&dp.ports[idx], p);
-    if (p->net >= 0)
-        dp_net_set_local(p->net, idx, 1); /* flood to it only once it exists */
-    dp_poll_rebuild();
-}
-
 static int
 ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
 {
@@ -68,7 +59,10 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
     if (ret != 0)
         return dp_fail(ret, "port %s: rte_eth_dev_configure failed (%s)", p->name, strerror(-ret));
     uint16_t nrxd = 1024, ntxd = 1024;
-    rte_eth_dev_adjust_nb_rx_tx_desc(pid, &nrxd, &ntxd);
+    ret = rte_eth_dev_adjust_nb_rx_tx_desc(pid, &nrxd, &ntxd);
+    if (ret != 0)
+        return dp_fail(ret, "port %s: cannot size its descriptor rings (%s)", p->name,
+                       strerror(-ret));
     int sock = rte_eth_dev_socket_id(pid);
     if (sock < 0)
         sock = (int)rte_socket_id();
@@ -86,13 +80,40 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
     ret = rte_eth_dev_start(pid);
     if (ret != 0)
         return dp_fail(ret, "port %s: start failed (%s)", p->name, strerror(-ret));
-    rte_eth_promiscuous_enable(pid); /* not every PMD has it; harmless */
+    (void)rte_eth_promiscuous_enable(pid); /* not every PMD has it; harmless */
     struct rte_ether_addr ea;
     if (rte_eth_macaddr_get(pid, &ea) == 0)
         memcpy(p->mac, ea.addr_bytes, 6);
     p->n_txq = ntx;
     p->n_rxq = (uint16_t)n_rxq;
     return 0;
+}
+
+/* stop an ethdev port and give its device back (a vdev is removed, which
+ * closes it; what cannot be removed is closed) */
+static void
+ethdev_release(uint16_t pid)
+{
+    struct rte_eth_dev_info di;
+    (void)rte_eth_dev_stop(pid); /* fails only for a port that never started */
+    int have = rte_eth_dev_info_get(pid, &di) == 0 && di.device;
+    if (!have || rte_dev_remove(di.device) != 0)
+        (void)rte_eth_dev_close(pid); /* nothing more to do if even that fails */
+}
+
+/* free a ring port's rings and the frames in them */
+static void
+ring_port_free_rings(struct rte_ring **rx, unsigned n_rx, struct rte_ring *tx)
+{
+    struct rte_mbuf *m;
+    for (unsigned q = 0; q < n_rx; q++) {
+        while (rx[q] && rte_ring_dequeue(rx[q], (void **)&m) == 0)
+            rte_pktmbuf_free(m);
+        rte_ring_free(rx[q]);
+    }
+    while (tx && rte_ring_dequeue(tx, (void **)&m) == 0)
+        rte_pktmbuf_free(m);
+    rte_ring_free(tx);
 }
 
 static struct dp_port *
@@ -122,6 +143,47 @@ port_free(struct dp_port *p)
     dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED] += dp_qos_free(p->qos);
     rte_free(p->tx_lock);
     rte_free(p);
+}
+
+/* a port no worker holds (or ever held): its driver's side, then itself */
+static void
+port_release(struct dp_port *p)
+{
+    if (p->driver == DP_DRV_AFPACKET) {
+        dp_afp_close(p->afp);
+    } else {
+        ethdev_release(p->eth_port);
+        if (p->ring_tx)
+            ring_port_free_rings(p->ring_rx, DP_MAX_RXQ, p->ring_tx);
+    }
+    port_free(p);
+}
+
+/*
+ * Publish new port p in slot idx: its counters zeroed, it joins its
+ * network's local ports (flood to it only once it exists) and the poll
+ * lists. All of it, or none and dp_fail (the caller releases p).
+ */
+static int
+port_publish(int idx, struct dp_port *p)
+{
+    struct dp_net *nn = NULL;
+    if (p->net >= 0 && !(nn = dp_net_with_local(p->net, idx, 1)))
+        return dp_fail(-ENOMEM, "out of memory");
+    struct dp_poll_plan *plan = dp_poll_plan(idx, p);
+    if (!plan) {
+        rte_free(nn);
+        return dp_fail(-ENOMEM, "out of memory for the workers' poll lists");
+    }
+    for (int w = 0; w < DP_MAX_WORKERS; w++) {
+        memset(dp.ctr->port[w][idx], 0, sizeof(dp.ctr->port[w][idx]));
+        memset(dp.ctr->qos[w][idx], 0, sizeof(dp.ctr->qos[w][idx]));
+    }
+    atomic_store(&dp.ports[idx], p);
+    if (nn)
+        dp_net_publish(p->net, nn);
+    dp_poll_apply(plan);
+    return 0;
 }
 
 static int
@@ -159,40 +221,24 @@ dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
     if (ret != 0)
         return dp_fail(ret, "cannot probe device '%s' (%s)", devargs, strerror(-ret));
     if (rte_eth_dev_get_port_by_name(name, &pid) != 0) {
-        rte_eal_hotplug_remove("vdev", name);
+        (void)rte_eal_hotplug_remove("vdev", name); /* what was probed, if a vdev */
         return dp_fail(-ENODEV, "device '%s' probed but no ethdev port appeared", devargs);
     }
     struct dp_port *p = port_new(role, net, name, DP_DRV_ETHDEV);
-    if (!p)
+    if (!p) {
+        ethdev_release(pid);
         return dp_fail(-ENOMEM, "out of memory");
+    }
     p->idx = idx;
     p->eth_port = pid;
     ret = ethdev_setup(pid, p, n_rxq);
+    if (ret == 0)
+        ret = port_publish(idx, p);
     if (ret != 0) {
-        struct rte_eth_dev_info di;
-        rte_eth_dev_stop(pid);
-        if (rte_eth_dev_info_get(pid, &di) == 0 && di.device)
-            rte_dev_remove(di.device);
-        port_free(p);
+        port_release(p);
         return ret;
     }
-    port_publish(idx, p);
     return idx;
-}
-
-/* free a ring port's rings and the frames in them */
-static void
-ring_port_free_rings(struct rte_ring **rx, unsigned n_rx, struct rte_ring *tx)
-{
-    struct rte_mbuf *m;
-    for (unsigned q = 0; q < n_rx; q++) {
-        while (rx[q] && rte_ring_dequeue(rx[q], (void **)&m) == 0)
-            rte_pktmbuf_free(m);
-        rte_ring_free(rx[q]);
-    }
-    while (tx && rte_ring_dequeue(tx, (void **)&m) == 0)
-        rte_pktmbuf_free(m);
-    rte_ring_free(tx);
 }
 
 int
@@ -242,7 +288,7 @@ dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsign
     uint16_t eth = (uint16_t)ret;
     struct dp_port *p = port_new(role, net, dev, DP_DRV_ETHDEV);
     if (!p) {
-        rte_eth_dev_close(eth);
+        ethdev_release(eth);
         ring_port_free_rings(rx, n_rxq, tx);
         return dp_fail(-ENOMEM, "out of memory");
     }
@@ -252,13 +298,12 @@ dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsign
     p->ring_tx = tx;
     /* a ring port's tx ring is multi-producer: one tx queue per worker */
     ret = ethdev_setup(p->eth_port, p, n_rxq);
+    if (ret == 0)
+        ret = port_publish(idx, p);
     if (ret != 0) {
-        rte_eth_dev_close(eth);
-        ring_port_free_rings(rx, n_rxq, tx);
-        port_free(p);
+        port_release(p);
         return ret;
     }
-    port_publish(idx, p);
     return idx;
 }
 
@@ -289,7 +334,11 @@ dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
         return ret;
     }
     dp_afp_mac(p->afp, p->mac);
-    port_publish(idx, p);
+    ret = port_publish(idx, p);
+    if (ret != 0) {
+        port_release(p);
+        return ret;
+    }
     return idx;
 }
 
@@ -302,25 +351,38 @@ dp_port_del(int idx)
     if (dp_vconf_set && dp_vconf.uplink == idx)
         return dp_fail(-EBUSY, "port %d (%s) is the VTEP uplink; set another uplink first", idx,
                        p->name);
-    /* stop delivering to it: FDB entries, network membership, poll list */
-    dp_fdb_purge_port(idx);
-    if (p->net >= 0)
-        dp_net_set_local(p->net, idx, 0);
-    atomic_store(&dp.ports[idx], NULL);
-    dp_poll_rebuild(); /* includes the grace period: no worker holds p now */
-    if (p->driver == DP_DRV_AFPACKET) {
-        dp_afp_close(p->afp);
-    } else {
-        struct rte_eth_dev_info di;
-        rte_eth_dev_stop(p->eth_port);
-        int have = rte_eth_dev_info_get(p->eth_port, &di) == 0 && di.device;
-        if (!have || rte_dev_remove(di.device) != 0)
-            rte_eth_dev_close(p->eth_port);
-        if (p->ring_tx)
-            ring_port_free_rings(p->ring_rx, DP_MAX_RXQ, p->ring_tx);
+    /* what it takes to stop delivering to it: its FDB entries, its
+     * network without it, poll lists without it */
+    struct dp_fdb_keys keys = {0};
+    int ret = dp_fdb_collect_port(idx, &keys);
+    if (ret < 0)
+        return ret;
+    struct dp_net *nn = NULL;
+    struct dp_poll_plan *plan = NULL;
+    if ((p->net >= 0 && !(nn = dp_net_with_local(p->net, idx, 0))) ||
+        !(plan = dp_poll_plan(idx, NULL))) {
+        dp_fdb_keys_free(&keys);
+        rte_free(nn);
+        return dp_fail(-ENOMEM, "out of memory");
     }
-    port_free(p);
+    dp_fdb_purge(&keys);
+    if (nn)
+        dp_net_publish(p->net, nn);
+    atomic_store(&dp.ports[idx], NULL);
+    dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
+    port_release(p);
     return 0;
+}
+
+/* every port, at teardown: the workers are stopped, nothing holds them */
+void
+dp_ports_free_all(void)
+{
+    for (int i = 0; i < DP_MAX_PORTS; i++) {
+        struct dp_port *p = atomic_exchange(&dp.ports[i], NULL);
+        if (p)
+            port_release(p);
+    }
 }
 
 int
@@ -345,22 +407,6 @@ dp_port_info(int idx, struct dp_port_info *out)
     return 1;
 }
 
-/* replace port idx by a copy with another network */
-static int
-port_replace_net(int idx, int net)
-{
-    struct dp_port *p = dp_port_get(idx);
-    struct dp_port *np = rte_zmalloc("dp_port", sizeof(*np), RTE_CACHE_LINE_SIZE);
-    if (!np)
-        return dp_fail(-ENOMEM, "out of memory");
-    *np = *p;
-    np->net = net;
-    atomic_store(&dp.ports[idx], np);
-    dp_sync();
-    rte_free(p); /* the lock and driver state moved to np */
-    return 0;
-}
-
 int
 dp_port_set_net(int idx, int net)
 {
@@ -373,11 +419,33 @@ dp_port_set_net(int idx, int net)
         return dp_fail(-ENOENT, "no network %d", net);
     if (p->net == net)
         return 0;
-    if (p->net >= 0) {
-        dp_fdb_purge_port(idx);
-        dp_net_set_local(p->net, idx, 0);
+    /* a copy of the port in the other network; the networks without and
+     * with it; its FDB entries in the old one; poll lists for its new plane */
+    struct dp_fdb_keys keys = {0};
+    struct dp_net *from = NULL, *to = NULL;
+    struct dp_poll_plan *plan = NULL;
+    struct dp_port *np = rte_zmalloc("dp_port", sizeof(*np), RTE_CACHE_LINE_SIZE);
+    if (np) {
+        *np = *p;
+        np->net = net;
     }
-    if (net >= 0)
-        dp_net_set_local(net, idx, 1);
-    return port_replace_net(idx, net);
+    if (!np || (p->net >= 0 && dp_fdb_collect_port(idx, &keys) < 0) ||
+        (p->net >= 0 && !(from = dp_net_with_local(p->net, idx, 0))) ||
+        (net >= 0 && !(to = dp_net_with_local(net, idx, 1))) || !(plan = dp_poll_plan(idx, np))) {
+        rte_free(np);
+        dp_fdb_keys_free(&keys);
+        rte_free(from);
+        rte_free(to);
+        return dp_fail(-ENOMEM, "out of memory");
+    }
+    if (from) {
+        dp_fdb_purge(&keys);
+        dp_net_publish(p->net, from);
+    }
+    if (to)
+        dp_net_publish(net, to);
+    atomic_store(&dp.ports[idx], np);
+    dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
+    rte_free(p);         /* the lock and driver state moved to np */
+    return 0;
 }

@@ -99,27 +99,53 @@ tunnel_build(struct dp_tunnel *t)
     t->csum_base = csum_words((const uint8_t *)ip + 2, sizeof(*ip) - 2);
 }
 
-static void
-tunnel_refresh(int ti)
+/*
+ * New templates for every tunnel (all = 1) or those whose next hop is nh_ip,
+ * into fresh[] (NULL for the others): all of them, or none and -ENOMEM.
+ */
+static int
+tunnels_prepare(int all, uint32_t nh_ip, struct dp_tunnel *fresh[DP_MAX_TUNNELS])
 {
-    struct dp_tunnel *o = atomic_load(&dp.tunnels[ti]);
-    if (!o)
-        return;
-    struct dp_tunnel *t = rte_malloc("dp_tunnel", sizeof(*t), RTE_CACHE_LINE_SIZE);
-    if (!t)
-        return;
-    t->ip = o->ip;
-    tunnel_build(t);
-    atomic_store(&dp.tunnels[ti], t);
-    dp_sync();
-    rte_free(o);
+    for (int i = 0; i < DP_MAX_TUNNELS; i++) {
+        struct dp_tunnel *o = atomic_load(&dp.tunnels[i]);
+        fresh[i] = NULL;
+        if (!o || (!all && o->nh_ip != nh_ip))
+            continue;
+        fresh[i] = rte_malloc("dp_tunnel", sizeof(*fresh[i]), RTE_CACHE_LINE_SIZE);
+        if (!fresh[i]) {
+            while (i-- > 0)
+                rte_free(fresh[i]);
+            return -ENOMEM;
+        }
+        fresh[i]->ip = o->ip;
+        tunnel_build(fresh[i]);
+    }
+    return 0;
 }
 
+/* publish what tunnels_prepare made; after one grace period free the old */
 static void
-tunnels_refresh_all(void)
+tunnels_publish(struct dp_tunnel *fresh[DP_MAX_TUNNELS])
 {
     for (int i = 0; i < DP_MAX_TUNNELS; i++)
-        tunnel_refresh(i);
+        if (fresh[i])
+            fresh[i] = atomic_exchange(&dp.tunnels[i], fresh[i]);
+    dp_sync();
+    for (int i = 0; i < DP_MAX_TUNNELS; i++)
+        rte_free(fresh[i]);
+}
+
+/* rebuild the templates of the tunnels whose next hop is nh_ip (its MAC
+ * changed); all or none */
+int
+dp_tunnels_refresh_nh(uint32_t nh_ip)
+{
+    struct dp_tunnel *fresh[DP_MAX_TUNNELS];
+    if (tunnels_prepare(0, nh_ip, fresh) < 0)
+        return dp_fail(-ENOMEM, "out of memory for the tunnels to next hop %u.%u.%u.%u",
+                       nh_ip >> 24, (nh_ip >> 16) & 0xff, (nh_ip >> 8) & 0xff, nh_ip & 0xff);
+    tunnels_publish(fresh);
+    return 0;
 }
 
 static int
@@ -134,10 +160,11 @@ tunnel_find(uint32_t ip)
 }
 
 /* take a reference on the tunnel to ip for network net, creating it; returns
- * its index */
+ * its index, or dp_fail and nothing changed */
 int
 dp_tunnel_ref(int net, uint32_t ip)
 {
+    struct dp_tunnel *created = NULL;
     int ti = tunnel_find(ip);
     if (ti < 0) {
         for (int i = 0; i < DP_MAX_TUNNELS && ti < 0; i++)
@@ -145,20 +172,30 @@ dp_tunnel_ref(int net, uint32_t ip)
                 ti = i;
         if (ti < 0)
             return dp_fail(-ENOSPC, "all %d remote VTEP slots in use", DP_MAX_TUNNELS);
-        struct dp_tunnel *t = rte_zmalloc("dp_tunnel", sizeof(*t), RTE_CACHE_LINE_SIZE);
-        if (!t)
+        created = rte_zmalloc("dp_tunnel", sizeof(*created), RTE_CACHE_LINE_SIZE);
+        if (!created)
             return dp_fail(-ENOMEM, "out of memory");
-        t->ip = ip;
-        tunnel_build(t);
-        atomic_store(&dp.tunnels[ti], t);
+        created->ip = ip;
+        tunnel_build(created);
+        atomic_store(&dp.tunnels[ti], created);
     }
-    tun_refs[ti]++;
-    if (net_tun_refs[net][ti]++ == 0) {
+    if (net_tun_refs[net][ti] == 0) {
+        /* frames from ip with the network's VNI are the network's */
         struct dp_net *n = dp_net_get(net);
         uint64_t k = dp_vtep_key(n->vni_be_word, rte_cpu_to_be_32(ip));
-        rte_hash_add_key_data(dp.vteps, &k, (void *)(uintptr_t)net);
+        int ret = rte_hash_add_key_data(dp.vteps, &k, (void *)(uintptr_t)net);
+        if (ret != 0) {
+            if (created) {
+                /* nothing points at it yet: no worker can hold it */
+                atomic_store(&dp.tunnels[ti], NULL);
+                rte_free(created);
+            }
+            return dp_fail(ret, "VTEP table full");
+        }
         dp_tables_changed();
     }
+    tun_refs[ti]++;
+    net_tun_refs[net][ti]++;
     return ti;
 }
 
@@ -172,7 +209,8 @@ dp_tunnel_unref(int net, int ti)
         struct dp_net *n = dp_net_get(net);
         if (n) {
             uint64_t k = dp_vtep_key(n->vni_be_word, rte_cpu_to_be_32(t->ip));
-            rte_hash_del_key(dp.vteps, &k);
+            /* there since the network's first reference (dp_tunnel_ref) */
+            (void)rte_hash_del_key(dp.vteps, &k);
             dp_tables_changed();
         }
     }
@@ -204,11 +242,28 @@ dp_vtep_set(const struct dp_vtep_conf *c)
         if (p->role != DP_ROLE_UPLINK)
             return dp_fail(-EINVAL, "port %d (%s) was not added as an uplink", c->uplink, p->name);
     }
+    /* build everything from the new settings; keep the old until all is there */
+    struct dp_vtep_conf old_conf = dp_vconf;
+    int old_set = dp_vconf_set;
     dp_vconf = *c;
     dp_vconf_set = 1;
+    struct dp_net *nets[DP_MAX_NETS];
+    struct dp_tunnel *tuns[DP_MAX_TUNNELS];
     struct dp_vtep *v = calloc(1, sizeof(*v));
-    if (!v)
+    if (!v || dp_nets_prepare(dp_max_frame(), nets) < 0) {
+        free(v);
+        dp_vconf = old_conf;
+        dp_vconf_set = old_set;
         return dp_fail(-ENOMEM, "out of memory");
+    }
+    if (tunnels_prepare(1, 0, tuns) < 0) {
+        free(v);
+        for (int i = 0; i < DP_MAX_NETS; i++)
+            rte_free(nets[i]);
+        dp_vconf = old_conf;
+        dp_vconf_set = old_set;
+        return dp_fail(-ENOMEM, "out of memory");
+    }
     v->ip_be = rte_cpu_to_be_32(c->ip);
     v->udp_port_be = rte_cpu_to_be_16(c->udp_port);
     memcpy(v->mac, c->mac, 6);
@@ -216,22 +271,10 @@ dp_vtep_set(const struct dp_vtep_conf *c)
     v->learning = c->learning;
     v->max_frame = dp_max_frame();
     struct dp_vtep *old = atomic_exchange(&dp.vtep, v);
-    dp_sync();
+    dp_nets_publish(nets); /* includes a grace period: no worker holds old */
+    tunnels_publish(tuns);
     free(old);
-    dp_nets_set_max_frame(dp_max_frame());
-    tunnels_refresh_all();
     return 0;
-}
-
-/* rebuild the templates of the tunnels whose next hop is nh_ip (its MAC changed) */
-void
-dp_tunnels_refresh_nh(uint32_t nh_ip)
-{
-    for (int t = 0; t < DP_MAX_TUNNELS; t++) {
-        struct dp_tunnel *tu = atomic_load(&dp.tunnels[t]);
-        if (tu && tu->nh_ip == nh_ip)
-            tunnel_refresh(t);
-    }
 }
 
 void
