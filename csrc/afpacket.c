@@ -363,15 +363,16 @@ dp_afp_close(struct dp_afp *a)
 {
     if (a == NULL)
         return;
-    /* unmap before close; closing the rx socket drops promiscuity */
+    /* unmap before close; closing the rx socket drops promiscuity. These
+     * fail only for a bad address or descriptor, which a never has. */
     if (a->rx.map != NULL)
-        munmap(a->rx.map, a->rx.map_len);
+        (void)munmap(a->rx.map, a->rx.map_len);
     if (a->tx.map != NULL)
-        munmap(a->tx.map, a->tx.map_len);
+        (void)munmap(a->tx.map, a->tx.map_len);
     if (a->rx.fd >= 0)
-        close(a->rx.fd);
+        (void)close(a->rx.fd);
     if (a->tx.fd >= 0)
-        close(a->tx.fd);
+        (void)close(a->tx.fd);
     free(a);
 }
 
