@@ -161,7 +161,7 @@ dp_net_flood_set(int net, const uint32_t *ips, int cnt)
 /*
  * Copies of every network with another largest inner frame (after an
  * underlay MTU change), into fresh[] (NULL where there is no network): all
- * of them, or none and -ENOMEM.
+ * of them, or none and dp_fail.
  */
 int
 dp_nets_prepare(uint32_t max_frame, struct dp_net *fresh[DP_MAX_NETS])
@@ -174,7 +174,7 @@ dp_nets_prepare(uint32_t max_frame, struct dp_net *fresh[DP_MAX_NETS])
         if (!fresh[i]) {
             while (i-- > 0)
                 rte_free(fresh[i]);
-            return -ENOMEM;
+            return dp_fail(-ENOMEM, "out of memory for copies of the networks");
         }
         fresh[i]->max_frame = max_frame; /* VNI words are unchanged */
     }

@@ -80,7 +80,9 @@ extern struct dp_qos_global dp_qg;
 
 /*
  * control: called by the control side (dp_plane.c, dp_port.c, dp_eal.c),
- * which has checked the arguments; nothing here calls back
+ * which has checked the arguments; nothing here calls back. A failure is a
+ * return value (NULL, a negative errno) that the caller turns into its
+ * message (dp_fail), so this module builds alone (bench/sched_cmp.c).
  */
 /* register the mbuf metadata field, plane 0's defaults; 0 or -rte_errno */
 int dp_qos_init(void);

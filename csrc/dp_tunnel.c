@@ -101,7 +101,7 @@ tunnel_build(struct dp_tunnel *t)
 
 /*
  * New templates for every tunnel (all = 1) or those whose next hop is nh_ip,
- * into fresh[] (NULL for the others): all of them, or none and -ENOMEM.
+ * into fresh[] (NULL for the others): all of them, or none and dp_fail.
  */
 static int
 tunnels_prepare(int all, uint32_t nh_ip, struct dp_tunnel *fresh[DP_MAX_TUNNELS])
@@ -115,7 +115,7 @@ tunnels_prepare(int all, uint32_t nh_ip, struct dp_tunnel *fresh[DP_MAX_TUNNELS]
         if (!fresh[i]) {
             while (i-- > 0)
                 rte_free(fresh[i]);
-            return -ENOMEM;
+            return dp_fail(-ENOMEM, "out of memory for new tunnel templates");
         }
         fresh[i]->ip = o->ip;
         tunnel_build(fresh[i]);
@@ -141,9 +141,9 @@ int
 dp_tunnels_refresh_nh(uint32_t nh_ip)
 {
     struct dp_tunnel *fresh[DP_MAX_TUNNELS];
-    if (tunnels_prepare(0, nh_ip, fresh) < 0)
-        return dp_fail(-ENOMEM, "out of memory for the tunnels to next hop %u.%u.%u.%u",
-                       nh_ip >> 24, (nh_ip >> 16) & 0xff, (nh_ip >> 8) & 0xff, nh_ip & 0xff);
+    int ret = tunnels_prepare(0, nh_ip, fresh);
+    if (ret < 0)
+        return ret;
     tunnels_publish(fresh);
     return 0;
 }
@@ -250,19 +250,18 @@ dp_vtep_set(const struct dp_vtep_conf *c)
     struct dp_net *nets[DP_MAX_NETS];
     struct dp_tunnel *tuns[DP_MAX_TUNNELS];
     struct dp_vtep *v = calloc(1, sizeof(*v));
-    if (!v || dp_nets_prepare(dp_max_frame(), nets) < 0) {
-        free(v);
-        dp_vconf = old_conf;
-        dp_vconf_set = old_set;
-        return dp_fail(-ENOMEM, "out of memory");
+    int ret = v ? dp_nets_prepare(dp_max_frame(), nets) : dp_fail(-ENOMEM, "out of memory");
+    if (ret == 0) {
+        ret = tunnels_prepare(1, 0, tuns);
+        if (ret < 0)
+            for (int i = 0; i < DP_MAX_NETS; i++)
+                rte_free(nets[i]);
     }
-    if (tunnels_prepare(1, 0, tuns) < 0) {
+    if (ret < 0) {
         free(v);
-        for (int i = 0; i < DP_MAX_NETS; i++)
-            rte_free(nets[i]);
         dp_vconf = old_conf;
         dp_vconf_set = old_set;
-        return dp_fail(-ENOMEM, "out of memory");
+        return ret;
     }
     v->ip_be = rte_cpu_to_be_32(c->ip);
     v->udp_port_be = rte_cpu_to_be_16(c->udp_port);
