@@ -12,6 +12,12 @@
  *   dp_plane.c     network planes, port shapers, DSCP marking (calls dp_qos.c)
  *   dp_counters.c  counter blocks and their names
  *   dp_ring.c      frames into and out of ring ports (tests and tools)
+ *   dp_error.c     the message of the last failed call (dp_error.h)
+ *
+ * Below them, called and never calling back: dp_qos.c (the plane
+ * scheduler, which includes dp_qos.h only) and afpacket.c (the AF_PACKET
+ * driver, which uses dp_error.h only). Beside them: dp_pipeline.c, the
+ * workers' loop, which shares dp_internal.h with them.
  *
  * Every change the workers can see follows one recipe: build a new immutable
  * snapshot, publish it with an atomic store, wait for a grace period
