@@ -16,7 +16,22 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-SOURCES = ["dp_control.c", "dp_pipeline.c", "dp_qos.c", "afpacket.c"]
+SOURCES = [
+    "dp_error.c",     # the message of the last failed control call
+    "dp_eal.c",       # EAL, shared tables, workers start/stop, teardown
+    "dp_port.c",      # ports: ethdev, ring, AF_PACKET
+    "dp_poll.c",      # which worker polls which (port, rx queue)
+    "dp_net.c",       # networks
+    "dp_fdb.c",       # forwarding database
+    "dp_tunnel.c",    # VTEP, tunnels to remote VTEPs
+    "dp_neigh.c",     # underlay neighbours, ARP, housekeeping
+    "dp_plane.c",     # planes, shapers (control side of dp_qos.c)
+    "dp_counters.c",  # counter blocks and names
+    "dp_ring.c",      # frames into / out of ring ports
+    "dp_pipeline.c",  # the workers' forwarding loop
+    "dp_qos.c",       # plane queues and scheduler
+    "afpacket.c",     # native AF_PACKET driver
+]
 
 
 def _pkg_config(*args):

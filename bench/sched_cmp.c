@@ -65,26 +65,10 @@
 #include <rte_errno.h>
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
-#include <rte_mbuf_dyn.h> /* DP_META (dp_qos.h) needs it */
 #include <rte_mempool.h>
 #include <rte_sched.h>
 
-#include "dp_internal.h"
 #include "dp_qos.h"
-
-/* ------------------------------------------------ what dp_qos.c needs */
-struct dp_state dp;
-static char dp_err[512];
-
-void
-dp_set_error(int err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(dp_err, sizeof(dp_err), fmt, ap);
-    va_end(ap);
-    (void)err;
-}
 
 /* ------------------------------------------------------------- set-up */
 #define PL_STD 0
@@ -92,23 +76,22 @@ dp_set_error(int err, const char *fmt, ...)
 #define PL_MEDIA 3
 #define N_PL 3
 static const int PLANES[N_PL] = {PL_MEDIA, PL_CTRL, PL_STD}; /* highest first */
-static const char *const PNAME[DP_MAX_PLANES] = {[PL_STD] = "std", [PL_CTRL] = "control",
-                                                 [PL_MEDIA] = "media"};
+static const char *const PNAME[DP_MAX_PLANES] = {
+    [PL_STD] = "std", [PL_CTRL] = "control", [PL_MEDIA] = "media"};
 static const int PPRIO[DP_MAX_PLANES] = {[PL_STD] = 0, [PL_CTRL] = 2, [PL_MEDIA] = 3};
-static const uint32_t PQLEN[DP_MAX_PLANES] = {[PL_STD] = 1024, [PL_CTRL] = 256,
-                                              [PL_MEDIA] = 256};
+static const uint32_t PQLEN[DP_MAX_PLANES] = {[PL_STD] = 1024, [PL_CTRL] = 256, [PL_MEDIA] = 256};
 /* plane -> rte_sched traffic class (0 is served first) */
-static const uint8_t PTC[DP_MAX_PLANES] = {[PL_STD] = 2, [PL_CTRL] = 1, [PL_MEDIA] = 0,
-                                           [1] = 2, [4] = 2, [5] = 2, [6] = 2, [7] = 2};
+static const uint8_t PTC[DP_MAX_PLANES] = {
+    [PL_STD] = 2, [PL_CTRL] = 1, [PL_MEDIA] = 0, [1] = 2, [4] = 2, [5] = 2, [6] = 2, [7] = 2};
 
 #define WIRE_OH 24 /* FCS + preamble + IFG, as both schedulers count it */
 _Static_assert(WIRE_OH == DP_WIRE_OVERHEAD, "our scheduler's per-frame overhead");
 _Static_assert(WIRE_OH == RTE_SCHED_FRAME_OVERHEAD_DEFAULT, "rte_sched's default overhead");
 #define BURST 32
-#define SHAPER_BURST 16384            /* bytes: the core's default (config.py) */
-#define LINE_BPS 10000000000.0        /* the "NIC" rte_sched's port rate stands for */
-#define FAST_BPS 400000000000.0       /* cost: shapers that never limit */
-#define TC_PERIOD_MS 10               /* rte_sched TC rate enforcement period */
+#define SHAPER_BURST 16384      /* bytes: the core's default (config.py) */
+#define LINE_BPS 10000000000.0  /* the "NIC" rte_sched's port rate stands for */
+#define FAST_BPS 400000000000.0 /* cost: shapers that never limit */
+#define TC_PERIOD_MS 10         /* rte_sched TC rate enforcement period */
 #define N_MBUFS 32767
 
 static struct rte_mempool *pool;
@@ -123,12 +106,9 @@ static inline uint16_t
 frame_len(int plane, uint64_t i)
 {
     switch (plane) {
-    case PL_MEDIA:
-        return 200;
-    case PL_CTRL:
-        return CTRL_SIZES[i % 3];
-    default:
-        return STD_SIZES[i % 12];
+    case PL_MEDIA: return 200;
+    case PL_CTRL: return CTRL_SIZES[i % 3];
+    default: return STD_SIZES[i % 12];
     }
 }
 
@@ -196,9 +176,9 @@ ours_planes(const struct plane_cfg *pc)
             .queue_len = PQLEN[p],
             .dscp = -1,
             .worker = -1,
+            .rx_queue = -1,
         };
-        if (dp_plane_set(p, &c) < 0)
-            die("dp_plane_set(%d): %s", p, dp_err);
+        dp_qos_plane_set(p, &c);
     }
 }
 
@@ -223,8 +203,8 @@ ours_make(struct sched *s, double shaper_bps, uint32_t burst, const struct plane
  * rte_sched_subport_pipe_profile_add, as a control plane would do at run time.
  */
 static void
-rte_make(struct sched *s, const char *label, double line_bps, double shaper_bps,
-         uint32_t burst, const struct plane_cfg *pc)
+rte_make(struct sched *s, const char *label, double line_bps, double shaper_bps, uint32_t burst,
+         const struct plane_cfg *pc)
 {
     static int seq;
     char name[32];
@@ -235,7 +215,9 @@ rte_make(struct sched *s, const char *label, double line_bps, double shaper_bps,
     uint64_t line = (uint64_t)(line_bps / 8), shaper = (uint64_t)(shaper_bps / 8);
 
     struct rte_sched_subport_profile_params spp = {
-        .tb_rate = shaper, .tb_size = burst, .tc_period = TC_PERIOD_MS,
+        .tb_rate = shaper,
+        .tb_size = burst,
+        .tc_period = TC_PERIOD_MS,
     };
     for (int i = 0; i < RTE_SCHED_TRAFFIC_CLASSES_PER_PIPE; i++)
         spp.tc_rate[i] = shaper;
@@ -256,8 +238,11 @@ rte_make(struct sched *s, const char *label, double line_bps, double shaper_bps,
         die("rte_sched_port_config failed");
 
     struct rte_sched_pipe_params pipe = {
-        .tb_rate = shaper, .tb_size = burst, .tc_period = TC_PERIOD_MS,
-        .tc_ov_weight = 1, .wrr_weights = {1, 1, 1, 1},
+        .tb_rate = shaper,
+        .tb_size = burst,
+        .tc_period = TC_PERIOD_MS,
+        .tc_ov_weight = 1,
+        .wrr_weights = {1, 1, 1, 1},
     };
     struct rte_sched_subport_params sp = {
         .n_pipes_per_subport_enabled = 1,
@@ -271,7 +256,7 @@ rte_make(struct sched *s, const char *label, double line_bps, double shaper_bps,
         sp.qsize[PTC[p]] = (uint16_t)PQLEN[p];
         pipe.tc_rate[PTC[p]] = shaper;
     }
-    sp.qsize[RTE_SCHED_TRAFFIC_CLASS_BE] = 64;   /* unused, but required */
+    sp.qsize[RTE_SCHED_TRAFFIC_CLASS_BE] = 64; /* unused, but required */
     pipe.tc_rate[RTE_SCHED_TRAFFIC_CLASS_BE] = shaper;
     int rc = rte_sched_subport_config(s->port, 0, &sp, 0);
     if (rc)
@@ -425,7 +410,8 @@ run_cost(struct sched *s, const double offered_bps[DP_MAX_PLANES], struct cost_r
     }
     unsigned head = 0, tail = 0, backlog = 0, in_fifo = NF;
     uint64_t enq_cyc = 0, deq_cyc = 0, n_deq = 0, deq_calls = 0;
-    uint64_t t_start = rte_rdtsc(), t_warm = t_start + hz / 5, t_end = t_warm + (uint64_t)(seconds * hz);
+    uint64_t t_start = rte_rdtsc(), t_warm = t_start + hz / 5,
+             t_end = t_warm + (uint64_t)(seconds * hz);
     uint64_t t_w0 = 0;
     int counting = 0;
     for (uint64_t it = 0;; it++) {
@@ -457,7 +443,8 @@ run_cost(struct sched *s, const double offered_bps[DP_MAX_PLANES], struct cost_r
                 r->cpu_wait = (double)cpu_wait_ns();
             } else if (counting && t2 >= t_end) {
                 r->ns_loop = (double)(t2 - t_w0) * 1e9 / hz / (double)n_deq;
-                r->cpu_wait = ((double)cpu_wait_ns() - r->cpu_wait) / ((double)(t2 - t_w0) * 1e9 / hz);
+                r->cpu_wait =
+                    ((double)cpu_wait_ns() - r->cpu_wait) / ((double)(t2 - t_w0) * 1e9 / hz);
                 break;
             }
         }
@@ -524,7 +511,7 @@ struct load_res {
     uint64_t drops[DP_MAX_PLANES];
     double p50[DP_MAX_PLANES], p99[DP_MAX_PLANES], max[DP_MAX_PLANES];
     uint64_t alloc_fail;
-    double cpu_wait; /* share of the window spent waiting for the CPU */
+    double cpu_wait;       /* share of the window spent waiting for the CPU */
     unsigned full_at_free; /* rte_sched: frames in full queues at the end */
 };
 
@@ -633,7 +620,8 @@ print_load(const char *scen, const char *label, const struct load_res *r)
         int p = PLANES[i];
         tot += r->sent_wire[p];
         double lost = r->off_pkts[p] ? (double)r->drops[p] / (double)r->off_pkts[p] : 0;
-        printf(" | %s off %.1f sent %.1f Mbit/s drop %" PRIu64 " (%.1f%%) p50/p99/max %.1f/%.1f/%.0f us",
+        printf(" | %s off %.1f sent %.1f Mbit/s drop %" PRIu64
+               " (%.1f%%) p50/p99/max %.1f/%.1f/%.0f us",
                PNAME[p], mbps(r->off_wire[p], r->window_s), mbps(r->sent_wire[p], r->window_s),
                r->drops[p], 100 * lost, r->p50[p], r->p99[p], r->max[p]);
     }
@@ -661,11 +649,11 @@ check_strict(const struct load_res *r, double shaper_bps)
     double std = mbps(r->sent_wire[PL_STD], w), want_std = shaper_bps / 1e6 - media - ctrl;
     int ok = r->drops[PL_MEDIA] == 0 && r->drops[PL_CTRL] == 0 &&
              media >= 0.98 * mbps(r->off_wire[PL_MEDIA], w) &&
-             ctrl >= 0.98 * mbps(r->off_wire[PL_CTRL], w) &&
-             std >= 0.97 * want_std && std <= 1.03 * want_std &&
-             r->p99[PL_MEDIA] < r->p50[PL_STD];
+             ctrl >= 0.98 * mbps(r->off_wire[PL_CTRL], w) && std >= 0.97 * want_std &&
+             std <= 1.03 * want_std && r->p99[PL_MEDIA] < r->p50[PL_STD];
     snprintf(buf, sizeof(buf),
-             "%s (media lost %" PRIu64 ", control lost %" PRIu64 ", std %.1f of %.1f Mbit/s left by "
+             "%s (media lost %" PRIu64 ", control lost %" PRIu64
+             ", std %.1f of %.1f Mbit/s left by "
              "the shaper, media p99 %.1f us vs std p50 %.1f us)",
              ok ? "holds" : "VIOLATED", r->drops[PL_MEDIA], r->drops[PL_CTRL], std, want_std,
              r->p99[PL_MEDIA], r->p50[PL_STD]);
@@ -730,8 +718,8 @@ measure_cost(const struct contender *c, const double offered_bps[DP_MAX_PLANES],
 }
 
 static void
-measure_load(const char *scen, const struct contender *c,
-             const double offered_bps[DP_MAX_PLANES], struct load_res *best)
+measure_load(const char *scen, const struct contender *c, const double offered_bps[DP_MAX_PLANES],
+             struct load_res *best)
 {
     static struct load_res r;
     for (int a = 0; a <= retries; a++) {
@@ -771,14 +759,10 @@ main(int argc, char **argv)
     char prefix[64];
     snprintf(prefix, sizeof(prefix), "sched-%d", (int)getpid());
     static const struct option opts[] = {
-        {"seconds", required_argument, NULL, 's'},
-        {"lcore", required_argument, NULL, 'l'},
-        {"prefix", required_argument, NULL, 'p'},
-        {"only", required_argument, NULL, 'o'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"max-wait", required_argument, NULL, 'w'},
-        {"retries", required_argument, NULL, 'r'},
-        {NULL, 0, NULL, 0},
+        {"seconds", required_argument, NULL, 's'}, {"lcore", required_argument, NULL, 'l'},
+        {"prefix", required_argument, NULL, 'p'},  {"only", required_argument, NULL, 'o'},
+        {"verbose", no_argument, NULL, 'v'},       {"max-wait", required_argument, NULL, 'w'},
+        {"retries", required_argument, NULL, 'r'}, {NULL, 0, NULL, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -788,21 +772,11 @@ main(int argc, char **argv)
             if (!(seconds > 0 && seconds <= 600))
                 die("--seconds %s: want 0 < S <= 600", optarg);
             break;
-        case 'l':
-            lcore = (unsigned)atoi(optarg);
-            break;
-        case 'p':
-            snprintf(prefix, sizeof(prefix), "%s", optarg);
-            break;
-        case 'o':
-            only = optarg;
-            break;
-        case 'v':
-            verbose = 1;
-            break;
-        case 'w':
-            max_wait = atof(optarg);
-            break;
+        case 'l': lcore = (unsigned)atoi(optarg); break;
+        case 'p': snprintf(prefix, sizeof(prefix), "%s", optarg); break;
+        case 'o': only = optarg; break;
+        case 'v': verbose = 1; break;
+        case 'w': max_wait = atof(optarg); break;
         case 'r':
             retries = atoi(optarg);
             if (retries < 0)
@@ -818,8 +792,9 @@ main(int argc, char **argv)
     snprintf(a_prefix, sizeof(a_prefix), "--file-prefix=%s", prefix);
     snprintf(a_lcore, sizeof(a_lcore), "%u", lcore);
     /* never probe a device; no hugepages; no runtime files */
-    char *eal[] = {"sched_cmp", "--no-pci", "--no-huge", "--no-shconf", "-m", "512",
-                   a_prefix, "-l", a_lcore, "--log-level=notice", "--no-telemetry", NULL};
+    char *eal[] = {
+        "sched_cmp", "--no-pci", "--no-huge",          "--no-shconf",    "-m", "512", a_prefix,
+        "-l",        a_lcore,    "--log-level=notice", "--no-telemetry", NULL};
     int eal_argc = (int)RTE_DIM(eal) - 1;
     printf("EAL:");
     for (int i = 1; i < eal_argc; i++)
@@ -833,7 +808,6 @@ main(int argc, char **argv)
                                    (int)rte_socket_id());
     if (!pool)
         die("mbuf pool: %s", rte_strerror(rte_errno));
-    dp.n_workers = 1;
     if (dp_qos_init() < 0)
         die("dp_qos_init: %s", rte_strerror(rte_errno));
     printf("TSC %.3f GHz, lcore %u, %.1f s per scenario and scheduler; planes media (prio 3 "
@@ -928,7 +902,8 @@ main(int argc, char **argv)
             measure_load("guarantee", &gu_c[k], off2, &gu[k]);
             print_load("guarantee", gu_c[k].label, &gu[k]);
             printf("%-9s %-24s std sent %.1f Mbit/s (guarantee 300), control %.1f, media %.1f "
-                   "Mbit/s\n", "", "", mbps(gu[k].sent_wire[PL_STD], gu[k].window_s),
+                   "Mbit/s\n",
+                   "", "", mbps(gu[k].sent_wire[PL_STD], gu[k].window_s),
                    mbps(gu[k].sent_wire[PL_CTRL], gu[k].window_s),
                    mbps(gu[k].sent_wire[PL_MEDIA], gu[k].window_s));
             fflush(stdout);

@@ -19,9 +19,8 @@
 struct dp_afp;
 
 /* Open ifname. frames: ring size in frames (power of two, >= 64).
- * Returns 0 or -errno; on error *errbuf (len errlen) says why. */
-int dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp,
-                struct dp_afp **out, char *errbuf, size_t errlen);
+ * Returns 0, or dp_fail(-errno, ...) (dp_error.h) saying why. */
+int dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out);
 /* Receive up to n frames into mbufs from mp. Never blocks. */
 uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
 /* Queue up to n mbufs for transmission, kick the kernel once. Sent mbufs are

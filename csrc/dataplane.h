@@ -24,15 +24,15 @@
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
-#define DP_MAX_RXQ 8             /* rx queues per port */
+#define DP_MAX_RXQ 8 /* rx queues per port */
 #define DP_MAX_NETS 256
 #define DP_MAX_TUNNELS 1024
 #define DP_MAX_PLANES 8
 #define DP_BURST 32
 
 /* wire limits (the Python checks read these, never a copy) */
-#define DP_VNI_MAX 16777215          /* 24-bit VXLAN network identifier */
-#define DP_VXLAN_OVERHEAD 50         /* outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8 */
+#define DP_VNI_MAX 16777215  /* 24-bit VXLAN network identifier */
+#define DP_VXLAN_OVERHEAD 50 /* outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8 */
 #define DP_UNDERLAY_MTU_MIN 576
 #define DP_UNDERLAY_MTU_MAX 9216
 
@@ -92,21 +92,21 @@
 #define DP_FDB_REMOTE 2
 
 struct dp_eal_info {
-    int n_workers;           /* worker lcores started */
+    int n_workers; /* worker lcores started */
     unsigned main_lcore;
     int socket_id;
 };
 
 struct dp_vtep_conf {
-    uint32_t ip;             /* VTEP IPv4, host byte order */
-    uint8_t prefix_len;      /* underlay subnet of the VTEP address */
-    uint32_t gateway;        /* underlay next hop for other subnets, 0 = none */
-    uint8_t mac[6];          /* VTEP MAC (the uplink's) */
-    uint16_t udp_port;       /* VXLAN UDP destination port, normally 4789 */
-    uint16_t underlay_mtu;   /* IP MTU of the underlay, normally 1500 */
-    int uplink;              /* port index of the uplink, -1 = none */
-    int learning;            /* accept (and learn from) unknown source VTEPs */
-    int static_nh;           /* 1: use static_nh_mac, no ARP */
+    uint32_t ip;           /* VTEP IPv4, host byte order */
+    uint8_t prefix_len;    /* underlay subnet of the VTEP address */
+    uint32_t gateway;      /* underlay next hop for other subnets, 0 = none */
+    uint8_t mac[6];        /* VTEP MAC (the uplink's) */
+    uint16_t udp_port;     /* VXLAN UDP destination port, normally 4789 */
+    uint16_t underlay_mtu; /* IP MTU of the underlay, normally 1500 */
+    int uplink;            /* port index of the uplink, -1 = none */
+    int learning;          /* accept (and learn from) unknown source VTEPs */
+    int static_nh;         /* 1: use static_nh_mac, no ARP */
     uint8_t static_nh_mac[6];
 };
 
@@ -126,13 +126,13 @@ struct dp_port_info {
 
 /* a network plane: strict priority (higher first), rates, queue, marking */
 struct dp_plane_conf {
-    int priority;            /* unique among planes; higher is served first */
-    uint64_t min_bps;        /* guaranteed rate on a shaped port, 0 = none */
-    uint64_t max_bps;        /* rate limit on a shaped port, 0 = none */
-    uint32_t queue_len;      /* frames per shaped port, power of two */
-    int dscp;                /* outer DSCP to mark, -1 = copy the inner one */
-    int worker;              /* worker that polls this plane's pod ports, -1 = any */
-    int rx_queue;            /* rx queue (1..) of multi-queue ports this plane's
+    int priority;       /* unique among planes; higher is served first */
+    uint64_t min_bps;   /* guaranteed rate on a shaped port, 0 = none */
+    uint64_t max_bps;   /* rate limit on a shaped port, 0 = none */
+    uint32_t queue_len; /* frames per shaped port, power of two */
+    int dscp;           /* outer DSCP to mark, -1 = copy the inner one */
+    int worker;         /* worker that polls this plane's pod ports, -1 = any */
+    int rx_queue;       /* rx queue (1..) of multi-queue ports this plane's
                                 worker polls, -1 = none; needs worker */
 };
 

@@ -1,6 +1,7 @@
 /*
- * dp_internal.h - state shared by the control path (dp_control.c) and the
- * per-lcore pipeline (dp_pipeline.c). Not part of the Python contract.
+ * dp_internal.h - state shared by the control path (dp_control.h and the
+ * files it lists) and the per-lcore pipeline (dp_pipeline.c). Not part of
+ * the Python contract.
  */
 #ifndef DP_INTERNAL_H
 #define DP_INTERNAL_H
@@ -22,63 +23,25 @@
 #include <rte_spinlock.h>
 
 #include "dataplane.h"
+#include "dp_counters.h"
 #include "afpacket.h"
 
 struct dp_qos;
 
-/*
- * Drop reasons. One list makes the C enum and the names Python and
- * Prometheus show (dp_counter_name(DP_BLOCK_DROP, i)).
- */
-#define foreach_dp_drop                                                     \
-    _(NO_NETWORK, "no_network")           /* pod port not in a network */   \
-    _(HAIRPIN, "hairpin")                 /* destination is ingress port */ \
-    _(PORT_GONE, "port_gone")             /* destination port removed */    \
-    _(NO_DESTINATION, "no_destination")   /* flood with nobody to reach */  \
-    _(OVERSIZE, "oversize")               /* too big once encapsulated */   \
-    _(NO_HEADROOM, "no_headroom")         /* mbuf lacks room for header */  \
-    _(NEIGH_UNRESOLVED, "neigh_unresolved") /* next hop MAC unknown */      \
-    _(NO_UPLINK, "no_uplink")             /* remote target, no uplink */    \
-    _(NO_MBUF, "no_mbuf")                 /* pool empty for a flood copy */ \
-    _(TX_FULL, "tx_full")                 /* port tx queue full */          \
-    _(NOT_FOR_US, "not_for_us")           /* uplink frame for another host */ \
-    _(UPLINK_NON_IP, "uplink_non_ip")     /* neither IPv4 nor ARP */        \
-    _(BAD_IP, "bad_ip")                   /* malformed outer IPv4 */        \
-    _(IP_FRAGMENT, "ip_fragment")         /* fragmented outer IPv4 */       \
-    _(NOT_UDP, "not_udp")                 /* IPv4 to VTEP, not UDP */       \
-    _(UDP_PORT, "udp_port")               /* UDP to VTEP, wrong port */     \
-    _(VXLAN_FLAGS, "vxlan_flags")         /* I flag clear */                \
-    _(UNKNOWN_VNI, "unknown_vni")                                           \
-    _(UNKNOWN_VTEP, "unknown_vtep")       /* source VTEP not in network */  \
-    _(TRUNCATED, "truncated")             /* frame shorter than headers */  \
-    _(SPLIT_HORIZON, "split_horizon")     /* decapped frame for a remote */ \
-    _(ARP_IGNORED, "arp_ignored")         /* ARP not for the VTEP */        \
-    _(SLOWPATH_FULL, "slowpath_full")     /* control ring full */          \
-    _(QUEUE_FULL, "queue_full")           /* plane queue of a shaped port */ \
-    _(QUEUE_FLUSHED, "queue_flushed")     /* queued when shaper/port went */
-
-enum dp_drop {
-#define _(sym, str) DP_DROP_##sym,
-    foreach_dp_drop
-#undef _
-    DP_DROP_COUNT
-};
-
-#define DP_VXLAN_HDR_LEN                                                    \
-    (sizeof(struct rte_ether_hdr) + sizeof(struct rte_ipv4_hdr) +           \
-     sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr))
+#define DP_VXLAN_HDR_LEN                                                                       \
+    (sizeof(struct rte_ether_hdr) + sizeof(struct rte_ipv4_hdr) + sizeof(struct rte_udp_hdr) + \
+     sizeof(struct rte_vxlan_hdr))
 _Static_assert(sizeof(struct rte_vxlan_hdr) == 8, "VXLAN header is 8 bytes");
-_Static_assert(DP_VXLAN_HDR_LEN == 50, "outer Ether/IPv4/UDP/VXLAN is 50 bytes");
+_Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLAN is 50 bytes");
 
-/* outer IPv4 overhead counted against the underlay MTU: IPv4+UDP+VXLAN+inner Ether */
-#define DP_VXLAN_MTU_OVERHEAD 50
-#define DP_TXBUF 64                 /* per worker, per port tx buffer */
+#define DP_TXBUF 64 /* per worker, per port tx buffer */
 #define DP_SLOW_RING_SIZE 1024
 #define DP_CTRL_TX_RING_SIZE 256
 #define DP_ARP_RETRY_US 500000
 
 /* FDB value: kind in the top byte, target (port index or tunnel index) below */
-#define DP_FDB_VAL(kind, target) ((void *)(uintptr_t)(((uint64_t)(kind) << 56) | (uint32_t)(target)))
+#define DP_FDB_VAL(kind, target) \
+    ((void *)(uintptr_t)(((uint64_t)(kind) << 56) | (uint32_t)(target)))
 #define DP_FDB_KIND(v) ((int)((uint64_t)(uintptr_t)(v) >> 56))
 #define DP_FDB_TARGET(v) ((uint32_t)(uint64_t)(uintptr_t)(v))
 
@@ -98,9 +61,9 @@ struct dp_fdb_cent {
     uint32_t val;   /* FDB: DP_FV; VTEP table: network index */
     uint32_t epoch; /* 0 = never valid */
 };
-#define DP_FV(kind, target) ((uint32_t)(kind) << 24 | ((uint32_t)(target) & 0xffffff))
+#define DP_FV(kind, target) ((uint32_t)(kind) << 24 | (0xffffff & (uint32_t)(target)))
 #define DP_FV_KIND(v) ((int)((v) >> 24))
-#define DP_FV_TARGET(v) ((v) & 0xffffff)
+#define DP_FV_TARGET(v) (0xffffff & (v))
 
 /* FDB key: network index in the top 16 bits, MAC in the low 48 (wire order) */
 static inline uint64_t
@@ -139,16 +102,16 @@ struct dp_port {
     int idx;
     int driver;
     int role;
-    int net;                  /* network index, -1 = none */
-    int worker;               /* which worker polls rx */
+    int net;    /* network index, -1 = none */
+    int worker; /* which worker polls rx */
     uint16_t eth_port;
-    uint16_t n_txq;           /* < n_workers: tx shared under a lock */
-    uint16_t n_rxq;           /* queue 0: the port's worker; others: a plane's */
-    struct dp_afp *afp;       /* native AF_PACKET driver */
+    uint16_t n_txq;                       /* < n_workers: tx shared under a lock */
+    uint16_t n_rxq;                       /* queue 0: the port's worker; others: a plane's */
+    struct dp_afp *afp;                   /* native AF_PACKET driver */
     struct rte_ring *ring_rx[DP_MAX_RXQ]; /* ring ports: what Python injects, per queue */
-    struct rte_ring *ring_tx; /* ring ports: what Python collects */
+    struct rte_ring *ring_tx;             /* ring ports: what Python collects */
     rte_spinlock_t *tx_lock;
-    struct dp_qos *qos;       /* shaped port: per-plane queues, else NULL */
+    struct dp_qos *qos; /* shaped port: per-plane queues, else NULL */
     uint8_t mac[6];
     char name[64];
 };
@@ -157,9 +120,9 @@ struct dp_port {
 struct dp_net {
     int idx;
     uint32_t vni;
-    uint32_t vni_be_word;     /* rte_vxlan_hdr.vx_vni value */
+    uint32_t vni_be_word; /* rte_vxlan_hdr.vx_vni value */
     int plane;
-    uint32_t max_frame;       /* largest inner frame that may be encapsulated */
+    uint32_t max_frame; /* largest inner frame that may be encapsulated */
     uint16_t n_local;
     uint16_t n_flood;
     uint16_t local[DP_MAX_PORTS];
@@ -173,8 +136,8 @@ struct dp_net {
  * but the first (version/TOS), with total_length and hdr_checksum zero.
  */
 struct dp_tunnel {
-    uint32_t ip;              /* remote VTEP, host order */
-    uint32_t nh_ip;           /* underlay next hop, host order */
+    uint32_t ip;    /* remote VTEP, host order */
+    uint32_t nh_ip; /* underlay next hop, host order */
     int resolved;
     uint32_t csum_base;
     uint8_t hdr[DP_VXLAN_HDR_LEN];
@@ -182,28 +145,21 @@ struct dp_tunnel {
 
 struct dp_txbuf {
     uint16_t n;
-    uint16_t planes;          /* planes of the frames held: bit p, bit 8 = own */
-    uint64_t bytes;           /* their pkt_len summed */
+    uint16_t planes; /* planes of the frames held: bit p, bit 8 = own */
+    uint64_t bytes;  /* their pkt_len summed */
     struct rte_mbuf *m[DP_TXBUF];
 };
 
 /* what a worker hands to the control thread */
 struct dp_slow_event {
-    uint8_t kind;             /* DP_EV_* */
+    uint8_t kind; /* DP_EV_* */
     uint8_t mac[6];
     uint8_t pad;
-    uint32_t ip;              /* host order */
+    uint32_t ip; /* host order */
     uint32_t net;
 };
 #define DP_EV_NEIGH 1
 #define DP_EV_LEARN 2
-
-struct dp_worker {
-    int id;
-    unsigned lcore;
-    uint16_t n_poll;
-    uint16_t poll[DP_MAX_PORTS];
-} __rte_cache_aligned;
 
 /* worker poll lists: immutable snapshots */
 /* what a worker polls: (port, rx queue) pairs */
@@ -215,15 +171,29 @@ struct dp_poll_list {
     } e[DP_MAX_PORTS * DP_MAX_RXQ];
 };
 
-/* counters, one cache-aligned row block per worker */
+/* a per-worker row of n counters, padded to whole cache lines */
+#define DP_CTR_ROW_LEN(n) RTE_ALIGN_CEIL((n), RTE_CACHE_LINE_SIZE / sizeof(uint64_t))
+
+/* counters: one block of rows per worker, each block on cache lines of its
+ * own, so no two workers ever write the same line (dp_counters.h: columns) */
 struct dp_counters {
     uint64_t port[DP_MAX_WORKERS][DP_MAX_PORTS][DP_PORT_CTR_COUNT];
     uint64_t net[DP_MAX_WORKERS][DP_MAX_NETS][DP_NET_CTR_COUNT];
-    uint64_t drop[DP_MAX_WORKERS][DP_DROP_COUNT + 1];
-    uint64_t worker[DP_MAX_WORKERS][8];
+    uint64_t drop[DP_MAX_WORKERS][DP_CTR_ROW_LEN(DP_DROP_COUNT)];
+    uint64_t worker[DP_MAX_WORKERS][DP_CTR_ROW_LEN(DP_WORKER_CTR_COUNT)];
     uint64_t qos[DP_MAX_WORKERS][DP_MAX_PORTS][DP_MAX_PLANES][DP_QOS_CTR_COUNT];
     uint64_t lat[DP_MAX_WORKERS][DP_MAX_PLANES][DP_LAT_ROW];
 };
+#define DP_CTR_WORKER_BLOCK_ALIGNED(m)                                                     \
+    _Static_assert(offsetof(struct dp_counters, m) % RTE_CACHE_LINE_SIZE == 0 &&           \
+                       sizeof(((struct dp_counters *)0)->m[0]) % RTE_CACHE_LINE_SIZE == 0, \
+                   "counters: " #m " blocks of workers share a cache line")
+DP_CTR_WORKER_BLOCK_ALIGNED(port);
+DP_CTR_WORKER_BLOCK_ALIGNED(net);
+DP_CTR_WORKER_BLOCK_ALIGNED(drop);
+DP_CTR_WORKER_BLOCK_ALIGNED(worker);
+DP_CTR_WORKER_BLOCK_ALIGNED(qos);
+DP_CTR_WORKER_BLOCK_ALIGNED(lat);
 
 struct dp_vtep {
     uint32_t ip_be;
@@ -238,19 +208,19 @@ struct dp_state {
     int n_workers;
     unsigned worker_lcore[DP_MAX_WORKERS];
     struct rte_mempool *pool;
-    struct rte_hash *fdb;        /* (net, mac) -> DP_FDB_VAL */
-    struct rte_hash *vteps;      /* (vni, src vtep) -> net index */
-    struct rte_hash *vnis;       /* vni -> net index */
+    struct rte_hash *fdb;   /* (net, mac) -> DP_FDB_VAL */
+    struct rte_hash *vteps; /* (vni, src vtep) -> net index */
+    struct rte_hash *vnis;  /* vni -> net index */
     struct rte_rcu_qsbr *qsbr;
-    struct rte_ring *slow_ring;  /* workers -> control: ARP, learning */
-    struct rte_ring *ctrl_tx;    /* control -> uplink: ARP requests */
+    struct rte_ring *slow_ring; /* workers -> control: ARP, learning */
+    struct rte_ring *ctrl_tx;   /* control -> uplink: ARP requests */
     _Atomic(struct dp_port *) ports[DP_MAX_PORTS];
     _Atomic(struct dp_net *) nets[DP_MAX_NETS];
     _Atomic(struct dp_tunnel *) tunnels[DP_MAX_TUNNELS];
     _Atomic(struct dp_poll_list *) poll[DP_MAX_WORKERS];
     _Atomic(struct dp_vtep *) vtep;
     uint8_t net_plane[DP_MAX_NETS]; /* plane of each network, for the workers */
-    atomic_uint tbl_gen;          /* bumped after every FDB or VTEP table change */
+    atomic_uint tbl_gen;            /* bumped after every FDB or VTEP table change */
     atomic_int stop;
     atomic_int running;
     struct dp_counters *ctr;
@@ -261,9 +231,9 @@ extern struct dp_state dp;
 /* the last worker row of the counters belongs to the control thread */
 #define DP_CTRL_ROW (DP_MAX_WORKERS - 1)
 
+/* the workers (dp_pipeline.c) */
+struct dp_wctx;
+struct dp_wctx *dp_worker_new(int id);
 int dp_worker_main(void *arg);
-/* re-deal (port, queue) pairs to the workers (after a plane's change) */
-void dp_poll_rebuild(void);
-void dp_set_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif /* DP_INTERNAL_H */

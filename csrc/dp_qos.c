@@ -1,8 +1,11 @@
 /*
  * dp_qos.c - per-plane queues, strict-priority scheduler, shapers, latency
  * histogram bounds. See dp_qos.h for the picture.
+ *
+ * A module of its own: it knows nothing of ports, workers or the control
+ * files, and calls none of them. The control side (dp_plane.c) checks what
+ * it is given and calls down; bench/sched_cmp.c builds it alone.
  */
-#include <errno.h>
 #include <string.h>
 
 #include <rte_cycles.h>
@@ -10,35 +13,20 @@
 #include <rte_mbuf_dyn.h>
 #include <rte_errno.h>
 
-#include "dp_internal.h"
 #include "dp_qos.h"
 
 struct dp_qos_global dp_qg;
 int dp_meta_off = -1;
 
-static const uint64_t lat_bounds_ns[16] = {DP_LAT_BOUNDS_NS};
+const uint64_t dp_lat_bounds_ns[DP_LAT_BOUNDS] = {DP_LAT_BOUNDS_NS};
 
 uint64_t
 dp_bps_to_tsc_rate(uint64_t bps)
 {
     /* bytes per 2^20 TSC cycles */
-    long double r = (long double)bps / 8.0L * (long double)(1u << 20) / (long double)rte_get_tsc_hz();
+    long double r =
+        (long double)bps / 8.0L * (long double)(1u << 20) / (long double)rte_get_tsc_hz();
     return (uint64_t)(r + 0.5L);
-}
-
-uint64_t
-dp_tsc_hz(void)
-{
-    return rte_get_tsc_hz();
-}
-
-int
-dp_lat_bound_ns(int idx, uint64_t *ns)
-{
-    if (idx < 0 || idx >= 16)
-        return -EINVAL;
-    *ns = lat_bounds_ns[idx];
-    return 0;
 }
 
 static void
@@ -50,7 +38,8 @@ order_rebuild(void)
         if (dp_qg.plane[p].used)
             ord[n++] = (uint8_t)p;
     for (int i = 1; i < n; i++) /* insertion sort, highest priority first */
-        for (int j = i; j > 0 && dp_qg.plane[ord[j]].priority > dp_qg.plane[ord[j - 1]].priority; j--) {
+        for (int j = i; j > 0 && dp_qg.plane[ord[j]].priority > dp_qg.plane[ord[j - 1]].priority;
+             j--) {
             uint8_t t = ord[j];
             ord[j] = ord[j - 1];
             ord[j - 1] = t;
@@ -63,110 +52,52 @@ int
 dp_qos_init(void)
 {
     static const struct rte_mbuf_dynfield f = {
-        .name = "dataplane_meta", .size = sizeof(struct dp_meta),
+        .name = "dataplane_meta",
+        .size = sizeof(struct dp_meta),
         .align = __alignof__(struct dp_meta),
     };
     dp_meta_off = rte_mbuf_dynfield_register(&f);
     if (dp_meta_off < 0)
         return -rte_errno;
     uint64_t hz = rte_get_tsc_hz();
-    for (int i = 0; i < 16; i++)
-        dp_qg.lat_bound_tsc[i] = (uint64_t)((long double)lat_bounds_ns[i] * hz / 1e9L);
+    for (int i = 0; i < DP_LAT_BOUNDS; i++)
+        dp_qg.lat_bound_tsc[i] = (uint64_t)((long double)dp_lat_bounds_ns[i] * hz / 1e9L);
     memset(dp_qg.dscp_plane, -1, sizeof(dp_qg.dscp_plane));
     /* plane 0 exists from the start: everything is in some plane */
-    dp_qg.plane[0] = (struct dp_plane_rt){.used = 1, .priority = 0, .queue_len = 1024,
-                                          .outer_tos = -1, .worker = -1,
-                                          .rx_queue = -1};
+    dp_qg.plane[0] =
+        (struct dp_plane_rt){.used = 1, .priority = 0, .queue_len = 1024, .outer_tos = -1};
     dp_qg.priority_on = 1;
     dp_qg.latency_on = 1;
     order_rebuild();
     return 0;
 }
 
-int
-dp_plane_set(int plane, const struct dp_plane_conf *c)
+/* the scheduler's part of a plane: priority, rates, queue length, marking */
+void
+dp_qos_plane_set(int plane, const struct dp_plane_conf *c)
 {
-    if (plane < 0 || plane >= DP_MAX_PLANES) {
-        dp_set_error(0, "plane %d out of range 0..%d", plane, DP_MAX_PLANES - 1);
-        return -EINVAL;
-    }
-    if (c->queue_len < 16 || c->queue_len > (1u << 20) || (c->queue_len & (c->queue_len - 1))) {
-        dp_set_error(0, "plane %d: queue length %u is not a power of two in 16..1048576", plane,
-                     c->queue_len);
-        return -EINVAL;
-    }
-    if (c->dscp < -1 || c->dscp > 63) {
-        dp_set_error(0, "plane %d: DSCP %d out of range 0..63 (or -1)", plane, c->dscp);
-        return -EINVAL;
-    }
-    if (c->max_bps && c->min_bps > c->max_bps) {
-        dp_set_error(0, "plane %d: guaranteed rate above its maximum", plane);
-        return -EINVAL;
-    }
-    if (c->worker < -1 || c->worker >= dp.n_workers) {
-        dp_set_error(0, "plane %d: worker %d does not exist (%d workers)", plane, c->worker,
-                     dp.n_workers);
-        return -EINVAL;
-    }
-    if (c->rx_queue != -1 && (c->rx_queue < 1 || c->rx_queue >= DP_MAX_RXQ)) {
-        dp_set_error(0, "plane %d: rx queue %d out of range 1..%d (queue 0 is the port's own)",
-                     plane, c->rx_queue, DP_MAX_RXQ - 1);
-        return -EINVAL;
-    }
-    if (c->rx_queue >= 1 && c->worker < 0) {
-        dp_set_error(0, "plane %d: an rx queue of its own needs a worker of its own", plane);
-        return -EINVAL;
-    }
-    for (int p = 0; p < DP_MAX_PLANES; p++) {
-        if (p == plane || !dp_qg.plane[p].used)
-            continue;
-        if (dp_qg.plane[p].priority == c->priority) {
-            dp_set_error(0, "plane %d: priority %d is already plane %d's", plane, c->priority, p);
-            return -EEXIST;
-        }
-        if (c->rx_queue >= 1 && dp_qg.plane[p].rx_queue == c->rx_queue) {
-            dp_set_error(0, "plane %d: rx queue %d is already plane %d's", plane, c->rx_queue, p);
-            return -EEXIST;
-        }
-    }
     struct dp_plane_rt *r = &dp_qg.plane[plane];
     /* words a worker reads: each one written whole */
     __atomic_store_n(&r->min_bytes_tsc, dp_bps_to_tsc_rate(c->min_bps), __ATOMIC_RELAXED);
     __atomic_store_n(&r->max_bytes_tsc, dp_bps_to_tsc_rate(c->max_bps), __ATOMIC_RELAXED);
     __atomic_store_n(&r->outer_tos, c->dscp < 0 ? -1 : c->dscp << 2, __ATOMIC_RELAXED);
     r->queue_len = c->queue_len; /* applies to queues made from now on */
-    int moved = r->worker != c->worker || r->rx_queue != c->rx_queue || !r->used;
-    r->worker = c->worker;
-    r->rx_queue = c->rx_queue;
     r->priority = c->priority;
     __atomic_store_n(&r->used, 1, __ATOMIC_RELEASE);
     order_rebuild();
-    if (moved && dp.qsbr)
-        dp_poll_rebuild(); /* its ports and queues to its worker */
-    return 0;
 }
 
-int
-dp_qos_mode(int priority_on, int latency_on)
+void
+dp_qos_set_mode(int priority_on, int latency_on)
 {
     __atomic_store_n(&dp_qg.priority_on, !!priority_on, __ATOMIC_RELEASE);
     __atomic_store_n(&dp_qg.latency_on, !!latency_on, __ATOMIC_RELEASE);
-    return 0;
 }
 
-int
-dp_dscp_plane(int dscp, int plane)
+void
+dp_qos_set_dscp_plane(int dscp, int plane)
 {
-    if (dscp < 0 || dscp > 63) {
-        dp_set_error(0, "DSCP %d out of range 0..63", dscp);
-        return -EINVAL;
-    }
-    if (plane >= DP_MAX_PLANES || (plane >= 0 && !dp_qg.plane[plane].used)) {
-        dp_set_error(0, "plane %d is not configured", plane);
-        return -EINVAL;
-    }
     __atomic_store_n(&dp_qg.dscp_plane[dscp], (int8_t)(plane < 0 ? -1 : plane), __ATOMIC_RELEASE);
-    return 0;
 }
 
 struct dp_qos *
@@ -183,8 +114,7 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
         char name[RTE_RING_NAMESIZE];
         snprintf(name, sizeof(name), "dpq_%d_%d_%u", port, p, (unsigned)(q->last_tsc & 0xffff));
         unsigned len = dp_qg.plane[p].used ? dp_qg.plane[p].queue_len : 1024;
-        q->q[p] = rte_ring_create(name, len, (int)rte_socket_id(),
-                                  RING_F_SC_DEQ | RING_F_EXACT_SZ);
+        q->q[p] = rte_ring_create(name, len, (int)rte_socket_id(), RING_F_SC_DEQ | RING_F_EXACT_SZ);
         if (!q->q[p]) {
             dp_qos_free(q);
             return NULL;
@@ -193,6 +123,13 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
         q->ptok_min[p] = (int64_t)burst_bytes << 20;
     }
     return q;
+}
+
+/* frames waiting in a plane's queue of a shaped port */
+unsigned
+dp_qos_queued(const struct dp_qos *q, int plane)
+{
+    return rte_ring_count(q->q[plane]) + (q->head[plane] != NULL);
 }
 
 unsigned
@@ -330,8 +267,7 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
             continue;
         int blocked = 0;
         k = drain(q, p, 0, out, k, max, ctr, &blocked);
-        if (blocked &&
-            q->ptok_min[p] >= (int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20)
+        if (blocked && q->ptok_min[p] >= (int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20)
             return k;
     }
     /* pass 2: strict priority for the rest */

@@ -1,0 +1,101 @@
+/*
+ * dp_control.h - what the control files share. They run on the control
+ * (main lcore) thread only; the pipeline never includes this header.
+ *
+ *   dp_eal.c       EAL, shared tables and rings, workers start/stop, teardown
+ *   dp_port.c      ports: ethdev, ring and AF_PACKET ports added and removed
+ *   dp_poll.c      which worker polls which (port, rx queue): the poll lists
+ *   dp_net.c       networks: VNI, local ports, flood list
+ *   dp_fdb.c       forwarding database
+ *   dp_tunnel.c    the VTEP and the tunnels to remote VTEPs (header templates)
+ *   dp_neigh.c     underlay neighbours, ARP requests, housekeeping
+ *   dp_plane.c     network planes, port shapers, DSCP marking (calls dp_qos.c)
+ *   dp_counters.c  counter blocks and their names
+ *   dp_ring.c      frames into and out of ring ports (tests and tools)
+ *   dp_error.c     the message of the last failed call (dp_error.h)
+ *
+ * Below them, called and never calling back: dp_qos.c (the plane
+ * scheduler, which includes dp_qos.h only) and afpacket.c (the AF_PACKET
+ * driver, which uses dp_error.h only). Beside them: dp_pipeline.c, the
+ * workers' loop, which shares dp_internal.h with them.
+ *
+ * Every change the workers can see follows one recipe: build a new immutable
+ * snapshot, publish it with an atomic store, wait for a grace period
+ * (dp_sync), free the old one. Hash tables are DPDK hashes in lock-free
+ * reader mode with the hash library's own RCU defer queue.
+ *
+ * A control function that fails returns dp_fail(-errno, "why", ...)
+ * (dp_error.h).
+ */
+#ifndef DP_CONTROL_H
+#define DP_CONTROL_H
+
+#include "dp_internal.h"
+#include "dp_error.h"
+
+/* dp_eal.c */
+extern int dp_setup_done; /* dp_setup ran: pool, tables, rings, counters exist */
+void dp_sync(void);
+
+/* dp_port.c */
+struct dp_port *dp_port_get(int idx);
+void dp_ports_free_all(void); /* teardown, workers stopped */
+
+/* dp_poll.c: a change of the poll lists is planned (allocations: may fail,
+ * NULL) before it is applied (cannot fail), so that a caller can prepare
+ * everything else first; dp_poll_rebuild does both */
+struct dp_poll_plan;
+struct dp_poll_plan *dp_poll_plan(int idx, const struct dp_port *p);
+void dp_poll_apply(struct dp_poll_plan *plan);
+void dp_poll_plan_free(struct dp_poll_plan *plan);
+int dp_poll_rebuild(void);
+int dp_rxq_worker(const struct dp_port *p, int q);
+int dp_least_loaded_worker(void);
+void dp_poll_free_all(void);
+
+/* dp_net.c: copies to modify, published whole (dp_net_publish frees the
+ * one it replaces after a grace period) */
+struct dp_net *dp_net_get(int net);
+struct dp_net *dp_net_with_local(int net, int port, int add);
+void dp_net_publish(int net, struct dp_net *n);
+int dp_nets_prepare(uint32_t max_frame, struct dp_net *fresh[DP_MAX_NETS]);
+void dp_nets_publish(struct dp_net *fresh[DP_MAX_NETS]);
+void dp_nets_free_all(void);
+
+/* dp_fdb.c: entries to delete are collected first (may fail), deleted after
+ * (cannot fail) */
+struct dp_fdb_keys {
+    size_t n, cap;
+    uint64_t *key;
+};
+int dp_fdb_collect_port(int port, struct dp_fdb_keys *keys);
+int dp_fdb_collect_net(int net, struct dp_fdb_keys *keys);
+void dp_fdb_purge(struct dp_fdb_keys *keys);
+void dp_fdb_keys_free(struct dp_fdb_keys *keys);
+
+/* after every FDB or VTEP table change: the workers' caches of them start
+ * over (dp_internal.h) */
+static inline void
+dp_tables_changed(void)
+{
+    atomic_fetch_add_explicit(&dp.tbl_gen, 1, memory_order_release);
+}
+
+/* dp_tunnel.c */
+extern struct dp_vtep_conf dp_vconf; /* the VTEP as last set */
+extern int dp_vconf_set;
+uint32_t dp_max_frame(void);
+int dp_tunnel_ref(int net, uint32_t ip);
+void dp_tunnel_unref(int net, int ti);
+int dp_tunnels_refresh_nh(uint32_t nh_ip);
+void dp_tunnels_free_all(void);
+
+/* dp_plane.c: the worker of a plane's own, of the plane that claims rx
+ * queue q (>= 1); -1 = none */
+int dp_plane_worker(int plane);
+int dp_plane_rxq_worker(int q);
+
+/* dp_neigh.c */
+const uint8_t *dp_neigh_mac(uint32_t ip);
+
+#endif /* DP_CONTROL_H */

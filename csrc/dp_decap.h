@@ -1,0 +1,297 @@
+/*
+ * dp_decap.h - the uplink side: outer checks (every drop named), ARP for
+ * the VTEP address answered, (VNI, source VTEP) to network, outer headers
+ * stripped, the inner frame looked up in the network's FDB and sent to a
+ * local port or flooded to the local ports; unknown VTEPs reported for
+ * learning.
+ *
+ * Part of the one translation unit dp_pipeline.c: static inline code, so
+ * the compiler sees the whole worker loop at once (and builds the same code
+ * as when it was one file).
+ */
+#ifndef DP_DECAP_H
+#define DP_DECAP_H
+
+#ifndef DP_PIPELINE_TU
+#error "dp_decap.h is included by dp_pipeline.c only"
+#endif
+
+static void
+slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
+{
+    struct dp_slow_event ev = {.kind = kind, .ip = rte_be_to_cpu_32(ip_be), .net = net};
+    memcpy(ev.mac, mac, 6);
+    if (rte_ring_enqueue_elem(dp.slow_ring, &ev, sizeof(ev)) != 0)
+        w->drop[DP_DROP_SLOWPATH_FULL]++;
+}
+
+/* ARP on the uplink: answer requests for the VTEP address, learn senders */
+static void
+arp_input(struct dp_wctx *w, struct rte_mbuf *m)
+{
+    const struct dp_vtep *v = w->vtep;
+    struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, struct rte_ether_hdr *);
+    struct rte_arp_hdr *arp = (struct rte_arp_hdr *)(eth + 1);
+    if (unlikely(m->data_len < sizeof(*eth) + sizeof(*arp) ||
+                 arp->arp_hardware != RTE_BE16(RTE_ARP_HRD_ETHER) ||
+                 arp->arp_protocol != RTE_BE16(RTE_ETHER_TYPE_IPV4) || arp->arp_hlen != 6 ||
+                 arp->arp_plen != 4 || arp->arp_data.arp_tip != v->ip_be || v->uplink < 0)) {
+        drop(w, m, DP_DROP_ARP_IGNORED);
+        return;
+    }
+    slow_event(w, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes, arp->arp_data.arp_sip, 0);
+    if (arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
+        rte_pktmbuf_free(m); /* a reply: consumed by the neighbour table */
+        return;
+    }
+    /* turn the request into the reply, in place; it queues as plane 0 */
+    DP_META(m)->plane = 0;
+    arp->arp_opcode = RTE_BE16(RTE_ARP_OP_REPLY);
+    arp->arp_data.arp_tha = arp->arp_data.arp_sha;
+    arp->arp_data.arp_tip = arp->arp_data.arp_sip;
+    memcpy(arp->arp_data.arp_sha.addr_bytes, v->mac, 6);
+    arp->arp_data.arp_sip = v->ip_be;
+    eth->dst_addr = arp->arp_data.arp_tha;
+    memcpy(eth->src_addr.addr_bytes, v->mac, 6);
+    tx_put(w, (uint16_t)v->uplink, m);
+}
+
+/*
+ * Outer checks of one uplink frame, every reason in order. Returns the
+ * outer header length (Ether + IPv4 + UDP + VXLAN) of a VXLAN frame for us,
+ * its Ethernet padding trimmed, or 0 when the frame was consumed (ARP) or
+ * dropped and counted.
+ */
+static __rte_noinline uint32_t
+outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
+{
+    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
+        drop(w, m, DP_DROP_TRUNCATED);
+        return 0;
+    }
+    const struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, const struct rte_ether_hdr *);
+    if (unlikely(eth->ether_type != RTE_BE16(RTE_ETHER_TYPE_IPV4))) {
+        if (eth->ether_type == RTE_BE16(RTE_ETHER_TYPE_ARP))
+            arp_input(w, m);
+        else
+            drop(w, m, DP_DROP_UPLINK_NON_IP);
+        return 0;
+    }
+    if (unlikely(memcmp(eth->dst_addr.addr_bytes, v->mac, 6) != 0)) {
+        drop(w, m, DP_DROP_NOT_FOR_US);
+        return 0;
+    }
+    const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 1);
+    uint32_t hl = (ip->version_ihl & 0xf) * 4u;
+    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) || (ip->version_ihl >> 4) != 4 ||
+                 hl < sizeof(*ip))) {
+        drop(w, m,
+             m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ? DP_DROP_TRUNCATED : DP_DROP_BAD_IP);
+        return 0;
+    }
+    if (unlikely(ip->dst_addr != v->ip_be)) {
+        drop(w, m, DP_DROP_NOT_FOR_US);
+        return 0;
+    }
+    if (unlikely(ip->fragment_offset & RTE_BE16(0x3fff))) {
+        drop(w, m, DP_DROP_IP_FRAGMENT);
+        return 0;
+    }
+    if (unlikely(ip->next_proto_id != IPPROTO_UDP)) {
+        drop(w, m, DP_DROP_NOT_UDP);
+        return 0;
+    }
+    uint32_t tot = rte_be_to_cpu_16(ip->total_length);
+    uint32_t outer =
+        RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr);
+    if (unlikely(tot < hl || RTE_ETHER_HDR_LEN + tot > m->pkt_len || m->data_len < outer)) {
+        drop(w, m, DP_DROP_TRUNCATED);
+        return 0;
+    }
+    const struct rte_udp_hdr *udp = (const struct rte_udp_hdr *)((const uint8_t *)ip + hl);
+    if (unlikely(udp->dst_port != v->udp_port_be)) {
+        drop(w, m, DP_DROP_UDP_PORT);
+        return 0;
+    }
+    if (unlikely(RTE_ETHER_HDR_LEN + tot < outer + RTE_ETHER_HDR_LEN)) {
+        drop(w, m, DP_DROP_TRUNCATED);
+        return 0;
+    }
+    const struct rte_vxlan_hdr *vx = (const struct rte_vxlan_hdr *)(udp + 1);
+    if (unlikely(!(*(const uint8_t *)vx & 0x08))) {
+        drop(w, m, DP_DROP_VXLAN_FLAGS);
+        return 0;
+    }
+    /* drop Ethernet padding past the IP datagram */
+    if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
+        rte_pktmbuf_trim(m, (uint16_t)(m->pkt_len - RTE_ETHER_HDR_LEN - tot));
+    return outer;
+}
+
+/* the fields of our VTEP the fast check compares, loaded once per burst */
+struct dp_outer_ref {
+    uint32_t mac_lo;
+    uint16_t mac_hi;
+    uint16_t udp_port_be;
+    uint32_t ip_be;
+};
+
+/*
+ * Outer checks, fast path: the common frame (IPv4 without options to our
+ * MAC and address, not a fragment, UDP to our port, I flag set, no padding,
+ * inner Ethernet header in the first segment) accepted with one branch;
+ * anything else goes through outer_check_full, which names the reason.
+ */
+static __rte_always_inline uint32_t
+outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_ref *r,
+            struct rte_mbuf *m)
+{
+    if (likely(m->data_len >= DP_VXLAN_HDR_LEN + RTE_ETHER_HDR_LEN)) {
+        const uint8_t *p = rte_pktmbuf_mtod(m, const uint8_t *);
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(p + RTE_ETHER_HDR_LEN);
+        const struct rte_udp_hdr *udp = (const struct rte_udp_hdr *)(ip + 1);
+        uint32_t mac_lo;
+        uint16_t mac_hi, et;
+        memcpy(&mac_lo, p, 4);
+        memcpy(&mac_hi, p + 4, 2);
+        memcpy(&et, p + 12, 2);
+        uint32_t tot = rte_be_to_cpu_16(ip->total_length);
+        uint32_t bad =
+            (mac_lo ^ r->mac_lo) | (uint32_t)(mac_hi ^ r->mac_hi) |
+            (uint32_t)(et ^ RTE_BE16(RTE_ETHER_TYPE_IPV4)) | (uint32_t)(ip->version_ihl ^ 0x45) |
+            (uint32_t)(ip->fragment_offset & RTE_BE16(0x3fff)) |
+            (uint32_t)(ip->next_proto_id ^ IPPROTO_UDP) | (ip->dst_addr ^ r->ip_be) |
+            (uint32_t)(udp->dst_port ^ r->udp_port_be) |
+            (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
+            (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN);
+        if (likely(bad == 0))
+            return DP_VXLAN_HDR_LEN;
+    }
+    return outer_check_full(w, v, m);
+}
+
+/* per-network counter summed over a run of frames of one network */
+static __rte_always_inline void
+net_count(struct dp_wctx *w, int ctr, uint32_t net, uint32_t *cur, uint64_t *cnt)
+{
+    if (unlikely(net != *cur)) {
+        if (*cnt)
+            w->net[*cur][ctr] += *cnt;
+        *cur = net;
+        *cnt = 0;
+    }
+    (*cnt)++;
+}
+
+static __rte_always_inline void
+net_count_flush(struct dp_wctx *w, int ctr, uint32_t cur, uint64_t cnt)
+{
+    if (cnt)
+        w->net[cur][ctr] += cnt;
+}
+
+static void
+uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
+{
+    const struct dp_vtep *v = w->vtep;
+    struct rte_mbuf *vx_pkts[DP_BURST];
+    uint8_t olen[DP_BURST];   /* outer header length per frame */
+    uint64_t vkeys[DP_BURST]; /* (VNI, source VTEP) per frame */
+    hash_sig_t vsig[DP_BURST];
+    uint32_t vnet[DP_BURST];
+    uint16_t k = 0;
+    struct dp_outer_ref ref = {.udp_port_be = v->udp_port_be, .ip_be = v->ip_be};
+    memcpy(&ref.mac_lo, v->mac, 4);
+    memcpy(&ref.mac_hi, v->mac + 4, 2);
+
+    /* 1. outer checks; keep VXLAN frames for us, stripped of nothing yet */
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        struct rte_mbuf *m = pkts[i];
+        bytes += m->pkt_len; /* before a check may trim or drop it */
+        uint32_t outer = outer_check(w, v, &ref, m);
+        if (outer == 0)
+            continue;
+        const uint8_t *p = rte_pktmbuf_mtod(m, const uint8_t *);
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(p + RTE_ETHER_HDR_LEN);
+        const struct rte_vxlan_hdr *vx =
+            (const struct rte_vxlan_hdr *)(p + outer - sizeof(struct rte_vxlan_hdr));
+        vkeys[k] = dp_vtep_key(vx->vx_vni & RTE_BE32(0xffffff00), ip->src_addr);
+        vsig[k] = dp_key8_hash(vkeys[k]);
+        olen[k] = (uint8_t)outer;
+        vx_pkts[k++] = m;
+    }
+    w->port[pi][DP_PORT_RX_BYTES] += bytes;
+    if (k == 0)
+        return;
+
+    /* 2. (VNI, source VTEP) → network; strip the outer headers */
+    uint64_t hits =
+        cached_lookup(w, w->vcache, DP_VTEP_CACHE_SIZE - 1, dp.vteps, 0, vkeys, vsig, k, vnet);
+    uint64_t keys[DP_BURST];
+    hash_sig_t sig[DP_BURST];
+    uint32_t val[DP_BURST];
+    uint16_t nets[DP_BURST];
+    uint16_t j = 0;
+    uint32_t cnet = 0;
+    uint64_t ccnt = 0;
+    for (uint16_t i = 0; i < k; i++) {
+        struct rte_mbuf *m = vx_pkts[i];
+        uint32_t net;
+        if (likely((hits >> i) & 1)) {
+            net = vnet[i];
+        } else {
+            uint32_t vni = rte_be_to_cpu_32((uint32_t)(vkeys[i] >> 32)) >> 8;
+            void *d;
+            if (rte_hash_lookup_data(dp.vnis, &vni, &d) < 0) {
+                drop(w, m, DP_DROP_UNKNOWN_VNI);
+                continue;
+            }
+            if (!v->learning) {
+                drop(w, m, DP_DROP_UNKNOWN_VTEP);
+                continue;
+            }
+            net = (uint32_t)(uintptr_t)d;
+            const uint8_t *inner = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen[i]);
+            slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)vkeys[i], net);
+        }
+        rte_pktmbuf_adj(m, olen[i]);
+        DP_META(m)->plane = dp.net_plane[net];
+        net_count(w, DP_NET_DECAP, net, &cnet, &ccnt);
+        const uint8_t *inner = rte_pktmbuf_mtod(m, const uint8_t *);
+        keys[j] = dp_fdb_key(net, inner);
+        sig[j] = dp_key8_hash(keys[j]);
+        nets[j] = (uint16_t)net;
+        vx_pkts[j++] = m;
+    }
+    net_count_flush(w, DP_NET_DECAP, cnet, ccnt);
+    if (j == 0)
+        return;
+
+    /* 3. inner destination within the VNI's network */
+    hits = fdb_lookup(w, keys, sig, j, val);
+    cnet = 0;
+    ccnt = 0;
+    for (uint16_t i = 0; i < j; i++) {
+        struct rte_mbuf *m = vx_pkts[i];
+        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
+        if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
+            const struct dp_net *net =
+                atomic_load_explicit(&dp.nets[nets[i]], memory_order_acquire);
+            if (unlikely(net == NULL))
+                drop(w, m, DP_DROP_UNKNOWN_VNI);
+            else
+                flood(w, net, -1, 0, m);
+            continue;
+        }
+        if (unlikely(DP_FV_KIND(val[i]) != DP_FDB_LOCAL)) {
+            drop(w, m, DP_DROP_SPLIT_HORIZON);
+            continue;
+        }
+        net_count(w, DP_NET_LOCAL, nets[i], &cnet, &ccnt);
+        tx_put(w, (uint16_t)DP_FV_TARGET(val[i]), m);
+    }
+    net_count_flush(w, DP_NET_LOCAL, cnet, ccnt);
+}
+
+#endif /* DP_DECAP_H */

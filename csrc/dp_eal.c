@@ -1,0 +1,287 @@
+/*
+ * dp_eal.c - the process-wide life of the core: DPDK's EAL, the shared
+ * tables, pool and rings (dp_setup), the worker lcores (start, stop), and
+ * teardown (dp_shutdown).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_lcore.h>
+#include <rte_malloc.h>
+#include <rte_hash_crc.h>
+
+#include "dp_control.h"
+#include "dp_qos.h"
+
+struct dp_state dp;
+
+static int dp_eal_up;
+int dp_setup_done;
+
+int
+dp_abi_version(void)
+{
+    return DP_ABI_VERSION;
+}
+
+int
+dp_running(void)
+{
+    return atomic_load(&dp.running);
+}
+
+/* wait until no worker holds what was unpublished before the call */
+void
+dp_sync(void)
+{
+    rte_rcu_qsbr_synchronize(dp.qsbr, RTE_QSBR_THRID_INVALID);
+}
+
+int
+dp_eal_init(int argc, char **argv, struct dp_eal_info *info)
+{
+    if (dp_eal_up)
+        return dp_fail(-EALREADY,
+                       "EAL already started in this process (it cannot be started twice)");
+    int ret = rte_eal_init(argc, argv);
+    if (ret < 0)
+        return dp_fail(-rte_errno, "rte_eal_init failed: %s", rte_strerror(rte_errno));
+    dp_eal_up = 1;
+    unsigned lcore;
+    int n = 0;
+    RTE_LCORE_FOREACH_WORKER(lcore) {
+        if (n < DP_MAX_WORKERS - 1) /* the last counter row is the control thread's */
+            dp.worker_lcore[n++] = lcore;
+    }
+    dp.n_workers = n;
+    if (info) {
+        info->n_workers = n;
+        info->main_lcore = rte_get_main_lcore();
+        info->socket_id = (int)rte_socket_id();
+    }
+    if (n == 0)
+        return dp_fail(-EINVAL, "no worker lcore: give EAL at least two lcores (control + worker)");
+    return 0;
+}
+
+/* rte_hash_cmp_eq_t: 0 when equal */
+static int
+dp_key8_cmp(const void *a, const void *b, size_t len)
+{
+    (void)len;
+    uint64_t x, y;
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    return x != y;
+}
+
+static int
+dp_key4_cmp(const void *a, const void *b, size_t len)
+{
+    (void)len;
+    uint32_t x, y;
+    memcpy(&x, a, 4);
+    memcpy(&y, b, 4);
+    return x != y;
+}
+
+/* rte_hash_function for 8-byte keys: the pipeline's inline dp_key8_hash */
+static uint32_t
+dp_key8_hash_fn(const void *key, uint32_t len, uint32_t init)
+{
+    (void)len;
+    (void)init; /* DP_KEY8_HASH_INIT, as given below */
+    uint64_t k;
+    memcpy(&k, key, 8);
+    return dp_key8_hash(k);
+}
+
+static struct rte_hash *
+mk_hash(const char *name, uint32_t entries, uint32_t key_len)
+{
+    int key8 = key_len == sizeof(uint64_t);
+    struct rte_hash_parameters p = {
+        .name = name,
+        .entries = entries,
+        .key_len = key_len,
+        .hash_func = key8 ? dp_key8_hash_fn : rte_hash_crc,
+        .hash_func_init_val = key8 ? DP_KEY8_HASH_INIT : 0,
+        .socket_id = (int)rte_socket_id(),
+        .extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF,
+    };
+    struct rte_hash *h = rte_hash_create(&p);
+    if (!h)
+        return NULL;
+    /* the library compares keys of other than 16..128 bytes with memcmp */
+    if (key8)
+        rte_hash_set_cmp_func(h, dp_key8_cmp);
+    else if (key_len == sizeof(uint32_t))
+        rte_hash_set_cmp_func(h, dp_key4_cmp);
+    struct rte_hash_rcu_config rc = {.v = dp.qsbr, .mode = RTE_HASH_QSBR_MODE_DQ};
+    if (rte_hash_rcu_qsbr_add(h, &rc) != 0) {
+        rte_hash_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* free what dp_setup made, as far as it got (NULL pointers are skipped) */
+static void
+setup_free(void)
+{
+    dp_poll_free_all();
+    free(atomic_exchange(&dp.vtep, NULL));
+    struct rte_mbuf *m;
+    while (dp.ctrl_tx && rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0)
+        rte_pktmbuf_free(m);
+    /* give the hugepage memory back before the EAL goes */
+    rte_hash_free(dp.fdb);
+    rte_hash_free(dp.vteps);
+    rte_hash_free(dp.vnis);
+    rte_ring_free(dp.slow_ring);
+    rte_ring_free(dp.ctrl_tx);
+    rte_mempool_free(dp.pool);
+    rte_free(dp.ctr);
+    rte_free(dp.qsbr);
+    dp.fdb = dp.vteps = dp.vnis = NULL;
+    dp.slow_ring = dp.ctrl_tx = NULL;
+    dp.pool = NULL;
+    dp.ctr = NULL;
+    dp.qsbr = NULL;
+}
+
+int
+dp_setup(unsigned n_mbufs)
+{
+    if (!dp_eal_up)
+        return dp_fail(-EINVAL, "EAL not started");
+    if (dp_setup_done)
+        return dp_fail(-EALREADY, "dp_setup already done");
+    int socket = (int)rte_socket_id();
+    int ret;
+
+    size_t qsz = rte_rcu_qsbr_get_memsize(DP_MAX_WORKERS);
+    dp.qsbr = rte_zmalloc_socket("dp_qsbr", qsz, RTE_CACHE_LINE_SIZE, socket);
+    if (!dp.qsbr || rte_rcu_qsbr_init(dp.qsbr, DP_MAX_WORKERS) != 0) {
+        ret = dp_fail(-ENOMEM, "cannot allocate the RCU state");
+        goto fail;
+    }
+    dp.pool =
+        rte_pktmbuf_pool_create("dp_pool", n_mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, socket);
+    if (!dp.pool) {
+        ret = dp_fail(-rte_errno, "cannot create mbuf pool of %u mbufs: %s", n_mbufs,
+                      rte_strerror(rte_errno));
+        goto fail;
+    }
+    ret = dp_qos_init();
+    if (ret < 0) {
+        ret = dp_fail(ret, "cannot register the mbuf metadata field");
+        goto fail;
+    }
+    dp.fdb = mk_hash("dp_fdb", 1 << 20, sizeof(uint64_t));
+    dp.vteps = mk_hash("dp_vteps", 1 << 16, sizeof(uint64_t));
+    dp.vnis = mk_hash("dp_vnis", 1 << 12, sizeof(uint32_t));
+    if (!dp.fdb || !dp.vteps || !dp.vnis) {
+        ret = dp_fail(-ENOMEM, "cannot create hash tables: %s", rte_strerror(rte_errno));
+        goto fail;
+    }
+    dp.slow_ring = rte_ring_create_elem("dp_slow", sizeof(struct dp_slow_event), DP_SLOW_RING_SIZE,
+                                        socket, RING_F_SC_DEQ);
+    dp.ctrl_tx =
+        rte_ring_create("dp_ctrl_tx", DP_CTRL_TX_RING_SIZE, socket, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    dp.ctr =
+        rte_zmalloc_socket("dp_counters", sizeof(struct dp_counters), RTE_CACHE_LINE_SIZE, socket);
+    if (!dp.slow_ring || !dp.ctrl_tx || !dp.ctr) {
+        ret = dp_fail(-ENOMEM, "cannot create rings/counters");
+        goto fail;
+    }
+    for (int w = 0; w < DP_MAX_WORKERS; w++) {
+        struct dp_poll_list *pl = calloc(1, sizeof(*pl));
+        if (!pl) {
+            ret = dp_fail(-ENOMEM, "out of memory");
+            goto fail;
+        }
+        atomic_store(&dp.poll[w], pl);
+    }
+    struct dp_vtep *v = calloc(1, sizeof(*v));
+    if (!v) {
+        ret = dp_fail(-ENOMEM, "out of memory");
+        goto fail;
+    }
+    v->uplink = -1;
+    v->udp_port_be = rte_cpu_to_be_16(dp_vconf.udp_port);
+    v->max_frame = dp_max_frame();
+    atomic_store(&dp.vtep, v);
+    dp_setup_done = 1;
+    return 0;
+fail:
+    setup_free();
+    return ret;
+}
+
+int
+dp_start(void)
+{
+    if (!dp_setup_done)
+        return dp_fail(-EINVAL, "dp_setup not done");
+    if (atomic_load(&dp.running))
+        return dp_fail(-EALREADY, "already forwarding");
+    struct dp_wctx *ctx[DP_MAX_WORKERS] = {NULL};
+    for (int w = 0; w < dp.n_workers; w++) {
+        ctx[w] = dp_worker_new(w);
+        if (!ctx[w]) {
+            while (w-- > 0)
+                rte_free(ctx[w]);
+            return dp_fail(-ENOMEM, "out of memory for the workers");
+        }
+    }
+    atomic_store(&dp.stop, 0);
+    for (int w = 0; w < dp.n_workers; w++) {
+        int ret = rte_eal_remote_launch(dp_worker_main, ctx[w], dp.worker_lcore[w]);
+        if (ret != 0) {
+            /* the workers launched stop and free their own context */
+            atomic_store(&dp.stop, 1);
+            rte_eal_mp_wait_lcore();
+            for (int u = w; u < dp.n_workers; u++)
+                rte_free(ctx[u]);
+            return dp_fail(ret, "cannot launch worker on lcore %u", dp.worker_lcore[w]);
+        }
+    }
+    atomic_store(&dp.running, 1);
+    return 0;
+}
+
+int
+dp_stop(void)
+{
+    if (!atomic_load(&dp.running))
+        return 0;
+    atomic_store(&dp.stop, 1);
+    for (int w = 0; w < dp.n_workers; w++)
+        (void)rte_eal_wait_lcore(dp.worker_lcore[w]); /* dp_worker_main returns 0 */
+    atomic_store(&dp.running, 0);
+    return 0;
+}
+
+int
+dp_shutdown(void)
+{
+    dp_stop();
+    if (!dp_eal_up)
+        return 0;
+    if (dp_setup_done) {
+        /* no worker runs: nothing is held, nothing needs a grace period */
+        dp_ports_free_all();
+        dp_nets_free_all();
+        dp_tunnels_free_all();
+        setup_free();
+        memset(&dp, 0, sizeof(dp));
+    }
+    (void)rte_eal_cleanup(); /* nothing is left to undo if it fails */
+    dp_eal_up = 0;
+    dp_setup_done = 0;
+    return 0;
+}

@@ -1,0 +1,272 @@
+/*
+ * dp_encap.h - the pod side: a burst from a pod port looked up in its
+ * network's FDB and sent to a local port, encapsulated in VXLAN to a remote
+ * VTEP (the tunnel's header template copied and patched), or flooded (local
+ * ports and one copy per remote VTEP of the network).
+ *
+ * Part of the one translation unit dp_pipeline.c: static inline code, so
+ * the compiler sees the whole worker loop at once (and builds the same code
+ * as when it was one file).
+ */
+#ifndef DP_ENCAP_H
+#define DP_ENCAP_H
+
+#ifndef DP_PIPELINE_TU
+#error "dp_encap.h is included by dp_pipeline.c only"
+#endif
+
+#define DP_FLOW_PORTS_INIT 0x9e3779b9u /* seeds the L4-port CRC of the flow hash */
+
+/*
+ * Inner flow hash for the outer UDP source port (RFC 7348 §5: entropy for
+ * ECMP, in the dynamic range 49152-65535) and the inner DSCP to copy: the
+ * frames inner_flow does not take on its fast path.
+ */
+static __rte_noinline uint32_t
+inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
+{
+    uint16_t et;
+    memcpy(&et, eth + 12, 2);
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && m->data_len >= 34) {
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
+        *tos = ip->type_of_service & 0xfc;
+        uint64_t addrs;
+        memcpy(&addrs, &ip->src_addr, 8);
+        uint32_t hl = (ip->version_ihl & 0xf) * 4u;
+        uint8_t pr = ip->next_proto_id;
+        uint32_t ports = 0;
+        if ((pr == IPPROTO_TCP || pr == IPPROTO_UDP || pr == IPPROTO_SCTP) &&
+            !(ip->fragment_offset & RTE_BE16(0x3fff)) && m->data_len >= 14 + hl + 4)
+            memcpy(&ports, eth + 14 + hl, 4);
+        return rte_hash_crc_8byte(addrs, pr) ^ rte_hash_crc_4byte(ports, DP_FLOW_PORTS_INIT);
+    }
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6) && m->data_len >= 54) {
+        const uint8_t *ip6 = eth + 14;
+        uint32_t vtc;
+        memcpy(&vtc, ip6, 4);
+        *tos = (uint8_t)((rte_be_to_cpu_32(vtc) >> 20) & 0xfc);
+        return rte_hash_crc(ip6 + 8, 32, vtc & RTE_BE32(0x000fffff));
+    }
+    *tos = 0;
+    return rte_hash_crc(eth, 12, et);
+}
+
+/*
+ * The same, fast path: IPv4 without options (nearly every frame), whose L4
+ * ports sit at a fixed offset. The two CRCs do not depend on each other, so
+ * they run side by side; the protocol mix of real traffic is handled without
+ * branches (the predictor would lose to it).
+ */
+static __rte_always_inline uint32_t
+inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
+{
+    uint16_t et;
+    memcpy(&et, eth + 12, 2);
+    if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) || eth[14] != 0x45 || m->data_len < 38))
+        return inner_flow_slow(m, eth, tos);
+    const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
+    *tos = ip->type_of_service & 0xfc;
+    uint64_t addrs;
+    memcpy(&addrs, &ip->src_addr, 8);
+    uint32_t ports;
+    memcpy(&ports, eth + 34, 4);
+    uint8_t pr = ip->next_proto_id;
+    uint32_t l4 = (pr == IPPROTO_TCP) | (pr == IPPROTO_UDP) | (pr == IPPROTO_SCTP);
+    l4 &= !(ip->fragment_offset & RTE_BE16(0x3fff));
+    return rte_hash_crc_8byte(addrs, pr) ^
+           rte_hash_crc_4byte(ports & (0u - l4), DP_FLOW_PORTS_INIT);
+}
+
+/*
+ * Rewrite m in place into a VXLAN frame to tunnel ti. Returns 1, or 0 when
+ * the frame was dropped (and counted).
+ */
+static __rte_always_inline int
+encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m, uint32_t h,
+          uint8_t tos, uint64_t *bytes, uint16_t *planes)
+{
+    const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
+    if (unlikely(t == NULL || !t->resolved)) {
+        drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
+        return 0;
+    }
+    if (unlikely(m->pkt_len > net->max_frame)) {
+        drop(w, m, DP_DROP_OVERSIZE);
+        return 0;
+    }
+    /* h, tos: the inner flow's hash and DSCP (inner_flow) */
+    /* plane: by the network, or by the inner DSCP where a map says so;
+     * outer DSCP: the plane's marking, or the inner one copied */
+    int8_t by_dscp = dp_qg.dscp_plane[tos >> 2];
+    unsigned plane = by_dscp >= 0 ? (unsigned)by_dscp : (unsigned)net->plane;
+    DP_META(m)->plane = (uint8_t)plane;
+    *planes |= plane_bit(plane);
+    int mark = dp_qg.plane[plane & (DP_MAX_PLANES - 1)].outer_tos;
+    tos = mark >= 0 ? (uint8_t)mark : tos;
+    uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
+    if (unlikely(hdr == NULL)) {
+        drop(w, m, DP_DROP_NO_HEADROOM);
+        return 0;
+    }
+    rte_memcpy(hdr, t->hdr, DP_VXLAN_HDR_LEN);
+    struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(hdr + sizeof(struct rte_ether_hdr));
+    struct rte_udp_hdr *udp = (struct rte_udp_hdr *)(ip + 1);
+    struct rte_vxlan_hdr *vx = (struct rte_vxlan_hdr *)(udp + 1);
+    uint16_t ip_len = (uint16_t)(m->pkt_len - sizeof(struct rte_ether_hdr));
+    rte_be16_t len_be = rte_cpu_to_be_16(ip_len);
+    ip->type_of_service = tos;
+    ip->total_length = len_be;
+    /* incremental checksum: template sum + first word (version, TOS) + length,
+     * from registers (reading the header back would stall on the stores) */
+    rte_be16_t w0 = rte_cpu_to_be_16((uint16_t)(RTE_IPV4_VHL_DEF << 8 | tos));
+    uint32_t sum = t->csum_base + w0 + len_be;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    ip->hdr_checksum = (uint16_t)~sum;
+    h ^= h >> 16;
+    udp->src_port = rte_cpu_to_be_16((uint16_t)(0xc000 | (h & 0x3fff)));
+    udp->dgram_len = rte_cpu_to_be_16((uint16_t)(ip_len - sizeof(struct rte_ipv4_hdr)));
+    vx->vx_vni = net->vni_be_word;
+    *bytes += m->pkt_len;
+    return 1;
+}
+
+/* one frame to the uplink (flood copies; the pod loop encapsulates inline) */
+static void
+encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+{
+    uint8_t tos;
+    uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
+    uint64_t bytes = 0; /* tx_put counts both */
+    uint16_t planes = 0;
+    if (!encap_one(w, net, ti, m, h, tos, &bytes, &planes))
+        return;
+    w->net[net->idx][DP_NET_ENCAP]++;
+    tx_put(w, (uint16_t)w->vtep->uplink, m);
+}
+
+/*
+ * Broadcast, multicast and unknown unicast: every local port of the network
+ * but the ingress one, and (from pods only) one encapsulated copy per remote
+ * VTEP in the network's flood list.
+ */
+static void
+flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, struct rte_mbuf *m)
+{
+    uint16_t targets[DP_MAX_PORTS];
+    uint16_t nt = 0;
+    for (uint16_t i = 0; i < net->n_local; i++)
+        if (net->local[i] != in_port)
+            targets[nt++] = net->local[i];
+    uint16_t nr = to_remote && w->vtep->uplink >= 0 ? net->n_flood : 0;
+    if (unlikely(nt == 0 && nr == 0)) {
+        drop(w, m, DP_DROP_NO_DESTINATION);
+        return;
+    }
+    w->net[net->idx][DP_NET_FLOOD]++;
+    for (uint16_t i = 0; i < nr; i++) {
+        struct rte_mbuf *c = rte_pktmbuf_copy(m, dp.pool, 0, UINT32_MAX);
+        if (unlikely(c == NULL)) {
+            w->drop[DP_DROP_NO_MBUF]++;
+            continue;
+        }
+        encap(w, net, net->flood[i], c);
+    }
+    if (nt == 0) {
+        rte_pktmbuf_free(m);
+        return;
+    }
+    /* local copies share the frame: it is not modified any more */
+    rte_pktmbuf_refcnt_update(m, (int16_t)(nt - 1));
+    for (uint16_t i = 0; i < nt; i++)
+        tx_put(w, targets[i], m);
+}
+
+static void
+pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_mbuf **pkts,
+          uint16_t n)
+{
+    const struct dp_net *net =
+        in->net >= 0 ? atomic_load_explicit(&dp.nets[in->net], memory_order_acquire) : NULL;
+    if (unlikely(net == NULL)) {
+        uint64_t bytes = 0;
+        for (uint16_t i = 0; i < n; i++)
+            bytes += pkts[i]->pkt_len;
+        w->port[pi][DP_PORT_RX_BYTES] += bytes;
+        w->drop[DP_DROP_NO_NETWORK] += n;
+        rte_pktmbuf_free_bulk(pkts, n);
+        return;
+    }
+    uint64_t keys[DP_BURST];
+    hash_sig_t sig[DP_BURST];
+    uint32_t val[DP_BURST];
+    uint32_t fh[DP_BURST];  /* inner flow hash and DSCP, for encapsulation: */
+    uint8_t ftos[DP_BURST]; /* a short loop of its own overlaps the frames' loads */
+    uint8_t plane = (uint8_t)net->plane;
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        const uint8_t *eth = rte_pktmbuf_mtod(pkts[i], const uint8_t *);
+        bytes += pkts[i]->pkt_len;
+        keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
+        sig[i] = dp_key8_hash(keys[i]);
+        fh[i] = inner_flow(pkts[i], eth, &ftos[i]);
+    }
+    w->port[pi][DP_PORT_RX_BYTES] += bytes;
+    uint64_t hits = fdb_lookup(w, keys, sig, n, val);
+    uint64_t local = 0;
+    struct rte_mbuf *fl[DP_BURST]; /* broadcast / unknown: after the rest */
+    uint16_t nf = 0;
+    /* remote targets are encapsulated straight into the uplink's tx buffer,
+     * its fill level kept in a register (nothing else adds to it meanwhile) */
+    int up = w->vtep->uplink;
+    struct dp_txbuf *ub = &w->tx[up >= 0 ? up : 0];
+    if (up >= 0 && ub->n + n > DP_TXBUF)
+        tx_flush(w, (uint16_t)up);
+    uint16_t k = ub->n, k0 = k;
+    uint64_t ubytes = 0;
+    uint16_t uplanes = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        struct rte_mbuf *m = pkts[i];
+        if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
+            drop(w, m, DP_DROP_TRUNCATED);
+            continue;
+        }
+        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
+        if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
+            fl[nf++] = m;
+            continue;
+        }
+        uint32_t target = DP_FV_TARGET(val[i]);
+        if (DP_FV_KIND(val[i]) == DP_FDB_REMOTE) {
+            if (unlikely(up < 0)) {
+                drop(w, m, DP_DROP_NO_UPLINK);
+                continue;
+            }
+            ub->m[k] = m;
+            k += (uint16_t)encap_one(w, net, target, m, fh[i], ftos[i], &ubytes, &uplanes);
+        } else if (unlikely((int)target == in->idx)) {
+            drop(w, m, DP_DROP_HAIRPIN);
+        } else {
+            local++;
+            DP_META(m)->plane = plane;
+            tx_put(w, (uint16_t)target, m);
+        }
+    }
+    if (k != k0) {
+        ub->n = k;
+        ub->bytes += ubytes;
+        ub->planes |= uplanes;
+        if (!w->queued[up]) {
+            w->queued[up] = 1;
+            w->dirty[w->n_dirty++] = (uint16_t)up;
+        }
+        w->net[net->idx][DP_NET_ENCAP] += k - k0;
+    }
+    for (uint16_t i = 0; i < nf; i++) {
+        DP_META(fl[i])->plane = plane;
+        flood(w, net, in->idx, 1, fl[i]);
+    }
+    w->net[net->idx][DP_NET_LOCAL] += local;
+}
+
+#endif /* DP_ENCAP_H */

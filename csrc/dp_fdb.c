@@ -1,0 +1,206 @@
+/*
+ * dp_fdb.c - the forwarding database: (network, MAC) -> local port or
+ * remote VTEP (a tunnel, referenced while an entry points at it). The table
+ * is one DPDK hash, read lock-free by the workers through their caches.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dp_control.h"
+
+/* the keys of the entries match() selects, into keys: 0, or -ENOMEM with
+ * keys empty */
+static int
+fdb_collect(int (*match)(uint64_t key, void *val, int arg), int arg, struct dp_fdb_keys *keys)
+{
+    /* collect first, delete after: never delete while iterating */
+    uint32_t iter = 0;
+    const void *key;
+    void *val;
+    while (rte_hash_iterate(dp.fdb, &key, &val, &iter) >= 0) {
+        uint64_t k = *(const uint64_t *)key;
+        if (!match(k, val, arg))
+            continue;
+        if (keys->n == keys->cap) {
+            size_t cap = keys->cap ? 2 * keys->cap : 1024;
+            uint64_t *nk = realloc(keys->key, cap * sizeof(*nk));
+            if (!nk) {
+                dp_fdb_keys_free(keys);
+                return dp_fail(-ENOMEM, "out of memory for a list of FDB entries");
+            }
+            keys->key = nk;
+            keys->cap = cap;
+        }
+        keys->key[keys->n++] = k;
+    }
+    return 0;
+}
+
+static int
+match_port(uint64_t key, void *val, int port)
+{
+    (void)key;
+    return DP_FDB_KIND(val) == DP_FDB_LOCAL && (int)DP_FDB_TARGET(val) == port;
+}
+
+static int
+match_net(uint64_t key, void *val, int net)
+{
+    (void)val;
+    return (int)(key >> 48) == net;
+}
+
+/* the local entries that point at port */
+int
+dp_fdb_collect_port(int port, struct dp_fdb_keys *keys)
+{
+    return fdb_collect(match_port, port, keys);
+}
+
+/* the entries of network net */
+int
+dp_fdb_collect_net(int net, struct dp_fdb_keys *keys)
+{
+    return fdb_collect(match_net, net, keys);
+}
+
+void
+dp_fdb_keys_free(struct dp_fdb_keys *keys)
+{
+    free(keys->key);
+    *keys = (struct dp_fdb_keys){0};
+}
+
+/* delete entry key, if there, and what it held */
+static void
+fdb_remove(uint64_t key)
+{
+    void *old;
+    if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0 || rte_hash_del_key(dp.fdb, &key) < 0)
+        return;
+    /* no worker's cache answers with it once they have passed the grace
+     * period the tunnel's release may wait for */
+    dp_tables_changed();
+    if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref((int)(key >> 48), (int)DP_FDB_TARGET(old));
+}
+
+/* delete the collected entries (cannot fail) and free the list */
+void
+dp_fdb_purge(struct dp_fdb_keys *keys)
+{
+    for (size_t i = 0; i < keys->n; i++)
+        fdb_remove(keys->key[i]);
+    dp_fdb_keys_free(keys);
+}
+
+static int
+fdb_check(int net, const uint8_t *mac)
+{
+    if (!dp_net_get(net))
+        return dp_fail(-ENOENT, "no network %d", net);
+    if (mac[0] & 1)
+        return dp_fail(-EINVAL, "%02x:%02x:%02x:%02x:%02x:%02x is a multicast MAC", mac[0], mac[1],
+                       mac[2], mac[3], mac[4], mac[5]);
+    return 0;
+}
+
+int
+dp_fdb_add_local(int net, const uint8_t *mac, int port)
+{
+    int ret = fdb_check(net, mac);
+    if (ret)
+        return ret;
+    struct dp_port *p = dp_port_get(port);
+    if (!p)
+        return dp_fail(-ENOENT, "no port %d", port);
+    if (p->net != net)
+        return dp_fail(-EINVAL, "port %d (%s) is not in network %d", port, p->name, net);
+    uint64_t key = dp_fdb_key((uint32_t)net, mac);
+    void *old;
+    int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
+    ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_LOCAL, port));
+    if (ret != 0)
+        return dp_fail(ret, "FDB full");
+    dp_tables_changed();
+    /* the entry it replaced no longer holds its tunnel */
+    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
+    return 0;
+}
+
+int
+dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
+{
+    int ret = fdb_check(net, mac);
+    if (ret)
+        return ret;
+    if (ip == 0 || ip == 0xffffffffu)
+        return dp_fail(-EINVAL, "remote VTEP address is not a unicast address");
+    if (dp_vconf_set && ip == dp_vconf.ip)
+        return dp_fail(-EINVAL, "remote VTEP is this node's own VTEP address");
+    uint64_t key = dp_fdb_key((uint32_t)net, mac);
+    void *old;
+    int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
+    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE) {
+        struct dp_tunnel *t = atomic_load(&dp.tunnels[DP_FDB_TARGET(old)]);
+        if (t && t->ip == ip)
+            return 0; /* unchanged */
+    }
+    int ti = dp_tunnel_ref(net, ip);
+    if (ti < 0)
+        return ti;
+    ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_REMOTE, ti));
+    if (ret != 0) {
+        dp_tunnel_unref(net, ti);
+        return dp_fail(ret, "FDB full");
+    }
+    dp_tables_changed();
+    /* the entry it replaced no longer holds its tunnel */
+    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
+    return 0;
+}
+
+int
+dp_fdb_del(int net, const uint8_t *mac)
+{
+    if (net < 0 || net >= DP_MAX_NETS)
+        return dp_fail(-EINVAL, "network index %d out of range", net);
+    uint64_t key = dp_fdb_key((uint32_t)net, mac);
+    void *old;
+    if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0)
+        return dp_fail(-ENOENT, "no FDB entry for that MAC in network %d", net);
+    int ret = rte_hash_del_key(dp.fdb, &key);
+    if (ret < 0)
+        return dp_fail(ret, "cannot delete FDB entry");
+    dp_tables_changed();
+    if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
+    return 0;
+}
+
+int
+dp_fdb_get(int net, const uint8_t *mac, int *kind, uint32_t *target)
+{
+    uint64_t key = dp_fdb_key((uint32_t)net, mac);
+    void *v;
+    *kind = DP_FDB_NONE;
+    *target = 0;
+    if (rte_hash_lookup_data(dp.fdb, &key, &v) < 0)
+        return 0;
+    *kind = DP_FDB_KIND(v);
+    *target = DP_FDB_TARGET(v);
+    if (*kind == DP_FDB_REMOTE) {
+        struct dp_tunnel *t = atomic_load(&dp.tunnels[*target]);
+        *target = t ? t->ip : 0;
+    }
+    return 1;
+}
+
+int
+dp_fdb_count(void)
+{
+    return (int)rte_hash_count(dp.fdb);
+}

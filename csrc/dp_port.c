@@ -1,0 +1,451 @@
+/*
+ * dp_port.c - ports: DPDK devices (ethdev), ring ports (tests and tools) and
+ * native AF_PACKET ports, added and removed; a pod port moved to another
+ * network. A port is published whole, then its queues are dealt to the
+ * workers (dp_poll.c).
+ *
+ * Every change allocates all it needs first; a failure then undoes what was
+ * made (the device, the driver state) and leaves the published state as it
+ * was.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <rte_dev.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_eth_ring.h>
+#include <rte_malloc.h>
+
+#include "dp_control.h"
+#include "dp_qos.h"
+
+struct dp_port *
+dp_port_get(int idx)
+{
+    if (idx < 0 || idx >= DP_MAX_PORTS)
+        return NULL;
+    return atomic_load(&dp.ports[idx]);
+}
+
+static int
+port_slot(void)
+{
+    for (int i = 0; i < DP_MAX_PORTS; i++)
+        if (!atomic_load(&dp.ports[i]))
+            return i;
+    return -1;
+}
+
+static int
+ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
+{
+    struct rte_eth_dev_info di;
+    int ret = rte_eth_dev_info_get(pid, &di);
+    if (ret != 0)
+        return dp_fail(ret, "port %s: cannot read device info", p->name);
+    if (n_rxq < 1 || n_rxq > DP_MAX_RXQ)
+        return dp_fail(-EINVAL, "port %s: %u rx queues, not 1..%d", p->name, n_rxq, DP_MAX_RXQ);
+    if (n_rxq > di.max_rx_queues)
+        return dp_fail(-EINVAL, "port %s: %u rx queues asked, the device has at most %u", p->name,
+                       n_rxq, (unsigned)di.max_rx_queues);
+    uint16_t ntx = (uint16_t)dp.n_workers;
+    if (di.max_tx_queues < ntx)
+        ntx = 1;
+    struct rte_eth_conf conf;
+    memset(&conf, 0, sizeof(conf));
+    ret = rte_eth_dev_configure(pid, (uint16_t)n_rxq, ntx, &conf);
+    if (ret != 0)
+        return dp_fail(ret, "port %s: rte_eth_dev_configure failed (%s)", p->name, strerror(-ret));
+    uint16_t nrxd = 1024, ntxd = 1024;
+    ret = rte_eth_dev_adjust_nb_rx_tx_desc(pid, &nrxd, &ntxd);
+    if (ret != 0)
+        return dp_fail(ret, "port %s: cannot size its descriptor rings (%s)", p->name,
+                       strerror(-ret));
+    int sock = rte_eth_dev_socket_id(pid);
+    if (sock < 0)
+        sock = (int)rte_socket_id();
+    for (uint16_t q = 0; q < n_rxq; q++) {
+        ret = rte_eth_rx_queue_setup(pid, q, nrxd, (unsigned)sock, NULL, dp.pool);
+        if (ret != 0)
+            return dp_fail(ret, "port %s: rx queue %u setup failed (%s)", p->name, q,
+                           strerror(-ret));
+    }
+    for (uint16_t q = 0; q < ntx; q++) {
+        ret = rte_eth_tx_queue_setup(pid, q, ntxd, (unsigned)sock, NULL);
+        if (ret != 0)
+            return dp_fail(ret, "port %s: tx queue setup failed (%s)", p->name, strerror(-ret));
+    }
+    ret = rte_eth_dev_start(pid);
+    if (ret != 0)
+        return dp_fail(ret, "port %s: start failed (%s)", p->name, strerror(-ret));
+    (void)rte_eth_promiscuous_enable(pid); /* not every PMD has it; harmless */
+    struct rte_ether_addr ea;
+    if (rte_eth_macaddr_get(pid, &ea) == 0)
+        memcpy(p->mac, ea.addr_bytes, 6);
+    p->n_txq = ntx;
+    p->n_rxq = (uint16_t)n_rxq;
+    return 0;
+}
+
+/* stop an ethdev port and give its device back (a vdev is removed, which
+ * closes it; what cannot be removed is closed) */
+static void
+ethdev_release(uint16_t pid)
+{
+    struct rte_eth_dev_info di;
+    (void)rte_eth_dev_stop(pid); /* fails only for a port that never started */
+    int have = rte_eth_dev_info_get(pid, &di) == 0 && di.device;
+    if (!have || rte_dev_remove(di.device) != 0)
+        (void)rte_eth_dev_close(pid); /* nothing more to do if even that fails */
+}
+
+/* free a ring port's rings and the frames in them */
+static void
+ring_port_free_rings(struct rte_ring **rx, unsigned n_rx, struct rte_ring *tx)
+{
+    struct rte_mbuf *m;
+    for (unsigned q = 0; q < n_rx; q++) {
+        while (rx[q] && rte_ring_dequeue(rx[q], (void **)&m) == 0)
+            rte_pktmbuf_free(m);
+        rte_ring_free(rx[q]);
+    }
+    while (tx && rte_ring_dequeue(tx, (void **)&m) == 0)
+        rte_pktmbuf_free(m);
+    rte_ring_free(tx);
+}
+
+static struct dp_port *
+port_new(int role, int net, const char *name, int driver)
+{
+    struct dp_port *p = rte_zmalloc("dp_port", sizeof(*p), RTE_CACHE_LINE_SIZE);
+    if (!p)
+        return NULL;
+    p->role = role;
+    p->driver = driver;
+    p->net = net;
+    p->n_rxq = 1;
+    p->worker = dp_least_loaded_worker(); /* unless its plane has one (rxq_worker) */
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->tx_lock = rte_zmalloc("dp_txlock", sizeof(rte_spinlock_t), RTE_CACHE_LINE_SIZE);
+    if (!p->tx_lock) {
+        rte_free(p);
+        return NULL;
+    }
+    rte_spinlock_init(p->tx_lock);
+    return p;
+}
+
+static void
+port_free(struct dp_port *p)
+{
+    dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED] += dp_qos_free(p->qos);
+    rte_free(p->tx_lock);
+    rte_free(p);
+}
+
+/* a port no worker holds (or ever held): its driver's side, then itself */
+static void
+port_release(struct dp_port *p)
+{
+    if (p->driver == DP_DRV_AFPACKET) {
+        dp_afp_close(p->afp);
+    } else {
+        ethdev_release(p->eth_port);
+        if (p->ring_tx)
+            ring_port_free_rings(p->ring_rx, DP_MAX_RXQ, p->ring_tx);
+    }
+    port_free(p);
+}
+
+/*
+ * Publish new port p in slot idx: its counters zeroed, it joins its
+ * network's local ports (flood to it only once it exists) and the poll
+ * lists. All of it, or none and dp_fail (the caller releases p).
+ */
+static int
+port_publish(int idx, struct dp_port *p)
+{
+    struct dp_net *nn = NULL;
+    if (p->net >= 0 && !(nn = dp_net_with_local(p->net, idx, 1)))
+        return dp_fail(-ENOMEM, "out of memory");
+    struct dp_poll_plan *plan = dp_poll_plan(idx, p);
+    if (!plan) {
+        rte_free(nn);
+        return dp_fail(-ENOMEM, "out of memory for the workers' poll lists");
+    }
+    for (int w = 0; w < DP_MAX_WORKERS; w++) {
+        memset(dp.ctr->port[w][idx], 0, sizeof(dp.ctr->port[w][idx]));
+        memset(dp.ctr->qos[w][idx], 0, sizeof(dp.ctr->qos[w][idx]));
+    }
+    atomic_store(&dp.ports[idx], p);
+    if (nn)
+        dp_net_publish(p->net, nn);
+    dp_poll_apply(plan);
+    return 0;
+}
+
+static int
+check_role(int role, int net)
+{
+    if (role != DP_ROLE_POD && role != DP_ROLE_UPLINK)
+        return dp_fail(-EINVAL, "role %d is neither pod (0) nor uplink (1)", role);
+    if (net >= 0 && role != DP_ROLE_POD)
+        return dp_fail(-EINVAL, "an uplink port belongs to no network");
+    if (net >= 0 && !dp_net_get(net))
+        return dp_fail(-ENOENT, "no network %d", net);
+    return 0;
+}
+
+int
+dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
+{
+    if (!dp_setup_done)
+        return dp_fail(-EINVAL, "dp_setup not done");
+    int cr = check_role(role, net);
+    if (cr)
+        return cr;
+    int idx = port_slot();
+    if (idx < 0)
+        return dp_fail(-ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
+    char name[64];
+    snprintf(name, sizeof(name), "%s", devargs);
+    char *comma = strchr(name, ',');
+    if (comma)
+        *comma = 0;
+    uint16_t pid;
+    if (rte_eth_dev_get_port_by_name(name, &pid) == 0)
+        return dp_fail(-EEXIST, "device %s is already a port", name);
+    int ret = rte_dev_probe(devargs);
+    if (ret != 0)
+        return dp_fail(ret, "cannot probe device '%s' (%s)", devargs, strerror(-ret));
+    if (rte_eth_dev_get_port_by_name(name, &pid) != 0) {
+        (void)rte_eal_hotplug_remove("vdev", name); /* what was probed, if a vdev */
+        return dp_fail(-ENODEV, "device '%s' probed but no ethdev port appeared", devargs);
+    }
+    struct dp_port *p = port_new(role, net, name, DP_DRV_ETHDEV);
+    if (!p) {
+        ethdev_release(pid);
+        return dp_fail(-ENOMEM, "out of memory");
+    }
+    p->idx = idx;
+    p->eth_port = pid;
+    ret = ethdev_setup(pid, p, n_rxq);
+    if (ret == 0)
+        ret = port_publish(idx, p);
+    if (ret != 0) {
+        port_release(p);
+        return ret;
+    }
+    return idx;
+}
+
+int
+dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsigned n_rxq)
+{
+    if (!dp_setup_done)
+        return dp_fail(-EINVAL, "dp_setup not done");
+    int cr = check_role(role, net);
+    if (cr)
+        return cr;
+    if (ring_size == 0 || (ring_size & (ring_size - 1)))
+        return dp_fail(-EINVAL, "ring size %u is not a power of two", ring_size);
+    if (n_rxq < 1 || n_rxq > DP_MAX_RXQ)
+        return dp_fail(-EINVAL, "port %s: %u rx queues, not 1..%d", name, n_rxq, DP_MAX_RXQ);
+    int idx = port_slot();
+    if (idx < 0)
+        return dp_fail(-ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
+    char dev[64], rn[64];
+    snprintf(dev, sizeof(dev), "net_ring_%s", name);
+    uint16_t pid;
+    if (rte_eth_dev_get_port_by_name(dev, &pid) == 0)
+        return dp_fail(-EEXIST, "ring port %s already exists", name);
+    int sock = (int)rte_socket_id();
+    struct rte_ring *rx[DP_MAX_RXQ] = {NULL};
+    int ok = 1;
+    for (unsigned q = 0; q < n_rxq; q++) {
+        snprintf(rn, sizeof(rn), "rx%u_%s", q, name);
+        rx[q] = rte_ring_create(rn, ring_size, sock, 0);
+        ok = ok && rx[q];
+    }
+    snprintf(rn, sizeof(rn), "tx_%s", name);
+    struct rte_ring *tx = rte_ring_create(rn, ring_size, sock, 0);
+    if (!ok || !tx) {
+        ring_port_free_rings(rx, n_rxq, tx);
+        return dp_fail(-ENOMEM, "cannot create rings for port %s: %s", name,
+                       rte_strerror(rte_errno));
+    }
+    struct rte_ring *txq[DP_MAX_WORKERS];
+    for (int i = 0; i < DP_MAX_WORKERS; i++)
+        txq[i] = tx;
+    int n_txq = dp.n_workers > 0 ? dp.n_workers : 1;
+    int ret = rte_eth_from_rings(dev, rx, n_rxq, txq, (unsigned)n_txq, (unsigned)sock);
+    if (ret < 0) {
+        ring_port_free_rings(rx, n_rxq, tx);
+        return dp_fail(-EINVAL, "cannot create ring port %s: %s", name, rte_strerror(rte_errno));
+    }
+    uint16_t eth = (uint16_t)ret;
+    struct dp_port *p = port_new(role, net, dev, DP_DRV_ETHDEV);
+    if (!p) {
+        ethdev_release(eth);
+        ring_port_free_rings(rx, n_rxq, tx);
+        return dp_fail(-ENOMEM, "out of memory");
+    }
+    p->idx = idx;
+    p->eth_port = eth;
+    memcpy(p->ring_rx, rx, sizeof(p->ring_rx));
+    p->ring_tx = tx;
+    /* a ring port's tx ring is multi-producer: one tx queue per worker */
+    ret = ethdev_setup(p->eth_port, p, n_rxq);
+    if (ret == 0)
+        ret = port_publish(idx, p);
+    if (ret != 0) {
+        port_release(p);
+        return ret;
+    }
+    return idx;
+}
+
+int
+dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
+{
+    if (!dp_setup_done)
+        return dp_fail(-EINVAL, "dp_setup not done");
+    int cr = check_role(role, net);
+    if (cr)
+        return cr;
+    int idx = port_slot();
+    if (idx < 0)
+        return dp_fail(-ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
+    for (int i = 0; i < DP_MAX_PORTS; i++) {
+        struct dp_port *q = dp_port_get(i);
+        if (q && q->driver == DP_DRV_AFPACKET && strcmp(q->name, ifname) == 0)
+            return dp_fail(-EEXIST, "interface %s is already a port", ifname);
+    }
+    struct dp_port *p = port_new(role, net, ifname, DP_DRV_AFPACKET);
+    if (!p)
+        return dp_fail(-ENOMEM, "out of memory");
+    p->idx = idx;
+    p->n_txq = 1;
+    int ret = dp_afp_open(ifname, frames, dp.pool, &p->afp);
+    if (ret != 0) {
+        port_free(p);
+        return ret;
+    }
+    dp_afp_mac(p->afp, p->mac);
+    ret = port_publish(idx, p);
+    if (ret != 0) {
+        port_release(p);
+        return ret;
+    }
+    return idx;
+}
+
+int
+dp_port_del(int idx)
+{
+    struct dp_port *p = dp_port_get(idx);
+    if (!p)
+        return dp_fail(-ENOENT, "no port %d", idx);
+    if (dp_vconf_set && dp_vconf.uplink == idx)
+        return dp_fail(-EBUSY, "port %d (%s) is the VTEP uplink; set another uplink first", idx,
+                       p->name);
+    /* what it takes to stop delivering to it: its FDB entries, its
+     * network without it, poll lists without it */
+    struct dp_fdb_keys keys = {0};
+    int ret = dp_fdb_collect_port(idx, &keys);
+    if (ret < 0)
+        return ret;
+    struct dp_net *nn = NULL;
+    struct dp_poll_plan *plan = NULL;
+    if ((p->net >= 0 && !(nn = dp_net_with_local(p->net, idx, 0))) ||
+        !(plan = dp_poll_plan(idx, NULL))) {
+        dp_fdb_keys_free(&keys);
+        rte_free(nn);
+        return dp_fail(-ENOMEM, "out of memory");
+    }
+    dp_fdb_purge(&keys);
+    if (nn)
+        dp_net_publish(p->net, nn);
+    atomic_store(&dp.ports[idx], NULL);
+    dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
+    port_release(p);
+    return 0;
+}
+
+/* every port, at teardown: the workers are stopped, nothing holds them */
+void
+dp_ports_free_all(void)
+{
+    for (int i = 0; i < DP_MAX_PORTS; i++) {
+        struct dp_port *p = atomic_exchange(&dp.ports[i], NULL);
+        if (p)
+            port_release(p);
+    }
+}
+
+int
+dp_port_info(int idx, struct dp_port_info *out)
+{
+    struct dp_port *p = dp_port_get(idx);
+    memset(out, 0, sizeof(*out));
+    if (!p)
+        return 0;
+    out->used = 1;
+    out->driver = p->driver;
+    out->role = p->role;
+    out->net = p->net;
+    out->worker = dp_rxq_worker(p, 0);
+    out->eth_port = p->eth_port;
+    out->n_txq = p->n_txq;
+    out->n_rxq = p->n_rxq;
+    for (int q = 0; q < DP_MAX_RXQ; q++)
+        out->rxq_worker[q] = q < p->n_rxq ? dp_rxq_worker(p, q) : -1;
+    memcpy(out->mac, p->mac, 6);
+    snprintf(out->name, sizeof(out->name), "%s", p->name);
+    return 1;
+}
+
+int
+dp_port_set_net(int idx, int net)
+{
+    struct dp_port *p = dp_port_get(idx);
+    if (!p)
+        return dp_fail(-ENOENT, "no port %d", idx);
+    if (p->role != DP_ROLE_POD)
+        return dp_fail(-EINVAL, "port %d (%s) is an uplink, not a pod port", idx, p->name);
+    if (net >= 0 && !dp_net_get(net))
+        return dp_fail(-ENOENT, "no network %d", net);
+    if (p->net == net)
+        return 0;
+    /* a copy of the port in the other network; the networks without and
+     * with it; its FDB entries in the old one; poll lists for its new plane */
+    struct dp_fdb_keys keys = {0};
+    struct dp_net *from = NULL, *to = NULL;
+    struct dp_poll_plan *plan = NULL;
+    struct dp_port *np = rte_zmalloc("dp_port", sizeof(*np), RTE_CACHE_LINE_SIZE);
+    if (np) {
+        *np = *p;
+        np->net = net;
+    }
+    if (!np || (p->net >= 0 && dp_fdb_collect_port(idx, &keys) < 0) ||
+        (p->net >= 0 && !(from = dp_net_with_local(p->net, idx, 0))) ||
+        (net >= 0 && !(to = dp_net_with_local(net, idx, 1))) || !(plan = dp_poll_plan(idx, np))) {
+        rte_free(np);
+        dp_fdb_keys_free(&keys);
+        rte_free(from);
+        rte_free(to);
+        return dp_fail(-ENOMEM, "out of memory");
+    }
+    if (from) {
+        dp_fdb_purge(&keys);
+        dp_net_publish(p->net, from);
+    }
+    if (to)
+        dp_net_publish(net, to);
+    atomic_store(&dp.ports[idx], np);
+    dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
+    rte_free(p);         /* the lock and driver state moved to np */
+    return 0;
+}

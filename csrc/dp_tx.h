@@ -1,0 +1,164 @@
+/*
+ * dp_tx.h - tx: per (worker, port) buffers flushed once per burst, to the
+ * driver or, on a shaped port, into its plane queues (dp_qos.c) whose
+ * scheduler the port's worker runs; latency per plane recorded at tx.
+ *
+ * Part of the one translation unit dp_pipeline.c: static inline code, so
+ * the compiler sees the whole worker loop at once (and builds the same code
+ * as when it was one file).
+ */
+#ifndef DP_TX_H
+#define DP_TX_H
+
+#ifndef DP_PIPELINE_TU
+#error "dp_tx.h is included by dp_pipeline.c only"
+#endif
+
+/* a plane's bit in dp_txbuf.planes (DP_PLANE_OWN and the like: bit 8) */
+static __rte_always_inline uint16_t
+plane_bit(unsigned plane)
+{
+    return (uint16_t)(1u << (plane < DP_MAX_PLANES ? plane : DP_MAX_PLANES));
+}
+
+/* hand n frames of `bytes` bytes to port p's driver; what it does not take is
+ * freed and counted */
+static inline void
+port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n,
+        uint64_t bytes)
+{
+    uint16_t sent;
+    if (p->driver == DP_DRV_ETHDEV) {
+        if (likely(w->id < p->n_txq)) {
+            sent = rte_eth_tx_burst(p->eth_port, (uint16_t)w->id, m, n);
+        } else {
+            rte_spinlock_lock(p->tx_lock);
+            sent = rte_eth_tx_burst(p->eth_port, 0, m, n);
+            rte_spinlock_unlock(p->tx_lock);
+        }
+    } else {
+        rte_spinlock_lock(p->tx_lock);
+        sent = dp_afp_tx_burst(p->afp, m, n);
+        rte_spinlock_unlock(p->tx_lock);
+    }
+    if (unlikely(sent < n)) {
+        for (uint16_t i = sent; i < n; i++)
+            bytes -= m[i]->pkt_len;
+        w->drop[DP_DROP_TX_FULL] += n - sent;
+        rte_pktmbuf_free_bulk(m + sent, n - sent);
+    }
+    w->port[pi][DP_PORT_TX_PACKETS] += sent;
+    w->port[pi][DP_PORT_TX_BYTES] += bytes;
+}
+
+static __rte_always_inline void
+lat_add(struct dp_wctx *w, unsigned plane, unsigned bucket, uint64_t d, uint64_t n)
+{
+    if (plane < DP_MAX_PLANES) { /* not a control-plane frame of our own */
+        w->lat[plane][bucket] += n;
+        w->lat[plane][DP_LAT_SUM] += n * d;
+    }
+}
+
+/*
+ * Time from rx to tx, per plane, of frames leaving an unshaped port (before
+ * the driver may free them). They all came in with the burst in hand (tx
+ * buffers are flushed at the end of every burst), so they share one latency
+ * and one bucket; frames of one plane (`planes`: the buffer's plane bits)
+ * are counted at once, a mix by reading each frame's plane.
+ */
+static inline void
+lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n, uint16_t planes)
+{
+    if (!dp_qg.latency_on)
+        return;
+    uint64_t d = rte_rdtsc() - w->rx_tsc;
+    unsigned b = dp_lat_bucket(d);
+    if (likely(planes != 0 && (planes & (planes - 1)) == 0)) {
+        lat_add(w, (unsigned)__builtin_ctz(planes), b, d, n);
+        return;
+    }
+    unsigned cp = DP_META(m[0])->plane;
+    uint64_t run = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        unsigned p = DP_META(m[i])->plane;
+        if (unlikely(p != cp)) {
+            lat_add(w, cp, b, d, run);
+            cp = p;
+            run = 0;
+        }
+        run++;
+    }
+    lat_add(w, cp, b, d, run);
+}
+
+static void
+tx_flush(struct dp_wctx *w, uint16_t pi)
+{
+    struct dp_txbuf *b = &w->tx[pi];
+    uint16_t n = b->n, planes = b->planes;
+    uint64_t bytes = b->bytes;
+    if (n == 0)
+        return;
+    b->n = 0;
+    b->planes = 0;
+    b->bytes = 0;
+    struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
+    if (unlikely(p == NULL)) {
+        w->drop[DP_DROP_PORT_GONE] += n;
+        rte_pktmbuf_free_bulk(b->m, n);
+        return;
+    }
+    if (p->qos) {
+        /* a shaped port: into the plane queues; its worker schedules them */
+        dp_qos_enqueue(p->qos, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
+        return;
+    }
+    lat_record(w, b->m, n, planes);
+    port_tx(w, p, pi, b->m, n, bytes);
+}
+
+/* the scheduler of a shaped port this worker owns */
+static void
+qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
+{
+    struct rte_mbuf *out[DP_BURST * 2];
+    uint64_t now = rte_rdtsc();
+    uint16_t n = dp_qos_dequeue(p->qos, out, RTE_DIM(out), now, w->qos[pi]);
+    if (n) {
+        if (dp_qg.latency_on)
+            dp_lat_record_burst(w->lat, out, n, now);
+        uint64_t bytes = 0;
+        for (uint16_t i = 0; i < n; i++)
+            bytes += out[i]->pkt_len;
+        port_tx(w, p, pi, out, n, bytes);
+    }
+}
+
+static inline void
+tx_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
+{
+    struct dp_txbuf *b = &w->tx[pi];
+    if (!w->queued[pi]) {
+        w->queued[pi] = 1;
+        w->dirty[w->n_dirty++] = pi;
+    }
+    b->m[b->n++] = m;
+    b->bytes += m->pkt_len;
+    b->planes |= plane_bit(DP_META(m)->plane);
+    if (unlikely(b->n == DP_TXBUF))
+        tx_flush(w, pi);
+}
+
+static void
+tx_flush_all(struct dp_wctx *w)
+{
+    for (uint16_t i = 0; i < w->n_dirty; i++) {
+        uint16_t pi = w->dirty[i];
+        tx_flush(w, pi);
+        w->queued[pi] = 0;
+    }
+    w->n_dirty = 0;
+}
+
+#endif /* DP_TX_H */

@@ -1,0 +1,44 @@
+/*
+ * dp_wctx.h - a worker's context: its counter rows, its snapshot of the
+ * VTEP, its tx buffers and its caches of the FDB and VTEP tables; drop(),
+ * the one way the pipeline gives up on a frame.
+ *
+ * Part of the one translation unit dp_pipeline.c: static inline code, so
+ * the compiler sees the whole worker loop at once (and builds the same code
+ * as when it was one file).
+ */
+#ifndef DP_WCTX_H
+#define DP_WCTX_H
+
+#ifndef DP_PIPELINE_TU
+#error "dp_wctx.h is included by dp_pipeline.c only"
+#endif
+
+struct dp_wctx {
+    int id;
+    uint64_t *drop; /* this worker's drop counters */
+    uint64_t (*port)[DP_PORT_CTR_COUNT];
+    uint64_t (*net)[DP_NET_CTR_COUNT];
+    uint64_t (*qos)[DP_MAX_PLANES][DP_QOS_CTR_COUNT]; /* per port */
+    uint64_t (*lat)[DP_LAT_ROW];                      /* per plane */
+    uint64_t *wc;                                     /* this worker's own counters */
+    const struct dp_vtep *vtep;                       /* snapshot for this loop iteration */
+    uint64_t rx_tsc;                                  /* when the burst in hand was received */
+    uint32_t tbl_gen;                                 /* dp.tbl_gen the cache epoch belongs to */
+    uint32_t epoch;                                   /* current FDB cache epoch, never 0 */
+    uint16_t n_dirty;
+    uint16_t dirty[DP_MAX_PORTS];
+    uint8_t queued[DP_MAX_PORTS];
+    struct dp_txbuf tx[DP_MAX_PORTS];
+    struct dp_fdb_cent fcache[DP_FDB_CACHE_SIZE] __rte_cache_aligned;
+    struct dp_fdb_cent vcache[DP_VTEP_CACHE_SIZE];
+};
+
+static inline void
+drop(struct dp_wctx *w, struct rte_mbuf *m, enum dp_drop why)
+{
+    w->drop[why]++;
+    rte_pktmbuf_free(m);
+}
+
+#endif /* DP_WCTX_H */
