@@ -7,6 +7,7 @@ and Python. DPDK is found with ``pkg-config libdpdk``.
 cffi's setuptools hook runs this file with exec, not import: paths are found
 through ``__file__``.
 """
+
 import os
 import shlex
 import subprocess
@@ -17,20 +18,20 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
 SOURCES = [
-    "dp_error.c",     # the message of the last failed control call
-    "dp_eal.c",       # EAL, shared tables, workers start/stop, teardown
-    "dp_port.c",      # ports: ethdev, ring, AF_PACKET
-    "dp_poll.c",      # which worker polls which (port, rx queue)
-    "dp_net.c",       # networks
-    "dp_fdb.c",       # forwarding database
-    "dp_tunnel.c",    # VTEP, tunnels to remote VTEPs
-    "dp_neigh.c",     # underlay neighbours, ARP, housekeeping
-    "dp_plane.c",     # planes, shapers (control side of dp_qos.c)
+    "dp_error.c",  # the message of the last failed control call
+    "dp_eal.c",  # EAL, shared tables, workers start/stop, teardown
+    "dp_port.c",  # ports: ethdev, ring, AF_PACKET
+    "dp_poll.c",  # which worker polls which (port, rx queue)
+    "dp_net.c",  # networks
+    "dp_fdb.c",  # forwarding database
+    "dp_tunnel.c",  # VTEP, tunnels to remote VTEPs
+    "dp_neigh.c",  # underlay neighbours, ARP, housekeeping
+    "dp_plane.c",  # planes, shapers (control side of dp_qos.c)
     "dp_counters.c",  # counter blocks and names
-    "dp_ring.c",      # frames into / out of ring ports
+    "dp_ring.c",  # frames into / out of ring ports
     "dp_pipeline.c",  # the workers' forwarding loop
-    "dp_qos.c",       # plane queues and scheduler
-    "afpacket.c",     # native AF_PACKET driver
+    "dp_qos.c",  # plane queues and scheduler
+    "afpacket.c",  # native AF_PACKET driver
 ]
 
 
@@ -40,12 +41,16 @@ def _pkg_config(*args):
             ["pkg-config", *args, "libdpdk"], check=True, capture_output=True, text=True
         ).stdout
     except FileNotFoundError:
-        sys.exit("dataplane build: pkg-config not found; install it "
-                 "(Debian/Ubuntu: apt-get install pkg-config libdpdk-dev)")
+        sys.exit(
+            "dataplane build: pkg-config not found; install it "
+            "(Debian/Ubuntu: apt-get install pkg-config libdpdk-dev)"
+        )
     except subprocess.CalledProcessError:
-        sys.exit("dataplane build: DPDK development files not found by "
-                 "'pkg-config libdpdk'; install them (Debian/Ubuntu: "
-                 "apt-get install libdpdk-dev, DPDK 22.11 LTS or newer)")
+        sys.exit(
+            "dataplane build: DPDK development files not found by "
+            "'pkg-config libdpdk'; install them (Debian/Ubuntu: "
+            "apt-get install libdpdk-dev, DPDK 22.11 LTS or newer)"
+        )
     return shlex.split(out)
 
 
@@ -67,9 +72,16 @@ def make_ffi():
         '#include "dataplane.h"\n',
         sources=[os.path.join("csrc", s) for s in SOURCES],  # relative to the project root
         include_dirs=[CSRC],
-        extra_compile_args=cflags + ["-O3", "-march=native", "-std=gnu11",
-                                     "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                     "-DALLOW_EXPERIMENTAL_API"],
+        extra_compile_args=cflags
+        + [
+            "-O3",
+            "-march=native",
+            "-std=gnu11",
+            "-Wall",
+            "-Wextra",
+            "-Wno-unused-parameter",
+            "-DALLOW_EXPERIMENTAL_API",
+        ],
         # the ring PMD is a plugin; rte_eth_from_rings needs it at link time
         extra_link_args=libs + ["-lrte_net_ring"],
     )

@@ -1,4 +1,5 @@
 """``python -m bench NAME [options]``: the benchmarks of bench.BENCHMARKS."""
+
 import importlib
 import sys
 
@@ -7,8 +8,11 @@ from . import BENCHMARKS
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     if name not in BENCHMARKS:
-        print(f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [options]\n"
-              "       python -m bench NAME --help", file=sys.stderr)
+        print(
+            f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [options]\n"
+            "       python -m bench NAME --help",
+            file=sys.stderr,
+        )
         sys.exit(0 if name in ("-h", "--help") else 2)
     module, takes_name = BENCHMARKS[name]
     main = importlib.import_module(f".{module}", __package__).main

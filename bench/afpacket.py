@@ -92,6 +92,7 @@ median of each and the ratios of the medians. Progress goes to stderr
 ``ip``/``bridge`` (iproute2), a C compiler and the built core (``python3
 build.py``).
 """
+
 import argparse
 import json
 import os
@@ -104,24 +105,35 @@ import threading
 import time
 
 from . import topology as topo
-from .common import (JSON_PREFIX, ROOT, BenchError, add_run_options, child_env, fmt_runs,
-                     medians, parse_args, ratio, run_main, say, say_machine)
+from .common import (
+    JSON_PREFIX,
+    ROOT,
+    BenchError,
+    add_run_options,
+    child_env,
+    fmt_runs,
+    medians,
+    parse_args,
+    ratio,
+    run_main,
+    say,
+    say_machine,
+)
 
 GEN_SRC = os.path.join(ROOT, "bench", "afpacket_gen.c")
 CONTENDERS = ("native", "pmd", "kernel")
 
-POD_IF = "eth0"      # in the pod ns
+POD_IF = "eth0"  # in the pod ns
 NODE_POD_IF = "vpod"  # in the node ns, facing the pod
-NODE_UP_IF = "vup"   # in the node ns, facing the underlay (the uplink)
-UL_IF = "eth0"       # in the ul ns: the counting point
+NODE_UP_IF = "vup"  # in the node ns, facing the underlay (the uplink)
+UL_IF = "eth0"  # in the ul ns: the counting point
 BRIDGE, VXLAN_IF = "br0", "vx0"
 
 
 def _run(cmd, what: str, timeout: float = 30.0, input_text=None) -> str:
     """Run a set-up command; BenchError with its stderr if it fails."""
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                           input=input_text)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input_text)
     except FileNotFoundError:
         raise BenchError(f"{what}: {cmd[0]} not found") from None
     except subprocess.TimeoutExpired:
@@ -157,10 +169,17 @@ class _Child:
         self.what = what
         self.lines = []
         self._q = queue.Queue()
-        self.p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), text=True, bufsize=1,
-                                  stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        self.p = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=child_env(),
+            text=True,
+            bufsize=1,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.p.pid
         if cpu is not None:
             # inherited across the exec chain (ip netns exec -> program);
@@ -175,10 +194,10 @@ class _Child:
             self.lines.append(line)
             if line.startswith(JSON_PREFIX):
                 try:
-                    self._q.put(json.loads(line[len(JSON_PREFIX):]))
+                    self._q.put(json.loads(line[len(JSON_PREFIX) :]))
                 except ValueError:
                     pass
-        self._q.put(None)   # EOF
+        self._q.put(None)  # EOF
 
     def tail(self, n: int = 20) -> str:
         return "\n".join("    " + x for x in self.lines[-n:])
@@ -188,8 +207,9 @@ class _Child:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BenchError(f"{self.what}: no '{event}' within {timeout:.0f} s:\n"
-                                 + self.tail())
+                raise BenchError(
+                    f"{self.what}: no '{event}' within {timeout:.0f} s:\n" + self.tail()
+                )
             try:
                 msg = self._q.get(timeout=left)
             except queue.Empty:
@@ -197,8 +217,10 @@ class _Child:
             if msg is None:
                 self._t.join(1)
                 self.p.wait()
-                raise BenchError(f"{self.what} exited (code {self.p.returncode}) "
-                                 f"before '{event}':\n" + self.tail())
+                raise BenchError(
+                    f"{self.what} exited (code {self.p.returncode}) "
+                    f"before '{event}':\n" + self.tail()
+                )
             if msg.get("event") == event:
                 return msg
 
@@ -268,61 +290,115 @@ class Lab:
         cc = shutil.which("cc") or shutil.which("gcc")
         if cc is None:
             raise BenchError("no C compiler (cc/gcc) to build the traffic generator")
-        _run([cc, "-O2", "-Wall", "-o", self.gen_bin, GEN_SRC], "building the generator",
-             timeout=120)
+        _run(
+            [cc, "-O2", "-Wall", "-o", self.gen_bin, GEN_SRC], "building the generator", timeout=120
+        )
 
     def setup(self):
         a = self.args
         for ns in (self.pod_ns, self.node_ns, self.ul_ns):
             _run(["ip", "netns", "add", ns], "creating namespaces")
             self._made_ns.append(ns)
-        self.ip(self.pod_ns, "link", "add", POD_IF, "type", "veth", "peer", "name",
-                NODE_POD_IF, "netns", self.node_ns, what="pod veth")
-        self.ip(self.node_ns, "link", "add", NODE_UP_IF, "type", "veth", "peer", "name",
-                UL_IF, "netns", self.ul_ns, what="underlay veth")
+        self.ip(
+            self.pod_ns,
+            "link",
+            "add",
+            POD_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NODE_POD_IF,
+            "netns",
+            self.node_ns,
+            what="pod veth",
+        )
+        self.ip(
+            self.node_ns,
+            "link",
+            "add",
+            NODE_UP_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UL_IF,
+            "netns",
+            self.ul_ns,
+            what="underlay veth",
+        )
         for ns in (self.pod_ns, self.node_ns, self.ul_ns):
             # no IPv6 autoconfiguration / router solicitations in the counts
-            _run(self.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                             "net.ipv6.conf.default.disable_ipv6=1"), "disabling IPv6")
+            _run(
+                self.nsexec(
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ),
+                "disabling IPv6",
+            )
             self.ip(ns, "link", "set", "lo", "up")
         self.ip(self.pod_ns, "link", "set", POD_IF, "up")
         self.ip(self.node_ns, "link", "set", NODE_POD_IF, "up")
         self.ip(self.node_ns, "link", "set", NODE_UP_IF, "address", topo.VTEP_MAC, "up")
-        self.ip(self.node_ns, "addr", "add", f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}",
-                "dev", NODE_UP_IF)
+        self.ip(
+            self.node_ns,
+            "addr",
+            "add",
+            f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}",
+            "dev",
+            NODE_UP_IF,
+        )
         self.ip(self.ul_ns, "link", "set", UL_IF, "up")
-        self.reset_node()   # + the kernel vxlan's next-hop neighbour entries
+        self.reset_node()  # + the kernel vxlan's next-hop neighbour entries
         # where vpod's receive softirq runs (see the module docstring)
         mask = f"{1 << a.fwd_cpu:x}" if a.rps else "0"
-        _run(self.nsexec(self.node_ns, "sh", "-c",
-                         f"echo {mask} > /sys/class/net/{NODE_POD_IF}/queues/rx-0/rps_cpus"),
-             "setting RPS on vpod")
+        _run(
+            self.nsexec(
+                self.node_ns,
+                "sh",
+                "-c",
+                f"echo {mask} > /sys/class/net/{NODE_POD_IF}/queues/rx-0/rps_cpus",
+            ),
+            "setting RPS on vpod",
+        )
         # br_netfilter (when the kernel has it) would run bridged frames
         # through iptables hooks in this namespace: off unless asked for
         val = "1" if a.br_netfilter else "0"
         for k in ("call-iptables", "call-ip6tables", "call-arptables"):
             path = f"/proc/sys/net/bridge/bridge-nf-{k}"
-            _run(self.nsexec(self.node_ns, "sh", "-c", f"[ ! -e {path} ] || echo {val} > {path}"),
-                 "setting bridge-nf sysctls")
+            _run(
+                self.nsexec(self.node_ns, "sh", "-c", f"[ ! -e {path} ] || echo {val} > {path}"),
+                "setting bridge-nf sysctls",
+            )
         # processes that stay in the node and ul namespaces, so their
         # counters can be read from /proc/<pid>/net/dev without forking
         for ns in (self.node_ns, self.ul_ns):
-            self._sleepers[ns] = self.spawn(self.nsexec(ns, "sleep", "infinity"),
-                                            f"sleeper in {ns}")
+            self._sleepers[ns] = self.spawn(
+                self.nsexec(ns, "sleep", "infinity"), f"sleeper in {ns}"
+            )
 
     def close(self):
         for c in reversed(self._children):
             try:
                 c.stop(grace=3.0)
             except Exception as e:  # keep cleaning up
-                print(f"bench: could not stop {c.what} (pid {c.pid}): {e}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"bench: could not stop {c.what} (pid {c.pid}): {e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self._children = []
         for ns in reversed(self._made_ns):
             p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
             if p.returncode != 0:
-                print(f"bench: could not remove namespace {ns}: {p.stderr.strip()}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"bench: could not remove namespace {ns}: {p.stderr.strip()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self._made_ns = []
 
     # ----------------------------------------------------------- counters
@@ -352,13 +428,19 @@ class Lab:
     # ---------------------------------------------------------- generator
     def start_generator(self, pcap) -> _Child:
         rate = ["--pps", str(self.args.rate)] if self.args.rate else []
-        return self.spawn(self.nsexec(self.pod_ns, self.gen_bin, POD_IF, pcap, *rate),
-                          "generator", cpu=self.args.gen_cpu)
+        return self.spawn(
+            self.nsexec(self.pod_ns, self.gen_bin, POD_IF, pcap, *rate),
+            "generator",
+            cpu=self.args.gen_cpu,
+        )
 
     def send_once(self, pcap):
         """Every pcap frame once, paced (the functional check's input)."""
-        c = self.spawn(self.nsexec(self.pod_ns, self.gen_bin, POD_IF, pcap, "--once"),
-                       "generator --once", cpu=self.args.gen_cpu)
+        c = self.spawn(
+            self.nsexec(self.pod_ns, self.gen_bin, POD_IF, pcap, "--once"),
+            "generator --once",
+            cpu=self.args.gen_cpu,
+        )
         try:
             c.p.wait(30)
         except subprocess.TimeoutExpired:
@@ -375,18 +457,53 @@ class Lab:
         vup's neighbour entries (permanent ones too) and it leaves both
         interfaces promiscuous when it exits."""
         for dev in (NODE_POD_IF, NODE_UP_IF):
-            self.ip(self.node_ns, "link", "set", dev, "promisc", "off", "up",
-                    what="resetting node links")
+            self.ip(
+                self.node_ns,
+                "link",
+                "set",
+                dev,
+                "promisc",
+                "off",
+                "up",
+                what="resetting node links",
+            )
         for vtep in topo.remote_vteps(self.args.vteps):
-            self.ip(self.node_ns, "neigh", "replace", vtep, "lladdr", topo.NEXT_HOP_MAC,
-                    "dev", NODE_UP_IF, "nud", "permanent", what="kernel vxlan next hop")
+            self.ip(
+                self.node_ns,
+                "neigh",
+                "replace",
+                vtep,
+                "lladdr",
+                topo.NEXT_HOP_MAC,
+                "dev",
+                NODE_UP_IF,
+                "nud",
+                "permanent",
+                what="kernel vxlan next hop",
+            )
 
     def kernel_up(self):
         a, ns = self.args, self.node_ns
         self.ip(ns, "link", "add", BRIDGE, "type", "bridge", what="kernel bridge")
-        self.ip(ns, "link", "add", VXLAN_IF, "type", "vxlan", "id", str(topo.VNI),
-                "local", topo.LOCAL_VTEP, "dstport", str(topo.VXLAN_PORT),
-                "dev", NODE_UP_IF, "nolearning", "noudpcsum", what="kernel vxlan")
+        self.ip(
+            ns,
+            "link",
+            "add",
+            VXLAN_IF,
+            "type",
+            "vxlan",
+            "id",
+            str(topo.VNI),
+            "local",
+            topo.LOCAL_VTEP,
+            "dstport",
+            str(topo.VXLAN_PORT),
+            "dev",
+            NODE_UP_IF,
+            "nolearning",
+            "noudpcsum",
+            what="kernel vxlan",
+        )
         self.ip(ns, "link", "set", VXLAN_IF, "master", BRIDGE, what="kernel bridge")
         self.ip(ns, "link", "set", NODE_POD_IF, "master", BRIDGE, what="kernel bridge")
         batch = []
@@ -408,27 +525,59 @@ class Lab:
 
     def kernel_down(self):
         for dev in (BRIDGE, VXLAN_IF):
-            subprocess.run(["ip", "-n", self.node_ns, "link", "del", dev],
-                           capture_output=True)
+            subprocess.run(["ip", "-n", self.node_ns, "link", "del", dev], capture_output=True)
 
     def engine_up(self, driver: str) -> _Child:
         a = self.args
-        c = self.spawn(self.nsexec(
-            self.node_ns, sys.executable, "-m", "bench.afpacket_ours", "engine",
-            "--driver", driver, "--pod", NODE_POD_IF, "--uplink", NODE_UP_IF,
-            "--macs", str(a.macs), "--vteps", str(a.vteps), "--frames", str(a.ring_frames),
-            "--control-cpu", str(a.gen_cpu), "--worker-cpu", str(a.fwd_cpu)),
-            f"engine ({driver})", stdin=True)
+        c = self.spawn(
+            self.nsexec(
+                self.node_ns,
+                sys.executable,
+                "-m",
+                "bench.afpacket_ours",
+                "engine",
+                "--driver",
+                driver,
+                "--pod",
+                NODE_POD_IF,
+                "--uplink",
+                NODE_UP_IF,
+                "--macs",
+                str(a.macs),
+                "--vteps",
+                str(a.vteps),
+                "--frames",
+                str(a.ring_frames),
+                "--control-cpu",
+                str(a.gen_cpu),
+                "--worker-cpu",
+                str(a.fwd_cpu),
+            ),
+            f"engine ({driver})",
+            stdin=True,
+        )
         c.ready = c.expect("ready", 60)
         return c
 
     # --------------------------------------------------------------- check
     def verify(self, name: str, pcap: str, frames, engine=None):
         before = self.sample(None, engine)
-        cap = self.spawn(self.nsexec(
-            self.ul_ns, sys.executable, "-m", "bench.afpacket_ours", "capture",
-            "--iface", UL_IF, "--count", str(len(frames)), "--timeout", "5"),
-            "capture")
+        cap = self.spawn(
+            self.nsexec(
+                self.ul_ns,
+                sys.executable,
+                "-m",
+                "bench.afpacket_ours",
+                "capture",
+                "--iface",
+                UL_IF,
+                "--count",
+                str(len(frames)),
+                "--timeout",
+                "5",
+            ),
+            "capture",
+        )
         try:
             cap.expect("ready", 30)
             self.send_once(pcap)
@@ -438,19 +587,26 @@ class Lab:
         errs = check_encap(frames, got, self.args.macs, self.args.vteps)
         if errs:
             after = self.sample(None, engine)
-            errs.append(f"vpod offered {after['offered'] - before['offered']}, underlay "
-                        f"received {after['delivered'] - before['delivered']}")
+            errs.append(
+                f"vpod offered {after['offered'] - before['offered']}, underlay "
+                f"received {after['delivered'] - before['delivered']}"
+            )
             if engine is not None:
                 e0, e1 = before["engine"], after["engine"]
-                errs.append(f"engine: pod rx {e1['pod_rx'] - e0['pod_rx']}, uplink tx "
-                            f"{e1['up_tx'] - e0['up_tx']}, rx ring full {e1['ring_drops']}, "
-                            f"drops {e1['drops']}")
+                errs.append(
+                    f"engine: pod rx {e1['pod_rx'] - e0['pod_rx']}, uplink tx "
+                    f"{e1['up_tx'] - e0['up_tx']}, rx ring full {e1['ring_drops']}, "
+                    f"drops {e1['drops']}"
+                )
             raise BenchError(f"{name}: functional check failed:\n  " + "\n  ".join(errs))
-        say(f"verify {name}: {len(got)}/{len(frames)} frames came out of the underlay "
-            f"correctly encapsulated")
+        say(
+            f"verify {name}: {len(got)}/{len(frames)} frames came out of the underlay "
+            f"correctly encapsulated"
+        )
 
 
 # ---------------------------------------------------------------- checking
+
 
 def _ipv4(b: bytes) -> str:
     return ".".join(str(x) for x in b)
@@ -476,7 +632,7 @@ def check_encap(inp, out, n_macs: int, n_vteps: int):
             problems.append(f"not IPv4 ({len(raw)} bytes, ethertype {raw[12:14].hex()})")
         else:
             ip, udp, vx = raw[14:34], raw[34:42], raw[42:50]
-            inner = raw[topo.VXLAN_OVERHEAD:]
+            inner = raw[topo.VXLAN_OVERHEAD :]
             if ip[0] != 0x45 or ip[9] != 17:
                 problems.append(f"IP version/ihl {ip[0]:#x}, protocol {ip[9]}")
             if int.from_bytes(ip[2:4], "big") != len(raw) - 14:
@@ -512,19 +668,26 @@ def check_encap(inp, out, n_macs: int, n_vteps: int):
 
 # ----------------------------------------------------------------- running
 
+
 def _rates(s0: dict, s1: dict) -> dict:
     dt = s1["t"] - s0["t"]
     hz = os.sysconf("SC_CLK_TCK")
-    r = {"seconds": dt,
-         "pps": (s1["delivered"] - s0["delivered"]) / dt,
-         "offered_pps": (s1["offered"] - s0["offered"]) / dt,
-         "gen_cpu": (s1["gen_ticks"] - s0["gen_ticks"]) / hz / dt}
+    r = {
+        "seconds": dt,
+        "pps": (s1["delivered"] - s0["delivered"]) / dt,
+        "offered_pps": (s1["offered"] - s0["offered"]) / dt,
+        "gen_cpu": (s1["gen_ticks"] - s0["gen_ticks"]) / hz / dt,
+    }
     # where the forwarding CPU's time went
     d = [b - a for a, b in zip(s0["fwd_cpu"], s1["fwd_cpu"])]
     tot = sum(d) or 1
-    r["fwd_cpu"] = {"user": (d[0] + d[1]) / tot, "system": d[2] / tot,
-                    "irq+softirq": (d[5] + d[6]) / tot, "idle": (d[3] + d[4]) / tot,
-                    "steal": d[7] / tot}
+    r["fwd_cpu"] = {
+        "user": (d[0] + d[1]) / tot,
+        "system": d[2] / tot,
+        "irq+softirq": (d[5] + d[6]) / tot,
+        "idle": (d[3] + d[4]) / tot,
+        "steal": d[7] / tot,
+    }
     # the contender's share of it: all but idle, steal and the user time of
     # other processes (the worker's own user time is the engine's)
     own_user = 0
@@ -541,8 +704,11 @@ def _rates(s0: dict, s1: dict) -> dict:
             "ring_drop_pps": e1["ring_drops"] / dt,
             "busy_poll_ratio": (e1["busy_polls"] - e0["busy_polls"]) / polls if polls else 0.0,
             "worker_cpu": (wu + ws) / hz / dt,
-            "drops": {k: v - e0["drops"].get(k, 0) for k, v in e1["drops"].items()
-                      if v != e0["drops"].get(k, 0)},
+            "drops": {
+                k: v - e0["drops"].get(k, 0)
+                for k, v in e1["drops"].items()
+                if v != e0["drops"].get(k, 0)
+            },
         }
     share = (tot - d[3] - d[4] - d[7] - max(0, d[0] + d[1] - own_user)) / tot
     r["fwd_share"] = share
@@ -589,18 +755,22 @@ def run_contender(lab: Lab, name: str, pcap: str, frames, verify: bool) -> dict:
 def _fmt(r: dict) -> str:
     loss = max(0.0, 1 - r["pps"] / r["offered_pps"]) if r["offered_pps"] else 0.0
     c = r["fwd_cpu"]
-    s = (f"{r['pps'] / 1e6:6.3f} Mpps  (offered {r['offered_pps'] / 1e6:.3f}, "
-         f"{loss:.0%} not delivered; held {r['fwd_share']:.0%} of the fwd CPU: "
-         f"{r['pps_per_cpu'] / 1e6:.3f} Mpps per CPU-second; generator CPU "
-         f"{r['gen_cpu']:.0%}; fwd CPU user "
-         f"{c['user']:.0%} sys {c['system']:.0%} softirq {c['irq+softirq']:.0%} "
-         f"idle {c['idle']:.0%} steal {c['steal']:.0%}")
+    s = (
+        f"{r['pps'] / 1e6:6.3f} Mpps  (offered {r['offered_pps'] / 1e6:.3f}, "
+        f"{loss:.0%} not delivered; held {r['fwd_share']:.0%} of the fwd CPU: "
+        f"{r['pps_per_cpu'] / 1e6:.3f} Mpps per CPU-second; generator CPU "
+        f"{r['gen_cpu']:.0%}; fwd CPU user "
+        f"{c['user']:.0%} sys {c['system']:.0%} softirq {c['irq+softirq']:.0%} "
+        f"idle {c['idle']:.0%} steal {c['steal']:.0%}"
+    )
     e = r.get("engine")
     if e:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(e["drops"].items())) or "none"
-        s += (f"; worker thread CPU {e['worker_cpu']:.0%}, busy polls "
-              f"{e['busy_poll_ratio']:.0%}, rx ring full {e['ring_drop_pps'] / 1e6:.3f} "
-              f"Mpps, core drops: {drops}")
+        s += (
+            f"; worker thread CPU {e['worker_cpu']:.0%}, busy polls "
+            f"{e['busy_poll_ratio']:.0%}, rx ring full {e['ring_drop_pps'] / 1e6:.3f} "
+            f"Mpps, core drops: {drops}"
+        )
     return s + ")"
 
 
@@ -609,27 +779,34 @@ def fmt_mpps(xs) -> str:
 
 
 def run(args) -> dict:
-    from . import traffic   # scapy: only in the parent
+    from . import traffic  # scapy: only in the parent
+
     with tempfile.TemporaryDirectory(prefix="bench-afpacket-") as workdir:
         say_machine("other work on the machine will slow every contender")
         pcap = os.path.join(workdir, "encap64.pcap")
-        say(f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
-            f"{args.vteps} VTEPs ...")
+        say(
+            f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
+            f"{args.vteps} VTEPs ..."
+        )
         traffic.write_pcap(pcap, "encap", args.frames, args.macs, args.vteps)
         frames = traffic.read_pcap(pcap)
         lab = Lab(args, workdir)
         try:
             lab.build_generator()
             lab.setup()
-            say(f"namespaces {lab.pod_ns}, {lab.node_ns}, {lab.ul_ns}; generator on CPU "
-                f"{args.gen_cpu} " + (f"capped at {args.rate} pps" if args.rate else
-                                      "as fast as it can")
+            say(
+                f"namespaces {lab.pod_ns}, {lab.node_ns}, {lab.ul_ns}; generator on CPU "
+                f"{args.gen_cpu} "
+                + (f"capped at {args.rate} pps" if args.rate else "as fast as it can")
                 + f", forwarding CPU {args.fwd_cpu}, vpod receive softirq on "
                 + (f"CPU {args.fwd_cpu} (RPS)" if args.rps else "the sender's CPU (no RPS)")
-                + f", bridge netfilter {'on' if args.br_netfilter else 'off'}")
+                + f", bridge netfilter {'on' if args.br_netfilter else 'off'}"
+            )
             src = _measure(lab, pcap)
-            say(f"source alone (vpod attached to nothing): {src['offered_pps'] / 1e6:.3f} Mpps "
-                f"into vpod, generator CPU {src['gen_cpu']:.0%}")
+            say(
+                f"source alone (vpod attached to nothing): {src['offered_pps'] / 1e6:.3f} Mpps "
+                f"into vpod, generator CPU {src['gen_cpu']:.0%}"
+            )
             res = {n: [] for n in CONTENDERS}
             per_cpu = {n: [] for n in CONTENDERS}
             for r in range(1, args.runs + 1):
@@ -639,52 +816,99 @@ def run(args) -> dict:
                     per_cpu[name].append(x["pps_per_cpu"])
                     say(f"run {r}/{args.runs} {name:6s} {_fmt(x)}")
                     if x["offered_pps"] and x["pps"] >= 0.98 * x["offered_pps"]:
-                        say(f"WARNING: {name} delivered what the source offered: "
-                            "limited by the source, its own rate may be higher")
+                        say(
+                            f"WARNING: {name} delivered what the source offered: "
+                            "limited by the source, its own rate may be higher"
+                        )
         finally:
             lab.close()
     med = medians(res)
     r, kr = ratio(med["native"], med["pmd"]), ratio(med["native"], med["kernel"])
-    say(f"afpacket: native median {med['native'] / 1e6:.3f} Mpps {fmt_mpps(res['native'])}, "
+    say(
+        f"afpacket: native median {med['native'] / 1e6:.3f} Mpps {fmt_mpps(res['native'])}, "
         f"pmd {med['pmd'] / 1e6:.3f} Mpps {fmt_mpps(res['pmd'])}, kernel bridge+vxlan "
         f"{med['kernel'] / 1e6:.3f} Mpps {fmt_mpps(res['kernel'])}; native/pmd {r:.3f}, "
-        f"native/kernel {kr:.3f}")
+        f"native/kernel {kr:.3f}"
+    )
     pc = medians(per_cpu)
-    say("per CPU-second the contender held on the forwarding CPU (other work on a shared "
+    say(
+        "per CPU-second the contender held on the forwarding CPU (other work on a shared "
         f"machine takes the rest): native {pc['native'] / 1e6:.3f} Mpps "
         f"{fmt_mpps(per_cpu['native'])}, pmd {pc['pmd'] / 1e6:.3f} Mpps "
         f"{fmt_mpps(per_cpu['pmd'])}, kernel {pc['kernel'] / 1e6:.3f} Mpps "
-        f"{fmt_mpps(per_cpu['kernel'])}")
-    return {"native": med["native"], "pmd": med["pmd"], "kernel": med["kernel"],
-            "ratio": r, "kernel_ratio": kr, "source_pps": src["offered_pps"]}
+        f"{fmt_mpps(per_cpu['kernel'])}"
+    )
+    return {
+        "native": med["native"],
+        "pmd": med["pmd"],
+        "kernel": med["kernel"],
+        "ratio": r,
+        "kernel_ratio": kr,
+        "source_pps": src["offered_pps"],
+    }
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench afpacket",
         description="VXLAN encap of 64-byte frames on veth, one forwarding core: our "
-                    "native AF_PACKET driver vs DPDK's net_af_packet vs the kernel's "
-                    "bridge + vxlan.")
-    add_run_options(ap, seconds=3.0, seconds_help="measurement window per run",
-                    warmup=1.0, warmup_help="traffic before the window",
-                    runs=3, runs_help="runs per contender, alternating")
-    ap.add_argument("--rate", type=int, default=0, metavar="PPS",
-                    help="cap the generator at PPS frames/s (default 0: as fast as it can; "
-                         "the benchmark's figure is the overload rate)")
+        "native AF_PACKET driver vs DPDK's net_af_packet vs the kernel's "
+        "bridge + vxlan.",
+    )
+    add_run_options(
+        ap,
+        seconds=3.0,
+        seconds_help="measurement window per run",
+        warmup=1.0,
+        warmup_help="traffic before the window",
+        runs=3,
+        runs_help="runs per contender, alternating",
+    )
+    ap.add_argument(
+        "--rate",
+        type=int,
+        default=0,
+        metavar="PPS",
+        help="cap the generator at PPS frames/s (default 0: as fast as it can; "
+        "the benchmark's figure is the overload rate)",
+    )
     topo.add_options(ap, macs_help="remote MACs")
-    ap.add_argument("--ring-frames", type=int, default=2048,
-                    help="AF_PACKET ring size in frames, ours and the PMD's (default 2048)")
-    ap.add_argument("--gen-cpu", type=int, default=0,
-                    help="CPU of the generator and of the engine's control thread (default 0)")
-    ap.add_argument("--fwd-cpu", type=int, default=1,
-                    help="the forwarding CPU: engine worker, RPS target (default 1)")
-    ap.add_argument("--no-rps", dest="rps", action="store_false",
-                    help="leave vpod's receive softirq on the sender's CPU")
-    ap.add_argument("--br-netfilter", action="store_true",
-                    help="keep bridge-nf-call-iptables on for the kernel bridge "
-                         "(as on Kubernetes nodes); default off (the kernel's best case)")
-    ap.add_argument("--no-verify", dest="verify", action="store_false",
-                    help="skip the functional check before timing")
+    ap.add_argument(
+        "--ring-frames",
+        type=int,
+        default=2048,
+        help="AF_PACKET ring size in frames, ours and the PMD's (default 2048)",
+    )
+    ap.add_argument(
+        "--gen-cpu",
+        type=int,
+        default=0,
+        help="CPU of the generator and of the engine's control thread (default 0)",
+    )
+    ap.add_argument(
+        "--fwd-cpu",
+        type=int,
+        default=1,
+        help="the forwarding CPU: engine worker, RPS target (default 1)",
+    )
+    ap.add_argument(
+        "--no-rps",
+        dest="rps",
+        action="store_false",
+        help="leave vpod's receive softirq on the sender's CPU",
+    )
+    ap.add_argument(
+        "--br-netfilter",
+        action="store_true",
+        help="keep bridge-nf-call-iptables on for the kernel bridge "
+        "(as on Kubernetes nodes); default off (the kernel's best case)",
+    )
+    ap.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the functional check before timing",
+    )
     return ap
 
 
@@ -712,9 +936,13 @@ def main(argv=None) -> int:
 
 
 def _result(res):
-    return "afpacket", {"native_pps": f"{res['native']:.0f}", "pmd_pps": f"{res['pmd']:.0f}",
-                        "kernel_pps": f"{res['kernel']:.0f}", "ratio": f"{res['ratio']:.3f}",
-                        "kernel_ratio": f"{res['kernel_ratio']:.3f}"}
+    return "afpacket", {
+        "native_pps": f"{res['native']:.0f}",
+        "pmd_pps": f"{res['pmd']:.0f}",
+        "kernel_pps": f"{res['kernel']:.0f}",
+        "ratio": f"{res['ratio']:.3f}",
+        "kernel_ratio": f"{res['kernel_ratio']:.3f}",
+    }
 
 
 if __name__ == "__main__":

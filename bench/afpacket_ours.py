@@ -25,6 +25,7 @@ frames or ``--timeout`` seconds.
 
 DPDK's own log lines share stdout, hence the ``BENCH-JSON`` prefix.
 """
+
 import argparse
 import os
 import select
@@ -34,6 +35,7 @@ import time
 
 from . import topology as topo
 from .common import child_failed, child_unwind_on_sigterm, emit
+
 DRIVERS = ("native", "pmd")
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
@@ -44,8 +46,10 @@ def pmd_devargs(index: int, ifname: str, frames: int) -> str:
     """DPDK 22.11 ``net_af_packet`` device string (drivers/net/af_packet):
     one queue pair, TPACKET_V2 rings of ``frames`` 2048-byte frames (as our
     driver's rings), page-sized blocks, qdisc bypass on (as ours)."""
-    return (f"net_af_packet{index},iface={ifname},qpairs=1,blocksz=4096,"
-            f"framesz=2048,framecnt={frames},qdisc_bypass=1")
+    return (
+        f"net_af_packet{index},iface={ifname},qpairs=1,blocksz=4096,"
+        f"framesz=2048,framecnt={frames},qdisc_bypass=1"
+    )
 
 
 SOL_PACKET = 263
@@ -60,7 +64,7 @@ def _packet_sockets(ifname: str):
     with open("/proc/self/net/packet") as f:
         next(f)
         for line in f:
-            v = line.split()   # sk RefCnt Type Proto Iface R Rmem User Inode
+            v = line.split()  # sk RefCnt Type Proto Iface R Rmem User Inode
             if int(v[4]) == ifindex and int(v[3], 16) != 0:
                 inodes.add(v[8])
     fds = []
@@ -87,7 +91,7 @@ def ring_stats(fds) -> dict:
         finally:
             s.close()
         packets, dropped = int.from_bytes(st[0:4], "little"), int.from_bytes(st[4:8], "little")
-        seen += packets     # includes the drops
+        seen += packets  # includes the drops
         drops += dropped
     return {"ring_seen": seen, "ring_drops": drops}
 
@@ -132,39 +136,54 @@ def _snap(eng, pod: int, up: int, fds, tids) -> dict:
         "drops": {k: v for k, v in c.drops().items() if v},
         "polls": int(w[0]),
         "busy_polls": int(w[1]),
-        "worker_ticks": _task_ticks(tids),   # [user, system]
+        "worker_ticks": _task_ticks(tids),  # [user, system]
         **ring_stats(fds),
     }
 
 
 def run_engine(a) -> int:
     from dataplane.engine import Engine, EngineConfig
-    cfg = EngineConfig(mode="fallback", lcores=[a.control_cpu, a.worker_cpu],
-                       memory_mb=512, n_mbufs=16383,
-                       file_prefix=f"bench-afpacket-{os.getpid()}")
+
+    cfg = EngineConfig(
+        mode="fallback",
+        lcores=[a.control_cpu, a.worker_cpu],
+        memory_mb=512,
+        n_mbufs=16383,
+        file_prefix=f"bench-afpacket-{os.getpid()}",
+    )
     with Engine(cfg) as eng:
         eng.add_network(topo.NET, vni=topo.VNI, plane=0)
         if a.driver == "native":
-            pod = eng.add_afpacket_port(a.pod, role="pod", frames=a.frames,
-                                        network=topo.NET)
+            pod = eng.add_afpacket_port(a.pod, role="pod", frames=a.frames, network=topo.NET)
             up = eng.add_afpacket_port(a.uplink, role="uplink", frames=a.frames)
         else:
-            pod = eng.add_port(pmd_devargs(0, a.pod, a.frames), role="pod",
-                               network=topo.NET)
+            pod = eng.add_port(pmd_devargs(0, a.pod, a.frames), role="pod", network=topo.NET)
             up = eng.add_port(pmd_devargs(1, a.uplink, a.frames), role="uplink")
         info = eng.port_info(up)
-        eng.set_vtep(f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}", info.mac, up,
-                     udp_port=topo.VXLAN_PORT, next_hop_mac=topo.NEXT_HOP_MAC)
+        eng.set_vtep(
+            f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}",
+            info.mac,
+            up,
+            udp_port=topo.VXLAN_PORT,
+            next_hop_mac=topo.NEXT_HOP_MAC,
+        )
         for k in range(a.macs):
             eng.fdb_add_remote(topo.NET, topo.remote_mac(k), topo.vtep_of(k, a.vteps))
         fds = _packet_sockets(a.pod)
-        ring_stats(fds)   # start counting from here
+        ring_stats(fds)  # start counting from here
         eng.start()
         tids = _worker_tasks()
-        emit({"event": "ready", "driver": a.driver, "eal_args": eng.eal_args,
-              "ports": {"pod": eng.port_info(pod).name, "uplink": info.name},
-              "vtep_mac": info.mac, "pod_rx_sockets": len(fds),
-              "worker_threads": len(tids)})
+        emit(
+            {
+                "event": "ready",
+                "driver": a.driver,
+                "eal_args": eng.eal_args,
+                "ports": {"pod": eng.port_info(pod).name, "uplink": info.name},
+                "vtep_mac": info.mac,
+                "pod_rx_sockets": len(fds),
+                "worker_threads": len(tids),
+            }
+        )
         for line in sys.stdin:
             cmd = line.strip()
             if cmd == "snap":
@@ -172,8 +191,7 @@ def run_engine(a) -> int:
             elif cmd == "quit":
                 break
             elif cmd:
-                print(f"bench.afpacket_ours: unknown command {cmd!r}", file=sys.stderr,
-                      flush=True)
+                print(f"bench.afpacket_ours: unknown command {cmd!r}", file=sys.stderr, flush=True)
         eng.stop()
     return 0
 
@@ -209,8 +227,9 @@ def run_capture(a) -> int:
 
 def main(argv=None) -> int:
     child_unwind_on_sigterm()
-    ap = argparse.ArgumentParser(prog="python -m bench.afpacket_ours",
-                                 description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.afpacket_ours", description=__doc__.split("\n")[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("engine")
     e.add_argument("--driver", choices=DRIVERS, required=True)

@@ -18,6 +18,7 @@
 
 No third-party imports: the children import this module next to DPDK.
 """
+
 import json
 import os
 import shutil
@@ -62,8 +63,10 @@ def say_machine(busy: str):
     """CPUs and load average before the runs; ``busy`` is what a load
     average above 0.5 means for this benchmark."""
     la = os.getloadavg()[0]
-    say(f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
-        + (f" - {busy}" if la > 0.5 else ""))
+    say(
+        f"{os.cpu_count()} CPUs, load average {la:.2f} before the runs"
+        + (f" - {busy}" if la > 0.5 else "")
+    )
 
 
 def result_line(name: str, **fields) -> str:
@@ -72,8 +75,9 @@ def result_line(name: str, **fields) -> str:
     parts = [("name", name), *fields.items()]
     for k, v in parts:
         if not k.isidentifier() or not str(v) or any(c.isspace() or c == "=" for c in str(v)):
-            raise ValueError(f"RESULT field {k}={v!r}: a key is a name, a value has "
-                             "no blanks and no '='")
+            raise ValueError(
+                f"RESULT field {k}={v!r}: a key is a name, a value has no blanks and no '='"
+            )
     return "RESULT " + " ".join(f"{k}={v}" for k, v in parts)
 
 
@@ -100,18 +104,33 @@ def parse_result(line: str) -> dict:
 
 # ----------------------------------------------------------------- options
 
-def add_run_options(ap, *, seconds: float, seconds_help: str, runs: int, runs_help: str,
-                    warmup: float = None, warmup_help: str = None):
+
+def add_run_options(
+    ap,
+    *,
+    seconds: float,
+    seconds_help: str,
+    runs: int,
+    runs_help: str,
+    warmup: float = None,
+    warmup_help: str = None,
+):
     """--seconds, --warmup (when a default is given), --runs and --quiet;
     the help texts get "(default X)" appended."""
-    ap.add_argument("--seconds", type=float, default=seconds,
-                    help=f"{seconds_help} (default {seconds:g})")
+    ap.add_argument(
+        "--seconds", type=float, default=seconds, help=f"{seconds_help} (default {seconds:g})"
+    )
     if warmup is not None:
-        ap.add_argument("--warmup", type=float, default=warmup,
-                        help=f"{warmup_help} (default {warmup:g})")
+        ap.add_argument(
+            "--warmup", type=float, default=warmup, help=f"{warmup_help} (default {warmup:g})"
+        )
     ap.add_argument("--runs", type=int, default=runs, help=f"{runs_help} (default {runs})")
-    ap.add_argument("-q", "--quiet", action="store_true",
-                    help="print only the RESULT line (no progress on stderr)")
+    ap.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the RESULT line (no progress on stderr)",
+    )
 
 
 def parse_args(ap, argv=None):
@@ -132,6 +151,7 @@ def parse_args(ap, argv=None):
 
 
 # ---------------------------------------------------------------- run sets
+
 
 def median(xs) -> float:
     return statistics.median(xs)
@@ -161,6 +181,7 @@ def fmt_spread(xs, digits: int = 2) -> str:
 
 # --------------------------------------------------------- child processes
 
+
 def child_env() -> dict:
     """Our environment with this checkout first on PYTHONPATH."""
     env = dict(os.environ)
@@ -178,9 +199,18 @@ def run_child(cmd, what: str, timeout: float, on_line=None) -> list:
     PID - after ``timeout`` s, and on any exception here (Ctrl-C included).
     BenchError, with the last lines, if it does not exit 0."""
     try:
-        p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             errors="replace", bufsize=1, start_new_session=True)
+        p = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
     except OSError as e:
         raise BenchError(f"cannot run {what} ({cmd[0]}): {e}") from None
     expired = threading.Event()
@@ -202,7 +232,7 @@ def run_child(cmd, what: str, timeout: float, on_line=None) -> list:
     finally:
         timer.cancel()
         if p.poll() is None:
-            p.terminate()       # a Python child unwinds: child_unwind_on_sigterm
+            p.terminate()  # a Python child unwinds: child_unwind_on_sigterm
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
@@ -210,8 +240,7 @@ def run_child(cmd, what: str, timeout: float, on_line=None) -> list:
                 p.wait()
         p.stdout.close()
     if expired.is_set():
-        raise BenchError(f"{what} did not finish within {timeout:.0f} s; killed:\n"
-                         + _tail(lines))
+        raise BenchError(f"{what} did not finish within {timeout:.0f} s; killed:\n" + _tail(lines))
     if p.returncode < 0:
         raise BenchError(f"{what} killed by signal {-p.returncode}:\n" + _tail(lines))
     if p.returncode != 0:
@@ -232,7 +261,7 @@ def remove_eal_runtime_dir(prefix: str):
 def relay(line: str):
     """on_line for run_child: a child's BENCH-SAY lines shown as ours."""
     if line.startswith(SAY_PREFIX):
-        say(line[len(SAY_PREFIX):])
+        say(line[len(SAY_PREFIX) :])
 
 
 def run_json_child(cmd, what: str, timeout: float) -> dict:
@@ -241,7 +270,7 @@ def run_json_child(cmd, what: str, timeout: float) -> dict:
     lines = run_child(cmd, what, timeout, on_line=relay)
     for line in reversed(lines):
         if line.startswith(JSON_PREFIX):
-            return json.loads(line[len(JSON_PREFIX):])
+            return json.loads(line[len(JSON_PREFIX) :])
     raise BenchError(f"{what} reported nothing:\n" + _tail(lines))
 
 
@@ -274,6 +303,7 @@ def child_failed(prog: str, e: BaseException) -> int:
 
 # -------------------------------------------------------------------- main
 
+
 def _terminate(signum, frame):
     # SIGTERM/SIGHUP like Ctrl-C: unwind, so what we started is stopped
     # and what we made is removed
@@ -286,7 +316,7 @@ def run_main(run, args, result, errors=()) -> int:
     (BenchError or one of ``errors``, said on stderr), 130 for Ctrl-C,
     SIGTERM or SIGHUP."""
     signal.signal(signal.SIGTERM, _terminate)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:   # nohup: leave it
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: leave it
         signal.signal(signal.SIGHUP, _terminate)
     try:
         res = run(args)

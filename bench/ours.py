@@ -29,6 +29,7 @@ With ``--verify-out FILE`` it is a functional check instead: the pcap is
 read once (no infinite_rx) and what the core sends goes to
 ``net_pcap1,tx_pcap=FILE``; the parent then compares it with the input.
 """
+
 import argparse
 import os
 import sys
@@ -47,8 +48,7 @@ def _setup(eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int)
         pod = eng.add_port(in_dev, role="pod")
         up = eng.add_port(out_dev, role="uplink")
         eng.set_port_network(pod, topo.NET)
-        eng.set_vtep(vtep_addr, topo.VTEP_MAC, up, udp_port=topo.VXLAN_PORT,
-                     next_hop_mac=nh)
+        eng.set_vtep(vtep_addr, topo.VTEP_MAC, up, udp_port=topo.VXLAN_PORT, next_hop_mac=nh)
         for k in range(n_macs):
             eng.fdb_add_remote(topo.NET, topo.remote_mac(k), topo.vtep_of(k, n_vteps))
         return pod, up
@@ -65,6 +65,7 @@ def _setup(eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int)
 def _delta(c0, c1, in_port, out_port):
     """What happened between two counter snapshots."""
     from dataplane.engine import PORT_COUNTERS
+
     rx = PORT_COUNTERS.index("rx_packets")
     tx = PORT_COUNTERS.index("tx_packets")
     d0, d1 = c0.drops(), c1.drops()
@@ -79,15 +80,35 @@ def _delta(c0, c1, in_port, out_port):
     }
 
 
-def measure(kind: str, pcap: str, seconds: float, warmup: float, mode: str,
-            n_macs: int, n_vteps: int, n_mbufs: int) -> dict:
+def measure(
+    kind: str,
+    pcap: str,
+    seconds: float,
+    warmup: float,
+    mode: str,
+    n_macs: int,
+    n_vteps: int,
+    n_mbufs: int,
+) -> dict:
     """Forward ``pcap`` forever; the rate over ``seconds`` after ``warmup``."""
     from dataplane.engine import Engine, EngineConfig
-    cfg = EngineConfig(mode=mode, lcores=[0, 1], memory_mb=1024, n_mbufs=n_mbufs,
-                       file_prefix=f"bench-ours-{os.getpid()}")
+
+    cfg = EngineConfig(
+        mode=mode,
+        lcores=[0, 1],
+        memory_mb=1024,
+        n_mbufs=n_mbufs,
+        file_prefix=f"bench-ours-{os.getpid()}",
+    )
     with Engine(cfg) as eng:
-        in_port, out_port = _setup(eng, kind, f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
-                                   "net_null0,no-rx=1", n_macs, n_vteps)
+        in_port, out_port = _setup(
+            eng,
+            kind,
+            f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
+            "net_null0,no-rx=1",
+            n_macs,
+            n_vteps,
+        )
         eng.start()
         time.sleep(warmup)
         t0 = time.monotonic()
@@ -97,27 +118,48 @@ def measure(kind: str, pcap: str, seconds: float, warmup: float, mode: str,
         c1 = eng.counters()
         eng.stop()
         res = _delta(c0, c1, in_port, out_port)
-        res.update(kind=kind, seconds=t1 - t0, eal_args=eng.eal_args,
-                   mpps=res["tx_packets"] / (t1 - t0) / 1e6)
+        res.update(
+            kind=kind,
+            seconds=t1 - t0,
+            eal_args=eng.eal_args,
+            mpps=res["tx_packets"] / (t1 - t0) / 1e6,
+        )
         return res
 
 
-def verify(kind: str, pcap: str, out: str, mode: str, n_macs: int, n_vteps: int,
-           n_mbufs: int, n_frames: int, timeout: float = 10.0) -> dict:
+def verify(
+    kind: str,
+    pcap: str,
+    out: str,
+    mode: str,
+    n_macs: int,
+    n_vteps: int,
+    n_mbufs: int,
+    n_frames: int,
+    timeout: float = 10.0,
+) -> dict:
     """Forward every frame of ``pcap`` once into the pcap file ``out``."""
     from dataplane.engine import Engine, EngineConfig
-    cfg = EngineConfig(mode=mode, lcores=[0, 1], memory_mb=1024, n_mbufs=n_mbufs,
-                       file_prefix=f"bench-verify-{os.getpid()}")
+
+    cfg = EngineConfig(
+        mode=mode,
+        lcores=[0, 1],
+        memory_mb=1024,
+        n_mbufs=n_mbufs,
+        file_prefix=f"bench-verify-{os.getpid()}",
+    )
     with Engine(cfg) as eng:
-        in_port, out_port = _setup(eng, kind, f"net_pcap0,rx_pcap={pcap}",
-                                   f"net_pcap1,tx_pcap={out}", n_macs, n_vteps)
+        in_port, out_port = _setup(
+            eng, kind, f"net_pcap0,rx_pcap={pcap}", f"net_pcap1,tx_pcap={out}", n_macs, n_vteps
+        )
         c0 = eng.counters()
         eng.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             d = _delta(c0, eng.counters(), in_port, out_port)
             if d["rx_packets"] >= n_frames and (
-                    d["tx_packets"] + sum(d["drops"].values()) >= d["rx_packets"]):
+                d["tx_packets"] + sum(d["drops"].values()) >= d["rx_packets"]
+            ):
                 break
             time.sleep(0.05)
         eng.stop()
@@ -138,19 +180,19 @@ def main(argv=None):
     ap.add_argument("--macs", type=int, default=topo.MIN_MACS)
     ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
     ap.add_argument("--n-mbufs", type=int, default=16383)
-    ap.add_argument("--verify-out", metavar="FILE",
-                    help="functional check: forward the pcap once into FILE")
-    ap.add_argument("--frames", type=int, default=0,
-                    help="with --verify-out: number of frames in the pcap")
+    ap.add_argument(
+        "--verify-out", metavar="FILE", help="functional check: forward the pcap once into FILE"
+    )
+    ap.add_argument(
+        "--frames", type=int, default=0, help="with --verify-out: number of frames in the pcap"
+    )
     a = ap.parse_args(argv)
     try:
         topo.check_sizes(a.macs, a.vteps)
         if a.verify_out:
-            res = verify(a.kind, a.pcap, a.verify_out, a.mode, a.macs, a.vteps,
-                         a.n_mbufs, a.frames)
+            res = verify(a.kind, a.pcap, a.verify_out, a.mode, a.macs, a.vteps, a.n_mbufs, a.frames)
         else:
-            res = measure(a.kind, a.pcap, a.seconds, a.warmup, a.mode, a.macs,
-                          a.vteps, a.n_mbufs)
+            res = measure(a.kind, a.pcap, a.seconds, a.warmup, a.mode, a.macs, a.vteps, a.n_mbufs)
     except Exception as e:  # reported to the parent, which shows our output
         return child_failed("bench.ours", e)
     emit(res)

@@ -56,6 +56,7 @@ attempt is in the output, marked kept or not. Before each attempt the child
 also waits (up to ``--wait-others`` s) while other processes have DPDK
 worker threads (``lcore-worker-N``), which poll without pause.
 """
+
 import argparse
 import gc
 import os
@@ -64,6 +65,7 @@ import sys
 import time
 
 from .common import child_failed, child_say, child_unwind_on_sigterm, emit
+
 STD, CONTROL, MEDIA = 0, 2, 3
 PLANE_NAMES = {STD: "std", CONTROL: "control", MEDIA: "media"}
 #: plane -> (network index, VNI, priority, outer DSCP or None = copy inner)
@@ -72,8 +74,8 @@ LOCAL_VTEP = "10.0.0.1/24"
 REMOTE_VTEP = "10.0.0.2"
 VTEP_MAC = "02:00:0a:00:00:01"
 NEXT_HOP_MAC = "02:00:0a:00:00:fe"
-VXLAN_OVERHEAD = 50       # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
-WIRE_OVERHEAD = 24        # FCS 4 + preamble 8 + IFG 12 (what the shaper adds)
+VXLAN_OVERHEAD = 50  # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
+WIRE_OVERHEAD = 24  # FCS 4 + preamble 8 + IFG 12 (what the shaper adds)
 DRAIN_EVERY = 0.00025
 
 
@@ -92,7 +94,7 @@ def read_pcap(path: str):
     while off + 16 <= len(data):
         _, _, incl, _ = struct.unpack_from(e + "IIII", data, off)
         off += 16
-        out.append(data[off:off + incl])
+        out.append(data[off : off + incl])
         off += incl
     if not out:
         raise ValueError(f"{path}: no frames")
@@ -122,10 +124,10 @@ class Feeder:
             self.offs.append(o)
             o += len(f)
         self.i = 0
-        self.due = 0            # frames owed so far (tried)
-        self.offered = 0        # frames the rx ring took
-        self.refused = 0        # rx ring full (should stay 0)
-        self.groups = [0] * 5   # inject calls of 1, 2, 3-4, 5-8, 9+ frames
+        self.due = 0  # frames owed so far (tried)
+        self.offered = 0  # frames the rx ring took
+        self.refused = 0  # rx ring full (should stay 0)
+        self.groups = [0] * 5  # inject calls of 1, 2, 3-4, 5-8, 9+ frames
 
     def reset(self):
         self.due = self.offered = self.refused = 0
@@ -135,8 +137,9 @@ class Feeder:
         want = int(self.pps * elapsed) - self.due
         while want > 0:
             k = min(want, self.MAX_GROUP, self.n)
-            got = self.lib.dp_ring_inject(self.port, 0, self.data + self.offs[self.i],
-                                          self.lens + self.i, k)
+            got = self.lib.dp_ring_inject(
+                self.port, 0, self.data + self.offs[self.i], self.lens + self.i, k
+            )
             if got < 0:
                 raise RuntimeError(f"dp_ring_inject on port {self.port} failed ({got})")
             self.due += k
@@ -157,8 +160,8 @@ class Drain:
         self.buf = ffi.new("uint8_t[]", chunk * 2048)
         self.mv = memoryview(ffi.buffer(self.buf))
         self.lens = ffi.new("uint32_t[]", chunk)
-        self.by = {}            # (vni, tos) -> frames
-        self.other = 0          # not VXLAN on UDP 4789
+        self.by = {}  # (vni, tos) -> frames
+        self.other = 0  # not VXLAN on UDP 4789
 
     def reset(self):
         self.by, self.other = {}, 0
@@ -172,8 +175,14 @@ class Drain:
         for i in range(n):
             ln = self.lens[i]
             # IPv4 (no options), UDP, destination port 4789
-            if (ln >= VXLAN_OVERHEAD and mv[off + 12] == 0x08 and mv[off + 13] == 0
-                    and mv[off + 23] == 17 and mv[off + 36] == 0x12 and mv[off + 37] == 0xb5):
+            if (
+                ln >= VXLAN_OVERHEAD
+                and mv[off + 12] == 0x08
+                and mv[off + 13] == 0
+                and mv[off + 23] == 17
+                and mv[off + 36] == 0x12
+                and mv[off + 37] == 0xB5
+            ):
                 key = ((mv[off + 46] << 16) | (mv[off + 47] << 8) | mv[off + 48], mv[off + 15])
                 by[key] = by.get(key, 0) + 1
             else:
@@ -245,8 +254,9 @@ def other_dpdk_workers():
                 with open(f"/proc/{pid}/task/{tid}/comm") as f:
                     if f.read().startswith("lcore-worker"):
                         with open(f"/proc/{pid}/cmdline", "rb") as c:
-                            out[int(pid)] = c.read().replace(b"\0", b" ").decode(
-                                errors="replace")[:120].strip()
+                            out[int(pid)] = (
+                                c.read().replace(b"\0", b" ").decode(errors="replace")[:120].strip()
+                            )
                         break
         except OSError:
             continue
@@ -286,7 +296,7 @@ def run_phase(eng, name, up, feeders, drain, warmup, seconds, drain_timeout):
     wtid = find_worker_tid()
     order = [feeders[p] for p in sorted(feeders, reverse=True)]  # media, control, std
     total = warmup + seconds
-    gc.disable()            # no collector pause in the feeding loop
+    gc.disable()  # no collector pause in the feeding loop
     gaps = {"max_us": 0.0, "over_100us": 0, "over_1ms": 0, "iterations": 0}
     c0 = eng.counters()
     cw = sw = None
@@ -321,7 +331,7 @@ def run_phase(eng, name, up, feeders, drain, warmup, seconds, drain_timeout):
     fe = sched(me)
     gc.enable()
     ste = cpu_stat()
-    others = other_dpdk_workers()     # at the end: a /proc walk takes milliseconds
+    others = other_dpdk_workers()  # at the end: a /proc walk takes milliseconds
     # stop offering; the queues drain at the shaped rate
     deadline = time.monotonic() + drain_timeout
     while time.monotonic() < deadline:
@@ -334,17 +344,26 @@ def run_phase(eng, name, up, feeders, drain, warmup, seconds, drain_timeout):
     cd = eng.counters()
     acc = cd.since(c0)
     win = ce.since(cw)
-    out = {"phase": name, "window_s": te - tw, "offer_s": te - t0, "loop": gaps,
-           "planes": {}, "latency": lat_rows(win, planes),
-           "drops": {k: v for k, v in acc.drops().items() if v},
-           "uplink_out": {f"{vni}/{tos}": n for (vni, tos), n in sorted(drain.by.items())},
-           "uplink_other": drain.other}
+    out = {
+        "phase": name,
+        "window_s": te - tw,
+        "offer_s": te - t0,
+        "loop": gaps,
+        "planes": {},
+        "latency": lat_rows(win, planes),
+        "drops": {k: v for k, v in acc.drops().items() if v},
+        "uplink_out": {f"{vni}/{tos}": n for (vni, tos), n in sorted(drain.by.items())},
+        "uplink_other": drain.other,
+    }
     for p in planes:
         q, w = acc.qos_dict(up, p), win.qos_dict(up, p)
         out["planes"][str(p)] = {
-            "offered": feeders[p].offered, "refused": feeders[p].refused,
+            "offered": feeders[p].offered,
+            "refused": feeders[p].refused,
             "inject_groups": feeders[p].groups,
-            "enqueued": q["enqueued"], "sent": q["sent"], "dropped": q["dropped"],
+            "enqueued": q["enqueued"],
+            "sent": q["sent"],
+            "dropped": q["dropped"],
             "depth": eng.queue_depth(up, p),
             "win_sent": w["sent"],
             "win_wire_bits": (w["sent_bytes"] + WIRE_OVERHEAD * w["sent"]) * 8,
@@ -354,13 +373,17 @@ def run_phase(eng, name, up, feeders, drain, warmup, seconds, drain_timeout):
     if stw and ste and ste[1] > stw[1]:
         out["cpu1_steal"] = (ste[0] - stw[0]) / (ste[1] - stw[1])
     if fw and fe:
-        out["feeder_sched"] = {"cpu_ms": (fe[0] - fw[0]) / 1e6,
-                               "runqueue_wait_ms": (fe[1] - fw[1]) / 1e6,
-                               "involuntary_switches": fe[2] - fw[2]}
+        out["feeder_sched"] = {
+            "cpu_ms": (fe[0] - fw[0]) / 1e6,
+            "runqueue_wait_ms": (fe[1] - fw[1]) / 1e6,
+            "involuntary_switches": fe[2] - fw[2],
+        }
     if sw and se:
-        out["worker_sched"] = {"cpu_ms": (se[0] - sw[0]) / 1e6,
-                               "runqueue_wait_ms": (se[1] - sw[1]) / 1e6,
-                               "involuntary_switches": se[2] - sw[2]}
+        out["worker_sched"] = {
+            "cpu_ms": (se[0] - sw[0]) / 1e6,
+            "runqueue_wait_ms": (se[1] - sw[1]) / 1e6,
+            "involuntary_switches": se[2] - sw[2],
+        }
     return out
 
 
@@ -382,8 +405,9 @@ def preempted(ph) -> float:
 
 def main(argv=None):
     child_unwind_on_sigterm()
-    ap = argparse.ArgumentParser(prog="python -m bench.planes_ours",
-                                 description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.planes_ours", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--std", required=True)
     ap.add_argument("--control", required=True)
     ap.add_argument("--media", required=True)
@@ -398,17 +422,35 @@ def main(argv=None):
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--mode", choices=("hugepages", "fallback"), default="fallback")
-    ap.add_argument("--retries", type=int, default=4,
-                    help="repeat a phase whose worker was preempted (default 4 times)")
-    ap.add_argument("--wait-others", type=float, default=120.0,
-                    help="before a phase, wait up to S s while other DPDK processes run")
-    ap.add_argument("--max-preempted", type=float, default=0.01,
-                    help="share of the window the worker may be off its CPU (default 0.01)")
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="repeat a phase whose worker was preempted (default 4 times)",
+    )
+    ap.add_argument(
+        "--wait-others",
+        type=float,
+        default=120.0,
+        help="before a phase, wait up to S s while other DPDK processes run",
+    )
+    ap.add_argument(
+        "--max-preempted",
+        type=float,
+        default=0.01,
+        help="share of the window the worker may be off its CPU (default 0.01)",
+    )
     a = ap.parse_args(argv)
     try:
-        from dataplane.engine import Engine, EngineConfig, LATENCY_BOUNDS_S, ffi, lib
-        cfg = EngineConfig(mode=a.mode, lcores=[0, 1], memory_mb=1024, n_mbufs=65535,
-                           file_prefix=f"bench-planes-{os.getpid()}")
+        from dataplane.engine import LATENCY_BOUNDS_S, Engine, EngineConfig, ffi, lib
+
+        cfg = EngineConfig(
+            mode=a.mode,
+            lcores=[0, 1],
+            memory_mb=1024,
+            n_mbufs=65535,
+            file_prefix=f"bench-planes-{os.getpid()}",
+        )
         with Engine(cfg) as eng:
             pcaps = {STD: a.std, CONTROL: a.control, MEDIA: a.media}
             qlen = {STD: a.std_qlen, CONTROL: a.qlen, MEDIA: a.qlen}
@@ -419,11 +461,18 @@ def main(argv=None):
                 mean_bits = sum(wire_bits(len(f)) for f in fr) / len(fr)
                 pps = share[p] * a.rate / mean_bits
                 feeders[p] = Feeder(ffi, lib, pods[p], fr, pps)
-                cfg_planes[str(p)] = {"name": PLANE_NAMES[p], "pps": pps, "x": share[p],
-                                      "frames": len(fr), "mean_inner_len": sum(map(len, fr)) / len(fr),
-                                      "mean_wire_bits": mean_bits, "vni": PLANE_SETUP[p][1],
-                                      "priority": PLANE_SETUP[p][2], "dscp": PLANE_SETUP[p][3],
-                                      "queue_len": qlen[p]}
+                cfg_planes[str(p)] = {
+                    "name": PLANE_NAMES[p],
+                    "pps": pps,
+                    "x": share[p],
+                    "frames": len(fr),
+                    "mean_inner_len": sum(map(len, fr)) / len(fr),
+                    "mean_wire_bits": mean_bits,
+                    "vni": PLANE_SETUP[p][1],
+                    "priority": PLANE_SETUP[p][2],
+                    "dscp": PLANE_SETUP[p][3],
+                    "queue_len": qlen[p],
+                }
             drain = Drain(ffi, lib, up)
             # no housekeeping thread: static next hop, no learning, nothing for it
             # to do - and it would take the GIL from the feeding loop now and then
@@ -435,30 +484,46 @@ def main(argv=None):
                     eng.set_qos_mode(priority=prio)
                     for attempt in range(1, a.retries + 2):
                         if a.wait_others > 0 and other_dpdk_workers():
-                            child_say(f"waiting up to {a.wait_others:g} s while other "
-                                      "processes run DPDK workers")
+                            child_say(
+                                f"waiting up to {a.wait_others:g} s while other "
+                                "processes run DPDK workers"
+                            )
                         waited = wait_for_others(a.wait_others)
-                        child_say(f"phase {name} (run {r + 1}/{a.runs}, attempt {attempt}): "
-                                  f"offering for {a.warmup + a.seconds:g} s, then draining")
-                        ph = run_phase(eng, name, up, feeders, drain, a.warmup, a.seconds,
-                                       drain_timeout=10.0)
+                        child_say(
+                            f"phase {name} (run {r + 1}/{a.runs}, attempt {attempt}): "
+                            f"offering for {a.warmup + a.seconds:g} s, then draining"
+                        )
+                        ph = run_phase(
+                            eng, name, up, feeders, drain, a.warmup, a.seconds, drain_timeout=10.0
+                        )
                         ph["run"], ph["attempt"] = r + 1, attempt
                         ph["waited_for_others_s"] = waited
                         ph["preempted"] = preempted(ph)
-                        ph["kept"] = (ph["preempted"] <= a.max_preempted
-                                      or attempt == a.retries + 1)
+                        ph["kept"] = ph["preempted"] <= a.max_preempted or attempt == a.retries + 1
                         phases.append(ph)
                         if ph["kept"]:
                             break
-                        child_say(f"  the worker was off its CPU {ph['preempted']:.1%} of the "
-                                  "window: again in 2 s")
-                        time.sleep(2.0)     # let the other work pass
+                        child_say(
+                            f"  the worker was off its CPU {ph['preempted']:.1%} of the "
+                            "window: again in 2 s"
+                        )
+                        time.sleep(2.0)  # let the other work pass
             eng.set_qos_mode(priority=True)
             eng.stop()
-            res = {"config": {"rate": a.rate, "burst": a.burst, "seconds": a.seconds,
-                              "warmup": a.warmup, "mode": a.mode, "planes": cfg_planes,
-                              "eal_args": eng.eal_args, "tsc_hz": eng.tsc_hz},
-                   "bounds_s": LATENCY_BOUNDS_S, "phases": phases}
+            res = {
+                "config": {
+                    "rate": a.rate,
+                    "burst": a.burst,
+                    "seconds": a.seconds,
+                    "warmup": a.warmup,
+                    "mode": a.mode,
+                    "planes": cfg_planes,
+                    "eal_args": eng.eal_args,
+                    "tsc_hz": eng.tsc_hz,
+                },
+                "bounds_s": LATENCY_BOUNDS_S,
+                "phases": phases,
+            }
     except Exception as e:  # reported to the parent, which shows our output
         return child_failed("bench.planes_ours", e)
     emit(res)

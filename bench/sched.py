@@ -31,6 +31,7 @@ removes it too, and the temporary directory, also on error or Ctrl-C.
 Needs a C compiler, pkg-config and DPDK's development files (libdpdk-dev,
 with librte_sched).
 """
+
 import argparse
 import os
 import re
@@ -39,33 +40,59 @@ import subprocess
 import sys
 import tempfile
 
-from .common import (ROOT, BenchError, add_run_options, fmt_spread, medians, parse_args,
-                     parse_result, ratio, remove_eal_runtime_dir, run_child, run_main, say,
-                     say_machine, show)
+from .common import (
+    ROOT,
+    BenchError,
+    add_run_options,
+    fmt_spread,
+    medians,
+    parse_args,
+    parse_result,
+    ratio,
+    remove_eal_runtime_dir,
+    run_child,
+    run_main,
+    say,
+    say_machine,
+    show,
+)
 
 CSRC = os.path.join(ROOT, "csrc")
 SRC = os.path.join(ROOT, "bench", "sched_cmp.c")
 QOS_SRC = os.path.join(CSRC, "dp_qos.c")
-RESULT_KEYS = ("ours_ns_per_pkt", "rte_sched_ns_per_pkt", "ours_media_p99_us",
-               "rte_sched_media_p99_us")
+RESULT_KEYS = (
+    "ours_ns_per_pkt",
+    "rte_sched_ns_per_pkt",
+    "ours_media_p99_us",
+    "rte_sched_media_p99_us",
+)
 
 _COST_RE = re.compile(r"^cost\s+(\S+)\s+enqueue ([\d.]+) \+ dequeue ([\d.]+) = ([\d.]+) ns/frame")
-_PLANE_RE = r"\| {p} off ([\d.]+) sent ([\d.]+) Mbit/s drop (\d+) \(([\d.]+)%\) " \
-            r"p50/p99/max ([\d.]+)/([\d.]+)/([\d.]+) us "
-_LOAD_RE = re.compile(r"^(overload|cap|guarantee)\s+(.+?)\s+"
-                      + _PLANE_RE.format(p="media") + _PLANE_RE.format(p="control")
-                      + _PLANE_RE.format(p="std") + r"\| total sent ([\d.]+) Mbit/s")
+_PLANE_RE = (
+    r"\| {p} off ([\d.]+) sent ([\d.]+) Mbit/s drop (\d+) \(([\d.]+)%\) "
+    r"p50/p99/max ([\d.]+)/([\d.]+)/([\d.]+) us "
+)
+_LOAD_RE = re.compile(
+    r"^(overload|cap|guarantee)\s+(.+?)\s+"
+    + _PLANE_RE.format(p="media")
+    + _PLANE_RE.format(p="control")
+    + _PLANE_RE.format(p="std")
+    + r"\| total sent ([\d.]+) Mbit/s"
+)
 
 
 def _pkg_config(flag: str) -> list:
     try:
-        p = subprocess.run(["pkg-config", flag, "libdpdk"], capture_output=True, text=True,
-                           timeout=30)
+        p = subprocess.run(
+            ["pkg-config", flag, "libdpdk"], capture_output=True, text=True, timeout=30
+        )
     except FileNotFoundError:
         raise BenchError("pkg-config not found (apt-get install pkg-config)") from None
     if p.returncode != 0:
-        raise BenchError("pkg-config does not know libdpdk: DPDK's development files are "
-                         f"missing (apt-get install libdpdk-dev): {p.stderr.strip()}")
+        raise BenchError(
+            "pkg-config does not know libdpdk: DPDK's development files are "
+            f"missing (apt-get install libdpdk-dev): {p.stderr.strip()}"
+        )
     return p.stdout.split()
 
 
@@ -79,19 +106,36 @@ def build(workdir: str) -> str:
             raise BenchError(f"{f} is missing")
     out = os.path.join(workdir, "sched_cmp")
     # as build.py compiles the core: DPDK's cflags, then -O3 -march=native
-    cmd = [cc, *_pkg_config("--cflags"), "-O3", "-march=native", "-std=gnu11", "-Wall",
-           "-Wno-unused-parameter", "-DALLOW_EXPERIMENTAL_API", "-I", CSRC, "-o", out,
-           SRC, QOS_SRC, *_pkg_config("--libs"), "-lrte_sched", "-lrte_meter"]
-    say("building: " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c
-                                for c in cmd))
+    cmd = [
+        cc,
+        *_pkg_config("--cflags"),
+        "-O3",
+        "-march=native",
+        "-std=gnu11",
+        "-Wall",
+        "-Wno-unused-parameter",
+        "-DALLOW_EXPERIMENTAL_API",
+        "-I",
+        CSRC,
+        "-o",
+        out,
+        SRC,
+        QOS_SRC,
+        *_pkg_config("--libs"),
+        "-lrte_sched",
+        "-lrte_meter",
+    ]
+    say("building: " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd))
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     except subprocess.TimeoutExpired:
         raise BenchError("building bench/sched_cmp.c took over 300 s") from None
     if p.returncode != 0:
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-30:])
-        raise BenchError("building bench/sched_cmp.c failed (if csrc/dp_qos.c is being "
-                         f"edited, retry in a minute):\n{tail}")
+        raise BenchError(
+            "building bench/sched_cmp.c failed (if csrc/dp_qos.c is being "
+            f"edited, retry in a minute):\n{tail}"
+        )
     return out
 
 
@@ -115,10 +159,16 @@ def _parse(lines) -> dict:
             g = m.groups()
             planes = {}
             for i, name in enumerate(("media", "control", "std")):
-                off, sent, drop, lost, p50, p99, mx = g[2 + 7 * i: 9 + 7 * i]
-                planes[name] = {"off": float(off), "sent": float(sent), "drop": int(drop),
-                                "lost": float(lost), "p50": float(p50), "p99": float(p99),
-                                "max": float(mx)}
+                off, sent, drop, lost, p50, p99, mx = g[2 + 7 * i : 9 + 7 * i]
+                planes[name] = {
+                    "off": float(off),
+                    "sent": float(sent),
+                    "drop": int(drop),
+                    "lost": float(lost),
+                    "p50": float(p50),
+                    "p99": float(p99),
+                    "max": float(mx),
+                }
             planes["total"] = float(g[-1])
             res["load"][(g[0], g[1])] = planes
     if "result" not in res:
@@ -128,8 +178,19 @@ def _parse(lines) -> dict:
 
 def run_once(binary: str, args, i: int) -> dict:
     prefix = f"sched-{os.getpid()}-{i}"
-    cmd = [binary, "--seconds", str(args.seconds), "--lcore", str(args.lcore), "--prefix",
-           prefix, "--max-wait", str(args.max_wait), "--retries", str(args.retries)]
+    cmd = [
+        binary,
+        "--seconds",
+        str(args.seconds),
+        "--lcore",
+        str(args.lcore),
+        "--prefix",
+        prefix,
+        "--max-wait",
+        str(args.max_wait),
+        "--retries",
+        str(args.retries),
+    ]
     if args.verbose:
         cmd.append("--verbose")
     # 10 measurements per run, each up to 1 + retries attempts, + drains
@@ -154,8 +215,10 @@ def summary(runs):
     for label in ("ours", "rte_sched"):
         c = [r["cost"][label] for r in runs if label in r["cost"]]
         if c:
-            say(f"  cost      {label:24s} enqueue {fmt_spread([x[0] for x in c])} + dequeue "
-                f"{fmt_spread([x[1] for x in c])} = {fmt_spread([x[2] for x in c])} ns/frame")
+            say(
+                f"  cost      {label:24s} enqueue {fmt_spread([x[0] for x in c])} + dequeue "
+                f"{fmt_spread([x[1] for x in c])} = {fmt_spread([x[2] for x in c])} ns/frame"
+            )
     keys = []
     for r in runs:
         keys += [k for k in r["load"] if k not in keys]
@@ -163,12 +226,17 @@ def summary(runs):
         rs = [r["load"][key] for r in runs if key in r["load"]]
         parts = []
         for pl in ("media", "control", "std"):
-            parts.append(f"{pl} sent {fmt_spread([x[pl]['sent'] for x in rs])} Mbit/s, lost "
-                         f"{fmt_spread([x[pl]['lost'] for x in rs])} %, p50 "
-                         f"{fmt_spread([x[pl]['p50'] for x in rs])} us, p99 "
-                         f"{fmt_spread([x[pl]['p99'] for x in rs])} us")
-        say(f"  {key[0]:9s} {key[1]:24s} " + "; ".join(parts)
-            + f"; total {fmt_spread([x['total'] for x in rs])} Mbit/s")
+            parts.append(
+                f"{pl} sent {fmt_spread([x[pl]['sent'] for x in rs])} Mbit/s, lost "
+                f"{fmt_spread([x[pl]['lost'] for x in rs])} %, p50 "
+                f"{fmt_spread([x[pl]['p50'] for x in rs])} us, p99 "
+                f"{fmt_spread([x[pl]['p99'] for x in rs])} us"
+            )
+        say(
+            f"  {key[0]:9s} {key[1]:24s} "
+            + "; ".join(parts)
+            + f"; total {fmt_spread([x['total'] for x in rs])} Mbit/s"
+        )
 
 
 def run(args) -> dict:
@@ -191,15 +259,26 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench sched",
         description="Per-plane egress scheduling: csrc/dp_qos.c vs DPDK's rte_sched, same "
-                    "frames, one process (bench/sched_cmp.c).")
-    add_run_options(ap, seconds=2.0, seconds_help="window per scenario and scheduler",
-                    runs=1, runs_help="runs (processes); the RESULT has the medians")
+        "frames, one process (bench/sched_cmp.c).",
+    )
+    add_run_options(
+        ap,
+        seconds=2.0,
+        seconds_help="window per scenario and scheduler",
+        runs=1,
+        runs_help="runs (processes); the RESULT has the medians",
+    )
     ap.add_argument("--lcore", type=int, default=0, help="CPU to run on (default 0)")
-    ap.add_argument("--max-wait", type=float, default=0.01,
-                    help="repeat a measurement whose thread waited for its CPU more than this "
-                         "share of the window (default 0.01)")
-    ap.add_argument("--retries", type=int, default=3,
-                    help="repeats of such a measurement, at most (default 3)")
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=0.01,
+        help="repeat a measurement whose thread waited for its CPU more than this "
+        "share of the window (default 0.01)",
+    )
+    ap.add_argument(
+        "--retries", type=int, default=3, help="repeats of such a measurement, at most (default 3)"
+    )
     ap.add_argument("--verbose", action="store_true", help="say which measurements were repeated")
     return ap
 
@@ -215,11 +294,13 @@ def main(argv=None) -> int:
 
 
 def _result(res):
-    return "sched", {"ours_ns_per_pkt": f"{res['ours_ns_per_pkt']:.2f}",
-                     "rte_sched_ns_per_pkt": f"{res['rte_sched_ns_per_pkt']:.2f}",
-                     "ratio": f"{res['ratio']:.3f}",
-                     "ours_media_p99_us": f"{res['ours_media_p99_us']:.2f}",
-                     "rte_sched_media_p99_us": f"{res['rte_sched_media_p99_us']:.2f}"}
+    return "sched", {
+        "ours_ns_per_pkt": f"{res['ours_ns_per_pkt']:.2f}",
+        "rte_sched_ns_per_pkt": f"{res['rte_sched_ns_per_pkt']:.2f}",
+        "ratio": f"{res['ratio']:.3f}",
+        "ours_media_p99_us": f"{res['ours_media_p99_us']:.2f}",
+        "rte_sched_media_p99_us": f"{res['rte_sched_media_p99_us']:.2f}",
+    }
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ Robustness: every wait has a timeout; on any failure (or Ctrl-C) the
 process we started is killed by its PID - its own process group - never by
 name.
 """
+
 import os
 import re
 import shutil
@@ -43,7 +44,9 @@ TESTPMD = "dpdk-testpmd"
 
 _STATS_RE = re.compile(
     r"NIC statistics for port (\d+)\s+#+\s+"
-    r"RX-packets:\s*(\d+).*?TX-packets:\s*(\d+).*?Tx-pps:\s*(\d+)", re.S)
+    r"RX-packets:\s*(\d+).*?TX-packets:\s*(\d+).*?Tx-pps:\s*(\d+)",
+    re.S,
+)
 
 
 class TestpmdError(RuntimeError):
@@ -96,19 +99,42 @@ class _Output:
         self._t.join(timeout)
 
 
-def command(pcap: str, mode: str = "hugepages", n_mbufs: int = 16384,
-            file_prefix: Optional[str] = None, testpmd: str = TESTPMD) -> List[str]:
+def command(
+    pcap: str,
+    mode: str = "hugepages",
+    n_mbufs: int = 16384,
+    file_prefix: Optional[str] = None,
+    testpmd: str = TESTPMD,
+) -> List[str]:
     """The testpmd command line for one run."""
-    eal = ["-l", "0,1", "--main-lcore", "0", "--no-pci",
-           "--file-prefix", file_prefix or f"bench-testpmd-{os.getpid()}",
-           "-m", "1024",
-           "--vdev", f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
-           "--vdev", "net_null0,no-rx=1"]
+    eal = [
+        "-l",
+        "0,1",
+        "--main-lcore",
+        "0",
+        "--no-pci",
+        "--file-prefix",
+        file_prefix or f"bench-testpmd-{os.getpid()}",
+        "-m",
+        "1024",
+        "--vdev",
+        f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
+        "--vdev",
+        "net_null0,no-rx=1",
+    ]
     # same memory model as our engine: hugepages via memfd (nothing left in
     # hugetlbfs if killed), or plain memory without shared config files
     eal += ["--in-memory"] if mode == "hugepages" else ["--no-huge", "--no-shconf"]
-    app = ["-i", "--forward-mode=io", "--no-flush-rx", "--nb-cores=1",
-           "--rxq=1", "--txq=1", "--burst=32", f"--total-num-mbufs={n_mbufs}"]
+    app = [
+        "-i",
+        "--forward-mode=io",
+        "--no-flush-rx",
+        "--nb-cores=1",
+        "--rxq=1",
+        "--txq=1",
+        "--burst=32",
+        f"--total-num-mbufs={n_mbufs}",
+    ]
     prog = [testpmd]
     stdbuf = shutil.which("stdbuf")
     if stdbuf:
@@ -118,13 +144,19 @@ def command(pcap: str, mode: str = "hugepages", n_mbufs: int = 16384,
 
 def _port_stats(segment: str):
     """{port: (rx_packets, tx_packets, tx_pps)} from one 'show port stats all'."""
-    return {int(m[1]): (int(m[2]), int(m[3]), int(m[4]))
-            for m in _STATS_RE.finditer(segment)}
+    return {int(m[1]): (int(m[2]), int(m[3]), int(m[4])) for m in _STATS_RE.finditer(segment)}
 
 
-def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
-            n_mbufs: int = 16384, startup_timeout: float = 60.0,
-            file_prefix: Optional[str] = None, testpmd: str = TESTPMD) -> dict:
+def measure(
+    pcap: str,
+    seconds: float,
+    warmup: float,
+    mode: str = "hugepages",
+    n_mbufs: int = 16384,
+    startup_timeout: float = 60.0,
+    file_prefix: Optional[str] = None,
+    testpmd: str = TESTPMD,
+) -> dict:
     """One testpmd io-forward run; the pcap -> null rate over ``seconds``."""
     if shutil.which(testpmd) is None:
         raise TestpmdError(f"{testpmd} not found (Debian/Ubuntu: apt-get install dpdk)")
@@ -134,13 +166,18 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
         # own session: on failure we kill its process group, i.e. exactly
         # what we started (and anything it started), and a Ctrl-C meant for
         # us does not hit testpmd half-way through a command
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     except OSError as e:
         remove_eal_runtime_dir(prefix)
         raise TestpmdError(f"cannot run {cmd[0]}: {e}") from None
     out = _Output(proc.stdout)
-    prompts = 1     # testpmd's first prompt says it is ready
+    prompts = 1  # testpmd's first prompt says it is ready
 
     def send(line: str, timeout: float = 10.0):
         """Write a command; wait for the next prompt; return the write time."""
@@ -172,7 +209,7 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
         tail = "\n".join(out.text().splitlines()[-25:])
         raise TestpmdError(f"testpmd: {e}\n--- last output ---\n{tail}") from None
     finally:
-        if proc.poll() is None:     # ours: by its PID (= its process group)
+        if proc.poll() is None:  # ours: by its PID (= its process group)
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -183,7 +220,7 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
                 f.close()
             except OSError:
                 pass
-        remove_eal_runtime_dir(prefix)     # empty, but left behind
+        remove_eal_runtime_dir(prefix)  # empty, but left behind
 
     # output after each prompt: [0] init, [1] start, [2] first show, [3] second show
     segs = out.text().split(PROMPT)
@@ -192,14 +229,16 @@ def measure(pcap: str, seconds: float, warmup: float, mode: str = "hugepages",
         (_, tx0, _), (_, tx1, pps) = s0[1], s1[1]
         in_rx0, in_rx1 = s0[0][0], s1[0][0]
     except (IndexError, KeyError) as e:
-        raise TestpmdError(f"cannot parse the port statistics ({e!r}):\n"
-                           + "\n".join(out.text().splitlines()[-40:])) from None
+        raise TestpmdError(
+            f"cannot parse the port statistics ({e!r}):\n"
+            + "\n".join(out.text().splitlines()[-40:])
+        ) from None
     return {
         "tx_packets": tx1 - tx0,
         "rx_packets": in_rx1 - in_rx0,
         "seconds": t1 - t0,
         "mpps": (tx1 - tx0) / (t1 - t0) / 1e6,
-        "testpmd_tx_mpps": pps / 1e6,   # testpmd's own rate over the interval
+        "testpmd_tx_mpps": pps / 1e6,  # testpmd's own rate over the interval
         "returncode": proc.returncode,
         "cmd": cmd,
     }

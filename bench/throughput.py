@@ -30,14 +30,26 @@ Drops seen by our core during a measurement are printed as a WARNING (none
 are expected with this set-up). Progress goes to stderr (``--quiet``: none);
 stdout has the RESULT line.
 """
+
 import argparse
 import os
 import sys
 import tempfile
 
-from . import testpmd, topology as topo, traffic
-from .common import (BenchError, add_run_options, fmt_runs, median, parse_args, ratio,
-                     run_json_child, run_main, say, say_machine)
+from . import testpmd, traffic
+from . import topology as topo
+from .common import (
+    BenchError,
+    add_run_options,
+    fmt_runs,
+    median,
+    parse_args,
+    ratio,
+    run_json_child,
+    run_main,
+    say,
+    say_machine,
+)
 
 
 def _n_mbufs(n_frames: int) -> int:
@@ -49,9 +61,25 @@ def _n_mbufs(n_frames: int) -> int:
 
 def _run_ours(args, kind: str, pcap: str, extra=()) -> dict:
     """bench.ours in a child process; its BENCH-JSON line as a dict."""
-    cmd = [sys.executable, "-m", "bench.ours", kind, pcap, str(args.seconds),
-           "--warmup", str(args.warmup), "--mode", args.mode, "--macs", str(args.macs),
-           "--vteps", str(args.vteps), "--n-mbufs", str(_n_mbufs(args.frames)), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.ours",
+        kind,
+        pcap,
+        str(args.seconds),
+        "--warmup",
+        str(args.warmup),
+        "--mode",
+        args.mode,
+        "--macs",
+        str(args.macs),
+        "--vteps",
+        str(args.vteps),
+        "--n-mbufs",
+        str(_n_mbufs(args.frames)),
+        *extra,
+    ]
     return run_json_child(cmd, "our side", timeout=args.warmup + args.seconds + 120)
 
 
@@ -91,8 +119,10 @@ def run(args) -> dict:
     try:
         say_machine("other work on the machine will slow both contenders")
         pcap = os.path.join(workdir, f"{name}.pcap")
-        say(f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
-            f"{args.vteps} VTEPs ...")
+        say(
+            f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
+            f"{args.vteps} VTEPs ..."
+        )
         flen = traffic.write_pcap(pcap, kind, args.frames, args.macs, args.vteps)
         say(f"  {flen} bytes per frame in the pcap (+4 FCS on the wire)")
         if args.verify:
@@ -103,30 +133,43 @@ def run(args) -> dict:
             o = _run_ours(args, kind, pcap)
             ours.append(o["mpps"])
             lost = o["rx_packets"] - o["tx_packets"]
-            say(f"run {r}/{args.runs} ours    {o['mpps']:7.3f} Mpps  "
+            say(
+                f"run {r}/{args.runs} ours    {o['mpps']:7.3f} Mpps  "
                 f"(rx {o['rx_packets']}, tx {o['tx_packets']}, busy polls "
-                f"{o['busy_poll_ratio']:.0%}, drops: {_fmt_drops(o['drops'])})")
+                f"{o['busy_poll_ratio']:.0%}, drops: {_fmt_drops(o['drops'])})"
+            )
             if o["drops"]:
-                say(f"WARNING: our core dropped frames in run {r}: {_fmt_drops(o['drops'])}"
-                    " - the set-up is wrong or the core has a bug")
+                say(
+                    f"WARNING: our core dropped frames in run {r}: {_fmt_drops(o['drops'])}"
+                    " - the set-up is wrong or the core has a bug"
+                )
             elif abs(lost) > 4096:  # more than a few bursts in flight
                 say(f"WARNING: rx - tx = {lost} in run {r} without a counted drop")
-            b = testpmd.measure(pcap, args.seconds, args.warmup, args.mode,
-                                _n_mbufs(args.frames) + 1,
-                                file_prefix=f"bench-testpmd-{os.getpid()}-{r}",
-                                testpmd=args.testpmd)
+            b = testpmd.measure(
+                pcap,
+                args.seconds,
+                args.warmup,
+                args.mode,
+                _n_mbufs(args.frames) + 1,
+                file_prefix=f"bench-testpmd-{os.getpid()}-{r}",
+                testpmd=args.testpmd,
+            )
             base.append(b["mpps"])
-            say(f"run {r}/{args.runs} testpmd {b['mpps']:7.3f} Mpps  "
-                f"(testpmd's own Tx-pps: {b['testpmd_tx_mpps']:.3f})")
+            say(
+                f"run {r}/{args.runs} testpmd {b['mpps']:7.3f} Mpps  "
+                f"(testpmd's own Tx-pps: {b['testpmd_tx_mpps']:.3f})"
+            )
     finally:
         if tmp is not None:
             tmp.cleanup()
 
     m_ours, m_base = median(ours), median(base)
     rel = ratio(m_ours, m_base)
-    say(f"{name}: ours median {m_ours:.3f} Mpps {fmt_runs(ours)}, testpmd io median "
+    say(
+        f"{name}: ours median {m_ours:.3f} Mpps {fmt_runs(ours)}, testpmd io median "
         f"{m_base:.3f} Mpps {fmt_runs(base)}, ratio {rel:.3f} "
-        f"(floor 0.5, aim 0.6)")
+        f"(floor 0.5, aim 0.6)"
+    )
     return {"name": name, "mpps": m_ours, "testpmd_mpps": m_base, "ratio": rel}
 
 
@@ -134,18 +177,34 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
         description="VXLAN encap/decap throughput of the core vs testpmd io-forward "
-                    "(64-byte frames, one forwarding core).")
+        "(64-byte frames, one forwarding core).",
+    )
     ap.add_argument("kind", choices=traffic.KINDS, help="encap or decap")
-    add_run_options(ap, seconds=3.0, seconds_help="measurement window per run",
-                    warmup=1.0, warmup_help="forwarding time before the window",
-                    runs=3, runs_help="runs per contender, alternating")
-    ap.add_argument("--mode", choices=("hugepages", "fallback"), default="hugepages",
-                    help="hugepages, or fallback = EAL --no-huge (both contenders)")
-    ap.add_argument("--pcap-dir", help="keep the pcaps here (default: a temporary "
-                                       "directory removed afterwards)")
+    add_run_options(
+        ap,
+        seconds=3.0,
+        seconds_help="measurement window per run",
+        warmup=1.0,
+        warmup_help="forwarding time before the window",
+        runs=3,
+        runs_help="runs per contender, alternating",
+    )
+    ap.add_argument(
+        "--mode",
+        choices=("hugepages", "fallback"),
+        default="hugepages",
+        help="hugepages, or fallback = EAL --no-huge (both contenders)",
+    )
+    ap.add_argument(
+        "--pcap-dir", help="keep the pcaps here (default: a temporary directory removed afterwards)"
+    )
     topo.add_options(ap, macs_help="destination MACs")
-    ap.add_argument("--no-verify", dest="verify", action="store_false",
-                    help="skip the functional check before timing")
+    ap.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the functional check before timing",
+    )
     ap.add_argument("--testpmd", default=testpmd.TESTPMD, help="testpmd binary")
     return ap
 
@@ -161,6 +220,8 @@ def main(argv=None) -> int:
 
 
 def _result(res):
-    return res["name"], {"mpps": f"{res['mpps']:.3f}",
-                         "testpmd_mpps": f"{res['testpmd_mpps']:.3f}",
-                         "ratio": f"{res['ratio']:.3f}"}
+    return res["name"], {
+        "mpps": f"{res['mpps']:.3f}",
+        "testpmd_mpps": f"{res['testpmd_mpps']:.3f}",
+        "ratio": f"{res['ratio']:.3f}",
+    }

@@ -13,28 +13,29 @@ burst go to different MACs and different tunnels.
 No third-party imports here: the benchmark child (bench.ours) imports this
 module next to DPDK and should not pay for scapy.
 """
+
 import ipaddress
 
-NET = 0                      # network index in the core
+NET = 0  # network index in the core
 VNI = 5000
 VXLAN_PORT = 4789
 LOCAL_VTEP = "10.0.0.1"
 VTEP_PREFIX_LEN = 24
 VTEP_MAC = "02:00:0a:00:00:01"
 NEXT_HOP_MAC = "02:00:0a:00:00:fe"  # static underlay next hop: no ARP needed
-EF_TOS = 46 << 2             # DSCP EF in the IPv4 TOS byte (0xb8)
+EF_TOS = 46 << 2  # DSCP EF in the IPv4 TOS byte (0xb8)
 
 #: "64-byte frames" means 64 bytes on the wire *including* the 4-byte FCS,
 #: as in RFC 2544. DPDK mbufs and pcap records carry no FCS, so the inner
 #: frames in the pcaps are 60 bytes; a VXLAN frame is 60 + 50 = 110 bytes.
 INNER_FRAME_LEN = 60
-VXLAN_OVERHEAD = 50          # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN_OVERHEAD = 50  # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 #: at least this many destination MACs: no one-entry cache can stand in for the
 #: FDB; --macs above the workers' FDB cache (1024 entries) measures the table itself
 MIN_MACS = 64
 MIN_VTEPS = 8
-MAX_VTEPS = 200              # remote VTEPs are 10.0.0.2 .. 10.0.0.201 (in the /24)
+MAX_VTEPS = 200  # remote VTEPs are 10.0.0.2 .. 10.0.0.201 (in the /24)
 MAX_MACS = 1 << 16
 
 
@@ -56,12 +57,12 @@ def vtep_of(k: int, n_vteps: int) -> str:
 
 def remote_mac(k: int) -> str:
     """MAC of remote endpoint k (behind a remote VTEP)."""
-    return f"02:00:00:01:{k >> 8 & 0xff:02x}:{k & 0xff:02x}"
+    return f"02:00:00:01:{k >> 8 & 0xFF:02x}:{k & 0xFF:02x}"
 
 
 def local_mac(k: int) -> str:
     """MAC of local pod endpoint k (behind a pod port of this node)."""
-    return f"02:00:00:02:{k >> 8 & 0xff:02x}:{k & 0xff:02x}"
+    return f"02:00:00:02:{k >> 8 & 0xFF:02x}:{k & 0xFF:02x}"
 
 
 def _inner_ip(base: str, k: int, f: int) -> str:
@@ -94,8 +95,7 @@ def add_options(ap, macs_help: str):
     pcap; ``macs_help`` says which MACs (checked by check_options)."""
     ap.add_argument("--frames", type=int, default=4096, help="frames (= flows) in the pcap")
     ap.add_argument("--macs", type=int, default=MIN_MACS, help=f"{macs_help} (>= {MIN_MACS})")
-    ap.add_argument("--vteps", type=int, default=MIN_VTEPS,
-                    help=f"remote VTEPs (>= {MIN_VTEPS})")
+    ap.add_argument("--vteps", type=int, default=MIN_VTEPS, help=f"remote VTEPs (>= {MIN_VTEPS})")
 
 
 def check_options(args, max_frames: int):

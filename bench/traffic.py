@@ -23,6 +23,7 @@ and only their UDP source port is patched per frame.
 Inner frames are built by scapy one by one (~1-2 ms each): 4096 frames take
 a few seconds, paid once per benchmark invocation, outside any measurement.
 """
+
 import random
 import zlib
 
@@ -45,11 +46,11 @@ def _inner(i: int, n_macs: int, reverse: bool) -> bytes:
     # a tenth EF, spread over all MAC pairs (i % 10 would pick even k only)
     tos = topo.EF_TOS if (k + f) % 10 == 0 else 0
     sport, dport = 1024 + (f * 7919) % 60000, 5000 + f % 64
-    if reverse:   # remote endpoint k -> local pod k (what decap delivers)
+    if reverse:  # remote endpoint k -> local pod k (what decap delivers)
         eth = Ether(src=topo.remote_mac(k), dst=topo.local_mac(k))
         ip = IP(src=topo.remote_ip(k, f), dst=topo.local_ip(k, f), tos=tos)
         sport, dport = dport, sport
-    else:         # local pod k -> remote endpoint k (what encap tunnels)
+    else:  # local pod k -> remote endpoint k (what encap tunnels)
         eth = Ether(src=topo.local_mac(k), dst=topo.remote_mac(k))
         ip = IP(src=topo.local_ip(k, f), dst=topo.remote_ip(k, f), tos=tos)
     if f % 4 == 3:
@@ -71,27 +72,30 @@ def _outer_templates(n_vteps: int):
     out = {}
     for j in range(n_vteps):
         for tos in (0, topo.EF_TOS):
-            pkt = (Ether(src=topo.NEXT_HOP_MAC, dst=topo.VTEP_MAC)
-                   / IP(src=topo.remote_vtep(j), dst=topo.LOCAL_VTEP, tos=tos,
-                        flags="DF", id=0, ttl=64)
-                   / UDP(sport=0xc000, dport=topo.VXLAN_PORT, chksum=0)
-                   / VXLAN(flags=0x08, vni=topo.VNI)
-                   / Raw(b"\x00" * topo.INNER_FRAME_LEN))
-            hdr = bytes(pkt)[:topo.VXLAN_OVERHEAD]
+            pkt = (
+                Ether(src=topo.NEXT_HOP_MAC, dst=topo.VTEP_MAC)
+                / IP(
+                    src=topo.remote_vtep(j), dst=topo.LOCAL_VTEP, tos=tos, flags="DF", id=0, ttl=64
+                )
+                / UDP(sport=0xC000, dport=topo.VXLAN_PORT, chksum=0)
+                / VXLAN(flags=0x08, vni=topo.VNI)
+                / Raw(b"\x00" * topo.INNER_FRAME_LEN)
+            )
+            hdr = bytes(pkt)[: topo.VXLAN_OVERHEAD]
             assert len(bytes(pkt)) == topo.INNER_FRAME_LEN + topo.VXLAN_OVERHEAD
             out[j, tos] = hdr
     return out
 
 
-_UDP_SPORT_OFF = 14 + 20     # outer UDP source port: bytes 34..35
+_UDP_SPORT_OFF = 14 + 20  # outer UDP source port: bytes 34..35
 
 
 def _vxlan(inner: bytes, i: int, n_macs: int, n_vteps: int, templates) -> bytes:
     """Inner frame i as remote VTEP k % n_vteps tunnels it to us."""
-    hdr = bytearray(templates[(i % n_macs) % n_vteps, inner[15] & 0xfc])
+    hdr = bytearray(templates[(i % n_macs) % n_vteps, inner[15] & 0xFC])
     # outer source port: entropy from the inner flow, as a VTEP does (RFC 7348 §5)
-    sport = 0xc000 | (zlib.crc32(inner[26:38]) & 0x3fff)
-    hdr[_UDP_SPORT_OFF:_UDP_SPORT_OFF + 2] = sport.to_bytes(2, "big")
+    sport = 0xC000 | (zlib.crc32(inner[26:38]) & 0x3FFF)
+    hdr[_UDP_SPORT_OFF : _UDP_SPORT_OFF + 2] = sport.to_bytes(2, "big")
     return bytes(hdr) + inner
 
 
@@ -128,6 +132,7 @@ def read_pcap(path: str):
 
 # ------------------------------------------------------------------ checks
 
+
 def check_encap_output(inp, out, n_macs: int, n_vteps: int):
     """Problems (list of str) with ``out``, what the core sent to the uplink
     for ``inp``, the encap pcap's frames. Empty when every frame came out
@@ -142,7 +147,7 @@ def check_encap_output(inp, out, n_macs: int, n_vteps: int):
     seen = set()
     for n, raw in enumerate(out):
         p = Ether(raw)
-        inner = raw[topo.VXLAN_OVERHEAD:]
+        inner = raw[topo.VXLAN_OVERHEAD :]
         problems = []
         if IP not in p or UDP not in p or VXLAN not in p:
             problems.append("not Ether/IP/UDP/VXLAN")
@@ -155,7 +160,7 @@ def check_encap_output(inp, out, n_macs: int, n_vteps: int):
                 problems.append(f"outer dst {ip.dst}, expected {exp_vtep}")
             if p.dst != topo.NEXT_HOP_MAC or p.src != topo.VTEP_MAC:
                 problems.append(f"outer MACs {p.src} -> {p.dst}")
-            if ip.src != topo.LOCAL_VTEP or ip.flags != "DF" or ip.tos != inner[15] & 0xfc:
+            if ip.src != topo.LOCAL_VTEP or ip.flags != "DF" or ip.tos != inner[15] & 0xFC:
                 problems.append(f"outer IP src {ip.src} flags {ip.flags} tos {ip.tos:#x}")
             if ip.len != len(raw) - 14:
                 problems.append(f"outer IP length {ip.len}")
@@ -163,7 +168,7 @@ def check_encap_output(inp, out, n_macs: int, n_vteps: int):
             hdr[10:12] = b"\x00\x00"
             if ip.chksum != _ip_checksum(bytes(hdr)):
                 problems.append(f"outer IP checksum {ip.chksum:#06x}")
-            if udp.dport != topo.VXLAN_PORT or udp.chksum != 0 or udp.sport < 0xc000:
+            if udp.dport != topo.VXLAN_PORT or udp.chksum != 0 or udp.sport < 0xC000:
                 problems.append(f"UDP {udp.sport}->{udp.dport} csum {udp.chksum:#x}")
             if udp.len != len(raw) - 34:
                 problems.append(f"UDP length {udp.len}")
@@ -185,15 +190,16 @@ def check_decap_output(inp, out):
     """Problems with ``out``, what the core delivered to the pod port for
     ``inp``, the decap pcap's VXLAN frames: it must be exactly the inner
     frames (order aside)."""
-    inner = sorted(f[topo.VXLAN_OVERHEAD:] for f in inp)
+    inner = sorted(f[topo.VXLAN_OVERHEAD :] for f in inp)
     got = sorted(out)
     if got == inner:
         return []
     errs = [f"{len(out)} frames out for {len(inp)} in"] if len(out) != len(inp) else []
     extra = set(got) - set(inner)
     if extra:
-        errs.append(f"{len(extra)} output frames are no input's inner frame, e.g. "
-                    f"{next(iter(extra)).hex()}")
+        errs.append(
+            f"{len(extra)} output frames are no input's inner frame, e.g. {next(iter(extra)).hex()}"
+        )
     missing = set(inner) - set(got)
     if missing:
         errs.append(f"{len(missing)} inner frames never came out")
@@ -201,7 +207,7 @@ def check_decap_output(inp, out):
 
 
 def _ip_checksum(hdr: bytes) -> int:
-    s = sum(int.from_bytes(hdr[i:i + 2], "big") for i in range(0, len(hdr), 2))
+    s = sum(int.from_bytes(hdr[i : i + 2], "big") for i in range(0, len(hdr), 2))
     while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF

@@ -7,4 +7,5 @@ Validation (``dataplane.checks``) reads the core's limits from the compiled
 module, so everything needs it built; DPDK itself starts only when a
 ``dataplane.engine.Engine`` is made.
 """
+
 __version__ = "0.1.0"

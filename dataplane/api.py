@@ -4,6 +4,7 @@ The server maps (method, path) to handler functions that take the decoded
 JSON body and return a JSON-able value; errors from bad input come back as
 400 with {"error": message}, unknown objects as 404.
 """
+
 import http.client
 import http.server
 import json
@@ -99,8 +100,9 @@ class APIServer:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="dataplane-api",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="dataplane-api", daemon=True
+        )
 
     def start(self):
         self.thread.start()

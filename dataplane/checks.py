@@ -12,6 +12,7 @@ What a check knows is the value alone; rules that relate fields to each
 other (a gateway inside its subnet, a name used twice) belong to the
 structure being checked (:mod:`dataplane.config`, :mod:`dataplane.podspec`).
 """
+
 import difflib
 import ipaddress
 import json
@@ -118,13 +119,17 @@ def check_name(value, path: str, what: str = "name") -> str:
     """An object's name (node, network): letters, digits, '.', '_', '-'."""
     check_string(value, path)
     if not _NAME_RE.match(value):
-        raise fail(path, f"{value!r} is not a valid {what} (letters, digits, '.', '_', "
-                         "'-'; at most 63 characters, starting with a letter or digit)")
+        raise fail(
+            path,
+            f"{value!r} is not a valid {what} (letters, digits, '.', '_', "
+            "'-'; at most 63 characters, starting with a letter or digit)",
+        )
     return value
 
 
-def check_known(value, path: str, known: Iterable[str], what: str = "key",
-                suggest: bool = True) -> str:
+def check_known(
+    value, path: str, known: Iterable[str], what: str = "key", suggest: bool = True
+) -> str:
     """``value`` among ``known``, else an error naming the closest known one
     (or, without ``suggest``, all of them)."""
     known = list(known)
@@ -134,8 +139,14 @@ def check_known(value, path: str, known: Iterable[str], what: str = "key",
     return value
 
 
-def check_keys(value, path: str, allowed: Iterable[str], required: Iterable[str] = (),
-               what: str = "key", name: str = "") -> Mapping:
+def check_keys(
+    value,
+    path: str,
+    allowed: Iterable[str],
+    required: Iterable[str] = (),
+    what: str = "key",
+    name: str = "",
+) -> Mapping:
     """A mapping whose keys are strings among ``allowed`` (an unknown one is
     named by its path, with the closest known one), with every ``required``
     key set. ``name`` names the mapping itself where it has no path (the top
@@ -163,8 +174,9 @@ def check_list(value, path: str, what: str = "list") -> list:
     return value
 
 
-def load_json_object(data, what: str,
-                     explain: Optional[Callable[[str], Optional[str]]] = None) -> dict:
+def load_json_object(
+    data, what: str, explain: Optional[Callable[[str], Optional[str]]] = None
+) -> dict:
     """A JSON object from text, UTF-8 bytes or a dict already decoded; a key
     given twice is refused. ``explain(text)`` may name a known mistake in
     invalid JSON better than the parser does (its position is added)."""
@@ -172,8 +184,7 @@ def load_json_object(data, what: str,
         try:
             data = bytes(data).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") \
-                from None
+            raise ConfigError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if isinstance(data, str):
         try:
             data = json.loads(data, object_pairs_hook=_no_duplicates)
@@ -313,12 +324,15 @@ def check_ifname(value, path: str = "ifname", reserved: Mapping[str, str] = None
         raise fail(path, f"{show(value)} is not a non-empty string")
     size = len(value.encode("utf-8", "surrogatepass"))
     if size >= IFNAMSIZ:
-        raise fail(path, f"{value!r} is not a valid interface name: {size} bytes, longer "
-                         f"than {IFNAMSIZ - 1} (the kernel's limit)")
-    if value in (".", "..") or any(c in value for c in "/:\0") or \
-            any(c.isspace() for c in value):
-        raise fail(path, f"{value!r} is not a valid interface name (no '/', ':', NUL or "
-                         "white space)")
+        raise fail(
+            path,
+            f"{value!r} is not a valid interface name: {size} bytes, longer "
+            f"than {IFNAMSIZ - 1} (the kernel's limit)",
+        )
+    if value in (".", "..") or any(c in value for c in "/:\0") or any(c.isspace() for c in value):
+        raise fail(
+            path, f"{value!r} is not a valid interface name (no '/', ':', NUL or white space)"
+        )
     if reserved and value in reserved:
         raise fail(path, f"{value!r} is {reserved[value]}")
     return value
@@ -337,8 +351,7 @@ def parse_ipv4(value, path: str = "ip") -> ipaddress.IPv4Address:
         raise fail(path, f"{value!r} is not an IPv4 address") from None
 
 
-def parse_ipv4_interface(value, path: str,
-                         need_prefix: bool = True) -> ipaddress.IPv4Interface:
+def parse_ipv4_interface(value, path: str, need_prefix: bool = True) -> ipaddress.IPv4Interface:
     """An address with its subnet, 'a.b.c.d/len' (without ``need_prefix``
     'a.b.c.d' is one too, as /32)."""
     if isinstance(value, ipaddress.IPv4Interface):
@@ -386,8 +399,9 @@ def check_unix_socket_path(value, path: str, base_dir: Optional[str] = None) -> 
     """:func:`check_abspath`, short enough for a unix socket."""
     value = check_abspath(value, path, base_dir)
     if len(value.encode()) > UNIX_PATH_MAX:
-        raise fail(path, f"{value!r} is longer than {UNIX_PATH_MAX} bytes (limit of a "
-                         "unix socket path)")
+        raise fail(
+            path, f"{value!r} is longer than {UNIX_PATH_MAX} bytes (limit of a unix socket path)"
+        )
     return value
 
 
@@ -422,7 +436,7 @@ def check_listen(value, path: str) -> Optional[str]:
 def check_etcd_endpoints(value, path: str) -> Tuple[str, ...]:
     """etcd members' client URLs, 'http(s)://host:port' each, normalised."""
     if isinstance(value, str):
-        value = [value]                # one URL written without brackets
+        value = [value]  # one URL written without brackets
     if not isinstance(value, list) or not value:
         raise fail(path, f"{show(value)} is not a non-empty list of URLs (http://host:port)")
     out = []
@@ -459,6 +473,5 @@ def check_etcd_prefix(value, path: str) -> str:
         raise fail(path, f"{value!r} contains white space or NUL")
     value = value.rstrip("/")
     if not value:
-        raise fail(path, "'/' alone would mix the cluster's keys with others' "
-                         "(e.g. /dataplane)")
+        raise fail(path, "'/' alone would mix the cluster's keys with others' (e.g. /dataplane)")
     return value

@@ -12,6 +12,7 @@
 Client commands talk to the service's control API (HTTP+JSON on a unix
 socket): --socket, or the api_socket of -c FILE, or /run/dataplane/api.sock.
 """
+
 import argparse
 import json
 import logging
@@ -31,13 +32,15 @@ def _socket(args):
 
 def _call(args, method, endpoint, body=None):
     from .api import APIError, call
+
     try:
         return call(_socket(args), method, endpoint, body)
     except APIError as e:
         raise SystemExit(f"dataplane: {e}")
     except (FileNotFoundError, ConnectionRefusedError):
-        raise SystemExit(f"dataplane: no service answers on {_socket(args)} "
-                         "(is 'dataplane run' running?)")
+        raise SystemExit(
+            f"dataplane: no service answers on {_socket(args)} (is 'dataplane run' running?)"
+        )
 
 
 def _print(obj, as_json):
@@ -48,17 +51,20 @@ def _print(obj, as_json):
         for o in obj:
             _print(o, False)
         return
-    if isinstance(obj, dict) and "planes" in obj:   # a pod
+    if isinstance(obj, dict) and "planes" in obj:  # a pod
         print(f"{obj['name']}  netns={obj['netns']}  state={obj['state']}")
         for p in obj["planes"]:
-            print(f"  {p['plane']:8s} {p['ifname']:10s} {p['ip']:15s} {p['mac']}  "
-                  f"net={p['network']} host={p['host_ifname']} port={p['port']}")
+            print(
+                f"  {p['plane']:8s} {p['ifname']:10s} {p['ip']:15s} {p['mac']}  "
+                f"net={p['network']} host={p['host_ifname']} port={p['port']}"
+            )
         return
     print(json.dumps(obj, indent=2))
 
 
 def cmd_run(args):
     from .service import NodeService, setup_logging
+
     setup_logging(getattr(logging, args.log_level.upper()))
     cfg = load_config(args.config)
     NodeService(cfg).run_forever()
@@ -76,15 +82,21 @@ def cmd_status(args):
     if args.json:
         _print(st, True)
         return 0
-    print(f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}  "
-          f"forwarding {st['forwarding']}  up {st['uptime_s']}s")
+    print(
+        f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}  "
+        f"forwarding {st['forwarding']}  up {st['uptime_s']}s"
+    )
     for n in st["networks"]:
-        print(f"  network {n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} "
-              f"pods {n['pods']:<3d} encap {n['encap_packets']} decap {n['decap_packets']} "
-              f"flood {n['flood_packets']} local {n['local_packets']}")
+        print(
+            f"  network {n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} "
+            f"pods {n['pods']:<3d} encap {n['encap_packets']} decap {n['decap_packets']} "
+            f"flood {n['flood_packets']} local {n['local_packets']}"
+        )
     for p in st["ports"]:
-        print(f"  port {p['port']:<3d} {p['name']:18s} {p['role']:6s} {p['network'] or '-':10s} "
-              f"rx {p['rx_packets']} tx {p['tx_packets']}")
+        print(
+            f"  port {p['port']:<3d} {p['name']:18s} {p['role']:6s} {p['network'] or '-':10s} "
+            f"rx {p['rx_packets']} tx {p['tx_packets']}"
+        )
     if st["drops"]:
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))
     return 0
@@ -96,8 +108,10 @@ def cmd_pod(args):
         if spec.startswith("@"):
             with open(spec[1:]) as f:
                 spec = f.read()
-        _print(_call(args, "POST", "/v1/pods", {"name": args.name, "netns": args.netns,
-                                                 "spec": spec}), args.json)
+        _print(
+            _call(args, "POST", "/v1/pods", {"name": args.name, "netns": args.netns, "spec": spec}),
+            args.json,
+        )
     elif args.pod_cmd == "del":
         _print(_call(args, "DELETE", f"/v1/pods?name={args.name}"), args.json)
     else:
@@ -107,19 +121,23 @@ def cmd_pod(args):
 
 def cmd_net(args):
     for n in _call(args, "GET", "/v1/networks"):
-        print(f"{n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} subnet {n['subnet']} "
-              f"gateway {n['gateway'] or '-'} mtu {n['mtu']}")
+        print(
+            f"{n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} subnet {n['subnet']} "
+            f"gateway {n['gateway'] or '-'} mtu {n['mtu']}"
+        )
     return 0
 
 
 def cmd_bench(args):
     import os
+
     os.execv(sys.executable, [sys.executable, "-m", "bench", *args.rest])
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="dataplane", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="dataplane", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def client(p):

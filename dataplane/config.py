@@ -21,6 +21,7 @@ whose message starts with the field's path and says what is wrong, e.g.
 errors. This module has no side effects: it reads the file and nothing else,
 so nothing starts on a bad file.
 """
+
 import dataclasses
 import ipaddress
 import os
@@ -30,15 +31,45 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .checks import (MAX_CPU, MAX_NETWORKS, MAX_PLANES, MAX_RX_QUEUES, MIN_MTU,
-                     POD_RESERVED_IFNAMES, VXLAN_OVERHEAD, check_abspath, check_bool,
-                     check_dscp, check_etcd_endpoints, check_etcd_prefix, check_ifname,
-                     check_int, check_keys, check_lcores, check_list, check_listen,
-                     check_mac, check_memory_mb, check_mode, check_name, check_pow2,
-                     check_rate, check_rx_queues, check_string, check_udp_port,
-                     check_underlay_mtu, check_unix_socket_path, check_vni, check_vtep_ip,
-                     fail, parse_ipv4, parse_ipv4_interface, parse_ipv4_subnet, show,
-                     split_listen)
+from .checks import (
+    MAX_CPU,
+    MAX_NETWORKS,
+    MAX_PLANES,
+    MAX_RX_QUEUES,
+    MIN_MTU,
+    POD_RESERVED_IFNAMES,
+    VXLAN_OVERHEAD,
+    check_abspath,
+    check_bool,
+    check_dscp,
+    check_etcd_endpoints,
+    check_etcd_prefix,
+    check_ifname,
+    check_int,
+    check_keys,
+    check_lcores,
+    check_list,
+    check_listen,
+    check_mac,
+    check_memory_mb,
+    check_mode,
+    check_name,
+    check_pow2,
+    check_rate,
+    check_rx_queues,
+    check_string,
+    check_udp_port,
+    check_underlay_mtu,
+    check_unix_socket_path,
+    check_vni,
+    check_vtep_ip,
+    fail,
+    parse_ipv4,
+    parse_ipv4_interface,
+    parse_ipv4_subnet,
+    show,
+    split_listen,
+)
 from .errors import ConfigError
 
 STORE_KINDS = ("sqlite", "etcd")
@@ -70,17 +101,17 @@ _PLANE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,14}$")
 # ---------------------------------------------------------------- dataclasses
 @dataclasses.dataclass(frozen=True)
 class VtepConfig:
-    address: str                       # "a.b.c.d/len", normalised
-    uplink: str                        # as written: "eth1" or "dpdk:<devargs>"
-    mac: Optional[str] = None          # None: the uplink's own MAC
+    address: str  # "a.b.c.d/len", normalised
+    uplink: str  # as written: "eth1" or "dpdk:<devargs>"
+    mac: Optional[str] = None  # None: the uplink's own MAC
     udp_port: int = DEFAULT_UDP_PORT
     gateway: Optional[str] = None
     next_hop_mac: Optional[str] = None
     underlay_mtu: int = DEFAULT_UNDERLAY_MTU
     learning: bool = False
-    uplink_rate: int = 0               # shaper on the uplink, bit/s; 0 = off
-    uplink_burst: int = 16384          # shaper bucket, bytes
-    uplink_rx_queues: int = 1          # rx queues of a DPDK uplink (planes' rx_queue)
+    uplink_rate: int = 0  # shaper on the uplink, bit/s; 0 = off
+    uplink_burst: int = 16384  # shaper bucket, bytes
+    uplink_rx_queues: int = 1  # rx queues of a DPDK uplink (planes' rx_queue)
 
     @property
     def ip(self) -> str:
@@ -115,14 +146,14 @@ class VtepConfig:
 @dataclasses.dataclass(frozen=True)
 class PlaneConfig:
     name: str
-    priority: int                      # 0..MAX_PLANES-1, unique; higher first
-    interface: str                     # interface name inside the pod
-    min_rate: int = 0                  # guaranteed bit/s on the shaped uplink, 0 = none
-    max_rate: int = 0                  # bit/s limit on the shaped uplink, 0 = none
-    queue_len: int = 1024              # frames per shaped port, power of two
-    dscp: Optional[int] = None         # outer DSCP to mark; None = copy the inner one
-    worker: Optional[int] = None       # lcore that polls this plane's pod ports
-    rx_queue: Optional[int] = None     # uplink rx queue that worker polls (1..)
+    priority: int  # 0..MAX_PLANES-1, unique; higher first
+    interface: str  # interface name inside the pod
+    min_rate: int = 0  # guaranteed bit/s on the shaped uplink, 0 = none
+    max_rate: int = 0  # bit/s limit on the shaped uplink, 0 = none
+    queue_len: int = 1024  # frames per shaped port, power of two
+    dscp: Optional[int] = None  # outer DSCP to mark; None = copy the inner one
+    worker: Optional[int] = None  # lcore that polls this plane's pod ports
+    rx_queue: Optional[int] = None  # uplink rx queue that worker polls (1..)
     classify_dscp: List[int] = dataclasses.field(default_factory=list)  # inner DSCPs
 
 
@@ -131,7 +162,7 @@ class NetworkConfig:
     name: str
     vni: int
     plane: str
-    subnet: str                        # "a.b.c.0/len", normalised
+    subnet: str  # "a.b.c.0/len", normalised
     gateway: Optional[str] = None
     mtu: int = DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD
 
@@ -151,6 +182,7 @@ class StoreConfig:
     """Where the state is kept: ``kind: sqlite`` (one node: the file
     ``path``) or ``kind: etcd`` (a cluster: ``endpoints``, URLs of the etcd
     members, and the key ``prefix`` the cluster's state lives under)."""
+
     kind: str = "sqlite"
     path: str = os.path.join(DEFAULT_STATE_DIR, "state.db")
     endpoints: Tuple[str, ...] = ()
@@ -158,14 +190,13 @@ class StoreConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         if self.kind == "etcd":
-            return {"kind": self.kind, "endpoints": list(self.endpoints),
-                    "prefix": self.prefix}
+            return {"kind": self.kind, "endpoints": list(self.endpoints), "prefix": self.prefix}
         return {"kind": self.kind, "path": self.path}
 
 
 @dataclasses.dataclass(frozen=True)
 class MetricsConfig:
-    listen: Optional[str] = DEFAULT_METRICS_LISTEN   # None: no metrics endpoint
+    listen: Optional[str] = DEFAULT_METRICS_LISTEN  # None: no metrics endpoint
 
     @property
     def host(self) -> Optional[str]:
@@ -217,8 +248,12 @@ class NodeConfig:
     def engine_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``engine.EngineConfig``."""
         pci = self.vtep.uplink_pci
-        return {"mode": self.mode, "lcores": list(self.lcores),
-                "memory_mb": self.memory_mb, "pci": [pci] if pci else []}
+        return {
+            "mode": self.mode,
+            "lcores": list(self.lcores),
+            "memory_mb": self.memory_mb,
+            "pci": [pci] if pci else [],
+        }
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data, every default filled in; ``parse_config`` accepts it."""
@@ -228,15 +263,22 @@ class NodeConfig:
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
             "vtep": dataclasses.asdict(self.vtep),
-            "planes": {p.name: {"priority": p.priority, "interface": p.interface,
-                                "min_rate": p.min_rate, "max_rate": p.max_rate,
-                                "queue_len": p.queue_len, "dscp": p.dscp,
-                                "worker": p.worker, "rx_queue": p.rx_queue,
-                                "classify_dscp": list(p.classify_dscp)}
-                       for p in self.planes.values()},
+            "planes": {
+                p.name: {
+                    "priority": p.priority,
+                    "interface": p.interface,
+                    "min_rate": p.min_rate,
+                    "max_rate": p.max_rate,
+                    "queue_len": p.queue_len,
+                    "dscp": p.dscp,
+                    "worker": p.worker,
+                    "rx_queue": p.rx_queue,
+                    "classify_dscp": list(p.classify_dscp),
+                }
+                for p in self.planes.values()
+            },
             "networks": [dataclasses.asdict(n) for n in self.networks],
-            "remotes": [{"vtep": r.vtep, "networks": list(r.networks)}
-                        for r in self.remotes],
+            "remotes": [{"vtep": r.vtep, "networks": list(r.networks)} for r in self.remotes],
             "state_dir": self.state_dir,
             "store": self.store.to_dict(),
             "api_socket": self.api_socket,
@@ -259,12 +301,15 @@ def _construct_mapping(loader, node, deep=False):
             hash(key)
         except TypeError:
             raise yaml.constructor.ConstructorError(
-                None, None, f"unhashable key {key!r}", key_node.start_mark) from None
+                None, None, f"unhashable key {key!r}", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark,
+                "while reading a mapping",
+                node.start_mark,
                 f"key {key!r} is given twice (first at line {seen[key].line + 1})",
-                key_node.start_mark)
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -309,12 +354,44 @@ def parse_config(data, base_dir: Optional[str] = None) -> NodeConfig:
 # numbers used once, a gateway inside its subnet, a plane's worker among the
 # lcores, a network's MTU under the underlay's.
 
-_TOP_KEYS = ("node", "mode", "lcores", "memory_mb", "vtep", "planes", "networks", "remotes",
-             "state_dir", "store", "api_socket", "metrics")
-_VTEP_KEYS = ("address", "uplink", "mac", "udp_port", "gateway", "next_hop_mac",
-              "underlay_mtu", "learning", "uplink_rate", "uplink_burst", "uplink_rx_queues")
-_PLANE_KEYS = ("priority", "interface", "min_rate", "max_rate", "queue_len", "dscp", "worker",
-               "rx_queue", "classify_dscp")
+_TOP_KEYS = (
+    "node",
+    "mode",
+    "lcores",
+    "memory_mb",
+    "vtep",
+    "planes",
+    "networks",
+    "remotes",
+    "state_dir",
+    "store",
+    "api_socket",
+    "metrics",
+)
+_VTEP_KEYS = (
+    "address",
+    "uplink",
+    "mac",
+    "udp_port",
+    "gateway",
+    "next_hop_mac",
+    "underlay_mtu",
+    "learning",
+    "uplink_rate",
+    "uplink_burst",
+    "uplink_rx_queues",
+)
+_PLANE_KEYS = (
+    "priority",
+    "interface",
+    "min_rate",
+    "max_rate",
+    "queue_len",
+    "dscp",
+    "worker",
+    "rx_queue",
+    "classify_dscp",
+)
 _NETWORK_KEYS = ("name", "vni", "plane", "subnet", "gateway", "mtu")
 _STORE_KEYS = ("kind", "path", "endpoints", "prefix")
 
@@ -332,13 +409,24 @@ def _node_config(data, base_dir) -> NodeConfig:
     remotes = _remotes(top.get("remotes"), networks, vtep)
     state_dir = check_abspath(top.get("state_dir", DEFAULT_STATE_DIR), "state_dir", base_dir)
     store = _store(top.get("store"), state_dir, base_dir)
-    api_socket = check_unix_socket_path(top.get("api_socket", DEFAULT_API_SOCKET),
-                                        "api_socket", base_dir)
+    api_socket = check_unix_socket_path(
+        top.get("api_socket", DEFAULT_API_SOCKET), "api_socket", base_dir
+    )
     metrics = _metrics(top.get("metrics"))
-    return NodeConfig(node=node, mode=mode, lcores=lcores, memory_mb=memory_mb,
-                      vtep=vtep, planes=planes, networks=networks, remotes=remotes,
-                      state_dir=state_dir, store=store, api_socket=api_socket,
-                      metrics=metrics)
+    return NodeConfig(
+        node=node,
+        mode=mode,
+        lcores=lcores,
+        memory_mb=memory_mb,
+        vtep=vtep,
+        planes=planes,
+        networks=networks,
+        remotes=remotes,
+        state_dir=state_dir,
+        store=store,
+        api_socket=api_socket,
+        metrics=metrics,
+    )
 
 
 # ---------------------------------------------------------------- vtep
@@ -349,8 +437,11 @@ def _vtep(value) -> VtepConfig:
     check_vtep_ip(iface.ip, f"{p}.address")
     net = iface.network
     if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
-        raise fail(f"{p}.address", f"{v['address']!r} cannot be a VTEP address (the network "
-                                   f"or broadcast address of {net})")
+        raise fail(
+            f"{p}.address",
+            f"{v['address']!r} cannot be a VTEP address (the network "
+            f"or broadcast address of {net})",
+        )
     uplink = _uplink(v["uplink"], f"{p}.uplink")
     mac = v.get("mac")
     mac = None if mac is None else check_mac(mac, f"{p}.mac")
@@ -366,20 +457,27 @@ def _vtep(value) -> VtepConfig:
     nh = None if nh is None else check_mac(nh, f"{p}.next_hop_mac")
     rxq = check_rx_queues(v.get("uplink_rx_queues", 1), f"{p}.uplink_rx_queues")
     if rxq > 1 and not uplink.startswith("dpdk:"):
-        raise fail(f"{p}.uplink_rx_queues", "a kernel-interface uplink (native AF_PACKET) has "
-                                            "one rx queue; several need a DPDK uplink "
-                                            "('dpdk:...')")
+        raise fail(
+            f"{p}.uplink_rx_queues",
+            "a kernel-interface uplink (native AF_PACKET) has "
+            "one rx queue; several need a DPDK uplink "
+            "('dpdk:...')",
+        )
     return VtepConfig(
-        address=str(iface), uplink=uplink, mac=mac,
+        address=str(iface),
+        uplink=uplink,
+        mac=mac,
         udp_port=check_udp_port(v.get("udp_port", DEFAULT_UDP_PORT), f"{p}.udp_port"),
-        gateway=gateway, next_hop_mac=nh,
-        underlay_mtu=check_underlay_mtu(v.get("underlay_mtu", DEFAULT_UNDERLAY_MTU),
-                                        f"{p}.underlay_mtu"),
+        gateway=gateway,
+        next_hop_mac=nh,
+        underlay_mtu=check_underlay_mtu(
+            v.get("underlay_mtu", DEFAULT_UNDERLAY_MTU), f"{p}.underlay_mtu"
+        ),
         learning=check_bool(v.get("learning", False), f"{p}.learning"),
         uplink_rate=check_rate(v.get("uplink_rate", 0), f"{p}.uplink_rate"),
-        uplink_burst=check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst",
-                               2048, 1 << 26),
-        uplink_rx_queues=rxq)
+        uplink_burst=check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26),
+        uplink_rx_queues=rxq,
+    )
 
 
 def _uplink(value, path) -> str:
@@ -389,19 +487,22 @@ def _uplink(value, path) -> str:
         return check_ifname(value, path)
     dev = value[5:]
     if not dev or dev[0] in ", " or any(c.isspace() for c in dev):
-        raise fail(path, f"{value!r}: give a DPDK device string after 'dpdk:', e.g. "
-                         "dpdk:net_tap0,iface=up0")
+        raise fail(
+            path,
+            f"{value!r}: give a DPDK device string after 'dpdk:', e.g. dpdk:net_tap0,iface=up0",
+        )
     return value
 
 
 # ---------------------------------------------------------------- planes
 def _planes(value, workers, uplink_rx_queues) -> Dict[str, PlaneConfig]:
     if value is None:
-        return {n: PlaneConfig(n, prio, ifn, dscp=DEFAULT_PLANE_DSCP.get(n))
-                for n, (prio, ifn) in DEFAULT_PLANES.items()}
+        return {
+            n: PlaneConfig(n, prio, ifn, dscp=DEFAULT_PLANE_DSCP.get(n))
+            for n, (prio, ifn) in DEFAULT_PLANES.items()
+        }
     if not isinstance(value, dict) or not value:
-        raise fail("planes", "must be a non-empty mapping of plane name -> "
-                             "{priority, interface}")
+        raise fail("planes", "must be a non-empty mapping of plane name -> {priority, interface}")
     if len(value) > MAX_PLANES:
         raise fail("planes", f"{len(value)} planes; at most {MAX_PLANES}")
     planes = {}
@@ -411,16 +512,21 @@ def _planes(value, workers, uplink_rx_queues) -> Dict[str, PlaneConfig]:
         plane = _plane(name, spec, p, workers, uplink_rx_queues)
         other = by_prio.setdefault(plane.priority, name)
         if other != name:
-            raise fail(f"{p}.priority", f"{plane.priority} is the priority of plane {other} "
-                                        "already (each plane has its own)")
+            raise fail(
+                f"{p}.priority",
+                f"{plane.priority} is the priority of plane {other} "
+                "already (each plane has its own)",
+            )
         other = by_if.setdefault(plane.interface, name)
         if other != name:
-            raise fail(f"{p}.interface", f"{plane.interface!r} is the interface of plane "
-                                         f"{other} already")
+            raise fail(
+                f"{p}.interface", f"{plane.interface!r} is the interface of plane {other} already"
+            )
         other = name if plane.rx_queue is None else by_rxq.setdefault(plane.rx_queue, name)
         if other != name:
-            raise fail(f"{p}.rx_queue", f"{plane.rx_queue} is the rx queue of plane {other} "
-                                        "already")
+            raise fail(
+                f"{p}.rx_queue", f"{plane.rx_queue} is the rx queue of plane {other} already"
+            )
         planes[name] = plane
     if "std" not in planes:
         raise fail("planes", "the std plane is required (IT pods use it)")
@@ -429,8 +535,11 @@ def _planes(value, workers, uplink_rx_queues) -> Dict[str, PlaneConfig]:
 
 def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
     if not isinstance(name, str) or not _PLANE_RE.match(name):
-        raise fail(p, f"{show(name)} is not a valid plane name (lower-case letter, then "
-                      "letters, digits, '_' or '-'; at most 15)")
+        raise fail(
+            p,
+            f"{show(name)} is not a valid plane name (lower-case letter, then "
+            "letters, digits, '_' or '-'; at most 15)",
+        )
     spec = check_keys({} if spec is None else spec, p, _PLANE_KEYS)
     default = DEFAULT_PLANES.get(name)
     if "priority" in spec:
@@ -438,8 +547,9 @@ def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
     elif default is not None:
         prio = default[0]
     else:
-        raise fail(f"{p}.priority", f"is required (an integer 0..{MAX_PLANES - 1}, higher "
-                                    "is served first)")
+        raise fail(
+            f"{p}.priority", f"is required (an integer 0..{MAX_PLANES - 1}, higher is served first)"
+        )
     ifn = spec.get("interface")
     if ifn is None:
         ifn = default[1] if default else name
@@ -455,16 +565,17 @@ def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
     if worker is not None:
         check_int(worker, f"{p}.worker", 0, MAX_CPU)
         if worker not in workers:
-            raise fail(f"{p}.worker", f"lcore {worker} is not one of the worker lcores "
-                                      f"{workers}")
+            raise fail(f"{p}.worker", f"lcore {worker} is not one of the worker lcores {workers}")
     rxq = spec.get("rx_queue")
     if rxq is not None:
         check_int(rxq, f"{p}.rx_queue", 1, MAX_RX_QUEUES - 1)
         if worker is None:
             raise fail(f"{p}.rx_queue", f"needs the plane's own worker (set {p}.worker)")
         if rxq >= uplink_rx_queues:
-            raise fail(f"{p}.rx_queue", f"{rxq}: the uplink has {uplink_rx_queues} rx "
-                                        "queue(s) (vtep.uplink_rx_queues)")
+            raise fail(
+                f"{p}.rx_queue",
+                f"{rxq}: the uplink has {uplink_rx_queues} rx queue(s) (vtep.uplink_rx_queues)",
+            )
     classify = check_list(spec.get("classify_dscp"), f"{p}.classify_dscp", "list of DSCP values")
     classify = [check_dscp(d, f"{p}.classify_dscp[{i}]") for i, d in enumerate(classify)]
     return PlaneConfig(name, prio, ifn, min_rate, max_rate, qlen, dscp, worker, rxq, classify)
@@ -499,21 +610,24 @@ def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
         raise fail(f"{p}.plane", f"{show(plane)} is not a plane (known: {', '.join(planes)})")
     subnet = parse_ipv4_subnet(n["subnet"], f"{p}.subnet")
     if subnet.prefixlen > 30:
-        raise fail(f"{p}.subnet", f"{subnet} is too small (at most /30: pods need addresses "
-                                  "besides network and broadcast)")
+        raise fail(
+            f"{p}.subnet",
+            f"{subnet} is too small (at most /30: pods need addresses "
+            "besides network and broadcast)",
+        )
     gateway = n.get("gateway")
     if gateway is not None:
         gw = parse_ipv4(gateway, f"{p}.gateway")
         if gw not in subnet:
             raise fail(f"{p}.gateway", f"{gateway} is not in subnet {subnet}")
         if gw in (subnet.network_address, subnet.broadcast_address):
-            raise fail(f"{p}.gateway", f"{gateway} is the network or broadcast address of "
-                                       f"{subnet}")
+            raise fail(f"{p}.gateway", f"{gateway} is the network or broadcast address of {subnet}")
         gateway = str(gw)
     mtu = n.get("mtu")
     mtu = max_mtu if mtu is None else check_int(mtu, f"{p}.mtu", MIN_MTU, max_mtu)
-    return NetworkConfig(name=name, vni=vni, plane=plane, subnet=str(subnet),
-                         gateway=gateway, mtu=mtu)
+    return NetworkConfig(
+        name=name, vni=vni, plane=plane, subnet=str(subnet), gateway=gateway, mtu=mtu
+    )
 
 
 def _remotes(value, networks, vtep) -> List[RemoteConfig]:
@@ -534,8 +648,9 @@ def _remotes(value, networks, vtep) -> List[RemoteConfig]:
             raise fail(f"{p}.networks", "must be a non-empty list of network names")
         for j, name in enumerate(nets):
             if name not in known:
-                raise fail(f"{p}.networks[{j}]", f"{show(name)} is not a network defined in "
-                                                 "networks")
+                raise fail(
+                    f"{p}.networks[{j}]", f"{show(name)} is not a network defined in networks"
+                )
             if name in nets[:j]:
                 raise fail(f"{p}.networks[{j}]", f"{name!r} is listed twice")
         out.append(RemoteConfig(vtep=str(ip), networks=list(nets)))
@@ -547,20 +662,26 @@ def _store(value, state_dir, base_dir) -> StoreConfig:
     s = check_keys({} if value is None else value, "store", _STORE_KEYS)
     kind = s.get("kind", "sqlite")
     if kind not in STORE_KINDS:
-        raise fail("store.kind", f"{show(kind)} is not supported (supported: "
-                                 f"{', '.join(STORE_KINDS)})")
+        raise fail(
+            "store.kind", f"{show(kind)} is not supported (supported: {', '.join(STORE_KINDS)})"
+        )
     default_path = os.path.join(state_dir, "state.db")
     if kind == "etcd":
         if s.get("path") is not None:
-            raise fail("store.path", "is for kind sqlite (an etcd store has endpoints and a "
-                                     "prefix)")
+            raise fail(
+                "store.path", "is for kind sqlite (an etcd store has endpoints and a prefix)"
+            )
         if s.get("endpoints") is None:
-            raise fail("store.endpoints", "is required for kind etcd (a list of URLs, e.g. "
-                                          "[http://127.0.0.1:2379])")
-        return StoreConfig(kind=kind, path=default_path,
-                           endpoints=check_etcd_endpoints(s["endpoints"], "store.endpoints"),
-                           prefix=check_etcd_prefix(s.get("prefix", DEFAULT_ETCD_PREFIX),
-                                                    "store.prefix"))
+            raise fail(
+                "store.endpoints",
+                "is required for kind etcd (a list of URLs, e.g. [http://127.0.0.1:2379])",
+            )
+        return StoreConfig(
+            kind=kind,
+            path=default_path,
+            endpoints=check_etcd_endpoints(s["endpoints"], "store.endpoints"),
+            prefix=check_etcd_prefix(s.get("prefix", DEFAULT_ETCD_PREFIX), "store.prefix"),
+        )
     for key in ("endpoints", "prefix"):
         if s.get(key) is not None:
             raise fail(f"store.{key}", "is for kind etcd (add kind: etcd)")

@@ -17,6 +17,7 @@ a few metrics, then keeps serving (try `dataplane status` and
 `curl 127.0.0.1:9464/metrics` from another shell) until Ctrl-C or
 --duration seconds.
 """
+
 import argparse
 import json
 import os
@@ -30,9 +31,14 @@ import urllib.request
 from .netutil import sh
 
 NS_UL, NS_VM = "dpdemo-ul", "dpdemo-vm"
-PODS = {"dpdemo-a": {"pod_type": "ct", "network_plane": ["std", "control", "media"],
-                     "networks": {"std": "net1", "control": "net2", "media": "net3"}},
-        "dpdemo-b": {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}}
+PODS = {
+    "dpdemo-a": {
+        "pod_type": "ct",
+        "network_plane": ["std", "control", "media"],
+        "networks": {"std": "net1", "control": "net2", "media": "net3"},
+    },
+    "dpdemo-b": {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}},
+}
 CONFIG = """
 node: demo
 mode: {mode}
@@ -71,10 +77,35 @@ def build_underlay():
     ul = ["ip", "-n", NS_UL]
     sh(*ul, "addr", "add", "10.77.0.2/24", "dev", "ul0")
     sh(*ul, "link", "set", "ul0", "up")
-    sh(*ul, "link", "add", "vxlan100", "type", "vxlan", "id", "100", "local", "10.77.0.2",
-       "dstport", "4789", "nolearning")
-    sh("ip", "netns", "exec", NS_UL, "bridge", "fdb", "append", "00:00:00:00:00:00",
-       "dev", "vxlan100", "dst", "10.77.0.1")
+    sh(
+        *ul,
+        "link",
+        "add",
+        "vxlan100",
+        "type",
+        "vxlan",
+        "id",
+        "100",
+        "local",
+        "10.77.0.2",
+        "dstport",
+        "4789",
+        "nolearning",
+    )
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        NS_UL,
+        "bridge",
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "vxlan100",
+        "dst",
+        "10.77.0.1",
+    )
     sh(*ul, "link", "add", "br0", "type", "bridge")
     sh(*ul, "link", "set", "vxlan100", "master", "br0", "up")
     sh(*ul, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0", "netns", NS_VM)
@@ -93,19 +124,29 @@ def teardown():
 
 
 def ping(ns, ip, label):
-    r = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", ip],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", ip],
+        capture_output=True,
+        text=True,
+    )
     last = [line for line in r.stdout.splitlines() if "packet loss" in line or "rtt" in line]
     print(f"demo: {label}: {'ok' if r.returncode == 0 else 'FAILED'}  " + "  ".join(last))
     return r.returncode == 0
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m dataplane.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m dataplane.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--mode", choices=["auto", "fallback", "hugepages"], default="auto")
-    ap.add_argument("--duration", type=float, default=None,
-                    help="serve this many seconds after the checks (default: until Ctrl-C)")
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="serve this many seconds after the checks (default: until Ctrl-C)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, DPDK)")
@@ -113,9 +154,10 @@ def main(argv=None):
     if mode == "auto":
         mode = "hugepages" if have_hugepages() else "fallback"
 
+    import yaml
+
     from .config import parse_config
     from .service import NodeService, setup_logging
-    import yaml
 
     setup_logging()
     teardown()  # leftovers of an interrupted run
@@ -137,21 +179,31 @@ def main(argv=None):
             info = svc.add_pod(name, f"/var/run/netns/{name}", json.dumps(spec))
             ips[name] = {p["plane"]: p["ip"] for p in info["planes"]}
             for p in info["planes"]:
-                print(f"demo: pod {name} {p['plane']:8s} {p['ifname']:8s} {p['ip']:16s} "
-                      f"{p['mac']} -> {p['network']}")
+                print(
+                    f"demo: pod {name} {p['plane']:8s} {p['ifname']:8s} {p['ip']:16s} "
+                    f"{p['mac']} -> {p['network']}"
+                )
         ok &= ping("dpdemo-a", ips["dpdemo-b"]["std"], "pod a -> pod b (same node, net1)")
-        ok &= ping("dpdemo-b", "192.168.100.200",
-                   "pod b -> vm behind the kernel's VXLAN VTEP (VNI 100 over the underlay)")
+        ok &= ping(
+            "dpdemo-b",
+            "192.168.100.200",
+            "pod b -> vm behind the kernel's VXLAN VTEP (VNI 100 over the underlay)",
+        )
         st = svc.status()
         print("demo: status")
         for n in st["networks"]:
-            print(f"  network {n['name']} vni {n['vni']} plane {n['plane']} pods {n['pods']} "
-                  f"encap {n['encap_packets']} decap {n['decap_packets']} "
-                  f"flood {n['flood_packets']} local {n['local_packets']}")
+            print(
+                f"  network {n['name']} vni {n['vni']} plane {n['plane']} pods {n['pods']} "
+                f"encap {n['encap_packets']} decap {n['decap_packets']} "
+                f"flood {n['flood_packets']} local {n['local_packets']}"
+            )
         print(f"  drops {st['drops']}")
         text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
-        sample = [ln for ln in text.splitlines()
-                  if ln.startswith(("dataplane_network_encap", "dataplane_network_pods"))]
+        sample = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith(("dataplane_network_encap", "dataplane_network_pods"))
+        ]
         print("demo: http://127.0.0.1:9464/metrics (sample)")
         for ln in sample[:6]:
             print("  " + ln)

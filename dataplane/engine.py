@@ -10,6 +10,7 @@ control-path call (per table change or per burst of work), never per packet.
     ...
     eng.start()
 """
+
 import dataclasses
 import ipaddress
 import os
@@ -21,9 +22,20 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from . import checks, errors
-from .checks import (check_int, check_lcores, check_memory_mb, check_mode, check_pow2,
-                     check_rx_queues, check_udp_port, check_underlay_mtu, check_vni,
-                     format_mac, parse_ipv4_interface, parse_mac)
+from .checks import (
+    check_int,
+    check_lcores,
+    check_memory_mb,
+    check_mode,
+    check_pow2,
+    check_rx_queues,
+    check_udp_port,
+    check_underlay_mtu,
+    check_vni,
+    format_mac,
+    parse_ipv4_interface,
+    parse_mac,
+)
 from .errors import ConfigError, EALError, check
 
 try:
@@ -46,8 +58,10 @@ ROLES = {"pod": lib.DP_ROLE_POD, "uplink": lib.DP_ROLE_UPLINK}
 
 
 def _names(block):
-    return [ffi.string(lib.dp_counter_name(block, i)).decode()
-            for i in range(lib.dp_counter_count(block))]
+    return [
+        ffi.string(lib.dp_counter_name(block, i)).decode()
+        for i in range(lib.dp_counter_count(block))
+    ]
 
 
 DROP_REASONS: List[str] = _names(lib.DP_BLOCK_DROP)
@@ -79,10 +93,10 @@ def parse_ipv4(ip, field="ip") -> int:
 class EngineConfig:
     """How to start DPDK. Validated by :meth:`eal_args`."""
 
-    mode: str = "fallback"            # "hugepages" or "fallback" (EAL --no-huge)
-    lcores: Sequence[int] = (0, 1)    # first: control thread; others: workers
-    cpus: Sequence[int] = ()          # CPU of each lcore; empty: lcore n on CPU n
-    pci: Sequence[str] = ()           # PCI devices to use; empty: --no-pci
+    mode: str = "fallback"  # "hugepages" or "fallback" (EAL --no-huge)
+    lcores: Sequence[int] = (0, 1)  # first: control thread; others: workers
+    cpus: Sequence[int] = ()  # CPU of each lcore; empty: lcore n on CPU n
+    pci: Sequence[str] = ()  # PCI devices to use; empty: --no-pci
     memory_mb: int = 512
     n_mbufs: int = 16383
     file_prefix: Optional[str] = None  # default: unique per process
@@ -94,23 +108,36 @@ class EngineConfig:
         ncpu = os.cpu_count() or 1
         cpus = list(self.cpus) or lcores
         if len(cpus) != len(lcores) or any(not isinstance(c, int) or c < 0 for c in cpus):
-            raise ConfigError(f"cpus: {list(self.cpus)!r} must give one CPU per lcore "
-                              f"({len(lcores)})")
+            raise ConfigError(
+                f"cpus: {list(self.cpus)!r} must give one CPU per lcore ({len(lcores)})"
+            )
         bad = [c for c in cpus if c >= ncpu]
         if bad:
-            raise ConfigError(f"{'cpus' if self.cpus else 'lcores'}: {bad} not present "
-                              f"(this machine has {ncpu} CPUs)")
+            raise ConfigError(
+                f"{'cpus' if self.cpus else 'lcores'}: {bad} not present "
+                f"(this machine has {ncpu} CPUs)"
+            )
         check_memory_mb(self.memory_mb)
         check_int(self.n_mbufs, "n_mbufs", 1023, 1 << 22)
         prefix = self.file_prefix or f"dataplane-{os.getpid()}"
         if not prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"file_prefix: {prefix!r} must be letters, digits, - or _")
-        where = (["--lcores", ",".join(f"{l}@{c}" for l, c in zip(lcores, cpus))]
-                 if self.cpus else ["-l", ",".join(map(str, lcores))])
-        args = ["dataplane"] + where + [
-                "--main-lcore", str(lcores[0]),
-                "--file-prefix", prefix,
-                f"--log-level={self.log_level}"]
+        where = (
+            ["--lcores", ",".join(f"{lc}@{c}" for lc, c in zip(lcores, cpus))]
+            if self.cpus
+            else ["-l", ",".join(map(str, lcores))]
+        )
+        args = (
+            ["dataplane"]
+            + where
+            + [
+                "--main-lcore",
+                str(lcores[0]),
+                "--file-prefix",
+                prefix,
+                f"--log-level={self.log_level}",
+            ]
+        )
         if self.mode == "fallback":
             # plain anonymous memory, no shared config files
             args += ["--no-huge", "--no-shconf", "-m", str(int(self.memory_mb))]
@@ -145,20 +172,29 @@ class Counters:
     """Counters summed over workers at the time of the call (numpy arrays)."""
 
     def __init__(self, port, net, drop, worker, qos=None, lat=None, tsc_hz=1):
-        self.port = port        # [DP_MAX_PORTS, len(PORT_COUNTERS)]
-        self.net = net          # [DP_MAX_NETS, len(NET_COUNTERS)]
-        self.drop = drop        # [len(DROP_REASONS)]
-        self.worker = worker    # [n_workers, len(WORKER_COUNTERS)]
-        self.qos = qos          # [DP_MAX_PORTS, DP_MAX_PLANES, len(QOS_COUNTERS)]
-        self.lat = lat          # [DP_MAX_PLANES, DP_LAT_ROW]: buckets, then sum (TSC)
+        self.port = port  # [DP_MAX_PORTS, len(PORT_COUNTERS)]
+        self.net = net  # [DP_MAX_NETS, len(NET_COUNTERS)]
+        self.drop = drop  # [len(DROP_REASONS)]
+        self.worker = worker  # [n_workers, len(WORKER_COUNTERS)]
+        self.qos = qos  # [DP_MAX_PORTS, DP_MAX_PLANES, len(QOS_COUNTERS)]
+        self.lat = lat  # [DP_MAX_PLANES, DP_LAT_ROW]: buckets, then sum (TSC)
         self.tsc_hz = tsc_hz
 
     def since(self, earlier: "Counters") -> "Counters":
         """What was counted between ``earlier`` and this snapshot."""
-        d = lambda a, b: None if a is None else a - b
-        return Counters(self.port - earlier.port, self.net - earlier.net,
-                        self.drop - earlier.drop, self.worker - earlier.worker,
-                        d(self.qos, earlier.qos), d(self.lat, earlier.lat), self.tsc_hz)
+
+        def d(a, b):
+            return None if a is None else a - b
+
+        return Counters(
+            self.port - earlier.port,
+            self.net - earlier.net,
+            self.drop - earlier.drop,
+            self.worker - earlier.worker,
+            d(self.qos, earlier.qos),
+            d(self.lat, earlier.lat),
+            self.tsc_hz,
+        )
 
     def qos_dict(self, port: int, plane: int) -> dict:
         return {name: int(self.qos[port, plane, i]) for i, name in enumerate(QOS_COUNTERS)}
@@ -166,8 +202,10 @@ class Counters:
     def latency(self, plane: int):
         """(bucket counts [len(LATENCY_BOUNDS_S) + 1], sum in seconds)."""
         row = self.lat[plane]
-        return ([int(x) for x in row[:lib.DP_LAT_BUCKETS]],
-                float(row[lib.DP_LAT_SUM]) / self.tsc_hz)
+        return (
+            [int(x) for x in row[: lib.DP_LAT_BUCKETS]],
+            float(row[lib.DP_LAT_SUM]) / self.tsc_hz,
+        )
 
     def latency_quantile(self, plane: int, q: float) -> Optional[float]:
         """Upper bound (seconds) of the bucket holding quantile q; None: no data,
@@ -225,21 +263,29 @@ class _Tables:
         """Remote VTEPs that get a copy of broadcast/unknown frames of ``net``."""
         ips = [parse_ipv4(v, f"flood[{i}]") for i, v in enumerate(vteps)]
         arr = ffi.new("uint32_t[]", ips or [0])
-        self._call(f"setting flood list of network {net}", lib.dp_net_flood_set,
-                   net, arr, len(ips))
+        self._call(f"setting flood list of network {net}", lib.dp_net_flood_set, net, arr, len(ips))
 
     # ------------------------------------------------------------------ FDB
     def fdb_add_local(self, net: int, mac, port: int):
-        self._call(f"adding local MAC {mac} to network {net}", lib.dp_fdb_add_local,
-                   net, parse_mac(mac), port)
+        self._call(
+            f"adding local MAC {mac} to network {net}",
+            lib.dp_fdb_add_local,
+            net,
+            parse_mac(mac),
+            port,
+        )
 
     def fdb_add_remote(self, net: int, mac, vtep: str):
-        self._call(f"adding remote MAC {mac} via {vtep} to network {net}",
-                   lib.dp_fdb_add_remote, net, parse_mac(mac), parse_ipv4(vtep, "vtep"))
+        self._call(
+            f"adding remote MAC {mac} via {vtep} to network {net}",
+            lib.dp_fdb_add_remote,
+            net,
+            parse_mac(mac),
+            parse_ipv4(vtep, "vtep"),
+        )
 
     def fdb_del(self, net: int, mac):
-        self._call(f"removing MAC {mac} from network {net}", lib.dp_fdb_del,
-                   net, parse_mac(mac))
+        self._call(f"removing MAC {mac} from network {net}", lib.dp_fdb_del, net, parse_mac(mac))
 
     def fdb_get(self, net: int, mac):
         """None, ("local", port) or ("remote", "vtep-ip")."""
@@ -257,9 +303,17 @@ class _Tables:
             return lib.dp_fdb_count()
 
     # ----------------------------------------------------------------- VTEP
-    def set_vtep(self, address: str, mac, uplink: int, udp_port: int = 4789,
-                 underlay_mtu: int = 1500, gateway: Optional[str] = None,
-                 next_hop_mac=None, learning: bool = False):
+    def set_vtep(
+        self,
+        address: str,
+        mac,
+        uplink: int,
+        udp_port: int = 4789,
+        underlay_mtu: int = 1500,
+        gateway: Optional[str] = None,
+        next_hop_mac=None,
+        learning: bool = False,
+    ):
         """This node's VTEP. ``address`` is 'a.b.c.d/len' (the underlay subnet).
         Next hops are resolved by ARP unless ``next_hop_mac`` is given."""
         iface = parse_ipv4_interface(address, "vtep address", need_prefix=False)
@@ -278,9 +332,16 @@ class _Tables:
             c.static_nh = 1
             c.static_nh_mac = parse_mac(next_hop_mac, "next_hop_mac")
         self._call("configuring the VTEP", lib.dp_vtep_set, c)
-        self._vtep = dict(address=address, mac=mac, uplink=uplink, udp_port=udp_port,
-                          underlay_mtu=underlay_mtu, gateway=gateway,
-                          next_hop_mac=next_hop_mac, learning=learning)
+        self._vtep = dict(
+            address=address,
+            mac=mac,
+            uplink=uplink,
+            udp_port=udp_port,
+            underlay_mtu=underlay_mtu,
+            gateway=gateway,
+            next_hop_mac=next_hop_mac,
+            learning=learning,
+        )
 
     def set_neighbor(self, ip: str, mac):
         self._call(f"setting neighbour {ip}", lib.dp_neigh_set, parse_ipv4(ip), parse_mac(mac))
@@ -297,9 +358,17 @@ class _Planes:
     """Planes: their priority, rates, queues, DSCP marking and workers, and
     the shaper of each port. Part of :class:`Engine`."""
 
-    def set_plane(self, plane: int, priority: int, min_bps: int = 0, max_bps: int = 0,
-                  queue_len: int = 1024, dscp: Optional[int] = None,
-                  worker: Optional[int] = None, rx_queue: Optional[int] = None):
+    def set_plane(
+        self,
+        plane: int,
+        priority: int,
+        min_bps: int = 0,
+        max_bps: int = 0,
+        queue_len: int = 1024,
+        dscp: Optional[int] = None,
+        worker: Optional[int] = None,
+        rx_queue: Optional[int] = None,
+    ):
         """Plane ``plane`` (0..DP_MAX_PLANES-1): strict ``priority`` (higher
         first), guaranteed/maximum rate on shaped ports (bit/s, 0 = none),
         queue length (frames, power of two), outer DSCP to mark (None: copy
@@ -335,8 +404,7 @@ class _Planes:
     def set_dscp_plane(self, dscp: int, plane: Optional[int]):
         """Classify frames whose inner DSCP is ``dscp`` into ``plane`` (None:
         by their network, the default)."""
-        self._call(f"mapping DSCP {dscp}", lib.dp_dscp_plane, dscp,
-                   -1 if plane is None else plane)
+        self._call(f"mapping DSCP {dscp}", lib.dp_dscp_plane, dscp, -1 if plane is None else plane)
 
     def queue_depth(self, port: int, plane: int) -> int:
         return self._call("reading a queue depth", lib.dp_qos_depth, port, plane)
@@ -351,8 +419,10 @@ class Engine(_Tables, _Planes):
         self.config = config or EngineConfig()
         args = self.config.eal_args()
         if _started_in_pid == os.getpid():
-            raise EALError("DPDK's EAL was already started in this process; "
-                           "it cannot be started twice (use a child process)")
+            raise EALError(
+                "DPDK's EAL was already started in this process; "
+                "it cannot be started twice (use a child process)"
+            )
         self._lock = threading.RLock()
         self._keep = [ffi.new("char[]", a.encode()) for a in args]
         argv = ffi.new("char *[]", self._keep)
@@ -362,12 +432,20 @@ class Engine(_Tables, _Planes):
         self.eal_args = args
         self.n_workers = info.n_workers
         check(lib.dp_setup(int(self.config.n_mbufs)), lib, ffi, "setting up the core")
-        self._views = {b: self._block(b) for b in (lib.DP_BLOCK_PORT, lib.DP_BLOCK_NET,
-                                                  lib.DP_BLOCK_DROP, lib.DP_BLOCK_WORKER,
-                                                  lib.DP_BLOCK_QOS, lib.DP_BLOCK_LAT)}
+        self._views = {
+            b: self._block(b)
+            for b in (
+                lib.DP_BLOCK_PORT,
+                lib.DP_BLOCK_NET,
+                lib.DP_BLOCK_DROP,
+                lib.DP_BLOCK_WORKER,
+                lib.DP_BLOCK_QOS,
+                lib.DP_BLOCK_LAT,
+            )
+        }
         self.tsc_hz = int(lib.dp_tsc_hz())
-        self._nets = {}          # index -> (vni, plane)
-        self._vtep = None        # kwargs of the last set_vtep
+        self._nets = {}  # index -> (vni, plane)
+        self._vtep = None  # kwargs of the last set_vtep
         self._hk_stop = threading.Event()
         self._hk_thread = None
         self._closed = False
@@ -393,8 +471,11 @@ class Engine(_Tables, _Planes):
         if housekeeping_interval and self._hk_thread is None:
             self._hk_stop.clear()
             self._hk_thread = threading.Thread(
-                target=self._hk_loop, args=(housekeeping_interval,),
-                name="dataplane-housekeeping", daemon=True)
+                target=self._hk_loop,
+                args=(housekeeping_interval,),
+                name="dataplane-housekeeping",
+                daemon=True,
+            )
             self._hk_thread.start()
 
     def _hk_loop(self, interval):
@@ -448,8 +529,9 @@ class Engine(_Tables, _Planes):
     def _net(net):
         return -1 if net is None else net
 
-    def add_port(self, devargs: str, role: str = "pod", network: Optional[int] = None,
-                 rx_queues: int = 1) -> int:
+    def add_port(
+        self, devargs: str, role: str = "pod", network: Optional[int] = None, rx_queues: int = 1
+    ) -> int:
         """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
         ``net_null0``, ``net_tap0,iface=dp0``, ``net_memif0,role=server``,
         ``net_af_packet0,iface=veth0``) as a port; returns its index. A pod
@@ -460,27 +542,52 @@ class Engine(_Tables, _Planes):
         if not isinstance(devargs, str) or not devargs.strip():
             raise ConfigError("devargs: empty device string")
         r = self._role(role)
-        return self._call(f"adding port {devargs!r}", lib.dp_port_add, devargs.encode(), r,
-                          self._net(network), check_rx_queues(rx_queues))
+        return self._call(
+            f"adding port {devargs!r}",
+            lib.dp_port_add,
+            devargs.encode(),
+            r,
+            self._net(network),
+            check_rx_queues(rx_queues),
+        )
 
-    def add_ring_port(self, name: str, role: str = "pod", size: int = 4096,
-                      network: Optional[int] = None, rx_queues: int = 1) -> int:
+    def add_ring_port(
+        self,
+        name: str,
+        role: str = "pod",
+        size: int = 4096,
+        network: Optional[int] = None,
+        rx_queues: int = 1,
+    ) -> int:
         """A net_ring port whose rx and tx rings this process feeds and drains
         with :meth:`inject` and :meth:`collect`; with ``rx_queues`` > 1 the
         caller steers, giving each frame's queue to :meth:`inject`."""
         r = self._role(role)
         check_pow2(size, "size")
-        return self._call(f"adding ring port {name!r}", lib.dp_port_add_ring,
-                          name.encode(), r, self._net(network), size,
-                          check_rx_queues(rx_queues))
+        return self._call(
+            f"adding ring port {name!r}",
+            lib.dp_port_add_ring,
+            name.encode(),
+            r,
+            self._net(network),
+            size,
+            check_rx_queues(rx_queues),
+        )
 
-    def add_afpacket_port(self, ifname: str, role: str = "pod", frames: int = 2048,
-                          network: Optional[int] = None) -> int:
+    def add_afpacket_port(
+        self, ifname: str, role: str = "pod", frames: int = 2048, network: Optional[int] = None
+    ) -> int:
         """A kernel interface through the core's native AF_PACKET driver."""
         r = self._role(role)
         check_pow2(frames, "frames", 64)
-        return self._call(f"adding AF_PACKET port {ifname!r}", lib.dp_port_add_afpacket,
-                          ifname.encode(), r, self._net(network), frames)
+        return self._call(
+            f"adding AF_PACKET port {ifname!r}",
+            lib.dp_port_add_afpacket,
+            ifname.encode(),
+            r,
+            self._net(network),
+            frames,
+        )
 
     def del_port(self, port: int):
         self._call(f"removing port {port}", lib.dp_port_del, port)
@@ -491,19 +598,26 @@ class Engine(_Tables, _Planes):
             if not lib.dp_port_info(port, out):
                 return None
         return PortInfo(
-            index=port, name=ffi.string(out.name).decode(),
+            index=port,
+            name=ffi.string(out.name).decode(),
             role="uplink" if out.role == lib.DP_ROLE_UPLINK else "pod",
             driver="afpacket" if out.driver == lib.DP_DRV_AFPACKET else "ethdev",
-            network=out.net if out.net >= 0 else None, worker=out.worker,
+            network=out.net if out.net >= 0 else None,
+            worker=out.worker,
             mac=format_mac(bytes(out.mac)),
-            rx_workers=[out.rxq_worker[q] for q in range(out.n_rxq)])
+            rx_workers=[out.rxq_worker[q] for q in range(out.n_rxq)],
+        )
 
     def ports(self) -> List[PortInfo]:
         return [p for p in (self.port_info(i) for i in range(lib.DP_MAX_PORTS)) if p]
 
     def set_port_network(self, port: int, net: Optional[int]):
-        self._call(f"attaching port {port} to network {net}", lib.dp_port_set_net,
-                   port, -1 if net is None else net)
+        self._call(
+            f"attaching port {port} to network {net}",
+            lib.dp_port_set_net,
+            port,
+            -1 if net is None else net,
+        )
 
     def reset(self):
         """Remove every port, network and table entry; forwarding goes on."""
@@ -523,7 +637,7 @@ class Engine(_Tables, _Planes):
             if self._closed:
                 raise EALError("engine is closed")
             a = self._views[lib.DP_BLOCK_PORT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, -1)
-            return a[:self.n_workers, port, :len(PORT_COUNTERS)].copy()
+            return a[: self.n_workers, port, : len(PORT_COUNTERS)].copy()
 
     def counters(self) -> Counters:
         """A snapshot of every counter, summed over workers (no locks taken:
@@ -534,16 +648,19 @@ class Engine(_Tables, _Planes):
             v = self._views
             port = v[lib.DP_BLOCK_PORT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, -1)
             net = v[lib.DP_BLOCK_NET].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_NETS, -1)
-            qos = v[lib.DP_BLOCK_QOS].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS,
-                                              lib.DP_MAX_PLANES, -1)
+            qos = v[lib.DP_BLOCK_QOS].reshape(
+                lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, lib.DP_MAX_PLANES, -1
+            )
             lat = v[lib.DP_BLOCK_LAT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PLANES, -1)
             return Counters(
                 port=port.sum(axis=0, dtype=np.uint64),
                 net=net.sum(axis=0, dtype=np.uint64),
-                drop=v[lib.DP_BLOCK_DROP][:, :len(DROP_REASONS)].sum(axis=0, dtype=np.uint64),
-                worker=v[lib.DP_BLOCK_WORKER][:self.n_workers, :len(WORKER_COUNTERS)].copy(),
+                drop=v[lib.DP_BLOCK_DROP][:, : len(DROP_REASONS)].sum(axis=0, dtype=np.uint64),
+                worker=v[lib.DP_BLOCK_WORKER][: self.n_workers, : len(WORKER_COUNTERS)].copy(),
                 qos=qos.sum(axis=0, dtype=np.uint64),
-                lat=lat.sum(axis=0, dtype=np.uint64), tsc_hz=self.tsc_hz)
+                lat=lat.sum(axis=0, dtype=np.uint64),
+                tsc_hz=self.tsc_hz,
+            )
 
     # ------------------------------------------------------- ring test ports
     def inject(self, port: int, frames: Sequence[bytes], queue: int = 0) -> int:
@@ -552,11 +669,13 @@ class Engine(_Tables, _Planes):
             return 0
         data = b"".join(frames)
         lens = ffi.new("uint32_t[]", [len(f) for f in frames])
-        return self._call(f"injecting into port {port}", lib.dp_ring_inject,
-                          port, queue, data, lens, len(frames))
+        return self._call(
+            f"injecting into port {port}", lib.dp_ring_inject, port, queue, data, lens, len(frames)
+        )
 
-    def collect(self, port: int, max_frames: int = 4096, wait: float = 0.0,
-                expect: Optional[int] = None) -> List[bytes]:
+    def collect(
+        self, port: int, max_frames: int = 4096, wait: float = 0.0, expect: Optional[int] = None
+    ) -> List[bytes]:
         """Take frames out of a ring port's tx ring. With ``wait``, keep
         collecting until ``expect`` frames came or ``wait`` seconds passed."""
         out: List[bytes] = []
@@ -564,12 +683,19 @@ class Engine(_Tables, _Planes):
         buf = ffi.new("uint8_t[]", max_frames * 2048 + 65536)
         lens = ffi.new("uint32_t[]", max_frames)
         while True:
-            n = self._call(f"collecting from port {port}", lib.dp_ring_collect,
-                           port, buf, len(buf), lens, max_frames - len(out))
+            n = self._call(
+                f"collecting from port {port}",
+                lib.dp_ring_collect,
+                port,
+                buf,
+                len(buf),
+                lens,
+                max_frames - len(out),
+            )
             off = 0
             raw = ffi.buffer(buf)
             for i in range(n):
-                out.append(bytes(raw[off:off + lens[i]]))
+                out.append(bytes(raw[off : off + lens[i]]))
                 off += lens[i]
             if len(out) >= max_frames or time.monotonic() >= deadline:
                 return out
@@ -578,7 +704,19 @@ class Engine(_Tables, _Planes):
             time.sleep(0.002)
 
 
-__all__ = ["Engine", "EngineConfig", "Counters", "PortInfo", "DROP_REASONS",
-           "QOS_COUNTERS", "LATENCY_BOUNDS_S",
-           "PORT_COUNTERS", "NET_COUNTERS", "WORKER_COUNTERS", "parse_mac",
-           "format_mac", "parse_ipv4", "errors"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "Counters",
+    "PortInfo",
+    "DROP_REASONS",
+    "QOS_COUNTERS",
+    "LATENCY_BOUNDS_S",
+    "PORT_COUNTERS",
+    "NET_COUNTERS",
+    "WORKER_COUNTERS",
+    "parse_mac",
+    "format_mac",
+    "parse_ipv4",
+    "errors",
+]

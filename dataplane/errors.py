@@ -3,6 +3,7 @@
 The C core returns a negative errno and keeps a message naming the cause
 (``dp_last_error``); :func:`check` turns that into one of the classes below.
 """
+
 import errno as _errno
 
 

@@ -1,8 +1,9 @@
 """The node's log: one JSON object a line on stderr, with the event's fields.
 
-    event("pod added", pod=name, planes=[...])
-    -> {"ts": 1700000000.123, "level": "info", "msg": "pod added", "pod": ..., ...}
+event("pod added", pod=name, planes=[...])
+-> {"ts": 1700000000.123, "level": "info", "msg": "pod added", "pod": ..., ...}
 """
+
 import json
 import logging
 import sys
@@ -13,8 +14,11 @@ log = logging.getLogger("dataplane")
 
 class JSONFormatter(logging.Formatter):
     def format(self, record):
-        d = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-             "msg": record.getMessage()}
+        d = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
         d.update(getattr(record, "fields", {}) or {})
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)

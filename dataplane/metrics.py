@@ -4,10 +4,15 @@ Nothing is pushed per packet: :class:`CoreCollector` asks its source for a
 snapshot when Prometheus scrapes. The source and the registry are injectable,
 so tests use a fresh registry.
 """
+
 from typing import Callable, Dict, List, NamedTuple, Optional
 
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                   HistogramMetricFamily, InfoMetricFamily)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
@@ -33,20 +38,19 @@ class PlaneLabel(NamedTuple):
 
 
 class Snapshot(NamedTuple):
-    counters: object                     # dataplane.engine.Counters
+    counters: object  # dataplane.engine.Counters
     ports: List[PortLabel]
     networks: List[NetLabel]
     pods_per_network: Dict[str, int]
     endpoints_per_network: Dict[str, int]
     planes: List[PlaneLabel] = []
-    shaped: Dict[int, Dict[int, int]] = {}   # port -> {plane: queue depth}
+    shaped: Dict[int, Dict[int, int]] = {}  # port -> {plane: queue depth}
 
 
 class CoreCollector:
     """Custom collector over a ``source()`` returning a :class:`Snapshot`."""
 
-    def __init__(self, source: Callable[[], Optional[Snapshot]], node: str = "",
-                 abi: int = 0):
+    def __init__(self, source: Callable[[], Optional[Snapshot]], node: str = "", abi: int = 0):
         self.source = source
         self.node = node
         self.abi = abi
@@ -67,33 +71,42 @@ class CoreCollector:
 
         pl = ["port", "name", "role", "network"]
         port_fams = {}
-        for i, cname in enumerate(PORT_COUNTERS):           # rx_packets -> ..._total
+        for i, cname in enumerate(PORT_COUNTERS):  # rx_packets -> ..._total
             port_fams[i] = CounterMetricFamily(
-                f"dataplane_port_{cname}", f"Port {cname.replace('_', ' ')}", labels=pl)
+                f"dataplane_port_{cname}", f"Port {cname.replace('_', ' ')}", labels=pl
+            )
         for p in snap.ports:
             for i, fam in port_fams.items():
                 fam.add_metric([str(p.index), p.name, p.role, p.network], int(c.port[p.index, i]))
         yield from port_fams.values()
 
         nl = ["network", "vni", "plane"]
-        net_fams = {i: CounterMetricFamily(f"dataplane_network_{n}",
-                                           f"Network {n.replace('_', ' ')}", labels=nl)
-                    for i, n in enumerate(NET_COUNTERS)}
+        net_fams = {
+            i: CounterMetricFamily(
+                f"dataplane_network_{n}", f"Network {n.replace('_', ' ')}", labels=nl
+            )
+            for i, n in enumerate(NET_COUNTERS)
+        }
         for n in snap.networks:
             for i, fam in net_fams.items():
                 fam.add_metric([n.name, str(n.vni), n.plane], int(c.net[n.index, i]))
         yield from net_fams.values()
 
-        drops = CounterMetricFamily("dataplane_drops", "Packets dropped, by reason",
-                                    labels=["reason"])
+        drops = CounterMetricFamily(
+            "dataplane_drops", "Packets dropped, by reason", labels=["reason"]
+        )
         for i, reason in enumerate(DROP_REASONS):
             drops.add_metric([reason], int(c.drop[i]))
         yield drops
 
-        pods = GaugeMetricFamily("dataplane_network_pods", "Pods attached to the network",
-                                 labels=["network"])
-        eps = GaugeMetricFamily("dataplane_network_endpoints",
-                                "Endpoints (local and remote) of the network", labels=["network"])
+        pods = GaugeMetricFamily(
+            "dataplane_network_pods", "Pods attached to the network", labels=["network"]
+        )
+        eps = GaugeMetricFamily(
+            "dataplane_network_endpoints",
+            "Endpoints (local and remote) of the network",
+            labels=["network"],
+        )
         for n in snap.networks:
             pods.add_metric([n.name], snap.pods_per_network.get(n.name, 0))
             eps.add_metric([n.name], snap.endpoints_per_network.get(n.name, 0))
@@ -104,38 +117,43 @@ class CoreCollector:
 
         polls = WORKER_COUNTERS.index("polls")
         busy = WORKER_COUNTERS.index("busy_polls")
-        ratio = GaugeMetricFamily("dataplane_worker_busy_ratio",
-                                  "Polls that found packets / all polls, since start",
-                                  labels=["worker"])
-        total = CounterMetricFamily("dataplane_worker_polls", "Poll loops run",
-                                    labels=["worker"])
-        lookups = CounterMetricFamily("dataplane_worker_fdb_lookups",
-                                      "FDB lookups (per frame from pods and from the uplink)",
-                                      labels=["worker"])
-        misses = CounterMetricFamily("dataplane_worker_fdb_cache_misses",
-                                     "FDB lookups the worker's cache could not answer",
-                                     labels=["worker"])
+        ratio = GaugeMetricFamily(
+            "dataplane_worker_busy_ratio",
+            "Polls that found packets / all polls, since start",
+            labels=["worker"],
+        )
+        total = CounterMetricFamily("dataplane_worker_polls", "Poll loops run", labels=["worker"])
+        lookups = CounterMetricFamily(
+            "dataplane_worker_fdb_lookups",
+            "FDB lookups (per frame from pods and from the uplink)",
+            labels=["worker"],
+        )
+        misses = CounterMetricFamily(
+            "dataplane_worker_fdb_cache_misses",
+            "FDB lookups the worker's cache could not answer",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
             total.add_metric([str(w)], p)
             lookups.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_lookups")]))
-            misses.add_metric([str(w)],
-                              int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
+            misses.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
         yield ratio
         yield total
         yield lookups
         yield misses
-
 
     @staticmethod
     def _planes(snap):
         from .engine import LATENCY_BOUNDS_S, QOS_COUNTERS
 
         c = snap.counters
-        hist = HistogramMetricFamily("dataplane_plane_latency_seconds",
-                                     "Time from rx to tx inside the dataplane, per plane",
-                                     labels=["plane"])
+        hist = HistogramMetricFamily(
+            "dataplane_plane_latency_seconds",
+            "Time from rx to tx inside the dataplane, per plane",
+            labels=["plane"],
+        )
         for pl in snap.planes:
             counts, total = c.latency(pl.index)
             acc, buckets = 0, []
@@ -144,13 +162,20 @@ class CoreCollector:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
             hist.add_metric([pl.name], buckets, total)
         yield hist
-        fams = {name: CounterMetricFamily(f"dataplane_plane_queue_{name}",
-                                          f"Frames {name.replace('_', ' ')} by the plane queue "
-                                          "of a shaped port", labels=["port", "plane"])
-                for name in QOS_COUNTERS if name != "sent_bytes"}
-        depth = GaugeMetricFamily("dataplane_plane_queue_depth",
-                                  "Frames waiting in the plane queue of a shaped port",
-                                  labels=["port", "plane"])
+        fams = {
+            name: CounterMetricFamily(
+                f"dataplane_plane_queue_{name}",
+                f"Frames {name.replace('_', ' ')} by the plane queue of a shaped port",
+                labels=["port", "plane"],
+            )
+            for name in QOS_COUNTERS
+            if name != "sent_bytes"
+        }
+        depth = GaugeMetricFamily(
+            "dataplane_plane_queue_depth",
+            "Frames waiting in the plane queue of a shaped port",
+            labels=["port", "plane"],
+        )
         names = {p.index: p.name for p in snap.planes}
         for port, planes in snap.shaped.items():
             for plane, d in planes.items():

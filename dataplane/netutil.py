@@ -1,4 +1,5 @@
 """Running the small ip/sysctl commands the demo uses to build its topology."""
+
 import subprocess
 
 

@@ -6,6 +6,7 @@ is undone (interfaces, ports, records). On start the store is replayed: pod
 interfaces that still exist are re-attached with the MACs and addresses they
 had; nothing is allocated twice.
 """
+
 import os
 from typing import Callable, Dict, List
 
@@ -20,27 +21,39 @@ class PodLife:
     name to the core's index. ``on_removed()`` is called (under ``lock``)
     after a pod was deleted: a remote endpoint may have its MAC again."""
 
-    def __init__(self, config, store, engine, lock, networks: Dict[str, int],
-                 on_removed: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        config,
+        store,
+        engine,
+        lock,
+        networks: Dict[str, int],
+        on_removed: Callable[[], None] = lambda: None,
+    ):
         self.config = config
         self.store = store
         self.engine = engine
         self.lock = lock
         self.networks = networks
         self.on_removed = on_removed
-        self.ports: Dict[str, int] = {}          # host_ifname -> core port
+        self.ports: Dict[str, int] = {}  # host_ifname -> core port
 
     # ------------------------------------------------------------- replay
     def replay(self):
         """Re-attach the pods the store knows whose interfaces still exist;
         remove the others (half-made, or their namespace died)."""
         from .podnet import find_plane
+
         for pod in self.store.pods(node=self.config.node):
             eps = self.store.endpoints(pod=pod["name"])
             missing = [e for e in eps if find_plane(e["host_ifname"]) is None]
             if missing or pod["state"] != "ready":
-                event("replay: removing incomplete pod", pod=pod["name"], state=pod["state"],
-                      missing=[e["plane"] for e in missing])
+                event(
+                    "replay: removing incomplete pod",
+                    pod=pod["name"],
+                    state=pod["state"],
+                    missing=[e["plane"] for e in missing],
+                )
                 self._remove(pod["name"], eps)
                 continue
             for e in eps:
@@ -60,11 +73,13 @@ class PodLife:
         says; the pod's info (see ``pod_info``)."""
         from .podnet import announce, attach_plane
         from .podspec import host_ifname, parse_pod_spec
+
         if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
             raise ConfigError(f"name: {name!r} is not a pod name")
         if not isinstance(netns, str) or not netns.startswith("/"):
-            raise ConfigError(f"netns: {netns!r} must be a path such as /var/run/netns/NAME "
-                              "or /proc/PID/ns/net")
+            raise ConfigError(
+                f"netns: {netns!r} must be a path such as /var/run/netns/NAME or /proc/PID/ns/net"
+            )
         if not os.path.exists(netns):
             raise NotFound(f"netns: {netns} does not exist")
         ps = parse_pod_spec(spec, self.config)
@@ -77,10 +92,29 @@ class PodLife:
                     ip = self.store.allocate_ip(n.name, n.subnet, n.gateway, name, fixed=p.ip)
                     mac = p.mac or self.store.allocate_mac(name, p.plane)
                     hif = host_ifname(name, p.plane)
-                    self.store.add_endpoint(name, p.plane, n.name, p.ifname, hif, mac, ip,
-                                            node=node, vtep=self.config.vtep.ip)
-                    attach_plane(name, netns, p.ifname, hif, mac, f"{ip}/{n.prefixlen}",
-                                 n.gateway, n.mtu, p.default_route, plane=p.plane)
+                    self.store.add_endpoint(
+                        name,
+                        p.plane,
+                        n.name,
+                        p.ifname,
+                        hif,
+                        mac,
+                        ip,
+                        node=node,
+                        vtep=self.config.vtep.ip,
+                    )
+                    attach_plane(
+                        name,
+                        netns,
+                        p.ifname,
+                        hif,
+                        mac,
+                        f"{ip}/{n.prefixlen}",
+                        n.gateway,
+                        n.mtu,
+                        p.default_route,
+                        plane=p.plane,
+                    )
                     self._attach_port({"host_ifname": hif, "network": n.name, "mac": mac})
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
@@ -94,6 +128,7 @@ class PodLife:
     def _remove(self, name, eps):
         """Detach what is left of pod ``name`` (ports, interfaces) and forget it."""
         from .podnet import detach_plane
+
         for e in eps:
             hif = e["host_ifname"]
             port = self.ports.pop(hif, None)
@@ -125,10 +160,16 @@ class PodLife:
         if not pod:
             raise NotFound(f"pod {name} is not attached")
         eps = self.store.endpoints(pod=name)
-        return {"name": name, "netns": pod["netns"], "state": pod["state"],
-                "planes": [{k: e[k] for k in ("plane", "network", "ifname", "host_ifname",
-                                                "mac", "ip")}
-                           | {"port": self.ports.get(e["host_ifname"])} for e in eps]}
+        return {
+            "name": name,
+            "netns": pod["netns"],
+            "state": pod["state"],
+            "planes": [
+                {k: e[k] for k in ("plane", "network", "ifname", "host_ifname", "mac", "ip")}
+                | {"port": self.ports.get(e["host_ifname"])}
+                for e in eps
+            ],
+        }
 
     def list_pods(self) -> List[dict]:
         return [self.pod_info(p["name"]) for p in self.store.pods(node=self.config.node)]

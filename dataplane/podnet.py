@@ -7,6 +7,7 @@ when the service stops, so pods keep them across a restart; ``find_plane``
 finds them again. Which planes a pod has is decided by
 :mod:`dataplane.podspec`.
 """
+
 import ctypes
 import dataclasses
 import errno
@@ -17,8 +18,16 @@ import struct
 import subprocess
 from typing import List, NamedTuple, Optional
 
-from .checks import (MIN_MTU, POD_RESERVED_IFNAMES, check_ifname, check_int, check_mac,
-                     parse_ipv4, parse_ipv4_interface, parse_mac)
+from .checks import (
+    MIN_MTU,
+    POD_RESERVED_IFNAMES,
+    check_ifname,
+    check_int,
+    check_mac,
+    parse_ipv4,
+    parse_ipv4_interface,
+    parse_mac,
+)
 from .errors import BY_ERRNO, AlreadyExists, ConfigError, DataplaneError
 
 
@@ -30,23 +39,24 @@ class AttachResult(NamedTuple):
 @dataclasses.dataclass
 class PlaneInfo:
     """What ``find_plane`` sees of a pod plane's interfaces."""
+
     host_ifname: str
     host_index: int
     host_mac: str
-    kind: Optional[str]               # 'veth' for ours
+    kind: Optional[str]  # 'veth' for ours
     mtu: int
-    up: bool                          # host end administratively up
-    peer_index: Optional[int]         # ifindex of the other end, in its namespace
+    up: bool  # host end administratively up
+    peer_index: Optional[int]  # ifindex of the other end, in its namespace
     # the pod end, when find_plane was given the pod's namespace:
     ifname: Optional[str] = None
     mac: Optional[str] = None
     pod_mtu: Optional[int] = None
     pod_up: Optional[bool] = None
-    addresses: List[str] = dataclasses.field(default_factory=list)   # "ip/len"
+    addresses: List[str] = dataclasses.field(default_factory=list)  # "ip/len"
 
 
 _CLONE_NEWNET = 0x40000000
-_NS_GET_NSTYPE = 0xB703               # _IO(0xb7, 0x3), linux/nsfs.h
+_NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 _SIOCETHTOOL = 0x8946
 # ethtool commands (linux/ethtool.h) on the feature bits, by feature name
 _ETHTOOL_GSTRINGS = 0x1B
@@ -59,7 +69,7 @@ N_STEPS = 5
 
 
 def _err_code(e) -> Optional[int]:
-    code = getattr(e, "code", None)         # pyroute2 NetlinkError
+    code = getattr(e, "code", None)  # pyroute2 NetlinkError
     if isinstance(code, int):
         return abs(code)
     return getattr(e, "errno", None)
@@ -90,12 +100,15 @@ def _open_netns(netns_path) -> int:
         except OSError:
             nstype = None
         if nstype != _CLONE_NEWNET:
-            raise ConfigError(f"netns: {path} is not a network namespace "
-                              "(give /var/run/netns/NAME or /proc/PID/ns/net)")
+            raise ConfigError(
+                f"netns: {path} is not a network namespace "
+                "(give /var/run/netns/NAME or /proc/PID/ns/net)"
+            )
         st, own = os.fstat(fd), os.stat("/proc/self/ns/net")
         if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
-            raise ConfigError(f"netns: {path} is the dataplane's own network namespace, "
-                              "not a pod's")
+            raise ConfigError(
+                f"netns: {path} is the dataplane's own network namespace, not a pod's"
+            )
     except BaseException:
         os.close(fd)
         raise
@@ -104,6 +117,7 @@ def _open_netns(netns_path) -> int:
 
 def _ipr(netns_path=None):
     from pyroute2 import IPRoute
+
     if netns_path is None:
         return IPRoute()
     # flags=0: never create a namespace that is not there
@@ -113,35 +127,41 @@ def _ipr(netns_path=None):
 def _ethtool(sock, ifname: str, buf) -> None:
     """One SIOCETHTOOL call; ``buf`` (a ctypes buffer) is read and written."""
     ifr = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf))
-    ifr += bytes(40 - len(ifr))       # sizeof(struct ifreq)
+    ifr += bytes(40 - len(ifr))  # sizeof(struct ifreq)
     fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifr)
 
 
 def _feature_names(sock, ifname: str) -> List[str]:
-    buf = ctypes.create_string_buffer(struct.pack("IIQI", _ETHTOOL_GSSET_INFO, 0,
-                                                  1 << _ETH_SS_FEATURES, 0))
+    buf = ctypes.create_string_buffer(
+        struct.pack("IIQI", _ETHTOOL_GSSET_INFO, 0, 1 << _ETH_SS_FEATURES, 0)
+    )
     _ethtool(sock, ifname, buf)
     count = struct.unpack_from("I", buf.raw, 16)[0]
     buf = ctypes.create_string_buffer(
         struct.pack("III", _ETHTOOL_GSTRINGS, _ETH_SS_FEATURES, count)
-        + bytes(count * _ETH_GSTRING_LEN))
+        + bytes(count * _ETH_GSTRING_LEN)
+    )
     _ethtool(sock, ifname, buf)
     raw = buf.raw[12:]
-    return [raw[i * _ETH_GSTRING_LEN:(i + 1) * _ETH_GSTRING_LEN].split(b"\0", 1)[0]
-            .decode() for i in range(count)]
+    return [
+        raw[i * _ETH_GSTRING_LEN : (i + 1) * _ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+        for i in range(count)
+    ]
 
 
 def _features(sock, ifname: str, nbits: int):
     """(changeable, active) feature bit sets of ``ifname``."""
     size = (nbits + 31) // 32
-    buf = ctypes.create_string_buffer(struct.pack("II", _ETHTOOL_GFEATURES, size)
-                                      + bytes(16 * size))
+    buf = ctypes.create_string_buffer(
+        struct.pack("II", _ETHTOOL_GFEATURES, size) + bytes(16 * size)
+    )
     _ethtool(sock, ifname, buf)
     # per block of 32: available (changeable), requested, active, never_changed
     blocks = struct.unpack_from(f"{4 * size}I", buf.raw, 8)
 
     def bits(field):
         return {b for b in range(nbits) if blocks[4 * (b // 32) + field] >> (b % 32) & 1}
+
     return bits(0), bits(2)
 
 
@@ -150,8 +170,11 @@ def _is_tx_offload(name: str) -> bool:
     kind of segmentation offload, and VLAN tag insertion: each would let a
     frame without a finished checksum, larger than the MTU, or with its tag
     outside the frame reach the AF_PACKET driver."""
-    return (name.startswith(("tx-checksum", "tx-vlan")) or name.endswith("segmentation")
-            or name in ("tx-gso-list", "tx-gso-partial"))
+    return (
+        name.startswith(("tx-checksum", "tx-vlan"))
+        or name.endswith("segmentation")
+        or name in ("tx-gso-list", "tx-gso-partial")
+    )
 
 
 def _offloads_off(ifname: str, netns_path=None):
@@ -164,24 +187,33 @@ def _offloads_off(ifname: str, netns_path=None):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     else:
         from pyroute2.netns import create_socket
+
         # an ioctl acts in the namespace of the socket it is made on
-        sock = create_socket(netns=os.fspath(netns_path), family=socket.AF_INET,
-                             socket_type=socket.SOCK_DGRAM, flags=0)
+        sock = create_socket(
+            netns=os.fspath(netns_path),
+            family=socket.AF_INET,
+            socket_type=socket.SOCK_DGRAM,
+            flags=0,
+        )
     with sock:
         names = _feature_names(sock, ifname)
         changeable, active = _features(sock, ifname, len(names))
         targets = {i for i, n in enumerate(names) if _is_tx_offload(n)}
         size = (len(names) + 31) // 32
-        blocks = [0] * (2 * size)                 # (valid, requested = 0) per block
+        blocks = [0] * (2 * size)  # (valid, requested = 0) per block
         for b in targets & changeable & active:
             blocks[2 * (b // 32)] |= 1 << (b % 32)
         if any(blocks):
             buf = ctypes.create_string_buffer(
-                struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks))
+                struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks)
+            )
             _ethtool(sock, ifname, buf)
             changeable, active = _features(sock, ifname, len(names))
-        still = sorted(names[b] for b in active & targets
-                       if b in changeable or names[b].startswith("tx-checksum"))
+        still = sorted(
+            names[b]
+            for b in active & targets
+            if b in changeable or names[b].startswith("tx-checksum")
+        )
         if still:
             raise OSError(errno.EOPNOTSUPP, f"{', '.join(still)} stay on on {ifname}")
 
@@ -196,8 +228,7 @@ def _disable_ipv6(ifname: str):
         pass
 
 
-def _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu,
-                       default_route):
+def _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu, default_route):
     check_ifname(ifname, "ifname", reserved=POD_RESERVED_IFNAMES)
     check_ifname(host_ifname, "host_ifname", reserved=POD_RESERVED_IFNAMES)
     mac = check_mac(mac, "mac")
@@ -215,8 +246,10 @@ def _announce_addresses(netns_path):
     """Interfaces made in the pod's namespace from now on send a gratuitous
     ARP when they come up, so peers that cached an old MAC for a reused or
     moved address learn the new one at once (best effort)."""
-    subprocess.run(["nsenter", f"--net={netns_path}", "sysctl", "-qw",
-                    "net.ipv4.conf.default.arp_notify=1"], capture_output=True)
+    subprocess.run(
+        ["nsenter", f"--net={netns_path}", "sysctl", "-qw", "net.ipv4.conf.default.arp_notify=1"],
+        capture_output=True,
+    )
 
 
 def announce(netns_path: str, ifname: str, mac: str, ip: str, count: int = 2) -> bool:
@@ -226,8 +259,16 @@ def announce(netns_path: str, ifname: str, mac: str, ip: str, count: int = 2) ->
     Done in a short-lived child that enters the pod's namespace; best effort."""
     try:
         hw = parse_mac(mac)
-        frame = (b"\xff" * 6 + hw + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
-                 + hw + socket.inet_aton(ip) + b"\x00" * 6 + socket.inet_aton(ip))
+        frame = (
+            b"\xff" * 6
+            + hw
+            + b"\x08\x06"
+            + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+            + hw
+            + socket.inet_aton(ip)
+            + b"\x00" * 6
+            + socket.inet_aton(ip)
+        )
         nsfd = _open_netns(netns_path)
     except (OSError, ValueError, DataplaneError):
         return False
@@ -249,9 +290,19 @@ def announce(netns_path: str, ifname: str, mac: str, ip: str, count: int = 2) ->
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def attach_plane(pod: str, netns_path: str, ifname: str, host_ifname: str, mac: str,
-                 ip_cidr: str, gateway: Optional[str], mtu: int, default_route: bool,
-                 *, plane: Optional[str] = None) -> AttachResult:
+def attach_plane(
+    pod: str,
+    netns_path: str,
+    ifname: str,
+    host_ifname: str,
+    mac: str,
+    ip_cidr: str,
+    gateway: Optional[str],
+    mtu: int,
+    default_route: bool,
+    *,
+    plane: Optional[str] = None,
+) -> AttachResult:
     """Put pod ``pod`` (network namespace at ``netns_path``) on a plane.
 
     Steps: 1. veth pair: ``host_ifname`` here, ``ifname`` in the pod's
@@ -261,52 +312,63 @@ def attach_plane(pod: str, netns_path: str, ifname: str, host_ifname: str, mac: 
     4. both ends up; 5. on the std plane (``default_route``) a default route
     via ``gateway``. If a step fails, the pair is deleted and the error names
     the step. Returns the host end's name and MAC."""
-    mac, iface, gw = _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr,
-                                        gateway, mtu, default_route)
+    mac, iface, gw = _check_attach_args(
+        netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu, default_route
+    )
     what = f"pod {pod}" + (f" plane {plane}" if plane else "")
     nsfd = _open_netns(netns_path)
     try:
         with _ipr() as ipr:
             if ipr.link_lookup(ifname=host_ifname):
-                raise AlreadyExists(f"{what}: host interface {host_ifname} exists already "
-                                    "(detach the plane first)")
+                raise AlreadyExists(
+                    f"{what}: host interface {host_ifname} exists already (detach the plane first)"
+                )
             try:
                 pod_ipr = _ipr(netns_path)
             except Exception as e:
-                raise ConfigError(f"netns: cannot enter {netns_path}: {_describe(e)}") \
-                    from None
+                raise ConfigError(f"netns: cannot enter {netns_path}: {_describe(e)}") from None
             with pod_ipr:
                 if pod_ipr.link_lookup(ifname=ifname):
-                    raise AlreadyExists(f"{what}: interface {ifname} exists in the pod's "
-                                        f"namespace {netns_path} already")
+                    raise AlreadyExists(
+                        f"{what}: interface {ifname} exists in the pod's "
+                        f"namespace {netns_path} already"
+                    )
                 _announce_addresses(netns_path)
-                return _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname,
-                                     host_ifname, mac, iface, gw, mtu)
+                return _attach_steps(
+                    ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu
+                )
     finally:
         os.close(nsfd)
 
 
-def _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac,
-                  iface, gw, mtu) -> AttachResult:
+def _attach_steps(
+    ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu
+) -> AttachResult:
     host_index = None
     step, desc = 0, ""
     try:
         step, desc = 1, f"create veth {host_ifname} <-> {ifname} in the pod's namespace"
-        ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu,
-                 peer={"ifname": ifname, "net_ns_fd": nsfd, "address": mac, "mtu": mtu})
+        ipr.link(
+            "add",
+            ifname=host_ifname,
+            kind="veth",
+            mtu=mtu,
+            peer={"ifname": ifname, "net_ns_fd": nsfd, "address": mac, "mtu": mtu},
+        )
         host_index = ipr.link_lookup(ifname=host_ifname)[0]
         pod_index = pod_ipr.link_lookup(ifname=ifname)[0]
 
         step, desc = 2, f"turn TX checksum offload, TSO and GSO off on {ifname}"
         _offloads_off(ifname, netns_path)
-        try:                           # host end: the driver writes whole frames
+        try:  # host end: the driver writes whole frames
             _offloads_off(host_ifname)
         except OSError:
             pass
 
         step, desc = 3, f"add address {iface} to {ifname}"
-        pod_ipr.addr("add", index=pod_index, address=str(iface.ip),
-                     prefixlen=iface.network.prefixlen)
+        pod_ipr.addr(
+            "add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+        )
 
         step, desc = 4, f"bring {host_ifname} and {ifname} up"
         _disable_ipv6(host_ifname)
@@ -323,7 +385,7 @@ def _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac
         undone = ""
         if host_index is not None:
             try:
-                ipr.link("del", index=host_index)   # takes the pod end with it
+                ipr.link("del", index=host_index)  # takes the pod end with it
                 undone = f"; undone: veth {host_ifname} deleted"
             except Exception as e2:  # pragma: no cover - nothing we can do more
                 undone = f"; could not delete veth {host_ifname}: {_describe(e2)}"
@@ -333,18 +395,20 @@ def _attach_steps(ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac
             cls = type(e)
         else:
             cls = BY_ERRNO.get(_err_code(e), DataplaneError)
-            if cls is ConfigError:       # a kernel EINVAL is not the user's input
+            if cls is ConfigError:  # a kernel EINVAL is not the user's input
                 cls = DataplaneError
-        raise cls(f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}"
-                  f"{undone}", _err_code(e)) from e
+        raise cls(
+            f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}{undone}", _err_code(e)
+        ) from e
 
 
 def detach_plane(host_ifname: str) -> bool:
     """Delete the veth pair whose host end is ``host_ifname`` (the pod end goes
     with it). False if it does not exist; ConfigError if it is not a veth."""
     from pyroute2.netlink.exceptions import NetlinkError
+
     if not host_ifname:
-        return False                          # a remote endpoint has no interface
+        return False  # a remote endpoint has no interface
     with _ipr() as ipr:
         found = _host_link(ipr, host_ifname)
         if found is None:
@@ -352,15 +416,18 @@ def detach_plane(host_ifname: str) -> bool:
         index, link = found
         kind = _link_kind(link)
         if kind != "veth":
-            raise ConfigError(f"host_ifname: {host_ifname} is a {kind or 'non-veth'} "
-                              "interface, not a pod plane's veth: not deleting it")
+            raise ConfigError(
+                f"host_ifname: {host_ifname} is a {kind or 'non-veth'} "
+                "interface, not a pod plane's veth: not deleting it"
+            )
         try:
             ipr.link("del", index=index)
         except NetlinkError as e:
             if abs(e.code) in (errno.ENODEV, errno.ENOENT):
-                return False                  # gone meanwhile (the pod's netns died)
+                return False  # gone meanwhile (the pod's netns died)
             raise BY_ERRNO.get(abs(e.code), DataplaneError)(
-                f"deleting {host_ifname}: {_describe(e)}", abs(e.code)) from e
+                f"deleting {host_ifname}: {_describe(e)}", abs(e.code)
+            ) from e
         return True
 
 
@@ -380,16 +447,21 @@ def find_plane(host_ifname: str, netns_path: Optional[str] = None) -> Optional[P
     With ``netns_path``, the pod end is looked up too (ifname, MAC, MTU,
     addresses); those stay None when the namespace is gone."""
     if not host_ifname:
-        return None                           # a remote endpoint has no interface
+        return None  # a remote endpoint has no interface
     with _ipr() as ipr:
         found = _host_link(ipr, host_ifname)
     if found is None:
         return None
     index, link = found
-    info = PlaneInfo(host_ifname=host_ifname, host_index=index,
-                     host_mac=link.get("IFLA_ADDRESS"), kind=_link_kind(link),
-                     mtu=link.get("IFLA_MTU"), up=bool(link["flags"] & 1),
-                     peer_index=link.get("IFLA_LINK"))
+    info = PlaneInfo(
+        host_ifname=host_ifname,
+        host_index=index,
+        host_mac=link.get("IFLA_ADDRESS"),
+        kind=_link_kind(link),
+        mtu=link.get("IFLA_MTU"),
+        up=bool(link["flags"] & 1),
+        peer_index=link.get("IFLA_LINK"),
+    )
     if netns_path is None or info.peer_index is None:
         return info
     try:
@@ -404,14 +476,15 @@ def find_plane(host_ifname: str, netns_path: Optional[str] = None) -> Optional[P
                 return info
             peer = peers[0]
             if peer.get("IFLA_LINK") != info.host_index:
-                return info                  # same index, another interface
+                return info  # same index, another interface
             info.ifname = peer.get("IFLA_IFNAME")
             info.mac = peer.get("IFLA_ADDRESS")
             info.pod_mtu = peer.get("IFLA_MTU")
             info.pod_up = bool(peer["flags"] & 1)
-            info.addresses = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-                              for a in pod_ipr.get_addr(index=info.peer_index,
-                                                        family=socket.AF_INET)]
+            info.addresses = [
+                f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+                for a in pod_ipr.get_addr(index=info.peer_index, family=socket.AF_INET)
+            ]
     except Exception:
-        pass                                 # namespace or peer gone meanwhile
+        pass  # namespace or peer gone meanwhile
     return info

@@ -16,14 +16,22 @@ named after the plane, unless the node configuration (``planes.X.interface``)
 or the spec (``interfaces``) says otherwise. The interfaces themselves are
 made by :mod:`dataplane.podnet`.
 """
+
 import dataclasses
 import hashlib
 import ipaddress
 import re
 from typing import Any, Dict, List, Optional
 
-from .checks import (IFNAMSIZ, check_ifname, check_known, check_mac, fail, load_json_object,
-                     parse_ipv4)
+from .checks import (
+    IFNAMSIZ,
+    check_ifname,
+    check_known,
+    check_mac,
+    fail,
+    load_json_object,
+    parse_ipv4,
+)
 from .config import NodeConfig
 from .errors import ConfigError
 
@@ -37,9 +45,9 @@ STD_PLANE = "std"
 class PlaneSpec:
     plane: str
     network: str
-    ifname: str                       # interface name inside the pod
-    ip: Optional[str] = None          # fixed address asked for (no prefix)
-    mac: Optional[str] = None         # fixed MAC asked for
+    ifname: str  # interface name inside the pod
+    ip: Optional[str] = None  # fixed address asked for (no prefix)
+    mac: Optional[str] = None  # fixed MAC asked for
 
     @property
     def default_route(self) -> bool:
@@ -50,7 +58,7 @@ class PlaneSpec:
 @dataclasses.dataclass(frozen=True)
 class PodSpec:
     pod_type: str
-    planes: List[PlaneSpec]           # in network_plane order
+    planes: List[PlaneSpec]  # in network_plane order
 
     def plane(self, name: str) -> Optional[PlaneSpec]:
         for p in self.planes:
@@ -60,10 +68,12 @@ class PodSpec:
 
     def to_dict(self) -> Dict[str, Any]:
         """The spec as JSON data; ``parse_pod_spec`` gives back the same spec."""
-        d = {"pod_type": self.pod_type,
-             "network_plane": [p.plane for p in self.planes],
-             "networks": {p.plane: p.network for p in self.planes},
-             "interfaces": {p.plane: p.ifname for p in self.planes}}
+        d = {
+            "pod_type": self.pod_type,
+            "network_plane": [p.plane for p in self.planes],
+            "networks": {p.plane: p.network for p in self.planes},
+            "interfaces": {p.plane: p.ifname for p in self.planes},
+        }
         ips = {p.plane: p.ip for p in self.planes if p.ip}
         macs = {p.plane: p.mac for p in self.planes if p.mac}
         if ips:
@@ -100,13 +110,16 @@ def _plane_map(spec, key, listed, config):
     if isinstance(value, list):
         raise ConfigError(f'{key} must be a mapping {{"plane": "{what}"}}, not a list')
     if not isinstance(value, dict):
-        raise ConfigError(f'{key} must be a mapping {{"plane": "{what}"}}, not '
-                          f"{type(value).__name__}")
+        raise ConfigError(
+            f'{key} must be a mapping {{"plane": "{what}"}}, not {type(value).__name__}'
+        )
     for plane, v in value.items():
         check_known(plane, key, config.planes, "plane")
         if plane not in listed:
-            raise fail(f"{key}.{plane}", f"{what} given for plane {plane}, which is not listed "
-                                         "in network_plane")
+            raise fail(
+                f"{key}.{plane}",
+                f"{what} given for plane {plane}, which is not listed in network_plane",
+            )
         if not isinstance(v, str) or not v:
             named = " name" if key in ("networks", "interfaces") else ""
             raise fail(f"{key}.{plane}", f"{v!r} is not a {what}{named}")
@@ -138,20 +151,28 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
     for plane in planes:
         name = networks.get(plane)
         if name is None:
-            raise ConfigError(f"networks: plane {plane} is listed in network_plane but has "
-                              "no network")
-        check_known(name, f"networks.{plane}", [n.name for n in config.networks], "network",
-                    suggest=False)
+            raise ConfigError(
+                f"networks: plane {plane} is listed in network_plane but has no network"
+            )
+        check_known(
+            name, f"networks.{plane}", [n.name for n in config.networks], "network", suggest=False
+        )
         net = config.network(name)
         if net.plane != plane:
-            raise ConfigError(f"networks.{plane}: network {name} belongs to plane "
-                              f"{net.plane}, not {plane}")
+            raise ConfigError(
+                f"networks.{plane}: network {name} belongs to plane {net.plane}, not {plane}"
+            )
 
-        ifname = check_ifname(ifnames.get(plane, config.planes[plane].interface),
-                              f"interfaces.{plane}", reserved=_RESERVED_IFNAMES)
+        ifname = check_ifname(
+            ifnames.get(plane, config.planes[plane].interface),
+            f"interfaces.{plane}",
+            reserved=_RESERVED_IFNAMES,
+        )
         if ifname in used_if:
-            raise ConfigError(f"interfaces: duplicate interface name {ifname!r} (planes "
-                              f"{used_if[ifname]} and {plane})")
+            raise ConfigError(
+                f"interfaces: duplicate interface name {ifname!r} (planes "
+                f"{used_if[ifname]} and {plane})"
+            )
         used_if[ifname] = plane
 
         ip = ips.get(plane)
@@ -161,8 +182,9 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
         if mac is not None:
             mac = check_mac(mac, f"macs.{plane}")
             if mac in used_mac:
-                raise ConfigError(f"macs.{plane}: {mac} is the MAC of plane "
-                                  f"{used_mac[mac]} already")
+                raise ConfigError(
+                    f"macs.{plane}: {mac} is the MAC of plane {used_mac[mac]} already"
+                )
             used_mac[mac] = plane
         out.append(PlaneSpec(plane=plane, network=name, ifname=ifname, ip=ip, mac=mac))
     return PodSpec(pod_type=pod_type, planes=out)
@@ -184,8 +206,10 @@ def _listed_planes(planes, pod_type: str, config: NodeConfig) -> List[str]:
             raise ConfigError(f"network_plane[{i}]: duplicate plane {plane!r}")
     if pod_type == "it" and planes != [STD_PLANE]:
         other = [p for p in planes if p != STD_PLANE]
-        raise ConfigError(f"network_plane: an it pod has only the std plane, not "
-                          f"{', '.join(other) if other else planes}")
+        raise ConfigError(
+            f"network_plane: an it pod has only the std plane, not "
+            f"{', '.join(other) if other else planes}"
+        )
     return planes
 
 
@@ -194,14 +218,13 @@ def _check_pod_ip(ip: str, plane: str, net) -> str:
     addr, _, plen = ip.partition("/")
     a = parse_ipv4(addr, f"ips.{plane}")
     if plen and plen != str(subnet.prefixlen):
-        raise ConfigError(f"ips.{plane}: prefix length /{plen} differs from network "
-                          f"{net.name}'s subnet {subnet}")
+        raise ConfigError(
+            f"ips.{plane}: prefix length /{plen} differs from network {net.name}'s subnet {subnet}"
+        )
     if a not in subnet:
-        raise ConfigError(f"ips.{plane}: {a} is outside network {net.name}'s subnet "
-                          f"{subnet}")
+        raise ConfigError(f"ips.{plane}: {a} is outside network {net.name}'s subnet {subnet}")
     if a in (subnet.network_address, subnet.broadcast_address):
-        raise ConfigError(f"ips.{plane}: {a} is the network or broadcast address of "
-                          f"{subnet}")
+        raise ConfigError(f"ips.{plane}: {a} is the network or broadcast address of {subnet}")
     if net.gateway and a == ipaddress.IPv4Address(net.gateway):
         raise ConfigError(f"ips.{plane}: {a} is the gateway of network {net.name}")
     return str(a)
@@ -211,4 +234,4 @@ def host_ifname(pod: str, plane: str) -> str:
     """The host end's name for (pod, plane): 'dp' + 8 hex digits of a hash of
     both + the plane's first letters; 15 characters at most, always the same."""
     h = hashlib.sha256(f"{pod}\0{plane}".encode()).hexdigest()[:8]
-    return f"dp{h}{plane[:IFNAMSIZ - 1 - 10]}"
+    return f"dp{h}{plane[: IFNAMSIZ - 1 - 10]}"

@@ -13,6 +13,7 @@ and sets the core up from the node config (uplink, planes, networks, VTEP).
 On start the store is replayed before the core forwards: pod interfaces that
 still exist are re-attached with the MACs and addresses they had.
 """
+
 import os
 import signal
 import threading
@@ -40,7 +41,7 @@ class NodeService:
     def __init__(self, config: NodeConfig, registry=None):
         self.config = config
         self.registry = registry
-        self.lock = threading.RLock()             # guards the engine's tables
+        self.lock = threading.RLock()  # guards the engine's tables
         self.engine = None
         self.store: Optional[StateStore] = None
         self.pods: Optional[PodLife] = None
@@ -64,53 +65,73 @@ class NodeService:
         try:
             self._setup_core()
             self.sync = ClusterSync(cfg, self.store, self.engine, self.lock)
-            self.pods = PodLife(cfg, self.store, self.engine, self.lock, self.net_index,
-                                on_removed=self.sync.apply)
+            self.pods = PodLife(
+                cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
+            )
             self.pods.replay()
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
-            self.api = APIServer(cfg.api_socket, api_routes(cfg, self.status, self.pods),
-                                 log=log)
+            self.api = APIServer(cfg.api_socket, api_routes(cfg, self.status, self.pods), log=log)
             self.api.start()
             self._start_metrics()
         except BaseException:
             self.stop()
             raise
         self.started = time.time()
-        event("node service started", node=cfg.node, mode=cfg.mode, api=cfg.api_socket,
-              metrics=cfg.metrics.listen, pods=len(self.store.pods()))
+        event(
+            "node service started",
+            node=cfg.node,
+            mode=cfg.mode,
+            api=cfg.api_socket,
+            metrics=cfg.metrics.listen,
+            pods=len(self.store.pods()),
+        )
 
     def _setup_core(self):
         """The uplink, planes, networks, VTEP and static flood lists of the config."""
         cfg, eng = self.config, self.engine
         v = cfg.vtep
         if v.uplink_kind == "dpdk":
-            self.uplink = eng.add_port(v.uplink_devargs, role="uplink",
-                                       rx_queues=v.uplink_rx_queues)
+            self.uplink = eng.add_port(
+                v.uplink_devargs, role="uplink", rx_queues=v.uplink_rx_queues
+            )
         else:
             self.uplink = eng.add_afpacket_port(v.uplink_ifname, role="uplink")
         mac = v.mac or eng.port_info(self.uplink).mac
         for pl in cfg.planes.values():
-            eng.set_plane(cfg.plane_id(pl.name), priority=pl.priority, min_bps=pl.min_rate,
-                          max_bps=pl.max_rate, queue_len=pl.queue_len, dscp=pl.dscp,
-                          worker=(list(cfg.lcores).index(pl.worker) - 1
-                                  if pl.worker is not None else None),
-                          rx_queue=pl.rx_queue)
+            eng.set_plane(
+                cfg.plane_id(pl.name),
+                priority=pl.priority,
+                min_bps=pl.min_rate,
+                max_bps=pl.max_rate,
+                queue_len=pl.queue_len,
+                dscp=pl.dscp,
+                worker=(list(cfg.lcores).index(pl.worker) - 1 if pl.worker is not None else None),
+                rx_queue=pl.rx_queue,
+            )
             for d in pl.classify_dscp:
                 eng.set_dscp_plane(d, cfg.plane_id(pl.name))
         if v.uplink_rate:
             eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
         for i, n in enumerate(cfg.networks):
             eng.add_network(i, vni=n.vni, plane=cfg.plane_id(n.plane))
-        eng.set_vtep(v.address, mac, self.uplink, udp_port=v.udp_port,
-                     underlay_mtu=v.underlay_mtu, gateway=v.gateway,
-                     next_hop_mac=v.next_hop_mac, learning=v.learning)
+        eng.set_vtep(
+            v.address,
+            mac,
+            self.uplink,
+            udp_port=v.udp_port,
+            underlay_mtu=v.underlay_mtu,
+            gateway=v.gateway,
+            next_hop_mac=v.next_hop_mac,
+            learning=v.learning,
+        )
         for name, vteps in cfg.flood_lists().items():
             if vteps:
                 eng.set_flood(self.net_index[name], vteps)
-        event("core ready", uplink=v.uplink, vtep=v.address, vtep_mac=mac,
-              networks=len(cfg.networks))
+        event(
+            "core ready", uplink=v.uplink, vtep=v.address, vtep_mac=mac, networks=len(cfg.networks)
+        )
 
     def _start_metrics(self):
         if self.config.metrics.listen is None:
@@ -119,12 +140,15 @@ class NodeService:
 
         from .engine import ABI_VERSION
         from .metrics import CoreCollector, make_registry
+
         reg = self.registry or make_registry(
-            CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION))
+            CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION)
+        )
         if self.registry is not None:
             reg.register(CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION))
-        self.metrics_server, _ = start_http_server(self.config.metrics.port,
-                                                   addr=self.config.metrics.host, registry=reg)
+        self.metrics_server, _ = start_http_server(
+            self.config.metrics.port, addr=self.config.metrics.host, registry=reg
+        )
 
     # --------------------------------------------------------------- pods
     def add_pod(self, name: str, netns: str, spec) -> dict:
@@ -139,12 +163,12 @@ class NodeService:
         with self.lock:
             if self.engine is None or self.store is None:
                 return None
-            return take_snapshot(self.config, self.engine, self.store, self.net_index,
-                                 self.uplink)
+            return take_snapshot(self.config, self.engine, self.store, self.net_index, self.uplink)
 
     def status(self) -> dict:
-        return status_report(self.config, self.snapshot(), self.engine.running,
-                             self.started, self.uplink)
+        return status_report(
+            self.config, self.snapshot(), self.engine.running, self.started, self.uplink
+        )
 
     # --------------------------------------------------------------- stop
     def stop(self):
@@ -173,10 +197,11 @@ class NodeService:
         me = os.getpid()
 
         def _sig(signum, frame):
-            if os.getpid() != me:   # a forked helper (pyroute2 netns) inherited this
+            if os.getpid() != me:  # a forked helper (pyroute2 netns) inherited this
                 return
             event("signal received, stopping", signal=signal.Signals(signum).name)
             self._stop.set()
+
         signal.signal(signal.SIGTERM, _sig)
         signal.signal(signal.SIGINT, _sig)
         self.start()

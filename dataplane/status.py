@@ -1,6 +1,7 @@
 """What the node shows: the snapshot the metrics collector reads, the
 status report, and the control API's routes.
 """
+
 import time
 from typing import Callable, Dict, Optional
 
@@ -13,10 +14,14 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
     ``store``; queue depths of the shaped ``uplink``). ``networks`` maps a
     network's name to the core's index."""
     from .metrics import NetLabel, PlaneLabel, PortLabel, Snapshot
+
     names = {i: n for n, i in networks.items()}
-    ports = [PortLabel(p.index, p.name, p.role,
-                       names.get(p.network, "") if p.network is not None else "")
-             for p in engine.ports()]
+    ports = [
+        PortLabel(
+            p.index, p.name, p.role, names.get(p.network, "") if p.network is not None else ""
+        )
+        for p in engine.ports()
+    ]
     nets = [NetLabel(i, n.name, n.vni, n.plane) for i, n in enumerate(config.networks)]
     pods, eps = {}, {}
     for e in store.endpoints():
@@ -26,35 +31,58 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
     shaped = {}
     if config.vtep.uplink_rate and uplink is not None:
         shaped[uplink] = {pl.index: engine.queue_depth(uplink, pl.index) for pl in planes}
-    return Snapshot(engine.counters(), ports, nets, {k: len(v) for k, v in pods.items()},
-                    eps, planes, shaped)
+    return Snapshot(
+        engine.counters(), ports, nets, {k: len(v) for k, v in pods.items()}, eps, planes, shaped
+    )
 
 
-def status_report(config, snap, forwarding: bool, started: Optional[float],
-                  uplink: Optional[int]) -> dict:
+def status_report(
+    config, snap, forwarding: bool, started: Optional[float], uplink: Optional[int]
+) -> dict:
     """The node's status (``dataplane status``, ``GET /v1/status``) from
     snapshot ``snap``."""
     c = snap.counters
     return {
-        "node": config.node, "version": __version__, "mode": config.mode,
-        "vtep": config.vtep.address, "uplink": config.vtep.uplink,
+        "node": config.node,
+        "version": __version__,
+        "mode": config.mode,
+        "vtep": config.vtep.address,
+        "uplink": config.vtep.uplink,
         "uptime_s": round(time.time() - (started or time.time()), 1),
         "forwarding": forwarding,
-        "networks": [{"name": n.name, "vni": n.vni, "plane": n.plane,
-                      "pods": snap.pods_per_network.get(n.name, 0),
-                      **c.net_dict(n.index)} for n in snap.networks],
-        "ports": [{"port": p.index, "name": p.name, "role": p.role,
-                   "network": p.network, **c.port_dict(p.index)} for p in snap.ports],
+        "networks": [
+            {
+                "name": n.name,
+                "vni": n.vni,
+                "plane": n.plane,
+                "pods": snap.pods_per_network.get(n.name, 0),
+                **c.net_dict(n.index),
+            }
+            for n in snap.networks
+        ],
+        "ports": [
+            {
+                "port": p.index,
+                "name": p.name,
+                "role": p.role,
+                "network": p.network,
+                **c.port_dict(p.index),
+            }
+            for p in snap.ports
+        ],
         "drops": {k: v for k, v in c.drops().items() if v},
-        "planes": [_plane_status(c, pl, snap.shaped.get(uplink, {}), uplink)
-                   for pl in snap.planes],
+        "planes": [_plane_status(c, pl, snap.shaped.get(uplink, {}), uplink) for pl in snap.planes],
     }
 
 
 def _plane_status(c, pl, depths, uplink):
-    q = {k: None if v is None or v == float("inf") else round(v * 1e6, 1)
-         for k, v in (("p50_us", c.latency_quantile(pl.index, 0.5)),
-                      ("p99_us", c.latency_quantile(pl.index, 0.99)))}
+    q = {
+        k: None if v is None or v == float("inf") else round(v * 1e6, 1)
+        for k, v in (
+            ("p50_us", c.latency_quantile(pl.index, 0.5)),
+            ("p99_us", c.latency_quantile(pl.index, 0.99)),
+        )
+    }
     d = {"name": pl.name, "plane": pl.index, **q}
     if pl.index in depths:
         d.update(c.qos_dict(uplink, pl.index), queue_depth=depths[pl.index])
@@ -68,10 +96,19 @@ def api_routes(config, status: Callable[[], dict], pods) -> dict:
     return {
         ("GET", "/v1/status"): lambda b, q: status(),
         ("GET", "/v1/pods"): lambda b, q: pods.list_pods(),
-        ("POST", "/v1/pods"): lambda b, q: pods.add_pod(b.get("name"), b.get("netns"),
-                                                        b.get("spec")),
+        ("POST", "/v1/pods"): lambda b, q: pods.add_pod(
+            b.get("name"), b.get("netns"), b.get("spec")
+        ),
         ("DELETE", "/v1/pods"): lambda b, q: pods.del_pod(q.get("name") or b.get("name")),
         ("GET", "/v1/networks"): lambda b, q: [
-            {"name": n.name, "vni": n.vni, "plane": n.plane, "subnet": n.subnet,
-             "gateway": n.gateway, "mtu": n.mtu} for n in config.networks],
+            {
+                "name": n.name,
+                "vni": n.vni,
+                "plane": n.plane,
+                "subnet": n.subnet,
+                "gateway": n.gateway,
+                "mtu": n.mtu,
+            }
+            for n in config.networks
+        ],
     }

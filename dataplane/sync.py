@@ -10,6 +10,7 @@ Three layers, each testable on its own:
 - :class:`ClusterSync` — a thread: a snapshot of the store, then a watch
   from its revision; on any error a new snapshot, with back-off.
 """
+
 import logging
 import threading
 import time
@@ -27,8 +28,9 @@ SYNC_RETRY_MAX = 1.0
 
 class Tables(NamedTuple):
     """Remote entries of the core, by network index."""
-    fdb: Dict[Tuple[int, str], str]    # (network index, lower-case MAC) -> VTEP
-    flood: Dict[int, List[str]]        # network index -> VTEPs, sorted
+
+    fdb: Dict[Tuple[int, str], str]  # (network index, lower-case MAC) -> VTEP
+    flood: Dict[int, List[str]]  # network index -> VTEPs, sorted
 
 
 def network_index(config: NodeConfig) -> Dict[str, int]:
@@ -40,13 +42,16 @@ def is_remote(ep: dict, node: str, vtep: str, networks) -> bool:
     """Whether endpoint ``ep`` is reached through another VTEP: it is ready,
     on a network of ``networks``, of another node than ``node``, behind a
     VTEP that is not ``vtep``."""
-    return bool(ep.get("node") != node and ep.get("state") == "ready"
-                and ep.get("vtep") and ep.get("network") in networks
-                and ep.get("vtep") != vtep)
+    return bool(
+        ep.get("node") != node
+        and ep.get("state") == "ready"
+        and ep.get("vtep")
+        and ep.get("network") in networks
+        and ep.get("vtep") != vtep
+    )
 
 
-def desired_tables(config: NodeConfig, node: str, vtep: str,
-                   endpoints: Iterable[dict]) -> Tables:
+def desired_tables(config: NodeConfig, node: str, vtep: str, endpoints: Iterable[dict]) -> Tables:
     """The remote FDB entries and flood lists the core of node ``node`` (VTEP
     ``vtep``) should have: every remote endpoint's MAC behind its VTEP, and
     per network the config's remotes plus the VTEP of every remote endpoint
@@ -78,9 +83,11 @@ class CoreTables:
         pod on this node has (it moved here, or a remote record is stale)
         stays local: the core's own table says which ones are (local entries
         are made and purged with their ports), so no store read per change."""
+
         def local(key):
             hit = engine.fdb_get(*key)
             return hit is not None and hit[0] == "local"
+
         for key in list(self.fdb):
             if key not in want.fdb:
                 if not local(key):
@@ -92,7 +99,7 @@ class CoreTables:
         for key, vtep in want.fdb.items():
             if local(key):
                 self.fdb.pop(key, None)
-                continue            # a pod here owns that MAC now (it moved here)
+                continue  # a pod here owns that MAC now (it moved here)
             if self.fdb.get(key) != vtep:
                 engine.fdb_add_remote(key[0], key[1], vtep)
                 self.fdb[key] = vtep
@@ -117,9 +124,9 @@ class ClusterSync:
         self.node = config.node
         self.vtep = config.vtep.ip
         self.networks = network_index(config)
-        self.remote: Dict[tuple, dict] = {}      # (pod, plane) -> remote endpoint
+        self.remote: Dict[tuple, dict] = {}  # (pod, plane) -> remote endpoint
         self.tables = CoreTables()
-        self.synced = threading.Event()          # the first snapshot is applied
+        self.synced = threading.Event()  # the first snapshot is applied
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._watch = None
@@ -133,8 +140,7 @@ class ClusterSync:
             self.tables.apply(self.engine, want)
 
     def start(self):
-        self._thread = threading.Thread(target=self._loop, name="dataplane-sync",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="dataplane-sync", daemon=True)
         self._thread.start()
 
     def stop(self):
@@ -160,33 +166,47 @@ class ClusterSync:
             try:
                 eps, rev = self.store.endpoints_snapshot()
                 with self.lock:
-                    self.remote = {(e["pod"], e["plane"]): e for e in eps
-                                   if is_remote(e, self.node, self.vtep, self.networks)}
+                    self.remote = {
+                        (e["pod"], e["plane"]): e
+                        for e in eps
+                        if is_remote(e, self.node, self.vtep, self.networks)
+                    }
                     self.apply()
                 self.synced.set()
-                event("cluster view synchronised", endpoints=len(self.remote), revision=rev,
-                      **({"failed_attempts": failures} if failures else {}))
+                event(
+                    "cluster view synchronised",
+                    endpoints=len(self.remote),
+                    revision=rev,
+                    **({"failed_attempts": failures} if failures else {}),
+                )
                 failures = 0
                 errors = []
                 self._watch = self.store.watch_endpoints(
-                    rev + 1, lambda kind, obj: self._on_event(kind, obj, errors))
+                    rev + 1, lambda kind, obj: self._on_event(kind, obj, errors)
+                )
                 while not self._stop.is_set() and not self._watch.wait(0.5):
                     pass
                 self._watch.cancel()
                 if self._stop.is_set():
                     return
-                log.warning("cluster watch ended (%s); resynchronising",
-                            errors[0] if errors else self._watch.error)
+                log.warning(
+                    "cluster watch ended (%s); resynchronising",
+                    errors[0] if errors else self._watch.error,
+                )
                 backoff = 0.2
             except Exception as e:  # noqa: BLE001 - keep forwarding, retry
                 if self._stop.is_set():
                     return
                 failures += 1
                 now = time.monotonic()
-                if failures == 1 or now - warned >= 30.0:   # not one line per attempt
-                    log.warning("cluster store unavailable (%s); forwarding on the last "
-                                "view, retrying every %.1fs at most (attempt %d)",
-                                e, SYNC_RETRY_MAX, failures)
+                if failures == 1 or now - warned >= 30.0:  # not one line per attempt
+                    log.warning(
+                        "cluster store unavailable (%s); forwarding on the last "
+                        "view, retrying every %.1fs at most (attempt %d)",
+                        e,
+                        SYNC_RETRY_MAX,
+                        failures,
+                    )
                     warned = now
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, SYNC_RETRY_MAX)

@@ -11,6 +11,7 @@ the namespaced etcd address is not reachable).
 ``python -m tests.clusterhost URL PREFIX METHOD JSON-ARGS`` is what
 store_call runs (inside the namespace); it prints the result as JSON.
 """
+
 import json
 import os
 import subprocess
@@ -45,8 +46,9 @@ class NetnsEtcd(EtcdServer):
         assert self.proc is None, "already running"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self._cmd(), stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, env=env)
+            self.proc = subprocess.Popen(
+                self._cmd(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
+            )
         if not self._wait_healthy(timeout):
             self._kill()
             raise RuntimeError(f"etcd did not start; its log:\n{self.log_tail()}")
@@ -58,8 +60,20 @@ class NetnsEtcd(EtcdServer):
             if self.proc.poll() is not None:
                 return False
             # asked from inside the namespace (the address is not reachable here)
-            r = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c",
-                                _HEALTH, self.url + "/health"], capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.netns,
+                    sys.executable,
+                    "-c",
+                    _HEALTH,
+                    self.url + "/health",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode == 0:
                 return True
             time.sleep(0.05)
@@ -84,9 +98,25 @@ sys.exit(1)
 def store_call(netns, url, prefix, method, *args, timeout=60):
     """EtcdStore(url, prefix).METHOD(*args), run inside ``netns``; the JSON
     result (AssertionError with the message if it raised)."""
-    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "tests.clusterhost",
-                        url, prefix, method, json.dumps(args)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    r = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-m",
+            "tests.clusterhost",
+            url,
+            prefix,
+            method,
+            json.dumps(args),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
     if r.returncode != 0:
         raise AssertionError(f"store.{method}{args}: {r.stderr.strip()}")
     return json.loads(r.stdout)
@@ -95,6 +125,7 @@ def store_call(netns, url, prefix, method, *args, timeout=60):
 def _main(argv):
     url, prefix, method, args = argv
     from dataplane.store.etcd import EtcdStore
+
     with EtcdStore([url], prefix=prefix) as store:
         print(json.dumps(getattr(store, method)(*json.loads(args))))
     return 0

@@ -31,9 +31,15 @@ def core(request):
     if mode == "hugepages" and not have_hugepages():
         pytest.skip("no hugepages reserved / hugetlbfs not mounted")
     from tests.enginehost import start_host
+
     host = start_host()
-    engine = host.Engine(mode=mode, lcores=[0, 1], memory_mb=256, n_mbufs=16383,
-                         file_prefix=f"dptest-{mode}-{uuid.uuid4().hex[:8]}")
+    engine = host.Engine(
+        mode=mode,
+        lcores=[0, 1],
+        memory_mb=256,
+        n_mbufs=16383,
+        file_prefix=f"dptest-{mode}-{uuid.uuid4().hex[:8]}",
+    )
     engine.start()
     in_use = hugetlb_kb(host._process.pid)
     yield engine

@@ -5,12 +5,14 @@ configuration under test (hugepages, --no-huge) lives in its own child,
 started fresh (spawn) and shut down at the end of the session. Proxy calls
 are control-path calls: one per table change or per burst of frames.
 """
+
 import multiprocessing
 from multiprocessing.managers import BaseManager
 
 
 def _make_engine(**config):
     from dataplane.engine import Engine, EngineConfig
+
     return Engine(EngineConfig(**config))
 
 

@@ -10,6 +10,7 @@ the test. The system's etcd service, if any, is never used or touched.
 
 ``shared_server(config)`` gives one server for the whole test session.
 """
+
 import os
 import shutil
 import signal
@@ -35,8 +36,9 @@ def _free_port() -> int:
 class EtcdServer:
     def __init__(self, name="dptest"):
         self.name = name
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
-            else None                     # tmpfs: no fsync cost
+        base = (
+            "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        )  # tmpfs: no fsync cost
         self.dir = tempfile.mkdtemp(prefix="dptest-etcd-", dir=base)
         self.data_dir = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "etcd.log")
@@ -50,12 +52,29 @@ class EtcdServer:
     def _cmd(self):
         client = self.url
         peer = f"http://127.0.0.1:{self.peer_port}"
-        return [ETCD, "--name", self.name, "--data-dir", self.data_dir,
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"{self.name}={peer}",
-                "--initial-cluster-token", f"dptest-{os.getpid()}-{id(self)}",
-                "--logger", "zap", "--log-level", "warn"]
+        return [
+            ETCD,
+            "--name",
+            self.name,
+            "--data-dir",
+            self.data_dir,
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"{self.name}={peer}",
+            "--initial-cluster-token",
+            f"dptest-{os.getpid()}-{id(self)}",
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]
 
     def start(self, timeout=30.0):
         """Start (or start again on the same data directory and ports)."""
@@ -67,8 +86,9 @@ class EtcdServer:
             env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
             log = open(self.log_path, "ab")
             try:
-                self.proc = subprocess.Popen(self._cmd(), stdout=log, stderr=log,
-                                             stdin=subprocess.DEVNULL, env=env)
+                self.proc = subprocess.Popen(
+                    self._cmd(), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
+                )
             finally:
                 log.close()
             if self._wait_healthy(timeout):
@@ -103,7 +123,7 @@ class EtcdServer:
             return
         if p.poll() is None:
             try:
-                os.kill(p.pid, signal.SIGCONT)   # in case it was paused
+                os.kill(p.pid, signal.SIGCONT)  # in case it was paused
             except ProcessLookupError:
                 pass
             p.terminate()
@@ -147,6 +167,7 @@ def shared_server(config=None) -> EtcdServer:
             config.add_cleanup(_close_shared)
         else:  # pragma: no cover
             import atexit
+
             atexit.register(_close_shared)
     return _shared
 

@@ -9,6 +9,7 @@ run does.
 Needs root, DPDK with hugepages, dpdk-testpmd, a C compiler with DPDK's
 development files, iproute2: these tests fail, never skip, without them.
 """
+
 import math
 import os
 import re
@@ -22,29 +23,58 @@ from bench import BENCHMARKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = ["--seconds", "0.2", "--runs", "1"]
-FEW_FRAMES = ["--frames", "64"]      # = the fewest destination MACs
+FEW_FRAMES = ["--frames", "64"]  # = the fewest destination MACs
 
 #: name -> (arguments, RESULT name, {key: check of its value})
 RATE = ("rate", lambda x: x > 0)
 RATIO = ("ratio", lambda x: x > 0)
 LOSS = ("loss", lambda x: 0 <= x <= 1)
-P99 = ("p99 in us", lambda x: x > 0)        # inf: above the histogram's last bound
+P99 = ("p99 in us", lambda x: x > 0)  # inf: above the histogram's last bound
 CASES = {
-    "encap": (QUICK + ["--warmup", "0"] + FEW_FRAMES, "encap64",
-              {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO}),
-    "decap": (QUICK + ["--warmup", "0"] + FEW_FRAMES, "decap64",
-              {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO}),
-    "planes": (QUICK + ["--warmup", "0.1", "--retries", "0", "--wait-others", "0"], "planes",
-               {"media_loss": LOSS, "media_p99_us": P99, "fifo_media_loss": LOSS,
-                "fifo_media_p99_us": P99}),
-    "sched": (["--seconds", "0.1", "--runs", "1", "--retries", "0"], "sched",
-              {"ours_ns_per_pkt": RATE, "rte_sched_ns_per_pkt": RATE, "ratio": RATIO,
-               "ours_media_p99_us": P99, "rte_sched_media_p99_us": P99}),
-    "afpacket": (QUICK + ["--warmup", "0.1"] + FEW_FRAMES, "afpacket",
-                 {"native_pps": RATE, "pmd_pps": RATE, "kernel_pps": RATE, "ratio": RATIO,
-                  "kernel_ratio": RATIO}),
+    "encap": (
+        QUICK + ["--warmup", "0"] + FEW_FRAMES,
+        "encap64",
+        {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO},
+    ),
+    "decap": (
+        QUICK + ["--warmup", "0"] + FEW_FRAMES,
+        "decap64",
+        {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO},
+    ),
+    "planes": (
+        QUICK + ["--warmup", "0.1", "--retries", "0", "--wait-others", "0"],
+        "planes",
+        {
+            "media_loss": LOSS,
+            "media_p99_us": P99,
+            "fifo_media_loss": LOSS,
+            "fifo_media_p99_us": P99,
+        },
+    ),
+    "sched": (
+        ["--seconds", "0.1", "--runs", "1", "--retries", "0"],
+        "sched",
+        {
+            "ours_ns_per_pkt": RATE,
+            "rte_sched_ns_per_pkt": RATE,
+            "ratio": RATIO,
+            "ours_media_p99_us": P99,
+            "rte_sched_media_p99_us": P99,
+        },
+    ),
+    "afpacket": (
+        QUICK + ["--warmup", "0.1"] + FEW_FRAMES,
+        "afpacket",
+        {
+            "native_pps": RATE,
+            "pmd_pps": RATE,
+            "kernel_pps": RATE,
+            "ratio": RATIO,
+            "kernel_ratio": RATIO,
+        },
+    ),
 }
-QUIET = {"decap"}       # run with --quiet: stdout and stderr hold the RESULT line alone
+QUIET = {"decap"}  # run with --quiet: stdout and stderr hold the RESULT line alone
 TIMEOUT_S = 240
 RESULT_RE = re.compile(r"^RESULT name=\S+( [a-z0-9_]+=[^\s=]+)+$")
 
@@ -59,9 +89,14 @@ def run_bench(name, args):
     """``python -m bench NAME ARGS`` from the checkout; (exit code, stdout,
     stderr). On a timeout SIGTERM first: the benchmark unwinds and removes
     its children, namespaces and files; SIGKILL only if it does not."""
-    p = subprocess.Popen([sys.executable, "-m", "bench", name, *args], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         errors="replace")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bench", name, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
     try:
         out, err = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -81,23 +116,23 @@ def left_behind(pid):
     found = []
     for base in ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk"):
         if os.path.isdir(base):
-            found += [os.path.join(base, d) for d in os.listdir(base)
-                      if str(pid) in d.split("-")]
+            found += [os.path.join(base, d) for d in os.listdir(base) if str(pid) in d.split("-")]
     if os.path.isdir("/var/run/netns"):
-        found += [f"netns {n}" for n in os.listdir("/var/run/netns")
-                  if n.startswith(f"afpb{pid}-")]
+        found += [f"netns {n}" for n in os.listdir("/var/run/netns") if n.startswith(f"afpb{pid}-")]
     return found
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.netns])
-                                  if n == "afpacket" else n for n in CASES])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.netns]) if n == "afpacket" else n for n in CASES]
+)
 def test_bench_runs(name):
     assert os.geteuid() == 0, "the benchmarks need root (DPDK, network namespaces)"
     args, result_name, checks = CASES[name]
     quiet = name in QUIET
     pid, rc, out, err = run_bench(name, args + (["--quiet"] if quiet else []))
-    where = (f"python -m bench {name} {' '.join(args)}: exit code {rc}\n"
-             f"--- stderr ---\n{err[-6000:]}")
+    where = (
+        f"python -m bench {name} {' '.join(args)}: exit code {rc}\n--- stderr ---\n{err[-6000:]}"
+    )
     assert rc == 0, where
     assert not left_behind(pid), f"left behind: {left_behind(pid)}"
     lines = out.splitlines()
@@ -108,10 +143,9 @@ def test_bench_runs(name):
     assert fields.pop("name") == result_name, line
     assert list(fields) == list(checks), line
     for key, (what, ok) in checks.items():
-        value = float(fields[key])          # "nan" parses; it is no figure
+        value = float(fields[key])  # "nan" parses; it is no figure
         assert not math.isnan(value) and ok(value), f"{key}={fields[key]}: not a {what}: {line}"
     if quiet:
         assert "bench: " not in err, f"--quiet, yet progress on stderr:\n{err}"
     else:
-        assert "bench: run 1/1" in err or "bench: phase " in err, \
-            f"no progress on stderr:\n{err}"
+        assert "bench: run 1/1" in err or "bench: phase " in err, f"no progress on stderr:\n{err}"

@@ -1,5 +1,6 @@
 """Value checks (dataplane.checks): each bound, each form, and the core's
 limits as its header defines them."""
+
 import ipaddress
 import pathlib
 import re
@@ -26,16 +27,19 @@ def _define(name):
     return int(m.group(1))
 
 
-@pytest.mark.parametrize("define, value", [
-    ("DP_VNI_MAX", checks.VNI_MAX),
-    ("DP_VXLAN_OVERHEAD", checks.VXLAN_OVERHEAD),
-    ("DP_UNDERLAY_MTU_MIN", checks.UNDERLAY_MTU_RANGE[0]),
-    ("DP_UNDERLAY_MTU_MAX", checks.UNDERLAY_MTU_RANGE[1]),
-    ("DP_MAX_PLANES", checks.MAX_PLANES),
-    ("DP_MAX_NETS", checks.MAX_NETWORKS),
-    ("DP_MAX_WORKERS", checks.MAX_WORKERS),
-    ("DP_MAX_RXQ", checks.MAX_RX_QUEUES),
-])
+@pytest.mark.parametrize(
+    "define, value",
+    [
+        ("DP_VNI_MAX", checks.VNI_MAX),
+        ("DP_VXLAN_OVERHEAD", checks.VXLAN_OVERHEAD),
+        ("DP_UNDERLAY_MTU_MIN", checks.UNDERLAY_MTU_RANGE[0]),
+        ("DP_UNDERLAY_MTU_MAX", checks.UNDERLAY_MTU_RANGE[1]),
+        ("DP_MAX_PLANES", checks.MAX_PLANES),
+        ("DP_MAX_NETS", checks.MAX_NETWORKS),
+        ("DP_MAX_WORKERS", checks.MAX_WORKERS),
+        ("DP_MAX_RXQ", checks.MAX_RX_QUEUES),
+    ],
+)
 def test_limits_match_the_core_header(define, value):
     assert _define(define) == value
 
@@ -49,8 +53,12 @@ def test_vni_is_24_bits():
 def test_vni_bounds():
     assert checks.check_vni(1) == 1
     assert checks.check_vni(checks.VNI_MAX) == checks.VNI_MAX
-    refused(checks.check_vni, 0, "networks[2].vni",
-            match=r"^networks\[2\]\.vni: 0 out of range 1\.\.16777215$")
+    refused(
+        checks.check_vni,
+        0,
+        "networks[2].vni",
+        match=r"^networks\[2\]\.vni: 0 out of range 1\.\.16777215$",
+    )
     refused(checks.check_vni, 1 << 24, match=r"^vni: 16777216 out of range 1\.\.16777215$")
     refused(checks.check_vni, True, match=r"^vni: True is not an integer")
     refused(checks.check_vni, "100", match=r"^vni: '100' is not an integer")
@@ -62,8 +70,12 @@ def test_underlay_mtu_bounds():
     assert (lo, hi) == (576, 9216)
     assert checks.check_underlay_mtu(lo) == lo and checks.check_underlay_mtu(hi) == hi
     refused(checks.check_underlay_mtu, lo - 1, match=r"^underlay_mtu: 575 out of range 576\.\.9216")
-    refused(checks.check_underlay_mtu, hi + 1, "vtep.underlay_mtu",
-            match=r"^vtep\.underlay_mtu: 9217 out of range")
+    refused(
+        checks.check_underlay_mtu,
+        hi + 1,
+        "vtep.underlay_mtu",
+        match=r"^vtep\.underlay_mtu: 9217 out of range",
+    )
 
 
 def test_int_pow2_and_ranges():
@@ -97,8 +109,11 @@ def test_mode_and_lcores():
     assert checks.check_lcores((2, 3)) == [2, 3]
     # the core runs DP_MAX_WORKERS - 1 workers: its last counter row is the control thread's
     assert len(checks.check_lcores(list(range(checks.MAX_WORKERS)))) == checks.MAX_WORKERS
-    refused(checks.check_lcores, list(range(checks.MAX_WORKERS + 1)),
-            match=rf"^lcores: at most {checks.MAX_WORKERS - 1} workers")
+    refused(
+        checks.check_lcores,
+        list(range(checks.MAX_WORKERS + 1)),
+        match=rf"^lcores: at most {checks.MAX_WORKERS - 1} workers",
+    )
     refused(checks.check_lcores, [0], match=r"^lcores: needs at least two")
     refused(checks.check_lcores, [0, 1, 1], match=r"^lcores\[2\]: CPU 1 is listed twice")
     refused(checks.check_lcores, [0, -1], match=r"^lcores\[1\]: -1 out of range")
@@ -106,16 +121,32 @@ def test_mode_and_lcores():
 
 
 # ------------------------------------------------------------- MACs
-@pytest.mark.parametrize("form", ["02:AA:bb:cc:dd:0e", "02-aa-bb-cc-dd-0e",
-                                  b"\x02\xaa\xbb\xcc\xdd\x0e",
-                                  bytearray(b"\x02\xaa\xbb\xcc\xdd\x0e")])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "02:AA:bb:cc:dd:0e",
+        "02-aa-bb-cc-dd-0e",
+        b"\x02\xaa\xbb\xcc\xdd\x0e",
+        bytearray(b"\x02\xaa\xbb\xcc\xdd\x0e"),
+    ],
+)
 def test_mac_forms(form):
     assert checks.check_mac(form) == "02:aa:bb:cc:dd:0e"
     assert checks.parse_mac(form) == b"\x02\xaa\xbb\xcc\xdd\x0e"
 
 
-@pytest.mark.parametrize("bad", ["02:00:00:00:00", "02:00:00:00:00:00:00", "2:0:0:0:0:1",
-                                 "zz:00:00:00:00:00", "020000000001", "", 5])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "02:00:00:00:00",
+        "02:00:00:00:00:00:00",
+        "2:0:0:0:0:1",
+        "zz:00:00:00:00:00",
+        "020000000001",
+        "",
+        5,
+    ],
+)
 def test_mac_malformed(bad):
     refused(checks.parse_mac, bad, "vtep.mac", match=r"^vtep\.mac: .* is not a MAC address")
     refused(checks.check_mac, bad, "vtep.mac", match=r"^vtep\.mac: .* is not a MAC address")
@@ -128,7 +159,7 @@ def test_mac_wrong_number_of_bytes():
 @pytest.mark.parametrize("mac", ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "33:33:00:00:00:01"])
 def test_mac_multicast_refused(mac):
     refused(checks.check_mac, mac, "macs.std", match=r"^macs\.std: .* multicast/broadcast")
-    assert checks.parse_mac(mac)                          # any MAC parses (FDB, neighbours)
+    assert checks.parse_mac(mac)  # any MAC parses (FDB, neighbours)
 
 
 def test_mac_zero_refused():
@@ -142,22 +173,30 @@ def test_format_mac():
 # ------------------------------------------------------------- interface names
 def test_ifname_15_ascii_bytes_ok_16_refused():
     assert checks.check_ifname("a" * 15) == "a" * 15
-    msg = refused(checks.check_ifname, "a" * 16, "vtep.uplink",
-                  match=r"^vtep\.uplink: 'a{16}' is not a valid interface name")
+    msg = refused(
+        checks.check_ifname,
+        "a" * 16,
+        "vtep.uplink",
+        match=r"^vtep\.uplink: 'a{16}' is not a valid interface name",
+    )
     assert "16 bytes, longer than 15" in msg
 
 
 def test_ifname_counted_in_bytes():
-    name = "\u20ac" * 6                        # 6 characters, 18 bytes of UTF-8
+    name = "\u20ac" * 6  # 6 characters, 18 bytes of UTF-8
     assert len(name) == 6 and len(name.encode()) == 18
     refused(checks.check_ifname, name, match=r"18 bytes, longer than 15")
-    assert checks.check_ifname("\u20ac" * 5) == "\u20ac" * 5   # 15 bytes fit
+    assert checks.check_ifname("\u20ac" * 5) == "\u20ac" * 5  # 15 bytes fit
 
 
 @pytest.mark.parametrize("bad", ["eth\0", "a/b", "a:1", "a b", "a\tb", "a\nb", ".", ".."])
 def test_ifname_characters_refused(bad):
-    refused(checks.check_ifname, bad, "interfaces.media",
-            match=r"^interfaces\.media: .* is not a valid interface name \(no '/', ':', NUL")
+    refused(
+        checks.check_ifname,
+        bad,
+        "interfaces.media",
+        match=r"^interfaces\.media: .* is not a valid interface name \(no '/', ':', NUL",
+    )
 
 
 @pytest.mark.parametrize("bad", ["", None, 5])
@@ -166,50 +205,102 @@ def test_ifname_not_a_string(bad):
 
 
 def test_ifname_reserved():
-    assert checks.check_ifname("lo") == "lo"              # a valid name as such
-    refused(checks.check_ifname, "lo", "planes.std.interface",
-            reserved=checks.POD_RESERVED_IFNAMES,
-            match=r"^planes\.std\.interface: 'lo' is the pod's loopback interface$")
+    assert checks.check_ifname("lo") == "lo"  # a valid name as such
+    refused(
+        checks.check_ifname,
+        "lo",
+        "planes.std.interface",
+        reserved=checks.POD_RESERVED_IFNAMES,
+        match=r"^planes\.std\.interface: 'lo' is the pod's loopback interface$",
+    )
     assert checks.check_ifname("lo0", reserved=checks.POD_RESERVED_IFNAMES) == "lo0"
 
 
 # ------------------------------------------------------------- keys and names
 def test_unknown_key_did_you_mean():
-    refused(checks.check_keys, {"vnii": 5}, "networks[1]", ("name", "vni"),
-            match=r"^networks\[1\]\.vnii: unknown key \(did you mean 'vni'\?\)$")
-    refused(checks.check_keys, {"zzz": 1}, "vtep", ("address", "uplink"),
-            match=r"^vtep\.zzz: unknown key \(known: address, uplink\)$")
-    refused(checks.check_keys, {"vtepp": {}}, "", ("vtep",),
-            match=r"^vtepp: unknown key \(did you mean 'vtep'\?\)$")
+    refused(
+        checks.check_keys,
+        {"vnii": 5},
+        "networks[1]",
+        ("name", "vni"),
+        match=r"^networks\[1\]\.vnii: unknown key \(did you mean 'vni'\?\)$",
+    )
+    refused(
+        checks.check_keys,
+        {"zzz": 1},
+        "vtep",
+        ("address", "uplink"),
+        match=r"^vtep\.zzz: unknown key \(known: address, uplink\)$",
+    )
+    refused(
+        checks.check_keys,
+        {"vtepp": {}},
+        "",
+        ("vtep",),
+        match=r"^vtepp: unknown key \(did you mean 'vtep'\?\)$",
+    )
 
 
 def test_keys_mapping_required_and_key_types():
     assert checks.check_keys({"a": 1}, "x", ("a", "b")) == {"a": 1}
-    refused(checks.check_keys, [1], "", ("a",), name="configuration",
-            match=r"^configuration: must be a mapping, not list$")
+    refused(
+        checks.check_keys,
+        [1],
+        "",
+        ("a",),
+        name="configuration",
+        match=r"^configuration: must be a mapping, not list$",
+    )
     refused(checks.check_keys, {1: 2}, "store", ("a",), match=r"^store: key 1 is not a string")
-    refused(checks.check_keys, {"a": None}, "x", ("a", "b"), required=("a",),
-            match=r"^x\.a: is required$")
+    refused(
+        checks.check_keys,
+        {"a": None},
+        "x",
+        ("a", "b"),
+        required=("a",),
+        match=r"^x\.a: is required$",
+    )
 
 
 def test_known_values():
     assert checks.check_known("ct", "pod_type", ("ct", "it"), "pod type") == "ct"
-    refused(checks.check_known, "xx", "pod_type", ("ct", "it"), "pod type",
-            match=r"^pod_type: unknown pod type 'xx' \(known: ct, it\)$")
-    refused(checks.check_known, "network_planes", "pod spec",
-            ("pod_type", "network_plane", "networks"),
-            match=r"^pod spec: unknown key 'network_planes' \(did you mean 'network_plane'\?\)")
-    refused(checks.check_known, "net9", "networks.std", ("net1", "net2"), "network",
-            suggest=False, match=r"\(known: net1, net2\)$")
-    refused(checks.check_known, "net1", "networks.std", (), "network",
-            match=r"\(known: none\)$")
+    refused(
+        checks.check_known,
+        "xx",
+        "pod_type",
+        ("ct", "it"),
+        "pod type",
+        match=r"^pod_type: unknown pod type 'xx' \(known: ct, it\)$",
+    )
+    refused(
+        checks.check_known,
+        "network_planes",
+        "pod spec",
+        ("pod_type", "network_plane", "networks"),
+        match=r"^pod spec: unknown key 'network_planes' \(did you mean 'network_plane'\?\)",
+    )
+    refused(
+        checks.check_known,
+        "net9",
+        "networks.std",
+        ("net1", "net2"),
+        "network",
+        suggest=False,
+        match=r"\(known: net1, net2\)$",
+    )
+    refused(checks.check_known, "net1", "networks.std", (), "network", match=r"\(known: none\)$")
     refused(checks.check_known, 5, "x", ("a",), match=r"^x: unknown key 5 \(known: a\)$")
 
 
 def test_names_and_strings():
     assert checks.check_name("net-1.a_b", "name") == "net-1.a_b"
-    refused(checks.check_name, "a b", "networks[0].name", "network name",
-            match=r"^networks\[0\]\.name: 'a b' is not a valid network name")
+    refused(
+        checks.check_name,
+        "a b",
+        "networks[0].name",
+        "network name",
+        match=r"^networks\[0\]\.name: 'a b' is not a valid network name",
+    )
     refused(checks.check_name, "x" * 64, "node", match=r"at most 63 characters")
     refused(checks.check_string, "", "node", match=r"^node: '' is not a non-empty string")
     refused(checks.check_bool, "yes", "learning", match=r"^learning: 'yes' is not true or false")
@@ -220,13 +311,21 @@ def test_names_and_strings():
 # ------------------------------------------------------------- IPv4
 def test_ipv4():
     assert checks.parse_ipv4("10.0.0.1") == ipaddress.IPv4Address("10.0.0.1")
-    refused(checks.parse_ipv4, "10.0.0.300", "gateway",
-            match=r"^gateway: '10\.0\.0\.300' is not an IPv4 address$")
+    refused(
+        checks.parse_ipv4,
+        "10.0.0.300",
+        "gateway",
+        match=r"^gateway: '10\.0\.0\.300' is not an IPv4 address$",
+    )
     refused(checks.parse_ipv4, 5, "gateway", match=r"^gateway: 5 is not an IPv4 address$")
     iface = checks.parse_ipv4_interface("10.0.0.1/24", "vtep.address")
     assert str(iface.network) == "10.0.0.0/24"
-    refused(checks.parse_ipv4_interface, "10.0.0.1", "vtep.address",
-            match=r"^vtep\.address: '10\.0\.0\.1' is not an IPv4 address with prefix length")
+    refused(
+        checks.parse_ipv4_interface,
+        "10.0.0.1",
+        "vtep.address",
+        match=r"^vtep\.address: '10\.0\.0\.1' is not an IPv4 address with prefix length",
+    )
     assert checks.parse_ipv4_interface("10.0.0.1", "a", need_prefix=False).network.prefixlen == 32
     assert str(checks.parse_ipv4_subnet("192.168.10.0/24", "s")) == "192.168.10.0/24"
     refused(checks.parse_ipv4_subnet, "192.168.10.1/24", "s", match=r"^s: .*host bits")
@@ -239,8 +338,12 @@ def test_vtep_ip():
 
 @pytest.mark.parametrize("bad", ["224.0.0.1", "0.0.0.0", "127.0.0.1"])
 def test_vtep_ip_refused(bad):
-    refused(checks.check_vtep_ip, bad, "remotes[0].vtep",
-            match=r"^remotes\[0\]\.vtep: .* cannot be a VTEP address")
+    refused(
+        checks.check_vtep_ip,
+        bad,
+        "remotes[0].vtep",
+        match=r"^remotes\[0\]\.vtep: .* cannot be a VTEP address",
+    )
 
 
 # ------------------------------------------------------------- JSON, paths, URLs
@@ -248,23 +351,45 @@ def test_json_object():
     assert checks.load_json_object('{"a": 1}', "pod spec") == {"a": 1}
     assert checks.load_json_object(b'{"a": 1}', "pod spec") == {"a": 1}
     assert checks.load_json_object({"a": 1}, "pod spec") == {"a": 1}
-    refused(checks.load_json_object, '{"a": 1, "a": 2}', "request body",
-            match=r"^request body: key 'a' is given twice$")
-    refused(checks.load_json_object, b"\xff", "request body",
-            match=r"^request body: not UTF-8 text")
-    refused(checks.load_json_object, "[1]", "pod spec",
-            match=r"^pod spec must be a JSON object, not list$")
-    refused(checks.load_json_object, '{"a":}', "pod spec",
-            match=r"^pod spec is not valid JSON: .* at line 1 column 6 \(char 5\)$")
-    refused(checks.load_json_object, '{"a":}', "pod spec", explain=lambda text: "a is odd",
-            match=r"^a is odd \(invalid JSON: .* at line 1 column 6")
+    refused(
+        checks.load_json_object,
+        '{"a": 1, "a": 2}',
+        "request body",
+        match=r"^request body: key 'a' is given twice$",
+    )
+    refused(
+        checks.load_json_object, b"\xff", "request body", match=r"^request body: not UTF-8 text"
+    )
+    refused(
+        checks.load_json_object,
+        "[1]",
+        "pod spec",
+        match=r"^pod spec must be a JSON object, not list$",
+    )
+    refused(
+        checks.load_json_object,
+        '{"a":}',
+        "pod spec",
+        match=r"^pod spec is not valid JSON: .* at line 1 column 6 \(char 5\)$",
+    )
+    refused(
+        checks.load_json_object,
+        '{"a":}',
+        "pod spec",
+        explain=lambda text: "a is odd",
+        match=r"^a is odd \(invalid JSON: .* at line 1 column 6",
+    )
 
 
 def test_paths_and_listen(tmp_path):
     assert checks.check_abspath("x/../y", "state_dir", str(tmp_path)) == str(tmp_path / "y")
     refused(checks.check_abspath, "a\0b", "state_dir", match=r"^state_dir: contains a NUL")
-    refused(checks.check_unix_socket_path, "/" + "x" * 120, "api_socket",
-            match=r"^api_socket: .*longer than 107 bytes")
+    refused(
+        checks.check_unix_socket_path,
+        "/" + "x" * 120,
+        "api_socket",
+        match=r"^api_socket: .*longer than 107 bytes",
+    )
     assert checks.check_listen("[::1]:9100", "l") == "[::1]:9100"
     assert checks.split_listen("[::1]:9100") == ("::1", 9100)
     assert checks.check_listen(None, "l") is None
@@ -274,7 +399,8 @@ def test_paths_and_listen(tmp_path):
 
 def test_etcd():
     assert checks.check_etcd_endpoints("http://a:2379/", "e") == ("http://a:2379",)
-    refused(checks.check_etcd_endpoints, ["http://a"], "e",
-            match=r"^e\[0\]: 'http://a' has no port")
+    refused(
+        checks.check_etcd_endpoints, ["http://a"], "e", match=r"^e\[0\]: 'http://a' has no port"
+    )
     assert checks.check_etcd_prefix("/a/b/", "p") == "/a/b"
     refused(checks.check_etcd_prefix, "/", "p", match=r"^p: '/' alone")

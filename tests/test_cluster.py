@@ -14,6 +14,7 @@ namespaces attached through each node's control API. The tests share the
 cluster (module fixture) and run in file order; each leaves it as it found
 it, give or take a pod.
 """
+
 import json
 import os
 import re
@@ -40,8 +41,11 @@ ETCD_IP = "10.99.1.100"
 HOST_VTEP = "10.99.0.50"
 VM_IP, VM_MAC = "192.168.60.200", "02:00:00:0a:63:32"
 NET1, NET2 = "192.168.60.", "192.168.61."
-CT = {"pod_type": "ct", "network_plane": ["std", "control"],
-      "networks": {"std": "net1", "control": "net2"}}
+CT = {
+    "pod_type": "ct",
+    "network_plane": ["std", "control"],
+    "networks": {"std": "net1", "control": "net2"},
+}
 IT = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 
 NODE_CONFIG = """\
@@ -108,8 +112,19 @@ def reachable(ns, ip, deadline=10.0):
     """Seconds until the first echo reply from ``ip`` (pinging every 0.1 s),
     or None if none came within ``deadline``."""
     t0 = time.monotonic()
-    r = nsx(ns, "ping", "-n", "-c", "1", "-i", "0.1", "-w", str(int(deadline)), ip,
-            timeout=deadline + 10)
+    r = nsx(
+        ns,
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-i",
+        "0.1",
+        "-w",
+        str(int(deadline)),
+        ip,
+        timeout=deadline + 10,
+    )
     return round(time.monotonic() - t0, 2) if r.returncode == 0 else None
 
 
@@ -124,8 +139,14 @@ def mac_of(info, plane="std"):
 def quiet_netns(ns):
     """A new namespace with loopback up and no IPv6 (no ND/MLD chatter)."""
     sh("ip", "netns", "add", ns)
-    nsx(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1", check=True)
+    nsx(
+        ns,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+        check=True,
+    )
     sh("ip", "-n", ns, "link", "set", "lo", "up")
 
 
@@ -140,8 +161,9 @@ class Node:
         self.sock = str(self.dir / "api.sock")
         self.cfg = self.dir / "node.yaml"
         self.logfile = self.dir / "service.log"
-        self.cfg.write_text(NODE_CONFIG.format(n=n, etcd=cl.etcd.url, prefix=cl.prefix,
-                                               dir=self.dir))
+        self.cfg.write_text(
+            NODE_CONFIG.format(n=n, etcd=cl.etcd.url, prefix=cl.prefix, dir=self.dir)
+        )
         self.proc = None
         self._syncs_before = 0
 
@@ -160,17 +182,32 @@ class Node:
         self._syncs_before = self.syncs()
         with open(self.logfile, "a") as log:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, sys.executable, "-m", "dataplane.cli",
-                 "run", "-c", str(self.cfg)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.ns,
+                    sys.executable,
+                    "-m",
+                    "dataplane.cli",
+                    "run",
+                    "-c",
+                    str(self.cfg),
+                ],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
 
     def wait_ready(self, timeout=60):
         """API answers and the first cluster snapshot has been applied."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"node{self.n} exited ({self.proc.returncode}):\n"
-                                     + self.log()[-3000:])
+                raise AssertionError(
+                    f"node{self.n} exited ({self.proc.returncode}):\n" + self.log()[-3000:]
+                )
             if os.path.exists(self.sock) and self.syncs() > self._syncs_before:
                 try:
                     self.api("GET", "/v1/status")
@@ -196,6 +233,7 @@ class Node:
 
     def api(self, method, endpoint, body=None):
         from dataplane.api import call
+
         return call(self.sock, method, endpoint, body)
 
 
@@ -208,9 +246,9 @@ class Cluster:
         self.namespaces = []
         self.etcd = None
         self.nodes = {}
-        self.pods = {}          # name -> pod info (+ "ns", "node")
-        self.helpers = []       # other processes we started (tcpdump, udp servers)
-        self.freed = None       # addresses a deleted pod gave back (ip, ip control, mac)
+        self.pods = {}  # name -> pod info (+ "ns", "node")
+        self.helpers = []  # other processes we started (tcpdump, udp servers)
+        self.freed = None  # addresses a deleted pod gave back (ip, ip control, mac)
 
     # ---------------------------------------------------------- topology
     def netns(self, ns):
@@ -225,28 +263,66 @@ class Cluster:
         sh("ip", "-n", ul, "link", "set", "br0", "up")
         for n in NODES:
             ns = self.netns(f"{self.tag}n{n}")
-            sh("ip", "-n", ul, "link", "add", f"ul{n}", "type", "veth",
-               "peer", "name", "uplink0", "netns", ns)
+            sh(
+                "ip",
+                "-n",
+                ul,
+                "link",
+                "add",
+                f"ul{n}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink0",
+                "netns",
+                ns,
+            )
             sh("ip", "-n", ul, "link", "set", f"ul{n}", "master", "br0", "up")
             # management address only; the VTEP address 10.99.0.n is the core's
             sh("ip", "-n", ns, "addr", "add", f"10.99.1.{n}/24", "dev", "uplink0")
             sh("ip", "-n", ns, "link", "set", "uplink0", "up")
         # a host that is not ours: the kernel's vxlan device, a bridge, a "vm"
         h, vm = self.netns(self.host), self.netns(self.vm)
-        sh("ip", "-n", ul, "link", "add", "ulh", "type", "veth", "peer", "name", "eth0",
-           "netns", h)
+        sh("ip", "-n", ul, "link", "add", "ulh", "type", "veth", "peer", "name", "eth0", "netns", h)
         sh("ip", "-n", ul, "link", "set", "ulh", "master", "br0", "up")
         sh("ip", "-n", h, "addr", "add", f"{HOST_VTEP}/24", "dev", "eth0")
         sh("ip", "-n", h, "link", "set", "eth0", "up")
-        sh("ip", "-n", h, "link", "add", "vxlan101", "type", "vxlan", "id", "101",
-           "local", HOST_VTEP, "dstport", "4789", "dev", "eth0", "learning")
+        sh(
+            "ip",
+            "-n",
+            h,
+            "link",
+            "add",
+            "vxlan101",
+            "type",
+            "vxlan",
+            "id",
+            "101",
+            "local",
+            HOST_VTEP,
+            "dstport",
+            "4789",
+            "dev",
+            "eth0",
+            "learning",
+        )
         for n in NODES:
-            nsx(h, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan101",
-                "dst", f"10.99.0.{n}", check=True)
+            nsx(
+                h,
+                "bridge",
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                "vxlan101",
+                "dst",
+                f"10.99.0.{n}",
+                check=True,
+            )
         sh("ip", "-n", h, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", h, "link", "set", "vxlan101", "master", "br0", "up")
-        sh("ip", "-n", h, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0",
-           "netns", vm)
+        sh("ip", "-n", h, "link", "add", "vm0", "type", "veth", "peer", "name", "eth0", "netns", vm)
         sh("ip", "-n", h, "link", "set", "vm0", "master", "br0", "up")
         sh("ip", "-n", h, "link", "set", "br0", "up")
         sh("ip", "-n", vm, "link", "set", "eth0", "address", VM_MAC, "mtu", "1450", "up")
@@ -257,7 +333,7 @@ class Cluster:
         self.etcd.start()
         for n in NODES:
             self.nodes[n] = Node(self, n)
-        for node in self.nodes.values():     # all three at once, as a cluster would
+        for node in self.nodes.values():  # all three at once, as a cluster would
             node.spawn()
         for node in self.nodes.values():
             node.wait_ready()
@@ -268,9 +344,11 @@ class Cluster:
     # --------------------------------------------------------------- pods
     def add_pod(self, n, name, spec, ns=None):
         ns = ns or self.netns(f"{self.tag}p{name}")
-        info = self.nodes[n].api("POST", "/v1/pods", {"name": name,
-                                                      "netns": f"/var/run/netns/{ns}",
-                                                      "spec": json.dumps(spec)})
+        info = self.nodes[n].api(
+            "POST",
+            "/v1/pods",
+            {"name": name, "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)},
+        )
         info.update(ns=ns, node=n)
         self.pods[name] = info
         return info
@@ -337,12 +415,27 @@ def net_counter(cl, n, net, what):
 
 
 def _udp(cl, src, dst, port, plane="std"):
-    srv = cl.spawn(cl.pods[dst]["ns"], sys.executable, "-c", UDP_SERVER, str(port),
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    srv = cl.spawn(
+        cl.pods[dst]["ns"],
+        sys.executable,
+        "-c",
+        UDP_SERVER,
+        str(port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
-        r = nsx(cl.pods[src]["ns"], sys.executable, "-c", UDP_CLIENT,
-                ip_of(cl.pods[dst], plane), str(port), f"hello-{src}-{dst}")
+        r = nsx(
+            cl.pods[src]["ns"],
+            sys.executable,
+            "-c",
+            UDP_CLIENT,
+            ip_of(cl.pods[dst], plane),
+            str(port),
+            f"hello-{src}-{dst}",
+        )
         return r
     finally:
         cl.end(srv)
@@ -352,8 +445,12 @@ def _udp(cl, src, dst, port, plane="std"):
 def test_pods_on_different_nodes_reach_each_other(cluster):
     cl = cluster
     a, b, c = cl.pods["a"], cl.pods["b"], cl.pods["c"]
-    for src, dst, plane in (("a", "b", "std"), ("a", "c", "std"), ("c", "b", "std"),
-                            ("b", "a", "control")):
+    for src, dst, plane in (
+        ("a", "b", "std"),
+        ("a", "c", "std"),
+        ("c", "b", "std"),
+        ("b", "a", "control"),
+    ):
         r = ping(cl.pods[src]["ns"], ip_of(cl.pods[dst], plane))
         assert r.returncode == 0, f"{src} -> {dst} ({plane}): {r.stdout}{r.stderr}"
     r = _udp(cl, "a", "c", 5001)
@@ -361,8 +458,9 @@ def test_pods_on_different_nodes_reach_each_other(cluster):
     r = _udp(cl, "b", "a", 5002, plane="control")
     assert r.returncode == 0 and r.stdout.strip() == "echo:hello-b-a", r.stdout + r.stderr
     # it went over the underlay: encapsulated on one node, decapsulated on another
-    st = {n: {x["name"]: x for x in cl.nodes[n].api("GET", "/v1/status")["networks"]}
-          for n in NODES}
+    st = {
+        n: {x["name"]: x for x in cl.nodes[n].api("GET", "/v1/status")["networks"]} for n in NODES
+    }
     assert st[1]["net1"]["encap_packets"] > 0 and st[3]["net1"]["decap_packets"] > 0
     assert st[2]["net2"]["encap_packets"] > 0 and st[1]["net2"]["decap_packets"] > 0
     assert a["node"] != b["node"] != c["node"]
@@ -376,9 +474,10 @@ def test_networks_are_isolated(cluster):
     nsx(b["ns"], "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", check=True)
     b_net2_port = next(pl["host_ifname"] for pl in b["planes"] if pl["plane"] == "control")
 
-    def to_b_net2():      # frames node2's core delivered to b's net2 interface
+    def to_b_net2():  # frames node2's core delivered to b's net2 interface
         st = cl.nodes[2].api("GET", "/v1/status")
         return next(p for p in st["ports"] if p["name"] == b_net2_port)["tx_packets"]
+
     before = to_b_net2()
     # c (net1 only) sends to b's net2 address through its net1 interface
     sh("ip", "-n", c["ns"], "route", "add", NET2 + "0/24", "dev", "eth0")
@@ -412,20 +511,35 @@ def test_underlay_vxlan_headers(cluster):
     cap = cl.tmp / "underlay.pcap"
     # --immediate-mode: else libpcap hands over packets in blocks (up to 1 s
     # late) and the last ones are lost when tcpdump is stopped
-    td = cl.spawn(cl.ul, "tcpdump", "-i", "br0", "-n", "--immediate-mode", "-U", "-w", str(cap),
-                  "udp port 4789", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                  text=True)
+    td = cl.spawn(
+        cl.ul,
+        "tcpdump",
+        "-i",
+        "br0",
+        "-n",
+        "--immediate-mode",
+        "-U",
+        "-w",
+        str(cap),
+        "udp port 4789",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = td.stderr.readline()
     assert "listening on" in line, line
     try:
         answered = {}
-        for dst, plane, extra in ((b, "std", ()),                    # std, TOS 0
-                                  (c, "std", ("-Q", "0x28")),        # std, AF11
-                                  (b, "control", ())):               # control
+        for dst, plane, extra in (
+            (b, "std", ()),  # std, TOS 0
+            (c, "std", ("-Q", "0x28")),  # std, AF11
+            (b, "control", ()),
+        ):  # control
             r = ping(a["ns"], ip_of(dst, plane), extra=extra)
             assert r.returncode == 0, r.stdout
-            answered[(ip_of(a, plane), ip_of(dst, plane))] = \
-                int(re.search(r"(\d+) received", r.stdout).group(1))
+            answered[(ip_of(a, plane), ip_of(dst, plane))] = int(
+                re.search(r"(\d+) received", r.stdout).group(1)
+            )
         time.sleep(0.3)
     finally:
         cl.end(td, signal.SIGINT)
@@ -433,10 +547,11 @@ def test_underlay_vxlan_headers(cluster):
     from scapy.layers.l2 import ARP, Ether
     from scapy.layers.vxlan import VXLAN
     from scapy.utils import rdpcap
+
     ours = {n.vtep for n in cl.nodes.values()}
     seen = {}
     flows = {}
-    counts = {}           # (inner src, inner dst) -> frames
+    counts = {}  # (inner src, inner dst) -> frames
     frames = rdpcap(str(cap))
     for f in frames:
         if IP not in f or f[IP].src not in ours:
@@ -450,7 +565,7 @@ def test_underlay_vxlan_headers(cluster):
         inner = v.payload
         assert isinstance(inner, Ether)
         seen.setdefault(v.vni, set()).add(o.tos)
-        subnet = {101: NET1, 102: NET2}[v.vni]                     # VNI per network
+        subnet = {101: NET1, 102: NET2}[v.vni]  # VNI per network
         if IP in inner:
             assert inner[IP].src.startswith(subnet) and inner[IP].dst.startswith(subnet)
             want = (inner[IP].tos & 0xFC) if v.vni == 101 else 24 << 2
@@ -462,15 +577,17 @@ def test_underlay_vxlan_headers(cluster):
             want = 0 if v.vni == 101 else 24 << 2
         assert o.tos & 0xFC == want, f"VNI {v.vni}: outer TOS {o.tos:#x}, want {want:#x}"
     assert {101, 102} <= set(seen), seen
-    assert seen[102] == {24 << 2}                                   # control: CS3
-    assert {0, 0x28} <= seen[101]                                   # std: copied
+    assert seen[102] == {24 << 2}  # control: CS3
+    assert {0, 0x28} <= seen[101]  # std: copied
     # every answered ping crossed the underlay both ways (and was captured)
     for (x, y), n in answered.items():
         assert counts.get((x, y), 0) >= n and counts.get((y, x), 0) >= n, (x, y, n, counts)
     # one inner flow, one outer source port (ECMP entropy without reordering)
     assert all(len(p) == 1 and 0 not in p for p in flows.values()), flows
-    print(f"underlay capture: {len(frames)} frames, TOS per VNI "
-          f"{ {k: sorted(v) for k, v in seen.items()} }")
+    print(
+        f"underlay capture: {len(frames)} frames, TOS per VNI "
+        f"{ {k: sorted(v) for k, v in seen.items()} }"
+    )
 
 
 def test_kernel_vtep_host_both_directions(cluster):
@@ -505,22 +622,23 @@ def test_pod_moves_to_another_node_with_its_ip(cluster):
         t = reachable(a["ns"], x)
         assert t is not None, f"new pod on node2 ({x}) not reachable from node1"
     cl.del_pod("m")
-    time.sleep(1.0)     # gone from every node's tables within a second:
+    time.sleep(1.0)  # gone from every node's tables within a second:
     f0 = net_counter(cl, 1, "net1", "flood_packets")
     assert ping(a["ns"], ip, count=3, wait="1").returncode != 0, "deleted pod answers"
     # a still has m's MAC in its ARP cache, node1 no FDB entry: flooded, not sent to node2
     assert net_counter(cl, 1, "net1", "flood_packets") - f0 >= 3
     # the same pod, same addresses, on node3 (which has no pod on net2 yet:
     # node1 must learn that node3 joined net2 and where the MAC is now)
-    m3 = cl.add_pod(3, "m", dict(CT, ips={"std": ip, "control": ipc}),
-                    ns=cl.netns(f"{cl.tag}pm3"))
+    m3 = cl.add_pod(3, "m", dict(CT, ips={"std": ip, "control": ipc}), ns=cl.netns(f"{cl.tag}pm3"))
     t_add = time.monotonic()
     assert (ip_of(m3), ip_of(m3, "control"), mac_of(m3)) == (ip, ipc, mac)
     for x in (ipc, ip):
         t = reachable(a["ns"], x)
         assert t is not None, f"moved pod ({x}) not reachable from node1 at its new place"
-    print(f"\npod moved node2 -> node3 with {ip}, {ipc}: both reachable from node1 "
-          f"{time.monotonic() - t_add:.2f}s after the add returned")
+    print(
+        f"\npod moved node2 -> node3 with {ip}, {ipc}: both reachable from node1 "
+        f"{time.monotonic() - t_add:.2f}s after the add returned"
+    )
     # unicast to node3 now (node1's FDB has the new place), not flooded
     f0 = net_counter(cl, 1, "net2", "flood_packets")
     e0 = net_counter(cl, 1, "net2", "encap_packets")
@@ -528,11 +646,13 @@ def test_pod_moves_to_another_node_with_its_ip(cluster):
     assert net_counter(cl, 1, "net2", "flood_packets") - f0 < 5
     assert net_counter(cl, 1, "net2", "encap_packets") - e0 >= 5
     eps = cl.store("endpoints", "m")
-    assert {(e["plane"], e["node"], e["vtep"], e["ip"]) for e in eps} == \
-        {("std", "node3", "10.99.0.3", ip), ("control", "node3", "10.99.0.3", ipc)}
+    assert {(e["plane"], e["node"], e["vtep"], e["ip"]) for e in eps} == {
+        ("std", "node3", "10.99.0.3", ip),
+        ("control", "node3", "10.99.0.3", ipc),
+    }
     assert "eth0" not in sh("ip", "-n", f"{cl.tag}pm", "-o", "link").stdout  # old place empty
-    assert ping(b["ns"], ipc).returncode == 0                                 # node2 too
-    cl.del_pod("m")                    # node3 has no pod on net2 again
+    assert ping(b["ns"], ipc).returncode == 0  # node2 too
+    cl.del_pod("m")  # node3 has no pod on net2 again
     cl.freed = (ip, ipc, mac)
 
 
@@ -557,16 +677,26 @@ def test_address_taken_over_by_a_new_mac_is_reachable_at_once(cluster):
         assert new_mac in neigh and old_mac not in neigh, neigh
         assert reachable(a["ns"], ip, deadline=3) is not None
     finally:
-        cl.del_pod("n")                # node3 has no pod on net2 again
+        cl.del_pod("n")  # node3 has no pod on net2 again
 
 
 def test_node_restart_loses_no_state(cluster):
     cl = cluster
     a, b = cl.pods["a"], cl.pods["b"]
     n2 = cl.nodes[2]
-    strip = lambda ps: sorted(({**x, "planes": [{k: v for k, v in pl.items() if k != "port"}
-                                                 for pl in x["planes"]]} for x in ps),
-                              key=lambda x: x["name"])
+
+    def strip(ps):
+        return sorted(
+            (
+                {
+                    **x,
+                    "planes": [{k: v for k, v in pl.items() if k != "port"} for pl in x["planes"]],
+                }
+                for x in ps
+            ),
+            key=lambda x: x["name"],
+        )
+
     before = strip(n2.api("GET", "/v1/pods"))
     allocs_before = cl.store("allocations")
     t0 = time.monotonic()
@@ -580,7 +710,7 @@ def test_node_restart_loses_no_state(cluster):
     for src, dst, plane in (("a", "b", "std"), ("b", "c", "std"), ("a", "b", "control")):
         r = ping(cl.pods[src]["ns"], ip_of(cl.pods[dst], plane))
         assert r.returncode == 0, f"{src} -> {dst} ({plane}) after restart: {r.stdout}"
-    assert ping(b["ns"], VM_IP).returncode == 0                      # static endpoint too
+    assert ping(b["ns"], VM_IP).returncode == 0  # static endpoint too
     # nothing allocated twice
     r = cl.add_pod(2, "r", CT)
     taken = {(al["network"], al["ip"]) for al in allocs_before}
@@ -605,8 +735,21 @@ def test_node_cut_off_from_etcd_resynchronises_without_leftovers(cluster):
     x = cl.add_pod(2, "x", dict(IT, ips={"std": NET1 + "150"}))
     assert reachable(a["ns"], ip_of(x)) is not None
     syncs, ended = n1.syncs(), n1.log().count('"cluster watch ended')
-    p = cl.spawn(a["ns"], "ping", "-n", "-i", "0.1", "-W", "2", "-c", "60", ip_of(b),
-                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = cl.spawn(
+        a["ns"],
+        "ping",
+        "-n",
+        "-i",
+        "0.1",
+        "-W",
+        "2",
+        "-c",
+        "60",
+        ip_of(b),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sh("ip", "-n", n1.ns, "addr", "del", "10.99.1.1/24", "dev", "uplink0")
     t_cut = time.monotonic()
     try:
@@ -626,8 +769,10 @@ def test_node_cut_off_from_etcd_resynchronises_without_leftovers(cluster):
     while n1.syncs() == syncs and time.monotonic() < deadline:
         time.sleep(0.05)
     assert n1.syncs() > syncs, "node1 did not resynchronise:\n" + n1.log()[-2000:]
-    print(f"\nnode1 cut off from etcd {t_back - t_cut:.1f}s (noticed after {t_noticed:.1f}s), "
-          f"resynchronised {time.monotonic() - t_back:.2f}s after it could reach etcd again")
+    print(
+        f"\nnode1 cut off from etcd {t_back - t_cut:.1f}s (noticed after {t_noticed:.1f}s), "
+        f"resynchronised {time.monotonic() - t_back:.2f}s after it could reach etcd again"
+    )
     out, _ = p.communicate(timeout=30)
     sent, recv = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
     print(f"ping a -> b at 10/s meanwhile: {recv}/{sent} answered")
@@ -638,22 +783,35 @@ def test_node_cut_off_from_etcd_resynchronises_without_leftovers(cluster):
     assert net_counter(cl, 1, "net1", "flood_packets") - f0 >= 3
     # nothing missing: y's control address, on a node new to net2
     assert reachable(a["ns"], ip_of(y, "control")) is not None
-    cl.del_pod("y")                    # node3 has no pod on net2 again
+    cl.del_pod("y")  # node3 has no pod on net2 again
 
 
 def test_etcd_outage_does_not_stop_traffic(cluster):
     cl = cluster
     a, b = cl.pods["a"], cl.pods["b"]
     syncs = {n: node.syncs() for n, node in cl.nodes.items()}
-    p = cl.spawn(a["ns"], "ping", "-n", "-i", "0.1", "-W", "2", "-w", "14", ip_of(b),
-                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = cl.spawn(
+        a["ns"],
+        "ping",
+        "-n",
+        "-i",
+        "0.1",
+        "-W",
+        "2",
+        "-w",
+        "14",
+        ip_of(b),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     time.sleep(1.0)
-    cl.etcd.pause()                              # hung: SIGSTOP
+    cl.etcd.pause()  # hung: SIGSTOP
     time.sleep(3.0)
     cl.etcd.resume()
     time.sleep(1.0)
     t_stop = time.monotonic()
-    cl.etcd.stop()                               # gone: SIGTERM, same data directory
+    cl.etcd.stop()  # gone: SIGTERM, same data directory
     time.sleep(4.0)
     cl.etcd.start()
     t_back, back_wall = time.monotonic(), time.time()
@@ -664,21 +822,29 @@ def test_etcd_outage_does_not_stop_traffic(cluster):
     # from node1/node2 needs their view of net2 resynchronised
     d = cl.add_pod(3, "d", CT)
     t_add = time.monotonic()
-    for src in (a, b):                 # d may reuse a deleted pod's address (announced by gratuitous ARP)
+    for src in (a, b):  # d may reuse a deleted pod's address (announced by gratuitous ARP)
         sh("ip", "-n", src["ns"], "neigh", "flush", "all")
     for n in (1, 2):
         src = a if n == 1 else b
         t = reachable(src["ns"], ip_of(d, "control"), deadline=15)
-        assert t is not None, f"pod added after the outage not reachable from node{n}:\n" \
-            + cl.nodes[n].log()[-2000:]
-        print(f"pod added on node3 after the outage: reachable from node{n} after "
-              f"{time.monotonic() - t_add:.1f}s")
+        assert t is not None, (
+            f"pod added after the outage not reachable from node{n}:\n" + cl.nodes[n].log()[-2000:]
+        )
+        print(
+            f"pod added on node3 after the outage: reachable from node{n} after "
+            f"{time.monotonic() - t_add:.1f}s"
+        )
     for n, node in cl.nodes.items():
-        ts = [json.loads(ln)["ts"] for ln in node.log().splitlines()
-              if '"cluster view synchronised"' in ln]
+        ts = [
+            json.loads(ln)["ts"]
+            for ln in node.log().splitlines()
+            if '"cluster view synchronised"' in ln
+        ]
         # (negative: it got through before the test's own health check did)
-        print(f"node{n}: resynchronised {ts[-1] - back_wall:+.2f}s after etcd answered "
-              "the test's health check")
+        print(
+            f"node{n}: resynchronised {ts[-1] - back_wall:+.2f}s after etcd answered "
+            "the test's health check"
+        )
     out, _ = p.communicate(timeout=30)
     sent, recv = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
     print(f"ping a -> b at 10/s across the outage: {recv}/{sent} answered")

@@ -1,4 +1,5 @@
 """Node configuration: defaults, round trip, and errors that name the field."""
+
 import copy
 import os
 import re
@@ -13,11 +14,15 @@ BASE = {
     "node": "node1",
     "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
     "networks": [
-        {"name": "net1", "vni": 100, "plane": "std", "subnet": "192.168.10.0/24",
-         "gateway": "192.168.10.1"},
+        {
+            "name": "net1",
+            "vni": 100,
+            "plane": "std",
+            "subnet": "192.168.10.0/24",
+            "gateway": "192.168.10.1",
+        },
         {"name": "net2", "vni": 200, "plane": "control", "subnet": "192.168.20.0/24"},
-        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24",
-         "mtu": 1400},
+        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24", "mtu": 1400},
     ],
 }
 
@@ -114,8 +119,12 @@ def test_full_file(tmp_path):
     assert c.store.path == str(tmp_path / "state" / "state.db")
     assert c.api_socket == str(tmp_path / "run" / "api.sock")
     assert (c.metrics.host, c.metrics.port) == ("::1", 9100)
-    assert c.engine_kwargs() == {"mode": "hugepages", "lcores": [2, 3, 4],
-                                 "memory_mb": 1024, "pci": []}
+    assert c.engine_kwargs() == {
+        "mode": "hugepages",
+        "lcores": [2, 3, 4],
+        "memory_mb": 1024,
+        "pci": [],
+    }
 
 
 def test_round_trip(tmp_path):
@@ -145,20 +154,25 @@ def test_unknown_keys_name_the_path():
     msg = bad(d, r"^networks\[1\]\.vnii: unknown key")
     assert "did you mean 'vni'" in msg
     bad(cfg(vtepp={}), r"^vtepp: unknown key")
-    bad(cfg(vtep={"address": "10.0.0.1/24", "uplink": "eth1", "port": 1}),
-        r"^vtep\.port: unknown key")
+    bad(
+        cfg(vtep={"address": "10.0.0.1/24", "uplink": "eth1", "port": 1}),
+        r"^vtep\.port: unknown key",
+    )
     bad(cfg(planes={"std": {"prio": 1}}), r"^planes\.std\.prio: unknown key")
     bad(cfg(store={"type": "sqlite"}), r"^store\.type: unknown key")
     bad(cfg(metrics={"address": "x"}), r"^metrics\.address: unknown key")
 
 
-@pytest.mark.parametrize("vni, pattern", [
-    (16777216, r"^networks\[2\]\.vni: 16777216 out of range 1\.\.16777215$"),
-    (0, r"^networks\[2\]\.vni: 0 out of range"),
-    ("300", r"^networks\[2\]\.vni: '300' is not an integer"),
-    (True, r"^networks\[2\]\.vni: True is not an integer"),
-    (100, r"^networks\[2\]\.vni: 100 is the VNI of networks\[0\] already"),
-])
+@pytest.mark.parametrize(
+    "vni, pattern",
+    [
+        (16777216, r"^networks\[2\]\.vni: 16777216 out of range 1\.\.16777215$"),
+        (0, r"^networks\[2\]\.vni: 0 out of range"),
+        ("300", r"^networks\[2\]\.vni: '300' is not an integer"),
+        (True, r"^networks\[2\]\.vni: True is not an integer"),
+        (100, r"^networks\[2\]\.vni: 100 is the VNI of networks\[0\] already"),
+    ],
+)
 def test_vni(vni, pattern):
     d = cfg()
     d["networks"][2]["vni"] = vni
@@ -170,14 +184,18 @@ def test_network_errors():
         d = cfg()
         d["networks"][i].update(kw)
         return d
+
     bad(net(1, name="net1"), r"^networks\[1\]\.name: 'net1' is used by networks\[0\]")
     bad(net(name="a b"), r"^networks\[0\]\.name: 'a b' is not a valid network name")
     bad(net(plane="voice"), r"^networks\[0\]\.plane: 'voice' is not a plane")
     bad(net(subnet="192.168.10.1/24"), r"^networks\[0\]\.subnet: .*host bits")
     bad(net(subnet="192.168.10.0"), r"^networks\[0\]\.subnet: .*not an IPv4 subnet")
     bad(net(subnet="192.168.10.0/31"), r"^networks\[0\]\.subnet: .*too small")
-    bad(net(gateway="192.168.11.1"), r"^networks\[0\]\.gateway: 192\.168\.11\.1 is not in "
-                                     r"subnet 192\.168\.10\.0/24")
+    bad(
+        net(gateway="192.168.11.1"),
+        r"^networks\[0\]\.gateway: 192\.168\.11\.1 is not in "
+        r"subnet 192\.168\.10\.0/24",
+    )
     bad(net(gateway="192.168.10.255"), r"^networks\[0\]\.gateway: .*broadcast")
     bad(net(gateway="x"), r"^networks\[0\]\.gateway: 'x' is not an IPv4 address")
     bad(net(mtu=1451), r"^networks\[0\]\.mtu: 1451 out of range 68\.\.1450")
@@ -190,9 +208,13 @@ def test_network_errors():
 def test_vtep_errors():
     def vtep(**kw):
         return cfg(vtep=dict({"address": "10.0.0.1/24", "uplink": "eth1"}, **kw))
+
     bad({"node": "n"}, r"^vtep: is required")
-    bad(vtep(address="10.0.0.1"), r"^vtep\.address: '10\.0\.0\.1' is not an IPv4 address "
-                                  r"with prefix length")
+    bad(
+        vtep(address="10.0.0.1"),
+        r"^vtep\.address: '10\.0\.0\.1' is not an IPv4 address "
+        r"with prefix length",
+    )
     bad(vtep(address="10.0.0.300/24"), r"^vtep\.address: ")
     bad(vtep(address="10.0.0.0/24"), r"^vtep\.address: .*cannot be a VTEP address")
     bad(vtep(uplink="a-very-long-interface"), r"^vtep\.uplink: .*longer than 15")
@@ -200,8 +222,11 @@ def test_vtep_errors():
     bad(vtep(mac="02:00:00:00:00"), r"^vtep\.mac: .*not a MAC address")
     bad(vtep(mac="01:00:5e:00:00:01"), r"^vtep\.mac: .*multicast")
     bad(vtep(udp_port=70000), r"^vtep\.udp_port: 70000 out of range 1\.\.65535")
-    bad(vtep(gateway="10.0.1.1"), r"^vtep\.gateway: 10\.0\.1\.1 is not in the VTEP's "
-                                  r"subnet 10\.0\.0\.0/24")
+    bad(
+        vtep(gateway="10.0.1.1"),
+        r"^vtep\.gateway: 10\.0\.1\.1 is not in the VTEP's "
+        r"subnet 10\.0\.0\.0/24",
+    )
     bad(vtep(gateway="10.0.0.1"), r"^vtep\.gateway: .*own address")
     bad(vtep(next_hop_mac="zz:00:00:00:00:00"), r"^vtep\.next_hop_mac: ")
     bad(vtep(underlay_mtu=100), r"^vtep\.underlay_mtu: 100 out of range 576\.\.9216")
@@ -217,8 +242,11 @@ def test_top_level_errors():
     bad(cfg(lcores=list(range(checks.MAX_WORKERS + 2))), r"^lcores: at most")
     bad(cfg(memory_mb=10), r"^memory_mb: 10 out of range")
     bad(cfg(node=""), r"^node: '' is not a non-empty string")
-    bad(cfg(store={"kind": "consul"}), r"^store\.kind: 'consul' is not supported "
-                                        r"\(supported: sqlite, etcd\)")
+    bad(
+        cfg(store={"kind": "consul"}),
+        r"^store\.kind: 'consul' is not supported "
+        r"\(supported: sqlite, etcd\)",
+    )
     bad(cfg(metrics={"listen": "9464"}), r"^metrics\.listen: '9464' is not host:port")
     bad(cfg(metrics={"listen": "::1:9464"}), r"^metrics\.listen: .*brackets")
     bad(cfg(metrics={"listen": "127.0.0.1:99999"}), r"^metrics\.listen: port '99999'")
@@ -227,58 +255,85 @@ def test_top_level_errors():
 
 
 def test_store_etcd():
-    c = parse_config(cfg(store={"kind": "etcd", "endpoints": [
-        "http://127.0.0.1:2379", "https://etcd2.example:2379/"]}))
+    c = parse_config(
+        cfg(
+            store={
+                "kind": "etcd",
+                "endpoints": ["http://127.0.0.1:2379", "https://etcd2.example:2379/"],
+            }
+        )
+    )
     assert c.store.kind == "etcd"
     assert c.store.endpoints == ("http://127.0.0.1:2379", "https://etcd2.example:2379")
     assert c.store.prefix == "/dataplane"
-    assert c.to_dict()["store"] == {"kind": "etcd", "prefix": "/dataplane", "endpoints": [
-        "http://127.0.0.1:2379", "https://etcd2.example:2379"]}
-    assert parse_config(c.to_dict()) == c                      # round trip
-    c = parse_config(cfg(store={"kind": "etcd", "endpoints": "http://[::1]:2379",
-                                "prefix": "/clusters/a/"}))
+    assert c.to_dict()["store"] == {
+        "kind": "etcd",
+        "prefix": "/dataplane",
+        "endpoints": ["http://127.0.0.1:2379", "https://etcd2.example:2379"],
+    }
+    assert parse_config(c.to_dict()) == c  # round trip
+    c = parse_config(
+        cfg(store={"kind": "etcd", "endpoints": "http://[::1]:2379", "prefix": "/clusters/a/"})
+    )
     assert c.store.endpoints == ("http://[::1]:2379",) and c.store.prefix == "/clusters/a"
     # the sqlite store's dict has no etcd keys, and round-trips too
     assert parse_config(BASE).to_dict()["store"] == {
-        "kind": "sqlite", "path": "/var/lib/dataplane/state.db"}
+        "kind": "sqlite",
+        "path": "/var/lib/dataplane/state.db",
+    }
 
 
 def test_store_etcd_errors():
     def etcd(**kw):
         return cfg(store=dict({"kind": "etcd"}, **kw))
+
     bad(etcd(), r"^store\.endpoints: is required for kind etcd")
     bad(etcd(endpoints=[]), r"^store\.endpoints: \[\] is not a non-empty list of URLs")
-    bad(etcd(endpoints=["127.0.0.1:2379"]),
-        r"^store\.endpoints\[0\]: '127\.0\.0\.1:2379' is not a URL")
+    bad(
+        etcd(endpoints=["127.0.0.1:2379"]),
+        r"^store\.endpoints\[0\]: '127\.0\.0\.1:2379' is not a URL",
+    )
     bad(etcd(endpoints=["http://a:2379", 5]), r"^store\.endpoints\[1\]: 5 is not a URL")
     bad(etcd(endpoints=["unix://x:1"]), r"^store\.endpoints\[0\]: .*scheme 'unix'")
     bad(etcd(endpoints=["http://a"]), r"^store\.endpoints\[0\]: 'http://a' has no port")
     bad(etcd(endpoints=["http://a:99999"]), r"^store\.endpoints\[0\]: .*port is not")
     bad(etcd(endpoints=["http://a:2379/v3"]), r"^store\.endpoints\[0\]: .*only scheme")
-    bad(etcd(endpoints=["http://a:2379", "http://a:2379/"]),
-        r"^store\.endpoints\[1\]: 'http://a:2379' is listed in store\.endpoints\[0\]")
-    bad(etcd(endpoints=["http://a:2379"], prefix="dataplane"),
-        r"^store\.prefix: 'dataplane' does not start with '/'")
+    bad(
+        etcd(endpoints=["http://a:2379", "http://a:2379/"]),
+        r"^store\.endpoints\[1\]: 'http://a:2379' is listed in store\.endpoints\[0\]",
+    )
+    bad(
+        etcd(endpoints=["http://a:2379"], prefix="dataplane"),
+        r"^store\.prefix: 'dataplane' does not start with '/'",
+    )
     bad(etcd(endpoints=["http://a:2379"], prefix="/"), r"^store\.prefix: '/' alone")
     bad(etcd(endpoints=["http://a:2379"], prefix="/a b"), r"^store\.prefix: .*white space")
     bad(etcd(endpoints=["http://a:2379"], prefix=7), r"^store\.prefix: 7 is not")
     bad(etcd(endpoints=["http://a:2379"], path="/x.db"), r"^store\.path: is for kind sqlite")
     bad(cfg(store={"endpoints": ["http://a:2379"]}), r"^store\.endpoints: is for kind etcd")
     bad(cfg(store={"kind": "sqlite", "prefix": "/x"}), r"^store\.prefix: is for kind etcd")
-    bad(etcd(endpoints=["http://a:2379"], endpoint="x"),
-        r"^store\.endpoint: unknown key \(did you mean 'endpoints'\?\)")
+    bad(
+        etcd(endpoints=["http://a:2379"], endpoint="x"),
+        r"^store\.endpoint: unknown key \(did you mean 'endpoints'\?\)",
+    )
 
 
 def test_plane_errors():
     bad(cfg(planes={"control": {}}), r"^planes: the std plane is required")
     bad(cfg(planes={"std": {}, "voice": {}}), r"^planes\.voice\.priority: is required")
-    bad(cfg(planes={"std": {"priority": 1}, "media": {"priority": 1}}),
-        r"^planes\.media\.priority: 1 is the priority of plane std already")
+    bad(
+        cfg(planes={"std": {"priority": 1}, "media": {"priority": 1}}),
+        r"^planes\.media\.priority: 1 is the priority of plane std already",
+    )
     bad(cfg(planes={"std": {"priority": 8}}), r"^planes\.std\.priority: 8 out of range 0\.\.7")
-    bad(cfg(planes={"std": {}, "media": {"interface": "eth0"}}),
-        r"^planes\.media\.interface: 'eth0' is the interface of plane std already")
-    bad(cfg(planes={"std": {}, "Media": {"priority": 3}}),
-        r"^planes\.Media: 'Media' is not a valid plane name")
+    bad(
+        cfg(planes={"std": {}, "media": {"interface": "eth0"}}),
+        r"^planes\.media\.interface: 'eth0' is the interface of plane std already",
+    )
+    bad(
+        cfg(planes={"std": {}, "Media": {"priority": 3}}),
+        r"^planes\.Media: 'Media' is not a valid plane name",
+    )
     bad(cfg(planes={"std": {"interface": "a/b"}}), r"^planes\.std\.interface: ")
     bad(cfg(planes={}), r"^planes: must be a non-empty mapping")
     bad(cfg(planes={"std": {"interface": "lo"}}), r"^planes\.std\.interface: 'lo' is the")
@@ -286,8 +341,13 @@ def test_plane_errors():
 
 def test_plane_rx_queue():
     up = {"address": "10.0.0.1/24", "uplink": "dpdk:net_tap0,iface=up0", "uplink_rx_queues": 2}
-    c = parse_config(cfg(lcores=[0, 1, 2], vtep=up,
-                         planes={"std": {}, "control": {}, "media": {"worker": 2, "rx_queue": 1}}))
+    c = parse_config(
+        cfg(
+            lcores=[0, 1, 2],
+            vtep=up,
+            planes={"std": {}, "control": {}, "media": {"worker": 2, "rx_queue": 1}},
+        )
+    )
     assert c.vtep.uplink_rx_queues == 2
     assert c.planes["media"].rx_queue == 1 and c.planes["media"].worker == 2
     assert c.planes["std"].rx_queue is None
@@ -295,18 +355,34 @@ def test_plane_rx_queue():
 
 def test_plane_rx_queue_errors():
     up = {"address": "10.0.0.1/24", "uplink": "dpdk:net_tap0,iface=up0", "uplink_rx_queues": 2}
-    bad(cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"rx_queue": 1}}),
-        r"^planes\.media\.rx_queue: needs the plane's own worker")
-    bad(cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 2}}),
-        r"^planes\.media\.rx_queue: 2: the uplink has 2 rx queue\(s\)")
-    bad(cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 0}}),
-        r"^planes\.media\.rx_queue: 0 out of range 1\.\.7")
-    bad(cfg(lcores=[0, 1, 2], vtep=dict(up, uplink_rx_queues=3),
-            planes={"std": {}, "media": {"worker": 2, "rx_queue": 1},
-                    "control": {"worker": 1, "rx_queue": 1}}),
-        r"^planes\.control\.rx_queue: 1 is the rx queue of plane media already")
-    bad(cfg(vtep={"address": "10.0.0.1/24", "uplink": "eth1", "uplink_rx_queues": 2}),
-        r"^vtep\.uplink_rx_queues: a kernel-interface uplink .* has one rx queue")
+    bad(
+        cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"rx_queue": 1}}),
+        r"^planes\.media\.rx_queue: needs the plane's own worker",
+    )
+    bad(
+        cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 2}}),
+        r"^planes\.media\.rx_queue: 2: the uplink has 2 rx queue\(s\)",
+    )
+    bad(
+        cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 0}}),
+        r"^planes\.media\.rx_queue: 0 out of range 1\.\.7",
+    )
+    bad(
+        cfg(
+            lcores=[0, 1, 2],
+            vtep=dict(up, uplink_rx_queues=3),
+            planes={
+                "std": {},
+                "media": {"worker": 2, "rx_queue": 1},
+                "control": {"worker": 1, "rx_queue": 1},
+            },
+        ),
+        r"^planes\.control\.rx_queue: 1 is the rx queue of plane media already",
+    )
+    bad(
+        cfg(vtep={"address": "10.0.0.1/24", "uplink": "eth1", "uplink_rx_queues": 2}),
+        r"^vtep\.uplink_rx_queues: a kernel-interface uplink .* has one rx queue",
+    )
     bad(cfg(vtep=dict(up, uplink_rx_queues=9)), r"^vtep\.uplink_rx_queues: 9 out of range 1\.\.8")
 
 
@@ -318,16 +394,25 @@ def test_network_on_a_plane_not_configured():
 def test_remote_errors():
     def rem(*items):
         return cfg(remotes=list(items))
-    bad(rem({"vtep": "10.0.0.2", "networks": ["net9"]}),
-        r"^remotes\[0\]\.networks\[0\]: 'net9' is not a network")
-    bad(rem({"vtep": "10.0.0.2", "networks": []}), r"^remotes\[0\]\.networks: must be a "
-                                                   r"non-empty list")
+
+    bad(
+        rem({"vtep": "10.0.0.2", "networks": ["net9"]}),
+        r"^remotes\[0\]\.networks\[0\]: 'net9' is not a network",
+    )
+    bad(
+        rem({"vtep": "10.0.0.2", "networks": []}),
+        r"^remotes\[0\]\.networks: must be a "
+        r"non-empty list",
+    )
     bad(rem({"vtep": "10.0.0.1", "networks": ["net1"]}), r"^remotes\[0\]\.vtep: .*own VTEP")
-    bad(rem({"vtep": "10.0.0.2", "networks": ["net1"]},
-            {"vtep": "10.0.0.2", "networks": ["net2"]}),
-        r"^remotes\[1\]\.vtep: 10\.0\.0\.2 is listed in remotes\[0\] already")
-    bad(rem({"vtep": "10.0.0.2", "networks": ["net1", "net1"]}),
-        r"^remotes\[0\]\.networks\[1\]: 'net1' is listed twice")
+    bad(
+        rem({"vtep": "10.0.0.2", "networks": ["net1"]}, {"vtep": "10.0.0.2", "networks": ["net2"]}),
+        r"^remotes\[1\]\.vtep: 10\.0\.0\.2 is listed in remotes\[0\] already",
+    )
+    bad(
+        rem({"vtep": "10.0.0.2", "networks": ["net1", "net1"]}),
+        r"^remotes\[0\]\.networks\[1\]: 'net1' is listed twice",
+    )
     bad(rem({"vtep": "host", "networks": ["net1"]}), r"^remotes\[0\]\.vtep: 'host' is not")
     bad(rem({"vtep": "10.0.0.2", "network": ["net1"]}), r"^remotes\[0\]\.network: unknown")
 
@@ -356,7 +441,7 @@ def test_bad_file_has_no_side_effects(tmp_path):
     p.write_text(FULL_YAML.replace("vni: 300", "vni: 16777216"))
     with pytest.raises(ConfigError, match=r"^networks\[1\]\.vni: 16777216 out of range"):
         load_config(p)
-    assert sorted(os.listdir(tmp_path)) == ["node.yaml"]   # no state dir, no socket
+    assert sorted(os.listdir(tmp_path)) == ["node.yaml"]  # no state dir, no socket
     # a good one does not create anything either
     p.write_text(FULL_YAML)
     load_config(p)

@@ -4,7 +4,7 @@ Frames are built with scapy, pushed into net_ring ports of an Engine running
 in a child process (once with hugepages, once with --no-huge), and what comes
 out is parsed back and checked field by field.
 """
-import ipaddress
+
 import struct
 
 import pytest
@@ -30,7 +30,7 @@ class Topo:
 
     def __init__(self, eng, static_nh=True, learning=False, mtu=1500):
         self.eng = eng
-        self.base = eng.counters().drops()   # drop counters live as long as the core
+        self.base = eng.counters().drops()  # drop counters live as long as the core
         self.up = eng.add_ring_port("up", role="uplink")
         self.a = eng.add_ring_port("a")
         self.b = eng.add_ring_port("b")
@@ -40,8 +40,14 @@ class Topo:
         eng.set_port_network(self.a, 0)
         eng.set_port_network(self.b, 0)
         eng.set_port_network(self.c, 1)
-        eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, self.up, underlay_mtu=mtu,
-                     next_hop_mac=NH_MAC if static_nh else None, learning=learning)
+        eng.set_vtep(
+            f"{VTEP_IP}/24",
+            VTEP_MAC,
+            self.up,
+            underlay_mtu=mtu,
+            next_hop_mac=NH_MAC if static_nh else None,
+            learning=learning,
+        )
         eng.fdb_add_local(0, A, self.a)
         eng.fdb_add_local(0, B, self.b)
         eng.fdb_add_local(1, C, self.c)
@@ -72,6 +78,7 @@ def drops_since(eng, base):
 
 def wait_drop(eng, base, reason, n=1):
     import time
+
     for _ in range(200):
         if drops_since(eng, base)[reason] >= n:
             break
@@ -79,16 +86,23 @@ def wait_drop(eng, base, reason, n=1):
     return drops_since(eng, base)[reason]
 
 
-def udp_frame(src=A, dst=R1, tos=0, sport=1000, dport=2000, size=100, ipsrc="192.168.1.1",
-              ipdst="192.168.1.2"):
+def udp_frame(
+    src=A, dst=R1, tos=0, sport=1000, dport=2000, size=100, ipsrc="192.168.1.1", ipdst="192.168.1.2"
+):
     f = Ether(src=src, dst=dst) / IP(src=ipsrc, dst=ipdst, tos=tos) / UDP(sport=sport, dport=dport)
     return f / Raw(b"\x55" * max(0, size - len(f)))
 
 
-def vxlan_frame(inner, vni=VNI0, src_vtep=R1_VTEP, dst_vtep=VTEP_IP, dport=4789, flags=0x08,
-                dst_mac=VTEP_MAC):
-    return (Ether(src=NH_MAC, dst=dst_mac) / IP(src=src_vtep, dst=dst_vtep, flags="DF")
-            / UDP(sport=54321, dport=dport, chksum=0) / VXLAN(flags=flags, vni=vni) / inner)
+def vxlan_frame(
+    inner, vni=VNI0, src_vtep=R1_VTEP, dst_vtep=VTEP_IP, dport=4789, flags=0x08, dst_mac=VTEP_MAC
+):
+    return (
+        Ether(src=NH_MAC, dst=dst_mac)
+        / IP(src=src_vtep, dst=dst_vtep, flags="DF")
+        / UDP(sport=54321, dport=dport, chksum=0)
+        / VXLAN(flags=flags, vni=vni)
+        / inner
+    )
 
 
 def ip_checksum_ok(pkt):
@@ -112,7 +126,7 @@ def test_encap_every_field(topo):
     assert out.dst == NH_MAC and out.src == VTEP_MAC and out.type == 0x0800
     ip = out[IP]
     assert (ip.version, ip.ihl) == (4, 5)
-    assert ip.tos == 0xB8                                  # DSCP EF copied
+    assert ip.tos == 0xB8  # DSCP EF copied
     assert ip.len == len(bytes(inner)) + 36
     assert ip.flags == "DF" and ip.frag == 0
     assert ip.ttl == 64 and ip.proto == 17
@@ -125,7 +139,7 @@ def test_encap_every_field(topo):
     assert udp.chksum == 0
     vx = out[VXLAN]
     assert vx.flags == 0x08 and vx.vni == VNI0
-    assert bytes(vx.payload) == bytes(inner)              # inner frame untouched
+    assert bytes(vx.payload) == bytes(inner)  # inner frame untouched
     c = topo.eng.counters()
     assert c.net_dict(0)["encap_packets"] == 1
     assert c.port_dict(topo.up)["tx_packets"] == 1
@@ -138,8 +152,9 @@ def test_encap_picks_vtep_per_mac(topo):
     assert sorted(o[IP].dst for o in outs) == [R1_VTEP, R2_VTEP]
 
 
-@pytest.mark.parametrize("inner_tos,outer_tos", [(0xB8, 0xB8), (0x60, 0x60), (0x03, 0x00),
-                                                 (0xBB, 0xB8), (0, 0)])
+@pytest.mark.parametrize(
+    "inner_tos,outer_tos", [(0xB8, 0xB8), (0x60, 0x60), (0x03, 0x00), (0xBB, 0xB8), (0, 0)]
+)
 def test_encap_copies_dscp_not_ecn(topo, inner_tos, outer_tos):
     topo.send(topo.a, udp_frame(tos=inner_tos))
     [out] = topo.recv(topo.up)
@@ -160,12 +175,14 @@ def test_encap_ipv6_and_non_ip_inner(topo):
 
 
 def test_encap_source_port_entropy(topo):
-    flows = [udp_frame(sport=1000 + i, dport=2000 + 7 * i, ipsrc=f"192.168.{i}.1") for i in range(64)]
+    flows = [
+        udp_frame(sport=1000 + i, dport=2000 + 7 * i, ipsrc=f"192.168.{i}.1") for i in range(64)
+    ]
     topo.send(topo.a, *flows)
     outs = topo.recv(topo.up, 64)
     assert len(outs) == 64
     sports = {o[UDP].sport for o in outs}
-    assert len(sports) >= 48                      # distinct flows spread out
+    assert len(sports) >= 48  # distinct flows spread out
     assert all(49152 <= s <= 65535 for s in sports)
     # one flow always takes one source port (no reordering across paths)
     topo.send(topo.a, *[flows[5]] * 8)
@@ -174,8 +191,10 @@ def test_encap_source_port_entropy(topo):
 
 
 def test_encap_tcp_flows_differ_by_port(topo):
-    f = [Ether(src=A, dst=R1) / IP(src="1.1.1.1", dst="2.2.2.2") / TCP(sport=p, dport=80)
-         for p in range(5000, 5016)]
+    f = [
+        Ether(src=A, dst=R1) / IP(src="1.1.1.1", dst="2.2.2.2") / TCP(sport=p, dport=80)
+        for p in range(5000, 5016)
+    ]
     topo.send(topo.a, *f)
     outs = topo.recv(topo.up, 16)
     assert len({o[UDP].sport for o in outs}) >= 12
@@ -202,7 +221,9 @@ def test_oversize_follows_underlay_mtu(eng):
 
 # ------------------------------------------------------------------ decap
 def test_decap_delivers_inner_frame(topo):
-    inner = Ether(src=R1, dst=A) / IP(src="192.168.1.2", dst="192.168.1.1") / ICMP() / Raw(b"p" * 56)
+    inner = (
+        Ether(src=R1, dst=A) / IP(src="192.168.1.2", dst="192.168.1.1") / ICMP() / Raw(b"p" * 56)
+    )
     topo.send(topo.up, vxlan_frame(inner))
     [got] = topo.recv(topo.a)
     assert bytes(got) == bytes(inner)
@@ -226,7 +247,7 @@ def test_decap_uses_vni_network(topo):
 
 def test_decap_trims_ethernet_padding(topo):
     inner = Ether(src=R1, dst=A) / IP() / UDP() / Raw(b"q" * 10)
-    outer = bytes(vxlan_frame(inner)) + b"\x00" * 24      # trailer past the IP datagram
+    outer = bytes(vxlan_frame(inner)) + b"\x00" * 24  # trailer past the IP datagram
     topo.send(topo.up, outer)
     [got] = topo.recv(topo.a)
     assert bytes(got) == bytes(inner)
@@ -294,7 +315,7 @@ def test_flood_from_uplink_stays_local(topo):
     topo.send(topo.up, vxlan_frame(inner))
     assert bytes(topo.recv(topo.a)[0]) == bytes(inner)
     assert bytes(topo.recv(topo.b)[0]) == bytes(inner)
-    topo.nothing(topo.up, topo.c)       # split horizon: never back to the underlay
+    topo.nothing(topo.up, topo.c)  # split horizon: never back to the underlay
 
 
 def test_flood_with_nobody_to_reach(eng):
@@ -309,8 +330,7 @@ def test_flood_with_nobody_to_reach(eng):
 
 # --------------------------------------------------------------------- ARP
 def test_arp_request_for_vtep_answered(topo):
-    req = Ether(src=NH_MAC, dst=BCAST) / ARP(op=1, hwsrc=NH_MAC, psrc="10.0.0.254",
-                                             pdst=VTEP_IP)
+    req = Ether(src=NH_MAC, dst=BCAST) / ARP(op=1, hwsrc=NH_MAC, psrc="10.0.0.254", pdst=VTEP_IP)
     topo.send(topo.up, req)
     [rep] = topo.recv(topo.up)
     assert rep.dst == NH_MAC and rep.src == VTEP_MAC and rep.type == 0x0806
@@ -321,7 +341,9 @@ def test_arp_request_for_vtep_answered(topo):
 
 
 def test_arp_for_other_address_ignored(topo):
-    topo.send(topo.up, Ether(src=NH_MAC, dst=BCAST) / ARP(op=1, psrc="10.0.0.254", pdst="10.0.0.99"))
+    topo.send(
+        topo.up, Ether(src=NH_MAC, dst=BCAST) / ARP(op=1, psrc="10.0.0.254", pdst="10.0.0.99")
+    )
     topo.nothing(topo.up, topo.a)
     assert topo.drops()["arp_ignored"] == 1
 
@@ -342,9 +364,13 @@ def test_next_hop_resolved_by_arp(eng):
     assert t.drops()["neigh_unresolved"] == 1
     # the neighbour answers; the core learns it and encapsulates to it
     peer_mac = "02:00:0a:00:00:02"
-    t.send(t.up, Ether(src=peer_mac, dst=VTEP_MAC) / ARP(op=2, hwsrc=peer_mac, psrc=R1_VTEP,
-                                                          hwdst=VTEP_MAC, pdst=VTEP_IP))
+    t.send(
+        t.up,
+        Ether(src=peer_mac, dst=VTEP_MAC)
+        / ARP(op=2, hwsrc=peer_mac, psrc=R1_VTEP, hwdst=VTEP_MAC, pdst=VTEP_IP),
+    )
     import time
+
     for _ in range(200):
         if eng.neighbor(R1_VTEP):
             break
@@ -381,6 +407,7 @@ def test_learning_accepts_and_learns_unknown_vtep(eng):
     t.send(t.up, vxlan_frame(inner, src_vtep="10.0.0.77"))
     assert bytes(t.recv(t.a)[0]) == bytes(inner)
     import time
+
     for _ in range(200):
         if eng.fdb_get(0, "02:00:00:00:07:07"):
             break
@@ -389,15 +416,15 @@ def test_learning_accepts_and_learns_unknown_vtep(eng):
 
 
 def test_drop_truncated_inner(topo):
-    outer = bytes(vxlan_frame(Ether(src=R1, dst=A)))[:-6]   # inner shorter than Ether
+    outer = bytes(vxlan_frame(Ether(src=R1, dst=A)))[:-6]  # inner shorter than Ether
     raw = bytearray(outer)
-    struct.pack_into("!H", raw, 16, len(raw) - 14)          # consistent IP length
+    struct.pack_into("!H", raw, 16, len(raw) - 14)  # consistent IP length
     _dropped(topo, bytes(raw), "truncated")
 
 
 def test_drop_truncated_ip_length(topo):
     f = vxlan_frame(udp_frame(src=R1, dst=A))
-    f[IP].len = len(bytes(f[IP])) + 40                      # claims more than arrived
+    f[IP].len = len(bytes(f[IP])) + 40  # claims more than arrived
     _dropped(topo, f, "truncated")
 
 
@@ -410,8 +437,7 @@ def test_drop_not_for_our_address(topo):
 
 
 def test_drop_not_for_our_mac(topo):
-    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), dst_mac="02:99:99:99:99:99"),
-             "not_for_us")
+    _dropped(topo, vxlan_frame(udp_frame(src=R1, dst=A), dst_mac="02:99:99:99:99:99"), "not_for_us")
 
 
 def test_drop_not_udp(topo):
@@ -427,13 +453,14 @@ def test_drop_fragment(topo):
 
 def test_drop_bad_ip(topo):
     raw = bytearray(bytes(vxlan_frame(udp_frame(src=R1, dst=A))))
-    raw[14] = 0x65                                          # IP version 6 in an IPv4 frame
+    raw[14] = 0x65  # IP version 6 in an IPv4 frame
     _dropped(topo, bytes(raw), "bad_ip")
 
 
 def test_drop_non_ip_on_uplink(topo):
-    _dropped(topo, Ether(src=NH_MAC, dst=VTEP_MAC) / Dot1Q(vlan=5) / Raw(b"v" * 50),
-             "uplink_non_ip")
+    _dropped(
+        topo, Ether(src=NH_MAC, dst=VTEP_MAC) / Dot1Q(vlan=5) / Raw(b"v" * 50), "uplink_non_ip"
+    )
 
 
 def test_drop_split_horizon(topo):
@@ -458,14 +485,18 @@ def test_drop_no_uplink(eng):
 
 def test_every_drop_reason_has_a_name():
     from dataplane.engine import DROP_REASONS
+
     assert len(DROP_REASONS) == len(set(DROP_REASONS)) >= 20
     assert all(n.isidentifier() and n.islower() for n in DROP_REASONS)
 
 
 # ---------------------------------------------------------------- counters
 def test_counters_add_up(topo):
-    frames = [udp_frame(src=A, dst=B)] * 10 + [udp_frame(src=A, dst=R1)] * 7 + \
-             [udp_frame(src=A, dst=A)] * 3
+    frames = (
+        [udp_frame(src=A, dst=B)] * 10
+        + [udp_frame(src=A, dst=R1)] * 7
+        + [udp_frame(src=A, dst=A)] * 3
+    )
     topo.send(topo.a, *frames)
     assert len(topo.recv(topo.b, 10)) == 10
     assert len(topo.recv(topo.up, 7)) == 7
@@ -484,16 +515,16 @@ def test_fdb_change_takes_effect_past_the_cache(topo):
     """A MAC the workers have cached moves, leaves and comes back: each change
     shows on the very next frame (the change invalidates the caches)."""
     topo.send(topo.a, udp_frame(dst=R1))
-    assert topo.recv(topo.up)[0][IP].dst == R1_VTEP          # now cached
-    topo.eng.fdb_add_remote(0, R1, R2_VTEP)                  # moved to another VTEP
+    assert topo.recv(topo.up)[0][IP].dst == R1_VTEP  # now cached
+    topo.eng.fdb_add_remote(0, R1, R2_VTEP)  # moved to another VTEP
     topo.send(topo.a, udp_frame(dst=R1))
     assert topo.recv(topo.up)[0][IP].dst == R2_VTEP
-    topo.eng.fdb_del(0, R1)                                  # gone: unknown unicast floods
+    topo.eng.fdb_del(0, R1)  # gone: unknown unicast floods
     topo.eng.set_flood(0, [])
     topo.send(topo.a, udp_frame(dst=R1))
     assert len(topo.recv(topo.b)) == 1
     topo.nothing(topo.up)
-    topo.eng.fdb_add_local(0, R1, topo.b)                    # back, as a local MAC
+    topo.eng.fdb_add_local(0, R1, topo.b)  # back, as a local MAC
     topo.send(topo.a, udp_frame(dst=R1))
     assert len(topo.recv(topo.b)) == 1
     topo.nothing(topo.up)
@@ -504,10 +535,10 @@ def test_vtep_table_change_takes_effect_past_the_cache(topo):
     behind it or a flood-list entry); the cached answer must not outlive that."""
     inner = Ether(src=R2, dst=A) / IP() / UDP()
     topo.send(topo.up, vxlan_frame(inner, src_vtep=R2_VTEP))
-    assert len(topo.recv(topo.a)) == 1                       # R2_VTEP known (MAC R2)
+    assert len(topo.recv(topo.a)) == 1  # R2_VTEP known (MAC R2)
     base = topo.eng.counters().drops()
     topo.eng.set_flood(0, [R1_VTEP])
-    topo.eng.fdb_del(0, R2)                                  # nothing left behind it
+    topo.eng.fdb_del(0, R2)  # nothing left behind it
     topo.send(topo.up, vxlan_frame(inner, src_vtep=R2_VTEP))
     assert wait_drop(topo.eng, base, "unknown_vtep") == 1
     topo.nothing(topo.a)
@@ -522,6 +553,7 @@ def test_fdb_cache_counters(topo):
     assert len(topo.recv(topo.up, 20)) == 20
     w = topo.eng.counters().worker.sum(axis=0) - c0.worker.sum(axis=0)
     from dataplane.engine import WORKER_COUNTERS
+
     d = dict(zip(WORKER_COUNTERS, w.tolist()))
     assert d["fdb_lookups"] == 40
     # the first burst may miss (once per frame of it); the second one hits

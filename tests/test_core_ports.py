@@ -1,7 +1,6 @@
 """Ports of every kind added and removed at run time, tables changed while
 traffic flows, and errors that name the problem and change nothing."""
-import os
-import threading
+
 import time
 
 import pytest
@@ -12,15 +11,23 @@ from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
 from dataplane import errors
-from tests.test_core import (NH_MAC, R1, R1_VTEP, VTEP_MAC, Topo, drops_since,
-                             ip_checksum_ok, udp_frame)
+from tests.test_core import (
+    NH_MAC,
+    R1,
+    R1_VTEP,
+    VTEP_MAC,
+    Topo,
+    ip_checksum_ok,
+    udp_frame,
+)
 
 
 def test_vdev_kinds_added_and_removed(eng, tmp_path):
     added = [
         eng.add_port("net_null_t0"),
         eng.add_port(f"net_pcap_t0,rx_pcap={tmp_path}/none.pcap,tx_pcap={tmp_path}/o.pcap")
-        if (wrpcap(str(tmp_path / "none.pcap"), [Ether()]) or True) else None,
+        if (wrpcap(str(tmp_path / "none.pcap"), [Ether()]) or True)
+        else None,
         eng.add_port(f"net_memif_t0,role=server,socket={tmp_path}/memif.sock,socket-abstract=no"),
     ]
     names = {p.name for p in eng.ports()}
@@ -45,7 +52,7 @@ def test_pcap_port_golden_encap(eng, tmp_path):
             break
         time.sleep(0.01)
     eng.set_vtep("10.0.0.1/24", VTEP_MAC, t.up, next_hop_mac=NH_MAC)
-    eng.del_port(up_out)                                 # closes and flushes the file
+    eng.del_port(up_out)  # closes and flushes the file
     out = rdpcap(str(tmp_path / "out.pcap"))
     assert len(out) == 50
     for f, o in zip(frames, out):
@@ -60,9 +67,15 @@ def test_tables_and_ports_change_while_traffic_flows(eng, tmp_path):
     FDB (local here / local there / remote / deleted) and adds and removes
     ports. Every frame that comes out must be one that went in, whole."""
     macs = [f"02:00:00:00:0c:{i:02x}" for i in range(16)]
-    frames = [bytes(Ether(src="02:00:00:00:00:0a", dst=m) / IP(src="10.9.0.1", dst="10.9.0.2")
-                    / UDP(sport=1000 + i, dport=2000) / Raw(bytes([i]) * 40))
-              for i, m in enumerate(macs)]
+    frames = [
+        bytes(
+            Ether(src="02:00:00:00:00:0a", dst=m)
+            / IP(src="10.9.0.1", dst="10.9.0.2")
+            / UDP(sport=1000 + i, dport=2000)
+            / Raw(bytes([i]) * 40)
+        )
+        for i, m in enumerate(macs)
+    ]
     wrpcap(str(tmp_path / "src.pcap"), [Ether(f) for f in frames])
     t = Topo(eng)
     src = eng.add_port(f"net_pcap_src,rx_pcap={tmp_path}/src.pcap,infinite_rx=1", network=0)
@@ -107,8 +120,12 @@ def test_tables_and_ports_change_while_traffic_flows(eng, tmp_path):
         o = Ether(f)
         if not o.haslayer(VXLAN):
             continue
-        assert o[IP].dst in remotes or o[IP].dst == "10.0.0.4" or o[IP].dst == R1_VTEP \
+        assert (
+            o[IP].dst in remotes
+            or o[IP].dst == "10.0.0.4"
+            or o[IP].dst == R1_VTEP
             or o[IP].dst == "10.0.0.3"
+        )
         assert ip_checksum_ok(o) and o[VXLAN].vni == 100
         assert bytes(o[VXLAN].payload) in valid
     # forwarding never stopped: the source kept being read between every sample
@@ -147,5 +164,6 @@ def test_errors_name_the_problem_and_change_nothing(eng):
 def test_eal_cannot_start_twice(core):
     # a second Engine in the same (child) process is refused with a reason
     from multiprocessing.managers import RemoteError
+
     with pytest.raises(RemoteError, match="EALError: DPDK's EAL was already started"):
         core._manager.Engine(mode="fallback")

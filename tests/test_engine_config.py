@@ -1,4 +1,5 @@
 """EAL arguments built from the engine config: safe by construction."""
+
 import pytest
 
 from dataplane.errors import ConfigError
@@ -30,16 +31,19 @@ def test_lcores_main_first():
     assert args[args.index("--main-lcore") + 1] == "1"
 
 
-@pytest.mark.parametrize("kw,field", [
-    (dict(mode="turbo"), "mode"),
-    (dict(lcores=[0]), "lcores"),
-    (dict(lcores=[0, 0]), "lcores"),
-    (dict(lcores=[0, 4096]), "lcores"),
-    (dict(memory_mb=1), "memory_mb"),
-    (dict(n_mbufs=10), "n_mbufs"),
-    (dict(file_prefix="a b"), "file_prefix"),
-    (dict(pci=["0000:03:00.0,x"]), "pci"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(mode="turbo"), "mode"),
+        (dict(lcores=[0]), "lcores"),
+        (dict(lcores=[0, 0]), "lcores"),
+        (dict(lcores=[0, 4096]), "lcores"),
+        (dict(memory_mb=1), "memory_mb"),
+        (dict(n_mbufs=10), "n_mbufs"),
+        (dict(file_prefix="a b"), "file_prefix"),
+        (dict(pci=["0000:03:00.0,x"]), "pci"),
+    ],
+)
 def test_bad_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
         EngineConfig(**kw).eal_args()
@@ -57,6 +61,7 @@ def test_mac_and_ip_parsing():
 def test_abi_version_matches_header():
     import pathlib
     import re
+
     h = (pathlib.Path(__file__).parents[1] / "csrc" / "dataplane.h").read_text()
     assert int(re.search(r"#define DP_ABI_VERSION (\d+)", h).group(1)) == engine.ABI_VERSION
     assert engine.lib.dp_abi_version() == engine.ABI_VERSION

@@ -3,6 +3,7 @@ rate limits, outer marking, latency per plane — on real net_ring ports.
 
 Traffic is offered from this process at a known rate (a burst every 10 ms);
 the shaper is the core's, so what comes out is paced by the core alone."""
+
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from scapy.packet import Raw
 
 VTEP_MAC, NH_MAC = "02:00:0a:00:00:01", "02:00:0a:00:00:fe"
 STD, CONTROL, MEDIA = 0, 2, 3
-RATE = 20_000_000                      # uplink shaped to 20 Mbit/s
+RATE = 20_000_000  # uplink shaped to 20 Mbit/s
 TICK = 0.01
 
 
@@ -29,8 +30,8 @@ class Planes:
     def __init__(self, eng, qlen=128):
         self.eng = eng
         eng.set_plane(STD, priority=0, queue_len=qlen)
-        eng.set_plane(CONTROL, priority=2, queue_len=qlen, dscp=24)      # CS3
-        eng.set_plane(MEDIA, priority=3, queue_len=qlen, dscp=46)        # EF
+        eng.set_plane(CONTROL, priority=2, queue_len=qlen, dscp=24)  # CS3
+        eng.set_plane(MEDIA, priority=3, queue_len=qlen, dscp=46)  # EF
         self.up = eng.add_ring_port("up", role="uplink", size=8192)
         eng.set_vtep("10.0.0.1/24", VTEP_MAC, self.up, next_hop_mac=NH_MAC)
         self.pods, self.remote = {}, {}
@@ -46,8 +47,10 @@ class Planes:
         the frames that came out of the uplink. change: (tick, fn) or a list
         of them, fn called after that tick's frames are offered."""
         changes = dict([change] if isinstance(change, tuple) else change or [])
-        frames = {p: frame(f"02:00:00:00:0{p}:01", self.remote[p], sizes[p], sport=2000 + p)
-                  for p in per_tick}
+        frames = {
+            p: frame(f"02:00:00:00:0{p}:01", self.remote[p], sizes[p], sport=2000 + p)
+            for p in per_tick
+        }
         offered = {p: 0 for p in per_tick}
         owed = {p: 0.0 for p in per_tick}
         out = []
@@ -76,7 +79,7 @@ class Planes:
 
 
 def wire_bits(frame_len):
-    return (frame_len + 50 + 24) * 8          # VXLAN outer headers + Ethernet overhead
+    return (frame_len + 50 + 24) * 8  # VXLAN outer headers + Ethernet overhead
 
 
 @pytest.fixture
@@ -89,11 +92,12 @@ def planes(eng):
 def test_media_first_under_std_overload(planes):
     eng = planes.eng
     std_size, media_size = 950, 200
-    std_rate = 2 * RATE / wire_bits(std_size) * TICK        # 2x the shaped rate
-    media_rate = RATE / 10 / wire_bits(media_size) * TICK   # a tenth of it
+    std_rate = 2 * RATE / wire_bits(std_size) * TICK  # 2x the shaped rate
+    media_rate = RATE / 10 / wire_bits(media_size) * TICK  # a tenth of it
     c0 = eng.counters()
-    offered, out = planes.offer(2.0, {STD: std_rate, MEDIA: media_rate},
-                                {STD: std_size, MEDIA: media_size})
+    offered, out = planes.offer(
+        2.0, {STD: std_rate, MEDIA: media_rate}, {STD: std_size, MEDIA: media_size}
+    )
     c = eng.counters().since(c0)
     media, std = c.qos_dict(planes.up, MEDIA), c.qos_dict(planes.up, STD)
     # media loses nothing; std loses the excess; everything adds up exactly
@@ -120,14 +124,15 @@ def test_media_first_under_std_overload(planes):
 def test_strict_priority_three_planes(planes):
     eng = planes.eng
     size = 950
-    half = RATE / wire_bits(size) * TICK * 0.8              # control alone fits
+    half = RATE / wire_bits(size) * TICK * 0.8  # control alone fits
     c0 = eng.counters()
-    offered, out = planes.offer(2.0, {STD: half, CONTROL: half, MEDIA: half / 8},
-                                {STD: size, CONTROL: size, MEDIA: 200})
+    offered, out = planes.offer(
+        2.0, {STD: half, CONTROL: half, MEDIA: half / 8}, {STD: size, CONTROL: size, MEDIA: 200}
+    )
     c = eng.counters().since(c0)
     assert c.qos_dict(planes.up, MEDIA)["dropped"] == 0
     assert c.qos_dict(planes.up, CONTROL)["dropped"] == 0
-    assert c.qos_dict(planes.up, STD)["dropped"] > 0        # the lowest plane pays
+    assert c.qos_dict(planes.up, STD)["dropped"] > 0  # the lowest plane pays
     assert c.latency_quantile(CONTROL, 0.99) <= c.latency_quantile(STD, 0.99)
     marks = {Ether(f)[VXLAN].vni: Ether(f)[IP].tos for f in out}
     assert marks[1000 + CONTROL] == 24 << 2
@@ -149,10 +154,10 @@ def test_fifo_baseline_hurts_media(planes):
 
 def test_plane_rate_limit_and_live_change(planes):
     eng = planes.eng
-    eng.set_shaper(planes.up, 100_000_000, burst_bytes=4096)    # port fast, plane limited
+    eng.set_shaper(planes.up, 100_000_000, burst_bytes=4096)  # port fast, plane limited
     eng.set_plane(STD, priority=0, queue_len=128, max_bps=4_000_000)
     size = 950
-    std_rate = 8_000_000 / wire_bits(size) * TICK               # 2x the plane limit
+    std_rate = 8_000_000 / wire_bits(size) * TICK  # 2x the plane limit
     media_rate = 1_000_000 / wire_bits(200) * TICK
     c0 = eng.counters()
     t0 = time.monotonic()
@@ -165,8 +170,11 @@ def test_plane_rate_limit_and_live_change(planes):
     # raise the std limit while traffic flows: media loses nothing meanwhile
     before = eng.counters().qos_dict(planes.up, MEDIA)
     offered2, _ = planes.offer(
-        1.0, {STD: std_rate, MEDIA: media_rate}, {STD: size, MEDIA: 200},
-        change=(50, lambda: eng.set_plane(STD, priority=0, queue_len=128, max_bps=20_000_000)))
+        1.0,
+        {STD: std_rate, MEDIA: media_rate},
+        {STD: size, MEDIA: 200},
+        change=(50, lambda: eng.set_plane(STD, priority=0, queue_len=128, max_bps=20_000_000)),
+    )
     after = eng.counters().qos_dict(planes.up, MEDIA)
     assert after["dropped"] == before["dropped"]
     assert after["sent"] - before["sent"] == offered2[MEDIA]
@@ -185,14 +193,18 @@ def test_guaranteed_rate_holds_against_smaller_frames_above(planes):
     media_rate = 1.5 * RATE / wire_bits(media_size) * TICK
     snaps = []
     snap = lambda: snaps.append((time.monotonic(), eng.counters()))  # noqa: E731
-    planes.offer(2.0, {STD: std_rate, MEDIA: media_rate}, {STD: std_size, MEDIA: media_size},
-                 change=[(50, snap), (170, snap)])
+    planes.offer(
+        2.0,
+        {STD: std_rate, MEDIA: media_rate},
+        {STD: std_size, MEDIA: media_size},
+        change=[(50, snap), (170, snap)],
+    )
     (t0, c0), (t1, c1) = snaps
     sent = c1.qos_dict(planes.up, STD)["sent"] - c0.qos_dict(planes.up, STD)["sent"]
     rate = sent * wire_bits(std_size) / (t1 - t0)
     assert 0.85 * guaranteed <= rate <= 1.15 * guaranteed, rate
     media = c1.qos_dict(planes.up, MEDIA)["sent"] - c0.qos_dict(planes.up, MEDIA)["sent"]
-    assert media * wire_bits(media_size) / (t1 - t0) >= 0.5 * RATE   # media has most of the rest
+    assert media * wire_bits(media_size) / (t1 - t0) >= 0.5 * RATE  # media has most of the rest
 
 
 def test_latency_counted_per_plane_in_a_mixed_burst(planes):
@@ -229,6 +241,7 @@ def test_shaper_off_sends_directly(planes):
 
 def test_bad_plane_settings_refused(eng):
     from dataplane import errors
+
     with pytest.raises(errors.ConfigError, match="power of two"):
         eng.set_plane(1, priority=5, queue_len=100)
     with pytest.raises(errors.ConfigError, match="DSCP"):

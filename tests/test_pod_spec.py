@@ -1,4 +1,5 @@
 """Pod plane specs: the good forms, and every kind of bad one named."""
+
 import json
 import re
 
@@ -8,20 +9,30 @@ from dataplane.config import parse_config
 from dataplane.errors import ConfigError
 from dataplane.podspec import IFNAMSIZ, host_ifname, parse_pod_spec
 
-CONFIG = parse_config({
-    "node": "node1",
-    "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
-    "networks": [
-        {"name": "net1", "vni": 100, "plane": "std", "subnet": "192.168.10.0/24",
-         "gateway": "192.168.10.1"},
-        {"name": "net2", "vni": 200, "plane": "control", "subnet": "192.168.20.0/24"},
-        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24"},
-        {"name": "net4", "vni": 400, "plane": "std", "subnet": "192.168.40.0/24"},
-    ],
-})
+CONFIG = parse_config(
+    {
+        "node": "node1",
+        "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+        "networks": [
+            {
+                "name": "net1",
+                "vni": 100,
+                "plane": "std",
+                "subnet": "192.168.10.0/24",
+                "gateway": "192.168.10.1",
+            },
+            {"name": "net2", "vni": 200, "plane": "control", "subnet": "192.168.20.0/24"},
+            {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24"},
+            {"name": "net4", "vni": 400, "plane": "std", "subnet": "192.168.40.0/24"},
+        ],
+    }
+)
 
-CT = {"pod_type": "ct", "network_plane": ["std", "control", "media"],
-      "networks": {"std": "net1", "control": "net2", "media": "net3"}}
+CT = {
+    "pod_type": "ct",
+    "network_plane": ["std", "control", "media"],
+    "networks": {"std": "net1", "control": "net2", "media": "net3"},
+}
 
 
 def spec(**changes):
@@ -46,7 +57,10 @@ def test_ct_pod_from_json_text():
     s = parse_pod_spec(json.dumps(CT), CONFIG)
     assert s.pod_type == "ct"
     assert [(p.plane, p.network, p.ifname) for p in s.planes] == [
-        ("std", "net1", "eth0"), ("control", "net2", "control"), ("media", "net3", "media")]
+        ("std", "net1", "eth0"),
+        ("control", "net2", "control"),
+        ("media", "net3", "media"),
+    ]
     assert [p.default_route for p in s.planes] == [True, False, False]
     assert s.plane("media").network == "net3" and s.plane("oam") is None
 
@@ -54,21 +68,27 @@ def test_ct_pod_from_json_text():
 def test_same_from_dict_and_bytes():
     a = parse_pod_spec(CT, CONFIG)
     assert parse_pod_spec(json.dumps(CT).encode(), CONFIG) == a
-    assert parse_pod_spec(a.to_dict(), CONFIG) == a          # round trip
+    assert parse_pod_spec(a.to_dict(), CONFIG) == a  # round trip
 
 
 def test_it_pod():
     s = parse_pod_spec('{"pod_type": "it", "networks": {"std": "net4"}}', CONFIG)
     assert [(p.plane, p.network, p.ifname) for p in s.planes] == [("std", "net4", "eth0")]
-    s2 = parse_pod_spec({"pod_type": "it", "network_plane": ["std"],
-                         "networks": {"std": "net1"}}, CONFIG)
+    s2 = parse_pod_spec(
+        {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}, CONFIG
+    )
     assert s2.planes[0].network == "net1"
 
 
 def test_fixed_ips_macs_and_interfaces():
-    s = parse_pod_spec(spec(ips={"std": "192.168.10.7", "media": "192.168.30.9/24"},
-                            macs={"control": "02:AA:BB:CC:DD:EE"},
-                            interfaces={"media": "rtp0"}), CONFIG)
+    s = parse_pod_spec(
+        spec(
+            ips={"std": "192.168.10.7", "media": "192.168.30.9/24"},
+            macs={"control": "02:AA:BB:CC:DD:EE"},
+            interfaces={"media": "rtp0"},
+        ),
+        CONFIG,
+    )
     assert s.plane("std").ip == "192.168.10.7"
     assert s.plane("media").ip == "192.168.30.9"
     assert s.plane("control").ip is None
@@ -78,29 +98,38 @@ def test_fixed_ips_macs_and_interfaces():
 
 
 def test_interface_names_from_config():
-    cfg = parse_config(dict(CONFIG.to_dict(), planes={
-        "std": {}, "control": {"interface": "sig0"}, "media": {}}))
+    cfg = parse_config(
+        dict(CONFIG.to_dict(), planes={"std": {}, "control": {"interface": "sig0"}, "media": {}})
+    )
     s = parse_pod_spec(CT, cfg)
     assert [p.ifname for p in s.planes] == ["eth0", "sig0", "media"]
 
 
 def test_host_ifname():
-    names = {host_ifname(pod, plane) for pod in ("a", "b", "kube-system/coredns-1")
-             for plane in ("std", "control", "media", "oam", "control2")}
-    assert len(names) == 15                                 # all distinct
+    names = {
+        host_ifname(pod, plane)
+        for pod in ("a", "b", "kube-system/coredns-1")
+        for plane in ("std", "control", "media", "oam", "control2")
+    }
+    assert len(names) == 15  # all distinct
     for n in names:
         assert len(n) < IFNAMSIZ and n.startswith("dp")
-    assert host_ifname("a", "media") == host_ifname("a", "media")   # deterministic
+    assert host_ifname("a", "media") == host_ifname("a", "media")  # deterministic
     assert host_ifname("a", "media").endswith("media")
     assert host_ifname("a", "std").endswith("std")
 
 
 # ------------------------------------------------------------- bad specs
 def test_list_of_pairs_from_the_slides():
-    text = ('{"pod_type": "ct", "network_plane": ["std", "control", "media"], '
-            '"networks": ["std": "net1", "control": "net2", "media": "net3"]}')
-    msg = bad(text, r'^networks must be a mapping \{"plane": "network"\}, not a list of '
-                    r'"plane": "network" pairs')
+    text = (
+        '{"pod_type": "ct", "network_plane": ["std", "control", "media"], '
+        '"networks": ["std": "net1", "control": "net2", "media": "net3"]}'
+    )
+    msg = bad(
+        text,
+        r'^networks must be a mapping \{"plane": "network"\}, not a list of '
+        r'"plane": "network" pairs',
+    )
     assert re.search(r"invalid JSON: .* at line 1 column \d+ \(char \d+\)", msg), msg
     # pretty-printed over several lines, the position still comes out
     text2 = text.replace(", ", ",\n  ")
@@ -109,8 +138,10 @@ def test_list_of_pairs_from_the_slides():
 
 
 def test_list_forms_that_are_valid_json():
-    bad(spec(networks=[{"std": "net1"}, {"control": "net2"}, {"media": "net3"}]),
-        r'^networks must be a mapping \{"plane": "network"\}, not a list')
+    bad(
+        spec(networks=[{"std": "net1"}, {"control": "net2"}, {"media": "net3"}]),
+        r'^networks must be a mapping \{"plane": "network"\}, not a list',
+    )
     bad(spec(networks=["net1", "net2", "net3"]), r"^networks must be a mapping")
 
 
@@ -121,54 +152,87 @@ def test_other_invalid_json():
     bad(b"\xff", r"^pod spec: not UTF-8")
 
 
-@pytest.mark.parametrize("changes, pattern", [
-    ({"pod_type": "xx"}, r"^pod_type: unknown pod type 'xx' \(known: ct, it\)"),
-    ({"pod_type": None}, r"^pod_type: is required"),
-    ({"network_plane": ["std", "voice"]}, r"^network_plane\[1\]: unknown plane 'voice'"),
-    ({"network_plane": ["std", "media", "std"]},
-     r"^network_plane\[2\]: duplicate plane 'std'"),
-    ({"network_plane": []}, r"^network_plane: \[\] is not a non-empty list"),
-    ({"network_plane": None}, r"^network_plane: is required for a ct pod"),
-    ({"network_plane": ["std", "control", "media", "oam"]},
-     r"^networks: plane oam is listed in network_plane but has no network"),
-    ({"network_plane": ["std", "control"]},
-     r"^networks\.media: network given for plane media, which is not listed in "
-     r"network_plane"),
-    ({"networks": {"std": "net1", "control": "net9", "media": "net3"}},
-     r"^networks\.control: unknown network 'net9' \(known: net1, net2, net3, net4\)"),
-    ({"networks": {"std": "net1", "control": "net3", "media": "net2"}},
-     r"^networks\.control: network net3 belongs to plane media, not control"),
-    ({"networks": {"std": "net1", "control": "net2", "media": "net3", "voice": "x"}},
-     r"^networks: unknown plane 'voice'"),
-    ({"networks": None}, r"^networks: is required"),
-    ({"networks": {"std": 5, "control": "net2", "media": "net3"}},
-     r"^networks\.std: 5 is not a network name"),
-    ({"interfaces": {"control": "eth0"}},
-     r"^interfaces: duplicate interface name 'eth0' \(planes std and control\)"),
-    ({"interfaces": {"media": "control"}},
-     r"^interfaces: duplicate interface name 'control' \(planes control and media\)"),
-    ({"interfaces": {"media": "x" * 16}}, r"^interfaces\.media: 'x{16}' is not a valid"),
-    ({"interfaces": {"media": "lo"}}, r"^interfaces\.media: 'lo' is not a valid"),
-    ({"interfaces": {"oam": "o0"}}, r"^interfaces\.oam: interface given for plane oam, "
-                                    r"which is not listed"),
-    ({"ips": {"std": "192.168.20.7"}}, r"^ips\.std: 192\.168\.20\.7 is outside network "
-                                       r"net1's subnet 192\.168\.10\.0/24"),
-    ({"ips": {"std": "192.168.10.1"}}, r"^ips\.std: 192\.168\.10\.1 is the gateway"),
-    ({"ips": {"std": "192.168.10.0"}}, r"^ips\.std: .*network or broadcast"),
-    ({"ips": {"std": "192.168.10.7/16"}}, r"^ips\.std: prefix length /16 differs"),
-    ({"ips": {"std": "nope"}}, r"^ips\.std: 'nope' is not an IPv4 address"),
-    ({"macs": {"std": "01:00:00:00:00:01"}}, r"^macs\.std: .*multicast"),
-    ({"macs": {"std": "02:00:00:00:00:01", "media": "02:00:00:00:00:01"}},
-     r"^macs\.media: 02:00:00:00:00:01 is the MAC of plane std already"),
-    ({"extra": 1}, r"^pod spec: unknown key 'extra'"),
-])
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        ({"pod_type": "xx"}, r"^pod_type: unknown pod type 'xx' \(known: ct, it\)"),
+        ({"pod_type": None}, r"^pod_type: is required"),
+        ({"network_plane": ["std", "voice"]}, r"^network_plane\[1\]: unknown plane 'voice'"),
+        ({"network_plane": ["std", "media", "std"]}, r"^network_plane\[2\]: duplicate plane 'std'"),
+        ({"network_plane": []}, r"^network_plane: \[\] is not a non-empty list"),
+        ({"network_plane": None}, r"^network_plane: is required for a ct pod"),
+        (
+            {"network_plane": ["std", "control", "media", "oam"]},
+            r"^networks: plane oam is listed in network_plane but has no network",
+        ),
+        (
+            {"network_plane": ["std", "control"]},
+            r"^networks\.media: network given for plane media, which is not listed in "
+            r"network_plane",
+        ),
+        (
+            {"networks": {"std": "net1", "control": "net9", "media": "net3"}},
+            r"^networks\.control: unknown network 'net9' \(known: net1, net2, net3, net4\)",
+        ),
+        (
+            {"networks": {"std": "net1", "control": "net3", "media": "net2"}},
+            r"^networks\.control: network net3 belongs to plane media, not control",
+        ),
+        (
+            {"networks": {"std": "net1", "control": "net2", "media": "net3", "voice": "x"}},
+            r"^networks: unknown plane 'voice'",
+        ),
+        ({"networks": None}, r"^networks: is required"),
+        (
+            {"networks": {"std": 5, "control": "net2", "media": "net3"}},
+            r"^networks\.std: 5 is not a network name",
+        ),
+        (
+            {"interfaces": {"control": "eth0"}},
+            r"^interfaces: duplicate interface name 'eth0' \(planes std and control\)",
+        ),
+        (
+            {"interfaces": {"media": "control"}},
+            r"^interfaces: duplicate interface name 'control' \(planes control and media\)",
+        ),
+        ({"interfaces": {"media": "x" * 16}}, r"^interfaces\.media: 'x{16}' is not a valid"),
+        ({"interfaces": {"media": "lo"}}, r"^interfaces\.media: 'lo' is not a valid"),
+        (
+            {"interfaces": {"oam": "o0"}},
+            r"^interfaces\.oam: interface given for plane oam, "
+            r"which is not listed",
+        ),
+        (
+            {"ips": {"std": "192.168.20.7"}},
+            r"^ips\.std: 192\.168\.20\.7 is outside network "
+            r"net1's subnet 192\.168\.10\.0/24",
+        ),
+        ({"ips": {"std": "192.168.10.1"}}, r"^ips\.std: 192\.168\.10\.1 is the gateway"),
+        ({"ips": {"std": "192.168.10.0"}}, r"^ips\.std: .*network or broadcast"),
+        ({"ips": {"std": "192.168.10.7/16"}}, r"^ips\.std: prefix length /16 differs"),
+        ({"ips": {"std": "nope"}}, r"^ips\.std: 'nope' is not an IPv4 address"),
+        ({"macs": {"std": "01:00:00:00:00:01"}}, r"^macs\.std: .*multicast"),
+        (
+            {"macs": {"std": "02:00:00:00:00:01", "media": "02:00:00:00:00:01"}},
+            r"^macs\.media: 02:00:00:00:00:01 is the MAC of plane std already",
+        ),
+        ({"extra": 1}, r"^pod spec: unknown key 'extra'"),
+    ],
+)
 def test_bad_ct_specs(changes, pattern):
     bad(spec(**changes), pattern)
 
 
 def test_it_pod_has_only_std():
-    bad({"pod_type": "it", "network_plane": ["std", "media"],
-         "networks": {"std": "net1", "media": "net3"}},
-        r"^network_plane: an it pod has only the std plane, not media")
-    bad({"pod_type": "it", "network_plane": ["media"], "networks": {"media": "net3"}},
-        r"^network_plane: an it pod has only the std plane, not media")
+    bad(
+        {
+            "pod_type": "it",
+            "network_plane": ["std", "media"],
+            "networks": {"std": "net1", "media": "net3"},
+        },
+        r"^network_plane: an it pod has only the std plane, not media",
+    )
+    bad(
+        {"pod_type": "it", "network_plane": ["media"], "networks": {"media": "net3"}},
+        r"^network_plane: an it pod has only the std plane, not media",
+    )

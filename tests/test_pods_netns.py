@@ -1,6 +1,7 @@
 """Pod interfaces in real network namespaces (root): attach, check, detach,
 nothing left behind. Every namespace is made by the test and removed after;
 no traffic leaves them."""
+
 import json
 import os
 import shutil
@@ -77,10 +78,30 @@ def ns_routes(ns):
 def test_attach_two_planes_then_detach(netns, pod):
     path = f"/var/run/netns/{netns}"
     h_std, h_media = host_ifname(pod, "std"), host_ifname(pod, "media")
-    r1 = attach_plane(pod, path, "eth0", h_std, "02:00:00:aa:00:07", "192.168.10.7/24",
-                      "192.168.10.1", 1450, True, plane="std")
-    r2 = attach_plane(pod, path, "media", h_media, "02:00:00:aa:00:08", "192.168.30.7/24",
-                      None, 1400, False, plane="media")
+    r1 = attach_plane(
+        pod,
+        path,
+        "eth0",
+        h_std,
+        "02:00:00:aa:00:07",
+        "192.168.10.7/24",
+        "192.168.10.1",
+        1450,
+        True,
+        plane="std",
+    )
+    r2 = attach_plane(
+        pod,
+        path,
+        "media",
+        h_media,
+        "02:00:00:aa:00:08",
+        "192.168.30.7/24",
+        None,
+        1400,
+        False,
+        plane="media",
+    )
     assert r1.host_ifname == h_std and r2.host_ifname == h_media
     h_std_mac, h_media_mac = r1[1], r2.host_mac
     assert len(h_std_mac.split(":")) == 6
@@ -93,11 +114,14 @@ def test_attach_two_planes_then_detach(netns, pod):
     assert "UP" in links["eth0"]["flags"] and "UP" in links["media"]["flags"]
     assert ns_addrs(netns, "eth0") == ["192.168.10.7/24"]
     assert ns_addrs(netns, "media") == ["192.168.30.7/24"]
-    assert sorted(ns_routes(netns), key=str) == sorted([
-        ("default", "192.168.10.1", "eth0"),
-        ("192.168.10.0/24", None, "eth0"),
-        ("192.168.30.0/24", None, "media"),
-    ], key=str)
+    assert sorted(ns_routes(netns), key=str) == sorted(
+        [
+            ("default", "192.168.10.1", "eth0"),
+            ("192.168.10.0/24", None, "eth0"),
+            ("192.168.30.0/24", None, "media"),
+        ],
+        key=str,
+    )
 
     # host ends: here, up, same MTU, the MAC returned, no IPv6 chatter
     host = {link["ifname"]: link for link in ip_json("link", "show")}
@@ -111,8 +135,11 @@ def test_attach_two_planes_then_detach(netns, pod):
     # checksum and segmentation offload are off on the pod end
     if shutil.which("ethtool"):
         feats = ip("netns", "exec", netns, "ethtool", "-k", "eth0").stdout
-        for feature in ("tx-checksumming", "tcp-segmentation-offload",
-                        "generic-segmentation-offload"):
+        for feature in (
+            "tx-checksumming",
+            "tcp-segmentation-offload",
+            "generic-segmentation-offload",
+        ):
             line = next(x for x in feats.splitlines() if x.startswith(feature + ":"))
             assert line.split(":")[1].split()[0] == "off", line
 
@@ -120,7 +147,11 @@ def test_attach_two_planes_then_detach(netns, pod):
     info = find_plane(h_std, path)
     assert info.kind == "veth" and info.host_mac == h_std_mac and info.up
     assert (info.ifname, info.mac, info.pod_mtu, info.pod_up) == (
-        "eth0", "02:00:00:aa:00:07", 1450, True)
+        "eth0",
+        "02:00:00:aa:00:07",
+        1450,
+        True,
+    )
     assert info.addresses == ["192.168.10.7/24"]
     assert find_plane(h_media).peer_index == links["media"]["ifindex"]
 
@@ -144,8 +175,18 @@ def test_pid_namespace_path(netns, pod):
             assert time.time() < end, "the child did not enter the namespace"
             time.sleep(0.02)
         h = host_ifname(pod, "std")
-        attach_plane(pod, path, "eth0", h, "02:00:00:aa:00:09", "10.9.0.9/16",
-                     "10.9.0.1", 1450, True, plane="std")
+        attach_plane(
+            pod,
+            path,
+            "eth0",
+            h,
+            "02:00:00:aa:00:09",
+            "10.9.0.9/16",
+            "10.9.0.1",
+            1450,
+            True,
+            plane="std",
+        )
         assert ns_addrs(netns, "eth0") == ["10.9.0.9/16"]
         assert find_plane(h, path).ifname == "eth0"
         assert detach_plane(h)
@@ -165,31 +206,54 @@ def test_failed_step_is_undone_and_named(netns, pod):
     before_ns, before_root = set(ns_links(netns)), root_links()
     h = host_ifname(pod, "std")
     with pytest.raises(AlreadyExists) as ei:
-        attach_plane(pod, f"/var/run/netns/{netns}", "eth0", h, "02:00:00:aa:00:0a",
-                     "192.168.10.7/24", "192.168.10.1", 1450, True, plane="std")
+        attach_plane(
+            pod,
+            f"/var/run/netns/{netns}",
+            "eth0",
+            h,
+            "02:00:00:aa:00:0a",
+            "192.168.10.7/24",
+            "192.168.10.1",
+            1450,
+            True,
+            plane="std",
+        )
     msg = str(ei.value)
     assert f"pod {pod} plane std: step 5/5 (add default route via 192.168.10.1)" in msg
     assert f"undone: veth {h} deleted" in msg
     assert wait_gone(h)
     assert root_links() <= before_root
     assert set(ns_links(netns)) == before_ns == {"lo", "other0", "other1"}
-    assert ns_routes(netns) == [("default", "172.16.0.1", "other0"),
-                                ("172.16.0.0/24", None, "other0")]
+    assert ns_routes(netns) == [
+        ("default", "172.16.0.1", "other0"),
+        ("172.16.0.0/24", None, "other0"),
+    ]
 
 
 def test_refusals_leave_nothing(netns, pod):
     path = f"/var/run/netns/{netns}"
     before = root_links()
     h = host_ifname(pod, "std")
-    args = dict(mac="02:00:00:aa:00:0b", ip_cidr="192.168.10.7/24",
-                gateway="192.168.10.1", mtu=1450, default_route=True)
-    with pytest.raises(ConfigError, match=r"netns: .* is the dataplane's own network "
-                                          r"namespace"):
+    args = dict(
+        mac="02:00:00:aa:00:0b",
+        ip_cidr="192.168.10.7/24",
+        gateway="192.168.10.1",
+        mtu=1450,
+        default_route=True,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"netns: .* is the dataplane's own network "
+        r"namespace",
+    ):
         attach_plane(pod, "/proc/self/ns/net", "eth0", h, **args)
     with pytest.raises(ConfigError, match=r"netns: cannot open /var/run/netns/nope-"):
         attach_plane(pod, f"/var/run/netns/nope-{uuid.uuid4().hex[:6]}", "eth0", h, **args)
-    with pytest.raises(ConfigError, match=r"netns: /etc/hostname is not a network "
-                                          r"namespace"):
+    with pytest.raises(
+        ConfigError,
+        match=r"netns: /etc/hostname is not a network "
+        r"namespace",
+    ):
         attach_plane(pod, "/etc/hostname", "eth0", h, **args)
     with pytest.raises(ConfigError, match=r"mac: .*multicast"):
         attach_plane(pod, path, "eth0", h, **dict(args, mac="01:00:00:00:00:01"))
@@ -213,10 +277,13 @@ def test_refusals_leave_nothing(netns, pod):
 
 def test_detach_refuses_what_is_not_a_veth():
     name = f"dpb{uuid.uuid4().hex[:8]}"
-    ip("link", "add", name, "type", "bridge")     # no address, never up
+    ip("link", "add", name, "type", "bridge")  # no address, never up
     try:
-        with pytest.raises(ConfigError, match=rf"host_ifname: {name} is a bridge interface, "
-                                              r"not a pod plane's veth"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"host_ifname: {name} is a bridge interface, "
+            r"not a pod plane's veth",
+        ):
             detach_plane(name)
         assert name in root_links()
         assert find_plane(name).kind == "bridge"
@@ -231,11 +298,19 @@ def test_namespace_gone_takes_the_pair(pod):
     ip("netns", "add", name)
     h = host_ifname(pod, "std")
     try:
-        attach_plane(pod, f"/var/run/netns/{name}", "eth0", h, "02:00:00:aa:00:0c",
-                     "192.168.10.7/24", None, 1450, True)
+        attach_plane(
+            pod,
+            f"/var/run/netns/{name}",
+            "eth0",
+            h,
+            "02:00:00:aa:00:0c",
+            "192.168.10.7/24",
+            None,
+            1450,
+            True,
+        )
     finally:
         ip("netns", "del", name, check=False)
     assert wait_gone(h)
     assert find_plane(h) is None
     assert detach_plane(h) is False
-

@@ -7,6 +7,7 @@ flow steering (as a NIC's flow rule on the outer DSCP would be): frames
 marked EF go into queue 1, the rest into queue 0. The engine runs two
 workers (the second shares CPU 0 with the control thread: these tests are
 about which worker polls what, not about speed)."""
+
 import uuid
 
 import pytest
@@ -28,9 +29,16 @@ def rig():
     if not ROOT:
         pytest.skip("needs root (DPDK EAL)")
     from tests.enginehost import start_host
+
     host = start_host()
-    eng = host.Engine(mode="fallback", lcores=[0, 1, 2], cpus=[0, 1, 0], memory_mb=256,
-                      n_mbufs=8191, file_prefix=f"dprxq-{uuid.uuid4().hex[:8]}")
+    eng = host.Engine(
+        mode="fallback",
+        lcores=[0, 1, 2],
+        cpus=[0, 1, 0],
+        memory_mb=256,
+        n_mbufs=8191,
+        file_prefix=f"dprxq-{uuid.uuid4().hex[:8]}",
+    )
     try:
         up = eng.add_ring_port("rxqup", role="uplink", rx_queues=2)
         mac = eng.port_info(up).mac
@@ -57,9 +65,14 @@ def vxlan_to(mac, plane, n):
     sending node marks it (EF for media)."""
     tos = 46 << 2 if plane == MEDIA else 0
     inner = Ether(src=REMOTE[plane], dst=POD[plane]) / IP() / UDP(sport=5000 + plane)
-    f = (Ether(src=NH_MAC, dst=mac) / IP(src=PEER_IP, dst=VTEP_IP, tos=tos, flags="DF")
-         / UDP(sport=50000, dport=4789, chksum=0) / VXLAN(vni=7700 + plane)
-         / inner / Raw(b"m" * 40))
+    f = (
+        Ether(src=NH_MAC, dst=mac)
+        / IP(src=PEER_IP, dst=VTEP_IP, tos=tos, flags="DF")
+        / UDP(sport=50000, dport=4789, chksum=0)
+        / VXLAN(vni=7700 + plane)
+        / inner
+        / Raw(b"m" * 40)
+    )
     return [f] * n
 
 
@@ -77,7 +90,7 @@ def test_plane_rx_queue_polled_by_its_worker(rig):
     send(eng, up, vxlan_to(mac, MEDIA, 30) + vxlan_to(mac, STD, 20))
     assert len(eng.collect(pods[MEDIA], wait=5, expect=30)) == 30
     assert len(eng.collect(pods[STD], wait=5, expect=20)) == 20
-    rx = (eng.port_by_worker(up) - before)[:, 0]        # rx_packets per worker
+    rx = (eng.port_by_worker(up) - before)[:, 0]  # rx_packets per worker
     # the media plane's worker took exactly the media frames from queue 1;
     # the shared worker the std ones from queue 0
     assert rx[1] == 30, rx
@@ -86,12 +99,12 @@ def test_plane_rx_queue_polled_by_its_worker(rig):
 
 def test_plane_rx_queue_moves_back_without_loss(rig):
     eng, up, pods, mac = rig
-    eng.set_plane(MEDIA, priority=3, dscp=46)              # no worker, no queue of its own
+    eng.set_plane(MEDIA, priority=3, dscp=46)  # no worker, no queue of its own
     try:
         assert eng.port_info(up).rx_workers == [0, 0]
         before = eng.port_by_worker(up)
         send(eng, up, vxlan_to(mac, MEDIA, 25))
-        assert len(eng.collect(pods[MEDIA], wait=5, expect=25)) == 25     # queue 1 still polled
+        assert len(eng.collect(pods[MEDIA], wait=5, expect=25)) == 25  # queue 1 still polled
         rx = (eng.port_by_worker(up) - before)[:, 0]
         assert rx[0] == 25 and rx[1] == 0, rx
     finally:
@@ -101,7 +114,9 @@ def test_plane_rx_queue_moves_back_without_loss(rig):
 
 def test_rx_queue_settings_refused(rig, tmp_path):
     from scapy.utils import wrpcap
+
     from dataplane.errors import DataplaneError
+
     eng = rig[0]
     with pytest.raises(DataplaneError, match="needs a worker of its own"):
         eng.set_plane(5, priority=5, rx_queue=2)
@@ -116,8 +131,11 @@ def test_rx_queue_settings_refused(rig, tmp_path):
     wrpcap(str(tmp_path / "in.pcap"), [Ether()])
     n = len(eng.ports())
     with pytest.raises(DataplaneError, match="at most 1"):
-        eng.add_port(f"net_pcap_rxq1,rx_pcap={tmp_path}/in.pcap,tx_pcap={tmp_path}/out.pcap",
-                     role="pod", rx_queues=2)
+        eng.add_port(
+            f"net_pcap_rxq1,rx_pcap={tmp_path}/in.pcap,tx_pcap={tmp_path}/out.pcap",
+            role="pod",
+            rx_queues=2,
+        )
     assert len(eng.ports()) == n
     with pytest.raises(DataplaneError, match="has no rx queue 2"):
         eng.inject(rig[1], [b"x" * 60], queue=2)

@@ -1,6 +1,7 @@
 """The node service on one node, in fallback mode, with network namespaces as
 pods: real veths, the core's AF_PACKET driver, the control API over its unix
 socket, the CLI, restarts, and /metrics scraped by a real Prometheus."""
+
 import json
 import os
 import re
@@ -16,12 +17,14 @@ import uuid
 
 import pytest
 
-pytestmark = [pytest.mark.netns,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CT_SPEC = {"pod_type": "ct", "network_plane": ["std", "control"],
-           "networks": {"std": "net1", "control": "net2"}}
+CT_SPEC = {
+    "pod_type": "ct",
+    "network_plane": ["std", "control"],
+    "networks": {"std": "net1", "control": "net2"},
+}
 IT_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 NETWORKS = """  - {name: net1, vni: 101, plane: std, subnet: 192.168.50.0/24, gateway: 192.168.50.1}
   - {name: net2, vni: 102, plane: control, subnet: 192.168.51.0/24}"""
@@ -66,16 +69,24 @@ metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
 """)
 
     def cli(self, *args, check=True):
-        r = subprocess.run([sys.executable, "-m", "dataplane.cli", *args, "--socket", self.sock],
-                           capture_output=True, text=True, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", *args, "--socket", self.sock],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         if check and r.returncode != 0:
             raise AssertionError(f"dataplane {' '.join(args)}: {r.stdout} {r.stderr}")
         return r
 
     def start(self):
         self.log = open(self.tmp / "service.log", "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "run", "-c",
-                                      str(self.cfg)], stdout=self.log, stderr=self.log, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dataplane.cli", "run", "-c", str(self.cfg)],
+            stdout=self.log,
+            stderr=self.log,
+            cwd=ROOT,
+        )
         for _ in range(300):
             if os.path.exists(self.sock):
                 return
@@ -96,14 +107,18 @@ metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
 
     def api(self, method, endpoint, body=None):
         from dataplane.api import call
+
         return call(self.sock, method, endpoint, body)
 
     def pod(self, name, spec):
         ns = f"dpt{self.tag}{name}"
         sh("ip", "netns", "add", ns)
         self.netns.append(ns)
-        info = self.api("POST", "/v1/pods", {"name": name, "netns": f"/var/run/netns/{ns}",
-                                             "spec": json.dumps(spec)})
+        info = self.api(
+            "POST",
+            "/v1/pods",
+            {"name": name, "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)},
+        )
         info["ns"] = ns
         return info
 
@@ -129,8 +144,11 @@ def ip_of(info, plane="std"):
 
 
 def ping(ns, ip, count=3, interval="0.2"):
-    return subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", interval,
-                           "-W", "1", ip], capture_output=True, text=True)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", interval, "-W", "1", ip],
+        capture_output=True,
+        text=True,
+    )
 
 
 def host_links():
@@ -152,14 +170,20 @@ def test_two_pods_ping_through_the_dataplane(node):
     routes = sh("ip", "-n", a["ns"], "route").stdout
     assert "default via 192.168.50.1 dev eth0" in routes
     mtu = sh("ip", "-n", a["ns"], "-o", "link", "show", "eth0").stdout
-    assert "mtu 1450" in mtu                                     # underlay 1500 - 50
+    assert "mtu 1450" in mtu  # underlay 1500 - 50
 
 
 def test_networks_are_isolated(node):
     a = node.pod("a", CT_SPEC)
     c = node.pod("c", {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}})
-    other = node.pod("o", {"pod_type": "ct", "network_plane": ["std", "control"],
-                           "networks": {"std": "net1", "control": "net2"}})
+    other = node.pod(
+        "o",
+        {
+            "pod_type": "ct",
+            "network_plane": ["std", "control"],
+            "networks": {"std": "net1", "control": "net2"},
+        },
+    )
     # a's std interface is on net1; put net2's subnet on it by hand: its ARP
     # is flooded inside net1 only, so net2's pod never answers (o answers ARP
     # only on the interface that has the address, as a host on two planes should)
@@ -168,7 +192,7 @@ def test_networks_are_isolated(node):
     sh("ip", "-n", a["ns"], "link", "set", "control", "down")
     r = ping(a["ns"], ip_of(other, "control"), count=2)
     assert r.returncode != 0
-    assert ping(a["ns"], ip_of(c)).returncode == 0             # net1 still works
+    assert ping(a["ns"], ip_of(c)).returncode == 0  # net1 still works
 
 
 def test_pod_del_leaves_nothing_behind(node):
@@ -185,7 +209,7 @@ def test_pod_del_leaves_nothing_behind(node):
             break
         time.sleep(0.05)
     assert not mine & host_links()
-    assert host_links() <= links                  # and nothing new was left
+    assert host_links() <= links  # and nothing new was left
     inside = sh("ip", "-n", a["ns"], "-o", "link").stdout
     assert "eth0" not in inside and "control" not in inside
     assert node.api("GET", "/v1/pods") == []
@@ -200,23 +224,49 @@ def test_bad_specs_are_refused_without_side_effects(node):
     sh("ip", "netns", "add", ns)
     node.netns.append(ns)
     cases = [
-        ('{"pod_type": "ct", "network_plane": ["std", "control"], '
-         '"networks": ["std": "net1", "control": "net2"]}', "mapping"),
-        (json.dumps({"pod_type": "ct", "network_plane": ["std", "voice"],
-                     "networks": {"std": "net1", "voice": "net2"}}), "voice"),
-        (json.dumps({"pod_type": "ct", "network_plane": ["std", "control"],
-                     "networks": {"std": "net1"}}), "control"),
-        (json.dumps({"pod_type": "it", "network_plane": ["std"],
-                     "networks": {"std": "net9"}}), "net9"),
+        (
+            '{"pod_type": "ct", "network_plane": ["std", "control"], '
+            '"networks": ["std": "net1", "control": "net2"]}',
+            "mapping",
+        ),
+        (
+            json.dumps(
+                {
+                    "pod_type": "ct",
+                    "network_plane": ["std", "voice"],
+                    "networks": {"std": "net1", "voice": "net2"},
+                }
+            ),
+            "voice",
+        ),
+        (
+            json.dumps(
+                {"pod_type": "ct", "network_plane": ["std", "control"], "networks": {"std": "net1"}}
+            ),
+            "control",
+        ),
+        (
+            json.dumps({"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net9"}}),
+            "net9",
+        ),
     ]
     for spec, word in cases:
-        r = node.cli("pod", "add", "bad", "--netns", f"/var/run/netns/{ns}", "--spec", spec,
-                     check=False)
+        r = node.cli(
+            "pod", "add", "bad", "--netns", f"/var/run/netns/{ns}", "--spec", spec, check=False
+        )
         assert r.returncode != 0 and word in (r.stdout + r.stderr), (spec, r.stderr)
-    r = node.cli("pod", "add", "bad", "--netns", "/var/run/netns/nope", "--spec",
-                 json.dumps(IT_SPEC), check=False)
+    r = node.cli(
+        "pod",
+        "add",
+        "bad",
+        "--netns",
+        "/var/run/netns/nope",
+        "--spec",
+        json.dumps(IT_SPEC),
+        check=False,
+    )
     assert r.returncode != 0 and "nope" in r.stderr
-    assert host_links() <= before     # nothing new (an earlier test's may still be going)
+    assert host_links() <= before  # nothing new (an earlier test's may still be going)
     assert node.api("GET", "/v1/pods") == []
     assert "eth0" not in sh("ip", "-n", ns, "-o", "link").stdout
 
@@ -227,8 +277,11 @@ def test_restart_replays_state(node):
     assert ping(a["ns"], ip_of(b)).returncode == 0
     pods_before = node.api("GET", "/v1/pods")
     # a ping at 100/s runs across a SIGTERM + restart: count what is lost
-    p = subprocess.Popen(["ip", "netns", "exec", a["ns"], "ping", "-i", "0.01", "-c", "600",
-                          "-W", "1", ip_of(b)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", a["ns"], "ping", "-i", "0.01", "-c", "600", "-W", "1", ip_of(b)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)
     node.stop()
     # pods keep their interfaces and addresses while the service is down
@@ -238,11 +291,16 @@ def test_restart_replays_state(node):
     sent, recv = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
     print(f"restart: {sent - recv} of {sent} pings at 10 ms lost")
     pods_after = node.api("GET", "/v1/pods")
-    strip = lambda ps: [{**x, "planes": [{k: v for k, v in pl.items() if k != "port"}
-                                         for pl in x["planes"]]} for x in ps]
-    assert strip(pods_after) == strip(pods_before)            # same MACs, IPs, names
+
+    def strip(ps):
+        return [
+            {**x, "planes": [{k: v for k, v in pl.items() if k != "port"} for pl in x["planes"]]}
+            for x in ps
+        ]
+
+    assert strip(pods_after) == strip(pods_before)  # same MACs, IPs, names
     assert ping(a["ns"], ip_of(b)).returncode == 0
-    c = node.pod("c", IT_SPEC)                               # nothing allocated twice
+    c = node.pod("c", IT_SPEC)  # nothing allocated twice
     assert ip_of(c) not in {ip_of(a), ip_of(b)}
     assert recv > 0
 
@@ -260,11 +318,17 @@ def test_status_cli(node):
 
 def test_bad_config_refused_nothing_started(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("node: x\nvtep: {address: 10.0.0.1/24, uplink: lo0}\n"
-                   "networks:\n  - {name: n, vni: 16777216, plane: std, subnet: 10.1.0.0/24}\n"
-                   f"api_socket: {tmp_path}/api.sock\nstate_dir: {tmp_path}/st\n")
-    r = subprocess.run([sys.executable, "-m", "dataplane.cli", "run", "-c", str(cfg)],
-                       capture_output=True, text=True, cwd=ROOT)
+    cfg.write_text(
+        "node: x\nvtep: {address: 10.0.0.1/24, uplink: lo0}\n"
+        "networks:\n  - {name: n, vni: 16777216, plane: std, subnet: 10.1.0.0/24}\n"
+        f"api_socket: {tmp_path}/api.sock\nstate_dir: {tmp_path}/st\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode != 0
     assert "networks[0].vni" in r.stderr
     assert not os.path.exists(tmp_path / "api.sock") and not os.path.exists(tmp_path / "st")
@@ -272,19 +336,25 @@ def test_bad_config_refused_nothing_started(tmp_path):
 
 # ------------------------------------------------------------- Prometheus
 def scrape(node):
-    return urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics",
-                                  timeout=10).read().decode()
+    return (
+        urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
 
 
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed")
 def test_metrics_pass_promtool(node):
     node.pod("a", CT_SPEC)
     text = scrape(node)
-    r = subprocess.run(["promtool", "check", "metrics"], input=text,
-                       capture_output=True, text=True)
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("dataplane_worker_polls_total", "dataplane_worker_fdb_lookups_total",
-                 "dataplane_worker_fdb_cache_misses_total", "dataplane_plane_latency_seconds_bucket"):
+    for name in (
+        "dataplane_worker_polls_total",
+        "dataplane_worker_fdb_lookups_total",
+        "dataplane_worker_fdb_cache_misses_total",
+        "dataplane_plane_latency_seconds_bucket",
+    ):
         assert f"\n{name}{{" in text, name
 
 
@@ -300,16 +370,25 @@ scrape_configs:
   - job_name: dataplane
     static_configs: [{{targets: ["127.0.0.1:{node.metrics_port}"]}}]
 """)
-    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path}/prom.yml",
-                             f"--storage.tsdb.path={tmp_path}/tsdb",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path}/prom.yml",
+            f"--storage.tsdb.path={tmp_path}/tsdb",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         st = node.api("GET", "/v1/status")
-        a_port = next(p for p in st["ports"] if p["name"] == a["planes"][1]["host_ifname"]
-                      or p["name"] == next(x["host_ifname"] for x in a["planes"]
-                                           if x["plane"] == "std"))
-        q = (f'dataplane_port_rx_packets_total{{name="{a_port["name"]}"}}')
+        a_port = next(
+            p
+            for p in st["ports"]
+            if p["name"] == a["planes"][1]["host_ifname"]
+            or p["name"] == next(x["host_ifname"] for x in a["planes"] if x["plane"] == "std")
+        )
+        q = f'dataplane_port_rx_packets_total{{name="{a_port["name"]}"}}'
         url = f"http://127.0.0.1:{port}/api/v1/query?query=" + urllib.request.quote(q)
         value = None
         for _ in range(200):
@@ -327,8 +406,9 @@ scrape_configs:
         # the 20 echo requests (+ ARP) went in at that port; what Prometheus
         # stored is what the core counted (nothing else runs in the pod)
         assert value is not None and 20 <= value <= rx_now
-        up = json.load(urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/api/v1/query?query=up", timeout=5))["data"]["result"]
+        up = json.load(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query=up", timeout=5)
+        )["data"]["result"]
         assert up and up[0]["value"][1] == "1"
     finally:
         prom.terminate()
@@ -340,10 +420,18 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
     shaped uplink in its own VNI, queued in its own plane, marked as the
     plane says (std copies the inner DSCP, control CS3, media EF)."""
     tag = uuid.uuid4().hex[:5]
-    nets = NETWORKS + """
+    nets = (
+        NETWORKS
+        + """
   - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0/24}"""
-    n = Node(tmp_path, tag, networks=nets, extra="""remotes:
-  - {vtep: 10.99.0.2, networks: [net1, net2, net3]}""")
+    )
+    n = Node(
+        tmp_path,
+        tag,
+        networks=nets,
+        extra="""remotes:
+  - {vtep: 10.99.0.2, networks: [net1, net2, net3]}""",
+    )
     ul = f"dptul{tag}"
     try:
         # the uplink's peer lives in an underlay namespace as 10.99.0.2
@@ -351,31 +439,71 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
         sh("ip", "link", "set", f"dpu{tag}b", "netns", ul)
         sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", f"dpu{tag}b")
         sh("ip", "-n", ul, "link", "set", f"dpu{tag}b", "up")
-        cfg = n.cfg.read_text().replace("uplink: " + n.uplink + "}",
-                                        "uplink: " + n.uplink + ", uplink_rate: 100M}")
+        cfg = n.cfg.read_text().replace(
+            "uplink: " + n.uplink + "}", "uplink: " + n.uplink + ", uplink_rate: 100M}"
+        )
         n.cfg.write_text(cfg)
         n.start()
-        spec = {"pod_type": "ct", "network_plane": ["std", "control", "media"],
-                "networks": {"std": "net1", "control": "net2", "media": "net3"}}
+        spec = {
+            "pod_type": "ct",
+            "network_plane": ["std", "control", "media"],
+            "networks": {"std": "net1", "control": "net2", "media": "net3"},
+        }
         pod = n.pod("a", spec)
         cap = tmp_path / "ul.pcap"
-        tcpdump = subprocess.Popen(["ip", "netns", "exec", ul, "tcpdump", "-i", f"dpu{tag}b",
-                                    "-w", str(cap), "-U", "udp port 4789"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tcpdump = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ul,
+                "tcpdump",
+                "-i",
+                f"dpu{tag}b",
+                "-w",
+                str(cap),
+                "-U",
+                "udp port 4789",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1.0)
         # unknown destinations in each plane's subnet: ARP floods to the remote VTEP,
         # and pings with a DSCP of their own (std copies it, others mark their own)
-        for ip, dev in (("192.168.50.99", "eth0"), ("192.168.51.99", "control"),
-                        ("192.168.52.99", "media")):
-            subprocess.run(["ip", "netns", "exec", pod["ns"], "ping", "-c", "2", "-i", "0.2",
-                            "-W", "1", "-Q", "0x28", "-I", dev, ip], capture_output=True)
+        for ip, dev in (
+            ("192.168.50.99", "eth0"),
+            ("192.168.51.99", "control"),
+            ("192.168.52.99", "media"),
+        ):
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    pod["ns"],
+                    "ping",
+                    "-c",
+                    "2",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-Q",
+                    "0x28",
+                    "-I",
+                    dev,
+                    ip,
+                ],
+                capture_output=True,
+            )
         time.sleep(0.5)
         tcpdump.terminate()
         tcpdump.wait(10)
-        from scapy.utils import rdpcap
-        from scapy.layers.vxlan import VXLAN
         from scapy.layers.inet import IP
-        from scapy.layers.l2 import Ether
+        from scapy.layers.vxlan import VXLAN
+        from scapy.utils import rdpcap
+
         by_vni = {}
         for f in rdpcap(str(cap)):
             if f.haslayer(VXLAN):
@@ -383,7 +511,7 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
                 by_vni.setdefault(f[VXLAN].vni, set()).add(f[IP].tos)
         assert set(by_vni) >= {101, 102, 103}, by_vni
         assert by_vni[102] == {24 << 2} and by_vni[103] == {46 << 2}
-        assert by_vni[101] <= {0, 0x28}                       # copied from the inner frame
+        assert by_vni[101] <= {0, 0x28}  # copied from the inner frame
         st = n.api("GET", "/v1/status")
         q = {p["name"]: p for p in st["planes"]}
         for plane in ("std", "control", "media"):

@@ -5,6 +5,7 @@ etcd one (on a test etcd, see tests/etcdhost.py; skipped without
 /usr/bin/etcd). The file-level tests are SQLite's own; tests/test_store_etcd.py
 has etcd's (races between processes, watches, restarts).
 """
+
 import base64
 import ipaddress
 import os
@@ -14,13 +15,16 @@ import threading
 import uuid
 
 import pytest
+from etcdhost import have_etcd, shared_server
 
 from dataplane.errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
 from dataplane.store import SqliteStore
-from etcdhost import have_etcd, shared_server
 
-SPEC = {"pod_type": "ct", "network_plane": ["std", "media"],
-        "networks": {"std": "net1", "media": "net3"}}
+SPEC = {
+    "pod_type": "ct",
+    "network_plane": ["std", "media"],
+    "networks": {"std": "net1", "media": "net3"},
+}
 NO_ETCD = "etcd-server is not installed (/usr/bin/etcd; apt-get install etcd-server)"
 
 
@@ -35,6 +39,7 @@ def opener(request, path):
     SQLite file, or the same etcd key prefix (a fresh one per test)."""
     opened = []
     if request.param == "sqlite":
+
         def open_store():
             opened.append(SqliteStore(path))
             return opened[-1]
@@ -42,19 +47,22 @@ def opener(request, path):
         if not have_etcd():
             pytest.skip(NO_ETCD)
         from dataplane.store.etcd import EtcdStore
+
         url = shared_server(request.config).url
         prefix = f"/dptest/{uuid.uuid4().hex}"
 
         def open_store():
             opened.append(EtcdStore([url], prefix=prefix))
             return opened[-1]
+
     yield open_store
     for s in opened:
         s.close()
-    if request.param == "etcd":                        # leave nothing behind
+    if request.param == "etcd":  # leave nothing behind
         with EtcdStore([url], prefix=prefix) as s:
-            s.client.post("kv/deleterange", {"key": _b64(prefix + "/"),
-                                             "range_end": _b64(prefix + "0")})
+            s.client.post(
+                "kv/deleterange", {"key": _b64(prefix + "/"), "range_end": _b64(prefix + "0")}
+            )
 
 
 def _b64(text):
@@ -97,7 +105,12 @@ def test_networks(store):
     assert [n["name"] for n in store.networks()] == ["net1", "net3"]
     n = store.network("net1")
     assert (n["vni"], n["plane"], n["subnet"], n["gateway"], n["mtu"]) == (
-        100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
+        100,
+        "std",
+        "192.168.10.0/24",
+        "192.168.10.1",
+        1450,
+    )
     store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.254", 1400)
     assert store.network("net1")["gateway"] == "192.168.10.254"
     with pytest.raises(ConfigError, match=r"network net2: VNI 100 is used by network net1"):
@@ -136,12 +149,23 @@ def test_endpoints_and_delete_pod(store):
     store.put_pod("p1", "/var/run/netns/p1", SPEC)
     store.put_pod("p2", "/var/run/netns/p2", SPEC)
     for pod in ("p1", "p2"):
-        for plane, net, subnet in (("std", "net1", "192.168.10.0/24"),
-                                   ("media", "net3", "192.168.30.0/24")):
+        for plane, net, subnet in (
+            ("std", "net1", "192.168.10.0/24"),
+            ("media", "net3", "192.168.30.0/24"),
+        ):
             ip = store.allocate_ip(net, subnet, None, pod)
             mac = store.allocate_mac(pod, plane)
-            store.add_endpoint(pod, plane, net, "eth0" if plane == "std" else plane,
-                               f"h-{pod}-{plane}", mac, ip, node="node1", vtep="10.0.0.1")
+            store.add_endpoint(
+                pod,
+                plane,
+                net,
+                "eth0" if plane == "std" else plane,
+                f"h-{pod}-{plane}",
+                mac,
+                ip,
+                node="node1",
+                vtep="10.0.0.1",
+            )
     assert len(store.endpoints()) == 4
     assert {e["plane"] for e in store.endpoints(pod="p1")} == {"std", "media"}
     assert {e["pod"] for e in store.endpoints(network="net3")} == {"p1", "p2"}
@@ -149,17 +173,30 @@ def test_endpoints_and_delete_pod(store):
     store.set_endpoint_state("p1", "std", "ready")
     [e] = store.endpoints(state="ready")
     assert (e["pod"], e["plane"], e["host_ifname"], e["node"], e["vtep"]) == (
-        "p1", "std", "h-p1-std", "node1", "10.0.0.1")
+        "p1",
+        "std",
+        "h-p1-std",
+        "node1",
+        "10.0.0.1",
+    )
     # re-recording the same endpoint updates it (a retried pod add)
-    store.add_endpoint("p1", "std", "net1", "eth0", "h-p1-std", e["mac"], e["ip"],
-                       state="ready")
+    store.add_endpoint("p1", "std", "net1", "eth0", "h-p1-std", e["mac"], e["ip"], state="ready")
     assert len(store.endpoints(pod="p1")) == 2
     with pytest.raises(AlreadyExists, match=r"host interface h-p1-std belongs to pod p1"):
-        store.add_endpoint("p2", "std", "net1", "eth0", "h-p1-std", "02:00:00:00:00:01",
-                           None)
+        store.add_endpoint("p2", "std", "net1", "eth0", "h-p1-std", "02:00:00:00:00:01", None)
     # remote endpoints (another node's pods) have no host interface
-    store.add_endpoint("r1", "std", "net1", None, None, "02:00:00:00:99:01",
-                       "192.168.10.99", node="node2", vtep="10.0.0.2", state="ready")
+    store.add_endpoint(
+        "r1",
+        "std",
+        "net1",
+        None,
+        None,
+        "02:00:00:00:99:01",
+        "192.168.10.99",
+        node="node2",
+        vtep="10.0.0.2",
+        state="ready",
+    )
     assert store.delete_pod("p1") is True
     assert store.pod("p1") is None
     assert store.endpoints(pod="p1") == []
@@ -170,11 +207,14 @@ def test_endpoints_and_delete_pod(store):
 
 
 def test_allocate_ip_skips_reserved_and_never_repeats(store):
-    subnet = "10.1.0.0/29"          # hosts .1 .. .6
+    subnet = "10.1.0.0/29"  # hosts .1 .. .6
     got = [store.allocate_ip("n", subnet, "10.1.0.1", f"p{i}") for i in range(5)]
     assert got == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]
-    with pytest.raises(ResourceError, match=r"network n: no free address left in "
-                                            r"10\.1\.0\.0/29"):
+    with pytest.raises(
+        ResourceError,
+        match=r"network n: no free address left in "
+        r"10\.1\.0\.0/29",
+    ):
         store.allocate_ip("n", subnet, "10.1.0.1", "p9")
     # asking again for the same pod gives the address it has
     assert store.allocate_ip("n", subnet, "10.1.0.1", "p2") == "10.1.0.4"
@@ -187,40 +227,50 @@ def test_allocate_ip_skips_reserved_and_never_repeats(store):
 def test_allocate_fixed(store):
     s, gw = "192.168.10.0/24", "192.168.10.1"
     assert store.allocate_ip("net1", s, gw, "p1", fixed="192.168.10.7") == "192.168.10.7"
-    with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.7 on network net1 is taken "
-                                          r"by pod p1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ips: 192\.168\.10\.7 on network net1 is taken "
+        r"by pod p1",
+    ):
         store.allocate_ip("net1", s, gw, "p2", fixed="192.168.10.7")
-    with pytest.raises(ConfigError, match=r"ips: 192\.168\.11\.7 is outside network net1's "
-                                          r"subnet 192\.168\.10\.0/24"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ips: 192\.168\.11\.7 is outside network net1's "
+        r"subnet 192\.168\.10\.0/24",
+    ):
         store.allocate_ip("net1", s, gw, "p2", fixed="192.168.11.7")
     with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.1 is the gateway address"):
         store.allocate_ip("net1", s, gw, "p2", fixed="192.168.10.1")
-    with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.255 is the network or "
-                                          r"broadcast address"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ips: 192\.168\.10\.255 is the network or "
+        r"broadcast address",
+    ):
         store.allocate_ip("net1", s, gw, "p2", fixed="192.168.10.255")
     with pytest.raises(ConfigError, match=r"ips: 'x' for network net1"):
         store.allocate_ip("net1", s, gw, "p2", fixed="x")
-    with pytest.raises(ConfigError, match=r"pod p1 has address 192\.168\.10\.7 on network "
-                                          r"net1 already, not 192\.168\.10\.8"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pod p1 has address 192\.168\.10\.7 on network "
+        r"net1 already, not 192\.168\.10\.8",
+    ):
         store.allocate_ip("net1", s, gw, "p1", fixed="192.168.10.8")
     # a dynamic allocation goes round the fixed one
     assert store.allocate_ip("net1", s, gw, "p2") == "192.168.10.2"
     # nothing failed left a row behind
-    assert sorted(a["ip"] for a in store.allocations("net1")) == [
-        "192.168.10.2", "192.168.10.7"]
+    assert sorted(a["ip"] for a in store.allocations("net1")) == ["192.168.10.2", "192.168.10.7"]
 
 
 def test_allocate_mac(store):
     m = store.allocate_mac("p1", "std")
-    assert m == store.allocate_mac("p1", "std")           # deterministic
+    assert m == store.allocate_mac("p1", "std")  # deterministic
     assert m != store.allocate_mac("p1", "media") != store.allocate_mac("p2", "std")
     first = int(m.split(":")[0], 16)
-    assert first == 0x02                                  # local, unicast
+    assert first == 0x02  # local, unicast
     assert len(bytes.fromhex(m.replace(":", ""))) == 6
     # a MAC already recorded for another endpoint is not given again
     store.put_pod("p1", "/x", SPEC)
-    store.add_endpoint("other", "std", "net1", "eth0", "h1", store.allocate_mac("p1", "std"),
-                       None)
+    store.add_endpoint("other", "std", "net1", "eth0", "h1", store.allocate_mac("p1", "std"), None)
     m2 = store.allocate_mac("p1", "std")
     assert m2 != m and m2.startswith("02:")
 
@@ -230,10 +280,9 @@ def test_state_survives_reopen(opener):
     s.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
     s.put_pod("p1", "/var/run/netns/p1", SPEC, state="ready")
     ip = s.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "p1")
-    s.add_endpoint("p1", "std", "net1", "eth0", "dpabc", "02:00:00:00:00:01", ip,
-                   state="ready")
+    s.add_endpoint("p1", "std", "net1", "eth0", "dpabc", "02:00:00:00:00:01", ip, state="ready")
     s.set_meta("node", "node1")
-    s.close()                      # as after a crash: nothing else is flushed
+    s.close()  # as after a crash: nothing else is flushed
     s = opener()
     assert s.pod("p1")["state"] == "ready"
     assert s.endpoints(pod="p1")[0]["ip"] == ip
@@ -273,7 +322,7 @@ def test_threads_never_share_an_address(store):
 
 
 def test_two_openers_share_the_state(opener, store):
-    other = opener()               # as the CLI and the service would
+    other = opener()  # as the CLI and the service would
     store.allocate_ip("n", "10.3.0.0/24", None, "a")
     assert other.allocate_ip("n", "10.3.0.0/24", None, "b") == "10.3.0.2"
     other.put_pod("p1", "/x", SPEC)
@@ -290,14 +339,43 @@ def test_pods_and_endpoints_of_a_node(store):
     assert [p["name"] for p in store.pods(node="node2", state="ready")] == ["b"]
     assert store.pods(node="node2", state="pending") == []
     assert [p["name"] for p in store.pods()] == ["a", "b", "c"]
-    store.add_endpoint("a", "std", "net1", "eth0", "ha", "02:00:00:00:00:0a", "10.0.0.2",
-                       node="node1", vtep="10.1.0.1")
-    store.add_endpoint("b", "std", "net1", "eth0", "hb", "02:00:00:00:00:0b", "10.0.0.3",
-                       node="node2", vtep="10.1.0.2")
+    store.add_endpoint(
+        "a",
+        "std",
+        "net1",
+        "eth0",
+        "ha",
+        "02:00:00:00:00:0a",
+        "10.0.0.2",
+        node="node1",
+        vtep="10.1.0.1",
+    )
+    store.add_endpoint(
+        "b",
+        "std",
+        "net1",
+        "eth0",
+        "hb",
+        "02:00:00:00:00:0b",
+        "10.0.0.3",
+        node="node2",
+        vtep="10.1.0.2",
+    )
     assert [e["pod"] for e in store.endpoints(node="node2")] == ["b"]
     assert [e["pod"] for e in store.endpoints(node="node1", network="net1")] == ["a"]
-    assert set(store.endpoints()[0]) == {"pod", "plane", "network", "ifname", "host_ifname",
-                                         "mac", "ip", "node", "vtep", "state", "created"}
+    assert set(store.endpoints()[0]) == {
+        "pod",
+        "plane",
+        "network",
+        "ifname",
+        "host_ifname",
+        "mac",
+        "ip",
+        "node",
+        "vtep",
+        "state",
+        "created",
+    }
 
 
 def test_old_file_gets_the_node_column(path):
@@ -312,9 +390,15 @@ def test_old_file_gets_the_node_column(path):
     """)
     db.close()
     s = SqliteStore(path)
-    assert s.pod("old") == {"name": "old", "netns": "/x", "spec": {}, "state": "ready",
-                            "created": 1.0, "node": None}
+    assert s.pod("old") == {
+        "name": "old",
+        "netns": "/x",
+        "spec": {},
+        "state": "ready",
+        "created": 1.0,
+        "node": None,
+    }
     s.put_pod("new", "/y", {}, node="node1")
     assert [p["name"] for p in s.pods(node="node1")] == ["new"]
     s.close()
-    SqliteStore(path).close()      # opened again: nothing more to add
+    SqliteStore(path).close()  # opened again: nothing more to add

@@ -3,6 +3,7 @@ the test on 127.0.0.1 with free ports, see tests/etcdhost.py): races between
 processes, the key layout, static endpoints, watches, restarts and a hung
 etcd. The behaviour it shares with the SQLite store is tested in
 tests/test_store.py, which runs every case against both."""
+
 import base64
 import ipaddress
 import multiprocessing
@@ -12,19 +13,19 @@ import time
 import uuid
 
 import pytest
+from etcdhost import EtcdServer, _free_port, have_etcd, shared_server
 
 from dataplane.config import StoreConfig
 from dataplane.errors import AlreadyExists, Busy, ConfigError, NotFound
 from dataplane.store import SqliteStore, open_store
-from etcdhost import EtcdServer, _free_port, have_etcd, shared_server
 
 pytestmark = pytest.mark.skipif(
-    not have_etcd(), reason="etcd-server is not installed (/usr/bin/etcd; "
-                            "apt-get install etcd-server)")
+    not have_etcd(),
+    reason="etcd-server is not installed (/usr/bin/etcd; apt-get install etcd-server)",
+)
 
 if have_etcd():
-    from dataplane.store.etcd import (EtcdCompacted, EtcdStore, EtcdUnavailable,
-                                      STATIC_NODE_PREFIX)
+    from dataplane.store.etcd import STATIC_NODE_PREFIX, EtcdCompacted, EtcdStore, EtcdUnavailable
 
 SUBNET = "192.168.10.0/24"
 
@@ -67,10 +68,12 @@ def _b64(b):
 
 def _raw_keys(s):
     p = s.prefix.encode()
-    r = s.client.post("kv/range", {"key": _b64(p + b"/"), "range_end": _b64(p + b"0"),
-                                   "keys_only": True})
-    return sorted(base64.b64decode(kv["key"]).decode()[len(s.prefix) + 1:]
-                  for kv in r.get("kvs", []))
+    r = s.client.post(
+        "kv/range", {"key": _b64(p + b"/"), "range_end": _b64(p + b"0"), "keys_only": True}
+    )
+    return sorted(
+        base64.b64decode(kv["key"]).decode()[len(s.prefix) + 1 :] for kv in r.get("kvs", [])
+    )
 
 
 class Events:
@@ -101,8 +104,9 @@ def test_open_store_by_kind(tmp_path, server, prefix):
     s = open_store(StoreConfig(kind="sqlite", path=str(tmp_path / "s.db")), "node1")
     assert isinstance(s, SqliteStore) and s.kind == "sqlite" and s.node == "node1"
     s.close()
-    e = open_store(StoreConfig(kind="etcd", endpoints=(server.url,), prefix=prefix),
-                   "node1", timeout=3)
+    e = open_store(
+        StoreConfig(kind="etcd", endpoints=(server.url,), prefix=prefix), "node1", timeout=3
+    )
     assert isinstance(e, EtcdStore) and e.kind == "etcd" and e.node == "node1"
     assert e.prefix == prefix and e.timeout == 3 and e.urls == [server.url]
     e.close()
@@ -138,11 +142,11 @@ def test_next_endpoint_when_one_does_not_answer(server, prefix):
 
 def test_prefixes_do_not_meet(server, prefix):
     a = EtcdStore([server.url], prefix=prefix)
-    b = EtcdStore([server.url], prefix=prefix + "b")    # "/x" and "/xb"
+    b = EtcdStore([server.url], prefix=prefix + "b")  # "/x" and "/xb"
     a.put_network("net1", 100, "std", SUBNET)
     a.put_pod("p1", "/x", {})
     assert b.networks() == [] and b.pods() == []
-    b.put_network("net1", 100, "std", SUBNET)           # VNIs are per cluster prefix
+    b.put_network("net1", 100, "std", SUBNET)  # VNIs are per cluster prefix
     _wipe(a), _wipe(b), a.close(), b.close()
 
 
@@ -152,13 +156,24 @@ def test_key_layout(store):
     ip = store.allocate_ip("net1", SUBNET, "192.168.10.1", "ns/p1")
     mac = store.allocate_mac("ns/p1", "std")
     store.put_pod("ns/p1", "/x", {}, node="node1")
-    store.add_endpoint("ns/p1", "std", "net1", "eth0", "dp0", mac, ip, node="node1",
-                       vtep="10.0.0.1")
+    store.add_endpoint(
+        "ns/p1", "std", "net1", "eth0", "dp0", mac, ip, node="node1", vtep="10.0.0.1"
+    )
     store.set_meta("k", "v")
-    assert _raw_keys(store) == sorted([
-        "networks/net1", "vni/100", "pods/ns%2Fp1", "endpoints/ns%2Fp1/std",
-        "hostif/node1/dp0", f"alloc/net1/{ip}", "podalloc/ns%2Fp1/net1",
-        f"macs/{mac}", "podmacs/ns%2Fp1/std", "meta/k"])
+    assert _raw_keys(store) == sorted(
+        [
+            "networks/net1",
+            "vni/100",
+            "pods/ns%2Fp1",
+            "endpoints/ns%2Fp1/std",
+            "hostif/node1/dp0",
+            f"alloc/net1/{ip}",
+            "podalloc/ns%2Fp1/net1",
+            f"macs/{mac}",
+            "podmacs/ns%2Fp1/std",
+            "meta/k",
+        ]
+    )
     # a '/' in a name does not make it the parent of another name
     store.put_pod("ns", "/y", {})
     assert store.delete_pod("ns") is True
@@ -169,7 +184,7 @@ def test_key_layout(store):
 
 def test_vni_moves_with_its_network(store):
     store.put_network("net1", 100, "std", SUBNET)
-    store.put_network("net1", 101, "std", SUBNET)       # renumbered: 100 is free again
+    store.put_network("net1", 101, "std", SUBNET)  # renumbered: 100 is free again
     store.put_network("net2", 100, "std", "192.168.20.0/24")
     with pytest.raises(ConfigError, match="VNI 101 is used by network net1"):
         store.put_network("net3", 101, "std", "192.168.30.0/24")
@@ -179,18 +194,17 @@ def test_vni_moves_with_its_network(store):
 
 
 def test_host_interfaces_are_unique_per_node(store):
-    store.add_endpoint("a", "std", "net1", "eth0", "dp0", "02:00:00:00:00:01", None,
-                       node="node1")
-    store.add_endpoint("b", "std", "net1", "eth0", "dp0", "02:00:00:00:00:02", None,
-                       node="node2")                    # another node: fine
+    store.add_endpoint("a", "std", "net1", "eth0", "dp0", "02:00:00:00:00:01", None, node="node1")
+    store.add_endpoint(
+        "b", "std", "net1", "eth0", "dp0", "02:00:00:00:00:02", None, node="node2"
+    )  # another node: fine
     with pytest.raises(AlreadyExists, match="host interface dp0 belongs to pod a"):
-        store.add_endpoint("c", "std", "net1", "eth0", "dp0", "02:00:00:00:00:03", None,
-                           node="node1")
+        store.add_endpoint(
+            "c", "std", "net1", "eth0", "dp0", "02:00:00:00:00:03", None, node="node1"
+        )
     # an endpoint that moves to another host interface frees the old one
-    store.add_endpoint("a", "std", "net1", "eth0", "dp1", "02:00:00:00:00:01", None,
-                       node="node1")
-    store.add_endpoint("c", "std", "net1", "eth0", "dp0", "02:00:00:00:00:03", None,
-                       node="node1")
+    store.add_endpoint("a", "std", "net1", "eth0", "dp1", "02:00:00:00:00:01", None, node="node1")
+    store.add_endpoint("c", "std", "net1", "eth0", "dp0", "02:00:00:00:00:03", None, node="node1")
     assert store.delete_endpoint("c", "std") is True
     assert not any(k.startswith("hostif/node1/dp0") for k in _raw_keys(store))
 
@@ -199,6 +213,7 @@ def test_a_failed_change_writes_nothing(store):
     def body(tx):
         tx.put(store._k("pods", "x"), {"name": "x"})
         raise RuntimeError("boom")
+
     with pytest.raises(RuntimeError):
         store.client.atomic(body)
     assert _raw_keys(store) == []
@@ -206,12 +221,14 @@ def test_a_failed_change_writes_nothing(store):
 
 def test_a_change_overtaken_forever_is_busy(store, monkeypatch):
     import dataplane.store.etcdgw as gw
+
     monkeypatch.setattr(gw, "MAX_ATTEMPTS", 3)
 
     def body(tx):
         tx.get(store._k("meta", "x"))
-        store.set_meta("x", str(time.time()))          # another writer, every time
+        store.set_meta("x", str(time.time()))  # another writer, every time
         tx.put(store._k("meta", "x"), "mine")
+
     with pytest.raises(Busy, match="overtaken by other writers 3 times"):
         store.client.atomic(body)
 
@@ -246,8 +263,10 @@ def _vni_worker(url, prefix, tag, vnis, barrier, out):
 def _run_two(target, *args):
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args[:2], tag, *args[2:], barrier, out))
-             for tag in ("a", "b")]
+    procs = [
+        ctx.Process(target=target, args=(*args[:2], tag, *args[2:], barrier, out))
+        for tag in ("a", "b")
+    ]
     for p in procs:
         p.start()
     results = {}
@@ -281,14 +300,15 @@ def test_two_processes_allocate_without_duplicates(store, server):
     assert len(allocs) == 200
     assert {a["ip"]: a["pod"] for a in allocs} == {
         **{ip: f"a{i}" for i, ip in enumerate(got["a"])},
-        **{ip: f"b{i}" for i, ip in enumerate(got["b"])}}
+        **{ip: f"b{i}" for i, ip in enumerate(got["b"])},
+    }
     assert "10.9.0.0" not in every and "10.9.1.255" not in every
 
 
 def test_two_processes_race_for_vnis(store, server):
     vnis = list(range(1000, 1040))
     won = _run_two(_vni_worker, server.url, store.prefix, vnis)
-    assert sorted(won["a"] + won["b"]) == vnis           # each VNI won exactly once
+    assert sorted(won["a"] + won["b"]) == vnis  # each VNI won exactly once
     owner = {n["vni"]: n["name"] for n in store.networks()}
     assert len(store.networks()) == len(vnis)
     for tag in ("a", "b"):
@@ -304,12 +324,13 @@ def test_one_pod_one_address_under_a_race(server, prefix):
         start.wait()
         got.append(s.allocate_ip("net1", SUBNET, None, "p1"))
         got.append(s.allocate_mac("p1", "std"))
+
     threads = [threading.Thread(target=worker, args=(s,)) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(set(got)) == 2                          # one address, one MAC
+    assert len(set(got)) == 2  # one address, one MAC
     assert len(stores[0].allocations()) == 1
     _wipe(stores[0])
     for s in stores:
@@ -317,15 +338,15 @@ def test_one_pod_one_address_under_a_race(server, prefix):
 
 
 def test_macs_are_unique_in_the_cluster(server, prefix):
-    a = EtcdStore([server.url], prefix=prefix)          # two nodes
+    a = EtcdStore([server.url], prefix=prefix)  # two nodes
     b = EtcdStore([server.url], prefix=prefix)
     m = a.allocate_mac("p1", "std")
-    assert b.allocate_mac("p1", "std") == m             # the same pair: the same MAC
+    assert b.allocate_mac("p1", "std") == m  # the same pair: the same MAC
     b.add_endpoint("p2", "std", "net1", "eth0", "h2", m, None, node="node2")
-    m2 = a.allocate_mac("p1", "std")                    # taken by p2 now: the next one
+    m2 = a.allocate_mac("p1", "std")  # taken by p2 now: the next one
     assert m2 != m and b.allocate_mac("p1", "std") == m2
     a.delete_pod("p1")
-    assert a.allocate_mac("p1", "std") == m2            # given back and taken again
+    assert a.allocate_mac("p1", "std") == m2  # given back and taken again
     _wipe(a), a.close(), b.close()
 
 
@@ -333,36 +354,54 @@ def test_macs_are_unique_in_the_cluster(server, prefix):
 def test_static_endpoint(store):
     store.put_network("net1", 100, "std", SUBNET, "192.168.10.1")
     store.put_network("net2", 200, "std", "192.168.20.0/24")
-    ep = store.put_static_endpoint("kvm1", "net1", "02:AA:00:00:00:01", "192.168.10.2",
-                                   "10.0.0.9")
+    ep = store.put_static_endpoint("kvm1", "net1", "02:AA:00:00:00:01", "192.168.10.2", "10.0.0.9")
     assert ep == store.endpoints(pod="kvm1")[0]
-    assert (ep["network"], ep["plane"], ep["mac"], ep["ip"], ep["vtep"], ep["node"],
-            ep["state"], ep["host_ifname"]) == (
-        "net1", "std", "02:aa:00:00:00:01", "192.168.10.2", "10.0.0.9",
-        STATIC_NODE_PREFIX + "kvm1", "ready", None)
+    assert (
+        ep["network"],
+        ep["plane"],
+        ep["mac"],
+        ep["ip"],
+        ep["vtep"],
+        ep["node"],
+        ep["state"],
+        ep["host_ifname"],
+    ) == (
+        "net1",
+        "std",
+        "02:aa:00:00:00:01",
+        "192.168.10.2",
+        "10.0.0.9",
+        STATIC_NODE_PREFIX + "kvm1",
+        "ready",
+        None,
+    )
     assert store.endpoints(node="static:kvm1") == [ep]
     # its address is taken: pods go round it
     assert store.allocate_ip("net1", SUBNET, "192.168.10.1", "p1") == "192.168.10.3"
-    with pytest.raises(ConfigError, match=r"192\.168\.10\.2 on network net1 is taken by "
-                                          r"pod kvm1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"192\.168\.10\.2 on network net1 is taken by "
+        r"pod kvm1",
+    ):
         store.allocate_ip("net1", SUBNET, "192.168.10.1", "p2", fixed="192.168.10.2")
-    with pytest.raises(ConfigError, match=r"192\.168\.10\.3 on network net1 is taken by "
-                                          r"pod p1"):
-        store.put_static_endpoint("kvm2", "net1", "02:aa:00:00:00:02", "192.168.10.3",
-                                  "10.0.0.9")
+    with pytest.raises(
+        ConfigError,
+        match=r"192\.168\.10\.3 on network net1 is taken by "
+        r"pod p1",
+    ):
+        store.put_static_endpoint("kvm2", "net1", "02:aa:00:00:00:02", "192.168.10.3", "10.0.0.9")
     # again: an update (new address, new VTEP); the old address is free again
-    store.put_static_endpoint("kvm1", "net1", "02:aa:00:00:00:01", "192.168.10.9",
-                              "10.0.0.8")
+    store.put_static_endpoint("kvm1", "net1", "02:aa:00:00:00:01", "192.168.10.9", "10.0.0.8")
     assert [(a["ip"], a["pod"]) for a in store.allocations("net1")] == [
-        ("192.168.10.3", "p1"), ("192.168.10.9", "kvm1")]
+        ("192.168.10.3", "p1"),
+        ("192.168.10.9", "kvm1"),
+    ]
     assert store.endpoints(pod="kvm1")[0]["vtep"] == "10.0.0.8"
     # errors name what is wrong
     with pytest.raises(AlreadyExists, match=r"MAC 02:aa:00:00:00:01 belongs to pod kvm1"):
-        store.put_static_endpoint("kvm2", "net1", "02:aa:00:00:00:01", "192.168.10.20",
-                                  "10.0.0.7")
+        store.put_static_endpoint("kvm2", "net1", "02:aa:00:00:00:01", "192.168.10.20", "10.0.0.7")
     with pytest.raises(AlreadyExists, match=r"it has network net1 on plane std already"):
-        store.put_static_endpoint("kvm1", "net2", "02:aa:00:00:00:09", "192.168.20.2",
-                                  "10.0.0.8")
+        store.put_static_endpoint("kvm1", "net2", "02:aa:00:00:00:09", "192.168.20.2", "10.0.0.8")
     with pytest.raises(NotFound, match=r"network nope is not recorded"):
         store.put_static_endpoint("kvm3", "nope", "02:aa:00:00:00:03", "1.2.3.4", "10.0.0.7")
     with pytest.raises(ConfigError, match=r"mac: .*not a MAC"):
@@ -370,47 +409,66 @@ def test_static_endpoint(store):
     with pytest.raises(ConfigError, match=r"vtep 'x' is not an IPv4"):
         store.put_static_endpoint("kvm3", "net1", "02:aa:00:00:00:03", "192.168.10.30", "x")
     with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.1 is the gateway"):
-        store.put_static_endpoint("kvm3", "net1", "02:aa:00:00:00:03", "192.168.10.1",
-                                  "10.0.0.7")
+        store.put_static_endpoint("kvm3", "net1", "02:aa:00:00:00:03", "192.168.10.1", "10.0.0.7")
     store.put_pod("p1", "/x", {})
     with pytest.raises(AlreadyExists, match=r"a pod of that name exists"):
-        store.put_static_endpoint("p1", "net1", "02:aa:00:00:00:04", "192.168.10.31",
-                                  "10.0.0.7")
+        store.put_static_endpoint("p1", "net1", "02:aa:00:00:00:04", "192.168.10.31", "10.0.0.7")
     # gone with delete_pod, address and MAC too
     assert store.delete_pod("kvm1") is True
     assert store.endpoints(pod="kvm1") == []
     assert [a["pod"] for a in store.allocations()] == ["p1"]
-    store.put_static_endpoint("kvm2", "net1", "02:aa:00:00:00:01", "192.168.10.9",
-                              "10.0.0.7")
+    store.put_static_endpoint("kvm2", "net1", "02:aa:00:00:00:01", "192.168.10.9", "10.0.0.7")
 
 
 # ------------------------------------------------------------------ watch
 def test_snapshot_and_watch(store):
     store.put_network("net1", 100, "std", SUBNET)
-    store.add_endpoint("p0", "std", "net1", "eth0", "h0", "02:00:00:00:00:10",
-                       "192.168.10.10", node="node1", vtep="10.0.0.1", state="ready")
+    store.add_endpoint(
+        "p0",
+        "std",
+        "net1",
+        "eth0",
+        "h0",
+        "02:00:00:00:00:10",
+        "192.168.10.10",
+        node="node1",
+        vtep="10.0.0.1",
+        state="ready",
+    )
     eps, rev = store.endpoints_snapshot()
     assert [e["pod"] for e in eps] == ["p0"] and rev > 0
     ev = Events()
     w = store.watch_endpoints(rev + 1, ev)
     assert w.running and w.error is None
-    store.put_pod("p1", "/x", {}, node="node2")         # not an endpoint: no event
-    store.add_endpoint("p1", "std", "net1", "eth0", "h1", "02:00:00:00:00:11",
-                       "192.168.10.11", node="node2", vtep="10.0.0.2")
+    store.put_pod("p1", "/x", {}, node="node2")  # not an endpoint: no event
+    store.add_endpoint(
+        "p1",
+        "std",
+        "net1",
+        "eth0",
+        "h1",
+        "02:00:00:00:00:11",
+        "192.168.10.11",
+        node="node2",
+        vtep="10.0.0.2",
+    )
     kind, ep = ev.next()
     assert kind == "put" and ep == store.endpoints(pod="p1")[0]
     store.set_endpoint_state("p1", "std", "ready")
     assert ev.next() == ("put", dict(ep, state="ready"))
-    store.put_static_endpoint("kvm", "net1", "02:00:00:00:00:99", "192.168.10.99",
-                              "10.0.0.9")
+    store.put_static_endpoint("kvm", "net1", "02:00:00:00:00:99", "192.168.10.99", "10.0.0.9")
     kind, ep = ev.next()
-    assert (kind, ep["pod"], ep["node"], ep["vtep"]) == ("put", "kvm", "static:kvm",
-                                                         "10.0.0.9")
+    assert (kind, ep["pod"], ep["node"], ep["vtep"]) == ("put", "kvm", "static:kvm", "10.0.0.9")
     store.delete_pod("p1")
     kind, gone = ev.next()
     assert kind == "delete"
     assert (gone["pod"], gone["plane"], gone["mac"], gone["network"], gone["vtep"]) == (
-        "p1", "std", "02:00:00:00:00:11", "net1", "10.0.0.2")
+        "p1",
+        "std",
+        "02:00:00:00:00:11",
+        "net1",
+        "10.0.0.2",
+    )
     store.delete_endpoint("p0", "std")
     kind, gone = ev.next()
     assert (kind, gone["pod"], gone["plane"]) == ("delete", "p0", "std")
@@ -418,7 +476,7 @@ def test_snapshot_and_watch(store):
     w.cancel()
     assert not w.running and w.error is None
     store.add_endpoint("p2", "std", "net1", "eth0", "h2", "02:00:00:00:00:12", None)
-    assert ev.empty_for(0.5)                            # cancelled: quiet, no 'error'
+    assert ev.empty_for(0.5)  # cancelled: quiet, no 'error'
 
     # a watch from the old revision replays the same history, in order
     ev2 = Events()
@@ -431,15 +489,21 @@ def test_snapshot_and_watch(store):
 def test_watch_of_many_changes_in_one_transaction(store):
     _, rev = store.endpoints_snapshot()
     for plane in ("std", "control", "media", "oam"):
-        store.add_endpoint("p1", plane, "net1", plane, f"h-{plane}",
-                           store.allocate_mac("p1", plane), None, node="node1")
+        store.add_endpoint(
+            "p1",
+            plane,
+            "net1",
+            plane,
+            f"h-{plane}",
+            store.allocate_mac("p1", plane),
+            None,
+            node="node1",
+        )
     ev = Events()
     w = store.watch_endpoints(rev + 1, ev)
-    assert sorted(ev.next()[1]["plane"] for _ in range(4)) == [
-        "control", "media", "oam", "std"]
-    store.delete_pod("p1")                             # one revision, four deletes
-    assert sorted(ev.next()[1]["plane"] for _ in range(4)) == [
-        "control", "media", "oam", "std"]
+    assert sorted(ev.next()[1]["plane"] for _ in range(4)) == ["control", "media", "oam", "std"]
+    store.delete_pod("p1")  # one revision, four deletes
+    assert sorted(ev.next()[1]["plane"] for _ in range(4)) == ["control", "media", "oam", "std"]
     w.cancel()
 
 
@@ -450,6 +514,7 @@ def test_watch_reports_what_the_callback_raised(store):
         got(kind, data)
         if kind == "put":
             raise KeyError("no such network in the core")
+
     w = store.watch_endpoints(None, cb)
     store.add_endpoint("p1", "std", "net1", "eth0", "h1", "02:00:00:00:00:11", None)
     assert got.next()[0] == "put"
@@ -478,14 +543,24 @@ def test_etcd_restart_then_snapshot_and_watch_again(own_server):
     s = EtcdStore([own_server.url], prefix="/dataplane", timeout=2)
     s.put_network("net1", 100, "std", SUBNET)
     ip = s.allocate_ip("net1", SUBNET, None, "p1")
-    s.add_endpoint("p1", "std", "net1", "eth0", "h1", "02:00:00:00:00:11", ip,
-                   node="node1", vtep="10.0.0.1", state="ready")
+    s.add_endpoint(
+        "p1",
+        "std",
+        "net1",
+        "eth0",
+        "h1",
+        "02:00:00:00:00:11",
+        ip,
+        node="node1",
+        vtep="10.0.0.1",
+        state="ready",
+    )
     eps, rev = s.endpoints_snapshot()
     ev = Events()
     w = s.watch_endpoints(rev + 1, ev)
 
     own_server.stop()
-    kind, err = ev.next(timeout=10)                   # the watch says it ended
+    kind, err = ev.next(timeout=10)  # the watch says it ended
     assert kind == "error" and isinstance(err, EtcdUnavailable)
     assert w.wait(5) and not w.running and w.error is err
     with pytest.raises(EtcdUnavailable, match="does not answer"):
@@ -495,12 +570,21 @@ def test_etcd_restart_then_snapshot_and_watch_again(own_server):
     with pytest.raises(EtcdUnavailable):
         s.allocate_ip("net1", SUBNET, None, "p2")
 
-    own_server.start()                                 # same data directory and port
-    eps2, rev2 = s.endpoints_snapshot()                # the same client reconnects
+    own_server.start()  # same data directory and port
+    eps2, rev2 = s.endpoints_snapshot()  # the same client reconnects
     assert eps2 == eps and rev2 >= rev
     w2 = s.watch_endpoints(rev2 + 1, ev)
-    s.add_endpoint("p2", "std", "net1", "eth0", "h2", "02:00:00:00:00:12", "192.168.10.3",
-                   node="node2", vtep="10.0.0.2")
+    s.add_endpoint(
+        "p2",
+        "std",
+        "net1",
+        "eth0",
+        "h2",
+        "02:00:00:00:00:12",
+        "192.168.10.3",
+        node="node2",
+        vtep="10.0.0.2",
+    )
     kind, ep = ev.next()
     assert (kind, ep["pod"]) == ("put", "p2")
     assert ip == "192.168.10.1"
@@ -513,12 +597,12 @@ def test_hung_etcd_is_noticed_by_the_heartbeat(own_server):
     s = EtcdStore([own_server.url], timeout=1)
     ev = Events()
     w = s.watch_endpoints(None, ev, heartbeat=0.5)
-    own_server.pause()                                 # no FIN, no answer: a partition
+    own_server.pause()  # no FIN, no answer: a partition
     try:
         kind, err = ev.next(timeout=10)
         assert kind == "error" and isinstance(err, EtcdUnavailable)
         assert w.wait(5) and not w.running
-        t = time.monotonic()                           # calls time out, none hangs
+        t = time.monotonic()  # calls time out, none hangs
         with pytest.raises(EtcdUnavailable, match=r"no answer within 1 s"):
             s.endpoints_snapshot()
         with pytest.raises(EtcdUnavailable, match=r"cannot watch"):
@@ -526,7 +610,7 @@ def test_hung_etcd_is_noticed_by_the_heartbeat(own_server):
         assert time.monotonic() - t < 5
     finally:
         own_server.resume()
-    _, rev = s.endpoints_snapshot()                    # answers again
+    _, rev = s.endpoints_snapshot()  # answers again
     w = s.watch_endpoints(rev + 1, ev)
     s.add_endpoint("p1", "std", "net1", "eth0", "h1", "02:00:00:00:00:11", None)
     assert ev.next()[0] == "put"
@@ -536,7 +620,7 @@ def test_hung_etcd_is_noticed_by_the_heartbeat(own_server):
 
 def test_threads_share_a_few_clients_and_close_ends_watches(server, prefix):
     s = EtcdStore([server.url], prefix=prefix)
-    for i in range(20):                                # e.g. one thread per API request
+    for i in range(20):  # e.g. one thread per API request
         t = threading.Thread(target=s.get_meta, args=("x",))
         t.start()
         t.join()
@@ -545,6 +629,6 @@ def test_threads_share_a_few_clients_and_close_ends_watches(server, prefix):
     w = s.watch_endpoints(None, ev)
     s.close()
     assert not w.running and w.error is None
-    assert ev.empty_for(0.3)                           # closed: no 'error' either
+    assert ev.empty_for(0.3)  # closed: no 'error' either
     with pytest.raises(Exception, match="closed"):
         s.get_meta("x")

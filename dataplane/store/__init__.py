@@ -18,6 +18,7 @@ under ``prefix`` (etcd3gw is imported only then). Both implement
     etcd_keys.py  its key layout and the index keys kept with an endpoint
     etcdgw.py     a generic client of etcd's v3 JSON gateway (txn, watch)
 """
+
 from typing import Optional
 
 from ..config import StoreConfig
@@ -28,8 +29,7 @@ from .sqlite import SqliteStore
 __all__ = ["StateStore", "WatchHandle", "SqliteStore", "open_store"]
 
 
-def open_store(store_config: StoreConfig, node: Optional[str] = None,
-               **kwargs) -> StateStore:
+def open_store(store_config: StoreConfig, node: Optional[str] = None, **kwargs) -> StateStore:
     """The store of ``store_config`` for node ``node``. Extra keyword
     arguments go to the store's constructor (e.g. ``timeout``)."""
     kind = store_config.kind
@@ -37,8 +37,10 @@ def open_store(store_config: StoreConfig, node: Optional[str] = None,
         store = SqliteStore(store_config.path, **kwargs)
     elif kind == "etcd":
         from .etcd import EtcdStore
-        store = EtcdStore(list(store_config.endpoints), prefix=store_config.prefix,
-                          node=node, **kwargs)
+
+        store = EtcdStore(
+            list(store_config.endpoints), prefix=store_config.prefix, node=node, **kwargs
+        )
     else:
         raise ConfigError(f"store.kind: {kind!r} is not supported (supported: sqlite, etcd)")
     store.node = node

@@ -31,6 +31,7 @@ AlreadyExists, Busy (in use), ResourceError (nothing free left).
 A store that sees the changes other nodes make says so with ``can_watch``;
 only then do ``endpoints_snapshot`` and ``watch_endpoints`` work.
 """
+
 import abc
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
@@ -80,8 +81,15 @@ class StateStore(abc.ABC):
 
     # ------------------------------------------------------------ networks
     @abc.abstractmethod
-    def put_network(self, name: str, vni: int, plane: str, subnet: str,
-                    gateway: Optional[str] = None, mtu: Optional[int] = None) -> None:
+    def put_network(
+        self,
+        name: str,
+        vni: int,
+        plane: str,
+        subnet: str,
+        gateway: Optional[str] = None,
+        mtu: Optional[int] = None,
+    ) -> None:
         """Insert or update network ``name``. A VNI used by another network
         (ConfigError), or a new subnet that leaves allocated addresses
         outside (Busy), is refused."""
@@ -101,8 +109,14 @@ class StateStore(abc.ABC):
 
     # ---------------------------------------------------------------- pods
     @abc.abstractmethod
-    def put_pod(self, name: str, netns: str, spec_dict: Dict[str, Any],
-                state: str = "pending", node: Optional[str] = None) -> None:
+    def put_pod(
+        self,
+        name: str,
+        netns: str,
+        spec_dict: Dict[str, Any],
+        state: str = "pending",
+        node: Optional[str] = None,
+    ) -> None:
         """Record pod ``name`` (intent: state 'pending'), run by ``node`` (in a
         cluster; None on a single node). AlreadyExists if a pod of that name
         is recorded."""
@@ -116,8 +130,7 @@ class StateStore(abc.ABC):
         """{name, netns, spec (dict), state, created, node} or None."""
 
     @abc.abstractmethod
-    def pods(self, state: Optional[str] = None,
-             node: Optional[str] = None) -> List[Dict[str, Any]]:
+    def pods(self, state: Optional[str] = None, node: Optional[str] = None) -> List[Dict[str, Any]]:
         """Pods, oldest first, filtered by state and/or node when given."""
 
     @abc.abstractmethod
@@ -127,10 +140,19 @@ class StateStore(abc.ABC):
 
     # ----------------------------------------------------------- endpoints
     @abc.abstractmethod
-    def add_endpoint(self, pod: str, plane: str, network: str, ifname: Optional[str],
-                     host_ifname: Optional[str], mac: str, ip: Optional[str],
-                     node: Optional[str] = None, vtep: Optional[str] = None,
-                     state: str = "pending") -> None:
+    def add_endpoint(
+        self,
+        pod: str,
+        plane: str,
+        network: str,
+        ifname: Optional[str],
+        host_ifname: Optional[str],
+        mac: str,
+        ip: Optional[str],
+        node: Optional[str] = None,
+        vtep: Optional[str] = None,
+        state: str = "pending",
+    ) -> None:
         """Record (or update) the endpoint of ``pod`` on ``plane``. Local
         endpoints have a host_ifname (AlreadyExists if another endpoint has
         it); remote ones a node and a VTEP."""
@@ -144,17 +166,27 @@ class StateStore(abc.ABC):
         """False if it was not recorded."""
 
     @abc.abstractmethod
-    def endpoints(self, pod: Optional[str] = None, network: Optional[str] = None,
-                  state: Optional[str] = None,
-                  node: Optional[str] = None) -> List[Dict[str, Any]]:
+    def endpoints(
+        self,
+        pod: Optional[str] = None,
+        network: Optional[str] = None,
+        state: Optional[str] = None,
+        node: Optional[str] = None,
+    ) -> List[Dict[str, Any]]:
         """Endpoints (dicts with pod, plane, network, ifname, host_ifname, mac,
         ip, node, vtep, state, created), by pod and plane, filtered by
         whatever is given."""
 
     # ---------------------------------------------------------------- IPAM
     @abc.abstractmethod
-    def allocate_ip(self, network: str, subnet_cidr: str, gateway: Optional[str],
-                    pod: str, fixed: Optional[str] = None) -> str:
+    def allocate_ip(
+        self,
+        network: str,
+        subnet_cidr: str,
+        gateway: Optional[str],
+        pod: str,
+        fixed: Optional[str] = None,
+    ) -> str:
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded.
 
         Never the network, broadcast or gateway address, never one already
@@ -185,8 +217,9 @@ class StateStore(abc.ABC):
         ``can_watch``; NotImplementedError otherwise."""
         raise NotImplementedError(f"the {self.kind} store cannot watch (can_watch is False)")
 
-    def watch_endpoints(self, start_revision: Optional[int],
-                        callback: Callable[[str, Any], None]) -> WatchHandle:
+    def watch_endpoints(
+        self, start_revision: Optional[int], callback: Callable[[str, Any], None]
+    ) -> WatchHandle:
         """Deliver every endpoint change from ``start_revision`` on (None:
         from now) to ``callback(kind, data)`` in a thread, in order:
         ``('put', endpoint)``, ``('delete', {'pod', 'plane', ...})``, and

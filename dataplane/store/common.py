@@ -1,5 +1,6 @@
 """What every store checks and derives the same way, so that they all refuse
 the same things with the same words and hand out the same values."""
+
 import hashlib
 import ipaddress
 
@@ -21,13 +22,11 @@ def check_network(name, vni, subnet) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.IPv4Network(str(subnet))
     except ValueError:
-        raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 "
-                          "subnet") from None
+        raise ConfigError(f"network {name}: subnet {subnet!r} is not an IPv4 subnet") from None
     try:
         check_vni(vni)
     except ConfigError:
-        raise ConfigError(f"network {name}: vni {vni!r} out of range "
-                          f"1..{VNI_MAX}") from None
+        raise ConfigError(f"network {name}: vni {vni!r} out of range 1..{VNI_MAX}") from None
     return net
 
 
@@ -37,8 +36,9 @@ def ip_request(network, subnet_cidr, gateway, fixed):
     try:
         subnet = ipaddress.IPv4Network(str(subnet_cidr))
     except ValueError:
-        raise ConfigError(f"network {network}: subnet {subnet_cidr!r} is not an IPv4 "
-                          "subnet") from None
+        raise ConfigError(
+            f"network {network}: subnet {subnet_cidr!r} is not an IPv4 subnet"
+        ) from None
     reserved = set()
     if subnet.prefixlen < 31:
         reserved |= {subnet.network_address, subnet.broadcast_address}
@@ -49,22 +49,25 @@ def ip_request(network, subnet_cidr, gateway, fixed):
         try:
             want = ipaddress.IPv4Address(str(fixed).split("/", 1)[0])
         except ValueError:
-            raise ConfigError(f"ips: {fixed!r} for network {network} is not an IPv4 "
-                              "address") from None
+            raise ConfigError(
+                f"ips: {fixed!r} for network {network} is not an IPv4 address"
+            ) from None
         if want not in subnet:
-            raise ConfigError(f"ips: {want} is outside network {network}'s subnet "
-                              f"{subnet}")
+            raise ConfigError(f"ips: {want} is outside network {network}'s subnet {subnet}")
         if want in reserved:
-            what = "gateway" if gateway and want == ipaddress.IPv4Address(
-                str(gateway)) else "network or broadcast"
-            raise ConfigError(f"ips: {want} is the {what} address of network "
-                              f"{network}")
+            what = (
+                "gateway"
+                if gateway and want == ipaddress.IPv4Address(str(gateway))
+                else "network or broadcast"
+            )
+            raise ConfigError(f"ips: {want} is the {what} address of network {network}")
     return subnet, reserved, want
 
 
 def no_free_address(network, subnet, n_taken) -> ResourceError:
-    return ResourceError(f"network {network}: no free address left in {subnet} "
-                         f"({n_taken} allocated or reserved)")
+    return ResourceError(
+        f"network {network}: no free address left in {subnet} ({n_taken} allocated or reserved)"
+    )
 
 
 def derive_mac(pod: str, plane: str, i: int) -> str:

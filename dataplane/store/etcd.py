@@ -49,6 +49,7 @@ Busy, ResourceError) plus :class:`EtcdUnavailable` (also a ConnectionError)
 when no endpoint answers, and :class:`EtcdCompacted` for a watch of history
 etcd no longer has.
 """
+
 import ipaddress
 import itertools
 import json
@@ -62,8 +63,15 @@ from .base import StateStore
 from .common import check_network, check_state, ip_request
 from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
-from .etcdgw import (DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, EtcdCompacted, EtcdGateway,
-                     EtcdUnavailable, Txn, Watch)
+from .etcdgw import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_TIMEOUT,
+    EtcdCompacted,
+    EtcdGateway,
+    EtcdUnavailable,
+    Txn,
+    Watch,
+)
 
 __all__ = ["EtcdStore", "EtcdUnavailable", "EtcdCompacted", "STATIC_NODE_PREFIX"]
 
@@ -85,12 +93,20 @@ class EtcdStore(StateStore):
     kind = "etcd"
     can_watch = True
 
-    def __init__(self, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX,
-                 timeout: float = DEFAULT_TIMEOUT, node: Optional[str] = None,
-                 ca_cert: Optional[str] = None, cert_cert: Optional[str] = None,
-                 cert_key: Optional[str] = None, connect: bool = True):
-        self.client = EtcdGateway(endpoints, timeout=timeout, ca_cert=ca_cert,
-                                  cert_cert=cert_cert, cert_key=cert_key)
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_TIMEOUT,
+        node: Optional[str] = None,
+        ca_cert: Optional[str] = None,
+        cert_cert: Optional[str] = None,
+        cert_key: Optional[str] = None,
+        connect: bool = True,
+    ):
+        self.client = EtcdGateway(
+            endpoints, timeout=timeout, ca_cert=ca_cert, cert_cert=cert_cert, cert_key=cert_key
+        )
         self.layout = EtcdLayout(prefix)
         self.prefix = self.layout.prefix
         self._k = self.layout.key
@@ -121,11 +137,19 @@ class EtcdStore(StateStore):
     def set_meta(self, key: str, value: str):
         def body(tx):
             tx.put(self._k("meta", key), str(value))
+
         self.client.atomic(body)
 
     # ------------------------------------------------------------ networks
-    def put_network(self, name: str, vni: int, plane: str, subnet: str,
-                    gateway: Optional[str] = None, mtu: Optional[int] = None):
+    def put_network(
+        self,
+        name: str,
+        vni: int,
+        plane: str,
+        subnet: str,
+        gateway: Optional[str] = None,
+        mtu: Optional[int] = None,
+    ):
         """Insert or update network ``name``. A VNI used by another network
         (anywhere in the cluster, checked atomically), or a new subnet that
         leaves allocated addresses outside, is refused."""
@@ -135,22 +159,36 @@ class EtcdStore(StateStore):
             old = tx.get(self._k("networks", name))
             owner = tx.get(self._k("vni", vni))
             if owner is not None and owner["name"] != name:
-                raise ConfigError(f"network {name}: VNI {vni} is used by network "
-                                  f"{owner['name']} already")
-            outside = [last_part(k) for k, _ in
-                       tx.items(self._k("alloc", name, ""), keys_only=True)]
+                raise ConfigError(
+                    f"network {name}: VNI {vni} is used by network {owner['name']} already"
+                )
+            outside = [
+                last_part(k) for k, _ in tx.items(self._k("alloc", name, ""), keys_only=True)
+            ]
             outside = [ip for ip in outside if ipaddress.IPv4Address(ip) not in net]
             if outside:
-                raise Busy(f"network {name}: subnet {net} would leave allocated "
-                           f"addresses outside it ({', '.join(sorted(outside)[:5])})")
-            tx.put(self._k("networks", name), {
-                "name": name, "vni": vni, "plane": plane, "subnet": str(net),
-                "gateway": gateway, "mtu": mtu, "updated": time.time()})
+                raise Busy(
+                    f"network {name}: subnet {net} would leave allocated "
+                    f"addresses outside it ({', '.join(sorted(outside)[:5])})"
+                )
+            tx.put(
+                self._k("networks", name),
+                {
+                    "name": name,
+                    "vni": vni,
+                    "plane": plane,
+                    "subnet": str(net),
+                    "gateway": gateway,
+                    "mtu": mtu,
+                    "updated": time.time(),
+                },
+            )
             tx.put(self._k("vni", vni), {"name": name})
             if old is not None and old["vni"] != vni:
                 prev = tx.get(self._k("vni", old["vni"]))
                 if prev is not None and prev["name"] == name:
                     tx.delete(self._k("vni", old["vni"]))
+
         self.client.atomic(body)
 
     def network(self, name: str) -> Optional[Dict[str, Any]]:
@@ -158,11 +196,13 @@ class EtcdStore(StateStore):
 
     def networks(self) -> List[Dict[str, Any]]:
         """Every network: dicts with name, vni, plane, subnet, gateway, mtu."""
-        return sorted((v for _, v in self.client.items(self._k("networks", ""))),
-                      key=lambda n: n["name"])
+        return sorted(
+            (v for _, v in self.client.items(self._k("networks", ""))), key=lambda n: n["name"]
+        )
 
     def delete_network(self, name: str) -> bool:
         """Remove network ``name``; Busy while it has endpoints or addresses."""
+
         def body(tx):
             net = tx.get(self._k("networks", name))
             used = any(ep["network"] == name for _, ep in tx.items(self._k("endpoints", "")))
@@ -176,11 +216,18 @@ class EtcdStore(StateStore):
             if owner is not None and owner["name"] == name:
                 tx.delete(self._k("vni", net["vni"]))
             return True
+
         return self.client.atomic(body)
 
     # ---------------------------------------------------------------- pods
-    def put_pod(self, name: str, netns: str, spec_dict: Dict[str, Any],
-                state: str = "pending", node: Optional[str] = None):
+    def put_pod(
+        self,
+        name: str,
+        netns: str,
+        spec_dict: Dict[str, Any],
+        state: str = "pending",
+        node: Optional[str] = None,
+    ):
         """Record pod ``name`` (intent: state 'pending') run by ``node``.
         AlreadyExists if a pod of that name is recorded (on any node)."""
         check_state(state)
@@ -195,8 +242,18 @@ class EtcdStore(StateStore):
             if old is not None:
                 where = f" on node {old['node']}" if old.get("node") else ""
                 raise AlreadyExists(f"pod {name} exists already{where}")
-            tx.put(key, {"name": name, "netns": netns, "spec": spec, "state": state,
-                         "created": time.time(), "node": node})
+            tx.put(
+                key,
+                {
+                    "name": name,
+                    "netns": netns,
+                    "spec": spec,
+                    "state": state,
+                    "created": time.time(),
+                    "node": node,
+                },
+            )
+
         self.client.atomic(body)
 
     def set_pod_state(self, name: str, state: str):
@@ -208,25 +265,28 @@ class EtcdStore(StateStore):
             if pod is None:
                 raise NotFound(f"pod {name} is not recorded")
             tx.put(key, dict(pod, state=state))
+
         self.client.atomic(body)
 
     def pod(self, name: str) -> Optional[Dict[str, Any]]:
         """{name, netns, spec (dict), state, created, node} or None."""
         return self.client.get(self._k("pods", name))
 
-    def pods(self, state: Optional[str] = None,
-             node: Optional[str] = None) -> List[Dict[str, Any]]:
+    def pods(self, state: Optional[str] = None, node: Optional[str] = None) -> List[Dict[str, Any]]:
         """Pods, oldest first, filtered by state and/or node when given."""
         if state is not None:
             check_state(state)
-        out = [p for _, p in self.client.items(self._k("pods", ""))
-               if (state is None or p["state"] == state)
-               and (node is None or p.get("node") == node)]
+        out = [
+            p
+            for _, p in self.client.items(self._k("pods", ""))
+            if (state is None or p["state"] == state) and (node is None or p.get("node") == node)
+        ]
         return sorted(out, key=lambda p: (p["created"], p["name"]))
 
     def delete_pod(self, name: str) -> bool:
         """Remove the pod, its endpoints, its addresses and its MACs in one
         transaction. False if nothing was recorded under ``name``."""
+
         def body(tx):
             pod = tx.get(self._k("pods", name))
             eps = [v for _, v in tx.items(self._k("endpoints", name, ""))]
@@ -247,20 +307,39 @@ class EtcdStore(StateStore):
             for what in ("endpoints", "podalloc", "podmacs"):
                 tx.delete(self._k(what, name, ""), prefix=True)
             return (pod is not None) + len(eps) + len(allocs) > 0
+
         return self.client.atomic(body)
 
     # ----------------------------------------------------------- endpoints
-    def add_endpoint(self, pod: str, plane: str, network: str, ifname: Optional[str],
-                     host_ifname: Optional[str], mac: str, ip: Optional[str],
-                     node: Optional[str] = None, vtep: Optional[str] = None,
-                     state: str = "pending"):
+    def add_endpoint(
+        self,
+        pod: str,
+        plane: str,
+        network: str,
+        ifname: Optional[str],
+        host_ifname: Optional[str],
+        mac: str,
+        ip: Optional[str],
+        node: Optional[str] = None,
+        vtep: Optional[str] = None,
+        state: str = "pending",
+    ):
         """Record (or update) the endpoint of ``pod`` on ``plane``. Local
         endpoints have a host_ifname (unique per node); remote ones a node
         and a VTEP."""
         check_state(state)
-        rec = {"pod": pod, "plane": plane, "network": network, "ifname": ifname,
-               "host_ifname": host_ifname, "mac": mac, "ip": ip, "node": node,
-               "vtep": vtep, "state": state}
+        rec = {
+            "pod": pod,
+            "plane": plane,
+            "network": network,
+            "ifname": ifname,
+            "host_ifname": host_ifname,
+            "mac": mac,
+            "ip": ip,
+            "node": node,
+            "vtep": vtep,
+            "state": state,
+        }
         self.client.atomic(lambda tx: self.layout.write_endpoint(tx, rec))
 
     def set_endpoint_state(self, pod: str, plane: str, state: str):
@@ -272,6 +351,7 @@ class EtcdStore(StateStore):
             if ep is None:
                 raise NotFound(f"endpoint of pod {pod} on plane {plane} is not recorded")
             tx.put(key, dict(ep, state=state))
+
         self.client.atomic(body)
 
     def delete_endpoint(self, pod: str, plane: str) -> bool:
@@ -287,17 +367,24 @@ class EtcdStore(StateStore):
             if pm is not None and pm["mac"] == ep["mac"]:
                 tx.delete(self._k("podmacs", pod, plane))
             return True
+
         return self.client.atomic(body)
 
-    def endpoints(self, pod: Optional[str] = None, network: Optional[str] = None,
-                  state: Optional[str] = None,
-                  node: Optional[str] = None) -> List[Dict[str, Any]]:
+    def endpoints(
+        self,
+        pod: Optional[str] = None,
+        network: Optional[str] = None,
+        state: Optional[str] = None,
+        node: Optional[str] = None,
+    ) -> List[Dict[str, Any]]:
         """Endpoints (dicts with the columns), filtered by whatever is given."""
-        prefix = self._k("endpoints", pod, "") if pod is not None else \
-            self._k("endpoints", "")
+        prefix = self._k("endpoints", pod, "") if pod is not None else self._k("endpoints", "")
         want = {"network": network, "state": state, "node": node}
-        out = [ep for _, ep in self.client.items(prefix)
-               if all(v is None or ep.get(f) == v for f, v in want.items())]
+        out = [
+            ep
+            for _, ep in self.client.items(prefix)
+            if all(v is None or ep.get(f) == v for f, v in want.items())
+        ]
         return sorted(out, key=lambda e: (e["pod"], e["plane"]))
 
     def endpoints_snapshot(self) -> Tuple[List[Dict[str, Any]], int]:
@@ -307,9 +394,12 @@ class EtcdStore(StateStore):
         eps = [ep for _, ep in tx.items(self._k("endpoints", ""), guard=False)]
         return sorted(eps, key=lambda e: (e["pod"], e["plane"])), tx.revision
 
-    def watch_endpoints(self, start_revision: Optional[int],
-                        callback: Callable[[str, Any], None],
-                        heartbeat: float = DEFAULT_HEARTBEAT) -> Watch:
+    def watch_endpoints(
+        self,
+        start_revision: Optional[int],
+        callback: Callable[[str, Any], None],
+        heartbeat: float = DEFAULT_HEARTBEAT,
+    ) -> Watch:
         """Deliver every endpoint change from etcd revision ``start_revision``
         on (None: from now) to ``callback(kind, data)`` in a thread, in order:
 
@@ -324,11 +414,17 @@ class EtcdStore(StateStore):
 
         The watch is established when this returns (EtcdUnavailable if etcd
         does not answer). ``heartbeat`` 0 turns the liveness check off."""
-        return self.client.watch(self._k("endpoints", ""), start_revision, callback,
-                                 self.layout.endpoint_event, heartbeat)
+        return self.client.watch(
+            self._k("endpoints", ""),
+            start_revision,
+            callback,
+            self.layout.endpoint_event,
+            heartbeat,
+        )
 
-    def put_static_endpoint(self, name: str, network: str, mac: str, ip: str,
-                            vtep: str) -> Dict[str, Any]:
+    def put_static_endpoint(
+        self, name: str, network: str, mac: str, ip: str, vtep: str
+    ) -> Dict[str, Any]:
         """Describe to the cluster a host that is not a dataplane node (e.g. a
         Linux host whose VTEP is the kernel's vxlan device): its address
         ``ip`` with ``mac`` on ``network`` (recorded), behind VTEP ``vtep``.
@@ -345,34 +441,47 @@ class EtcdStore(StateStore):
         try:
             vtep_ip = ipaddress.IPv4Address(str(vtep))
         except ValueError:
-            raise ConfigError(f"static endpoint {name}: vtep {vtep!r} is not an IPv4 "
-                              "address") from None
+            raise ConfigError(
+                f"static endpoint {name}: vtep {vtep!r} is not an IPv4 address"
+            ) from None
         if vtep_ip.is_multicast or vtep_ip.is_unspecified or vtep_ip.is_loopback:
             raise ConfigError(f"static endpoint {name}: {vtep_ip} cannot be a VTEP address")
-        return self.client.atomic(lambda tx: alloc.record_static_host(
-            tx, self.layout, name, network, mac, ip, str(vtep_ip)))
+        return self.client.atomic(
+            lambda tx: alloc.record_static_host(
+                tx, self.layout, name, network, mac, ip, str(vtep_ip)
+            )
+        )
 
     # ---------------------------------------------------------------- IPAM
-    def allocate_ip(self, network: str, subnet_cidr: str, gateway: Optional[str],
-                    pod: str, fixed: Optional[str] = None) -> str:
+    def allocate_ip(
+        self,
+        network: str,
+        subnet_cidr: str,
+        gateway: Optional[str],
+        pod: str,
+        fixed: Optional[str] = None,
+    ) -> str:
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded
         (the lowest free one, or ``fixed``); the rules and errors of
         :meth:`StateStore.allocate_ip`. Safe when several nodes allocate at
         once (see :func:`dataplane.store.etcd_alloc.take_address`)."""
         subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
         attempts = itertools.count(1)
-        return self.client.atomic(lambda tx: alloc.take_address(
-            tx, self.layout, network, subnet, reserved, want, pod, next(attempts)))
+        return self.client.atomic(
+            lambda tx: alloc.take_address(
+                tx, self.layout, network, subnet, reserved, want, pod, next(attempts)
+            )
+        )
 
     def release_ips(self, pod: str) -> int:
         """Give back every address of ``pod``; returns how many."""
         return self.client.atomic(lambda tx: alloc.give_back_addresses(tx, self.layout, pod))
 
     def allocations(self, network: Optional[str] = None) -> List[Dict[str, Any]]:
-        prefix = self._k("alloc", network, "") if network is not None else \
-            self._k("alloc", "")
-        return sorted((v for _, v in self.client.items(prefix)),
-                      key=lambda a: (a["network"], a["ip"]))
+        prefix = self._k("alloc", network, "") if network is not None else self._k("alloc", "")
+        return sorted(
+            (v for _, v in self.client.items(prefix)), key=lambda a: (a["network"], a["ip"])
+        )
 
     def allocate_mac(self, pod: str, plane: str) -> str:
         """A locally administered unicast MAC (02:xx:xx:xx:xx:xx) derived from

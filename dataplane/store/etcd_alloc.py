@@ -11,6 +11,7 @@ addresses at random, so that racing nodes spread out instead of colliding
 again. A MAC is reserved the same way (``P/macs/<mac>``), for one (pod,
 plane) in the whole cluster.
 """
+
 import ipaddress
 import random
 import time
@@ -25,8 +26,16 @@ from .etcdgw import Txn
 STATIC_NODE_PREFIX = "static:"
 
 
-def take_address(tx: Txn, keys: EtcdLayout, network: str, subnet, reserved,
-                 want: Optional[ipaddress.IPv4Address], pod: str, attempt: int) -> str:
+def take_address(
+    tx: Txn,
+    keys: EtcdLayout,
+    network: str,
+    subnet,
+    reserved,
+    want: Optional[ipaddress.IPv4Address],
+    pod: str,
+    attempt: int,
+) -> str:
     """The address ``pod`` has on ``network``, or ``want``, or the lowest
     free one of ``subnet`` not ``reserved`` (``attempt`` > 1: one of the
     lowest few, at random)."""
@@ -34,19 +43,18 @@ def take_address(tx: Txn, keys: EtcdLayout, network: str, subnet, reserved,
     mine = tx.get(pkey)
     if mine is not None:
         if want is not None and str(want) != mine["ip"]:
-            raise ConfigError(f"ips: pod {pod} has address {mine['ip']} on network "
-                              f"{network} already, not {want}")
+            raise ConfigError(
+                f"ips: pod {pod} has address {mine['ip']} on network {network} already, not {want}"
+            )
         return mine["ip"]
     if want is not None:
         owner = tx.get(keys.key("alloc", network, str(want)))
         if owner is not None:
-            raise ConfigError(f"ips: {want} on network {network} is taken by pod "
-                              f"{owner['pod']}")
+            raise ConfigError(f"ips: {want} on network {network} is taken by pod {owner['pod']}")
         ip = str(want)
     else:
         taken = set()
-        for k, _ in tx.items(keys.key("alloc", network, ""), guard=False,
-                             keys_only=True):
+        for k, _ in tx.items(keys.key("alloc", network, ""), guard=False, keys_only=True):
             try:
                 taken.add(int(ipaddress.IPv4Address(last_part(k))))
             except ValueError:  # pragma: no cover - not written by us
@@ -63,12 +71,13 @@ def take_address(tx: Txn, keys: EtcdLayout, network: str, subnet, reserved,
                 if len(free) >= spread:
                     break
         if not free:
-            raise no_free_address(network, subnet,
-                                  len({t for t in taken if lo <= t <= hi}))
+            raise no_free_address(network, subnet, len({t for t in taken if lo <= t <= hi}))
         ip = str(ipaddress.IPv4Address(random.choice(free)))
         tx.absent(keys.key("alloc", network, ip))
-    tx.put(keys.key("alloc", network, ip), {"network": network, "ip": ip,
-                                            "pod": pod, "created": time.time()})
+    tx.put(
+        keys.key("alloc", network, ip),
+        {"network": network, "ip": ip, "pod": pod, "created": time.time()},
+    )
     tx.put(pkey, {"ip": ip})
     return ip
 
@@ -99,7 +108,7 @@ def take_mac(tx: Txn, keys: EtcdLayout, pod: str, plane: str) -> str:
     else:  # pragma: no cover
         raise ResourceError(f"no free MAC for pod {pod} plane {plane}")
     if reserved is not None and reserved["mac"] == mac and owner is not None:
-        return mac                                  # nothing to write
+        return mac  # nothing to write
     if reserved is not None and reserved["mac"] != mac:
         # an older reservation of the pair (a lower derivation was taken
         # then): give it back unless the pair's endpoint uses it
@@ -111,8 +120,9 @@ def take_mac(tx: Txn, keys: EtcdLayout, pod: str, plane: str) -> str:
     return mac
 
 
-def record_static_host(tx: Txn, keys: EtcdLayout, name: str, network: str, mac: str,
-                       ip: str, vtep: str) -> Dict[str, Any]:
+def record_static_host(
+    tx: Txn, keys: EtcdLayout, name: str, network: str, mac: str, ip: str, vtep: str
+) -> Dict[str, Any]:
     """The endpoint of static host ``name`` (checked ``mac`` and ``vtep``),
     with address ``ip`` on ``network`` allocated to it."""
     net = tx.get(keys.key("networks", network))
@@ -124,17 +134,19 @@ def record_static_host(tx: Txn, keys: EtcdLayout, name: str, network: str, mac: 
     plane = net["plane"]
     old = tx.get(keys.key("endpoints", name, plane))
     if old is not None and old.get("node") != STATIC_NODE_PREFIX + name:
-        raise AlreadyExists(f"static endpoint {name}: pod {name} has an endpoint "
-                            f"on plane {plane} already")
+        raise AlreadyExists(
+            f"static endpoint {name}: pod {name} has an endpoint on plane {plane} already"
+        )
     if old is not None and old["network"] != network:
-        raise AlreadyExists(f"static endpoint {name}: it has network "
-                            f"{old['network']} on plane {plane} already (use "
-                            "another name for a second network of that plane)")
+        raise AlreadyExists(
+            f"static endpoint {name}: it has network "
+            f"{old['network']} on plane {plane} already (use "
+            "another name for a second network of that plane)"
+        )
     akey = keys.key("alloc", network, str(want))
     owner = tx.get(akey)
     if owner is not None and owner["pod"] != name:
-        raise ConfigError(f"ips: {want} on network {network} is taken by pod "
-                          f"{owner['pod']}")
+        raise ConfigError(f"ips: {want} on network {network} is taken by pod {owner['pod']}")
     pkey = keys.key("podalloc", name, network)
     mine = tx.get(pkey)
     if mine is not None and mine["ip"] != str(want):
@@ -143,11 +155,21 @@ def record_static_host(tx: Txn, keys: EtcdLayout, name: str, network: str, mac: 
         if prev is not None and prev["pod"] == name:
             tx.delete(okey)
     if owner is None:
-        tx.put(akey, {"network": network, "ip": str(want), "pod": name,
-                      "created": time.time()})
+        tx.put(akey, {"network": network, "ip": str(want), "pod": name, "created": time.time()})
         tx.put(pkey, {"ip": str(want)})
-    return keys.write_endpoint(tx, {
-        "pod": name, "plane": plane, "network": network, "ifname": None,
-        "host_ifname": None, "mac": mac, "ip": str(want),
-        "node": STATIC_NODE_PREFIX + name, "vtep": vtep,
-        "state": "ready"}, strict_mac=True)
+    return keys.write_endpoint(
+        tx,
+        {
+            "pod": name,
+            "plane": plane,
+            "network": network,
+            "ifname": None,
+            "host_ifname": None,
+            "mac": mac,
+            "ip": str(want),
+            "node": STATIC_NODE_PREFIX + name,
+            "vtep": vtep,
+            "state": "ready",
+        },
+        strict_mac=True,
+    )

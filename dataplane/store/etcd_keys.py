@@ -19,6 +19,7 @@ percent-quoted, so that a '/' in a name cannot make two keys meet)::
 An endpoint's ``hostif``, ``macs`` and ``podmacs`` keys are written with it
 and removed with it (only while they still name its pod and plane).
 """
+
 import json
 import time
 import urllib.parse
@@ -27,8 +28,19 @@ from typing import Any, Dict, Tuple
 from ..errors import AlreadyExists, ConfigError
 from .etcdgw import Txn, unb64
 
-_EP_FIELDS = ("pod", "plane", "network", "ifname", "host_ifname", "mac", "ip", "node",
-              "vtep", "state", "created")
+_EP_FIELDS = (
+    "pod",
+    "plane",
+    "network",
+    "ifname",
+    "host_ifname",
+    "mac",
+    "ip",
+    "node",
+    "vtep",
+    "state",
+    "created",
+)
 
 
 def quote(name) -> str:
@@ -42,8 +54,12 @@ def last_part(key: str) -> str:
 
 
 def check_prefix(prefix: str) -> str:
-    if not isinstance(prefix, str) or not prefix.startswith("/") or \
-            not prefix.strip("/") or any(c.isspace() or c == "\0" for c in prefix):
+    if (
+        not isinstance(prefix, str)
+        or not prefix.startswith("/")
+        or not prefix.strip("/")
+        or any(c.isspace() or c == "\0" for c in prefix)
+    ):
         raise ConfigError(f"etcd prefix {prefix!r} is not a key prefix like /dataplane")
     return prefix.rstrip("/")
 
@@ -90,25 +106,37 @@ class EtcdLayout:
             hkey = self.hostif(rec["node"], rec["host_ifname"])
             other = tx.get(hkey)
             if other is not None and (other["pod"], other["plane"]) != (pod, plane):
-                raise AlreadyExists(f"host interface {rec['host_ifname']} belongs to pod "
-                                    f"{other['pod']} plane {other['plane']} already")
+                raise AlreadyExists(
+                    f"host interface {rec['host_ifname']} belongs to pod "
+                    f"{other['pod']} plane {other['plane']} already"
+                )
         mkey = self.key("macs", rec["mac"])
         mac_owner = tx.get(mkey)
-        if strict_mac and mac_owner is not None and \
-                (mac_owner["pod"], mac_owner["plane"]) != (pod, plane):
-            raise AlreadyExists(f"MAC {rec['mac']} belongs to pod {mac_owner['pod']} "
-                                f"plane {mac_owner['plane']} already")
+        if (
+            strict_mac
+            and mac_owner is not None
+            and (mac_owner["pod"], mac_owner["plane"]) != (pod, plane)
+        ):
+            raise AlreadyExists(
+                f"MAC {rec['mac']} belongs to pod {mac_owner['pod']} "
+                f"plane {mac_owner['plane']} already"
+            )
         created = time.time()
         if old is not None:
             created = old.get("created", created)
-            if old.get("host_ifname") is not None and \
-                    self.hostif(old.get("node"), old["host_ifname"]) != hkey:
+            if (
+                old.get("host_ifname") is not None
+                and self.hostif(old.get("node"), old["host_ifname"]) != hkey
+            ):
                 self.drop_hostif(tx, old)
             if old["mac"] != rec["mac"]:
                 self.drop_mac(tx, old["mac"], pod, plane)
         reserved = tx.get(self.key("podmacs", pod, plane))
-        if reserved is not None and reserved["mac"] != rec["mac"] and \
-                (old is None or reserved["mac"] != old["mac"]):
+        if (
+            reserved is not None
+            and reserved["mac"] != rec["mac"]
+            and (old is None or reserved["mac"] != old["mac"])
+        ):
             self.drop_mac(tx, reserved["mac"], pod, plane)
         ep = {f: rec.get(f) for f in _EP_FIELDS}
         ep["created"] = created
@@ -126,7 +154,7 @@ class EtcdLayout:
         key = unb64(kv["key"]).decode()
         if ev.get("type", "PUT") == "PUT":
             return "put", json.loads(unb64(kv.get("value")))
-        rest = key[len(self.key("endpoints", "")):]
+        rest = key[len(self.key("endpoints", "")) :]
         pod, _, plane = rest.partition("/")
         data = {}
         if ev.get("prev_kv") and ev["prev_kv"].get("value"):

@@ -42,6 +42,7 @@ answers, :class:`EtcdCompacted` for a watch of history etcd no longer has,
 DataplaneError for a request etcd refused, Busy for a transaction that other
 writers overtook every time.
 """
+
 import base64
 import json
 import logging
@@ -113,8 +114,15 @@ def parse_endpoint(url: str) -> Tuple[str, str, int]:
         port = u.port
     except ValueError:
         raise ConfigError(f"etcd endpoint {url!r}: bad port") from None
-    if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") \
-            or u.query or u.fragment or u.username or u.password:
+    if (
+        u.scheme not in ("http", "https")
+        or not u.hostname
+        or u.path not in ("", "/")
+        or u.query
+        or u.fragment
+        or u.username
+        or u.password
+    ):
         raise ConfigError(f"etcd endpoint {url!r} is not http(s)://host:port")
     return u.scheme, u.hostname, port or 2379
 
@@ -147,7 +155,7 @@ class Txn:
             r = self._gw.post("kv/range", payload)
         except DataplaneError as e:
             if "required revision has been compacted" in str(e):
-                raise _Retry() from None       # compacted between two reads
+                raise _Retry() from None  # compacted between two reads
             raise
         if self.revision is None:
             self.revision = int(r["header"]["revision"])
@@ -164,8 +172,9 @@ class Txn:
             value = json.loads(unb64(kvs[0].get("value")))
         else:
             mod, value = 0, None
-        self._cmp.append({"key": b64(key.encode()), "target": "MOD", "result": "EQUAL",
-                          "mod_revision": mod})
+        self._cmp.append(
+            {"key": b64(key.encode()), "target": "MOD", "result": "EQUAL", "mod_revision": mod}
+        )
         self._seen[key] = value
         return value
 
@@ -176,9 +185,15 @@ class Txn:
         end = prefix_end(prefix.encode())
         kvs = self._range(prefix, end, keys_only=keys_only)
         if guard:
-            self._cmp.append({"key": b64(prefix.encode()), "range_end": b64(end),
-                              "target": "MOD", "result": "LESS",
-                              "mod_revision": self.revision + 1})
+            self._cmp.append(
+                {
+                    "key": b64(prefix.encode()),
+                    "range_end": b64(end),
+                    "target": "MOD",
+                    "result": "LESS",
+                    "mod_revision": self.revision + 1,
+                }
+            )
         out = []
         for kv in kvs:
             k = unb64(kv["key"]).decode()
@@ -187,12 +202,14 @@ class Txn:
 
     def absent(self, key: str):
         """The commit requires that ``key`` does not exist."""
-        self._cmp.append({"key": b64(key.encode()), "target": "CREATE",
-                          "result": "EQUAL", "create_revision": 0})
+        self._cmp.append(
+            {"key": b64(key.encode()), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+        )
 
     def put(self, key: str, value):
-        self._ops.append({"request_put": {"key": b64(key.encode()),
-                                          "value": b64(json.dumps(value).encode())}})
+        self._ops.append(
+            {"request_put": {"key": b64(key.encode()), "value": b64(json.dumps(value).encode())}}
+        )
 
     def delete(self, key: str, prefix: bool = False):
         req = {"key": b64(key.encode())}
@@ -203,8 +220,7 @@ class Txn:
     def commit(self) -> bool:
         if not self._ops:
             return True
-        r = self._gw.post("kv/txn", {"compare": self._cmp, "success": self._ops,
-                                     "failure": []})
+        r = self._gw.post("kv/txn", {"compare": self._cmp, "success": self._ops, "failure": []})
         return bool(r.get("succeeded", False))
 
 
@@ -226,8 +242,9 @@ class Watch:
     ``wait(timeout)`` waits for the end; ``running`` tells whether it goes on.
     """
 
-    def __init__(self, gateway, key, resp, lines, callback, decode, start_revision,
-                 heartbeat, session):
+    def __init__(
+        self, gateway, key, resp, lines, callback, decode, start_revision, heartbeat, session
+    ):
         self._gw = gateway
         self._key = key
         self._session = session
@@ -244,8 +261,7 @@ class Watch:
         self.error: Optional[BaseException] = None
         self.revision = (start_revision - 1) if start_revision else 0
         self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
-        self._hb = threading.Thread(target=self._beat, name="etcd-watch-heartbeat",
-                                    daemon=True)
+        self._hb = threading.Thread(target=self._beat, name="etcd-watch-heartbeat", daemon=True)
 
     def _start(self):
         self._thread.start()
@@ -295,8 +311,11 @@ class Watch:
             try:
                 self._gw.ping(self._key)
             except Exception as e:  # noqa: BLE001 - any failure ends the watch
-                self._fail(e if isinstance(e, DataplaneError) else
-                           EtcdUnavailable(f"etcd watch heartbeat failed: {e}"))
+                self._fail(
+                    e
+                    if isinstance(e, DataplaneError)
+                    else EtcdUnavailable(f"etcd watch heartbeat failed: {e}")
+                )
                 return
 
     def _run(self):
@@ -307,15 +326,17 @@ class Watch:
                     break
                 self._handle(json.loads(line))
             if not self._cancelled.is_set():
-                exc = EtcdUnavailable("etcd closed the watch stream (stopped, restarted "
-                                      "or unreachable): take a new snapshot")
+                exc = EtcdUnavailable(
+                    "etcd closed the watch stream (stopped, restarted "
+                    "or unreachable): take a new snapshot"
+                )
         except _StreamError as e:
             exc = e.exc
         except Exception as e:  # noqa: BLE001 - connection reset and the like
             if not self._cancelled.is_set():
                 exc = EtcdUnavailable(f"etcd watch stream failed: {e}")
         with self._lock:
-            if self._reason is not None:       # heartbeat failure: the real cause
+            if self._reason is not None:  # heartbeat failure: the real cause
                 exc = self._reason
         self._shutdown()
         if exc is not None and not self._cancelled.is_set():
@@ -336,11 +357,18 @@ class Watch:
         if res.get("canceled"):
             crev = res.get("compact_revision")
             if crev is not None and int(crev) > 0:
-                raise _StreamError(EtcdCompacted(
-                    f"etcd compacted revisions up to {crev}, the watch asked for "
-                    f"{self.revision + 1}: take a new snapshot", int(crev)))
-            raise _StreamError(EtcdUnavailable(
-                f"etcd cancelled the watch ({res.get('cancel_reason') or 'no reason'})"))
+                raise _StreamError(
+                    EtcdCompacted(
+                        f"etcd compacted revisions up to {crev}, the watch asked for "
+                        f"{self.revision + 1}: take a new snapshot",
+                        int(crev),
+                    )
+                )
+            raise _StreamError(
+                EtcdUnavailable(
+                    f"etcd cancelled the watch ({res.get('cancel_reason') or 'no reason'})"
+                )
+            )
         for ev in res.get("events", ()):
             if self._cancelled.is_set():
                 return
@@ -400,9 +428,14 @@ class EtcdGateway:
     ``cert_key``: TLS files for https endpoints. One gateway may be shared by
     threads (a call borrows an HTTP client from a small pool)."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = DEFAULT_TIMEOUT,
-                 ca_cert: Optional[str] = None, cert_cert: Optional[str] = None,
-                 cert_key: Optional[str] = None):
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_cert: Optional[str] = None,
+        cert_cert: Optional[str] = None,
+        cert_key: Optional[str] = None,
+    ):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
         if not endpoints:
@@ -411,8 +444,8 @@ class EtcdGateway:
         self._targets = [parse_endpoint(e) for e in self.urls]
         self.timeout = float(timeout)
         self._tls = {"ca_cert": ca_cert, "cert_cert": cert_cert, "cert_key": cert_key}
-        self._current = 0                      # index of the endpoint that answered last
-        self._idle: List[list] = [[] for _ in self._targets]   # clients not in use
+        self._current = 0  # index of the endpoint that answered last
+        self._idle: List[list] = [[] for _ in self._targets]  # clients not in use
         self._api_paths: List[Optional[str]] = [None] * len(self._targets)
         self._sessions: List[requests.Session] = []
         self._watches = weakref.WeakSet()
@@ -426,9 +459,15 @@ class EtcdGateway:
     def _new_client(self, i: int):
         """An etcd3gw client of endpoint ``i`` with a session of its own."""
         protocol, host, port = self._targets[i]
-        c = etcd3gw.client(host=host, port=port, protocol=protocol,
-                           timeout=self.timeout, api_path=self._api_paths[i], **self._tls)
-        c.session.trust_env = False            # etcd is never reached through a proxy
+        c = etcd3gw.client(
+            host=host,
+            port=port,
+            protocol=protocol,
+            timeout=self.timeout,
+            api_path=self._api_paths[i],
+            **self._tls,
+        )
+        c.session.trust_env = False  # etcd is never reached through a proxy
         return c
 
     @contextmanager
@@ -470,17 +509,20 @@ class EtcdGateway:
                     last = _first_line(e.detail_text or e)
                     continue
                 except etcd_exc.ConnectionTimeoutError as e:
-                    raise EtcdUnavailable(f"etcd {self.urls[i]}: no answer within "
-                                          f"{self.timeout:g} s ({e.detail_text or e})") \
-                        from None
+                    raise EtcdUnavailable(
+                        f"etcd {self.urls[i]}: no answer within "
+                        f"{self.timeout:g} s ({e.detail_text or e})"
+                    ) from None
                 except etcd_exc.Etcd3Exception as e:
-                    raise DataplaneError(f"etcd {self.urls[i]}: {path} failed: "
-                                         f"{(e.detail_text or str(e)).strip()}") from None
+                    raise DataplaneError(
+                        f"etcd {self.urls[i]}: {path} failed: {(e.detail_text or str(e)).strip()}"
+                    ) from None
                 self._api_paths[i] = c.api_path
             self._current = i
             return r
-        raise EtcdUnavailable(f"etcd: {', '.join(self.urls)} "
-                              f"{'does' if n == 1 else 'do'} not answer ({last})")
+        raise EtcdUnavailable(
+            f"etcd: {', '.join(self.urls)} {'does' if n == 1 else 'do'} not answer ({last})"
+        )
 
     def ping(self, key: str):
         """The cheapest request that needs an answer (a count of ``key``):
@@ -501,8 +543,10 @@ class EtcdGateway:
                 return result
             if attempt >= 2:
                 time.sleep(random.uniform(0, min(0.05, 0.0005 * (1 << min(attempt, 10)))))
-        raise Busy(f"etcd: the change was overtaken by other writers {MAX_ATTEMPTS} times "
-                   "in a row; try again")
+        raise Busy(
+            f"etcd: the change was overtaken by other writers {MAX_ATTEMPTS} times "
+            "in a row; try again"
+        )
 
     def get(self, key: str):
         """The JSON value of ``key`` (None if absent)."""
@@ -513,10 +557,14 @@ class EtcdGateway:
         return Txn(self).items(prefix, guard=False)
 
     # ------------------------------------------------------------- watches
-    def watch(self, prefix: str, start_revision: Optional[int],
-              callback: Callable[[str, Any], None],
-              decode: Callable[[dict], Tuple[str, Any]],
-              heartbeat: float = DEFAULT_HEARTBEAT) -> Watch:
+    def watch(
+        self,
+        prefix: str,
+        start_revision: Optional[int],
+        callback: Callable[[str, Any], None],
+        decode: Callable[[dict], Tuple[str, Any]],
+        heartbeat: float = DEFAULT_HEARTBEAT,
+    ) -> Watch:
         """Deliver every change of a key under ``prefix`` from revision
         ``start_revision`` on (None: from now) to ``callback(*decode(event))``
         in a thread, in order (``event`` is the gateway's, with ``prev_kv``);
@@ -530,10 +578,14 @@ class EtcdGateway:
         pb = prefix.encode()
         create = {"key": b64(pb), "range_end": b64(prefix_end(pb)), "prev_kv": True}
         if start_revision is not None:
-            if isinstance(start_revision, bool) or not isinstance(start_revision, int) \
-                    or start_revision < 1:
-                raise ConfigError(f"start_revision: {start_revision!r} is not a revision "
-                                  "(an integer >= 1)")
+            if (
+                isinstance(start_revision, bool)
+                or not isinstance(start_revision, int)
+                or start_revision < 1
+            ):
+                raise ConfigError(
+                    f"start_revision: {start_revision!r} is not a revision (an integer >= 1)"
+                )
             create["start_revision"] = start_revision
         n = len(self._targets)
         last = None
@@ -544,8 +596,9 @@ class EtcdGateway:
             except _NextEndpoint as e:
                 last = f"{self.urls[i]}: {e}"
                 continue
-            w = Watch(self, prefix, resp, lines, callback, decode, start_revision,
-                      heartbeat, session)
+            w = Watch(
+                self, prefix, resp, lines, callback, decode, start_revision, heartbeat, session
+            )
             self._watches.add(w)
             w._start()
             return w
@@ -554,10 +607,14 @@ class EtcdGateway:
     def _open_watch(self, i, create):
         """Open the watch stream on endpoint ``i`` and read etcd's confirmation
         (within the timeout); then the stream may stay silent for ever."""
-        c = self._new_client(i)          # its own session: the stream keeps a connection
+        c = self._new_client(i)  # its own session: the stream keeps a connection
         try:
-            resp = c.session.post(c.get_url("watch"), json={"create_request": create},
-                                  stream=True, timeout=(self.timeout, self.timeout))
+            resp = c.session.post(
+                c.get_url("watch"),
+                json={"create_request": create},
+                stream=True,
+                timeout=(self.timeout, self.timeout),
+            )
         except (requests.exceptions.RequestException, etcd_exc.Etcd3Exception) as e:
             c.session.close()
             raise _NextEndpoint(_first_line(e)) from None
@@ -566,8 +623,9 @@ class EtcdGateway:
                 text = resp.text.strip()
                 if resp.status_code == 503:
                     raise _NextEndpoint(text)
-                raise DataplaneError(f"etcd {self.urls[i]}: watch refused "
-                                     f"(HTTP {resp.status_code}): {text}")
+                raise DataplaneError(
+                    f"etcd {self.urls[i]}: watch refused (HTTP {resp.status_code}): {text}"
+                )
             lines = _json_lines(resp)
             try:
                 first = json.loads(next(lines))
@@ -577,10 +635,13 @@ class EtcdGateway:
                 raise DataplaneError(f"etcd {self.urls[i]}: watch not created: {first}")
             sock = _stream_socket(resp)
             if sock is not None:
-                sock.settimeout(None)    # events may be minutes apart: the heartbeat
+                sock.settimeout(None)  # events may be minutes apart: the heartbeat
             else:  # pragma: no cover - urllib3 internals changed  # watches liveness
-                log.warning("etcd watch: cannot reach the stream's socket; a watch "
-                            "without events for %g s will end with an error", self.timeout)
+                log.warning(
+                    "etcd watch: cannot reach the stream's socket; a watch "
+                    "without events for %g s will end with an error",
+                    self.timeout,
+                )
             return resp, lines, c.session
         except BaseException:
             resp.close()

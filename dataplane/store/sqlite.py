@@ -6,6 +6,7 @@ its calls); several processes may open the same file (``BEGIN IMMEDIATE``
 serialises writers). The interface and the order of work are those of
 :class:`dataplane.store.base.StateStore`.
 """
+
 import ipaddress
 import json
 import os
@@ -79,7 +80,7 @@ class SqliteStore(StateStore):
     directory is created with mode 0700, the file with mode 0600)."""
 
     kind = "sqlite"
-    can_watch = False            # one node's file: nothing changes behind its back
+    can_watch = False  # one node's file: nothing changes behind its back
 
     def __init__(self, path: str, timeout: float = 10.0):
         self.path = os.fspath(path)
@@ -91,8 +92,9 @@ class SqliteStore(StateStore):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.RLock()
         # autocommit mode: transactions are opened explicitly by _tx()
-        self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
+        self._db = sqlite3.connect(
+            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
         self._db.row_factory = sqlite3.Row
         try:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -107,18 +109,19 @@ class SqliteStore(StateStore):
                 cols = {r[1] for r in db.execute("PRAGMA table_info(pods)")}
                 if "node" not in cols:
                     db.execute("ALTER TABLE pods ADD COLUMN node TEXT")
-                row = db.execute("SELECT value FROM meta WHERE key='schema_version'"
-                                 ).fetchone()
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
                 if row is None:
-                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
-                               (str(SCHEMA_VERSION),))
+                    db.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
                 elif int(row[0]) != SCHEMA_VERSION:
-                    raise ConfigError(f"store {self.path}: schema version {row[0]}, "
-                                      f"this program knows {SCHEMA_VERSION}")
+                    raise ConfigError(
+                        f"store {self.path}: schema version {row[0]}, "
+                        f"this program knows {SCHEMA_VERSION}"
+                    )
         except sqlite3.DatabaseError as e:
             self._db.close()
-            raise ConfigError(f"store {self.path}: not a usable SQLite state file ({e})") \
-                from None
+            raise ConfigError(f"store {self.path}: not a usable SQLite state file ({e})") from None
         except Exception:
             self._db.close()
             raise
@@ -153,33 +156,50 @@ class SqliteStore(StateStore):
 
     def set_meta(self, key: str, value: str):
         with self._tx() as db:
-            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                       "SET value=excluded.value", (key, str(value)))
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                "SET value=excluded.value",
+                (key, str(value)),
+            )
 
     # ------------------------------------------------------------ networks
-    def put_network(self, name: str, vni: int, plane: str, subnet: str,
-                    gateway: Optional[str] = None, mtu: Optional[int] = None):
+    def put_network(
+        self,
+        name: str,
+        vni: int,
+        plane: str,
+        subnet: str,
+        gateway: Optional[str] = None,
+        mtu: Optional[int] = None,
+    ):
         """Insert or update network ``name``. A VNI used by another network, or
         a new subnet that leaves allocated addresses outside, is refused."""
         net = check_network(name, vni, subnet)
         with self._tx() as db:
-            other = db.execute("SELECT name FROM networks WHERE vni=? AND name<>?",
-                               (vni, name)).fetchone()
+            other = db.execute(
+                "SELECT name FROM networks WHERE vni=? AND name<>?", (vni, name)
+            ).fetchone()
             if other:
-                raise ConfigError(f"network {name}: VNI {vni} is used by network "
-                                  f"{other[0]} already")
-            outside = [r[0] for r in db.execute(
-                "SELECT ip FROM allocations WHERE network=?", (name,))
-                if ipaddress.IPv4Address(r[0]) not in net]
+                raise ConfigError(
+                    f"network {name}: VNI {vni} is used by network {other[0]} already"
+                )
+            outside = [
+                r[0]
+                for r in db.execute("SELECT ip FROM allocations WHERE network=?", (name,))
+                if ipaddress.IPv4Address(r[0]) not in net
+            ]
             if outside:
-                raise Busy(f"network {name}: subnet {net} would leave allocated "
-                           f"addresses outside it ({', '.join(sorted(outside)[:5])})")
+                raise Busy(
+                    f"network {name}: subnet {net} would leave allocated "
+                    f"addresses outside it ({', '.join(sorted(outside)[:5])})"
+                )
             db.execute(
                 "INSERT INTO networks (name, vni, plane, subnet, gateway, mtu, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "vni=excluded.vni, plane=excluded.plane, subnet=excluded.subnet, "
                 "gateway=excluded.gateway, mtu=excluded.mtu, updated=excluded.updated",
-                (name, vni, plane, str(net), gateway, mtu, time.time()))
+                (name, vni, plane, str(net), gateway, mtu, time.time()),
+            )
 
     def network(self, name: str) -> Optional[Dict[str, Any]]:
         rows = self._query("SELECT * FROM networks WHERE name=?", (name,))
@@ -192,16 +212,24 @@ class SqliteStore(StateStore):
     def delete_network(self, name: str) -> bool:
         """Remove network ``name``; Busy while it has endpoints or addresses."""
         with self._tx() as db:
-            n = db.execute("SELECT (SELECT count(*) FROM endpoints WHERE network=?) + "
-                           "(SELECT count(*) FROM allocations WHERE network=?)",
-                           (name, name)).fetchone()[0]
+            n = db.execute(
+                "SELECT (SELECT count(*) FROM endpoints WHERE network=?) + "
+                "(SELECT count(*) FROM allocations WHERE network=?)",
+                (name, name),
+            ).fetchone()[0]
             if n:
                 raise Busy(f"network {name} is in use by pods (endpoints or addresses)")
             return db.execute("DELETE FROM networks WHERE name=?", (name,)).rowcount > 0
 
     # ---------------------------------------------------------------- pods
-    def put_pod(self, name: str, netns: str, spec_dict: Dict[str, Any],
-                state: str = "pending", node: Optional[str] = None):
+    def put_pod(
+        self,
+        name: str,
+        netns: str,
+        spec_dict: Dict[str, Any],
+        state: str = "pending",
+        node: Optional[str] = None,
+    ):
         """Record pod ``name`` (intent: state 'pending'), run by ``node`` (in a
         cluster; None on a single node). AlreadyExists if a pod of that name is
         recorded."""
@@ -213,9 +241,11 @@ class SqliteStore(StateStore):
         with self._tx() as db:
             if db.execute("SELECT 1 FROM pods WHERE name=?", (name,)).fetchone():
                 raise AlreadyExists(f"pod {name} exists already")
-            db.execute("INSERT INTO pods (name, netns, spec, state, created, node) "
-                       "VALUES (?, ?, ?, ?, ?, ?)",
-                       (name, netns, spec, state, time.time(), node))
+            db.execute(
+                "INSERT INTO pods (name, netns, spec, state, created, node) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, netns, spec, state, time.time(), node),
+            )
 
     def set_pod_state(self, name: str, state: str):
         check_state(state)
@@ -234,8 +264,7 @@ class SqliteStore(StateStore):
         rows = self._query("SELECT * FROM pods WHERE name=?", (name,))
         return self._pod_row(rows[0]) if rows else None
 
-    def pods(self, state: Optional[str] = None,
-             node: Optional[str] = None) -> List[Dict[str, Any]]:
+    def pods(self, state: Optional[str] = None, node: Optional[str] = None) -> List[Dict[str, Any]]:
         """Pods, oldest first, filtered by state and/or node when given."""
         where, args = [], []
         if state is not None:
@@ -259,21 +288,34 @@ class SqliteStore(StateStore):
             return n > 0
 
     # ----------------------------------------------------------- endpoints
-    def add_endpoint(self, pod: str, plane: str, network: str, ifname: Optional[str],
-                     host_ifname: Optional[str], mac: str, ip: Optional[str],
-                     node: Optional[str] = None, vtep: Optional[str] = None,
-                     state: str = "pending"):
+    def add_endpoint(
+        self,
+        pod: str,
+        plane: str,
+        network: str,
+        ifname: Optional[str],
+        host_ifname: Optional[str],
+        mac: str,
+        ip: Optional[str],
+        node: Optional[str] = None,
+        vtep: Optional[str] = None,
+        state: str = "pending",
+    ):
         """Record (or update) the endpoint of ``pod`` on ``plane``. Local
         endpoints have a host_ifname; remote ones a node and a VTEP."""
         check_state(state)
         with self._tx() as db:
             if host_ifname is not None:
-                other = db.execute("SELECT pod, plane FROM endpoints WHERE host_ifname=? "
-                                   "AND NOT (pod=? AND plane=?)",
-                                   (host_ifname, pod, plane)).fetchone()
+                other = db.execute(
+                    "SELECT pod, plane FROM endpoints WHERE host_ifname=? "
+                    "AND NOT (pod=? AND plane=?)",
+                    (host_ifname, pod, plane),
+                ).fetchone()
                 if other:
-                    raise AlreadyExists(f"host interface {host_ifname} belongs to pod "
-                                        f"{other[0]} plane {other[1]} already")
+                    raise AlreadyExists(
+                        f"host interface {host_ifname} belongs to pod "
+                        f"{other[0]} plane {other[1]} already"
+                    )
             db.execute(
                 "INSERT INTO endpoints (pod, plane, network, ifname, host_ifname, mac, ip, "
                 "node, vtep, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -281,28 +323,37 @@ class SqliteStore(StateStore):
                 "ifname=excluded.ifname, host_ifname=excluded.host_ifname, "
                 "mac=excluded.mac, ip=excluded.ip, node=excluded.node, "
                 "vtep=excluded.vtep, state=excluded.state",
-                (pod, plane, network, ifname, host_ifname, mac, ip, node, vtep, state,
-                 time.time()))
+                (pod, plane, network, ifname, host_ifname, mac, ip, node, vtep, state, time.time()),
+            )
 
     def set_endpoint_state(self, pod: str, plane: str, state: str):
         check_state(state)
         with self._tx() as db:
-            if db.execute("UPDATE endpoints SET state=? WHERE pod=? AND plane=?",
-                          (state, pod, plane)).rowcount == 0:
+            if (
+                db.execute(
+                    "UPDATE endpoints SET state=? WHERE pod=? AND plane=?", (state, pod, plane)
+                ).rowcount
+                == 0
+            ):
                 raise NotFound(f"endpoint of pod {pod} on plane {plane} is not recorded")
 
     def delete_endpoint(self, pod: str, plane: str) -> bool:
         with self._tx() as db:
-            return db.execute("DELETE FROM endpoints WHERE pod=? AND plane=?",
-                              (pod, plane)).rowcount > 0
+            return (
+                db.execute("DELETE FROM endpoints WHERE pod=? AND plane=?", (pod, plane)).rowcount
+                > 0
+            )
 
-    def endpoints(self, pod: Optional[str] = None, network: Optional[str] = None,
-                  state: Optional[str] = None,
-                  node: Optional[str] = None) -> List[Dict[str, Any]]:
+    def endpoints(
+        self,
+        pod: Optional[str] = None,
+        network: Optional[str] = None,
+        state: Optional[str] = None,
+        node: Optional[str] = None,
+    ) -> List[Dict[str, Any]]:
         """Endpoints (dicts with the columns), filtered by whatever is given."""
         where, args = [], []
-        for col, val in (("pod", pod), ("network", network), ("state", state),
-                         ("node", node)):
+        for col, val in (("pod", pod), ("network", network), ("state", state), ("node", node)):
             if val is not None:
                 where.append(f"{col}=?")
                 args.append(val)
@@ -312,8 +363,14 @@ class SqliteStore(StateStore):
         return [dict(r) for r in self._query(sql + " ORDER BY pod, plane", args)]
 
     # ---------------------------------------------------------------- IPAM
-    def allocate_ip(self, network: str, subnet_cidr: str, gateway: Optional[str],
-                    pod: str, fixed: Optional[str] = None) -> str:
+    def allocate_ip(
+        self,
+        network: str,
+        subnet_cidr: str,
+        gateway: Optional[str],
+        pod: str,
+        fixed: Optional[str] = None,
+    ) -> str:
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded.
 
         Never the network, broadcast or gateway address, never one already
@@ -324,23 +381,30 @@ class SqliteStore(StateStore):
         subnet is full."""
         subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
         with self._tx() as db:
-            mine = db.execute("SELECT ip FROM allocations WHERE network=? AND pod=?",
-                              (network, pod)).fetchone()
+            mine = db.execute(
+                "SELECT ip FROM allocations WHERE network=? AND pod=?", (network, pod)
+            ).fetchone()
             if mine is not None:
                 if want is not None and str(want) != mine[0]:
-                    raise ConfigError(f"ips: pod {pod} has address {mine[0]} on network "
-                                      f"{network} already, not {want}")
+                    raise ConfigError(
+                        f"ips: pod {pod} has address {mine[0]} on network "
+                        f"{network} already, not {want}"
+                    )
                 return mine[0]
             if want is not None:
-                owner = db.execute("SELECT pod FROM allocations WHERE network=? AND ip=?",
-                                   (network, str(want))).fetchone()
+                owner = db.execute(
+                    "SELECT pod FROM allocations WHERE network=? AND ip=?", (network, str(want))
+                ).fetchone()
                 if owner is not None:
-                    raise ConfigError(f"ips: {want} on network {network} is taken by pod "
-                                      f"{owner[0]}")
+                    raise ConfigError(
+                        f"ips: {want} on network {network} is taken by pod {owner[0]}"
+                    )
                 ip = want
             else:
-                taken = {int(ipaddress.IPv4Address(r[0])) for r in db.execute(
-                    "SELECT ip FROM allocations WHERE network=?", (network,))}
+                taken = {
+                    int(ipaddress.IPv4Address(r[0]))
+                    for r in db.execute("SELECT ip FROM allocations WHERE network=?", (network,))
+                }
                 taken |= {int(a) for a in reserved}
                 ip = None
                 lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
@@ -350,8 +414,10 @@ class SqliteStore(StateStore):
                         break
                 if ip is None:
                     raise no_free_address(network, subnet, len(taken))
-            db.execute("INSERT INTO allocations (network, ip, pod, created) "
-                       "VALUES (?, ?, ?, ?)", (network, str(ip), pod, time.time()))
+            db.execute(
+                "INSERT INTO allocations (network, ip, pod, created) VALUES (?, ?, ?, ?)",
+                (network, str(ip), pod, time.time()),
+            )
             return str(ip)
 
     def release_ips(self, pod: str) -> int:
@@ -363,8 +429,7 @@ class SqliteStore(StateStore):
         if network is None:
             rows = self._query("SELECT * FROM allocations ORDER BY network, ip")
         else:
-            rows = self._query("SELECT * FROM allocations WHERE network=? ORDER BY ip",
-                               (network,))
+            rows = self._query("SELECT * FROM allocations WHERE network=? ORDER BY ip", (network,))
         return [dict(r) for r in rows]
 
     def allocate_mac(self, pod: str, plane: str) -> str:
@@ -372,8 +437,12 @@ class SqliteStore(StateStore):
         (pod, plane): the same pair gets the same MAC. Should it equal the MAC
         of another recorded endpoint, the next derivation is taken (still
         deterministic for a given store content)."""
-        used = {r[0] for r in self._query(
-            "SELECT mac FROM endpoints WHERE NOT (pod=? AND plane=?)", (pod, plane))}
+        used = {
+            r[0]
+            for r in self._query(
+                "SELECT mac FROM endpoints WHERE NOT (pod=? AND plane=?)", (pod, plane)
+            )
+        }
         for i in range(1 << 16):
             mac = derive_mac(pod, plane, i)
             if mac not in used:
