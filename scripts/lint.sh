@@ -1,0 +1,16 @@
+#!/bin/bash
+# The lint and format gate the test command runs first: ruff (lint and
+# format check) for Python, clang-format for C (style in .clang-format).
+# Needs what scripts/setup.sh installs. Fix what it reports with
+#   .venv/bin/ruff format . && .venv/bin/ruff check --fix .
+#   clang-format -i csrc/*.[ch] bench/*.c
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+echo "lint: ruff check"
+"$PY" -m ruff check .
+echo "lint: ruff format --check"
+"$PY" -m ruff format --check .
+echo "lint: clang-format"
+clang-format --dry-run --Werror csrc/*.[ch] bench/*.c
+echo "lint: clean"
