@@ -52,6 +52,7 @@ class Node:
         self.cfg = tmp / "node.yaml"
         self.proc = None
         self.netns = []
+        self.host_links = set()  # host ends of the pods' veths
         sh("ip", "link", "add", self.uplink, "type", "veth", "peer", "name", f"dpu{tag}b")
         sh("ip", "link", "set", self.uplink, "up")
         self.cfg.write_text(f"""
@@ -120,10 +121,17 @@ metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
             {"name": name, "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)},
         )
         info["ns"] = ns
+        self.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
         return info
 
     def cleanup(self):
         self.stop()
+        # the service leaves pod interfaces in place (pods keep them across a
+        # restart): delete them here, synchronously, before the namespaces,
+        # whose veths the kernel would otherwise destroy in the background,
+        # still there when the next test gives a pod the same name
+        for link in sorted(self.host_links):
+            sh("ip", "link", "del", link, check=False)
         for ns in self.netns:
             sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", self.uplink, check=False)
