@@ -620,7 +620,7 @@ def check_encap(inp, out, n_macs: int, n_vteps: int):
     """Problems (list of str) with ``out``, the frames captured at the
     underlay for ``inp`` sent once: every input frame must come out exactly
     once, VXLAN-encapsulated towards the remote VTEP of its inner
-    destination MAC. (The outer DSCP/DF/source-port rules of DESIGN.md are
+    destination MAC. (The outer DSCP/DF/source-port rules of our VTEP are
     checked by ``python -m bench encap``; the kernel contender does not
     follow them and need not.)"""
     vtep = {topo.remote_mac(k): topo.vtep_of(k, n_vteps) for k in range(n_macs)}

@@ -5,7 +5,7 @@ one shared FIFO, in one run.
     ->  RESULT name=planes media_loss=<fraction> media_p99_us=<n>
         fifo_media_loss=<fraction> fifo_media_p99_us=<n>
 
-Method (DESIGN.md "Performance targets"):
+Method:
 
 1. scapy builds three traffic profiles and writes each to a pcap:
    - std: best-effort TCP and UDP, mixed sizes (60 / 594 / 1464-byte

@@ -3,7 +3,7 @@
     python -m bench encap    ->  RESULT name=encap64 mpps=.. testpmd_mpps=.. ratio=..
     python -m bench decap    ->  RESULT name=decap64 mpps=.. testpmd_mpps=.. ratio=..
 
-Method (DESIGN.md, "Performance targets"):
+Method:
 
 1. scapy writes one pcap (bench.traffic): 4096 frames of 64 bytes on the
    wire (60 in the pcap, no FCS), one flow each, interleaved over 64

@@ -136,7 +136,7 @@ def read_pcap(path: str):
 def check_encap_output(inp, out, n_macs: int, n_vteps: int):
     """Problems (list of str) with ``out``, what the core sent to the uplink
     for ``inp``, the encap pcap's frames. Empty when every frame came out
-    tunnelled to the right VTEP with the headers DESIGN.md prescribes."""
+    tunnelled to the right VTEP with the headers docs/architecture.md describes."""
     vtep = {topo.remote_mac(k): topo.vtep_of(k, n_vteps) for k in range(n_macs)}
     want = {}
     for f in inp:
