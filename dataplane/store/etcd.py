@@ -88,7 +88,8 @@ class EtcdStore(StateStore):
     ``ca_cert``, ``cert_cert``, ``cert_key``: TLS files for https endpoints.
     One store may be shared by threads. Opening checks that etcd answers
     (EtcdUnavailable if not). ``client`` is the :class:`EtcdGateway` it
-    sends its requests through."""
+    sends its requests through. What each method promises is written once,
+    in :class:`StateStore`."""
 
     kind = "etcd"
     can_watch = True
@@ -195,7 +196,6 @@ class EtcdStore(StateStore):
         return self.client.get(self._k("networks", name))
 
     def networks(self) -> List[Dict[str, Any]]:
-        """Every network: dicts with name, vni, plane, subnet, gateway, mtu."""
         return sorted(
             (v for _, v in self.client.items(self._k("networks", ""))), key=lambda n: n["name"]
         )
@@ -269,11 +269,9 @@ class EtcdStore(StateStore):
         self.client.atomic(body)
 
     def pod(self, name: str) -> Optional[Dict[str, Any]]:
-        """{name, netns, spec (dict), state, created, node} or None."""
         return self.client.get(self._k("pods", name))
 
     def pods(self, state: Optional[str] = None, node: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Pods, oldest first, filtered by state and/or node when given."""
         if state is not None:
             check_state(state)
         out = [
@@ -474,7 +472,6 @@ class EtcdStore(StateStore):
         )
 
     def release_ips(self, pod: str) -> int:
-        """Give back every address of ``pod``; returns how many."""
         return self.client.atomic(lambda tx: alloc.give_back_addresses(tx, self.layout, pod))
 
     def allocations(self, network: Optional[str] = None) -> List[Dict[str, Any]]:

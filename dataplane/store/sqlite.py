@@ -77,7 +77,8 @@ CREATE INDEX IF NOT EXISTS allocations_pod ON allocations (pod);
 
 class SqliteStore(StateStore):
     """The node's state in the SQLite file ``path`` (created if missing; its
-    directory is created with mode 0700, the file with mode 0600)."""
+    directory is created with mode 0700, the file with mode 0600). What
+    each method promises is written once, in :class:`StateStore`."""
 
     kind = "sqlite"
     can_watch = False  # one node's file: nothing changes behind its back
@@ -206,7 +207,6 @@ class SqliteStore(StateStore):
         return dict(rows[0]) if rows else None
 
     def networks(self) -> List[Dict[str, Any]]:
-        """Every network: dicts with name, vni, plane, subnet, gateway, mtu."""
         return [dict(r) for r in self._query("SELECT * FROM networks ORDER BY name")]
 
     def delete_network(self, name: str) -> bool:
@@ -260,12 +260,10 @@ class SqliteStore(StateStore):
         return d
 
     def pod(self, name: str) -> Optional[Dict[str, Any]]:
-        """{name, netns, spec (dict), state, created, node} or None."""
         rows = self._query("SELECT * FROM pods WHERE name=?", (name,))
         return self._pod_row(rows[0]) if rows else None
 
     def pods(self, state: Optional[str] = None, node: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Pods, oldest first, filtered by state and/or node when given."""
         where, args = [], []
         if state is not None:
             where.append("state=?")
@@ -279,8 +277,6 @@ class SqliteStore(StateStore):
         return [self._pod_row(r) for r in self._query(sql + " ORDER BY created, name", args)]
 
     def delete_pod(self, name: str) -> bool:
-        """Remove the pod, its endpoints and its addresses in one transaction.
-        False if nothing was recorded under ``name``."""
         with self._tx() as db:
             n = db.execute("DELETE FROM endpoints WHERE pod=?", (name,)).rowcount
             n += db.execute("DELETE FROM allocations WHERE pod=?", (name,)).rowcount
@@ -371,14 +367,6 @@ class SqliteStore(StateStore):
         pod: str,
         fixed: Optional[str] = None,
     ) -> str:
-        """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded.
-
-        Never the network, broadcast or gateway address, never one already
-        given. ``fixed`` asks for that address (ConfigError if it is outside
-        the subnet, reserved or taken). A pod has at most one address per
-        network: asking again returns the one it has (so a retried or
-        replayed pod add gets the same address). ResourceError when the
-        subnet is full."""
         subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
         with self._tx() as db:
             mine = db.execute(
@@ -421,7 +409,6 @@ class SqliteStore(StateStore):
             return str(ip)
 
     def release_ips(self, pod: str) -> int:
-        """Give back every address of ``pod``; returns how many."""
         with self._tx() as db:
             return db.execute("DELETE FROM allocations WHERE pod=?", (pod,)).rowcount
 
