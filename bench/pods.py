@@ -492,6 +492,10 @@ def run(args) -> dict:
             lab.check_service()
         finally:
             lab.close()
+    say(
+        f"load average {os.getloadavg()[0]:.2f} after the runs (other work on the machine "
+        "takes CPU time from the service's worker and from the kernel paths alike)"
+    )
     med = {p: {k: median(v) for k, v in res[p].items()} for p in PATHS}
     show()
     say(f"medians of {args.runs} run(s):")
