@@ -9,7 +9,9 @@
 - ``sched``: our per-plane egress scheduler against DPDK's rte_sched
   (bench.sched);
 - ``afpacket``: VXLAN encap on veth, our AF_PACKET driver against DPDK's
-  net_af_packet and the kernel's bridge + vxlan (bench.afpacket).
+  net_af_packet and the kernel's bridge + vxlan (bench.afpacket);
+- ``pods``: ping, TCP and 64-byte UDP between pods through the node service,
+  against the kernel's bridge and bridge + vxlan paths (bench.pods).
 
 Each shows its progress on stderr (``--quiet``: none) and prints one
 ``RESULT name=... key=value ...`` line on stdout.
@@ -28,4 +30,5 @@ BENCHMARKS = {
     "planes": ("planes", False),
     "sched": ("sched", False),
     "afpacket": ("afpacket", False),
+    "pods": ("pods", False),
 }

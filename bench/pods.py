@@ -1,0 +1,609 @@
+"""What a user sees between pods: ping, TCP and small-datagram UDP through
+the node service, against the kernel's own bridge and bridge + vxlan paths
+built on the same kind of veths, in the same run.
+
+    python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
+    ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
+        tcp_local_ratio=<ours pod-pod / bridge TCP>
+        tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
+        udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
+        ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
+
+Set-up (network namespaces named ``podb<pid>-*``, made for the run and
+removed at the end, also on error, Ctrl-C or SIGTERM):
+
+    ours     pa, pb: pods added through the service's API (network net1,
+             VNI 101, 192.168.50.0/24, one veth each, as the service makes
+             them: MTU 1450, offloads as the service sets them)
+             node: ``python -m dataplane.cli run -c node.yaml`` (fallback
+             mode, lcores [gen CPU, fwd CPU]: control thread, one worker),
+             VTEP 10.99.0.1 on uplink up0 ==veth== eth0 of the host ns,
+             the host a static remote of net1
+             host: 10.99.0.2 on eth0, the kernel's vxlan device (VNI 101,
+             dstport 4789, FDB 00:00:00:00:00:00 -> 10.99.0.1) in a
+             bridge with vm0 ==veth== eth0 of the vm ns (192.168.50.250,
+             MTU 1450): a VM or container behind a kernel VTEP
+    bridge   ba, bb ==veth== a Linux bridge in bnode (the docker-bridge
+             class), MTU 1450 like the pods
+    vxlan    ka ==veth== bridge + vxlan in k1 (10.99.0.1) ==underlay veth==
+             k2 (10.99.0.2) bridge + vxlan ==veth== kb: two kernel nodes
+             (the flannel / docker-overlay class), built as the host above
+
+Paths measured: ours pod -> pod (same node), ours pod -> the vm behind the
+kernel VTEP, bridge, vxlan. Per path: ``ping`` (``--pings`` echoes at 2 ms
+intervals after a few unmeasured ones that resolve ARP; avg and p99 of the
+replies), ``iperf3`` TCP (``--seconds``, the receiver's figure) and
+``iperf3`` UDP with 64-byte payloads at full speed (``-b 0``; the packets/s
+the server received). iperf3 needs a TCP control connection, so a path
+whose TCP does not work shows no UDP either.
+
+CPUs: every ping and iperf3 process runs on ``--gen-cpu`` (default 1); the
+service's worker lcore on ``--fwd-cpu`` (default 0), its control thread on
+the generator's CPU. The kernel paths forward in the senders' softirq
+context (on the generator's CPU, and wherever the receive softirq lands).
+
+``--peer-csum-off`` switches tx checksum offload off on the eth0 of the
+host behind the kernel VTEP, so its frames carry finished checksums: a
+diagnosis of which failures the checksum-partial frames of a kernel peer
+cause, not a set-up a user has.
+
+A path that fails (no reply, a connection that never completes) counts as
+0 and says why; the RESULT line is printed all the same, exit code 0. A
+set-up that fails (the service does not start) exits 1.
+
+Runs repeat the four paths ``--runs`` times; figures are medians.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from .common import (
+    ROOT,
+    BenchError,
+    add_run_options,
+    child_env,
+    fmt_runs,
+    median,
+    parse_args,
+    ratio,
+    remove_eal_runtime_dir,
+    run_main,
+    say,
+    say_machine,
+    show,
+)
+
+PATHS = ("ours_local", "ours_vtep", "bridge", "vxlan")
+LABEL = {
+    "ours_local": "ours, pod -> pod (same node)",
+    "ours_vtep": "ours, pod -> host behind kernel VTEP",
+    "bridge": "kernel bridge",
+    "vxlan": "kernel bridge + vxlan",
+}
+FIGURES = ("rtt_us", "rtt_p99_us", "tcp_gbps", "udp64_pps")
+VNI = 101
+SUBNET, GATEWAY = "192.168.50.0/24", "192.168.50.1"
+VM_IP = "192.168.50.250"
+KA_IP, KB_IP = "192.168.50.11", "192.168.50.12"  # the kernel paths' pods
+NODE_VTEP, HOST_VTEP = "10.99.0.1", "10.99.0.2"
+POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
+POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+PING_INTERVAL = "0.002"
+
+
+class PathFailed(Exception):
+    """One measurement of one path did not work (it counts as 0)."""
+
+
+def _run(cmd, what: str, timeout: float = 30.0, check: bool = True, late=BenchError):
+    """Run a command; BenchError with its output if it fails (check), the
+    exception ``late`` if it does not finish in time."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise BenchError(f"{what}: {cmd[0]} not found") from None
+    except subprocess.TimeoutExpired:
+        raise late(f"{what}: {' '.join(cmd)} did not finish in {timeout:.0f} s") from None
+    if check and p.returncode != 0:
+        raise BenchError(f"{what}: {' '.join(cmd)} failed: {(p.stderr or p.stdout).strip()}")
+    return p
+
+
+class Lab:
+    """The namespaces, links and the service process; close() removes them
+    all, whatever happened."""
+
+    def __init__(self, args, workdir: str):
+        self.args = args
+        self.workdir = workdir
+        self.tag = f"podb{os.getpid()}"
+        self._made_ns = []
+        self.service = None
+        self.service_log = os.path.join(workdir, "service.log")
+        self.sock = os.path.join(workdir, "api.sock")
+        self.ips = {}  # path -> (client ns, server ns, server IP)
+        # iperf3 takes whole seconds (and -t 0 means forever)
+        self.iperf_seconds = max(1, math.ceil(args.seconds))
+
+    def ns(self, name: str) -> str:
+        return f"{self.tag}-{name}"
+
+    def ip(self, ns, *args, what="ip"):
+        return _run(["ip", "-n", ns, *args], what)
+
+    def nsexec(self, ns, *cmd, cpu=None):
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        return ["ip", "netns", "exec", ns, *pin, *cmd]
+
+    def add_ns(self, name: str) -> str:
+        ns = self.ns(name)
+        _run(["ip", "netns", "add", ns], "creating namespaces")
+        self._made_ns.append(ns)
+        _run(
+            self.nsexec(
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ),
+            "disabling IPv6",
+        )
+        self.ip(ns, "link", "set", "lo", "up")
+        return ns
+
+    def veth(self, ns_a, if_a, ns_b, if_b, mtu=None):
+        self.ip(ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b)
+        for ns, i in ((ns_a, if_a), (ns_b, if_b)):
+            self.ip(ns, "link", "set", i, *(["mtu", str(mtu)] if mtu else []), "up")
+
+    def pod_addr(self, ns, ifname, ip_cidr):
+        self.ip(ns, "addr", "add", ip_cidr, "dev", ifname)
+
+    # ------------------------------------------------------------- set-up
+    def kernel_vtep(self, node, pod, pod_ip, underlay_if, local, remote):
+        """A kernel VTEP node: ``vx0`` (VNI, dstport 4789, flooding and
+        learning through the all-zeros FDB entry to ``remote``) and the
+        veth of ``pod`` in bridge br0."""
+        self.ip(
+            node,
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            str(VNI),
+            "local",
+            local,
+            "dstport",
+            "4789",
+            "dev",
+            underlay_if,
+            "learning",
+        )
+        _run(
+            ["bridge", "-n", node, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0"]
+            + ["dst", remote],
+            "kernel VTEP FDB",
+        )
+        self.ip(node, "link", "add", "br0", "type", "bridge")
+        self.ip(node, "link", "set", "vx0", "master", "br0", "up")
+        self.veth(node, "vpod", pod, "eth0", mtu=POD_MTU)
+        self.ip(node, "link", "set", "vpod", "master", "br0")
+        self.ip(node, "link", "set", "br0", "up")
+        self.pod_addr(pod, "eth0", f"{pod_ip}/24")
+
+    def setup_kernel(self):
+        # kernel bridge: two pods on one bridge
+        bn, ba, bb = self.add_ns("bnode"), self.add_ns("ba"), self.add_ns("bb")
+        self.ip(bn, "link", "add", "br0", "type", "bridge")
+        for pod, ifname, ip in ((ba, "va", KA_IP), (bb, "vb", KB_IP)):
+            self.veth(bn, ifname, pod, "eth0", mtu=POD_MTU)
+            self.ip(bn, "link", "set", ifname, "master", "br0")
+            self.pod_addr(pod, "eth0", f"{ip}/24")
+        self.ip(bn, "link", "set", "br0", "up")
+        self.ips["bridge"] = (ba, bb, KB_IP)
+        # kernel bridge + vxlan: two nodes over an underlay veth
+        k1, k2, ka, kb = (self.add_ns(n) for n in ("k1", "k2", "ka", "kb"))
+        self.veth(k1, "eth0", k2, "eth0")
+        self.pod_addr(k1, "eth0", f"{NODE_VTEP}/24")
+        self.pod_addr(k2, "eth0", f"{HOST_VTEP}/24")
+        self.kernel_vtep(k1, ka, KA_IP, "eth0", NODE_VTEP, HOST_VTEP)
+        self.kernel_vtep(k2, kb, KB_IP, "eth0", HOST_VTEP, NODE_VTEP)
+        self.ips["vxlan"] = (ka, kb, KB_IP)
+        for ns in (bn, k1, k2):
+            # bridged frames through iptables hooks (br_netfilter): off
+            for k in ("call-iptables", "call-ip6tables", "call-arptables"):
+                path = f"/proc/sys/net/bridge/bridge-nf-{k}"
+                _run(
+                    self.nsexec(ns, "sh", "-c", f"[ ! -e {path} ] || echo 0 > {path}"),
+                    "bridge-nf sysctls",
+                )
+
+    def setup_ours(self):
+        a = self.args
+        node, host, vm = self.add_ns("node"), self.add_ns("host"), self.add_ns("vm")
+        pa, pb = self.add_ns("pa"), self.add_ns("pb")
+        self.veth(node, "up0", host, "eth0")
+        self.pod_addr(host, "eth0", f"{HOST_VTEP}/24")
+        self.kernel_vtep(host, vm, VM_IP, "eth0", HOST_VTEP, NODE_VTEP)
+        if a.peer_csum_off:
+            # the host's stack then sends finished checksums (a diagnosis:
+            # which failures are the checksum-partial frames of a kernel peer)
+            _run(self.nsexec(vm, "ethtool", "-K", "eth0", "tx", "off"), "peer tx checksum off")
+        cfg = os.path.join(self.workdir, "node.yaml")
+        with open(cfg, "w") as f:
+            f.write(
+                f"node: {self.tag}\n"
+                "mode: fallback\n"
+                f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
+                "memory_mb: 256\n"
+                f"vtep: {{address: {NODE_VTEP}/24, uplink: up0}}\n"
+                "networks:\n"
+                f"  - {{name: net1, vni: {VNI}, plane: std, subnet: {SUBNET}, "
+                f"gateway: {GATEWAY}}}\n"
+                "remotes:\n"
+                f"  - {{vtep: {HOST_VTEP}, networks: [net1]}}\n"
+                f"state_dir: {self.workdir}/state\n"
+                f"api_socket: {self.sock}\n"
+                "metrics: {listen: null}\n"
+            )
+        say(f"starting the node service in {node}: python -m dataplane.cli run -c {cfg}")
+        with open(self.service_log, "w") as log:
+            self.service = subprocess.Popen(
+                self.nsexec(node, sys.executable, "-m", "dataplane.cli", "run", "-c", cfg),
+                cwd=ROOT,
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.sock):
+            if self.service.poll() is not None:
+                raise BenchError(
+                    f"the node service exited (code {self.service.returncode}):\n" + self.log_tail()
+                )
+            if time.monotonic() > deadline:
+                raise BenchError("the node service did not open its API socket in 60 s")
+            time.sleep(0.05)
+        from dataplane.api import call
+
+        ips = []
+        for name, ns in (("a", pa), ("b", pb)):
+            try:
+                info = call(
+                    self.sock,
+                    "POST",
+                    "/v1/pods",
+                    {"name": name, "netns": f"/var/run/netns/{ns}", "spec": json.dumps(POD_SPEC)},
+                )
+            except Exception as e:
+                raise BenchError(f"adding pod {name} through the API: {e}") from None
+            ips.append(next(p["ip"] for p in info["planes"] if p["plane"] == "std"))
+        self.ips["ours_local"] = (pa, pb, ips[1].split("/")[0])
+        self.ips["ours_vtep"] = (pa, vm, VM_IP)
+
+    def log_tail(self, n: int = 25) -> str:
+        try:
+            with open(self.service_log) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return "    (no log)"
+        return "\n".join("    " + x for x in lines[-n:])
+
+    def close(self):
+        if self.service is not None:
+            p = self.service
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            remove_eal_runtime_dir(f"dataplane-{p.pid}")
+            self.service = None
+        for ns in reversed(self._made_ns):
+            p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
+            if p.returncode != 0:
+                print(
+                    f"bench: could not remove namespace {ns}: {p.stderr.strip()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        self._made_ns = []
+
+    def check_service(self):
+        if self.service is not None and self.service.poll() is not None:
+            raise BenchError(
+                f"the node service exited (code {self.service.returncode}) during the runs:\n"
+                + self.log_tail()
+            )
+
+    # -------------------------------------------------------- measurements
+    def ping(self, path: str) -> tuple:
+        """(avg, p99) RTT in microseconds of --pings echoes."""
+        a = self.args
+        cli, _, ip = self.ips[path]
+        # unmeasured: ARP, FDB learning, caches
+        _run(
+            self.nsexec(cli, "ping", "-c", "5", "-i", "0.05", "-W", "1", ip),
+            "warm-up ping",
+            check=False,
+            late=PathFailed,
+        )
+        deadline = max(5, int(a.pings * 0.002 * 4) + 3)
+        p = _run(
+            self.nsexec(
+                cli,
+                "ping",
+                "-c",
+                str(a.pings),
+                "-i",
+                PING_INTERVAL,
+                "-W",
+                "1",
+                "-w",
+                str(deadline),
+                ip,
+                cpu=a.gen_cpu,
+            ),
+            "ping",
+            timeout=deadline + 10,
+            check=False,
+            late=PathFailed,
+        )
+        times = [float(x) * 1000 for x in re.findall(r"time=([\d.]+) ms", p.stdout)]
+        if not times:
+            tail = (p.stdout + p.stderr).strip().splitlines()[-2:]
+            raise PathFailed(f"no echo reply from {ip}: {' / '.join(tail)}")
+        times.sort()
+        p99 = times[min(len(times) - 1, math.ceil(0.99 * len(times)) - 1)]
+        lost = a.pings - len(times)
+        if lost:
+            say(f"  {path}: {lost} of {a.pings} pings without reply")
+        return sum(times) / len(times), p99
+
+    def iperf(self, path: str, udp: bool) -> float:
+        """TCP: Gbit/s the receiver counted; UDP 64 B: packets/s the server
+        received."""
+        a = self.args
+        cli, srv, ip = self.ips[path]
+        port = "5201"
+        server = subprocess.Popen(
+            self.nsexec(srv, "iperf3", "-s", "-1", "-J", "-p", port, cpu=a.gen_cpu),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            time.sleep(0.2)  # let it listen
+            kind = ["-u", "-l", "64", "-b", "0"] if udp else []
+            c = _run(
+                self.nsexec(
+                    cli,
+                    "iperf3",
+                    "-c",
+                    ip,
+                    "-p",
+                    port,
+                    "-J",
+                    "-t",
+                    str(self.iperf_seconds),
+                    "--connect-timeout",
+                    "3000",
+                    *kind,
+                    cpu=a.gen_cpu,
+                ),
+                "iperf3 client",
+                timeout=self.iperf_seconds + 15,
+                check=False,
+                late=PathFailed,
+            )
+            try:
+                cj = json.loads(c.stdout)
+            except ValueError:
+                raise PathFailed(f"iperf3 client gave no JSON: {c.stderr.strip()[-200:]}") from None
+            if cj.get("error"):
+                raise PathFailed(f"iperf3: {cj['error']}")
+            try:
+                out, _ = server.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                out = ""
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        if not udp:
+            end = cj.get("end", {})
+            bps = end.get("sum_received", {}).get("bits_per_second", 0.0)
+            return bps / 1e9
+        try:
+            sj = json.loads(out)
+        except ValueError:
+            raise PathFailed("iperf3 server gave no JSON") from None
+        s = sj.get("end", {}).get("sum", {})
+        secs = s.get("seconds") or self.iperf_seconds
+        got = s.get("packets", 0) - s.get("lost_packets", 0)
+        return max(0, got) / secs
+
+    def measure(self, path: str) -> dict:
+        r = dict.fromkeys(FIGURES, 0.0)
+        notes = []
+        for what, fn in (
+            ("ping", lambda: self.ping(path)),
+            ("tcp", lambda: self.iperf(path, udp=False)),
+            ("udp64", lambda: self.iperf(path, udp=True)),
+        ):
+            try:
+                v = fn()
+            except PathFailed as e:
+                why = str(e)
+                if what == "udp64" and "connect" in why:
+                    why += "; iperf3's control connection is TCP"
+                notes.append(f"{what} FAILED ({why}): counted as 0")
+                continue
+            if what == "ping":
+                r["rtt_us"], r["rtt_p99_us"] = v
+            elif what == "tcp":
+                r["tcp_gbps"] = v
+            else:
+                r["udp64_pps"] = v
+        r["notes"] = notes
+        return r
+
+
+# ----------------------------------------------------------------- running
+
+
+def _fmt(r: dict) -> str:
+    s = (
+        f"RTT avg {r['rtt_us']:7.1f} us p99 {r['rtt_p99_us']:7.1f} us, "
+        f"TCP {r['tcp_gbps']:6.2f} Gbit/s, UDP 64 B {r['udp64_pps'] / 1e3:7.1f} kpps received"
+    )
+    return s + "".join(f"\n        {n}" for n in r["notes"])
+
+
+def run(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-pods-") as workdir:
+        say_machine("other work on the machine slows every path")
+        lab = Lab(args, workdir)
+        try:
+            lab.setup_kernel()
+            lab.setup_ours()
+            say(
+                f"namespaces {lab.tag}-*; {args.pings} pings and {lab.iperf_seconds} s of "
+                f"iperf3 per test; ping and iperf3 on CPU {args.gen_cpu} (taskset), "
+                f"the service's worker lcore on CPU {args.fwd_cpu}, its control thread on "
+                f"CPU {args.gen_cpu}; the kernel paths forward in softirq where the "
+                "senders run"
+            )
+            if args.peer_csum_off:
+                say(
+                    "--peer-csum-off: the host behind the kernel VTEP sends finished "
+                    "checksums (tx checksum offload off on its eth0): not a user's set-up"
+                )
+            res = {p: {k: [] for k in FIGURES} for p in PATHS}
+            for n in range(1, args.runs + 1):
+                for path in PATHS:
+                    lab.check_service()
+                    r = lab.measure(path)
+                    for k in FIGURES:
+                        res[path][k].append(r[k])
+                    say(f"run {n}/{args.runs} {LABEL[path]:38s} {_fmt(r)}")
+            lab.check_service()
+        finally:
+            lab.close()
+    say(
+        f"load average {os.getloadavg()[0]:.2f} after the runs (other work on the machine "
+        "takes CPU time from the service's worker and from the kernel paths alike)"
+    )
+    med = {p: {k: median(v) for k, v in res[p].items()} for p in PATHS}
+    show()
+    say(f"medians of {args.runs} run(s):")
+    show(f"| {'path':38s} | RTT avg us | RTT p99 us | TCP Gbit/s | UDP 64 B kpps |")
+    show(f"|{'-' * 40}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 15}|")
+    for p in PATHS:
+        m = med[p]
+        show(
+            f"| {LABEL[p]:38s} | {m['rtt_us']:10.1f} | {m['rtt_p99_us']:10.1f} | "
+            f"{m['tcp_gbps']:10.2f} | {m['udp64_pps'] / 1e3:13.1f} |"
+        )
+    if args.runs > 1:
+        for p in PATHS:
+            say(
+                f"{p}: RTT us {fmt_runs(res[p]['rtt_us'], 1)}, TCP Gbit/s "
+                f"{fmt_runs(res[p]['tcp_gbps'])}, UDP kpps "
+                f"{fmt_runs(res[p]['udp64_pps'], 1, 1e-3)}"
+            )
+    return {"med": med, "peer_csum_off": args.peer_csum_off}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench pods",
+        description="ping, TCP and 64-byte UDP between pods: the node service (pod -> "
+        "pod, pod -> host behind the kernel's VXLAN VTEP) vs the kernel bridge and "
+        "kernel bridge + vxlan on the same kind of veths.",
+    )
+    add_run_options(
+        ap,
+        seconds=3.0,
+        seconds_help="iperf3 duration per test, rounded up to whole seconds",
+        runs=3,
+        runs_help="runs of the four paths (figures are medians)",
+    )
+    ap.add_argument(
+        "--pings", type=int, default=1000, help="measured pings per path and run (default 1000)"
+    )
+    ap.add_argument(
+        "--gen-cpu",
+        type=int,
+        default=1,
+        help="CPU of ping/iperf3 and of the service's control thread (default 1)",
+    )
+    ap.add_argument(
+        "--fwd-cpu", type=int, default=0, help="CPU of the service's worker lcore (default 0)"
+    )
+    ap.add_argument(
+        "--peer-csum-off",
+        action="store_true",
+        help="switch tx checksum offload off on the eth0 of the host behind the kernel "
+        "VTEP (a diagnosis, not the user's set-up: its frames then carry finished checksums)",
+    )
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
+    args = parse_args(ap, argv)
+    ncpu = os.cpu_count() or 1
+    for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
+        if not 0 <= cpu < ncpu:
+            ap.error(f"{opt}: CPU {cpu} not present (this machine has {ncpu})")
+    if args.gen_cpu == args.fwd_cpu:
+        ap.error("--gen-cpu and --fwd-cpu must differ")
+    if args.pings < 1:
+        ap.error("--pings must be >= 1")
+    if os.geteuid() != 0:
+        print("bench: FAILED: needs root (it makes network namespaces)", file=sys.stderr)
+        return 1
+    return run_main(run, args, _result)
+
+
+def _result(res):
+    med = res["med"]
+    o, v, b, k = (med[p] for p in PATHS)
+    fields = {
+        "rtt_ratio": ratio(o["rtt_us"], b["rtt_us"]),
+        "tcp_local_ratio": ratio(o["tcp_gbps"], b["tcp_gbps"]),
+        "tcp_vxlan_ratio": ratio(v["tcp_gbps"], k["tcp_gbps"]),
+        "udp64_ratio": ratio(v["udp64_pps"], k["udp64_pps"]),
+    }
+    out = {key: f"{x:.3f}" for key, x in fields.items()}
+    names = {"ours_local": "ours", "ours_vtep": "ours_vtep", "bridge": "bridge", "vxlan": "vxlan"}
+    for p in PATHS:
+        m = med[p]
+        out[f"{names[p]}_rtt_us"] = f"{m['rtt_us']:.1f}"
+        out[f"{names[p]}_rtt_p99_us"] = f"{m['rtt_p99_us']:.1f}"
+        out[f"{names[p]}_tcp_gbps"] = f"{m['tcp_gbps']:.3f}"
+        out[f"{names[p]}_udp64_pps"] = f"{m['udp64_pps']:.0f}"
+    if res["peer_csum_off"]:
+        out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up
+    return "pods", out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
