@@ -587,7 +587,8 @@ def _result(res):
     med = res["med"]
     o, v, b, k = (med[p] for p in PATHS)
     fields = {
-        "rtt_ratio": ratio(o["rtt_us"], b["rtt_us"]),
+        # a path whose pings all failed has no RTT: that is no win
+        "rtt_ratio": ratio(o["rtt_us"], b["rtt_us"]) if o["rtt_us"] > 0 else float("inf"),
         "tcp_local_ratio": ratio(o["tcp_gbps"], b["tcp_gbps"]),
         "tcp_vxlan_ratio": ratio(v["tcp_gbps"], k["tcp_gbps"]),
         "udp64_ratio": ratio(v["udp64_pps"], k["udp64_pps"]),
