@@ -49,8 +49,7 @@ memory_mb: 256
 vtep: {{address: 10.99.0.{n}/24, uplink: uplink0, underlay_mtu: {mtu}}}
 networks:
   - {{name: net1, vni: {vni}, plane: std, subnet: {subnet}0/24, gateway: {subnet}1}}
-remotes:
-  - {{vtep: REMOTES, networks: [net1]}}
+remotes: [{remotes}]
 state_dir: {dir}/state
 api_socket: {dir}/api.sock
 metrics: {{listen: null}}
@@ -212,12 +211,10 @@ class Node:
         self.logfile = self.dir / "service.log"
         self.host_links = set()  # host ends of the pods' veths (in self.ns)
         self.proc = None
-        cfg = NODE_CONFIG.format(n=n, mtu=mtu, vni=VNI, subnet=SUBNET, dir=self.dir)
+        rem = ", ".join(f"{{vtep: {r}, networks: [net1]}}" for r in remotes)
+        cfg = NODE_CONFIG.format(n=n, mtu=mtu, vni=VNI, subnet=SUBNET, dir=self.dir, remotes=rem)
         self.cfg = self.dir / "node.yaml"
-        self.cfg.write_text(
-            cfg.replace("REMOTES", remotes[0])
-            + "".join(f"  - {{vtep: {r}, networks: [net1]}}\n" for r in remotes[1:])
-        )
+        self.cfg.write_text(cfg)
         # uplink: a veth into the underlay's bridge, no address (the VTEP
         # address is the core's own)
         ipn(
@@ -462,7 +459,7 @@ def udp_count(fab, label, server_ns, server_ip, client_ns, count=2000, size=64, 
 # ---------------------------------------------------------------------- tests
 def test_tcp_between_pods_on_one_node(fabric):
     fab = fabric()
-    fab.node(1, ["10.99.0.2"])
+    fab.node(1, [])
     a, b = fab.pod(1, "a", SUBNET + "11"), fab.pod(1, "b", SUBNET + "12")
     reach(a["ns"], b["ip"], "pod a -> pod b")
     tcp_transfer(fab, "pod a -> pod b (one node)", b["ns"], b["ip"], a["ns"])
@@ -644,7 +641,7 @@ def test_frame_above_the_pod_mtu_is_dropped_and_counted(fabric, underlay_mtu):
 
 def test_udp_64_byte_datagrams_between_pods(fabric):
     fab = fabric()
-    fab.node(1, ["10.99.0.2"])
+    fab.node(1, [])
     a, b = fab.pod(1, "a", SUBNET + "11"), fab.pod(1, "b", SUBNET + "12")
     reach(a["ns"], b["ip"], "pod a -> pod b")
     udp_count(fab, "pod a -> pod b", b["ns"], b["ip"], a["ns"])
