@@ -475,3 +475,35 @@ def check_etcd_prefix(value, path: str) -> str:
     if not value:
         raise fail(path, "'/' alone would mix the cluster's keys with others' (e.g. /dataplane)")
     return value
+
+
+# ------------------------------------------------------- kernel-port drivers
+#: drivers for kernel interfaces (pod veths, a kernel uplink): the core's
+#: native AF_PACKET driver, or DPDK's ``net_af_xdp`` (an XDP program on the
+#: interface redirects every frame to an AF_XDP socket)
+KERNEL_DRIVERS = ("afpacket", "af_xdp")
+#: the largest IP MTU ``net_af_xdp`` carries here: DPDK 22.11 lays its UMEM
+#: over the core's mbufs (2048-byte data room) and the kernel keeps 256 bytes
+#: of XDP headroom in front of each frame, leaving 1792 bytes of Ethernet
+#: frame; the kernel drops a longer one before the socket sees it
+#: (measured on veth: 1778 passes, 1779 does not)
+AF_XDP_MAX_MTU = 2048 - 256 - 14
+
+
+def check_kernel_driver(value, path: str = "kernel_driver") -> str:
+    """A driver for kernel interfaces, one of :data:`KERNEL_DRIVERS`."""
+    if value not in KERNEL_DRIVERS:
+        raise fail(path, f"{show(value)} is not one of {', '.join(KERNEL_DRIVERS)}")
+    return value
+
+
+def check_af_xdp_mtu(value: int, path: str) -> int:
+    """An IP MTU that the ``af_xdp`` kernel driver can carry whole."""
+    if value > AF_XDP_MAX_MTU:
+        raise fail(
+            path,
+            f"{value} is more than kernel_driver af_xdp carries ({AF_XDP_MAX_MTU}: "
+            "2048-byte buffers less the kernel's XDP headroom); lower it or use "
+            "kernel_driver afpacket",
+        )
+    return value

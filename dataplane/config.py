@@ -2,10 +2,11 @@
 
     node: node1
     mode: fallback                 # hugepages | fallback (EAL --no-huge)
+    kernel_driver: afpacket        # afpacket | af_xdp: pod veths and a kernel uplink
     lcores: [0, 1]                 # first: control thread, the rest: workers
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
-      uplink: eth1                 # kernel interface (native AF_PACKET driver)
+      uplink: eth1                 # kernel interface (through kernel_driver)
       # uplink: dpdk:net_tap0,iface=up0    (any DPDK device string)
     networks:
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
@@ -40,12 +41,14 @@ from .checks import (
     POD_RESERVED_IFNAMES,
     VXLAN_OVERHEAD,
     check_abspath,
+    check_af_xdp_mtu,
     check_bool,
     check_dscp,
     check_etcd_endpoints,
     check_etcd_prefix,
     check_ifname,
     check_int,
+    check_kernel_driver,
     check_keys,
     check_lcores,
     check_list,
@@ -82,6 +85,7 @@ DEFAULT_UDP_PORT = 4789
 DEFAULT_UNDERLAY_MTU = 1500
 DEFAULT_MEMORY_MB = 512
 DEFAULT_LCORES = (0, 1)
+DEFAULT_KERNEL_DRIVER = "afpacket"
 
 #: default planes: name -> (priority, interface inside the pod); a higher
 #: priority is served first by the strict-priority scheduler
@@ -212,6 +216,7 @@ class NodeConfig:
     node: str
     vtep: VtepConfig
     mode: str = "fallback"
+    kernel_driver: str = DEFAULT_KERNEL_DRIVER  # pod veths and a kernel uplink
     lcores: List[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_LCORES))
     memory_mb: int = DEFAULT_MEMORY_MB
     planes: Dict[str, PlaneConfig] = dataclasses.field(default_factory=dict)
@@ -260,6 +265,7 @@ class NodeConfig:
         return {
             "node": self.node,
             "mode": self.mode,
+            "kernel_driver": self.kernel_driver,
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
             "vtep": dataclasses.asdict(self.vtep),
@@ -357,6 +363,7 @@ def parse_config(data, base_dir: Optional[str] = None) -> NodeConfig:
 _TOP_KEYS = (
     "node",
     "mode",
+    "kernel_driver",
     "lcores",
     "memory_mb",
     "vtep",
@@ -401,11 +408,14 @@ def _node_config(data, base_dir) -> NodeConfig:
     node = top.get("node")
     node = socket.gethostname() if node is None else check_name(node, "node", "node name")
     mode = check_mode(top.get("mode", "fallback"))
+    kernel_driver = check_kernel_driver(top.get("kernel_driver", DEFAULT_KERNEL_DRIVER))
     lcores = check_lcores(top.get("lcores", list(DEFAULT_LCORES)))
     memory_mb = check_memory_mb(top.get("memory_mb", DEFAULT_MEMORY_MB))
     vtep = _vtep(top["vtep"])
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
     networks = _networks(top.get("networks"), planes, vtep)
+    if kernel_driver == "af_xdp":
+        _af_xdp_limits(vtep, networks)
     remotes = _remotes(top.get("remotes"), networks, vtep)
     state_dir = check_abspath(top.get("state_dir", DEFAULT_STATE_DIR), "state_dir", base_dir)
     store = _store(top.get("store"), state_dir, base_dir)
@@ -416,6 +426,7 @@ def _node_config(data, base_dir) -> NodeConfig:
     return NodeConfig(
         node=node,
         mode=mode,
+        kernel_driver=kernel_driver,
         lcores=lcores,
         memory_mb=memory_mb,
         vtep=vtep,
@@ -427,6 +438,22 @@ def _node_config(data, base_dir) -> NodeConfig:
         api_socket=api_socket,
         metrics=metrics,
     )
+
+
+def _af_xdp_limits(vtep, networks):
+    """What kernel_driver af_xdp cannot do: frames above its MTU (pod
+    networks, and the underlay if the uplink is a kernel interface), an
+    interface name that would break its device string."""
+    if vtep.uplink_kind == "kernel":
+        check_af_xdp_mtu(vtep.underlay_mtu, "vtep.underlay_mtu")
+        if any(c in vtep.uplink for c in ",="):
+            raise fail(
+                "vtep.uplink",
+                f"{vtep.uplink!r}: kernel_driver af_xdp needs an interface name "
+                "without ',' or '=' (it goes into a DPDK device string)",
+            )
+    for i, n in enumerate(networks):
+        check_af_xdp_mtu(n.mtu, f"networks[{i}].mtu")
 
 
 # ---------------------------------------------------------------- vtep
@@ -459,7 +486,7 @@ def _vtep(value) -> VtepConfig:
     if rxq > 1 and not uplink.startswith("dpdk:"):
         raise fail(
             f"{p}.uplink_rx_queues",
-            "a kernel-interface uplink (native AF_PACKET) has "
+            "a kernel-interface uplink (AF_PACKET or AF_XDP) has "
             "one rx queue; several need a DPDK uplink "
             "('dpdk:...')",
         )

@@ -7,11 +7,43 @@ interfaces that still exist are re-attached with the MACs and addresses they
 had; nothing is allocated twice.
 """
 
+import itertools
 import os
-from typing import Callable, Dict, List
+import socket
+from typing import Callable, Dict, List, Optional
 
 from .errors import ConfigError, DataplaneError, NotFound
 from .logs import event, log
+
+_af_xdp_ids = itertools.count()  # DPDK vdev names are unique per process
+
+
+def add_kernel_port(
+    engine, ifname: str, driver: str, role: str = "pod", network: Optional[int] = None
+) -> int:
+    """Kernel interface ``ifname`` as a port of ``engine`` through ``driver``
+    (``config.KERNEL_DRIVERS``): the core's native AF_PACKET driver, or
+    DPDK's ``net_af_xdp`` on the interface's queue 0 (it loads an XDP
+    program that redirects every frame to its socket, removed with the
+    port). The port's index; the engine's error, naming the interface, if
+    it cannot be made - nothing is left attached then."""
+    if driver == "afpacket":
+        return engine.add_afpacket_port(ifname, role=role, network=network)
+    if driver == "af_xdp":
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            raise NotFound(f"{ifname}: no such interface (kernel_driver af_xdp)") from None
+        dev = f"net_af_xdp{next(_af_xdp_ids)},iface={ifname},start_queue=0,queue_count=1"
+        try:
+            return engine.add_port(dev, role=role, network=network)
+        except DataplaneError as e:
+            raise type(e)(
+                f"{ifname}: kernel_driver af_xdp: {e}; the DPDK log says why (an XDP "
+                "program it cannot load, a queue the interface does not have)",
+                e.errno,
+            ) from e
+    raise ConfigError(f"kernel_driver: {driver!r} is not a kernel-port driver")
 
 
 class PodLife:
@@ -62,7 +94,9 @@ class PodLife:
 
     def _attach_port(self, e) -> int:
         net = self.networks[e["network"]]
-        port = self.engine.add_afpacket_port(e["host_ifname"], network=net)
+        port = add_kernel_port(
+            self.engine, e["host_ifname"], self.config.kernel_driver, network=net
+        )
         self.ports[e["host_ifname"]] = port
         self.engine.fdb_add_local(net, e["mac"], port)
         return port
