@@ -581,6 +581,9 @@ class Lab:
 
     def engine_up(self, driver: str) -> _Child:
         a = self.args
+        # vpod's NAPI threads from before the attach (a device set threaded
+        # once makes its later NAPIs threaded at once)
+        before = _napi_threads(NODE_POD_IF)
         c = self.spawn(
             self.nsexec(
                 self.node_ns,
@@ -612,7 +615,6 @@ class Lab:
             # vpod's XDP program runs in vpod's NAPI (made when it was
             # attached), scheduled on the sender's CPU; threaded, pinned to
             # the forwarding CPU, it lands where RPS puts the others' receive
-            before = _napi_threads(NODE_POD_IF)
             _run(
                 self.nsexec(
                     self.node_ns, "sh", "-c", f"echo 1 > /sys/class/net/{NODE_POD_IF}/threaded"
