@@ -488,6 +488,12 @@ KERNEL_DRIVERS = ("afpacket", "af_xdp")
 #: frame; the kernel drops a longer one before the socket sees it
 #: (measured on veth: 1778 passes, 1779 does not)
 AF_XDP_MAX_MTU = 2048 - 256 - 14
+#: mbufs each ``net_af_xdp`` port takes from the core's pool for its fill
+#: ring when it starts, and keeps (DPDK 22.11: ETH_AF_XDP_DFLT_NUM_DESCS)
+AF_XDP_FILL_MBUFS = 2048
+#: an mbuf of the core's pool, bytes of memory (2176-byte buffer, the mbuf
+#: header, the mempool's own header), rounded up
+MBUF_BYTES = 2560
 
 
 def check_kernel_driver(value, path: str = "kernel_driver") -> str:

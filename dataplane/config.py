@@ -37,6 +37,7 @@ from .checks import (
     MAX_NETWORKS,
     MAX_PLANES,
     MAX_RX_QUEUES,
+    MBUF_BYTES,
     MIN_MTU,
     POD_RESERVED_IFNAMES,
     VXLAN_OVERHEAD,
@@ -253,12 +254,15 @@ class NodeConfig:
     def engine_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``engine.EngineConfig``."""
         pci = self.vtep.uplink_pci
-        return {
+        kw = {
             "mode": self.mode,
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
             "pci": [pci] if pci else [],
         }
+        if self.kernel_driver == "af_xdp":
+            kw["n_mbufs"] = af_xdp_pool_size(self.memory_mb)
+        return kw
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data, every default filled in; ``parse_config`` accepts it."""
@@ -290,6 +294,17 @@ class NodeConfig:
             "api_socket": self.api_socket,
             "metrics": dataclasses.asdict(self.metrics),
         }
+
+
+def af_xdp_pool_size(memory_mb: int) -> int:
+    """The core's mbuf pool under kernel_driver af_xdp: every AF_XDP port
+    keeps AF_XDP_FILL_MBUFS of it in its fill ring, so the pool takes 40 %
+    of memory_mb (2**k - 1 mbufs, at least the engine's default 16383, at
+    most 262143): 256 MB give 32767 mbufs, room for about 14 kernel ports."""
+    n = 16383
+    while (n * 2 + 1) * MBUF_BYTES <= memory_mb * (1 << 20) * 0.4 and n < 262143:
+        n = n * 2 + 1
+    return n
 
 
 # ---------------------------------------------------------------- loading

@@ -12,10 +12,14 @@ import os
 import socket
 from typing import Callable, Dict, List, Optional
 
-from .errors import ConfigError, DataplaneError, NotFound
+from .checks import AF_XDP_FILL_MBUFS
+from .errors import ConfigError, DataplaneError, NotFound, ResourceError
 from .logs import event, log
 
 _af_xdp_ids = itertools.count()  # DPDK vdev names are unique per process
+#: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
+#: tx buffers, plane queues)
+AF_XDP_SPARE_MBUFS = 4095
 
 
 def add_kernel_port(
@@ -34,6 +38,15 @@ def add_kernel_port(
             socket.if_nametoindex(ifname)
         except OSError:
             raise NotFound(f"{ifname}: no such interface (kernel_driver af_xdp)") from None
+        n = engine.config.n_mbufs
+        have = sum(1 for p in engine.ports() if p.name.startswith("net_af_xdp"))
+        if (have + 1) * AF_XDP_FILL_MBUFS > n - AF_XDP_SPARE_MBUFS:
+            raise ResourceError(
+                f"{ifname}: kernel_driver af_xdp: the core's pool of {n} mbufs has room for "
+                f"{have} af_xdp ports (each keeps {AF_XDP_FILL_MBUFS} in its fill ring, "
+                f"{AF_XDP_SPARE_MBUFS} stay for forwarding): raise memory_mb, or use "
+                "kernel_driver afpacket"
+            )
         dev = f"net_af_xdp{next(_af_xdp_ids)},iface={ifname},start_queue=0,queue_count=1"
         try:
             return engine.add_port(dev, role=role, network=network)

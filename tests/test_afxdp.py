@@ -2,6 +2,7 @@
 uplink through DPDK's ``net_af_xdp`` on real veths in namespaces the tests
 make; ping, TCP and UDP between pods; a restart; the config's refusals."""
 
+import os
 import re
 import subprocess
 import sys
@@ -179,3 +180,52 @@ def test_af_xdp_refuses_jumbo_frames(tmp_path):
     ok = dict(dpdk_up, networks=[{**base["networks"][0], "mtu": 1778}])
     assert parse_config(ok).kernel_driver == "af_xdp"
     assert parse_config(dict(base, kernel_driver="afpacket")).kernel_driver == "afpacket"
+
+
+POOL_CHILD = textwrap.dedent("""
+    import os, sys
+    from dataplane.engine import Engine, EngineConfig
+    from dataplane.errors import ResourceError
+    from dataplane.podlife import add_kernel_port
+    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
+                       file_prefix=f"afxdp-test-{os.getpid()}", log_level="error")
+    with Engine(cfg) as eng:
+        for ifname in sys.argv[1:]:
+            try:
+                add_kernel_port(eng, ifname, "af_xdp")
+                print("added", ifname, flush=True)
+            except ResourceError as e:
+                print("refused", e, flush=True)
+        os.system("ip -o link > " + os.environ["LINKS"])
+""")
+
+
+def test_af_xdp_ports_beyond_the_mbuf_pool_are_refused_cleanly(tmp_path):
+    tag = uuid.uuid4().hex[:5]
+    names = [f"dpx{tag}{i}" for i in range(3)]
+    try:
+        for n in names:
+            sh("ip", "link", "add", n, "type", "veth", "peer", "name", f"{n}p")
+            sh("ip", "link", "set", n, "up")
+            sh("ip", "link", "set", f"{n}p", "up")
+        links = tmp_path / "links"
+        r = subprocess.run(
+            [sys.executable, "-c", POOL_CHILD, *names],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**os.environ, "LINKS": str(links)},
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        # 8191 mbufs, 4095 kept for forwarding: two ports of 2048 each
+        assert f"added {names[0]}" in r.stdout and f"added {names[1]}" in r.stdout
+        assert f"refused {names[2]}: kernel_driver af_xdp: the core's pool of 8191 mbufs" in (
+            r.stdout
+        ), r.stdout
+        attached = set(re.findall(r"^\d+: ([^:@]+)[^\n]*prog/xdp", links.read_text(), re.M))
+        assert names[:2] == sorted(attached & set(names))  # the refused one has nothing
+        assert not set(names) & xdp_progs()  # and the engine's close removed the rest
+    finally:
+        for n in names:
+            sh("ip", "link", "del", n, check=False)
