@@ -503,13 +503,14 @@ def check_kernel_driver(value, path: str = "kernel_driver") -> str:
     return value
 
 
-def check_af_xdp_mtu(value: int, path: str) -> int:
-    """An IP MTU that the ``af_xdp`` kernel driver can carry whole."""
+def check_af_xdp_mtu(value: int, path: str, setting: str = "kernel_driver") -> int:
+    """An IP MTU that the ``af_xdp`` kernel driver can carry whole;
+    ``setting`` is the field that chose it."""
     if value > AF_XDP_MAX_MTU:
         raise fail(
             path,
-            f"{value} is more than kernel_driver af_xdp carries ({AF_XDP_MAX_MTU}: "
-            "2048-byte buffers less the kernel's XDP headroom); lower it or use "
-            "kernel_driver afpacket",
+            f"{value} is more than {setting} af_xdp carries ({AF_XDP_MAX_MTU}: "
+            f"2048-byte buffers less the kernel's XDP headroom); lower it or use "
+            f"{setting} afpacket",
         )
     return value

@@ -2,11 +2,11 @@
 
     node: node1
     mode: fallback                 # hugepages | fallback (EAL --no-huge)
-    kernel_driver: afpacket        # afpacket | af_xdp: pod veths and a kernel uplink
+    kernel_driver: afpacket        # afpacket | af_xdp: the pods' veths
     lcores: [0, 1]                 # first: control thread, the rest: workers
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
-      uplink: eth1                 # kernel interface (through kernel_driver)
+      uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
       # uplink: dpdk:net_tap0,iface=up0    (any DPDK device string)
     networks:
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
@@ -117,6 +117,9 @@ class VtepConfig:
     uplink_rate: int = 0  # shaper on the uplink, bit/s; 0 = off
     uplink_burst: int = 16384  # shaper bucket, bytes
     uplink_rx_queues: int = 1  # rx queues of a DPDK uplink (planes' rx_queue)
+    # driver of a kernel-interface uplink; af_xdp takes every frame of the
+    # interface from the host's own stack, so it is never the default
+    uplink_driver: str = DEFAULT_KERNEL_DRIVER
 
     @property
     def ip(self) -> str:
@@ -217,7 +220,7 @@ class NodeConfig:
     node: str
     vtep: VtepConfig
     mode: str = "fallback"
-    kernel_driver: str = DEFAULT_KERNEL_DRIVER  # pod veths and a kernel uplink
+    kernel_driver: str = DEFAULT_KERNEL_DRIVER  # the pods' veths
     lcores: List[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_LCORES))
     memory_mb: int = DEFAULT_MEMORY_MB
     planes: Dict[str, PlaneConfig] = dataclasses.field(default_factory=dict)
@@ -260,7 +263,7 @@ class NodeConfig:
             "memory_mb": self.memory_mb,
             "pci": [pci] if pci else [],
         }
-        if self.kernel_driver == "af_xdp":
+        if "af_xdp" in (self.kernel_driver, self.vtep.uplink_driver):
             kw["n_mbufs"] = af_xdp_pool_size(self.memory_mb)
         return kw
 
@@ -402,6 +405,7 @@ _VTEP_KEYS = (
     "uplink_rate",
     "uplink_burst",
     "uplink_rx_queues",
+    "uplink_driver",
 )
 _PLANE_KEYS = (
     "priority",
@@ -430,7 +434,8 @@ def _node_config(data, base_dir) -> NodeConfig:
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
     networks = _networks(top.get("networks"), planes, vtep)
     if kernel_driver == "af_xdp":
-        _af_xdp_limits(vtep, networks)
+        for i, n in enumerate(networks):
+            check_af_xdp_mtu(n.mtu, f"networks[{i}].mtu")
     remotes = _remotes(top.get("remotes"), networks, vtep)
     state_dir = check_abspath(top.get("state_dir", DEFAULT_STATE_DIR), "state_dir", base_dir)
     store = _store(top.get("store"), state_dir, base_dir)
@@ -453,22 +458,6 @@ def _node_config(data, base_dir) -> NodeConfig:
         api_socket=api_socket,
         metrics=metrics,
     )
-
-
-def _af_xdp_limits(vtep, networks):
-    """What kernel_driver af_xdp cannot do: frames above its MTU (pod
-    networks, and the underlay if the uplink is a kernel interface), an
-    interface name that would break its device string."""
-    if vtep.uplink_kind == "kernel":
-        check_af_xdp_mtu(vtep.underlay_mtu, "vtep.underlay_mtu")
-        if any(c in vtep.uplink for c in ",="):
-            raise fail(
-                "vtep.uplink",
-                f"{vtep.uplink!r}: kernel_driver af_xdp needs an interface name "
-                "without ',' or '=' (it goes into a DPDK device string)",
-            )
-    for i, n in enumerate(networks):
-        check_af_xdp_mtu(n.mtu, f"networks[{i}].mtu")
 
 
 # ---------------------------------------------------------------- vtep
@@ -505,6 +494,25 @@ def _vtep(value) -> VtepConfig:
             "one rx queue; several need a DPDK uplink "
             "('dpdk:...')",
         )
+    driver = check_kernel_driver(
+        v.get("uplink_driver", DEFAULT_KERNEL_DRIVER), f"{p}.uplink_driver"
+    )
+    underlay_mtu = check_underlay_mtu(
+        v.get("underlay_mtu", DEFAULT_UNDERLAY_MTU), f"{p}.underlay_mtu"
+    )
+    if driver == "af_xdp":
+        if uplink.startswith("dpdk:"):
+            raise fail(
+                f"{p}.uplink_driver",
+                "af_xdp is for a kernel-interface uplink; this one is a DPDK device",
+            )
+        if any(c in uplink for c in ",="):
+            raise fail(
+                f"{p}.uplink",
+                f"{uplink!r}: uplink_driver af_xdp needs an interface name without "
+                "',' or '=' (it goes into a DPDK device string)",
+            )
+        check_af_xdp_mtu(underlay_mtu, f"{p}.underlay_mtu", "uplink_driver")
     return VtepConfig(
         address=str(iface),
         uplink=uplink,
@@ -512,13 +520,12 @@ def _vtep(value) -> VtepConfig:
         udp_port=check_udp_port(v.get("udp_port", DEFAULT_UDP_PORT), f"{p}.udp_port"),
         gateway=gateway,
         next_hop_mac=nh,
-        underlay_mtu=check_underlay_mtu(
-            v.get("underlay_mtu", DEFAULT_UNDERLAY_MTU), f"{p}.underlay_mtu"
-        ),
+        underlay_mtu=underlay_mtu,
         learning=check_bool(v.get("learning", False), f"{p}.learning"),
         uplink_rate=check_rate(v.get("uplink_rate", 0), f"{p}.uplink_rate"),
         uplink_burst=check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26),
         uplink_rx_queues=rxq,
+        uplink_driver=driver,
     )
 
 

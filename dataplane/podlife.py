@@ -7,7 +7,6 @@ interfaces that still exist are re-attached with the MACs and addresses they
 had; nothing is allocated twice.
 """
 
-import itertools
 import os
 import socket
 from typing import Callable, Dict, List, Optional
@@ -16,7 +15,6 @@ from .checks import AF_XDP_FILL_MBUFS
 from .errors import ConfigError, DataplaneError, NotFound, ResourceError
 from .logs import event, log
 
-_af_xdp_ids = itertools.count()  # DPDK vdev names are unique per process
 #: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
 #: tx buffers, plane queues)
 AF_XDP_SPARE_MBUFS = 4095
@@ -47,7 +45,8 @@ def add_kernel_port(
                 f"{AF_XDP_SPARE_MBUFS} stay for forwarding): raise memory_mb, or use "
                 "kernel_driver afpacket"
             )
-        dev = f"net_af_xdp{next(_af_xdp_ids)},iface={ifname},start_queue=0,queue_count=1"
+        # named for the interface: the port's name in status and metrics
+        dev = f"net_af_xdp_{ifname},iface={ifname},start_queue=0,queue_count=1"
         try:
             return engine.add_port(dev, role=role, network=network)
         except DataplaneError as e:

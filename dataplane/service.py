@@ -98,7 +98,7 @@ class NodeService:
                 v.uplink_devargs, role="uplink", rx_queues=v.uplink_rx_queues
             )
         else:
-            self.uplink = add_kernel_port(eng, v.uplink_ifname, cfg.kernel_driver, role="uplink")
+            self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
         mac = v.mac or eng.port_info(self.uplink).mac
         for pl in cfg.planes.values():
             eng.set_plane(

@@ -1,6 +1,7 @@
-"""The node service with ``kernel_driver: af_xdp``: pod veths and the kernel
-uplink through DPDK's ``net_af_xdp`` on real veths in namespaces the tests
-make; ping, TCP and UDP between pods; a restart; the config's refusals."""
+"""The node service with ``kernel_driver: af_xdp`` (and ``vtep.uplink_driver:
+af_xdp``): pod veths and the kernel uplink through DPDK's ``net_af_xdp`` on
+real veths in namespaces the tests make; ping, TCP and UDP between pods; a
+restart; the mbuf pool's limit; the config's refusals."""
 
 import os
 import re
@@ -79,9 +80,19 @@ def xdp_progs():
     return set(re.findall(r"^\d+: ([^:@]+)[^\n]*prog/xdp", out, re.M))
 
 
+def make_node(tmp_path, uplink_af_xdp: bool) -> Node:
+    n = Node(tmp_path, uuid.uuid4().hex[:5], extra=AF_XDP)
+    if uplink_af_xdp:
+        text = n.cfg.read_text()
+        n.cfg.write_text(
+            text.replace(f"uplink: {n.uplink}}}", f"uplink: {n.uplink}, uplink_driver: af_xdp}}")
+        )
+    return n
+
+
 @pytest.fixture
 def node(tmp_path):
-    n = Node(tmp_path, uuid.uuid4().hex[:5], extra=AF_XDP)
+    n = make_node(tmp_path, uplink_af_xdp=False)
     try:
         n.start()
         yield n
@@ -89,11 +100,24 @@ def node(tmp_path):
         n.cleanup()
 
 
-def test_pods_ping_and_exchange_tcp_and_udp(node):
+@pytest.fixture
+def node_xdp_uplink(tmp_path):
+    n = make_node(tmp_path, uplink_af_xdp=True)
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+def test_pods_ping_and_exchange_tcp_and_udp(node_xdp_uplink):
+    node = node_xdp_uplink
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", IT_SPEC)
     # the uplink and every pod veth are read through AF_XDP
     assert {node.uplink, *node.host_links} <= xdp_progs()
+    names = {p["name"] for p in node.api("GET", "/v1/status")["ports"]}
+    assert {f"net_af_xdp_{x}" for x in (node.uplink, *node.host_links)} <= names
     assert "af_xdp" in (node.tmp / "service.log").read_text()
     r = ping(a["ns"], ip_of(b), count=5)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -130,9 +154,12 @@ def test_restart_and_stop_leave_no_xdp_program(node):
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", IT_SPEC)
     assert ping(a["ns"], ip_of(b)).returncode == 0
+    # the uplink stays with AF_PACKET (uplink_driver's default): the host's
+    # own traffic on it is not taken away
+    assert node.uplink not in xdp_progs()
     node.stop()
     # the ports are closed: their XDP programs went with them
-    assert not ({node.uplink, *node.host_links} & xdp_progs())
+    assert not (node.host_links & xdp_progs())
     node.start()  # the pods are replayed through AF_XDP again
     assert node.host_links <= xdp_progs()
     assert ping(a["ns"], ip_of(b)).returncode == 0
@@ -167,19 +194,39 @@ def test_af_xdp_refuses_jumbo_frames(tmp_path):
     from dataplane.config import parse_config
     from dataplane.errors import ConfigError
 
+    up = {"address": "10.0.0.1/24", "uplink": "eth1", "underlay_mtu": 9000}
     base = {
         "kernel_driver": "af_xdp",
-        "vtep": {"address": "10.0.0.1/24", "uplink": "eth1", "underlay_mtu": 9000},
+        "vtep": up,
         "networks": [{"name": "n", "vni": 5, "plane": "std", "subnet": "10.1.0.0/24"}],
     }
-    with pytest.raises(ConfigError, match=r"^vtep\.underlay_mtu: 9000 is more than kernel_driver"):
+    # a network's MTU follows the underlay's (less 50) unless given
+    with pytest.raises(ConfigError, match=r"^networks\[0\]\.mtu: 8950 is more than kernel_driver"):
         parse_config(base)
-    dpdk_up = dict(base, vtep={**base["vtep"], "uplink": "dpdk:net_null0"})
-    with pytest.raises(ConfigError, match=r"^networks\[0\]\.mtu: 8950 is more than"):
-        parse_config(dpdk_up)
-    ok = dict(dpdk_up, networks=[{**base["networks"][0], "mtu": 1778}])
+    ok = dict(base, networks=[{**base["networks"][0], "mtu": 1778}])
     assert parse_config(ok).kernel_driver == "af_xdp"
     assert parse_config(dict(base, kernel_driver="afpacket")).kernel_driver == "afpacket"
+    xdp_up = dict(ok, vtep=dict(up, uplink_driver="af_xdp"))
+    with pytest.raises(ConfigError, match=r"^vtep\.underlay_mtu: 9000 is more than uplink_driver"):
+        parse_config(xdp_up)
+    c = parse_config(dict(base, vtep=dict(up, uplink_driver="af_xdp", underlay_mtu=1778)))
+    assert c.vtep.uplink_driver == "af_xdp" and parse_config(c.to_dict()) == c
+
+
+def test_bad_uplink_driver_is_refused_naming_the_field():
+    from dataplane.config import parse_config
+    from dataplane.errors import ConfigError
+
+    def cfg(**vtep):
+        return {"vtep": {"address": "10.0.0.1/24", "uplink": "eth1", **vtep}}
+
+    with pytest.raises(ConfigError, match=r"^vtep\.uplink_driver: 'xdp' is not one of afpacket"):
+        parse_config(cfg(uplink_driver="xdp"))
+    with pytest.raises(ConfigError, match=r"^vtep\.uplink_driver: af_xdp is for a kernel"):
+        parse_config(cfg(uplink="dpdk:net_null0", uplink_driver="af_xdp"))
+    with pytest.raises(ConfigError, match=r"^vtep\.uplink: 'a,b': uplink_driver af_xdp needs"):
+        parse_config(cfg(uplink="a,b", uplink_driver="af_xdp"))
+    assert parse_config(cfg()).vtep.uplink_driver == "afpacket"
 
 
 POOL_CHILD = textwrap.dedent("""
