@@ -1,15 +1,18 @@
 """Child processes of the AF_PACKET benchmark (bench.afpacket), each started
 by the parent inside one of its network namespaces (``ip netns exec NS``):
 
-    python -m bench.afpacket_ours engine --driver {native|pmd} --pod IF --uplink IF ...
+    python -m bench.afpacket_ours engine --driver {native|pmd|afxdp} --pod IF --uplink IF ...
     python -m bench.afpacket_ours capture --iface IF --count N --timeout S
 
 ``engine``: our core in fallback mode (EAL ``--no-huge``, one worker lcore)
 with the pod-facing veth end as a pod port of network 0 and the underlay
 veth end as the uplink, through either the core's native AF_PACKET driver
-(``Engine.add_afpacket_port``) or DPDK's ``net_af_packet`` PMD
-(``Engine.add_port("net_af_packet0,iface=...")``, same ring size, qdisc
-bypass on like ours). The VTEP has a static next-hop MAC (no ARP) and every
+(``Engine.add_afpacket_port``), DPDK's ``net_af_packet`` PMD
+(``Engine.add_port("net_af_packet0,iface=...")``, qdisc bypass on like
+ours) or DPDK's ``net_af_xdp`` PMD (``dataplane.podlife.add_kernel_port``,
+as the node service attaches ``kernel_driver: af_xdp``). Every thread of
+the engine (control, housekeeping, worker) runs on ``--worker-cpu`` unless
+``--control-cpu`` says otherwise. The VTEP has a static next-hop MAC (no ARP) and every
 remote MAC of bench.topology an FDB entry to its remote VTEP: exactly the
 encap set-up of bench.ours, on kernel interfaces. The parent drives it over
 stdin, one command a line:
@@ -36,7 +39,7 @@ import time
 from . import topology as topo
 from .common import child_failed, child_unwind_on_sigterm, emit
 
-DRIVERS = ("native", "pmd")
+DRIVERS = ("native", "pmd", "afxdp")
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
 PACKET_OUTGOING = 4
@@ -54,6 +57,10 @@ def pmd_devargs(index: int, ifname: str, frames: int) -> str:
 
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
+AF_XDP = 44
+SOL_XDP = 283
+XDP_STATISTICS = 7
+SO_DOMAIN = 39
 
 
 def _packet_sockets(ifname: str):
@@ -96,6 +103,51 @@ def ring_stats(fds) -> dict:
     return {"ring_seen": seen, "ring_drops": drops}
 
 
+def _xdp_sockets():
+    """fds of this process's AF_XDP sockets (the net_af_xdp ports' queues)."""
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:["):
+                continue
+        except OSError:
+            continue
+        s = socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=os.dup(int(fd)))
+        try:
+            if s.getsockopt(socket.SOL_SOCKET, SO_DOMAIN) == AF_XDP:
+                fds.append(int(fd))
+        finally:
+            s.close()
+    return fds
+
+
+class XdpStats:
+    """ring_stats() for AF_XDP sockets: XDP_STATISTICS counts since the
+    socket was made, so the frames the kernel could not put into the rx ring
+    (rx ring full, no fill-ring buffer, other drops) are given as the
+    difference since the last call. The kernel offers no count of frames it
+    did put there (``ring_seen`` 0)."""
+
+    def __init__(self, fds):
+        self.fds = fds
+        self.last = 0
+
+    def __call__(self) -> dict:
+        total = 0
+        for fd in self.fds:
+            s = socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=os.dup(fd))
+            try:
+                st = s.getsockopt(SOL_XDP, XDP_STATISTICS, 48)
+            finally:
+                s.close()
+            v = [int.from_bytes(st[i : i + 8], "little") for i in range(0, len(st), 8)]
+            # rx_dropped, rx_invalid_descs, tx_invalid_descs, rx_ring_full,
+            # rx_fill_ring_empty_descs, tx_ring_empty_descs
+            total += v[0] + v[3] + (v[4] if len(v) > 4 else 0)
+        d, self.last = total - self.last, total
+        return {"ring_seen": 0, "ring_drops": d}
+
+
 def _worker_tasks():
     """Thread ids of the EAL worker lcores of this process (named
     "rte-worker-N" or, in other DPDK builds, "lcore-worker-N")."""
@@ -124,7 +176,7 @@ def _task_ticks(tids):
     return ut, st
 
 
-def _snap(eng, pod: int, up: int, fds, tids) -> dict:
+def _snap(eng, pod: int, up: int, stats, tids) -> dict:
     c = eng.counters()
     w = c.worker.sum(axis=0)
     return {
@@ -137,16 +189,19 @@ def _snap(eng, pod: int, up: int, fds, tids) -> dict:
         "polls": int(w[0]),
         "busy_polls": int(w[1]),
         "worker_ticks": _task_ticks(tids),  # [user, system]
-        **ring_stats(fds),
+        **stats(),
     }
 
 
 def run_engine(a) -> int:
     from dataplane.engine import Engine, EngineConfig
+    from dataplane.podlife import add_kernel_port
 
+    control = a.worker_cpu if a.control_cpu is None else a.control_cpu
     cfg = EngineConfig(
         mode="fallback",
-        lcores=[a.control_cpu, a.worker_cpu],
+        lcores=[0, 1],
+        cpus=[control, a.worker_cpu],
         memory_mb=512,
         n_mbufs=16383,
         file_prefix=f"bench-afpacket-{os.getpid()}",
@@ -156,9 +211,12 @@ def run_engine(a) -> int:
         if a.driver == "native":
             pod = eng.add_afpacket_port(a.pod, role="pod", frames=a.frames, network=topo.NET)
             up = eng.add_afpacket_port(a.uplink, role="uplink", frames=a.frames)
-        else:
+        elif a.driver == "pmd":
             pod = eng.add_port(pmd_devargs(0, a.pod, a.frames), role="pod", network=topo.NET)
             up = eng.add_port(pmd_devargs(1, a.uplink, a.frames), role="uplink")
+        else:
+            pod = add_kernel_port(eng, a.pod, "af_xdp", network=topo.NET)
+            up = add_kernel_port(eng, a.uplink, "af_xdp", role="uplink")
         info = eng.port_info(up)
         eng.set_vtep(
             f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}",
@@ -169,8 +227,14 @@ def run_engine(a) -> int:
         )
         for k in range(a.macs):
             eng.fdb_add_remote(topo.NET, topo.remote_mac(k), topo.vtep_of(k, a.vteps))
-        fds = _packet_sockets(a.pod)
-        ring_stats(fds)  # start counting from here
+        if a.driver == "afxdp":
+            # the pod port's socket is the first made
+            fds = sorted(_xdp_sockets())[:1]
+            stats = XdpStats(fds)
+        else:
+            fds = _packet_sockets(a.pod)
+            stats = lambda: ring_stats(fds)  # noqa: E731
+        stats()  # start counting from here
         eng.start()
         tids = _worker_tasks()
         emit(
@@ -187,7 +251,7 @@ def run_engine(a) -> int:
         for line in sys.stdin:
             cmd = line.strip()
             if cmd == "snap":
-                emit(_snap(eng, pod, up, fds, tids))
+                emit(_snap(eng, pod, up, stats, tids))
             elif cmd == "quit":
                 break
             elif cmd:
@@ -237,8 +301,13 @@ def main(argv=None) -> int:
     e.add_argument("--uplink", required=True, help="underlay kernel interface")
     e.add_argument("--macs", type=int, default=topo.MIN_MACS)
     e.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
-    e.add_argument("--frames", type=int, default=2048, help="ring size in frames")
-    e.add_argument("--control-cpu", type=int, default=0)
+    e.add_argument("--frames", type=int, default=1024, help="ring size in frames (native, pmd)")
+    e.add_argument(
+        "--control-cpu",
+        type=int,
+        default=None,
+        help="the control thread's CPU (default: the worker's)",
+    )
     e.add_argument("--worker-cpu", type=int, default=1)
     c = sub.add_parser("capture")
     c.add_argument("--iface", required=True)

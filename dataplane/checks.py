@@ -475,3 +475,42 @@ def check_etcd_prefix(value, path: str) -> str:
     if not value:
         raise fail(path, "'/' alone would mix the cluster's keys with others' (e.g. /dataplane)")
     return value
+
+
+# ------------------------------------------------------- kernel-port drivers
+#: drivers for kernel interfaces (pod veths, a kernel uplink): the core's
+#: native AF_PACKET driver, or DPDK's ``net_af_xdp`` (an XDP program on the
+#: interface redirects every frame to an AF_XDP socket)
+KERNEL_DRIVERS = ("afpacket", "af_xdp")
+#: the largest IP MTU ``net_af_xdp`` carries here: DPDK 22.11 lays its UMEM
+#: over the core's mbufs (2048-byte data room) and the kernel keeps 256 bytes
+#: of XDP headroom in front of each frame, leaving 1792 bytes of Ethernet
+#: frame; the kernel drops a longer one before the socket sees it
+#: (measured on veth: 1778 passes, 1779 does not)
+AF_XDP_MAX_MTU = 2048 - 256 - 14
+#: mbufs each ``net_af_xdp`` port takes from the core's pool for its fill
+#: ring when it starts, and keeps (DPDK 22.11: ETH_AF_XDP_DFLT_NUM_DESCS)
+AF_XDP_FILL_MBUFS = 2048
+#: an mbuf of the core's pool, bytes of memory (2176-byte buffer, the mbuf
+#: header, the mempool's own header), rounded up
+MBUF_BYTES = 2560
+
+
+def check_kernel_driver(value, path: str = "kernel_driver") -> str:
+    """A driver for kernel interfaces, one of :data:`KERNEL_DRIVERS`."""
+    if value not in KERNEL_DRIVERS:
+        raise fail(path, f"{show(value)} is not one of {', '.join(KERNEL_DRIVERS)}")
+    return value
+
+
+def check_af_xdp_mtu(value: int, path: str, setting: str = "kernel_driver") -> int:
+    """An IP MTU that the ``af_xdp`` kernel driver can carry whole;
+    ``setting`` is the field that chose it."""
+    if value > AF_XDP_MAX_MTU:
+        raise fail(
+            path,
+            f"{value} is more than {setting} af_xdp carries ({AF_XDP_MAX_MTU}: "
+            f"2048-byte buffers less the kernel's XDP headroom); lower it or use "
+            f"{setting} afpacket",
+        )
+    return value

@@ -2,10 +2,11 @@
 
     node: node1
     mode: fallback                 # hugepages | fallback (EAL --no-huge)
+    kernel_driver: afpacket        # afpacket | af_xdp: the pods' veths
     lcores: [0, 1]                 # first: control thread, the rest: workers
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
-      uplink: eth1                 # kernel interface (native AF_PACKET driver)
+      uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
       # uplink: dpdk:net_tap0,iface=up0    (any DPDK device string)
     networks:
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
@@ -36,16 +37,19 @@ from .checks import (
     MAX_NETWORKS,
     MAX_PLANES,
     MAX_RX_QUEUES,
+    MBUF_BYTES,
     MIN_MTU,
     POD_RESERVED_IFNAMES,
     VXLAN_OVERHEAD,
     check_abspath,
+    check_af_xdp_mtu,
     check_bool,
     check_dscp,
     check_etcd_endpoints,
     check_etcd_prefix,
     check_ifname,
     check_int,
+    check_kernel_driver,
     check_keys,
     check_lcores,
     check_list,
@@ -82,6 +86,7 @@ DEFAULT_UDP_PORT = 4789
 DEFAULT_UNDERLAY_MTU = 1500
 DEFAULT_MEMORY_MB = 512
 DEFAULT_LCORES = (0, 1)
+DEFAULT_KERNEL_DRIVER = "afpacket"
 
 #: default planes: name -> (priority, interface inside the pod); a higher
 #: priority is served first by the strict-priority scheduler
@@ -112,6 +117,9 @@ class VtepConfig:
     uplink_rate: int = 0  # shaper on the uplink, bit/s; 0 = off
     uplink_burst: int = 16384  # shaper bucket, bytes
     uplink_rx_queues: int = 1  # rx queues of a DPDK uplink (planes' rx_queue)
+    # driver of a kernel-interface uplink; af_xdp takes every frame of the
+    # interface from the host's own stack, so it is never the default
+    uplink_driver: str = DEFAULT_KERNEL_DRIVER
 
     @property
     def ip(self) -> str:
@@ -212,6 +220,7 @@ class NodeConfig:
     node: str
     vtep: VtepConfig
     mode: str = "fallback"
+    kernel_driver: str = DEFAULT_KERNEL_DRIVER  # the pods' veths
     lcores: List[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_LCORES))
     memory_mb: int = DEFAULT_MEMORY_MB
     planes: Dict[str, PlaneConfig] = dataclasses.field(default_factory=dict)
@@ -248,18 +257,22 @@ class NodeConfig:
     def engine_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``engine.EngineConfig``."""
         pci = self.vtep.uplink_pci
-        return {
+        kw = {
             "mode": self.mode,
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
             "pci": [pci] if pci else [],
         }
+        if "af_xdp" in (self.kernel_driver, self.vtep.uplink_driver):
+            kw["n_mbufs"] = af_xdp_pool_size(self.memory_mb)
+        return kw
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data, every default filled in; ``parse_config`` accepts it."""
         return {
             "node": self.node,
             "mode": self.mode,
+            "kernel_driver": self.kernel_driver,
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
             "vtep": dataclasses.asdict(self.vtep),
@@ -284,6 +297,17 @@ class NodeConfig:
             "api_socket": self.api_socket,
             "metrics": dataclasses.asdict(self.metrics),
         }
+
+
+def af_xdp_pool_size(memory_mb: int) -> int:
+    """The core's mbuf pool under kernel_driver af_xdp: every AF_XDP port
+    keeps AF_XDP_FILL_MBUFS of it in its fill ring, so the pool takes 40 %
+    of memory_mb (2**k - 1 mbufs, at least the engine's default 16383, at
+    most 262143): 256 MB give 32767 mbufs, room for about 14 kernel ports."""
+    n = 16383
+    while (n * 2 + 1) * MBUF_BYTES <= memory_mb * (1 << 20) * 0.4 and n < 262143:
+        n = n * 2 + 1
+    return n
 
 
 # ---------------------------------------------------------------- loading
@@ -357,6 +381,7 @@ def parse_config(data, base_dir: Optional[str] = None) -> NodeConfig:
 _TOP_KEYS = (
     "node",
     "mode",
+    "kernel_driver",
     "lcores",
     "memory_mb",
     "vtep",
@@ -380,6 +405,7 @@ _VTEP_KEYS = (
     "uplink_rate",
     "uplink_burst",
     "uplink_rx_queues",
+    "uplink_driver",
 )
 _PLANE_KEYS = (
     "priority",
@@ -401,11 +427,15 @@ def _node_config(data, base_dir) -> NodeConfig:
     node = top.get("node")
     node = socket.gethostname() if node is None else check_name(node, "node", "node name")
     mode = check_mode(top.get("mode", "fallback"))
+    kernel_driver = check_kernel_driver(top.get("kernel_driver", DEFAULT_KERNEL_DRIVER))
     lcores = check_lcores(top.get("lcores", list(DEFAULT_LCORES)))
     memory_mb = check_memory_mb(top.get("memory_mb", DEFAULT_MEMORY_MB))
     vtep = _vtep(top["vtep"])
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
     networks = _networks(top.get("networks"), planes, vtep)
+    if kernel_driver == "af_xdp":
+        for i, n in enumerate(networks):
+            check_af_xdp_mtu(n.mtu, f"networks[{i}].mtu")
     remotes = _remotes(top.get("remotes"), networks, vtep)
     state_dir = check_abspath(top.get("state_dir", DEFAULT_STATE_DIR), "state_dir", base_dir)
     store = _store(top.get("store"), state_dir, base_dir)
@@ -416,6 +446,7 @@ def _node_config(data, base_dir) -> NodeConfig:
     return NodeConfig(
         node=node,
         mode=mode,
+        kernel_driver=kernel_driver,
         lcores=lcores,
         memory_mb=memory_mb,
         vtep=vtep,
@@ -459,10 +490,29 @@ def _vtep(value) -> VtepConfig:
     if rxq > 1 and not uplink.startswith("dpdk:"):
         raise fail(
             f"{p}.uplink_rx_queues",
-            "a kernel-interface uplink (native AF_PACKET) has "
+            "a kernel-interface uplink (AF_PACKET or AF_XDP) has "
             "one rx queue; several need a DPDK uplink "
             "('dpdk:...')",
         )
+    driver = check_kernel_driver(
+        v.get("uplink_driver", DEFAULT_KERNEL_DRIVER), f"{p}.uplink_driver"
+    )
+    underlay_mtu = check_underlay_mtu(
+        v.get("underlay_mtu", DEFAULT_UNDERLAY_MTU), f"{p}.underlay_mtu"
+    )
+    if driver == "af_xdp":
+        if uplink.startswith("dpdk:"):
+            raise fail(
+                f"{p}.uplink_driver",
+                "af_xdp is for a kernel-interface uplink; this one is a DPDK device",
+            )
+        if any(c in uplink for c in ",="):
+            raise fail(
+                f"{p}.uplink",
+                f"{uplink!r}: uplink_driver af_xdp needs an interface name without "
+                "',' or '=' (it goes into a DPDK device string)",
+            )
+        check_af_xdp_mtu(underlay_mtu, f"{p}.underlay_mtu", "uplink_driver")
     return VtepConfig(
         address=str(iface),
         uplink=uplink,
@@ -470,13 +520,12 @@ def _vtep(value) -> VtepConfig:
         udp_port=check_udp_port(v.get("udp_port", DEFAULT_UDP_PORT), f"{p}.udp_port"),
         gateway=gateway,
         next_hop_mac=nh,
-        underlay_mtu=check_underlay_mtu(
-            v.get("underlay_mtu", DEFAULT_UNDERLAY_MTU), f"{p}.underlay_mtu"
-        ),
+        underlay_mtu=underlay_mtu,
         learning=check_bool(v.get("learning", False), f"{p}.learning"),
         uplink_rate=check_rate(v.get("uplink_rate", 0), f"{p}.uplink_rate"),
         uplink_burst=check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26),
         uplink_rx_queues=rxq,
+        uplink_driver=driver,
     )
 
 

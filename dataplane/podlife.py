@@ -8,10 +8,54 @@ had; nothing is allocated twice.
 """
 
 import os
-from typing import Callable, Dict, List
+import socket
+from typing import Callable, Dict, List, Optional
 
-from .errors import ConfigError, DataplaneError, NotFound
+from .checks import AF_XDP_FILL_MBUFS
+from .errors import ConfigError, DataplaneError, NotFound, ResourceError
 from .logs import event, log
+
+#: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
+#: tx buffers, plane queues)
+AF_XDP_SPARE_MBUFS = 4095
+
+
+def add_kernel_port(
+    engine, ifname: str, driver: str, role: str = "pod", network: Optional[int] = None
+) -> int:
+    """Kernel interface ``ifname`` as a port of ``engine`` through ``driver``
+    (``config.KERNEL_DRIVERS``): the core's native AF_PACKET driver, or
+    DPDK's ``net_af_xdp`` on the interface's queue 0 (it loads an XDP
+    program that redirects every frame to its socket, removed with the
+    port). The port's index; the engine's error, naming the interface, if
+    it cannot be made - nothing is left attached then."""
+    if driver == "afpacket":
+        return engine.add_afpacket_port(ifname, role=role, network=network)
+    if driver == "af_xdp":
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            raise NotFound(f"{ifname}: no such interface (kernel_driver af_xdp)") from None
+        n = engine.config.n_mbufs
+        have = sum(1 for p in engine.ports() if p.name.startswith("net_af_xdp"))
+        if (have + 1) * AF_XDP_FILL_MBUFS > n - AF_XDP_SPARE_MBUFS:
+            raise ResourceError(
+                f"{ifname}: kernel_driver af_xdp: the core's pool of {n} mbufs has room for "
+                f"{have} af_xdp ports (each keeps {AF_XDP_FILL_MBUFS} in its fill ring, "
+                f"{AF_XDP_SPARE_MBUFS} stay for forwarding): raise memory_mb, or use "
+                "kernel_driver afpacket"
+            )
+        # named for the interface: the port's name in status and metrics
+        dev = f"net_af_xdp_{ifname},iface={ifname},start_queue=0,queue_count=1"
+        try:
+            return engine.add_port(dev, role=role, network=network)
+        except DataplaneError as e:
+            raise type(e)(
+                f"{ifname}: kernel_driver af_xdp: {e}; the DPDK log says why (an XDP "
+                "program it cannot load, a queue the interface does not have)",
+                e.errno,
+            ) from e
+    raise ConfigError(f"kernel_driver: {driver!r} is not a kernel-port driver")
 
 
 class PodLife:
@@ -62,7 +106,9 @@ class PodLife:
 
     def _attach_port(self, e) -> int:
         net = self.networks[e["network"]]
-        port = self.engine.add_afpacket_port(e["host_ifname"], network=net)
+        port = add_kernel_port(
+            self.engine, e["host_ifname"], self.config.kernel_driver, network=net
+        )
         self.ports[e["host_ifname"]] = port
         self.engine.fdb_add_local(net, e["mac"], port)
         return port

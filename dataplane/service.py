@@ -23,7 +23,7 @@ from typing import Optional
 from .api import APIServer
 from .config import NodeConfig
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
-from .podlife import PodLife
+from .podlife import PodLife, add_kernel_port
 from .status import api_routes, status_report, take_snapshot
 from .store import StateStore, open_store
 from .sync import ClusterSync, network_index
@@ -83,6 +83,7 @@ class NodeService:
             "node service started",
             node=cfg.node,
             mode=cfg.mode,
+            kernel_driver=cfg.kernel_driver,
             api=cfg.api_socket,
             metrics=cfg.metrics.listen,
             pods=len(self.store.pods()),
@@ -97,7 +98,7 @@ class NodeService:
                 v.uplink_devargs, role="uplink", rx_queues=v.uplink_rx_queues
             )
         else:
-            self.uplink = eng.add_afpacket_port(v.uplink_ifname, role="uplink")
+            self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
         mac = v.mac or eng.port_info(self.uplink).mac
         for pl in cfg.planes.values():
             eng.set_plane(

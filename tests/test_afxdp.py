@@ -1,0 +1,278 @@
+"""The node service with ``kernel_driver: af_xdp`` (and ``vtep.uplink_driver:
+af_xdp``): pod veths and the kernel uplink through DPDK's ``net_af_xdp`` on
+real veths in namespaces the tests make; ping, TCP and UDP between pods; a
+restart; the mbuf pool's limit; the config's refusals."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from tests.test_service import CT_SPEC, IT_SPEC, ROOT, Node, ip_of, ping, pytestmark, sh
+
+__all__ = ["pytestmark"]  # root and the netns marker, as the service tests
+
+AF_XDP = "kernel_driver: af_xdp"
+
+# a TCP echo of 1 MB and 200 UDP datagrams, server side in one pod, client
+# side in the other; both print what they got
+SERVER = textwrap.dedent("""
+    import socket, sys
+    t = socket.create_server(("0.0.0.0", 5301))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 5302))
+    u.settimeout(10)
+    t.settimeout(10)
+    print("ready", flush=True)
+    c, _ = t.accept()
+    c.settimeout(10)
+    n = 0
+    while n < 1 << 20:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+        n += len(d)
+    c.close()
+    got = 0
+    try:
+        while got < 200:
+            d, a = u.recvfrom(2048)
+            got += 1
+            u.sendto(d, a)
+    except OSError:
+        pass
+    print("tcp", n, "udp", got, flush=True)
+""")
+CLIENT = textwrap.dedent("""
+    import os, socket, sys, time
+    ip = sys.argv[1]
+    data = os.urandom(1 << 20)
+    c = socket.create_connection((ip, 5301), timeout=10)
+    c.sendall(data)
+    back = b""
+    while len(back) < len(data):
+        d = c.recv(65536)
+        if not d:
+            break
+        back += d
+    c.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(0.5)
+    echoed = 0
+    for i in range(200):
+        u.sendto(i.to_bytes(4, "big") * 100, (ip, 5302))
+        try:
+            echoed += u.recv(2048) == i.to_bytes(4, "big") * 100
+        except OSError:
+            pass
+    print("tcp_ok", back == data, "udp_echoed", echoed, flush=True)
+""")
+
+
+def xdp_progs():
+    """Interfaces of this namespace with an XDP program attached."""
+    out = sh("ip", "-o", "link").stdout
+    return set(re.findall(r"^\d+: ([^:@]+)[^\n]*prog/xdp", out, re.M))
+
+
+def make_node(tmp_path, uplink_af_xdp: bool) -> Node:
+    n = Node(tmp_path, uuid.uuid4().hex[:5], extra=AF_XDP)
+    if uplink_af_xdp:
+        text = n.cfg.read_text()
+        n.cfg.write_text(
+            text.replace(f"uplink: {n.uplink}}}", f"uplink: {n.uplink}, uplink_driver: af_xdp}}")
+        )
+    return n
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = make_node(tmp_path, uplink_af_xdp=False)
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+@pytest.fixture
+def node_xdp_uplink(tmp_path):
+    n = make_node(tmp_path, uplink_af_xdp=True)
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+def test_pods_ping_and_exchange_tcp_and_udp(node_xdp_uplink):
+    node = node_xdp_uplink
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    # the uplink and every pod veth are read through AF_XDP
+    assert {node.uplink, *node.host_links} <= xdp_progs()
+    names = {p["name"] for p in node.api("GET", "/v1/status")["ports"]}
+    assert {f"net_af_xdp_{x}" for x in (node.uplink, *node.host_links)} <= names
+    assert "af_xdp" in (node.tmp / "service.log").read_text()
+    r = ping(a["ns"], ip_of(b), count=5)
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", b["ns"], sys.executable, "-c", SERVER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        cl = subprocess.run(
+            ["ip", "netns", "exec", a["ns"], sys.executable, "-c", CLIENT, ip_of(b)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out, _ = srv.communicate(timeout=30)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    assert "tcp_ok True" in cl.stdout, cl.stdout + cl.stderr
+    echoed = int(re.search(r"udp_echoed (\d+)", cl.stdout).group(1))
+    assert echoed >= 190, cl.stdout  # paced, one at a time: a loss here is a bug
+    assert f"tcp {1 << 20}" in out, out
+    st = node.api("GET", "/v1/status")
+    net1 = next(n for n in st["networks"] if n["name"] == "net1")
+    assert net1["local_packets"] > 1000
+
+
+def test_restart_and_stop_leave_no_xdp_program(node):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    # the uplink stays with AF_PACKET (uplink_driver's default): the host's
+    # own traffic on it is not taken away
+    assert node.uplink not in xdp_progs()
+    node.stop()
+    # the ports are closed: their XDP programs went with them
+    assert not (node.host_links & xdp_progs())
+    node.start()  # the pods are replayed through AF_XDP again
+    assert node.host_links <= xdp_progs()
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    node.cli("pod", "del", "a")
+    assert not (set(p["host_ifname"] for p in a["planes"]) & xdp_progs())
+
+
+def _check(tmp_path, text):
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(
+        "node: x\nvtep: {address: 10.0.0.1/24, uplink: dpu0x}\n"
+        "networks:\n  - {name: n, vni: 5, plane: std, subnet: 10.1.0.0/24}\n"
+        f"api_socket: {tmp_path}/api.sock\nstate_dir: {tmp_path}/st\n" + text
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode != 0
+    assert not (tmp_path / "api.sock").exists() and not (tmp_path / "st").exists()
+    return r.stderr
+
+
+def test_bad_kernel_driver_is_refused_naming_the_field(tmp_path):
+    err = _check(tmp_path, "kernel_driver: xdp\n")
+    assert "kernel_driver: 'xdp' is not one of afpacket, af_xdp" in err
+
+
+def test_af_xdp_refuses_jumbo_frames(tmp_path):
+    from dataplane.config import parse_config
+    from dataplane.errors import ConfigError
+
+    up = {"address": "10.0.0.1/24", "uplink": "eth1", "underlay_mtu": 9000}
+    base = {
+        "kernel_driver": "af_xdp",
+        "vtep": up,
+        "networks": [{"name": "n", "vni": 5, "plane": "std", "subnet": "10.1.0.0/24"}],
+    }
+    # a network's MTU follows the underlay's (less 50) unless given
+    with pytest.raises(ConfigError, match=r"^networks\[0\]\.mtu: 8950 is more than kernel_driver"):
+        parse_config(base)
+    ok = dict(base, networks=[{**base["networks"][0], "mtu": 1778}])
+    assert parse_config(ok).kernel_driver == "af_xdp"
+    assert parse_config(dict(base, kernel_driver="afpacket")).kernel_driver == "afpacket"
+    xdp_up = dict(ok, vtep=dict(up, uplink_driver="af_xdp"))
+    with pytest.raises(ConfigError, match=r"^vtep\.underlay_mtu: 9000 is more than uplink_driver"):
+        parse_config(xdp_up)
+    c = parse_config(dict(base, vtep=dict(up, uplink_driver="af_xdp", underlay_mtu=1778)))
+    assert c.vtep.uplink_driver == "af_xdp" and parse_config(c.to_dict()) == c
+
+
+def test_bad_uplink_driver_is_refused_naming_the_field():
+    from dataplane.config import parse_config
+    from dataplane.errors import ConfigError
+
+    def cfg(**vtep):
+        return {"vtep": {"address": "10.0.0.1/24", "uplink": "eth1", **vtep}}
+
+    with pytest.raises(ConfigError, match=r"^vtep\.uplink_driver: 'xdp' is not one of afpacket"):
+        parse_config(cfg(uplink_driver="xdp"))
+    with pytest.raises(ConfigError, match=r"^vtep\.uplink_driver: af_xdp is for a kernel"):
+        parse_config(cfg(uplink="dpdk:net_null0", uplink_driver="af_xdp"))
+    with pytest.raises(ConfigError, match=r"^vtep\.uplink: 'a,b': uplink_driver af_xdp needs"):
+        parse_config(cfg(uplink="a,b", uplink_driver="af_xdp"))
+    assert parse_config(cfg()).vtep.uplink_driver == "afpacket"
+
+
+POOL_CHILD = textwrap.dedent("""
+    import os, sys
+    from dataplane.engine import Engine, EngineConfig
+    from dataplane.errors import ResourceError
+    from dataplane.podlife import add_kernel_port
+    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
+                       file_prefix=f"afxdp-test-{os.getpid()}", log_level="error")
+    with Engine(cfg) as eng:
+        for ifname in sys.argv[1:]:
+            try:
+                add_kernel_port(eng, ifname, "af_xdp")
+                print("added", ifname, flush=True)
+            except ResourceError as e:
+                print("refused", e, flush=True)
+        os.system("ip -o link > " + os.environ["LINKS"])
+""")
+
+
+def test_af_xdp_ports_beyond_the_mbuf_pool_are_refused_cleanly(tmp_path):
+    tag = uuid.uuid4().hex[:5]
+    names = [f"dpx{tag}{i}" for i in range(3)]
+    try:
+        for n in names:
+            sh("ip", "link", "add", n, "type", "veth", "peer", "name", f"{n}p")
+            sh("ip", "link", "set", n, "up")
+            sh("ip", "link", "set", f"{n}p", "up")
+        links = tmp_path / "links"
+        r = subprocess.run(
+            [sys.executable, "-c", POOL_CHILD, *names],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**os.environ, "LINKS": str(links)},
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        # 8191 mbufs, 4095 kept for forwarding: two ports of 2048 each
+        assert f"added {names[0]}" in r.stdout and f"added {names[1]}" in r.stdout
+        assert f"refused {names[2]}: kernel_driver af_xdp: the core's pool of 8191 mbufs" in (
+            r.stdout
+        ), r.stdout
+        attached = set(re.findall(r"^\d+: ([^:@]+)[^\n]*prog/xdp", links.read_text(), re.M))
+        assert names[:2] == sorted(attached & set(names))  # the refused one has nothing
+        assert not set(names) & xdp_progs()  # and the engine's close removed the rest
+    finally:
+        for n in names:
+            sh("ip", "link", "del", n, check=False)
