@@ -72,6 +72,8 @@ CASES = {
             "kernel_pps": RATE,
             "ratio": RATIO,
             "kernel_ratio": RATIO,
+            "afxdp_pps": RATE,
+            "afxdp_kernel_ratio": RATIO,
         },
     ),
     "pods": (
