@@ -47,7 +47,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 7
+ABI_VERSION = 8
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -645,6 +645,7 @@ class Engine(_Tables, _Planes):
         with self._lock:
             if self._closed:
                 raise EALError("engine is closed")
+            lib.dp_kport_stats_update()  # kernel ports' drops into the drop row
             v = self._views
             port = v[lib.DP_BLOCK_PORT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, -1)
             net = v[lib.DP_BLOCK_NET].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_NETS, -1)

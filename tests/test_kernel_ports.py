@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VNI = 100
 LOCAL_VTEP = "192.168.77.1"
 REMOTE_VTEP = "192.168.77.2"
+TNL_SEG_OFF = ("tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
 POD_IP = {"a": "10.9.0.1", "b": "10.9.0.2", "v": "10.9.0.3"}
 
 pytestmark = [
@@ -51,7 +52,9 @@ def link_mac(ns, ifname):
 class Topo:
     """The namespaces, veths and the kernel VTEP; the engine in a child."""
 
-    def __init__(self, underlay_mtu=1500, pod_offloads=("tso", "off", "gso", "off")):
+    def __init__(
+        self, underlay_mtu=1500, pod_offloads=("tso", "off", "gso", "off"), tnl_seg_off=True
+    ):
         tag = uuid.uuid4().hex[:6]
         self.ns = {k: f"dpk{k}-{tag}" for k in ("c", "a", "b", "v")}
         self.mtu = underlay_mtu
@@ -134,16 +137,8 @@ class Topo:
         sh("ip", "link", "set", "vx0", "up", ns=v)
         # UDP-tunnel segmentation cannot be expressed in a virtio-net header:
         # the kernel VTEP's veth segments (its checksum offload stays on)
-        sh(
-            "ethtool",
-            "-K",
-            "ul0",
-            "tx-udp_tnl-segmentation",
-            "off",
-            "tx-udp_tnl-csum-segmentation",
-            "off",
-            ns=v,
-        )
+        if tnl_seg_off:
+            sh("ethtool", "-K", "ul0", *TNL_SEG_OFF, ns=v)
         self.mac = {
             "a": link_mac(self.ns["a"], "eth0"),
             "b": link_mac(self.ns["b"], "eth0"),
@@ -338,28 +333,18 @@ def tcp_transfer(src_ns, dst_ns, dst_ip, nbytes=4 << 20, port=5201):
 
 
 def ping_rtts(ns, ip, count=200, interval="0.01", size=56):
+    """RTTs (ms) of count pings; every one must come back."""
     r = sh(
-        "ping",
-        "-q",
-        "-c",
-        str(count),
-        "-i",
-        interval,
-        "-s",
-        str(size),
-        "-W",
-        "2",
-        ip,
-        ns=ns,
-        check=False,
-        timeout=120,
-    )
-    # rtt min/avg/max/mdev = 0.040/0.052/0.101/0.010 ms
-    line = [x for x in r.stdout.splitlines() if "min/avg/max" in x]
-    loss = [x for x in r.stdout.splitlines() if "packet loss" in x]
-    assert line, r.stdout + r.stderr
-    mn, avg, mx, _ = (float(x) for x in line[0].split("=")[1].split()[0].split("/"))
-    return {"min": mn, "avg": avg, "max": mx, "loss": loss[0]}
+        "ping", "-c", str(count), "-i", interval, "-s", str(size), "-W", "2", ip,
+        ns=ns, check=False, timeout=120,
+    )  # fmt: skip
+    rtts = [float(x.split("time=")[1].split()[0]) for x in r.stdout.splitlines() if "time=" in x]
+    assert len(rtts) == count, r.stdout + r.stderr
+    return sorted(rtts)
+
+
+def median(v):
+    return v[len(v) // 2]
 
 
 SNIFF = r"""
@@ -473,29 +458,18 @@ def test_tcp_pod_to_pod_and_both_ways_to_kernel_vtep(topo):
 
 def test_lone_frame_is_not_held_by_a_timer(topo):
     """Spaced pings (one frame in flight) through the core, against a kernel
-    bridge between two namespaces in the same run. A block timer would add
-    about 1 ms per hop to every ping; we allow 10x the bridge and 0.3 ms."""
+    bridge between two namespaces in the same run. A block retire timer
+    (>= 1 ms, uniform wait per hop) puts the median RTT at 1 ms or more; a
+    frame forwarded when it arrives stays near the bridge's. The median
+    ignores preemption spikes on a shared machine; best of three rounds."""
     tag = uuid.uuid4().hex[:6]
     k1, k2 = f"dpkk1-{tag}", f"dpkk2-{tag}"
     try:
         for ns in (k1, k2):
             sh("ip", "netns", "add", ns)
         sh("ip", "link", "add", "br0", "type", "bridge", ns=k1)
-        sh(
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            k2,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "p0",
-            "netns",
-            k1,
-        )
+        sh("ip", "link", "add", "eth0", "netns", k2, "type", "veth", "peer", "name", "p0",
+           "netns", k1)  # fmt: skip
         sh("ip", "link", "set", "p0", "master", "br0", ns=k1)
         for ns, ifn, addr in ((k1, "br0", "10.8.0.1/24"), (k2, "eth0", "10.8.0.2/24")):
             sh("ip", "addr", "add", addr, "dev", ifn, ns=ns)
@@ -503,11 +477,16 @@ def test_lone_frame_is_not_held_by_a_timer(topo):
         sh("ip", "link", "set", "p0", "up", ns=k1)
         ping_rtts(topo.ns["a"], POD_IP["b"], count=20)  # ARP, warm up
         ping_rtts(k2, "10.8.0.1", count=20)
-        ours = ping_rtts(topo.ns["a"], POD_IP["b"], count=300)
-        bridge = ping_rtts(k2, "10.8.0.1", count=300)
-        print(f"RTT ms ours {ours} kernel bridge {bridge}")
-        assert " 0% packet loss" in ours["loss"]
-        assert ours["avg"] < max(10 * bridge["avg"], 0.3), (ours, bridge)
+        rounds = []
+        for _ in range(3):
+            ours = median(ping_rtts(topo.ns["a"], POD_IP["b"], count=200))
+            bridge = median(ping_rtts(k2, "10.8.0.1", count=200))
+            rounds.append((ours, bridge))
+            print(f"median RTT ms: ours {ours} kernel bridge {bridge}")
+            if ours < max(10 * bridge, 0.5):
+                break
+        else:
+            pytest.fail(f"median RTT through the core far above the bridge's: {rounds}")
     finally:
         for ns in (k1, k2):
             sh("ip", "netns", "del", ns, check=False)
@@ -535,6 +514,64 @@ def test_jumbo_frames_end_to_end(jumbo):
         )
         assert " 0% packet loss" in r.stdout, r.stdout + r.stderr
     tcp_transfer(jumbo.ns["a"], jumbo.ns["v"], POD_IP["v"], nbytes=1 << 20)
+
+
+def test_oversize_frame_is_counted(topo):
+    # the pod's MTU raised past what the port's ring frames were sized for
+    sh("ip", "link", "set", "eth0", "mtu", "4000", ns=topo.ns["a"])
+    sh("ip", "link", "set", "pa", "mtu", "4000", ns=topo.ns["c"])
+    r = sh(
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        "3000",
+        POD_IP["b"],
+        ns=topo.ns["a"],
+        check=False,
+    )
+    assert " 100% packet loss" in r.stdout
+    c = topo.counters()
+    assert c["drops"].get("kport_oversize", 0) >= 2, c
+
+
+def test_gso_super_frames_from_a_kernel_vtep_are_counted():
+    """A kernel VTEP whose veth keeps UDP-tunnel segmentation on hands the
+    uplink whole GSO super-frames; longer than a ring frame, they are dropped
+    and counted (kport_oversize), never lost silently."""
+    t = Topo(tnl_seg_off=False)
+    try:
+        t.start_engine()
+        ping_rtts(t.ns["v"], POD_IP["a"], count=3, interval="0.2")
+        client = (
+            "import socket\n"
+            "try:\n"
+            f"    c = socket.create_connection(('{POD_IP['a']}', 5201), timeout=3)\n"
+            "    c.sendall(bytes(1 << 18))\n"
+            "except OSError:\n"
+            "    pass\n"
+        )
+        srv = subprocess.Popen(
+            ["ip", "netns", "exec", t.ns["a"], sys.executable, "-c", SERVER, "5201"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert srv.stdout.readline().strip() == "listening"
+            sh(sys.executable, "-c", client, ns=t.ns["v"], check=False)
+        finally:
+            srv.kill()
+            srv.wait()
+        assert t.counters()["drops"]["kport_oversize"] > 0
+    finally:
+        t.close()
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["engine"]:
