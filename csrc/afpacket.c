@@ -566,8 +566,10 @@ afp_rx_copy(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
     uint32_t vlan = 0;
     struct rte_mbuf *last = m;
 
-    /* longer than a ring frame (the kernel cut it to fit), or a runt */
-    if (unlikely(len != h->tp_len)) {
+    /* longer than a ring frame (the kernel cut it to fit) or than the MTU
+     * the ring was sized for (a GRO/GSO frame that happens to fit: the ports
+     * it would go to could not take it), or a runt */
+    if (unlikely(len != h->tp_len || len > a->max_frame)) {
         a->rx.oversize++;
         return -1;
     }
