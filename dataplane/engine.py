@@ -577,7 +577,14 @@ class Engine(_Tables, _Planes):
     def add_afpacket_port(
         self, ifname: str, role: str = "pod", frames: int = 2048, network: Optional[int] = None
     ) -> int:
-        """A kernel interface through the core's native AF_PACKET driver."""
+        """A kernel interface through the core's native AF_PACKET driver.
+
+        ``frames``: memory of each ring in 2 KiB slots. Ring frames are sized
+        from the interface's MTU when the port is added (jumbo MTUs get fewer,
+        larger frames); a frame longer than that MTU is dropped and counted
+        (``kport_oversize``), so raise the MTU before adding the port.
+        Checksums left to offload cross the port both ways (virtio-net
+        header); segmentation offloads (TSO/GSO) of a peer must be off."""
         r = self._role(role)
         check_pow2(frames, "frames", 64)
         return self._call(
