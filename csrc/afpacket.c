@@ -2,45 +2,51 @@
  * afpacket.c - native AF_PACKET port driver for kernel interfaces.
  *
  * The fallback driver when there are no hugepages and no NIC: it attaches to
- * a Linux interface (veth host end, tap) with two packet sockets.
+ * a Linux interface (veth host end, tap) with two packet sockets, both with
+ * the virtio-net header (PACKET_VNET_HDR) in front of every frame.
  *
- * rx: one socket, TPACKET_V3 mmap ring (block based). The kernel fills a
- *     block with variable-sized frames and hands the whole block to us
- *     (block_status TP_STATUS_USER) when it is full or when the retire timer
- *     fires (AFP_RX_RETIRE_MS). We copy each frame into an mbuf and hand the
- *     block back (TP_STATUS_KERNEL) once every frame in it has been consumed.
- *     The socket sets PACKET_IGNORE_OUTGOING so it does not see our own tx
- *     (nor anything else the host transmits on the interface).
+ * rx: one socket, TPACKET_V2 mmap ring of fixed-size frames, each with its
+ *     own status word: the kernel hands a frame over (TP_STATUS_USER) as soon
+ *     as it is written, so a lone frame waits for no block timer (a V3 ring
+ *     retires a partly filled block only when its timer fires, >= 1 ms). We
+ *     copy each frame into an mbuf (a chain when it is longer than one
+ *     segment) and hand the slot back (TP_STATUS_KERNEL). The socket sets
+ *     PACKET_IGNORE_OUTGOING so it does not see our own tx.
  *
- * tx: a second socket, TPACKET_V2 mmap ring of fixed-size frames, bound to
- *     the same interface with protocol 0 so it never receives anything. We copy
- *     mbufs into free frames (TP_STATUS_AVAILABLE), flag them
+ * tx: a second socket, TPACKET_V2 mmap tx ring, bound to the same interface
+ *     with protocol 0 so it never receives anything. We copy mbufs into free
+ *     frames (TP_STATUS_AVAILABLE) behind a virtio-net header, flag them
  *     TP_STATUS_SEND_REQUEST and kick the kernel with one non-blocking
  *     sendto() per burst. PACKET_QDISC_BYPASS skips the qdisc layer and
  *     PACKET_LOSS makes the kernel skip (drop) a frame it rejects instead of
  *     stalling the ring on it.
  *
- * Ring layout (frames = F, a power of two >= 64, AFP_FRAME_SIZE = 2048):
- *   both rings are F * 2048 bytes, split into blocks of 16..64 KiB (at least
- *   8 blocks when possible, see afp_block_size()). The tx ring holds exactly F
- *   frames of 2048 bytes (2016 bytes of frame data each). The rx ring holds
- *   as many frames as fit: V3 packs them back to back, so small frames take
- *   far less than 2048 bytes each.
+ * Checksums: a frame the kernel hands over with its L4 checksum left to
+ *     offload (CHECKSUM_PARTIAL: a local socket, a kernel VXLAN device whose
+ *     inner checksum is left to the NIC) comes with VIRTIO_NET_HDR_F_NEEDS_CSUM
+ *     and csum_start/csum_offset; they travel in the mbuf (dp_csum_meta) and
+ *     leave through another kernel port the same way, so the kernel (or the
+ *     NIC, or the receiving stack, which trusts a partial checksum) finishes
+ *     it. A port that cannot take it (a DPDK ethdev) gets it completed in
+ *     software before tx (dp_csum_complete).
+ *
+ * Ring size: ring frames are sized from the interface's MTU when the port is
+ *     opened (2 KiB up to MTU 1900, then powers of two: 16 KiB for 9216), the
+ *     memory stays `frames` * 2 KiB per ring, so a jumbo port has fewer slots.
+ *     A frame longer than the ring frame (the MTU raised later, a GSO
+ *     super-frame) is dropped and counted `oversize`.
  *
  * Hot path: no syscalls in rx_burst, exactly one sendto() per non-empty
  * tx_burst, no allocation other than mbufs from the pool, no logging.
  *
  * Caveats:
- *   - rx latency under light load is bounded by the block retire timer
- *     (AFP_RX_RETIRE_MS, the kernel's minimum is 1 ms, rounded up to a jiffy
- *     on timer-wheel kernels).
- *   - frames longer than the mbuf data room (or than a block) are dropped on
- *     rx; GSO/TSO super-frames from a local peer therefore need offloads off
- *     on that peer (ethtool -K <dev> tso off gso off).
- *   - frames from a local peer with CHECKSUM_PARTIAL (TP_STATUS_CSUMNOTREADY)
- *     get their TCP/UDP checksum completed in software here, so the rest of
- *     the pipeline sees valid frames (SCTP CRC32c and inner checksums of
- *     locally encapsulated tunnels are not fixed up).
+ *   - GSO super-frames are not carried: a peer with TSO/GSO on hands frames
+ *     longer than a ring frame (dropped as oversize), and a UDP-tunnel GSO
+ *     frame (a kernel VXLAN device on the other end of a veth) cannot be
+ *     expressed in a virtio-net header, so the kernel drops it before the
+ *     ring (counted as a kernel drop). Such peers need segmentation off
+ *     (ethtool -K <dev> tso off gso off, or tx-udp_tnl-segmentation off on
+ *     the veth behind a kernel VTEP); their checksum offload may stay on.
  */
 
 #include <errno.h>
@@ -57,13 +63,16 @@
 #include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/virtio_net.h>
 
 #include <rte_branch_prediction.h>
 #include <rte_byteorder.h>
 #include <rte_common.h>
+#include <rte_errno.h>
 #include <rte_ether.h>
 #include <rte_ip.h>
 #include <rte_mbuf.h>
+#include <rte_mbuf_dyn.h>
 #include <rte_memcpy.h>
 #include <rte_mempool.h>
 #include <rte_prefetch.h>
@@ -78,28 +87,35 @@
 #define PACKET_QDISC_BYPASS 20 /* Linux >= 3.14 */
 #endif
 
-#define AFP_FRAME_SIZE 2048u      /* ring frame size */
+#define AFP_SLOT 2048u            /* unit of `frames`, smallest ring frame */
 #define AFP_BLOCK_MAX (1u << 16)  /* largest ring block */
 #define AFP_BLOCK_MIN_NR 8u       /* aim for at least this many blocks */
 #define AFP_FRAMES_MAX (1u << 20) /* sanity cap on `frames` */
-#define AFP_RX_RETIRE_MS 1u       /* V3 block retire timeout */
+#define AFP_FRAMES_MIN 64u        /* fewest ring frames, jumbo included */
+#define AFP_VNET_LEN ((uint32_t)sizeof(struct virtio_net_hdr))
 
-/* Where frame data starts in a V2 tx frame (kernel default, no TX_HAS_OFF). */
+/* Where frame data starts in a V2 tx frame (kernel default, no TX_HAS_OFF):
+ * the virtio-net header, then the frame. */
 #define AFP_TX_DATA_OFF (TPACKET2_HDRLEN - sizeof(struct sockaddr_ll))
+/* Where the kernel puts an rx frame's MAC header in a V2 ring frame, at most:
+ * TPACKET_ALIGN(hdrlen + 16) + virtio-net header (tpacket_rcv). */
+#define AFP_RX_MAC_OFF (TPACKET_ALIGN(TPACKET2_HDRLEN + 16) + AFP_VNET_LEN)
+
+int dp_csum_dynfield = -1;
+uint64_t dp_csum_dynflag;
 
 struct dp_afp {
     /* rx side: touched by the rx thread only */
     struct {
-        uint8_t *map; /* V3 ring mapping */
+        uint8_t *map; /* V2 ring mapping */
         size_t map_len;
-        uint32_t block_size;
-        uint32_t block_nr;
-        uint32_t blk;             /* block being read / next to read */
-        uint32_t left;            /* frames left in blk (0 = not open) */
-        struct tpacket3_hdr *pkt; /* next frame in blk when left > 0 */
+        uint32_t frame_size;
+        uint32_t frame_nr; /* power of two */
+        uint32_t head;     /* next frame to read */
         struct rte_mempool *mp;
-        uint32_t room;  /* mbuf data room after headroom */
-        uint64_t drops; /* frames dropped: too big/truncated */
+        uint64_t oversize; /* dropped: longer than a ring frame */
+        uint64_t truncated;
+        uint64_t no_mbuf;
         int fd;
     } rx __rte_cache_aligned;
 
@@ -107,27 +123,91 @@ struct dp_afp {
     struct {
         uint8_t *map; /* V2 ring mapping */
         size_t map_len;
+        uint32_t frame_size;
         uint32_t frame_nr; /* power of two */
         uint32_t head;     /* next frame to fill */
         uint32_t data_max; /* largest frame we can queue */
         int fd;
     } tx __rte_cache_aligned;
 
-    /* control: read-only after open */
+    /* control: read-only after open (but the kernel drop sum) */
+    uint64_t kernel_drops;
+    uint32_t max_frame; /* MTU + Ethernet header + one VLAN tag */
     int ifindex;
     uint8_t mac[RTE_ETHER_ADDR_LEN];
     char ifname[IF_NAMESIZE];
 } __rte_cache_aligned;
 
-/* Pick a ring block size: a power of two in [page, 64 KiB], small enough to
- * give at least AFP_BLOCK_MIN_NR blocks (smaller blocks fill, and so reach
- * user space, sooner under light load). total is a power of two >= 128 KiB. */
+int
+dp_csum_init(void)
+{
+    static const struct rte_mbuf_dynfield fd = {
+        .name = "dp_csum_meta",
+        .size = sizeof(struct dp_csum_meta),
+        .align = __alignof__(struct dp_csum_meta),
+    };
+    static const struct rte_mbuf_dynflag fl = {.name = "dp_csum_partial"};
+    int off = rte_mbuf_dynfield_register(&fd);
+    int bit = rte_mbuf_dynflag_register(&fl);
+
+    if (off < 0 || bit < 0)
+        return -rte_errno;
+    dp_csum_dynfield = off;
+    dp_csum_dynflag = UINT64_C(1) << bit;
+    return 0;
+}
+
+/* Write a 16-bit value at offset off of m's frame (any segment). */
+static void
+afp_put16(struct rte_mbuf *m, uint32_t off, uint16_t v)
+{
+    uint8_t b[2];
+    memcpy(b, &v, 2);
+    for (int k = 0; k < 2; k++, off++) {
+        struct rte_mbuf *s = m;
+        uint32_t o = off;
+        while (s != NULL && o >= s->data_len) {
+            o -= s->data_len;
+            s = s->next;
+        }
+        if (s == NULL)
+            return;
+        *rte_pktmbuf_mtod_offset(s, uint8_t *, o) = b[k];
+    }
+}
+
+void
+dp_csum_complete(struct rte_mbuf *m)
+{
+    const struct dp_csum_meta *cm = dp_csum_meta(m);
+    uint32_t start = (uint32_t)cm->start - m->data_off, off = cm->off;
+    uint16_t raw, cs;
+
+    m->ol_flags &= ~dp_csum_dynflag;
+    /* csum_start before the frame (headers stripped past it) or a field past
+     * the end: nothing sensible to compute */
+    if (cm->start < m->data_off || start + off + 2 > m->pkt_len)
+        return;
+    if (rte_raw_cksum_mbuf(m, start, m->pkt_len - start, &raw) != 0)
+        return;
+    cs = (uint16_t)~raw;
+    if (cs == 0)
+        cs = 0xffff; /* 0 means "no checksum" to UDP; the same sum to TCP */
+    if (likely(start + off + 2 <= m->data_len))
+        *rte_pktmbuf_mtod_offset(m, unaligned_uint16_t *, start + off) = cs;
+    else
+        afp_put16(m, start + off, cs);
+}
+
+/* Pick a ring block size: a power of two in [page, 64 KiB] and at least one
+ * ring frame, small enough to give at least AFP_BLOCK_MIN_NR blocks. total
+ * is a power of two. */
 static uint32_t
-afp_block_size(size_t total)
+afp_block_size(size_t total, uint32_t frame_size)
 {
     long page = sysconf(_SC_PAGESIZE);
-    uint32_t min = RTE_MAX((uint32_t)(page > 0 ? page : 4096), AFP_FRAME_SIZE);
-    uint32_t bs = AFP_BLOCK_MAX;
+    uint32_t min = RTE_MAX((uint32_t)(page > 0 ? page : 4096), frame_size);
+    uint32_t bs = RTE_MAX(AFP_BLOCK_MAX, frame_size);
 
     while (bs > min && (size_t)bs * AFP_BLOCK_MIN_NR > total)
         bs >>= 1;
@@ -155,17 +235,51 @@ afp_filter_outgoing(int fd)
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
 }
 
-/* Set up the rx socket: V3 ring, ignore outgoing, bind, promiscuous. */
+/* A V2 ring of frame_nr frames of frame_size bytes on fd, mapped. */
 static int
-afp_open_rx(struct dp_afp *a, unsigned frames)
+afp_ring(struct dp_afp *a, int fd, int opt, uint32_t frame_size, uint32_t frame_nr,
+         uint8_t **map_out, size_t *len_out)
+{
+    const char *what = opt == PACKET_RX_RING ? "rx" : "tx";
+    size_t total = (size_t)frame_size * frame_nr;
+    int ver = TPACKET_V2, one = 1;
+    struct tpacket_req req;
+    uint32_t bs;
+    void *map;
+
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof(ver)) < 0)
+        return dp_fail(-errno, "afpacket %s: %s PACKET_VERSION v2: %m", a->ifname, what);
+    /* the virtio-net header: before the ring, the kernel refuses it after */
+    if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0)
+        return dp_fail(-errno, "afpacket %s: %s PACKET_VNET_HDR: %m", a->ifname, what);
+
+    memset(&req, 0, sizeof(req));
+    bs = afp_block_size(total, frame_size);
+    req.tp_block_size = bs;
+    req.tp_block_nr = (unsigned)(total / bs);
+    req.tp_frame_size = frame_size;
+    req.tp_frame_nr = frame_nr;
+    if (setsockopt(fd, SOL_PACKET, opt, &req, sizeof(req)) < 0)
+        return dp_fail(-errno, "afpacket %s: %s ring of %u frames of %u bytes: %m", a->ifname, what,
+                       frame_nr, frame_size);
+
+    /* map it; MAP_POPULATE keeps page faults off the hot path */
+    map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (map == MAP_FAILED)
+        return dp_fail(-errno, "afpacket %s: %s mmap: %m", a->ifname, what);
+    *map_out = map;
+    *len_out = total;
+    return 0;
+}
+
+/* Set up the rx socket: V2 ring, ignore outgoing, bind, promiscuous. */
+static int
+afp_open_rx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
 {
     const char *ifn = a->ifname;
-    struct tpacket_req3 req;
     struct sockaddr_ll sll;
     struct packet_mreq mr;
-    size_t total = (size_t)frames * AFP_FRAME_SIZE;
-    int ver = TPACKET_V3, one = 1;
-    void *map;
+    int one = 1, ret;
     int fd;
 
     /* protocol 0: nothing is queued until bind() below, after the ring */
@@ -174,32 +288,17 @@ afp_open_rx(struct dp_afp *a, unsigned frames)
         return dp_fail(-errno, "afpacket %s: rx socket: %m", ifn);
     a->rx.fd = fd;
 
-    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof(ver)) < 0)
-        return dp_fail(-errno, "afpacket %s: rx PACKET_VERSION v3: %m", ifn);
-
     /* do not receive what is transmitted on the interface (our own tx) */
     if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0 &&
         afp_filter_outgoing(fd) < 0)
         return dp_fail(-errno, "afpacket %s: rx PACKET_IGNORE_OUTGOING: %m", ifn);
 
-    /* V3 ring: blocks of variable-sized frames, retired by timer */
-    memset(&req, 0, sizeof(req));
-    a->rx.block_size = afp_block_size(total);
-    a->rx.block_nr = (uint32_t)(total / a->rx.block_size);
-    req.tp_block_size = a->rx.block_size;
-    req.tp_block_nr = a->rx.block_nr;
-    req.tp_frame_size = AFP_FRAME_SIZE;
-    req.tp_frame_nr = frames;
-    req.tp_retire_blk_tov = AFP_RX_RETIRE_MS;
-    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0)
-        return dp_fail(-errno, "afpacket %s: rx PACKET_RX_RING: %m", ifn);
-
-    /* map it; MAP_POPULATE keeps page faults off the hot path */
-    map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-    if (map == MAP_FAILED)
-        return dp_fail(-errno, "afpacket %s: rx mmap: %m", ifn);
-    a->rx.map = map;
-    a->rx.map_len = total;
+    ret = afp_ring(a, fd, PACKET_RX_RING, frame_size, frame_nr, &a->rx.map, &a->rx.map_len);
+    if (ret < 0)
+        return ret;
+    a->rx.frame_size = frame_size;
+    a->rx.frame_nr = frame_nr;
+    a->rx.head = 0;
 
     /* bind to the interface, all protocols: frames start arriving now */
     memset(&sll, 0, sizeof(sll));
@@ -220,15 +319,11 @@ afp_open_rx(struct dp_afp *a, unsigned frames)
 
 /* Set up the tx socket: V2 ring, qdisc bypass, bound with protocol 0. */
 static int
-afp_open_tx(struct dp_afp *a, unsigned frames)
+afp_open_tx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
 {
     const char *ifn = a->ifname;
-    struct tpacket_req req;
     struct sockaddr_ll sll;
-    size_t total = (size_t)frames * AFP_FRAME_SIZE;
-    int ver = TPACKET_V2, one = 1, sndbuf;
-    uint32_t bs;
-    void *map;
+    int one = 1, sndbuf, ret;
     int fd;
 
     fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -236,42 +331,28 @@ afp_open_tx(struct dp_afp *a, unsigned frames)
         return dp_fail(-errno, "afpacket %s: tx socket: %m", ifn);
     a->tx.fd = fd;
 
-    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &ver, sizeof(ver)) < 0)
-        return dp_fail(-errno, "afpacket %s: tx PACKET_VERSION v2: %m", ifn);
-
     /* straight to the driver, no qdisc (best effort: old kernels lack it) */
     (void)setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
 
     /* a frame the kernel rejects (e.g. > MTU) is skipped, not left stuck
-	 * in TP_STATUS_WRONG_FORMAT blocking the ring */
+     * in TP_STATUS_WRONG_FORMAT blocking the ring */
     if (setsockopt(fd, SOL_PACKET, PACKET_LOSS, &one, sizeof(one)) < 0)
         return dp_fail(-errno, "afpacket %s: tx PACKET_LOSS: %m", ifn);
 
     /* room for a whole ring in flight, so sendto() never stops early for
-	 * want of socket memory (which would leave frames until the next kick);
-	 * FORCE needs CAP_NET_ADMIN, plain SNDBUF is capped by wmem_max */
-    sndbuf = (int)RTE_MIN((size_t)frames * 2 * AFP_FRAME_SIZE, (size_t)INT32_MAX / 2);
+     * want of socket memory (which would leave frames until the next kick);
+     * FORCE needs CAP_NET_ADMIN, plain SNDBUF is capped by wmem_max */
+    sndbuf = (int)RTE_MIN((size_t)frame_nr * 2 * frame_size, (size_t)INT32_MAX / 2);
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
         (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 
-    /* V2 ring: `frames` fixed 2048-byte frames, contiguous in the mapping */
-    memset(&req, 0, sizeof(req));
-    bs = afp_block_size(total);
-    req.tp_block_size = bs;
-    req.tp_block_nr = (unsigned)(total / bs);
-    req.tp_frame_size = AFP_FRAME_SIZE;
-    req.tp_frame_nr = frames;
-    if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0)
-        return dp_fail(-errno, "afpacket %s: tx PACKET_TX_RING: %m", ifn);
-
-    map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-    if (map == MAP_FAILED)
-        return dp_fail(-errno, "afpacket %s: tx mmap: %m", ifn);
-    a->tx.map = map;
-    a->tx.map_len = total;
-    a->tx.frame_nr = frames;
+    ret = afp_ring(a, fd, PACKET_TX_RING, frame_size, frame_nr, &a->tx.map, &a->tx.map_len);
+    if (ret < 0)
+        return ret;
+    a->tx.frame_size = frame_size;
+    a->tx.frame_nr = frame_nr;
     a->tx.head = 0;
-    a->tx.data_max = AFP_FRAME_SIZE - AFP_TX_DATA_OFF;
+    a->tx.data_max = frame_size - (uint32_t)AFP_TX_DATA_OFF - AFP_VNET_LEN;
 
     /* protocol 0: sets the device for sendto(), registers no rx hook */
     memset(&sll, 0, sizeof(sll));
@@ -287,11 +368,11 @@ int
 dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out)
 {
     const char *ifn = ifname != NULL ? ifname : "(null)";
+    uint32_t frame_size, frame_nr;
     struct dp_afp *a;
     struct ifreq ifr;
-    uint32_t room;
+    int ret, fd;
     void *mem;
-    int ret;
 
     if (out == NULL)
         return dp_fail(-EINVAL, "afpacket %s: nowhere to put the port", ifn);
@@ -301,16 +382,13 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     if (ifname == NULL || ifname[0] == '\0' || strlen(ifname) >= IF_NAMESIZE)
         return dp_fail(-EINVAL, "afpacket %s: interface name empty or longer than %d bytes", ifn,
                        IF_NAMESIZE - 1);
-    if (frames < 64 || frames > AFP_FRAMES_MAX || !rte_is_power_of_2(frames))
-        return dp_fail(-EINVAL, "afpacket %s: %u frames, not a power of two in 64..%u", ifn, frames,
-                       AFP_FRAMES_MAX);
+    if (frames < AFP_FRAMES_MIN || frames > AFP_FRAMES_MAX || !rte_is_power_of_2(frames))
+        return dp_fail(-EINVAL, "afpacket %s: %u frames, not a power of two in %u..%u", ifn, frames,
+                       AFP_FRAMES_MIN, AFP_FRAMES_MAX);
     if (mp == NULL)
         return dp_fail(-EINVAL, "afpacket %s: no mbuf pool", ifn);
-    room = rte_pktmbuf_data_room_size(mp);
-    room = room > RTE_PKTMBUF_HEADROOM ? room - RTE_PKTMBUF_HEADROOM : 0;
-    if (room < RTE_ETHER_MAX_LEN)
-        return dp_fail(-EINVAL, "afpacket %s: mbuf data room %u below %u bytes", ifn, room,
-                       RTE_ETHER_MAX_LEN);
+    if (dp_csum_dynfield < 0)
+        return dp_fail(-EINVAL, "afpacket %s: checksum metadata not registered", ifn);
 
     /* state; cache aligned so rx and tx halves do not share lines */
     if (posix_memalign(&mem, RTE_CACHE_LINE_SIZE, sizeof(*a)) != 0)
@@ -320,7 +398,6 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     a->rx.fd = -1;
     a->tx.fd = -1;
     a->rx.mp = mp;
-    a->rx.room = room;
     memcpy(a->ifname, ifname, strlen(ifname) + 1);
 
     /* interface index */
@@ -330,24 +407,49 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
         goto fail;
     }
 
-    ret = afp_open_rx(a, frames);
-    if (ret < 0)
+    /* MAC address (also rejects non-Ethernet devices: tun, ...) and MTU,
+     * which sizes the ring frames */
+    fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        ret = dp_fail(-errno, "afpacket %s: socket: %m", ifn);
         goto fail;
-
-    /* MAC address; also rejects non-Ethernet devices (tun, ...) */
+    }
     memset(&ifr, 0, sizeof(ifr));
     memcpy(ifr.ifr_name, a->ifname, sizeof(a->ifname));
-    if (ioctl(a->rx.fd, SIOCGIFHWADDR, &ifr) < 0) {
+    if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) {
         ret = dp_fail(-errno, "afpacket %s: SIOCGIFHWADDR: %m", ifn);
+        (void)close(fd);
         goto fail;
     }
     if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER) {
         ret = dp_fail(-EINVAL, "afpacket %s: not an Ethernet device", ifn);
+        (void)close(fd);
         goto fail;
     }
     memcpy(a->mac, ifr.ifr_hwaddr.sa_data, RTE_ETHER_ADDR_LEN);
+    memset(&ifr, 0, sizeof(ifr));
+    memcpy(ifr.ifr_name, a->ifname, sizeof(a->ifname));
+    if (ioctl(fd, SIOCGIFMTU, &ifr) < 0) {
+        ret = dp_fail(-errno, "afpacket %s: SIOCGIFMTU: %m", ifn);
+        (void)close(fd);
+        goto fail;
+    }
+    (void)close(fd);
+    if (ifr.ifr_mtu < 68 || ifr.ifr_mtu > 65535) {
+        ret = dp_fail(-EINVAL, "afpacket %s: MTU %d not in 68..65535", ifn, ifr.ifr_mtu);
+        goto fail;
+    }
 
-    ret = afp_open_tx(a, frames);
+    /* ring frames: the largest frame behind the kernel's ring header and the
+     * virtio-net header, a power of two; the same memory as `frames` slots */
+    a->max_frame = (uint32_t)ifr.ifr_mtu + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN;
+    frame_size = RTE_MAX(AFP_SLOT, rte_align32pow2((uint32_t)AFP_RX_MAC_OFF + a->max_frame));
+    frame_nr = RTE_MAX(AFP_FRAMES_MIN, (uint32_t)((uint64_t)frames * AFP_SLOT / frame_size));
+
+    ret = afp_open_rx(a, frame_size, frame_nr);
+    if (ret < 0)
+        goto fail;
+    ret = afp_open_tx(a, frame_size, frame_nr);
     if (ret < 0)
         goto fail;
 
@@ -382,180 +484,158 @@ dp_afp_mac(const struct dp_afp *a, uint8_t mac[6])
     memcpy(mac, a->mac, RTE_ETHER_ADDR_LEN);
 }
 
+uint32_t
+dp_afp_max_frame(const struct dp_afp *a)
+{
+    return a->max_frame;
+}
+
+void
+dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
+{
+    struct tpacket_stats ks;
+    socklen_t len = sizeof(ks);
+
+    /* the kernel resets its counters on every read: keep the sum */
+    if (getsockopt(a->rx.fd, SOL_PACKET, PACKET_STATISTICS, &ks, &len) == 0)
+        a->kernel_drops += ks.tp_drops;
+    st->oversize = __atomic_load_n(&a->rx.oversize, __ATOMIC_RELAXED);
+    st->truncated = __atomic_load_n(&a->rx.truncated, __ATOMIC_RELAXED);
+    st->no_mbuf = __atomic_load_n(&a->rx.no_mbuf, __ATOMIC_RELAXED);
+    st->kernel = a->kernel_drops;
+}
+
 /*
  * rx
  */
 
-static inline struct tpacket_block_desc *
-afp_rx_block(const struct dp_afp *a, uint32_t i)
+static inline struct tpacket2_hdr *
+afp_rx_frame(const struct dp_afp *a, uint32_t i)
 {
-    return (struct tpacket_block_desc *)(a->rx.map + (size_t)i * a->rx.block_size);
+    return (struct tpacket2_hdr *)(a->rx.map + (size_t)i * a->rx.frame_size);
 }
 
-/* Block handed to user space? Acquire: frame data is read after this. */
+/* Frame handed to user space? Acquire: frame data is read after this. */
 static inline int
-afp_rx_block_ready(const struct tpacket_block_desc *bd)
+afp_rx_frame_ready(const struct tpacket2_hdr *h)
 {
-    return (__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER) != 0;
+    return (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER) != 0;
 }
 
-/* Frames ready for us, counting no further than want. */
-static inline uint32_t
-afp_rx_avail(const struct dp_afp *a, uint32_t want)
+/* Append len bytes to m's chain, whose last segment is *last; further
+ * segments come from mp. Returns 0, or -1 when out of mbufs. */
+static inline int
+afp_append(struct rte_mempool *mp, struct rte_mbuf *m, struct rte_mbuf **last, const uint8_t *src,
+           uint32_t len)
 {
-    uint32_t avail = a->rx.left;
-    uint32_t i = a->rx.blk, k = 0;
+    while (len != 0) {
+        struct rte_mbuf *l = *last;
+        uint32_t room = rte_pktmbuf_tailroom(l), k;
 
-    if (avail != 0) { /* current block is open: look past it */
-        i = (i + 1) % a->rx.block_nr;
-        k = 1;
-    }
-    for (; avail < want && k < a->rx.block_nr; k++) {
-        const struct tpacket_block_desc *bd = afp_rx_block(a, i);
+        if (room == 0) {
+            struct rte_mbuf *s = rte_pktmbuf_alloc(mp);
 
-        if (!afp_rx_block_ready(bd))
-            break;
-        avail += bd->hdr.bh1.num_pkts;
-        i = (i + 1) % a->rx.block_nr;
-    }
-    return avail;
-}
-
-/* Hand the current block back to the kernel and move to the next one.
- * Release: all our reads of the block happen before the kernel reuses it. */
-static inline void
-afp_rx_block_done(struct dp_afp *a)
-{
-    __atomic_store_n(&afp_rx_block(a, a->rx.blk)->hdr.bh1.block_status, TP_STATUS_KERNEL,
-                     __ATOMIC_RELEASE);
-    a->rx.blk = (a->rx.blk + 1) % a->rx.block_nr;
-    a->rx.left = 0;
-    a->rx.pkt = NULL;
-}
-
-/* Complete a CHECKSUM_PARTIAL TCP/UDP checksum (TP_STATUS_CSUMNOTREADY).
- * The checksum field holds the folded pseudo-header sum; the final value is
- * the complement of the sum over the whole L4 segment (as the kernel's
- * skb_checksum_help()). Anything not understood is left as it is. */
-static void
-afp_csum_complete(uint8_t *p, uint32_t len)
-{
-    uint32_t off = RTE_ETHER_HDR_LEN, l4, end, coff;
-    uint16_t et, cs;
-    uint8_t proto;
-    int k;
-
-    /* L2: skip up to two VLAN tags */
-    et = rte_be_to_cpu_16(*(unaligned_uint16_t *)(p + 12));
-    for (k = 0; k < 2 && (et == RTE_ETHER_TYPE_VLAN || et == RTE_ETHER_TYPE_QINQ); k++) {
-        if (off + 4 > len)
-            return;
-        et = rte_be_to_cpu_16(*(unaligned_uint16_t *)(p + off + 2));
-        off += 4;
-    }
-
-    /* L3: find the L4 header and where the L4 segment ends */
-    if (et == RTE_ETHER_TYPE_IPV4) {
-        const uint8_t *ip = p + off;
-        uint32_t ihl;
-
-        if (off + 20 > len)
-            return;
-        ihl = (uint32_t)(ip[0] & 0x0f) * 4;
-        /* no checksum offload on fragments */
-        if (ihl < 20 || (rte_be_to_cpu_16(*(const unaligned_uint16_t *)(ip + 6)) & 0x3fff) != 0)
-            return;
-        proto = ip[9];
-        l4 = off + ihl;
-        end = off + rte_be_to_cpu_16(*(const unaligned_uint16_t *)(ip + 2));
-    } else if (et == RTE_ETHER_TYPE_IPV6) {
-        const uint8_t *ip = p + off;
-
-        if (off + 40 > len)
-            return;
-        proto = ip[6];
-        l4 = off + 40;
-        end = l4 + rte_be_to_cpu_16(*(const unaligned_uint16_t *)(ip + 4));
-        /* skip hop-by-hop, routing and destination options headers */
-        for (k = 0; k < 4 && (proto == 0 || proto == 43 || proto == 60); k++) {
-            if (l4 + 8 > len)
-                return;
-            proto = p[l4];
-            l4 += ((uint32_t)p[l4 + 1] + 1) * 8;
+            if (unlikely(s == NULL))
+                return -1;
+            s->data_off = 0; /* no headroom needed past the first segment */
+            l->next = s;
+            m->nb_segs++;
+            *last = s;
+            continue;
         }
-    } else {
-        return;
+        k = RTE_MIN(room, len);
+        rte_memcpy(rte_pktmbuf_mtod_offset(l, uint8_t *, l->data_len), src, k);
+        l->data_len = (uint16_t)(l->data_len + k);
+        m->pkt_len += k;
+        src += k;
+        len -= k;
     }
-
-    /* L4: checksum field offset */
-    if (proto == IPPROTO_TCP)
-        coff = 16;
-    else if (proto == IPPROTO_UDP)
-        coff = 6;
-    else
-        return;
-    if (end > len || l4 + coff + 2 > end)
-        return;
-
-    cs = (uint16_t)~rte_raw_cksum(p + l4, end - l4);
-    if (cs == 0)
-        cs = 0xffff;
-    *(unaligned_uint16_t *)(p + l4 + coff) = cs;
+    return 0;
 }
 
-/* Copy one ring frame into m. Returns 0, or -1 if the frame is dropped. */
+/* Copy one ring frame into m (empty, one segment). Returns 0, or -1 if the
+ * frame is dropped (m is then empty again). */
 static inline int
-afp_rx_copy(struct dp_afp *a, const struct tpacket3_hdr *h, struct rte_mbuf *m)
+afp_rx_copy(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
 {
     const uint8_t *src = (const uint8_t *)h + h->tp_mac;
+    const struct virtio_net_hdr *vh = (const struct virtio_net_hdr *)(src - AFP_VNET_LEN);
     uint32_t status = h->tp_status;
     uint32_t len = h->tp_snaplen;
     uint8_t *dst = rte_pktmbuf_mtod(m, uint8_t *);
+    uint32_t vlan = 0;
+    struct rte_mbuf *last = m;
 
-    /* truncated (longer than a block), too big for an mbuf, or a runt */
-    if (unlikely(len != h->tp_len || len > a->rx.room || len < RTE_ETHER_HDR_LEN))
+    /* longer than a ring frame (the kernel cut it to fit) or than the MTU
+     * the ring was sized for (a GRO/GSO frame that happens to fit: the ports
+     * it would go to could not take it), or a runt */
+    if (unlikely(len != h->tp_len || len > a->max_frame)) {
+        a->rx.oversize++;
         return -1;
-
-    if (likely(!(status & TP_STATUS_VLAN_VALID))) {
-        rte_memcpy(dst, src, len);
-    } else {
-        /* the kernel stripped the outer tag into tp_vlan_tci: put it
-		 * back between the MAC addresses and the ethertype */
-        uint16_t tpid = RTE_ETHER_TYPE_VLAN;
-
-        if (unlikely(len + RTE_VLAN_HLEN > a->rx.room))
-            return -1;
-        if ((status & TP_STATUS_VLAN_TPID_VALID) && h->hv1.tp_vlan_tpid)
-            tpid = h->hv1.tp_vlan_tpid;
-        memcpy(dst, src, 2 * RTE_ETHER_ADDR_LEN);
-        *(unaligned_uint16_t *)(dst + 12) = rte_cpu_to_be_16(tpid);
-        *(unaligned_uint16_t *)(dst + 14) = rte_cpu_to_be_16((uint16_t)h->hv1.tp_vlan_tci);
-        rte_memcpy(dst + 16, src + 12, len - 12);
-        len += RTE_VLAN_HLEN;
+    }
+    if (unlikely(len < RTE_ETHER_HDR_LEN)) {
+        a->rx.truncated++;
+        return -1;
     }
 
-    /* locally generated frame with an offloaded (unfinished) checksum */
-    if (unlikely(status & TP_STATUS_CSUMNOTREADY))
-        afp_csum_complete(dst, len);
+    if (likely(!(status & TP_STATUS_VLAN_VALID))) {
+        if (likely(len <= rte_pktmbuf_tailroom(m))) {
+            rte_memcpy(dst, src, len);
+            m->data_len = (uint16_t)len;
+            m->pkt_len = len;
+        } else if (afp_append(a->rx.mp, m, &last, src, len) < 0) {
+            goto no_mbuf;
+        }
+    } else {
+        /* the kernel stripped the outer tag into tp_vlan_tci: put it
+         * back between the MAC addresses and the ethertype */
+        uint16_t tpid = RTE_ETHER_TYPE_VLAN;
+        uint8_t tag[2 * RTE_ETHER_ADDR_LEN + RTE_VLAN_HLEN];
 
-    m->data_len = (uint16_t)len;
-    m->pkt_len = len;
+        if ((status & TP_STATUS_VLAN_TPID_VALID) && h->tp_vlan_tpid)
+            tpid = h->tp_vlan_tpid;
+        memcpy(tag, src, 2 * RTE_ETHER_ADDR_LEN);
+        *(unaligned_uint16_t *)(tag + 12) = rte_cpu_to_be_16(tpid);
+        *(unaligned_uint16_t *)(tag + 14) = rte_cpu_to_be_16((uint16_t)h->tp_vlan_tci);
+        if (afp_append(a->rx.mp, m, &last, tag, sizeof(tag)) < 0 ||
+            afp_append(a->rx.mp, m, &last, src + 12, len - 12) < 0)
+            goto no_mbuf;
+        vlan = RTE_VLAN_HLEN;
+    }
+
+    /* checksum left to offload: carry where it starts and where it goes */
+    if (unlikely(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
+        struct dp_csum_meta *cm = dp_csum_meta(m);
+        uint32_t start = vh->csum_start;
+
+        if (start >= 2 * RTE_ETHER_ADDR_LEN)
+            start += vlan;
+        cm->start = (uint16_t)(m->data_off + start);
+        cm->off = vh->csum_offset;
+        m->ol_flags |= dp_csum_dynflag;
+    }
     return 0;
+
+no_mbuf:
+    a->rx.no_mbuf++;
+    if (m->next != NULL)
+        rte_pktmbuf_free(m->next);
+    rte_pktmbuf_reset(m);
+    return -1;
 }
 
 uint16_t
 dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
 {
-    uint32_t avail, cnt, done, nb_rx = 0;
-
-    if (unlikely(n == 0))
-        return 0;
+    uint32_t mask = a->rx.frame_nr - 1, head = a->rx.head;
+    uint32_t cnt, done, nb_rx = 0;
 
     /* how many frames are ready (no mbufs touched when idle) */
-    avail = afp_rx_avail(a, n);
-    if (avail == 0)
+    for (cnt = 0; cnt < n; cnt++)
+        if (!afp_rx_frame_ready(afp_rx_frame(a, (head + cnt) & mask)))
+            break;
+    if (cnt == 0)
         return 0;
-    cnt = RTE_MIN(avail, (uint32_t)n);
 
     /* mbufs for the whole burst in one call; shrink if the pool is low */
     while (rte_pktmbuf_alloc_bulk(a->rx.mp, pkts, cnt) != 0) {
@@ -564,38 +644,20 @@ dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
             return 0; /* frames stay in the ring */
     }
 
-    /* walk frames across blocks; a dropped frame reuses its mbuf */
+    /* copy frames out, hand each slot back; a dropped frame reuses its mbuf */
     for (done = 0; done < cnt; done++) {
-        struct tpacket3_hdr *h;
+        struct tpacket2_hdr *h = afp_rx_frame(a, head);
 
-        /* open the next block */
-        while (a->rx.left == 0) {
-            struct tpacket_block_desc *bd = afp_rx_block(a, a->rx.blk);
-
-            if (unlikely(!afp_rx_block_ready(bd)))
-                goto out; /* cannot happen: counted above */
-            a->rx.left = bd->hdr.bh1.num_pkts;
-            a->rx.pkt = (struct tpacket3_hdr *)((uint8_t *)bd + bd->hdr.bh1.offset_to_first_pkt);
-            if (unlikely(a->rx.left == 0))
-                afp_rx_block_done(a); /* empty block */
-        }
-
-        /* copy the frame out */
-        h = a->rx.pkt;
+        if (done + 1 < cnt)
+            rte_prefetch0((uint8_t *)afp_rx_frame(a, (head + 1) & mask) + AFP_RX_MAC_OFF);
         if (likely(afp_rx_copy(a, h, pkts[nb_rx]) == 0))
             nb_rx++;
-        else
-            a->rx.drops++;
-
-        /* advance; give the block back once it is used up */
-        if (--a->rx.left != 0) {
-            a->rx.pkt = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
-            rte_prefetch0(a->rx.pkt);
-        } else {
-            afp_rx_block_done(a);
-        }
+        /* release: our reads of the frame happen before the kernel reuses it */
+        __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        head = (head + 1) & mask;
     }
-out:
+    a->rx.head = head;
+
     /* return mbufs left over by dropped frames */
     if (unlikely(nb_rx < cnt))
         rte_pktmbuf_free_bulk(&pkts[nb_rx], cnt - nb_rx);
@@ -609,7 +671,7 @@ out:
 static inline struct tpacket2_hdr *
 afp_tx_frame(const struct dp_afp *a, uint32_t i)
 {
-    return (struct tpacket2_hdr *)(a->tx.map + (size_t)i * AFP_FRAME_SIZE);
+    return (struct tpacket2_hdr *)(a->tx.map + (size_t)i * a->tx.frame_size);
 }
 
 /* Frame free for us? Timestamp bits are ignored (see DPDK's af_packet). */
@@ -632,11 +694,12 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         return 0;
 
     /* take mbufs from the front while they fit: stop at the first one
-	 * that cannot be queued (ring full, too big, runt, bad chain) */
+     * that cannot be queued (ring full, too big, runt, bad chain) */
     for (i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
         struct tpacket2_hdr *h = afp_tx_frame(a, head);
-        uint8_t *data = (uint8_t *)h + AFP_TX_DATA_OFF;
+        struct virtio_net_hdr *vh = (struct virtio_net_hdr *)((uint8_t *)h + AFP_TX_DATA_OFF);
+        uint8_t *data = (uint8_t *)vh + AFP_VNET_LEN;
         uint32_t len = m->pkt_len;
         const void *p;
 
@@ -652,17 +715,30 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         if (p != data)
             rte_memcpy(data, p, len);
 
+        /* the virtio-net header: a partial checksum goes on as partial */
+        memset(vh, 0, sizeof(*vh));
+        if (unlikely(dp_csum_partial(m))) {
+            const struct dp_csum_meta *cm = dp_csum_meta(m);
+
+            if (likely(cm->start >= m->data_off &&
+                       (uint32_t)(cm->start - m->data_off) + cm->off + 2 <= len)) {
+                vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+                vh->csum_start = (uint16_t)(cm->start - m->data_off);
+                vh->csum_offset = cm->off;
+            }
+        }
+
         /* hand the frame to the kernel */
-        h->tp_len = len;
-        h->tp_snaplen = len;
+        h->tp_len = len + AFP_VNET_LEN;
+        h->tp_snaplen = len + AFP_VNET_LEN;
         __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
         head = (head + 1) & mask;
     }
     a->tx.head = head;
 
     /* one kick per burst; also when the ring was full, to push frames a
-	 * previous kick left queued. Errors (EAGAIN, ENOBUFS, ENETDOWN) leave
-	 * frames queued for the next kick, or the kernel drops them. */
+     * previous kick left queued. Errors (EAGAIN, ENOBUFS, ENETDOWN) leave
+     * frames queued for the next kick, or the kernel drops them. */
     (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
 
     /* copied: free the taken mbufs */

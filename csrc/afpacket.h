@@ -1,10 +1,13 @@
 /*
- * afpacket.h - native AF_PACKET port driver for kernel interfaces.
+ * afpacket.h - native AF_PACKET port driver for kernel interfaces, and the
+ * partial-checksum metadata its frames carry through the pipeline.
  *
- * The fallback driver: no hugepages, no NIC. rx uses a TPACKET_V3 mmap ring,
- * tx a TPACKET_V2 mmap tx ring with PACKET_QDISC_BYPASS. Frames come in and go
- * out as the same rte_mbufs the pipeline uses, so the pipeline does not care
- * which driver a port has.
+ * The fallback driver: no hugepages, no NIC. rx uses a TPACKET_V2 mmap ring
+ * (per-frame status: a lone frame is ours as soon as the kernel wrote it),
+ * tx a TPACKET_V2 mmap tx ring with PACKET_QDISC_BYPASS; both sockets carry
+ * the virtio-net header (PACKET_VNET_HDR), so checksum offload crosses the
+ * boundary both ways. Frames come in and go out as the same rte_mbufs the
+ * pipeline uses, so the pipeline does not care which driver a port has.
  *
  * Threading: one thread calls rx_burst, one thread at a time calls tx_burst
  * (callers serialise tx with their own lock if several workers transmit).
@@ -14,18 +17,69 @@
 
 #include <stdint.h>
 #include <rte_mbuf.h>
+#include <rte_mbuf_dyn.h>
 #include <rte_mempool.h>
 
 struct dp_afp;
 
-/* Open ifname. frames: ring size in frames (power of two, >= 64).
- * Returns 0, or dp_fail(-errno, ...) (dp_error.h) saying why. */
+/* drops and kernel ring statistics of one port (read by the control thread) */
+struct dp_afp_stats {
+    uint64_t oversize;  /* longer than the ring frame the port's MTU sized */
+    uint64_t truncated; /* runts and frames the kernel cut short */
+    uint64_t no_mbuf;   /* no mbuf for a segment of a long frame */
+    uint64_t kernel;    /* the kernel's own ring drops (PACKET_STATISTICS) */
+};
+
+/*
+ * Partial checksum (the kernel's CHECKSUM_PARTIAL, virtio-net NEEDS_CSUM):
+ * the frame's L4 checksum field, csum_off bytes after csum_start, holds the
+ * pseudo-header sum; the checksum still has to be computed from csum_start
+ * to the end of the frame. Carried in an mbuf dynamic flag and field; the
+ * field stores csum_start relative to the start of the first segment's
+ * buffer (data_off + offset in the frame), so it stays right when the
+ * pipeline prepends or strips outer headers.
+ */
+struct dp_csum_meta {
+    uint16_t start; /* data_off + csum_start */
+    uint16_t off;   /* checksum field offset from csum_start */
+};
+extern int dp_csum_dynfield;
+extern uint64_t dp_csum_dynflag;
+
+/* Register the dynamic flag and field. Returns 0 or a negative errno. */
+int dp_csum_init(void);
+
+static inline int
+dp_csum_partial(const struct rte_mbuf *m)
+{
+    return (m->ol_flags & dp_csum_dynflag) != 0;
+}
+
+static inline struct dp_csum_meta *
+dp_csum_meta(struct rte_mbuf *m)
+{
+    return RTE_MBUF_DYNFIELD(m, dp_csum_dynfield, struct dp_csum_meta *);
+}
+
+/* Compute the partial checksum in software and clear the flag (for a port
+ * that cannot take it partial, or before a frame is shared). */
+void dp_csum_complete(struct rte_mbuf *m);
+
+/* Open ifname. frames: ring size in 2 KiB slots (power of two, >= 64); a
+ * port whose MTU needs larger ring frames gets fewer, larger ones in the same
+ * memory (at least 64). Returns 0, or dp_fail(-errno, ...) saying why. */
 int dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out);
-/* Receive up to n frames into mbufs from mp. Never blocks. */
+/* Receive up to n frames into mbufs from mp (chained when longer than a
+ * segment). Never blocks. */
 uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
 /* Queue up to n mbufs for transmission, kick the kernel once. Sent mbufs are
  * freed; returns how many were taken (the caller frees and counts the rest). */
 uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
+/* Drops so far; reads (and so resets) the kernel's counters: control thread,
+ * one caller at a time. */
+void dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st);
+/* Largest frame (Ethernet header included) the port carries. */
+uint32_t dp_afp_max_frame(const struct dp_afp *a);
 void dp_afp_mac(const struct dp_afp *a, uint8_t mac[6]);
 void dp_afp_close(struct dp_afp *a);
 

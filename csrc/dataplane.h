@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 7
+#define DP_ABI_VERSION 8
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -156,6 +156,10 @@ int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
 int dp_port_del(int port);
 int dp_port_info(int port, struct dp_port_info *out);
 int dp_port_set_net(int port, int net);
+/* kernel (AF_PACKET) ports' drops, the kernel's own ring drops included,
+ * written into the control thread's row of the drop counters (kport_*);
+ * called before the counters are read */
+void dp_kport_stats_update(void);
 
 /* networks */
 int dp_net_add(int net, uint32_t vni, int plane);

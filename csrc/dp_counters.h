@@ -67,7 +67,11 @@
     _(ARP_IGNORED, "arp_ignored")         /* ARP not for the VTEP */        \
     _(SLOWPATH_FULL, "slowpath_full")     /* control ring full */           \
     _(QUEUE_FULL, "queue_full")           /* plane queue of a shaped port */ \
-    _(QUEUE_FLUSHED, "queue_flushed")     /* queued when shaper/port went */
+    _(QUEUE_FLUSHED, "queue_flushed")     /* queued when shaper/port went */ \
+    _(KPORT_OVERSIZE, "kport_oversize")   /* kernel port: > its ring frame */ \
+    _(KPORT_TRUNCATED, "kport_truncated") /* kernel port: runt frame */     \
+    _(KPORT_NO_MBUF, "kport_no_mbuf")     /* kernel port: pool empty */     \
+    _(KPORT_KERNEL, "kport_kernel")       /* kernel's own ring drops */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

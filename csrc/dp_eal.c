@@ -177,8 +177,10 @@ dp_setup(unsigned n_mbufs)
         goto fail;
     }
     ret = dp_qos_init();
+    if (ret == 0)
+        ret = dp_csum_init();
     if (ret < 0) {
-        ret = dp_fail(ret, "cannot register the mbuf metadata field");
+        ret = dp_fail(ret, "cannot register the mbuf metadata fields");
         goto fail;
     }
     dp.fdb = mk_hash("dp_fdb", 1 << 20, sizeof(uint64_t));

@@ -164,6 +164,10 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
         return;
     }
     w->net[net->idx][DP_NET_FLOOD]++;
+    /* the copies go to ports of both kinds and the local ones share the
+     * data: a partial checksum is finished once, before they part */
+    if (unlikely(dp_csum_partial(m)))
+        dp_csum_complete(m);
     for (uint16_t i = 0; i < nr; i++) {
         struct rte_mbuf *c = rte_pktmbuf_copy(m, dp.pool, 0, UINT32_MAX);
         if (unlikely(c == NULL)) {

@@ -145,11 +145,51 @@ port_free(struct dp_port *p)
     rte_free(p);
 }
 
+/* drops of kernel ports already closed (control thread only) */
+static struct dp_afp_stats afp_gone;
+
+static void
+afp_stats_add(struct dp_afp_stats *sum, const struct dp_afp_stats *st)
+{
+    sum->oversize += st->oversize;
+    sum->truncated += st->truncated;
+    sum->no_mbuf += st->no_mbuf;
+    sum->kernel += st->kernel;
+}
+
+void
+dp_kport_stats_update(void)
+{
+    struct dp_afp_stats sum = afp_gone, st;
+    uint64_t *row;
+
+    if (dp.ctr == NULL)
+        return;
+    for (int i = 0; i < DP_MAX_PORTS; i++) {
+        struct dp_port *p = atomic_load(&dp.ports[i]);
+
+        if (p != NULL && p->driver == DP_DRV_AFPACKET) {
+            dp_afp_stats(p->afp, &st);
+            afp_stats_add(&sum, &st);
+        }
+    }
+    /* these columns belong to this function alone: totals, not increments */
+    row = dp.ctr->drop[DP_CTRL_ROW];
+    row[DP_DROP_KPORT_OVERSIZE] = sum.oversize;
+    row[DP_DROP_KPORT_TRUNCATED] = sum.truncated;
+    row[DP_DROP_KPORT_NO_MBUF] = sum.no_mbuf;
+    row[DP_DROP_KPORT_KERNEL] = sum.kernel;
+}
+
 /* a port no worker holds (or ever held): its driver's side, then itself */
 static void
 port_release(struct dp_port *p)
 {
     if (p->driver == DP_DRV_AFPACKET) {
+        struct dp_afp_stats st;
+
+        dp_afp_stats(p->afp, &st);
+        afp_stats_add(&afp_gone, &st);
         dp_afp_close(p->afp);
     } else {
         ethdev_release(p->eth_port);

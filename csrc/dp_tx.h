@@ -29,6 +29,11 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
 {
     uint16_t sent;
     if (p->driver == DP_DRV_ETHDEV) {
+        /* a checksum left partial by a kernel peer: an ethdev port takes no
+         * partial checksum, so it is finished here */
+        for (uint16_t i = 0; i < n; i++)
+            if (unlikely(dp_csum_partial(m[i])))
+                dp_csum_complete(m[i]);
         if (likely(w->id < p->n_txq)) {
             sent = rte_eth_tx_burst(p->eth_port, (uint16_t)w->id, m, n);
         } else {

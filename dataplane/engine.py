@@ -47,7 +47,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 7
+ABI_VERSION = 8
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -577,7 +577,14 @@ class Engine(_Tables, _Planes):
     def add_afpacket_port(
         self, ifname: str, role: str = "pod", frames: int = 2048, network: Optional[int] = None
     ) -> int:
-        """A kernel interface through the core's native AF_PACKET driver."""
+        """A kernel interface through the core's native AF_PACKET driver.
+
+        ``frames``: memory of each ring in 2 KiB slots. Ring frames are sized
+        from the interface's MTU when the port is added (jumbo MTUs get fewer,
+        larger frames); a frame longer than that MTU is dropped and counted
+        (``kport_oversize``), so raise the MTU before adding the port.
+        Checksums left to offload cross the port both ways (virtio-net
+        header); segmentation offloads (TSO/GSO) of a peer must be off."""
         r = self._role(role)
         check_pow2(frames, "frames", 64)
         return self._call(
@@ -645,6 +652,7 @@ class Engine(_Tables, _Planes):
         with self._lock:
             if self._closed:
                 raise EALError("engine is closed")
+            lib.dp_kport_stats_update()  # kernel ports' drops into the drop row
             v = self._views
             port = v[lib.DP_BLOCK_PORT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, -1)
             net = v[lib.DP_BLOCK_NET].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_NETS, -1)
