@@ -33,15 +33,14 @@ Set-up (all in three network namespaces made for the run, named
   the generator run flat out, which then varies with the contender). A
   contender offered less than 95 % of it is named in a WARNING. The rx
   rings hold the same number of 64-byte frames (``--ring-slots``, 1024:
-  the core's rx descriptors, which size net_af_xdp's rx ring): the PMD gets
-  1024 TPACKET_V2 frames, the native driver 64 frames of 2048 bytes, which
-  its TPACKET_V3 ring packs with 14 small frames each (about 900).
+  the core's rx descriptors, which size net_af_xdp's rx ring): the PMD and
+  the native driver get 1024 TPACKET_V2 frames each.
 - Contenders, each with one forwarding CPU (``--fwd-cpu``):
     native  our core (bench.afpacket_ours, a child process in the node ns,
             EAL ``--no-huge``, lcores 0 and 1 both on fwd-cpu: control
             thread, one worker) with vpod as a pod port of network 0 and vup
             as the uplink, both through ``Engine.add_afpacket_port``
-            (TPACKET_V3 rx ring, TPACKET_V2 tx ring, qdisc bypass);
+            (TPACKET_V2 rx and tx rings with virtio-net headers, qdisc bypass);
     pmd     the same core and configuration, both ports through DPDK 22.11's
             ``net_af_packet`` (TPACKET_V2 rx and tx rings, qdisc bypass on);
     afxdp   the same core and configuration, both ports through DPDK 22.11's
@@ -141,22 +140,13 @@ ENGINES = ("native", "pmd", "afxdp")
 #: rx descriptors the core gives an ethdev queue (csrc/dp_port.c): the
 #: net_af_xdp rx ring's size, which the other drivers' rings are matched to
 AF_XDP_RX_SLOTS = 1024
-#: bytes a 60-byte frame takes in the native driver's TPACKET_V3 rx ring:
-#: tp_mac at 82 (the 68-byte header and sockaddr_ll, aligned, less the MAC
-#: header), plus the frame, aligned to 16
-NATIVE_V3_BYTES_PER_FRAME = 144
-NATIVE_FRAME_SIZE = 2048  # a native ring frame: the ring is frames x 2048 bytes
+NATIVE_FRAME_SIZE = 2048  # a native ring frame at this MTU: the ring is frames x 2048 bytes
 
 
 def native_frames(slots: int) -> int:
-    """The native driver's ``frames`` (a power of two) whose V3 rx ring holds
-    about ``slots`` of the benchmark's 64-byte frames (it packs them: a
-    2048-byte ring frame holds 14 of them)."""
-    want = slots * NATIVE_V3_BYTES_PER_FRAME / NATIVE_FRAME_SIZE
-    f = 64
-    while f * 2 <= want or (f * 2 - want) < (want - f):
-        f *= 2
-    return f
+    """The native driver's ``frames`` for an rx ring of ``slots`` frames: its
+    TPACKET_V2 ring holds one frame per 2048-byte slot at this MTU."""
+    return slots
 
 
 POD_IF = "eth0"  # in the pod ns
@@ -890,8 +880,7 @@ def run(args) -> dict:
                 )
                 + f", bridge netfilter {'on' if args.br_netfilter else 'off'}; rx rings of "
                 f"about {args.ring_slots} 64-byte frames: native {native_frames(args.ring_slots)} "
-                f"ring frames of {NATIVE_FRAME_SIZE} B (TPACKET_V3, "
-                f"{NATIVE_FRAME_SIZE // NATIVE_V3_BYTES_PER_FRAME} small frames each), pmd "
+                f"TPACKET_V2 frames of {NATIVE_FRAME_SIZE} B, pmd "
                 f"{args.ring_slots} TPACKET_V2 frames, afxdp {AF_XDP_RX_SLOTS} descriptors"
             )
             src = _measure(lab, pcap)
@@ -995,8 +984,7 @@ def parser() -> argparse.ArgumentParser:
         default=AF_XDP_RX_SLOTS,
         help="rx ring size in 64-byte frames, the same for every engine (default and "
         f"only value with afxdp: {AF_XDP_RX_SLOTS}, the core's rx descriptors); the "
-        "PMD gets that many TPACKET_V2 frames, the native driver the power of two of "
-        "2048-byte frames closest to holding as many (TPACKET_V3 packs them)",
+        "PMD and the native driver get that many TPACKET_V2 frames",
     )
     ap.add_argument(
         "--gen-cpu",
