@@ -124,11 +124,14 @@ from .common import (
     ROOT,
     BenchError,
     add_run_options,
+    check_cpu_options,
     child_env,
     fmt_runs,
     medians,
     parse_args,
+    quiet_netns,
     ratio,
+    run_cmd,
     run_main,
     say,
     say_machine,
@@ -157,16 +160,8 @@ BRIDGE, VXLAN_IF = "br0", "vx0"
 
 
 def _run(cmd, what: str, timeout: float = 30.0, input_text=None) -> str:
-    """Run a set-up command; BenchError with its stderr if it fails."""
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input_text)
-    except FileNotFoundError:
-        raise BenchError(f"{what}: {cmd[0]} not found") from None
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{what}: {' '.join(cmd)} did not finish in {timeout:.0f} s") from None
-    if p.returncode != 0:
-        raise BenchError(f"{what}: {' '.join(cmd)} failed: {(p.stderr or p.stdout).strip()}")
-    return p.stdout
+    """Run a set-up command (run_cmd); its stdout."""
+    return run_cmd(cmd, what, timeout, input_text=input_text).stdout
 
 
 def _cpu_stat(cpu: int) -> list:
@@ -370,18 +365,7 @@ class Lab:
             what="underlay veth",
         )
         for ns in (self.pod_ns, self.node_ns, self.ul_ns):
-            # no IPv6 autoconfiguration / router solicitations in the counts
-            _run(
-                self.nsexec(
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ),
-                "disabling IPv6",
-            )
-            self.ip(ns, "link", "set", "lo", "up")
+            quiet_netns(ns)
         self.ip(self.pod_ns, "link", "set", POD_IF, "up")
         self.ip(self.node_ns, "link", "set", NODE_POD_IF, "up")
         self.ip(self.node_ns, "link", "set", NODE_UP_IF, "address", topo.VTEP_MAC, "up")
@@ -1022,16 +1006,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     ap = parser()
     args = parse_args(ap, argv)
-    ncpu = os.cpu_count() or 1
-    for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
-        if not 0 <= cpu < ncpu:
-            ap.error(f"{opt}: CPU {cpu} not present (this machine has {ncpu})")
+    check_cpu_options(ap, args)
     if args.rate < -1:
         ap.error("--rate must be >= 0")
     if not 0 < args.load <= 1:
         ap.error("--load must be in (0, 1]")
-    if args.gen_cpu == args.fwd_cpu:
-        ap.error("--gen-cpu and --fwd-cpu must differ")
     if args.ring_slots != AF_XDP_RX_SLOTS:
         ap.error(
             f"--ring-slots: {args.ring_slots}: the afxdp contender's rx ring is the core's "

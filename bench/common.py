@@ -162,6 +162,52 @@ def medians(runs: dict) -> dict:
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
+def run_cmd(
+    cmd, what: str, timeout: float = 30.0, check: bool = True, input_text=None, late=BenchError
+) -> subprocess.CompletedProcess:
+    """Run a set-up command: BenchError naming ``what`` with its output if it
+    fails (with ``check``) or is not found, the exception ``late`` if it does
+    not finish in ``timeout`` seconds."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input_text)
+    except FileNotFoundError:
+        raise BenchError(f"{what}: {cmd[0]} not found") from None
+    except subprocess.TimeoutExpired:
+        raise late(f"{what}: {' '.join(cmd)} did not finish in {timeout:.0f} s") from None
+    if check and p.returncode != 0:
+        raise BenchError(f"{what}: {' '.join(cmd)} failed: {(p.stderr or p.stdout).strip()}")
+    return p
+
+
+def quiet_netns(ns: str) -> None:
+    """A benchmark namespace: no IPv6 (no autoconfiguration or router
+    solicitations in the counts), loopback up."""
+    run_cmd(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+        "disabling IPv6",
+    )
+    run_cmd(["ip", "-n", ns, "link", "set", "lo", "up"], "ip")
+
+
+def check_cpu_options(ap, args) -> None:
+    """``--gen-cpu`` and ``--fwd-cpu``: CPUs this machine has, and not the same."""
+    ncpu = os.cpu_count() or 1
+    for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
+        if not 0 <= cpu < ncpu:
+            ap.error(f"{opt}: CPU {cpu} not present (this machine has {ncpu})")
+    if args.gen_cpu == args.fwd_cpu:
+        ap.error("--gen-cpu and --fwd-cpu must differ")
+
+
 def ratio(a: float, b: float) -> float:
     """a / b; NaN when b is not positive (no baseline figure)."""
     return a / b if b > 0 else float("nan")

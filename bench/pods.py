@@ -68,12 +68,15 @@ from .common import (
     ROOT,
     BenchError,
     add_run_options,
+    check_cpu_options,
     child_env,
     fmt_runs,
     median,
     parse_args,
+    quiet_netns,
     ratio,
     remove_eal_runtime_dir,
+    run_cmd,
     run_main,
     say,
     say_machine,
@@ -102,20 +105,6 @@ class PathFailed(Exception):
     """One measurement of one path did not work (it counts as 0)."""
 
 
-def _run(cmd, what: str, timeout: float = 30.0, check: bool = True, late=BenchError):
-    """Run a command; BenchError with its output if it fails (check), the
-    exception ``late`` if it does not finish in time."""
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise BenchError(f"{what}: {cmd[0]} not found") from None
-    except subprocess.TimeoutExpired:
-        raise late(f"{what}: {' '.join(cmd)} did not finish in {timeout:.0f} s") from None
-    if check and p.returncode != 0:
-        raise BenchError(f"{what}: {' '.join(cmd)} failed: {(p.stderr or p.stdout).strip()}")
-    return p
-
-
 class Lab:
     """The namespaces, links and the service process; close() removes them
     all, whatever happened."""
@@ -136,7 +125,7 @@ class Lab:
         return f"{self.tag}-{name}"
 
     def ip(self, ns, *args, what="ip"):
-        return _run(["ip", "-n", ns, *args], what)
+        return run_cmd(["ip", "-n", ns, *args], what)
 
     def nsexec(self, ns, *cmd, cpu=None):
         pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
@@ -144,19 +133,9 @@ class Lab:
 
     def add_ns(self, name: str) -> str:
         ns = self.ns(name)
-        _run(["ip", "netns", "add", ns], "creating namespaces")
+        run_cmd(["ip", "netns", "add", ns], "creating namespaces")
         self._made_ns.append(ns)
-        _run(
-            self.nsexec(
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ),
-            "disabling IPv6",
-        )
-        self.ip(ns, "link", "set", "lo", "up")
+        quiet_netns(ns)
         return ns
 
     def veth(self, ns_a, if_a, ns_b, if_b, mtu=None):
@@ -189,7 +168,7 @@ class Lab:
             underlay_if,
             "learning",
         )
-        _run(
+        run_cmd(
             ["bridge", "-n", node, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0"]
             + ["dst", remote],
             "kernel VTEP FDB",
@@ -223,7 +202,7 @@ class Lab:
             # bridged frames through iptables hooks (br_netfilter): off
             for k in ("call-iptables", "call-ip6tables", "call-arptables"):
                 path = f"/proc/sys/net/bridge/bridge-nf-{k}"
-                _run(
+                run_cmd(
                     self.nsexec(ns, "sh", "-c", f"[ ! -e {path} ] || echo 0 > {path}"),
                     "bridge-nf sysctls",
                 )
@@ -238,7 +217,7 @@ class Lab:
         if a.peer_csum_off:
             # the host's stack then sends finished checksums (a diagnosis:
             # which failures are the checksum-partial frames of a kernel peer)
-            _run(self.nsexec(vm, "ethtool", "-K", "eth0", "tx", "off"), "peer tx checksum off")
+            run_cmd(self.nsexec(vm, "ethtool", "-K", "eth0", "tx", "off"), "peer tx checksum off")
         cfg = os.path.join(self.workdir, "node.yaml")
         with open(cfg, "w") as f:
             f.write(
@@ -336,14 +315,14 @@ class Lab:
         a = self.args
         cli, _, ip = self.ips[path]
         # unmeasured: ARP, FDB learning, caches
-        _run(
+        run_cmd(
             self.nsexec(cli, "ping", "-c", "5", "-i", "0.05", "-W", "1", ip),
             "warm-up ping",
             check=False,
             late=PathFailed,
         )
         deadline = max(5, int(a.pings * 0.002 * 4) + 3)
-        p = _run(
+        p = run_cmd(
             self.nsexec(
                 cli,
                 "ping",
@@ -391,7 +370,7 @@ class Lab:
         try:
             time.sleep(0.2)  # let it listen
             kind = ["-u", "-l", "64", "-b", "0"] if udp else []
-            c = _run(
+            c = run_cmd(
                 self.nsexec(
                     cli,
                     "iperf3",
@@ -569,12 +548,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     ap = parser()
     args = parse_args(ap, argv)
-    ncpu = os.cpu_count() or 1
-    for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
-        if not 0 <= cpu < ncpu:
-            ap.error(f"{opt}: CPU {cpu} not present (this machine has {ncpu})")
-    if args.gen_cpu == args.fwd_cpu:
-        ap.error("--gen-cpu and --fwd-cpu must differ")
+    check_cpu_options(ap, args)
     if args.pings < 1:
         ap.error("--pings must be >= 1")
     if os.geteuid() != 0:
