@@ -226,29 +226,30 @@ port_publish(int idx, struct dp_port *p)
     return 0;
 }
 
+/* what every port add checks first; returns the free slot the port gets */
 static int
-check_role(int role, int net)
+port_add_slot(int role, int net)
 {
+    if (!dp_setup_done)
+        return dp_fail(-EINVAL, "dp_setup not done");
     if (role != DP_ROLE_POD && role != DP_ROLE_UPLINK)
         return dp_fail(-EINVAL, "role %d is neither pod (0) nor uplink (1)", role);
     if (net >= 0 && role != DP_ROLE_POD)
         return dp_fail(-EINVAL, "an uplink port belongs to no network");
     if (net >= 0 && !dp_net_get(net))
         return dp_fail(-ENOENT, "no network %d", net);
-    return 0;
+    int idx = port_slot();
+    if (idx < 0)
+        return dp_fail(-ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
+    return idx;
 }
 
 int
 dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
 {
-    if (!dp_setup_done)
-        return dp_fail(-EINVAL, "dp_setup not done");
-    int cr = check_role(role, net);
-    if (cr)
-        return cr;
-    int idx = port_slot();
+    int idx = port_add_slot(role, net);
     if (idx < 0)
-        return dp_fail(-ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
+        return idx;
     char name[64];
     snprintf(name, sizeof(name), "%s", devargs);
     char *comma = strchr(name, ',');
@@ -284,18 +285,13 @@ dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
 int
 dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsigned n_rxq)
 {
-    if (!dp_setup_done)
-        return dp_fail(-EINVAL, "dp_setup not done");
-    int cr = check_role(role, net);
-    if (cr)
-        return cr;
+    int idx = port_add_slot(role, net);
+    if (idx < 0)
+        return idx;
     if (ring_size == 0 || (ring_size & (ring_size - 1)))
         return dp_fail(-EINVAL, "ring size %u is not a power of two", ring_size);
     if (n_rxq < 1 || n_rxq > DP_MAX_RXQ)
         return dp_fail(-EINVAL, "port %s: %u rx queues, not 1..%d", name, n_rxq, DP_MAX_RXQ);
-    int idx = port_slot();
-    if (idx < 0)
-        return dp_fail(-ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
     char dev[64], rn[64];
     snprintf(dev, sizeof(dev), "net_ring_%s", name);
     uint16_t pid;
@@ -350,14 +346,9 @@ dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsign
 int
 dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
 {
-    if (!dp_setup_done)
-        return dp_fail(-EINVAL, "dp_setup not done");
-    int cr = check_role(role, net);
-    if (cr)
-        return cr;
-    int idx = port_slot();
+    int idx = port_add_slot(role, net);
     if (idx < 0)
-        return dp_fail(-ENOSPC, "all %d port slots in use", DP_MAX_PORTS);
+        return idx;
     for (int i = 0; i < DP_MAX_PORTS; i++) {
         struct dp_port *q = dp_port_get(i);
         if (q && q->driver == DP_DRV_AFPACKET && strcmp(q->name, ifname) == 0)
