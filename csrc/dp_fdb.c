@@ -106,6 +106,21 @@ fdb_check(int net, const uint8_t *mac)
     return 0;
 }
 
+/* key := val, replacing the entry `old` if the key `had` one: the replaced
+ * entry's tunnel reference is released only once the new value is in, so no
+ * worker sees a freed tunnel in between */
+static int
+fdb_store(int net, uint64_t key, void *val, int had, void *old)
+{
+    int ret = rte_hash_add_key_data(dp.fdb, &key, val);
+    if (ret != 0)
+        return dp_fail(ret, "FDB full");
+    dp_tables_changed();
+    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
+    return 0;
+}
+
 int
 dp_fdb_add_local(int net, const uint8_t *mac, int port)
 {
@@ -120,14 +135,7 @@ dp_fdb_add_local(int net, const uint8_t *mac, int port)
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
     void *old;
     int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
-    ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_LOCAL, port));
-    if (ret != 0)
-        return dp_fail(ret, "FDB full");
-    dp_tables_changed();
-    /* the entry it replaced no longer holds its tunnel */
-    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
-        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
-    return 0;
+    return fdb_store(net, key, DP_FDB_VAL(DP_FDB_LOCAL, port), had, old);
 }
 
 int
@@ -151,16 +159,10 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
     int ti = dp_tunnel_ref(net, ip);
     if (ti < 0)
         return ti;
-    ret = rte_hash_add_key_data(dp.fdb, &key, DP_FDB_VAL(DP_FDB_REMOTE, ti));
-    if (ret != 0) {
+    ret = fdb_store(net, key, DP_FDB_VAL(DP_FDB_REMOTE, ti), had, old);
+    if (ret != 0)
         dp_tunnel_unref(net, ti);
-        return dp_fail(ret, "FDB full");
-    }
-    dp_tables_changed();
-    /* the entry it replaced no longer holds its tunnel */
-    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
-        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
-    return 0;
+    return ret;
 }
 
 int
