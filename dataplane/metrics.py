@@ -123,6 +123,9 @@ class CoreCollector:
             labels=["worker"],
         )
         total = CounterMetricFamily("dataplane_worker_polls", "Poll loops run", labels=["worker"])
+        busy_total = CounterMetricFamily(
+            "dataplane_worker_busy_polls", "Poll loops that found frames", labels=["worker"]
+        )
         lookups = CounterMetricFamily(
             "dataplane_worker_fdb_lookups",
             "FDB lookups (per frame from pods and from the uplink)",
@@ -137,10 +140,12 @@ class CoreCollector:
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
             total.add_metric([str(w)], p)
+            busy_total.add_metric([str(w)], int(c.worker[w, busy]))
             lookups.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_lookups")]))
             misses.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
         yield ratio
         yield total
+        yield busy_total
         yield lookups
         yield misses
 
