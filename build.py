@@ -26,6 +26,7 @@ SOURCES = [
     "dp_fdb.c",  # forwarding database
     "dp_tunnel.c",  # VTEP, tunnels to remote VTEPs
     "dp_neigh.c",  # underlay neighbours, ARP, housekeeping
+    "dp_capture.c",  # packet capture with pcap filters
     "dp_plane.c",  # planes, shapers (control side of dp_qos.c)
     "dp_counters.c",  # counter blocks and names
     "dp_ring.c",  # frames into / out of ring ports
@@ -83,7 +84,7 @@ def make_ffi():
             "-DALLOW_EXPERIMENTAL_API",
         ],
         # the ring PMD is a plugin; rte_eth_from_rings needs it at link time
-        extra_link_args=libs + ["-lrte_net_ring"],
+        extra_link_args=libs + ["-lrte_net_ring", "-lpcap"],
     )
     return ffi
 

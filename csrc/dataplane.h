@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 8
+#define DP_ABI_VERSION 9
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -196,6 +196,42 @@ const char *dp_counter_name(int block, int idx);
 /* test and tool ports: push frames into / take frames out of a ring port */
 int dp_ring_inject(int port, int queue, const uint8_t *data, const uint32_t *lens, int n);
 int dp_ring_collect(int port, uint8_t *buf, size_t buf_len, uint32_t *lens, int max);
+
+/* packet capture, one at a time: frames of the ports in port_mask (bit i =
+ * port i, DP_MAX_PORTS bits) seen in the directions dirs that match the
+ * pcap-filter expression (NULL or "" = all) are copied, up to snaplen
+ * bytes, into `slots` records (a power of two) that dp_capture_read hands
+ * out; a frame finding no free record is dropped from the capture only */
+#define DP_CAP_RX 1
+#define DP_CAP_TX 2
+#define DP_CAP_SNAPLEN_MIN 64
+#define DP_CAP_SNAPLEN_MAX 65535
+#define DP_CAP_SLOTS_MAX 65536
+
+/* a record of dp_capture_read: this header, caplen bytes of the frame, then
+ * padding to a multiple of 8 */
+struct dp_cap_rec {
+    uint64_t ts_ns; /* wall clock, ns since the epoch */
+    uint32_t orig_len;
+    uint32_t caplen;
+    uint16_t port;
+    uint8_t dir; /* DP_CAP_RX or DP_CAP_TX */
+    uint8_t pad[5];
+};
+
+struct dp_cap_stats {
+    uint64_t matched;  /* frames the filter took */
+    uint64_t captured; /* ... copied into a record */
+    uint64_t dropped;  /* ... with no free record */
+    uint64_t queued;   /* records waiting for dp_capture_read */
+};
+
+int dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigned snaplen,
+                     unsigned slots);
+/* records into buf (bytes written); the ones that do not fit stay queued */
+int dp_capture_read(uint8_t *buf, size_t buf_len);
+int dp_capture_stats(struct dp_cap_stats *out);
+int dp_capture_stop(void);
 
 /* CDEF END */
 

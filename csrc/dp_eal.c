@@ -13,6 +13,7 @@
 #include <rte_malloc.h>
 #include <rte_hash_crc.h>
 
+#include "dp_capture.h"
 #include "dp_control.h"
 #include "dp_qos.h"
 
@@ -276,6 +277,7 @@ dp_shutdown(void)
         return 0;
     if (dp_setup_done) {
         /* no worker runs: nothing is held, nothing needs a grace period */
+        dp_capture_teardown();
         dp_ports_free_all();
         dp_nets_free_all();
         dp_tunnels_free_all();

@@ -25,6 +25,7 @@
 #include <rte_prefetch.h>
 #include <rte_malloc.h>
 
+#include "dp_capture.h"
 #include "dp_internal.h"
 #include "dp_qos.h"
 
@@ -117,6 +118,7 @@ dp_worker_main(void *arg)
             busy++;
             w->rx_tsc = rte_rdtsc();
             w->port[pi][DP_PORT_RX_PACKETS] += n; /* bytes: in the first pass */
+            dp_capture_tap(pi, DP_CAP_RX, pkts, n, w->rx_tsc);
 
             /* process */
             if (p->role == DP_ROLE_POD)

@@ -7,6 +7,7 @@
     dataplane pod del NAME
     dataplane pod list
     dataplane net list
+    dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
     dataplane bench {encap,decap,afpacket} [...]
 
 Client commands talk to the service's control API (HTTP+JSON on a unix
@@ -172,6 +173,9 @@ def build_parser():
     p.add_argument("net_cmd", choices=["list"])
     client(p)
     p.set_defaults(fn=cmd_net)
+    from . import capture_cli
+
+    capture_cli.add_parser(sub)
     p = sub.add_parser("bench", help="run a benchmark (python -m bench ...)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
@@ -179,7 +183,12 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.cmd == "capture" and not any(x.startswith("-") for x in extra):
+        args.filter += extra  # a filter after the options, as tcpdump takes it
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except DataplaneError as e:

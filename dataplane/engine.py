@@ -15,9 +15,10 @@ import dataclasses
 import ipaddress
 import os
 import shutil
+import struct
 import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,7 +48,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 8
+ABI_VERSION = 9
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -449,6 +450,7 @@ class Engine(_Tables, _Planes):
         self._hk_stop = threading.Event()
         self._hk_thread = None
         self._closed = False
+        self.capturing = False
 
     # ---------------------------------------------------------------- misc
     def _call(self, what, fn, *args):
@@ -627,8 +629,11 @@ class Engine(_Tables, _Planes):
         )
 
     def reset(self):
-        """Remove every port, network and table entry; forwarding goes on."""
+        """Remove every port, network and table entry, and stop a capture;
+        forwarding goes on."""
         with self._lock:
+            if self.capturing:
+                self.capture_stop()
             if self._vtep is not None:
                 self.set_vtep(**dict(self._vtep, uplink=-1))
             for p in self.ports():
@@ -669,6 +674,70 @@ class Engine(_Tables, _Planes):
                 lat=lat.sum(axis=0, dtype=np.uint64),
                 tsc_hz=self.tsc_hz,
             )
+
+    # ------------------------------------------------------------- capture
+    CAPTURE_RECORD = struct.Struct("<QIIHB5x")  # struct dp_cap_rec
+
+    def capture_start(
+        self,
+        ports: Iterable[int],
+        directions: str = "both",
+        bpf_filter: str = "",
+        snaplen: int = 9216,
+        slots: int = 1024,
+    ):
+        """Start copying the frames of ``ports`` (port indexes) seen in
+        ``directions`` (rx, tx or both) that match the pcap-filter
+        expression ``bpf_filter`` ("" = all), up to ``snaplen`` bytes each,
+        into ``slots`` records read with ``capture_read``. One capture runs
+        at a time."""
+        dirs = {"rx": lib.DP_CAP_RX, "tx": lib.DP_CAP_TX, "both": lib.DP_CAP_RX | lib.DP_CAP_TX}
+        if directions not in dirs:
+            raise ValueError(f"capture direction {directions!r}: rx, tx or both")
+        mask = bytearray(lib.DP_MAX_PORTS // 8)
+        for p in ports:
+            if not 0 <= p < lib.DP_MAX_PORTS:
+                raise ValueError(f"capture port {p}: 0..{lib.DP_MAX_PORTS - 1}")
+            mask[p >> 3] |= 1 << (p & 7)
+        self._call(
+            "starting a capture",
+            lib.dp_capture_start,
+            bytes(mask),
+            dirs[directions],
+            bpf_filter.encode(),
+            snaplen,
+            slots,
+        )
+        self._cap_buf = ffi.new("uint8_t[]", 1 << 20)
+        self.capturing = True
+
+    def capture_read(self) -> List[Tuple[int, int, str, int, bytes]]:
+        """The captured frames waiting, oldest first: (wall-clock ns, port,
+        "rx" | "tx", original length, captured bytes)."""
+        rec = self.CAPTURE_RECORD
+        out = []
+        for _ in range(8):  # bounded: workers keep adding while we read
+            n = self._call("reading the capture", lib.dp_capture_read, self._cap_buf, 1 << 20)
+            if n == 0:
+                break
+            raw = ffi.buffer(self._cap_buf, n)[:]
+            off = 0
+            while off < n:
+                ts, orig, cap, port, d = rec.unpack_from(raw, off)
+                data = raw[off + rec.size : off + rec.size + cap]
+                out.append((ts, port, "rx" if d == lib.DP_CAP_RX else "tx", orig, data))
+                off += (rec.size + cap + 7) & ~7
+        return out
+
+    def capture_stats(self) -> dict:
+        """matched, captured, dropped (no free record), queued."""
+        st = ffi.new("struct dp_cap_stats *")
+        self._call("reading the capture's counters", lib.dp_capture_stats, st)
+        return {k: int(getattr(st, k)) for k in ("matched", "captured", "dropped", "queued")}
+
+    def capture_stop(self):
+        self._call("stopping the capture", lib.dp_capture_stop)
+        self.capturing = False
 
     # ------------------------------------------------------- ring test ports
     def inject(self, port: int, frames: Sequence[bytes], queue: int = 0) -> int:

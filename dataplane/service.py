@@ -21,6 +21,7 @@ import time
 from typing import Optional
 
 from .api import APIServer
+from .capture import Captures
 from .config import NodeConfig
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
@@ -43,6 +44,7 @@ class NodeService:
         self.registry = registry
         self.lock = threading.RLock()  # guards the engine's tables
         self.engine = None
+        self.captures = None
         self.store: Optional[StateStore] = None
         self.pods: Optional[PodLife] = None
         self.sync: Optional[ClusterSync] = None
@@ -72,7 +74,11 @@ class NodeService:
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
-            self.api = APIServer(cfg.api_socket, api_routes(cfg, self.status, self.pods), log=log)
+            self.captures = Captures(
+                self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
+            )
+            routes = api_routes(cfg, self.status, self.pods) | self.captures.routes()
+            self.api = APIServer(cfg.api_socket, routes, log=log)
             self.api.start()
             self._start_metrics()
         except BaseException:
@@ -178,6 +184,8 @@ class NodeService:
         self._stop.set()
         if self.sync is not None:
             self.sync.stop()
+        if self.captures is not None:
+            self.captures.close()
         if self.api:
             self.api.stop()
             self.api = None

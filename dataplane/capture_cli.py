@@ -1,0 +1,107 @@
+"""``dataplane capture``: the client side of a packet capture.
+
+Starts a capture through the control API, fetches the captured frames every
+50 ms, writes them as pcapng (``-w FILE``) or prints one line per frame like
+tcpdump, and stops the capture when ``-c`` frames came, ``--duration`` ran
+out or on Ctrl-C; the file is always closed whole, and the counts of frames
+the capture could not keep (dropped from the capture, never from
+forwarding) are printed at the end.
+"""
+
+import base64
+import sys
+import time
+
+from .pcapng import PcapngWriter, clock, summary
+
+POLL_S = 0.05
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "capture",
+        help="capture frames of a port or pod, like tcpdump",
+        description="Capture frames of a port (name or index, or 'uplink'), a pod (all "
+        "its planes) or POD:PLANE inside the dataplane. FILTER is a pcap-filter "
+        "expression, as for tcpdump.",
+    )
+    p.add_argument("target", help="PORT | uplink | POD | POD:PLANE")
+    p.add_argument("filter", nargs="*", help="pcap-filter expression (default: every frame)")
+    p.add_argument("-w", "--write", metavar="FILE", help="write pcapng to FILE")
+    p.add_argument("-c", "--count", type=int, default=0, help="stop after COUNT frames")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds")
+    p.add_argument("--direction", choices=["rx", "tx", "both"], default="both")
+    p.add_argument("-s", "--snaplen", type=int, default=9216, help="bytes kept per frame")
+    # -c is the frame count here, as for tcpdump: the config is --config only
+    p.add_argument("--socket", help="control API socket")
+    p.add_argument("--config", help="node config (for its api_socket)")
+    p.set_defaults(fn=run)
+    return p
+
+
+def run(args):
+    from .cli import _call
+
+    if args.count < 0 or args.duration < 0:
+        raise SystemExit("dataplane capture: --count and --duration are >= 0")
+    body = {
+        "target": args.target,
+        "direction": args.direction,
+        "filter": " ".join(args.filter),
+        "snaplen": args.snaplen,
+    }
+    cap = _call(args, "POST", "/v1/capture", body)
+    cid, ifaces = cap["id"], cap["interfaces"]
+    index = {i["port"]: n for n, i in enumerate(ifaces)}
+    names = {i["port"]: i["name"] for i in ifaces}
+    out = open(args.write, "wb") if args.write else None
+    writer = PcapngWriter(out, [(i["name"], cap["snaplen"]) for i in ifaces]) if out else None
+    where = ", ".join(f"{i['name']} (port {i['port']})" for i in ifaces)
+    print(
+        f"dataplane: capturing {args.direction} on {where}"
+        + (f", filter '{body['filter']}'" if body["filter"] else "")
+        + "; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+    n, stats = 0, None
+    end = time.monotonic() + args.duration if args.duration else None
+
+    def take(frames):
+        nonlocal n
+        for ts, port, d, orig, b64 in frames:
+            if args.count and n >= args.count:
+                return
+            data = base64.b64decode(b64)
+            if writer:
+                writer.write(index[port], ts, d, orig, data)
+            else:
+                arrow = "In " if d == "rx" else "Out"
+                print(f"{clock(ts)} {names[port]} {arrow} {summary(data)}", flush=True)
+            n += 1
+
+    try:
+        while not (args.count and n >= args.count) and not (end and time.monotonic() >= end):
+            r = _call(args, "GET", f"/v1/capture?id={cid}")
+            take(r["frames"])
+            stats = r["stats"]
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            r = _call(args, "DELETE", f"/v1/capture?id={cid}")
+            take(r["frames"])
+            stats = r["stats"]
+        except (SystemExit, KeyboardInterrupt):
+            pass  # the service is gone or the capture expired: keep what came
+        if out:
+            out.close()
+    s = stats or {}
+    print(
+        f"dataplane: {n} frames {'written to ' + args.write if out else 'shown'}; "
+        f"{s.get('matched', 0)} matched the filter, "
+        f"{s.get('dropped', 0)} dropped by the capture (never by forwarding)",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,116 @@
+"""pcapng files and one-line frame summaries for ``dataplane capture``.
+
+Pure standard library: the CLI imports this without the core. The writer
+puts one interface description block per captured interface (its name,
+nanosecond timestamps) and one enhanced packet block per frame with its
+direction in ``epb_flags``, as tcpdump and Wireshark read them.
+"""
+
+import ipaddress
+import struct
+import time
+
+_SHB, _IDB, _EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
+LINKTYPE_ETHERNET = 1
+_DIR_FLAG = {"rx": 1, "tx": 2}  # epb_flags bits 0-1: inbound, outbound
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    pad = (-len(value)) % 4
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * pad
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    n = 12 + len(body)
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+class PcapngWriter:
+    """pcapng into an open binary file; ``interfaces``: [(name, snaplen)]."""
+
+    def __init__(self, f, interfaces, app="dataplane"):
+        self.f = f
+        shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b"")
+        f.write(_block(_SHB, shb))
+        for name, snaplen in interfaces:
+            opts = _opt(2, name.encode()) + _opt(9, bytes([9])) + _opt(0, b"")
+            f.write(_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts))
+
+    def write(self, iface: int, ts_ns: int, direction: str, orig_len: int, data: bytes):
+        body = (
+            struct.pack("<IIIII", iface, ts_ns >> 32, ts_ns & 0xFFFFFFFF, len(data), orig_len)
+            + data
+            + b"\0" * ((-len(data)) % 4)
+        )
+        body += _opt(2, struct.pack("<I", _DIR_FLAG[direction])) + _opt(0, b"")
+        self.f.write(_block(_EPB, body))
+
+
+# ------------------------------------------------------------------ summary
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _ip4(b: bytes) -> str:
+    return str(ipaddress.IPv4Address(b))
+
+
+_ICMP = {0: "echo reply", 3: "unreachable", 8: "echo request", 11: "time exceeded"}
+
+
+def _l4(proto: int, data: bytes, src: str, dst: str, depth: int) -> str:
+    if proto == 17 and len(data) >= 8:
+        sp, dp, ln = struct.unpack_from("!HHH", data)
+        if dp == 4789 and len(data) >= 16 and depth < 2:
+            vni = int.from_bytes(data[12:15], "big")
+            return f"{src}.{sp} > {dst}.{dp}: VXLAN vni {vni}: " + summary(data[16:], depth + 1)
+        return f"{src}.{sp} > {dst}.{dp}: UDP, length {max(ln - 8, 0)}"
+    if proto == 6 and len(data) >= 20:
+        sp, dp, seq, ack, off, fl = struct.unpack_from("!HHIIBB", data)
+        flags = "".join(c for c, bit in zip("FSRP.U", range(6)) if fl & (1 << bit)) or "none"
+        plen = len(data) - (off >> 4) * 4
+        return f"{src}.{sp} > {dst}.{dp}: TCP [{flags}] seq {seq} ack {ack}, length {plen}"
+    if proto == 1 and len(data) >= 4:
+        return f"{src} > {dst}: ICMP {_ICMP.get(data[0], f'type {data[0]}')}"
+    if proto == 58 and len(data) >= 4:
+        return f"{src} > {dst}: ICMP6 type {data[0]}"
+    return f"{src} > {dst}: ip-proto-{proto}"
+
+
+def summary(frame: bytes, depth: int = 0) -> str:
+    """One tcpdump-like line for an Ethernet frame (VXLAN inner frames too)."""
+    if len(frame) < 14:
+        return f"runt, length {len(frame)}"
+    dst, src = _mac(frame[0:6]), _mac(frame[6:12])
+    et, off, vlans = struct.unpack_from("!H", frame, 12)[0], 14, ""
+    while et in (0x8100, 0x88A8) and len(frame) >= off + 4:
+        vlans += f"vlan {struct.unpack_from('!H', frame, off)[0] & 0xFFF}, "
+        et = struct.unpack_from("!H", frame, off + 2)[0]
+        off += 4
+    head = f"{src} > {dst}, {vlans}"
+    p = frame[off:]
+    if et == 0x0806 and len(p) >= 28:
+        op = struct.unpack_from("!H", p, 6)[0]
+        spa, tpa = _ip4(p[14:18]), _ip4(p[24:28])
+        if op == 1:
+            return head + f"ARP, Request who-has {tpa} tell {spa}"
+        return head + f"ARP, Reply {spa} is-at {_mac(p[8:14])}"
+    if et == 0x0800 and len(p) >= 20:
+        ihl = (p[0] & 0x0F) * 4
+        proto, s, d = p[9], _ip4(p[12:16]), _ip4(p[16:20])
+        frag = struct.unpack_from("!H", p, 6)[0] & 0x3FFF
+        if frag & 0x1FFF:
+            return head + f"IP {s} > {d}: fragment"
+        return head + "IP " + _l4(proto, p[ihl:], s, d, depth)
+    if et == 0x86DD and len(p) >= 40:
+        s = str(ipaddress.IPv6Address(p[8:24]))
+        d = str(ipaddress.IPv6Address(p[24:40]))
+        return head + "IP6 " + _l4(p[6], p[40:], s, d, depth)
+    return head + f"ethertype 0x{et:04x}, length {len(frame)}"
+
+
+def clock(ts_ns: int) -> str:
+    """HH:MM:SS.uuuuuu of a wall-clock time in ns, local time as tcpdump."""
+    return (
+        time.strftime("%H:%M:%S", time.localtime(ts_ns // 10**9)) + f".{ts_ns % 10**9 // 1000:06d}"
+    )

@@ -1,0 +1,143 @@
+"""``dataplane capture`` against a running node service: pod ports show
+the pods' own frames with their direction, the uplink shows the outer VXLAN
+headers, files are pcapng that tshark reads whole (after Ctrl-C too), and a
+bad filter is refused without leaving anything running."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from test_service import CT_SPEC, IT_SPEC, NETWORKS, ROOT, Node, ip_of, ping, sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A node whose uplink's peer is a remote VTEP in an underlay namespace."""
+    tag = uuid.uuid4().hex[:5]
+    n = Node(
+        tmp_path, tag, networks=NETWORKS, extra="remotes:\n  - {vtep: 10.99.0.2, networks: [net1]}"
+    )
+    ul = f"dpcul{tag}"
+    try:
+        sh("ip", "netns", "add", ul)
+        sh("ip", "link", "set", f"dpu{tag}b", "netns", ul)
+        sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", f"dpu{tag}b")
+        sh("ip", "-n", ul, "link", "set", f"dpu{tag}b", "up")
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+        sh("ip", "netns", "del", ul, check=False)
+
+
+def capture(node, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dataplane.cli", "capture", *args, "--socket", node.sock],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def started(proc):
+    """Wait for the capture's 'capturing ...' line on stderr."""
+    line = proc.stderr.readline()
+    assert "capturing" in line, line + proc.stderr.read()
+
+
+def tshark(path, *fields):
+    r = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|"]
+        + [a for f in fields for a in ("-e", f)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    return [line.split("|") for line in r.stdout.splitlines()]
+
+
+def test_pod_plane_capture_to_pcapng_with_directions(node, tmp_path):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    out = tmp_path / "a.pcapng"
+    cap = capture(node, "a:std", "-w", str(out), "-c", "6", "icmp")
+    started(cap)
+    r = ping(a["ns"], ip_of(b), count=5, interval="0.1")
+    assert r.returncode == 0, r.stdout
+    assert cap.wait(30) == 0, cap.stderr.read()
+    assert "6 frames written" in cap.stderr.read()
+    rows = tshark(
+        out, "frame.interface_name", "frame.packet_flags_direction", "icmp.type", "ip.src", "ip.dst"
+    )
+    assert len(rows) == 6
+    a_ip, b_ip = ip_of(a), ip_of(b)
+    dirs = set()
+    for iface, direction, icmp_type, src, dst in rows:
+        assert iface == "a:std"
+        direction = str(int(direction, 0))  # tshark prints 0x00000001
+        dirs.add(direction)
+        # into the core from the pod (rx): a's requests; out to the pod: b's replies
+        if direction == "1":
+            assert (icmp_type, src, dst) == ("8", a_ip, b_ip)
+        else:
+            assert (direction, icmp_type, src, dst) == ("2", "0", b_ip, a_ip)
+    assert dirs == {"1", "2"}
+
+
+def test_uplink_capture_prints_outer_vxlan_lines(node):
+    a = node.pod("a", CT_SPEC)
+    cap = capture(node, "uplink", "-c", "2", "--direction", "tx", "udp port 4789 and ether[62:2] = 0x0806")
+    started(cap)
+    # nobody has this address: a's ARP requests are flooded to the remote VTEP
+    ping(a["ns"], "192.168.50.200", count=3, interval="0.3")
+    assert cap.wait(30) == 0, cap.stderr.read()
+    lines = cap.stdout.read().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert (
+            " Out " in line and "10.99.0.1." in line and "> 10.99.0.2.4789: VXLAN vni 101" in line
+        )
+        assert "ARP, Request who-has 192.168.50.200 tell " + ip_of(a) in line
+
+
+def test_ctrl_c_leaves_a_whole_file_and_no_capture(node, tmp_path):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    out = tmp_path / "c.pcapng"
+    cap = capture(node, a["name"], "-w", str(out))  # every plane of pod a
+    started(cap)
+    assert ping(a["ns"], ip_of(b), count=3, interval="0.1").returncode == 0
+    time.sleep(0.3)
+    cap.send_signal(signal.SIGINT)
+    assert cap.wait(30) == 0, cap.stderr.read()
+    rows = tshark(out, "frame.interface_name", "icmp.type")
+    names = {r[0] for r in rows}
+    assert names <= {"a:std", "a:control"} and "a:std" in names
+    assert sum(1 for r in rows if r[1] == "8") == 3
+    # the service stopped it: a new capture starts at once
+    cap2 = capture(node, "a:std", "--duration", "0.2")
+    started(cap2)
+    assert cap2.wait(30) == 0
+
+
+def test_bad_requests_are_refused_and_leave_nothing_running(node):
+    node.pod("a", CT_SPEC)
+    for args, msg in (
+        (("a:std", "udp prot 5"), "capture filter 'udp prot 5'"),
+        (("nosuchpod",), "capture target 'nosuchpod': no such port or pod"),
+        (("a:media",), "pod a has no plane media"),
+        (("a:std", "-s", "10"), "snaplen 10"),
+    ):
+        cap = capture(node, *args)
+        assert cap.wait(30) != 0
+        assert msg in cap.stderr.read()
+    cap = capture(node, "a:std", "--duration", "0.2")
+    started(cap)
+    assert cap.wait(30) == 0
