@@ -38,7 +38,7 @@ struct dp_capture {
     uint64_t (*jit)(void *);
     struct rte_ring *free, *full;
     uint8_t *slots;
-    uint64_t tsc0, ns0, hz; /* TSC -> wall clock */
+    uint64_t tsc0, ns0, hz;              /* TSC -> wall clock */
     uint64_t matched, captured, dropped; /* atomics, by several workers */
 };
 
@@ -151,8 +151,7 @@ dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigne
         return dp_fail(-EINVAL, "capture snaplen %u: %d..%d bytes", snaplen, DP_CAP_SNAPLEN_MIN,
                        DP_CAP_SNAPLEN_MAX);
     if (slots < 2 || slots > DP_CAP_SLOTS_MAX || (slots & (slots - 1)))
-        return dp_fail(-EINVAL, "capture slots %u: a power of two, 2..%d", slots,
-                       DP_CAP_SLOTS_MAX);
+        return dp_fail(-EINVAL, "capture slots %u: a power of two, 2..%d", slots, DP_CAP_SLOTS_MAX);
     struct dp_capture *c = rte_zmalloc("dp_capture", sizeof(*c), RTE_CACHE_LINE_SIZE);
     if (c == NULL)
         return dp_fail(-ENOMEM, "capture: out of hugepage memory");

@@ -9,8 +9,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from dataplane import errors
-from tests.test_core import A, B, R1, R1_VTEP, Topo, udp_frame
-
+from tests.test_core import R1, R1_VTEP, A, B, Topo, udp_frame
 
 
 def test_rx_capture_takes_what_the_filter_matches(eng):

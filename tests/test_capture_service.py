@@ -93,7 +93,9 @@ def test_pod_plane_capture_to_pcapng_with_directions(node, tmp_path):
 
 def test_uplink_capture_prints_outer_vxlan_lines(node):
     a = node.pod("a", CT_SPEC)
-    cap = capture(node, "uplink", "-c", "2", "--direction", "tx", "udp port 4789 and ether[62:2] = 0x0806")
+    cap = capture(
+        node, "uplink", "-c", "2", "--direction", "tx", "udp port 4789 and ether[62:2] = 0x0806"
+    )
     started(cap)
     # nobody has this address: a's ARP requests are flooded to the remote VTEP
     ping(a["ns"], "192.168.50.200", count=3, interval="0.3")
