@@ -133,16 +133,18 @@ def read_pcap(path: str):
 # ------------------------------------------------------------------ checks
 
 
-def check_encap_output(inp, out, n_macs: int, n_vteps: int):
+def check_encap_output(inp, out, n_macs: int, n_vteps: int, sample: bool = False):
     """Problems (list of str) with ``out``, what the core sent to the uplink
     for ``inp``, the encap pcap's frames. Empty when every frame came out
-    tunnelled to the right VTEP with the headers docs/architecture.md describes."""
+    tunnelled to the right VTEP with the headers docs/architecture.md describes.
+    ``sample``: ``out`` is a sample of the output (any number, repeats
+    allowed): each must be right, none is missing."""
     vtep = {topo.remote_mac(k): topo.vtep_of(k, n_vteps) for k in range(n_macs)}
     want = {}
     for f in inp:
         want[f] = vtep[Ether(f).dst]
     errs = []
-    if len(out) != len(inp):
+    if len(out) != len(inp) and not sample:
         errs.append(f"{len(out)} frames out for {len(inp)} in")
     seen = set()
     for n, raw in enumerate(out):
@@ -181,15 +183,22 @@ def check_encap_output(inp, out, n_macs: int, n_vteps: int):
             errs.append("...")
             break
     missing = len(set(inp) - seen)
-    if missing and len(errs) <= 10:
+    if missing and len(errs) <= 10 and not sample:
         errs.append(f"{missing} input frames never came out")
     return errs
 
 
-def check_decap_output(inp, out):
+def check_decap_output(inp, out, sample: bool = False):
     """Problems with ``out``, what the core delivered to the pod port for
     ``inp``, the decap pcap's VXLAN frames: it must be exactly the inner
-    frames (order aside)."""
+    frames (order aside). ``sample``: each frame of ``out`` must be one of
+    them."""
+    if sample:
+        inner_set = {f[topo.VXLAN_OVERHEAD :] for f in inp}
+        bad = [f for f in out if f not in inner_set]
+        return (
+            [f"{len(bad)} of {len(out)} sampled frames are no input's inner frame"] if bad else []
+        )
     inner = sorted(f[topo.VXLAN_OVERHEAD :] for f in inp)
     got = sorted(out)
     if got == inner:

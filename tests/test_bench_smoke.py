@@ -31,16 +31,24 @@ RATIO = ("ratio", lambda x: x > 0)
 LOSS = ("loss", lambda x: 0 <= x <= 1)
 P99 = ("p99 in us", lambda x: x > 0)  # inf: above the histogram's last bound
 MAYBE = ("figure or 0 (a failed path)", lambda x: x >= 0)
+#: what encap/decap say of their set-up: the table sizes asked for, the
+#: timed runs' FDB cache miss ratio, and that the functional check ran
+TABLES = {
+    "macs": ("64 MACs", lambda x: x == 64),
+    "vteps": ("8 VTEPs", lambda x: x == 8),
+    "cache_miss": ("miss ratio", lambda x: 0 <= x <= 1),
+    "verified": ("1 (checked)", lambda x: x == 1),
+}
 CASES = {
     "encap": (
         QUICK + ["--warmup", "0"] + FEW_FRAMES,
         "encap64",
-        {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO},
+        {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO, **TABLES},
     ),
     "decap": (
         QUICK + ["--warmup", "0"] + FEW_FRAMES,
         "decap64",
-        {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO},
+        {"mpps": RATE, "testpmd_mpps": RATE, "ratio": RATIO, **TABLES},
     ),
     "planes": (
         QUICK + ["--warmup", "0.1", "--retries", "0", "--wait-others", "0"],
