@@ -11,7 +11,9 @@
 - ``afpacket``: VXLAN encap on veth, our AF_PACKET driver against DPDK's
   net_af_packet and the kernel's bridge + vxlan (bench.afpacket);
 - ``pods``: ping, TCP and 64-byte UDP between pods through the node service,
-  against the kernel's bridge and bridge + vxlan paths (bench.pods).
+  against the kernel's bridge and bridge + vxlan paths (bench.pods);
+- ``churn``: FDB updates per second through the API while the core
+  forwards, and the rate and longest stall they cause (bench.churn).
 
 Each shows its progress on stderr (``--quiet``: none) and prints one
 ``RESULT name=... key=value ...`` line on stdout.
@@ -31,4 +33,5 @@ BENCHMARKS = {
     "sched": ("sched", False),
     "afpacket": ("afpacket", False),
     "pods": ("pods", False),
+    "churn": ("churn", False),
 }

@@ -73,12 +73,21 @@ int dp_fdb_collect_net(int net, struct dp_fdb_keys *keys);
 void dp_fdb_purge(struct dp_fdb_keys *keys);
 void dp_fdb_keys_free(struct dp_fdb_keys *keys);
 
-/* after every FDB or VTEP table change: the workers' caches of them start
- * over (dp_internal.h) */
+/* after every VTEP table change: the workers' caches of it start over
+ * (dp_internal.h) */
 static inline void
 dp_tables_changed(void)
 {
     atomic_fetch_add_explicit(&dp.tbl_gen, 1, memory_order_release);
+}
+
+/* after FDB entry `key` changed (the table holds its new answer, or none):
+ * the workers' cached answer for it goes (dp_internal.h) */
+static inline void
+dp_fdb_changed(uint64_t key)
+{
+    unsigned slot = dp_key8_hash(key) & (DP_FDB_CACHE_SIZE - 1);
+    atomic_fetch_add_explicit(&dp.fdb_slot_gen[slot], 1, memory_order_release);
 }
 
 /* dp_tunnel.c */

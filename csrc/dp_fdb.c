@@ -81,7 +81,7 @@ fdb_remove(uint64_t key)
         return;
     /* no worker's cache answers with it once they have passed the grace
      * period the tunnel's release may wait for */
-    dp_tables_changed();
+    dp_fdb_changed(key);
     if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
         dp_tunnel_unref((int)(key >> 48), (int)DP_FDB_TARGET(old));
 }
@@ -115,7 +115,7 @@ fdb_store(int net, uint64_t key, void *val, int had, void *old)
     int ret = rte_hash_add_key_data(dp.fdb, &key, val);
     if (ret != 0)
         return dp_fail(ret, "FDB full");
-    dp_tables_changed();
+    dp_fdb_changed(key);
     if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
         dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
     return 0;
@@ -177,7 +177,7 @@ dp_fdb_del(int net, const uint8_t *mac)
     int ret = rte_hash_del_key(dp.fdb, &key);
     if (ret < 0)
         return dp_fail(ret, "cannot delete FDB entry");
-    dp_tables_changed();
+    dp_fdb_changed(key);
     if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
         dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
     return 0;

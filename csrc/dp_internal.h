@@ -48,11 +48,17 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
 /*
  * Per-worker caches of the FDB and of the (VNI, source VTEP) table: direct-
  * mapped copies of the tables' answers, indexed by the key's hash, in front
- * of the rte_hash tables (which stay the truth). The control thread bumps
- * dp.tbl_gen after every change to either table; a worker that sees a new
- * generation at the start of a loop starts a new epoch, and only entries of
- * the current epoch answer. Misses (and unknown keys, which are not cached)
- * go to one bulk table lookup per burst.
+ * of the rte_hash tables (which stay the truth). Misses (and unknown keys,
+ * which are not cached) go to one bulk table lookup per burst.
+ *
+ * FDB: a change to key k bumps dp.fdb_slot_gen[hash(k) % cache size] after
+ * the table holds the new answer; a cached entry answers only while its
+ * slot's generation is the one read before the table lookup that filled it.
+ * So one change costs the workers one cache slot, not the whole cache, and
+ * churn of some entries leaves the others cached.
+ * VTEP table: the control thread bumps dp.tbl_gen after every change; a
+ * worker that sees a new generation at the start of a loop starts a new
+ * epoch, and only entries of the current epoch answer.
  */
 #define DP_FDB_CACHE_SIZE 1024 /* entries per worker, power of two (16 KB) */
 #define DP_VTEP_CACHE_SIZE 256
@@ -220,7 +226,9 @@ struct dp_state {
     _Atomic(struct dp_poll_list *) poll[DP_MAX_WORKERS];
     _Atomic(struct dp_vtep *) vtep;
     uint8_t net_plane[DP_MAX_NETS]; /* plane of each network, for the workers */
-    atomic_uint tbl_gen;            /* bumped after every FDB or VTEP table change */
+    atomic_uint tbl_gen;            /* bumped after every VTEP table change */
+    /* bumped after a change to an FDB key of that worker cache slot */
+    atomic_uint fdb_slot_gen[DP_FDB_CACHE_SIZE];
     atomic_int stop;
     atomic_int running;
     struct dp_counters *ctr;

@@ -19,8 +19,9 @@
  * A cached table's answers for n keys of a burst; returns the hit mask. The
  * worker's cache answers first; what it cannot goes to the table in one bulk
  * lookup, and the table's answers are cached (dp_internal.h). fdb (a
- * constant once inlined): the FDB, whose values are kept as DP_FV; else the
- * VTEP table, whose values are network indexes.
+ * constant once inlined): the FDB, whose values are kept as DP_FV and
+ * whose entries are valid by their slot's generation; else the VTEP table,
+ * whose values are network indexes, valid by the worker's epoch.
  */
 static __rte_always_inline uint64_t
 cached_lookup(struct dp_wctx *w, struct dp_fdb_cent *cache, unsigned mask,
@@ -29,18 +30,25 @@ cached_lookup(struct dp_wctx *w, struct dp_fdb_cent *cache, unsigned mask,
 {
     const void *kp[DP_BURST];
     hash_sig_t msig[DP_BURST];
+    uint32_t mep[DP_BURST]; /* the epoch a miss's answer is cached under */
     uint8_t mi[DP_BURST];
     uint16_t nm = 0;
     uint64_t hits = 0;
     uint32_t ep = w->epoch;
     for (uint16_t i = 0; i < n; i++) {
-        const struct dp_fdb_cent *e = &cache[sig[i] & mask];
-        if (likely(e->key == keys[i] && e->epoch == ep)) {
+        unsigned slot = sig[i] & mask;
+        const struct dp_fdb_cent *e = &cache[slot];
+        /* FDB: the slot's generation + 1 (0 = never valid), read before the
+         * table lookup a miss makes (acquire: not after it) */
+        uint32_t cur =
+            fdb ? atomic_load_explicit(&dp.fdb_slot_gen[slot], memory_order_acquire) + 1 : ep;
+        if (likely(e->key == keys[i] && e->epoch == cur)) {
             val[i] = e->val;
             hits |= 1ull << i;
         } else {
             kp[nm] = &keys[i];
             msig[nm] = sig[i];
+            mep[nm] = cur;
             mi[nm++] = (uint8_t)i;
         }
     }
@@ -62,7 +70,7 @@ cached_lookup(struct dp_wctx *w, struct dp_fdb_cent *cache, unsigned mask,
         struct dp_fdb_cent *e = &cache[msig[j] & mask];
         e->key = keys[i];
         e->val = v;
-        e->epoch = ep;
+        e->epoch = mep[j];
         val[i] = v;
         hits |= 1ull << i;
     }
