@@ -45,7 +45,7 @@ import os
 import sys
 import tempfile
 
-from . import testpmd, traffic
+from . import ovs, testpmd, traffic
 from . import topology as topo
 from .common import (
     BenchError,
@@ -112,6 +112,24 @@ def _verify(args, kind: str, pcap: str, workdir: str):
     say(f"verify {kind}: {len(got)}/{len(inp)} frames forwarded correctly")
 
 
+def _verify_ovs(args, pcap: str, workdir: str):
+    """OVS-DPDK forwards the pcap into a pcap: what comes out must be right
+    (its outer UDP source ports are from its tunnel port range)."""
+    out = os.path.join(workdir, "ovs-verify-out.pcap")
+    try:
+        ovs.verify(pcap, out, args.macs, args.vteps, args.frames)
+        inp, got = traffic.read_pcap(pcap), traffic.read_pcap(out)
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+    errs = traffic.check_encap_output(
+        inp, got, args.macs, args.vteps, sample=True, sport_min=ovs.SPORT_MIN
+    )
+    if errs or not got:
+        raise BenchError("OVS-DPDK verification failed:\n  " + "\n  ".join(errs or ["nothing out"]))
+    say(f"verify ovs: {len(got)} frames sampled from its output, all encapsulated correctly")
+
+
 def _fmt_drops(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "none"
 
@@ -136,8 +154,10 @@ def run(args) -> dict:
         say(f"  {flen} bytes per frame in the pcap (+4 FCS on the wire)")
         if args.verify:
             _verify(args, kind, pcap, workdir)
+            if "ovs" in args.peers:
+                _verify_ovs(args, pcap, workdir)
 
-        ours, base, lookups, misses, sampled = [], [], 0, 0, 0
+        ours, base, ovs_runs, lookups, misses, sampled = [], [], [], 0, 0, 0
         inp = traffic.read_pcap(pcap)
         for r in range(1, args.runs + 1):
             o = _run_ours(args, kind, pcap)
@@ -181,6 +201,18 @@ def run(args) -> dict:
                     f"testpmd, run {r}: rx {b['rx_packets']} - tx {b['tx_packets']} "
                     "does not add up; no result"
                 )
+            if "ovs" in args.peers:
+                v = ovs.measure(pcap, args.seconds, args.warmup + 1.0, args.macs, args.vteps)
+                ovs_runs.append(v["mpps"])
+                say(
+                    f"run {r}/{args.runs} ovs     {v['mpps']:7.3f} Mpps  "
+                    f"(rx {v['rx_packets']}, tx {v['tx_packets']})"
+                )
+                if abs(v["rx_packets"] - v["tx_packets"]) > IN_FLIGHT:
+                    raise BenchError(
+                        f"ovs, run {r}: rx {v['rx_packets']} - tx {v['tx_packets']} "
+                        "does not add up; no result"
+                    )
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -193,7 +225,15 @@ def run(args) -> dict:
         f"(floor 0.5, aim 0.6)"
     )
     say(f"{sampled} frames sampled from the timed runs' output, all forwarded correctly")
+    peers = {}
+    if ovs_runs:
+        peers = {"ovs_mpps": median(ovs_runs), "ovs_ratio": ratio(m_ours, median(ovs_runs))}
+        say(
+            f"ovs-dpdk median {peers['ovs_mpps']:.3f} Mpps {fmt_runs(ovs_runs)}: ours/ovs "
+            f"{peers['ovs_ratio']:.2f} (goal 2.5)"
+        )
     return {
+        **peers,
         "name": name,
         "mpps": m_ours,
         "testpmd_mpps": m_base,
@@ -261,6 +301,11 @@ def parser() -> argparse.ArgumentParser:
         help="skip the functional check before timing",
     )
     ap.add_argument("--testpmd", default=testpmd.TESTPMD, help="testpmd binary")
+    ap.add_argument(
+        "--peers",
+        default="",
+        help="more contenders, comma-separated: ovs (OVS-DPDK, encap only)",
+    )
     return ap
 
 
@@ -271,6 +316,14 @@ def main(argv=None) -> int:
         topo.check_options(args, max_frames=1 << 20)
     except ValueError as e:
         ap.error(str(e))
+    args.peers = [p for p in args.peers.split(",") if p]
+    for p in args.peers:
+        if p != "ovs":
+            ap.error(f"--peers: unknown contender {p!r} (known: ovs)")
+    if args.peers and args.kind != "encap":
+        ap.error("--peers ovs: encap only")
+    if "ovs" in args.peers and ovs.available():
+        ap.error(f"--peers ovs: {ovs.available()}")
     return run_main(run, args, _result, errors=(testpmd.TestpmdError,))
 
 
@@ -283,4 +336,5 @@ def _result(res):
         "vteps": res["vteps"],
         "cache_miss": f"{res['cache_miss']:.4f}",
         "verified": res["verified"],
+        **{k: f"{res[k]:.3f}" for k in ("ovs_mpps", "ovs_ratio") if k in res},
     }

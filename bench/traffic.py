@@ -133,12 +133,15 @@ def read_pcap(path: str):
 # ------------------------------------------------------------------ checks
 
 
-def check_encap_output(inp, out, n_macs: int, n_vteps: int, sample: bool = False):
+def check_encap_output(
+    inp, out, n_macs: int, n_vteps: int, sample: bool = False, sport_min: int = 0xC000
+):
     """Problems (list of str) with ``out``, what the core sent to the uplink
     for ``inp``, the encap pcap's frames. Empty when every frame came out
     tunnelled to the right VTEP with the headers docs/architecture.md describes.
     ``sample``: ``out`` is a sample of the output (any number, repeats
-    allowed): each must be right, none is missing."""
+    allowed): each must be right, none is missing. ``sport_min``: the lowest
+    outer UDP source port accepted (ours: 49152 and up, RFC 7348's range)."""
     vtep = {topo.remote_mac(k): topo.vtep_of(k, n_vteps) for k in range(n_macs)}
     want = {}
     for f in inp:
@@ -170,7 +173,7 @@ def check_encap_output(inp, out, n_macs: int, n_vteps: int, sample: bool = False
             hdr[10:12] = b"\x00\x00"
             if ip.chksum != _ip_checksum(bytes(hdr)):
                 problems.append(f"outer IP checksum {ip.chksum:#06x}")
-            if udp.dport != topo.VXLAN_PORT or udp.chksum != 0 or udp.sport < 0xC000:
+            if udp.dport != topo.VXLAN_PORT or udp.chksum != 0 or udp.sport < sport_min:
                 problems.append(f"UDP {udp.sport}->{udp.dport} csum {udp.chksum:#x}")
             if udp.len != len(raw) - 34:
                 problems.append(f"UDP length {udp.len}")

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
            iproute2 ethtool iputils-ping tcpdump prometheus etcd-server \
-           clang-format iperf3 libpcap-dev tshark; do
+           clang-format iperf3 libpcap-dev tshark openvswitch-switch-dpdk; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -18,6 +18,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # the Prometheus server is started by the tests that need it, never as a service
 if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
+# Open vSwitch likewise: the encap benchmark runs its own OVS-DPDK in a namespace
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now openvswitch-switch.service >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/openvswitch-switch ]; then
+    if /etc/init.d/openvswitch-switch status >/dev/null 2>&1; then
+        /etc/init.d/openvswitch-switch stop >/dev/null 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null 2>&1; then update-rc.d openvswitch-switch disable >/dev/null 2>&1 || true; fi
+fi
 # etcd likewise: the tests start their own (free ports, a temporary data dir), so the
 # service the package installs is stopped and disabled (systemd or sysv init, if any)
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then

@@ -10,6 +10,7 @@ Needs root, DPDK with hugepages, dpdk-testpmd, a C compiler with DPDK's
 development files, iproute2: these tests fail, never skip, without them.
 """
 
+import glob
 import math
 import os
 import re
@@ -100,6 +101,17 @@ CASES = {
             },
         },
     ),
+    "churn": (
+        ["--seconds", "0.3", "--warmup", "0.1", "--runs", "1", "--churn-macs", "64"],
+        "churn",
+        {
+            "updates_per_s": RATE,
+            "mpps_during": RATE,
+            "mpps_without": RATE,
+            "ratio": RATIO,
+            "max_gap_ms": ("stall in ms", lambda x: x >= 0),
+        },
+    ),
 }
 QUIET = {"decap"}  # run with --quiet: stdout and stderr hold the RESULT line alone
 TIMEOUT_S = 240
@@ -181,3 +193,24 @@ def test_bench_runs(name):
         assert "bench: " not in err, f"--quiet, yet progress on stderr:\n{err}"
     else:
         assert "bench: run 1/1" in err or "bench: phase " in err, f"no progress on stderr:\n{err}"
+
+
+def test_encap_against_ovs_dpdk():
+    """``--peers ovs``: OVS-DPDK in a namespace of its own, verified and
+    measured beside ours and testpmd; nothing of it is left afterwards."""
+    args = QUICK + ["--warmup", "0", "--peers", "ovs"] + FEW_FRAMES
+    pid, rc, out, err = run_bench("encap", args)
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert "verify ovs: " in err and "all encapsulated correctly" in err, err
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert float(fields["ovs_mpps"]) > 0 and float(fields["ovs_ratio"]) > 0, out
+    assert list(fields)[-2:] == ["ovs_mpps", "ovs_ratio"], out
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    assert not glob.glob("/tmp/bench-ovs-*"), glob.glob("/tmp/bench-ovs-*")
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"bench-ovs-{pid}" not in ps
+
+
+def test_unknown_peer_is_refused():
+    pid, rc, out, err = run_bench("encap", ["--peers", "vpp"])
+    assert rc == 2 and "--peers: unknown contender 'vpp'" in err and out == ""
