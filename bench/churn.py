@@ -79,7 +79,8 @@ def run(args) -> dict:
             say(
                 f"run {r}/{args.runs}: {o['updates_per_s']:,.0f} updates/s, "
                 f"{o['mpps_during']:.3f} Mpps during vs {o['mpps_without']:.3f} without, "
-                f"longest stall {o['max_gap_ms']:.1f} ms ({o['samples']} samples)"
+                f"longest stall {o['max_gap_ms']:.1f} ms ({o['samples']} samples; "
+                f"{o['max_gap_without_ms']:.1f} ms without churn)"
             )
     res = {k: median([o[k] for o in runs]) for k in runs[0] if k not in ("drops",)}
     res["ratio"] = ratio(res["mpps_during"], res["mpps_without"])

@@ -1,7 +1,7 @@
 """What every benchmark entry point shares.
 
-- Output: progress lines (``say``, ``show``) go to stderr and ``--quiet``
-  silences them; the one ``RESULT name=... key=value ...`` line
+- Output: progress lines (``say``, ``show``) go to stderr, on a terminal
+  with the time elapsed, and ``--quiet`` silences them; the one ``RESULT name=... key=value ...`` line
   (``print_result``) goes to stdout, so ``python -m bench NAME > file``
   keeps the figures alone. Failures are said on stderr whatever ``--quiet``.
 - Options: ``--seconds``, ``--warmup``, ``--runs`` and ``--quiet``
@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EAL_RUNTIME_DIRS = ("/var/run/dpdk", os.environ.get("XDG_RUNTIME_DIR", "/tmp") + "/dpdk")
@@ -54,9 +55,20 @@ def show(line: str = ""):
         print(line, file=sys.stderr, flush=True)
 
 
+_T0 = time.monotonic()
+
+
 def say(msg: str = ""):
-    """A progress line of the benchmark: ``bench: msg``."""
-    show(f"bench: {msg}" if msg else "")
+    """A progress line of the benchmark: ``bench: msg``; on a terminal with
+    the time since the start, ``bench [1:05]: msg``, so a long run shows
+    how far it is."""
+    if not msg:
+        show("")
+    elif sys.stderr.isatty():
+        t = int(time.monotonic() - _T0)
+        show(f"bench [{t // 60}:{t % 60:02d}]: {msg}")
+    else:
+        show(f"bench: {msg}")
 
 
 def say_machine(busy: str):
