@@ -11,7 +11,8 @@ import time
 import uuid
 
 import pytest
-from test_service import CT_SPEC, IT_SPEC, NETWORKS, ROOT, Node, ip_of, ping, sh
+from nodeparts import sh, uplink_peer_in
+from test_service import CT_SPEC, IT_SPEC, NETWORKS, ROOT, Node, ip_of, ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -25,10 +26,7 @@ def node(tmp_path):
     )
     ul = f"dpcul{tag}"
     try:
-        sh("ip", "netns", "add", ul)
-        sh("ip", "link", "set", f"dpu{tag}b", "netns", ul)
-        sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", f"dpu{tag}b")
-        sh("ip", "-n", ul, "link", "set", f"dpu{tag}b", "up")
+        uplink_peer_in(n, ul)
         n.start()
         yield n
     finally:

@@ -12,7 +12,8 @@ import urllib.request
 import uuid
 
 import pytest
-from test_service import NETWORKS, Node, free_port, ip_of, ping, sh
+from nodeparts import sh, start_prometheus, uplink_peer_in
+from test_service import NETWORKS, Node, ip_of, ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -84,10 +85,7 @@ def shaped_node(tmp_path):
     )
     ul = f"dpoul{tag}"
     try:
-        sh("ip", "netns", "add", ul)
-        sh("ip", "link", "set", f"dpu{tag}b", "netns", ul)
-        sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", f"dpu{tag}b")
-        sh("ip", "-n", ul, "link", "set", f"dpu{tag}b", "up")
+        uplink_peer_in(n, ul)
         n.cfg.write_text(
             n.cfg.read_text().replace(
                 "uplink: " + n.uplink + "}", "uplink: " + n.uplink + ", uplink_rate: 100M}"
@@ -109,24 +107,7 @@ def test_every_dashboard_query_and_rule_works_on_a_real_service(shaped_node, tmp
     }
     a = node.pod("a", spec)
     b = node.pod("b", spec)
-    prom_port = free_port()
-    (tmp_path / "prom.yml").write_text(f"""
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-rule_files: [{RULES}]
-scrape_configs:
-  - job_name: dataplane
-    static_configs: [{{targets: ["127.0.0.1:{node.metrics_port}"]}}]
-""")
-    prom = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={tmp_path}/prom.yml",
-            f"--storage.tsdb.path={tmp_path}/tsdb",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom, prom_port = start_prometheus(tmp_path, node.metrics_port, rules=RULES)
     try:
         # traffic on every plane once Prometheus has its first sample
         for _ in range(150):

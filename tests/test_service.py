@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import urllib.request
 import uuid
 
 import pytest
+from nodeparts import free_port, sh, start_prometheus, uplink_peer_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -27,16 +27,6 @@ CT_SPEC = {
 IT_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 NETWORKS = """  - {name: net1, vni: 101, plane: std, subnet: 192.168.50.0/24, gateway: 192.168.50.1}
   - {name: net2, vni: 102, plane: control, subnet: 192.168.51.0/24}"""
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:
@@ -368,23 +358,7 @@ def test_prometheus_server_stores_what_was_sent(node, tmp_path):
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", IT_SPEC)
     assert ping(a["ns"], ip_of(b), count=20, interval="0.05").returncode == 0
-    port = free_port()
-    (tmp_path / "prom.yml").write_text(f"""
-global: {{scrape_interval: 1s}}
-scrape_configs:
-  - job_name: dataplane
-    static_configs: [{{targets: ["127.0.0.1:{node.metrics_port}"]}}]
-""")
-    prom = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={tmp_path}/prom.yml",
-            f"--storage.tsdb.path={tmp_path}/tsdb",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom, port = start_prometheus(tmp_path, node.metrics_port)
     try:
         st = node.api("GET", "/v1/status")
         a_port = next(
@@ -440,10 +414,7 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
     ul = f"dptul{tag}"
     try:
         # the uplink's peer lives in an underlay namespace as 10.99.0.2
-        sh("ip", "netns", "add", ul)
-        sh("ip", "link", "set", f"dpu{tag}b", "netns", ul)
-        sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", f"dpu{tag}b")
-        sh("ip", "-n", ul, "link", "set", f"dpu{tag}b", "up")
+        uplink_peer_in(n, ul)
         cfg = n.cfg.read_text().replace(
             "uplink: " + n.uplink + "}", "uplink: " + n.uplink + ", uplink_rate: 100M}"
         )

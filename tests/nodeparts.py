@@ -1,0 +1,49 @@
+"""Parts the node-service tests share beyond test_service.Node: the uplink's
+peer moved into an underlay namespace, and a real Prometheus server."""
+
+import socket
+import subprocess
+
+
+def sh(*cmd, check=True):
+    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def uplink_peer_in(node, ns, ip="10.99.0.2/24"):
+    """Move the node's uplink peer (dpu<tag>b) into a new namespace ``ns``
+    as the underlay host ``ip``; the caller deletes ``ns``."""
+    peer = f"dpu{node.tag}b"
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "set", peer, "netns", ns)
+    sh("ip", "-n", ns, "addr", "add", ip, "dev", peer)
+    sh("ip", "-n", ns, "link", "set", peer, "up")
+
+
+def start_prometheus(tmp_path, metrics_port, rules=None):
+    """A Prometheus server scraping 127.0.0.1:metrics_port every second as
+    job ``dataplane`` (evaluating ``rules`` if given): (process, its port).
+    The caller terminates it."""
+    port = free_port()
+    (tmp_path / "prom.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        + (f"rule_files: [{rules}]\n" if rules else "")
+        + "scrape_configs:\n  - job_name: dataplane\n"
+        + f'    static_configs: [{{targets: ["127.0.0.1:{metrics_port}"]}}]\n'
+    )
+    prom = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path}/prom.yml",
+            f"--storage.tsdb.path={tmp_path}/tsdb",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return prom, port
