@@ -487,3 +487,10 @@ class EtcdStore(StateStore):
         endpoint has (or another pair reserved) is skipped for the next
         derivation. The reservation goes with ``delete_pod``."""
         return self.client.atomic(lambda tx: alloc.take_mac(tx, self.layout, pod, plane))
+
+    def reserve_mac(self, pod: str, plane: str, mac: str) -> str:
+        """``mac`` reserved for (pod, plane) in the whole cluster, atomically:
+        ConfigError if another pair has it (see
+        :func:`dataplane.store.etcd_alloc.reserve_mac`). The reservation goes
+        with ``delete_pod``."""
+        return self.client.atomic(lambda tx: alloc.reserve_mac(tx, self.layout, pod, plane, mac))
