@@ -55,8 +55,8 @@ class Route:
     """A handler with the fields its request may have. ``body`` and
     ``query`` map a field's name to its check, ``check(value, path)``
     returning the (normalised) value or raising ConfigError; an unknown
-    field is refused with the closest known one. ``required``: fields that
-    must be given, in the body or the query."""
+    field is refused with the closest known one; a null one is not given.
+    ``required``: fields that must be given, in the body or the query."""
 
     fn: Handler
     body: Mapping[str, Callable[[Any, str], Any]] = dataclasses.field(default_factory=dict)
@@ -67,7 +67,7 @@ class Route:
         check_keys(query, "", self.query, what="query parameter", name="query")
         check_keys(body, "", self.body, what="field", name="request body")
         query = {k: self.query[k](v, k) for k, v in query.items()}
-        body = {k: self.body[k](v, k) for k, v in body.items()}
+        body = {k: self.body[k](v, k) for k, v in body.items() if v is not None}
         for k in self.required:
             if body.get(k) is None and query.get(k) is None:
                 raise fail(k, "is required")
@@ -366,7 +366,10 @@ def call(path: str, method: str, endpoint: str, body=None, timeout=60, query=Non
     try:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data else {}
-        conn.request(method, endpoint, body=data, headers=headers)
+        try:
+            conn.request(method, endpoint, body=data, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before it was read (a busy server's 503): read that
         resp = conn.getresponse()
         obj = json.loads(resp.read() or b"null")
         if resp.status != 200:
