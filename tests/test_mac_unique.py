@@ -1,0 +1,166 @@
+"""No MAC given twice: on one node (SQLite store) and across two node services
+sharing a real etcd. Requested MACs are checked against every endpoint's MAC,
+derived or requested, and must be unicast, not all-zero and not reserved;
+a deleted pod's MACs are free again."""
+
+import json
+import os
+import uuid
+
+import pytest
+
+from dataplane.api import APIError
+from dataplane.store.etcd import EtcdStore
+from tests.etcdhost import shared_server
+from tests.test_service import CT_SPEC, IT_SPEC, Node, sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+M = "02:00:00:aa:00:01"
+
+
+def with_mac(spec, mac, plane="std"):
+    return {**spec, "macs": {plane: mac}}
+
+
+def mac_of(info, plane="std"):
+    return next(p["mac"] for p in info["planes"] if p["plane"] == plane)
+
+
+def add_pod(node, name, spec):
+    """``node.pod``, in a namespace made on the first try for ``name`` only."""
+    ns = f"dpt{node.tag}{name}"
+    if ns not in node.netns:
+        sh("ip", "netns", "add", ns)
+        node.netns.append(ns)
+    info = node.api(
+        "POST", "/v1/pods", {"name": name, "netns": f"/var/run/netns/{ns}", "spec": spec}
+    )
+    node.host_links |= {p["host_ifname"] for p in info["planes"]}
+    return dict(info, ns=ns)
+
+
+def refused(node, name, spec, words, status=400):
+    """Pod ``name`` refused with ``words``; the node's pods as before."""
+    before = node.api("GET", "/v1/pods")
+    with pytest.raises(APIError) as e:
+        add_pod(node, name, spec)
+    assert e.value.status == status and words in str(e.value), str(e.value)
+    assert node.api("GET", "/v1/pods") == before
+    return str(e.value)
+
+
+def link_mac(info, ifname="eth0"):
+    out = sh("ip", "-n", info["ns"], "-o", "link", "show", ifname).stdout
+    return out.split("link/ether ")[1].split()[0]
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node(tmp_path, uuid.uuid4().hex[:5])
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+# ---------------------------------------------------------------- one node
+def test_requested_mac_used_once_on_a_node(node):
+    a = add_pod(node, "a", with_mac(IT_SPEC, M))
+    assert mac_of(a) == M and link_mac(a) == M
+    refused(node, "b", with_mac(IT_SPEC, M), f"macs.std: {M} is the MAC of pod a plane std")
+    # another plane of another pod: the same
+    refused(node, "b", with_mac(CT_SPEC, M, "control"), f"macs.control: {M} is the MAC of pod a")
+    # upper case is the same MAC
+    refused(node, "b", with_mac(IT_SPEC, M.upper()), "is the MAC of pod a")
+
+
+def test_derived_mac_cannot_be_requested(node):
+    c = add_pod(node, "c", CT_SPEC)
+    g = mac_of(c, "control")
+    refused(node, "d", with_mac(IT_SPEC, g), f"{g} is the MAC of pod c plane control")
+
+
+def test_derived_mac_skips_requested_ones(node):
+    # pod "e"'s std MAC is derived from its name: ask for it under another pod
+    # first; "e" then gets another one
+    from dataplane.store.common import derive_mac
+
+    first = derive_mac("e", "std", 0)
+    f = add_pod(node, "f", with_mac(IT_SPEC, first))
+    e = add_pod(node, "e", IT_SPEC)
+    assert mac_of(f) == first and mac_of(e) != first
+
+
+def test_deleted_pods_mac_is_free_again(node):
+    add_pod(node, "a", with_mac(IT_SPEC, M))
+    node.cli("pod", "del", "a")
+    b = add_pod(node, "b", with_mac(IT_SPEC, M))
+    assert mac_of(b) == M and link_mac(b) == M
+
+
+@pytest.mark.parametrize(
+    "mac, words",
+    [
+        ("01:80:c2:00:00:0e", "multicast/broadcast"),  # LLDP: a bridge group address
+        ("01:00:5e:00:00:01", "multicast/broadcast"),
+        ("33:33:00:00:00:01", "multicast/broadcast"),
+        ("ff:ff:ff:ff:ff:ff", "multicast/broadcast"),
+        ("00:00:00:00:00:00", "all-zero"),
+        ("00:00:5e:00:01:07", "reserved: 00:00:5e:xx:xx:xx"),  # VRRP virtual router
+        ("00:00:5e:00:53:01", "reserved"),  # documentation
+        ("02:00:00:00:00", "not a MAC address"),
+    ],
+)
+def test_reserved_or_group_mac_refused(node, mac, words):
+    assert refused(node, "x", with_mac(IT_SPEC, mac), words).startswith("macs.std: ")
+
+
+# ------------------------------------------------------- two nodes, one etcd
+@pytest.fixture
+def cluster(tmp_path, request):
+    srv = shared_server(request.config)
+    prefix = f"/dptest/{uuid.uuid4().hex}"
+    store = f"store: {{kind: etcd, endpoints: ['{srv.url}'], prefix: {prefix}}}"
+    nodes = []
+    try:
+        for i in (1, 2):
+            (tmp_path / f"n{i}").mkdir()
+            n = Node(tmp_path / f"n{i}", uuid.uuid4().hex[:5], extra=store)
+            nodes.append(n)
+            n.cfg.write_text(n.cfg.read_text().replace("10.99.0.1/24", f"10.99.0.{i}/24"))
+            n.start()
+        es = EtcdStore([srv.url], prefix=prefix)
+        yield nodes[0], nodes[1], es
+        es.close()
+    finally:
+        for n in nodes:
+            n.cleanup()
+        with EtcdStore([srv.url], prefix=prefix) as es:
+            for p in es.pods():
+                es.delete_pod(p["name"])
+
+
+def test_mac_unique_across_the_cluster(cluster):
+    n1, n2, es = cluster
+    a = add_pod(n1, "a", with_mac(IT_SPEC, M))
+    assert mac_of(a) == M
+    assert es.client.get(es.layout.key("macs", M)) == {"pod": "a", "plane": "std"}
+    # requested on the other node: refused, nothing recorded for it
+    refused(n2, "b", with_mac(IT_SPEC, M), f"{M} is the MAC of pod a plane std")
+    assert es.pod("b") is None
+    # a MAC derived on one node cannot be requested on the other
+    c = add_pod(n1, "c", CT_SPEC)
+    g = mac_of(c, "control")
+    refused(n2, "d", with_mac(CT_SPEC, g), f"{g} is the MAC of pod c plane control")
+    # released with the pod: the other node may take it now
+    n1.cli("pod", "del", "a")
+    assert es.client.get(es.layout.key("macs", M)) is None
+    b = add_pod(n2, "b", with_mac(IT_SPEC, M))
+    assert mac_of(b) == M and link_mac(b) == M
+    assert es.client.get(es.layout.key("macs", M)) == {"pod": "b", "plane": "std"}
+    # and the first node now refuses it
+    refused(n1, "e", with_mac(IT_SPEC, M), "is the MAC of pod b plane std")
+    assert {p["name"] for p in es.pods()} == {"b", "c"}
+    assert json.dumps(es.pod("b")["spec"]["macs"]) == json.dumps({"std": M})
