@@ -362,3 +362,29 @@ def test_service_survives_everything_above(node):
     pods = node.api("GET", "/v1/pods")
     assert [p["name"] for p in pods] == ["victim"] and pods[0]["state"] == "ready"
     assert "eth0" in sh("ip", "-n", node.victim["ns"], "-o", "link").stdout
+
+
+# ------------------------------------------------------- the checks alone
+def test_check_pod_name():
+    from dataplane.checks import POD_NAME_MAX, check_pod_name
+    from dataplane.errors import ConfigError
+
+    for ok in ("a", "pod-1.web_0", "A" * POD_NAME_MAX, "0abc"):
+        assert check_pod_name(ok) == ok
+    for bad in ("x&y", "a\n", "-a", "a" * (POD_NAME_MAX + 1), "", None, "a%20b"):
+        with pytest.raises(ConfigError, match=r"^name: "):
+            check_pod_name(bad)
+
+
+def test_check_json_depth_ignores_brackets_in_strings():
+    from dataplane.checks import check_json_depth
+    from dataplane.errors import ConfigError
+
+    check_json_depth("[" * JSON_MAX_DEPTH + "]" * JSON_MAX_DEPTH, "x")
+    check_json_depth('{"a": "' + "[" * 1000 + '"}', "x")
+    check_json_depth('["\\"[[[["]', "x", limit=1)  # an escaped quote stays in the string
+    with pytest.raises(ConfigError, match=r"^x: nested deeper than 32 levels"):
+        check_json_depth("[" * (JSON_MAX_DEPTH + 1), "x")
+    t = time.monotonic()
+    check_json_depth('"\\"' * 300_000, "x")  # linear: no backtracking
+    assert time.monotonic() - t < 2

@@ -164,3 +164,73 @@ def test_mac_unique_across_the_cluster(cluster):
     refused(n1, "e", with_mac(IT_SPEC, M), "is the MAC of pod b plane std")
     assert {p["name"] for p in es.pods()} == {"b", "c"}
     assert json.dumps(es.pod("b")["spec"]["macs"]) == json.dumps({"std": M})
+
+
+# ------------------------------------------------------------ the stores alone
+@pytest.fixture(params=["sqlite", "etcd"])
+def store(request, tmp_path):
+    from dataplane.store import SqliteStore
+
+    if request.param == "sqlite":
+        s = SqliteStore(str(tmp_path / "s.db"))
+    else:
+        srv = shared_server(request.config)
+        s = EtcdStore([srv.url], prefix=f"/dptest/{uuid.uuid4().hex}")
+    yield s
+    for p in s.pods():
+        s.delete_pod(p["name"])
+    s.close()
+
+
+def _endpoint(store, pod, plane, mac):
+    store.put_pod(pod, "/x", {})
+    store.add_endpoint(pod, plane, "net1", "eth0", f"h-{pod}-{plane}", mac, None)
+
+
+def test_store_reserve_mac(store):
+    from dataplane.errors import ConfigError
+
+    assert store.reserve_mac("a", "std", M) == M
+    _endpoint(store, "a", "std", M)
+    assert store.reserve_mac("a", "std", M) == M  # the pair's own: again
+    with pytest.raises(ConfigError, match=rf"^macs\.media: {M} is the MAC of pod a plane std"):
+        store.reserve_mac("b", "media", M)
+    g = store.allocate_mac("c", "std")
+    _endpoint(store, "c", "std", g)
+    with pytest.raises(ConfigError, match="is the MAC of pod c plane std"):
+        store.reserve_mac("b", "std", g)
+    store.delete_pod("a")
+    assert store.reserve_mac("b", "media", M) == M
+
+
+def test_etcd_reserve_mac_race_has_one_winner(request):
+    """Eight stores (eight nodes) ask for one MAC at once: one gets it."""
+    import threading
+
+    from dataplane.errors import ConfigError
+
+    srv = shared_server(request.config)
+    prefix = f"/dptest/{uuid.uuid4().hex}"
+    stores = [EtcdStore([srv.url], prefix=prefix) for _ in range(8)]
+    won, lost = [], []
+    go = threading.Barrier(len(stores))
+
+    def ask(i, s):
+        go.wait()
+        try:
+            won.append(s.reserve_mac(f"p{i}", "std", M))
+        except ConfigError:
+            lost.append(i)
+
+    threads = [threading.Thread(target=ask, args=(i, s)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert len(won) == 1 and len(lost) == len(stores) - 1
+        owner = stores[0].client.get(stores[0].layout.key("macs", M))
+        assert owner["pod"] not in {f"p{i}" for i in lost}
+    finally:
+        for s in stores:
+            s.close()

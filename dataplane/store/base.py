@@ -8,7 +8,7 @@ done::
     store.put_pod(name, netns, spec)                  # pod state 'pending'
     for each plane:
         ip  = store.allocate_ip(net, subnet, gw, name, fixed)
-        mac = store.allocate_mac(name, plane)
+        mac = store.allocate_mac(name, plane)        # or reserve_mac(name, plane, asked)
         store.add_endpoint(name, plane, net, ifname, host_ifname, mac, ip)
                                                       # endpoint 'pending'
         ... create the interfaces, attach the port ...

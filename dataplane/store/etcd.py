@@ -17,9 +17,9 @@ serialisable against every other writer, on any node:
 - ``put_network`` compares ``P/vni/<vni>``: two nodes that give one VNI to two
   networks at once cannot both win; the loser sees the winner's network on
   its retry and gets the same ConfigError as with SQLite.
-- ``allocate_ip`` and ``allocate_mac`` create the address's (the MAC's) key
-  only if it is still absent, so that two nodes never get the same one (see
-  :mod:`dataplane.store.etcd_alloc`).
+- ``allocate_ip``, ``allocate_mac`` and ``reserve_mac`` create the address's
+  (the MAC's) key only if it is still absent, so that two nodes never get
+  the same one (see :mod:`dataplane.store.etcd_alloc`).
 - ``delete_pod`` removes the pod, its endpoints, addresses and MACs in one
   transaction.
 

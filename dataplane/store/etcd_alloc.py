@@ -8,8 +8,8 @@ key ``P/alloc/<network>/<ip>`` is created only if it is still absent
 ``P/podalloc/<pod>/<network>``, so a pod never gets two addresses on one
 network either. The loser reads again and takes one of the lowest free
 addresses at random, so that racing nodes spread out instead of colliding
-again. A MAC is reserved the same way (``P/macs/<mac>``), for one (pod,
-plane) in the whole cluster.
+again. A MAC, derived or asked for by a pod's spec, is reserved the same
+way (``P/macs/<mac>``), for one (pod, plane) in the whole cluster.
 """
 
 import ipaddress
