@@ -33,7 +33,8 @@ def node(tmp_path_factory):
     n = Node(tmp_path_factory.mktemp("apisafe"), uuid.uuid4().hex[:5])
     try:
         n.start()
-        n.victim = n.pod("victim", IT_SPEC)
+        # named with the tag: host interface names derive from pod names
+        n.victim = n.pod(f"victim{n.tag}", IT_SPEC)
         yield n
     finally:
         n.cleanup()
@@ -116,7 +117,7 @@ def test_socket_is_root_only(node):
 
 
 def test_valid_requests_still_answered(node):
-    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["victim"]
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == [node.victim["name"]]
     assert {n["name"] for n in node.api("GET", "/v1/networks")} == {"net1", "net2"}
     assert node.api("GET", "/v1/status")["node"] == f"node-{node.tag}"
 
@@ -151,9 +152,9 @@ def test_pod_name_wrong_type_refused(node):
 
 def test_cli_encodes_names_del_cannot_reach_another_pod(node):
     with unchanged(node):
-        r = node.cli("pod", "del", "x&name=victim", check=False)
+        r = node.cli("pod", "del", f"x&name={node.victim['name']}", check=False)
     assert r.returncode != 0 and "is not a valid pod name" in r.stderr, r.stderr
-    assert "victim" in [p["name"] for p in node.api("GET", "/v1/pods")]
+    assert node.victim["name"] in [p["name"] for p in node.api("GET", "/v1/pods")]
 
 
 # -------------------------------------------------------------------- query
@@ -349,7 +350,7 @@ def test_connections_are_bounded(node):
             node.api("GET", "/v1/pods")
         assert e.value.status == 503
         time.sleep(REQUEST_TIMEOUT_S + 1)  # the idle ones are answered 408, closed
-        assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["victim"]
+        assert [p["name"] for p in node.api("GET", "/v1/pods")] == [node.victim["name"]]
         assert all(c.recv(20).startswith(b"HTTP/1.0 408") for c in idle)
     finally:
         for c in idle:
@@ -360,7 +361,7 @@ def test_service_survives_everything_above(node):
     """The service is still up and the victim pod still attached."""
     assert node.proc.poll() is None
     pods = node.api("GET", "/v1/pods")
-    assert [p["name"] for p in pods] == ["victim"] and pods[0]["state"] == "ready"
+    assert [p["name"] for p in pods] == [node.victim["name"]] and pods[0]["state"] == "ready"
     assert "eth0" in sh("ip", "-n", node.victim["ns"], "-o", "link").stdout
 
 

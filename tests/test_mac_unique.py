@@ -66,38 +66,43 @@ def node(tmp_path):
 
 
 # ---------------------------------------------------------------- one node
+# pod names carry the node's tag: host interface names derive from them, and
+# other services on this machine may run pods called "a" at the same time
 def test_requested_mac_used_once_on_a_node(node):
-    a = add_pod(node, "a", with_mac(IT_SPEC, M))
-    assert mac_of(a) == M and link_mac(a) == M
-    refused(node, "b", with_mac(IT_SPEC, M), f"macs.std: {M} is the MAC of pod a plane std")
+    a, b = f"a{node.tag}", f"b{node.tag}"
+    pa = add_pod(node, a, with_mac(IT_SPEC, M))
+    assert mac_of(pa) == M and link_mac(pa) == M
+    refused(node, b, with_mac(IT_SPEC, M), f"macs.std: {M} is the MAC of pod {a} plane std")
     # another plane of another pod: the same
-    refused(node, "b", with_mac(CT_SPEC, M, "control"), f"macs.control: {M} is the MAC of pod a")
+    refused(node, b, with_mac(CT_SPEC, M, "control"), f"macs.control: {M} is the MAC of pod {a}")
     # upper case is the same MAC
-    refused(node, "b", with_mac(IT_SPEC, M.upper()), "is the MAC of pod a")
+    refused(node, b, with_mac(IT_SPEC, M.upper()), f"is the MAC of pod {a}")
 
 
 def test_derived_mac_cannot_be_requested(node):
-    c = add_pod(node, "c", CT_SPEC)
-    g = mac_of(c, "control")
-    refused(node, "d", with_mac(IT_SPEC, g), f"{g} is the MAC of pod c plane control")
+    c, d = f"c{node.tag}", f"d{node.tag}"
+    g = mac_of(add_pod(node, c, CT_SPEC), "control")
+    refused(node, d, with_mac(IT_SPEC, g), f"{g} is the MAC of pod {c} plane control")
 
 
 def test_derived_mac_skips_requested_ones(node):
-    # pod "e"'s std MAC is derived from its name: ask for it under another pod
-    # first; "e" then gets another one
+    # pod e's std MAC is derived from its name: ask for it under another pod
+    # first; e then gets another one
     from dataplane.store.common import derive_mac
 
-    first = derive_mac("e", "std", 0)
-    f = add_pod(node, "f", with_mac(IT_SPEC, first))
-    e = add_pod(node, "e", IT_SPEC)
-    assert mac_of(f) == first and mac_of(e) != first
+    e, f = f"e{node.tag}", f"f{node.tag}"
+    first = derive_mac(e, "std", 0)
+    pf = add_pod(node, f, with_mac(IT_SPEC, first))
+    pe = add_pod(node, e, IT_SPEC)
+    assert mac_of(pf) == first and mac_of(pe) != first
 
 
 def test_deleted_pods_mac_is_free_again(node):
-    add_pod(node, "a", with_mac(IT_SPEC, M))
-    node.cli("pod", "del", "a")
-    b = add_pod(node, "b", with_mac(IT_SPEC, M))
-    assert mac_of(b) == M and link_mac(b) == M
+    a, b = f"a{node.tag}", f"b{node.tag}"
+    add_pod(node, a, with_mac(IT_SPEC, M))
+    node.cli("pod", "del", a)
+    pb = add_pod(node, b, with_mac(IT_SPEC, M))
+    assert mac_of(pb) == M and link_mac(pb) == M
 
 
 @pytest.mark.parametrize(
@@ -144,26 +149,26 @@ def cluster(tmp_path, request):
 
 def test_mac_unique_across_the_cluster(cluster):
     n1, n2, es = cluster
-    a = add_pod(n1, "a", with_mac(IT_SPEC, M))
-    assert mac_of(a) == M
-    assert es.client.get(es.layout.key("macs", M)) == {"pod": "a", "plane": "std"}
+    a, b, c, d, e = (f"{x}{n1.tag}" for x in "abcde")
+    pa = add_pod(n1, a, with_mac(IT_SPEC, M))
+    assert mac_of(pa) == M
+    assert es.client.get(es.layout.key("macs", M)) == {"pod": a, "plane": "std"}
     # requested on the other node: refused, nothing recorded for it
-    refused(n2, "b", with_mac(IT_SPEC, M), f"{M} is the MAC of pod a plane std")
-    assert es.pod("b") is None
+    refused(n2, b, with_mac(IT_SPEC, M), f"{M} is the MAC of pod {a} plane std")
+    assert es.pod(b) is None
     # a MAC derived on one node cannot be requested on the other
-    c = add_pod(n1, "c", CT_SPEC)
-    g = mac_of(c, "control")
-    refused(n2, "d", with_mac(CT_SPEC, g), f"{g} is the MAC of pod c plane control")
+    g = mac_of(add_pod(n1, c, CT_SPEC), "control")
+    refused(n2, d, with_mac(CT_SPEC, g), f"{g} is the MAC of pod {c} plane control")
     # released with the pod: the other node may take it now
-    n1.cli("pod", "del", "a")
+    n1.cli("pod", "del", a)
     assert es.client.get(es.layout.key("macs", M)) is None
-    b = add_pod(n2, "b", with_mac(IT_SPEC, M))
-    assert mac_of(b) == M and link_mac(b) == M
-    assert es.client.get(es.layout.key("macs", M)) == {"pod": "b", "plane": "std"}
+    pb = add_pod(n2, b, with_mac(IT_SPEC, M))
+    assert mac_of(pb) == M and link_mac(pb) == M
+    assert es.client.get(es.layout.key("macs", M)) == {"pod": b, "plane": "std"}
     # and the first node now refuses it
-    refused(n1, "e", with_mac(IT_SPEC, M), "is the MAC of pod b plane std")
-    assert {p["name"] for p in es.pods()} == {"b", "c"}
-    assert json.dumps(es.pod("b")["spec"]["macs"]) == json.dumps({"std": M})
+    refused(n1, e, with_mac(IT_SPEC, M), f"is the MAC of pod {b} plane std")
+    assert {p["name"] for p in es.pods()} == {b, c}
+    assert json.dumps(es.pod(b)["spec"]["macs"]) == json.dumps({"std": M})
 
 
 # ------------------------------------------------------------ the stores alone
