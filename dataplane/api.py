@@ -152,6 +152,11 @@ def _refuse_busy(sock: socket.socket, limit: int):
         pass
 
 
+def _plain(text: str, limit: int) -> str:
+    """Request text as a message shows it: as it is if short and printable."""
+    return text if len(text) <= limit and text.isprintable() else brief(text, limit)
+
+
 def _parse_query(query: str) -> Dict[str, str]:
     """The query string as {name: value}, percent-decoded strictly (UTF-8;
     each name once)."""
@@ -277,12 +282,11 @@ class APIServer:
                 fn = api.routes.get((method, path))
                 if fn is None:
                     allowed = sorted(m for m, p in api.routes if p == path)
+                    said = f"{_plain(method, 16)} {_plain(path, 200)}"
                     if not allowed:
-                        raise _Refused(404, f"no such endpoint: {brief(path)}")
+                        raise _Refused(404, f"no such endpoint: {said}")
                     self._allow = ", ".join(allowed)
-                    if not (method.isalpha() and len(method) <= 16):
-                        method = brief(method, 16)
-                    raise _Refused(405, f"{method} {path}: method not allowed ({self._allow})")
+                    raise _Refused(405, f"{said}: method not allowed ({self._allow})")
                 params = _parse_query(query)
                 try:
                     body = self._body()
