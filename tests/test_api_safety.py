@@ -9,6 +9,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -114,6 +116,15 @@ def test_socket_is_root_only(node):
     st = os.stat(node.sock)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    # another user cannot connect
+    script = (
+        "import os, socket, sys\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, node.sock], capture_output=True, text=True)
+    assert r.returncode == 13, r.stderr
 
 
 def test_valid_requests_still_answered(node):
