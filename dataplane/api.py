@@ -1,31 +1,199 @@
 """Control API transport: HTTP+JSON on a unix socket (mode 0600).
 
-The server maps (method, path) to handler functions that take the decoded
-JSON body and return a JSON-able value; errors from bad input come back as
-400 with {"error": message}, unknown objects as 404.
+The server maps (method, path) to handlers that take the decoded JSON body
+and the query parameters and return a JSON-able value. A handler is a plain
+function ``fn(body, query)``, or a :class:`Route` that also names the fields
+the body and the query may have, with a check for each: the request is
+refused, naming the field, before the handler runs.
+
+Every request is answered with JSON: the handler's value with 200, or
+``{"error": message}`` with 400 (bad input), 404 (unknown object or path),
+405 (a method the path does not take), 408 (the request was not read in
+:data:`REQUEST_TIMEOUT_S`), 409 (exists, busy), 411 (no Content-Length with
+a body), 413 (a body over :data:`MAX_BODY_BYTES`), 431 (a request head over
+:data:`MAX_HEAD_BYTES`), 503 (more than :data:`MAX_CONNECTIONS` at once) or
+500. One request per connection. A refused request changes nothing.
 """
 
+import dataclasses
 import http.client
 import http.server
+import io
 import json
 import os
+import re
 import socket
 import socketserver
 import threading
-from typing import Callable, Dict, Tuple
+import time
+import urllib.parse
+from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
-from .checks import load_json_object
+from .checks import brief, check_keys, fail, load_json_object
 from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
 
 Handler = Callable[[dict, dict], object]
 
+#: the largest request body read, bytes (a pod spec is well under 4 KiB)
+MAX_BODY_BYTES = 256 * 1024
+#: the largest request line plus headers, bytes
+MAX_HEAD_BYTES = 16 * 1024
+#: the time a client has to send its whole request, seconds
+REQUEST_TIMEOUT_S = 10.0
+#: the time a client has to take the answer, seconds
+REPLY_TIMEOUT_S = 10.0
+#: connections served at once; more are answered 503 at once
+MAX_CONNECTIONS = 16
+#: query parameters one request may give
+MAX_QUERY_FIELDS = 8
+
+_CONTENT_LENGTH_RE = re.compile(r"[0-9]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A handler with the fields its request may have. ``body`` and
+    ``query`` map a field's name to its check, ``check(value, path)``
+    returning the (normalised) value or raising ConfigError; an unknown
+    field is refused with the closest known one; a null one is not given.
+    ``required``: fields that must be given, in the body or the query."""
+
+    fn: Handler
+    body: Mapping[str, Callable[[Any, str], Any]] = dataclasses.field(default_factory=dict)
+    query: Mapping[str, Callable[[Any, str], Any]] = dataclasses.field(default_factory=dict)
+    required: Tuple[str, ...] = ()
+
+    def __call__(self, body: dict, query: dict):
+        check_keys(query, "", self.query, what="query parameter", name="query")
+        check_keys(body, "", self.body, what="field", name="request body")
+        query = {k: self.query[k](v, k) for k, v in query.items()}
+        body = {k: self.body[k](v, k) for k, v in body.items() if v is not None}
+        for k in self.required:
+            if body.get(k) is None and query.get(k) is None:
+                raise fail(k, "is required")
+        return self.fn(body, query)
+
+
+class _Refused(Exception):
+    """A request the server answers with ``status`` before any handler runs."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's bytes until a deadline (then 408) and up to a total
+    (then 413): what a request may take in time and memory."""
+
+    def __init__(self, sock: socket.socket, deadline: float, limit: int):
+        self.sock = sock
+        self.deadline = deadline
+        self.left = limit
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Refused(408, f"request not received within {REQUEST_TIMEOUT_S:g} s")
+        if self.left <= 0:
+            raise _Refused(413, f"request larger than {MAX_HEAD_BYTES + MAX_BODY_BYTES} bytes")
+        self.sock.settimeout(remaining)
+        view = memoryview(buf)[: self.left]
+        try:
+            n = self.sock.recv_into(view)
+        except TimeoutError:
+            raise _Refused(408, f"request not received within {REQUEST_TIMEOUT_S:g} s") from None
+        self.left -= n
+        return n
+
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, path, handler, max_connections: int):
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        super().__init__(path, handler)
+
+    def process_request(self, request, client_address):
+        """One thread per connection, at most ``max_connections`` at once;
+        the next is answered 503 here and closed."""
+        if not self.slots.acquire(blocking=False):
+            _refuse_busy(request, self.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def _refuse_busy(sock: socket.socket, limit: int):
+    data = json.dumps({"error": f"busy: {limit} requests in progress, try again"}).encode()
+    head = (
+        "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(head.encode() + data)
+    except OSError:
+        pass
+
+
+def _plain(text: str, limit: int) -> str:
+    """Request text as a message shows it: as it is if short and printable."""
+    return text if len(text) <= limit and text.isprintable() else brief(text, limit)
+
+
+def _parse_query(query: str) -> Dict[str, str]:
+    """The query string as {name: value}, percent-decoded strictly (UTF-8;
+    each name once)."""
+    if not query:
+        return {}
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query,
+            keep_blank_values=True,
+            strict_parsing=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise _Refused(400, "query: not UTF-8 after percent-decoding") from None
+    except ValueError as e:
+        raise _Refused(400, f"query: {brief(query)} is not a query string ({e})") from None
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Refused(400, f"query: parameter {brief(k)} is given twice")
+        out[k] = v
+    return out
 
 
 class APIServer:
-    def __init__(self, path: str, routes: Dict[Tuple[str, str], Handler], log=None):
+    """The control API on unix socket ``path`` (mode 0600, directory 0700
+    when made here), serving ``routes``: {(method, path): handler}."""
+
+    def __init__(
+        self,
+        path: str,
+        routes: Dict[Tuple[str, str], Union[Handler, Route]],
+        log=None,
+        max_connections: int = MAX_CONNECTIONS,
+    ):
         self.path = path
         self.routes = routes
         self.log = log
@@ -43,22 +211,87 @@ class APIServer:
         api = self
 
         class RequestHandler(http.server.BaseHTTPRequestHandler):
+            def setup(self):
+                super().setup()
+                deadline = time.monotonic() + REQUEST_TIMEOUT_S
+                raw = _DeadlineReader(self.connection, deadline, MAX_HEAD_BYTES + MAX_BODY_BYTES)
+                self.rfile = io.BufferedReader(raw)
+                # what an answer before (or without) a request line needs
+                self.requestline, self.command = "", ""
+                self.request_version = "HTTP/1.0"
+
+            def handle(self):
+                # one request per connection (HTTP/1.0)
+                self.close_connection = True
+                try:
+                    self.handle_one_request()
+                except _Refused as e:
+                    self._reply(e.status, {"error": str(e)})
+                except (ConnectionError, TimeoutError):  # gone, or not reading the answer
+                    pass
+
+            def parse_request(self):
+                # a head over MAX_HEAD_BYTES is refused (the standard limits
+                # are 64 KiB a line and 100 lines)
+                ok = super().parse_request()
+                if ok:
+                    size = len(self.raw_requestline)
+                    size += sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+                    if size > MAX_HEAD_BYTES:
+                        self.send_error(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+                        return False
+                return ok
+
+            def send_error(self, code, message=None, explain=None):
+                # the standard's HTML error pages, as JSON
+                self.close_connection = True
+                text = message or explain or http.HTTPStatus(code).phrase
+                self._reply(code, {"error": text})
+
             def log_message(self, fmt, *args):  # access log goes to the service log
                 if api.log:
                     api.log.debug("api %s", fmt % args)
 
+            def __getattr__(self, name):
+                # every method: an unknown one is answered 405 (or 404)
+                if name.startswith("do_"):
+                    return lambda: self._dispatch(name[3:])
+                raise AttributeError(name)
+
+            def _body(self) -> dict:
+                if self.headers.get("Transfer-Encoding") is not None:
+                    raise _Refused(411, "Transfer-Encoding is not supported: give Content-Length")
+                lengths = self.headers.get_all("Content-Length") or []
+                if len(lengths) > 1:
+                    raise _Refused(400, "Content-Length: given more than once")
+                text = lengths[0].strip() if lengths else "0"
+                if not _CONTENT_LENGTH_RE.fullmatch(text):
+                    raise _Refused(400, f"Content-Length: {brief(text)} is not a byte count")
+                n = int(text) if len(text) <= 19 else MAX_BODY_BYTES + 1
+                if n > MAX_BODY_BYTES:
+                    raise _Refused(
+                        413, f"body of {brief(text, 24)} bytes: the limit is {MAX_BODY_BYTES}"
+                    )
+                raw = self.rfile.read(n) if n else b""
+                if len(raw) < n:
+                    raise _Refused(400, f"body ended after {len(raw)} of {n} bytes")
+                return load_json_object(raw or b"{}", "request body")
+
             def _dispatch(self, method):
                 path, _, query = self.path.partition("?")
-                params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
                 fn = api.routes.get((method, path))
                 if fn is None:
-                    return self._reply(404, {"error": f"no such endpoint: {method} {path}"})
+                    allowed = sorted(m for m, p in api.routes if p == path)
+                    said = f"{_plain(method, 16)} {_plain(path, 200)}"
+                    if not allowed:
+                        raise _Refused(404, f"no such endpoint: {said}")
+                    self._allow = ", ".join(allowed)
+                    raise _Refused(405, f"{said}: method not allowed ({self._allow})")
+                params = _parse_query(query)
                 try:
-                    n = int(self.headers.get("Content-Length") or 0)
-                    raw = self.rfile.read(n) if n else b""
-                    body = load_json_object(raw or b"{}", "request body")
+                    body = self._body()
                 except ConfigError as e:
-                    return self._reply(400, {"error": str(e)})
+                    raise _Refused(400, str(e)) from None
                 try:
                     return self._reply(200, fn(body, params))
                 except NotFound as e:
@@ -76,27 +309,22 @@ class APIServer:
 
             def _reply(self, code, obj):
                 data = json.dumps(obj).encode()
+                self.connection.settimeout(REPLY_TIMEOUT_S)
+                self.request_version = "HTTP/1.0"  # headers even for an HTTP/0.9 line
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if code == 405:
+                    self.send_header("Allow", getattr(self, "_allow", ""))
                 self.end_headers()
                 self.wfile.write(data)
 
             def address_string(self):
                 return "unix"
 
-            def do_GET(self):
-                self._dispatch("GET")
-
-            def do_POST(self):
-                self._dispatch("POST")
-
-            def do_DELETE(self):
-                self._dispatch("DELETE")
-
         old = os.umask(0o177)
         try:
-            self.server = _UnixHTTPServer(path, RequestHandler)
+            self.server = _UnixHTTPServer(path, RequestHandler, max_connections)
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -133,13 +361,19 @@ class APIError(Exception):
         self.status = status
 
 
-def call(path: str, method: str, endpoint: str, body=None, timeout=60):
-    """One API call; returns the decoded JSON or raises APIError."""
+def call(path: str, method: str, endpoint: str, body=None, timeout=60, query=None):
+    """One API call; returns the decoded JSON or raises APIError. ``query``:
+    parameters added to ``endpoint``, percent-encoded."""
+    if query:
+        endpoint += "?" + urllib.parse.urlencode(query)
     conn = _UnixConnection(path, timeout=timeout)
     try:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data else {}
-        conn.request(method, endpoint, body=data, headers=headers)
+        try:
+            conn.request(method, endpoint, body=data, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before it was read (a busy server's 503): read that
         resp = conn.getresponse()
         obj = json.loads(resp.read() or b"null")
         if resp.status != 200:

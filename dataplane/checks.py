@@ -186,6 +186,7 @@ def load_json_object(
         except UnicodeDecodeError as e:
             raise ConfigError(f"{what}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if isinstance(data, str):
+        check_json_depth(data, what)
         try:
             data = json.loads(data, object_pairs_hook=_no_duplicates)
         except _DuplicateKey as e:
@@ -513,4 +514,101 @@ def check_af_xdp_mtu(value: int, path: str, setting: str = "kernel_driver") -> i
             f"2048-byte buffers less the kernel's XDP headroom); lower it or use "
             f"{setting} afpacket",
         )
+    return value
+
+
+# ------------------------------------------------ names and MACs of the API
+#: a pod's name: letters, digits, '.', '_', '-'; a DNS subdomain (253) fits
+POD_NAME_MAX = 253
+_POD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: JSON texts nest at most this deep (objects and arrays), so that a
+#: hostile text cannot exhaust the parser's recursion
+JSON_MAX_DEPTH = 32
+_JSON_TOKEN_RE = re.compile(r'[\[\]{}"\\]')
+#: MACs a pod is never given, though unicast: IANA's block (RFC 7042:
+#: VRRP's virtual router MACs, protocol and documentation addresses)
+RESERVED_MAC_PREFIXES = {
+    "00:00:5e": "IANA's block (RFC 7042: VRRP virtual router, protocol and documentation MACs)"
+}
+
+
+def brief(value, limit: int = 64) -> str:
+    """``value`` as an error message shows it, cut after ``limit`` characters."""
+    text = show(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_pod_name(value, path: str = "name") -> str:
+    """A pod's name: 1..253 letters, digits, '.', '_', '-', starting with a
+    letter or digit (no '&', '=', '/', white space or control characters,
+    so it is safe in a URL, a key and a log line)."""
+    if not isinstance(value, str) or not value:
+        raise fail(path, f"{brief(value)} is not a pod name (a non-empty string)")
+    if len(value) > POD_NAME_MAX or not _POD_NAME_RE.fullmatch(value):
+        raise fail(
+            path,
+            f"{brief(value)} is not a valid pod name (letters, digits, '.', '_', '-'; "
+            f"at most {POD_NAME_MAX} characters, starting with a letter or digit)",
+        )
+    return value
+
+
+def check_json_depth(text: str, what: str, limit: int = JSON_MAX_DEPTH) -> None:
+    """Refuse JSON text whose objects and arrays nest deeper than ``limit``
+    (brackets inside strings do not count)."""
+    depth, in_string, skip = 0, False, -1
+    for m in _JSON_TOKEN_RE.finditer(text):
+        at, c = m.start(), m.group()
+        if at == skip:  # the character after a backslash in a string
+            continue
+        if in_string:
+            if c == "\\":
+                skip = at + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > limit:
+                raise ConfigError(f"{what}: nested deeper than {limit} levels")
+        elif c in "]}":
+            depth -= 1
+
+
+def check_pod_mac(value, path: str) -> str:
+    """A MAC a pod may ask for: unicast, not all-zero (:func:`check_mac`),
+    and not in :data:`RESERVED_MAC_PREFIXES`."""
+    mac = check_mac(value, path)
+    why = RESERVED_MAC_PREFIXES.get(mac[:8])
+    if why:
+        raise fail(path, f"{mac} is reserved: {mac[:8]}:xx:xx:xx is {why}")
+    return mac
+
+
+#: the longest path the kernel takes (PATH_MAX, with its NUL)
+PATH_MAX = 4096
+
+
+def check_netns_path(value, path: str = "netns") -> str:
+    """A network namespace's path: absolute, such as /var/run/netns/NAME or
+    /proc/PID/ns/net (no NUL, shorter than PATH_MAX)."""
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or "\0" in value
+        or len(value.encode("utf-8", "surrogatepass")) >= PATH_MAX
+    ):
+        raise fail(
+            path,
+            f"{brief(value)} must be a path such as /var/run/netns/NAME or /proc/PID/ns/net",
+        )
+    return value
+
+
+def check_json_document(value, path: str):
+    """A JSON document given inline: an object, or JSON text of one (parsed
+    later, by what reads it)."""
+    if not isinstance(value, (str, dict)):
+        raise fail(path, f"must be a JSON object or JSON text, not {type(value).__name__}")
     return value

@@ -31,11 +31,11 @@ def _socket(args):
     return DEFAULT_API_SOCKET
 
 
-def _call(args, method, endpoint, body=None):
+def _call(args, method, endpoint, body=None, query=None):
     from .api import APIError, call
 
     try:
-        return call(_socket(args), method, endpoint, body)
+        return call(_socket(args), method, endpoint, body, query=query)
     except APIError as e:
         raise SystemExit(f"dataplane: {e}")
     except (FileNotFoundError, ConnectionRefusedError):
@@ -114,7 +114,7 @@ def cmd_pod(args):
             args.json,
         )
     elif args.pod_cmd == "del":
-        _print(_call(args, "DELETE", f"/v1/pods?name={args.name}"), args.json)
+        _print(_call(args, "DELETE", "/v1/pods", query={"name": args.name}), args.json)
     else:
         _print(_call(args, "GET", "/v1/pods"), args.json)
     return 0

@@ -11,7 +11,7 @@ import os
 import socket
 from typing import Callable, Dict, List, Optional
 
-from .checks import AF_XDP_FILL_MBUFS
+from .checks import AF_XDP_FILL_MBUFS, check_pod_name
 from .errors import ConfigError, DataplaneError, NotFound, ResourceError
 from .logs import event, log
 
@@ -120,8 +120,7 @@ class PodLife:
         from .podnet import announce, attach_plane
         from .podspec import host_ifname, parse_pod_spec
 
-        if not isinstance(name, str) or not name or len(name) > 200 or "/" in name:
-            raise ConfigError(f"name: {name!r} is not a pod name")
+        check_pod_name(name)
         if not isinstance(netns, str) or not netns.startswith("/"):
             raise ConfigError(
                 f"netns: {netns!r} must be a path such as /var/run/netns/NAME or /proc/PID/ns/net"
@@ -131,12 +130,16 @@ class PodLife:
         ps = parse_pod_spec(spec, self.config)
         node = self.config.node
         with self.lock:
+            self._check_macs_free(name, ps)  # refused before anything is written
             self.store.put_pod(name, netns, ps.to_dict(), node=node)  # intent first
             try:
                 for p in ps.planes:
                     n = self.config.network(p.network)
                     ip = self.store.allocate_ip(n.name, n.subnet, n.gateway, name, fixed=p.ip)
-                    mac = p.mac or self.store.allocate_mac(name, p.plane)
+                    if p.mac:  # reserved for the pair: unique on the node (in the cluster)
+                        mac = self.store.reserve_mac(name, p.plane, p.mac)
+                    else:
+                        mac = self.store.allocate_mac(name, p.plane)
                     hif = host_ifname(name, p.plane)
                     self.store.add_endpoint(
                         name,
@@ -170,6 +173,20 @@ class PodLife:
                 raise
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
         return self.pod_info(name)
+
+    def _check_macs_free(self, name: str, ps):
+        """ConfigError if a MAC the spec asks for is another endpoint's (a
+        local or remote pod's, requested or derived)."""
+        want = {p.mac: p.plane for p in ps.planes if p.mac}
+        if not want:
+            return
+        for e in self.store.endpoints():
+            plane = want.get(e["mac"])
+            if plane is not None and (e["pod"], e["plane"]) != (name, plane):
+                raise ConfigError(
+                    f"macs.{plane}: {e['mac']} is the MAC of pod {e['pod']} plane "
+                    f"{e['plane']} already"
+                )
 
     def _remove(self, name, eps):
         """Detach what is left of pod ``name`` (ports, interfaces) and forget it."""

@@ -27,7 +27,7 @@ from .checks import (
     IFNAMSIZ,
     check_ifname,
     check_known,
-    check_mac,
+    check_pod_mac,
     fail,
     load_json_object,
     parse_ipv4,
@@ -180,7 +180,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
             ip = _check_pod_ip(ip, plane, net)
         mac = macs.get(plane)
         if mac is not None:
-            mac = check_mac(mac, f"macs.{plane}")
+            mac = check_pod_mac(mac, f"macs.{plane}")
             if mac in used_mac:
                 raise ConfigError(
                     f"macs.{plane}: {mac} is the MAC of plane {used_mac[mac]} already"

@@ -6,6 +6,8 @@ import time
 from typing import Callable, Dict, Optional
 
 from . import __version__
+from .api import Route
+from .checks import check_json_document, check_netns_path, check_pod_name
 
 
 def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optional[int]):
@@ -90,25 +92,35 @@ def _plane_status(c, pl, depths, uplink):
 
 
 def api_routes(config, status: Callable[[], dict], pods) -> dict:
-    """The control API's routes: {(method, path): handler(body, query)}.
+    """The control API's routes: {(method, path): handler(body, query)},
+    each a :class:`~dataplane.api.Route` naming the fields it takes.
     ``status()`` gives the status report; ``pods`` attaches and detaches
     pods (add_pod, del_pod, list_pods)."""
     return {
-        ("GET", "/v1/status"): lambda b, q: status(),
-        ("GET", "/v1/pods"): lambda b, q: pods.list_pods(),
-        ("POST", "/v1/pods"): lambda b, q: pods.add_pod(
-            b.get("name"), b.get("netns"), b.get("spec")
+        ("GET", "/v1/status"): Route(lambda b, q: status()),
+        ("GET", "/v1/pods"): Route(lambda b, q: pods.list_pods()),
+        ("POST", "/v1/pods"): Route(
+            lambda b, q: pods.add_pod(b.get("name"), b.get("netns"), b.get("spec")),
+            body={"name": check_pod_name, "netns": check_netns_path, "spec": check_json_document},
+            required=("name", "netns", "spec"),
         ),
-        ("DELETE", "/v1/pods"): lambda b, q: pods.del_pod(q.get("name") or b.get("name")),
-        ("GET", "/v1/networks"): lambda b, q: [
-            {
-                "name": n.name,
-                "vni": n.vni,
-                "plane": n.plane,
-                "subnet": n.subnet,
-                "gateway": n.gateway,
-                "mtu": n.mtu,
-            }
-            for n in config.networks
-        ],
+        ("DELETE", "/v1/pods"): Route(
+            lambda b, q: pods.del_pod(q.get("name") or b.get("name")),
+            body={"name": check_pod_name},
+            query={"name": check_pod_name},
+            required=("name",),
+        ),
+        ("GET", "/v1/networks"): Route(
+            lambda b, q: [
+                {
+                    "name": n.name,
+                    "vni": n.vni,
+                    "plane": n.plane,
+                    "subnet": n.subnet,
+                    "gateway": n.gateway,
+                    "mtu": n.mtu,
+                }
+                for n in config.networks
+            ]
+        ),
     }

@@ -8,7 +8,7 @@ done::
     store.put_pod(name, netns, spec)                  # pod state 'pending'
     for each plane:
         ip  = store.allocate_ip(net, subnet, gw, name, fixed)
-        mac = store.allocate_mac(name, plane)
+        mac = store.allocate_mac(name, plane)        # or reserve_mac(name, plane, asked)
         store.add_endpoint(name, plane, net, ifname, host_ifname, mac, ip)
                                                       # endpoint 'pending'
         ... create the interfaces, attach the port ...
@@ -34,6 +34,8 @@ only then do ``endpoints_snapshot`` and ``watch_endpoints`` work.
 
 import abc
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+
+from .common import mac_taken
 
 
 class WatchHandle(Protocol):
@@ -209,6 +211,16 @@ class StateStore(abc.ABC):
         """A locally administered unicast MAC (02:xx:xx:xx:xx:xx) derived from
         (pod, plane): the same pair gets the same MAC. Should it equal the MAC
         of another recorded endpoint, the next derivation is taken."""
+
+    def reserve_mac(self, pod: str, plane: str, mac: str) -> str:
+        """Reserve ``mac`` (checked and normalised by the caller) for (pod,
+        plane), as ``allocate_mac`` reserves a derived one: ConfigError if
+        another endpoint has it (or, in a cluster, another pair reserved
+        it). Returns ``mac``. The reservation goes with ``delete_pod``."""
+        for e in self.endpoints():
+            if e["mac"] == mac and (e["pod"], e["plane"]) != (pod, plane):
+                raise mac_taken(plane, mac, e["pod"], e["plane"])
+        return mac
 
     # ------------------------------------------------------------ watching
     def endpoints_snapshot(self) -> Tuple[List[Dict[str, Any]], int]:

@@ -75,3 +75,10 @@ def derive_mac(pod: str, plane: str, i: int) -> str:
     unicast, 02:xx:xx:xx:xx:xx."""
     h = hashlib.sha256(f"{pod}\0{plane}\0{i}".encode()).digest()
     return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+
+
+def mac_taken(plane, mac, owner_pod, owner_plane) -> ConfigError:
+    """The error for a requested MAC that another (pod, plane) has."""
+    return ConfigError(
+        f"macs.{plane}: {mac} is the MAC of pod {owner_pod} plane {owner_plane} already"
+    )

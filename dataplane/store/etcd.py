@@ -17,9 +17,9 @@ serialisable against every other writer, on any node:
 - ``put_network`` compares ``P/vni/<vni>``: two nodes that give one VNI to two
   networks at once cannot both win; the loser sees the winner's network on
   its retry and gets the same ConfigError as with SQLite.
-- ``allocate_ip`` and ``allocate_mac`` create the address's (the MAC's) key
-  only if it is still absent, so that two nodes never get the same one (see
-  :mod:`dataplane.store.etcd_alloc`).
+- ``allocate_ip``, ``allocate_mac`` and ``reserve_mac`` create the address's
+  (the MAC's) key only if it is still absent, so that two nodes never get
+  the same one (see :mod:`dataplane.store.etcd_alloc`).
 - ``delete_pod`` removes the pod, its endpoints, addresses and MACs in one
   transaction.
 
@@ -487,3 +487,10 @@ class EtcdStore(StateStore):
         endpoint has (or another pair reserved) is skipped for the next
         derivation. The reservation goes with ``delete_pod``."""
         return self.client.atomic(lambda tx: alloc.take_mac(tx, self.layout, pod, plane))
+
+    def reserve_mac(self, pod: str, plane: str, mac: str) -> str:
+        """``mac`` reserved for (pod, plane) in the whole cluster, atomically:
+        ConfigError if another pair has it (see
+        :func:`dataplane.store.etcd_alloc.reserve_mac`). The reservation goes
+        with ``delete_pod``."""
+        return self.client.atomic(lambda tx: alloc.reserve_mac(tx, self.layout, pod, plane, mac))

@@ -8,8 +8,8 @@ key ``P/alloc/<network>/<ip>`` is created only if it is still absent
 ``P/podalloc/<pod>/<network>``, so a pod never gets two addresses on one
 network either. The loser reads again and takes one of the lowest free
 addresses at random, so that racing nodes spread out instead of colliding
-again. A MAC is reserved the same way (``P/macs/<mac>``), for one (pod,
-plane) in the whole cluster.
+again. A MAC, derived or asked for by a pod's spec, is reserved the same
+way (``P/macs/<mac>``), for one (pod, plane) in the whole cluster.
 """
 
 import ipaddress
@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..errors import AlreadyExists, ConfigError, NotFound, ResourceError
-from .common import derive_mac, ip_request, no_free_address
+from .common import derive_mac, ip_request, mac_taken, no_free_address
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import Txn
 
@@ -117,6 +117,27 @@ def take_mac(tx: Txn, keys: EtcdLayout, pod: str, plane: str) -> str:
             keys.drop_mac(tx, reserved["mac"], pod, plane)
     tx.put(keys.key("macs", mac), {"pod": pod, "plane": plane})
     tx.put(rkey, {"mac": mac})
+    return mac
+
+
+def reserve_mac(tx: Txn, keys: EtcdLayout, pod: str, plane: str, mac: str) -> str:
+    """``mac`` (asked for by the pod's spec) reserved for (pod, plane) in the
+    whole cluster, as ``take_mac`` reserves a derived one (an older
+    reservation of the pair given back); ConfigError if another pair holds it."""
+    mkey = keys.key("macs", mac)
+    owner = tx.get(mkey)
+    if owner is not None and (owner["pod"], owner["plane"]) != (pod, plane):
+        raise mac_taken(plane, mac, owner["pod"], owner["plane"])
+    rkey = keys.key("podmacs", pod, plane)
+    reserved = tx.get(rkey)
+    if reserved is not None and reserved["mac"] != mac:
+        ep = tx.get(keys.key("endpoints", pod, plane))
+        if ep is None or ep["mac"] != reserved["mac"]:
+            keys.drop_mac(tx, reserved["mac"], pod, plane)
+    if owner is None:
+        tx.put(mkey, {"pod": pod, "plane": plane})
+    if reserved is None or reserved["mac"] != mac:
+        tx.put(rkey, {"mac": mac})
     return mac
 
 

@@ -19,7 +19,15 @@ from typing import Any, Dict, List, Optional
 from ..checks import VNI_MAX
 from ..errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
 from .base import StateStore
-from .common import STATES, check_network, check_state, derive_mac, ip_request, no_free_address
+from .common import (
+    STATES,
+    check_network,
+    check_state,
+    derive_mac,
+    ip_request,
+    mac_taken,
+    no_free_address,
+)
 
 SCHEMA_VERSION = 1
 _STATES_SQL = ", ".join(f"'{s}'" for s in STATES)
@@ -435,6 +443,18 @@ class SqliteStore(StateStore):
             if mac not in used:
                 return mac
         raise ResourceError(f"no free MAC for pod {pod} plane {plane}")  # pragma: no cover
+
+    def reserve_mac(self, pod: str, plane: str, mac: str) -> str:
+        """``mac`` for (pod, plane); ConfigError if another recorded endpoint
+        (requested or derived MAC) has it."""
+        with self._tx() as db:
+            other = db.execute(
+                "SELECT pod, plane FROM endpoints WHERE mac=? AND NOT (pod=? AND plane=?)",
+                (mac, pod, plane),
+            ).fetchone()
+            if other is not None:
+                raise mac_taken(plane, mac, other[0], other[1])
+            return mac
 
 
 class _Cursor:

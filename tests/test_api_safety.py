@@ -1,0 +1,402 @@
+"""The control API against hostile local clients: the running node service on
+its real unix socket, fed malformed HTTP with raw socket writes. Every
+request is answered with a JSON 4xx naming the problem, within the request
+timeout, and changes nothing (the pods and the host's interfaces are
+compared before and after)."""
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from dataplane.api import (
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+    MAX_HEAD_BYTES,
+    REQUEST_TIMEOUT_S,
+    APIError,
+)
+from dataplane.checks import JSON_MAX_DEPTH
+from tests.test_service import IT_SPEC, Node, sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    n = Node(tmp_path_factory.mktemp("apisafe"), uuid.uuid4().hex[:5])
+    try:
+        n.start()
+        # named with the tag: host interface names derive from pod names
+        n.victim = n.pod(f"victim{n.tag}", IT_SPEC)
+        yield n
+    finally:
+        n.cleanup()
+
+
+def state(node):
+    """What a refused request must leave as it was: the pods (any state) and
+    the core's ports."""
+    ports = [p["name"] for p in node.api("GET", "/v1/status")["ports"]]
+    return node.api("GET", "/v1/pods"), ports
+
+
+@contextlib.contextmanager
+def unchanged(node):
+    before = state(node)
+    yield
+    assert state(node) == before
+
+
+def raw(node, data: bytes, shut=True, timeout=REQUEST_TIMEOUT_S + 10):
+    """Write ``data`` on a fresh connection; (status, headers, JSON body) of
+    the answer, and the seconds it took."""
+    t = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(timeout)
+        c.connect(node.sock)
+        try:
+            c.sendall(data)
+            if shut:
+                c.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed before it took everything
+        out = b""
+        while True:
+            try:
+                b = c.recv(65536)
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            out += b
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = dict(x.split(": ", 1) for x in lines[1:])
+    assert headers["Content-Type"] == "application/json"
+    return status, headers, json.loads(body), time.monotonic() - t
+
+
+def request(method, target, body=b"", headers=()):
+    head = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers)
+    if body and not any(k.lower() == "content-length" for k, _ in headers):
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def refused(node, data, status, words, **kw):
+    """``data`` refused with ``status`` and a message containing ``words``,
+    nothing changed."""
+    with unchanged(node):
+        got, headers, obj, took = raw(node, data, **kw)
+    assert got == status, obj
+    for w in words if isinstance(words, (list, tuple)) else [words]:
+        assert w in obj["error"], obj
+    return headers, obj, took
+
+
+def add_body(name="p1", **over):
+    b = {"name": name, "netns": "/var/run/netns/none", "spec": json.dumps(IT_SPEC)}
+    b.update(over)
+    return b
+
+
+# ------------------------------------------------------------------- socket
+def test_socket_is_root_only(node):
+    st = os.stat(node.sock)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    # another user cannot connect
+    script = (
+        "import os, socket, sys\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, node.sock], capture_output=True, text=True)
+    assert r.returncode == 13, r.stderr
+
+
+def test_valid_requests_still_answered(node):
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == [node.victim["name"]]
+    assert {n["name"] for n in node.api("GET", "/v1/networks")} == {"net1", "net2"}
+    assert node.api("GET", "/v1/status")["node"] == f"node-{node.tag}"
+
+
+# -------------------------------------------------------------------- names
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x&name=victim",
+        "a b",
+        "a/b",
+        "a#b",
+        "a=b",
+        "a\x01b",
+        "victim\n",
+        "-victim",
+        ".victim",
+        "vi\u00e9tim",
+        "x" * 254,
+        "",
+    ],
+)
+def test_bad_pod_names_refused(node, name):
+    body = json.dumps(add_body(name)).encode()
+    refused(node, request("POST", "/v1/pods", body), 400, "name: ")
+
+
+def test_pod_name_wrong_type_refused(node):
+    body = json.dumps(add_body(5)).encode()
+    refused(node, request("POST", "/v1/pods", body), 400, "name: 5 is not a pod name")
+
+
+def test_cli_encodes_names_del_cannot_reach_another_pod(node):
+    with unchanged(node):
+        r = node.cli("pod", "del", f"x&name={node.victim['name']}", check=False)
+    assert r.returncode != 0 and "is not a valid pod name" in r.stderr, r.stderr
+    assert node.victim["name"] in [p["name"] for p in node.api("GET", "/v1/pods")]
+
+
+# -------------------------------------------------------------------- query
+@pytest.mark.parametrize(
+    "query, words",
+    [
+        ("name=x%26name%3Dvictim", "is not a valid pod name"),
+        ("name=victim&name=victim", "given twice"),
+        ("name=%ff%fe", "not UTF-8"),
+        ("nmae=victim", "did you mean 'name'?"),
+        ("name", "is not a query string"),
+        ("&".join(f"k{i}=1" for i in range(50)), "query"),
+    ],
+)
+def test_bad_query_refused(node, query, words):
+    refused(node, request("DELETE", f"/v1/pods?{query}"), 400, words)
+
+
+def test_query_on_a_route_without_parameters_refused(node):
+    refused(node, request("GET", "/v1/pods?x=1"), 400, "x: unknown query parameter")
+
+
+# ----------------------------------------------------------- Content-Length
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "0x10", "", "5, 5"])
+def test_bad_content_length_refused(node, value):
+    data = request("POST", "/v1/pods", b"{}", headers=[("Content-Length", value)])
+    refused(node, data, 400, "Content-Length")
+
+
+def test_content_length_given_twice_refused(node):
+    data = request(
+        "POST", "/v1/pods", b"{}", headers=[("Content-Length", "2"), ("Content-Length", "2")]
+    )
+    refused(node, data, 400, "more than once")
+
+
+@pytest.mark.parametrize("value", [str(MAX_BODY_BYTES + 1), "9" * 40, str(1 << 62)])
+def test_huge_content_length_refused_unread(node, value):
+    # the body is never sent: the answer must not wait for it
+    data = request("POST", "/v1/pods", headers=[("Content-Length", value)])
+    _, _, took = refused(node, data, 413, "limit", shut=False)
+    assert took < 2
+
+
+def test_body_over_the_limit_refused(node):
+    body = json.dumps(add_body(pad="x" * (MAX_BODY_BYTES + 10))).encode()
+    refused(node, request("POST", "/v1/pods", body), 413, str(MAX_BODY_BYTES))
+
+
+def test_body_shorter_than_its_length_refused(node):
+    data = request("POST", "/v1/pods", b'{"name"', headers=[("Content-Length", "100")])
+    refused(node, data, 400, "body ended after 7 of 100 bytes")
+
+
+def test_chunked_body_refused(node):
+    data = request(
+        "POST", "/v1/pods", b"2\r\n{}\r\n0\r\n\r\n", headers=[("Transfer-Encoding", "chunked")]
+    )
+    refused(node, data, 411, "Content-Length")
+
+
+def test_head_over_the_limit_refused(node):
+    data = request("GET", "/v1/pods", headers=[("X-Pad", "a" * (MAX_HEAD_BYTES + 1))])
+    refused(node, data, 431, "head")
+
+
+def test_bad_request_line_answered_as_json(node):
+    refused(node, b"garbage\r\n\r\n", 400, "garbage")
+
+
+# --------------------------------------------------------------------- body
+def test_invalid_utf8_refused(node):
+    body = b'{"name": "\xff\xfe", "netns": "/x", "spec": "{}"}'
+    refused(node, request("POST", "/v1/pods", body), 400, "not UTF-8")
+
+
+@pytest.mark.parametrize("body", [b"{", b"{'name': 1}", b"[1, 2", b"nul"])
+def test_invalid_json_refused(node, body):
+    refused(node, request("POST", "/v1/pods", body), 400, "not valid JSON")
+
+
+def test_json_not_an_object_refused(node):
+    refused(node, request("POST", "/v1/pods", b"[1, 2]"), 400, "must be a JSON object")
+
+
+@pytest.mark.parametrize("depth", [JSON_MAX_DEPTH + 1, 100_000])
+def test_deep_json_refused(node, depth):
+    body = b'{"name": ' + b"[" * depth + b"]" * depth + b"}"
+    refused(node, request("POST", "/v1/pods", body), 400, "nested deeper than")
+
+
+def test_deep_json_inside_the_spec_refused(node):
+    netns = f"/var/run/netns/{node.victim['ns']}"  # one that exists: the spec is read
+    body = json.dumps(add_body(netns=netns, spec="[" * 5000 + "]" * 5000)).encode()
+    refused(node, request("POST", "/v1/pods", body), 400, "pod spec: nested deeper than")
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("netns", ["/x"], "netns: "),
+        ("netns", "relative/path", "netns: "),
+        ("spec", 7, "spec: must be a JSON object or JSON text, not int"),
+        ("spec", None, "spec: is required"),
+    ],
+)
+def test_wrong_types_refused(node, field, value, words):
+    body = json.dumps(add_body(**{field: value})).encode()
+    refused(node, request("POST", "/v1/pods", body), 400, words)
+
+
+def test_missing_field_refused(node):
+    body = json.dumps({"name": "p1", "spec": IT_SPEC}).encode()
+    refused(node, request("POST", "/v1/pods", body), 400, "netns: is required")
+
+
+def test_unknown_field_refused_with_a_suggestion(node):
+    body = json.dumps({"nmae": "p1", "netns": "/x", "spec": IT_SPEC}).encode()
+    refused(node, request("POST", "/v1/pods", body), 400, ["nmae", "did you mean 'name'?"])
+
+
+def test_duplicate_key_refused(node):
+    body = b'{"name": "p1", "name": "victim", "netns": "/x", "spec": {}}'
+    refused(node, request("POST", "/v1/pods", body), 400, "given twice")
+
+
+# ------------------------------------------------------------ routes, methods
+def test_unknown_route_404(node):
+    refused(node, request("GET", "/v1/secrets"), 404, "no such endpoint")
+    with pytest.raises(APIError) as e:
+        node.api("GET", "/v2/pods")
+    assert e.value.status == 404
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "HEAD", "BREW"])
+def test_wrong_method_405(node, method):
+    headers, _, _ = refused(node, request(method, "/v1/pods"), 405, "not allowed")
+    assert headers["Allow"] == "DELETE, GET, POST"
+
+
+# ------------------------------------------------------- time and connections
+def test_silent_and_slow_clients_time_out(node):
+    """A client that sends nothing, or a byte a second, is answered 408 at
+    the request timeout; meanwhile other requests are served."""
+    results = {}
+
+    def silent():
+        results["silent"] = raw(node, b"", shut=False)
+
+    def drip():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.settimeout(REQUEST_TIMEOUT_S + 10)
+            c.connect(node.sock)
+            t = time.monotonic()
+            try:
+                for b in request("GET", "/v1/pods", headers=[("X-Pad", "a" * 100)]):
+                    c.send(bytes([b]))
+                    time.sleep(0.5)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            results["drip"] = (c.recv(65536), time.monotonic() - t)
+
+    threads = [threading.Thread(target=f) for f in (silent, drip)]
+    with unchanged(node):
+        for th in threads:
+            th.start()
+        time.sleep(1)
+        assert node.api("GET", "/v1/pods")  # not held up by them
+        for th in threads:
+            th.join(REQUEST_TIMEOUT_S + 15)
+    status, _, obj, took = results["silent"]
+    assert status == 408 and "not received within" in obj["error"]
+    assert REQUEST_TIMEOUT_S - 1 < took < REQUEST_TIMEOUT_S + 3
+    answer, took = results["drip"]
+    assert answer.startswith(b"HTTP/1.0 408 ")
+    assert took < REQUEST_TIMEOUT_S + 3
+
+
+def test_connections_are_bounded(node):
+    """MAX_CONNECTIONS idle clients fill the server; the next is answered
+    503 at once; when they time out, requests are served again."""
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(node.sock)
+            idle.append(c)
+        time.sleep(0.5)  # all accepted
+        status, headers, obj, took = raw(node, request("GET", "/v1/pods"))
+        assert status == 503 and "busy" in obj["error"] and took < 2
+        assert headers["Retry-After"] == "1"
+        with pytest.raises(APIError) as e:
+            node.api("GET", "/v1/pods")
+        assert e.value.status == 503
+        time.sleep(REQUEST_TIMEOUT_S + 1)  # the idle ones are answered 408, closed
+        assert [p["name"] for p in node.api("GET", "/v1/pods")] == [node.victim["name"]]
+        assert all(c.recv(20).startswith(b"HTTP/1.0 408") for c in idle)
+    finally:
+        for c in idle:
+            c.close()
+
+
+def test_service_survives_everything_above(node):
+    """The service is still up and the victim pod still attached."""
+    assert node.proc.poll() is None
+    pods = node.api("GET", "/v1/pods")
+    assert [p["name"] for p in pods] == [node.victim["name"]] and pods[0]["state"] == "ready"
+    assert "eth0" in sh("ip", "-n", node.victim["ns"], "-o", "link").stdout
+
+
+# ------------------------------------------------------- the checks alone
+def test_check_pod_name():
+    from dataplane.checks import POD_NAME_MAX, check_pod_name
+    from dataplane.errors import ConfigError
+
+    for ok in ("a", "pod-1.web_0", "A" * POD_NAME_MAX, "0abc"):
+        assert check_pod_name(ok) == ok
+    for bad in ("x&y", "a\n", "-a", "a" * (POD_NAME_MAX + 1), "", None, "a%20b"):
+        with pytest.raises(ConfigError, match=r"^name: "):
+            check_pod_name(bad)
+
+
+def test_check_json_depth_ignores_brackets_in_strings():
+    from dataplane.checks import check_json_depth
+    from dataplane.errors import ConfigError
+
+    check_json_depth("[" * JSON_MAX_DEPTH + "]" * JSON_MAX_DEPTH, "x")
+    check_json_depth('{"a": "' + "[" * 1000 + '"}', "x")
+    check_json_depth('["\\"[[[["]', "x", limit=1)  # an escaped quote stays in the string
+    with pytest.raises(ConfigError, match=r"^x: nested deeper than 32 levels"):
+        check_json_depth("[" * (JSON_MAX_DEPTH + 1), "x")
+    t = time.monotonic()
+    check_json_depth('"\\"' * 300_000, "x")  # linear: no backtracking
+    assert time.monotonic() - t < 2
