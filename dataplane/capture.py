@@ -10,11 +10,14 @@ stays on for nobody.
 """
 
 import base64
+import re
 import secrets
 import threading
 import time
 from typing import Callable, Dict, List
 
+from .api import Route
+from .checks import CAPTURE_SNAPLEN_RANGE, brief, check_int, check_string, fail
 from .errors import Busy, ConfigError, NotFound
 
 LEASE_S = 15.0
@@ -83,18 +86,11 @@ class Captures:
 
     # ---------------------------------------------------------------- verbs
     def start(self, body: dict) -> dict:
-        unknown = set(body) - {"target", "direction", "filter", "snaplen"}
-        if unknown:
-            raise ConfigError(f"capture: unknown field(s) {', '.join(sorted(unknown))}")
+        """body: target (required), direction, filter, snaplen - checked by
+        the route (``routes``)."""
         direction = body.get("direction", "both")
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"capture direction {direction!r}: one of {', '.join(DIRECTIONS)}")
         flt = body.get("filter", "")
-        if not isinstance(flt, str):
-            raise ConfigError("capture filter: a pcap-filter expression (a string)")
         snaplen = body.get("snaplen", SNAPLEN_DEFAULT)
-        if not isinstance(snaplen, int) or isinstance(snaplen, bool):
-            raise ConfigError(f"capture snaplen {snaplen!r}: a number of bytes")
         with self.lock:
             if self.current is not None:
                 raise Busy("a capture is already running (one at a time)")
@@ -146,8 +142,42 @@ class Captures:
         self._stop.set()
 
     def routes(self) -> Dict:
+        cid = {"id": _check_id}
         return {
-            ("POST", "/v1/capture"): lambda b, q: self.start(b),
-            ("GET", "/v1/capture"): lambda b, q: self.read(q.get("id") or b.get("id")),
-            ("DELETE", "/v1/capture"): lambda b, q: self.stop(q.get("id") or b.get("id")),
+            ("POST", "/v1/capture"): Route(
+                lambda b, q: self.start(b),
+                body={
+                    "target": check_string,
+                    "direction": _check_direction,
+                    "filter": _check_filter,
+                    "snaplen": lambda v, p: check_int(v, p, *CAPTURE_SNAPLEN_RANGE),
+                },
+                required=("target",),
+            ),
+            ("GET", "/v1/capture"): Route(
+                lambda b, q: self.read(q["id"]), query=cid, required=("id",)
+            ),
+            ("DELETE", "/v1/capture"): Route(
+                lambda b, q: self.stop(q["id"]), query=cid, required=("id",)
+            ),
         }
+
+
+def _check_id(value, path):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{16}", value):
+        raise fail(path, f"{brief(value)} is not a capture id")
+    return value
+
+
+def _check_direction(value, path):
+    if value not in DIRECTIONS:
+        raise fail(path, f"{brief(value)}: one of {', '.join(DIRECTIONS)}")
+    return value
+
+
+def _check_filter(value, path):
+    """A pcap-filter expression: libpcap, in the core, says what is wrong
+    with its grammar; here only its type and size."""
+    if not isinstance(value, str) or len(value) > 4096 or "\0" in value:
+        raise fail(path, "a pcap-filter expression (a string of at most 4096 characters)")
+    return value

@@ -82,7 +82,7 @@ def run(args):
 
     try:
         while not (args.count and n >= args.count) and not (end and time.monotonic() >= end):
-            r = _call(args, "GET", f"/v1/capture?id={cid}")
+            r = _call(args, "GET", "/v1/capture", query={"id": cid})
             take(r["frames"])
             stats = r["stats"]
             time.sleep(POLL_S)
@@ -90,7 +90,7 @@ def run(args):
         pass
     finally:
         try:
-            r = _call(args, "DELETE", f"/v1/capture?id={cid}")
+            r = _call(args, "DELETE", "/v1/capture", query={"id": cid})
             take(r["frames"])
             stats = r["stats"]
         except (SystemExit, KeyboardInterrupt):

@@ -35,6 +35,7 @@ MAX_PLANES = lib.DP_MAX_PLANES
 MAX_NETWORKS = lib.DP_MAX_NETS
 MAX_WORKERS = lib.DP_MAX_WORKERS
 MAX_RX_QUEUES = lib.DP_MAX_RXQ
+CAPTURE_SNAPLEN_RANGE = (lib.DP_CAP_SNAPLEN_MIN, lib.DP_CAP_SNAPLEN_MAX)
 #: worker lcores the core runs: its last counter row is the control thread's
 MAX_WORKER_LCORES = MAX_WORKERS - 1
 

@@ -133,7 +133,7 @@ def test_bad_requests_are_refused_and_leave_nothing_running(node):
         (("a:std", "udp prot 5"), "capture filter 'udp prot 5'"),
         (("nosuchpod",), "capture target 'nosuchpod': no such port or pod"),
         (("a:media",), "pod a has no plane media"),
-        (("a:std", "-s", "10"), "snaplen 10"),
+        (("a:std", "-s", "10"), "snaplen: 10 out of range 64..65535"),
     ):
         cap = capture(node, *args)
         assert cap.wait(30) != 0

@@ -38,6 +38,8 @@ def _define(name):
         ("DP_MAX_NETS", checks.MAX_NETWORKS),
         ("DP_MAX_WORKERS", checks.MAX_WORKERS),
         ("DP_MAX_RXQ", checks.MAX_RX_QUEUES),
+        ("DP_CAP_SNAPLEN_MIN", checks.CAPTURE_SNAPLEN_RANGE[0]),
+        ("DP_CAP_SNAPLEN_MAX", checks.CAPTURE_SNAPLEN_RANGE[1]),
     ],
 )
 def test_limits_match_the_core_header(define, value):
