@@ -95,7 +95,15 @@ class PodTestpmd:
         drop = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
         cmd = (
             ["ip", "netns", "exec", ns, *drop, "stdbuf", "-oL", TESTPMD, "-l", "0,1", "--no-pci"]
-            + ["--file-prefix", self.prefix, "--in-memory", "-m", "64", "--log-level=6"]
+            + [
+                "--file-prefix",
+                self.prefix,
+                "--in-memory",
+                "--single-file-segments",
+                "-m",
+                "64",
+                "--log-level=6",
+            ]
             + [f"--vdev={v}" for v in vdevs]
             + ["--", "-i", f"--forward-mode={fwd}", "--no-flush-rx", "--total-num-mbufs=2048"]
         )
@@ -136,10 +144,23 @@ class PodTestpmd:
             time.sleep(0.2)
         raise AssertionError(f"testpmd port {port} not connected:\n{self.text()[-3000:]}")
 
-    def stats(self, port=0):
+    def start(self):
+        start = len(self.text())
+        self.cmd("start")
+        self.wait_for("packet forwarding - ports=", 10, start)
+
+    def tx_packets(self, port):
         start = len(self.text())
         self.cmd(f"show port stats {port}")
-        return self.wait_for("TX-packets", 5, start)[start:]
+        t = self.wait_for("TX-packets", 5, start)[start:]
+        return int(t.split("TX-packets:")[1].split()[0])
+
+    def wait_tx(self, port, n, timeout=10):
+        """Wait until ``port`` has sent ``n`` frames; how many it sent."""
+        end = time.monotonic() + timeout
+        while (sent := self.tx_packets(port)) < n and time.monotonic() < end:
+            time.sleep(0.2)
+        return sent
 
     def quit(self):
         if self.p.poll() is None:
@@ -227,8 +248,9 @@ def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind):
     try:
         tp.link_up(0)
         peer = raw_peer(vpod["ns"], to_dpdk, want=N_FRAMES)
-        tp.cmd("start")  # sends in.pcap into the core
+        tp.start()  # sends in.pcap into the core
         got_veth = finish(peer)
+        tp.wait_tx(1, N_FRAMES)
         tp.quit()  # closes out.pcap
     finally:
         tp.quit()
