@@ -262,3 +262,65 @@ def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind):
     assert not os.path.exists(os.path.dirname(dp["socket"]))
     ports = [p for p in node.api("GET", "/v1/pods")]
     assert [p["name"] for p in ports] == [f"{fab.tag}v"]
+
+
+# ------------------------------------------------------ restart and reconnect
+def echo(vpod, vp, dp, tag, n=8):
+    """Frames from the veth pod to the DPDK pod (testpmd macswap) and back."""
+    sent = frames(vp["mac"], dp["mac"], tag, n)
+    back = [bytes(Ether(src=dp["mac"], dst=vp["mac"], type=ETH_TYPE)) + f[14:] for f in sent]
+    got = finish(raw_peer(vpod["ns"], sent, want=n, wait=5))
+    return got == back, got
+
+
+def wait_echo(vpod, vp, dp, tag, timeout=20):
+    end = time.monotonic() + timeout
+    while True:
+        ok, got = echo(vpod, vp, dp, tag)
+        if ok or time.monotonic() > end:
+            return ok, got
+
+
+@pytest.mark.parametrize("kind", ["memif", "vhost-user"])
+def test_dpdk_pod_reconnects_after_service_kill(fabric, sockdir, kind):
+    """kill -9 of the service, then a new one: the store gives the pod's port
+    back on the same socket and the pod's testpmd, never restarted, talks
+    through it again."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    vpod = add_pod(fab, node, "v")
+    dpod = add_pod(fab, node, "d", kind)
+    vp, dp = vpod["planes"][0], dpod["planes"][0]
+    tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp)], fab.tmp, fwd="macswap")
+    try:
+        tp.link_up(0)
+        tp.start()
+        ok, got = wait_echo(vpod, vp, dp, "a")
+        assert ok, f"no echo before the restart: {got}"
+        pid = tp.p.pid
+
+        node.proc.kill()  # no clean-up of ports or sockets
+        node.proc.wait()
+        node.proc = None
+        node.start()
+        again = node.api("GET", "/v1/pods")
+        d = [p for p in again if p["name"] == f"{fab.tag}d"][0]["planes"][0]
+        assert (d["kind"], d["socket"], d["mac"], d["ip"]) == (
+            kind,
+            dp["socket"],
+            dp["mac"],
+            dp["ip"],
+        )
+        if kind == "memif":
+            # DPDK's memif client connects when its port starts: the
+            # application restarts the port (not itself) on link down
+            tp.cmd("stop")
+            tp.cmd("port stop 0")
+            tp.cmd("port start 0")
+            tp.link_up(0)
+            tp.start()
+        ok, got = wait_echo(vpod, vp, dp, "b")
+        assert ok, f"no echo after the restart: {got}\n{tp.text()[-2000:]}"
+        assert tp.p.pid == pid and tp.p.poll() is None
+    finally:
+        tp.quit()
