@@ -41,6 +41,7 @@ TESTPMD = "dpdk-testpmd"
 ETH_TYPE = 0x88B5
 N_FRAMES = 32
 NOBODY = 65534
+MEDIA_NET = "  - {name: net3, vni: 303, plane: media, subnet: 192.168.53.0/24}\n"
 
 # In the veth pod: send frames (hex, comma separated) once "go" comes on
 # stdin, and print (JSON) the 0x88b5 frames received within `wait` seconds
@@ -177,7 +178,8 @@ class PodTestpmd:
 def node_with_sockets(fab, sockdir):
     """Node 1 of ``fab`` with its pod sockets under ``sockdir``."""
     node = Node(fab, 1, [], fab.mtu)
-    node.cfg.write_text(node.cfg.read_text() + f"pod_socket_dir: {sockdir}\n")
+    text = node.cfg.read_text().replace("remotes:", MEDIA_NET + "remotes:")
+    node.cfg.write_text(text + f"pod_socket_dir: {sockdir}\n")
     fab.nodes[1] = node
     node.start()
     return node
@@ -324,3 +326,98 @@ def test_dpdk_pod_reconnects_after_service_kill(fabric, sockdir, kind):
         assert tp.p.pid == pid and tp.p.poll() is None
     finally:
         tp.quit()
+
+
+# ------------------------------------------------------------------- refusals
+def spec_with(iface):
+    return {
+        "pod_type": "ct",
+        "network_plane": ["std", "media"],
+        "networks": {"std": "net1", "media": "net3"},
+        "interfaces": {"media": iface},
+    }
+
+
+CONFIG = {
+    "node": "node1",
+    "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+    "networks": [
+        {"name": "net1", "vni": 100, "plane": "std", "subnet": "192.168.10.0/24"},
+        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "iface, message",
+    [
+        ({"kind": "sriov"}, "interfaces.media.kind: 'sriov' is not an interface kind"),
+        ({"kind": "memif", "ifname": "m0"}, "option 'ifname' does not fit kind memif"),
+        ({"kind": "vhost-user", "ring_size": 64}, "option 'ring_size' does not fit kind"),
+        ({"kind": "memif", "ring_size": 100}, "interfaces.media.ring_size"),
+        ({"kind": "vf"}, "interfaces.media.device: is required for kind vf"),
+        ({"kind": "vf", "device": "eth9", "vlan": 5000}, "interfaces.media.vlan"),
+        ({"kind": "vf", "device": "eth9", "socket": "/x"}, "option 'socket' does not fit"),
+    ],
+)
+def test_bad_interface_kinds_and_options_named(iface, message):
+    from dataplane.config import parse_config
+    from dataplane.errors import ConfigError
+    from dataplane.podspec import parse_pod_spec
+
+    with pytest.raises(ConfigError) as e:
+        parse_pod_spec(spec_with(iface), parse_config(CONFIG))
+    assert message in str(e.value)
+
+
+def test_kinds_round_trip_through_the_stored_spec():
+    from dataplane.config import parse_config
+    from dataplane.podspec import parse_pod_spec
+
+    cfg = parse_config(CONFIG)
+    for iface in (
+        {"kind": "memif", "ring_size": 512, "uid": 1000, "gid": 1000},
+        {"kind": "vhost-user"},
+        {"kind": "vf", "device": "0000:03:02.1", "ifname": "sriov0", "vlan": 30, "trust": True},
+    ):
+        ps = parse_pod_spec(spec_with(iface), cfg)
+        assert ps.plane("media").kind == iface["kind"]
+        assert parse_pod_spec(ps.to_dict(), cfg) == ps
+    assert parse_pod_spec(spec_with("rtp0"), cfg).plane("media").kind == "veth"
+
+
+def test_no_hugepages_refused(tmp_path):
+    from dataplane.errors import ResourceError
+    from dataplane.fastif import check_node_can
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 1 kB\nHugePages_Total:       0\n")
+    with pytest.raises(ResourceError, match="kind memif needs hugepages"):
+        check_node_can("memif", "media", str(meminfo))
+    check_node_can("veth", "media", str(meminfo))
+    meminfo.write_text("HugePages_Total:    1024\n")
+    check_node_can("vhost-user", "media", str(meminfo))
+
+
+def test_failed_fast_plane_leaves_nothing(fabric, sockdir):
+    """A memif plane whose socket path is too long for a unix socket: the
+    pod add fails naming it, and no veth, port, socket, record is left."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    ns = fab.netns(f"{fab.tag}x")
+    name = f"{fab.tag}" + "x" * 100
+    spec = {
+        "pod_type": "ct",
+        "network_plane": ["std", "media"],
+        "networks": {"std": "net1", "media": "net3"},
+        "interfaces": {"media": {"kind": "memif"}},
+    }
+    from dataplane.api import APIError
+
+    with pytest.raises(APIError, match="longer than a unix socket allows"):
+        node.api("POST", "/v1/pods", {"name": name, "netns": f"/var/run/netns/{ns}", "spec": spec})
+    assert node.api("GET", "/v1/pods") == []
+    assert os.listdir(sockdir) == []
+    links = ipn(node.ns, "-o link show").stdout
+    assert "dp" not in "".join(line.split(":")[1] for line in links.splitlines())
+    assert ipn(ns, "-o link show").stdout.count("\n") == 1  # lo only
