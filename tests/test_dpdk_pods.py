@@ -30,7 +30,10 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
-from tests.test_kernel_pods import Node, fabric, ipn  # noqa: F401 - fabric: a fixture
+from tests import test_kernel_pods
+from tests.test_kernel_pods import Node, ipn
+
+fabric = test_kernel_pods.fabric  # the kernel pods' fixture: namespaces, nodes, cleanup
 
 pytestmark = [
     pytest.mark.netns,
@@ -421,3 +424,30 @@ def test_failed_fast_plane_leaves_nothing(fabric, sockdir):
     links = ipn(node.ns, "-o link show").stdout
     assert "dp" not in "".join(line.split(":")[1] for line in links.splitlines())
     assert ipn(ns, "-o link show").stdout.count("\n") == 1  # lo only
+
+
+@pytest.mark.parametrize("kind", ["memif", "vhost-user"])
+def test_unprivileged_dpdk_pod(fabric, sockdir, kind):
+    """testpmd as user nobody, no capabilities, on hugepages (memfd, no
+    hugetlbfs write access needed): the plane's uid/gid give it its socket
+    directory, nothing else."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    vpod = add_pod(fab, node, "v")
+    dpod = add_pod(fab, node, "d", kind, uid=NOBODY, gid=NOBODY)
+    vp, dp = vpod["planes"][0], dpod["planes"][0]
+    st = os.stat(os.path.dirname(dp["socket"]))
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY, NOBODY, 0o770)
+    tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp)], fab.tmp, fwd="macswap", user=NOBODY)
+    try:
+        tp.link_up(0)
+        tp.start()
+        ok, got = wait_echo(vpod, vp, dp, "u")
+        assert ok, f"no echo from the unprivileged pod: {got}\n{tp.text()[-2000:]}"
+        # ip netns exec, setpriv and stdbuf each exec the next: one process
+        s = open(f"/proc/{tp.p.pid}/status").read()
+        assert s.split("Name:")[1].split()[0] == "dpdk-testpmd"
+        assert s.split("Uid:")[1].split()[:4] == [str(NOBODY)] * 4
+        assert int(s.split("CapEff:")[1].split()[0], 16) == 0
+    finally:
+        tp.quit()
