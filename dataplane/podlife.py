@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 from .checks import AF_XDP_FILL_MBUFS
 from .errors import ConfigError, DataplaneError, NotFound, ResourceError
-from .fastif import SOCKET_KINDS, VETH
+from .fastif import SOCKET_KINDS, VETH, VF
 from .logs import event, log
 
 #: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
@@ -96,7 +96,7 @@ class PodLife:
                 e
                 for e in eps
                 if kinds.get(e["plane"], VETH) == VETH and find_plane(e["host_ifname"]) is None
-            ]
+            ] + self._vfs_missing(pod["name"], eps)
             if missing or pod["state"] != "ready":
                 event(
                     "replay: removing incomplete pod",
@@ -124,6 +124,18 @@ class PodLife:
         return port
 
     # ------------------------------------------------- memif and vhost-user
+    def _vfs_missing(self, name, eps):
+        """The VF endpoints of pod ``name`` whose device is not in the pod."""
+        from . import vf as vfs
+
+        by_plane = {p.plane: p for p in self._stored_spec(name) if p.kind == VF}
+        return [
+            e
+            for e in eps
+            if e["plane"] in by_plane
+            and not vfs.in_pod(self.store, by_plane[e["plane"]].options["device"])
+        ]
+
     def _kinds(self, name) -> Dict[str, str]:
         """{plane: kind} of pod ``name`` as its stored spec says."""
         return {p.plane: p.kind for p in self._stored_spec(name)}
@@ -223,22 +235,54 @@ class PodLife:
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
         return self.pod_info(name)
 
+    def _give_back_vfs(self, name):
+        """Every VF pod ``name`` holds, back to the node as it was."""
+        from . import vf as vfs
+
+        for p in self._stored_spec(name):
+            if p.kind != VF:
+                continue
+            rec = vfs.holder(self.store, p.options["device"])
+            if rec and rec["pod"] == name:
+                try:
+                    vfs.give_back(self.store, p.options["device"])
+                except DataplaneError as err:
+                    log.warning("giving back vf %s of pod %s: %s", p.options["device"], name, err)
+
     def _add_fast_plane(self, name, netns, p, n, mac, ip):
         """A plane that is not a veth: recorded first, then made."""
         e = {"plane": p.plane, "network": n.name, "mac": mac}
+        vf = p.kind == VF  # not behind this node's VTEP: the NIC switches it
         self.store.add_endpoint(
             name,
             p.plane,
             n.name,
-            None,
+            p.ifname if vf else None,
             None,
             mac,
             ip,
             node=self.config.node,
-            vtep=self.config.vtep.ip,
+            vtep=None if vf else self.config.vtep.ip,
         )
         if p.kind in SOCKET_KINDS:
             self._attach_fast(name, e, p)
+        if vf:
+            from . import vf as vfs
+
+            vfs.take(
+                self.store,
+                name,
+                p.plane,
+                p.options["device"],
+                netns,
+                p.ifname,
+                mac,
+                f"{ip}/{n.prefixlen}",
+                n.gateway,
+                n.mtu,
+                p.default_route,
+                p.options,
+            )
         self.store.set_endpoint_state(name, p.plane, "ready")
 
     def _remove(self, name, eps):
@@ -248,7 +292,10 @@ class PodLife:
         from .podspec import host_ifname
 
         kinds = self._kinds(name)
+        self._give_back_vfs(name)
         for e in eps:
+            if kinds.get(e["plane"], VETH) == VF:
+                continue
             if kinds.get(e["plane"], VETH) in SOCKET_KINDS:
                 port = self.ports.pop(host_ifname(name, e["plane"]), None)
                 try:
@@ -316,6 +363,11 @@ class PodLife:
             "gateway": n.gateway if n else None,
             "mtu": n.mtu if n else None,
         }
+        if kind == VF:
+            from . import vf as vfs
+
+            rec = vfs.holder(self.store, ps.options["device"]) or {}
+            out |= {"device": ps.options["device"], "pci": rec.get("pci")}
         if kind in SOCKET_KINDS:
             out["socket"] = fastif.socket_path(self.config.pod_socket_dir, name, e["plane"])
             out["port"] = self.ports.get(host_ifname(name, e["plane"]))
