@@ -11,7 +11,10 @@
 - ``afpacket``: VXLAN encap on veth, our AF_PACKET driver against DPDK's
   net_af_packet and the kernel's bridge + vxlan (bench.afpacket);
 - ``pods``: ping, TCP and 64-byte UDP between pods through the node service,
-  against the kernel's bridge and bridge + vxlan paths (bench.pods).
+  against the kernel's bridge and bridge + vxlan paths (bench.pods);
+- ``dpdkpods``: 64-byte frames between two testpmd pods through the core
+  over memif and vhost-user, against memif peer to peer, and over veths
+  (bench.dpdkpods).
 
 Each shows its progress on stderr (``--quiet``: none) and prints one
 ``RESULT name=... key=value ...`` line on stdout.
@@ -31,4 +34,5 @@ BENCHMARKS = {
     "sched": ("sched", False),
     "afpacket": ("afpacket", False),
     "pods": ("pods", False),
+    "dpdkpods": ("dpdkpods", False),
 }
