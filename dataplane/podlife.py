@@ -12,7 +12,7 @@ import socket
 from typing import Callable, Dict, List, Optional
 
 from .checks import AF_XDP_FILL_MBUFS
-from .errors import ConfigError, DataplaneError, NotFound, ResourceError
+from .errors import Busy, ConfigError, DataplaneError, NotFound, ResourceError
 from .fastif import SOCKET_KINDS, VETH, VF
 from .logs import event, log
 
@@ -269,6 +269,12 @@ class PodLife:
         if vf:
             from . import vf as vfs
 
+            dev = p.options["device"]
+            ours = {self.config.vtep.uplink_ifname} | {
+                x["host_ifname"] for x in self.store.endpoints(node=self.config.node)
+            }
+            if dev in ours:
+                raise Busy(f"vf device {dev} is the dataplane's own (uplink or a pod's veth)")
             vfs.take(
                 self.store,
                 name,

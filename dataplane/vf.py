@@ -6,7 +6,7 @@ not forward for it: the VF's traffic goes through the NIC's own switch.
 
 take  1. the device's original state (name, ifindex, MAC, MTU, up, and with a
          PF: the VF's index, MAC, VLAN, spoof check and trust there) is
-         written to the store (meta key ``vf:<device>``) before anything
+         written to the store (meta key ``vf:<node>:<device>``) before anything
          changes; a device another pod holds is refused (Busy)
       2. down, renamed to a temporary name (it never clashes with a name in
          the pod's namespace) and moved into the pod's namespace
@@ -37,8 +37,10 @@ SYS_NET = "/sys/class/net"
 SYS_PCI = "/sys/bus/pci/devices"
 
 
-def meta_key(device: str) -> str:
-    return f"vf:{device}"
+def meta_key(store, device: str) -> str:
+    """Where the device's holder and original state are kept: per node (an
+    etcd store is the cluster's, and device names repeat across nodes)."""
+    return f"vf:{store.node or ''}:{device}"
 
 
 def temp_name(device: str) -> str:
@@ -120,7 +122,7 @@ def take(
     application needs (pci, device). On failure the device is given back."""
     from .podnet import _ipr, _open_netns
 
-    key = meta_key(device)
+    key = meta_key(store, device)
     held = store.get_meta(key)
     if held:
         rec = json.loads(held)
@@ -192,7 +194,7 @@ def _set_at_pf(pf, index, mac, vlan, spoofchk=None, trust=None):
 
 # ----------------------------------------------------------- give back
 def holder(store, device: str) -> Optional[dict]:
-    v = store.get_meta(meta_key(device))
+    v = store.get_meta(meta_key(store, device))
     return json.loads(v) if v else None
 
 
@@ -218,7 +220,7 @@ def give_back(store, device: str) -> bool:
     if not rec:
         return False
     if rec.get("dpdk") or "orig" not in rec:
-        store.set_meta(meta_key(device), "")
+        store.set_meta(meta_key(store, device), "")
         return True
     orig, tmp = rec["orig"], temp_name(device)
     here = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -253,7 +255,7 @@ def give_back(store, device: str) -> bool:
     if orig.get("pf") and orig.get("pf_vf"):
         p = orig["pf_vf"]
         _set_at_pf(orig["pf"], orig["vf"], p["mac"], p["vlan"], p["spoofchk"], p["trust"])
-    store.set_meta(meta_key(device), "")
+    store.set_meta(meta_key(store, device), "")
     event("vf: device given back", pod=rec["pod"], plane=rec["plane"], device=device)
     return True
 

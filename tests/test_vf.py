@@ -146,3 +146,17 @@ def test_vf_given_back_after_kill_and_replay(fabric, sockdir):
     node.start()
     assert node.api("GET", "/v1/pods") == []
     assert_restored(node, before)
+
+
+def test_dataplane_devices_refused_as_vf(fabric, sockdir):
+    """The uplink and a pod's veth are the dataplane's: never handed out."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    from dataplane.api import APIError
+
+    for dev in ("uplink0",):
+        _, body = vf_pod(fab, node, "u", device=dev)
+        with pytest.raises(APIError, match=f"vf device {dev} is the dataplane's own"):
+            node.api("POST", "/v1/pods", body)
+    assert node.api("GET", "/v1/pods") == []
+    assert link(node.ns, "uplink0") is not None
