@@ -463,3 +463,66 @@ def test_unprivileged_dpdk_pod(fabric, sockdir, kind):
         assert int(s.split("CapEff:")[1].split()[0], 16) == 0
     finally:
         tp.quit()
+
+
+def test_pod_list_shows_what_the_application_needs(capsys):
+    from dataplane.cli import _print
+
+    pod = {
+        "name": "rtp1",
+        "netns": "/var/run/netns/rtp1",
+        "state": "ready",
+        "planes": [
+            {
+                "plane": "std",
+                "network": "net1",
+                "ifname": "eth0",
+                "host_ifname": "dp0123abcdstd",
+                "mac": "02:00:00:00:00:01",
+                "ip": "192.168.10.5",
+                "port": 3,
+                "kind": "veth",
+            },
+            {
+                "plane": "media",
+                "network": "net3",
+                "ifname": None,
+                "host_ifname": None,
+                "mac": "02:00:00:00:00:02",
+                "ip": "192.168.30.5",
+                "port": 4,
+                "kind": "memif",
+                "socket": "/run/dataplane/pods/rtp1/media.sock",
+                "prefixlen": 24,
+                "gateway": None,
+                "mtu": 1450,
+            },
+            {
+                "plane": "control",
+                "network": "net2",
+                "ifname": "sriov0",
+                "host_ifname": None,
+                "mac": "02:00:00:00:00:03",
+                "ip": "192.168.20.5",
+                "port": None,
+                "kind": "vf",
+                "device": "0000:03:02.1",
+                "pci": "0000:03:02.1",
+                "prefixlen": 24,
+                "gateway": None,
+                "mtu": 1500,
+            },
+        ],
+    }
+    _print([pod], False)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "rtp1  netns=/var/run/netns/rtp1  state=ready"
+    assert "kind=" not in out[1]
+    assert out[2].split()[:4] == ["media", "-", "192.168.30.5", "02:00:00:00:00:02"]
+    assert out[3].split() == [
+        "kind=memif",
+        "socket=/run/dataplane/pods/rtp1/media.sock",
+        "prefixlen=24",
+        "mtu=1450",
+    ]
+    assert out[5].split()[:3] == ["kind=vf", "pci=0000:03:02.1", "device=0000:03:02.1"]
