@@ -60,8 +60,7 @@ from .common import (
 TESTPMD = "dpdk-testpmd"
 MAC_A, MAC_B = "02:00:00:00:0a:01", "02:00:00:00:0b:01"
 PATHS = ("memif", "vhost", "direct", "veth")
-CPU_A, CPU_B, CPU_CORE = 0, 1, 1
-RING_LOG2 = 12  # memif rings of 4096 slots
+RING_LOG2 = 14  # memif rings of 16384 slots, the most DPDK's memif allows
 
 
 class Pmd:
@@ -157,7 +156,7 @@ class Lab:
             EngineConfig(
                 mode="fallback",
                 lcores=[0, 1],
-                cpus=[0, CPU_CORE],
+                cpus=[self.args.a_cpu, self.args.core_cpu],
                 memory_mb=256,
                 file_prefix=f"dpp-{os.getpid()}-core",
             )
@@ -173,7 +172,7 @@ class Lab:
             prefix,
             vdev,
             fwd,
-            CPU_A if who == "a" else CPU_B,
+            self.args.a_cpu if who == "a" else self.args.b_cpu,
             os.path.join(self.dir, f"{prefix}.log"),
         )
         self.pmds.append(p)
@@ -307,9 +306,9 @@ def run(args) -> dict:
         try:
             lab.setup()
             say(
-                f"namespaces {lab.tag}-a/-b; pod a (txonly) on CPU {CPU_A}, pod b (rxonly) "
-                f"on CPU {CPU_B}, the core's worker on CPU {CPU_CORE} (shared with pod b "
-                "through the core; direct, pod b has it alone)"
+                f"namespaces {lab.tag}-a/-b; pod a (txonly) on CPU {args.a_cpu}, pod b "
+                f"(rxonly) on CPU {args.b_cpu}, the core's worker on CPU {args.core_cpu}; "
+                "busy pollers on one CPU take turns (time slices)"
             )
             for n in range(1, args.runs + 1):
                 for path in PATHS:
@@ -352,6 +351,11 @@ def parser() -> argparse.ArgumentParser:
         runs_help="runs of the four paths (figures are medians)",
         warmup=1.0,
         warmup_help="seconds of traffic before measuring",
+    )
+    ap.add_argument("--a-cpu", type=int, default=0, help="CPU of pod a, the sender (default 0)")
+    ap.add_argument("--b-cpu", type=int, default=1, help="CPU of pod b, the receiver (default 1)")
+    ap.add_argument(
+        "--core-cpu", type=int, default=1, help="CPU of the core's worker (default 1)"
     )
     return ap
 
