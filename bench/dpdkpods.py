@@ -61,6 +61,7 @@ TESTPMD = "dpdk-testpmd"
 MAC_A, MAC_B = "02:00:00:00:0a:01", "02:00:00:00:0b:01"
 PATHS = ("memif", "vhost", "direct", "veth")
 RING_LOG2 = 14  # memif rings of 16384 slots, the most DPDK's memif allows
+VIRTIO_QUEUE = 1 << RING_LOG2  # virtio rings as large
 
 
 class Pmd:
@@ -72,9 +73,11 @@ class Pmd:
         cmd = (
             ["ip", "netns", "exec", ns, "stdbuf", "-oL", TESTPMD]
             + ["--lcores", f"0@{cpu},1@{cpu}", "--no-pci", "--file-prefix", prefix]
-            + ["--in-memory", "--single-file-segments", "-m", "128", f"--vdev={vdev}"]
+            + ["--in-memory", "--single-file-segments", "-m", "192", f"--vdev={vdev}"]
             + ["--", "-i", f"--forward-mode={fwd}", "--txpkts=64", "--burst=32"]
-            + ["--total-num-mbufs=16384", "--txd=1024", "--rxd=1024"]
+            # descriptors as many as the rings have slots: a pod sharing a CPU
+            # keeps a whole time slice of frames
+            + ["--total-num-mbufs=49152", f"--txd={1 << RING_LOG2}", f"--rxd={1 << RING_LOG2}"]
             + [f"--eth-peer=0,{MAC_B}", "--no-flush-rx"]
         )
         with open(log_path, "w") as out:
@@ -203,7 +206,7 @@ class Lab:
                 for x in "ab"
             ]
             vdevs = {
-                x: f"net_virtio_user0,path={d}/{x}v.sock,server=1,queues=1,queue_size=1024,mac={m}"
+                x: f"net_virtio_user0,path={d}/{x}v.sock,server=1,queues=1,queue_size={VIRTIO_QUEUE},mac={m}"
                 for x, m in (("a", MAC_A), ("b", MAC_B))
             }
         else:  # veth: the pods' veths, their host ends AF_PACKET ports
@@ -354,9 +357,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--a-cpu", type=int, default=0, help="CPU of pod a, the sender (default 0)")
     ap.add_argument("--b-cpu", type=int, default=1, help="CPU of pod b, the receiver (default 1)")
-    ap.add_argument(
-        "--core-cpu", type=int, default=1, help="CPU of the core's worker (default 1)"
-    )
+    ap.add_argument("--core-cpu", type=int, default=1, help="CPU of the core's worker (default 1)")
     return ap
 
 
