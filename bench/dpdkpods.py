@@ -26,10 +26,14 @@ The core is this process's engine (fallback mode, lcores 0 and 1: control
 thread on CPU 0, the one worker on CPU 1), configured as the node service
 configures a pod's port.
 
-CPUs (2 on the reference machine): pod a's forwarding lcore on CPU 0,
-pod b's on CPU 1, the core's worker on CPU 1 too. Through the core, pod b's
-receive loop and the core's worker time-share CPU 1; direct, pod b has CPU 1
-to itself. Each testpmd's main lcore only waits for commands.
+CPUs (2 on the reference machine), by default as a node shares them: the
+core's worker has a CPU of its own (``--core-cpu 1``) and the pods share the
+other (``--a-cpu 0 --b-cpu 0``), in every path, so the direct path has the
+same CPU for the pods as the paths through the core. Busy pollers on one CPU
+take turns in scheduler time slices: rings and descriptors are made as large
+as DPDK allows (16384) so that a pod keeps a whole slice of frames. With
+``--b-cpu 1`` the receiver shares the core's CPU instead (and has it alone
+in the direct path). Each testpmd's main lcore only waits for commands.
 """
 
 import argparse
@@ -356,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
         warmup_help="seconds of traffic before measuring",
     )
     ap.add_argument("--a-cpu", type=int, default=0, help="CPU of pod a, the sender (default 0)")
-    ap.add_argument("--b-cpu", type=int, default=1, help="CPU of pod b, the receiver (default 1)")
+    ap.add_argument("--b-cpu", type=int, default=0, help="CPU of pod b, the receiver (default 0)")
     ap.add_argument("--core-cpu", type=int, default=1, help="CPU of the core's worker (default 1)")
     return ap
 
