@@ -274,8 +274,15 @@ def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind, where):
     got_dpdk = [bytes(f) for f in rdpcap(str(fab.tmp / "out.pcap"))]
     assert got_dpdk == to_dpdk, json.dumps(node.status())[:3000] + tp.text()[-3000:]
 
+    # the plane's port is a port of its network like a veth pod's: counted
+    port = [p for p in node.status()["ports"] if p["port"] == dp["port"]][0]
+    drv = "net_memif_" if kind == "memif" else "net_vhost_"
+    assert port["name"].startswith(drv) and port["network"] == "net1"
+    assert port["rx_packets"] >= N_FRAMES and port["tx_packets"] >= N_FRAMES
+
     node.api("DELETE", f"/v1/pods?name={fab.tag}d")
     assert not os.path.exists(os.path.dirname(dp["socket"]))
+    assert dp["port"] not in [p["port"] for p in node.status()["ports"]]
     assert [p["name"] for p in vnode.api("GET", "/v1/pods")] == [f"{fab.tag}v"]
     if vnode is not node:
         assert node.api("GET", "/v1/pods") == []
