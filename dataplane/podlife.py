@@ -97,6 +97,8 @@ class PodLife:
                 for e in eps
                 if kinds.get(e["plane"], VETH) == VETH and find_plane(e["host_ifname"]) is None
             ] + self._vfs_missing(pod["name"], eps)
+            if not os.path.exists(pod["netns"]):  # the pod is gone: memif, vhost-user too
+                missing = eps
             if missing or pod["state"] != "ready":
                 event(
                     "replay: removing incomplete pod",

@@ -160,3 +160,70 @@ def test_dataplane_devices_refused_as_vf(fabric, sockdir):
             node.api("POST", "/v1/pods", body)
     assert node.api("GET", "/v1/pods") == []
     assert link(node.ns, "uplink0") is not None
+
+
+# ------------------------------------------- sysfs discovery, on a fake sysfs
+class MetaStore:
+    """The store's meta calls alone."""
+
+    node = "node1"
+
+    def __init__(self):
+        self.meta = {}
+
+    def get_meta(self, key):
+        return self.meta.get(key)
+
+    def set_meta(self, key, value):
+        self.meta[key] = value
+
+
+@pytest.fixture
+def fake_sysfs(tmp_path, monkeypatch):
+    """A PF 0000:03:00.0 (ens1f0) with VF 3 = 0000:03:02.1 (netdev vf0) and
+    VF 4 = 0000:03:02.2 bound to a userspace driver (no netdev)."""
+    from dataplane import vf
+
+    pci, net = tmp_path / "bus/pci/devices", tmp_path / "class/net"
+    for d in ("0000:03:00.0/net/ens1f0", "0000:03:02.1/net/vf0", "0000:03:02.2"):
+        (pci / d).mkdir(parents=True)
+    net.mkdir(parents=True)
+    for name, dev in (("ens1f0", "0000:03:00.0"), ("vf0", "0000:03:02.1")):
+        (net / name).mkdir()
+        (net / name / "device").symlink_to(pci / dev)
+    for i, dev in ((3, "0000:03:02.1"), (4, "0000:03:02.2")):
+        (pci / "0000:03:00.0" / f"virtfn{i}").symlink_to(pci / dev)
+        (pci / dev / "physfn").symlink_to(pci / "0000:03:00.0")
+    monkeypatch.setattr(vf, "SYS_PCI", str(pci))
+    monkeypatch.setattr(vf, "SYS_NET", str(net))
+    return vf
+
+
+def test_vf_found_by_name_or_pci_address_with_its_pf(fake_sysfs):
+    vf = fake_sysfs
+    assert vf.resolve("vf0") == ("vf0", "0000:03:02.1")
+    assert vf.resolve("0000:03:02.1") == ("vf0", "0000:03:02.1")
+    assert vf.resolve("0000:03:02.2") == (None, "0000:03:02.2")  # vfio-pci: no netdev
+    assert vf._pf_of("vf0") == ("ens1f0", 3)
+    assert vf._pf_of("ens1f0") == (None, None)
+    from dataplane.errors import NotFound
+
+    with pytest.raises(NotFound, match="0000:03:09.0: no such PCI device"):
+        vf.resolve("0000:03:09.0")
+
+
+def test_dpdk_mode_vf_is_held_not_moved(fake_sysfs):
+    """A VF bound to vfio-pci: recorded as held, its PCI address returned,
+    nothing moved; another pod is refused; give_back frees it."""
+    vf = fake_sysfs
+    from dataplane.errors import Busy
+
+    store = MetaStore()
+    args = ("/nonexistent", "sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False, {})
+    got = vf.take(store, "p1", "media", "0000:03:02.2", *args)
+    assert got == {"pci": "0000:03:02.2", "device": "0000:03:02.2"}
+    assert json.loads(store.meta["vf:node1:0000:03:02.2"])["pod"] == "p1"
+    with pytest.raises(Busy, match="held by pod p1 plane media"):
+        vf.take(store, "p2", "media", "0000:03:02.2", *args)
+    assert vf.give_back(store, "0000:03:02.2") is True
+    assert vf.holder(store, "0000:03:02.2") is None
