@@ -533,3 +533,19 @@ def test_pod_list_shows_what_the_application_needs(capsys):
         "mtu=1450",
     ]
     assert out[5].split()[:3] == ["kind=vf", "pci=0000:03:02.1", "device=0000:03:02.1"]
+
+
+def test_replay_forgets_dpdk_pod_whose_namespace_is_gone(fabric, sockdir):
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    dpod = add_pod(fab, node, "d", "memif")
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    ipn_del = subprocess.run(["ip", "netns", "del", dpod["ns"]], capture_output=True)
+    assert ipn_del.returncode == 0
+    fab.namespaces.remove(dpod["ns"])
+    node.start()
+    assert node.api("GET", "/v1/pods") == []
+    assert not os.path.exists(os.path.dirname(dpod["planes"][0]["socket"]))
+    assert not [p for p in node.status()["ports"] if p["role"] == "pod"]
