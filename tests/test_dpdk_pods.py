@@ -549,3 +549,41 @@ def test_replay_forgets_dpdk_pod_whose_namespace_is_gone(fabric, sockdir):
     assert node.api("GET", "/v1/pods") == []
     assert not os.path.exists(os.path.dirname(dpod["planes"][0]["socket"]))
     assert not [p for p in node.status()["ports"] if p["role"] == "pod"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "etcd"])
+def test_stores_keep_socket_and_vf_planes(kind, tmp_path, request):
+    """Planes without a host interface (memif, vhost-user, vf), several per
+    node, and a VF's hold record, in either store."""
+    from dataplane.store import SqliteStore
+
+    if kind == "sqlite":
+        store = SqliteStore(str(tmp_path / "s.db"))
+    else:
+        from tests.etcdhost import have_etcd, shared_server
+
+        if not have_etcd():  # setup.sh installs it (etcd-server)
+            raise AssertionError("etcd-server is missing: install it (scripts/setup.sh)")
+        from dataplane.store.etcd import EtcdStore
+
+        store = EtcdStore([shared_server(request.config).url], prefix=f"/dpk/{uuid.uuid4().hex}")
+    store.node = "node1"
+    try:
+        store.put_network("net3", 303, "media", "192.168.53.0/24")
+        for pod in ("p1", "p2"):
+            store.put_pod(pod, "/var/run/netns/x", {"pod_type": "it"}, node="node1")
+            mac = store.allocate_mac(pod, "media")
+            ip = store.allocate_ip("net3", "192.168.53.0/24", None, pod)
+            store.add_endpoint(pod, "media", "net3", None, None, mac, ip, node="node1")
+        eps = store.endpoints(node="node1")
+        assert [(e["pod"], e["host_ifname"], e["vtep"]) for e in eps] == [
+            ("p1", None, None),
+            ("p2", None, None),
+        ]
+        store.set_meta("vf:node1:0000:03:02.1", json.dumps({"pod": "p1"}))
+        assert json.loads(store.get_meta("vf:node1:0000:03:02.1")) == {"pod": "p1"}
+        for pod in ("p1", "p2"):
+            store.delete_pod(pod)
+        assert store.endpoints(node="node1") == []
+    finally:
+        store.close()
