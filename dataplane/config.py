@@ -14,6 +14,7 @@
       - {vtep: 10.0.0.2, networks: [net1]}
     # store: {kind: sqlite}         # default: state_dir/state.db, one node
     # store: {kind: etcd, endpoints: ["http://127.0.0.1:2379"], prefix: /dataplane}
+    # pod_socket_dir: /run/dataplane/pods   # memif / vhost-user sockets, a directory per pod
 
 :func:`load_config` reads a file, :func:`parse_config` a dict already parsed.
 Both return a :class:`NodeConfig` or raise :class:`~dataplane.errors.ConfigError`
