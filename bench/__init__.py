@@ -14,6 +14,9 @@
   against the kernel's bridge and bridge + vxlan paths (bench.pods);
 - ``churn``: FDB updates per second through the API while the core
   forwards, and the rate and longest stall they cause (bench.churn).
+- ``dpdkpods``: 64-byte frames between two testpmd pods through the core
+  over memif and vhost-user, against memif peer to peer, and over veths
+  (bench.dpdkpods).
 
 Each shows its progress on stderr (``--quiet``: none) and prints one
 ``RESULT name=... key=value ...`` line on stdout.
@@ -34,4 +37,5 @@ BENCHMARKS = {
     "afpacket": ("afpacket", False),
     "pods": ("pods", False),
     "churn": ("churn", False),
+    "dpdkpods": ("dpdkpods", False),
 }

@@ -56,11 +56,24 @@ def _print(obj, as_json):
         print(f"{obj['name']}  netns={obj['netns']}  state={obj['state']}")
         for p in obj["planes"]:
             print(
-                f"  {p['plane']:8s} {p['ifname']:10s} {p['ip']:15s} {p['mac']}  "
+                f"  {p['plane']:8s} {p['ifname'] or '-':10s} {p['ip']:15s} {p['mac']}  "
                 f"net={p['network']} host={p['host_ifname']} port={p['port']}"
             )
+            _print_plane_kind(p)
         return
     print(json.dumps(obj, indent=2))
+
+
+def _print_plane_kind(p):
+    """What a memif, vhost-user or vf plane's application needs, on a line."""
+    kind = p.get("kind", "veth")
+    if kind == "veth":
+        return
+    need = [f"kind={kind}"]
+    for key in ("socket", "pci", "device", "prefixlen", "gateway", "mtu"):
+        if p.get(key) is not None:
+            need.append(f"{key}={p[key]}")
+    print("  " + " " * 8 + " " + " ".join(need))
 
 
 def cmd_run(args):

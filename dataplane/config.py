@@ -14,6 +14,7 @@
       - {vtep: 10.0.0.2, networks: [net1]}
     # store: {kind: sqlite}         # default: state_dir/state.db, one node
     # store: {kind: etcd, endpoints: ["http://127.0.0.1:2379"], prefix: /dataplane}
+    # pod_socket_dir: /run/dataplane/pods   # memif / vhost-user sockets, a directory per pod
 
 :func:`load_config` reads a file, :func:`parse_config` a dict already parsed.
 Both return a :class:`NodeConfig` or raise :class:`~dataplane.errors.ConfigError`
@@ -81,6 +82,8 @@ DEFAULT_ETCD_PREFIX = "/dataplane"
 
 DEFAULT_STATE_DIR = "/var/lib/dataplane"
 DEFAULT_API_SOCKET = "/run/dataplane/api.sock"
+#: where the sockets of memif and vhost-user pod planes go, a directory per pod
+DEFAULT_POD_SOCKET_DIR = "/run/dataplane/pods"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 DEFAULT_UDP_PORT = 4789
 DEFAULT_UNDERLAY_MTU = 1500
@@ -230,6 +233,7 @@ class NodeConfig:
     store: StoreConfig = dataclasses.field(default_factory=StoreConfig)
     api_socket: str = DEFAULT_API_SOCKET
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
+    pod_socket_dir: str = DEFAULT_POD_SOCKET_DIR  # memif / vhost-user sockets
 
     # ---------------------------------------------------------- look-ups
     def network(self, name: str) -> Optional[NetworkConfig]:
@@ -296,6 +300,7 @@ class NodeConfig:
             "store": self.store.to_dict(),
             "api_socket": self.api_socket,
             "metrics": dataclasses.asdict(self.metrics),
+            "pod_socket_dir": self.pod_socket_dir,
         }
 
 
@@ -392,6 +397,7 @@ _TOP_KEYS = (
     "store",
     "api_socket",
     "metrics",
+    "pod_socket_dir",
 )
 _VTEP_KEYS = (
     "address",
@@ -443,6 +449,9 @@ def _node_config(data, base_dir) -> NodeConfig:
         top.get("api_socket", DEFAULT_API_SOCKET), "api_socket", base_dir
     )
     metrics = _metrics(top.get("metrics"))
+    pod_socket_dir = check_abspath(
+        top.get("pod_socket_dir", DEFAULT_POD_SOCKET_DIR), "pod_socket_dir", base_dir
+    )
     return NodeConfig(
         node=node,
         mode=mode,
@@ -457,6 +466,7 @@ def _node_config(data, base_dir) -> NodeConfig:
         store=store,
         api_socket=api_socket,
         metrics=metrics,
+        pod_socket_dir=pod_socket_dir,
     )
 
 

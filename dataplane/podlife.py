@@ -12,7 +12,8 @@ import socket
 from typing import Callable, Dict, List, Optional
 
 from .checks import AF_XDP_FILL_MBUFS, check_pod_name
-from .errors import ConfigError, DataplaneError, NotFound, ResourceError
+from .errors import Busy, ConfigError, DataplaneError, NotFound, ResourceError
+from .fastif import SOCKET_KINDS, VETH, VF
 from .logs import event, log
 
 #: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
@@ -90,7 +91,14 @@ class PodLife:
 
         for pod in self.store.pods(node=self.config.node):
             eps = self.store.endpoints(pod=pod["name"])
-            missing = [e for e in eps if find_plane(e["host_ifname"]) is None]
+            kinds = self._kinds(pod["name"])
+            missing = [
+                e
+                for e in eps
+                if kinds.get(e["plane"], VETH) == VETH and find_plane(e["host_ifname"]) is None
+            ] + self._vfs_missing(pod["name"], eps)
+            if not os.path.exists(pod["netns"]):  # the pod is gone: memif, vhost-user too
+                missing = eps
             if missing or pod["state"] != "ready":
                 event(
                     "replay: removing incomplete pod",
@@ -101,7 +109,11 @@ class PodLife:
                 self._remove(pod["name"], eps)
                 continue
             for e in eps:
-                self._attach_port(e)
+                kind = kinds.get(e["plane"], VETH)
+                if kind == VETH:
+                    self._attach_port(e)
+                elif kind in SOCKET_KINDS:
+                    self._attach_fast(pod["name"], e, self._plane_spec(pod["name"], e["plane"]))
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
 
     def _attach_port(self, e) -> int:
@@ -110,6 +122,53 @@ class PodLife:
             self.engine, e["host_ifname"], self.config.kernel_driver, network=net
         )
         self.ports[e["host_ifname"]] = port
+        self.engine.fdb_add_local(net, e["mac"], port)
+        return port
+
+    # ------------------------------------------------- memif and vhost-user
+    def _vfs_missing(self, name, eps):
+        """The VF endpoints of pod ``name`` whose device is not in the pod."""
+        from . import vf as vfs
+
+        by_plane = {p.plane: p for p in self._stored_spec(name) if p.kind == VF}
+        return [
+            e
+            for e in eps
+            if e["plane"] in by_plane
+            and not vfs.in_pod(self.store, by_plane[e["plane"]].options["device"])
+        ]
+
+    def _kinds(self, name) -> Dict[str, str]:
+        """{plane: kind} of pod ``name`` as its stored spec says."""
+        return {p.plane: p.kind for p in self._stored_spec(name)}
+
+    def _stored_spec(self, name):
+        from .podspec import parse_pod_spec
+
+        pod = self.store.pod(name)
+        if not pod:
+            return []
+        try:
+            return parse_pod_spec(pod["spec"], self.config).planes
+        except ConfigError:  # the node's configuration changed under it
+            return []
+
+    def _plane_spec(self, name, plane):
+        for p in self._stored_spec(name):
+            if p.plane == plane:
+                return p
+        return None
+
+    def _attach_fast(self, name, e, ps) -> int:
+        """The memif / vhost-user port of pod ``name``'s plane (endpoint ``e``)."""
+        from . import fastif
+        from .podspec import host_ifname
+
+        net = self.networks[e["network"]]
+        port, _ = fastif.attach(
+            self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
+        )
+        self.ports[host_ifname(name, e["plane"])] = port
         self.engine.fdb_add_local(net, e["mac"], port)
         return port
 
@@ -128,6 +187,10 @@ class PodLife:
         if not os.path.exists(netns):
             raise NotFound(f"netns: {netns} does not exist")
         ps = parse_pod_spec(spec, self.config)
+        from .fastif import check_node_can
+
+        for p in ps.planes:
+            check_node_can(p.kind, p.plane)
         node = self.config.node
         with self.lock:
             self._check_macs_free(name, ps)  # refused before anything is written
@@ -141,6 +204,9 @@ class PodLife:
                     else:
                         mac = self.store.allocate_mac(name, p.plane)
                     hif = host_ifname(name, p.plane)
+                    if p.kind != VETH:
+                        self._add_fast_plane(name, netns, p, n, mac, ip)
+                        continue
                     self.store.add_endpoint(
                         name,
                         p.plane,
@@ -188,11 +254,80 @@ class PodLife:
                     f"{e['plane']} already"
                 )
 
+    def _give_back_vfs(self, name):
+        """Every VF pod ``name`` holds, back to the node as it was."""
+        from . import vf as vfs
+
+        for p in self._stored_spec(name):
+            if p.kind != VF:
+                continue
+            rec = vfs.holder(self.store, p.options["device"])
+            if rec and rec["pod"] == name:
+                try:
+                    vfs.give_back(self.store, p.options["device"])
+                except DataplaneError as err:
+                    log.warning("giving back vf %s of pod %s: %s", p.options["device"], name, err)
+
+    def _add_fast_plane(self, name, netns, p, n, mac, ip):
+        """A plane that is not a veth: recorded first, then made."""
+        e = {"plane": p.plane, "network": n.name, "mac": mac}
+        vf = p.kind == VF  # not behind this node's VTEP: the NIC switches it
+        self.store.add_endpoint(
+            name,
+            p.plane,
+            n.name,
+            p.ifname if vf else None,
+            None,
+            mac,
+            ip,
+            node=self.config.node,
+            vtep=None if vf else self.config.vtep.ip,
+        )
+        if p.kind in SOCKET_KINDS:
+            self._attach_fast(name, e, p)
+        if vf:
+            from . import vf as vfs
+
+            dev = p.options["device"]
+            ours = {self.config.vtep.uplink_ifname} | {
+                x["host_ifname"] for x in self.store.endpoints(node=self.config.node)
+            }
+            if dev in ours:
+                raise Busy(f"vf device {dev} is the dataplane's own (uplink or a pod's veth)")
+            vfs.take(
+                self.store,
+                name,
+                p.plane,
+                p.options["device"],
+                netns,
+                p.ifname,
+                mac,
+                f"{ip}/{n.prefixlen}",
+                n.gateway,
+                n.mtu,
+                p.default_route,
+                p.options,
+            )
+        self.store.set_endpoint_state(name, p.plane, "ready")
+
     def _remove(self, name, eps):
         """Detach what is left of pod ``name`` (ports, interfaces) and forget it."""
+        from . import fastif
         from .podnet import detach_plane
+        from .podspec import host_ifname
 
+        kinds = self._kinds(name)
+        self._give_back_vfs(name)
         for e in eps:
+            if kinds.get(e["plane"], VETH) == VF:
+                continue
+            if kinds.get(e["plane"], VETH) in SOCKET_KINDS:
+                port = self.ports.pop(host_ifname(name, e["plane"]), None)
+                try:
+                    fastif.detach(self.engine, port, self.config.pod_socket_dir, name, e["plane"])
+                except DataplaneError as err:
+                    log.warning("removing %s plane %s: %s", name, e["plane"], err)
+                continue
             hif = e["host_ifname"]
             port = self.ports.pop(hif, None)
             if port is not None:
@@ -204,6 +339,8 @@ class PodLife:
                 detach_plane(hif)
             except DataplaneError as err:
                 log.warning("removing %s: %s", hif, err)
+        if any(k in SOCKET_KINDS for k in kinds.values()):
+            fastif.remove_pod_dir(self.config.pod_socket_dir, name)
         self.store.delete_pod(name)
 
     def del_pod(self, name: str) -> dict:
@@ -230,9 +367,36 @@ class PodLife:
             "planes": [
                 {k: e[k] for k in ("plane", "network", "ifname", "host_ifname", "mac", "ip")}
                 | {"port": self.ports.get(e["host_ifname"])}
+                | self._plane_extra(name, e)
                 for e in eps
             ],
         }
+
+    def _plane_extra(self, name, e) -> dict:
+        """A plane's kind and what the pod's application needs to use it."""
+        from . import fastif
+        from .podspec import host_ifname
+
+        ps = self._plane_spec(name, e["plane"])
+        kind = ps.kind if ps else VETH
+        out = {"kind": kind}
+        if kind == VETH:
+            return out
+        n = self.config.network(e["network"])
+        out |= {
+            "prefixlen": n.prefixlen if n else None,
+            "gateway": n.gateway if n else None,
+            "mtu": n.mtu if n else None,
+        }
+        if kind == VF:
+            from . import vf as vfs
+
+            rec = vfs.holder(self.store, ps.options["device"]) or {}
+            out |= {"device": ps.options["device"], "pci": rec.get("pci")}
+        if kind in SOCKET_KINDS:
+            out["socket"] = fastif.socket_path(self.config.pod_socket_dir, name, e["plane"])
+            out["port"] = self.ports.get(host_ifname(name, e["plane"]))
+        return out
 
     def list_pods(self) -> List[dict]:
         return [self.pod_info(p["name"]) for p in self.store.pods(node=self.config.node)]

@@ -9,6 +9,12 @@ A pod's plane spec, JSON text or a dict::
      "macs": {"media": "02:00:00:00:00:07"},         # optional fixed MACs
      "interfaces": {"media": "rtp0"}}                # optional interface names
 
+An ``interfaces`` entry may instead be a mapping naming the plane's kind,
+``veth`` (the default), ``memif``, ``vhost-user`` or ``vf``, with that
+kind's options (:data:`dataplane.fastif.OPTIONS`), e.g.
+``{"media": {"kind": "memif"}}`` or ``{"media": {"kind": "vf", "device":
+"ens1f0v3", "vlan": 30}}``.
+
 "it" pods have only the std plane. :func:`parse_pod_spec` checks it against
 the node configuration and returns a :class:`PodSpec`, or raises ConfigError
 naming the problem. Inside the pod, std is ``eth0`` and every other plane is
@@ -34,6 +40,7 @@ from .checks import (
 )
 from .config import NodeConfig
 from .errors import ConfigError
+from .fastif import VETH, parse_interface
 
 POD_TYPES = ("ct", "it")
 SPEC_KEYS = ("pod_type", "network_plane", "networks", "ips", "macs", "interfaces")
@@ -48,6 +55,8 @@ class PlaneSpec:
     ifname: str  # interface name inside the pod
     ip: Optional[str] = None  # fixed address asked for (no prefix)
     mac: Optional[str] = None  # fixed MAC asked for
+    kind: str = VETH  # veth, memif, vhost-user, vf
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the kind's
 
     @property
     def default_route(self) -> bool:
@@ -74,6 +83,9 @@ class PodSpec:
             "networks": {p.plane: p.network for p in self.planes},
             "interfaces": {p.plane: p.ifname for p in self.planes},
         }
+        for p in self.planes:
+            if p.kind != VETH:
+                d["interfaces"][p.plane] = _interface_dict(p)
         ips = {p.plane: p.ip for p in self.planes if p.ip}
         macs = {p.plane: p.mac for p in self.planes if p.mac}
         if ips:
@@ -81,6 +93,13 @@ class PodSpec:
         if macs:
             d["macs"] = macs
         return d
+
+
+def _interface_dict(p: PlaneSpec) -> Dict[str, Any]:
+    d = {"kind": p.kind, **p.options}
+    if p.kind == "vf":
+        d["ifname"] = p.ifname
+    return d
 
 
 # `"networks": ["std": "net1", ...]`: a list of "key": "value" pairs
@@ -120,6 +139,8 @@ def _plane_map(spec, key, listed, config):
                 f"{key}.{plane}",
                 f"{what} given for plane {plane}, which is not listed in network_plane",
             )
+        if key == "interfaces" and isinstance(v, dict):
+            continue  # a kind and its options: parse_interface
         if not isinstance(v, str) or not v:
             named = " name" if key in ("networks", "interfaces") else ""
             raise fail(f"{key}.{plane}", f"{v!r} is not a {what}{named}")
@@ -163,17 +184,21 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
                 f"networks.{plane}: network {name} belongs to plane {net.plane}, not {plane}"
             )
 
+        kind, opts, given = VETH, {}, ifnames.get(plane)
+        if isinstance(given, dict):
+            kind, given, opts = parse_interface(given, plane)
         ifname = check_ifname(
-            ifnames.get(plane, config.planes[plane].interface),
+            given or config.planes[plane].interface,
             f"interfaces.{plane}",
             reserved=_RESERVED_IFNAMES,
         )
-        if ifname in used_if:
+        if ifname in used_if and kind in (VETH, "vf"):
             raise ConfigError(
                 f"interfaces: duplicate interface name {ifname!r} (planes "
                 f"{used_if[ifname]} and {plane})"
             )
-        used_if[ifname] = plane
+        if kind in (VETH, "vf"):  # memif and vhost-user have no kernel interface
+            used_if[ifname] = plane
 
         ip = ips.get(plane)
         if ip is not None:
@@ -186,7 +211,17 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
                     f"macs.{plane}: {mac} is the MAC of plane {used_mac[mac]} already"
                 )
             used_mac[mac] = plane
-        out.append(PlaneSpec(plane=plane, network=name, ifname=ifname, ip=ip, mac=mac))
+        out.append(
+            PlaneSpec(
+                plane=plane,
+                network=name,
+                ifname=ifname,
+                ip=ip,
+                mac=mac,
+                kind=kind,
+                options=opts,
+            )
+        )
     return PodSpec(pod_type=pod_type, planes=out)
 
 

@@ -112,6 +112,17 @@ CASES = {
             "max_gap_ms": ("stall in ms", lambda x: x >= 0),
         },
     ),
+    "dpdkpods": (
+        ["--seconds", "0.2", "--warmup", "0.1", "--runs", "1"],
+        "dpdkpods",
+        {
+            "memif_mpps": RATE,
+            "vhost_mpps": RATE,
+            "direct_mpps": RATE,
+            "ratio": RATIO,
+            "veth_kpps": RATE,
+        },
+    ),
 }
 QUIET = {"decap"}  # run with --quiet: stdout and stderr hold the RESULT line alone
 TIMEOUT_S = 240
@@ -167,7 +178,10 @@ def left_behind(pid):
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=[pytest.mark.netns]) if n in ("afpacket", "pods") else n for n in CASES],
+    [
+        pytest.param(n, marks=[pytest.mark.netns]) if n in ("afpacket", "pods", "dpdkpods") else n
+        for n in CASES
+    ],
 )
 def test_bench_runs(name):
     assert os.geteuid() == 0, "the benchmarks need root (DPDK, network namespaces)"

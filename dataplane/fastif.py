@@ -1,0 +1,222 @@
+"""Fast pod interfaces: memif and vhost-user planes served by the core.
+
+A plane of kind ``memif`` or ``vhost-user`` has no kernel interface: the
+pod's DPDK application talks to the core through shared memory, set up over
+a unix socket in a directory of the pod's own::
+
+    <pod_socket_dir>/<pod>/<plane>.sock      (default /run/dataplane/pods)
+
+memif        the core is the memif server (``net_memif``, role=server, a
+             socket file, not an abstract socket). The core creates the
+             socket; the pod's application connects as the client.
+vhost-user   the core is the vhost-user backend (``net_vhost``) in client
+             mode with reconnection; the pod's application (``virtio_user``
+             with ``server=1``) creates the socket. Either side may restart:
+             the core reconnects to the pod's socket by itself, and a pod
+             that restarts listens on the same path again.
+
+The port joins the plane's network like a veth pod's port: FDB entry for
+the pod's MAC, VXLAN to other nodes, plane queues, histograms, metrics. The
+pod's MAC and IP come from the network's IPAM and are returned to the
+caller; the core does not configure the pod's stack.
+
+:func:`parse_interface` (pure) checks a plane's ``interfaces`` entry; the
+rest acts on the node (directories, sockets, the engine's ports).
+"""
+
+import hashlib
+import os
+import shutil
+from typing import Any, Dict, Optional, Tuple
+
+from .checks import IFNAMSIZ, check_int, check_pow2, fail
+from .errors import ConfigError, DataplaneError, ResourceError
+
+VETH = "veth"
+MEMIF = "memif"
+VHOST_USER = "vhost-user"
+VF = "vf"
+KINDS = (VETH, MEMIF, VHOST_USER, VF)
+#: kinds whose port the core serves over a unix socket
+SOCKET_KINDS = (MEMIF, VHOST_USER)
+#: the options each kind takes besides ``kind``
+OPTIONS = {
+    VETH: ("ifname",),
+    MEMIF: ("uid", "gid", "ring_size"),
+    VHOST_USER: ("uid", "gid"),
+    VF: ("device", "ifname", "vlan", "spoofchk", "trust"),
+}
+#: sun_path of struct sockaddr_un, with its NUL
+SUN_PATH_MAX = 108
+MEMIF_MAX_RING = 1 << 14
+
+
+# ================================================================ the spec
+def parse_interface(value, plane: str) -> Tuple[str, Optional[str], Dict[str, Any]]:
+    """A plane's ``interfaces`` entry given as a mapping: (kind, ifname or
+    None, options). ConfigError names the kind or option that is wrong."""
+    path = f"interfaces.{plane}"
+    kind = value.get("kind", VETH)
+    if kind not in KINDS:
+        raise fail(f"{path}.kind", f"{kind!r} is not an interface kind ({', '.join(KINDS)})")
+    opts = {}
+    for key, v in value.items():
+        if key == "kind":
+            continue
+        if key not in OPTIONS[kind]:
+            takes = ", ".join(OPTIONS[kind])
+            raise fail(
+                f"{path}.{key}",
+                f"option {key!r} does not fit kind {kind} (it takes: kind, {takes})",
+            )
+        opts[key] = v
+    ifname = opts.pop("ifname", None)
+    if ifname is not None and (not isinstance(ifname, str) or not ifname):
+        raise fail(f"{path}.ifname", f"{ifname!r} is not an interface name")
+    for key in ("uid", "gid"):
+        if key in opts:
+            check_int(opts[key], f"{path}.{key}", 0, (1 << 32) - 2)
+    if "ring_size" in opts:
+        check_pow2(opts["ring_size"], f"{path}.ring_size", 2, MEMIF_MAX_RING)
+    if kind == VF:
+        dev = opts.get("device")
+        if not isinstance(dev, str) or not dev:
+            raise fail(
+                f"{path}.device",
+                "is required for kind vf (the VF's host interface name or PCI address)",
+            )
+        if "vlan" in opts:
+            check_int(opts["vlan"], f"{path}.vlan", 0, 4094)
+        for key in ("spoofchk", "trust"):
+            if key in opts and not isinstance(opts[key], bool):
+                raise fail(f"{path}.{key}", f"{opts[key]!r} is not true or false")
+    return kind, ifname, opts
+
+
+# ============================================================ node support
+def hugepages_total(meminfo: str = "/proc/meminfo") -> int:
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("HugePages_Total:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def check_node_can(kind: str, plane: str, meminfo: str = "/proc/meminfo"):
+    """ResourceError unless this node can give a pod a ``kind`` plane: a
+    memif or vhost-user pod runs DPDK on hugepages of the node's pool."""
+    if kind in SOCKET_KINDS and hugepages_total(meminfo) == 0:
+        raise ResourceError(
+            f"interfaces.{plane}: kind {kind} needs hugepages on this node for the pod's "
+            "DPDK application, and none are reserved (HugePages_Total is 0)"
+        )
+
+
+# ================================================================= sockets
+def pod_dir(base: str, pod: str) -> str:
+    if pod in (".", ".."):
+        raise ConfigError(f"name: {pod!r} is not a pod name")
+    return os.path.join(base, pod)
+
+
+def socket_path(base: str, pod: str, plane: str) -> str:
+    """The plane's socket; ConfigError if it is too long for a unix socket."""
+    path = os.path.join(pod_dir(base, pod), f"{plane}.sock")
+    if len(path.encode()) >= SUN_PATH_MAX:
+        raise ConfigError(
+            f"pod {pod} plane {plane}: socket path {path} is longer than a unix socket "
+            f"allows ({SUN_PATH_MAX - 1} bytes): use a shorter pod name or pod_socket_dir"
+        )
+    return path
+
+
+def vdev_name(kind: str, pod: str, plane: str) -> str:
+    """The DPDK device name of the plane's port, the same for every add."""
+    h = hashlib.sha256(f"{pod}\0{plane}".encode()).hexdigest()[:10]
+    drv = "net_memif" if kind == MEMIF else "net_vhost"
+    return f"{drv}_{h}{plane[: IFNAMSIZ - 1]}"
+
+
+def devargs(kind: str, pod: str, plane: str, path: str, opts: Dict[str, Any]) -> str:
+    name = vdev_name(kind, pod, plane)
+    if kind == MEMIF:
+        d = f"{name},role=server,id=0,socket={path},socket-abstract=no"
+        if "ring_size" in opts:
+            d += f",rsize={int(opts['ring_size']).bit_length() - 1}"
+        return d
+    # client=1: the pod's virtio_user (server=1) owns the socket; the
+    # backend connects and reconnects to it after either side restarts
+    return f"{name},iface={path},client=1,queues=1"
+
+
+def _prepare_dir(base: str, pod: str, opts: Dict[str, Any]) -> str:
+    os.makedirs(base, mode=0o755, exist_ok=True)
+    d = pod_dir(base, pod)
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    uid, gid = opts.get("uid", -1), opts.get("gid", -1)
+    if uid != -1 or gid != -1:
+        # the pod's user may create (vhost-user) and connect to its sockets
+        os.chown(d, uid, gid)
+        os.chmod(d, 0o770)
+    return d
+
+
+def attach(engine, net: int, pod: str, plane: str, kind: str, base: str, opts) -> Tuple[int, str]:
+    """The plane's port in ``engine`` (network ``net``) and its socket path.
+    A stale socket of an earlier run is removed first; on failure nothing is
+    left (port, socket, directory)."""
+    path = socket_path(base, pod, plane)
+    made = not os.path.isdir(pod_dir(base, pod))
+    _prepare_dir(base, pod, opts)
+    try:
+        if kind == MEMIF:
+            _unlink(path)  # the server cannot listen on an existing file
+        try:
+            port = engine.add_port(devargs(kind, pod, plane, path, opts), network=net)
+        except DataplaneError as e:
+            raise type(e)(f"pod {pod} plane {plane}: kind {kind}: {e}", e.errno) from e
+        if kind == MEMIF:
+            uid, gid = opts.get("uid", -1), opts.get("gid", -1)
+            try:
+                if uid != -1 or gid != -1:
+                    os.chown(path, uid, gid)
+                os.chmod(path, 0o660)
+            except OSError:
+                engine.del_port(port)
+                raise
+    except BaseException:
+        _unlink(path)
+        if made:
+            shutil.rmtree(pod_dir(base, pod), ignore_errors=True)
+        raise
+    return port, path
+
+
+def detach(engine, port: Optional[int], base: str, pod: str, plane: str):
+    """Remove the plane's port and its socket (the pod's directory with its
+    last plane)."""
+    if port is not None:
+        engine.del_port(port)
+    path = socket_path(base, pod, plane)
+    _unlink(path)
+    try:
+        os.rmdir(pod_dir(base, pod))
+    except OSError:
+        pass  # other planes' sockets still there, or gone already
+
+
+def remove_pod_dir(base: str, pod: str):
+    """The pod's socket directory, whatever is left in it (pod delete)."""
+    d = pod_dir(base, pod)
+    if os.path.isdir(d):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _unlink(path: str):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,267 @@
+"""SR-IOV VF planes: a host netdev handed to a pod, and given back exactly.
+
+A plane of kind ``vf`` names a host network device, by interface name or
+PCI address (``"device": "ens1f0v3"`` or ``"0000:03:02.1"``). The core does
+not forward for it: the VF's traffic goes through the NIC's own switch.
+
+take  1. the device's original state (name, ifindex, MAC, MTU, up, and with a
+         PF: the VF's index, MAC, VLAN, spoof check and trust there) is
+         written to the store (meta key ``vf:<node>:<device>``) before anything
+         changes; a device another pod holds is refused (Busy)
+      2. down, renamed to a temporary name (it never clashes with a name in
+         the pod's namespace) and moved into the pod's namespace
+      3. there renamed to the plane's interface name, MAC and MTU set, up,
+         the address added, on the std plane the default route
+      4. with a PF: the VF's MAC, VLAN, spoof check and trust set through
+         the PF (netlink IFLA_VF_*)
+give_back  the reverse, from the stored state, wherever the device is now
+      (the pod's namespace, or this one after the namespace died); the
+      record is cleared only once the device is back.
+
+A VF bound to a userspace driver (vfio-pci: a PCI address with no network
+device) is not moved: it is recorded as held and its PCI address returned
+for the pod's DPDK application.
+"""
+
+import hashlib
+import json
+import os
+import re
+from typing import Optional
+
+from .errors import Busy, DataplaneError, NotFound
+from .logs import event
+
+PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+SYS_NET = "/sys/class/net"
+SYS_PCI = "/sys/bus/pci/devices"
+
+
+def meta_key(store, device: str) -> str:
+    """Where the device's holder and original state are kept: per node (an
+    etcd store is the cluster's, and device names repeat across nodes)."""
+    return f"vf:{store.node or ''}:{device}"
+
+
+def temp_name(device: str) -> str:
+    """A name no pod and no host interface has: 'dpvf' + 10 hex digits."""
+    return "dpvf" + hashlib.sha256(device.encode()).hexdigest()[:10]
+
+
+# ------------------------------------------------------------- discovery
+def resolve(device: str):
+    """(ifname or None, PCI address or None) of ``device`` in this
+    namespace; NotFound if there is no such device."""
+    if PCI_RE.match(device):
+        d = os.path.join(SYS_PCI, device.lower())
+        if not os.path.isdir(d):
+            raise NotFound(f"vf device {device}: no such PCI device")
+        net = os.path.join(d, "net")
+        names = sorted(os.listdir(net)) if os.path.isdir(net) else []
+        return (names[0] if names else None), device.lower()
+    if not os.path.isdir(os.path.join(SYS_NET, device)):
+        raise NotFound(f"vf device {device}: no such network interface on this node")
+    return device, _pci_of(device)
+
+
+def _pci_of(ifname: str) -> Optional[str]:
+    link = os.path.join(SYS_NET, ifname, "device")
+    if not os.path.islink(link):
+        return None  # a virtual device (a stand-in)
+    addr = os.path.basename(os.readlink(link))
+    return addr if PCI_RE.match(addr) else None
+
+
+def _pf_of(ifname: str):
+    """(PF interface name, VF index) when ``ifname`` is an SR-IOV VF."""
+    physfn = os.path.join(SYS_NET, ifname, "device", "physfn")
+    if not os.path.islink(physfn):
+        return None, None
+    pf_dir = os.path.realpath(physfn)
+    mine = os.path.realpath(os.path.join(SYS_NET, ifname, "device"))
+    index = None
+    for entry in os.listdir(pf_dir):
+        if entry.startswith("virtfn") and os.path.realpath(os.path.join(pf_dir, entry)) == mine:
+            index = int(entry[len("virtfn") :])
+    pf_net = os.path.join(pf_dir, "net")
+    pfs = sorted(os.listdir(pf_net)) if os.path.isdir(pf_net) else []
+    return (pfs[0] if pfs and index is not None else None), index
+
+
+def _vf_info(ipr, pf: str, index: int) -> dict:
+    """The VF's settings at the PF (MAC, VLAN, spoof check, trust)."""
+    link = ipr.get_links(ipr.link_lookup(ifname=pf)[0], ext_mask=1)[0]
+    for vf in (link.get("IFLA_VFINFO_LIST") or {}).get_attrs("IFLA_VF_INFO"):
+        if vf.get("IFLA_VF_MAC")["vf"] != index:
+            continue
+        return {
+            "mac": vf.get("IFLA_VF_MAC")["mac"],
+            "vlan": vf.get("IFLA_VF_VLAN")["vlan"],
+            "spoofchk": bool(vf.get("IFLA_VF_SPOOFCHK")["setting"]),
+            "trust": bool((vf.get("IFLA_VF_TRUST") or {"setting": 0})["setting"]),
+        }
+    return {}
+
+
+# -------------------------------------------------------------- take
+def take(
+    store,
+    pod: str,
+    plane: str,
+    device: str,
+    netns: str,
+    ifname: str,
+    mac: str,
+    ip_cidr: str,
+    gateway: Optional[str],
+    mtu: int,
+    default_route: bool,
+    opts: dict,
+) -> dict:
+    """Hand ``device`` to pod ``pod`` as ``ifname``; what the pod's
+    application needs (pci, device). On failure the device is given back."""
+    from .podnet import _ipr, _open_netns
+
+    key = meta_key(store, device)
+    held = store.get_meta(key)
+    if held:
+        rec = json.loads(held)
+        if (rec["pod"], rec["plane"]) != (pod, plane):
+            raise Busy(f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']}")
+    name, pci = resolve(device)
+    rec = {"pod": pod, "plane": plane, "device": device, "netns": netns, "pci": pci}
+    if name is None:  # bound to a userspace driver: the pod's DPDK uses it
+        rec["dpdk"] = True
+        store.set_meta(key, json.dumps(rec))
+        return {"pci": pci, "device": device}
+    pf, index = _pf_of(name)
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)[0]
+        link = ipr.get_links(idx)[0]
+        rec["orig"] = {
+            "name": name,
+            "index": idx,
+            "mac": link.get("IFLA_ADDRESS"),
+            "mtu": link.get("IFLA_MTU"),
+            "up": bool(link["flags"] & 1),
+            "pf": pf,
+            "vf": index,
+            "pf_vf": _vf_info(ipr, pf, index) if pf else None,
+        }
+    rec["ifname"] = ifname
+    store.set_meta(key, json.dumps(rec))  # the way back, before any change
+    event("vf: taking device", pod=pod, plane=plane, device=device, orig=rec["orig"])
+    try:
+        tmp = temp_name(device)
+        nsfd = _open_netns(netns)
+        try:
+            with _ipr() as ipr:
+                ipr.link("set", index=idx, state="down")
+                ipr.link("set", index=idx, ifname=tmp)
+                ipr.link("set", index=idx, net_ns_fd=nsfd)
+        finally:
+            os.close(nsfd)
+        with _ipr(netns) as pipr:
+            pidx = pipr.link_lookup(ifname=tmp)[0]
+            pipr.link("set", index=pidx, ifname=ifname, address=mac, mtu=mtu)
+            pipr.link("set", index=pidx, state="up")
+            ip, _, plen = ip_cidr.partition("/")
+            pipr.addr("add", index=pidx, address=ip, prefixlen=int(plen))
+            if default_route and gateway:
+                pipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=pidx)
+        if pf:
+            _set_at_pf(pf, index, mac, opts.get("vlan", 0), opts.get("spoofchk"), opts.get("trust"))
+    except BaseException:
+        try:
+            give_back(store, device)
+        except DataplaneError as e:  # pragma: no cover - reported with the cause
+            event("vf: could not give the device back", device=device, error=str(e))
+        raise
+    return {"pci": pci, "device": device}
+
+
+def _set_at_pf(pf, index, mac, vlan, spoofchk=None, trust=None):
+    from .podnet import _ipr
+
+    vf = {"vf": index, "mac": mac, "vlan": vlan}
+    if spoofchk is not None:
+        vf["spoofchk"] = int(spoofchk)
+    if trust is not None:
+        vf["trust"] = int(trust)
+    with _ipr() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=pf)[0], vf=vf)
+
+
+# ----------------------------------------------------------- give back
+def holder(store, device: str) -> Optional[dict]:
+    v = store.get_meta(meta_key(store, device))
+    return json.loads(v) if v else None
+
+
+def in_pod(store, device: str) -> bool:
+    """Whether the held device is in its pod's namespace under its name."""
+    from .podnet import _ipr
+
+    rec = holder(store, device)
+    if not rec or rec.get("dpdk"):
+        return bool(rec)
+    try:
+        with _ipr(rec["netns"]) as pipr:
+            return bool(pipr.link_lookup(ifname=rec["ifname"]))
+    except Exception:  # noqa: BLE001 - the namespace is gone
+        return False
+
+
+def give_back(store, device: str) -> bool:
+    """Put ``device`` back as it was recorded; False if nothing was held."""
+    from .podnet import _ipr
+
+    rec = holder(store, device)
+    if not rec:
+        return False
+    if rec.get("dpdk") or "orig" not in rec:
+        store.set_meta(meta_key(store, device), "")
+        return True
+    orig, tmp = rec["orig"], temp_name(device)
+    here = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            with _ipr(rec["netns"]) as pipr:
+                for name in (rec["ifname"], tmp):
+                    found = pipr.link_lookup(ifname=name)
+                    if found:
+                        pipr.link("set", index=found[0], state="down")
+                        pipr.link("set", index=found[0], ifname=tmp)
+                        pipr.link("set", index=found[0], net_ns_fd=here)
+                        break
+        except Exception:  # noqa: BLE001 - the namespace is gone: it came back by itself
+            pass
+    finally:
+        os.close(here)
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=tmp)
+        if not found and _exists(ipr, orig["index"]):
+            found = [orig["index"]]  # back by itself, under the pod's name
+        if not found:
+            raise NotFound(
+                f"vf device {device}: not found in pod {rec['pod']}'s namespace nor on this "
+                f"node (ifindex {orig['index']}); its record is kept"
+            )
+        idx = found[0]
+        ipr.link("set", index=idx, state="down")
+        ipr.link("set", index=idx, ifname=orig["name"], address=orig["mac"], mtu=orig["mtu"])
+        if orig["up"]:
+            ipr.link("set", index=idx, state="up")
+    if orig.get("pf") and orig.get("pf_vf"):
+        p = orig["pf_vf"]
+        _set_at_pf(orig["pf"], orig["vf"], p["mac"], p["vlan"], p["spoofchk"], p["trust"])
+    store.set_meta(meta_key(store, device), "")
+    event("vf: device given back", pod=rec["pod"], plane=rec["plane"], device=device)
+    return True
+
+
+def _exists(ipr, index) -> bool:
+    try:
+        return bool(ipr.get_links(index))
+    except Exception:  # noqa: BLE001 - ENODEV
+        return False

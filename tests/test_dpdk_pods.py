@@ -1,0 +1,589 @@
+"""DPDK pods end to end through the node service: a real ``dpdk-testpmd``
+in a pod's network namespace, on a memif or vhost-user plane served by the
+core, exchanges frames with a veth pod of the same node, checked frame by
+frame in both directions; the pod's testpmd stays up across a restart of
+the service and reconnects; a pod delete removes the port and the socket;
+bad specs are refused with nothing left behind. One testpmd runs as an
+unprivileged user (nobody) on hugepages.
+
+    node netns: uplink0 -- node service (fallback mode)
+      veth pod  netns: eth0 (kernel veth, AF_PACKET sender/receiver)
+      dpdk pod  netns: dpdk-testpmd --vdev=net_memif0,role=client,... (or
+                       net_virtio_user0,server=1,...) and net_pcap0 (the
+                       frames it sends from in.pcap, the frames it got in out.pcap)
+
+The fabric (namespaces, node services, cleanup) is the kernel pods' one.
+Frames use ethertype 0x88b5 (local experimental): no kernel answers them.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+from scapy.utils import rdpcap, wrpcap
+
+from tests import test_kernel_pods
+from tests.test_kernel_pods import Node, ipn
+
+fabric = test_kernel_pods.fabric  # the kernel pods' fixture: namespaces, nodes, cleanup
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)"),
+]
+
+TESTPMD = "dpdk-testpmd"
+ETH_TYPE = 0x88B5
+N_FRAMES = 32
+NOBODY = 65534
+MEDIA_NET = "  - {name: net3, vni: 303, plane: media, subnet: 192.168.53.0/24}\n"
+
+# In the veth pod: send frames (hex, comma separated) once "go" comes on
+# stdin, and print (JSON) the 0x88b5 frames received within `wait` seconds
+RAW_PEER = """
+import json, socket, sys, time
+ifname, frames, want, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+s.bind((ifname, 0))
+s.settimeout(0.1)
+print("ready", flush=True)
+sys.stdin.readline()
+for h in (frames.split(",") if frames else []):
+    s.send(bytes.fromhex(h))
+got, end = [], time.time() + wait
+while time.time() < end and len(got) < want:
+    try:
+        got.append(s.recv(4096).hex())
+    except socket.timeout:
+        pass
+print(json.dumps(got), flush=True)
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _testpmd_present():
+    if shutil.which(TESTPMD) is None:  # setup.sh installs it (package dpdk)
+        raise AssertionError(f"{TESTPMD} is missing: install the dpdk package (scripts/setup.sh)")
+
+
+@pytest.fixture
+def sockdir():
+    """A short base directory for pod sockets (sun_path has 108 bytes)."""
+    d = tempfile.mkdtemp(prefix="dpk", dir="/tmp")
+    os.chmod(d, 0o755)  # an unprivileged pod reaches its own directory
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def frames(src, dst, tag, n=N_FRAMES):
+    return [
+        bytes(Ether(src=src, dst=dst, type=ETH_TYPE) / Raw(f"{tag}{i:04d}".encode() + bytes(50)))
+        for i in range(n)
+    ]
+
+
+class PodTestpmd:
+    """dpdk-testpmd in a pod's namespace, driven on its interactive prompt."""
+
+    def __init__(self, ns, vdevs, tmp, fwd="io", user=None):
+        self.prefix = f"dpk{uuid.uuid4().hex[:8]}"
+        self.log = tmp / f"{self.prefix}.log"
+        drop = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+        cmd = (
+            ["ip", "netns", "exec", ns, *drop, "stdbuf", "-oL", TESTPMD, "-l", "0,1", "--no-pci"]
+            + [
+                "--file-prefix",
+                self.prefix,
+                "--in-memory",
+                "--single-file-segments",
+                "-m",
+                "64",
+                "--log-level=6",
+            ]
+            + [f"--vdev={v}" for v in vdevs]
+            + ["--", "-i", f"--forward-mode={fwd}", "--no-flush-rx", "--total-num-mbufs=2048"]
+        )
+        env = dict(os.environ, HOME="/tmp")
+        with open(self.log, "w") as out:
+            self.p = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True, env=env
+            )
+        self.wait_for("testpmd>", 30)
+
+    def text(self):
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, what, timeout, start=0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            t = self.text()
+            if what in t[start:]:
+                return t
+            if self.p.poll() is not None:
+                raise AssertionError(f"testpmd exited ({self.p.returncode}):\n{t[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"testpmd: no {what!r} in {timeout} s:\n{self.text()[-3000:]}")
+
+    def cmd(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def link_up(self, port=0, timeout=20):
+        """Wait until ``port``'s link is up (connected to the core)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            start = len(self.text())
+            self.cmd(f"show port info {port}")
+            t = self.wait_for("Link status", 5, start)[start:]
+            if "Link status: up" in t:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"testpmd port {port} not connected:\n{self.text()[-3000:]}")
+
+    def start(self):
+        start = len(self.text())
+        self.cmd("start")
+        self.wait_for("packet forwarding - ports=", 10, start)
+
+    def tx_packets(self, port):
+        start = len(self.text())
+        self.cmd(f"show port stats {port}")
+        t = self.wait_for("TX-packets", 5, start)[start:]
+        return int(t.split("TX-packets:")[1].split()[0])
+
+    def wait_tx(self, port, n, timeout=10):
+        """Wait until ``port`` has sent ``n`` frames; how many it sent."""
+        end = time.monotonic() + timeout
+        while (sent := self.tx_packets(port)) < n and time.monotonic() < end:
+            time.sleep(0.2)
+        return sent
+
+    def quit(self):
+        if self.p.poll() is None:
+            self.cmd("stop")
+            self.cmd("quit")
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.p.stdin.close()
+
+
+def node_with_sockets(fab, sockdir, n=1, remotes=()):
+    """Node ``n`` of ``fab`` (VTEP 10.99.0.n, flooding to ``remotes``) with
+    its pod sockets under ``sockdir``."""
+    node = Node(fab, n, list(remotes), fab.mtu)
+    text = node.cfg.read_text().replace("remotes:", MEDIA_NET + "remotes:")
+    node.cfg.write_text(text + f"pod_socket_dir: {sockdir}\n")
+    fab.nodes[n] = node
+    node.start()
+    return node
+
+
+def add_pod(fab, node, name, kind=None, **iface):
+    ns = fab.netns(f"{fab.tag}{name}")
+    spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+    if kind:
+        spec["interfaces"] = {"std": {"kind": kind, **iface}}
+    body = {"name": f"{fab.tag}{name}", "netns": f"/var/run/netns/{ns}", "spec": spec}
+    info = node.api("POST", "/v1/pods", body)
+    node.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
+    info["ns"] = ns
+    return info
+
+
+def raw_peer(ns, send, want, wait=8.0):
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", RAW_PEER, "eth0"]
+        + [",".join(f.hex() for f in send), str(want), str(wait)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    return p
+
+
+def finish(p):
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    out, err = p.communicate(timeout=60)
+    return [bytes.fromhex(h) for h in json.loads(out.strip().splitlines()[-1])] if out else err
+
+
+def client_vdev(kind, plane):
+    if kind == "memif":
+        return (
+            f"net_memif0,role=client,id=0,socket={plane['socket']},socket-abstract=no,"
+            f"mac={plane['mac']}"
+        )
+    return f"net_virtio_user0,path={plane['socket']},server=1,queues=1,mac={plane['mac']}"
+
+
+# ------------------------------------------------------------ frames both ways
+@pytest.mark.parametrize("where", ["same-node", "other-node"])
+@pytest.mark.parametrize("kind", ["memif", "vhost-user"])
+def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind, where):
+    """Same node: through the core alone. Other node: the veth pod is on
+    node 2, frames cross the underlay in VXLAN (flooded to the static
+    remote, delivered by the FDB of the node that has the MAC)."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir, 1, ["10.99.0.2"] if where == "other-node" else [])
+    vnode = node
+    if where == "other-node":
+        vnode = node_with_sockets(fab, sockdir + "/n2", 2, ["10.99.0.1"])
+    vpod = add_pod(fab, vnode, "v")
+    dpod = add_pod(fab, node, "d", kind)
+    vp, dp = vpod["planes"][0], dpod["planes"][0]
+    assert dp["kind"] == kind and dp["ifname"] is None and dp["host_ifname"] is None
+    assert dp["socket"] == f"{sockdir}/{fab.tag}d/std.sock"
+    assert dp["ip"].startswith("192.168.50.") and dp["gateway"] == "192.168.50.1"
+    assert dp["prefixlen"] == 24 and dp["port"] is not None
+    if kind == "memif":
+        assert os.path.exists(dp["socket"])  # the core's listening socket
+
+    to_dpdk = frames(vp["mac"], dp["mac"], "v2d")
+    to_veth = frames(dp["mac"], vp["mac"], "d2v")
+    wrpcap(str(fab.tmp / "in.pcap"), [Ether(f) for f in to_veth])
+    pcap = f"net_pcap0,rx_pcap={fab.tmp}/in.pcap,tx_pcap={fab.tmp}/out.pcap"
+    # io forwarding, ports paired: memif/virtio (0) -> pcap (1) and pcap -> 0
+    tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp), pcap], fab.tmp)
+    try:
+        tp.link_up(0)
+        peer = raw_peer(vpod["ns"], to_dpdk, want=N_FRAMES)
+        tp.start()  # sends in.pcap into the core
+        # its forwarding loop polls the plane's port now: until it first
+        # does, the core finds no free slot in the pod's ring (tx_full)
+        tp.wait_tx(0, N_FRAMES)
+        got_veth = finish(peer)
+        tp.wait_tx(1, N_FRAMES)
+        tp.quit()  # closes out.pcap
+    finally:
+        tp.quit()
+    assert got_veth == to_veth  # each frame, in order, unchanged
+    got_dpdk = [bytes(f) for f in rdpcap(str(fab.tmp / "out.pcap"))]
+    assert got_dpdk == to_dpdk, json.dumps(node.status())[:3000] + tp.text()[-3000:]
+
+    # the plane's port is a port of its network like a veth pod's: counted
+    port = [p for p in node.status()["ports"] if p["port"] == dp["port"]][0]
+    drv = "net_memif_" if kind == "memif" else "net_vhost_"
+    assert port["name"].startswith(drv) and port["network"] == "net1"
+    assert port["rx_packets"] >= N_FRAMES and port["tx_packets"] >= N_FRAMES
+
+    node.api("DELETE", f"/v1/pods?name={fab.tag}d")
+    assert not os.path.exists(os.path.dirname(dp["socket"]))
+    assert dp["port"] not in [p["port"] for p in node.status()["ports"]]
+    assert [p["name"] for p in vnode.api("GET", "/v1/pods")] == [f"{fab.tag}v"]
+    if vnode is not node:
+        assert node.api("GET", "/v1/pods") == []
+
+
+# ------------------------------------------------------ restart and reconnect
+def echo(vpod, vp, dp, tag, n=8):
+    """Frames from the veth pod to the DPDK pod (testpmd macswap) and back."""
+    sent = frames(vp["mac"], dp["mac"], tag, n)
+    back = [bytes(Ether(src=dp["mac"], dst=vp["mac"], type=ETH_TYPE)) + f[14:] for f in sent]
+    got = finish(raw_peer(vpod["ns"], sent, want=n, wait=5))
+    return got == back, got
+
+
+def wait_echo(vpod, vp, dp, tag, timeout=20):
+    end = time.monotonic() + timeout
+    while True:
+        ok, got = echo(vpod, vp, dp, tag)
+        if ok or time.monotonic() > end:
+            return ok, got
+
+
+@pytest.mark.parametrize("kind", ["memif", "vhost-user"])
+def test_dpdk_pod_reconnects_after_service_kill(fabric, sockdir, kind):
+    """kill -9 of the service, then a new one: the store gives the pod's port
+    back on the same socket and the pod's testpmd, never restarted, talks
+    through it again."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    vpod = add_pod(fab, node, "v")
+    dpod = add_pod(fab, node, "d", kind)
+    vp, dp = vpod["planes"][0], dpod["planes"][0]
+    tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp)], fab.tmp, fwd="macswap")
+    try:
+        tp.link_up(0)
+        tp.start()
+        ok, got = wait_echo(vpod, vp, dp, "a")
+        assert ok, f"no echo before the restart: {got}"
+        pid = tp.p.pid
+
+        node.proc.kill()  # no clean-up of ports or sockets
+        node.proc.wait()
+        node.proc = None
+        node.start()
+        again = node.api("GET", "/v1/pods")
+        d = [p for p in again if p["name"] == f"{fab.tag}d"][0]["planes"][0]
+        assert (d["kind"], d["socket"], d["mac"], d["ip"]) == (
+            kind,
+            dp["socket"],
+            dp["mac"],
+            dp["ip"],
+        )
+        if kind == "memif":
+            # DPDK's memif client connects when its port starts: the
+            # application restarts the port (not itself) on link down
+            tp.cmd("stop")
+            tp.cmd("port stop 0")
+            tp.cmd("port start 0")
+            tp.link_up(0)
+            tp.start()
+        ok, got = wait_echo(vpod, vp, dp, "b")
+        assert ok, f"no echo after the restart: {got}\n{tp.text()[-2000:]}"
+        assert tp.p.pid == pid and tp.p.poll() is None
+    finally:
+        tp.quit()
+
+
+# ------------------------------------------------------------------- refusals
+def spec_with(iface):
+    return {
+        "pod_type": "ct",
+        "network_plane": ["std", "media"],
+        "networks": {"std": "net1", "media": "net3"},
+        "interfaces": {"media": iface},
+    }
+
+
+CONFIG = {
+    "node": "node1",
+    "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+    "networks": [
+        {"name": "net1", "vni": 100, "plane": "std", "subnet": "192.168.10.0/24"},
+        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "iface, message",
+    [
+        ({"kind": "sriov"}, "interfaces.media.kind: 'sriov' is not an interface kind"),
+        ({"kind": "memif", "ifname": "m0"}, "option 'ifname' does not fit kind memif"),
+        ({"kind": "vhost-user", "ring_size": 64}, "option 'ring_size' does not fit kind"),
+        ({"kind": "memif", "ring_size": 100}, "interfaces.media.ring_size"),
+        ({"kind": "vf"}, "interfaces.media.device: is required for kind vf"),
+        ({"kind": "vf", "device": "eth9", "vlan": 5000}, "interfaces.media.vlan"),
+        ({"kind": "vf", "device": "eth9", "socket": "/x"}, "option 'socket' does not fit"),
+    ],
+)
+def test_bad_interface_kinds_and_options_named(iface, message):
+    from dataplane.config import parse_config
+    from dataplane.errors import ConfigError
+    from dataplane.podspec import parse_pod_spec
+
+    with pytest.raises(ConfigError) as e:
+        parse_pod_spec(spec_with(iface), parse_config(CONFIG))
+    assert message in str(e.value)
+
+
+def test_kinds_round_trip_through_the_stored_spec():
+    from dataplane.config import parse_config
+    from dataplane.podspec import parse_pod_spec
+
+    cfg = parse_config(CONFIG)
+    for iface in (
+        {"kind": "memif", "ring_size": 512, "uid": 1000, "gid": 1000},
+        {"kind": "vhost-user"},
+        {"kind": "vf", "device": "0000:03:02.1", "ifname": "sriov0", "vlan": 30, "trust": True},
+    ):
+        ps = parse_pod_spec(spec_with(iface), cfg)
+        assert ps.plane("media").kind == iface["kind"]
+        assert parse_pod_spec(ps.to_dict(), cfg) == ps
+    assert parse_pod_spec(spec_with("rtp0"), cfg).plane("media").kind == "veth"
+
+
+def test_no_hugepages_refused(tmp_path):
+    from dataplane.errors import ResourceError
+    from dataplane.fastif import check_node_can
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 1 kB\nHugePages_Total:       0\n")
+    with pytest.raises(ResourceError, match="kind memif needs hugepages"):
+        check_node_can("memif", "media", str(meminfo))
+    check_node_can("veth", "media", str(meminfo))
+    meminfo.write_text("HugePages_Total:    1024\n")
+    check_node_can("vhost-user", "media", str(meminfo))
+
+
+def test_failed_fast_plane_leaves_nothing(fabric, sockdir):
+    """A memif plane whose socket path is too long for a unix socket: the
+    pod add fails naming it, and no veth, port, socket, record is left."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    ns = fab.netns(f"{fab.tag}x")
+    name = f"{fab.tag}" + "x" * 100
+    spec = {
+        "pod_type": "ct",
+        "network_plane": ["std", "media"],
+        "networks": {"std": "net1", "media": "net3"},
+        "interfaces": {"media": {"kind": "memif"}},
+    }
+    from dataplane.api import APIError
+
+    with pytest.raises(APIError, match="longer than a unix socket allows"):
+        node.api("POST", "/v1/pods", {"name": name, "netns": f"/var/run/netns/{ns}", "spec": spec})
+    assert node.api("GET", "/v1/pods") == []
+    assert os.listdir(sockdir) == []
+    links = ipn(node.ns, "-o link show").stdout
+    assert "dp" not in "".join(line.split(":")[1] for line in links.splitlines())
+    assert ipn(ns, "-o link show").stdout.count("\n") == 1  # lo only
+
+
+@pytest.mark.parametrize("kind", ["memif", "vhost-user"])
+def test_unprivileged_dpdk_pod(fabric, sockdir, kind):
+    """testpmd as user nobody, no capabilities, on hugepages (memfd, no
+    hugetlbfs write access needed): the plane's uid/gid give it its socket
+    directory, nothing else."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    vpod = add_pod(fab, node, "v")
+    dpod = add_pod(fab, node, "d", kind, uid=NOBODY, gid=NOBODY)
+    vp, dp = vpod["planes"][0], dpod["planes"][0]
+    st = os.stat(os.path.dirname(dp["socket"]))
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY, NOBODY, 0o770)
+    tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp)], fab.tmp, fwd="macswap", user=NOBODY)
+    try:
+        tp.link_up(0)
+        tp.start()
+        ok, got = wait_echo(vpod, vp, dp, "u")
+        assert ok, f"no echo from the unprivileged pod: {got}\n{tp.text()[-2000:]}"
+        # ip netns exec, setpriv and stdbuf each exec the next: one process
+        s = open(f"/proc/{tp.p.pid}/status").read()
+        assert s.split("Name:")[1].split()[0] == "dpdk-testpmd"
+        assert s.split("Uid:")[1].split()[:4] == [str(NOBODY)] * 4
+        assert int(s.split("CapEff:")[1].split()[0], 16) == 0
+    finally:
+        tp.quit()
+
+
+def test_pod_list_shows_what_the_application_needs(capsys):
+    from dataplane.cli import _print
+
+    pod = {
+        "name": "rtp1",
+        "netns": "/var/run/netns/rtp1",
+        "state": "ready",
+        "planes": [
+            {
+                "plane": "std",
+                "network": "net1",
+                "ifname": "eth0",
+                "host_ifname": "dp0123abcdstd",
+                "mac": "02:00:00:00:00:01",
+                "ip": "192.168.10.5",
+                "port": 3,
+                "kind": "veth",
+            },
+            {
+                "plane": "media",
+                "network": "net3",
+                "ifname": None,
+                "host_ifname": None,
+                "mac": "02:00:00:00:00:02",
+                "ip": "192.168.30.5",
+                "port": 4,
+                "kind": "memif",
+                "socket": "/run/dataplane/pods/rtp1/media.sock",
+                "prefixlen": 24,
+                "gateway": None,
+                "mtu": 1450,
+            },
+            {
+                "plane": "control",
+                "network": "net2",
+                "ifname": "sriov0",
+                "host_ifname": None,
+                "mac": "02:00:00:00:00:03",
+                "ip": "192.168.20.5",
+                "port": None,
+                "kind": "vf",
+                "device": "0000:03:02.1",
+                "pci": "0000:03:02.1",
+                "prefixlen": 24,
+                "gateway": None,
+                "mtu": 1500,
+            },
+        ],
+    }
+    _print([pod], False)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "rtp1  netns=/var/run/netns/rtp1  state=ready"
+    assert "kind=" not in out[1]
+    assert out[2].split()[:4] == ["media", "-", "192.168.30.5", "02:00:00:00:00:02"]
+    assert out[3].split() == [
+        "kind=memif",
+        "socket=/run/dataplane/pods/rtp1/media.sock",
+        "prefixlen=24",
+        "mtu=1450",
+    ]
+    assert out[5].split()[:3] == ["kind=vf", "pci=0000:03:02.1", "device=0000:03:02.1"]
+
+
+def test_replay_forgets_dpdk_pod_whose_namespace_is_gone(fabric, sockdir):
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    dpod = add_pod(fab, node, "d", "memif")
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    ipn_del = subprocess.run(["ip", "netns", "del", dpod["ns"]], capture_output=True)
+    assert ipn_del.returncode == 0
+    fab.namespaces.remove(dpod["ns"])
+    node.start()
+    assert node.api("GET", "/v1/pods") == []
+    assert not os.path.exists(os.path.dirname(dpod["planes"][0]["socket"]))
+    assert not [p for p in node.status()["ports"] if p["role"] == "pod"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "etcd"])
+def test_stores_keep_socket_and_vf_planes(kind, tmp_path, request):
+    """Planes without a host interface (memif, vhost-user, vf), several per
+    node, and a VF's hold record, in either store."""
+    from dataplane.store import SqliteStore
+
+    if kind == "sqlite":
+        store = SqliteStore(str(tmp_path / "s.db"))
+    else:
+        from tests.etcdhost import have_etcd, shared_server
+
+        if not have_etcd():  # setup.sh installs it (etcd-server)
+            raise AssertionError("etcd-server is missing: install it (scripts/setup.sh)")
+        from dataplane.store.etcd import EtcdStore
+
+        store = EtcdStore([shared_server(request.config).url], prefix=f"/dpk/{uuid.uuid4().hex}")
+    store.node = "node1"
+    try:
+        store.put_network("net3", 303, "media", "192.168.53.0/24")
+        for pod in ("p1", "p2"):
+            store.put_pod(pod, "/var/run/netns/x", {"pod_type": "it"}, node="node1")
+            mac = store.allocate_mac(pod, "media")
+            ip = store.allocate_ip("net3", "192.168.53.0/24", None, pod)
+            store.add_endpoint(pod, "media", "net3", None, None, mac, ip, node="node1")
+        eps = store.endpoints(node="node1")
+        assert [(e["pod"], e["host_ifname"], e["vtep"]) for e in eps] == [
+            ("p1", None, None),
+            ("p2", None, None),
+        ]
+        store.set_meta("vf:node1:0000:03:02.1", json.dumps({"pod": "p1"}))
+        assert json.loads(store.get_meta("vf:node1:0000:03:02.1")) == {"pod": "p1"}
+        for pod in ("p1", "p2"):
+            store.delete_pod(pod)
+        assert store.endpoints(node="node1") == []
+    finally:
+        store.close()

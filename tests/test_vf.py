@@ -1,0 +1,229 @@
+"""VF planes on a stand-in: a macvlan device of the node's namespace, on a
+veth that plays the PF's wire, plays the VF (this machine has no SR-IOV NIC,
+and its kernel has no dummy driver). It is moved into the pod's namespace
+under the plane's name, addressed and routed, and given back exactly (name,
+MAC, MTU, up, no address) on pod delete, after a kill -9 of the service and
+a pod delete by the new one, and by the replay of a pod whose add never
+finished. A device another pod holds, and one that does not exist, are
+refused and leave nothing. What a real VF adds (the PF's VLAN, MAC, spoof
+check and trust) is not exercised: a macvlan has no PF."""
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from tests import test_dpdk_pods, test_kernel_pods
+from tests.test_dpdk_pods import node_with_sockets
+from tests.test_kernel_pods import ipn
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)"),
+]
+
+fabric = test_kernel_pods.fabric  # the kernel pods' fixture: namespaces, nodes, cleanup
+sockdir = test_dpdk_pods.sockdir
+VF_MAC = "02:aa:bb:cc:dd:01"
+VF_MTU = 1400
+
+
+def link(ns, name):
+    """ip -j link of ``name`` in ``ns`` (None if absent), with its addresses."""
+    r = ipn(ns, f"-j addr show dev {name}", check=False)
+    return json.loads(r.stdout)[0] if r.returncode == 0 else None
+
+
+def stand_in(node, name="vfstub0"):
+    ipn(node.ns, "link add vfwire0 type veth peer name vfwire1")
+    ipn(node.ns, "link set vfwire0 up")
+    ipn(node.ns, f"link add link vfwire0 name {name} type macvlan mode bridge")
+    ipn(node.ns, f"link set {name} address {VF_MAC} mtu {VF_MTU} up")
+    node.host_links.add("vfwire0")  # deleted at cleanup, the macvlan with it
+    return link(node.ns, name)
+
+
+def assert_restored(node, before, name="vfstub0"):
+    now = link(node.ns, name)
+    assert now is not None, f"{name} not back in the node's namespace"
+    assert (now["ifindex"], now["address"], now["mtu"]) == (
+        before["ifindex"],
+        before["address"],
+        before["mtu"],
+    )
+    assert "UP" in now["flags"] and now["addr_info"] == before["addr_info"]
+
+
+def vf_pod(fab, node, name, device="vfstub0", **opts):
+    ns = fab.netns(f"{fab.tag}{name}")
+    spec = {
+        "pod_type": "ct",
+        "network_plane": ["std", "media"],
+        "networks": {"std": "net1", "media": "net3"},
+        "interfaces": {"media": {"kind": "vf", "device": device, "ifname": "sriov0", **opts}},
+    }
+    body = {"name": f"{fab.tag}{name}", "netns": f"/var/run/netns/{ns}", "spec": spec}
+    return ns, body
+
+
+def add(node, body):
+    info = node.api("POST", "/v1/pods", body)
+    node.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
+    return info
+
+
+def test_vf_moved_addressed_and_given_back(fabric, sockdir):
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    before = stand_in(node)
+    ns, body = vf_pod(fab, node, "a", vlan=30, spoofchk=False)
+    info = add(node, body)
+    media = [p for p in info["planes"] if p["plane"] == "media"][0]
+    assert media["kind"] == "vf" and media["device"] == "vfstub0" and media["pci"] is None
+    assert link(node.ns, "vfstub0") is None  # gone from the node
+    inpod = link(ns, "sriov0")
+    assert inpod["ifindex"] == before["ifindex"]  # the same device
+    assert inpod["address"] == media["mac"] and "UP" in inpod["flags"]
+    assert [(a["local"], a["prefixlen"]) for a in inpod["addr_info"] if a["family"] == "inet"] == [
+        (media["ip"], 24)
+    ]
+
+    # another pod wants it: refused, naming the holder; nothing of it left
+    ns2, body2 = vf_pod(fab, node, "b")
+    from dataplane.api import APIError
+
+    with pytest.raises(APIError, match=f"vfstub0 is held by pod {fab.tag}a plane media"):
+        node.api("POST", "/v1/pods", body2)
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == [f"{fab.tag}a"]
+    assert ipn(ns2, "-o link show").stdout.count("\n") == 1  # lo only
+
+    node.api("DELETE", f"/v1/pods?name={fab.tag}a")
+    assert_restored(node, before)
+    assert link(ns, "sriov0") is None
+
+
+def test_missing_vf_refused(fabric, sockdir):
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    _, body = vf_pod(fab, node, "a", device="novf0")
+    from dataplane.api import APIError
+
+    with pytest.raises(APIError, match="vf device novf0: no such network interface"):
+        node.api("POST", "/v1/pods", body)
+    assert node.api("GET", "/v1/pods") == []
+    assert "dp" not in ipn(node.ns, "-o link show").stdout.split("lo:")[1].split("uplink0")[0]
+
+
+def test_vf_given_back_after_kill_and_replay(fabric, sockdir):
+    """kill -9 with the VF in the pod: the new service keeps it there (the
+    pod is ready) and gives it back on delete. Then a pod left half-made
+    (its record not ready, as after a kill during its add): the replay gives
+    the VF back by itself."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    before = stand_in(node)
+    ns, body = vf_pod(fab, node, "a")
+    add(node, body)
+
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    node.start()
+    assert link(ns, "sriov0") is not None
+    assert [p["state"] for p in node.api("GET", "/v1/pods")] == ["ready"]
+    node.api("DELETE", f"/v1/pods?name={fab.tag}a")
+    assert_restored(node, before)
+
+    add(node, body)
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    db = sqlite3.connect(node.dir / "state" / "state.db")
+    with db:
+        db.execute("UPDATE pods SET state='pending' WHERE name=?", (f"{fab.tag}a",))
+    db.close()
+    node.start()
+    assert node.api("GET", "/v1/pods") == []
+    assert_restored(node, before)
+
+
+def test_dataplane_devices_refused_as_vf(fabric, sockdir):
+    """The uplink and a pod's veth are the dataplane's: never handed out."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    from dataplane.api import APIError
+
+    for dev in ("uplink0",):
+        _, body = vf_pod(fab, node, "u", device=dev)
+        with pytest.raises(APIError, match=f"vf device {dev} is the dataplane's own"):
+            node.api("POST", "/v1/pods", body)
+    assert node.api("GET", "/v1/pods") == []
+    assert link(node.ns, "uplink0") is not None
+
+
+# ------------------------------------------- sysfs discovery, on a fake sysfs
+class MetaStore:
+    """The store's meta calls alone."""
+
+    node = "node1"
+
+    def __init__(self):
+        self.meta = {}
+
+    def get_meta(self, key):
+        return self.meta.get(key)
+
+    def set_meta(self, key, value):
+        self.meta[key] = value
+
+
+@pytest.fixture
+def fake_sysfs(tmp_path, monkeypatch):
+    """A PF 0000:03:00.0 (ens1f0) with VF 3 = 0000:03:02.1 (netdev vf0) and
+    VF 4 = 0000:03:02.2 bound to a userspace driver (no netdev)."""
+    from dataplane import vf
+
+    pci, net = tmp_path / "bus/pci/devices", tmp_path / "class/net"
+    for d in ("0000:03:00.0/net/ens1f0", "0000:03:02.1/net/vf0", "0000:03:02.2"):
+        (pci / d).mkdir(parents=True)
+    net.mkdir(parents=True)
+    for name, dev in (("ens1f0", "0000:03:00.0"), ("vf0", "0000:03:02.1")):
+        (net / name).mkdir()
+        (net / name / "device").symlink_to(pci / dev)
+    for i, dev in ((3, "0000:03:02.1"), (4, "0000:03:02.2")):
+        (pci / "0000:03:00.0" / f"virtfn{i}").symlink_to(pci / dev)
+        (pci / dev / "physfn").symlink_to(pci / "0000:03:00.0")
+    monkeypatch.setattr(vf, "SYS_PCI", str(pci))
+    monkeypatch.setattr(vf, "SYS_NET", str(net))
+    return vf
+
+
+def test_vf_found_by_name_or_pci_address_with_its_pf(fake_sysfs):
+    vf = fake_sysfs
+    assert vf.resolve("vf0") == ("vf0", "0000:03:02.1")
+    assert vf.resolve("0000:03:02.1") == ("vf0", "0000:03:02.1")
+    assert vf.resolve("0000:03:02.2") == (None, "0000:03:02.2")  # vfio-pci: no netdev
+    assert vf._pf_of("vf0") == ("ens1f0", 3)
+    assert vf._pf_of("ens1f0") == (None, None)
+    from dataplane.errors import NotFound
+
+    with pytest.raises(NotFound, match="0000:03:09.0: no such PCI device"):
+        vf.resolve("0000:03:09.0")
+
+
+def test_dpdk_mode_vf_is_held_not_moved(fake_sysfs):
+    """A VF bound to vfio-pci: recorded as held, its PCI address returned,
+    nothing moved; another pod is refused; give_back frees it."""
+    vf = fake_sysfs
+    from dataplane.errors import Busy
+
+    store = MetaStore()
+    args = ("/nonexistent", "sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False, {})
+    got = vf.take(store, "p1", "media", "0000:03:02.2", *args)
+    assert got == {"pci": "0000:03:02.2", "device": "0000:03:02.2"}
+    assert json.loads(store.meta["vf:node1:0000:03:02.2"])["pod"] == "p1"
+    with pytest.raises(Busy, match="held by pod p1 plane media"):
+        vf.take(store, "p2", "media", "0000:03:02.2", *args)
+    assert vf.give_back(store, "0000:03:02.2") is True
+    assert vf.holder(store, "0000:03:02.2") is None
