@@ -114,9 +114,10 @@ class PodLife:
         return port
 
     # -------------------------------------------------------- transactions
-    def add_pod(self, name: str, netns: str, spec) -> dict:
+    def add_pod(self, name: str, netns: str, spec, record: Optional[dict] = None) -> dict:
         """Attach pod ``name`` (its network namespace ``netns``) as ``spec``
-        says; the pod's info (see ``pod_info``)."""
+        says; the pod's info (see ``pod_info``). ``record``: more keys kept
+        with the pod's spec in the store (e.g. a CNI attachment's identity)."""
         from .podnet import announce, attach_plane
         from .podspec import host_ifname, parse_pod_spec
 
@@ -131,7 +132,8 @@ class PodLife:
         ps = parse_pod_spec(spec, self.config)
         node = self.config.node
         with self.lock:
-            self.store.put_pod(name, netns, ps.to_dict(), node=node)  # intent first
+            # intent first
+            self.store.put_pod(name, netns, {**ps.to_dict(), **(record or {})}, node=node)
             try:
                 for p in ps.planes:
                     n = self.config.network(p.network)
