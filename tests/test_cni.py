@@ -186,7 +186,7 @@ def test_add_twice_fails_and_keeps_the_first(cnode):
 
 
 def test_two_containers_reach_each_other_through_the_core(cnode):
-    (c1, ns1, p1), (c2, ns2, p2) = cnode.container(), cnode.container()
+    (c1, ns1, p1), (c2, _, p2) = cnode.container(), cnode.container()
     r1 = cnode.cni("ADD", cnode.conf(network="net3", name="media-net", plane="media"), c1, p1)[1]
     r2 = cnode.cni("ADD", cnode.conf(network="net3", name="media-net", ip="192.168.62.20"), c2, p2)[
         1
@@ -246,7 +246,7 @@ def test_del_without_namespace_after_the_container_died(cnode):
 
 
 def test_attachments_survive_a_restart(cnode):
-    (c1, ns1, p1), (c2, ns2, p2) = cnode.container(), cnode.container()
+    (c1, _, p1), (c2, ns2, p2) = cnode.container(), cnode.container()
     r1 = cnode.cni("ADD", cnode.conf(), c1, p1)[1]
     r2 = cnode.cni("ADD", cnode.conf(), c2, p2)[1]
     cnode.stop()
