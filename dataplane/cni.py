@@ -438,8 +438,35 @@ def run(environ, data: bytes):
         return 1, err
 
 
+def install(bin_dir: str, python: str = "/usr/bin/python3") -> str:
+    """Install the plugin as ``bin_dir/dataplane-cni``: this file, which
+    needs only the standard library, run by ``python`` with ``-IS`` (no
+    site-packages, no environment: nothing is imported that the plugin does
+    not use). Written to a temporary name and renamed, so a runtime never
+    execs half a file. Its path."""
+    with open(__file__, "rb") as f:
+        body = f.read()
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, "dataplane-cni")
+    tmp = f"{path}.new"
+    with open(tmp, "wb") as f:
+        f.write(f"#!{python} -IS\n".encode() + body)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv=None) -> int:
-    """Console entry point: the CNI environment and stdin in, JSON out."""
+    """Console entry point: the CNI environment and stdin in, JSON out.
+    ``dataplane-cni install BIN_DIR [PYTHON]`` installs the plugin (see
+    :func:`install`); runtimes exec it without arguments."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        if argv[0] != "install" or len(argv) not in (2, 3):
+            sys.stderr.write("usage: dataplane-cni install BIN_DIR [PYTHON]\n")
+            return 2
+        sys.stdout.write(install(*argv[1:]) + "\n")
+        return 0
     data = b"" if sys.stdin is None else sys.stdin.buffer.read()
     code, out = run(os.environ, data)
     if out is not None:

@@ -4,7 +4,6 @@ checkout's package), and one call of it with the CNI environment."""
 
 import json
 import os
-import stat
 import subprocess
 import sys
 
@@ -13,20 +12,11 @@ PLUGIN = "dataplane-cni"
 
 
 def install_plugin(bin_dir) -> str:
-    """``bin_dir/dataplane-cni``: what the console script does, for this
-    checkout. Its path."""
-    os.makedirs(bin_dir, exist_ok=True)
-    path = os.path.join(bin_dir, PLUGIN)
-    with open(path, "w") as f:
-        f.write(
-            f"#!{sys.executable}\n"
-            "import sys\n"
-            f"sys.path.insert(0, {ROOT!r})\n"
-            "from dataplane.cni import main\n"
-            "sys.exit(main())\n"
-        )
-    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
+    """``bin_dir/dataplane-cni`` as ``dataplane-cni install`` makes it (run
+    by this interpreter, from this checkout). Its path."""
+    from dataplane.cni import install
+
+    return install(bin_dir, sys.executable)
 
 
 def netconf(sock, network="net1", name="std-net", version="1.0.0", **extra) -> dict:

@@ -6,6 +6,7 @@ executable in a CNI bin directory, the CNI environment, stdin, stdout."""
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 
@@ -309,26 +310,44 @@ def test_bad_requests_name_the_problem(cnode):
 
 
 def test_add_and_del_latency(cnode):
-    """The plugin's own cost is the interpreter's start: ADD and DEL each
-    take one process start and one API call."""
-    times = {"ADD": [], "DEL": []}
+    """The plugin's own cost is an interpreter's start and the standard
+    library's json and socket: ADD and DEL each take one process and one
+    API call; the rest is the service's plumbing (the same as a pod add)."""
+
+    def med(xs):
+        return sorted(xs)[len(xs) // 2] * 1e3
+
+    times = {"VERSION": [], "ADD": [], "DEL": [], "api ADD": [], "api DEL": []}
     for _ in range(5):
+        t = time.perf_counter()
+        assert cnode.cni("VERSION", {"cniVersion": "1.0.0"})[0] == 0
+        times["VERSION"].append(time.perf_counter() - t)
         cid, ns, path = cnode.container()
         for verb in ("ADD", "DEL"):
             t = time.perf_counter()
             assert cnode.cni(verb, cnode.conf(), cid, path)[0] == 0
             times[verb].append(time.perf_counter() - t)
+        body = {"container_id": cid, "ifname": "eth0", "netns": path, "network": "net1"}
+        t = time.perf_counter()
+        a = cnode.api("POST", "/v1/attachments", body)
+        times["api ADD"].append(time.perf_counter() - t)
+        cnode.host_links.add(a["host_ifname"])
+        t = time.perf_counter()
+        cnode.api("DELETE", "/v1/attachments", {"container_id": cid, "ifname": "eth0"})
+        times["api DEL"].append(time.perf_counter() - t)
+    # what the plugin imports, run as its first line says (-IS)
     r = subprocess.run(
-        [cnode.plugin],
+        [sys.executable, "-IS", "-X", "importtime", cnode.plugin],
         input=b'{"cniVersion":"1.0.0"}',
-        env={"CNI_COMMAND": "VERSION", "PYTHONPROFILEIMPORTTIME": "1"},
+        env={"CNI_COMMAND": "VERSION"},
         capture_output=True,
     )
     imported = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()}
-    heavy = {"pyroute2", "numpy", "cffi", "dataplane._core", "dataplane.checks", "http.client"}
+    assert {"json", "socket"} <= imported
+    heavy = {"pyroute2", "numpy", "cffi", "dataplane", "http.client", "email"}
     assert not heavy & imported, heavy & imported
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     print(
-        f"RESULT cni latency: ADD median {med['ADD'] * 1e3:.0f} ms, DEL median {med['DEL'] * 1e3:.0f} ms"
+        "RESULT cni latency (median of 5):",
+        ", ".join(f"{k} {med(v):.0f} ms" for k, v in times.items()),
     )
-    assert med["ADD"] < 5 and med["DEL"] < 5
+    assert med(times["ADD"]) < 5000 and med(times["DEL"]) < 5000
