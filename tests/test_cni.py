@@ -165,6 +165,8 @@ def test_add_result_and_the_container_interface(cnode):
         "cscf-0",
     )
     assert a["cni_network"] == "std-net" and a["kind"] == "veth" and a["port"] is not None
+    out = cnode.cli("attachment", "list").stdout
+    assert cid[:12] in out and "ims/cscf-0" in out and addr_of(res).split("/")[0] in out
     # a 0.4.0 result carries the address's version
     cid2, _, path2 = cnode.container()
     code, res, _ = cnode.cni("ADD", cnode.conf(version="0.4.0"), cid2, path2)
@@ -303,6 +305,9 @@ def test_bad_requests_name_the_problem(cnode):
     assert out["code"] == 7 and "outside" in out["msg"]
     code, out, _ = cnode.cni("ADD", cnode.conf(), cid, "/var/run/netns/nosuch-ns")
     assert out["code"] == 3 and "nosuch-ns" in out["msg"]
+    # a kind this service cannot make yet: a clear refusal, not a veth
+    code, out, _ = cnode.cni("ADD", cnode.conf(kind="memif"), cid, path)
+    assert out["code"] == 7 and "memif" in out["msg"]
     # nothing was left behind by the refusals
     assert cnode.api("GET", "/v1/attachments") == []
     assert sh("ip", "-n", ns, "-o", "link").stdout.count(":") >= 1
