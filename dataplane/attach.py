@@ -3,7 +3,7 @@ the ``dataplane-cni`` plugin (:mod:`dataplane.cni`).
 
 An attachment is keyed by (container ID, interface name), as the CNI
 specification keys them. It is kept as a one-plane pod named
-``cni:<container ID>:<ifname>`` (see :func:`attachment_name`), so it is
+``cni-<hash of both>`` (see :func:`attachment_name`), so it is
 plumbed, stored, replayed after a restart and shown by ``dataplane pod
 list`` exactly as any pod; the CNI identity (network configuration name,
 Kubernetes namespace and pod, interface kind) is kept with the pod's spec
@@ -17,6 +17,7 @@ under ``"cni"``. The routes (:func:`attachment_routes`)::
     GET    /v1/attachments/ready    STATUS: can this node take an ADD now?
 """
 
+import hashlib
 import re
 import socket
 from typing import Dict, List
@@ -25,7 +26,7 @@ from .checks import POD_RESERVED_IFNAMES, check_ifname
 from .errors import AlreadyExists, ConfigError, NotFound
 
 #: the pod-name prefix of attachments
-PREFIX = "cni:"
+PREFIX = "cni-"
 #: interface kinds a network configuration may ask for
 KINDS = ("veth", "memif", "vhost-user", "vf")
 #: what the CNI specification allows in a container ID
@@ -34,8 +35,11 @@ _TEXT_KEYS = ("cni_network", "k8s_namespace", "k8s_pod")
 
 
 def attachment_name(container_id: str, ifname: str) -> str:
-    """The pod name an attachment is kept under."""
-    return f"{PREFIX}{container_id}:{ifname}"
+    """The pod name an attachment is kept under: short (a memif or
+    vhost-user plane's socket path is made from it), the same for the same
+    key."""
+    h = hashlib.sha256(f"{container_id}\0{ifname}".encode()).hexdigest()[:16]
+    return f"{PREFIX}{h}"
 
 
 def check_container_id(value, path: str = "container_id") -> str:
@@ -51,6 +55,28 @@ def _key(body) -> tuple:
     cid = check_container_id(body.get("container_id"))
     ifname = check_ifname(body.get("ifname"), "ifname", reserved=POD_RESERVED_IFNAMES)
     return cid, ifname
+
+
+def _kind_entry(kind: str, ifname: str, body: dict) -> dict:
+    """A plane's ``interfaces`` entry for a kind other than veth: the kind
+    and its ``options`` (a VF's ``device``: the VF's host interface or PCI
+    address, e.g. the ``deviceID`` a device plugin gave); a clear refusal
+    when this service's pod specs do not know interface kinds."""
+    try:
+        from . import fastif  # noqa: F401 - the kinds' plumbing
+    except ImportError:
+        raise ConfigError(
+            f"kind: this node service attaches veth interfaces only, not {kind}"
+        ) from None
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"options: {options!r} is not a mapping of the kind's options")
+    entry = {"kind": kind, **options}
+    if kind == "vf":
+        entry["ifname"] = ifname
+        if body.get("device"):
+            entry.setdefault("device", body["device"])
+    return entry
 
 
 class Attachments:
@@ -100,7 +126,7 @@ class Attachments:
             if body.get(k):
                 spec[field] = {plane: body[k]}
         if kind != "veth":
-            self._kind_spec(spec, plane, kind)
+            spec["interfaces"][plane] = _kind_entry(kind, ifname, body)
         name = attachment_name(cid, ifname)
         if self.store.pod(name):
             raise AlreadyExists(
@@ -109,15 +135,6 @@ class Attachments:
             )
         self.pods.add_pod(name, netns, spec, record={"cni": record})
         return self.info(name)
-
-    def _kind_spec(self, spec, plane, kind):
-        """The pod-spec field for a kind other than veth, when the pod specs
-        of this service know interface kinds; a clear refusal otherwise."""
-        from .podspec import SPEC_KEYS
-
-        if "kinds" not in SPEC_KEYS:
-            raise ConfigError(f"kind: this node service attaches veth interfaces only, not {kind}")
-        spec["kinds"] = {plane: kind}
 
     # ---------------------------------------------------------------- DEL
     def delete(self, body: dict) -> dict:
@@ -177,14 +194,18 @@ class Attachments:
             "prefixlen": net.prefixlen,
             "gateway": net.gateway,
             "mtu": net.mtu,
-            "default_route": p["plane"] == "std",
-            "host_ifname": p["host_ifname"],
-            "host_mac": _host_mac(p["host_ifname"]),
-            "port": p["port"],
+            "default_route": p["plane"] == "std" and rec.get("kind", "veth") in ("veth", "vf"),
+            "host_ifname": p.get("host_ifname"),
+            "host_mac": _host_mac(p.get("host_ifname")),
+            "port": p.get("port"),
         }
-        for k in ("socket_path", "pci_address"):
-            if p.get(k):
-                out[k] = p[k]
+        # what the pod's application needs: a memif or vhost-user socket, a VF's PCI address
+        socket_path = p.get("socket")
+        pci = p.get("pci")
+        if socket_path:
+            out["socket_path"] = socket_path
+        if pci:
+            out["pci_address"] = pci
         return out
 
     def list(self) -> List[dict]:
@@ -214,7 +235,8 @@ class Attachments:
         problems = []
         if netns != a["netns"]:
             problems.append(f"netns is {netns}, the attachment was made in {a['netns']}")
-        problems += _live_problems(a, a["netns"])
+        if a["kind"] == "veth":
+            problems += _live_problems(a, a["netns"])
         if a["port"] is None:
             problems.append(f"{a['host_ifname']} is not a port of the forwarding core")
         else:
@@ -224,7 +246,9 @@ class Attachments:
         return {**a, "problems": problems}
 
 
-def _host_mac(ifname: str):
+def _host_mac(ifname):
+    if not ifname:
+        return None
     try:
         with open(f"/sys/class/net/{ifname}/address") as f:
             return f.read().strip()

@@ -210,7 +210,9 @@ def _read_conf(data: bytes, command: str) -> dict:
     kind = conf.get("kind", "veth")
     if kind not in _KINDS:
         raise CNIError(ERR_CONFIG, f"kind: {kind!r} is not one of {', '.join(_KINDS)}")
-    for key in ("plane", "ip", "mac"):
+    if conf.get("options") is not None and not isinstance(conf["options"], dict):
+        raise CNIError(ERR_CONFIG, f"options: {conf['options']!r} is not an object")
+    for key in ("plane", "ip", "mac", "device", "deviceID"):
         if conf.get(key) is not None and not isinstance(conf[key], str):
             raise CNIError(ERR_CONFIG, f"{key}: {conf[key]!r} is not a string")
     sock = conf.get("socket", DEFAULT_SOCKET)
@@ -234,7 +236,8 @@ def _result(conf, a: dict) -> dict:
     interfaces = list(prev.get("interfaces") or [])
     ips = list(prev.get("ips") or [])
     routes = list(prev.get("routes") or [])
-    interfaces.append({"name": a["host_ifname"], "mac": a.get("host_mac") or ""})
+    if a.get("host_ifname"):
+        interfaces.append({"name": a["host_ifname"], "mac": a.get("host_mac") or ""})
     pod_if = {"name": a["ifname"], "mac": a["mac"], "sandbox": a["netns"]}
     if a.get("mtu"):
         pod_if["mtu"] = a["mtu"]
@@ -243,12 +246,13 @@ def _result(conf, a: dict) -> dict:
     if a.get("pci_address"):
         pod_if["pciID"] = a["pci_address"]
     interfaces.append(pod_if)
-    ip = {"address": f"{a['ip']}/{a['prefixlen']}", "interface": len(interfaces) - 1}
-    if a.get("gateway"):
-        ip["gateway"] = a["gateway"]
-    if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
-        ip["version"] = "4"
-    ips.append(ip)
+    if a.get("ip"):
+        ip = {"address": f"{a['ip']}/{a['prefixlen']}", "interface": len(interfaces) - 1}
+        if a.get("gateway"):
+            ip["gateway"] = a["gateway"]
+        if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
+            ip["version"] = "4"
+        ips.append(ip)
     if a.get("default_route") and a.get("gateway"):
         routes.append({"dst": "0.0.0.0/0", "gw": a["gateway"]})
     out = {"cniVersion": conf["cniVersion"], "interfaces": interfaces, "ips": ips}
@@ -303,6 +307,8 @@ def _add(conf, env) -> dict:
         "kind": conf["kind"],
         "ip": ip.split("/")[0] if ip else None,
         "mac": mac or None,
+        "device": conf.get("device") or conf.get("deviceID"),
+        "options": conf.get("options"),
         "cni_network": conf["name"],
         "k8s_namespace": env["args"].get("K8S_POD_NAMESPACE"),
         "k8s_pod": env["args"].get("K8S_POD_NAME"),
@@ -364,7 +370,7 @@ def _check(conf, env):
             )
         want = f"{a['ip']}/{a['prefixlen']}"
         have = [x.get("address") for x in prev.get("ips") or [] if x.get("interface") == i]
-        if want not in have:
+        if a.get("ip") and want not in have:
             problems.append(f"prevResult gives {env['ifname']} {have or 'no address'}, not {want}")
     if a.get("default_route") and a.get("gateway"):
         routes = prev.get("routes") or []
