@@ -6,8 +6,8 @@ specification keys them. It is kept as a one-plane pod named
 ``cni-<hash of both>`` (see :func:`attachment_name`), so it is
 plumbed, stored, replayed after a restart and shown by ``dataplane pod
 list`` exactly as any pod; the CNI identity (network configuration name,
-Kubernetes namespace and pod, interface kind) is kept with the pod's spec
-under ``"cni"``. The routes (:func:`attachment_routes`)::
+Kubernetes namespace and pod, interface kind) is the store's attachment
+record of the same name (``StateStore.put_attachment``). The routes (:func:`attachment_routes`)::
 
     POST   /v1/attachments          ADD   {container_id, ifname, netns, network, ...}
     DELETE /v1/attachments          DEL   {container_id, ifname}: idempotent
@@ -128,12 +128,19 @@ class Attachments:
         if kind != "veth":
             spec["interfaces"][plane] = _kind_entry(kind, ifname, body)
         name = attachment_name(cid, ifname)
-        if self.store.pod(name):
-            raise AlreadyExists(
-                f"container {cid} interface {ifname} is attached already "
-                "(DEL it first; an ADD is not repeated for the same container and interface)"
-            )
-        self.pods.add_pod(name, netns, spec, record={"cni": record})
+        if self.store.attachment(name) is not None:
+            if self.store.pod(name):
+                raise AlreadyExists(
+                    f"container {cid} interface {ifname} is attached already "
+                    "(DEL it first; an ADD is not repeated for the same container and interface)"
+                )
+            self.store.delete_attachment(name)  # its pod went with its namespace
+        self.store.put_attachment(name, record, node=self.config.node)  # intent first
+        try:
+            self.pods.add_pod(name, netns, spec)
+        except BaseException:
+            self.store.delete_attachment(name)
+            raise
         return self.info(name)
 
     # ---------------------------------------------------------------- DEL
@@ -141,11 +148,18 @@ class Attachments:
         """Detach (container_id, ifname); nothing to do is a success."""
         cid, ifname = _key(body)
         name = attachment_name(cid, ifname)
+        return {"deleted": name if self._remove(name) else None}
+
+    def _remove(self, name: str) -> bool:
+        """Detach attachment ``name``'s pod and forget both; False if
+        neither was recorded."""
         pod = self.store.pod(name)
-        if not pod:
-            return {"deleted": None}
-        self.pods.del_pod(name)
-        return {"deleted": name}
+        if pod:
+            try:
+                self.pods.del_pod(name)
+            except NotFound:  # deleted meanwhile
+                pass
+        return self.store.delete_attachment(name) or bool(pod)
 
     # ---------------------------------------------------------------- GC
     def gc(self, body: dict) -> dict:
@@ -163,23 +177,20 @@ class Attachments:
                 raise ConfigError(f"valid[{i}]: {v!r} is not {{container_id, ifname}}")
             keep.add(attachment_name(v.get("container_id"), v.get("ifname")))
         gone = []
-        for a in self.list():
-            if a["cni_network"] == cni_network and a["name"] not in keep:
-                try:
-                    self.pods.del_pod(a["name"])
-                except NotFound:
-                    continue
-                gone.append(a["name"])
+        for a in self.store.attachments(node=self.config.node):
+            if a.get("cni_network") == cni_network and a["name"] not in keep:
+                if self._remove(a["name"]):
+                    gone.append(a["name"])
         return {"deleted": gone}
 
     # ------------------------------------------------------------- reads
     def info(self, name: str) -> dict:
         """An attachment: its identity, address, MAC, network settings, the
         host end and the core's port."""
+        rec = self.store.attachment(name)
         pod = self.store.pod(name)
-        if not pod or "cni" not in (pod.get("spec") or {}):
+        if rec is None or not pod:
             raise NotFound(f"{name} is not an attachment of this node")
-        rec = pod["spec"]["cni"]
         p = self.pods.pod_info(name)["planes"][0]
         net = self.config.network(p["network"])
         out = {
@@ -210,12 +221,11 @@ class Attachments:
 
     def list(self) -> List[dict]:
         out = []
-        for pod in self.store.pods(node=self.config.node):
-            if pod["name"].startswith(PREFIX) and "cni" in (pod.get("spec") or {}):
-                try:
-                    out.append(self.info(pod["name"]))
-                except NotFound:  # deleted meanwhile
-                    pass
+        for rec in self.store.attachments(node=self.config.node):
+            try:
+                out.append(self.info(rec["name"]))
+            except NotFound:  # its pod went with its namespace; DEL or GC forgets it
+                pass
         return out
 
     def ready(self) -> dict:

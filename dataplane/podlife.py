@@ -114,10 +114,9 @@ class PodLife:
         return port
 
     # -------------------------------------------------------- transactions
-    def add_pod(self, name: str, netns: str, spec, record: Optional[dict] = None) -> dict:
+    def add_pod(self, name: str, netns: str, spec) -> dict:
         """Attach pod ``name`` (its network namespace ``netns``) as ``spec``
-        says; the pod's info (see ``pod_info``). ``record``: more keys kept
-        with the pod's spec in the store (e.g. a CNI attachment's identity)."""
+        says; the pod's info (see ``pod_info``)."""
         from .podnet import announce, attach_plane
         from .podspec import host_ifname, parse_pod_spec
 
@@ -132,8 +131,7 @@ class PodLife:
         ps = parse_pod_spec(spec, self.config)
         node = self.config.node
         with self.lock:
-            # intent first
-            self.store.put_pod(name, netns, {**ps.to_dict(), **(record or {})}, node=node)
+            self.store.put_pod(name, netns, ps.to_dict(), node=node)  # intent first
             try:
                 for p in ps.planes:
                     n = self.config.network(p.network)
