@@ -315,7 +315,7 @@ def _add(conf, env) -> dict:
     }
     a = _service(conf, "POST", "/v1/attachments", body)
     dev = rc.get("CNIDeviceInfoFile")
-    if dev and a.get("kind") in ("memif", "vhost-user", "vf"):
+    if dev and (a.get("socket_path") or a.get("pci_address")):
         try:
             write_device_info(dev, a)
         except OSError as e:
@@ -436,7 +436,10 @@ def run(environ, data: bytes):
         if command == "VERSION":
             return 0, _version(conf)
         env = _check_env(environ, command)
-        return 0, _VERBS[command](conf, env)
+        try:
+            return 0, _VERBS[command](conf, env)
+        except (KeyError, TypeError, ValueError) as e:  # an answer we cannot read
+            raise CNIError(ERR_SERVICE, "unexpected answer from the node service", repr(e))
     except CNIError as e:
         err = {"cniVersion": version, "code": e.code, "msg": e.msg}
         if e.details:

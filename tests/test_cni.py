@@ -356,3 +356,48 @@ def test_add_and_del_latency(cnode):
         ", ".join(f"{k} {med(v):.0f} ms" for k, v in times.items()),
     )
     assert med(times["ADD"]) < 5000 and med(times["DEL"]) < 5000
+
+
+def test_memif_attachment_and_device_info(tmp_path):
+    """A memif plane: the result's socketPath and Multus' device-info file
+    (NPWG device-info 1.1.0), written on ADD and removed on DEL. A service
+    whose pod specs know only veth refuses the kind by name instead."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    has_kinds = importlib.util.find_spec("dataplane.fastif") is not None
+    sockdir = tempfile.mkdtemp(prefix="dpk", dir="/tmp")  # sun_path has 108 bytes
+    n = CNINode(tmp_path, uuid.uuid4().hex[:5])
+    if has_kinds:
+        n.cfg.write_text(n.cfg.read_text() + f"pod_socket_dir: {sockdir}\n")
+    try:
+        n.start()
+        cid, ns, path = n.container()
+        dev = tmp_path / "devinfo" / "media.json"
+        conf = n.conf(
+            network="net3",
+            name="media-net",
+            kind="memif",
+            version="1.1.0",
+            runtimeConfig={"CNIDeviceInfoFile": str(dev)},
+        )
+        code, res, err = n.cni("ADD", conf, cid, path, ifname="net1")
+        if not has_kinds:
+            assert code != 0 and res["code"] == 7 and "memif" in res["msg"]
+            assert not dev.exists() and n.api("GET", "/v1/attachments") == []
+            return
+        assert code == 0, (res, err)
+        (pod_if,) = res["interfaces"]  # no host veth: the core serves the socket
+        assert pod_if["socketPath"].startswith(sockdir) and pod_if["sandbox"] == path
+        assert json.loads(dev.read_text()) == {
+            "type": "memif",
+            "version": "1.1.0",
+            "memif": {"role": "master", "mode": "ethernet", "path": pod_if["socketPath"]},
+        }
+        assert n.cni("CHECK", {**conf, "prevResult": res}, cid, path, ifname="net1")[0] == 0
+        assert n.cni("DEL", conf, cid, path, ifname="net1")[0] == 0
+        assert not dev.exists() and n.api("GET", "/v1/attachments") == []
+    finally:
+        n.cleanup()
+        shutil.rmtree(sockdir, ignore_errors=True)
