@@ -305,9 +305,8 @@ def test_bad_requests_name_the_problem(cnode):
     assert out["code"] == 7 and "outside" in out["msg"]
     code, out, _ = cnode.cni("ADD", cnode.conf(), cid, "/var/run/netns/nosuch-ns")
     assert out["code"] == 3 and "nosuch-ns" in out["msg"]
-    # a kind this service cannot make yet: a clear refusal, not a veth
-    code, out, _ = cnode.cni("ADD", cnode.conf(kind="memif"), cid, path)
-    assert out["code"] == 7 and "memif" in out["msg"]
+    code, out, _ = cnode.cni("ADD", cnode.conf(kind="vf", options=[1]), cid, path)
+    assert out["code"] == 7 and "options" in out["msg"]
     # nothing was left behind by the refusals
     assert cnode.api("GET", "/v1/attachments") == []
     assert sh("ip", "-n", ns, "-o", "link").stdout.count(":") >= 1
