@@ -113,11 +113,11 @@ network_config_dir = "{self.netdir}"
             raise AssertionError(f"podman {' '.join(args)}: {r.stdout}{r.stderr}")
         return r
 
-    def run(self, *networks, ip=None, cmd=("sleep", "600")):
+    def run(self, *networks, ip=None, mac=None, cmd=("sleep", "600")):
         """A detached container on ``networks``; its name."""
         name = f"dpc-{uuid.uuid4().hex[:8]}"
         net = ",".join(networks)
-        opts = ["--ip", ip] if ip else []
+        opts = (["--ip", ip] if ip else []) + (["--mac-address", mac] if mac else [])
         self(
             "run", "-d", "--name", name, "--network", net, *opts,
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
@@ -185,11 +185,14 @@ def addr(pm, name, ifname="eth0"):
 
 def test_podman_containers_get_addresses_and_reach_each_other(pm):
     a = pm.run("media-net")
-    b = pm.run("media-net", ip="192.168.62.40")
+    b = pm.run("media-net", ip="192.168.62.40", mac="02:00:00:00:62:40")
     ida, idb = pm.container_id(a), pm.container_id(b)
     att = attachments(pm)
     assert set(att) == {(ida, "media-net"), (idb, "media-net")}
+    # the runtime's "ips" and "mac" capabilities reached the service
     assert att[(idb, "media-net")]["ip"] == "192.168.62.40"
+    assert att[(idb, "media-net")]["mac"] == "02:00:00:00:62:40"
+    assert "02:00:00:00:62:40" in pm.exec(b, "ip", "link", "show", "eth0", check=True).stdout
     assert addr(pm, a) == att[(ida, "media-net")]["ip"]
     r = pm.exec(a, "ping", "-c", "3", "-W", "1", "192.168.62.40")
     assert r.returncode == 0, r.stdout + r.stderr
