@@ -8,6 +8,8 @@
     dataplane pod list
     dataplane net list
     dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
+    dataplane attachment list             CNI attachments (container, ifname, pod)
+    dataplane attachment del CONTAINER_ID IFNAME
     dataplane bench {encap,decap,afpacket} [...]
 
 Client commands talk to the service's control API (HTTP+JSON on a unix
@@ -142,6 +144,25 @@ def cmd_net(args):
     return 0
 
 
+def cmd_attachment(args):
+    if args.att_cmd == "del":
+        body = {"container_id": args.container_id, "ifname": args.ifname}
+        _print(_call(args, "DELETE", "/v1/attachments", body), args.json)
+        return 0
+    atts = _call(args, "GET", "/v1/attachments")
+    if args.json:
+        _print(atts, True)
+        return 0
+    for a in atts:
+        pod = f"{a['k8s_namespace']}/{a['k8s_pod']}" if a.get("k8s_pod") else "-"
+        print(
+            f"{a['container_id'][:12]:12s} {a['ifname']:10s} {a['cni_network'] or '-':12s} "
+            f"{a['network']:8s} {a['plane']:8s} {a['ip']:15s} {a['mac']} {a['kind']:6s} "
+            f"port {a['port']}  {pod}"
+        )
+    return 0
+
+
 def cmd_bench(args):
     import os
 
@@ -189,6 +210,14 @@ def build_parser():
     from . import capture_cli
 
     capture_cli.add_parser(sub)
+    p = sub.add_parser("attachment", help="list and remove CNI attachments")
+    asub = p.add_subparsers(dest="att_cmd", required=True)
+    client(asub.add_parser("list"))
+    ad = asub.add_parser("del")
+    ad.add_argument("container_id")
+    ad.add_argument("ifname")
+    client(ad)
+    p.set_defaults(fn=cmd_attachment)
     p = sub.add_parser("bench", help="run a benchmark (python -m bench ...)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)

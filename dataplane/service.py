@@ -5,6 +5,7 @@
 It starts and stops the parts, each of which does one job:
 
     podlife.py   pods: attach, detach, replay after a restart
+    attach.py    CNI attachments: one plane of a container, as a pod
     sync.py      the cluster view: remote MACs and flood lists from the store
     status.py    the status report, the metrics snapshot, the API routes
     logs.py      the JSON log
@@ -21,6 +22,7 @@ import time
 from typing import Optional
 
 from .api import APIServer
+from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .config import NodeConfig
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
@@ -47,6 +49,7 @@ class NodeService:
         self.captures = None
         self.store: Optional[StateStore] = None
         self.pods: Optional[PodLife] = None
+        self.attachments: Optional[Attachments] = None
         self.sync: Optional[ClusterSync] = None
         self.api: Optional[APIServer] = None
         self.metrics_server = None
@@ -74,10 +77,18 @@ class NodeService:
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
+            routes = api_routes(cfg, self.status, self.pods)
+            self.attachments = Attachments(
+                cfg,
+                self.store,
+                self.pods,
+                engine_running=lambda: self.engine is not None and self.engine.running,
+            )
+            routes.update(attachment_routes(self.attachments))
             self.captures = Captures(
                 self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
             )
-            routes = api_routes(cfg, self.status, self.pods) | self.captures.routes()
+            routes.update(self.captures.routes())
             self.api = APIServer(cfg.api_socket, routes, log=log)
             self.api.start()
             self._start_metrics()

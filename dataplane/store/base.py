@@ -222,6 +222,28 @@ class StateStore(abc.ABC):
                 raise mac_taken(plane, mac, e["pod"], e["plane"])
         return mac
 
+    # --------------------------------------------------------- attachments
+    # A CNI attachment's identity (container ID, interface name, network
+    # configuration, Kubernetes pod), kept next to the pod that plumbs it
+    # (see dataplane.attach). Implemented by both stores; a store of
+    # another kind says so.
+    def put_attachment(self, name: str, record: Dict[str, Any], node: Optional[str] = None):
+        """Record attachment ``name`` (JSON data ``record``) made by ``node``.
+        AlreadyExists if one of that name is recorded."""
+        raise NotImplementedError(f"the {self.kind} store keeps no CNI attachments")
+
+    def attachment(self, name: str) -> Optional[Dict[str, Any]]:
+        """{name, node, created, **record} or None."""
+        raise NotImplementedError(f"the {self.kind} store keeps no CNI attachments")
+
+    def attachments(self, node: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every attachment (of ``node``, when given), oldest first."""
+        raise NotImplementedError(f"the {self.kind} store keeps no CNI attachments")
+
+    def delete_attachment(self, name: str) -> bool:
+        """False if it was not recorded."""
+        raise NotImplementedError(f"the {self.kind} store keeps no CNI attachments")
+
     # ------------------------------------------------------------ watching
     def endpoints_snapshot(self) -> Tuple[List[Dict[str, Any]], int]:
         """Every endpoint and the revision they were read at: watch from

@@ -141,6 +141,42 @@ class EtcdStore(StateStore):
 
         self.client.atomic(body)
 
+    # --------------------------------------------------------- attachments
+    def put_attachment(self, name: str, record: Dict[str, Any], node: Optional[str] = None):
+        try:
+            rec = json.loads(json.dumps(record, sort_keys=True))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"attachment {name}: record is not JSON data ({e})") from None
+
+        def body(tx):
+            key = self._k("attachments", name)
+            if tx.get(key) is not None:
+                raise AlreadyExists(f"attachment {name} exists already")
+            tx.put(key, {**rec, "name": name, "node": node, "created": time.time()})
+
+        self.client.atomic(body)
+
+    def attachment(self, name: str) -> Optional[Dict[str, Any]]:
+        return self.client.get(self._k("attachments", name))
+
+    def attachments(self, node: Optional[str] = None) -> List[Dict[str, Any]]:
+        out = [
+            a
+            for _, a in self.client.items(self._k("attachments", ""))
+            if node is None or a.get("node") == node
+        ]
+        return sorted(out, key=lambda a: (a["created"], a["name"]))
+
+    def delete_attachment(self, name: str) -> bool:
+        def body(tx):
+            key = self._k("attachments", name)
+            if tx.get(key) is None:
+                return False
+            tx.delete(key)
+            return True
+
+        return bool(self.client.atomic(body))
+
     # ------------------------------------------------------------ networks
     def put_network(
         self,

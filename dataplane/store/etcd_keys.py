@@ -11,6 +11,7 @@ percent-quoted, so that a '/' in a name cannot make two keys meet)::
     P/endpoints/<pod>/<plane>         {pod, plane, network, ifname, host_ifname,
                                        mac, ip, node, vtep, state, created}
     P/hostif/<node>/<host_ifname>     {pod, plane}           unique per node
+    P/attachments/<name>              {name, node, created, container_id, ifname, ...}
     P/alloc/<network>/<ip>            {network, ip, pod, created}
     P/podalloc/<pod>/<network>        {ip}                   one address per pod and network
     P/macs/<mac>                      {pod, plane}           who has the MAC, cluster-wide

@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS allocations (
     UNIQUE (network, pod)
 );
 CREATE INDEX IF NOT EXISTS allocations_pod ON allocations (pod);
+CREATE TABLE IF NOT EXISTS attachments (         -- CNI attachments (dataplane.attach)
+    name    TEXT PRIMARY KEY,                    -- the pod that plumbs it
+    record  TEXT NOT NULL,                       -- JSON: container ID, ifname, ...
+    node    TEXT,
+    created REAL NOT NULL
+);
 """
 
 
@@ -170,6 +176,46 @@ class SqliteStore(StateStore):
                 "SET value=excluded.value",
                 (key, str(value)),
             )
+
+    # --------------------------------------------------------- attachments
+    def put_attachment(self, name: str, record: Dict[str, Any], node: Optional[str] = None):
+        try:
+            text = json.dumps(record, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"attachment {name}: record is not JSON data ({e})") from None
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM attachments WHERE name=?", (name,)).fetchone():
+                raise AlreadyExists(f"attachment {name} exists already")
+            db.execute(
+                "INSERT INTO attachments (name, record, node, created) VALUES (?, ?, ?, ?)",
+                (name, text, node, time.time()),
+            )
+
+    @staticmethod
+    def _attachment_row(r) -> Dict[str, Any]:
+        return {
+            **json.loads(r["record"]),
+            "name": r["name"],
+            "node": r["node"],
+            "created": r["created"],
+        }
+
+    def attachment(self, name: str) -> Optional[Dict[str, Any]]:
+        rows = self._query("SELECT * FROM attachments WHERE name=?", (name,))
+        return self._attachment_row(rows[0]) if rows else None
+
+    def attachments(self, node: Optional[str] = None) -> List[Dict[str, Any]]:
+        if node is None:
+            rows = self._query("SELECT * FROM attachments ORDER BY created, name")
+        else:
+            rows = self._query(
+                "SELECT * FROM attachments WHERE node=? ORDER BY created, name", (node,)
+            )
+        return [self._attachment_row(r) for r in rows]
+
+    def delete_attachment(self, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM attachments WHERE name=?", (name,)).rowcount > 0
 
     # ------------------------------------------------------------ networks
     def put_network(

@@ -1,0 +1,316 @@
+"""CNI attachments: one plane of one container, the node service's side of
+the ``dataplane-cni`` plugin (:mod:`dataplane.cni`).
+
+An attachment is keyed by (container ID, interface name), as the CNI
+specification keys them. It is kept as a one-plane pod named
+``cni-<hash of both>`` (see :func:`attachment_name`), so it is
+plumbed, stored, replayed after a restart and shown by ``dataplane pod
+list`` exactly as any pod; the CNI identity (network configuration name,
+Kubernetes namespace and pod, interface kind) is the store's attachment
+record of the same name (``StateStore.put_attachment``). The routes (:func:`attachment_routes`)::
+
+    POST   /v1/attachments          ADD   {container_id, ifname, netns, network, ...}
+    DELETE /v1/attachments          DEL   {container_id, ifname}: idempotent
+    POST   /v1/attachments/check    CHECK {container_id, ifname, netns}
+    POST   /v1/attachments/gc       GC    {cni_network, valid: [{container_id, ifname}]}
+    GET    /v1/attachments          the attachments of this node
+    GET    /v1/attachments/ready    STATUS: can this node take an ADD now?
+"""
+
+import hashlib
+import re
+import socket
+from typing import Dict, List
+
+from .checks import POD_RESERVED_IFNAMES, check_ifname
+from .errors import AlreadyExists, ConfigError, NotFound
+
+#: the pod-name prefix of attachments
+PREFIX = "cni-"
+#: interface kinds a network configuration may ask for
+KINDS = ("veth", "memif", "vhost-user", "vf")
+#: what the CNI specification allows in a container ID
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+_TEXT_KEYS = ("cni_network", "k8s_namespace", "k8s_pod")
+
+
+def attachment_name(container_id: str, ifname: str) -> str:
+    """The pod name an attachment is kept under: short (a memif or
+    vhost-user plane's socket path is made from it), the same for the same
+    key."""
+    h = hashlib.sha256(f"{container_id}\0{ifname}".encode()).hexdigest()[:16]
+    return f"{PREFIX}{h}"
+
+
+def check_container_id(value, path: str = "container_id") -> str:
+    if not isinstance(value, str) or not _CONTAINER_ID.match(value) or len(value) > 128:
+        raise ConfigError(
+            f"{path}: {value!r} is not a container ID (1..128 of letters, digits, "
+            "'_', '.', '-', starting with a letter or digit)"
+        )
+    return value
+
+
+def _key(body) -> tuple:
+    cid = check_container_id(body.get("container_id"))
+    ifname = check_ifname(body.get("ifname"), "ifname", reserved=POD_RESERVED_IFNAMES)
+    return cid, ifname
+
+
+def _kind_entry(kind: str, ifname: str, body: dict) -> dict:
+    """A plane's ``interfaces`` entry for a kind other than veth: the kind
+    and its ``options`` (a VF's ``device``: the VF's host interface or PCI
+    address, e.g. the ``deviceID`` a device plugin gave); a clear refusal
+    when this service's pod specs do not know interface kinds."""
+    try:
+        from . import fastif  # noqa: F401 - the kinds' plumbing
+    except ImportError:
+        raise ConfigError(
+            f"kind: this node service attaches veth interfaces only, not {kind}"
+        ) from None
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"options: {options!r} is not a mapping of the kind's options")
+    entry = {"kind": kind, **options}
+    if kind == "vf":
+        entry["ifname"] = ifname
+        if body.get("device"):
+            entry.setdefault("device", body["device"])
+    return entry
+
+
+class Attachments:
+    """The attachments of node ``config.node``, made by ``pods``
+    (:class:`dataplane.podlife.PodLife`) in ``store``."""
+
+    def __init__(self, config, store, pods, engine_running=lambda: True):
+        self.config = config
+        self.store = store
+        self.pods = pods
+        self.engine_running = engine_running
+
+    # ---------------------------------------------------------------- ADD
+    def add(self, body: dict) -> dict:
+        """Attach one plane of a container: its network namespace ``netns``,
+        its interface ``ifname`` on network ``network`` (its plane, if
+        given, must be the network's); optional ``kind``, fixed ``ip`` and
+        ``mac``. AlreadyExists if (container_id, ifname) is attached."""
+        cid, ifname = _key(body)
+        netns = body.get("netns")
+        network = body.get("network")
+        if not isinstance(network, str) or not network:
+            raise ConfigError(f"network: {network!r} is not a network name")
+        net = next((n for n in self.config.networks if n.name == network), None)
+        if net is None:
+            known = ", ".join(n.name for n in self.config.networks)
+            raise ConfigError(f"network: {network!r} is not a network of this node ({known})")
+        plane = body.get("plane") or net.plane
+        if plane != net.plane:
+            raise ConfigError(f"plane: network {network} belongs to plane {net.plane}, not {plane}")
+        kind = body.get("kind") or "veth"
+        if kind not in KINDS:
+            raise ConfigError(f"kind: {kind!r} is not an interface kind ({', '.join(KINDS)})")
+        record = {"container_id": cid, "ifname": ifname, "kind": kind}
+        for k in _TEXT_KEYS:
+            v = body.get(k)
+            if v is not None and (not isinstance(v, str) or len(v) > 253):
+                raise ConfigError(f"{k}: {v!r} is not a name")
+            record[k] = v
+        spec = {
+            "pod_type": "ct",
+            "network_plane": [plane],
+            "networks": {plane: network},
+            "interfaces": {plane: ifname},
+        }
+        for k, field in (("ip", "ips"), ("mac", "macs")):
+            if body.get(k):
+                spec[field] = {plane: body[k]}
+        if kind != "veth":
+            spec["interfaces"][plane] = _kind_entry(kind, ifname, body)
+        name = attachment_name(cid, ifname)
+        if self.store.attachment(name) is not None:
+            if self.store.pod(name):
+                raise AlreadyExists(
+                    f"container {cid} interface {ifname} is attached already "
+                    "(DEL it first; an ADD is not repeated for the same container and interface)"
+                )
+            self.store.delete_attachment(name)  # its pod went with its namespace
+        self.store.put_attachment(name, record, node=self.config.node)  # intent first
+        try:
+            self.pods.add_pod(name, netns, spec)
+        except BaseException:
+            self.store.delete_attachment(name)
+            raise
+        return self.info(name)
+
+    # ---------------------------------------------------------------- DEL
+    def delete(self, body: dict) -> dict:
+        """Detach (container_id, ifname); nothing to do is a success."""
+        cid, ifname = _key(body)
+        name = attachment_name(cid, ifname)
+        return {"deleted": name if self._remove(name) else None}
+
+    def _remove(self, name: str) -> bool:
+        """Detach attachment ``name``'s pod and forget both; False if
+        neither was recorded."""
+        pod = self.store.pod(name)
+        if pod:
+            try:
+                self.pods.del_pod(name)
+            except NotFound:  # deleted meanwhile
+                pass
+        return self.store.delete_attachment(name) or bool(pod)
+
+    # ---------------------------------------------------------------- GC
+    def gc(self, body: dict) -> dict:
+        """Detach every attachment of network configuration ``cni_network``
+        that ``valid`` (a list of {container_id, ifname}) does not name."""
+        cni_network = body.get("cni_network")
+        if not isinstance(cni_network, str) or not cni_network:
+            raise ConfigError(f"cni_network: {cni_network!r} is not a network configuration name")
+        valid = body.get("valid")
+        if not isinstance(valid, list):
+            raise ConfigError("valid: must be a list of {container_id, ifname}")
+        keep = set()
+        for i, v in enumerate(valid):
+            if not isinstance(v, dict):
+                raise ConfigError(f"valid[{i}]: {v!r} is not {{container_id, ifname}}")
+            keep.add(attachment_name(v.get("container_id"), v.get("ifname")))
+        gone = []
+        for a in self.store.attachments(node=self.config.node):
+            if a.get("cni_network") == cni_network and a["name"] not in keep:
+                if self._remove(a["name"]):
+                    gone.append(a["name"])
+        return {"deleted": gone}
+
+    # ------------------------------------------------------------- reads
+    def info(self, name: str) -> dict:
+        """An attachment: its identity, address, MAC, network settings, the
+        host end and the core's port."""
+        rec = self.store.attachment(name)
+        pod = self.store.pod(name)
+        if rec is None or not pod:
+            raise NotFound(f"{name} is not an attachment of this node")
+        p = self.pods.pod_info(name)["planes"][0]
+        net = self.config.network(p["network"])
+        out = {
+            "name": name,
+            **rec,
+            "netns": pod["netns"],
+            "state": pod["state"],
+            "plane": p["plane"],
+            "network": p["network"],
+            "mac": p["mac"],
+            "ip": p["ip"],
+            "prefixlen": net.prefixlen,
+            "gateway": net.gateway,
+            "mtu": net.mtu,
+            "default_route": p["plane"] == "std" and rec.get("kind", "veth") in ("veth", "vf"),
+            "host_ifname": p.get("host_ifname"),
+            "host_mac": _host_mac(p.get("host_ifname")),
+            "port": p.get("port"),
+        }
+        # what the pod's application needs: a memif or vhost-user socket, a VF's PCI address
+        socket_path = p.get("socket")
+        pci = p.get("pci")
+        if socket_path:
+            out["socket_path"] = socket_path
+        if pci:
+            out["pci_address"] = pci
+        return out
+
+    def list(self) -> List[dict]:
+        out = []
+        for rec in self.store.attachments(node=self.config.node):
+            try:
+                out.append(self.info(rec["name"]))
+            except NotFound:  # its pod went with its namespace; DEL or GC forgets it
+                pass
+        return out
+
+    def ready(self) -> dict:
+        """Whether an ADD can be taken now (the core forwards)."""
+        if not self.engine_running():
+            return {"ready": False, "reason": "the forwarding core is not running"}
+        return {"ready": True, "attachments": len(self.list())}
+
+    # -------------------------------------------------------------- CHECK
+    def check(self, body: dict) -> dict:
+        """The attachment as recorded and as found (interfaces, address,
+        routes, the core's port); ``problems`` lists every difference."""
+        cid, ifname = _key(body)
+        name = attachment_name(cid, ifname)
+        a = self.info(name)
+        netns = body.get("netns") or a["netns"]
+        problems = []
+        if netns != a["netns"]:
+            problems.append(f"netns is {netns}, the attachment was made in {a['netns']}")
+        if a["kind"] == "veth":
+            problems += _live_problems(a, a["netns"])
+        if a["port"] is None:
+            problems.append(f"{a['host_ifname']} is not a port of the forwarding core")
+        else:
+            ports = {p.index: p for p in self.pods.engine.ports()}
+            if a["port"] not in ports:
+                problems.append(f"port {a['port']} of {a['host_ifname']} is gone from the core")
+        return {**a, "problems": problems}
+
+
+def _host_mac(ifname):
+    if not ifname:
+        return None
+    try:
+        with open(f"/sys/class/net/{ifname}/address") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _live_problems(a: dict, netns: str) -> List[str]:
+    from .podnet import _ipr, find_plane
+
+    found = find_plane(a["host_ifname"], netns)
+    if found is None:
+        return [f"host interface {a['host_ifname']} is gone"]
+    problems = []
+    if found.kind != "veth":
+        problems.append(f"host interface {a['host_ifname']} is a {found.kind}, not a veth")
+    if found.ifname != a["ifname"]:
+        return problems + [f"interface {a['ifname']} is not in {netns}"]
+    if (found.mac or "").lower() != a["mac"].lower():
+        problems.append(f"{a['ifname']} has MAC {found.mac}, not {a['mac']}")
+    want = f"{a['ip']}/{a['prefixlen']}"
+    if want not in found.addresses:
+        problems.append(f"{a['ifname']} has {found.addresses or 'no address'}, not {want}")
+    if a["mtu"] and found.pod_mtu != a["mtu"]:
+        problems.append(f"{a['ifname']} has MTU {found.pod_mtu}, not {a['mtu']}")
+    if not found.up or not found.pod_up:
+        problems.append(f"{a['ifname']} or {a['host_ifname']} is down")
+    if a["default_route"] and a["gateway"]:
+        with _ipr(netns) as ipr:
+            idx = ipr.link_lookup(ifname=a["ifname"])
+            routes = ipr.get_routes(family=socket.AF_INET, dst_len=0, table=254)
+        if not any(
+            r.get("RTA_GATEWAY") == a["gateway"] and r.get("RTA_OIF") in idx for r in routes
+        ):
+            problems.append(f"no default route via {a['gateway']} on {a['ifname']}")
+    return problems
+
+
+def attachment_routes(att: Attachments) -> Dict[tuple, object]:
+    """The control API's attachment routes (added to ``status.api_routes``)."""
+
+    def key_of(b, q) -> dict:
+        return {
+            "container_id": q.get("container_id") or b.get("container_id"),
+            "ifname": q.get("ifname") or b.get("ifname"),
+        }
+
+    return {
+        ("GET", "/v1/attachments"): lambda b, q: att.list(),
+        ("POST", "/v1/attachments"): lambda b, q: att.add(b),
+        ("DELETE", "/v1/attachments"): lambda b, q: att.delete(key_of(b, q)),
+        ("POST", "/v1/attachments/check"): lambda b, q: att.check(b),
+        ("POST", "/v1/attachments/gc"): lambda b, q: att.gc(b),
+        ("GET", "/v1/attachments/ready"): lambda b, q: att.ready(),
+    }

@@ -1,0 +1,488 @@
+"""``dataplane-cni``: the CNI plugin, a thin shim over the node service.
+
+A container runtime (or Multus, once per delegate) execs it with the CNI
+environment (``CNI_COMMAND``, ``CNI_CONTAINERID``, ``CNI_NETNS``,
+``CNI_IFNAME``, ``CNI_ARGS``, ``CNI_PATH``) and the network configuration
+on stdin::
+
+    {"cniVersion": "1.0.0", "name": "media-net", "type": "dataplane-cni",
+     "network": "net3", "plane": "media", "socket": "/run/dataplane/api.sock",
+     "kind": "veth", "ip": "10.3.0.7", "mac": "02:00:00:00:03:07"}
+
+``network`` is required; ``plane`` (checked against the network's),
+``socket`` (default :data:`DEFAULT_SOCKET`), ``kind`` (veth, memif,
+vhost-user, vf; default veth), ``ip``, ``mac`` and ``timeout`` (seconds,
+default 30) are optional. A fixed address and MAC may also come from the
+runtime (``runtimeConfig.ips``, ``runtimeConfig.mac``, or ``IP=``/``MAC=``
+in ``CNI_ARGS``).
+
+Every verb is forwarded to the node service's control API
+(:mod:`dataplane.attach`) over its unix socket; the plugin keeps no state.
+Errors are the specification's JSON on stdout with its codes: 1
+incompatible version, 4 bad environment, 6 undecodable input, 7 invalid
+network configuration, 11 try again later (the service does not answer),
+50 not available (STATUS), and our own from 100 (:data:`ERR_EXISTS`,
+:data:`ERR_SERVICE`, :data:`ERR_CHECK`).
+
+Only the standard library is imported, and only what the verbs use: the
+plugin starts in the time of the interpreter, whichever verb it runs.
+"""
+
+import json
+import os
+import socket
+import sys
+
+#: every version of the specification the plugin speaks, oldest first
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+DEFAULT_SOCKET = "/run/dataplane/api.sock"
+DEFAULT_TIMEOUT_S = 30
+
+# the specification's error codes
+ERR_VERSION = 1
+ERR_UNSUPPORTED_FIELD = 2
+ERR_UNKNOWN_CONTAINER = 3
+ERR_ENV = 4
+ERR_IO = 5
+ERR_DECODE = 6
+ERR_CONFIG = 7
+ERR_TRY_AGAIN = 11
+ERR_NOT_AVAILABLE = 50
+# ours
+ERR_EXISTS = 100  # (container ID, ifname) is attached already
+ERR_SERVICE = 101  # the node service failed the request
+ERR_CHECK = 102  # CHECK found a difference
+
+_IFNAMSIZ = 16
+_KINDS = ("veth", "memif", "vhost-user", "vf")
+
+
+class CNIError(Exception):
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+
+def _version_tuple(v: str):
+    try:
+        return tuple(int(x) for x in v.split("."))
+    except (AttributeError, ValueError):
+        return None
+
+
+# ======================================================= the service's API
+class ServiceDown(Exception):
+    """The node service did not answer."""
+
+
+def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFAULT_TIMEOUT_S):
+    """One HTTP/1.0 request on the service's unix socket: (status, JSON).
+    ServiceDown if the socket is missing, refuses, or times out."""
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (
+        f"{method} {endpoint} HTTP/1.0\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(sock_path)
+        except OSError as e:
+            raise ServiceDown(f"the node service does not answer on {sock_path}: {e.strerror or e}")
+        try:
+            s.sendall(head.encode() + data)
+            chunks = []
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                chunks.append(c)
+        except OSError as e:  # incl. a timeout
+            raise ServiceDown(f"the node service on {sock_path} did not answer: {e}")
+    finally:
+        s.close()
+    raw = b"".join(chunks)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+        obj = json.loads(payload or b"null")
+    except (IndexError, ValueError):
+        raise ServiceDown(f"the node service on {sock_path} gave an unreadable answer")
+    return status, obj
+
+
+def _service(conf, method, endpoint, body=None):
+    """The service's answer to one call, or CNIError with its code: 11 when
+    it does not answer; 7 when it refuses the configuration, 3 when the
+    namespace is gone, 100 for an attachment that exists, 101 otherwise."""
+    try:
+        status, obj = api_call(conf["socket"], method, endpoint, body, conf["timeout"])
+    except ServiceDown as e:
+        raise CNIError(ERR_TRY_AGAIN, "try again later", str(e))
+    if status == 200:
+        return obj
+    msg = (obj or {}).get("error", f"HTTP {status}") if isinstance(obj, dict) else str(obj)
+    code = {400: ERR_CONFIG, 404: ERR_UNKNOWN_CONTAINER, 409: ERR_EXISTS}.get(status, ERR_SERVICE)
+    raise CNIError(code, msg)
+
+
+# ================================================================== input
+def _env(environ, name, required=True) -> str:
+    v = environ.get(name, "")
+    if required and not v:
+        raise CNIError(
+            ERR_ENV, f"{name} is not set", f"the {name} environment variable is required"
+        )
+    return v
+
+
+def _check_env(environ, command):
+    """CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS as the command needs them."""
+    out = {"args": _cni_args(environ.get("CNI_ARGS", ""))}
+    if command in ("GC", "STATUS", "VERSION"):
+        return out
+    cid = _env(environ, "CNI_CONTAINERID")
+    if not (cid[0].isascii() and cid[0].isalnum()) or not all(
+        c.isascii() and (c.isalnum() or c in "_.-") for c in cid
+    ):
+        raise CNIError(
+            ERR_ENV,
+            f"CNI_CONTAINERID: {cid!r} is not a container ID",
+            "letters, digits, '_', '.', '-', starting with a letter or digit",
+        )
+    ifname = _env(environ, "CNI_IFNAME")
+    if (
+        len(ifname.encode()) >= _IFNAMSIZ
+        or ifname in (".", "..")
+        or any(c in ifname for c in "/:\0")
+        or any(c.isspace() for c in ifname)
+    ):
+        raise CNIError(ERR_ENV, f"CNI_IFNAME: {ifname!r} is not a valid interface name")
+    netns = _env(environ, "CNI_NETNS", required=command != "DEL")
+    if netns and not netns.startswith("/"):
+        raise CNIError(ERR_ENV, f"CNI_NETNS: {netns!r} is not a path")
+    out.update(container_id=cid, ifname=ifname, netns=netns)
+    return out
+
+
+def _cni_args(text: str) -> dict:
+    """CNI_ARGS 'K=V;K2=V2' as a dict."""
+    out = {}
+    for part in text.split(";"):
+        if part:
+            k, sep, v = part.partition("=")
+            if not sep:
+                raise CNIError(ERR_ENV, f"CNI_ARGS: {part!r} is not KEY=VALUE")
+            out[k] = v
+    return out
+
+
+def _read_conf(data: bytes, command: str) -> dict:
+    try:
+        conf = json.loads(data or b"{}")
+    except ValueError as e:
+        raise CNIError(ERR_DECODE, "cannot decode the network configuration", str(e))
+    if not isinstance(conf, dict):
+        raise CNIError(ERR_DECODE, "the network configuration is not a JSON object")
+    version = conf.get("cniVersion")
+    if command == "VERSION":
+        return conf
+    if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
+        raise CNIError(
+            ERR_VERSION,
+            f"cniVersion {version!r} is not supported",
+            f"supported: {', '.join(SUPPORTED_VERSIONS)}",
+        )
+    if command == "CHECK" and _version_tuple(version) < (0, 4, 0):
+        raise CNIError(ERR_VERSION, f"CHECK needs cniVersion 0.4.0 or later, not {version}")
+    if command in ("GC", "STATUS") and _version_tuple(version) < (1, 1, 0):
+        raise CNIError(ERR_VERSION, f"{command} needs cniVersion 1.1.0 or later, not {version}")
+    name = conf.get("name")
+    if not isinstance(name, str) or not name:
+        raise CNIError(ERR_CONFIG, "name: the network configuration has no name")
+    if command in ("ADD", "CHECK"):
+        net = conf.get("network")
+        if not isinstance(net, str) or not net:
+            raise CNIError(ERR_CONFIG, "network: the name of a network of the node is required")
+    kind = conf.get("kind", "veth")
+    if kind not in _KINDS:
+        raise CNIError(ERR_CONFIG, f"kind: {kind!r} is not one of {', '.join(_KINDS)}")
+    if conf.get("options") is not None and not isinstance(conf["options"], dict):
+        raise CNIError(ERR_CONFIG, f"options: {conf['options']!r} is not an object")
+    for key in ("plane", "ip", "mac", "device", "deviceID"):
+        if conf.get(key) is not None and not isinstance(conf[key], str):
+            raise CNIError(ERR_CONFIG, f"{key}: {conf[key]!r} is not a string")
+    sock = conf.get("socket", DEFAULT_SOCKET)
+    if not isinstance(sock, str) or not sock.startswith("/"):
+        raise CNIError(ERR_CONFIG, f"socket: {sock!r} is not an absolute path")
+    timeout = conf.get("timeout", DEFAULT_TIMEOUT_S)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise CNIError(ERR_CONFIG, f"timeout: {timeout!r} is not a number of seconds")
+    rc = conf.get("runtimeConfig") or {}
+    if not isinstance(rc, dict):
+        raise CNIError(ERR_CONFIG, "runtimeConfig: is not an object")
+    conf.update(socket=sock, timeout=timeout, kind=kind, runtimeConfig=rc)
+    return conf
+
+
+# ================================================================ results
+def _result(conf, a: dict) -> dict:
+    """The ADD result for attachment ``a`` (the service's answer), after
+    the interfaces and addresses of ``prevResult`` when chained."""
+    prev = conf.get("prevResult") or {}
+    interfaces = list(prev.get("interfaces") or [])
+    ips = list(prev.get("ips") or [])
+    routes = list(prev.get("routes") or [])
+    if a.get("host_ifname"):
+        interfaces.append({"name": a["host_ifname"], "mac": a.get("host_mac") or ""})
+    pod_if = {"name": a["ifname"], "mac": a["mac"], "sandbox": a["netns"]}
+    if a.get("mtu"):
+        pod_if["mtu"] = a["mtu"]
+    if a.get("socket_path"):
+        pod_if["socketPath"] = a["socket_path"]
+    if a.get("pci_address"):
+        pod_if["pciID"] = a["pci_address"]
+    interfaces.append(pod_if)
+    if a.get("ip"):
+        ip = {"address": f"{a['ip']}/{a['prefixlen']}", "interface": len(interfaces) - 1}
+        if a.get("gateway"):
+            ip["gateway"] = a["gateway"]
+        if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
+            ip["version"] = "4"
+        ips.append(ip)
+    if a.get("default_route") and a.get("gateway"):
+        routes.append({"dst": "0.0.0.0/0", "gw": a["gateway"]})
+    out = {"cniVersion": conf["cniVersion"], "interfaces": interfaces, "ips": ips}
+    if routes:
+        out["routes"] = routes
+    out["dns"] = prev.get("dns") or {}
+    return out
+
+
+def _device_info(a: dict) -> dict:
+    """The Multus device-info (NPWG device-info specification 1.1.0) of a
+    memif, vhost-user or VF attachment."""
+    kind = a["kind"]
+    if kind == "memif":
+        return {
+            "type": "memif",
+            "version": "1.1.0",
+            "memif": {"role": "master", "mode": "ethernet", "path": a["socket_path"]},
+        }
+    if kind == "vhost-user":
+        return {
+            "type": "vhost-user",
+            "version": "1.1.0",
+            "vhost-user": {"mode": "server", "path": a["socket_path"]},
+        }
+    return {"type": "pci", "version": "1.1.0", "pci": {"pci-address": a["pci_address"]}}
+
+
+def write_device_info(path: str, a: dict):
+    """Write the device-info file Multus asked for (``CNIDeviceInfoFile``)."""
+    tmp = f"{path}.tmp"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(tmp, "w") as f:
+        json.dump(_device_info(a), f)
+    os.replace(tmp, path)
+
+
+# ================================================================== verbs
+def _add(conf, env) -> dict:
+    rc = conf["runtimeConfig"]
+    ip = conf.get("ip") or env["args"].get("IP")
+    rips = rc.get("ips")
+    if not ip and isinstance(rips, list) and rips:
+        ip = str(rips[0])
+    mac = conf.get("mac") or rc.get("mac") or env["args"].get("MAC")
+    body = {
+        "container_id": env["container_id"],
+        "ifname": env["ifname"],
+        "netns": env["netns"],
+        "network": conf["network"],
+        "plane": conf.get("plane"),
+        "kind": conf["kind"],
+        "ip": ip.split("/")[0] if ip else None,
+        "mac": mac or None,
+        "device": conf.get("device") or conf.get("deviceID"),
+        "options": conf.get("options"),
+        "cni_network": conf["name"],
+        "k8s_namespace": env["args"].get("K8S_POD_NAMESPACE"),
+        "k8s_pod": env["args"].get("K8S_POD_NAME"),
+    }
+    a = _service(conf, "POST", "/v1/attachments", body)
+    dev = rc.get("CNIDeviceInfoFile")
+    if dev and (a.get("socket_path") or a.get("pci_address")):
+        try:
+            write_device_info(dev, a)
+        except OSError as e:
+            _service(
+                conf, "DELETE", "/v1/attachments", {k: body[k] for k in ("container_id", "ifname")}
+            )
+            raise CNIError(ERR_IO, f"cannot write the device-info file {dev}", str(e))
+    return _result(conf, a)
+
+
+def _del(conf, env):
+    _service(
+        conf,
+        "DELETE",
+        "/v1/attachments",
+        {"container_id": env["container_id"], "ifname": env["ifname"]},
+    )
+    dev = conf["runtimeConfig"].get("CNIDeviceInfoFile")
+    if dev:
+        try:
+            os.unlink(dev)
+        except OSError:
+            pass
+
+
+def _check(conf, env):
+    prev = conf.get("prevResult")
+    if not isinstance(prev, dict):
+        raise CNIError(ERR_CONFIG, "prevResult: CHECK needs the result of the ADD")
+    a = _service(
+        conf,
+        "POST",
+        "/v1/attachments/check",
+        {"container_id": env["container_id"], "ifname": env["ifname"], "netns": env["netns"]},
+    )
+    problems = list(a.get("problems") or [])
+    ifs = prev.get("interfaces") or []
+    idx = [
+        i
+        for i, x in enumerate(ifs)
+        if isinstance(x, dict)
+        and x.get("name") == env["ifname"]
+        and x.get("sandbox") == env["netns"]
+    ]
+    if not idx:
+        problems.append(f"prevResult has no interface {env['ifname']} in {env['netns']}")
+    else:
+        i = idx[0]
+        if (ifs[i].get("mac") or "").lower() != a["mac"].lower():
+            problems.append(
+                f"prevResult gives {env['ifname']} MAC {ifs[i].get('mac')}, not {a['mac']}"
+            )
+        want = f"{a['ip']}/{a['prefixlen']}"
+        have = [x.get("address") for x in prev.get("ips") or [] if x.get("interface") == i]
+        if a.get("ip") and want not in have:
+            problems.append(f"prevResult gives {env['ifname']} {have or 'no address'}, not {want}")
+    if a.get("default_route") and a.get("gateway"):
+        routes = prev.get("routes") or []
+        if not any(r.get("dst") == "0.0.0.0/0" and r.get("gw") == a["gateway"] for r in routes):
+            problems.append(f"prevResult has no default route via {a['gateway']}")
+    if problems:
+        raise CNIError(ERR_CHECK, "; ".join(problems))
+
+
+def _gc(conf, env):
+    valid = conf.get("cni.dev/valid-attachments") or []
+    if not isinstance(valid, list):
+        raise CNIError(ERR_CONFIG, "cni.dev/valid-attachments: is not a list")
+    keep = []
+    for v in valid:
+        if not isinstance(v, dict):
+            raise CNIError(ERR_CONFIG, f"cni.dev/valid-attachments: {v!r} is not an object")
+        keep.append({"container_id": v.get("containerID"), "ifname": v.get("ifname")})
+    _service(conf, "POST", "/v1/attachments/gc", {"cni_network": conf["name"], "valid": keep})
+
+
+def _status(conf, env):
+    try:
+        status, obj = api_call(
+            conf["socket"], "GET", "/v1/attachments/ready", None, conf["timeout"]
+        )
+    except ServiceDown as e:
+        raise CNIError(ERR_NOT_AVAILABLE, "the node service is not available", str(e))
+    if status != 200 or not (obj or {}).get("ready"):
+        why = (obj or {}).get("reason") or (obj or {}).get("error") or f"HTTP {status}"
+        raise CNIError(ERR_NOT_AVAILABLE, "the node service cannot take an ADD", why)
+
+
+def _version(conf) -> dict:
+    v = conf.get("cniVersion")
+    return {
+        "cniVersion": v if v in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1],
+        "supportedVersions": list(SUPPORTED_VERSIONS),
+    }
+
+
+_VERBS = {"ADD": _add, "DEL": _del, "CHECK": _check, "GC": _gc, "STATUS": _status}
+
+
+def run(environ, data: bytes):
+    """(exit code, what to print) for one invocation."""
+    command = environ.get("CNI_COMMAND", "")
+    version = SUPPORTED_VERSIONS[-1]
+    try:
+        if command != "VERSION" and command not in _VERBS:
+            raise CNIError(
+                ERR_ENV,
+                f"CNI_COMMAND: {command!r} is not a CNI command",
+                "ADD, DEL, CHECK, GC, STATUS or VERSION",
+            )
+        try:
+            peek = json.loads(data or b"{}")
+            if isinstance(peek, dict) and peek.get("cniVersion") in SUPPORTED_VERSIONS:
+                version = peek["cniVersion"]
+        except ValueError:
+            pass
+        conf = _read_conf(data, command)
+        if command == "VERSION":
+            return 0, _version(conf)
+        env = _check_env(environ, command)
+        try:
+            return 0, _VERBS[command](conf, env)
+        except (KeyError, TypeError, ValueError) as e:  # an answer we cannot read
+            raise CNIError(ERR_SERVICE, "unexpected answer from the node service", repr(e))
+    except CNIError as e:
+        err = {"cniVersion": version, "code": e.code, "msg": e.msg}
+        if e.details:
+            err["details"] = e.details
+        return 1, err
+
+
+def install(bin_dir: str, python: str = "/usr/bin/python3") -> str:
+    """Install the plugin as ``bin_dir/dataplane-cni``: this file, which
+    needs only the standard library, run by ``python`` with ``-IS`` (no
+    site-packages, no environment: nothing is imported that the plugin does
+    not use). Written to a temporary name and renamed, so a runtime never
+    execs half a file. Its path."""
+    with open(__file__, "rb") as f:
+        body = f.read()
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, "dataplane-cni")
+    tmp = f"{path}.new"
+    with open(tmp, "wb") as f:
+        f.write(f"#!{python} -IS\n".encode() + body)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> int:
+    """Console entry point: the CNI environment and stdin in, JSON out.
+    ``dataplane-cni install BIN_DIR [PYTHON]`` installs the plugin (see
+    :func:`install`); runtimes exec it without arguments."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        if argv[0] != "install" or len(argv) not in (2, 3):
+            sys.stderr.write("usage: dataplane-cni install BIN_DIR [PYTHON]\n")
+            return 2
+        sys.stdout.write(install(*argv[1:]) + "\n")
+        return 0
+    data = b"" if sys.stdin is None else sys.stdin.buffer.read()
+    code, out = run(os.environ, data)
+    if out is not None:
+        sys.stdout.write(json.dumps(out))
+        sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The CNI plugin against the specification: every verb, every MUST that
+applies, the error codes, with a real node service (fallback mode) and
+network namespaces as containers. The plugin runs as a runtime runs it: an
+executable in a CNI bin directory, the CNI environment, stdin, stdout."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.cnihost import install_plugin, netconf, run_plugin
+from tests.test_service import Node, ping, sh
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+NETWORKS = """  - {name: net1, vni: 101, plane: std, subnet: 192.168.60.0/24, gateway: 192.168.60.1}
+  - {name: net2, vni: 102, plane: control, subnet: 192.168.61.0/24}
+  - {name: net3, vni: 103, plane: media, subnet: 192.168.62.0/24}"""
+
+
+class CNINode(Node):
+    """A node service with the plugin installed next to it; containers are
+    network namespaces this test makes (and removes)."""
+
+    def __init__(self, tmp, tag):
+        super().__init__(tmp, tag, networks=NETWORKS)
+        self.plugin = install_plugin(str(tmp / "bin"))
+
+    def container(self):
+        cid = uuid.uuid4().hex
+        ns = f"dpc{self.tag}{cid[:6]}"
+        sh("ip", "netns", "add", ns)
+        self.netns.append(ns)
+        return cid, ns, f"/var/run/netns/{ns}"
+
+    def cni(self, command, conf, cid=None, netns=None, ifname="eth0", args=None):
+        code, out, err = run_plugin(self.plugin, command, conf, cid, netns, ifname, args)
+        if command == "ADD" and code == 0:
+            self.host_links |= {i["name"] for i in out["interfaces"] if "sandbox" not in i}
+        return code, out, err
+
+    def conf(self, **kw):
+        return netconf(self.sock, **kw)
+
+
+@pytest.fixture
+def cnode(tmp_path):
+    n = CNINode(tmp_path, uuid.uuid4().hex[:5])
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+@pytest.fixture
+def plugin(tmp_path):
+    return install_plugin(str(tmp_path / "bin"))
+
+
+def addr_of(result, ifname="eth0"):
+    i = next(n for n, x in enumerate(result["interfaces"]) if x["name"] == ifname)
+    return next(ip["address"] for ip in result["ips"] if ip["interface"] == i)
+
+
+# ================================================= no service needed
+def test_version_lists_every_supported_version(plugin):
+    for asked in ("0.3.1", "0.4.0", "1.0.0", "1.1.0"):
+        code, out, _ = run_plugin(plugin, "VERSION", {"cniVersion": asked})
+        assert code == 0
+        assert out["cniVersion"] == asked
+        assert out["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+    code, out, _ = run_plugin(plugin, "VERSION", b"")
+    assert code == 0 and "1.1.0" in out["supportedVersions"]
+
+
+def test_error_codes_without_a_service(plugin, tmp_path):
+    sock = tmp_path / "none.sock"
+    env = dict(container_id="c1", netns="/proc/self/ns/net", ifname="eth0")
+    # 1: a version the plugin does not speak, in the spec's error JSON
+    code, out, _ = run_plugin(plugin, "ADD", netconf(sock, version="9.9.9"), **env)
+    assert code != 0 and out["code"] == 1 and out["msg"] and "supported" in out["details"]
+    # 1: CHECK before 0.4.0, GC and STATUS before 1.1.0
+    assert run_plugin(plugin, "CHECK", netconf(sock, version="0.3.1"), **env)[1]["code"] == 1
+    assert run_plugin(plugin, "GC", netconf(sock, version="1.0.0"))[1]["code"] == 1
+    assert run_plugin(plugin, "STATUS", netconf(sock, version="1.0.0"))[1]["code"] == 1
+    # 6: not JSON
+    code, out, _ = run_plugin(plugin, "ADD", b"{not json", **env)
+    assert code != 0 and out["code"] == 6
+    # 7: no network, a bad kind, a relative socket
+    conf = netconf(sock)
+    del conf["network"]
+    assert run_plugin(plugin, "ADD", conf, **env)[1]["code"] == 7
+    assert run_plugin(plugin, "ADD", netconf(sock, kind="tap"), **env)[1]["code"] == 7
+    assert run_plugin(plugin, "ADD", {**netconf(sock), "socket": "x.sock"}, **env)[1]["code"] == 7
+    # 4: the environment; the message names the variable
+    for missing in ("container_id", "netns", "ifname"):
+        code, out, _ = run_plugin(plugin, "ADD", netconf(sock), **{**env, missing: None})
+        assert code != 0 and out["code"] == 4, out
+        assert "CNI_" in out["msg"]
+    assert run_plugin(plugin, "ADD", netconf(sock), **{**env, "ifname": "a/b"})[1]["code"] == 4
+    assert run_plugin(plugin, "ADD", netconf(sock), **{**env, "container_id": "-x"})[1]["code"] == 4
+    assert run_plugin(plugin, "FROB", netconf(sock), **env)[1]["code"] == 4
+    # 11: the service does not answer: ADD, DEL and CHECK are to be retried,
+    # a DEL never claims success (the address would leak)
+    for verb in ("ADD", "DEL"):
+        code, out, _ = run_plugin(plugin, verb, netconf(sock), **env)
+        assert code != 0 and out["code"] == 11, out
+        assert str(sock) in out["details"]
+    # 50: STATUS while the service is down
+    code, out, _ = run_plugin(plugin, "STATUS", netconf(sock, version="1.1.0"))
+    assert code != 0 and out["code"] == 50
+
+
+def test_device_info_file(tmp_path):
+    from dataplane.cni import write_device_info
+
+    path = tmp_path / "d" / "info.json"
+    write_device_info(str(path), {"kind": "memif", "socket_path": "/run/dp/memif-a.sock"})
+    assert json.loads(path.read_text()) == {
+        "type": "memif",
+        "version": "1.1.0",
+        "memif": {"role": "master", "mode": "ethernet", "path": "/run/dp/memif-a.sock"},
+    }
+    write_device_info(str(path), {"kind": "vhost-user", "socket_path": "/run/dp/vu.sock"})
+    assert json.loads(path.read_text())["vhost-user"] == {
+        "mode": "server",
+        "path": "/run/dp/vu.sock",
+    }
+    write_device_info(str(path), {"kind": "vf", "pci_address": "0000:3b:02.1"})
+    assert json.loads(path.read_text())["pci"] == {"pci-address": "0000:3b:02.1"}
+
+
+# ================================================= with the node service
+def test_add_result_and_the_container_interface(cnode):
+    cid, ns, path = cnode.container()
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ims;K8S_POD_NAME=cscf-0"
+    code, res, err = cnode.cni("ADD", cnode.conf(version="1.1.0"), cid, path, args=args)
+    assert code == 0, (res, err)
+    assert res["cniVersion"] == "1.1.0"
+    host, pod = res["interfaces"]
+    assert host["name"].startswith("dp") and len(host["mac"]) == 17 and "sandbox" not in host
+    assert pod["name"] == "eth0" and pod["sandbox"] == path and pod["mtu"] == 1450
+    assert res["ips"] == [
+        {"address": res["ips"][0]["address"], "gateway": "192.168.60.1", "interface": 1}
+    ]
+    assert res["ips"][0]["address"].startswith("192.168.60.")
+    assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "192.168.60.1"}]
+    # what the result says is what the container has
+    link = sh("ip", "-n", ns, "-j", "addr", "show", "eth0").stdout
+    info = json.loads(link)[0]
+    assert info["address"] == pod["mac"] and info["mtu"] == 1450
+    assert any(f"{a['local']}/{a['prefixlen']}" == addr_of(res) for a in info["addr_info"])
+    assert "default via 192.168.60.1" in sh("ip", "-n", ns, "route").stdout
+    # the identity is recorded with the Kubernetes pod
+    (a,) = cnode.api("GET", "/v1/attachments")
+    assert (a["container_id"], a["ifname"], a["k8s_namespace"], a["k8s_pod"]) == (
+        cid,
+        "eth0",
+        "ims",
+        "cscf-0",
+    )
+    assert a["cni_network"] == "std-net" and a["kind"] == "veth" and a["port"] is not None
+    out = cnode.cli("attachment", "list").stdout
+    assert cid[:12] in out and "ims/cscf-0" in out and addr_of(res).split("/")[0] in out
+    # a 0.4.0 result carries the address's version
+    cid2, _, path2 = cnode.container()
+    code, res, _ = cnode.cni("ADD", cnode.conf(version="0.4.0"), cid2, path2)
+    assert code == 0 and res["ips"][0]["version"] == "4"
+
+
+def test_add_twice_fails_and_keeps_the_first(cnode):
+    cid, ns, path = cnode.container()
+    code, res, _ = cnode.cni("ADD", cnode.conf(), cid, path)
+    assert code == 0
+    code, out, _ = cnode.cni("ADD", cnode.conf(), cid, path)
+    assert code != 0 and out["code"] == 100 and "attached already" in out["msg"]
+    assert cnode.cni("CHECK", cnode.conf(prevResult=res), cid, path)[0] == 0
+    # another interface of the same container is another attachment
+    code, res2, _ = cnode.cni(
+        "ADD", cnode.conf(network="net2", name="control-net"), cid, path, ifname="net1"
+    )
+    assert code == 0 and addr_of(res2, "net1").startswith("192.168.61.")
+    assert "routes" not in res2  # no default route off the std plane
+
+
+def test_two_containers_reach_each_other_through_the_core(cnode):
+    (c1, ns1, p1), (c2, _, p2) = cnode.container(), cnode.container()
+    r1 = cnode.cni("ADD", cnode.conf(network="net3", name="media-net", plane="media"), c1, p1)[1]
+    r2 = cnode.cni("ADD", cnode.conf(network="net3", name="media-net", ip="192.168.62.20"), c2, p2)[
+        1
+    ]
+    assert addr_of(r2) == "192.168.62.20/24"
+    r = ping(ns1, "192.168.62.20")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert addr_of(r1) != addr_of(r2)
+
+
+def test_check(cnode):
+    cid, ns, path = cnode.container()
+    conf = cnode.conf()
+    code, res, _ = cnode.cni("ADD", conf, cid, path)
+    assert cnode.cni("CHECK", {**conf, "prevResult": res}, cid, path)[0] == 0
+    # without prevResult: an invalid configuration for CHECK
+    assert cnode.cni("CHECK", conf, cid, path)[1]["code"] == 7
+    # prevResult that disagrees with what was made
+    bad = json.loads(json.dumps(res))
+    bad["ips"][0]["address"] = "192.168.60.250/24"
+    code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": bad}, cid, path)
+    assert code != 0 and out["code"] == 102 and "192.168.60.250" in out["msg"]
+    # the container's interface changed behind our back
+    sh("ip", "-n", ns, "addr", "flush", "dev", "eth0")
+    code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, cid, path)
+    assert code != 0 and out["code"] == 102 and addr_of(res) in out["msg"]
+    # an attachment that does not exist
+    code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, "nosuch", path)
+    assert code != 0 and out["code"] == 3
+
+
+def test_del_is_idempotent(cnode):
+    cid, ns, path = cnode.container()
+    code, res, _ = cnode.cni("ADD", cnode.conf(), cid, path)
+    host = res["interfaces"][0]["name"]
+    assert cnode.cni("DEL", cnode.conf(), cid, path)[0] == 0
+    assert not os.path.exists(f"/sys/class/net/{host}")
+    assert cnode.api("GET", "/v1/attachments") == []
+    # again, without a namespace, for a container never seen
+    assert cnode.cni("DEL", cnode.conf(), cid, path) == (0, None, "")
+    assert cnode.cni("DEL", cnode.conf(), cid, None)[0] == 0
+    assert cnode.cni("DEL", cnode.conf(), "never-added", None)[0] == 0
+    # the address is free again: the next container gets it
+    c2, _, p2 = cnode.container()
+    assert addr_of(cnode.cni("ADD", cnode.conf(), c2, p2)[1]) == addr_of(res)
+
+
+def test_del_without_namespace_after_the_container_died(cnode):
+    cid, ns, path = cnode.container()
+    res = cnode.cni("ADD", cnode.conf(), cid, path)[1]
+    host = res["interfaces"][0]["name"]
+    sh("ip", "link", "del", host)  # what the kernel does when the netns goes
+    sh("ip", "netns", "del", ns)
+    assert cnode.cni("DEL", cnode.conf(), cid, None)[0] == 0
+    assert cnode.api("GET", "/v1/attachments") == []
+    assert cnode.api("GET", "/v1/pods") == []
+
+
+def test_attachments_survive_a_restart(cnode):
+    (c1, _, p1), (c2, ns2, p2) = cnode.container(), cnode.container()
+    r1 = cnode.cni("ADD", cnode.conf(), c1, p1)[1]
+    r2 = cnode.cni("ADD", cnode.conf(), c2, p2)[1]
+    cnode.stop()
+    # while the service is down, DEL is to be retried, not a false success
+    code, out, _ = cnode.cni("DEL", cnode.conf(), c1, p1)
+    assert code != 0 and out["code"] == 11
+    # container 2 dies while the service is down (a node reboot)
+    sh("ip", "link", "del", r2["interfaces"][0]["name"])
+    sh("ip", "netns", "del", ns2)
+    cnode.start()
+    (a,) = cnode.api("GET", "/v1/attachments")
+    assert a["container_id"] == c1 and a["port"] is not None
+    assert cnode.cni("CHECK", cnode.conf(prevResult=r1), c1, p1)[0] == 0
+    assert cnode.cni("DEL", cnode.conf(), c2, None)[0] == 0
+    assert cnode.cni("DEL", cnode.conf(), c1, p1)[0] == 0
+    assert cnode.api("GET", "/v1/attachments") == []
+
+
+def test_gc_keeps_only_the_valid_attachments(cnode):
+    (c1, _, p1), (c2, _, p2), (c3, _, p3) = [cnode.container() for _ in range(3)]
+    v = "1.1.0"
+    assert cnode.cni("ADD", cnode.conf(version=v), c1, p1)[0] == 0
+    assert cnode.cni("ADD", cnode.conf(version=v), c2, p2)[0] == 0
+    # another network configuration's attachment is not ours to collect
+    other = cnode.conf(version=v, name="control-net", network="net2")
+    assert cnode.cni("ADD", other, c3, p3, ifname="net1")[0] == 0
+    gc = cnode.conf(
+        version=v, **{"cni.dev/valid-attachments": [{"containerID": c1, "ifname": "eth0"}]}
+    )
+    code, out, err = cnode.cni("GC", gc)
+    assert code == 0, (out, err)
+    left = {(a["container_id"], a["cni_network"]) for a in cnode.api("GET", "/v1/attachments")}
+    assert left == {(c1, "std-net"), (c3, "control-net")}
+
+
+def test_status(cnode):
+    conf = cnode.conf(version="1.1.0")
+    assert cnode.cni("STATUS", conf) == (0, None, "")
+    cnode.stop()
+    code, out, _ = cnode.cni("STATUS", conf)
+    assert code != 0 and out["code"] == 50
+    cnode.start()
+    assert cnode.cni("STATUS", conf)[0] == 0
+
+
+def test_bad_requests_name_the_problem(cnode):
+    cid, ns, path = cnode.container()
+    code, out, _ = cnode.cni("ADD", cnode.conf(network="net9"), cid, path)
+    assert out["code"] == 7 and "net9" in out["msg"]
+    code, out, _ = cnode.cni("ADD", cnode.conf(network="net2", plane="media"), cid, path)
+    assert out["code"] == 7 and "belongs to plane control" in out["msg"]
+    code, out, _ = cnode.cni("ADD", cnode.conf(ip="10.0.0.1"), cid, path)
+    assert out["code"] == 7 and "outside" in out["msg"]
+    code, out, _ = cnode.cni("ADD", cnode.conf(), cid, "/var/run/netns/nosuch-ns")
+    assert out["code"] == 3 and "nosuch-ns" in out["msg"]
+    code, out, _ = cnode.cni("ADD", cnode.conf(kind="vf", options=[1]), cid, path)
+    assert out["code"] == 7 and "options" in out["msg"]
+    # nothing was left behind by the refusals
+    assert cnode.api("GET", "/v1/attachments") == []
+    assert sh("ip", "-n", ns, "-o", "link").stdout.count(":") >= 1
+    assert "eth0" not in sh("ip", "-n", ns, "-o", "link").stdout
+
+
+def test_add_and_del_latency(cnode):
+    """The plugin's own cost is an interpreter's start and the standard
+    library's json and socket: ADD and DEL each take one process and one
+    API call; the rest is the service's plumbing (the same as a pod add)."""
+
+    def med(xs):
+        return sorted(xs)[len(xs) // 2] * 1e3
+
+    times = {"VERSION": [], "ADD": [], "DEL": [], "api ADD": [], "api DEL": []}
+    for _ in range(5):
+        t = time.perf_counter()
+        assert cnode.cni("VERSION", {"cniVersion": "1.0.0"})[0] == 0
+        times["VERSION"].append(time.perf_counter() - t)
+        cid, ns, path = cnode.container()
+        for verb in ("ADD", "DEL"):
+            t = time.perf_counter()
+            assert cnode.cni(verb, cnode.conf(), cid, path)[0] == 0
+            times[verb].append(time.perf_counter() - t)
+        body = {"container_id": cid, "ifname": "eth0", "netns": path, "network": "net1"}
+        t = time.perf_counter()
+        a = cnode.api("POST", "/v1/attachments", body)
+        times["api ADD"].append(time.perf_counter() - t)
+        cnode.host_links.add(a["host_ifname"])
+        t = time.perf_counter()
+        cnode.api("DELETE", "/v1/attachments", {"container_id": cid, "ifname": "eth0"})
+        times["api DEL"].append(time.perf_counter() - t)
+    # what the plugin imports, run as its first line says (-IS)
+    r = subprocess.run(
+        [sys.executable, "-IS", "-X", "importtime", cnode.plugin],
+        input=b'{"cniVersion":"1.0.0"}',
+        env={"CNI_COMMAND": "VERSION"},
+        capture_output=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()}
+    assert {"json", "socket"} <= imported
+    heavy = {"pyroute2", "numpy", "cffi", "dataplane", "http.client", "email"}
+    assert not heavy & imported, heavy & imported
+    print(
+        "RESULT cni latency (median of 5):",
+        ", ".join(f"{k} {med(v):.0f} ms" for k, v in times.items()),
+    )
+    assert med(times["ADD"]) < 5000 and med(times["DEL"]) < 5000
+
+
+def test_memif_attachment_and_device_info(tmp_path):
+    """A memif plane: the result's socketPath and Multus' device-info file
+    (NPWG device-info 1.1.0), written on ADD and removed on DEL. A service
+    whose pod specs know only veth refuses the kind by name instead."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    has_kinds = importlib.util.find_spec("dataplane.fastif") is not None
+    sockdir = tempfile.mkdtemp(prefix="dpk", dir="/tmp")  # sun_path has 108 bytes
+    n = CNINode(tmp_path, uuid.uuid4().hex[:5])
+    if has_kinds:
+        n.cfg.write_text(n.cfg.read_text() + f"pod_socket_dir: {sockdir}\n")
+    try:
+        n.start()
+        cid, ns, path = n.container()
+        dev = tmp_path / "devinfo" / "media.json"
+        conf = n.conf(
+            network="net3",
+            name="media-net",
+            kind="memif",
+            version="1.1.0",
+            runtimeConfig={"CNIDeviceInfoFile": str(dev)},
+        )
+        code, res, err = n.cni("ADD", conf, cid, path, ifname="net1")
+        if not has_kinds:
+            assert code != 0 and res["code"] == 7 and "memif" in res["msg"]
+            assert not dev.exists() and n.api("GET", "/v1/attachments") == []
+            return
+        assert code == 0, (res, err)
+        (pod_if,) = res["interfaces"]  # no host veth: the core serves the socket
+        assert pod_if["socketPath"].startswith(sockdir) and pod_if["sandbox"] == path
+        assert json.loads(dev.read_text()) == {
+            "type": "memif",
+            "version": "1.1.0",
+            "memif": {"role": "master", "mode": "ethernet", "path": pod_if["socketPath"]},
+        }
+        assert n.cni("CHECK", {**conf, "prevResult": res}, cid, path, ifname="net1")[0] == 0
+        assert n.cni("DEL", conf, cid, path, ifname="net1")[0] == 0
+        assert not dev.exists() and n.api("GET", "/v1/attachments") == []
+    finally:
+        n.cleanup()
+        shutil.rmtree(sockdir, ignore_errors=True)
