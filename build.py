@@ -31,6 +31,7 @@ SOURCES = [
     "dp_ring.c",  # frames into / out of ring ports
     "dp_pipeline.c",  # the workers' forwarding loop
     "dp_qos.c",  # plane queues and scheduler
+    "dp_guard.c",  # pod ports: anti-spoofing, storm control
     "afpacket.c",  # native AF_PACKET driver
 ]
 

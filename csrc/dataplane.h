@@ -197,6 +197,19 @@ const char *dp_counter_name(int block, int idx);
 int dp_ring_inject(int port, int queue, const uint8_t *data, const uint32_t *lens, int n);
 int dp_ring_collect(int port, uint8_t *buf, size_t buf_len, uint32_t *lens, int max);
 
+/* anti-spoofing and storm control of pod ports (dp_guard.h): the port's
+ * MAC and the IPv4 (host order) and IPv6 (16 bytes each, wire order)
+ * addresses it may send from; mac NULL: no address checks */
+#define DP_GUARD_MAX_IP4 16
+#define DP_GUARD_MAX_IP6 16
+int dp_port_guard_set(int port, const uint8_t *mac, const uint32_t *ip4, int n4, const uint8_t *ip6,
+                      int n6);
+/* broadcast, multicast and unknown unicast from the port: pps packets/s,
+ * burst packets; pps 0 = unlimited */
+int dp_port_storm_set(int port, uint64_t pps, uint32_t burst);
+/* mbufs of the core's pool not free (in use, queued, or in flight) */
+unsigned dp_pool_in_use(void);
+
 /* CDEF END */
 
 #endif /* DATAPLANE_H */

@@ -56,6 +56,15 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     tx_put(w, (uint16_t)v->uplink, m);
 }
 
+/* the outer IPv4 header checksum is right (or the device checked it) */
+static inline int
+outer_ip_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl)
+{
+    if ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_GOOD)
+        return 1;
+    return rte_raw_cksum(ip, hl) == 0xffff;
+}
+
 /*
  * Outer checks of one uplink frame, every reason in order. Returns the
  * outer header length (Ether + IPv4 + UDP + VXLAN) of a VXLAN frame for us,
@@ -122,6 +131,19 @@ outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         drop(w, m, DP_DROP_VXLAN_FLAGS);
         return 0;
     }
+    if (unlikely(!outer_ip_csum_ok(m, ip, hl))) {
+        drop(w, m, DP_DROP_BAD_IP);
+        return 0;
+    }
+    if (unlikely(rte_be_to_cpu_16(udp->dgram_len) != tot - hl)) {
+        drop(w, m, DP_DROP_UDP_LENGTH);
+        return 0;
+    }
+    /* the inner Ethernet header is read in place: in the first segment */
+    if (unlikely(m->data_len < outer + RTE_ETHER_HDR_LEN)) {
+        drop(w, m, DP_DROP_INNER_SPLIT);
+        return 0;
+    }
     /* drop Ethernet padding past the IP datagram */
     if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
         rte_pktmbuf_trim(m, (uint16_t)(m->pkt_len - RTE_ETHER_HDR_LEN - tot));
@@ -163,8 +185,9 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
             (uint32_t)(ip->next_proto_id ^ IPPROTO_UDP) | (ip->dst_addr ^ r->ip_be) |
             (uint32_t)(udp->dst_port ^ r->udp_port_be) |
             (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
-            (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN);
-        if (likely(bad == 0))
+            (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN) |
+            (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip))));
+        if (likely(bad == 0) && likely(outer_ip_csum_ok(m, ip, sizeof(*ip))))
             return DP_VXLAN_HDR_LEN;
     }
     return outer_check_full(w, v, m);

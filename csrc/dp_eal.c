@@ -14,6 +14,7 @@
 #include <rte_hash_crc.h>
 
 #include "dp_control.h"
+#include "dp_guard.h"
 #include "dp_qos.h"
 
 struct dp_state dp;
@@ -277,6 +278,7 @@ dp_shutdown(void)
     if (dp_setup_done) {
         /* no worker runs: nothing is held, nothing needs a grace period */
         dp_ports_free_all();
+        dp_guard_free_all();
         dp_nets_free_all();
         dp_tunnels_free_all();
         setup_free();

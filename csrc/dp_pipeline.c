@@ -31,6 +31,7 @@
 /* the pipeline, in the order the compiler needs it */
 #define DP_PIPELINE_TU
 #include "dp_wctx.h"   /* a worker's context, drop() */
+#include "dp_guard.h"  /* pod ports: anti-spoofing, storm control */
 #include "dp_lookup.h" /* cached FDB and VTEP table lookups */
 #include "dp_tx.h"     /* tx buffers, shaped ports, latency */
 #include "dp_encap.h"  /* pod side: FDB, VXLAN encap, flood */
