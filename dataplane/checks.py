@@ -30,6 +30,8 @@ MODES = ("hugepages", "fallback")
 # limits of the core, from csrc/dataplane.h
 VNI_MAX = lib.DP_VNI_MAX
 VXLAN_OVERHEAD = lib.DP_VXLAN_OVERHEAD
+#: bytes a shaper counts per frame besides the frame (FCS, preamble, gap)
+WIRE_OVERHEAD = lib.DP_WIRE_OVERHEAD
 UNDERLAY_MTU_RANGE = (lib.DP_UNDERLAY_MTU_MIN, lib.DP_UNDERLAY_MTU_MAX)
 MAX_PLANES = lib.DP_MAX_PLANES
 MAX_NETWORKS = lib.DP_MAX_NETS

@@ -100,18 +100,30 @@ class PodLife:
                 )
                 self._remove(pod["name"], eps)
                 continue
+            allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
             for e in eps:
-                self._attach_port(e)
+                self._attach_port(e, allowed.get(e["plane"], ()))
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
 
-    def _attach_port(self, e) -> int:
+    def _attach_port(self, e, allowed=()) -> int:
         net = self.networks[e["network"]]
-        port = add_kernel_port(
-            self.engine, e["host_ifname"], self.config.kernel_driver, network=net
-        )
+        # in its network only once guarded: no frame passes unchecked
+        port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
         self.ports[e["host_ifname"]] = port
+        self._guard_port(port, e, allowed)
+        self.engine.set_port_network(port, net)
         self.engine.fdb_add_local(net, e["mac"], port)
         return port
+
+    def _guard_port(self, port: int, e, allowed=()):
+        """What pod port ``port`` (endpoint ``e``) may send: with the
+        network's anti_spoofing, its MAC and address and ``allowed``; its
+        floods at the network's storm rate."""
+        n = self.config.network(e["network"])
+        if n.anti_spoofing:
+            self.engine.set_port_guard(port, e["mac"], [e["ip"], *allowed])
+        if n.storm_pps:
+            self.engine.set_port_storm(port, n.storm_pps, n.storm_burst)
 
     # -------------------------------------------------------- transactions
     def add_pod(self, name: str, netns: str, spec) -> dict:
@@ -161,7 +173,9 @@ class PodLife:
                         p.default_route,
                         plane=p.plane,
                     )
-                    self._attach_port({"host_ifname": hif, "network": n.name, "mac": mac})
+                    self._attach_port(
+                        {"host_ifname": hif, "network": n.name, "mac": mac, "ip": ip}, p.allowed
+                    )
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
                 self.store.set_pod_state(name, "ready")
