@@ -35,10 +35,8 @@
 #define DP_VXLAN_OVERHEAD 50 /* outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8 */
 #define DP_UNDERLAY_MTU_MIN 576
 #define DP_UNDERLAY_MTU_MAX 9216
-#define DP_WIRE_OVERHEAD 24 /* on the wire per frame besides its bytes: FCS 4 +
-                               preamble 8 + IFG 12 (shapers count it) */
-
-/* port roles */
+/* on the wire per frame besides its bytes (FCS 4, preamble 8, gap 12): shapers count it */
+#define DP_WIRE_OVERHEAD 24
 #define DP_ROLE_POD 0
 #define DP_ROLE_UPLINK 1
 
