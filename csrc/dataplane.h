@@ -37,6 +37,8 @@
 #define DP_UNDERLAY_MTU_MAX 9216
 /* on the wire per frame besides its bytes (FCS 4, preamble 8, gap 12): shapers count it */
 #define DP_WIRE_OVERHEAD 24
+
+/* port roles */
 #define DP_ROLE_POD 0
 #define DP_ROLE_UPLINK 1
 
