@@ -212,6 +212,25 @@ int dp_port_storm_set(int port, uint64_t pps, uint32_t burst);
 /* mbufs of the core's pool not free (in use, queued, or in flight) */
 unsigned dp_pool_in_use(void);
 
+/* learning from the underlay (vtep learning, dp_learn.c): how long a
+ * learned MAC lives unconfirmed, how many a network and a source VTEP may
+ * hold; what happened to what was heard (dp_learn_stat) */
+#define DP_LEARN_AGE_MS_DEFAULT 300000
+#define DP_LEARN_PER_NET_DEFAULT 4096
+#define DP_LEARN_PER_VTEP_DEFAULT 1024
+#define DP_LEARN_LEARNED 0 /* new entries */
+#define DP_LEARN_MOVED 1   /* learned entries now behind another VTEP */
+#define DP_LEARN_STATIC 2  /* refused: a local or configured entry */
+#define DP_LEARN_LIMIT 3   /* refused: the network's or VTEP's limit */
+#define DP_LEARN_AGED 4    /* removed: not confirmed in time */
+#define DP_LEARN_STAT_COUNT 5
+int dp_learn_config(uint32_t age_ms, uint32_t per_net, uint32_t per_vtep);
+uint64_t dp_learn_stat(int which);
+int dp_learn_count(void);
+
+/* underlay neighbours learned by ARP are asked again after reachable_ms */
+int dp_neigh_timers(uint32_t reachable_ms);
+
 /* CDEF END */
 
 #endif /* DATAPLANE_H */

@@ -79,7 +79,10 @@
     _(SPOOF_ND, "spoof_nd")               /* pod: ND not its own, RA */     \
     _(STORM, "storm")                     /* pod: flood over its rate */    \
     _(UDP_LENGTH, "udp_length")           /* outer UDP length vs IPv4 */    \
-    _(INNER_SPLIT, "inner_split")         /* inner header past segment 1 */
+    _(INNER_SPLIT, "inner_split")         /* inner header past segment 1 */ \
+    _(ARP_REPLY, "arp_reply")             /* ARP reply: taken, not sent on */ \
+    _(ARP_SENDER, "arp_sender")           /* ARP from a multicast/zero MAC */ \
+    _(ARP_RATE, "arp_rate")               /* ARP to the VTEP over its rate */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

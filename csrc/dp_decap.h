@@ -25,6 +25,18 @@ slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, 
         w->drop[DP_DROP_SLOWPATH_FULL]++;
 }
 
+/* learning: a source MAC the FDB does not know reported with its VTEP
+ * (the control thread decides what it believes: dp_learn.c) */
+static void
+learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t olen,
+          uint32_t src_ip_be)
+{
+    const uint8_t *src = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen + 6);
+    uint64_t key = dp_fdb_key(net, src);
+    if (!(src[0] & 1) && rte_hash_lookup(dp.fdb, &key) < 0)
+        slow_event(w, DP_EV_LEARN, src, src_ip_be, net);
+}
+
 /* ARP on the uplink: answer requests for the VTEP address, learn senders */
 static void
 arp_input(struct dp_wctx *w, struct rte_mbuf *m)
@@ -39,9 +51,14 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
         drop(w, m, DP_DROP_ARP_IGNORED);
         return;
     }
+    int why = arp_check(w, arp); /* dp_guard.h: sender, rate */
+    if (unlikely(why != DP_GUARD_PASS)) {
+        drop(w, m, (enum dp_drop)why);
+        return;
+    }
     slow_event(w, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes, arp->arp_data.arp_sip, 0);
     if (arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
-        rte_pktmbuf_free(m); /* a reply: consumed by the neighbour table */
+        drop(w, m, DP_DROP_ARP_REPLY); /* taken by the neighbour table */
         return;
     }
     /* turn the request into the reply, in place; it queues as plane 0 */
@@ -263,6 +280,8 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
         uint32_t net;
         if (likely((hits >> i) & 1)) {
             net = vnet[i];
+            if (unlikely(v->learning))
+                learn_src(w, net, m, olen[i], (uint32_t)vkeys[i]);
         } else {
             uint32_t vni = rte_be_to_cpu_32((uint32_t)(vkeys[i] >> 32)) >> 8;
             void *d;

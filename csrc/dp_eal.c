@@ -177,6 +177,7 @@ dp_setup(unsigned n_mbufs)
                       rte_strerror(rte_errno));
         goto fail;
     }
+    dp_guard_init();
     ret = dp_qos_init();
     if (ret == 0)
         ret = dp_csum_init();

@@ -124,6 +124,19 @@ dp_port_storm_set(int port, uint64_t pps, uint32_t burst)
 }
 
 void
+dp_guard_init(void)
+{
+    uint64_t hz = rte_get_tsc_hz();
+    dp_gg.arp_limit = (struct dp_port_guard){
+        .storm_pps = DP_ARP_RATE_PPS,
+        .tok_per_pkt = hz,
+        .storm_tok_max = (uint64_t)DP_ARP_RATE_BURST * hz,
+        .storm_dt_max = (uint64_t)DP_ARP_RATE_BURST * hz / DP_ARP_RATE_PPS + 1,
+        .gen = 1,
+    };
+}
+
+void
 dp_guard_clear(int port)
 {
     if (port >= 0 && port < DP_MAX_PORTS && guard_get(port))

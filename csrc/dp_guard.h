@@ -45,15 +45,23 @@ struct dp_storm_bkt {
     uint32_t gen;
 };
 
+/* ARP to the VTEP address: what each worker takes per second, and burst */
+#define DP_ARP_RATE_PPS 1000
+#define DP_ARP_RATE_BURST 200
+
 struct dp_guard_global {
     _Atomic(struct dp_port_guard *) port[DP_MAX_PORTS];
+    struct dp_port_guard arp_limit; /* storm_* fields: the ARP rate (dp_guard_init) */
+    struct dp_storm_bkt arp[DP_MAX_WORKERS] __rte_cache_aligned;
     struct {
         struct dp_storm_bkt b[DP_MAX_PORTS];
     } __rte_cache_aligned w[DP_MAX_WORKERS];
 };
 extern struct dp_guard_global dp_gg;
 
-/* dp_guard.c: the port's guard off (port removed, or at teardown) */
+/* dp_guard.c: the ARP rate set (dp_setup); the port's guard off (port
+ * removed, or at teardown) */
+void dp_guard_init(void);
 void dp_guard_clear(int port);
 void dp_guard_free_all(void);
 
@@ -276,6 +284,20 @@ guard_burst(struct dp_wctx *w, const struct dp_port_guard *g, uint16_t pi, struc
     }
     w->port[pi][DP_PORT_RX_BYTES] += bytes;
     return k;
+}
+
+/* ARP for the VTEP address from the underlay: DP_GUARD_PASS, or the reason
+ * to drop it (a sender MAC no host has; more than DP_ARP_RATE_PPS of them
+ * per worker: each may change a neighbour and rebuild the tunnels) */
+static inline int
+arp_check(struct dp_wctx *w, const struct rte_arp_hdr *arp)
+{
+    const uint8_t *sha = arp->arp_data.arp_sha.addr_bytes;
+    if ((sha[0] & 1) || (sha[0] | sha[1] | sha[2] | sha[3] | sha[4] | sha[5]) == 0)
+        return DP_DROP_ARP_SENDER;
+    if (!dp_storm_take(&dp_gg.arp[w->id], &dp_gg.arp_limit, w->rx_tsc))
+        return DP_DROP_ARP_RATE;
+    return DP_GUARD_PASS;
 }
 
 /* may port pi flood one more frame now? */

@@ -467,6 +467,37 @@ class _Guards:
         pps, burst = checks.check_storm({"pps": pps, "burst": burst or max(1, pps // 10)})
         self._call(f"storm control of port {port}", lib.dp_port_storm_set, port, pps, burst)
 
+    def set_learning_limits(
+        self,
+        age_s: float = lib.DP_LEARN_AGE_MS_DEFAULT / 1000,
+        per_network: int = lib.DP_LEARN_PER_NET_DEFAULT,
+        per_vtep: int = lib.DP_LEARN_PER_VTEP_DEFAULT,
+    ):
+        """With learning on (``set_vtep(learning=True)``): a learned MAC lives
+        ``age_s`` seconds unless heard again; a network holds at most
+        ``per_network`` learned MACs and one source VTEP ``per_vtep``."""
+        self._call(
+            "setting the learning limits",
+            lib.dp_learn_config,
+            int(age_s * 1000),
+            per_network,
+            per_vtep,
+        )
+
+    def learn_stats(self) -> dict:
+        """What learning did: learned, moved, refused (static, limit), aged,
+        and how many learned MACs there are now."""
+        with self._lock:
+            names = ("learned", "moved", "refused_static", "refused_limit", "aged")
+            out = {k: int(lib.dp_learn_stat(i)) for i, k in enumerate(names)}
+            out["entries"] = int(lib.dp_learn_count())
+        return out
+
+    def set_neighbor_timers(self, reachable_s: float = 60.0):
+        """Underlay neighbours learned by ARP are asked again after
+        ``reachable_s`` seconds, and forgotten when nobody answers."""
+        self._call("setting the neighbour timers", lib.dp_neigh_timers, int(reachable_s * 1000))
+
     def pool_in_use(self) -> int:
         """mbufs of the core's pool not free now (in flight or queued)."""
         with self._lock:

@@ -258,3 +258,142 @@ def test_mode_switch_strands_nothing(eng):
         assert eng.queue_depth(p.up, CONTROL) == 0
     finally:
         eng.set_qos_mode(priority=True)
+
+
+# ------------------------------------------------------- learning, underlay
+def _learn(t, inner_src, vtep, n=1):
+    t.send(t.up, *[vxlan_frame(udp_frame(src=inner_src, dst=A), src_vtep=vtep)] * n)
+
+
+def _settle(eng, cond, wait=2.0):
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not cond():
+        time.sleep(0.01)
+    return cond()
+
+
+@pytest.fixture
+def learning(eng):
+    t = Topo(eng, learning=True)
+    yield t
+    eng.set_learning_limits()
+
+
+def test_learning_never_overrides_local_or_configured(learning):
+    t, eng = learning, learning.eng
+    before = eng.learn_stats()
+    _learn(t, B, "10.0.0.77")  # a local pod's MAC
+    _learn(t, R1, "10.0.0.77")  # a MAC the control API put behind R1_VTEP
+    assert _settle(eng, lambda: eng.learn_stats()["refused_static"] >= before["refused_static"] + 2)
+    assert eng.fdb_get(0, B) == ("local", t.b)
+    assert eng.fdb_get(0, R1) == ("remote", "10.0.0.2")
+
+
+def test_learning_is_bounded_per_vtep_and_network(learning):
+    t, eng = learning, learning.eng
+    eng.set_learning_limits(per_network=8, per_vtep=5)
+    before = eng.learn_stats()["refused_limit"]
+    macs = [f"02:00:00:00:77:{i:02x}" for i in range(20)]
+    others = [f"02:00:00:00:78:{i:02x}" for i in range(20)]
+    for m in macs:
+        _learn(t, m, "10.0.0.77")  # 5 of them, then the VTEP's limit
+    for m in others:
+        _learn(t, m, "10.0.0.78")  # 3 of them, then the network's limit
+    assert _settle(eng, lambda: eng.learn_stats()["refused_limit"] >= before + 32)
+    assert sum(1 for m in macs if eng.fdb_get(0, m) == ("remote", "10.0.0.77")) == 5
+    assert sum(1 for m in others if eng.fdb_get(0, m) == ("remote", "10.0.0.78")) == 3
+    assert eng.learn_stats()["entries"] == 8
+
+
+def test_learned_entries_age_and_come_back(learning):
+    t, eng = learning, learning.eng
+    eng.set_learning_limits(age_s=0.3)
+    mac = "02:00:00:00:78:01"
+    _learn(t, mac, "10.0.0.77")
+    assert _settle(eng, lambda: eng.fdb_get(0, mac) == ("remote", "10.0.0.77"))
+    assert _settle(eng, lambda: eng.fdb_get(0, mac) is None)
+    assert eng.learn_stats()["aged"] >= 1
+    _learn(t, mac, "10.0.0.77")
+    assert _settle(eng, lambda: eng.fdb_get(0, mac) == ("remote", "10.0.0.77"))
+    # a configured entry for it is the truth from then on, and does not age
+    eng.fdb_add_remote(0, mac, "10.0.0.3")
+    time.sleep(0.6)
+    assert eng.fdb_get(0, mac) == ("remote", "10.0.0.3")
+
+
+def _arp_reply(ip, mac, src=None):
+    return Ether(src=src or mac, dst="02:00:0a:00:00:01") / ARP(
+        op=2, hwsrc=mac, psrc=ip, hwdst="02:00:0a:00:00:01", pdst="10.0.0.1"
+    )
+
+
+def test_unsolicited_arp_reply_ignored(eng):
+    t = Topo(eng, static_nh=False)
+    before = t.drops()
+    t.send(t.up, _arp_reply("10.0.0.201", "02:00:0a:00:00:c9"))
+    assert _settle(eng, lambda: t.drops()["arp_reply"] == before["arp_reply"] + 1)
+    time.sleep(0.1)
+    assert eng.neighbor("10.0.0.201") is None
+
+
+def test_arp_from_multicast_sender_dropped(eng):
+    t = Topo(eng, static_nh=False)
+    nh = "10.0.0.250"
+    eng.fdb_add_remote(0, "02:00:00:00:99:fa", nh)
+    eng.collect(t.up, wait=0.7)  # the core asks for it
+    before = t.drops()
+    t.send(t.up, _arp_reply(nh, "01:00:5e:00:00:01", src="02:00:0a:00:00:fa"))
+    t.send(t.up, _arp_reply(nh, "00:00:00:00:00:00", src="02:00:0a:00:00:fa"))
+    assert _settle(eng, lambda: t.drops()["arp_sender"] == before["arp_sender"] + 2)
+    assert eng.neighbor(nh) is None
+    t.send(t.up, _arp_reply(nh, "02:00:0a:00:00:fa"))  # the real one is believed
+    assert _settle(eng, lambda: eng.neighbor(nh) == "02:00:0a:00:00:fa")
+
+
+def test_arp_to_the_vtep_is_rate_limited(topo):
+    req = Ether(src="02:00:0a:00:00:05", dst=BCAST) / ARP(
+        op=1, hwsrc="02:00:0a:00:00:05", psrc="10.0.0.5", pdst="10.0.0.1"
+    )
+    before = topo.drops()
+    topo.send(topo.up, *[req] * 1000)
+    got = topo.eng.collect(topo.up, max_frames=2000, wait=0.5)
+    limited = topo.drops()["arp_rate"] - before["arp_rate"]
+    assert limited >= 600 and len(got) + limited == 1000, (len(got), limited)
+
+
+def test_every_unresolved_next_hop_is_asked(eng):
+    """More next hops than the old 64-slot retry table: each one asked."""
+    t = Topo(eng, static_nh=False)
+    vteps = [f"10.0.0.{i}" for i in range(100, 200)]
+    for i, v in enumerate(vteps):
+        eng.fdb_add_remote(0, f"02:00:00:00:88:{i:02x}", v)
+    asked = set()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not set(vteps) <= asked:
+        for f in eng.collect(t.up, max_frames=1000, wait=0.1):
+            p = Ether(f)
+            if p.haslayer(ARP) and p[ARP].op == 1:
+                asked.add(p[ARP].pdst)
+    assert set(vteps) <= asked, sorted(set(vteps) - asked)[:5]
+
+
+def test_neighbours_age_and_are_asked_again(eng):
+    t = Topo(eng, static_nh=False)
+    eng.set_neighbor_timers(0.3)
+    try:
+        mac = "02:00:0a:00:00:02"
+        eng.collect(t.up, wait=0.3)
+        t.send(t.up, _arp_reply("10.0.0.2", mac))
+        assert _settle(eng, lambda: eng.neighbor("10.0.0.2") == mac)
+        # past the reachable time: asked again while the old MAC stays in use
+        probes = 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not probes:
+            for f in eng.collect(t.up, max_frames=100, wait=0.05):
+                p = Ether(f)
+                probes += p.haslayer(ARP) and p[ARP].pdst == "10.0.0.2"
+        assert probes and eng.neighbor("10.0.0.2") == mac
+        # nobody answers: forgotten, and asked for as an unresolved next hop
+        assert _settle(eng, lambda: eng.neighbor("10.0.0.2") is None, wait=5)
+    finally:
+        eng.set_neighbor_timers()
