@@ -397,3 +397,15 @@ def test_neighbours_age_and_are_asked_again(eng):
         assert _settle(eng, lambda: eng.neighbor("10.0.0.2") is None, wait=5)
     finally:
         eng.set_neighbor_timers()
+
+
+def test_frame_larger_than_the_shaper_burst_does_not_stall(eng):
+    """A burst smaller than a frame (2048 bytes, frames of 2114 on the wire
+    under a 9000-byte underlay MTU): the frame waits for a full bucket and
+    goes, and the ones after it too."""
+    t = Topo(eng, mtu=9000)
+    eng.set_shaper(t.up, 10_000_000, burst_bytes=2048)
+    t.send(t.a, *[udp_frame(dst=R1, size=2040)] * 5)
+    out = eng.collect(t.up, max_frames=10, wait=3.0, expect=5)
+    assert len(out) == 5 and all(len(f) == 2040 + 50 for f in out)
+    eng.set_shaper(t.up, 0)
