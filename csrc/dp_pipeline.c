@@ -117,6 +117,9 @@ dp_worker_main(void *arg)
                 continue;
             busy++;
             w->rx_tsc = rte_rdtsc();
+            /* a table change made before these frames were queued applies
+             * to them: the ring's ordering makes the bump visible here */
+            cache_sync(w);
             w->port[pi][DP_PORT_RX_PACKETS] += n; /* bytes: in the first pass */
 
             /* process */
