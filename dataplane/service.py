@@ -173,6 +173,8 @@ class NodeService:
         # mbufs of the core's pool in flight or queued: back to its idle
         # level once traffic stops, whatever the frames were
         report["mbufs_in_use"] = self.engine.pool_in_use()
+        if self.config.vtep.learning:
+            report["learning"] = self.engine.learn_stats()
         return report
 
     # --------------------------------------------------------------- stop
