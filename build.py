@@ -32,6 +32,8 @@ SOURCES = [
     "dp_ring.c",  # frames into / out of ring ports
     "dp_pipeline.c",  # the workers' forwarding loop
     "dp_qos.c",  # plane queues and scheduler
+    "dp_guard.c",  # pod ports: anti-spoofing, storm control
+    "dp_learn.c",  # MACs learned from the underlay: limits, ageing
     "afpacket.c",  # native AF_PACKET driver
 ]
 

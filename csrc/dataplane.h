@@ -35,6 +35,8 @@
 #define DP_VXLAN_OVERHEAD 50 /* outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8 */
 #define DP_UNDERLAY_MTU_MIN 576
 #define DP_UNDERLAY_MTU_MAX 9216
+/* on the wire per frame besides its bytes (FCS 4, preamble 8, gap 12): shapers count it */
+#define DP_WIRE_OVERHEAD 24
 
 /* port roles */
 #define DP_ROLE_POD 0
@@ -232,6 +234,38 @@ int dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, uns
 int dp_capture_read(uint8_t *buf, size_t buf_len);
 int dp_capture_stats(struct dp_cap_stats *out);
 int dp_capture_stop(void);
+
+/* anti-spoofing and storm control of pod ports (dp_guard.h): the port's
+ * MAC and the IPv4 (host order) and IPv6 (16 bytes each, wire order)
+ * addresses it may send from; mac NULL: no address checks */
+#define DP_GUARD_MAX_IP4 16
+#define DP_GUARD_MAX_IP6 16
+int dp_port_guard_set(int port, const uint8_t *mac, const uint32_t *ip4, int n4, const uint8_t *ip6,
+                      int n6);
+/* broadcast, multicast and unknown unicast from the port: pps packets/s,
+ * burst packets; pps 0 = unlimited */
+int dp_port_storm_set(int port, uint64_t pps, uint32_t burst);
+/* mbufs of the core's pool not free (in use, queued, or in flight) */
+unsigned dp_pool_in_use(void);
+
+/* learning from the underlay (vtep learning, dp_learn.c): how long a
+ * learned MAC lives unconfirmed, how many a network and a source VTEP may
+ * hold; what happened to what was heard (dp_learn_stat) */
+#define DP_LEARN_AGE_MS_DEFAULT 300000
+#define DP_LEARN_PER_NET_DEFAULT 4096
+#define DP_LEARN_PER_VTEP_DEFAULT 1024
+#define DP_LEARN_LEARNED 0 /* new entries */
+#define DP_LEARN_MOVED 1   /* learned entries now behind another VTEP */
+#define DP_LEARN_STATIC 2  /* refused: a local or configured entry */
+#define DP_LEARN_LIMIT 3   /* refused: the network's or VTEP's limit */
+#define DP_LEARN_AGED 4    /* removed: not confirmed in time */
+#define DP_LEARN_STAT_COUNT 5
+int dp_learn_config(uint32_t age_ms, uint32_t per_net, uint32_t per_vtep);
+uint64_t dp_learn_stat(int which);
+int dp_learn_count(void);
+
+/* underlay neighbours learned by ARP are asked again after reachable_ms */
+int dp_neigh_timers(uint32_t reachable_ms);
 
 /* CDEF END */
 

@@ -9,6 +9,8 @@
  *   dp_fdb.c       forwarding database
  *   dp_tunnel.c    the VTEP and the tunnels to remote VTEPs (header templates)
  *   dp_neigh.c     underlay neighbours, ARP requests, housekeeping
+ *   dp_learn.c     MACs learned from the underlay: limits, ageing
+ *   dp_guard.c     pod ports' guards: own addresses, storm rate
  *   dp_plane.c     network planes, port shapers, DSCP marking (calls dp_qos.c)
  *   dp_counters.c  counter blocks and their names
  *   dp_ring.c      frames into and out of ring ports (tests and tools)
@@ -106,5 +108,11 @@ int dp_plane_rxq_worker(int q);
 
 /* dp_neigh.c */
 const uint8_t *dp_neigh_mac(uint32_t ip);
+
+/* dp_learn.c: learn (housekeeping, from workers' reports), age, and forget
+ * an entry the control API set or removed */
+int dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip);
+void dp_learn_age(void);
+void dp_learn_forget(uint64_t key);
 
 #endif /* DP_CONTROL_H */

@@ -71,7 +71,18 @@
     _(KPORT_OVERSIZE, "kport_oversize")   /* kernel port: > its ring frame */ \
     _(KPORT_TRUNCATED, "kport_truncated") /* kernel port: runt frame */     \
     _(KPORT_NO_MBUF, "kport_no_mbuf")     /* kernel port: pool empty */     \
-    _(KPORT_KERNEL, "kport_kernel")       /* kernel's own ring drops */
+    _(KPORT_KERNEL, "kport_kernel")       /* kernel's own ring drops */  \
+    _(SPOOF_MAC, "spoof_mac")             /* pod: not its source MAC */     \
+    _(SPOOF_IPV4, "spoof_ipv4")           /* pod: not its IPv4 source */    \
+    _(SPOOF_ARP, "spoof_arp")             /* pod: ARP not its MAC/address */ \
+    _(SPOOF_IPV6, "spoof_ipv6")           /* pod: not its IPv6 source */    \
+    _(SPOOF_ND, "spoof_nd")               /* pod: ND not its own, RA */     \
+    _(STORM, "storm")                     /* pod: flood over its rate */    \
+    _(UDP_LENGTH, "udp_length")           /* outer UDP length vs IPv4 */    \
+    _(INNER_SPLIT, "inner_split")         /* inner header past segment 1 */ \
+    _(ARP_REPLY, "arp_reply")             /* ARP reply: taken, not sent on */ \
+    _(ARP_SENDER, "arp_sender")           /* ARP from a multicast/zero MAC */ \
+    _(ARP_RATE, "arp_rate")               /* ARP to the VTEP over its rate */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

@@ -25,6 +25,18 @@ slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, 
         w->drop[DP_DROP_SLOWPATH_FULL]++;
 }
 
+/* learning: a source MAC the FDB does not know reported with its VTEP
+ * (the control thread decides what it believes: dp_learn.c) */
+static void
+learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t olen,
+          uint32_t src_ip_be)
+{
+    const uint8_t *src = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen + 6);
+    uint64_t key = dp_fdb_key(net, src);
+    if (!(src[0] & 1) && rte_hash_lookup(dp.fdb, &key) < 0)
+        slow_event(w, DP_EV_LEARN, src, src_ip_be, net);
+}
+
 /* ARP on the uplink: answer requests for the VTEP address, learn senders */
 static void
 arp_input(struct dp_wctx *w, struct rte_mbuf *m)
@@ -39,9 +51,14 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
         drop(w, m, DP_DROP_ARP_IGNORED);
         return;
     }
+    int why = arp_check(w, arp); /* dp_guard.h: sender, rate */
+    if (unlikely(why != DP_GUARD_PASS)) {
+        drop(w, m, (enum dp_drop)why);
+        return;
+    }
     slow_event(w, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes, arp->arp_data.arp_sip, 0);
     if (arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
-        rte_pktmbuf_free(m); /* a reply: consumed by the neighbour table */
+        drop(w, m, DP_DROP_ARP_REPLY); /* taken by the neighbour table */
         return;
     }
     /* turn the request into the reply, in place; it queues as plane 0 */
@@ -54,6 +71,15 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     eth->dst_addr = arp->arp_data.arp_tha;
     memcpy(eth->src_addr.addr_bytes, v->mac, 6);
     tx_put(w, (uint16_t)v->uplink, m);
+}
+
+/* the outer IPv4 header checksum is right (or the device checked it) */
+static inline int
+outer_ip_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl)
+{
+    if ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_GOOD)
+        return 1;
+    return rte_raw_cksum(ip, hl) == 0xffff;
 }
 
 /*
@@ -122,6 +148,19 @@ outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         drop(w, m, DP_DROP_VXLAN_FLAGS);
         return 0;
     }
+    if (unlikely(!outer_ip_csum_ok(m, ip, hl))) {
+        drop(w, m, DP_DROP_BAD_IP);
+        return 0;
+    }
+    if (unlikely(rte_be_to_cpu_16(udp->dgram_len) != tot - hl)) {
+        drop(w, m, DP_DROP_UDP_LENGTH);
+        return 0;
+    }
+    /* the inner Ethernet header is read in place: in the first segment */
+    if (unlikely(m->data_len < outer + RTE_ETHER_HDR_LEN)) {
+        drop(w, m, DP_DROP_INNER_SPLIT);
+        return 0;
+    }
     /* drop Ethernet padding past the IP datagram */
     if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
         rte_pktmbuf_trim(m, (uint16_t)(m->pkt_len - RTE_ETHER_HDR_LEN - tot));
@@ -163,8 +202,9 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
             (uint32_t)(ip->next_proto_id ^ IPPROTO_UDP) | (ip->dst_addr ^ r->ip_be) |
             (uint32_t)(udp->dst_port ^ r->udp_port_be) |
             (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
-            (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN);
-        if (likely(bad == 0))
+            (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN) |
+            (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip))));
+        if (likely(bad == 0) && likely(outer_ip_csum_ok(m, ip, sizeof(*ip))))
             return DP_VXLAN_HDR_LEN;
     }
     return outer_check_full(w, v, m);
@@ -240,6 +280,8 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
         uint32_t net;
         if (likely((hits >> i) & 1)) {
             net = vnet[i];
+            if (unlikely(v->learning))
+                learn_src(w, net, m, olen[i], (uint32_t)vkeys[i]);
         } else {
             uint32_t vni = rte_be_to_cpu_32((uint32_t)(vkeys[i] >> 32)) >> 8;
             void *d;

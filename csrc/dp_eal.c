@@ -15,6 +15,7 @@
 
 #include "dp_capture.h"
 #include "dp_control.h"
+#include "dp_guard.h"
 #include "dp_qos.h"
 
 struct dp_state dp;
@@ -177,6 +178,7 @@ dp_setup(unsigned n_mbufs)
                       rte_strerror(rte_errno));
         goto fail;
     }
+    dp_guard_init();
     ret = dp_qos_init();
     if (ret == 0)
         ret = dp_csum_init();
@@ -279,6 +281,7 @@ dp_shutdown(void)
         /* no worker runs: nothing is held, nothing needs a grace period */
         dp_capture_teardown();
         dp_ports_free_all();
+        dp_guard_free_all();
         dp_nets_free_all();
         dp_tunnels_free_all();
         setup_free();

@@ -201,6 +201,10 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         rte_pktmbuf_free_bulk(pkts, n);
         return;
     }
+    /* a guarded pod port: only the pod's own frames go on (dp_guard.h) */
+    const struct dp_port_guard *g = atomic_load_explicit(&dp_gg.port[pi], memory_order_acquire);
+    if (unlikely(g != NULL) && g->spoof_on && (n = guard_burst(w, g, pi, pkts, n)) == 0)
+        return;
     uint64_t keys[DP_BURST];
     hash_sig_t sig[DP_BURST];
     uint32_t val[DP_BURST];
@@ -267,6 +271,10 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         w->net[net->idx][DP_NET_ENCAP] += k - k0;
     }
     for (uint16_t i = 0; i < nf; i++) {
+        if (unlikely(g != NULL) && !storm_pass(w, g, pi)) {
+            drop(w, fl[i], DP_DROP_STORM);
+            continue;
+        }
         DP_META(fl[i])->plane = plane;
         flood(w, net, in->idx, 1, fl[i]);
     }

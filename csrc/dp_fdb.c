@@ -79,6 +79,7 @@ fdb_remove(uint64_t key)
     void *old;
     if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0 || rte_hash_del_key(dp.fdb, &key) < 0)
         return;
+    dp_learn_forget(key);
     /* no worker's cache answers with it once they have passed the grace
      * period the tunnel's release may wait for */
     dp_fdb_changed(key);
@@ -135,7 +136,10 @@ dp_fdb_add_local(int net, const uint8_t *mac, int port)
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
     void *old;
     int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
-    return fdb_store(net, key, DP_FDB_VAL(DP_FDB_LOCAL, port), had, old);
+    ret = fdb_store(net, key, DP_FDB_VAL(DP_FDB_LOCAL, port), had, old);
+    if (ret == 0)
+        dp_learn_forget(key); /* set here: not a learned entry any more */
+    return ret;
 }
 
 int
@@ -162,6 +166,8 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
     ret = fdb_store(net, key, DP_FDB_VAL(DP_FDB_REMOTE, ti), had, old);
     if (ret != 0)
         dp_tunnel_unref(net, ti);
+    else
+        dp_learn_forget(key); /* set here: not a learned entry any more */
     return ret;
 }
 
@@ -177,6 +183,7 @@ dp_fdb_del(int net, const uint8_t *mac)
     int ret = rte_hash_del_key(dp.fdb, &key);
     if (ret < 0)
         return dp_fail(ret, "cannot delete FDB entry");
+    dp_learn_forget(key);
     dp_fdb_changed(key);
     if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
         dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));

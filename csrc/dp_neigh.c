@@ -12,23 +12,114 @@
 #include "dp_control.h"
 #include "dp_qos.h"
 
-#define DP_MAX_NEIGH 256
+/*
+ * The table: next hops the core asked for (incomplete) or knows (valid),
+ * and those set by the control API (permanent). What the underlay says is
+ * believed only about those: an ARP sender the core did not ask for and
+ * does not know is ignored, and a known one's MAC changes at most once per
+ * DP_NEIGH_LOCK_MS (each change rebuilds the tunnels). A valid entry is
+ * re-resolved after DP_NEIGH_REACHABLE_MS: asked again while its old MAC
+ * stays in use, forgotten after DP_NEIGH_PROBES unanswered requests.
+ */
+#define DP_MAX_NEIGH DP_MAX_TUNNELS /* a next hop per tunnel at most */
+#define DP_NEIGH_IDX (2 * DP_MAX_NEIGH)
+#define DP_NEIGH_LOCK_MS 1000
+#define DP_NEIGH_REACHABLE_MS 60000
+#define DP_NEIGH_PROBES 3
+#define DP_NEIGH_AGE_EVERY_MS 100
 
-/* underlay neighbours: IPv4 -> MAC */
+enum { NEIGH_FREE, NEIGH_INCOMPLETE, NEIGH_VALID, NEIGH_PERMANENT };
+
 struct dp_neigh {
     uint32_t ip;
     uint8_t mac[6];
-    int valid;
+    uint8_t state;
+    uint8_t probes;   /* unanswered requests since it went stale */
+    uint64_t updated; /* TSC of the last answer (valid) */
+    uint64_t asked;   /* TSC of the last request, 0 = never */
 };
 static struct dp_neigh neigh[DP_MAX_NEIGH];
+/* ip -> slot + 1 (0: empty), open addressing; rebuilt when an entry goes */
+static uint16_t neigh_idx[DP_NEIGH_IDX];
+static uint64_t reachable_tsc_ms = DP_NEIGH_REACHABLE_MS;
+static uint64_t last_age;
+
+static unsigned
+neigh_hash(uint32_t ip)
+{
+    return (ip * 2654435761u) & (DP_NEIGH_IDX - 1);
+}
 
 static int
 neigh_find(uint32_t ip)
 {
-    for (int i = 0; i < DP_MAX_NEIGH; i++)
-        if (neigh[i].valid && neigh[i].ip == ip)
-            return i;
+    for (unsigned h = neigh_hash(ip), n = 0; n < DP_NEIGH_IDX;
+         n++, h = (h + 1) & (DP_NEIGH_IDX - 1)) {
+        if (neigh_idx[h] == 0)
+            return -1;
+        if (neigh[neigh_idx[h] - 1].ip == ip)
+            return neigh_idx[h] - 1;
+    }
     return -1;
+}
+
+static void
+neigh_index(int i)
+{
+    unsigned h = neigh_hash(neigh[i].ip);
+    while (neigh_idx[h])
+        h = (h + 1) & (DP_NEIGH_IDX - 1);
+    neigh_idx[h] = (uint16_t)(i + 1);
+}
+
+static void
+neigh_reindex(void)
+{
+    memset(neigh_idx, 0, sizeof(neigh_idx));
+    for (int i = 0; i < DP_MAX_NEIGH; i++)
+        if (neigh[i].state != NEIGH_FREE)
+            neigh_index(i);
+}
+
+static uint64_t
+ms_tsc(uint64_t ms)
+{
+    return rte_get_tsc_hz() / 1000 * ms;
+}
+
+/* is ip the next hop of a tunnel? */
+static int
+neigh_wanted(uint32_t ip)
+{
+    for (int t = 0; t < DP_MAX_TUNNELS; t++) {
+        struct dp_tunnel *tu = atomic_load(&dp.tunnels[t]);
+        if (tu && tu->nh_ip == ip)
+            return 1;
+    }
+    return 0;
+}
+
+/* a slot for a new entry: a free one, else the one least worth keeping
+ * (incomplete before valid, not wanted, least recently answered); -1 when
+ * every entry is a permanent one or a wanted next hop */
+static int
+neigh_slot(void)
+{
+    int best = -1;
+    for (int i = 0; i < DP_MAX_NEIGH; i++) {
+        if (neigh[i].state == NEIGH_FREE)
+            return i;
+        if (neigh[i].state == NEIGH_PERMANENT || neigh_wanted(neigh[i].ip))
+            continue;
+        if (best < 0 || neigh[i].state < neigh[best].state ||
+            (neigh[i].state == neigh[best].state && neigh[i].updated < neigh[best].updated))
+            best = i;
+    }
+    if (best >= 0) {
+        neigh[best].state = NEIGH_FREE;
+        neigh_reindex();
+    }
+    return best;
 }
 
 /* the MAC of neighbour ip, NULL if unknown */
@@ -36,40 +127,83 @@ const uint8_t *
 dp_neigh_mac(uint32_t ip)
 {
     int i = neigh_find(ip);
-    return i < 0 ? NULL : neigh[i].mac;
+    return i < 0 || neigh[i].state < NEIGH_VALID ? NULL : neigh[i].mac;
 }
 
-int
-dp_neigh_set(uint32_t ip, const uint8_t *mac)
+/* entry i := mac in state, the tunnels through it rebuilt; as before if
+ * they cannot be */
+static int
+neigh_update(int i, const uint8_t *mac, uint8_t state)
 {
-    int i = neigh_find(ip);
-    if (i < 0) {
-        for (int j = 0; j < DP_MAX_NEIGH && i < 0; j++)
-            if (!neigh[j].valid)
-                i = j;
-        if (i < 0) /* table full: replace the first entry */
-            i = 0;
-    } else if (memcmp(neigh[i].mac, mac, 6) == 0) {
-        return 0;
-    }
     struct dp_neigh was = neigh[i];
-    neigh[i].ip = ip;
+    int changed = was.state < NEIGH_VALID || memcmp(was.mac, mac, 6) != 0;
     memcpy(neigh[i].mac, mac, 6);
-    neigh[i].valid = 1;
-    int ret = dp_tunnels_refresh_nh(ip);
+    neigh[i].state = state;
+    neigh[i].updated = rte_get_tsc_cycles();
+    neigh[i].probes = 0;
+    if (!changed)
+        return 0;
+    int ret = dp_tunnels_refresh_nh(neigh[i].ip);
     if (ret < 0)
         neigh[i] = was; /* as before: the tunnels still have the old MAC */
     return ret;
 }
 
+/* a new entry for ip (state incomplete), -1 if the table is full */
+static int
+neigh_new(uint32_t ip)
+{
+    int i = neigh_slot();
+    if (i < 0)
+        return -1;
+    neigh[i] = (struct dp_neigh){.ip = ip, .state = NEIGH_INCOMPLETE};
+    neigh_index(i);
+    return i;
+}
+
+int
+dp_neigh_set(uint32_t ip, const uint8_t *mac)
+{
+    if (mac[0] & 1)
+        return dp_fail(-EINVAL, "a neighbour's MAC is unicast");
+    int i = neigh_find(ip);
+    if (i < 0 && (i = neigh_new(ip)) < 0)
+        return dp_fail(-ENOSPC, "neighbour table full (%d permanent or in use)", DP_MAX_NEIGH);
+    return neigh_update(i, mac, NEIGH_PERMANENT);
+}
+
+/* what an ARP sender on the underlay says: believed only for a next hop the
+ * core asked for or knows, a known MAC changed at most once a lock time */
+static void
+neigh_heard(uint32_t ip, const uint8_t *mac)
+{
+    int i = neigh_find(ip);
+    if (i < 0 || neigh[i].state == NEIGH_PERMANENT || (mac[0] & 1) ||
+        (mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]) == 0)
+        return;
+    if (neigh[i].state == NEIGH_VALID && memcmp(neigh[i].mac, mac, 6) != 0 &&
+        rte_get_tsc_cycles() - neigh[i].updated < ms_tsc(DP_NEIGH_LOCK_MS))
+        return;
+    (void)neigh_update(i, mac, NEIGH_VALID);
+}
+
 int
 dp_neigh_get(uint32_t ip, uint8_t *mac)
 {
-    int i = neigh_find(ip);
-    if (i < 0)
+    const uint8_t *m = dp_neigh_mac(ip);
+    if (!m)
         return 0;
-    memcpy(mac, neigh[i].mac, 6);
+    memcpy(mac, m, 6);
     return 1;
+}
+
+int
+dp_neigh_timers(uint32_t reachable_ms)
+{
+    if (reachable_ms < 100)
+        return dp_fail(-EINVAL, "neighbour reachable time %u ms below 100", reachable_ms);
+    reachable_tsc_ms = reachable_ms;
+    return 0;
 }
 
 /* queue one ARP request for ip; the uplink's worker sends it */
@@ -105,10 +239,60 @@ arp_request(uint32_t ip)
         rte_pktmbuf_free(m);
 }
 
+/* entry i forgotten (its tunnels unresolved until it is asked again) */
+static void
+neigh_forget(int i)
+{
+    uint32_t ip = neigh[i].ip;
+    int was_valid = neigh[i].state >= NEIGH_VALID;
+    neigh[i].state = NEIGH_FREE;
+    neigh_reindex();
+    if (was_valid)
+        (void)dp_tunnels_refresh_nh(ip); /* on failure: the next round again */
+}
+
+/* ask for ip now if not asked within the retry time */
+static void
+neigh_ask(int i, uint64_t now, uint64_t retry)
+{
+    if (neigh[i].asked && now - neigh[i].asked < retry)
+        return;
+    neigh[i].asked = now;
+    arp_request(neigh[i].ip);
+}
+
+/* valid entries older than the reachable time: asked again, forgotten when
+ * nobody answers; those no tunnel uses: forgotten */
+static void
+neigh_age(uint64_t now, uint64_t retry)
+{
+    uint64_t reach = ms_tsc(reachable_tsc_ms);
+    for (int i = 0; i < DP_MAX_NEIGH; i++) {
+        struct dp_neigh *e = &neigh[i];
+        if (e->state == NEIGH_INCOMPLETE && !neigh_wanted(e->ip)) {
+            neigh_forget(i);
+            continue;
+        }
+        if (e->state != NEIGH_VALID || now - e->updated < reach)
+            continue;
+        if (!neigh_wanted(e->ip) || e->probes >= DP_NEIGH_PROBES) {
+            if (e->asked && now - e->asked < retry)
+                continue; /* the last probe's answer may still come */
+            neigh_forget(i);
+            continue;
+        }
+        if (!e->asked || now - e->asked >= retry) {
+            e->probes++;
+            neigh_ask(i, now, retry);
+        }
+    }
+}
+
 /*
  * Periodic control work, called by the control thread every few ms:
  * neighbours and learned MACs reported by workers, ARP requests for next
- * hops still unresolved (at most one per next hop per DP_ARP_RETRY_US).
+ * hops still unresolved (at most one per next hop per DP_ARP_RETRY_US),
+ * neighbours re-resolved once they are older than the reachable time.
  * Returns the number of events handled.
  */
 int
@@ -126,46 +310,31 @@ dp_housekeeping(void)
          * remote MAC's next frame (its VTEP is not known until learned) */
         for (unsigned i = 0; i < n; i++) {
             if (ev[i].kind == DP_EV_NEIGH)
-                (void)dp_neigh_set(ev[i].ip, ev[i].mac);
+                neigh_heard(ev[i].ip, ev[i].mac);
             else if (ev[i].kind == DP_EV_LEARN && dp_net_get((int)ev[i].net))
-                (void)dp_fdb_add_remote((int)ev[i].net, ev[i].mac, ev[i].ip);
+                (void)dp_fdb_learn((int)ev[i].net, ev[i].mac, ev[i].ip);
         }
         handled += (int)n;
     }
+    dp_learn_age();
     if (!dp_vconf_set || dp_vconf.static_nh || dp_vconf.uplink < 0)
         return handled;
     uint64_t now = rte_get_tsc_cycles();
     uint64_t retry = rte_get_tsc_hz() / 1000000 * DP_ARP_RETRY_US;
-    uint32_t asked[64];
-    int n_asked = 0;
-    for (int t = 0; t < DP_MAX_TUNNELS && n_asked < 64; t++) {
+    /* next hops of unresolved tunnels: each asked once per retry time */
+    for (int t = 0; t < DP_MAX_TUNNELS; t++) {
         struct dp_tunnel *tu = atomic_load(&dp.tunnels[t]);
         if (!tu || tu->resolved)
             continue;
-        int dup = 0;
-        for (int j = 0; j < n_asked; j++)
-            dup |= asked[j] == tu->nh_ip;
-        if (dup)
-            continue;
-        asked[n_asked++] = tu->nh_ip;
-        /* remember when we asked, in a pseudo-entry keyed by the ip */
-        static struct {
-            uint32_t ip;
-            uint64_t tsc;
-        } last[64];
-        int slot = -1;
-        for (int j = 0; j < 64; j++)
-            if (last[j].ip == tu->nh_ip)
-                slot = j;
-        if (slot < 0) {
-            slot = (int)(tu->nh_ip % 64);
-            last[slot].ip = tu->nh_ip;
-            last[slot].tsc = 0;
-        }
-        if (last[slot].tsc && now - last[slot].tsc < retry)
-            continue;
-        last[slot].tsc = now;
-        arp_request(tu->nh_ip);
+        int i = neigh_find(tu->nh_ip);
+        if (i < 0 && (i = neigh_new(tu->nh_ip)) < 0)
+            continue; /* every slot a wanted next hop: asked once one goes */
+        if (neigh[i].state == NEIGH_INCOMPLETE)
+            neigh_ask(i, now, retry);
+    }
+    if (now - last_age >= ms_tsc(DP_NEIGH_AGE_EVERY_MS)) {
+        last_age = now;
+        neigh_age(now, retry);
     }
     return handled;
 }

@@ -32,6 +32,7 @@
 /* the pipeline, in the order the compiler needs it */
 #define DP_PIPELINE_TU
 #include "dp_wctx.h"   /* a worker's context, drop() */
+#include "dp_guard.h"  /* pod ports: anti-spoofing, storm control */
 #include "dp_lookup.h" /* cached FDB and VTEP table lookups */
 #include "dp_tx.h"     /* tx buffers, shaped ports, latency */
 #include "dp_encap.h"  /* pod side: FDB, VXLAN encap, flood */
@@ -117,6 +118,9 @@ dp_worker_main(void *arg)
                 continue;
             busy++;
             w->rx_tsc = rte_rdtsc();
+            /* a table change made before these frames were queued applies
+             * to them: the ring's ordering makes the bump visible here */
+            cache_sync(w);
             w->port[pi][DP_PORT_RX_PACKETS] += n; /* bytes: in the first pass */
             dp_capture_tap(pi, DP_CAP_RX, pkts, n, w->rx_tsc);
 

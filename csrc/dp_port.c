@@ -19,6 +19,7 @@
 #include <rte_malloc.h>
 
 #include "dp_control.h"
+#include "dp_guard.h"
 #include "dp_qos.h"
 
 struct dp_port *
@@ -401,6 +402,7 @@ dp_port_del(int idx)
         dp_net_publish(p->net, nn);
     atomic_store(&dp.ports[idx], NULL);
     dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
+    dp_guard_clear(idx); /* the next port of this index starts without one */
     port_release(p);
     return 0;
 }

@@ -192,13 +192,25 @@ dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_ts
     }
 }
 
+/* tok after dt cycles at rate, at most cap; rate * dt is never formed when
+ * it would pass cap (it could overflow after a long stop) */
 static inline int64_t
 refill(int64_t tok, uint64_t rate, uint64_t dt, int64_t cap)
 {
-    if (rate == 0)
+    if (rate == 0 || tok >= cap)
         return cap;
-    int64_t t = tok + (int64_t)(rate * dt);
-    return t > cap ? cap : t;
+    uint64_t room = (uint64_t)(cap - tok);
+    if (dt >= room / rate + 1)
+        return cap;
+    return tok + (int64_t)(rate * dt);
+}
+
+/* what a frame needs in a bucket of cap: a frame larger than the bucket
+ * goes when the bucket is full (and leaves it in debt), never stalls */
+static inline int64_t
+fit(int64_t need, int64_t cap)
+{
+    return need > cap ? cap : need;
 }
 
 /* take frames of queue qi while the buckets allow; pass 0 = guaranteed */
@@ -214,14 +226,15 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
             break;
         q->head[qi] = NULL;
         int64_t need = (int64_t)(m->pkt_len + DP_WIRE_OVERHEAD) << 20;
-        int ok = !q->rate_bytes_tsc || q->tokens >= need;
+        int64_t want = fit(need, q->burst_bytes << 20);
+        int ok = !q->rate_bytes_tsc || q->tokens >= want;
         if (pass == 0)
-            ok = ok && q->ptok_min[qi] >= need;
+            ok = ok && q->ptok_min[qi] >= want;
         if (limited_max)
-            ok = ok && q->ptok_max[qi] >= need;
+            ok = ok && q->ptok_max[qi] >= want;
         if (!ok) {
             q->head[qi] = m; /* waits, in order, for tokens */
-            if (port_blocked && q->rate_bytes_tsc && q->tokens < need)
+            if (port_blocked && q->rate_bytes_tsc && q->tokens < want)
                 *port_blocked = 1;
             break;
         }
@@ -248,8 +261,15 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
     int64_t cap = q->burst_bytes << 20;
     q->tokens = refill(q->tokens, q->rate_bytes_tsc, dt, cap);
     uint16_t k = 0;
-    if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE))
-        return drain(q, 0, 1, out, 0, max, ctr, NULL); /* one FIFO */
+    if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE)) {
+        /* one FIFO (queue 0); what the planes' queues held when priority
+         * was switched off goes after it */
+        k = drain(q, 0, 1, out, 0, max, ctr, NULL);
+        for (unsigned p = 1; p < DP_MAX_PLANES && k < max; p++)
+            if (q->head[p] || !rte_ring_empty(q->q[p]))
+                k = drain(q, p, 1, out, k, max, ctr, NULL);
+        return k;
+    }
     int n = __atomic_load_n(&dp_qg.n_order, __ATOMIC_ACQUIRE);
     for (int i = 0; i < n; i++) {
         unsigned p = dp_qg.order[i];
@@ -267,7 +287,8 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
             continue;
         int blocked = 0;
         k = drain(q, p, 0, out, k, max, ctr, &blocked);
-        if (blocked && q->ptok_min[p] >= (int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20)
+        if (blocked &&
+            q->ptok_min[p] >= fit((int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20, cap))
             return k;
     }
     /* pass 2: strict priority for the rest */
@@ -277,5 +298,10 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
         if (blocked)
             break; /* the port's tokens are this plane's: no lower plane overtakes it */
     }
+    /* queues of no plane in use (queue 0 holds what the FIFO held when
+     * priority was switched on; a plane may have gone): they go last */
+    for (unsigned p = 0; p < DP_MAX_PLANES && k < max; p++)
+        if (!dp_qg.plane[p].used && (q->head[p] || !rte_ring_empty(q->q[p])))
+            k = drain(q, p, 1, out, k, max, ctr, NULL);
     return k;
 }

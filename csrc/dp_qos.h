@@ -23,8 +23,7 @@
 #include "dataplane.h"
 #include "dp_counters.h"
 
-/* on the wire per frame besides pkt_len: FCS 4 + preamble 8 + IFG 12 */
-#define DP_WIRE_OVERHEAD 24
+/* DP_WIRE_OVERHEAD (dataplane.h): on the wire per frame besides pkt_len */
 /* latency buckets, upper bounds in ns (1-2-5 steps, 1 us .. 100 ms); the
  * last bucket (DP_LAT_BOUNDS, dp_counters.h) has none */
 #define DP_LAT_BOUNDS_NS                                                                      \

@@ -18,7 +18,7 @@ int dp_vconf_set;
 
 /* references to each tunnel: all, and per network (FDB entries, flood lists) */
 static uint32_t tun_refs[DP_MAX_TUNNELS];
-static uint16_t net_tun_refs[DP_MAX_NETS][DP_MAX_TUNNELS];
+static uint32_t net_tun_refs[DP_MAX_NETS][DP_MAX_TUNNELS]; /* as wide as tun_refs */
 
 /* the largest inner frame (its Ethernet header included) that the underlay
  * MTU lets through once encapsulated: the outer IPv4 datagram is the frame

@@ -30,6 +30,8 @@ MODES = ("hugepages", "fallback")
 # limits of the core, from csrc/dataplane.h
 VNI_MAX = lib.DP_VNI_MAX
 VXLAN_OVERHEAD = lib.DP_VXLAN_OVERHEAD
+#: bytes a shaper counts per frame besides the frame (FCS, preamble, gap)
+WIRE_OVERHEAD = lib.DP_WIRE_OVERHEAD
 UNDERLAY_MTU_RANGE = (lib.DP_UNDERLAY_MTU_MIN, lib.DP_UNDERLAY_MTU_MAX)
 MAX_PLANES = lib.DP_MAX_PLANES
 MAX_NETWORKS = lib.DP_MAX_NETS
@@ -613,3 +615,67 @@ def check_json_document(value, path: str):
     if not isinstance(value, (str, dict)):
         raise fail(path, f"must be a JSON object or JSON text, not {type(value).__name__}")
     return value
+
+
+#: extra addresses a pod port may send from besides its own (the core's
+#: table size, less the pod's own address / its IPv6 link-local)
+GUARD_MAX_IP4 = lib.DP_GUARD_MAX_IP4
+GUARD_MAX_IP6 = lib.DP_GUARD_MAX_IP6
+
+
+def check_allowed_addresses(value, path: str = "allowed_addresses") -> List[str]:
+    """A list of single IPv4 or IPv6 unicast addresses (a floating address
+    of VRRP/keepalived), normalised; at most GUARD_MAX_IP4 - 1 IPv4 and
+    GUARD_MAX_IP6 - 1 IPv6 ones."""
+    if not isinstance(value, list):
+        raise fail(path, f"{show(value)} is not a list of addresses")
+    out = []
+    for i, a in enumerate(value):
+        p = f"{path}[{i}]"
+        if not isinstance(a, str) or "/" in a:
+            raise fail(p, f"{show(a)} is not a single IPv4 or IPv6 address")
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            raise fail(p, f"{show(a)} is not an IPv4 or IPv6 address") from None
+        if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+            raise fail(p, f"{ip} is not a unicast address")
+        if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address(0xFFFFFFFF):
+            raise fail(p, f"{ip} is the broadcast address")
+        if str(ip) in out:
+            raise fail(p, f"{ip} is listed twice")
+        out.append(str(ip))
+    n4 = sum(1 for a in out if ":" not in a)
+    if n4 > GUARD_MAX_IP4 - 1 or len(out) - n4 > GUARD_MAX_IP6 - 1:
+        raise fail(
+            path,
+            f"at most {GUARD_MAX_IP4 - 1} IPv4 and {GUARD_MAX_IP6 - 1} IPv6 addresses "
+            f"(given {n4} and {len(out) - n4})",
+        )
+    return out
+
+
+#: storm control of pod ports: packets/s and burst (packets) limits, the
+#: core's own (dp_guard.c)
+STORM_PPS_MAX = 100_000_000
+STORM_BURST_MAX = 1_000_000
+
+
+def check_storm(value, path: str = "storm_control") -> Tuple[int, int]:
+    """Storm control as (pps, burst): a mapping {"pps": N, "burst": M}; pps
+    0 switches it off."""
+    if not isinstance(value, dict):
+        raise fail(path, f'{show(value)} is not a mapping {{"pps": N, "burst": M}}')
+    for k in value:
+        check_known(k, path, ("pps", "burst"), "key")
+    pps = check_int(value.get("pps", 0), join(path, "pps"), 0, STORM_PPS_MAX)
+    burst = check_int(
+        value.get("burst", max(1, pps // 10)), join(path, "burst"), 1, STORM_BURST_MAX
+    )
+    return pps, burst
+
+
+def ipv6_link_local(mac: bytes) -> ipaddress.IPv6Address:
+    """The link-local address a kernel makes from ``mac`` (EUI-64, RFC 4291)."""
+    eui = bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:6]
+    return ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui)

@@ -41,7 +41,10 @@ from .checks import (
     MBUF_BYTES,
     MIN_MTU,
     POD_RESERVED_IFNAMES,
+    STORM_BURST_MAX,
+    STORM_PPS_MAX,
     VXLAN_OVERHEAD,
+    WIRE_OVERHEAD,
     check_abspath,
     check_af_xdp_mtu,
     check_bool,
@@ -90,6 +93,10 @@ DEFAULT_UNDERLAY_MTU = 1500
 DEFAULT_MEMORY_MB = 512
 DEFAULT_LCORES = (0, 1)
 DEFAULT_KERNEL_DRIVER = "afpacket"
+#: storm control of every pod port: broadcast, multicast and unknown unicast
+#: frames per second and burst (frames); ARP, ND and DHCP of a pod need a few
+DEFAULT_STORM_PPS = 1000
+DEFAULT_STORM_BURST = 200
 
 #: default planes: name -> (priority, interface inside the pod); a higher
 #: priority is served first by the strict-priority scheduler
@@ -176,6 +183,11 @@ class NetworkConfig:
     subnet: str  # "a.b.c.0/len", normalised
     gateway: Optional[str] = None
     mtu: int = DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD
+    # a pod port forwards only its own addresses (dataplane.engine set_port_guard)
+    anti_spoofing: bool = True
+    # floods from each pod port: frames/s (0 = unlimited) and burst
+    storm_pps: int = DEFAULT_STORM_PPS
+    storm_burst: int = DEFAULT_STORM_BURST
 
     @property
     def prefixlen(self) -> int:
@@ -424,7 +436,17 @@ _PLANE_KEYS = (
     "rx_queue",
     "classify_dscp",
 )
-_NETWORK_KEYS = ("name", "vni", "plane", "subnet", "gateway", "mtu")
+_NETWORK_KEYS = (
+    "name",
+    "vni",
+    "plane",
+    "subnet",
+    "gateway",
+    "mtu",
+    "anti_spoofing",
+    "storm_pps",
+    "storm_burst",
+)
 _STORE_KEYS = ("kind", "path", "endpoints", "prefix")
 
 
@@ -523,6 +545,15 @@ def _vtep(value) -> VtepConfig:
                 "',' or '=' (it goes into a DPDK device string)",
             )
         check_af_xdp_mtu(underlay_mtu, f"{p}.underlay_mtu", "uplink_driver")
+    burst = check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26)
+    frame = underlay_mtu + 14 + WIRE_OVERHEAD  # the largest frame the uplink sends
+    if burst < frame:
+        raise fail(
+            f"{p}.uplink_burst",
+            f"{burst} bytes is less than one frame of underlay_mtu {underlay_mtu} "
+            f"({frame} bytes with the Ethernet header and {WIRE_OVERHEAD} bytes of wire "
+            "overhead): give at least that",
+        )
     return VtepConfig(
         address=str(iface),
         uplink=uplink,
@@ -533,7 +564,7 @@ def _vtep(value) -> VtepConfig:
         underlay_mtu=underlay_mtu,
         learning=check_bool(v.get("learning", False), f"{p}.learning"),
         uplink_rate=check_rate(v.get("uplink_rate", 0), f"{p}.uplink_rate"),
-        uplink_burst=check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26),
+        uplink_burst=burst,
         uplink_rx_queues=rxq,
         uplink_driver=driver,
     )
@@ -684,8 +715,20 @@ def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
         gateway = str(gw)
     mtu = n.get("mtu")
     mtu = max_mtu if mtu is None else check_int(mtu, f"{p}.mtu", MIN_MTU, max_mtu)
+    pps = check_int(n.get("storm_pps", DEFAULT_STORM_PPS), f"{p}.storm_pps", 0, STORM_PPS_MAX)
+    burst = check_int(
+        n.get("storm_burst", DEFAULT_STORM_BURST), f"{p}.storm_burst", 1, STORM_BURST_MAX
+    )
     return NetworkConfig(
-        name=name, vni=vni, plane=plane, subnet=str(subnet), gateway=gateway, mtu=mtu
+        name=name,
+        vni=vni,
+        plane=plane,
+        subnet=str(subnet),
+        gateway=gateway,
+        mtu=mtu,
+        anti_spoofing=check_bool(n.get("anti_spoofing", True), f"{p}.anti_spoofing"),
+        storm_pps=pps,
+        storm_burst=burst,
     )
 
 

@@ -411,9 +411,104 @@ class _Planes:
         return self._call("reading a queue depth", lib.dp_qos_depth, port, plane)
 
 
-class Engine(_Tables, _Planes):
+class _Guards:
+    """What pod ports may send: their own addresses (anti-spoofing) and a
+    rate for what they flood (storm control). Part of :class:`Engine`."""
+
+    def set_port_guard(self, port: int, mac, ips: Sequence[str] = ()):
+        """Pod port ``port`` forwards only frames from ``mac`` whose IPv4 /
+        IPv6 source, ARP sender and neighbour-discovery options are ``mac``
+        and one of ``ips`` (0.0.0.0 and :: for address probes; the IPv6
+        link-local made from ``mac`` is added). ``mac`` None: no checks."""
+        if mac is None:
+            self._call(
+                f"unguarding port {port}",
+                lib.dp_port_guard_set,
+                port,
+                ffi.NULL,
+                ffi.NULL,
+                0,
+                ffi.NULL,
+                0,
+            )
+            return
+        octets = parse_mac(mac)
+        v4, v6 = [], [checks.ipv6_link_local(octets).packed]
+        for i, a in enumerate(ips):
+            try:
+                ip = ipaddress.ip_address(a)
+            except ValueError:
+                raise ConfigError(f"ips[{i}]: {a!r} is not an IPv4 or IPv6 address") from None
+            if ip.version == 4:
+                v4.append(int(ip))
+            elif ip.packed not in v6:
+                v6.append(ip.packed)
+        if len(v4) > lib.DP_GUARD_MAX_IP4 or len(v6) > lib.DP_GUARD_MAX_IP6:
+            raise ConfigError(
+                f"ips: {len(v4)} IPv4 and {len(v6)} IPv6 addresses (the link-local "
+                f"included), at most {lib.DP_GUARD_MAX_IP4} and {lib.DP_GUARD_MAX_IP6}"
+            )
+        a4 = ffi.new("uint32_t[]", v4 or [0])
+        a6 = ffi.new("uint8_t[]", b"".join(v6))
+        self._call(
+            f"guarding port {port}",
+            lib.dp_port_guard_set,
+            port,
+            octets,
+            a4,
+            len(v4),
+            a6,
+            len(v6),
+        )
+
+    def set_port_storm(self, port: int, pps: int, burst: int = 0):
+        """Broadcast, multicast and unknown unicast from pod port ``port``: at
+        most ``pps`` frames/s with bursts of ``burst`` (default pps/10); the
+        rest dropped as ``storm``. pps 0: no limit."""
+        pps, burst = checks.check_storm({"pps": pps, "burst": burst or max(1, pps // 10)})
+        self._call(f"storm control of port {port}", lib.dp_port_storm_set, port, pps, burst)
+
+    def set_learning_limits(
+        self,
+        age_s: float = lib.DP_LEARN_AGE_MS_DEFAULT / 1000,
+        per_network: int = lib.DP_LEARN_PER_NET_DEFAULT,
+        per_vtep: int = lib.DP_LEARN_PER_VTEP_DEFAULT,
+    ):
+        """With learning on (``set_vtep(learning=True)``): a learned MAC lives
+        ``age_s`` seconds unless heard again; a network holds at most
+        ``per_network`` learned MACs and one source VTEP ``per_vtep``."""
+        self._call(
+            "setting the learning limits",
+            lib.dp_learn_config,
+            int(age_s * 1000),
+            per_network,
+            per_vtep,
+        )
+
+    def learn_stats(self) -> dict:
+        """What learning did: learned, moved, refused (static, limit), aged,
+        and how many learned MACs there are now."""
+        with self._lock:
+            names = ("learned", "moved", "refused_static", "refused_limit", "aged")
+            out = {k: int(lib.dp_learn_stat(i)) for i, k in enumerate(names)}
+            out["entries"] = int(lib.dp_learn_count())
+        return out
+
+    def set_neighbor_timers(self, reachable_s: float = 60.0):
+        """Underlay neighbours learned by ARP are asked again after
+        ``reachable_s`` seconds, and forgotten when nobody answers."""
+        self._call("setting the neighbour timers", lib.dp_neigh_timers, int(reachable_s * 1000))
+
+    def pool_in_use(self) -> int:
+        """mbufs of the core's pool not free now (in flight or queued)."""
+        with self._lock:
+            return int(lib.dp_pool_in_use())
+
+
+class Engine(_Tables, _Planes, _Guards):
     """The forwarding core of this process: its EAL, ports and counters here;
-    its tables from :class:`_Tables`, its planes from :class:`_Planes`."""
+    its tables from :class:`_Tables`, its planes from :class:`_Planes`, the
+    pod ports' guards from :class:`_Guards`."""
 
     def __init__(self, config: Optional[EngineConfig] = None):
         global _started_in_pid

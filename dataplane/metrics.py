@@ -45,6 +45,7 @@ class Snapshot(NamedTuple):
     endpoints_per_network: Dict[str, int]
     planes: List[PlaneLabel] = []
     shaped: Dict[int, Dict[int, int]] = {}  # port -> {plane: queue depth}
+    mbufs_in_use: Optional[int] = None  # of the core's pool
 
 
 class CoreCollector:
@@ -112,6 +113,13 @@ class CoreCollector:
             eps.add_metric([n.name], snap.endpoints_per_network.get(n.name, 0))
         yield pods
         yield eps
+
+        if snap.mbufs_in_use is not None:
+            yield GaugeMetricFamily(
+                "dataplane_mbufs_in_use",
+                "mbufs of the core's pool in flight or queued",
+                value=snap.mbufs_in_use,
+            )
 
         yield from self._planes(snap)
 

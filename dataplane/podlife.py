@@ -108,20 +108,27 @@ class PodLife:
                 )
                 self._remove(pod["name"], eps)
                 continue
+            allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
             for e in eps:
                 kind = kinds.get(e["plane"], VETH)
                 if kind == VETH:
-                    self._attach_port(e)
+                    self._attach_port(e, allowed.get(e["plane"], ()))
                 elif kind in SOCKET_KINDS:
-                    self._attach_fast(pod["name"], e, self._plane_spec(pod["name"], e["plane"]))
+                    self._attach_fast(
+                        pod["name"],
+                        e,
+                        self._plane_spec(pod["name"], e["plane"]),
+                        allowed.get(e["plane"], ()),
+                    )
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
 
-    def _attach_port(self, e) -> int:
+    def _attach_port(self, e, allowed=()) -> int:
         net = self.networks[e["network"]]
-        port = add_kernel_port(
-            self.engine, e["host_ifname"], self.config.kernel_driver, network=net
-        )
+        # in its network only once guarded: no frame passes unchecked
+        port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
         self.ports[e["host_ifname"]] = port
+        self._guard_port(port, e, allowed)
+        self.engine.set_port_network(port, net)
         self.engine.fdb_add_local(net, e["mac"], port)
         return port
 
@@ -159,8 +166,9 @@ class PodLife:
                 return p
         return None
 
-    def _attach_fast(self, name, e, ps) -> int:
-        """The memif / vhost-user port of pod ``name``'s plane (endpoint ``e``)."""
+    def _attach_fast(self, name, e, ps, allowed=()) -> int:
+        """The memif / vhost-user port of pod ``name``'s plane (endpoint
+        ``e``), guarded like a veth's (``allowed``: its extra addresses)."""
         from . import fastif
         from .podspec import host_ifname
 
@@ -169,8 +177,19 @@ class PodLife:
             self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
         )
         self.ports[host_ifname(name, e["plane"])] = port
+        self._guard_port(port, e, allowed)
         self.engine.fdb_add_local(net, e["mac"], port)
         return port
+
+    def _guard_port(self, port: int, e, allowed=()):
+        """What pod port ``port`` (endpoint ``e``) may send: with the
+        network's anti_spoofing, its MAC and address and ``allowed``; its
+        floods at the network's storm rate."""
+        n = self.config.network(e["network"])
+        if n.anti_spoofing:
+            self.engine.set_port_guard(port, e["mac"], [e["ip"], *allowed])
+        if n.storm_pps:
+            self.engine.set_port_storm(port, n.storm_pps, n.storm_burst)
 
     # -------------------------------------------------------- transactions
     def add_pod(self, name: str, netns: str, spec) -> dict:
@@ -230,7 +249,9 @@ class PodLife:
                         p.default_route,
                         plane=p.plane,
                     )
-                    self._attach_port({"host_ifname": hif, "network": n.name, "mac": mac})
+                    self._attach_port(
+                        {"host_ifname": hif, "network": n.name, "mac": mac, "ip": ip}, p.allowed
+                    )
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
                 self.store.set_pod_state(name, "ready")
@@ -270,7 +291,7 @@ class PodLife:
 
     def _add_fast_plane(self, name, netns, p, n, mac, ip):
         """A plane that is not a veth: recorded first, then made."""
-        e = {"plane": p.plane, "network": n.name, "mac": mac}
+        e = {"plane": p.plane, "network": n.name, "mac": mac, "ip": ip}
         vf = p.kind == VF  # not behind this node's VTEP: the NIC switches it
         self.store.add_endpoint(
             name,
@@ -284,7 +305,7 @@ class PodLife:
             vtep=None if vf else self.config.vtep.ip,
         )
         if p.kind in SOCKET_KINDS:
-            self._attach_fast(name, e, p)
+            self._attach_fast(name, e, p, p.allowed)
         if vf:
             from . import vf as vfs
 

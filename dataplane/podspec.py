@@ -7,7 +7,12 @@ A pod's plane spec, JSON text or a dict::
      "networks": {"std": "net1", "control": "net2", "media": "net3"},
      "ips": {"std": "192.168.10.7"},                 # optional fixed addresses
      "macs": {"media": "02:00:00:00:00:07"},         # optional fixed MACs
-     "interfaces": {"media": "rtp0"}}                # optional interface names
+     "interfaces": {"media": "rtp0"},                # optional interface names
+     "allowed_addresses": {"std": ["192.168.10.100"]}}  # optional extra sources
+
+A pod port forwards only frames from the pod's own MAC and address;
+``allowed_addresses`` adds the IPv4/IPv6 addresses a plane may also send
+from (a floating address of VRRP/keepalived).
 
 An ``interfaces`` entry may instead be a mapping naming the plane's kind,
 ``veth`` (the default), ``memif``, ``vhost-user`` or ``vf``, with that
@@ -27,10 +32,11 @@ import dataclasses
 import hashlib
 import ipaddress
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .checks import (
     IFNAMSIZ,
+    check_allowed_addresses,
     check_ifname,
     check_known,
     check_pod_mac,
@@ -43,7 +49,15 @@ from .errors import ConfigError
 from .fastif import VETH, parse_interface
 
 POD_TYPES = ("ct", "it")
-SPEC_KEYS = ("pod_type", "network_plane", "networks", "ips", "macs", "interfaces")
+SPEC_KEYS = (
+    "pod_type",
+    "network_plane",
+    "networks",
+    "ips",
+    "macs",
+    "interfaces",
+    "allowed_addresses",
+)
 STD_PLANE = "std"
 
 
@@ -57,6 +71,7 @@ class PlaneSpec:
     mac: Optional[str] = None  # fixed MAC asked for
     kind: str = VETH  # veth, memif, vhost-user, vf
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the kind's
+    allowed: Tuple[str, ...] = ()  # extra source addresses (allowed_addresses)
 
     @property
     def default_route(self) -> bool:
@@ -92,6 +107,9 @@ class PodSpec:
             d["ips"] = ips
         if macs:
             d["macs"] = macs
+        allowed = {p.plane: list(p.allowed) for p in self.planes if p.allowed}
+        if allowed:
+            d["allowed_addresses"] = allowed
         return d
 
 
@@ -165,6 +183,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
     ips = _plane_map(obj, "ips", planes, config)
     macs = _plane_map(obj, "macs", planes, config)
     ifnames = _plane_map(obj, "interfaces", planes, config)
+    allowed = _allowed_addresses(obj.get("allowed_addresses"), planes, config)
 
     out = []
     used_if = {}
@@ -220,9 +239,31 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
                 mac=mac,
                 kind=kind,
                 options=opts,
+                allowed=tuple(allowed.get(plane, ())),
             )
         )
     return PodSpec(pod_type=pod_type, planes=out)
+
+
+def _allowed_addresses(value, listed, config) -> Dict[str, List[str]]:
+    """allowed_addresses: {plane: [address, ...]}, every plane listed."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            'allowed_addresses must be a mapping {"plane": ["address", ...]}, '
+            f"not {type(value).__name__}"
+        )
+    out = {}
+    for plane, addrs in value.items():
+        check_known(plane, "allowed_addresses", config.planes, "plane")
+        if plane not in listed:
+            raise fail(
+                f"allowed_addresses.{plane}",
+                f"addresses given for plane {plane}, which is not listed in network_plane",
+            )
+        out[plane] = check_allowed_addresses(addrs, f"allowed_addresses.{plane}")
+    return out
 
 
 def _listed_planes(planes, pod_type: str, config: NodeConfig) -> List[str]:

@@ -184,9 +184,15 @@ class NodeService:
             return take_snapshot(self.config, self.engine, self.store, self.net_index, self.uplink)
 
     def status(self) -> dict:
-        return status_report(
+        report = status_report(
             self.config, self.snapshot(), self.engine.running, self.started, self.uplink
         )
+        # mbufs of the core's pool in flight or queued: back to its idle
+        # level once traffic stops, whatever the frames were
+        report["mbufs_in_use"] = self.engine.pool_in_use()
+        if self.config.vtep.learning:
+            report["learning"] = self.engine.learn_stats()
+        return report
 
     # --------------------------------------------------------------- stop
     def stop(self):

@@ -34,7 +34,14 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
     if config.vtep.uplink_rate and uplink is not None:
         shaped[uplink] = {pl.index: engine.queue_depth(uplink, pl.index) for pl in planes}
     return Snapshot(
-        engine.counters(), ports, nets, {k: len(v) for k, v in pods.items()}, eps, planes, shaped
+        engine.counters(),
+        ports,
+        nets,
+        {k: len(v) for k, v in pods.items()},
+        eps,
+        planes,
+        shaped,
+        engine.pool_in_use(),
     )
 
 

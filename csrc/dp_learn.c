@@ -1,0 +1,214 @@
+/*
+ * dp_learn.c - MACs learned from the underlay (vtep.learning): the source
+ * MAC of a VXLAN frame from a VTEP becomes a remote FDB entry to that VTEP.
+ *
+ * What the underlay may not do through it: replace a local entry or one the
+ * control API set (those are never overridden: learn_static), hold more
+ * than learn_per_net entries of a network or learn_per_vtep of one source
+ * VTEP (learn_limit), or keep an entry forever: a learned entry is removed
+ * age_ms after it was learned or last confirmed (learn_aged), and learned
+ * again from the MAC's next frame. The table of learned keys is the control
+ * thread's alone.
+ */
+#include <string.h>
+
+#include <rte_cycles.h>
+
+#include "dp_control.h"
+
+#define DP_LEARN_MAX 8192 /* learned entries, all networks */
+#define DP_LEARN_IDX (2 * DP_LEARN_MAX)
+#define DP_LEARN_AGE_EVERY_MS 100
+
+struct learned {
+    uint64_t key; /* FDB key */
+    uint32_t vtep;
+    uint8_t used;
+    uint64_t tsc; /* learned or last confirmed */
+};
+static struct learned lt[DP_LEARN_MAX];
+static uint16_t lt_idx[DP_LEARN_IDX]; /* key -> slot + 1, open addressing */
+static int lt_n;
+static uint32_t per_net[DP_MAX_NETS];
+static struct {
+    uint32_t ip;
+    uint32_t n;
+} per_vtep[DP_MAX_TUNNELS];
+static uint32_t age_ms = DP_LEARN_AGE_MS_DEFAULT;
+static uint32_t max_net = DP_LEARN_PER_NET_DEFAULT;
+static uint32_t max_vtep = DP_LEARN_PER_VTEP_DEFAULT;
+static uint64_t stats[DP_LEARN_STAT_COUNT];
+static uint64_t last_age;
+
+static unsigned
+lt_hash(uint64_t key)
+{
+    return (unsigned)((key * 0x9e3779b97f4a7c15ull) >> 40) & (DP_LEARN_IDX - 1);
+}
+
+static int
+lt_find(uint64_t key)
+{
+    for (unsigned h = lt_hash(key), n = 0; n < DP_LEARN_IDX;
+         n++, h = (h + 1) & (DP_LEARN_IDX - 1)) {
+        if (lt_idx[h] == 0)
+            return -1;
+        const struct learned *e = &lt[lt_idx[h] - 1];
+        if (e->used && e->key == key) /* unused: dropped, index not rebuilt yet */
+            return lt_idx[h] - 1;
+    }
+    return -1;
+}
+
+static void
+lt_index(int i)
+{
+    unsigned h = lt_hash(lt[i].key);
+    while (lt_idx[h])
+        h = (h + 1) & (DP_LEARN_IDX - 1);
+    lt_idx[h] = (uint16_t)(i + 1);
+}
+
+static void
+lt_reindex(void)
+{
+    memset(lt_idx, 0, sizeof(lt_idx));
+    for (int i = 0; i < DP_LEARN_MAX; i++)
+        if (lt[i].used)
+            lt_index(i);
+}
+
+static uint32_t *
+vtep_count(uint32_t ip, int create)
+{
+    int free_slot = -1;
+    for (int i = 0; i < DP_MAX_TUNNELS; i++) {
+        if (per_vtep[i].n && per_vtep[i].ip == ip)
+            return &per_vtep[i].n;
+        if (!per_vtep[i].n && free_slot < 0)
+            free_slot = i;
+    }
+    if (!create || free_slot < 0)
+        return NULL;
+    per_vtep[free_slot].ip = ip;
+    return &per_vtep[free_slot].n;
+}
+
+/* slot i no longer learned (its FDB entry is gone or is not a learned one
+ * any more); the index is rebuilt by the caller */
+static void
+lt_drop(int i)
+{
+    uint32_t *c = vtep_count(lt[i].vtep, 0);
+    if (c)
+        (*c)--;
+    per_net[lt[i].key >> 48]--;
+    lt[i].used = 0;
+    lt_n--;
+}
+
+/* the FDB entry of key was set or removed by the control API: it is not
+ * a learned one (any more) */
+void
+dp_learn_forget(uint64_t key)
+{
+    int i = lt_n ? lt_find(key) : -1;
+    if (i < 0)
+        return;
+    lt_drop(i);
+    lt_reindex();
+}
+
+int
+dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
+{
+    uint64_t key = dp_fdb_key((uint32_t)net, mac);
+    uint64_t now = rte_get_tsc_cycles();
+    int i = lt_find(key);
+    void *cur;
+    if (i < 0 && rte_hash_lookup_data(dp.fdb, &key, &cur) >= 0) {
+        stats[DP_LEARN_STATIC]++; /* local, or set by the control API */
+        return 0;
+    }
+    if (i >= 0 && lt[i].vtep == ip) {
+        lt[i].tsc = now; /* confirmed */
+        return 0;
+    }
+    uint32_t *vc = vtep_count(ip, 0);
+    if ((vc && *vc >= max_vtep) || (i < 0 && (per_net[net] >= max_net || lt_n >= DP_LEARN_MAX))) {
+        stats[DP_LEARN_LIMIT]++;
+        return 0;
+    }
+    /* the hook in dp_fdb_add_remote forgets a moved entry's old VTEP */
+    int moved = i >= 0;
+    int ret = dp_fdb_add_remote(net, mac, ip);
+    if (ret < 0)
+        return ret;
+    vc = vtep_count(ip, 1);
+    if (!vc) { /* cannot happen: no more VTEPs than tunnels */
+        (void)dp_fdb_del(net, mac);
+        return 0;
+    }
+    for (i = 0; lt[i].used; i++)
+        ;
+    lt[i] = (struct learned){.key = key, .vtep = ip, .used = 1, .tsc = now};
+    lt_index(i);
+    lt_n++;
+    (*vc)++;
+    per_net[net]++;
+    stats[moved ? DP_LEARN_MOVED : DP_LEARN_LEARNED]++;
+    return 0;
+}
+
+/* learned entries not confirmed within age_ms: removed (housekeeping) */
+void
+dp_learn_age(void)
+{
+    uint64_t now = rte_get_tsc_cycles();
+    uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    if (!lt_n || now - last_age < DP_LEARN_AGE_EVERY_MS * hz_ms)
+        return;
+    last_age = now;
+    int gone = 0;
+    for (int i = 0; i < DP_LEARN_MAX; i++) {
+        if (!lt[i].used || now - lt[i].tsc < (uint64_t)age_ms * hz_ms)
+            continue;
+        uint64_t key = lt[i].key;
+        uint8_t mac[6];
+        memcpy(mac, &key, 6);
+        int net = (int)(key >> 48);
+        lt_drop(i);
+        gone++;
+        stats[DP_LEARN_AGED]++;
+        (void)dp_fdb_del(net, mac); /* its hook finds nothing left to forget */
+    }
+    if (gone)
+        lt_reindex();
+}
+
+int
+dp_learn_config(uint32_t age, uint32_t per_net_max, uint32_t per_vtep_max)
+{
+    if (age < 100)
+        return dp_fail(-EINVAL, "learned entries' age %u ms below 100", age);
+    if (per_net_max < 1 || per_net_max > DP_LEARN_MAX || per_vtep_max < 1 ||
+        per_vtep_max > DP_LEARN_MAX)
+        return dp_fail(-EINVAL, "learning limits %u per network, %u per VTEP: each 1..%d",
+                       per_net_max, per_vtep_max, DP_LEARN_MAX);
+    age_ms = age;
+    max_net = per_net_max;
+    max_vtep = per_vtep_max;
+    return 0;
+}
+
+uint64_t
+dp_learn_stat(int which)
+{
+    return which >= 0 && which < DP_LEARN_STAT_COUNT ? stats[which] : 0;
+}
+
+int
+dp_learn_count(void)
+{
+    return lt_n;
+}

@@ -1,0 +1,304 @@
+"""Anti-spoofing on the running node service, seen from a victim's peer.
+
+One node service with pods a (the victim) and b (the attacker) on net1 and a
+host behind the kernel's own VXLAN VTEP ("vm", the observer; it accepts
+gratuitous ARP and router advertisements, the most trusting peer there is).
+Pod b sends, from inside its namespace through a packet socket, one forged
+frame per test; the vm's ARP / ND cache must still map the victim's address
+to the victim's MAC, the frame must be counted under its spoof reason, and
+the pods must keep talking. The fabric is the one of test_kernel_pods.
+"""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import (
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptPrefixInfo,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+)
+from scapy.layers.l2 import ARP, Ether
+
+from dataplane.checks import ipv6_link_local, parse_mac
+from tests.test_kernel_pods import (
+    HOST_VTEP,
+    SUBNET,
+    VM_IP,
+    VM_MAC,
+    Fabric,
+    ipn,
+    nsx,
+    reach,
+    sh,
+)
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)"),
+]
+
+A_IP, B_IP, FLOAT_IP = SUBNET + "11", SUBNET + "12", SUBNET + "100"
+A_MAC, B_MAC = "02:00:00:0a:00:11", "02:00:00:0a:00:12"
+A_LL, B_LL = (str(ipv6_link_local(parse_mac(m))) for m in (A_MAC, B_MAC))
+VM_LL = str(ipv6_link_local(parse_mac(VM_MAC)))
+BCAST = "ff:ff:ff:ff:ff:ff"
+
+# sends frames (hex, one per line, in the file argv[2]) argv[3] times on
+# interface argv[1]: a packet socket, as any process in a pod can open
+SENDER = """
+import socket, sys
+frames = [bytes.fromhex(x) for x in open(sys.argv[2]).read().split()]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+sent = 0
+for _ in range(int(sys.argv[3])):
+    for f in frames:
+        while True:
+            try:
+                s.send(f)
+                break
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                if e.errno != 105:  # ENOBUFS: wait for the ring
+                    raise
+        sent += 1
+print(sent)
+"""
+
+
+def send_frames(tmp, ns, frames, times=1, ifname="eth0"):
+    """``frames`` (bytes) sent ``times`` over from namespace ``ns``."""
+    path = tmp / f"frames-{time.monotonic_ns()}.hex"
+    path.write_text("\n".join(bytes(f).hex() for f in frames))
+    r = nsx(ns, sys.executable, "-c", SENDER, ifname, str(path), str(times), timeout=600)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
+def ipv6_netns(ns):
+    """A namespace with IPv6 on: EUI-64 link-locals, no DAD delay."""
+    sh("ip", "netns", "add", ns)
+    nsx(
+        ns,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=0",
+        "net.ipv6.conf.default.disable_ipv6=0",
+        "net.ipv6.conf.default.accept_dad=0",
+        "net.ipv6.conf.default.addr_gen_mode=0",
+        check=True,
+    )
+    ipn(ns, "link set lo up")
+
+
+def v6_pod(fab, n, name, ip, mac, allowed=None):
+    node = fab.nodes[n]
+    ns = f"{fab.tag}p{name}"
+    fab.namespaces.append(ns)
+    ipv6_netns(ns)
+    spec = {
+        "pod_type": "it",
+        "network_plane": ["std"],
+        "networks": {"std": "net1"},
+        "ips": {"std": ip},
+        "macs": {"std": mac},
+    }
+    if allowed:
+        spec["allowed_addresses"] = {"std": allowed}
+    body = {"name": f"{fab.tag}{name}", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)}
+    info = node.api("POST", "/v1/pods", body)
+    info.update(ns=ns, node=n, ip=ip)
+    node.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
+    return info
+
+
+class World:
+    def __init__(self, fab, tmp):
+        self.fab, self.tmp = fab, tmp
+        self.node = fab.node(1, [HOST_VTEP])
+        self.vm = fab.kernel_host(["10.99.0.1"])
+        # the observer trusts everything: gratuitous ARP creates entries,
+        # router advertisements are taken
+        nsx(
+            self.vm,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.default.disable_ipv6=0",
+            "net.ipv6.conf.eth0.accept_dad=0",
+            "net.ipv6.conf.eth0.accept_ra=2",
+            "net.ipv6.conf.eth0.disable_ipv6=0",
+            "net.ipv4.conf.all.arp_accept=1",
+            "net.ipv4.conf.eth0.arp_accept=1",
+            check=True,
+        )
+        self.a = v6_pod(fab, 1, "a", A_IP, A_MAC)
+        self.b = v6_pod(fab, 1, "b", B_IP, B_MAC, allowed=[FLOAT_IP])
+        reach(self.vm, A_IP, "vm -> pod a")
+        reach(self.b["ns"], A_IP, "pod b -> pod a")
+
+    def drops(self):
+        return self.node.status()["drops"]
+
+    def pod_drops(self):
+        """Drops of what pods send: spoofing and storm control."""
+        return sum(v for k, v in self.drops().items() if k.startswith(("spoof_", "storm")))
+
+    def arp_of(self, ip):
+        out = nsx(self.vm, "ip", "-4", "neigh", "show", ip, "dev", "eth0").stdout.split()
+        return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+    def nd_of(self, ip):
+        out = nsx(self.vm, "ip", "-6", "neigh", "show", ip, "dev", "eth0").stdout.split()
+        return out[out.index("lladdr") + 1] if "lladdr" in out else None
+
+    def learn_victim(self):
+        """The vm's caches hold pod a, and are old enough to be overridden
+        (Linux ignores ARP updates within locktime, 1 s, of the last one)."""
+        reach(self.vm, A_IP, "vm -> pod a")
+        r = nsx(self.vm, "ping", "-6", "-n", "-c", "1", "-w", "5", f"{A_LL}%eth0", timeout=30)
+        assert r.returncode == 0, f"vm -> pod a (IPv6 link-local): {r.stdout}{r.stderr}"
+        assert self.arp_of(A_IP) == A_MAC and self.nd_of(A_LL) == A_MAC
+        time.sleep(1.5)
+
+    def attack(self, frame, reason, times=3):
+        before = self.drops().get(reason, 0)
+        send_frames(self.tmp, self.b["ns"], [frame], times)
+        for _ in range(100):
+            if self.drops().get(reason, 0) >= before + times:
+                break
+            time.sleep(0.05)
+        assert self.drops().get(reason, 0) == before + times, self.drops()
+        time.sleep(0.5)  # what passed would have reached the vm by now
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("guard")
+    fab = Fabric(tmp / "fabric", 1500)
+    fab.tmp.mkdir()
+    try:
+        fab.build()
+        yield World(fab, tmp)
+    finally:
+        fab.cleanup()
+
+
+def _arp(op, hwsrc, psrc, pdst, src=B_MAC, dst=BCAST, hwdst="00:00:00:00:00:00"):
+    return Ether(src=src, dst=dst) / ARP(op=op, hwsrc=hwsrc, psrc=psrc, pdst=pdst, hwdst=hwdst)
+
+
+ARP_CASES = {
+    # the attack of the field: "A_IP is at B_MAC", gratuitous reply
+    "gratuitous_reply": (_arp(2, B_MAC, A_IP, A_IP), "spoof_arp"),
+    "gratuitous_request": (_arp(1, B_MAC, A_IP, A_IP), "spoof_arp"),
+    "request_to_vm": (_arp(1, B_MAC, A_IP, VM_IP), "spoof_arp"),
+    "reply_to_vm": (_arp(2, B_MAC, A_IP, VM_IP, dst=VM_MAC, hwdst=VM_MAC), "spoof_arp"),
+    # b hides behind a's MAC on the Ethernet header
+    "victim_source_mac": (_arp(2, B_MAC, A_IP, A_IP, src=A_MAC), "spoof_mac"),
+    # an IPv4 packet from a's address (a reply would reach b, not a)
+    "ipv4_source": (
+        Ether(src=B_MAC, dst=VM_MAC) / IP(src=A_IP, dst=VM_IP) / ICMP(),
+        "spoof_ipv4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARP_CASES))
+def test_arp_cache_of_peer_keeps_victim(world, case):
+    frame, reason = ARP_CASES[case]
+    world.learn_victim()
+    world.attack(frame, reason)
+    assert world.arp_of(A_IP) == A_MAC, f"{case}: the vm now sends pod a's traffic elsewhere"
+    reach(world.vm, A_IP, f"vm -> pod a after {case}")
+    reach(world.b["ns"], A_IP, f"pod b -> pod a after {case}")
+
+
+def _na(target, tlla, src):
+    return (
+        Ether(src=B_MAC, dst="33:33:00:00:00:01")
+        / IPv6(src=src, dst="ff02::1")
+        / ICMPv6ND_NA(tgt=target, R=0, S=0, O=1)
+        / ICMPv6NDOptDstLLAddr(lladdr=tlla)
+    )
+
+
+ND_CASES = {
+    "na_override": (_na(A_LL, B_MAC, B_LL), "spoof_nd"),
+    "na_from_victim": (_na(A_LL, B_MAC, A_LL), "spoof_ipv6"),
+    "na_victim_target_own_mac_option": (_na(A_LL, A_MAC, B_LL), "spoof_nd"),
+    "ns_from_victim": (
+        Ether(src=B_MAC, dst=VM_MAC)
+        / IPv6(src=A_LL, dst=VM_LL)
+        / ICMPv6ND_NS(tgt=VM_LL)
+        / ICMPv6NDOptSrcLLAddr(lladdr=B_MAC),
+        "spoof_ipv6",
+    ),
+    "ns_victim_mac_option": (
+        Ether(src=B_MAC, dst=VM_MAC)
+        / IPv6(src=B_LL, dst=VM_LL)
+        / ICMPv6ND_NS(tgt=VM_LL)
+        / ICMPv6NDOptSrcLLAddr(lladdr=A_MAC),
+        "spoof_nd",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ND_CASES))
+def test_nd_cache_of_peer_keeps_victim(world, case):
+    frame, reason = ND_CASES[case]
+    world.learn_victim()
+    world.attack(frame, reason)
+    assert world.nd_of(A_LL) == A_MAC, f"{case}: the vm now sends pod a's IPv6 elsewhere"
+    r = nsx(world.vm, "ping", "-6", "-n", "-c", "1", "-w", "5", f"{A_LL}%eth0", timeout=30)
+    assert r.returncode == 0, f"vm -> pod a (IPv6) after {case}: {r.stdout}"
+
+
+def test_router_advertisement_from_pod_dropped(world):
+    ra = (
+        Ether(src=B_MAC, dst="33:33:00:00:00:01")
+        / IPv6(src=B_LL, dst="ff02::1")
+        / ICMPv6ND_RA(routerlifetime=1800)
+        / ICMPv6NDOptSrcLLAddr(lladdr=B_MAC)
+        / ICMPv6NDOptPrefixInfo(prefix="2001:db8:66::", prefixlen=64)
+    )
+    world.attack(ra, "spoof_nd")
+    routes = nsx(world.vm, "ip", "-6", "route", "show").stdout
+    assert "default" not in routes and "2001:db8:66" not in routes, routes
+
+
+def test_floating_address_may_be_announced(world):
+    """allowed_addresses: pod b's floating address is its own to announce."""
+    before = world.pod_drops()
+    send_frames(world.tmp, world.b["ns"], [_arp(2, B_MAC, FLOAT_IP, FLOAT_IP)])
+    for _ in range(50):
+        if world.arp_of(FLOAT_IP) == B_MAC:
+            break
+        time.sleep(0.05)
+    assert world.arp_of(FLOAT_IP) == B_MAC
+    assert world.pod_drops() == before, world.drops()
+
+
+def test_guard_is_replayed_after_a_restart(world):
+    """The guard is the port's: a restarted service guards re-attached pods."""
+    world.node.stop()
+    world.node.start()
+    reach(world.b["ns"], A_IP, "pod b -> pod a after a restart", deadline=20)
+    world.learn_victim()
+    world.attack(ARP_CASES["gratuitous_reply"][0], "spoof_arp")
+    assert world.arp_of(A_IP) == A_MAC
+    # allowed_addresses came back with the pod's record
+    before = world.pod_drops()
+    send_frames(world.tmp, world.b["ns"], [_arp(2, B_MAC, FLOAT_IP, FLOAT_IP)])
+    time.sleep(0.5)
+    assert world.pod_drops() == before, world.drops()
