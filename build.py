@@ -32,6 +32,7 @@ SOURCES = [
     "dp_pipeline.c",  # the workers' forwarding loop
     "dp_qos.c",  # plane queues and scheduler
     "afpacket.c",  # native AF_PACKET driver
+    "dp_gso.c",  # TCP segmentation of GSO super-frames
 ]
 
 

@@ -71,7 +71,11 @@
     _(KPORT_OVERSIZE, "kport_oversize")   /* kernel port: > its ring frame */ \
     _(KPORT_TRUNCATED, "kport_truncated") /* kernel port: runt frame */     \
     _(KPORT_NO_MBUF, "kport_no_mbuf")     /* kernel port: pool empty */     \
-    _(KPORT_KERNEL, "kport_kernel")       /* kernel's own ring drops */
+    _(KPORT_KERNEL, "kport_kernel")       /* kernel's own ring drops */   \
+    _(KPORT_GSO, "kport_gso")             /* kernel port: GSO, not TCP */  \
+    _(KPORT_TX_ERROR, "kport_tx_error")   /* kernel port: GSO tx refused */ \
+    _(GSO_NO_MBUF, "gso_no_mbuf")         /* pool empty for a segment */   \
+    _(GSO_BAD, "gso_bad")                 /* super-frame cannot be cut */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

@@ -145,6 +145,32 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
     tx_put(w, (uint16_t)w->vtep->uplink, m);
 }
 
+/* a TCP super-frame to a remote VTEP: cut into MSS-sized frames (dp_gso.c),
+ * each encapsulated, as a NIC would before the wire */
+static __rte_noinline void
+encap_gso(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+{
+    struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
+    int n = gso_cut(w, m, seg);
+    for (int i = 0; i < n; i++)
+        encap(w, net, ti, seg[i]);
+}
+
+static void flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
+                  struct rte_mbuf *m);
+
+/* a TCP super-frame to flood: its copies go to ports of every kind, so it is
+ * cut into segments first, each flooded */
+static __rte_noinline void
+flood_gso(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
+          struct rte_mbuf *m)
+{
+    struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
+    int n = gso_cut(w, m, seg);
+    for (int i = 0; i < n; i++)
+        flood(w, net, in_port, to_remote, seg[i]);
+}
+
 /*
  * Broadcast, multicast and unknown unicast: every local port of the network
  * but the ingress one, and (from pods only) one encapsulated copy per remote
@@ -153,6 +179,10 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
 static void
 flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, struct rte_mbuf *m)
 {
+    if (unlikely(dp_gso_frame(m))) {
+        flood_gso(w, net, in_port, to_remote, m);
+        return;
+    }
     uint16_t targets[DP_MAX_PORTS];
     uint16_t nt = 0;
     for (uint16_t i = 0; i < net->n_local; i++)
@@ -220,6 +250,9 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint64_t local = 0;
     struct rte_mbuf *fl[DP_BURST]; /* broadcast / unknown: after the rest */
     uint16_t nf = 0;
+    struct rte_mbuf *gs[DP_BURST]; /* TCP super-frames to remote VTEPs: */
+    uint32_t gt[DP_BURST];         /* cut and encapsulated after the rest */
+    uint16_t ng = 0;
     /* remote targets are encapsulated straight into the uplink's tx buffer,
      * its fill level kept in a register (nothing else adds to it meanwhile) */
     int up = w->vtep->uplink;
@@ -246,6 +279,11 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
                 drop(w, m, DP_DROP_NO_UPLINK);
                 continue;
             }
+            if (unlikely(dp_gso_frame(m))) {
+                gs[ng] = m;
+                gt[ng++] = target;
+                continue;
+            }
             ub->m[k] = m;
             k += (uint16_t)encap_one(w, net, target, m, fh[i], ftos[i], &ubytes, &uplanes);
         } else if (unlikely((int)target == in->idx)) {
@@ -266,6 +304,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         }
         w->net[net->idx][DP_NET_ENCAP] += k - k0;
     }
+    for (uint16_t i = 0; i < ng; i++)
+        encap_gso(w, net, gt[i], gs[i]);
     for (uint16_t i = 0; i < nf; i++) {
         DP_META(fl[i])->plane = plane;
         flood(w, net, in->idx, 1, fl[i]);
