@@ -94,8 +94,10 @@
 #include <rte_mempool.h>
 #include <rte_prefetch.h>
 #include <rte_tcp.h>
+#include <rte_udp.h>
 
 #include "afpacket.h"
+#include "dp_gso.h"
 #include "dp_error.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
@@ -103,6 +105,9 @@
 #endif
 #ifndef PACKET_QDISC_BYPASS
 #define PACKET_QDISC_BYPASS 20 /* Linux >= 3.14 */
+#endif
+#ifndef VIRTIO_NET_HDR_GSO_UDP_L4
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* Linux >= 4.18: UDP_SEGMENT (RFC 8899 GSO) */
 #endif
 #ifndef TP_STATUS_COPY
 #define TP_STATUS_COPY (1 << 1)
@@ -617,9 +622,10 @@ afp_rx_reset(struct rte_mbuf *m)
     rte_pktmbuf_reset(m);
 }
 
-/* A TCP GSO super-frame (virtio-net gso_type TCPV4/TCPV6, checksum left
- * partial): mark it for segmentation the DPDK way (dp_gso.h). Returns 0, or
- * -1 for a GSO frame of another kind or with its headers out of place. */
+/* A GSO super-frame (virtio-net gso_type TCPV4/TCPV6, or UDP_L4 from a
+ * UDP_SEGMENT socket; checksum left partial): mark it for segmentation the
+ * DPDK way (dp_gso.h). Returns 0, or -1 for a GSO frame of another kind
+ * (UFO) or with its headers out of place. */
 static int
 afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh, uint32_t start)
 {
@@ -628,7 +634,8 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
     uint32_t l2 = RTE_ETHER_HDR_LEN, l4;
     uint16_t et;
 
-    if (unlikely((t != VIRTIO_NET_HDR_GSO_TCPV4 && t != VIRTIO_NET_HDR_GSO_TCPV6) ||
+    if (unlikely((t != VIRTIO_NET_HDR_GSO_TCPV4 && t != VIRTIO_NET_HDR_GSO_TCPV6 &&
+                  t != VIRTIO_NET_HDR_GSO_UDP_L4) ||
                  !(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) || vh->gso_size == 0))
         goto bad;
     /* L2: the Ethernet header and its VLAN tags, up to the IP header */
@@ -638,20 +645,23 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
         memcpy(&et, p + l2 + 2, 2);
         l2 += RTE_VLAN_HLEN;
     }
-    /* L3 up to csum_start, where TCP starts; TCP's length from its data
-     * offset; all of it in the first segment */
+    /* L3 up to csum_start, where TCP or UDP starts; TCP's length from its
+     * data offset; all of it in the first segment */
+    if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) && et != RTE_BE16(RTE_ETHER_TYPE_IPV6)))
+        goto bad;
     if (unlikely(start <= l2 || start - l2 > 511 || start + 20 > m->data_len))
         goto bad;
-    l4 = (uint32_t)(p[start + 12] >> 4) * 4;
-    if (unlikely(l4 < 20 || start + l4 > m->data_len))
+    l4 = t == VIRTIO_NET_HDR_GSO_UDP_L4 ? 8 : (uint32_t)(p[start + 12] >> 4) * 4;
+    if (unlikely(l4 < 8 || start + l4 > m->data_len))
         goto bad;
     m->l2_len = l2;
     m->l3_len = start - l2;
     m->l4_len = l4;
     m->tso_segsz = vh->gso_size;
-    m->ol_flags |= RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_TCP_CKSUM |
-                   (t == VIRTIO_NET_HDR_GSO_TCPV4 ? RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IP_CKSUM
-                                                  : RTE_MBUF_F_TX_IPV6);
+    m->ol_flags |= t == VIRTIO_NET_HDR_GSO_UDP_L4 ? RTE_MBUF_F_TX_UDP_SEG | RTE_MBUF_F_TX_UDP_CKSUM
+                                                  : RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_TCP_CKSUM;
+    m->ol_flags |= et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IP_CKSUM
+                                                       : RTE_MBUF_F_TX_IPV6;
     return 0;
 bad:
     a->rx.gso++;
@@ -915,15 +925,19 @@ afp_tx_vnet(struct virtio_net_hdr *vh, struct rte_mbuf *m, uint32_t len)
             vh->csum_offset = cm->off;
         }
     }
-    if (unlikely(m->ol_flags & RTE_MBUF_F_TX_TCP_SEG)) {
-        vh->gso_type = (m->ol_flags & RTE_MBUF_F_TX_IPV6) ? VIRTIO_NET_HDR_GSO_TCPV6
-                                                          : VIRTIO_NET_HDR_GSO_TCPV4;
+    if (unlikely(m->ol_flags & (RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_UDP_SEG))) {
+        int udp = (m->ol_flags & RTE_MBUF_F_TX_UDP_SEG) != 0;
+
+        vh->gso_type = udp                                  ? VIRTIO_NET_HDR_GSO_UDP_L4
+                       : (m->ol_flags & RTE_MBUF_F_TX_IPV6) ? VIRTIO_NET_HDR_GSO_TCPV6
+                                                            : VIRTIO_NET_HDR_GSO_TCPV4;
         vh->gso_size = m->tso_segsz;
         vh->hdr_len = (uint16_t)(m->l2_len + m->l3_len + m->l4_len);
         if (!(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
             vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
             vh->csum_start = (uint16_t)(m->l2_len + m->l3_len);
-            vh->csum_offset = offsetof(struct rte_tcp_hdr, cksum);
+            vh->csum_offset = udp ? offsetof(struct rte_udp_hdr, dgram_cksum)
+                                  : offsetof(struct rte_tcp_hdr, cksum);
         }
     }
 }
@@ -973,7 +987,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         const void *p;
 
         if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN)) {
-            if (len < RTE_ETHER_HDR_LEN || !(m->ol_flags & RTE_MBUF_F_TX_TCP_SEG))
+            if (len < RTE_ETHER_HDR_LEN || !dp_gso_frame(m))
                 break;
             /* a super-frame: after the frames queued before it */
             if (queued != 0)

@@ -145,7 +145,7 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
     tx_put(w, (uint16_t)w->vtep->uplink, m);
 }
 
-/* a TCP super-frame to a remote VTEP: cut into MSS-sized frames (dp_gso.c),
+/* a super-frame to a remote VTEP: cut into MSS-sized frames (dp_gso.c),
  * each encapsulated, as a NIC would before the wire */
 static __rte_noinline void
 encap_gso(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
@@ -159,7 +159,7 @@ encap_gso(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
 static void flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
                   struct rte_mbuf *m);
 
-/* a TCP super-frame to flood: its copies go to ports of every kind, so it is
+/* a super-frame to flood: its copies go to ports of every kind, so it is
  * cut into segments first, each flooded */
 static __rte_noinline void
 flood_gso(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
@@ -250,7 +250,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint64_t local = 0;
     struct rte_mbuf *fl[DP_BURST]; /* broadcast / unknown: after the rest */
     uint16_t nf = 0;
-    struct rte_mbuf *gs[DP_BURST]; /* TCP super-frames to remote VTEPs: */
+    struct rte_mbuf *gs[DP_BURST]; /* super-frames to remote VTEPs: */
     uint32_t gt[DP_BURST];         /* cut and encapsulated after the rest */
     uint16_t ng = 0;
     /* remote targets are encapsulated straight into the uplink's tx buffer,

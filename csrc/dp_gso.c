@@ -8,6 +8,7 @@
  * of the cache anyway.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 #include <netinet/in.h>
 
@@ -16,6 +17,7 @@
 #include <rte_ip.h>
 #include <rte_memcpy.h>
 #include <rte_tcp.h>
+#include <rte_udp.h>
 
 #include "dp_gso.h"
 
@@ -91,10 +93,12 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
     const uint32_t l2 = m->l2_len, l3 = m->l3_len, l4 = m->l4_len, mss = m->tso_segsz;
     const uint32_t hl = l2 + l3 + l4;
     const int v4 = (m->ol_flags & RTE_MBUF_F_TX_IPV4) != 0;
+    const int udp = (m->ol_flags & RTE_MBUF_F_TX_UDP_SEG) != 0;
     uint8_t hdr[GSO_HDR_MAX];
 
     /* the headers the driver described, and a payload to cut */
-    if (mss == 0 || l2 < RTE_ETHER_HDR_LEN || l4 < sizeof(struct rte_tcp_hdr) ||
+    if (mss == 0 || l2 < RTE_ETHER_HDR_LEN ||
+        l4 < (udp ? sizeof(struct rte_udp_hdr) : sizeof(struct rte_tcp_hdr)) ||
         l3 < (v4 ? sizeof(struct rte_ipv4_hdr) : sizeof(struct rte_ipv6_hdr)) || hl > GSO_HDR_MAX ||
         hl >= m->pkt_len)
         return -EINVAL;
@@ -122,7 +126,7 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         const struct rte_ipv6_hdr *ip6 = (const struct rte_ipv6_hdr *)(hdr + l2);
         psum = rte_raw_cksum(ip6->src_addr, 32);
     }
-    psum += rte_cpu_to_be_16(IPPROTO_TCP);
+    psum += rte_cpu_to_be_16(udp ? IPPROTO_UDP : IPPROTO_TCP);
 
     if (rte_pktmbuf_alloc_bulk(mp, out, n) != 0)
         return -ENOMEM;
@@ -156,20 +160,30 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
             ip6->payload_len = rte_cpu_to_be_16((uint16_t)(l3 - sizeof(*ip6) + l4 + plen));
         }
 
-        /* TCP sequence, flags of a first / middle / last segment, checksum */
-        struct rte_tcp_hdr *th = (struct rte_tcp_hdr *)(d + l2 + l3);
-        uint8_t fl = flags0;
-        if (i + 1 != n)
-            fl &= (uint8_t) ~(RTE_TCP_FIN_FLAG | RTE_TCP_PSH_FLAG);
-        if (i != 0)
-            fl &= (uint8_t)~RTE_TCP_CWR_FLAG;
-        th->tcp_flags = fl;
-        th->sent_seq = rte_cpu_to_be_32(seq0 + i * mss);
-        th->cksum = 0;
+        /* UDP length, or TCP sequence and the flags of a first / middle /
+         * last segment; then the checksum */
+        unaligned_uint16_t *ck;
+        if (udp) {
+            struct rte_udp_hdr *uh = (struct rte_udp_hdr *)(d + l2 + l3);
+            uh->dgram_len = rte_cpu_to_be_16((uint16_t)(l4 + plen));
+            ck = (unaligned_uint16_t *)((uint8_t *)uh + offsetof(struct rte_udp_hdr, dgram_cksum));
+        } else {
+            struct rte_tcp_hdr *th = (struct rte_tcp_hdr *)(d + l2 + l3);
+            uint8_t fl = flags0;
+            if (i + 1 != n)
+                fl &= (uint8_t) ~(RTE_TCP_FIN_FLAG | RTE_TCP_PSH_FLAG);
+            if (i != 0)
+                fl &= (uint8_t)~RTE_TCP_CWR_FLAG;
+            th->tcp_flags = fl;
+            th->sent_seq = rte_cpu_to_be_32(seq0 + i * mss);
+            ck = (unaligned_uint16_t *)((uint8_t *)th + offsetof(struct rte_tcp_hdr, cksum));
+        }
+        *ck = 0;
         uint16_t raw = 0;
         (void)rte_raw_cksum_mbuf(s, l2 + l3, l4 + plen, &raw); /* in range: just written */
         uint32_t sum = psum + rte_cpu_to_be_16((uint16_t)(l4 + plen)) + raw;
-        th->cksum = (uint16_t)~csum_fold32(sum);
+        uint16_t cs = (uint16_t)~csum_fold32(sum);
+        *ck = udp && cs == 0 ? 0xffff : cs; /* 0 means "no checksum" to UDP */
     }
     return (int)n;
 }

@@ -158,7 +158,7 @@ tx_buf_add(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
         tx_flush(w, pi);
 }
 
-/* A TCP super-frame cut into segments (dp_gso.c) in seg; m is freed, or
+/* A super-frame cut into segments (dp_gso.c) in seg; m is freed, or
  * dropped and counted. Returns the number of segments. */
 static __rte_noinline int
 gso_cut(struct dp_wctx *w, struct rte_mbuf *m, struct rte_mbuf **seg)
@@ -172,7 +172,7 @@ gso_cut(struct dp_wctx *w, struct rte_mbuf *m, struct rte_mbuf **seg)
     return n;
 }
 
-/* A TCP super-frame for port pi: whole to a kernel port, which hands it on
+/* A super-frame (TCP or UDP) for port pi: whole to a kernel port, which hands it on
  * as GSO (afpacket.c); cut into MSS-sized frames for a port without the
  * offload (an ethdev). A port gone is counted when the buffer is flushed. */
 static __rte_noinline void
