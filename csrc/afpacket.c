@@ -623,45 +623,97 @@ afp_rx_reset(struct rte_mbuf *m)
 }
 
 /* A GSO super-frame (virtio-net gso_type TCPV4/TCPV6, or UDP_L4 from a
- * UDP_SEGMENT socket; checksum left partial): mark it for segmentation the
- * DPDK way (dp_gso.h). Returns 0, or -1 for a GSO frame of another kind
- * (UFO) or with its headers out of place. */
+ * UDP_SEGMENT socket or the interface's UDP GRO): mark it for segmentation
+ * the DPDK way (dp_gso.h), its checksum partial (start: csum_start of a
+ * partial one, vlan already added). A merged (GRO) frame's checksum is
+ * complete for its first segment only: it is made partial here, the
+ * pseudo-header sum over the whole frame in its field. Returns 0, or -1
+ * for a GSO frame of another kind (UFO) or with its headers out of place. */
 static int
 afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh, uint32_t start)
 {
-    const uint8_t *p = rte_pktmbuf_mtod(m, const uint8_t *);
+    uint8_t *p = rte_pktmbuf_mtod(m, uint8_t *);
     uint8_t t = vh->gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
-    uint32_t l2 = RTE_ETHER_HDR_LEN, l4;
+    int partial = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0;
+    int udp = t == VIRTIO_NET_HDR_GSO_UDP_L4;
+    uint32_t l2 = RTE_ETHER_HDR_LEN, l4, lim = partial ? start : m->data_len;
+    uint32_t base = 0; /* of an encapsulated frame: its outer headers */
     uint16_t et;
 
-    if (unlikely((t != VIRTIO_NET_HDR_GSO_TCPV4 && t != VIRTIO_NET_HDR_GSO_TCPV6 &&
-                  t != VIRTIO_NET_HDR_GSO_UDP_L4) ||
-                 !(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) || vh->gso_size == 0))
+    if (unlikely((t != VIRTIO_NET_HDR_GSO_TCPV4 && t != VIRTIO_NET_HDR_GSO_TCPV6 && !udp) ||
+                 vh->gso_size == 0 || m->data_len < RTE_ETHER_HDR_LEN + 40))
         goto bad;
     /* L2: the Ethernet header and its VLAN tags, up to the IP header */
     memcpy(&et, p + 12, 2);
     while ((et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || et == RTE_BE16(RTE_ETHER_TYPE_QINQ)) &&
-           l2 + RTE_VLAN_HLEN < start) {
+           l2 + RTE_VLAN_HLEN < lim) {
         memcpy(&et, p + l2 + 2, 2);
         l2 += RTE_VLAN_HLEN;
     }
-    /* L3 up to csum_start, where TCP or UDP starts; TCP's length from its
-     * data offset; all of it in the first segment */
     if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) && et != RTE_BE16(RTE_ETHER_TYPE_IPV6)))
         goto bad;
-    if (unlikely(start <= l2 || start - l2 > 511 || start + 20 > m->data_len))
+    /* L3 up to csum_start, where TCP or UDP starts (a merged frame: from
+     * the IP header, IPv6 without extension headers); TCP's length from
+     * its data offset; all of it in the first segment */
+    if (!partial) {
+        uint8_t pr = et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? p[l2 + 9] : p[l2 + 6];
+
+        if (unlikely(pr != (udp ? IPPROTO_UDP : IPPROTO_TCP)))
+            goto bad;
+        start = l2 + (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? (p[l2] & 0xfu) * 4 : 40);
+    }
+    if (unlikely(start <= l2 || start + 20 > m->data_len))
         goto bad;
-    l4 = t == VIRTIO_NET_HDR_GSO_UDP_L4 ? 8 : (uint32_t)(p[start + 12] >> 4) * 4;
-    if (unlikely(l4 < 8 || start + l4 > m->data_len))
+    if (partial && et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && p[l2 + 9] == IPPROTO_UDP &&
+        start > l2 + (p[l2] & 0xfu) * 4 + 8) {
+        /* the checksum starts past the UDP header: VXLAN-encapsulated
+         * (UDP-tunnel GSO from a kernel VTEP, which the kernel describes
+         * by its inner TCP/UDP) */
+        uint32_t ol3 = (p[l2] & 0xfu) * 4, in = l2 + ol3 + 8 + 8; /* inner Ethernet */
+
+        if (unlikely(in + RTE_ETHER_HDR_LEN + 20 > start ||
+                     *(const unaligned_uint16_t *)(p + in + 12) != RTE_BE16(RTE_ETHER_TYPE_IPV4) ||
+                     start != in + RTE_ETHER_HDR_LEN + (p[in + RTE_ETHER_HDR_LEN] & 0xfu) * 4))
+            goto bad;
+        m->outer_l2_len = l2;
+        m->outer_l3_len = ol3;
+        m->ol_flags |=
+            RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM;
+        l2 = in + RTE_ETHER_HDR_LEN - l2 - ol3; /* outer UDP, VXLAN, inner Ethernet */
+        et = RTE_BE16(RTE_ETHER_TYPE_IPV4);
+        base = m->outer_l2_len + ol3; /* from here on: past the outer IPv4 */
+        start -= base;
+        p += base;
+    }
+    if (unlikely(start - l2 > 511))
+        goto bad;
+    l4 = udp ? 8 : (uint32_t)(p[start + 12] >> 4) * 4;
+    if (unlikely(l4 < 8 || base + start + l4 > m->data_len))
         goto bad;
     m->l2_len = l2;
     m->l3_len = start - l2;
     m->l4_len = l4;
     m->tso_segsz = vh->gso_size;
-    m->ol_flags |= t == VIRTIO_NET_HDR_GSO_UDP_L4 ? RTE_MBUF_F_TX_UDP_SEG | RTE_MBUF_F_TX_UDP_CKSUM
-                                                  : RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_TCP_CKSUM;
+    m->ol_flags |= udp ? RTE_MBUF_F_TX_UDP_SEG | RTE_MBUF_F_TX_UDP_CKSUM
+                       : RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_TCP_CKSUM;
     m->ol_flags |= et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IP_CKSUM
                                                        : RTE_MBUF_F_TX_IPV6;
+    if (!partial) {
+        /* pseudo-header: addresses, protocol, L4 length of the whole frame */
+        struct dp_csum_meta *cm = dp_csum_meta(m);
+        uint32_t off = udp ? 6 : 16, sum;
+
+        sum = et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? rte_raw_cksum(p + l2 + 12, 8)
+                                                  : rte_raw_cksum(p + l2 + 8, 32);
+        sum += rte_cpu_to_be_16(udp ? IPPROTO_UDP : IPPROTO_TCP);
+        sum += rte_cpu_to_be_16((uint16_t)(m->pkt_len - start));
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        *(unaligned_uint16_t *)(p + start + off) = (uint16_t)sum;
+        cm->start = (uint16_t)(m->data_off + start);
+        cm->off = (uint16_t)off;
+        m->ol_flags |= dp_csum_dynflag;
+    }
     return 0;
 bad:
     a->rx.gso++;
@@ -684,13 +736,10 @@ afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr
         cm->start = (uint16_t)(m->data_off + start);
         cm->off = vh->csum_offset;
         m->ol_flags |= dp_csum_dynflag;
-        /* a super-frame: segmentation offload */
-        if (unlikely(vh->gso_type != VIRTIO_NET_HDR_GSO_NONE) && afp_rx_gso(a, m, vh, start) < 0) {
-            afp_rx_reset(m);
-            return -1;
-        }
-    } else if (unlikely(vh->gso_type != VIRTIO_NET_HDR_GSO_NONE)) {
-        a->rx.gso++; /* GSO without a partial checksum: not from Linux */
+    }
+    /* a super-frame: segmentation offload */
+    if (unlikely(vh->gso_type != VIRTIO_NET_HDR_GSO_NONE) &&
+        afp_rx_gso(a, m, vh, dp_csum_meta(m)->start - m->data_off) < 0) {
         afp_rx_reset(m);
         return -1;
     }

@@ -91,13 +91,20 @@ int
 dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out, unsigned max)
 {
     const uint32_t l2 = m->l2_len, l3 = m->l3_len, l4 = m->l4_len, mss = m->tso_segsz;
-    const uint32_t hl = l2 + l3 + l4;
+    /* VXLAN-encapsulated: outer Ethernet + IPv4, then l2 is outer UDP +
+     * VXLAN + inner Ethernet; il: where the inner IP header starts */
+    const int tun = (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) != 0;
+    const uint32_t ol2 = tun ? m->outer_l2_len : 0, ol3 = tun ? m->outer_l3_len : 0;
+    const uint32_t il = ol2 + ol3 + l2;
+    const uint32_t hl = il + l3 + l4;
     const int v4 = (m->ol_flags & RTE_MBUF_F_TX_IPV4) != 0;
     const int udp = (m->ol_flags & RTE_MBUF_F_TX_UDP_SEG) != 0;
     uint8_t hdr[GSO_HDR_MAX];
 
     /* the headers the driver described, and a payload to cut */
     if (mss == 0 || l2 < RTE_ETHER_HDR_LEN ||
+        (tun && (ol2 < RTE_ETHER_HDR_LEN || ol3 < sizeof(struct rte_ipv4_hdr) ||
+                 l2 < sizeof(struct rte_udp_hdr) + 8 + RTE_ETHER_HDR_LEN)) ||
         l4 < (udp ? sizeof(struct rte_udp_hdr) : sizeof(struct rte_tcp_hdr)) ||
         l3 < (v4 ? sizeof(struct rte_ipv4_hdr) : sizeof(struct rte_ipv6_hdr)) || hl > GSO_HDR_MAX ||
         hl >= m->pkt_len)
@@ -113,17 +120,19 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         memcpy(hdr, h, hl);
 
     /* what every segment starts from */
-    const struct rte_tcp_hdr *th0 = (const struct rte_tcp_hdr *)(hdr + l2 + l3);
+    const struct rte_tcp_hdr *th0 = (const struct rte_tcp_hdr *)(hdr + il + l3);
     const uint32_t seq0 = rte_be_to_cpu_32(th0->sent_seq);
     const uint8_t flags0 = th0->tcp_flags;
-    uint16_t id0 = 0;
+    uint16_t id0 = 0, oid0 = 0;
+    if (tun)
+        oid0 = rte_be_to_cpu_16(((const struct rte_ipv4_hdr *)(hdr + ol2))->packet_id);
     uint32_t psum; /* pseudo-header: addresses and protocol, no length */
     if (v4) {
-        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(hdr + l2);
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(hdr + il);
         id0 = rte_be_to_cpu_16(ip->packet_id);
         psum = rte_raw_cksum(&ip->src_addr, 8);
     } else {
-        const struct rte_ipv6_hdr *ip6 = (const struct rte_ipv6_hdr *)(hdr + l2);
+        const struct rte_ipv6_hdr *ip6 = (const struct rte_ipv6_hdr *)(hdr + il);
         psum = rte_raw_cksum(ip6->src_addr, 32);
     }
     psum += rte_cpu_to_be_16(udp ? IPPROTO_UDP : IPPROTO_TCP);
@@ -148,15 +157,27 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         s->port = m->port;
         memcpy(s->dynfield1, m->dynfield1, sizeof(s->dynfield1)); /* plane, rx time */
 
+        /* outer IPv4 and UDP of a VXLAN frame: lengths, id, checksums */
+        if (tun) {
+            struct rte_ipv4_hdr *oip = (struct rte_ipv4_hdr *)(d + ol2);
+            struct rte_udp_hdr *ou = (struct rte_udp_hdr *)(d + ol2 + ol3);
+            oip->total_length = rte_cpu_to_be_16((uint16_t)(ol3 + l2 + l3 + l4 + plen));
+            oip->packet_id = rte_cpu_to_be_16((uint16_t)(oid0 + i));
+            oip->hdr_checksum = 0;
+            oip->hdr_checksum = (uint16_t)~rte_raw_cksum(oip, ol3);
+            ou->dgram_len = rte_cpu_to_be_16((uint16_t)(l2 + l3 + l4 + plen));
+            ou->dgram_cksum = 0; /* optional over IPv4 (RFC 7348) */
+        }
+
         /* IP lengths, id, header checksum */
         if (v4) {
-            struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(d + l2);
+            struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(d + il);
             ip->total_length = rte_cpu_to_be_16((uint16_t)(l3 + l4 + plen));
             ip->packet_id = rte_cpu_to_be_16((uint16_t)(id0 + i));
             ip->hdr_checksum = 0;
             ip->hdr_checksum = (uint16_t)~rte_raw_cksum(ip, l3);
         } else {
-            struct rte_ipv6_hdr *ip6 = (struct rte_ipv6_hdr *)(d + l2);
+            struct rte_ipv6_hdr *ip6 = (struct rte_ipv6_hdr *)(d + il);
             ip6->payload_len = rte_cpu_to_be_16((uint16_t)(l3 - sizeof(*ip6) + l4 + plen));
         }
 
@@ -164,11 +185,11 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
          * last segment; then the checksum */
         unaligned_uint16_t *ck;
         if (udp) {
-            struct rte_udp_hdr *uh = (struct rte_udp_hdr *)(d + l2 + l3);
+            struct rte_udp_hdr *uh = (struct rte_udp_hdr *)(d + il + l3);
             uh->dgram_len = rte_cpu_to_be_16((uint16_t)(l4 + plen));
             ck = (unaligned_uint16_t *)((uint8_t *)uh + offsetof(struct rte_udp_hdr, dgram_cksum));
         } else {
-            struct rte_tcp_hdr *th = (struct rte_tcp_hdr *)(d + l2 + l3);
+            struct rte_tcp_hdr *th = (struct rte_tcp_hdr *)(d + il + l3);
             uint8_t fl = flags0;
             if (i + 1 != n)
                 fl &= (uint8_t) ~(RTE_TCP_FIN_FLAG | RTE_TCP_PSH_FLAG);
@@ -180,7 +201,7 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         }
         *ck = 0;
         uint16_t raw = 0;
-        (void)rte_raw_cksum_mbuf(s, l2 + l3, l4 + plen, &raw); /* in range: just written */
+        (void)rte_raw_cksum_mbuf(s, il + l3, l4 + plen, &raw); /* in range: just written */
         uint32_t sum = psum + rte_cpu_to_be_16((uint16_t)(l4 + plen)) + raw;
         uint16_t cs = (uint16_t)~csum_fold32(sum);
         *ck = udp && cs == 0 ? 0xffff : cs; /* 0 means "no checksum" to UDP */

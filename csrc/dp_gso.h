@@ -14,6 +14,15 @@
  *   l2_len, l3_len, l4_len   Ethernet (+ VLAN tags), IP (+ options or
  *             extension headers), TCP (+ options) or UDP (8)
  *
+ * A kernel VXLAN device on a veth of the same machine hands the uplink
+ * VXLAN-encapsulated super-frames (UDP-tunnel GSO, described to a packet
+ * socket as plain TCP GSO whose checksum starts at the inner TCP header);
+ * those are marked RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4
+ * with outer_l2_len, outer_l3_len (outer Ethernet, IPv4) and l2_len = outer
+ * UDP + VXLAN + inner Ethernet, and always cut (the outer IPv4 length, id
+ * and checksum and the outer UDP length fixed per segment as well, the
+ * outer UDP checksum 0) before decapsulation.
+ *
  * The pipeline carries such a frame whole to a kernel port (which writes it
  * with the same virtio-net header: the kernel or the receiving stack takes it
  * as it is) and cuts it here into MSS-sized frames only where it leaves for

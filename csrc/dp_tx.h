@@ -179,7 +179,7 @@ static __rte_noinline void
 gso_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
 {
     const struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
-    if (p == NULL || p->driver == DP_DRV_AFPACKET) {
+    if (p == NULL || (p->driver == DP_DRV_AFPACKET && !(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
         tx_buf_add(w, pi, m);
         return;
     }
