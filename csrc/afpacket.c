@@ -54,14 +54,13 @@
  * sendto() per non-empty tx_burst and one sendmsg() per GSO frame, no
  * allocation other than mbufs from the pool, no logging.
  *
- * Caveats:
- *   - A UDP-tunnel GSO frame (a kernel VXLAN device with TSO on, on the
- *     other end of a veth whose tx-udp_tnl-segmentation is on) cannot be
- *     expressed in a virtio-net header, so the kernel drops it before the
- *     ring (counted as a kernel drop). Such a veth needs
- *     tx-udp_tnl-segmentation off (a NIC, or the kernel on the way to one,
- *     segments such frames before the wire: only a veth peer hands them on
- *     whole); its checksum offload and TSO may stay on.
+ * From the underlay: a kernel VXLAN device on the other end of a veth (with
+ *     tx-udp_tnl-segmentation on) hands over whole VXLAN super-frames, which
+ *     the kernel describes as TCP (or UDP) GSO with the checksum starting at
+ *     the inner header: they are marked as VXLAN tunnel TSO (dp_gso.h) and
+ *     cut before decapsulation. A frame merged by the interface's GRO comes
+ *     with a complete checksum for its first segment only: it is made
+ *     partial (the pseudo-header sum of the whole frame in its field).
  */
 
 #include <errno.h>
@@ -685,7 +684,12 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
         start -= base;
         p += base;
     }
-    if (unlikely(start - l2 > 511))
+    /* the transport header right behind the IP header (IPv4: its length;
+     * IPv6: extension headers allowed, a tunnel over IPv6 is not) */
+    if (unlikely(start - l2 > 511 ||
+                 (et == RTE_BE16(RTE_ETHER_TYPE_IPV4)
+                      ? start - l2 != (p[l2] & 0xfu) * 4u
+                      : start - l2 < 40 || (p[l2 + 6] == IPPROTO_UDP && start - l2 != 40))))
         goto bad;
     l4 = udp ? 8 : (uint32_t)(p[start + 12] >> 4) * 4;
     if (unlikely(l4 < 8 || base + start + l4 > m->data_len))
