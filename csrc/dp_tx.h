@@ -172,6 +172,18 @@ gso_cut(struct dp_wctx *w, struct rte_mbuf *m, struct rte_mbuf **seg)
     return n;
 }
 
+/* A VXLAN super-frame (from a kernel VTEP, dp_gso.h) stripped of its outer
+ * headers: a plain super-frame of the inner flow, carried on as such */
+static __rte_noinline void
+gso_decap(struct rte_mbuf *m)
+{
+    m->l2_len = RTE_ETHER_HDR_LEN; /* was outer UDP + VXLAN + inner Ethernet */
+    m->outer_l2_len = 0;
+    m->outer_l3_len = 0;
+    m->ol_flags &=
+        ~(RTE_MBUF_F_TX_TUNNEL_MASK | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM);
+}
+
 /* A super-frame (TCP or UDP) for port pi: whole to a kernel port, which hands it on
  * as GSO (afpacket.c); cut into MSS-sized frames for a port without the
  * offload (an ethdev). A port gone is counted when the buffer is flushed. */

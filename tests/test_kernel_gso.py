@@ -7,7 +7,9 @@ service leaves them):
 - towards the underlay it is cut: every VXLAN frame the node sends fits the
   underlay MTU, every inner TCP segment the MSS, with valid IPv4 header
   checksums and TCP checksums (checked with scapy in a capture of the
-  underlay) and the data intact at the host behind the kernel's VTEP;
+  underlay) and the data intact at the host behind the kernel's VTEP; the
+  other way, that VTEP's own VXLAN super-frames (its veth's tunnel
+  segmentation on) are decapsulated whole and reach the pod whole;
 - UDP super-frames (a UDP_SEGMENT socket) arrive as whole datagrams at a
   pod on the same node and at the host behind the kernel VTEP;
 - none of it shows as a drop.
@@ -157,8 +159,13 @@ def test_tcp_super_frames_cut_to_the_mss_on_the_underlay(fabric, tmp_path):
     cap = tmp_path / "underlay.pcap"
     dump = fab.capture(fab.ul, "ul1", cap, "udp port 4789")
     kp.tcp_transfer(fab, "pod a -> vtep host, TSO on", vm, kp.VM_IP, a["ns"], size=4 * kp.MB)
-    kp.tcp_transfer(fab, "vtep host -> pod a", a["ns"], a["ip"], vm, size=4 * kp.MB)
     stop_capture(dump)
+    # the other way the kernel VTEP sends VXLAN super-frames (its veth's
+    # tunnel segmentation on): decapsulated whole, they reach the pod whole
+    at_pod = tmp_path / "pod-a.pcap"
+    dump_a = fab.capture(a["ns"], "eth0", at_pod, "tcp port 5201")
+    kp.tcp_transfer(fab, "vtep host -> pod a", a["ns"], a["ip"], vm, size=4 * kp.MB)
+    stop_capture(dump_a)
     after = gso_drops(node)
     assert after == before, f"drops while super-frames were cut: {before} -> {after}"
 
@@ -193,6 +200,11 @@ def test_tcp_super_frames_cut_to_the_mss_on_the_underlay(fabric, tmp_path):
     # stack finishes it)
     assert counts["valid"] > counts["partial"], f"inner TCP checksums: {counts}"
     print(f"inner TCP data segments on the underlay: {counts}")
+    big = [
+        p for p in read_pcap(at_pod) if TCP in p and p[IP].src == kp.VM_IP and p[IP].len > pod_mtu
+    ]
+    assert big, "no frame above the pod MTU reached pod a: super-frames from the VTEP were cut"
+    print(f"{len(big)} super-frames from the kernel VTEP reached pod a whole")
 
 
 def test_udp_super_frames_arrive_as_datagrams(fabric):
@@ -218,5 +230,5 @@ def test_udp_super_frames_arrive_as_datagrams(fabric):
             errors.append(f"{label}: {got['received']} of {sent} arrived, {got['bad']} malformed")
         print(f"UDP GSO to {label}: {got['received']} of {sent} {size}-byte datagrams")
     after = gso_drops(node)
-    assert not errors, "; ".join(errors)
+    assert not errors, "; ".join(errors) + f" (drops {before} -> {after})"
     assert after == before, f"drops while UDP super-frames crossed: {before} -> {after}"
