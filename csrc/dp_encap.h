@@ -198,7 +198,10 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
      * data: a partial checksum is finished once, before they part */
     if (unlikely(dp_csum_partial(m)))
         dp_csum_complete(m);
-    for (uint16_t i = 0; i < nr; i++) {
+    /* with no local target the last remote copy is the frame itself (an
+     * unknown MAC behind a kernel VTEP: every frame to it is flooded) */
+    uint16_t ncopy = nt == 0 ? nr - 1 : nr;
+    for (uint16_t i = 0; i < ncopy; i++) {
         struct rte_mbuf *c = rte_pktmbuf_copy(m, dp.pool, 0, UINT32_MAX);
         if (unlikely(c == NULL)) {
             w->drop[DP_DROP_NO_MBUF]++;
@@ -207,7 +210,7 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
         encap(w, net, net->flood[i], c);
     }
     if (nt == 0) {
-        rte_pktmbuf_free(m);
+        encap(w, net, net->flood[nr - 1], m);
         return;
     }
     /* local copies share the frame: it is not modified any more */
