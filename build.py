@@ -35,6 +35,7 @@ SOURCES = [
     "dp_guard.c",  # pod ports: anti-spoofing, storm control
     "dp_learn.c",  # MACs learned from the underlay: limits, ageing
     "afpacket.c",  # native AF_PACKET driver
+    "dp_gso.c",  # TCP segmentation of GSO super-frames
 ]
 
 

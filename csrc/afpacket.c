@@ -33,23 +33,38 @@
  * Ring size: ring frames are sized from the interface's MTU when the port is
  *     opened (2 KiB up to MTU 1900, then powers of two: 16 KiB for 9216), the
  *     memory stays `frames` * 2 KiB per ring, so a jumbo port has fewer slots.
- *     A frame longer than the ring frame (the MTU raised later, a GSO
- *     super-frame) is dropped and counted `oversize`.
  *
- * Hot path: no syscalls in rx_burst, exactly one sendto() per non-empty
- * tx_burst, no allocation other than mbufs from the pool, no logging.
+ * GSO super-frames (a pod with TSO/GSO on: TCP frames up to 64 KiB, the
+ *     virtio-net header giving gso_type and gso_size) do not fit a ring
+ *     frame and do not need one: the rx socket sets PACKET_COPY_THRESH, so
+ *     the kernel puts the first ring-frame's worth in the ring flagged
+ *     TP_STATUS_COPY and queues the whole frame on the socket, in ring order;
+ *     we read it with one recvmsg() scattered straight into an mbuf chain.
+ *     Memory: the queued frames are the sender's own buffers (a reference,
+ *     not a copy), bounded by the socket's receive buffer (AFP_RCVBUF); the
+ *     rings keep their MTU size. The frame is marked for TCP segmentation
+ *     (dp_gso.h). On tx a GSO frame leaves whole with the same header, by
+ *     sendmsg() on a third socket (a socket with a tx ring sends only from
+ *     the ring): the kernel or the receiving stack takes it as it is.
+ *     A frame longer than the ring frame that is not GSO (the MTU raised
+ *     later) or that the kernel could not queue is dropped as `oversize`; a
+ *     GSO frame of another kind (UDP) as `gso`.
  *
- * Caveats:
- *   - GSO super-frames are not carried: a peer with TSO/GSO on hands frames
- *     longer than a ring frame (dropped as oversize), and a UDP-tunnel GSO
- *     frame (a kernel VXLAN device on the other end of a veth) cannot be
- *     expressed in a virtio-net header, so the kernel drops it before the
- *     ring (counted as a kernel drop). Such peers need segmentation off
- *     (ethtool -K <dev> tso off gso off, or tx-udp_tnl-segmentation off on
- *     the veth behind a kernel VTEP); their checksum offload may stay on.
+ * Hot path: no syscalls in rx_burst but one recvmsg() per GSO frame, one
+ * sendto() per non-empty tx_burst and one sendmsg() per GSO frame, no
+ * allocation other than mbufs from the pool, no logging.
+ *
+ * From the underlay: a kernel VXLAN device on the other end of a veth (with
+ *     tx-udp_tnl-segmentation on) hands over whole VXLAN super-frames, which
+ *     the kernel describes as TCP (or UDP) GSO with the checksum starting at
+ *     the inner header: they are marked as VXLAN tunnel TSO (dp_gso.h) and
+ *     cut before decapsulation. A frame merged by the interface's GRO comes
+ *     with a complete checksum for its first segment only: it is made
+ *     partial (the pseudo-header sum of the whole frame in its field).
  */
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +74,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <arpa/inet.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>
@@ -76,8 +92,11 @@
 #include <rte_memcpy.h>
 #include <rte_mempool.h>
 #include <rte_prefetch.h>
+#include <rte_tcp.h>
+#include <rte_udp.h>
 
 #include "afpacket.h"
+#include "dp_gso.h"
 #include "dp_error.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
@@ -86,6 +105,12 @@
 #ifndef PACKET_QDISC_BYPASS
 #define PACKET_QDISC_BYPASS 20 /* Linux >= 3.14 */
 #endif
+#ifndef VIRTIO_NET_HDR_GSO_UDP_L4
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* Linux >= 4.18: UDP_SEGMENT (RFC 8899 GSO) */
+#endif
+#ifndef TP_STATUS_COPY
+#define TP_STATUS_COPY (1 << 1)
+#endif
 
 #define AFP_SLOT 2048u            /* unit of `frames`, smallest ring frame */
 #define AFP_BLOCK_MAX (1u << 16)  /* largest ring block */
@@ -93,6 +118,10 @@
 #define AFP_FRAMES_MAX (1u << 20) /* sanity cap on `frames` */
 #define AFP_FRAMES_MIN 64u        /* fewest ring frames, jumbo included */
 #define AFP_VNET_LEN ((uint32_t)sizeof(struct virtio_net_hdr))
+#define AFP_BIG_MAX (65536u + 256u) /* largest GSO frame read (64 KiB + headers) */
+#define AFP_IOV_MAX 64u             /* iovecs of one GSO frame: header + segments */
+#define AFP_RCVBUF (8u << 20)       /* GSO frames queued on the rx socket, bytes */
+#define AFP_GSO_SNDBUF (8u << 20)   /* GSO frames in flight on the tx side, bytes */
 
 /* Where frame data starts in a V2 tx frame (kernel default, no TX_HAS_OFF):
  * the virtio-net header, then the frame. */
@@ -116,6 +145,7 @@ struct dp_afp {
         uint64_t oversize; /* dropped: longer than a ring frame */
         uint64_t truncated;
         uint64_t no_mbuf;
+        uint64_t gso; /* dropped: GSO of a kind not carried */
         int fd;
     } rx __rte_cache_aligned;
 
@@ -127,7 +157,9 @@ struct dp_afp {
         uint32_t frame_nr; /* power of two */
         uint32_t head;     /* next frame to fill */
         uint32_t data_max; /* largest frame we can queue */
+        uint64_t error;    /* large frames the kernel refused */
         int fd;
+        int gfd; /* no ring: sendmsg() of frames larger than a ring frame */
     } tx __rte_cache_aligned;
 
     /* control: read-only after open (but the kernel drop sum) */
@@ -279,7 +311,7 @@ afp_open_rx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
     const char *ifn = a->ifname;
     struct sockaddr_ll sll;
     struct packet_mreq mr;
-    int one = 1, ret;
+    int one = 1, ret, rcvbuf = (int)AFP_RCVBUF;
     int fd;
 
     /* protocol 0: nothing is queued until bind() below, after the ring */
@@ -292,6 +324,14 @@ afp_open_rx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
     if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0 &&
         afp_filter_outgoing(fd) < 0)
         return dp_fail(-errno, "afpacket %s: rx PACKET_IGNORE_OUTGOING: %m", ifn);
+
+    /* a frame longer than a ring frame (a GSO super-frame) is also queued
+     * whole on the socket, flagged TP_STATUS_COPY in the ring, as long as
+     * the receive buffer has room: read with recvmsg() */
+    if (setsockopt(fd, SOL_PACKET, PACKET_COPY_THRESH, &one, sizeof(one)) < 0)
+        return dp_fail(-errno, "afpacket %s: rx PACKET_COPY_THRESH: %m", ifn);
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 
     ret = afp_ring(a, fd, PACKET_RX_RING, frame_size, frame_nr, &a->rx.map, &a->rx.map_len);
     if (ret < 0)
@@ -361,6 +401,20 @@ afp_open_tx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
     sll.sll_ifindex = a->ifindex;
     if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
         return dp_fail(-errno, "afpacket %s: tx bind: %m", ifn);
+
+    /* the GSO socket: no ring, so sendmsg() sends the caller's buffers */
+    fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return dp_fail(-errno, "afpacket %s: gso tx socket: %m", ifn);
+    a->tx.gfd = fd;
+    (void)setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
+    if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0)
+        return dp_fail(-errno, "afpacket %s: gso tx PACKET_VNET_HDR: %m", ifn);
+    sndbuf = (int)AFP_GSO_SNDBUF;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
+        return dp_fail(-errno, "afpacket %s: gso tx bind: %m", ifn);
     return 0;
 }
 
@@ -397,6 +451,7 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     memset(a, 0, sizeof(*a));
     a->rx.fd = -1;
     a->tx.fd = -1;
+    a->tx.gfd = -1;
     a->rx.mp = mp;
     memcpy(a->ifname, ifname, strlen(ifname) + 1);
 
@@ -475,6 +530,8 @@ dp_afp_close(struct dp_afp *a)
         (void)close(a->rx.fd);
     if (a->tx.fd >= 0)
         (void)close(a->tx.fd);
+    if (a->tx.gfd >= 0)
+        (void)close(a->tx.gfd);
     free(a);
 }
 
@@ -503,6 +560,8 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     st->truncated = __atomic_load_n(&a->rx.truncated, __ATOMIC_RELAXED);
     st->no_mbuf = __atomic_load_n(&a->rx.no_mbuf, __ATOMIC_RELAXED);
     st->kernel = a->kernel_drops;
+    st->gso = __atomic_load_n(&a->rx.gso, __ATOMIC_RELAXED);
+    st->tx_error = __atomic_load_n(&a->tx.error, __ATOMIC_RELAXED);
 }
 
 /*
@@ -553,6 +612,232 @@ afp_append(struct rte_mempool *mp, struct rte_mbuf *m, struct rte_mbuf **last, c
     return 0;
 }
 
+/* Drop the frame being built in m: m is empty (one segment) again. */
+static inline void
+afp_rx_reset(struct rte_mbuf *m)
+{
+    if (m->next != NULL)
+        rte_pktmbuf_free(m->next);
+    rte_pktmbuf_reset(m);
+}
+
+/* A GSO super-frame (virtio-net gso_type TCPV4/TCPV6, or UDP_L4 from a
+ * UDP_SEGMENT socket or the interface's UDP GRO): mark it for segmentation
+ * the DPDK way (dp_gso.h), its checksum partial (start: csum_start of a
+ * partial one, vlan already added). A merged (GRO) frame's checksum is
+ * complete for its first segment only: it is made partial here, the
+ * pseudo-header sum over the whole frame in its field. Returns 0, or -1
+ * for a GSO frame of another kind (UFO) or with its headers out of place. */
+static int
+afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh, uint32_t start)
+{
+    uint8_t *p = rte_pktmbuf_mtod(m, uint8_t *);
+    uint8_t t = vh->gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
+    int partial = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0;
+    int udp = t == VIRTIO_NET_HDR_GSO_UDP_L4;
+    uint32_t l2 = RTE_ETHER_HDR_LEN, l4, lim = partial ? start : m->data_len;
+    uint32_t base = 0; /* of an encapsulated frame: its outer headers */
+    uint16_t et;
+
+    if (unlikely((t != VIRTIO_NET_HDR_GSO_TCPV4 && t != VIRTIO_NET_HDR_GSO_TCPV6 && !udp) ||
+                 vh->gso_size == 0 || m->data_len < RTE_ETHER_HDR_LEN + 40))
+        goto bad;
+    /* L2: the Ethernet header and its VLAN tags, up to the IP header */
+    memcpy(&et, p + 12, 2);
+    while ((et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || et == RTE_BE16(RTE_ETHER_TYPE_QINQ)) &&
+           l2 + RTE_VLAN_HLEN < lim) {
+        memcpy(&et, p + l2 + 2, 2);
+        l2 += RTE_VLAN_HLEN;
+    }
+    if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) && et != RTE_BE16(RTE_ETHER_TYPE_IPV6)))
+        goto bad;
+    /* L3 up to csum_start, where TCP or UDP starts (a merged frame: from
+     * the IP header, IPv6 without extension headers); TCP's length from
+     * its data offset; all of it in the first segment */
+    if (!partial) {
+        uint8_t pr = et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? p[l2 + 9] : p[l2 + 6];
+
+        if (unlikely(pr != (udp ? IPPROTO_UDP : IPPROTO_TCP)))
+            goto bad;
+        start = l2 + (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? (p[l2] & 0xfu) * 4 : 40);
+    }
+    if (unlikely(start <= l2 || start + 20 > m->data_len))
+        goto bad;
+    if (partial && et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && p[l2 + 9] == IPPROTO_UDP &&
+        start > l2 + (p[l2] & 0xfu) * 4 + 8) {
+        /* the checksum starts past the UDP header: VXLAN-encapsulated
+         * (UDP-tunnel GSO from a kernel VTEP, which the kernel describes
+         * by its inner TCP/UDP) */
+        uint32_t ol3 = (p[l2] & 0xfu) * 4, in = l2 + ol3 + 8 + 8; /* inner Ethernet */
+
+        if (unlikely(in + RTE_ETHER_HDR_LEN + 20 > start ||
+                     *(const unaligned_uint16_t *)(p + in + 12) != RTE_BE16(RTE_ETHER_TYPE_IPV4) ||
+                     start != in + RTE_ETHER_HDR_LEN + (p[in + RTE_ETHER_HDR_LEN] & 0xfu) * 4))
+            goto bad;
+        m->outer_l2_len = l2;
+        m->outer_l3_len = ol3;
+        m->ol_flags |=
+            RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM;
+        l2 = in + RTE_ETHER_HDR_LEN - l2 - ol3; /* outer UDP, VXLAN, inner Ethernet */
+        et = RTE_BE16(RTE_ETHER_TYPE_IPV4);
+        base = m->outer_l2_len + ol3; /* from here on: past the outer IPv4 */
+        start -= base;
+        p += base;
+    }
+    /* the transport header right behind the IP header (IPv4: its length;
+     * IPv6: extension headers allowed, a tunnel over IPv6 is not) */
+    if (unlikely(start - l2 > 511 ||
+                 (et == RTE_BE16(RTE_ETHER_TYPE_IPV4)
+                      ? start - l2 != (p[l2] & 0xfu) * 4u
+                      : start - l2 < 40 || (p[l2 + 6] == IPPROTO_UDP && start - l2 != 40))))
+        goto bad;
+    l4 = udp ? 8 : (uint32_t)(p[start + 12] >> 4) * 4;
+    if (unlikely(l4 < 8 || base + start + l4 > m->data_len))
+        goto bad;
+    m->l2_len = l2;
+    m->l3_len = start - l2;
+    m->l4_len = l4;
+    m->tso_segsz = vh->gso_size;
+    m->ol_flags |= udp ? RTE_MBUF_F_TX_UDP_SEG | RTE_MBUF_F_TX_UDP_CKSUM
+                       : RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_TCP_CKSUM;
+    m->ol_flags |= et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? RTE_MBUF_F_TX_IPV4 | RTE_MBUF_F_TX_IP_CKSUM
+                                                       : RTE_MBUF_F_TX_IPV6;
+    if (!partial) {
+        /* pseudo-header: addresses, protocol, L4 length of the whole frame */
+        struct dp_csum_meta *cm = dp_csum_meta(m);
+        uint32_t off = udp ? 6 : 16, sum;
+
+        sum = et == RTE_BE16(RTE_ETHER_TYPE_IPV4) ? rte_raw_cksum(p + l2 + 12, 8)
+                                                  : rte_raw_cksum(p + l2 + 8, 32);
+        sum += rte_cpu_to_be_16(udp ? IPPROTO_UDP : IPPROTO_TCP);
+        sum += rte_cpu_to_be_16((uint16_t)(m->pkt_len - start));
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        *(unaligned_uint16_t *)(p + start + off) = (uint16_t)sum;
+        cm->start = (uint16_t)(m->data_off + start);
+        cm->off = (uint16_t)off;
+        m->ol_flags |= dp_csum_dynflag;
+    }
+    return 0;
+bad:
+    a->rx.gso++;
+    return -1;
+}
+
+/* The offload state the virtio-net header vh gives m's frame (vlan: bytes of
+ * a tag put back after the MAC addresses). Returns 0, or -1 if the frame is
+ * dropped (m is then empty again). */
+static inline int
+afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh, uint32_t vlan)
+{
+    /* checksum left to offload: carry where it starts and where it goes */
+    if (unlikely(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
+        struct dp_csum_meta *cm = dp_csum_meta(m);
+        uint32_t start = vh->csum_start;
+
+        if (start >= 2 * RTE_ETHER_ADDR_LEN)
+            start += vlan;
+        cm->start = (uint16_t)(m->data_off + start);
+        cm->off = vh->csum_offset;
+        m->ol_flags |= dp_csum_dynflag;
+    }
+    /* a super-frame: segmentation offload */
+    if (unlikely(vh->gso_type != VIRTIO_NET_HDR_GSO_NONE) &&
+        afp_rx_gso(a, m, vh, dp_csum_meta(m)->start - m->data_off) < 0) {
+        afp_rx_reset(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* Throw away the frame queued on the socket for ring frame h. */
+static void
+afp_rx_skip_big(struct dp_afp *a)
+{
+    uint8_t b;
+    (void)recv(a->rx.fd, &b, sizeof(b), MSG_DONTWAIT | MSG_TRUNC);
+}
+
+/*
+ * A frame longer than a ring frame, queued whole on the socket by the kernel
+ * (TP_STATUS_COPY on ring frame h): read it with one recvmsg() scattered
+ * into m and as many more segments as it needs. Returns 0, or -1 if the
+ * frame is dropped (m is then empty again).
+ */
+static __rte_noinline int
+afp_rx_big(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
+{
+    const struct virtio_net_hdr *rvh =
+        (const struct virtio_net_hdr *)((const uint8_t *)h + h->tp_mac - AFP_VNET_LEN);
+    uint32_t vlan = (h->tp_status & TP_STATUS_VLAN_VALID) ? RTE_VLAN_HLEN : 0;
+    uint32_t len = h->tp_len, rest, k;
+    struct virtio_net_hdr vh;
+    struct iovec iov[AFP_IOV_MAX];
+    struct msghdr mh;
+    struct rte_mbuf *last = m;
+    unsigned ni = 0;
+    ssize_t r;
+
+    /* only a GSO frame may be longer than the MTU; not one we cannot hold */
+    if (unlikely(len > AFP_BIG_MAX || len < RTE_ETHER_HDR_LEN ||
+                 rvh->gso_type == VIRTIO_NET_HDR_GSO_NONE)) {
+        afp_rx_skip_big(a);
+        a->rx.oversize++;
+        return -1;
+    }
+
+    /* the chain, and an iovec per segment: the tag's room left free */
+    iov[ni].iov_base = &vh;
+    iov[ni++].iov_len = AFP_VNET_LEN;
+    k = RTE_MIN(rte_pktmbuf_tailroom(m), len + vlan);
+    iov[ni].iov_base = rte_pktmbuf_mtod_offset(m, uint8_t *, vlan);
+    iov[ni++].iov_len = k - vlan;
+    m->data_len = (uint16_t)k;
+    for (rest = len + vlan - k; rest != 0; rest -= k) {
+        struct rte_mbuf *s = rte_pktmbuf_alloc(a->rx.mp);
+
+        if (unlikely(s == NULL || ni == AFP_IOV_MAX)) {
+            rte_pktmbuf_free(s);
+            afp_rx_skip_big(a);
+            a->rx.no_mbuf++;
+            afp_rx_reset(m);
+            return -1;
+        }
+        s->data_off = 0; /* no headroom needed past the first segment */
+        k = RTE_MIN((uint32_t)s->buf_len, rest);
+        s->data_len = (uint16_t)k;
+        iov[ni].iov_base = rte_pktmbuf_mtod(s, uint8_t *);
+        iov[ni++].iov_len = k;
+        last->next = s;
+        last = s;
+        m->nb_segs++;
+    }
+    m->pkt_len = len + vlan;
+
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = iov;
+    mh.msg_iovlen = ni;
+    r = recvmsg(a->rx.fd, &mh, MSG_DONTWAIT | MSG_TRUNC);
+    if (unlikely(r != (ssize_t)(AFP_VNET_LEN + len))) {
+        a->rx.truncated++; /* nothing queued, or not the frame announced */
+        afp_rx_reset(m);
+        return -1;
+    }
+    if (unlikely(vlan != 0)) {
+        /* the kernel stripped the outer tag into tp_vlan_tci: put it back
+         * between the MAC addresses and the ethertype */
+        uint8_t *p = rte_pktmbuf_mtod(m, uint8_t *);
+        uint16_t tpid = RTE_ETHER_TYPE_VLAN;
+
+        if ((h->tp_status & TP_STATUS_VLAN_TPID_VALID) && h->tp_vlan_tpid)
+            tpid = h->tp_vlan_tpid;
+        memmove(p, p + vlan, 2 * RTE_ETHER_ADDR_LEN);
+        *(unaligned_uint16_t *)(p + 12) = rte_cpu_to_be_16(tpid);
+        *(unaligned_uint16_t *)(p + 14) = rte_cpu_to_be_16((uint16_t)h->tp_vlan_tci);
+    }
+    return afp_rx_offload(a, m, &vh, vlan);
+}
+
 /* Copy one ring frame into m (empty, one segment). Returns 0, or -1 if the
  * frame is dropped (m is then empty again). */
 static inline int
@@ -566,10 +851,17 @@ afp_rx_copy(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
     uint32_t vlan = 0;
     struct rte_mbuf *last = m;
 
-    /* longer than a ring frame (the kernel cut it to fit) or than the MTU
-     * the ring was sized for (a GRO/GSO frame that happens to fit: the ports
-     * it would go to could not take it), or a runt */
-    if (unlikely(len != h->tp_len || len > a->max_frame)) {
+    /* longer than a ring frame: whole on the socket (a GSO frame), or cut
+     * (the socket's buffer was full); longer than the MTU the ring was
+     * sized for and not GSO (the ports it would go to could not take it);
+     * or a runt */
+    if (unlikely(len != h->tp_len)) {
+        if (status & TP_STATUS_COPY)
+            return afp_rx_big(a, h, m);
+        a->rx.oversize++;
+        return -1;
+    }
+    if (unlikely(len > a->max_frame && vh->gso_type == VIRTIO_NET_HDR_GSO_NONE)) {
         a->rx.oversize++;
         return -1;
     }
@@ -602,25 +894,11 @@ afp_rx_copy(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
             goto no_mbuf;
         vlan = RTE_VLAN_HLEN;
     }
-
-    /* checksum left to offload: carry where it starts and where it goes */
-    if (unlikely(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
-        struct dp_csum_meta *cm = dp_csum_meta(m);
-        uint32_t start = vh->csum_start;
-
-        if (start >= 2 * RTE_ETHER_ADDR_LEN)
-            start += vlan;
-        cm->start = (uint16_t)(m->data_off + start);
-        cm->off = vh->csum_offset;
-        m->ol_flags |= dp_csum_dynflag;
-    }
-    return 0;
+    return afp_rx_offload(a, m, vh, vlan);
 
 no_mbuf:
     a->rx.no_mbuf++;
-    if (m->next != NULL)
-        rte_pktmbuf_free(m->next);
-    rte_pktmbuf_reset(m);
+    afp_rx_reset(m);
     return -1;
 }
 
@@ -684,11 +962,69 @@ afp_tx_frame_free(const struct tpacket2_hdr *h)
     return st == TP_STATUS_AVAILABLE;
 }
 
+/* The virtio-net header for m (len bytes): a partial checksum goes on as
+ * partial, a TCP super-frame as GSO (dp_gso.h). */
+static inline void
+afp_tx_vnet(struct virtio_net_hdr *vh, struct rte_mbuf *m, uint32_t len)
+{
+    memset(vh, 0, sizeof(*vh));
+    if (unlikely(dp_csum_partial(m))) {
+        const struct dp_csum_meta *cm = dp_csum_meta(m);
+
+        if (likely(cm->start >= m->data_off &&
+                   (uint32_t)(cm->start - m->data_off) + cm->off + 2 <= len)) {
+            vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+            vh->csum_start = (uint16_t)(cm->start - m->data_off);
+            vh->csum_offset = cm->off;
+        }
+    }
+    if (unlikely(m->ol_flags & (RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_UDP_SEG))) {
+        int udp = (m->ol_flags & RTE_MBUF_F_TX_UDP_SEG) != 0;
+
+        vh->gso_type = udp                                  ? VIRTIO_NET_HDR_GSO_UDP_L4
+                       : (m->ol_flags & RTE_MBUF_F_TX_IPV6) ? VIRTIO_NET_HDR_GSO_TCPV6
+                                                            : VIRTIO_NET_HDR_GSO_TCPV4;
+        vh->gso_size = m->tso_segsz;
+        vh->hdr_len = (uint16_t)(m->l2_len + m->l3_len + m->l4_len);
+        if (!(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
+            vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+            vh->csum_start = (uint16_t)(m->l2_len + m->l3_len);
+            vh->csum_offset = udp ? offsetof(struct rte_udp_hdr, dgram_cksum)
+                                  : offsetof(struct rte_tcp_hdr, cksum);
+        }
+    }
+}
+
+/* Send m, longer than a ring frame (a GSO super-frame), with one sendmsg()
+ * of its segments behind a virtio-net header. Returns 0 or -1 (refused). */
+static __rte_noinline int
+afp_tx_big(struct dp_afp *a, struct rte_mbuf *m)
+{
+    struct virtio_net_hdr vh;
+    struct iovec iov[AFP_IOV_MAX];
+    struct msghdr mh;
+    unsigned ni = 0;
+
+    if (unlikely(m->nb_segs >= AFP_IOV_MAX))
+        return -1;
+    afp_tx_vnet(&vh, m, m->pkt_len);
+    iov[ni].iov_base = &vh;
+    iov[ni++].iov_len = AFP_VNET_LEN;
+    for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
+        iov[ni].iov_base = rte_pktmbuf_mtod(s, void *);
+        iov[ni++].iov_len = s->data_len;
+    }
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = iov;
+    mh.msg_iovlen = ni;
+    return sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT) == (ssize_t)(AFP_VNET_LEN + m->pkt_len) ? 0 : -1;
+}
+
 uint16_t
 dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
 {
     uint32_t head = a->tx.head, mask = a->tx.frame_nr - 1;
-    uint16_t i;
+    uint16_t i, queued = 0;
 
     if (unlikely(n == 0))
         return 0;
@@ -703,8 +1039,17 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         uint32_t len = m->pkt_len;
         const void *p;
 
-        if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN))
-            break;
+        if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN)) {
+            if (len < RTE_ETHER_HDR_LEN || !dp_gso_frame(m))
+                break;
+            /* a super-frame: after the frames queued before it */
+            if (queued != 0)
+                (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+            queued = 0;
+            if (unlikely(afp_tx_big(a, m) < 0))
+                a->tx.error++;
+            continue;
+        }
         if (!afp_tx_frame_free(h))
             break; /* ring full */
 
@@ -714,25 +1059,14 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
             break;
         if (p != data)
             rte_memcpy(data, p, len);
-
-        /* the virtio-net header: a partial checksum goes on as partial */
-        memset(vh, 0, sizeof(*vh));
-        if (unlikely(dp_csum_partial(m))) {
-            const struct dp_csum_meta *cm = dp_csum_meta(m);
-
-            if (likely(cm->start >= m->data_off &&
-                       (uint32_t)(cm->start - m->data_off) + cm->off + 2 <= len)) {
-                vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-                vh->csum_start = (uint16_t)(cm->start - m->data_off);
-                vh->csum_offset = cm->off;
-            }
-        }
+        afp_tx_vnet(vh, m, len);
 
         /* hand the frame to the kernel */
         h->tp_len = len + AFP_VNET_LEN;
         h->tp_snaplen = len + AFP_VNET_LEN;
         __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
         head = (head + 1) & mask;
+        queued++;
     }
     a->tx.head = head;
 
@@ -741,7 +1075,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
      * frames queued for the next kick, or the kernel drops them. */
     (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
 
-    /* copied: free the taken mbufs */
+    /* copied or sent: free the taken mbufs */
     if (i != 0)
         rte_pktmbuf_free_bulk(pkts, i);
     return i;

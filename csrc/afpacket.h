@@ -5,8 +5,9 @@
  * The fallback driver: no hugepages, no NIC. rx uses a TPACKET_V2 mmap ring
  * (per-frame status: a lone frame is ours as soon as the kernel wrote it),
  * tx a TPACKET_V2 mmap tx ring with PACKET_QDISC_BYPASS; both sockets carry
- * the virtio-net header (PACKET_VNET_HDR), so checksum offload crosses the
- * boundary both ways. Frames come in and go out as the same rte_mbufs the
+ * the virtio-net header (PACKET_VNET_HDR), so checksum offload and TCP
+ * segmentation offload (GSO super-frames, see dp_gso.h) cross the boundary
+ * both ways. Frames come in and go out as the same rte_mbufs the
  * pipeline uses, so the pipeline does not care which driver a port has.
  *
  * Threading: one thread calls rx_burst, one thread at a time calls tx_burst
@@ -28,6 +29,8 @@ struct dp_afp_stats {
     uint64_t truncated; /* runts and frames the kernel cut short */
     uint64_t no_mbuf;   /* no mbuf for a segment of a long frame */
     uint64_t kernel;    /* the kernel's own ring drops (PACKET_STATISTICS) */
+    uint64_t gso;       /* a GSO frame of a kind not carried (not TCP, ...) */
+    uint64_t tx_error;  /* a large or GSO frame the kernel refused to send */
 };
 
 /*
@@ -70,10 +73,13 @@ void dp_csum_complete(struct rte_mbuf *m);
  * memory (at least 64). Returns 0, or dp_fail(-errno, ...) saying why. */
 int dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out);
 /* Receive up to n frames into mbufs from mp (chained when longer than a
- * segment). Never blocks. */
+ * segment; a TCP GSO super-frame whole, marked as dp_gso.h says). Never
+ * blocks. */
 uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
-/* Queue up to n mbufs for transmission, kick the kernel once. Sent mbufs are
- * freed; returns how many were taken (the caller frees and counts the rest). */
+/* Queue up to n mbufs for transmission, kick the kernel once (and once more
+ * per frame larger than a ring frame: GSO super-frames, sent with sendmsg).
+ * Sent mbufs are freed; returns how many were taken (the caller frees and
+ * counts the rest; a taken frame the kernel refused is counted tx_error). */
 uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
 /* Drops so far; reads (and so resets) the kernel's counters: control thread,
  * one caller at a time. */

@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 9
+#define DP_ABI_VERSION 10
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256

@@ -82,7 +82,11 @@
     _(INNER_SPLIT, "inner_split")         /* inner header past segment 1 */ \
     _(ARP_REPLY, "arp_reply")             /* ARP reply: taken, not sent on */ \
     _(ARP_SENDER, "arp_sender")           /* ARP from a multicast/zero MAC */ \
-    _(ARP_RATE, "arp_rate")               /* ARP to the VTEP over its rate */
+    _(ARP_RATE, "arp_rate")               /* ARP to the VTEP over its rate */ \
+    _(KPORT_GSO, "kport_gso")             /* kernel port: GSO, not TCP */  \
+    _(KPORT_TX_ERROR, "kport_tx_error")   /* kernel port: GSO tx refused */ \
+    _(GSO_NO_MBUF, "gso_no_mbuf")         /* pool empty for a segment */   \
+    _(GSO_BAD, "gso_bad")                 /* super-frame cannot be cut */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

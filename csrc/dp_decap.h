@@ -230,6 +230,20 @@ net_count_flush(struct dp_wctx *w, int ctr, uint32_t cur, uint64_t cnt)
         w->net[cur][ctr] += cnt;
 }
 
+static void uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n);
+
+/* a super-frame on the uplink that is not one VXLAN frame (UDP datagrams
+ * merged by the interface's GRO): cut back into its datagrams (dp_gso.c),
+ * which are decapsulated as a burst */
+static __rte_noinline void
+uplink_gso(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
+{
+    struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
+    int n = gso_cut(w, m, seg);
+    for (int i = 0; i < n; i += DP_BURST)
+        uplink_burst(w, pi, seg + i, (uint16_t)RTE_MIN(n - i, DP_BURST));
+}
+
 static void
 uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
 {
@@ -248,6 +262,10 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
+        if (unlikely(dp_gso_frame(m) && !(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
+            uplink_gso(w, pi, m); /* its datagrams' bytes counted there */
+            continue;
+        }
         bytes += m->pkt_len; /* before a check may trim or drop it */
         uint32_t outer = outer_check(w, v, &ref, m);
         if (outer == 0)
@@ -298,6 +316,8 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
             slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)vkeys[i], net);
         }
         rte_pktmbuf_adj(m, olen[i]);
+        if (unlikely(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))
+            gso_decap(m);
         DP_META(m)->plane = dp.net_plane[net];
         net_count(w, DP_NET_DECAP, net, &cnet, &ccnt);
         const uint8_t *inner = rte_pktmbuf_mtod(m, const uint8_t *);

@@ -145,6 +145,32 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
     tx_put(w, (uint16_t)w->vtep->uplink, m);
 }
 
+/* a super-frame to a remote VTEP: cut into MSS-sized frames (dp_gso.c),
+ * each encapsulated, as a NIC would before the wire */
+static __rte_noinline void
+encap_gso(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+{
+    struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
+    int n = gso_cut(w, m, seg);
+    for (int i = 0; i < n; i++)
+        encap(w, net, ti, seg[i]);
+}
+
+static void flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
+                  struct rte_mbuf *m);
+
+/* a super-frame to flood: its copies go to ports of every kind, so it is
+ * cut into segments first, each flooded */
+static __rte_noinline void
+flood_gso(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
+          struct rte_mbuf *m)
+{
+    struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
+    int n = gso_cut(w, m, seg);
+    for (int i = 0; i < n; i++)
+        flood(w, net, in_port, to_remote, seg[i]);
+}
+
 /*
  * Broadcast, multicast and unknown unicast: every local port of the network
  * but the ingress one, and (from pods only) one encapsulated copy per remote
@@ -153,6 +179,10 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
 static void
 flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, struct rte_mbuf *m)
 {
+    if (unlikely(dp_gso_frame(m))) {
+        flood_gso(w, net, in_port, to_remote, m);
+        return;
+    }
     uint16_t targets[DP_MAX_PORTS];
     uint16_t nt = 0;
     for (uint16_t i = 0; i < net->n_local; i++)
@@ -168,7 +198,10 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
      * data: a partial checksum is finished once, before they part */
     if (unlikely(dp_csum_partial(m)))
         dp_csum_complete(m);
-    for (uint16_t i = 0; i < nr; i++) {
+    /* with no local target the last remote copy is the frame itself (an
+     * unknown MAC behind a kernel VTEP: every frame to it is flooded) */
+    uint16_t ncopy = nt == 0 ? nr - 1 : nr;
+    for (uint16_t i = 0; i < ncopy; i++) {
         struct rte_mbuf *c = rte_pktmbuf_copy(m, dp.pool, 0, UINT32_MAX);
         if (unlikely(c == NULL)) {
             w->drop[DP_DROP_NO_MBUF]++;
@@ -177,7 +210,7 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
         encap(w, net, net->flood[i], c);
     }
     if (nt == 0) {
-        rte_pktmbuf_free(m);
+        encap(w, net, net->flood[nr - 1], m);
         return;
     }
     /* local copies share the frame: it is not modified any more */
@@ -224,6 +257,9 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint64_t local = 0;
     struct rte_mbuf *fl[DP_BURST]; /* broadcast / unknown: after the rest */
     uint16_t nf = 0;
+    struct rte_mbuf *gs[DP_BURST]; /* super-frames to remote VTEPs: */
+    uint32_t gt[DP_BURST];         /* cut and encapsulated after the rest */
+    uint16_t ng = 0;
     /* remote targets are encapsulated straight into the uplink's tx buffer,
      * its fill level kept in a register (nothing else adds to it meanwhile) */
     int up = w->vtep->uplink;
@@ -250,6 +286,11 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
                 drop(w, m, DP_DROP_NO_UPLINK);
                 continue;
             }
+            if (unlikely(dp_gso_frame(m))) {
+                gs[ng] = m;
+                gt[ng++] = target;
+                continue;
+            }
             ub->m[k] = m;
             k += (uint16_t)encap_one(w, net, target, m, fh[i], ftos[i], &ubytes, &uplanes);
         } else if (unlikely((int)target == in->idx)) {
@@ -270,6 +311,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         }
         w->net[net->idx][DP_NET_ENCAP] += k - k0;
     }
+    for (uint16_t i = 0; i < ng; i++)
+        encap_gso(w, net, gt[i], gs[i]);
     for (uint16_t i = 0; i < nf; i++) {
         if (unlikely(g != NULL) && !storm_pass(w, g, pi)) {
             drop(w, fl[i], DP_DROP_STORM);

@@ -156,6 +156,8 @@ afp_stats_add(struct dp_afp_stats *sum, const struct dp_afp_stats *st)
     sum->truncated += st->truncated;
     sum->no_mbuf += st->no_mbuf;
     sum->kernel += st->kernel;
+    sum->gso += st->gso;
+    sum->tx_error += st->tx_error;
 }
 
 void
@@ -180,6 +182,8 @@ dp_kport_stats_update(void)
     row[DP_DROP_KPORT_TRUNCATED] = sum.truncated;
     row[DP_DROP_KPORT_NO_MBUF] = sum.no_mbuf;
     row[DP_DROP_KPORT_KERNEL] = sum.kernel;
+    row[DP_DROP_KPORT_GSO] = sum.gso;
+    row[DP_DROP_KPORT_TX_ERROR] = sum.tx_error;
 }
 
 /* a port no worker holds (or ever held): its driver's side, then itself */

@@ -14,6 +14,8 @@
 #error "dp_tx.h is included by dp_pipeline.c only"
 #endif
 
+#include "dp_gso.h"
+
 /* a plane's bit in dp_txbuf.planes (DP_PLANE_OWN and the like: bit 8) */
 static __rte_always_inline uint16_t
 plane_bit(unsigned plane)
@@ -141,8 +143,9 @@ qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
     }
 }
 
+/* m into port pi's tx buffer, flushed when full */
 static inline void
-tx_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
+tx_buf_add(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
 {
     struct dp_txbuf *b = &w->tx[pi];
     if (!w->queued[pi]) {
@@ -154,6 +157,59 @@ tx_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
     b->planes |= plane_bit(DP_META(m)->plane);
     if (unlikely(b->n == DP_TXBUF))
         tx_flush(w, pi);
+}
+
+/* A super-frame cut into segments (dp_gso.c) in seg; m is freed, or
+ * dropped and counted. Returns the number of segments. */
+static __rte_noinline int
+gso_cut(struct dp_wctx *w, struct rte_mbuf *m, struct rte_mbuf **seg)
+{
+    int n = dp_gso_segment(m, dp.pool, seg, DP_GSO_MAX_SEGS);
+    if (unlikely(n < 0)) {
+        drop(w, m, n == -ENOMEM ? DP_DROP_GSO_NO_MBUF : DP_DROP_GSO_BAD);
+        return 0;
+    }
+    rte_pktmbuf_free(m);
+    return n;
+}
+
+/* A VXLAN super-frame (from a kernel VTEP, dp_gso.h) stripped of its outer
+ * headers: a plain super-frame of the inner flow, carried on as such */
+static __rte_noinline void
+gso_decap(struct rte_mbuf *m)
+{
+    m->l2_len = RTE_ETHER_HDR_LEN; /* was outer UDP + VXLAN + inner Ethernet */
+    m->outer_l2_len = 0;
+    m->outer_l3_len = 0;
+    m->ol_flags &=
+        ~(RTE_MBUF_F_TX_TUNNEL_MASK | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM);
+}
+
+/* A super-frame (TCP or UDP) for port pi: whole to a kernel port, which hands it on
+ * as GSO (afpacket.c); cut into MSS-sized frames for a port without the
+ * offload (an ethdev). A port gone is counted when the buffer is flushed. */
+static __rte_noinline void
+gso_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
+{
+    const struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
+    if (p == NULL || (p->driver == DP_DRV_AFPACKET && !(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
+        tx_buf_add(w, pi, m);
+        return;
+    }
+    struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
+    int n = gso_cut(w, m, seg);
+    for (int i = 0; i < n; i++)
+        tx_buf_add(w, pi, seg[i]);
+}
+
+/* m to port pi (through its tx buffer) */
+static inline void
+tx_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
+{
+    if (unlikely(dp_gso_frame(m)))
+        gso_put(w, pi, m);
+    else
+        tx_buf_add(w, pi, m);
 }
 
 static void

@@ -48,7 +48,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 9
+ABI_VERSION = 10
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -679,9 +679,10 @@ class Engine(_Tables, _Planes, _Guards):
         ``frames``: memory of each ring in 2 KiB slots. Ring frames are sized
         from the interface's MTU when the port is added (jumbo MTUs get fewer,
         larger frames); a frame longer than that MTU is dropped and counted
-        (``kport_oversize``), so raise the MTU before adding the port.
-        Checksums left to offload cross the port both ways (virtio-net
-        header); segmentation offloads (TSO/GSO) of a peer must be off."""
+        (``kport_oversize``), so raise the MTU before adding the port; a GSO
+        super-frame is read whole however long. Checksums left to offload
+        and TCP/UDP segmentation offload cross the port both ways (virtio-net
+        header): a peer keeps its offloads on."""
         r = self._role(role)
         check_pow2(frames, "frames", 64)
         return self._call(

@@ -248,6 +248,7 @@ class PodLife:
                         n.mtu,
                         p.default_route,
                         plane=p.plane,
+                        offloads=self.config.kernel_driver != "af_xdp",
                     )
                     self._attach_port(
                         {"host_ifname": hif, "network": n.name, "mac": mac, "ip": ip}, p.allowed

@@ -302,13 +302,16 @@ def attach_plane(
     default_route: bool,
     *,
     plane: Optional[str] = None,
+    offloads: bool = True,
 ) -> AttachResult:
     """Put pod ``pod`` (network namespace at ``netns_path``) on a plane.
 
     Steps: 1. veth pair: ``host_ifname`` here, ``ifname`` in the pod's
     namespace (created there directly, through IFLA_NET_NS_FD, with its MAC
-    and both ends' MTU); 2. TX checksum offload, TSO and GSO off on both ends;
-    3. ``ip_cidr`` on the pod end (the kernel adds the subnet route);
+    and both ends' MTU); 2. TX checksum offload, TSO and GSO: left on
+    (``offloads``; the AF_PACKET driver carries partial checksums and TCP
+    super-frames), or turned off on both ends (a driver that cannot, such as
+    AF_XDP); 3. ``ip_cidr`` on the pod end (the kernel adds the subnet route);
     4. both ends up; 5. on the std plane (``default_route``) a default route
     via ``gateway``. If a step fails, the pair is deleted and the error names
     the step. Returns the host end's name and MAC."""
@@ -335,14 +338,25 @@ def attach_plane(
                     )
                 _announce_addresses(netns_path)
                 return _attach_steps(
-                    ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu
+                    ipr,
+                    pod_ipr,
+                    what,
+                    netns_path,
+                    nsfd,
+                    ifname,
+                    host_ifname,
+                    mac,
+                    iface,
+                    gw,
+                    mtu,
+                    offloads,
                 )
     finally:
         os.close(nsfd)
 
 
 def _attach_steps(
-    ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu
+    ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu, offloads
 ) -> AttachResult:
     host_index = None
     step, desc = 0, ""
@@ -358,12 +372,17 @@ def _attach_steps(
         host_index = ipr.link_lookup(ifname=host_ifname)[0]
         pod_index = pod_ipr.link_lookup(ifname=ifname)[0]
 
-        step, desc = 2, f"turn TX checksum offload, TSO and GSO off on {ifname}"
-        _offloads_off(ifname, netns_path)
-        try:  # host end: the driver writes whole frames
-            _offloads_off(host_ifname)
-        except OSError:
-            pass
+        if offloads:
+            # the pod's TX checksum offload, TSO and GSO stay on: the kernel
+            # port carries partial checksums and TCP super-frames whole
+            step, desc = 2, f"keep TX checksum offload, TSO and GSO on {ifname}"
+        else:
+            step, desc = 2, f"turn TX checksum offload, TSO and GSO off on {ifname}"
+            _offloads_off(ifname, netns_path)
+            try:  # host end: the driver writes whole frames
+                _offloads_off(host_ifname)
+            except OSError:
+                pass
 
         step, desc = 3, f"add address {iface} to {ifname}"
         pod_ipr.addr(

@@ -1,0 +1,234 @@
+"""GSO super-frames through kernel ports, end to end through the node
+service, with the pods' offloads on (TX checksumming, TSO, GSO, as the
+service leaves them):
+
+- between two pods on one node a TCP super-frame crosses whole: the
+  receiving pod's interface sees TCP frames larger than its MTU;
+- towards the underlay it is cut: every VXLAN frame the node sends fits the
+  underlay MTU, every inner TCP segment the MSS, with valid IPv4 header
+  checksums and TCP checksums (checked with scapy in a capture of the
+  underlay) and the data intact at the host behind the kernel's VTEP; the
+  other way, that VTEP's own VXLAN super-frames (its veth's tunnel
+  segmentation on) are decapsulated whole and reach the pod whole;
+- UDP super-frames (a UDP_SEGMENT socket) arrive as whole datagrams at a
+  pod on the same node and at the host behind the kernel VTEP;
+- none of it shows as a drop.
+
+The fabric (underlay, node services, pods, kernel VTEP host) is the one of
+test_kernel_pods.py, taken down the same way.
+"""
+
+import json
+import os
+import signal
+
+import pytest
+import test_kernel_pods as kp
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)"),
+]
+
+#: drop reasons a super-frame would show under if it were not carried or cut
+GSO_DROPS = (
+    "kport_oversize",
+    "kport_truncated",
+    "kport_gso",
+    "kport_tx_error",
+    "gso_no_mbuf",
+    "gso_bad",
+)
+
+# UDP source with UDP_SEGMENT: `sends` super-frames of `per` datagrams of
+# `size` bytes each (a sequence number, then bytes 0..size-9), paced
+UDP_GSO_CLIENT = """
+import json, socket, struct, sys, time
+ip, port, sends, per, size = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, size)  # UDP_SEGMENT
+tail = bytes(range(size - 8))
+sent = 0
+for i in range(sends):
+    buf = b"".join(struct.pack("!Q", i * per + j) + tail for j in range(per))
+    sent += per if s.sendto(buf, (ip, port)) == len(buf) else 0
+    time.sleep(0.005)
+print(json.dumps({"sent": sent}))
+"""
+
+
+@pytest.fixture
+def fabric(tmp_path):
+    made = []
+
+    def make(underlay_mtu=1500):
+        f = kp.Fabric(tmp_path / f"fabric{len(made)}", underlay_mtu)
+        f.tmp.mkdir()
+        made.append(f)
+        f.build()
+        return f
+
+    try:
+        yield make
+    finally:
+        for f in made:
+            f.cleanup()
+
+
+def gso_drops(node):
+    d = node.status()["drops"]
+    return {k: d.get(k, 0) for k in GSO_DROPS}
+
+
+def assert_offloads_on(pod):
+    f = kp.offloads(pod["ns"], "eth0")
+    for k in ("tx-checksumming", "tcp-segmentation-offload", "generic-segmentation-offload"):
+        assert f.get(k), f"{pod['ns']} eth0: {k} is off, the service should leave it on: {f}"
+
+
+def stop_capture(p):
+    """End tcpdump cleanly (SIGINT flushes its file)."""
+    p.send_signal(signal.SIGINT)
+    p.wait(10)
+
+
+def read_pcap(path):
+    from scapy.all import rdpcap
+
+    return rdpcap(str(path))
+
+
+def l4_checksum(ip_raw):
+    """(IPv4 header checksum valid?, 'valid' | 'partial' | 'bad') of the
+    TCP/UDP checksum of the IPv4 packet ip_raw; 'partial' is the
+    pseudo-header sum a sender leaves for offload to finish."""
+    from scapy.utils import checksum
+
+    ihl = (ip_raw[0] & 15) * 4
+    tot = int.from_bytes(ip_raw[2:4], "big")
+    seg = ip_raw[ihl:tot]
+    proto = ip_raw[9]
+    at = 16 if proto == 6 else 6
+    pseudo = ip_raw[12:20] + bytes([0, proto]) + len(seg).to_bytes(2, "big")
+    field = int.from_bytes(seg[at : at + 2], "big")
+    full = checksum(pseudo + seg[:at] + b"\0\0" + seg[at + 2 :])
+    partial = ~checksum(pseudo) & 0xFFFF
+    ip_ok = checksum(ip_raw[:ihl]) == 0
+    return ip_ok, "valid" if field == full else "partial" if field == partial else "bad"
+
+
+def test_tcp_super_frames_cross_whole_between_pods(fabric, tmp_path):
+    fab = fabric()
+    node = fab.node(1, [])
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    assert_offloads_on(a)
+    assert_offloads_on(b)
+    kp.reach(a["ns"], b["ip"], "pod a -> pod b")
+    before = gso_drops(node)
+    cap = tmp_path / "pod-b.pcap"
+    dump = fab.capture(b["ns"], "eth0", cap, "tcp port 5201")
+    kp.tcp_transfer(fab, "pod a -> pod b, TSO on", b["ns"], b["ip"], a["ns"], size=8 * kp.MB)
+    stop_capture(dump)
+    after = gso_drops(node)
+    assert after == before, f"drops while super-frames crossed: {before} -> {after}"
+
+    from scapy.layers.inet import IP, TCP
+
+    data = [p for p in read_pcap(cap) if TCP in p and p[IP].src == a["ip"]]
+    data = [p for p in data if len(p[TCP].payload) > 0]
+    mtu = fab.pod_mtu
+    big = [p for p in data if p[IP].len > mtu]
+    assert big, (
+        f"pod b received {len(data)} data frames, none above its MTU {mtu}: "
+        "the super-frames were cut on the way, not carried whole"
+    )
+    print(
+        f"{len(big)} of {len(data)} frames above the MTU, largest IP packet "
+        f"{max(p[IP].len for p in big)} bytes"
+    )
+
+
+def test_tcp_super_frames_cut_to_the_mss_on_the_underlay(fabric, tmp_path):
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP])
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    assert_offloads_on(a)
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    before = gso_drops(node)
+    cap = tmp_path / "underlay.pcap"
+    dump = fab.capture(fab.ul, "ul1", cap, "udp port 4789")
+    kp.tcp_transfer(fab, "pod a -> vtep host, TSO on", vm, kp.VM_IP, a["ns"], size=4 * kp.MB)
+    stop_capture(dump)
+    # the other way the kernel VTEP sends VXLAN super-frames (its veth's
+    # tunnel segmentation on): decapsulated whole, they reach the pod whole
+    at_pod = tmp_path / "pod-a.pcap"
+    dump_a = fab.capture(a["ns"], "eth0", at_pod, "tcp port 5201")
+    kp.tcp_transfer(fab, "vtep host -> pod a", a["ns"], a["ip"], vm, size=4 * kp.MB)
+    stop_capture(dump_a)
+    after = gso_drops(node)
+    assert after == before, f"drops while super-frames were cut: {before} -> {after}"
+
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.vxlan import VXLAN
+
+    mtu, pod_mtu = fab.mtu, fab.pod_mtu
+    mss = pod_mtu - 40
+    counts = {"valid": 0, "partial": 0, "bad": 0}
+    errors = []
+    for p in read_pcap(cap):
+        if not (IP in p and p[IP].src == "10.99.0.1" and UDP in p and VXLAN in p):
+            continue
+        inner = p[VXLAN].payload
+        if IP not in inner or TCP not in inner or inner[IP].src != a["ip"]:
+            continue
+        payload = len(inner[TCP].payload)
+        if payload == 0:
+            continue
+        if len(p) > mtu + 14:
+            errors.append(f"VXLAN frame of {len(p)} bytes above the underlay MTU {mtu}")
+        if inner[IP].len > pod_mtu or payload > mss:
+            errors.append(f"inner segment of {inner[IP].len} bytes, {payload} of payload")
+        ip_ok, state = l4_checksum(bytes(inner[IP]))
+        if not ip_ok:
+            errors.append(f"inner IPv4 header checksum wrong (id {inner[IP].id})")
+        counts[state] += 1
+    assert not errors, f"{len(errors)} bad frames, first: {errors[:5]}"
+    assert counts["bad"] == 0, f"inner TCP checksums: {counts}"
+    # what the core cut carries a finished checksum; a frame the pod sent as
+    # one segment may keep its checksum left to offload (the receiving
+    # stack finishes it)
+    assert counts["valid"] > counts["partial"], f"inner TCP checksums: {counts}"
+    print(f"inner TCP data segments on the underlay: {counts}")
+    big = [
+        p for p in read_pcap(at_pod) if TCP in p and p[IP].src == kp.VM_IP and p[IP].len > pod_mtu
+    ]
+    assert big, "no frame above the pod MTU reached pod a: super-frames from the VTEP were cut"
+    print(f"{len(big)} super-frames from the kernel VTEP reached pod a whole")
+
+
+def test_udp_super_frames_arrive_as_datagrams(fabric):
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP])
+    vm = fab.kernel_host(["10.99.0.1"])
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    kp.reach(a["ns"], b["ip"], "pod a -> pod b")
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    before = gso_drops(node)
+    sends, per, size = 50, 40, 200
+    errors = []
+    for label, srv_ns, srv_ip in (("pod b", b["ns"], b["ip"]), ("vtep host", vm, kp.VM_IP)):
+        srv = fab.spawn(srv_ns, kp.UDP_SERVER, 5301, size)
+        assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
+        cli = fab.spawn(a["ns"], UDP_GSO_CLIENT, srv_ip, 5301, sends, per, size)
+        c_out, c_err = cli.communicate(timeout=120)
+        s_out, s_err = srv.communicate(timeout=120)
+        assert c_out and s_out, f"UDP GSO to {label}: a side crashed:\n{c_err}\n{s_err}"
+        sent, got = json.loads(c_out)["sent"], json.loads(s_out)
+        assert sent == sends * per, f"UDP GSO to {label}: only {sent} datagrams sent"
+        if got["received"] < sent * 0.98 or got["bad"]:
+            errors.append(f"{label}: {got['received']} of {sent} arrived, {got['bad']} malformed")
+        print(f"UDP GSO to {label}: {got['received']} of {sent} {size}-byte datagrams")
+    after = gso_drops(node)
+    assert not errors, "; ".join(errors) + f" (drops {before} -> {after})"
+    assert after == before, f"drops while UDP super-frames crossed: {before} -> {after}"
