@@ -196,7 +196,9 @@ def run(args) -> dict:
                 f"(rx {b['rx_packets']}, tx {b['tx_packets']}, "
                 f"testpmd's own Tx-pps: {b['testpmd_tx_mpps']:.3f})"
             )
-            if abs(b["rx_packets"] - b["tx_packets"]) > IN_FLIGHT:
+            # testpmd reads its ports one after the other: at 50 Mpps a few
+            # tens of microseconds between them are thousands of frames
+            if abs(b["rx_packets"] - b["tx_packets"]) > max(IN_FLIGHT, b["rx_packets"] // 1000):
                 raise BenchError(
                     f"testpmd, run {r}: rx {b['rx_packets']} - tx {b['tx_packets']} "
                     "does not add up; no result"
