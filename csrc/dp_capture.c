@@ -57,6 +57,8 @@ dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **p
     if (!(c->dirs & dir) || !port_taken(c, pi))
         return;
     uint64_t matched = 0, captured = 0, dropped = 0;
+    if (tsc == 0)
+        tsc = rte_rdtsc();
     uint64_t ts = c->ns0 + (uint64_t)((__uint128_t)(tsc - c->tsc0) * 1000000000u / c->hz);
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];

@@ -20,7 +20,7 @@ struct dp_capture;
 extern struct dp_capture *_Atomic dp_cap;
 
 /* copy what matches of frames pkts[0..n) of port pi seen in direction dir
- * (DP_CAP_RX or DP_CAP_TX) at TSC time tsc */
+ * (DP_CAP_RX or DP_CAP_TX) at TSC time tsc (0: now) */
 void dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts,
                       uint16_t n, uint64_t tsc);
 

@@ -73,12 +73,30 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     tx_put(w, (uint16_t)v->uplink, m);
 }
 
+/* the one's complement sum of a 20-byte IPv4 header (no options) is
+ * 0xffff: five 32-bit loads summed in 64 bits and folded (the fast path's
+ * check; rte_raw_cksum walks 16-bit words) */
+static __rte_always_inline int
+ip4_hdr20_sum_ok(const struct rte_ipv4_hdr *ip)
+{
+    uint32_t w[5];
+    memcpy(w, ip, sizeof(w));
+    uint64_t s = (uint64_t)w[0] + w[1] + w[2] + w[3] + w[4];
+    s = (s & 0xffffffffu) + (s >> 32);
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    return s == 0xffff;
+}
+
 /* the outer IPv4 header checksum is right (or the device checked it) */
 static inline int
 outer_ip_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl)
 {
     if ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_GOOD)
         return 1;
+    if (hl == sizeof(*ip))
+        return ip4_hdr20_sum_ok(ip);
     return rte_raw_cksum(ip, hl) == 0xffff;
 }
 
@@ -230,7 +248,8 @@ net_count_flush(struct dp_wctx *w, int ctr, uint32_t cur, uint64_t cnt)
         w->net[cur][ctr] += cnt;
 }
 
-static void uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n);
+static __rte_noinline void uplink_segs(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts,
+                                       uint16_t n);
 
 /* a super-frame on the uplink that is not one VXLAN frame (UDP datagrams
  * merged by the interface's GRO): cut back into its datagrams (dp_gso.c),
@@ -241,10 +260,12 @@ uplink_gso(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
     struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
     int n = gso_cut(w, m, seg);
     for (int i = 0; i < n; i += DP_BURST)
-        uplink_burst(w, pi, seg + i, (uint16_t)RTE_MIN(n - i, DP_BURST));
+        uplink_segs(w, pi, seg + i, (uint16_t)RTE_MIN(n - i, DP_BURST));
 }
 
-static void
+/* inlined into the worker loop; the segments of a cut super-frame go
+ * through an out-of-line copy (uplink_segs), so the loop's stays inline */
+static __rte_always_inline void
 uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
 {
     const struct dp_vtep *v = w->vtep;
@@ -354,6 +375,13 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
         tx_put(w, (uint16_t)DP_FV_TARGET(val[i]), m);
     }
     net_count_flush(w, DP_NET_LOCAL, cnet, ccnt);
+}
+
+/* the datagrams of a super-frame cut on the uplink (uplink_gso) */
+static __rte_noinline void
+uplink_segs(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
+{
+    uplink_burst(w, pi, pkts, n);
 }
 
 #endif /* DP_DECAP_H */
