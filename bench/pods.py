@@ -241,7 +241,10 @@ class Lab:
                 "mode: fallback\n"
                 f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
                 "memory_mb: 256\n"
-                f"vtep: {{address: {NODE_VTEP}/24, uplink: up0}}\n"
+                # the host behind the kernel VTEP is in no store: its MAC is
+                # learned from what it sends (else every frame to it is an
+                # unknown unicast flood, held to the pods' storm rate)
+                f"vtep: {{address: {NODE_VTEP}/24, uplink: up0, learning: true}}\n"
                 "networks:\n"
                 f"  - {{name: net1, vni: {VNI}, plane: std, subnet: {SUBNET}, "
                 f"gateway: {GATEWAY}}}\n"
