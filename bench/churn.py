@@ -38,7 +38,7 @@ from .common import (
     say,
     say_machine,
 )
-from .throughput import _n_mbufs
+from .throughput import core_child_args
 
 
 def run(args) -> dict:
@@ -55,16 +55,7 @@ def run(args) -> dict:
                 "bench.churn_ours",
                 pcap,
                 str(args.seconds),
-                "--warmup",
-                str(args.warmup),
-                "--mode",
-                args.mode,
-                "--macs",
-                str(args.macs),
-                "--vteps",
-                str(args.vteps),
-                "--n-mbufs",
-                str(_n_mbufs(args.frames)),
+                *core_child_args(args),
                 "--churn-macs",
                 str(args.churn_macs),
                 "--sample-ms",

@@ -68,15 +68,10 @@ def _n_mbufs(n_frames: int) -> int:
     return (1 << (need - 1).bit_length()) - 1
 
 
-def _run_ours(args, kind: str, pcap: str, extra=()) -> dict:
-    """bench.ours in a child process; its BENCH-JSON line as a dict."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.ours",
-        kind,
-        pcap,
-        str(args.seconds),
+def core_child_args(args) -> list:
+    """The options a child running our core on the benchmark pcap takes
+    (bench.ours, bench.churn_ours): warm-up, EAL mode, topology, pool."""
+    return [
         "--warmup",
         str(args.warmup),
         "--mode",
@@ -87,6 +82,19 @@ def _run_ours(args, kind: str, pcap: str, extra=()) -> dict:
         str(args.vteps),
         "--n-mbufs",
         str(_n_mbufs(args.frames)),
+    ]
+
+
+def _run_ours(args, kind: str, pcap: str, extra=()) -> dict:
+    """bench.ours in a child process; its BENCH-JSON line as a dict."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.ours",
+        kind,
+        pcap,
+        str(args.seconds),
+        *core_child_args(args),
         *extra,
     ]
     return run_json_child(cmd, "our side", timeout=args.warmup + args.seconds + 120)

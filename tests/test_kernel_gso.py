@@ -57,22 +57,7 @@ print(json.dumps({"sent": sent}))
 """
 
 
-@pytest.fixture
-def fabric(tmp_path):
-    made = []
-
-    def make(underlay_mtu=1500):
-        f = kp.Fabric(tmp_path / f"fabric{len(made)}", underlay_mtu)
-        f.tmp.mkdir()
-        made.append(f)
-        f.build()
-        return f
-
-    try:
-        yield make
-    finally:
-        for f in made:
-            f.cleanup()
+fabric = kp.fabric  # the kernel-pod tests' fabric fixture, as it is
 
 
 def gso_drops(node):
