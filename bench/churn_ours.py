@@ -20,14 +20,13 @@ Prints one ``BENCH-JSON {...}`` line.
 """
 
 import argparse
-import os
 import sys
 import threading
 import time
 
 from . import topology as topo
 from .common import child_failed, child_say, child_unwind_on_sigterm, emit
-from .ours import _setup
+from .ours import _setup, add_core_options, bench_engine
 
 
 def _churn_mac(k: int) -> str:
@@ -60,18 +59,9 @@ class _Sampler(threading.Thread):
 
 
 def measure(pcap, seconds, warmup, mode, n_macs, n_vteps, n_mbufs, churn_macs, sample_ms):
-    from dataplane.engine import Engine, EngineConfig
-
-    cfg = EngineConfig(
-        mode=mode,
-        lcores=[0, 1],
-        memory_mb=1024,
-        n_mbufs=n_mbufs,
-        file_prefix=f"bench-churn-{os.getpid()}",
-    )
     vteps = topo.remote_vteps(n_vteps)
     macs = [_churn_mac(k) for k in range(churn_macs)]
-    with Engine(cfg) as eng:
+    with bench_engine(mode, n_mbufs, "churn") as eng:
         pod, up = _setup(
             eng,
             "encap",
@@ -141,11 +131,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.churn_ours")
     ap.add_argument("pcap")
     ap.add_argument("seconds", type=float)
-    ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--mode", choices=("hugepages", "fallback"), default="hugepages")
-    ap.add_argument("--macs", type=int, default=topo.MIN_MACS)
-    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
-    ap.add_argument("--n-mbufs", type=int, default=16383)
+    add_core_options(ap)
     ap.add_argument("--churn-macs", type=int, default=1000)
     ap.add_argument("--sample-ms", type=float, default=1.0)
     a = ap.parse_args(argv)

@@ -82,6 +82,33 @@ def _delta(c0, c1, in_port, out_port):
     }
 
 
+def add_core_options(ap):
+    """The options of a child running the core on the benchmark pcap, as
+    bench.throughput.core_child_args passes them (bench.ours,
+    bench.churn_ours)."""
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--mode", choices=("hugepages", "fallback"), default="hugepages")
+    ap.add_argument("--macs", type=int, default=topo.MIN_MACS)
+    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
+    ap.add_argument("--n-mbufs", type=int, default=16383)
+
+
+def bench_engine(mode: str, n_mbufs: int, what: str):
+    """The engine every core child runs: EAL ``-l 0,1`` (one worker), 1 GiB,
+    its own file prefix ``bench-<what>-<pid>``."""
+    from dataplane.engine import Engine, EngineConfig
+
+    return Engine(
+        EngineConfig(
+            mode=mode,
+            lcores=[0, 1],
+            memory_mb=1024,
+            n_mbufs=n_mbufs,
+            file_prefix=f"bench-{what}-{os.getpid()}",
+        )
+    )
+
+
 def measure(
     kind: str,
     pcap: str,
@@ -93,16 +120,7 @@ def measure(
     n_mbufs: int,
 ) -> dict:
     """Forward ``pcap`` forever; the rate over ``seconds`` after ``warmup``."""
-    from dataplane.engine import Engine, EngineConfig
-
-    cfg = EngineConfig(
-        mode=mode,
-        lcores=[0, 1],
-        memory_mb=1024,
-        n_mbufs=n_mbufs,
-        file_prefix=f"bench-ours-{os.getpid()}",
-    )
-    with Engine(cfg) as eng:
+    with bench_engine(mode, n_mbufs, "ours") as eng:
         in_port, out_port = _setup(
             eng,
             kind,
@@ -160,16 +178,7 @@ def verify(
     timeout: float = 10.0,
 ) -> dict:
     """Forward every frame of ``pcap`` once into the pcap file ``out``."""
-    from dataplane.engine import Engine, EngineConfig
-
-    cfg = EngineConfig(
-        mode=mode,
-        lcores=[0, 1],
-        memory_mb=1024,
-        n_mbufs=n_mbufs,
-        file_prefix=f"bench-verify-{os.getpid()}",
-    )
-    with Engine(cfg) as eng:
+    with bench_engine(mode, n_mbufs, "verify") as eng:
         in_port, out_port = _setup(
             eng, kind, f"net_pcap0,rx_pcap={pcap}", f"net_pcap1,tx_pcap={out}", n_macs, n_vteps
         )
@@ -196,11 +205,7 @@ def main(argv=None):
     ap.add_argument("kind", choices=("encap", "decap"))
     ap.add_argument("pcap")
     ap.add_argument("seconds", type=float)
-    ap.add_argument("--warmup", type=float, default=1.0)
-    ap.add_argument("--mode", choices=("hugepages", "fallback"), default="hugepages")
-    ap.add_argument("--macs", type=int, default=topo.MIN_MACS)
-    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
-    ap.add_argument("--n-mbufs", type=int, default=16383)
+    add_core_options(ap)
     ap.add_argument(
         "--verify-out", metavar="FILE", help="functional check: forward the pcap once into FILE"
     )

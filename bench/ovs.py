@@ -235,15 +235,6 @@ class OvsDpdk:
             raise OvsError(f"cannot read the datapath's port statistics: {out[:2000]}")
         return stats
 
-    def port_stats(self, bridge, port):
-        """(rx_packets, tx_packets) of an OpenFlow port, live."""
-        out = self.ofctl("dump-ports", bridge, port)
-        rx = re.search(r"rx pkts=(\d+)", out)
-        tx = re.search(r"tx pkts=(\d+)", out)
-        if not rx or not tx:
-            raise OvsError(f"cannot read the port statistics of {port}: {out}")
-        return int(rx.group(1)), int(tx.group(1))
-
     def stop(self):
         try:
             if self.procs:
@@ -306,7 +297,7 @@ def verify(pcap, out, n_macs, n_vteps, n_frames, timeout=30.0) -> None:
     the steady state, each frame to be checked."""
     with OvsDpdk(pcap, n_macs, n_vteps, out_dev=f"net_pcap1,tx_pcap={out}") as o:
         deadline = time.monotonic() + timeout
-        while o.port_stats("br-phy", "phy0")[1] < n_frames:
+        while o.datapath_stats()["phy0"][1] < n_frames:
             if time.monotonic() > deadline:
                 raise OvsError(f"OVS-DPDK sent fewer than {n_frames} frames in {timeout:.0f} s")
             time.sleep(0.05)

@@ -70,7 +70,7 @@ def _n_mbufs(n_frames: int) -> int:
 
 def core_child_args(args) -> list:
     """The options a child running our core on the benchmark pcap takes
-    (bench.ours, bench.churn_ours): warm-up, EAL mode, topology, pool."""
+    (bench.ours.add_core_options): warm-up, EAL mode, topology, pool."""
     return [
         "--warmup",
         str(args.warmup),

@@ -1,8 +1,11 @@
 """Parts the node-service tests share beyond test_service.Node: the uplink's
-peer moved into an underlay namespace, and a real Prometheus server."""
+peer moved into an underlay namespace (and a node started that way), and a
+real Prometheus server."""
 
+import contextlib
 import socket
 import subprocess
+import uuid
 
 
 def sh(*cmd, check=True):
@@ -47,3 +50,34 @@ def start_prometheus(tmp_path, metrics_port, rules=None):
         stderr=subprocess.DEVNULL,
     )
     return prom, port
+
+
+#: a third network, on the media plane, after test_service.NETWORKS
+MEDIA_NETWORK = "\n  - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0/24}"
+
+
+@contextlib.contextmanager
+def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None):
+    """A started test_service.Node whose uplink's peer is the remote VTEP
+    10.99.0.2 of ``remote_networks`` in an underlay namespace, the uplink
+    shaped to ``uplink_rate`` if given: (node, the namespace's name). Both
+    are removed afterwards."""
+    from test_service import Node
+
+    tag = uuid.uuid4().hex[:5]
+    remotes = f"remotes:\n  - {{vtep: 10.99.0.2, networks: [{', '.join(remote_networks)}]}}"
+    n = Node(tmp_path, tag, networks=networks, extra=remotes)
+    ul = f"dpul{tag}"
+    try:
+        uplink_peer_in(n, ul)
+        if uplink_rate:
+            n.cfg.write_text(
+                n.cfg.read_text().replace(
+                    f"uplink: {n.uplink}}}", f"uplink: {n.uplink}, uplink_rate: {uplink_rate}}}"
+                )
+            )
+        n.start()
+        yield n, ul
+    finally:
+        n.cleanup()
+        sh("ip", "netns", "del", ul, check=False)

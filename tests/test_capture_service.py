@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
-from nodeparts import sh, uplink_peer_in
-from test_service import CT_SPEC, IT_SPEC, NETWORKS, ROOT, Node, ip_of, ping
+from nodeparts import underlay_node
+from test_service import CT_SPEC, IT_SPEC, NETWORKS, ROOT, ip_of, ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -20,18 +19,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="n
 @pytest.fixture
 def node(tmp_path):
     """A node whose uplink's peer is a remote VTEP in an underlay namespace."""
-    tag = uuid.uuid4().hex[:5]
-    n = Node(
-        tmp_path, tag, networks=NETWORKS, extra="remotes:\n  - {vtep: 10.99.0.2, networks: [net1]}"
-    )
-    ul = f"dpcul{tag}"
-    try:
-        uplink_peer_in(n, ul)
-        n.start()
+    with underlay_node(tmp_path, NETWORKS, ["net1"]) as (n, _):
         yield n
-    finally:
-        n.cleanup()
-        sh("ip", "netns", "del", ul, check=False)
 
 
 def capture(node, *args):

@@ -11,6 +11,7 @@ import pytest
 
 from dataplane.api import APIError
 from dataplane.store.etcd import EtcdStore
+from tests import test_service
 from tests.etcdhost import shared_server
 from tests.test_service import CT_SPEC, IT_SPEC, Node, sh
 
@@ -55,14 +56,7 @@ def link_mac(info, ifname="eth0"):
     return out.split("link/ether ")[1].split()[0]
 
 
-@pytest.fixture
-def node(tmp_path):
-    n = Node(tmp_path, uuid.uuid4().hex[:5])
-    try:
-        n.start()
-        yield n
-    finally:
-        n.cleanup()
+node = test_service.node  # one node service, as the service tests start it
 
 
 # ---------------------------------------------------------------- one node

@@ -9,11 +9,10 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
-from nodeparts import sh, start_prometheus, uplink_peer_in
-from test_service import NETWORKS, Node, ip_of, ping
+from nodeparts import MEDIA_NETWORK, start_prometheus, underlay_node
+from test_service import NETWORKS, ip_of, ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -75,27 +74,9 @@ def query(prom_port, expr):
 def shaped_node(tmp_path):
     """A node with pods on std, control and media and a shaped uplink whose
     peer sits in an underlay namespace, so every plane has queues."""
-    tag = uuid.uuid4().hex[:5]
-    nets = NETWORKS + "\n  - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0/24}"
-    n = Node(
-        tmp_path,
-        tag,
-        networks=nets,
-        extra="remotes:\n  - {vtep: 10.99.0.2, networks: [net1, net2, net3]}",
-    )
-    ul = f"dpoul{tag}"
-    try:
-        uplink_peer_in(n, ul)
-        n.cfg.write_text(
-            n.cfg.read_text().replace(
-                "uplink: " + n.uplink + "}", "uplink: " + n.uplink + ", uplink_rate: 100M}"
-            )
-        )
-        n.start()
+    nets = NETWORKS + MEDIA_NETWORK
+    with underlay_node(tmp_path, nets, ["net1", "net2", "net3"], uplink_rate="100M") as (n, _):
         yield n
-    finally:
-        n.cleanup()
-        sh("ip", "netns", "del", ul, check=False)
 
 
 def test_every_dashboard_query_and_rule_works_on_a_real_service(shaped_node, tmp_path):

@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 
 import pytest
-from nodeparts import free_port, sh, start_prometheus, uplink_peer_in
+from nodeparts import MEDIA_NETWORK, free_port, sh, start_prometheus, underlay_node
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -398,28 +398,9 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
     """A CT pod on std, control and media: each plane's traffic leaves the
     shaped uplink in its own VNI, queued in its own plane, marked as the
     plane says (std copies the inner DSCP, control CS3, media EF)."""
-    tag = uuid.uuid4().hex[:5]
-    nets = (
-        NETWORKS
-        + """
-  - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0/24}"""
-    )
-    n = Node(
-        tmp_path,
-        tag,
-        networks=nets,
-        extra="""remotes:
-  - {vtep: 10.99.0.2, networks: [net1, net2, net3]}""",
-    )
-    ul = f"dptul{tag}"
-    try:
-        # the uplink's peer lives in an underlay namespace as 10.99.0.2
-        uplink_peer_in(n, ul)
-        cfg = n.cfg.read_text().replace(
-            "uplink: " + n.uplink + "}", "uplink: " + n.uplink + ", uplink_rate: 100M}"
-        )
-        n.cfg.write_text(cfg)
-        n.start()
+    nets = NETWORKS + MEDIA_NETWORK
+    # the uplink's peer lives in an underlay namespace as 10.99.0.2
+    with underlay_node(tmp_path, nets, ["net1", "net2", "net3"], uplink_rate="100M") as (n, ul):
         spec = {
             "pod_type": "ct",
             "network_plane": ["std", "control", "media"],
@@ -435,7 +416,7 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
                 ul,
                 "tcpdump",
                 "-i",
-                f"dpu{tag}b",
+                f"dpu{n.tag}b",
                 "-w",
                 str(cap),
                 "-U",
@@ -496,6 +477,3 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
         text = scrape(n)
         assert 'dataplane_plane_latency_seconds_count{plane="media"}' in text
         assert 'dataplane_plane_queue_enqueued_total{plane="control",port=' in text
-    finally:
-        n.cleanup()
-        sh("ip", "netns", "del", ul, check=False)
