@@ -85,7 +85,7 @@ fdb_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint1
     return cached_lookup(w, w->fcache, DP_FDB_CACHE_SIZE - 1, dp.fdb, 1, keys, sig, n, val);
 }
 
-/* loop start: a changed table starts a new cache epoch */
+/* before a burst's lookups: a changed VTEP table starts a new cache epoch */
 static __rte_always_inline void
 cache_sync(struct dp_wctx *w)
 {

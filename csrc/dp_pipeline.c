@@ -85,7 +85,6 @@ dp_worker_main(void *arg)
     while (!atomic_load_explicit(&dp.stop, memory_order_relaxed)) {
         const struct dp_poll_list *pl = atomic_load_explicit(&dp.poll[id], memory_order_acquire);
         w->vtep = atomic_load_explicit(&dp.vtep, memory_order_acquire);
-        cache_sync(w);
         uint64_t busy = 0;
 
         for (uint16_t i = 0; i < pl->n; i++) {
@@ -119,7 +118,8 @@ dp_worker_main(void *arg)
             busy++;
             w->rx_tsc = rte_rdtsc();
             /* a table change made before these frames were queued applies
-             * to them: the ring's ordering makes the bump visible here */
+             * to them: the ring's ordering makes the bump visible here (the
+             * caches are read only for received frames: their one sync) */
             cache_sync(w);
             w->port[pi][DP_PORT_RX_PACKETS] += n; /* bytes: in the first pass */
             dp_capture_tap(pi, DP_CAP_RX, pkts, n, w->rx_tsc);
