@@ -24,6 +24,7 @@ SOURCES = [
     "dp_poll.c",  # which worker polls which (port, rx queue)
     "dp_net.c",  # networks
     "dp_fdb.c",  # forwarding database
+    "dp_ftab.c",  # the FDB's table (writer side)
     "dp_tunnel.c",  # VTEP, tunnels to remote VTEPs
     "dp_neigh.c",  # underlay neighbours, ARP, housekeeping
     "dp_capture.c",  # packet capture with pcap filters

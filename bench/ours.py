@@ -79,6 +79,7 @@ def _delta(c0, c1, in_port, out_port):
         "busy_poll_ratio": float(w[1]) / float(w[0]) if w[0] else 0.0,
         "fdb_lookups": int(w[2]),
         "fdb_cache_misses": int(w[3]),
+        "fdb_slow_lookups": int(w[4]),
     }
 
 

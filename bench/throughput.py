@@ -1,6 +1,6 @@
 """VXLAN encap/decap throughput of the core against testpmd io-forward.
 
-    python -m bench encap -> RESULT name=encap64 mpps= testpmd_mpps= ratio= macs= vteps= cache_miss= verified=
+    python -m bench encap -> RESULT name=encap64 mpps= testpmd_mpps= ratio= macs= vteps= cache_miss= fdb_slow= verified=
     python -m bench decap -> RESULT name=decap64 ...  (the same fields)
 
 Method:
@@ -34,8 +34,11 @@ Method:
 A run whose accounting does not add up - a drop counted by our core, rx and
 tx of ours or of testpmd further apart than the frames in flight, a wrong
 sampled frame - ends the benchmark with an error and no RESULT line. The
-RESULT line says the table sizes (``macs``, ``vteps``), the FDB cache miss
-ratio of the timed runs (``cache_miss``) and whether the functional check
+RESULT line says the table sizes (``macs``, ``vteps``), the share of the
+timed runs' FDB lookups that the worker's FDB cache could not answer
+(``cache_miss``), the share that the FDB table's home bucket (one cache
+line) could not answer either (``fdb_slow``: overflow, or a writer in the
+bucket) and whether the functional check
 ran (``verified=0`` with ``--no-verify``). Progress goes to stderr
 (``--quiet``: none); stdout has the RESULT line.
 """
@@ -165,19 +168,21 @@ def run(args) -> dict:
             if "ovs" in args.peers:
                 _verify_ovs(args, pcap, workdir)
 
-        ours, base, ovs_runs, lookups, misses, sampled = [], [], [], 0, 0, 0
+        ours, base, ovs_runs, lookups, misses, slow, sampled = [], [], [], 0, 0, 0, 0
         inp = traffic.read_pcap(pcap)
         for r in range(1, args.runs + 1):
             o = _run_ours(args, kind, pcap)
             ours.append(o["mpps"])
             lookups += o["fdb_lookups"]
             misses += o["fdb_cache_misses"]
+            slow += o["fdb_slow_lookups"]
             lost = o["rx_packets"] - o["tx_packets"]
             say(
                 f"run {r}/{args.runs} ours    {o['mpps']:7.3f} Mpps  "
                 f"(rx {o['rx_packets']}, tx {o['tx_packets']}, busy polls "
                 f"{o['busy_poll_ratio']:.0%}, FDB cache misses "
-                f"{_miss(o['fdb_cache_misses'], o['fdb_lookups'])}, "
+                f"{_miss(o['fdb_cache_misses'], o['fdb_lookups'])}, slow lookups "
+                f"{_miss(o['fdb_slow_lookups'], o['fdb_lookups'])}, "
                 f"drops: {_fmt_drops(o['drops'])})"
             )
             if o["drops"]:
@@ -254,6 +259,7 @@ def run(args) -> dict:
         "macs": args.macs,
         "vteps": args.vteps,
         "cache_miss": misses / lookups if lookups else 0.0,
+        "fdb_slow": slow / lookups if lookups else 0.0,
         "verified": 1 if args.verify else 0,
     }
 
@@ -352,6 +358,7 @@ def _result(res):
         "macs": res["macs"],
         "vteps": res["vteps"],
         "cache_miss": f"{res['cache_miss']:.4f}",
+        "fdb_slow": f"{res['fdb_slow']:.4f}",
         "verified": res["verified"],
         **{k: f"{res[k]:.3f}" for k in ("ovs_mpps", "ovs_ratio") if k in res},
     }

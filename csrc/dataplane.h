@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 10
+#define DP_ABI_VERSION 11
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -86,7 +86,8 @@
 #define DP_WORKER_BUSY_POLLS 1
 #define DP_WORKER_FDB_LOOKUPS 2      /* FDB lookups of the worker */
 #define DP_WORKER_FDB_CACHE_MISSES 3 /* ... that its FDB cache could not answer */
-#define DP_WORKER_CTR_COUNT 4
+#define DP_WORKER_FDB_SLOW_LOOKUPS 4 /* ... of those, not answered by the key's home bucket */
+#define DP_WORKER_CTR_COUNT 5
 
 /* fdb entry kinds (dp_fdb_get) */
 #define DP_FDB_NONE 0

@@ -33,7 +33,8 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
 {
     const uint8_t *src = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen + 6);
     uint64_t key = dp_fdb_key(net, src);
-    if (!(src[0] & 1) && rte_hash_lookup(dp.fdb, &key) < 0)
+    uint32_t v;
+    if (!(src[0] & 1) && !dp_ftab_find(w->fdb, key, dp_key8_hash(key), &v))
         slow_event(w, DP_EV_LEARN, src, src_ip_be, net);
 }
 
@@ -305,8 +306,7 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
         return;
 
     /* 2. (VNI, source VTEP) → network; strip the outer headers */
-    uint64_t hits =
-        cached_lookup(w, w->vcache, DP_VTEP_CACHE_SIZE - 1, dp.vteps, 0, vkeys, vsig, k, vnet);
+    uint64_t hits = vtep_lookup(w, vkeys, vsig, k, vnet);
     uint64_t keys[DP_BURST];
     hash_sig_t sig[DP_BURST];
     uint32_t val[DP_BURST];

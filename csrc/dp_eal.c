@@ -140,7 +140,7 @@ setup_free(void)
     while (dp.ctrl_tx && rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0)
         rte_pktmbuf_free(m);
     /* give the hugepage memory back before the EAL goes */
-    rte_hash_free(dp.fdb);
+    dp_ftab_destroy();
     rte_hash_free(dp.vteps);
     rte_hash_free(dp.vnis);
     rte_ring_free(dp.slow_ring);
@@ -148,7 +148,7 @@ setup_free(void)
     rte_mempool_free(dp.pool);
     rte_free(dp.ctr);
     rte_free(dp.qsbr);
-    dp.fdb = dp.vteps = dp.vnis = NULL;
+    dp.vteps = dp.vnis = NULL;
     dp.slow_ring = dp.ctrl_tx = NULL;
     dp.pool = NULL;
     dp.ctr = NULL;
@@ -186,10 +186,10 @@ dp_setup(unsigned n_mbufs)
         ret = dp_fail(ret, "cannot register the mbuf metadata fields");
         goto fail;
     }
-    dp.fdb = mk_hash("dp_fdb", 1 << 20, sizeof(uint64_t));
+    int fdb_ret = dp_ftab_create(socket);
     dp.vteps = mk_hash("dp_vteps", 1 << 16, sizeof(uint64_t));
     dp.vnis = mk_hash("dp_vnis", 1 << 12, sizeof(uint32_t));
-    if (!dp.fdb || !dp.vteps || !dp.vnis) {
+    if (fdb_ret < 0 || !dp.vteps || !dp.vnis) {
         ret = dp_fail(-ENOMEM, "cannot create hash tables: %s", rte_strerror(rte_errno));
         goto fail;
     }

@@ -1,7 +1,7 @@
 /*
  * dp_fdb.c - the forwarding database: (network, MAC) -> local port or
  * remote VTEP (a tunnel, referenced while an entry points at it). The table
- * is one DPDK hash, read lock-free by the workers through their caches.
+ * (dp_ftab.h) is read lock-free by the workers; this file alone writes it.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -12,14 +12,13 @@
 /* the keys of the entries match() selects, into keys: 0, or -ENOMEM with
  * keys empty */
 static int
-fdb_collect(int (*match)(uint64_t key, void *val, int arg), int arg, struct dp_fdb_keys *keys)
+fdb_collect(int (*match)(uint64_t key, uint32_t val, int arg), int arg, struct dp_fdb_keys *keys)
 {
     /* collect first, delete after: never delete while iterating */
-    uint32_t iter = 0;
-    const void *key;
-    void *val;
-    while (rte_hash_iterate(dp.fdb, &key, &val, &iter) >= 0) {
-        uint64_t k = *(const uint64_t *)key;
+    uint32_t pos = 0;
+    uint64_t k;
+    uint32_t val;
+    while (dp_ftab_next(&pos, &k, &val)) {
         if (!match(k, val, arg))
             continue;
         if (keys->n == keys->cap) {
@@ -38,14 +37,14 @@ fdb_collect(int (*match)(uint64_t key, void *val, int arg), int arg, struct dp_f
 }
 
 static int
-match_port(uint64_t key, void *val, int port)
+match_port(uint64_t key, uint32_t val, int port)
 {
     (void)key;
-    return DP_FDB_KIND(val) == DP_FDB_LOCAL && (int)DP_FDB_TARGET(val) == port;
+    return DP_FV_KIND(val) == DP_FDB_LOCAL && (int)DP_FV_TARGET(val) == port;
 }
 
 static int
-match_net(uint64_t key, void *val, int net)
+match_net(uint64_t key, uint32_t val, int net)
 {
     (void)val;
     return (int)(key >> 48) == net;
@@ -76,15 +75,14 @@ dp_fdb_keys_free(struct dp_fdb_keys *keys)
 static void
 fdb_remove(uint64_t key)
 {
-    void *old;
-    if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0 || rte_hash_del_key(dp.fdb, &key) < 0)
+    uint32_t old;
+    if (!dp_ftab_get(key, &old) || dp_ftab_del(key) < 0)
         return;
     dp_learn_forget(key);
-    /* no worker's cache answers with it once they have passed the grace
-     * period the tunnel's release may wait for */
-    dp_fdb_changed(key);
-    if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
-        dp_tunnel_unref((int)(key >> 48), (int)DP_FDB_TARGET(old));
+    /* no worker holds it once they have passed the grace period the
+     * tunnel's release waits for */
+    if (DP_FV_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref((int)(key >> 48), (int)DP_FV_TARGET(old));
 }
 
 /* delete the collected entries (cannot fail) and free the list */
@@ -111,14 +109,16 @@ fdb_check(int net, const uint8_t *mac)
  * entry's tunnel reference is released only once the new value is in, so no
  * worker sees a freed tunnel in between */
 static int
-fdb_store(int net, uint64_t key, void *val, int had, void *old)
+fdb_store(int net, uint64_t key, uint32_t val, int had, uint32_t old)
 {
-    int ret = rte_hash_add_key_data(dp.fdb, &key, val);
+    int ret = dp_ftab_put(key, val);
     if (ret != 0)
-        return dp_fail(ret, "FDB full");
-    dp_fdb_changed(key);
-    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE)
-        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
+        return dp_fail(ret,
+                       ret == -ENOMEM ? "out of memory for a larger FDB (%u entries)"
+                                      : "FDB full (%u entries)",
+                       dp_ftab_count());
+    if (had && DP_FV_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FV_TARGET(old));
     return 0;
 }
 
@@ -134,9 +134,9 @@ dp_fdb_add_local(int net, const uint8_t *mac, int port)
     if (p->net != net)
         return dp_fail(-EINVAL, "port %d (%s) is not in network %d", port, p->name, net);
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
-    void *old;
-    int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
-    ret = fdb_store(net, key, DP_FDB_VAL(DP_FDB_LOCAL, port), had, old);
+    uint32_t old = 0;
+    int had = dp_ftab_get(key, &old);
+    ret = fdb_store(net, key, DP_FV(DP_FDB_LOCAL, port), had, old);
     if (ret == 0)
         dp_learn_forget(key); /* set here: not a learned entry any more */
     return ret;
@@ -153,17 +153,17 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
     if (dp_vconf_set && ip == dp_vconf.ip)
         return dp_fail(-EINVAL, "remote VTEP is this node's own VTEP address");
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
-    void *old;
-    int had = rte_hash_lookup_data(dp.fdb, &key, &old) >= 0;
-    if (had && DP_FDB_KIND(old) == DP_FDB_REMOTE) {
-        struct dp_tunnel *t = atomic_load(&dp.tunnels[DP_FDB_TARGET(old)]);
+    uint32_t old = 0;
+    int had = dp_ftab_get(key, &old);
+    if (had && DP_FV_KIND(old) == DP_FDB_REMOTE) {
+        struct dp_tunnel *t = atomic_load(&dp.tunnels[DP_FV_TARGET(old)]);
         if (t && t->ip == ip)
             return 0; /* unchanged */
     }
     int ti = dp_tunnel_ref(net, ip);
     if (ti < 0)
         return ti;
-    ret = fdb_store(net, key, DP_FDB_VAL(DP_FDB_REMOTE, ti), had, old);
+    ret = fdb_store(net, key, DP_FV(DP_FDB_REMOTE, ti), had, old);
     if (ret != 0)
         dp_tunnel_unref(net, ti);
     else
@@ -177,16 +177,13 @@ dp_fdb_del(int net, const uint8_t *mac)
     if (net < 0 || net >= DP_MAX_NETS)
         return dp_fail(-EINVAL, "network index %d out of range", net);
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
-    void *old;
-    if (rte_hash_lookup_data(dp.fdb, &key, &old) < 0)
+    uint32_t old;
+    if (!dp_ftab_get(key, &old))
         return dp_fail(-ENOENT, "no FDB entry for that MAC in network %d", net);
-    int ret = rte_hash_del_key(dp.fdb, &key);
-    if (ret < 0)
-        return dp_fail(ret, "cannot delete FDB entry");
+    (void)dp_ftab_del(key); /* it is there: cannot fail */
     dp_learn_forget(key);
-    dp_fdb_changed(key);
-    if (DP_FDB_KIND(old) == DP_FDB_REMOTE)
-        dp_tunnel_unref(net, (int)DP_FDB_TARGET(old));
+    if (DP_FV_KIND(old) == DP_FDB_REMOTE)
+        dp_tunnel_unref(net, (int)DP_FV_TARGET(old));
     return 0;
 }
 
@@ -194,13 +191,13 @@ int
 dp_fdb_get(int net, const uint8_t *mac, int *kind, uint32_t *target)
 {
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
-    void *v;
+    uint32_t v;
     *kind = DP_FDB_NONE;
     *target = 0;
-    if (rte_hash_lookup_data(dp.fdb, &key, &v) < 0)
+    if (!dp_ftab_get(key, &v))
         return 0;
-    *kind = DP_FDB_KIND(v);
-    *target = DP_FDB_TARGET(v);
+    *kind = DP_FV_KIND(v);
+    *target = DP_FV_TARGET(v);
     if (*kind == DP_FDB_REMOTE) {
         struct dp_tunnel *t = atomic_load(&dp.tunnels[*target]);
         *target = t ? t->ip : 0;
@@ -211,5 +208,5 @@ dp_fdb_get(int net, const uint8_t *mac, int *kind, uint32_t *target)
 int
 dp_fdb_count(void)
 {
-    return (int)rte_hash_count(dp.fdb);
+    return (int)dp_ftab_count();
 }

@@ -25,6 +25,7 @@
 #include "dataplane.h"
 #include "dp_counters.h"
 #include "afpacket.h"
+#include "dp_ftab.h"
 
 struct dp_qos;
 
@@ -39,17 +40,13 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
 #define DP_CTRL_TX_RING_SIZE 256
 #define DP_ARP_RETRY_US 500000
 
-/* FDB value: kind in the top byte, target (port index or tunnel index) below */
-#define DP_FDB_VAL(kind, target) \
-    ((void *)(uintptr_t)(((uint64_t)(kind) << 56) | (uint32_t)(target)))
-#define DP_FDB_KIND(v) ((int)((uint64_t)(uintptr_t)(v) >> 56))
-#define DP_FDB_TARGET(v) ((uint32_t)(uint64_t)(uintptr_t)(v))
-
 /*
  * Per-worker caches of the FDB and of the (VNI, source VTEP) table: direct-
  * mapped copies of the tables' answers, indexed by the key's hash, in front
- * of the rte_hash tables (which stay the truth). Misses (and unknown keys,
- * which are not cached) go to one bulk table lookup per burst.
+ * of the tables (which stay the truth: the FDB's own, dp_ftab.h, and an
+ * rte_hash). Unknown keys are not cached. A small FDB's answers stay in the
+ * cache's few lines, hot; a large one's misses go to its table, whose
+ * buckets the worker prefetches for the whole burst before it reads them.
  *
  * FDB: a change to key k bumps dp.fdb_slot_gen[hash(k) % cache size] after
  * the table holds the new answer; a cached entry answers only while its
@@ -57,16 +54,19 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
  * So one change costs the workers one cache slot, not the whole cache, and
  * churn of some entries leaves the others cached.
  * VTEP table: the control thread bumps dp.tbl_gen after every change; a
- * worker that sees a new generation at the start of a loop starts a new
+ * worker that sees a new generation at the start of a burst starts a new
  * epoch, and only entries of the current epoch answer.
  */
-#define DP_FDB_CACHE_SIZE 1024 /* entries per worker, power of two (16 KB) */
+#define DP_FDB_CACHE_SIZE 1024   /* entries per worker, power of two (16 KB) */
+#define DP_FDB_CACHE_WINDOW 1024 /* lookups over which the cache's hit rate is judged */
+#define DP_FDB_CACHE_REST 63     /* bursts without the cache after a window it nearly all missed */
 #define DP_VTEP_CACHE_SIZE 256
 struct dp_fdb_cent {
     uint64_t key;
     uint32_t val;   /* FDB: DP_FV; VTEP table: network index */
     uint32_t epoch; /* 0 = never valid */
 };
+/* FDB value: kind in the top byte, target (port index or tunnel index) below */
 #define DP_FV(kind, target) ((uint32_t)(kind) << 24 | (0xffffff & (uint32_t)(target)))
 #define DP_FV_KIND(v) ((int)((v) >> 24))
 #define DP_FV_TARGET(v) (0xffffff & (v))
@@ -214,9 +214,9 @@ struct dp_state {
     int n_workers;
     unsigned worker_lcore[DP_MAX_WORKERS];
     struct rte_mempool *pool;
-    struct rte_hash *fdb;   /* (net, mac) -> DP_FDB_VAL */
-    struct rte_hash *vteps; /* (vni, src vtep) -> net index */
-    struct rte_hash *vnis;  /* vni -> net index */
+    _Atomic(struct dp_ftab *) fdb; /* (net, mac) -> DP_FV (dp_ftab.h) */
+    struct rte_hash *vteps;        /* (vni, src vtep) -> net index */
+    struct rte_hash *vnis;         /* vni -> net index */
     struct rte_rcu_qsbr *qsbr;
     struct rte_ring *slow_ring; /* workers -> control: ARP, learning */
     struct rte_ring *ctrl_tx;   /* control -> uplink: ARP requests */

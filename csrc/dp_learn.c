@@ -125,8 +125,8 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
     uint64_t now = rte_get_tsc_cycles();
     int i = lt_find(key);
-    void *cur;
-    if (i < 0 && rte_hash_lookup_data(dp.fdb, &key, &cur) >= 0) {
+    uint32_t cur;
+    if (i < 0 && dp_ftab_get(key, &cur)) {
         stats[DP_LEARN_STATIC]++; /* local, or set by the control API */
         return 0;
     }

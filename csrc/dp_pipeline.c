@@ -85,6 +85,7 @@ dp_worker_main(void *arg)
     while (!atomic_load_explicit(&dp.stop, memory_order_relaxed)) {
         const struct dp_poll_list *pl = atomic_load_explicit(&dp.poll[id], memory_order_acquire);
         w->vtep = atomic_load_explicit(&dp.vtep, memory_order_acquire);
+        w->fdb = atomic_load_explicit(&dp.fdb, memory_order_acquire);
         uint64_t busy = 0;
 
         for (uint16_t i = 0; i < pl->n; i++) {

@@ -144,6 +144,11 @@ class CoreCollector:
             "FDB lookups the worker's cache could not answer",
             labels=["worker"],
         )
+        slow = CounterMetricFamily(
+            "dataplane_worker_fdb_slow_lookups",
+            "FDB cache misses the key's home bucket in the table could not answer either",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
@@ -151,11 +156,13 @@ class CoreCollector:
             busy_total.add_metric([str(w)], int(c.worker[w, busy]))
             lookups.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_lookups")]))
             misses.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
+            slow.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_slow_lookups")]))
         yield ratio
         yield total
         yield busy_total
         yield lookups
         yield misses
+        yield slow
 
     @staticmethod
     def _planes(snap):

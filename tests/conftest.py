@@ -50,7 +50,7 @@ def core(request):
         # a clean shutdown gives the hugepage memory back: pool, tables,
         # rings, queues (DPDK keeps a few pages of its own bookkeeping -
         # ethdev data, the mbuf dynamic field table - until the process exits)
-        assert in_use > 64 * 1024
+        assert in_use > 32 * 1024  # the pool alone is 36 MB
         assert after_close <= 8192, f"{after_close} kB of hugepages still mapped"
 
 

@@ -38,6 +38,7 @@ TABLES = {
     "macs": ("64 MACs", lambda x: x == 64),
     "vteps": ("8 VTEPs", lambda x: x == 8),
     "cache_miss": ("miss ratio", lambda x: 0 <= x <= 1),
+    "fdb_slow": ("slow lookup ratio", lambda x: 0 <= x <= 1),
     "verified": ("1 (checked)", lambda x: x == 1),
 }
 CASES = {
