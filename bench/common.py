@@ -220,6 +220,13 @@ def check_cpu_options(ap, args) -> None:
         ap.error("--gen-cpu and --fwd-cpu must differ")
 
 
+def pool_memory_mb(n_mbufs: int) -> int:
+    """EAL memory (MB) for a process whose mbuf pool has ``n_mbufs`` default
+    mbufs (2,176 bytes of buffer, ~2.4 KB with header and pool overhead),
+    with room for the tables: 1 GiB, or more for a large pool."""
+    return max(1024, n_mbufs * 2432 // (1 << 20) + 512)
+
+
 def ratio(a: float, b: float) -> float:
     """a / b; NaN when b is not positive (no baseline figure)."""
     return a / b if b > 0 else float("nan")

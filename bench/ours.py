@@ -36,7 +36,7 @@ import sys
 import time
 
 from . import topology as topo
-from .common import child_failed, child_unwind_on_sigterm, emit
+from .common import child_failed, child_unwind_on_sigterm, emit, pool_memory_mb
 
 
 def _setup(eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int):
@@ -95,15 +95,16 @@ def add_core_options(ap):
 
 
 def bench_engine(mode: str, n_mbufs: int, what: str):
-    """The engine every core child runs: EAL ``-l 0,1`` (one worker), 1 GiB,
-    its own file prefix ``bench-<what>-<pid>``."""
+    """The engine every core child runs: EAL ``-l 0,1`` (one worker), 1 GiB
+    or what the pool needs (bench.common.pool_memory_mb), its own file
+    prefix ``bench-<what>-<pid>``."""
     from dataplane.engine import Engine, EngineConfig
 
     return Engine(
         EngineConfig(
             mode=mode,
             lcores=[0, 1],
-            memory_mb=1024,
+            memory_mb=pool_memory_mb(n_mbufs),
             n_mbufs=n_mbufs,
             file_prefix=f"bench-{what}-{os.getpid()}",
         )

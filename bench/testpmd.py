@@ -37,7 +37,7 @@ import threading
 import time
 from typing import List, Optional
 
-from .common import remove_eal_runtime_dir
+from .common import pool_memory_mb, remove_eal_runtime_dir
 
 PROMPT = "testpmd> "
 TESTPMD = "dpdk-testpmd"
@@ -116,7 +116,7 @@ def command(
         "--file-prefix",
         file_prefix or f"bench-testpmd-{os.getpid()}",
         "-m",
-        "1024",
+        str(pool_memory_mb(n_mbufs)),
         "--vdev",
         f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
         "--vdev",

@@ -66,8 +66,11 @@ from .common import (
 
 def _n_mbufs(n_frames: int) -> int:
     """Pool size for both contenders: the infinite pcap keeps every frame of
-    the file in an mbuf, plus room for rings and caches (2^k - 1)."""
+    the file in an mbuf, plus room for rings and caches (2^k - 1; past 2^17,
+    what is needed: a million-frame pcap's pool is 2.4 GB as it is)."""
     need = n_frames + 12288
+    if need > 1 << 17:
+        return need
     return (1 << (need - 1).bit_length()) - 1
 
 

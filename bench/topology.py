@@ -33,10 +33,11 @@ VXLAN_OVERHEAD = 50  # outer Ether 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 #: at least this many destination MACs: no one-entry cache can stand in for the
 #: FDB; --macs above the workers' FDB cache (1024 entries) measures the table itself
+#: (up to 2^20: the FDB's capacity)
 MIN_MACS = 64
 MIN_VTEPS = 8
 MAX_VTEPS = 200  # remote VTEPs are 10.0.0.2 .. 10.0.0.201 (in the /24)
-MAX_MACS = 1 << 16
+MAX_MACS = 1 << 20
 
 
 def remote_vtep(j: int) -> str:
@@ -57,17 +58,19 @@ def vtep_of(k: int, n_vteps: int) -> str:
 
 def remote_mac(k: int) -> str:
     """MAC of remote endpoint k (behind a remote VTEP)."""
-    return f"02:00:00:01:{k >> 8 & 0xFF:02x}:{k & 0xFF:02x}"
+    return f"02:00:{k >> 16 & 0xFF:02x}:01:{k >> 8 & 0xFF:02x}:{k & 0xFF:02x}"
 
 
 def local_mac(k: int) -> str:
     """MAC of local pod endpoint k (behind a pod port of this node)."""
-    return f"02:00:00:02:{k >> 8 & 0xFF:02x}:{k & 0xFF:02x}"
+    return f"02:00:{k >> 16 & 0xFF:02x}:02:{k >> 8 & 0xFF:02x}:{k & 0xFF:02x}"
 
 
 def _inner_ip(base: str, k: int, f: int) -> str:
-    # 4 addresses per endpoint, up to MAX_MACS endpoints: 2^18 addresses
-    return str(ipaddress.IPv4Address(base) + 1 + k * 4 + f % 4)
+    # 4 addresses per endpoint, the first 2^16 endpoints' own (2^18
+    # addresses); endpoints past them reuse those (inner IPs are flow
+    # entropy only: the FDB works on MACs)
+    return str(ipaddress.IPv4Address(base) + 1 + (k & 0xFFFF) * 4 + f % 4)
 
 
 def remote_ip(k: int, f: int = 0) -> str:
