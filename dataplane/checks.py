@@ -121,7 +121,7 @@ def check_string(value, path: str) -> str:
 def check_name(value, path: str, what: str = "name") -> str:
     """An object's name (node, network): letters, digits, '.', '_', '-'."""
     check_string(value, path)
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise fail(
             path,
             f"{value!r} is not a valid {what} (letters, digits, '.', '_', "

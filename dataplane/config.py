@@ -158,7 +158,7 @@ class VtepConfig:
         if dev is None:
             return None
         head = dev.split(",", 1)[0]
-        return head if _PCI_RE.match(head) else None
+        return head if _PCI_RE.fullmatch(head) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -624,7 +624,7 @@ def _planes(value, workers, uplink_rx_queues) -> Dict[str, PlaneConfig]:
 
 
 def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
-    if not isinstance(name, str) or not _PLANE_RE.match(name):
+    if not isinstance(name, str) or not _PLANE_RE.fullmatch(name):
         raise fail(
             p,
             f"{show(name)} is not a valid plane name (lower-case letter, then "

@@ -52,7 +52,7 @@ def temp_name(device: str) -> str:
 def resolve(device: str):
     """(ifname or None, PCI address or None) of ``device`` in this
     namespace; NotFound if there is no such device."""
-    if PCI_RE.match(device):
+    if PCI_RE.fullmatch(device):
         d = os.path.join(SYS_PCI, device.lower())
         if not os.path.isdir(d):
             raise NotFound(f"vf device {device}: no such PCI device")
@@ -69,7 +69,7 @@ def _pci_of(ifname: str) -> Optional[str]:
     if not os.path.islink(link):
         return None  # a virtual device (a stand-in)
     addr = os.path.basename(os.readlink(link))
-    return addr if PCI_RE.match(addr) else None
+    return addr if PCI_RE.fullmatch(addr) else None
 
 
 def _pf_of(ifname: str):

@@ -304,6 +304,8 @@ def test_names_and_strings():
         match=r"^networks\[0\]\.name: 'a b' is not a valid network name",
     )
     refused(checks.check_name, "x" * 64, "node", match=r"at most 63 characters")
+    # a trailing newline is not part of a name (a regex's $ would let it by)
+    refused(checks.check_name, "net1\n", "node", match=r"'net1\\n' is not a valid name")
     refused(checks.check_string, "", "node", match=r"^node: '' is not a non-empty string")
     refused(checks.check_bool, "yes", "learning", match=r"^learning: 'yes' is not true or false")
     assert checks.check_list(None, "remotes") == []
