@@ -90,6 +90,8 @@ def cmd_run(args):
 def cmd_check(args):
     cfg = load_config(args.config)
     print(f"{args.config}: ok (node {cfg.node}, {len(cfg.networks)} networks, mode {cfg.mode})")
+    for a in cfg.advice():
+        print(f"warning: {a}")
     return 0
 
 

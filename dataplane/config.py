@@ -270,6 +270,24 @@ class NodeConfig:
                 out[name].append(r.vtep)
         return out
 
+    def advice(self) -> List[str]:
+        """Settings that are valid but likely not what the user wants, one
+        sentence each (``dataplane check`` prints them, the service logs them
+        at start)."""
+        out = []
+        if not self.vtep.learning:
+            flood = self.flood_lists()
+            for n in self.networks:
+                if flood[n.name] and n.storm_pps:
+                    out.append(
+                        f"network {n.name} floods to remote VTEPs {', '.join(flood[n.name])} "
+                        "with vtep.learning off: a MAC behind them that no node of this "
+                        "cluster publishes (a host behind a kernel VTEP) is reached only by "
+                        f"flooding, which storm control caps at {n.storm_pps} frames/s per pod; "
+                        "set vtep.learning: true (or storm_pps: 0 for the network)"
+                    )
+        return out
+
     def engine_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``engine.EngineConfig``."""
         pci = self.vtep.uplink_pci

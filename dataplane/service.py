@@ -105,6 +105,8 @@ class NodeService:
             metrics=cfg.metrics.listen,
             pods=len(self.store.pods()),
         )
+        for a in cfg.advice():
+            log.warning(a)
 
     def _setup_core(self):
         """The uplink, planes, networks, VTEP and static flood lists of the config."""

@@ -3,8 +3,11 @@
 import copy
 import os
 import re
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from dataplane import checks
 from dataplane.config import load_config, parse_config
@@ -446,3 +449,24 @@ def test_bad_file_has_no_side_effects(tmp_path):
     p.write_text(FULL_YAML)
     load_config(p)
     assert sorted(os.listdir(tmp_path)) == ["node.yaml"]
+
+
+def test_advice_on_flooding_without_learning(tmp_path):
+    """Remote VTEPs with learning off: MACs behind a kernel VTEP are reached
+    by flooding only, which storm control caps - said by ``dataplane check``
+    (and logged by the service at start), not refused."""
+    cfg = dict(BASE, remotes=[{"vtep": "10.0.0.2", "networks": ["net1"]}])
+    [advice] = parse_config(cfg).advice()
+    assert "network net1 floods to remote VTEPs 10.0.0.2 with vtep.learning off" in advice
+    assert "caps at 1000 frames/s per pod" in advice
+    assert parse_config(dict(cfg, vtep=dict(BASE["vtep"], learning=True))).advice() == []
+    assert parse_config(BASE).advice() == []  # no remotes: nothing flooded to them
+    p = tmp_path / "node.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(p)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1] == f"warning: {advice}"
