@@ -49,28 +49,12 @@ def _flow(i: int, n_macs: int, reverse: bool):
     # a tenth EF, spread over all MAC pairs (i % 10 would pick even k only)
     tos = topo.EF_TOS if (k + f) % 10 == 0 else 0
     sport, dport = 1024 + (f * 7919) % 60000, 5000 + f % 64
-    if reverse:  # remote endpoint k -> local pod k (what decap delivers)
-        return (
-            topo.local_mac(k),
-            topo.remote_mac(k),
-            topo.remote_ip(k, f),
-            topo.local_ip(k, f),
-            tos,
-            f % 4 == 3,
-            dport,
-            sport,
-        )
-    # local pod k -> remote endpoint k (what encap tunnels)
-    return (
-        topo.remote_mac(k),
-        topo.local_mac(k),
-        topo.local_ip(k, f),
-        topo.remote_ip(k, f),
-        tos,
-        f % 4 == 3,
-        sport,
-        dport,
-    )
+    pod = (topo.local_mac(k), topo.local_ip(k, f), sport)
+    remote = (topo.remote_mac(k), topo.remote_ip(k, f), dport)
+    # encap: local pod k -> remote endpoint k (what encap tunnels); decap:
+    # remote endpoint k -> local pod k (what decap delivers)
+    (smac, sip, sp), (dmac, dip, dp) = (remote, pod) if reverse else (pod, remote)
+    return dmac, smac, sip, dip, tos, f % 4 == 3, sp, dp
 
 
 def _inner_scapy(i: int, n_macs: int, reverse: bool) -> bytes:

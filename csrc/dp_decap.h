@@ -344,6 +344,7 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
         const uint8_t *inner = rte_pktmbuf_mtod(m, const uint8_t *);
         keys[j] = dp_fdb_key(net, inner);
         sig[j] = dp_key8_hash(keys[j]);
+        fdb_prefetch_early(w, sig[j]);
         nets[j] = (uint16_t)net;
         vx_pkts[j++] = m;
     }

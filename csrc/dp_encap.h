@@ -250,6 +250,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         bytes += pkts[i]->pkt_len;
         keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
         sig[i] = dp_key8_hash(keys[i]);
+        fdb_prefetch_early(w, sig[i]);
         fh[i] = inner_flow(pkts[i], eth, &ftos[i]);
     }
     w->port[pi][DP_PORT_RX_BYTES] += bytes;

@@ -71,17 +71,28 @@ fdb_prefetch(const struct dp_wctx *w, hash_sig_t sig)
     rte_prefetch0(dp_ftab_home(w->fdb, sig));
 }
 
+/* while the worker skips its FDB cache (fdb_lookup), every key goes to the
+ * table: its bucket is fetched as soon as the key's hash is known */
+static __rte_always_inline void
+fdb_prefetch_early(const struct dp_wctx *w, hash_sig_t sig)
+{
+    if (w->fc_rest)
+        fdb_prefetch(w, sig);
+}
+
 /* the misses mi[0..nm) of a burst looked up in the table (their buckets
  * prefetched together first); with `fill`, their answers are cached under
- * the generations mgen */
+ * the generations mgen; without, the cache is being skipped and the
+ * buckets were fetched early (fdb_prefetch_early) */
 static __rte_always_inline uint64_t
 fdb_table_lookup(struct dp_wctx *w, const uint64_t *keys, const hash_sig_t *sig, uint32_t *val,
                  const uint8_t *mi, const uint32_t *mgen, uint16_t nm, int fill)
 {
     uint64_t hits = 0;
     uint32_t slow = 0;
-    for (uint16_t j = 0; j < nm; j++)
-        fdb_prefetch(w, sig[mi[j]]);
+    if (fill)
+        for (uint16_t j = 0; j < nm; j++)
+            fdb_prefetch(w, sig[mi[j]]);
     for (uint16_t j = 0; j < nm; j++) {
         unsigned i = mi[j];
         int r = dp_ftab_find_home(w->fdb, keys[i], sig[i], &val[i]);

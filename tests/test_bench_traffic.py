@@ -47,7 +47,9 @@ def test_encap_check_passes_right_frames_and_names_wrong_ones():
 
     bad_csum = bytearray(out[1])
     bad_csum[24] ^= 0xFF
-    errs = traffic.check_encap_output(inp, [bytes(bad_csum)] + out[2:], n_macs, n_vteps, sample=True)
+    errs = traffic.check_encap_output(
+        inp, [bytes(bad_csum)] + out[2:], n_macs, n_vteps, sample=True
+    )
     assert len(errs) == 1 and "checksum" in errs[0]
 
     errs = traffic.check_encap_output(inp, out[:-1], n_macs, n_vteps)
