@@ -629,3 +629,62 @@ def test_fdb_large_table(eng):
         assert where.get(bytes.fromhex(m.replace(":", ""))) == want, m
     # the deleted MACs are unknown unicast, with nowhere to flood to
     assert wait_drop(eng, base, "no_destination", len(gone)) == len(gone)
+
+
+def test_fdb_changes_while_forwarding(eng):
+    """The table changes (adds that make it grow, moves, deletes) while the
+    worker forwards: a frame to a MAC that never changes always goes to its
+    VTEP, one to a changing MAC goes to a VTEP it had, and a frame that does
+    not come out is counted as a drop (a lookup that met a writer too often
+    answers 'unknown'), never lost or misdirected."""
+    up = eng.add_ring_port("up", role="uplink", size=32768)
+    a = eng.add_ring_port("a", size=32768)
+    eng.add_network(0, vni=VNI0)
+    eng.set_port_network(a, 0)
+    eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, up, next_hop_mac=NH_MAC)
+    rnd = random.Random(11)
+
+    def mac():
+        return bytes([0x06] + [rnd.randrange(256) for _ in range(5)])
+
+    def txt(m):
+        return m.hex(":")
+
+    stable = list({mac() for _ in range(2000)})
+    for m in stable:
+        eng.fdb_add_remote(0, txt(m), R1_VTEP)
+    moving = list({mac() for _ in range(2000)} - set(stable))
+    for m in moving:
+        eng.fdb_add_remote(0, txt(m), R2_VTEP)
+    stable_set = set(stable)
+    tmpl = bytes(udp_frame(size=64))[6:]
+    base = eng.counters().drops()
+    sent = dropped = 0
+    for rnd_no in range(12):
+        frames = [m + tmpl for m in rnd.choices(stable, k=12000) + rnd.choices(moving, k=4000)]
+        rnd.shuffle(frames)
+        assert eng.inject(a, frames) == len(frames)
+        # while the worker forwards them: 400 new MACs (the table grows
+        # past 4,000 entries: doublings), moves and deletes of moving MACs
+        for _ in range(400):
+            eng.fdb_add_remote(0, txt(mac()), R3_VTEP)
+        for m in rnd.sample(moving, 200):
+            eng.fdb_add_remote(0, txt(m), rnd.choice([R2_VTEP, R3_VTEP]))
+        for m in rnd.sample(moving, 50):
+            eng.fdb_del(0, txt(m))
+            eng.fdb_add_remote(0, txt(m), R2_VTEP)
+        got = eng.collect(up, max_frames=len(frames), wait=WAIT, expect=len(frames))
+        sent += len(frames)
+        for f in got:
+            vtep = ".".join(str(b) for b in f[30:34])
+            inner_dst = f[50:56]
+            if inner_dst in stable_set:
+                assert vtep == R1_VTEP, txt(inner_dst)
+            else:
+                assert vtep in (R2_VTEP, R3_VTEP), txt(inner_dst)
+        dropped += len(frames) - len(got)
+    d = drops_since(eng, base)
+    assert sum(d.values()) == dropped  # nothing lost without a count
+    assert set(k for k, v in d.items() if v) <= {"no_destination"}
+    assert dropped <= sent // 100
+    assert eng.fdb_count() == len(stable) + len(moving) + 12 * 400
