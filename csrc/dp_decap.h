@@ -356,10 +356,12 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
     hits = fdb_lookup(w, keys, sig, j, val);
     cnet = 0;
     ccnt = 0;
+    struct dp_txrun run = {.port = -1};
     for (uint16_t i = 0; i < j; i++) {
         struct rte_mbuf *m = vx_pkts[i];
         const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
         if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
+            run_end(&run); /* flood adds to tx buffers */
             const struct dp_net *net =
                 atomic_load_explicit(&dp.nets[nets[i]], memory_order_acquire);
             if (unlikely(net == NULL))
@@ -373,8 +375,15 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
             continue;
         }
         net_count(w, DP_NET_LOCAL, nets[i], &cnet, &ccnt);
-        tx_put(w, (uint16_t)DP_FV_TARGET(val[i]), m);
+        uint16_t t = (uint16_t)DP_FV_TARGET(val[i]);
+        if (unlikely(dp_gso_frame(m))) {
+            run_end(&run);
+            tx_put(w, t, m);
+            continue;
+        }
+        run_add(w, &run, t, m, plane_bit(dp.net_plane[nets[i]]));
     }
+    run_end(&run);
     net_count_flush(w, DP_NET_LOCAL, cnet, ccnt);
 }
 

@@ -159,6 +159,55 @@ tx_buf_add(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
         tx_flush(w, pi);
 }
 
+/*
+ * A run of frames to one port, added to its tx buffer with the buffer's
+ * fill level, bytes and plane bits kept in registers until the run ends
+ * (another port, the buffer full, or run_end before anything else may add
+ * to a tx buffer: flood, tx_put).
+ */
+struct dp_txrun {
+    struct dp_txbuf *b;
+    int port; /* -1: no run */
+    uint16_t n, planes;
+    uint64_t bytes;
+};
+
+static __rte_always_inline void
+run_end(struct dp_txrun *r)
+{
+    if (r->port >= 0) {
+        r->b->n = r->n;
+        r->b->bytes += r->bytes;
+        r->b->planes |= r->planes;
+        r->port = -1;
+    }
+}
+
+/* m (of plane bit pbit) to port pi as part of a run */
+static __rte_always_inline void
+run_add(struct dp_wctx *w, struct dp_txrun *r, uint16_t pi, struct rte_mbuf *m, uint16_t pbit)
+{
+    if (unlikely(r->port != pi)) {
+        run_end(r);
+        if (!w->queued[pi]) {
+            w->queued[pi] = 1;
+            w->dirty[w->n_dirty++] = pi;
+        }
+        r->b = &w->tx[pi];
+        r->port = pi;
+        r->n = r->b->n;
+        r->bytes = 0;
+        r->planes = 0;
+    }
+    r->b->m[r->n++] = m;
+    r->bytes += m->pkt_len;
+    r->planes |= pbit;
+    if (unlikely(r->n == DP_TXBUF)) {
+        run_end(r);
+        tx_flush(w, pi);
+    }
+}
+
 /* A super-frame cut into segments (dp_gso.c) in seg; m is freed, or
  * dropped and counted. Returns the number of segments. */
 static __rte_noinline int
