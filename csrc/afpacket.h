@@ -81,6 +81,12 @@ uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
  * Sent mbufs are freed; returns how many were taken (the caller frees and
  * counts the rest; a taken frame the kernel refused is counted tx_error). */
 uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
+/* Send runs of datagrams of one UDP flow (all of one size but the last) as
+ * one UDP GSO frame each: the VXLAN frames of a cut super-frame leave the
+ * uplink as one skb, which the kernel, the NIC or the receiving stack cuts
+ * back into the same datagrams. Off when the port opens; the service turns
+ * it on for a kernel-interface uplink. Set before traffic flows. */
+void dp_afp_set_udp_gso(struct dp_afp *a, int on);
 /* Drops so far; reads (and so resets) the kernel's counters: control thread,
  * one caller at a time. */
 void dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st);

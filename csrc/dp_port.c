@@ -370,6 +370,9 @@ dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
         return ret;
     }
     dp_afp_mac(p->afp, p->mac);
+    /* the uplink sends the VXLAN frames of a cut super-frame as one UDP GSO
+     * frame (afpacket.h) */
+    dp_afp_set_udp_gso(p->afp, role == DP_ROLE_UPLINK);
     ret = port_publish(idx, p);
     if (ret != 0) {
         port_release(p);
