@@ -42,12 +42,17 @@ service's worker lcore on ``--fwd-cpu`` (default 0), its control thread on
 the generator's CPU. The kernel paths forward in the senders' softirq
 context (on the generator's CPU, and wherever the receive softirq lands).
 
-``--wire-underlay`` makes the kernel bridge+vxlan nodes' underlay veth
-segment VXLAN super-frames (``tx-udp_tnl-segmentation off``), so their
-underlay carries MTU-sized frames, as a wire would; ours always does (a
-super-frame is cut where it leaves for the underlay). Without it the two
-kernel VTEPs hand each other 64 KB super-frames over the veth, which no
-wire between two machines carries.
+The underlay veths carry what each VTEP hands them: the kernel's VTEPs
+whole VXLAN super-frames of up to 64 KB (UDP-tunnel GSO), the service's
+uplink a run of the VXLAN frames it cut from one super-frame as one UDP GSO
+frame of up to 64 KB (afpacket.c); each receiving stack cuts what it gets
+into datagrams before decapsulation. ``--wire-underlay`` makes both
+underlays carry MTU-sized frames, as a wire between two machines does: the
+kernel nodes' underlay veth with ``tx-udp_tnl-segmentation off``, the
+service's uplink up0 with ``tx-udp-segmentation off`` (the kernel's software
+GSO cuts the frames before the veth, as before a NIC without the offload).
+Every bridge namespace (bnode, k1, k2 and the host) has br_netfilter's
+``bridge-nf-call-*`` off.
 
 ``--peer-csum-off`` switches tx checksum offload off on the eth0 of the
 host behind the kernel VTEP, so its frames carry finished checksums: a
@@ -107,6 +112,7 @@ POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
 POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 PING_INTERVAL = "0.002"
 TNL_SEG_OFF = ("tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
+UDP_SEG_OFF = ("tx-udp-segmentation", "off")
 
 
 class PathFailed(Exception):
@@ -215,13 +221,18 @@ class Lab:
                 )
         self.ips["vxlan"] = (ka, kb, KB_IP)
         for ns in (bn, k1, k2):
-            # bridged frames through iptables hooks (br_netfilter): off
-            for k in ("call-iptables", "call-ip6tables", "call-arptables"):
-                path = f"/proc/sys/net/bridge/bridge-nf-{k}"
-                run_cmd(
-                    self.nsexec(ns, "sh", "-c", f"[ ! -e {path} ] || echo 0 > {path}"),
-                    "bridge-nf sysctls",
-                )
+            self.bridge_nf_off(ns)
+
+    def bridge_nf_off(self, ns):
+        # bridged frames through iptables hooks (br_netfilter): off, in every
+        # namespace with a bridge (the kernel nodes and the host behind the
+        # kernel VTEP alike)
+        for k in ("call-iptables", "call-ip6tables", "call-arptables"):
+            path = f"/proc/sys/net/bridge/bridge-nf-{k}"
+            run_cmd(
+                self.nsexec(ns, "sh", "-c", f"[ ! -e {path} ] || echo 0 > {path}"),
+                "bridge-nf sysctls",
+            )
 
     def setup_ours(self):
         a = self.args
@@ -230,6 +241,15 @@ class Lab:
         self.veth(node, "up0", host, "eth0")
         self.pod_addr(host, "eth0", f"{HOST_VTEP}/24")
         self.kernel_vtep(host, vm, VM_IP, "eth0", HOST_VTEP, NODE_VTEP)
+        self.bridge_nf_off(host)
+        if a.wire_underlay:
+            # the service sends a run of VXLAN frames as one UDP GSO frame;
+            # on a wire they are cut first, by the NIC or by the kernel's
+            # software GSO when the NIC has no UDP segmentation, as here
+            run_cmd(
+                self.nsexec(node, "ethtool", "-K", "up0", *UDP_SEG_OFF),
+                "uplink UDP segmentation off",
+            )
         if a.peer_csum_off:
             # the host's stack then sends finished checksums (a diagnosis:
             # which failures are the checksum-partial frames of a kernel peer)
@@ -558,9 +578,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--wire-underlay",
         action="store_true",
-        help="the kernel bridge+vxlan nodes' underlay veth segments VXLAN super-frames "
-        "(tx-udp_tnl-segmentation off), so their underlay carries MTU-sized frames as a wire "
-        "does; without it the two kernel VTEPs pass 64 KB super-frames, which no wire carries",
+        help="both underlays carry MTU-sized frames as a wire does: the kernel nodes' "
+        "underlay veth with tx-udp_tnl-segmentation off, the service's uplink with "
+        "tx-udp-segmentation off; without it both pass super-frames of up to 64 KB over their "
+        "veth (the kernel's VTEPs UDP-tunnel GSO, ours UDP GSO), which no wire carries",
     )
     ap.add_argument(
         "--peer-csum-off",
