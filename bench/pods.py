@@ -42,17 +42,16 @@ service's worker lcore on ``--fwd-cpu`` (default 0), its control thread on
 the generator's CPU. The kernel paths forward in the senders' softirq
 context (on the generator's CPU, and wherever the receive softirq lands).
 
-The underlay veths carry what each VTEP hands them: the kernel's VTEPs
-whole VXLAN super-frames of up to 64 KB (UDP-tunnel GSO), the service's
-uplink a run of the VXLAN frames it cut from one super-frame as one UDP GSO
-frame of up to 64 KB (afpacket.c); each receiving stack cuts what it gets
-into datagrams before decapsulation. ``--wire-underlay`` makes both
-underlays carry MTU-sized frames, as a wire between two machines does: the
-kernel nodes' underlay veth with ``tx-udp_tnl-segmentation off``, the
-service's uplink up0 with ``tx-udp-segmentation off`` (the kernel's software
-GSO cuts the frames before the veth, as before a NIC without the offload).
-Every bridge namespace (bnode, k1, k2 and the host) has br_netfilter's
-``bridge-nf-call-*`` off.
+Ours always carries MTU-sized frames on its underlay veth: the service
+sends the VXLAN frames it cut from one super-frame as one UDP GSO frame
+and, on a veth uplink, switches ``tx-udp-segmentation`` off so the kernel's
+GSO cuts it before the veth, as a NIC cuts it before the wire (afpacket.c,
+podnet.py). The kernel's two VTEPs hand each other whole VXLAN
+super-frames of up to 64 KB over their underlay veth, which no wire between
+two machines carries. ``--wire-underlay`` makes the kernel nodes' underlay
+veth segment them (``tx-udp_tnl-segmentation off``), so both underlays
+carry MTU-sized frames. Every bridge namespace (bnode, k1, k2 and the
+host) has br_netfilter's ``bridge-nf-call-*`` off.
 
 ``--peer-csum-off`` switches tx checksum offload off on the eth0 of the
 host behind the kernel VTEP, so its frames carry finished checksums: a
@@ -112,7 +111,6 @@ POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
 POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 PING_INTERVAL = "0.002"
 TNL_SEG_OFF = ("tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
-UDP_SEG_OFF = ("tx-udp-segmentation", "off")
 
 
 class PathFailed(Exception):
@@ -242,14 +240,6 @@ class Lab:
         self.pod_addr(host, "eth0", f"{HOST_VTEP}/24")
         self.kernel_vtep(host, vm, VM_IP, "eth0", HOST_VTEP, NODE_VTEP)
         self.bridge_nf_off(host)
-        if a.wire_underlay:
-            # the service sends a run of VXLAN frames as one UDP GSO frame;
-            # on a wire they are cut first, by the NIC or by the kernel's
-            # software GSO when the NIC has no UDP segmentation, as here
-            run_cmd(
-                self.nsexec(node, "ethtool", "-K", "up0", *UDP_SEG_OFF),
-                "uplink UDP segmentation off",
-            )
         if a.peer_csum_off:
             # the host's stack then sends finished checksums (a diagnosis:
             # which failures are the checksum-partial frames of a kernel peer)
@@ -578,10 +568,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--wire-underlay",
         action="store_true",
-        help="both underlays carry MTU-sized frames as a wire does: the kernel nodes' "
-        "underlay veth with tx-udp_tnl-segmentation off, the service's uplink with "
-        "tx-udp-segmentation off; without it both pass super-frames of up to 64 KB over their "
-        "veth (the kernel's VTEPs UDP-tunnel GSO, ours UDP GSO), which no wire carries",
+        help="the kernel bridge+vxlan nodes' underlay veth segments VXLAN super-frames "
+        "(tx-udp_tnl-segmentation off), so their underlay carries MTU-sized frames as a wire "
+        "and ours do; without it the two kernel VTEPs pass 64 KB super-frames, which no wire "
+        "carries",
     )
     ap.add_argument(
         "--peer-csum-off",

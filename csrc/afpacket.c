@@ -548,6 +548,12 @@ dp_afp_mac(const struct dp_afp *a, uint8_t mac[6])
     memcpy(mac, a->mac, RTE_ETHER_ADDR_LEN);
 }
 
+int
+dp_afp_rx_fd(const struct dp_afp *a)
+{
+    return a->rx.fd;
+}
+
 uint32_t
 dp_afp_max_frame(const struct dp_afp *a)
 {
@@ -1065,7 +1071,8 @@ afp_ugso_len(const struct rte_mbuf *m)
 static inline int
 afp_ugso_same(const struct rte_mbuf *f, const struct rte_mbuf *m)
 {
-    const uint8_t *a = rte_pktmbuf_mtod(f, const uint8_t *), *b = rte_pktmbuf_mtod(m, const uint8_t *);
+    const uint8_t *a = rte_pktmbuf_mtod(f, const uint8_t *),
+                  *b = rte_pktmbuf_mtod(m, const uint8_t *);
 
     return memcmp(a, b, 16) == 0 && a[20] == b[20] && memcmp(a + 22, b + 22, 2) == 0 &&
            memcmp(a + 26, b + 26, 12) == 0;

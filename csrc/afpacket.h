@@ -93,6 +93,9 @@ void dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st);
 /* Largest frame (Ethernet header included) the port carries. */
 uint32_t dp_afp_max_frame(const struct dp_afp *a);
 void dp_afp_mac(const struct dp_afp *a, uint8_t mac[6]);
+/* The rx socket, readable (poll) when a frame waits in the ring: what an
+ * idle worker sleeps on. */
+int dp_afp_rx_fd(const struct dp_afp *a);
 void dp_afp_close(struct dp_afp *a);
 
 #endif

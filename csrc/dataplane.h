@@ -86,7 +86,8 @@
 #define DP_WORKER_BUSY_POLLS 1
 #define DP_WORKER_FDB_LOOKUPS 2      /* FDB lookups of the worker */
 #define DP_WORKER_FDB_CACHE_MISSES 3 /* ... that its FDB cache could not answer */
-#define DP_WORKER_CTR_COUNT 4
+#define DP_WORKER_IDLE_SLEEPS 4      /* sleeps of an idle worker (dp_set_idle_sleep) */
+#define DP_WORKER_CTR_COUNT 5
 
 /* fdb entry kinds (dp_fdb_get) */
 #define DP_FDB_NONE 0
@@ -147,6 +148,9 @@ int dp_start(void);
 int dp_stop(void);
 int dp_shutdown(void);
 int dp_running(void);
+/* an idle worker sleeps up to us microseconds, woken by a frame on a kernel
+ * port (0: it spins, the default; at most 100000) */
+int dp_set_idle_sleep(unsigned us);
 
 /* ports */
 /* net: network of a pod port from its first packet on (-1: none yet) */

@@ -586,6 +586,11 @@ class Engine(_Tables, _Planes, _Guards):
             self._hk_thread = None
         self._call("stopping workers", lib.dp_stop)
 
+    def set_idle_sleep(self, us: int):
+        """An idle worker sleeps up to ``us`` microseconds, woken by a frame
+        on a kernel port; 0 (the default): the workers spin."""
+        self._call("setting the idle sleep", lib.dp_set_idle_sleep, int(us))
+
     @property
     def running(self) -> bool:
         return bool(lib.dp_running())

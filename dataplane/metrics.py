@@ -144,6 +144,11 @@ class CoreCollector:
             "FDB lookups the worker's cache could not answer",
             labels=["worker"],
         )
+        sleeps = CounterMetricFamily(
+            "dataplane_worker_idle_sleeps",
+            "Sleeps of the idle worker (idle_sleep_us; 0 while it spins)",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
@@ -151,11 +156,13 @@ class CoreCollector:
             busy_total.add_metric([str(w)], int(c.worker[w, busy]))
             lookups.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_lookups")]))
             misses.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
+            sleeps.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_sleeps")]))
         yield ratio
         yield total
         yield busy_total
         yield lookups
         yield misses
+        yield sleeps
 
     @staticmethod
     def _planes(snap):

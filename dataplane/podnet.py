@@ -59,6 +59,7 @@ _CLONE_NEWNET = 0x40000000
 _NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 _SIOCETHTOOL = 0x8946
 # ethtool commands (linux/ethtool.h) on the feature bits, by feature name
+_ETHTOOL_GDRVINFO = 0x03
 _ETHTOOL_GSTRINGS = 0x1B
 _ETHTOOL_GSSET_INFO = 0x37
 _ETHTOOL_GFEATURES = 0x3A
@@ -216,6 +217,42 @@ def _offloads_off(ifname: str, netns_path=None):
         )
         if still:
             raise OSError(errno.EOPNOTSUPP, f"{', '.join(still)} stay on on {ifname}")
+
+
+def _driver(sock, ifname: str) -> str:
+    """The interface's driver name (ETHTOOL_GDRVINFO, as ``ethtool -i``)."""
+    buf = ctypes.create_string_buffer(struct.pack("I", _ETHTOOL_GDRVINFO) + bytes(192))
+    _ethtool(sock, ifname, buf)
+    return buf.raw[4:36].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def uplink_wire_sized(ifname: str) -> bool:
+    """Keep what a veth uplink carries within the underlay MTU, as a wire
+    does: the core hands the uplink a run of VXLAN frames as one UDP GSO
+    frame (afpacket.c), which a NIC cuts itself (UDP segmentation offload)
+    or the kernel's GSO cuts before it, but which a veth would pass whole to
+    the stack at its other end. On a veth, ``tx-udp-segmentation`` is
+    switched off so the kernel's GSO cuts it before the veth; any other
+    interface is left as it is. True if the feature was switched off.
+    OSError if the interface cannot be asked or the feature stays on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        if _driver(sock, ifname) != "veth":
+            return False
+        names = _feature_names(sock, ifname)
+        changeable, active = _features(sock, ifname, len(names))
+        b = names.index("tx-udp-segmentation") if "tx-udp-segmentation" in names else -1
+        if b < 0 or b not in active:
+            return False
+        size = (len(names) + 31) // 32
+        blocks = [0] * (2 * size)  # (valid, requested = 0) per block
+        blocks[2 * (b // 32)] |= 1 << (b % 32)
+        buf = ctypes.create_string_buffer(
+            struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks)
+        )
+        _ethtool(sock, ifname, buf)
+        if b in _features(sock, ifname, len(names))[1]:
+            raise OSError(errno.EOPNOTSUPP, f"tx-udp-segmentation stays on on {ifname}")
+        return True
 
 
 def _disable_ipv6(ifname: str):
