@@ -3,11 +3,14 @@ the node service, against the kernel's own bridge and bridge + vxlan paths
 built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
+                         [--wire-underlay] [--idle-sleep-us US]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
+        ours_idle_cpu=<share of a CPU the service's worker took over 2 s
+        without traffic, before the runs>
 
 Set-up (network namespaces named ``podb<pid>-*``, made for the run and
 removed at the end, also on error, Ctrl-C or SIGTERM):
@@ -52,6 +55,10 @@ two machines carries. ``--wire-underlay`` makes the kernel nodes' underlay
 veth segment them (``tx-udp_tnl-segmentation off``), so both underlays
 carry MTU-sized frames. Every bridge namespace (bnode, k1, k2 and the
 host) has br_netfilter's ``bridge-nf-call-*`` off.
+
+``--idle-sleep-us`` sets the service's ``idle_sleep_us``: its worker
+sleeps when idle, woken by a frame on a kernel port (csrc/dp_idle.c); the
+pings, 2 ms apart, then each find it asleep.
 
 ``--peer-csum-off`` switches tx checksum offload off on the eth0 of the
 host behind the kernel VTEP, so its frames carry finished checksums: a
@@ -111,6 +118,26 @@ POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
 POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 PING_INTERVAL = "0.002"
 TNL_SEG_OFF = ("tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
+
+
+def _children(pid: int) -> list:
+    """Every descendant of pid (from /proc/*/stat)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            parent[int(d)] = int(st[st.rindex(")") + 2 :].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
 
 
 class PathFailed(Exception):
@@ -251,6 +278,7 @@ class Lab:
                 "mode: fallback\n"
                 f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
                 "memory_mb: 256\n"
+                f"idle_sleep_us: {a.idle_sleep_us}\n"
                 # the host behind the kernel VTEP is in no store: its MAC is
                 # learned from what it sends (else every frame to it is an
                 # unknown unicast flood, held to the pods' storm rate)
@@ -300,6 +328,38 @@ class Lab:
             ips.append(next(p["ip"] for p in info["planes"] if p["plane"] == "std"))
         self.ips["ours_local"] = (pa, pb, ips[1].split("/")[0])
         self.ips["ours_vtep"] = (pa, vm, VM_IP)
+
+    def worker_cpu(self, seconds: float = 2.0) -> float:
+        """Share of a CPU the service's worker thread took over ``seconds``
+        (utime + stime of its rte-worker thread), or -1 if not found."""
+        pid = self.service.pid if self.service else None
+        # ip netns exec runs the service as a child of that pid, or as it
+        pids = [pid] + _children(pid) if pid else []
+
+        def ticks():
+            for p in pids:
+                try:
+                    tids = os.listdir(f"/proc/{p}/task")
+                except OSError:
+                    continue
+                for t in tids:
+                    try:
+                        with open(f"/proc/{p}/task/{t}/stat") as f:
+                            st = f.read()
+                    except OSError:
+                        continue
+                    comm = st[st.index("(") + 1 : st.rindex(")")]
+                    if comm.startswith("rte-worker"):
+                        fields = st[st.rindex(")") + 2 :].split()
+                        return int(fields[11]) + int(fields[12])  # utime, stime
+            return None
+
+        t0, c0 = time.monotonic(), ticks()
+        time.sleep(seconds)
+        t1, c1 = time.monotonic(), ticks()
+        if c0 is None or c1 is None:
+            return -1.0
+        return (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
 
     def log_tail(self, n: int = 25) -> str:
         try:
@@ -491,6 +551,11 @@ def run(args) -> dict:
         try:
             lab.setup_kernel()
             lab.setup_ours()
+            idle_cpu = lab.worker_cpu()
+            say(
+                f"the service's worker took {idle_cpu * 100:.0f} % of a CPU over 2 s without "
+                f"traffic (idle_sleep_us: {args.idle_sleep_us})"
+            )
             say(
                 f"namespaces {lab.tag}-*; {args.pings} pings and {lab.iperf_seconds} s of "
                 f"iperf3 per test; ping and iperf3 on CPU {args.gen_cpu} (taskset), "
@@ -536,7 +601,13 @@ def run(args) -> dict:
                 f"{fmt_runs(res[p]['tcp_gbps'])}, UDP kpps "
                 f"{fmt_runs(res[p]['udp64_pps'], 1, 1e-3)}"
             )
-    return {"med": med, "peer_csum_off": args.peer_csum_off, "wire_underlay": args.wire_underlay}
+    return {
+        "med": med,
+        "peer_csum_off": args.peer_csum_off,
+        "wire_underlay": args.wire_underlay,
+        "idle_sleep_us": args.idle_sleep_us,
+        "idle_cpu": idle_cpu,
+    }
 
 
 def parser() -> argparse.ArgumentParser:
@@ -574,6 +645,13 @@ def parser() -> argparse.ArgumentParser:
         "carries",
     )
     ap.add_argument(
+        "--idle-sleep-us",
+        type=int,
+        default=0,
+        help="the service's idle_sleep_us: its worker sleeps when idle, woken by a frame "
+        "(default 0: it spins)",
+    )
+    ap.add_argument(
         "--peer-csum-off",
         action="store_true",
         help="switch tx checksum offload off on the eth0 of the host behind the kernel "
@@ -588,6 +666,8 @@ def main(argv=None) -> int:
     check_cpu_options(ap, args)
     if args.pings < 1:
         ap.error("--pings must be >= 1")
+    if not 0 <= args.idle_sleep_us <= 100000:
+        ap.error("--idle-sleep-us must be in 0..100000")
     if os.geteuid() != 0:
         print("bench: FAILED: needs root (it makes network namespaces)", file=sys.stderr)
         return 1
@@ -616,6 +696,9 @@ def _result(res):
         out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up
     if res.get("wire_underlay"):
         out["kernel_underlay"] = "wire"  # MTU-sized VXLAN frames on the kernel's underlay
+    out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic
+    if res.get("idle_sleep_us"):
+        out["idle_sleep_us"] = str(res["idle_sleep_us"])
     return "pods", out
 
 
