@@ -9,8 +9,9 @@ built on the same kind of veths, in the same run.
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
-        ours_idle_cpu=<share of a CPU the service's worker took over 2 s
-        without traffic, before the runs>
+        (with --idle-sleep-us: idle_sleep_us=.. ours_idle_cpu=<share of a CPU
+        the service's worker took over 2 s without traffic, before the runs;
+        said on stderr in every run>)
 
 Set-up (network namespaces named ``podb<pid>-*``, made for the run and
 removed at the end, also on error, Ctrl-C or SIGTERM):
@@ -696,9 +697,9 @@ def _result(res):
         out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up
     if res.get("wire_underlay"):
         out["kernel_underlay"] = "wire"  # MTU-sized VXLAN frames on the kernel's underlay
-    out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic
     if res.get("idle_sleep_us"):
         out["idle_sleep_us"] = str(res["idle_sleep_us"])
+        out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic
     return "pods", out
 
 

@@ -1169,7 +1169,7 @@ afp_tx_ugso(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t r)
 void
 dp_afp_set_udp_gso(struct dp_afp *a, int on)
 {
-    a->tx.udp_gso = on != 0;
+    __atomic_store_n(&a->tx.udp_gso, on != 0, __ATOMIC_RELAXED);
 }
 
 uint16_t
@@ -1202,7 +1202,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
                 a->tx.error++;
             continue;
         }
-        if (a->tx.udp_gso && i + 1 < n) {
+        if (__atomic_load_n(&a->tx.udp_gso, __ATOMIC_RELAXED) && i + 1 < n) {
             uint32_t l0 = afp_ugso_len(m);
             uint16_t r = l0 != 0 ? afp_ugso_run(pkts + i, n - i, l0) : 1;
 
@@ -1231,6 +1231,12 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         if (p != data)
             rte_memcpy(data, p, len);
         afp_tx_vnet(vh, m, len);
+        /* the whole frame as its "header": the kernel copies it into the
+         * skb's linear part instead of lending the ring's page (no page
+         * references, no pull of headers from a page fragment by the
+         * receiving stack); a jumbo frame keeps the page */
+        if (likely(len <= AFP_SLOT && vh->gso_type == VIRTIO_NET_HDR_GSO_NONE))
+            vh->hdr_len = (uint16_t)len;
 
         /* hand the frame to the kernel */
         h->tp_len = len + AFP_VNET_LEN;

@@ -83,9 +83,10 @@ uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
 uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
 /* Send runs of datagrams of one UDP flow (all of one size but the last) as
  * one UDP GSO frame each: the VXLAN frames of a cut super-frame leave the
- * uplink as one skb, which the kernel, the NIC or the receiving stack cuts
- * back into the same datagrams. Off when the port opens; the service turns
- * it on for a kernel-interface uplink. Set before traffic flows. */
+ * uplink as one skb, which the kernel or the NIC cuts back into the same
+ * datagrams (a veth passes it whole: its peer's stack cuts it on receive).
+ * Off when the port opens; the service turns it on for a kernel-interface
+ * uplink (after switching a veth's tx-udp-segmentation off). */
 void dp_afp_set_udp_gso(struct dp_afp *a, int on);
 /* Drops so far; reads (and so resets) the kernel's counters: control thread,
  * one caller at a time. */

@@ -162,6 +162,9 @@ int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
 int dp_port_del(int port);
 int dp_port_info(int port, struct dp_port_info *out);
 int dp_port_set_net(int port, int net);
+/* an AF_PACKET port sends runs of one UDP flow's datagrams as one UDP GSO
+ * frame (afpacket.h; off when added) */
+int dp_port_set_udp_gso(int port, int on);
 /* kernel (AF_PACKET) ports' drops, the kernel's own ring drops included,
  * written into the control thread's row of the drop counters (kport_*);
  * called before the counters are read */

@@ -370,9 +370,6 @@ dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
         return ret;
     }
     dp_afp_mac(p->afp, p->mac);
-    /* the uplink sends the VXLAN frames of a cut super-frame as one UDP GSO
-     * frame (afpacket.h) */
-    dp_afp_set_udp_gso(p->afp, role == DP_ROLE_UPLINK);
     ret = port_publish(idx, p);
     if (ret != 0) {
         port_release(p);
@@ -445,6 +442,18 @@ dp_port_info(int idx, struct dp_port_info *out)
     memcpy(out->mac, p->mac, 6);
     snprintf(out->name, sizeof(out->name), "%s", p->name);
     return 1;
+}
+
+int
+dp_port_set_udp_gso(int idx, int on)
+{
+    struct dp_port *p = dp_port_get(idx);
+    if (!p)
+        return dp_fail(-ENOENT, "no port %d", idx);
+    if (p->driver != DP_DRV_AFPACKET)
+        return dp_fail(-EINVAL, "port %d (%s) is not an AF_PACKET port", idx, p->name);
+    dp_afp_set_udp_gso(p->afp, on);
+    return 0;
 }
 
 int

@@ -699,6 +699,12 @@ class Engine(_Tables, _Planes, _Guards):
             frames,
         )
 
+    def set_udp_gso(self, port: int, on: bool = True):
+        """AF_PACKET port ``port`` sends a run of one UDP flow's datagrams
+        (the VXLAN frames of a cut super-frame) as one UDP GSO frame, which
+        the kernel or the NIC cuts back (a veth passes it whole)."""
+        self._call(f"UDP GSO batches on port {port}", lib.dp_port_set_udp_gso, port, int(on))
+
     def del_port(self, port: int):
         self._call(f"removing port {port}", lib.dp_port_del, port)
 

@@ -92,9 +92,12 @@ class NodeService:
                 self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
             )
             routes.update(self.captures.routes())
+            # metrics first: the API's first request imports the metrics
+            # module too, and two threads importing prometheus_client at once
+            # can see it half initialised
+            self._start_metrics()
             self.api = APIServer(cfg.api_socket, routes, log=log)
             self.api.start()
-            self._start_metrics()
         except BaseException:
             self.stop()
             raise
@@ -120,16 +123,15 @@ class NodeService:
         else:
             self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
             if v.uplink_driver == "afpacket":
-                # its UDP GSO frames cut before a veth, as a NIC cuts them
+                # VXLAN frames in UDP GSO batches, cut before a veth as a NIC
+                # cuts them; never batches a veth would carry whole
                 try:
                     if uplink_wire_sized(v.uplink_ifname):
                         event("uplink tx-udp-segmentation off", uplink=v.uplink_ifname)
+                    eng.set_udp_gso(self.uplink)
                 except OSError as e:
-                    # the veth's peer then gets UDP super-frames, which its
-                    # stack cuts on receive: it works, the veth is no wire
                     log.warning(
-                        "uplink %s: tx-udp-segmentation stays on (%s): the veth carries "
-                        "VXLAN frames larger than the underlay MTU",
+                        "uplink %s: tx-udp-segmentation stays on (%s): no UDP GSO batches",
                         v.uplink_ifname,
                         e.strerror or e,
                     )
