@@ -8,6 +8,7 @@ the setting never sleeps. The fabric is the one of test_kernel_pods.py.
 
 import os
 import re
+import sys
 
 import pytest
 import test_kernel_pods as kp
@@ -40,7 +41,10 @@ def node_with(fab, n, remotes, extra):
 def idle_sleeps(node):
     """dataplane_worker_idle_sleeps_total of the node's worker(s), summed."""
     url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
-    r = kp.nsx(node.ns, "curl", "-sf", "--max-time", "10", url, timeout=30)
+    get = (
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    )
+    r = kp.nsx(node.ns, sys.executable, "-c", get, timeout=30)
     assert r.returncode == 0, f"metrics of node{node.n}: {r.stderr}"
     found = re.findall(r"^dataplane_worker_idle_sleeps_total\{[^}]*\} (\S+)$", r.stdout, re.M)
     assert found, "no dataplane_worker_idle_sleeps_total in the metrics"
