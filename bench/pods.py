@@ -48,9 +48,9 @@ context (on the generator's CPU, and wherever the receive softirq lands).
 
 Ours always carries MTU-sized frames on its underlay veth: the service
 sends the VXLAN frames it cut from one super-frame as one UDP GSO frame
-and, on a veth uplink, switches ``tx-udp-segmentation`` off so the kernel's
-GSO cuts it before the veth, as a NIC cuts it before the wire (afpacket.c,
-podnet.py). The kernel's two VTEPs hand each other whole VXLAN
+and, on an uplink that is not a NIC (this veth), switches
+``tx-udp-segmentation`` off so the kernel's GSO cuts it before the veth,
+as a NIC cuts it before the wire (afpacket.c, podnet.py). The kernel's two VTEPs hand each other whole VXLAN
 super-frames of up to 64 KB over their underlay veth, which no wire between
 two machines carries. ``--wire-underlay`` makes the kernel nodes' underlay
 veth segment them (``tx-udp_tnl-segmentation off``), so both underlays

@@ -59,7 +59,6 @@ _CLONE_NEWNET = 0x40000000
 _NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 _SIOCETHTOOL = 0x8946
 # ethtool commands (linux/ethtool.h) on the feature bits, by feature name
-_ETHTOOL_GDRVINFO = 0x03
 _ETHTOOL_GSTRINGS = 0x1B
 _ETHTOOL_GSSET_INFO = 0x37
 _ETHTOOL_GFEATURES = 0x3A
@@ -219,25 +218,26 @@ def _offloads_off(ifname: str, netns_path=None):
             raise OSError(errno.EOPNOTSUPP, f"{', '.join(still)} stay on on {ifname}")
 
 
-def _driver(sock, ifname: str) -> str:
-    """The interface's driver name (ETHTOOL_GDRVINFO, as ``ethtool -i``)."""
-    buf = ctypes.create_string_buffer(struct.pack("I", _ETHTOOL_GDRVINFO) + bytes(192))
-    _ethtool(sock, ifname, buf)
-    return buf.raw[4:36].split(b"\0", 1)[0].decode(errors="replace")
+def _is_nic(ifname: str) -> bool:
+    """A device with hardware behind it (``/sys/class/net/IF/device``), not
+    a virtual one (veth, bridge, macvlan, VLAN, bond, ...) that may hand a
+    frame on whole to a stack on the same machine."""
+    return os.path.exists(f"/sys/class/net/{ifname}/device")
 
 
 def uplink_wire_sized(ifname: str) -> bool:
-    """Keep what a veth uplink carries within the underlay MTU, as a wire
+    """Keep what the uplink carries within the underlay MTU, as a wire
     does: the core hands the uplink a run of VXLAN frames as one UDP GSO
     frame (afpacket.c), which a NIC cuts itself (UDP segmentation offload)
-    or the kernel's GSO cuts before it, but which a veth would pass whole to
-    the stack at its other end. On a veth, ``tx-udp-segmentation`` is
-    switched off so the kernel's GSO cuts it before the veth; any other
-    interface is left as it is. True if the feature was switched off.
-    OSError if the interface cannot be asked or the feature stays on."""
+    or the kernel's GSO cuts before it, but which a virtual device (a veth)
+    would pass whole to a stack on the same machine. On anything but a NIC,
+    ``tx-udp-segmentation`` is switched off so the kernel's GSO cuts it
+    before the device; a NIC is left as it is. True if the feature was
+    switched off. OSError if the interface cannot be asked or the feature
+    stays on."""
+    if _is_nic(ifname):
+        return False
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        if _driver(sock, ifname) != "veth":
-            return False
         names = _feature_names(sock, ifname)
         changeable, active = _features(sock, ifname, len(names))
         b = names.index("tx-udp-segmentation") if "tx-udp-segmentation" in names else -1

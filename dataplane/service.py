@@ -123,8 +123,9 @@ class NodeService:
         else:
             self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
             if v.uplink_driver == "afpacket":
-                # VXLAN frames in UDP GSO batches, cut before a veth as a NIC
-                # cuts them; never batches a veth would carry whole
+                # VXLAN frames in UDP GSO batches, cut before a virtual
+                # device (veth) as a NIC cuts them; never batches a veth
+                # would carry whole
                 try:
                     if uplink_wire_sized(v.uplink_ifname):
                         event("uplink tx-udp-segmentation off", uplink=v.uplink_ifname)
