@@ -3,11 +3,15 @@ the node service, against the kernel's own bridge and bridge + vxlan paths
 built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
+                         [--wire-underlay] [--idle-sleep-us US]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
+        (with --idle-sleep-us: idle_sleep_us=.. ours_idle_cpu=<share of a CPU
+        the service's worker took over 2 s without traffic, before the runs;
+        said on stderr in every run>)
 
 Set-up (network namespaces named ``podb<pid>-*``, made for the run and
 removed at the end, also on error, Ctrl-C or SIGTERM):
@@ -42,12 +46,20 @@ service's worker lcore on ``--fwd-cpu`` (default 0), its control thread on
 the generator's CPU. The kernel paths forward in the senders' softirq
 context (on the generator's CPU, and wherever the receive softirq lands).
 
-``--wire-underlay`` makes the kernel bridge+vxlan nodes' underlay veth
-segment VXLAN super-frames (``tx-udp_tnl-segmentation off``), so their
-underlay carries MTU-sized frames, as a wire would; ours always does (a
-super-frame is cut where it leaves for the underlay). Without it the two
-kernel VTEPs hand each other 64 KB super-frames over the veth, which no
-wire between two machines carries.
+Ours always carries MTU-sized frames on its underlay veth: the service
+sends the VXLAN frames it cut from one super-frame as one UDP GSO frame
+and, on an uplink that is not a NIC (this veth), switches
+``tx-udp-segmentation`` off so the kernel's GSO cuts it before the veth,
+as a NIC cuts it before the wire (afpacket.c, podnet.py). The kernel's two VTEPs hand each other whole VXLAN
+super-frames of up to 64 KB over their underlay veth, which no wire between
+two machines carries. ``--wire-underlay`` makes the kernel nodes' underlay
+veth segment them (``tx-udp_tnl-segmentation off``), so both underlays
+carry MTU-sized frames. Every bridge namespace (bnode, k1, k2 and the
+host) has br_netfilter's ``bridge-nf-call-*`` off.
+
+``--idle-sleep-us`` sets the service's ``idle_sleep_us``: its worker
+sleeps when idle, woken by a frame on a kernel port (csrc/dp_idle.c); the
+pings, 2 ms apart, then each find it asleep.
 
 ``--peer-csum-off`` switches tx checksum offload off on the eth0 of the
 host behind the kernel VTEP, so its frames carry finished checksums: a
@@ -107,6 +119,26 @@ POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
 POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 PING_INTERVAL = "0.002"
 TNL_SEG_OFF = ("tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off")
+
+
+def _children(pid: int) -> list:
+    """Every descendant of pid (from /proc/*/stat)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            parent[int(d)] = int(st[st.rindex(")") + 2 :].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
 
 
 class PathFailed(Exception):
@@ -215,13 +247,18 @@ class Lab:
                 )
         self.ips["vxlan"] = (ka, kb, KB_IP)
         for ns in (bn, k1, k2):
-            # bridged frames through iptables hooks (br_netfilter): off
-            for k in ("call-iptables", "call-ip6tables", "call-arptables"):
-                path = f"/proc/sys/net/bridge/bridge-nf-{k}"
-                run_cmd(
-                    self.nsexec(ns, "sh", "-c", f"[ ! -e {path} ] || echo 0 > {path}"),
-                    "bridge-nf sysctls",
-                )
+            self.bridge_nf_off(ns)
+
+    def bridge_nf_off(self, ns):
+        # bridged frames through iptables hooks (br_netfilter): off, in every
+        # namespace with a bridge (the kernel nodes and the host behind the
+        # kernel VTEP alike)
+        for k in ("call-iptables", "call-ip6tables", "call-arptables"):
+            path = f"/proc/sys/net/bridge/bridge-nf-{k}"
+            run_cmd(
+                self.nsexec(ns, "sh", "-c", f"[ ! -e {path} ] || echo 0 > {path}"),
+                "bridge-nf sysctls",
+            )
 
     def setup_ours(self):
         a = self.args
@@ -230,6 +267,7 @@ class Lab:
         self.veth(node, "up0", host, "eth0")
         self.pod_addr(host, "eth0", f"{HOST_VTEP}/24")
         self.kernel_vtep(host, vm, VM_IP, "eth0", HOST_VTEP, NODE_VTEP)
+        self.bridge_nf_off(host)
         if a.peer_csum_off:
             # the host's stack then sends finished checksums (a diagnosis:
             # which failures are the checksum-partial frames of a kernel peer)
@@ -241,6 +279,7 @@ class Lab:
                 "mode: fallback\n"
                 f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
                 "memory_mb: 256\n"
+                f"idle_sleep_us: {a.idle_sleep_us}\n"
                 # the host behind the kernel VTEP is in no store: its MAC is
                 # learned from what it sends (else every frame to it is an
                 # unknown unicast flood, held to the pods' storm rate)
@@ -290,6 +329,38 @@ class Lab:
             ips.append(next(p["ip"] for p in info["planes"] if p["plane"] == "std"))
         self.ips["ours_local"] = (pa, pb, ips[1].split("/")[0])
         self.ips["ours_vtep"] = (pa, vm, VM_IP)
+
+    def worker_cpu(self, seconds: float = 2.0) -> float:
+        """Share of a CPU the service's worker thread took over ``seconds``
+        (utime + stime of its rte-worker thread), or -1 if not found."""
+        pid = self.service.pid if self.service else None
+        # ip netns exec runs the service as a child of that pid, or as it
+        pids = [pid] + _children(pid) if pid else []
+
+        def ticks():
+            for p in pids:
+                try:
+                    tids = os.listdir(f"/proc/{p}/task")
+                except OSError:
+                    continue
+                for t in tids:
+                    try:
+                        with open(f"/proc/{p}/task/{t}/stat") as f:
+                            st = f.read()
+                    except OSError:
+                        continue
+                    comm = st[st.index("(") + 1 : st.rindex(")")]
+                    if comm.startswith("rte-worker"):
+                        fields = st[st.rindex(")") + 2 :].split()
+                        return int(fields[11]) + int(fields[12])  # utime, stime
+            return None
+
+        t0, c0 = time.monotonic(), ticks()
+        time.sleep(seconds)
+        t1, c1 = time.monotonic(), ticks()
+        if c0 is None or c1 is None:
+            return -1.0
+        return (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
 
     def log_tail(self, n: int = 25) -> str:
         try:
@@ -481,6 +552,11 @@ def run(args) -> dict:
         try:
             lab.setup_kernel()
             lab.setup_ours()
+            idle_cpu = lab.worker_cpu()
+            say(
+                f"the service's worker took {idle_cpu * 100:.0f} % of a CPU over 2 s without "
+                f"traffic (idle_sleep_us: {args.idle_sleep_us})"
+            )
             say(
                 f"namespaces {lab.tag}-*; {args.pings} pings and {lab.iperf_seconds} s of "
                 f"iperf3 per test; ping and iperf3 on CPU {args.gen_cpu} (taskset), "
@@ -526,7 +602,13 @@ def run(args) -> dict:
                 f"{fmt_runs(res[p]['tcp_gbps'])}, UDP kpps "
                 f"{fmt_runs(res[p]['udp64_pps'], 1, 1e-3)}"
             )
-    return {"med": med, "peer_csum_off": args.peer_csum_off, "wire_underlay": args.wire_underlay}
+    return {
+        "med": med,
+        "peer_csum_off": args.peer_csum_off,
+        "wire_underlay": args.wire_underlay,
+        "idle_sleep_us": args.idle_sleep_us,
+        "idle_cpu": idle_cpu,
+    }
 
 
 def parser() -> argparse.ArgumentParser:
@@ -560,7 +642,15 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the kernel bridge+vxlan nodes' underlay veth segments VXLAN super-frames "
         "(tx-udp_tnl-segmentation off), so their underlay carries MTU-sized frames as a wire "
-        "does; without it the two kernel VTEPs pass 64 KB super-frames, which no wire carries",
+        "and ours do; without it the two kernel VTEPs pass 64 KB super-frames, which no wire "
+        "carries",
+    )
+    ap.add_argument(
+        "--idle-sleep-us",
+        type=int,
+        default=0,
+        help="the service's idle_sleep_us: its worker sleeps when idle, woken by a frame "
+        "(default 0: it spins)",
     )
     ap.add_argument(
         "--peer-csum-off",
@@ -577,6 +667,8 @@ def main(argv=None) -> int:
     check_cpu_options(ap, args)
     if args.pings < 1:
         ap.error("--pings must be >= 1")
+    if not 0 <= args.idle_sleep_us <= 100000:
+        ap.error("--idle-sleep-us must be in 0..100000")
     if os.geteuid() != 0:
         print("bench: FAILED: needs root (it makes network namespaces)", file=sys.stderr)
         return 1
@@ -605,6 +697,9 @@ def _result(res):
         out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up
     if res.get("wire_underlay"):
         out["kernel_underlay"] = "wire"  # MTU-sized VXLAN frames on the kernel's underlay
+    if res.get("idle_sleep_us"):
+        out["idle_sleep_us"] = str(res["idle_sleep_us"])
+        out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic
     return "pods", out
 
 

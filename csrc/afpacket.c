@@ -122,6 +122,9 @@
 #define AFP_IOV_MAX 64u             /* iovecs of one GSO frame: header + segments */
 #define AFP_RCVBUF (8u << 20)       /* GSO frames queued on the rx socket, bytes */
 #define AFP_GSO_SNDBUF (8u << 20)   /* GSO frames in flight on the tx side, bytes */
+#define AFP_UGSO_SEGS 64u           /* most datagrams one UDP GSO batch carries */
+#define AFP_UGSO_IOV 160u           /* iovecs of one UDP GSO batch */
+#define AFP_UGSO_HDR 42u            /* Ethernet + IPv4 (no options) + UDP */
 
 /* Where frame data starts in a V2 tx frame (kernel default, no TX_HAS_OFF):
  * the virtio-net header, then the frame. */
@@ -158,6 +161,9 @@ struct dp_afp {
         uint32_t head;     /* next frame to fill */
         uint32_t data_max; /* largest frame we can queue */
         uint64_t error;    /* large frames the kernel refused */
+        uint64_t batches;  /* UDP GSO batches sent (udp_gso) */
+        uint64_t batched;  /* datagrams they carried */
+        int udp_gso;       /* batch runs of one UDP flow into one GSO frame */
         int fd;
         int gfd; /* no ring: sendmsg() of frames larger than a ring frame */
     } tx __rte_cache_aligned;
@@ -407,7 +413,8 @@ afp_open_tx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
     if (fd < 0)
         return dp_fail(-errno, "afpacket %s: gso tx socket: %m", ifn);
     a->tx.gfd = fd;
-    (void)setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
+    /* no PACKET_QDISC_BYPASS here: the direct path drops a GSO frame the
+     * device cannot take whole instead of segmenting it in software */
     if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0)
         return dp_fail(-errno, "afpacket %s: gso tx PACKET_VNET_HDR: %m", ifn);
     sndbuf = (int)AFP_GSO_SNDBUF;
@@ -539,6 +546,12 @@ void
 dp_afp_mac(const struct dp_afp *a, uint8_t mac[6])
 {
     memcpy(mac, a->mac, RTE_ETHER_ADDR_LEN);
+}
+
+int
+dp_afp_rx_fd(const struct dp_afp *a)
+{
+    return a->rx.fd;
 }
 
 uint32_t
@@ -1020,6 +1033,145 @@ afp_tx_big(struct dp_afp *a, struct rte_mbuf *m)
     return sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT) == (ssize_t)(AFP_VNET_LEN + m->pkt_len) ? 0 : -1;
 }
 
+/*
+ * UDP GSO batches (ports with udp_gso on: the uplink). A run of datagrams of
+ * one flow (the same Ethernet, IPv4 and UDP headers but length, id and
+ * checksums), all of one size but the last, which may be shorter - the VXLAN
+ * frames one super-frame was cut into, or a burst of a pod's small UDP
+ * datagrams, encapsulated - leaves as one UDP GSO frame (virtio-net
+ * gso_type UDP_L4, gso_size the UDP payload of one datagram): one
+ * sendmsg() and one skb for the run, which the kernel cuts back into the
+ * same datagrams where it must (software GSO before a device without UDP
+ * segmentation, the NIC's own UDP segmentation offload, or the receiving
+ * stack's UDP socket), each with its own IPv4 length, id and header checksum
+ * and a full UDP checksum. A frame on a wire is never larger than it was.
+ */
+
+/* The UDP payload length of m if it may start or join a batch: IPv4 without
+ * options, not a fragment, UDP with lengths that match the frame, the
+ * headers in the first segment, no segmentation offload of its own. 0 if
+ * not. */
+static inline uint32_t
+afp_ugso_len(const struct rte_mbuf *m)
+{
+    const uint8_t *p = rte_pktmbuf_mtod(m, const uint8_t *);
+    uint32_t len = m->pkt_len;
+
+    if (len <= AFP_UGSO_HDR || m->data_len < AFP_UGSO_HDR || dp_gso_frame(m) ||
+        *(const unaligned_uint16_t *)(p + 12) != RTE_BE16(RTE_ETHER_TYPE_IPV4) || p[14] != 0x45 ||
+        p[23] != IPPROTO_UDP || (p[20] & 0x3f) != 0 || p[21] != 0 ||
+        rte_be_to_cpu_16(*(const unaligned_uint16_t *)(p + 16)) != len - RTE_ETHER_HDR_LEN ||
+        rte_be_to_cpu_16(*(const unaligned_uint16_t *)(p + 38)) != len - RTE_ETHER_HDR_LEN - 20)
+        return 0;
+    return len - AFP_UGSO_HDR;
+}
+
+/* Does m belong to the flow of f (its first frame)? Ethernet header, IPv4
+ * tos, flags, ttl, protocol and addresses, UDP ports. */
+static inline int
+afp_ugso_same(const struct rte_mbuf *f, const struct rte_mbuf *m)
+{
+    const uint8_t *a = rte_pktmbuf_mtod(f, const uint8_t *),
+                  *b = rte_pktmbuf_mtod(m, const uint8_t *);
+
+    return memcmp(a, b, 16) == 0 && a[20] == b[20] && memcmp(a + 22, b + 22, 2) == 0 &&
+           memcmp(a + 26, b + 26, 12) == 0;
+}
+
+/* How many frames from pkts[0] (a candidate, payload len0) form one batch:
+ * one flow, the same payload length but the last, the whole within an IPv4
+ * datagram and AFP_UGSO_SEGS datagrams. */
+static inline uint16_t
+afp_ugso_run(struct rte_mbuf **pkts, uint16_t n, uint32_t len0)
+{
+    uint32_t total = len0;
+    uint16_t r = 1;
+
+    while (r < n && r < AFP_UGSO_SEGS) {
+        const struct rte_mbuf *m = pkts[r];
+        uint32_t l = afp_ugso_len(m);
+
+        if (l == 0 || l > len0 || total + l + 28 > UINT16_MAX || !afp_ugso_same(pkts[0], m))
+            break;
+        total += l;
+        r++;
+        if (l < len0)
+            break; /* a shorter one ends the run */
+    }
+    return r;
+}
+
+/* Send pkts[0..r) as one UDP GSO frame (afp_ugso_run said they may).
+ * Returns 0 or -1 (refused, or too many segments for one call). */
+static __rte_noinline int
+afp_tx_ugso(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t r)
+{
+    struct virtio_net_hdr vh;
+    struct iovec iov[AFP_UGSO_IOV];
+    uint8_t hdr[AFP_UGSO_HDR];
+    struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(hdr + RTE_ETHER_HDR_LEN);
+    struct rte_udp_hdr *uh = (struct rte_udp_hdr *)(hdr + RTE_ETHER_HDR_LEN + 20);
+    uint32_t total = 0, seg = pkts[0]->pkt_len - AFP_UGSO_HDR, sum;
+    struct msghdr mh;
+    unsigned ni = 2;
+
+    for (uint16_t k = 0; k < r; k++) {
+        struct rte_mbuf *m = pkts[k];
+        uint32_t off = AFP_UGSO_HDR;
+
+        /* one checksum offload per frame: the batch's is the outer UDP one,
+         * so an inner checksum left partial is finished now */
+        if (unlikely(dp_csum_partial(m)))
+            dp_csum_complete(m);
+        for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
+            if (off < s->data_len) {
+                if (unlikely(ni == AFP_UGSO_IOV))
+                    return -1;
+                iov[ni].iov_base = rte_pktmbuf_mtod_offset(s, uint8_t *, off);
+                iov[ni++].iov_len = s->data_len - off;
+            }
+            off = off > s->data_len ? off - s->data_len : 0;
+        }
+        total += m->pkt_len - AFP_UGSO_HDR;
+    }
+
+    /* the headers of the whole: lengths, the first id, checksums */
+    memcpy(hdr, rte_pktmbuf_mtod(pkts[0], const uint8_t *), AFP_UGSO_HDR);
+    ip->total_length = rte_cpu_to_be_16((uint16_t)(20 + 8 + total));
+    ip->hdr_checksum = 0;
+    ip->hdr_checksum = (uint16_t)~rte_raw_cksum(ip, 20);
+    uh->dgram_len = rte_cpu_to_be_16((uint16_t)(8 + total));
+    sum = rte_raw_cksum(&ip->src_addr, 8) + rte_cpu_to_be_16(IPPROTO_UDP) + uh->dgram_len;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    uh->dgram_cksum = (uint16_t)sum; /* pseudo-header: the kernel finishes it */
+
+    memset(&vh, 0, sizeof(vh));
+    vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    vh.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
+    vh.gso_size = (uint16_t)seg;
+    vh.hdr_len = AFP_UGSO_HDR;
+    vh.csum_start = RTE_ETHER_HDR_LEN + 20;
+    vh.csum_offset = offsetof(struct rte_udp_hdr, dgram_cksum);
+    iov[0].iov_base = &vh;
+    iov[0].iov_len = AFP_VNET_LEN;
+    iov[1].iov_base = hdr;
+    iov[1].iov_len = AFP_UGSO_HDR;
+
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = iov;
+    mh.msg_iovlen = ni;
+    return sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT) == (ssize_t)(AFP_VNET_LEN + AFP_UGSO_HDR + total)
+               ? 0
+               : -1;
+}
+
+void
+dp_afp_set_udp_gso(struct dp_afp *a, int on)
+{
+    __atomic_store_n(&a->tx.udp_gso, on != 0, __ATOMIC_RELAXED);
+}
+
 uint16_t
 dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
 {
@@ -1050,6 +1202,25 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
                 a->tx.error++;
             continue;
         }
+        if (__atomic_load_n(&a->tx.udp_gso, __ATOMIC_RELAXED) && i + 1 < n) {
+            uint32_t l0 = afp_ugso_len(m);
+            uint16_t r = l0 != 0 ? afp_ugso_run(pkts + i, n - i, l0) : 1;
+
+            if (r > 1) {
+                /* a run of one UDP flow: after the frames queued before it */
+                if (queued != 0)
+                    (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+                queued = 0;
+                if (unlikely(afp_tx_ugso(a, pkts + i, r) < 0)) {
+                    a->tx.error += r;
+                } else {
+                    a->tx.batches++;
+                    a->tx.batched += r;
+                }
+                i += r - 1;
+                continue;
+            }
+        }
         if (!afp_tx_frame_free(h))
             break; /* ring full */
 
@@ -1060,6 +1231,12 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         if (p != data)
             rte_memcpy(data, p, len);
         afp_tx_vnet(vh, m, len);
+        /* the whole frame as its "header": the kernel copies it into the
+         * skb's linear part instead of lending the ring's page (no page
+         * references, no pull of headers from a page fragment by the
+         * receiving stack); a jumbo frame keeps the page */
+        if (likely(len <= AFP_SLOT && vh->gso_type == VIRTIO_NET_HDR_GSO_NONE))
+            vh->hdr_len = (uint16_t)len;
 
         /* hand the frame to the kernel */
         h->tp_len = len + AFP_VNET_LEN;

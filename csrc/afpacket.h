@@ -81,12 +81,22 @@ uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
  * Sent mbufs are freed; returns how many were taken (the caller frees and
  * counts the rest; a taken frame the kernel refused is counted tx_error). */
 uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
+/* Send runs of datagrams of one UDP flow (all of one size but the last) as
+ * one UDP GSO frame each: the VXLAN frames of a cut super-frame leave the
+ * uplink as one skb, which the kernel or the NIC cuts back into the same
+ * datagrams (a veth passes it whole: its peer's stack cuts it on receive).
+ * Off when the port opens; the service turns it on for a kernel-interface
+ * uplink (after switching a veth's tx-udp-segmentation off). */
+void dp_afp_set_udp_gso(struct dp_afp *a, int on);
 /* Drops so far; reads (and so resets) the kernel's counters: control thread,
  * one caller at a time. */
 void dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st);
 /* Largest frame (Ethernet header included) the port carries. */
 uint32_t dp_afp_max_frame(const struct dp_afp *a);
 void dp_afp_mac(const struct dp_afp *a, uint8_t mac[6]);
+/* The rx socket, readable (poll) when a frame waits in the ring: what an
+ * idle worker sleeps on. */
+int dp_afp_rx_fd(const struct dp_afp *a);
 void dp_afp_close(struct dp_afp *a);
 
 #endif

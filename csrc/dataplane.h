@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 11
+#define DP_ABI_VERSION 12
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -87,7 +87,8 @@
 #define DP_WORKER_FDB_LOOKUPS 2      /* FDB lookups of the worker */
 #define DP_WORKER_FDB_CACHE_MISSES 3 /* ... that its FDB cache could not answer */
 #define DP_WORKER_FDB_SLOW_LOOKUPS 4 /* ... of those, not answered by the key's home bucket */
-#define DP_WORKER_CTR_COUNT 5
+#define DP_WORKER_IDLE_SLEEPS 5      /* sleeps of an idle worker (dp_set_idle_sleep) */
+#define DP_WORKER_CTR_COUNT 6
 
 /* fdb entry kinds (dp_fdb_get) */
 #define DP_FDB_NONE 0
@@ -148,6 +149,9 @@ int dp_start(void);
 int dp_stop(void);
 int dp_shutdown(void);
 int dp_running(void);
+/* an idle worker sleeps up to us microseconds, woken by a frame on a kernel
+ * port (0: it spins, the default; at most 100000) */
+int dp_set_idle_sleep(unsigned us);
 
 /* ports */
 /* net: network of a pod port from its first packet on (-1: none yet) */
@@ -159,6 +163,9 @@ int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
 int dp_port_del(int port);
 int dp_port_info(int port, struct dp_port_info *out);
 int dp_port_set_net(int port, int net);
+/* an AF_PACKET port sends runs of one UDP flow's datagrams as one UDP GSO
+ * frame (afpacket.h; off when added) */
+int dp_port_set_udp_gso(int port, int on);
 /* kernel (AF_PACKET) ports' drops, the kernel's own ring drops included,
  * written into the control thread's row of the drop counters (kport_*);
  * called before the counters are read */

@@ -244,4 +244,9 @@ struct dp_wctx;
 struct dp_wctx *dp_worker_new(int id);
 int dp_worker_main(void *arg);
 
+/* an idle worker's sleep (dp_idle.c): called once per poll round, before the
+ * round's quiescent state, when dp_idle_us is not 0 */
+extern atomic_uint dp_idle_us;
+void dp_worker_idle(int id, const struct dp_poll_list *pl, int busy, uint64_t *wc);
+
 #endif /* DP_INTERNAL_H */

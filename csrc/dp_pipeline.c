@@ -136,6 +136,8 @@ dp_worker_main(void *arg)
         }
         wc[DP_WORKER_POLLS]++;
         wc[DP_WORKER_BUSY_POLLS] += busy != 0;
+        if (unlikely(atomic_load_explicit(&dp_idle_us, memory_order_relaxed) != 0))
+            dp_worker_idle(id, pl, busy != 0, wc); /* opt-in idle sleep (dp_idle.c) */
 
         /* no table entry or snapshot read above is held past this point */
         rte_rcu_qsbr_quiescent(dp.qsbr, (unsigned)id);

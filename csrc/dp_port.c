@@ -445,6 +445,18 @@ dp_port_info(int idx, struct dp_port_info *out)
 }
 
 int
+dp_port_set_udp_gso(int idx, int on)
+{
+    struct dp_port *p = dp_port_get(idx);
+    if (!p)
+        return dp_fail(-ENOENT, "no port %d", idx);
+    if (p->driver != DP_DRV_AFPACKET)
+        return dp_fail(-EINVAL, "port %d (%s) is not an AF_PACKET port", idx, p->name);
+    dp_afp_set_udp_gso(p->afp, on);
+    return 0;
+}
+
+int
 dp_port_set_net(int idx, int net)
 {
     struct dp_port *p = dp_port_get(idx);

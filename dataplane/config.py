@@ -4,6 +4,7 @@
     mode: fallback                 # hugepages | fallback (EAL --no-huge)
     kernel_driver: afpacket        # afpacket | af_xdp: the pods' veths
     lcores: [0, 1]                 # first: control thread, the rest: workers
+    # idle_sleep_us: 0             # an idle worker sleeps up to this, woken by a frame (0: spins)
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
@@ -93,6 +94,7 @@ DEFAULT_UNDERLAY_MTU = 1500
 DEFAULT_MEMORY_MB = 512
 DEFAULT_LCORES = (0, 1)
 DEFAULT_KERNEL_DRIVER = "afpacket"
+MAX_IDLE_SLEEP_US = 100000  # the core's limit (dp_idle.c)
 #: storm control of every pod port: broadcast, multicast and unknown unicast
 #: frames per second and burst (frames); ARP, ND and DHCP of a pod need a few
 DEFAULT_STORM_PPS = 1000
@@ -246,6 +248,7 @@ class NodeConfig:
     api_socket: str = DEFAULT_API_SOCKET
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     pod_socket_dir: str = DEFAULT_POD_SOCKET_DIR  # memif / vhost-user sockets
+    idle_sleep_us: int = 0  # 0: the workers spin; else they sleep when idle (dp_idle.c)
 
     # ---------------------------------------------------------- look-ups
     def network(self, name: str) -> Optional[NetworkConfig]:
@@ -309,6 +312,7 @@ class NodeConfig:
             "kernel_driver": self.kernel_driver,
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
+            "idle_sleep_us": self.idle_sleep_us,
             "vtep": dataclasses.asdict(self.vtep),
             "planes": {
                 p.name: {
@@ -419,6 +423,7 @@ _TOP_KEYS = (
     "kernel_driver",
     "lcores",
     "memory_mb",
+    "idle_sleep_us",
     "vtep",
     "planes",
     "networks",
@@ -476,6 +481,7 @@ def _node_config(data, base_dir) -> NodeConfig:
     kernel_driver = check_kernel_driver(top.get("kernel_driver", DEFAULT_KERNEL_DRIVER))
     lcores = check_lcores(top.get("lcores", list(DEFAULT_LCORES)))
     memory_mb = check_memory_mb(top.get("memory_mb", DEFAULT_MEMORY_MB))
+    idle_sleep_us = check_int(top.get("idle_sleep_us", 0), "idle_sleep_us", 0, MAX_IDLE_SLEEP_US)
     vtep = _vtep(top["vtep"])
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
     networks = _networks(top.get("networks"), planes, vtep)
@@ -498,6 +504,7 @@ def _node_config(data, base_dir) -> NodeConfig:
         kernel_driver=kernel_driver,
         lcores=lcores,
         memory_mb=memory_mb,
+        idle_sleep_us=idle_sleep_us,
         vtep=vtep,
         planes=planes,
         networks=networks,

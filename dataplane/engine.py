@@ -48,7 +48,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 11
+ABI_VERSION = 12
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -586,6 +586,11 @@ class Engine(_Tables, _Planes, _Guards):
             self._hk_thread = None
         self._call("stopping workers", lib.dp_stop)
 
+    def set_idle_sleep(self, us: int):
+        """An idle worker sleeps up to ``us`` microseconds, woken by a frame
+        on a kernel port; 0 (the default): the workers spin."""
+        self._call("setting the idle sleep", lib.dp_set_idle_sleep, int(us))
+
     @property
     def running(self) -> bool:
         return bool(lib.dp_running())
@@ -693,6 +698,12 @@ class Engine(_Tables, _Planes, _Guards):
             self._net(network),
             frames,
         )
+
+    def set_udp_gso(self, port: int, on: bool = True):
+        """AF_PACKET port ``port`` sends a run of one UDP flow's datagrams
+        (the VXLAN frames of a cut super-frame) as one UDP GSO frame, which
+        the kernel or the NIC cuts back (a veth passes it whole)."""
+        self._call(f"UDP GSO batches on port {port}", lib.dp_port_set_udp_gso, port, int(on))
 
     def del_port(self, port: int):
         self._call(f"removing port {port}", lib.dp_port_del, port)

@@ -149,6 +149,11 @@ class CoreCollector:
             "FDB cache misses the key's home bucket in the table could not answer either",
             labels=["worker"],
         )
+        sleeps = CounterMetricFamily(
+            "dataplane_worker_idle_sleeps",
+            "Sleeps of the idle worker (idle_sleep_us; 0 while it spins)",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
@@ -157,12 +162,14 @@ class CoreCollector:
             lookups.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_lookups")]))
             misses.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
             slow.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_slow_lookups")]))
+            sleeps.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_sleeps")]))
         yield ratio
         yield total
         yield busy_total
         yield lookups
         yield misses
         yield slow
+        yield sleeps
 
     @staticmethod
     def _planes(snap):

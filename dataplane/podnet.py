@@ -218,6 +218,43 @@ def _offloads_off(ifname: str, netns_path=None):
             raise OSError(errno.EOPNOTSUPP, f"{', '.join(still)} stay on on {ifname}")
 
 
+def _is_nic(ifname: str) -> bool:
+    """A device with hardware behind it (``/sys/class/net/IF/device``), not
+    a virtual one (veth, bridge, macvlan, VLAN, bond, ...) that may hand a
+    frame on whole to a stack on the same machine."""
+    return os.path.exists(f"/sys/class/net/{ifname}/device")
+
+
+def uplink_wire_sized(ifname: str) -> bool:
+    """Keep what the uplink carries within the underlay MTU, as a wire
+    does: the core hands the uplink a run of VXLAN frames as one UDP GSO
+    frame (afpacket.c), which a NIC cuts itself (UDP segmentation offload)
+    or the kernel's GSO cuts before it, but which a virtual device (a veth)
+    would pass whole to a stack on the same machine. On anything but a NIC,
+    ``tx-udp-segmentation`` is switched off so the kernel's GSO cuts it
+    before the device; a NIC is left as it is. True if the feature was
+    switched off. OSError if the interface cannot be asked or the feature
+    stays on."""
+    if _is_nic(ifname):
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        names = _feature_names(sock, ifname)
+        changeable, active = _features(sock, ifname, len(names))
+        b = names.index("tx-udp-segmentation") if "tx-udp-segmentation" in names else -1
+        if b < 0 or b not in active:
+            return False
+        size = (len(names) + 31) // 32
+        blocks = [0] * (2 * size)  # (valid, requested = 0) per block
+        blocks[2 * (b // 32)] |= 1 << (b % 32)
+        buf = ctypes.create_string_buffer(
+            struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks)
+        )
+        _ethtool(sock, ifname, buf)
+        if b in _features(sock, ifname, len(names))[1]:
+            raise OSError(errno.EOPNOTSUPP, f"tx-udp-segmentation stays on on {ifname}")
+        return True
+
+
 def _disable_ipv6(ifname: str):
     """No IPv6 on the host end: the kernel must not talk into the pod's plane
     from it (best effort; absent when IPv6 is off)."""

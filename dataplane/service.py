@@ -27,6 +27,7 @@ from .capture import Captures
 from .config import NodeConfig
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
+from .podnet import uplink_wire_sized
 from .status import api_routes, status_report, take_snapshot
 from .store import StateStore, open_store
 from .sync import ClusterSync, network_index
@@ -74,6 +75,8 @@ class NodeService:
                 cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
             )
             self.pods.replay()
+            if cfg.idle_sleep_us:
+                self.engine.set_idle_sleep(cfg.idle_sleep_us)
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
@@ -89,9 +92,12 @@ class NodeService:
                 self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
             )
             routes.update(self.captures.routes())
+            # metrics first: the API's first request imports the metrics
+            # module too, and two threads importing prometheus_client at once
+            # can see it half initialised
+            self._start_metrics()
             self.api = APIServer(cfg.api_socket, routes, log=log)
             self.api.start()
-            self._start_metrics()
         except BaseException:
             self.stop()
             raise
@@ -118,6 +124,20 @@ class NodeService:
             )
         else:
             self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
+            if v.uplink_driver == "afpacket":
+                # VXLAN frames in UDP GSO batches, cut before a virtual
+                # device (veth) as a NIC cuts them; never batches a veth
+                # would carry whole
+                try:
+                    if uplink_wire_sized(v.uplink_ifname):
+                        event("uplink tx-udp-segmentation off", uplink=v.uplink_ifname)
+                    eng.set_udp_gso(self.uplink)
+                except OSError as e:
+                    log.warning(
+                        "uplink %s: tx-udp-segmentation stays on (%s): no UDP GSO batches",
+                        v.uplink_ifname,
+                        e.strerror or e,
+                    )
         mac = v.mac or eng.port_info(self.uplink).mac
         for pl in cfg.planes.values():
             eng.set_plane(

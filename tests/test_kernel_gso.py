@@ -217,3 +217,53 @@ def test_udp_super_frames_arrive_as_datagrams(fabric):
     after = gso_drops(node)
     assert not errors, "; ".join(errors) + f" (drops {before} -> {after})"
     assert after == before, f"drops while UDP super-frames crossed: {before} -> {after}"
+
+
+def test_uplink_batches_leave_as_mtu_sized_vxlan_frames(fabric, tmp_path):
+    """The uplink sends a run of one flow's VXLAN frames (here: the segments
+    of a cut TCP super-frame) as one UDP GSO frame; on
+    the veth uplink the kernel's GSO cuts it back (the service switched its
+    tx-udp-segmentation off): every VXLAN frame on the underlay within the
+    MTU, its outer UDP checksum set by that segmentation (finished or left
+    partial to the veth, never wrong), every inner segment valid, the data
+    intact at the host behind the kernel VTEP."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP])
+    vm = fab.kernel_host(["10.99.0.1"])
+    assert not kp.offloads(node.ns, "uplink0").get("tx-udp-segmentation"), (
+        "the service should switch tx-udp-segmentation off on its veth uplink"
+    )
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    before = gso_drops(node)
+    cap = tmp_path / "underlay.pcap"
+    dump = fab.capture(fab.ul, "ul1", cap, "udp port 4789")
+    kp.tcp_transfer(fab, "pod a -> vtep host", vm, kp.VM_IP, a["ns"], size=4 * kp.MB)
+    stop_capture(dump)
+    after = gso_drops(node)
+    assert after == before, f"drops while the uplink sent batches: {before} -> {after}"
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.vxlan import VXLAN
+
+    outer = {"valid": 0, "partial": 0, "bad": 0, "zero": 0}
+    inner_bad, big = 0, 0
+    for p in read_pcap(cap):
+        if not (IP in p and p[IP].src == "10.99.0.1" and UDP in p and VXLAN in p):
+            continue
+        big += len(p) > fab.mtu + 14
+        raw = bytes(p[IP])
+        if p[UDP].chksum == 0:
+            outer["zero"] += 1
+        else:
+            outer[l4_checksum(raw)[1]] += 1
+        inner = p[VXLAN].payload
+        if IP in inner and inner[IP].src == a["ip"]:
+            ip_ok, state = l4_checksum(bytes(inner[IP]))
+            inner_bad += (not ip_ok) + (state == "bad")
+    print(f"outer UDP checksums of the node's VXLAN frames: {outer}")
+    assert big == 0, f"{big} VXLAN frames above the underlay MTU {fab.mtu}"
+    assert outer["bad"] == 0 and inner_bad == 0, f"outer {outer}, {inner_bad} bad inner"
+    # a frame sent alone keeps the core's outer checksum 0; one of a batch
+    # gets the one the kernel's UDP segmentation sets: most of them here
+    assert outer["valid"] + outer["partial"] > outer["zero"], f"no batches went out: {outer}"

@@ -1,0 +1,88 @@
+/*
+ * dp_idle.c - a worker that finds nothing may sleep (opt-in, off by default).
+ *
+ * The worker spins: it polls its ports whether frames come or not, one CPU
+ * at 100 % from start to stop, and a lone frame is taken on the next poll.
+ * With an idle sleep set (dp_set_idle_sleep, the config's idle_sleep_us), a
+ * worker whose last DP_IDLE_ROUNDS poll rounds all came back empty blocks in
+ * ppoll() on the receive sockets of its kernel ports (afpacket) until a frame
+ * arrives on one of them, or at most the idle sleep. The kernel wakes it
+ * when it writes a frame into the rx ring, so a frame to a kernel port waits
+ * for the wake-up (a context switch: tens of µs), not for the timeout; a port
+ * without a socket (a DPDK port) or a control-plane frame to send (ARP) waits
+ * for the timeout at worst. A worker with a shaped port (its scheduler must
+ * run on time) never sleeps. Each sleep counts in the worker's idle_sleeps.
+ *
+ * While it sleeps the worker is offline for RCU (it holds no table entry, no
+ * snapshot, no poll list), so a control change never waits for it. Its
+ * timer slack is 1 µs, so a timeout is not rounded up by the default 50 µs.
+ */
+#define _GNU_SOURCE /* ppoll */
+#include <errno.h>
+#include <poll.h>
+#include <time.h>
+#include <sys/prctl.h>
+
+#include "dp_error.h"
+#include "dp_internal.h"
+
+#define DP_IDLE_ROUNDS 64u     /* empty poll rounds in a row before a sleep */
+#define DP_IDLE_MAX_US 100000u /* the longest idle sleep: 100 ms */
+
+atomic_uint dp_idle_us;
+
+/* per worker: empty rounds in a row, timer slack set */
+static struct {
+    unsigned rounds;
+    int slack;
+} __rte_cache_aligned idle[DP_MAX_WORKERS];
+
+int
+dp_set_idle_sleep(unsigned us)
+{
+    if (us > DP_IDLE_MAX_US)
+        return dp_fail(-EINVAL, "idle_sleep_us %u out of range 0..%u", us, DP_IDLE_MAX_US);
+    atomic_store(&dp_idle_us, us);
+    return 0;
+}
+
+void
+dp_worker_idle(int id, const struct dp_poll_list *pl, int busy, uint64_t *wc)
+{
+    unsigned us = atomic_load_explicit(&dp_idle_us, memory_order_relaxed);
+    struct pollfd fds[DP_MAX_PORTS];
+    nfds_t nf = 0;
+
+    if (busy || us == 0) {
+        idle[id].rounds = 0;
+        return;
+    }
+    if (++idle[id].rounds < DP_IDLE_ROUNDS)
+        return;
+    idle[id].rounds = 0;
+    for (uint16_t i = 0; i < pl->n; i++) {
+        const struct dp_port *p =
+            atomic_load_explicit(&dp.ports[pl->e[i].port], memory_order_acquire);
+        if (p == NULL)
+            continue;
+        if (p->qos != NULL)
+            return; /* a shaped port's scheduler runs on time: no sleep */
+        if (p->driver == DP_DRV_AFPACKET && nf < RTE_DIM(fds)) {
+            fds[nf].fd = dp_afp_rx_fd(p->afp);
+            fds[nf].events = POLLIN;
+            fds[nf++].revents = 0;
+        }
+    }
+    if (!idle[id].slack) {
+        (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL); /* 1 µs, this thread */
+        idle[id].slack = 1;
+    }
+    struct timespec ts = {.tv_sec = us / 1000000u, .tv_nsec = (long)(us % 1000000u) * 1000};
+    /* nothing read above is used past this point: offline, so a grace
+     * period does not wait for the sleep (a port closed meanwhile wakes it
+     * with POLLNVAL at worst) */
+    rte_rcu_qsbr_thread_offline(dp.qsbr, (unsigned)id);
+    (void)ppoll(fds, nf, &ts, NULL);
+    rte_rcu_qsbr_thread_online(dp.qsbr, (unsigned)id);
+    wc[DP_WORKER_IDLE_SLEEPS]++;
+}

@@ -1,0 +1,104 @@
+"""The worker's opt-in idle sleep (``idle_sleep_us``, csrc/dp_idle.c) on real
+parts: a node service whose worker sleeps when idle still carries ping,
+TCP (data checked by SHA-256) and 64-byte UDP between two kernel pods and to
+a host behind the kernel's VXLAN VTEP, and its ``idle_sleeps`` counter (the
+``dataplane_worker_idle_sleeps`` metric) shows the sleeps; a node without
+the setting never sleeps. The fabric is the one of test_kernel_pods.py.
+"""
+
+import os
+import re
+import sys
+
+import pytest
+import test_kernel_pods as kp
+
+from dataplane.config import parse_config
+from dataplane.errors import ConfigError
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)"),
+]
+
+fabric = kp.fabric
+METRICS_PORT = 9474
+
+
+def node_with(fab, n, remotes, extra):
+    """Node n of fab with ``extra`` config lines and metrics on 127.0.0.1
+    (inside its namespace)."""
+    node = kp.Node(fab, n, remotes, fab.mtu)
+    text = node.cfg.read_text().replace(
+        "metrics: {listen: null}", f"metrics: {{listen: '127.0.0.1:{METRICS_PORT}'}}"
+    )
+    node.cfg.write_text(text + extra)
+    fab.nodes[n] = node
+    node.start()
+    return node
+
+
+def idle_sleeps(node):
+    """dataplane_worker_idle_sleeps_total of the node's worker(s), summed."""
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    get = (
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
+    )
+    r = kp.nsx(node.ns, sys.executable, "-c", get, timeout=30)
+    assert r.returncode == 0, f"metrics of node{node.n}: {r.stderr}"
+    found = re.findall(r"^dataplane_worker_idle_sleeps_total\{[^}]*\} (\S+)$", r.stdout, re.M)
+    assert found, "no dataplane_worker_idle_sleeps_total in the metrics"
+    return sum(float(x) for x in found)
+
+
+def test_traffic_flows_while_the_worker_sleeps_when_idle(fabric):
+    fab = fabric()
+    node = node_with(fab, 1, [kp.HOST_VTEP], "idle_sleep_us: 2000\n")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    kp.reach(a["ns"], b["ip"], "pod a -> pod b")
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    s0 = idle_sleeps(node)
+    # pings 50 ms apart: every one finds the worker asleep and wakes it
+    r = kp.ping(a["ns"], b["ip"], count=20, interval="0.05")
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+    s1 = idle_sleeps(node)
+    assert s1 > s0, f"idle_sleeps did not grow while idle between pings: {s0} -> {s1}"
+    kp.tcp_transfer(fab, "pod a -> pod b, idle sleep on", b["ns"], b["ip"], a["ns"])
+    kp.tcp_transfer(fab, "pod a -> vtep host, idle sleep on", vm, kp.VM_IP, a["ns"])
+    kp.tcp_transfer(fab, "vtep host -> pod a, idle sleep on", a["ns"], a["ip"], vm)
+    kp.udp_count(fab, "pod a -> pod b, idle sleep on", b["ns"], b["ip"], a["ns"])
+    print(f"idle sleeps: {s0:.0f} before the pings, {idle_sleeps(node):.0f} after the transfers")
+
+
+def test_the_worker_spins_without_the_setting(fabric):
+    fab = fabric()
+    node = node_with(fab, 1, [], "")
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    kp.reach(a["ns"], b["ip"], "pod a -> pod b")
+    r = kp.ping(a["ns"], b["ip"], count=5, interval="0.05")
+    assert r.returncode == 0, r.stdout
+    assert idle_sleeps(node) == 0
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (-1, "idle_sleep_us: -1 out of range 0..100000"),
+        (100001, "idle_sleep_us: 100001 out of range 0..100000"),
+        ("50", "idle_sleep_us: '50' is not an integer"),
+    ],
+)
+def test_idle_sleep_us_out_of_range_is_refused(value, message):
+    cfg = {"vtep": {"address": "10.99.0.1/24", "uplink": "eth1"}, "idle_sleep_us": value}
+    with pytest.raises(ConfigError) as e:
+        parse_config(cfg)
+    assert message in str(e.value)
+
+
+def test_idle_sleep_us_is_read_and_written_back():
+    cfg = {"vtep": {"address": "10.99.0.1/24", "uplink": "eth1"}, "idle_sleep_us": 500}
+    c = parse_config(cfg)
+    assert c.idle_sleep_us == 500
+    assert parse_config(c.to_dict()).idle_sleep_us == 500
+    assert parse_config({"vtep": cfg["vtep"]}).idle_sleep_us == 0
