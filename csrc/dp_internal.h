@@ -141,13 +141,15 @@ struct dp_net {
  * csum_base is the ones'-complement sum of the template's IPv4 header words
  * but the first (version/TOS), with total_length and hdr_checksum zero.
  */
+/* one cache line (allocated aligned), what a worker reads first */
 struct dp_tunnel {
+    uint8_t hdr[DP_VXLAN_HDR_LEN];
+    uint8_t resolved;
+    uint32_t csum_base;
     uint32_t ip;    /* remote VTEP, host order */
     uint32_t nh_ip; /* underlay next hop, host order */
-    int resolved;
-    uint32_t csum_base;
-    uint8_t hdr[DP_VXLAN_HDR_LEN];
 };
+_Static_assert(sizeof(struct dp_tunnel) <= RTE_CACHE_LINE_SIZE, "a tunnel is one cache line");
 
 struct dp_txbuf {
     uint16_t n;
