@@ -133,18 +133,25 @@ def test_tcp_super_frames_cross_whole_between_pods(fabric, tmp_path):
     )
 
 
+def _tcp_to_vtep_host_captured(fab, node, vm, a, tmp_path, what):
+    """4 MB of TCP from pod a to the host behind the kernel VTEP, the
+    underlay captured meanwhile: (the node's GSO drops before, the pcap)."""
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    before = gso_drops(node)
+    cap = tmp_path / "underlay.pcap"
+    dump = fab.capture(fab.ul, "ul1", cap, "udp port 4789")
+    kp.tcp_transfer(fab, f"pod a -> vtep host, {what}", vm, kp.VM_IP, a["ns"], size=4 * kp.MB)
+    stop_capture(dump)
+    return before, cap
+
+
 def test_tcp_super_frames_cut_to_the_mss_on_the_underlay(fabric, tmp_path):
     fab = fabric()
     node = fab.node(1, [kp.HOST_VTEP])
     vm = fab.kernel_host(["10.99.0.1"])
     a = fab.pod(1, "a", kp.SUBNET + "11")
     assert_offloads_on(a)
-    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
-    before = gso_drops(node)
-    cap = tmp_path / "underlay.pcap"
-    dump = fab.capture(fab.ul, "ul1", cap, "udp port 4789")
-    kp.tcp_transfer(fab, "pod a -> vtep host, TSO on", vm, kp.VM_IP, a["ns"], size=4 * kp.MB)
-    stop_capture(dump)
+    before, cap = _tcp_to_vtep_host_captured(fab, node, vm, a, tmp_path, "TSO on")
     # the other way the kernel VTEP sends VXLAN super-frames (its veth's
     # tunnel segmentation on): decapsulated whole, they reach the pod whole
     at_pod = tmp_path / "pod-a.pcap"
@@ -234,12 +241,7 @@ def test_uplink_batches_leave_as_mtu_sized_vxlan_frames(fabric, tmp_path):
         "the service should switch tx-udp-segmentation off on its veth uplink"
     )
     a = fab.pod(1, "a", kp.SUBNET + "11")
-    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
-    before = gso_drops(node)
-    cap = tmp_path / "underlay.pcap"
-    dump = fab.capture(fab.ul, "ul1", cap, "udp port 4789")
-    kp.tcp_transfer(fab, "pod a -> vtep host", vm, kp.VM_IP, a["ns"], size=4 * kp.MB)
-    stop_capture(dump)
+    before, cap = _tcp_to_vtep_host_captured(fab, node, vm, a, tmp_path, "batches")
     after = gso_drops(node)
     assert after == before, f"drops while the uplink sent batches: {before} -> {after}"
 
