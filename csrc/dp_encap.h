@@ -306,10 +306,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         ub->n = k;
         ub->bytes += ubytes;
         ub->planes |= uplanes;
-        if (!w->queued[up]) {
-            w->queued[up] = 1;
-            w->dirty[w->n_dirty++] = (uint16_t)up;
-        }
+        tx_mark(w, (uint16_t)up);
         w->net[net->idx][DP_NET_ENCAP] += k - k0;
     }
     for (uint16_t i = 0; i < ng; i++)

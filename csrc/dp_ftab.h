@@ -68,6 +68,26 @@ dp_ftab_home(const struct dp_ftab *t, uint32_t hash)
 }
 
 /*
+ * One read of bucket b for key: *m the ways holding it (0, or one bit), *val
+ * its value (meaningless when *m is 0), *ovf the bucket's overflow count.
+ * 1 when no writer was in the bucket meanwhile (its sequence even and the
+ * same after), else 0 and the read says nothing.
+ */
+static __rte_always_inline int
+dp_fbkt_read(const struct dp_fbkt *b, uint64_t key, unsigned *m, uint32_t *val, uint16_t *ovf)
+{
+    uint32_t s = atomic_load_explicit(&b->seq, memory_order_acquire);
+    *m = (unsigned)(atomic_load_explicit(&b->key[0], memory_order_relaxed) == key) |
+         (unsigned)(atomic_load_explicit(&b->key[1], memory_order_relaxed) == key) << 1 |
+         (unsigned)(atomic_load_explicit(&b->key[2], memory_order_relaxed) == key) << 2 |
+         (unsigned)(atomic_load_explicit(&b->key[3], memory_order_relaxed) == key) << 3;
+    *val = atomic_load_explicit(&b->val[__builtin_ctz(*m | 8)], memory_order_relaxed);
+    *ovf = atomic_load_explicit(&b->ovf, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&b->seq, memory_order_relaxed) == (s & ~1u);
+}
+
+/*
  * key's value into *val: 1, or 0 when the table does not hold it (or a
  * writer kept changing its bucket: the caller treats it as unknown), from
  * the home bucket on.
@@ -78,26 +98,13 @@ dp_ftab_search(const struct dp_ftab *t, uint64_t key, uint32_t hash, uint32_t *v
     uint32_t i = hash & t->mask;
     for (unsigned probe = 0; probe < DP_FT_MAX_PROBE; probe++) {
         const struct dp_fbkt *b = &t->b[i];
-        unsigned tries = 0;
-        uint32_t s, v;
-        int hit;
+        unsigned m, tries = 1;
         uint16_t ovf;
-        do {
-            if (unlikely(++tries > DP_FT_READ_TRIES))
+        while (unlikely(!dp_fbkt_read(b, key, &m, val, &ovf)))
+            if (++tries > DP_FT_READ_TRIES)
                 return 0;
-            s = atomic_load_explicit(&b->seq, memory_order_acquire);
-            hit = -1;
-            for (int w = 0; w < DP_FT_WAYS; w++)
-                if (atomic_load_explicit(&b->key[w], memory_order_relaxed) == key)
-                    hit = w;
-            v = hit >= 0 ? atomic_load_explicit(&b->val[hit], memory_order_relaxed) : 0;
-            ovf = atomic_load_explicit(&b->ovf, memory_order_relaxed);
-            atomic_thread_fence(memory_order_acquire);
-        } while (unlikely((s & 1) || atomic_load_explicit(&b->seq, memory_order_relaxed) != s));
-        if (hit >= 0) {
-            *val = v;
+        if (m != 0)
             return 1;
-        }
         if (likely(ovf == 0))
             return 0;
         i = (i + 1) & t->mask;
@@ -112,18 +119,10 @@ dp_ftab_search(const struct dp_ftab *t, uint64_t key, uint32_t hash, uint32_t *v
 static __rte_always_inline int
 dp_ftab_find_home(const struct dp_ftab *t, uint64_t key, uint32_t hash, uint32_t *val)
 {
-    const struct dp_fbkt *b = &t->b[hash & t->mask];
-    uint32_t s = atomic_load_explicit(&b->seq, memory_order_acquire);
-    unsigned m = (unsigned)(atomic_load_explicit(&b->key[0], memory_order_relaxed) == key) |
-                 (unsigned)(atomic_load_explicit(&b->key[1], memory_order_relaxed) == key) << 1 |
-                 (unsigned)(atomic_load_explicit(&b->key[2], memory_order_relaxed) == key) << 2 |
-                 (unsigned)(atomic_load_explicit(&b->key[3], memory_order_relaxed) == key) << 3;
-    uint32_t v = atomic_load_explicit(&b->val[__builtin_ctz(m | 8)], memory_order_relaxed);
-    uint16_t ovf = atomic_load_explicit(&b->ovf, memory_order_relaxed);
-    atomic_thread_fence(memory_order_acquire);
-    if (unlikely(atomic_load_explicit(&b->seq, memory_order_relaxed) != (s & ~1u)))
+    unsigned m;
+    uint16_t ovf;
+    if (unlikely(!dp_fbkt_read(&t->b[hash & t->mask], key, &m, val, &ovf)))
         return -1;
-    *val = v;
     if (m != 0)
         return 1;
     return ovf == 0 ? 0 : -1;

@@ -143,15 +143,22 @@ qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
     }
 }
 
+/* port pi's tx buffer is flushed at the end of the burst (tx_flush_all) */
+static __rte_always_inline void
+tx_mark(struct dp_wctx *w, uint16_t pi)
+{
+    if (!w->queued[pi]) {
+        w->queued[pi] = 1;
+        w->dirty[w->n_dirty++] = pi;
+    }
+}
+
 /* m into port pi's tx buffer, flushed when full */
 static inline void
 tx_buf_add(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
 {
     struct dp_txbuf *b = &w->tx[pi];
-    if (!w->queued[pi]) {
-        w->queued[pi] = 1;
-        w->dirty[w->n_dirty++] = pi;
-    }
+    tx_mark(w, pi);
     b->m[b->n++] = m;
     b->bytes += m->pkt_len;
     b->planes |= plane_bit(DP_META(m)->plane);
@@ -189,10 +196,7 @@ run_add(struct dp_wctx *w, struct dp_txrun *r, uint16_t pi, struct rte_mbuf *m, 
 {
     if (unlikely(r->port != pi)) {
         run_end(r);
-        if (!w->queued[pi]) {
-            w->queued[pi] = 1;
-            w->dirty[w->n_dirty++] = pi;
-        }
+        tx_mark(w, pi);
         r->b = &w->tx[pi];
         r->port = pi;
         r->n = r->b->n;

@@ -26,7 +26,7 @@ struct dp_wctx {
     const struct dp_ftab *fdb;                        /* the FDB table, for this loop iteration */
     uint64_t rx_tsc;                                  /* when the burst in hand was received */
     uint32_t tbl_gen;                                 /* dp.tbl_gen the cache epoch belongs to */
-    uint32_t epoch;                                   /* current FDB cache epoch, never 0 */
+    uint32_t epoch;                                   /* current VTEP cache epoch, never 0 */
     uint32_t fc_rest;   /* bursts left that skip the FDB cache (dp_lookup.h) */
     uint32_t fc_seen;   /* FDB cache lookups in the current window */
     uint32_t fc_missed; /* ... and misses */
