@@ -1111,7 +1111,7 @@ afp_tx_ugso(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t r)
     uint8_t hdr[AFP_UGSO_HDR];
     struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(hdr + RTE_ETHER_HDR_LEN);
     struct rte_udp_hdr *uh = (struct rte_udp_hdr *)(hdr + RTE_ETHER_HDR_LEN + 20);
-    uint32_t total = 0, seg = pkts[0]->pkt_len - AFP_UGSO_HDR, sum;
+    uint32_t total = 0, seg = pkts[0]->pkt_len - AFP_UGSO_HDR;
     struct msghdr mh;
     unsigned ni = 2;
 
@@ -1141,10 +1141,7 @@ afp_tx_ugso(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t r)
     ip->hdr_checksum = 0;
     ip->hdr_checksum = (uint16_t)~rte_raw_cksum(ip, 20);
     uh->dgram_len = rte_cpu_to_be_16((uint16_t)(8 + total));
-    sum = rte_raw_cksum(&ip->src_addr, 8) + rte_cpu_to_be_16(IPPROTO_UDP) + uh->dgram_len;
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    uh->dgram_cksum = (uint16_t)sum; /* pseudo-header: the kernel finishes it */
+    uh->dgram_cksum = rte_ipv4_phdr_cksum(ip, 0); /* pseudo-header: the kernel finishes it */
 
     memset(&vh, 0, sizeof(vh));
     vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;

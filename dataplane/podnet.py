@@ -165,6 +165,19 @@ def _features(sock, ifname: str, nbits: int):
     return bits(0), bits(2)
 
 
+def _features_off(sock, ifname: str, nbits: int, bits):
+    """Ask for feature ``bits`` of ``ifname`` off (ETHTOOL_SFEATURES, as
+    ``ethtool -K`` does); the caller reads back what took."""
+    size = (nbits + 31) // 32
+    blocks = [0] * (2 * size)  # (valid, requested = 0) per block
+    for b in bits:
+        blocks[2 * (b // 32)] |= 1 << (b % 32)
+    buf = ctypes.create_string_buffer(
+        struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks)
+    )
+    _ethtool(sock, ifname, buf)
+
+
 def _is_tx_offload(name: str) -> bool:
     """What 'ethtool -K dev tx off tso off gso off' turns off, every other
     kind of segmentation offload, and VLAN tag insertion: each would let a
@@ -199,15 +212,9 @@ def _offloads_off(ifname: str, netns_path=None):
         names = _feature_names(sock, ifname)
         changeable, active = _features(sock, ifname, len(names))
         targets = {i for i, n in enumerate(names) if _is_tx_offload(n)}
-        size = (len(names) + 31) // 32
-        blocks = [0] * (2 * size)  # (valid, requested = 0) per block
-        for b in targets & changeable & active:
-            blocks[2 * (b // 32)] |= 1 << (b % 32)
-        if any(blocks):
-            buf = ctypes.create_string_buffer(
-                struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks)
-            )
-            _ethtool(sock, ifname, buf)
+        off = targets & changeable & active
+        if off:
+            _features_off(sock, ifname, len(names), off)
             changeable, active = _features(sock, ifname, len(names))
         still = sorted(
             names[b]
@@ -239,17 +246,11 @@ def uplink_wire_sized(ifname: str) -> bool:
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         names = _feature_names(sock, ifname)
-        changeable, active = _features(sock, ifname, len(names))
+        active = _features(sock, ifname, len(names))[1]
         b = names.index("tx-udp-segmentation") if "tx-udp-segmentation" in names else -1
         if b < 0 or b not in active:
             return False
-        size = (len(names) + 31) // 32
-        blocks = [0] * (2 * size)  # (valid, requested = 0) per block
-        blocks[2 * (b // 32)] |= 1 << (b % 32)
-        buf = ctypes.create_string_buffer(
-            struct.pack(f"II{2 * size}I", _ETHTOOL_SFEATURES, size, *blocks)
-        )
-        _ethtool(sock, ifname, buf)
+        _features_off(sock, ifname, len(names), {b})
         if b in _features(sock, ifname, len(names))[1]:
             raise OSError(errno.EOPNOTSUPP, f"tx-udp-segmentation stays on on {ifname}")
         return True
