@@ -36,6 +36,8 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 from scapy.utils import RawPcapReader, RawPcapWriter
 
+from dataplane.checks import parse_mac
+
 from . import topology as topo
 
 SHUFFLE_SEED = 20240607
@@ -104,7 +106,7 @@ def _inner(i: int, n_macs: int, reverse: bool) -> bytes:
     if not tcp and c == 0:
         c = 0xFFFF
     l4[at : at + 2] = c.to_bytes(2, "big")
-    eth = bytes.fromhex(dst.replace(":", "") + src.replace(":", "")) + b"\x08\x00"
+    eth = parse_mac(dst) + parse_mac(src) + b"\x08\x00"
     data = eth + bytes(ip) + bytes(l4) + pay
     assert len(data) == topo.INNER_FRAME_LEN
     return data
@@ -193,13 +195,11 @@ def check_encap_output(
     # Ether/IPv4/UDP/VXLAN fails the first checks): a million frames are
     # checked in seconds, where parsing each with scapy takes many minutes
     vtep = {
-        bytes.fromhex(topo.remote_mac(k).replace(":", "")): socket.inet_aton(
-            topo.vtep_of(k, n_vteps)
-        )
+        parse_mac(topo.remote_mac(k)): socket.inet_aton(topo.vtep_of(k, n_vteps))
         for k in range(n_macs)
     }
     want = {f: vtep.get(f[:6]) for f in inp}
-    nh, our_mac = (bytes.fromhex(m.replace(":", "")) for m in (topo.NEXT_HOP_MAC, topo.VTEP_MAC))
+    nh, our_mac = parse_mac(topo.NEXT_HOP_MAC), parse_mac(topo.VTEP_MAC)
     our_ip = socket.inet_aton(topo.LOCAL_VTEP)
     errs = []
     if len(out) != len(inp) and not sample:

@@ -7,6 +7,7 @@ import pytest
 
 from bench import topology as topo
 from bench import traffic
+from dataplane.checks import parse_mac
 
 
 @pytest.mark.parametrize("n_macs", [64, 16384, 1 << 20])
@@ -36,7 +37,7 @@ def _encap(inner: bytes, vtep: str) -> bytes:
 def test_encap_check_passes_right_frames_and_names_wrong_ones():
     n_macs, n_vteps = 64, 8
     inp = traffic.frames("encap", 256, n_macs, n_vteps)
-    k_of = {bytes.fromhex(topo.remote_mac(k).replace(":", "")): k for k in range(n_macs)}
+    k_of = {parse_mac(topo.remote_mac(k)): k for k in range(n_macs)}
     out = [_encap(f, topo.vtep_of(k_of[f[:6]], n_vteps)) for f in inp]
     assert traffic.check_encap_output(inp, out, n_macs, n_vteps) == []
 

@@ -6,6 +6,7 @@ out is parsed back and checked field by field.
 """
 
 import random
+import socket
 import struct
 
 import pytest
@@ -14,6 +15,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
+
+from dataplane.checks import format_mac, parse_mac
 
 VTEP_IP = "10.0.0.1"
 VTEP_MAC = "02:00:0a:00:00:01"
@@ -563,6 +566,11 @@ def test_fdb_cache_counters(topo):
     assert d["fdb_slow_lookups"] == 0  # two entries: each in its home bucket
 
 
+def _outer_dst(frame: bytes) -> str:
+    """The outer IPv4 destination (the VTEP) of a frame the core encapsulated."""
+    return socket.inet_ntoa(frame[30:34])
+
+
 def _forward_all(eng, inp, out, frames):
     """Each frame through the core, in bursts the rings hold; what came out."""
     got = []
@@ -598,14 +606,14 @@ def test_fdb_large_table(eng):
         eng.fdb_add_remote(0, m, vteps[k % 3])
     assert eng.fdb_count() == n
     tmpl = bytes(udp_frame(size=64))
-    frames = [bytes.fromhex(m.replace(":", "")) + tmpl[6:] for m in macs]
+    frames = [parse_mac(m) + tmpl[6:] for m in macs]
     c0 = eng.counters().worker.sum(axis=0)
     got = _forward_all(eng, a, up, frames)
     assert len(got) == n
-    where = {f[50:56]: ".".join(str(b) for b in f[30:34]) for f in got}
+    where = {f[50:56]: _outer_dst(f) for f in got}
     assert len(where) == n
     for k, m in enumerate(macs):
-        assert where[bytes.fromhex(m.replace(":", ""))] == vteps[k % 3], m
+        assert where[parse_mac(m)] == vteps[k % 3], m
     d = dict(zip(WORKER_COUNTERS, (eng.counters().worker.sum(axis=0) - c0).tolist()))
     assert d["fdb_lookups"] == n
     assert d["fdb_cache_misses"] > n // 2
@@ -623,10 +631,10 @@ def test_fdb_large_table(eng):
     base = eng.counters().drops()
     got = _forward_all(eng, a, up, frames)
     assert len(got) == n - len(gone)
-    where = {f[50:56]: ".".join(str(b) for b in f[30:34]) for f in got}
+    where = {f[50:56]: _outer_dst(f) for f in got}
     for k, m in enumerate(macs):
         want = None if k in gone else vteps[(k + (k % 2 == 0)) % 3]
-        assert where.get(bytes.fromhex(m.replace(":", ""))) == want, m
+        assert where.get(parse_mac(m)) == want, m
     # the deleted MACs are unknown unicast, with nowhere to flood to
     assert wait_drop(eng, base, "no_destination", len(gone)) == len(gone)
 
@@ -647,15 +655,12 @@ def test_fdb_changes_while_forwarding(eng):
     def mac():
         return bytes([0x06] + [rnd.randrange(256) for _ in range(5)])
 
-    def txt(m):
-        return m.hex(":")
-
     stable = list({mac() for _ in range(2000)})
     for m in stable:
-        eng.fdb_add_remote(0, txt(m), R1_VTEP)
+        eng.fdb_add_remote(0, format_mac(m), R1_VTEP)
     moving = list({mac() for _ in range(2000)} - set(stable))
     for m in moving:
-        eng.fdb_add_remote(0, txt(m), R2_VTEP)
+        eng.fdb_add_remote(0, format_mac(m), R2_VTEP)
     stable_set = set(stable)
     tmpl = bytes(udp_frame(size=64))[6:]
     base = eng.counters().drops()
@@ -667,21 +672,21 @@ def test_fdb_changes_while_forwarding(eng):
         # while the worker forwards them: 400 new MACs (the table grows
         # past 4,000 entries: doublings), moves and deletes of moving MACs
         for _ in range(400):
-            eng.fdb_add_remote(0, txt(mac()), R3_VTEP)
+            eng.fdb_add_remote(0, format_mac(mac()), R3_VTEP)
         for m in rnd.sample(moving, 200):
-            eng.fdb_add_remote(0, txt(m), rnd.choice([R2_VTEP, R3_VTEP]))
+            eng.fdb_add_remote(0, format_mac(m), rnd.choice([R2_VTEP, R3_VTEP]))
         for m in rnd.sample(moving, 50):
-            eng.fdb_del(0, txt(m))
-            eng.fdb_add_remote(0, txt(m), R2_VTEP)
+            eng.fdb_del(0, format_mac(m))
+            eng.fdb_add_remote(0, format_mac(m), R2_VTEP)
         got = eng.collect(up, max_frames=len(frames), wait=WAIT, expect=len(frames))
         sent += len(frames)
         for f in got:
-            vtep = ".".join(str(b) for b in f[30:34])
+            vtep = _outer_dst(f)
             inner_dst = f[50:56]
             if inner_dst in stable_set:
-                assert vtep == R1_VTEP, txt(inner_dst)
+                assert vtep == R1_VTEP, format_mac(inner_dst)
             else:
-                assert vtep in (R2_VTEP, R3_VTEP), txt(inner_dst)
+                assert vtep in (R2_VTEP, R3_VTEP), format_mac(inner_dst)
         dropped += len(frames) - len(got)
     d = drops_since(eng, base)
     assert sum(d.values()) == dropped  # nothing lost without a count
