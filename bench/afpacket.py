@@ -126,6 +126,7 @@ from .common import (
     add_run_options,
     check_cpu_options,
     child_env,
+    cpu_ticks,
     fmt_runs,
     medians,
     parse_args,
@@ -192,9 +193,7 @@ def _napi_threads(ifname: str) -> set:
 
 def _cpu_ticks(pid: int) -> int:
     """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return cpu_ticks(f"/proc/{pid}/stat")
 
 
 class _Child:

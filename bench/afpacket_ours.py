@@ -37,7 +37,7 @@ import sys
 import time
 
 from . import topology as topo
-from .common import child_failed, child_unwind_on_sigterm, emit
+from .common import child_failed, child_unwind_on_sigterm, emit, proc_stat
 
 DRIVERS = ("native", "pmd", "afxdp")
 ETH_P_ALL = 0x0003
@@ -167,8 +167,7 @@ def _task_ticks(tids):
     ut = st = 0
     for tid in tids:
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                v = f.read().rsplit(")", 1)[1].split()
+            v = proc_stat(f"/proc/self/task/{tid}/stat")
             ut += int(v[11])
             st += int(v[12])
         except OSError:

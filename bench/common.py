@@ -220,6 +220,20 @@ def check_cpu_options(ap, args) -> None:
         ap.error("--gen-cpu and --fwd-cpu must differ")
 
 
+def proc_stat(path: str) -> list:
+    """The fields of a /proc/.../stat file after the command name, which may
+    hold spaces and parentheses: [0] the state, [1] the parent pid, [11]
+    and [12] utime and stime in clock ticks."""
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_ticks(path: str) -> int:
+    """utime + stime of the process or thread of a /proc/.../stat file."""
+    fields = proc_stat(path)
+    return int(fields[11]) + int(fields[12])
+
+
 def pool_memory_mb(n_mbufs: int) -> int:
     """EAL memory (MB) for a process whose mbuf pool has ``n_mbufs`` default
     mbufs (2,176 bytes of buffer, ~2.4 KB with header and pool overhead),

@@ -89,9 +89,11 @@ from .common import (
     add_run_options,
     check_cpu_options,
     child_env,
+    cpu_ticks,
     fmt_runs,
     median,
     parse_args,
+    proc_stat,
     quiet_netns,
     ratio,
     remove_eal_runtime_dir,
@@ -127,11 +129,9 @@ def _children(pid: int) -> list:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                with open(f"/proc/{d}/stat") as f:
-                    st = f.read()
+                parent[int(d)] = int(proc_stat(f"/proc/{d}/stat")[1])
             except OSError:
                 continue
-            parent[int(d)] = int(st[st.rindex(")") + 2 :].split()[1])
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -345,14 +345,11 @@ class Lab:
                     continue
                 for t in tids:
                     try:
-                        with open(f"/proc/{p}/task/{t}/stat") as f:
-                            st = f.read()
+                        with open(f"/proc/{p}/task/{t}/comm") as f:
+                            if f.read().startswith("rte-worker"):
+                                return cpu_ticks(f"/proc/{p}/task/{t}/stat")
                     except OSError:
                         continue
-                    comm = st[st.index("(") + 1 : st.rindex(")")]
-                    if comm.startswith("rte-worker"):
-                        fields = st[st.rindex(")") + 2 :].split()
-                        return int(fields[11]) + int(fields[12])  # utime, stime
             return None
 
         t0, c0 = time.monotonic(), ticks()
