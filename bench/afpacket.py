@@ -578,6 +578,9 @@ class Lab:
                 str(native_frames(a.ring_slots) if driver == "native" else a.ring_slots),
                 "--worker-cpu",
                 str(a.fwd_cpu),
+                "--idle-sleep-us",
+                str(a.idle_sleep_us),
+                *(["--no-idle-yield"] if a.no_idle_yield else []),
             ),
             f"engine ({driver})",
             stdin=True,
@@ -980,6 +983,17 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="the forwarding CPU: every thread of the engines, RPS target (default 1)",
+    )
+    ap.add_argument(
+        "--idle-sleep-us",
+        type=int,
+        default=0,
+        help="the engines' idle sleep (the node's idle_sleep_us; default 0: the worker spins)",
+    )
+    ap.add_argument(
+        "--no-idle-yield",
+        action="store_true",
+        help="the engines' idle spinning worker keeps its CPU (the node's idle_yield: false)",
     )
     ap.add_argument(
         "--no-rps",

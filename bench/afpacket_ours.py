@@ -234,6 +234,8 @@ def run_engine(a) -> int:
             fds = _packet_sockets(a.pod)
             stats = lambda: ring_stats(fds)  # noqa: E731
         stats()  # start counting from here
+        eng.set_idle_sleep(a.idle_sleep_us)
+        eng.set_idle_yield(not a.no_idle_yield)
         eng.start()
         tids = _worker_tasks()
         emit(
@@ -308,6 +310,12 @@ def main(argv=None) -> int:
         help="the control thread's CPU (default: the worker's)",
     )
     e.add_argument("--worker-cpu", type=int, default=1)
+    e.add_argument(
+        "--idle-sleep-us", type=int, default=0, help="the worker's idle sleep (0: it spins)"
+    )
+    e.add_argument(
+        "--no-idle-yield", action="store_true", help="an idle spinning worker keeps its CPU"
+    )
     c = sub.add_parser("capture")
     c.add_argument("--iface", required=True)
     c.add_argument("--count", type=int, required=True)

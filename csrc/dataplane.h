@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 12
+#define DP_ABI_VERSION 13
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -88,7 +88,8 @@
 #define DP_WORKER_FDB_CACHE_MISSES 3 /* ... that its FDB cache could not answer */
 #define DP_WORKER_FDB_SLOW_LOOKUPS 4 /* ... of those, not answered by the key's home bucket */
 #define DP_WORKER_IDLE_SLEEPS 5      /* sleeps of an idle worker (dp_set_idle_sleep) */
-#define DP_WORKER_CTR_COUNT 6
+#define DP_WORKER_IDLE_YIELDS 6      /* CPU handed over by an idle spinning worker */
+#define DP_WORKER_CTR_COUNT 7
 
 /* fdb entry kinds (dp_fdb_get) */
 #define DP_FDB_NONE 0
@@ -152,6 +153,7 @@ int dp_running(void);
 /* an idle worker sleeps up to us microseconds, woken by a frame on a kernel
  * port (0: it spins, the default; at most 100000) */
 int dp_set_idle_sleep(unsigned us);
+void dp_set_idle_yield(int on); /* 1 (the default): an idle spinning worker yields its CPU */
 
 /* ports */
 /* net: network of a pod port from its first packet on (-1: none yet) */

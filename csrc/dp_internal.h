@@ -246,9 +246,11 @@ struct dp_wctx;
 struct dp_wctx *dp_worker_new(int id);
 int dp_worker_main(void *arg);
 
-/* an idle worker's sleep (dp_idle.c): called once per poll round, before the
- * round's quiescent state, when dp_idle_us is not 0 */
+/* an idle worker (dp_idle.c): called after DP_IDLE_ROUNDS empty poll rounds
+ * in a row, before the round's quiescent state; it yields its CPU or, with
+ * dp_idle_us set, sleeps */
 extern atomic_uint dp_idle_us;
-void dp_worker_idle(int id, const struct dp_poll_list *pl, int busy, uint64_t *wc);
+#define DP_IDLE_ROUNDS 64u /* empty poll rounds in a row that make a worker idle */
+void dp_worker_idle(int id, const struct dp_poll_list *pl, uint64_t *wc);
 
 #endif /* DP_INTERNAL_H */

@@ -77,6 +77,7 @@ dp_worker_main(void *arg)
     uint64_t *wc = w->wc;
     w->tbl_gen = atomic_load_explicit(&dp.tbl_gen, memory_order_acquire);
     struct rte_mbuf *pkts[DP_BURST];
+    unsigned idle_rounds = 0; /* empty poll rounds in a row */
 
     /* id < DP_MAX_WORKERS, the threads dp.qsbr was made for: cannot fail */
     (void)rte_rcu_qsbr_thread_register(dp.qsbr, (unsigned)id);
@@ -136,8 +137,13 @@ dp_worker_main(void *arg)
         }
         wc[DP_WORKER_POLLS]++;
         wc[DP_WORKER_BUSY_POLLS] += busy != 0;
-        if (unlikely(atomic_load_explicit(&dp_idle_us, memory_order_relaxed) != 0))
-            dp_worker_idle(id, pl, busy != 0, wc); /* opt-in idle sleep (dp_idle.c) */
+        /* an idle worker yields its CPU, or sleeps if set to (dp_idle.c) */
+        if (busy)
+            idle_rounds = 0;
+        else if (unlikely(++idle_rounds == DP_IDLE_ROUNDS)) {
+            idle_rounds = 0;
+            dp_worker_idle(id, pl, wc);
+        }
 
         /* no table entry or snapshot read above is held past this point */
         rte_rcu_qsbr_quiescent(dp.qsbr, (unsigned)id);

@@ -5,6 +5,7 @@
     kernel_driver: afpacket        # afpacket | af_xdp: the pods' veths
     lcores: [0, 1]                 # first: control thread, the rest: workers
     # idle_sleep_us: 0             # an idle worker sleeps up to this, woken by a frame (0: spins)
+    # idle_yield: true             # a spinning worker yields its CPU when idle
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
@@ -249,6 +250,7 @@ class NodeConfig:
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     pod_socket_dir: str = DEFAULT_POD_SOCKET_DIR  # memif / vhost-user sockets
     idle_sleep_us: int = 0  # 0: the workers spin; else they sleep when idle (dp_idle.c)
+    idle_yield: bool = True  # a spinning worker yields its CPU when idle (dp_idle.c)
 
     # ---------------------------------------------------------- look-ups
     def network(self, name: str) -> Optional[NetworkConfig]:
@@ -313,6 +315,7 @@ class NodeConfig:
             "lcores": list(self.lcores),
             "memory_mb": self.memory_mb,
             "idle_sleep_us": self.idle_sleep_us,
+            "idle_yield": self.idle_yield,
             "vtep": dataclasses.asdict(self.vtep),
             "planes": {
                 p.name: {
@@ -424,6 +427,7 @@ _TOP_KEYS = (
     "lcores",
     "memory_mb",
     "idle_sleep_us",
+    "idle_yield",
     "vtep",
     "planes",
     "networks",
@@ -482,6 +486,7 @@ def _node_config(data, base_dir) -> NodeConfig:
     lcores = check_lcores(top.get("lcores", list(DEFAULT_LCORES)))
     memory_mb = check_memory_mb(top.get("memory_mb", DEFAULT_MEMORY_MB))
     idle_sleep_us = check_int(top.get("idle_sleep_us", 0), "idle_sleep_us", 0, MAX_IDLE_SLEEP_US)
+    idle_yield = check_bool(top.get("idle_yield", True), "idle_yield")
     vtep = _vtep(top["vtep"])
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
     networks = _networks(top.get("networks"), planes, vtep)
@@ -505,6 +510,7 @@ def _node_config(data, base_dir) -> NodeConfig:
         lcores=lcores,
         memory_mb=memory_mb,
         idle_sleep_us=idle_sleep_us,
+        idle_yield=idle_yield,
         vtep=vtep,
         planes=planes,
         networks=networks,

@@ -48,7 +48,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 12
+ABI_VERSION = 13
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -590,6 +590,11 @@ class Engine(_Tables, _Planes, _Guards):
         """An idle worker sleeps up to ``us`` microseconds, woken by a frame
         on a kernel port; 0 (the default): the workers spin."""
         self._call("setting the idle sleep", lib.dp_set_idle_sleep, int(us))
+
+    def set_idle_yield(self, on: bool):
+        """An idle spinning worker yields its CPU to other runnable threads
+        (True, the default) or keeps it (False)."""
+        lib.dp_set_idle_yield(1 if on else 0)
 
     @property
     def running(self) -> bool:

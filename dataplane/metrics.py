@@ -154,6 +154,11 @@ class CoreCollector:
             "Sleeps of the idle worker (idle_sleep_us; 0 while it spins)",
             labels=["worker"],
         )
+        yields = CounterMetricFamily(
+            "dataplane_worker_idle_yields",
+            "Times the idle spinning worker yielded its CPU to other runnable threads",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
@@ -163,6 +168,7 @@ class CoreCollector:
             misses.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_cache_misses")]))
             slow.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_slow_lookups")]))
             sleeps.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_sleeps")]))
+            yields.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_yields")]))
         yield ratio
         yield total
         yield busy_total
@@ -170,6 +176,7 @@ class CoreCollector:
         yield misses
         yield slow
         yield sleeps
+        yield yields
 
     @staticmethod
     def _planes(snap):

@@ -77,6 +77,8 @@ class NodeService:
             self.pods.replay()
             if cfg.idle_sleep_us:
                 self.engine.set_idle_sleep(cfg.idle_sleep_us)
+            if not cfg.idle_yield:
+                self.engine.set_idle_yield(False)
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
