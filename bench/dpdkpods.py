@@ -77,13 +77,15 @@ IOVA_MODE = "--iova-mode=va"
 
 
 class Pmd:
-    """dpdk-testpmd in namespace ``ns`` on its interactive prompt."""
+    """dpdk-testpmd in namespace ``ns`` (None: this one) on its interactive
+    prompt."""
 
     def __init__(self, ns, prefix, vdev, fwd, cpu, log_path):
         self.prefix = prefix
         self.log = log_path
         cmd = (
-            ["ip", "netns", "exec", ns, "stdbuf", "-oL", TESTPMD]
+            (["ip", "netns", "exec", ns] if ns else [])
+            + ["stdbuf", "-oL", TESTPMD]
             + ["--lcores", f"0@{cpu},1@{cpu}", "--no-pci", "--file-prefix", prefix]
             + [IOVA_MODE]
             + ["--in-memory", "--single-file-segments", "-m", "192", f"--vdev={vdev}"]
