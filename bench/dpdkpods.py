@@ -8,8 +8,8 @@ them), and the veth pod path for scale.
         ratio=<memif/direct> veth_kpps=<n>
 
 Pods: two ``dpdk-testpmd`` processes, each in a network namespace of its
-own (``dppb<pid>-a``, ``-b``), ``--no-pci``, ``--in-memory`` hugepages, its
-own ``--file-prefix``. Pod a sends (``--forward-mode=txonly``, 64-byte
+own (``dppb<pid>-a``, ``-b``), ``--no-pci``, ``--in-memory`` hugepages, IOVA
+as VA, its own ``--file-prefix``. Pod a sends (``--forward-mode=txonly``, 64-byte
 UDP frames to pod b's MAC), pod b receives (``rxonly``); the figure is what
 pod b received per second over ``--seconds`` after a warm-up.
 
