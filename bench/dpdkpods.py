@@ -8,8 +8,8 @@ them), and the veth pod path for scale.
         ratio=<memif/direct> veth_kpps=<n>
 
 Pods: two ``dpdk-testpmd`` processes, each in a network namespace of its
-own (``dppb<pid>-a``, ``-b``), ``--no-pci``, ``--in-memory`` hugepages, its
-own ``--file-prefix``. Pod a sends (``--forward-mode=txonly``, 64-byte
+own (``dppb<pid>-a``, ``-b``), ``--no-pci``, ``--in-memory`` hugepages, IOVA
+as VA, its own ``--file-prefix``. Pod a sends (``--forward-mode=txonly``, 64-byte
 UDP frames to pod b's MAC), pod b receives (``rxonly``); the figure is what
 pod b received per second over ``--seconds`` after a warm-up.
 
@@ -64,23 +64,30 @@ from .common import (
 TESTPMD = "dpdk-testpmd"
 MAC_A, MAC_B = "02:00:00:00:0a:01", "02:00:00:00:0b:01"
 PATHS = ("memif", "vhost", "direct", "veth")
-#: what a testpmd pod's log says when its virtio_user device lost the
-#: start-up race with the core's vhost client, and how often to try
-VIRTIO_INIT_RACE = "eth_virtio_dev_init fails"
-VHOST_STARTS = 3
 RING_LOG2 = 14  # memif rings of 16384 slots, the most DPDK's memif allows
 VIRTIO_QUEUE = 1 << RING_LOG2  # virtio rings as large
+#: A pod has no device, so no use for physical addresses: IOVA as VA, as an
+#: unprivileged pod gets anyway. testpmd as root would pick physical
+#: addresses (PA), and virtio_user's tx queue then needs its header region
+#: (VIRTIO_QUEUE x 144 bytes, 2.25 MB: more than one 2 MB hugepage)
+#: physically contiguous; on a node whose hugepage pool others have
+#: churned there is no such pair of pages and the device fails to
+#: initialise ("eth_virtio_dev_init fails"). In VA mode any two pages do.
+IOVA_MODE = "--iova-mode=va"
 
 
 class Pmd:
-    """dpdk-testpmd in namespace ``ns`` on its interactive prompt."""
+    """dpdk-testpmd in namespace ``ns`` (None: this one) on its interactive
+    prompt."""
 
     def __init__(self, ns, prefix, vdev, fwd, cpu, log_path):
         self.prefix = prefix
         self.log = log_path
         cmd = (
-            ["ip", "netns", "exec", ns, "stdbuf", "-oL", TESTPMD]
+            (["ip", "netns", "exec", ns] if ns else [])
+            + ["stdbuf", "-oL", TESTPMD]
             + ["--lcores", f"0@{cpu},1@{cpu}", "--no-pci", "--file-prefix", prefix]
+            + [IOVA_MODE]
             + ["--in-memory", "--single-file-segments", "-m", "192", f"--vdev={vdev}"]
             + ["--", "-i", f"--forward-mode={fwd}", "--txpkts=64", "--burst=32"]
             # descriptors as many as the rings have slots: a pod sharing a CPU
@@ -128,6 +135,15 @@ class Pmd:
     def rx_packets(self):
         t = self.cmd("show port stats 0", "TX-packets")
         return int(re.search(r"RX-packets:\s+(\d+)", t).group(1))
+
+    def stop(self):
+        """Stop forwarding (nothing polls the port any more); a pod that
+        never started it or has exited is left as it is."""
+        if self.p.poll() is None:
+            try:
+                self.cmd("stop", "testpmd>")
+            except (OSError, BenchError):
+                pass
 
     def close(self):
         if self.p.poll() is None:
@@ -255,24 +271,7 @@ class Lab:
                 run_cmd(["ip", "link", "del", f"dpph{x}{os.getpid() % 100000}"], "ip", check=False)
 
     def measure(self, path) -> float:
-        """Frames per second pod b received from pod a on ``path``. A
-        vhost-user pod whose virtio_user device failed to initialise while
-        the core's vhost client was connecting to it (a start-up race seen
-        on this loaded machine, not a forwarding fault) is started again,
-        at most VHOST_STARTS times, and said so."""
-        for attempt in range(1, VHOST_STARTS + 1):
-            try:
-                return self._measure(path)
-            except BenchError as e:
-                if path != "vhost" or VIRTIO_INIT_RACE not in str(e) or attempt == VHOST_STARTS:
-                    raise
-                say(
-                    f"vhost: a pod's virtio_user device failed to initialise "
-                    f"({VIRTIO_INIT_RACE}); starting the pods again ({attempt + 1}/{VHOST_STARTS})"
-                )
-        raise AssertionError("not reached")
-
-    def _measure(self, path) -> float:
+        """Frames per second pod b received from pod a on ``path``."""
         ports = []
         a = b = None
         try:
@@ -304,12 +303,20 @@ class Lab:
             n1, t1 = b.rx_packets(), time.monotonic()
             return (n1 - n0) / (t1 - t0)
         finally:
+            # in this order: DPDK 22.11's memif unmaps the peer's memory as
+            # soon as the peer goes, under a burst that may still be reading
+            # it, so neither side polls a port when the other leaves: the
+            # pods stop forwarding, the core's ports go (its workers let go
+            # of them first), then the pods quit
+            for p in (a, b):
+                if p is not None:
+                    p.stop()
+            if ports:
+                self._drop_ports(path, ports)
             for p in (a, b):
                 if p is not None:
                     p.close()
                     self.pmds.remove(p)
-            if ports:
-                self._drop_ports(path, ports)
             for f in os.listdir(self.dir):
                 if f.endswith(".sock"):
                     os.unlink(os.path.join(self.dir, f))
