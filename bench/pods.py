@@ -498,6 +498,9 @@ class Lab:
         if not udp:
             end = cj.get("end", {})
             bps = end.get("sum_received", {}).get("bits_per_second", 0.0)
+            retr = end.get("sum_sent", {}).get("retransmits", 0)
+            if retr:
+                say(f"  {path}: {retr} TCP segments retransmitted (the sender's count)")
             return bps / 1e9
         try:
             sj = json.loads(out)

@@ -118,13 +118,13 @@
 #define AFP_FRAMES_MAX (1u << 20) /* sanity cap on `frames` */
 #define AFP_FRAMES_MIN 64u        /* fewest ring frames, jumbo included */
 #define AFP_VNET_LEN ((uint32_t)sizeof(struct virtio_net_hdr))
-#define AFP_BIG_MAX (65536u + 256u)            /* largest GSO frame read (64 KiB + headers) */
-#define AFP_IOV_MAX 64u                        /* iovecs of one GSO frame: header + segments */
-#define AFP_RCVBUF (8u << 20)                  /* GSO frames queued on the rx socket, bytes */
-#define AFP_GSO_SNDBUF (8u << 20)              /* GSO frames in flight on the tx side, bytes */
-#define AFP_UGSO_SEGS 64u                      /* most datagrams one UDP GSO batch carries */
-#define AFP_UGSO_IOV (2u + 3u * AFP_UGSO_SEGS) /* of one UDP GSO batch: a cut segment has 3 */
-#define AFP_UGSO_HDR 42u                       /* Ethernet + IPv4 (no options) + UDP */
+#define AFP_BIG_MAX (65536u + 256u) /* largest GSO frame read (64 KiB + headers) */
+#define AFP_IOV_MAX 64u             /* iovecs of one GSO frame: header + segments */
+#define AFP_RCVBUF (8u << 20)       /* GSO frames queued on the rx socket, bytes */
+#define AFP_GSO_SNDBUF (8u << 20)   /* GSO frames in flight on the tx side, bytes */
+#define AFP_UGSO_SEGS 64u           /* most datagrams one UDP GSO batch carries */
+#define AFP_UGSO_IOV 160u           /* iovecs of one UDP GSO batch */
+#define AFP_UGSO_HDR 42u            /* Ethernet + IPv4 (no options) + UDP */
 
 /* Where frame data starts in a V2 tx frame (kernel default, no TX_HAS_OFF):
  * the virtio-net header, then the frame. */
@@ -1080,22 +1080,20 @@ afp_ugso_same(const struct rte_mbuf *f, const struct rte_mbuf *m)
 
 /* How many frames from pkts[0] (a candidate, payload len0) form one batch:
  * one flow, the same payload length but the last, the whole within an IPv4
- * datagram, AFP_UGSO_SEGS datagrams and the iovecs of one call. */
+ * datagram and AFP_UGSO_SEGS datagrams. */
 static inline uint16_t
 afp_ugso_run(struct rte_mbuf **pkts, uint16_t n, uint32_t len0)
 {
-    uint32_t total = len0, iovs = 2u + pkts[0]->nb_segs;
+    uint32_t total = len0;
     uint16_t r = 1;
 
     while (r < n && r < AFP_UGSO_SEGS) {
         const struct rte_mbuf *m = pkts[r];
         uint32_t l = afp_ugso_len(m);
 
-        if (l == 0 || l > len0 || total + l + 28 > UINT16_MAX || iovs + m->nb_segs > AFP_UGSO_IOV ||
-            !afp_ugso_same(pkts[0], m))
+        if (l == 0 || l > len0 || total + l + 28 > UINT16_MAX || !afp_ugso_same(pkts[0], m))
             break;
         total += l;
-        iovs += m->nb_segs;
         r++;
         if (l < len0)
             break; /* a shorter one ends the run */

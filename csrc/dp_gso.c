@@ -1,21 +1,14 @@
 /*
  * dp_gso.c - TCP segmentation of GSO super-frames (see dp_gso.h).
  *
- * Headers copied, payload referenced: a segment's first mbuf is its own,
- * with a copy of the headers (made once per super-frame) and the headroom
- * encapsulation prepends into; its payload is indirect mbufs on the source
- * chain's segments (rte_pktmbuf_attach, as DPDK's librte_gso does), so the
- * payload is not copied again on its way to the uplink, whose UDP GSO batch
- * gathers from the chains (afpacket.c). A piece of payload of at most
- * GSO_COPY_MAX bytes is copied into the first mbuf instead (an mbuf and two
- * reference counts cost more than the copy). The TCP/UDP checksum is
- * computed in one read pass over the segment. Nothing past the headers is
- * written after the cut: the payload buffers are shared by neighbouring
- * segments (and freed with the last of them).
+ * Copying, not indirect mbufs: a segment is written once into a fresh mbuf
+ * (headers from a copy made once per super-frame, payload straight from the
+ * source chain), so what leaves owns its data and can be encapsulated in
+ * place. The TCP checksum is computed over the segment as it is written out
+ * of the cache anyway.
  */
 #include <errno.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 #include <netinet/in.h>
 
@@ -28,8 +21,7 @@
 
 #include "dp_gso.h"
 
-#define GSO_HDR_MAX 256u  /* Ethernet + tags + IP + options + TCP + options */
-#define GSO_COPY_MAX 256u /* payload pieces up to this long are copied, not attached */
+#define GSO_HDR_MAX 256u /* Ethernet + tags + IP + options + TCP + options */
 
 /* a read position in an mbuf chain */
 struct gso_cur {
@@ -48,40 +40,38 @@ cur_seek(struct gso_cur *c, const struct rte_mbuf *m, uint32_t off)
     c->off = off;
 }
 
-/* Append len bytes at c to the segment chain head, whose last mbuf is
- * *last: a short piece copied into the (direct) last mbuf's room, the rest
- * as indirect mbufs from mp on the source's segments. The caller checked
- * the source holds len bytes. Returns 0 or -ENOMEM. */
+/* Append len bytes at c to the chain head, whose last segment is *last;
+ * further segments from mp. The caller checked the source holds len bytes.
+ * Returns 0 or -ENOMEM. */
 static int
-gso_attach(struct rte_mempool *mp, struct rte_mbuf *head, struct rte_mbuf **last, struct gso_cur *c,
-           uint32_t len)
+gso_copy(struct rte_mempool *mp, struct rte_mbuf *head, struct rte_mbuf **last, struct gso_cur *c,
+         uint32_t len)
 {
     while (len != 0) {
+        struct rte_mbuf *l = *last;
+        uint32_t room = rte_pktmbuf_tailroom(l);
+
+        if (room == 0) {
+            struct rte_mbuf *s = rte_pktmbuf_alloc(mp);
+
+            if (s == NULL)
+                return -ENOMEM;
+            s->data_off = 0; /* no headroom needed past the first segment */
+            l->next = s;
+            head->nb_segs++;
+            *last = s;
+            continue;
+        }
         uint32_t avail = c->s->data_len - c->off;
         if (avail == 0) {
             c->s = c->s->next;
             c->off = 0;
             continue;
         }
-        struct rte_mbuf *l = *last;
-        uint32_t k = RTE_MIN(avail, len);
-        if (k <= GSO_COPY_MAX && RTE_MBUF_DIRECT(l) && k <= rte_pktmbuf_tailroom(l)) {
-            rte_memcpy(rte_pktmbuf_mtod_offset(l, uint8_t *, l->data_len),
-                       rte_pktmbuf_mtod_offset(c->s, const uint8_t *, c->off), k);
-            l->data_len = (uint16_t)(l->data_len + k);
-        } else {
-            struct rte_mbuf *s = rte_pktmbuf_alloc(mp);
-            if (s == NULL)
-                return -ENOMEM;
-            /* the source is only read from here on: the cast drops no promise */
-            rte_pktmbuf_attach(s, (struct rte_mbuf *)(uintptr_t)c->s);
-            s->data_off = (uint16_t)(s->data_off + c->off);
-            s->data_len = (uint16_t)k;
-            s->pkt_len = k;
-            l->next = s;
-            head->nb_segs++;
-            *last = s;
-        }
+        uint32_t k = RTE_MIN(RTE_MIN(room, avail), len);
+        rte_memcpy(rte_pktmbuf_mtod_offset(l, uint8_t *, l->data_len),
+                   rte_pktmbuf_mtod_offset(c->s, const uint8_t *, c->off), k);
+        l->data_len = (uint16_t)(l->data_len + k);
         head->pkt_len += k;
         c->off += k;
         len -= k;
@@ -160,7 +150,7 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         rte_memcpy(d, hdr, hl);
         s->data_len = (uint16_t)hl;
         s->pkt_len = hl;
-        if (gso_attach(mp, s, &last, &c, plen) < 0) {
+        if (gso_copy(mp, s, &last, &c, plen) < 0) {
             rte_pktmbuf_free_bulk(out, n);
             return -ENOMEM;
         }

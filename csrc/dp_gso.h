@@ -29,10 +29,8 @@
  * a port that cannot take it: the underlay (before VXLAN encapsulation, as a
  * NIC would before the wire) and DPDK ethdev ports.
  *
- * Each segment is a chain: a fresh mbuf holding a copy of the headers (with
- * the usual headroom, for encapsulation) and indirect mbufs referencing its
- * slice of the payload in the super-frame's own segments (a short slice
- * copied behind the headers instead), with IPv4 total length, id
+ * Each segment is a fresh mbuf (a chain for a jumbo MSS) holding a copy of
+ * the headers and its slice of the payload, with IPv4 total length, id
  * (first id + segment number) and header checksum, IPv6 payload length,
  * TCP sequence number and flags (FIN and PSH on the last segment only, CWR
  * on the first only) or UDP length fixed and the TCP/UDP checksum computed
@@ -58,8 +56,7 @@ dp_gso_frame(const struct rte_mbuf *m)
 
 /*
  * Cut m into at most max segments from mp, written to out. m is left as it
- * is (the caller frees it; its buffers live on as long as a segment refers
- * to them). Only a segment's headers, all in its first mbuf, may be written. Returns the number of segments, -ENOMEM when mp
+ * is (the caller frees it). Returns the number of segments, -ENOMEM when mp
  * ran dry (nothing allocated is kept) or -EINVAL when m's headers do not
  * describe a TCP or UDP frame that can be cut (lengths past the frame, an MSS of 0,
  * more than max segments).
