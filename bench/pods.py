@@ -3,7 +3,7 @@ the node service, against the kernel's own bridge and bridge + vxlan paths
 built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
-                         [--wire-underlay] [--idle-sleep-us US]
+                         [--wire-underlay] [--idle-sleep-us US] [--only tcp_vxlan]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
@@ -112,6 +112,9 @@ LABEL = {
     "vxlan": "kernel bridge + vxlan",
 }
 FIGURES = ("rtt_us", "rtt_p99_us", "tcp_gbps", "udp64_pps")
+TESTS = ("ping", "tcp", "udp64")
+# --only: a subset of the paths and tests, to iterate on one figure
+ONLY = {"tcp_vxlan": (("ours_vtep", "vxlan"), ("tcp",))}
 VNI = 101
 SUBNET, GATEWAY = "192.168.50.0/24", "192.168.50.1"
 VM_IP = "192.168.50.250"
@@ -495,6 +498,9 @@ class Lab:
         if not udp:
             end = cj.get("end", {})
             bps = end.get("sum_received", {}).get("bits_per_second", 0.0)
+            retr = end.get("sum_sent", {}).get("retransmits", 0)
+            if retr:
+                say(f"  {path}: {retr} TCP segments retransmitted (the sender's count)")
             return bps / 1e9
         try:
             sj = json.loads(out)
@@ -505,7 +511,7 @@ class Lab:
         got = s.get("packets", 0) - s.get("lost_packets", 0)
         return max(0, got) / secs
 
-    def measure(self, path: str) -> dict:
+    def measure(self, path: str, tests=TESTS) -> dict:
         r = dict.fromkeys(FIGURES, 0.0)
         notes = []
         for what, fn in (
@@ -513,6 +519,8 @@ class Lab:
             ("tcp", lambda: self.iperf(path, udp=False)),
             ("udp64", lambda: self.iperf(path, udp=True)),
         ):
+            if what not in tests:
+                continue
             try:
                 v = fn()
             except PathFailed as e:
@@ -566,11 +574,18 @@ def run(args) -> dict:
                     "--peer-csum-off: the host behind the kernel VTEP sends finished "
                     "checksums (tx checksum offload off on its eth0): not a user's set-up"
                 )
+            paths, tests = ONLY[args.only] if args.only else (PATHS, TESTS)
+            if args.only:
+                say(f"--only {args.only}: paths {', '.join(paths)}, tests {', '.join(tests)}")
             res = {p: {k: [] for k in FIGURES} for p in PATHS}
             for n in range(1, args.runs + 1):
                 for path in PATHS:
+                    if path not in paths:
+                        for k in FIGURES:
+                            res[path][k].append(0.0)
+                        continue
                     lab.check_service()
-                    r = lab.measure(path)
+                    r = lab.measure(path, tests)
                     for k in FIGURES:
                         res[path][k].append(r[k])
                     say(f"run {n}/{args.runs} {LABEL[path]:38s} {_fmt(r)}")
@@ -648,6 +663,12 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         help="the service's idle_sleep_us: its worker sleeps when idle, woken by a frame "
         "(default 0: it spins)",
+    )
+    ap.add_argument(
+        "--only",
+        choices=sorted(ONLY),
+        help="measure one figure only (tcp_vxlan: TCP pod -> host behind the kernel VTEP "
+        "and kernel bridge + vxlan); the RESULT line's other figures are then 0 or nan",
     )
     ap.add_argument(
         "--peer-csum-off",

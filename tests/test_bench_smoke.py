@@ -229,3 +229,19 @@ def test_encap_against_ovs_dpdk():
 def test_unknown_peer_is_refused():
     pid, rc, out, err = run_bench("encap", ["--peers", "vpp"])
     assert rc == 2 and "--peers: unknown contender 'vpp'" in err and out == ""
+
+
+@pytest.mark.netns
+def test_pods_only_tcp_vxlan():
+    """``--only tcp_vxlan``: the TCP test of ours towards the kernel-VTEP host
+    and of the kernel's bridge + vxlan alone; the other figures are 0."""
+    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
+    pid, rc, out, err = run_bench("pods", ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan"])
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert float(fields["vxlan_tcp_gbps"]) > 0, out
+    assert float(fields["ours_vtep_tcp_gbps"]) >= 0, out
+    others = [k for k in fields if k.endswith(("_rtt_us", "_udp64_pps")) or k.startswith("bridge")]
+    assert all(float(fields[k]) == 0 for k in others), out
+    assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
