@@ -4,6 +4,7 @@ built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
                          [--wire-underlay] [--idle-sleep-us US] [--only tcp_vxlan]
+                         [--kernel-driver af_xdp]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
@@ -56,6 +57,10 @@ two machines carries. ``--wire-underlay`` makes the kernel nodes' underlay
 veth segment them (``tx-udp_tnl-segmentation off``), so both underlays
 carry MTU-sized frames. Every bridge namespace (bnode, k1, k2 and the
 host) has br_netfilter's ``bridge-nf-call-*`` off.
+
+``--kernel-driver af_xdp`` makes the service read the pods' veths with
+DPDK's ``net_af_xdp`` instead of its own AF_PACKET driver (the uplink
+stays AF_PACKET); the RESULT line then says ``kernel_driver=af_xdp``.
 
 ``--idle-sleep-us`` sets the service's ``idle_sleep_us``: its worker
 sleeps when idle, woken by a frame on a kernel port (csrc/dp_idle.c); the
@@ -283,6 +288,7 @@ class Lab:
                 f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
                 "memory_mb: 256\n"
                 f"idle_sleep_us: {a.idle_sleep_us}\n"
+                f"kernel_driver: {a.kernel_driver}\n"
                 # the host behind the kernel VTEP is in no store: its MAC is
                 # learned from what it sends (else every frame to it is an
                 # unknown unicast flood, held to the pods' storm rate)
@@ -330,6 +336,8 @@ class Lab:
             except Exception as e:
                 raise BenchError(f"adding pod {name} through the API: {e}") from None
             ips.append(next(p["ip"] for p in info["planes"] if p["plane"] == "std"))
+        ports = call(self.sock, "GET", "/v1/status")["ports"]
+        say("the service's ports: " + ", ".join(f"{p['name']} ({p['role']})" for p in ports))
         self.ips["ours_local"] = (pa, pb, ips[1].split("/")[0])
         self.ips["ours_vtep"] = (pa, vm, VM_IP)
 
@@ -619,6 +627,7 @@ def run(args) -> dict:
         "peer_csum_off": args.peer_csum_off,
         "wire_underlay": args.wire_underlay,
         "idle_sleep_us": args.idle_sleep_us,
+        "kernel_driver": args.kernel_driver,
         "idle_cpu": idle_cpu,
     }
 
@@ -656,6 +665,13 @@ def parser() -> argparse.ArgumentParser:
         "(tx-udp_tnl-segmentation off), so their underlay carries MTU-sized frames as a wire "
         "and ours do; without it the two kernel VTEPs pass 64 KB super-frames, which no wire "
         "carries",
+    )
+    ap.add_argument(
+        "--kernel-driver",
+        choices=("afpacket", "af_xdp"),
+        default="afpacket",
+        help="the service's kernel_driver, which reads the pods' veths (default afpacket, the "
+        "service's default)",
     )
     ap.add_argument(
         "--idle-sleep-us",
@@ -715,6 +731,8 @@ def _result(res):
         out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up
     if res.get("wire_underlay"):
         out["kernel_underlay"] = "wire"  # MTU-sized VXLAN frames on the kernel's underlay
+    if res.get("kernel_driver", "afpacket") != "afpacket":
+        out["kernel_driver"] = res["kernel_driver"]  # the pods' veths
     if res.get("idle_sleep_us"):
         out["idle_sleep_us"] = str(res["idle_sleep_us"])
         out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic

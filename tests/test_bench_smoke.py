@@ -245,3 +245,22 @@ def test_pods_only_tcp_vxlan():
     others = [k for k in fields if k.endswith(("_rtt_us", "_udp64_pps")) or k.startswith("bridge")]
     assert all(float(fields[k]) == 0 for k in others), out
     assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
+
+
+def test_pods_with_af_xdp_pods():
+    """``--kernel-driver af_xdp``: the service reads the pods' veths with
+    DPDK's net_af_xdp; TCP from a pod reaches the host behind the kernel
+    VTEP, and the RESULT line names the driver."""
+    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
+    pid, rc, out, err = run_bench(
+        "pods",
+        ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--kernel-driver", "af_xdp"],
+    )
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert fields.get("kernel_driver") == "af_xdp", out
+    assert float(fields["ours_vtep_tcp_gbps"]) > 0, out
+    # the pods' veths are net_af_xdp ports of the core
+    ports = next(x for x in err.splitlines() if "the service's ports:" in x)
+    assert ports.count("net_af_xdp_") == 2 and ports.count("(pod)") == 2, ports
