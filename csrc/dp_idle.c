@@ -13,16 +13,19 @@
  *   kernel ports (ksoftirqd, a veth's threaded NAPI that runs an AF_XDP
  *   port's XDP program), or a pod's process - which a spinning worker would
  *   otherwise hold off for the rest of its slice while it finds nothing.
- *   Each yield counts in the worker's idle_yields.
+ *   Each yield counts in the worker's idle_yields; idle_yield: false
+ *   (dp_set_idle_yield) keeps the CPU.
  * - With an idle sleep set (dp_set_idle_sleep, the config's idle_sleep_us)
  *   it blocks in ppoll() on the receive sockets of its kernel ports
  *   (afpacket) until a frame arrives on one of them, or at most the idle
  *   sleep. The kernel wakes it when it writes a frame into the rx ring, so a
  *   frame to a kernel port waits for the wake-up (a context switch: tens of
  *   µs), not for the timeout; a port without a socket (a DPDK port) or a
- *   control-plane frame to send (ARP) waits for the timeout at worst. A
- *   worker with a shaped port (its scheduler must run on time) never sleeps
- *   (it yields). Each sleep counts in the worker's idle_sleeps.
+ *   control-plane frame to send (ARP) waits for the timeout at worst. Each
+ *   sleep counts in the worker's idle_sleeps.
+ *
+ * A worker with a shaped port does neither: its scheduler must run on time,
+ * and frames wait in its queues while no frame arrives.
  *
  * While it sleeps the worker is offline for RCU (it holds no table entry, no
  * snapshot, no poll list), so a control change never waits for it. Its
@@ -79,24 +82,24 @@ dp_worker_idle(int id, const struct dp_poll_list *pl, uint64_t *wc)
     struct pollfd fds[DP_MAX_PORTS];
     nfds_t nf = 0;
 
-    if (us == 0) {
-        idle_yield(wc);
-        return;
-    }
     for (uint16_t i = 0; i < pl->n; i++) {
         const struct dp_port *p =
             atomic_load_explicit(&dp.ports[pl->e[i].port], memory_order_acquire);
         if (p == NULL)
             continue;
-        if (p->qos != NULL) {
-            idle_yield(wc); /* a shaped port's scheduler runs on time: no sleep */
-            return;
-        }
+        if (p->qos != NULL)
+            return; /* a shaped port's scheduler runs on time: no yield, no sleep */
+        if (us == 0)
+            continue;
         if (p->driver == DP_DRV_AFPACKET && nf < RTE_DIM(fds)) {
             fds[nf].fd = dp_afp_rx_fd(p->afp);
             fds[nf].events = POLLIN;
             fds[nf++].revents = 0;
         }
+    }
+    if (us == 0) {
+        idle_yield(wc);
+        return;
     }
     if (!idle[id].slack) {
         (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL); /* 1 µs, this thread */

@@ -26,13 +26,16 @@ fabric = kp.fabric
 METRICS_PORT = 9474
 
 
-def node_with(fab, n, remotes, extra):
-    """Node n of fab with ``extra`` config lines and metrics on 127.0.0.1
-    (inside its namespace)."""
+def node_with(fab, n, remotes, extra, vtep_extra=""):
+    """Node n of fab with ``extra`` config lines, ``vtep_extra`` keys in its
+    vtep mapping and metrics on 127.0.0.1 (inside its namespace)."""
     node = kp.Node(fab, n, remotes, fab.mtu)
     text = node.cfg.read_text().replace(
         "metrics: {listen: null}", f"metrics: {{listen: '127.0.0.1:{METRICS_PORT}'}}"
     )
+    if vtep_extra:
+        text = text.replace("uplink: uplink0,", f"uplink: uplink0, {vtep_extra},")
+        assert vtep_extra in text, text
     node.cfg.write_text(text + extra)
     fab.nodes[n] = node
     node.start()
@@ -115,6 +118,18 @@ def test_idle_sleep_us_is_read_and_written_back():
 def test_the_worker_keeps_its_cpu_with_idle_yield_off(fabric):
     fab = fabric()
     node = node_with(fab, 1, [], "idle_yield: false\n")
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    kp.reach(a["ns"], b["ip"], "pod a -> pod b")
+    r = kp.ping(a["ns"], b["ip"], count=5, interval="0.05")
+    assert r.returncode == 0, r.stdout
+    assert idle_count(node, "yields") == 0
+    assert idle_count(node) == 0
+
+
+def test_a_worker_with_a_shaped_port_neither_yields_nor_sleeps(fabric):
+    # its scheduler lets queued frames out on time, whether frames arrive
+    fab = fabric()
+    node = node_with(fab, 1, [], "idle_sleep_us: 2000\n", "uplink_rate: 1000000000")
     a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
     kp.reach(a["ns"], b["ip"], "pod a -> pod b")
     r = kp.ping(a["ns"], b["ip"], count=5, interval="0.05")
