@@ -14,6 +14,7 @@ control-path call (per table change or per burst of work), never per packet.
 import dataclasses
 import ipaddress
 import os
+import re
 import shutil
 import struct
 import threading
@@ -240,6 +241,29 @@ def _runtime_dir():
     if os.geteuid() == 0:
         return "/var/run/dpdk"
     return os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/tmp"), "dpdk")
+
+
+_DEFAULT_PREFIX = re.compile(r"dataplane-([0-9]+)")
+
+
+def remove_stale_runtime_dirs() -> List[str]:
+    """The EAL runtime directories (``dataplane-<pid>``, the default file
+    prefix) of engines whose process is gone: one killed without closing
+    (SIGKILL, a crash) leaves its directory, which :meth:`Engine.close`
+    would have removed. Another prefix is left alone. The names removed."""
+    base = _runtime_dir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    gone = []
+    for name in names:
+        m = _DEFAULT_PREFIX.fullmatch(name)
+        if not m or int(m.group(1)) == os.getpid() or os.path.exists(f"/proc/{m.group(1)}"):
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        gone.append(name)
+    return gone
 
 
 class _Tables:
@@ -519,6 +543,7 @@ class Engine(_Tables, _Planes, _Guards):
                 "DPDK's EAL was already started in this process; "
                 "it cannot be started twice (use a child process)"
             )
+        remove_stale_runtime_dirs()
         self._lock = threading.RLock()
         self._keep = [ffi.new("char[]", a.encode()) for a in args]
         argv = ffi.new("char *[]", self._keep)

@@ -176,6 +176,8 @@ class PodTestpmd:
                 self.p.kill()
                 self.p.wait()
         self.p.stdin.close()
+        # testpmd leaves its EAL runtime directory, even with --in-memory
+        shutil.rmtree(os.path.join("/var/run/dpdk", self.prefix), ignore_errors=True)
 
 
 def node_with_sockets(fab, sockdir, n=1, remotes=()):
