@@ -115,21 +115,20 @@ def test_idle_sleep_us_is_read_and_written_back():
     assert parse_config({"vtep": cfg["vtep"]}).idle_sleep_us == 0
 
 
-def test_the_worker_keeps_its_cpu_with_idle_yield_off(fabric):
+@pytest.mark.parametrize(
+    "extra, vtep_extra",
+    [
+        # told to keep its CPU
+        ("idle_yield: false\n", ""),
+        # a shaped port: its scheduler lets queued frames out on time,
+        # whether frames arrive, so the worker neither yields nor sleeps
+        ("idle_sleep_us: 2000\n", "uplink_rate: 1000000000"),
+    ],
+    ids=["idle_yield_off", "shaped_uplink"],
+)
+def test_the_worker_neither_yields_nor_sleeps(fabric, extra, vtep_extra):
     fab = fabric()
-    node = node_with(fab, 1, [], "idle_yield: false\n")
-    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
-    kp.reach(a["ns"], b["ip"], "pod a -> pod b")
-    r = kp.ping(a["ns"], b["ip"], count=5, interval="0.05")
-    assert r.returncode == 0, r.stdout
-    assert idle_count(node, "yields") == 0
-    assert idle_count(node) == 0
-
-
-def test_a_worker_with_a_shaped_port_neither_yields_nor_sleeps(fabric):
-    # its scheduler lets queued frames out on time, whether frames arrive
-    fab = fabric()
-    node = node_with(fab, 1, [], "idle_sleep_us: 2000\n", "uplink_rate: 1000000000")
+    node = node_with(fab, 1, [], extra, vtep_extra)
     a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
     kp.reach(a["ns"], b["ip"], "pod a -> pod b")
     r = kp.ping(a["ns"], b["ip"], count=5, interval="0.05")
