@@ -71,18 +71,19 @@ dp_fdb_keys_free(struct dp_fdb_keys *keys)
     *keys = (struct dp_fdb_keys){0};
 }
 
-/* delete entry key, if there, and what it held */
-static void
+/* delete entry key and what it held: 0, or -ENOENT when there is none */
+static int
 fdb_remove(uint64_t key)
 {
     uint32_t old;
-    if (!dp_ftab_get(key, &old) || dp_ftab_del(key) < 0)
-        return;
+    if (dp_ftab_del(key, &old) < 0)
+        return -ENOENT;
     dp_learn_forget(key);
     /* no worker holds it once they have passed the grace period the
      * tunnel's release waits for */
     if (DP_FV_KIND(old) == DP_FDB_REMOTE)
         dp_tunnel_unref((int)(key >> 48), (int)DP_FV_TARGET(old));
+    return 0;
 }
 
 /* delete the collected entries (cannot fail) and free the list */
@@ -90,7 +91,7 @@ void
 dp_fdb_purge(struct dp_fdb_keys *keys)
 {
     for (size_t i = 0; i < keys->n; i++)
-        fdb_remove(keys->key[i]);
+        (void)fdb_remove(keys->key[i]);
     dp_fdb_keys_free(keys);
 }
 
@@ -176,14 +177,8 @@ dp_fdb_del(int net, const uint8_t *mac)
 {
     if (net < 0 || net >= DP_MAX_NETS)
         return dp_fail(-EINVAL, "network index %d out of range", net);
-    uint64_t key = dp_fdb_key((uint32_t)net, mac);
-    uint32_t old;
-    if (!dp_ftab_get(key, &old))
+    if (fdb_remove(dp_fdb_key((uint32_t)net, mac)) < 0)
         return dp_fail(-ENOENT, "no FDB entry for that MAC in network %d", net);
-    (void)dp_ftab_del(key); /* it is there: cannot fail */
-    dp_learn_forget(key);
-    if (DP_FV_KIND(old) == DP_FDB_REMOTE)
-        dp_tunnel_unref(net, (int)DP_FV_TARGET(old));
     return 0;
 }
 

@@ -226,9 +226,9 @@ dp_ftab_put(uint64_t key, uint32_t val)
     return 0;
 }
 
-/* delete key: 0, or -ENOENT */
+/* delete key, its value into *old: 0, or -ENOENT */
 int
-dp_ftab_del(uint64_t key)
+dp_ftab_del(uint64_t key, uint32_t *old)
 {
     struct dp_ftab *t = cur();
     uint32_t bi;
@@ -237,6 +237,7 @@ dp_ftab_del(uint64_t key)
     if (ftab_locate(t, key, &bi, &w, &d) < 0)
         return -ENOENT;
     struct dp_fbkt *b = &t->b[bi];
+    *old = atomic_load_explicit(&b->val[w], memory_order_relaxed);
     bkt_begin(b);
     atomic_store_explicit(&b->key[w], DP_FT_EMPTY, memory_order_relaxed);
     atomic_store_explicit(&b->val[w], 0, memory_order_relaxed);

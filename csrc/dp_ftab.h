@@ -141,7 +141,7 @@ int dp_ftab_create(int socket);
 void dp_ftab_destroy(void);
 int dp_ftab_get(uint64_t key, uint32_t *val);
 int dp_ftab_put(uint64_t key, uint32_t val);
-int dp_ftab_del(uint64_t key);
+int dp_ftab_del(uint64_t key, uint32_t *old);
 uint32_t dp_ftab_count(void);
 /* the entries from slot *pos on, one at a time: 1 and *pos advanced, or
  * 0 at the end */
