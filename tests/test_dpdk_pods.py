@@ -30,6 +30,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
+from bench.common import remove_eal_runtime_dir
 from tests import test_kernel_pods
 from tests.test_kernel_pods import Node, ipn
 
@@ -176,8 +177,7 @@ class PodTestpmd:
                 self.p.kill()
                 self.p.wait()
         self.p.stdin.close()
-        # testpmd leaves its EAL runtime directory, even with --in-memory
-        shutil.rmtree(os.path.join("/var/run/dpdk", self.prefix), ignore_errors=True)
+        remove_eal_runtime_dir(self.prefix)  # testpmd leaves it, even with --in-memory
 
 
 def node_with_sockets(fab, sockdir, n=1, remotes=()):
