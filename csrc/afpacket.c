@@ -71,6 +71,7 @@
 #include <unistd.h>
 #include <net/if.h>
 #include <net/if_arp.h>
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -79,6 +80,7 @@
 #include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/if_tun.h>
 #include <linux/virtio_net.h>
 
 #include <rte_branch_prediction.h>
@@ -108,6 +110,26 @@
 #ifndef VIRTIO_NET_HDR_GSO_UDP_L4
 #define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* Linux >= 4.18: UDP_SEGMENT (RFC 8899 GSO) */
 #endif
+/* UDP-tunnel GSO through a tap (Linux >= 6.17): the feature, the gso_type
+ * bit of an IPv4 tunnel, and the virtio-net header that carries the outer
+ * transport and inner network header offsets */
+#ifndef TUN_F_UDP_TUNNEL_GSO
+#define TUN_F_UDP_TUNNEL_GSO 0x080
+#endif
+#ifndef VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4
+#define VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4 0x20
+#endif
+struct afp_tnl_hdr {
+    struct virtio_net_hdr h; /* flags, gso_type, hdr_len, gso_size, csum_* */
+    uint16_t num_buffers;    /* virtio_net_hdr_v1 */
+    uint32_t hash_value;     /* virtio_net_hdr_v1_hash: unused on tx */
+    uint16_t hash_report;
+    uint16_t padding;
+    uint16_t outer_th_offset; /* the outer UDP header */
+    uint16_t inner_nh_offset; /* the inner IP header */
+} __attribute__((packed));
+#define AFP_TNL_HDR_LEN ((uint32_t)sizeof(struct afp_tnl_hdr))
+
 #ifndef TP_STATUS_COPY
 #define TP_STATUS_COPY (1 << 1)
 #endif
@@ -163,9 +185,11 @@ struct dp_afp {
         uint64_t error;    /* large frames the kernel refused */
         uint64_t batches;  /* UDP GSO batches sent (udp_gso) */
         uint64_t batched;  /* datagrams they carried */
+        uint64_t tunneled; /* VXLAN super-frames sent whole through tfd */
         int udp_gso;       /* batch runs of one UDP flow into one GSO frame */
         int fd;
         int gfd; /* no ring: sendmsg() of frames larger than a ring frame */
+        int tfd; /* the tunnel tap (dp_afp_tunnel_open), -1 = none */
     } tx __rte_cache_aligned;
 
     /* control: read-only after open (but the kernel drop sum) */
@@ -459,6 +483,7 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     a->rx.fd = -1;
     a->tx.fd = -1;
     a->tx.gfd = -1;
+    a->tx.tfd = -1;
     a->rx.mp = mp;
     memcpy(a->ifname, ifname, strlen(ifname) + 1);
 
@@ -539,6 +564,8 @@ dp_afp_close(struct dp_afp *a)
         (void)close(a->tx.fd);
     if (a->tx.gfd >= 0)
         (void)close(a->tx.gfd);
+    if (a->tx.tfd >= 0)
+        (void)close(a->tx.tfd); /* the tap goes with it */
     free(a);
 }
 
@@ -575,6 +602,65 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     st->kernel = a->kernel_drops;
     st->gso = __atomic_load_n(&a->rx.gso, __ATOMIC_RELAXED);
     st->tx_error = __atomic_load_n(&a->tx.error, __ATOMIC_RELAXED);
+}
+
+uint64_t
+dp_afp_tunneled(const struct dp_afp *a)
+{
+    return __atomic_load_n(&a->tx.tunneled, __ATOMIC_RELAXED);
+}
+
+int
+dp_afp_tunnel_open(struct dp_afp *a, const char *tap)
+{
+    struct ifreq ifr;
+    int fd, hs = (int)AFP_TNL_HDR_LEN;
+
+    if (tap == NULL || tap[0] == '\0' || strlen(tap) >= IF_NAMESIZE)
+        return dp_fail(-EINVAL, "afpacket %s: tap name empty or longer than %d bytes", a->ifname,
+                       IF_NAMESIZE - 1);
+    if (a->tx.tfd >= 0)
+        return dp_fail(-EBUSY, "afpacket %s: has a tunnel tap already", a->ifname);
+    fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return dp_fail(-errno, "afpacket %s: /dev/net/tun: %m", a->ifname);
+    memset(&ifr, 0, sizeof(ifr));
+    memcpy(ifr.ifr_name, tap, strlen(tap));
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int e = -errno;
+
+        (void)close(fd);
+        return dp_fail(e, "afpacket %s: tap %s: TUNSETIFF: %s", a->ifname, tap, strerror(-e));
+    }
+    if (ioctl(fd, TUNSETOFFLOAD,
+              (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO)) < 0) {
+        int e = -errno;
+
+        (void)close(fd);
+        if (e == -EINVAL)
+            return dp_fail(-EOPNOTSUPP,
+                           "afpacket %s: this kernel's taps take no UDP-tunnel GSO "
+                           "(Linux 6.17 or later)",
+                           a->ifname);
+        return dp_fail(e, "afpacket %s: tap %s: TUNSETOFFLOAD: %s", a->ifname, tap, strerror(-e));
+    }
+    if (ioctl(fd, TUNSETVNETHDRSZ, &hs) < 0) {
+        int e = -errno;
+
+        (void)close(fd);
+        return dp_fail(e, "afpacket %s: tap %s: TUNSETVNETHDRSZ: %s", a->ifname, tap, strerror(-e));
+    }
+    a->tx.tfd = fd;
+    return 0;
+}
+
+void
+dp_afp_tunnel_close(struct dp_afp *a)
+{
+    if (a->tx.tfd >= 0)
+        (void)close(a->tx.tfd);
+    a->tx.tfd = -1;
 }
 
 /*
@@ -1033,6 +1119,51 @@ afp_tx_big(struct dp_afp *a, struct rte_mbuf *m)
     return sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT) == (ssize_t)(AFP_VNET_LEN + m->pkt_len) ? 0 : -1;
 }
 
+/* Send m, a VXLAN-encapsulated super-frame (dp_gso.h: outer_l2_len,
+ * outer_l3_len, l2_len = outer UDP + VXLAN + inner Ethernet), whole into
+ * the tunnel tap: one write() and one skb marked UDP-tunnel GSO, which the
+ * tap's redirect hands to the uplink's egress. The uplink's device cuts it
+ * (a NIC's tunnel segmentation offload), or the kernel's GSO before a
+ * device without it; a veth passes it whole, as it does the kernel VTEP's.
+ * The inner checksum field holds the pseudo-header sum (partial), the outer
+ * UDP checksum is 0. Returns 0 or -1 (refused). */
+static __rte_noinline int
+afp_tx_tnl(struct dp_afp *a, struct rte_mbuf *m)
+{
+    struct afp_tnl_hdr th;
+    struct iovec iov[AFP_IOV_MAX];
+    uint32_t outer = (uint32_t)m->outer_l2_len + m->outer_l3_len;
+    uint32_t inner_nh = outer + m->l2_len, inner_th = inner_nh + m->l3_len;
+    int udp = (m->ol_flags & RTE_MBUF_F_TX_UDP_SEG) != 0;
+    unsigned ni = 0;
+
+    if (unlikely(a->tx.tfd < 0 || m->nb_segs >= AFP_IOV_MAX))
+        return -1;
+    memset(&th, 0, sizeof(th));
+    th.h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    th.h.gso_type = (uint8_t)((udp                                  ? VIRTIO_NET_HDR_GSO_UDP_L4
+                               : (m->ol_flags & RTE_MBUF_F_TX_IPV6) ? VIRTIO_NET_HDR_GSO_TCPV6
+                                                                    : VIRTIO_NET_HDR_GSO_TCPV4) |
+                              VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4);
+    th.h.hdr_len = (uint16_t)(inner_th + m->l4_len);
+    th.h.gso_size = m->tso_segsz;
+    th.h.csum_start = (uint16_t)inner_th;
+    th.h.csum_offset =
+        udp ? offsetof(struct rte_udp_hdr, dgram_cksum) : offsetof(struct rte_tcp_hdr, cksum);
+    th.outer_th_offset = (uint16_t)outer;
+    th.inner_nh_offset = (uint16_t)inner_nh;
+    iov[ni].iov_base = &th;
+    iov[ni++].iov_len = AFP_TNL_HDR_LEN;
+    for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
+        iov[ni].iov_base = rte_pktmbuf_mtod(s, void *);
+        iov[ni++].iov_len = s->data_len;
+    }
+    if (writev(a->tx.tfd, iov, (int)ni) != (ssize_t)(AFP_TNL_HDR_LEN + m->pkt_len))
+        return -1;
+    a->tx.tunneled++;
+    return 0;
+}
+
 /*
  * UDP GSO batches (ports with udp_gso on: the uplink). A run of datagrams of
  * one flow (the same Ethernet, IPv4 and UDP headers but length, id and
@@ -1188,14 +1319,16 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         uint32_t len = m->pkt_len;
         const void *p;
 
-        if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN)) {
+        if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN ||
+                     (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
             if (len < RTE_ETHER_HDR_LEN || !dp_gso_frame(m))
                 break;
             /* a super-frame: after the frames queued before it */
             if (queued != 0)
                 (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
             queued = 0;
-            if (unlikely(afp_tx_big(a, m) < 0))
+            if (unlikely((m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ? afp_tx_tnl(a, m)
+                                                                   : afp_tx_big(a, m)) < 0)
                 a->tx.error++;
             continue;
         }

@@ -88,6 +88,16 @@ uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
  * Off when the port opens; the service turns it on for a kernel-interface
  * uplink (after switching a veth's tx-udp-segmentation off). */
 void dp_afp_set_udp_gso(struct dp_afp *a, int on);
+/* The tunnel tap: a tap named tap (created; it goes when the port closes)
+ * taking UDP-tunnel GSO frames (Linux >= 6.17: -EOPNOTSUPP before). A
+ * VXLAN-encapsulated super-frame given to tx_burst is written to it whole
+ * (dp_gso.h); whoever opens it redirects the tap's ingress to this port's
+ * interface's egress (tc mirred) before sending such frames. */
+int dp_afp_tunnel_open(struct dp_afp *a, const char *tap);
+/* VXLAN super-frames sent whole through the tunnel tap so far */
+uint64_t dp_afp_tunneled(const struct dp_afp *a);
+/* Close the tunnel tap (no tx_burst may run with tunnel frames meanwhile). */
+void dp_afp_tunnel_close(struct dp_afp *a);
 /* Drops so far; reads (and so resets) the kernel's counters: control thread,
  * one caller at a time. */
 void dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st);

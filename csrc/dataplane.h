@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 13
+#define DP_ABI_VERSION 14
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -127,6 +127,8 @@ struct dp_port_info {
     int rxq_worker[DP_MAX_RXQ]; /* the worker polling each rx queue */
     uint8_t mac[6];
     char name[64];
+    int tunnel_gso;             /* VXLAN super-frames leave whole (tunnel tap) */
+    uint64_t tunnel_gso_frames; /* how many did */
 };
 
 /* a network plane: strict priority (higher first), rates, queue, marking */
@@ -168,6 +170,13 @@ int dp_port_set_net(int port, int net);
 /* an AF_PACKET port sends runs of one UDP flow's datagrams as one UDP GSO
  * frame (afpacket.h; off when added) */
 int dp_port_set_udp_gso(int port, int on);
+/* an AF_PACKET uplink's tunnel tap (afpacket.h): opened under the name tap,
+ * or closed (tap NULL; not while tunnel GSO is on) */
+int dp_port_tunnel_tap(int port, const char *tap);
+/* VXLAN-encapsulated super-frames to the uplink go whole to its tunnel tap
+ * (on: the tap open and redirected) instead of being cut before
+ * encapsulation */
+int dp_port_set_tunnel_gso(int port, int on);
 /* kernel (AF_PACKET) ports' drops, the kernel's own ring drops included,
  * written into the control thread's row of the drop counters (kport_*);
  * called before the counters are read */

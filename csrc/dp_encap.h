@@ -78,19 +78,20 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 }
 
 /*
- * Rewrite m in place into a VXLAN frame to tunnel ti. Returns 1, or 0 when
- * the frame was dropped (and counted).
+ * Rewrite m in place into a VXLAN frame to tunnel ti. wire: the longest
+ * frame it is on a wire (its length; a super-frame's longest segment).
+ * Returns 1, or 0 when the frame was dropped (and counted).
  */
 static __rte_always_inline int
 encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m, uint32_t h,
-          uint8_t tos, uint64_t *bytes, uint16_t *planes)
+          uint8_t tos, uint32_t wire, uint64_t *bytes, uint16_t *planes)
 {
     const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
     if (unlikely(t == NULL || !t->resolved)) {
         drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
         return 0;
     }
-    if (unlikely(m->pkt_len > net->max_frame)) {
+    if (unlikely(wire > net->max_frame)) {
         drop(w, m, DP_DROP_OVERSIZE);
         return 0;
     }
@@ -139,17 +140,52 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
     uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
     uint64_t bytes = 0; /* tx_put counts both */
     uint16_t planes = 0;
-    if (!encap_one(w, net, ti, m, h, tos, &bytes, &planes))
+    if (!encap_one(w, net, ti, m, h, tos, m->pkt_len, &bytes, &planes))
         return;
     w->net[net->idx][DP_NET_ENCAP]++;
     tx_put(w, (uint16_t)w->vtep->uplink, m);
 }
 
-/* a super-frame to a remote VTEP: cut into MSS-sized frames (dp_gso.c),
- * each encapsulated, as a NIC would before the wire */
+/* a super-frame to a remote VTEP, whole, for an uplink whose tunnel tap
+ * takes UDP-tunnel GSO (afpacket.h): encapsulated once and marked the DPDK
+ * way (dp_gso.h), so the kernel or the NIC cuts it after the tunnel as it
+ * does the kernel VTEP's. Returns 0 when it must be cut here instead: a
+ * frame already encapsulated, or one whose outer IPv4 length would pass
+ * 64 KiB. */
+static __rte_noinline int
+encap_whole(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+{
+    const struct dp_port *up =
+        atomic_load_explicit(&dp.ports[w->vtep->uplink], memory_order_acquire);
+    if (up == NULL || !__atomic_load_n(&up->tnl_gso, __ATOMIC_ACQUIRE) ||
+        (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
+        m->pkt_len + DP_VXLAN_HDR_LEN - RTE_ETHER_HDR_LEN > UINT16_MAX)
+        return 0;
+    uint8_t tos;
+    uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
+    uint64_t bytes = 0;
+    uint16_t planes = 0;
+    uint32_t seg = (uint32_t)m->l2_len + m->l3_len + m->l4_len + m->tso_segsz;
+    if (encap_one(w, net, ti, m, h, tos, RTE_MIN(seg, m->pkt_len), &bytes, &planes)) {
+        m->ol_flags |=
+            RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM;
+        m->outer_l2_len = RTE_ETHER_HDR_LEN;
+        m->outer_l3_len = sizeof(struct rte_ipv4_hdr);
+        m->l2_len += sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr);
+        w->net[net->idx][DP_NET_ENCAP]++;
+        tx_put(w, (uint16_t)w->vtep->uplink, m);
+    }
+    return 1;
+}
+
+/* a super-frame to a remote VTEP: whole where the uplink takes it so
+ * (encap_whole), else cut into MSS-sized frames (dp_gso.c), each
+ * encapsulated, as a NIC would before the wire */
 static __rte_noinline void
 encap_gso(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
 {
+    if (encap_whole(w, net, ti, m))
+        return;
     struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
     int n = gso_cut(w, m, seg);
     for (int i = 0; i < n; i++)
@@ -293,7 +329,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
                 continue;
             }
             ub->m[k] = m;
-            k += (uint16_t)encap_one(w, net, target, m, fh[i], ftos[i], &ubytes, &uplanes);
+            k += (uint16_t)encap_one(w, net, target, m, fh[i], ftos[i], m->pkt_len, &ubytes,
+                                     &uplanes);
         } else if (unlikely((int)target == in->idx)) {
             drop(w, m, DP_DROP_HAIRPIN);
         } else {

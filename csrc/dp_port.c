@@ -441,6 +441,10 @@ dp_port_info(int idx, struct dp_port_info *out)
         out->rxq_worker[q] = q < p->n_rxq ? dp_rxq_worker(p, q) : -1;
     memcpy(out->mac, p->mac, 6);
     snprintf(out->name, sizeof(out->name), "%s", p->name);
+    if (p->driver == DP_DRV_AFPACKET) {
+        out->tunnel_gso = __atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED);
+        out->tunnel_gso_frames = dp_afp_tunneled(p->afp);
+    }
     return 1;
 }
 
@@ -453,6 +457,41 @@ dp_port_set_udp_gso(int idx, int on)
     if (p->driver != DP_DRV_AFPACKET)
         return dp_fail(-EINVAL, "port %d (%s) is not an AF_PACKET port", idx, p->name);
     dp_afp_set_udp_gso(p->afp, on);
+    return 0;
+}
+
+int
+dp_port_tunnel_tap(int idx, const char *tap)
+{
+    struct dp_port *p = dp_port_get(idx);
+    if (!p)
+        return dp_fail(-ENOENT, "no port %d", idx);
+    if (p->driver != DP_DRV_AFPACKET)
+        return dp_fail(-EINVAL, "port %d (%s) is not an AF_PACKET port", idx, p->name);
+    if (tap == NULL) {
+        if (__atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED))
+            return dp_fail(-EBUSY, "port %d (%s): tunnel GSO is on", idx, p->name);
+        dp_afp_tunnel_close(p->afp);
+        p->tnl_tap = 0;
+        return 0;
+    }
+    if (p->role != DP_ROLE_UPLINK)
+        return dp_fail(-EINVAL, "port %d (%s) is not the uplink", idx, p->name);
+    int ret = dp_afp_tunnel_open(p->afp, tap);
+    if (ret == 0)
+        p->tnl_tap = 1;
+    return ret;
+}
+
+int
+dp_port_set_tunnel_gso(int idx, int on)
+{
+    struct dp_port *p = dp_port_get(idx);
+    if (!p)
+        return dp_fail(-ENOENT, "no port %d", idx);
+    if (on && !p->tnl_tap)
+        return dp_fail(-EINVAL, "port %d (%s) has no tunnel tap", idx, p->name);
+    __atomic_store_n(&p->tnl_gso, on != 0, __ATOMIC_RELEASE);
     return 0;
 }
 

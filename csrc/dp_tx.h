@@ -239,13 +239,15 @@ gso_decap(struct rte_mbuf *m)
 }
 
 /* A super-frame (TCP or UDP) for port pi: whole to a kernel port, which hands it on
- * as GSO (afpacket.c); cut into MSS-sized frames for a port without the
- * offload (an ethdev). A port gone is counted when the buffer is flushed. */
+ * as GSO (afpacket.c), an encapsulated one only to an uplink with tunnel GSO
+ * on; cut into MSS-sized frames for a port without the offload (an ethdev). A port gone is counted when the buffer is flushed. */
 static __rte_noinline void
 gso_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
 {
     const struct dp_port *p = atomic_load_explicit(&dp.ports[pi], memory_order_acquire);
-    if (p == NULL || (p->driver == DP_DRV_AFPACKET && !(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
+    if (p == NULL ||
+        (p->driver == DP_DRV_AFPACKET && (!(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
+                                          __atomic_load_n(&p->tnl_gso, __ATOMIC_ACQUIRE)))) {
         tx_buf_add(w, pi, m);
         return;
     }

@@ -10,6 +10,7 @@
       address: 10.0.0.1/24         # this node's underlay address and subnet
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
       # uplink: dpdk:net_tap0,iface=up0    (any DPDK device string)
+      # tunnel_gso: true           # afpacket uplink: TCP super-frames leave whole (Linux >= 6.17)
     networks:
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
     remotes:
@@ -133,6 +134,10 @@ class VtepConfig:
     # driver of a kernel-interface uplink; af_xdp takes every frame of the
     # interface from the host's own stack, so it is never the default
     uplink_driver: str = DEFAULT_KERNEL_DRIVER
+    # an afpacket uplink hands VXLAN-encapsulated super-frames to the kernel
+    # whole (a tap with UDP-tunnel GSO, Linux >= 6.17), as the kernel's own
+    # VTEP does, instead of cutting them before encapsulation
+    tunnel_gso: bool = True
 
     @property
     def ip(self) -> str:
@@ -451,6 +456,7 @@ _VTEP_KEYS = (
     "uplink_burst",
     "uplink_rx_queues",
     "uplink_driver",
+    "tunnel_gso",
 )
 _PLANE_KEYS = (
     "priority",
@@ -598,6 +604,7 @@ def _vtep(value) -> VtepConfig:
         uplink_burst=burst,
         uplink_rx_queues=rxq,
         uplink_driver=driver,
+        tunnel_gso=check_bool(v.get("tunnel_gso", True), f"{p}.tunnel_gso"),
     )
 
 

@@ -49,7 +49,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 13
+ABI_VERSION = 14
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -168,6 +168,8 @@ class PortInfo:
     worker: int
     mac: str
     rx_workers: List[int] = dataclasses.field(default_factory=list)  # per rx queue
+    tunnel_gso: bool = False  # VXLAN super-frames leave whole (set_tunnel_gso)
+    tunnel_gso_frames: int = 0  # how many did
 
 
 class Counters:
@@ -735,6 +737,27 @@ class Engine(_Tables, _Planes, _Guards):
         the kernel or the NIC cuts back (a veth passes it whole)."""
         self._call(f"UDP GSO batches on port {port}", lib.dp_port_set_udp_gso, port, int(on))
 
+    def open_tunnel_tap(self, port: int, tap: str):
+        """Create the tap ``tap`` for AF_PACKET uplink ``port``: it takes
+        VXLAN-encapsulated super-frames whole (UDP-tunnel GSO, Linux 6.17 or
+        later; an older kernel gives EOPNOTSUPP). Redirect its ingress to the
+        uplink's egress (``podnet.redirect_ingress``), then
+        :meth:`set_tunnel_gso`. The tap goes when the port is removed or
+        :meth:`close_tunnel_tap` is called."""
+        self._call(f"tunnel tap {tap!r} on port {port}", lib.dp_port_tunnel_tap, port, tap.encode())
+
+    def close_tunnel_tap(self, port: int):
+        """Remove the uplink's tunnel tap (tunnel GSO must be off)."""
+        self._call(f"closing the tunnel tap of port {port}", lib.dp_port_tunnel_tap, port, ffi.NULL)
+
+    def set_tunnel_gso(self, port: int, on: bool = True):
+        """VXLAN-encapsulated super-frames to uplink ``port`` go whole to its
+        tunnel tap, which hands them to the kernel as UDP-tunnel GSO (a NIC or
+        the kernel's GSO cuts them after encapsulation; a veth carries them
+        whole, as it does the kernel VTEP's); off: they are cut into
+        MSS-sized frames before encapsulation."""
+        self._call(f"tunnel GSO on port {port}", lib.dp_port_set_tunnel_gso, port, int(on))
+
     def del_port(self, port: int):
         self._call(f"removing port {port}", lib.dp_port_del, port)
 
@@ -752,6 +775,8 @@ class Engine(_Tables, _Planes, _Guards):
             worker=out.worker,
             mac=format_mac(bytes(out.mac)),
             rx_workers=[out.rxq_worker[q] for q in range(out.n_rxq)],
+            tunnel_gso=bool(out.tunnel_gso),
+            tunnel_gso_frames=out.tunnel_gso_frames,
         )
 
     def ports(self) -> List[PortInfo]:

@@ -256,6 +256,51 @@ def uplink_wire_sized(ifname: str) -> bool:
         return True
 
 
+def tunnel_tap_name(uplink: str) -> str:
+    """The name of the uplink's tunnel tap: by the uplink's index, so two
+    uplinks (two engines) never share one."""
+    return f"dpgso{socket.if_nametoindex(uplink)}"
+
+
+def redirect_ingress(tap: str, uplink: str):
+    """Everything the kernel receives on ``tap`` leaves on ``uplink`` as it
+    is: the tap up, without addresses of its own (no IPv6), and a tc filter
+    on its ingress that redirects every frame to the uplink's egress (u32
+    matching all, mirred). OSError (with the netlink error's errno) when the
+    kernel refuses a step: no ingress qdisc, u32 or mirred."""
+    _disable_ipv6(tap)
+    with _ipr() as ipr:
+        try:
+            src = ipr.link_lookup(ifname=tap)
+            dst = ipr.link_lookup(ifname=uplink)
+            if not src or not dst:
+                raise OSError(errno.ENODEV, f"no interface {tap if not src else uplink}")
+            ipr.link("set", index=src[0], state="up")
+            ipr.tc("add", "ingress", src[0], "ffff:")
+            ipr.tc(
+                "add-filter",
+                "u32",
+                src[0],
+                parent="ffff:",
+                protocol=0x0003,  # ETH_P_ALL
+                prio=1,
+                target=0x10001,
+                keys=["0x0/0x0+0"],
+                action=[
+                    {
+                        "kind": "mirred",
+                        "direction": "egress",
+                        "action": "redirect",
+                        "ifindex": dst[0],
+                    }
+                ],
+            )
+        except OSError:
+            raise
+        except Exception as e:  # NetlinkError and pyroute2's own
+            raise OSError(_err_code(e) or errno.EINVAL, _describe(e)) from e
+
+
 def _disable_ipv6(ifname: str):
     """No IPv6 on the host end: the kernel must not talk into the pod's plane
     from it (best effort; absent when IPv6 is off)."""

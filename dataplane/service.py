@@ -25,9 +25,10 @@ from .api import APIServer
 from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .config import NodeConfig
+from .errors import DataplaneError
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
-from .podnet import uplink_wire_sized
+from .podnet import redirect_ingress, tunnel_tap_name, uplink_wire_sized
 from .status import api_routes, status_report, take_snapshot
 from .store import StateStore, open_store
 from .sync import ClusterSync, network_index
@@ -116,6 +117,30 @@ class NodeService:
         for a in cfg.advice():
             log.warning(a)
 
+    def _tunnel_gso(self, ifname: str):
+        """VXLAN super-frames leave the uplink whole through its tunnel tap;
+        where the kernel cannot (before Linux 6.17, no tc ingress, u32 or
+        mirred) they are cut before encapsulation, as without it."""
+        eng, tap = self.engine, tunnel_tap_name(ifname)
+        try:
+            eng.open_tunnel_tap(self.uplink, tap)
+        except DataplaneError as e:
+            log.warning("uplink %s: no tunnel GSO (%s): super-frames are cut", ifname, e)
+            return
+        try:
+            redirect_ingress(tap, ifname)
+        except OSError as e:
+            eng.close_tunnel_tap(self.uplink)
+            log.warning(
+                "uplink %s: no tunnel GSO (tap %s: %s): super-frames are cut",
+                ifname,
+                tap,
+                e.strerror or e,
+            )
+            return
+        eng.set_tunnel_gso(self.uplink)
+        event("uplink tunnel GSO on", uplink=ifname, tap=tap)
+
     def _setup_core(self):
         """The uplink, planes, networks, VTEP and static flood lists of the config."""
         cfg, eng = self.config, self.engine
@@ -140,6 +165,8 @@ class NodeService:
                         v.uplink_ifname,
                         e.strerror or e,
                     )
+                if v.tunnel_gso:
+                    self._tunnel_gso(v.uplink_ifname)
         mac = v.mac or eng.port_info(self.uplink).mac
         for pl in cfg.planes.values():
             eng.set_plane(
