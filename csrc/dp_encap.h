@@ -196,11 +196,19 @@ static void flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int 
                   struct rte_mbuf *m);
 
 /* a super-frame to flood: its copies go to ports of every kind, so it is
- * cut into segments first, each flooded */
+ * cut into segments first, each flooded; but one whose only target is one
+ * remote VTEP (a MAC behind a kernel VTEP, unknown to a node that does not
+ * learn) goes to it as a super-frame to a known MAC does */
 static __rte_noinline void
 flood_gso(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
           struct rte_mbuf *m)
 {
+    if (to_remote && net->n_flood == 1 && w->vtep->uplink >= 0 &&
+        (net->n_local == 0 || (net->n_local == 1 && net->local[0] == in_port))) {
+        w->net[net->idx][DP_NET_FLOOD]++;
+        encap_gso(w, net, net->flood[0], m);
+        return;
+    }
     struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
     int n = gso_cut(w, m, seg);
     for (int i = 0; i < n; i++)

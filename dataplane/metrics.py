@@ -23,6 +23,7 @@ class PortLabel(NamedTuple):
     name: str
     role: str
     network: str
+    tunnel_gso_frames: int = 0  # VXLAN super-frames sent whole (the uplink)
 
 
 class NetLabel(NamedTuple):
@@ -76,10 +77,17 @@ class CoreCollector:
             port_fams[i] = CounterMetricFamily(
                 f"dataplane_port_{cname}", f"Port {cname.replace('_', ' ')}", labels=pl
             )
+        tnl = CounterMetricFamily(
+            "dataplane_port_tunnel_gso_frames",
+            "VXLAN super-frames sent whole through the uplink's tunnel tap",
+            labels=pl,
+        )
         for p in snap.ports:
             for i, fam in port_fams.items():
                 fam.add_metric([str(p.index), p.name, p.role, p.network], int(c.port[p.index, i]))
+            tnl.add_metric([str(p.index), p.name, p.role, p.network], p.tunnel_gso_frames)
         yield from port_fams.values()
+        yield tnl
 
         nl = ["network", "vni", "plane"]
         net_fams = {

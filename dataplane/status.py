@@ -20,7 +20,11 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
     names = {i: n for n, i in networks.items()}
     ports = [
         PortLabel(
-            p.index, p.name, p.role, names.get(p.network, "") if p.network is not None else ""
+            p.index,
+            p.name,
+            p.role,
+            names.get(p.network, "") if p.network is not None else "",
+            p.tunnel_gso_frames,
         )
         for p in engine.ports()
     ]
@@ -76,6 +80,7 @@ def status_report(
                 "role": p.role,
                 "network": p.network,
                 **c.port_dict(p.index),
+                "tunnel_gso_frames": p.tunnel_gso_frames,
             }
             for p in snap.ports
         ],

@@ -43,6 +43,7 @@ vtep:
   next_hop_mac: 02:aa:00:00:00:fe
   underlay_mtu: 9000
   learning: true
+  tunnel_gso: false
 planes:
   std: {priority: 0}
   control: {priority: 5, interface: sig0}
@@ -81,6 +82,7 @@ def test_defaults():
     assert c.node  # the host name
     assert c.vtep.udp_port == 4789 and c.vtep.underlay_mtu == 1500
     assert c.vtep.mac is None and c.vtep.gateway is None and c.vtep.learning is False
+    assert c.vtep.tunnel_gso is True
     assert c.vtep.uplink_kind == "kernel" and c.vtep.uplink_ifname == "eth1"
     assert set(c.planes) == {"std", "control", "media", "oam"}
     assert c.planes["std"].interface == "eth0"
@@ -112,6 +114,7 @@ def test_full_file(tmp_path):
     assert v.mac == "02:aa:00:00:00:01"  # normalised
     assert v.ip == "10.0.0.1" and v.gateway == "10.0.0.254"
     assert v.udp_port == 8472 and v.underlay_mtu == 9000 and v.learning is True
+    assert v.tunnel_gso is False
     assert list(c.planes) == ["std", "control", "media"]
     assert c.planes["control"].interface == "sig0"
     assert c.plane_id("media") == 7
@@ -234,6 +237,7 @@ def test_vtep_errors():
     bad(vtep(next_hop_mac="zz:00:00:00:00:00"), r"^vtep\.next_hop_mac: ")
     bad(vtep(underlay_mtu=100), r"^vtep\.underlay_mtu: 100 out of range 576\.\.9216")
     bad(vtep(learning="yes"), r"^vtep\.learning: 'yes' is not true or false")
+    bad(vtep(tunnel_gso="off"), r"^vtep\.tunnel_gso: 'off' is not true or false")
 
 
 def test_top_level_errors():

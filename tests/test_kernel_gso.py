@@ -4,7 +4,11 @@ service leaves them):
 
 - between two pods on one node a TCP super-frame crosses whole: the
   receiving pod's interface sees TCP frames larger than its MTU;
-- towards the underlay it is cut: every VXLAN frame the node sends fits the
+- towards the underlay it leaves whole (tunnel GSO, the default): the uplink's
+  tunnel tap hands the kernel one VXLAN super-frame, with outer and inner
+  lengths that add up, which the veth carries whole as it does the kernel
+  VTEP's own, and which reaches the host behind that VTEP whole and intact;
+- with tunnel GSO off it is cut: every VXLAN frame the node sends fits the
   underlay MTU, every inner TCP segment the MSS, with valid IPv4 header
   checksums and TCP checksums (checked with scapy in a capture of the
   underlay) and the data intact at the host behind the kernel's VTEP; the
@@ -145,9 +149,68 @@ def _tcp_to_vtep_host_captured(fab, node, vm, a, tmp_path, what):
     return before, cap
 
 
-def test_tcp_super_frames_cut_to_the_mss_on_the_underlay(fabric, tmp_path):
+def uplink_status(node):
+    return next(p for p in node.status()["ports"] if p["role"] == "uplink")
+
+
+def test_tcp_super_frames_leave_whole_through_the_tunnel_tap(fabric, tmp_path):
     fab = fabric()
     node = fab.node(1, [kp.HOST_VTEP])
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    assert_offloads_on(a)
+    assert '"uplink tunnel GSO on"' in node.log(), node.log()[-2000:]
+    sent0 = uplink_status(node)["tunnel_gso_frames"]
+    at_vm = tmp_path / "vm.pcap"
+    dump_vm = fab.capture(vm, "eth0", at_vm, "tcp port 5201")
+    before, cap = _tcp_to_vtep_host_captured(fab, node, vm, a, tmp_path, "tunnel GSO")
+    stop_capture(dump_vm)
+    after = gso_drops(node)
+    assert after == before, f"drops while super-frames left whole: {before} -> {after}"
+    sent = uplink_status(node)["tunnel_gso_frames"] - sent0
+    assert sent > 0, "no super-frame went through the uplink's tunnel tap"
+
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.vxlan import VXLAN
+
+    whole, errors = 0, []
+    for p in read_pcap(cap):
+        if not (IP in p and p[IP].src == "10.99.0.1" and UDP in p and VXLAN in p):
+            continue
+        if len(p) <= fab.mtu + 14:
+            continue
+        whole += 1
+        ip_len = len(bytes(p[IP]))
+        inner = p[VXLAN].payload
+        if p[IP].len != ip_len or p[UDP].len != ip_len - 20:
+            errors.append(f"outer lengths IP {p[IP].len} UDP {p[UDP].len}, frame {ip_len}")
+        if p[VXLAN].vni != kp.VNI or IP not in inner or TCP not in inner:
+            errors.append(f"not VNI {kp.VNI} TCP: {p.summary()}")
+            continue
+        if inner[IP].len != len(bytes(inner[IP])) or inner[IP].src != a["ip"]:
+            errors.append(f"inner IPv4 length {inner[IP].len} of {len(bytes(inner[IP]))}")
+        ip_ok, state = l4_checksum(bytes(inner[IP]))
+        if not ip_ok or state == "bad":
+            errors.append(f"inner checksums: IPv4 {'ok' if ip_ok else 'wrong'}, TCP {state}")
+    assert not errors, f"{len(errors)} bad super-frames, first: {errors[:5]}"
+    assert whole > 0, "no VXLAN frame above the underlay MTU: the super-frames were cut"
+    big = [p for p in read_pcap(at_vm) if TCP in p and p[IP].len > fab.pod_mtu]
+    assert big, "the host behind the kernel VTEP got no frame above the pod MTU"
+    print(f"{sent} super-frames through the tunnel tap, {whole} on the underlay whole")
+
+
+def test_no_tunnel_tap_when_tunnel_gso_is_off(fabric):
+    fab = fabric()
+    node = fab.node(1, [], vtep=", tunnel_gso: false")
+    links = kp.nsx(node.ns, "ip", "-o", "link", "show", check=True).stdout
+    assert "dpgso" not in links, links
+    assert "tunnel GSO" not in node.log()
+    assert uplink_status(node)["tunnel_gso_frames"] == 0
+
+
+def test_tcp_super_frames_cut_to_the_mss_on_the_underlay(fabric, tmp_path):
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", tunnel_gso: false")
     vm = fab.kernel_host(["10.99.0.1"])
     a = fab.pod(1, "a", kp.SUBNET + "11")
     assert_offloads_on(a)
@@ -228,14 +291,14 @@ def test_udp_super_frames_arrive_as_datagrams(fabric):
 
 def test_uplink_batches_leave_as_mtu_sized_vxlan_frames(fabric, tmp_path):
     """The uplink sends a run of one flow's VXLAN frames (here: the segments
-    of a cut TCP super-frame) as one UDP GSO frame; on
+    of a TCP super-frame cut with tunnel GSO off) as one UDP GSO frame; on
     the veth uplink the kernel's GSO cuts it back (the service switched its
     tx-udp-segmentation off): every VXLAN frame on the underlay within the
     MTU, its outer UDP checksum set by that segmentation (finished or left
     partial to the veth, never wrong), every inner segment valid, the data
     intact at the host behind the kernel VTEP."""
     fab = fabric()
-    node = fab.node(1, [kp.HOST_VTEP])
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", tunnel_gso: false")
     vm = fab.kernel_host(["10.99.0.1"])
     assert not kp.offloads(node.ns, "uplink0").get("tx-udp-segmentation"), (
         "the service should switch tx-udp-segmentation off on its veth uplink"

@@ -46,7 +46,7 @@ node: node{n}
 mode: fallback
 lcores: [0, 1]
 memory_mb: 256
-vtep: {{address: 10.99.0.{n}/24, uplink: uplink0, underlay_mtu: {mtu}}}
+vtep: {{address: 10.99.0.{n}/24, uplink: uplink0, underlay_mtu: {mtu}{vtep}}}
 networks:
   - {{name: net1, vni: {vni}, plane: std, subnet: {subnet}0/24, gateway: {subnet}1}}
 remotes: [{remotes}]
@@ -202,7 +202,7 @@ def offloads(ns, dev):
 class Node:
     """A node service run inside its own namespace, uplink0 on the underlay."""
 
-    def __init__(self, fab, n, remotes, mtu):
+    def __init__(self, fab, n, remotes, mtu, vtep=""):
         self.n = n
         self.ns = fab.netns(f"{fab.tag}n{n}")
         self.dir = fab.tmp / f"node{n}"
@@ -212,7 +212,9 @@ class Node:
         self.host_links = set()  # host ends of the pods' veths (in self.ns)
         self.proc = None
         rem = ", ".join(f"{{vtep: {r}, networks: [net1]}}" for r in remotes)
-        cfg = NODE_CONFIG.format(n=n, mtu=mtu, vni=VNI, subnet=SUBNET, dir=self.dir, remotes=rem)
+        cfg = NODE_CONFIG.format(
+            n=n, mtu=mtu, vni=VNI, subnet=SUBNET, dir=self.dir, remotes=rem, vtep=vtep
+        )
         self.cfg = self.dir / "node.yaml"
         self.cfg.write_text(cfg)
         # uplink: a veth into the underlay's bridge, no address (the VTEP
@@ -288,8 +290,9 @@ class Fabric:
         quiet_netns(ns)
         return ns
 
-    def node(self, n, remotes):
-        node = Node(self, n, remotes, self.mtu)
+    def node(self, n, remotes, vtep=""):
+        """Node service n; ``vtep``: more keys of its vtep section (", k: v")."""
+        node = Node(self, n, remotes, self.mtu, vtep)
         self.nodes[n] = node
         node.start()
         return node

@@ -1,0 +1,97 @@
+"""The uplink's tunnel tap (tunnel GSO), on real interfaces: the engine
+creates the tap, refuses what does not fit (a pod port, a ring port, a long
+name, a second tap, tunnel GSO without a tap, closing the tap while tunnel
+GSO is on) with a message that says so and nothing changed, and removes the
+tap with the port; ``redirect_ingress`` puts a real tc redirect on the tap.
+The traffic through it is tested end to end in test_kernel_gso.py."""
+
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from dataplane.errors import DataplaneError
+from dataplane.podnet import redirect_ingress
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (interfaces, DPDK EAL)"),
+]
+
+
+def sh(*cmd, check=True):
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=30)
+
+
+def link_exists(name):
+    return sh("ip", "link", "show", name, check=False).returncode == 0
+
+
+@pytest.fixture
+def veths():
+    tag = uuid.uuid4().hex[:5]
+    names = [f"dpt{tag}u", f"dpt{tag}p"]
+    try:
+        for n in names:
+            sh("ip", "link", "add", n, "type", "veth", "peer", "name", f"{n}x")
+            sh("ip", "link", "set", n, "up")
+        yield names, f"dpt{tag}t"
+    finally:
+        for n in names:
+            sh("ip", "link", "del", n, check=False)
+
+
+def test_tunnel_tap_made_refused_and_removed(eng, veths):
+    (up_if, pod_if), tap = veths
+    up = eng.add_afpacket_port(up_if, role="uplink")
+    pod = eng.add_afpacket_port(pod_if, role="pod")
+    ring = eng.add_ring_port("tnlring", role="pod")
+
+    with pytest.raises(DataplaneError, match="has no tunnel tap"):
+        eng.set_tunnel_gso(up)
+    with pytest.raises(DataplaneError, match="is not the uplink"):
+        eng.open_tunnel_tap(pod, tap)
+    with pytest.raises(DataplaneError, match="is not an AF_PACKET port"):
+        eng.open_tunnel_tap(ring, tap)
+    with pytest.raises(DataplaneError, match="longer than 15 bytes"):
+        eng.open_tunnel_tap(up, "x" * 16)
+    assert not link_exists(tap)
+    assert not eng.port_info(up).tunnel_gso
+
+    eng.open_tunnel_tap(up, tap)
+    assert link_exists(tap)
+    with pytest.raises(DataplaneError, match="has a tunnel tap already"):
+        eng.open_tunnel_tap(up, tap + "b")
+    eng.set_tunnel_gso(up)
+    info = eng.port_info(up)
+    assert info.tunnel_gso and info.tunnel_gso_frames == 0
+    with pytest.raises(DataplaneError, match="tunnel GSO is on"):
+        eng.close_tunnel_tap(up)
+    assert link_exists(tap)
+
+    eng.set_tunnel_gso(up, False)
+    eng.close_tunnel_tap(up)
+    assert not link_exists(tap) and not eng.port_info(up).tunnel_gso
+
+    # a tap still open goes with its port
+    eng.open_tunnel_tap(up, tap)
+    eng.set_tunnel_gso(up)
+    eng.del_port(up)
+    assert not link_exists(tap)
+
+
+def test_redirect_ingress_puts_a_tc_redirect_on_the_tap(eng, veths):
+    (up_if, _), tap = veths
+    up = eng.add_afpacket_port(up_if, role="uplink")
+    eng.open_tunnel_tap(up, tap)
+    try:
+        with pytest.raises(OSError, match="no interface nosuchlink0"):
+            redirect_ingress(tap, "nosuchlink0")
+        redirect_ingress(tap, up_if)
+        out = sh("tc", "filter", "show", "dev", tap, "ingress").stdout
+        assert f"mirred (Egress Redirect to device {up_if})" in out, out
+        assert ",UP," in sh("ip", "link", "show", tap).stdout
+        with open(f"/proc/sys/net/ipv6/conf/{tap}/disable_ipv6") as f:
+            assert f.read().strip() == "1"
+    finally:
+        eng.close_tunnel_tap(up)
