@@ -47,15 +47,13 @@ service's worker lcore on ``--fwd-cpu`` (default 0), its control thread on
 the generator's CPU. The kernel paths forward in the senders' softirq
 context (on the generator's CPU, and wherever the receive softirq lands).
 
-Ours always carries MTU-sized frames on its underlay veth: the service
-sends the VXLAN frames it cut from one super-frame as one UDP GSO frame
-and, on an uplink that is not a NIC (this veth), switches
-``tx-udp-segmentation`` off so the kernel's GSO cuts it before the veth,
-as a NIC cuts it before the wire (afpacket.c, podnet.py). The kernel's two VTEPs hand each other whole VXLAN
-super-frames of up to 64 KB over their underlay veth, which no wire between
-two machines carries. ``--wire-underlay`` makes the kernel nodes' underlay
-veth segment them (``tx-udp_tnl-segmentation off``), so both underlays
-carry MTU-sized frames. Every bridge namespace (bnode, k1, k2 and the
+Ours hands a pod's TCP super-frame to the kernel whole, VXLAN-encapsulated,
+through the uplink's tunnel tap (tunnel GSO, the service's default), as the
+kernel's own VTEP does: over the underlay veth both pass whole VXLAN
+super-frames of up to 64 KB, which no wire between two machines carries.
+``--wire-underlay`` makes both underlay veths segment them
+(``tx-udp_tnl-segmentation off`` on the kernel nodes' eth0 and on our
+uplink up0), so both underlays carry MTU-sized frames. Every bridge namespace (bnode, k1, k2 and the
 host) has br_netfilter's ``bridge-nf-call-*`` off.
 
 ``--kernel-driver af_xdp`` makes the service read the pods' veths with
@@ -276,6 +274,13 @@ class Lab:
         self.pod_addr(host, "eth0", f"{HOST_VTEP}/24")
         self.kernel_vtep(host, vm, VM_IP, "eth0", HOST_VTEP, NODE_VTEP)
         self.bridge_nf_off(host)
+        if a.wire_underlay:
+            # the same for ours: the kernel's GSO cuts the uplink's tunnel
+            # super-frames before the veth, as a NIC before the wire
+            run_cmd(
+                self.nsexec(node, "ethtool", "-K", "up0", *TNL_SEG_OFF),
+                "underlay tunnel segmentation off",
+            )
         if a.peer_csum_off:
             # the host's stack then sends finished checksums (a diagnosis:
             # which failures are the checksum-partial frames of a kernel peer)
@@ -661,10 +666,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--wire-underlay",
         action="store_true",
-        help="the kernel bridge+vxlan nodes' underlay veth segments VXLAN super-frames "
-        "(tx-udp_tnl-segmentation off), so their underlay carries MTU-sized frames as a wire "
-        "and ours do; without it the two kernel VTEPs pass 64 KB super-frames, which no wire "
-        "carries",
+        help="both underlay veths (the kernel nodes' and our uplink) segment VXLAN super-frames "
+        "(tx-udp_tnl-segmentation off), so both carry MTU-sized frames as a wire does; "
+        "without it both pass 64 KB super-frames, which no wire carries",
     )
     ap.add_argument(
         "--kernel-driver",
