@@ -150,14 +150,15 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
  * takes UDP-tunnel GSO (afpacket.h): encapsulated once and marked the DPDK
  * way (dp_gso.h), so the kernel or the NIC cuts it after the tunnel as it
  * does the kernel VTEP's. Returns 0 when it must be cut here instead: a
- * frame already encapsulated, or one whose outer IPv4 length would pass
- * 64 KiB. */
+ * frame already encapsulated, one whose outer IPv4 length would pass
+ * 64 KiB, or any to a shaped uplink (its planes' queues and token bucket
+ * take frames as the wire carries them). */
 static __rte_noinline int
 encap_whole(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
 {
     const struct dp_port *up =
         atomic_load_explicit(&dp.ports[w->vtep->uplink], memory_order_acquire);
-    if (up == NULL || !__atomic_load_n(&up->tnl_gso, __ATOMIC_ACQUIRE) ||
+    if (up == NULL || !__atomic_load_n(&up->tnl_gso, __ATOMIC_ACQUIRE) || up->qos != NULL ||
         (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
         m->pkt_len + DP_VXLAN_HDR_LEN - RTE_ETHER_HDR_LEN > UINT16_MAX)
         return 0;

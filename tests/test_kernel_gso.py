@@ -199,6 +199,22 @@ def test_tcp_super_frames_leave_whole_through_the_tunnel_tap(fabric, tmp_path):
     print(f"{sent} super-frames through the tunnel tap, {whole} on the underlay whole")
 
 
+def test_a_shaped_uplink_gets_super_frames_cut(fabric, tmp_path):
+    """The planes' queues and token bucket of a shaped uplink take frames as
+    the wire carries them: with a shaper, no super-frame goes to the tunnel
+    tap and every VXLAN frame on the underlay is within the MTU."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", uplink_rate: 5G")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    assert '"uplink tunnel GSO on"' in node.log(), node.log()[-2000:]
+    before, cap = _tcp_to_vtep_host_captured(fab, node, vm, a, tmp_path, "shaped uplink")
+    assert gso_drops(node) == before
+    assert uplink_status(node)["tunnel_gso_frames"] == 0
+    sizes = [len(p) for p in read_pcap(cap)]
+    assert sizes and max(sizes) <= fab.mtu + 14, f"{max(sizes)}-byte frame on the underlay"
+
+
 def test_no_tunnel_tap_when_tunnel_gso_is_off(fabric):
     fab = fabric()
     node = fab.node(1, [], vtep=", tunnel_gso: false")
