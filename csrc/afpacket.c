@@ -188,8 +188,9 @@ struct dp_afp {
         uint64_t tunneled; /* VXLAN super-frames sent whole through tfd */
         int udp_gso;       /* batch runs of one UDP flow into one GSO frame */
         int fd;
-        int gfd; /* no ring: sendmsg() of frames larger than a ring frame */
-        int tfd; /* the tunnel tap (dp_afp_tunnel_open), -1 = none */
+        int gfd;      /* no ring: sendmsg() of frames larger than a ring frame */
+        int tfd;      /* the tunnel tap (dp_afp_tunnel_open), -1 = none */
+        int tnl_gone; /* the tap refused a write for good (deleted) */
     } tx __rte_cache_aligned;
 
     /* control: read-only after open (but the kernel drop sum) */
@@ -604,6 +605,12 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     st->tx_error = __atomic_load_n(&a->tx.error, __ATOMIC_RELAXED);
 }
 
+int
+dp_afp_tunnel_ok(const struct dp_afp *a)
+{
+    return a->tx.tfd >= 0 && !__atomic_load_n(&a->tx.tnl_gone, __ATOMIC_RELAXED);
+}
+
 uint64_t
 dp_afp_tunneled(const struct dp_afp *a)
 {
@@ -652,6 +659,7 @@ dp_afp_tunnel_open(struct dp_afp *a, const char *tap)
         return dp_fail(e, "afpacket %s: tap %s: TUNSETVNETHDRSZ: %s", a->ifname, tap, strerror(-e));
     }
     a->tx.tfd = fd;
+    __atomic_store_n(&a->tx.tnl_gone, 0, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -1158,8 +1166,13 @@ afp_tx_tnl(struct dp_afp *a, struct rte_mbuf *m)
         iov[ni].iov_base = rte_pktmbuf_mtod(s, void *);
         iov[ni++].iov_len = s->data_len;
     }
-    if (writev(a->tx.tfd, iov, (int)ni) != (ssize_t)(AFP_TNL_HDR_LEN + m->pkt_len))
+    if (writev(a->tx.tfd, iov, (int)ni) != (ssize_t)(AFP_TNL_HDR_LEN + m->pkt_len)) {
+        /* the tap is gone (deleted by hand: EBADFD) or down (EIO): the
+         * pipeline cuts super-frames from now on (dp_afp_tunnel_ok) */
+        if (errno == EBADFD || errno == EIO || errno == ENODEV)
+            __atomic_store_n(&a->tx.tnl_gone, 1, __ATOMIC_RELAXED);
         return -1;
+    }
     a->tx.tunneled++;
     return 0;
 }
@@ -1327,8 +1340,8 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
             if (queued != 0)
                 (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
             queued = 0;
-            if (unlikely((m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ? afp_tx_tnl(a, m)
-                                                                   : afp_tx_big(a, m)) < 0)
+            int r = (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ? afp_tx_tnl(a, m) : afp_tx_big(a, m);
+            if (unlikely(r < 0))
                 a->tx.error++;
             continue;
         }

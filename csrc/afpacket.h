@@ -94,6 +94,9 @@ void dp_afp_set_udp_gso(struct dp_afp *a, int on);
  * (dp_gso.h); whoever opens it redirects the tap's ingress to this port's
  * interface's egress (tc mirred) before sending such frames. */
 int dp_afp_tunnel_open(struct dp_afp *a, const char *tap);
+/* The tunnel tap open and taking frames: not once it refused a write for
+ * good (deleted or down: that frame is counted tx_error) */
+int dp_afp_tunnel_ok(const struct dp_afp *a);
 /* VXLAN super-frames sent whole through the tunnel tap so far */
 uint64_t dp_afp_tunneled(const struct dp_afp *a);
 /* Close the tunnel tap (no tx_burst may run with tunnel frames meanwhile). */

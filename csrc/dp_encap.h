@@ -151,14 +151,15 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
  * way (dp_gso.h), so the kernel or the NIC cuts it after the tunnel as it
  * does the kernel VTEP's. Returns 0 when it must be cut here instead: a
  * frame already encapsulated, one whose outer IPv4 length would pass
- * 64 KiB, or any to a shaped uplink (its planes' queues and token bucket
- * take frames as the wire carries them). */
+ * 64 KiB, any to a shaped uplink (its planes' queues and token bucket
+ * take frames as the wire carries them), or any once the tap is gone. */
 static __rte_noinline int
 encap_whole(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
 {
     const struct dp_port *up =
         atomic_load_explicit(&dp.ports[w->vtep->uplink], memory_order_acquire);
     if (up == NULL || !__atomic_load_n(&up->tnl_gso, __ATOMIC_ACQUIRE) || up->qos != NULL ||
+        !dp_afp_tunnel_ok(up->afp) ||
         (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
         m->pkt_len + DP_VXLAN_HDR_LEN - RTE_ETHER_HDR_LEN > UINT16_MAX)
         return 0;

@@ -442,7 +442,8 @@ dp_port_info(int idx, struct dp_port_info *out)
     memcpy(out->mac, p->mac, 6);
     snprintf(out->name, sizeof(out->name), "%s", p->name);
     if (p->driver == DP_DRV_AFPACKET) {
-        out->tunnel_gso = __atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED);
+        out->tunnel_gso =
+            __atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED) && dp_afp_tunnel_ok(p->afp);
         out->tunnel_gso_frames = dp_afp_tunneled(p->afp);
     }
     return 1;

@@ -215,6 +215,30 @@ def test_a_shaped_uplink_gets_super_frames_cut(fabric, tmp_path):
     assert sizes and max(sizes) <= fab.mtu + 14, f"{max(sizes)}-byte frame on the underlay"
 
 
+def test_a_deleted_tunnel_tap_falls_back_to_cutting(fabric, tmp_path):
+    """A tap deleted under the running service: the frame it refuses is
+    counted (kport_tx_error), and from then on super-frames are cut before
+    encapsulation; TCP goes on with its data intact."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP])
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    kp.tcp_transfer(fab, "pod a -> vtep host, tap", vm, kp.VM_IP, a["ns"], size=2 * kp.MB)
+    sent = uplink_status(node)["tunnel_gso_frames"]
+    assert sent > 0
+    tap = next(
+        w for w in kp.nsx(node.ns, "ip", "-o", "link", check=True).stdout.split() if "dpgso" in w
+    )
+    kp.nsx(node.ns, "ip", "link", "del", tap.rstrip(":"), check=True)
+    before, cap = _tcp_to_vtep_host_captured(fab, node, vm, a, tmp_path, "tap deleted")
+    drops = node.status()["drops"]
+    assert drops.get("kport_tx_error", 0) >= 1, drops
+    assert uplink_status(node)["tunnel_gso_frames"] == sent
+    sizes = [len(p) for p in read_pcap(cap)]
+    assert sizes and max(sizes) <= fab.mtu + 14, f"{max(sizes)}-byte frame on the underlay"
+
+
 def test_no_tunnel_tap_when_tunnel_gso_is_off(fabric):
     fab = fabric()
     node = fab.node(1, [], vtep=", tunnel_gso: false")
