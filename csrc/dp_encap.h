@@ -159,8 +159,7 @@ encap_whole(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte
     const struct dp_port *up =
         atomic_load_explicit(&dp.ports[w->vtep->uplink], memory_order_acquire);
     if (up == NULL || !__atomic_load_n(&up->tnl_gso, __ATOMIC_ACQUIRE) || up->qos != NULL ||
-        !dp_afp_tunnel_ok(up->afp) ||
-        (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
+        !dp_afp_tunnel_ok(up->afp) || (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
         m->pkt_len + DP_VXLAN_HDR_LEN - RTE_ETHER_HDR_LEN > UINT16_MAX)
         return 0;
     uint8_t tos;
