@@ -4,7 +4,7 @@ built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
                          [--wire-underlay] [--idle-sleep-us US] [--only tcp_vxlan]
-                         [--kernel-driver af_xdp]
+                         [--kernel-driver af_xdp] [--no-tunnel-gso]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
@@ -59,6 +59,11 @@ host) has br_netfilter's ``bridge-nf-call-*`` off.
 ``--kernel-driver af_xdp`` makes the service read the pods' veths with
 DPDK's ``net_af_xdp`` instead of its own AF_PACKET driver (the uplink
 stays AF_PACKET); the RESULT line then says ``kernel_driver=af_xdp``.
+
+``--no-tunnel-gso`` sets the service's ``vtep.tunnel_gso: false``: a pod's
+super-frames to the underlay are cut before encapsulation, as where the
+kernel has no UDP-tunnel GSO for taps (before 6.17); the RESULT line then
+says ``tunnel_gso=off``.
 
 ``--idle-sleep-us`` sets the service's ``idle_sleep_us``: its worker
 sleeps when idle, woken by a frame on a kernel port (csrc/dp_idle.c); the
@@ -297,7 +302,8 @@ class Lab:
                 # the host behind the kernel VTEP is in no store: its MAC is
                 # learned from what it sends (else every frame to it is an
                 # unknown unicast flood, held to the pods' storm rate)
-                f"vtep: {{address: {NODE_VTEP}/24, uplink: up0, learning: true}}\n"
+                f"vtep: {{address: {NODE_VTEP}/24, uplink: up0, learning: true"
+                f"{', tunnel_gso: false' if a.no_tunnel_gso else ''}}}\n"
                 "networks:\n"
                 f"  - {{name: net1, vni: {VNI}, plane: std, subnet: {SUBNET}, "
                 f"gateway: {GATEWAY}}}\n"
@@ -633,6 +639,7 @@ def run(args) -> dict:
         "wire_underlay": args.wire_underlay,
         "idle_sleep_us": args.idle_sleep_us,
         "kernel_driver": args.kernel_driver,
+        "no_tunnel_gso": args.no_tunnel_gso,
         "idle_cpu": idle_cpu,
     }
 
@@ -669,6 +676,12 @@ def parser() -> argparse.ArgumentParser:
         help="both underlay veths (the kernel nodes' and our uplink) segment VXLAN super-frames "
         "(tx-udp_tnl-segmentation off), so both carry MTU-sized frames as a wire does; "
         "without it both pass 64 KB super-frames, which no wire carries",
+    )
+    ap.add_argument(
+        "--no-tunnel-gso",
+        action="store_true",
+        help="the service's vtep.tunnel_gso off: a pod's super-frames to the underlay are cut "
+        "before encapsulation, as on a kernel before 6.17 (RESULT says tunnel_gso=off)",
     )
     ap.add_argument(
         "--kernel-driver",
@@ -735,6 +748,8 @@ def _result(res):
         out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up
     if res.get("wire_underlay"):
         out["kernel_underlay"] = "wire"  # MTU-sized VXLAN frames on the kernel's underlay
+    if res.get("no_tunnel_gso"):
+        out["tunnel_gso"] = "off"  # super-frames cut before encapsulation
     if res.get("kernel_driver", "afpacket") != "afpacket":
         out["kernel_driver"] = res["kernel_driver"]  # the pods' veths
     if res.get("idle_sleep_us"):
