@@ -411,6 +411,12 @@ class Lab:
                 )
         self._made_ns = []
 
+    def service_drops(self) -> dict:
+        """The service's drop counters by reason (its status)."""
+        from dataplane.api import call
+
+        return call(self.sock, "GET", "/v1/status")["drops"]
+
     def check_service(self):
         if self.service is not None and self.service.poll() is not None:
             raise BenchError(
@@ -597,6 +603,7 @@ def run(args) -> dict:
             if args.only:
                 say(f"--only {args.only}: paths {', '.join(paths)}, tests {', '.join(tests)}")
             res = {p: {k: [] for k in FIGURES} for p in PATHS}
+            drops0 = lab.service_drops()
             for n in range(1, args.runs + 1):
                 for path in PATHS:
                     if path not in paths:
@@ -609,6 +616,12 @@ def run(args) -> dict:
                         res[path][k].append(r[k])
                     say(f"run {n}/{args.runs} {LABEL[path]:38s} {_fmt(r)}")
             lab.check_service()
+            drops = {k: v - drops0.get(k, 0) for k, v in lab.service_drops().items()}
+            drops = {k: v for k, v in drops.items() if v}
+            say(
+                "the service's drops during the runs: "
+                + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
+            )
         finally:
             lab.close()
     say(
