@@ -250,6 +250,7 @@ def test_pods_only_tcp_vxlan():
     assert all(float(fields[k]) == 0 for k in others), out
     assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
     assert fields.get("tunnel_gso") == "off", out
+    assert "bench: the service's drops during the runs: " in err, err
 
 
 def test_pods_with_af_xdp_pods():
