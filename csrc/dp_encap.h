@@ -264,6 +264,21 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
         tx_put(w, targets[i], m);
 }
 
+/* the frames pod_burst encapsulated into the uplink's buffer since its
+ * fill level was k0: the buffer's level, bytes, planes and counters */
+static __rte_always_inline void
+uplink_commit(struct dp_wctx *w, const struct dp_net *net, struct dp_txbuf *ub, uint16_t up,
+              uint16_t k, uint16_t k0, uint64_t bytes, uint16_t planes)
+{
+    if (k == k0)
+        return;
+    ub->n = k;
+    ub->bytes += bytes;
+    ub->planes |= planes;
+    tx_mark(w, up);
+    w->net[net->idx][DP_NET_ENCAP] += k - k0;
+}
+
 static void
 pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_mbuf **pkts,
           uint16_t n)
@@ -303,9 +318,6 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint64_t local = 0;
     struct rte_mbuf *fl[DP_BURST]; /* broadcast / unknown: after the rest */
     uint16_t nf = 0;
-    struct rte_mbuf *gs[DP_BURST]; /* super-frames to remote VTEPs: */
-    uint32_t gt[DP_BURST];         /* cut and encapsulated after the rest */
-    uint16_t ng = 0;
     /* remote targets are encapsulated straight into the uplink's tx buffer,
      * its fill level kept in a register (nothing else adds to it meanwhile) */
     int up = w->vtep->uplink;
@@ -333,8 +345,16 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
                 continue;
             }
             if (unlikely(dp_gso_frame(m))) {
-                gs[ng] = m;
-                gt[ng++] = target;
+                /* in its place among the flow's frames (a receiving TCP
+                 * takes frames out of order as lost): the frames before it
+                 * into the buffer, then it, then on with the fill level */
+                uplink_commit(w, net, ub, (uint16_t)up, k, k0, ubytes, uplanes);
+                encap_gso(w, net, target, m);
+                if (ub->n + (n - i) > DP_TXBUF)
+                    tx_flush(w, (uint16_t)up);
+                k = k0 = ub->n;
+                ubytes = 0;
+                uplanes = 0;
                 continue;
             }
             ub->m[k] = m;
@@ -348,15 +368,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
             tx_put(w, (uint16_t)target, m);
         }
     }
-    if (k != k0) {
-        ub->n = k;
-        ub->bytes += ubytes;
-        ub->planes |= uplanes;
-        tx_mark(w, (uint16_t)up);
-        w->net[net->idx][DP_NET_ENCAP] += k - k0;
-    }
-    for (uint16_t i = 0; i < ng; i++)
-        encap_gso(w, net, gt[i], gs[i]);
+    uplink_commit(w, net, ub, (uint16_t)up, k, k0, ubytes, uplanes);
     for (uint16_t i = 0; i < nf; i++) {
         if (unlikely(g != NULL) && !storm_pass(w, g, pi)) {
             drop(w, fl[i], DP_DROP_STORM);
