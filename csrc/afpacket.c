@@ -606,9 +606,15 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
 }
 
 int
+dp_afp_has_tunnel(const struct dp_afp *a)
+{
+    return a->tx.tfd >= 0;
+}
+
+int
 dp_afp_tunnel_ok(const struct dp_afp *a)
 {
-    return a->tx.tfd >= 0 && !__atomic_load_n(&a->tx.tnl_gone, __ATOMIC_RELAXED);
+    return dp_afp_has_tunnel(a) && !__atomic_load_n(&a->tx.tnl_gone, __ATOMIC_RELAXED);
 }
 
 uint64_t
@@ -1102,6 +1108,18 @@ afp_tx_vnet(struct virtio_net_hdr *vh, struct rte_mbuf *m, uint32_t len)
     }
 }
 
+/* m's segments as iovecs from iov[ni] on; returns the next free index (the
+ * caller made sure m->nb_segs fit) */
+static inline unsigned
+afp_iov_chain(struct iovec *iov, unsigned ni, const struct rte_mbuf *m)
+{
+    for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
+        iov[ni].iov_base = rte_pktmbuf_mtod(s, void *);
+        iov[ni++].iov_len = s->data_len;
+    }
+    return ni;
+}
+
 /* Send m, longer than a ring frame (a GSO super-frame), with one sendmsg()
  * of its segments behind a virtio-net header. Returns 0 or -1 (refused). */
 static __rte_noinline int
@@ -1117,10 +1135,7 @@ afp_tx_big(struct dp_afp *a, struct rte_mbuf *m)
     afp_tx_vnet(&vh, m, m->pkt_len);
     iov[ni].iov_base = &vh;
     iov[ni++].iov_len = AFP_VNET_LEN;
-    for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
-        iov[ni].iov_base = rte_pktmbuf_mtod(s, void *);
-        iov[ni++].iov_len = s->data_len;
-    }
+    ni = afp_iov_chain(iov, ni, m);
     memset(&mh, 0, sizeof(mh));
     mh.msg_iov = iov;
     mh.msg_iovlen = ni;
@@ -1162,10 +1177,7 @@ afp_tx_tnl(struct dp_afp *a, struct rte_mbuf *m)
     th.inner_nh_offset = (uint16_t)inner_nh;
     iov[ni].iov_base = &th;
     iov[ni++].iov_len = AFP_TNL_HDR_LEN;
-    for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
-        iov[ni].iov_base = rte_pktmbuf_mtod(s, void *);
-        iov[ni++].iov_len = s->data_len;
-    }
+    ni = afp_iov_chain(iov, ni, m);
     if (writev(a->tx.tfd, iov, (int)ni) != (ssize_t)(AFP_TNL_HDR_LEN + m->pkt_len)) {
         /* the tap is gone (deleted by hand: EBADFD) or down (EIO): the
          * pipeline cuts super-frames from now on (dp_afp_tunnel_ok) */

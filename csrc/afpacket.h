@@ -94,6 +94,8 @@ void dp_afp_set_udp_gso(struct dp_afp *a, int on);
  * (dp_gso.h); whoever opens it redirects the tap's ingress to this port's
  * interface's egress (tc mirred) before sending such frames. */
 int dp_afp_tunnel_open(struct dp_afp *a, const char *tap);
+/* The tunnel tap open (taking frames or not) */
+int dp_afp_has_tunnel(const struct dp_afp *a);
 /* The tunnel tap open and taking frames: not once it refused a write for
  * good (deleted or down: that frame is counted tx_error) */
 int dp_afp_tunnel_ok(const struct dp_afp *a);

@@ -118,8 +118,7 @@ struct dp_port {
     struct rte_ring *ring_tx;             /* ring ports: what Python collects */
     rte_spinlock_t *tx_lock;
     struct dp_qos *qos; /* shaped port: per-plane queues, else NULL */
-    int tnl_tap;        /* AF_PACKET: its tunnel tap is open */
-    int tnl_gso;        /* AF_PACKET: VXLAN super-frames go whole to the tap */
+    int tnl_gso;        /* AF_PACKET: VXLAN super-frames go whole to its tunnel tap */
     uint8_t mac[6];
     char name[64];
 };

@@ -449,14 +449,27 @@ dp_port_info(int idx, struct dp_port_info *out)
     return 1;
 }
 
-int
-dp_port_set_udp_gso(int idx, int on)
+/* port idx if it is an AF_PACKET port; else NULL, dp_fail's error in *err */
+static struct dp_port *
+afp_port_get(int idx, int *err)
 {
     struct dp_port *p = dp_port_get(idx);
     if (!p)
-        return dp_fail(-ENOENT, "no port %d", idx);
-    if (p->driver != DP_DRV_AFPACKET)
-        return dp_fail(-EINVAL, "port %d (%s) is not an AF_PACKET port", idx, p->name);
+        *err = dp_fail(-ENOENT, "no port %d", idx);
+    else if (p->driver != DP_DRV_AFPACKET)
+        *err = dp_fail(-EINVAL, "port %d (%s) is not an AF_PACKET port", idx, p->name);
+    else
+        return p;
+    return NULL;
+}
+
+int
+dp_port_set_udp_gso(int idx, int on)
+{
+    int ret;
+    struct dp_port *p = afp_port_get(idx, &ret);
+    if (!p)
+        return ret;
     dp_afp_set_udp_gso(p->afp, on);
     return 0;
 }
@@ -464,24 +477,19 @@ dp_port_set_udp_gso(int idx, int on)
 int
 dp_port_tunnel_tap(int idx, const char *tap)
 {
-    struct dp_port *p = dp_port_get(idx);
+    int ret;
+    struct dp_port *p = afp_port_get(idx, &ret);
     if (!p)
-        return dp_fail(-ENOENT, "no port %d", idx);
-    if (p->driver != DP_DRV_AFPACKET)
-        return dp_fail(-EINVAL, "port %d (%s) is not an AF_PACKET port", idx, p->name);
+        return ret;
     if (tap == NULL) {
         if (__atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED))
             return dp_fail(-EBUSY, "port %d (%s): tunnel GSO is on", idx, p->name);
         dp_afp_tunnel_close(p->afp);
-        p->tnl_tap = 0;
         return 0;
     }
     if (p->role != DP_ROLE_UPLINK)
         return dp_fail(-EINVAL, "port %d (%s) is not the uplink", idx, p->name);
-    int ret = dp_afp_tunnel_open(p->afp, tap);
-    if (ret == 0)
-        p->tnl_tap = 1;
-    return ret;
+    return dp_afp_tunnel_open(p->afp, tap);
 }
 
 int
@@ -490,7 +498,7 @@ dp_port_set_tunnel_gso(int idx, int on)
     struct dp_port *p = dp_port_get(idx);
     if (!p)
         return dp_fail(-ENOENT, "no port %d", idx);
-    if (on && !p->tnl_tap)
+    if (on && (p->driver != DP_DRV_AFPACKET || !dp_afp_has_tunnel(p->afp)))
         return dp_fail(-EINVAL, "port %d (%s) has no tunnel tap", idx, p->name);
     __atomic_store_n(&p->tnl_gso, on != 0, __ATOMIC_RELEASE);
     return 0;

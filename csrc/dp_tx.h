@@ -238,9 +238,10 @@ gso_decap(struct rte_mbuf *m)
         ~(RTE_MBUF_F_TX_TUNNEL_MASK | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM);
 }
 
-/* A super-frame (TCP or UDP) for port pi: whole to a kernel port, which hands it on
- * as GSO (afpacket.c), an encapsulated one only to an uplink with tunnel GSO
- * on; cut into MSS-sized frames for a port without the offload (an ethdev). A port gone is counted when the buffer is flushed. */
+/* A super-frame (TCP or UDP) for port pi: whole to a kernel port, which
+ * hands it on as GSO (afpacket.c), an encapsulated one only to an uplink
+ * with tunnel GSO on; cut into MSS-sized frames for a port without the
+ * offload (an ethdev). A port gone is counted when the buffer is flushed. */
 static __rte_noinline void
 gso_put(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
 {
