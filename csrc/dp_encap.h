@@ -132,18 +132,26 @@ encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
     return 1;
 }
 
-/* one frame to the uplink (flood copies; the pod loop encapsulates inline) */
+/* one frame to the uplink, wire as encap_one says (flood copies and
+ * super-frames; the pod loop encapsulates inline) */
 static void
-encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+encap_wire(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m,
+           uint32_t wire)
 {
     uint8_t tos;
     uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
     uint64_t bytes = 0; /* tx_put counts both */
     uint16_t planes = 0;
-    if (!encap_one(w, net, ti, m, h, tos, m->pkt_len, &bytes, &planes))
+    if (!encap_one(w, net, ti, m, h, tos, wire, &bytes, &planes))
         return;
     w->net[net->idx][DP_NET_ENCAP]++;
     tx_put(w, (uint16_t)w->vtep->uplink, m);
+}
+
+static inline void
+encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
+{
+    encap_wire(w, net, ti, m, m->pkt_len);
 }
 
 /* a super-frame to a remote VTEP, whole, for an uplink whose tunnel tap
@@ -162,20 +170,14 @@ encap_whole(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte
         !dp_afp_tunnel_ok(up->afp) || (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
         m->pkt_len + DP_VXLAN_HDR_LEN - RTE_ETHER_HDR_LEN > UINT16_MAX)
         return 0;
-    uint8_t tos;
-    uint32_t h = inner_flow(m, rte_pktmbuf_mtod(m, const uint8_t *), &tos);
-    uint64_t bytes = 0;
-    uint16_t planes = 0;
     uint32_t seg = (uint32_t)m->l2_len + m->l3_len + m->l4_len + m->tso_segsz;
-    if (encap_one(w, net, ti, m, h, tos, RTE_MIN(seg, m->pkt_len), &bytes, &planes)) {
-        m->ol_flags |=
-            RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM;
-        m->outer_l2_len = RTE_ETHER_HDR_LEN;
-        m->outer_l3_len = sizeof(struct rte_ipv4_hdr);
-        m->l2_len += sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr);
-        w->net[net->idx][DP_NET_ENCAP]++;
-        tx_put(w, (uint16_t)w->vtep->uplink, m);
-    }
+    /* marked before it is encapsulated: a frame dropped there is freed */
+    m->ol_flags |=
+        RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM;
+    m->outer_l2_len = RTE_ETHER_HDR_LEN;
+    m->outer_l3_len = sizeof(struct rte_ipv4_hdr);
+    m->l2_len += sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr);
+    encap_wire(w, net, ti, m, RTE_MIN(seg, m->pkt_len));
     return 1;
 }
 
