@@ -23,6 +23,7 @@ SOURCES = [
     "dp_port.c",  # ports: ethdev, ring, AF_PACKET
     "dp_poll.c",  # which worker polls which (port, rx queue)
     "dp_idle.c",  # an idle worker's opt-in sleep
+    "dp_shm.c",  # the fault guard of bursts on a pod's shared memory
     "dp_net.c",  # networks
     "dp_fdb.c",  # forwarding database
     "dp_ftab.c",  # the FDB's table (writer side)

@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 14
+#define DP_ABI_VERSION 15
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -72,7 +72,8 @@
 #define DP_PORT_RX_BYTES 1
 #define DP_PORT_TX_PACKETS 2
 #define DP_PORT_TX_BYTES 3
-#define DP_PORT_CTR_COUNT 4
+#define DP_PORT_SHM_FAULTS 4 /* bursts cut short by a fault in a pod's shared memory (dp_shm.h) */
+#define DP_PORT_CTR_COUNT 5
 
 /* per-network counters */
 #define DP_NET_ENCAP 0

@@ -18,7 +18,8 @@
     _(RX_PACKETS, "rx_packets")                                             \
     _(RX_BYTES, "rx_bytes")                                                 \
     _(TX_PACKETS, "tx_packets")                                             \
-    _(TX_BYTES, "tx_bytes")
+    _(TX_BYTES, "tx_bytes")                                                 \
+    _(SHM_FAULTS, "shm_faults")  /* bursts cut short by a shared-memory fault */
 
 /* per network (DP_BLOCK_NET) */
 #define foreach_dp_net_ctr                                                  \
@@ -89,7 +90,8 @@
     _(KPORT_GSO, "kport_gso")             /* kernel port: GSO, not TCP */  \
     _(KPORT_TX_ERROR, "kport_tx_error")   /* kernel port: GSO tx refused */ \
     _(GSO_NO_MBUF, "gso_no_mbuf")         /* pool empty for a segment */   \
-    _(GSO_BAD, "gso_bad")                 /* super-frame cannot be cut */
+    _(GSO_BAD, "gso_bad")                 /* super-frame cannot be cut */   \
+    _(SHM_FAULT, "shm_fault")             /* lost to a pod's shared memory */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

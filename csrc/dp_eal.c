@@ -17,6 +17,7 @@
 #include "dp_control.h"
 #include "dp_guard.h"
 #include "dp_qos.h"
+#include "dp_shm.h"
 
 struct dp_state dp;
 
@@ -234,6 +235,11 @@ dp_start(void)
         return dp_fail(-EINVAL, "dp_setup not done");
     if (atomic_load(&dp.running))
         return dp_fail(-EALREADY, "already forwarding");
+    /* before any burst on a pod's shared memory (dp_shm.h); again at every
+     * start, in case something replaced the handlers since */
+    int g = dp_shm_guard_install();
+    if (g != 0)
+        return g;
     struct dp_wctx *ctx[DP_MAX_WORKERS] = {NULL};
     for (int w = 0; w < dp.n_workers; w++) {
         ctx[w] = dp_worker_new(w);

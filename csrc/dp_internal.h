@@ -119,6 +119,7 @@ struct dp_port {
     rte_spinlock_t *tx_lock;
     struct dp_qos *qos; /* shaped port: per-plane queues, else NULL */
     int tnl_gso;        /* AF_PACKET: VXLAN super-frames go whole to its tunnel tap */
+    int shm;            /* its driver reads a pod's shared memory: guarded bursts (dp_shm.h) */
     uint8_t mac[6];
     char name[64];
 };

@@ -28,6 +28,7 @@
 #include "dp_capture.h"
 #include "dp_internal.h"
 #include "dp_qos.h"
+#include "dp_shm.h"
 
 /* the pipeline, in the order the compiler needs it */
 #define DP_PIPELINE_TU
@@ -40,11 +41,43 @@
 
 /* ------------------------------------------------------------ main loop */
 
-static inline uint16_t
-port_rx(const struct dp_port *p, uint16_t q, struct rte_mbuf **pkts)
+/* rx from a port on a pod's shared memory (dp_shm.h): the burst under the
+ * fault guard. A port set aside after a fault is left alone until its link
+ * goes down (the peer's connection gone), which its queue 0 looks for. */
+static __rte_noinline uint16_t
+shm_rx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, uint16_t q, struct rte_mbuf **pkts)
 {
-    if (p->driver == DP_DRV_ETHDEV)
+    if (unlikely(atomic_load_explicit(&dp_shm_faulted[pi], memory_order_relaxed))) {
+        struct rte_eth_link l;
+        if (q == 0 && rte_eth_link_get_nowait(p->eth_port, &l) == 0 &&
+            l.link_status == RTE_ETH_LINK_DOWN)
+            atomic_store_explicit(&dp_shm_faulted[pi], 0, memory_order_relaxed);
+        return 0;
+    }
+    /* the frames a cut burst had finished are those the driver stored */
+    memset(pkts, 0, DP_BURST * sizeof(*pkts));
+    sigjmp_buf jb;
+    if (sigsetjmp(jb, 0) != 0) {
+        shm_cut(w, pi);
+        for (unsigned i = 0; i < DP_BURST; i++)
+            if (pkts[i] != NULL)
+                drop(w, pkts[i], DP_DROP_SHM_FAULT);
+        return 0;
+    }
+    dp_shm_jb = &jb;
+    uint16_t n = rte_eth_rx_burst(p->eth_port, q, pkts, DP_BURST);
+    dp_shm_jb = NULL;
+    return n;
+}
+
+static inline uint16_t
+port_rx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, uint16_t q, struct rte_mbuf **pkts)
+{
+    if (p->driver == DP_DRV_ETHDEV) {
+        if (unlikely(p->shm))
+            return shm_rx(w, p, pi, q, pkts);
         return rte_eth_rx_burst(p->eth_port, q, pkts, DP_BURST);
+    }
     return dp_afp_rx_burst(p->afp, pkts, DP_BURST);
 }
 
@@ -114,7 +147,7 @@ dp_worker_main(void *arg)
 
             /* rx: the burst's time is its frames' (latency per plane is
              * measured at tx, or stamped per frame when a frame queues) */
-            uint16_t n = port_rx(p, q, pkts);
+            uint16_t n = port_rx(w, p, pi, q, pkts);
             if (n == 0)
                 continue;
             busy++;

@@ -20,6 +20,7 @@
 
 #include "dp_control.h"
 #include "dp_guard.h"
+#include "dp_shm.h"
 #include "dp_qos.h"
 
 struct dp_port *
@@ -87,6 +88,8 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
         memcpy(p->mac, ea.addr_bytes, 6);
     p->n_txq = ntx;
     p->n_rxq = (uint16_t)n_rxq;
+    p->shm = di.driver_name != NULL && strcmp(di.driver_name, "net_memif") == 0;
+    atomic_store(&dp_shm_faulted[p->idx], 0);
     return 0;
 }
 

@@ -23,6 +23,75 @@ plane_bit(unsigned plane)
     return (uint16_t)(1u << (plane < DP_MAX_PLANES ? plane : DP_MAX_PLANES));
 }
 
+/* n frames of `bytes` bytes handed to port pi's driver, which took `sent`:
+ * the rest is freed and counted */
+static inline void
+tx_done(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **m, uint16_t n, uint16_t sent,
+        uint64_t bytes)
+{
+    if (unlikely(sent < n)) {
+        for (uint16_t i = sent; i < n; i++)
+            bytes -= m[i]->pkt_len;
+        w->drop[DP_DROP_TX_FULL] += n - sent;
+        rte_pktmbuf_free_bulk(m + sent, n - sent);
+    }
+    w->port[pi][DP_PORT_TX_PACKETS] += sent;
+    w->port[pi][DP_PORT_TX_BYTES] += bytes;
+}
+
+/* a burst on a pod's shared memory cut short by a fault (dp_shm.h): the
+ * port is set aside until its link goes down (shm_rx) */
+static void
+shm_cut(struct dp_wctx *w, uint16_t pi)
+{
+    w->port[pi][DP_PORT_SHM_FAULTS]++;
+    atomic_store_explicit(&dp_shm_faulted[pi], 1, memory_order_relaxed);
+}
+
+/* tx burst on a pod's shared memory under the fault guard: how many frames
+ * the driver took, or -1 when a fault cut the burst short */
+static __rte_noinline int
+shm_tx_burst(const struct dp_port *p, uint16_t q, int shared, struct rte_mbuf **m, uint16_t n)
+{
+    sigjmp_buf jb;
+    if (sigsetjmp(jb, 0) != 0) {
+        if (shared)
+            rte_spinlock_unlock(p->tx_lock);
+        return -1;
+    }
+    if (shared)
+        rte_spinlock_lock(p->tx_lock);
+    dp_shm_jb = &jb;
+    uint16_t sent = rte_eth_tx_burst(p->eth_port, q, m, n);
+    dp_shm_jb = NULL;
+    if (shared)
+        rte_spinlock_unlock(p->tx_lock);
+    return sent;
+}
+
+/* tx to a port on a pod's shared memory (dp_shm.h) */
+static __rte_noinline void
+shm_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n,
+       uint64_t bytes)
+{
+    if (unlikely(atomic_load_explicit(&dp_shm_faulted[pi], memory_order_relaxed))) {
+        w->drop[DP_DROP_SHM_FAULT] += n;
+        rte_pktmbuf_free_bulk(m, n);
+        return;
+    }
+    const int shared = w->id >= p->n_txq; /* queue 0 under the port's lock */
+    int sent = shm_tx_burst(p, shared ? 0 : (uint16_t)w->id, shared, m, n);
+    if (unlikely(sent < 0)) {
+        shm_cut(w, pi);
+        /* which of the burst's frames the driver had already sent and freed
+         * is not known: all count as lost and none is freed here (a few
+         * mbufs lost to the pool rather than one freed twice) */
+        w->drop[DP_DROP_SHM_FAULT] += n;
+        return;
+    }
+    tx_done(w, pi, m, n, (uint16_t)sent, bytes);
+}
+
 /* hand n frames of `bytes` bytes to port p's driver; what it does not take is
  * freed and counted */
 static inline void
@@ -37,6 +106,10 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
         for (uint16_t i = 0; i < n; i++)
             if (unlikely(dp_csum_partial(m[i])))
                 dp_csum_complete(m[i]);
+        if (unlikely(p->shm)) {
+            shm_tx(w, p, pi, m, n, bytes);
+            return;
+        }
         if (likely(w->id < p->n_txq)) {
             sent = rte_eth_tx_burst(p->eth_port, (uint16_t)w->id, m, n);
         } else {
@@ -49,14 +122,7 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
         sent = dp_afp_tx_burst(p->afp, m, n);
         rte_spinlock_unlock(p->tx_lock);
     }
-    if (unlikely(sent < n)) {
-        for (uint16_t i = sent; i < n; i++)
-            bytes -= m[i]->pkt_len;
-        w->drop[DP_DROP_TX_FULL] += n - sent;
-        rte_pktmbuf_free_bulk(m + sent, n - sent);
-    }
-    w->port[pi][DP_PORT_TX_PACKETS] += sent;
-    w->port[pi][DP_PORT_TX_BYTES] += bytes;
+    tx_done(w, pi, m, n, sent, bytes);
 }
 
 static __rte_always_inline void

@@ -1,0 +1,66 @@
+/*
+ * dp_shm.c - the fault guard of bursts on ports backed by a pod's shared
+ * memory (dp_shm.h).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+
+#include "dp_error.h"
+#include "dp_shm.h"
+
+__thread sigjmp_buf *volatile dp_shm_jb __attribute__((tls_model("initial-exec")));
+atomic_uchar dp_shm_faulted[DP_MAX_PORTS];
+
+/* the actions in place before ours, for faults outside a guarded burst */
+static struct sigaction prev_segv, prev_bus;
+
+static void
+shm_fault(int sig, siginfo_t *si, void *uc)
+{
+    sigjmp_buf *jb = dp_shm_jb;
+    if (jb != NULL) {
+        dp_shm_jb = NULL;
+        siglongjmp(*jb, sig); /* SA_NODEFER: the signal stays unblocked */
+    }
+    /* not a guarded burst: what would have happened without us */
+    const struct sigaction *prev = sig == SIGBUS ? &prev_bus : &prev_segv;
+    if ((prev->sa_flags & SA_SIGINFO) && prev->sa_sigaction != NULL) {
+        prev->sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+        prev->sa_handler(sig);
+        return;
+    }
+    /* the default action: the faulting instruction runs again and dies */
+    signal(sig, SIG_DFL);
+}
+
+static int
+install(int sig, struct sigaction *prev)
+{
+    struct sigaction cur, sa;
+    if (sigaction(sig, NULL, &cur) != 0)
+        return -errno;
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == shm_fault)
+        return 0; /* ours already */
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = shm_fault;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(sig, &sa, prev) != 0)
+        return -errno;
+    return 0;
+}
+
+int
+dp_shm_guard_install(void)
+{
+    int ret = install(SIGSEGV, &prev_segv);
+    if (ret == 0)
+        ret = install(SIGBUS, &prev_bus);
+    if (ret != 0)
+        return dp_fail(ret, "cannot install the shared-memory fault guard (%s)", strerror(-ret));
+    return 0;
+}

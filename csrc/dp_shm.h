@@ -1,0 +1,40 @@
+/*
+ * dp_shm.h - bursts on a port whose driver reads and writes a pod's shared
+ * memory (memif), run under a fault guard.
+ *
+ * DPDK's net_memif maps the memory its peer (the pod's application) hands
+ * over and trusts it: the peer can shrink it under the mapping (the next
+ * access is a SIGBUS), point the rings anywhere, or simply exit while a
+ * worker is in a burst, when the PMD's interrupt thread unmaps the memory
+ * the burst is reading (a SIGSEGV). Either would kill the whole core.
+ *
+ * A worker therefore enters such a burst with a jump buffer set
+ * (dp_shm_jb); the SIGSEGV/SIGBUS handler (dp_shm.c) jumps back out of the
+ * burst when one is set on the faulting thread, and otherwise does what
+ * the signal would have done (or the handler installed before ours). The
+ * port is then set aside (dp_shm_faulted): its queues are not touched
+ * until its link goes down, which the PMD reports when the peer's
+ * connection has gone; a new peer then gets the port back. Each fault
+ * counts in the port's shm_faults; frames lost with it under the drop
+ * reason shm_fault.
+ */
+#ifndef DP_SHM_H
+#define DP_SHM_H
+
+#include <setjmp.h>
+#include <stdatomic.h>
+
+#include "dataplane.h"
+
+/* the worker's jump buffer while it is in a guarded burst, else NULL */
+extern __thread sigjmp_buf *volatile dp_shm_jb __attribute__((tls_model("initial-exec")));
+
+/* per port index: set aside after a fault (0/1), cleared when the port is
+ * added and when its link is seen down */
+extern atomic_uchar dp_shm_faulted[DP_MAX_PORTS];
+
+/* install the SIGSEGV and SIGBUS handlers (again, if something replaced
+ * them since); 0 or a negative errno */
+int dp_shm_guard_install(void);
+
+#endif
