@@ -449,6 +449,8 @@ dp_port_info(int idx, struct dp_port_info *out)
             __atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED) && dp_afp_tunnel_ok(p->afp);
         out->tunnel_gso_frames = dp_afp_tunneled(p->afp);
     }
+    out->shm = p->shm;
+    out->shm_set_aside = p->shm && atomic_load(&dp_shm_faulted[idx]);
     return 1;
 }
 

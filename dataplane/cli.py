@@ -114,6 +114,8 @@ def cmd_status(args):
         print(
             f"  port {p['port']:<3d} {p['name']:18s} {p['role']:6s} {p['network'] or '-':10s} "
             f"rx {p['rx_packets']} tx {p['tx_packets']}"
+            + (f" shm_faults {p['shm_faults']}" if p.get("shm_faults") else "")
+            + (" SET ASIDE (its pod's shared memory faulted)" if p.get("set_aside") else "")
         )
     if st["drops"]:
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))

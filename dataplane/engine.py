@@ -170,6 +170,8 @@ class PortInfo:
     rx_workers: List[int] = dataclasses.field(default_factory=list)  # per rx queue
     tunnel_gso: bool = False  # VXLAN super-frames leave whole (set_tunnel_gso)
     tunnel_gso_frames: int = 0  # how many did
+    shared_memory: bool = False  # on a pod's shared memory (memif): bursts guarded
+    set_aside: bool = False  # ... and set aside after a fault until the pod disconnects
 
 
 class Counters:
@@ -777,6 +779,8 @@ class Engine(_Tables, _Planes, _Guards):
             rx_workers=[out.rxq_worker[q] for q in range(out.n_rxq)],
             tunnel_gso=bool(out.tunnel_gso),
             tunnel_gso_frames=out.tunnel_gso_frames,
+            shared_memory=bool(out.shm),
+            set_aside=bool(out.shm_set_aside),
         )
 
     def ports(self) -> List[PortInfo]:

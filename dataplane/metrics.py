@@ -24,6 +24,7 @@ class PortLabel(NamedTuple):
     role: str
     network: str
     tunnel_gso_frames: int = 0  # VXLAN super-frames sent whole (the uplink)
+    set_aside: bool = False  # a memif port left alone after a fault (dp_shm.h)
 
 
 class NetLabel(NamedTuple):
@@ -82,12 +83,20 @@ class CoreCollector:
             "VXLAN super-frames sent whole through the uplink's tunnel tap",
             labels=pl,
         )
+        aside = GaugeMetricFamily(
+            "dataplane_port_set_aside",
+            "1 while a memif port is left alone after a fault in its pod's shared memory",
+            labels=pl,
+        )
         for p in snap.ports:
+            lv = [str(p.index), p.name, p.role, p.network]
             for i, fam in port_fams.items():
-                fam.add_metric([str(p.index), p.name, p.role, p.network], int(c.port[p.index, i]))
-            tnl.add_metric([str(p.index), p.name, p.role, p.network], p.tunnel_gso_frames)
+                fam.add_metric(lv, int(c.port[p.index, i]))
+            tnl.add_metric(lv, p.tunnel_gso_frames)
+            aside.add_metric(lv, int(p.set_aside))
         yield from port_fams.values()
         yield tnl
+        yield aside
 
         nl = ["network", "vni", "plane"]
         net_fams = {

@@ -25,6 +25,7 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
             p.role,
             names.get(p.network, "") if p.network is not None else "",
             p.tunnel_gso_frames,
+            p.set_aside,
         )
         for p in engine.ports()
     ]
@@ -81,6 +82,7 @@ def status_report(
                 "network": p.network,
                 **c.port_dict(p.index),
                 "tunnel_gso_frames": p.tunnel_gso_frames,
+                "set_aside": p.set_aside,
             }
             for p in snap.ports
         ],

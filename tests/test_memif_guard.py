@@ -49,9 +49,12 @@ def test_shrunk_memory_under_rx_sets_the_port_aside(memif):
     with MemifPeer(t.sock) as p:
         p.send(frame(M, A))
         assert t.recv(t.a)[0].src == M
+        info = eng.port_info(t.m)
+        assert info.shared_memory and not info.set_aside
         faults0 = eng.counters().port_dict(t.m)["shm_faults"]
         p.shrink()
         assert wait_port(eng, t.m, "shm_faults", faults0 + 1) == faults0 + 1
+        assert eng.port_info(t.m).set_aside
         # the others forward on; frames to the set-aside port are counted
         t.send(t.a, frame(A, B))
         assert t.recv(t.b)[0].src == A
@@ -74,7 +77,12 @@ def test_shrunk_memory_under_rx_sets_the_port_aside(memif):
         q.send(frame(M, A, 7))
         got = t.recv(t.a)[0]
         assert got.src == M and got[UDP].sport == 8
+        assert not eng.port_info(t.m).set_aside
     assert eng.counters().port_dict(t.m)["shm_faults"] == faults0 + 1
+
+
+def test_ring_ports_are_not_guarded(memif):
+    assert not memif.eng.port_info(memif.a).shared_memory
 
 
 def test_shrunk_memory_under_tx_is_cut_and_counted(memif):
