@@ -42,17 +42,18 @@
 /* ------------------------------------------------------------ main loop */
 
 /* rx from a port on a pod's shared memory (dp_shm.h): the burst under the
- * fault guard. A port set aside after a fault is left alone until its link
- * goes down (the peer's connection gone), which its queue 0 looks for. */
+ * fault guard. A port set aside after a fault is left alone until its
+ * retry time, then tried again - unless it has faulted DP_SHM_MAX_FAULTS
+ * times. */
 static __rte_noinline uint16_t
 shm_rx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, uint16_t q, struct rte_mbuf **pkts)
 {
     if (unlikely(atomic_load_explicit(&dp_shm_faulted[pi], memory_order_relaxed))) {
-        struct rte_eth_link l;
-        if (q == 0 && rte_eth_link_get_nowait(p->eth_port, &l) == 0 &&
-            l.link_status == RTE_ETH_LINK_DOWN)
-            atomic_store_explicit(&dp_shm_faulted[pi], 0, memory_order_relaxed);
-        return 0;
+        if (q != 0 ||
+            atomic_load_explicit(&dp_shm_faults[pi], memory_order_relaxed) >= DP_SHM_MAX_FAULTS ||
+            rte_rdtsc() < atomic_load_explicit(&dp_shm_retry[pi], memory_order_relaxed))
+            return 0;
+        atomic_store_explicit(&dp_shm_faulted[pi], 0, memory_order_relaxed);
     }
     /* the frames a cut burst had finished are those the driver stored */
     memset(pkts, 0, DP_BURST * sizeof(*pkts));

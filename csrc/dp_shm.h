@@ -12,11 +12,16 @@
  * (dp_shm_jb); the SIGSEGV/SIGBUS handler (dp_shm.c) jumps back out of the
  * burst when one is set on the faulting thread, and otherwise does what
  * the signal would have done (or the handler installed before ours). The
- * port is then set aside (dp_shm_faulted): its queues are not touched
- * until its link goes down, which the PMD reports when the peer's
- * connection has gone; a new peer then gets the port back. Each fault
- * counts in the port's shm_faults; frames lost with it under the drop
- * reason shm_fault.
+ * port is then set aside (dp_shm_faulted): its queues are not touched for
+ * DP_SHM_RETRY_MS, by when the driver has let go of a peer that exited
+ * (its burst then finds the port down) or a new peer has connected, and
+ * then tried again - for its first DP_SHM_MAX_FAULTS faults: a cut burst
+ * can cost the pool up to a burst of mbufs, so a pod that faults on
+ * purpose, over and over, keeps the port set aside after that many until
+ * the port is re-made. No state of the driver's is read to decide: the
+ * driver reports none that tells one peer's connection from the next.
+ * Each fault counts in the port's shm_faults; frames lost with it under
+ * the drop reason shm_fault.
  */
 #ifndef DP_SHM_H
 #define DP_SHM_H
@@ -29,9 +34,15 @@
 /* the worker's jump buffer while it is in a guarded burst, else NULL */
 extern __thread sigjmp_buf *volatile dp_shm_jb __attribute__((tls_model("initial-exec")));
 
-/* per port index: set aside after a fault (0/1), cleared when the port is
- * added and when its link is seen down */
+#define DP_SHM_MAX_FAULTS 16 /* faults after which a port stays set aside */
+#define DP_SHM_RETRY_MS 100  /* a set-aside port is tried again after this */
+
+/* per port index: set aside after a fault (0/1; 0 when the port is added) */
 extern atomic_uchar dp_shm_faulted[DP_MAX_PORTS];
+/* per port index: the TSC time from which a set-aside port is tried again */
+extern atomic_uint_least64_t dp_shm_retry[DP_MAX_PORTS];
+/* per port index: its faults since it was added */
+extern atomic_uint dp_shm_faults[DP_MAX_PORTS];
 
 /* install the SIGSEGV and SIGBUS handlers (again, if something replaced
  * them since); 0 or a negative errno */

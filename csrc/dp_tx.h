@@ -45,6 +45,10 @@ static void
 shm_cut(struct dp_wctx *w, uint16_t pi)
 {
     w->port[pi][DP_PORT_SHM_FAULTS]++;
+    atomic_fetch_add_explicit(&dp_shm_faults[pi], 1, memory_order_relaxed);
+    atomic_store_explicit(&dp_shm_retry[pi],
+                          rte_rdtsc() + rte_get_tsc_hz() / 1000 * DP_SHM_RETRY_MS,
+                          memory_order_relaxed);
     atomic_store_explicit(&dp_shm_faulted[pi], 1, memory_order_relaxed);
 }
 

@@ -15,18 +15,29 @@ from tests.test_core import A, B, Topo, drops_since
 
 M = "02:00:00:00:00:0d"  # the memif pod's MAC
 PAGE = 4096
+MAX_FAULTS = 16  # DP_SHM_MAX_FAULTS
 
 
 def frame(src, dst, n=0):
     return bytes(Ether(src=src, dst=dst) / IP(src="10.1.0.2", dst="10.1.0.1") / UDP(sport=n + 1))
 
 
-def wait_port(eng, port, key, n):
-    for _ in range(300):
+def wait_port(eng, port, key, n, tries=300):
+    for _ in range(tries):
         if eng.counters().port_dict(port)[key] >= n:
             break
         time.sleep(0.01)
     return eng.counters().port_dict(port)[key]
+
+
+def connect(sock):
+    """A new client, once the core has seen the last one go."""
+    for _ in range(100):
+        try:
+            return MemifPeer(sock)
+        except (MemifError, OSError):
+            time.sleep(0.05)
+    return MemifPeer(sock)
 
 
 @pytest.fixture
@@ -40,55 +51,49 @@ def memif(eng, tmp_path):
     return t
 
 
-def test_shrunk_memory_under_rx_sets_the_port_aside(memif):
+def test_ring_ports_are_not_guarded(memif):
+    assert memif.eng.port_info(memif.m).shared_memory
+    assert not memif.eng.port_info(memif.a).shared_memory
+
+
+def test_shrunk_memory_under_rx_is_cut_and_counted(memif):
     """A pod that truncates its shared memory under the core's mapping (a
     SIGBUS at the next read of its rings): the burst is cut short and
-    counted, the port is left alone while that pod stays connected, the
-    other pods' traffic goes on, and a new pod on the same port works."""
+    counted, the port set aside, the other pods' traffic goes on, frames to
+    the port are counted lost, and the next pod on the port works."""
     t, eng = memif, memif.eng
+    base = eng.counters().drops()
     with MemifPeer(t.sock) as p:
         p.send(frame(M, A))
         assert t.recv(t.a)[0].src == M
-        info = eng.port_info(t.m)
-        assert info.shared_memory and not info.set_aside
+        assert not eng.port_info(t.m).set_aside
         faults0 = eng.counters().port_dict(t.m)["shm_faults"]
         p.shrink()
-        assert wait_port(eng, t.m, "shm_faults", faults0 + 1) == faults0 + 1
-        assert eng.port_info(t.m).set_aside
-        # the others forward on; frames to the set-aside port are counted
-        t.send(t.a, frame(A, B))
-        assert t.recv(t.b)[0].src == A
+        assert wait_port(eng, t.m, "shm_faults", faults0 + 1) >= faults0 + 1
+        # frames to it while it faults or is set aside: counted lost
         t.send(t.a, frame(A, M))
         for _ in range(200):
-            if t.drops()["shm_fault"] >= 1:
+            if drops_since(eng, base)["shm_fault"] >= 1:
                 break
             time.sleep(0.01)
-        assert t.drops()["shm_fault"] == 1
-        time.sleep(0.2)  # polled all along, the port does not fault again
-        assert eng.counters().port_dict(t.m)["shm_faults"] == faults0 + 1
-    # the pod's connection gone, the port is back for the next one
-    for _ in range(100):
-        try:
-            q = MemifPeer(t.sock)
-            break
-        except (MemifError, OSError):  # the core may not have seen the old one go yet
-            time.sleep(0.05)
-    with q:
+        assert drops_since(eng, base)["shm_fault"] == 1
+    t.send(t.a, frame(A, B))
+    assert t.recv(t.b)[0].src == A
+    # the pod gone, the port is tried again and the next pod's frames flow
+    with connect(t.sock) as q:
         q.send(frame(M, A, 7))
         got = t.recv(t.a)[0]
         assert got.src == M and got[UDP].sport == 8
         assert not eng.port_info(t.m).set_aside
-    assert eng.counters().port_dict(t.m)["shm_faults"] == faults0 + 1
-
-
-def test_ring_ports_are_not_guarded(memif):
-    assert not memif.eng.port_info(memif.a).shared_memory
+        faults = eng.counters().port_dict(t.m)["shm_faults"]
+        time.sleep(0.3)  # a good pod: no more faults
+        assert eng.counters().port_dict(t.m)["shm_faults"] == faults
 
 
 def test_shrunk_memory_under_tx_is_cut_and_counted(memif):
     """The same under the core's transmit: the pod offers its buffers, then
     truncates them away (the rings stay); the core's write into them is cut
-    short, its frame counted lost, the port set aside."""
+    short and its frame counted lost."""
     t, eng = memif, memif.eng
     with MemifPeer(t.sock) as p:
         p.offer()
@@ -108,6 +113,29 @@ def test_shrunk_memory_under_tx_is_cut_and_counted(memif):
         assert t.recv(t.b)[0].src == A
 
 
+def test_a_pod_that_keeps_faulting_loses_its_port(memif):
+    """A set-aside port is tried again every 100 ms; a pod whose memory
+    stays broken faults each time, and after DP_SHM_MAX_FAULTS (16) the port
+    is left alone for good (each cut burst may cost the pool mbufs): no more
+    faults, no frames from a new pod on it, the others forward on."""
+    t, eng = memif, memif.eng
+    with MemifPeer(t.sock) as p:
+        p.send(frame(M, A))
+        assert t.recv(t.a)[0].src == M
+        p.shrink()
+        assert wait_port(eng, t.m, "shm_faults", MAX_FAULTS, tries=1000) == MAX_FAULTS
+        time.sleep(0.5)
+        assert eng.counters().port_dict(t.m)["shm_faults"] == MAX_FAULTS
+        assert eng.port_info(t.m).set_aside
+    rx = eng.counters().port_dict(t.m)["rx_packets"]
+    with connect(t.sock) as q:  # the driver still takes the connection
+        q.send(frame(M, A, 99))
+        t.nothing(t.a)
+        assert eng.counters().port_dict(t.m)["rx_packets"] == rx
+    t.send(t.a, frame(A, B))
+    assert t.recv(t.b)[0].src == A
+
+
 def test_pods_come_and_go_while_the_core_polls(memif):
     """Pods connecting, sending and going away over and over while the core
     polls and transmits to the port: the exit of a memif peer unmaps its
@@ -121,13 +149,7 @@ def test_pods_come_and_go_while_the_core_polls(memif):
                 p.send(frame(M, A, k))
             t.send(t.a, *[frame(A, M, k) for k in range(4)])
         eng.collect(t.a, wait=0)
-    for _ in range(100):
-        try:
-            q = MemifPeer(t.sock)
-            break
-        except (MemifError, OSError):
-            time.sleep(0.05)
-    with q:
+    with connect(t.sock) as q:
         q.send(frame(M, B, 99))
         got = t.recv(t.b)
         assert any(g[UDP].sport == 100 for g in got)
