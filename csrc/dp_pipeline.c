@@ -55,19 +55,24 @@ shm_rx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, uint16_t q, stru
             return 0;
         atomic_store_explicit(&dp_shm_faulted[pi], 0, memory_order_relaxed);
     }
-    /* the frames a cut burst had finished are those the driver stored */
-    memset(pkts, 0, DP_BURST * sizeof(*pkts));
+    struct rte_mbuf **b = w->shm_pkts;
     sigjmp_buf jb;
     if (sigsetjmp(jb, 0) != 0) {
         shm_cut(w, pi);
         for (unsigned i = 0; i < DP_BURST; i++)
-            if (pkts[i] != NULL)
-                drop(w, pkts[i], DP_DROP_SHM_FAULT);
+            if (b[i] != NULL) {
+                drop(w, b[i], DP_DROP_SHM_FAULT);
+                b[i] = NULL;
+            }
         return 0;
     }
     dp_shm_jb = &jb;
-    uint16_t n = rte_eth_rx_burst(p->eth_port, q, pkts, DP_BURST);
+    uint16_t n = rte_eth_rx_burst(p->eth_port, q, b, DP_BURST);
     dp_shm_jb = NULL;
+    for (uint16_t i = 0; i < n; i++) {
+        pkts[i] = b[i];
+        b[i] = NULL;
+    }
     return n;
 }
 

@@ -34,6 +34,9 @@ struct dp_wctx {
     uint16_t dirty[DP_MAX_PORTS];
     uint8_t queued[DP_MAX_PORTS];
     struct dp_txbuf tx[DP_MAX_PORTS];
+    /* rx bursts on a pod's shared memory land here first (shm_rx): all NULL
+     * between bursts, so a cut burst's finished frames are known */
+    struct rte_mbuf *shm_pkts[DP_BURST];
     struct dp_fdb_cent fcache[DP_FDB_CACHE_SIZE] __rte_cache_aligned;
     struct dp_fdb_cent vcache[DP_VTEP_CACHE_SIZE];
 };
