@@ -5,6 +5,10 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <rte_memory.h>
 
 #include "dp_error.h"
 #include "dp_shm.h"
@@ -16,6 +20,32 @@ atomic_uint_least64_t dp_shm_retry[DP_MAX_PORTS];
 
 /* the actions in place before ours, for faults outside a guarded burst */
 static struct sigaction prev_segv, prev_bus;
+static size_t page_size;
+
+/*
+ * A read past the end of a file mapped with a size its owner declared,
+ * outside a worker's burst: the memif driver's own thread reads a peer's
+ * rings as the peer connects, in the mapping of the size the peer gave.
+ * That page (of 4 KiB, else 2 MiB or 1 GiB for a hugepage mapping) reads
+ * as zeros from now on: the driver finds no ring there and refuses the
+ * peer, instead of the process dying. Never over DPDK's own memory.
+ */
+static int
+zero_page(void *addr)
+{
+    static const size_t sizes[] = {0, 2u << 20, 1u << 30};
+    if (addr == NULL || rte_mem_virt2memseg_list(addr) != NULL)
+        return 0;
+    for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        size_t sz = i == 0 ? page_size : sizes[i];
+        void *pg = (void *)((uintptr_t)addr & ~(uintptr_t)(sz - 1));
+        void *r =
+            mmap(pg, sz, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (r != MAP_FAILED)
+            return 1;
+    }
+    return 0;
+}
 
 static void
 shm_fault(int sig, siginfo_t *si, void *uc)
@@ -25,6 +55,8 @@ shm_fault(int sig, siginfo_t *si, void *uc)
         dp_shm_jb = NULL;
         siglongjmp(*jb, sig); /* SA_NODEFER: the signal stays unblocked */
     }
+    if (sig == SIGBUS && si != NULL && si->si_code == BUS_ADRERR && zero_page(si->si_addr))
+        return; /* the access runs again and reads zeros */
     /* not a guarded burst: what would have happened without us */
     const struct sigaction *prev = sig == SIGBUS ? &prev_bus : &prev_segv;
     if ((prev->sa_flags & SA_SIGINFO) && prev->sa_sigaction != NULL) {
@@ -59,6 +91,8 @@ install(int sig, struct sigaction *prev)
 int
 dp_shm_guard_install(void)
 {
+    if (page_size == 0)
+        page_size = (size_t)sysconf(_SC_PAGESIZE);
     int ret = install(SIGSEGV, &prev_segv);
     if (ret == 0)
         ret = install(SIGBUS, &prev_bus);

@@ -39,9 +39,13 @@ class MemifPeer:
     """Connects to ``path`` as the client of interface ``id``; ``send``
     puts frames on the c2s ring; ``shrink`` truncates the shared memory
     under the server's mapping (what a hostile pod can do); ``close``
-    drops the connection (what a pod's exit does)."""
+    drops the connection (what a pod's exit does). ``lie``: declare the
+    region's size but hand over an empty file (the server's first look at
+    the rings, as it accepts the connection, reads past its end)."""
 
-    def __init__(self, path: str, if_id: int = 0, log2: int = 4, name: str = "testpeer"):
+    def __init__(
+        self, path: str, if_id: int = 0, log2: int = 4, name: str = "testpeer", lie: bool = False
+    ):
         self.log2 = log2
         self.slots = 1 << log2
         ring = RING_HDR + DESC * self.slots
@@ -63,6 +67,8 @@ class MemifPeer:
         self._expect(HELLO)
         self._send(INIT, struct.pack("<HIB24s32s", VERSION, if_id, 0, b"", name.encode()))
         self._expect(ACK)
+        if lie:
+            os.ftruncate(self.fd, 0)
         self._send(ADD_REGION, struct.pack("<HQ", 0, self.size), self.fd)
         self._expect(ACK)
         for flags, off, ev in ((1, self.c2s, self.events[0]), (0, self.s2c, self.events[1])):

@@ -90,6 +90,23 @@ def test_shrunk_memory_under_rx_is_cut_and_counted(memif):
         assert eng.counters().port_dict(t.m)["shm_faults"] == faults
 
 
+def test_a_pod_that_declares_more_memory_than_it_has_is_refused(memif):
+    """The driver reads a new peer's rings in its own thread as it accepts
+    the connection, in a mapping of the size the peer declared: a peer
+    whose file is empty made that a SIGBUS outside any burst. The page
+    reads as zeros instead, the driver finds no ring and refuses the peer;
+    the core goes on, and an honest pod connects after it."""
+    t, eng = memif, memif.eng
+    with pytest.raises(MemifError):
+        MemifPeer(t.sock, lie=True)
+    t.send(t.a, frame(A, B))
+    assert t.recv(t.b)[0].src == A
+    with connect(t.sock) as q:
+        q.send(frame(M, A, 5))
+        assert t.recv(t.a)[0][UDP].sport == 6
+    assert eng.counters().port_dict(t.m)["shm_faults"] == 0
+
+
 def test_shrunk_memory_under_tx_is_cut_and_counted(memif):
     """The same under the core's transmit: the pod offers its buffers, then
     truncates them away (the rings stay); the core's write into them is cut
