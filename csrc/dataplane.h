@@ -131,7 +131,7 @@ struct dp_port_info {
     int tunnel_gso;             /* VXLAN super-frames leave whole (tunnel tap) */
     uint64_t tunnel_gso_frames; /* how many did */
     int shm;                    /* on a pod's shared memory (memif): bursts guarded */
-    int shm_set_aside;          /* ... set aside after a fault until the pod disconnects */
+    int shm_set_aside;          /* ... set aside after a fault (dp_shm.h) */
 };
 
 /* a network plane: strict priority (higher first), rates, queue, marking */

@@ -41,6 +41,17 @@
 
 /* ------------------------------------------------------------ main loop */
 
+/* port pi's faults since it was added (its counters are cleared then), over
+ * every worker: the tx of any may have faulted */
+static uint64_t
+shm_faults_of(uint16_t pi)
+{
+    uint64_t n = 0;
+    for (int w = 0; w < dp.n_workers; w++)
+        n += dp.ctr->port[w][pi][DP_PORT_SHM_FAULTS];
+    return n;
+}
+
 /* rx from a port on a pod's shared memory (dp_shm.h): the burst under the
  * fault guard. A port set aside after a fault is left alone until its
  * retry time, then tried again - unless it has faulted DP_SHM_MAX_FAULTS
@@ -49,9 +60,8 @@ static __rte_noinline uint16_t
 shm_rx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, uint16_t q, struct rte_mbuf **pkts)
 {
     if (unlikely(atomic_load_explicit(&dp_shm_faulted[pi], memory_order_relaxed))) {
-        if (q != 0 ||
-            atomic_load_explicit(&dp_shm_faults[pi], memory_order_relaxed) >= DP_SHM_MAX_FAULTS ||
-            rte_rdtsc() < atomic_load_explicit(&dp_shm_retry[pi], memory_order_relaxed))
+        if (q != 0 || rte_rdtsc() < atomic_load_explicit(&dp_shm_retry[pi], memory_order_relaxed) ||
+            shm_faults_of(pi) >= DP_SHM_MAX_FAULTS)
             return 0;
         atomic_store_explicit(&dp_shm_faulted[pi], 0, memory_order_relaxed);
     }

@@ -90,7 +90,6 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
     p->n_rxq = (uint16_t)n_rxq;
     p->shm = di.driver_name != NULL && strcmp(di.driver_name, "net_memif") == 0;
     atomic_store(&dp_shm_faulted[p->idx], 0);
-    atomic_store(&dp_shm_faults[p->idx], 0);
     return 0;
 }
 

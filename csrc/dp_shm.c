@@ -15,7 +15,6 @@
 
 __thread sigjmp_buf *volatile dp_shm_jb __attribute__((tls_model("initial-exec")));
 atomic_uchar dp_shm_faulted[DP_MAX_PORTS];
-atomic_uint dp_shm_faults[DP_MAX_PORTS];
 atomic_uint_least64_t dp_shm_retry[DP_MAX_PORTS];
 
 /* the actions in place before ours, for faults outside a guarded burst */

@@ -41,8 +41,6 @@ extern __thread sigjmp_buf *volatile dp_shm_jb __attribute__((tls_model("initial
 extern atomic_uchar dp_shm_faulted[DP_MAX_PORTS];
 /* per port index: the TSC time from which a set-aside port is tried again */
 extern atomic_uint_least64_t dp_shm_retry[DP_MAX_PORTS];
-/* per port index: its faults since it was added */
-extern atomic_uint dp_shm_faults[DP_MAX_PORTS];
 
 /* install the SIGSEGV and SIGBUS handlers (again, if something replaced
  * them since); 0 or a negative errno */

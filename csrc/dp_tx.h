@@ -40,12 +40,11 @@ tx_done(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **m, uint16_t n, uint16_
 }
 
 /* a burst on a pod's shared memory cut short by a fault (dp_shm.h): the
- * port is set aside until its link goes down (shm_rx) */
+ * port is set aside until its retry time (shm_rx) */
 static void
 shm_cut(struct dp_wctx *w, uint16_t pi)
 {
     w->port[pi][DP_PORT_SHM_FAULTS]++;
-    atomic_fetch_add_explicit(&dp_shm_faults[pi], 1, memory_order_relaxed);
     atomic_store_explicit(&dp_shm_retry[pi],
                           rte_rdtsc() + rte_get_tsc_hz() / 1000 * DP_SHM_RETRY_MS,
                           memory_order_relaxed);

@@ -171,7 +171,7 @@ class PortInfo:
     tunnel_gso: bool = False  # VXLAN super-frames leave whole (set_tunnel_gso)
     tunnel_gso_frames: int = 0  # how many did
     shared_memory: bool = False  # on a pod's shared memory (memif): bursts guarded
-    set_aside: bool = False  # ... and set aside after a fault until the pod disconnects
+    set_aside: bool = False  # ... and set aside after a fault (for 100 ms; for good after 16)
 
 
 class Counters:
