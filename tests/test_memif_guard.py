@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.memifpeer import MemifError, MemifPeer
-from tests.test_core import A, B, Topo, drops_since
+from tests.test_core import A, B, Topo, drops_since, wait_drop
 
 M = "02:00:00:00:00:0d"  # the memif pod's MAC
 PAGE = 4096
@@ -72,11 +72,7 @@ def test_shrunk_memory_under_rx_is_cut_and_counted(memif):
         assert wait_port(eng, t.m, "shm_faults", faults0 + 1) >= faults0 + 1
         # frames to it while it faults or is set aside: counted lost
         t.send(t.a, frame(A, M))
-        for _ in range(200):
-            if drops_since(eng, base)["shm_fault"] >= 1:
-                break
-            time.sleep(0.01)
-        assert drops_since(eng, base)["shm_fault"] == 1
+        assert wait_drop(eng, base, "shm_fault") == 1
     t.send(t.a, frame(A, B))
     assert t.recv(t.b)[0].src == A
     # the pod gone, the port is tried again and the next pod's frames flow
