@@ -4,7 +4,7 @@ built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
                          [--wire-underlay] [--idle-sleep-us US] [--only tcp_vxlan]
-                         [--kernel-driver af_xdp] [--no-tunnel-gso]
+                         [--kernel-driver af_xdp] [--no-tunnel-gso] [--cpu-latency-us US]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
@@ -68,6 +68,11 @@ says ``tunnel_gso=off``.
 ``--idle-sleep-us`` sets the service's ``idle_sleep_us``: its worker
 sleeps when idle, woken by a frame on a kernel port (csrc/dp_idle.c); the
 pings, 2 ms apart, then each find it asleep.
+
+``--cpu-latency-us`` sets the service's ``cpu_latency_us``: while it runs
+the kernel keeps every idle CPU out of idle states slower to leave than
+that (0: idle CPUs poll), for the kernel paths measured beside it too; the
+RESULT line then says ``cpu_latency_us=..``.
 
 ``--peer-csum-off`` switches tx checksum offload off on the eth0 of the
 host behind the kernel VTEP, so its frames carry finished checksums: a
@@ -298,7 +303,8 @@ class Lab:
                 f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
                 "memory_mb: 256\n"
                 f"idle_sleep_us: {a.idle_sleep_us}\n"
-                f"kernel_driver: {a.kernel_driver}\n"
+                + (f"cpu_latency_us: {a.cpu_latency_us}\n" if a.cpu_latency_us is not None else "")
+                + f"kernel_driver: {a.kernel_driver}\n"
                 # the host behind the kernel VTEP is in no store: its MAC is
                 # learned from what it sends (else every frame to it is an
                 # unknown unicast flood, held to the pods' storm rate)
@@ -585,7 +591,13 @@ def run(args) -> dict:
             idle_cpu = lab.worker_cpu()
             say(
                 f"the service's worker took {idle_cpu * 100:.0f} % of a CPU over 2 s without "
-                f"traffic (idle_sleep_us: {args.idle_sleep_us})"
+                f"traffic (idle_sleep_us: {args.idle_sleep_us}"
+                + (
+                    f"; cpu_latency_us: {args.cpu_latency_us}, held for every path"
+                    if args.cpu_latency_us is not None
+                    else ""
+                )
+                + ")"
             )
             say(
                 f"namespaces {lab.tag}-*; {args.pings} pings and {lab.iperf_seconds} s of "
@@ -651,6 +663,7 @@ def run(args) -> dict:
         "peer_csum_off": args.peer_csum_off,
         "wire_underlay": args.wire_underlay,
         "idle_sleep_us": args.idle_sleep_us,
+        "cpu_latency_us": args.cpu_latency_us,
         "kernel_driver": args.kernel_driver,
         "no_tunnel_gso": args.no_tunnel_gso,
         "idle_cpu": idle_cpu,
@@ -711,6 +724,14 @@ def parser() -> argparse.ArgumentParser:
         "(default 0: it spins)",
     )
     ap.add_argument(
+        "--cpu-latency-us",
+        type=int,
+        default=None,
+        help="the service's cpu_latency_us: the kernel keeps idle CPUs able to wake within "
+        "this many us while the service runs, for every path (0: they poll; default: no "
+        "request, the service's default)",
+    )
+    ap.add_argument(
         "--only",
         choices=sorted(ONLY),
         help="measure one figure only (tcp_vxlan: TCP pod -> host behind the kernel VTEP "
@@ -733,6 +754,8 @@ def main(argv=None) -> int:
         ap.error("--pings must be >= 1")
     if not 0 <= args.idle_sleep_us <= 100000:
         ap.error("--idle-sleep-us must be in 0..100000")
+    if args.cpu_latency_us is not None and not 0 <= args.cpu_latency_us <= 1_000_000:
+        ap.error("--cpu-latency-us must be in 0..1000000")
     if os.geteuid() != 0:
         print("bench: FAILED: needs root (it makes network namespaces)", file=sys.stderr)
         return 1
@@ -768,6 +791,8 @@ def _result(res):
     if res.get("idle_sleep_us"):
         out["idle_sleep_us"] = str(res["idle_sleep_us"])
         out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic
+    if res.get("cpu_latency_us") is not None:
+        out["cpu_latency_us"] = str(res["cpu_latency_us"])  # idle CPUs kept this fast to wake
     return "pods", out
 
 

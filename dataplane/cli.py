@@ -103,6 +103,11 @@ def cmd_status(args):
     print(
         f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}  "
         f"forwarding {st['forwarding']}  up {st['uptime_s']}s"
+        + (
+            f"  cpu latency {st['cpu_latency_us']} us (kernel limit {st['cpu_latency_limit_us']} us)"
+            if st.get("cpu_latency_us") is not None
+            else ""
+        )
     )
     for n in st["networks"]:
         print(

@@ -6,6 +6,7 @@
     lcores: [0, 1]                 # first: control thread, the rest: workers
     # idle_sleep_us: 0             # an idle worker sleeps up to this, woken by a frame (0: spins)
     # idle_yield: true             # a spinning worker yields its CPU when idle
+    # cpu_latency_us: 0            # idle CPUs wake within this (kernel CPU latency QoS; 0: they poll)
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
@@ -97,6 +98,7 @@ DEFAULT_MEMORY_MB = 512
 DEFAULT_LCORES = (0, 1)
 DEFAULT_KERNEL_DRIVER = "afpacket"
 MAX_IDLE_SLEEP_US = 100000  # the core's limit (dp_idle.c)
+MAX_CPU_LATENCY_US = 1_000_000  # a second: past any idle state's exit latency
 #: storm control of every pod port: broadcast, multicast and unknown unicast
 #: frames per second and burst (frames); ARP, ND and DHCP of a pod need a few
 DEFAULT_STORM_PPS = 1000
@@ -256,6 +258,7 @@ class NodeConfig:
     pod_socket_dir: str = DEFAULT_POD_SOCKET_DIR  # memif / vhost-user sockets
     idle_sleep_us: int = 0  # 0: the workers spin; else they sleep when idle (dp_idle.c)
     idle_yield: bool = True  # a spinning worker yields its CPU when idle (dp_idle.c)
+    cpu_latency_us: Optional[int] = None  # CPU latency request held while running (cpulatency.py)
 
     # ---------------------------------------------------------- look-ups
     def network(self, name: str) -> Optional[NetworkConfig]:
@@ -285,6 +288,12 @@ class NodeConfig:
         sentence each (``dataplane check`` prints them, the service logs them
         at start)."""
         out = []
+        if self.cpu_latency_us == 0 and self.idle_sleep_us:
+            out.append(
+                f"idle_sleep_us: {self.idle_sleep_us} with cpu_latency_us: 0: an idle CPU "
+                "polls instead of halting, so the worker's sleep saves no CPU time and adds "
+                "its wake-up to every frame that finds it asleep; drop one of the two"
+            )
         if not self.vtep.learning:
             flood = self.flood_lists()
             for n in self.networks:
@@ -321,6 +330,7 @@ class NodeConfig:
             "memory_mb": self.memory_mb,
             "idle_sleep_us": self.idle_sleep_us,
             "idle_yield": self.idle_yield,
+            "cpu_latency_us": self.cpu_latency_us,
             "vtep": dataclasses.asdict(self.vtep),
             "planes": {
                 p.name: {
@@ -433,6 +443,7 @@ _TOP_KEYS = (
     "memory_mb",
     "idle_sleep_us",
     "idle_yield",
+    "cpu_latency_us",
     "vtep",
     "planes",
     "networks",
@@ -493,6 +504,9 @@ def _node_config(data, base_dir) -> NodeConfig:
     memory_mb = check_memory_mb(top.get("memory_mb", DEFAULT_MEMORY_MB))
     idle_sleep_us = check_int(top.get("idle_sleep_us", 0), "idle_sleep_us", 0, MAX_IDLE_SLEEP_US)
     idle_yield = check_bool(top.get("idle_yield", True), "idle_yield")
+    cpu_latency_us = top.get("cpu_latency_us")
+    if cpu_latency_us is not None:
+        cpu_latency_us = check_int(cpu_latency_us, "cpu_latency_us", 0, MAX_CPU_LATENCY_US)
     vtep = _vtep(top["vtep"])
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
     networks = _networks(top.get("networks"), planes, vtep)
@@ -517,6 +531,7 @@ def _node_config(data, base_dir) -> NodeConfig:
         memory_mb=memory_mb,
         idle_sleep_us=idle_sleep_us,
         idle_yield=idle_yield,
+        cpu_latency_us=cpu_latency_us,
         vtep=vtep,
         planes=planes,
         networks=networks,

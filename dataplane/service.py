@@ -25,6 +25,7 @@ from .api import APIServer
 from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .config import NodeConfig
+from .cpulatency import CpuLatencyRequest
 from .errors import DataplaneError
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
@@ -58,6 +59,7 @@ class NodeService:
         self.net_index = network_index(config)
         self.uplink = None
         self.started = None
+        self.cpu_latency = None  # the held CPU latency request (cpu_latency_us)
         self._stop = threading.Event()
 
     # -------------------------------------------------------------- start
@@ -65,11 +67,14 @@ class NodeService:
         from .engine import Engine, EngineConfig
 
         cfg = self.config
-        self.store = open_store(cfg.store, cfg.node)
-        for n in cfg.networks:
-            self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
-        self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
+        if cfg.cpu_latency_us is not None:
+            # first: a node that cannot hold it starts nothing
+            self.cpu_latency = CpuLatencyRequest(cfg.cpu_latency_us)
         try:
+            self.store = open_store(cfg.store, cfg.node)
+            for n in cfg.networks:
+                self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
+            self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
             self._setup_core()
             self.sync = ClusterSync(cfg, self.store, self.engine, self.lock)
             self.pods = PodLife(
@@ -113,6 +118,7 @@ class NodeService:
             api=cfg.api_socket,
             metrics=cfg.metrics.listen,
             pods=len(self.store.pods()),
+            cpu_latency_us=cfg.cpu_latency_us,
         )
         for a in cfg.advice():
             log.warning(a)
@@ -241,6 +247,10 @@ class NodeService:
         # mbufs of the core's pool in flight or queued: back to its idle
         # level once traffic stops, whatever the frames were
         report["mbufs_in_use"] = self.engine.pool_in_use()
+        report["cpu_latency_us"] = self.config.cpu_latency_us
+        if self.cpu_latency is not None:
+            # what the kernel applies: the lowest request of every holder
+            report["cpu_latency_limit_us"] = self.cpu_latency.limit_us()
         if self.config.vtep.learning:
             report["learning"] = self.engine.learn_stats()
         return report
@@ -268,7 +278,13 @@ class NodeService:
             if self.store:
                 self.store.close()
                 self.store = None
+        self._release_cpu_latency()
         event("node service stopped", node=self.config.node)
+
+    def _release_cpu_latency(self):
+        if self.cpu_latency is not None:
+            self.cpu_latency.release()
+            self.cpu_latency = None
 
     def run_forever(self):
         me = os.getpid()

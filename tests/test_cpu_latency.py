@@ -1,0 +1,168 @@
+"""The node's CPU latency request (``cpu_latency_us``, dataplane/cpulatency.py)
+on the real kernel interface: the service holds it while it runs and
+forwards, the kernel applies it (idle CPUs stop entering idle states slower
+to leave than the request), and it is gone when the service stops or its
+holder dies. The fabric is the one of test_kernel_pods.py.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import test_kernel_pods as kp
+
+from dataplane.config import parse_config
+from dataplane.cpulatency import MAX_US, CpuLatencyRequest, current_limit_us
+from dataplane.errors import ConfigError, DataplaneError
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (/dev/cpu_dma_latency)"),
+]
+
+fabric = kp.fabric
+VTEP = {"address": "10.99.0.1/24", "uplink": "eth1"}
+
+
+def slow_idle_entries(limit_us):
+    """Times any CPU entered an idle state whose exit latency is above
+    ``limit_us``, summed over every CPU (the cpuidle framework's counters)."""
+    states = glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpuidle/state[0-9]*")
+    assert states, "no cpuidle states in sysfs: the kernel runs without cpuidle here"
+    n = 0
+    for s in states:
+        with open(f"{s}/latency") as f:
+            if int(f.read()) <= limit_us:
+                continue
+        with open(f"{s}/usage") as f:
+            n += int(f.read())
+    return n
+
+
+def entries_over(limit_us, seconds=0.5):
+    before = slow_idle_entries(limit_us)
+    time.sleep(seconds)
+    return slow_idle_entries(limit_us) - before
+
+
+def test_idle_cpus_keep_out_of_slow_idle_states_while_the_request_is_held():
+    assert current_limit_us() == MAX_US, "another process holds a CPU latency request"
+    # without a request this machine's CPUs halt when idle (the test sleeps)
+    assert entries_over(0) > 0, "no CPU entered an idle state with an exit latency above 0"
+    r = CpuLatencyRequest(0)
+    try:
+        assert r.limit_us() == 0
+        assert current_limit_us() == 0
+        assert entries_over(0) == 0, "a CPU halted while a request of 0 us was held"
+    finally:
+        r.release()
+    assert r.limit_us() is None
+    assert current_limit_us() == MAX_US
+    assert entries_over(0) > 0
+
+
+def test_the_kernel_applies_the_lowest_request_and_drops_a_dead_holders():
+    hold = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); "
+        "from dataplane.cpulatency import CpuLatencyRequest; "
+        "r = CpuLatencyRequest(3); print('held', flush=True); time.sleep(600)"
+    )
+    p = subprocess.Popen([sys.executable, "-c", hold, kp.ROOT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        assert current_limit_us() == 3
+        mine = CpuLatencyRequest(50)
+        try:
+            assert mine.limit_us() == 3  # the lower one of the two
+            p.kill()  # no release: the kernel drops its request with its file
+            p.wait(30)
+            assert mine.limit_us() == 50
+        finally:
+            mine.release()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+        p.stdout.close()
+    assert current_limit_us() == MAX_US
+
+
+def test_a_request_that_cannot_be_held_says_why(tmp_path):
+    with pytest.raises(DataplaneError) as e:
+        CpuLatencyRequest(0, device=str(tmp_path / "cpu_dma_latency"))
+    msg = str(e.value)
+    assert msg.startswith("cpu_latency_us: cannot hold a CPU latency request: ")
+    assert "No such file or directory" in msg
+
+
+@pytest.mark.netns
+def test_the_service_holds_its_request_while_it_forwards(fabric):
+    assert current_limit_us() == MAX_US, "another process holds a CPU latency request"
+    fab = fabric()
+    node = kp.Node(fab, 1, [], fab.mtu)
+    node.cfg.write_text(node.cfg.read_text() + "cpu_latency_us: 0\n")
+    fab.nodes[1] = node
+    node.start()
+    st = node.status()
+    assert st["cpu_latency_us"] == 0
+    assert st["cpu_latency_limit_us"] == 0
+    assert current_limit_us() == 0
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    kp.reach(a["ns"], b["ip"], "pod a -> pod b")
+    r = kp.ping(a["ns"], b["ip"], count=5, interval="0.05")
+    assert r.returncode == 0, r.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "status", "--socket", str(node.sock)],
+        capture_output=True,
+        text=True,
+        cwd=kp.ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "cpu latency 0 us (kernel limit 0 us)" in out.stdout
+    node.stop()
+    assert current_limit_us() == MAX_US
+
+
+@pytest.mark.netns
+def test_a_service_without_the_setting_makes_no_request(fabric):
+    fab = fabric()
+    node = kp.Node(fab, 1, [], fab.mtu)
+    fab.nodes[1] = node
+    node.start()
+    st = node.status()
+    assert st["cpu_latency_us"] is None
+    assert "cpu_latency_limit_us" not in st
+    assert current_limit_us() == MAX_US
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (-1, "cpu_latency_us: -1 out of range 0..1000000"),
+        (1000001, "cpu_latency_us: 1000001 out of range 0..1000000"),
+        ("0", "cpu_latency_us: '0' is not an integer"),
+        (True, "cpu_latency_us: True is not an integer"),
+    ],
+)
+def test_a_bad_cpu_latency_is_refused(value, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config({"vtep": VTEP, "cpu_latency_us": value})
+    assert message in str(e.value)
+
+
+def test_cpu_latency_is_read_and_written_back():
+    c = parse_config({"vtep": VTEP, "cpu_latency_us": 0})
+    assert c.cpu_latency_us == 0
+    assert parse_config(c.to_dict()).cpu_latency_us == 0
+    assert parse_config({"vtep": VTEP}).cpu_latency_us is None
+    assert parse_config({"vtep": VTEP, "cpu_latency_us": None}).cpu_latency_us is None
+
+
+def test_polling_cpus_with_an_idle_sleep_draw_advice():
+    c = parse_config({"vtep": VTEP, "cpu_latency_us": 0, "idle_sleep_us": 1000})
+    assert any("cpu_latency_us: 0" in a and "idle_sleep_us: 1000" in a for a in c.advice())
+    assert not parse_config({"vtep": VTEP, "cpu_latency_us": 0}).advice()
+    assert not parse_config({"vtep": VTEP, "cpu_latency_us": 20, "idle_sleep_us": 1000}).advice()
