@@ -5,10 +5,10 @@ A pod's frame through the core crosses CPUs twice: the worker picks it up
 on its own CPU, and the receiving pod's process is woken on another. When
 that CPU is idle its wake-up costs whatever its idle state costs to leave:
 on bare metal a deep C-state, on a virtual machine a halted vCPU that the
-host must schedule again (tens of µs on a busy host). The kernel's bridge
-never pays it for a ping - the sender's own system call carries the frame
-to the receiver and back - so it is where a userspace dataplane loses
-latency to the kernel.
+host must schedule again (several µs, more on a busy host). The kernel's
+bridge never pays it for a ping - the sender's own system call carries the
+frame to the receiver and back - so it is one place where a userspace
+dataplane loses latency to the kernel.
 
 The kernel's CPU latency QoS is the standard remedy (what tuned's
 latency-performance profile and cyclictest use): while a process holds
