@@ -48,6 +48,7 @@ class Snapshot(NamedTuple):
     planes: List[PlaneLabel] = []
     shaped: Dict[int, Dict[int, int]] = {}  # port -> {plane: queue depth}
     mbufs_in_use: Optional[int] = None  # of the core's pool
+    cpu_latency_limit_us: Optional[int] = None  # the kernel's, while the node holds a request
 
 
 class CoreCollector:
@@ -136,6 +137,14 @@ class CoreCollector:
                 "dataplane_mbufs_in_use",
                 "mbufs of the core's pool in flight or queued",
                 value=snap.mbufs_in_use,
+            )
+
+        if snap.cpu_latency_limit_us is not None:
+            yield GaugeMetricFamily(
+                "dataplane_node_cpu_latency_limit_us",
+                "CPU wake-up latency the kernel allows idle CPUs now, while the node holds "
+                "its cpu_latency_us request (the lowest request of every holder)",
+                value=snap.cpu_latency_limit_us,
             )
 
         yield from self._planes(snap)

@@ -238,7 +238,10 @@ class NodeService:
         with self.lock:
             if self.engine is None or self.store is None:
                 return None
-            return take_snapshot(self.config, self.engine, self.store, self.net_index, self.uplink)
+            snap = take_snapshot(self.config, self.engine, self.store, self.net_index, self.uplink)
+            if self.cpu_latency is not None:
+                snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())
+            return snap
 
     def status(self) -> dict:
         report = status_report(
@@ -248,9 +251,10 @@ class NodeService:
         # level once traffic stops, whatever the frames were
         report["mbufs_in_use"] = self.engine.pool_in_use()
         report["cpu_latency_us"] = self.config.cpu_latency_us
-        if self.cpu_latency is not None:
+        req = self.cpu_latency
+        if req is not None:
             # what the kernel applies: the lowest request of every holder
-            report["cpu_latency_limit_us"] = self.cpu_latency.limit_us()
+            report["cpu_latency_limit_us"] = req.limit_us()
         if self.config.vtep.learning:
             report["learning"] = self.engine.learn_stats()
         return report
@@ -278,7 +282,7 @@ class NodeService:
             if self.store:
                 self.store.close()
                 self.store = None
-        self._release_cpu_latency()
+            self._release_cpu_latency()
         event("node service stopped", node=self.config.node)
 
     def _release_cpu_latency(self):
