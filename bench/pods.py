@@ -599,6 +599,14 @@ def run(args) -> dict:
                 )
                 + ")"
             )
+            if args.cpu_latency_us is not None:
+                from dataplane.api import call
+
+                st = call(lab.sock, "GET", "/v1/status")
+                say(
+                    f"the service holds cpu_latency_us: {st['cpu_latency_us']}; the kernel's "
+                    f"limit for idle CPUs while measuring: {st['cpu_latency_limit_us']} us"
+                )
             say(
                 f"namespaces {lab.tag}-*; {args.pings} pings and {lab.iperf_seconds} s of "
                 f"iperf3 per test; ping and iperf3 on CPU {args.gen_cpu} (taskset), "

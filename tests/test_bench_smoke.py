@@ -270,3 +270,26 @@ def test_pods_with_af_xdp_pods():
     # the pods' veths are net_af_xdp ports of the core
     ports = next(x for x in err.splitlines() if "the service's ports:" in x)
     assert ports.count("net_af_xdp_") == 2 and ports.count("(pod)") == 2, ports
+
+
+@pytest.mark.netns
+def test_pods_with_a_cpu_latency_request():
+    """``--cpu-latency-us 0``: the service holds the node's CPU latency
+    request while every path is measured, the RESULT line says so, and the
+    request is gone with the service."""
+    from dataplane.cpulatency import MAX_US, current_limit_us
+
+    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
+    assert current_limit_us() == MAX_US, "another process holds a CPU latency request"
+    pid, rc, out, err = run_bench(
+        "pods", ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--cpu-latency-us", "0"]
+    )
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert fields.get("cpu_latency_us") == "0", out
+    assert float(fields["ours_vtep_tcp_gbps"]) > 0, out
+    assert "cpu_latency_us: 0, held for every path" in err, err
+    # read from the service's status, not from the arguments
+    assert "the kernel's limit for idle CPUs while measuring: 0 us" in err, err
+    assert current_limit_us() == MAX_US
