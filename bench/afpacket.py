@@ -5,6 +5,8 @@ DPDK's ``net_af_packet`` PMD, DPDK's ``net_af_xdp`` PMD (the node's
     python -m bench afpacket [--seconds S] [--runs N] ...
     ->  RESULT name=afpacket native_pps=.. pmd_pps=.. kernel_pps=.. ratio=<native/pmd>
         kernel_ratio=<native/kernel> afxdp_pps=.. afxdp_kernel_ratio=<afxdp/kernel>
+        [rate_pps=.. | load=..] [rps=off] [idle_yield=off] [idle_sleep_us=..]
+        [br_netfilter=on] [verified=0]   (what departs from the default footing)
 
 Set-up (all in three network namespaces made for the run, named
 ``afpb<pid>-{pod,node,ul}``, removed at the end, also on error or Ctrl-C):
@@ -145,6 +147,7 @@ ENGINES = ("native", "pmd", "afxdp")
 #: net_af_xdp rx ring's size, which the other drivers' rings are matched to
 AF_XDP_RX_SLOTS = 1024
 NATIVE_FRAME_SIZE = 2048  # a native ring frame at this MTU: the ring is frames x 2048 bytes
+DEFAULT_LOAD = 0.9  # of the source's own rate: an overload for every contender here
 
 
 def native_frames(slots: int) -> int:
@@ -927,7 +930,30 @@ def run(args) -> dict:
         "kernel_ratio": kr,
         "afxdp_kernel_ratio": xkr,
         "source_pps": src["offered_pps"],
+        "footing": footing(args),
     }
+
+
+def footing(args) -> dict:
+    """The RESULT line's record of every choice that departs from the
+    benchmark's default footing (empty for a default run), so a figure is
+    never quoted without the set-up that produced it."""
+    out = {}
+    if args.rate >= 0:
+        out["rate_pps"] = str(args.rate)  # 0: the generator flat out
+    elif args.load != DEFAULT_LOAD:
+        out["load"] = f"{args.load:g}"
+    if not args.rps:
+        out["rps"] = "off"  # vpod's receive on the sending CPU
+    if args.no_idle_yield:
+        out["idle_yield"] = "off"
+    if args.idle_sleep_us:
+        out["idle_sleep_us"] = str(args.idle_sleep_us)
+    if args.br_netfilter:
+        out["br_netfilter"] = "on"
+    if not args.verify:
+        out["verified"] = "0"
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
@@ -958,7 +984,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--load",
         type=float,
-        default=0.9,
+        default=DEFAULT_LOAD,
         help="without --rate: the offered load as a fraction of the source's own rate "
         "(default 0.9: an overload for every contender here, one the generator keeps "
         "up whatever the contender)",
@@ -1048,6 +1074,7 @@ def _result(res):
         "kernel_ratio": f"{res['kernel_ratio']:.3f}",
         "afxdp_pps": f"{res['afxdp']:.0f}",
         "afxdp_kernel_ratio": f"{res['afxdp_kernel_ratio']:.3f}",
+        **res["footing"],
     }
 
 

@@ -293,3 +293,19 @@ def test_pods_with_a_cpu_latency_request():
     # read from the service's status, not from the arguments
     assert "the kernel's limit for idle CPUs while measuring: 0 us" in err, err
     assert current_limit_us() == MAX_US
+
+
+@pytest.mark.netns
+def test_afpacket_result_says_its_footing():
+    """A run off the default footing says so in its RESULT line: the
+    figures of ``--no-rps`` or ``--no-verify`` are never quoted as the
+    default's."""
+    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
+    args = QUICK + ["--warmup", "0.1"] + FEW_FRAMES + ["--no-rps", "--no-verify", "--load", "0.5"]
+    pid, rc, out, err = run_bench("afpacket", args)
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert list(fields)[-3:] == ["load", "rps", "verified"], out
+    assert (fields["load"], fields["rps"], fields["verified"]) == ("0.5", "off", "0"), out
+    assert float(fields["kernel_pps"]) > 0, out
