@@ -1,6 +1,7 @@
 """VXLAN encap/decap throughput of the core against testpmd io-forward.
 
-    python -m bench encap -> RESULT name=encap64 mpps= testpmd_mpps= ratio= macs= vteps= cache_miss= fdb_slow= verified=
+    python -m bench encap -> RESULT name=encap64 mpps= testpmd_mpps= ratio= macs= vteps= frames=
+                             [mode=fallback] cache_miss= fdb_slow= verified= [ovs_mpps= ovs_ratio=]
     python -m bench decap -> RESULT name=decap64 ...  (the same fields)
 
 Method:
@@ -262,6 +263,8 @@ def run(args) -> dict:
         "ratio": rel,
         "macs": args.macs,
         "vteps": args.vteps,
+        "frames": args.frames,
+        "mode": args.mode,
         "cache_miss": misses / lookups if lookups else 0.0,
         "fdb_slow": slow / lookups if lookups else 0.0,
         "verified": 1 if args.verify else 0,
@@ -372,6 +375,8 @@ def _result(res):
         "ratio": f"{res['ratio']:.3f}",
         "macs": res["macs"],
         "vteps": res["vteps"],
+        "frames": res["frames"],  # flows in the pcap: the caches' footprint, testpmd's too
+        **({"mode": res["mode"]} if res["mode"] != "hugepages" else {}),
         "cache_miss": f"{res['cache_miss']:.4f}",
         "fdb_slow": f"{res['fdb_slow']:.4f}",
         "verified": res["verified"],

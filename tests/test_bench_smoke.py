@@ -37,6 +37,7 @@ MAYBE = ("figure or 0 (a failed path)", lambda x: x >= 0)
 TABLES = {
     "macs": ("64 MACs", lambda x: x == 64),
     "vteps": ("8 VTEPs", lambda x: x == 8),
+    "frames": ("64 frames", lambda x: x == 64),
     "cache_miss": ("miss ratio", lambda x: 0 <= x <= 1),
     "fdb_slow": ("slow lookup ratio", lambda x: 0 <= x <= 1),
     "verified": ("1 (checked)", lambda x: x == 1),
