@@ -244,17 +244,15 @@ class NodeService:
             return snap
 
     def status(self) -> dict:
-        report = status_report(
-            self.config, self.snapshot(), self.engine.running, self.started, self.uplink
-        )
+        snap = self.snapshot()
+        report = status_report(self.config, snap, self.engine.running, self.started, self.uplink)
         # mbufs of the core's pool in flight or queued: back to its idle
         # level once traffic stops, whatever the frames were
-        report["mbufs_in_use"] = self.engine.pool_in_use()
+        report["mbufs_in_use"] = snap.mbufs_in_use
         report["cpu_latency_us"] = self.config.cpu_latency_us
-        req = self.cpu_latency
-        if req is not None:
+        if snap.cpu_latency_limit_us is not None:
             # what the kernel applies: the lowest request of every holder
-            report["cpu_latency_limit_us"] = req.limit_us()
+            report["cpu_latency_limit_us"] = snap.cpu_latency_limit_us
         if self.config.vtep.learning:
             report["learning"] = self.engine.learn_stats()
         return report

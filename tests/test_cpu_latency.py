@@ -14,7 +14,7 @@ import time
 
 import pytest
 import test_kernel_pods as kp
-from test_kernel_idle import METRICS_PORT, node_with
+from test_kernel_idle import metrics_text, node_with
 
 from dataplane.config import parse_config
 from dataplane.cpulatency import MAX_US, CpuLatencyRequest, current_limit_us
@@ -44,14 +44,8 @@ def slow_idle_entries(limit_us):
 
 
 def metric(node, name):
-    """The values of metric ``name`` in the node's /metrics (its namespace)."""
-    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
-    get = (
-        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
-    )
-    r = kp.nsx(node.ns, sys.executable, "-c", get, timeout=30)
-    assert r.returncode == 0, f"metrics of node{node.n}: {r.stderr}"
-    return re.findall(rf"^{name} (\S+)$", r.stdout, re.M)
+    """The values of the unlabelled metric ``name`` in the node's /metrics."""
+    return re.findall(rf"^{name} (\S+)$", metrics_text(node), re.M)
 
 
 def entries_over(limit_us, seconds=0.5):

@@ -42,16 +42,21 @@ def node_with(fab, n, remotes, extra, vtep_extra=""):
     return node
 
 
-def idle_count(node, what="sleeps"):
-    """dataplane_worker_idle_<what>_total of the node's worker(s), summed."""
+def metrics_text(node):
+    """The node's /metrics page, fetched inside its namespace (node_with)."""
     url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
     get = (
         f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
     )
     r = kp.nsx(node.ns, sys.executable, "-c", get, timeout=30)
     assert r.returncode == 0, f"metrics of node{node.n}: {r.stderr}"
+    return r.stdout
+
+
+def idle_count(node, what="sleeps"):
+    """dataplane_worker_idle_<what>_total of the node's worker(s), summed."""
     name = f"dataplane_worker_idle_{what}_total"
-    found = re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", r.stdout, re.M)
+    found = re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", metrics_text(node), re.M)
     assert found, f"no {name} in the metrics"
     return sum(float(x) for x in found)
 
