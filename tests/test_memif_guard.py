@@ -165,4 +165,6 @@ def test_pods_come_and_go_while_the_core_polls(memif):
     with connect(t.sock) as q:
         q.send(frame(M, B, 99))
         got = t.recv(t.b)
-        assert any(g[UDP].sport == 100 for g in got)
+        # besides it, a frame read through a stale ring index may arrive
+        # (DPDK's reconnect race, docs/dpdk-pods.md): it is not this one
+        assert any(UDP in g and g[UDP].sport == 100 for g in got), got
