@@ -196,6 +196,19 @@ int dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t vtep_ip);
 int dp_fdb_del(int net, const uint8_t *mac);
 int dp_fdb_get(int net, const uint8_t *mac, int *kind, uint32_t *target);
 int dp_fdb_count(void);
+/* one FDB entry as dp_fdb_list gives it */
+struct dp_fdb_entry {
+    int net;
+    uint8_t mac[6];
+    int kind;        /* DP_FDB_LOCAL or DP_FDB_REMOTE */
+    uint32_t target; /* local: the port; remote: the VTEP's IPv4 address */
+    int learned;     /* 1: learned from the underlay (dp_learn) */
+    uint32_t age_ms; /* learned: since it was learned or last confirmed */
+};
+/* up to cap entries of network net (-1: every network) into out, from
+ * table position *pos on (0 to begin): how many (0: no more), *pos
+ * advanced. Positions hold while no entry is added or removed. */
+int dp_fdb_list(int net, uint32_t *pos, struct dp_fdb_entry *out, int cap);
 
 /* VTEP and underlay neighbours */
 int dp_vtep_set(const struct dp_vtep_conf *conf);

@@ -25,17 +25,36 @@ slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, 
         w->drop[DP_DROP_SLOWPATH_FULL]++;
 }
 
-/* learning: a source MAC the FDB does not know reported with its VTEP
- * (the control thread decides what it believes: dp_learn.c) */
+/* learning: a source MAC the FDB does not know reported with its VTEP;
+ * one it has as a remote entry reported again, from the same VTEP at most
+ * every dp_learn_report_cycles (so that a learned entry in use is
+ * confirmed before it ages out), from another at once (so that a MAC that
+ * moved is followed); the control thread decides what it believes
+ * (dp_learn.c) */
 static void
 learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t olen,
           uint32_t src_ip_be)
 {
     const uint8_t *src = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen + 6);
+    if (src[0] & 1)
+        return;
     uint64_t key = dp_fdb_key(net, src);
-    uint32_t v;
-    if (!(src[0] & 1) && !dp_ftab_find(w->fdb, key, dp_key8_hash(key), &v))
+    uint32_t h = dp_key8_hash(key), v;
+    if (!dp_ftab_find(w->fdb, key, h, &v)) {
         slow_event(w, DP_EV_LEARN, src, src_ip_be, net);
+        return;
+    }
+    if (DP_FV_KIND(v) != DP_FDB_REMOTE)
+        return;
+    unsigned s = h & (DP_LEARN_HEARD_SLOTS - 1);
+    if (w->heard[s].key == key && w->heard[s].vtep_be == src_ip_be &&
+        w->rx_tsc - w->heard[s].tsc <
+            atomic_load_explicit(&dp_learn_report_cycles, memory_order_relaxed))
+        return;
+    w->heard[s].key = key;
+    w->heard[s].tsc = w->rx_tsc;
+    w->heard[s].vtep_be = src_ip_be;
+    slow_event(w, DP_EV_HEARD, src, src_ip_be, net);
 }
 
 /* ARP on the uplink: answer requests for the VTEP address, learn senders */

@@ -204,6 +204,9 @@ dp_setup(unsigned n_mbufs)
         ret = dp_fail(-ENOMEM, "cannot create rings/counters");
         goto fail;
     }
+    /* learning's defaults, now that the TSC's rate is known */
+    (void)dp_learn_config(DP_LEARN_AGE_MS_DEFAULT, DP_LEARN_PER_NET_DEFAULT,
+                          DP_LEARN_PER_VTEP_DEFAULT);
     for (int w = 0; w < DP_MAX_WORKERS; w++) {
         struct dp_poll_list *pl = calloc(1, sizeof(*pl));
         if (!pl) {

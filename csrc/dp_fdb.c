@@ -201,6 +201,32 @@ dp_fdb_get(int net, const uint8_t *mac, int *kind, uint32_t *target)
 }
 
 int
+dp_fdb_list(int net, uint32_t *pos, struct dp_fdb_entry *out, int cap)
+{
+    if (net < -1 || net >= DP_MAX_NETS)
+        return dp_fail(-EINVAL, "network index %d out of range", net);
+    if (cap < 0)
+        return dp_fail(-EINVAL, "room for %d entries", cap);
+    int n = 0;
+    uint64_t key;
+    uint32_t val;
+    while (n < cap && dp_ftab_next(pos, &key, &val)) {
+        if (net >= 0 && (int)(key >> 48) != net)
+            continue;
+        struct dp_fdb_entry *e = &out[n++];
+        *e = (struct dp_fdb_entry){.net = (int)(key >> 48), .kind = (int)DP_FV_KIND(val)};
+        memcpy(e->mac, &key, 6);
+        e->target = DP_FV_TARGET(val);
+        if (e->kind == DP_FDB_REMOTE) {
+            struct dp_tunnel *t = atomic_load(&dp.tunnels[e->target]);
+            e->target = t ? t->ip : 0;
+            e->learned = dp_learn_age_of(key, &e->age_ms);
+        }
+    }
+    return n;
+}
+
+int
 dp_fdb_count(void)
 {
     return (int)dp_ftab_count();

@@ -58,6 +58,7 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
  * epoch, and only entries of the current epoch answer.
  */
 #define DP_FDB_CACHE_SIZE 1024   /* entries per worker, power of two (16 KB) */
+#define DP_LEARN_HEARD_SLOTS 256 /* per worker, power of two: remote MACs last reported */
 #define DP_FDB_CACHE_WINDOW 1024 /* lookups over which the cache's hit rate is judged */
 #define DP_FDB_CACHE_REST 63     /* bursts without the cache after a window it nearly all missed */
 #define DP_VTEP_CACHE_SIZE 256
@@ -169,7 +170,12 @@ struct dp_slow_event {
     uint32_t net;
 };
 #define DP_EV_NEIGH 1
-#define DP_EV_LEARN 2
+#define DP_EV_LEARN 2 /* a source MAC the FDB does not have, and its VTEP */
+#define DP_EV_HEARD 3 /* a remote one it has, heard again from a VTEP */
+
+/* learning: how long after a worker reported a remote source MAC it reports
+ * the same MAC again (TSC cycles; dp_learn.c sets it from the age) */
+extern _Atomic uint64_t dp_learn_report_cycles;
 
 /* worker poll lists: immutable snapshots */
 /* what a worker polls: (port, rx queue) pairs */

@@ -40,6 +40,19 @@ static uint32_t max_vtep = DP_LEARN_PER_VTEP_DEFAULT;
 static uint64_t stats[DP_LEARN_STAT_COUNT];
 static uint64_t last_age;
 
+/* a quarter of the age, at most a second: a learned entry in use is
+ * confirmed several times before it would age out, and a MAC that moved
+ * to another VTEP follows within a second */
+_Atomic uint64_t dp_learn_report_cycles;
+
+static void
+set_report_cycles(void)
+{
+    uint64_t ms = RTE_MIN(age_ms / 4, 1000u);
+    atomic_store_explicit(&dp_learn_report_cycles, ms * (rte_get_tsc_hz() / 1000),
+                          memory_order_relaxed);
+}
+
 static unsigned
 lt_hash(uint64_t key)
 {
@@ -120,6 +133,18 @@ dp_learn_forget(uint64_t key)
 }
 
 int
+dp_learn_age_of(uint64_t key, uint32_t *age)
+{
+    int i = lt_n ? lt_find(key) : -1;
+    if (i < 0)
+        return 0;
+    uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    uint64_t ms = (rte_get_tsc_cycles() - lt[i].tsc) / (hz_ms ? hz_ms : 1);
+    *age = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+    return 1;
+}
+
+int
 dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
 {
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
@@ -160,6 +185,16 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
     return 0;
 }
 
+/* a remote MAC the FDB has, heard again from VTEP ip: a learned entry is
+ * confirmed, or moves to ip (dp_fdb_learn); one the control API set stays
+ * as it is, whatever the underlay says */
+void
+dp_learn_heard(int net, const uint8_t *mac, uint32_t ip)
+{
+    if (lt_n && lt_find(dp_fdb_key((uint32_t)net, mac)) >= 0)
+        (void)dp_fdb_learn(net, mac, ip);
+}
+
 /* learned entries not confirmed within age_ms: removed (housekeeping) */
 void
 dp_learn_age(void)
@@ -198,6 +233,7 @@ dp_learn_config(uint32_t age, uint32_t per_net_max, uint32_t per_vtep_max)
     age_ms = age;
     max_net = per_net_max;
     max_vtep = per_vtep_max;
+    set_report_cycles();
     return 0;
 }
 

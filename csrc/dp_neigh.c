@@ -313,6 +313,8 @@ dp_housekeeping(void)
                 neigh_heard(ev[i].ip, ev[i].mac);
             else if (ev[i].kind == DP_EV_LEARN && dp_net_get((int)ev[i].net))
                 (void)dp_fdb_learn((int)ev[i].net, ev[i].mac, ev[i].ip);
+            else if (ev[i].kind == DP_EV_HEARD && dp_net_get((int)ev[i].net))
+                dp_learn_heard((int)ev[i].net, ev[i].mac, ev[i].ip);
         }
         handled += (int)n;
     }

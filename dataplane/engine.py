@@ -19,7 +19,7 @@ import shutil
 import struct
 import threading
 import time
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -174,6 +174,18 @@ class PortInfo:
     set_aside: bool = False  # ... and set aside after a fault (for 100 ms; for good after 16)
 
 
+class FdbEntry(NamedTuple):
+    """One FDB entry (Engine.fdb_list)."""
+
+    network: int  # the core's network index
+    mac: str
+    kind: str  # "local" or "remote"
+    port: Optional[int]  # local: the port it goes to
+    vtep: Optional[str]  # remote: the VTEP it goes to
+    learned: bool  # remote: learned from the underlay (vtep.learning)
+    age_s: Optional[float]  # learned: since it was learned or last confirmed
+
+
 class Counters:
     """Counters summed over workers at the time of the call (numpy arrays)."""
 
@@ -326,6 +338,39 @@ class _Tables:
         if kind[0] == lib.DP_FDB_LOCAL:
             return ("local", int(target[0]))
         return ("remote", str(ipaddress.IPv4Address(target[0])))
+
+    def fdb_list(self, net: Optional[int] = None) -> List[FdbEntry]:
+        """The FDB's entries (of network ``net``, else all), in table
+        order, read in one go (no entry changes meanwhile)."""
+        if net is not None and not 0 <= net < lib.DP_MAX_NETS:
+            raise ConfigError(f"network index {net} out of range 0..{lib.DP_MAX_NETS - 1}")
+        chunk = 1024
+        buf = ffi.new("struct dp_fdb_entry[]", chunk)
+        pos = ffi.new("uint32_t *", 0)
+        out: List[FdbEntry] = []
+        with self._lock:
+            while True:
+                n = check(
+                    lib.dp_fdb_list(-1 if net is None else net, pos, buf, chunk),
+                    lib,
+                    ffi,
+                    "listing the FDB",
+                )
+                for e in buf[0:n]:
+                    remote = e.kind == lib.DP_FDB_REMOTE
+                    out.append(
+                        FdbEntry(
+                            e.net,
+                            ":".join(f"{b:02x}" for b in e.mac),
+                            "remote" if remote else "local",
+                            None if remote else int(e.target),
+                            str(ipaddress.IPv4Address(e.target)) if remote else None,
+                            bool(e.learned),
+                            e.age_ms / 1000.0 if e.learned else None,
+                        )
+                    )
+                if n < chunk:
+                    return out
 
     def fdb_count(self) -> int:
         with self._lock:
