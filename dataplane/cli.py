@@ -7,6 +7,7 @@
     dataplane pod del NAME
     dataplane pod list
     dataplane net list
+    dataplane fdb [--network NAME] [--mac MAC]   which port or VTEP each MAC goes to
     dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
     dataplane attachment list             CNI attachments (container, ifname, pod)
     dataplane attachment del CONTAINER_ID IFNAME
@@ -153,6 +154,35 @@ def cmd_net(args):
     return 0
 
 
+def cmd_fdb(args):
+    query = {k: v for k, v in (("network", args.network), ("mac", args.mac)) if v is not None}
+    rows = _call(args, "GET", "/v1/fdb", query=query or None)
+    if args.json:
+        _print(rows, True)
+        return 0
+    if not rows:
+        print(
+            "no FDB entry"
+            + (" for " + " ".join(f"{k} {v}" for k, v in query.items()) if query else "")
+        )
+        return 0
+    print(f"{'NETWORK':10s} {'MAC':17s} {'TYPE':6s} {'TO':18s} {'ORIGIN':8s} WHOSE")
+    for r in rows:
+        to = r["port"] if r["type"] == "local" else r["vtep"]
+        if r["origin"] in ("pod", "cluster"):
+            whose = f"pod {r['pod']} plane {r['plane']}" + (
+                f" on node {r['node']}" if r.get("node") else ""
+            )
+        elif r["origin"] == "host":
+            whose = f"host {r['host']}"
+        elif r["origin"] == "learned":
+            whose = f"age {r['age_s']:.1f} s"
+        else:
+            whose = "-"
+        print(f"{r['network']:10s} {r['mac']:17s} {r['type']:6s} {to:18s} {r['origin']:8s} {whose}")
+    return 0
+
+
 def cmd_attachment(args):
     if args.att_cmd == "del":
         body = {"container_id": args.container_id, "ifname": args.ifname}
@@ -216,6 +246,14 @@ def build_parser():
     p.add_argument("net_cmd", choices=["list"])
     client(p)
     p.set_defaults(fn=cmd_net)
+    p = sub.add_parser(
+        "fdb",
+        help="show the forwarding database: which port or VTEP each MAC goes to, and why",
+    )
+    p.add_argument("--network", help="only this network's entries")
+    p.add_argument("--mac", help="only this MAC's entries")
+    client(p)
+    p.set_defaults(fn=cmd_fdb)
     from . import capture_cli
 
     capture_cli.add_parser(sub)

@@ -26,11 +26,11 @@ from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .config import NodeConfig
 from .cpulatency import CpuLatencyRequest
-from .errors import DataplaneError
+from .errors import DataplaneError, NotFound
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
 from .podnet import redirect_ingress, tunnel_tap_name, uplink_wire_sized
-from .status import api_routes, status_report, take_snapshot
+from .status import api_routes, fdb_report, status_report, take_snapshot
 from .store import StateStore, open_store
 from .sync import ClusterSync, network_index
 
@@ -88,7 +88,7 @@ class NodeService:
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
-            routes = api_routes(cfg, self.status, self.pods)
+            routes = api_routes(cfg, self.status, self.pods, self.fdb)
             self.attachments = Attachments(
                 cfg,
                 self.store,
@@ -256,6 +256,33 @@ class NodeService:
         if self.config.vtep.learning:
             report["learning"] = self.engine.learn_stats()
         return report
+
+    def fdb(self, network: Optional[str] = None, mac: Optional[str] = None) -> list:
+        """The FDB (:func:`dataplane.status.fdb_report`): of ``network`` (a
+        name), of one ``mac`` (normalised), or all."""
+        if network is not None and network not in self.net_index:
+            raise NotFound(
+                f"network: no network {network!r} on this node "
+                f"(it has {', '.join(sorted(self.net_index)) or 'none'})"
+            )
+        with self.lock:
+            if self.engine is None:
+                raise NotFound("the node service is stopping")
+            entries = self.engine.fdb_list(self.net_index[network] if network else None)
+            ports = {p.index: p.name for p in self.engine.ports()}
+            remote = {
+                (self.net_index[e["network"]], e["mac"].lower()): e
+                for e in self.sync.remote.values()
+                if e["network"] in self.net_index
+            }
+        if mac is not None:
+            entries = [e for e in entries if e.mac == mac]
+        local = {
+            (self.net_index[e["network"]], e["mac"].lower()): e
+            for e in self.store.endpoints()
+            if e["network"] in self.net_index and (e.get("node") in (None, self.config.node))
+        }
+        return fdb_report(entries, self.net_index, ports, local, remote)
 
     # --------------------------------------------------------------- stop
     def stop(self):

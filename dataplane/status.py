@@ -7,7 +7,8 @@ from typing import Callable, Dict, Optional
 
 from . import __version__
 from .api import Route
-from .checks import check_json_document, check_netns_path, check_pod_name
+from .checks import check_json_document, check_mac, check_name, check_netns_path, check_pod_name
+from .store.etcd_alloc import STATIC_NODE_PREFIX
 
 
 def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optional[int]):
@@ -105,11 +106,52 @@ def _plane_status(c, pl, depths, uplink):
     return d
 
 
-def api_routes(config, status: Callable[[], dict], pods) -> dict:
+def fdb_report(entries, networks: Dict[str, int], port_names, local_eps, remote_eps) -> list:
+    """The FDB as ``dataplane fdb`` and ``GET /v1/fdb`` show it: one dict a
+    MAC, sorted by network, kind and MAC. ``entries``: the core's
+    (:meth:`Engine.fdb_list`); ``networks``: a network's name to its index;
+    ``port_names``: a port's index to its name; ``local_eps`` and
+    ``remote_eps``: {(network index, mac): endpoint} of this node's pods and
+    of other nodes' (the cluster view), to say whose a MAC is.
+
+    ``origin`` says why the entry is there: ``pod`` (a pod of this node),
+    ``port`` (a local port no pod record names), ``cluster`` (a pod of
+    another node), ``host`` (a host described to the cluster), ``learned``
+    (from the underlay, with ``age_s``: since it was learned or last
+    heard), ``api`` (set in the core with no record behind it)."""
+    names = {i: n for n, i in networks.items()}
+    rows = []
+    for e in entries:
+        key = (e.network, e.mac)
+        row = {"network": names.get(e.network, str(e.network)), "mac": e.mac, "type": e.kind}
+        if e.kind == "local":
+            row["port"] = port_names.get(e.port, str(e.port))
+            ep = local_eps.get(key)
+            row["origin"] = "pod" if ep else "port"
+            if ep:
+                row.update(pod=ep["pod"], plane=ep["plane"])
+        else:
+            row["vtep"] = e.vtep
+            ep = remote_eps.get(key)
+            if e.learned:
+                row.update(origin="learned", age_s=round(e.age_s, 1))
+            elif ep and str(ep.get("node") or "").startswith(STATIC_NODE_PREFIX):
+                row.update(origin="host", host=ep["pod"])
+            elif ep:
+                row.update(origin="cluster", pod=ep["pod"], plane=ep["plane"], node=ep["node"])
+            else:
+                row["origin"] = "api"
+        rows.append(row)
+    rows.sort(key=lambda r: (r["network"], r["type"], r["mac"]))
+    return rows
+
+
+def api_routes(config, status: Callable[[], dict], pods, fdb: Callable[..., list]) -> dict:
     """The control API's routes: {(method, path): handler(body, query)},
     each a :class:`~dataplane.api.Route` naming the fields it takes.
     ``status()`` gives the status report; ``pods`` attaches and detaches
-    pods (add_pod, del_pod, list_pods)."""
+    pods (add_pod, del_pod, list_pods); ``fdb(network, mac)`` lists the
+    FDB (:func:`fdb_report`), either filter None for all."""
     return {
         ("GET", "/v1/status"): Route(lambda b, q: status()),
         ("GET", "/v1/pods"): Route(lambda b, q: pods.list_pods()),
@@ -123,6 +165,10 @@ def api_routes(config, status: Callable[[], dict], pods) -> dict:
             body={"name": check_pod_name},
             query={"name": check_pod_name},
             required=("name",),
+        ),
+        ("GET", "/v1/fdb"): Route(
+            lambda b, q: fdb(q.get("network"), q.get("mac")),
+            query={"network": lambda v, p: check_name(v, p, "network name"), "mac": check_mac},
         ),
         ("GET", "/v1/networks"): Route(
             lambda b, q: [

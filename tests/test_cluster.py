@@ -613,6 +613,93 @@ def test_kernel_vtep_host_both_directions(cluster):
         assert re.search(rf"{mac_of(p)} dst 10\.99\.0\.{p['node']}\b", fdb), fdb
 
 
+def fdb_cli(node, *args):
+    """``dataplane fdb`` against a node's API socket: (exit code, stdout, stderr)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "fdb", "--socket", node.sock, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_fdb_shows_where_each_mac_goes_and_why(cluster):
+    cl = cluster
+    a, b, c = cl.pods["a"], cl.pods["b"], cl.pods["c"]
+    node = cl.nodes[1]
+    ports = {p["port"]: p["name"] for p in node.api("GET", "/v1/status")["ports"]}
+    rows = node.api("GET", "/v1/fdb")
+    by = {(r["network"], r["mac"]): r for r in rows}
+    assert len(by) == len(rows)
+    # pod a lives on node1: each plane's MAC to the port of that plane
+    for plane, net in (("std", "net1"), ("control", "net2")):
+        port = next(p["port"] for p in a["planes"] if p["plane"] == plane)
+        assert by[(net, mac_of(a, plane))] == {
+            "network": net,
+            "mac": mac_of(a, plane),
+            "type": "local",
+            "port": ports[port],
+            "origin": "pod",
+            "pod": "a",
+            "plane": plane,
+        }
+    # b and c on the other nodes: to their node's VTEP, from the cluster view
+    for p, net, plane in ((b, "net1", "std"), (b, "net2", "control"), (c, "net1", "std")):
+        r = by[(net, mac_of(p, plane))]
+        assert (r["type"], r["vtep"], r["origin"], r["pod"], r["plane"], r["node"]) == (
+            "remote",
+            f"10.99.0.{p['node']}",
+            "cluster",
+            [k for k, v in cl.pods.items() if v is p][0],
+            plane,
+            f"node{p['node']}",
+        )
+    # the host behind the kernel VTEP, described to the cluster
+    assert by[("net1", VM_MAC)] == {
+        "network": "net1",
+        "mac": VM_MAC,
+        "type": "remote",
+        "vtep": HOST_VTEP,
+        "origin": "host",
+        "host": "kvm",
+    }
+    # nothing else: the entries are exactly the pods' MACs and the host's
+    want = {(p["network"], p["mac"]) for info in cl.pods.values() for p in info["planes"]}
+    assert set(by) == want | {("net1", VM_MAC)}
+    # filters, and what the command prints
+    assert {r["mac"] for r in node.api("GET", "/v1/fdb?network=net2")} == {
+        mac_of(a, "control"),
+        mac_of(b, "control"),
+    }
+    assert node.api("GET", f"/v1/fdb?mac={VM_MAC.upper()}") == [by[("net1", VM_MAC)]]
+    rc, out, err = fdb_cli(node, "--network", "net1")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["NETWORK", "MAC", "TYPE", "TO", "ORIGIN", "WHOSE"]
+    assert len(lines) == 1 + sum(1 for net, _ in by if net == "net1")
+    assert any(
+        line.split()[:5] == ["net1", VM_MAC, "remote", HOST_VTEP, "host"] and "host kvm" in line
+        for line in lines
+    ), out
+    assert any(
+        line.split()[:3] == ["net1", mac_of(b), "remote"]
+        and f"pod b plane std on node node{b['node']}" in line
+        for line in lines
+    ), out
+    rc, out, err = fdb_cli(node, "--mac", "02:00:00:00:00:01")
+    assert rc == 0 and out.strip() == "no FDB entry for mac 02:00:00:00:00:01", out + err
+    # bad input: named, and nothing changes
+    rc, out, err = fdb_cli(node, "--network", "nope")
+    assert rc != 0 and "no network 'nope' on this node (it has net1, net2)" in err, err
+    rc, out, err = fdb_cli(node, "--mac", "02:00:00:00:00")
+    assert rc != 0 and "mac" in err and "02:00:00:00:00" in err, err
+    rc, out, err = fdb_cli(node, "--mac", "ff:ff:ff:ff:ff:ff")
+    assert rc != 0 and "not a unicast one" in err, err
+    assert node.api("GET", "/v1/fdb") == rows
+
+
 def test_pod_moves_to_another_node_with_its_ip(cluster):
     cl = cluster
     a, b = cl.pods["a"], cl.pods["b"]
