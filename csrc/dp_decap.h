@@ -28,9 +28,10 @@ slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, 
 /* learning: a source MAC the FDB does not know reported with its VTEP;
  * one it has as a remote entry reported again, from the same VTEP at most
  * every dp_learn_report_cycles (so that a learned entry in use is
- * confirmed before it ages out), from another at once (so that a MAC that
- * moved is followed); the control thread decides what it believes
- * (dp_learn.c) */
+ * confirmed before it ages out), from another after a 64th of that (so
+ * that a MAC that moved is followed within ms, and one that flaps between
+ * two VTEPs costs the control thread a bounded rate of moves); the control
+ * thread decides what it believes (dp_learn.c) */
 static void
 learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t olen,
           uint32_t src_ip_be)
@@ -47,9 +48,10 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
     if (DP_FV_KIND(v) != DP_FDB_REMOTE)
         return;
     unsigned s = h & (DP_LEARN_HEARD_SLOTS - 1);
-    if (w->heard[s].key == key && w->heard[s].vtep_be == src_ip_be &&
-        w->rx_tsc - w->heard[s].tsc <
-            atomic_load_explicit(&dp_learn_report_cycles, memory_order_relaxed))
+    uint64_t hold = atomic_load_explicit(&dp_learn_report_cycles, memory_order_relaxed);
+    if (w->heard[s].vtep_be != src_ip_be)
+        hold >>= 6;
+    if (w->heard[s].key == key && w->rx_tsc - w->heard[s].tsc < hold)
         return;
     w->heard[s].key = key;
     w->heard[s].tsc = w->rx_tsc;
