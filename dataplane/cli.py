@@ -8,6 +8,8 @@
     dataplane pod list
     dataplane net list
     dataplane fdb [--network NAME] [--mac MAC]   which port or VTEP each MAC goes to
+    dataplane host add NAME --network NET --mac MAC --ip IP --vtep VTEP   (etcd store)
+    dataplane host del NAME | dataplane host list
     dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
     dataplane attachment list             CNI attachments (container, ifname, pod)
     dataplane attachment del CONTAINER_ID IFNAME
@@ -183,6 +185,30 @@ def cmd_fdb(args):
     return 0
 
 
+def cmd_host(args):
+    if args.host_cmd == "add":
+        body = {k: getattr(args, k) for k in ("name", "network", "mac", "ip", "vtep")}
+        h = _call(args, "POST", "/v1/hosts", body)
+        if args.json:
+            _print(h, True)
+        else:
+            print(
+                f"host {h['name']}: {h['ip']} {h['mac']} on {h['network']} behind VTEP {h['vtep']}"
+                " (every node of the cluster forwards to it and floods to its VTEP)"
+            )
+        return 0
+    if args.host_cmd == "del":
+        _print(_call(args, "DELETE", "/v1/hosts", query={"name": args.name}), args.json)
+        return 0
+    hosts = _call(args, "GET", "/v1/hosts")
+    if args.json:
+        _print(hosts, True)
+        return 0
+    for h in hosts:
+        print(f"{h['name']:20s} {h['network']:10s} {h['ip']:15s} {h['mac']}  vtep {h['vtep']}")
+    return 0
+
+
 def cmd_attachment(args):
     if args.att_cmd == "del":
         body = {"container_id": args.container_id, "ifname": args.ifname}
@@ -254,6 +280,22 @@ def build_parser():
     p.add_argument("--mac", help="only this MAC's entries")
     client(p)
     p.set_defaults(fn=cmd_fdb)
+    p = sub.add_parser(
+        "host", help="describe to the cluster a host behind a VTEP that is not a node's"
+    )
+    hsub = p.add_subparsers(dest="host_cmd", required=True)
+    ha = hsub.add_parser("add")
+    ha.add_argument("name")
+    ha.add_argument("--network", required=True, help="the network it is on")
+    ha.add_argument("--mac", required=True, help="its MAC on that network")
+    ha.add_argument("--ip", required=True, help="its address on that network")
+    ha.add_argument("--vtep", required=True, help="the address of the VTEP it is behind")
+    client(ha)
+    hd = hsub.add_parser("del")
+    hd.add_argument("name")
+    client(hd)
+    client(hsub.add_parser("list"))
+    p.set_defaults(fn=cmd_host)
     from . import capture_cli
 
     capture_cli.add_parser(sub)

@@ -27,6 +27,7 @@ from .capture import Captures
 from .config import NodeConfig
 from .cpulatency import CpuLatencyRequest
 from .errors import DataplaneError, NotFound
+from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
 from .podnet import redirect_ingress, tunnel_tap_name, uplink_wire_sized
@@ -96,6 +97,7 @@ class NodeService:
                 engine_running=lambda: self.engine is not None and self.engine.running,
             )
             routes.update(attachment_routes(self.attachments))
+            routes.update(host_routes(StaticHosts(self.store, self.net_index)))
             self.captures = Captures(
                 self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
             )

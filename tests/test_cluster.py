@@ -393,8 +393,17 @@ def cluster(tmp_path_factory, request):
         t0 = time.monotonic()
         cl.start()
         print(f"\ncluster: etcd + 3 node services up in {time.monotonic() - t0:.1f}s")
-        # the kernel-VTEP host, described to the cluster from outside any node
-        cl.store("put_static_endpoint", "kvm", "net1", VM_MAC, VM_IP, HOST_VTEP)
+        # the kernel-VTEP host, described to the cluster through a node's CLI
+        r = cli(cl.nodes[1], "host", "add", "kvm", "--network", "net1", "--mac", VM_MAC)
+        assert r[0] != 0 and "--ip" in r[2], r  # every field is required
+        r = cli(
+            cl.nodes[1],
+            *("host", "add", "kvm", "--network", "net1", "--mac", VM_MAC),
+            *("--ip", VM_IP, "--vtep", HOST_VTEP),
+        )
+        assert (
+            r[0] == 0 and f"host kvm: {VM_IP} {VM_MAC} on net1 behind VTEP {HOST_VTEP}" in r[1]
+        ), r
         cl.add_pod(1, "a", CT)
         cl.add_pod(2, "b", CT)
         cl.add_pod(3, "c", IT)
@@ -407,6 +416,19 @@ def cluster(tmp_path_factory, request):
             for node in cl.nodes.values():
                 print(f"--- node{node.n}: {node.logfile} (tail)\n{node.log()[-2000:]}")
         cl.teardown()
+
+
+def cli(node, *args):
+    """The ``dataplane`` command against a node's API socket: (exit code,
+    stdout, stderr)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", *args, "--socket", node.sock],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    return r.returncode, r.stdout, r.stderr
 
 
 def net_counter(cl, n, net, what):
@@ -614,15 +636,7 @@ def test_kernel_vtep_host_both_directions(cluster):
 
 
 def fdb_cli(node, *args):
-    """``dataplane fdb`` against a node's API socket: (exit code, stdout, stderr)."""
-    r = subprocess.run(
-        [sys.executable, "-m", "dataplane.cli", "fdb", "--socket", node.sock, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    return r.returncode, r.stdout, r.stderr
+    return cli(node, "fdb", *args)
 
 
 def test_fdb_shows_where_each_mac_goes_and_why(cluster):
@@ -698,6 +712,64 @@ def test_fdb_shows_where_each_mac_goes_and_why(cluster):
     rc, out, err = fdb_cli(node, "--mac", "ff:ff:ff:ff:ff:ff")
     assert rc != 0 and "not a unicast one" in err, err
     assert node.api("GET", "/v1/fdb") == rows
+
+
+def test_static_hosts_added_listed_and_removed_through_any_node(cluster):
+    cl = cluster
+    a = cl.pods["a"]
+    mac, ip = "02:00:00:0a:64:33", "192.168.61.201"
+
+    def on_node2():
+        return [r for r in cl.nodes[2].api("GET", "/v1/fdb?network=net2") if r["mac"] == mac]
+
+    add = ("host", "add", "kvm2", "--network", "net2", "--mac", mac, "--ip", ip)
+    rc, out, err = cli(cl.nodes[3], *add, "--vtep", HOST_VTEP)
+    assert rc == 0, err
+    hosts = json.loads(cli(cl.nodes[1], "host", "list", "--json")[1])
+    assert {h["name"]: (h["network"], h["ip"], h["mac"], h["vtep"]) for h in hosts} == {
+        "kvm": ("net1", VM_IP, VM_MAC, HOST_VTEP),
+        "kvm2": ("net2", ip, mac, HOST_VTEP),
+    }
+    # every node follows it: node2 forwards its MAC to its VTEP
+    for _ in range(100):
+        if on_node2():
+            break
+        time.sleep(0.05)
+    [row] = on_node2()
+    assert (row["vtep"], row["origin"], row["host"]) == (HOST_VTEP, "host", "kvm2")
+    # bad input: named, and nothing recorded
+    bad = {
+        ("--network", "nope"): "no network 'nope' on this node",
+        ("--mac", "ff:ff:ff:ff:ff:ff"): "not a unicast one",
+        ("--mac", mac_of(a, "control")): mac_of(a, "control"),  # pod a's MAC
+        ("--ip", ip_of(a, "control")): "taken by pod a",
+        ("--ip", "10.1.2.3"): "10.1.2.3",
+        ("--vtep", "127.0.0.1"): "cannot be a VTEP address",
+    }
+    for (opt, val), words in bad.items():
+        args = {"--network": "net2", "--mac": "02:00:00:0a:64:34", "--ip": "192.168.61.202"}
+        args["--vtep"] = HOST_VTEP
+        args[opt] = val
+        rc, out, err = cli(cl.nodes[1], "host", "add", "kvm3", *sum(args.items(), ()))
+        assert rc != 0 and words in err, (opt, val, err)
+    assert {h["name"] for h in json.loads(cli(cl.nodes[2], "host", "list", "--json")[1])} == {
+        "kvm",
+        "kvm2",
+    }
+    rc, out, err = cli(cl.nodes[1], "host", "del", "a")
+    assert rc != 0 and "no static host 'a' (it is a pod: dataplane pod del)" in err, err
+    rc, out, err = cli(cl.nodes[1], "host", "del", "nohost")
+    assert rc != 0 and "no static host 'nohost'" in err, err
+    assert ping(a["ns"], ip_of(cl.pods["b"])).returncode == 0  # pods untouched
+    # removed: gone from every node's table
+    rc, out, err = cli(cl.nodes[2], "host", "del", "kvm2")
+    assert rc == 0 and '"deleted": "kvm2"' in out, err
+    for _ in range(100):
+        if not on_node2():
+            break
+        time.sleep(0.05)
+    assert on_node2() == []
+    assert [h["name"] for h in cl.nodes[3].api("GET", "/v1/hosts")] == ["kvm"]
 
 
 def test_pod_moves_to_another_node_with_its_ip(cluster):

@@ -313,6 +313,25 @@ def test_status_cli(node):
     assert "a  netns=" in node.cli("pod", "list").stdout
 
 
+def test_static_hosts_need_the_cluster_store(node):
+    """A single node (SQLite store) has no cluster to describe a host to:
+    `dataplane host add` says what to do instead and records nothing; the
+    FDB view works the same."""
+    a = node.pod("a", CT_SPEC)
+    add = ("host", "add", "vm1", "--network", "net1", "--mac", "02:00:00:0a:63:32")
+    r = node.cli(*add, "--ip", "192.168.50.200", "--vtep", "10.99.0.50", check=False)
+    assert r.returncode != 0
+    assert "static hosts are recorded in the cluster store (store.kind: etcd)" in r.stderr
+    assert "list the host's VTEP under remotes" in r.stderr, r.stderr
+    assert node.cli("host", "list", "--json").stdout.strip() == "[]"
+    r = node.cli("host", "del", "vm1", check=False)
+    assert r.returncode != 0 and "cluster store" in r.stderr, r.stderr
+    fdb = json.loads(node.cli("fdb", "--json").stdout)
+    assert {(r["network"], r["mac"], r["origin"], r["pod"]) for r in fdb} == {
+        (p["network"], p["mac"], "pod", "a") for p in a["planes"]
+    }
+
+
 def test_bad_config_refused_nothing_started(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(

@@ -1,0 +1,99 @@
+"""Static hosts: hosts that are not dataplane nodes (a Linux host or VM
+whose VTEP is the kernel's own vxlan device) described to the cluster, so
+that every node has their MAC behind their VTEP and their VTEP in the
+network's flood list (``dataplane host add|del|list``, ``/v1/hosts``).
+
+They live in the cluster store (etcd) as the endpoint of a "pod" of their
+name on node ``static:<name>`` (:meth:`EtcdStore.put_static_endpoint`); every
+node's cluster view follows them like any remote pod. A node on the
+single-node SQLite store has no cluster to tell: it refuses, and says what
+to do instead.
+"""
+
+from typing import Any, Dict, List
+
+from .api import Route
+from .checks import check_mac, check_name, check_pod_name, check_vtep_ip, fail, parse_ipv4
+from .errors import ConfigError, NotFound
+from .store.etcd_alloc import STATIC_NODE_PREFIX
+
+
+def is_static(endpoint: Dict[str, Any]) -> bool:
+    """Whether a store endpoint is a static host's."""
+    return str(endpoint.get("node") or "").startswith(STATIC_NODE_PREFIX)
+
+
+def _row(e: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: e[k] for k in ("name", "network", "plane", "mac", "ip", "vtep")}
+
+
+class StaticHosts:
+    """Add, list and remove the static hosts of ``store``; ``networks``:
+    the names of the networks this node has (a host goes on one of them)."""
+
+    def __init__(self, store, networks):
+        self.store = store
+        self.networks = set(networks)
+
+    def _need_cluster_store(self):
+        if not hasattr(self.store, "put_static_endpoint"):
+            raise ConfigError(
+                f"static hosts are recorded in the cluster store (store.kind: etcd); this "
+                f"node's store is {self.store.kind}: list the host's VTEP under remotes "
+                "in the node config (its networks' flood lists) and set vtep.learning: true"
+            )
+
+    def list(self) -> List[Dict[str, Any]]:
+        if not hasattr(self.store, "put_static_endpoint"):
+            return []
+        rows = [_row({**e, "name": e["pod"]}) for e in self.store.endpoints() if is_static(e)]
+        return sorted(rows, key=lambda r: (r["name"], r["network"]))
+
+    def add(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        self._need_cluster_store()
+        name, network = body["name"], body["network"]
+        if network not in self.networks:
+            raise fail(
+                "network",
+                f"no network {network!r} on this node (it has "
+                f"{', '.join(sorted(self.networks)) or 'none'})",
+            )
+        e = self.store.put_static_endpoint(
+            name, network, body["mac"], str(body["ip"]), str(body["vtep"])
+        )
+        return _row({**e, "name": e["pod"]})
+
+    def delete(self, name: str) -> Dict[str, Any]:
+        self._need_cluster_store()
+        eps = self.store.endpoints(pod=name)
+        if not eps or not all(is_static(e) for e in eps):
+            raise NotFound(
+                f"name: no static host {name!r}"
+                + (" (it is a pod: dataplane pod del)" if eps or self.store.pod(name) else "")
+            )
+        self.store.delete_pod(name)
+        return {"deleted": name, "endpoints": [_row({**e, "name": e["pod"]}) for e in eps]}
+
+
+def host_routes(hosts: StaticHosts) -> Dict[tuple, Route]:
+    """The control API's static-host routes."""
+    return {
+        ("GET", "/v1/hosts"): Route(lambda b, q: hosts.list()),
+        ("POST", "/v1/hosts"): Route(
+            lambda b, q: hosts.add(b),
+            body={
+                "name": check_pod_name,
+                "network": lambda v, p: check_name(v, p, "network name"),
+                "mac": check_mac,
+                "ip": lambda v, p: str(parse_ipv4(v, p)),
+                "vtep": lambda v, p: str(check_vtep_ip(v, p)),
+            },
+            required=("name", "network", "mac", "ip", "vtep"),
+        ),
+        ("DELETE", "/v1/hosts"): Route(
+            lambda b, q: hosts.delete(q.get("name") or b.get("name")),
+            body={"name": check_pod_name},
+            query={"name": check_pod_name},
+            required=("name",),
+        ),
+    }
