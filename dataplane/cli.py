@@ -125,6 +125,19 @@ def cmd_status(args):
             + (f" shm_faults {p['shm_faults']}" if p.get("shm_faults") else "")
             + (" SET ASIDE (its pod's shared memory faulted)" if p.get("set_aside") else "")
         )
+    if st.get("fdb_entries") is not None:
+        learned = st.get("learning")
+        print(
+            f"  fdb {st['fdb_entries']} entries"
+            + (
+                f" ({learned['entries']} learned; learned {learned['learned']} moved "
+                f"{learned['moved']} aged {learned['aged']} refused "
+                f"{learned['refused_static'] + learned['refused_limit']})"
+                if learned
+                else ""
+            )
+            + "  (dataplane fdb lists them)"
+        )
     if st["drops"]:
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))
     return 0

@@ -49,6 +49,8 @@ class Snapshot(NamedTuple):
     shaped: Dict[int, Dict[int, int]] = {}  # port -> {plane: queue depth}
     mbufs_in_use: Optional[int] = None  # of the core's pool
     cpu_latency_limit_us: Optional[int] = None  # the kernel's, while the node holds a request
+    fdb_entries: Optional[int] = None  # in the core's FDB, every network
+    learning: Optional[Dict[str, int]] = None  # Engine.learn_stats(), with vtep.learning on
 
 
 class CoreCollector:
@@ -145,6 +147,29 @@ class CoreCollector:
                 "CPU wake-up latency the kernel allows idle CPUs now, while the node holds "
                 "its cpu_latency_us request (the lowest request of every holder)",
                 value=snap.cpu_latency_limit_us,
+            )
+
+        if snap.fdb_entries is not None:
+            yield GaugeMetricFamily(
+                "dataplane_fdb_entries",
+                "Entries in the core's FDB (local and remote MACs, every network)",
+                value=snap.fdb_entries,
+            )
+        if snap.learning is not None:
+            ev = CounterMetricFamily(
+                "dataplane_learning_events",
+                "What learning from the underlay did: learned, moved (to another VTEP), "
+                "refused_static (a local or configured MAC), refused_limit, aged (not heard "
+                "within the age)",
+                labels=["event"],
+            )
+            for k in ("learned", "moved", "refused_static", "refused_limit", "aged"):
+                ev.add_metric([k], snap.learning[k])
+            yield ev
+            yield GaugeMetricFamily(
+                "dataplane_learned_macs",
+                "MACs learned from the underlay now in the FDB",
+                value=snap.learning["entries"],
             )
 
         yield from self._planes(snap)

@@ -255,8 +255,9 @@ class NodeService:
         if snap.cpu_latency_limit_us is not None:
             # what the kernel applies: the lowest request of every holder
             report["cpu_latency_limit_us"] = snap.cpu_latency_limit_us
-        if self.config.vtep.learning:
-            report["learning"] = self.engine.learn_stats()
+        report["fdb_entries"] = snap.fdb_entries
+        if snap.learning is not None:
+            report["learning"] = snap.learning
         return report
 
     def fdb(self, network: Optional[str] = None, mac: Optional[str] = None) -> list:

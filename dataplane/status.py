@@ -48,6 +48,8 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
         planes,
         shaped,
         engine.pool_in_use(),
+        fdb_entries=engine.fdb_count(),
+        learning=engine.learn_stats() if config.vtep.learning else None,
     )
 
 

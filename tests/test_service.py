@@ -310,6 +310,7 @@ def test_status_cli(node):
     node.pod("a", CT_SPEC)
     out = node.cli("status").stdout
     assert "network net1" in out and "uplink" in out
+    assert "  fdb 2 entries  (dataplane fdb lists them)" in out.splitlines(), out  # a's 2 MACs
     assert "a  netns=" in node.cli("pod", "list").stdout
 
 
