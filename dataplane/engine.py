@@ -174,6 +174,20 @@ class PortInfo:
     set_aside: bool = False  # ... and set aside after a fault (for 100 ms; for good after 16)
 
 
+#: struct dp_fdb_entry (csrc/dataplane.h), as numpy reads a copy of an array of them
+_FDB_ENTRY = np.dtype(
+    {
+        "names": ["net", "mac", "kind", "target", "learned", "age_ms"],
+        "formats": ["<i4", ("u1", 6), "<i4", "<u4", "<i4", "<u4"],
+        "offsets": [
+            ffi.offsetof("struct dp_fdb_entry", f)
+            for f in ("net", "mac", "kind", "target", "learned", "age_ms")
+        ],
+        "itemsize": ffi.sizeof("struct dp_fdb_entry"),
+    }
+)
+
+
 class FdbEntry(NamedTuple):
     """One FDB entry (Engine.fdb_list)."""
 
@@ -339,16 +353,22 @@ class _Tables:
             return ("local", int(target[0]))
         return ("remote", str(ipaddress.IPv4Address(target[0])))
 
-    def fdb_list(self, net: Optional[int] = None) -> List[FdbEntry]:
-        """The FDB's entries (of network ``net``, else all), in table
-        order, read in one go (no entry changes meanwhile)."""
+    def fdb_list(self, net: Optional[int] = None, mac=None) -> List[FdbEntry]:
+        """The FDB's entries (of network ``net``, else all; of ``mac``, else
+        all), in table order. The table is copied in one go under the lock
+        (no entry changes meanwhile: a C walk, about 10 ns an entry); the
+        entries are made from the copy after the lock is let go, so a large
+        table does not hold up the control path while they are."""
         if net is not None and not 0 <= net < lib.DP_MAX_NETS:
             raise ConfigError(f"network index {net} out of range 0..{lib.DP_MAX_NETS - 1}")
-        chunk = 1024
+        want = parse_mac(mac) if mac is not None else None
+        chunk = 4096
         buf = ffi.new("struct dp_fdb_entry[]", chunk)
         pos = ffi.new("uint32_t *", 0)
-        out: List[FdbEntry] = []
+        parts = []
         with self._lock:
+            if self._closed:
+                raise ConfigError("the engine is closed")
             while True:
                 n = check(
                     lib.dp_fdb_list(-1 if net is None else net, pos, buf, chunk),
@@ -356,21 +376,28 @@ class _Tables:
                     ffi,
                     "listing the FDB",
                 )
-                for e in buf[0:n]:
-                    remote = e.kind == lib.DP_FDB_REMOTE
-                    out.append(
-                        FdbEntry(
-                            e.net,
-                            ":".join(f"{b:02x}" for b in e.mac),
-                            "remote" if remote else "local",
-                            None if remote else int(e.target),
-                            str(ipaddress.IPv4Address(e.target)) if remote else None,
-                            bool(e.learned),
-                            e.age_ms / 1000.0 if e.learned else None,
-                        )
-                    )
+                parts.append(
+                    np.frombuffer(ffi.buffer(buf, n * _FDB_ENTRY.itemsize), _FDB_ENTRY).copy()
+                )
                 if n < chunk:
-                    return out
+                    break
+        rows = np.concatenate(parts)
+        if want is not None:
+            rows = rows[(rows["mac"] == np.frombuffer(want, np.uint8)).all(axis=1)]
+        vteps = {}  # a VTEP's address as text, made once
+        out: List[FdbEntry] = []
+        for netw, m, kind, target, learned, age_ms in rows.tolist():
+            if kind == lib.DP_FDB_REMOTE:
+                vtep = vteps.get(target)
+                if vtep is None:
+                    vtep = vteps[target] = str(ipaddress.IPv4Address(target))
+                e = FdbEntry(netw, bytes(m).hex(":"), "remote", None, vtep, bool(learned), None)
+                if learned:
+                    e = e._replace(age_s=age_ms / 1000.0)
+            else:
+                e = FdbEntry(netw, bytes(m).hex(":"), "local", target, None, False, None)
+            out.append(e)
+        return out
 
     def fdb_count(self) -> int:
         with self._lock:

@@ -26,7 +26,7 @@ from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .config import NodeConfig
 from .cpulatency import CpuLatencyRequest
-from .errors import DataplaneError, NotFound
+from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
@@ -269,17 +269,23 @@ class NodeService:
                 f"(it has {', '.join(sorted(self.net_index)) or 'none'})"
             )
         with self.lock:
-            if self.engine is None:
+            engine = self.engine
+            if engine is None:
                 raise NotFound("the node service is stopping")
-            entries = self.engine.fdb_list(self.net_index[network] if network else None)
-            ports = {p.index: p.name for p in self.engine.ports()}
+            ports = {p.index: p.name for p in engine.ports()}
             remote = {
                 (self.net_index[e["network"]], e["mac"].lower()): e
                 for e in self.sync.remote.values()
                 if e["network"] in self.net_index
             }
-        if mac is not None:
-            entries = [e for e in entries if e.mac == mac]
+        # the engine's own lock, held only while the table is copied: pods
+        # and the cluster view are not held up while a large one is listed
+        try:
+            entries = engine.fdb_list(self.net_index[network] if network else None, mac)
+        except ConfigError:
+            if self.engine is None:
+                raise NotFound("the node service is stopping") from None
+            raise
         local = {
             (self.net_index[e["network"]], e["mac"].lower()): e
             for e in self.store.endpoints()
