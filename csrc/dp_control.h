@@ -71,6 +71,7 @@ struct dp_fdb_keys {
     uint64_t *key;
 };
 int dp_fdb_collect_port(int port, struct dp_fdb_keys *keys);
+int dp_fdb_put_remote(int net, const uint8_t *mac, uint32_t ip, int learned);
 int dp_fdb_collect_net(int net, struct dp_fdb_keys *keys);
 void dp_fdb_purge(struct dp_fdb_keys *keys);
 void dp_fdb_keys_free(struct dp_fdb_keys *keys);

@@ -16,22 +16,32 @@
 #error "dp_decap.h is included by dp_pipeline.c only"
 #endif
 
-static void
-slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
+/* an event for the control thread: 0, or -ENOBUFS with its ring full */
+static int
+slow_put(uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
 {
     struct dp_slow_event ev = {.kind = kind, .ip = rte_be_to_cpu_32(ip_be), .net = net};
     memcpy(ev.mac, mac, 6);
-    if (rte_ring_enqueue_elem(dp.slow_ring, &ev, sizeof(ev)) != 0)
+    return rte_ring_enqueue_elem(dp.slow_ring, &ev, sizeof(ev));
+}
+
+static void
+slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
+{
+    if (slow_put(kind, mac, ip_be, net) != 0)
         w->drop[DP_DROP_SLOWPATH_FULL]++;
 }
 
 /* learning: a source MAC the FDB does not know reported with its VTEP;
- * one it has as a remote entry reported again, from the same VTEP at most
+ * one it has as a learned entry reported again, from the same VTEP at most
  * every dp_learn_report_cycles (so that a learned entry in use is
  * confirmed before it ages out), from another after a 64th of that (so
  * that a MAC that moved is followed within ms, and one that flaps between
- * two VTEPs costs the control thread a bounded rate of moves); the control
- * thread decides what it believes (dp_learn.c) */
+ * two VTEPs costs the control thread a bounded rate of moves); at most
+ * DP_LEARN_HEARD_BURST such reports a millisecond, however many learned
+ * MACs share the table's slots. Entries the control plane set are never
+ * reported: the underlay does not move them. The control thread decides
+ * what it believes (dp_learn.c) */
 static void
 learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t olen,
           uint32_t src_ip_be)
@@ -45,7 +55,7 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
         slow_event(w, DP_EV_LEARN, src, src_ip_be, net);
         return;
     }
-    if (DP_FV_KIND(v) != DP_FDB_REMOTE)
+    if (!DP_FV_LEARNED(v))
         return;
     unsigned s = h & (DP_LEARN_HEARD_SLOTS - 1);
     uint64_t hold = atomic_load_explicit(&dp_learn_report_cycles, memory_order_relaxed);
@@ -53,10 +63,20 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
         hold >>= 6;
     if (w->heard[s].key == key && w->rx_tsc - w->heard[s].tsc < hold)
         return;
+    if (w->rx_tsc - w->heard_ms >= dp_learn_ms_cycles) {
+        w->heard_ms = w->rx_tsc;
+        w->heard_left = DP_LEARN_HEARD_BURST;
+    }
+    if (w->heard_left == 0)
+        return;
+    /* a confirmation the full ring cannot take is not a loss: the MAC's
+     * next frame tries again */
+    if (slow_put(DP_EV_HEARD, src, src_ip_be, net) != 0)
+        return;
+    w->heard_left--;
     w->heard[s].key = key;
     w->heard[s].tsc = w->rx_tsc;
     w->heard[s].vtep_be = src_ip_be;
-    slow_event(w, DP_EV_HEARD, src, src_ip_be, net);
 }
 
 /* ARP on the uplink: answer requests for the VTEP address, learn senders */

@@ -143,8 +143,10 @@ dp_fdb_add_local(int net, const uint8_t *mac, int port)
     return ret;
 }
 
+/* remote entry (net, mac) -> VTEP ip, marked learned or not (a learned
+ * one set by the control API is not learned any more) */
 int
-dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
+dp_fdb_put_remote(int net, const uint8_t *mac, uint32_t ip, int learned)
 {
     int ret = fdb_check(net, mac);
     if (ret)
@@ -156,7 +158,7 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
     uint64_t key = dp_fdb_key((uint32_t)net, mac);
     uint32_t old = 0;
     int had = dp_ftab_get(key, &old);
-    if (had && DP_FV_KIND(old) == DP_FDB_REMOTE) {
+    if (had && DP_FV_KIND(old) == DP_FDB_REMOTE && (int)DP_FV_LEARNED(old) == !!learned) {
         struct dp_tunnel *t = atomic_load(&dp.tunnels[DP_FV_TARGET(old)]);
         if (t && t->ip == ip)
             return 0; /* unchanged */
@@ -164,12 +166,19 @@ dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
     int ti = dp_tunnel_ref(net, ip);
     if (ti < 0)
         return ti;
-    ret = fdb_store(net, key, DP_FV(DP_FDB_REMOTE, ti), had, old);
+    ret =
+        fdb_store(net, key, DP_FV(DP_FDB_REMOTE, ti) | (learned ? DP_FV_LEARNED_BIT : 0), had, old);
     if (ret != 0)
         dp_tunnel_unref(net, ti);
     else
-        dp_learn_forget(key); /* set here: not a learned entry any more */
+        dp_learn_forget(key); /* set here: not a learned entry (any more) */
     return ret;
+}
+
+int
+dp_fdb_add_remote(int net, const uint8_t *mac, uint32_t ip)
+{
+    return dp_fdb_put_remote(net, mac, ip, 0);
 }
 
 int

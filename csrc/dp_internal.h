@@ -57,20 +57,24 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
  * worker that sees a new generation at the start of a burst starts a new
  * epoch, and only entries of the current epoch answer.
  */
-#define DP_FDB_CACHE_SIZE 1024   /* entries per worker, power of two (16 KB) */
-#define DP_LEARN_HEARD_SLOTS 256 /* per worker, power of two: remote MACs last reported */
-#define DP_FDB_CACHE_WINDOW 1024 /* lookups over which the cache's hit rate is judged */
-#define DP_FDB_CACHE_REST 63     /* bursts without the cache after a window it nearly all missed */
+#define DP_FDB_CACHE_SIZE 1024    /* entries per worker, power of two (16 KB) */
+#define DP_LEARN_HEARD_SLOTS 1024 /* per worker, power of two: learned MACs last reported */
+#define DP_LEARN_HEARD_BURST 64   /* ... at most this many reports a millisecond */
+#define DP_FDB_CACHE_WINDOW 1024  /* lookups over which the cache's hit rate is judged */
+#define DP_FDB_CACHE_REST 63      /* bursts without the cache after a window it nearly all missed */
 #define DP_VTEP_CACHE_SIZE 256
 struct dp_fdb_cent {
     uint64_t key;
     uint32_t val;   /* FDB: DP_FV; VTEP table: network index */
     uint32_t epoch; /* 0 = never valid */
 };
-/* FDB value: kind in the top byte, target (port index or tunnel index) below */
+/* FDB value: kind in the top byte, target (port index or tunnel index) below;
+ * the top bit marks a remote entry learned from the underlay (dp_learn.c) */
 #define DP_FV(kind, target) ((uint32_t)(kind) << 24 | (0xffffff & (uint32_t)(target)))
-#define DP_FV_KIND(v) ((int)((v) >> 24))
+#define DP_FV_KIND(v) ((int)(((v) >> 24) & 0x7f))
 #define DP_FV_TARGET(v) (0xffffff & (v))
+#define DP_FV_LEARNED_BIT (1u << 31)
+#define DP_FV_LEARNED(v) ((v) >> 31)
 
 /* FDB key: network index in the top 16 bits, MAC in the low 48 (wire order) */
 static inline uint64_t
@@ -173,9 +177,10 @@ struct dp_slow_event {
 #define DP_EV_LEARN 2 /* a source MAC the FDB does not have, and its VTEP */
 #define DP_EV_HEARD 3 /* a remote one it has, heard again from a VTEP */
 
-/* learning: how long after a worker reported a remote source MAC it reports
- * the same MAC again (TSC cycles; dp_learn.c sets it from the age) */
+/* learning: how long after a worker reported a learned source MAC it reports
+ * the same MAC again, and a millisecond (TSC cycles; dp_learn.c sets them) */
 extern _Atomic uint64_t dp_learn_report_cycles;
+extern uint64_t dp_learn_ms_cycles;
 
 /* worker poll lists: immutable snapshots */
 /* what a worker polls: (port, rx queue) pairs */

@@ -44,13 +44,14 @@ static uint64_t last_age;
  * confirmed several times before it would age out, and a MAC that moved
  * to another VTEP follows within a second */
 _Atomic uint64_t dp_learn_report_cycles;
+uint64_t dp_learn_ms_cycles;
 
 static void
 set_report_cycles(void)
 {
     uint64_t ms = RTE_MIN(age_ms / 4, 1000u);
-    atomic_store_explicit(&dp_learn_report_cycles, ms * (rte_get_tsc_hz() / 1000),
-                          memory_order_relaxed);
+    dp_learn_ms_cycles = rte_get_tsc_hz() / 1000;
+    atomic_store_explicit(&dp_learn_report_cycles, ms * dp_learn_ms_cycles, memory_order_relaxed);
 }
 
 static unsigned
@@ -164,9 +165,9 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
         stats[DP_LEARN_LIMIT]++;
         return 0;
     }
-    /* the hook in dp_fdb_add_remote forgets a moved entry's old VTEP */
+    /* the hook in dp_fdb_put_remote forgets a moved entry's old VTEP */
     int moved = i >= 0;
-    int ret = dp_fdb_add_remote(net, mac, ip);
+    int ret = dp_fdb_put_remote(net, mac, ip, 1);
     if (ret < 0)
         return ret;
     vc = vtep_count(ip, 1);

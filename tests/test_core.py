@@ -457,6 +457,37 @@ def test_fdb_list_shows_every_entry_and_what_learned_it(eng):
     assert (e.vtep, e.learned, e.age_s) == (R1_VTEP, False, None)
     eng.fdb_del(0, A)
     assert (0, A) not in {(e.network, e.mac) for e in eng.fdb_list()}
+
+
+def test_entry_set_by_the_api_over_a_learned_one_from_the_same_vtep_is_kept(eng):
+    """The cluster view often sets a remote pod's MAC after the core learned
+    it from that pod's own node: the entry is the control plane's from then
+    on, so it neither ages out when the pod goes quiet nor moves with what
+    the underlay says."""
+    t = Topo(eng, learning=True)
+    eng.set_learning_limits(age_s=0.3)
+    mac = "02:00:00:00:07:0a"
+    t.send(t.up, vxlan_frame(udp_frame(src=mac, dst=A), src_vtep="10.0.0.77"))
+    t.recv(t.a)
+    for _ in range(200):
+        if eng.fdb_get(0, mac):
+            break
+        time.sleep(0.01)
+    n = eng.learn_stats()["entries"]
+    eng.fdb_add_remote(0, mac, "10.0.0.77")  # the same VTEP it was learned from
+    e = eng.fdb_list(0, mac)[0]
+    assert (e.vtep, e.learned, e.age_s) == ("10.0.0.77", False, None)
+    assert eng.learn_stats()["entries"] == n - 1
+    time.sleep(0.6)  # two ages, quiet: still there
+    assert eng.fdb_get(0, mac) == ("remote", "10.0.0.77")
+    # heard from another VTEP: not moved, not reported as a static refusal
+    base = eng.learn_stats()
+    t.send(t.up, vxlan_frame(udp_frame(src=mac, dst=A), src_vtep=R2_VTEP))
+    t.recv(t.a)
+    time.sleep(0.3)
+    assert eng.fdb_get(0, mac) == ("remote", "10.0.0.77")
+    assert eng.learn_stats() == base
+    eng.set_learning_limits()
     with pytest.raises(ConfigError, match="network index 256 out of range"):
         eng.fdb_list(256)
 
