@@ -189,6 +189,10 @@ void dp_kport_stats_update(void);
 int dp_net_add(int net, uint32_t vni, int plane);
 int dp_net_del(int net);
 int dp_net_flood_set(int net, const uint32_t *vtep_ips, int n);
+/* the VTEPs network net floods to, the first cap of them into vtep_ips
+ * (host order) and resolved (1: the underlay next hop's MAC is known, so
+ * frames to it leave): how many there are */
+int dp_net_flood_get(int net, uint32_t *vtep_ips, uint8_t *resolved, int cap);
 
 /* forwarding database */
 int dp_fdb_add_local(int net, const uint8_t *mac, int port);

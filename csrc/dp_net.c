@@ -117,6 +117,20 @@ dp_net_del(int net)
 }
 
 int
+dp_net_flood_get(int net, uint32_t *ips, uint8_t *resolved, int cap)
+{
+    const struct dp_net *n = dp_net_get(net);
+    if (!n)
+        return dp_fail(-ENOENT, "no network %d", net);
+    for (int i = 0; i < n->n_flood && i < cap; i++) {
+        const struct dp_tunnel *t = atomic_load(&dp.tunnels[n->flood[i]]);
+        ips[i] = t ? t->ip : 0;
+        resolved[i] = t ? t->resolved : 0;
+    }
+    return n->n_flood;
+}
+
+int
 dp_net_flood_set(int net, const uint32_t *ips, int cnt)
 {
     struct dp_net *o = dp_net_get(net);

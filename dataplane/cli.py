@@ -161,10 +161,17 @@ def cmd_pod(args):
 
 
 def cmd_net(args):
-    for n in _call(args, "GET", "/v1/networks"):
+    nets = _call(args, "GET", "/v1/networks")
+    if args.json:
+        _print(nets, True)
+        return 0
+    for n in nets:
+        flood = " ".join(
+            f["vtep"] + ("" if f["resolved"] else " (unresolved)") for f in n.get("flood", [])
+        )
         print(
             f"{n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} subnet {n['subnet']} "
-            f"gateway {n['gateway'] or '-'} mtu {n['mtu']}"
+            f"gateway {n['gateway'] or '-'} mtu {n['mtu']}  flood {flood or '-'}"
         )
     return 0
 

@@ -310,6 +310,17 @@ class _Tables:
         self._call(f"removing network {net}", lib.dp_net_del, net)
         self._nets.pop(net, None)
 
+    def flood_list(self, net: int) -> List[Tuple[str, bool]]:
+        """The VTEPs network ``net`` floods to, as the core has them, each
+        with whether its underlay next hop is resolved (frames to it leave)."""
+        cap = lib.DP_MAX_TUNNELS
+        ips = ffi.new("uint32_t[]", cap)
+        res = ffi.new("uint8_t[]", cap)
+        n = self._call(
+            f"reading the flood list of network {net}", lib.dp_net_flood_get, net, ips, res, cap
+        )
+        return [(str(ipaddress.IPv4Address(ips[i])), bool(res[i])) for i in range(n)]
+
     def networks(self) -> dict:
         """{index: (vni, plane)} of the networks in the core."""
         return dict(self._nets)

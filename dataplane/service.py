@@ -89,7 +89,7 @@ class NodeService:
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
-            routes = api_routes(cfg, self.status, self.pods, self.fdb)
+            routes = api_routes(cfg, self.status, self.pods, self.fdb, self.flood)
             self.attachments = Attachments(
                 cfg,
                 self.store,
@@ -259,6 +259,16 @@ class NodeService:
         if snap.learning is not None:
             report["learning"] = snap.learning
         return report
+
+    def flood(self, network: str) -> list:
+        """The VTEPs ``network`` floods to (broadcast, multicast, unknown
+        unicast), as the core has them: [{"vtep", "resolved"}]; resolved:
+        the underlay next hop's MAC is known, so frames to it leave."""
+        with self.lock:
+            if self.engine is None:
+                raise NotFound("the node service is stopping")
+            vteps = self.engine.flood_list(self.net_index[network])
+        return [{"vtep": ip, "resolved": ok} for ip, ok in vteps]
 
     def fdb(self, network: Optional[str] = None, mac: Optional[str] = None) -> list:
         """The FDB (:func:`dataplane.status.fdb_report`): of ``network`` (a

@@ -148,12 +148,19 @@ def fdb_report(entries, networks: Dict[str, int], port_names, local_eps, remote_
     return rows
 
 
-def api_routes(config, status: Callable[[], dict], pods, fdb: Callable[..., list]) -> dict:
+def api_routes(
+    config,
+    status: Callable[[], dict],
+    pods,
+    fdb: Callable[..., list],
+    flood: Callable[[str], list],
+) -> dict:
     """The control API's routes: {(method, path): handler(body, query)},
     each a :class:`~dataplane.api.Route` naming the fields it takes.
     ``status()`` gives the status report; ``pods`` attaches and detaches
     pods (add_pod, del_pod, list_pods); ``fdb(network, mac)`` lists the
-    FDB (:func:`fdb_report`), either filter None for all."""
+    FDB (:func:`fdb_report`), either filter None for all; ``flood(name)``
+    gives the VTEPs a network floods to, as the core has them."""
     return {
         ("GET", "/v1/status"): Route(lambda b, q: status()),
         ("GET", "/v1/pods"): Route(lambda b, q: pods.list_pods()),
@@ -181,6 +188,7 @@ def api_routes(config, status: Callable[[], dict], pods, fdb: Callable[..., list
                     "subnet": n.subnet,
                     "gateway": n.gateway,
                     "mtu": n.mtu,
+                    "flood": flood(n.name),
                 }
                 for n in config.networks
             ]

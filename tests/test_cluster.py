@@ -702,6 +702,18 @@ def test_fdb_shows_where_each_mac_goes_and_why(cluster):
         and f"pod b plane std on node node{b['node']}" in line
         for line in lines
     ), out
+    # each network floods to the VTEPs of its remote pods and hosts, all
+    # resolved by now (every node pinged every other)
+    nets = {n["name"]: n["flood"] for n in node.api("GET", "/v1/networks")}
+    for net in ("net1", "net2"):
+        want = {r["vtep"] for (n, _), r in by.items() if n == net and r["type"] == "remote"}
+        assert {f["vtep"] for f in nets[net]} == want, (net, nets[net])
+    assert all(f["resolved"] for f in nets["net1"]), nets
+    rc, out, err = cli(node, "net", "list")
+    assert rc == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("net1 "))
+    flooded = line.split("flood ", 1)[1].split()
+    assert sorted(flooded) == sorted({f["vtep"] for f in nets["net1"]}), line
     rc, out, err = fdb_cli(node, "--mac", "02:00:00:00:00:01")
     assert rc == 0 and out.strip() == "no FDB entry for mac 02:00:00:00:00:01", out + err
     # bad input: named, and nothing changes
@@ -737,6 +749,12 @@ def test_static_hosts_added_listed_and_removed_through_any_node(cluster):
         time.sleep(0.05)
     [row] = on_node2()
     assert (row["vtep"], row["origin"], row["host"]) == (HOST_VTEP, "host", "kvm2")
+
+    def net2_flood():
+        nets = {n["name"]: n["flood"] for n in cl.nodes[2].api("GET", "/v1/networks")}
+        return {f["vtep"] for f in nets["net2"]}
+
+    assert HOST_VTEP in net2_flood()  # the host's VTEP gets net2's broadcasts
     # bad input: named, and nothing recorded
     bad = {
         ("--network", "nope"): "no network 'nope' on this node",
@@ -769,6 +787,7 @@ def test_static_hosts_added_listed_and_removed_through_any_node(cluster):
             break
         time.sleep(0.05)
     assert on_node2() == []
+    assert HOST_VTEP not in net2_flood()
     assert [h["name"] for h in cl.nodes[3].api("GET", "/v1/hosts")] == ["kvm"]
 
 
