@@ -421,15 +421,22 @@ def test_learning_accepts_and_learns_unknown_vtep(eng):
     assert eng.fdb_get(0, "02:00:00:00:07:07") == ("remote", "10.0.0.77")
 
 
+def learn_from(t, mac, vtep):
+    """A frame from ``mac`` behind ``vtep`` to pod a, delivered; then wait
+    until the control thread has learned it."""
+    t.send(t.up, vxlan_frame(udp_frame(src=mac, dst=A), src_vtep=vtep))
+    t.recv(t.a)
+    for _ in range(200):
+        if t.eng.fdb_get(0, mac):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{mac} behind {vtep} not learned")
+
+
 def test_fdb_list_shows_every_entry_and_what_learned_it(eng):
     t = Topo(eng, learning=True)
     learned = "02:00:00:00:07:08"
-    t.send(t.up, vxlan_frame(udp_frame(src=learned, dst=A), src_vtep="10.0.0.77"))
-    t.recv(t.a)
-    for _ in range(200):
-        if eng.fdb_get(0, learned):
-            break
-        time.sleep(0.01)
+    learn_from(t, learned, "10.0.0.77")
     got = {(e.network, e.mac): e for e in eng.fdb_list()}
     assert set(got) == {(0, A), (0, B), (1, C), (0, R1), (0, R2), (0, learned)}
     assert got[(0, A)][2:] == ("local", t.a, None, False, None)
@@ -467,12 +474,7 @@ def test_entry_set_by_the_api_over_a_learned_one_from_the_same_vtep_is_kept(eng)
     t = Topo(eng, learning=True)
     eng.set_learning_limits(age_s=0.3)
     mac = "02:00:00:00:07:0a"
-    t.send(t.up, vxlan_frame(udp_frame(src=mac, dst=A), src_vtep="10.0.0.77"))
-    t.recv(t.a)
-    for _ in range(200):
-        if eng.fdb_get(0, mac):
-            break
-        time.sleep(0.01)
+    learn_from(t, mac, "10.0.0.77")
     n = eng.learn_stats()["entries"]
     eng.fdb_add_remote(0, mac, "10.0.0.77")  # the same VTEP it was learned from
     e = eng.fdb_list(0, mac)[0]
@@ -504,11 +506,7 @@ def test_learned_mac_heard_again_is_confirmed_and_follows_a_move(eng):
     def entry():
         return next((e for e in eng.fdb_list(0) if e.mac == mac), None)
 
-    hear("10.0.0.77")
-    for _ in range(200):
-        if entry():
-            break
-        time.sleep(0.01)
+    learn_from(t, mac, "10.0.0.77")
     base = eng.learn_stats()
     # heard every 0.1 s for three ages: confirmed each time, never aged out
     for _ in range(15):
