@@ -12,7 +12,8 @@ What it builds (every name starts with dpdemo, all removed at the end):
                         vxlan100 + bridge  --  "vm" dpdemo-vm 192.168.100.200
 
 It starts the service, attaches the two pods, pings pod to pod on this node
-and pod to the vm behind a standard Linux VXLAN VTEP, prints the status and
+and pod to the vm behind a standard Linux VXLAN VTEP (its MAC learned from
+its frames), prints the status, the FDB and
 a few metrics, then keeps serving (try `dataplane status` and
 `curl 127.0.0.1:9464/metrics` from another shell) until Ctrl-C or
 --duration seconds.
@@ -44,7 +45,7 @@ node: demo
 mode: {mode}
 lcores: [0, 1]
 memory_mb: 512
-vtep: {{address: 10.77.0.1/24, uplink: dpdemo-up}}
+vtep: {{address: 10.77.0.1/24, uplink: dpdemo-up, learning: true}}
 networks:
   - {{name: net1, vni: 100, plane: std, subnet: 192.168.100.0/24, gateway: 192.168.100.1}}
   - {{name: net2, vni: 200, plane: control, subnet: 192.168.200.0/24}}
@@ -198,6 +199,19 @@ def main(argv=None):
                 f"flood {n['flood_packets']} local {n['local_packets']}"
             )
         print(f"  drops {st['drops']}")
+        print("demo: FDB (dataplane fdb): where each MAC goes, and why")
+        for r in svc.fdb():
+            to = r["port"] if r["type"] == "local" else r["vtep"]
+            whose = (
+                f"pod {r['pod']} plane {r['plane']}"
+                if r["origin"] == "pod"
+                else f"age {r['age_s']} s"
+                if r["origin"] == "learned"
+                else "-"
+            )
+            print(
+                f"  {r['network']:5s} {r['mac']} {r['type']:6s} {to:16s} {r['origin']:8s} {whose}"
+            )
         text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
         sample = [
             ln
