@@ -29,7 +29,8 @@ def _row(e: Dict[str, Any]) -> Dict[str, Any]:
 
 class StaticHosts:
     """Add, list and remove the static hosts of ``store``; ``networks``:
-    the names of the networks this node has (a host goes on one of them)."""
+    the names of the networks this node has (a host goes on one of them, or
+    on one the store has from other nodes)."""
 
     def __init__(self, store, networks):
         self.store = store
@@ -52,11 +53,13 @@ class StaticHosts:
     def add(self, body: Dict[str, Any]) -> Dict[str, Any]:
         self._need_cluster_store()
         name, network = body["name"], body["network"]
-        if network not in self.networks:
+        # a network of the cluster: this node's, or one only other nodes have
+        if network not in self.networks and self.store.network(network) is None:
+            known = self.networks | {n["name"] for n in self.store.networks()}
             raise fail(
                 "network",
-                f"no network {network!r} on this node (it has "
-                f"{', '.join(sorted(self.networks)) or 'none'})",
+                f"no network {network!r} in the cluster (it has "
+                f"{', '.join(sorted(known)) or 'none'})",
             )
         e = self.store.put_static_endpoint(
             name, network, body["mac"], str(body["ip"]), str(body["vtep"])

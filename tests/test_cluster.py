@@ -757,7 +757,7 @@ def test_static_hosts_added_listed_and_removed_through_any_node(cluster):
     assert HOST_VTEP in net2_flood()  # the host's VTEP gets net2's broadcasts
     # bad input: named, and nothing recorded
     bad = {
-        ("--network", "nope"): "no network 'nope' on this node",
+        ("--network", "nope"): "no network 'nope' in the cluster (it has net1, net2)",
         ("--mac", "ff:ff:ff:ff:ff:ff"): "not a unicast one",
         ("--mac", mac_of(a, "control")): mac_of(a, "control"),  # pod a's MAC
         ("--ip", ip_of(a, "control")): "taken by pod a",
