@@ -63,7 +63,8 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
         hold >>= 6;
     if (w->heard[s].key == key && w->rx_tsc - w->heard[s].tsc < hold)
         return;
-    if (w->rx_tsc - w->heard_ms >= dp_learn_ms_cycles) {
+    if (w->rx_tsc - w->heard_ms >=
+        atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed)) {
         w->heard_ms = w->rx_tsc;
         w->heard_left = DP_LEARN_HEARD_BURST;
     }

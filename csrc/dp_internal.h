@@ -180,7 +180,7 @@ struct dp_slow_event {
 /* learning: how long after a worker reported a learned source MAC it reports
  * the same MAC again, and a millisecond (TSC cycles; dp_learn.c sets them) */
 extern _Atomic uint64_t dp_learn_report_cycles;
-extern uint64_t dp_learn_ms_cycles;
+extern _Atomic uint64_t dp_learn_ms_cycles;
 
 /* worker poll lists: immutable snapshots */
 /* what a worker polls: (port, rx queue) pairs */

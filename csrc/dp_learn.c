@@ -44,14 +44,14 @@ static uint64_t last_age;
  * confirmed several times before it would age out, and a MAC that moved
  * to another VTEP follows within a second */
 _Atomic uint64_t dp_learn_report_cycles;
-uint64_t dp_learn_ms_cycles;
+_Atomic uint64_t dp_learn_ms_cycles;
 
 static void
 set_report_cycles(void)
 {
-    uint64_t ms = RTE_MIN(age_ms / 4, 1000u);
-    dp_learn_ms_cycles = rte_get_tsc_hz() / 1000;
-    atomic_store_explicit(&dp_learn_report_cycles, ms * dp_learn_ms_cycles, memory_order_relaxed);
+    uint64_t ms = RTE_MIN(age_ms / 4, 1000u), hz_ms = rte_get_tsc_hz() / 1000;
+    atomic_store_explicit(&dp_learn_ms_cycles, hz_ms, memory_order_relaxed);
+    atomic_store_explicit(&dp_learn_report_cycles, ms * hz_ms, memory_order_relaxed);
 }
 
 static unsigned
