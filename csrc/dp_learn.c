@@ -42,7 +42,8 @@ static uint64_t last_age;
 
 /* a quarter of the age, at most a second: a learned entry in use is
  * confirmed several times before it would age out, and a MAC that moved
- * to another VTEP follows within a second */
+ * to another VTEP follows within a second; and a millisecond, for the
+ * workers' report budget and the ages here (set with the EAL up) */
 _Atomic uint64_t dp_learn_report_cycles;
 _Atomic uint64_t dp_learn_ms_cycles;
 
@@ -139,7 +140,7 @@ dp_learn_age_of(uint64_t key, uint32_t *age)
     int i = lt_n ? lt_find(key) : -1;
     if (i < 0)
         return 0;
-    uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    uint64_t hz_ms = atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed);
     uint64_t ms = (rte_get_tsc_cycles() - lt[i].tsc) / (hz_ms ? hz_ms : 1);
     *age = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
     return 1;
@@ -201,7 +202,7 @@ void
 dp_learn_age(void)
 {
     uint64_t now = rte_get_tsc_cycles();
-    uint64_t hz_ms = rte_get_tsc_hz() / 1000;
+    uint64_t hz_ms = atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed);
     if (!lt_n || now - last_age < DP_LEARN_AGE_EVERY_MS * hz_ms)
         return;
     last_age = now;

@@ -307,7 +307,7 @@ def parse_mac(value, path: str = "mac") -> bytes:
 
 
 def format_mac(octets: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in bytes(octets))
+    return bytes(octets).hex(":")
 
 
 def check_mac(value, path: str = "mac") -> str:

@@ -188,7 +188,15 @@ def cmd_fdb(args):
             + (" for " + " ".join(f"{k} {v}" for k, v in query.items()) if query else "")
         )
         return 0
-    print(f"{'NETWORK':10s} {'MAC':17s} {'TYPE':6s} {'TO':18s} {'ORIGIN':8s} WHOSE")
+    for line in fdb_lines(rows):
+        print(line)
+    return 0
+
+
+def fdb_lines(rows) -> list:
+    """The FDB report's rows (``GET /v1/fdb``) as ``dataplane fdb`` prints
+    them, under a header line."""
+    out = [f"{'NETWORK':10s} {'MAC':17s} {'TYPE':6s} {'TO':18s} {'ORIGIN':8s} WHOSE"]
     for r in rows:
         to = r["port"] if r["type"] == "local" else r["vtep"]
         if r["origin"] in ("pod", "cluster"):
@@ -201,8 +209,10 @@ def cmd_fdb(args):
             whose = f"age {r['age_s']:.1f} s"
         else:
             whose = "-"
-        print(f"{r['network']:10s} {r['mac']:17s} {r['type']:6s} {to:18s} {r['origin']:8s} {whose}")
-    return 0
+        out.append(
+            f"{r['network']:10s} {r['mac']:17s} {r['type']:6s} {to:18s} {r['origin']:8s} {whose}"
+        )
+    return out
 
 
 def cmd_host(args):

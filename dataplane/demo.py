@@ -157,6 +157,7 @@ def main(argv=None):
 
     import yaml
 
+    from .cli import fdb_lines
     from .config import parse_config
     from .service import NodeService, setup_logging
 
@@ -200,18 +201,8 @@ def main(argv=None):
             )
         print(f"  drops {st['drops']}")
         print("demo: FDB (dataplane fdb): where each MAC goes, and why")
-        for r in svc.fdb():
-            to = r["port"] if r["type"] == "local" else r["vtep"]
-            whose = (
-                f"pod {r['pod']} plane {r['plane']}"
-                if r["origin"] == "pod"
-                else f"age {r['age_s']} s"
-                if r["origin"] == "learned"
-                else "-"
-            )
-            print(
-                f"  {r['network']:5s} {r['mac']} {r['type']:6s} {to:16s} {r['origin']:8s} {whose}"
-            )
+        for line in fdb_lines(svc.fdb()):
+            print("  " + line)
         text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
         sample = [
             ln

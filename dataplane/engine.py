@@ -402,11 +402,11 @@ class _Tables:
                 vtep = vteps.get(target)
                 if vtep is None:
                     vtep = vteps[target] = str(ipaddress.IPv4Address(target))
-                e = FdbEntry(netw, bytes(m).hex(":"), "remote", None, vtep, bool(learned), None)
+                e = FdbEntry(netw, format_mac(m), "remote", None, vtep, bool(learned), None)
                 if learned:
                     e = e._replace(age_s=age_ms / 1000.0)
             else:
-                e = FdbEntry(netw, bytes(m).hex(":"), "local", target, None, False, None)
+                e = FdbEntry(netw, format_mac(m), "local", target, None, False, None)
             out.append(e)
         return out
 

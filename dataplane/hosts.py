@@ -24,7 +24,8 @@ def is_static(endpoint: Dict[str, Any]) -> bool:
 
 
 def _row(e: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: e[k] for k in ("name", "network", "plane", "mac", "ip", "vtep")}
+    """A static host's endpoint as the API shows it (its "pod" is its name)."""
+    return {"name": e["pod"], **{k: e[k] for k in ("network", "plane", "mac", "ip", "vtep")}}
 
 
 class StaticHosts:
@@ -47,7 +48,7 @@ class StaticHosts:
     def list(self) -> List[Dict[str, Any]]:
         if not hasattr(self.store, "put_static_endpoint"):
             return []
-        rows = [_row({**e, "name": e["pod"]}) for e in self.store.endpoints() if is_static(e)]
+        rows = [_row(e) for e in self.store.endpoints() if is_static(e)]
         return sorted(rows, key=lambda r: (r["name"], r["network"]))
 
     def add(self, body: Dict[str, Any]) -> Dict[str, Any]:
@@ -64,7 +65,7 @@ class StaticHosts:
         e = self.store.put_static_endpoint(
             name, network, body["mac"], str(body["ip"]), str(body["vtep"])
         )
-        return _row({**e, "name": e["pod"]})
+        return _row(e)
 
     def delete(self, name: str) -> Dict[str, Any]:
         self._need_cluster_store()
@@ -75,7 +76,7 @@ class StaticHosts:
                 + (" (it is a pod: dataplane pod del)" if eps or self.store.pod(name) else "")
             )
         self.store.delete_pod(name)
-        return {"deleted": name, "endpoints": [_row({**e, "name": e["pod"]}) for e in eps]}
+        return {"deleted": name, "endpoints": [_row(e) for e in eps]}
 
 
 def host_routes(hosts: StaticHosts) -> Dict[tuple, Route]:

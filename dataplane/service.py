@@ -278,16 +278,20 @@ class NodeService:
                 f"network: no network {network!r} on this node "
                 f"(it has {', '.join(sorted(self.net_index)) or 'none'})"
             )
+
+        def by_key(endpoints):  # {(network index, mac): endpoint}
+            return {
+                (self.net_index[e["network"]], e["mac"].lower()): e
+                for e in endpoints
+                if e["network"] in self.net_index
+            }
+
         with self.lock:
             engine = self.engine
             if engine is None:
                 raise NotFound("the node service is stopping")
             ports = {p.index: p.name for p in engine.ports()}
-            remote = {
-                (self.net_index[e["network"]], e["mac"].lower()): e
-                for e in self.sync.remote.values()
-                if e["network"] in self.net_index
-            }
+            remote = by_key(self.sync.remote.values())
         # the engine's own lock, held only while the table is copied: pods
         # and the cluster view are not held up while a large one is listed
         try:
@@ -296,11 +300,9 @@ class NodeService:
             if self.engine is None:
                 raise NotFound("the node service is stopping") from None
             raise
-        local = {
-            (self.net_index[e["network"]], e["mac"].lower()): e
-            for e in self.store.endpoints()
-            if e["network"] in self.net_index and (e.get("node") in (None, self.config.node))
-        }
+        local = by_key(
+            e for e in self.store.endpoints() if e.get("node") in (None, self.config.node)
+        )
         return fdb_report(entries, self.net_index, ports, local, remote)
 
     # --------------------------------------------------------------- stop

@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional
 from . import __version__
 from .api import Route
 from .checks import check_json_document, check_mac, check_name, check_netns_path, check_pod_name
-from .store.etcd_alloc import STATIC_NODE_PREFIX
+from .hosts import is_static
 
 
 def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optional[int]):
@@ -137,7 +137,7 @@ def fdb_report(entries, networks: Dict[str, int], port_names, local_eps, remote_
             ep = remote_eps.get(key)
             if e.learned:
                 row.update(origin="learned", age_s=round(e.age_s, 1))
-            elif ep and str(ep.get("node") or "").startswith(STATIC_NODE_PREFIX):
+            elif ep and is_static(ep):
                 row.update(origin="host", host=ep["pod"])
             elif ep:
                 row.update(origin="cluster", pod=ep["pod"], plane=ep["plane"], node=ep["node"])
