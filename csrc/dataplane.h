@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 15
+#define DP_ABI_VERSION 16
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -204,10 +204,11 @@ int dp_fdb_count(void);
 struct dp_fdb_entry {
     int net;
     uint8_t mac[6];
-    int kind;        /* DP_FDB_LOCAL or DP_FDB_REMOTE */
-    uint32_t target; /* local: the port; remote: the VTEP's IPv4 address */
-    int learned;     /* 1: learned from the underlay (dp_learn) */
-    uint32_t age_ms; /* learned: since it was learned or last confirmed */
+    int kind;           /* DP_FDB_LOCAL or DP_FDB_REMOTE */
+    uint32_t target;    /* local: the port; remote: the VTEP's IPv4 address */
+    int learned;        /* 1: learned from the underlay (dp_learn) */
+    uint32_t age_ms;    /* learned: since it was learned or last confirmed */
+    uint32_t frozen_ms; /* learned, found moving too often: left frozen (0: not) */
 };
 /* up to cap entries of network net (-1: every network) into out, from
  * table position *pos on (0 to begin): how many (0: no more), *pos
@@ -293,13 +294,21 @@ unsigned dp_pool_in_use(void);
 #define DP_LEARN_AGE_MS_DEFAULT 300000
 #define DP_LEARN_PER_NET_DEFAULT 4096
 #define DP_LEARN_PER_VTEP_DEFAULT 1024
-#define DP_LEARN_LEARNED 0 /* new entries */
-#define DP_LEARN_MOVED 1   /* learned entries now behind another VTEP */
-#define DP_LEARN_STATIC 2  /* refused: a local or configured entry */
-#define DP_LEARN_LIMIT 3   /* refused: the network's or VTEP's limit */
-#define DP_LEARN_AGED 4    /* removed: not confirmed in time */
-#define DP_LEARN_STAT_COUNT 5
+#define DP_LEARN_LEARNED 0   /* new entries */
+#define DP_LEARN_MOVED 1     /* learned entries now behind another VTEP */
+#define DP_LEARN_STATIC 2    /* refused: a local or configured entry */
+#define DP_LEARN_LIMIT 3     /* refused: the network's or VTEP's limit */
+#define DP_LEARN_AGED 4      /* removed: not confirmed in time */
+#define DP_LEARN_DUPLICATE 5 /* learned MACs found moving too often: frozen */
+#define DP_LEARN_FROZEN 6    /* refused: a move of a frozen MAC */
+#define DP_LEARN_STAT_COUNT 7
 int dp_learn_config(uint32_t age_ms, uint32_t per_net, uint32_t per_vtep);
+/* duplicate MACs: a learned MAC about to make its moves-th move within
+ * window_ms stays where it is for freeze_ms (moves 0: no detection) */
+#define DP_LEARN_DUP_MOVES_DEFAULT 5
+#define DP_LEARN_DUP_WINDOW_MS_DEFAULT 180000
+#define DP_LEARN_DUP_FREEZE_MS_DEFAULT 180000
+int dp_learn_dup_config(uint32_t moves, uint32_t window_ms, uint32_t freeze_ms);
 uint64_t dp_learn_stat(int which);
 int dp_learn_count(void);
 

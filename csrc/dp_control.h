@@ -115,9 +115,9 @@ const uint8_t *dp_neigh_mac(uint32_t ip);
 int dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip);
 void dp_learn_age(void);
 void dp_learn_forget(uint64_t key);
-/* key's entry is a learned one: 1 and *age_ms since it was learned or
- * last confirmed, else 0 */
-int dp_learn_age_of(uint64_t key, uint32_t *age_ms);
+/* key's entry is a learned one: 1, *age_ms since it was learned or
+ * last confirmed and *frozen_ms it stays frozen (0: not), else 0 */
+int dp_learn_age_of(uint64_t key, uint32_t *age_ms, uint32_t *frozen_ms);
 /* a worker heard a remote MAC the FDB has from VTEP ip (DP_EV_HEARD) */
 void dp_learn_heard(int net, const uint8_t *mac, uint32_t ip);
 

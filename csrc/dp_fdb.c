@@ -229,7 +229,7 @@ dp_fdb_list(int net, uint32_t *pos, struct dp_fdb_entry *out, int cap)
         if (e->kind == DP_FDB_REMOTE) {
             struct dp_tunnel *t = atomic_load(&dp.tunnels[e->target]);
             e->target = t ? t->ip : 0;
-            e->learned = dp_learn_age_of(key, &e->age_ms);
+            e->learned = dp_learn_age_of(key, &e->age_ms, &e->frozen_ms);
         }
     }
     return n;

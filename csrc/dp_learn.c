@@ -9,6 +9,14 @@
  * age_ms after it was learned or last confirmed (learn_aged), and learned
  * again from the MAC's next frame. The table of learned keys is the control
  * thread's alone.
+ *
+ * A MAC that keeps moving between VTEPs (a loop in a host's network, two
+ * hosts with one MAC, a spoofer) is a duplicate (as EVPN's duplicate MAC
+ * detection has it, RFC 7432 15.1): the move that would be its dup_moves-th
+ * within dup_window_ms is refused, and the entry stays frozen where it is
+ * for dup_freeze_ms - traffic to it goes one way instead of flapping, and
+ * the workers' reports of it cost the control thread nothing more than a
+ * counter (learn_frozen). Then its moves are counted afresh.
  */
 #include <string.h>
 
@@ -24,7 +32,10 @@ struct learned {
     uint64_t key; /* FDB key */
     uint32_t vtep;
     uint8_t used;
-    uint64_t tsc; /* learned or last confirmed */
+    uint32_t moves;   /* within the window that began at win_tsc */
+    uint64_t tsc;     /* learned or last confirmed */
+    uint64_t win_tsc; /* first move of the window */
+    uint64_t frozen;  /* found a duplicate: frozen until then (0: not) */
 };
 static struct learned lt[DP_LEARN_MAX];
 static uint16_t lt_idx[DP_LEARN_IDX]; /* key -> slot + 1, open addressing */
@@ -37,6 +48,9 @@ static struct {
 static uint32_t age_ms = DP_LEARN_AGE_MS_DEFAULT;
 static uint32_t max_net = DP_LEARN_PER_NET_DEFAULT;
 static uint32_t max_vtep = DP_LEARN_PER_VTEP_DEFAULT;
+static uint32_t dup_moves = DP_LEARN_DUP_MOVES_DEFAULT;
+static uint32_t dup_window_ms = DP_LEARN_DUP_WINDOW_MS_DEFAULT;
+static uint32_t dup_freeze_ms = DP_LEARN_DUP_FREEZE_MS_DEFAULT;
 static uint64_t stats[DP_LEARN_STAT_COUNT];
 static uint64_t last_age;
 
@@ -134,15 +148,50 @@ dp_learn_forget(uint64_t key)
     lt_reindex();
 }
 
+static uint32_t
+ms_of(uint64_t cycles)
+{
+    uint64_t hz_ms = atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed);
+    uint64_t ms = cycles / (hz_ms ? hz_ms : 1);
+    return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
 int
-dp_learn_age_of(uint64_t key, uint32_t *age)
+dp_learn_age_of(uint64_t key, uint32_t *age, uint32_t *frozen)
 {
     int i = lt_n ? lt_find(key) : -1;
     if (i < 0)
         return 0;
+    uint64_t now = rte_get_tsc_cycles();
+    *age = ms_of(now - lt[i].tsc);
+    *frozen = now < lt[i].frozen ? RTE_MAX(ms_of(lt[i].frozen - now), 1u) : 0;
+    return 1;
+}
+
+/* learned entry i heard from another VTEP at now: 1 if it may move (its
+ * move history updated), 0 if it stays (frozen, or found a duplicate now) */
+static int
+move_allowed(struct learned *e, uint64_t now)
+{
     uint64_t hz_ms = atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed);
-    uint64_t ms = (rte_get_tsc_cycles() - lt[i].tsc) / (hz_ms ? hz_ms : 1);
-    *age = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+    if (e->frozen) {
+        if (now < e->frozen) {
+            stats[DP_LEARN_FROZEN]++;
+            return 0;
+        }
+        e->frozen = 0; /* thawed: its moves counted afresh */
+        e->moves = 0;
+    }
+    if (e->moves == 0 || now - e->win_tsc >= (uint64_t)dup_window_ms * hz_ms) {
+        e->moves = 0;
+        e->win_tsc = now;
+    }
+    if (dup_moves && e->moves + 1 >= dup_moves) {
+        e->frozen = now + (uint64_t)dup_freeze_ms * hz_ms;
+        stats[DP_LEARN_DUPLICATE]++;
+        return 0;
+    }
+    e->moves++;
     return 1;
 }
 
@@ -166,8 +215,14 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
         stats[DP_LEARN_LIMIT]++;
         return 0;
     }
-    /* the hook in dp_fdb_put_remote forgets a moved entry's old VTEP */
     int moved = i >= 0;
+    struct learned was = {.win_tsc = now};
+    if (moved) {
+        if (!move_allowed(&lt[i], now))
+            return 0;
+        was = lt[i];
+    }
+    /* the hook in dp_fdb_put_remote forgets a moved entry's old VTEP */
     int ret = dp_fdb_put_remote(net, mac, ip, 1);
     if (ret < 0)
         return ret;
@@ -178,7 +233,8 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
     }
     for (i = 0; lt[i].used; i++)
         ;
-    lt[i] = (struct learned){.key = key, .vtep = ip, .used = 1, .tsc = now};
+    lt[i] = (struct learned){
+        .key = key, .vtep = ip, .used = 1, .moves = was.moves, .tsc = now, .win_tsc = was.win_tsc};
     lt_index(i);
     lt_n++;
     (*vc)++;
@@ -236,6 +292,20 @@ dp_learn_config(uint32_t age, uint32_t per_net_max, uint32_t per_vtep_max)
     max_net = per_net_max;
     max_vtep = per_vtep_max;
     set_report_cycles();
+    return 0;
+}
+
+int
+dp_learn_dup_config(uint32_t moves, uint32_t window_ms, uint32_t freeze_ms)
+{
+    if (moves == 1 || moves > 1000)
+        return dp_fail(-EINVAL, "duplicate MAC moves %u: 2..1000, or 0 for no detection", moves);
+    if (window_ms < 1000 || window_ms > 86400000 || freeze_ms < 1000 || freeze_ms > 86400000)
+        return dp_fail(-EINVAL, "duplicate MAC window %u ms, freeze %u ms: each 1 s to 1 day",
+                       window_ms, freeze_ms);
+    dup_moves = moves;
+    dup_window_ms = window_ms;
+    dup_freeze_ms = freeze_ms;
     return 0;
 }
 

@@ -131,8 +131,9 @@ def cmd_status(args):
             f"  fdb {st['fdb_entries']} entries"
             + (
                 f" ({learned['entries']} learned; learned {learned['learned']} moved "
-                f"{learned['moved']} aged {learned['aged']} refused "
-                f"{learned['refused_static'] + learned['refused_limit']})"
+                f"{learned['moved']} aged {learned['aged']} duplicate "
+                f"{learned['duplicate']} refused "
+                f"{learned['refused_static'] + learned['refused_limit'] + learned['refused_frozen']})"
                 if learned
                 else ""
             )
@@ -206,7 +207,11 @@ def fdb_lines(rows) -> list:
         elif r["origin"] == "host":
             whose = f"host {r['host']}"
         elif r["origin"] == "learned":
-            whose = f"age {r['age_s']:.1f} s"
+            whose = f"age {r['age_s']:.1f} s" + (
+                f", DUPLICATE: frozen here for {r['frozen_s']:.0f} s more"
+                if r.get("frozen_s")
+                else ""
+            )
         else:
             whose = "-"
         out.append(

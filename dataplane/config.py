@@ -12,6 +12,8 @@
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
       # uplink: dpdk:net_tap0,iface=up0    (any DPDK device string)
       # tunnel_gso: true           # afpacket uplink: TCP super-frames leave whole (Linux >= 6.17)
+      # learning: false            # learn remote MACs from the underlay (hosts no store knows)
+      # duplicate_macs: {moves: 5, window_s: 180, freeze_s: 180}   # learned MAC flapping: frozen
     networks:
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
     remotes:
@@ -121,6 +123,17 @@ _PLANE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,14}$")
 
 # ---------------------------------------------------------------- dataclasses
 @dataclasses.dataclass(frozen=True)
+class DuplicateMacs:
+    """Duplicate MAC detection for learned MACs: the move that would be a
+    MAC's ``moves``-th within ``window_s`` is refused and the MAC stays
+    where it is for ``freeze_s`` (``moves`` 0: no detection)."""
+
+    moves: int = 5
+    window_s: int = 180
+    freeze_s: int = 180
+
+
+@dataclasses.dataclass(frozen=True)
 class VtepConfig:
     address: str  # "a.b.c.d/len", normalised
     uplink: str  # as written: "eth1" or "dpdk:<devargs>"
@@ -130,6 +143,7 @@ class VtepConfig:
     next_hop_mac: Optional[str] = None
     underlay_mtu: int = DEFAULT_UNDERLAY_MTU
     learning: bool = False
+    duplicate_macs: DuplicateMacs = DuplicateMacs()  # with learning
     uplink_rate: int = 0  # shaper on the uplink, bit/s; 0 = off
     uplink_burst: int = 16384  # shaper bucket, bytes
     uplink_rx_queues: int = 1  # rx queues of a DPDK uplink (planes' rx_queue)
@@ -331,7 +345,12 @@ class NodeConfig:
             "idle_sleep_us": self.idle_sleep_us,
             "idle_yield": self.idle_yield,
             "cpu_latency_us": self.cpu_latency_us,
-            "vtep": dataclasses.asdict(self.vtep),
+            "vtep": {
+                k: v
+                for k, v in dataclasses.asdict(self.vtep).items()
+                # for learned MACs only: refused without learning
+                if k != "duplicate_macs" or self.vtep.learning
+            },
             "planes": {
                 p.name: {
                     "priority": p.priority,
@@ -463,6 +482,7 @@ _VTEP_KEYS = (
     "next_hop_mac",
     "underlay_mtu",
     "learning",
+    "duplicate_macs",
     "uplink_rate",
     "uplink_burst",
     "uplink_rx_queues",
@@ -492,6 +512,7 @@ _NETWORK_KEYS = (
     "storm_burst",
 )
 _STORE_KEYS = ("kind", "path", "endpoints", "prefix")
+_DUPLICATE_MACS_KEYS = ("moves", "window_s", "freeze_s")
 
 
 def _node_config(data, base_dir) -> NodeConfig:
@@ -597,6 +618,7 @@ def _vtep(value) -> VtepConfig:
                 "',' or '=' (it goes into a DPDK device string)",
             )
         check_af_xdp_mtu(underlay_mtu, f"{p}.underlay_mtu", "uplink_driver")
+    learning = check_bool(v.get("learning", False), f"{p}.learning")
     burst = check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26)
     frame = underlay_mtu + 14 + WIRE_OVERHEAD  # the largest frame the uplink sends
     if burst < frame:
@@ -614,12 +636,38 @@ def _vtep(value) -> VtepConfig:
         gateway=gateway,
         next_hop_mac=nh,
         underlay_mtu=underlay_mtu,
-        learning=check_bool(v.get("learning", False), f"{p}.learning"),
+        learning=learning,
+        duplicate_macs=_duplicate_macs(v.get("duplicate_macs"), learning, f"{p}.duplicate_macs"),
         uplink_rate=check_rate(v.get("uplink_rate", 0), f"{p}.uplink_rate"),
         uplink_burst=burst,
         uplink_rx_queues=rxq,
         uplink_driver=driver,
         tunnel_gso=check_bool(v.get("tunnel_gso", True), f"{p}.tunnel_gso"),
+    )
+
+
+def _duplicate_macs(value, learning: bool, path: str) -> DuplicateMacs:
+    """vtep.duplicate_macs: {moves, window_s, freeze_s}, for learned MACs."""
+    if value is None:
+        return DuplicateMacs()
+    if not learning:
+        raise fail(
+            path,
+            "applies to MACs learned from the underlay: set vtep.learning: true, or leave it out",
+        )
+    d = check_keys(value, path, _DUPLICATE_MACS_KEYS)
+    base = DuplicateMacs()
+    moves = check_int(d.get("moves", base.moves), f"{path}.moves", 0, 1000)
+    if moves == 1:
+        raise fail(
+            f"{path}.moves",
+            "1 would freeze a MAC at its first move: give 2..1000 (moves in the window "
+            "that make a duplicate), or 0 to turn detection off",
+        )
+    return DuplicateMacs(
+        moves=moves,
+        window_s=check_int(d.get("window_s", base.window_s), f"{path}.window_s", 1, 86400),
+        freeze_s=check_int(d.get("freeze_s", base.freeze_s), f"{path}.freeze_s", 1, 86400),
     )
 
 

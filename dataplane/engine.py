@@ -49,7 +49,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 15
+ABI_VERSION = 16
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -177,11 +177,11 @@ class PortInfo:
 #: struct dp_fdb_entry (csrc/dataplane.h), as numpy reads a copy of an array of them
 _FDB_ENTRY = np.dtype(
     {
-        "names": ["net", "mac", "kind", "target", "learned", "age_ms"],
-        "formats": ["<i4", ("u1", 6), "<i4", "<u4", "<i4", "<u4"],
+        "names": ["net", "mac", "kind", "target", "learned", "age_ms", "frozen_ms"],
+        "formats": ["<i4", ("u1", 6), "<i4", "<u4", "<i4", "<u4", "<u4"],
         "offsets": [
             ffi.offsetof("struct dp_fdb_entry", f)
-            for f in ("net", "mac", "kind", "target", "learned", "age_ms")
+            for f in ("net", "mac", "kind", "target", "learned", "age_ms", "frozen_ms")
         ],
         "itemsize": ffi.sizeof("struct dp_fdb_entry"),
     }
@@ -198,6 +198,8 @@ class FdbEntry(NamedTuple):
     vtep: Optional[str]  # remote: the VTEP it goes to
     learned: bool  # remote: learned from the underlay (vtep.learning)
     age_s: Optional[float]  # learned: since it was learned or last confirmed
+    # learned, found a duplicate (moving too often): how long it stays frozen
+    frozen_s: Optional[float] = None
 
 
 class Counters:
@@ -397,14 +399,14 @@ class _Tables:
             rows = rows[(rows["mac"] == np.frombuffer(want, np.uint8)).all(axis=1)]
         vteps = {}  # a VTEP's address as text, made once
         out: List[FdbEntry] = []
-        for netw, m, kind, target, learned, age_ms in rows.tolist():
+        for netw, m, kind, target, learned, age_ms, frozen_ms in rows.tolist():
             if kind == lib.DP_FDB_REMOTE:
                 vtep = vteps.get(target)
                 if vtep is None:
                     vtep = vteps[target] = str(ipaddress.IPv4Address(target))
                 e = FdbEntry(netw, format_mac(m), "remote", None, vtep, bool(learned), None)
                 if learned:
-                    e = e._replace(age_s=age_ms / 1000.0)
+                    e = e._replace(age_s=age_ms / 1000.0, frozen_s=frozen_ms / 1000.0 or None)
             else:
                 e = FdbEntry(netw, format_mac(m), "local", target, None, False, None)
             out.append(e)
@@ -596,11 +598,38 @@ class _Guards:
             per_vtep,
         )
 
+    def set_duplicate_macs(
+        self,
+        moves: int = lib.DP_LEARN_DUP_MOVES_DEFAULT,
+        window_s: float = lib.DP_LEARN_DUP_WINDOW_MS_DEFAULT / 1000,
+        freeze_s: float = lib.DP_LEARN_DUP_FREEZE_MS_DEFAULT / 1000,
+    ):
+        """Duplicate MAC detection for learned MACs: the move that would be
+        a MAC's ``moves``-th within ``window_s`` seconds is refused, and the
+        MAC stays where it is for ``freeze_s`` seconds (``moves`` 0: no
+        detection)."""
+        self._call(
+            "setting duplicate MAC detection",
+            lib.dp_learn_dup_config,
+            moves,
+            int(window_s * 1000),
+            int(freeze_s * 1000),
+        )
+
     def learn_stats(self) -> dict:
         """What learning did: learned, moved, refused (static, limit), aged,
-        and how many learned MACs there are now."""
+        found duplicate, refused (frozen), and how many learned MACs there
+        are now."""
         with self._lock:
-            names = ("learned", "moved", "refused_static", "refused_limit", "aged")
+            names = (
+                "learned",
+                "moved",
+                "refused_static",
+                "refused_limit",
+                "aged",
+                "duplicate",
+                "refused_frozen",
+            )
             out = {k: int(lib.dp_learn_stat(i)) for i, k in enumerate(names)}
             out["entries"] = int(lib.dp_learn_count())
         return out

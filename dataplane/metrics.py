@@ -160,10 +160,19 @@ class CoreCollector:
                 "dataplane_learning_events",
                 "What learning from the underlay did: learned, moved (to another VTEP), "
                 "refused_static (a local or configured MAC), refused_limit, aged (not heard "
-                "within the age)",
+                "within the age), duplicate (found moving too often: frozen where it is), "
+                "refused_frozen (a move of a frozen MAC)",
                 labels=["event"],
             )
-            for k in ("learned", "moved", "refused_static", "refused_limit", "aged"):
+            for k in (
+                "learned",
+                "moved",
+                "refused_static",
+                "refused_limit",
+                "aged",
+                "duplicate",
+                "refused_frozen",
+            ):
                 ev.add_metric([k], snap.learning[k])
             yield ev
             yield GaugeMetricFamily(

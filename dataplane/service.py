@@ -203,6 +203,9 @@ class NodeService:
             next_hop_mac=v.next_hop_mac,
             learning=v.learning,
         )
+        if v.learning:
+            d = v.duplicate_macs
+            eng.set_duplicate_macs(d.moves, d.window_s, d.freeze_s)
         for name, vteps in cfg.flood_lists().items():
             if vteps:
                 eng.set_flood(self.net_index[name], vteps)

@@ -137,6 +137,8 @@ def fdb_report(entries, networks: Dict[str, int], port_names, local_eps, remote_
             ep = remote_eps.get(key)
             if e.learned:
                 row.update(origin="learned", age_s=round(e.age_s, 1))
+                if e.frozen_s:
+                    row["frozen_s"] = round(e.frozen_s, 1)
             elif ep and is_static(ep):
                 row.update(origin="host", host=ep["pod"])
             elif ep:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dataplane import checks
-from dataplane.config import load_config, parse_config
+from dataplane.config import DuplicateMacs, load_config, parse_config
 from dataplane.errors import ConfigError
 
 BASE = {
@@ -43,6 +43,7 @@ vtep:
   next_hop_mac: 02:aa:00:00:00:fe
   underlay_mtu: 9000
   learning: true
+  duplicate_macs: {moves: 0}        # detection off
   tunnel_gso: false
 planes:
   std: {priority: 0}
@@ -115,6 +116,7 @@ def test_full_file(tmp_path):
     assert v.ip == "10.0.0.1" and v.gateway == "10.0.0.254"
     assert v.udp_port == 8472 and v.underlay_mtu == 9000 and v.learning is True
     assert v.tunnel_gso is False
+    assert v.duplicate_macs == DuplicateMacs(moves=0, window_s=180, freeze_s=180)
     assert list(c.planes) == ["std", "control", "media"]
     assert c.planes["control"].interface == "sig0"
     assert c.plane_id("media") == 7
@@ -238,6 +240,21 @@ def test_vtep_errors():
     bad(vtep(underlay_mtu=100), r"^vtep\.underlay_mtu: 100 out of range 576\.\.9216")
     bad(vtep(learning="yes"), r"^vtep\.learning: 'yes' is not true or false")
     bad(vtep(tunnel_gso="off"), r"^vtep\.tunnel_gso: 'off' is not true or false")
+    bad(
+        vtep(duplicate_macs={"moves": 3}),
+        r"^vtep\.duplicate_macs: applies to MACs learned from the underlay: set "
+        r"vtep\.learning: true",
+    )
+    bad(vtep(learning=True, duplicate_macs={"moves": 1}), r"^vtep\.duplicate_macs\.moves: 1 would")
+    bad(
+        vtep(learning=True, duplicate_macs={"moves": 3, "window": 60}),
+        r"^vtep\.duplicate_macs\.window: unknown key .*window_s",
+    )
+    bad(
+        vtep(learning=True, duplicate_macs={"freeze_s": 0}),
+        r"^vtep\.duplicate_macs\.freeze_s: 0 out of range 1\.\.86400",
+    )
+    bad(vtep(learning=True, duplicate_macs=5), r"^vtep\.duplicate_macs: must be a mapping")
 
 
 def test_top_level_errors():

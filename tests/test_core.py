@@ -439,9 +439,9 @@ def test_fdb_list_shows_every_entry_and_what_learned_it(eng):
     learn_from(t, learned, "10.0.0.77")
     got = {(e.network, e.mac): e for e in eng.fdb_list()}
     assert set(got) == {(0, A), (0, B), (1, C), (0, R1), (0, R2), (0, learned)}
-    assert got[(0, A)][2:] == ("local", t.a, None, False, None)
-    assert got[(1, C)][2:] == ("local", t.c, None, False, None)
-    assert got[(0, R2)][2:] == ("remote", None, R2_VTEP, False, None)
+    assert got[(0, A)][2:] == ("local", t.a, None, False, None, None)
+    assert got[(1, C)][2:] == ("local", t.c, None, False, None, None)
+    assert got[(0, R2)][2:] == ("remote", None, R2_VTEP, False, None, None)
     e = got[(0, learned)]
     assert e.kind == "remote" and e.vtep == "10.0.0.77" and e.learned
     assert 0 <= e.age_s < 60
@@ -531,6 +531,69 @@ def test_learned_mac_heard_again_is_confirmed_and_follows_a_move(eng):
     time.sleep(0.3)
     assert eng.fdb_get(0, R1) == ("remote", R1_VTEP)
     eng.set_learning_limits()
+
+
+def test_mac_moving_too_often_is_frozen_where_it_is(eng):
+    """Duplicate MAC detection: a learned MAC heard from VTEPs by turns (a
+    loop behind a host, two hosts with one MAC) follows its moves until the
+    one that would be its third in the window; that one is refused and the
+    MAC stays frozen where it is, its further moves refused and counted,
+    until the freeze is over; then it follows again, its moves counted
+    afresh."""
+    t = Topo(eng, learning=True)
+    eng.set_learning_limits(age_s=10.0)
+    eng.set_duplicate_macs(moves=3, window_s=60, freeze_s=1.0)
+    mac = "02:00:00:00:07:0b"
+    v1, v2, v3 = "10.0.0.77", "10.0.0.78", "10.0.0.79"
+
+    def hear(vtep):
+        time.sleep(0.03)  # past the workers' report hold for a new VTEP
+        t.send(t.up, vxlan_frame(udp_frame(src=mac, dst=A), src_vtep=vtep))
+        t.recv(t.a)
+
+    def until(cond, what):
+        for _ in range(300):
+            if cond():
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"{what}: {eng.fdb_list(0, mac)} {eng.learn_stats()}")
+
+    def where():
+        return eng.fdb_get(0, mac)[1]
+
+    try:
+        learn_from(t, mac, v1)
+        base = eng.learn_stats()
+        hear(v2)
+        until(lambda: where() == v2, "first move")
+        hear(v1)
+        until(lambda: where() == v1, "second move")
+        hear(v2)  # the third within the window: a duplicate
+        until(lambda: eng.learn_stats()["duplicate"] == base["duplicate"] + 1, "detection")
+        [e] = eng.fdb_list(0, mac)
+        assert (e.vtep, e.learned) == (v1, True) and 0 < e.frozen_s <= 1.0, e
+        hear(v3)  # frozen: refused, counted
+        until(lambda: eng.learn_stats()["refused_frozen"] > base["refused_frozen"], "refusal")
+        assert where() == v1
+        st = eng.learn_stats()
+        assert st["moved"] == base["moved"] + 2 and st["duplicate"] == base["duplicate"] + 1
+        # frames to it go one way meanwhile: to the VTEP it is frozen at
+        t.send(t.a, udp_frame(src=A, dst=mac))
+        [out] = t.recv(t.up)
+        assert out[IP].dst == v1
+        time.sleep(1.0)  # the freeze is over: it moves again
+        hear(v2)
+        until(lambda: where() == v2, "move after the freeze")
+        [e] = eng.fdb_list(0, mac)
+        assert e.frozen_s is None, e
+        assert eng.learn_stats()["moved"] == base["moved"] + 3
+    finally:
+        eng.set_duplicate_macs()
+        eng.set_learning_limits()
+    with pytest.raises(ConfigError, match="duplicate MAC moves 1: 2..1000"):
+        eng.set_duplicate_macs(moves=1)
+    with pytest.raises(ConfigError, match="window 500 ms"):
+        eng.set_duplicate_macs(window_s=0.5)
 
 
 def test_fdb_list_reads_a_table_larger_than_one_chunk(eng):

@@ -70,7 +70,8 @@ def test_a_learned_host_is_kept_while_it_talks(fabric):
     assert (own["type"], own["origin"], own["plane"]) == ("local", "pod", "std"), own
     # the metrics say the same as the status and the FDB view (read one
     # after the other: taken again if a frame changed the table in between)
-    events = ("learned", "moved", "refused_static", "refused_limit", "aged")
+    events = ("learned", "moved", "refused_static", "refused_limit", "aged", "duplicate")
+    events += ("refused_frozen",)
     for _ in range(20):
         text, st, rows = metrics_text(node), node.status(), node.api("GET", "/v1/fdb")
         got = [metric(text, "dataplane_fdb_entries"), metric(text, "dataplane_learned_macs")]
@@ -91,3 +92,110 @@ def test_a_learned_host_is_kept_while_it_talks(fabric):
     assert re.search(
         r"^  fdb \d+ entries \(\d+ learned; learned [1-9]\d* moved 0 aged 0", out, re.M
     ), out
+
+
+SPOOF_VTEP = "10.99.0.51"
+# one VXLAN frame (VNI, inner source MAC, inner destination MAC) to the
+# node's VTEP from a plain UDP socket: the kernel of the sender's namespace
+# resolves the node's VTEP by ARP, as any VTEP on the underlay would
+SPOOF = """
+import socket, sys
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+vni, src, dst, to = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+inner = Ether(src=src, dst=dst) / IP(src="192.168.50.99", dst="192.168.50.11") / UDP(dport=9)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(bytes(VXLAN(vni=vni) / inner), (to, 4789))
+"""
+
+
+def test_a_mac_claimed_from_two_vteps_is_frozen_where_it_was(fabric):
+    """A sender on the underlay behind another VTEP claims the kernel-VTEP
+    host's MAC. The node follows the MAC to it and back until the move
+    that would be the third in the window (vtep.duplicate_macs); then the
+    MAC stays at the VTEP it was at - the real host's - and the operator
+    sees it: DUPLICATE in dataplane fdb, frozen_s in GET /v1/fdb, the
+    event in the status and the metrics. The pod still reaches the host."""
+    fab = fabric()
+    node = node_with(
+        fab,
+        1,
+        [kp.HOST_VTEP],
+        "",
+        vtep_extra="learning: true, duplicate_macs: {moves: 3, window_s: 60, freeze_s: 60}",
+    )
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    spoof = fab.netns(f"{fab.tag}sp")
+    kp.ipn(fab.ul, f"link add uls mtu {fab.mtu} type veth peer name eth0 netns {spoof}")
+    kp.ipn(fab.ul, "link set uls master br0 up")
+    kp.ipn(spoof, f"addr add {SPOOF_VTEP}/24 dev eth0")
+    kp.ipn(spoof, "link set eth0 up")
+
+    def vm_at():
+        rows = node.api("GET", f"/v1/fdb?network=net1&mac={kp.VM_MAC}")
+        return rows[0] if rows else None
+
+    def until(vtep, what):
+        for _ in range(300):
+            e = vm_at()
+            if e is not None and e["vtep"] == vtep:
+                return e
+            time.sleep(0.02)
+        raise AssertionError(f"{what}: {vm_at()} {node.status()['learning']}")
+
+    def claim():
+        r = kp.nsx(
+            spoof,
+            sys.executable,
+            "-c",
+            SPOOF,
+            str(kp.VNI),
+            kp.VM_MAC,
+            a["planes"][0]["mac"],
+            "10.99.0.1",
+        )
+        assert r.returncode == 0, r.stderr
+
+    until(kp.HOST_VTEP, "learned from the host")
+    base = node.status()["learning"]
+    claim()
+    until(SPOOF_VTEP, "first move, to the other sender")
+    # the host's next frame takes it back (the reply to this one went to
+    # the other sender: that is what following a moving MAC does)
+    kp.ping(vm, a["ip"], count=1, wait="0.5")
+    until(kp.HOST_VTEP, "second move, back to the host")
+    for _ in range(300):  # the third: refused, frozen at the host's VTEP
+        claim()
+        if node.status()["learning"]["duplicate"] > base["duplicate"]:
+            break
+        time.sleep(0.05)
+    st = node.status()["learning"]
+    assert st["duplicate"] == base["duplicate"] + 1 and st["moved"] == base["moved"] + 2, st
+    e = vm_at()
+    assert (e["vtep"], e["origin"]) == (kp.HOST_VTEP, "learned") and 0 < e["frozen_s"] <= 60, e
+    claim()  # frozen: the claim is refused and counted, the MAC stays
+    for _ in range(100):
+        if node.status()["learning"]["refused_frozen"] > base["refused_frozen"]:
+            break
+        time.sleep(0.05)
+    assert node.status()["learning"]["refused_frozen"] > base["refused_frozen"]
+    assert vm_at()["vtep"] == kp.HOST_VTEP
+    r = kp.ping(a["ns"], kp.VM_IP, count=3)
+    assert r.returncode == 0, r.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "fdb", "--mac", kp.VM_MAC, "--socket", node.sock],
+        capture_output=True,
+        text=True,
+        cwd=kp.ROOT,
+    ).stdout
+    assert re.search(
+        rf"^net1\s+{kp.VM_MAC}\s+remote\s+{re.escape(kp.HOST_VTEP)}\s+learned\s+age [\d.]+ s, "
+        r"DUPLICATE: frozen here for \d+ s more$",
+        out,
+        re.M,
+    ), out
+    text = metrics_text(node)
+    assert metric(text, "dataplane_learning_events_total", '{event="duplicate"}') == 1
