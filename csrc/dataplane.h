@@ -309,6 +309,9 @@ int dp_learn_config(uint32_t age_ms, uint32_t per_net, uint32_t per_vtep);
 #define DP_LEARN_DUP_WINDOW_MS_DEFAULT 180000
 #define DP_LEARN_DUP_FREEZE_MS_DEFAULT 180000
 int dp_learn_dup_config(uint32_t moves, uint32_t window_ms, uint32_t freeze_ms);
+/* learned entries of network net (-1: every network), of mac (NULL: every
+ * MAC) removed - a frozen duplicate's freeze with it: how many */
+int dp_learn_clear(int net, const uint8_t *mac);
 uint64_t dp_learn_stat(int which);
 int dp_learn_count(void);
 

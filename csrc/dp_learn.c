@@ -309,6 +309,29 @@ dp_learn_dup_config(uint32_t moves, uint32_t window_ms, uint32_t freeze_ms)
     return 0;
 }
 
+int
+dp_learn_clear(int net, const uint8_t *mac)
+{
+    if (net < -1 || net >= DP_MAX_NETS)
+        return dp_fail(-EINVAL, "network index %d out of range", net);
+    uint64_t want = mac ? dp_fdb_key(0, mac) : 0;
+    int n = 0;
+    for (int i = 0; i < DP_LEARN_MAX && lt_n; i++) {
+        uint64_t key = lt[i].key;
+        if (!lt[i].used || (net >= 0 && (int)(key >> 48) != net) ||
+            (mac && (key & 0xffffffffffffull) != want))
+            continue;
+        uint8_t m[6];
+        memcpy(m, &key, 6);
+        lt_drop(i);
+        n++;
+        (void)dp_fdb_del((int)(key >> 48), m); /* its hook finds nothing left to forget */
+    }
+    if (n)
+        lt_reindex();
+    return n;
+}
+
 uint64_t
 dp_learn_stat(int which)
 {

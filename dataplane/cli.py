@@ -8,6 +8,8 @@
     dataplane pod list
     dataplane net list
     dataplane fdb [--network NAME] [--mac MAC]   which port or VTEP each MAC goes to
+    dataplane fdb summary [--network NAME]     entries by network and origin
+    dataplane fdb clear [--network NAME] [--mac MAC]   learned MACs forgotten
     dataplane host add NAME --network NET --mac MAC --ip IP --vtep VTEP   (etcd store)
     dataplane host del NAME | dataplane host list
     dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
@@ -179,6 +181,24 @@ def cmd_net(args):
 
 def cmd_fdb(args):
     query = {k: v for k, v in (("network", args.network), ("mac", args.mac)) if v is not None}
+    if args.action == "summary":
+        if args.mac is not None:
+            raise SystemExit("dataplane: fdb summary counts whole networks: leave --mac out")
+        query.pop("mac", None)
+        rows = _call(args, "GET", "/v1/fdb/summary", query=query or None)
+        if args.json:
+            _print(rows, True)
+        else:
+            for line in fdb_summary_lines(rows):
+                print(line)
+        return 0
+    if args.action == "clear":
+        r = _call(args, "DELETE", "/v1/fdb", query=query or None)
+        if args.json:
+            _print(r, True)
+        else:
+            print(f"cleared {r['cleared']} learned MAC{'s' if r['cleared'] != 1 else ''}")
+        return 0
     rows = _call(args, "GET", "/v1/fdb", query=query or None)
     if args.json:
         _print(rows, True)
@@ -192,6 +212,16 @@ def cmd_fdb(args):
     for line in fdb_lines(rows):
         print(line)
     return 0
+
+
+def fdb_summary_lines(rows) -> list:
+    """The FDB summary's rows (``GET /v1/fdb/summary``) as ``dataplane fdb
+    summary`` prints them, under a header line."""
+    cols = ("pod", "port", "cluster", "host", "learned", "frozen", "api", "total")
+    out = [f"{'NETWORK':10s} " + " ".join(f"{c.upper():>8s}" for c in cols)]
+    for r in rows:
+        out.append(f"{r['network']:10s} " + " ".join(f"{r[c]:8d}" for c in cols))
+    return out
 
 
 def fdb_lines(rows) -> list:
@@ -310,6 +340,15 @@ def build_parser():
     p = sub.add_parser(
         "fdb",
         help="show the forwarding database: which port or VTEP each MAC goes to, and why",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "summary", "clear"],
+        default="show",
+        help="show (default) the entries; summary: count them by network and origin; "
+        "clear: remove the MACs learned from the underlay (learned again from their next "
+        "frame; lifts a duplicate's freeze)",
     )
     p.add_argument("--network", help="only this network's entries")
     p.add_argument("--mac", help="only this MAC's entries")

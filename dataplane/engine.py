@@ -366,12 +366,12 @@ class _Tables:
             return ("local", int(target[0]))
         return ("remote", str(ipaddress.IPv4Address(target[0])))
 
-    def fdb_list(self, net: Optional[int] = None, mac=None) -> List[FdbEntry]:
+    def fdb_rows(self, net: Optional[int] = None, mac=None) -> np.ndarray:
         """The FDB's entries (of network ``net``, else all; of ``mac``, else
-        all), in table order. The table is copied in one go under the lock
-        (no entry changes meanwhile: a C walk, about 10 ns an entry); the
-        entries are made from the copy after the lock is let go, so a large
-        table does not hold up the control path while they are."""
+        all) as a numpy array of ``struct dp_fdb_entry`` (fields net, mac,
+        kind, target, learned, age_ms, frozen_ms), in table order. The
+        table is copied in one go under the lock (no entry changes
+        meanwhile: a C walk, about 10 ns an entry)."""
         if net is not None and not 0 <= net < lib.DP_MAX_NETS:
             raise ConfigError(f"network index {net} out of range 0..{lib.DP_MAX_NETS - 1}")
         want = parse_mac(mac) if mac is not None else None
@@ -397,6 +397,13 @@ class _Tables:
         rows = np.concatenate(parts)
         if want is not None:
             rows = rows[(rows["mac"] == np.frombuffer(want, np.uint8)).all(axis=1)]
+        return rows
+
+    def fdb_list(self, net: Optional[int] = None, mac=None) -> List[FdbEntry]:
+        """The FDB's entries as :class:`FdbEntry` (:meth:`fdb_rows`): made
+        from the copy after the lock is let go, so a large table does not
+        hold up the control path while they are."""
+        rows = self.fdb_rows(net, mac)
         vteps = {}  # a VTEP's address as text, made once
         out: List[FdbEntry] = []
         for netw, m, kind, target, learned, age_ms, frozen_ms in rows.tolist():
@@ -615,6 +622,23 @@ class _Guards:
             int(window_s * 1000),
             int(freeze_s * 1000),
         )
+
+    def learn_clear(self, net: Optional[int] = None, mac=None) -> int:
+        """Learned entries (of network ``net``, else all; of ``mac``, else
+        all) removed, a duplicate's freeze with them; entries the control
+        API set are left alone. How many were removed."""
+        if net is not None and not 0 <= net < lib.DP_MAX_NETS:
+            raise ConfigError(f"network index {net} out of range 0..{lib.DP_MAX_NETS - 1}")
+        raw = parse_mac(mac) if mac is not None else ffi.NULL
+        with self._lock:
+            if self._closed:
+                raise ConfigError("the engine is closed")
+            return check(
+                lib.dp_learn_clear(-1 if net is None else net, raw),
+                lib,
+                ffi,
+                "clearing learned MACs",
+            )
 
     def learn_stats(self) -> dict:
         """What learning did: learned, moved, refused (static, limit), aged,

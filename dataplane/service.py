@@ -31,7 +31,7 @@ from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
 from .podnet import redirect_ingress, tunnel_tap_name, uplink_wire_sized
-from .status import api_routes, fdb_report, status_report, take_snapshot
+from .status import api_routes, fdb_report, fdb_summary, status_report, take_snapshot
 from .store import StateStore, open_store
 from .sync import ClusterSync, network_index
 
@@ -89,7 +89,15 @@ class NodeService:
             self.engine.start()
             if self.store.can_watch:
                 self.sync.start()
-            routes = api_routes(cfg, self.status, self.pods, self.fdb, self.flood)
+            routes = api_routes(
+                cfg,
+                self.status,
+                self.pods,
+                self.fdb,
+                self.flood,
+                fdb_clear=self.fdb_clear,
+                fdb_summary=self.fdb_summary,
+            )
             self.attachments = Attachments(
                 cfg,
                 self.store,
@@ -273,14 +281,19 @@ class NodeService:
             vteps = self.engine.flood_list(self.net_index[network])
         return [{"vtep": ip, "resolved": ok} for ip, ok in vteps]
 
-    def fdb(self, network: Optional[str] = None, mac: Optional[str] = None) -> list:
-        """The FDB (:func:`dataplane.status.fdb_report`): of ``network`` (a
-        name), of one ``mac`` (normalised), or all."""
+    def _known_network(self, network: Optional[str]):
+        """NotFound unless ``network`` (when given) is one of this node's."""
         if network is not None and network not in self.net_index:
             raise NotFound(
                 f"network: no network {network!r} on this node "
                 f"(it has {', '.join(sorted(self.net_index)) or 'none'})"
             )
+
+    def _fdb_views(self, network: Optional[str]):
+        """The engine (None: stopping), the network's index (None: all) and
+        this node's pods' and the cluster's endpoints by (network index,
+        mac), for the FDB's views."""
+        self._known_network(network)
 
         def by_key(endpoints):  # {(network index, mac): endpoint}
             return {
@@ -295,18 +308,63 @@ class NodeService:
                 raise NotFound("the node service is stopping")
             ports = {p.index: p.name for p in engine.ports()}
             remote = by_key(self.sync.remote.values())
-        # the engine's own lock, held only while the table is copied: pods
-        # and the cluster view are not held up while a large one is listed
+        local = by_key(
+            e for e in self.store.endpoints() if e.get("node") in (None, self.config.node)
+        )
+        net = self.net_index[network] if network is not None else None
+        return engine, net, ports, local, remote
+
+    def _fdb_read(self, read):
+        """read(): the engine's table, held only while it is copied: pods
+        and the cluster view are not held up while a large one is."""
         try:
-            entries = engine.fdb_list(self.net_index[network] if network else None, mac)
+            return read()
         except ConfigError:
             if self.engine is None:
                 raise NotFound("the node service is stopping") from None
             raise
-        local = by_key(
-            e for e in self.store.endpoints() if e.get("node") in (None, self.config.node)
-        )
+
+    def fdb(self, network: Optional[str] = None, mac: Optional[str] = None) -> list:
+        """The FDB (:func:`dataplane.status.fdb_report`): of ``network`` (a
+        name), of one ``mac`` (normalised), or all."""
+        engine, net, ports, local, remote = self._fdb_views(network)
+        entries = self._fdb_read(lambda: engine.fdb_list(net, mac))
         return fdb_report(entries, self.net_index, ports, local, remote)
+
+    def fdb_summary(self, network: Optional[str] = None) -> list:
+        """Entries by network and origin (:func:`dataplane.status.fdb_summary`):
+        of ``network`` (a name), or of every network."""
+        engine, net, _, local, remote = self._fdb_views(network)
+        rows = self._fdb_read(lambda: engine.fdb_rows(net))
+        nets = self.net_index if network is None else {network: net}
+        return fdb_summary(rows, nets, local, remote)
+
+    def fdb_clear(self, network: Optional[str] = None, mac: Optional[str] = None) -> dict:
+        """MACs learned from the underlay removed from the FDB (of
+        ``network``, of ``mac``, or all): learned again from their next
+        frame, a duplicate's freeze lifted. Entries of pods, hosts and the
+        cluster are never removed; naming one is an error."""
+        self._known_network(network)
+        if not self.config.vtep.learning:
+            raise ConfigError(
+                "vtep.learning is off on this node: no MAC is learned, so none is cleared"
+            )
+        with self.lock:
+            engine = self.engine
+            if engine is None:
+                raise NotFound("the node service is stopping")
+            net = self.net_index[network] if network is not None else None
+            n = engine.learn_clear(net, mac)
+        if n == 0 and mac is not None:
+            rows = self.fdb(network, mac)
+            if rows:
+                r = rows[0]
+                raise ConfigError(
+                    f"mac: {mac} in {r['network']} is not a learned entry (origin "
+                    f"{r['origin']}): only MACs learned from the underlay are cleared"
+                )
+        event("fdb cleared", learned=n, network=network or "all", mac=mac or "all")
+        return {"cleared": n}
 
     # --------------------------------------------------------------- stop
     def stop(self):

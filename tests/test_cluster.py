@@ -26,6 +26,7 @@ import uuid
 
 import pytest
 
+from dataplane.status import FDB_ORIGINS
 from tests.clusterhost import NetnsEtcd, store_call
 from tests.etcdhost import have_etcd
 
@@ -724,6 +725,27 @@ def test_fdb_shows_where_each_mac_goes_and_why(cluster):
     rc, out, err = fdb_cli(node, "--mac", "ff:ff:ff:ff:ff:ff")
     assert rc != 0 and "not a unicast one" in err, err
     assert node.api("GET", "/v1/fdb") == rows
+    # the summary counts what the list shows, network by network
+    want = []
+    for net in ("net1", "net2"):
+        mine = [r for r in rows if r["network"] == net]
+        counts = {o: sum(r["origin"] == o for r in mine) for o in FDB_ORIGINS}
+        want.append({"network": net, **counts, "frozen": 0, "total": len(mine)})
+    assert want[0]["pod"] == 1 and want[0]["cluster"] == 2 and want[0]["host"] == 1
+    assert node.api("GET", "/v1/fdb/summary") == want
+    assert node.api("GET", "/v1/fdb/summary?network=net2") == want[1:]
+    rc, out, err = fdb_cli(node, "summary")
+    assert rc == 0, err
+    assert [line.split() for line in out.splitlines()] == [
+        ["NETWORK", "POD", "PORT", "CLUSTER", "HOST", "LEARNED", "FROZEN", "API", "TOTAL"],
+        ["net1", "1", "0", "2", "1", "0", "0", "0", "4"],
+        ["net2", "1", "0", "1", "0", "0", "0", "0", "2"],
+    ], out
+    rc, out, err = fdb_cli(node, "summary", "--mac", VM_MAC)
+    assert rc != 0 and "leave --mac out" in err, err
+    # nothing is learned here: clearing is refused, saying why
+    rc, out, err = fdb_cli(node, "clear")
+    assert rc != 0 and "vtep.learning is off on this node" in err, err
 
 
 def test_static_hosts_added_listed_and_removed_through_any_node(cluster):

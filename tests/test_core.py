@@ -596,6 +596,30 @@ def test_mac_moving_too_often_is_frozen_where_it_is(eng):
         eng.set_duplicate_macs(window_s=0.5)
 
 
+def test_learned_macs_cleared_by_network_and_mac_and_nothing_else(eng):
+    """learn_clear removes learned entries only (by MAC, by network, all);
+    a local entry and one the control API set stay, and a cleared MAC is
+    learned again from its next frame."""
+    t = Topo(eng, learning=True)
+    m1, m2, m3 = "02:00:00:00:08:01", "02:00:00:00:08:02", "02:00:00:00:08:03"
+    for m in (m1, m2, m3):
+        learn_from(t, m, "10.0.0.77")
+    assert eng.learn_clear(0, m1) == 1
+    assert eng.fdb_get(0, m1) is None and eng.fdb_get(0, m2) is not None
+    assert eng.learn_clear(0, m1) == 0  # gone already
+    assert eng.learn_clear(1) == 0  # nothing learned in network 1
+    assert eng.learn_clear(0, A) == 0 and eng.fdb_get(0, A) == ("local", t.a)
+    assert eng.learn_clear(0, R1) == 0 and eng.fdb_get(0, R1) == ("remote", R1_VTEP)
+    learn_from(t, m1, "10.0.0.78")  # learned again, from wherever it speaks now
+    assert eng.fdb_get(0, m1) == ("remote", "10.0.0.78")
+    assert eng.learn_clear() == 3
+    assert [e for e in eng.fdb_list(0) if e.learned] == []
+    assert eng.fdb_get(0, A) == ("local", t.a) and eng.fdb_get(0, R2) == ("remote", R2_VTEP)
+    assert eng.learn_stats()["entries"] == 0
+    with pytest.raises(ConfigError, match="network index 300 out of range"):
+        eng.learn_clear(300)
+
+
 def test_fdb_list_reads_a_table_larger_than_one_chunk(eng):
     eng.add_network(0, vni=VNI0)
     eng.set_vtep(

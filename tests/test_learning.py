@@ -176,6 +176,11 @@ def test_a_mac_claimed_from_two_vteps_is_frozen_where_it_was(fabric):
     assert st["duplicate"] == base["duplicate"] + 1 and st["moved"] == base["moved"] + 2, st
     e = vm_at()
     assert (e["vtep"], e["origin"]) == (kp.HOST_VTEP, "learned") and 0 < e["frozen_s"] <= 60, e
+    # the summary counts it (the host's bridge may have been learned too)
+    learned = [r for r in node.api("GET", "/v1/fdb") if r["origin"] == "learned"]
+    [summary] = node.api("GET", "/v1/fdb/summary")
+    assert (summary["network"], summary["frozen"]) == ("net1", 1), summary
+    assert summary["learned"] == len(learned) >= 1, (summary, learned)
     claim()  # frozen: the claim is refused and counted, the MAC stays
     for _ in range(100):
         if node.status()["learning"]["refused_frozen"] > base["refused_frozen"]:
@@ -199,3 +204,30 @@ def test_a_mac_claimed_from_two_vteps_is_frozen_where_it_was(fabric):
     ), out
     text = metrics_text(node)
     assert metric(text, "dataplane_learning_events_total", '{event="duplicate"}') == 1
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "fdb", *args, "--socket", node.sock],
+            capture_output=True,
+            text=True,
+            cwd=kp.ROOT,
+        )
+
+    # the operator clears it (the loop fixed): learned afresh, not frozen
+    r = cli("clear", "--mac", kp.VM_MAC)
+    assert (r.returncode, r.stdout) == (0, "cleared 1 learned MAC\n"), r.stderr
+    assert kp.ping(a["ns"], kp.VM_IP, count=3).returncode == 0
+    e = until(kp.HOST_VTEP, "learned again after the clear")
+    assert e["origin"] == "learned" and "frozen_s" not in e, e
+    # only learned entries: a pod's is named as such and left alone
+    pod_mac = a["planes"][0]["mac"]
+    r = cli("clear", "--mac", pod_mac)
+    assert r.returncode != 0 and (
+        f"mac: {pod_mac} in net1 is not a learned entry (origin pod)" in r.stderr
+    ), r.stderr
+    r = cli("clear", "--network", "nope")
+    assert r.returncode != 0 and "no network 'nope' on this node" in r.stderr, r.stderr
+    assert node.api("GET", f"/v1/fdb?mac={pod_mac}")[0]["origin"] == "pod"
+    learned = [r for r in node.api("GET", "/v1/fdb?network=net1") if r["origin"] == "learned"]
+    assert node.api("DELETE", "/v1/fdb?network=net1") == {"cleared": len(learned)}
+    assert len(learned) >= 1
