@@ -188,6 +188,18 @@ _FDB_ENTRY = np.dtype(
 )
 
 
+#: what learning did (Engine.learn_stats), by the core's DP_LEARN_* index
+LEARN_EVENTS = (
+    "learned",
+    "moved",
+    "refused_static",
+    "refused_limit",
+    "aged",
+    "duplicate",
+    "refused_frozen",
+)
+
+
 class FdbEntry(NamedTuple):
     """One FDB entry (Engine.fdb_list)."""
 
@@ -645,16 +657,7 @@ class _Guards:
         found duplicate, refused (frozen), and how many learned MACs there
         are now."""
         with self._lock:
-            names = (
-                "learned",
-                "moved",
-                "refused_static",
-                "refused_limit",
-                "aged",
-                "duplicate",
-                "refused_frozen",
-            )
-            out = {k: int(lib.dp_learn_stat(i)) for i, k in enumerate(names)}
+            out = {k: int(lib.dp_learn_stat(i)) for i, k in enumerate(LEARN_EVENTS)}
             out["entries"] = int(lib.dp_learn_count())
         return out
 

@@ -164,16 +164,9 @@ class CoreCollector:
                 "refused_frozen (a move of a frozen MAC)",
                 labels=["event"],
             )
-            for k in (
-                "learned",
-                "moved",
-                "refused_static",
-                "refused_limit",
-                "aged",
-                "duplicate",
-                "refused_frozen",
-            ):
-                ev.add_metric([k], snap.learning[k])
+            for k, n in snap.learning.items():  # Engine.learn_stats(): its events
+                if k != "entries":  # and how many there are now (below)
+                    ev.add_metric([k], n)
             yield ev
             yield GaugeMetricFamily(
                 "dataplane_learned_macs",

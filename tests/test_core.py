@@ -596,6 +596,14 @@ def test_mac_moving_too_often_is_frozen_where_it_is(eng):
         eng.set_duplicate_macs(window_s=0.5)
 
 
+def test_learning_events_name_every_counter_of_the_core():
+    from dataplane.engine import LEARN_EVENTS, lib
+
+    assert len(LEARN_EVENTS) == lib.DP_LEARN_STAT_COUNT
+    assert LEARN_EVENTS.index("duplicate") == lib.DP_LEARN_DUPLICATE
+    assert LEARN_EVENTS.index("refused_frozen") == lib.DP_LEARN_FROZEN
+
+
 def test_learned_macs_cleared_by_network_and_mac_and_nothing_else(eng):
     """learn_clear removes learned entries only (by MAC, by network, all);
     a local entry and one the control API set stay, and a cleared MAC is
