@@ -168,10 +168,11 @@ dp_learn_age_of(uint64_t key, uint32_t *age, uint32_t *frozen)
     return 1;
 }
 
-/* learned entry i heard from another VTEP at now: 1 if it may move (its
- * move history updated), 0 if it stays (frozen, or found a duplicate now) */
+/* learned entry e heard from another VTEP at now: 1 if it may move, with
+ * the move history it takes along in *next (counted once the move is
+ * made); 0 if it stays (frozen, or found a duplicate now: frozen from now) */
 static int
-move_allowed(struct learned *e, uint64_t now)
+move_allowed(struct learned *e, uint64_t now, struct learned *next)
 {
     uint64_t hz_ms = atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed);
     if (e->frozen) {
@@ -182,16 +183,17 @@ move_allowed(struct learned *e, uint64_t now)
         e->frozen = 0; /* thawed: its moves counted afresh */
         e->moves = 0;
     }
+    *next = *e;
     if (e->moves == 0 || now - e->win_tsc >= (uint64_t)dup_window_ms * hz_ms) {
-        e->moves = 0;
-        e->win_tsc = now;
+        next->moves = 0;
+        next->win_tsc = now;
     }
-    if (dup_moves && e->moves + 1 >= dup_moves) {
+    if (dup_moves && next->moves + 1 >= dup_moves) {
         e->frozen = now + (uint64_t)dup_freeze_ms * hz_ms;
         stats[DP_LEARN_DUPLICATE]++;
         return 0;
     }
-    e->moves++;
+    next->moves++;
     return 1;
 }
 
@@ -217,11 +219,8 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
     }
     int moved = i >= 0;
     struct learned was = {.win_tsc = now};
-    if (moved) {
-        if (!move_allowed(&lt[i], now))
-            return 0;
-        was = lt[i];
-    }
+    if (moved && !move_allowed(&lt[i], now, &was))
+        return 0;
     /* the hook in dp_fdb_put_remote forgets a moved entry's old VTEP */
     int ret = dp_fdb_put_remote(net, mac, ip, 1);
     if (ret < 0)
