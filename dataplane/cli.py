@@ -184,7 +184,6 @@ def cmd_fdb(args):
     if args.action == "summary":
         if args.mac is not None:
             raise SystemExit("dataplane: fdb summary counts whole networks: leave --mac out")
-        query.pop("mac", None)
         rows = _call(args, "GET", "/v1/fdb/summary", query=query or None)
         if args.json:
             _print(rows, True)

@@ -200,6 +200,12 @@ LEARN_EVENTS = (
 )
 
 
+def _check_net(net: Optional[int]):
+    """ConfigError unless ``net`` is None (every network) or a network index."""
+    if net is not None and not 0 <= net < lib.DP_MAX_NETS:
+        raise ConfigError(f"network index {net} out of range 0..{lib.DP_MAX_NETS - 1}")
+
+
 class FdbEntry(NamedTuple):
     """One FDB entry (Engine.fdb_list)."""
 
@@ -384,8 +390,7 @@ class _Tables:
         kind, target, learned, age_ms, frozen_ms), in table order. The
         table is copied in one go under the lock (no entry changes
         meanwhile: a C walk, about 10 ns an entry)."""
-        if net is not None and not 0 <= net < lib.DP_MAX_NETS:
-            raise ConfigError(f"network index {net} out of range 0..{lib.DP_MAX_NETS - 1}")
+        _check_net(net)
         want = parse_mac(mac) if mac is not None else None
         chunk = 4096
         buf = ffi.new("struct dp_fdb_entry[]", chunk)
@@ -639,8 +644,7 @@ class _Guards:
         """Learned entries (of network ``net``, else all; of ``mac``, else
         all) removed, a duplicate's freeze with them; entries the control
         API set are left alone. How many were removed."""
-        if net is not None and not 0 <= net < lib.DP_MAX_NETS:
-            raise ConfigError(f"network index {net} out of range 0..{lib.DP_MAX_NETS - 1}")
+        _check_net(net)
         raw = parse_mac(mac) if mac is not None else ffi.NULL
         with self._lock:
             if self._closed:

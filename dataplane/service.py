@@ -276,24 +276,32 @@ class NodeService:
         unicast), as the core has them: [{"vtep", "resolved"}]; resolved:
         the underlay next hop's MAC is known, so frames to it leave."""
         with self.lock:
-            if self.engine is None:
-                raise NotFound("the node service is stopping")
-            vteps = self.engine.flood_list(self.net_index[network])
+            vteps = self._live_engine().flood_list(self.net_index[network])
         return [{"vtep": ip, "resolved": ok} for ip, ok in vteps]
 
-    def _known_network(self, network: Optional[str]):
-        """NotFound unless ``network`` (when given) is one of this node's."""
-        if network is not None and network not in self.net_index:
+    def _live_engine(self):
+        """The engine, with self.lock held; NotFound while the service stops."""
+        if self.engine is None:
+            raise NotFound("the node service is stopping")
+        return self.engine
+
+    def _net_of(self, network: Optional[str]) -> Optional[int]:
+        """The core's index of ``network`` (None: none given, all of them);
+        NotFound unless it is one of this node's."""
+        if network is None:
+            return None
+        if network not in self.net_index:
             raise NotFound(
                 f"network: no network {network!r} on this node "
                 f"(it has {', '.join(sorted(self.net_index)) or 'none'})"
             )
+        return self.net_index[network]
 
     def _fdb_views(self, network: Optional[str]):
-        """The engine (None: stopping), the network's index (None: all) and
-        this node's pods' and the cluster's endpoints by (network index,
-        mac), for the FDB's views."""
-        self._known_network(network)
+        """The engine, the network's index (None: all) and this node's
+        pods' and the cluster's endpoints by (network index, mac), for the
+        FDB's views."""
+        net = self._net_of(network)
 
         def by_key(endpoints):  # {(network index, mac): endpoint}
             return {
@@ -303,15 +311,12 @@ class NodeService:
             }
 
         with self.lock:
-            engine = self.engine
-            if engine is None:
-                raise NotFound("the node service is stopping")
+            engine = self._live_engine()
             ports = {p.index: p.name for p in engine.ports()}
             remote = by_key(self.sync.remote.values())
         local = by_key(
             e for e in self.store.endpoints() if e.get("node") in (None, self.config.node)
         )
-        net = self.net_index[network] if network is not None else None
         return engine, net, ports, local, remote
 
     def _fdb_read(self, read):
@@ -344,17 +349,13 @@ class NodeService:
         ``network``, of ``mac``, or all): learned again from their next
         frame, a duplicate's freeze lifted. Entries of pods, hosts and the
         cluster are never removed; naming one is an error."""
-        self._known_network(network)
+        net = self._net_of(network)
         if not self.config.vtep.learning:
             raise ConfigError(
                 "vtep.learning is off on this node: no MAC is learned, so none is cleared"
             )
         with self.lock:
-            engine = self.engine
-            if engine is None:
-                raise NotFound("the node service is stopping")
-            net = self.net_index[network] if network is not None else None
-            n = engine.learn_clear(net, mac)
+            n = self._live_engine().learn_clear(net, mac)
         if n == 0 and mac is not None:
             rows = self.fdb(network, mac)
             if rows:

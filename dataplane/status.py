@@ -196,7 +196,7 @@ def fdb_summary(rows, networks: Dict[str, int], local_eps, remote_eps) -> list:
     rest = ~local & ~learned
     pod = local & np.isin(keys, _endpoint_keys(local_eps))
     host = rest & np.isin(keys, _endpoint_keys(remote_eps, is_static))
-    cluster = rest & ~host & np.isin(keys, _endpoint_keys(remote_eps))
+    cluster = rest & np.isin(keys, _endpoint_keys(remote_eps, lambda ep: not is_static(ep)))
     masks = {
         "pod": pod,
         "port": local & ~pod,
