@@ -36,7 +36,8 @@
     _(FDB_CACHE_MISSES, "fdb_cache_misses")                                 \
     _(FDB_SLOW_LOOKUPS, "fdb_slow_lookups")                                 \
     _(IDLE_SLEEPS, "idle_sleeps")                                           \
-    _(IDLE_YIELDS, "idle_yields")
+    _(IDLE_YIELDS, "idle_yields")                                           \
+    _(LEARN_LIMITED, "learn_limited")
 
 /* per (port, plane) queue of a shaped port (DP_BLOCK_QOS) */
 #define foreach_dp_qos_ctr                                                  \

@@ -16,32 +16,75 @@
 #error "dp_decap.h is included by dp_pipeline.c only"
 #endif
 
-/* an event for the control thread: 0, or -ENOBUFS with its ring full */
+/* an event for the control thread on ring r: 0, or -ENOBUFS with it full */
 static int
-slow_put(uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
+slow_put(struct rte_ring *r, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
 {
     struct dp_slow_event ev = {.kind = kind, .ip = rte_be_to_cpu_32(ip_be), .net = net};
     memcpy(ev.mac, mac, 6);
-    return rte_ring_enqueue_elem(dp.slow_ring, &ev, sizeof(ev));
+    return rte_ring_enqueue_elem(r, &ev, sizeof(ev));
 }
 
-static void
-slow_event(struct dp_wctx *w, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
+/* a report out of budget b (at most DP_LEARN_REPORT_BURST a millisecond):
+ * 1 if one is left, else 0, counted (learn_limited) */
+static inline int
+report_budget(struct dp_wctx *w, struct dp_report_budget *b)
 {
-    if (slow_put(kind, mac, ip_be, net) != 0)
-        w->drop[DP_DROP_SLOWPATH_FULL]++;
+    if (w->rx_tsc - b->ms >= atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed)) {
+        b->ms = w->rx_tsc;
+        b->left = DP_LEARN_REPORT_BURST;
+    }
+    if (b->left != 0)
+        return 1;
+    w->wc[DP_WORKER_LEARN_LIMITED]++;
+    return 0;
 }
 
-/* learning: a source MAC the FDB does not know reported with its VTEP;
- * one it has as a learned entry reported again, from the same VTEP at most
- * every dp_learn_report_cycles (so that a learned entry in use is
- * confirmed before it ages out), from another after a 64th of that (so
- * that a MAC that moved is followed within ms, and one that flaps between
- * two VTEPs costs the control thread a bounded rate of moves); at most
- * DP_LEARN_HEARD_BURST such reports a millisecond, however many learned
- * MACs share the table's slots. Entries the control plane set are never
- * reported: the underlay does not move them. The control thread decides
- * what it believes (dp_learn.c) */
+/* slot s of the reported MACs: key from VTEP vtep_be, reported now */
+static inline void
+reported(struct dp_wctx *w, unsigned s, uint64_t key, uint32_t vtep_be, uint32_t as_new)
+{
+    w->heard[s].key = key;
+    w->heard[s].tsc = w->rx_tsc;
+    w->heard[s].vtep_be = vtep_be;
+    w->heard[s].as_new = as_new;
+}
+
+/*
+ * Learning reports to the control thread (dp_learn.c decides what it
+ * believes). A source MAC the FDB does not have is reported with its VTEP
+ * at most every 64th of dp_learn_report_cycles (the frames of one new flow
+ * make one report; one the control thread refused is tried again that
+ * often). A learned one is reported again from the same VTEP at most every
+ * dp_learn_report_cycles (so that a learned entry in use is confirmed
+ * before it ages out), from another after a 64th of that (so that a MAC
+ * that moved is followed within ms, and one that flaps between two VTEPs
+ * costs the control thread a bounded rate of moves). Each kind has a
+ * budget of DP_LEARN_REPORT_BURST a millisecond, however many MACs share
+ * the slots: a storm of new source MACs (random MACs from the underlay)
+ * costs the control thread a bounded rate and cannot starve the
+ * confirmations, nor ARP, which has a ring of its own. Entries the control
+ * plane set are never reported: the underlay does not move them.
+ */
+static void
+learn_new(struct dp_wctx *w, uint32_t net, const uint8_t *src, uint64_t key, uint32_t h,
+          uint32_t vtep_be)
+{
+    unsigned s = h & (DP_LEARN_HEARD_SLOTS - 1);
+    uint64_t hold = atomic_load_explicit(&dp_learn_report_cycles, memory_order_relaxed) >> 6;
+    if (w->heard[s].key == key && w->heard[s].as_new && w->heard[s].vtep_be == vtep_be &&
+        w->rx_tsc - w->heard[s].tsc < hold)
+        return;
+    if (!report_budget(w, &w->learn_budget))
+        return;
+    if (slow_put(dp.learn_ring, DP_EV_LEARN, src, vtep_be, net) != 0) {
+        w->drop[DP_DROP_SLOWPATH_FULL]++;
+        return;
+    }
+    w->learn_budget.left--;
+    reported(w, s, key, vtep_be, 1);
+}
+
 static void
 learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t olen,
           uint32_t src_ip_be)
@@ -52,7 +95,7 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
     uint64_t key = dp_fdb_key(net, src);
     uint32_t h = dp_key8_hash(key), v;
     if (!dp_ftab_find(w->fdb, key, h, &v)) {
-        slow_event(w, DP_EV_LEARN, src, src_ip_be, net);
+        learn_new(w, net, src, key, h, src_ip_be);
         return;
     }
     if (!DP_FV_LEARNED(v))
@@ -61,23 +104,17 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
     uint64_t hold = atomic_load_explicit(&dp_learn_report_cycles, memory_order_relaxed);
     if (w->heard[s].vtep_be != src_ip_be)
         hold >>= 6;
-    if (w->heard[s].key == key && w->rx_tsc - w->heard[s].tsc < hold)
+    /* (a MAC just learned is confirmed by its first frame after that) */
+    if (w->heard[s].key == key && !w->heard[s].as_new && w->rx_tsc - w->heard[s].tsc < hold)
         return;
-    if (w->rx_tsc - w->heard_ms >=
-        atomic_load_explicit(&dp_learn_ms_cycles, memory_order_relaxed)) {
-        w->heard_ms = w->rx_tsc;
-        w->heard_left = DP_LEARN_HEARD_BURST;
-    }
-    if (w->heard_left == 0)
+    if (!report_budget(w, &w->heard_budget))
         return;
     /* a confirmation the full ring cannot take is not a loss: the MAC's
      * next frame tries again */
-    if (slow_put(DP_EV_HEARD, src, src_ip_be, net) != 0)
+    if (slow_put(dp.learn_ring, DP_EV_HEARD, src, src_ip_be, net) != 0)
         return;
-    w->heard_left--;
-    w->heard[s].key = key;
-    w->heard[s].tsc = w->rx_tsc;
-    w->heard[s].vtep_be = src_ip_be;
+    w->heard_budget.left--;
+    reported(w, s, key, src_ip_be, 0);
 }
 
 /* ARP on the uplink: answer requests for the VTEP address, learn senders */
@@ -99,7 +136,9 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
         drop(w, m, (enum dp_drop)why);
         return;
     }
-    slow_event(w, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes, arp->arp_data.arp_sip, 0);
+    if (slow_put(dp.neigh_ring, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes,
+                 arp->arp_data.arp_sip, 0) != 0)
+        w->drop[DP_DROP_SLOWPATH_FULL]++;
     if (arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
         drop(w, m, DP_DROP_ARP_REPLY); /* taken by the neighbour table */
         return;
@@ -375,8 +414,11 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
                 continue;
             }
             net = (uint32_t)(uintptr_t)d;
-            const uint8_t *inner = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen[i]);
-            slow_event(w, DP_EV_LEARN, inner + 6, (uint32_t)vkeys[i], net);
+            const uint8_t *isrc = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen[i] + 6);
+            if (!(isrc[0] & 1)) {
+                uint64_t skey = dp_fdb_key(net, isrc);
+                learn_new(w, net, isrc, skey, dp_key8_hash(skey), (uint32_t)vkeys[i]);
+            }
         }
         rte_pktmbuf_adj(m, olen[i]);
         if (unlikely(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))

@@ -144,13 +144,14 @@ setup_free(void)
     dp_ftab_destroy();
     rte_hash_free(dp.vteps);
     rte_hash_free(dp.vnis);
-    rte_ring_free(dp.slow_ring);
+    rte_ring_free(dp.learn_ring);
+    rte_ring_free(dp.neigh_ring);
     rte_ring_free(dp.ctrl_tx);
     rte_mempool_free(dp.pool);
     rte_free(dp.ctr);
     rte_free(dp.qsbr);
     dp.vteps = dp.vnis = NULL;
-    dp.slow_ring = dp.ctrl_tx = NULL;
+    dp.learn_ring = dp.neigh_ring = dp.ctrl_tx = NULL;
     dp.pool = NULL;
     dp.ctr = NULL;
     dp.qsbr = NULL;
@@ -194,13 +195,15 @@ dp_setup(unsigned n_mbufs)
         ret = dp_fail(-ENOMEM, "cannot create hash tables: %s", rte_strerror(rte_errno));
         goto fail;
     }
-    dp.slow_ring = rte_ring_create_elem("dp_slow", sizeof(struct dp_slow_event), DP_SLOW_RING_SIZE,
-                                        socket, RING_F_SC_DEQ);
+    dp.learn_ring = rte_ring_create_elem("dp_learn", sizeof(struct dp_slow_event),
+                                         DP_SLOW_RING_SIZE, socket, RING_F_SC_DEQ);
+    dp.neigh_ring = rte_ring_create_elem("dp_neigh", sizeof(struct dp_slow_event),
+                                         DP_SLOW_RING_SIZE, socket, RING_F_SC_DEQ);
     dp.ctrl_tx =
         rte_ring_create("dp_ctrl_tx", DP_CTRL_TX_RING_SIZE, socket, RING_F_SP_ENQ | RING_F_SC_DEQ);
     dp.ctr =
         rte_zmalloc_socket("dp_counters", sizeof(struct dp_counters), RTE_CACHE_LINE_SIZE, socket);
-    if (!dp.slow_ring || !dp.ctrl_tx || !dp.ctr) {
+    if (!dp.learn_ring || !dp.neigh_ring || !dp.ctrl_tx || !dp.ctr) {
         ret = dp_fail(-ENOMEM, "cannot create rings/counters");
         goto fail;
     }

@@ -59,9 +59,11 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
  */
 #define DP_FDB_CACHE_SIZE 1024    /* entries per worker, power of two (16 KB) */
 #define DP_LEARN_HEARD_SLOTS 1024 /* per worker, power of two: learned MACs last reported */
-#define DP_LEARN_HEARD_BURST 64   /* ... at most this many reports a millisecond */
-#define DP_FDB_CACHE_WINDOW 1024  /* lookups over which the cache's hit rate is judged */
-#define DP_FDB_CACHE_REST 63      /* bursts without the cache after a window it nearly all missed */
+#define DP_LEARN_REPORT_BURST \
+    64                           /* ... at most this many reports of new MACs a millisecond,
+                                   * and as many of learned ones heard again */
+#define DP_FDB_CACHE_WINDOW 1024 /* lookups over which the cache's hit rate is judged */
+#define DP_FDB_CACHE_REST 63     /* bursts without the cache after a window it nearly all missed */
 #define DP_VTEP_CACHE_SIZE 256
 struct dp_fdb_cent {
     uint64_t key;
@@ -233,8 +235,11 @@ struct dp_state {
     struct rte_hash *vteps;        /* (vni, src vtep) -> net index */
     struct rte_hash *vnis;         /* vni -> net index */
     struct rte_rcu_qsbr *qsbr;
-    struct rte_ring *slow_ring; /* workers -> control: ARP, learning */
-    struct rte_ring *ctrl_tx;   /* control -> uplink: ARP requests */
+    struct rte_ring *learn_ring; /* workers -> control: learning (dp_slow_event) */
+    struct rte_ring *neigh_ring; /* workers -> control: ARP heard; a ring of its own, so
+                                  * that no learning storm keeps replies from the
+                                  * neighbour table */
+    struct rte_ring *ctrl_tx;    /* control -> uplink: ARP requests */
     _Atomic(struct dp_port *) ports[DP_MAX_PORTS];
     _Atomic(struct dp_net *) nets[DP_MAX_NETS];
     _Atomic(struct dp_tunnel *) tunnels[DP_MAX_TUNNELS];

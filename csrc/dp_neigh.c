@@ -303,17 +303,22 @@ dp_housekeeping(void)
     struct dp_slow_event ev[64];
     int handled = 0;
     unsigned n;
-    while ((n = rte_ring_dequeue_burst_elem(dp.slow_ring, ev, sizeof(ev[0]), 64, NULL)) > 0) {
-        /* an event that cannot be applied now (table full, out of memory)
-         * is left: the workers report it again, with the neighbour's next
-         * ARP (asked for below while a next hop is unresolved) or the
-         * remote MAC's next frame (its VTEP is not known until learned) */
+    /* an event that cannot be applied now (table full, out of memory) is
+     * left: the workers report it again, with the neighbour's next ARP
+     * (asked for below while a next hop is unresolved) or the remote MAC's
+     * next frame (its VTEP is not known until learned). ARP first. */
+    while ((n = rte_ring_dequeue_burst_elem(dp.neigh_ring, ev, sizeof(ev[0]), 64, NULL)) > 0) {
+        for (unsigned i = 0; i < n; i++)
+            neigh_heard(ev[i].ip, ev[i].mac);
+        handled += (int)n;
+    }
+    while ((n = rte_ring_dequeue_burst_elem(dp.learn_ring, ev, sizeof(ev[0]), 64, NULL)) > 0) {
         for (unsigned i = 0; i < n; i++) {
-            if (ev[i].kind == DP_EV_NEIGH)
-                neigh_heard(ev[i].ip, ev[i].mac);
-            else if (ev[i].kind == DP_EV_LEARN && dp_net_get((int)ev[i].net))
+            if (!dp_net_get((int)ev[i].net))
+                continue;
+            if (ev[i].kind == DP_EV_LEARN)
                 (void)dp_fdb_learn((int)ev[i].net, ev[i].mac, ev[i].ip);
-            else if (ev[i].kind == DP_EV_HEARD && dp_net_get((int)ev[i].net))
+            else
                 dp_learn_heard((int)ev[i].net, ev[i].mac, ev[i].ip);
         }
         handled += (int)n;

@@ -39,15 +39,19 @@ struct dp_wctx {
     struct rte_mbuf *shm_pkts[DP_BURST];
     struct dp_fdb_cent fcache[DP_FDB_CACHE_SIZE] __rte_cache_aligned;
     struct dp_fdb_cent vcache[DP_VTEP_CACHE_SIZE];
-    /* learning: when a learned source MAC was last reported and from which
-     * VTEP, by the low bits of its key's hash; the reports left in the
-     * current millisecond (dp_decap.h, learn_src) */
+    /* learning: when a source MAC was last reported, from which VTEP and
+     * whether as new (or as learned, heard again), by the low bits of its
+     * key's hash; the reports of each kind left in the current millisecond
+     * (dp_decap.h, learn_src) */
     struct {
         uint64_t key, tsc;
         uint32_t vtep_be;
+        uint32_t as_new;
     } heard[DP_LEARN_HEARD_SLOTS];
-    uint64_t heard_ms;   /* when the current millisecond began */
-    uint32_t heard_left; /* reports left in it */
+    struct dp_report_budget {
+        uint64_t ms;   /* when the current millisecond began */
+        uint32_t left; /* reports left in it */
+    } learn_budget, heard_budget;
 };
 
 static inline void

@@ -212,6 +212,12 @@ class CoreCollector:
             "Times the idle spinning worker yielded its CPU to other runnable threads",
             labels=["worker"],
         )
+        limited = CounterMetricFamily(
+            "dataplane_worker_learn_limited",
+            "Learning reports the worker held back: new source MACs from the underlay, "
+            "or learned ones heard again, over its 64 a millisecond of each",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
@@ -222,6 +228,7 @@ class CoreCollector:
             slow.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("fdb_slow_lookups")]))
             sleeps.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_sleeps")]))
             yields.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_yields")]))
+            limited.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("learn_limited")]))
         yield ratio
         yield total
         yield busy_total
@@ -230,6 +237,7 @@ class CoreCollector:
         yield slow
         yield sleeps
         yield yields
+        yield limited
 
     @staticmethod
     def _planes(snap):

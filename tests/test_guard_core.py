@@ -19,7 +19,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from dataplane.checks import ipv6_link_local, parse_mac
-from tests.test_core import BCAST, R1, A, B, Topo, udp_frame, vxlan_frame
+from tests.test_core import BCAST, R1, R1_VTEP, WAIT, A, B, Topo, udp_frame, vxlan_frame
 from tests.test_planes import CONTROL, Planes, frame
 
 A_IP, B_IP, VIP = "192.168.1.1", "192.168.1.2", "192.168.1.100"
@@ -319,6 +319,67 @@ def test_learned_entries_age_and_come_back(learning):
     eng.fdb_add_remote(0, mac, "10.0.0.3")
     time.sleep(0.6)
     assert eng.fdb_get(0, mac) == ("remote", "10.0.0.3")
+
+
+def _limited(eng):
+    from dataplane.engine import WORKER_COUNTERS
+
+    return int(eng.counters().worker[:, WORKER_COUNTERS.index("learn_limited")].sum())
+
+
+def _storm(n, vtep="10.0.0.77"):
+    """n frames from n new source MACs behind one VTEP."""
+    return [
+        bytes(
+            vxlan_frame(
+                udp_frame(src=f"02:77:00:00:{i >> 8:02x}:{i & 255:02x}", dst=A), src_vtep=vtep
+            )
+        )
+        for i in range(n)
+    ]
+
+
+def test_frames_of_one_new_mac_make_one_learning_report(learning):
+    t, eng = learning, learning.eng
+    before, limited = eng.learn_stats(), _limited(eng)
+    mac = "02:00:00:00:79:01"
+    _learn(t, mac, "10.0.0.77", n=200)
+    assert _settle(eng, lambda: eng.fdb_get(0, mac) == ("remote", "10.0.0.77"))
+    # one report: nothing held back by the budget, nothing refused
+    assert _limited(eng) == limited
+    after = eng.learn_stats()
+    assert after["learned"] == before["learned"] + 1
+    assert after["refused_limit"] == before["refused_limit"]
+
+
+def test_a_storm_of_new_macs_neither_floods_the_control_thread_nor_keeps_out_arp(eng):
+    t = Topo(eng, static_nh=False, learning=True)
+    eng.collect(t.up, wait=0.7)  # the core asks for its next hops
+    base, limited, learned = t.drops(), _limited(eng), eng.learn_stats()["learned"]
+    peer = "02:00:0a:00:00:02"
+    # 1000 new MACs at once, an ARP reply right behind them
+    storm = _storm(1000)
+    assert eng.inject(t.up, storm + [bytes(_arp_reply(R1_VTEP, peer))]) == 1001
+    assert _settle(eng, lambda: eng.neighbor(R1_VTEP) == peer)
+    assert _settle(eng, lambda: t.drops()["arp_reply"] == base["arp_reply"] + 1)
+    # every frame delivered; the reports beyond the worker's budget held
+    # back and counted, none lost to a full ring
+    assert len(eng.collect(t.a, wait=WAIT, expect=1000)) == 1000
+    assert _limited(eng) > limited
+    assert t.drops()["slowpath_full"] == base["slowpath_full"]
+    first = eng.learn_stats()["learned"] - learned
+    assert 0 < first < 1000
+    # the MACs held back are learned from their next frames
+    for _ in range(100):
+        if eng.learn_stats()["learned"] - learned == 1000:
+            break
+        for i in range(0, 1000, 50):
+            assert eng.inject(t.up, storm[i : i + 50]) == 50
+            time.sleep(0.002)
+        eng.collect(t.a, wait=0.1, expect=1000)
+    assert eng.learn_stats()["learned"] - learned == 1000
+    assert eng.fdb_get(0, "02:77:00:00:03:e7") == ("remote", "10.0.0.77")
+    eng.collect(t.a)
 
 
 def _arp_reply(ip, mac, src=None):
