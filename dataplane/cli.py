@@ -97,6 +97,12 @@ def cmd_check(args):
     print(f"{args.config}: ok (node {cfg.node}, {len(cfg.networks)} networks, mode {cfg.mode})")
     for a in cfg.advice():
         print(f"warning: {a}")
+    if cfg.cpu_latency_us is not None:
+        from .cpulatency import no_effect
+
+        why = no_effect(cfg.cpu_latency_us)
+        if why:
+            print(f"warning: cpu_latency_us: {why}; the request would change nothing here")
     return 0
 
 
@@ -114,6 +120,8 @@ def cmd_status(args):
             else ""
         )
     )
+    if st.get("cpu_latency_no_effect"):
+        print(f"  cpu latency request changes nothing here: {st['cpu_latency_no_effect']}")
     for n in st["networks"]:
         print(
             f"  network {n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} "

@@ -19,13 +19,15 @@ file closes - at ``release()``, and also when the process dies - so nothing
 outlives the service. The kernel applies the lowest request of all holders.
 """
 
+import glob
 import os
 import struct
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from .errors import DataplaneError
 
 DEVICE = "/dev/cpu_dma_latency"
+SYSFS_CPU = "/sys/devices/system/cpu"
 MAX_US = 2_000_000_000  # the kernel's "no constraint" (PM_QOS_CPU_LATENCY_DEFAULT_VALUE)
 
 
@@ -74,3 +76,45 @@ def current_limit_us(device: str = DEVICE) -> int:
         return struct.unpack("=i", os.read(fd, 4))[0]
     finally:
         os.close(fd)
+
+
+def idle_states(sysfs: str = SYSFS_CPU) -> Tuple[str, List[Tuple[str, int]]]:
+    """The kernel's cpuidle driver ("none" without one) and the idle states
+    of the first CPU that has any: (name, exit latency in µs), shallowest
+    first."""
+    try:
+        with open(os.path.join(sysfs, "cpuidle", "current_driver")) as f:
+            driver = f.read().strip() or "none"
+    except OSError:
+        driver = "none"
+    for cpu in sorted(glob.glob(os.path.join(sysfs, "cpu[0-9]*"))):
+        states = []
+        for d in sorted(
+            glob.glob(os.path.join(cpu, "cpuidle", "state[0-9]*")),
+            key=lambda p: int(p.rsplit("state", 1)[1]),
+        ):
+            with open(os.path.join(d, "name")) as f:
+                name = f.read().strip()
+            with open(os.path.join(d, "latency")) as f:
+                states.append((name, int(f.read())))
+        if states:
+            return driver, states
+    return driver, []
+
+
+def no_effect(us: int, sysfs: str = SYSFS_CPU) -> Optional[str]:
+    """Why a request of ``us`` µs changes nothing on this kernel, or None
+    when it keeps idle CPUs out of some idle state."""
+    driver, states = idle_states(sysfs)
+    if not states:
+        return (
+            f"this kernel has no cpuidle states (cpuidle driver {driver}): an idle CPU "
+            "takes the architecture's default idle (a halt) whatever the request"
+        )
+    if all(lat <= us for _, lat in states):
+        slowest = max(lat for _, lat in states)
+        return (
+            f"every idle state of the cpuidle driver {driver} wakes within "
+            f"{slowest} us, so a request of {us} us forbids none"
+        )
+    return None

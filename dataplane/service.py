@@ -25,7 +25,7 @@ from .api import APIServer
 from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .config import NodeConfig
-from .cpulatency import CpuLatencyRequest
+from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
@@ -71,6 +71,9 @@ class NodeService:
         if cfg.cpu_latency_us is not None:
             # first: a node that cannot hold it starts nothing
             self.cpu_latency = CpuLatencyRequest(cfg.cpu_latency_us)
+            why = no_effect(cfg.cpu_latency_us)
+            if why:
+                log.warning("cpu_latency_us: %s; the request is held but changes nothing", why)
         try:
             self.store = open_store(cfg.store, cfg.node)
             for n in cfg.networks:
@@ -266,6 +269,8 @@ class NodeService:
         if snap.cpu_latency_limit_us is not None:
             # what the kernel applies: the lowest request of every holder
             report["cpu_latency_limit_us"] = snap.cpu_latency_limit_us
+            # None, or why the request changes nothing on this kernel
+            report["cpu_latency_no_effect"] = no_effect(self.config.cpu_latency_us)
         report["fdb_entries"] = snap.fdb_entries
         if snap.learning is not None:
             report["learning"] = snap.learning

@@ -17,7 +17,13 @@ import test_kernel_pods as kp
 from test_kernel_idle import metrics_text, node_with
 
 from dataplane.config import parse_config
-from dataplane.cpulatency import MAX_US, CpuLatencyRequest, current_limit_us
+from dataplane.cpulatency import (
+    MAX_US,
+    CpuLatencyRequest,
+    current_limit_us,
+    idle_states,
+    no_effect,
+)
 from dataplane.errors import ConfigError, DataplaneError
 
 pytestmark = [
@@ -61,9 +67,29 @@ def some_cpu_halts(limit_us):
 
 
 def test_idle_cpus_keep_out_of_slow_idle_states_while_the_request_is_held():
+    """On a kernel with cpuidle states, what the governor does under the
+    request, from its own counters. A kernel without any (cpuidle driver
+    "none", as some virtual machines' kernels are built) has no state to
+    keep out of: there the request is held all the same, and the product
+    says that it changes nothing (the service's log and status, `dataplane
+    check`; test_the_service_holds_its_request_while_it_forwards)."""
     assert current_limit_us() == MAX_US, "another process holds a CPU latency request"
+    driver, states = idle_states()
+    if not states:
+        assert no_effect(0) == (
+            f"this kernel has no cpuidle states (cpuidle driver {driver}): an idle CPU "
+            "takes the architecture's default idle (a halt) whatever the request"
+        )
+        r = CpuLatencyRequest(0)
+        try:
+            assert r.limit_us() == 0 and current_limit_us() == 0
+        finally:
+            r.release()
+        assert current_limit_us() == MAX_US
+        return
     # without a request this machine's CPUs halt when idle (the test sleeps)
     assert some_cpu_halts(0), "no CPU entered an idle state with an exit latency above 0"
+    assert no_effect(0) is None
     r = CpuLatencyRequest(0)
     try:
         assert r.limit_us() == 0
@@ -74,6 +100,43 @@ def test_idle_cpus_keep_out_of_slow_idle_states_while_the_request_is_held():
     assert r.limit_us() is None
     assert current_limit_us() == MAX_US
     assert some_cpu_halts(0)
+
+
+def _sysfs(tmp_path, driver, states, cpus=2):
+    """A sysfs CPU tree laid out as the kernel's: cpuidle/current_driver and
+    cpuN/cpuidle/stateK/{name,latency}."""
+    root = tmp_path / "cpu"
+    (root / "cpuidle").mkdir(parents=True)
+    if driver is not None:
+        (root / "cpuidle" / "current_driver").write_text(driver + "\n")
+    for c in range(cpus):
+        (root / f"cpu{c}").mkdir()
+        for k, (name, lat) in enumerate(states):
+            d = root / f"cpu{c}" / "cpuidle" / f"state{k}"
+            d.mkdir(parents=True)
+            (d / "name").write_text(name + "\n")
+            (d / "latency").write_text(f"{lat}\n")
+    return str(root)
+
+
+def test_what_a_request_changes_is_read_from_the_kernels_idle_states(tmp_path):
+    none = _sysfs(tmp_path / "a", "none", [])
+    assert idle_states(none) == ("none", [])
+    assert "no cpuidle states (cpuidle driver none)" in no_effect(0, none)
+    # haltpoll as on KVM guests: polling, then a halt declared at 1 us
+    hp = _sysfs(tmp_path / "b", "haltpoll", [("POLL", 0), ("haltpoll", 1)])
+    assert idle_states(hp) == ("haltpoll", [("POLL", 0), ("haltpoll", 1)])
+    assert no_effect(0, hp) is None
+    assert no_effect(1, hp) == (
+        "every idle state of the cpuidle driver haltpoll wakes within 1 us, "
+        "so a request of 1 us forbids none"
+    )
+    # bare metal: eleven states sort by number, not by name
+    states = [("POLL", 0), ("C1", 2)] + [(f"C{k}", 10 * k) for k in range(2, 11)]
+    im = _sysfs(tmp_path / "c", "intel_idle", states)
+    assert idle_states(im)[1][-1] == ("C10", 100)
+    assert no_effect(10, im) is None and no_effect(100, im) is not None
+    assert idle_states(str(tmp_path / "missing")) == ("none", [])
 
 
 def test_the_kernel_applies_the_lowest_request_and_drops_a_dead_holders():
@@ -133,6 +196,10 @@ def test_the_service_holds_its_request_while_it_forwards(fabric):
     )
     assert out.returncode == 0, out.stderr
     assert "cpu latency 0 us (kernel limit 0 us)" in out.stdout
+    # on a kernel whose idle states the request cannot change, it says so
+    assert st["cpu_latency_no_effect"] == no_effect(0)
+    if no_effect(0):
+        assert f"cpu latency request changes nothing here: {no_effect(0)}" in out.stdout
     node.stop()
     assert current_limit_us() == MAX_US
 
@@ -176,3 +243,21 @@ def test_polling_cpus_with_an_idle_sleep_draw_advice():
     assert any("cpu_latency_us: 0" in a and "idle_sleep_us: 1000" in a for a in c.advice())
     assert not parse_config({"vtep": VTEP, "cpu_latency_us": 0}).advice()
     assert not parse_config({"vtep": VTEP, "cpu_latency_us": 20, "idle_sleep_us": 1000}).advice()
+
+
+def test_dataplane_check_says_when_the_request_would_change_nothing(tmp_path):
+    import yaml
+
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({"vtep": VTEP, "cpu_latency_us": 0}))
+    out = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=kp.ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    why = no_effect(0)
+    line = f"warning: cpu_latency_us: {why}; the request would change nothing here"
+    assert (line in out.stdout) == bool(why), out.stdout
