@@ -39,8 +39,12 @@ from . import topology as topo
 from .common import child_failed, child_unwind_on_sigterm, emit, pool_memory_mb
 
 
-def _setup(eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int):
-    """Ports, network, VTEP and FDB for ``kind``; returns (in port, out port)."""
+def _setup(
+    eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int, learning: bool = False
+):
+    """Ports, network, VTEP and FDB for ``kind``; returns (in port, out port).
+    ``learning``: the VTEP learns source MACs from the underlay (decap: the
+    remote MACs behind their VTEPs, from the frames' inner sources)."""
     nh = topo.NEXT_HOP_MAC
     vtep_addr = f"{topo.LOCAL_VTEP}/{topo.VTEP_PREFIX_LEN}"
     eng.add_network(topo.NET, vni=topo.VNI, plane=0)
@@ -55,7 +59,16 @@ def _setup(eng, kind: str, in_dev: str, out_dev: str, n_macs: int, n_vteps: int)
     up = eng.add_port(in_dev, role="uplink")
     pod = eng.add_port(out_dev, role="pod")
     eng.set_port_network(pod, topo.NET)
-    eng.set_vtep(vtep_addr, topo.VTEP_MAC, up, udp_port=topo.VXLAN_PORT, next_hop_mac=nh)
+    eng.set_vtep(
+        vtep_addr,
+        topo.VTEP_MAC,
+        up,
+        udp_port=topo.VXLAN_PORT,
+        next_hop_mac=nh,
+        learning=learning,
+    )
+    if learning:  # room for every source MAC of the pcap
+        eng.set_learning_limits(per_network=max(4096, n_macs), per_vtep=max(1024, n_macs))
     eng.set_flood(topo.NET, topo.remote_vteps(n_vteps))
     for k in range(n_macs):
         eng.fdb_add_local(topo.NET, topo.local_mac(k), pod)
@@ -92,6 +105,7 @@ def add_core_options(ap):
     ap.add_argument("--macs", type=int, default=topo.MIN_MACS)
     ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
     ap.add_argument("--n-mbufs", type=int, default=16383)
+    ap.add_argument("--learning", action="store_true")
 
 
 def bench_engine(mode: str, n_mbufs: int, what: str):
@@ -120,6 +134,7 @@ def measure(
     n_macs: int,
     n_vteps: int,
     n_mbufs: int,
+    learning: bool = False,
 ) -> dict:
     """Forward ``pcap`` forever; the rate over ``seconds`` after ``warmup``."""
     with bench_engine(mode, n_mbufs, "ours") as eng:
@@ -130,6 +145,7 @@ def measure(
             "net_null0,no-rx=1",
             n_macs,
             n_vteps,
+            learning,
         )
         eng.start()
         time.sleep(warmup)
@@ -147,6 +163,7 @@ def measure(
             eal_args=eng.eal_args,
             mpps=res["tx_packets"] / (t1 - t0) / 1e6,
             samples=[f.hex() for f in samples],
+            learned=eng.learn_stats()["entries"] if learning else 0,
         )
         return res
 
@@ -178,11 +195,18 @@ def verify(
     n_mbufs: int,
     n_frames: int,
     timeout: float = 10.0,
+    learning: bool = False,
 ) -> dict:
     """Forward every frame of ``pcap`` once into the pcap file ``out``."""
     with bench_engine(mode, n_mbufs, "verify") as eng:
         in_port, out_port = _setup(
-            eng, kind, f"net_pcap0,rx_pcap={pcap}", f"net_pcap1,tx_pcap={out}", n_macs, n_vteps
+            eng,
+            kind,
+            f"net_pcap0,rx_pcap={pcap}",
+            f"net_pcap1,tx_pcap={out}",
+            n_macs,
+            n_vteps,
+            learning,
         )
         c0 = eng.counters()
         eng.start()
@@ -218,9 +242,29 @@ def main(argv=None):
     try:
         topo.check_sizes(a.macs, a.vteps)
         if a.verify_out:
-            res = verify(a.kind, a.pcap, a.verify_out, a.mode, a.macs, a.vteps, a.n_mbufs, a.frames)
+            res = verify(
+                a.kind,
+                a.pcap,
+                a.verify_out,
+                a.mode,
+                a.macs,
+                a.vteps,
+                a.n_mbufs,
+                a.frames,
+                learning=a.learning,
+            )
         else:
-            res = measure(a.kind, a.pcap, a.seconds, a.warmup, a.mode, a.macs, a.vteps, a.n_mbufs)
+            res = measure(
+                a.kind,
+                a.pcap,
+                a.seconds,
+                a.warmup,
+                a.mode,
+                a.macs,
+                a.vteps,
+                a.n_mbufs,
+                learning=a.learning,
+            )
     except Exception as e:  # reported to the parent, which shows our output
         return child_failed("bench.ours", e)
     emit(res)

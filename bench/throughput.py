@@ -3,6 +3,7 @@
     python -m bench encap -> RESULT name=encap64 mpps= testpmd_mpps= ratio= macs= vteps= frames=
                              [mode=fallback] cache_miss= fdb_slow= verified= [ovs_mpps= ovs_ratio=]
     python -m bench decap -> RESULT name=decap64 ...  (the same fields)
+    python -m bench decap --learning -> ... learning=1
 
 Method:
 
@@ -40,7 +41,14 @@ timed runs' FDB lookups that the worker's FDB cache could not answer
 (``cache_miss``), the share that the FDB table's home bucket (one cache
 line) could not answer either (``fdb_slow``: overflow, or a writer in the
 bucket) and whether the functional check
-ran (``verified=0`` with ``--no-verify``). Progress goes to stderr
+ran (``verified=0`` with ``--no-verify``).
+
+``--learning`` (decap): our VTEP learns source MACs from the underlay
+(``vtep.learning``, as a node with hosts behind kernel VTEPs runs), with
+limits raised to hold every source MAC of the pcap: each frame's inner
+source is looked up too, and confirmed to the control thread at most once
+a second. A run in which the core did not learn every source MAC ends
+with an error. testpmd does the same io forwarding as ever. Progress goes to stderr
 (``--quiet``: none); stdout has the RESULT line.
 """
 
@@ -89,7 +97,7 @@ def core_child_args(args) -> list:
         str(args.vteps),
         "--n-mbufs",
         str(_n_mbufs(args.frames)),
-    ]
+    ] + (["--learning"] if getattr(args, "learning", False) else [])
 
 
 def _run_ours(args, kind: str, pcap: str, extra=()) -> dict:
@@ -196,6 +204,11 @@ def run(args) -> dict:
                 )
             if abs(lost) > IN_FLIGHT:
                 raise BenchError(f"ours, run {r}: rx - tx = {lost} without a counted drop")
+            if args.learning and o["learned"] != args.macs:
+                raise BenchError(
+                    f"ours, run {r}: learned {o['learned']} of the {args.macs} source MACs; "
+                    "no result"
+                )
             _check_samples(args, kind, inp, o["samples"], r)
             sampled += len(o["samples"])
             b = testpmd.measure(
@@ -268,6 +281,7 @@ def run(args) -> dict:
         "cache_miss": misses / lookups if lookups else 0.0,
         "fdb_slow": slow / lookups if lookups else 0.0,
         "verified": 1 if args.verify else 0,
+        "learning": 1 if args.learning else 0,
     }
 
 
@@ -341,6 +355,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the functional check before timing",
     )
+    ap.add_argument(
+        "--learning",
+        action="store_true",
+        help="decap: the VTEP learns the frames' source MACs (vtep.learning), as a node "
+        "with hosts behind kernel VTEPs does; testpmd is the same",
+    )
     ap.add_argument("--testpmd", default=testpmd.TESTPMD, help="testpmd binary")
     ap.add_argument(
         "--peers",
@@ -363,6 +383,8 @@ def main(argv=None) -> int:
             ap.error(f"--peers: unknown contender {p!r} (known: ovs)")
     if args.peers and args.kind != "encap":
         ap.error("--peers ovs: encap only")
+    if args.learning and args.kind != "decap":
+        ap.error("--learning: decap only (a node learns from the underlay)")
     if "ovs" in args.peers and ovs.available():
         ap.error(f"--peers ovs: {ovs.available()}")
     return run_main(run, args, _result, errors=(testpmd.TestpmdError,))
@@ -380,5 +402,6 @@ def _result(res):
         "cache_miss": f"{res['cache_miss']:.4f}",
         "fdb_slow": f"{res['fdb_slow']:.4f}",
         "verified": res["verified"],
+        **({"learning": 1} if res.get("learning") else {}),
         **{k: f"{res[k]:.3f}" for k in ("ovs_mpps", "ovs_ratio") if k in res},
     }

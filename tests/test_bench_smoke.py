@@ -227,6 +227,22 @@ def test_encap_against_ovs_dpdk():
     assert f"bench-ovs-{pid}" not in ps
 
 
+def test_decap_with_learning():
+    """``--learning``: the core learns every source MAC of the pcap while it
+    decapsulates (the bench fails otherwise), and the RESULT line says so."""
+    args = QUICK + ["--warmup", "0", "--learning", "--quiet"] + FEW_FRAMES
+    pid, rc, out, err = run_bench("decap", args)
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert fields["learning"] == "1" and float(fields["mpps"]) > 0, out
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+
+
+def test_learning_on_encap_is_refused():
+    pid, rc, out, err = run_bench("encap", ["--learning"])
+    assert rc == 2 and "--learning: decap only" in err and out == ""
+
+
 def test_unknown_peer_is_refused():
     pid, rc, out, err = run_bench("encap", ["--peers", "vpp"])
     assert rc == 2 and "--peers: unknown contender 'vpp'" in err and out == ""
