@@ -5,6 +5,8 @@ DPDK's ``net_af_packet`` PMD, DPDK's ``net_af_xdp`` PMD (the node's
     python -m bench afpacket [--seconds S] [--runs N] ...
     ->  RESULT name=afpacket native_pps=.. pmd_pps=.. kernel_pps=.. ratio=<native/pmd>
         kernel_ratio=<native/kernel> afxdp_pps=.. afxdp_kernel_ratio=<afxdp/kernel>
+        [source_limited=<contenders>]   (those that delivered all they were offered in
+                                         most runs: the source's figure, not theirs)
         [rate_pps=.. | load=..] [rps=off] [idle_yield=off] [idle_sleep_us=..]
         [br_netfilter=on] [verified=0]   (what departs from the default footing)
 
@@ -881,6 +883,7 @@ def run(args) -> dict:
             )
             res = {n: [] for n in CONTENDERS}
             per_cpu = {n: [] for n in CONTENDERS}
+            limited = {n: 0 for n in CONTENDERS}  # runs that delivered all they were offered
             for r in range(1, args.runs + 1):
                 for name in CONTENDERS:
                     x = run_contender(
@@ -890,6 +893,7 @@ def run(args) -> dict:
                     per_cpu[name].append(x["pps_per_cpu"])
                     say(f"run {r}/{args.runs} {name:6s} {_fmt(x)}")
                     if x["offered_pps"] and x["pps"] >= 0.98 * x["offered_pps"]:
+                        limited[name] += 1
                         say(
                             f"WARNING: {name} delivered what the source offered: "
                             "limited by the source, its own rate may be higher"
@@ -930,6 +934,9 @@ def run(args) -> dict:
         "kernel_ratio": kr,
         "afxdp_kernel_ratio": xkr,
         "source_pps": src["offered_pps"],
+        # contenders that delivered all they were offered in most runs: their
+        # figure is the source's, and a ratio to them says no more than that
+        "source_limited": [n for n in CONTENDERS if 2 * limited[n] > args.runs],
         "footing": footing(args),
     }
 
@@ -1074,6 +1081,7 @@ def _result(res):
         "kernel_ratio": f"{res['kernel_ratio']:.3f}",
         "afxdp_pps": f"{res['afxdp']:.0f}",
         "afxdp_kernel_ratio": f"{res['afxdp_kernel_ratio']:.3f}",
+        **({"source_limited": ",".join(res["source_limited"])} if res["source_limited"] else {}),
         **res["footing"],
     }
 
