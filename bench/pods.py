@@ -607,6 +607,11 @@ def run(args) -> dict:
                     f"the service holds cpu_latency_us: {st['cpu_latency_us']}; the kernel's "
                     f"limit for idle CPUs while measuring: {st['cpu_latency_limit_us']} us"
                 )
+                if st.get("cpu_latency_no_effect"):
+                    say(
+                        "WARNING: the request changes nothing on this machine: "
+                        f"{st['cpu_latency_no_effect']}"
+                    )
             say(
                 f"namespaces {lab.tag}-*; {args.pings} pings and {lab.iperf_seconds} s of "
                 f"iperf3 per test; ping and iperf3 on CPU {args.gen_cpu} (taskset), "
