@@ -143,7 +143,13 @@ def cmd_status(args):
                 f" ({learned['entries']} learned; learned {learned['learned']} moved "
                 f"{learned['moved']} aged {learned['aged']} duplicate "
                 f"{learned['duplicate']} refused "
-                f"{learned['refused_static'] + learned['refused_limit'] + learned['refused_frozen']})"
+                f"{learned['refused_static'] + learned['refused_limit'] + learned['refused_frozen']}"
+                + (
+                    f"; {learned['reports_limited']} reports held back: a learning storm"
+                    if learned.get("reports_limited")
+                    else ""
+                )
+                + ")"
                 if learned
                 else ""
             )

@@ -273,7 +273,15 @@ class NodeService:
             report["cpu_latency_no_effect"] = no_effect(self.config.cpu_latency_us)
         report["fdb_entries"] = snap.fdb_entries
         if snap.learning is not None:
-            report["learning"] = snap.learning
+            from .engine import WORKER_COUNTERS
+
+            # what the control thread did, and the reports the workers held
+            # back over their budget (a learning storm)
+            col = WORKER_COUNTERS.index("learn_limited")
+            report["learning"] = {
+                **snap.learning,
+                "reports_limited": int(snap.counters.worker[:, col].sum()),
+            }
         return report
 
     def flood(self, network: str) -> list:

@@ -83,6 +83,9 @@ def test_a_learned_host_is_kept_while_it_talks(fabric):
     assert got == want and st["fdb_entries"] == len(rows), (got, want, rows)
     assert st["learning"]["learned"] >= 1
     assert sum(r["origin"] == "learned" for r in rows) == st["learning"]["entries"]
+    # one host's MACs: no report held back, as the workers' counter says
+    limited = metric(text, "dataplane_worker_learn_limited_total", '{worker="0"}')
+    assert st["learning"]["reports_limited"] == limited == 0, (st["learning"], limited)
     out = subprocess.run(
         [sys.executable, "-m", "dataplane.cli", "status", "--socket", node.sock],
         capture_output=True,
