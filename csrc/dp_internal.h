@@ -59,9 +59,9 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
  */
 #define DP_FDB_CACHE_SIZE 1024    /* entries per worker, power of two (16 KB) */
 #define DP_LEARN_HEARD_SLOTS 1024 /* per worker, power of two: learned MACs last reported */
-#define DP_LEARN_REPORT_BURST \
-    64                           /* ... at most this many reports of new MACs a millisecond,
-                                   * and as many of learned ones heard again */
+/* per worker: at most this many reports of new MACs a millisecond, and as many of
+ * learned ones heard again */
+#define DP_LEARN_REPORT_BURST 64
 #define DP_FDB_CACHE_WINDOW 1024 /* lookups over which the cache's hit rate is judged */
 #define DP_FDB_CACHE_REST 63     /* bursts without the cache after a window it nearly all missed */
 #define DP_VTEP_CACHE_SIZE 256

@@ -61,6 +61,7 @@ class NodeService:
         self.uplink = None
         self.started = None
         self.cpu_latency = None  # the held CPU latency request (cpu_latency_us)
+        self.cpu_latency_no_effect = None  # why it changes nothing on this kernel
         self._stop = threading.Event()
 
     # -------------------------------------------------------------- start
@@ -71,9 +72,12 @@ class NodeService:
         if cfg.cpu_latency_us is not None:
             # first: a node that cannot hold it starts nothing
             self.cpu_latency = CpuLatencyRequest(cfg.cpu_latency_us)
-            why = no_effect(cfg.cpu_latency_us)
-            if why:
-                log.warning("cpu_latency_us: %s; the request is held but changes nothing", why)
+            self.cpu_latency_no_effect = no_effect(cfg.cpu_latency_us)
+            if self.cpu_latency_no_effect:
+                log.warning(
+                    "cpu_latency_us: %s; the request is held but changes nothing",
+                    self.cpu_latency_no_effect,
+                )
         try:
             self.store = open_store(cfg.store, cfg.node)
             for n in cfg.networks:
@@ -270,7 +274,7 @@ class NodeService:
             # what the kernel applies: the lowest request of every holder
             report["cpu_latency_limit_us"] = snap.cpu_latency_limit_us
             # None, or why the request changes nothing on this kernel
-            report["cpu_latency_no_effect"] = no_effect(self.config.cpu_latency_us)
+            report["cpu_latency_no_effect"] = self.cpu_latency_no_effect
         report["fdb_entries"] = snap.fdb_entries
         if snap.learning is not None:
             from .engine import WORKER_COUNTERS
