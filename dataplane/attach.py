@@ -127,6 +127,8 @@ class Attachments:
                 spec[field] = {plane: body[k]}
         if kind != "veth":
             spec["interfaces"][plane] = _kind_entry(kind, ifname, body)
+        elif body.get("options"):
+            raise ConfigError(f"options: {body['options']!r}: kind veth takes no options")
         name = attachment_name(cid, ifname)
         if self.store.attachment(name) is not None:
             if self.store.pod(name):
@@ -138,10 +140,32 @@ class Attachments:
         self.store.put_attachment(name, record, node=self.config.node)  # intent first
         try:
             self.pods.add_pod(name, netns, spec)
+        except ConfigError as e:
+            self.store.delete_attachment(name)
+            raise ConfigError(self._in_own_words(str(e), plane)) from None
         except BaseException:
             self.store.delete_attachment(name)
             raise
         return self.info(name)
+
+    def _in_own_words(self, msg: str, plane: str) -> str:
+        """A pod-spec error as the caller wrote the request: ``ip``,
+        ``mac`` and ``options`` instead of the one-plane pod's ``ips.std``,
+        ``macs.std``, ``interfaces.std``; an attachment named by its
+        container and interface instead of its pod name."""
+        for field, own in (("ips", "ip"), ("macs", "mac"), ("interfaces", "options")):
+            m = re.match(rf"{field}(\.{re.escape(plane)})?(?=[:.])", msg)
+            if m:
+                msg = own + msg[m.end() :]
+                break
+
+        def who(m):
+            rec = self.store.attachment(m.group(1))
+            if rec is None:
+                return m.group(0)
+            return f"container {rec['container_id']} interface {rec['ifname']}"
+
+        return re.sub(r"\bpod (cni-[0-9a-f]{16})\b", who, msg)
 
     # ---------------------------------------------------------------- DEL
     def delete(self, body: dict) -> dict:
@@ -175,7 +199,11 @@ class Attachments:
         for i, v in enumerate(valid):
             if not isinstance(v, dict):
                 raise ConfigError(f"valid[{i}]: {v!r} is not {{container_id, ifname}}")
-            keep.add(attachment_name(v.get("container_id"), v.get("ifname")))
+            cid = check_container_id(v.get("container_id"), f"valid[{i}].container_id")
+            ifname = v.get("ifname")
+            if not isinstance(ifname, str) or not ifname:
+                raise ConfigError(f"valid[{i}].ifname: {ifname!r} is not an interface name")
+            keep.add(attachment_name(cid, ifname))
         gone = []
         for a in self.store.attachments(node=self.config.node):
             if a.get("cni_network") == cni_network and a["name"] not in keep:
@@ -240,13 +268,18 @@ class Attachments:
         routes, the core's port); ``problems`` lists every difference."""
         cid, ifname = _key(body)
         name = attachment_name(cid, ifname)
-        a = self.info(name)
+        try:
+            a = self.info(name)
+        except NotFound:
+            raise NotFound(f"container {cid} interface {ifname} is not attached on this node")
         netns = body.get("netns") or a["netns"]
         problems = []
         if netns != a["netns"]:
             problems.append(f"netns is {netns}, the attachment was made in {a['netns']}")
         if a["kind"] == "veth":
             problems += _live_problems(a, a["netns"])
+        if a["kind"] == "vf":  # moved into the pod; the core does not forward for it
+            return {**a, "problems": problems + _vf_problems(a, a["netns"])}
         if a["port"] is None:
             problems.append(f"{a['host_ifname']} is not a port of the forwarding core")
         else:
@@ -267,7 +300,7 @@ def _host_mac(ifname):
 
 
 def _live_problems(a: dict, netns: str) -> List[str]:
-    from .podnet import _ipr, find_plane
+    from .podnet import find_plane
 
     found = find_plane(a["host_ifname"], netns)
     if found is None:
@@ -286,15 +319,52 @@ def _live_problems(a: dict, netns: str) -> List[str]:
         problems.append(f"{a['ifname']} has MTU {found.pod_mtu}, not {a['mtu']}")
     if not found.up or not found.pod_up:
         problems.append(f"{a['ifname']} or {a['host_ifname']} is down")
-    if a["default_route"] and a["gateway"]:
+    return problems + _route_problems(a, netns)
+
+
+def _route_problems(a: dict, netns: str) -> List[str]:
+    """The default route of a std attachment, if it is missing."""
+    from .podnet import _ipr
+
+    if not (a["default_route"] and a["gateway"]):
+        return []
+    with _ipr(netns) as ipr:
+        idx = ipr.link_lookup(ifname=a["ifname"])
+        routes = ipr.get_routes(family=socket.AF_INET, dst_len=0, table=254)
+    if any(r.get("RTA_GATEWAY") == a["gateway"] and r.get("RTA_OIF") in idx for r in routes):
+        return []
+    return [f"no default route via {a['gateway']} on {a['ifname']}"]
+
+
+def _vf_problems(a: dict, netns: str) -> List[str]:
+    """A VF attachment as found in the pod's namespace: its interface, MAC,
+    address, MTU, link state and default route."""
+    from .podnet import _ipr
+
+    try:
         with _ipr(netns) as ipr:
             idx = ipr.link_lookup(ifname=a["ifname"])
-            routes = ipr.get_routes(family=socket.AF_INET, dst_len=0, table=254)
-        if not any(
-            r.get("RTA_GATEWAY") == a["gateway"] and r.get("RTA_OIF") in idx for r in routes
-        ):
-            problems.append(f"no default route via {a['gateway']} on {a['ifname']}")
-    return problems
+            if not idx:
+                return [f"interface {a['ifname']} is not in {netns}"]
+            (link,) = ipr.get_links(idx[0])
+            addrs = [
+                f"{x.get_attr('IFA_ADDRESS')}/{x['prefixlen']}"
+                for x in ipr.get_addr(index=idx[0], family=socket.AF_INET)
+            ]
+    except OSError as e:
+        return [f"namespace {netns}: {e.strerror or e}"]
+    problems = []
+    mac = link.get_attr("IFLA_ADDRESS") or ""
+    if mac.lower() != a["mac"].lower():
+        problems.append(f"{a['ifname']} has MAC {mac}, not {a['mac']}")
+    want = f"{a['ip']}/{a['prefixlen']}"
+    if a["ip"] and want not in addrs:
+        problems.append(f"{a['ifname']} has {addrs or 'no address'}, not {want}")
+    if a["mtu"] and link.get_attr("IFLA_MTU") != a["mtu"]:
+        problems.append(f"{a['ifname']} has MTU {link.get_attr('IFLA_MTU')}, not {a['mtu']}")
+    if not link["flags"] & 1:
+        problems.append(f"{a['ifname']} is down")
+    return problems + _route_problems(a, netns)
 
 
 def attachment_routes(att: Attachments) -> Dict[tuple, object]:

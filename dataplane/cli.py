@@ -289,7 +289,24 @@ def cmd_host(args):
 
 def cmd_attachment(args):
     if args.att_cmd == "del":
-        body = {"container_id": args.container_id, "ifname": args.ifname}
+        # the list shows the first 12 characters of an ID, as container
+        # runtimes do: a unique prefix names the container
+        atts = _call(args, "GET", "/v1/attachments")
+        ids = {a["container_id"] for a in atts if a["ifname"] == args.ifname}
+        match = sorted(i for i in ids if i.startswith(args.container_id))
+        if args.container_id in ids:
+            match = [args.container_id]
+        if not match:
+            raise SystemExit(
+                f"dataplane: no attachment of container {args.container_id} interface "
+                f"{args.ifname} on this node ('dataplane attachment list' shows them)"
+            )
+        if len(match) > 1:
+            raise SystemExit(
+                f"dataplane: container ID {args.container_id} is ambiguous: "
+                f"{', '.join(match)}; give more of it"
+            )
+        body = {"container_id": match[0], "ifname": args.ifname}
         _print(_call(args, "DELETE", "/v1/attachments", body), args.json)
         return 0
     atts = _call(args, "GET", "/v1/attachments")
@@ -297,11 +314,11 @@ def cmd_attachment(args):
         _print(atts, True)
         return 0
     for a in atts:
-        pod = f"{a['k8s_namespace']}/{a['k8s_pod']}" if a.get("k8s_pod") else "-"
+        pod = "/".join(x for x in (a.get("k8s_namespace"), a.get("k8s_pod")) if x) or "-"
         print(
             f"{a['container_id'][:12]:12s} {a['ifname']:10s} {a['cni_network'] or '-':12s} "
-            f"{a['network']:8s} {a['plane']:8s} {a['ip']:15s} {a['mac']} {a['kind']:6s} "
-            f"port {a['port']}  {pod}"
+            f"{a['network']:8s} {a['plane']:8s} {a['ip'] or '-':15s} {a['mac']} {a['kind']:6s} "
+            f"port {'-' if a['port'] is None else a['port']}  {pod}"
         )
     return 0
 

@@ -54,6 +54,7 @@ ERR_SERVICE = 101  # the node service failed the request
 ERR_CHECK = 102  # CHECK found a difference
 
 _IFNAMSIZ = 16
+_MAX_CONTAINER_ID = 128  # the node service's limit (dataplane.attach.check_container_id)
 _KINDS = ("veth", "memif", "vhost-user", "vf")
 
 
@@ -145,13 +146,16 @@ def _check_env(environ, command):
     if command in ("GC", "STATUS", "VERSION"):
         return out
     cid = _env(environ, "CNI_CONTAINERID")
-    if not (cid[0].isascii() and cid[0].isalnum()) or not all(
-        c.isascii() and (c.isalnum() or c in "_.-") for c in cid
+    if (
+        len(cid) > _MAX_CONTAINER_ID
+        or not (cid[0].isascii() and cid[0].isalnum())
+        or not all(c.isascii() and (c.isalnum() or c in "_.-") for c in cid)
     ):
         raise CNIError(
             ERR_ENV,
             f"CNI_CONTAINERID: {cid!r} is not a container ID",
-            "letters, digits, '_', '.', '-', starting with a letter or digit",
+            f"1..{_MAX_CONTAINER_ID} letters, digits, '_', '.', '-', starting with a letter "
+            "or digit",
         )
     ifname = _env(environ, "CNI_IFNAME")
     if (
@@ -190,6 +194,12 @@ def _read_conf(data: bytes, command: str) -> dict:
     version = conf.get("cniVersion")
     if command == "VERSION":
         return conf
+    if version is None:
+        raise CNIError(
+            ERR_VERSION,
+            "cniVersion: the network configuration has none",
+            f"supported: {', '.join(SUPPORTED_VERSIONS)}",
+        )
     if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
         raise CNIError(
             ERR_VERSION,
@@ -239,12 +249,13 @@ def _result(conf, a: dict) -> dict:
     if a.get("host_ifname"):
         interfaces.append({"name": a["host_ifname"], "mac": a.get("host_mac") or ""})
     pod_if = {"name": a["ifname"], "mac": a["mac"], "sandbox": a["netns"]}
-    if a.get("mtu"):
-        pod_if["mtu"] = a["mtu"]
-    if a.get("socket_path"):
-        pod_if["socketPath"] = a["socket_path"]
-    if a.get("pci_address"):
-        pod_if["pciID"] = a["pci_address"]
+    if _version_tuple(conf["cniVersion"]) >= (1, 1, 0):  # fields new in 1.1.0
+        if a.get("mtu"):
+            pod_if["mtu"] = a["mtu"]
+        if a.get("socket_path"):
+            pod_if["socketPath"] = a["socket_path"]
+        if a.get("pci_address"):
+            pod_if["pciID"] = a["pci_address"]
     interfaces.append(pod_if)
     if a.get("ip"):
         ip = {"address": f"{a['ip']}/{a['prefixlen']}", "interface": len(interfaces) - 1}
@@ -381,14 +392,26 @@ def _check(conf, env):
 
 
 def _gc(conf, env):
-    valid = conf.get("cni.dev/valid-attachments") or []
+    key = "cni.dev/valid-attachments"
+    if key not in conf:
+        # the runtime lists what is still in use; without the list every
+        # attachment of this configuration would be collected
+        raise CNIError(
+            ERR_CONFIG,
+            f"{key}: missing",
+            "GC needs the list of attachments still in use (an empty list collects all)",
+        )
+    valid = conf[key]
     if not isinstance(valid, list):
-        raise CNIError(ERR_CONFIG, "cni.dev/valid-attachments: is not a list")
+        raise CNIError(ERR_CONFIG, f"{key}: is not a list")
     keep = []
-    for v in valid:
+    for i, v in enumerate(valid):
         if not isinstance(v, dict):
-            raise CNIError(ERR_CONFIG, f"cni.dev/valid-attachments: {v!r} is not an object")
-        keep.append({"container_id": v.get("containerID"), "ifname": v.get("ifname")})
+            raise CNIError(ERR_CONFIG, f"{key}[{i}]: {v!r} is not an object")
+        for field in ("containerID", "ifname"):
+            if not isinstance(v.get(field), str) or not v[field]:
+                raise CNIError(ERR_CONFIG, f"{key}[{i}].{field}: {v.get(field)!r} is missing")
+        keep.append({"container_id": v["containerID"], "ifname": v["ifname"]})
     _service(conf, "POST", "/v1/attachments/gc", {"cni_network": conf["name"], "valid": keep})
 
 

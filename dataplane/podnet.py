@@ -499,6 +499,8 @@ def _attach_steps(
             cls = BY_ERRNO.get(_err_code(e), DataplaneError)
             if cls is ConfigError:  # a kernel EINVAL is not the user's input
                 cls = DataplaneError
+            elif cls is AlreadyExists:  # the namespace has one (a default route): a
+                cls = ConfigError  # conflict with the request, not this plane made twice
         raise cls(
             f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}{undone}", _err_code(e)
         ) from e

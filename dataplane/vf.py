@@ -29,7 +29,7 @@ import os
 import re
 from typing import Optional
 
-from .errors import Busy, DataplaneError, NotFound
+from .errors import Busy, ConfigError, DataplaneError, NotFound
 from .logs import event
 
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -51,16 +51,17 @@ def temp_name(device: str) -> str:
 # ------------------------------------------------------------- discovery
 def resolve(device: str):
     """(ifname or None, PCI address or None) of ``device`` in this
-    namespace; NotFound if there is no such device."""
+    namespace; ConfigError if there is no such device (the request names
+    it: a bad request, not an unknown pod or namespace)."""
     if PCI_RE.fullmatch(device):
         d = os.path.join(SYS_PCI, device.lower())
         if not os.path.isdir(d):
-            raise NotFound(f"vf device {device}: no such PCI device")
+            raise ConfigError(f"vf device {device}: no such PCI device")
         net = os.path.join(d, "net")
         names = sorted(os.listdir(net)) if os.path.isdir(net) else []
         return (names[0] if names else None), device.lower()
     if not os.path.isdir(os.path.join(SYS_NET, device)):
-        raise NotFound(f"vf device {device}: no such network interface on this node")
+        raise ConfigError(f"vf device {device}: no such network interface on this node")
     return device, _pci_of(device)
 
 

@@ -167,10 +167,23 @@ def test_add_result_and_the_container_interface(cnode):
     assert a["cni_network"] == "std-net" and a["kind"] == "veth" and a["port"] is not None
     out = cnode.cli("attachment", "list").stdout
     assert cid[:12] in out and "ims/cscf-0" in out and addr_of(res).split("/")[0] in out
-    # a 0.4.0 result carries the address's version
+    # a 0.4.0 result carries the address's version, and no field of 1.1.0
     cid2, _, path2 = cnode.container()
-    code, res, _ = cnode.cni("ADD", cnode.conf(version="0.4.0"), cid2, path2)
+    code, res, _ = cnode.cni(
+        "ADD", cnode.conf(version="0.4.0"), cid2, path2, args="K8S_POD_NAME=p2"
+    )
     assert code == 0 and res["ips"][0]["version"] == "4"
+    assert all("mtu" not in i for i in res["interfaces"])
+    # a runtime that gives a pod name and no namespace (podman)
+    out = cnode.cli("attachment", "list").stdout
+    (row,) = [line for line in out.splitlines() if line.startswith(cid2[:12])]
+    assert row.endswith(" p2") and "None" not in row
+    # the ID as the list shows it (12 characters) removes the attachment
+    cnode.cli("attachment", "del", cid2[:12], "eth0")
+    assert [a["container_id"] for a in cnode.api("GET", "/v1/attachments")] == [cid]
+    # one that matches nothing is an error, not a silent success
+    r = cnode.cli("attachment", "del", cid2[:12], "eth0", check=False)
+    assert r.returncode != 0 and f"no attachment of container {cid2[:12]}" in r.stderr
 
 
 def test_add_twice_fails_and_keeps_the_first(cnode):
@@ -219,6 +232,7 @@ def test_check(cnode):
     # an attachment that does not exist
     code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, "nosuch", path)
     assert code != 0 and out["code"] == 3
+    assert out["msg"] == "container nosuch interface eth0 is not attached on this node"
 
 
 def test_del_is_idempotent(cnode):
@@ -283,6 +297,15 @@ def test_gc_keeps_only_the_valid_attachments(cnode):
     assert code == 0, (out, err)
     left = {(a["container_id"], a["cni_network"]) for a in cnode.api("GET", "/v1/attachments")}
     assert left == {(c1, "std-net"), (c3, "control-net")}
+    # without the list, or with an entry that names no interface, GC is
+    # refused: it would collect attachments still in use
+    key = "cni.dev/valid-attachments"
+    code, out, _ = cnode.cni("GC", cnode.conf(version=v))
+    assert code != 0 and out["code"] == 7 and out["msg"] == f"{key}: missing"
+    code, out, _ = cnode.cni("GC", cnode.conf(version=v, **{key: [{"containerID": c1}]}))
+    assert code != 0 and out["code"] == 7 and out["msg"] == f"{key}[0].ifname: None is missing"
+    after = {(a["container_id"], a["cni_network"]) for a in cnode.api("GET", "/v1/attachments")}
+    assert after == left
 
 
 def test_status(cnode):
@@ -302,15 +325,43 @@ def test_bad_requests_name_the_problem(cnode):
     code, out, _ = cnode.cni("ADD", cnode.conf(network="net2", plane="media"), cid, path)
     assert out["code"] == 7 and "belongs to plane control" in out["msg"]
     code, out, _ = cnode.cni("ADD", cnode.conf(ip="10.0.0.1"), cid, path)
-    assert out["code"] == 7 and "outside" in out["msg"]
+    assert out["code"] == 7 and out["msg"].startswith("ip: 10.0.0.1 is outside"), out
     code, out, _ = cnode.cni("ADD", cnode.conf(), cid, "/var/run/netns/nosuch-ns")
     assert out["code"] == 3 and "nosuch-ns" in out["msg"]
     code, out, _ = cnode.cni("ADD", cnode.conf(kind="vf", options=[1]), cid, path)
     assert out["code"] == 7 and "options" in out["msg"]
+    # a veth has no options to give
+    code, out, _ = cnode.cni("ADD", cnode.conf(options={"uid": 1}), cid, path)
+    assert out["code"] == 7 and out["msg"].startswith("options: {'uid': 1}: kind veth")
+    # errors name what the configuration says (ip, mac), not the pod spec
+    code, out, _ = cnode.cni("ADD", cnode.conf(mac="zz"), cid, path)
+    assert out["code"] == 7 and out["msg"].startswith("mac: 'zz'"), out
+    # no cniVersion at all
+    code, out, _ = cnode.cni(
+        "ADD", {k: v for k, v in cnode.conf().items() if k != "cniVersion"}, cid, path
+    )
+    assert out["code"] == 1 and out["msg"] == "cniVersion: the network configuration has none"
+    # a container ID longer than the service takes: the environment's fault
+    code, out, _ = cnode.cni("ADD", cnode.conf(), "c" * 129, path)
+    assert out["code"] == 4 and out["msg"].startswith("CNI_CONTAINERID:")
     # nothing was left behind by the refusals
     assert cnode.api("GET", "/v1/attachments") == []
     assert sh("ip", "-n", ns, "-o", "link").stdout.count(":") >= 1
     assert "eth0" not in sh("ip", "-n", ns, "-o", "link").stdout
+
+
+def test_conflicts_name_the_container_and_are_configuration_errors(cnode):
+    (c1, _, p1), (c2, _, p2) = cnode.container(), cnode.container()
+    res = cnode.cni("ADD", cnode.conf(), c1, p1)[1]
+    ip = addr_of(res).split("/")[0]
+    code, out, _ = cnode.cni("ADD", cnode.conf(ip=ip), c2, p2)
+    assert out["code"] == 7, out
+    assert out["msg"] == f"ip: {ip} on network net1 is taken by container {c1} interface eth0"
+    # a second std interface in a namespace that has its default route
+    # already: the configuration conflicts (7), it is not "attached already"
+    code, out, _ = cnode.cni("ADD", cnode.conf(), c1, p1, ifname="eth1")
+    assert out["code"] == 7 and "default route" in out["msg"], out
+    assert [a["ifname"] for a in cnode.api("GET", "/v1/attachments")] == ["eth0"]
 
 
 def test_add_and_del_latency(cnode):
@@ -354,7 +405,6 @@ def test_add_and_del_latency(cnode):
         "RESULT cni latency (median of 5):",
         ", ".join(f"{k} {med(v):.0f} ms" for k, v in times.items()),
     )
-    assert med(times["ADD"]) < 5000 and med(times["DEL"]) < 5000
 
 
 def test_memif_attachment_and_device_info(tmp_path):

@@ -206,9 +206,10 @@ def test_vf_found_by_name_or_pci_address_with_its_pf(fake_sysfs):
     assert vf.resolve("0000:03:02.2") == (None, "0000:03:02.2")  # vfio-pci: no netdev
     assert vf._pf_of("vf0") == ("ens1f0", 3)
     assert vf._pf_of("ens1f0") == (None, None)
-    from dataplane.errors import NotFound
+    from dataplane.errors import ConfigError
 
-    with pytest.raises(NotFound, match="0000:03:09.0: no such PCI device"):
+    # a device the request names and the node lacks: the request's fault
+    with pytest.raises(ConfigError, match="0000:03:09.0: no such PCI device"):
         vf.resolve("0000:03:09.0")
 
 
@@ -227,3 +228,37 @@ def test_dpdk_mode_vf_is_held_not_moved(fake_sysfs):
         vf.take(store, "p2", "media", "0000:03:02.2", *args)
     assert vf.give_back(store, "0000:03:02.2") is True
     assert vf.holder(store, "0000:03:02.2") is None
+
+
+def test_vf_attachment_check_sees_the_pods_interface(fabric, sockdir):
+    """CNI CHECK of a VF attachment: the core forwards nothing for a VF, so
+    its lack of a core port is no problem; what is checked is the device in
+    the pod's namespace (MAC, address, MTU, link state)."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    before = stand_in(node)
+    ns = fab.netns(f"{fab.tag}c")
+    key = {"container_id": f"{fab.tag}ctr", "ifname": "net1"}
+    body = {
+        **key,
+        "netns": f"/var/run/netns/{ns}",
+        "network": "net3",
+        "kind": "vf",
+        "device": "vfstub0",
+    }
+    a = node.api("POST", "/v1/attachments", body)
+    assert a["kind"] == "vf" and a["port"] is None
+    assert node.api("POST", "/v1/attachments/check", key)["problems"] == []
+    ipn(ns, "link set net1 address 02:aa:bb:cc:dd:99")
+    problems = node.api("POST", "/v1/attachments/check", key)["problems"]
+    assert problems == [f"net1 has MAC 02:aa:bb:cc:dd:99, not {a['mac']}"]
+    ipn(ns, f"link set net1 address {a['mac']}")
+    ipn(ns, "addr flush dev net1")
+    ipn(ns, "link set net1 down")
+    problems = node.api("POST", "/v1/attachments/check", key)["problems"]
+    assert problems == [
+        f"net1 has no address, not {a['ip']}/{a['prefixlen']}",
+        "net1 is down",
+    ], problems
+    node.api("DELETE", "/v1/attachments", key)
+    assert_restored(node, before)
