@@ -24,6 +24,7 @@ socket): --socket, or the api_socket of -c FILE, or /run/dataplane/api.sock.
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .config import DEFAULT_API_SOCKET, load_config
@@ -49,6 +50,8 @@ def _call(args, method, endpoint, body=None, query=None):
         raise SystemExit(
             f"dataplane: no service answers on {_socket(args)} (is 'dataplane run' running?)"
         )
+    except OSError as e:  # e.g. a path longer than a unix socket's 107 bytes
+        raise SystemExit(f"dataplane: --socket {_socket(args)}: {e.strerror or e}")
 
 
 def _print(obj, as_json):
@@ -58,6 +61,9 @@ def _print(obj, as_json):
     if isinstance(obj, list):
         for o in obj:
             _print(o, False)
+        return
+    if isinstance(obj, dict) and set(obj) == {"deleted"}:  # DELETE's answer
+        print(f"deleted {obj['deleted']}" if obj["deleted"] else "nothing to delete")
         return
     if isinstance(obj, dict) and "planes" in obj:  # a pod
         print(f"{obj['name']}  netns={obj['netns']}  state={obj['state']}")
@@ -122,10 +128,16 @@ def cmd_status(args):
     )
     if st.get("cpu_latency_no_effect"):
         print(f"  cpu latency request changes nothing here: {st['cpu_latency_no_effect']}")
+    if st.get("store_error"):
+        print(
+            f"  STORE DOES NOT ANSWER (forwarding goes on with what the core has): "
+            f"{st['store_error']}"
+        )
     for n in st["networks"]:
+        pods = "-" if n["pods"] is None else n["pods"]
         print(
             f"  network {n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} "
-            f"pods {n['pods']:<3d} encap {n['encap_packets']} decap {n['decap_packets']} "
+            f"pods {pods:<3} encap {n['encap_packets']} decap {n['decap_packets']} "
             f"flood {n['flood_packets']} local {n['local_packets']}"
         )
     for p in st["ports"]:
@@ -164,8 +176,11 @@ def cmd_pod(args):
     if args.pod_cmd == "add":
         spec = args.spec
         if spec.startswith("@"):
-            with open(spec[1:]) as f:
-                spec = f.read()
+            try:
+                with open(spec[1:]) as f:
+                    spec = f.read()
+            except OSError as e:
+                raise SystemExit(f"dataplane: --spec {spec}: {e.strerror or e}")
         _print(
             _call(args, "POST", "/v1/pods", {"name": args.name, "netns": args.netns, "spec": spec}),
             args.json,
@@ -428,6 +443,14 @@ def main(argv=None):
         return args.fn(args)
     except DataplaneError as e:
         print(f"dataplane: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader went away (| head): what it did not read is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # what the system refused, said without a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"dataplane: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -43,14 +43,15 @@ class Snapshot(NamedTuple):
     counters: object  # dataplane.engine.Counters
     ports: List[PortLabel]
     networks: List[NetLabel]
-    pods_per_network: Dict[str, int]
-    endpoints_per_network: Dict[str, int]
+    pods_per_network: Optional[Dict[str, int]]  # None: the store did not answer
+    endpoints_per_network: Optional[Dict[str, int]]
     planes: List[PlaneLabel] = []
     shaped: Dict[int, Dict[int, int]] = {}  # port -> {plane: queue depth}
     mbufs_in_use: Optional[int] = None  # of the core's pool
     cpu_latency_limit_us: Optional[int] = None  # the kernel's, while the node holds a request
     fdb_entries: Optional[int] = None  # in the core's FDB, every network
     learning: Optional[Dict[str, int]] = None  # Engine.learn_stats(), with vtep.learning on
+    store_error: Optional[str] = None  # why the state store did not answer
 
 
 class CoreCollector:
@@ -128,11 +129,17 @@ class CoreCollector:
             "Endpoints (local and remote) of the network",
             labels=["network"],
         )
-        for n in snap.networks:
-            pods.add_metric([n.name], snap.pods_per_network.get(n.name, 0))
-            eps.add_metric([n.name], snap.endpoints_per_network.get(n.name, 0))
-        yield pods
-        yield eps
+        if snap.pods_per_network is not None:  # unknown while the store does not answer
+            for n in snap.networks:
+                pods.add_metric([n.name], snap.pods_per_network.get(n.name, 0))
+                eps.add_metric([n.name], snap.endpoints_per_network.get(n.name, 0))
+            yield pods
+            yield eps
+        yield GaugeMetricFamily(
+            "dataplane_store_up",
+            "1 if the state store (SQLite file or etcd) answered this scrape, else 0",
+            value=0 if snap.store_error else 1,
+        )
 
         if snap.mbufs_in_use is not None:
             yield GaugeMetricFamily(

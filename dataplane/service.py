@@ -17,6 +17,7 @@ still exist are re-attached with the MACs and addresses they had.
 
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Optional
@@ -63,23 +64,34 @@ class NodeService:
         self.cpu_latency = None  # the held CPU latency request (cpu_latency_us)
         self.cpu_latency_no_effect = None  # why it changes nothing on this kernel
         self._stop = threading.Event()
+        self._claims = []  # (fd, path) of the locks held while running
 
     # -------------------------------------------------------------- start
     def start(self):
         from .engine import Engine, EngineConfig
 
         cfg = self.config
-        if cfg.cpu_latency_us is not None:
-            # first: a node that cannot hold it starts nothing
-            self.cpu_latency = CpuLatencyRequest(cfg.cpu_latency_us)
-            self.cpu_latency_no_effect = no_effect(cfg.cpu_latency_us)
-            if self.cpu_latency_no_effect:
-                log.warning(
-                    "cpu_latency_us: %s; the request is held but changes nothing",
-                    self.cpu_latency_no_effect,
-                )
+        # first of all: a second service of the same node (its API socket,
+        # its state file) starts nothing - not even a replay of the pods the
+        # running one forwards for
+        self._claim()
         try:
+            if cfg.cpu_latency_us is not None:
+                # next: a node that cannot hold it starts nothing
+                self.cpu_latency = CpuLatencyRequest(cfg.cpu_latency_us)
+                self.cpu_latency_no_effect = no_effect(cfg.cpu_latency_us)
+                if self.cpu_latency_no_effect:
+                    log.warning(
+                        "cpu_latency_us: %s; the request is held but changes nothing",
+                        self.cpu_latency_no_effect,
+                    )
+            # metrics before the core: a listen address that cannot be had
+            # stops the start before anything is attached (and the API's
+            # first request imports the metrics module too: two threads
+            # importing prometheus_client at once can see it half initialised)
+            self._start_metrics()
             self.store = open_store(cfg.store, cfg.node)
+            PodLife.check_networks(cfg, self.store)
             for n in cfg.networks:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
@@ -117,10 +129,6 @@ class NodeService:
                 self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
             )
             routes.update(self.captures.routes())
-            # metrics first: the API's first request imports the metrics
-            # module too, and two threads importing prometheus_client at once
-            # can see it half initialised
-            self._start_metrics()
             self.api = APIServer(cfg.api_socket, routes, log=log)
             self.api.start()
         except BaseException:
@@ -173,6 +181,12 @@ class NodeService:
                 v.uplink_devargs, role="uplink", rx_queues=v.uplink_rx_queues
             )
         else:
+            try:
+                socket.if_nametoindex(v.uplink_ifname)
+            except OSError:
+                raise ConfigError(
+                    f"vtep.uplink: {v.uplink_ifname}: no such interface in this network namespace"
+                ) from None
             self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
             if v.uplink_driver == "afpacket":
                 # VXLAN frames in UDP GSO batches, cut before a virtual
@@ -228,6 +242,54 @@ class NodeService:
             "core ready", uplink=v.uplink, vtep=v.address, vtep_mac=mac, networks=len(cfg.networks)
         )
 
+    def _claim(self):
+        """Hold an exclusive lock beside the API socket (and the SQLite
+        state file) for as long as this service runs; a DataplaneError that
+        names the holder if another service has it."""
+        import fcntl
+
+        cfg = self.config
+        paths = [("api_socket", cfg.api_socket)]
+        if cfg.store.kind == "sqlite":
+            paths.append(("store.path", cfg.store.path))
+        for field, path in paths:
+            lock = f"{path}.lock"
+            while True:
+                try:
+                    os.makedirs(os.path.dirname(lock) or ".", mode=0o700, exist_ok=True)
+                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as e:
+                    self._release_claims()
+                    raise ConfigError(f"{field}: cannot make {lock}: {e.strerror or e}") from None
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    self._release_claims()
+                    raise DataplaneError(
+                        f"{field}: {path} is in use by a running service"
+                        + (f" (pid {holder})" if holder else "")
+                    ) from None
+                try:  # the file locked is still the one at the path (not
+                    if os.stat(lock).st_ino == os.fstat(fd).st_ino:  # unlinked by a
+                        break  # service that stopped meanwhile)
+                except FileNotFoundError:
+                    pass
+                os.close(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._claims.append((fd, lock))
+
+    def _release_claims(self):
+        for fd, lock in self._claims:
+            try:
+                os.unlink(lock)  # still ours: the lock is held until the close below
+            except OSError:
+                pass
+            os.close(fd)
+        self._claims = []
+
     def _start_metrics(self):
         if self.config.metrics.listen is None:
             return
@@ -241,9 +303,11 @@ class NodeService:
         )
         if self.registry is not None:
             reg.register(CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION))
-        self.metrics_server, _ = start_http_server(
-            self.config.metrics.port, addr=self.config.metrics.host, registry=reg
-        )
+        m = self.config.metrics
+        try:
+            self.metrics_server, _ = start_http_server(m.port, addr=m.host, registry=reg)
+        except OSError as e:
+            raise ConfigError(f"metrics.listen: {m.listen}: {e.strerror or e}") from None
 
     # --------------------------------------------------------------- pods
     def add_pod(self, name: str, netns: str, spec) -> dict:
@@ -276,6 +340,7 @@ class NodeService:
             # None, or why the request changes nothing on this kernel
             report["cpu_latency_no_effect"] = self.cpu_latency_no_effect
         report["fdb_entries"] = snap.fdb_entries
+        report["store_error"] = snap.store_error  # None while the store answers
         if snap.learning is not None:
             from .engine import WORKER_COUNTERS
 
@@ -408,6 +473,7 @@ class NodeService:
                 self.store.close()
                 self.store = None
             self._release_cpu_latency()
+        self._release_claims()
         event("node service stopped", node=self.config.node)
 
     def _release_cpu_latency(self):

@@ -40,10 +40,17 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
         for p in engine.ports()
     ]
     nets = [NetLabel(i, n.name, n.vni, n.plane) for i, n in enumerate(config.networks)]
-    pods, eps = {}, {}
-    for e in store.endpoints():
-        pods.setdefault(e["network"], set()).add(e["pod"])
-        eps[e["network"]] = eps.get(e["network"], 0) + 1
+    # pods of this node, endpoints of the cluster; a cluster store that does
+    # not answer leaves them unknown, not the counters (forwarding goes on)
+    pods, eps, store_error = {}, {}, None
+    try:
+        here = {p["name"] for p in store.pods(node=config.node)}
+        for e in store.endpoints():
+            if e["pod"] in here:
+                pods.setdefault(e["network"], set()).add(e["pod"])
+            eps[e["network"]] = eps.get(e["network"], 0) + 1
+    except ConnectionError as e:  # EtcdUnavailable
+        pods, eps, store_error = None, None, str(e)
     planes = [PlaneLabel(config.plane_id(p.name), p.name) for p in config.planes.values()]
     shaped = {}
     if config.vtep.uplink_rate and uplink is not None:
@@ -52,13 +59,14 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
         engine.counters(),
         ports,
         nets,
-        {k: len(v) for k, v in pods.items()},
+        None if pods is None else {k: len(v) for k, v in pods.items()},
         eps,
         planes,
         shaped,
         engine.pool_in_use(),
         fdb_entries=engine.fdb_count(),
         learning=engine.learn_stats() if config.vtep.learning else None,
+        store_error=store_error,
     )
 
 
@@ -81,7 +89,9 @@ def status_report(
                 "name": n.name,
                 "vni": n.vni,
                 "plane": n.plane,
-                "pods": snap.pods_per_network.get(n.name, 0),
+                "pods": (
+                    None if snap.pods_per_network is None else snap.pods_per_network.get(n.name, 0)
+                ),
                 **c.net_dict(n.index),
             }
             for n in snap.networks

@@ -1010,9 +1010,23 @@ def test_etcd_outage_does_not_stop_traffic(cluster):
     time.sleep(3.0)
     cl.etcd.resume()
     time.sleep(1.0)
+    # each node counts its own pods per network (the endpoints: the cluster's)
+    for node in cl.nodes.values():
+        want = {}
+        for pod in node.api("GET", "/v1/pods"):
+            for pl in pod["planes"]:
+                want[pl["network"]] = want.get(pl["network"], 0) + 1
+        st = node.api("GET", "/v1/status")
+        assert {n["name"]: n["pods"] for n in st["networks"] if n["pods"]} == want
+        assert st["store_error"] is None
     t_stop = time.monotonic()
     cl.etcd.stop()  # gone: SIGTERM, same data directory
-    time.sleep(4.0)
+    # the status still answers, with the core's counters: the pod counts
+    # are unknown and the store's silence is said
+    st = cl.nodes[1].api("GET", "/v1/status")
+    assert st["store_error"] and all(n["pods"] is None for n in st["networks"]), st
+    assert st["forwarding"] is True
+    time.sleep(max(0.0, 4.0 - (time.monotonic() - t_stop)))
     cl.etcd.start()
     t_back, back_wall = time.monotonic(), time.time()
     print(f"\netcd paused 3s, then down {t_back - t_stop:.1f}s (restart included)")

@@ -374,6 +374,9 @@ def test_metrics_pass_promtool(node):
         "dataplane_plane_latency_seconds_bucket",
     ):
         assert f"\n{name}{{" in text, name
+    # the store answered this scrape; the pod counted is this node's one
+    assert "\ndataplane_store_up 1.0\n" in text
+    assert 'dataplane_network_pods{network="net1"} 1.0' in text
 
 
 def test_prometheus_server_stores_what_was_sent(node, tmp_path):
@@ -499,3 +502,90 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
         text = scrape(n)
         assert 'dataplane_plane_latency_seconds_count{plane="media"}' in text
         assert 'dataplane_plane_queue_enqueued_total{plane="control",port=' in text
+
+
+def run_service(cfg, timeout=120):
+    """``dataplane run -c cfg`` expected to refuse: its result."""
+    return subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def test_a_second_service_of_the_node_touches_nothing(node, tmp_path):
+    """A second `dataplane run` of a running node's config is refused
+    before it opens the store or the core: no replay of the pods, no second
+    copy of their frames, no traceback - whichever of its settings clash."""
+    a = node.pod("a", IT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", a["ns"], "ping", "-c", "40", "-i", "0.05", ip_of(b)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    other_metrics = tmp_path / "node2.yaml"
+    other_metrics.write_text(
+        node.cfg.read_text().replace(f":{node.metrics_port}", f":{free_port()}")
+    )
+    for cfg in (other_metrics, node.cfg):
+        r = run_service(cfg)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert (
+            f"dataplane: api_socket: {node.sock} is in use by a running service "
+            f"(pid {node.proc.pid})" in r.stderr
+        ), r.stderr
+        assert "Traceback" not in r.stderr and "replay" not in r.stderr, r.stderr
+    out = pinger.communicate(timeout=60)[0]
+    assert pinger.returncode == 0 and "DUP!" not in out, out
+    # the running service goes on, and its lock goes with it
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    node.stop()
+    assert not os.path.exists(f"{node.sock}.lock")
+
+
+def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
+    """What only the start can find out - a busy metrics port, an uplink the
+    namespace lacks, a network removed under a pod - is refused with the
+    setting's name, no traceback, and nothing attached."""
+    node.pod("a", CT_SPEC)  # std on net1, control on net2
+    text = node.cfg.read_text()
+
+    def variant(name, **repl):
+        t = text.replace(node.sock, str(tmp_path / f"{name}.sock")).replace(
+            f"{node.tmp}/state", str(tmp_path / f"{name}-state")
+        )
+        for old, new in repl.items():
+            t = t.replace(old, new)
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(t)
+        return p
+
+    links = host_links()
+    # the running node's metrics port
+    r = run_service(variant("busy"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"dataplane: metrics.listen: 127.0.0.1:{node.metrics_port}: " in r.stderr, r.stderr
+    # an uplink that does not exist here
+    r = run_service(
+        variant("nouplink", **{node.uplink: "dpnosuch0", f":{node.metrics_port}": ":0"})
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "vtep.uplink: dpnosuch0: no such interface in this network namespace" in r.stderr
+    assert host_links() == links  # no tunnel tap, no port, nothing
+    # the node's own config without net2, which pod a's control plane uses
+    node.stop()
+    without = tmp_path / "without-net2.yaml"
+    without.write_text("\n".join(ln for ln in text.splitlines() if "name: net2" not in ln) + "\n")
+    r = run_service(without)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert (
+        "networks: net2 is not in the config, but pod a (plane control) on this node is "
+        "attached to it" in r.stderr
+    ), r.stderr
+    # the config as it was: the pod is replayed
+    node.start()
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
