@@ -67,7 +67,12 @@ def fail(path: str, problem: str) -> ConfigError:
 
 
 def show(value) -> str:
-    """A value as an error message shows it."""
+    """A value as an error message shows it (as the config file or JSON
+    body wrote it: true, false, null - not Python's True, False, None)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
     return repr(value) if isinstance(value, str) else str(value)
 
 
@@ -382,7 +387,7 @@ def parse_ipv4_subnet(value, path: str) -> ipaddress.IPv4Network:
 def check_vtep_ip(value, path: str = "vtep") -> ipaddress.IPv4Address:
     """A VTEP's address: unicast, not 0.0.0.0 nor loopback."""
     ip = parse_ipv4(value, path)
-    if ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.packed == b"\xff" * 4:
         raise fail(path, f"{ip} cannot be a VTEP address")
     return ip
 

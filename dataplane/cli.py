@@ -34,6 +34,8 @@ from .errors import DataplaneError
 def _socket(args):
     if getattr(args, "socket", None):
         return args.socket
+    if getattr(args, "top_socket", None):  # dataplane --socket S status
+        return args.top_socket
     if getattr(args, "config", None):
         return load_config(args.config).api_socket
     return DEFAULT_API_SOCKET
@@ -347,6 +349,9 @@ def cmd_bench(args):
 def build_parser():
     ap = argparse.ArgumentParser(
         prog="dataplane", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--socket", dest="top_socket", metavar="SOCKET", help="control API socket (client commands)"
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
 

@@ -160,6 +160,25 @@ class VtepConfig:
         """The VTEP's address without the prefix length."""
         return str(ipaddress.IPv4Interface(self.address).ip)
 
+    def remote_problem(self, ip) -> Optional[str]:
+        """Why remote VTEP ``ip`` cannot be reached from this VTEP, or None:
+        this VTEP itself, the underlay subnet's network or broadcast
+        address, or an address off the subnet with no way to a next hop
+        (neither ``gateway`` nor ``next_hop_mac``)."""
+        ip = ipaddress.IPv4Address(str(ip))
+        subnet = ipaddress.IPv4Interface(self.address).network
+        if str(ip) == self.ip:
+            return f"{ip} is this node's own VTEP address"
+        if subnet.prefixlen < 31 and ip in (subnet.network_address, subnet.broadcast_address):
+            what = "network" if ip == subnet.network_address else "broadcast"
+            return f"{ip} is the {what} address of the underlay subnet {subnet}"
+        if ip not in subnet and not self.gateway and not self.next_hop_mac:
+            return (
+                f"{ip} is outside the underlay subnet {subnet} and neither vtep.gateway nor "
+                "vtep.next_hop_mac is set: no next hop can be found for it"
+            )
+        return None
+
     @property
     def uplink_kind(self) -> str:
         """'dpdk' for a DPDK device string, 'kernel' for an interface name."""
@@ -307,6 +326,33 @@ class NodeConfig:
                 f"idle_sleep_us: {self.idle_sleep_us} with cpu_latency_us: 0: an idle CPU "
                 "polls instead of halting, so the worker's sleep saves no CPU time and adds "
                 "its wake-up to every frame that finds it asleep; drop one of the two"
+            )
+        ncpu = os.cpu_count() or 1
+        missing = [c for c in self.lcores if c >= ncpu]
+        if missing:
+            out.append(
+                f"lcores: {missing} not present on this machine ({ncpu} CPUs): "
+                "'dataplane run' refuses the file here"
+            )
+        rate = self.vtep.uplink_rate
+        for p in self.planes.values():
+            for key in ("min_rate", "max_rate"):
+                v = getattr(p, key)
+                if v and not rate:
+                    out.append(
+                        f"planes.{p.name}.{key}: {v} bit/s takes effect only on a shaped uplink "
+                        "(vtep.uplink_rate): without it the uplink has no plane queues"
+                    )
+                elif rate and v > rate:
+                    out.append(
+                        f"planes.{p.name}.{key}: {v} bit/s is above vtep.uplink_rate ({rate} "
+                        "bit/s): the uplink's rate limits the plane first"
+                    )
+        guaranteed = sum(p.min_rate for p in self.planes.values())
+        if rate and guaranteed > rate:
+            out.append(
+                f"planes: the min_rate of all planes add up to {guaranteed} bit/s, above "
+                f"vtep.uplink_rate ({rate} bit/s): not every plane can get its guarantee"
             )
         if not self.vtep.learning:
             flood = self.flood_lists()
@@ -697,10 +743,17 @@ def _planes(value, workers, uplink_rx_queues) -> Dict[str, PlaneConfig]:
     if len(value) > MAX_PLANES:
         raise fail("planes", f"{len(value)} planes; at most {MAX_PLANES}")
     planes = {}
-    by_prio, by_if, by_rxq = {}, {}, {}
+    by_prio, by_if, by_rxq, by_dscp = {}, {}, {}, {}
     for name, spec in value.items():
         p = f"planes.{name}"
         plane = _plane(name, spec, p, workers, uplink_rx_queues)
+        for i, d in enumerate(plane.classify_dscp):
+            other = by_dscp.setdefault(d, name)
+            if other != name:
+                raise fail(
+                    f"{p}.classify_dscp[{i}]",
+                    f"DSCP {d} is classified to plane {other} already (a DSCP picks one plane)",
+                )
         other = by_prio.setdefault(plane.priority, name)
         if other != name:
             raise fail(
@@ -841,8 +894,9 @@ def _remotes(value, networks, vtep) -> List[RemoteConfig]:
         p = f"remotes[{i}]"
         r = check_keys(item, p, ("vtep", "networks"), required=("vtep", "networks"))
         ip = check_vtep_ip(r["vtep"], f"{p}.vtep")
-        if str(ip) == vtep.ip:
-            raise fail(f"{p}.vtep", f"{ip} is this node's own VTEP address")
+        problem = vtep.remote_problem(ip)
+        if problem:
+            raise fail(f"{p}.vtep", problem)
         other = seen.setdefault(ip, p)
         if other != p:
             raise fail(f"{p}.vtep", f"{ip} is listed in {other} already")

@@ -33,9 +33,10 @@ class StaticHosts:
     the names of the networks this node has (a host goes on one of them, or
     on one the store has from other nodes)."""
 
-    def __init__(self, store, networks):
+    def __init__(self, store, networks, vtep=None):
         self.store = store
         self.networks = set(networks)
+        self.vtep = vtep  # this node's VtepConfig: a host's VTEP must be reachable
 
     def _need_cluster_store(self):
         if not hasattr(self.store, "put_static_endpoint"):
@@ -62,6 +63,9 @@ class StaticHosts:
                 f"no network {network!r} in the cluster (it has "
                 f"{', '.join(sorted(known)) or 'none'})",
             )
+        problem = self.vtep.remote_problem(body["vtep"]) if self.vtep else None
+        if problem:
+            raise fail("vtep", problem)
         e = self.store.put_static_endpoint(
             name, network, body["mac"], str(body["ip"]), str(body["vtep"])
         )

@@ -43,6 +43,7 @@ from .checks import (
     fail,
     load_json_object,
     parse_ipv4,
+    show,
 )
 from .config import NodeConfig
 from .errors import ConfigError
@@ -161,7 +162,8 @@ def _plane_map(spec, key, listed, config):
             continue  # a kind and its options: parse_interface
         if not isinstance(v, str) or not v:
             named = " name" if key in ("networks", "interfaces") else ""
-            raise fail(f"{key}.{plane}", f"{v!r} is not a {what}{named}")
+            article = "an" if what[0] in "aeiou" else "a"
+            raise fail(f"{key}.{plane}", f"{show(v)} is not {article} {what}{named}")
     return value
 
 
@@ -188,6 +190,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
     out = []
     used_if = {}
     used_mac = {}
+    used_net = {}  # subnet -> (plane, network): one pod's planes must not overlap
     for plane in planes:
         name = networks.get(plane)
         if name is None:
@@ -202,6 +205,16 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
             raise ConfigError(
                 f"networks.{plane}: network {name} belongs to plane {net.plane}, not {plane}"
             )
+        subnet = ipaddress.IPv4Network(net.subnet)
+        for other, (oplane, oname) in used_net.items():
+            if subnet.overlaps(other):
+                # two connected routes for one range: the pod's stack would
+                # send one plane's traffic out of the other's interface
+                raise ConfigError(
+                    f"networks.{plane}: network {name} ({subnet}) overlaps network {oname} "
+                    f"({other}) of plane {oplane}: a pod cannot be on both"
+                )
+        used_net[subnet] = (plane, name)
 
         kind, opts, given = VETH, {}, ifnames.get(plane)
         if isinstance(given, dict):

@@ -92,6 +92,7 @@ class NodeService:
             self._start_metrics()
             self.store = open_store(cfg.store, cfg.node)
             PodLife.check_networks(cfg, self.store)
+            self._others_pods()
             for n in cfg.networks:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
@@ -124,7 +125,7 @@ class NodeService:
                 engine_running=lambda: self.engine is not None and self.engine.running,
             )
             routes.update(attachment_routes(self.attachments))
-            routes.update(host_routes(StaticHosts(self.store, self.net_index)))
+            routes.update(host_routes(StaticHosts(self.store, self.net_index, cfg.vtep)))
             self.captures = Captures(
                 self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
             )
@@ -241,6 +242,23 @@ class NodeService:
         event(
             "core ready", uplink=v.uplink, vtep=v.address, vtep_mac=mac, networks=len(cfg.networks)
         )
+
+    def _others_pods(self):
+        """A node's own store (SQLite) that holds pods of another node name
+        and none of this one: the node was renamed (``node:``, or the host
+        name it defaults to), and those pods are not replayed. Said at start,
+        not guessed at: the operator renames it back or deletes them."""
+        if self.config.store.kind != "sqlite" or self.store.pods(node=self.config.node):
+            return
+        others = sorted({p.get("node") for p in self.store.pods()} - {None, self.config.node})
+        if others:
+            log.warning(
+                "node: the state store %s has pods of node %s and none of node %s: they are "
+                "not replayed (was the node renamed? 'node:' defaults to the host name)",
+                self.config.store.path,
+                ", ".join(others),
+                self.config.node,
+            )
 
     def _claim(self):
         """Hold an exclusive lock beside the API socket (and the SQLite

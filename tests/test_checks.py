@@ -62,7 +62,7 @@ def test_vni_bounds():
         match=r"^networks\[2\]\.vni: 0 out of range 1\.\.16777215$",
     )
     refused(checks.check_vni, 1 << 24, match=r"^vni: 16777216 out of range 1\.\.16777215$")
-    refused(checks.check_vni, True, match=r"^vni: True is not an integer")
+    refused(checks.check_vni, True, match=r"^vni: true is not an integer")
     refused(checks.check_vni, "100", match=r"^vni: '100' is not an integer")
     refused(checks.check_vni, 100.0, match=r"^vni: 100\.0 is not an integer")
 
@@ -82,7 +82,7 @@ def test_underlay_mtu_bounds():
 
 def test_int_pow2_and_ranges():
     assert checks.check_int(0, "x", 0, 0) == 0
-    refused(checks.check_int, False, "x", 0, 1, match=r"^x: False is not an integer")
+    refused(checks.check_int, False, "x", 0, 1, match=r"^x: false is not an integer")
     assert checks.check_pow2(1024, "queue_len", 16, 1 << 20) == 1024
     refused(checks.check_pow2, 100, "queue_len", match=r"^queue_len: 100 is not a power of two")
     refused(checks.check_pow2, 32, "frames", 64, match=r"^frames: 32 out of range 64\.\.")
@@ -99,7 +99,7 @@ def test_rates():
     assert checks.check_rate("2.5G", "r") == 25 * 10**8
     assert checks.check_rate("64kbit/s", "r") == 64000
     refused(checks.check_rate, "fast", "r", match=r"^r: 'fast' is not a rate in bit/s")
-    refused(checks.check_rate, True, "r", match=r"^r: True is not a rate")
+    refused(checks.check_rate, True, "r", match=r"^r: true is not a rate")
     refused(checks.check_rate, 7999, "r", match=r"^r: 7999 bit/s is below 8000")
     refused(checks.check_rate, "401G", "r", match=r"out of range 0\.\.400G")
 

@@ -785,6 +785,8 @@ def test_static_hosts_added_listed_and_removed_through_any_node(cluster):
         ("--ip", ip_of(a, "control")): "taken by pod a",
         ("--ip", "10.1.2.3"): "10.1.2.3",
         ("--vtep", "127.0.0.1"): "cannot be a VTEP address",
+        ("--vtep", "10.99.0.1"): "10.99.0.1 is this node's own VTEP address",
+        ("--vtep", "10.99.0.255"): "broadcast address of the underlay subnet 10.99.0.0/24",
     }
     for (opt, val), words in bad.items():
         args = {"--network": "net2", "--mac": "02:00:00:0a:64:34", "--ip": "192.168.61.202"}

@@ -177,7 +177,7 @@ def test_unknown_keys_name_the_path():
         (16777216, r"^networks\[2\]\.vni: 16777216 out of range 1\.\.16777215$"),
         (0, r"^networks\[2\]\.vni: 0 out of range"),
         ("300", r"^networks\[2\]\.vni: '300' is not an integer"),
-        (True, r"^networks\[2\]\.vni: True is not an integer"),
+        (True, r"^networks\[2\]\.vni: true is not an integer"),
         (100, r"^networks\[2\]\.vni: 100 is the VNI of networks\[0\] already"),
     ],
 )
@@ -439,6 +439,23 @@ def test_remote_errors():
     )
     bad(rem({"vtep": "host", "networks": ["net1"]}), r"^remotes\[0\]\.vtep: 'host' is not")
     bad(rem({"vtep": "10.0.0.2", "network": ["net1"]}), r"^remotes\[0\]\.network: unknown")
+    # addresses no VTEP can have, seen from this one (10.0.0.1/24)
+    bad(
+        rem({"vtep": "10.0.0.255", "networks": ["net1"]}),
+        r"^remotes\[0\]\.vtep: 10\.0\.0\.255 is the broadcast address of the underlay "
+        r"subnet 10\.0\.0\.0/24$",
+    )
+    bad(rem({"vtep": "10.0.0.0", "networks": ["net1"]}), r"network address of the underlay")
+    bad(rem({"vtep": "255.255.255.255", "networks": ["net1"]}), r"cannot be a VTEP address")
+    off = rem({"vtep": "10.8.0.5", "networks": ["net1"]})
+    bad(
+        off,
+        r"^remotes\[0\]\.vtep: 10\.8\.0\.5 is outside the underlay subnet 10\.0\.0\.0/24 "
+        r"and neither vtep.gateway nor vtep.next_hop_mac is set",
+    )
+    # off the subnet through a gateway (a routed underlay): fine
+    off["vtep"] = {**off["vtep"], "gateway": "10.0.0.254"}
+    assert parse_config(off).remotes[0].vtep == "10.8.0.5"
 
 
 # ------------------------------------------------------------- files
@@ -491,3 +508,32 @@ def test_advice_on_flooding_without_learning(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1] == f"warning: {advice}"
+
+
+def test_advice_on_settings_that_cannot_take_effect():
+    planes = {
+        "std": {"priority": 3, "interface": "eth0", "max_rate": "600M"},
+        "media": {"priority": 0, "interface": "media", "min_rate": "80M"},
+        "control": {"priority": 1, "interface": "control"},
+    }
+    unshaped = parse_config(dict(cfg(planes=planes), lcores=[0, 4096]))
+    advice = unshaped.advice()
+    assert any(
+        a.startswith("planes.std.max_rate: 600000000 bit/s takes effect only on a shaped uplink")
+        for a in advice
+    ), advice
+    assert any(a.startswith("lcores: [4096] not present on this machine") for a in advice)
+    shaped = cfg(planes=dict(planes, std=dict(planes["std"], min_rate="80M")))
+    shaped["vtep"] = dict(shaped["vtep"], uplink_rate="100M")
+    advice = parse_config(shaped).advice()
+    assert any(
+        "planes.std.max_rate: 600000000 bit/s is above vtep.uplink_rate" in a for a in advice
+    )
+    assert any("min_rate of all planes add up to 160000000 bit/s" in a for a in advice)
+    # one DSCP, two planes: refused, the last would win silently
+    planes["std"]["classify_dscp"] = [46]
+    planes["media"]["classify_dscp"] = [46]
+    bad(
+        cfg(planes=planes),
+        r"^planes\.media\.classify_dscp\[0\]: DSCP 46 is classified to plane std already",
+    )

@@ -221,7 +221,7 @@ def test_a_service_without_the_setting_makes_no_request(fabric):
         (-1, "cpu_latency_us: -1 out of range 0..1000000"),
         (1000001, "cpu_latency_us: 1000001 out of range 0..1000000"),
         ("0", "cpu_latency_us: '0' is not an integer"),
-        (True, "cpu_latency_us: True is not an integer"),
+        (True, "cpu_latency_us: true is not an integer"),
     ],
 )
 def test_a_bad_cpu_latency_is_refused(value, message):

@@ -236,3 +236,39 @@ def test_it_pod_has_only_std():
         {"pod_type": "it", "network_plane": ["media"], "networks": {"media": "net3"}},
         r"^network_plane: an it pod has only the std plane, not media",
     )
+
+
+def test_planes_on_overlapping_subnets_are_refused():
+    """Two networks may share a range (tenants apart), but not in one pod:
+    its stack would have two connected routes for it, and one plane's
+    address could be the other's gateway."""
+    cfg = parse_config(
+        {
+            "node": "node1",
+            "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+            "networks": [
+                {
+                    "name": "net1",
+                    "vni": 100,
+                    "plane": "std",
+                    "subnet": "192.168.10.0/24",
+                    "gateway": "192.168.10.1",
+                },
+                {"name": "net5", "vni": 500, "plane": "oam", "subnet": "192.168.10.0/25"},
+                {"name": "net6", "vni": 600, "plane": "oam", "subnet": "192.168.60.0/24"},
+            ],
+        }
+    )
+    both = {
+        "pod_type": "ct",
+        "network_plane": ["std", "oam"],
+        "networks": {"std": "net1", "oam": "net5"},
+    }
+    bad(
+        both,
+        r"^networks\.oam: network net5 \(192\.168\.10\.0/25\) overlaps network net1 "
+        r"\(192\.168\.10\.0/24\) of plane std: a pod cannot be on both$",
+        config=cfg,
+    )
+    both["networks"]["oam"] = "net6"
+    assert [p.network for p in parse_pod_spec(both, cfg).planes] == ["net1", "net6"]

@@ -589,3 +589,41 @@ def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
     # the config as it was: the pod is replayed
     node.start()
     assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
+
+
+def test_a_renamed_node_says_whose_pods_it_does_not_replay(node):
+    node.pod("a", IT_SPEC)
+    node.stop()
+    text = node.cfg.read_text()
+    node.cfg.write_text(text.replace(f"node: node-{node.tag}", f"node: other-{node.tag}"))
+    node.start()
+    assert node.api("GET", "/v1/pods") == []
+    log = (node.tmp / "service.log").read_text()
+    assert (
+        f"has pods of node node-{node.tag} and none of node other-{node.tag}: they are not "
+        "replayed (was the node renamed?" in log
+    ), log[-2000:]
+
+
+def test_cli_edges(node):
+    """--socket before the command, a reader that stops early, a spec file
+    that is not there: answers, not tracebacks."""
+    cli = [sys.executable, "-m", "dataplane.cli"]
+    r = subprocess.run([*cli, "--socket", node.sock, "status"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith(f"node node-{node.tag}"), r.stderr
+    node.pod("a", CT_SPEC)
+    r = subprocess.run(
+        f"{sys.executable} -m dataplane.cli status --socket {node.sock} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.stdout.startswith("node ") and "Traceback" not in r.stderr, r.stderr
+    r = node.cli(
+        "pod", "add", "b", "--netns", "/proc/1/ns/net", "--spec", "@/nonexistent.json", check=False
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "dataplane: --spec @/nonexistent.json: No such file or directory" in r.stderr
+    r = node.cli("pod", "del", "a")
+    assert r.stdout == "deleted a\n"
