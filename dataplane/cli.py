@@ -169,6 +169,22 @@ def cmd_status(args):
             )
             + "  (dataplane fdb lists them)"
         )
+    for pl in st.get("planes") or []:
+        if not pl.get("frames") and "queue_depth" not in pl:
+            continue  # a plane no frame crossed, on an unshaped node
+
+        def lat(v):
+            return "-" if not pl.get("frames") else (">100ms" if v is None else f"{v}us")
+
+        line = (
+            f"  plane {pl['name']:8s} frames {pl.get('frames', 0)} "
+            f"latency p50 {lat(pl['p50_us'])} p99 {lat(pl['p99_us'])}"
+        )
+        if "queue_depth" in pl:  # a shaped uplink's plane queue
+            line += " queue " + " ".join(
+                f"{k} {pl[k]}" for k in ("enqueued", "sent", "dropped", "queue_depth") if k in pl
+            )
+        print(line)
     if st["drops"]:
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))
     return 0

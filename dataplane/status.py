@@ -121,7 +121,9 @@ def _plane_status(c, pl, depths, uplink):
             ("p99_us", c.latency_quantile(pl.index, 0.99)),
         )
     }
-    d = {"name": pl.name, "plane": pl.index, **q}
+    # frames timed: with p50/p99 None, 0 says none passed, more says they are
+    # beyond the histogram's last bound (100 ms)
+    d = {"name": pl.name, "plane": pl.index, "frames": sum(c.latency(pl.index)[0]), **q}
     if pl.index in depths:
         d.update(c.qos_dict(uplink, pl.index), queue_depth=depths[pl.index])
     return d

@@ -104,6 +104,11 @@ def test_every_dashboard_query_and_rule_works_on_a_real_service(shaped_node, tmp
         for plane in ("std", "control", "media"):
             r = ping(a["ns"], ip_of(b, plane), count=10, interval="0.1")
             assert r.returncode == 0, r.stdout + r.stderr
+        # dataplane status names each plane: its frames, latency and queue
+        out = node.cli("status").stdout
+        for plane in ("std", "control", "media"):
+            (ln,) = [x for x in out.splitlines() if x.startswith(f"  plane {plane} ")]
+            assert "latency p50 " in ln and " queue enqueued " in ln and "queue_depth" in ln, out
         missing = dashboard_queries()
         for _ in range(150):  # until each query has data (two scrapes for rate())
             try:

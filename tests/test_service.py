@@ -307,10 +307,16 @@ def test_api_socket_is_private(node):
 
 
 def test_status_cli(node):
-    node.pod("a", CT_SPEC)
+    a = node.pod("a", CT_SPEC)
     out = node.cli("status").stdout
     assert "network net1" in out and "uplink" in out
     assert "  fdb 2 entries  (dataplane fdb lists them)" in out.splitlines(), out  # a's 2 MACs
+    # no frame sent yet, no queue: nothing to say of the planes
+    assert not [ln for ln in out.splitlines() if ln.startswith("  plane ")], out
+    b = node.pod("b", IT_SPEC)
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    (std,) = [ln for ln in node.cli("status").stdout.splitlines() if ln.startswith("  plane std")]
+    assert re.fullmatch(r"  plane std +frames \d+ latency p50 [\d.]+us p99 [\d.]+us", std), std
     assert "a  netns=" in node.cli("pod", "list").stdout
 
 
