@@ -149,6 +149,41 @@ class PodLife:
         return port
 
     # ------------------------------------------------- memif and vhost-user
+    def reap(self) -> List[str]:
+        """Remove the ready pods of this node whose namespace is gone (the
+        container exited, ``ip netns del``) or one of whose veths is (deleted
+        with it): what the replay at start does, done while running, so
+        their ports, addresses and MACs do not wait for a restart or a
+        ``pod del``. The names removed."""
+        removed = []
+        for pod in self.store.pods(state="ready", node=self.config.node):
+            if not self._gone(pod, socket.if_nameindex()):
+                continue
+            with self.lock:  # again under the lock: a delete and re-add meanwhile
+                now = self.store.pod(pod["name"])
+                if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
+                    continue
+                why = self._gone(now, socket.if_nameindex())
+                if not why:
+                    continue
+                self._remove(now["name"], self.store.endpoints(pod=now["name"]))
+                self.on_removed()
+            event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
+            removed.append(pod["name"])
+        return removed
+
+    def _gone(self, pod, links) -> Optional[str]:
+        """Why pod ``pod`` (a store record) cannot be forwarded for any
+        more, or None. ``links``: the interfaces of this namespace."""
+        if not os.path.exists(pod["netns"]):
+            return f"namespace {pod['netns']} is gone"
+        names = {n for _, n in links}
+        kinds = self._kinds(pod["name"])
+        for e in self.store.endpoints(pod=pod["name"]):
+            if kinds.get(e["plane"], VETH) == VETH and e["host_ifname"] not in names:
+                return f"plane {e['plane']}: veth {e['host_ifname']} is gone"
+        return None
+
     def _vfs_missing(self, name, eps):
         """The VF endpoints of pod ``name`` whose device is not in the pod."""
         from . import vf as vfs

@@ -39,6 +39,10 @@ from .sync import ClusterSync, network_index
 __all__ = ["NodeService", "setup_logging"]
 
 
+#: seconds between two looks for pods whose namespace or veths are gone
+REAP_EVERY_S = 5
+
+
 class NodeService:
     """One node: ``start()`` opens the store, sets the core up, replays the
     pods, starts forwarding, the cluster sync, the control API and the
@@ -512,7 +516,19 @@ class NodeService:
         signal.signal(signal.SIGINT, _sig)
         self.start()
         try:
+            tick = 0
             while not self._stop.wait(1.0):
-                pass
+                tick += 1
+                if tick % REAP_EVERY_S == 0:
+                    self._reap()
         finally:
             self.stop()
+
+    def _reap(self):
+        """Pods whose namespace or veths went away while the service ran are
+        removed (PodLife.reap); a store that does not answer waits for the
+        next round."""
+        try:
+            self.pods.reap()
+        except DataplaneError as e:
+            log.warning("removing pods whose interfaces are gone: %s", e)

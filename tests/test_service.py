@@ -633,3 +633,26 @@ def test_cli_edges(node):
     assert "dataplane: --spec @/nonexistent.json: No such file or directory" in r.stderr
     r = node.cli("pod", "del", "a")
     assert r.stdout == "deleted a\n"
+
+
+def test_a_pod_whose_namespace_is_deleted_is_removed(node):
+    """`ip netns del` (a container that exits) without `pod del`: the
+    service notices and removes the pod - its port, address and record - as
+    a restart's replay would, and leaves the other pods alone."""
+    a = node.pod("a", IT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    host = {p["host_ifname"] for p in b["planes"]}
+    sh("ip", "netns", "del", b["ns"])
+    for _ in range(400):  # the service looks every few seconds
+        if [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]:
+            break
+        time.sleep(0.05)
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
+    st = node.api("GET", "/v1/status")
+    assert not host & {p["name"] for p in st["ports"]}, st["ports"]
+    log = (node.tmp / "service.log").read_text()
+    assert '"pod removed: its interfaces are gone"' in log and "is gone" in log, log[-2000:]
+    r = node.cli("pod", "del", "b", check=False)
+    assert r.returncode != 0 and "pod b is not attached to this node" in r.stderr
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
+    assert a["planes"][0]["host_ifname"] in {p["name"] for p in st["ports"]}
