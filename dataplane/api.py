@@ -65,6 +65,12 @@ class Route:
 
     def __call__(self, body: dict, query: dict):
         check_keys(query, "", self.query, what="query parameter", name="query")
+        if body and not self.body:
+            raise fail(
+                "body",
+                "this request takes no body"
+                + (f" (give {', '.join(self.query)} as query parameters)" if self.query else ""),
+            )
         check_keys(body, "", self.body, what="field", name="request body")
         query = {k: self.query[k](v, k) for k, v in query.items()}
         body = {k: self.body[k](v, k) for k, v in body.items() if v is not None}

@@ -188,6 +188,15 @@ def test_query_on_a_route_without_parameters_refused(node):
     refused(node, request("GET", "/v1/pods?x=1"), 400, "x: unknown query parameter")
 
 
+def test_body_on_a_route_that_takes_its_fields_in_the_query_refused(node):
+    refused(
+        node,
+        request("DELETE", "/v1/fdb", b'{"mac": "02:00:00:00:00:01"}'),
+        400,
+        "body: this request takes no body (give network, mac as query parameters)",
+    )
+
+
 # ----------------------------------------------------------- Content-Length
 @pytest.mark.parametrize("value", ["abc", "-5", "1.5", "0x10", "", "5, 5"])
 def test_bad_content_length_refused(node, value):
