@@ -193,6 +193,31 @@ def test_vni_moves_with_its_network(store):
     assert [(n["name"], n["vni"]) for n in store.networks()] == [("net2", 100), ("net3", 101)]
 
 
+def test_a_network_other_nodes_use_is_not_redefined_by_one(server, prefix):
+    """Every node writes its config's networks at start; one whose config
+    disagrees with the cluster's record (VNI, plane, subnet) while other
+    nodes have endpoints on the network is refused, not let win."""
+    n1 = EtcdStore([server.url], prefix=prefix, node="node1")
+    n2 = EtcdStore([server.url], prefix=prefix, node="node2")
+    try:
+        n1.put_network("net1", 101, "std", SUBNET)
+        n1.add_endpoint("a", "std", "net1", "eth0", "dp0", "02:00:00:00:00:01", None, node="node1")
+        n1.put_network("net1", 101, "std", SUBNET)  # the same again: fine
+        n1.put_network("net1", 102, "std", SUBNET)  # only its own pods use it: redefined
+        with pytest.raises(ConfigError) as e:
+            n2.put_network("net1", 111, "control", SUBNET)
+        assert str(e.value).startswith(
+            "network net1: the cluster has it as VNI 102, plane std, subnet "
+            f"{SUBNET}, used by node1; this node's config says VNI 111, plane control"
+        ), e.value
+        assert n2.network("net1")["vni"] == 102  # nothing written
+        n2.put_network("net1", 102, "std", SUBNET)  # agreeing: fine
+    finally:
+        _wipe(n1)
+        n1.close()
+        n2.close()
+
+
 def test_host_interfaces_are_unique_per_node(store):
     store.add_endpoint("a", "std", "net1", "eth0", "dp0", "02:00:00:00:00:01", None, node="node1")
     store.add_endpoint(

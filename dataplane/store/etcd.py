@@ -194,6 +194,28 @@ class EtcdStore(StateStore):
 
         def body(tx):
             old = tx.get(self._k("networks", name))
+            if old is not None and (old["vni"], old["plane"], old["subnet"]) != (
+                vni,
+                plane,
+                str(net),
+            ):
+                # every node must agree on a network: one whose pods live on
+                # other nodes is not redefined by this node's config alone
+                users = sorted(
+                    {
+                        ep.get("node") or "?"
+                        for _, ep in tx.items(self._k("endpoints", ""), guard=False)
+                        if ep.get("network") == name and ep.get("node") != self.node
+                    }
+                )
+                if users:
+                    raise ConfigError(
+                        f"network {name}: the cluster has it as VNI {old['vni']}, plane "
+                        f"{old['plane']}, subnet {old['subnet']}, used by {', '.join(users)}; "
+                        f"this node's config says VNI {vni}, plane {plane}, subnet {net}: make "
+                        "every node's networks agree (a network is redefined when no other "
+                        "node has an endpoint on it)"
+                    )
             owner = tx.get(self._k("vni", vni))
             if owner is not None and owner["name"] != name:
                 raise ConfigError(
