@@ -24,6 +24,7 @@ test_kernel_pods.py, taken down the same way.
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -185,6 +186,9 @@ def test_tcp_super_frames_leave_whole_through_the_tunnel_tap(fabric, tmp_path):
     assert after == before, f"drops while super-frames left whole: {before} -> {after}"
     sent = uplink_status(node)["tunnel_gso_frames"] - sent0
     assert sent > 0, "no super-frame went through the uplink's tunnel tap"
+    # and the status text says so on the uplink's line
+    text = node.cli("status").stdout
+    assert re.search(r"uplink .* tunnel_gso \d+", text), text
 
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.vxlan import VXLAN

@@ -265,6 +265,15 @@ class Node:
     def status(self):
         return self.api("GET", "/v1/status")
 
+    def cli(self, *args):
+        """``dataplane ARGS`` against this node's socket."""
+        return subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", *args, "--socket", self.sock],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+
 
 class Fabric:
     """The underlay, node services, pods and the kernel-VTEP host of one test."""
