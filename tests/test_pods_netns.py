@@ -201,14 +201,16 @@ def test_pid_namespace_path(netns, pod):
 
 def test_failed_step_is_undone_and_named(netns, pod):
     """Step 5 (default route) fails because the pod has one already: the veth
-    made in step 1 is deleted and the error says which step failed."""
+    made in step 1 is deleted and the error says which step failed. A
+    configuration error (the namespace conflicts with the request), not
+    "exists already" (which says the plane was made twice)."""
     ip("-n", netns, "link", "add", "other0", "type", "veth", "peer", "name", "other1")
     ip("-n", netns, "addr", "add", "172.16.0.2/24", "dev", "other0")
     ip("-n", netns, "link", "set", "other0", "up")
     ip("-n", netns, "route", "add", "default", "via", "172.16.0.1")
     before_ns, before_root = set(ns_links(netns)), root_links()
     h = host_ifname(pod, "std")
-    with pytest.raises(AlreadyExists) as ei:
+    with pytest.raises(ConfigError) as ei:
         attach_plane(
             pod,
             f"/var/run/netns/{netns}",
