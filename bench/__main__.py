@@ -8,6 +8,8 @@ from . import BENCHMARKS
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     if name not in BENCHMARKS:
+        if name and name not in ("-h", "--help"):
+            print(f"bench: no benchmark {name!r}", file=sys.stderr)
         print(
             f"usage: python -m bench {{{','.join(BENCHMARKS)}}} [options]\n"
             "       python -m bench NAME --help",

@@ -982,7 +982,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--rate",
         type=int,
-        default=-1,
+        default=None,
         metavar="PPS",
         help="offer PPS frames/s to every contender (0: as fast as the generator can, "
         "which then varies with the contender; default: --load times the source's rate "
@@ -1053,8 +1053,12 @@ def main(argv=None) -> int:
     ap = parser()
     args = parse_args(ap, argv)
     check_cpu_options(ap, args)
-    if args.rate < -1:
+    if args.rate is None:
+        args.rate = -1  # --load times the source's rate, measured alone
+    elif args.rate < 0:
         ap.error("--rate must be >= 0")
+    if args.idle_sleep_us < 0:
+        ap.error("--idle-sleep-us must be >= 0")
     if not 0 < args.load <= 1:
         ap.error("--load must be in (0, 1]")
     if args.ring_slots != AF_XDP_RX_SLOTS:

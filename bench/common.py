@@ -20,6 +20,7 @@ No third-party imports: the children import this module next to DPDK.
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -149,7 +150,13 @@ def parse_args(ap, argv=None):
     """Parse; reject --seconds <= 0, --warmup < 0, --runs < 1 (exit 2,
     naming the option); apply --quiet."""
     args = ap.parse_args(argv)
-    bad = []
+    bad = [
+        f"--{k.replace('_', '-')} must be a finite number, not {v}"
+        for k, v in sorted(vars(args).items())
+        if isinstance(v, float) and not math.isfinite(v)
+    ]
+    if bad:
+        ap.error(", ".join(bad))
     if args.seconds <= 0:
         bad.append("--seconds must be > 0")
     if getattr(args, "warmup", 0) < 0:

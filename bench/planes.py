@@ -754,9 +754,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--rate",
-        type=int,
+        type=_rate,
         default=200_000_000,
-        help="uplink shaper, bit/s on the wire (default 200 Mbit/s)",
+        help="uplink shaper, bit/s on the wire, as the node config writes it: 200M, 1G, "
+        "200000000 (default 200M)",
     )
     ap.add_argument("--burst", type=int, default=4096, help="shaper bucket, bytes (default 4096)")
     ap.add_argument("--std-x", type=float, default=2.0, help="std offered, x rate (default 2)")
@@ -808,6 +809,17 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _rate(text: str) -> int:
+    """A rate as the node config takes it (dataplane.checks.check_rate)."""
+    from dataplane.checks import check_rate
+    from dataplane.errors import ConfigError
+
+    try:
+        return check_rate(text, "--rate")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--rate: ")) from None
+
+
 def main(argv=None) -> int:
     ap = parser()
     args = parse_args(ap, argv)
@@ -818,6 +830,22 @@ def main(argv=None) -> int:
         or not 0 <= args.max_preempted <= 1
     ):
         ap.error("--rate >= 1000000, --retries >= 0, --wait-others >= 0, 0 <= --max-preempted <= 1")
+    bad = [
+        o
+        for o, v in (("--burst", args.burst), ("--qlen", args.qlen), ("--std-qlen", args.std_qlen))
+        if v < 1
+    ]
+    bad += [
+        o
+        for o, v in (
+            ("--std-x", args.std_x),
+            ("--control-x", args.control_x),
+            ("--media-x", args.media_x),
+        )
+        if v <= 0
+    ]
+    if bad:
+        ap.error(f"{', '.join(bad)}: must be > 0")
     if args.plot:
         try:
             import matplotlib  # noqa: F401

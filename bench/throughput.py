@@ -326,6 +326,7 @@ def _check_samples(args, kind, inp, samples, r):
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
+        usage="python -m bench {encap,decap} [options]",
         description="VXLAN encap/decap throughput of the core vs testpmd io-forward "
         "(64-byte frames, one forwarding core).",
     )

@@ -47,6 +47,7 @@ class Captures:
         self.pods = pods
         self.uplink = uplink
         self.current = None  # {"id", "interfaces", "last"}
+        self.ended = None  # a capture ended by the service: {"id", "why", frames, stats}
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._expire, name="capture-lease", daemon=True)
         self._watch.start()
@@ -65,13 +66,15 @@ class Captures:
             return [{"port": by_name[target].index, "name": target}]
         if target.isdigit() and int(target) in ports:
             return [{"port": int(target), "name": ports[int(target)].name}]
-        pod, _, plane = target.partition(":")
+        pod, colon, plane = target.partition(":")
+        if colon and not plane:
+            raise ConfigError(f"capture target {target!r}: POD:PLANE needs a plane name")
         try:
             info = self.pods.pod_info(pod)
         except NotFound:
             raise NotFound(
-                f"capture target {target!r}: no such port or pod "
-                f"(ports: {', '.join(sorted(by_name)) or 'none'})"
+                f"capture target {target!r}: no such port or pod (a port name or index, "
+                f"'uplink', a pod or POD:PLANE; ports: {', '.join(sorted(by_name)) or 'none'})"
             ) from None
         planes = [p for p in info["planes"] if not plane or p["plane"] == plane]
         if not planes:
@@ -108,6 +111,34 @@ class Captures:
             }
             return {k: v for k, v in self.current.items() if k != "last"}
 
+    def port_removed(self, port: int):
+        """Port ``port`` is about to leave the core: a capture on it ends now
+        (the frames it has kept go to its client's next call, with why), so
+        that it never records the next port given that index."""
+        with self.lock:
+            cur = self.current
+            if cur is None or port not in [i["port"] for i in cur["interfaces"]]:
+                return
+            name = next(i["name"] for i in cur["interfaces"] if i["port"] == port)
+            frames = self.engine.capture_read()
+            stats = self.engine.capture_stats()
+            self.engine.capture_stop()
+            self.current = None
+            self.ended = {
+                "id": cur["id"],
+                "why": f"{name} (port {port}) was removed",
+                "frames": frames,
+                "stats": stats,
+                "at": time.monotonic(),
+            }
+
+    def _ended(self, cid):
+        """What is left of capture ``cid`` that the service ended, once."""
+        if self.ended is None or self.ended["id"] != cid:
+            return None
+        e, self.ended = self.ended, None
+        return {**_frames_json(e["frames"], e["stats"]), "ended": e["why"]}
+
     def _mine(self, cid) -> dict:
         if self.current is None or cid != self.current["id"]:
             raise NotFound(f"capture {cid}: not running (stopped, expired or never started)")
@@ -115,6 +146,9 @@ class Captures:
 
     def read(self, cid) -> dict:
         with self.lock:
+            ended = self._ended(cid)
+            if ended is not None:
+                return ended
             cur = self._mine(cid)
             cur["last"] = time.monotonic()
             frames = self.engine.capture_read()
@@ -123,6 +157,9 @@ class Captures:
 
     def stop(self, cid) -> dict:
         with self.lock:
+            ended = self._ended(cid)
+            if ended is not None:
+                return ended
             self._mine(cid)
             frames = self.engine.capture_read()
             stats = self.engine.capture_stats()
@@ -137,6 +174,8 @@ class Captures:
                 if cur and time.monotonic() - cur["last"] > LEASE_S and self.engine:
                     self.engine.capture_stop()
                     self.current = None
+                if self.ended and time.monotonic() - self.ended["at"] > LEASE_S:
+                    self.ended = None  # a client that never came back for it
 
     def close(self):
         self._stop.set()

@@ -9,6 +9,8 @@ forwarding) are printed at the end.
 """
 
 import base64
+import os
+import signal
 import sys
 import time
 
@@ -28,8 +30,10 @@ def add_parser(sub):
     p.add_argument("target", help="PORT | uplink | POD | POD:PLANE")
     p.add_argument("filter", nargs="*", help="pcap-filter expression (default: every frame)")
     p.add_argument("-w", "--write", metavar="FILE", help="write pcapng to FILE")
-    p.add_argument("-c", "--count", type=int, default=0, help="stop after COUNT frames")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds")
+    p.add_argument(
+        "-c", "--count", type=int, default=0, help="stop after COUNT frames (0: no limit)"
+    )
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: no limit)")
     p.add_argument("--direction", choices=["rx", "tx", "both"], default="both")
     p.add_argument("-s", "--snaplen", type=int, default=9216, help="bytes kept per frame")
     # -c is the frame count here, as for tcpdump: the config is --config only
@@ -42,19 +46,29 @@ def add_parser(sub):
 def run(args):
     from .cli import _call
 
-    if args.count < 0 or args.duration < 0:
-        raise SystemExit("dataplane capture: --count and --duration are >= 0")
+    if args.count < 0 or not 0 <= args.duration < float("inf"):
+        raise SystemExit("dataplane capture: --count and --duration are >= 0 (0: no limit)")
     body = {
         "target": args.target,
         "direction": args.direction,
         "filter": " ".join(args.filter),
         "snaplen": args.snaplen,
     }
-    cap = _call(args, "POST", "/v1/capture", body)
+    # the file first: one that cannot be written starts no capture
+    try:
+        out = open(args.write, "wb") if args.write else None
+    except OSError as e:
+        raise SystemExit(f"dataplane capture: -w {args.write}: {e.strerror or e}")
+    try:
+        cap = _call(args, "POST", "/v1/capture", body)
+    except SystemExit:
+        if out:
+            out.close()
+            os.unlink(args.write)
+        raise
     cid, ifaces = cap["id"], cap["interfaces"]
     index = {i["port"]: n for n, i in enumerate(ifaces)}
     names = {i["port"]: i["name"] for i in ifaces}
-    out = open(args.write, "wb") if args.write else None
     writer = PcapngWriter(out, [(i["name"], cap["snaplen"]) for i in ifaces]) if out else None
     where = ", ".join(f"{i['name']} (port {i['port']})" for i in ifaces)
     print(
@@ -80,28 +94,45 @@ def run(args):
                 print(f"{clock(ts)} {names[port]} {arrow} {summary(data)}", flush=True)
             n += 1
 
+    def term(signum, frame):  # timeout(1), kill: stop as on Ctrl-C
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, term)
+    ended = None  # why the capture ended before its client stopped it
     try:
         while not (args.count and n >= args.count) and not (end and time.monotonic() >= end):
-            r = _call(args, "GET", "/v1/capture", query={"id": cid})
+            try:
+                r = _call(args, "GET", "/v1/capture", query={"id": cid})
+            except SystemExit as e:
+                ended = f"the service stopped answering ({str(e.code).removeprefix('dataplane: ')})"
+                break
             take(r["frames"])
             stats = r["stats"]
+            if r.get("ended"):
+                ended = r["ended"]
+                break
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         pass
     finally:
-        try:
-            r = _call(args, "DELETE", "/v1/capture", query={"id": cid})
-            take(r["frames"])
-            stats = r["stats"]
-        except (SystemExit, KeyboardInterrupt):
-            pass  # the service is gone or the capture expired: keep what came
+        if ended is None:
+            try:
+                r = _call(args, "DELETE", "/v1/capture", query={"id": cid})
+                take(r["frames"])
+                stats = r["stats"]
+                ended = r.get("ended")
+            except (SystemExit, KeyboardInterrupt):
+                pass  # the service is gone or the capture expired: keep what came
         if out:
             out.close()
+        signal.signal(signal.SIGTERM, old_term)
     s = stats or {}
+    if ended:
+        print(f"dataplane: the capture ended: {ended}", file=sys.stderr)
     print(
         f"dataplane: {n} frames {'written to ' + args.write if out else 'shown'}; "
         f"{s.get('matched', 0)} matched the filter, "
         f"{s.get('dropped', 0)} dropped by the capture (never by forwarding)",
         file=sys.stderr,
     )
-    return 0
+    return 1 if ended and ended.startswith("the service stopped") else 0

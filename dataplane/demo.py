@@ -149,6 +149,8 @@ def main(argv=None):
         help="serve this many seconds after the checks (default: until Ctrl-C)",
     )
     args = ap.parse_args(argv)
+    if args.duration is not None and not 0 <= args.duration < 1e9:
+        ap.error(f"--duration: {args.duration} is not a number of seconds (0 or more)")
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, DPDK)")
     mode = args.mode

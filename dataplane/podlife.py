@@ -82,6 +82,8 @@ class PodLife:
         self.networks = networks
         self.on_removed = on_removed
         self.ports: Dict[str, int] = {}  # host_ifname -> core port
+        # told of a core port about to go (a capture on it ends first)
+        self.before_port_removed: Callable[[int], None] = lambda port: None
 
     # ------------------------------------------------------------- replay
     @staticmethod
@@ -396,6 +398,8 @@ class PodLife:
                 continue
             if kinds.get(e["plane"], VETH) in SOCKET_KINDS:
                 port = self.ports.pop(host_ifname(name, e["plane"]), None)
+                if port is not None:
+                    self.before_port_removed(port)
                 try:
                     fastif.detach(self.engine, port, self.config.pod_socket_dir, name, e["plane"])
                 except DataplaneError as err:
@@ -404,6 +408,7 @@ class PodLife:
             hif = e["host_ifname"]
             port = self.ports.pop(hif, None)
             if port is not None:
+                self.before_port_removed(port)
                 try:
                     self.engine.del_port(port)
                 except DataplaneError as err:

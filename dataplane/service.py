@@ -134,6 +134,7 @@ class NodeService:
                 self.engine, self.lock, self.engine.ports, self.pods, uplink=self.uplink
             )
             routes.update(self.captures.routes())
+            self.pods.before_port_removed = self.captures.port_removed
             self.api = APIServer(cfg.api_socket, routes, log=log)
             self.api.start()
         except BaseException:

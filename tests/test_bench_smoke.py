@@ -252,6 +252,25 @@ def test_unknown_peer_is_refused():
     assert rc == 2 and "--peers: unknown contender 'vpp'" in err and out == ""
 
 
+@pytest.mark.parametrize(
+    "name,args,words",
+    [
+        ("encap", ["--seconds", "nan"], "--seconds must be a finite number, not nan"),
+        ("afpacket", ["--rate", "-1"], "--rate must be >= 0"),
+        ("afpacket", ["--idle-sleep-us", "-7"], "--idle-sleep-us must be >= 0"),
+        ("planes", ["--burst", "0"], "--burst: must be > 0"),
+        ("planes", ["--media-x", "nan"], "--media-x must be a finite number"),
+        ("planes", ["--rate", "fast"], "--rate"),
+        ("dpdkpods", ["--a-cpu", "99"], "--a-cpu: CPU 99 not present"),
+        ("churn", ["--sample-ms", "inf"], "--sample-ms must be a finite number"),
+        ("nosuch", [], "bench: no benchmark 'nosuch'"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs(name, args, words):
+    pid, rc, out, err = run_bench(name, args)
+    assert rc == 2 and words in err and out == "", err
+
+
 @pytest.mark.netns
 def test_pods_only_tcp_vxlan():
     """``--only tcp_vxlan``: the TCP test of ours towards the kernel-VTEP host

@@ -116,13 +116,18 @@ def test_ctrl_c_leaves_a_whole_file_and_no_capture(node, tmp_path):
     assert cap2.wait(30) == 0
 
 
-def test_bad_requests_are_refused_and_leave_nothing_running(node):
+def test_bad_requests_are_refused_and_leave_nothing_running(node, tmp_path):
     node.pod("a", CT_SPEC)
     for args, msg in (
         (("a:std", "udp prot 5"), "capture filter 'udp prot 5'"),
         (("nosuchpod",), "capture target 'nosuchpod': no such port or pod"),
         (("a:media",), "pod a has no plane media"),
+        (("a:",), "capture target 'a:': POD:PLANE needs a plane name"),
         (("a:std", "-s", "10"), "snaplen: 10 out of range 64..65535"),
+        (("a:std", "--duration", "inf"), "--count and --duration are >= 0"),
+        # a file that cannot be written: refused before a capture starts
+        (("a:std", "-w", str(tmp_path / "no" / "x.pcapng")), "No such file or directory"),
+        (("a:std", "-w", str(tmp_path)), "Is a directory"),
     ):
         cap = capture(node, *args)
         assert cap.wait(30) != 0
@@ -130,3 +135,62 @@ def test_bad_requests_are_refused_and_leave_nothing_running(node):
     cap = capture(node, "a:std", "--duration", "0.2")
     started(cap)
     assert cap.wait(30) == 0
+
+
+def test_sigterm_leaves_a_whole_file_and_no_capture(node, tmp_path):
+    """timeout(1) and kill stop a capture as Ctrl-C does."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    out = tmp_path / "t.pcapng"
+    cap = capture(node, "a:std", "-w", str(out))
+    started(cap)
+    assert ping(a["ns"], ip_of(b), count=3, interval="0.1").returncode == 0
+    time.sleep(0.3)
+    cap.send_signal(signal.SIGTERM)
+    assert cap.wait(30) == 0
+    assert "frames written to" in cap.stderr.read()
+    assert sum(1 for r in tshark(out, "icmp.type") if r[0] == "8") == 3
+    cap2 = capture(node, "a:std", "--duration", "0.2")
+    started(cap2)
+    assert cap2.wait(30) == 0
+
+
+def test_a_capture_ends_with_its_pod(node, tmp_path):
+    """A pod deleted under its capture ends it, said by the client, the
+    file whole; a pod added next (given the same port) is not recorded."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    out = tmp_path / "g.pcapng"
+    cap = capture(node, "b", "-w", str(out))
+    started(cap)
+    assert ping(a["ns"], ip_of(b), count=2, interval="0.1").returncode == 0
+    time.sleep(0.3)
+    node.api("DELETE", "/v1/pods?name=b")
+    assert cap.wait(30) == 0
+    err = cap.stderr.read()
+    assert "the capture ended: b:std (port " in err and ") was removed" in err, err
+    c = node.pod("c", IT_SPEC)
+    assert ping(a["ns"], ip_of(c), count=2, interval="0.1").returncode == 0
+    rows = tshark(out, "frame.interface_name", "eth.src")
+    assert {r[0] for r in rows} == {"b:std"}
+    c_mac = next(p["mac"] for p in c["planes"])
+    assert c_mac not in {r[1] for r in rows}
+    cap2 = capture(node, "c", "--duration", "0.2")  # nothing left running
+    started(cap2)
+    assert cap2.wait(30) == 0
+
+
+def test_the_service_stopping_ends_a_capture_with_its_file_whole(node, tmp_path):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    out = tmp_path / "s.pcapng"
+    cap = capture(node, "a:std", "-w", str(out))
+    started(cap)
+    assert ping(a["ns"], ip_of(b), count=2, interval="0.1").returncode == 0
+    time.sleep(0.3)
+    node.stop()
+    assert cap.wait(30) == 1
+    err = cap.stderr.read()
+    assert "the capture ended: the service stopped answering" in err, err
+    assert "frames written to" in err
+    assert sum(1 for r in tshark(out, "icmp.type") if r[0] == "8") == 2

@@ -1,0 +1,69 @@
+"""The package as pip builds it (a wheel, not the checkout's editable
+install): every subpackage is in it, and the service, the store backends
+and the CNI plugin import from it alone. The container image installs it so
+(deploy/Containerfile: pip install .)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_wheel_holds_every_module_and_imports(tmp_path):
+    # what the Containerfile copies, built from scratch (a checkout's build/
+    # directory would hide a module the package list leaves out)
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    for f in ("pyproject.toml", "setup.py", "build.py", "README.md"):
+        shutil.copy(os.path.join(ROOT, f), src_dir)
+    for d in ("csrc", "dataplane"):
+        shutil.copytree(
+            os.path.join(ROOT, d),
+            src_dir / d,
+            ignore=shutil.ignore_patterns("*.o", "*.so", "__pycache__", "*.egg-info"),
+        )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(tmp_path),
+            str(src_dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    (whl,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
+    with zipfile.ZipFile(tmp_path / whl) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path / "site")
+    src = {
+        os.path.relpath(os.path.join(d, f), ROOT)
+        for d, _, files in os.walk(os.path.join(ROOT, "dataplane"))
+        for f in files
+        if f.endswith(".py")
+    }
+    assert not src - names, f"left out of the wheel: {sorted(src - names)}"
+    assert any(n.startswith("dataplane/_core") and n.endswith(".so") for n in names)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import dataplane, dataplane.service, dataplane.store.etcd, dataplane.store.sqlite;"
+        "import dataplane.cni, dataplane.engine;"
+        "assert dataplane.__file__.startswith(sys.argv[1]), dataplane.__file__;"
+        "print('ok')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
