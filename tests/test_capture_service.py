@@ -50,6 +50,18 @@ def tshark(path, *fields):
     return [line.split("|") for line in r.stdout.splitlines()]
 
 
+def capturing(node, out, target, pings):
+    """Pods a (CT) and b (IT), a capture of ``target`` to file ``out``
+    started, ``pings`` echoes from a to b caught in it: (a, b, capture)."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    cap = capture(node, target, "-w", str(out))
+    started(cap)
+    assert ping(a["ns"], ip_of(b), count=pings, interval="0.1").returncode == 0
+    time.sleep(0.3)
+    return a, b, cap
+
+
 def test_pod_plane_capture_to_pcapng_with_directions(node, tmp_path):
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", IT_SPEC)
@@ -139,13 +151,8 @@ def test_bad_requests_are_refused_and_leave_nothing_running(node, tmp_path):
 
 def test_sigterm_leaves_a_whole_file_and_no_capture(node, tmp_path):
     """timeout(1) and kill stop a capture as Ctrl-C does."""
-    a = node.pod("a", CT_SPEC)
-    b = node.pod("b", IT_SPEC)
     out = tmp_path / "t.pcapng"
-    cap = capture(node, "a:std", "-w", str(out))
-    started(cap)
-    assert ping(a["ns"], ip_of(b), count=3, interval="0.1").returncode == 0
-    time.sleep(0.3)
+    a, b, cap = capturing(node, out, "a:std", 3)
     cap.send_signal(signal.SIGTERM)
     assert cap.wait(30) == 0
     assert "frames written to" in cap.stderr.read()
@@ -158,13 +165,8 @@ def test_sigterm_leaves_a_whole_file_and_no_capture(node, tmp_path):
 def test_a_capture_ends_with_its_pod(node, tmp_path):
     """A pod deleted under its capture ends it, said by the client, the
     file whole; a pod added next (given the same port) is not recorded."""
-    a = node.pod("a", CT_SPEC)
-    b = node.pod("b", IT_SPEC)
     out = tmp_path / "g.pcapng"
-    cap = capture(node, "b", "-w", str(out))
-    started(cap)
-    assert ping(a["ns"], ip_of(b), count=2, interval="0.1").returncode == 0
-    time.sleep(0.3)
+    a, b, cap = capturing(node, out, "b", 2)
     node.api("DELETE", "/v1/pods?name=b")
     assert cap.wait(30) == 0
     err = cap.stderr.read()
@@ -181,13 +183,8 @@ def test_a_capture_ends_with_its_pod(node, tmp_path):
 
 
 def test_the_service_stopping_ends_a_capture_with_its_file_whole(node, tmp_path):
-    a = node.pod("a", CT_SPEC)
-    b = node.pod("b", IT_SPEC)
     out = tmp_path / "s.pcapng"
-    cap = capture(node, "a:std", "-w", str(out))
-    started(cap)
-    assert ping(a["ns"], ip_of(b), count=2, interval="0.1").returncode == 0
-    time.sleep(0.3)
+    _, _, cap = capturing(node, out, "a:std", 2)
     node.stop()
     assert cap.wait(30) == 1
     err = cap.stderr.read()

@@ -9,24 +9,23 @@ from dataplane.config import parse_config
 from dataplane.errors import ConfigError
 from dataplane.podspec import IFNAMSIZ, host_ifname, parse_pod_spec
 
-CONFIG = parse_config(
-    {
-        "node": "node1",
-        "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
-        "networks": [
-            {
-                "name": "net1",
-                "vni": 100,
-                "plane": "std",
-                "subnet": "192.168.10.0/24",
-                "gateway": "192.168.10.1",
-            },
-            {"name": "net2", "vni": 200, "plane": "control", "subnet": "192.168.20.0/24"},
-            {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24"},
-            {"name": "net4", "vni": 400, "plane": "std", "subnet": "192.168.40.0/24"},
-        ],
-    }
-)
+BASE = {
+    "node": "node1",
+    "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+    "networks": [
+        {
+            "name": "net1",
+            "vni": 100,
+            "plane": "std",
+            "subnet": "192.168.10.0/24",
+            "gateway": "192.168.10.1",
+        },
+        {"name": "net2", "vni": 200, "plane": "control", "subnet": "192.168.20.0/24"},
+        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24"},
+        {"name": "net4", "vni": 400, "plane": "std", "subnet": "192.168.40.0/24"},
+    ],
+}
+CONFIG = parse_config(BASE)
 
 CT = {
     "pod_type": "ct",
@@ -244,22 +243,16 @@ def test_planes_on_overlapping_subnets_are_refused():
     """Two networks may share a range (tenants apart), but not in one pod:
     its stack would have two connected routes for it, and one plane's
     address could be the other's gateway."""
+    net1 = BASE["networks"][0]
     cfg = parse_config(
-        {
-            "node": "node1",
-            "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
-            "networks": [
-                {
-                    "name": "net1",
-                    "vni": 100,
-                    "plane": "std",
-                    "subnet": "192.168.10.0/24",
-                    "gateway": "192.168.10.1",
-                },
+        dict(
+            BASE,
+            networks=[
+                net1,
                 {"name": "net5", "vni": 500, "plane": "oam", "subnet": "192.168.10.0/25"},
                 {"name": "net6", "vni": 600, "plane": "oam", "subnet": "192.168.60.0/24"},
             ],
-        }
+        )
     )
     both = {
         "pod_type": "ct",
