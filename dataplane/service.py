@@ -69,6 +69,7 @@ class NodeService:
         self.cpu_latency_no_effect = None  # why it changes nothing on this kernel
         self._stop = threading.Event()
         self._claims = []  # (fd, path) of the locks held while running
+        self._reap_error = None  # the last error of the reaping rounds
 
     # -------------------------------------------------------------- start
     def start(self):
@@ -531,5 +532,8 @@ class NodeService:
         next round."""
         try:
             self.pods.reap()
+            self._reap_error = None
         except DataplaneError as e:
-            log.warning("removing pods whose interfaces are gone: %s", e)
+            if str(e) != self._reap_error:  # once per outage, not every round
+                log.warning("removing pods whose interfaces are gone: %s", e)
+            self._reap_error = str(e)
