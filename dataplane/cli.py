@@ -130,6 +130,8 @@ def cmd_status(args):
     )
     if st.get("cpu_latency_no_effect"):
         print(f"  cpu latency request changes nothing here: {st['cpu_latency_no_effect']}")
+    if st.get("uplink_problem"):
+        print(f"  UPLINK CANNOT CARRY FRAMES: {st['uplink_problem']}")
     if st.get("store_error"):
         print(
             f"  STORE DOES NOT ANSWER (forwarding goes on with what the core has): "

@@ -52,6 +52,7 @@ class Snapshot(NamedTuple):
     fdb_entries: Optional[int] = None  # in the core's FDB, every network
     learning: Optional[Dict[str, int]] = None  # Engine.learn_stats(), with vtep.learning on
     store_error: Optional[str] = None  # why the state store did not answer
+    uplink_up: Optional[bool] = None  # a kernel uplink: False while it cannot carry frames
 
 
 class CoreCollector:
@@ -135,6 +136,13 @@ class CoreCollector:
                 eps.add_metric([n.name], snap.endpoints_per_network.get(n.name, 0))
             yield pods
             yield eps
+        if snap.uplink_up is not None:
+            yield GaugeMetricFamily(
+                "dataplane_uplink_up",
+                "1 while the kernel uplink carries frames; 0 while it is gone, re-created "
+                "(the core holds the old device), down, or its MTU is below the underlay's",
+                value=1 if snap.uplink_up else 0,
+            )
         yield GaugeMetricFamily(
             "dataplane_store_up",
             "1 if the state store (SQLite file or etcd) answered this scrape, else 0",

@@ -256,6 +256,28 @@ def uplink_wire_sized(ifname: str) -> bool:
         return True
 
 
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFMTU = 0x8921
+_IFF_UP, _IFF_RUNNING = 0x1, 0x40
+
+
+def link_state(ifname: str):
+    """(ifindex, administratively up, carrier, MTU) of ``ifname`` in this
+    network namespace, or None if it does not exist."""
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+    req = struct.pack("16s16x", ifname.encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req), 16)[0]
+            mtu = struct.unpack_from("i", fcntl.ioctl(s.fileno(), _SIOCGIFMTU, req), 16)[0]
+        except OSError:
+            return None  # gone between the two calls
+    return index, bool(flags & _IFF_UP), bool(flags & _IFF_RUNNING), mtu
+
+
 def tunnel_tap_name(uplink: str) -> str:
     """The name of the uplink's tunnel tap: by the uplink's index, so two
     uplinks (two engines) never share one."""

@@ -31,7 +31,7 @@ from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
-from .podnet import redirect_ingress, tunnel_tap_name, uplink_wire_sized
+from .podnet import link_state, redirect_ingress, tunnel_tap_name, uplink_wire_sized
 from .status import api_routes, fdb_report, fdb_summary, status_report, take_snapshot
 from .store import StateStore, open_store
 from .sync import ClusterSync, network_index
@@ -70,6 +70,8 @@ class NodeService:
         self._stop = threading.Event()
         self._claims = []  # (fd, path) of the locks held while running
         self._reap_error = None  # the last error of the reaping rounds
+        self.uplink_ifindex = None  # a kernel uplink's, when it was attached
+        self.uplink_problem = None  # why the uplink cannot carry frames now
 
     # -------------------------------------------------------------- start
     def start(self):
@@ -102,6 +104,7 @@ class NodeService:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
             self._setup_core()
+            self.check_uplink()  # down, or an MTU below the underlay's: said at start
             self.sync = ClusterSync(cfg, self.store, self.engine, self.lock)
             self.pods = PodLife(
                 cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
@@ -195,6 +198,7 @@ class NodeService:
                     f"vtep.uplink: {v.uplink_ifname}: no such interface in this network namespace"
                 ) from None
             self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
+            self.uplink_ifindex = socket.if_nametoindex(v.uplink_ifname)
             if v.uplink_driver == "afpacket":
                 # VXLAN frames in UDP GSO batches, cut before a virtual
                 # device (veth) as a NIC cuts them; never batches a veth
@@ -349,6 +353,8 @@ class NodeService:
             snap = take_snapshot(self.config, self.engine, self.store, self.net_index, self.uplink)
             if self.cpu_latency is not None:
                 snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())
+            if self.uplink_ifindex is not None:
+                snap = snap._replace(uplink_up=self.uplink_problem is None)
             return snap
 
     def status(self) -> dict:
@@ -364,6 +370,7 @@ class NodeService:
             # None, or why the request changes nothing on this kernel
             report["cpu_latency_no_effect"] = self.cpu_latency_no_effect
         report["fdb_entries"] = snap.fdb_entries
+        report["uplink_problem"] = self.uplink_problem  # None while it carries frames
         report["store_error"] = snap.store_error  # None while the store answers
         if snap.learning is not None:
             from .engine import WORKER_COUNTERS
@@ -521,10 +528,51 @@ class NodeService:
             tick = 0
             while not self._stop.wait(1.0):
                 tick += 1
+                self.check_uplink()
                 if tick % REAP_EVERY_S == 0:
                     self._reap()
         finally:
             self.stop()
+
+    def check_uplink(self) -> Optional[str]:
+        """What keeps a kernel uplink from carrying frames now, or None:
+        gone, re-created (the core still holds the old device), down, or an
+        MTU below the underlay's. Logged when it changes; shown by status and
+        ``dataplane_uplink_up``."""
+        v = self.config.vtep
+        if self.uplink_ifindex is None:
+            return None  # a DPDK uplink: its PMD owns the device
+        name = v.uplink_ifname
+        st = link_state(name)
+        if st is None:
+            problem = (
+                f"{name} is gone: nothing reaches the underlay; re-create it, then restart "
+                "the service to attach it"
+            )
+        elif st[0] != self.uplink_ifindex:
+            problem = (
+                f"{name} was re-created (ifindex {self.uplink_ifindex} -> {st[0]}): the core "
+                "still holds the old device; restart the service to attach the new one"
+            )
+        elif not (st[1] and st[2]):
+            problem = (
+                f"{name} is {'down' if not st[1] else 'without carrier'}: frames to the "
+                "underlay wait in its tx ring until it comes back"
+            )
+        elif st[3] < v.underlay_mtu:
+            problem = (
+                f"{name} has MTU {st[3]}, below vtep.underlay_mtu {v.underlay_mtu}: full-size "
+                "pod frames are dropped by the device after encapsulation"
+            )
+        else:
+            problem = None
+        if problem != self.uplink_problem:
+            if problem:
+                log.error("uplink: %s", problem)
+            else:
+                event("uplink carries frames again", uplink=name)
+        self.uplink_problem = problem
+        return problem
 
     def _reap(self):
         """Pods whose namespace or veths went away while the service ran are

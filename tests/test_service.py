@@ -659,3 +659,45 @@ def test_a_pod_whose_namespace_is_deleted_is_removed(node):
     assert r.returncode != 0 and "pod b is not attached to this node" in r.stderr
     assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
     assert a["planes"][0]["host_ifname"] in {p["name"] for p in st["ports"]}
+
+
+def test_the_uplink_is_watched(node):
+    """An uplink that cannot carry frames - down, an MTU below the
+    underlay's, deleted and re-created behind the service's back - is said
+    by status, the log and dataplane_uplink_up, and cleared when it can."""
+    a = node.pod("a", IT_SPEC)
+    b = node.pod("b", IT_SPEC)
+
+    def problem(words, tries=200):
+        for _ in range(tries):  # the service looks once a second
+            p = node.api("GET", "/v1/status")["uplink_problem"]
+            if (p is None) if words is None else (p and words in p):
+                return p
+            time.sleep(0.05)
+        raise AssertionError(f"uplink_problem stayed {p!r}, expected {words!r}")
+
+    peer = f"dpu{node.tag}b"
+    problem(f"{node.uplink} is without carrier")  # its peer is down
+    sh("ip", "link", "set", peer, "up")
+    assert problem(None) is None
+    assert "\ndataplane_uplink_up 1.0\n" in scrape(node)
+    sh("ip", "link", "set", node.uplink, "down")
+    problem(f"{node.uplink} is down")
+    assert "\ndataplane_uplink_up 0.0\n" in scrape(node)
+    assert "UPLINK CANNOT CARRY FRAMES" in node.cli("status").stdout
+    sh("ip", "link", "set", node.uplink, "up")
+    problem(None)
+    sh("ip", "link", "set", node.uplink, "mtu", "1400")
+    problem("has MTU 1400, below vtep.underlay_mtu 1500")
+    sh("ip", "link", "set", node.uplink, "mtu", "1500")
+    problem(None)
+    sh("ip", "link", "del", node.uplink)
+    problem(f"{node.uplink} is gone")
+    sh("ip", "link", "add", node.uplink, "type", "veth", "peer", "name", peer)
+    sh("ip", "link", "set", node.uplink, "up")
+    sh("ip", "link", "set", peer, "up")
+    problem("was re-created")
+    log = (node.tmp / "service.log").read_text()
+    assert "uplink carries frames again" in log and "restart the service" in log
+    # pods of the node still reach each other meanwhile
+    assert ping(a["ns"], ip_of(b)).returncode == 0
