@@ -130,6 +130,7 @@ class PodLife:
             for e in eps:
                 kind = kinds.get(e["plane"], VETH)
                 if kind == VETH:
+                    self._replay_mtu(pod, e)
                     self._attach_port(e, allowed.get(e["plane"], ()))
                 elif kind in SOCKET_KINDS:
                     self._attach_fast(
@@ -139,6 +140,21 @@ class PodLife:
                         allowed.get(e["plane"], ()),
                     )
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
+
+    def _replay_mtu(self, pod, e):
+        """A plane whose veth has another MTU than its network now has (the
+        underlay's MTU changed in the config while the service was down)
+        gets the network's, both ends, before its port is attached."""
+        from .podnet import set_plane_mtu
+
+        mtu = self.config.network(e["network"]).mtu
+        try:
+            if set_plane_mtu(e["host_ifname"], pod["netns"], mtu):
+                event("replay: plane MTU set", pod=pod["name"], plane=e["plane"], mtu=mtu)
+        except Exception as err:  # the pod still works at its old MTU
+            log.warning(
+                "replay: pod %s plane %s: MTU %s not set: %s", pod["name"], e["plane"], mtu, err
+            )
 
     def _attach_port(self, e, allowed=()) -> int:
         net = self.networks[e["network"]]

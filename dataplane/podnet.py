@@ -278,6 +278,21 @@ def link_state(ifname: str):
     return index, bool(flags & _IFF_UP), bool(flags & _IFF_RUNNING), mtu
 
 
+def set_plane_mtu(host_ifname: str, netns_path: str, mtu: int) -> bool:
+    """Both ends of a pod plane's veth to ``mtu`` (the pod's end in its
+    namespace); False if they had it already."""
+    found = find_plane(host_ifname, netns_path)
+    if found is None or found.peer_index is None:
+        return False
+    if found.mtu == mtu and found.pod_mtu == mtu:
+        return False
+    with _ipr(netns_path) as pod_ipr:
+        pod_ipr.link("set", index=found.peer_index, mtu=mtu)
+    with _ipr() as ipr:
+        ipr.link("set", index=found.host_index, mtu=mtu)
+    return True
+
+
 def tunnel_tap_name(uplink: str) -> str:
     """The name of the uplink's tunnel tap: by the uplink's index, so two
     uplinks (two engines) never share one."""

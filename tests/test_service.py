@@ -701,3 +701,24 @@ def test_the_uplink_is_watched(node):
     assert "uplink carries frames again" in log and "restart the service" in log
     # pods of the node still reach each other meanwhile
     assert ping(a["ns"], ip_of(b)).returncode == 0
+
+
+def test_replay_gives_pods_the_networks_mtu_of_the_config(node):
+    """The underlay MTU lowered in the config while the service was down:
+    the replayed pods' veths get the networks' new MTU (frames of the old
+    size would be dropped after encapsulation), both ends."""
+    a = node.pod("a", CT_SPEC)
+    node.stop()
+    text = node.cfg.read_text()
+    assert "uplink: " + node.uplink + "}" in text
+    node.cfg.write_text(
+        text.replace(
+            "uplink: " + node.uplink + "}", "uplink: " + node.uplink + ", underlay_mtu: 1400}"
+        )
+    )
+    node.start()
+    for p in a["planes"]:
+        pod_end = json.loads(sh("ip", "-n", a["ns"], "-j", "link", "show", p["ifname"]).stdout)[0]
+        host_end = json.loads(sh("ip", "-j", "link", "show", p["host_ifname"]).stdout)[0]
+        assert (pod_end["mtu"], host_end["mtu"]) == (1350, 1350), p["plane"]
+    assert '"replay: plane MTU set"' in (node.tmp / "service.log").read_text()
