@@ -124,10 +124,19 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     const struct dp_vtep *v = w->vtep;
     struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, struct rte_ether_hdr *);
     struct rte_arp_hdr *arp = (struct rte_arp_hdr *)(eth + 1);
-    if (unlikely(m->data_len < sizeof(*eth) + sizeof(*arp) ||
-                 arp->arp_hardware != RTE_BE16(RTE_ARP_HRD_ETHER) ||
+    if (unlikely(m->data_len < sizeof(*eth) + sizeof(*arp))) {
+        drop(w, m, DP_DROP_ARP_IGNORED);
+        return;
+    }
+    /* an announcement (gratuitous ARP: sender and target address alike) is
+     * taken as a reply about its sender - believed, like any, only for a
+     * next hop the core knows, at most once a second (dp_neigh.c): a next
+     * hop that changed its MAC (a gateway's failover) is followed at once */
+    rte_be32_t tip = arp->arp_data.arp_tip;
+    int announce = tip != v->ip_be && tip == arp->arp_data.arp_sip;
+    if (unlikely(arp->arp_hardware != RTE_BE16(RTE_ARP_HRD_ETHER) ||
                  arp->arp_protocol != RTE_BE16(RTE_ETHER_TYPE_IPV4) || arp->arp_hlen != 6 ||
-                 arp->arp_plen != 4 || arp->arp_data.arp_tip != v->ip_be || v->uplink < 0)) {
+                 arp->arp_plen != 4 || (tip != v->ip_be && !announce) || v->uplink < 0)) {
         drop(w, m, DP_DROP_ARP_IGNORED);
         return;
     }
@@ -139,7 +148,7 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     if (slow_put(dp.neigh_ring, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes,
                  arp->arp_data.arp_sip, 0) != 0)
         w->drop[DP_DROP_SLOWPATH_FULL]++;
-    if (arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
+    if (announce || arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
         drop(w, m, DP_DROP_ARP_REPLY); /* taken by the neighbour table */
         return;
     }

@@ -397,6 +397,50 @@ def test_unsolicited_arp_reply_ignored(eng):
     assert eng.neighbor("10.0.0.201") is None
 
 
+def test_a_next_hops_announced_mac_is_followed(eng):
+    """A next hop that changes its MAC (a gateway's failover) announces it
+    with a gratuitous ARP (sender and target address alike): the core takes
+    it as a reply about that next hop, at once rather than at the next
+    re-check a minute later, and does not answer it. An announcement for an
+    address the core never asked for is ignored, as an unsolicited reply."""
+    t = Topo(eng, static_nh=False)
+    old, new = "02:00:0a:00:00:02", "02:00:0a:00:00:22"
+    # the core asks for its next hop first (a reply it did not ask for is not believed)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not [
+        f
+        for f in eng.collect(t.up, wait=0.1)
+        if Ether(f).haslayer(ARP) and Ether(f)[ARP].pdst == "10.0.0.2"
+    ]:
+        pass
+    t.send(t.up, _arp_reply("10.0.0.2", old))
+    assert _settle(eng, lambda: eng.neighbor("10.0.0.2") == old)
+    time.sleep(1.1)  # a known next hop's MAC changes at most once a second
+    eng.collect(t.up, wait=0.1)
+    before = t.drops()
+    for op in (1, 2):  # announced as a request, and as a reply
+        mac = new if op == 1 else old
+        garp = Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+            op=op, hwsrc=mac, psrc="10.0.0.2", hwdst="ff:ff:ff:ff:ff:ff", pdst="10.0.0.2"
+        )
+        t.send(t.up, garp)
+        assert _settle(eng, lambda m=mac: eng.neighbor("10.0.0.2") == m), op
+        assert not [
+            f
+            for f in eng.collect(t.up, wait=0.1)
+            if Ether(f).haslayer(ARP) and Ether(f)[ARP].op == 2
+        ]  # not answered
+        time.sleep(1.1)
+    t.send(
+        t.up,
+        Ether(src="02:00:0a:00:00:c9", dst="ff:ff:ff:ff:ff:ff")
+        / ARP(op=1, hwsrc="02:00:0a:00:00:c9", psrc="10.0.0.201", pdst="10.0.0.201"),
+    )
+    assert _settle(eng, lambda: t.drops()["arp_reply"] == before["arp_reply"] + 3)
+    assert eng.neighbor("10.0.0.201") is None
+    assert t.drops()["arp_ignored"] == before["arp_ignored"]
+
+
 def test_arp_from_multicast_sender_dropped(eng):
     t = Topo(eng, static_nh=False)
     nh = "10.0.0.250"
