@@ -217,12 +217,17 @@ def quiet_netns(ns: str) -> None:
     run_cmd(["ip", "-n", ns, "link", "set", "lo", "up"], "ip")
 
 
-def check_cpu_options(ap, args) -> None:
-    """``--gen-cpu`` and ``--fwd-cpu``: CPUs this machine has, and not the same."""
+def check_cpus_present(ap, cpus: dict) -> None:
+    """{option: CPU}: each a CPU this machine has (exit 2 naming it)."""
     ncpu = os.cpu_count() or 1
-    for opt, cpu in (("--gen-cpu", args.gen_cpu), ("--fwd-cpu", args.fwd_cpu)):
+    for opt, cpu in cpus.items():
         if not 0 <= cpu < ncpu:
             ap.error(f"{opt}: CPU {cpu} not present (this machine has {ncpu})")
+
+
+def check_cpu_options(ap, args) -> None:
+    """``--gen-cpu`` and ``--fwd-cpu``: CPUs this machine has, and not the same."""
+    check_cpus_present(ap, {"--gen-cpu": args.gen_cpu, "--fwd-cpu": args.fwd_cpu})
     if args.gen_cpu == args.fwd_cpu:
         ap.error("--gen-cpu and --fwd-cpu must differ")
 

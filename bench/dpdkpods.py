@@ -48,6 +48,7 @@ import time
 from .common import (
     BenchError,
     add_run_options,
+    check_cpus_present,
     fmt_runs,
     median,
     parse_args,
@@ -396,14 +397,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     ap = parser()
     args = parse_args(ap, argv)
-    ncpu = os.cpu_count() or 1
-    for opt, cpu in (
-        ("--a-cpu", args.a_cpu),
-        ("--b-cpu", args.b_cpu),
-        ("--core-cpu", args.core_cpu),
-    ):
-        if not 0 <= cpu < ncpu:
-            ap.error(f"{opt}: CPU {cpu} not present (this machine has {ncpu})")
+    check_cpus_present(
+        ap, {"--a-cpu": args.a_cpu, "--b-cpu": args.b_cpu, "--core-cpu": args.core_cpu}
+    )
     if args.core_cpu in (args.a_cpu, args.b_cpu) and args.a_cpu == args.b_cpu:
         ap.error("--a-cpu, --b-cpu and --core-cpu: the core's worker and both pods on one CPU")
     if os.geteuid() != 0:

@@ -830,20 +830,8 @@ def main(argv=None) -> int:
         or not 0 <= args.max_preempted <= 1
     ):
         ap.error("--rate >= 1000000, --retries >= 0, --wait-others >= 0, 0 <= --max-preempted <= 1")
-    bad = [
-        o
-        for o, v in (("--burst", args.burst), ("--qlen", args.qlen), ("--std-qlen", args.std_qlen))
-        if v < 1
-    ]
-    bad += [
-        o
-        for o, v in (
-            ("--std-x", args.std_x),
-            ("--control-x", args.control_x),
-            ("--media-x", args.media_x),
-        )
-        if v <= 0
-    ]
+    sizes = ("burst", "qlen", "std_qlen", "std_x", "control_x", "media_x")
+    bad = ["--" + k.replace("_", "-") for k in sizes if getattr(args, k) <= 0]
     if bad:
         ap.error(f"{', '.join(bad)}: must be > 0")
     if args.plot:

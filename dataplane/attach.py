@@ -310,16 +310,24 @@ def _live_problems(a: dict, netns: str) -> List[str]:
         problems.append(f"host interface {a['host_ifname']} is a {found.kind}, not a veth")
     if found.ifname != a["ifname"]:
         return problems + [f"interface {a['ifname']} is not in {netns}"]
-    if (found.mac or "").lower() != a["mac"].lower():
-        problems.append(f"{a['ifname']} has MAC {found.mac}, not {a['mac']}")
-    want = f"{a['ip']}/{a['prefixlen']}"
-    if want not in found.addresses:
-        problems.append(f"{a['ifname']} has {found.addresses or 'no address'}, not {want}")
-    if a["mtu"] and found.pod_mtu != a["mtu"]:
-        problems.append(f"{a['ifname']} has MTU {found.pod_mtu}, not {a['mtu']}")
+    problems += _pod_if_problems(a, found.mac, found.addresses, found.pod_mtu)
     if not found.up or not found.pod_up:
         problems.append(f"{a['ifname']} or {a['host_ifname']} is down")
     return problems + _route_problems(a, netns)
+
+
+def _pod_if_problems(a: dict, mac, addresses: List[str], mtu) -> List[str]:
+    """The pod's interface as found (its MAC, "ip/len" addresses, MTU)
+    against attachment ``a``."""
+    problems = []
+    if (mac or "").lower() != a["mac"].lower():
+        problems.append(f"{a['ifname']} has MAC {mac}, not {a['mac']}")
+    want = f"{a['ip']}/{a['prefixlen']}"
+    if a["ip"] and want not in addresses:
+        problems.append(f"{a['ifname']} has {addresses or 'no address'}, not {want}")
+    if a["mtu"] and mtu != a["mtu"]:
+        problems.append(f"{a['ifname']} has MTU {mtu}, not {a['mtu']}")
+    return problems
 
 
 def _route_problems(a: dict, netns: str) -> List[str]:
@@ -353,15 +361,7 @@ def _vf_problems(a: dict, netns: str) -> List[str]:
             ]
     except OSError as e:
         return [f"namespace {netns}: {e.strerror or e}"]
-    problems = []
-    mac = link.get_attr("IFLA_ADDRESS") or ""
-    if mac.lower() != a["mac"].lower():
-        problems.append(f"{a['ifname']} has MAC {mac}, not {a['mac']}")
-    want = f"{a['ip']}/{a['prefixlen']}"
-    if a["ip"] and want not in addrs:
-        problems.append(f"{a['ifname']} has {addrs or 'no address'}, not {want}")
-    if a["mtu"] and link.get_attr("IFLA_MTU") != a["mtu"]:
-        problems.append(f"{a['ifname']} has MTU {link.get_attr('IFLA_MTU')}, not {a['mtu']}")
+    problems = _pod_if_problems(a, link.get_attr("IFLA_ADDRESS"), addrs, link.get_attr("IFLA_MTU"))
     if not link["flags"] & 1:
         problems.append(f"{a['ifname']} is down")
     return problems + _route_problems(a, netns)

@@ -117,13 +117,10 @@ class Captures:
         that it never records the next port given that index."""
         with self.lock:
             cur = self.current
-            if cur is None or port not in [i["port"] for i in cur["interfaces"]]:
+            name = cur and next((i["name"] for i in cur["interfaces"] if i["port"] == port), None)
+            if not name:
                 return
-            name = next(i["name"] for i in cur["interfaces"] if i["port"] == port)
-            frames = self.engine.capture_read()
-            stats = self.engine.capture_stats()
-            self.engine.capture_stop()
-            self.current = None
+            frames, stats = self._finish()
             self.ended = {
                 "id": cur["id"],
                 "why": f"{name} (port {port}) was removed",
@@ -161,11 +158,17 @@ class Captures:
             if ended is not None:
                 return ended
             self._mine(cid)
-            frames = self.engine.capture_read()
-            stats = self.engine.capture_stats()
-            self.engine.capture_stop()
-            self.current = None
+            frames, stats = self._finish()
         return _frames_json(frames, stats)
+
+    def _finish(self):
+        """The running capture's last frames and counters, and the capture
+        stopped in the core (under the lock)."""
+        frames = self.engine.capture_read()
+        stats = self.engine.capture_stats()
+        self.engine.capture_stop()
+        self.current = None
+        return frames, stats
 
     def _expire(self):
         while not self._stop.wait(1.0):

@@ -231,6 +231,12 @@ def check_mode(value, path: str = "mode") -> str:
     return value
 
 
+def absent_cpus(cpus) -> Tuple[List[int], int]:
+    """The CPUs of ``cpus`` this machine does not have, and how many it has."""
+    ncpu = os.cpu_count() or 1
+    return [c for c in cpus if c >= ncpu], ncpu
+
+
 def check_lcores(value, path: str = "lcores") -> List[int]:
     """The EAL's lcores: the control thread first, then the workers (one at
     least, :data:`MAX_WORKER_LCORES` at most); distinct CPU numbers."""

@@ -51,6 +51,7 @@ from .checks import (
     STORM_PPS_MAX,
     VXLAN_OVERHEAD,
     WIRE_OVERHEAD,
+    absent_cpus,
     check_abspath,
     check_af_xdp_mtu,
     check_bool,
@@ -327,8 +328,7 @@ class NodeConfig:
                 "polls instead of halting, so the worker's sleep saves no CPU time and adds "
                 "its wake-up to every frame that finds it asleep; drop one of the two"
             )
-        ncpu = os.cpu_count() or 1
-        missing = [c for c in self.lcores if c >= ncpu]
+        missing, ncpu = absent_cpus(self.lcores)
         if missing:
             out.append(
                 f"lcores: {missing} not present on this machine ({ncpu} CPUs): "

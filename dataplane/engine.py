@@ -25,6 +25,7 @@ import numpy as np
 
 from . import checks, errors
 from .checks import (
+    absent_cpus,
     check_int,
     check_lcores,
     check_memory_mb,
@@ -107,13 +108,12 @@ class EngineConfig:
     def eal_args(self) -> List[str]:
         check_mode(self.mode)
         lcores = check_lcores(self.lcores)
-        ncpu = os.cpu_count() or 1
         cpus = list(self.cpus) or lcores
         if len(cpus) != len(lcores) or any(not isinstance(c, int) or c < 0 for c in cpus):
             raise ConfigError(
                 f"cpus: {list(self.cpus)!r} must give one CPU per lcore ({len(lcores)})"
             )
-        bad = [c for c in cpus if c >= ncpu]
+        bad, ncpu = absent_cpus(cpus)
         if bad:
             raise ConfigError(
                 f"{'cpus' if self.cpus else 'lcores'}: {bad} not present "

@@ -33,7 +33,7 @@ class StaticHosts:
     the names of the networks this node has (a host goes on one of them, or
     on one the store has from other nodes)."""
 
-    def __init__(self, store, networks, vtep=None):
+    def __init__(self, store, networks, vtep):
         self.store = store
         self.networks = set(networks)
         self.vtep = vtep  # this node's VtepConfig: a host's VTEP must be reachable
@@ -63,7 +63,7 @@ class StaticHosts:
                 f"no network {network!r} in the cluster (it has "
                 f"{', '.join(sorted(known)) or 'none'})",
             )
-        problem = self.vtep.remote_problem(body["vtep"]) if self.vtep else None
+        problem = self.vtep.remote_problem(body["vtep"])
         if problem:
             raise fail("vtep", problem)
         e = self.store.put_static_endpoint(

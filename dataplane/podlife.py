@@ -174,14 +174,15 @@ class PodLife:
         their ports, addresses and MACs do not wait for a restart or a
         ``pod del``. The names removed."""
         removed = []
+        links = {n for _, n in socket.if_nameindex()}  # once a round
         for pod in self.store.pods(state="ready", node=self.config.node):
-            if not self._gone(pod, socket.if_nameindex()):
+            if not self._gone(pod, links):
                 continue
             with self.lock:  # again under the lock: a delete and re-add meanwhile
                 now = self.store.pod(pod["name"])
                 if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
                     continue
-                why = self._gone(now, socket.if_nameindex())
+                why = self._gone(now, {n for _, n in socket.if_nameindex()})
                 if not why:
                     continue
                 self._remove(now["name"], self.store.endpoints(pod=now["name"]))
@@ -190,12 +191,11 @@ class PodLife:
             removed.append(pod["name"])
         return removed
 
-    def _gone(self, pod, links) -> Optional[str]:
+    def _gone(self, pod, names) -> Optional[str]:
         """Why pod ``pod`` (a store record) cannot be forwarded for any
-        more, or None. ``links``: the interfaces of this namespace."""
+        more, or None. ``names``: the interfaces of this namespace."""
         if not os.path.exists(pod["netns"]):
             return f"namespace {pod['netns']} is gone"
-        names = {n for _, n in links}
         kinds = self._kinds(pod["name"])
         for e in self.store.endpoints(pod=pod["name"]):
             if kinds.get(e["plane"], VETH) == VETH and e["host_ifname"] not in names:

@@ -191,14 +191,13 @@ class NodeService:
                 v.uplink_devargs, role="uplink", rx_queues=v.uplink_rx_queues
             )
         else:
-            try:
-                socket.if_nametoindex(v.uplink_ifname)
+            try:  # the device attached: check_uplink tells a re-created one by it
+                self.uplink_ifindex = socket.if_nametoindex(v.uplink_ifname)
             except OSError:
                 raise ConfigError(
                     f"vtep.uplink: {v.uplink_ifname}: no such interface in this network namespace"
                 ) from None
             self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
-            self.uplink_ifindex = socket.if_nametoindex(v.uplink_ifname)
             if v.uplink_driver == "afpacket":
                 # VXLAN frames in UDP GSO batches, cut before a virtual
                 # device (veth) as a NIC cuts them; never batches a veth
