@@ -81,6 +81,8 @@
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/virtio_net.h>
 
 #include <rte_branch_prediction.h>
@@ -193,9 +195,11 @@ struct dp_afp {
         int tnl_gone; /* the tap refused a write for good (deleted) */
     } tx __rte_cache_aligned;
 
-    /* control: read-only after open (but the kernel drop sum) */
+    /* control: read-only after open (but the kernel drop sums) */
     uint64_t kernel_drops;
-    uint32_t max_frame; /* MTU + Ethernet header + one VLAN tag */
+    uint64_t kernel_tx;      /* the interface's tx_dropped since open */
+    int64_t tx_dropped_base; /* its tx_dropped at open; -1: unreadable */
+    uint32_t max_frame;      /* MTU + Ethernet header + one VLAN tag */
     int ifindex;
     uint8_t mac[RTE_ETHER_ADDR_LEN];
     char ifname[IF_NAMESIZE];
@@ -450,6 +454,64 @@ afp_open_tx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
     return 0;
 }
 
+/*
+ * The interface's tx_dropped (IFLA_STATS64 of RTM_GETLINK), or -1 if it
+ * cannot be read (gone). What the kernel drops after taking a frame from
+ * the tx ring shows there and nowhere else: a veth whose peer is down or
+ * whose peer's backlog is full, a frame over the receiver's MTU. A netlink
+ * socket of the calling thread's namespace, not sysfs, whose view is the
+ * namespace it was mounted in. Control thread only.
+ */
+static int64_t
+afp_link_tx_dropped(int ifindex)
+{
+    static uint8_t buf[32768] __rte_aligned(8);
+    struct {
+        struct nlmsghdr nh;
+        struct ifinfomsg ifi;
+    } req;
+    int64_t val = -1;
+    ssize_t n;
+    int fd;
+
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0)
+        return -1;
+    memset(&req, 0, sizeof(req));
+    req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(req.ifi));
+    req.nh.nlmsg_type = RTM_GETLINK;
+    req.nh.nlmsg_flags = NLM_F_REQUEST;
+    req.nh.nlmsg_seq = 1;
+    req.ifi.ifi_family = AF_UNSPEC;
+    req.ifi.ifi_index = ifindex;
+    if (send(fd, &req, req.nh.nlmsg_len, 0) != (ssize_t)req.nh.nlmsg_len) {
+        (void)close(fd);
+        return -1;
+    }
+    n = recv(fd, buf, sizeof(buf), 0);
+    (void)close(fd);
+    for (struct nlmsghdr *nh = (struct nlmsghdr *)buf; n > 0 && NLMSG_OK(nh, (size_t)n);
+         nh = NLMSG_NEXT(nh, n)) {
+        struct ifinfomsg *ifi = NLMSG_DATA(nh);
+        int alen;
+
+        if (nh->nlmsg_type != RTM_NEWLINK || ifi->ifi_index != ifindex)
+            continue;
+        alen = (int)IFLA_PAYLOAD(nh);
+        for (struct rtattr *ra = IFLA_RTA(ifi); RTA_OK(ra, alen); ra = RTA_NEXT(ra, alen)) {
+            if (ra->rta_type == IFLA_STATS64 &&
+                RTA_PAYLOAD(ra) >= offsetof(struct rtnl_link_stats64, tx_dropped) + 8) {
+                uint64_t d;
+
+                memcpy(&d, (uint8_t *)RTA_DATA(ra) + offsetof(struct rtnl_link_stats64, tx_dropped),
+                       sizeof(d));
+                val = (int64_t)(d & INT64_MAX);
+            }
+        }
+    }
+    return val;
+}
+
 int
 dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out)
 {
@@ -540,6 +602,7 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     ret = afp_open_tx(a, frame_size, frame_nr);
     if (ret < 0)
         goto fail;
+    a->tx_dropped_base = afp_link_tx_dropped(a->ifindex);
 
     *out = a;
     return 0;
@@ -593,16 +656,25 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
 {
     struct tpacket_stats ks;
     socklen_t len = sizeof(ks);
+    int64_t txd;
 
     /* the kernel resets its counters on every read: keep the sum */
     if (getsockopt(a->rx.fd, SOL_PACKET, PACKET_STATISTICS, &ks, &len) == 0)
         a->kernel_drops += ks.tp_drops;
+    /* the interface's own transmit drops: the last value read stays once
+     * the interface is gone */
+    if (a->tx_dropped_base >= 0) {
+        txd = afp_link_tx_dropped(a->ifindex);
+        if (txd >= a->tx_dropped_base)
+            a->kernel_tx = (uint64_t)(txd - a->tx_dropped_base);
+    }
     st->oversize = __atomic_load_n(&a->rx.oversize, __ATOMIC_RELAXED);
     st->truncated = __atomic_load_n(&a->rx.truncated, __ATOMIC_RELAXED);
     st->no_mbuf = __atomic_load_n(&a->rx.no_mbuf, __ATOMIC_RELAXED);
     st->kernel = a->kernel_drops;
     st->gso = __atomic_load_n(&a->rx.gso, __ATOMIC_RELAXED);
     st->tx_error = __atomic_load_n(&a->tx.error, __ATOMIC_RELAXED);
+    st->kernel_tx = a->kernel_tx;
 }
 
 int

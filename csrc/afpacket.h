@@ -31,6 +31,7 @@ struct dp_afp_stats {
     uint64_t kernel;    /* the kernel's own ring drops (PACKET_STATISTICS) */
     uint64_t gso;       /* a GSO frame of a kind not carried (not TCP, ...) */
     uint64_t tx_error;  /* a large or GSO frame the kernel refused to send */
+    uint64_t kernel_tx; /* the kernel's drops on transmit (tx_dropped) */
 };
 
 /*

@@ -161,6 +161,7 @@ afp_stats_add(struct dp_afp_stats *sum, const struct dp_afp_stats *st)
     sum->kernel += st->kernel;
     sum->gso += st->gso;
     sum->tx_error += st->tx_error;
+    sum->kernel_tx += st->kernel_tx;
 }
 
 void
@@ -187,6 +188,7 @@ dp_kport_stats_update(void)
     row[DP_DROP_KPORT_KERNEL] = sum.kernel;
     row[DP_DROP_KPORT_GSO] = sum.gso;
     row[DP_DROP_KPORT_TX_ERROR] = sum.tx_error;
+    row[DP_DROP_KPORT_KERNEL_TX] = sum.kernel_tx;
 }
 
 /* a port no worker holds (or ever held): its driver's side, then itself */

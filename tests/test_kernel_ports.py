@@ -541,6 +541,42 @@ def test_oversize_frame_is_counted(topo):
     assert c["drops"].get("kport_oversize", 0) >= 2, c
 
 
+def test_frames_the_kernel_drops_on_transmit_are_counted(topo):
+    """Pod b's interface is down: the kernel takes each frame for it from
+    pb's tx ring and drops it in the veth. Those drops are the interface's
+    own tx_dropped, counted as kport_kernel_tx; the port's tx counter alone
+    would call them sent."""
+    before = topo.counters()
+    sh("ip", "link", "set", "eth0", "down", ns=topo.ns["b"])
+    # a neighbour entry, so that pod a sends unicast ICMP and no ARP
+    sh(
+        "ip",
+        "neigh",
+        "replace",
+        POD_IP["b"],
+        "lladdr",
+        topo.mac["b"],
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+        ns=topo.ns["a"],
+    )
+    r = sh("ping", "-c", "5", "-i", "0.1", "-W", "1", POD_IP["b"], ns=topo.ns["a"], check=False)
+    assert " 100% packet loss" in r.stdout
+    after = topo.counters()
+    sent = after["ports"]["pb"]["tx_packets"] - before["ports"]["pb"]["tx_packets"]
+    lost = after["drops"].get("kport_kernel_tx", 0) - before["drops"].get("kport_kernel_tx", 0)
+    assert sent >= 5, (before, after)
+    assert lost >= 5, (before, after)
+    # b back up: pings pass and the count stops growing
+    sh("ip", "link", "set", "eth0", "up", ns=topo.ns["b"])
+    r = sh("ping", "-c", "3", "-i", "0.2", "-W", "2", POD_IP["b"], ns=topo.ns["a"], check=False)
+    assert r.returncode == 0, r.stdout
+    again = topo.counters()
+    assert again["drops"]["kport_kernel_tx"] == after["drops"]["kport_kernel_tx"], again
+
+
 def test_gso_super_frames_from_a_kernel_vtep_are_cut_and_delivered():
     """A kernel VTEP whose veth keeps UDP-tunnel segmentation on hands the
     uplink whole VXLAN-encapsulated GSO super-frames, longer than a ring
