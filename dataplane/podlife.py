@@ -105,16 +105,12 @@ class PodLife:
     def replay(self):
         """Re-attach the pods the store knows whose interfaces still exist;
         remove the others (half-made, or their namespace died)."""
-        from .podnet import find_plane
-
+        links = {n for _, n in socket.if_nameindex()}
         for pod in self.store.pods(node=self.config.node):
             eps = self.store.endpoints(pod=pod["name"])
             kinds = self._kinds(pod["name"])
-            missing = [
-                e
-                for e in eps
-                if kinds.get(e["plane"], VETH) == VETH and find_plane(e["host_ifname"]) is None
-            ] + self._vfs_missing(pod["name"], eps)
+            missing = self._veths_missing(kinds, eps, links)
+            missing += self._vfs_missing(pod["name"], eps)
             if not os.path.exists(pod["netns"]):  # the pod is gone: memif, vhost-user too
                 missing = eps
             if missing or pod["state"] != "ready":
@@ -196,11 +192,18 @@ class PodLife:
         more, or None. ``names``: the interfaces of this namespace."""
         if not os.path.exists(pod["netns"]):
             return f"namespace {pod['netns']} is gone"
-        kinds = self._kinds(pod["name"])
-        for e in self.store.endpoints(pod=pod["name"]):
-            if kinds.get(e["plane"], VETH) == VETH and e["host_ifname"] not in names:
-                return f"plane {e['plane']}: veth {e['host_ifname']} is gone"
+        eps = self.store.endpoints(pod=pod["name"])
+        for e in self._veths_missing(self._kinds(pod["name"]), eps, names):
+            return f"plane {e['plane']}: veth {e['host_ifname']} is gone"
         return None
+
+    @staticmethod
+    def _veths_missing(kinds, eps, names):
+        """The veth endpoints among ``eps`` (``kinds``: {plane: kind}) whose
+        host end is not among ``names``, the interfaces of this namespace."""
+        return [
+            e for e in eps if kinds.get(e["plane"], VETH) == VETH and e["host_ifname"] not in names
+        ]
 
     def _vfs_missing(self, name, eps):
         """The VF endpoints of pod ``name`` whose device is not in the pod."""
