@@ -21,6 +21,21 @@ from .logs import event, log
 AF_XDP_SPARE_MBUFS = 4095
 
 
+class _Present:
+    """The interfaces of this namespace, each looked up by name when asked:
+    exact, where a listing can miss one (a netlink dump of links that runs
+    while others are added or deleted skips entries on kernels before 6.6),
+    and a pod would be removed for it. Replay and the reaper's final check
+    use it; the reaper's first pass over every pod uses one listing."""
+
+    def __contains__(self, name) -> bool:
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except OSError:
+            return False
+
+
 def add_kernel_port(
     engine, ifname: str, driver: str, role: str = "pod", network: Optional[int] = None
 ) -> int:
@@ -105,7 +120,7 @@ class PodLife:
     def replay(self):
         """Re-attach the pods the store knows whose interfaces still exist;
         remove the others (half-made, or their namespace died)."""
-        links = {n for _, n in socket.if_nameindex()}
+        links = _Present()
         for pod in self.store.pods(node=self.config.node):
             eps = self.store.endpoints(pod=pod["name"])
             kinds = self._kinds(pod["name"])
@@ -178,7 +193,7 @@ class PodLife:
                 now = self.store.pod(pod["name"])
                 if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
                     continue
-                why = self._gone(now, {n for _, n in socket.if_nameindex()})
+                why = self._gone(now, _Present())  # each name looked up: exact
                 if not why:
                     continue
                 self._remove(now["name"], self.store.endpoints(pod=now["name"]))
