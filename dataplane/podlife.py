@@ -300,6 +300,7 @@ class PodLife:
         node = self.config.node
         with self.lock:
             self._check_macs_free(name, ps)  # refused before anything is written
+            self._check_addresses_free(name, ps)
             self.store.put_pod(name, netns, ps.to_dict(), node=node)  # intent first
             try:
                 for p in ps.planes:
@@ -348,6 +349,44 @@ class PodLife:
                 raise
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
         return self.pod_info(name)
+
+    def floating(self, network: str, but: Optional[str] = None) -> Dict[str, str]:
+        """{address: pod} of the IPv4 addresses pods (but ``but``) may also
+        send from on ``network`` (their allowed_addresses), cluster-wide."""
+        out = {}
+        for pod in self.store.pods():
+            spec = pod.get("spec") or {}
+            if pod["name"] == but or not spec.get("allowed_addresses"):
+                continue
+            nets = spec.get("networks") or {}
+            for plane, addrs in spec["allowed_addresses"].items():
+                if nets.get(plane) == network:
+                    out.update({a: pod["name"] for a in addrs if ":" not in a})
+        return out
+
+    def _check_addresses_free(self, name: str, ps):
+        """ConfigError if the spec would let one pod answer for another: an
+        allowed (floating) address that is another pod's own address, or a
+        fixed address that is another pod's floating one. Pods may share a
+        floating address (a VRRP pair does)."""
+        for p in ps.planes:
+            if p.allowed:
+                owners = {
+                    a["ip"]: a["pod"] for a in self.store.allocations(p.network) if a["pod"] != name
+                }
+                for i, addr in enumerate(p.allowed):
+                    if addr in owners:
+                        raise ConfigError(
+                            f"allowed_addresses.{p.plane}[{i}]: {addr} is the address of pod "
+                            f"{owners[addr]} on network {p.network}"
+                        )
+            if p.ip:
+                holder = self.floating(p.network, but=name).get(p.ip)
+                if holder:
+                    raise ConfigError(
+                        f"ips.{p.plane}: {p.ip} is a floating address of pod {holder} on "
+                        f"network {p.network} (its allowed_addresses)"
+                    )
 
     def _check_macs_free(self, name: str, ps):
         """ConfigError if a MAC the spec asks for is another endpoint's (a

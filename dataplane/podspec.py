@@ -235,6 +235,8 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
         ip = ips.get(plane)
         if ip is not None:
             ip = _check_pod_ip(ip, plane, net)
+        for i, a in enumerate(allowed.get(plane, ())):
+            _check_floating(a, f"allowed_addresses.{plane}[{i}]", net, config)
         mac = macs.get(plane)
         if mac is not None:
             mac = check_pod_mac(mac, f"macs.{plane}")
@@ -319,6 +321,23 @@ def _check_pod_ip(ip: str, plane: str, net) -> str:
     if net.gateway and a == ipaddress.IPv4Address(net.gateway):
         raise ConfigError(f"ips.{plane}: {a} is the gateway of network {net.name}")
     return str(a)
+
+
+def _check_floating(addr: str, path: str, net, config: NodeConfig):
+    """An address a plane may also send from is nobody else's by position:
+    not the network's own, broadcast or gateway address, nor the node's
+    VTEP (whose neighbours would be taught the pod's MAC for it)."""
+    a = ipaddress.ip_address(addr)
+    if not isinstance(a, ipaddress.IPv4Address):
+        return
+    subnet = ipaddress.IPv4Network(net.subnet)
+    if a in (subnet.network_address, subnet.broadcast_address):
+        raise ConfigError(f"{path}: {a} is the network or broadcast address of {subnet}")
+    if net.gateway and a == ipaddress.IPv4Address(net.gateway):
+        raise ConfigError(f"{path}: {a} is the gateway of network {net.name}")
+    vtep = config.vtep.ip if config.vtep else None
+    if vtep and a == ipaddress.IPv4Address(vtep):
+        raise ConfigError(f"{path}: {a} is this node's VTEP address")
 
 
 def host_ifname(pod: str, plane: str) -> str:

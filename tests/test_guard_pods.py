@@ -302,3 +302,42 @@ def test_guard_is_replayed_after_a_restart(world):
     send_frames(world.tmp, world.b["ns"], [_arp(2, B_MAC, FLOAT_IP, FLOAT_IP)])
     time.sleep(0.5)
     assert world.pod_drops() == before, world.drops()
+
+
+def test_floating_address_cannot_be_another_pods(world):
+    """allowed_addresses may not name another pod's own address, nor may a
+    pod ask for a fixed address that is another pod's floating one: either
+    would let one pod answer for another. Refused with nothing made; a VRRP
+    pair may share a floating address."""
+    from dataplane.api import APIError
+
+    tag = world.fab.tag
+    with pytest.raises(APIError) as ei:
+        v6_pod(world.fab, 1, "c", SUBNET + "13", "02:00:00:0a:00:13", allowed=[A_IP])
+    assert ei.value.status == 400
+    assert str(ei.value) == (
+        f"allowed_addresses.std[0]: {A_IP} is the address of pod {tag}a on network net1"
+    )
+    with pytest.raises(APIError) as ei:
+        v6_pod(world.fab, 1, "d", FLOAT_IP, "02:00:00:0a:00:14")
+    assert ei.value.status == 400
+    assert str(ei.value) == (
+        f"ips.std: {FLOAT_IP} is a floating address of pod {tag}b on network net1 "
+        "(its allowed_addresses)"
+    )
+    pods = world.node.api("GET", "/v1/pods")
+    assert {p["name"] for p in pods} == {world.a["name"], world.b["name"]}
+    assert FLOAT_IP not in {pl["ip"] for p in pods for pl in p["planes"]}
+    # the second member of b's pair announces the shared address too
+    e = v6_pod(world.fab, 1, "e", SUBNET + "15", "02:00:00:0a:00:15", allowed=[FLOAT_IP])
+    try:
+        before = world.pod_drops()
+        send_frames(
+            world.tmp,
+            e["ns"],
+            [_arp(2, "02:00:00:0a:00:15", FLOAT_IP, FLOAT_IP, src="02:00:00:0a:00:15")],
+        )
+        time.sleep(0.5)
+        assert world.pod_drops() == before, world.drops()
+    finally:
+        world.node.api("DELETE", "/v1/pods", {"name": e["name"]})

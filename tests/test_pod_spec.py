@@ -218,6 +218,23 @@ def test_other_invalid_json():
             r"^macs\.media: 02:00:00:00:00:01 is the MAC of plane std already",
         ),
         ({"extra": 1}, r"^pod spec: unknown key 'extra'"),
+        # a floating address must not be one that belongs to someone by position
+        (
+            {"allowed_addresses": {"std": ["192.168.10.50", "192.168.10.1"]}},
+            r"^allowed_addresses\.std\[1\]: 192\.168\.10\.1 is the gateway of network net1",
+        ),
+        (
+            {"allowed_addresses": {"std": ["192.168.10.255"]}},
+            r"^allowed_addresses\.std\[0\]: .*network or broadcast address of 192\.168\.10\.0/24",
+        ),
+        (
+            {"allowed_addresses": {"control": ["192.168.20.0"]}},
+            r"^allowed_addresses\.control\[0\]: .*network or broadcast",
+        ),
+        (
+            {"allowed_addresses": {"std": ["10.0.0.1"]}},
+            r"^allowed_addresses\.std\[0\]: 10\.0\.0\.1 is this node's VTEP address",
+        ),
     ],
 )
 def test_bad_ct_specs(changes, pattern):
@@ -267,3 +284,12 @@ def test_planes_on_overlapping_subnets_are_refused():
     )
     both["networks"]["oam"] = "net6"
     assert [p.network for p in parse_pod_spec(both, cfg).planes] == ["net1", "net6"]
+
+
+def test_floating_addresses_outside_the_subnet_and_ipv6_are_taken():
+    """A floating address needs not be in the plane's subnet (a service
+    address the pod answers for); only the reserved ones are refused."""
+    ps = parse_pod_spec(
+        spec(allowed_addresses={"std": ["192.168.10.50", "172.16.0.9", "fd00::9"]}), CONFIG
+    )
+    assert ps.planes[0].allowed == ("192.168.10.50", "172.16.0.9", "fd00::9")
