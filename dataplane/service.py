@@ -520,8 +520,18 @@ class NodeService:
             event("signal received, stopping", signal=signal.Signals(signum).name)
             self._stop.set()
 
+        def _hup(signum, frame):
+            if os.getpid() != me:
+                return
+            # what systemd's reload and a closed terminal send: not a stop
+            log.warning(
+                "SIGHUP: the service does not reload its configuration; restart it to "
+                "apply a changed one (running on unchanged)"
+            )
+
         signal.signal(signal.SIGTERM, _sig)
         signal.signal(signal.SIGINT, _sig)
+        signal.signal(signal.SIGHUP, _hup)
         self.start()
         try:
             tick = 0

@@ -302,6 +302,22 @@ def test_restart_replays_state(node):
     assert recv > 0
 
 
+def test_sighup_does_not_stop_the_service(node):
+    """SIGHUP (systemd's reload, a closed terminal) is answered with a log
+    line saying the configuration is not reloaded; the service runs on."""
+    a = node.pod("a", CT_SPEC)
+    node.proc.send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if "does not reload its configuration" in (node.tmp / "service.log").read_text():
+            break
+        time.sleep(0.05)
+    assert "does not reload its configuration" in (node.tmp / "service.log").read_text()
+    assert node.proc.poll() is None
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == [a["name"]]
+    node.stop()
+    assert "node service stopped" in (node.tmp / "service.log").read_text()
+
+
 def test_api_socket_is_private(node):
     assert stat.S_IMODE(os.stat(node.sock).st_mode) == 0o600
 
