@@ -102,7 +102,8 @@ def cmd_run(args):
 
 def cmd_check(args):
     cfg = load_config(args.config)
-    print(f"{args.config}: ok (node {cfg.node}, {len(cfg.networks)} networks, mode {cfg.mode})")
+    n = len(cfg.networks)
+    print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")
     for a in cfg.advice():
         print(f"warning: {a}")
     if cfg.cpu_latency_us is not None:
@@ -177,7 +178,12 @@ def cmd_status(args):
             continue  # a plane no frame crossed, on an unshaped node
 
         def lat(v):
-            return "-" if not pl.get("frames") else (">100ms" if v is None else f"{v}us")
+            """A quantile as its histogram bucket's bound: 20us, 1ms, >100ms."""
+            if not pl.get("frames"):
+                return "-"
+            if v is None:
+                return ">100ms"
+            return f"{v / 1000:g}ms" if v >= 1000 else f"{v:g}us"
 
         line = (
             f"  plane {pl['name']:8s} frames {pl.get('frames', 0)} "
