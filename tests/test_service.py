@@ -332,7 +332,9 @@ def test_status_cli(node):
     b = node.pod("b", IT_SPEC)
     assert ping(a["ns"], ip_of(b)).returncode == 0
     (std,) = [ln for ln in node.cli("status").stdout.splitlines() if ln.startswith("  plane std")]
-    assert re.fullmatch(r"  plane std +frames \d+ latency p50 [\d.]+[mu]s p99 [\d.]+[mu]s", std), std
+    assert re.fullmatch(r"  plane std +frames \d+ latency p50 [\d.]+[mu]s p99 [\d.]+[mu]s", std), (
+        std
+    )
     assert "a  netns=" in node.cli("pod", "list").stdout
 
 
