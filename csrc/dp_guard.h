@@ -112,6 +112,8 @@ ip6_unspecified(const uint8_t *a)
 #define DP_ND_OPT_TLLA 2
 #define DP_GUARD_MAX_EXT 4  /* IPv6 extension headers looked through */
 #define DP_GUARD_MAX_OPTS 8 /* ND options looked at */
+/* hop-by-hop, routing, fragment, destination options */
+#define DP_IP6_EXT(nh) ((nh) == 0 || (nh) == 43 || (nh) == IPPROTO_FRAGMENT || (nh) == 60)
 
 /* IPv6 at off (length of the IPv6 packet: plen + 40, within the frame) */
 static int
@@ -127,20 +129,33 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     if (end > m->pkt_len)
         return DP_DROP_TRUNCATED;
     uint8_t nh = h[6];
+    int frag = 0;
     off += 40;
-    /* hop-by-hop, routing, destination options: ND may sit behind them */
-    for (int i = 0; i < DP_GUARD_MAX_EXT && (nh == 0 || nh == 43 || nh == 60); i++) {
-        uint8_t e[2];
-        const uint8_t *x = guard_read(m, off, 2, e);
-        if (x == NULL || off + 2 > end)
+    /* hop-by-hop, routing, destination options, a fragment header: ND may
+     * sit behind them */
+    for (int i = 0; i < DP_GUARD_MAX_EXT && DP_IP6_EXT(nh); i++) {
+        uint8_t e[4];
+        const uint8_t *x = guard_read(m, off, 4, e);
+        if (x == NULL || off + 4 > end)
             return DP_DROP_TRUNCATED;
-        nh = x[0];
-        off += ((uint32_t)x[1] + 1) * 8;
+        if (nh == IPPROTO_FRAGMENT) {
+            /* a later fragment has no upper-layer header to look at, and
+             * cannot be read as ND without the first (RFC 5722: no
+             * overlaps) */
+            if (((uint16_t)x[2] << 8 | x[3]) & 0xfff8)
+                return DP_GUARD_PASS;
+            frag = 1;
+            nh = x[0];
+            off += 8;
+        } else {
+            nh = x[0];
+            off += ((uint32_t)x[1] + 1) * 8;
+        }
     }
-    if (nh == 0 || nh == 43 || nh == 60)
+    if (DP_IP6_EXT(nh))
         return DP_DROP_SPOOF_ND; /* more extension headers than a pod needs */
     if (nh != IPPROTO_ICMPV6)
-        return DP_GUARD_PASS; /* fragments too: ND in fragments is ignored (RFC 6980) */
+        return DP_GUARD_PASS;
     uint8_t ib[24];
     const uint8_t *ic = guard_read(m, off, 4, ib);
     if (ic == NULL || off + 4 > end)
@@ -148,6 +163,10 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     uint8_t type = ic[0];
     if (type == DP_ND_RA || type == DP_ND_REDIRECT)
         return DP_DROP_SPOOF_ND; /* a pod is no router */
+    if (frag && type >= DP_ND_RS && type <= DP_ND_REDIRECT)
+        return DP_DROP_SPOOF_ND; /* ND in a fragment: hosts must ignore it
+                                  * (RFC 6980), a host that does not could be
+                                  * told anything */
     uint32_t opt;
     if (type == DP_ND_RS) {
         opt = off + 8;

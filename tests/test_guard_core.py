@@ -14,6 +14,7 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
     IPv6,
+    IPv6ExtHdrFragment,
 )
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
@@ -71,6 +72,16 @@ OWN = {
     "nd_na_floating": na(target=VIP6, src=VIP6),
     "vlan_ipv4": Ether(src=A, dst=B) / Dot1Q(vlan=7) / IP(src=A_IP, dst=B_IP) / UDP(),
     "non_ip": Ether(src=A, dst=B, type=0x88B5) / Raw(b"x" * 50),
+    # fragments: a first one is looked into, a later one has nothing to read
+    "ipv6_udp_first_fragment": Ether(src=A, dst=B)
+    / IPv6(src=A_LL, dst="fe80::b")
+    / IPv6ExtHdrFragment(offset=0, m=1, id=7)
+    / UDP()
+    / Raw(b"x" * 64),
+    "ipv6_later_fragment": Ether(src=A, dst=B)
+    / IPv6(src=A_LL, dst="fe80::b")
+    / IPv6ExtHdrFragment(offset=9, m=0, id=7, nh=58)
+    / Raw(b"\x86" + b"x" * 31),
 }
 
 # someone else's: dropped, with the reason
@@ -108,6 +119,22 @@ SPOOFED = {
     "qinq_arp": (
         Ether(src=A, dst=BCAST) / Dot1AD(vlan=5) / Dot1Q(vlan=7) / ARP(hwsrc=A, psrc=B_IP),
         "spoof_arp",
+    ),
+    # ND in a fragment (RFC 6980: hosts must ignore it; some do not)
+    "nd_ra_atomic_fragment": (
+        Ether(src=A, dst="33:33:00:00:00:01")
+        / IPv6(src=A_LL, dst="ff02::1")
+        / IPv6ExtHdrFragment(offset=0, m=0, id=9)
+        / ICMPv6ND_RA(),
+        "spoof_nd",
+    ),
+    "nd_na_first_fragment": (
+        Ether(src=A, dst="33:33:00:00:00:01")
+        / IPv6(src=A_LL, dst="ff02::1")
+        / IPv6ExtHdrFragment(offset=0, m=1, id=10)
+        / ICMPv6ND_NA(tgt=A_LL, R=0, S=0, O=1)
+        / ICMPv6NDOptDstLLAddr(lladdr=A),
+        "spoof_nd",
     ),
     "runt": (Ether(src=A, dst=B, type=0x0800) / Raw(b"\x45\x00"), "truncated"),
     "short_ethernet": (bytes(Ether(src=A, dst=B))[:10], "truncated"),
