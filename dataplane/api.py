@@ -44,6 +44,10 @@ REQUEST_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 10.0
 #: connections served at once; more are answered 503 at once
 MAX_CONNECTIONS = 16
+#: connections waiting to be accepted (the listen backlog)
+LISTEN_BACKLOG = 128
+#: how long the CLI retries a call the service answers busy (503)
+BUSY_RETRY_S = 30.0
 #: query parameters one request may give
 MAX_QUERY_FIELDS = 8
 
@@ -119,6 +123,10 @@ class _DeadlineReader(io.RawIOBase):
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
+    # connections the kernel holds until they are accepted: a burst of
+    # clients (a node starting many pods) is answered, if only with a 503,
+    # instead of failing to connect (EAGAIN past socketserver's default of 5)
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, path, handler, max_connections: int):
         self.slots = threading.BoundedSemaphore(max_connections)
@@ -154,6 +162,14 @@ def _refuse_busy(sock: socket.socket, limit: int):
     try:
         sock.settimeout(1.0)
         sock.sendall(head.encode() + data)
+        # read what the client sent before closing: a socket closed with
+        # unread data resets the connection, and the client would see that
+        # instead of the answer
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.2)
+        for _ in range(8):
+            if not sock.recv(65536):
+                break
     except OSError:
         pass
 
@@ -367,9 +383,25 @@ class APIError(Exception):
         self.status = status
 
 
-def call(path: str, method: str, endpoint: str, body=None, timeout=60, query=None):
+def call(path: str, method: str, endpoint: str, body=None, timeout=60, query=None, busy_wait=0.0):
     """One API call; returns the decoded JSON or raises APIError. ``query``:
-    parameters added to ``endpoint``, percent-encoded."""
+    parameters added to ``endpoint``, percent-encoded. ``busy_wait``: for
+    that many seconds a busy service (503, or a listen queue full) is asked
+    again, once a second, instead of raising."""
+    until = time.monotonic() + busy_wait
+    while True:
+        try:
+            return _call_once(path, method, endpoint, body, timeout, query)
+        except APIError as e:
+            if e.status != 503 or time.monotonic() >= until:
+                raise
+        except BlockingIOError:
+            if time.monotonic() >= until:
+                raise
+        time.sleep(1.0)
+
+
+def _call_once(path, method, endpoint, body, timeout, query):
     if query:
         endpoint += "?" + urllib.parse.urlencode(query)
     conn = _UnixConnection(path, timeout=timeout)

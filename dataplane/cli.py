@@ -42,10 +42,10 @@ def _socket(args):
 
 
 def _call(args, method, endpoint, body=None, query=None):
-    from .api import APIError, call
+    from .api import BUSY_RETRY_S, APIError, call
 
     try:
-        return call(_socket(args), method, endpoint, body, query=query)
+        return call(_socket(args), method, endpoint, body, query=query, busy_wait=BUSY_RETRY_S)
     except APIError as e:
         raise SystemExit(f"dataplane: {e}")
     except (FileNotFoundError, ConnectionRefusedError):

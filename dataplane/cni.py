@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 #: every version of the specification the plugin speaks, oldest first
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -78,6 +79,10 @@ class ServiceDown(Exception):
     """The node service did not answer."""
 
 
+class ServiceBusy(ServiceDown):
+    """The node service is there but takes no more connections now."""
+
+
 def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFAULT_TIMEOUT_S):
     """One HTTP/1.0 request on the service's unix socket: (status, JSON).
     ServiceDown if the socket is missing, refuses, or times out."""
@@ -91,6 +96,8 @@ def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFA
     try:
         try:
             s.connect(sock_path)
+        except BlockingIOError:  # its listen queue is full: it is there, and busy
+            raise ServiceBusy(f"the node service on {sock_path} is busy (its queue is full)")
         except OSError as e:
             raise ServiceDown(f"the node service does not answer on {sock_path}: {e.strerror or e}")
         try:
@@ -111,21 +118,33 @@ def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFA
         status = int(head.split(b" ", 2)[1])
         obj = json.loads(payload or b"null")
     except (IndexError, ValueError):
+        if not raw:
+            raise ServiceDown(f"the node service on {sock_path} closed without an answer")
         raise ServiceDown(f"the node service on {sock_path} gave an unreadable answer")
     return status, obj
 
 
 def _service(conf, method, endpoint, body=None):
     """The service's answer to one call, or CNIError with its code: 11 when
-    it does not answer; 7 when it refuses the configuration, 3 when the
+    it does not answer, or stays busy (503) until the timeout; 7 when it refuses the configuration, 3 when the
     namespace is gone, 100 for an attachment that exists, 101 otherwise."""
-    try:
-        status, obj = api_call(conf["socket"], method, endpoint, body, conf["timeout"])
-    except ServiceDown as e:
-        raise CNIError(ERR_TRY_AGAIN, "try again later", str(e))
+    until = time.monotonic() + conf["timeout"]
+    while True:
+        try:
+            status, obj = api_call(conf["socket"], method, endpoint, body, conf["timeout"])
+        except ServiceBusy as e:
+            status, obj = 503, {"error": str(e)}
+        except ServiceDown as e:
+            raise CNIError(ERR_TRY_AGAIN, "try again later", str(e))
+        # busy (a node starting many pods at once): asked again while time is left
+        if status != 503 or time.monotonic() + 1.0 >= until:
+            break
+        time.sleep(1.0)
     if status == 200:
         return obj
     msg = (obj or {}).get("error", f"HTTP {status}") if isinstance(obj, dict) else str(obj)
+    if status == 503:
+        raise CNIError(ERR_TRY_AGAIN, "try again later", msg)
     code = {400: ERR_CONFIG, 404: ERR_UNKNOWN_CONTAINER, 409: ERR_EXISTS}.get(status, ERR_SERVICE)
     raise CNIError(code, msg)
 

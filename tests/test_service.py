@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -316,6 +317,44 @@ def test_sighup_does_not_stop_the_service(node):
     assert [p["name"] for p in node.api("GET", "/v1/pods")] == [a["name"]]
     node.stop()
     assert "node service stopped" in (node.tmp / "service.log").read_text()
+
+
+def test_a_burst_of_pod_adds_is_served(node):
+    """More clients at once than the service serves (MAX_CONNECTIONS) and
+    than socketserver's default listen queue: each connects, a busy one is
+    told so (503, not a reset connection) and asks again; every pod is added,
+    each with its own address."""
+    from dataplane.api import MAX_CONNECTIONS, call
+
+    n = MAX_CONNECTIONS + 8
+    names = [f"burst{i}" for i in range(n)]
+    for name in names:
+        sh("ip", "netns", "add", f"dpt{node.tag}{name}")
+        node.netns.append(f"dpt{node.tag}{name}")
+    results, errors = {}, []
+
+    def add(name):
+        body = {
+            "name": name,
+            "netns": f"/var/run/netns/dpt{node.tag}{name}",
+            "spec": json.dumps(IT_SPEC),
+        }
+        try:
+            results[name] = call(node.sock, "POST", "/v1/pods", body, busy_wait=60)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=add, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for info in results.values():
+        node.host_links |= {p["host_ifname"] for p in info["planes"]}
+    assert not errors, errors
+    ips = [ip_of(results[name]) for name in names]
+    assert len(set(ips)) == n, ips
+    assert {p["name"] for p in node.api("GET", "/v1/pods")} == set(names)
 
 
 def test_api_socket_is_private(node):
