@@ -43,6 +43,21 @@ __all__ = ["NodeService", "setup_logging"]
 REAP_EVERY_S = 5
 
 
+#: how long a starting service waits for the lock of one that is exiting
+CLAIM_WAIT_S = 15.0
+
+
+def _exiting(pid: int) -> bool:
+    """Process ``pid`` is gone or on its way out: a zombie, or exiting (a
+    killed service closes its packet sockets for a second or two)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] in "ZXx" or bool(int(fields[6]) & 0x4)  # PF_EXITING
+
+
 class NodeService:
     """One node: ``start()`` opens the store, sets the core up, replays the
     pods, starts forwarding, the cluster sync, the control API and the
@@ -83,6 +98,12 @@ class NodeService:
         # running one forwards for
         self._claim()
         try:
+            # the path is ours by the lock: a socket there is a dead service's
+            # (one still exiting may even accept a connection to it)
+            try:
+                os.unlink(cfg.api_socket)
+            except FileNotFoundError:
+                pass
             if cfg.cpu_latency_us is not None:
                 # next: a node that cannot hold it starts nothing
                 self.cpu_latency = CpuLatencyRequest(cfg.cpu_latency_us)
@@ -281,6 +302,7 @@ class NodeService:
             paths.append(("store.path", cfg.store.path))
         for field, path in paths:
             lock = f"{path}.lock"
+            waited = 0.0
             while True:
                 try:
                     os.makedirs(os.path.dirname(lock) or ".", mode=0o700, exist_ok=True)
@@ -289,10 +311,26 @@ class NodeService:
                     self._release_claims()
                     raise ConfigError(f"{field}: cannot make {lock}: {e.strerror or e}") from None
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    # a POSIX lock, not flock(): a child forked without exec
+                    # (pyroute2's namespace helpers) does not inherit it, so
+                    # it goes with this process, not with the last child
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                     os.close(fd)
+                    if holder.isdigit() and _exiting(int(holder)) and waited < CLAIM_WAIT_S:
+                        # killed, still closing its sockets: the lock is
+                        # free in a second or two
+                        if waited == 0:
+                            log.warning(
+                                "%s: %s is held by pid %s, which is exiting: waiting for it",
+                                field,
+                                path,
+                                holder,
+                            )
+                        time.sleep(0.1)
+                        waited += 0.1
+                        continue
                     self._release_claims()
                     raise DataplaneError(
                         f"{field}: {path} is in use by a running service"

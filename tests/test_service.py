@@ -17,6 +17,8 @@ import uuid
 import pytest
 from nodeparts import MEDIA_NETWORK, free_port, sh, start_prometheus, underlay_node
 
+from dataplane.api import APIError
+
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -610,6 +612,33 @@ def test_a_second_service_of_the_node_touches_nothing(node, tmp_path):
     assert not os.path.exists(f"{node.sock}.lock")
 
 
+def test_a_start_right_after_a_kill_takes_over(node):
+    """A service killed with SIGKILL takes a second or two to close its
+    sockets; a new one started at once (as an impatient operator or a quick
+    restart policy does) waits for the dying one's lock instead of refusing,
+    then replays the pods, which forward again."""
+    a = node.pod("ka", IT_SPEC)
+    b = node.pod("kb", IT_SPEC)
+    old = node.proc
+    old.kill()  # not waited for
+    node.proc = None
+    node.start()  # the old socket is still there: start() returns at once
+    try:
+        for _ in range(300):
+            try:
+                if [p["name"] for p in node.api("GET", "/v1/pods")] == ["ka", "kb"]:
+                    break
+            except (OSError, APIError):
+                pass
+            assert node.proc.poll() is None, (node.tmp / "service.log").read_text()
+            time.sleep(0.1)
+        assert node.proc.poll() is None, (node.tmp / "service.log").read_text()
+        assert ping(a["ns"], ip_of(b), count=3).returncode == 0
+    finally:
+        old.wait(30)
+    assert "in use by a running service" not in (node.tmp / "service.log").read_text()
+
+
 def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
     """What only the start can find out - a busy metrics port, an uplink the
     namespace lacks, a network removed under a pod - is refused with the
@@ -779,3 +808,20 @@ def test_replay_gives_pods_the_networks_mtu_of_the_config(node):
         host_end = json.loads(sh("ip", "-j", "link", "show", p["host_ifname"]).stdout)[0]
         assert (pod_end["mtu"], host_end["mtu"]) == (1350, 1350), p["plane"]
     assert '"replay: plane MTU set"' in (node.tmp / "service.log").read_text()
+
+
+def test_exiting_tells_a_dying_process_from_a_running_one():
+    """What a starting service waits for: a holder of its lock that is gone
+    or a zombie (killed, its files being closed); a live one is refused."""
+    from dataplane.service import _exiting
+
+    assert not _exiting(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(100):  # exited, not reaped: a zombie
+        with open(f"/proc/{child.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    assert _exiting(child.pid)
+    child.wait()
+    assert _exiting(child.pid)  # gone
