@@ -248,19 +248,35 @@ class Attachments:
         return out
 
     def list(self) -> List[dict]:
+        """Every attachment recorded on this node. One whose pod is gone (its
+        namespace went while the service was down, or the service died
+        during its ADD) is listed with state ``gone`` and what its record
+        says, until a DEL or GC forgets it."""
         out = []
         for rec in self.store.attachments(node=self.config.node):
             try:
                 out.append(self.info(rec["name"]))
-            except NotFound:  # its pod went with its namespace; DEL or GC forgets it
-                pass
+            except NotFound:
+                out.append(
+                    {
+                        "name": rec["name"],
+                        **rec,
+                        "state": "gone",
+                        "network": None,
+                        "plane": None,
+                        "ip": None,
+                        "mac": None,
+                        "port": None,
+                    }
+                )
         return out
 
     def ready(self) -> dict:
         """Whether an ADD can be taken now (the core forwards)."""
         if not self.engine_running():
             return {"ready": False, "reason": "the forwarding core is not running"}
-        return {"ready": True, "attachments": len(self.list())}
+        n = sum(1 for a in self.list() if a["state"] != "gone")
+        return {"ready": True, "attachments": n}
 
     # -------------------------------------------------------------- CHECK
     def check(self, body: dict) -> dict:

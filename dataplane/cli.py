@@ -357,6 +357,13 @@ def cmd_attachment(args):
         return 0
     for a in atts:
         pod = "/".join(x for x in (a.get("k8s_namespace"), a.get("k8s_pod")) if x) or "-"
+        if a.get("state") == "gone":
+            print(
+                f"{a['container_id'][:12]:12s} {a['ifname']:10s} "
+                f"{a.get('cni_network') or '-':12s} gone: its pod is not there (DEL or GC "
+                f"forgets it)  {pod}"
+            )
+            continue
         print(
             f"{a['container_id'][:12]:12s} {a['ifname']:10s} {a['cni_network'] or '-':12s} "
             f"{a['network']:8s} {a['plane']:8s} {a['ip'] or '-':15s} {a['mac']} {a['kind']:6s} "

@@ -274,10 +274,16 @@ def test_attachments_survive_a_restart(cnode):
     sh("ip", "link", "del", r2["interfaces"][0]["name"])
     sh("ip", "netns", "del", ns2)
     cnode.start()
-    (a,) = cnode.api("GET", "/v1/attachments")
-    assert a["container_id"] == c1 and a["port"] is not None
+    a, gone = cnode.api("GET", "/v1/attachments")
+    assert a["container_id"] == c1 and a["port"] is not None and a["state"] == "ready"
+    # container 2's record stays, shown as gone, until the runtime's DEL
+    assert gone["container_id"] == c2 and gone["state"] == "gone" and gone["port"] is None
+    line = next(ln for ln in cnode.cli("attachment", "list").stdout.splitlines() if c2[:12] in ln)
+    assert "gone: its pod is not there (DEL or GC forgets it)" in line, line
+    assert cnode.api("GET", "/v1/attachments/ready")["attachments"] == 1
     assert cnode.cni("CHECK", cnode.conf(prevResult=r1), c1, p1)[0] == 0
     assert cnode.cni("DEL", cnode.conf(), c2, None)[0] == 0
+    assert [a["container_id"] for a in cnode.api("GET", "/v1/attachments")] == [c1]
     assert cnode.cni("DEL", cnode.conf(), c1, p1)[0] == 0
     assert cnode.api("GET", "/v1/attachments") == []
 
