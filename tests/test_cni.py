@@ -3,6 +3,7 @@ applies, the error codes, with a real node service (fallback mode) and
 network namespaces as containers. The plugin runs as a runtime runs it: an
 executable in a CNI bin directory, the CNI environment, stdin, stdout."""
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -246,9 +247,14 @@ def test_del_is_idempotent(cnode):
     assert cnode.cni("DEL", cnode.conf(), cid, path) == (0, None, "")
     assert cnode.cni("DEL", cnode.conf(), cid, None)[0] == 0
     assert cnode.cni("DEL", cnode.conf(), "never-added", None)[0] == 0
-    # the address is free again: the next container gets it
+    # the next container (another MAC) gets the next address, not the freed one
     c2, _, p2 = cnode.container()
-    assert addr_of(cnode.cni("ADD", cnode.conf(), c2, p2)[1]) == addr_of(res)
+    ip = addr_of(res).split("/")[0]
+    nxt = addr_of(cnode.cni("ADD", cnode.conf(), c2, p2)[1])
+    assert nxt.split("/")[0] == str(ipaddress.IPv4Address(ip) + 1)
+    # the freed one is free: asked for, it is given
+    c3, _, p3 = cnode.container()
+    assert addr_of(cnode.cni("ADD", cnode.conf(ip=ip), c3, p3)[1]) == addr_of(res)
 
 
 def test_del_without_namespace_after_the_container_died(cnode):

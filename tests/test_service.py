@@ -2,6 +2,7 @@
 pods: real veths, the core's AF_PACKET driver, the control API over its unix
 socket, the CLI, restarts, and /metrics scraped by a real Prometheus."""
 
+import ipaddress
 import json
 import os
 import re
@@ -213,9 +214,15 @@ def test_pod_del_leaves_nothing_behind(node):
     inside = sh("ip", "-n", a["ns"], "-o", "link").stdout
     assert "eth0" not in inside and "control" not in inside
     assert node.api("GET", "/v1/pods") == []
-    # its addresses are free again
-    again = node.pod("a2", CT_SPEC)
-    assert ip_of(again) == ip_of(a)
+    # the next pod (another name, so another MAC) does not get its addresses
+    # at once: it gets the next ones (peers may still have a's MAC for them)
+    nxt = node.pod("a2", CT_SPEC)
+    for plane in ("std", "control"):
+        assert ip_of(nxt, plane) == str(ipaddress.IPv4Address(ip_of(a, plane)) + 1)
+    # but they are free: asked for, they are given
+    ips = {"std": ip_of(a), "control": ip_of(a, "control")}
+    again = node.pod("a3", dict(CT_SPEC, ips=ips))
+    assert (ip_of(again), ip_of(again, "control")) == (ip_of(a), ip_of(a, "control"))
 
 
 def test_bad_specs_are_refused_without_side_effects(node):

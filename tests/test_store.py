@@ -224,6 +224,69 @@ def test_allocate_ip_skips_reserved_and_never_repeats(store):
     assert store.allocate_ip("m", subnet, None, "p0") == "10.1.0.1"
 
 
+def test_a_freed_address_is_given_again_only_after_the_subnet_went_round(store):
+    """Allocation goes on after the last address handed out, so a deleted
+    pod's address does not go at once to a pod with another name (another
+    MAC); at the end of the subnet it goes round to the start."""
+    subnet, gw = "10.1.0.0/29", "10.1.0.1"  # hosts .2 .. .6 (.1 the gateway)
+    got = [store.allocate_ip("n", subnet, gw, f"p{i}") for i in range(3)]
+    assert got == ["10.1.0.2", "10.1.0.3", "10.1.0.4"]
+    assert store.release_ips("p1") == 1  # .3 is free
+    store.put_pod("p0", "/x", SPEC)
+    assert store.delete_pod("p0") is True  # .2 too, with its pod
+    assert store.allocate_ip("n", subnet, gw, "q1") == "10.1.0.5"  # not .3
+    # a fixed address is taken but does not move the position
+    assert store.allocate_ip("n", subnet, gw, "f", fixed="10.1.0.6") == "10.1.0.6"
+    # past the end (.6 taken, .7 broadcast): round to the start, the gateway skipped
+    assert store.allocate_ip("n", subnet, gw, "q2") == "10.1.0.2"
+    assert store.allocate_ip("n", subnet, gw, "q3") == "10.1.0.3"
+    # asking again for a pod gives its address and leaves the position alone
+    assert store.allocate_ip("n", subnet, gw, "q1") == "10.1.0.5"
+    with pytest.raises(ResourceError, match=r"network n: no free address left in 10\.1\.0\.0/29"):
+        store.allocate_ip("n", subnet, gw, "q4")
+    # full, then one freed: that one, whatever the position
+    store.release_ips("q1")
+    assert store.allocate_ip("n", subnet, gw, "q4") == "10.1.0.5"
+    # each network has its own position
+    assert store.allocate_ip("m", subnet, gw, "q1") == "10.1.0.2"
+    # the last address handed out, given back, is the last one given again
+    store.release_ips("q3")  # .3
+    store.release_ips("q4")  # .5, the last handed out
+    assert store.allocate_ip("n", subnet, gw, "q5") == "10.1.0.3"  # after .5: .6 f, round
+    assert store.allocate_ip("n", subnet, gw, "q6") == "10.1.0.5"
+
+
+def test_the_position_survives_reopening_and_is_shared(opener):
+    s = opener()
+    s.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
+    ips = [s.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", f"p{i}") for i in range(3)]
+    assert ips == ["192.168.10.2", "192.168.10.3", "192.168.10.4"]
+    s.release_ips("p1")
+    s.release_ips("p2")
+    s.close()  # a restart
+    s = opener()
+    assert s.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "q1") == "192.168.10.5"
+    # another opener (the CLI; another node on etcd) goes on from the same place
+    other = opener()
+    assert other.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "q2") == "192.168.10.6"
+    assert s.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "q3") == "192.168.10.7"
+    # a network deleted and made again starts from the lowest free address
+    for p in ("p0", "q1", "q2", "q3"):
+        s.release_ips(p)
+    assert s.delete_network("net1") is True
+    s.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
+    assert other.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "r1") == "192.168.10.2"
+
+
+def test_a_position_outside_a_changed_subnet_starts_from_the_lowest(store):
+    assert store.allocate_ip("n", "10.5.0.0/24", None, "a") == "10.5.0.1"
+    assert store.allocate_ip("n", "10.5.0.0/24", None, "b") == "10.5.0.2"
+    store.release_ips("a")
+    store.release_ips("b")
+    assert store.allocate_ip("n", "10.6.0.0/24", None, "c") == "10.6.0.1"
+    assert store.allocate_ip("n", "10.6.0.0/24", None, "d") == "10.6.0.2"
+
+
 def test_allocate_fixed(store):
     s, gw = "192.168.10.0/24", "192.168.10.1"
     assert store.allocate_ip("net1", s, gw, "p1", fixed="192.168.10.7") == "192.168.10.7"
@@ -376,6 +439,26 @@ def test_pods_and_endpoints_of_a_node(store):
         "state",
         "created",
     }
+
+
+def test_a_file_without_positions_starts_from_the_lowest_free(path):
+    """A state file written before the position was kept (no last_ip table)
+    allocates the lowest free address first, then goes on after it."""
+    s = SqliteStore(path)
+    for i in range(4):
+        s.allocate_ip("n", "10.4.0.0/24", None, f"p{i}")  # .1 .. .4
+    s.release_ips("p1")
+    s.release_ips("p3")
+    s.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE last_ip")
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    assert s.allocate_ip("n", "10.4.0.0/24", None, "q1") == "10.4.0.2"  # the lowest free
+    assert s.allocate_ip("n", "10.4.0.0/24", None, "q2") == "10.4.0.4"  # then after it
+    assert s.allocate_ip("n", "10.4.0.0/24", None, "q3") == "10.4.0.5"
+    s.close()
 
 
 def test_old_file_gets_the_node_column(path):

@@ -169,6 +169,7 @@ def test_key_layout(store):
             "hostif/node1/dp0",
             f"alloc/net1/{ip}",
             "podalloc/ns%2Fp1/net1",
+            "lastip/net1",
             f"macs/{mac}",
             "podmacs/ns%2Fp1/std",
             "meta/k",
@@ -179,7 +180,10 @@ def test_key_layout(store):
     assert store.delete_pod("ns") is True
     assert store.endpoints(pod="ns/p1") != []
     assert store.delete_pod("ns/p1") is True
-    assert _raw_keys(store) == ["meta/k", "networks/net1", "vni/100"]
+    # the network's position stays: the next pod goes on after ns/p1's address
+    assert _raw_keys(store) == ["lastip/net1", "meta/k", "networks/net1", "vni/100"]
+    assert store.delete_network("net1") is True
+    assert _raw_keys(store) == ["meta/k"]
 
 
 def test_vni_moves_with_its_network(store):
@@ -259,11 +263,11 @@ def test_a_change_overtaken_forever_is_busy(store, monkeypatch):
 
 
 # ------------------------------------------------------------------- races
-def _alloc_worker(url, prefix, tag, n, barrier, out):
+def _alloc_worker(url, prefix, tag, n, subnet, barrier, out):
     try:
         s = EtcdStore([url], prefix=prefix)
         barrier.wait(60)
-        got = [s.allocate_ip("net1", "10.9.0.0/23", None, f"{tag}{i}") for i in range(n)]
+        got = [s.allocate_ip("net1", subnet, None, f"{tag}{i}") for i in range(n)]
         out.put((tag, got))
     except BaseException as e:  # noqa: BLE001 - reported to the test
         out.put((tag, repr(e)))
@@ -316,11 +320,16 @@ def _run_two(target, *args):
 
 
 def test_two_processes_allocate_without_duplicates(store, server):
-    got = _run_two(_alloc_worker, server.url, store.prefix, 100)
+    got = _run_two(_alloc_worker, server.url, store.prefix, 100, "10.9.0.0/23")
     every = got["a"] + got["b"]
     assert len(every) == 200 and len(set(every)) == 200
     net = ipaddress.IPv4Network("10.9.0.0/23")
     assert all(ipaddress.IPv4Address(a) in net for a in every)
+    # the nodes went on from one shared position, one after the other: the
+    # first 200 addresses, none skipped, each node's in ascending order
+    assert sorted(every, key=ipaddress.IPv4Address) == [str(net[i]) for i in range(1, 201)]
+    for tag in ("a", "b"):
+        assert got[tag] == sorted(got[tag], key=ipaddress.IPv4Address)
     allocs = store.allocations("net1")
     assert len(allocs) == 200
     assert {a["ip"]: a["pod"] for a in allocs} == {
@@ -328,6 +337,46 @@ def test_two_processes_allocate_without_duplicates(store, server):
         **{ip: f"b{i}" for i, ip in enumerate(got["b"])},
     }
     assert "10.9.0.0" not in every and "10.9.1.255" not in every
+
+
+def test_two_processes_go_round_without_reusing_freed_addresses_early(store, server):
+    """Two nodes allocating at once after pods were deleted: distinct
+    addresses, the rest of the subnet first, then (round past its end) the
+    freed ones from the start."""
+    subnet = "10.9.0.0/26"  # hosts .1 .. .62
+    net = ipaddress.IPv4Network(subnet)
+    old = [store.allocate_ip("net1", subnet, None, f"old{i}") for i in range(40)]  # .1 .. .40
+    freed = old[1::2]  # .2 .4 .. .40
+    for i in range(1, 40, 2):
+        store.release_ips(f"old{i}")
+    got = _run_two(_alloc_worker, server.url, store.prefix, 15, subnet)
+    every = got["a"] + got["b"]
+    assert len(set(every)) == 30
+    rest = [str(net[i]) for i in range(41, 63)]  # never used yet: first
+    assert sorted(every, key=ipaddress.IPv4Address) == sorted(
+        rest + freed[:8], key=ipaddress.IPv4Address
+    )
+    assert {a["ip"]: a["pod"] for a in store.allocations("net1")} == {
+        **{ip: f"old{i}" for i, ip in enumerate(old) if i % 2 == 0},
+        **{ip: f"a{i}" for i, ip in enumerate(got["a"])},
+        **{ip: f"b{i}" for i, ip in enumerate(got["b"])},
+    }
+
+
+def test_a_cluster_without_positions_starts_from_the_lowest_free(store):
+    """Addresses allocated before the position was kept (no lastip key): the
+    lowest free first, then on after it."""
+    for i in range(4):
+        store.allocate_ip("net1", SUBNET, None, f"p{i}")  # .1 .. .4
+    store.release_ips("p1")
+    store.release_ips("p3")
+    p = store.prefix.encode()
+    store.client.post("kv/deleterange", {"key": _b64(p + b"/lastip/net1")})
+    assert "lastip/net1" not in _raw_keys(store)
+    assert store.allocate_ip("net1", SUBNET, None, "q1") == "192.168.10.2"  # the lowest free
+    assert store.allocate_ip("net1", SUBNET, None, "q2") == "192.168.10.4"  # then after it
+    assert store.allocate_ip("net1", SUBNET, None, "q3") == "192.168.10.5"
+    assert "lastip/net1" in _raw_keys(store)
 
 
 def test_two_processes_race_for_vnis(store, server):

@@ -192,11 +192,19 @@ class StateStore(abc.ABC):
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded.
 
         Never the network, broadcast or gateway address, never one already
-        given. ``fixed`` asks for that address (ConfigError if it is outside
-        the subnet, reserved or taken). A pod has at most one address per
-        network: asking again returns the one it has (so a retried or
-        replayed pod add gets the same address). ResourceError when the
-        subnet is full."""
+        given. Without ``fixed``, the first free address after the last one
+        handed out on the network (kept in the store, so it survives a
+        restart; in a cluster, shared by the nodes), going round to the
+        start of the subnet after its end: an address a deleted pod gave
+        back is given again only once the rest of the subnet has been used,
+        so peers are not left with the old pod's MAC for it (a new pod's MAC
+        is derived from its name). With nothing handed out yet (or a
+        position outside the subnet) the lowest free one. ``fixed`` asks for
+        that address (ConfigError if it is outside the subnet, reserved or
+        taken) and does not move the position. A pod has at most one
+        address per network: asking again returns the one it has (so a
+        retried or replayed pod add gets the same address). ResourceError
+        when the subnet is full."""
 
     @abc.abstractmethod
     def release_ips(self, pod: str) -> int:

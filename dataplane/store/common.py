@@ -3,6 +3,7 @@ the same things with the same words and hand out the same values."""
 
 import hashlib
 import ipaddress
+from typing import Optional
 
 from ..checks import VNI_MAX, check_vni
 from ..errors import ConfigError, ResourceError
@@ -62,6 +63,31 @@ def ip_request(network, subnet_cidr, gateway, fixed):
             )
             raise ConfigError(f"ips: {want} is the {what} address of network {network}")
     return subnet, reserved, want
+
+
+def next_free(subnet, taken, last: Optional[str]) -> Optional[int]:
+    """The address (an int) a new allocation gets on a network of ``subnet``:
+    the first one not in ``taken`` (ints: allocated or reserved) after
+    ``last``, the last address handed out on the network, going round to the
+    start of the subnet after its end, so that a freed address is given again
+    only once the rest of the subnet has been used. From the start of the
+    subnet (the lowest free one) when there is no ``last`` (nothing handed
+    out yet, or a store written before the position was kept) or it is
+    outside the subnet (the subnet was changed). None when nothing is free."""
+    lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
+    start = lo
+    if last is not None:
+        try:
+            pos = int(ipaddress.IPv4Address(str(last)))
+        except ValueError:
+            pos = None
+        if pos is not None and lo <= pos < hi:
+            start = pos + 1
+    for first, end in ((start, hi + 1), (lo, start)):
+        for cand in range(first, end):
+            if cand not in taken:
+                return cand
+    return None
 
 
 def no_free_address(network, subnet, n_taken) -> ResourceError:

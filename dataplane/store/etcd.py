@@ -19,7 +19,9 @@ serialisable against every other writer, on any node:
   its retry and gets the same ConfigError as with SQLite.
 - ``allocate_ip``, ``allocate_mac`` and ``reserve_mac`` create the address's
   (the MAC's) key only if it is still absent, so that two nodes never get
-  the same one (see :mod:`dataplane.store.etcd_alloc`).
+  the same one; ``allocate_ip`` also compares the network's last handed-out
+  address, so that the cluster goes on from one position (see
+  :mod:`dataplane.store.etcd_alloc`).
 - ``delete_pod`` removes the pod, its endpoints, addresses and MACs in one
   transaction.
 
@@ -51,7 +53,6 @@ etcd no longer has.
 """
 
 import ipaddress
-import itertools
 import json
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -270,6 +271,7 @@ class EtcdStore(StateStore):
             if net is None:
                 return False
             tx.delete(self._k("networks", name))
+            tx.delete(self._k("lastip", name))
             owner = tx.get(self._k("vni", net["vni"]))
             if owner is not None and owner["name"] == name:
                 tx.delete(self._k("vni", net["vni"]))
@@ -518,15 +520,13 @@ class EtcdStore(StateStore):
         fixed: Optional[str] = None,
     ) -> str:
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded
-        (the lowest free one, or ``fixed``); the rules and errors of
+        (the first free one after the last handed out on the network, in the
+        whole cluster, or ``fixed``); the rules and errors of
         :meth:`StateStore.allocate_ip`. Safe when several nodes allocate at
         once (see :func:`dataplane.store.etcd_alloc.take_address`)."""
         subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
-        attempts = itertools.count(1)
         return self.client.atomic(
-            lambda tx: alloc.take_address(
-                tx, self.layout, network, subnet, reserved, want, pod, next(attempts)
-            )
+            lambda tx: alloc.take_address(tx, self.layout, network, subnet, reserved, want, pod)
         )
 
     def release_ips(self, pod: str) -> int:

@@ -2,23 +2,28 @@
 (``EtcdGateway.atomic`` runs them again on fresh reads when another writer
 got there first): addresses, MACs, and the fixed address of a static host.
 
-Two nodes that pick the same free address cannot both get it: the address
-key ``P/alloc/<network>/<ip>`` is created only if it is still absent
+An address is the first free one after the last handed out on its
+network, kept for the cluster in ``P/lastip/<network>`` (a fixed address
+does not move it); see :func:`dataplane.store.common.next_free`. Two nodes
+that pick the same free address cannot both get it: the address key
+``P/alloc/<network>/<ip>`` is created only if it is still absent
 (``create_revision == 0``), together with the pod's
 ``P/podalloc/<pod>/<network>``, so a pod never gets two addresses on one
-network either. The loser reads again and takes one of the lowest free
-addresses at random, so that racing nodes spread out instead of colliding
-again. A MAC, derived or asked for by a pod's spec, is reserved the same
-way (``P/macs/<mac>``), for one (pod, plane) in the whole cluster.
+network either. The position key is read in the transaction too, so its
+commit requires it unchanged: of two nodes allocating on one network at
+once only one commits, whatever addresses they picked, and the other reads
+again and goes on after the winner's address (allocations on one network
+take turns; on different networks they do not meet). A MAC, derived or
+asked for by a pod's spec, is reserved the same way (``P/macs/<mac>``),
+for one (pod, plane) in the whole cluster.
 """
 
 import ipaddress
-import random
 import time
 from typing import Any, Dict, Optional
 
 from ..errors import AlreadyExists, ConfigError, NotFound, ResourceError
-from .common import derive_mac, ip_request, mac_taken, no_free_address
+from .common import derive_mac, ip_request, mac_taken, next_free, no_free_address
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import Txn
 
@@ -34,11 +39,10 @@ def take_address(
     reserved,
     want: Optional[ipaddress.IPv4Address],
     pod: str,
-    attempt: int,
 ) -> str:
-    """The address ``pod`` has on ``network``, or ``want``, or the lowest
-    free one of ``subnet`` not ``reserved`` (``attempt`` > 1: one of the
-    lowest few, at random)."""
+    """The address ``pod`` has on ``network``, or ``want``, or the first
+    free one of ``subnet`` not ``reserved`` after the last one handed out
+    on ``network`` (recorded as the new last one)."""
     pkey = keys.key("podalloc", pod, network)
     mine = tx.get(pkey)
     if mine is not None:
@@ -53,6 +57,10 @@ def take_address(
             raise ConfigError(f"ips: {want} on network {network} is taken by pod {owner['pod']}")
         ip = str(want)
     else:
+        # compared at commit: a node that allocated on the network
+        # meanwhile makes this one read again and go on after its address
+        lkey = keys.key("lastip", network)
+        last = tx.get(lkey)
         taken = set()
         for k, _ in tx.items(keys.key("alloc", network, ""), guard=False, keys_only=True):
             try:
@@ -60,20 +68,13 @@ def take_address(
             except ValueError:  # pragma: no cover - not written by us
                 pass
         taken |= {int(a) for a in reserved}
-        # the lowest free address; after losing a race, one of the
-        # lowest few at random, so that racing nodes spread out
-        spread = 1 if attempt == 1 else min(1 << attempt, 64)
-        free = []
-        lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
-        for cand in range(lo, hi + 1):
-            if cand not in taken:
-                free.append(cand)
-                if len(free) >= spread:
-                    break
-        if not free:
+        cand = next_free(subnet, taken, last["ip"] if last else None)
+        if cand is None:
+            lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
             raise no_free_address(network, subnet, len({t for t in taken if lo <= t <= hi}))
-        ip = str(ipaddress.IPv4Address(random.choice(free)))
+        ip = str(ipaddress.IPv4Address(cand))
         tx.absent(keys.key("alloc", network, ip))
+        tx.put(lkey, {"ip": ip})
     tx.put(
         keys.key("alloc", network, ip),
         {"network": network, "ip": ip, "pod": pod, "created": time.time()},

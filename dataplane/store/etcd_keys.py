@@ -14,6 +14,9 @@ percent-quoted, so that a '/' in a name cannot make two keys meet)::
     P/attachments/<name>              {name, node, created, container_id, ifname, ...}
     P/alloc/<network>/<ip>            {network, ip, pod, created}
     P/podalloc/<pod>/<network>        {ip}                   one address per pod and network
+    P/lastip/<network>                {ip}                   the last address handed out
+                                                             (not a fixed one): the next
+                                                             is looked for after it
     P/macs/<mac>                      {pod, plane}           who has the MAC, cluster-wide
     P/podmacs/<pod>/<plane>           {mac}                  the MAC reserved for the pair
 

@@ -26,6 +26,7 @@ from .common import (
     derive_mac,
     ip_request,
     mac_taken,
+    next_free,
     no_free_address,
 )
 
@@ -80,6 +81,10 @@ CREATE TABLE IF NOT EXISTS allocations (
     UNIQUE (network, pod)
 );
 CREATE INDEX IF NOT EXISTS allocations_pod ON allocations (pod);
+CREATE TABLE IF NOT EXISTS last_ip (             -- where allocation goes on, per network
+    network TEXT PRIMARY KEY,
+    ip      TEXT NOT NULL                        -- the last address handed out (not a fixed one)
+);
 CREATE TABLE IF NOT EXISTS attachments (         -- CNI attachments (dataplane.attach)
     name    TEXT PRIMARY KEY,                    -- the pod that plumbs it
     record  TEXT NOT NULL,                       -- JSON: container ID, ifname, ...
@@ -273,6 +278,7 @@ class SqliteStore(StateStore):
             ).fetchone()[0]
             if n:
                 raise Busy(f"network {name} is in use by pods (endpoints or addresses)")
+            db.execute("DELETE FROM last_ip WHERE network=?", (name,))
             return db.execute("DELETE FROM networks WHERE name=?", (name,)).rowcount > 0
 
     # ---------------------------------------------------------------- pods
@@ -448,14 +454,16 @@ class SqliteStore(StateStore):
                     for r in db.execute("SELECT ip FROM allocations WHERE network=?", (network,))
                 }
                 taken |= {int(a) for a in reserved}
-                ip = None
-                lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
-                for cand in range(lo, hi + 1):
-                    if cand not in taken:
-                        ip = ipaddress.IPv4Address(cand)
-                        break
-                if ip is None:
+                last = db.execute("SELECT ip FROM last_ip WHERE network=?", (network,)).fetchone()
+                cand = next_free(subnet, taken, last[0] if last else None)
+                if cand is None:
                     raise no_free_address(network, subnet, len(taken))
+                ip = ipaddress.IPv4Address(cand)
+                db.execute(
+                    "INSERT INTO last_ip (network, ip) VALUES (?, ?) "
+                    "ON CONFLICT(network) DO UPDATE SET ip=excluded.ip",
+                    (network, str(ip)),
+                )
             db.execute(
                 "INSERT INTO allocations (network, ip, pod, created) VALUES (?, ?, ?, ?)",
                 (network, str(ip), pod, time.time()),
