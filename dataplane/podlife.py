@@ -305,7 +305,9 @@ class PodLife:
             try:
                 for p in ps.planes:
                     n = self.config.network(p.network)
-                    ip = self.store.allocate_ip(n.name, n.subnet, n.gateway, name, fixed=p.ip)
+                    ip = self.store.allocate_ip(
+                        n.name, n.subnet, n.gateway, name, fixed=p.ip, avoid=self.floating(n.name)
+                    )
                     if p.mac:  # reserved for the pair: unique on the node (in the cluster)
                         mac = self.store.reserve_mac(name, p.plane, p.mac)
                     else:

@@ -341,3 +341,26 @@ def test_floating_address_cannot_be_another_pods(world):
         assert world.pod_drops() == before, world.drops()
     finally:
         world.node.api("DELETE", "/v1/pods", {"name": e["name"]})
+    # the allocator does not hand out a floating address: pod f's own next
+    # address would be .2, its floating one; then g's would be
+    made = []
+    try:
+        for name, allowed in (("f", [SUBNET + "2", SUBNET + "3"]), ("g", None)):
+            ns = f"{tag}p{name}"
+            world.fab.namespaces.append(ns)
+            ipv6_netns(ns)
+            spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+            if allowed:
+                spec["allowed_addresses"] = {"std": allowed}
+            body = {
+                "name": f"{tag}{name}",
+                "netns": f"/var/run/netns/{ns}",
+                "spec": json.dumps(spec),
+            }
+            info = world.node.api("POST", "/v1/pods", body)
+            made.append(info["name"])
+            world.node.host_links |= {p["host_ifname"] for p in info["planes"]}
+            assert info["planes"][0]["ip"] not in (SUBNET + "2", SUBNET + "3"), info
+    finally:
+        for name in made:
+            world.node.api("DELETE", "/v1/pods", {"name": name})

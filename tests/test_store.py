@@ -256,6 +256,20 @@ def test_a_freed_address_is_given_again_only_after_the_subnet_went_round(store):
     assert store.allocate_ip("n", subnet, gw, "q6") == "10.1.0.5"
 
 
+def test_avoided_addresses_are_handed_out_only_when_asked_for(store):
+    """``avoid`` (pods' floating addresses) keeps addresses out of dynamic
+    allocation; a fixed request still gets one; addresses outside the
+    subnet, IPv6 ones and junk in the list change nothing."""
+    subnet, gw = "10.2.0.0/29", "10.2.0.1"
+    avoid = ["10.2.0.3", "10.2.0.5", "10.9.9.9", "fd00::1"]
+    got = [store.allocate_ip("n", subnet, gw, f"p{i}", avoid=avoid) for i in range(3)]
+    assert got == ["10.2.0.2", "10.2.0.4", "10.2.0.6"]
+    with pytest.raises(ResourceError, match=r"no free address left"):
+        store.allocate_ip("n", subnet, gw, "p3", avoid=avoid)
+    assert store.allocate_ip("n", subnet, gw, "p3", fixed="10.2.0.3", avoid=avoid) == "10.2.0.3"
+    assert store.allocate_ip("n", subnet, gw, "p4") == "10.2.0.5"  # nothing avoided
+
+
 def test_the_position_survives_reopening_and_is_shared(opener):
     s = opener()
     s.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)

@@ -33,7 +33,7 @@ only then do ``endpoints_snapshot`` and ``watch_endpoints`` work.
 """
 
 import abc
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Protocol, Tuple
 
 from .common import mac_taken
 
@@ -188,8 +188,11 @@ class StateStore(abc.ABC):
         gateway: Optional[str],
         pod: str,
         fixed: Optional[str] = None,
+        avoid: Collection[str] = (),
     ) -> str:
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded.
+        ``avoid``: addresses not to hand out unless asked for by ``fixed``
+        (pods' floating addresses).
 
         Never the network, broadcast or gateway address, never one already
         given. Without ``fixed``, the first free address after the last one

@@ -90,6 +90,20 @@ def next_free(subnet, taken, last: Optional[str]) -> Optional[int]:
     return None
 
 
+def avoided(subnet, avoid) -> set:
+    """The addresses of ``avoid`` (strings) inside ``subnet``, to keep out of
+    dynamic allocation."""
+    out = set()
+    for a in avoid:
+        try:
+            ip = ipaddress.IPv4Address(str(a))
+        except ValueError:
+            continue  # an IPv6 floating address: not the allocator's
+        if ip in subnet:
+            out.add(ip)
+    return out
+
+
 def no_free_address(network, subnet, n_taken) -> ResourceError:
     return ResourceError(
         f"network {network}: no free address left in {subnet} ({n_taken} allocated or reserved)"

@@ -55,13 +55,13 @@ etcd no longer has.
 import ipaddress
 import json
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 from ..checks import check_mac
 from ..errors import AlreadyExists, Busy, ConfigError, NotFound
 from . import etcd_alloc as alloc
 from .base import StateStore
-from .common import check_network, check_state, ip_request
+from .common import avoided, check_network, check_state, ip_request
 from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import (
@@ -518,6 +518,7 @@ class EtcdStore(StateStore):
         gateway: Optional[str],
         pod: str,
         fixed: Optional[str] = None,
+        avoid: Collection[str] = (),
     ) -> str:
         """An address of ``subnet_cidr`` for ``pod`` on ``network``, recorded
         (the first free one after the last handed out on the network, in the
@@ -525,6 +526,7 @@ class EtcdStore(StateStore):
         :meth:`StateStore.allocate_ip`. Safe when several nodes allocate at
         once (see :func:`dataplane.store.etcd_alloc.take_address`)."""
         subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
+        reserved |= avoided(subnet, avoid)
         return self.client.atomic(
             lambda tx: alloc.take_address(tx, self.layout, network, subnet, reserved, want, pod)
         )

@@ -14,13 +14,14 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 from ..checks import VNI_MAX
 from ..errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
 from .base import StateStore
 from .common import (
     STATES,
+    avoided,
     check_network,
     check_state,
     derive_mac,
@@ -426,8 +427,10 @@ class SqliteStore(StateStore):
         gateway: Optional[str],
         pod: str,
         fixed: Optional[str] = None,
+        avoid: Collection[str] = (),
     ) -> str:
         subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
+        reserved |= avoided(subnet, avoid)
         with self._tx() as db:
             mine = db.execute(
                 "SELECT ip FROM allocations WHERE network=? AND pod=?", (network, pod)
