@@ -64,7 +64,9 @@
  */
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -512,6 +514,26 @@ afp_link_tx_dropped(int ifindex)
     return val;
 }
 
+/* afp_open_tx run by a thread: its result and message (dp_fail's message
+ * is the failing thread's own) */
+struct afp_tx_open {
+    struct dp_afp *a;
+    uint32_t frame_size, frame_nr;
+    int ret;
+    char err[256];
+};
+
+static void *
+afp_open_tx_thread(void *arg)
+{
+    struct afp_tx_open *o = arg;
+
+    o->ret = afp_open_tx(o->a, o->frame_size, o->frame_nr);
+    if (o->ret < 0)
+        snprintf(o->err, sizeof(o->err), "%s", dp_last_error());
+    return NULL;
+}
+
 int
 dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct dp_afp **out)
 {
@@ -559,7 +581,11 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
 
     /* MAC address (also rejects non-Ethernet devices: tun, ...) and MTU,
      * which sizes the ring frames */
-    fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    /* a UDP socket for the ioctls: closing a packet socket waits for an
+     * RCU grace period (10-15 ms here), closing this one does not */
+    fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         ret = dp_fail(-errno, "afpacket %s: socket: %m", ifn);
         goto fail;
@@ -596,12 +622,25 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     frame_size = RTE_MAX(AFP_SLOT, rte_align32pow2((uint32_t)AFP_RX_MAC_OFF + a->max_frame));
     frame_nr = RTE_MAX(AFP_FRAMES_MIN, (uint32_t)((uint64_t)frames * AFP_SLOT / frame_size));
 
-    ret = afp_open_rx(a, frame_size, frame_nr);
-    if (ret < 0)
-        goto fail;
-    ret = afp_open_tx(a, frame_size, frame_nr);
-    if (ret < 0)
-        goto fail;
+    /* the tx half in a thread of its own: setting up each ring waits for
+     * an RCU grace period, and the two waits overlap */
+    {
+        struct afp_tx_open txo = {.a = a, .frame_size = frame_size, .frame_nr = frame_nr};
+        pthread_t th;
+        int threaded = pthread_create(&th, NULL, afp_open_tx_thread, &txo) == 0;
+
+        if (!threaded)
+            afp_open_tx_thread(&txo);
+        ret = afp_open_rx(a, frame_size, frame_nr);
+        if (threaded)
+            (void)pthread_join(th, NULL);
+        if (ret < 0)
+            goto fail;
+        if (txo.ret < 0) {
+            ret = dp_fail(txo.ret, "%s", txo.err);
+            goto fail;
+        }
+    }
     a->tx_dropped_base = afp_link_tx_dropped(a->ifindex);
 
     *out = a;
@@ -609,6 +648,37 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
 fail:
     dp_afp_close(a);
     return ret;
+}
+
+/* Close fds[0..n) (-1: none), at once: each packet socket's close waits
+ * for an RCU grace period or two (20-25 ms here), and closes that run side
+ * by side share them. A thread per descriptor but the first; one that
+ * cannot be started closes in line. */
+static void *
+afp_close_fd(void *arg)
+{
+    (void)close((int)(intptr_t)arg);
+    return NULL;
+}
+
+static void
+afp_close_all(const int *fds, unsigned n)
+{
+    pthread_t th[8];
+    int started[8] = {0};
+
+    for (unsigned i = 1; i < n && i < RTE_DIM(th); i++) {
+        if (fds[i] < 0)
+            continue;
+        started[i] = pthread_create(&th[i], NULL, afp_close_fd, (void *)(intptr_t)fds[i]) == 0;
+        if (!started[i])
+            (void)close(fds[i]);
+    }
+    if (n > 0 && fds[0] >= 0)
+        (void)close(fds[0]);
+    for (unsigned i = 1; i < n && i < RTE_DIM(th); i++)
+        if (started[i])
+            (void)pthread_join(th[i], NULL);
 }
 
 void
@@ -622,14 +692,10 @@ dp_afp_close(struct dp_afp *a)
         (void)munmap(a->rx.map, a->rx.map_len);
     if (a->tx.map != NULL)
         (void)munmap(a->tx.map, a->tx.map_len);
-    if (a->rx.fd >= 0)
-        (void)close(a->rx.fd);
-    if (a->tx.fd >= 0)
-        (void)close(a->tx.fd);
-    if (a->tx.gfd >= 0)
-        (void)close(a->tx.gfd);
-    if (a->tx.tfd >= 0)
-        (void)close(a->tx.tfd); /* the tap goes with it */
+    {
+        int fds[] = {a->rx.fd, a->tx.fd, a->tx.gfd, a->tx.tfd}; /* the tap goes with tfd */
+        afp_close_all(fds, RTE_DIM(fds));
+    }
     free(a);
 }
 

@@ -16,5 +16,7 @@
 
 /* record the message fmt, ... and return err (a negative errno) */
 int dp_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3), cold));
+/* The calling thread's last message (also in dataplane.h, for Python). */
+const char *dp_last_error(void);
 
 #endif /* DP_ERROR_H */
