@@ -9,6 +9,7 @@
  * was.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -416,15 +417,50 @@ dp_port_del(int idx)
     return 0;
 }
 
-/* every port, at teardown: the workers are stopped, nothing holds them */
+static void *
+afp_close_thread(void *arg)
+{
+    dp_afp_close(arg);
+    return NULL;
+}
+
+/* every port, at teardown: the workers are stopped, nothing holds them.
+ * Kernel ports close side by side, a thread each (up to AFP_CLOSERS at
+ * once): each close waits for RCU grace periods, which closes running
+ * together share, so a node with many pods stops in a fraction of the time
+ * (and a restart forwards again sooner). */
+#define AFP_CLOSERS 64
 void
 dp_ports_free_all(void)
 {
+    pthread_t th[AFP_CLOSERS];
+    int nth = 0;
+
     for (int i = 0; i < DP_MAX_PORTS; i++) {
         struct dp_port *p = atomic_exchange(&dp.ports[i], NULL);
-        if (p)
+        if (!p)
+            continue;
+        if (p->driver != DP_DRV_AFPACKET) {
             port_release(p);
+            continue;
+        }
+        struct dp_afp_stats st;
+        struct dp_afp *a = p->afp;
+
+        dp_afp_stats(a, &st);
+        afp_stats_add(&afp_gone, &st);
+        port_free(p);
+        if (nth == AFP_CLOSERS) {
+            while (nth > 0)
+                (void)pthread_join(th[--nth], NULL);
+        }
+        if (pthread_create(&th[nth], NULL, afp_close_thread, a) == 0)
+            nth++;
+        else
+            dp_afp_close(a);
     }
+    while (nth > 0)
+        (void)pthread_join(th[--nth], NULL);
 }
 
 int
