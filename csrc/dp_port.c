@@ -1,7 +1,8 @@
 /*
  * dp_port.c - ports: DPDK devices (ethdev), ring ports (tests and tools) and
  * native AF_PACKET ports, added and removed; a pod port moved to another
- * network. A port is published whole, then its queues are dealt to the
+ * network; an AF_PACKET port reopened on a device re-created under its
+ * name. A port is published whole, then its queues are dealt to the
  * workers (dp_poll.c).
  *
  * Every change allocates all it needs first; a failure then undoes what was
