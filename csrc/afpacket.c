@@ -706,6 +706,12 @@ dp_afp_mac(const struct dp_afp *a, uint8_t mac[6])
 }
 
 int
+dp_afp_ifindex(const struct dp_afp *a)
+{
+    return a->ifindex;
+}
+
+int
 dp_afp_rx_fd(const struct dp_afp *a)
 {
     return a->rx.fd;

@@ -110,6 +110,9 @@ void dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st);
 /* Largest frame (Ethernet header included) the port carries. */
 uint32_t dp_afp_max_frame(const struct dp_afp *a);
 void dp_afp_mac(const struct dp_afp *a, uint8_t mac[6]);
+/* The index of the interface the port opened (the device it reads and
+ * writes, whatever holds its name now). */
+int dp_afp_ifindex(const struct dp_afp *a);
 /* The rx socket, readable (poll) when a frame waits in the ring: what an
  * idle worker sleeps on. */
 int dp_afp_rx_fd(const struct dp_afp *a);

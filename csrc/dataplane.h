@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 17
+#define DP_ABI_VERSION 18
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -181,6 +181,13 @@ int dp_port_tunnel_tap(int port, const char *tap);
  * (on: the tap open and redirected) instead of being cut before
  * encapsulation */
 int dp_port_set_tunnel_gso(int port, int on);
+/* AF_PACKET port `port` reopened on the interface of its name as that is
+ * now (a device deleted and created again: a new ifindex): its index,
+ * role, worker, shaper and counters stay, the old device's drops stay in
+ * the kport_* totals; the port takes the new device's MAC, and its UDP GSO
+ * batches, tunnel tap and tunnel GSO start off, as on a new port. The new
+ * device's ifindex; on failure nothing changed. */
+int dp_port_afpacket_reopen(int port, unsigned frames);
 /* kernel (AF_PACKET) ports' drops, the kernel's own ring drops included,
  * written into the control thread's row of the drop counters (kport_*);
  * called before the counters are read */
@@ -220,6 +227,11 @@ int dp_fdb_list(int net, uint32_t *pos, struct dp_fdb_entry *out, int cap);
 int dp_vtep_set(const struct dp_vtep_conf *conf);
 int dp_neigh_set(uint32_t ip, const uint8_t *mac);
 int dp_neigh_get(uint32_t ip, uint8_t *mac);
+/* every next hop learned by ARP asked again now (the uplink is on a new
+ * device); each keeps its MAC until it answers, and is forgotten, as a
+ * stale one is, when it does not; those set by dp_neigh_set stay. How many
+ * were asked. */
+int dp_neigh_refresh(void);
 int dp_housekeeping(void);
 
 /* planes and queues */

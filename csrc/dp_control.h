@@ -3,7 +3,7 @@
  * (main lcore) thread only; the pipeline never includes this header.
  *
  *   dp_eal.c       EAL, shared tables and rings, workers start/stop, teardown
- *   dp_port.c      ports: ethdev, ring and AF_PACKET ports added and removed
+ *   dp_port.c      ports: ethdev, ring and AF_PACKET ports added, removed, reopened
  *   dp_poll.c      which worker polls which (port, rx queue): the poll lists
  *   dp_net.c       networks: VNI, local ports, flood list
  *   dp_fdb.c       forwarding database

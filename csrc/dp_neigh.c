@@ -288,6 +288,34 @@ neigh_age(uint64_t now, uint64_t retry)
     }
 }
 
+int
+dp_neigh_refresh(void)
+{
+    if (!dp_setup_done)
+        return dp_fail(-EINVAL, "dp_setup not done");
+    if (!dp_vconf_set || dp_vconf.static_nh || dp_vconf.uplink < 0)
+        return 0;
+    uint64_t now = rte_get_tsc_cycles();
+    uint64_t back = RTE_MAX(ms_tsc(reachable_tsc_ms), ms_tsc(DP_NEIGH_LOCK_MS));
+    int n = 0;
+    for (int i = 0; i < DP_MAX_NEIGH; i++) {
+        struct dp_neigh *e = &neigh[i];
+        if (e->state == NEIGH_INCOMPLETE)
+            e->asked = 0; /* asked by the next housekeeping */
+        if (e->state != NEIGH_VALID)
+            continue;
+        /* stale from now on, its first probe sent: an answer with another
+         * MAC is taken at once (no lock time), and neigh_age probes again
+         * and forgets it as it does any stale entry */
+        e->updated = now > back ? now - back : 0;
+        e->probes = 1;
+        e->asked = now;
+        arp_request(e->ip);
+        n++;
+    }
+    return n;
+}
+
 /*
  * Periodic control work, called by the control thread every few ms:
  * neighbours and learned MACs reported by workers, ARP requests for next

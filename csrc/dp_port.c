@@ -1,7 +1,8 @@
 /*
  * dp_port.c - ports: DPDK devices (ethdev), ring ports (tests and tools) and
  * native AF_PACKET ports, added and removed; a pod port moved to another
- * network. A port is published whole, then its queues are dealt to the
+ * network; an AF_PACKET port reopened on a device re-created under its
+ * name. A port is published whole, then its queues are dealt to the
  * workers (dp_poll.c).
  *
  * Every change allocates all it needs first; a failure then undoes what was
@@ -152,6 +153,9 @@ port_free(struct dp_port *p)
 
 /* drops of kernel ports already closed (control thread only) */
 static struct dp_afp_stats afp_gone;
+/* per port: tunnel GSO frames sent by the devices an AF_PACKET port had
+ * before it was reopened on a new one (control thread only) */
+static uint64_t tnl_frames_gone[DP_MAX_PORTS];
 
 static void
 afp_stats_add(struct dp_afp_stats *sum, const struct dp_afp_stats *st)
@@ -230,6 +234,7 @@ port_publish(int idx, struct dp_port *p)
         memset(dp.ctr->port[w][idx], 0, sizeof(dp.ctr->port[w][idx]));
         memset(dp.ctr->qos[w][idx], 0, sizeof(dp.ctr->qos[w][idx]));
     }
+    tnl_frames_gone[idx] = 0;
     atomic_store(&dp.ports[idx], p);
     if (nn)
         dp_net_publish(p->net, nn);
@@ -485,7 +490,7 @@ dp_port_info(int idx, struct dp_port_info *out)
     if (p->driver == DP_DRV_AFPACKET) {
         out->tunnel_gso =
             __atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED) && dp_afp_tunnel_ok(p->afp);
-        out->tunnel_gso_frames = dp_afp_tunneled(p->afp);
+        out->tunnel_gso_frames = tnl_frames_gone[idx] + dp_afp_tunneled(p->afp);
     }
     out->shm = p->shm;
     out->shm_set_aside = p->shm && atomic_load(&dp_shm_faulted[idx]);
@@ -545,6 +550,39 @@ dp_port_set_tunnel_gso(int idx, int on)
         return dp_fail(-EINVAL, "port %d (%s) has no tunnel tap", idx, p->name);
     __atomic_store_n(&p->tnl_gso, on != 0, __ATOMIC_RELEASE);
     return 0;
+}
+
+int
+dp_port_afpacket_reopen(int idx, unsigned frames)
+{
+    int ret;
+    struct dp_port *p = afp_port_get(idx, &ret);
+    if (!p)
+        return ret;
+    /* a copy of the port on a new driver state: everything made before
+     * anything is published */
+    struct dp_port *np = rte_zmalloc("dp_port", sizeof(*np), RTE_CACHE_LINE_SIZE);
+    if (!np)
+        return dp_fail(-ENOMEM, "out of memory");
+    *np = *p;
+    np->afp = NULL;
+    ret = dp_afp_open(p->name, frames, dp.pool, &np->afp);
+    if (ret != 0) {
+        rte_free(np);
+        return ret;
+    }
+    dp_afp_mac(np->afp, np->mac);
+    np->tnl_gso = 0; /* the new device has no tunnel tap yet */
+    atomic_store(&dp.ports[idx], np);
+    dp_sync(); /* no worker holds p, nor the old device's sockets, now */
+    /* the old device's drops and tunnel frames stay in the totals */
+    struct dp_afp_stats st;
+    dp_afp_stats(p->afp, &st);
+    afp_stats_add(&afp_gone, &st);
+    tnl_frames_gone[idx] += dp_afp_tunneled(p->afp);
+    dp_afp_close(p->afp); /* its tunnel tap goes with it */
+    rte_free(p);          /* the lock and the shaper's queues moved to np */
+    return dp_afp_ifindex(np->afp);
 }
 
 int

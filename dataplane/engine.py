@@ -50,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 17
+ABI_VERSION = 18
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -484,6 +484,14 @@ class _Tables:
     def set_neighbor(self, ip: str, mac):
         self._call(f"setting neighbour {ip}", lib.dp_neigh_set, parse_ipv4(ip), parse_mac(mac))
 
+    def refresh_neighbors(self) -> int:
+        """Every underlay next hop learned by ARP asked again now (after the
+        uplink moved to a new device: the next hops may have new MACs, and
+        they learn the VTEP's from the request); each keeps its MAC until it
+        answers and is forgotten when it does not. Neighbours set with
+        :meth:`set_neighbor` stay. How many were asked."""
+        return self._call("asking the underlay neighbours again", lib.dp_neigh_refresh)
+
     def neighbor(self, ip: str) -> Optional[str]:
         out = ffi.new("uint8_t[6]")
         with self._lock:
@@ -874,6 +882,21 @@ class Engine(_Tables, _Planes, _Guards):
             r,
             self._net(network),
             frames,
+        )
+
+    def reopen_afpacket_port(self, port: int, frames: int = 2048) -> int:
+        """AF_PACKET port ``port`` reopened on the interface of its name as
+        that is now: a device deleted and created again under the name (a
+        new ifindex) is read and written from then on, in one step while the
+        workers forward. The port keeps its index, role, worker, shaper and
+        counters, and the old device's drops stay in the ``kport_*`` totals;
+        it takes the new device's MAC, and its UDP GSO batches, tunnel tap
+        and tunnel GSO start off, as on a new port (set them up again).
+        ``frames`` as for :meth:`add_afpacket_port`. Returns the new
+        device's ifindex; on failure nothing changed."""
+        check_pow2(frames, "frames", 64)
+        return self._call(
+            f"reopening AF_PACKET port {port}", lib.dp_port_afpacket_reopen, port, frames
         )
 
     def set_udp_gso(self, port: int, on: bool = True):

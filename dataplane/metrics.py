@@ -139,8 +139,8 @@ class CoreCollector:
         if snap.uplink_up is not None:
             yield GaugeMetricFamily(
                 "dataplane_uplink_up",
-                "1 while the kernel uplink carries frames; 0 while it is gone, re-created "
-                "(the core holds the old device), down, or its MTU is below the underlay's",
+                "1 while the kernel uplink carries frames; 0 while it is gone, down, its MTU "
+                "is below the underlay's, or it was re-created and is not attached yet",
                 value=1 if snap.uplink_up else 0,
             )
         yield GaugeMetricFamily(

@@ -87,6 +87,7 @@ class NodeService:
         self._reap_error = None  # the last error of the reaping rounds
         self.uplink_ifindex = None  # a kernel uplink's, when it was attached
         self.uplink_problem = None  # why the uplink cannot carry frames now
+        self.vtep_mac = None  # the VTEP's MAC in the core
 
     # -------------------------------------------------------------- start
     def start(self):
@@ -203,6 +204,40 @@ class NodeService:
         eng.set_tunnel_gso(self.uplink)
         event("uplink tunnel GSO on", uplink=ifname, tap=tap)
 
+    def _uplink_gso(self, ifname: str):
+        """What an AF_PACKET uplink sends in GSO frames, as the device
+        allows: VXLAN frames in UDP GSO batches, cut before a virtual device
+        (veth) as a NIC cuts them (never batches a veth would carry whole),
+        and super-frames whole through the tunnel tap (``vtep.tunnel_gso``)."""
+        eng = self.engine
+        try:
+            if uplink_wire_sized(ifname):
+                event("uplink tx-udp-segmentation off", uplink=ifname)
+            eng.set_udp_gso(self.uplink)
+        except OSError as e:
+            log.warning(
+                "uplink %s: tx-udp-segmentation stays on (%s): no UDP GSO batches",
+                ifname,
+                e.strerror or e,
+            )
+        if self.config.vtep.tunnel_gso:
+            self._tunnel_gso(ifname)
+
+    def _set_vtep(self, mac: str):
+        """The core's VTEP as the config has it, on the uplink, with ``mac``."""
+        v = self.config.vtep
+        self.engine.set_vtep(
+            v.address,
+            mac,
+            self.uplink,
+            udp_port=v.udp_port,
+            underlay_mtu=v.underlay_mtu,
+            gateway=v.gateway,
+            next_hop_mac=v.next_hop_mac,
+            learning=v.learning,
+        )
+        self.vtep_mac = mac
+
     def _setup_core(self):
         """The uplink, planes, networks, VTEP and static flood lists of the config."""
         cfg, eng = self.config, self.engine
@@ -220,21 +255,7 @@ class NodeService:
                 ) from None
             self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
             if v.uplink_driver == "afpacket":
-                # VXLAN frames in UDP GSO batches, cut before a virtual
-                # device (veth) as a NIC cuts them; never batches a veth
-                # would carry whole
-                try:
-                    if uplink_wire_sized(v.uplink_ifname):
-                        event("uplink tx-udp-segmentation off", uplink=v.uplink_ifname)
-                    eng.set_udp_gso(self.uplink)
-                except OSError as e:
-                    log.warning(
-                        "uplink %s: tx-udp-segmentation stays on (%s): no UDP GSO batches",
-                        v.uplink_ifname,
-                        e.strerror or e,
-                    )
-                if v.tunnel_gso:
-                    self._tunnel_gso(v.uplink_ifname)
+                self._uplink_gso(v.uplink_ifname)
         mac = v.mac or eng.port_info(self.uplink).mac
         for pl in cfg.planes.values():
             eng.set_plane(
@@ -253,16 +274,7 @@ class NodeService:
             eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
         for i, n in enumerate(cfg.networks):
             eng.add_network(i, vni=n.vni, plane=cfg.plane_id(n.plane))
-        eng.set_vtep(
-            v.address,
-            mac,
-            self.uplink,
-            udp_port=v.udp_port,
-            underlay_mtu=v.underlay_mtu,
-            gateway=v.gateway,
-            next_hop_mac=v.next_hop_mac,
-            learning=v.learning,
-        )
+        self._set_vtep(mac)
         if v.learning:
             d = v.duplicate_macs
             eng.set_duplicate_macs(d.moves, d.window_s, d.freeze_s)
@@ -583,36 +595,21 @@ class NodeService:
 
     def check_uplink(self) -> Optional[str]:
         """What keeps a kernel uplink from carrying frames now, or None:
-        gone, re-created (the core still holds the old device), down, or an
-        MTU below the underlay's. Logged when it changes; shown by status and
-        ``dataplane_uplink_up``."""
+        gone, down or without carrier, or an MTU below the underlay's. One
+        deleted and created again under its name (a new ifindex) is attached
+        again here (:meth:`_reattach_uplink`); until it can be, that is the
+        problem, and the next look tries again. Logged when it changes;
+        shown by status and ``dataplane_uplink_up``."""
         v = self.config.vtep
         if self.uplink_ifindex is None:
             return None  # a DPDK uplink: its PMD owns the device
         name = v.uplink_ifname
         st = link_state(name)
-        if st is None:
-            problem = (
-                f"{name} is gone: nothing reaches the underlay; re-create it, then restart "
-                "the service to attach it"
-            )
-        elif st[0] != self.uplink_ifindex:
-            problem = (
-                f"{name} was re-created (ifindex {self.uplink_ifindex} -> {st[0]}): the core "
-                "still holds the old device; restart the service to attach the new one"
-            )
-        elif not (st[1] and st[2]):
-            problem = (
-                f"{name} is {'down' if not st[1] else 'without carrier'}: frames to the "
-                "underlay wait in its tx ring until it comes back"
-            )
-        elif st[3] < v.underlay_mtu:
-            problem = (
-                f"{name} has MTU {st[3]}, below vtep.underlay_mtu {v.underlay_mtu}: full-size "
-                "pod frames are dropped by the device after encapsulation"
-            )
-        else:
-            problem = None
+        problem = None
+        if st is not None and st[0] != self.uplink_ifindex:
+            problem = self._reattach_uplink(st)  # None once attached: then as any
+        if problem is None:
+            problem = self._link_problem(st)
         if problem != self.uplink_problem:
             if problem:
                 log.error("uplink: %s", problem)
@@ -620,6 +617,82 @@ class NodeService:
                 event("uplink carries frames again", uplink=name)
         self.uplink_problem = problem
         return problem
+
+    def _link_problem(self, st) -> Optional[str]:
+        """What keeps the attached uplink (``st``: its ``link_state``, None
+        if gone) from carrying frames, or None."""
+        v = self.config.vtep
+        name = v.uplink_ifname
+        if st is None:
+            return f"{name} is gone: nothing reaches the underlay; " + (
+                "it is attached again once it is back and up"
+                if v.uplink_driver == "afpacket"
+                else "re-create it, then restart the service to attach it"
+            )
+        if not (st[1] and st[2]):
+            return (
+                f"{name} is {'down' if not st[1] else 'without carrier'}: frames to the "
+                "underlay wait in its tx ring until it comes back"
+            )
+        if st[3] < v.underlay_mtu:
+            return (
+                f"{name} has MTU {st[3]}, below vtep.underlay_mtu {v.underlay_mtu}: full-size "
+                "pod frames are dropped by the device after encapsulation"
+            )
+        return None
+
+    def _reattach_uplink(self, st) -> Optional[str]:
+        """The kernel uplink deleted and created again under its name (a
+        bond, VLAN or veth rebuilt, a driver reloaded; ``st``: its
+        ``link_state``, with another ifindex than the core's): the core's
+        port is moved to the new device as the start attached the first -
+        UDP GSO batches, the tunnel tap, the VTEP's MAC if it is the
+        device's - and the underlay next hops are asked again, which also
+        tells them a new MAC. The port keeps its index, shaper and counters.
+        Done once the device is up with at least the underlay's MTU (a
+        network manager that builds one sets it up last, and the port's
+        rings are sized from the MTU it has then). None when done, else why
+        not yet."""
+        v = self.config.vtep
+        name, old = v.uplink_ifname, self.uplink_ifindex
+        new, up, _, mtu = st
+        was = f"{name} was re-created (ifindex {old} -> {new})"
+        if v.uplink_driver != "afpacket":
+            return (
+                f"{was}: the core still holds the old device (a vtep.uplink_driver "
+                f"{v.uplink_driver} uplink is not moved while the service runs); restart the "
+                "service to attach the new one"
+            )
+        if not up:
+            return f"{was} and is down: it is attached once it is up"
+        if mtu < v.underlay_mtu:
+            return (
+                f"{was} with MTU {mtu}, below vtep.underlay_mtu {v.underlay_mtu}: it is "
+                "attached once its MTU is at least that"
+            )
+        t0 = time.monotonic()
+        try:
+            with self.lock:
+                eng = self.engine
+                ifindex = eng.reopen_afpacket_port(self.uplink)
+                self._uplink_gso(name)
+                mac = v.mac or eng.port_info(self.uplink).mac
+                if mac != self.vtep_mac:
+                    self._set_vtep(mac)
+                asked = eng.refresh_neighbors()
+        except Exception as e:  # noqa: BLE001 - the service goes on; the next look tries again
+            return f"{was}, but attaching it failed: {e}; tried again every second"
+        self.uplink_ifindex = ifindex
+        event(
+            "uplink re-attached",
+            uplink=name,
+            old_ifindex=old,
+            new_ifindex=ifindex,
+            vtep_mac=mac,
+            next_hops_asked=asked,
+            ms=round((time.monotonic() - t0) * 1000, 1),
+        )
+        return None
 
     def _reap(self):
         """Pods whose namespace or veths went away while the service ran are

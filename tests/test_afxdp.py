@@ -1,13 +1,15 @@
 """The node service with ``kernel_driver: af_xdp`` (and ``vtep.uplink_driver:
 af_xdp``): pod veths and the kernel uplink through DPDK's ``net_af_xdp`` on
 real veths in namespaces the tests make; ping, TCP and UDP between pods; a
-restart; the mbuf pool's limit; the config's refusals."""
+restart; an af_xdp uplink re-created (left to a restart); the mbuf pool's
+limit; the config's refusals."""
 
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -183,6 +185,27 @@ def _check(tmp_path, text):
     assert r.returncode != 0
     assert not (tmp_path / "api.sock").exists() and not (tmp_path / "st").exists()
     return r.stderr
+
+
+def test_a_re_created_af_xdp_uplink_is_left_to_a_restart(node_xdp_uplink):
+    """An af_xdp uplink (DPDK's net_af_xdp holds the device) deleted and
+    created again is not moved while the service runs, as an AF_PACKET
+    one is: status says so, and what to do."""
+    node, peer = node_xdp_uplink, f"dpu{node_xdp_uplink.tag}b"
+    sh("ip", "link", "del", node.uplink)
+    sh("ip", "link", "add", node.uplink, "type", "veth", "peer", "name", peer)
+    for dev in (node.uplink, peer):
+        sh("ip", "link", "set", dev, "up")
+    for _ in range(200):  # the service looks once a second
+        p = node.api("GET", "/v1/status")["uplink_problem"]
+        if p and "was re-created" in p:
+            break
+        time.sleep(0.05)
+    assert p and p.endswith(
+        "the core still holds the old device (a vtep.uplink_driver af_xdp uplink is not "
+        "moved while the service runs); restart the service to attach the new one"
+    ), p
+    assert node.proc.poll() is None
 
 
 def test_bad_kernel_driver_is_refused_naming_the_field(tmp_path):

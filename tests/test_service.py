@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -756,8 +757,10 @@ def test_a_pod_whose_namespace_is_deleted_is_removed(node):
 
 def test_the_uplink_is_watched(node):
     """An uplink that cannot carry frames - down, an MTU below the
-    underlay's, deleted and re-created behind the service's back - is said
-    by status, the log and dataplane_uplink_up, and cleared when it can."""
+    underlay's, deleted - is said by status, the log and
+    dataplane_uplink_up, and cleared when it can; one created again is
+    attached by the service (traffic through it:
+    test_a_re_created_uplink_is_attached_again)."""
     a = node.pod("a", IT_SPEC)
     b = node.pod("b", IT_SPEC)
 
@@ -786,14 +789,155 @@ def test_the_uplink_is_watched(node):
     problem(None)
     sh("ip", "link", "del", node.uplink)
     problem(f"{node.uplink} is gone")
+    assert "\ndataplane_uplink_up 0.0\n" in scrape(node)
+    # pods of the node still reach each other meanwhile
+    assert ping(a["ns"], ip_of(b)).returncode == 0
     sh("ip", "link", "add", node.uplink, "type", "veth", "peer", "name", peer)
     sh("ip", "link", "set", node.uplink, "up")
     sh("ip", "link", "set", peer, "up")
-    problem("was re-created")
+    problem(None)
+    assert "\ndataplane_uplink_up 1.0\n" in scrape(node)
     log = (node.tmp / "service.log").read_text()
-    assert "uplink carries frames again" in log and "restart the service" in log
-    # pods of the node still reach each other meanwhile
-    assert ping(a["ns"], ip_of(b)).returncode == 0
+    assert "uplink carries frames again" in log and '"msg": "uplink re-attached"' in log
+    assert "restart the service" not in log
+
+
+HOST_IP = "192.168.50.200"  # behind the underlay's kernel VTEP
+
+
+def kernel_vtep(ul, node_vtep="10.99.0.1"):
+    """The kernel's own VXLAN VTEP (VNI 101, net1) in underlay namespace
+    ``ul``, at 10.99.0.2 (the uplink's peer), flooding to ``node_vtep``,
+    with HOST_IP on it. Bound to no device: it outlives the uplink's peer."""
+    for cmd in (
+        "link add vx101 mtu 1450 type vxlan id 101 local 10.99.0.2 dstport 4789",
+        f"addr add {HOST_IP}/24 dev vx101",
+        "link set vx101 up",
+    ):
+        sh("ip", "-n", ul, *cmd.split())
+    sh("bridge", "-n", ul, *f"fdb append 00:00:00:00:00:00 dev vx101 dst {node_vtep}".split())
+
+
+def wait_ping(ns, ip, timeout=15.0):
+    """Seconds until ``ip`` answered a ping from ``ns`` (AssertionError
+    after ``timeout``)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "0.2", ip], capture_output=True
+        )
+        if r.returncode == 0:
+            return time.monotonic() - t0
+    raise AssertionError(f"{ip} did not answer a ping from {ns} within {timeout} s")
+
+
+def test_a_re_created_uplink_is_attached_again(tmp_path):
+    """The uplink deleted and created again under its name (a new ifindex
+    and MAC, the same underlay behind it): the service moves the core's
+    uplink to it by itself, and a pod pings a host behind a kernel VXLAN
+    VTEP again within seconds, no restart; status says no problem,
+    dataplane_uplink_up is 1 again, the log says re-attached. The same when
+    it was gone for a while. One the core cannot read (a tun), or that
+    comes back down, then with too small an MTU, is said so and taken once
+    it can be. The uplink keeps its port, its shaper and its tunnel tap;
+    no counter goes back."""
+    with underlay_node(tmp_path, NETWORKS, ["net1"], uplink_rate="100M") as (n, ul):
+        peer = f"dpu{n.tag}b"
+        kernel_vtep(ul)
+        a = n.pod(f"p{n.tag}", IT_SPEC)  # its veth's name unlike other tests' pods'
+        wait_ping(a["ns"], HOST_IP)
+
+        def problem(words, tries=200):
+            for _ in range(tries):  # the service looks once a second
+                p = n.api("GET", "/v1/status")["uplink_problem"]
+                if (p is None) if words is None else (p and words in p):
+                    return p
+                time.sleep(0.05)
+            raise AssertionError(f"uplink_problem stayed {p!r}, expected {words!r}")
+
+        def counters():
+            st = n.api("GET", "/v1/status")
+            up = next(p for p in st["ports"] if p["role"] == "uplink")
+            std = next(p for p in st["planes"] if p["name"] == "std")
+            return up, std, st["drops"]
+
+        def recreate(up=True, mtu=None):
+            sh("ip", "link", "del", n.uplink, check=False)  # its peer goes with it
+            sh("ip", "link", "add", n.uplink, "type", "veth", "peer", "name", peer, "netns", ul)
+            sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", peer)
+            sh("ip", "-n", ul, "link", "set", peer, "up")
+            if mtu:
+                sh("ip", "link", "set", n.uplink, "mtu", str(mtu))
+            if up:
+                sh("ip", "link", "set", n.uplink, "up")
+            return socket.if_nametoindex(n.uplink)
+
+        def taken_again(old_index, new_index, before):
+            took = wait_ping(a["ns"], HOST_IP)
+            print(f"uplink re-created: pings answered again after {took:.2f} s")
+            assert took < 5.0
+            assert problem(None) is None
+            assert "\ndataplane_uplink_up 1.0\n" in scrape(n)
+            # the VTEP's MAC is the new device's (no vtep.mac in the config)
+            with open(f"/sys/class/net/{n.uplink}/address") as f:
+                mac = f.read().strip()
+            log = (n.tmp / "service.log").read_text()
+            assert re.search(
+                r'"msg": "uplink re-attached", "uplink": "%s", "old_ifindex": %d, '
+                r'"new_ifindex": %d, "vtep_mac": "%s"' % (n.uplink, old_index, new_index, mac),
+                log,
+            ), log[-3000:]
+            # the same port, still shaped, its tunnel tap on the new device
+            # (a kernel that has tunnel GSO), and no counter back
+            up, std, drops = counters()
+            up0, std0, drops0 = before
+            assert (up["port"], up["name"]) == (up0["port"], up0["name"])
+            assert up["tx_packets"] > up0["tx_packets"] and up["rx_packets"] > up0["rx_packets"]
+            assert std["enqueued"] > std0["enqueued"] and std["sent"] > std0["sent"]
+            assert all(drops.get(k, 0) >= v for k, v in drops0.items()), (drops0, drops)
+            links = host_links()
+            assert f"dpgso{old_index}" not in links
+            assert (f"dpgso{new_index}" in links) == tunnel_tap
+
+        index = socket.if_nametoindex(n.uplink)
+        tunnel_tap = f"dpgso{index}" in host_links()
+        # re-created in one go
+        before = counters()
+        new = recreate()
+        taken_again(index, new, before)
+        # gone for a while, then back
+        index, before = new, counters()
+        sh("ip", "link", "del", n.uplink)
+        problem(f"{n.uplink} is gone")
+        assert "\ndataplane_uplink_up 0.0\n" in scrape(n)
+        new = recreate()
+        taken_again(index, new, before)
+        # a device the core cannot read (no Ethernet: a tun): said, and
+        # tried again until the name is an uplink again
+        index, before = new, counters()
+        sh("ip", "link", "del", n.uplink)
+        sh("ip", "tuntap", "add", "dev", n.uplink, "mode", "tun")
+        sh("ip", "link", "set", n.uplink, "up")
+        tun = socket.if_nametoindex(n.uplink)
+        problem(
+            f"was re-created (ifindex {index} -> {tun}), but attaching it failed: reopening "
+            f"AF_PACKET port {before[0]['port']}: afpacket {n.uplink}: not an Ethernet device; "
+            "tried again every second"
+        )
+        new = recreate()
+        taken_again(index, new, before)
+        # back down, then with too small an MTU: said, and taken once set up
+        index, before = new, counters()
+        new = recreate(up=False, mtu=1400)
+        problem(f"was re-created (ifindex {index} -> {new}) and is down")
+        assert "\ndataplane_uplink_up 0.0\n" in scrape(n)
+        assert "UPLINK CANNOT CARRY FRAMES" in n.cli("status").stdout
+        sh("ip", "link", "set", n.uplink, "up")
+        problem("with MTU 1400, below vtep.underlay_mtu 1500: it is attached once")
+        assert "\ndataplane_uplink_up 0.0\n" in scrape(n)
+        sh("ip", "link", "set", n.uplink, "mtu", "1500")
+        taken_again(index, new, before)
+        assert n.proc.poll() is None  # the same service all along
 
 
 def test_replay_gives_pods_the_networks_mtu_of_the_config(node):

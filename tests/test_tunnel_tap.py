@@ -3,15 +3,19 @@ creates the tap, refuses what does not fit (a pod port, a ring port, a long
 name, a second tap, tunnel GSO without a tap, closing the tap while tunnel
 GSO is on) with a message that says so and nothing changed, and removes the
 tap with the port; ``redirect_ingress`` puts a real tc redirect on the tap.
-On a kernel whose taps take no UDP-tunnel GSO (before 6.17) the engine
+An uplink reopened on its re-created device leaves its tap with the old
+device, keeps its index and counters (the old device's drops too) and
+reads the new one. On a kernel whose taps take no UDP-tunnel GSO (before 6.17) the engine
 refuses the tap, saying so, and makes none. The traffic through it is
 tested end to end in test_kernel_gso.py."""
 
 import errno
 import fcntl
 import os
+import socket
 import struct
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -139,3 +143,82 @@ def test_redirect_ingress_puts_a_tc_redirect_on_the_tap(eng, veths):
             assert f.read().strip() == "1"
     finally:
         eng.close_tunnel_tap(up)
+
+
+def send_from(ifname, sizes):
+    """Frames of ``sizes`` bytes (an EtherType no one uses) sent on ``ifname``."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        for n in sizes:
+            s.send(b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + bytes(n - 14))
+
+
+def wait_for(what, cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.02)
+
+
+def test_an_uplink_reopened_on_its_re_created_device(eng, veths):
+    """The uplink's device deleted and created again under its name: the
+    port reopened on it keeps its index and counters (the old device's
+    drops stay in the totals), takes the new device's MAC and reads it;
+    its tunnel tap went with the old device and opens again. What cannot
+    be reopened is refused, saying why, and nothing changes."""
+    (up_if, _), tap = veths
+    peer = f"{up_if}x"
+    sh("ip", "link", "set", peer, "up")
+    up = eng.add_afpacket_port(up_if, role="uplink")
+    ring = eng.add_ring_port("reopenring", role="pod")
+    with pytest.raises(DataplaneError, match="is not an AF_PACKET port"):
+        eng.reopen_afpacket_port(ring)
+    with pytest.raises(DataplaneError, match="no port 200"):
+        eng.reopen_afpacket_port(200)
+    tunnel = kernel_takes_tunnel_gso()
+    if tunnel:
+        eng.open_tunnel_tap(up, tap)
+        eng.set_tunnel_gso(up)
+
+    def rx():
+        return eng.counters().port_dict(up)["rx_packets"]
+
+    def oversize():
+        return eng.counters().drops()["kport_oversize"]
+
+    # 3 frames read; one longer than the ring frames the MTU sized (both
+    # ends raised after the port was opened): an oversize drop
+    base, seen = oversize(), rx()  # the kernel's own (IPv6) frames count too
+    send_from(peer, [64, 64, 64])
+    wait_for("3 frames received", lambda: rx() >= seen + 3)
+    for dev in (up_if, peer):
+        sh("ip", "link", "set", dev, "mtu", "4000")
+    send_from(peer, [3000])
+    wait_for("the oversize drop counted", lambda: oversize() == base + 1)
+
+    seen = rx()
+    old_mac, old_index = eng.port_info(up).mac, socket.if_nametoindex(up_if)
+    sh("ip", "link", "del", up_if)
+    with pytest.raises(DataplaneError, match=f"afpacket {up_if}: if_nametoindex"):
+        eng.reopen_afpacket_port(up)
+    assert eng.port_info(up).mac == old_mac
+    sh("ip", "link", "add", up_if, "type", "veth", "peer", "name", peer)
+    for dev in (up_if, peer):
+        sh("ip", "link", "set", dev, "up")
+
+    new_index = eng.reopen_afpacket_port(up)
+    assert new_index == socket.if_nametoindex(up_if) != old_index
+    info = eng.port_info(up)
+    assert (info.index, info.name, info.role) == (up, up_if, "uplink")
+    with open(f"/sys/class/net/{up_if}/address") as f:
+        assert info.mac == f.read().strip() != old_mac
+    assert not info.tunnel_gso and not link_exists(tap)  # the tap went with the old device
+    assert oversize() == base + 1 and rx() >= seen  # counted before: still counted
+    seen = rx()
+    send_from(peer, [64, 64])
+    wait_for("the new device's frames received", lambda: rx() >= seen + 2)
+    if tunnel:
+        eng.open_tunnel_tap(up, tap)
+        eng.set_tunnel_gso(up)
+        assert eng.port_info(up).tunnel_gso and link_exists(tap)
