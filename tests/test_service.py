@@ -141,6 +141,17 @@ def node(tmp_path):
         n.cleanup()
 
 
+def uplink_problem(node, words, tries=200):
+    """The service's uplink_problem once it holds ``words`` (None: once it
+    is clear); the service looks once a second."""
+    for _ in range(tries):
+        p = node.api("GET", "/v1/status")["uplink_problem"]
+        if (p is None) if words is None else (p and words in p):
+            return p
+        time.sleep(0.05)
+    raise AssertionError(f"uplink_problem stayed {p!r}, expected {words!r}")
+
+
 def ip_of(info, plane="std"):
     return next(p["ip"] for p in info["planes"] if p["plane"] == plane)
 
@@ -765,12 +776,7 @@ def test_the_uplink_is_watched(node):
     b = node.pod("b", IT_SPEC)
 
     def problem(words, tries=200):
-        for _ in range(tries):  # the service looks once a second
-            p = node.api("GET", "/v1/status")["uplink_problem"]
-            if (p is None) if words is None else (p and words in p):
-                return p
-            time.sleep(0.05)
-        raise AssertionError(f"uplink_problem stayed {p!r}, expected {words!r}")
+        return uplink_problem(node, words, tries)
 
     peer = f"dpu{node.tag}b"
     problem(f"{node.uplink} is without carrier")  # its peer is down
@@ -848,12 +854,7 @@ def test_a_re_created_uplink_is_attached_again(tmp_path):
         wait_ping(a["ns"], HOST_IP)
 
         def problem(words, tries=200):
-            for _ in range(tries):  # the service looks once a second
-                p = n.api("GET", "/v1/status")["uplink_problem"]
-                if (p is None) if words is None else (p and words in p):
-                    return p
-                time.sleep(0.05)
-            raise AssertionError(f"uplink_problem stayed {p!r}, expected {words!r}")
+            return uplink_problem(n, words, tries)
 
         def counters():
             st = n.api("GET", "/v1/status")
