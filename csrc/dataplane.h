@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 18
+#define DP_ABI_VERSION 19
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -295,6 +295,10 @@ int dp_capture_stop(void);
 #define DP_GUARD_MAX_IP6 16
 int dp_port_guard_set(int port, const uint8_t *mac, const uint32_t *ip4, int n4, const uint8_t *ip6,
                       int n6);
+/* whether the port may send DHCP (UDP from port 67) and DHCPv6 (from 547)
+ * server and relay messages; not by default (dropped as spoof_dhcp while
+ * the address checks are on) */
+int dp_port_guard_dhcp_server(int port, int allowed);
 /* broadcast, multicast and unknown unicast from the port: pps packets/s,
  * burst packets; pps 0 = unlimited */
 int dp_port_storm_set(int port, uint64_t pps, uint32_t burst);

@@ -96,6 +96,24 @@ dp_port_guard_set(int port, const uint8_t *mac, const uint32_t *ip4, int n4, con
 }
 
 int
+dp_port_guard_dhcp_server(int port, int allowed)
+{
+    int ret = guard_port_check(port);
+    if (ret < 0)
+        return ret;
+    struct dp_port_guard *g = guard_copy(port);
+    if (!g)
+        return dp_fail(-ENOMEM, "out of memory");
+    g->dhcp_server = allowed != 0;
+    if (!g->spoof_on && !g->storm_pps) {
+        rte_free(g);
+        g = NULL;
+    }
+    guard_publish(port, g);
+    return 0;
+}
+
+int
 dp_port_storm_set(int port, uint64_t pps, uint32_t burst)
 {
     int ret = guard_port_check(port);

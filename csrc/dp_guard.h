@@ -26,7 +26,8 @@
 #include "dp_internal.h"
 
 struct dp_port_guard {
-    int spoof_on; /* the address checks */
+    int spoof_on;    /* the address checks */
+    int dhcp_server; /* may send DHCP/DHCPv6 server (or relay) messages */
     uint8_t mac[6];
     uint8_t n4, n6;
     uint32_t ip4[DP_GUARD_MAX_IP4];    /* network order */
@@ -112,6 +113,8 @@ ip6_unspecified(const uint8_t *a)
 #define DP_ND_OPT_TLLA 2
 #define DP_GUARD_MAX_EXT 4  /* IPv6 extension headers looked through */
 #define DP_GUARD_MAX_OPTS 8 /* ND options looked at */
+#define DP_DHCP4_SERVER_PORT 67
+#define DP_DHCP6_SERVER_PORT 547
 /* hop-by-hop, routing, fragment, destination options */
 #define DP_IP6_EXT(nh) ((nh) == 0 || (nh) == 43 || (nh) == IPPROTO_FRAGMENT || (nh) == 60)
 
@@ -154,6 +157,15 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     }
     if (DP_IP6_EXT(nh))
         return DP_DROP_SPOOF_ND; /* more extension headers than a pod needs */
+    if (nh == IPPROTO_UDP && !g->dhcp_server) {
+        /* a DHCPv6 server's (or relay's) message, from UDP port 547 */
+        uint8_t ub[2];
+        const uint8_t *u = guard_read(m, off, 2, ub);
+        if (u != NULL && off + 2 <= end && u[0] == DP_DHCP6_SERVER_PORT >> 8 &&
+            u[1] == (DP_DHCP6_SERVER_PORT & 0xff))
+            return DP_DROP_SPOOF_DHCP;
+        return DP_GUARD_PASS;
+    }
     if (nh != IPPROTO_ICMPV6)
         return DP_GUARD_PASS;
     uint8_t ib[24];
@@ -236,7 +248,17 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
             return DP_DROP_TRUNCATED;
         uint32_t src;
         memcpy(&src, ip + 12, 4);
-        return guard_ip4_ok(g, src) ? DP_GUARD_PASS : DP_DROP_SPOOF_IPV4;
+        if (!guard_ip4_ok(g, src))
+            return DP_DROP_SPOOF_IPV4;
+        /* a DHCP server's (or relay's) message, from UDP port 67, in a
+         * packet's first fragment: a pod is no DHCP server unless allowed */
+        if (ip[9] == IPPROTO_UDP && !g->dhcp_server && ((ip[6] << 8 | ip[7]) & 0x1fff) == 0) {
+            uint8_t ub[2];
+            const uint8_t *u = guard_read(m, off + (uint32_t)(ip[0] & 0xf) * 4, 2, ub);
+            if (u != NULL && u[0] == 0 && u[1] == DP_DHCP4_SERVER_PORT)
+                return DP_DROP_SPOOF_DHCP;
+        }
+        return DP_GUARD_PASS;
     }
     if (et == RTE_ETHER_TYPE_ARP) {
         const uint8_t *a = guard_read(m, off, 28, buf);

@@ -125,6 +125,11 @@ class Attachments:
         for k, field in (("ip", "ips"), ("mac", "macs")):
             if body.get(k):
                 spec[field] = {plane: body[k]}
+        dhcp = body.get("dhcp_server", False)
+        if not isinstance(dhcp, bool):
+            raise ConfigError(f"dhcp_server: {dhcp!r} is not true or false")
+        if dhcp:  # a DHCP server or relay container: its answers pass the guard
+            spec["dhcp_server"] = [plane]
         if kind != "veth":
             spec["interfaces"][plane] = _kind_entry(kind, ifname, body)
         elif body.get("options"):

@@ -244,6 +244,8 @@ def _read_conf(data: bytes, command: str) -> dict:
     for key in ("plane", "ip", "mac", "device", "deviceID"):
         if conf.get(key) is not None and not isinstance(conf[key], str):
             raise CNIError(ERR_CONFIG, f"{key}: {conf[key]!r} is not a string")
+    if not isinstance(conf.get("dhcpServer", False), bool):
+        raise CNIError(ERR_CONFIG, f"dhcpServer: {conf['dhcpServer']!r} is not true or false")
     sock = conf.get("socket", DEFAULT_SOCKET)
     if not isinstance(sock, str) or not sock.startswith("/"):
         raise CNIError(ERR_CONFIG, f"socket: {sock!r} is not an absolute path")
@@ -339,6 +341,7 @@ def _add(conf, env) -> dict:
         "mac": mac or None,
         "device": conf.get("device") or conf.get("deviceID"),
         "options": conf.get("options"),
+        "dhcp_server": conf.get("dhcpServer", False),
         "cni_network": conf["name"],
         "k8s_namespace": env["args"].get("K8S_POD_NAMESPACE"),
         "k8s_pod": env["args"].get("K8S_POD_NAME"),

@@ -50,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 18
+ABI_VERSION = 19
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -604,6 +604,18 @@ class _Guards:
             len(v4),
             a6,
             len(v6),
+        )
+
+    def set_port_dhcp_server(self, port: int, allowed: bool):
+        """Whether guarded pod port ``port`` may send DHCP and DHCPv6 server
+        (and relay) messages, UDP from port 67 or 547; without it they are
+        dropped as ``spoof_dhcp``. Set after :meth:`set_port_guard` (a port
+        without any guard keeps no setting)."""
+        self._call(
+            f"DHCP server rights of port {port}",
+            lib.dp_port_guard_dhcp_server,
+            port,
+            1 if allowed else 0,
         )
 
     def set_port_storm(self, port: int, pps: int, burst: int = 0):

@@ -138,17 +138,21 @@ class PodLife:
                 self._remove(pod["name"], eps)
                 continue
             allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
+            dhcp = set((pod.get("spec") or {}).get("dhcp_server") or ())
             for e in eps:
                 kind = kinds.get(e["plane"], VETH)
                 if kind == VETH:
                     self._replay_mtu(pod, e)
-                    self._attach_port(e, allowed.get(e["plane"], ()))
+                    self._attach_port(
+                        e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
+                    )
                 elif kind in SOCKET_KINDS:
                     self._attach_fast(
                         pod["name"],
                         e,
                         self._plane_spec(pod["name"], e["plane"]),
                         allowed.get(e["plane"], ()),
+                        dhcp_server=e["plane"] in dhcp,
                     )
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
 
@@ -167,12 +171,12 @@ class PodLife:
                 "replay: pod %s plane %s: MTU %s not set: %s", pod["name"], e["plane"], mtu, err
             )
 
-    def _attach_port(self, e, allowed=()) -> int:
+    def _attach_port(self, e, allowed=(), dhcp_server=False) -> int:
         net = self.networks[e["network"]]
         # in its network only once guarded: no frame passes unchecked
         port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
         self.ports[e["host_ifname"]] = port
-        self._guard_port(port, e, allowed)
+        self._guard_port(port, e, allowed, dhcp_server)
         self.engine.set_port_network(port, net)
         self.engine.fdb_add_local(net, e["mac"], port)
         return port
@@ -253,7 +257,7 @@ class PodLife:
                 return p
         return None
 
-    def _attach_fast(self, name, e, ps, allowed=()) -> int:
+    def _attach_fast(self, name, e, ps, allowed=(), dhcp_server=False) -> int:
         """The memif / vhost-user port of pod ``name``'s plane (endpoint
         ``e``), guarded like a veth's (``allowed``: its extra addresses)."""
         from . import fastif
@@ -264,17 +268,20 @@ class PodLife:
             self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
         )
         self.ports[host_ifname(name, e["plane"])] = port
-        self._guard_port(port, e, allowed)
+        self._guard_port(port, e, allowed, dhcp_server)
         self.engine.fdb_add_local(net, e["mac"], port)
         return port
 
-    def _guard_port(self, port: int, e, allowed=()):
+    def _guard_port(self, port: int, e, allowed=(), dhcp_server=False):
         """What pod port ``port`` (endpoint ``e``) may send: with the
-        network's anti_spoofing, its MAC and address and ``allowed``; its
-        floods at the network's storm rate."""
+        network's anti_spoofing, its MAC and address and ``allowed``, and
+        DHCP server messages only if ``dhcp_server``; its floods at the
+        network's storm rate."""
         n = self.config.network(e["network"])
         if n.anti_spoofing:
             self.engine.set_port_guard(port, e["mac"], [e["ip"], *allowed])
+            if dhcp_server:
+                self.engine.set_port_dhcp_server(port, True)
         if n.storm_pps:
             self.engine.set_port_storm(port, n.storm_pps, n.storm_burst)
 
@@ -341,7 +348,9 @@ class PodLife:
                         offloads=self.config.kernel_driver != "af_xdp",
                     )
                     self._attach_port(
-                        {"host_ifname": hif, "network": n.name, "mac": mac, "ip": ip}, p.allowed
+                        {"host_ifname": hif, "network": n.name, "mac": mac, "ip": ip},
+                        p.allowed,
+                        p.dhcp_server,
                     )
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
@@ -434,7 +443,7 @@ class PodLife:
             vtep=None if vf else self.config.vtep.ip,
         )
         if p.kind in SOCKET_KINDS:
-            self._attach_fast(name, e, p, p.allowed)
+            self._attach_fast(name, e, p, p.allowed, p.dhcp_server)
         if vf:
             from . import vf as vfs
 

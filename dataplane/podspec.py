@@ -8,11 +8,14 @@ A pod's plane spec, JSON text or a dict::
      "ips": {"std": "192.168.10.7"},                 # optional fixed addresses
      "macs": {"media": "02:00:00:00:00:07"},         # optional fixed MACs
      "interfaces": {"media": "rtp0"},                # optional interface names
-     "allowed_addresses": {"std": ["192.168.10.100"]}}  # optional extra sources
+     "allowed_addresses": {"std": ["192.168.10.100"]},  # optional extra sources
+     "dhcp_server": ["control"]}                     # optional: planes it serves DHCP on
 
 A pod port forwards only frames from the pod's own MAC and address;
 ``allowed_addresses`` adds the IPv4/IPv6 addresses a plane may also send
-from (a floating address of VRRP/keepalived).
+from (a floating address of VRRP/keepalived); ``dhcp_server`` lists the
+planes on which the pod may answer DHCP and DHCPv6 (a DHCP server or relay
+pod; other pods' server messages are dropped).
 
 An ``interfaces`` entry may instead be a mapping naming the plane's kind,
 ``veth`` (the default), ``memif``, ``vhost-user`` or ``vf``, with that
@@ -58,6 +61,7 @@ SPEC_KEYS = (
     "macs",
     "interfaces",
     "allowed_addresses",
+    "dhcp_server",
 )
 STD_PLANE = "std"
 
@@ -73,6 +77,7 @@ class PlaneSpec:
     kind: str = VETH  # veth, memif, vhost-user, vf
     options: Dict[str, Any] = dataclasses.field(default_factory=dict)  # the kind's
     allowed: Tuple[str, ...] = ()  # extra source addresses (allowed_addresses)
+    dhcp_server: bool = False  # may send DHCP server messages (dhcp_server)
 
     @property
     def default_route(self) -> bool:
@@ -111,6 +116,9 @@ class PodSpec:
         allowed = {p.plane: list(p.allowed) for p in self.planes if p.allowed}
         if allowed:
             d["allowed_addresses"] = allowed
+        dhcp = [p.plane for p in self.planes if p.dhcp_server]
+        if dhcp:
+            d["dhcp_server"] = dhcp
         return d
 
 
@@ -186,6 +194,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
     macs = _plane_map(obj, "macs", planes, config)
     ifnames = _plane_map(obj, "interfaces", planes, config)
     allowed = _allowed_addresses(obj.get("allowed_addresses"), planes, config)
+    dhcp = _dhcp_server(obj.get("dhcp_server"), planes, config)
 
     out = []
     used_if = {}
@@ -255,6 +264,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
                 kind=kind,
                 options=opts,
                 allowed=tuple(allowed.get(plane, ())),
+                dhcp_server=plane in dhcp,
             )
         )
     return PodSpec(pod_type=pod_type, planes=out)
@@ -279,6 +289,23 @@ def _allowed_addresses(value, listed, config) -> Dict[str, List[str]]:
             )
         out[plane] = check_allowed_addresses(addrs, f"allowed_addresses.{plane}")
     return out
+
+
+def _dhcp_server(value, listed, config) -> List[str]:
+    """dhcp_server: [plane, ...], each listed in network_plane once."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"dhcp_server: {value!r} is not a list of planes")
+    for i, plane in enumerate(value):
+        if not isinstance(plane, str):
+            raise ConfigError(f"dhcp_server[{i}]: {plane!r} is not a plane name")
+        check_known(plane, f"dhcp_server[{i}]", config.planes, "plane")
+        if plane not in listed:
+            raise ConfigError(f"dhcp_server[{i}]: plane {plane} is not listed in network_plane")
+        if plane in value[:i]:
+            raise ConfigError(f"dhcp_server[{i}]: duplicate plane {plane!r}")
+    return list(value)
 
 
 def _listed_planes(planes, pod_type: str, config: NodeConfig) -> List[str]:

@@ -330,6 +330,23 @@ def test_status(cnode):
     assert cnode.cni("STATUS", conf)[0] == 0
 
 
+def test_a_dhcp_server_container(cnode):
+    """dhcpServer: true reaches the pod spec as dhcp_server for the plane
+    (what the guard lets through: tests/test_guard_*.py); false or absent,
+    nothing."""
+    (c1, _, p1), (c2, _, p2) = cnode.container(), cnode.container()
+    assert cnode.cni("ADD", cnode.conf(dhcpServer=True), c1, p1)[0] == 0
+    assert cnode.cni("ADD", cnode.conf(), c2, p2)[0] == 0
+    from dataplane.store.sqlite import SqliteStore
+
+    store = SqliteStore(str(cnode.tmp / "state" / "state.db"))
+    specs = {
+        a["container_id"]: store.pod(a["name"])["spec"] for a in cnode.api("GET", "/v1/attachments")
+    }
+    store.close()
+    assert specs[c1].get("dhcp_server") == ["std"] and "dhcp_server" not in specs[c2], specs
+
+
 def test_bad_requests_name_the_problem(cnode):
     cid, ns, path = cnode.container()
     code, out, _ = cnode.cni("ADD", cnode.conf(network="net9"), cid, path)
@@ -348,6 +365,8 @@ def test_bad_requests_name_the_problem(cnode):
     # errors name what the configuration says (ip, mac), not the pod spec
     code, out, _ = cnode.cni("ADD", cnode.conf(mac="zz"), cid, path)
     assert out["code"] == 7 and out["msg"].startswith("mac: 'zz'"), out
+    code, out, _ = cnode.cni("ADD", cnode.conf(dhcpServer="yes"), cid, path)
+    assert out["code"] == 7 and out["msg"] == "dhcpServer: 'yes' is not true or false", out
     # no cniVersion at all
     code, out, _ = cnode.cni(
         "ADD", {k: v for k, v in cnode.conf().items() if k != "cniVersion"}, cid, path

@@ -54,6 +54,19 @@ def ns(src=A_LL, slla=A, target="fe80::b"):
     return f / ICMPv6NDOptSrcLLAddr(lladdr=slla) if slla else f
 
 
+DHCP_OFFER = (
+    Ether(src=A, dst=BCAST)
+    / IP(src=A_IP, dst="255.255.255.255")
+    / UDP(sport=67, dport=68)
+    / Raw(b"\x02" + b"x" * 40)
+)
+DHCP6_ADVERTISE = (
+    Ether(src=A, dst=B)
+    / IPv6(src=A_LL, dst="fe80::b")
+    / UDP(sport=547, dport=546)
+    / Raw(b"\x02xyz")
+)
+
 # the pod's own frames: forwarded
 OWN = {
     "ipv4": own_ip(),
@@ -72,6 +85,9 @@ OWN = {
     "nd_na_floating": na(target=VIP6, src=VIP6),
     "vlan_ipv4": Ether(src=A, dst=B) / Dot1Q(vlan=7) / IP(src=A_IP, dst=B_IP) / UDP(),
     "non_ip": Ether(src=A, dst=B, type=0x88B5) / Raw(b"x" * 50),
+    "dhcp6_solicit": Ether(src=A, dst="33:33:00:01:00:02")
+    / IPv6(src=A_LL, dst="ff02::1:2")
+    / UDP(sport=546, dport=547),
     # fragments: a first one is looked into, a later one has nothing to read
     "ipv6_udp_first_fragment": Ether(src=A, dst=B)
     / IPv6(src=A_LL, dst="fe80::b")
@@ -120,6 +136,9 @@ SPOOFED = {
         Ether(src=A, dst=BCAST) / Dot1AD(vlan=5) / Dot1Q(vlan=7) / ARP(hwsrc=A, psrc=B_IP),
         "spoof_arp",
     ),
+    # a DHCP server's answers: a rogue server would hand out routers
+    "dhcp_offer": (DHCP_OFFER, "spoof_dhcp"),
+    "dhcp6_advertise": (DHCP6_ADVERTISE, "spoof_dhcp"),
     # ND in a fragment (RFC 6980: hosts must ignore it; some do not)
     "nd_ra_atomic_fragment": (
         Ether(src=A, dst="33:33:00:00:00:01")
@@ -177,6 +196,24 @@ def test_guard_off_and_on_again(topo):
     topo.eng.set_port_guard(topo.a, A, [A_IP])
     topo.send(topo.a, f)
     topo.nothing(topo.b)
+
+
+def test_a_pod_may_be_a_dhcp_server_when_allowed(topo):
+    """set_port_dhcp_server: the pod's DHCP and DHCPv6 server messages pass;
+    taken back, they are dropped again; the rest of the guard is unchanged."""
+    topo.eng.set_port_dhcp_server(topo.a, True)
+    before = topo.drops()
+    topo.send(topo.a, DHCP_OFFER, DHCP6_ADVERTISE)
+    got = topo.recv(topo.b, 2)
+    assert sorted(bytes(f) for f in got) == sorted([bytes(DHCP_OFFER), bytes(DHCP6_ADVERTISE)])
+    assert topo.drops() == before
+    f, _ = SPOOFED["ipv4"]
+    topo.send(topo.a, f)
+    topo.nothing(topo.b)
+    topo.eng.set_port_dhcp_server(topo.a, False)
+    topo.send(topo.a, DHCP_OFFER)
+    topo.nothing(topo.b)
+    assert topo.drops()["spoof_dhcp"] == before["spoof_dhcp"] + 1
 
 
 def test_guard_refuses_bad_input(topo):

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import (
     ICMPv6ND_NA,
     ICMPv6ND_NS,
@@ -26,6 +26,7 @@ from scapy.layers.inet6 import (
     IPv6,
 )
 from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Raw
 
 from dataplane.checks import ipv6_link_local, parse_mac
 from tests.test_kernel_pods import (
@@ -364,3 +365,45 @@ def test_floating_address_cannot_be_another_pods(world):
     finally:
         for name in made:
             world.node.api("DELETE", "/v1/pods", {"name": name})
+
+
+def _offer(mac, ip):
+    return (
+        Ether(src=mac, dst=BCAST)
+        / IP(src=ip, dst="255.255.255.255")
+        / UDP(sport=67, dport=68)
+        / Raw(b"\x02" + b"x" * 40)
+    )
+
+
+def test_dhcp_server_only_where_the_spec_says(world):
+    """A pod's DHCP offer is dropped as spoof_dhcp (a rogue server would hand
+    the network's DHCP hosts a router); a pod whose spec lists the plane in
+    dhcp_server may send it, also after a restart."""
+    world.attack(_offer(B_MAC, B_IP), "spoof_dhcp")
+    tag = world.fab.tag
+    ns = f"{tag}ph"
+    world.fab.namespaces.append(ns)
+    ipv6_netns(ns)
+    spec = {
+        "pod_type": "it",
+        "network_plane": ["std"],
+        "networks": {"std": "net1"},
+        "dhcp_server": ["std"],
+    }
+    body = {"name": f"{tag}h", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)}
+    info = world.node.api("POST", "/v1/pods", body)
+    world.node.host_links |= {p["host_ifname"] for p in info["planes"]}
+    mac, ip = info["planes"][0]["mac"], info["planes"][0]["ip"]
+    try:
+        for when in ("added", "replayed"):
+            if when == "replayed":
+                world.node.stop()
+                world.node.start()
+                reach(ns, A_IP, "pod h -> pod a after a restart", deadline=20)
+            before = world.drops()
+            send_frames(world.tmp, ns, [_offer(mac, ip)])
+            time.sleep(0.5)
+            assert world.drops() == before, (when, world.drops())
+    finally:
+        world.node.api("DELETE", "/v1/pods", {"name": body["name"]})

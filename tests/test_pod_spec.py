@@ -218,6 +218,11 @@ def test_other_invalid_json():
             r"^macs\.media: 02:00:00:00:00:01 is the MAC of plane std already",
         ),
         ({"extra": 1}, r"^pod spec: unknown key 'extra'"),
+        ({"dhcp_server": "std"}, r"^dhcp_server: 'std' is not a list of planes"),
+        ({"dhcp_server": ["voice"]}, r"^dhcp_server\[0\]: unknown plane 'voice'"),
+        ({"dhcp_server": ["std", 3]}, r"^dhcp_server\[1\]: 3 is not a plane name"),
+        ({"dhcp_server": ["oam"]}, r"^dhcp_server\[0\]: plane oam is not listed in network_plane"),
+        ({"dhcp_server": ["std", "std"]}, r"^dhcp_server\[1\]: duplicate plane 'std'"),
         # a floating address must not be one that belongs to someone by position
         (
             {"allowed_addresses": {"std": ["192.168.10.50", "192.168.10.1"]}},
@@ -293,3 +298,11 @@ def test_floating_addresses_outside_the_subnet_and_ipv6_are_taken():
         spec(allowed_addresses={"std": ["192.168.10.50", "172.16.0.9", "fd00::9"]}), CONFIG
     )
     assert ps.planes[0].allowed == ("192.168.10.50", "172.16.0.9", "fd00::9")
+
+
+def test_dhcp_server_planes():
+    ps = parse_pod_spec(spec(dhcp_server=["control"]), CONFIG)
+    assert [p.plane for p in ps.planes if p.dhcp_server] == ["control"]
+    assert ps.to_dict()["dhcp_server"] == ["control"]
+    assert parse_pod_spec(ps.to_dict(), CONFIG) == ps
+    assert "dhcp_server" not in parse_pod_spec(spec(), CONFIG).to_dict()
