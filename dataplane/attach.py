@@ -145,9 +145,10 @@ class Attachments:
         self.store.put_attachment(name, record, node=self.config.node)  # intent first
         try:
             self.pods.add_pod(name, netns, spec)
-        except ConfigError as e:
+        except (ConfigError, AlreadyExists) as e:
+            msg = self._in_own_words(str(e), plane)  # while the record names it
             self.store.delete_attachment(name)
-            raise ConfigError(self._in_own_words(str(e), plane)) from None
+            raise type(e)(msg) from None
         except BaseException:
             self.store.delete_attachment(name)
             raise
@@ -170,6 +171,7 @@ class Attachments:
                 return m.group(0)
             return f"container {rec['container_id']} interface {rec['ifname']}"
 
+        msg = msg.replace("in the pod's namespace", "in the container's namespace")
         return re.sub(r"\bpod (cni-[0-9a-f]{16})\b", who, msg)
 
     # ---------------------------------------------------------------- DEL

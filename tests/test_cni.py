@@ -365,6 +365,16 @@ def test_bad_requests_name_the_problem(cnode):
     # errors name what the configuration says (ip, mac), not the pod spec
     code, out, _ = cnode.cni("ADD", cnode.conf(mac="zz"), cid, path)
     assert out["code"] == 7 and out["msg"].startswith("mac: 'zz'"), out
+    # an interface of that name is in the container already: named as the
+    # runtime knows it, not by the service's pod name
+    c2, ns2, p2 = cnode.container()
+    sh("ip", "-n", ns2, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    code, out, _ = cnode.cni("ADD", cnode.conf(), c2, p2)
+    assert out["code"] == 100, out
+    assert out["msg"].startswith(
+        f"container {c2} interface eth0 plane std: interface eth0 exists in the container's "
+        f"namespace {p2} already"
+    ), out
     code, out, _ = cnode.cni("ADD", cnode.conf(dhcpServer="yes"), cid, path)
     assert out["code"] == 7 and out["msg"] == "dhcpServer: 'yes' is not true or false", out
     # no cniVersion at all
