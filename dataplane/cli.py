@@ -115,14 +115,24 @@ def cmd_check(args):
     return 0
 
 
+def _bits(bps: int) -> str:
+    """A rate for people: 100Mbit/s, 1.5Gbit/s, 64kbit/s."""
+    for unit, div in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if bps >= div:
+            return f"{bps / div:g}{unit}bit/s"
+    return f"{bps}bit/s"
+
+
 def cmd_status(args):
     st = _call(args, "GET", "/v1/status")
     if args.json:
         _print(st, True)
         return 0
+    rate = st.get("uplink_rate_bps")
     print(
-        f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}  "
-        f"forwarding {st['forwarding']}  up {st['uptime_s']}s"
+        f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}"
+        + (f" (shaped to {_bits(rate)})" if rate else "")
+        + f"  forwarding {st['forwarding']}  up {st['uptime_s']}s"
         + (
             f"  cpu latency {st['cpu_latency_us']} us (kernel limit {st['cpu_latency_limit_us']} us)"
             if st.get("cpu_latency_us") is not None
@@ -193,6 +203,13 @@ def cmd_status(args):
             line += " queue " + " ".join(
                 f"{k} {pl[k]}" for k in ("enqueued", "sent", "dropped", "queue_depth") if k in pl
             )
+            rates = [
+                f"{k} {_bits(pl[f'{k}_rate_bps'])}"
+                for k in ("min", "max")
+                if pl.get(f"{k}_rate_bps")
+            ]
+            if rates:
+                line += " rate " + " ".join(rates)
         print(line)
     if st["drops"]:
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))

@@ -851,7 +851,10 @@ def _networks(value, planes, vtep) -> List[NetworkConfig]:
 def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
     plane = n["plane"]
     if plane not in planes:
-        raise fail(f"{p}.plane", f"{show(plane)} is not a plane (known: {', '.join(planes)})")
+        hint = ""
+        if plane in DEFAULT_PLANES:  # the defaults go when `planes:` is given
+            hint = f"; `planes:` lists every plane of the node: add {plane} there too"
+        raise fail(f"{p}.plane", f"{show(plane)} is not a plane (known: {', '.join(planes)}){hint}")
     subnet = parse_ipv4_subnet(n["subnet"], f"{p}.subnet")
     if subnet.prefixlen > 30:
         raise fail(

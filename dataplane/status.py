@@ -82,6 +82,7 @@ def status_report(
         "mode": config.mode,
         "vtep": config.vtep.address,
         "uplink": config.vtep.uplink,
+        "uplink_rate_bps": config.vtep.uplink_rate or None,  # its shaper; None: not shaped
         "uptime_s": round(time.time() - (started or time.time()), 1),
         "forwarding": forwarding,
         "networks": [
@@ -109,11 +110,13 @@ def status_report(
             for p in snap.ports
         ],
         "drops": {k: v for k, v in c.drops().items() if v},
-        "planes": [_plane_status(c, pl, snap.shaped.get(uplink, {}), uplink) for pl in snap.planes],
+        "planes": [
+            _plane_status(c, pl, snap.shaped.get(uplink, {}), uplink, config) for pl in snap.planes
+        ],
     }
 
 
-def _plane_status(c, pl, depths, uplink):
+def _plane_status(c, pl, depths, uplink, config):
     q = {
         k: None if v is None or v == float("inf") else round(v * 1e6, 1)
         for k, v in (
@@ -126,6 +129,10 @@ def _plane_status(c, pl, depths, uplink):
     d = {"name": pl.name, "plane": pl.index, "frames": sum(c.latency(pl.index)[0]), **q}
     if pl.index in depths:
         d.update(c.qos_dict(uplink, pl.index), queue_depth=depths[pl.index])
+        conf = config.planes.get(pl.name)
+        # the rates in force on the shaped uplink (None: no guarantee / no cap)
+        d["min_rate_bps"] = (conf.min_rate or None) if conf else None
+        d["max_rate_bps"] = (conf.max_rate or None) if conf else None
     return d
 
 

@@ -57,7 +57,7 @@ MEDIA_NETWORK = "\n  - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0
 
 
 @contextlib.contextmanager
-def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None):
+def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None, extra=""):
     """A started test_service.Node whose uplink's peer is the remote VTEP
     10.99.0.2 of ``remote_networks`` in an underlay namespace, the uplink
     shaped to ``uplink_rate`` if given: (node, the namespace's name). Both
@@ -66,7 +66,7 @@ def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None):
 
     tag = uuid.uuid4().hex[:5]
     remotes = f"remotes:\n  - {{vtep: 10.99.0.2, networks: [{', '.join(remote_networks)}]}}"
-    n = Node(tmp_path, tag, networks=networks, extra=remotes)
+    n = Node(tmp_path, tag, networks=networks, extra=remotes + "\n" + extra)
     ul = f"dpul{tag}"
     try:
         uplink_peer_in(n, ul)

@@ -412,7 +412,11 @@ def test_plane_rx_queue_errors():
 
 def test_network_on_a_plane_not_configured():
     d = cfg(planes={"std": {}, "media": {}})
-    bad(d, r"^networks\[1\]\.plane: 'control' is not a plane \(known: std, media\)")
+    bad(
+        d,
+        r"^networks\[1\]\.plane: 'control' is not a plane \(known: std, media\); `planes:` "
+        r"lists every plane of the node: add control there too$",
+    )
 
 
 def test_remote_errors():

@@ -78,7 +78,10 @@ def shaped_node(tmp_path):
     """A node with pods on std, control and media and a shaped uplink whose
     peer sits in an underlay namespace, so every plane has queues."""
     nets = NETWORKS + MEDIA_NETWORK
-    with underlay_node(tmp_path, nets, ["net1", "net2", "net3"], uplink_rate="100M") as (n, _):
+    planes = "planes:\n  std: {max_rate: 80M}\n  control: {}\n  media: {min_rate: 10M}"
+    with underlay_node(
+        tmp_path, nets, ["net1", "net2", "net3"], uplink_rate="100M", extra=planes
+    ) as (n, _):
         yield n
 
 
@@ -106,6 +109,13 @@ def test_every_dashboard_query_and_rule_works_on_a_real_service(shaped_node, tmp
             assert r.returncode == 0, r.stdout + r.stderr
         # dataplane status names each plane: its frames, latency and queue
         out = node.cli("status").stdout
+        assert f"uplink {node.uplink} (shaped to 100Mbit/s)" in out.splitlines()[0], out
+        st = node.api("GET", "/v1/status")
+        assert st["uplink_rate_bps"] == 100_000_000
+        rates = {pl["name"]: (pl["min_rate_bps"], pl["max_rate_bps"]) for pl in st["planes"]}
+        assert rates["std"] == (None, 80_000_000) and rates["media"] == (10_000_000, None), rates
+        std_line = next(x for x in out.splitlines() if x.startswith("  plane std "))
+        assert std_line.endswith(" rate max 80Mbit/s"), std_line
         for plane in ("std", "control", "media"):
             (ln,) = [x for x in out.splitlines() if x.startswith(f"  plane {plane} ")]
             assert "latency p50 " in ln and " queue enqueued " in ln and "queue_depth" in ln, out
