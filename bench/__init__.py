@@ -17,6 +17,8 @@
 - ``dpdkpods``: 64-byte frames between two testpmd pods through the core
   over memif and vhost-user, against memif peer to peer, and over veths
   (bench.dpdkpods).
+- ``cni``: how long a runtime waits for a pod's network, our CNI plugin
+  against the reference bridge + host-local plugins (bench.cni).
 
 Each shows its progress on stderr (``--quiet``: none) and prints one
 ``RESULT name=... key=value ...`` line on stdout.
@@ -38,4 +40,5 @@ BENCHMARKS = {
     "pods": ("pods", False),
     "churn": ("churn", False),
     "dpdkpods": ("dpdkpods", False),
+    "cni": ("cni", False),
 }

@@ -125,6 +125,19 @@ CASES = {
             "veth_kpps": RATE,
         },
     ),
+    "cni": (
+        ["--containers", "2"],
+        "cni",
+        {
+            "ours_add_ms": ("time in ms", lambda x: x > 0),
+            "ours_del_ms": ("time in ms", lambda x: x > 0),
+            "bridge_add_ms": ("time in ms", lambda x: x > 0),
+            "bridge_del_ms": ("time in ms", lambda x: x > 0),
+            "add_ratio": RATIO,
+            "del_ratio": RATIO,
+            "containers": ("count", lambda x: x == 2),
+        },
+    ),
 }
 QUIET = {"decap"}  # run with --quiet: stdout and stderr hold the RESULT line alone
 TIMEOUT_S = 240
@@ -173,7 +186,7 @@ def left_behind(pid):
         found += [
             f"netns {n}"
             for n in os.listdir("/var/run/netns")
-            if n.startswith((f"afpb{pid}-", f"podb{pid}-"))
+            if n.startswith((f"afpb{pid}-", f"podb{pid}-", f"cnib{pid}-"))
         ]
     return found
 
@@ -181,7 +194,9 @@ def left_behind(pid):
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(n, marks=[pytest.mark.netns]) if n in ("afpacket", "pods", "dpdkpods") else n
+        pytest.param(n, marks=[pytest.mark.netns])
+        if n in ("afpacket", "pods", "dpdkpods", "cni")
+        else n
         for n in CASES
     ],
 )
@@ -263,6 +278,7 @@ def test_unknown_peer_is_refused():
         ("planes", ["--rate", "fast"], "--rate"),
         ("dpdkpods", ["--a-cpu", "99"], "--a-cpu: CPU 99 not present"),
         ("churn", ["--sample-ms", "inf"], "--sample-ms must be a finite number"),
+        ("cni", ["--containers", "1"], "--containers must be in 2..200, not 1"),
         ("nosuch", [], "bench: no benchmark 'nosuch'"),
     ],
 )
