@@ -32,7 +32,6 @@ import uuid
 
 from .common import (
     BenchError,
-    child_env,
     fmt_runs,
     median,
     parse_args,
@@ -41,9 +40,10 @@ from .common import (
     run_cmd,
     run_main,
     say,
+    start_node_service,
+    stop_node_service,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins
 OURS_SUBNET, OURS_GW = "10.211.0.0/22", "10.211.0.1"
 BRIDGE_SUBNET, BRIDGE_GW = "10.212.0.0/22", "10.212.0.1"
@@ -88,26 +88,8 @@ class Lab:
                 f"api_socket: {self.sock}\n"
                 "metrics: {listen: null}\n"
             )
-        say(f"starting the node service in {self.node}: python -m dataplane.cli run -c {cfg}")
         self.log = os.path.join(self.workdir, "service.log")
-        with open(self.log, "w") as log:
-            self.service = subprocess.Popen(
-                ["ip", "netns", "exec", self.node, sys.executable, "-m", "dataplane.cli", "run"]
-                + ["-c", cfg],
-                cwd=ROOT,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.sock):
-            if self.service.poll() is not None:
-                raise BenchError(f"the node service exited: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError("the node service did not open its API socket in 60 s")
-            time.sleep(0.05)
+        self.service = start_node_service(self.node, cfg, self.sock, self.log)
         from dataplane.cni import install
 
         self.bin = os.path.join(self.workdir, "bin")
@@ -138,13 +120,6 @@ class Lab:
             "ours": (self.plugin, self.bin),
             "bridge": (os.path.join(REF_PLUGINS, "bridge"), REF_PLUGINS),
         }
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            with open(self.log) as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return "(no log)"
 
     def cni(self, plugin: str, command: str, cid: str, netns: str) -> tuple:
         """(seconds, result) of one call as a runtime makes it; BenchError if
@@ -182,13 +157,9 @@ class Lab:
             except (BenchError, OSError, subprocess.SubprocessError):
                 pass
         self.added = []
-        if self.service is not None and self.service.poll() is None:
-            self.service.terminate()
-            try:
-                self.service.wait(30)
-            except subprocess.TimeoutExpired:
-                self.service.kill()
-                self.service.wait()
+        if self.service is not None:
+            stop_node_service(self.service)
+            self.service = None
         for ns in reversed(self.namespaces):  # the node's last: its veths and bridge go with it
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 

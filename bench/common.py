@@ -349,6 +349,56 @@ def remove_eal_runtime_dir(prefix: str):
             shutil.rmtree(d, ignore_errors=True)
 
 
+def file_tail(path: str, n: int = 25) -> str:
+    """The last ``n`` lines of the file at ``path``, indented, for an error."""
+    try:
+        with open(path) as f:
+            return _tail(f.read().splitlines(), n)
+    except OSError:
+        return "    (no log)"
+
+
+def start_node_service(ns: str, cfg: str, sock: str, log_path: str) -> subprocess.Popen:
+    """``python -m dataplane.cli run -c CFG`` of this checkout in namespace
+    ``ns``, its output in ``log_path``, once it answers on ``sock``: the
+    running process, or BenchError with its log's tail."""
+    say(f"starting the node service in {ns}: python -m dataplane.cli run -c {cfg}")
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run", "-c", cfg],
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sock):
+        if p.poll() is not None:
+            raise BenchError(
+                f"the node service exited (code {p.returncode}):\n" + file_tail(log_path)
+            )
+        if time.monotonic() > deadline:
+            stop_node_service(p)
+            raise BenchError("the node service did not open its API socket in 60 s")
+        time.sleep(0.05)
+    return p
+
+
+def stop_node_service(p: subprocess.Popen):
+    """Stop a service start_node_service started (SIGTERM, SIGKILL after 30
+    s) and remove the EAL runtime directory a killed one leaves."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    remove_eal_runtime_dir(f"dataplane-{p.pid}")
+
+
 def relay(line: str):
     """on_line for run_child: a child's BENCH-SAY lines shown as ours."""
     if line.startswith(SAY_PREFIX):

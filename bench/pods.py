@@ -97,24 +97,24 @@ import tempfile
 import time
 
 from .common import (
-    ROOT,
     BenchError,
     add_run_options,
     check_cpu_options,
-    child_env,
     cpu_ticks,
+    file_tail,
     fmt_runs,
     median,
     parse_args,
     proc_stat,
     quiet_netns,
     ratio,
-    remove_eal_runtime_dir,
     run_cmd,
     run_main,
     say,
     say_machine,
     show,
+    start_node_service,
+    stop_node_service,
 )
 
 PATHS = ("ours_local", "ours_vtep", "bridge", "vxlan")
@@ -319,26 +319,7 @@ class Lab:
                 f"api_socket: {self.sock}\n"
                 "metrics: {listen: null}\n"
             )
-        say(f"starting the node service in {node}: python -m dataplane.cli run -c {cfg}")
-        with open(self.service_log, "w") as log:
-            self.service = subprocess.Popen(
-                self.nsexec(node, sys.executable, "-m", "dataplane.cli", "run", "-c", cfg),
-                cwd=ROOT,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.sock):
-            if self.service.poll() is not None:
-                raise BenchError(
-                    f"the node service exited (code {self.service.returncode}):\n" + self.log_tail()
-                )
-            if time.monotonic() > deadline:
-                raise BenchError("the node service did not open its API socket in 60 s")
-            time.sleep(0.05)
+        self.service = start_node_service(node, cfg, self.sock, self.service_log)
         from dataplane.api import call
 
         ips = []
@@ -388,24 +369,11 @@ class Lab:
         return (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
 
     def log_tail(self, n: int = 25) -> str:
-        try:
-            with open(self.service_log) as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return "    (no log)"
-        return "\n".join("    " + x for x in lines[-n:])
+        return file_tail(self.service_log, n)
 
     def close(self):
         if self.service is not None:
-            p = self.service
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            remove_eal_runtime_dir(f"dataplane-{p.pid}")
+            stop_node_service(self.service)
             self.service = None
         for ns in reversed(self._made_ns):
             p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
