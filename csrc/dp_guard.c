@@ -23,10 +23,16 @@ guard_get(int port)
     return atomic_load(&dp_gg.port[port]);
 }
 
-/* publish g (NULL: none) as port's guard and free the one it replaces */
+/* publish g (NULL: none) as port's guard and free the one it replaces; a
+ * guard with nothing to check (no address checks, no storm control) is
+ * none */
 static void
 guard_publish(int port, struct dp_port_guard *g)
 {
+    if (g && !g->spoof_on && !g->storm_pps) {
+        rte_free(g);
+        g = NULL;
+    }
     if (g)
         g->gen = ++guard_gen ? guard_gen : ++guard_gen; /* never 0: fresh buckets */
     struct dp_port_guard *old = atomic_exchange(&dp_gg.port[port], g);
@@ -87,10 +93,6 @@ dp_port_guard_set(int port, const uint8_t *mac, const uint32_t *ip4, int n4, con
         g->n4 = (uint8_t)n4;
         g->n6 = (uint8_t)n6;
     }
-    if (!g->spoof_on && !g->storm_pps) {
-        rte_free(g);
-        g = NULL;
-    }
     guard_publish(port, g);
     return 0;
 }
@@ -105,10 +107,6 @@ dp_port_guard_dhcp_server(int port, int allowed)
     if (!g)
         return dp_fail(-ENOMEM, "out of memory");
     g->dhcp_server = allowed != 0;
-    if (!g->spoof_on && !g->storm_pps) {
-        rte_free(g);
-        g = NULL;
-    }
     guard_publish(port, g);
     return 0;
 }
@@ -133,10 +131,6 @@ dp_port_storm_set(int port, uint64_t pps, uint32_t burst)
     g->tok_per_pkt = hz;
     g->storm_tok_max = (uint64_t)burst * hz;
     g->storm_dt_max = pps ? g->storm_tok_max / pps + 1 : 0;
-    if (!g->spoof_on && !g->storm_pps) {
-        rte_free(g);
-        g = NULL;
-    }
     guard_publish(port, g);
     return 0;
 }

@@ -118,6 +118,23 @@ ip6_unspecified(const uint8_t *a)
 /* hop-by-hop, routing, fragment, destination options */
 #define DP_IP6_EXT(nh) ((nh) == 0 || (nh) == 43 || (nh) == IPPROTO_FRAGMENT || (nh) == 60)
 
+/* the UDP header at off (the packet ending at end): a message from the
+ * DHCP (or DHCPv6) server port, dropped unless the pod may serve DHCP */
+static inline int
+guard_dhcp_server(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off,
+                  uint32_t end, uint16_t server_port)
+{
+    uint8_t ub[2];
+    const uint8_t *u;
+
+    if (g->dhcp_server)
+        return DP_GUARD_PASS;
+    u = guard_read(m, off, 2, ub);
+    if (u != NULL && off + 2 <= end && (uint16_t)(u[0] << 8 | u[1]) == server_port)
+        return DP_DROP_SPOOF_DHCP;
+    return DP_GUARD_PASS;
+}
+
 /* IPv6 at off (length of the IPv6 packet: plen + 40, within the frame) */
 static int
 guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off)
@@ -157,15 +174,8 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     }
     if (DP_IP6_EXT(nh))
         return DP_DROP_SPOOF_ND; /* more extension headers than a pod needs */
-    if (nh == IPPROTO_UDP && !g->dhcp_server) {
-        /* a DHCPv6 server's (or relay's) message, from UDP port 547 */
-        uint8_t ub[2];
-        const uint8_t *u = guard_read(m, off, 2, ub);
-        if (u != NULL && off + 2 <= end && u[0] == DP_DHCP6_SERVER_PORT >> 8 &&
-            u[1] == (DP_DHCP6_SERVER_PORT & 0xff))
-            return DP_DROP_SPOOF_DHCP;
-        return DP_GUARD_PASS;
-    }
+    if (nh == IPPROTO_UDP)       /* a DHCPv6 server's (or relay's) message */
+        return guard_dhcp_server(g, m, off, end, DP_DHCP6_SERVER_PORT);
     if (nh != IPPROTO_ICMPV6)
         return DP_GUARD_PASS;
     uint8_t ib[24];
@@ -252,12 +262,9 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
             return DP_DROP_SPOOF_IPV4;
         /* a DHCP server's (or relay's) message, from UDP port 67, in a
          * packet's first fragment: a pod is no DHCP server unless allowed */
-        if (ip[9] == IPPROTO_UDP && !g->dhcp_server && ((ip[6] << 8 | ip[7]) & 0x1fff) == 0) {
-            uint8_t ub[2];
-            const uint8_t *u = guard_read(m, off + (uint32_t)(ip[0] & 0xf) * 4, 2, ub);
-            if (u != NULL && u[0] == 0 && u[1] == DP_DHCP4_SERVER_PORT)
-                return DP_DROP_SPOOF_DHCP;
-        }
+        if (ip[9] == IPPROTO_UDP && ((ip[6] << 8 | ip[7]) & 0x1fff) == 0)
+            return guard_dhcp_server(g, m, off + (uint32_t)(ip[0] & 0xf) * 4, m->pkt_len,
+                                     DP_DHCP4_SERVER_PORT);
         return DP_GUARD_PASS;
     }
     if (et == RTE_ETHER_TYPE_ARP) {

@@ -196,15 +196,22 @@ dp_kport_stats_update(void)
     row[DP_DROP_KPORT_KERNEL_TX] = sum.kernel_tx;
 }
 
+/* the drops of kernel port state a, about to be closed, kept in the totals */
+static void
+afp_retire(struct dp_afp *a)
+{
+    struct dp_afp_stats st;
+
+    dp_afp_stats(a, &st);
+    afp_stats_add(&afp_gone, &st);
+}
+
 /* a port no worker holds (or ever held): its driver's side, then itself */
 static void
 port_release(struct dp_port *p)
 {
     if (p->driver == DP_DRV_AFPACKET) {
-        struct dp_afp_stats st;
-
-        dp_afp_stats(p->afp, &st);
-        afp_stats_add(&afp_gone, &st);
+        afp_retire(p->afp);
         dp_afp_close(p->afp);
     } else {
         ethdev_release(p->eth_port);
@@ -449,11 +456,9 @@ dp_ports_free_all(void)
             port_release(p);
             continue;
         }
-        struct dp_afp_stats st;
         struct dp_afp *a = p->afp;
 
-        dp_afp_stats(a, &st);
-        afp_stats_add(&afp_gone, &st);
+        afp_retire(a);
         port_free(p);
         if (nth == AFP_CLOSERS) {
             while (nth > 0)
@@ -576,9 +581,7 @@ dp_port_afpacket_reopen(int idx, unsigned frames)
     atomic_store(&dp.ports[idx], np);
     dp_sync(); /* no worker holds p, nor the old device's sockets, now */
     /* the old device's drops and tunnel frames stay in the totals */
-    struct dp_afp_stats st;
-    dp_afp_stats(p->afp, &st);
-    afp_stats_add(&afp_gone, &st);
+    afp_retire(p->afp);
     tnl_frames_gone[idx] += dp_afp_tunneled(p->afp);
     dp_afp_close(p->afp); /* its tunnel tap goes with it */
     rte_free(p);          /* the lock and the shaper's queues moved to np */
