@@ -266,8 +266,7 @@ class Attachments:
             except NotFound:
                 out.append(
                     {
-                        "name": rec["name"],
-                        **rec,
+                        **rec,  # its name among what the record says
                         "state": "gone",
                         "network": None,
                         "plane": None,
@@ -282,7 +281,12 @@ class Attachments:
         """Whether an ADD can be taken now (the core forwards)."""
         if not self.engine_running():
             return {"ready": False, "reason": "the forwarding core is not running"}
-        n = sum(1 for a in self.list() if a["state"] != "gone")
+        # those whose pod is there (what list() shows, but gone ones)
+        n = sum(
+            1
+            for rec in self.store.attachments(node=self.config.node)
+            if self.store.pod(rec["name"])
+        )
         return {"ready": True, "attachments": n}
 
     # -------------------------------------------------------------- CHECK

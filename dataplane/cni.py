@@ -126,8 +126,10 @@ def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFA
 
 def _service(conf, method, endpoint, body=None):
     """The service's answer to one call, or CNIError with its code: 11 when
-    it does not answer, or stays busy (503) until the timeout; 7 when it refuses the configuration, 3 when the
-    namespace is gone, 100 for an attachment that exists, 101 otherwise."""
+    it does not answer, or stays busy (503) until the timeout; 7 when it
+    refuses the configuration, 3 when the namespace is gone, 100 for an
+    attachment that exists, 101 otherwise. (The plugin imports nothing of
+    the package, so this loop is its own, not ``dataplane.api.call``'s.)"""
     until = time.monotonic() + conf["timeout"]
     while True:
         try:

@@ -307,13 +307,16 @@ class PodLife:
         node = self.config.node
         with self.lock:
             self._check_macs_free(name, ps)  # refused before anything is written
-            self._check_addresses_free(name, ps)
+            floating = self._floating(but=name)  # other pods', by network
+            self._check_addresses_free(name, ps, floating)
             self.store.put_pod(name, netns, ps.to_dict(), node=node)  # intent first
             try:
                 for p in ps.planes:
                     n = self.config.network(p.network)
+                    # nobody's floating address, this pod's own included
+                    avoid = {*floating.get(n.name, ()), *p.allowed}
                     ip = self.store.allocate_ip(
-                        n.name, n.subnet, n.gateway, name, fixed=p.ip, avoid=self.floating(n.name)
+                        n.name, n.subnet, n.gateway, name, fixed=p.ip, avoid=avoid
                     )
                     if p.mac:  # reserved for the pair: unique on the node (in the cluster)
                         mac = self.store.reserve_mac(name, p.plane, p.mac)
@@ -361,24 +364,28 @@ class PodLife:
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
         return self.pod_info(name)
 
-    def floating(self, network: str, but: Optional[str] = None) -> Dict[str, str]:
-        """{address: pod} of the IPv4 addresses pods (but ``but``) may also
-        send from on ``network`` (their allowed_addresses), cluster-wide."""
-        out = {}
+    def _floating(self, but: str) -> Dict[str, Dict[str, str]]:
+        """{network: {address: pod}} of the IPv4 addresses pods other than
+        ``but`` may also send from (their allowed_addresses), cluster-wide:
+        one pass over the pods' records."""
+        out: Dict[str, Dict[str, str]] = {}
         for pod in self.store.pods():
             spec = pod.get("spec") or {}
             if pod["name"] == but or not spec.get("allowed_addresses"):
                 continue
             nets = spec.get("networks") or {}
             for plane, addrs in spec["allowed_addresses"].items():
-                if nets.get(plane) == network:
-                    out.update({a: pod["name"] for a in addrs if ":" not in a})
+                if plane in nets:
+                    out.setdefault(nets[plane], {}).update(
+                        {a: pod["name"] for a in addrs if ":" not in a}
+                    )
         return out
 
-    def _check_addresses_free(self, name: str, ps):
+    def _check_addresses_free(self, name: str, ps, floating):
         """ConfigError if the spec would let one pod answer for another: an
         allowed (floating) address that is another pod's own address, or a
-        fixed address that is another pod's floating one. Pods may share a
+        fixed address that is another pod's floating one (``floating``:
+        other pods' by network, :meth:`_floating`). Pods may share a
         floating address (a VRRP pair does)."""
         for p in ps.planes:
             if p.allowed:
@@ -392,7 +399,7 @@ class PodLife:
                             f"{owners[addr]} on network {p.network}"
                         )
             if p.ip:
-                holder = self.floating(p.network, but=name).get(p.ip)
+                holder = floating.get(p.network, {}).get(p.ip)
                 if holder:
                     raise ConfigError(
                         f"ips.{p.plane}: {p.ip} is a floating address of pod {holder} on "

@@ -31,9 +31,11 @@ def check_network(name, vni, subnet) -> ipaddress.IPv4Network:
     return net
 
 
-def ip_request(network, subnet_cidr, gateway, fixed):
+def ip_request(network, subnet_cidr, gateway, fixed, avoid=()):
     """Check the arguments of ``allocate_ip``: returns (subnet, reserved
-    addresses, the fixed address asked for or None)."""
+    addresses, the fixed address asked for or None). The addresses of
+    ``avoid`` in the subnet are reserved too, after the fixed address is
+    checked: a pod may still ask for one."""
     try:
         subnet = ipaddress.IPv4Network(str(subnet_cidr))
     except ValueError:
@@ -62,7 +64,7 @@ def ip_request(network, subnet_cidr, gateway, fixed):
                 else "network or broadcast"
             )
             raise ConfigError(f"ips: {want} is the {what} address of network {network}")
-    return subnet, reserved, want
+    return subnet, reserved | _avoided(subnet, avoid), want
 
 
 def next_free(subnet, taken, last: Optional[str]) -> Optional[int]:
@@ -90,7 +92,7 @@ def next_free(subnet, taken, last: Optional[str]) -> Optional[int]:
     return None
 
 
-def avoided(subnet, avoid) -> set:
+def _avoided(subnet, avoid) -> set:
     """The addresses of ``avoid`` (strings) inside ``subnet``, to keep out of
     dynamic allocation."""
     out = set()

@@ -61,7 +61,7 @@ from ..checks import check_mac
 from ..errors import AlreadyExists, Busy, ConfigError, NotFound
 from . import etcd_alloc as alloc
 from .base import StateStore
-from .common import avoided, check_network, check_state, ip_request
+from .common import check_network, check_state, ip_request
 from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import (
@@ -525,8 +525,7 @@ class EtcdStore(StateStore):
         whole cluster, or ``fixed``); the rules and errors of
         :meth:`StateStore.allocate_ip`. Safe when several nodes allocate at
         once (see :func:`dataplane.store.etcd_alloc.take_address`)."""
-        subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
-        reserved |= avoided(subnet, avoid)
+        subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed, avoid)
         return self.client.atomic(
             lambda tx: alloc.take_address(tx, self.layout, network, subnet, reserved, want, pod)
         )

@@ -21,7 +21,6 @@ from ..errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
 from .base import StateStore
 from .common import (
     STATES,
-    avoided,
     check_network,
     check_state,
     derive_mac,
@@ -429,8 +428,7 @@ class SqliteStore(StateStore):
         fixed: Optional[str] = None,
         avoid: Collection[str] = (),
     ) -> str:
-        subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed)
-        reserved |= avoided(subnet, avoid)
+        subnet, reserved, want = ip_request(network, subnet_cidr, gateway, fixed, avoid)
         with self._tx() as db:
             mine = db.execute(
                 "SELECT ip FROM allocations WHERE network=? AND pod=?", (network, pod)
