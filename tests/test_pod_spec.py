@@ -8,20 +8,13 @@ import pytest
 from dataplane.config import parse_config
 from dataplane.errors import ConfigError
 from dataplane.podspec import IFNAMSIZ, host_ifname, parse_pod_spec
+from tests.test_config import BASE as CONFIG_BASE
 
+# the config tests' node, with a second std network
 BASE = {
-    "node": "node1",
-    "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+    **CONFIG_BASE,
     "networks": [
-        {
-            "name": "net1",
-            "vni": 100,
-            "plane": "std",
-            "subnet": "192.168.10.0/24",
-            "gateway": "192.168.10.1",
-        },
-        {"name": "net2", "vni": 200, "plane": "control", "subnet": "192.168.20.0/24"},
-        {"name": "net3", "vni": 300, "plane": "media", "subnet": "192.168.30.0/24"},
+        *CONFIG_BASE["networks"],
         {"name": "net4", "vni": 400, "plane": "std", "subnet": "192.168.40.0/24"},
     ],
 }
