@@ -278,6 +278,88 @@ def link_state(ifname: str):
     return index, bool(flags & _IFF_UP), bool(flags & _IFF_RUNNING), mtu
 
 
+_RTMGRP_LINK = 0x1
+_RTM_NEWLINK, _RTM_DELLINK = 16, 17
+_IFLA_IFNAME = 3
+_NLMSG_HDR = struct.Struct("IHHII")
+_IFINFOMSG_LEN = 16
+_RTATTR = struct.Struct("HH")
+
+
+def _link_names(data: bytes):
+    """The interface names of the link messages (created, changed, deleted)
+    in one read of an rtnetlink socket."""
+    off = 0
+    while off + _NLMSG_HDR.size <= len(data):
+        length, kind = _NLMSG_HDR.unpack_from(data, off)[:2]
+        if length < _NLMSG_HDR.size:
+            return
+        if kind in (_RTM_NEWLINK, _RTM_DELLINK):
+            a, end = off + _NLMSG_HDR.size + _IFINFOMSG_LEN, off + length
+            while a + _RTATTR.size <= end:
+                alen, atype = _RTATTR.unpack_from(data, a)
+                if alen < _RTATTR.size:
+                    break
+                if atype == _IFLA_IFNAME:
+                    yield data[a + _RTATTR.size : a + alen].split(b"\0", 1)[0].decode()
+                    break
+                a += (alen + 3) & ~3
+        off += (length + 3) & ~3
+
+
+class LinkEvents:
+    """The kernel's link notifications (rtnetlink's link group) for one
+    interface name in this network namespace: created, deleted, up or down,
+    carrier, MTU. ``wake`` is set on each (and when the socket overflowed,
+    as notifications may then be lost); ``pending`` says one came since the
+    caller last took it (:meth:`take`). A thread reads the socket until
+    :meth:`close`."""
+
+    def __init__(self, ifname: str, wake: threading.Event):
+        self.ifname, self.wake = ifname, wake
+        self._pending = False
+        self._closed = False
+        self._sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+        )
+        try:
+            self._sock.bind((0, _RTMGRP_LINK))
+            self._sock.settimeout(0.5)  # how soon close() ends the thread
+        except OSError:
+            self._sock.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="link-events", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._closed:
+            try:
+                data = self._sock.recv(1 << 16)
+            except socket.timeout:
+                continue
+            except OSError as e:
+                if self._closed:
+                    return
+                if e.errno != errno.ENOBUFS:
+                    raise
+                hit = True  # overflowed: some may be lost, so look
+            else:
+                hit = self.ifname in _link_names(data)
+            if hit:
+                self._pending = True
+                self.wake.set()
+
+    def take(self) -> bool:
+        """Whether a notification for the name came since the last take."""
+        was, self._pending = self._pending, False
+        return was
+
+    def close(self):
+        self._closed = True
+        self._thread.join()
+        self._sock.close()
+
+
 def set_plane_mtu(host_ifname: str, netns_path: str, mtu: int) -> bool:
     """Both ends of a pod plane's veth to ``mtu`` (the pod's end in its
     namespace); False if they had it already."""

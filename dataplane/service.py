@@ -31,7 +31,13 @@ from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
-from .podnet import link_state, redirect_ingress, tunnel_tap_name, uplink_wire_sized
+from .podnet import (
+    LinkEvents,
+    link_state,
+    redirect_ingress,
+    tunnel_tap_name,
+    uplink_wire_sized,
+)
 from .status import api_routes, fdb_report, fdb_summary, status_report, take_snapshot
 from .store import StateStore, open_store
 from .sync import ClusterSync, network_index
@@ -83,6 +89,8 @@ class NodeService:
         self.cpu_latency = None  # the held CPU latency request (cpu_latency_us)
         self.cpu_latency_no_effect = None  # why it changes nothing on this kernel
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the main loop looks again: stop, or the uplink changed
+        self._link_events = None  # a kernel uplink's notifications (LinkEvents)
         self._claims = []  # (fd, path) of the locks held while running
         self._reap_error = None  # the last error of the reaping rounds
         self.uplink_ifindex = None  # a kernel uplink's, when it was attached
@@ -126,6 +134,8 @@ class NodeService:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
             self._setup_core()
+            if self.uplink_ifindex is not None:  # a kernel uplink: changes seen as they come
+                self._link_events = LinkEvents(cfg.vtep.uplink_ifname, self._wake)
             self.check_uplink()  # down, or an MTU below the underlay's: said at start
             self.sync = ClusterSync(cfg, self.store, self.engine, self.lock)
             self.pods = PodLife(
@@ -534,6 +544,10 @@ class NodeService:
         """Ports closed, hugepage memory returned, API socket removed; pod
         interfaces and addresses stay so pods keep them across a restart."""
         self._stop.set()
+        self._wake.set()
+        if self._link_events is not None:
+            self._link_events.close()
+            self._link_events = None
         if self.sync is not None:
             self.sync.stop()
         if self.captures is not None:
@@ -569,6 +583,7 @@ class NodeService:
                 return
             event("signal received, stopping", signal=signal.Signals(signum).name)
             self._stop.set()
+            self._wake.set()
 
         def _hup(signum, frame):
             if os.getpid() != me:
@@ -584,22 +599,30 @@ class NodeService:
         signal.signal(signal.SIGHUP, _hup)
         self.start()
         try:
-            tick = 0
-            while not self._stop.wait(1.0):
-                tick += 1
-                self.check_uplink()
-                if tick % REAP_EVERY_S == 0:
+            reap_at = time.monotonic() + REAP_EVERY_S
+            while not self._stop.is_set():
+                # once a second, and at once when the kernel says the uplink changed
+                self._wake.wait(1.0)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                told = self._link_events is not None and self._link_events.take()
+                self.check_uplink("link event" if told else "periodic check")
+                if time.monotonic() >= reap_at:
+                    reap_at = time.monotonic() + REAP_EVERY_S
                     self._reap()
         finally:
             self.stop()
 
-    def check_uplink(self) -> Optional[str]:
+    def check_uplink(self, noticed: str = "periodic check") -> Optional[str]:
         """What keeps a kernel uplink from carrying frames now, or None:
         gone, down or without carrier, or an MTU below the underlay's. One
         deleted and created again under its name (a new ifindex) is attached
         again here (:meth:`_reattach_uplink`); until it can be, that is the
-        problem, and the next look tries again. Logged when it changes;
-        shown by status and ``dataplane_uplink_up``."""
+        problem, and the next look tries again. Looked at once a second and
+        as soon as the kernel tells of a change to the device (``noticed``:
+        which of the two this is). Logged when it changes; shown by status
+        and ``dataplane_uplink_up``."""
         v = self.config.vtep
         if self.uplink_ifindex is None:
             return None  # a DPDK uplink: its PMD owns the device
@@ -607,7 +630,7 @@ class NodeService:
         st = link_state(name)
         problem = None
         if st is not None and st[0] != self.uplink_ifindex:
-            problem = self._reattach_uplink(st)  # None once attached: then as any
+            problem = self._reattach_uplink(st, noticed)  # None once attached: then as any
         if problem is None:
             problem = self._link_problem(st)
         if problem != self.uplink_problem:
@@ -641,7 +664,7 @@ class NodeService:
             )
         return None
 
-    def _reattach_uplink(self, st) -> Optional[str]:
+    def _reattach_uplink(self, st, noticed: str) -> Optional[str]:
         """The kernel uplink deleted and created again under its name (a
         bond, VLAN or veth rebuilt, a driver reloaded; ``st``: its
         ``link_state``, with another ifindex than the core's): the core's
@@ -691,6 +714,7 @@ class NodeService:
             vtep_mac=mac,
             next_hops_asked=asked,
             ms=round((time.monotonic() - t0) * 1000, 1),
+            noticed=noticed,
         )
         return None
 
