@@ -114,7 +114,11 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
         char name[RTE_RING_NAMESIZE];
         snprintf(name, sizeof(name), "dpq_%d_%d_%u", port, p, (unsigned)(q->last_tsc & 0xffff));
         unsigned len = dp_qg.plane[p].used ? dp_qg.plane[p].queue_len : 1024;
-        q->q[p] = rte_ring_create(name, len, (int)rte_socket_id(), RING_F_SC_DEQ | RING_F_EXACT_SZ);
+        /* the frame at the head that waits for tokens is held outside the
+         * ring (q->head): the ring takes one fewer, so a queue holds at most
+         * queue_len frames */
+        q->q[p] =
+            rte_ring_create(name, len - 1, (int)rte_socket_id(), RING_F_SC_DEQ | RING_F_EXACT_SZ);
         if (!q->q[p]) {
             dp_qos_free(q);
             return NULL;

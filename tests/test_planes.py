@@ -239,6 +239,38 @@ def test_shaper_off_sends_directly(planes):
     assert all(Ether(f)[IP].tos == 46 << 2 for f in got)
 
 
+def test_a_plane_queue_holds_queue_len_frames(planes):
+    """A burst far beyond what the shaper lets out: the plane's queue holds
+    exactly its queue_len (128) frames, the frame at its head that waits for
+    tokens among them, and every other is counted dropped (queue_full)."""
+    eng = planes.eng
+    eng.set_shaper(planes.up, 1_000_000, burst_bytes=2048)  # one 950-byte frame at a time
+    c0 = eng.counters()
+    f = frame("02:00:00:00:00:01", planes.remote[STD], 950)
+    offered = sum(eng.inject(planes.pods[STD], [f] * 100) for _ in range(4))
+    assert offered == 400
+    for _ in range(500):
+        q = eng.counters().qos_dict(planes.up, STD)
+        if q["enqueued"] - c0.qos_dict(planes.up, STD)["enqueued"] == offered:
+            break
+        time.sleep(0.01)
+    c1 = eng.counters()
+    q0, q1 = c0.qos_dict(planes.up, STD), c1.qos_dict(planes.up, STD)
+    sent, dropped = q1["sent"] - q0["sent"], q1["dropped"] - q0["dropped"]
+    depth = eng.queue_depth(planes.up, STD)
+    assert q1["enqueued"] - q0["enqueued"] == offered
+    assert sent + dropped + depth == offered, (sent, dropped, depth)
+    # at 1 Mbit/s a frame leaves every 8 ms: the 400 arrived within a few
+    assert depth == 128 and dropped >= offered - 128 - sent, (sent, dropped, depth)
+    assert c1.drops()["queue_full"] - c0.drops()["queue_full"] == dropped
+    eng.set_shaper(planes.up, RATE, burst_bytes=4096)
+    for _ in range(300):
+        if eng.queue_depth(planes.up, STD) == 0:
+            break
+        time.sleep(0.02)
+    assert eng.queue_depth(planes.up, STD) == 0
+
+
 def test_bad_plane_settings_refused(eng):
     from dataplane import errors
 
