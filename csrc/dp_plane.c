@@ -122,6 +122,11 @@ dp_port_shaper(int idx, uint64_t rate_bps, uint32_t burst_bytes)
     if (rate_bps && burst_bytes < 2048)
         return dp_fail(-EINVAL, "port %d: shaper burst %u bytes below one frame (2048)", idx,
                        burst_bytes);
+    if (p->qos && rate_bps) {
+        /* shaped already: a new rate in place, nothing queued is lost */
+        dp_qos_set_rate(p->qos, rate_bps, burst_bytes);
+        return 0;
+    }
     struct dp_port *np = rte_zmalloc("dp_port", sizeof(*np), RTE_CACHE_LINE_SIZE);
     if (!np)
         return dp_fail(-ENOMEM, "out of memory");

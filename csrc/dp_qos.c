@@ -129,6 +129,15 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
     return q;
 }
 
+/* a shaped port's rate and burst changed in place, while its worker
+ * schedules it: its queues and what they hold stay */
+void
+dp_qos_set_rate(struct dp_qos *q, uint64_t rate_bps, uint32_t burst_bytes)
+{
+    __atomic_store_n(&q->burst_bytes, (int64_t)burst_bytes, __ATOMIC_RELAXED);
+    __atomic_store_n(&q->rate_bytes_tsc, dp_bps_to_tsc_rate(rate_bps), __ATOMIC_RELAXED);
+}
+
 /* frames waiting in a plane's queue of a shaped port */
 unsigned
 dp_qos_queued(const struct dp_qos *q, int plane)
@@ -230,19 +239,21 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
             break;
         q->head[qi] = NULL;
         int64_t need = (int64_t)(m->pkt_len + DP_WIRE_OVERHEAD) << 20;
-        int64_t want = fit(need, q->burst_bytes << 20);
-        int ok = !q->rate_bytes_tsc || q->tokens >= want;
+        /* rate and burst may change while the port is shaped (dp_qos_set_rate) */
+        uint64_t rate = __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED);
+        int64_t want = fit(need, __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << 20);
+        int ok = !rate || q->tokens >= want;
         if (pass == 0)
             ok = ok && q->ptok_min[qi] >= want;
         if (limited_max)
             ok = ok && q->ptok_max[qi] >= want;
         if (!ok) {
             q->head[qi] = m; /* waits, in order, for tokens */
-            if (port_blocked && q->rate_bytes_tsc && q->tokens < want)
+            if (port_blocked && rate && q->tokens < want)
                 *port_blocked = 1;
             break;
         }
-        if (q->rate_bytes_tsc)
+        if (rate)
             q->tokens -= need;
         if (pass == 0)
             q->ptok_min[qi] -= need;
@@ -262,8 +273,8 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
 {
     uint64_t dt = now - q->last_tsc;
     q->last_tsc = now;
-    int64_t cap = q->burst_bytes << 20;
-    q->tokens = refill(q->tokens, q->rate_bytes_tsc, dt, cap);
+    int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << 20;
+    q->tokens = refill(q->tokens, __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED), dt, cap);
     uint16_t k = 0;
     if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE)) {
         /* one FIFO (queue 0); what the planes' queues held when priority

@@ -59,8 +59,8 @@ struct dp_qos {
     struct rte_ring *q[DP_MAX_PLANES];
     struct rte_mbuf *head[DP_MAX_PLANES];
     uint64_t rate_bytes_tsc; /* port shaper, bytes per 2^20 TSC cycles; 0 = off */
-    int64_t burst_bytes;
-    int64_t tokens; /* port bucket, bytes << 20 */
+    int64_t burst_bytes;     /* bytes; it and the rate also set in place (dp_qos_set_rate) */
+    int64_t tokens;          /* port bucket, bytes << 20 */
     int64_t ptok_max[DP_MAX_PLANES];
     int64_t ptok_min[DP_MAX_PLANES];
     uint64_t last_tsc;
@@ -93,6 +93,7 @@ void dp_qos_set_mode(int priority_on, int latency_on);
 void dp_qos_set_dscp_plane(int dscp, int plane);
 /* the queues of a shaped port; NULL when out of memory */
 struct dp_qos *dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes);
+void dp_qos_set_rate(struct dp_qos *q, uint64_t rate_bps, uint32_t burst_bytes);
 /* frees the queues and what they hold; returns how many frames that was */
 unsigned dp_qos_free(struct dp_qos *q);
 unsigned dp_qos_queued(const struct dp_qos *q, int plane);

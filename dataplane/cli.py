@@ -3,6 +3,7 @@
     dataplane run -c node.yaml            the node service, in the foreground
     dataplane check -c node.yaml          validate a config file, start nothing
     dataplane status                      what the running service has attached
+    dataplane reload                      the service's new uplink and plane rates, live
     dataplane pod add NAME --netns PATH --spec JSON|@FILE
     dataplane pod del NAME
     dataplane pod list
@@ -96,7 +97,7 @@ def cmd_run(args):
 
     setup_logging(getattr(logging, args.log_level.upper()))
     cfg = load_config(args.config)
-    NodeService(cfg).run_forever()
+    NodeService(cfg, config_path=args.config).run_forever()
     return 0
 
 
@@ -112,6 +113,18 @@ def cmd_check(args):
         why = no_effect(cfg.cpu_latency_us)
         if why:
             print(f"warning: cpu_latency_us: {why}; the request would change nothing here")
+    return 0
+
+
+def cmd_reload(args):
+    r = _call(args, "POST", "/v1/reload")
+    if args.json:
+        _print(r, True)
+        return 0
+    if not r["changed"]:
+        print(f"{r['config']}: reloaded, nothing to change")
+    for c in r["changed"]:
+        print(f"{c['field']}: {c['old']} -> {c['new']}")
     return 0
 
 
@@ -416,6 +429,14 @@ def build_parser():
     p = sub.add_parser("check", help="validate a node config file")
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(fn=cmd_check)
+    p = sub.add_parser(
+        "reload",
+        help="the running service reads its config file again and takes the uplink's and the "
+        "planes' rates from it, while forwarding (anything else changed: refused, a restart "
+        "applies it)",
+    )
+    client(p)
+    p.set_defaults(fn=cmd_reload)
     p = sub.add_parser("status", help="show the service's state and counters")
     client(p)
     p.set_defaults(fn=cmd_status)

@@ -488,6 +488,60 @@ def load_config(path) -> NodeConfig:
     return parse_config(data, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
+# what a running node service takes from a changed configuration (reload):
+# the shaper's rate and burst, and the planes' guaranteed and maximum rates
+RELOADABLE = (
+    "vtep.uplink_rate",
+    "vtep.uplink_burst",
+    "planes.<plane>.min_rate",
+    "planes.<plane>.max_rate",
+)
+
+
+def _differing(old, new, prefix: str) -> List[str]:
+    """The dotted names of the fields in which two configuration values
+    differ, looking into dataclasses and dicts of them."""
+    if dataclasses.is_dataclass(old) and type(old) is type(new):
+        out = []
+        for f in dataclasses.fields(old):
+            out += _differing(getattr(old, f.name), getattr(new, f.name), f"{prefix}{f.name}.")
+        return out
+    if isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+        out = []
+        for k in old:
+            out += _differing(old[k], new[k], f"{prefix}{k}.")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (o, n) in enumerate(zip(old, new)):
+            name = getattr(o, "name", None)  # networks by name, as in the file
+            key = name if name is not None and name == getattr(n, "name", None) else i
+            out += _differing(o, n, f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def reload_changes(old: NodeConfig, new: NodeConfig):
+    """What reloading ``new`` over the running ``old`` changes:
+    ([(field, old value, new value)] for the fields a running service takes
+    (RELOADABLE), [fields that only a restart applies])."""
+    takes, needs_restart = [], []
+    for name in _differing(old, new, ""):
+        parts = name.split(".")
+        live = name in ("vtep.uplink_rate", "vtep.uplink_burst") or (
+            len(parts) == 3 and parts[0] == "planes" and parts[2] in ("min_rate", "max_rate")
+        )
+        if not live:
+            needs_restart.append(name)
+            continue
+        o, n = old, new
+        for part in parts:
+            o = o[part] if isinstance(o, dict) else getattr(o, part)
+            n = n[part] if isinstance(n, dict) else getattr(n, part)
+        takes.append((name, o, n))
+    return takes, needs_restart
+
+
 def parse_config(data, base_dir: Optional[str] = None) -> NodeConfig:
     """Validate a parsed configuration (a dict). Relative paths are taken from
     ``base_dir`` (default: the current directory)."""

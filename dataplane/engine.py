@@ -538,7 +538,10 @@ class _Planes:
     def set_shaper(self, port: int, rate_bps: int, burst_bytes: int = 16384):
         """Shape ``port`` to ``rate_bps`` (bits/s on the wire, 24 bytes of
         Ethernet overhead per frame counted) with per-plane queues and strict
-        priority; 0 switches the shaper and the queues off."""
+        priority. A port shaped already takes the new rate and burst in place,
+        while traffic flows: its queues and what they hold stay. 0 switches
+        the shaper and the queues off (what they held is dropped and counted,
+        ``queue_flushed``)."""
         if not isinstance(rate_bps, int) or rate_bps < 0:
             raise ConfigError(f"rate_bps: {rate_bps!r} must be a non-negative integer")
         self._call(f"shaping port {port}", lib.dp_port_shaper, port, rate_bps, burst_bytes)

@@ -22,10 +22,10 @@ import threading
 import time
 from typing import Optional
 
-from .api import APIServer
+from .api import APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
-from .config import NodeConfig
+from .config import RELOADABLE, NodeConfig, load_config, reload_changes
 from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
@@ -64,15 +64,35 @@ def _exiting(pid: int) -> bool:
     return fields[0] in "ZXx" or bool(int(fields[6]) & 0x4)  # PF_EXITING
 
 
+def _set_plane(eng, cfg: NodeConfig, pl):
+    """Plane ``pl`` of ``cfg`` set in the core (at start, and its rates on a
+    reload)."""
+    eng.set_plane(
+        cfg.plane_id(pl.name),
+        priority=pl.priority,
+        min_bps=pl.min_rate,
+        max_bps=pl.max_rate,
+        queue_len=pl.queue_len,
+        dscp=pl.dscp,
+        worker=(list(cfg.lcores).index(pl.worker) - 1 if pl.worker is not None else None),
+        rx_queue=pl.rx_queue,
+    )
+
+
 class NodeService:
     """One node: ``start()`` opens the store, sets the core up, replays the
     pods, starts forwarding, the cluster sync, the control API and the
     metrics endpoint; ``stop()`` undoes it; ``run_forever()`` does both
-    around SIGTERM/SIGINT. ``registry``: a Prometheus registry to add the
-    core's collector to (tests), instead of a fresh one."""
+    around SIGTERM/SIGINT, and reloads on SIGHUP. ``registry``: a Prometheus
+    registry to add the core's collector to (tests), instead of a fresh one.
+    ``config_path``: the file ``config`` was read from, which :meth:`reload`
+    reads again."""
 
-    def __init__(self, config: NodeConfig, registry=None):
+    def __init__(self, config: NodeConfig, registry=None, config_path=None):
         self.config = config
+        self.config_path = os.fspath(config_path) if config_path is not None else None
+        self._reload_lock = threading.Lock()  # one reload at a time (API, SIGHUP)
+        self._reload_asked = False  # SIGHUP came: the main loop reloads
         self.registry = registry
         self.lock = threading.RLock()  # guards the engine's tables
         self.engine = None
@@ -164,6 +184,7 @@ class NodeService:
                 self.pods,
                 engine_running=lambda: self.engine is not None and self.engine.running,
             )
+            routes[("POST", "/v1/reload")] = Route(lambda b, q: self.reload())
             routes.update(attachment_routes(self.attachments))
             routes.update(host_routes(StaticHosts(self.store, self.net_index, cfg.vtep)))
             self.captures = Captures(
@@ -268,16 +289,7 @@ class NodeService:
                 self._uplink_gso(v.uplink_ifname)
         mac = v.mac or eng.port_info(self.uplink).mac
         for pl in cfg.planes.values():
-            eng.set_plane(
-                cfg.plane_id(pl.name),
-                priority=pl.priority,
-                min_bps=pl.min_rate,
-                max_bps=pl.max_rate,
-                queue_len=pl.queue_len,
-                dscp=pl.dscp,
-                worker=(list(cfg.lcores).index(pl.worker) - 1 if pl.worker is not None else None),
-                rx_queue=pl.rx_queue,
-            )
+            _set_plane(eng, cfg, pl)
             for d in pl.classify_dscp:
                 eng.set_dscp_plane(d, cfg.plane_id(pl.name))
         if v.uplink_rate:
@@ -539,6 +551,48 @@ class NodeService:
         event("fdb cleared", learned=n, network=network or "all", mac=mac or "all")
         return {"cleared": n}
 
+    # ------------------------------------------------------------- reload
+    def reload(self) -> dict:
+        """The configuration file read again, and what a running service
+        takes from it applied while traffic flows (``RELOADABLE``: the
+        uplink shaper's rate and burst, in place, queued frames kept; the
+        planes' guaranteed and maximum rates). A file that does not
+        validate, or that changes anything else, changes nothing: the error
+        names what is wrong in it, or the fields only a restart applies.
+        Returns the file and the fields changed (old and new values)."""
+        path = self.config_path
+        if path is None:
+            raise ConfigError(
+                "reload: this service was not started from a configuration file "
+                "(dataplane run -c FILE): there is none to read again"
+            )
+        with self._reload_lock:
+            new = load_config(path)
+            takes, restart = reload_changes(self.config, new)
+            if restart:
+                raise ConfigError(
+                    f"{path}: not reloaded, nothing changed: {', '.join(restart)} "
+                    f"{'changes' if len(restart) == 1 else 'change'} only with a restart of the "
+                    f"service (a reload takes {', '.join(RELOADABLE)})"
+                )
+            with self.lock:
+                eng = self.engine
+                if eng is None or not eng.running:
+                    raise ConfigError("reload: the service is not running")
+                if any(name.startswith("vtep.") for name, _, _ in takes):
+                    v = new.vtep
+                    eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
+                for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
+                    _set_plane(eng, new, new.planes[pl])
+                self.config = new
+        changed = [{"field": n, "old": o, "new": v} for n, o, v in takes]
+        event(
+            "configuration reloaded" if takes else "configuration reloaded: no change",
+            config=path,
+            changed={n: [o, v] for n, o, v in takes},
+        )
+        return {"config": path, "changed": changed}
+
     # --------------------------------------------------------------- stop
     def stop(self):
         """Ports closed, hugepage memory returned, API socket removed; pod
@@ -588,11 +642,10 @@ class NodeService:
         def _hup(signum, frame):
             if os.getpid() != me:
                 return
-            # what systemd's reload and a closed terminal send: not a stop
-            log.warning(
-                "SIGHUP: the service does not reload its configuration; restart it to "
-                "apply a changed one (running on unchanged)"
-            )
+            # what a closed terminal sends too: a reload, never a stop; done
+            # by the main loop, not inside the handler
+            self._reload_asked = True
+            self._wake.set()
 
         signal.signal(signal.SIGTERM, _sig)
         signal.signal(signal.SIGINT, _sig)
@@ -606,6 +659,12 @@ class NodeService:
                 self._wake.clear()
                 if self._stop.is_set():
                     break
+                if self._reload_asked:
+                    self._reload_asked = False
+                    try:
+                        self.reload()
+                    except DataplaneError as e:
+                        log.error("SIGHUP: %s", e)
                 told = self._link_events is not None and self._link_events.take()
                 self.check_uplink("link event" if told else "periodic check")
                 if time.monotonic() >= reap_at:

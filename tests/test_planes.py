@@ -242,7 +242,8 @@ def test_shaper_off_sends_directly(planes):
 def test_a_plane_queue_holds_queue_len_frames(planes):
     """A burst far beyond what the shaper lets out: the plane's queue holds
     exactly its queue_len (128) frames, the frame at its head that waits for
-    tokens among them, and every other is counted dropped (queue_full)."""
+    tokens among them, and every other is counted dropped (queue_full).
+    Then a faster rate, set in place: every queued frame leaves."""
     eng = planes.eng
     eng.set_shaper(planes.up, 1_000_000, burst_bytes=2048)  # one 950-byte frame at a time
     c0 = eng.counters()
@@ -263,12 +264,16 @@ def test_a_plane_queue_holds_queue_len_frames(planes):
     # at 1 Mbit/s a frame leaves every 8 ms: the 400 arrived within a few
     assert depth == 128 and dropped >= offered - 128 - sent, (sent, dropped, depth)
     assert c1.drops()["queue_full"] - c0.drops()["queue_full"] == dropped
+    # a faster rate, in place: the queue drains, nothing in it is flushed
     eng.set_shaper(planes.up, RATE, burst_bytes=4096)
     for _ in range(300):
         if eng.queue_depth(planes.up, STD) == 0:
             break
         time.sleep(0.02)
     assert eng.queue_depth(planes.up, STD) == 0
+    c2 = eng.counters()
+    assert c2.qos_dict(planes.up, STD)["sent"] - q0["sent"] == offered - dropped
+    assert c2.drops()["queue_flushed"] == c0.drops()["queue_flushed"]
 
 
 def test_bad_plane_settings_refused(eng):

@@ -324,20 +324,123 @@ def test_restart_replays_state(node):
     assert recv > 0
 
 
-def test_sighup_does_not_stop_the_service(node):
-    """SIGHUP (systemd's reload, a closed terminal) is answered with a log
-    line saying the configuration is not reloaded; the service runs on."""
-    a = node.pod("a", CT_SPEC)
-    node.proc.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if "does not reload its configuration" in (node.tmp / "service.log").read_text():
-            break
-        time.sleep(0.05)
-    assert "does not reload its configuration" in (node.tmp / "service.log").read_text()
-    assert node.proc.poll() is None
-    assert [p["name"] for p in node.api("GET", "/v1/pods")] == [a["name"]]
-    node.stop()
-    assert "node service stopped" in (node.tmp / "service.log").read_text()
+def _std_rate_bps(n, seconds=1.2):
+    """The std plane's rate out of the shaped uplink (bit/s on the wire)
+    while a pod floods UDP at the kernel-VTEP host, from its queue's sent
+    counter over ``seconds`` in the middle of the flood."""
+    frame_bits = (1000 + 8 + 20 + 14 + 50 + 24) * 8  # payload .. outer headers, wire overhead
+    ns = n.pods_ns["a"]
+    flood = subprocess.Popen(
+        [
+            "ip", "netns", "exec", ns, sys.executable, "-c",
+            "import socket, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "t = time.monotonic() + %f\n"
+            "while time.monotonic() < t:\n"
+            "    try: s.sendto(bytes(1000), ('%s', 9))\n"
+            "    except OSError: pass\n" % (seconds + 1.5, HOST_IP),
+        ]
+    )  # fmt: skip
+    try:
+        time.sleep(0.7)
+
+        def sent():
+            st = n.api("GET", "/v1/status")
+            return next(p["sent"] for p in st["planes"] if p["name"] == "std")
+
+        s0, t0 = sent(), time.monotonic()
+        time.sleep(seconds)
+        s1, t1 = sent(), time.monotonic()
+    finally:
+        flood.wait(30)
+    return (s1 - s0) * frame_bits / (t1 - t0)
+
+
+def test_reload_takes_new_rates_while_forwarding(tmp_path):
+    """``dataplane reload`` (and SIGHUP): the service reads its file again
+    and takes the uplink shaper's and the planes' rates while it forwards -
+    the std plane's cap measured before and after, the pods untouched, no
+    queued frame flushed. A file that changes anything else, or does not
+    validate, changes nothing and says what."""
+    planes = "planes:\n  std: {priority: 0, max_rate: 4M}\n  control: {priority: 2}\n"
+    with underlay_node(tmp_path, NETWORKS, ["net1"], uplink_rate="100M", extra=planes) as (
+        n,
+        ul,
+    ):
+        kernel_vtep(ul)
+        a = n.pod("a", IT_SPEC)
+        n.pods_ns = {"a": a["ns"]}
+        wait_ping(a["ns"], HOST_IP)
+        before = _std_rate_bps(n)
+        assert 0.6 * 4e6 <= before <= 1.15 * 4e6, before
+
+        def edit(old, new):
+            text = n.cfg.read_text()
+            assert old in text
+            n.cfg.write_text(text.replace(old, new))
+
+        def plane(name):
+            st = n.api("GET", "/v1/status")
+            return st, next(p for p in st["planes"] if p["name"] == name)
+
+        edit("max_rate: 4M}", "max_rate: 12M}")
+        edit("uplink_rate: 100M}", "uplink_rate: 200M}")
+        edit("control: {priority: 2}", "control: {priority: 2, min_rate: 10M}")
+        out = n.cli("reload").stdout
+        assert out.splitlines() == [
+            "vtep.uplink_rate: 100000000 -> 200000000",
+            "planes.std.max_rate: 4000000 -> 12000000",
+            "planes.control.min_rate: 0 -> 10000000",
+        ], out
+        st, std = plane("std")
+        assert st["uplink_rate_bps"] == 200_000_000 and std["max_rate_bps"] == 12_000_000
+        assert plane("control")[1]["min_rate_bps"] == 10_000_000
+        after = _std_rate_bps(n)
+        assert 0.6 * 12e6 <= after <= 1.15 * 12e6, (before, after)
+        print(f"reload: std plane {before / 1e6:.1f} -> {after / 1e6:.1f} Mbit/s")
+        assert st["drops"].get("queue_flushed", 0) == 0
+        assert [p["name"] for p in n.api("GET", "/v1/pods")] == [a["name"]]
+        log = (n.tmp / "service.log").read_text()
+        assert (
+            '"msg": "configuration reloaded"' in log and '"planes.std.max_rate": [4000000' in log
+        )
+
+        # anything else changed: refused, named, nothing applied
+        edit("max_rate: 12M}", "max_rate: 32M}")
+        edit("vni: 101,", "vni: 111,")
+        r = n.cli("reload", check=False)
+        assert r.returncode != 0
+        assert "not reloaded, nothing changed: networks.net1.vni changes only with a restart" in (
+            r.stderr
+        ), r.stderr
+        assert plane("std")[1]["max_rate_bps"] == 12_000_000
+        # a file that does not validate: its error, nothing applied
+        edit("vni: 111,", "vni: 101,")
+        edit("max_rate: 32M}", "max_rate: fast}")
+        r = n.cli("reload", check=False)
+        assert r.returncode != 0 and "planes.std.max_rate" in r.stderr, r.stderr
+        assert plane("std")[1]["max_rate_bps"] == 12_000_000
+
+        # SIGHUP (systemd's reload with ExecReload=kill -HUP, a closed
+        # terminal): the same, from the service's main loop; never a stop
+        edit("max_rate: fast}", "max_rate: 32M}")
+        n.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if plane("std")[1]["max_rate_bps"] == 32_000_000:
+                break
+            time.sleep(0.05)
+        assert plane("std")[1]["max_rate_bps"] == 32_000_000
+        edit("max_rate: 32M}", "max_rate: 0x}")
+        n.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "SIGHUP: " in (n.tmp / "service.log").read_text():
+                break
+            time.sleep(0.05)
+        log = (n.tmp / "service.log").read_text()
+        assert "SIGHUP: " in log and "planes.std.max_rate" in log, log[-2000:]
+        assert n.proc.poll() is None
+        assert plane("std")[1]["max_rate_bps"] == 32_000_000
+        assert ping(a["ns"], HOST_IP).returncode == 0
 
 
 def test_a_burst_of_pod_adds_is_served(node):
