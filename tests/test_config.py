@@ -541,3 +541,43 @@ def test_advice_on_settings_that_cannot_take_effect():
         cfg(planes=planes),
         r"^planes\.media\.classify_dscp\[0\]: DSCP 46 is classified to plane std already",
     )
+
+
+def test_reload_changes_takes_rates_and_names_the_rest():
+    """What a reload takes (the shaper's rate and burst, the planes' rates)
+    and what needs a restart, named by the file's own paths (networks by
+    name)."""
+    from dataplane.config import reload_changes
+
+    shaped = cfg(
+        vtep={"address": "10.0.0.1/24", "uplink": "eth1", "uplink_rate": "100M"},
+        planes={"std": {"priority": 0, "max_rate": "50M"}, "control": {"priority": 2},
+                "media": {"priority": 3}},
+    )  # fmt: skip
+    old = parse_config(shaped)
+    assert reload_changes(old, parse_config(copy.deepcopy(shaped))) == ([], [])
+    new = copy.deepcopy(shaped)
+    new["vtep"]["uplink_rate"] = "1G"
+    new["vtep"]["uplink_burst"] = 65536
+    new["planes"]["std"]["max_rate"] = "80M"
+    new["planes"]["media"]["min_rate"] = "10M"
+    takes, restart = reload_changes(old, parse_config(new))
+    assert restart == []
+    assert takes == [
+        ("vtep.uplink_rate", 100_000_000, 1_000_000_000),
+        ("vtep.uplink_burst", 16384, 65536),
+        ("planes.std.max_rate", 50_000_000, 80_000_000),
+        ("planes.media.min_rate", 0, 10_000_000),
+    ]
+    new["networks"][1]["vni"] = 201
+    new["planes"]["media"]["priority"] = 4
+    new["vtep"]["learning"] = True
+    new["lcores"] = [0, 1, 2]
+    takes, restart = reload_changes(old, parse_config(new))
+    assert len(takes) == 4
+    assert restart == [
+        "vtep.learning",
+        "lcores",
+        "planes.media.priority",
+        "networks.net2.vni",
+    ]

@@ -401,9 +401,7 @@ def test_reload_takes_new_rates_while_forwarding(tmp_path):
         assert st["drops"].get("queue_flushed", 0) == 0
         assert [p["name"] for p in n.api("GET", "/v1/pods")] == [a["name"]]
         log = (n.tmp / "service.log").read_text()
-        assert (
-            '"msg": "configuration reloaded"' in log and '"planes.std.max_rate": [4000000' in log
-        )
+        assert '"msg": "configuration reloaded"' in log and '"planes.std.max_rate": [4000000' in log
 
         # anything else changed: refused, named, nothing applied
         edit("max_rate: 12M}", "max_rate: 32M}")
