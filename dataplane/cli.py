@@ -14,6 +14,8 @@
     dataplane host add NAME --network NET --mac MAC --ip IP --vtep VTEP   (etcd store)
     dataplane host del NAME | dataplane host list
     dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
+    dataplane node list                   the cluster's nodes, running or not
+    dataplane node remove NAME            forget a node gone for good (its pods' records)
     dataplane attachment list             CNI attachments (container, ifname, pod)
     dataplane attachment del CONTAINER_ID IFNAME
     dataplane bench {encap,decap,afpacket} [...]
@@ -359,6 +361,31 @@ def cmd_host(args):
     return 0
 
 
+def cmd_node(args):
+    if args.node_cmd == "remove":
+        r = _call(args, "DELETE", "/v1/nodes", query={"name": args.name})
+        if args.json:
+            _print(r, True)
+        else:
+            print(
+                f"node {r['node']} removed: {r['pods']} pod(s) and {r['attachments']} CNI "
+                "attachment(s) forgotten; the other nodes stop sending to it"
+            )
+        return 0
+    nodes = _call(args, "GET", "/v1/nodes")
+    if args.json:
+        _print(nodes, True)
+        return 0
+    for n in nodes:
+        state = "running" if n["running"] else "NOT RUNNING"
+        where = f"vtep {n['vtep']}" if n["vtep"] else ""
+        if n["host"]:
+            where += f" host {n['host']} pid {n['pid']}"
+        mark = " (this node)" if n["this"] else ""
+        print(f"{n['node']:20s} {state:12s} {n['pods']:4d} pods  {where}{mark}".rstrip())
+    return 0
+
+
 def cmd_attachment(args):
     if args.att_cmd == "del":
         # the list shows the first 12 characters of an ID, as container
@@ -493,6 +520,17 @@ def build_parser():
     from . import capture_cli
 
     capture_cli.add_parser(sub)
+    p = sub.add_parser("node", help="list the cluster's nodes; forget one gone for good")
+    nsub = p.add_subparsers(dest="node_cmd", required=True)
+    client(nsub.add_parser("list"))
+    nr = nsub.add_parser(
+        "remove",
+        help="forget a node whose service will not come back: its pods' records, addresses, "
+        "MACs and CNI attachments (refused while it runs)",
+    )
+    nr.add_argument("name")
+    client(nr)
+    p.set_defaults(fn=cmd_node)
     p = sub.add_parser("attachment", help="list and remove CNI attachments")
     asub = p.add_subparsers(dest="att_cmd", required=True)
     client(asub.add_parser("list"))

@@ -15,6 +15,7 @@ On start the store is replayed before the core forwards: pod interfaces that
 still exist are re-attached with the MACs and addresses they had.
 """
 
+import collections
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from typing import Optional
 from .api import APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
+from .checks import check_name
 from .config import RELOADABLE, NodeConfig, load_config, reload_changes
 from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
@@ -62,6 +64,10 @@ def _exiting(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return fields[0] in "ZXx" or bool(int(fields[6]) & 0x4)  # PF_EXITING
+
+
+def _node_name(value, path):
+    return check_name(value, path, "node name")
 
 
 def _set_plane(eng, cfg: NodeConfig, pl):
@@ -148,6 +154,9 @@ class NodeService:
             # importing prometheus_client at once can see it half initialised)
             self._start_metrics()
             self.store = open_store(cfg.store, cfg.node)
+            # the node's name held while running, before any pod is touched:
+            # a second service under it (another machine) starts nothing
+            self.store.claim_node(cfg.node, cfg.vtep.ip, socket.gethostname())
             PodLife.check_networks(cfg, self.store)
             self._others_pods()
             for n in cfg.networks:
@@ -185,6 +194,13 @@ class NodeService:
                 engine_running=lambda: self.engine is not None and self.engine.running,
             )
             routes[("POST", "/v1/reload")] = Route(lambda b, q: self.reload())
+            routes[("GET", "/v1/nodes")] = Route(lambda b, q: self.nodes())
+            routes[("DELETE", "/v1/nodes")] = Route(
+                lambda b, q: self.remove_node(q.get("name") or b.get("name")),
+                body={"name": _node_name},
+                query={"name": _node_name},
+                required=("name",),
+            )
             routes.update(attachment_routes(self.attachments))
             routes.update(host_routes(StaticHosts(self.store, self.net_index, cfg.vtep)))
             self.captures = Captures(
@@ -550,6 +566,45 @@ class NodeService:
                 )
         event("fdb cleared", learned=n, network=network or "all", mac=mac or "all")
         return {"cleared": n}
+
+    # -------------------------------------------------------------- nodes
+    def nodes(self) -> list:
+        """The cluster's nodes: those whose service runs (it holds the name:
+        VTEP, host, pid, since) and those only pods still name, with their
+        pod counts."""
+        claims = {c["node"]: c for c in self.store.node_claims()}
+        pods = collections.Counter(p.get("node") for p in self.store.pods())
+        me = self.config.node
+        out = []
+        for name in sorted(set(claims) | {n for n in pods if n} | {me}):
+            c = claims.get(name, {})
+            out.append(
+                {
+                    "node": name,
+                    "running": name in claims or name == me,
+                    "this": name == me,
+                    "vtep": c.get("vtep", self.config.vtep.ip if name == me else None),
+                    "host": c.get("host"),
+                    "pid": c.get("pid"),
+                    "started": c.get("started"),
+                    "pods": pods.get(name, 0) + (pods.get(None, 0) if name == me else 0),
+                }
+            )
+        return out
+
+    def remove_node(self, name: str) -> dict:
+        """Forget a node that is gone for good (store.remove_node): its pods'
+        records, addresses and MACs, and its CNI attachments; the other
+        nodes drop its MACs and stop flooding to its VTEP as they see its
+        endpoints go. Refused for this node and for one whose service runs."""
+        if name == self.config.node:
+            raise ConfigError(
+                f"node {name} is this service's own node: delete its pods ('dataplane pod del') "
+                "or stop the service and remove it from another node"
+            )
+        removed = self.store.remove_node(name)
+        event("node removed", node=name, **removed)
+        return {"node": name, **removed}
 
     # ------------------------------------------------------------- reload
     def reload(self) -> dict:

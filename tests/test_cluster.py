@@ -1071,3 +1071,98 @@ def test_etcd_outage_does_not_stop_traffic(cluster):
         assert node.proc.poll() is None
     for src, dst in (("a", "b"), ("b", "c"), ("c", "a")):
         assert ping(cl.pods[src]["ns"], ip_of(cl.pods[dst])).returncode == 0
+
+
+def test_a_second_service_under_a_running_node_name_starts_nothing(cluster):
+    """A service started under a running node's name from another machine
+    (here: another namespace and VTEP; a cloned machine keeps the host name
+    that ``node:`` defaults to) is refused before it touches a pod: the
+    running node's pods, records and traffic stay."""
+    cl = cluster
+    a, b = cl.pods["a"], cl.pods["b"]
+    pods_before = sorted(p["name"] for p in cl.store("pods"))
+    ns = cl.netns(f"{cl.tag}n9")
+    sh("ip", "-n", cl.ul, "link", "add", "ul9", "type", "veth", "peer", "name", "uplink0",
+       "netns", ns)  # fmt: skip
+    sh("ip", "-n", cl.ul, "link", "set", "ul9", "master", "br0", "up")
+    sh("ip", "-n", ns, "addr", "add", "10.99.1.9/24", "dev", "uplink0")
+    sh("ip", "-n", ns, "link", "set", "uplink0", "up")
+    d = cl.tmp / "node9"
+    d.mkdir()
+    cfg = NODE_CONFIG.format(n=9, etcd=cl.etcd.url, prefix=cl.prefix, dir=d)
+    (d / "node.yaml").write_text(cfg.replace("node: node9", "node: node1"))
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", "run", "-c",
+         str(d / "node.yaml")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert "node: node1 is the name of a running node service (VTEP 10.99.0.1" in out, out[-3000:]
+    assert "replay" not in out, out[-3000:]
+    assert sorted(p["name"] for p in cl.store("pods")) == pods_before
+    assert [p["name"] for p in cl.nodes[1].api("GET", "/v1/pods")] == ["a"]
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    # the same node's own service, restarted after a crash, takes its name back at once
+    n1 = cl.nodes[1]
+    n1.proc.kill()
+    n1.proc.wait()
+    n1.proc = None
+    n1.spawn()
+    n1.wait_ready()
+    assert [p["name"] for p in n1.api("GET", "/v1/pods")] == ["a"]
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+
+
+def test_node_list_and_a_dead_node_removed(cluster):
+    """``dataplane node list`` shows every node, running or not; a node gone
+    for good (killed, never coming back) is refused removal while its claim
+    lives, then ``dataplane node remove`` forgets its pods: their records,
+    addresses and MACs leave the store, and the other nodes drop its MACs
+    and stop flooding to its VTEP."""
+    cl = cluster
+    n1, n3 = cl.nodes[1], cl.nodes[3]
+    z = cl.add_pod(3, "z", IT)
+    assert reachable(cl.pods["a"]["ns"], ip_of(z)) is not None
+    rc, out, err = cli(n1, "node", "list")
+    assert rc == 0, err
+    rows = {ln.split()[0]: ln for ln in out.splitlines()}
+    assert set(rows) == {"node1", "node2", "node3"}, out
+    assert "running" in rows["node3"] and "vtep 10.99.0.3" in rows["node3"], out
+    assert "(this node)" in rows["node1"], out
+    n3.proc.kill()  # gone for good: no stop, no clean-up of its own
+    n3.proc.wait()
+    n3.proc = None
+    rc, _, err = cli(n1, "node", "remove", "node3")
+    assert rc != 0 and "node node3 is running (VTEP 10.99.0.3" in err, err
+    rc, _, err = cli(n1, "node", "remove", "node1")
+    assert rc != 0 and "node node1 is this service's own node" in err, err
+    deadline = time.monotonic() + 30  # its claim lapses (NODE_TTL_S)
+    while time.monotonic() < deadline:
+        rows = {n["node"]: n for n in n1.api("GET", "/v1/nodes")}
+        if not rows["node3"]["running"]:
+            break
+        time.sleep(0.5)
+    on3 = sorted(p["name"] for p in cl.store("pods") if p.get("node") == "node3")
+    assert "c" in on3 and "z" in on3, on3
+    assert not rows["node3"]["running"] and rows["node3"]["pods"] == len(on3), rows
+    rc, out, err = cli(n1, "node", "remove", "node3")
+    assert rc == 0, err
+    assert f"node node3 removed: {len(on3)} pod(s) and 0 CNI attachment(s) forgotten" in out, out
+    assert not [p for p in cl.store("pods") if p.get("node") == "node3"]
+    assert not [al for al in cl.store("allocations") if al["pod"] in on3]
+    for n in (1, 2):  # the others see its endpoints go
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            fdb = cl.nodes[n].api("GET", "/v1/fdb")
+            nets = cl.nodes[n].api("GET", "/v1/networks")
+            if "10.99.0.3" not in json.dumps(fdb) + json.dumps(nets):
+                break
+            time.sleep(0.2)
+        assert "10.99.0.3" not in json.dumps(fdb), fdb
+        assert "10.99.0.3" not in json.dumps(nets), nets
+    rows = {n["node"] for n in n1.api("GET", "/v1/nodes")}
+    assert rows == {"node1", "node2"}
+    assert "node removed" in n1.log()
+    for name in on3:
+        cl.pods.pop(name, None)

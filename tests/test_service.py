@@ -1080,3 +1080,17 @@ def test_exiting_tells_a_dying_process_from_a_running_one():
     assert _exiting(child.pid)
     child.wait()
     assert _exiting(child.pid)  # gone
+
+
+def test_node_list_and_remove_on_a_single_node_store(node):
+    """With the SQLite store the node is alone: ``node list`` shows it,
+    ``node remove`` says removal is for a cluster store."""
+    node.pod("a", IT_SPEC)
+    out = node.cli("node", "list").stdout
+    assert out.split()[:4] == [f"node-{node.tag}", "running", "1", "pods"], out
+    assert "(this node)" in out
+    r = node.cli("node", "remove", "other", check=False)
+    assert r.returncode != 0
+    assert "node other: a sqlite store keeps one node's state" in r.stderr, r.stderr
+    r = node.cli("node", "remove", "bad/name", check=False)
+    assert r.returncode != 0 and "not a valid node name" in r.stderr, r.stderr

@@ -35,6 +35,7 @@ only then do ``endpoints_snapshot`` and ``watch_endpoints`` work.
 import abc
 from typing import Any, Callable, Collection, Dict, List, Optional, Protocol, Tuple
 
+from ..errors import ConfigError
 from .common import mac_taken
 
 
@@ -71,6 +72,29 @@ class StateStore(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+    # --------------------------------------------------------------- nodes
+    def claim_node(self, node: str, vtep: str, host: str) -> None:
+        """Hold the name ``node`` for the calling service while it runs
+        (until ``close``): ConfigError if a running service of another VTEP
+        or host holds it - two services under one name would each take the
+        other's pods for its own. A store of one node (SQLite) has nothing to
+        claim: its file's lock is the claim."""
+
+    def node_claims(self) -> List[Dict[str, Any]]:
+        """The names held by running services: dicts with node, vtep, host,
+        pid, started."""
+        return []
+
+    def remove_node(self, node: str) -> Dict[str, int]:
+        """Forget node ``node`` for good: its pods (endpoints, addresses,
+        MACs) and CNI attachments, so that the other nodes stop sending to
+        it. ConfigError while a service holds the name, or for a store of
+        one node. Counts of what was removed."""
+        raise ConfigError(
+            f"node {node}: a {self.kind} store keeps one node's state; removing a node is for a "
+            "cluster store (etcd)"
+        )
 
     # ---------------------------------------------------------------- meta
     @abc.abstractmethod

@@ -54,11 +54,14 @@ etcd no longer has.
 
 import ipaddress
 import json
+import logging
+import os
+import threading
 import time
 from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 from ..checks import check_mac
-from ..errors import AlreadyExists, Busy, ConfigError, NotFound
+from ..errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
 from . import etcd_alloc as alloc
 from .base import StateStore
 from .common import check_network, check_state, ip_request
@@ -76,7 +79,12 @@ from .etcdgw import (
 
 __all__ = ["EtcdStore", "EtcdUnavailable", "EtcdCompacted", "STATIC_NODE_PREFIX"]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PREFIX = "/dataplane"
+# a node's claim on its name lasts this long after its service last renewed
+# it (a crash); renewed every third of it
+NODE_TTL_S = 10
 
 
 class EtcdStore(StateStore):
@@ -113,6 +121,9 @@ class EtcdStore(StateStore):
         self.prefix = self.layout.prefix
         self._k = self.layout.key
         self.node = node
+        self._claim = None  # (node, lease, record) while this service holds its name
+        self._claim_stop = threading.Event()
+        self._claim_thread = None
         if connect:
             self.client.ping(self._k("meta/"))
 
@@ -128,8 +139,117 @@ class EtcdStore(StateStore):
         return self.client.timeout
 
     def close(self):
-        """Close the HTTP sessions and cancel the watches (no 'error' for them)."""
+        """Give up the node's name (claim_node), close the HTTP sessions and
+        cancel the watches (no 'error' for them)."""
+        self._release_node()
         self.client.close()
+
+    # --------------------------------------------------------------- nodes
+    def claim_node(self, node: str, vtep: str, host: str) -> None:
+        """The name as a key under a lease of NODE_TTL_S, renewed by a thread
+        until ``close``. A claim of the same VTEP and host is this node's
+        own from before a crash (its service's local lock is held by the
+        caller): taken over at once."""
+        lease = self.client.lease_grant(NODE_TTL_S)
+        rec = {"node": node, "vtep": vtep, "host": host, "pid": os.getpid(), "started": time.time()}
+        try:
+            held = self._put_claim(node, lease, rec)
+        except BaseException:
+            self._revoke_quietly(lease)
+            raise
+        if held is not None:
+            self._revoke_quietly(lease)
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("started", 0)))
+            raise ConfigError(
+                f"node: {node} is the name of a running node service (VTEP {held.get('vtep')}, "
+                f"host {held.get('host')}, pid {held.get('pid')}, since {since}): two services "
+                "under one name would each remove the other's pods; give this one its own "
+                "'node:' name (it defaults to the host name, which cloned machines share). A "
+                f"crashed service's claim lapses {NODE_TTL_S} s after it stopped"
+            )
+        self._claim = (node, lease, rec)
+        self._claim_stop.clear()
+        self._claim_thread = threading.Thread(target=self._renew, name="node-claim", daemon=True)
+        self._claim_thread.start()
+
+    def _put_claim(self, node, lease, rec):
+        """Write the claim unless another VTEP or host holds the name: None,
+        or the other holder's record."""
+        key = self._k("nodes", node)
+
+        def body(tx):
+            cur = tx.get(key)
+            if cur is not None and (cur.get("vtep"), cur.get("host")) != (rec["vtep"], rec["host"]):
+                return cur
+            tx.put(key, rec, lease=lease)
+            return None
+
+        return self.client.atomic(body)
+
+    def _revoke_quietly(self, lease):
+        try:
+            self.client.lease_revoke(lease)
+        except DataplaneError:
+            pass  # it lapses by itself
+
+    def _renew(self):
+        """Keep the claim alive; one lost while etcd did not answer for longer
+        than its TTL is made again (unless another service took the name
+        meanwhile: said, and tried again)."""
+        said = None
+        while not self._claim_stop.wait(NODE_TTL_S / 3):
+            node, lease, rec = self._claim
+            try:
+                if self.client.lease_keepalive(lease):
+                    said = None
+                    continue
+                lease = self.client.lease_grant(NODE_TTL_S)
+                held = self._put_claim(node, lease, rec)
+                if held is None:
+                    self._claim = (node, lease, rec)
+                    log.warning("node %s: its claim on the name had lapsed; made again", node)
+                    said = None
+                    continue
+                self._revoke_quietly(lease)
+                why = (
+                    f"node {node}: while etcd did not answer, another service (VTEP "
+                    f"{held.get('vtep')}, host {held.get('host')}) took this node's name"
+                )
+            except DataplaneError as e:
+                why = f"node {node}: its claim on the name could not be renewed: {e}"
+            if why != said:
+                log.error("%s", why)
+                said = why
+
+    def _release_node(self):
+        if self._claim is None:
+            return
+        self._claim_stop.set()
+        if self._claim_thread is not None:
+            self._claim_thread.join()
+            self._claim_thread = None
+        _, lease, _ = self._claim
+        self._claim = None
+        self._revoke_quietly(lease)
+
+    def node_claims(self) -> List[Dict[str, Any]]:
+        return [v for _, v in self.client.items(self._k("nodes", ""))]
+
+    def remove_node(self, node: str) -> Dict[str, int]:
+        held = self.client.get(self._k("nodes", node))
+        if held is not None:
+            raise ConfigError(
+                f"node {node} is running (VTEP {held.get('vtep')}, host {held.get('host')}, pid "
+                f"{held.get('pid')}): stop its service first (a crashed one's claim lapses "
+                f"{NODE_TTL_S} s after it stopped)"
+            )
+        pods = [p["name"] for p in self.pods(node=node)]
+        for name in pods:
+            self.delete_pod(name)
+        atts = [a["name"] for a in self.attachments(node=node)]
+        for name in atts:
+            self.delete_attachment(name)
+        return {"pods": len(pods), "attachments": len(atts)}
 
     # ---------------------------------------------------------------- meta
     def get_meta(self, key: str) -> Optional[str]:

@@ -5,6 +5,8 @@ Key layout (``P`` is the prefix, default ``/dataplane``; names are
 percent-quoted, so that a '/' in a name cannot make two keys meet)::
 
     P/meta/<key>                      "value"                (cluster-wide)
+    P/nodes/<node>                    {node, vtep, host, pid, started}   under a lease:
+                                                             held while its service runs
     P/networks/<name>                 {name, vni, plane, subnet, gateway, mtu, updated}
     P/vni/<vni>                       {name}                 one network per VNI
     P/pods/<name>                     {name, netns, spec, state, created, node}

@@ -206,10 +206,13 @@ class Txn:
             {"key": b64(key.encode()), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
         )
 
-    def put(self, key: str, value):
-        self._ops.append(
-            {"request_put": {"key": b64(key.encode()), "value": b64(json.dumps(value).encode())}}
-        )
+    def put(self, key: str, value, lease: Optional[int] = None):
+        """Write ``key`` at the commit; with ``lease``, the key goes when the
+        lease does."""
+        req = {"key": b64(key.encode()), "value": b64(json.dumps(value).encode())}
+        if lease is not None:
+            req["lease"] = str(lease)
+        self._ops.append({"request_put": req})
 
     def delete(self, key: str, prefix: bool = False):
         req = {"key": b64(key.encode())}
@@ -523,6 +526,24 @@ class EtcdGateway:
         raise EtcdUnavailable(
             f"etcd: {', '.join(self.urls)} {'does' if n == 1 else 'do'} not answer ({last})"
         )
+
+    # -------------------------------------------------------------- leases
+    def lease_grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds: its ID."""
+        return int(self.post("lease/grant", {"TTL": ttl})["ID"])
+
+    def lease_keepalive(self, lease: int) -> bool:
+        """Renew ``lease`` for its TTL; False if it is gone (expired or revoked)."""
+        r = self.post("lease/keepalive", {"ID": str(lease)})
+        return int((r.get("result") or {}).get("TTL", 0)) > 0
+
+    def lease_revoke(self, lease: int):
+        """End ``lease`` now, and the keys written under it."""
+        try:
+            self.post("lease/revoke", {"ID": str(lease)})
+        except DataplaneError as e:
+            if "requested lease not found" not in str(e):
+                raise
 
     def ping(self, key: str):
         """The cheapest request that needs an answer (a count of ``key``):
