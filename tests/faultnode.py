@@ -12,9 +12,9 @@ PLAN is a file the test writes (and may write again to arm another stop)::
 While it exists, the ``nth`` call of ``EtcdStore.<method>`` that has
 ``pod`` among its positional arguments first stops etcd (SIGTERM to
 ``etcd_pid``, then waits until it has exited and its client port refuses
-connections), then
-goes on to the real call. The plan fires once: the file is renamed to
-``PLAN.fired``. The test starts etcd again itself (it is etcd's parent).
+connections), then goes on to the real call. The plan fires once: the file
+is renamed to ``PLAN.fired``. The test starts etcd again itself (it is
+etcd's parent).
 """
 
 import functools
