@@ -136,12 +136,15 @@ class Attachments:
             raise ConfigError(f"options: {body['options']!r}: kind veth takes no options")
         name = attachment_name(cid, ifname)
         if self.store.attachment(name) is not None:
-            if self.store.pod(name):
+            pod = self.store.pod(name)
+            if pod and not self.pods.leftover(pod):
                 raise AlreadyExists(
                     f"container {cid} interface {ifname} is attached already "
                     "(DEL it first; an ADD is not repeated for the same container and interface)"
                 )
-            self.store.delete_attachment(name)  # its pod went with its namespace
+            # its pod went with its namespace, or is what a failed ADD left
+            # (the pod add removes that)
+            self.store.delete_attachment(name)
         self.store.put_attachment(name, record, node=self.config.node)  # intent first
         try:
             self.pods.add_pod(name, netns, spec)

@@ -67,8 +67,11 @@ def _print(obj, as_json):
         for o in obj:
             _print(o, False)
         return
-    if isinstance(obj, dict) and set(obj) == {"deleted"}:  # DELETE's answer
+    if isinstance(obj, dict) and "deleted" in obj and set(obj) <= {"deleted", "records_left"}:
+        # DELETE's answer; records_left: the store failed after the pod was detached
         print(f"deleted {obj['deleted']}" if obj["deleted"] else "nothing to delete")
+        if obj.get("records_left"):
+            print(f"note: {obj['records_left']}")
         return
     if isinstance(obj, dict) and "planes" in obj:  # a pod
         print(f"{obj['name']}  netns={obj['netns']}  state={obj['state']}")

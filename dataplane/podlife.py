@@ -2,23 +2,57 @@
 
 Order of work for every change: validate, write the intent to the store,
 apply it (netlink, core tables), mark it done. A pod add that fails half-way
-is undone (interfaces, ports, records). On start the store is replayed: pod
-interfaces that still exist are re-attached with the MACs and addresses they
-had; nothing is allocated twice.
+is undone: what it made on this node (ports, veths, sockets) from what the
+add itself kept in memory, so also when the store is what failed; then its
+records, best effort. Records a store that stopped answering kept (a pod
+'pending' or 'deleting' of this node) are removed by the housekeeping
+(:meth:`PodLife.reap`) once the store answers, or by a new add of the same
+name. A pod delete writes 'deleting' first, detaches, then removes the
+records; when only that last step fails, the pod is gone from the node and
+the housekeeping removes its records later. On start the store is replayed:
+pod interfaces that still exist are re-attached with the MACs and addresses
+they had; nothing is allocated twice.
 """
 
 import os
 import socket
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .checks import AF_XDP_FILL_MBUFS, check_pod_name
-from .errors import Busy, ConfigError, DataplaneError, NotFound, ResourceError
+from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
 from .fastif import SOCKET_KINDS, VETH, VF
 from .logs import event, log
 
 #: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
 #: tx buffers, plane queues)
 AF_XDP_SPARE_MBUFS = 4095
+
+#: pod states a record is left in by an add or a delete the store failed during
+UNFINISHED = ("pending", "deleting")
+
+
+class _Made:
+    """What one pod add made on this node so far, each with how to undo it,
+    kept in memory as the add goes: a failed add undoes it without asking
+    the store (which may be what failed)."""
+
+    def __init__(self):
+        self.steps: List[Tuple[str, Callable[[], object]]] = []
+
+    def add(self, what: str, undo: Callable[[], object]):
+        self.steps.append((what, undo))
+
+    def undo(self) -> List[str]:
+        """Undo every step, the last made first; what could not be undone."""
+        failed = []
+        for what, fn in reversed(self.steps):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - the other steps are undone still
+                log.warning("undoing %s: %s", what, e)
+                failed.append(f"{what}: {e}")
+        self.steps.clear()
+        return failed
 
 
 class _Present:
@@ -97,6 +131,7 @@ class PodLife:
         self.networks = networks
         self.on_removed = on_removed
         self.ports: Dict[str, int] = {}  # host_ifname -> core port
+        self.adding: Set[str] = set()  # pods whose add runs now (under lock)
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
 
@@ -187,10 +222,15 @@ class PodLife:
         container exited, ``ip netns del``) or one of whose veths is (deleted
         with it): what the replay at start does, done while running, so
         their ports, addresses and MACs do not wait for a restart or a
-        ``pod del``. The names removed."""
+        ``pod del``. Also the leftovers of this node's adds and deletes the
+        store failed during (:meth:`leftover`). The names removed."""
         removed = []
         links = {n for _, n in socket.if_nameindex()}  # once a round
-        for pod in self.store.pods(state="ready", node=self.config.node):
+        for pod in self.store.pods(node=self.config.node):
+            if pod["state"] != "ready":
+                if self.leftover(pod) and self._remove_leftover(pod, "housekeeping"):
+                    removed.append(pod["name"])
+                continue
             if not self._gone(pod, links):
                 continue
             with self.lock:  # again under the lock: a delete and re-add meanwhile
@@ -205,6 +245,34 @@ class PodLife:
             event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
             removed.append(pod["name"])
         return removed
+
+    def leftover(self, pod) -> bool:
+        """Whether store record ``pod`` is what an add or a delete of this
+        node left when the store failed during it: 'pending' or 'deleting',
+        this node's, and no add of it running now in this process (an add
+        holds the lock throughout; a restart's replay removes the records
+        of adds and deletes the previous run left)."""
+        return (
+            pod is not None
+            and pod["state"] in UNFINISHED
+            and pod.get("node") in (None, self.config.node)
+            and pod["name"] not in self.adding
+        )
+
+    def _remove_leftover(self, pod, by: str) -> bool:
+        """Remove leftover ``pod`` (see :meth:`leftover`) if it still is one,
+        under the lock: whatever of it is still on the node, then its
+        records. Whether it was removed; the store's error if it fails."""
+        name = pod["name"]
+        with self.lock:
+            now = self.store.pod(name)
+            if not self.leftover(now) or now.get("created") != pod.get("created"):
+                return False
+            self._remove(name, self.store.endpoints(pod=name))
+            self.on_removed()
+        what = "add" if now["state"] == "pending" else "delete"
+        event(f"leftover of a failed pod {what} removed", pod=name, state=now["state"], by=by)
+        return True
 
     def _gone(self, pod, names) -> Optional[str]:
         """Why pod ``pod`` (a store record) cannot be forwarded for any
@@ -240,10 +308,11 @@ class PodLife:
         """{plane: kind} of pod ``name`` as its stored spec says."""
         return {p.plane: p.kind for p in self._stored_spec(name)}
 
-    def _stored_spec(self, name):
+    def _stored_spec(self, name, pod=None):
+        """The planes of pod ``name`` as its record (``pod``, else read) says."""
         from .podspec import parse_pod_spec
 
-        pod = self.store.pod(name)
+        pod = pod or self.store.pod(name)
         if not pod:
             return []
         try:
@@ -288,8 +357,9 @@ class PodLife:
     # -------------------------------------------------------- transactions
     def add_pod(self, name: str, netns: str, spec) -> dict:
         """Attach pod ``name`` (its network namespace ``netns``) as ``spec``
-        says; the pod's info (see ``pod_info``)."""
-        from .podnet import announce, attach_plane
+        says; the pod's info (see ``pod_info``). An add that fails is undone
+        (:meth:`_roll_back`) and raises its error."""
+        from .podnet import announce, attach_plane, detach_plane
         from .podspec import host_ifname, parse_pod_spec
 
         check_pod_name(name)
@@ -309,7 +379,9 @@ class PodLife:
             self._check_macs_free(name, ps)  # refused before anything is written
             floating = self._floating(but=name)  # other pods', by network
             self._check_addresses_free(name, ps, floating)
-            self.store.put_pod(name, netns, ps.to_dict(), node=node)  # intent first
+            self._put_pod(name, netns, ps)  # intent first
+            made = _Made()
+            self.adding.add(name)
             try:
                 for p in ps.planes:
                     n = self.config.network(p.network)
@@ -324,7 +396,7 @@ class PodLife:
                         mac = self.store.allocate_mac(name, p.plane)
                     hif = host_ifname(name, p.plane)
                     if p.kind != VETH:
-                        self._add_fast_plane(name, netns, p, n, mac, ip)
+                        self._add_fast_plane(name, netns, p, n, mac, ip, made)
                         continue
                     self.store.add_endpoint(
                         name,
@@ -349,7 +421,9 @@ class PodLife:
                         p.default_route,
                         plane=p.plane,
                         offloads=self.config.kernel_driver != "af_xdp",
-                    )
+                    )  # a step that fails deletes the pair itself
+                    made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
+                    made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))
                     self._attach_port(
                         {"host_ifname": hif, "network": n.name, "mac": mac, "ip": ip},
                         p.allowed,
@@ -358,11 +432,75 @@ class PodLife:
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
                 self.store.set_pod_state(name, "ready")
-            except BaseException:
-                self._remove(name, self.store.endpoints(pod=name))
+            except BaseException as e:
+                self._roll_back(name, made, e)
                 raise
+            finally:
+                self.adding.discard(name)
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
         return self.pod_info(name)
+
+    def _put_pod(self, name: str, netns: str, ps):
+        """Record pod ``name``, 'pending'. A leftover of this node's failed
+        add or delete of that name (:meth:`leftover`) is removed first;
+        AlreadyExists, saying what it is, if another pod has the name or the
+        leftover cannot be removed now."""
+        node = self.config.node
+        try:
+            self.store.put_pod(name, netns, ps.to_dict(), node=node)
+            return
+        except AlreadyExists as e:
+            old = self.store.pod(name)
+            if old is None:  # deleted meanwhile
+                pass
+            elif self.leftover(old):
+                try:
+                    self._remove_leftover(old, "a new add of the same name")
+                except DataplaneError as err:
+                    what = "add" if old["state"] == "pending" else "delete"
+                    raise AlreadyExists(
+                        f"pod {name} exists already on node {node}: it is what a failed "
+                        f"{what} left ({old['state']}), which is being removed, but that failed "
+                        f"now ({err}); the node's housekeeping tries again every few seconds: "
+                        "add it again then"
+                    ) from None
+            elif old["state"] in UNFINISHED:
+                doing = "added" if old["state"] == "pending" else "deleted"
+                raise AlreadyExists(
+                    f"{e} ({old['state']}: being {doing} there, or what a failed "
+                    f"{'add' if old['state'] == 'pending' else 'delete'} left, which that "
+                    "node removes once its store answers)"
+                ) from None
+            else:
+                raise
+        self.store.put_pod(name, netns, ps.to_dict(), node=node)
+
+    def _roll_back(self, name: str, made: "_Made", err: BaseException):
+        """Undo a failed add of pod ``name``: what it made on this node
+        (``made``), which needs no store, then its records, best effort:
+        records a store that does not answer keeps ('pending') are removed
+        by the housekeeping once it answers (:meth:`reap`)."""
+        failed = made.undo()
+        event("pod add failed: undone on this node", pod=name, error=str(err), not_undone=failed)
+        if any(f.startswith("vf ") for f in failed):  # their records are the way back
+            log.warning("pod %s: records kept: the housekeeping gives its VFs back", name)
+            return
+        try:
+            self.store.delete_pod(name)
+        except Exception as e:  # noqa: BLE001 - the add's own error is what is raised
+            log.warning(
+                "pod %s: the records of its failed add stay in the store (%s); they are "
+                "removed once it answers",
+                name,
+                e,
+            )
+
+    def _drop_port(self, hif: str):
+        """Remove the core port of host interface ``hif``, if it has one."""
+        port = self.ports.pop(hif, None)
+        if port is not None:
+            self.before_port_removed(port)
+            self.engine.del_port(port)
 
     def _floating(self, but: str) -> Dict[str, Dict[str, str]]:
         """{network: {address: pod}} of the IPv4 addresses pods other than
@@ -420,22 +558,27 @@ class PodLife:
                     f"{e['plane']} already"
                 )
 
-    def _give_back_vfs(self, name):
-        """Every VF pod ``name`` holds, back to the node as it was."""
+    def _give_back_vfs(self, name, planes):
+        """Every VF pod ``name`` (its spec's ``planes``) holds, back to the
+        node as it was."""
         from . import vf as vfs
 
-        for p in self._stored_spec(name):
+        for p in planes:
             if p.kind != VF:
                 continue
-            rec = vfs.holder(self.store, p.options["device"])
-            if rec and rec["pod"] == name:
-                try:
+            try:
+                rec = vfs.holder(self.store, p.options["device"])
+                if rec and rec["pod"] == name:
                     vfs.give_back(self.store, p.options["device"])
-                except DataplaneError as err:
-                    log.warning("giving back vf %s of pod %s: %s", p.options["device"], name, err)
+            except DataplaneError as err:
+                log.warning("giving back vf %s of pod %s: %s", p.options["device"], name, err)
 
-    def _add_fast_plane(self, name, netns, p, n, mac, ip):
-        """A plane that is not a veth: recorded first, then made."""
+    def _add_fast_plane(self, name, netns, p, n, mac, ip, made: _Made):
+        """A plane that is not a veth: recorded first, then made (and put in
+        ``made``)."""
+        from . import fastif
+        from .podspec import host_ifname
+
         e = {"plane": p.plane, "network": n.name, "mac": mac, "ip": ip}
         vf = p.kind == VF  # not behind this node's VTEP: the NIC switches it
         self.store.add_endpoint(
@@ -450,6 +593,17 @@ class PodLife:
             vtep=None if vf else self.config.vtep.ip,
         )
         if p.kind in SOCKET_KINDS:
+            base, hif = self.config.pod_socket_dir, host_ifname(name, p.plane)
+            if not any(w == "socket directory" for w, _ in made.steps):  # undone last
+                made.add("socket directory", lambda: fastif.remove_pod_dir(base, name))
+
+            def drop(plane=p.plane, hif=hif):
+                port = self.ports.pop(hif, None)
+                if port is not None:
+                    self.before_port_removed(port)
+                fastif.detach(self.engine, port, base, name, plane)
+
+            made.add(f"{p.kind} port of plane {p.plane}", drop)
             self._attach_fast(name, e, p, p.allowed, p.dhcp_server)
         if vf:
             from . import vf as vfs
@@ -473,17 +627,27 @@ class PodLife:
                 n.mtu,
                 p.default_route,
                 p.options,
-            )
+            )  # given back by take itself if it fails
+            made.add(f"vf {dev}", lambda: vfs.give_back(self.store, dev))
         self.store.set_endpoint_state(name, p.plane, "ready")
 
     def _remove(self, name, eps):
         """Detach what is left of pod ``name`` (ports, interfaces) and forget it."""
+        self._detach(name, eps)
+        self.store.delete_pod(name)
+
+    def _detach(self, name, eps, pod=None):
+        """Detach what is left of pod ``name`` (ports, interfaces, VFs,
+        sockets; ``eps``: its endpoints, ``pod``: its record if read
+        already); its records stay. The store is asked nothing else, but
+        for the VFs' records."""
         from . import fastif
         from .podnet import detach_plane
         from .podspec import host_ifname
 
-        kinds = self._kinds(name)
-        self._give_back_vfs(name)
+        planes = self._stored_spec(name, pod)
+        kinds = {p.plane: p.kind for p in planes}
+        self._give_back_vfs(name, planes)
         for e in eps:
             if kinds.get(e["plane"], VETH) == VF:
                 continue
@@ -510,16 +674,42 @@ class PodLife:
                 log.warning("removing %s: %s", hif, err)
         if any(k in SOCKET_KINDS for k in kinds.values()):
             fastif.remove_pod_dir(self.config.pod_socket_dir, name)
-        self.store.delete_pod(name)
 
     def del_pod(self, name: str) -> dict:
-        """Detach pod ``name``; NotFound unless this node runs it."""
+        """Detach pod ``name``; NotFound unless this node runs it. The store
+        is told first ('deleting'): a store that fails before the pod is
+        detached fails the delete, and nothing changed. Once detached, the
+        pod is deleted: if only the removal of its records fails, the answer
+        says so in ``records_left`` and the housekeeping (:meth:`reap`)
+        removes them once the store answers."""
         with self.lock:
             pod = self.store.pod(name)
             if not pod or pod.get("node") not in (None, self.config.node):
                 raise NotFound(f"pod {name} is not attached to this node")
-            self._remove(name, self.store.endpoints(pod=name))
+            eps = self.store.endpoints(pod=name)
+            if pod["state"] != "deleting":
+                try:
+                    self.store.set_pod_state(name, "deleting")  # intent first
+                except DataplaneError as e:
+                    raise type(e)(
+                        f"pod {name} is not deleted, it is still attached: {e} (had the store "
+                        "recorded the delete before it failed, the node finishes it once the "
+                        "store answers)",
+                        e.errno,
+                    ) from e
+            self._detach(name, eps, pod)
+            left = None
+            try:
+                self.store.delete_pod(name)
+            except Exception as e:  # noqa: BLE001 - detached: deleted, records wait
+                left = (
+                    f"the pod is detached from this node, but its records stay in the store "
+                    f"until it answers ({e}); the node removes them then"
+                )
             self.on_removed()
+        if left:
+            event("pod deleted; its records are removed once the store answers", pod=name)
+            return {"deleted": name, "records_left": left}
         event("pod deleted", pod=name)
         return {"deleted": name}
 
