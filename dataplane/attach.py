@@ -24,6 +24,7 @@ from typing import Dict, List
 
 from .checks import POD_RESERVED_IFNAMES, check_ifname
 from .errors import AlreadyExists, ConfigError, NotFound
+from .store import reach
 
 #: the pod-name prefix of attachments
 PREFIX = "cni-"
@@ -261,7 +262,17 @@ class Attachments:
         """Every attachment recorded on this node. One whose pod is gone (its
         namespace went while the service was down, or the service died
         during its ADD) is listed with state ``gone`` and what its record
-        says, until a DEL or GC forgets it."""
+        says, until a DEL or GC forgets it. A store that does not answer
+        (within ``reach.VIEW_WAIT_S`` a read): StoreDown, at once, saying
+        so."""
+        with reach.needed(
+            self.store,
+            "the CNI attachments are recorded in it, so none can be listed; the pods' planes "
+            "forward on ('dataplane pod list' shows the pods this node runs)",
+        ):
+            return self._list()
+
+    def _list(self) -> List[dict]:
         out = []
         for rec in self.store.attachments(node=self.config.node):
             try:

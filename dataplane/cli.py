@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from .config import DEFAULT_API_SOCKET, load_config
 from .errors import DataplaneError
@@ -83,6 +84,14 @@ def _print(obj, as_json):
             _print_plane_kind(p)
         return
     print(json.dumps(obj, indent=2))
+
+
+def _store_note(rows) -> None:
+    """A view answered without the store: say so first, once (every row
+    carries the same ``store_error``)."""
+    note = next((r["store_error"] for r in rows if r.get("store_error")), None)
+    if note:
+        print(f"STORE DOES NOT ANSWER: {note}")
 
 
 def _print_plane_kind(p):
@@ -161,10 +170,18 @@ def cmd_status(args):
         print(f"  cpu latency request changes nothing here: {st['cpu_latency_no_effect']}")
     if st.get("uplink_problem"):
         print(f"  UPLINK CANNOT CARRY FRAMES: {st['uplink_problem']}")
+    store = st.get("store") or {}
     if st.get("store_error"):
+        last = store.get("last_answer")
         print(
-            f"  STORE DOES NOT ANSWER (forwarding goes on with what the core has): "
-            f"{st['store_error']}"
+            f"  STORE DOES NOT ANSWER ({store.get('where') or 'store'}): {st['store_error']}"
+            + (f"; last answered {max(0.0, time.time() - last):.0f} s ago" if last else "")
+        )
+        print(
+            "    "
+            + store.get(
+                "consequence", "pod counts are unknown; forwarding goes on with what the core has"
+            )
         )
     for n in st["networks"]:
         pods = "-" if n["pods"] is None else n["pods"]
@@ -250,7 +267,14 @@ def cmd_pod(args):
     elif args.pod_cmd == "del":
         _print(_call(args, "DELETE", "/v1/pods", query={"name": args.name}), args.json)
     else:
-        _print(_call(args, "GET", "/v1/pods"), args.json)
+        pods = _call(args, "GET", "/v1/pods")
+        if args.json:
+            _print(pods, True)
+        elif not pods:
+            print("no pods on this node")
+        else:
+            _store_note(pods)
+            _print(pods, False)
     return 0
 
 
@@ -279,6 +303,7 @@ def cmd_fdb(args):
         if args.json:
             _print(rows, True)
         else:
+            _store_note(rows)
             for line in fdb_summary_lines(rows):
                 print(line)
         return 0
@@ -299,6 +324,7 @@ def cmd_fdb(args):
             + (" for " + " ".join(f"{k} {v}" for k, v in query.items()) if query else "")
         )
         return 0
+    _store_note(rows)
     for line in fdb_lines(rows):
         print(line)
     return 0
@@ -334,6 +360,8 @@ def fdb_lines(rows) -> list:
             )
         else:
             whose = "-"
+        if r.get("stale"):  # the store does not answer: as the cluster view last had it
+            whose += " (may be stale)"
         out.append(
             f"{r['network']:10s} {r['mac']:17s} {r['type']:6s} {to:18s} {r['origin']:8s} {whose}"
         )
@@ -359,6 +387,8 @@ def cmd_host(args):
     if args.json:
         _print(hosts, True)
         return 0
+    if not hosts:
+        print("no static hosts ('dataplane host add' describes one to the cluster)")
     for h in hosts:
         print(f"{h['name']:20s} {h['network']:10s} {h['ip']:15s} {h['mac']}  vtep {h['vtep']}")
     return 0
@@ -415,6 +445,8 @@ def cmd_attachment(args):
     if args.json:
         _print(atts, True)
         return 0
+    if not atts:
+        print("no CNI attachments on this node")
     for a in atts:
         pod = "/".join(x for x in (a.get("k8s_namespace"), a.get("k8s_pod")) if x) or "-"
         if a.get("state") == "gone":

@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 from .api import Route
 from .checks import check_mac, check_name, check_pod_name, check_vtep_ip, fail, parse_ipv4
 from .errors import ConfigError, NotFound
+from .store import reach
 from .store.etcd_alloc import STATIC_NODE_PREFIX
 
 
@@ -49,7 +50,13 @@ class StaticHosts:
     def list(self) -> List[Dict[str, Any]]:
         if not hasattr(self.store, "put_static_endpoint"):
             return []
-        rows = [_row(e) for e in self.store.endpoints() if is_static(e)]
+        with reach.needed(
+            self.store,
+            "the static hosts are recorded in it, so none can be listed; the core forwards "
+            "to those the cluster view had ('dataplane fdb' shows them, origin host)",
+        ):
+            eps = self.store.endpoints()
+        rows = [_row(e) for e in eps if is_static(e)]
         return sorted(rows, key=lambda r: (r["name"], r["network"]))
 
     def add(self, body: Dict[str, Any]) -> Dict[str, Any]:

@@ -16,12 +16,14 @@ they had; nothing is allocated twice.
 
 import os
 import socket
+import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .checks import AF_XDP_FILL_MBUFS, check_pod_name
 from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
 from .fastif import SOCKET_KINDS, VETH, VF
 from .logs import event, log
+from .store import reach
 
 #: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
 #: tx buffers, plane queues)
@@ -132,6 +134,11 @@ class PodLife:
         self.on_removed = on_removed
         self.ports: Dict[str, int] = {}  # host_ifname -> core port
         self.adding: Set[str] = set()  # pods whose add runs now (under lock)
+        # this node's pods as last recorded or read (pod_info, and when):
+        # every change of them is made here, so a store that does not
+        # answer leaves nothing out of it (list_pods, the FDB's annotations)
+        self.known: Dict[str, dict] = {}
+        self.known_at: Dict[str, float] = {}
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
 
@@ -189,6 +196,7 @@ class PodLife:
                         allowed.get(e["plane"], ()),
                         dhcp_server=e["plane"] in dhcp,
                     )
+            self._info(pod, eps)
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
 
     def _replay_mtu(self, pod, e):
@@ -674,6 +682,8 @@ class PodLife:
                 log.warning("removing %s: %s", hif, err)
         if any(k in SOCKET_KINDS for k in kinds.values()):
             fastif.remove_pod_dir(self.config.pod_socket_dir, name)
+        self.known.pop(name, None)  # detached: not this node's any more
+        self.known_at.pop(name, None)
 
     def del_pod(self, name: str) -> dict:
         """Detach pod ``name``; NotFound unless this node runs it. The store
@@ -718,8 +728,13 @@ class PodLife:
         pod = self.store.pod(name)
         if not pod:
             raise NotFound(f"pod {name} is not attached")
-        eps = self.store.endpoints(pod=name)
-        return {
+        return self._info(pod, self.store.endpoints(pod=name))
+
+    def _info(self, pod, eps) -> dict:
+        """Pod record ``pod`` with its endpoints ``eps`` as the API shows
+        it; remembered (``known``) if it is this node's."""
+        name = pod["name"]
+        info = {
             "name": name,
             "netns": pod["netns"],
             "state": pod["state"],
@@ -730,6 +745,10 @@ class PodLife:
                 for e in eps
             ],
         }
+        if pod.get("node") in (None, self.config.node):
+            self.known[name] = info
+            self.known_at[name] = time.time()
+        return info
 
     def _plane_extra(self, name, e) -> dict:
         """A plane's kind and what the pod's application needs to use it."""
@@ -758,4 +777,49 @@ class PodLife:
         return out
 
     def list_pods(self) -> List[dict]:
-        return [self.pod_info(p["name"]) for p in self.store.pods(node=self.config.node)]
+        """This node's pods (``pod_info``), from the store. If it does not
+        answer (within ``reach.PROBE_WAIT_S``, each read within
+        ``reach.VIEW_WAIT_S``): the pods as this service last recorded or
+        read them, each with ``store_error`` (why the store is not read,
+        what that means) and ``as_of`` (when it was last read or changed)."""
+        err = reach.probe(self.store)
+        if err is None:
+            try:
+                with reach.bounded(self.store):
+                    return [
+                        self.pod_info(p["name"]) for p in self.store.pods(node=self.config.node)
+                    ]
+            except ConnectionError as e:  # EtcdUnavailable
+                err = str(e)
+        msg = reach.down_message(
+            self.store,
+            err,
+            "the pods are listed as this service attached them (it records every change of "
+            "them, so none is left out); pods cannot be added or deleted until it answers; "
+            "the core forwards on",
+        )
+        out = []
+        for name, info in sorted(self.known.items()):
+            planes = [dict(p) for p in info["planes"]]
+            for p in planes:  # the port is the core's: known here, now
+                if p.get("kind", VETH) == VETH:
+                    p["port"] = self.ports.get(p["host_ifname"])
+            out.append(
+                dict(info, planes=planes, store_error=msg, as_of=round(self.known_at[name], 3))
+            )
+        return out
+
+    def local_endpoints(self) -> List[dict]:
+        """The planes of this node's pods as last recorded or read (no store
+        read): [{pod, plane, network, mac, node}]."""
+        return [
+            {
+                "pod": name,
+                "plane": p["plane"],
+                "network": p["network"],
+                "mac": p["mac"],
+                "node": self.config.node,
+            }
+            for name, info in list(self.known.items())
+            for p in info["planes"]
+        ]

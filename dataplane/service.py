@@ -40,8 +40,16 @@ from .podnet import (
     tunnel_tap_name,
     uplink_wire_sized,
 )
-from .status import api_routes, fdb_report, fdb_summary, status_report, take_snapshot
-from .store import StateStore, open_store
+from .status import (
+    STALE_ORIGINS,
+    api_routes,
+    fdb_report,
+    fdb_summary,
+    status_report,
+    store_counts,
+    take_snapshot,
+)
+from .store import StateStore, open_store, reach
 from .sync import ClusterSync, network_index
 
 __all__ = ["NodeService", "setup_logging"]
@@ -221,7 +229,7 @@ class NodeService:
             kernel_driver=cfg.kernel_driver,
             api=cfg.api_socket,
             metrics=cfg.metrics.listen,
-            pods=len(self.store.pods()),
+            pods=len(self.pods.known),  # this node's, replayed
             cpu_latency_us=cfg.cpu_latency_us,
         )
         for a in cfg.advice():
@@ -433,16 +441,59 @@ class NodeService:
 
     # ------------------------------------------------------------- status
     def snapshot(self):
-        """What the metrics collector reads (None once stopped)."""
+        """What the metrics collector reads (None once stopped). The store's
+        part (pods per network, endpoints) is read first, outside the
+        engine's lock, within ``reach.PROBE_WAIT_S`` + ``reach.VIEW_WAIT_S``:
+        a hung store leaves it unknown, and the counters come at once."""
+        store = self.store
+        if store is None:
+            return None
+        counts = self._store_counts(store)
         with self.lock:
             if self.engine is None or self.store is None:
                 return None
-            snap = take_snapshot(self.config, self.engine, self.store, self.net_index, self.uplink)
+            snap = take_snapshot(
+                self.config, self.engine, self.store, self.net_index, self.uplink, counts=counts
+            )
             if self.cpu_latency is not None:
                 snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())
             if self.uplink_ifindex is not None:
                 snap = snap._replace(uplink_up=self.uplink_problem is None)
             return snap
+
+    def _store_counts(self, store):
+        """(pods per network of this node, endpoints per network, None), or
+        (None, None, why not) if the store does not answer a probe or a
+        read in time."""
+        err = reach.probe(store)
+        if err is None:
+            try:
+                with reach.bounded(store):
+                    return store_counts(self.config, store)
+            except ConnectionError as e:  # EtcdUnavailable
+                err = str(e)
+        return None, None, err
+
+    def store_state(self, error: Optional[str]) -> dict:
+        """The store as status shows it: where, whether it answers (``error``:
+        why not, from the probe just made), since when it does not (the
+        last answer), and what that leaves out."""
+        store = self.store
+        sync = self.sync
+        out = {
+            "kind": store.kind if store else None,
+            "where": reach.where(store) if store else None,
+            "answers": error is None,
+            "error": error,
+            "last_answer": reach.last_answer(store),
+            "cluster_view_synced": sync.synced_at if sync is not None else None,
+        }
+        if error is not None:
+            out["consequence"] = (
+                "pod counts per network are unknown; pods cannot be added or deleted; the "
+                "core forwards on what it has (cluster view as of its last sync)"
+            )
+        return out
 
     def status(self) -> dict:
         snap = self.snapshot()
@@ -459,6 +510,7 @@ class NodeService:
         report["fdb_entries"] = snap.fdb_entries
         report["uplink_problem"] = self.uplink_problem  # None while it carries frames
         report["store_error"] = snap.store_error  # None while the store answers
+        report["store"] = self.store_state(snap.store_error)
         if snap.learning is not None:
             from .engine import WORKER_COUNTERS
 
@@ -500,7 +552,9 @@ class NodeService:
     def _fdb_views(self, network: Optional[str]):
         """The engine, the network's index (None: all) and this node's
         pods' and the cluster's endpoints by (network index, mac), for the
-        FDB's views."""
+        FDB's views: none of it read from the store (this node's pods as
+        the service recorded them, the cluster's as the cluster view has
+        them), so the views answer while the store does not."""
         net = self._net_of(network)
 
         def by_key(endpoints):  # {(network index, mac): endpoint}
@@ -514,10 +568,28 @@ class NodeService:
             engine = self._live_engine()
             ports = {p.index: p.name for p in engine.ports()}
             remote = by_key(self.sync.remote.values())
-        local = by_key(
-            e for e in self.store.endpoints() if e.get("node") in (None, self.config.node)
-        )
+        local = by_key(self.pods.local_endpoints())
         return engine, net, ports, local, remote
+
+    def _fdb_store_note(self) -> Optional[str]:
+        """None while the store answers (a probe of ``reach.PROBE_WAIT_S``
+        at most); else what the FDB's views cannot vouch for."""
+        store = self.store
+        if store is None or not store.can_watch:
+            return None  # SQLite: no cluster view to go stale
+        err = reach.probe(store)
+        if err is None:
+            return None
+        synced = self.sync.synced_at if self.sync is not None else None
+        when = time.strftime("%H:%M:%S", time.localtime(synced)) if synced else "never: none yet"
+        return reach.down_message(
+            store,
+            err,
+            "the entries are the core's; origin and owner of other nodes' pods and hosts "
+            "(origin cluster, host, api) are as the cluster view last heard them (last "
+            f"snapshot {when}) and may be stale; this node's pods and learned MACs are "
+            "current; the core forwards on these entries",
+        )
 
     def _fdb_read(self, read):
         """read(): the engine's table, held only while it is copied: pods
@@ -534,7 +606,14 @@ class NodeService:
         name), of one ``mac`` (normalised), or all."""
         engine, net, ports, local, remote = self._fdb_views(network)
         entries = self._fdb_read(lambda: engine.fdb_list(net, mac))
-        return fdb_report(entries, self.net_index, ports, local, remote)
+        rows = fdb_report(entries, self.net_index, ports, local, remote)
+        note = self._fdb_store_note()
+        if note:  # said on every row (the answer stays a list)
+            for r in rows:
+                r["store_error"] = note
+                if r["origin"] in STALE_ORIGINS:
+                    r["stale"] = True
+        return rows
 
     def fdb_summary(self, network: Optional[str] = None) -> list:
         """Entries by network and origin (:func:`dataplane.status.fdb_summary`):
@@ -542,7 +621,13 @@ class NodeService:
         engine, net, _, local, remote = self._fdb_views(network)
         rows = self._fdb_read(lambda: engine.fdb_rows(net))
         nets = self.net_index if network is None else {network: net}
-        return fdb_summary(rows, nets, local, remote)
+        out = fdb_summary(rows, nets, local, remote)
+        note = self._fdb_store_note()
+        if note:
+            for r in out:
+                r["store_error"] = note
+                r["stale"] = list(STALE_ORIGINS)  # counts that may be out of date
+        return out
 
     def fdb_clear(self, network: Optional[str] = None, mac: Optional[str] = None) -> dict:
         """MACs learned from the underlay removed from the FDB (of
@@ -841,5 +926,9 @@ class NodeService:
             self._reap_error = None
         except DataplaneError as e:
             if str(e) != self._reap_error:  # once per outage, not every round
-                log.warning("removing pods whose interfaces are gone: %s", e)
+                log.warning(
+                    "housekeeping: cannot look for pods whose interfaces are gone (%s); "
+                    "nothing is removed, the next round tries again",
+                    e,
+                )
             self._reap_error = str(e)

@@ -20,11 +20,30 @@ from .engine import lib
 from .hosts import is_static
 
 
-def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optional[int]):
+def store_counts(config, store):
+    """(this node's pods per network {network: set of pods}, the cluster's
+    endpoints per network {network: n}, None) from ``store``; (None, None,
+    why) if it does not answer."""
+    pods, eps = {}, {}
+    try:
+        here = {p["name"] for p in store.pods(node=config.node)}
+        for e in store.endpoints():
+            if e["pod"] in here:
+                pods.setdefault(e["network"], set()).add(e["pod"])
+            eps[e["network"]] = eps.get(e["network"], 0) + 1
+    except ConnectionError as e:  # EtcdUnavailable
+        return None, None, str(e)
+    return pods, eps, None
+
+
+def take_snapshot(
+    config, engine, store, networks: Dict[str, int], uplink: Optional[int], counts=None
+):
     """A :class:`dataplane.metrics.Snapshot` of ``engine``'s counters with the
     labels they need (ports, networks, planes, pods per network from
-    ``store``; queue depths of the shaped ``uplink``). ``networks`` maps a
-    network's name to the core's index."""
+    ``store``, or ``counts`` if given: :func:`store_counts` read before;
+    queue depths of the shaped ``uplink``). ``networks`` maps a network's
+    name to the core's index."""
     from .metrics import NetLabel, PlaneLabel, PortLabel, Snapshot
 
     names = {i: n for n, i in networks.items()}
@@ -42,15 +61,7 @@ def take_snapshot(config, engine, store, networks: Dict[str, int], uplink: Optio
     nets = [NetLabel(i, n.name, n.vni, n.plane) for i, n in enumerate(config.networks)]
     # pods of this node, endpoints of the cluster; a cluster store that does
     # not answer leaves them unknown, not the counters (forwarding goes on)
-    pods, eps, store_error = {}, {}, None
-    try:
-        here = {p["name"] for p in store.pods(node=config.node)}
-        for e in store.endpoints():
-            if e["pod"] in here:
-                pods.setdefault(e["network"], set()).add(e["pod"])
-            eps[e["network"]] = eps.get(e["network"], 0) + 1
-    except ConnectionError as e:  # EtcdUnavailable
-        pods, eps, store_error = None, None, str(e)
+    pods, eps, store_error = counts if counts is not None else store_counts(config, store)
     planes = [PlaneLabel(config.plane_id(p.name), p.name) for p in config.planes.values()]
     shaped = {}
     if config.vtep.uplink_rate and uplink is not None:
@@ -180,6 +191,9 @@ def fdb_report(entries, networks: Dict[str, int], port_names, local_eps, remote_
 
 #: the origins fdb_report gives, in the order fdb_summary counts them
 FDB_ORIGINS = ("pod", "port", "cluster", "host", "learned", "api")
+#: the origins told from the cluster view: possibly out of date while the
+#: store does not answer (an "api" entry may be a cluster one not heard of)
+STALE_ORIGINS = ("cluster", "host", "api")
 
 
 def _fdb_keys(rows) -> np.ndarray:

@@ -127,6 +127,9 @@ class ClusterSync:
         self.remote: Dict[tuple, dict] = {}  # (pod, plane) -> remote endpoint
         self.tables = CoreTables()
         self.synced = threading.Event()  # the first snapshot is applied
+        #: time.time() of the last snapshot applied (the watch keeps the
+        #: view in step after it, as long as the store answers)
+        self.synced_at: Optional[float] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._watch = None
@@ -172,6 +175,7 @@ class ClusterSync:
                         if is_remote(e, self.node, self.vtep, self.networks)
                     }
                     self.apply()
+                self.synced_at = time.time()
                 self.synced.set()
                 event(
                     "cluster view synchronised",

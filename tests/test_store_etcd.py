@@ -706,3 +706,40 @@ def test_threads_share_a_few_clients_and_close_ends_watches(server, prefix):
     assert ev.empty_for(0.3)  # closed: no 'error' either
     with pytest.raises(Exception, match="closed"):
         s.get_meta("x")
+
+
+def test_store_errors_name_the_endpoint_in_plain_words(own_server):
+    """What a view shows when etcd is stopped or hung: the endpoint and why,
+    not urllib3's text; a refused connection is not called a timeout; a
+    bounded read gives up at its bound, not the store's timeout."""
+    s = EtcdStore([own_server.url], timeout=10)
+    s.pods()
+    assert s.client.last_error is None and s.client.last_answer is not None
+    own_server.pause()
+    try:
+        t = time.monotonic()
+        with s.client.bounded(0.5), pytest.raises(EtcdUnavailable) as hung:
+            s.pods()
+        assert time.monotonic() - t < 5
+        assert str(hung.value) == (
+            f"etcd {own_server.url} does not answer: no answer within 0.5 s "
+            "(it is hung, overloaded or cut off)"
+        )
+        assert s.client.last_error[0] == str(hung.value)
+    finally:
+        own_server.resume()
+    s.pods()  # the bound is gone with the block; etcd answers again
+    assert s.client.last_error is None
+    own_server.stop()
+    try:
+        with pytest.raises(EtcdUnavailable) as stopped:
+            s.pods()
+        msg = str(stopped.value)
+        assert (
+            msg
+            == f"etcd {own_server.url} does not answer (connection refused: nothing listens there)"
+        )
+        assert "Pool" not in msg and "within" not in msg
+    finally:
+        own_server.start()
+    s.close()

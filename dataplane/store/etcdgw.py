@@ -132,6 +132,43 @@ def _first_line(x) -> str:
     return lines[0] if lines else type(x).__name__
 
 
+#: what a failed connection's text says, in a few plain words (urllib3's
+#: "HTTPConnectionPool(...): Max retries exceeded ... NewConnectionError(...)"
+#: says little more, at length)
+_REASONS = (
+    ("refused", "connection refused: nothing listens there"),
+    ("Name or service not known", "the host name does not resolve"),
+    ("Temporary failure in name resolution", "the host name does not resolve"),
+    ("No route to host", "no route to the host"),
+    ("Network is unreachable", "the network is unreachable"),
+    ("timed out", "the connection timed out"),
+    ("reset by peer", "the connection was reset"),
+    ("RemoteDisconnected", "the connection was closed without an answer"),
+    ("Connection aborted", "the connection was closed without an answer"),
+    ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate is not trusted"),
+    ("SSLError", "the TLS handshake failed"),
+)
+
+
+def _gateway_error(e) -> str:
+    """An HTTP error etcd's gateway answered, as 'HTTP reason: message'."""
+    text = e.detail_text or ""
+    try:
+        text = json.loads(text).get("message") or text
+    except (ValueError, AttributeError):
+        pass
+    return f"{e.args[0]}: {_first_line(text)}" if text else str(e.args[0])
+
+
+def plain_reason(x) -> str:
+    """Why a connection to etcd failed, in plain words, not urllib3's text."""
+    text = str(getattr(x, "detail_text", None) or x)
+    for needle, words in _REASONS:
+        if needle in text:
+            return words
+    return _first_line(text)
+
+
 # ------------------------------------------------------------- transaction
 class Txn:
     """One optimistic transaction: reads at one revision, compares, writes."""
@@ -453,7 +490,13 @@ class EtcdGateway:
         self._sessions: List[requests.Session] = []
         self._watches = weakref.WeakSet()
         self._slock = threading.Lock()
+        self._local = threading.local()  # a thread's bound (bounded())
         self._closed = False
+        #: the last time etcd answered (time.time()), None before it did
+        self.last_answer: Optional[float] = None
+        #: (message, time.time()) of the last request no endpoint answered;
+        #: None once one answers again
+        self.last_error: Optional[Tuple[str, float]] = None
 
     def __repr__(self):
         return f"EtcdGateway({self.urls!r})"
@@ -497,35 +540,73 @@ class EtcdGateway:
         """One v3 request (``kv/range``, ``kv/txn``, ...), to the endpoint that
         answered last, then the others. A connection that fails (or etcd's
         503: no leader) moves to the next endpoint; a timeout does not (the
-        request may have been applied)."""
+        request may have been applied). Within :meth:`bounded` the request
+        waits at most that long."""
         if self._closed:
             raise DataplaneError("etcd store is closed")
         n = len(self._targets)
         start = self._current
-        last = None
+        failed = []
+        timeout = self.request_timeout
         for j in range(n):
             i = (start + j) % n
             with self._borrow(i) as c:
+                c.timeout = timeout
                 try:
                     r = c.post(c.get_url(path), json=payload)
                 except etcd_exc.ConnectionFailedError as e:
-                    last = _first_line(e.detail_text or e)
+                    failed.append((self.urls[i], plain_reason(e)))
                     continue
                 except etcd_exc.ConnectionTimeoutError as e:
-                    raise EtcdUnavailable(
-                        f"etcd {self.urls[i]}: no answer within "
-                        f"{self.timeout:g} s ({e.detail_text or e})"
+                    if e.args:  # etcd answered, HTTP 408 or 504: (text, reason)
+                        raise self._down(
+                            f"etcd {self.urls[i]} does not answer: it cancelled the request "
+                            f"({_gateway_error(e)}); it may be stopping or restarting"
+                        ) from None
+                    raise self._down(
+                        f"etcd {self.urls[i]} does not answer: no answer within {timeout:g} s "
+                        "(it is hung, overloaded or cut off)"
                     ) from None
                 except etcd_exc.Etcd3Exception as e:
                     raise DataplaneError(
                         f"etcd {self.urls[i]}: {path} failed: {(e.detail_text or str(e)).strip()}"
                     ) from None
+                finally:
+                    c.timeout = self.timeout
                 self._api_paths[i] = c.api_path
             self._current = i
+            self.last_answer = time.time()
+            self.last_error = None
             return r
-        raise EtcdUnavailable(
-            f"etcd: {', '.join(self.urls)} {'does' if n == 1 else 'do'} not answer ({last})"
+        raise self._down(
+            f"etcd {failed[0][0]} does not answer ({failed[0][1]})"
+            if n == 1
+            else "etcd does not answer: " + ", ".join(f"{u} ({why})" for u, why in failed)
         )
+
+    def _down(self, message: str) -> "EtcdUnavailable":
+        """EtcdUnavailable(message), remembered as the last outcome."""
+        self.last_error = (message, time.time())
+        return EtcdUnavailable(message)
+
+    @property
+    def request_timeout(self) -> float:
+        """How long a request of this thread may wait: the timeout, or less
+        within :meth:`bounded`."""
+        limit = getattr(self._local, "limit", None)
+        return self.timeout if limit is None else min(self.timeout, limit)
+
+    @contextmanager
+    def bounded(self, seconds: float):
+        """Requests made by this thread inside the block wait at most
+        ``seconds`` for etcd (a view that has something else to show when
+        etcd is hung, instead of waiting the full timeout)."""
+        before = getattr(self._local, "limit", None)
+        self._local.limit = seconds if before is None else min(before, seconds)
+        try:
+            yield
+        finally:
+            self._local.limit = before
 
     # -------------------------------------------------------------- leases
     def lease_grant(self, ttl: int) -> int:
@@ -615,7 +696,7 @@ class EtcdGateway:
             try:
                 resp, lines, session = self._open_watch(i, create)
             except _NextEndpoint as e:
-                last = f"{self.urls[i]}: {e}"
+                last = f"{self.urls[i]} ({e})"
                 continue
             w = Watch(
                 self, prefix, resp, lines, callback, decode, start_revision, heartbeat, session
@@ -623,7 +704,7 @@ class EtcdGateway:
             self._watches.add(w)
             w._start()
             return w
-        raise EtcdUnavailable(f"etcd: cannot watch, no endpoint answers ({last})")
+        raise self._down(f"etcd: cannot watch, no endpoint answers: {last}")
 
     def _open_watch(self, i, create):
         """Open the watch stream on endpoint ``i`` and read etcd's confirmation
@@ -638,7 +719,7 @@ class EtcdGateway:
             )
         except (requests.exceptions.RequestException, etcd_exc.Etcd3Exception) as e:
             c.session.close()
-            raise _NextEndpoint(_first_line(e)) from None
+            raise _NextEndpoint(plain_reason(e)) from None
         try:
             if resp.status_code != 200:
                 text = resp.text.strip()
@@ -651,7 +732,7 @@ class EtcdGateway:
             try:
                 first = json.loads(next(lines))
             except (StopIteration, ValueError, requests.exceptions.RequestException) as e:
-                raise _NextEndpoint(f"no watch confirmation ({_first_line(e)})") from None
+                raise _NextEndpoint(f"no watch confirmation: {plain_reason(e)}") from None
             if "error" in first or not first.get("result", {}).get("created"):
                 raise DataplaneError(f"etcd {self.urls[i]}: watch not created: {first}")
             sock = _stream_socket(resp)

@@ -1,0 +1,227 @@
+"""The node's views while its cluster store (a real etcd, the test's own)
+is stopped or hung (SIGSTOP): the node service (real, one node, fallback
+mode) answers ``fdb``, ``fdb summary``, ``pod list`` and ``status`` from
+the core and its own memory, promptly, saying that the store does not
+answer and what may be stale; ``attachment list`` and ``host list``, which
+only the store can answer, fail at once, naming the store and the
+consequence, not urllib3's text."""
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+from nodeparts import sh
+from test_service import IT_SPEC, Node
+
+from dataplane.store.etcd import EtcdStore
+from tests.etcdhost import EtcdServer, have_etcd
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(not have_etcd(), reason="needs /usr/bin/etcd (Debian: etcd-server)"),
+]
+
+HOST_MAC, HOST_IP, HOST_VTEP = "02:00:00:0a:77:01", "192.168.50.201", "10.99.0.50"
+#: etcd's request timeout in the service (dataplane.store.etcdgw.DEFAULT_TIMEOUT):
+#: a view that waited for it would take this long
+ETCD_TIMEOUT_S = 10.0
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """(node, etcd, a store client of the node's prefix, pod vwa's info)."""
+    srv = EtcdServer("vwetcd").start()
+    prefix = f"/vw{uuid.uuid4().hex[:6]}"
+    node = Node(
+        tmp_path,
+        uuid.uuid4().hex[:5],
+        extra=f"store: {{kind: etcd, endpoints: ['{srv.url}'], prefix: {prefix}}}",
+    )
+    es = None
+    try:
+        node.start()
+        ns = f"vw{node.tag}a"
+        sh("ip", "netns", "add", ns)
+        node.netns.append(ns)
+        info = node.api(
+            "POST",
+            "/v1/pods",
+            {"name": "vwa", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(IT_SPEC)},
+        )
+        node.host_links |= {p["host_ifname"] for p in info["planes"]}
+        es = EtcdStore([srv.url], prefix=prefix)
+        # a host described to the cluster, and a pod of another node: the
+        # cluster view has the host; neither is this node's pod
+        es.put_static_endpoint("vwhost", "net1", HOST_MAC, HOST_IP, HOST_VTEP)
+        es.put_pod("vwother", "/var/run/netns/vwother", {}, node="vwnode2")
+        for _ in range(100):
+            if any(r["mac"] == HOST_MAC for r in node.api("GET", "/v1/fdb")):
+                break
+            time.sleep(0.05)
+        yield node, srv, es, info
+    finally:
+        if es is not None:
+            es.close()
+        node.cleanup()
+        srv.close()
+
+
+def timed_cli(node, *args):
+    """(the CompletedProcess of ``dataplane ARGS``, seconds it took)."""
+    t = time.monotonic()
+    r = node.cli(*args, check=False)
+    return r, time.monotonic() - t
+
+
+def check_views_without_store(node, srv, info, why):
+    """What the views say while etcd does not answer (``why``: the words
+    for the failure, e.g. 'connection refused')."""
+    mac = info["planes"][0]["mac"]
+    down = f"the store (etcd {srv.url}) does not answer ({why}"
+
+    # status answers, with the core's counters, and says the store does not
+    r, took = timed_cli(node, "status")
+    assert r.returncode == 0, r.stderr
+    assert took < ETCD_TIMEOUT_S, took
+    assert f"STORE DOES NOT ANSWER (etcd {srv.url})" in r.stdout, r.stdout
+    assert "pod counts per network are unknown" in r.stdout, r.stdout
+    st = node.api("GET", "/v1/status")
+    assert st["forwarding"] is True and why in st["store_error"], st
+    assert st["store"]["answers"] is False and st["store"]["where"] == f"etcd {srv.url}"
+    assert all(n["pods"] is None for n in st["networks"]), st
+
+    # the FDB: the core's entries; this node's pod as its own, the host as
+    # the cluster view had it, marked as possibly stale
+    r, took = timed_cli(node, "fdb")
+    assert r.returncode == 0, r.stderr
+    assert took < ETCD_TIMEOUT_S, took
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"STORE DOES NOT ANSWER: {down}"), r.stdout
+    assert "may be stale" in lines[0] and "the core forwards on" in lines[0], lines[0]
+    assert lines[1].split() == ["NETWORK", "MAC", "TYPE", "TO", "ORIGIN", "WHOSE"], r.stdout
+    assert any(
+        ln.split()[:5] == ["net1", mac, "local", info["planes"][0]["host_ifname"], "pod"]
+        and "pod vwa plane std" in ln
+        for ln in lines
+    ), r.stdout
+    assert any(
+        ln.split()[:5] == ["net1", HOST_MAC, "remote", HOST_VTEP, "host"]
+        and ln.endswith("host vwhost (may be stale)")
+        for ln in lines
+    ), r.stdout
+    rows = {r["mac"]: r for r in node.api("GET", "/v1/fdb")}
+    assert down in rows[mac]["store_error"] and "stale" not in rows[mac]
+    assert rows[mac]["origin"] == "pod" and rows[mac]["pod"] == "vwa"
+    assert rows[HOST_MAC]["origin"] == "host" and rows[HOST_MAC]["stale"] is True
+
+    r, took = timed_cli(node, "fdb", "summary")
+    assert r.returncode == 0 and took < ETCD_TIMEOUT_S, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0].startswith(f"STORE DOES NOT ANSWER: {down}"), r.stdout
+    assert out[2].split()[:5] == ["net1", "1", "0", "0", "1"], r.stdout  # pod, host
+    summary = node.api("GET", "/v1/fdb/summary")
+    assert all(down in s["store_error"] for s in summary), summary
+    assert summary[0]["stale"] == ["cluster", "host", "api"]
+
+    # the pods: this node's, as the service attached them
+    r, took = timed_cli(node, "pod", "list")
+    assert r.returncode == 0 and took < ETCD_TIMEOUT_S, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0].startswith(f"STORE DOES NOT ANSWER: {down}"), r.stdout
+    assert "none is left out" in out[0], out[0]
+    assert out[1].startswith("vwa  netns=") and "state=ready" in out[1], r.stdout
+    assert "vwother" not in r.stdout and "vwhost" not in r.stdout
+    pods = node.api("GET", "/v1/pods")
+    assert [p["name"] for p in pods] == ["vwa"]
+    assert pods[0]["planes"][0]["mac"] == mac and pods[0]["planes"][0]["port"] is not None
+    assert down in pods[0]["store_error"] and pods[0]["as_of"] <= time.time()
+
+    # what only the store knows: refused at once, saying what and why
+    for args, what in (
+        (("attachment", "list"), "the CNI attachments are recorded in it"),
+        (("host", "list"), "the static hosts are recorded in it"),
+    ):
+        r, took = timed_cli(node, *args)
+        assert r.returncode != 0 and took < ETCD_TIMEOUT_S, (args, r.stdout, took)
+        assert r.stderr.startswith(f"dataplane: {down}"), r.stderr
+        assert what in r.stderr, r.stderr
+        for raw in ("Pool", "NewConnectionError", "Max retries", "Errno"):
+            assert raw not in r.stderr, r.stderr
+
+
+def test_views_answer_while_etcd_is_stopped_or_hung(setup):
+    node, srv, es, info = setup
+    # with etcd up: nothing said about the store, every view answers
+    rows = node.api("GET", "/v1/fdb")
+    assert rows and not any("store_error" in r or "stale" in r for r in rows), rows
+    st = node.api("GET", "/v1/status")
+    assert st["store_error"] is None and st["store"]["answers"] is True
+    assert {n["name"]: n["pods"] for n in st["networks"]} == {"net1": 1, "net2": 0}
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["vwa"]
+    assert "store_error" not in node.api("GET", "/v1/pods")[0]
+    assert node.cli("attachment", "list").stdout == "no CNI attachments on this node\n"
+    assert node.cli("host", "list").stdout.startswith("vwhost ")
+    assert node.api("GET", "/v1/attachments") == []
+
+    srv.stop()  # gone: connections refused
+    try:
+        check_views_without_store(node, srv, info, "connection refused")
+    finally:
+        srv.start()
+    for _ in range(100):
+        if node.api("GET", "/v1/status")["store"]["answers"]:
+            break
+        time.sleep(0.1)
+
+    srv.pause()  # hung: connections accepted, never answered
+    try:
+        t = time.monotonic()
+        st = node.api("GET", "/v1/status")
+        took = time.monotonic() - t
+        assert took < ETCD_TIMEOUT_S, took  # the store part is bounded
+        assert st["store"]["answers"] is False and "no answer within" in st["store_error"], st
+        check_views_without_store(node, srv, info, "no answer within")
+    finally:
+        srv.resume()
+
+    # back: nothing said any more
+    for _ in range(100):
+        rows = node.api("GET", "/v1/fdb")
+        if not any("store_error" in r for r in rows):
+            break
+        time.sleep(0.1)
+    assert not any("store_error" in r or "stale" in r for r in rows), rows
+    assert "store_error" not in node.api("GET", "/v1/pods")[0]
+
+
+def test_started_log_counts_this_nodes_pods(setup):
+    node, srv, es, info = setup
+    node.stop()  # the pod's interfaces stay; the restart replays it
+    node.start()
+    for _ in range(200):
+        text = (node.tmp / "service.log").read_text()
+        started = [json.loads(ln) for ln in text.splitlines() if '"node service started"' in ln]
+        if len(started) == 2:
+            break
+        time.sleep(0.05)
+    assert len(started) == 2, text[-2000:]
+    # the store holds two pods: vwa and another node's
+    assert {p["name"] for p in es.pods()} == {"vwa", "vwother"}
+    assert started[-1]["pods"] == 1, started[-1]
+
+
+def test_empty_lists_say_so(tmp_path):
+    """A node with no pods, on its SQLite store: the lists say there are none."""
+    node = Node(tmp_path, uuid.uuid4().hex[:5])
+    try:
+        node.start()
+        assert node.cli("pod", "list").stdout == "no pods on this node\n"
+        assert node.cli("attachment", "list").stdout == "no CNI attachments on this node\n"
+        assert node.cli("host", "list").stdout.startswith("no static hosts")
+        assert node.cli("pod", "list", "--json").stdout.strip() == "[]"
+        assert node.cli("host", "list", "--json").stdout.strip() == "[]"
+    finally:
+        node.cleanup()
