@@ -694,8 +694,13 @@ class PodLife:
         removes them once the store answers."""
         with self.lock:
             pod = self.store.pod(name)
-            if not pod or pod.get("node") not in (None, self.config.node):
+            if not pod:
                 raise NotFound(f"pod {name} is not attached to this node")
+            if pod.get("node") not in (None, self.config.node):
+                raise NotFound(
+                    f"pod {name} is not attached to this node: node {pod['node']} runs it "
+                    "(delete it there)"
+                )
             eps = self.store.endpoints(pod=name)
             if pod["state"] != "deleting":
                 try:

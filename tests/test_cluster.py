@@ -1124,6 +1124,8 @@ def test_node_list_and_a_dead_node_removed(cluster):
     n1, n3 = cl.nodes[1], cl.nodes[3]
     z = cl.add_pod(3, "z", IT)
     assert reachable(cl.pods["a"]["ns"], ip_of(z)) is not None
+    rc, _, err = cli(n1, "pod", "del", "z")
+    assert rc != 0 and "pod z is not attached to this node: node node3 runs it" in err, err
     rc, out, err = cli(n1, "node", "list")
     assert rc == 0, err
     rows = {ln.split()[0]: ln for ln in out.splitlines()}
