@@ -920,9 +920,12 @@ class NodeService:
     def _reap(self):
         """Pods whose namespace or veths went away while the service ran are
         removed (PodLife.reap); a store that does not answer waits for the
-        next round."""
+        next round; a hung one holds the main loop (and its uplink checks)
+        for at most reach.VIEW_WAIT_S a request, not the store's timeout
+        (a removal it cuts off is atomic, and looked at again next round)."""
         try:
-            self.pods.reap()
+            with reach.bounded(self.store):
+                self.pods.reap()
             self._reap_error = None
         except DataplaneError as e:
             if str(e) != self._reap_error:  # once per outage, not every round
