@@ -183,14 +183,16 @@ struct dp_afp {
         uint8_t *map; /* V2 ring mapping */
         size_t map_len;
         uint32_t frame_size;
-        uint32_t frame_nr; /* power of two */
-        uint32_t head;     /* next frame to fill */
-        uint32_t data_max; /* largest frame we can queue */
-        uint64_t error;    /* large frames the kernel refused */
-        uint64_t batches;  /* UDP GSO batches sent (udp_gso) */
-        uint64_t batched;  /* datagrams they carried */
-        uint64_t tunneled; /* VXLAN super-frames sent whole through tfd */
-        int udp_gso;       /* batch runs of one UDP flow into one GSO frame */
+        uint32_t frame_nr;  /* power of two */
+        uint32_t head;      /* next frame to fill */
+        uint32_t data_max;  /* largest frame we can queue */
+        uint64_t error;     /* large frames the kernel refused */
+        uint64_t oversize;  /* longer than the interface's MTU allows: not queued */
+        uint32_t max_frame; /* MTU + Ethernet + VLAN, as last read (dp_afp_stats) */
+        uint64_t batches;   /* UDP GSO batches sent (udp_gso) */
+        uint64_t batched;   /* datagrams they carried */
+        uint64_t tunneled;  /* VXLAN super-frames sent whole through tfd */
+        int udp_gso;        /* batch runs of one UDP flow into one GSO frame */
         int fd;
         int gfd;      /* no ring: sendmsg() of frames larger than a ring frame */
         int tfd;      /* the tunnel tap (dp_afp_tunnel_open), -1 = none */
@@ -465,7 +467,7 @@ afp_open_tx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
  * namespace it was mounted in. Control thread only.
  */
 static int64_t
-afp_link_tx_dropped(int ifindex)
+afp_link_tx_dropped(int ifindex, uint32_t *mtu)
 {
     static uint8_t buf[32768] __rte_aligned(8);
     struct {
@@ -501,6 +503,8 @@ afp_link_tx_dropped(int ifindex)
             continue;
         alen = (int)IFLA_PAYLOAD(nh);
         for (struct rtattr *ra = IFLA_RTA(ifi); RTA_OK(ra, alen); ra = RTA_NEXT(ra, alen)) {
+            if (ra->rta_type == IFLA_MTU && RTA_PAYLOAD(ra) >= sizeof(uint32_t) && mtu != NULL)
+                memcpy(mtu, RTA_DATA(ra), sizeof(*mtu));
             if (ra->rta_type == IFLA_STATS64 &&
                 RTA_PAYLOAD(ra) >= offsetof(struct rtnl_link_stats64, tx_dropped) + 8) {
                 uint64_t d;
@@ -619,6 +623,7 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
     /* ring frames: the largest frame behind the kernel's ring header and the
      * virtio-net header, a power of two; the same memory as `frames` slots */
     a->max_frame = (uint32_t)ifr.ifr_mtu + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN;
+    a->tx.max_frame = a->max_frame;
     frame_size = RTE_MAX(AFP_SLOT, rte_align32pow2((uint32_t)AFP_RX_MAC_OFF + a->max_frame));
     frame_nr = RTE_MAX(AFP_FRAMES_MIN, (uint32_t)((uint64_t)frames * AFP_SLOT / frame_size));
 
@@ -641,7 +646,7 @@ dp_afp_open(const char *ifname, unsigned frames, struct rte_mempool *mp, struct 
             goto fail;
         }
     }
-    a->tx_dropped_base = afp_link_tx_dropped(a->ifindex);
+    a->tx_dropped_base = afp_link_tx_dropped(a->ifindex, NULL);
 
     *out = a;
     return 0;
@@ -729,6 +734,7 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     struct tpacket_stats ks;
     socklen_t len = sizeof(ks);
     int64_t txd;
+    uint32_t mtu = 0;
 
     /* the kernel resets its counters on every read: keep the sum */
     if (getsockopt(a->rx.fd, SOL_PACKET, PACKET_STATISTICS, &ks, &len) == 0)
@@ -736,9 +742,13 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     /* the interface's own transmit drops: the last value read stays once
      * the interface is gone */
     if (a->tx_dropped_base >= 0) {
-        txd = afp_link_tx_dropped(a->ifindex);
+        txd = afp_link_tx_dropped(a->ifindex, &mtu);
         if (txd >= a->tx_dropped_base)
             a->kernel_tx = (uint64_t)(txd - a->tx_dropped_base);
+        /* the MTU may have changed since the port was opened */
+        if (mtu != 0)
+            __atomic_store_n(&a->tx.max_frame, mtu + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN,
+                             __ATOMIC_RELAXED);
     }
     st->oversize = __atomic_load_n(&a->rx.oversize, __ATOMIC_RELAXED);
     st->truncated = __atomic_load_n(&a->rx.truncated, __ATOMIC_RELAXED);
@@ -746,6 +756,7 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     st->kernel = a->kernel_drops;
     st->gso = __atomic_load_n(&a->rx.gso, __ATOMIC_RELAXED);
     st->tx_error = __atomic_load_n(&a->tx.error, __ATOMIC_RELAXED);
+    st->tx_oversize = __atomic_load_n(&a->tx.oversize, __ATOMIC_RELAXED);
     st->kernel_tx = a->kernel_tx;
 }
 
@@ -1473,6 +1484,7 @@ uint16_t
 dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
 {
     uint32_t head = a->tx.head, mask = a->tx.frame_nr - 1;
+    uint32_t max_frame = __atomic_load_n(&a->tx.max_frame, __ATOMIC_RELAXED);
     uint16_t i, queued = 0;
 
     if (unlikely(n == 0))
@@ -1488,6 +1500,14 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
         uint32_t len = m->pkt_len;
         const void *p;
 
+        if (unlikely(len > max_frame) && !dp_gso_frame(m)) {
+            /* longer than the interface's MTU lets through: the kernel
+             * would refuse it, and a tx ring keeps a frame the device
+             * refused at its head, sending it again at every kick - every
+             * frame after it would wait for good. Dropped and counted. */
+            a->tx.oversize++;
+            continue;
+        }
         if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN ||
                      (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
             if (len < RTE_ETHER_HDR_LEN || !dp_gso_frame(m))

@@ -25,13 +25,14 @@ struct dp_afp;
 
 /* drops and kernel ring statistics of one port (read by the control thread) */
 struct dp_afp_stats {
-    uint64_t oversize;  /* longer than the ring frame the port's MTU sized */
-    uint64_t truncated; /* runts and frames the kernel cut short */
-    uint64_t no_mbuf;   /* no mbuf for a segment of a long frame */
-    uint64_t kernel;    /* the kernel's own ring drops (PACKET_STATISTICS) */
-    uint64_t gso;       /* a GSO frame of a kind not carried (not TCP, ...) */
-    uint64_t tx_error;  /* a large or GSO frame the kernel refused to send */
-    uint64_t kernel_tx; /* the kernel's drops on transmit (tx_dropped) */
+    uint64_t oversize;    /* longer than the ring frame the port's MTU sized */
+    uint64_t truncated;   /* runts and frames the kernel cut short */
+    uint64_t no_mbuf;     /* no mbuf for a segment of a long frame */
+    uint64_t kernel;      /* the kernel's own ring drops (PACKET_STATISTICS) */
+    uint64_t gso;         /* a GSO frame of a kind not carried (not TCP, ...) */
+    uint64_t tx_error;    /* a large or GSO frame the kernel refused to send */
+    uint64_t kernel_tx;   /* the kernel's drops on transmit (tx_dropped) */
+    uint64_t tx_oversize; /* longer than the interface's MTU: not handed to it */
 };
 
 /*

@@ -94,7 +94,8 @@
     _(GSO_BAD, "gso_bad")                 /* super-frame cannot be cut */   \
     _(SHM_FAULT, "shm_fault")             /* lost to a pod's shared memory */ \
     _(KPORT_KERNEL_TX, "kport_kernel_tx") /* kernel port: kernel tx drops */ \
-    _(SPOOF_DHCP, "spoof_dhcp")           /* pod: a DHCP server's message */
+    _(SPOOF_DHCP, "spoof_dhcp")           /* pod: a DHCP server's message */ \
+    _(KPORT_TX_OVERSIZE, "kport_tx_oversize") /* kernel port: > its MTU */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

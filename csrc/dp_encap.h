@@ -335,6 +335,13 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
             drop(w, m, DP_DROP_TRUNCATED);
             continue;
         }
+        /* longer than any network's MTU allows (a DPDK pod sends what it
+         * likes; a kernel pod's stack keeps to its MTU): to a local port as
+         * well as to the underlay. A super-frame's segments are cut to size. */
+        if (unlikely(m->pkt_len > net->max_frame) && !dp_gso_frame(m)) {
+            drop(w, m, DP_DROP_OVERSIZE);
+            continue;
+        }
         const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
         if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
             fl[nf++] = m;

@@ -167,6 +167,7 @@ afp_stats_add(struct dp_afp_stats *sum, const struct dp_afp_stats *st)
     sum->gso += st->gso;
     sum->tx_error += st->tx_error;
     sum->kernel_tx += st->kernel_tx;
+    sum->tx_oversize += st->tx_oversize;
 }
 
 void
@@ -194,6 +195,7 @@ dp_kport_stats_update(void)
     row[DP_DROP_KPORT_GSO] = sum.gso;
     row[DP_DROP_KPORT_TX_ERROR] = sum.tx_error;
     row[DP_DROP_KPORT_KERNEL_TX] = sum.kernel_tx;
+    row[DP_DROP_KPORT_TX_OVERSIZE] = sum.tx_oversize;
 }
 
 /* the drops of kernel port state a, about to be closed, kept in the totals */

@@ -278,6 +278,19 @@ def test_local_switching_both_ways(topo):
     assert topo.eng.counters().net_dict(0)["local_packets"] == 2
 
 
+def test_oversize_frame_to_a_local_port_dropped(topo):
+    """A pod port that sends what it likes (a DPDK pod: no kernel holds it
+    to its MTU) gets no longer frame through to a local pod than to the
+    underlay: 1464 bytes on a 1500-byte underlay; a flooded one neither."""
+    fits = udp_frame(src=A, dst=B, size=1464)
+    too_big = udp_frame(src=A, dst=B, size=1465)
+    topo.send(topo.a, fits, too_big, udp_frame(src=A, dst=BCAST, size=2000))
+    [out] = topo.recv(topo.b)
+    assert bytes(out) == bytes(fits)
+    topo.nothing(topo.b, topo.c, topo.up)
+    assert topo.drops()["oversize"] == 2
+
+
 def test_networks_are_isolated(topo):
     # C is known only in network 1: from a (network 0) it is unknown unicast,
     # flooded inside network 0 only

@@ -516,6 +516,27 @@ def test_jumbo_frames_end_to_end(jumbo):
     tcp_transfer(jumbo.ns["a"], jumbo.ns["v"], POD_IP["v"], nbytes=1 << 20)
 
 
+def test_a_frame_longer_than_a_pods_mtu_is_dropped_not_left_in_the_ring(jumbo):
+    """Pod b's MTU lowered below what reaches it (pod a still sends 3000-byte
+    packets): each such frame is dropped before its kernel port's tx ring
+    and counted kport_tx_oversize. Handed to the kernel, the device would
+    refuse it and the ring keep it at its head, sent again at every kick:
+    b would receive nothing any more."""
+    sh("ip", "link", "set", "eth0", "mtu", "1450", ns=jumbo.ns["b"])
+    sh("ip", "link", "set", "pb", "mtu", "1450", ns=jumbo.ns["c"])
+    c0 = jumbo.counters()  # reading the counters reads the MTU again
+    r = sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "3000", POD_IP["b"],
+           ns=jumbo.ns["a"], check=False)  # fmt: skip
+    assert " 100% packet loss" in r.stdout, r.stdout
+    c1 = jumbo.counters()
+    assert c1["drops"].get("kport_tx_oversize", 0) - c0["drops"].get("kport_tx_oversize", 0) >= 3
+    assert c1["drops"].get("kport_kernel_tx", 0) == c0["drops"].get("kport_kernel_tx", 0), c1
+    # frames that fit still go: nothing waits behind the long ones
+    ping_rtts(jumbo.ns["a"], POD_IP["b"], count=5, interval="0.1", size=1000)
+    r = sh("ping", "-c", "3", "-i", "0.2", "-W", "1", POD_IP["a"], ns=jumbo.ns["b"], check=False)
+    assert " 0% packet loss" in r.stdout, r.stdout
+
+
 def test_oversize_frame_is_counted(topo):
     # the pod's MTU raised past what the port's ring frames were sized for
     sh("ip", "link", "set", "eth0", "mtu", "4000", ns=topo.ns["a"])
