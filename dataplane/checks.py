@@ -237,6 +237,23 @@ def absent_cpus(cpus) -> Tuple[List[int], int]:
     return [c for c in cpus if c >= ncpu], ncpu
 
 
+def hugepages_free(meminfo: str = "/proc/meminfo") -> Optional[Tuple[int, int]]:
+    """(free hugepages, page size in kB) of the default size, or None where
+    the kernel does not say."""
+    got = {}
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("HugePages_Free", "Hugepagesize"):
+                    got[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(got) != 2:
+        return None
+    return got["HugePages_Free"], got["Hugepagesize"]
+
+
 def check_lcores(value, path: str = "lcores") -> List[int]:
     """The EAL's lcores: the control thread first, then the workers (one at
     least, :data:`MAX_WORKER_LCORES` at most); distinct CPU numbers."""

@@ -79,6 +79,7 @@ from .checks import (
     check_vni,
     check_vtep_ip,
     fail,
+    hugepages_free,
     parse_ipv4,
     parse_ipv4_interface,
     parse_ipv4_subnet,
@@ -333,6 +334,15 @@ class NodeConfig:
             out.append(
                 f"lcores: {missing} not present on this machine ({ncpu} CPUs): "
                 "'dataplane run' refuses the file here"
+            )
+        free = hugepages_free() if self.mode == "hugepages" else None
+        if free is not None and self.memory_mb > free[0] * free[1] // 1024:
+            pages, kb = free
+            out.append(
+                f"memory_mb: {self.memory_mb} is more than the hugepage memory free now "
+                f"({pages * kb // 1024} MB: {pages} pages of {kb} kB): the core takes hugepages "
+                "as it needs them, up to memory_mb, and its pool or its ports fail when none is "
+                "left; reserve more (/proc/sys/vm/nr_hugepages) or lower memory_mb"
             )
         rate = self.vtep.uplink_rate
         for p in self.planes.values():

@@ -581,3 +581,26 @@ def test_reload_changes_takes_rates_and_names_the_rest():
         "planes.media.priority",
         "networks.net2.vni",
     ]
+
+
+def test_advice_on_more_memory_than_free_hugepages():
+    """hugepages mode: memory_mb above the hugepage memory free now (the
+    kernel's own /proc/meminfo; the set-up reserves hugepages) is said: the
+    core would fail once it takes that much."""
+    from dataplane import checks
+
+    free = checks.hugepages_free()
+    assert free is not None and free[0] > 0, free
+    pages, kb = free
+    free_mb = pages * kb // 1024
+
+    def said(**kw):
+        return [a for a in parse_config(cfg(**kw)).advice() if a.startswith("memory_mb")]
+
+    [advice] = said(mode="hugepages", memory_mb=free_mb + 4096)
+    assert advice.startswith(
+        f"memory_mb: {free_mb + 4096} is more than the hugepage memory free now "
+        f"({free_mb} MB: {pages} pages of {kb} kB)"
+    ), advice
+    assert said(mode="hugepages", memory_mb=min(64, free_mb)) == []
+    assert said(memory_mb=free_mb + 4096) == []  # fallback mode takes no hugepages
