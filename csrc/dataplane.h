@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 19
+#define DP_ABI_VERSION 20
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -133,6 +133,8 @@ struct dp_port_info {
     uint64_t tunnel_gso_frames; /* how many did */
     int shm;                    /* on a pod's shared memory (memif): bursts guarded */
     int shm_set_aside;          /* ... set aside after a fault (dp_shm.h) */
+    int link;                   /* a DPDK port's link: 1 up (a memif or vhost-user
+                                 * pod's peer connected), 0 down, -1 not known */
 };
 
 /* a network plane: strict priority (higher first), rates, queue, marking */

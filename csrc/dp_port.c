@@ -501,6 +501,12 @@ dp_port_info(int idx, struct dp_port_info *out)
     }
     out->shm = p->shm;
     out->shm_set_aside = p->shm && atomic_load(&dp_shm_faulted[idx]);
+    out->link = -1;
+    if (p->driver == DP_DRV_ETHDEV) {
+        struct rte_eth_link l;
+        if (rte_eth_link_get_nowait(p->eth_port, &l) == 0)
+            out->link = l.link_status == RTE_ETH_LINK_UP;
+    }
     return 1;
 }
 

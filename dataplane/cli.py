@@ -197,6 +197,13 @@ def cmd_status(args):
             + (f" shm_faults {p['shm_faults']}" if p.get("shm_faults") else "")
             + (f" tunnel_gso {p['tunnel_gso_frames']}" if p.get("tunnel_gso_frames") else "")
             + (" SET ASIDE (its pod's shared memory faulted)" if p.get("set_aside") else "")
+            + (
+                " LINK DOWN ("
+                + ("no pod application connected: " if p["role"] == "pod" else "")
+                + "frames to it are dropped as tx_full)"
+                if p.get("link") is False
+                else ""
+            )
         )
     if st.get("fdb_entries") is not None:
         learned = st.get("learning")

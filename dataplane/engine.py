@@ -50,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 19
+ABI_VERSION = 20
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -172,6 +172,7 @@ class PortInfo:
     tunnel_gso_frames: int = 0  # how many did
     shared_memory: bool = False  # on a pod's shared memory (memif): bursts guarded
     set_aside: bool = False  # ... and set aside after a fault (for 100 ms; for good after 16)
+    link: Optional[bool] = None  # a DPDK port's link (a memif/vhost-user pod's peer connected)
 
 
 #: struct dp_fdb_entry (csrc/dataplane.h), as numpy reads a copy of an array of them
@@ -962,6 +963,7 @@ class Engine(_Tables, _Planes, _Guards):
             tunnel_gso_frames=out.tunnel_gso_frames,
             shared_memory=bool(out.shm),
             set_aside=bool(out.shm_set_aside),
+            link=None if out.link < 0 else bool(out.link),
         )
 
     def ports(self) -> List[PortInfo]:

@@ -25,6 +25,7 @@ class PortLabel(NamedTuple):
     network: str
     tunnel_gso_frames: int = 0  # VXLAN super-frames sent whole (the uplink)
     set_aside: bool = False  # a memif port left alone after a fault (dp_shm.h)
+    link: Optional[bool] = None  # a DPDK port's link; None: not known (kernel ports)
 
 
 class NetLabel(NamedTuple):
@@ -93,15 +94,24 @@ class CoreCollector:
             "1 while a memif port is left alone after a fault in its pod's shared memory",
             labels=pl,
         )
+        link = GaugeMetricFamily(
+            "dataplane_port_link_up",
+            "A DPDK port's link: 1 up, 0 down (a memif or vhost-user pod whose application is "
+            "not connected: frames to it are dropped as tx_full)",
+            labels=pl,
+        )
         for p in snap.ports:
             lv = [str(p.index), p.name, p.role, p.network]
             for i, fam in port_fams.items():
                 fam.add_metric(lv, int(c.port[p.index, i]))
             tnl.add_metric(lv, p.tunnel_gso_frames)
             aside.add_metric(lv, int(p.set_aside))
+            if p.link is not None:
+                link.add_metric(lv, int(p.link))
         yield from port_fams.values()
         yield tnl
         yield aside
+        yield link
 
         nl = ["network", "vni", "plane"]
         net_fams = {

@@ -125,6 +125,7 @@ class NodeService:
         self._stop = threading.Event()
         self._wake = threading.Event()  # the main loop looks again: stop, or the uplink changed
         self._link_events = None  # a kernel uplink's notifications (LinkEvents)
+        self._pod_links = {}  # DPDK pod ports: index -> (name, link up) at the last look
         self._claims = []  # (fd, path) of the locks held while running
         self._reap_error = None  # the last error of the reaping rounds
         self.uplink_ifindex = None  # a kernel uplink's, when it was attached
@@ -807,6 +808,7 @@ class NodeService:
                         log.error("SIGHUP: %s", e)
                 told = self._link_events is not None and self._link_events.take()
                 self.check_uplink("link event" if told else "periodic check")
+                self._check_pod_links()
                 if time.monotonic() >= reap_at:
                     reap_at = time.monotonic() + REAP_EVERY_S
                     self._reap()
@@ -839,6 +841,41 @@ class NodeService:
                 event("uplink carries frames again", uplink=name)
         self.uplink_problem = problem
         return problem
+
+    def _check_pod_links(self):
+        """A memif or vhost-user pod's application connecting to its plane's
+        port, or gone from it (the DPDK port's link), logged with the pod
+        and the plane; looked at once a second. Frames to a port whose
+        application is gone are dropped (tx_full): that is said once, here,
+        and shown by status (LINK DOWN) and dataplane_port_link_up."""
+        eng, pods = self.engine, self.pods
+        if eng is None or pods is None:
+            return
+        where = {
+            pl["port"]: (name, pl["plane"])
+            for name, info in list(pods.known.items())
+            for pl in info.get("planes", ())
+            if pl.get("port") is not None
+        }
+        now = {p.index: p for p in eng.ports() if p.role == "pod" and p.link is not None}
+        for i, p in now.items():
+            was = self._pod_links.get(i)
+            if was is not None and was[0] != p.name:
+                was = None  # another port in that slot
+            if (was is None and not p.link) or (was is not None and was[1] == p.link):
+                continue  # new, no application yet (it connects in its own time); no change
+            pod, plane = where.get(i, (None, None))
+            if p.link:
+                event("pod application connected", pod=pod, plane=plane, port=p.name)
+            else:
+                log.warning(
+                    "pod %s plane %s: its application is gone from port %s (link down); frames "
+                    "to it are dropped (tx_full) until it connects again",
+                    pod,
+                    plane,
+                    p.name,
+                )
+        self._pod_links = {i: (p.name, p.link) for i, p in now.items()}
 
     def _link_problem(self, st) -> Optional[str]:
         """What keeps the attached uplink (``st``: its ``link_state``, None

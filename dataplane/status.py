@@ -55,6 +55,7 @@ def take_snapshot(
             names.get(p.network, "") if p.network is not None else "",
             p.tunnel_gso_frames,
             p.set_aside,
+            p.link,
         )
         for p in engine.ports()
     ]
@@ -117,6 +118,7 @@ def status_report(
                 **c.port_dict(p.index),
                 "tunnel_gso_frames": p.tunnel_gso_frames,
                 "set_aside": p.set_aside,
+                "link": p.link,  # a DPDK port's; None: not known (kernel ports)
             }
             for p in snap.ports
         ],

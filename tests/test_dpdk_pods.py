@@ -254,6 +254,17 @@ def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind, where):
     if kind == "memif":
         assert os.path.exists(dp["socket"])  # the core's listening socket
 
+    def link():  # the plane port's link in the status: its application connected
+        return [p for p in node.status()["ports"] if p["port"] == dp["port"]][0]["link"]
+
+    def wait_link(want):
+        for _ in range(100):
+            if link() is want:
+                return
+            time.sleep(0.05)
+        assert link() is want
+
+    assert link() is False  # no application yet
     to_dpdk = frames(vp["mac"], dp["mac"], "v2d")
     to_veth = frames(dp["mac"], vp["mac"], "d2v")
     wrpcap(str(fab.tmp / "in.pcap"), [Ether(f) for f in to_veth])
@@ -262,6 +273,11 @@ def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind, where):
     tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp), pcap], fab.tmp)
     try:
         tp.link_up(0)
+        wait_link(True)
+        for _ in range(60):  # the service looks once a second
+            if '"msg": "pod application connected"' in node.log():
+                break
+            time.sleep(0.1)
         peer = raw_peer(vpod["ns"], to_dpdk, want=N_FRAMES)
         tp.start()  # sends in.pcap into the core
         # its forwarding loop polls the plane's port now: until it first
@@ -281,6 +297,16 @@ def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind, where):
     drv = "net_memif_" if kind == "memif" else "net_vhost_"
     assert port["name"].startswith(drv) and port["network"] == "net1"
     assert port["rx_packets"] >= N_FRAMES and port["tx_packets"] >= N_FRAMES
+    # the application gone: said by status, the metric and the log
+    wait_link(False)
+    assert "LINK DOWN (no pod application connected" in node.cli("status").stdout
+    for _ in range(60):  # the service looks once a second
+        if "its application is gone from port" in node.log():
+            break
+        time.sleep(0.1)
+    log = node.log()
+    assert f'"msg": "pod application connected", "pod": "{fab.tag}d", "plane": "std"' in log, log
+    assert f"pod {fab.tag}d plane std: its application is gone from port {port['name']}" in log
 
     node.api("DELETE", f"/v1/pods?name={fab.tag}d")
     assert not os.path.exists(os.path.dirname(dp["socket"]))
