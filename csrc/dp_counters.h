@@ -19,7 +19,8 @@
     _(RX_BYTES, "rx_bytes")                                                 \
     _(TX_PACKETS, "tx_packets")                                             \
     _(TX_BYTES, "tx_bytes")                                                 \
-    _(SHM_FAULTS, "shm_faults")  /* bursts cut short by a shared-memory fault */
+    _(SHM_FAULTS, "shm_faults")  /* bursts cut short by a shared-memory fault */ \
+    _(GUARD_DROPS, "guard_drops") /* a pod's frames its guard refused (spoof_*, storm) */
 
 /* per network (DP_BLOCK_NET) */
 #define foreach_dp_net_ctr                                                  \

@@ -380,6 +380,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uplink_commit(w, net, ub, (uint16_t)up, k, k0, ubytes, uplanes);
     for (uint16_t i = 0; i < nf; i++) {
         if (unlikely(g != NULL) && !storm_pass(w, g, pi)) {
+            w->port[pi][DP_PORT_GUARD_DROPS]++;
             drop(w, fl[i], DP_DROP_STORM);
             continue;
         }

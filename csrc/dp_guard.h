@@ -331,6 +331,7 @@ guard_burst(struct dp_wctx *w, const struct dp_port_guard *g, uint16_t pi, struc
         drop(w, m, (enum dp_drop)why);
     }
     w->port[pi][DP_PORT_RX_BYTES] += bytes;
+    w->port[pi][DP_PORT_GUARD_DROPS] += n - k; /* which pod: the drop row says why */
     return k;
 }
 

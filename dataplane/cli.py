@@ -195,6 +195,7 @@ def cmd_status(args):
             f"  port {p['port']:<3d} {p['name']:18s} {p['role']:6s} {p['network'] or '-':10s} "
             f"rx {p['rx_packets']} tx {p['tx_packets']}"
             + (f" shm_faults {p['shm_faults']}" if p.get("shm_faults") else "")
+            + (f" guard_drops {p['guard_drops']}" if p.get("guard_drops") else "")
             + (f" tunnel_gso {p['tunnel_gso_frames']}" if p.get("tunnel_gso_frames") else "")
             + (" SET ASIDE (its pod's shared memory faulted)" if p.get("set_aside") else "")
             + (

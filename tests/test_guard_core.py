@@ -174,11 +174,14 @@ def test_own_frames_pass(topo, kind):
 def test_spoofed_frames_dropped(topo, kind):
     f, reason = SPOOFED[kind]
     before = topo.drops()
+    g0 = topo.eng.counters().port_dict(topo.a)["guard_drops"]
     topo.send(topo.a, f)
     topo.nothing(topo.b, topo.up)
     after = topo.drops()
     assert after[reason] == before[reason] + 1
     assert sum(after.values()) == sum(before.values()) + 1
+    # which pod: its port's guard drops
+    assert topo.eng.counters().port_dict(topo.a)["guard_drops"] == g0 + 1
 
 
 def test_unguarded_port_unchanged(topo):
@@ -240,6 +243,7 @@ def test_storm_control_limits_floods_only(topo):
     storm = topo.drops()["storm"] - before["storm"]
     assert 10 <= len(got) <= 40, len(got)
     assert storm + len(got) == 200
+    assert eng.counters().port_dict(topo.a)["guard_drops"] == storm
     # known unicast is not limited
     topo.send(topo.a, *([own_ip()] * 200))
     assert len(eng.collect(topo.b, max_frames=400, wait=1.0, expect=200)) == 200
