@@ -72,7 +72,7 @@
 #define DP_PORT_RX_BYTES 1
 #define DP_PORT_TX_PACKETS 2
 #define DP_PORT_TX_BYTES 3
-#define DP_PORT_SHM_FAULTS 4 /* bursts cut short by a fault in a pod's shared memory (dp_shm.h) */
+#define DP_PORT_SHM_FAULTS 4  /* bursts cut short by a fault in a pod's shared memory (dp_shm.h) */
 #define DP_PORT_GUARD_DROPS 5 /* a pod's frames its guard refused (spoof_*, storm) */
 #define DP_PORT_CTR_COUNT 6
 
