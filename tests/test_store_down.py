@@ -12,7 +12,6 @@ import time
 import uuid
 
 import pytest
-from nodeparts import sh
 from test_service import IT_SPEC, Node
 
 from dataplane.store.etcd import EtcdStore
@@ -43,15 +42,7 @@ def setup(tmp_path):
     es = None
     try:
         node.start()
-        ns = f"vw{node.tag}a"
-        sh("ip", "netns", "add", ns)
-        node.netns.append(ns)
-        info = node.api(
-            "POST",
-            "/v1/pods",
-            {"name": "vwa", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(IT_SPEC)},
-        )
-        node.host_links |= {p["host_ifname"] for p in info["planes"]}
+        info = node.pod("vwa", IT_SPEC)
         es = EtcdStore([srv.url], prefix=prefix)
         # a host described to the cluster, and a pod of another node: the
         # cluster view has the host; neither is this node's pod
