@@ -79,7 +79,9 @@ def _print(obj, as_json):
         for p in obj["planes"]:
             print(
                 f"  {p['plane']:8s} {p['ifname'] or '-':10s} {p['ip']:15s} {p['mac']}  "
-                f"net={p['network']} host={p['host_ifname']} port={p['port']}"
+                f"net={p['network']}"
+                + (f" host={p['host_ifname']}" if p.get("host_ifname") else "")
+                + f" port={p['port']}"
             )
             _print_plane_kind(p)
         return

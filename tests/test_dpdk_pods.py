@@ -556,6 +556,7 @@ def test_pod_list_shows_what_the_application_needs(capsys):
     assert out[0] == "rtp1  netns=/var/run/netns/rtp1  state=ready"
     assert "kind=" not in out[1]
     assert out[2].split()[:4] == ["media", "-", "192.168.30.5", "02:00:00:00:00:02"]
+    assert "host=dp0123abcdstd" in out[1] and "host=" not in out[2]  # no veth: no host end
     assert out[3].split() == [
         "kind=memif",
         "socket=/run/dataplane/pods/rtp1/media.sock",
