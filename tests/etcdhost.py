@@ -138,7 +138,24 @@ class EtcdServer:
         self._kill()
 
     def pause(self):
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        """SIGSTOP, and wait until every thread of it has stopped: the
+        signal is delivered asynchronously, and a thread still running on
+        another CPU could answer one more request."""
+        pid = self.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        for _ in range(500):
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+                states = []
+                for t in tasks:
+                    with open(f"/proc/{pid}/task/{t}/stat") as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                return  # gone
+            if all(st in "Tt" for st in states):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"etcd {pid} did not stop on SIGSTOP")
 
     def resume(self):
         os.kill(self.proc.pid, signal.SIGCONT)
