@@ -554,7 +554,9 @@ class PodLife:
 
     def _check_macs_free(self, name: str, ps):
         """ConfigError if a MAC the spec asks for is another endpoint's (a
-        local or remote pod's, requested or derived)."""
+        local or remote pod's, requested or derived), or one the core
+        learned on the plane's network from the underlay (a host behind a
+        kernel VTEP: the pod would take its traffic)."""
         want = {p.mac: p.plane for p in ps.planes if p.mac}
         if not want:
             return
@@ -565,6 +567,16 @@ class PodLife:
                     f"macs.{plane}: {e['mac']} is the MAC of pod {e['pod']} plane "
                     f"{e['plane']} already"
                 )
+        for p in ps.planes:
+            if not p.mac:
+                continue
+            for e in self.engine.fdb_list(self.networks[p.network], p.mac):
+                if e.learned:
+                    raise ConfigError(
+                        f"macs.{p.plane}: {e.mac} is a MAC this node learned on network "
+                        f"{p.network} from the underlay, behind VTEP {e.vtep}: a host there "
+                        "has it; give the pod another"
+                    )
 
     def _give_back_vfs(self, name, planes):
         """Every VF pod ``name`` (its spec's ``planes``) holds, back to the

@@ -95,6 +95,20 @@ def test_a_learned_host_is_kept_while_it_talks(fabric):
     assert re.search(
         r"^  fdb \d+ entries \(\d+ learned; learned [1-9]\d* moved 0 aged 0", out, re.M
     ), out
+    # a pod may not take the learned host's MAC (it would take its traffic)
+    from dataplane.api import APIError
+
+    ns = fab.netns(f"{fab.tag}m")
+    spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"},
+            "macs": {"std": kp.VM_MAC}}  # fmt: skip
+    with pytest.raises(APIError) as refused:
+        node.api("POST", "/v1/pods", {"name": "m", "netns": f"/var/run/netns/{ns}", "spec": spec})
+    assert (
+        f"macs.std: {kp.VM_MAC} is a MAC this node learned on network net1 from the underlay, "
+        f"behind VTEP {kp.HOST_VTEP}"
+    ) in str(refused.value), refused.value
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == [a["name"]]
+    assert vm_entry()["origin"] == "learned"
 
 
 SPOOF_VTEP = "10.99.0.51"
