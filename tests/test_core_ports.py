@@ -116,7 +116,9 @@ def test_tables_and_ports_change_while_traffic_flows(eng, tmp_path):
         bad = [f for f in seen[p] if f not in valid]
         assert not bad, f"{len(bad)} of {len(seen[p])} frames altered, e.g. {bad[0].hex()}"
     assert seen[t.up]
-    for f in seen[t.up]:
+    # every distinct encapsulated frame checked once: a few hundred thousand
+    # frames are copies of a few dozen (parsing each took over a minute)
+    for f in set(seen[t.up]):
         o = Ether(f)
         if not o.haslayer(VXLAN):
             continue
