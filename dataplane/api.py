@@ -344,12 +344,21 @@ class APIServer:
             def address_string(self):
                 return "unix"
 
+        # bound and listening under a name of its own, then renamed into
+        # place: a client that finds the path finds a listening socket (not
+        # one bound but not yet listening, which refuses it)
+        tmp = f"{path}.{os.getpid()}.new"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         old = os.umask(0o177)
         try:
-            self.server = _UnixHTTPServer(path, RequestHandler, max_connections)
+            self.server = _UnixHTTPServer(tmp, RequestHandler, max_connections)
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, path)
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="dataplane-api", daemon=True
         )
