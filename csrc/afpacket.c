@@ -460,9 +460,10 @@ afp_open_tx(struct dp_afp *a, uint32_t frame_size, uint32_t frame_nr)
 
 /*
  * The interface's tx_dropped (IFLA_STATS64 of RTM_GETLINK), or -1 if it
- * cannot be read (gone). What the kernel drops after taking a frame from
- * the tx ring shows there and nowhere else: a veth whose peer is down or
- * whose peer's backlog is full, a frame over the receiver's MTU. A netlink
+ * cannot be read (gone); its MTU (IFLA_MTU) into *mtu too, when mtu is not
+ * NULL and the kernel says it. What the kernel drops after taking a frame
+ * from the tx ring shows there and nowhere else: a veth whose peer is down
+ * or whose peer's backlog is full. A netlink
  * socket of the calling thread's namespace, not sysfs, whose view is the
  * namespace it was mounted in. Control thread only.
  */

@@ -538,10 +538,9 @@ def reload_changes(old: NodeConfig, new: NodeConfig):
     takes, needs_restart = [], []
     for name in _differing(old, new, ""):
         parts = name.split(".")
-        live = name in ("vtep.uplink_rate", "vtep.uplink_burst") or (
-            len(parts) == 3 and parts[0] == "planes" and parts[2] in ("min_rate", "max_rate")
-        )
-        if not live:
+        # a plane's field as RELOADABLE names it: planes.<plane>.FIELD
+        generic = ".".join(["planes", "<plane>", *parts[2:]]) if parts[0] == "planes" else name
+        if generic not in RELOADABLE:
             needs_restart.append(name)
             continue
         o, n = old, new

@@ -33,6 +33,11 @@ AF_XDP_SPARE_MBUFS = 4095
 UNFINISHED = ("pending", "deleting")
 
 
+def _unfinished(state: str) -> str:
+    """What left a record in ``state`` (one of UNFINISHED): 'add' or 'delete'."""
+    return "add" if state == "pending" else "delete"
+
+
 class _Made:
     """What one pod add made on this node so far, each with how to undo it,
     kept in memory as the add goes: a failed add undoes it without asking
@@ -278,8 +283,12 @@ class PodLife:
                 return False
             self._remove(name, self.store.endpoints(pod=name))
             self.on_removed()
-        what = "add" if now["state"] == "pending" else "delete"
-        event(f"leftover of a failed pod {what} removed", pod=name, state=now["state"], by=by)
+        event(
+            f"leftover of a failed pod {_unfinished(now['state'])} removed",
+            pod=name,
+            state=now["state"],
+            by=by,
+        )
         return True
 
     def _gone(self, pod, names) -> Optional[str]:
@@ -465,10 +474,9 @@ class PodLife:
                 try:
                     self._remove_leftover(old, "a new add of the same name")
                 except DataplaneError as err:
-                    what = "add" if old["state"] == "pending" else "delete"
                     raise AlreadyExists(
                         f"pod {name} exists already on node {node}: it is what a failed "
-                        f"{what} left ({old['state']}), which is being removed, but that failed "
+                        f"{_unfinished(old['state'])} left ({old['state']}), which is being removed, but that failed "
                         f"now ({err}); the node's housekeeping tries again every few seconds: "
                         "add it again then"
                     ) from None
@@ -476,7 +484,7 @@ class PodLife:
                 doing = "added" if old["state"] == "pending" else "deleted"
                 raise AlreadyExists(
                     f"{e} ({old['state']}: being {doing} there, or what a failed "
-                    f"{'add' if old['state'] == 'pending' else 'delete'} left, which that "
+                    f"{_unfinished(old['state'])} left, which that "
                     "node removes once its store answers)"
                 ) from None
             else:
@@ -509,6 +517,17 @@ class PodLife:
         if port is not None:
             self.before_port_removed(port)
             self.engine.del_port(port)
+
+    def _drop_fast(self, name: str, plane: str):
+        """Remove the memif or vhost-user port of pod ``name``'s ``plane``
+        (if it has one) and its socket."""
+        from . import fastif
+        from .podspec import host_ifname
+
+        port = self.ports.pop(host_ifname(name, plane), None)
+        if port is not None:
+            self.before_port_removed(port)
+        fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane)
 
     def _floating(self, but: str) -> Dict[str, Dict[str, str]]:
         """{network: {address: pod}} of the IPv4 addresses pods other than
@@ -597,7 +616,6 @@ class PodLife:
         """A plane that is not a veth: recorded first, then made (and put in
         ``made``)."""
         from . import fastif
-        from .podspec import host_ifname
 
         e = {"plane": p.plane, "network": n.name, "mac": mac, "ip": ip}
         vf = p.kind == VF  # not behind this node's VTEP: the NIC switches it
@@ -613,17 +631,13 @@ class PodLife:
             vtep=None if vf else self.config.vtep.ip,
         )
         if p.kind in SOCKET_KINDS:
-            base, hif = self.config.pod_socket_dir, host_ifname(name, p.plane)
+            base = self.config.pod_socket_dir
             if not any(w == "socket directory" for w, _ in made.steps):  # undone last
                 made.add("socket directory", lambda: fastif.remove_pod_dir(base, name))
-
-            def drop(plane=p.plane, hif=hif):
-                port = self.ports.pop(hif, None)
-                if port is not None:
-                    self.before_port_removed(port)
-                fastif.detach(self.engine, port, base, name, plane)
-
-            made.add(f"{p.kind} port of plane {p.plane}", drop)
+            made.add(
+                f"{p.kind} port of plane {p.plane}",
+                lambda plane=p.plane: self._drop_fast(name, plane),
+            )
             self._attach_fast(name, e, p, p.allowed, p.dhcp_server)
         if vf:
             from . import vf as vfs
@@ -663,7 +677,6 @@ class PodLife:
         for the VFs' records."""
         from . import fastif
         from .podnet import detach_plane
-        from .podspec import host_ifname
 
         planes = self._stored_spec(name, pod)
         kinds = {p.plane: p.kind for p in planes}
@@ -672,22 +685,16 @@ class PodLife:
             if kinds.get(e["plane"], VETH) == VF:
                 continue
             if kinds.get(e["plane"], VETH) in SOCKET_KINDS:
-                port = self.ports.pop(host_ifname(name, e["plane"]), None)
-                if port is not None:
-                    self.before_port_removed(port)
                 try:
-                    fastif.detach(self.engine, port, self.config.pod_socket_dir, name, e["plane"])
+                    self._drop_fast(name, e["plane"])
                 except DataplaneError as err:
                     log.warning("removing %s plane %s: %s", name, e["plane"], err)
                 continue
             hif = e["host_ifname"]
-            port = self.ports.pop(hif, None)
-            if port is not None:
-                self.before_port_removed(port)
-                try:
-                    self.engine.del_port(port)
-                except DataplaneError as err:
-                    log.warning("removing port %s: %s", hif, err)
+            try:
+                self._drop_port(hif)
+            except DataplaneError as err:
+                log.warning("removing port %s: %s", hif, err)
             try:
                 detach_plane(hif)
             except DataplaneError as err:

@@ -13,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from test_service import CT_SPEC, IT_SPEC, ROOT, Node, host_links, ip_of, ping
+from test_service import CT_SPEC, IT_SPEC, Node, host_links, ip_of, ping
 
 from dataplane.api import APIError
 from dataplane.podspec import host_ifname
@@ -35,21 +35,10 @@ class FaultNode(Node):
         self.etcd = etcd
         self.plan = tmp / "plan.json"
 
-    def start(self):
-        self.log = open(self.tmp / "service.log", "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.faultnode", str(self.plan), "run", "-c", str(self.cfg)],
-            stdout=self.log,
-            stderr=self.log,
-            cwd=ROOT,
-        )
-        for _ in range(600):
-            if os.path.exists(self.sock):
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited: {self.service_log()}")
-            time.sleep(0.05)
-        raise AssertionError("service did not open its API socket")
+    START_TRIES = 600
+
+    def command(self):
+        return [sys.executable, "-m", "tests.faultnode", str(self.plan), "run", "-c", str(self.cfg)]
 
     def service_log(self):
         return (self.tmp / "service.log").read_text(errors="replace")
@@ -123,8 +112,15 @@ def etcd_items(node):
 
 
 def keys_of(node, pod):
-    """The etcd keys that name ``pod`` (in the key or in the value)."""
-    return [k for k, v in etcd_items(node) if pod in k or pod in json.dumps(v)]
+    """The etcd keys that name ``pod``: as a component of the key, or as the
+    pod (or name) a record is of. (Not any text with the name in it: a
+    namespace path of another pod, rb<tag>rbo, held 'rba' when the tag began
+    with 'a'.)"""
+    return [
+        k
+        for k, v in etcd_items(node)
+        if pod in k.split("/") or (isinstance(v, dict) and pod in (v.get("pod"), v.get("name")))
+    ]
 
 
 def interfaces_in(ns):

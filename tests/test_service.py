@@ -74,15 +74,16 @@ metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
             raise AssertionError(f"dataplane {' '.join(args)}: {r.stdout} {r.stderr}")
         return r
 
+    START_TRIES = 300  # looks for the API socket, 50 ms apart
+
+    def command(self):
+        """The service's command line."""
+        return [sys.executable, "-m", "dataplane.cli", "run", "-c", str(self.cfg)]
+
     def start(self):
         self.log = open(self.tmp / "service.log", "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dataplane.cli", "run", "-c", str(self.cfg)],
-            stdout=self.log,
-            stderr=self.log,
-            cwd=ROOT,
-        )
-        for _ in range(300):
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=self.log, cwd=ROOT)
+        for _ in range(self.START_TRIES):
             if os.path.exists(self.sock):
                 return
             if self.proc.poll() is not None:
