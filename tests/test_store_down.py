@@ -8,6 +8,7 @@ consequence, not urllib3's text."""
 
 import json
 import os
+import signal
 import time
 import uuid
 
@@ -202,6 +203,29 @@ def test_started_log_counts_this_nodes_pods(setup):
     # the store holds two pods: vwa and another node's
     assert {p["name"] for p in es.pods()} == {"vwa", "vwother"}
     assert started[-1]["pods"] == 1, started[-1]
+
+
+def test_stops_while_etcd_is_hung(setup):
+    """A service whose etcd hangs stops without waiting etcd's request
+    timeout for its name's claim (renewed and given back within bounds; the
+    claim lapses by itself), and the same node takes its name back at once
+    when started again."""
+    node, srv, es, info = setup
+    srv.pause()
+    try:
+        t = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(60) == 0
+        took = time.monotonic() - t
+        assert took < ETCD_TIMEOUT_S, took
+        assert '"node service stopped"' in (node.tmp / "service.log").read_text()
+    finally:
+        srv.resume()
+    node.proc = None
+    # its claim was not given back (etcd did not answer) and has not lapsed yet
+    assert [c["node"] for c in es.node_claims()] == [f"node-{node.tag}"]
+    node.start()
+    assert node.api("GET", "/v1/pods")[0]["name"] == "vwa"
 
 
 def test_empty_lists_say_so(tmp_path):

@@ -85,6 +85,12 @@ DEFAULT_PREFIX = "/dataplane"
 # a node's claim on its name lasts this long after its service last renewed
 # it (a crash); renewed every third of it
 NODE_TTL_S = 10
+# one renewal waits at most this long for etcd (a hung etcd holds neither the
+# next try nor a stopping service for the full request timeout)
+RENEW_WAIT_S = 2.0
+# a stopping service waits at most this long to give its name back; if etcd
+# does not answer, the claim lapses by itself NODE_TTL_S later
+RELEASE_WAIT_S = 1.0
 
 
 class EtcdStore(StateStore):
@@ -200,26 +206,31 @@ class EtcdStore(StateStore):
         while not self._claim_stop.wait(NODE_TTL_S / 3):
             node, lease, rec = self._claim
             try:
-                if self.client.lease_keepalive(lease):
-                    said = None
-                    continue
-                lease = self.client.lease_grant(NODE_TTL_S)
-                held = self._put_claim(node, lease, rec)
-                if held is None:
-                    self._claim = (node, lease, rec)
-                    log.warning("node %s: its claim on the name had lapsed; made again", node)
-                    said = None
-                    continue
-                self._revoke_quietly(lease)
-                why = (
-                    f"node {node}: while etcd did not answer, another service (VTEP "
-                    f"{held.get('vtep')}, host {held.get('host')}) took this node's name"
-                )
+                with self.client.bounded(RENEW_WAIT_S):
+                    why = self._renew_once(node, lease, rec)
             except DataplaneError as e:
                 why = f"node {node}: its claim on the name could not be renewed: {e}"
-            if why != said:
+            if why is None:
+                said = None
+            elif why != said:
                 log.error("%s", why)
                 said = why
+
+    def _renew_once(self, node, lease, rec) -> Optional[str]:
+        """One renewal: None when the claim is held, else why not."""
+        if self.client.lease_keepalive(lease):
+            return None
+        lease = self.client.lease_grant(NODE_TTL_S)
+        held = self._put_claim(node, lease, rec)
+        if held is None:
+            self._claim = (node, lease, rec)
+            log.warning("node %s: its claim on the name had lapsed; made again", node)
+            return None
+        self._revoke_quietly(lease)
+        return (
+            f"node {node}: while etcd did not answer, another service (VTEP "
+            f"{held.get('vtep')}, host {held.get('host')}) took this node's name"
+        )
 
     def _release_node(self):
         if self._claim is None:
@@ -230,7 +241,8 @@ class EtcdStore(StateStore):
             self._claim_thread = None
         _, lease, _ = self._claim
         self._claim = None
-        self._revoke_quietly(lease)
+        with self.client.bounded(RELEASE_WAIT_S):
+            self._revoke_quietly(lease)
 
     def node_claims(self) -> List[Dict[str, Any]]:
         return [v for _, v in self.client.items(self._k("nodes", ""))]
