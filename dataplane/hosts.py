@@ -16,7 +16,7 @@ from .api import Route
 from .checks import check_mac, check_name, check_pod_name, check_vtep_ip, fail, parse_ipv4
 from .errors import ConfigError, NotFound
 from .store import reach
-from .store.etcd_alloc import STATIC_NODE_PREFIX
+from .store.common import STATIC_NODE_PREFIX
 
 
 def is_static(endpoint: Dict[str, Any]) -> bool:

@@ -164,6 +164,10 @@ class PodLife:
                         "the network"
                     )
 
+    def count_to_replay(self) -> int:
+        """How many pods of this node the store holds (what :meth:`replay` looks at)."""
+        return len(self.store.pods(node=self.config.node))
+
     def replay(self):
         """Re-attach the pods the store knows whose interfaces still exist;
         remove the others (half-made, or their namespace died)."""

@@ -11,8 +11,9 @@ It starts and stops the parts, each of which does one job:
     logs.py      the JSON log
 
 and sets the core up from the node config (uplink, planes, networks, VTEP).
-On start the store is replayed before the core forwards: pod interfaces that
-still exist are re-attached with the MACs and addresses they had.
+On start the core forwards first, then the store is replayed: pod interfaces
+that still exist are re-attached with the MACs and addresses they had, each
+forwarding again as soon as its ports are back.
 """
 
 import collections
@@ -179,12 +180,15 @@ class NodeService:
             self.pods = PodLife(
                 cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
             )
-            self.pods.replay()
             if cfg.idle_sleep_us:
                 self.engine.set_idle_sleep(cfg.idle_sleep_us)
             if not cfg.idle_yield:
                 self.engine.set_idle_yield(False)
+            # the core forwards before the replay: each pod's traffic flows
+            # again as soon as its ports are back, not after the last pod's
             self.engine.start()
+            event("core forwarding", pods_to_replay=self.pods.count_to_replay())
+            self.pods.replay()
             if self.store.can_watch:
                 self.sync.start()
             routes = api_routes(

@@ -319,6 +319,13 @@ def test_restart_replays_state(node):
         ]
 
     assert strip(pods_after) == strip(pods_before)  # same MACs, IPs, names
+    # the core forwarded before the replay: each pod as soon as it was back
+    log = [json.loads(ln) for ln in (node.tmp / "service.log").read_text().splitlines()[-40:]
+           if ln.startswith("{")]  # fmt: skip
+    msgs = [e.get("msg") for e in log]
+    last = len(msgs) - 1 - msgs[::-1].index("core forwarding")
+    assert log[last]["pods_to_replay"] == 2
+    assert msgs[last:].count("replay: pod re-attached") == 2, msgs
     assert ping(a["ns"], ip_of(b)).returncode == 0
     c = node.pod("c", IT_SPEC)  # nothing allocated twice
     assert ip_of(c) not in {ip_of(a), ip_of(b)}

@@ -8,6 +8,10 @@ from typing import Optional
 from ..checks import VNI_MAX, check_vni
 from ..errors import ConfigError, ResourceError
 
+#: the node field of a static host's record (a host behind a kernel VTEP,
+#: described to the cluster): 'static:' + the host's name
+STATIC_NODE_PREFIX = "static:"
+
 #: the states of a pod and of an endpoint: intent, done, being undone
 STATES = ("pending", "ready", "deleting")
 

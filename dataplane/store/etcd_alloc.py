@@ -23,12 +23,18 @@ import time
 from typing import Any, Dict, Optional
 
 from ..errors import AlreadyExists, ConfigError, NotFound, ResourceError
-from .common import derive_mac, ip_request, mac_taken, next_free, no_free_address
+from .common import (
+    STATIC_NODE_PREFIX,
+    derive_mac,
+    ip_request,
+    mac_taken,
+    next_free,
+    no_free_address,
+)
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import Txn
 
 #: the node name of a static host's endpoint: this prefix and its name
-STATIC_NODE_PREFIX = "static:"
 
 
 def take_address(
