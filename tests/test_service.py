@@ -1102,3 +1102,40 @@ def test_node_list_and_remove_on_a_single_node_store(node):
     assert "node other: a sqlite store keeps one node's state" in r.stderr, r.stderr
     r = node.cli("node", "remove", "bad/name", check=False)
     assert r.returncode != 0 and "not a valid node name" in r.stderr, r.stderr
+
+
+def test_a_full_state_disk_refuses_changes_and_says_where(tmp_path):
+    """The state directory on a small file system that fills up: a pod add
+    is refused naming the state file and why, leaves nothing behind and
+    changes nothing; once there is room again the same add works."""
+    state = tmp_path / "state"
+    state.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=2m", "dptmpfs", str(state))
+    n = Node(tmp_path, uuid.uuid4().hex[:5])
+    filler = state / "filler"
+    try:
+        n.start()
+        a = n.pod("a", IT_SPEC)
+        links = host_links()
+        sh("dd", "if=/dev/zero", f"of={filler}", "bs=64k", check=False)  # until full
+        ns = f"dpt{n.tag}b"
+        r = sh("ip", "netns", "add", ns, check=False)
+        assert r.returncode == 0, r.stderr
+        n.netns.append(ns)
+        body = {"name": "b", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(IT_SPEC)}
+        with pytest.raises(APIError) as err:
+            n.api("POST", "/v1/pods", body)
+        msg = str(err.value)
+        assert f"store {state}/state.db: the change was not written" in msg, msg
+        assert "database or disk is full" in msg and "free space" in msg, msg
+        assert "internal error" not in msg
+        assert [p["name"] for p in n.api("GET", "/v1/pods")] == ["a"]
+        assert host_links() == links  # nothing of b's left behind
+        assert "Traceback" not in (tmp_path / "service.log").read_text()
+        filler.unlink()
+        b = n.api("POST", "/v1/pods", body)
+        n.host_links |= {p["host_ifname"] for p in b["planes"]}
+        assert ping(a["ns"], ip_of(b)).returncode == 0
+    finally:
+        n.cleanup()
+        sh("umount", str(state), check=False)

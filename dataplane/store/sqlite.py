@@ -9,6 +9,7 @@ serialises writers). The interface and the order of work are those of
 
 import ipaddress
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Collection, Dict, List, Optional
 
 from ..checks import VNI_MAX
-from ..errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
+from ..errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
 from .base import StateStore
 from .common import (
     STATES,
@@ -94,6 +95,9 @@ CREATE TABLE IF NOT EXISTS attachments (         -- CNI attachments (dataplane.a
 """
 
 
+log = logging.getLogger(__name__)
+
+
 class SqliteStore(StateStore):
     """The node's state in the SQLite file ``path`` (created if missing; its
     directory is created with mode 0700, the file with mode 0600). What
@@ -152,14 +156,32 @@ class SqliteStore(StateStore):
         """One write transaction (BEGIN IMMEDIATE: takes the write lock now)."""
         with self._lock:
             cur = _Cursor(self._db)
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield cur
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                else:
+                    self._db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                raise self._write_failed(e) from None
+
+    def _write_failed(self, e: sqlite3.OperationalError) -> DataplaneError:
+        """The file could not be written (its file system full or read-only,
+        the file locked by another program): what failed and where, nothing
+        changed."""
+        text = str(e)
+        hint = {
+            "database or disk is full": "free space on its file system",
+            "attempt to write a readonly database": "make it writable again",
+            "database is locked": "another program holds its write lock",
+        }.get(text)
+        msg = f"store {self.path}: the change was not written ({text}); nothing changed"
+        msg += f": {hint}" if hint else ""
+        log.error("%s", msg)
+        return DataplaneError(msg)
 
     def _query(self, sql, args=()):
         with self._lock:
