@@ -33,6 +33,19 @@ AF_XDP_SPARE_MBUFS = 4095
 UNFINISHED = ("pending", "deleting")
 
 
+def _same_netns(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one network namespace: the same
+    path, or two (``/var/run/netns/NAME``, ``/proc/PID/ns/net``) of one
+    namespace."""
+    if a == b:
+        return True
+    try:
+        x, y = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
 def _unfinished(state: str) -> str:
     """What left a record in ``state`` (one of UNFINISHED): 'add' or 'delete'."""
     return "add" if state == "pending" else "delete"
@@ -375,7 +388,10 @@ class PodLife:
     def add_pod(self, name: str, netns: str, spec) -> dict:
         """Attach pod ``name`` (its network namespace ``netns``) as ``spec``
         says; the pod's info (see ``pod_info``). An add that fails is undone
-        (:meth:`_roll_back`) and raises its error."""
+        (:meth:`_roll_back`) and raises its error. An add of a pod this node
+        runs already with that spec and namespace changes nothing and
+        answers its info with ``unchanged: True``; one with another spec is
+        refused, naming what differs (:meth:`_repeated`)."""
         from .podnet import announce, attach_plane, detach_plane
         from .podspec import host_ifname, parse_pod_spec
 
@@ -393,6 +409,10 @@ class PodLife:
             check_node_can(p.kind, p.plane)
         node = self.config.node
         with self.lock:
+            same = self._repeated(name, netns, ps)
+            if same is not None:  # the add was done before: nothing to do
+                event("pod add repeated: unchanged", pod=name, netns=netns)
+                return same
             self._check_macs_free(name, ps)  # refused before anything is written
             floating = self._floating(but=name)  # other pods', by network
             self._check_addresses_free(name, ps, floating)
@@ -456,6 +476,92 @@ class PodLife:
                 self.adding.discard(name)
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
         return self.pod_info(name)
+
+    def _repeated(self, name: str, netns: str, ps) -> Optional[dict]:
+        """An add of pod ``name`` that exists already, ready, on this node:
+        with the same spec (``ps``) and namespace, its info as the first add
+        answered it, with ``unchanged: True`` (a retried add changes
+        nothing); with another, AlreadyExists naming every field that
+        differs. None if the add is to go on: no such pod, one another node
+        runs, a leftover of a failed add or delete (:meth:`_put_pod` says
+        what), or one whose interfaces are gone (removed here first, as the
+        housekeeping would, so the add makes it anew)."""
+        old = self.store.pod(name)
+        if (
+            old is None
+            or old["state"] != "ready"
+            or old.get("node") not in (None, self.config.node)
+        ):
+            return None
+        why = self._gone(old, _Present())
+        if why:
+            self._remove(name, self.store.endpoints(pod=name))
+            self.on_removed()
+            event("pod removed: its interfaces are gone", pod=name, why=why, by="a new add")
+            return None
+        diffs = self._spec_differences(old, netns, ps)
+        if diffs:
+            raise AlreadyExists(
+                f"pod {name} exists already on node {self.config.node} with another spec: "
+                f"{'; '.join(diffs)} (delete it first to change it; an add with the spec it "
+                "has changes nothing)"
+            )
+        return dict(self.pod_info(name), unchanged=True)
+
+    def _spec_differences(self, old, netns: str, ps) -> List[str]:
+        """How an add of ``netns`` and spec ``ps`` differs from pod record
+        ``old``: one text per field, named as the spec names it."""
+        from .podspec import parse_pod_spec
+
+        out = []
+        if not _same_netns(old["netns"], netns):
+            out.append(f"netns is {old['netns']}, this add asks for {netns}")
+        try:
+            have = parse_pod_spec(old["spec"], self.config)
+        except ConfigError as e:  # the node's configuration changed under it
+            return out + [f"its recorded spec no longer fits the node's configuration ({e})"]
+        if have.pod_type != ps.pod_type:
+            out.append(f"pod_type is {have.pod_type}, this add asks for {ps.pod_type}")
+        planes = [p.plane for p in have.planes]
+        asked = [p.plane for p in ps.planes]
+        if set(planes) != set(asked):
+            out.append(
+                f"network_plane is [{', '.join(planes)}], this add asks for [{', '.join(asked)}]"
+            )
+
+        def show(v):
+            if isinstance(v, bool):
+                return "yes" if v else "no"
+            if v is None or v == () or v == {}:
+                return "none"
+            if isinstance(v, tuple):
+                return "[" + ", ".join(v) + "]"
+            if isinstance(v, dict):
+                return "{" + ", ".join(f"{k}: {x}" for k, x in sorted(v.items())) + "}"
+            return str(v)
+
+        for a in have.planes:
+            b = ps.plane(a.plane)
+            if b is None:
+                continue
+            for field, what in (
+                ("networks", lambda p: p.network),
+                ("interfaces", lambda p: p.ifname),
+                ("interfaces kind", lambda p: p.kind),
+                ("interfaces options", lambda p: p.options),
+                ("ips", lambda p: p.ip),
+                ("macs", lambda p: p.mac),
+                ("allowed_addresses", lambda p: p.allowed),
+                ("dhcp_server", lambda p: p.dhcp_server),
+            ):
+                x, y = what(a), what(b)
+                if x != y:
+                    key, _, part = field.partition(" ")
+                    out.append(
+                        f"{key}.{a.plane}{' ' + part if part else ''} is {show(x)}, "
+                        f"this add asks for {show(y)}"
+                    )
+        return out
 
     def _put_pod(self, name: str, netns: str, ps):
         """Record pod ``name``, 'pending'. A leftover of this node's failed
