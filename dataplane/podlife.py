@@ -15,6 +15,7 @@ they had; nothing is allocated twice.
 """
 
 import os
+import re
 import socket
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -44,6 +45,19 @@ def _same_netns(a: str, b: str) -> bool:
     except OSError:
         return False
     return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
+def _named_for(name: str, pod: str, plane: str, whole: bool) -> bool:
+    """Whether interface ``name`` is the host end's name of ``pod``'s
+    ``plane`` (:func:`dataplane.podspec.host_ifname`); a pod name cut short
+    in a mark (``whole`` False): the name's form, 'dp', eight hex digits,
+    the plane's first letters."""
+    from .checks import IFNAMSIZ
+    from .podspec import host_ifname
+
+    if whole:
+        return name == host_ifname(pod, plane)
+    return re.fullmatch(r"dp[0-9a-f]{8}" + re.escape(plane[: IFNAMSIZ - 11]), name) is not None
 
 
 def _unfinished(state: str) -> str:
@@ -216,6 +230,46 @@ class PodLife:
                     )
             self._info(pod, eps)
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
+
+    def remove_orphans(self) -> List[str]:
+        """Delete the pod veths this node's service made that no pod record
+        of this node names any more: a node removed from the cluster while
+        it was down (``dataplane node remove``) starts again without its
+        pods' records, but their veths are still here, holding their names.
+        Only a veth marked at its creation as this node's plane of a pod
+        (its alias, :func:`dataplane.podnet.plane_alias`) and named as that
+        plane's host end is taken, each logged; nothing else is touched.
+        Run after the replay, before the API takes adds. The names removed."""
+        from .podnet import delete_marked, marked_veths, parse_alias
+
+        node = self.config.node
+        known = {
+            e["host_ifname"]
+            for e in self.store.endpoints()
+            if e.get("host_ifname") and e.get("node") in (None, node)
+        } | set(self.ports)
+        removed = []
+        for index, name, alias in marked_veths():
+            owner, plane, pod, whole = parse_alias(alias)
+            if owner != node or name in known or not _named_for(name, pod, plane, whole):
+                continue
+            try:
+                if not delete_marked(index, name, alias):
+                    continue
+            except DataplaneError as e:
+                log.warning(
+                    "orphan veth %s of pod %s plane %s not removed: %s", name, pod, plane, e
+                )
+                continue
+            event(
+                "orphan pod veth removed",
+                interface=name,
+                pod=pod,
+                plane=plane,
+                why="no pod record of this node names it",
+            )
+            removed.append(name)
+        return removed
 
     def _replay_mtu(self, pod, e):
         """A plane whose veth has another MTU than its network now has (the
@@ -458,6 +512,7 @@ class PodLife:
                         p.default_route,
                         plane=p.plane,
                         offloads=self.config.kernel_driver != "af_xdp",
+                        node=node,
                     )  # a step that fails deletes the pair itself
                     made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
                     made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))

@@ -180,6 +180,10 @@ class NodeService:
                 cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
             )
             self.pods.replay()
+            try:  # a veth of a pod this node has no record of (a node removed while down)
+                self.pods.remove_orphans()
+            except Exception as e:  # noqa: BLE001 - not a reason to forward nothing
+                log.warning("looking for orphan pod veths: %s", e)
             if cfg.idle_sleep_us:
                 self.engine.set_idle_sleep(cfg.idle_sleep_us)
             if not cfg.idle_yield:
