@@ -173,6 +173,7 @@ class PodLife:
         self.known_at: Dict[str, float] = {}
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
+        self._store_mark: Optional[str] = None  # store_mark()
 
     # ------------------------------------------------------------- replay
     @staticmethod
@@ -236,13 +237,15 @@ class PodLife:
         of this node names any more: a node removed from the cluster while
         it was down (``dataplane node remove``) starts again without its
         pods' records, but their veths are still here, holding their names.
-        Only a veth marked at its creation as this node's plane of a pod
-        (its alias, :func:`dataplane.podnet.plane_alias`) and named as that
-        plane's host end is taken, each logged; nothing else is touched.
+        Only a veth marked at its creation as this node's plane of a pod,
+        recorded in this store (its alias,
+        :func:`dataplane.podnet.plane_alias`), and named as that plane's
+        host end is taken, each logged; nothing else is touched (a service
+        started on another store, or under another node name, takes none).
         Run after the replay, before the API takes adds. The names removed."""
         from .podnet import delete_marked, marked_veths, parse_alias
 
-        node = self.config.node
+        node, mark = self.config.node, self.store_mark()
         known = {
             e["host_ifname"]
             for e in self.store.endpoints()
@@ -250,8 +253,10 @@ class PodLife:
         } | set(self.ports)
         removed = []
         for index, name, alias in marked_veths():
-            owner, plane, pod, whole = parse_alias(alias)
-            if owner != node or name in known or not _named_for(name, pod, plane, whole):
+            owner, store, plane, pod, whole = parse_alias(alias)
+            if (owner, store) != (node, mark) or name in known:
+                continue
+            if not _named_for(name, pod, plane, whole):
                 continue
             try:
                 if not delete_marked(index, name, alias):
@@ -270,6 +275,13 @@ class PodLife:
             )
             removed.append(name)
         return removed
+
+    def store_mark(self) -> str:
+        """8 hex digits of the store's identity (``store.identity()``), in
+        the mark of every pod veth this node makes (read once)."""
+        if self._store_mark is None:
+            self._store_mark = self.store.identity()[:8]
+        return self._store_mark
 
     def _replay_mtu(self, pod, e):
         """A plane whose veth has another MTU than its network now has (the
@@ -513,6 +525,7 @@ class PodLife:
                         plane=p.plane,
                         offloads=self.config.kernel_driver != "af_xdp",
                         node=node,
+                        store=self.store_mark(),
                     )  # a step that fails deletes the pair itself
                     made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
                     made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))

@@ -541,6 +541,7 @@ def attach_plane(
     plane: Optional[str] = None,
     offloads: bool = True,
     node: Optional[str] = None,
+    store: Optional[str] = None,
 ) -> AttachResult:
     """Put pod ``pod`` (network namespace at ``netns_path``) on a plane.
 
@@ -552,9 +553,10 @@ def attach_plane(
     AF_XDP); 3. ``ip_cidr`` on the pod end (the kernel adds the subnet route);
     4. both ends up; 5. on the std plane (``default_route``) a default route
     via ``gateway``. If a step fails, the pair is deleted and the error names
-    the step. With ``node`` (and ``plane``), the host end is marked as that
-    node's plane of the pod (its alias, :func:`plane_alias`), so that a
-    service that finds it without a record of it knows it for its own
+    the step. With ``node``, ``store`` (the state store's mark) and
+    ``plane``, the host end is marked as that node's plane of the pod (its
+    alias, :func:`plane_alias`), so that a service of that node and store
+    that finds it without a record of it knows it for its own
     (:func:`marked_veths`). Returns the host end's name and MAC."""
     mac, iface, gw = _check_attach_args(
         netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu, default_route
@@ -578,7 +580,7 @@ def attach_plane(
                         f"namespace {netns_path} already"
                     )
                 _announce_addresses(nsfd)
-                alias = plane_alias(node, pod, plane) if node and plane else None
+                alias = plane_alias(node, store, pod, plane) if node and store and plane else None
                 return _attach_steps(
                     ipr,
                     pod_ipr,
@@ -670,24 +672,26 @@ def _attach_steps(
 
 #: the longest alias (ifalias) the kernel keeps: IFALIASZ - 1 bytes
 ALIAS_MAX = 255
-_ALIAS_RE = re.compile(r"dataplane node=(\S+) plane=(\S+) pod=(\S+)")
+_ALIAS_RE = re.compile(r"dataplane node=(\S+) store=([0-9a-f]{8}) plane=(\S+) pod=(\S+)")
 
 
-def plane_alias(node: str, pod: str, plane: str) -> str:
+def plane_alias(node: str, store: str, pod: str, plane: str) -> str:
     """The alias a pod plane's host end is marked with: the node whose
-    service made it, the plane and the pod (node, plane and pod names have
-    no white space). Cut to ALIAS_MAX: a pod name of more than about 170
-    characters loses its end."""
-    return f"dataplane node={node} plane={plane} pod={pod}"[:ALIAS_MAX]
+    service made it, the mark of the state store it recorded it in (8 hex
+    digits), the plane and the pod (node, plane and pod names have no white
+    space). Cut to ALIAS_MAX: a pod name of more than about 150 characters
+    loses its end."""
+    return f"dataplane node={node} store={store} plane={plane} pod={pod}"[:ALIAS_MAX]
 
 
-def parse_alias(alias) -> Optional[Tuple[str, str, str, bool]]:
-    """(node, plane, pod, whole) of a pod plane's mark (:func:`plane_alias`;
-    ``whole``: the pod name was not cut), or None if ``alias`` is not one."""
+def parse_alias(alias) -> Optional[Tuple[str, str, str, str, bool]]:
+    """(node, store, plane, pod, whole) of a pod plane's mark
+    (:func:`plane_alias`; ``whole``: the pod name was not cut), or None if
+    ``alias`` is not one."""
     m = _ALIAS_RE.fullmatch(alias or "")
     if m is None:
         return None
-    return m.group(1), m.group(2), m.group(3), len(alias.encode()) < ALIAS_MAX
+    return (*m.groups(), len(alias.encode()) < ALIAS_MAX)
 
 
 def marked_veths() -> List[Tuple[int, str, str]]:

@@ -33,6 +33,14 @@ class EtcdNode(Node):
         super().__init__(tmp, tag, extra=store)
         self.cfg.write_text(self.cfg.read_text().replace("10.99.0.1/24", f"10.99.0.{n}/24"))
         self.name = f"node-{tag}"
+        self.etcd, self.prefix = etcd, prefix
+
+    def store_mark(self):
+        """The store's mark in this node's pod veths' aliases."""
+        from dataplane.store.etcd import EtcdStore
+
+        with EtcdStore([self.etcd.url], prefix=self.prefix) as es:
+            return es.identity()[:8]
 
     def log_text(self):
         return (self.tmp / "service.log").read_text(errors="replace")
@@ -90,22 +98,26 @@ def test_a_removed_node_started_again_removes_its_orphan_veths_and_nothing_else(
     b = n1.pod("b", IT_SPEC)
     hosts = {p["host_ifname"] for p in a["planes"] + b["planes"]}
     assert len(hosts) == 3 and hosts <= host_links()
-    # each host end is marked as this node's plane of its pod
+    # each host end is marked as this node's plane of its pod, in this store
+    mark = n1.store_mark()
     have = links()
     for info in (a, b):
         for p in info["planes"]:
             assert have[p["host_ifname"]][1:] == (
                 "veth",
-                f"dataplane node={n1.name} plane={p['plane']} pod={info['name']}",
+                f"dataplane node={n1.name} store={mark} plane={p['plane']} pod={info['name']}",
             ), have[p["host_ifname"]]
     # interfaces that look like ours and are not: no mark, another node's
-    # mark, a mark on an interface that is not a veth, a mark whose pod and
-    # plane are not what the name is made from
+    # mark, this node's mark in another store, a mark on an interface that
+    # is not a veth, a mark whose pod and plane are not what the name is
+    # made from
+    other = "0123abcd" if mark != "0123abcd" else "4567abcd"
     decoys = {
         decoy(n1, host_ifname("stray", "std"), "veth"),
-        decoy(n1, host_ifname("stray2", "std"), "veth", f"dataplane node=other-{n1.tag} plane=std pod=stray2"),
-        decoy(n1, host_ifname("stray3", "std"), "bridge", f"dataplane node={n1.name} plane=std pod=stray3"),
-        decoy(n1, host_ifname("stray4", "std"), "veth", f"dataplane node={n1.name} plane=std pod=stray5"),
+        decoy(n1, host_ifname("stray2", "std"), "veth", f"dataplane node=other-{n1.tag} store={mark} plane=std pod=stray2"),
+        decoy(n1, host_ifname("stray3", "std"), "veth", f"dataplane node={n1.name} store={other} plane=std pod=stray3"),
+        decoy(n1, host_ifname("stray4", "std"), "bridge", f"dataplane node={n1.name} store={mark} plane=std pod=stray4"),
+        decoy(n1, host_ifname("stray5", "std"), "veth", f"dataplane node={n1.name} store={mark} plane=std pod=stray6"),
     }  # fmt: skip
     # a restart with the records: every pod is replayed, no veth is touched
     before = {k: v for k, v in links().items() if k in hosts | decoys}
