@@ -479,6 +479,7 @@ class PodLife:
             if same is not None:  # the add was done before: nothing to do
                 event("pod add repeated: unchanged", pod=name, netns=netns)
                 return same
+            mark = self.store_mark()  # the veths' mark: read before anything is written
             self._check_macs_free(name, ps)  # refused before anything is written
             floating = self._floating(but=name)  # other pods', by network
             self._check_addresses_free(name, ps, floating)
@@ -525,7 +526,7 @@ class PodLife:
                         plane=p.plane,
                         offloads=self.config.kernel_driver != "af_xdp",
                         node=node,
-                        store=self.store_mark(),
+                        store=mark,
                     )  # a step that fails deletes the pair itself
                     made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
                     made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))

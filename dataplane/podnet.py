@@ -719,7 +719,9 @@ def delete_marked(index: int, name: str, alias: str) -> bool:
         except NetlinkError as e:
             if abs(e.code) in (errno.ENODEV, errno.ENOENT):
                 return False
-            raise
+            raise BY_ERRNO.get(abs(e.code), DataplaneError)(
+                f"reading {name}: {_describe(e)}", abs(e.code)
+            ) from e
         link = links[0] if links else None
         if (
             link is None
