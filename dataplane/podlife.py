@@ -218,6 +218,7 @@ class PodLife:
                 kind = kinds.get(e["plane"], VETH)
                 if kind == VETH:
                     self._replay_mtu(pod, e)
+                    self._replay_mark(pod, e)
                     self._attach_port(
                         e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
                     )
@@ -282,6 +283,21 @@ class PodLife:
         if self._store_mark is None:
             self._store_mark = self.store.identity()[:8]
         return self._store_mark
+
+    def _replay_mark(self, pod, e):
+        """A plane's veth without this node's and store's mark (made before
+        veths were marked) gets it: :meth:`remove_orphans` knows it then,
+        should its record go while the service is down."""
+        from .podnet import mark_veth, plane_alias
+
+        alias = plane_alias(self.config.node, self.store_mark(), pod["name"], e["plane"])
+        try:
+            if mark_veth(e["host_ifname"], alias):
+                event("replay: plane veth marked", pod=pod["name"], plane=e["plane"], alias=alias)
+        except Exception as err:  # noqa: BLE001 - it forwards unmarked all the same
+            log.warning(
+                "replay: pod %s plane %s: veth not marked: %s", pod["name"], e["plane"], err
+            )
 
     def _replay_mtu(self, pod, e):
         """A plane whose veth has another MTU than its network now has (the

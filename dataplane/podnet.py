@@ -707,6 +707,20 @@ def marked_veths() -> List[Tuple[int, str, str]]:
     return out
 
 
+def mark_veth(host_ifname: str, alias: str) -> bool:
+    """Give veth ``host_ifname`` the mark ``alias`` (:func:`plane_alias`)
+    unless it has it; whether it was changed. Not a veth (or gone): left
+    alone, False."""
+    with _ipr() as ipr:
+        found = _host_link(ipr, host_ifname)
+        if found is None or _link_kind(found[1]) != "veth":
+            return False
+        if found[1].get("IFLA_IFALIAS") == alias:
+            return False
+        ipr.link("set", index=found[0], ifalias=alias)
+        return True
+
+
 def delete_marked(index: int, name: str, alias: str) -> bool:
     """Delete the veth ``index`` (the pod end goes with it) if it is still
     the one :func:`marked_veths` listed: named ``name``, marked ``alias``.

@@ -119,14 +119,19 @@ def test_a_removed_node_started_again_removes_its_orphan_veths_and_nothing_else(
         decoy(n1, host_ifname("stray4", "std"), "bridge", f"dataplane node={n1.name} store={mark} plane=std pod=stray4"),
         decoy(n1, host_ifname("stray5", "std"), "veth", f"dataplane node={n1.name} store={mark} plane=std pod=stray6"),
     }  # fmt: skip
-    # a restart with the records: every pod is replayed, no veth is touched
+    # a restart with the records: every pod is replayed, no veth is touched;
+    # one whose mark is gone (made before veths were marked) is marked again
     before = {k: v for k, v in links().items() if k in hosts | decoys}
+    unmarked = b["planes"][0]["host_ifname"]
     n1.stop()
+    sh("ip", "link", "set", unmarked, "alias", "")
+    assert links()[unmarked][2] is None
     n1.start()
     assert sorted(p["name"] for p in n1.api("GET", "/v1/pods")) == ["a", "b"]
     assert {k: v for k, v in links().items() if k in hosts | decoys} == before
     assert ping(a["ns"], ip_of(b)).returncode == 0
     assert "orphan pod veth removed" not in n1.log_text()
+    assert n1.log_text().count('"replay: plane veth marked"') == 1
     # node 1 dies for good, as far as the cluster knows: killed, then removed
     n1.proc.kill()
     n1.proc.wait()
