@@ -270,10 +270,12 @@ def cmd_pod(args):
                     spec = f.read()
             except OSError as e:
                 raise SystemExit(f"dataplane: --spec {spec}: {e.strerror or e}")
-        _print(
-            _call(args, "POST", "/v1/pods", {"name": args.name, "netns": args.netns, "spec": spec}),
-            args.json,
+        info = _call(
+            args, "POST", "/v1/pods", {"name": args.name, "netns": args.netns, "spec": spec}
         )
+        if info.get("unchanged") and not args.json:
+            print(f"pod {info['name']} exists already with this spec: unchanged")
+        _print(info, args.json)
     elif args.pod_cmd == "del":
         _print(_call(args, "DELETE", "/v1/pods", query={"name": args.name}), args.json)
     else:

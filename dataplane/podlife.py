@@ -15,6 +15,7 @@ they had; nothing is allocated twice.
 """
 
 import os
+import re
 import socket
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -31,6 +32,32 @@ AF_XDP_SPARE_MBUFS = 4095
 
 #: pod states a record is left in by an add or a delete the store failed during
 UNFINISHED = ("pending", "deleting")
+
+
+def _same_netns(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one network namespace: the same
+    path, or two (``/var/run/netns/NAME``, ``/proc/PID/ns/net``) of one
+    namespace."""
+    if a == b:
+        return True
+    try:
+        x, y = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
+def _named_for(name: str, pod: str, plane: str, whole: bool) -> bool:
+    """Whether interface ``name`` is the host end's name of ``pod``'s
+    ``plane`` (:func:`dataplane.podspec.host_ifname`); a pod name cut short
+    in a mark (``whole`` False): the name's form, 'dp', eight hex digits,
+    the plane's first letters."""
+    from .checks import IFNAMSIZ
+    from .podspec import host_ifname
+
+    if whole:
+        return name == host_ifname(pod, plane)
+    return re.fullmatch(r"dp[0-9a-f]{8}" + re.escape(plane[: IFNAMSIZ - 11]), name) is not None
 
 
 def _unfinished(state: str) -> str:
@@ -146,6 +173,7 @@ class PodLife:
         self.known_at: Dict[str, float] = {}
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
+        self._store_mark: Optional[str] = None  # store_mark()
 
     # ------------------------------------------------------------- replay
     @staticmethod
@@ -194,6 +222,7 @@ class PodLife:
                 kind = kinds.get(e["plane"], VETH)
                 if kind == VETH:
                     self._replay_mtu(pod, e)
+                    self._replay_mark(pod, e)
                     self._attach_port(
                         e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
                     )
@@ -207,6 +236,72 @@ class PodLife:
                     )
             self._info(pod, eps)
             event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
+
+    def remove_orphans(self) -> List[str]:
+        """Delete the pod veths this node's service made that no pod record
+        of this node names any more: a node removed from the cluster while
+        it was down (``dataplane node remove``) starts again without its
+        pods' records, but their veths are still here, holding their names.
+        Only a veth marked at its creation as this node's plane of a pod,
+        recorded in this store (its alias,
+        :func:`dataplane.podnet.plane_alias`), and named as that plane's
+        host end is taken, each logged; nothing else is touched (a service
+        started on another store, or under another node name, takes none).
+        Run after the replay, before the API takes adds. The names removed."""
+        from .podnet import delete_marked, marked_veths, parse_alias
+
+        node, mark = self.config.node, self.store_mark()
+        known = {
+            e["host_ifname"]
+            for e in self.store.endpoints()
+            if e.get("host_ifname") and e.get("node") in (None, node)
+        } | set(self.ports)
+        removed = []
+        for index, name, alias in marked_veths():
+            owner, store, plane, pod, whole = parse_alias(alias)
+            if (owner, store) != (node, mark) or name in known:
+                continue
+            if not _named_for(name, pod, plane, whole):
+                continue
+            try:
+                if not delete_marked(index, name, alias):
+                    continue
+            except DataplaneError as e:
+                log.warning(
+                    "orphan veth %s of pod %s plane %s not removed: %s", name, pod, plane, e
+                )
+                continue
+            event(
+                "orphan pod veth removed",
+                interface=name,
+                pod=pod,
+                plane=plane,
+                why="no pod record of this node names it",
+            )
+            removed.append(name)
+        return removed
+
+    def store_mark(self) -> str:
+        """8 hex digits of the store's identity (``store.identity()``), in
+        the mark of every pod veth this node makes (read once)."""
+        if self._store_mark is None:
+            self._store_mark = self.store.identity()[:8]
+        return self._store_mark
+
+    def _replay_mark(self, pod, e):
+        """A plane's veth without this node's and store's mark (made before
+        veths were marked) gets it: :meth:`remove_orphans` knows it then,
+        should its record go while the service is down."""
+        from .podnet import mark_veth, plane_alias
+
+        alias = plane_alias(self.config.node, self.store_mark(), pod["name"], e["plane"])
+        try:
+            if mark_veth(e["host_ifname"], alias):
+                event("replay: plane veth marked", pod=pod["name"], plane=e["plane"], alias=alias)
+        except Exception as err:  # noqa: BLE001 - it forwards unmarked all the same
+            log.warning(
+                "replay: pod %s plane %s: veth not marked: %s", pod["name"], e["plane"], err
+            )
 
     def _replay_mtu(self, pod, e):
         """A plane whose veth has another MTU than its network now has (the
@@ -379,7 +474,10 @@ class PodLife:
     def add_pod(self, name: str, netns: str, spec) -> dict:
         """Attach pod ``name`` (its network namespace ``netns``) as ``spec``
         says; the pod's info (see ``pod_info``). An add that fails is undone
-        (:meth:`_roll_back`) and raises its error."""
+        (:meth:`_roll_back`) and raises its error. An add of a pod this node
+        runs already with that spec and namespace changes nothing and
+        answers its info with ``unchanged: True``; one with another spec is
+        refused, naming what differs (:meth:`_repeated`)."""
         from .podnet import announce, attach_plane, detach_plane
         from .podspec import host_ifname, parse_pod_spec
 
@@ -397,6 +495,11 @@ class PodLife:
             check_node_can(p.kind, p.plane)
         node = self.config.node
         with self.lock:
+            same = self._repeated(name, netns, ps)
+            if same is not None:  # the add was done before: nothing to do
+                event("pod add repeated: unchanged", pod=name, netns=netns)
+                return same
+            mark = self.store_mark()  # the veths' mark: read before anything is written
             self._check_macs_free(name, ps)  # refused before anything is written
             floating = self._floating(but=name)  # other pods', by network
             self._check_addresses_free(name, ps, floating)
@@ -442,6 +545,8 @@ class PodLife:
                         p.default_route,
                         plane=p.plane,
                         offloads=self.config.kernel_driver != "af_xdp",
+                        node=node,
+                        store=mark,
                     )  # a step that fails deletes the pair itself
                     made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
                     made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))
@@ -460,6 +565,92 @@ class PodLife:
                 self.adding.discard(name)
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
         return self.pod_info(name)
+
+    def _repeated(self, name: str, netns: str, ps) -> Optional[dict]:
+        """An add of pod ``name`` that exists already, ready, on this node:
+        with the same spec (``ps``) and namespace, its info as the first add
+        answered it, with ``unchanged: True`` (a retried add changes
+        nothing); with another, AlreadyExists naming every field that
+        differs. None if the add is to go on: no such pod, one another node
+        runs, a leftover of a failed add or delete (:meth:`_put_pod` says
+        what), or one whose interfaces are gone (removed here first, as the
+        housekeeping would, so the add makes it anew)."""
+        old = self.store.pod(name)
+        if (
+            old is None
+            or old["state"] != "ready"
+            or old.get("node") not in (None, self.config.node)
+        ):
+            return None
+        why = self._gone(old, _Present())
+        if why:
+            self._remove(name, self.store.endpoints(pod=name))
+            self.on_removed()
+            event("pod removed: its interfaces are gone", pod=name, why=why, by="a new add")
+            return None
+        diffs = self._spec_differences(old, netns, ps)
+        if diffs:
+            raise AlreadyExists(
+                f"pod {name} exists already on node {self.config.node} with another spec: "
+                f"{'; '.join(diffs)} (delete it first to change it; an add with the spec it "
+                "has changes nothing)"
+            )
+        return dict(self.pod_info(name), unchanged=True)
+
+    def _spec_differences(self, old, netns: str, ps) -> List[str]:
+        """How an add of ``netns`` and spec ``ps`` differs from pod record
+        ``old``: one text per field, named as the spec names it."""
+        from .podspec import parse_pod_spec
+
+        out = []
+        if not _same_netns(old["netns"], netns):
+            out.append(f"netns is {old['netns']}, this add asks for {netns}")
+        try:
+            have = parse_pod_spec(old["spec"], self.config)
+        except ConfigError as e:  # the node's configuration changed under it
+            return out + [f"its recorded spec no longer fits the node's configuration ({e})"]
+        if have.pod_type != ps.pod_type:
+            out.append(f"pod_type is {have.pod_type}, this add asks for {ps.pod_type}")
+        planes = [p.plane for p in have.planes]
+        asked = [p.plane for p in ps.planes]
+        if set(planes) != set(asked):
+            out.append(
+                f"network_plane is [{', '.join(planes)}], this add asks for [{', '.join(asked)}]"
+            )
+
+        def show(v):
+            if isinstance(v, bool):
+                return "yes" if v else "no"
+            if v is None or v == () or v == {}:
+                return "none"
+            if isinstance(v, tuple):
+                return "[" + ", ".join(v) + "]"
+            if isinstance(v, dict):
+                return "{" + ", ".join(f"{k}: {x}" for k, x in sorted(v.items())) + "}"
+            return str(v)
+
+        for a in have.planes:
+            b = ps.plane(a.plane)
+            if b is None:
+                continue
+            for field, what in (
+                ("networks", lambda p: p.network),
+                ("interfaces", lambda p: p.ifname),
+                ("interfaces kind", lambda p: p.kind),
+                ("interfaces options", lambda p: p.options),
+                ("ips", lambda p: p.ip),
+                ("macs", lambda p: p.mac),
+                ("allowed_addresses", lambda p: p.allowed),
+                ("dhcp_server", lambda p: p.dhcp_server),
+            ):
+                x, y = what(a), what(b)
+                if x != y:
+                    key, _, part = field.partition(" ")
+                    out.append(
+                        f"{key}.{a.plane}{' ' + part if part else ''} is {show(x)}, "
+                        f"this add asks for {show(y)}"
+                    )
+        return out
 
     def _put_pod(self, name: str, netns: str, ps):
         """Record pod ``name``, 'pending'. A leftover of this node's failed

@@ -13,10 +13,11 @@ import dataclasses
 import errno
 import fcntl
 import os
+import re
 import socket
 import struct
 import threading
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 from .checks import (
     MIN_MTU,
@@ -539,6 +540,8 @@ def attach_plane(
     *,
     plane: Optional[str] = None,
     offloads: bool = True,
+    node: Optional[str] = None,
+    store: Optional[str] = None,
 ) -> AttachResult:
     """Put pod ``pod`` (network namespace at ``netns_path``) on a plane.
 
@@ -550,7 +553,11 @@ def attach_plane(
     AF_XDP); 3. ``ip_cidr`` on the pod end (the kernel adds the subnet route);
     4. both ends up; 5. on the std plane (``default_route``) a default route
     via ``gateway``. If a step fails, the pair is deleted and the error names
-    the step. Returns the host end's name and MAC."""
+    the step. With ``node``, ``store`` (the state store's mark) and
+    ``plane``, the host end is marked as that node's plane of the pod (its
+    alias, :func:`plane_alias`), so that a service of that node and store
+    that finds it without a record of it knows it for its own
+    (:func:`marked_veths`). Returns the host end's name and MAC."""
     mac, iface, gw = _check_attach_args(
         netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu, default_route
     )
@@ -573,10 +580,12 @@ def attach_plane(
                         f"namespace {netns_path} already"
                     )
                 _announce_addresses(nsfd)
+                alias = plane_alias(node, store, pod, plane) if node and store and plane else None
                 return _attach_steps(
                     ipr,
                     pod_ipr,
                     what,
+                    alias,
                     netns_path,
                     nsfd,
                     ifname,
@@ -592,7 +601,7 @@ def attach_plane(
 
 
 def _attach_steps(
-    ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu, offloads
+    ipr, pod_ipr, what, alias, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu, offloads
 ) -> AttachResult:
     host_index = None
     step, desc = 0, ""
@@ -607,6 +616,8 @@ def _attach_steps(
         )
         host_index = ipr.link_lookup(ifname=host_ifname)[0]
         pod_index = pod_ipr.link_lookup(ifname=ifname)[0]
+        if alias:  # whose it is, for a service that finds it without its record
+            ipr.link("set", index=host_index, ifalias=alias)
 
         if offloads:
             # the pod's TX checksum offload, TSO and GSO stay on: the kernel
@@ -657,6 +668,91 @@ def _attach_steps(
         raise cls(
             f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}{undone}", _err_code(e)
         ) from e
+
+
+#: the longest alias (ifalias) the kernel keeps: IFALIASZ - 1 bytes
+ALIAS_MAX = 255
+_ALIAS_RE = re.compile(r"dataplane node=(\S+) store=([0-9a-f]{8}) plane=(\S+) pod=(\S+)")
+
+
+def plane_alias(node: str, store: str, pod: str, plane: str) -> str:
+    """The alias a pod plane's host end is marked with: the node whose
+    service made it, the mark of the state store it recorded it in (8 hex
+    digits), the plane and the pod (node, plane and pod names have no white
+    space). Cut to ALIAS_MAX: a pod name of more than about 150 characters
+    loses its end."""
+    return f"dataplane node={node} store={store} plane={plane} pod={pod}"[:ALIAS_MAX]
+
+
+def parse_alias(alias) -> Optional[Tuple[str, str, str, str, bool]]:
+    """(node, store, plane, pod, whole) of a pod plane's mark
+    (:func:`plane_alias`; ``whole``: the pod name was not cut), or None if
+    ``alias`` is not one."""
+    m = _ALIAS_RE.fullmatch(alias or "")
+    if m is None:
+        return None
+    return (*m.groups(), len(alias.encode()) < ALIAS_MAX)
+
+
+def marked_veths() -> List[Tuple[int, str, str]]:
+    """(ifindex, name, alias) of every veth of this namespace marked as a
+    pod plane's host end (:func:`plane_alias`). One listing: a link that
+    changes meanwhile may be missed, never taken for another."""
+    out = []
+    with _ipr() as ipr:
+        for link in ipr.get_links():
+            alias = link.get("IFLA_IFALIAS")
+            if _link_kind(link) == "veth" and parse_alias(alias):
+                out.append((link["index"], link.get("IFLA_IFNAME"), alias))
+    return out
+
+
+def mark_veth(host_ifname: str, alias: str) -> bool:
+    """Give veth ``host_ifname`` the mark ``alias`` (:func:`plane_alias`)
+    unless it has it; whether it was changed. Not a veth (or gone): left
+    alone, False."""
+    with _ipr() as ipr:
+        found = _host_link(ipr, host_ifname)
+        if found is None or _link_kind(found[1]) != "veth":
+            return False
+        if found[1].get("IFLA_IFALIAS") == alias:
+            return False
+        ipr.link("set", index=found[0], ifalias=alias)
+        return True
+
+
+def delete_marked(index: int, name: str, alias: str) -> bool:
+    """Delete the veth ``index`` (the pod end goes with it) if it is still
+    the one :func:`marked_veths` listed: named ``name``, marked ``alias``.
+    False if it is gone or is another interface now."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _ipr() as ipr:
+        try:
+            links = ipr.get_links(index)
+        except NetlinkError as e:
+            if abs(e.code) in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise BY_ERRNO.get(abs(e.code), DataplaneError)(
+                f"reading {name}: {_describe(e)}", abs(e.code)
+            ) from e
+        link = links[0] if links else None
+        if (
+            link is None
+            or link.get("IFLA_IFNAME") != name
+            or link.get("IFLA_IFALIAS") != alias
+            or _link_kind(link) != "veth"
+        ):
+            return False
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as e:
+            if abs(e.code) in (errno.ENODEV, errno.ENOENT):
+                return False
+            raise BY_ERRNO.get(abs(e.code), DataplaneError)(
+                f"deleting {name}: {_describe(e)}", abs(e.code)
+            ) from e
+        return True
 
 
 def detach_plane(host_ifname: str) -> bool:

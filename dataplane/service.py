@@ -189,6 +189,10 @@ class NodeService:
             self.engine.start()
             event("core forwarding", pods_to_replay=self.pods.count_to_replay())
             self.pods.replay()
+            try:  # a veth of a pod this node has no record of (a node removed while down)
+                self.pods.remove_orphans()
+            except Exception as e:  # noqa: BLE001 - not a reason to forward nothing
+                log.warning("looking for orphan pod veths: %s", e)
             if self.store.can_watch:
                 self.sync.start()
             routes = api_routes(

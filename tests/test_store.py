@@ -9,6 +9,7 @@ has etcd's (races between processes, watches, restarts).
 import base64
 import ipaddress
 import os
+import re
 import sqlite3
 import stat
 import threading
@@ -405,6 +406,17 @@ def test_two_openers_share_the_state(opener, store):
     other.put_pod("p1", "/x", SPEC)
     with pytest.raises(AlreadyExists):
         store.put_pod("p1", "/y", SPEC)
+
+
+def test_the_store_identity_is_made_once_and_shared(opener, store, tmp_path):
+    """Every opener of one store (every node of a cluster) gets one
+    identity, made by whichever asked first, kept across reopening; a store
+    made anew has another (pod veths are marked with it)."""
+    other = opener()
+    ids = {other.identity(), store.identity(), opener().identity()}
+    assert len(ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", ids.pop())
+    with SqliteStore(str(tmp_path / "another.db")) as fresh:
+        assert fresh.identity() != store.identity()
 
 
 def test_pods_and_endpoints_of_a_node(store):

@@ -33,10 +33,14 @@ only then do ``endpoints_snapshot`` and ``watch_endpoints`` work.
 """
 
 import abc
+import uuid
 from typing import Any, Callable, Collection, Dict, List, Optional, Protocol, Tuple
 
 from ..errors import ConfigError
 from .common import mac_taken
+
+#: the meta key of the store's identity (StateStore.identity)
+STORE_ID = "store_id"
 
 
 class WatchHandle(Protocol):
@@ -104,6 +108,16 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def set_meta(self, key: str, value: str) -> None:
         """Keep setting ``key`` (as a string)."""
+
+    def identity(self) -> str:
+        """This store's own name: 32 random hex digits, made the first time
+        any node asks (meta ``store_id``) and the same for every node after.
+        It tells this store from another one, or from one made anew."""
+        v = self.get_meta(STORE_ID)
+        if not v:
+            v = uuid.uuid4().hex
+            self.set_meta(STORE_ID, v)
+        return v
 
     # ------------------------------------------------------------ networks
     @abc.abstractmethod

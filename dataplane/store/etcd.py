@@ -58,12 +58,13 @@ import logging
 import os
 import threading
 import time
+import uuid
 from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 from ..checks import check_mac
 from ..errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
 from . import etcd_alloc as alloc
-from .base import StateStore
+from .base import STORE_ID, StateStore
 from .common import check_network, check_state, ip_request
 from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
@@ -273,6 +274,18 @@ class EtcdStore(StateStore):
             tx.put(self._k("meta", key), str(value))
 
         self.client.atomic(body)
+
+    def identity(self) -> str:
+        key = self._k("meta", STORE_ID)
+
+        def body(tx):  # made once: a node that made it meanwhile wins
+            v = tx.get(key)
+            if not v:
+                v = uuid.uuid4().hex
+                tx.put(key, v)
+            return v
+
+        return self.client.atomic(body)
 
     # --------------------------------------------------------- attachments
     def put_attachment(self, name: str, record: Dict[str, Any], node: Optional[str] = None):

@@ -14,12 +14,13 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from typing import Any, Collection, Dict, List, Optional
 
 from ..checks import VNI_MAX
 from ..errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
-from .base import StateStore
+from .base import STORE_ID, StateStore
 from .common import (
     STATES,
     check_network,
@@ -203,6 +204,14 @@ class SqliteStore(StateStore):
                 "SET value=excluded.value",
                 (key, str(value)),
             )
+
+    def identity(self) -> str:
+        with self._tx() as db:  # made once, in one transaction
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                (STORE_ID, uuid.uuid4().hex),
+            )
+            return db.execute("SELECT value FROM meta WHERE key=?", (STORE_ID,)).fetchone()[0]
 
     # --------------------------------------------------------- attachments
     def put_attachment(self, name: str, record: Dict[str, Any], node: Optional[str] = None):
