@@ -888,10 +888,13 @@ class NodeService:
                 if v.uplink_driver == "afpacket"
                 else "re-create it, then restart the service to attach it"
             )
-        if not (st[1] and st[2]):
-            return (
-                f"{name} is {'down' if not st[1] else 'without carrier'}: frames to the "
-                "underlay wait in its tx ring until it comes back"
+        if not st[1]:
+            return f"{name} is down: frames to the underlay wait in its tx ring until it is up"
+        if not st[2]:
+            return f"{name} is without carrier: " + (
+                "frames to the underlay are dropped (kport_kernel_tx) until it comes back"
+                if v.uplink_driver == "afpacket"
+                else "frames to the underlay wait in its tx ring until it comes back"
             )
         if st[3] < v.underlay_mtu:
             return (
