@@ -454,7 +454,13 @@ class NodeService:
             if self.engine is None or self.store is None:
                 return None
             snap = take_snapshot(
-                self.config, self.engine, self.store, self.net_index, self.uplink, counts=counts
+                self.config,
+                self.engine,
+                self.store,
+                self.net_index,
+                self.uplink,
+                counts=counts,
+                owners=self.pods.port_owners() if self.pods is not None else None,
             )
             if self.cpu_latency is not None:
                 snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -605,6 +606,119 @@ def test_prometheus_server_stores_what_was_sent(node, tmp_path):
         prom.wait(30)
 
 
+PORT_SERIES = re.compile(r"^(dataplane_port_[a-z_]+)\{([^}]*)\} (\S+)$", re.M)
+
+
+def port_series(text):
+    """The port series of a scrape: {metric: [(labels, value)]}."""
+    out = {}
+    for metric, labels, value in PORT_SERIES.findall(text):
+        out.setdefault(metric, []).append(
+            (tuple(sorted(re.findall(r'(\w+)="([^"]*)"', labels))), float(value))
+        )
+    return out
+
+
+def port_identities(text):
+    """{(pod, plane) - ("", "") for the uplink: the labels of its series},
+    from a scrape; AssertionError if two series of a metric share their
+    labels, or one port's series of different metrics do not."""
+    ids = {}
+    for metric, series in port_series(text).items():
+        labels = [lab for lab, _ in series]
+        assert len(set(labels)) == len(labels), (metric, labels)  # no two collide
+        if metric == "dataplane_port_link_up":
+            continue  # DPDK ports only
+        for lab in labels:
+            d = dict(lab)
+            key = (d["pod"], d["plane"])
+            assert ids.setdefault(key, lab) == lab, (metric, key, ids[key], lab)
+    return ids
+
+
+def port_indexes(text):
+    return {
+        (dict(lab)["pod"], dict(lab)["plane"]): int(v)
+        for lab, v in port_series(text)["dataplane_port_index"]
+    }
+
+
+def test_port_series_keep_their_labels_across_restarts_and_re_adds(node, tmp_path):
+    """A pod's port gets another index from the core when the service is
+    restarted (pods replayed in their store's order) or the pod deleted
+    and added again: its series keep their labels - name, pod, plane,
+    role, network - and so stay the same series in Prometheus; the index
+    is dataplane_port_index's value. No two ports' series share labels."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    prom, prom_port = start_prometheus(tmp_path, node.metrics_port)
+    try:
+        t0 = time.time()
+
+        def prom_get(path, **params):
+            url = f"http://127.0.0.1:{prom_port}{path}?" + urllib.parse.urlencode(params)
+            return json.load(urllib.request.urlopen(url, timeout=5))["data"]
+
+        def prom_indexes(want):
+            """dataplane_port_index as Prometheus has it, once it is ``want``."""
+            got = None
+            for _ in range(300):
+                try:
+                    got = {
+                        (r["metric"].get("pod", ""), r["metric"].get("plane", "")): int(
+                            r["value"][1]
+                        )
+                        for r in prom_get("/api/v1/query", query="dataplane_port_index")["result"]
+                    }
+                except OSError:
+                    pass
+                if got == want:
+                    return got
+                time.sleep(0.1)
+            raise AssertionError(f"Prometheus has {got}, the node {want}")
+
+        first = scrape(node)
+        ids = port_identities(first)
+        assert set(ids) == {("", ""), ("a", "std"), ("a", "control"), ("b", "std")}, ids
+        # named for what they are: the host end of the pod's veth, or the uplink
+        names = {("a", p["plane"]): p["host_ifname"] for p in a["planes"]}
+        names.update({("b", "std"): b["planes"][0]["host_ifname"], ("", ""): node.uplink})
+        for key, lab in ids.items():
+            d = dict(lab)
+            assert "port" not in d and d["name"] == names[key], (key, d)
+            assert d["role"] == ("pod" if key[0] else "uplink"), d
+        before = port_indexes(first)
+        prom_indexes(before)
+
+        # a deleted and added again: its ports open again
+        node.cli("pod", "del", "a")
+        node.api(
+            "POST",
+            "/v1/pods",
+            {"name": "a", "netns": f"/var/run/netns/{a['ns']}", "spec": json.dumps(CT_SPEC)},
+        )
+        second = scrape(node)
+        assert port_identities(second) == ids
+
+        # a restart replays b (added first) before a: the indexes move
+        node.stop()
+        node.start()
+        third = scrape(node)
+        assert port_identities(third) == ids
+        after = port_indexes(third)
+        assert after != before and set(after) == set(before), (before, after)
+        prom_indexes(after)
+        # and Prometheus holds one series per port over all of it
+        series = prom_get(
+            "/api/v1/series",
+            **{"match[]": "dataplane_port_rx_packets_total", "start": t0, "end": time.time()},
+        )
+        assert len(series) == len(ids), series
+    finally:
+        prom.terminate()
+        prom.wait(30)
+
+
 def test_three_planes_land_in_their_queues_and_markings(tmp_path):
     """A CT pod on std, control and media: each plane's traffic leaves the
     shaped uplink in its own VNI, queued in its own plane, marked as the
@@ -687,7 +801,9 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
         assert q["oam"]["enqueued"] == 0
         text = scrape(n)
         assert 'dataplane_plane_latency_seconds_count{plane="media"}' in text
-        assert 'dataplane_plane_queue_enqueued_total{plane="control",port=' in text
+        assert (
+            f'dataplane_plane_queue_enqueued_total{{name="{n.uplink}",plane="control"}}' in text
+        ), text
 
 
 def run_service(cfg, timeout=120):
