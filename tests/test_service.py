@@ -485,10 +485,52 @@ def test_api_socket_is_private(node):
     assert stat.S_IMODE(os.stat(node.sock).st_mode) == 0o600
 
 
+def status_tables(out):
+    """The tables of a ``dataplane status`` text: {first header word: (the
+    header line, its rows)}."""
+    tables, cur = {}, None
+    for line in out.splitlines():
+        if re.match(r"  [A-Z]+  ", line):
+            cur = tables[line.split()[0]] = (line, [])
+        elif cur is not None and re.match(r"  \S", line) and not re.match(r"  (fdb|plane) ", line):
+            cur[1].append(line)
+        else:
+            cur = None
+    return tables
+
+
+def table_cells(header, rows):
+    """Each row's cells, cut where the header's columns start - after
+    checking that every cell starts exactly there: preceded by a space
+    (the cell before ended) and not by one (nothing is shifted)."""
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    out = []
+    for row in rows:
+        for i, at in enumerate(starts):
+            assert len(row) > at and row[at] != " " and row[at - 1] == " ", (header, row, i)
+        ends = starts[1:] + [len(row)]
+        cells = [row[a:b].strip() for a, b in zip(starts, ends)]
+        # a cell never holds a space, but the free text after the last column
+        assert all(" " not in c for c in cells[:-1]), (header, row)
+        out.append(cells)
+    return out
+
+
 def test_status_cli(node):
     a = node.pod("a", CT_SPEC)
     out = node.cli("status").stdout
-    assert "network net1" in out and "uplink" in out
+    tables = status_tables(out)
+    nets = table_cells(*tables["NETWORK"])
+    assert [n[:3] for n in nets] == [["net1", "101", "std"], ["net2", "102", "control"]], out
+    ports = table_cells(*tables["PORT"])
+    assert [p[2:6] for p in ports] == [
+        ["-", "-", "uplink", "-"],
+        ["a", "std", "pod", "net1"],
+        ["a", "control", "pod", "net2"],
+    ], out
+    # short names: the tables fit an 80-column terminal
+    for header, rows in tables.values():
+        assert all(len(ln) <= 80 for ln in [header, *rows]), out
     assert "  fdb 2 entries  (dataplane fdb lists them)" in out.splitlines(), out  # a's 2 MACs
     # no frame sent yet, no queue: nothing to say of the planes
     assert not [ln for ln in out.splitlines() if ln.startswith("  plane ")], out
@@ -717,6 +759,67 @@ def test_port_series_keep_their_labels_across_restarts_and_re_adds(node, tmp_pat
     finally:
         prom.terminate()
         prom.wait(30)
+
+
+LONG_NET = "n" * 63  # the longest network name
+
+
+def test_status_columns_fit_the_longest_names(tmp_path):
+    """A pod with the longest name a pod may have, on a network with the
+    longest name a network may have, and a memif pod (its port named for
+    its DPDK device): every column of the status tables starts at the same
+    offset in every row, and every name is there whole."""
+    nets = NETWORKS + f"\n  - {{name: {LONG_NET}, vni: 103, plane: media, subnet: 192.168.52.0/24}}"
+    n = Node(tmp_path, uuid.uuid4().hex[:5], networks=nets, extra=f"pod_socket_dir: {tmp_path}/p")
+    try:
+        n.start()
+        long_pod = "p" * 253
+        ns = f"dpt{n.tag}long"
+        sh("ip", "netns", "add", ns)
+        n.netns.append(ns)
+        spec = {
+            "pod_type": "ct",
+            "network_plane": ["std", "media"],
+            "networks": {"std": "net1", "media": LONG_NET},
+        }
+        info = n.api(
+            "POST", "/v1/pods", {"name": long_pod, "netns": f"/var/run/netns/{ns}", "spec": spec}
+        )
+        n.host_links |= {p["host_ifname"] for p in info["planes"]}
+        n.pod(
+            "m",
+            {
+                "pod_type": "it",
+                "network_plane": ["std"],
+                "networks": {"std": "net1"},
+                "interfaces": {"std": {"kind": "memif"}},
+            },
+        )
+        out = n.cli("status").stdout
+        st = n.api("GET", "/v1/status")
+        tables = status_tables(out)
+        nets = table_cells(*tables["NETWORK"])
+        assert [c[0] for c in nets] == [x["name"] for x in st["networks"]], out
+        ports = table_cells(*tables["PORT"])
+        want = [
+            [
+                str(p["port"]),
+                p["name"],
+                p["pod"] or "-",
+                p["plane"] or "-",
+                p["role"],
+                p["network"] or "-",
+            ]  # fmt: skip
+            for p in st["ports"]
+        ]
+        assert [c[:6] for c in ports] == want, out
+        assert {c[2] for c in ports} == {"-", long_pod, "m"}, out
+        assert any(c[1].startswith("net_memif_") for c in ports), out
+        # RX and TX, then what else there is to say (memif: no application yet)
+        assert all(c[6].isdigit() and c[7].split()[0].isdigit() for c in ports), out
+        assert ports[-1][7].split(maxsplit=1)[1].startswith("LINK DOWN (no pod application"), out
+    finally:
+        n.cleanup()
 
 
 def test_three_planes_land_in_their_queues_and_markings(tmp_path):
