@@ -224,13 +224,17 @@ class PodLife:
 
     def _attach_port(self, e, allowed=(), dhcp_server=False) -> int:
         net = self.networks[e["network"]]
-        # in its network only once guarded: no frame passes unchecked
-        port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
-        self.ports[e["host_ifname"]] = port
-        self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
-        self._guard_port(port, e, allowed, dhcp_server)
-        self.engine.set_port_network(port, net)
-        self.engine.fdb_add_local(net, e["mac"], port)
+        # under the lock (the replay holds it for no more): a scrape or a
+        # status sees the port whole - its pod, plane and network - or not
+        # yet, never as a series of other labels for one scrape
+        with self.lock:
+            # in its network only once guarded: no frame passes unchecked
+            port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
+            self.ports[e["host_ifname"]] = port
+            self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
+            self._guard_port(port, e, allowed, dhcp_server)
+            self.engine.set_port_network(port, net)
+            self.engine.fdb_add_local(net, e["mac"], port)
         return port
 
     # ------------------------------------------------- memif and vhost-user
@@ -354,13 +358,14 @@ class PodLife:
         from .podspec import host_ifname
 
         net = self.networks[e["network"]]
-        port, _ = fastif.attach(
-            self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
-        )
-        self.ports[host_ifname(name, e["plane"])] = port
-        self.owners[host_ifname(name, e["plane"])] = (name, e["plane"])
-        self._guard_port(port, e, allowed, dhcp_server)
-        self.engine.fdb_add_local(net, e["mac"], port)
+        with self.lock:  # seen whole or not at all, as _attach_port's
+            port, _ = fastif.attach(
+                self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
+            )
+            self.ports[host_ifname(name, e["plane"])] = port
+            self.owners[host_ifname(name, e["plane"])] = (name, e["plane"])
+            self._guard_port(port, e, allowed, dhcp_server)
+            self.engine.fdb_add_local(net, e["mac"], port)
         return port
 
     def _guard_port(self, port: int, e, allowed=(), dhcp_server=False):
@@ -525,11 +530,12 @@ class PodLife:
 
     def _drop_port(self, hif: str):
         """Remove the core port of host interface ``hif``, if it has one."""
-        port = self.ports.pop(hif, None)
-        self.owners.pop(hif, None)
-        if port is not None:
-            self.before_port_removed(port)
-            self.engine.del_port(port)
+        with self.lock:  # gone whole, as _attach_port made it
+            port = self.ports.pop(hif, None)
+            self.owners.pop(hif, None)
+            if port is not None:
+                self.before_port_removed(port)
+                self.engine.del_port(port)
 
     def _drop_fast(self, name: str, plane: str):
         """Remove the memif or vhost-user port of pod ``name``'s ``plane``
@@ -537,11 +543,12 @@ class PodLife:
         from . import fastif
         from .podspec import host_ifname
 
-        port = self.ports.pop(host_ifname(name, plane), None)
-        self.owners.pop(host_ifname(name, plane), None)
-        if port is not None:
-            self.before_port_removed(port)
-        fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane)
+        with self.lock:
+            port = self.ports.pop(host_ifname(name, plane), None)
+            self.owners.pop(host_ifname(name, plane), None)
+            if port is not None:
+                self.before_port_removed(port)
+            fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane)
 
     def _floating(self, but: str) -> Dict[str, Dict[str, str]]:
         """{network: {address: pod}} of the IPv4 addresses pods other than
