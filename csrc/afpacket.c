@@ -19,7 +19,9 @@
  *     TP_STATUS_SEND_REQUEST and kick the kernel with one non-blocking
  *     sendto() per burst. PACKET_QDISC_BYPASS skips the qdisc layer and
  *     PACKET_LOSS makes the kernel skip (drop) a frame it rejects instead of
- *     stalling the ring on it.
+ *     stalling the ring on it. A frame the device refuses is put back at the
+ *     ring's head by the kernel; while the interface has no carrier we drop
+ *     it instead, so it is tried and counted once (afp_tx_kick).
  *
  * Checksums: a frame the kernel hands over with its L4 checksum left to
  *     offload (CHECKSUM_PARTIAL: a local socket, a kernel VXLAN device whose
@@ -1475,6 +1477,73 @@ afp_tx_ugso(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t r)
                : -1;
 }
 
+/* Can the interface carry frames now: up, and with carrier (its operational
+ * state up)? Asked of the kernel in the tx socket's namespace, by ifindex
+ * (whatever the device is called now). 1 when it cannot be told (the
+ * device is gone: the kernel refuses nothing then, it fails the kick). */
+static int
+afp_tx_can_carry(const struct dp_afp *a)
+{
+    struct ifreq ifr;
+
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_ifindex = a->ifindex;
+    if (ioctl(a->tx.fd, SIOCGIFNAME, &ifr) < 0 || ioctl(a->tx.fd, SIOCGIFFLAGS, &ifr) < 0)
+        return 1;
+    return (ifr.ifr_flags & (IFF_UP | IFF_RUNNING)) == (IFF_UP | IFF_RUNNING);
+}
+
+/* The frame the kernel refused at the last kick: it stopped there, so the
+ * frames from it up to head are all still SEND_REQUEST, and the one before
+ * it is not (sent, being sent, or free) - unless the whole ring waits, and
+ * then it is the oldest, at head. NULL if no frame waits. */
+static struct tpacket2_hdr *
+afp_tx_refused(const struct dp_afp *a)
+{
+    uint32_t mask = a->tx.frame_nr - 1, j = a->tx.head, k;
+
+    for (k = 0; k < a->tx.frame_nr; k++) {
+        const struct tpacket2_hdr *h = afp_tx_frame(a, (j - 1) & mask);
+        uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+
+        st &= ~(uint32_t)(TP_STATUS_TS_SOFTWARE | TP_STATUS_TS_RAW_HARDWARE);
+        if (st != TP_STATUS_SEND_REQUEST)
+            break;
+        j = (j - 1) & mask;
+    }
+    return k == 0 ? NULL : afp_tx_frame(a, j);
+}
+
+/*
+ * Kick the kernel to send what waits in the tx ring. A frame the device
+ * refuses ends the kick (ENOBUFS) and the kernel puts it back at the ring's
+ * head, to try again at the next kick: right for a device whose queue is
+ * full, but an interface without carrier (a veth whose peer is down) drops
+ * every frame it is given and counts it in tx_dropped - one frame would be
+ * counted at every kick, held the ring, and the frames behind it would
+ * leave whenever the carrier came back. So when the interface cannot carry
+ * frames the refused one is dropped for good: its length made invalid,
+ * PACKET_LOSS makes the kernel skip it at the next kick without trying it,
+ * and the kick is repeated for the frames behind it. Each frame is tried,
+ * and counted in tx_dropped (kport_kernel_tx), once.
+ */
+static void
+afp_tx_kick(struct dp_afp *a)
+{
+    for (uint32_t k = 0; k <= a->tx.frame_nr; k++) {
+        struct tpacket2_hdr *h;
+
+        if (sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0 || errno != ENOBUFS)
+            return;
+        if (afp_tx_can_carry(a))
+            return; /* pushed back: tried again at the next kick */
+        h = afp_tx_refused(a);
+        if (h == NULL)
+            return;
+        h->tp_len = 0; /* shorter than its virtio-net header: skipped */
+    }
+}
+
 void
 dp_afp_set_udp_gso(struct dp_afp *a, int on)
 {
@@ -1515,7 +1584,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
                 break;
             /* a super-frame: after the frames queued before it */
             if (queued != 0)
-                (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+                afp_tx_kick(a);
             queued = 0;
             int r = (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ? afp_tx_tnl(a, m) : afp_tx_big(a, m);
             if (unlikely(r < 0))
@@ -1529,7 +1598,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
             if (r > 1) {
                 /* a run of one UDP flow: after the frames queued before it */
                 if (queued != 0)
-                    (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+                    afp_tx_kick(a);
                 queued = 0;
                 if (unlikely(afp_tx_ugso(a, pkts + i, r) < 0)) {
                     a->tx.error += r;
@@ -1568,9 +1637,10 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
     a->tx.head = head;
 
     /* one kick per burst; also when the ring was full, to push frames a
-     * previous kick left queued. Errors (EAGAIN, ENOBUFS, ENETDOWN) leave
-     * frames queued for the next kick, or the kernel drops them. */
-    (void)sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+     * previous kick left queued. Errors (EAGAIN, ENETDOWN, a full device
+     * queue's ENOBUFS) leave frames queued for the next kick; a frame the
+     * interface dropped for want of carrier is not tried again (afp_tx_kick) */
+    afp_tx_kick(a);
 
     /* copied or sent: free the taken mbufs */
     if (i != 0)

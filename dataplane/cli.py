@@ -152,6 +152,41 @@ def _bits(bps: int) -> str:
     return f"{bps}bit/s"
 
 
+def _table(header, rows, indent="  ") -> list:
+    """The lines of a table: every column as wide as its widest cell, the
+    header's included, and two spaces between columns, so each column
+    starts at the same offset in every row however long its names are;
+    nothing is cut. The last column is free text, not padded."""
+    rows = [[str(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return [
+        (indent + "  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]])).rstrip()
+        for r in rows
+    ]
+
+
+def _port_notes(p) -> str:
+    """What else a port's status row says, when there is something."""
+    notes = [
+        f"{k} {p[key]}"
+        for k, key in (
+            ("shm_faults", "shm_faults"),
+            ("guard_drops", "guard_drops"),
+            ("tunnel_gso", "tunnel_gso_frames"),
+        )
+        if p.get(key)
+    ]
+    if p.get("set_aside"):
+        notes.append("SET ASIDE (its pod's shared memory faulted)")
+    if p.get("link") is False:
+        notes.append(
+            "LINK DOWN ("
+            + ("no pod application connected: " if p["role"] == "pod" else "")
+            + "frames to it are dropped as tx_full)"
+        )
+    return " ".join(notes)
+
+
 def cmd_status(args):
     st = _call(args, "GET", "/v1/status")
     if args.json:
@@ -185,29 +220,36 @@ def cmd_status(args):
                 "consequence", "pod counts are unknown; forwarding goes on with what the core has"
             )
         )
-    for n in st["networks"]:
-        pods = "-" if n["pods"] is None else n["pods"]
-        print(
-            f"  network {n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} "
-            f"pods {pods:<3} encap {n['encap_packets']} decap {n['decap_packets']} "
-            f"flood {n['flood_packets']} local {n['local_packets']}"
-        )
-    for p in st["ports"]:
-        print(
-            f"  port {p['port']:<3d} {p['name']:18s} {p['role']:6s} {p['network'] or '-':10s} "
-            f"rx {p['rx_packets']} tx {p['tx_packets']}"
-            + (f" shm_faults {p['shm_faults']}" if p.get("shm_faults") else "")
-            + (f" guard_drops {p['guard_drops']}" if p.get("guard_drops") else "")
-            + (f" tunnel_gso {p['tunnel_gso_frames']}" if p.get("tunnel_gso_frames") else "")
-            + (" SET ASIDE (its pod's shared memory faulted)" if p.get("set_aside") else "")
-            + (
-                " LINK DOWN ("
-                + ("no pod application connected: " if p["role"] == "pod" else "")
-                + "frames to it are dropped as tx_full)"
-                if p.get("link") is False
-                else ""
-            )
-        )
+    nets = [
+        [
+            n["name"],
+            n["vni"],
+            n["plane"],
+            "-" if n["pods"] is None else n["pods"],
+            *(n[f"{k}_packets"] for k in ("encap", "decap", "flood", "local")),
+        ]
+        for n in st["networks"]
+    ]
+    for line in _table(
+        ["NETWORK", "VNI", "PLANE", "PODS", "ENCAP", "DECAP", "FLOOD", "LOCAL"], nets
+    ):
+        print(line)
+    ports = [
+        [
+            p["port"],
+            p["name"],
+            p.get("pod") or "-",
+            p.get("plane") or "-",
+            p["role"],
+            p["network"] or "-",
+            p["rx_packets"],
+            p["tx_packets"],
+            _port_notes(p),
+        ]
+        for p in st["ports"]
+    ]
+    for line in _table(["PORT", "NAME", "POD", "PLANE", "ROLE", "NETWORK", "RX", "TX", ""], ports):
+        print(line)
     if st.get("fdb_entries") is not None:
         learned = st.get("learning")
         print(
@@ -228,9 +270,11 @@ def cmd_status(args):
             )
             + "  (dataplane fdb lists them)"
         )
-    for pl in st.get("planes") or []:
-        if not pl.get("frames") and "queue_depth" not in pl:
-            continue  # a plane no frame crossed, on an unshaped node
+    # a plane no frame crossed is left out on an unshaped node; the names
+    # padded to the longest shown, so the figures after them line up
+    shown = [pl for pl in st.get("planes") or [] if pl.get("frames") or "queue_depth" in pl]
+    width = max([8] + [len(pl["name"]) for pl in shown])
+    for pl in shown:
 
         def lat(v):
             """A quantile as its histogram bucket's bound: 20us, 1ms, >100ms."""
@@ -241,7 +285,7 @@ def cmd_status(args):
             return f"{v / 1000:g}ms" if v >= 1000 else f"{v:g}us"
 
         line = (
-            f"  plane {pl['name']:8s} frames {pl.get('frames', 0)} "
+            f"  plane {pl['name']:{width}s} frames {pl.get('frames', 0)} "
             f"latency p50 {lat(pl['p50_us'])} p99 {lat(pl['p99_us'])}"
         )
         if "queue_depth" in pl:  # a shaped uplink's plane queue

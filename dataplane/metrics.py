@@ -3,6 +3,15 @@
 Nothing is pushed per packet: :class:`CoreCollector` asks its source for a
 snapshot when Prometheus scrapes. The source and the registry are injectable,
 so tests use a fresh registry.
+
+A port's series are named by what the port is, never by the core's index
+for it: ``name`` (the kernel interface or DPDK device, made from the pod's
+name and plane, or the uplink's), ``pod`` and ``plane`` (a pod port's),
+``role`` and ``network``. Indexes are handed out as ports open, so a
+restart (pods replayed in their store's order) or a pod deleted and added
+again gives the same port another one; a label holding it would start new
+series for every port each time. ``dataplane_port_index`` gives the index
+as its value, for ``dataplane capture`` and the core's logs.
 """
 
 from typing import Callable, Dict, List, NamedTuple, Optional
@@ -26,6 +35,8 @@ class PortLabel(NamedTuple):
     tunnel_gso_frames: int = 0  # VXLAN super-frames sent whole (the uplink)
     set_aside: bool = False  # a memif port left alone after a fault (dp_shm.h)
     link: Optional[bool] = None  # a DPDK port's link; None: not known (kernel ports)
+    pod: str = ""  # a pod port's pod and plane ("" for the uplink)
+    plane: str = ""
 
 
 class NetLabel(NamedTuple):
@@ -78,7 +89,7 @@ class CoreCollector:
             return
         c = snap.counters
 
-        pl = ["port", "name", "role", "network"]
+        pl = ["name", "pod", "plane", "role", "network"]
         port_fams = {}
         for i, cname in enumerate(PORT_COUNTERS):  # rx_packets -> ..._total
             port_fams[i] = CounterMetricFamily(
@@ -100,8 +111,15 @@ class CoreCollector:
             "not connected: frames to it are dropped as tx_full)",
             labels=pl,
         )
+        index = GaugeMetricFamily(
+            "dataplane_port_index",
+            "The core's index of the port (dataplane status, dataplane capture): handed out "
+            "as ports open, so it may change across a restart or a pod deleted and added",
+            labels=pl,
+        )
         for p in snap.ports:
-            lv = [str(p.index), p.name, p.role, p.network]
+            lv = [p.name, p.pod, p.plane, p.role, p.network]
+            index.add_metric(lv, p.index)
             for i, fam in port_fams.items():
                 fam.add_metric(lv, int(c.port[p.index, i]))
             tnl.add_metric(lv, p.tunnel_gso_frames)
@@ -109,6 +127,7 @@ class CoreCollector:
             if p.link is not None:
                 link.add_metric(lv, int(p.link))
         yield from port_fams.values()
+        yield index
         yield tnl
         yield aside
         yield link
@@ -286,7 +305,7 @@ class CoreCollector:
             name: CounterMetricFamily(
                 f"dataplane_plane_queue_{name}",
                 f"Frames {name.replace('_', ' ')} by the plane queue of a shaped port",
-                labels=["port", "plane"],
+                labels=["name", "plane"],
             )
             for name in QOS_COUNTERS
             if name != "sent_bytes"
@@ -294,14 +313,15 @@ class CoreCollector:
         depth = GaugeMetricFamily(
             "dataplane_plane_queue_depth",
             "Frames waiting in the plane queue of a shaped port",
-            labels=["port", "plane"],
+            labels=["name", "plane"],
         )
         names = {p.index: p.name for p in snap.planes}
+        port_names = {p.index: p.name for p in snap.ports}
         for port, planes in snap.shaped.items():
             for plane, d in planes.items():
                 if plane not in names:
                     continue
-                lab = [str(port), names[plane]]
+                lab = [port_names.get(port, str(port)), names[plane]]
                 depth.add_metric(lab, d)
                 for i, name in enumerate(QOS_COUNTERS):
                     if name in fams:

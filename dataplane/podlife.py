@@ -165,6 +165,9 @@ class PodLife:
         self.networks = networks
         self.on_removed = on_removed
         self.ports: Dict[str, int] = {}  # host_ifname -> core port
+        # host_ifname -> (pod, plane) of each port in self.ports: whose the
+        # port is, for the names its metrics and status rows carry
+        self.owners: Dict[str, Tuple[str, str]] = {}
         self.adding: Set[str] = set()  # pods whose add runs now (under lock)
         # this node's pods as last recorded or read (pod_info, and when):
         # every change of them is made here, so a store that does not
@@ -320,12 +323,17 @@ class PodLife:
 
     def _attach_port(self, e, allowed=(), dhcp_server=False) -> int:
         net = self.networks[e["network"]]
-        # in its network only once guarded: no frame passes unchecked
-        port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
-        self.ports[e["host_ifname"]] = port
-        self._guard_port(port, e, allowed, dhcp_server)
-        self.engine.set_port_network(port, net)
-        self.engine.fdb_add_local(net, e["mac"], port)
+        # under the lock (the replay holds it for no more): a scrape or a
+        # status sees the port whole - its pod, plane and network - or not
+        # yet, never as a series of other labels for one scrape
+        with self.lock:
+            # in its network only once guarded: no frame passes unchecked
+            port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
+            self.ports[e["host_ifname"]] = port
+            self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
+            self._guard_port(port, e, allowed, dhcp_server)
+            self.engine.set_port_network(port, net)
+            self.engine.fdb_add_local(net, e["mac"], port)
         return port
 
     # ------------------------------------------------- memif and vhost-user
@@ -449,12 +457,14 @@ class PodLife:
         from .podspec import host_ifname
 
         net = self.networks[e["network"]]
-        port, _ = fastif.attach(
-            self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
-        )
-        self.ports[host_ifname(name, e["plane"])] = port
-        self._guard_port(port, e, allowed, dhcp_server)
-        self.engine.fdb_add_local(net, e["mac"], port)
+        with self.lock:  # seen whole or not at all, as _attach_port's
+            port, _ = fastif.attach(
+                self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
+            )
+            self.ports[host_ifname(name, e["plane"])] = port
+            self.owners[host_ifname(name, e["plane"])] = (name, e["plane"])
+            self._guard_port(port, e, allowed, dhcp_server)
+            self.engine.fdb_add_local(net, e["mac"], port)
         return port
 
     def _guard_port(self, port: int, e, allowed=(), dhcp_server=False):
@@ -551,7 +561,14 @@ class PodLife:
                     made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
                     made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))
                     self._attach_port(
-                        {"host_ifname": hif, "network": n.name, "mac": mac, "ip": ip},
+                        {
+                            "pod": name,
+                            "plane": p.plane,
+                            "host_ifname": hif,
+                            "network": n.name,
+                            "mac": mac,
+                            "ip": ip,
+                        },
                         p.allowed,
                         p.dhcp_server,
                     )
@@ -708,10 +725,12 @@ class PodLife:
 
     def _drop_port(self, hif: str):
         """Remove the core port of host interface ``hif``, if it has one."""
-        port = self.ports.pop(hif, None)
-        if port is not None:
-            self.before_port_removed(port)
-            self.engine.del_port(port)
+        with self.lock:  # gone whole, as _attach_port made it
+            port = self.ports.pop(hif, None)
+            self.owners.pop(hif, None)
+            if port is not None:
+                self.before_port_removed(port)
+                self.engine.del_port(port)
 
     def _drop_fast(self, name: str, plane: str):
         """Remove the memif or vhost-user port of pod ``name``'s ``plane``
@@ -719,10 +738,12 @@ class PodLife:
         from . import fastif
         from .podspec import host_ifname
 
-        port = self.ports.pop(host_ifname(name, plane), None)
-        if port is not None:
-            self.before_port_removed(port)
-        fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane)
+        with self.lock:
+            port = self.ports.pop(host_ifname(name, plane), None)
+            self.owners.pop(host_ifname(name, plane), None)
+            if port is not None:
+                self.before_port_removed(port)
+            fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane)
 
     def _floating(self, but: str) -> Dict[str, Dict[str, str]]:
         """{network: {address: pod}} of the IPv4 addresses pods other than
@@ -1027,6 +1048,12 @@ class PodLife:
                 dict(info, planes=planes, store_error=msg, as_of=round(self.known_at[name], 3))
             )
         return out
+
+    def port_owners(self) -> Dict[int, Tuple[str, str]]:
+        """{core port: (pod, plane)} of this node's pods' ports."""
+        return {
+            port: self.owners[hif] for hif, port in list(self.ports.items()) if hif in self.owners
+        }
 
     def local_endpoints(self) -> List[dict]:
         """The planes of this node's pods as last recorded or read (no store

@@ -462,7 +462,13 @@ class NodeService:
             if self.engine is None or self.store is None:
                 return None
             snap = take_snapshot(
-                self.config, self.engine, self.store, self.net_index, self.uplink, counts=counts
+                self.config,
+                self.engine,
+                self.store,
+                self.net_index,
+                self.uplink,
+                counts=counts,
+                owners=self.pods.port_owners() if self.pods is not None else None,
             )
             if self.cpu_latency is not None:
                 snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())
@@ -896,10 +902,13 @@ class NodeService:
                 if v.uplink_driver == "afpacket"
                 else "re-create it, then restart the service to attach it"
             )
-        if not (st[1] and st[2]):
-            return (
-                f"{name} is {'down' if not st[1] else 'without carrier'}: frames to the "
-                "underlay wait in its tx ring until it comes back"
+        if not st[1]:
+            return f"{name} is down: frames to the underlay wait in its tx ring until it is up"
+        if not st[2]:
+            return f"{name} is without carrier: " + (
+                "frames to the underlay are dropped (kport_kernel_tx) until it comes back"
+                if v.uplink_driver == "afpacket"
+                else "frames to the underlay wait in its tx ring until it comes back"
             )
         if st[3] < v.underlay_mtu:
             return (

@@ -3,7 +3,7 @@ status report, and the control API's routes.
 """
 
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -37,16 +37,24 @@ def store_counts(config, store):
 
 
 def take_snapshot(
-    config, engine, store, networks: Dict[str, int], uplink: Optional[int], counts=None
+    config,
+    engine,
+    store,
+    networks: Dict[str, int],
+    uplink: Optional[int],
+    counts=None,
+    owners: Optional[Dict[int, Tuple[str, str]]] = None,
 ):
     """A :class:`dataplane.metrics.Snapshot` of ``engine``'s counters with the
     labels they need (ports, networks, planes, pods per network from
     ``store``, or ``counts`` if given: :func:`store_counts` read before;
     queue depths of the shaped ``uplink``). ``networks`` maps a network's
-    name to the core's index."""
+    name to the core's index; ``owners`` a pod port's index to its (pod,
+    plane)."""
     from .metrics import NetLabel, PlaneLabel, PortLabel, Snapshot
 
     names = {i: n for n, i in networks.items()}
+    owners = owners or {}
     ports = [
         PortLabel(
             p.index,
@@ -56,6 +64,7 @@ def take_snapshot(
             p.tunnel_gso_frames,
             p.set_aside,
             p.link,
+            *owners.get(p.index, ("", "")),
         )
         for p in engine.ports()
     ]
@@ -113,6 +122,8 @@ def status_report(
             {
                 "port": p.index,
                 "name": p.name,
+                "pod": p.pod or None,  # the pod and plane a pod port serves
+                "plane": p.plane or None,
                 "role": p.role,
                 "network": p.network,
                 **c.port_dict(p.index),

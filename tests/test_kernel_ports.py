@@ -598,6 +598,86 @@ def test_frames_the_kernel_drops_on_transmit_are_counted(topo):
     assert again["drops"]["kport_kernel_tx"] == after["drops"]["kport_kernel_tx"], again
 
 
+SEND_RAW = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+head = bytes.fromhex(sys.argv[1].replace(":", "") + sys.argv[2].replace(":", "")) + b"\x88\xb5"
+for seq in range(int(sys.argv[3]), int(sys.argv[4])):
+    s.send(head + seq.to_bytes(4, "big") + bytes(56))
+"""
+
+RECV_RAW = r"""
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+s.bind(("eth0", 0)); s.settimeout(30)
+print("ready", flush=True)
+seen = []
+while True:
+    seq = int.from_bytes(s.recv(2048)[14:18], "big")
+    seen.append(seq)
+    if seq == 0xFFFFFFFF:
+        break
+print(" ".join(map(str, seen)), flush=True)
+"""
+
+
+def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo):
+    """Pod b's interface is down, so its veth has no carrier: the kernel
+    drops every frame it takes from pb's tx ring, and would put the frame
+    back at the ring's head and try it (and count it) again at every
+    kick, the frames behind it waiting to be delivered late once b came
+    back up. More frames than the ring holds, in a few bursts: each is
+    counted once in kport_kernel_tx, none waits (no tx_full), and none
+    arrives once b is up again."""
+    n = 3000  # the port's tx ring holds 2048
+    for ns in topo.ns.values():  # nothing but the test's frames on pb
+        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", ns=ns)
+    sh("ip", "link", "set", "eth0", "down", ns=topo.ns["b"])
+    before = topo.counters()
+
+    def delta(c, key):
+        return c["drops"].get(key, 0) - before["drops"].get(key, 0)
+
+    sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"], "0", str(n), ns=topo.ns["a"])
+    for _ in range(200):  # until the worker has taken them all
+        after = topo.counters()
+        sent = after["ports"]["pb"]["tx_packets"] - before["ports"]["pb"]["tx_packets"]
+        if sent >= n and delta(after, "kport_kernel_tx") >= n:
+            break
+        time.sleep(0.05)
+    assert sent == n, (before, after)
+    assert delta(after, "kport_kernel_tx") == n, (before, after)
+    assert delta(after, "tx_full") == 0 and delta(after, "kport_kernel") == 0, (before, after)
+    # b up again: the next frame arrives, and none of the dropped ones
+    sh("ip", "link", "set", "eth0", "up", ns=topo.ns["b"])
+    rx = subprocess.Popen(
+        ["ip", "netns", "exec", topo.ns["b"], sys.executable, "-c", RECV_RAW],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert rx.stdout.readline().strip() == "ready"
+        for _ in range(200):  # pb's carrier back
+            if (
+                json.loads(sh("ip", "-j", "link", "show", "pb", ns=topo.ns["c"]).stdout)[0][
+                    "operstate"
+                ]
+                == "UP"
+            ):
+                break
+            time.sleep(0.05)
+        sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"],
+           str(0xFFFFFFFF), str(0x100000000), ns=topo.ns["a"])  # fmt: skip
+        out, _ = rx.communicate(timeout=60)
+        assert out.split() == [str(0xFFFFFFFF)], out[:200]
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    assert topo.counters()["drops"]["kport_kernel_tx"] == after["drops"]["kport_kernel_tx"]
+
+
 def test_gso_super_frames_from_a_kernel_vtep_are_cut_and_delivered():
     """A kernel VTEP whose veth keeps UDP-tunnel segmentation on hands the
     uplink whole VXLAN-encapsulated GSO super-frames, longer than a ring

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -491,10 +492,52 @@ def test_api_socket_is_private(node):
     assert stat.S_IMODE(os.stat(node.sock).st_mode) == 0o600
 
 
+def status_tables(out):
+    """The tables of a ``dataplane status`` text: {first header word: (the
+    header line, its rows)}."""
+    tables, cur = {}, None
+    for line in out.splitlines():
+        if re.match(r"  [A-Z]+  ", line):
+            cur = tables[line.split()[0]] = (line, [])
+        elif cur is not None and re.match(r"  \S", line) and not re.match(r"  (fdb|plane) ", line):
+            cur[1].append(line)
+        else:
+            cur = None
+    return tables
+
+
+def table_cells(header, rows):
+    """Each row's cells, cut where the header's columns start - after
+    checking that every cell starts exactly there: preceded by a space
+    (the cell before ended) and not by one (nothing is shifted)."""
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    out = []
+    for row in rows:
+        for i, at in enumerate(starts):
+            assert len(row) > at and row[at] != " " and row[at - 1] == " ", (header, row, i)
+        ends = starts[1:] + [len(row)]
+        cells = [row[a:b].strip() for a, b in zip(starts, ends)]
+        # a cell never holds a space, but the free text after the last column
+        assert all(" " not in c for c in cells[:-1]), (header, row)
+        out.append(cells)
+    return out
+
+
 def test_status_cli(node):
     a = node.pod("a", CT_SPEC)
     out = node.cli("status").stdout
-    assert "network net1" in out and "uplink" in out
+    tables = status_tables(out)
+    nets = table_cells(*tables["NETWORK"])
+    assert [n[:3] for n in nets] == [["net1", "101", "std"], ["net2", "102", "control"]], out
+    ports = table_cells(*tables["PORT"])
+    assert [p[2:6] for p in ports] == [
+        ["-", "-", "uplink", "-"],
+        ["a", "std", "pod", "net1"],
+        ["a", "control", "pod", "net2"],
+    ], out
+    # short names: the tables fit an 80-column terminal
+    for header, rows in tables.values():
+        assert all(len(ln) <= 80 for ln in [header, *rows]), out
     assert "  fdb 2 entries  (dataplane fdb lists them)" in out.splitlines(), out  # a's 2 MACs
     # no frame sent yet, no queue: nothing to say of the planes
     assert not [ln for ln in out.splitlines() if ln.startswith("  plane ")], out
@@ -612,6 +655,180 @@ def test_prometheus_server_stores_what_was_sent(node, tmp_path):
         prom.wait(30)
 
 
+PORT_SERIES = re.compile(r"^(dataplane_port_[a-z_]+)\{([^}]*)\} (\S+)$", re.M)
+
+
+def port_series(text):
+    """The port series of a scrape: {metric: [(labels, value)]}."""
+    out = {}
+    for metric, labels, value in PORT_SERIES.findall(text):
+        out.setdefault(metric, []).append(
+            (tuple(sorted(re.findall(r'(\w+)="([^"]*)"', labels))), float(value))
+        )
+    return out
+
+
+def port_identities(text):
+    """{(pod, plane) - ("", "") for the uplink: the labels of its series},
+    from a scrape; AssertionError if two series of a metric share their
+    labels, or one port's series of different metrics do not."""
+    ids = {}
+    for metric, series in port_series(text).items():
+        labels = [lab for lab, _ in series]
+        assert len(set(labels)) == len(labels), (metric, labels)  # no two collide
+        if metric == "dataplane_port_link_up":
+            continue  # DPDK ports only
+        for lab in labels:
+            d = dict(lab)
+            key = (d["pod"], d["plane"])
+            assert ids.setdefault(key, lab) == lab, (metric, key, ids[key], lab)
+    return ids
+
+
+def port_indexes(text):
+    return {
+        (dict(lab)["pod"], dict(lab)["plane"]): int(v)
+        for lab, v in port_series(text)["dataplane_port_index"]
+    }
+
+
+def test_port_series_keep_their_labels_across_restarts_and_re_adds(node, tmp_path):
+    """A pod's port gets another index from the core when the service is
+    restarted (pods replayed in their store's order) or the pod deleted
+    and added again: its series keep their labels - name, pod, plane,
+    role, network - and so stay the same series in Prometheus; the index
+    is dataplane_port_index's value. No two ports' series share labels."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    prom, prom_port = start_prometheus(tmp_path, node.metrics_port)
+    try:
+        t0 = time.time()
+
+        def prom_get(path, **params):
+            url = f"http://127.0.0.1:{prom_port}{path}?" + urllib.parse.urlencode(params)
+            return json.load(urllib.request.urlopen(url, timeout=5))["data"]
+
+        def prom_indexes(want):
+            """dataplane_port_index as Prometheus has it, once it is ``want``."""
+            got = None
+            for _ in range(300):
+                try:
+                    got = {
+                        (r["metric"].get("pod", ""), r["metric"].get("plane", "")): int(
+                            r["value"][1]
+                        )
+                        for r in prom_get("/api/v1/query", query="dataplane_port_index")["result"]
+                    }
+                except OSError:
+                    pass
+                if got == want:
+                    return got
+                time.sleep(0.1)
+            raise AssertionError(f"Prometheus has {got}, the node {want}")
+
+        first = scrape(node)
+        ids = port_identities(first)
+        assert set(ids) == {("", ""), ("a", "std"), ("a", "control"), ("b", "std")}, ids
+        # named for what they are: the host end of the pod's veth, or the uplink
+        names = {("a", p["plane"]): p["host_ifname"] for p in a["planes"]}
+        names.update({("b", "std"): b["planes"][0]["host_ifname"], ("", ""): node.uplink})
+        for key, lab in ids.items():
+            d = dict(lab)
+            assert "port" not in d and d["name"] == names[key], (key, d)
+            assert d["role"] == ("pod" if key[0] else "uplink"), d
+        before = port_indexes(first)
+        prom_indexes(before)
+
+        # a deleted and added again: its ports open again
+        node.cli("pod", "del", "a")
+        node.api(
+            "POST",
+            "/v1/pods",
+            {"name": "a", "netns": f"/var/run/netns/{a['ns']}", "spec": json.dumps(CT_SPEC)},
+        )
+        second = scrape(node)
+        assert port_identities(second) == ids
+
+        # a restart replays b (added first) before a: the indexes move
+        node.stop()
+        node.start()
+        third = scrape(node)
+        assert port_identities(third) == ids
+        after = port_indexes(third)
+        assert after != before and set(after) == set(before), (before, after)
+        prom_indexes(after)
+        # and Prometheus holds one series per port over all of it
+        series = prom_get(
+            "/api/v1/series",
+            **{"match[]": "dataplane_port_rx_packets_total", "start": t0, "end": time.time()},
+        )
+        assert len(series) == len(ids), series
+    finally:
+        prom.terminate()
+        prom.wait(30)
+
+
+LONG_NET = "n" * 63  # the longest network name
+
+
+def test_status_columns_fit_the_longest_names(tmp_path):
+    """A pod with the longest name a pod may have, on a network with the
+    longest name a network may have, and a memif pod (its port named for
+    its DPDK device): every column of the status tables starts at the same
+    offset in every row, and every name is there whole."""
+    nets = NETWORKS + f"\n  - {{name: {LONG_NET}, vni: 103, plane: media, subnet: 192.168.52.0/24}}"
+    n = Node(tmp_path, uuid.uuid4().hex[:5], networks=nets, extra=f"pod_socket_dir: {tmp_path}/p")
+    try:
+        n.start()
+        long_pod = "p" * 253
+        ns = f"dpt{n.tag}long"
+        sh("ip", "netns", "add", ns)
+        n.netns.append(ns)
+        spec = {
+            "pod_type": "ct",
+            "network_plane": ["std", "media"],
+            "networks": {"std": "net1", "media": LONG_NET},
+        }
+        info = n.api(
+            "POST", "/v1/pods", {"name": long_pod, "netns": f"/var/run/netns/{ns}", "spec": spec}
+        )
+        n.host_links |= {p["host_ifname"] for p in info["planes"]}
+        n.pod(
+            "m",
+            {
+                "pod_type": "it",
+                "network_plane": ["std"],
+                "networks": {"std": "net1"},
+                "interfaces": {"std": {"kind": "memif"}},
+            },
+        )
+        out = n.cli("status").stdout
+        st = n.api("GET", "/v1/status")
+        tables = status_tables(out)
+        nets = table_cells(*tables["NETWORK"])
+        assert [c[0] for c in nets] == [x["name"] for x in st["networks"]], out
+        ports = table_cells(*tables["PORT"])
+        want = [
+            [
+                str(p["port"]),
+                p["name"],
+                p["pod"] or "-",
+                p["plane"] or "-",
+                p["role"],
+                p["network"] or "-",
+            ]  # fmt: skip
+            for p in st["ports"]
+        ]
+        assert [c[:6] for c in ports] == want, out
+        assert {c[2] for c in ports} == {"-", long_pod, "m"}, out
+        assert any(c[1].startswith("net_memif_") for c in ports), out
+        # RX and TX, then what else there is to say (memif: no application yet)
+        assert all(c[6].isdigit() and c[7].split()[0].isdigit() for c in ports), out
+        assert ports[-1][7].split(maxsplit=1)[1].startswith("LINK DOWN (no pod application"), out
+    finally:
+        n.cleanup()
+
+
 def test_three_planes_land_in_their_queues_and_markings(tmp_path):
     """A CT pod on std, control and media: each plane's traffic leaves the
     shaped uplink in its own VNI, queued in its own plane, marked as the
@@ -694,7 +911,9 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
         assert q["oam"]["enqueued"] == 0
         text = scrape(n)
         assert 'dataplane_plane_latency_seconds_count{plane="media"}' in text
-        assert 'dataplane_plane_queue_enqueued_total{plane="control",port=' in text
+        assert (
+            f'dataplane_plane_queue_enqueued_total{{name="{n.uplink}",plane="control"}}' in text
+        ), text
 
 
 def run_service(cfg, timeout=120):
