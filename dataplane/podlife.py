@@ -177,6 +177,9 @@ class PodLife:
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
         self._store_mark: Optional[str] = None  # store_mark()
+        # (pod, plane) -> the error last logged for a veth that could not be
+        # made again (said once, tried again every housekeeping round)
+        self._remake_said: Dict[Tuple[str, str], str] = {}
 
     # ------------------------------------------------------------- replay
     @staticmethod
@@ -206,8 +209,8 @@ class PodLife:
         for pod in self.store.pods(node=self.config.node):
             eps = self.store.endpoints(pod=pod["name"])
             kinds = self._kinds(pod["name"])
-            missing = self._veths_missing(kinds, eps, links)
-            missing += self._vfs_missing(pod["name"], eps)
+            lost = self._veths_missing(kinds, eps, links)  # made again, below
+            missing = self._vfs_missing(pod["name"], eps)
             if not os.path.exists(pod["netns"]):  # the pod is gone: memif, vhost-user too
                 missing = eps
             if missing or pod["state"] != "ready":
@@ -223,7 +226,9 @@ class PodLife:
             dhcp = set((pod.get("spec") or {}).get("dhcp_server") or ())
             for e in eps:
                 kind = kinds.get(e["plane"], VETH)
-                if kind == VETH:
+                if e in lost:  # its veth deleted: the pod's other planes stay
+                    self._remake_veth(pod, e, "replay")
+                elif kind == VETH:
                     self._replay_mtu(pod, e)
                     self._replay_mark(pod, e)
                     self._attach_port(
@@ -306,6 +311,73 @@ class PodLife:
                 "replay: pod %s plane %s: veth not marked: %s", pod["name"], e["plane"], err
             )
 
+    def _remake_veth(self, pod, e, by: str) -> bool:
+        """Make plane ``e``'s veth pair of ``pod`` (a ready pod whose
+        namespace lives) again, as its add made it: the same names, MAC,
+        address, MTU and routes, its port guarded and in its network again.
+        Its host end was deleted (and the pod's end with it: ``ip link
+        del``, a host network manager tidying up). Whether it was made; if
+        not, the error is logged once and the next housekeeping round tries
+        again, while the pod's other planes forward on."""
+        from .podnet import announce, attach_plane, detach_plane
+
+        name, plane, hif = pod["name"], e["plane"], e["host_ifname"]
+        try:
+            p = self._plane_spec(name, plane)
+            if p is None:
+                raise ConfigError(f"plane {plane} is not in the pod's recorded spec")
+            n = self.config.network(e["network"])
+            spec = pod.get("spec") or {}
+            allowed = (spec.get("allowed_addresses") or {}).get(plane, ())
+            with self.lock:
+                self._drop_port(hif)  # the port of the interface that went
+                attach_plane(
+                    name,
+                    pod["netns"],
+                    p.ifname,
+                    hif,
+                    e["mac"],
+                    f"{e['ip']}/{n.prefixlen}",
+                    n.gateway,
+                    n.mtu,
+                    p.default_route,
+                    plane=plane,
+                    offloads=self.config.kernel_driver != "af_xdp",
+                    node=self.config.node,
+                    store=self.store_mark(),
+                )  # a step that fails deletes the pair itself
+                try:
+                    self._attach_port(
+                        e, allowed, dhcp_server=plane in set(spec.get("dhcp_server") or ())
+                    )
+                except BaseException:
+                    detach_plane(hif)
+                    raise
+            announce(pod["netns"], p.ifname, e["mac"], e["ip"])
+        except DataplaneError as err:
+            if self._remake_said.get((name, plane)) != str(err):
+                log.warning(
+                    "pod %s plane %s: its veth %s is gone and could not be made again (%s); "
+                    "tried again every 5 s, the pod's other planes forward on",
+                    name,
+                    plane,
+                    hif,
+                    err,
+                )
+                self._remake_said[(name, plane)] = str(err)
+            return False
+        self._remake_said.pop((name, plane), None)
+        event(
+            "pod plane made again: its veth was gone",
+            pod=name,
+            plane=plane,
+            interface=hif,
+            mac=e["mac"],
+            ip=e["ip"],
+            by=by,
+        )
+        return True
+
     def _replay_mtu(self, pod, e):
         """A plane whose veth has another MTU than its network now has (the
         underlay's MTU changed in the config while the service was down)
@@ -339,10 +411,11 @@ class PodLife:
     # ------------------------------------------------- memif and vhost-user
     def reap(self) -> List[str]:
         """Remove the ready pods of this node whose namespace is gone (the
-        container exited, ``ip netns del``) or one of whose veths is (deleted
-        with it): what the replay at start does, done while running, so
-        their ports, addresses and MACs do not wait for a restart or a
-        ``pod del``. Also the leftovers of this node's adds and deletes the
+        container exited, ``ip netns del``): what the replay at start does,
+        done while running, so their ports, addresses and MACs do not wait
+        for a restart or a ``pod del``. A plane whose veth was deleted while
+        the pod's namespace lives is made again (:meth:`_remake_veth`); the
+        pod's other planes are left alone. Also the leftovers of this node's adds and deletes the
         store failed during (:meth:`leftover`). The names removed."""
         removed = []
         links = {n for _, n in socket.if_nameindex()}  # once a round
@@ -359,6 +432,11 @@ class PodLife:
                     continue
                 why = self._gone(now, _Present())  # each name looked up: exact
                 if not why:
+                    continue
+                if os.path.exists(now["netns"]):  # a veth deleted, the pod lives
+                    eps = self.store.endpoints(pod=now["name"])
+                    for e in self._veths_missing(self._kinds(now["name"]), eps, _Present()):
+                        self._remake_veth(now, e, "housekeeping")
                     continue
                 self._remove(now["name"], self.store.endpoints(pod=now["name"]))
                 self.on_removed()
@@ -590,8 +668,10 @@ class PodLife:
         nothing); with another, AlreadyExists naming every field that
         differs. None if the add is to go on: no such pod, one another node
         runs, a leftover of a failed add or delete (:meth:`_put_pod` says
-        what), or one whose interfaces are gone (removed here first, as the
-        housekeeping would, so the add makes it anew)."""
+        what), or one whose namespace is gone (removed here first, as the
+        housekeeping would, so the add makes it anew). A plane whose veth is
+        gone while the namespace lives is made again first, as the
+        housekeeping would (:meth:`_remake_veth`)."""
         old = self.store.pod(name)
         if (
             old is None
@@ -600,6 +680,11 @@ class PodLife:
         ):
             return None
         why = self._gone(old, _Present())
+        if why and os.path.exists(old["netns"]):  # a veth deleted: made again, as
+            eps = self.store.endpoints(pod=name)  # the housekeeping would
+            for e in self._veths_missing(self._kinds(name), eps, _Present()):
+                self._remake_veth(old, e, "a new add")
+            why = self._gone(old, _Present())
         if why:
             self._remove(name, self.store.endpoints(pod=name))
             self.on_removed()

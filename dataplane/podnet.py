@@ -670,8 +670,9 @@ def _attach_steps(
         ) from e
 
 
-#: the longest alias (ifalias) the kernel keeps: IFALIASZ - 1 bytes
-ALIAS_MAX = 255
+#: the longest alias (ifalias) the kernel takes: IFALIASZ - 2 bytes (the
+#: attribute's limit of IFALIASZ - 1 counts the string's terminating NUL)
+ALIAS_MAX = 254
 _ALIAS_RE = re.compile(r"dataplane node=(\S+) store=([0-9a-f]{8}) plane=(\S+) pod=(\S+)")
 
 

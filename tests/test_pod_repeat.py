@@ -186,18 +186,22 @@ def test_an_add_with_another_spec_is_refused_naming_what_differs(node):
     assert '"pod add repeated' not in service_log(node)
 
 
-def test_an_add_of_a_pod_whose_veth_is_gone_makes_it_anew(node):
-    """A pod whose veth went without a ``pod del`` is not there to be
-    unchanged: an add of it removes what is left (as the housekeeping would,
-    had it come first) and makes it anew, with the spec's fixed address."""
+def test_an_add_of_a_pod_whose_veth_is_gone_makes_the_plane_again(node):
+    """A pod one of whose veths went without a ``pod del`` (its namespace
+    lives): an add of it makes that plane again, as the housekeeping would
+    had it come first, with its MAC and address, and then finds the pod as
+    the spec asks: unchanged."""
     other = node.pod("o", IT_SPEC)
     first = node.pod("g", SPEC)
     control = next(p["host_ifname"] for p in first["planes"] if p["plane"] == "control")
     old_index = socket.if_nametoindex(control)
     sh("ip", "link", "del", control)
     again = add(node, "g", SPEC, first["ns"])
-    assert "unchanged" not in again
+    assert again.get("unchanged") is True
     assert again["state"] == "ready" and ip_of(again) == "192.168.50.77"
+    assert [(p["plane"], p["mac"], p["ip"]) for p in again["planes"]] == [
+        (p["plane"], p["mac"], p["ip"]) for p in first["planes"]
+    ]
     assert control in host_links() and socket.if_nametoindex(control) != old_index
     assert ping(other["ns"], ip_of(again)).returncode == 0
-    assert '"pod removed: its interfaces are gone"' in service_log(node)
+    assert '"pod plane made again: its veth was gone"' in service_log(node)

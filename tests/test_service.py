@@ -1071,6 +1071,66 @@ def test_cli_edges(node):
     assert r.stdout == "deleted a\n"
 
 
+def _plane(info, plane):
+    return next(p for p in info["planes"] if p["plane"] == plane)
+
+
+def _pod_addr(ns, ifname):
+    """(MAC, IPv4 addresses) of interface ``ifname`` in namespace ``ns``."""
+    out = sh("ip", "-n", ns, "-o", "link", "show", ifname, check=False).stdout
+    mac = re.search(r"link/ether (\S+)", out)
+    addrs = sh("ip", "-n", ns, "-o", "-4", "addr", "show", ifname, check=False).stdout
+    return (mac.group(1) if mac else None), re.findall(r"inet (\S+)/", addrs)
+
+
+def test_a_deleted_plane_veth_is_made_again_and_the_other_planes_stay(node):
+    """`ip link del` of one plane's host veth while the pod's namespace
+    lives (a stray command, a host network manager tidying up): the service
+    makes that plane again - same names, MAC and address, its port in the
+    network - while the pod's other plane forwards on; the same at a
+    restart's replay."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    ctl = _plane(a, "control")
+    std_b, ctl_b = ip_of(b), _plane(b, "control")["ip"]
+    old_index = socket.if_nametoindex(ctl["host_ifname"])
+    # std pings at 20/s run across the loss and the re-making of control
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", a["ns"], "ping", "-i", "0.05", "-c", "200", "-W", "1", std_b],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    sh("ip", "link", "del", ctl["host_ifname"])
+    for _ in range(400):  # the service looks every few seconds
+        if '"pod plane made again' in (node.tmp / "service.log").read_text():
+            break
+        time.sleep(0.05)
+    out, _ = p.communicate(timeout=60)
+    sent, recv = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    assert recv == sent, out  # std never stopped
+    log = (node.tmp / "service.log").read_text()
+    assert '"pod plane made again: its veth was gone"' in log, log[-2000:]
+    assert '"pod removed' not in log
+    assert socket.if_nametoindex(ctl["host_ifname"]) != old_index
+    assert _pod_addr(a["ns"], ctl["ifname"]) == (ctl["mac"], [ctl["ip"]])
+    assert ping(a["ns"], ctl_b).returncode == 0
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a", "b"]
+
+    # at a restart: the replay makes it again before the pod is re-attached
+    node.stop()
+    sh("ip", "link", "del", ctl["host_ifname"])
+    node.start()
+    for _ in range(200):
+        if ping(a["ns"], ctl_b, count=1).returncode == 0:
+            break
+    assert _pod_addr(a["ns"], ctl["ifname"]) == (ctl["mac"], [ctl["ip"]])
+    assert ping(a["ns"], ctl_b).returncode == 0 and ping(a["ns"], std_b).returncode == 0
+    log = (node.tmp / "service.log").read_text()
+    assert log.count('"pod plane made again: its veth was gone"') == 2, log[-2000:]
+    assert '"by": "replay"' in log
+
+
 def test_a_pod_whose_namespace_is_deleted_is_removed(node):
     """`ip netns del` (a container that exits) without `pod del`: the
     service notices and removes the pod - its port, address and record - as
