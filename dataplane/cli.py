@@ -133,7 +133,9 @@ def cmd_check(args):
 
 
 def cmd_reload(args):
-    r = _call(args, "POST", "/v1/reload")
+    # the file meant, if named: the service reads only its own, and says so
+    body = {"config": os.path.abspath(args.config)} if args.config else None
+    r = _call(args, "POST", "/v1/reload", body)
     if args.json:
         _print(r, True)
         return 0

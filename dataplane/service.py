@@ -75,6 +75,12 @@ def _exiting(pid: int) -> bool:
     return fields[0] in "ZXx" or bool(int(fields[6]) & 0x4)  # PF_EXITING
 
 
+def _config_path(value, path):
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(f"{path}: {value!r} is not an absolute path")
+    return value
+
+
 def _node_name(value, path):
     return check_name(value, path, "node name")
 
@@ -210,7 +216,9 @@ class NodeService:
                 self.pods,
                 engine_running=lambda: self.engine is not None and self.engine.running,
             )
-            routes[("POST", "/v1/reload")] = Route(lambda b, q: self.reload())
+            routes[("POST", "/v1/reload")] = Route(
+                lambda b, q: self.reload(b.get("config")), body={"config": _config_path}
+            )
             routes[("GET", "/v1/nodes")] = Route(lambda b, q: self.nodes())
             routes[("DELETE", "/v1/nodes")] = Route(
                 lambda b, q: self.remove_node(q.get("name") or b.get("name")),
@@ -707,19 +715,28 @@ class NodeService:
         return {"node": name, **removed}
 
     # ------------------------------------------------------------- reload
-    def reload(self) -> dict:
+    def reload(self, expected: Optional[str] = None) -> dict:
         """The configuration file read again, and what a running service
         takes from it applied while traffic flows (``RELOADABLE``: the
         uplink shaper's rate and burst, in place, queued frames kept; the
         planes' guaranteed and maximum rates). A file that does not
         validate, or that changes anything else, changes nothing: the error
         names what is wrong in it, or the fields only a restart applies.
-        Returns the file and the fields changed (old and new values)."""
+        ``expected``: the file the caller means (``dataplane reload -c
+        FILE``); another than the service's own is refused, since the
+        service reads only the file it was started from. Returns the file
+        and the fields changed (old and new values)."""
         path = self.config_path
         if path is None:
             raise ConfigError(
                 "reload: this service was not started from a configuration file "
                 "(dataplane run -c FILE): there is none to read again"
+            )
+        if expected is not None and os.path.realpath(expected) != os.path.realpath(path):
+            raise ConfigError(
+                f"reload: this service reads {path}, the file it was started from, not "
+                f"{expected}: nothing changed (edit {path} and reload, or restart the service "
+                f"with -c {expected})"
             )
         with self._reload_lock:
             new = load_config(path)

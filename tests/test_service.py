@@ -427,6 +427,16 @@ def test_reload_takes_new_rates_while_forwarding(tmp_path):
         r = n.cli("reload", check=False)
         assert r.returncode != 0 and "planes.std.max_rate" in r.stderr, r.stderr
         assert plane("std")[1]["max_rate_bps"] == 12_000_000
+        # another file named: the service reads only its own, and says so
+        other = n.tmp / "other.yaml"
+        other.write_text(n.cfg.read_text().replace("max_rate: fast}", "max_rate: 20M}"))
+        r = n.cli("reload", "-c", str(other), check=False)
+        assert r.returncode != 0
+        assert (
+            f"reload: this service reads {n.cfg}, the file it was started from, not {other}: "
+            "nothing changed"
+        ) in r.stderr, r.stderr
+        assert plane("std")[1]["max_rate_bps"] == 12_000_000
 
         # SIGHUP (systemd's reload with ExecReload=kill -HUP, a closed
         # terminal): the same, from the service's main loop; never a stop
