@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 20
+#define DP_ABI_VERSION 21
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -154,6 +154,7 @@ struct dp_plane_conf {
 int dp_abi_version(void);
 const char *dp_last_error(void);
 int dp_eal_init(int argc, char **argv, struct dp_eal_info *info);
+int dp_log_json(void); /* DPDK's log lines as JSON objects on stderr (before dp_eal_init) */
 int dp_setup(unsigned n_mbufs);
 int dp_start(void);
 int dp_stop(void);

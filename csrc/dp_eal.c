@@ -3,13 +3,18 @@
  * tables, pool and rings (dp_setup), the worker lcores (start, stop), and
  * teardown (dp_shutdown).
  */
+#define _GNU_SOURCE /* fopencookie */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_lcore.h>
+#include <rte_log.h>
 #include <rte_malloc.h>
 #include <rte_hash_crc.h>
 
@@ -34,6 +39,85 @@ int
 dp_running(void)
 {
     return atomic_load(&dp.running);
+}
+
+/*
+ * DPDK's own log lines (EAL, drivers, telemetry) as the node service's log
+ * has them: one JSON object a line on stderr, with "source": "dpdk" and
+ * DPDK's level. Only control threads log (the workers never do), so a
+ * line built on the stack and written whole is enough.
+ */
+static void
+json_log_line(const char *msg, size_t len)
+{
+    while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == '\r' || msg[len - 1] == ' '))
+        len--;
+    if (len == 0)
+        return;
+    uint32_t lvl = rte_log_cur_msg_loglevel();
+    const char *level = lvl <= RTE_LOG_ERR       ? "error"
+                        : lvl == RTE_LOG_WARNING ? "warning"
+                        : lvl >= RTE_LOG_DEBUG   ? "debug"
+                                                 : "info";
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm tm;
+    gmtime_r(&now.tv_sec, &tm);
+    char out[2048];
+    int n = snprintf(out, sizeof(out),
+                     "{\"ts\": %lld.%03ld, \"time\": \"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\", "
+                     "\"level\": \"%s\", \"source\": \"dpdk\", \"msg\": \"",
+                     (long long)now.tv_sec, now.tv_nsec / 1000000, tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000, level);
+    size_t o = (size_t)n;
+    for (size_t i = 0; i < len && o < sizeof(out) - 16; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            o += (size_t)snprintf(out + o, 7, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o++] = '"';
+    out[o++] = '}';
+    out[o++] = '\n';
+    ssize_t w = write(STDERR_FILENO, out, o);
+    (void)w; /* nowhere to say that stderr failed */
+}
+
+static ssize_t
+json_log_write(void *cookie, const char *buf, size_t size)
+{
+    (void)cookie;
+    size_t start = 0;
+    for (size_t i = 0; i < size; i++) {
+        if (buf[i] == '\n') {
+            json_log_line(buf + start, i - start);
+            start = i + 1;
+        }
+    }
+    if (start < size) /* a message without its newline: a line of its own */
+        json_log_line(buf + start, size - start);
+    return (ssize_t)size;
+}
+
+int
+dp_log_json(void)
+{
+    static FILE *stream;
+    if (stream != NULL)
+        return 0;
+    cookie_io_functions_t io = {.write = json_log_write};
+    stream = fopencookie(NULL, "w", io);
+    if (stream == NULL)
+        return dp_fail(-errno, "cannot make the JSON log stream: %s", strerror(errno));
+    setvbuf(stream, NULL, _IOLBF, 0); /* handed on at each newline */
+    if (rte_openlog_stream(stream) != 0)
+        return dp_fail(-EINVAL, "DPDK refused the JSON log stream");
+    return 0;
 }
 
 /* wait until no worker holds what was unpublished before the call */

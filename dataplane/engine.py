@@ -50,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 20
+ABI_VERSION = 21
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -104,6 +104,7 @@ class EngineConfig:
     n_mbufs: int = 16383
     file_prefix: Optional[str] = None  # default: unique per process
     log_level: str = "notice"
+    log_json: bool = False  # DPDK's log lines as the node service's: JSON objects
 
     def eal_args(self) -> List[str]:
         check_mode(self.mode)
@@ -719,6 +720,8 @@ class Engine(_Tables, _Planes, _Guards):
         self._keep = [ffi.new("char[]", a.encode()) for a in args]
         argv = ffi.new("char *[]", self._keep)
         info = ffi.new("struct dp_eal_info *")
+        if self.config.log_json:
+            check(lib.dp_log_json(), lib, ffi, "setting DPDK's log up")
         check(lib.dp_eal_init(len(args), argv, info), lib, ffi, "starting DPDK (EAL)")
         _started_in_pid = os.getpid()
         self.eal_args = args

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from .checks import AF_XDP_FILL_MBUFS, check_pod_name
 from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
 from .fastif import SOCKET_KINDS, VETH, VF
-from .logs import event, log
+from .logs import event, log, warning_event
 from .store import reach
 
 #: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
@@ -214,11 +214,19 @@ class PodLife:
             if not os.path.exists(pod["netns"]):  # the pod is gone: memif, vhost-user too
                 missing = eps
             if missing or pod["state"] != "ready":
-                event(
+                if not os.path.exists(pod["netns"]):
+                    why = f"namespace {pod['netns']} is gone"
+                elif pod["state"] != "ready":
+                    why = f"its {_unfinished(pod['state'])} did not finish"
+                else:
+                    why = "the VF of " + ", ".join(f"plane {e['plane']}" for e in missing)
+                    why += " is not in the pod"
+                warning_event(
                     "replay: removing incomplete pod",
                     pod=pod["name"],
                     state=pod["state"],
                     missing=[e["plane"] for e in missing],
+                    why=why,
                 )
                 self._remove(pod["name"], eps)
                 continue
@@ -440,7 +448,7 @@ class PodLife:
                     continue
                 self._remove(now["name"], self.store.endpoints(pod=now["name"]))
                 self.on_removed()
-            event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
+            warning_event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
             removed.append(pod["name"])
         return removed
 
@@ -688,7 +696,7 @@ class PodLife:
         if why:
             self._remove(name, self.store.endpoints(pod=name))
             self.on_removed()
-            event("pod removed: its interfaces are gone", pod=name, why=why, by="a new add")
+            warning_event("pod removed: its interfaces are gone", pod=name, why=why, by="a new add")
             return None
         diffs = self._spec_differences(old, netns, ps)
         if diffs:

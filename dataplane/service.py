@@ -138,6 +138,8 @@ class NodeService:
         self.uplink_ifindex = None  # a kernel uplink's, when it was attached
         self.uplink_problem = None  # why the uplink cannot carry frames now
         self.vtep_mac = None  # the VTEP's MAC in the core
+        # (pid, start time) of a previous run that did not stop cleanly
+        self.unclean_stop = None
 
     # -------------------------------------------------------------- start
     def start(self):
@@ -177,7 +179,7 @@ class NodeService:
             self._others_pods()
             for n in cfg.networks:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
-            self.engine = Engine(EngineConfig(**cfg.engine_kwargs()))
+            self.engine = Engine(EngineConfig(**cfg.engine_kwargs(), log_json=True))
             self._setup_core()
             if self.uplink_ifindex is not None:  # a kernel uplink: changes seen as they come
                 self._link_events = LinkEvents(cfg.vtep.uplink_ifname, self._wake)
@@ -249,6 +251,15 @@ class NodeService:
             pods=len(self.pods.known),  # this node's, replayed
             cpu_latency_us=cfg.cpu_latency_us,
         )
+        if self.unclean_stop is not None:
+            pid, since = self.unclean_stop
+            log.warning(
+                "the node's previous service (pid %s, started %s) did not stop cleanly "
+                "(killed or crashed): its pods were replayed, its ports and sockets closed with it",
+                pid,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)),
+                extra={"fields": {"previous_pid": pid}},
+            )
         for a in cfg.advice():
             log.warning(a)
 
@@ -417,6 +428,11 @@ class NodeService:
                 except FileNotFoundError:
                     pass
                 os.close(fd)
+            # a clean stop removes the file: a pid in it is a run that was
+            # killed or crashed (said once the service has started)
+            before = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if before.isdigit() and field == "api_socket":
+                self.unclean_stop = (int(before), os.fstat(fd).st_mtime)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             self._claims.append((fd, lock))

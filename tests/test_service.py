@@ -993,7 +993,20 @@ def test_a_start_right_after_a_kill_takes_over(node):
         assert ping(a["ns"], ip_of(b), count=3).returncode == 0
     finally:
         old.wait(30)
-    assert "in use by a running service" not in (node.tmp / "service.log").read_text()
+    log = (node.tmp / "service.log").read_text()
+    assert "in use by a running service" not in log
+    # the new one says the previous one did not stop cleanly, once, with its pid
+    unclean = [json.loads(ln) for ln in log.splitlines() if "did not stop cleanly" in ln]
+    assert [(u["level"], u["previous_pid"]) for u in unclean] == [("warning", old.pid)], log
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", unclean[0]["time"])
+    # a clean stop leaves nothing to say at the next start
+    node.stop()
+    node.start()
+    for _ in range(100):
+        if (node.tmp / "service.log").read_text().count('"node service started"') == 3:
+            break
+        time.sleep(0.05)
+    assert (node.tmp / "service.log").read_text().count("did not stop cleanly") == 1
 
 
 def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
@@ -1157,7 +1170,8 @@ def test_a_pod_whose_namespace_is_deleted_is_removed(node):
     st = node.api("GET", "/v1/status")
     assert not host & {p["name"] for p in st["ports"]}, st["ports"]
     log = (node.tmp / "service.log").read_text()
-    assert '"pod removed: its interfaces are gone"' in log and "is gone" in log, log[-2000:]
+    assert '"level": "warning", "msg": "pod removed: its interfaces are gone"' in log, log[-2000:]
+    assert "is gone" in log
     r = node.cli("pod", "del", "b", check=False)
     assert r.returncode != 0 and "pod b is not attached to this node" in r.stderr
     assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
@@ -1428,3 +1442,29 @@ def test_a_full_state_disk_refuses_changes_and_says_where(tmp_path):
     finally:
         n.cleanup()
         sh("umount", str(state), check=False)
+
+
+@pytest.mark.parametrize("mode", ["fallback", "hugepages"])
+def test_the_log_is_one_json_object_a_line_dpdk_s_lines_too(tmp_path, mode):
+    """Everything the service writes to its log, DPDK's own lines (EAL,
+    telemetry, drivers) among them, is one JSON object a line with the
+    time for people and a level; DPDK's carry "source": "dpdk"."""
+    n = Node(tmp_path, uuid.uuid4().hex[:5])
+    n.cfg.write_text(n.cfg.read_text().replace("mode: fallback", f"mode: {mode}"))
+    try:
+        n.start()
+        n.pod("a", IT_SPEC)
+    finally:
+        n.cleanup()
+    lines = (tmp_path / "service.log").read_text().splitlines()
+    objs = []
+    for ln in lines:
+        try:
+            objs.append(json.loads(ln))
+        except ValueError:
+            raise AssertionError(f"not a JSON object: {ln!r}") from None
+    assert all({"ts", "time", "level", "msg"} <= set(o) for o in objs), objs
+    dpdk = [o for o in objs if o.get("source") == "dpdk"]
+    assert dpdk, [o["msg"] for o in objs]
+    assert all(o["level"] in ("debug", "info", "warning", "error") for o in dpdk), dpdk
+    assert any(o["msg"] == "node service stopped" for o in objs)
