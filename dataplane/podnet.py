@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 import threading
-from typing import List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 from .checks import (
     MIN_MTU,
@@ -556,6 +556,7 @@ def attach_plane(
     *,
     plane: Optional[str] = None,
     offloads: bool = True,
+    host_end_made: Optional[Callable[[str], None]] = None,
 ) -> AttachResult:
     """Put pod ``pod`` (network namespace at ``netns_path``) on a plane.
 
@@ -567,7 +568,10 @@ def attach_plane(
     AF_XDP); 3. ``ip_cidr`` on the pod end (the kernel adds the subnet route);
     4. both ends up; 5. on the std plane (``default_route``) a default route
     via ``gateway``. If a step fails, the pair is deleted and the error names
-    the step. Returns the host end's name and MAC."""
+    the step. ``host_end_made(host_ifname)``, if given, is called once the
+    pair exists, before step 2: what it starts goes on beside the other
+    steps (an error it raises fails step 1). Returns the host end's name
+    and MAC."""
     mac, iface, gw = _check_attach_args(
         netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu, default_route
     )
@@ -603,13 +607,26 @@ def attach_plane(
                     gw,
                     mtu,
                     offloads,
+                    host_end_made,
                 )
     finally:
         os.close(nsfd)
 
 
 def _attach_steps(
-    ipr, pod_ipr, what, netns_path, nsfd, ifname, host_ifname, mac, iface, gw, mtu, offloads
+    ipr,
+    pod_ipr,
+    what,
+    netns_path,
+    nsfd,
+    ifname,
+    host_ifname,
+    mac,
+    iface,
+    gw,
+    mtu,
+    offloads,
+    host_end_made=None,
 ) -> AttachResult:
     host_index = None
     step, desc = 0, ""
@@ -624,6 +641,8 @@ def _attach_steps(
         )
         host_index = ipr.link_lookup(ifname=host_ifname)[0]
         pod_index = pod_ipr.link_lookup(ifname=ifname)[0]
+        if host_end_made is not None:
+            host_end_made(host_ifname)
 
         if offloads:
             # the pod's TX checksum offload, TSO and GSO stay on: the kernel

@@ -447,9 +447,12 @@ def test_conflicts_name_the_container_and_are_configuration_errors(cnode):
     assert out["msg"] == f"ip: {ip} on network net1 is taken by container {c1} interface eth0"
     # a second std interface in a namespace that has its default route
     # already: the configuration conflicts (7), it is not "attached already"
+    # (its port, opened beside the failed step, is removed with its veth)
+    ports = [p["name"] for p in cnode.api("GET", "/v1/status")["ports"]]
     code, out, _ = cnode.cni("ADD", cnode.conf(), c1, p1, ifname="eth1")
     assert out["code"] == 7 and "default route" in out["msg"], out
     assert [a["ifname"] for a in cnode.api("GET", "/v1/attachments")] == ["eth0"]
+    assert [p["name"] for p in cnode.api("GET", "/v1/status")["ports"]] == ports
 
 
 def test_add_and_del_latency(cnode):
