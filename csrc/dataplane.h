@@ -172,7 +172,7 @@ void dp_set_idle_yield(int on); /* 1 (the default): an idle spinning worker yiel
 int dp_port_add(const char *devargs, int role, int net, unsigned n_rxq);
 int dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsigned n_rxq);
 int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames);
-int dp_port_del(int port);
+int dp_port_del(int port); /* a kernel port's sockets close in the background */
 int dp_port_info(int port, struct dp_port_info *out);
 int dp_port_set_net(int port, int net);
 /* an AF_PACKET port sends runs of one UDP flow's datagrams as one UDP GSO

@@ -398,6 +398,59 @@ dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames)
     return idx;
 }
 
+/*
+ * Kernel ports' sockets closing in the background: closing a packet socket
+ * waits for an RCU grace period or two (20-30 ms here), a wait nothing
+ * needs once no worker holds the port - its slot is free, its interface
+ * may be deleted meanwhile (the kernel unbinds the sockets from a device
+ * that goes). dp_ports_free_all waits for them: a stopped core leaves no
+ * socket open.
+ */
+static pthread_mutex_t afp_closing_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t afp_closing_cv = PTHREAD_COND_INITIALIZER;
+static unsigned afp_closing;
+
+static void *
+afp_close_detached(void *arg)
+{
+    dp_afp_close(arg);
+    pthread_mutex_lock(&afp_closing_mu);
+    if (--afp_closing == 0)
+        pthread_cond_broadcast(&afp_closing_cv);
+    pthread_mutex_unlock(&afp_closing_mu);
+    return NULL;
+}
+
+/* dp_afp_close(a) in a detached thread, or here if none can be started */
+static void
+afp_close_later(struct dp_afp *a)
+{
+    pthread_attr_t attr;
+    pthread_t th;
+    int started = 0;
+
+    pthread_mutex_lock(&afp_closing_mu);
+    afp_closing++;
+    pthread_mutex_unlock(&afp_closing_mu);
+    if (pthread_attr_init(&attr) == 0) {
+        if (pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0)
+            started = pthread_create(&th, &attr, afp_close_detached, a) == 0;
+        (void)pthread_attr_destroy(&attr);
+    }
+    if (!started)
+        afp_close_detached(a);
+}
+
+/* wait until every background close (afp_close_later) has finished */
+static void
+afp_close_wait(void)
+{
+    pthread_mutex_lock(&afp_closing_mu);
+    while (afp_closing > 0)
+        pthread_cond_wait(&afp_closing_cv, &afp_closing_mu);
+    pthread_mutex_unlock(&afp_closing_mu);
+}
+
 int
 dp_port_del(int idx)
 {
@@ -427,6 +480,14 @@ dp_port_del(int idx)
     atomic_store(&dp.ports[idx], NULL);
     dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
     dp_guard_clear(idx); /* the next port of this index starts without one */
+    if (p->driver == DP_DRV_AFPACKET) {
+        struct dp_afp *a = p->afp;
+
+        afp_retire(a);
+        port_free(p);
+        afp_close_later(a);
+        return 0;
+    }
     port_release(p);
     return 0;
 }
@@ -473,6 +534,7 @@ dp_ports_free_all(void)
     }
     while (nth > 0)
         (void)pthread_join(th[--nth], NULL);
+    afp_close_wait();
 }
 
 int

@@ -946,6 +946,10 @@ class Engine(_Tables, _Planes, _Guards):
         self._call(f"tunnel GSO on port {port}", lib.dp_port_set_tunnel_gso, port, int(on))
 
     def del_port(self, port: int):
+        """Remove port ``port``: once it returns no worker holds it and its
+        index is free. A kernel port's packet sockets close in the
+        background (each close waits for RCU grace periods, 20-30 ms); the
+        engine's stop waits for them."""
         self._call(f"removing port {port}", lib.dp_port_del, port)
 
     def port_info(self, port: int) -> Optional[PortInfo]:

@@ -17,6 +17,7 @@ they had; nothing is allocated twice.
 import os
 import re
 import socket
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
@@ -87,6 +88,55 @@ class _Made:
                 failed.append(f"{what}: {e}")
         self.steps.clear()
         return failed
+
+
+class _PortOpening:
+    """A pod's kernel port, opened while the rest of its plane is made: with
+    the native AF_PACKET driver it opens as soon as the host end of the veth
+    exists (:meth:`start`, given to ``attach_plane``), in a thread of its
+    own, while the pod's end gets its address, link and route - setting up
+    its sockets' rings waits for an RCU grace period (12-20 ms here), which
+    the pod's side then need not wait behind. Not in any network until
+    :meth:`result` hands it over. AF_XDP opens in :meth:`result`: its
+    device must have its offloads set first."""
+
+    def __init__(self, engine, driver: str):
+        self.engine, self.driver = engine, driver
+        self.early = driver == "afpacket"
+        self._thread: Optional[threading.Thread] = None
+        self._port: Optional[int] = None
+        self._error: Optional[BaseException] = None
+
+    def start(self, ifname: str):
+        def run():
+            try:
+                self._port = add_kernel_port(self.engine, ifname, self.driver)
+            except BaseException as e:  # noqa: BLE001 - raised by result()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="port-open", daemon=True)
+        self._thread.start()
+
+    def result(self, ifname: str) -> int:
+        """The port of ``ifname``, opened now if it was not started; the
+        engine's error if it could not be."""
+        if self._thread is None:
+            return add_kernel_port(self.engine, ifname, self.driver)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._port
+
+    def abandon(self):
+        """The plane failed: the port, if one was opened, removed."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        if self._port is not None:
+            try:
+                self.engine.del_port(self._port)
+            except DataplaneError as e:
+                log.warning("removing port %s of a failed plane: %s", self._port, e)
 
 
 class _Present:
@@ -401,19 +451,22 @@ class PodLife:
                 "replay: pod %s plane %s: MTU %s not set: %s", pod["name"], e["plane"], mtu, err
             )
 
-    def _attach_port(self, e, allowed=(), dhcp_server=False) -> int:
+    def _attach_port(self, e, allowed=(), dhcp_server=False, opening=None) -> int:
+        """Endpoint ``e``'s host interface as a guarded port in its network;
+        the port ``opening`` (a :class:`_PortOpening`) opened, if given."""
         net = self.networks[e["network"]]
-        # under the lock (the replay holds it for no more): a scrape or a
-        # status sees the port whole - its pod, plane and network - or not
-        # yet, never as a series of other labels for one scrape
+        # in its network only once guarded: no frame passes unchecked
+        if opening is None:
+            opening = _PortOpening(self.engine, self.config.kernel_driver)
+        port = opening.result(e["host_ifname"])
         with self.lock:
-            # in its network only once guarded: no frame passes unchecked
-            port = add_kernel_port(self.engine, e["host_ifname"], self.config.kernel_driver)
             self.ports[e["host_ifname"]] = port
-            self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
             self._guard_port(port, e, allowed, dhcp_server)
             self.engine.set_port_network(port, net)
             self.engine.fdb_add_local(net, e["mac"], port)
+            # owned last: a scrape or a status shows a pod port once it is
+            # whole - its pod, plane and network - never under other labels
+            self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
         return port
 
     # ------------------------------------------------- memif and vhost-user
@@ -629,21 +682,27 @@ class PodLife:
                         node=node,
                         vtep=self.config.vtep.ip,
                     )
-                    attach_plane(
-                        name,
-                        netns,
-                        p.ifname,
-                        hif,
-                        mac,
-                        f"{ip}/{n.prefixlen}",
-                        n.gateway,
-                        n.mtu,
-                        p.default_route,
-                        plane=p.plane,
-                        offloads=self.config.kernel_driver != "af_xdp",
-                        node=node,
-                        store=mark,
-                    )  # a step that fails deletes the pair itself
+                    opening = _PortOpening(self.engine, self.config.kernel_driver)
+                    try:
+                        attach_plane(
+                            name,
+                            netns,
+                            p.ifname,
+                            hif,
+                            mac,
+                            f"{ip}/{n.prefixlen}",
+                            n.gateway,
+                            n.mtu,
+                            p.default_route,
+                            plane=p.plane,
+                            offloads=self.config.kernel_driver != "af_xdp",
+                            node=node,
+                            store=mark,
+                            host_end_made=opening.start if opening.early else None,
+                        )  # a step that fails deletes the pair itself
+                    except BaseException:
+                        opening.abandon()
+                        raise
                     made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
                     made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))
                     self._attach_port(
@@ -657,6 +716,7 @@ class PodLife:
                         },
                         p.allowed,
                         p.dhcp_server,
+                        opening,
                     )
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")

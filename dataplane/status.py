@@ -54,6 +54,7 @@ def take_snapshot(
     from .metrics import NetLabel, PlaneLabel, PortLabel, Snapshot
 
     names = {i: n for n, i in networks.items()}
+    whole = owners is not None  # a pod port is shown once its pod owns it
     owners = owners or {}
     ports = [
         PortLabel(
@@ -67,6 +68,9 @@ def take_snapshot(
             *owners.get(p.index, ("", "")),
         )
         for p in engine.ports()
+        # one being attached (opened, not yet guarded and in its network):
+        # not shown until it is whole, so it never shows under other labels
+        if not (whole and p.role == "pod" and p.index not in owners)
     ]
     nets = [NetLabel(i, n.name, n.vni, n.plane) for i, n in enumerate(config.networks)]
     # pods of this node, endpoints of the cluster; a cluster store that does

@@ -117,6 +117,53 @@ def test_error_codes_without_a_service(plugin, tmp_path):
     assert code != 0 and out["code"] == 50
 
 
+def test_json_without_the_json_module():
+    """The plugin reads and writes JSON with the interpreter's C scanner and
+    encoder: what json.loads and json.dumps give, and json's own error for
+    what is not JSON."""
+    from dataplane.cni import json_dumps, json_loads
+
+    for text in (
+        '{"cniVersion": "1.0.0", "a": [1, -2.5e3, "x\\u00e9\\n", true, false, null, {}]}',
+        "  [ ]\n",
+        '"only a string"',
+        "7",
+        '{"deep": ' * 50 + "0" + "}" * 50,
+        '{"n": NaN, "i": -Infinity}',
+    ):
+        want = json.loads(text)
+        for given in (text, text.encode()):
+            got = json_loads(given)
+            assert json.dumps(got) == json.dumps(want), (text, got)
+        assert json_dumps(want) == json.dumps(want)
+    assert json_dumps({"é": ["\u2603", 1.5, None]}) == json.dumps({"é": ["\u2603", 1.5, None]})
+    for bad in ("{not json", '{"a": 1} x', "", '{"a": }', b"\xff\xfe", "[1, 2"):
+        with pytest.raises(ValueError) as got:
+            json_loads(bad)
+        with pytest.raises(ValueError) as want:
+            json.loads(bad)
+        assert str(got.value) == str(want.value)
+
+
+def test_install_leaves_compiled_code(tmp_path):
+    """``dataplane-cni install`` writes a launcher and the plugin's module
+    next to it, compiled for this interpreter; the launcher finds the
+    module from its own path, also through a symbolic link."""
+    import importlib.util
+
+    bin_dir = tmp_path / "bin"
+    plugin = install_plugin(str(bin_dir))
+    module = bin_dir / "dataplane-cni.d" / "dataplane_cni.py"
+    assert module.is_file() and os.path.exists(importlib.util.cache_from_source(str(module)))
+    assert str(bin_dir) not in open(plugin).read()  # no path of the installer's view
+    link = tmp_path / "elsewhere" / "dataplane-cni"
+    link.parent.mkdir()
+    link.symlink_to(plugin)
+    for exe in (plugin, str(link)):
+        code, out, _ = run_plugin(exe, "VERSION", {"cniVersion": "1.0.0"})
+        assert code == 0 and out["cniVersion"] == "1.0.0"
+
+
 def test_device_info_file(tmp_path):
     from dataplane.cni import write_device_info
 
@@ -400,14 +447,17 @@ def test_conflicts_name_the_container_and_are_configuration_errors(cnode):
     assert out["msg"] == f"ip: {ip} on network net1 is taken by container {c1} interface eth0"
     # a second std interface in a namespace that has its default route
     # already: the configuration conflicts (7), it is not "attached already"
+    # (its port, opened beside the failed step, is removed with its veth)
+    ports = [p["name"] for p in cnode.api("GET", "/v1/status")["ports"]]
     code, out, _ = cnode.cni("ADD", cnode.conf(), c1, p1, ifname="eth1")
     assert out["code"] == 7 and "default route" in out["msg"], out
     assert [a["ifname"] for a in cnode.api("GET", "/v1/attachments")] == ["eth0"]
+    assert [p["name"] for p in cnode.api("GET", "/v1/status")["ports"]] == ports
 
 
 def test_add_and_del_latency(cnode):
-    """The plugin's own cost is an interpreter's start and the standard
-    library's json and socket: ADD and DEL each take one process and one
+    """The plugin's own cost is an interpreter's start and its module's
+    cached bytecode, with built-in modules only: ADD and DEL each take one process and one
     API call; the rest is the service's plumbing (the same as a pod add)."""
 
     def med(xs):
@@ -439,8 +489,10 @@ def test_add_and_del_latency(cnode):
         capture_output=True,
     )
     imported = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()}
-    assert {"json", "socket"} <= imported
+    assert {"dataplane_cni", "_json", "_socket"} <= imported
+    # json and socket would pull re and enum in: longer than the interpreter's start
     heavy = {"pyroute2", "numpy", "cffi", "dataplane", "http.client", "email"}
+    heavy |= {"json", "socket", "re", "enum"}
     assert not heavy & imported, heavy & imported
     print(
         "RESULT cni latency (median of 5):",
