@@ -449,6 +449,8 @@ def check_listen(value, path: str) -> Optional[str]:
     """A TCP listen address 'host:port' ('[v6]:port'); None or false: none."""
     if value is None or value is False:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):  # 'listen: 9464'
+        raise fail(path, f"{value} is not host:port: write it as '127.0.0.1:{value}' (in quotes)")
     check_string(value, path)
     host, sep, port = value.rpartition(":")
     if not sep or not host:

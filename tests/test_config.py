@@ -272,6 +272,10 @@ def test_top_level_errors():
         r"\(supported: sqlite, etcd\)",
     )
     bad(cfg(metrics={"listen": "9464"}), r"^metrics\.listen: '9464' is not host:port")
+    bad(
+        cfg(metrics={"listen": 9464}),
+        r"^metrics\.listen: 9464 is not host:port: write it as '127\.0\.0\.1:9464'",
+    )
     bad(cfg(metrics={"listen": "::1:9464"}), r"^metrics\.listen: .*brackets")
     bad(cfg(metrics={"listen": "127.0.0.1:99999"}), r"^metrics\.listen: port '99999'")
     bad(cfg(api_socket="/" + "x" * 120), r"^api_socket: .*longer than 107 bytes")
