@@ -511,3 +511,95 @@ def test_old_file_gets_the_node_column(path):
     assert [p["name"] for p in s.pods(node="node1")] == ["new"]
     s.close()
     SqliteStore(path).close()  # opened again: nothing more to add
+
+
+def test_put_network_check_only_refuses_alike_and_writes_nothing(store):
+    """``check_only`` (dataplane check) refuses what put_network refuses, with
+    the same words, and writes nothing: not a new network, not a change."""
+    assert store.put_network("net1", 100, "std", "192.168.10.0/24", check_only=True) is None
+    assert store.network("net1") is None
+    store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1")
+    ip = store.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "p1")
+    cases = [
+        (("net2", 100, "control", "192.168.20.0/24"), ConfigError, r"VNI 100 is used by"),
+        (("net1", 100, "std", "192.168.99.0/24"), Busy, r"would leave allocated addresses"),
+        (("net1", 100, "std", "192.168.10.0/24", ip), ConfigError, rf"the gateway {ip} is"),
+    ]
+    for args, kind, words in cases:
+        with pytest.raises(kind, match=words) as checked:
+            store.put_network(*args, check_only=True)
+        with pytest.raises(kind) as put:
+            store.put_network(*args)
+        assert str(checked.value) == str(put.value)
+    store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.254", check_only=True)
+    assert store.network("net1")["gateway"] == "192.168.10.1"  # not written
+    assert store.network("net2") is None
+
+
+def test_a_gateway_or_subnet_that_makes_a_pods_address_reserved_is_refused(store):
+    """A pod keeps its address: a new gateway, or a subnet whose network or
+    broadcast address it is, is refused naming the pod; a gateway the
+    network had already (from before this check) is kept."""
+    store.put_network("net1", 100, "std", "192.168.10.0/24")
+    ips = {p: store.allocate_ip("net1", "192.168.10.0/24", None, p) for p in ("p1", "p2")}
+    with pytest.raises(ConfigError) as e:
+        store.put_network("net1", 100, "std", "192.168.10.0/24", ips["p2"])
+    assert str(e.value) == (
+        f"network net1: the gateway {ips['p2']} is the address of pod p2; a pod keeps its "
+        "address: give the network another gateway, or delete the pod first "
+        "('dataplane pod del p2')"
+    )
+    assert store.network("net1")["gateway"] is None
+    store.put_network("net9", 109, "std", "10.9.0.0/24")
+    store.allocate_ip("net9", "10.9.0.0/24", None, "q1", fixed="10.9.0.127")
+    with pytest.raises(ConfigError) as e:
+        store.put_network("net9", 109, "std", "10.9.0.0/25")
+    assert str(e.value) == (
+        "network net9: the broadcast address 10.9.0.127 is the address of pod q1; a pod keeps "
+        "its address: give the network another subnet, or delete the pod first "
+        "('dataplane pod del q1')"
+    )
+    assert store.network("net9")["subnet"] == "10.9.0.0/24"
+    # a gateway no pod holds is taken, and kept
+    store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.9")
+    store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.9")
+
+
+def test_a_read_only_sqlite_store_changes_nothing(path, tmp_path):
+    """Opened read only (dataplane check): no file made where there is none,
+    reads while a writer has the file open, and after the writer closed it
+    no side file left and not a byte changed; writes are refused."""
+    with pytest.raises(NotFound, match=r"no such file"):
+        SqliteStore(path, read_only=True)
+    assert not os.path.exists(path)
+    w = SqliteStore(path)
+    w.put_network("net1", 100, "std", "192.168.10.0/24")
+    r = SqliteStore(path, read_only=True)  # while the writer has it open (WAL)
+    w.allocate_ip("net1", "192.168.10.0/24", None, "p1")
+    assert [a["pod"] for a in r.allocations("net1")] == ["p1"]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        r.put_network("net2", 200, "std", "192.168.20.0/24")
+    r.close()
+    w.close()
+    before = {
+        f: open(os.path.join(os.path.dirname(path), f), "rb").read()
+        for f in os.listdir(os.path.dirname(path))
+    }
+    r = SqliteStore(path, read_only=True)
+    assert [n["name"] for n in r.networks()] == ["net1"]
+    r.put_network("net1", 100, "std", "192.168.10.0/24", check_only=True)
+    with pytest.raises(Busy):
+        r.put_network("net1", 100, "std", "192.168.99.0/24", check_only=True)
+    r.close()
+    after = {
+        f: open(os.path.join(os.path.dirname(path), f), "rb").read()
+        for f in os.listdir(os.path.dirname(path))
+    }
+    assert after == before
+    # an empty file reads as an empty store
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    r = SqliteStore(str(empty), read_only=True)
+    assert r.pods() == [] and r.networks() == []
+    r.close()
+    assert empty.read_bytes() == b""

@@ -85,6 +85,11 @@ class StateStore(abc.ABC):
         other's pods for its own. A store of one node (SQLite) has nothing to
         claim: its file's lock is the claim."""
 
+    def claim_problem(self, node: str, vtep: str, host: str) -> Optional[str]:
+        """Why :meth:`claim_node` would refuse the name now, or None; read
+        only (``dataplane check``)."""
+        return None
+
     def node_claims(self) -> List[Dict[str, Any]]:
         """The names held by running services: dicts with node, vtep, host,
         pid, started."""
@@ -129,10 +134,14 @@ class StateStore(abc.ABC):
         subnet: str,
         gateway: Optional[str] = None,
         mtu: Optional[int] = None,
+        check_only: bool = False,
     ) -> None:
         """Insert or update network ``name``. A VNI used by another network
-        (ConfigError), or a new subnet that leaves allocated addresses
-        outside (Busy), is refused."""
+        (ConfigError), a new subnet that leaves allocated addresses outside
+        (Busy), or a new subnet or gateway that makes an allocated address
+        the network's gateway, network or broadcast address (ConfigError,
+        naming the pods), is refused. ``check_only``: the same checks,
+        nothing written (``dataplane check``)."""
 
     @abc.abstractmethod
     def network(self, name: str) -> Optional[Dict[str, Any]]:

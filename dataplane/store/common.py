@@ -3,7 +3,7 @@ the same things with the same words and hand out the same values."""
 
 import hashlib
 import ipaddress
-from typing import Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..checks import VNI_MAX, check_vni
 from ..errors import ConfigError, ResourceError
@@ -33,6 +33,55 @@ def check_network(name, vni, subnet) -> ipaddress.IPv4Network:
     except ConfigError:
         raise ConfigError(f"network {name}: vni {vni!r} out of range 1..{VNI_MAX}") from None
     return net
+
+
+def reserved_of(subnet: ipaddress.IPv4Network, gateway) -> Dict[ipaddress.IPv4Address, str]:
+    """The addresses of a network no pod is given: {address: what it is}."""
+    out = {}
+    if subnet.prefixlen < 31:
+        out[subnet.network_address] = "network address"
+        out[subnet.broadcast_address] = "broadcast address"
+    if gateway:
+        out[ipaddress.IPv4Address(str(gateway))] = "gateway"
+    return out
+
+
+def reserved_held(
+    subnet: ipaddress.IPv4Network, gateway, allocations: Iterable[Tuple[str, str]], old=None
+) -> Tuple[List[Tuple[str, str, str]], List[Tuple[str, str, str]]]:
+    """Allocated addresses ((ip, pod) pairs) that ``subnet`` and ``gateway``
+    reserve (network, broadcast, gateway): (those the change from the
+    stored record ``old`` - a dict with subnet and gateway, None if there
+    is none - makes reserved, those it had reserved already); each as
+    (what, ip, pod)."""
+    now = reserved_of(subnet, gateway)
+    before = (
+        reserved_of(ipaddress.IPv4Network(old["subnet"]), old.get("gateway"))
+        if old is not None
+        else {}
+    )
+    new, kept = [], []
+    for ip, pod in allocations:
+        a = ipaddress.IPv4Address(str(ip))
+        if a in now:
+            (kept if now[a] == before.get(a) else new).append((now[a], str(a), pod))
+    return sorted(new), sorted(kept)
+
+
+def reserved_taken(name, hits) -> ConfigError:
+    """The error for a network change that makes pods' addresses its
+    gateway, network or broadcast address (``hits`` from
+    :func:`reserved_held`): a pod keeps its address, so it names them."""
+    pods = sorted({pod for _, _, pod in hits})
+    return ConfigError(
+        f"network {name}: "
+        + ", ".join(f"the {what} {ip} is the address of pod {pod}" for what, ip, pod in hits)
+        + "; a pod keeps its address: give the network another "
+        + ("gateway" if all(w == "gateway" for w, _, _ in hits) else "subnet")
+        + f", or delete the pod{'s' * (len(pods) > 1)} first ("
+        + ", ".join(f"'dataplane pod del {p}'" for p in pods)
+        + ")"
+    )
 
 
 def ip_request(network, subnet_cidr, gateway, fixed, avoid=()):

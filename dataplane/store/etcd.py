@@ -65,7 +65,7 @@ from ..checks import check_mac
 from ..errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
 from . import etcd_alloc as alloc
 from .base import STORE_ID, StateStore
-from .common import check_network, check_state, ip_request
+from .common import check_network, check_state, ip_request, reserved_held, reserved_taken
 from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import (
@@ -92,6 +92,19 @@ RENEW_WAIT_S = 2.0
 # a stopping service waits at most this long to give its name back; if etcd
 # does not answer, the claim lapses by itself NODE_TTL_S later
 RELEASE_WAIT_S = 1.0
+
+
+def _claimed(node: str, held: dict) -> str:
+    """Why a service may not take the name ``node`` that the running
+    service of record ``held`` has."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("started", 0)))
+    return (
+        f"node: {node} is the name of a running node service (VTEP {held.get('vtep')}, "
+        f"host {held.get('host')}, pid {held.get('pid')}, since {since}): two services "
+        "under one name would each remove the other's pods; give this one its own "
+        "'node:' name (it defaults to the host name, which cloned machines share). A "
+        f"crashed service's claim lapses {NODE_TTL_S} s after it stopped"
+    )
 
 
 class EtcdStore(StateStore):
@@ -166,18 +179,19 @@ class EtcdStore(StateStore):
             raise
         if held is not None:
             self._revoke_quietly(lease)
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("started", 0)))
-            raise ConfigError(
-                f"node: {node} is the name of a running node service (VTEP {held.get('vtep')}, "
-                f"host {held.get('host')}, pid {held.get('pid')}, since {since}): two services "
-                "under one name would each remove the other's pods; give this one its own "
-                "'node:' name (it defaults to the host name, which cloned machines share). A "
-                f"crashed service's claim lapses {NODE_TTL_S} s after it stopped"
-            )
+            raise ConfigError(_claimed(node, held))
         self._claim = (node, lease, rec)
         self._claim_stop.clear()
         self._claim_thread = threading.Thread(target=self._renew, name="node-claim", daemon=True)
         self._claim_thread.start()
+
+    def claim_problem(self, node: str, vtep: str, host: str) -> Optional[str]:
+        """Why :meth:`claim_node` would refuse the name now (a running
+        service of another VTEP or host holds it), or None; read only."""
+        cur = self.client.get(self._k("nodes", node))
+        if cur is not None and (cur.get("vtep"), cur.get("host")) != (vtep, host):
+            return _claimed(node, cur)
+        return None
 
     def _put_claim(self, node, lease, rec):
         """Write the claim unless another VTEP or host holds the name: None,
@@ -332,10 +346,13 @@ class EtcdStore(StateStore):
         subnet: str,
         gateway: Optional[str] = None,
         mtu: Optional[int] = None,
+        check_only: bool = False,
     ):
         """Insert or update network ``name``. A VNI used by another network
-        (anywhere in the cluster, checked atomically), or a new subnet that
-        leaves allocated addresses outside, is refused."""
+        (anywhere in the cluster, checked atomically), a new subnet that
+        leaves allocated addresses outside, or a change that makes a pod's
+        address the gateway (network, broadcast) address, is refused.
+        ``check_only``: only the checks, nothing written."""
         net = check_network(name, vni, subnet)
 
         def body(tx):
@@ -367,15 +384,18 @@ class EtcdStore(StateStore):
                 raise ConfigError(
                     f"network {name}: VNI {vni} is used by network {owner['name']} already"
                 )
-            outside = [
-                last_part(k) for k, _ in tx.items(self._k("alloc", name, ""), keys_only=True)
-            ]
-            outside = [ip for ip in outside if ipaddress.IPv4Address(ip) not in net]
+            allocs = [(a["ip"], a["pod"]) for _, a in tx.items(self._k("alloc", name, ""))]
+            outside = [ip for ip, _ in allocs if ipaddress.IPv4Address(ip) not in net]
             if outside:
                 raise Busy(
                     f"network {name}: subnet {net} would leave allocated "
                     f"addresses outside it ({', '.join(sorted(outside)[:5])})"
                 )
+            taken, _ = reserved_held(net, gateway, allocs, old)
+            if taken:
+                raise reserved_taken(name, taken)
+            if check_only:
+                return
             tx.put(
                 self._k("networks", name),
                 {
@@ -394,7 +414,10 @@ class EtcdStore(StateStore):
                 if prev is not None and prev["name"] == name:
                     tx.delete(self._k("vni", old["vni"]))
 
-        self.client.atomic(body)
+        if check_only:
+            body(Txn(self.client))  # its reads, never committed
+        else:
+            self.client.atomic(body)
 
     def network(self, name: str) -> Optional[Dict[str, Any]]:
         return self.client.get(self._k("networks", name))

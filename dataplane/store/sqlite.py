@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from contextlib import contextmanager
 from typing import Any, Collection, Dict, List, Optional
@@ -30,6 +31,8 @@ from .common import (
     mac_taken,
     next_free,
     no_free_address,
+    reserved_held,
+    reserved_taken,
 )
 
 SCHEMA_VERSION = 1
@@ -107,15 +110,19 @@ class SqliteStore(StateStore):
     kind = "sqlite"
     can_watch = False  # one node's file: nothing changes behind its back
 
-    def __init__(self, path: str, timeout: float = 10.0):
+    def __init__(self, path: str, timeout: float = 10.0, read_only: bool = False):
         self.path = os.fspath(path)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        if read_only:
+            self._open_read_only(timeout)
+            return
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
             os.chmod(parent, 0o700)  # makedirs' mode is filtered by the umask
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._lock = threading.RLock()
         # autocommit mode: transactions are opened explicitly by _tx()
         self._db = sqlite3.connect(
             self.path, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -151,7 +158,62 @@ class SqliteStore(StateStore):
             self._db.close()
             raise
 
+    def _open_read_only(self, timeout: float):
+        """The file read, never written (``dataplane check``): no file is
+        made, no lock taken, nothing changed, and a running service's
+        writes are not held up. While a service has the file open (its WAL
+        file is there) it is read through the WAL as SQLite's readers do;
+        otherwise it is opened immutable, so that not even the WAL's side
+        files are left behind. NotFound if there is no file."""
+        if not os.path.exists(self.path):
+            raise NotFound(f"store {self.path}: no such file")
+        mode = "ro" if os.path.exists(self.path + "-wal") else "ro&immutable=1"
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=" + mode
+        try:
+            self._db = sqlite3.connect(
+                uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            tables = {
+                r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if "meta" in tables:
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE key='schema_version'"
+                ).fetchone()
+                if row is not None and int(row[0]) != SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"store {self.path}: schema version {row[0]}, "
+                        f"this program knows {SCHEMA_VERSION}"
+                    )
+            # a file no service has written yet reads as an empty store
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                name = stmt.split("EXISTS", 1)[1].split()[0]
+                if stmt.lstrip().startswith("CREATE TABLE") and name not in tables:
+                    self._db.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(pods)")}
+            if "node" not in cols:  # a file from before pods had a node
+                self._db.execute("CREATE TEMP VIEW pods AS SELECT *, NULL AS node FROM main.pods")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise ConfigError(
+                f"store {self.path}: not a readable SQLite state file ({e})"
+            ) from None
+        except Exception:
+            self._db.close()
+            raise
+
     # ------------------------------------------------------------ plumbing
+    @contextmanager
+    def _read(self):
+        """One read transaction: what it reads is of one moment."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield _Cursor(self._db)
+            finally:
+                self._db.execute("ROLLBACK")
+
     @contextmanager
     def _tx(self):
         """One write transaction (BEGIN IMMEDIATE: takes the write lock now)."""
@@ -262,11 +324,14 @@ class SqliteStore(StateStore):
         subnet: str,
         gateway: Optional[str] = None,
         mtu: Optional[int] = None,
+        check_only: bool = False,
     ):
-        """Insert or update network ``name``. A VNI used by another network, or
-        a new subnet that leaves allocated addresses outside, is refused."""
+        """Insert or update network ``name``. A VNI used by another network, a
+        new subnet that leaves allocated addresses outside, or a change that
+        makes a pod's address the gateway (network, broadcast) address, is
+        refused. ``check_only``: only the checks, nothing written."""
         net = check_network(name, vni, subnet)
-        with self._tx() as db:
+        with self._read() if check_only else self._tx() as db:
             other = db.execute(
                 "SELECT name FROM networks WHERE vni=? AND name<>?", (vni, name)
             ).fetchone()
@@ -284,6 +349,14 @@ class SqliteStore(StateStore):
                     f"network {name}: subnet {net} would leave allocated "
                     f"addresses outside it ({', '.join(sorted(outside)[:5])})"
                 )
+            old = db.execute("SELECT subnet, gateway FROM networks WHERE name=?", (name,))
+            old = old.fetchone()
+            allocs = db.execute("SELECT ip, pod FROM allocations WHERE network=?", (name,))
+            taken, _ = reserved_held(net, gateway, allocs.fetchall(), dict(old) if old else None)
+            if taken:
+                raise reserved_taken(name, taken)
+            if check_only:
+                return
             db.execute(
                 "INSERT INTO networks (name, vni, plane, subnet, gateway, mtu, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
