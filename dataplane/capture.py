@@ -62,6 +62,11 @@ class Captures:
         by_name = {p.name: p for p in ports.values()}
         if target == "uplink" and self.uplink is not None and self.uplink in ports:
             return [{"port": self.uplink, "name": ports[self.uplink].name}]
+        if target == "uplink" and self.uplink is None:
+            raise NotFound(
+                "capture target 'uplink': the node's uplink is not attached (it did not exist "
+                "when the service started, and has not appeared since: dataplane status)"
+            )
         if target in by_name:
             return [{"port": by_name[target].index, "name": target}]
         if target.isdigit() and int(target) in ports:

@@ -118,10 +118,20 @@ def cmd_run(args):
 
 
 def cmd_check(args):
+    from .startchecks import check_store, uplink_notes
+
     cfg = load_config(args.config)
+    # what 'run' would refuse because of the state store's records, read
+    # only (a running service is not disturbed)
+    store = check_store(cfg)
+    if store.errors:
+        print(f"dataplane: {chr(10).join(store.errors)}", file=sys.stderr)
+        return 2
     n = len(cfg.networks)
     print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")
-    for a in cfg.advice():
+    if store.read:
+        print(f"store: {store.read}: checked against it")
+    for a in store.warnings + uplink_notes(cfg) + cfg.advice():
         print(f"warning: {a}")
     if cfg.cpu_latency_us is not None:
         from .cpulatency import no_effect

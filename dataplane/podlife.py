@@ -232,22 +232,6 @@ class PodLife:
         self._remake_said: Dict[Tuple[str, str], str] = {}
 
     # ------------------------------------------------------------- replay
-    @staticmethod
-    def check_networks(config, store):
-        """ConfigError if a pod of this node has a plane on a network the
-        config no longer has: its replay could not attach it, and the
-        service would not start to let it be deleted."""
-        have = {n.name for n in config.networks}
-        for pod in store.pods(node=config.node):
-            for e in store.endpoints(pod=pod["name"]):
-                if e["network"] not in have:
-                    raise ConfigError(
-                        f"networks: {e['network']} is not in the config, but pod {pod['name']} "
-                        f"(plane {e['plane']}) on this node is attached to it; put the network "
-                        f"back, delete the pod ('dataplane pod del {pod['name']}'), then remove "
-                        "the network"
-                    )
-
     def count_to_replay(self) -> int:
         """How many pods of this node the store holds (what :meth:`replay` looks at)."""
         return len(self.store.pods(node=self.config.node))

@@ -41,6 +41,7 @@ from .podnet import (
     tunnel_tap_name,
     uplink_wire_sized,
 )
+from .startchecks import store_findings
 from .status import (
     STALE_ORIGINS,
     api_routes,
@@ -62,6 +63,10 @@ REAP_EVERY_S = 5
 
 #: how long a starting service waits for the lock of one that is exiting
 CLAIM_WAIT_S = 15.0
+
+#: the VTEP's MAC in the core while a kernel uplink missing at start is not
+#: there yet (no frame leaves with it: the core has no uplink to send on)
+NO_UPLINK_MAC = "02:00:00:00:00:00"
 
 
 def _exiting(pid: int) -> bool:
@@ -175,15 +180,20 @@ class NodeService:
             # the node's name held while running, before any pod is touched:
             # a second service under it (another machine) starts nothing
             self.store.claim_node(cfg.node, cfg.vtep.ip, socket.gethostname())
-            PodLife.check_networks(cfg, self.store)
-            self._others_pods()
+            # what the store's records refuse (dataplane check finds the same)
+            errors, warnings = store_findings(cfg, self.store)
+            if errors:
+                raise ConfigError("\n".join(errors))
+            for w in warnings:
+                log.warning(w)
             for n in cfg.networks:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs(), log_json=True))
             self._setup_core()
-            if self.uplink_ifindex is not None:  # a kernel uplink: changes seen as they come
+            if cfg.vtep.uplink_kind == "kernel":  # changes seen as they come
                 self._link_events = LinkEvents(cfg.vtep.uplink_ifname, self._wake)
-            self.check_uplink()  # down, or an MTU below the underlay's: said at start
+            # missing, down, or an MTU below the underlay's: said at start
+            self.check_uplink("start")
             self.sync = ClusterSync(cfg, self.store, self.engine, self.lock)
             self.pods = PodLife(
                 cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
@@ -312,7 +322,7 @@ class NodeService:
         self.engine.set_vtep(
             v.address,
             mac,
-            self.uplink,
+            -1 if self.uplink is None else self.uplink,  # none yet: nothing leaves
             udp_port=v.udp_port,
             underlay_mtu=v.underlay_mtu,
             gateway=v.gateway,
@@ -322,33 +332,28 @@ class NodeService:
         self.vtep_mac = mac
 
     def _setup_core(self):
-        """The uplink, planes, networks, VTEP and static flood lists of the config."""
+        """The uplink, planes, networks, VTEP and static flood lists of the
+        config. A kernel uplink that does not exist yet leaves the core
+        without one: pods of the node forward among themselves, frames for
+        the underlay are dropped (``no_uplink``), and :meth:`check_uplink`
+        attaches it once it exists and is up."""
         cfg, eng = self.config, self.engine
         v = cfg.vtep
         if v.uplink_kind == "dpdk":
             self.uplink = eng.add_port(
                 v.uplink_devargs, role="uplink", rx_queues=v.uplink_rx_queues
             )
-        else:
-            try:  # the device attached: check_uplink tells a re-created one by it
-                self.uplink_ifindex = socket.if_nametoindex(v.uplink_ifname)
-            except OSError:
-                raise ConfigError(
-                    f"vtep.uplink: {v.uplink_ifname}: no such interface in this network namespace"
-                ) from None
-            self.uplink = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
-            if v.uplink_driver == "afpacket":
-                self._uplink_gso(v.uplink_ifname)
-        mac = v.mac or eng.port_info(self.uplink).mac
+        elif link_state(v.uplink_ifname) is not None:
+            self._add_uplink()
         for pl in cfg.planes.values():
             _set_plane(eng, cfg, pl)
             for d in pl.classify_dscp:
                 eng.set_dscp_plane(d, cfg.plane_id(pl.name))
-        if v.uplink_rate:
+        if v.uplink_rate and self.uplink is not None:
             eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
         for i, n in enumerate(cfg.networks):
             eng.add_network(i, vni=n.vni, plane=cfg.plane_id(n.plane))
-        self._set_vtep(mac)
+        self._set_vtep(self._vtep_mac())
         if v.learning:
             d = v.duplicate_macs
             eng.set_duplicate_macs(d.moves, d.window_s, d.freeze_s)
@@ -356,25 +361,40 @@ class NodeService:
             if vteps:
                 eng.set_flood(self.net_index[name], vteps)
         event(
-            "core ready", uplink=v.uplink, vtep=v.address, vtep_mac=mac, networks=len(cfg.networks)
+            "core ready",
+            uplink=v.uplink,
+            uplink_attached=self.uplink is not None,
+            vtep=v.address,
+            vtep_mac=self.vtep_mac if self.uplink is not None or v.mac else None,
+            networks=len(cfg.networks),
         )
 
-    def _others_pods(self):
-        """A node's own store (SQLite) that holds pods of another node name
-        and none of this one: the node was renamed (``node:``, or the host
-        name it defaults to), and those pods are not replayed. Said at start,
-        not guessed at: the operator renames it back or deletes them."""
-        if self.config.store.kind != "sqlite" or self.store.pods(node=self.config.node):
-            return
-        others = sorted({p.get("node") for p in self.store.pods()} - {None, self.config.node})
-        if others:
-            log.warning(
-                "node: the state store %s has pods of node %s and none of node %s: they are "
-                "not replayed (was the node renamed? 'node:' defaults to the host name)",
-                self.config.store.path,
-                ", ".join(others),
-                self.config.node,
-            )
+    def _add_uplink(self):
+        """The kernel uplink made the core's uplink port (at start, or once
+        one missing at start exists): UDP GSO batches and the tunnel tap on
+        an AF_PACKET one. Nothing is left attached if it fails."""
+        v, eng = self.config.vtep, self.engine
+        try:  # the device attached: check_uplink tells a re-created one by it
+            ifindex = socket.if_nametoindex(v.uplink_ifname)
+        except OSError:
+            raise ConfigError(
+                f"vtep.uplink: {v.uplink_ifname}: no such interface in this network namespace"
+            ) from None
+        port = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
+        self.uplink, self.uplink_ifindex = port, ifindex
+        if v.uplink_driver == "afpacket":
+            self._uplink_gso(v.uplink_ifname)
+
+    def _vtep_mac(self) -> str:
+        """The VTEP's MAC: ``vtep.mac``, else the uplink's; with no uplink
+        yet, a stand-in that no frame carries (nothing reaches the
+        underlay), replaced by the device's when it is attached."""
+        v = self.config.vtep
+        if v.mac:
+            return v.mac
+        if self.uplink is None:
+            return NO_UPLINK_MAC
+        return self.engine.port_info(self.uplink).mac
 
     def _claim(self):
         """Hold an exclusive lock beside the API socket (and the SQLite
@@ -496,7 +516,7 @@ class NodeService:
             )
             if self.cpu_latency is not None:
                 snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())
-            if self.uplink_ifindex is not None:
+            if self.config.vtep.uplink_kind == "kernel":
                 snap = snap._replace(uplink_up=self.uplink_problem is None)
             return snap
 
@@ -767,7 +787,8 @@ class NodeService:
                 eng = self.engine
                 if eng is None or not eng.running:
                     raise ConfigError("reload: the service is not running")
-                if any(name.startswith("vtep.") for name, _, _ in takes):
+                # an uplink not attached yet takes the new rates when it is
+                if self.uplink is not None and any(n.startswith("vtep.") for n, _, _ in takes):
                     v = new.vtep
                     eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
                 for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
@@ -864,21 +885,23 @@ class NodeService:
 
     def check_uplink(self, noticed: str = "periodic check") -> Optional[str]:
         """What keeps a kernel uplink from carrying frames now, or None:
-        gone, down or without carrier, or an MTU below the underlay's. One
-        deleted and created again under its name (a new ifindex) is attached
-        again here (:meth:`_reattach_uplink`); until it can be, that is the
-        problem, and the next look tries again. Looked at once a second and
-        as soon as the kernel tells of a change to the device (``noticed``:
-        which of the two this is). Logged when it changes; shown by status
-        and ``dataplane_uplink_up``."""
+        gone (or not there yet: missing when the service started), down or
+        without carrier, or an MTU below the underlay's. One that appears
+        under its name - created after the service started, or deleted and
+        created again (a new ifindex) - is attached here
+        (:meth:`_take_uplink`); until it can be, that is the problem, and
+        the next look tries again. Looked at once a second and as soon as
+        the kernel tells of a change to the device (``noticed``: which of
+        the two this is, or "start"). Logged when it changes; shown by
+        status and ``dataplane_uplink_up``."""
         v = self.config.vtep
-        if self.uplink_ifindex is None:
+        if v.uplink_kind != "kernel":
             return None  # a DPDK uplink: its PMD owns the device
         name = v.uplink_ifname
         st = link_state(name)
         problem = None
-        if st is not None and st[0] != self.uplink_ifindex:
-            problem = self._reattach_uplink(st, noticed)  # None once attached: then as any
+        if st is not None and (self.uplink is None or st[0] != self.uplink_ifindex):
+            problem = self._take_uplink(st, noticed)  # None once attached: then as any
         if problem is None:
             problem = self._link_problem(st)
         if problem != self.uplink_problem:
@@ -925,10 +948,16 @@ class NodeService:
         self._pod_links = {i: (p.name, p.link) for i, p in now.items()}
 
     def _link_problem(self, st) -> Optional[str]:
-        """What keeps the attached uplink (``st``: its ``link_state``, None
-        if gone) from carrying frames, or None."""
+        """What keeps the uplink (``st``: its ``link_state``, None if gone)
+        from carrying frames, or None."""
         v = self.config.vtep
         name = v.uplink_ifname
+        if st is None and self.uplink is None:
+            return (
+                f"{name} does not exist (it was not there when the service started): nothing "
+                "reaches the underlay, pods of this node reach each other; it is attached once "
+                f"it exists and is up with an MTU of at least {v.underlay_mtu}"
+            )
         if st is None:
             return f"{name} is gone: nothing reaches the underlay; " + (
                 "it is attached again once it is back and up"
@@ -950,23 +979,30 @@ class NodeService:
             )
         return None
 
-    def _reattach_uplink(self, st, noticed: str) -> Optional[str]:
-        """The kernel uplink deleted and created again under its name (a
-        bond, VLAN or veth rebuilt, a driver reloaded; ``st``: its
-        ``link_state``, with another ifindex than the core's): the core's
-        port is moved to the new device as the start attached the first -
-        UDP GSO batches, the tunnel tap, the VTEP's MAC if it is the
-        device's - and the underlay next hops are asked again, which also
-        tells them a new MAC. The port keeps its index, shaper and counters.
-        Done once the device is up with at least the underlay's MTU (a
+    def _take_uplink(self, st, noticed: str) -> Optional[str]:
+        """A kernel uplink device under the configured name that the core
+        does not have (``st``: its ``link_state``): one created after the
+        service started without it, or one deleted and created again (a
+        bond, VLAN or veth rebuilt, a driver reloaded: another ifindex than
+        the core's). The first becomes the core's uplink port as the start
+        would have made it; the second moves the core's port to the new
+        device (it keeps its index, shaper and counters). Either way: UDP
+        GSO batches, the tunnel tap, the VTEP's MAC if it is the device's,
+        and the underlay next hops asked (again), which also tells them the
+        MAC. Done once the device is up with at least the underlay's MTU (a
         network manager that builds one sets it up last, and the port's
         rings are sized from the MTU it has then). None when done, else why
         not yet."""
         v = self.config.vtep
         name, old = v.uplink_ifname, self.uplink_ifindex
         new, up, _, mtu = st
-        was = f"{name} was re-created (ifindex {old} -> {new})"
-        if v.uplink_driver != "afpacket":
+        first = self.uplink is None
+        was = (
+            f"{name} exists now (ifindex {new}; it was missing when the service started)"
+            if first
+            else f"{name} was re-created (ifindex {old} -> {new})"
+        )
+        if not first and v.uplink_driver != "afpacket":
             return (
                 f"{was}: the core still holds the old device (a vtep.uplink_driver "
                 f"{v.uplink_driver} uplink is not moved while the service runs); restart the "
@@ -983,26 +1019,48 @@ class NodeService:
         try:
             with self.lock:
                 eng = self.engine
-                ifindex = eng.reopen_afpacket_port(self.uplink)
-                self._uplink_gso(name)
-                mac = v.mac or eng.port_info(self.uplink).mac
+                if first:
+                    self._attach_new_uplink()
+                else:
+                    self.uplink_ifindex = eng.reopen_afpacket_port(self.uplink)
+                    self._uplink_gso(name)
+                mac = self._vtep_mac()
                 if mac != self.vtep_mac:
                     self._set_vtep(mac)
                 asked = eng.refresh_neighbors()
         except Exception as e:  # noqa: BLE001 - the service goes on; the next look tries again
             return f"{was}, but attaching it failed: {e}; tried again every second"
-        self.uplink_ifindex = ifindex
         event(
-            "uplink re-attached",
+            "uplink attached" if first else "uplink re-attached",
             uplink=name,
             old_ifindex=old,
-            new_ifindex=ifindex,
+            new_ifindex=self.uplink_ifindex,
             vtep_mac=mac,
             next_hops_asked=asked,
             ms=round((time.monotonic() - t0) * 1000, 1),
             noticed=noticed,
         )
         return None
+
+    def _attach_new_uplink(self):
+        """The uplink missing at start made the core's uplink port now, with
+        the config's shaper, and the VTEP moved onto it; undone whole if a
+        step fails (the next look tries again)."""
+        v, eng = self.config.vtep, self.engine
+        self._add_uplink()
+        try:
+            if v.uplink_rate:
+                eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
+            self._set_vtep(self._vtep_mac())
+        except BaseException:
+            port, self.uplink, self.uplink_ifindex = self.uplink, None, None
+            try:
+                self._set_vtep(self._vtep_mac())
+            finally:
+                eng.del_port(port)  # its tunnel tap goes with it
+            raise
+        if self.captures is not None:
+            self.captures.uplink = self.uplink
 
     def _reap(self):
         """Pods whose namespace or veths went away while the service ran are

@@ -1010,9 +1010,10 @@ def test_a_start_right_after_a_kill_takes_over(node):
 
 
 def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
-    """What only the start can find out - a busy metrics port, an uplink the
-    namespace lacks, a network removed under a pod - is refused with the
-    setting's name, no traceback, and nothing attached."""
+    """What only the start can find out - a busy metrics port, a network
+    removed under a pod - is refused with the setting's name, no traceback,
+    and nothing attached (a missing uplink is not refused:
+    test_a_service_starts_without_its_uplink_and_takes_it_when_it_appears)."""
     node.pod("a", CT_SPEC)  # std on net1, control on net2
     text = node.cfg.read_text()
 
@@ -1034,12 +1035,6 @@ def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
     r = run_service(variant("busy"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"dataplane: metrics.listen: 127.0.0.1:{node.metrics_port}: " in r.stderr, r.stderr
-    # an uplink that does not exist here
-    r = run_service(
-        variant("nouplink", **{node.uplink: "dpnosuch0", f":{node.metrics_port}": ":0"})
-    )
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "vtep.uplink: dpnosuch0: no such interface in this network namespace" in r.stderr
     assert taps() == taps_before  # no tunnel tap made, nothing attached
     # the node's own config without net2, which pod a's control plane uses
     node.stop()
@@ -1353,6 +1348,93 @@ def test_a_re_created_uplink_is_attached_again(tmp_path):
         sh("ip", "link", "set", n.uplink, "mtu", "1500")
         taken_again(index, new, before)
         assert n.proc.poll() is None  # the same service all along
+
+
+def test_a_service_starts_without_its_uplink_and_takes_it_when_it_appears(tmp_path):
+    """The uplink deleted while the service was stopped (a bond or VLAN made
+    after the service at boot, a driver reloaded during a restart): the
+    service starts anyway, replays its pods, which reach each other; status,
+    the log and dataplane_uplink_up say the uplink does not exist, and
+    dataplane check warns of it without failing. Once the device exists and
+    is up (created down first: said, and waited for) the service makes it
+    the core's uplink, shaped as configured, and a pod pings a host behind a
+    kernel VXLAN VTEP; no restart."""
+    tag = uuid.uuid4().hex[:5]
+    remotes = "remotes:\n  - {vtep: 10.99.0.2, networks: [net1]}"
+    n = Node(tmp_path, tag, extra=remotes)
+    n.cfg.write_text(
+        n.cfg.read_text().replace(
+            f"uplink: {n.uplink}}}", f"uplink: {n.uplink}, uplink_rate: 100M}}"
+        )
+    )
+    ul, peer = f"dpul{tag}", f"dpu{tag}b"
+    try:
+        n.start()
+        a = n.pod(f"p{tag}", IT_SPEC)
+        b = n.pod(f"q{tag}", CT_SPEC)
+        n.stop()
+        sh("ip", "link", "del", n.uplink)  # its peer goes with it
+        n.start()
+        assert [p["name"] for p in n.api("GET", "/v1/pods")] == [f"p{tag}", f"q{tag}"]
+        assert ping(a["ns"], ip_of(b)).returncode == 0  # pod to pod, no uplink
+        p = uplink_problem(n, "does not exist")
+        assert p.startswith(f"{n.uplink} does not exist (it was not there when the service"), p
+        st = n.api("GET", "/v1/status")
+        assert not [x for x in st["ports"] if x["role"] == "uplink"], st["ports"]
+        assert "\ndataplane_uplink_up 0.0\n" in scrape(n)
+        assert "UPLINK CANNOT CARRY FRAMES" in n.cli("status").stdout
+        r = n.cli("capture", "uplink", "-c", "1", check=False)
+        assert r.returncode != 0 and "uplink is not attached" in r.stderr, r.stderr
+        log = (n.tmp / "service.log").read_text()
+        assert re.search(r'"level": "error", "msg": "uplink: %s does not exist' % n.uplink, log), (
+            log
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "check", "-c", str(n.cfg)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (
+            f"warning: vtep.uplink: {n.uplink}: no such interface in this network namespace"
+            in r.stdout
+        ), r.stdout
+        # it appears, down first, its peer the underlay host behind a kernel VTEP
+        sh("ip", "netns", "add", ul)
+        sh("ip", "link", "add", n.uplink, "type", "veth", "peer", "name", peer, "netns", ul)
+        sh("ip", "-n", ul, "addr", "add", "10.99.0.2/24", "dev", peer)
+        sh("ip", "-n", ul, "link", "set", peer, "up")
+        kernel_vtep(ul)
+        index = socket.if_nametoindex(n.uplink)
+        uplink_problem(n, f"{n.uplink} exists now (ifindex {index}; it was missing")
+        assert (
+            "and is down: it is attached once it is up"
+            in n.api("GET", "/v1/status")["uplink_problem"]
+        )
+        sh("ip", "link", "set", n.uplink, "up")
+        took = wait_ping(a["ns"], HOST_IP)
+        print(f"uplink created: pings answered after {took:.2f} s")
+        assert uplink_problem(n, None) is None
+        assert "\ndataplane_uplink_up 1.0\n" in scrape(n)
+        with open(f"/sys/class/net/{n.uplink}/address") as f:
+            mac = f.read().strip()
+        log = (n.tmp / "service.log").read_text()
+        assert re.search(
+            r'"msg": "uplink attached", "uplink": "%s", "old_ifindex": null, '
+            r'"new_ifindex": %d, "vtep_mac": "%s".*"noticed": "link event"'
+            % (n.uplink, index, mac),
+            log,
+        ), log[-3000:]
+        st = n.api("GET", "/v1/status")
+        assert [x["name"] for x in st["ports"] if x["role"] == "uplink"], st["ports"]
+        assert st["uplink_rate_bps"] == 100_000_000
+        std = next(x for x in st["planes"] if x["name"] == "std")
+        assert std["sent"] > 0, std  # through the shaper's plane queue
+        assert n.proc.poll() is None
+    finally:
+        n.cleanup()
+        sh("ip", "netns", "del", ul, check=False)
 
 
 def test_replay_gives_pods_the_networks_mtu_of_the_config(node):

@@ -743,3 +743,64 @@ def test_store_errors_name_the_endpoint_in_plain_words(own_server):
     finally:
         own_server.start()
     s.close()
+
+
+def _node_config(node, url, prefix, networks):
+    from dataplane.config import parse_config
+
+    return parse_config(
+        {
+            "node": node,
+            "vtep": {"address": "10.0.0.2/24", "uplink": "upnosuch0"},
+            "networks": networks,
+            "store": {"kind": "etcd", "endpoints": [url], "prefix": prefix},
+        }
+    )
+
+
+def test_check_reads_the_cluster_store_and_writes_nothing(server, prefix):
+    """dataplane check against etcd: what the start of the node would refuse
+    (a network other nodes use redefined, a gateway that is a pod's address,
+    the node's name held by another host's service) found with run's words,
+    and not a key written; an etcd that does not answer is said, quickly."""
+    from dataplane.startchecks import check_store
+
+    n1 = EtcdStore([server.url], prefix=prefix, node="node1")
+    try:
+        n1.put_network("net1", 101, "std", SUBNET)
+        n1.add_endpoint("a", "std", "net1", "eth0", "dp0", "02:00:00:00:00:01", None, node="node1")
+        ip = n1.allocate_ip("net1", SUBNET, None, "a")
+        net = {"name": "net1", "vni": 101, "plane": "std", "subnet": SUBNET}
+        keys = _raw_keys(n1)
+        ok = check_store(_node_config("node2", server.url, prefix, [net]))
+        assert (ok.errors, ok.warnings) == ([], []), ok
+        assert ok.read == f"etcd {server.url}: 0 pods of node node2"
+        bad = check_store(
+            _node_config("node2", server.url, prefix, [dict(net, vni=111, gateway=ip)])
+        )
+        assert len(bad.errors) == 1 and bad.errors[0].startswith(
+            "network net1: the cluster has it as VNI 101, plane std, subnet "
+        ), bad.errors
+        gw = check_store(_node_config("node2", server.url, prefix, [dict(net, gateway=ip)]))
+        assert gw.errors == [
+            f"network net1: the gateway {ip} is the address of pod a; a pod keeps its address: "
+            "give the network another gateway, or delete the pod first ('dataplane pod del a')"
+        ], gw.errors
+        n1.claim_node("node2", "10.0.0.9", "otherhost")
+        held = check_store(_node_config("node2", server.url, prefix, [net]))
+        assert len(held.errors) == 1 and held.errors[0].startswith(
+            "node: node2 is the name of a running node service (VTEP 10.0.0.9, host otherhost"
+        ), held.errors
+        assert _raw_keys(n1) == sorted(keys + ["nodes/node2"])  # n1's claim only
+    finally:
+        _wipe(n1)
+        n1.close()
+    t0 = time.monotonic()
+    down = check_store(_node_config("node2", f"http://127.0.0.1:{_free_port()}", prefix, [net]))
+    took = time.monotonic() - t0
+    assert down.errors == [] and down.read is None
+    assert len(down.warnings) == 1 and "does not answer" in down.warnings[0], down.warnings
+    assert (
+        "the config was not checked against its networks, pods and addresses" in (down.warnings[0])
+    )
+    print(f"check against a closed etcd port: {took:.2f} s")

@@ -1,0 +1,186 @@
+"""What a start checks beyond the config file itself, in one place, so that
+``dataplane check`` finds what ``dataplane run`` would refuse, with the
+same words:
+
+    errors, warnings = store_findings(cfg, store)   # the state store's records
+    notes = uplink_notes(cfg)                       # the kernel uplink, now
+    report = check_store(cfg)                       # dataplane check: the store read only
+
+Refused (``run`` stops before anything is attached; ``check`` fails): a
+network the config dropped while pods of the node are on it, a network the
+store cannot take (a VNI another network has, a subnet that leaves
+allocated addresses outside it, a new gateway, network or broadcast address
+that is a pod's address), and, with a cluster store, the node's name held
+by a running service of another host or VTEP. Said, not refused: a
+gateway that was a pod's address already, pods of another node name in the
+node's own store, and an uplink that is missing, down or too small now
+(the service starts without it and takes it when it can).
+"""
+
+import ipaddress
+import socket
+from typing import List, NamedTuple, Optional, Tuple
+
+from .config import NodeConfig
+from .errors import DataplaneError, NotFound
+from .podnet import link_state
+from .store import reach
+from .store.common import reserved_held
+
+#: how long ``dataplane check`` waits for a cluster store (etcd), a request
+CHECK_WAIT_S = 2.0
+
+
+def store_findings(cfg: NodeConfig, store, claim: bool = False) -> Tuple[List[str], List[str]]:
+    """(what a start refuses, what it only says) from the records of
+    ``store`` (reads only). ``claim``: also whether the node's name is held
+    by another service (``run`` finds that as it claims the name)."""
+    errors, warnings = [], []
+    if claim:
+        why = store.claim_problem(cfg.node, cfg.vtep.ip, socket.gethostname())
+        if why:
+            errors.append(why)
+    errors += networks_in_use(cfg, store)
+    for n in cfg.networks:
+        try:
+            store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu, check_only=True)
+        except ConnectionError:  # EtcdUnavailable: the caller says so
+            raise
+        except DataplaneError as e:
+            errors.append(str(e))
+            continue
+        old = store.network(n.name)
+        if old is None or not n.gateway:
+            continue
+        allocs = [(a["ip"], a["pod"]) for a in store.allocations(n.name)]
+        _, kept = reserved_held(ipaddress.IPv4Network(n.subnet), n.gateway, allocs, old)
+        for what, ip, pod in kept:
+            if what == "gateway":
+                warnings.append(
+                    f"network {n.name}: its gateway {ip} is also the address of pod {pod} (it "
+                    "had it before the gateway was set): the pod answers for the gateway on "
+                    f"this network; give the network another gateway, or delete the pod "
+                    f"('dataplane pod del {pod}')"
+                )
+    w = others_pods(cfg, store)
+    if w:
+        warnings.append(w)
+    return errors, warnings
+
+
+def networks_in_use(cfg: NodeConfig, store) -> List[str]:
+    """One message for each network the config no longer has that pods of
+    this node are attached to, naming every such pod: their replay could
+    not attach them, and the service would not start to let them be
+    deleted."""
+    have = {n.name for n in cfg.networks}
+    users = {}  # network -> [(pod, plane)]
+    for pod in store.pods(node=cfg.node):
+        for e in store.endpoints(pod=pod["name"]):
+            if e["network"] not in have:
+                users.setdefault(e["network"], []).append((pod["name"], e["plane"]))
+    out = []
+    for net, on in sorted(users.items()):
+        pods = sorted({p for p, _ in on})
+        many = len(pods) > 1
+        out.append(
+            f"networks: {net} is not in the config, but pod{'s' * many} "
+            + ", ".join(f"{p} (plane {pl})" for p, pl in on)
+            + f" on this node {'are' if many else 'is'} attached to it; put the network back, "
+            f"delete the pod{'s' * many} ("
+            + ", ".join(f"'dataplane pod del {p}'" for p in pods)
+            + "), then remove the network"
+        )
+    return out
+
+
+def others_pods(cfg: NodeConfig, store) -> Optional[str]:
+    """A node's own store (SQLite) that holds pods of another node name and
+    none of this one: the node was renamed (``node:``, or the host name it
+    defaults to), and those pods are not replayed. Said, not guessed at: the
+    operator renames it back or deletes them."""
+    if cfg.store.kind != "sqlite" or store.pods(node=cfg.node):
+        return None
+    others = sorted({p.get("node") for p in store.pods()} - {None, cfg.node})
+    if not others:
+        return None
+    return (
+        f"node: the state store {cfg.store.path} has pods of node {', '.join(others)} and none "
+        f"of node {cfg.node}: they are not replayed (was the node renamed? 'node:' defaults "
+        "to the host name)"
+    )
+
+
+def uplink_notes(cfg: NodeConfig) -> List[str]:
+    """What keeps a kernel uplink from carrying frames now (missing, down,
+    without carrier, an MTU below ``vtep.underlay_mtu``): none of it stops
+    a start - the service attaches the uplink once it can - but frames to
+    the underlay wait for it."""
+    v = cfg.vtep
+    if v.uplink_kind != "kernel":
+        return []
+    name = v.uplink_ifname
+    st = link_state(name)
+    if st is None:
+        return [
+            f"vtep.uplink: {name}: no such interface in this network namespace now: the "
+            "service starts without it (pods of the node reach each other, nothing reaches "
+            "the underlay) and attaches it once it exists and is up"
+        ]
+    _, up, carrier, mtu = st
+    if not up:
+        return [f"vtep.uplink: {name} is down now: frames to the underlay wait until it is up"]
+    if not carrier:
+        return [f"vtep.uplink: {name} has no carrier now: frames to the underlay wait for it"]
+    if mtu < v.underlay_mtu:
+        return [
+            f"vtep.uplink: {name} has MTU {mtu}, below vtep.underlay_mtu {v.underlay_mtu}: "
+            "full-size pod frames would be dropped by the device after encapsulation"
+        ]
+    return []
+
+
+class StoreReport(NamedTuple):
+    errors: List[str]  # what 'dataplane run' would refuse
+    warnings: List[str]  # what it would say at start; or why the store was not read
+    read: Optional[str]  # what was read ("sqlite /path: 3 pods of node n1"), None if nothing
+
+
+def check_store(cfg: NodeConfig) -> StoreReport:
+    """``dataplane check``: the configured store read - the SQLite file
+    read only (no lock, no write, not even of a new file; a running
+    service is not disturbed), etcd with requests of at most
+    ``CHECK_WAIT_S`` - and :func:`store_findings` applied."""
+    from .store import open_store
+
+    kind = cfg.store.kind
+    try:
+        if kind == "sqlite":
+            store = open_store(cfg.store, cfg.node, read_only=True)
+        else:
+            store = open_store(cfg.store, cfg.node, timeout=CHECK_WAIT_S)
+    except NotFound:
+        return StoreReport(
+            [], [], f"sqlite {cfg.store.path}: no state file yet, no pod recorded to check against"
+        )
+    except ConnectionError as e:  # EtcdUnavailable
+        return StoreReport([], [_not_read(cfg, str(e))], None)
+    try:
+        with reach.bounded(store, CHECK_WAIT_S):
+            errors, warnings = store_findings(cfg, store, claim=True)
+            pods = len(store.pods(node=cfg.node))
+    except ConnectionError as e:
+        return StoreReport([], [_not_read(cfg, str(e))], None)
+    finally:
+        store.close()
+    return StoreReport(
+        errors, warnings, f"{reach.where(store)}: {pods} pod{'s' * (pods != 1)} of node {cfg.node}"
+    )
+
+
+def _not_read(cfg: NodeConfig, error: str) -> str:
+    return (
+        f"store: the store (etcd {', '.join(cfg.store.endpoints)}) does not answer "
+        f"({reach.why(error)}): the config was not checked against its networks, pods and "
+        "addresses, and 'dataplane run' does not start while it does not answer"
+    )
