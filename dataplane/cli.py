@@ -129,10 +129,10 @@ def cmd_check(args):
         return 2
     n = len(cfg.networks)
     print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")
+    for a in cfg.advice() + store.warnings + uplink_notes(cfg):
+        print(f"warning: {a}")
     if store.read:
         print(f"store: {store.read}: checked against it")
-    for a in store.warnings + uplink_notes(cfg) + cfg.advice():
-        print(f"warning: {a}")
     if cfg.cpu_latency_us is not None:
         from .cpulatency import no_effect
 

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -1049,6 +1050,92 @@ def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
     # the config as it was: the pod is replayed
     node.start()
     assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
+
+
+def test_check_finds_what_run_refuses_against_the_store(node, tmp_path):
+    """dataplane check reads the node's state store, read only, while the
+    service runs (no lock taken, the service undisturbed) and when it is
+    stopped (not a byte or file of the state changed), and refuses with
+    run's own words what run would refuse: a network removed under pods
+    (every pod named), a subnet that leaves their addresses outside, a new
+    gateway that is a pod's address. A gateway a pod held already is
+    said by both, not refused."""
+    ca = node.pod("ca", CT_SPEC)
+    node.pod("cb", CT_SPEC)
+    text = node.cfg.read_text()
+    state = f"{node.tmp}/state"
+    gw = ip_of(ca, "control")
+    net2 = "  - {name: net2, vni: 102, plane: control, subnet: 192.168.51.0/24}"
+    assert net2 in text
+    variants = {
+        "without-net2": (
+            text.replace(net2 + "\n", ""),
+            "networks: net2 is not in the config, but pods ca (plane control), cb (plane "
+            "control) on this node are attached to it; put the network back, delete the pods "
+            "('dataplane pod del ca', 'dataplane pod del cb'), then remove the network",
+        ),
+        "subnet": (
+            text.replace(
+                "subnet: 192.168.50.0/24, gateway: 192.168.50.1", "subnet: 192.168.60.0/24"
+            ),
+            "network net1: subnet 192.168.60.0/24 would leave allocated addresses outside it (",
+        ),
+        "gateway": (
+            text.replace(net2, net2[:-1] + f", gateway: {gw}}}"),
+            f"network net2: the gateway {gw} is the address of pod ca; a pod keeps its address: "
+            "give the network another gateway, or delete the pod first ('dataplane pod del ca')",
+        ),
+    }
+
+    def check(path):
+        return subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "check", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+
+    files = {}
+    for name, (t, words) in variants.items():
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(t)
+        r = check(files[name])
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert r.stderr.startswith("dataplane: " + words), r.stderr
+    r = check(node.cfg)
+    assert r.returncode == 0, r.stderr
+    assert f"store: sqlite {state}/state.db: 2 pods of node node-{node.tag}: checked" in r.stdout
+    # the running service did not notice
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["ca", "cb"]
+    assert ping(ca["ns"], ip_of(node.api("GET", "/v1/pods")[1])).returncode == 0
+    node.stop()
+
+    def snapshot():
+        return {f: open(os.path.join(state, f), "rb").read() for f in sorted(os.listdir(state))}
+
+    before = snapshot()
+    for name, (_, words) in variants.items():
+        r = check(files[name])
+        assert r.returncode == 2 and r.stderr.startswith("dataplane: " + words), r.stderr
+        checked = r.stderr
+        r = run_service(files[name])
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert checked in r.stderr, (checked, r.stderr[-1500:])  # the same words
+    assert check(node.cfg).returncode == 0
+    assert snapshot() == before
+    # a gateway a pod has held since before this check: said, not refused
+    db = sqlite3.connect(f"{state}/state.db")
+    db.execute("UPDATE networks SET gateway=? WHERE name='net2'", (gw,))
+    db.commit()
+    db.close()
+    node.cfg.write_text(variants["gateway"][0])
+    r = check(node.cfg)
+    assert r.returncode == 0, r.stderr
+    said = f"network net2: its gateway {gw} is also the address of pod ca (it had it before"
+    assert f"warning: {said}" in r.stdout, r.stdout
+    node.start()
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["ca", "cb"]
+    assert said in (node.tmp / "service.log").read_text()
 
 
 def test_a_renamed_node_says_whose_pods_it_does_not_replay(node):
