@@ -382,8 +382,13 @@ class NodeService:
             ) from None
         port = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
         self.uplink, self.uplink_ifindex = port, ifindex
-        if v.uplink_driver == "afpacket":
-            self._uplink_gso(v.uplink_ifname)
+        try:
+            if v.uplink_driver == "afpacket":
+                self._uplink_gso(v.uplink_ifname)
+        except BaseException:
+            self.uplink = self.uplink_ifindex = None
+            eng.del_port(port)  # its tunnel tap goes with it
+            raise
 
     def _vtep_mac(self) -> str:
         """The VTEP's MAC: ``vtep.mac``, else the uplink's; with no uplink
