@@ -18,7 +18,14 @@ import uuid
 import pytest
 from etcdhost import have_etcd, shared_server
 
-from dataplane.errors import AlreadyExists, Busy, ConfigError, NotFound, ResourceError
+from dataplane.errors import (
+    AlreadyExists,
+    Busy,
+    ConfigError,
+    DataplaneError,
+    NotFound,
+    ResourceError,
+)
 from dataplane.store import SqliteStore
 
 SPEC = {
@@ -577,7 +584,7 @@ def test_a_read_only_sqlite_store_changes_nothing(path, tmp_path):
     r = SqliteStore(path, read_only=True)  # while the writer has it open (WAL)
     w.allocate_ip("net1", "192.168.10.0/24", None, "p1")
     assert [a["pod"] for a in r.allocations("net1")] == ["p1"]
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with pytest.raises(DataplaneError, match="opened read only, nothing is written"):
         r.put_network("net2", 200, "std", "192.168.20.0/24")
     r.close()
     w.close()

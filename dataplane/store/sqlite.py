@@ -217,6 +217,8 @@ class SqliteStore(StateStore):
     @contextmanager
     def _tx(self):
         """One write transaction (BEGIN IMMEDIATE: takes the write lock now)."""
+        if self.read_only:
+            raise DataplaneError(f"store {self.path}: opened read only, nothing is written")
         with self._lock:
             cur = _Cursor(self._db)
             try:
