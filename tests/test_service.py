@@ -1487,6 +1487,10 @@ def test_a_service_starts_without_its_uplink_and_takes_it_when_it_appears(tmp_pa
             f"warning: vtep.uplink: {n.uplink}: no such interface in this network namespace"
             in r.stdout
         ), r.stdout
+        # a reload meanwhile: the rate the uplink will be shaped to when it comes
+        n.cfg.write_text(n.cfg.read_text().replace("uplink_rate: 100M", "uplink_rate: 50M"))
+        r = n.cli("reload")
+        assert "vtep.uplink_rate: 100000000 -> 50000000" in r.stdout, r.stdout + r.stderr
         # it appears, down first, its peer the underlay host behind a kernel VTEP
         sh("ip", "netns", "add", ul)
         sh("ip", "link", "add", n.uplink, "type", "veth", "peer", "name", peer, "netns", ul)
@@ -1515,7 +1519,7 @@ def test_a_service_starts_without_its_uplink_and_takes_it_when_it_appears(tmp_pa
         ), log[-3000:]
         st = n.api("GET", "/v1/status")
         assert [x["name"] for x in st["ports"] if x["role"] == "uplink"], st["ports"]
-        assert st["uplink_rate_bps"] == 100_000_000
+        assert st["uplink_rate_bps"] == 50_000_000
         std = next(x for x in st["planes"] if x["name"] == "std")
         assert std["sent"] > 0, std  # through the shaper's plane queue
         assert n.proc.poll() is None
