@@ -14,7 +14,17 @@ import uuid
 
 import pytest
 
-from tests.test_service import CT_SPEC, IT_SPEC, ROOT, Node, ip_of, ping, pytestmark, sh
+from tests.test_service import (
+    CT_SPEC,
+    IT_SPEC,
+    ROOT,
+    Node,
+    ip_of,
+    ping,
+    pytestmark,
+    sh,
+    uplink_problem,
+)
 
 __all__ = ["pytestmark"]  # root and the netns marker, as the service tests
 
@@ -299,3 +309,28 @@ def test_af_xdp_ports_beyond_the_mbuf_pool_are_refused_cleanly(tmp_path):
     finally:
         for n in names:
             sh("ip", "link", "del", n, check=False)
+
+
+def test_an_af_xdp_uplink_missing_at_start_is_attached_when_it_appears(tmp_path):
+    """An af_xdp uplink that does not exist when the service starts is made
+    a port once it exists and is up (nothing to let go of: no restart),
+    its XDP program on the new device."""
+    n = make_node(tmp_path, uplink_af_xdp=True)
+    peer = f"dpu{n.tag}b"
+    try:
+        sh("ip", "link", "del", n.uplink)
+        n.start()
+        uplink_problem(n, "does not exist (it was not there when the service started)")
+        sh("ip", "link", "add", n.uplink, "type", "veth", "peer", "name", peer)
+        for dev in (n.uplink, peer):
+            sh("ip", "link", "set", dev, "up")
+        assert uplink_problem(n, None) is None
+        st = n.api("GET", "/v1/status")
+        assert [p["name"] for p in st["ports"] if p["role"] == "uplink"] == [
+            f"net_af_xdp_{n.uplink}"
+        ]
+        assert n.uplink in xdp_progs()
+        assert '"msg": "uplink attached"' in (n.tmp / "service.log").read_text()
+    finally:
+        n.cleanup()
+    assert n.uplink not in xdp_progs()
