@@ -57,12 +57,11 @@ MEDIA_NETWORK = "\n  - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0
 
 
 @contextlib.contextmanager
-def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None, extra="", vtep=""):
+def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None, extra=""):
     """A started test_service.Node whose uplink's peer is the remote VTEP
     10.99.0.2 of ``remote_networks`` in an underlay namespace, the uplink
-    shaped to ``uplink_rate`` if given, ``vtep`` more keys of the vtep
-    section (``learning: true``): (node, the namespace's name). Both are
-    removed afterwards."""
+    shaped to ``uplink_rate`` if given: (node, the namespace's name). Both
+    are removed afterwards."""
     from test_service import Node
 
     tag = uuid.uuid4().hex[:5]
@@ -71,12 +70,11 @@ def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None, extra="
     ul = f"dpul{tag}"
     try:
         uplink_peer_in(n, ul)
-        more = (f", uplink_rate: {uplink_rate}" if uplink_rate else "") + (
-            f", {vtep}" if vtep else ""
-        )
-        if more:
+        if uplink_rate:
             n.cfg.write_text(
-                n.cfg.read_text().replace(f"uplink: {n.uplink}}}", f"uplink: {n.uplink}{more}}}")
+                n.cfg.read_text().replace(
+                    f"uplink: {n.uplink}}}", f"uplink: {n.uplink}, uplink_rate: {uplink_rate}}}"
+                )
             )
         n.start()
         yield n, ul
