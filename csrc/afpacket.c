@@ -190,6 +190,7 @@ struct dp_afp {
         uint32_t data_max;  /* largest frame we can queue */
         uint64_t error;     /* large frames the kernel refused */
         uint64_t oversize;  /* longer than the interface's MTU allows: not queued */
+        uint64_t down;      /* queued while the interface was down: skipped */
         uint32_t max_frame; /* MTU + Ethernet + VLAN, as last read (dp_afp_stats) */
         uint64_t batches;   /* UDP GSO batches sent (udp_gso) */
         uint64_t batched;   /* datagrams they carried */
@@ -760,6 +761,7 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     st->gso = __atomic_load_n(&a->rx.gso, __ATOMIC_RELAXED);
     st->tx_error = __atomic_load_n(&a->tx.error, __ATOMIC_RELAXED);
     st->tx_oversize = __atomic_load_n(&a->tx.oversize, __ATOMIC_RELAXED);
+    st->tx_down = __atomic_load_n(&a->tx.down, __ATOMIC_RELAXED);
     st->kernel_tx = a->kernel_tx;
 }
 
@@ -1527,13 +1529,46 @@ afp_tx_refused(const struct dp_afp *a)
  * and the kick is repeated for the frames behind it. Each frame is tried,
  * and counted in tx_dropped (kport_kernel_tx), once.
  */
+/*
+ * The interface is set down (ENETDOWN): the kernel sends nothing and leaves
+ * the ring alone, and the frames waiting in it would all leave, late, in
+ * one burst when it came back up - stale media seconds old ahead of fresh.
+ * Each waiting frame is dropped instead, as afp_tx_kick drops a refused
+ * one: its length made invalid, so that the kernel skips it once the
+ * interface is up. Newest first; the frames before the first one already
+ * dropped were dropped by an earlier kick. Counted in tx.down.
+ */
+static void
+afp_tx_drop_waiting(struct dp_afp *a)
+{
+    uint32_t mask = a->tx.frame_nr - 1, j = a->tx.head;
+
+    for (uint32_t k = 0; k < a->tx.frame_nr; k++) {
+        j = (j - 1) & mask;
+        struct tpacket2_hdr *h = afp_tx_frame(a, j);
+        uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+
+        st &= ~(uint32_t)(TP_STATUS_TS_SOFTWARE | TP_STATUS_TS_RAW_HARDWARE);
+        if (st != TP_STATUS_SEND_REQUEST || h->tp_len == 0)
+            return;
+        h->tp_len = 0; /* shorter than its virtio-net header: skipped */
+        a->tx.down++;
+    }
+}
+
 static void
 afp_tx_kick(struct dp_afp *a)
 {
     for (uint32_t k = 0; k <= a->tx.frame_nr; k++) {
         struct tpacket2_hdr *h;
 
-        if (sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0 || errno != ENOBUFS)
+        if (sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
+            return;
+        if (errno == ENETDOWN) {
+            afp_tx_drop_waiting(a);
+            return;
+        }
+        if (errno != ENOBUFS)
             return;
         if (afp_tx_can_carry(a))
             return; /* pushed back: tried again at the next kick */
@@ -1559,6 +1594,11 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
 
     if (unlikely(n == 0))
         return 0;
+    /* a ring full of frames a kick left queued (a device that was set down,
+     * whose frames the kernel is to skip, or a full device queue): kicked
+     * first, so that this burst's frames find room */
+    if (unlikely(!afp_tx_frame_free(afp_tx_frame(a, head))))
+        afp_tx_kick(a);
 
     /* take mbufs from the front while they fit: stop at the first one
      * that cannot be queued (ring full, too big, runt, bad chain) */

@@ -33,6 +33,7 @@ struct dp_afp_stats {
     uint64_t tx_error;    /* a large or GSO frame the kernel refused to send */
     uint64_t kernel_tx;   /* the kernel's drops on transmit (tx_dropped) */
     uint64_t tx_oversize; /* longer than the interface's MTU: not handed to it */
+    uint64_t tx_down;     /* queued while the interface was set down: not sent late */
 };
 
 /*

@@ -96,7 +96,8 @@
     _(SHM_FAULT, "shm_fault")             /* lost to a pod's shared memory */ \
     _(KPORT_KERNEL_TX, "kport_kernel_tx") /* kernel port: kernel tx drops */ \
     _(SPOOF_DHCP, "spoof_dhcp")           /* pod: a DHCP server's message */ \
-    _(KPORT_TX_OVERSIZE, "kport_tx_oversize") /* kernel port: > its MTU */
+    _(KPORT_TX_OVERSIZE, "kport_tx_oversize") /* kernel port: > its MTU */ \
+    _(KPORT_TX_DOWN, "kport_tx_down")     /* kernel port: interface set down */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

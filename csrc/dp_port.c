@@ -168,6 +168,7 @@ afp_stats_add(struct dp_afp_stats *sum, const struct dp_afp_stats *st)
     sum->tx_error += st->tx_error;
     sum->kernel_tx += st->kernel_tx;
     sum->tx_oversize += st->tx_oversize;
+    sum->tx_down += st->tx_down;
 }
 
 void
@@ -196,6 +197,7 @@ dp_kport_stats_update(void)
     row[DP_DROP_KPORT_TX_ERROR] = sum.tx_error;
     row[DP_DROP_KPORT_KERNEL_TX] = sum.kernel_tx;
     row[DP_DROP_KPORT_TX_OVERSIZE] = sum.tx_oversize;
+    row[DP_DROP_KPORT_TX_DOWN] = sum.tx_down;
 }
 
 /* the drops of kernel port state a, about to be closed, kept in the totals */

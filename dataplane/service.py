@@ -970,7 +970,11 @@ class NodeService:
                 else "re-create it, then restart the service to attach it"
             )
         if not st[1]:
-            return f"{name} is down: frames to the underlay wait in its tx ring until it is up"
+            return f"{name} is down: " + (
+                "frames to the underlay are dropped (kport_tx_down) until it is up"
+                if v.uplink_driver == "afpacket"
+                else "frames to the underlay wait in its tx ring until it is up"
+            )
         if not st[2]:
             return f"{name} is without carrier: " + (
                 "frames to the underlay are dropped (kport_kernel_tx) until it comes back"

@@ -678,6 +678,55 @@ def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo)
     assert topo.counters()["drops"]["kport_kernel_tx"] == after["drops"]["kport_kernel_tx"]
 
 
+def test_frames_for_an_interface_set_down_are_dropped_not_sent_late(topo):
+    """pb, the port's own interface, is set down (``ip link set down``: an
+    uplink or a pod's host end taken down by hand): the kernel refuses every
+    send and leaves the tx ring alone, so the frames waiting there would
+    all leave in one burst, seconds late, once it is up again. Each is
+    dropped instead and counted once as kport_tx_down (what did not fit in
+    the ring meanwhile as tx_full), and none arrives once pb is up."""
+    n = 3000  # the port's tx ring holds 2048
+    for ns in topo.ns.values():  # nothing but the test's frames on pb
+        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", ns=ns)
+    sh("ip", "link", "set", "pb", "down", ns=topo.ns["c"])
+    before = topo.counters()
+
+    def delta(c, key):
+        return c["drops"].get(key, 0) - before["drops"].get(key, 0)
+
+    sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"], "0", str(n), ns=topo.ns["a"])
+    for _ in range(200):  # until the worker has taken them all
+        after = topo.counters()
+        if delta(after, "kport_tx_down") + delta(after, "tx_full") >= n:
+            break
+        time.sleep(0.05)
+    assert delta(after, "kport_tx_down") + delta(after, "tx_full") == n, (before, after)
+    assert delta(after, "kport_tx_down") >= 1000, (before, after)
+    assert delta(after, "kport_kernel_tx") == 0, (before, after)
+    rx = subprocess.Popen(
+        ["ip", "netns", "exec", topo.ns["b"], sys.executable, "-c", RECV_RAW],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert rx.stdout.readline().strip() == "ready"
+        sh("ip", "link", "set", "pb", "up", ns=topo.ns["c"])
+        for _ in range(200):  # pb's carrier back
+            state = json.loads(sh("ip", "-j", "link", "show", "pb", ns=topo.ns["c"]).stdout)
+            if state[0]["operstate"] == "UP":
+                break
+            time.sleep(0.05)
+        sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"],
+           str(0xFFFFFFFF), str(0x100000000), ns=topo.ns["a"])  # fmt: skip
+        out, _ = rx.communicate(timeout=60)
+        assert out.split() == [str(0xFFFFFFFF)], out[:200]
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    assert topo.counters()["drops"]["kport_tx_down"] == after["drops"]["kport_tx_down"]
+
+
 def test_gso_super_frames_from_a_kernel_vtep_are_cut_and_delivered():
     """A kernel VTEP whose veth keeps UDP-tunnel segmentation on hands the
     uplink whole VXLAN-encapsulated GSO super-frames, longer than a ring

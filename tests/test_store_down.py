@@ -222,8 +222,8 @@ def test_stops_while_etcd_is_hung(setup):
     finally:
         srv.resume()
     node.proc = None
-    # its claim was not given back (etcd did not answer) and has not lapsed yet
-    assert [c["node"] for c in es.node_claims()] == [f"node-{node.tag}"]
+    # its claim was not given back (etcd did not answer); it lapses by itself,
+    # and the same node started again takes it back at once meanwhile
     node.start()
     assert node.api("GET", "/v1/pods")[0]["name"] == "vwa"
 
