@@ -622,6 +622,42 @@ print(" ".join(map(str, seen)), flush=True)
 """
 
 
+def _only_test_frames_on_pb(topo):
+    for ns in topo.ns.values():
+        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", ns=ns)
+
+
+def _send_to_b(topo, first, end):
+    """Frames numbered first..end-1 from pod a to pod b (SEND_RAW)."""
+    sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"], str(first), str(end),
+       ns=topo.ns["a"])  # fmt: skip
+
+
+def _after_up_only_a_new_frame_arrives(topo, up):
+    """``up()`` brings the path to pod b back; once pb has its carrier, the
+    next frame pod a sends reaches b, and none of those sent before."""
+    rx = subprocess.Popen(
+        ["ip", "netns", "exec", topo.ns["b"], sys.executable, "-c", RECV_RAW],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert rx.stdout.readline().strip() == "ready"
+        up()
+        for _ in range(200):  # pb's carrier back
+            state = json.loads(sh("ip", "-j", "link", "show", "pb", ns=topo.ns["c"]).stdout)
+            if state[0]["operstate"] == "UP":
+                break
+            time.sleep(0.05)
+        _send_to_b(topo, 0xFFFFFFFF, 0x100000000)
+        out, _ = rx.communicate(timeout=60)
+        assert out.split() == [str(0xFFFFFFFF)], out[:200]
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+
+
 def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo):
     """Pod b's interface is down, so its veth has no carrier: the kernel
     drops every frame it takes from pb's tx ring, and would put the frame
@@ -631,15 +667,14 @@ def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo)
     counted once in kport_kernel_tx, none waits (no tx_full), and none
     arrives once b is up again."""
     n = 3000  # the port's tx ring holds 2048
-    for ns in topo.ns.values():  # nothing but the test's frames on pb
-        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", ns=ns)
+    _only_test_frames_on_pb(topo)
     sh("ip", "link", "set", "eth0", "down", ns=topo.ns["b"])
     before = topo.counters()
 
     def delta(c, key):
         return c["drops"].get(key, 0) - before["drops"].get(key, 0)
 
-    sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"], "0", str(n), ns=topo.ns["a"])
+    _send_to_b(topo, 0, n)
     for _ in range(200):  # until the worker has taken them all
         after = topo.counters()
         sent = after["ports"]["pb"]["tx_packets"] - before["ports"]["pb"]["tx_packets"]
@@ -650,31 +685,9 @@ def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo)
     assert delta(after, "kport_kernel_tx") == n, (before, after)
     assert delta(after, "tx_full") == 0 and delta(after, "kport_kernel") == 0, (before, after)
     # b up again: the next frame arrives, and none of the dropped ones
-    sh("ip", "link", "set", "eth0", "up", ns=topo.ns["b"])
-    rx = subprocess.Popen(
-        ["ip", "netns", "exec", topo.ns["b"], sys.executable, "-c", RECV_RAW],
-        stdout=subprocess.PIPE,
-        text=True,
+    _after_up_only_a_new_frame_arrives(
+        topo, lambda: sh("ip", "link", "set", "eth0", "up", ns=topo.ns["b"])
     )
-    try:
-        assert rx.stdout.readline().strip() == "ready"
-        for _ in range(200):  # pb's carrier back
-            if (
-                json.loads(sh("ip", "-j", "link", "show", "pb", ns=topo.ns["c"]).stdout)[0][
-                    "operstate"
-                ]
-                == "UP"
-            ):
-                break
-            time.sleep(0.05)
-        sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"],
-           str(0xFFFFFFFF), str(0x100000000), ns=topo.ns["a"])  # fmt: skip
-        out, _ = rx.communicate(timeout=60)
-        assert out.split() == [str(0xFFFFFFFF)], out[:200]
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
     assert topo.counters()["drops"]["kport_kernel_tx"] == after["drops"]["kport_kernel_tx"]
 
 
@@ -686,15 +699,14 @@ def test_frames_for_an_interface_set_down_are_dropped_not_sent_late(topo):
     dropped instead and counted once as kport_tx_down (what did not fit in
     the ring meanwhile as tx_full), and none arrives once pb is up."""
     n = 3000  # the port's tx ring holds 2048
-    for ns in topo.ns.values():  # nothing but the test's frames on pb
-        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", ns=ns)
+    _only_test_frames_on_pb(topo)
     sh("ip", "link", "set", "pb", "down", ns=topo.ns["c"])
     before = topo.counters()
 
     def delta(c, key):
         return c["drops"].get(key, 0) - before["drops"].get(key, 0)
 
-    sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"], "0", str(n), ns=topo.ns["a"])
+    _send_to_b(topo, 0, n)
     for _ in range(200):  # until the worker has taken them all
         after = topo.counters()
         if delta(after, "kport_tx_down") + delta(after, "tx_full") >= n:
@@ -703,27 +715,9 @@ def test_frames_for_an_interface_set_down_are_dropped_not_sent_late(topo):
     assert delta(after, "kport_tx_down") + delta(after, "tx_full") == n, (before, after)
     assert delta(after, "kport_tx_down") >= 1000, (before, after)
     assert delta(after, "kport_kernel_tx") == 0, (before, after)
-    rx = subprocess.Popen(
-        ["ip", "netns", "exec", topo.ns["b"], sys.executable, "-c", RECV_RAW],
-        stdout=subprocess.PIPE,
-        text=True,
+    _after_up_only_a_new_frame_arrives(
+        topo, lambda: sh("ip", "link", "set", "pb", "up", ns=topo.ns["c"])
     )
-    try:
-        assert rx.stdout.readline().strip() == "ready"
-        sh("ip", "link", "set", "pb", "up", ns=topo.ns["c"])
-        for _ in range(200):  # pb's carrier back
-            state = json.loads(sh("ip", "-j", "link", "show", "pb", ns=topo.ns["c"]).stdout)
-            if state[0]["operstate"] == "UP":
-                break
-            time.sleep(0.05)
-        sh(sys.executable, "-c", SEND_RAW, topo.mac["b"], topo.mac["a"],
-           str(0xFFFFFFFF), str(0x100000000), ns=topo.ns["a"])  # fmt: skip
-        out, _ = rx.communicate(timeout=60)
-        assert out.split() == [str(0xFFFFFFFF)], out[:200]
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
     assert topo.counters()["drops"]["kport_tx_down"] == after["drops"]["kport_tx_down"]
 
 
