@@ -635,7 +635,9 @@ def _send_to_b(topo, first, end):
 
 def _after_up_only_a_new_frame_arrives(topo, up):
     """``up()`` brings the path to pod b back; once pb has its carrier, the
-    next frame pod a sends reaches b, and none of those sent before."""
+    next frame pod a sends reaches b, and none of those sent before. (Up
+    first: a packet socket bound to an interface that is down fails.)"""
+    up()
     rx = subprocess.Popen(
         ["ip", "netns", "exec", topo.ns["b"], sys.executable, "-c", RECV_RAW],
         stdout=subprocess.PIPE,
@@ -643,7 +645,6 @@ def _after_up_only_a_new_frame_arrives(topo, up):
     )
     try:
         assert rx.stdout.readline().strip() == "ready"
-        up()
         for _ in range(200):  # pb's carrier back
             state = json.loads(sh("ip", "-j", "link", "show", "pb", ns=topo.ns["c"]).stdout)
             if state[0]["operstate"] == "UP":
