@@ -361,7 +361,7 @@ class PodLife:
         del``, a host network manager tidying up). Whether it was made; if
         not, the error is logged once and the next housekeeping round tries
         again, while the pod's other planes forward on."""
-        from .podnet import announce, attach_plane, detach_plane
+        from .podnet import announce, detach_plane
 
         name, plane, hif = pod["name"], e["plane"], e["host_ifname"]
         try:
@@ -373,21 +373,7 @@ class PodLife:
             allowed = (spec.get("allowed_addresses") or {}).get(plane, ())
             with self.lock:
                 self._drop_port(hif)  # the port of the interface that went
-                attach_plane(
-                    name,
-                    pod["netns"],
-                    p.ifname,
-                    hif,
-                    e["mac"],
-                    f"{e['ip']}/{n.prefixlen}",
-                    n.gateway,
-                    n.mtu,
-                    p.default_route,
-                    plane=plane,
-                    offloads=self.config.kernel_driver != "af_xdp",
-                    node=self.config.node,
-                    store=self.store_mark(),
-                )  # a step that fails deletes the pair itself
+                self._make_veth(name, pod["netns"], p, n, e["mac"], e["ip"], self.store_mark())
                 try:
                     self._attach_port(
                         e, allowed, dhcp_server=plane in set(spec.get("dhcp_server") or ())
@@ -419,6 +405,30 @@ class PodLife:
             by=by,
         )
         return True
+
+    def _make_veth(self, name, netns, p, n, mac, ip, mark, host_end_made=None):
+        """Plane ``p`` (its spec) of pod ``name``, on network ``n``, as a
+        veth pair with ``mac`` and ``ip``, marked as this node's in the store
+        of ``mark``; a step that fails deletes the pair itself."""
+        from .podnet import attach_plane
+        from .podspec import host_ifname
+
+        return attach_plane(
+            name,
+            netns,
+            p.ifname,
+            host_ifname(name, p.plane),
+            mac,
+            f"{ip}/{n.prefixlen}",
+            n.gateway,
+            n.mtu,
+            p.default_route,
+            plane=p.plane,
+            offloads=self.config.kernel_driver != "af_xdp",
+            node=self.config.node,
+            store=mark,
+            host_end_made=host_end_made,
+        )
 
     def _replay_mtu(self, pod, e):
         """A plane whose veth has another MTU than its network now has (the
@@ -611,7 +621,7 @@ class PodLife:
         runs already with that spec and namespace changes nothing and
         answers its info with ``unchanged: True``; one with another spec is
         refused, naming what differs (:meth:`_repeated`)."""
-        from .podnet import announce, attach_plane, detach_plane
+        from .podnet import announce, detach_plane
         from .podspec import host_ifname, parse_pod_spec
 
         check_pod_name(name)
@@ -668,22 +678,16 @@ class PodLife:
                     )
                     opening = _PortOpening(self.engine, self.config.kernel_driver)
                     try:
-                        attach_plane(
+                        self._make_veth(
                             name,
                             netns,
-                            p.ifname,
-                            hif,
+                            p,
+                            n,
                             mac,
-                            f"{ip}/{n.prefixlen}",
-                            n.gateway,
-                            n.mtu,
-                            p.default_route,
-                            plane=p.plane,
-                            offloads=self.config.kernel_driver != "af_xdp",
-                            node=node,
-                            store=mark,
+                            ip,
+                            mark,
                             host_end_made=opening.start if opening.early else None,
-                        )  # a step that fails deletes the pair itself
+                        )
                     except BaseException:
                         opening.abandon()
                         raise
