@@ -232,15 +232,14 @@ class PodLife:
         self._remake_said: Dict[Tuple[str, str], str] = {}
 
     # ------------------------------------------------------------- replay
-    def count_to_replay(self) -> int:
-        """How many pods of this node the store holds (what :meth:`replay` looks at)."""
-        return len(self.store.pods(node=self.config.node))
-
-    def replay(self):
+    def replay(self, pods=None):
         """Re-attach the pods the store knows whose interfaces still exist;
-        remove the others (half-made, or their namespace died)."""
+        remove the others (half-made, or their namespace died). ``pods``:
+        this node's pod records, if the caller read them already."""
         links = _Present()
-        for pod in self.store.pods(node=self.config.node):
+        if pods is None:
+            pods = self.store.pods(node=self.config.node)
+        for pod in pods:
             eps = self.store.endpoints(pod=pod["name"])
             kinds = self._kinds(pod["name"])
             lost = self._veths_missing(kinds, eps, links)  # made again, below

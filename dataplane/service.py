@@ -205,8 +205,9 @@ class NodeService:
             # the core forwards before the replay: each pod's traffic flows
             # again as soon as its ports are back, not after the last pod's
             self.engine.start()
-            event("core forwarding", pods_to_replay=self.pods.count_to_replay())
-            self.pods.replay()
+            pods = self.store.pods(node=cfg.node)  # read once: counted, then replayed
+            event("core forwarding", pods_to_replay=len(pods))
+            self.pods.replay(pods)
             try:  # a veth of a pod this node has no record of (a node removed while down)
                 self.pods.remove_orphans()
             except Exception as e:  # noqa: BLE001 - not a reason to forward nothing
