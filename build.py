@@ -10,6 +10,7 @@ through ``__file__``.
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -39,7 +40,12 @@ SOURCES = [
     "dp_learn.c",  # MACs learned from the underlay: limits, ageing
     "afpacket.c",  # native AF_PACKET driver
     "dp_gso.c",  # TCP segmentation of GSO super-frames
+    "dp_express.c",  # the express lane's control side (libbpf)
 ]
+# the express lane's kernel programs: compiled with clang for the BPF target
+# next to the package, loaded by the node service (dataplane/express.py)
+BPF_SOURCE = os.path.join(CSRC, "bpf", "express.bpf.c")
+BPF_OBJECT = os.path.join(HERE, "dataplane", "express.bpf.o")
 
 
 def _pkg_config(*args):
@@ -59,6 +65,26 @@ def _pkg_config(*args):
             "apt-get install libdpdk-dev, DPDK 22.11 LTS or newer)"
         )
     return shlex.split(out)
+
+
+def build_bpf(src=BPF_SOURCE, out=BPF_OBJECT):
+    """Compile the express lane's programs (clang, BPF target, with BTF)."""
+    clang = next(
+        (c for c in ("clang", "clang-16", "clang-15", "clang-14") if shutil.which(c)), None
+    )
+    if clang is None:
+        sys.exit(
+            "dataplane build: clang not found (the express lane's kernel programs); "
+            "install it (Debian/Ubuntu: apt-get install clang libbpf-dev)"
+        )
+    machine = subprocess.run(
+        ["gcc", "-print-multiarch"], capture_output=True, text=True
+    ).stdout.strip()
+    incs = [f"-I/usr/include/{machine}"] if machine else []
+    cmd = [clang, "-O2", "-g", "-target", "bpf", *incs, "-c", src, "-o", out]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"dataplane build: {' '.join(cmd)} failed:\n{r.stderr}")
 
 
 def read_cdef(path=os.path.join(CSRC, "dataplane.h")):
@@ -90,11 +116,12 @@ def make_ffi():
             "-DALLOW_EXPERIMENTAL_API",
         ],
         # the ring PMD is a plugin; rte_eth_from_rings needs it at link time
-        extra_link_args=libs + ["-lrte_net_ring", "-lpcap"],
+        extra_link_args=libs + ["-lrte_net_ring", "-lpcap", "-lbpf"],
     )
     return ffi
 
 
+build_bpf()
 ffibuilder = make_ffi()
 
 if __name__ == "__main__":

@@ -60,6 +60,11 @@ host) has br_netfilter's ``bridge-nf-call-*`` off.
 DPDK's ``net_af_xdp`` instead of its own AF_PACKET driver (the uplink
 stays AF_PACKET); the RESULT line then says ``kernel_driver=af_xdp``.
 
+``--express-lane`` sets the service's ``express_lane: true``: unicast
+IPv4 between the two pods goes from one pod's veth into the other's
+namespace in the kernel (a tc program and ``bpf_redirect_peer``), not
+through the core; the RESULT line then says ``express_lane=on``.
+
 ``--no-tunnel-gso`` sets the service's ``vtep.tunnel_gso: false``: a pod's
 super-frames to the underlay are cut before encapsulation, as where the
 kernel has no UDP-tunnel GSO for taps (before 6.17); the RESULT line then
@@ -305,10 +310,11 @@ class Lab:
                 f"idle_sleep_us: {a.idle_sleep_us}\n"
                 + (f"cpu_latency_us: {a.cpu_latency_us}\n" if a.cpu_latency_us is not None else "")
                 + f"kernel_driver: {a.kernel_driver}\n"
+                + ("express_lane: true\n" if a.express_lane else "")
                 # the host behind the kernel VTEP is in no store: its MAC is
                 # learned from what it sends (else every frame to it is an
                 # unknown unicast flood, held to the pods' storm rate)
-                f"vtep: {{address: {NODE_VTEP}/24, uplink: up0, learning: true"
+                + f"vtep: {{address: {NODE_VTEP}/24, uplink: up0, learning: true"
                 f"{', tunnel_gso: false' if a.no_tunnel_gso else ''}}}\n"
                 "networks:\n"
                 f"  - {{name: net1, vni: {VNI}, plane: std, subnet: {SUBNET}, "
@@ -646,6 +652,7 @@ def run(args) -> dict:
         "idle_sleep_us": args.idle_sleep_us,
         "cpu_latency_us": args.cpu_latency_us,
         "kernel_driver": args.kernel_driver,
+        "express_lane": args.express_lane,
         "no_tunnel_gso": args.no_tunnel_gso,
         "idle_cpu": idle_cpu,
     }
@@ -696,6 +703,13 @@ def parser() -> argparse.ArgumentParser:
         default="afpacket",
         help="the service's kernel_driver, which reads the pods' veths (default afpacket, the "
         "service's default)",
+    )
+    ap.add_argument(
+        "--express-lane",
+        action="store_true",
+        help="the service's express_lane on: unicast IPv4 between its two pods is carried "
+        "by the kernel, veth to veth (RESULT says express_lane=on); pod to the kernel-VTEP "
+        "host still crosses the core",
     )
     ap.add_argument(
         "--idle-sleep-us",
@@ -769,6 +783,8 @@ def _result(res):
         out["tunnel_gso"] = "off"  # super-frames cut before encapsulation
     if res.get("kernel_driver", "afpacket") != "afpacket":
         out["kernel_driver"] = res["kernel_driver"]  # the pods' veths
+    if res.get("express_lane"):
+        out["express_lane"] = "on"  # pod to pod of one network: kernel to kernel
     if res.get("idle_sleep_us"):
         out["idle_sleep_us"] = str(res["idle_sleep_us"])
         out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic

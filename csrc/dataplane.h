@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 21
+#define DP_ABI_VERSION 22
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -196,6 +196,32 @@ int dp_port_afpacket_reopen(int port, unsigned frames);
  * written into the control thread's row of the drop counters (kport_*);
  * called before the counters are read */
 void dp_kport_stats_update(void);
+
+/* the express lane (dp_express.c, bpf/express.bpf.c): unicast IPv4 between
+ * two pod ports of one network carried by the kernel, port to port */
+#define DP_EXPRESS_MAX_IP4 8
+/* load the lane's compiled programs from path, and switch it on */
+int dp_express_open(const char *path);
+int dp_express_close(void);
+int dp_express_loaded(void);
+/* off: every frame takes the core's path (a capture running) */
+int dp_express_enable(int on);
+/* AF_PACKET pod port `port`: its rx socket refuses what the lane carries
+ * (kept over a reopen) */
+int dp_express_sock_filter(int port);
+/* the lane's tc program on the ingress of interface ifindex, or off it */
+int dp_express_attach(int ifindex);
+int dp_express_detach(int ifindex);
+/* the lane carries frames from and to the port on ifindex (network net,
+ * core port index port, the pod's MAC; with spoof_on only from its n4
+ * IPv4 addresses ip4, network order), or no more */
+int dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoof_on,
+                        const uint32_t *ip4, int n4);
+int dp_express_port_clear(int ifindex, int net, const uint8_t *mac);
+/* frames and bytes the lane took from port (out[0], out[1]) and delivered
+ * to it (out[2], out[3]), or set to 0 */
+int dp_express_counts(int port, uint64_t out[4]);
+int dp_express_counts_reset(int port);
 
 /* networks */
 int dp_net_add(int net, uint32_t vni, int plane);

@@ -41,6 +41,8 @@ void dp_sync(void);
 
 /* dp_port.c */
 struct dp_port *dp_port_get(int idx);
+/* AF_PACKET port p's rx socket gets the express lane's filter (dp_express.c) */
+int dp_express_refilter(struct dp_port *p);
 void dp_ports_free_all(void); /* teardown, workers stopped */
 
 /* dp_poll.c: a change of the poll lists is planned (allocations: may fail,

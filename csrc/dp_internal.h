@@ -127,6 +127,7 @@ struct dp_port {
     struct dp_qos *qos; /* shaped port: per-plane queues, else NULL */
     int tnl_gso;        /* AF_PACKET: VXLAN super-frames go whole to its tunnel tap */
     int shm;            /* its driver reads a pod's shared memory: guarded bursts (dp_shm.h) */
+    int ex_filter;      /* AF_PACKET: its rx socket has the express lane's filter (dp_express.c) */
     uint8_t mac[6];
     char name[64];
 };

@@ -650,6 +650,13 @@ dp_port_afpacket_reopen(int idx, unsigned frames)
     }
     dp_afp_mac(np->afp, np->mac);
     np->tnl_gso = 0; /* the new device has no tunnel tap yet */
+    /* the express lane's filter on the new socket before it is published:
+     * the new device is in none of the lane's tables yet */
+    if (np->ex_filter && (ret = dp_express_refilter(np)) != 0) {
+        dp_afp_close(np->afp);
+        rte_free(np);
+        return ret;
+    }
     atomic_store(&dp.ports[idx], np);
     dp_sync(); /* no worker holds p, nor the old device's sockets, now */
     /* the old device's drops and tunnel frames stay in the totals */

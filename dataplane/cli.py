@@ -188,6 +188,9 @@ def _port_notes(p) -> str:
         )
         if p.get(key)
     ]
+    x = p.get("express")
+    if x is not None:  # what the lane carried is not in RX and TX
+        notes.append(f"express rx {x['rx_packets']} tx {x['tx_packets']}")
     if p.get("set_aside"):
         notes.append("SET ASIDE (its pod's shared memory faulted)")
     if p.get("link") is False:

@@ -7,6 +7,7 @@
     # idle_sleep_us: 0             # an idle worker sleeps up to this, woken by a frame (0: spins)
     # idle_yield: true             # a spinning worker yields its CPU when idle
     # cpu_latency_us: 0            # idle CPUs wake within this (kernel CPU latency QoS; 0: they poll)
+    # express_lane: false          # unicast IPv4 between pods of this node carried by the kernel
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
@@ -294,6 +295,7 @@ class NodeConfig:
     idle_sleep_us: int = 0  # 0: the workers spin; else they sleep when idle (dp_idle.c)
     idle_yield: bool = True  # a spinning worker yields its CPU when idle (dp_idle.c)
     cpu_latency_us: Optional[int] = None  # CPU latency request held while running (cpulatency.py)
+    express_lane: bool = False  # unicast IPv4 between local pods carried by the kernel (express)
 
     # ---------------------------------------------------------- look-ups
     def network(self, name: str) -> Optional[NetworkConfig]:
@@ -401,6 +403,7 @@ class NodeConfig:
             "idle_sleep_us": self.idle_sleep_us,
             "idle_yield": self.idle_yield,
             "cpu_latency_us": self.cpu_latency_us,
+            "express_lane": self.express_lane,
             "vtep": {
                 k: v
                 for k, v in dataclasses.asdict(self.vtep).items()
@@ -572,6 +575,7 @@ _TOP_KEYS = (
     "idle_sleep_us",
     "idle_yield",
     "cpu_latency_us",
+    "express_lane",
     "vtep",
     "planes",
     "networks",
@@ -637,6 +641,13 @@ def _node_config(data, base_dir) -> NodeConfig:
     cpu_latency_us = top.get("cpu_latency_us")
     if cpu_latency_us is not None:
         cpu_latency_us = check_int(cpu_latency_us, "cpu_latency_us", 0, MAX_CPU_LATENCY_US)
+    express_lane = check_bool(top.get("express_lane", False), "express_lane")
+    if express_lane and kernel_driver != "afpacket":
+        raise fail(
+            "express_lane",
+            f"true needs kernel_driver afpacket (the lane works beside the packet sockets "
+            f"of the pods' veths), not {kernel_driver}",
+        )
     vtep = _vtep(top["vtep"])
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
     networks = _networks(top.get("networks"), planes, vtep)
@@ -662,6 +673,7 @@ def _node_config(data, base_dir) -> NodeConfig:
         idle_sleep_us=idle_sleep_us,
         idle_yield=idle_yield,
         cpu_latency_us=cpu_latency_us,
+        express_lane=express_lane,
         vtep=vtep,
         planes=planes,
         networks=networks,

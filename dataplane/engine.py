@@ -50,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 21
+ABI_VERSION = 22
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -701,7 +701,117 @@ class _Guards:
             return int(lib.dp_pool_in_use())
 
 
-class Engine(_Tables, _Planes, _Guards):
+#: the express lane's kernel programs, compiled by build.py
+EXPRESS_OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "express.bpf.o")
+
+
+class _Express:
+    """The express lane (``csrc/bpf/express.bpf.c``, ``csrc/dp_express.c``):
+    unicast IPv4 between two pod ports of one network carried by the kernel
+    from one pod's veth into the other's namespace, never through the core.
+    Part of :class:`Engine`."""
+
+    def express_open(self, path: str = EXPRESS_OBJECT):
+        """Load the lane's programs into the kernel, switched on."""
+        if not os.path.exists(path):
+            raise ConfigError(
+                f"express lane: {path} is missing: the package was built without clang; "
+                "install clang and libbpf-dev and rebuild (pip install -e .)"
+            )
+        self._call("loading the express lane", lib.dp_express_open, path.encode())
+
+    @property
+    def express_loaded(self) -> bool:
+        return bool(lib.dp_express_loaded())
+
+    def express_enable(self, on: bool):
+        """Off: every frame takes the core's path (while a capture runs)."""
+        self._call("switching the express lane", lib.dp_express_enable, 1 if on else 0)
+
+    def express_add_port(
+        self, port: int, ifname: str, net: int, mac: str, ips: Sequence[str] = (), spoof=True
+    ) -> int:
+        """AF_PACKET pod port ``port`` on ``ifname`` (network ``net``, the
+        pod's ``mac``) joins the lane: its frames to another pod port of the
+        network in the lane go port to port, and theirs to it; with
+        ``spoof``, only from one of ``ips`` (IPv4; the others take the
+        core's path). The interface's index."""
+        import socket
+
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            raise errors.NotFound(f"express lane: {ifname}: no such interface") from None
+        # network order in memory, as the program reads the header
+        addrs = [ipaddress.ip_address(a) for a in ips]
+        v4 = [int.from_bytes(a.packed, "little") for a in addrs if a.version == 4]
+        if len(v4) > lib.DP_EXPRESS_MAX_IP4:
+            raise ConfigError(
+                f"express lane: {ifname}: {len(v4)} IPv4 addresses, at most "
+                f"{lib.DP_EXPRESS_MAX_IP4}"
+            )
+        octets = ffi.new("uint8_t[6]", parse_mac(mac))
+        arr = ffi.new("uint32_t[]", v4 or [0])
+        if port in self._express:
+            self.express_remove_port(port)
+        with self._lock:
+            # the filter and the tc program first: in no table, they let
+            # everything through; the table entries turn the lane on
+            check(lib.dp_express_sock_filter(port), lib, ffi, f"express lane: port {port}")
+            try:
+                check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
+                check(lib.dp_express_counts_reset(port), lib, ffi, f"express lane: {ifname}")
+                check(
+                    lib.dp_express_port_set(
+                        ifindex, net, port, octets, 1 if spoof else 0, arr, len(v4)
+                    ),
+                    lib,
+                    ffi,
+                    f"express lane: {ifname}",
+                )
+            except BaseException:
+                lib.dp_express_detach(ifindex)
+                raise
+            self._express[port] = (ifindex, net, bytes(octets))
+        return ifindex
+
+    def express_remove_port(self, port: int):
+        """Port ``port`` leaves the lane (if it is in it): its table entries
+        first (its frames take the core's path from then on), then the tc
+        program (gone with the interface, if that was deleted)."""
+        with self._lock:
+            x = self._express.pop(port, None)
+            if x is not None:
+                ifindex, net, octets = x
+                lib.dp_express_port_clear(ifindex, net, octets)
+                lib.dp_express_detach(ifindex)
+
+    def express_ports(self) -> List[int]:
+        """The ports in the lane."""
+        with self._lock:
+            return sorted(self._express)
+
+    def express_detach(self, ifname: str):
+        """No lane program on interface ``ifname`` (one a killed process
+        left), whether or not this engine runs the lane."""
+        import socket
+
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            return
+        with self._lock:
+            lib.dp_express_detach(ifindex)
+
+    def express_counts(self, port: int) -> Tuple[int, int, int, int]:
+        """Frames and bytes the lane took from port ``port`` and delivered
+        to it: (rx_packets, rx_bytes, tx_packets, tx_bytes)."""
+        out = ffi.new("uint64_t[4]")
+        self._call(f"express lane: counters of port {port}", lib.dp_express_counts, port, out)
+        return tuple(out)
+
+
+class Engine(_Tables, _Planes, _Guards, _Express):
     """The forwarding core of this process: its EAL, ports and counters here;
     its tables from :class:`_Tables`, its planes from :class:`_Planes`, the
     pod ports' guards from :class:`_Guards`."""
@@ -745,6 +855,7 @@ class Engine(_Tables, _Planes, _Guards):
         self._hk_thread = None
         self._closed = False
         self.capturing = False
+        self._express = {}  # port in the express lane -> (ifindex, network, MAC octets)
 
     # ---------------------------------------------------------------- misc
     def _call(self, what, fn, *args):
@@ -810,7 +921,10 @@ class Engine(_Tables, _Planes, _Guards):
         if self._closed:
             return
         self.stop()
+        for port in self.express_ports():  # the pods' veths stay, the lane goes
+            self.express_remove_port(port)
         with self._lock:
+            lib.dp_express_close()
             self._views = {}
             lib.dp_shutdown()
             self._closed = True
@@ -949,7 +1063,9 @@ class Engine(_Tables, _Planes, _Guards):
         """Remove port ``port``: once it returns no worker holds it and its
         index is free. A kernel port's packet sockets close in the
         background (each close waits for RCU grace periods, 20-30 ms); the
-        engine's stop waits for them."""
+        engine's stop waits for them. A port in the express lane leaves it
+        first."""
+        self.express_remove_port(port)
         self._call(f"removing port {port}", lib.dp_port_del, port)
 
     def port_info(self, port: int) -> Optional[PortInfo]:
@@ -1055,15 +1171,23 @@ class Engine(_Tables, _Planes, _Guards):
             if not 0 <= p < lib.DP_MAX_PORTS:
                 raise ValueError(f"capture port {p}: 0..{lib.DP_MAX_PORTS - 1}")
             mask[p >> 3] |= 1 << (p & 7)
-        self._call(
-            "starting a capture",
-            lib.dp_capture_start,
-            bytes(mask),
-            dirs[directions],
-            bpf_filter.encode(),
-            snaplen,
-            slots,
-        )
+        # a capture sees every frame: the express lane is off while it runs
+        if self.express_loaded:
+            self.express_enable(False)
+        try:
+            self._call(
+                "starting a capture",
+                lib.dp_capture_start,
+                bytes(mask),
+                dirs[directions],
+                bpf_filter.encode(),
+                snaplen,
+                slots,
+            )
+        except BaseException:
+            if self.express_loaded:
+                self.express_enable(True)
+            raise
         self._cap_buf = ffi.new("uint8_t[]", 1 << 20)
         self.capturing = True
 
@@ -1094,6 +1218,8 @@ class Engine(_Tables, _Planes, _Guards):
     def capture_stop(self):
         self._call("stopping the capture", lib.dp_capture_stop)
         self.capturing = False
+        if self.express_loaded:
+            self.express_enable(True)
 
     # ------------------------------------------------------- ring test ports
     def inject(self, port: int, frames: Sequence[bytes], queue: int = 0) -> int:

@@ -14,7 +14,7 @@ series for every port each time. ``dataplane_port_index`` gives the index
 as its value, for ``dataplane capture`` and the core's logs.
 """
 
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -37,6 +37,9 @@ class PortLabel(NamedTuple):
     link: Optional[bool] = None  # a DPDK port's link; None: not known (kernel ports)
     pod: str = ""  # a pod port's pod and plane ("" for the uplink)
     plane: str = ""
+    # a pod port in the express lane: (rx packets, rx bytes, tx packets,
+    # tx bytes) the lane carried, beside what the core forwarded
+    express: Optional[Tuple[int, int, int, int]] = None
 
 
 class NetLabel(NamedTuple):
@@ -117,9 +120,26 @@ class CoreCollector:
             "as ports open, so it may change across a restart or a pod deleted and added",
             labels=pl,
         )
+        xl = pl + ["direction"]
+        xpk = CounterMetricFamily(
+            "dataplane_port_express_packets",
+            "Frames the express lane carried from (rx) and to (tx) a pod port, kernel to "
+            "kernel; not in the port's rx_packets and tx_packets, which count the core's",
+            labels=xl,
+        )
+        xby = CounterMetricFamily(
+            "dataplane_port_express_bytes",
+            "Bytes the express lane carried from (rx) and to (tx) a pod port",
+            labels=xl,
+        )
         for p in snap.ports:
             lv = [p.name, p.pod, p.plane, p.role, p.network]
             index.add_metric(lv, p.index)
+            if p.express is not None:
+                xpk.add_metric(lv + ["rx"], p.express[0])
+                xby.add_metric(lv + ["rx"], p.express[1])
+                xpk.add_metric(lv + ["tx"], p.express[2])
+                xby.add_metric(lv + ["tx"], p.express[3])
             for i, fam in port_fams.items():
                 fam.add_metric(lv, int(c.port[p.index, i]))
             tnl.add_metric(lv, p.tunnel_gso_frames)
@@ -131,6 +151,8 @@ class CoreCollector:
         yield tnl
         yield aside
         yield link
+        yield xpk
+        yield xby
 
         nl = ["network", "vni", "plane"]
         net_fams = {

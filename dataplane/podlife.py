@@ -272,6 +272,8 @@ class PodLife:
                 elif kind == VETH:
                     self._replay_mtu(pod, e)
                     self._replay_mark(pod, e)
+                    if not self.config.express_lane:  # a killed service's lane, if any
+                        self.engine.express_detach(e["host_ifname"])
                     self._attach_port(
                         e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
                     )
@@ -457,10 +459,31 @@ class PodLife:
             self._guard_port(port, e, allowed, dhcp_server)
             self.engine.set_port_network(port, net)
             self.engine.fdb_add_local(net, e["mac"], port)
+            self._join_express(port, e, net, allowed)
             # owned last: a scrape or a status shows a pod port once it is
             # whole - its pod, plane and network - never under other labels
             self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
         return port
+
+    def _join_express(self, port: int, e, net: int, allowed=()):
+        """Pod port ``port`` (endpoint ``e``) into the express lane, if the
+        node runs it: under the network's anti-spoofing, only from the
+        pod's addresses. A port the lane cannot take forwards through the
+        core, as without the lane; the log says why."""
+        if not (self.config.express_lane and self.engine.express_loaded):
+            return
+        hif = e["host_ifname"]
+        spoof = self.config.network(e["network"]).anti_spoofing
+        try:  # out of the lane again with the port (Engine.del_port)
+            self.engine.express_add_port(port, hif, net, e["mac"], [e["ip"], *allowed], spoof=spoof)
+        except DataplaneError as err:
+            warning_event(
+                "pod plane not in the express lane: its frames take the core's path",
+                pod=e["pod"],
+                plane=e["plane"],
+                interface=hif,
+                why=str(err),
+            )
 
     # ------------------------------------------------- memif and vhost-user
     def reap(self) -> List[str]:

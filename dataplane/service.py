@@ -190,6 +190,8 @@ class NodeService:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs(), log_json=True))
             self._setup_core()
+            if cfg.express_lane:  # a kernel that cannot load it: nothing attached yet
+                self.engine.express_open()
             if cfg.vtep.uplink_kind == "kernel":  # changes seen as they come
                 self._link_events = LinkEvents(cfg.vtep.uplink_ifname, self._wake)
             # missing, down, or an MTU below the underlay's: said at start

@@ -56,6 +56,7 @@ def take_snapshot(
     names = {i: n for n, i in networks.items()}
     whole = owners is not None  # a pod port is shown once its pod owns it
     owners = owners or {}
+    express = {p: engine.express_counts(p) for p in engine.express_ports()}
     ports = [
         PortLabel(
             p.index,
@@ -66,6 +67,7 @@ def take_snapshot(
             p.set_aside,
             p.link,
             *owners.get(p.index, ("", "")),
+            express.get(p.index),
         )
         for p in engine.ports()
         # one being attached (opened, not yet guarded and in its network):
@@ -108,6 +110,7 @@ def status_report(
         "vtep": config.vtep.address,
         "uplink": config.vtep.uplink,
         "uplink_rate_bps": config.vtep.uplink_rate or None,  # its shaper; None: not shaped
+        "express_lane": config.express_lane,
         "uptime_s": round(time.time() - (started or time.time()), 1),
         "forwarding": forwarding,
         "networks": [
@@ -134,6 +137,12 @@ def status_report(
                 "tunnel_gso_frames": p.tunnel_gso_frames,
                 "set_aside": p.set_aside,
                 "link": p.link,  # a DPDK port's; None: not known (kernel ports)
+                # carried by the express lane, not counted above; None: not in it
+                "express": (
+                    None
+                    if p.express is None
+                    else dict(zip(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"), p.express))
+                ),
             }
             for p in snap.ports
         ],

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
            iproute2 ethtool iputils-ping tcpdump prometheus etcd-server \
-           clang-format iperf3 libpcap-dev tshark openvswitch-switch-dpdk \
+           clang-format clang libbpf-dev iperf3 libpcap-dev tshark openvswitch-switch-dpdk \
            podman runc busybox-static golang-go golang-github-appc-cni-dev \
            containernetworking-plugins; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * express.bpf.c - the express lane: unicast IPv4 between two pods of one
+ * network on one node, carried by the kernel from one pod's veth straight
+ * into the other pod's namespace (bpf_redirect_peer), inside the sender's
+ * own system call, instead of through a packet ring, the worker and a
+ * sendto() per hop.
+ *
+ * Two programs share one decision (ex_take):
+ *  - "tc" on the ingress of a pod's host-side veth: a frame it takes is
+ *    counted and redirected into the destination pod's namespace; anything
+ *    else goes on (TC_ACT_OK) to the packet socket the core reads;
+ *  - "socket" on that packet socket (SO_ATTACH_BPF): it refuses the frames
+ *    the tc program takes (the kernel hands a frame to packet sockets
+ *    before tc ingress runs), so the core never sees them twice.
+ *
+ * A frame is taken only if all of these hold, else the core forwards it as
+ * before, with its checks and counters:
+ *  - the lane is on (ex_ctl[0]; the service turns it off while a capture
+ *    runs, so that a capture sees every frame);
+ *  - it comes from a pod port in ex_src, from the pod's own MAC, untagged
+ *    IPv4 (0x0800), and - where the network has anti-spoofing - from one of
+ *    the pod's addresses (the core's guard rules for IPv4);
+ *  - its destination MAC is a pod port of the same network in ex_dst, not
+ *    the sender's own.
+ * ARP, IPv6, VLAN, broadcast and multicast, unknown destinations and
+ * traffic to or from the underlay always take the core's path.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define EX_MAX_PORTS 256
+#define EX_MAX_IP4 8
+
+/* a pod port: the source side (key: its host-side veth's ifindex) */
+struct ex_src {
+    __u32 net;     /* the core's network index */
+    __u32 port;    /* the core's port index: counters */
+    __u8 mac[6];   /* the pod's MAC */
+    __u8 spoof_on; /* anti-spoofing: IPv4 source must be in ip4 */
+    __u8 n4;
+    __u32 ip4[EX_MAX_IP4]; /* network order */
+};
+
+struct ex_dkey {
+    __u32 net;
+    __u8 mac[6];
+    __u16 pad;
+};
+
+struct ex_dst {
+    __u32 ifindex; /* host-side veth: its peer is the pod's interface */
+    __u32 port;
+};
+
+struct ex_cnt {
+    __u64 rx_pkts, rx_bytes; /* taken from this port */
+    __u64 tx_pkts, tx_bytes; /* delivered to this port */
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, EX_MAX_PORTS);
+    __type(key, __u32);
+    __type(value, struct ex_src);
+} ex_src SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, EX_MAX_PORTS);
+    __type(key, struct ex_dkey);
+    __type(value, struct ex_dst);
+} ex_dst SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} ex_ctl SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, EX_MAX_PORTS);
+    __type(key, __u32);
+    __type(value, struct ex_cnt);
+} ex_cnt SEC(".maps");
+
+static __always_inline int
+mac_eq(const __u8 *a, const __u8 *b)
+{
+    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+           a[5] == b[5];
+}
+
+/* The destination of a frame the lane takes, with its source; NULL if the
+ * core's path is to carry it. */
+static __always_inline struct ex_dst *
+ex_take(struct __sk_buff *skb, struct ex_src **srcp)
+{
+    struct ethhdr eth;
+    struct ex_dkey k = {};
+    struct ex_src *src;
+    struct ex_dst *dst;
+    __u32 zero = 0, *on, saddr;
+    __u32 ifindex = skb->ifindex;
+
+    on = bpf_map_lookup_elem(&ex_ctl, &zero);
+    if (!on || !*on)
+        return NULL;
+    src = bpf_map_lookup_elem(&ex_src, &ifindex);
+    if (!src)
+        return NULL;
+    if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+        return NULL;
+    if (eth.h_proto != bpf_htons(ETH_P_IP) || (eth.h_dest[0] & 1))
+        return NULL;
+    if (!mac_eq(eth.h_source, src->mac))
+        return NULL;
+    if (src->spoof_on) {
+        int ok = 0;
+
+        if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &saddr,
+                               sizeof(saddr)) < 0)
+            return NULL;
+#pragma unroll
+        for (int i = 0; i < EX_MAX_IP4; i++)
+            if (i < src->n4 && src->ip4[i] == saddr)
+                ok = 1;
+        if (!ok)
+            return NULL;
+    }
+    k.net = src->net;
+    __builtin_memcpy(k.mac, eth.h_dest, 6);
+    dst = bpf_map_lookup_elem(&ex_dst, &k);
+    if (!dst || dst->ifindex == ifindex)
+        return NULL;
+    *srcp = src;
+    return dst;
+}
+
+SEC("tc")
+int ex_tc(struct __sk_buff *skb)
+{
+    struct ex_src *src = NULL;
+    struct ex_dst *dst = ex_take(skb, &src);
+    struct ex_cnt *c;
+    __u32 i;
+
+    if (!dst || !src)
+        return TC_ACT_OK;
+    i = src->port;
+    c = bpf_map_lookup_elem(&ex_cnt, &i);
+    if (c) {
+        c->rx_pkts++;
+        c->rx_bytes += skb->len;
+    }
+    i = dst->port;
+    c = bpf_map_lookup_elem(&ex_cnt, &i);
+    if (c) {
+        c->tx_pkts++;
+        c->tx_bytes += skb->len;
+    }
+    return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+SEC("socket")
+int ex_sock(struct __sk_buff *skb)
+{
+    struct ex_src *src = NULL;
+
+    /* 0: not for this socket (the tc program carries it); else whole */
+    return ex_take(skb, &src) ? 0 : skb->len;
+}
+
+char LICENSE[] SEC("license") = "Apache-2.0";

@@ -1,0 +1,301 @@
+/*
+ * dp_express.c - the express lane's control side (bpf/express.bpf.c): its
+ * programs loaded once, attached to pod ports, its tables and counters.
+ *
+ * Order matters, so that no frame is lost or carried twice: a port's
+ * packet socket gets the socket filter and its veth the tc program while
+ * the port is in no table (both let everything through then); only the
+ * table entries turn the lane on for it, and they go first when it leaves.
+ * All of it runs on the control thread; the workers never see the lane.
+ */
+#include <errno.h>
+#include <net/if.h>
+#include <sys/socket.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/pkt_cls.h>
+
+#include "dataplane.h"
+#include "dp_error.h"
+#include "afpacket.h"
+#include "dp_control.h"
+#include "dp_internal.h"
+
+/* as in bpf/express.bpf.c */
+struct ex_src {
+    uint32_t net;
+    uint32_t port;
+    uint8_t mac[6];
+    uint8_t spoof_on;
+    uint8_t n4;
+    uint32_t ip4[DP_EXPRESS_MAX_IP4];
+};
+
+struct ex_dkey {
+    uint32_t net;
+    uint8_t mac[6];
+    uint16_t pad;
+};
+
+struct ex_dst {
+    uint32_t ifindex;
+    uint32_t port;
+};
+
+struct ex_cnt {
+    uint64_t rx_pkts, rx_bytes, tx_pkts, tx_bytes;
+};
+
+/* a tc filter of ours: priority and handle, so that detach finds it */
+#define EX_TC_PRIO 1
+#define EX_TC_HANDLE 0xd9
+
+static struct {
+    struct bpf_object *obj;
+    int tc_fd, sock_fd;
+    int src_fd, dst_fd, ctl_fd, cnt_fd;
+    int ncpu;
+} ex = {.tc_fd = -1, .sock_fd = -1};
+
+static int
+libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    (void)level, (void)fmt, (void)ap;
+    return 0; /* failures are reported through dp_fail */
+}
+
+int
+dp_express_open(const char *path)
+{
+    struct bpf_object *obj;
+    int ret;
+
+    if (ex.obj)
+        return 0;
+    libbpf_set_print(libbpf_quiet);
+    obj = bpf_object__open_file(path, NULL);
+    if (!obj)
+        return dp_fail(-errno, "express lane: %s: %m", path);
+    ret = bpf_object__load(obj);
+    if (ret < 0) {
+        bpf_object__close(obj);
+        return dp_fail(ret, "express lane: loading %s into the kernel: %s", path, strerror(-ret));
+    }
+    ex.tc_fd = bpf_program__fd(bpf_object__find_program_by_name(obj, "ex_tc"));
+    ex.sock_fd = bpf_program__fd(bpf_object__find_program_by_name(obj, "ex_sock"));
+    ex.src_fd = bpf_object__find_map_fd_by_name(obj, "ex_src");
+    ex.dst_fd = bpf_object__find_map_fd_by_name(obj, "ex_dst");
+    ex.ctl_fd = bpf_object__find_map_fd_by_name(obj, "ex_ctl");
+    ex.cnt_fd = bpf_object__find_map_fd_by_name(obj, "ex_cnt");
+    ex.ncpu = libbpf_num_possible_cpus();
+    if (ex.tc_fd < 0 || ex.sock_fd < 0 || ex.src_fd < 0 || ex.dst_fd < 0 || ex.ctl_fd < 0 ||
+        ex.cnt_fd < 0 || ex.ncpu <= 0) {
+        bpf_object__close(obj);
+        return dp_fail(-EINVAL, "express lane: %s lacks a program or table of the lane", path);
+    }
+    ex.obj = obj;
+    return dp_express_enable(1);
+}
+
+int
+dp_express_close(void)
+{
+    if (ex.obj)
+        bpf_object__close(ex.obj); /* the kernel keeps programs still attached */
+    ex.obj = NULL;
+    ex.tc_fd = ex.sock_fd = -1;
+    return 0;
+}
+
+int
+dp_express_loaded(void)
+{
+    return ex.obj != NULL;
+}
+
+int
+dp_express_enable(int on)
+{
+    uint32_t k = 0, v = on != 0;
+
+    if (!ex.obj)
+        return dp_fail(-ENOENT, "express lane: not loaded");
+    if (bpf_map_update_elem(ex.ctl_fd, &k, &v, BPF_ANY) < 0)
+        return dp_fail(-errno, "express lane: switching it %s: %m", on ? "on" : "off");
+    return 0;
+}
+
+int
+dp_express_refilter(struct dp_port *p)
+{
+    int fd = dp_afp_rx_fd(p->afp);
+
+    if (!ex.obj)
+        return dp_fail(-ENOENT, "express lane: not loaded");
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_BPF, &ex.sock_fd, sizeof(ex.sock_fd)) < 0)
+        return dp_fail(-errno, "express lane: %s: socket filter: %m", p->name);
+    return 0;
+}
+
+int
+dp_express_sock_filter(int port)
+{
+    struct dp_port *p = dp_port_get(port);
+
+    if (!ex.obj)
+        return dp_fail(-ENOENT, "express lane: not loaded");
+    if (!p || p->driver != DP_DRV_AFPACKET)
+        return dp_fail(-EINVAL, "express lane: port %d is not an AF_PACKET port", port);
+    int ret = dp_express_refilter(p);
+    if (ret != 0)
+        return ret;
+    p->ex_filter = 1; /* read by the control thread only (a reopen) */
+    return 0;
+}
+
+static void
+tc_hook(struct bpf_tc_hook *h, int ifindex)
+{
+    memset(h, 0, sizeof(*h));
+    h->sz = sizeof(*h);
+    h->ifindex = ifindex;
+    h->attach_point = BPF_TC_INGRESS;
+}
+
+int
+dp_express_attach(int ifindex)
+{
+    struct bpf_tc_hook h;
+    struct bpf_tc_opts o;
+    char name[IF_NAMESIZE] = "?";
+    int ret;
+
+    if (!ex.obj)
+        return dp_fail(-ENOENT, "express lane: not loaded");
+    (void)if_indextoname((unsigned)ifindex, name);
+    tc_hook(&h, ifindex);
+    ret = bpf_tc_hook_create(&h);
+    if (ret < 0 && ret != -EEXIST)
+        return dp_fail(ret, "express lane: %s: clsact qdisc: %s", name, strerror(-ret));
+    memset(&o, 0, sizeof(o));
+    o.sz = sizeof(o);
+    o.prog_fd = ex.tc_fd;
+    o.priority = EX_TC_PRIO;
+    o.handle = EX_TC_HANDLE;
+    o.flags = BPF_TC_F_REPLACE;
+    ret = bpf_tc_attach(&h, &o);
+    if (ret < 0)
+        return dp_fail(ret, "express lane: %s: tc ingress program: %s", name, strerror(-ret));
+    return 0;
+}
+
+int
+dp_express_detach(int ifindex)
+{
+    struct bpf_tc_hook h;
+    struct bpf_tc_opts o;
+    int ret;
+
+    tc_hook(&h, ifindex);
+    memset(&o, 0, sizeof(o));
+    o.sz = sizeof(o);
+    o.priority = EX_TC_PRIO;
+    o.handle = EX_TC_HANDLE;
+    ret = bpf_tc_detach(&h, &o);
+    if (ret < 0 && ret != -ENOENT && ret != -ENODEV && ret != -EINVAL)
+        return dp_fail(ret, "express lane: ifindex %d: removing the tc program: %s", ifindex,
+                       strerror(-ret));
+    return 0;
+}
+
+int
+dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoof_on,
+                    const uint32_t *ip4, int n4)
+{
+    struct ex_src s;
+    struct ex_dkey k;
+    struct ex_dst d = {.ifindex = (uint32_t)ifindex, .port = (uint32_t)port};
+    uint32_t key = (uint32_t)ifindex;
+
+    if (!ex.obj)
+        return dp_fail(-ENOENT, "express lane: not loaded");
+    if (n4 < 0 || n4 > DP_EXPRESS_MAX_IP4)
+        return dp_fail(-E2BIG, "express lane: port %d: %d addresses, at most %d", port, n4,
+                       DP_EXPRESS_MAX_IP4);
+    if (port < 0 || port >= DP_MAX_PORTS || net < 0)
+        return dp_fail(-EINVAL, "express lane: port %d network %d out of range", port, net);
+    memset(&s, 0, sizeof(s));
+    s.net = (uint32_t)net;
+    s.port = (uint32_t)port;
+    memcpy(s.mac, mac, 6);
+    s.spoof_on = spoof_on != 0;
+    s.n4 = (uint8_t)n4;
+    memcpy(s.ip4, ip4, sizeof(uint32_t) * (size_t)n4);
+    memset(&k, 0, sizeof(k));
+    k.net = (uint32_t)net;
+    memcpy(k.mac, mac, 6);
+    /* a destination before a source: others reach it before it sends */
+    if (bpf_map_update_elem(ex.dst_fd, &k, &d, BPF_ANY) < 0)
+        return dp_fail(-errno, "express lane: port %d: destination table: %m", port);
+    if (bpf_map_update_elem(ex.src_fd, &key, &s, BPF_ANY) < 0) {
+        int err = -errno;
+        (void)bpf_map_delete_elem(ex.dst_fd, &k);
+        return dp_fail(err, "express lane: port %d: source table: %s", port, strerror(-err));
+    }
+    return 0;
+}
+
+int
+dp_express_port_clear(int ifindex, int net, const uint8_t *mac)
+{
+    struct ex_dkey k;
+    uint32_t key = (uint32_t)ifindex;
+
+    if (!ex.obj)
+        return 0;
+    memset(&k, 0, sizeof(k));
+    k.net = (uint32_t)net;
+    memcpy(k.mac, mac, 6);
+    (void)bpf_map_delete_elem(ex.src_fd, &key);
+    (void)bpf_map_delete_elem(ex.dst_fd, &k);
+    return 0;
+}
+
+int
+dp_express_counts(int port, uint64_t out[4])
+{
+    struct ex_cnt c[ex.ncpu > 0 ? ex.ncpu : 1];
+    uint32_t k = (uint32_t)port;
+
+    memset(out, 0, 4 * sizeof(uint64_t));
+    if (!ex.obj)
+        return 0;
+    if (port < 0 || port >= DP_MAX_PORTS)
+        return dp_fail(-EINVAL, "express lane: port %d out of range", port);
+    if (bpf_map_lookup_elem(ex.cnt_fd, &k, c) < 0)
+        return dp_fail(-errno, "express lane: counters of port %d: %m", port);
+    for (int i = 0; i < ex.ncpu; i++) {
+        out[0] += c[i].rx_pkts;
+        out[1] += c[i].rx_bytes;
+        out[2] += c[i].tx_pkts;
+        out[3] += c[i].tx_bytes;
+    }
+    return 0;
+}
+
+int
+dp_express_counts_reset(int port)
+{
+    struct ex_cnt c[ex.ncpu > 0 ? ex.ncpu : 1];
+    uint32_t k = (uint32_t)port;
+
+    if (!ex.obj || port < 0 || port >= DP_MAX_PORTS)
+        return 0;
+    memset(c, 0, sizeof(c));
+    if (bpf_map_update_elem(ex.cnt_fd, &k, c, BPF_ANY) < 0)
+        return dp_fail(-errno, "express lane: counters of port %d: %m", port);
+    return 0;
+}

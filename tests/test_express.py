@@ -1,0 +1,269 @@
+"""The express lane (``express_lane: true``): unicast IPv4 between two pods
+of one network on one node carried by the kernel, veth to veth, with the
+node service, real namespaces and the kernel's tc and socket-filter hooks.
+What it takes is counted per port; what it must not take (another
+network, a spoofed source, ARP) still goes through the core and its
+guard; a capture sees every frame; no program stays behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+from test_service import CT_SPEC, ROOT, Node, ip_of, ping, scrape
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node(tmp_path, uuid.uuid4().hex[:5], extra="express_lane: true")
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+def port_row(node, pod, plane="std"):
+    st = node.api("GET", "/v1/status")
+    return next(p for p in st["ports"] if p["pod"] == pod and p["plane"] == plane)
+
+
+def lane_filters(ifname):
+    """The tc ingress filters on ``ifname`` (text of tc filter show)."""
+    r = subprocess.run(
+        ["tc", "filter", "show", "dev", ifname, "ingress"], capture_output=True, text=True
+    )
+    return r.stdout
+
+
+def host_if(info, plane="std"):
+    return next(p["host_ifname"] for p in info["planes"] if p["plane"] == plane)
+
+
+def mac_of(info, plane="std"):
+    return next(p["mac"] for p in info["planes"] if p["plane"] == plane)
+
+
+def ifname_of(info, plane="std"):
+    return next(p["ifname"] for p in info["planes"] if p["plane"] == plane)
+
+
+def test_pings_between_pods_take_the_lane_and_are_counted(node):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    assert node.api("GET", "/v1/status")["express_lane"] is True
+    assert "ex_tc" in lane_filters(host_if(a)), lane_filters(host_if(a))
+    before_a, before_b = port_row(node, "a"), port_row(node, "b")
+    r = ping(a["ns"], ip_of(b), count=20, interval="0.02")
+    assert r.returncode == 0, r.stdout
+    ra, rb = port_row(node, "a"), port_row(node, "b")
+    # every echo went a -> b and back in the lane: 20 each way, counted once
+    assert ra["express"]["rx_packets"] - before_a["express"]["rx_packets"] == 20
+    assert rb["express"]["tx_packets"] - before_b["express"]["tx_packets"] == 20
+    assert rb["express"]["rx_packets"] - before_b["express"]["rx_packets"] == 20
+    assert ra["express"]["tx_packets"] - before_a["express"]["tx_packets"] == 20
+    assert ra["express"]["rx_bytes"] - before_a["express"]["rx_bytes"] == 20 * 98
+    # the core saw none of the echoes (ARP, if any was needed, is all it had)
+    assert ra["rx_packets"] - before_a["rx_packets"] <= 2
+    # the other network's ports had no part in it
+    assert port_row(node, "a", "control")["express"]["rx_packets"] == 0
+    text = scrape(node)
+    assert (
+        'dataplane_port_express_packets_total{direction="rx",name="%s",network="net1",'
+        'plane="std",pod="a",role="pod"}' % host_if(a)
+    ) in text
+    out = node.cli("status").stdout
+    assert "express rx" in out
+
+
+def _tcp_transfer(src_ns, dst_ns, dst_ip, nbytes):
+    """``nbytes`` sent over TCP from namespace ``src_ns`` to a server in
+    ``dst_ns``; the bytes the server received and their sum."""
+    code = (
+        "import socket,sys,zlib\n"
+        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('0.0.0.0', 5201)); s.listen(1); print('ready', flush=True)\n"
+        "c,_=s.accept(); n=0; crc=0\n"
+        "while True:\n"
+        "    d=c.recv(1<<20)\n"
+        "    if not d: break\n"
+        "    n+=len(d); crc=zlib.crc32(d, crc)\n"
+        "print(n, crc, flush=True)\n"
+    )
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", dst_ns, sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        data = os.urandom(nbytes)
+        send = (
+            "import socket,sys\n"
+            f"c=socket.create_connection(({dst_ip!r}, 5201), timeout=20)\n"
+            "c.sendall(sys.stdin.buffer.read()); c.close()\n"
+        )
+        r = subprocess.run(
+            ["ip", "netns", "exec", src_ns, sys.executable, "-c", send],
+            input=data,
+            capture_output=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        n, crc = srv.stdout.readline().split()
+        import zlib
+
+        return int(n), int(crc), zlib.crc32(data)
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_tcp_between_pods_arrives_whole_in_the_lane(node):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    before = port_row(node, "a")["express"]["rx_bytes"]
+    n, crc, want = _tcp_transfer(a["ns"], b["ns"], ip_of(b), 8 << 20)
+    assert (n, crc) == (8 << 20, want)
+    # the pods keep their offloads: super-frames crossed whole, all in the lane
+    assert port_row(node, "a")["express"]["rx_bytes"] - before > 8 << 20
+
+
+def _send_from(ns, ifname, frame_hex):
+    """One raw frame out of ``ifname`` in namespace ``ns``."""
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+        f"s.bind(({ifname!r}, 0)); s.send(bytes.fromhex({frame_hex!r}))\n"
+    )
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], check=True)
+
+
+def _frame(dst_mac, src_mac, src_ip, dst_ip, payload=b"express-lane-test"):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    f = Ether(dst=dst_mac, src=src_mac) / IP(src=src_ip, dst=dst_ip) / UDP(dport=9) / payload
+    return bytes(f).hex()
+
+
+def _receiver(ns, ifname, marker, seconds=2.0):
+    """A thread that counts frames holding ``marker`` on ``ifname`` in
+    ``ns`` for ``seconds``: (thread, result list); started and ready."""
+    code = (
+        "import socket,select,sys,time\n"
+        "s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n"
+        f"s.bind(({ifname!r}, 0)); print('ready', flush=True)\n"
+        f"end=time.time()+{seconds}; n=0\n"
+        "while time.time()<end:\n"
+        "    if select.select([s],[],[],0.05)[0]:\n"
+        "        d,addr=s.recvfrom(65536)\n"
+        # what arrives, not what the pod sends back (an ICMP error quotes it)
+        f"        n+= addr[2]!=socket.PACKET_OUTGOING and {marker!r}.encode() in d\n"
+        "print(n, flush=True)\n"
+    )
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout.readline().strip() == "ready"
+    out = []
+    t = threading.Thread(target=lambda: out.append(int(p.communicate()[0].strip())))
+    t.start()
+    return t, out
+
+
+def test_the_lane_keeps_networks_apart_and_spoofers_out(node):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    # fill the pods' neighbour tables so the core's path is quiet
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0
+    drops = node.api("GET", "/v1/status")["drops"]
+    x0 = port_row(node, "a")["express"]["rx_packets"]
+    # to b's control MAC (network net2) from a's std plane (net1): not in
+    # the lane's table of net1, so the core's: a MAC unknown in net1
+    t1, got1 = _receiver(b["ns"], ifname_of(b, "control"), "other-net")
+    _send_from(
+        a["ns"],
+        ifname_of(a),
+        _frame(mac_of(b, "control"), mac_of(a), ip_of(a), ip_of(b, "control"), b"other-net"),
+    )
+    # from a's MAC but another pod's address: the guard's to refuse
+    t2, got2 = _receiver(b["ns"], ifname_of(b), "spoofed")
+    _send_from(
+        a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), "192.168.50.77", ip_of(b), b"spoofed")
+    )
+    # a's own: carried
+    t3, got3 = _receiver(b["ns"], ifname_of(b), "genuine")
+    _send_from(a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"genuine"))
+    for t in (t1, t2, t3):
+        t.join()
+    assert (got1, got2, got3) == ([0], [0], [1])
+    assert port_row(node, "a")["express"]["rx_packets"] - x0 == 1
+    after = node.api("GET", "/v1/status")["drops"]
+    spoof = sum(v for k, v in after.items() if k.startswith("spoof")) - sum(
+        v for k, v in drops.items() if k.startswith("spoof")
+    )
+    assert spoof == 1, (drops, after)
+
+
+def test_a_capture_sees_every_frame_and_the_lane_resumes(node):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0
+    cap = subprocess.Popen(
+        [sys.executable, "-m", "dataplane.cli", "capture", "a:std", "-c", "6", "icmp"]
+        + ["--socket", node.sock],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    line = cap.stderr.readline()
+    assert "capturing" in line, line + cap.stderr.read()
+    x0 = port_row(node, "a")["express"]["rx_packets"]
+    assert ping(a["ns"], ip_of(b), count=3, interval="0.1").returncode == 0
+    assert cap.wait(30) == 0, cap.stderr.read()
+    assert "6 frames shown" in cap.stderr.read()
+    # while it ran, the core carried them
+    assert port_row(node, "a")["express"]["rx_packets"] == x0
+    # after it, the lane again
+    assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0
+    assert port_row(node, "a")["express"]["rx_packets"] == x0 + 3
+
+
+def test_no_lane_program_outlives_its_port_or_the_service(node):
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    assert "ex_tc" in lane_filters(host_if(b))
+    node.cli("pod", "del", "b")
+    assert ping(a["ns"], ip_of(b), count=1, interval="0.1").returncode != 0
+    node.stop()
+    assert "ex_tc" not in lane_filters(host_if(a))
+    # a killed service leaves its programs; a start without the lane takes them off
+    node.start()
+    assert "ex_tc" in lane_filters(host_if(a))
+    node.stop(signal.SIGKILL)
+    assert "ex_tc" in lane_filters(host_if(a))
+    node.cfg.write_text(node.cfg.read_text().replace("express_lane: true", ""))
+    os.unlink(node.sock)  # the killed one's: start() waits for the new one's
+    node.start()
+    assert "ex_tc" not in lane_filters(host_if(a))
+    assert node.api("GET", "/v1/status")["express_lane"] is False
+    assert port_row(node, "a")["express"] is None
+
+
+def test_the_lane_needs_the_afpacket_driver(tmp_path):
+    from dataplane.config import parse_config
+    from dataplane.errors import ConfigError
+
+    base = {"vtep": {"address": "10.99.0.1/24", "uplink": "lo"}, "state_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="express_lane: true needs kernel_driver afpacket"):
+        parse_config({**base, "kernel_driver": "af_xdp", "express_lane": True})
+    with pytest.raises(ConfigError, match="express_lane"):
+        parse_config({**base, "express_lane": 3})
+    assert parse_config({**base, "express_lane": True}).express_lane is True
