@@ -20,7 +20,8 @@
  *    runs, so that a capture sees every frame);
  *  - it comes from a pod port in ex_src, from the pod's own MAC, untagged
  *    IPv4 (0x0800), and - where the network has anti-spoofing - from one of
- *    the pod's addresses (the core's guard rules for IPv4);
+ *    the pod's addresses and not a DHCP server's message (the core's guard
+ *    rules for IPv4: what they might refuse goes to the core);
  *  - its destination MAC is a pod port of the same network in ex_dst, not
  *    the sender's own.
  * ARP, IPv6, VLAN, broadcast and multicast, unknown destinations and
@@ -28,6 +29,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -122,17 +124,26 @@ ex_take(struct __sk_buff *skb, struct ex_src **srcp)
     if (!mac_eq(eth.h_source, src->mac))
         return NULL;
     if (src->spoof_on) {
+        struct iphdr ip;
+        __u16 sport;
         int ok = 0;
 
-        if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr), &saddr,
-                               sizeof(saddr)) < 0)
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
             return NULL;
+        saddr = ip.saddr;
 #pragma unroll
         for (int i = 0; i < EX_MAX_IP4; i++)
             if (i < src->n4 && src->ip4[i] == saddr)
                 ok = 1;
         if (!ok)
             return NULL;
+        /* a DHCP server's message (UDP from port 67, first fragment): the
+         * core's guard knows whether the pod may send one */
+        if (ip.protocol == IPPROTO_UDP && !(ip.frag_off & bpf_htons(0x1fff))) {
+            if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &sport, sizeof(sport)) < 0 ||
+                sport == bpf_htons(67))
+                return NULL;
+        }
     }
     k.net = src->net;
     __builtin_memcpy(k.mac, eth.h_dest, 6);
