@@ -49,6 +49,15 @@ _STATS_RE = re.compile(
 )
 
 
+# what "stop" prints per port: counted from "start" to "stop", read after
+# the forwarding lcores finished, so nothing is in flight between them
+_FWD_RE = re.compile(
+    r"Forward statistics for port (\d+)\s+-+\s+"
+    r"RX-packets:\s*(\d+).*?TX-packets:\s*(\d+)\s+TX-dropped:\s*(\d+)",
+    re.S,
+)
+
+
 class TestpmdError(RuntimeError):
     """testpmd failed to start, to answer, or gave output we cannot parse."""
 
@@ -222,18 +231,26 @@ def measure(
                 pass
         remove_eal_runtime_dir(prefix)  # empty, but left behind
 
-    # output after each prompt: [0] init, [1] start, [2] first show, [3] second show
+    # output after each prompt: [0] init, [1] start, [2] first show, [3] second
+    # show, [4] stop
     segs = out.text().split(PROMPT)
     try:
         s0, s1 = _port_stats(segs[2]), _port_stats(segs[3])
         (_, tx0, _), (_, tx1, pps) = s0[1], s1[1]
         in_rx0, in_rx1 = s0[0][0], s1[0][0]
+        fwd = {int(m[1]): (int(m[2]), int(m[3]), int(m[4])) for m in _FWD_RE.finditer(segs[4])}
+        fwd_rx, fwd_tx, fwd_dropped = fwd[0][0], fwd[1][1], fwd[1][2]
     except (IndexError, KeyError) as e:
         raise TestpmdError(
             f"cannot parse the port statistics ({e!r}):\n"
             + "\n".join(out.text().splitlines()[-40:])
         ) from None
     return {
+        # from start to stop, exact: what the pcap port gave, what the null
+        # port took, what testpmd's io forwarding dropped (tx refused)
+        "fwd_rx_packets": fwd_rx,
+        "fwd_tx_packets": fwd_tx,
+        "fwd_tx_dropped": fwd_dropped,
         "tx_packets": tx1 - tx0,
         "rx_packets": in_rx1 - in_rx0,
         "seconds": t1 - t0,

@@ -119,10 +119,15 @@ def test_tunnel_tap_made_refused_and_removed(eng, veths):
     eng.close_tunnel_tap(up)
     assert not link_exists(tap) and not eng.port_info(up).tunnel_gso
 
-    # a tap still open goes with its port
+    # a tap still open goes with its port: closed with the port's sockets,
+    # in the background (dp_port_del), so looked for until it is gone
     eng.open_tunnel_tap(up, tap)
     eng.set_tunnel_gso(up)
     eng.del_port(up)
+    for _ in range(200):
+        if not link_exists(tap):
+            break
+        time.sleep(0.05)
     assert not link_exists(tap)
 
 
