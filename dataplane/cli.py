@@ -124,6 +124,12 @@ def cmd_check(args):
     # what 'run' would refuse because of the state store's records, read
     # only (a running service is not disturbed)
     store = check_store(cfg)
+    if cfg.express_lane:  # the kernel takes the lane's programs, as run loads them
+        from .engine import express_loadable
+
+        why = express_loadable()
+        if why:
+            store.errors.append(f"express_lane: true, but {why}")
     if store.errors:
         print(f"dataplane: {chr(10).join(store.errors)}", file=sys.stderr)
         return 2

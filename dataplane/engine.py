@@ -705,6 +705,23 @@ class _Guards:
 EXPRESS_OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "express.bpf.o")
 
 
+def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
+    """Why the express lane's programs cannot be loaded here (``dataplane
+    check``), or None: loaded into the kernel and let go at once, as a
+    start would load them; no EAL, no port, nothing attached."""
+    if not os.path.exists(path):
+        return (
+            f"express lane: {path} is missing: the package was built without clang; "
+            "install clang and libbpf-dev and rebuild (pip install -e .)"
+        )
+    if lib.dp_express_loaded():
+        return None
+    if lib.dp_express_open(path.encode()) < 0:
+        return ffi.string(lib.dp_last_error()).decode(errors="replace")
+    lib.dp_express_close()
+    return None
+
+
 class _Express:
     """The express lane (``csrc/bpf/express.bpf.c``, ``csrc/dp_express.c``):
     unicast IPv4 between two pod ports of one network carried by the kernel
@@ -714,10 +731,7 @@ class _Express:
     def express_open(self, path: str = EXPRESS_OBJECT):
         """Load the lane's programs into the kernel, switched on."""
         if not os.path.exists(path):
-            raise ConfigError(
-                f"express lane: {path} is missing: the package was built without clang; "
-                "install clang and libbpf-dev and rebuild (pip install -e .)"
-            )
+            raise ConfigError(express_loadable(path))
         self._call("loading the express lane", lib.dp_express_open, path.encode())
 
     @property

@@ -276,3 +276,28 @@ def test_the_lane_needs_the_afpacket_driver(tmp_path):
     with pytest.raises(ConfigError, match="express_lane"):
         parse_config({**base, "express_lane": 3})
     assert parse_config({**base, "express_lane": True}).express_lane is True
+
+
+def test_check_loads_the_lane_as_a_start_would(tmp_path):
+    from dataplane.engine import express_loadable
+
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(
+        "express_lane: true\n"
+        "vtep: {address: 10.99.0.1/24, uplink: lo}\n"
+        f"state_dir: {tmp_path}/state\napi_socket: {tmp_path}/api.sock\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert express_loadable() is None
+    missing = express_loadable(str(tmp_path / "none.bpf.o"))
+    assert "none.bpf.o is missing" in missing and "clang" in missing
+    junk = tmp_path / "junk.bpf.o"
+    junk.write_bytes(b"not an ELF file")
+    why = express_loadable(str(junk))
+    assert why and "junk.bpf.o" in why, why
