@@ -15,7 +15,8 @@
     dataplane host del NAME | dataplane host list
     dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
     dataplane node list                   the cluster's nodes, running or not
-    dataplane node remove NAME            forget a node gone for good (its pods' records)
+    dataplane node remove NAME            forget a node gone for good (its pods' records),
+                                          or a renamed node's old name (SQLite store)
     dataplane attachment list             CNI attachments (container, ifname, pod)
     dataplane attachment del CONTAINER_ID IFNAME
     dataplane bench {encap,decap,afpacket} [...]
@@ -470,7 +471,12 @@ def cmd_node(args):
         else:
             print(
                 f"node {r['node']} removed: {r['pods']} pod(s) and {r['attachments']} CNI "
-                "attachment(s) forgotten; the other nodes stop sending to it"
+                "attachment(s) forgotten; "
+                + (
+                    f"{r['veths']} veth(s) of its pods deleted (an old name of this node)"
+                    if "veths" in r  # a node's own store: the node was renamed
+                    else "the other nodes stop sending to it"
+                )
             )
         return 0
     nodes = _call(args, "GET", "/v1/nodes")
@@ -629,7 +635,8 @@ def build_parser():
     nr = nsub.add_parser(
         "remove",
         help="forget a node whose service will not come back: its pods' records, addresses, "
-        "MACs and CNI attachments (refused while it runs)",
+        "MACs and CNI attachments (refused while it runs); with the SQLite store, an old name "
+        "of this node (renamed), its pods' veths deleted too",
     )
     nr.add_argument("name")
     client(nr)

@@ -746,15 +746,52 @@ class NodeService:
         """Forget a node that is gone for good (store.remove_node): its pods'
         records, addresses and MACs, and its CNI attachments; the other
         nodes drop its MACs and stop flooding to its VTEP as they see its
-        endpoints go. Refused for this node and for one whose service runs."""
+        endpoints go. Refused for this node and for one whose service runs.
+        On a node's own store (SQLite) the node removed is an old name of
+        this one (renamed): its pods' veths, marked as that name's in this
+        store, are on this host and are deleted too."""
         if name == self.config.node:
+            if self.store.kind == "sqlite":
+                raise ConfigError(
+                    f"node {name} is the name this service runs under on its store "
+                    f"{self.config.store.path}: delete its pods one by one ('dataplane pod del'); "
+                    "'dataplane node remove' forgets an old name of this node"
+                )
             raise ConfigError(
                 f"node {name} is this service's own node: delete its pods ('dataplane pod del') "
                 "or stop the service and remove it from another node"
             )
-        removed = self.store.remove_node(name)
+        with self.lock:  # no pod add of this node in between
+            removed = self.store.remove_node(name)
+            if self.store.kind == "sqlite":
+                removed["veths"] = len(self._remove_veths_of(name))
         event("node removed", node=name, **removed)
         return {"node": name, **removed}
+
+    def _remove_veths_of(self, node: str) -> list:
+        """Delete the pod veths marked as node ``node``'s in this store
+        (an old name of this node, removed), as a start deletes its own
+        orphans; each logged. The names deleted."""
+        from .podlife import _named_for
+        from .podnet import delete_marked, marked_veths, parse_alias
+
+        mark = self.pods.store_mark()
+        out = []
+        for index, ifname, alias in marked_veths():
+            owner, store, plane, pod, whole = parse_alias(alias)
+            if (owner, store) != (node, mark) or not _named_for(ifname, pod, plane, whole):
+                continue
+            try:
+                if not delete_marked(index, ifname, alias):
+                    continue
+            except DataplaneError as e:
+                log.warning("veth %s of removed node %s not deleted: %s", ifname, node, e)
+                continue
+            event(
+                "removed node's pod veth deleted", interface=ifname, pod=pod, plane=plane, node=node
+            )
+            out.append(ifname)
+        return out
 
     # ------------------------------------------------------------- reload
     def reload(self, expected: Optional[str] = None) -> dict:

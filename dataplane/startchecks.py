@@ -107,7 +107,9 @@ def others_pods(cfg: NodeConfig, store) -> Optional[str]:
     return (
         f"node: the state store {cfg.store.path} has pods of node {', '.join(others)} and none "
         f"of node {cfg.node}: they are not replayed (was the node renamed? 'node:' defaults "
-        "to the host name)"
+        "to the host name); give the node its old name back, or, with the service running, "
+        "forget the old name's pods and their veths: "
+        + ", ".join(f"'dataplane node remove {o}'" for o in others)
     )
 
 

@@ -1138,18 +1138,84 @@ def test_check_finds_what_run_refuses_against_the_store(node, tmp_path):
     assert said in (node.tmp / "service.log").read_text()
 
 
-def test_a_renamed_node_says_whose_pods_it_does_not_replay(node):
-    node.pod("a", IT_SPEC)
+def _state_rows(node):
+    """Every row of the node's SQLite state file, table by table."""
+    db = sqlite3.connect(f"{node.tmp}/state/state.db")
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(map(repr, db.execute(f"SELECT * FROM {t}"))) for t in sorted(tables)}
+    finally:
+        db.close()
+
+
+def test_a_renamed_node_forgets_its_old_name_with_node_remove(node, tmp_path):
+    """A node renamed on its SQLite store says whose pods it does not
+    replay, at start and in dataplane check, and points to 'dataplane node
+    remove OLD'; the old name is listed as not running. The service's own
+    name and an unknown one are refused by name, the store unchanged; the
+    old name removed takes its pods' records and veths, and the pods can be
+    added again under the new name and reach each other."""
+    old, new = f"node-{node.tag}", f"other-{node.tag}"
+    a = node.pod("a", IT_SPEC)
+    node.pod("b", IT_SPEC)
     node.stop()
-    text = node.cfg.read_text()
-    node.cfg.write_text(text.replace(f"node: node-{node.tag}", f"node: other-{node.tag}"))
+    node.cfg.write_text(node.cfg.read_text().replace(f"node: {old}", f"node: {new}"))
+    said = (
+        f"has pods of node {old} and none of node {new}: they are not replayed (was the node "
+        "renamed?"
+    )
+    hint = f"'dataplane node remove {old}'"
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(node.cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0 and said in r.stdout and hint in r.stdout, r.stdout + r.stderr
     node.start()
     assert node.api("GET", "/v1/pods") == []
     log = (node.tmp / "service.log").read_text()
-    assert (
-        f"has pods of node node-{node.tag} and none of node other-{node.tag}: they are not "
-        "replayed (was the node renamed?" in log
-    ), log[-2000:]
+    assert said in log and hint in log, log[-2000:]
+    lines = node.cli("node", "list").stdout.splitlines()
+    assert [ln.split()[:3] for ln in lines] == [
+        [old, "NOT", "RUNNING"],
+        [new, "running", "0"],
+    ], lines
+    before = _state_rows(node)
+    links = host_links()
+    assert node.host_links <= links
+    r = node.cli("node", "remove", new, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"node {new} is the name this service runs under on its store" in r.stderr, r.stderr
+    r = node.cli("node", "remove", "nosuch", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "node nosuch: the store " in r.stderr and "has no pod or CNI attachment" in r.stderr
+    assert _state_rows(node) == before and host_links() == links
+    out = node.cli("node", "remove", old).stdout
+    assert f"node {old} removed: 2 pod(s) and 0 CNI attachment(s) forgotten; 2 veth(s)" in out
+    assert not node.host_links & host_links()  # the old pods' veths are gone
+    rows = _state_rows(node)
+    assert rows["pods"] == rows["endpoints"] == rows["allocations"] == [], rows
+    log = (node.tmp / "service.log").read_text()
+    assert log.count("removed node's pod veth deleted") == 2, log[-2000:]
+    assert [ln.split()[0] for ln in node.cli("node", "list").stdout.splitlines()] == [new]
+    # the namespaces are still there: the pods added again, under the new name
+    for name in ("a", "b"):
+        info = node.api(
+            "POST",
+            "/v1/pods",
+            {
+                "name": name,
+                "netns": f"/var/run/netns/dpt{node.tag}{name}",
+                "spec": json.dumps(IT_SPEC),
+            },
+        )
+        node.host_links |= {p["host_ifname"] for p in info["planes"]}
+    pods = node.api("GET", "/v1/pods")
+    assert [p["name"] for p in pods] == ["a", "b"]
+    assert ping(a["ns"], ip_of(pods[1])).returncode == 0
+    r = node.cli("node", "remove", old, check=False)  # gone: nothing left to remove
+    assert r.returncode != 0 and f"node {old}: the store " in r.stderr, r.stderr
 
 
 def test_cli_edges(node):
@@ -1568,14 +1634,16 @@ def test_exiting_tells_a_dying_process_from_a_running_one():
 
 def test_node_list_and_remove_on_a_single_node_store(node):
     """With the SQLite store the node is alone: ``node list`` shows it,
-    ``node remove`` says removal is for a cluster store."""
+    ``node remove`` of a name the store has no records of is refused by
+    name (a renamed node's old name:
+    test_a_renamed_node_forgets_its_old_name_with_node_remove)."""
     node.pod("a", IT_SPEC)
     out = node.cli("node", "list").stdout
     assert out.split()[:4] == [f"node-{node.tag}", "running", "1", "pods"], out
     assert "(this node)" in out
     r = node.cli("node", "remove", "other", check=False)
     assert r.returncode != 0
-    assert "node other: a sqlite store keeps one node's state" in r.stderr, r.stderr
+    assert "node other: the store " in r.stderr and "no pod or CNI attachment" in r.stderr
     r = node.cli("node", "remove", "bad/name", check=False)
     assert r.returncode != 0 and "not a valid node name" in r.stderr, r.stderr
 
