@@ -119,14 +119,16 @@ def cmd_run(args):
 
 
 def cmd_check(args):
-    from .startchecks import check_store, uplink_notes
+    from .startchecks import check_store, uplink_in_use, uplink_notes
 
     cfg = load_config(args.config)
     # what 'run' would refuse because of the state store's records, read
-    # only (a running service is not disturbed)
+    # only (a running service is not disturbed), and an uplink another
+    # running service has (its lock looked at, not taken)
     store = check_store(cfg)
-    if store.errors:
-        print(f"dataplane: {chr(10).join(store.errors)}", file=sys.stderr)
+    errors = [e for e in [uplink_in_use(cfg)] if e] + store.errors
+    if errors:
+        print(f"dataplane: {chr(10).join(errors)}", file=sys.stderr)
         return 2
     n = len(cfg.networks)
     print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")

@@ -41,7 +41,7 @@ from .podnet import (
     tunnel_tap_name,
     uplink_wire_sized,
 )
-from .startchecks import store_findings
+from .startchecks import store_findings, uplink_lock_path, uplink_lock_text, uplink_taken
 from .status import (
     STALE_ORIGINS,
     api_routes,
@@ -404,16 +404,29 @@ class NodeService:
 
     def _claim(self):
         """Hold an exclusive lock beside the API socket (and the SQLite
-        state file) for as long as this service runs; a DataplaneError that
-        names the holder if another service has it."""
+        state file), and one for a kernel uplink under /run/dataplane
+        (:func:`~dataplane.startchecks.uplink_lock_path`), for as long as
+        this service runs; a DataplaneError that names the holder if another
+        service has one. Each file says who holds it: the pid (and, the
+        uplink's, the API socket)."""
         import fcntl
 
         cfg = self.config
-        paths = [("api_socket", cfg.api_socket)]
+        pid_text = f"{os.getpid()}\n"
+        paths = [("api_socket", cfg.api_socket, f"{cfg.api_socket}.lock", pid_text)]
         if cfg.store.kind == "sqlite":
-            paths.append(("store.path", cfg.store.path))
-        for field, path in paths:
-            lock = f"{path}.lock"
+            paths.append(("store.path", cfg.store.path, f"{cfg.store.path}.lock", pid_text))
+        uplink_lock = uplink_lock_path(cfg)
+        if uplink_lock is not None:  # two services on one interface: each takes the other's frames
+            paths.append(
+                (
+                    "vtep.uplink",
+                    cfg.vtep.uplink_ifname,
+                    uplink_lock,
+                    uplink_lock_text(cfg.api_socket),
+                )
+            )
+        for field, path, lock, text in paths:
             waited = 0.0
             while True:
                 try:
@@ -428,7 +441,8 @@ class NodeService:
                     # it goes with this process, not with the last child
                     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                    said = os.pread(fd, 4096, 0).decode(errors="replace")
+                    holder = said.split("\n", 1)[0].strip()  # the pid
                     os.close(fd)
                     if holder.isdigit() and _exiting(int(holder)) and waited < CLAIM_WAIT_S:
                         # killed, still closing its sockets: the lock is
@@ -444,6 +458,8 @@ class NodeService:
                         waited += 0.1
                         continue
                     self._release_claims()
+                    if field == "vtep.uplink":
+                        raise DataplaneError(uplink_taken(path, said)) from None
                     raise DataplaneError(
                         f"{field}: {path} is in use by a running service"
                         + (f" (pid {holder})" if holder else "")
@@ -460,7 +476,7 @@ class NodeService:
             if before.isdigit() and field == "api_socket":
                 self.unclean_stop = (int(before), os.fstat(fd).st_mtime)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, text.encode(), 0)
             self._claims.append((fd, lock))
 
     def _release_claims(self):

@@ -970,6 +970,65 @@ def test_a_second_service_of_the_node_touches_nothing(node, tmp_path):
     assert not os.path.exists(f"{node.sock}.lock")
 
 
+def test_a_second_service_on_the_same_uplink_is_refused(node, tmp_path):
+    """Another node's service (its own API socket, state and metrics port)
+    whose vtep.uplink is the interface a running service has is refused by
+    run and by check, naming the interface, the other service's pid and API
+    socket, before it touches anything; the running one forwards on. A lock
+    file left by a killed service is no refusal."""
+    a = node.pod("a", IT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    netns = os.stat("/proc/self/ns/net").st_ino  # the service's, as the test's
+    lock = f"/run/dataplane/uplink-{node.uplink}@netns-{netns}.lock"
+    assert open(lock).read() == f"{node.proc.pid}\n{node.sock}\n"
+    sock2, state2 = tmp_path / "two.sock", tmp_path / "two-state"
+    cfg2 = tmp_path / "two.yaml"
+    cfg2.write_text(
+        node.cfg.read_text()
+        .replace(node.sock, str(sock2))
+        .replace(f"{node.tmp}/state", str(state2))
+        .replace(f":{node.metrics_port}", f":{free_port()}")
+        .replace(f"node: node-{node.tag}", f"node: two-{node.tag}")
+    )
+    said = (
+        f"dataplane: vtep.uplink: {node.uplink} is the uplink of another running node service "
+        f"(pid {node.proc.pid}, api socket {node.sock})"
+    )
+
+    def check(path):
+        return subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "check", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+
+    r = check(cfg2)
+    assert r.returncode == 2 and r.stderr.startswith(said), r.stdout + r.stderr
+    assert check(node.cfg).returncode == 0  # the running service's own config
+    links = host_links()
+    r = run_service(cfg2)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert said in r.stderr, r.stderr
+    assert host_links() == links  # no tunnel tap, nothing attached
+    assert not os.path.exists(sock2) and not os.path.exists(f"{sock2}.lock")
+    assert not os.path.exists(state2 / "state.db")
+    assert open(lock).read() == f"{node.proc.pid}\n{node.sock}\n"  # still the first one's
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    # killed: its lock file stays, held by nobody
+    node.proc.kill()
+    node.proc.wait()
+    assert os.path.exists(lock)
+    r = check(cfg2)
+    assert r.returncode == 0 and "vtep.uplink" not in r.stderr, r.stderr
+    node.cfg, node.sock = cfg2, str(sock2)
+    node.start()  # the second one takes the uplink now
+    assert node.api("GET", "/v1/status")["node"] == f"two-{node.tag}"
+    assert open(lock).read() == f"{node.proc.pid}\n{sock2}\n"
+    node.stop()
+    assert not os.path.exists(lock)  # a clean stop leaves nothing
+
+
 def test_a_start_right_after_a_kill_takes_over(node):
     """A service killed with SIGKILL takes a second or two to close its
     sockets; a new one started at once (as an impatient operator or a quick
@@ -1032,8 +1091,9 @@ def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
         return {ln for ln in host_links() if ln.startswith("dpgso")}
 
     taps_before = taps()
-    # the running node's metrics port
-    r = run_service(variant("busy"))
+    # the running node's metrics port (another uplink: the running node's is
+    # refused first, test_a_second_service_on_the_same_uplink_is_refused)
+    r = run_service(variant("busy", **{f"uplink: {node.uplink}": f"uplink: dpx{node.tag}a"}))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"dataplane: metrics.listen: 127.0.0.1:{node.metrics_port}: " in r.stderr, r.stderr
     assert taps() == taps_before  # no tunnel tap made, nothing attached
