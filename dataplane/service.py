@@ -777,9 +777,11 @@ class NodeService:
                 f"node {name} is this service's own node: delete its pods ('dataplane pod del') "
                 "or stop the service and remove it from another node"
             )
-        with self.lock:  # no pod add of this node in between
+        if self.store.kind != "sqlite":  # another node's records, not under the engine's lock
             removed = self.store.remove_node(name)
-            if self.store.kind == "sqlite":
+        else:
+            with self.lock:  # the file answers at once; no pod add of this node in between
+                removed = self.store.remove_node(name)
                 removed["veths"] = len(self._remove_veths_of(name))
         event("node removed", node=name, **removed)
         return {"node": name, **removed}
