@@ -794,10 +794,13 @@ class NodeService:
         from .podnet import delete_marked, marked_veths, parse_alias
 
         mark = self.pods.store_mark()
+        known = {e["host_ifname"] for e in self.store.endpoints() if e.get("host_ifname")}
         out = []
         for index, ifname, alias in marked_veths():
             owner, store, plane, pod, whole = parse_alias(alias)
-            if (owner, store) != (node, mark) or not _named_for(ifname, pod, plane, whole):
+            if (owner, store) != (node, mark) or ifname in known:  # a recorded pod's: kept
+                continue
+            if not _named_for(ifname, pod, plane, whole):
                 continue
             try:
                 if not delete_marked(index, ifname, alias):
