@@ -15,7 +15,8 @@
     dataplane host del NAME | dataplane host list
     dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
     dataplane node list                   the cluster's nodes, running or not
-    dataplane node remove NAME            forget a node gone for good (its pods' records)
+    dataplane node remove NAME            forget a node gone for good (its pods' records),
+                                          or a renamed node's old name (SQLite store)
     dataplane attachment list             CNI attachments (container, ifname, pod)
     dataplane attachment del CONTAINER_ID IFNAME
     dataplane bench {encap,decap,afpacket} [...]
@@ -118,20 +119,22 @@ def cmd_run(args):
 
 
 def cmd_check(args):
-    from .startchecks import check_store, uplink_notes
+    from .startchecks import check_store, uplink_in_use, uplink_notes
 
     cfg = load_config(args.config)
     # what 'run' would refuse because of the state store's records, read
-    # only (a running service is not disturbed)
+    # only (a running service is not disturbed), and an uplink another
+    # running service has (its lock looked at, not taken)
     store = check_store(cfg)
+    errors = [e for e in [uplink_in_use(cfg)] if e] + store.errors
     if cfg.express_lane:  # the kernel takes the lane's programs, as run loads them
         from .engine import express_loadable
 
         why = express_loadable()
         if why:
-            store.errors.append(f"express_lane: true, but {why}")
-    if store.errors:
-        print(f"dataplane: {chr(10).join(store.errors)}", file=sys.stderr)
+            errors.append(f"express_lane: true, but {why}")
+    if errors:
+        print(f"dataplane: {chr(10).join(errors)}", file=sys.stderr)
         return 2
     n = len(cfg.networks)
     print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")
@@ -479,7 +482,12 @@ def cmd_node(args):
         else:
             print(
                 f"node {r['node']} removed: {r['pods']} pod(s) and {r['attachments']} CNI "
-                "attachment(s) forgotten; the other nodes stop sending to it"
+                "attachment(s) forgotten; "
+                + (
+                    f"{r['veths']} veth(s) of its pods deleted (an old name of this node)"
+                    if "veths" in r  # a node's own store: the node was renamed
+                    else "the other nodes stop sending to it"
+                )
             )
         return 0
     nodes = _call(args, "GET", "/v1/nodes")
@@ -638,7 +646,8 @@ def build_parser():
     nr = nsub.add_parser(
         "remove",
         help="forget a node whose service will not come back: its pods' records, addresses, "
-        "MACs and CNI attachments (refused while it runs)",
+        "MACs and CNI attachments (refused while it runs); with the SQLite store, an old name "
+        "of this node (renamed), its pods' veths deleted too",
     )
     nr.add_argument("name")
     client(nr)

@@ -41,7 +41,7 @@ from .podnet import (
     tunnel_tap_name,
     uplink_wire_sized,
 )
-from .startchecks import store_findings
+from .startchecks import store_findings, uplink_lock_path, uplink_lock_text, uplink_taken
 from .status import (
     STALE_ORIGINS,
     api_routes,
@@ -406,16 +406,29 @@ class NodeService:
 
     def _claim(self):
         """Hold an exclusive lock beside the API socket (and the SQLite
-        state file) for as long as this service runs; a DataplaneError that
-        names the holder if another service has it."""
+        state file), and one for a kernel uplink under /run/dataplane
+        (:func:`~dataplane.startchecks.uplink_lock_path`), for as long as
+        this service runs; a DataplaneError that names the holder if another
+        service has one. Each file says who holds it: the pid (and, the
+        uplink's, the API socket)."""
         import fcntl
 
         cfg = self.config
-        paths = [("api_socket", cfg.api_socket)]
+        pid_text = f"{os.getpid()}\n"
+        paths = [("api_socket", cfg.api_socket, f"{cfg.api_socket}.lock", pid_text)]
         if cfg.store.kind == "sqlite":
-            paths.append(("store.path", cfg.store.path))
-        for field, path in paths:
-            lock = f"{path}.lock"
+            paths.append(("store.path", cfg.store.path, f"{cfg.store.path}.lock", pid_text))
+        uplink_lock = uplink_lock_path(cfg)
+        if uplink_lock is not None:  # two services on one interface: each takes the other's frames
+            paths.append(
+                (
+                    "vtep.uplink",
+                    cfg.vtep.uplink_ifname,
+                    uplink_lock,
+                    uplink_lock_text(cfg.api_socket),
+                )
+            )
+        for field, path, lock, text in paths:
             waited = 0.0
             while True:
                 try:
@@ -430,7 +443,8 @@ class NodeService:
                     # it goes with this process, not with the last child
                     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                    said = os.pread(fd, 4096, 0).decode(errors="replace")
+                    holder = said.split("\n", 1)[0].strip()  # the pid
                     os.close(fd)
                     if holder.isdigit() and _exiting(int(holder)) and waited < CLAIM_WAIT_S:
                         # killed, still closing its sockets: the lock is
@@ -446,6 +460,8 @@ class NodeService:
                         waited += 0.1
                         continue
                     self._release_claims()
+                    if field == "vtep.uplink":
+                        raise DataplaneError(uplink_taken(path, said)) from None
                     raise DataplaneError(
                         f"{field}: {path} is in use by a running service"
                         + (f" (pid {holder})" if holder else "")
@@ -462,7 +478,7 @@ class NodeService:
             if before.isdigit() and field == "api_socket":
                 self.unclean_stop = (int(before), os.fstat(fd).st_mtime)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, text.encode(), 0)
             self._claims.append((fd, lock))
 
     def _release_claims(self):
@@ -748,15 +764,57 @@ class NodeService:
         """Forget a node that is gone for good (store.remove_node): its pods'
         records, addresses and MACs, and its CNI attachments; the other
         nodes drop its MACs and stop flooding to its VTEP as they see its
-        endpoints go. Refused for this node and for one whose service runs."""
+        endpoints go. Refused for this node and for one whose service runs.
+        On a node's own store (SQLite) the node removed is an old name of
+        this one (renamed): its pods' veths, marked as that name's in this
+        store, are on this host and are deleted too."""
         if name == self.config.node:
+            if self.store.kind == "sqlite":
+                raise ConfigError(
+                    f"node {name} is the name this service runs under on its store "
+                    f"{self.config.store.path}: delete its pods one by one ('dataplane pod del'); "
+                    "'dataplane node remove' forgets an old name of this node"
+                )
             raise ConfigError(
                 f"node {name} is this service's own node: delete its pods ('dataplane pod del') "
                 "or stop the service and remove it from another node"
             )
-        removed = self.store.remove_node(name)
+        if self.store.kind != "sqlite":  # another node's records, not under the engine's lock
+            removed = self.store.remove_node(name)
+        else:
+            with self.lock:  # the file answers at once; no pod add of this node in between
+                removed = self.store.remove_node(name)
+                removed["veths"] = len(self._remove_veths_of(name))
         event("node removed", node=name, **removed)
         return {"node": name, **removed}
+
+    def _remove_veths_of(self, node: str) -> list:
+        """Delete the pod veths marked as node ``node``'s in this store
+        (an old name of this node, removed), as a start deletes its own
+        orphans; each logged. The names deleted."""
+        from .podlife import _named_for
+        from .podnet import delete_marked, marked_veths, parse_alias
+
+        mark = self.pods.store_mark()
+        known = {e["host_ifname"] for e in self.store.endpoints() if e.get("host_ifname")}
+        out = []
+        for index, ifname, alias in marked_veths():
+            owner, store, plane, pod, whole = parse_alias(alias)
+            if (owner, store) != (node, mark) or ifname in known:  # a recorded pod's: kept
+                continue
+            if not _named_for(ifname, pod, plane, whole):
+                continue
+            try:
+                if not delete_marked(index, ifname, alias):
+                    continue
+            except DataplaneError as e:
+                log.warning("veth %s of removed node %s not deleted: %s", ifname, node, e)
+                continue
+            event(
+                "removed node's pod veth deleted", interface=ifname, pod=pod, plane=plane, node=node
+            )
+            out.append(ifname)
+        return out
 
     # ------------------------------------------------------------- reload
     def reload(self, expected: Optional[str] = None) -> dict:

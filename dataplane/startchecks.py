@@ -4,9 +4,11 @@ same words:
 
     errors, warnings = store_findings(cfg, store)   # the state store's records
     notes = uplink_notes(cfg)                       # the kernel uplink, now
+    why = uplink_in_use(cfg)                        # another service's uplink?
     report = check_store(cfg)                       # dataplane check: the store read only
 
 Refused (``run`` stops before anything is attached; ``check`` fails): a
+kernel uplink another running service holds (``uplink_in_use``), a
 network the config dropped while pods of the node are on it, a network the
 store cannot take (a VNI another network has, a subnet that leaves
 allocated addresses outside it, a new gateway, network or broadcast address
@@ -18,6 +20,7 @@ node's own store, and an uplink that is missing, down or too small now
 """
 
 import ipaddress
+import os
 import socket
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -29,6 +32,70 @@ from .store.common import reserved_held
 
 #: how long ``dataplane check`` waits for a cluster store (etcd), a request
 CHECK_WAIT_S = 2.0
+
+#: where a service holds a lock file per kernel uplink interface while it
+#: runs (:func:`uplink_lock_path`)
+UPLINK_LOCK_DIR = "/run/dataplane"
+
+
+def uplink_lock_path(cfg: NodeConfig) -> Optional[str]:
+    """The lock file a service holds for its kernel uplink while it runs:
+    ``/run/dataplane/uplink-IFNAME@netns-INODE.lock``, INODE the network
+    namespace's (``stat -L -c %i /proc/self/ns/net``): an interface name is
+    a namespace's own, and services in two namespaces may each have an
+    ``eth1``. None for a DPDK uplink (its driver holds the device)."""
+    name = cfg.vtep.uplink_ifname
+    if name is None:
+        return None
+    netns = os.stat("/proc/self/ns/net").st_ino
+    return os.path.join(UPLINK_LOCK_DIR, f"uplink-{name}@netns-{netns}.lock")
+
+
+def uplink_lock_text(api_socket: str) -> str:
+    """What a service writes into its uplink's lock file: its pid and its
+    API socket, a line each."""
+    return f"{os.getpid()}\n{api_socket}\n"
+
+
+def uplink_taken(ifname: str, holder: str) -> str:
+    """The refusal of a start whose kernel uplink another running service
+    holds; ``holder``: the lock file's text (pid, API socket)."""
+    lines = holder.splitlines()
+    pid = lines[0].strip() if lines else ""
+    sock = lines[1].strip() if len(lines) > 1 else ""
+    return (
+        f"vtep.uplink: {ifname} is the uplink of another running node service (pid "
+        f"{pid or '?'}, api socket {sock or '?'}): two services on one interface would each "
+        "take the other's frames; give this node its own uplink, or stop that service first"
+    )
+
+
+def uplink_in_use(cfg: NodeConfig) -> Optional[str]:
+    """``dataplane check``: :func:`uplink_taken` if a running service other
+    than the one of ``cfg``'s API socket holds the kernel uplink's lock file
+    now, else None. Read only: the lock is looked up in /proc/locks, never
+    taken (a file left by a process gone is not held)."""
+    path = uplink_lock_path(cfg)
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            st = os.fstat(f.fileno())
+            text = f.read(4096)
+    except OSError:
+        return None
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            held = any(ln.split()[5] == ident for ln in f if len(ln.split()) > 5)
+    except OSError:
+        return None
+    lines = text.splitlines()
+    if not held or len(lines) < 2:
+        return None
+    if os.path.abspath(lines[1].strip()) == os.path.abspath(cfg.api_socket):
+        return None  # this node's own running service
+    return uplink_taken(cfg.vtep.uplink_ifname, text)
 
 
 def store_findings(cfg: NodeConfig, store, claim: bool = False) -> Tuple[List[str], List[str]]:
@@ -107,7 +174,9 @@ def others_pods(cfg: NodeConfig, store) -> Optional[str]:
     return (
         f"node: the state store {cfg.store.path} has pods of node {', '.join(others)} and none "
         f"of node {cfg.node}: they are not replayed (was the node renamed? 'node:' defaults "
-        "to the host name)"
+        "to the host name); give the node its old name back, or, with the service running, "
+        "forget the old name's pods and their veths: "
+        + ", ".join(f"'dataplane node remove {o}'" for o in others)
     )
 
 

@@ -970,6 +970,65 @@ def test_a_second_service_of_the_node_touches_nothing(node, tmp_path):
     assert not os.path.exists(f"{node.sock}.lock")
 
 
+def test_a_second_service_on_the_same_uplink_is_refused(node, tmp_path):
+    """Another node's service (its own API socket, state and metrics port)
+    whose vtep.uplink is the interface a running service has is refused by
+    run and by check, naming the interface, the other service's pid and API
+    socket, before it touches anything; the running one forwards on. A lock
+    file left by a killed service is no refusal."""
+    a = node.pod("a", IT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    netns = os.stat("/proc/self/ns/net").st_ino  # the service's, as the test's
+    lock = f"/run/dataplane/uplink-{node.uplink}@netns-{netns}.lock"
+    assert open(lock).read() == f"{node.proc.pid}\n{node.sock}\n"
+    sock2, state2 = tmp_path / "two.sock", tmp_path / "two-state"
+    cfg2 = tmp_path / "two.yaml"
+    cfg2.write_text(
+        node.cfg.read_text()
+        .replace(node.sock, str(sock2))
+        .replace(f"{node.tmp}/state", str(state2))
+        .replace(f":{node.metrics_port}", f":{free_port()}")
+        .replace(f"node: node-{node.tag}", f"node: two-{node.tag}")
+    )
+    said = (
+        f"dataplane: vtep.uplink: {node.uplink} is the uplink of another running node service "
+        f"(pid {node.proc.pid}, api socket {node.sock})"
+    )
+
+    def check(path):
+        return subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "check", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+
+    r = check(cfg2)
+    assert r.returncode == 2 and r.stderr.startswith(said), r.stdout + r.stderr
+    assert check(node.cfg).returncode == 0  # the running service's own config
+    links = host_links()
+    r = run_service(cfg2)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert said in r.stderr, r.stderr
+    assert host_links() == links  # no tunnel tap, nothing attached
+    assert not os.path.exists(sock2) and not os.path.exists(f"{sock2}.lock")
+    assert not os.path.exists(state2 / "state.db")
+    assert open(lock).read() == f"{node.proc.pid}\n{node.sock}\n"  # still the first one's
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    # killed: its lock file stays, held by nobody
+    node.proc.kill()
+    node.proc.wait()
+    assert os.path.exists(lock)
+    r = check(cfg2)
+    assert r.returncode == 0 and "vtep.uplink" not in r.stderr, r.stderr
+    node.cfg, node.sock = cfg2, str(sock2)
+    node.start()  # the second one takes the uplink now
+    assert node.api("GET", "/v1/status")["node"] == f"two-{node.tag}"
+    assert open(lock).read() == f"{node.proc.pid}\n{sock2}\n"
+    node.stop()
+    assert not os.path.exists(lock)  # a clean stop leaves nothing
+
+
 def test_a_start_right_after_a_kill_takes_over(node):
     """A service killed with SIGKILL takes a second or two to close its
     sockets; a new one started at once (as an impatient operator or a quick
@@ -1032,8 +1091,9 @@ def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
         return {ln for ln in host_links() if ln.startswith("dpgso")}
 
     taps_before = taps()
-    # the running node's metrics port
-    r = run_service(variant("busy"))
+    # the running node's metrics port (another uplink: the running node's is
+    # refused first, test_a_second_service_on_the_same_uplink_is_refused)
+    r = run_service(variant("busy", **{f"uplink: {node.uplink}": f"uplink: dpx{node.tag}a"}))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"dataplane: metrics.listen: 127.0.0.1:{node.metrics_port}: " in r.stderr, r.stderr
     assert taps() == taps_before  # no tunnel tap made, nothing attached
@@ -1138,18 +1198,84 @@ def test_check_finds_what_run_refuses_against_the_store(node, tmp_path):
     assert said in (node.tmp / "service.log").read_text()
 
 
-def test_a_renamed_node_says_whose_pods_it_does_not_replay(node):
-    node.pod("a", IT_SPEC)
+def _state_rows(node):
+    """Every row of the node's SQLite state file, table by table."""
+    db = sqlite3.connect(f"{node.tmp}/state/state.db")
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(map(repr, db.execute(f"SELECT * FROM {t}"))) for t in sorted(tables)}
+    finally:
+        db.close()
+
+
+def test_a_renamed_node_forgets_its_old_name_with_node_remove(node, tmp_path):
+    """A node renamed on its SQLite store says whose pods it does not
+    replay, at start and in dataplane check, and points to 'dataplane node
+    remove OLD'; the old name is listed as not running. The service's own
+    name and an unknown one are refused by name, the store unchanged; the
+    old name removed takes its pods' records and veths, and the pods can be
+    added again under the new name and reach each other."""
+    old, new = f"node-{node.tag}", f"other-{node.tag}"
+    a = node.pod("a", IT_SPEC)
+    node.pod("b", IT_SPEC)
     node.stop()
-    text = node.cfg.read_text()
-    node.cfg.write_text(text.replace(f"node: node-{node.tag}", f"node: other-{node.tag}"))
+    node.cfg.write_text(node.cfg.read_text().replace(f"node: {old}", f"node: {new}"))
+    said = (
+        f"has pods of node {old} and none of node {new}: they are not replayed (was the node "
+        "renamed?"
+    )
+    hint = f"'dataplane node remove {old}'"
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(node.cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0 and said in r.stdout and hint in r.stdout, r.stdout + r.stderr
     node.start()
     assert node.api("GET", "/v1/pods") == []
     log = (node.tmp / "service.log").read_text()
-    assert (
-        f"has pods of node node-{node.tag} and none of node other-{node.tag}: they are not "
-        "replayed (was the node renamed?" in log
-    ), log[-2000:]
+    assert said in log and hint in log, log[-2000:]
+    lines = node.cli("node", "list").stdout.splitlines()
+    assert [ln.split()[:3] for ln in lines] == [
+        [old, "NOT", "RUNNING"],
+        [new, "running", "0"],
+    ], lines
+    before = _state_rows(node)
+    links = host_links()
+    assert node.host_links <= links
+    r = node.cli("node", "remove", new, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"node {new} is the name this service runs under on its store" in r.stderr, r.stderr
+    r = node.cli("node", "remove", "nosuch", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "node nosuch: the store " in r.stderr and "has no pod or CNI attachment" in r.stderr
+    assert _state_rows(node) == before and host_links() == links
+    out = node.cli("node", "remove", old).stdout
+    assert f"node {old} removed: 2 pod(s) and 0 CNI attachment(s) forgotten; 2 veth(s)" in out
+    assert not node.host_links & host_links()  # the old pods' veths are gone
+    rows = _state_rows(node)
+    assert rows["pods"] == rows["endpoints"] == rows["allocations"] == [], rows
+    log = (node.tmp / "service.log").read_text()
+    assert log.count("removed node's pod veth deleted") == 2, log[-2000:]
+    assert [ln.split()[0] for ln in node.cli("node", "list").stdout.splitlines()] == [new]
+    # the namespaces are still there: the pods added again, under the new name
+    for name in ("a", "b"):
+        info = node.api(
+            "POST",
+            "/v1/pods",
+            {
+                "name": name,
+                "netns": f"/var/run/netns/dpt{node.tag}{name}",
+                "spec": json.dumps(IT_SPEC),
+            },
+        )
+        node.host_links |= {p["host_ifname"] for p in info["planes"]}
+    pods = node.api("GET", "/v1/pods")
+    assert [p["name"] for p in pods] == ["a", "b"]
+    assert ping(a["ns"], ip_of(pods[1])).returncode == 0
+    r = node.cli("node", "remove", old, check=False)  # gone: nothing left to remove
+    assert r.returncode != 0 and f"node {old}: the store " in r.stderr, r.stderr
 
 
 def test_cli_edges(node):
@@ -1568,14 +1694,16 @@ def test_exiting_tells_a_dying_process_from_a_running_one():
 
 def test_node_list_and_remove_on_a_single_node_store(node):
     """With the SQLite store the node is alone: ``node list`` shows it,
-    ``node remove`` says removal is for a cluster store."""
+    ``node remove`` of a name the store has no records of is refused by
+    name (a renamed node's old name:
+    test_a_renamed_node_forgets_its_old_name_with_node_remove)."""
     node.pod("a", IT_SPEC)
     out = node.cli("node", "list").stdout
     assert out.split()[:4] == [f"node-{node.tag}", "running", "1", "pods"], out
     assert "(this node)" in out
     r = node.cli("node", "remove", "other", check=False)
     assert r.returncode != 0
-    assert "node other: a sqlite store keeps one node's state" in r.stderr, r.stderr
+    assert "node other: the store " in r.stderr and "no pod or CNI attachment" in r.stderr
     r = node.cli("node", "remove", "bad/name", check=False)
     assert r.returncode != 0 and "not a valid node name" in r.stderr, r.stderr
 

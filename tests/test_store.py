@@ -610,3 +610,49 @@ def test_a_read_only_sqlite_store_changes_nothing(path, tmp_path):
     assert r.pods() == [] and r.networks() == []
     r.close()
     assert empty.read_bytes() == b""
+
+
+def test_sqlite_remove_node_forgets_an_old_name_whole_or_not_at_all(sqlite_store, path):
+    """A node's own SQLite store: ``remove_node`` takes the pods (endpoints,
+    addresses) and CNI attachments of an old node name in one transaction;
+    the name its service claimed and a name with no records are refused by
+    name, the file unchanged; another process sees the result."""
+    s = sqlite_store
+    s.put_network("net1", 101, "std", "10.0.0.0/24")
+    for pod, node in (("a", "old"), ("b", "old"), ("c", "new"), ("d", None)):
+        s.put_pod(pod, "/x", SPEC, node=node, state="ready")
+        ip = s.allocate_ip("net1", "10.0.0.0/24", None, pod)
+        s.add_endpoint(pod, "std", "net1", "eth0", f"h{pod}", s.allocate_mac(pod, "std"), ip)
+    s.put_attachment("a", {"container_id": "c1", "ifname": "eth0"}, node="old")
+    s.put_attachment("c", {"container_id": "c2", "ifname": "eth0"}, node="new")
+    s.claim_node("new", "10.1.0.1", "host1")
+
+    def rows():
+        db = sqlite3.connect(path)
+        try:
+            return [
+                sorted(map(repr, db.execute(f"SELECT * FROM {t}")))
+                for t in ("pods", "endpoints", "allocations", "attachments")
+            ]
+        finally:
+            db.close()
+
+    before = rows()
+    with pytest.raises(
+        ConfigError, match=f"node new is the node of the service running on the store {path}"
+    ):
+        s.remove_node("new")
+    with pytest.raises(NotFound, match=f"node nosuch: the store {path} has no pod or CNI"):
+        s.remove_node("nosuch")
+    assert rows() == before
+    assert s.remove_node("old") == {"pods": 2, "attachments": 1}
+    other = SqliteStore(path)  # what another process reads
+    try:
+        assert [p["name"] for p in other.pods()] == ["c", "d"]
+        assert [e["pod"] for e in other.endpoints()] == ["c", "d"]
+        assert sorted(a["pod"] for a in other.allocations()) == ["c", "d"]
+        assert [a["name"] for a in other.attachments()] == ["c"]
+    finally:
+        other.close()
+    with pytest.raises(NotFound, match="node old: "):
+        s.remove_node("old")

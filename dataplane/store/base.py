@@ -98,8 +98,10 @@ class StateStore(abc.ABC):
     def remove_node(self, node: str) -> Dict[str, int]:
         """Forget node ``node`` for good: its pods (endpoints, addresses,
         MACs) and CNI attachments, so that the other nodes stop sending to
-        it. ConfigError while a service holds the name, or for a store of
-        one node. Counts of what was removed."""
+        it (etcd), or so that a renamed node's old name leaves its own store
+        (SQLite). ConfigError while a service holds the name (etcd) or for
+        the name of the service running on the store (SQLite). Counts of
+        what was removed."""
         raise ConfigError(
             f"node {node}: a {self.kind} store keeps one node's state; removing a node is for a "
             "cluster store (etcd)"

@@ -114,6 +114,7 @@ class SqliteStore(StateStore):
         self.path = os.fspath(path)
         self.read_only = read_only
         self._lock = threading.RLock()
+        self._claimed = None  # the node name of the service running on it (claim_node)
         if read_only:
             self._open_read_only(timeout)
             return
@@ -255,6 +256,40 @@ class SqliteStore(StateStore):
     def close(self):
         with self._lock:
             self._db.close()
+
+    # --------------------------------------------------------------- nodes
+    def claim_node(self, node: str, vtep: str, host: str) -> None:
+        # the file's lock (the service's) is the claim; the name is kept so
+        # that the node removed is never the one this store serves
+        self._claimed = node
+
+    def remove_node(self, node: str) -> Dict[str, int]:
+        """The records of node ``node`` - its pods (endpoints, addresses,
+        MACs) and CNI attachments - removed in one transaction: a node
+        renamed (``node:``, or the host name it defaults to) leaves its old
+        name's pods here, never replayed. ConfigError for the name this
+        store's running service holds (``claim_node``); NotFound for a name
+        no pod or attachment has. Either way nothing changed."""
+        if node == self._claimed:
+            raise ConfigError(
+                f"node {node} is the node of the service running on the store {self.path}: "
+                "its own pods are deleted one by one ('dataplane pod del'); 'dataplane node "
+                "remove' forgets the pods of an old name of this node"
+            )
+        with self._tx() as db:
+            pods = [r[0] for r in db.execute("SELECT name FROM pods WHERE node=?", (node,))]
+            atts = [r[0] for r in db.execute("SELECT name FROM attachments WHERE node=?", (node,))]
+            if not pods and not atts:
+                raise NotFound(
+                    f"node {node}: the store {self.path} has no pod or CNI attachment of a node "
+                    "of that name ('dataplane node list' shows the names it has)"
+                )
+            for name in pods:
+                db.execute("DELETE FROM endpoints WHERE pod=?", (name,))
+                db.execute("DELETE FROM allocations WHERE pod=?", (name,))
+                db.execute("DELETE FROM pods WHERE name=?", (name,))
+            db.execute("DELETE FROM attachments WHERE node=?", (node,))
+        return {"pods": len(pods), "attachments": len(atts)}
 
     # ---------------------------------------------------------------- meta
     def get_meta(self, key: str) -> Optional[str]:
