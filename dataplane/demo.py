@@ -230,12 +230,15 @@ def check_api_socket(path: str = API_SOCKET):
     if pid is None:
         return
     who = _who(pid) if pid.isdigit() else "a process"
-    kind = "another demo" if "dataplane.demo" in who else "a node service"
-    raise Refused(
-        f"the API socket {path} is in use by {who}: {kind} runs on this machine; "
-        "stop it first (a demo: Ctrl-C in its shell; the node service: "
-        "systemctl stop dataplane, or kill " + (pid if pid.isdigit() else "it") + ")"
-    )
+    kill = f"kill {pid}" if pid.isdigit() else f"see who holds {path}.lock"
+    if "dataplane.demo" in who:
+        how = f"another demo runs on this machine; stop it first (Ctrl-C in its shell, or {kill})"
+    else:
+        how = (
+            "a dataplane node service runs on this machine; stop it first "
+            f"(its systemd unit or DaemonSet pod, or {kill})"
+        )
+    raise Refused(f"the API socket {path} is in use by {who}: {how}")
 
 
 def claim(path: str = DEMO_LOCK) -> int:

@@ -90,7 +90,7 @@ def test_a_running_service_s_api_socket_is_refused_naming_its_pid(tmp_path):
             demo.check_api_socket(sock)
         msg = str(e.value)
         assert f"the API socket {sock} is in use by pid {holder.pid} (" in msg, msg
-        assert "a node service runs on this machine; stop it first" in msg, msg
+        assert "a dataplane node service runs on this machine; stop it first" in msg, msg
         assert f"kill {holder.pid}" in msg, msg
     finally:
         holder.stdin.close()
