@@ -464,6 +464,7 @@ class PodLife:
         from .podnet import restore_pod_end
 
         name, plane = pod["name"], e["plane"]
+        p = None
         try:
             p = self._plane_spec(name, plane)
             if p is None:
@@ -476,7 +477,7 @@ class PodLife:
                     f"{by}: pod plane interface not restored",
                     pod=name,
                     plane=plane,
-                    interface=e.get("ifname"),
+                    interface=p.ifname if p is not None else None,
                     why=str(err),
                 )
                 self._restore_said[(name, plane)] = str(err)
@@ -510,16 +511,16 @@ class PodLife:
             if planes >= POD_ENDS_PER_ROUND:
                 break
             checked += 1
-            kinds = self._kinds(pod["name"])
+            specs = {p.plane: p for p in self._stored_spec(pod["name"], pod)}  # one read
             eps = [
                 e
                 for e in self.store.endpoints(pod=pod["name"])
-                if kinds.get(e["plane"], VETH) == VETH and e.get("host_ifname")
+                if e["plane"] in specs and specs[e["plane"]].kind == VETH and e.get("host_ifname")
             ]
             ends = {}
             for e in eps:
-                p = self._plane_spec(pod["name"], e["plane"])
-                if p is not None and e["network"] in self.networks:
+                p = specs[e["plane"]]
+                if e["network"] in self.networks:
                     ends[e["host_ifname"]] = self._pod_end(
                         pod["name"], p, self.config.network(e["network"]), e["ip"]
                     )
