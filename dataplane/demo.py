@@ -1,6 +1,7 @@
 """Demo: the node service on a small topology built of network namespaces.
 
     python -m dataplane.demo [--mode auto|fallback|hugepages] [--duration SECONDS]
+                             [--metrics-port PORT]
 
 What it builds (every name starts with dpdemo, all removed at the end):
 
@@ -17,21 +18,39 @@ its frames), prints the status, the FDB and
 a few metrics, then keeps serving (try `dataplane status` and
 `curl 127.0.0.1:9464/metrics` from another shell) until Ctrl-C or
 --duration seconds.
+
+Before it makes anything it checks that what it needs is free: the metrics
+port (9464, or --metrics-port), the API socket /run/dataplane/api.sock (a
+node service or another demo holds it) and that no other demo runs (its
+lock, /run/dataplane/demo.lock); if not, it says what is taken, by which
+process, and how to get out, and makes nothing. Namespaces and interfaces
+of its own names (dpdemo-*) left by a demo that was killed are its own: it
+says which and removes them.
 """
 
 import argparse
+import errno
+import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import urllib.request
+from typing import List, Optional
 
 from .netutil import sh
 
 NS_UL, NS_VM = "dpdemo-ul", "dpdemo-vm"
+UPLINK = "dpdemo-up"
+METRICS_PORT = 9464
+API_SOCKET = "/run/dataplane/api.sock"
+#: held while a demo runs (a POSIX lock, as the service's own claims): its
+#: dpdemo-* names are then that demo's, not leftovers
+DEMO_LOCK = "/run/dataplane/demo.lock"
 PODS = {
     "dpdemo-a": {
         "pod_type": "ct",
@@ -53,8 +72,8 @@ networks:
 remotes:
   - {{vtep: 10.77.0.2, networks: [net1]}}
 state_dir: {state}
-api_socket: /run/dataplane/api.sock
-metrics: {{listen: "127.0.0.1:9464"}}
+api_socket: {api_socket}
+metrics: {{listen: "127.0.0.1:{metrics_port}"}}
 """
 
 
@@ -121,7 +140,150 @@ def build_underlay():
 def teardown():
     for ns in (*PODS, NS_VM, NS_UL):
         sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "link", "del", "dpdemo-up", check=False)
+    sh("ip", "link", "del", UPLINK, check=False)
+
+
+class Refused(Exception):
+    """What keeps the demo from starting, said before it makes anything."""
+
+
+def _who(pid: str) -> str:
+    """'pid N (its command line)', or 'pid N'."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    return f"pid {pid}" + (f" ({cmd[:100]})" if cmd else "")
+
+
+def _port_holders(port: int) -> List[str]:
+    """The processes with a listening TCP socket on ``port`` (any address),
+    as :func:`_who` names them; best effort (/proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    cols = line.split()
+                    if cols[1].rsplit(":", 1)[1] == f"{port:04X}" and cols[3] == "0A":
+                        inodes.add(cols[9])  # state 0A: LISTEN
+        except OSError:
+            pass
+    holders = []
+    if not inodes:
+        return holders
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+        except OSError:
+            continue
+        if any(f"socket:[{i}]" in links for i in inodes):
+            holders.append(_who(pid))
+    return holders
+
+
+def check_port(port: int):
+    """Refused unless 127.0.0.1:``port`` can be listened on (as the
+    service's metrics server binds it: with SO_REUSEADDR)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise Refused(f"port {port}: cannot listen on it: {e.strerror}") from None
+        by = _port_holders(port)
+        raise Refused(
+            f"port {port} is in use"
+            + (f" by {', '.join(by)}" if by else "")
+            + " (another dataplane service or demo?): stop it or pass --metrics-port N"
+            " (a free port)"
+        ) from None
+    finally:
+        s.close()
+
+
+def _lock_holder(path: str) -> Optional[str]:
+    """The pid written in lock file ``path`` if a process holds its lock
+    (a running service's or demo's claim), '' if held without a pid; None
+    if it is free or absent. Looked at without creating it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip()
+    finally:
+        os.close(fd)  # releases this process's lock too, had it been taken
+    return None
+
+
+def check_api_socket(path: str = API_SOCKET):
+    """Refused if a running dataplane service (a node service, or another
+    demo's) holds the API socket the demo's service would take."""
+    pid = _lock_holder(f"{path}.lock")
+    if pid is None:
+        return
+    who = _who(pid) if pid.isdigit() else "a process"
+    kill = f"kill {pid}" if pid.isdigit() else f"see who holds {path}.lock"
+    if "dataplane.demo" in who:
+        how = f"another demo runs on this machine; stop it first (Ctrl-C in its shell, or {kill})"
+    else:
+        how = (
+            "a dataplane node service runs on this machine; stop it first "
+            f"(its systemd unit or DaemonSet pod, or {kill})"
+        )
+    raise Refused(f"the API socket {path} is in use by {who}: {how}")
+
+
+def claim(path: str = DEMO_LOCK) -> int:
+    """Take the demo's lock (its fd, held until the demo exits); Refused,
+    naming it, if another demo runs."""
+    while True:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = _who(pid) if pid.isdigit() else f"its lock {path} is held"
+            kill = f", or kill {pid}" if pid.isdigit() else ""
+            raise Refused(
+                f"another demo runs ({who}): stop it first (Ctrl-C in its shell{kill})"
+            ) from None
+        try:  # still the file at the path (not removed by a demo that ended)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def release(fd: int, path: str = DEMO_LOCK):
+    try:
+        os.unlink(path)  # still ours: held until the close
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def leftovers() -> List[str]:
+    """The demo's own names (dpdemo-*) that exist: what a demo killed
+    before it could clean up left."""
+    have_ns = set(sh("ip", "netns", "list", check=False).stdout.split())
+    found = [f"namespace {ns}" for ns in (*PODS, NS_UL, NS_VM) if ns in have_ns]
+    if sh("ip", "link", "show", UPLINK, check=False).returncode == 0:
+        found.append(f"interface {UPLINK}")
+    return found
 
 
 def ping(ns, ip, label):
@@ -148,25 +310,56 @@ def main(argv=None):
         default=None,
         help="serve this many seconds after the checks (default: until Ctrl-C)",
     )
+    ap.add_argument(
+        "--metrics-port",
+        type=int,
+        default=METRICS_PORT,
+        help=f"the service's /metrics on 127.0.0.1:PORT (default {METRICS_PORT})",
+    )
     args = ap.parse_args(argv)
     if args.duration is not None and not 0 <= args.duration < 1e9:
         ap.error(f"--duration: {args.duration} is not a number of seconds (0 or more)")
+    if not 1 <= args.metrics_port <= 65535:
+        ap.error(f"--metrics-port: {args.metrics_port} is not a TCP port (1-65535)")
     if os.geteuid() != 0:
         sys.exit("demo: needs root (network namespaces, DPDK)")
     mode = args.mode
     if mode == "auto":
         mode = "hugepages" if have_hugepages() else "fallback"
 
+    # what the demo needs, free before anything is made
+    try:
+        check_port(args.metrics_port)
+        check_api_socket()
+        lock = claim()
+    except Refused as e:
+        sys.exit(f"demo: {e}; nothing was made")
+    try:
+        return _run(args, mode)
+    finally:
+        release(lock)
+
+
+def _run(args, mode):
+    """The demo itself, once what it needs is free (:func:`main`)."""
     import yaml
 
     from .cli import fdb_lines
     from .config import parse_config
     from .service import NodeService, setup_logging
 
+    port = args.metrics_port
     setup_logging()
-    teardown()  # leftovers of an interrupted run
+    left = leftovers()  # no other demo runs (its lock): a killed one's
+    if left:
+        print(f"demo: removing what a demo that did not finish left: {', '.join(left)}")
+        teardown()
     state = tempfile.mkdtemp(prefix="dpdemo-state-")
-    cfg = parse_config(yaml.safe_load(CONFIG.format(mode=mode, state=state)))
+    cfg = parse_config(
+        yaml.safe_load(
+            CONFIG.format(mode=mode, state=state, api_socket=API_SOCKET, metrics_port=port)
+        )
+    )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
@@ -205,13 +398,14 @@ def main(argv=None):
         print("demo: FDB (dataplane fdb): where each MAC goes, and why")
         for line in fdb_lines(svc.fdb()):
             print("  " + line)
-        text = urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5).read().decode()
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
         sample = [
             ln
             for ln in text.splitlines()
             if ln.startswith(("dataplane_network_encap", "dataplane_network_pods"))
         ]
-        print("demo: http://127.0.0.1:9464/metrics (sample)")
+        print(f"demo: {url} (sample)")
         for ln in sample[:6]:
             print("  " + ln)
         if args.duration is None:

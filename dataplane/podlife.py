@@ -31,6 +31,11 @@ from .store import reach
 #: tx buffers, plane queues)
 AF_XDP_SPARE_MBUFS = 4095
 
+#: pod-end checks (:meth:`PodLife.reap`) a housekeeping round makes at most,
+#: a few pods a round in turn (a plane's check takes a few ms: netlink dumps
+#: in the pod's namespace); all of 100 three-plane pods are seen in about 100 s
+POD_ENDS_PER_ROUND = 16
+
 #: pod states a record is left in by an add or a delete the store failed during
 UNFINISHED = ("pending", "deleting")
 
@@ -230,6 +235,9 @@ class PodLife:
         # (pod, plane) -> the error last logged for a veth that could not be
         # made again (said once, tried again every housekeeping round)
         self._remake_said: Dict[Tuple[str, str], str] = {}
+        # likewise for a pod end that could not be restored (_restore_pod_end)
+        self._restore_said: Dict[Tuple[str, str], str] = {}
+        self._ends_turn = 0  # where the next round's pod-end checks start
 
     # ------------------------------------------------------------- replay
     def replay(self, pods=None):
@@ -272,6 +280,7 @@ class PodLife:
                 elif kind == VETH:
                     self._replay_mtu(pod, e)
                     self._replay_mark(pod, e)
+                    self._restore_pod_end(pod, e, "replay")
                     if not self.config.express_lane:  # a killed service's lane, if any
                         self.engine.express_detach(e["host_ifname"])
                     self._attach_port(
@@ -407,29 +416,126 @@ class PodLife:
         )
         return True
 
+    @staticmethod
+    def _pod_end(name, p, n, ip):
+        """What the add of plane ``p`` (its spec) of pod ``name`` on network
+        ``n`` with address ``ip`` makes of it besides the veth pair
+        (:class:`dataplane.podnet.PodEnd`): :meth:`_make_veth` makes it, a
+        restore (:meth:`_restore_pod_end`) puts back what is gone of it."""
+        from .podnet import PodEnd
+        from .podspec import host_ifname
+
+        return PodEnd(host_ifname(name, p.plane), f"{ip}/{n.prefixlen}", n.gateway, p.default_route)
+
     def _make_veth(self, name, netns, p, n, mac, ip, mark, host_end_made=None):
         """Plane ``p`` (its spec) of pod ``name``, on network ``n``, as a
         veth pair with ``mac`` and ``ip``, marked as this node's in the store
         of ``mark``; a step that fails deletes the pair itself."""
         from .podnet import attach_plane
-        from .podspec import host_ifname
 
+        end = self._pod_end(name, p, n, ip)
         return attach_plane(
             name,
             netns,
             p.ifname,
-            host_ifname(name, p.plane),
+            end.host_ifname,
             mac,
-            f"{ip}/{n.prefixlen}",
-            n.gateway,
+            end.ip_cidr,
+            end.gateway,
             n.mtu,
-            p.default_route,
+            end.default_route,
             plane=p.plane,
             offloads=self.config.kernel_driver != "af_xdp",
             node=self.config.node,
             store=mark,
             host_end_made=host_end_made,
         )
+
+    def _restore_pod_end(self, pod, e, by: str) -> List[str]:
+        """Put back what the add made of plane ``e``'s pod end in ``pod``'s
+        namespace and is gone now (flushed or removed by hand, ``ip -n POD
+        addr flush dev eth0``, ``ip -n POD link set eth0 down``): its
+        address with its prefix, both ends up, the subnet route and the std
+        plane's default route, by the add's own steps
+        (:func:`dataplane.podnet.restore_pod_end`); logged with what
+        (``<by>: pod plane interface restored``). What was put back; an
+        error is logged once (a warning: the plane stays cut off) and the
+        next round of ``by`` tries again."""
+        from .podnet import restore_pod_end
+
+        name, plane = pod["name"], e["plane"]
+        p = None
+        try:
+            p = self._plane_spec(name, plane)
+            if p is None:
+                raise ConfigError(f"plane {plane} is not in the pod's recorded spec")
+            n = self.config.network(e["network"])
+            done = restore_pod_end(pod["netns"], self._pod_end(name, p, n, e["ip"]))
+        except DataplaneError as err:
+            if self._restore_said.get((name, plane)) != str(err):
+                warning_event(
+                    f"{by}: pod plane interface not restored",
+                    pod=name,
+                    plane=plane,
+                    interface=p.ifname if p is not None else None,
+                    why=str(err),
+                )
+                self._restore_said[(name, plane)] = str(err)
+            return []
+        self._restore_said.pop((name, plane), None)
+        if done:
+            event(
+                f"{by}: pod plane interface restored",
+                pod=name,
+                plane=plane,
+                interface=p.ifname,
+                restored=done,
+            )
+        return done
+
+    def _check_pod_ends(self, alive):
+        """Look at the pod ends of a few of the ready pods ``alive`` (their
+        namespace and veths there), in turn from round to round (at most
+        POD_ENDS_PER_ROUND planes), and restore what an add made of them and
+        is gone (:meth:`_restore_pod_end`). The look is made without the
+        lock; a restore under it, on the pod's record read again."""
+        from .podnet import pod_ends_lacking
+
+        if not alive:
+            return
+        alive = sorted(alive, key=lambda pod: pod["name"])
+        start = self._ends_turn % len(alive)
+        order = alive[start:] + alive[:start]
+        checked = planes = 0
+        for pod in order:
+            if planes >= POD_ENDS_PER_ROUND:
+                break
+            checked += 1
+            specs = {p.plane: p for p in self._stored_spec(pod["name"], pod)}  # one read
+            eps = [
+                e
+                for e in self.store.endpoints(pod=pod["name"])
+                if e["plane"] in specs and specs[e["plane"]].kind == VETH and e.get("host_ifname")
+            ]
+            ends = {}
+            for e in eps:
+                p = specs[e["plane"]]
+                if e["network"] in self.networks:
+                    ends[e["host_ifname"]] = self._pod_end(
+                        pod["name"], p, self.config.network(e["network"]), e["ip"]
+                    )
+            planes += len(ends)
+            lacking = pod_ends_lacking(pod["netns"], list(ends.values())) if ends else {}
+            if not lacking:
+                continue
+            with self.lock:  # a delete and re-add meanwhile: the record again
+                now = self.store.pod(pod["name"])
+                if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
+                    continue
+                for e in eps:
+                    if e["host_ifname"] in lacking:
+                        self._restore_pod_end(now, e, "housekeeping")
+        self._ends_turn = start + checked
 
     def _replay_mtu(self, pod, e):
         """A plane whose veth has another MTU than its network now has (the
@@ -492,9 +598,11 @@ class PodLife:
         done while running, so their ports, addresses and MACs do not wait
         for a restart or a ``pod del``. A plane whose veth was deleted while
         the pod's namespace lives is made again (:meth:`_remake_veth`); the
-        pod's other planes are left alone. Also the leftovers of this node's adds and deletes the
+        pod's other planes are left alone. A plane whose pod end lost what
+        the add made of it (its address, up state, routes) gets it back
+        (:meth:`_check_pod_ends`: a few pods a round, in turn). Also the leftovers of this node's adds and deletes the
         store failed during (:meth:`leftover`). The names removed."""
-        removed = []
+        removed, alive = [], []
         links = {n for _, n in socket.if_nameindex()}  # once a round
         for pod in self.store.pods(node=self.config.node):
             if pod["state"] != "ready":
@@ -502,6 +610,7 @@ class PodLife:
                     removed.append(pod["name"])
                 continue
             if not self._gone(pod, links):
+                alive.append(pod)
                 continue
             with self.lock:  # again under the lock: a delete and re-add meanwhile
                 now = self.store.pod(pod["name"])
@@ -519,6 +628,7 @@ class PodLife:
                 self.on_removed()
             warning_event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
             removed.append(pod["name"])
+        self._check_pod_ends(alive)
         return removed
 
     def leftover(self, pod) -> bool:

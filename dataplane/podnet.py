@@ -669,18 +669,15 @@ def _attach_steps(
                 pass
 
         step, desc = 3, f"add address {iface} to {ifname}"
-        pod_ipr.addr(
-            "add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-        )
+        _add_pod_address(pod_ipr, pod_index, iface)
 
         step, desc = 4, f"bring {host_ifname} and {ifname} up"
-        _disable_ipv6(host_ifname)
-        ipr.link("set", index=host_index, state="up")
-        pod_ipr.link("set", index=pod_index, state="up")
+        _host_end_up(ipr, host_index, host_ifname)
+        _pod_end_up(pod_ipr, pod_index)
 
         step, desc = 5, (f"add default route via {gw}" if gw else "check routes")
         if gw is not None:
-            pod_ipr.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=pod_index)
+            _add_default_route(pod_ipr, pod_index, gw)
 
         link = ipr.get_links(host_index)[0]
         return AttachResult(host_ifname, link.get("IFLA_ADDRESS"))
@@ -705,6 +702,172 @@ def _attach_steps(
         raise cls(
             f"{what}: step {step}/{N_STEPS} ({desc}) failed: {_describe(e)}{undone}", _err_code(e)
         ) from e
+
+
+# What an attach makes of a plane beyond the veth pair (its steps 3-5), in
+# one place: the attach runs them, a restore (:func:`restore_pod_end`) runs
+# those whose result is gone.
+def _add_pod_address(pod_ipr, pod_index, iface):
+    """The plane's address with its prefix on the pod end (the kernel adds
+    the subnet route once the link is up)."""
+    pod_ipr.addr("add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+
+def _host_end_up(ipr, host_index, host_ifname):
+    """The host end up, without IPv6 of its own."""
+    _disable_ipv6(host_ifname)
+    ipr.link("set", index=host_index, state="up")
+
+
+def _pod_end_up(pod_ipr, pod_index):
+    pod_ipr.link("set", index=pod_index, state="up")
+
+
+def _add_subnet_route(pod_ipr, pod_index, iface):
+    """The route the kernel adds with the address (proto kernel, scope
+    link, the address as source), for a restore that finds the address
+    but not it (deleted by hand)."""
+    pod_ipr.route(
+        "add",
+        dst=str(iface.network),
+        oif=pod_index,
+        scope=253,  # RT_SCOPE_LINK
+        proto=2,  # RTPROT_KERNEL
+        prefsrc=str(iface.ip),
+    )
+
+
+def _add_default_route(pod_ipr, pod_index, gw):
+    """The std plane's default route via the network's gateway."""
+    pod_ipr.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=pod_index)
+
+
+class PodEnd(NamedTuple):
+    """What an attach made of a plane besides the pair, as
+    :func:`attach_plane` takes it: the pod end's address (``ip_cidr``), both
+    ends up, the default route via ``gateway`` if ``default_route``."""
+
+    host_ifname: str
+    ip_cidr: str
+    gateway: Optional[str]
+    default_route: bool
+
+
+#: what a pod end may lack, in the order a restore puts it back
+LACKS = ("address", "host end up", "pod end up", "subnet route", "default route")
+
+
+def _pod_end_lacks(ipr, pod_ipr, end: PodEnd):
+    """(host index, pod index, what of ``end`` is gone, as LACKS names
+    it), or None if the pair is not there (or the pod end is not the host
+    end's peer)."""
+    iface = parse_ipv4_interface(end.ip_cidr, "ip")
+    found = _host_link(ipr, end.host_ifname)
+    if found is None or found[1].get("IFLA_LINK") is None:
+        return None
+    host_index, link = found
+    pod_index = link.get("IFLA_LINK")
+    peers = pod_ipr.get_links(pod_index)
+    if not peers or peers[0].get("IFLA_LINK") != host_index:
+        return None
+    lacks = []
+    have = {
+        (a.get("IFA_ADDRESS"), a["prefixlen"])
+        for a in pod_ipr.get_addr(index=pod_index, family=socket.AF_INET)
+    }
+    if (str(iface.ip), iface.network.prefixlen) not in have:
+        lacks.append("address")
+    if not link["flags"] & 1:  # IFF_UP
+        lacks.append("host end up")
+    if not peers[0]["flags"] & 1:
+        lacks.append("pod end up")
+    routes = [
+        r
+        for r in pod_ipr.get_routes(family=socket.AF_INET, table=254)
+        if r.get("RTA_OIF") == pod_index
+    ]
+    if not any(
+        r["dst_len"] == iface.network.prefixlen
+        and r.get("RTA_DST") == str(iface.network.network_address)
+        for r in routes
+    ):
+        lacks.append("subnet route")
+    if end.gateway and end.default_route:
+        gw = str(parse_ipv4(end.gateway, "gateway"))
+        if not any(r["dst_len"] == 0 and r.get("RTA_GATEWAY") == gw for r in routes):
+            lacks.append("default route")
+    return host_index, pod_index, lacks
+
+
+def pod_ends_lacking(netns_path: str, ends: List[PodEnd]) -> dict:
+    """host_ifname -> what of its pod end (:class:`PodEnd`) is gone (LACKS'
+    names), for the planes ``ends`` of the pod in the namespace at
+    ``netns_path`` that lack something; one netlink socket in the pod's
+    namespace for all of them. Planes whose pair is not there are left out
+    (made again elsewhere); a namespace that cannot be entered gives {}."""
+    out = {}
+    try:
+        with _ipr() as ipr, _ipr(netns_path) as pod_ipr:
+            for end in ends:
+                try:
+                    got = _pod_end_lacks(ipr, pod_ipr, end)
+                except Exception:  # noqa: BLE001 - gone meanwhile: the next look
+                    continue
+                if got and got[2]:
+                    out[end.host_ifname] = got[2]
+    except OSError:
+        return {}
+    return out
+
+
+def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
+    """Put back what the attach made of a plane's pod end and is gone now:
+    its address with its prefix, both ends up, the subnet route and (std
+    plane) the default route - by the attach's own steps. What was put
+    back, in LACKS' words, with the address or gateway: [] if nothing was
+    gone or the pair is not there. DataplaneError naming what could not."""
+    iface = parse_ipv4_interface(end.ip_cidr, "ip")
+    done: List[str] = []
+    what = ""
+    try:
+        with _ipr() as ipr, _ipr(netns_path) as pod_ipr:
+            got = _pod_end_lacks(ipr, pod_ipr, end)
+            if not got or not got[2]:
+                return []
+            host_index, pod_index, lacks = got
+            if "address" in lacks:
+                what = f"address {iface}"
+                _add_pod_address(pod_ipr, pod_index, iface)
+                done.append(what)
+            if "host end up" in lacks:
+                what = "host end up"
+                _host_end_up(ipr, host_index, end.host_ifname)
+                done.append(what)
+            if "pod end up" in lacks:
+                what = "pod end up"
+                _pod_end_up(pod_ipr, pod_index)
+                done.append(what)
+            # the kernel adds the subnet route with the address or the link
+            # coming up, and drops the default route with either going: look again
+            got = _pod_end_lacks(ipr, pod_ipr, end)
+            lacks = got[2] if got else []
+            if "subnet route" in lacks:
+                what = f"subnet route {iface.network}"
+                _add_subnet_route(pod_ipr, pod_index, iface)
+                done.append(what)
+            if "default route" in lacks:
+                what = f"default route via {end.gateway}"
+                _add_default_route(pod_ipr, pod_index, parse_ipv4(end.gateway, "gateway"))
+                done.append(what)
+    except Exception as e:
+        if isinstance(e, DataplaneError):
+            raise
+        cls = BY_ERRNO.get(_err_code(e), DataplaneError)
+        if cls in (ConfigError, AlreadyExists):  # the kernel's, not the caller's input
+            cls = DataplaneError
+        done_txt = f" (put back before it: {', '.join(done)})" if done else ""
+        raise cls(f"{what or 'reading the pod end'}: {_describe(e)}{done_txt}", _err_code(e)) from e
+    return done
 
 
 #: the longest alias (ifalias) the kernel takes: IFALIASZ - 2 bytes (the

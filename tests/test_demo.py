@@ -1,0 +1,98 @@
+"""The quickstart demo (``python -m dataplane.demo``, what ``scripts/demo.sh``
+runs) refuses up front, naming what is taken and how to get out, when what
+it needs is in use - its metrics port, the API socket of its service - and
+then makes nothing."""
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from dataplane import demo
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _demo_names():
+    """The demo's namespaces and interfaces that exist now."""
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {w for w in (ns + links).replace(":", " ").split() if w.startswith("dpdemo-")}
+
+
+def _state_dirs():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "dpdemo-state-*")))
+
+
+def test_a_taken_metrics_port_is_refused_up_front_and_nothing_is_made():
+    import socket
+
+    before = (_demo_names(), _state_dirs(), os.path.exists(demo.DEMO_LOCK))
+    held = socket.socket()
+    try:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dataplane.demo",
+                "--metrics-port",
+                str(port),
+                "--duration",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+    finally:
+        held.close()
+    assert r.returncode != 0
+    err = r.stderr.strip()
+    assert err.startswith(f"demo: port {port} is in use by pid {os.getpid()} ("), err
+    assert "(another dataplane service or demo?): stop it or pass --metrics-port N" in err, err
+    assert err.endswith("nothing was made"), err
+    assert "starting the node service" not in r.stdout and "cleaned up" not in r.stdout
+    assert (_demo_names(), _state_dirs(), os.path.exists(demo.DEMO_LOCK)) == before
+
+
+def test_a_running_service_s_api_socket_is_refused_naming_its_pid(tmp_path):
+    """The lock a running service holds beside its API socket (written with
+    its pid): the demo's check names the holder and how to stop it."""
+    sock = str(tmp_path / "api.sock")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open({sock + '.lock'!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(demo.Refused) as e:
+            demo.check_api_socket(sock)
+        msg = str(e.value)
+        assert f"the API socket {sock} is in use by pid {holder.pid} (" in msg, msg
+        assert "a dataplane node service runs on this machine; stop it first" in msg, msg
+        assert f"kill {holder.pid}" in msg, msg
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    demo.check_api_socket(sock)  # free again: no refusal
