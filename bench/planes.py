@@ -45,6 +45,12 @@ Method:
    are checked too: per VNI the count equals the plane's sent counter and
    the outer DSCP is the plane's mark.
 
+``--media-min-x X`` gives media a guaranteed rate (``min_rate``) of X times
+the shaped rate; ``--shared-cpu N`` runs N busy loops pinned to the
+worker's CPU for the whole run (a node whose shaped worker shares its CPU:
+media then reaches the scheduler in bunches), keeps every phase whatever
+its worker waited, and says ``shared_cpu=N`` in the RESULT line.
+
 The RESULT line sums every run of a kind: loss = dropped / offered of the
 media plane, p99 from the merged histogram (a bucket upper bound in us).
 Target: media_loss=0 and media_p99_us <= 50 with std at 2x the shaped rate.
@@ -314,9 +320,12 @@ def run_child(args, pcaps: dict, mode: str) -> dict:
         "--retries",
         str(args.retries),
         "--max-preempted",
-        str(args.max_preempted),
+        # sharing its CPU is the point of --shared-cpu: every phase kept
+        str(1.0 if args.shared_cpu else args.max_preempted),
         "--wait-others",
         str(args.wait_others),
+        "--media-min-bps",
+        str(int(args.media_min_x * args.rate)),
     ]
     timeout = (
         2 * args.runs * (args.retries + 1) * (args.warmup + args.seconds + 14 + args.wait_others)
@@ -656,6 +665,14 @@ def plot(path: str, res: dict):
 # --------------------------------------------------------------------- main
 
 
+def _hog(cpu: int):
+    """A busy loop pinned to ``cpu``: another thread on the worker's CPU."""
+    import subprocess
+
+    code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 def run(args) -> dict:
     mode = args.mode
     if mode == "auto":
@@ -679,7 +696,13 @@ def run(args) -> dict:
             f"control/media {args.qlen} frames; {args.warmup:g} + {args.seconds:g} s per phase, "
             f"{args.runs} run(s), priority then FIFO"
         )
-        res = run_child(args, pcaps, mode)
+        hogs = [_hog(1) for _ in range(args.shared_cpu)]
+        try:
+            res = run_child(args, pcaps, mode)
+        finally:
+            for h in hogs:  # ours: by PID
+                h.kill()
+                h.wait()
     finally:
         tmp.cleanup()
     cfg, bounds = res["config"], res["bounds_s"]
@@ -728,6 +751,8 @@ def run(args) -> dict:
     res["summary"] = {k: {str(p): v for p, v in s.items()} for k, s in summ.items()}
     res["runs"] = args.runs
     res["problems"] = problems
+    res["media_min_x"] = args.media_min_x
+    res["shared_cpu"] = args.shared_cpu
     m, f = summ["priority"][MEDIA], summ["fifo"][MEDIA]
     verdict = "met" if m["loss"] == 0 and m["p99"] is not None and m["p99"] <= 50e-6 else "NOT met"
     say(
@@ -803,6 +828,22 @@ def parser() -> argparse.ArgumentParser:
         help="before each phase, wait up to S s while other processes run DPDK "
         "workers (default 120)",
     )
+    ap.add_argument(
+        "--media-min-x",
+        type=float,
+        default=0.0,
+        help="media's guaranteed rate (min_rate), x the shaped rate (default 0: none, "
+        "strict priority only)",
+    )
+    ap.add_argument(
+        "--shared-cpu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N busy loops on the worker's CPU (CPU 1) for the whole run, as a node whose "
+        "shaped worker shares its CPU; a phase is then kept whatever its worker waited "
+        "(default 0)",
+    )
     ap.add_argument("--pcap-dir", help="keep the pcaps here (default: a temporary directory)")
     ap.add_argument("--json", help="write every figure of the run to this file")
     ap.add_argument("--plot", help="write a PNG plot (needs matplotlib) to this file")
@@ -830,6 +871,8 @@ def main(argv=None) -> int:
         or not 0 <= args.max_preempted <= 1
     ):
         ap.error("--rate >= 1000000, --retries >= 0, --wait-others >= 0, 0 <= --max-preempted <= 1")
+    if args.shared_cpu < 0 or not 0 <= args.media_min_x <= 1:
+        ap.error("--shared-cpu must be >= 0 and --media-min-x in 0..1")
     sizes = ("burst", "qlen", "std_qlen", "std_x", "control_x", "media_x")
     bad = ["--" + k.replace("_", "-") for k in sizes if getattr(args, k) <= 0]
     if bad:
@@ -844,12 +887,17 @@ def main(argv=None) -> int:
 
 def _result(res):
     m, f = res["summary"]["priority"][str(MEDIA)], res["summary"]["fifo"][str(MEDIA)]
-    return "planes", {
+    out = {
         "media_loss": f"{m['loss']:.6f}",
         "media_p99_us": p99_us(m["p99"]),
         "fifo_media_loss": f"{f['loss']:.6f}",
         "fifo_media_p99_us": p99_us(f["p99"]),
     }
+    if res.get("media_min_x"):
+        out["media_min_x"] = f"{res['media_min_x']:g}"  # media's guaranteed rate
+    if res.get("shared_cpu"):
+        out["shared_cpu"] = str(res["shared_cpu"])  # busy loops on the worker's CPU
+    return "planes", out
 
 
 if __name__ == "__main__":

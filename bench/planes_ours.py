@@ -263,11 +263,12 @@ def other_dpdk_workers():
     return out
 
 
-def setup(eng, pcaps: dict, rate: int, burst: int, qlen: dict, ring: int):
+def setup(eng, pcaps: dict, rate: int, burst: int, qlen: dict, ring: int, media_min_bps=0):
     """Planes, ports, networks, FDB, VTEP and the shaper; returns (uplink,
     {plane: pod port}, {plane: frames})."""
     for plane, (_, _, prio, dscp) in PLANE_SETUP.items():
-        eng.set_plane(plane, priority=prio, queue_len=qlen[plane], dscp=dscp)
+        min_bps = media_min_bps if plane == MEDIA else 0
+        eng.set_plane(plane, priority=prio, min_bps=min_bps, queue_len=qlen[plane], dscp=dscp)
     up = eng.add_ring_port("up", role="uplink", size=16384)
     eng.set_vtep(LOCAL_VTEP, VTEP_MAC, up, next_hop_mac=NEXT_HOP_MAC)
     pods, frames = {}, {}
@@ -418,6 +419,7 @@ def main(argv=None):
     ap.add_argument("--media-x", type=float, default=0.1)
     ap.add_argument("--std-qlen", type=int, default=1024)
     ap.add_argument("--qlen", type=int, default=256, help="control and media queues")
+    ap.add_argument("--media-min-bps", type=int, default=0, help="media's guaranteed rate")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=1)
@@ -454,7 +456,9 @@ def main(argv=None):
         with Engine(cfg) as eng:
             pcaps = {STD: a.std, CONTROL: a.control, MEDIA: a.media}
             qlen = {STD: a.std_qlen, CONTROL: a.qlen, MEDIA: a.qlen}
-            up, pods, frames = setup(eng, pcaps, a.rate, a.burst, qlen, ring=8192)
+            up, pods, frames = setup(
+                eng, pcaps, a.rate, a.burst, qlen, ring=8192, media_min_bps=a.media_min_bps
+            )
             share = {STD: a.std_x, CONTROL: a.control_x, MEDIA: a.media_x}
             feeders, cfg_planes = {}, {}
             for p, fr in frames.items():

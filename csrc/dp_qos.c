@@ -241,8 +241,14 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
         int64_t need = (int64_t)(m->pkt_len + DP_WIRE_OVERHEAD) << 20;
         /* rate and burst may change while the port is shaped (dp_qos_set_rate) */
         uint64_t rate = __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED);
-        int64_t want = fit(need, __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << 20);
-        int ok = !rate || q->tokens >= want;
+        int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << 20;
+        int64_t want = fit(need, cap);
+        /* within its guarantee a plane may take the port's bucket into
+         * debt, down to one burst below empty: a bunch of media that found
+         * the bucket emptied by std's backlog (a worker back on a shared
+         * CPU) leaves at once, and std waits until the debt is repaid; the
+         * port's rate holds over time, its burst at most doubles */
+        int ok = !rate || q->tokens + (pass == 0 ? cap : 0) >= want;
         if (pass == 0)
             ok = ok && q->ptok_min[qi] >= want;
         if (limited_max)
