@@ -221,6 +221,7 @@ def cmd_status(args):
         f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}"
         + (f" (shaped to {_bits(rate)})" if rate else "")
         + f"  forwarding {st['forwarding']}  up {st['uptime_s']}s"
+        + ("  express lane on" if st.get("express_lane") else "")
         + (
             f"  cpu latency {st['cpu_latency_us']} us (kernel limit {st['cpu_latency_limit_us']} us)"
             if st.get("cpu_latency_us") is not None

@@ -10,22 +10,17 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 
 import pytest
-from test_service import CT_SPEC, ROOT, Node, ip_of, ping, scrape
+from test_service import CT_SPEC, ROOT, ip_of, ping, run_cli, running_node, scrape
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 
 @pytest.fixture
 def node(tmp_path):
-    n = Node(tmp_path, uuid.uuid4().hex[:5], extra="express_lane: true")
-    try:
-        n.start()
+    with running_node(tmp_path, "express_lane: true") as n:
         yield n
-    finally:
-        n.cleanup()
 
 
 def port_row(node, pod, plane="std"):
@@ -79,7 +74,9 @@ def test_pings_between_pods_take_the_lane_and_are_counted(node):
         'plane="std",pod="a",role="pod"}' % host_if(a)
     ) in text
     out = node.cli("status").stdout
-    assert "express rx" in out
+    assert "  express lane on" in out.splitlines()[0], out
+    row = next(x for x in out.splitlines() if host_if(a) in x)
+    assert "express rx " in row, out
 
 
 def _tcp_transfer(src_ns, dst_ns, dst_ip, nbytes):
@@ -288,12 +285,7 @@ def test_check_loads_the_lane_as_a_start_would(tmp_path):
         "vtep: {address: 10.99.0.1/24, uplink: lo}\n"
         f"state_dir: {tmp_path}/state\napi_socket: {tmp_path}/api.sock\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    r = run_cli("check", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
     assert express_loadable() is None
     missing = express_loadable(str(tmp_path / "none.bpf.o"))

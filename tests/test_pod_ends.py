@@ -8,22 +8,17 @@ real veths, pods in network namespaces."""
 import json
 import os
 import time
-import uuid
 
 import pytest
-from test_service import CT_SPEC, Node, ip_of, ping, sh
+from test_service import CT_SPEC, ip_of, ping, running_node, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 
 @pytest.fixture
 def node(tmp_path):
-    n = Node(tmp_path, uuid.uuid4().hex[:5])
-    try:
-        n.start()
+    with running_node(tmp_path) as n:
         yield n
-    finally:
-        n.cleanup()
 
 
 def _plane(info, plane):

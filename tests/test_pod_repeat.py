@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from test_service import CT_SPEC, IT_SPEC, Node, host_links, ip_of, ping, sh
+from test_service import CT_SPEC, IT_SPEC, host_links, ip_of, ping, running_node, sh
 
 from dataplane.api import APIError
 
@@ -27,14 +27,8 @@ SPEC = dict(
 
 @pytest.fixture
 def node(tmp_path):
-    import uuid
-
-    n = Node(tmp_path, uuid.uuid4().hex[:5])
-    try:
-        n.start()
+    with running_node(tmp_path) as n:
         yield n
-    finally:
-        n.cleanup()
 
 
 def add(node, name, spec, ns):

@@ -2,6 +2,7 @@
 pods: real veths, the core's AF_PACKET driver, the control API over its unix
 socket, the CLI, restarts, and /metrics scraped by a real Prometheus."""
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -134,14 +135,29 @@ metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
         sh("ip", "link", "del", self.uplink, check=False)
 
 
-@pytest.fixture
-def node(tmp_path):
-    n = Node(tmp_path, uuid.uuid4().hex[:5])
+@contextlib.contextmanager
+def running_node(tmp, extra=""):
+    """A started :class:`Node` (config lines ``extra`` added), cleaned up
+    after: what the test files' ``node`` fixtures hold."""
+    n = Node(tmp, uuid.uuid4().hex[:5], extra=extra)
     try:
         n.start()
         yield n
     finally:
         n.cleanup()
+
+
+def run_cli(*args):
+    """``dataplane ARGS`` as a user runs it (no --socket added)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+@pytest.fixture
+def node(tmp_path):
+    with running_node(tmp_path) as n:
+        yield n
 
 
 def uplink_problem(node, words, tries=200):
@@ -996,12 +1012,7 @@ def test_a_second_service_on_the_same_uplink_is_refused(node, tmp_path):
     )
 
     def check(path):
-        return subprocess.run(
-            [sys.executable, "-m", "dataplane.cli", "check", "-c", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
+        return run_cli("check", "-c", str(path))
 
     r = check(cfg2)
     assert r.returncode == 2 and r.stderr.startswith(said), r.stdout + r.stderr
@@ -1148,12 +1159,7 @@ def test_check_finds_what_run_refuses_against_the_store(node, tmp_path):
     }
 
     def check(path):
-        return subprocess.run(
-            [sys.executable, "-m", "dataplane.cli", "check", "-c", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
+        return run_cli("check", "-c", str(path))
 
     files = {}
     for name, (t, words) in variants.items():
