@@ -24,6 +24,7 @@ import os
 import re
 import socket
 import socketserver
+import struct
 import threading
 import time
 import urllib.parse
@@ -205,6 +206,23 @@ def _parse_query(query: str) -> Dict[str, str]:
     return out
 
 
+def _peer(conn) -> dict:
+    """The process at the other end of unix socket ``conn``: its pid, uid
+    and command name (SO_PEERCRED, /proc); {} if the kernel does not say."""
+    try:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return {}
+    pid, uid, _gid = struct.unpack("3i", raw)
+    who = {"caller_pid": pid, "caller_uid": uid}
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            who["caller"] = f.read().strip()
+    except OSError:
+        pass
+    return who
+
+
 class APIServer:
     """The control API on unix socket ``path`` (mode 0600, directory 0700
     when made here), serving ``routes``: {(method, path): handler}."""
@@ -245,12 +263,27 @@ class APIServer:
             def handle(self):
                 # one request per connection (HTTP/1.0)
                 self.close_connection = True
+                self._status = None
                 try:
                     self.handle_one_request()
                 except _Refused as e:
                     self._reply(e.status, {"error": str(e)})
                 except (ConnectionError, TimeoutError):  # gone, or not reading the answer
                     pass
+                if api.log and self.command not in ("", "GET", "HEAD") and self._status:
+                    # who changed what: a change request in the log with its
+                    # caller (the socket's peer credentials), answered or not
+                    api.log.info(
+                        "api request",
+                        extra={
+                            "fields": {
+                                "method": _plain(self.command, 16),
+                                "path": _plain(getattr(self, "path", "").partition("?")[0], 200),
+                                "status": self._status,
+                                **_peer(self.connection),
+                            }
+                        },
+                    )
 
             def parse_request(self):
                 # a head over MAX_HEAD_BYTES is refused (the standard limits
@@ -330,6 +363,7 @@ class APIServer:
                     return self._reply(500, {"error": f"internal error: {e}"})
 
             def _reply(self, code, obj):
+                self._status = code
                 data = json.dumps(obj).encode()
                 self.connection.settimeout(REPLY_TIMEOUT_S)
                 self.request_version = "HTTP/1.0"  # headers even for an HTTP/0.9 line

@@ -63,6 +63,7 @@ class Snapshot(NamedTuple):
     planes: List[PlaneLabel] = []
     shaped: Dict[int, Dict[int, int]] = {}  # port -> {plane: queue depth}
     mbufs_in_use: Optional[int] = None  # of the core's pool
+    mbufs: Optional[int] = None  # the pool's size
     cpu_latency_limit_us: Optional[int] = None  # the kernel's, while the node holds a request
     fdb_entries: Optional[int] = None  # in the core's FDB, every network
     learning: Optional[Dict[str, int]] = None  # Engine.learn_stats(), with vtep.learning on
@@ -205,6 +206,10 @@ class CoreCollector:
                 "dataplane_mbufs_in_use",
                 "mbufs of the core's pool in flight or queued",
                 value=snap.mbufs_in_use,
+            )
+        if snap.mbufs is not None:  # what dataplane_mbufs_in_use is a share of
+            yield GaugeMetricFamily(
+                "dataplane_mbufs", "mbufs in the core's pool (its size)", value=snap.mbufs
             )
 
         if snap.cpu_latency_limit_us is not None:

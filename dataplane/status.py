@@ -91,6 +91,7 @@ def take_snapshot(
         planes,
         shaped,
         engine.pool_in_use(),
+        mbufs=engine.config.n_mbufs,
         fdb_entries=engine.fdb_count(),
         learning=engine.learn_stats() if config.vtep.learning else None,
         store_error=store_error,

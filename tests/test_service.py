@@ -640,6 +640,36 @@ def test_metrics_pass_promtool(node):
     # the store answered this scrape; the pod counted is this node's one
     assert "\ndataplane_store_up 1.0\n" in text
     assert 'dataplane_network_pods{network="net1"} 1.0' in text
+    # the pool's size beside what of it is in use (memory_mb 256, fallback)
+    pool = float(re.search(r"\ndataplane_mbufs (\S+)\n", text)[1])
+    in_use = float(re.search(r"\ndataplane_mbufs_in_use (\S+)\n", text)[1])
+    assert pool > 1000 and 0 <= in_use < pool, (pool, in_use)
+
+
+def test_a_change_request_is_logged_with_its_caller(node):
+    """Who changed what: a pod add through the API (this process) and one
+    refused (a bad spec), each one line with the caller's pid, uid and
+    command; a read (GET) is not logged."""
+    node.pod("a", CT_SPEC)
+    r = node.cli(
+        "pod",
+        "add",
+        "bad",
+        "--netns",
+        "/var/run/netns/nope",
+        "--spec",
+        json.dumps(CT_SPEC),
+        check=False,
+    )
+    assert r.returncode != 0
+    node.api("GET", "/v1/status")
+    lines = (node.tmp / "service.log").read_text().splitlines()
+    reqs = [json.loads(ln) for ln in lines if ln.startswith("{") and '"api request"' in ln]
+    assert reqs[0]["method"] == "POST" and reqs[0]["path"] == "/v1/pods", reqs
+    assert reqs[0]["status"] == 200 and reqs[0]["caller_pid"] == os.getpid(), reqs
+    assert reqs[0]["caller_uid"] == os.getuid() and reqs[0]["caller"], reqs
+    assert len(reqs) == 2 and reqs[1]["status"] >= 400 and reqs[1]["caller_pid"] != os.getpid()
+    assert all(q["method"] != "GET" for q in reqs)
 
 
 def test_prometheus_server_stores_what_was_sent(node, tmp_path):
