@@ -493,6 +493,12 @@ def load_config(path) -> NodeConfig:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = " ".join(x for x in (e.context, e.problem) if x)
+        ctx = e.context_mark
+        if e.context and ctx is not None and mark is not None and ctx.line != mark.line:
+            # the parser notices a missing '}' or ']' where the next thing
+            # starts: say where what it was parsing began (often the culprit)
+            what += f" ({e.context.removeprefix('while parsing ')} begun at line "
+            what += f"{ctx.line + 1}, column {ctx.column + 1})"
         raise ConfigError(f"{path}: {where}invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None

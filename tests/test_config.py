@@ -477,6 +477,12 @@ def test_file_errors(tmp_path):
     p.write_text("vtep: {address: 10.0.0.1/24\nnode: [\n")
     with pytest.raises(ConfigError, match=r"line \d+, column \d+: invalid YAML"):
         load_config(p)
+    # a '}' missing: noticed on the next line, and where the mapping began said
+    p.write_text("node: n\nnetworks:\n  - {name: a, vni: 1\n  - {name: b}\n")
+    with pytest.raises(
+        ConfigError, match=r"line 4, column 5: .*\(a flow mapping begun at line 3, column 5\)"
+    ):
+        load_config(p)
     p.write_text("node: a\nnode: b\nvtep: {address: 10.0.0.1/24, uplink: eth1}\n")
     with pytest.raises(ConfigError, match=r"line 2, column 1: .*'node' is given twice"):
         load_config(p)
