@@ -33,7 +33,9 @@ class PortLabel(NamedTuple):
     role: str
     network: str
     tunnel_gso_frames: int = 0  # VXLAN super-frames sent whole (the uplink)
-    set_aside: bool = False  # a memif port left alone after a fault (dp_shm.h)
+    # a memif port left alone after a fault (dp_shm.h); None: a port whose
+    # driver reads no pod's shared memory (no shm_faults, no set_aside series)
+    set_aside: Optional[bool] = False
     link: Optional[bool] = None  # a DPDK port's link; None: not known (kernel ports)
     pod: str = ""  # a pod port's pod and plane ("" for the uplink)
     plane: str = ""
@@ -94,6 +96,7 @@ class CoreCollector:
         c = snap.counters
 
         pl = ["name", "pod", "plane", "role", "network"]
+        shm_i = PORT_COUNTERS.index("shm_faults")
         port_fams = {}
         for i, cname in enumerate(PORT_COUNTERS):  # rx_packets -> ..._total
             port_fams[i] = CounterMetricFamily(
@@ -142,9 +145,12 @@ class CoreCollector:
                 xpk.add_metric(lv + ["tx"], p.express[2])
                 xby.add_metric(lv + ["tx"], p.express[3])
             for i, fam in port_fams.items():
+                if i == shm_i and p.set_aside is None:
+                    continue  # no shared memory to fault in
                 fam.add_metric(lv, int(c.port[p.index, i]))
             tnl.add_metric(lv, p.tunnel_gso_frames)
-            aside.add_metric(lv, int(p.set_aside))
+            if p.set_aside is not None:
+                aside.add_metric(lv, int(p.set_aside))
             if p.link is not None:
                 link.add_metric(lv, int(p.link))
         yield from port_fams.values()

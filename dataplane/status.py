@@ -64,7 +64,7 @@ def take_snapshot(
             p.role,
             names.get(p.network, "") if p.network is not None else "",
             p.tunnel_gso_frames,
-            p.set_aside,
+            p.set_aside if p.shared_memory else None,
             p.link,
             *owners.get(p.index, ("", "")),
             express.get(p.index),

@@ -640,6 +640,10 @@ def test_metrics_pass_promtool(node):
     # the store answered this scrape; the pod counted is this node's one
     assert "\ndataplane_store_up 1.0\n" in text
     assert 'dataplane_network_pods{network="net1"} 1.0' in text
+    # veth pods' ports read no shared memory: no shm_faults or set_aside series
+    assert "dataplane_port_shm_faults_total{" not in text
+    assert "dataplane_port_set_aside{" not in text
+    assert "dataplane_port_guard_drops_total{" in text
     # the pool's size beside what of it is in use (memory_mb 256, fallback)
     pool = float(re.search(r"\ndataplane_mbufs (\S+)\n", text)[1])
     in_use = float(re.search(r"\ndataplane_mbufs_in_use (\S+)\n", text)[1])
