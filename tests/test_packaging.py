@@ -53,6 +53,7 @@ def test_the_wheel_holds_every_module_and_imports(tmp_path):
     }
     assert not src - names, f"left out of the wheel: {sorted(src - names)}"
     assert any(n.startswith("dataplane/_core") and n.endswith(".so") for n in names)
+    assert "dataplane/express.bpf.o" in names  # the express lane's programs
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import dataplane, dataplane.service, dataplane.store.etcd, dataplane.store.sqlite;"
