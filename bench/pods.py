@@ -707,7 +707,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--express-lane",
         action="store_true",
-        help="the service's express_lane on: unicast IPv4 between its two pods is carried "
+        help="the service's express_lane on: unicast IP between its two pods is carried "
         "by the kernel, veth to veth (RESULT says express_lane=on); pod to the kernel-VTEP "
         "host still crosses the core",
     )

@@ -197,9 +197,10 @@ int dp_port_afpacket_reopen(int port, unsigned frames);
  * called before the counters are read */
 void dp_kport_stats_update(void);
 
-/* the express lane (dp_express.c, bpf/express.bpf.c): unicast IPv4 between
+/* the express lane (dp_express.c, bpf/express.bpf.c): unicast IP between
  * two pod ports of one network carried by the kernel, port to port */
 #define DP_EXPRESS_MAX_IP4 8
+#define DP_EXPRESS_MAX_IP6 4
 /* load the lane's compiled programs from path, and switch it on */
 int dp_express_open(const char *path);
 int dp_express_close(void);
@@ -214,9 +215,10 @@ int dp_express_attach(int ifindex);
 int dp_express_detach(int ifindex);
 /* the lane carries frames from and to the port on ifindex (network net,
  * core port index port, the pod's MAC; with spoof_on only from its n4
- * IPv4 addresses ip4, network order), or no more */
+ * IPv4 addresses ip4, network order, and n6 IPv6 addresses ip6, 16 bytes
+ * each in wire order), or no more */
 int dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoof_on,
-                        const uint32_t *ip4, int n4);
+                        const uint32_t *ip4, int n4, const uint8_t *ip6, int n6);
 int dp_express_port_clear(int ifindex, int net, const uint8_t *mac);
 /* frames and bytes the lane took from port (out[0], out[1]) and delivered
  * to it (out[2], out[3]), or set to 0 */

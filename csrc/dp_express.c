@@ -32,7 +32,11 @@ struct ex_src {
     uint8_t spoof_on;
     uint8_t n4;
     uint32_t ip4[DP_EXPRESS_MAX_IP4];
+    uint8_t n6;
+    uint8_t pad[7];
+    uint64_t ip6[DP_EXPRESS_MAX_IP6][2];
 };
+_Static_assert(sizeof(struct ex_src) == 56 + DP_EXPRESS_MAX_IP6 * 16, "as express.bpf.c lays it");
 
 struct ex_dkey {
     uint32_t net;
@@ -213,7 +217,7 @@ dp_express_detach(int ifindex)
 
 int
 dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoof_on,
-                    const uint32_t *ip4, int n4)
+                    const uint32_t *ip4, int n4, const uint8_t *ip6, int n6)
 {
     struct ex_src s;
     struct ex_dkey k;
@@ -225,6 +229,9 @@ dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoo
     if (n4 < 0 || n4 > DP_EXPRESS_MAX_IP4)
         return dp_fail(-E2BIG, "express lane: port %d: %d addresses, at most %d", port, n4,
                        DP_EXPRESS_MAX_IP4);
+    if (n6 < 0 || n6 > DP_EXPRESS_MAX_IP6)
+        return dp_fail(-E2BIG, "express lane: port %d: %d IPv6 addresses, at most %d", port, n6,
+                       DP_EXPRESS_MAX_IP6);
     if (port < 0 || port >= DP_MAX_PORTS || net < 0)
         return dp_fail(-EINVAL, "express lane: port %d network %d out of range", port, net);
     memset(&s, 0, sizeof(s));
@@ -234,6 +241,8 @@ dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoo
     s.spoof_on = spoof_on != 0;
     s.n4 = (uint8_t)n4;
     memcpy(s.ip4, ip4, sizeof(uint32_t) * (size_t)n4);
+    s.n6 = (uint8_t)n6;
+    memcpy(s.ip6, ip6, 16 * (size_t)n6);
     memset(&k, 0, sizeof(k));
     k.net = (uint32_t)net;
     memcpy(k.mac, mac, 6);

@@ -7,7 +7,7 @@
     # idle_sleep_us: 0             # an idle worker sleeps up to this, woken by a frame (0: spins)
     # idle_yield: true             # a spinning worker yields its CPU when idle
     # cpu_latency_us: 0            # idle CPUs wake within this (kernel CPU latency QoS; 0: they poll)
-    # express_lane: false          # unicast IPv4 between pods of this node carried by the kernel
+    # express_lane: false          # unicast IP between pods of this node carried by the kernel
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
@@ -295,7 +295,7 @@ class NodeConfig:
     idle_sleep_us: int = 0  # 0: the workers spin; else they sleep when idle (dp_idle.c)
     idle_yield: bool = True  # a spinning worker yields its CPU when idle (dp_idle.c)
     cpu_latency_us: Optional[int] = None  # CPU latency request held while running (cpulatency.py)
-    express_lane: bool = False  # unicast IPv4 between local pods carried by the kernel (express)
+    express_lane: bool = False  # unicast IP between local pods carried by the kernel (express)
 
     # ---------------------------------------------------------- look-ups
     def network(self, name: str) -> Optional[NetworkConfig]:

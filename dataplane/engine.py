@@ -724,7 +724,7 @@ def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
 
 class _Express:
     """The express lane (``csrc/bpf/express.bpf.c``, ``csrc/dp_express.c``):
-    unicast IPv4 between two pod ports of one network carried by the kernel
+    unicast IP between two pod ports of one network carried by the kernel
     from one pod's veth into the other's namespace, never through the core.
     Part of :class:`Engine`."""
 
@@ -748,8 +748,9 @@ class _Express:
         """AF_PACKET pod port ``port`` on ``ifname`` (network ``net``, the
         pod's ``mac``) joins the lane: its frames to another pod port of the
         network in the lane go port to port, and theirs to it; with
-        ``spoof``, only from one of ``ips`` (IPv4; the others take the
-        core's path). The interface's index."""
+        ``spoof``, only from one of ``ips`` or the IPv6 link-local made
+        from ``mac`` (the others take the core's path). The interface's
+        index."""
         import socket
 
         try:
@@ -759,13 +760,18 @@ class _Express:
         # network order in memory, as the program reads the header
         addrs = [ipaddress.ip_address(a) for a in ips]
         v4 = [int.from_bytes(a.packed, "little") for a in addrs if a.version == 4]
-        if len(v4) > lib.DP_EXPRESS_MAX_IP4:
+        # the link-local the kernel makes from the MAC, as the guard has it
+        v6 = [checks.ipv6_link_local(parse_mac(mac)).packed]
+        v6 += [a.packed for a in addrs if a.version == 6 and a.packed not in v6]
+        if len(v4) > lib.DP_EXPRESS_MAX_IP4 or len(v6) > lib.DP_EXPRESS_MAX_IP6:
             raise ConfigError(
-                f"express lane: {ifname}: {len(v4)} IPv4 addresses, at most "
-                f"{lib.DP_EXPRESS_MAX_IP4}"
+                f"express lane: {ifname}: {len(v4)} IPv4 and {len(v6)} IPv6 addresses (the "
+                f"link-local included), at most {lib.DP_EXPRESS_MAX_IP4} and "
+                f"{lib.DP_EXPRESS_MAX_IP6}"
             )
         octets = ffi.new("uint8_t[6]", parse_mac(mac))
         arr = ffi.new("uint32_t[]", v4 or [0])
+        arr6 = ffi.new("uint8_t[]", b"".join(v6))
         if port in self._express:
             self.express_remove_port(port)
         with self._lock:
@@ -777,7 +783,7 @@ class _Express:
                 check(lib.dp_express_counts_reset(port), lib, ffi, f"express lane: {ifname}")
                 check(
                     lib.dp_express_port_set(
-                        ifindex, net, port, octets, 1 if spoof else 0, arr, len(v4)
+                        ifindex, net, port, octets, 1 if spoof else 0, arr, len(v4), arr6, len(v6)
                     ),
                     lib,
                     ffi,

@@ -10,9 +10,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
-from test_service import CT_SPEC, ROOT, ip_of, ping, run_cli, running_node, scrape
+from test_service import CT_SPEC, ROOT, ip_of, ping, run_cli, running_node, scrape, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -77,6 +78,35 @@ def test_pings_between_pods_take_the_lane_and_are_counted(node):
     assert "  express lane on" in out.splitlines()[0], out
     row = next(x for x in out.splitlines() if host_if(a) in x)
     assert "express rx " in row, out
+
+
+def test_ipv6_echo_takes_the_lane_and_neighbour_discovery_the_core(node):
+    """IPv6 between the pods' link-local addresses (made from their MACs):
+    the echoes in the lane, neighbour discovery (which the core's guard
+    checks) through the core."""
+    from dataplane.checks import ipv6_link_local
+
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    dev = ifname_of(a)
+    b_ll = str(ipv6_link_local(bytes.fromhex(mac_of(b).replace(":", ""))))
+    for ns, ifn in ((a["ns"], dev), (b["ns"], ifname_of(b))):  # duplicate-address detection
+        for _ in range(300):
+            out = sh("ip", "-n", ns, "-6", "addr", "show", "dev", ifn).stdout
+            if "fe80::" in out and "tentative" not in out:
+                break
+            time.sleep(0.02)
+    x0, c0 = port_row(node, "a")["express"]["rx_packets"], port_row(node, "a")["rx_packets"]
+    r = subprocess.run(
+        ["ip", "netns", "exec", a["ns"], "ping", "-6", "-c", "5", "-i", "0.05", "-W", "2"]
+        + [f"{b_ll}%{dev}"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    ra = port_row(node, "a")
+    assert ra["express"]["rx_packets"] - x0 == 5, (ra, x0)
+    assert ra["rx_packets"] - c0 >= 1  # a's neighbour solicitation, multicast: the core's
 
 
 def _tcp_transfer(src_ns, dst_ns, dst_ip, nbytes):
@@ -144,9 +174,11 @@ def _send_from(ns, ifname, frame_hex):
 
 def _frame(dst_mac, src_mac, src_ip, dst_ip, payload=b"express-lane-test", sport=53):
     from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
 
-    f = Ether(dst=dst_mac, src=src_mac) / IP(src=src_ip, dst=dst_ip) / UDP(sport=sport, dport=9)
+    ip = IPv6(src=src_ip, dst=dst_ip) if ":" in src_ip else IP(src=src_ip, dst=dst_ip)
+    f = Ether(dst=dst_mac, src=src_mac) / ip / UDP(sport=sport, dport=9)
     return bytes(f / payload).hex()
 
 
@@ -204,18 +236,26 @@ def test_the_lane_keeps_networks_apart_and_spoofers_out(node):
         _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"dhcp-offer", sport=67),
     )
     # a's own: carried
+    # IPv6 from a's MAC but not from one of a's addresses: the guard's too
+    t5, got5 = _receiver(b["ns"], ifname_of(b), "spoofed6")
+    _send_from(
+        a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), "2001:db8::77", "fe80::1", b"spoofed6")
+    )
     t3, got3 = _receiver(b["ns"], ifname_of(b), "genuine")
     _send_from(a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"genuine"))
-    for t in (t1, t2, t3, t4):
+    for t in (t1, t2, t3, t4, t5):
         t.join()
-    assert (got1, got2, got3, got4) == ([0], [0], [1], [0])
+    assert (got1, got2, got3, got4, got5) == ([0], [0], [1], [0], [0])
     assert port_row(node, "a")["express"]["rx_packets"] - x0 == 1
     after = node.api("GET", "/v1/status")["drops"]
 
     def grew(reason):
         return after.get(reason, 0) - drops.get(reason, 0)
 
-    assert (grew("spoof_ipv4"), grew("spoof_dhcp")) == (1, 1), (drops, after)
+    assert (grew("spoof_ipv4"), grew("spoof_dhcp"), grew("spoof_ipv6")) == (1, 1, 1), (
+        drops,
+        after,
+    )
 
 
 def test_a_capture_sees_every_frame_and_the_lane_resumes(node):

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
- * express.bpf.c - the express lane: unicast IPv4 between two pods of one
+ * express.bpf.c - the express lane: unicast IP between two pods of one
  * network on one node, carried by the kernel from one pod's veth straight
  * into the other pod's namespace (bpf_redirect_peer), inside the sender's
  * own system call, instead of through a packet ring, the worker and a
@@ -19,24 +19,28 @@
  *  - the lane is on (ex_ctl[0]; the service turns it off while a capture
  *    runs, so that a capture sees every frame);
  *  - it comes from a pod port in ex_src, from the pod's own MAC, untagged
- *    IPv4 (0x0800), and - where the network has anti-spoofing - from one of
- *    the pod's addresses and not a DHCP server's message (the core's guard
- *    rules for IPv4: what they might refuse goes to the core);
+ *    IPv4 (0x0800) or IPv6 (0x86dd: TCP, UDP and echo only, ex_ip6_ok),
+ *    and - where the network has anti-spoofing - from one of the pod's
+ *    addresses and not a DHCP server's message (the core's guard rules:
+ *    what they might refuse goes to the core);
  *  - its destination MAC is a pod port of the same network in ex_dst, not
  *    the sender's own.
- * ARP, IPv6, VLAN, broadcast and multicast, unknown destinations and
- * traffic to or from the underlay always take the core's path.
+ * ARP, neighbour discovery, VLAN, broadcast and multicast, unknown
+ * destinations and traffic to or from the underlay always take the core's
+ * path.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #define EX_MAX_PORTS 256
 #define EX_MAX_IP4 8
+#define EX_MAX_IP6 4
 
 /* a pod port: the source side (key: its host-side veth's ifindex) */
 struct ex_src {
@@ -46,6 +50,9 @@ struct ex_src {
     __u8 spoof_on; /* anti-spoofing: IPv4 source must be in ip4 */
     __u8 n4;
     __u32 ip4[EX_MAX_IP4]; /* network order */
+    __u8 n6;
+    __u8 pad[7];
+    __u64 ip6[EX_MAX_IP6][2]; /* wire order, the link-local made from mac among them */
 };
 
 struct ex_dkey {
@@ -99,6 +106,42 @@ mac_eq(const __u8 *a, const __u8 *b)
            a[5] == b[5];
 }
 
+/* An IPv6 frame the lane may take: TCP, UDP but a DHCPv6 server's (or
+ * relay's) message, or an ICMPv6 echo request or reply, with no extension
+ * header, from one of the pod's addresses where the network has
+ * anti-spoofing. Neighbour discovery, router messages and everything else
+ * go to the core, whose guard knows the rules for them. */
+static __always_inline int
+ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
+{
+    struct ipv6hdr ip6;
+    __u64 a[2];
+    __u16 l4;
+    int ok = 0;
+
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+        return 0;
+    if (ip6.nexthdr == IPPROTO_UDP || ip6.nexthdr == IPPROTO_ICMPV6) {
+        /* UDP: its source port; ICMPv6: its type and code */
+        if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &l4, sizeof(l4)) < 0)
+            return 0;
+        if (ip6.nexthdr == IPPROTO_UDP && l4 == bpf_htons(547))
+            return 0;
+        if (ip6.nexthdr == IPPROTO_ICMPV6 && ((__u8 *)&l4)[0] != 128 && ((__u8 *)&l4)[0] != 129)
+            return 0;
+    } else if (ip6.nexthdr != IPPROTO_TCP) {
+        return 0;
+    }
+    if (!src->spoof_on)
+        return 1;
+    __builtin_memcpy(a, &ip6.saddr, sizeof(a));
+#pragma unroll
+    for (int i = 0; i < EX_MAX_IP6; i++)
+        if (i < src->n6 && src->ip6[i][0] == a[0] && src->ip6[i][1] == a[1])
+            ok = 1;
+    return ok;
+}
+
 /* The destination of a frame the lane takes, with its source; NULL if the
  * core's path is to carry it. */
 static __always_inline struct ex_dst *
@@ -119,11 +162,16 @@ ex_take(struct __sk_buff *skb, struct ex_src **srcp)
         return NULL;
     if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
         return NULL;
-    if (eth.h_proto != bpf_htons(ETH_P_IP) || (eth.h_dest[0] & 1))
+    if (eth.h_dest[0] & 1)
         return NULL;
     if (!mac_eq(eth.h_source, src->mac))
         return NULL;
-    if (src->spoof_on) {
+    if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
+        if (!ex_ip6_ok(skb, src))
+            return NULL;
+    } else if (eth.h_proto != bpf_htons(ETH_P_IP)) {
+        return NULL;
+    } else if (src->spoof_on) {
         struct iphdr ip;
         __u16 sport;
         int ok = 0;
@@ -155,7 +203,8 @@ ex_take(struct __sk_buff *skb, struct ex_src **srcp)
 }
 
 SEC("tc")
-int ex_tc(struct __sk_buff *skb)
+int
+ex_tc(struct __sk_buff *skb)
 {
     struct ex_src *src = NULL;
     struct ex_dst *dst = ex_take(skb, &src);
@@ -180,7 +229,8 @@ int ex_tc(struct __sk_buff *skb)
 }
 
 SEC("socket")
-int ex_sock(struct __sk_buff *skb)
+int
+ex_sock(struct __sk_buff *skb)
 {
     struct ex_src *src = NULL;
 
