@@ -15,6 +15,7 @@ cluster (module fixture) and run in file order; each leaves it as it found
 it, give or take a pod.
 """
 
+import glob
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import uuid
 
 import pytest
 
+from dataplane.startchecks import UPLINK_LOCK_DIR
 from dataplane.status import FDB_ORIGINS
 from tests.clusterhost import NetnsEtcd, store_call
 from tests.etcdhost import have_etcd
@@ -382,7 +384,14 @@ class Cluster:
         if self.etcd is not None:
             self.etcd.close()
         for ns in reversed(self.namespaces):
+            try:  # the uplink lock file a killed node left, named for its namespace
+                ino = os.stat(f"/var/run/netns/{ns}").st_ino
+            except OSError:
+                ino = None
             sh("ip", "netns", "del", ns, check=False)
+            if ino is not None:
+                for f in glob.glob(os.path.join(UPLINK_LOCK_DIR, f"uplink-*@netns-{ino}.lock")):
+                    os.unlink(f)
 
 
 @pytest.fixture(scope="module")
