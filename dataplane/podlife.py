@@ -308,18 +308,35 @@ class PodLife:
         host end is taken, each logged; nothing else is touched (a service
         started on another store, or under another node name, takes none).
         Run after the replay, before the API takes adds. The names removed."""
-        from .podnet import delete_marked, marked_veths, parse_alias
-
-        node, mark = self.config.node, self.store_mark()
+        node = self.config.node
         known = {
             e["host_ifname"]
             for e in self.store.endpoints()
             if e.get("host_ifname") and e.get("node") in (None, node)
         } | set(self.ports)
+        return self.delete_marked_veths(
+            node,
+            known,
+            "orphan pod veth removed",
+            "orphan veth %s of pod %s plane %s not removed: %s",
+            why="no pod record of this node names it",
+        )
+
+    def delete_marked_veths(self, owner: str, known, said: str, failed: str, **fields):
+        """Delete the pod veths marked at their creation as node ``owner``'s
+        plane of a pod recorded in this store (their alias), named as that
+        plane's host end, whose names ``known`` does not hold: each logged
+        as event ``said`` (with ``fields``), one that could not be deleted
+        as warning ``failed`` (name, pod, plane, error). The names deleted.
+        :meth:`remove_orphans` (this node's own) and the service's ``node
+        remove`` (an old name of this node) call it."""
+        from .podnet import delete_marked, marked_veths, parse_alias
+
+        mark = self.store_mark()
         removed = []
         for index, name, alias in marked_veths():
-            owner, store, plane, pod, whole = parse_alias(alias)
-            if (owner, store) != (node, mark) or name in known:
+            marked_for, store, plane, pod, whole = parse_alias(alias)
+            if (marked_for, store) != (owner, mark) or name in known:
                 continue
             if not _named_for(name, pod, plane, whole):
                 continue
@@ -327,17 +344,9 @@ class PodLife:
                 if not delete_marked(index, name, alias):
                     continue
             except DataplaneError as e:
-                log.warning(
-                    "orphan veth %s of pod %s plane %s not removed: %s", name, pod, plane, e
-                )
+                log.warning(failed, name, pod, plane, e)
                 continue
-            event(
-                "orphan pod veth removed",
-                interface=name,
-                pod=pod,
-                plane=plane,
-                why="no pod record of this node names it",
-            )
+            event(said, interface=name, pod=pod, plane=plane, **fields)
             removed.append(name)
         return removed
 

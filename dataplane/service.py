@@ -792,29 +792,14 @@ class NodeService:
         """Delete the pod veths marked as node ``node``'s in this store
         (an old name of this node, removed), as a start deletes its own
         orphans; each logged. The names deleted."""
-        from .podlife import _named_for
-        from .podnet import delete_marked, marked_veths, parse_alias
-
-        mark = self.pods.store_mark()
         known = {e["host_ifname"] for e in self.store.endpoints() if e.get("host_ifname")}
-        out = []
-        for index, ifname, alias in marked_veths():
-            owner, store, plane, pod, whole = parse_alias(alias)
-            if (owner, store) != (node, mark) or ifname in known:  # a recorded pod's: kept
-                continue
-            if not _named_for(ifname, pod, plane, whole):
-                continue
-            try:
-                if not delete_marked(index, ifname, alias):
-                    continue
-            except DataplaneError as e:
-                log.warning("veth %s of removed node %s not deleted: %s", ifname, node, e)
-                continue
-            event(
-                "removed node's pod veth deleted", interface=ifname, pod=pod, plane=plane, node=node
-            )
-            out.append(ifname)
-        return out
+        return self.pods.delete_marked_veths(
+            node,
+            known,  # a recorded pod's: kept
+            "removed node's pod veth deleted",
+            "veth %s of a removed node's pod %s plane %s not deleted: %s",
+            node=node,
+        )
 
     # ------------------------------------------------------------- reload
     def reload(self, expected: Optional[str] = None) -> dict:

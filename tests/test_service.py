@@ -652,8 +652,8 @@ def test_metrics_pass_promtool(node):
 
 def test_a_change_request_is_logged_with_its_caller(node):
     """Who changed what: a pod add through the API (this process) and one
-    refused (a bad spec), each one line with the caller's pid, uid and
-    command; a read (GET) is not logged."""
+    refused (the CLI's, its namespace does not exist), each one line with
+    the caller's pid, uid and command; a read (GET) is not logged."""
     node.pod("a", CT_SPEC)
     r = node.cli(
         "pod",
