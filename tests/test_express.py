@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from test_kernel_pods import MB, Fabric, tcp_transfer
 from test_service import CT_SPEC, ROOT, ip_of, ping, run_cli, running_node, scrape, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -109,55 +110,15 @@ def test_ipv6_echo_takes_the_lane_and_neighbour_discovery_the_core(node):
     assert ra["rx_packets"] - c0 >= 1  # a's neighbour solicitation, multicast: the core's
 
 
-def _tcp_transfer(src_ns, dst_ns, dst_ip, nbytes):
-    """``nbytes`` sent over TCP from namespace ``src_ns`` to a server in
-    ``dst_ns``; the bytes the server received and their sum."""
-    code = (
-        "import socket,sys,zlib\n"
-        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        "s.bind(('0.0.0.0', 5201)); s.listen(1); print('ready', flush=True)\n"
-        "c,_=s.accept(); n=0; crc=0\n"
-        "while True:\n"
-        "    d=c.recv(1<<20)\n"
-        "    if not d: break\n"
-        "    n+=len(d); crc=zlib.crc32(d, crc)\n"
-        "print(n, crc, flush=True)\n"
-    )
-    srv = subprocess.Popen(
-        ["ip", "netns", "exec", dst_ns, sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert srv.stdout.readline().strip() == "ready"
-        data = os.urandom(nbytes)
-        send = (
-            "import socket,sys\n"
-            f"c=socket.create_connection(({dst_ip!r}, 5201), timeout=20)\n"
-            "c.sendall(sys.stdin.buffer.read()); c.close()\n"
-        )
-        r = subprocess.run(
-            ["ip", "netns", "exec", src_ns, sys.executable, "-c", send],
-            input=data,
-            capture_output=True,
-            timeout=60,
-        )
-        assert r.returncode == 0, r.stderr
-        n, crc = srv.stdout.readline().split()
-        import zlib
-
-        return int(n), int(crc), zlib.crc32(data)
-    finally:
-        srv.kill()
-        srv.wait()
-
-
-def test_tcp_between_pods_arrives_whole_in_the_lane(node):
+def test_tcp_between_pods_arrives_whole_in_the_lane(node, tmp_path):
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", CT_SPEC)
     before = port_row(node, "a")["express"]["rx_bytes"]
-    n, crc, want = _tcp_transfer(a["ns"], b["ns"], ip_of(b), 8 << 20)
-    assert (n, crc) == (8 << 20, want)
+    fab = Fabric(tmp_path)  # its spawn and cleanup only: the TCP ends' processes
+    try:  # every byte arrived, checked by its SHA-256
+        tcp_transfer(fab, "pod a -> pod b (express lane)", b["ns"], ip_of(b), a["ns"], 8 * MB)
+    finally:
+        fab.cleanup()
     # the pods keep their offloads: super-frames crossed whole, all in the lane
     assert port_row(node, "a")["express"]["rx_bytes"] - before > 8 << 20
 
