@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import shutil
+import socket
 import struct
 import threading
 import time
@@ -561,6 +562,25 @@ class _Planes:
         return self._call("reading a queue depth", lib.dp_qos_depth, port, plane)
 
 
+def source_addresses(octets: bytes, ips: Sequence[str]) -> Tuple[list, List[bytes]]:
+    """The sources a pod port with MAC ``octets`` and addresses ``ips`` may
+    send from, as its guard and the express lane check them: its IPv4
+    addresses, and its IPv6 ones (16 bytes, wire order) after the link-local
+    the kernel makes from the MAC, each once. An address that is none:
+    ConfigError naming it."""
+    v4, v6 = [], [checks.ipv6_link_local(octets).packed]
+    for i, a in enumerate(ips):
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            raise ConfigError(f"ips[{i}]: {a!r} is not an IPv4 or IPv6 address") from None
+        if ip.version == 4:
+            v4.append(ip)
+        elif ip.packed not in v6:
+            v6.append(ip.packed)
+    return v4, v6
+
+
 class _Guards:
     """What pod ports may send: their own addresses (anti-spoofing) and a
     rate for what they flood (storm control). Part of :class:`Engine`."""
@@ -583,16 +603,8 @@ class _Guards:
             )
             return
         octets = parse_mac(mac)
-        v4, v6 = [], [checks.ipv6_link_local(octets).packed]
-        for i, a in enumerate(ips):
-            try:
-                ip = ipaddress.ip_address(a)
-            except ValueError:
-                raise ConfigError(f"ips[{i}]: {a!r} is not an IPv4 or IPv6 address") from None
-            if ip.version == 4:
-                v4.append(int(ip))
-            elif ip.packed not in v6:
-                v6.append(ip.packed)
+        v4, v6 = source_addresses(octets, ips)
+        v4 = [int(ip) for ip in v4]
         if len(v4) > lib.DP_GUARD_MAX_IP4 or len(v6) > lib.DP_GUARD_MAX_IP6:
             raise ConfigError(
                 f"ips: {len(v4)} IPv4 and {len(v6)} IPv6 addresses (the link-local "
@@ -751,25 +763,21 @@ class _Express:
         ``spoof``, only from one of ``ips`` or the IPv6 link-local made
         from ``mac`` (the others take the core's path). The interface's
         index."""
-        import socket
-
         try:
             ifindex = socket.if_nametoindex(ifname)
         except OSError:
             raise errors.NotFound(f"express lane: {ifname}: no such interface") from None
+        mac_b = parse_mac(mac)
+        v4, v6 = source_addresses(mac_b, ips)
         # network order in memory, as the program reads the header
-        addrs = [ipaddress.ip_address(a) for a in ips]
-        v4 = [int.from_bytes(a.packed, "little") for a in addrs if a.version == 4]
-        # the link-local the kernel makes from the MAC, as the guard has it
-        v6 = [checks.ipv6_link_local(parse_mac(mac)).packed]
-        v6 += [a.packed for a in addrs if a.version == 6 and a.packed not in v6]
+        v4 = [int.from_bytes(ip.packed, "little") for ip in v4]
         if len(v4) > lib.DP_EXPRESS_MAX_IP4 or len(v6) > lib.DP_EXPRESS_MAX_IP6:
             raise ConfigError(
                 f"express lane: {ifname}: {len(v4)} IPv4 and {len(v6)} IPv6 addresses (the "
                 f"link-local included), at most {lib.DP_EXPRESS_MAX_IP4} and "
                 f"{lib.DP_EXPRESS_MAX_IP6}"
             )
-        octets = ffi.new("uint8_t[6]", parse_mac(mac))
+        octets = ffi.new("uint8_t[6]", mac_b)
         arr = ffi.new("uint32_t[]", v4 or [0])
         arr6 = ffi.new("uint8_t[]", b"".join(v6))
         if port in self._express:
@@ -814,8 +822,6 @@ class _Express:
     def express_detach(self, ifname: str):
         """No lane program on interface ``ifname`` (one a killed process
         left), whether or not this engine runs the lane."""
-        import socket
-
         try:
             ifindex = socket.if_nametoindex(ifname)
         except OSError:
