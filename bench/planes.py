@@ -62,6 +62,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 
@@ -667,8 +668,6 @@ def plot(path: str, res: dict):
 
 def _hog(cpu: int):
     """A busy loop pinned to ``cpu``: another thread on the worker's CPU."""
-    import subprocess
-
     code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"
     return subprocess.Popen([sys.executable, "-c", code])
 
