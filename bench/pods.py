@@ -60,10 +60,12 @@ host) has br_netfilter's ``bridge-nf-call-*`` off.
 DPDK's ``net_af_xdp`` instead of its own AF_PACKET driver (the uplink
 stays AF_PACKET); the RESULT line then says ``kernel_driver=af_xdp``.
 
-``--express-lane`` sets the service's ``express_lane: true``: unicast
-IPv4 between the two pods goes from one pod's veth into the other's
-namespace in the kernel (a tc program and ``bpf_redirect_peer``), not
-through the core; the RESULT line then says ``express_lane=on``.
+The service runs with its default ``express_lane: auto``: unicast IP
+between the two pods goes from one pod's veth into the other's namespace
+in the kernel (a tc program and ``bpf_redirect_peer``), not through the
+core. ``--no-express-lane`` sets ``express_lane: false``, every frame
+through the core. The RESULT line says ``express_lane=on`` or ``off``, as
+the service's status reported it.
 
 ``--no-tunnel-gso`` sets the service's ``vtep.tunnel_gso: false``: a pod's
 super-frames to the underlay are cut before encapsulation, as where the
@@ -179,6 +181,7 @@ class Lab:
         self.service_log = os.path.join(workdir, "service.log")
         self.sock = os.path.join(workdir, "api.sock")
         self.ips = {}  # path -> (client ns, server ns, server IP)
+        self.express_lane = False  # as the service's status says, once it runs
         # iperf3 takes whole seconds (and -t 0 means forever)
         self.iperf_seconds = max(1, math.ceil(args.seconds))
 
@@ -310,7 +313,7 @@ class Lab:
                 f"idle_sleep_us: {a.idle_sleep_us}\n"
                 + (f"cpu_latency_us: {a.cpu_latency_us}\n" if a.cpu_latency_us is not None else "")
                 + f"kernel_driver: {a.kernel_driver}\n"
-                + ("express_lane: true\n" if a.express_lane else "")
+                + ("express_lane: false\n" if a.no_express_lane else "")
                 # the host behind the kernel VTEP is in no store: its MAC is
                 # learned from what it sends (else every frame to it is an
                 # unknown unicast flood, held to the pods' storm rate)
@@ -340,8 +343,10 @@ class Lab:
             except Exception as e:
                 raise BenchError(f"adding pod {name} through the API: {e}") from None
             ips.append(next(p["ip"] for p in info["planes"] if p["plane"] == "std"))
-        ports = call(self.sock, "GET", "/v1/status")["ports"]
-        say("the service's ports: " + ", ".join(f"{p['name']} ({p['role']})" for p in ports))
+        st = call(self.sock, "GET", "/v1/status")
+        say("the service's ports: " + ", ".join(f"{p['name']} ({p['role']})" for p in st["ports"]))
+        self.express_lane = bool(st["express_lane"])
+        say(f"express lane: {'on' if self.express_lane else 'off'}")
         self.ips["ours_local"] = (pa, pb, ips[1].split("/")[0])
         self.ips["ours_vtep"] = (pa, vm, VM_IP)
 
@@ -652,7 +657,7 @@ def run(args) -> dict:
         "idle_sleep_us": args.idle_sleep_us,
         "cpu_latency_us": args.cpu_latency_us,
         "kernel_driver": args.kernel_driver,
-        "express_lane": args.express_lane,
+        "express_lane": lab.express_lane,
         "no_tunnel_gso": args.no_tunnel_gso,
         "idle_cpu": idle_cpu,
     }
@@ -705,11 +710,11 @@ def parser() -> argparse.ArgumentParser:
         "service's default)",
     )
     ap.add_argument(
-        "--express-lane",
+        "--no-express-lane",
         action="store_true",
-        help="the service's express_lane on: unicast IP between its two pods is carried "
-        "by the kernel, veth to veth (RESULT says express_lane=on); pod to the kernel-VTEP "
-        "host still crosses the core",
+        help="the service's express_lane: false: unicast IP between its two pods crosses "
+        "the core as every other frame does (default: auto, the kernel carries it veth to "
+        "veth); RESULT says express_lane=on or off",
     )
     ap.add_argument(
         "--idle-sleep-us",
@@ -783,8 +788,8 @@ def _result(res):
         out["tunnel_gso"] = "off"  # super-frames cut before encapsulation
     if res.get("kernel_driver", "afpacket") != "afpacket":
         out["kernel_driver"] = res["kernel_driver"]  # the pods' veths
-    if res.get("express_lane"):
-        out["express_lane"] = "on"  # pod to pod of one network: kernel to kernel
+    # pod to pod of one network: kernel to kernel (on) or through the core
+    out["express_lane"] = "on" if res.get("express_lane") else "off"
     if res.get("idle_sleep_us"):
         out["idle_sleep_us"] = str(res["idle_sleep_us"])
         out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic

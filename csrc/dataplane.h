@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 22
+#define DP_ABI_VERSION 23
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -214,10 +214,11 @@ int dp_express_sock_filter(int port);
 int dp_express_attach(int ifindex);
 int dp_express_detach(int ifindex);
 /* the lane carries frames from and to the port on ifindex (network net,
- * core port index port, the pod's MAC; with spoof_on only from its n4
- * IPv4 addresses ip4, network order, and n6 IPv6 addresses ip6, 16 bytes
- * each in wire order), or no more */
-int dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoof_on,
+ * core port index port, the pod's MAC, frames of at most the network's
+ * mtu (super-frames apart); with spoof_on only from its n4 IPv4 addresses
+ * ip4, network order, and n6 IPv6 addresses ip6, 16 bytes each in wire
+ * order), or no more */
+int dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int mtu, int spoof_on,
                         const uint32_t *ip4, int n4, const uint8_t *ip6, int n6);
 int dp_express_port_clear(int ifindex, int net, const uint8_t *mac);
 /* frames and bytes the lane took from port (out[0], out[1]) and delivered

@@ -24,6 +24,8 @@
 #include "dp_control.h"
 #include "dp_internal.h"
 
+#define EX_ETH_HLEN 14 /* what a port's MTU leaves out of a frame */
+
 /* as in bpf/express.bpf.c */
 struct ex_src {
     uint32_t net;
@@ -33,7 +35,9 @@ struct ex_src {
     uint8_t n4;
     uint32_t ip4[DP_EXPRESS_MAX_IP4];
     uint8_t n6;
-    uint8_t pad[7];
+    uint8_t pad;
+    uint16_t max_len;
+    uint32_t pad2;
     uint64_t ip6[DP_EXPRESS_MAX_IP6][2];
 };
 _Static_assert(sizeof(struct ex_src) == 56 + DP_EXPRESS_MAX_IP6 * 16, "as express.bpf.c lays it");
@@ -81,12 +85,19 @@ dp_express_open(const char *path)
         return 0;
     libbpf_set_print(libbpf_quiet);
     obj = bpf_object__open_file(path, NULL);
-    if (!obj)
-        return dp_fail(-errno, "express lane: %s: %m", path);
+    if (!obj) {
+        int err = -errno;
+        char why[128];
+        /* libbpf's own codes (4000 and up) are not errno's: its words */
+        libbpf_strerror(err, why, sizeof(why));
+        return dp_fail(err, "express lane: %s: %s", path, why);
+    }
     ret = bpf_object__load(obj);
     if (ret < 0) {
+        char why[128];
+        libbpf_strerror(ret, why, sizeof(why));
         bpf_object__close(obj);
-        return dp_fail(ret, "express lane: loading %s into the kernel: %s", path, strerror(-ret));
+        return dp_fail(ret, "express lane: loading %s into the kernel: %s", path, why);
     }
     ex.tc_fd = bpf_program__fd(bpf_object__find_program_by_name(obj, "ex_tc"));
     ex.sock_fd = bpf_program__fd(bpf_object__find_program_by_name(obj, "ex_sock"));
@@ -216,7 +227,7 @@ dp_express_detach(int ifindex)
 }
 
 int
-dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoof_on,
+dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int mtu, int spoof_on,
                     const uint32_t *ip4, int n4, const uint8_t *ip6, int n6)
 {
     struct ex_src s;
@@ -234,11 +245,15 @@ dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int spoo
                        DP_EXPRESS_MAX_IP6);
     if (port < 0 || port >= DP_MAX_PORTS || net < 0)
         return dp_fail(-EINVAL, "express lane: port %d network %d out of range", port, net);
+    if (mtu < 68 || mtu > UINT16_MAX - EX_ETH_HLEN)
+        return dp_fail(-EINVAL, "express lane: port %d: MTU %d out of range 68..%d", port, mtu,
+                       UINT16_MAX - EX_ETH_HLEN);
     memset(&s, 0, sizeof(s));
     s.net = (uint32_t)net;
     s.port = (uint32_t)port;
     memcpy(s.mac, mac, 6);
     s.spoof_on = spoof_on != 0;
+    s.max_len = (uint16_t)(mtu + EX_ETH_HLEN);
     s.n4 = (uint8_t)n4;
     memcpy(s.ip4, ip4, sizeof(uint32_t) * (size_t)n4);
     s.n6 = (uint8_t)n6;

@@ -127,18 +127,21 @@ def cmd_check(args):
     # running service has (its lock looked at, not taken)
     store = check_store(cfg)
     errors = [e for e in [uplink_in_use(cfg)] if e] + store.errors
-    if cfg.express_lane:  # the kernel takes the lane's programs, as run loads them
+    notes = []
+    if cfg.express_lane is not False:  # the kernel takes the lane's programs, as run loads them
         from .engine import express_loadable
 
         why = express_loadable()
-        if why:
+        if why and cfg.express_lane:
             errors.append(f"express_lane: true, but {why}")
+        elif why:
+            notes.append(f"express lane off (auto): {why}")
     if errors:
         print(f"dataplane: {chr(10).join(errors)}", file=sys.stderr)
         return 2
     n = len(cfg.networks)
     print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")
-    for a in cfg.advice() + store.warnings + uplink_notes(cfg):
+    for a in cfg.advice() + store.warnings + uplink_notes(cfg) + notes:
         print(f"warning: {a}")
     if store.read:
         print(f"store: {store.read}: checked against it")
@@ -198,7 +201,7 @@ def _port_notes(p) -> str:
         if p.get(key)
     ]
     x = p.get("express")
-    if x is not None:  # what the lane carried is not in RX and TX
+    if x and (x["rx_packets"] or x["tx_packets"]):  # of RX and TX, what the lane carried
         notes.append(f"express rx {x['rx_packets']} tx {x['tx_packets']}")
     if p.get("set_aside"):
         notes.append("SET ASIDE (its pod's shared memory faulted)")

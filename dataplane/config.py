@@ -7,7 +7,8 @@
     # idle_sleep_us: 0             # an idle worker sleeps up to this, woken by a frame (0: spins)
     # idle_yield: true             # a spinning worker yields its CPU when idle
     # cpu_latency_us: 0            # idle CPUs wake within this (kernel CPU latency QoS; 0: they poll)
-    # express_lane: false          # unicast IP between pods of this node carried by the kernel
+    # express_lane: auto           # unicast IP between pods of this node carried by the kernel
+    #                              #   (auto: where the kernel takes it; true: or refuse to start)
     vtep:
       address: 10.0.0.1/24         # this node's underlay address and subnet
       uplink: eth1                 # kernel interface (AF_PACKET; uplink_driver: af_xdp)
@@ -295,7 +296,9 @@ class NodeConfig:
     idle_sleep_us: int = 0  # 0: the workers spin; else they sleep when idle (dp_idle.c)
     idle_yield: bool = True  # a spinning worker yields its CPU when idle (dp_idle.c)
     cpu_latency_us: Optional[int] = None  # CPU latency request held while running (cpulatency.py)
-    express_lane: bool = False  # unicast IP between local pods carried by the kernel (express)
+    # unicast IP between local pods carried by the kernel (the express lane):
+    # True: required, False: off, None (auto): on where the kernel takes it
+    express_lane: Optional[bool] = None
 
     # ---------------------------------------------------------- look-ups
     def network(self, name: str) -> Optional[NetworkConfig]:
@@ -403,7 +406,7 @@ class NodeConfig:
             "idle_sleep_us": self.idle_sleep_us,
             "idle_yield": self.idle_yield,
             "cpu_latency_us": self.cpu_latency_us,
-            "express_lane": self.express_lane,
+            "express_lane": "auto" if self.express_lane is None else self.express_lane,
             "vtep": {
                 k: v
                 for k, v in dataclasses.asdict(self.vtep).items()
@@ -647,7 +650,13 @@ def _node_config(data, base_dir) -> NodeConfig:
     cpu_latency_us = top.get("cpu_latency_us")
     if cpu_latency_us is not None:
         cpu_latency_us = check_int(cpu_latency_us, "cpu_latency_us", 0, MAX_CPU_LATENCY_US)
-    express_lane = check_bool(top.get("express_lane", False), "express_lane")
+    express_lane = top.get("express_lane", "auto")
+    if express_lane == "auto":
+        express_lane = None
+    elif not isinstance(express_lane, bool):
+        raise fail("express_lane", f"{show(express_lane)} is not true, false or auto")
+    if express_lane is None and kernel_driver != "afpacket":
+        express_lane = False  # auto: the lane works beside afpacket's sockets only
     if express_lane and kernel_driver != "afpacket":
         raise fail(
             "express_lane",

@@ -51,7 +51,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 22
+ABI_VERSION = 23
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -332,6 +332,7 @@ class _Tables:
     def del_network(self, net: int):
         self._call(f"removing network {net}", lib.dp_net_del, net)
         self._nets.pop(net, None)
+        self._express_left_net.pop(net, None)  # the index's next network starts at 0
 
     def flood_list(self, net: int) -> List[Tuple[str, bool]]:
         """The VTEPs network ``net`` floods to, as the core has them, each
@@ -713,8 +714,11 @@ class _Guards:
             return int(lib.dp_pool_in_use())
 
 
-#: the express lane's kernel programs, compiled by build.py
-EXPRESS_OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "express.bpf.o")
+#: the express lane's kernel programs, compiled by build.py (another
+#: build's: $DATAPLANE_EXPRESS_OBJECT)
+EXPRESS_OBJECT = os.environ.get("DATAPLANE_EXPRESS_OBJECT") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "express.bpf.o"
+)
 
 
 def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
@@ -755,14 +759,22 @@ class _Express:
         self._call("switching the express lane", lib.dp_express_enable, 1 if on else 0)
 
     def express_add_port(
-        self, port: int, ifname: str, net: int, mac: str, ips: Sequence[str] = (), spoof=True
+        self,
+        port: int,
+        ifname: str,
+        net: int,
+        mac: str,
+        ips: Sequence[str] = (),
+        spoof=True,
+        mtu: int = 1500,
     ) -> int:
         """AF_PACKET pod port ``port`` on ``ifname`` (network ``net``, the
         pod's ``mac``) joins the lane: its frames to another pod port of the
         network in the lane go port to port, and theirs to it; with
         ``spoof``, only from one of ``ips`` or the IPv6 link-local made
-        from ``mac`` (the others take the core's path). The interface's
-        index."""
+        from ``mac``; frames longer than the network's ``mtu`` allows (but
+        super-frames) also take the core's path, which refuses them. The
+        interface's index."""
         try:
             ifindex = socket.if_nametoindex(ifname)
         except OSError:
@@ -791,7 +803,16 @@ class _Express:
                 check(lib.dp_express_counts_reset(port), lib, ffi, f"express lane: {ifname}")
                 check(
                     lib.dp_express_port_set(
-                        ifindex, net, port, octets, 1 if spoof else 0, arr, len(v4), arr6, len(v6)
+                        ifindex,
+                        net,
+                        port,
+                        octets,
+                        mtu,
+                        1 if spoof else 0,
+                        arr,
+                        len(v4),
+                        arr6,
+                        len(v6),
                     ),
                     lib,
                     ffi,
@@ -806,13 +827,37 @@ class _Express:
     def express_remove_port(self, port: int):
         """Port ``port`` leaves the lane (if it is in it): its table entries
         first (its frames take the core's path from then on), then the tc
-        program (gone with the interface, if that was deleted)."""
+        program (gone with the interface, if that was deleted). What the
+        lane carried for it stays in the port's and its network's counters
+        (:meth:`counters`)."""
         with self._lock:
             x = self._express.pop(port, None)
             if x is not None:
                 ifindex, net, octets = x
                 lib.dp_express_port_clear(ifindex, net, octets)
                 lib.dp_express_detach(ifindex)
+                c = np.array(self.express_counts(port), dtype=np.uint64)
+                self._express_left[port] = self._express_left.get(port, 0) + c
+                self._express_left_net[net] = self._express_left_net.get(net, 0) + c[0]
+
+    def _express_fold(self, port: np.ndarray, net: np.ndarray):
+        """What the lane carried added to the core's own counts, in place:
+        a pod port's rx and tx, and its network's ``local`` (the frames its
+        pods sent each other), so that every frame from or to a pod port
+        is counted once, by whichever path took it. Ports that left the
+        lane keep theirs until their index is freed; networks, always."""
+        rx, rxb, tx, txb = (
+            PORT_COUNTERS.index(k) for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+        )
+        local = NET_COUNTERS.index("local_packets")
+        for p, c in self._express_left.items():
+            port[p, [rx, rxb, tx, txb]] += c
+        for n, c in self._express_left_net.items():
+            net[n, local] += c
+        for p, (_, n, _) in self._express.items():
+            c = np.array(self.express_counts(p), dtype=np.uint64)
+            port[p, [rx, rxb, tx, txb]] += c
+            net[n, local] += c[0]
 
     def express_ports(self) -> List[int]:
         """The ports in the lane."""
@@ -882,6 +927,10 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         self._closed = False
         self.capturing = False
         self._express = {}  # port in the express lane -> (ifindex, network, MAC octets)
+        # what the lane carried for ports that left it: port -> (rx, rx bytes,
+        # tx, tx bytes) while the port stays; network -> frames pod to pod
+        self._express_left = {}
+        self._express_left_net = {}
 
     # ---------------------------------------------------------------- misc
     def _call(self, what, fn, *args):
@@ -1091,8 +1140,10 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         background (each close waits for RCU grace periods, 20-30 ms); the
         engine's stop waits for them. A port in the express lane leaves it
         first."""
-        self.express_remove_port(port)
-        self._call(f"removing port {port}", lib.dp_port_del, port)
+        with self._lock:
+            self.express_remove_port(port)
+            self._call(f"removing port {port}", lib.dp_port_del, port)
+            self._express_left.pop(port, None)  # the index's next port starts at 0
 
     def port_info(self, port: int) -> Optional[PortInfo]:
         out = ffi.new("struct dp_port_info *")
@@ -1163,9 +1214,12 @@ class Engine(_Tables, _Planes, _Guards, _Express):
                 lib.DP_MAX_WORKERS, lib.DP_MAX_PORTS, lib.DP_MAX_PLANES, -1
             )
             lat = v[lib.DP_BLOCK_LAT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PLANES, -1)
+            port = port.sum(axis=0, dtype=np.uint64)
+            net = net.sum(axis=0, dtype=np.uint64)
+            self._express_fold(port, net)
             return Counters(
-                port=port.sum(axis=0, dtype=np.uint64),
-                net=net.sum(axis=0, dtype=np.uint64),
+                port=port,
+                net=net,
                 drop=v[lib.DP_BLOCK_DROP][:, : len(DROP_REASONS)].sum(axis=0, dtype=np.uint64),
                 worker=v[lib.DP_BLOCK_WORKER][: self.n_workers, : len(WORKER_COUNTERS)].copy(),
                 qos=qos.sum(axis=0, dtype=np.uint64),

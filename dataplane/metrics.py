@@ -71,6 +71,7 @@ class Snapshot(NamedTuple):
     learning: Optional[Dict[str, int]] = None  # Engine.learn_stats(), with vtep.learning on
     store_error: Optional[str] = None  # why the state store did not answer
     uplink_up: Optional[bool] = None  # a kernel uplink: False while it cannot carry frames
+    express_lane: bool = False  # the express lane loaded (its frames in the port counters too)
 
 
 class CoreCollector:
@@ -128,7 +129,7 @@ class CoreCollector:
         xpk = CounterMetricFamily(
             "dataplane_port_express_packets",
             "Frames the express lane carried from (rx) and to (tx) a pod port, kernel to "
-            "kernel; not in the port's rx_packets and tx_packets, which count the core's",
+            "kernel; counted in the port's rx_packets and tx_packets too (either path)",
             labels=xl,
         )
         xby = CounterMetricFamily(

@@ -281,7 +281,7 @@ class PodLife:
                     self._replay_mtu(pod, e)
                     self._replay_mark(pod, e)
                     self._restore_pod_end(pod, e, "replay")
-                    if not self.config.express_lane:  # a killed service's lane, if any
+                    if not self.engine.express_loaded:  # a killed service's lane, if any
                         self.engine.express_detach(e["host_ifname"])
                     self._attach_port(
                         e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
@@ -585,12 +585,14 @@ class PodLife:
         node runs it: under the network's anti-spoofing, only from the
         pod's addresses. A port the lane cannot take forwards through the
         core, as without the lane; the log says why."""
-        if not (self.config.express_lane and self.engine.express_loaded):
+        if not self.engine.express_loaded:
             return
         hif = e["host_ifname"]
-        spoof = self.config.network(e["network"]).anti_spoofing
+        n = self.config.network(e["network"])
         try:  # out of the lane again with the port (Engine.del_port)
-            self.engine.express_add_port(port, hif, net, e["mac"], [e["ip"], *allowed], spoof=spoof)
+            self.engine.express_add_port(
+                port, hif, net, e["mac"], [e["ip"], *allowed], spoof=n.anti_spoofing, mtu=n.mtu
+            )
         except DataplaneError as err:
             warning_event(
                 "pod plane not in the express lane: its frames take the core's path",

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Optional
 
-from .api import APIServer, Route
+from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .checks import check_name
@@ -32,7 +32,7 @@ from .config import RELOADABLE, NodeConfig, load_config, reload_changes
 from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
-from .logs import event, log, setup_logging  # noqa: F401 - setup_logging for the CLI
+from .logs import event, log, setup_logging, warning_event  # noqa: F401 - setup_logging for the CLI
 from .podlife import PodLife, add_kernel_port
 from .podnet import (
     LinkEvents,
@@ -103,6 +103,33 @@ def _set_plane(eng, cfg: NodeConfig, pl):
         worker=(list(cfg.lcores).index(pl.worker) - 1 if pl.worker is not None else None),
         rx_queue=pl.rx_queue,
     )
+
+
+def metrics_http_server(host: str, port: int, registry):
+    """The Prometheus endpoint on ``host``:``port``, served from a daemon
+    thread: what prometheus_client's ``start_http_server`` makes, but with
+    a loop that looks for a stop every :data:`~dataplane.api.STOP_POLL_S`
+    (its own looks every 0.5 s, and a service's stop waits for it)."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format, *args):  # a scrape is not an event
+            pass
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=Quiet)
+    threading.Thread(
+        target=httpd.serve_forever,
+        kwargs={"poll_interval": STOP_POLL_S},
+        name="dataplane-metrics",
+        daemon=True,
+    ).start()
+    return httpd
 
 
 class NodeService:
@@ -190,8 +217,7 @@ class NodeService:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs(), log_json=True))
             self._setup_core()
-            if cfg.express_lane:  # a kernel that cannot load it: nothing attached yet
-                self.engine.express_open()
+            self._open_express()
             if cfg.vtep.uplink_kind == "kernel":  # changes seen as they come
                 self._link_events = LinkEvents(cfg.vtep.uplink_ifname, self._wake)
             # missing, down, or an MTU below the underlay's: said at start
@@ -493,8 +519,6 @@ class NodeService:
     def _start_metrics(self):
         if self.config.metrics.listen is None:
             return
-        from prometheus_client import start_http_server
-
         from .engine import ABI_VERSION
         from .metrics import CoreCollector, make_registry
 
@@ -505,7 +529,7 @@ class NodeService:
             reg.register(CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION))
         m = self.config.metrics
         try:
-            self.metrics_server, _ = start_http_server(m.port, addr=m.host, registry=reg)
+            self.metrics_server = metrics_http_server(m.host, m.port, reg)
         except OSError as e:
             raise ConfigError(f"metrics.listen: {m.listen}: {e.strerror or e}") from None
 
@@ -517,6 +541,23 @@ class NodeService:
         return self.pods.del_pod(name)
 
     # ------------------------------------------------------------- status
+    def _open_express(self):
+        """The express lane loaded, unless the config says ``false``: with
+        ``true`` a kernel that cannot take it stops the start (nothing is
+        attached yet); with ``auto`` the node goes on without it, every
+        frame through the core, and says why once."""
+        if self.config.express_lane is False:
+            return
+        try:
+            self.engine.express_open()
+        except DataplaneError as err:
+            if self.config.express_lane:
+                raise
+            warning_event(
+                "express lane off: frames between this node's pods take the core's path",
+                why=str(err),
+            )
+
     def snapshot(self):
         """What the metrics collector reads (None once stopped). The store's
         part (pods per network, endpoints) is read first, outside the

@@ -95,6 +95,7 @@ def take_snapshot(
         fdb_entries=engine.fdb_count(),
         learning=engine.learn_stats() if config.vtep.learning else None,
         store_error=store_error,
+        express_lane=engine.express_loaded,
     )
 
 
@@ -111,7 +112,7 @@ def status_report(
         "vtep": config.vtep.address,
         "uplink": config.vtep.uplink,
         "uplink_rate_bps": config.vtep.uplink_rate or None,  # its shaper; None: not shaped
-        "express_lane": config.express_lane,
+        "express_lane": snap.express_lane,  # loaded: auto or true, and the kernel took it
         "uptime_s": round(time.time() - (started or time.time()), 1),
         "forwarding": forwarding,
         "networks": [
@@ -138,7 +139,7 @@ def status_report(
                 "tunnel_gso_frames": p.tunnel_gso_frames,
                 "set_aside": p.set_aside,
                 "link": p.link,  # a DPDK port's; None: not known (kernel ports)
-                # carried by the express lane, not counted above; None: not in it
+                # what the express lane carried, counted above too; None: not in it
                 "express": (
                     None
                     if p.express is None

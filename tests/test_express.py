@@ -1,9 +1,11 @@
-"""The express lane (``express_lane: true``): unicast IPv4 between two pods
-of one network on one node carried by the kernel, veth to veth, with the
-node service, real namespaces and the kernel's tc and socket-filter hooks.
-What it takes is counted per port; what it must not take (another
+"""The express lane (``express_lane: auto``, the default, or ``true``):
+unicast IP between two pods of one network on one node carried by the
+kernel, veth to veth, with the node service, real namespaces and the
+kernel's tc and socket-filter hooks. What it takes is counted per port,
+in the ports' and networks' counters too; what it must not take (another
 network, a spoofed source, ARP) still goes through the core and its
-guard; a capture sees every frame; no program stays behind."""
+guard; a capture sees every frame; no program stays behind; a kernel
+that refuses it stops a start only with ``true``."""
 
 import os
 import signal
@@ -21,7 +23,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="n
 
 @pytest.fixture
 def node(tmp_path):
-    with running_node(tmp_path, "express_lane: true") as n:
+    with running_node(tmp_path) as n:  # the default: auto
         yield n
 
 
@@ -56,6 +58,7 @@ def test_pings_between_pods_take_the_lane_and_are_counted(node):
     assert node.api("GET", "/v1/status")["express_lane"] is True
     assert "ex_tc" in lane_filters(host_if(a)), lane_filters(host_if(a))
     before_a, before_b = port_row(node, "a"), port_row(node, "b")
+    local0 = _local(node)
     r = ping(a["ns"], ip_of(b), count=50, interval="0.01")
     assert r.returncode == 0, r.stdout
     ra, rb = port_row(node, "a"), port_row(node, "b")
@@ -67,7 +70,13 @@ def test_pings_between_pods_take_the_lane_and_are_counted(node):
     assert ra["express"]["rx_bytes"] - before_a["express"]["rx_bytes"] == 50 * 98
     # the core saw none of the echoes: what it had from a is ARP and the
     # IPv6 multicast a new interface sends (router solicitations, MLD)
-    assert ra["rx_packets"] - before_a["rx_packets"] < 10
+    lane_rx = ra["express"]["rx_packets"] - before_a["express"]["rx_packets"]
+    all_rx = ra["rx_packets"] - before_a["rx_packets"]
+    assert 50 <= all_rx < 50 + 10, (ra, before_a)
+    # the port's and the network's counters hold the lane's frames too
+    assert ra["rx_bytes"] - before_a["rx_bytes"] >= 50 * 98
+    assert rb["tx_packets"] - before_b["tx_packets"] >= lane_rx
+    assert _local(node) - local0 >= 100  # both ways: pods of net1 to each other
     # the other network's ports had no part in it
     assert port_row(node, "a", "control")["express"]["rx_packets"] == 0
     text = scrape(node)
@@ -121,6 +130,13 @@ def test_tcp_between_pods_arrives_whole_in_the_lane(node, tmp_path):
         fab.cleanup()
     # the pods keep their offloads: super-frames crossed whole, all in the lane
     assert port_row(node, "a")["express"]["rx_bytes"] - before > 8 << 20
+
+
+def _local(node, net="net1"):
+    """Network ``net``'s ``local`` counter: frames its pods sent each other."""
+    return next(n for n in node.api("GET", "/v1/status")["networks"] if n["name"] == net)[
+        "local_packets"
+    ]
 
 
 def _send_from(ns, ifname, frame_hex):
@@ -219,6 +235,31 @@ def test_the_lane_keeps_networks_apart_and_spoofers_out(node):
     )
 
 
+def test_a_frame_over_the_networks_mtu_is_the_cores_to_refuse(node):
+    """A pod whose interface was given a larger MTU by hand: its frame
+    longer than the network's MTU allows is not carried by the lane (which
+    would hand it to a pod that cannot take it) but refused by the core
+    (kport_oversize); its super-frames still take the lane (the TCP test)."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0
+    for ns, dev in ((a["ns"], ifname_of(a)), (None, host_if(a))):
+        sh(*(["ip", "-n", ns] if ns else ["ip"]), "link", "set", dev, "mtu", "9000")
+    drops = node.api("GET", "/v1/status")["drops"]
+    x0 = port_row(node, "a")["express"]["rx_packets"]
+    t1, got1 = _receiver(b["ns"], ifname_of(b), "too-long")
+    big = b"too-long" + b"x" * 3000
+    _send_from(a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), big))
+    t2, got2 = _receiver(b["ns"], ifname_of(b), "fits")
+    _send_from(a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"fits"))
+    t1.join()
+    t2.join()
+    assert (got1, got2) == ([0], [1])
+    assert port_row(node, "a")["express"]["rx_packets"] - x0 == 1  # the one that fits
+    after = node.api("GET", "/v1/status")["drops"]
+    assert after.get("kport_oversize", 0) - drops.get("kport_oversize", 0) == 1, (drops, after)
+
+
 def test_a_capture_sees_every_frame_and_the_lane_resumes(node):
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", CT_SPEC)
@@ -257,7 +298,7 @@ def test_no_lane_program_outlives_its_port_or_the_service(node):
     assert "ex_tc" in lane_filters(host_if(a))
     node.stop(signal.SIGKILL)
     assert "ex_tc" in lane_filters(host_if(a))
-    node.cfg.write_text(node.cfg.read_text().replace("express_lane: true", ""))
+    node.cfg.write_text(node.cfg.read_text() + "express_lane: false\n")
     os.unlink(node.sock)  # the killed one's: start() waits for the new one's
     node.start()
     assert "ex_tc" not in lane_filters(host_if(a))
@@ -272,9 +313,40 @@ def test_the_lane_needs_the_afpacket_driver(tmp_path):
     base = {"vtep": {"address": "10.99.0.1/24", "uplink": "lo"}, "state_dir": str(tmp_path)}
     with pytest.raises(ConfigError, match="express_lane: true needs kernel_driver afpacket"):
         parse_config({**base, "kernel_driver": "af_xdp", "express_lane": True})
-    with pytest.raises(ConfigError, match="express_lane"):
+    with pytest.raises(ConfigError, match="express_lane: 3 is not true, false or auto"):
         parse_config({**base, "express_lane": 3})
     assert parse_config({**base, "express_lane": True}).express_lane is True
+    # auto (the default): on with afpacket where the kernel takes it, off with af_xdp
+    assert parse_config(base).express_lane is None
+    assert parse_config({**base, "express_lane": "auto"}).to_dict()["express_lane"] == "auto"
+    assert parse_config({**base, "kernel_driver": "af_xdp"}).express_lane is False
+
+
+def test_auto_goes_on_without_a_lane_the_kernel_refuses_and_true_stops(tmp_path, monkeypatch):
+    """A lane the kernel will not load (here: not an ELF object): with the
+    default ``auto`` the node starts without it, says why, and its pods
+    reach each other through the core; with ``true`` the start stops."""
+    junk = tmp_path / "junk.bpf.o"
+    junk.write_bytes(b"not an ELF file")
+    monkeypatch.setenv("DATAPLANE_EXPRESS_OBJECT", str(junk))
+    with running_node(tmp_path) as node:
+        assert node.api("GET", "/v1/status")["express_lane"] is False
+        log = (tmp_path / "service.log").read_text()
+        assert "express lane off" in log and "junk.bpf.o" in log, log
+        a = node.pod("a", CT_SPEC)
+        b = node.pod("b", CT_SPEC)
+        assert "ex_tc" not in lane_filters(host_if(a))
+        assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0
+        assert port_row(node, "a")["express"] is None
+        node.stop()  # check refuses an uplink a running service holds
+        r = run_cli("check", "-c", str(node.cfg))
+        assert r.returncode == 0 and "express lane off (auto)" in r.stdout, r.stdout + r.stderr
+        node.cfg.write_text(node.cfg.read_text() + "express_lane: true\n")
+        r = run_cli("check", "-c", str(node.cfg))
+        assert r.returncode == 2 and "express_lane: true, but" in r.stderr, r.stdout + r.stderr
+        with pytest.raises(AssertionError, match="service exited"):
+            node.start()
+        assert "junk.bpf.o" in (tmp_path / "service.log").read_text()
 
 
 def test_check_loads_the_lane_as_a_start_would(tmp_path):

@@ -740,6 +740,8 @@ def port_identities(text):
         if metric == "dataplane_port_link_up":
             continue  # DPDK ports only
         for lab in labels:
+            # a series per direction (express lane): the port's labels besides
+            lab = tuple(x for x in lab if x[0] != "direction")
             d = dict(lab)
             key = (d["pod"], d["plane"])
             assert ids.setdefault(key, lab) == lab, (metric, key, ids[key], lab)

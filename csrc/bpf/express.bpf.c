@@ -18,7 +18,8 @@
  * before, with its checks and counters:
  *  - the lane is on (ex_ctl[0]; the service turns it off while a capture
  *    runs, so that a capture sees every frame);
- *  - it comes from a pod port in ex_src, from the pod's own MAC, untagged
+ *  - it comes from a pod port in ex_src, from the pod's own MAC, no longer
+ *    than the network's MTU allows (a super-frame excepted), untagged
  *    IPv4 (0x0800) or IPv6 (0x86dd: TCP, UDP and echo only, ex_ip6_ok),
  *    and - where the network has anti-spoofing - from one of the pod's
  *    addresses and not a DHCP server's message (the core's guard rules:
@@ -51,7 +52,9 @@ struct ex_src {
     __u8 n4;
     __u32 ip4[EX_MAX_IP4]; /* network order */
     __u8 n6;
-    __u8 pad[7];
+    __u8 pad;
+    __u16 max_len; /* the network's MTU + 14: longer (and not GSO) is the core's */
+    __u32 pad2;
     __u64 ip6[EX_MAX_IP6][2]; /* wire order, the link-local made from mac among them */
 };
 
@@ -165,6 +168,11 @@ ex_take(struct __sk_buff *skb, struct ex_src **srcp)
     if (eth.h_dest[0] & 1)
         return NULL;
     if (!mac_eq(eth.h_source, src->mac))
+        return NULL;
+    /* longer than the network's MTU allows and not a super-frame (which the
+     * receiving stack takes as the segments it stands for): the core counts
+     * it (kport_oversize) and refuses it */
+    if (skb->len > src->max_len && !skb->gso_size)
         return NULL;
     if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
         if (!ex_ip6_ok(skb, src))
