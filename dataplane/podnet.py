@@ -15,6 +15,7 @@ import fcntl
 import functools
 import os
 import re
+import select
 import socket
 import struct
 import threading
@@ -338,19 +339,21 @@ class LinkEvents:
         )
         try:
             self._sock.bind((0, _RTMGRP_LINK))
-            self._sock.settimeout(0.5)  # how soon close() ends the thread
         except OSError:
             self._sock.close()
             raise
+        # close() writes here: the thread's wait ends at once
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="link-events", daemon=True)
         self._thread.start()
 
     def _run(self):
         while not self._closed:
+            ready, _, _ = select.select([self._sock, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
             try:
                 data = self._sock.recv(1 << 16)
-            except socket.timeout:
-                continue
             except OSError as e:
                 if self._closed:
                     return
@@ -370,8 +373,11 @@ class LinkEvents:
 
     def close(self):
         self._closed = True
+        os.write(self._stop_w, b"x")
         self._thread.join()
         self._sock.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
 
 def set_plane_mtu(host_ifname: str, netns_path: str, mtu: int) -> bool:
