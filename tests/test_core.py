@@ -819,7 +819,9 @@ def _forward_all(eng, inp, out, frames):
 
 
 def test_fdb_large_table(eng):
-    """Tens of thousands of MACs, far more than the workers' caches hold:
+    """Thousands of MACs, six times what a worker's cache holds (each a
+    call to the engine's process here, so not more: the bench's large
+    tables go to a million):
     the table grows as it fills, every entry answers (some from past their
     home bucket: slow lookups, counted), a moved entry answers anew and
     deleted ones are gone."""
@@ -831,7 +833,7 @@ def test_fdb_large_table(eng):
     eng.set_port_network(a, 0)
     eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, up, next_hop_mac=NH_MAC)
     vteps = [R1_VTEP, R2_VTEP, R3_VTEP]
-    n = 30000
+    n = 6000
     # random MACs (sequential ones spread over the buckets without a
     # collision: the CRC is linear), locally administered, unicast
     rnd = random.Random(7)
@@ -856,7 +858,7 @@ def test_fdb_large_table(eng):
     assert d["fdb_cache_misses"] > n // 2
     # random keys at up to half the slots: a few buckets get more than their
     # 4 keys, so some lookups go on past the home bucket, most do not
-    assert 0 < d["fdb_slow_lookups"] < n // 2
+    assert 0 < d["fdb_slow_lookups"] < n // 2, d
 
     # every other MAC moves to the next VTEP; every fourth goes
     for k in range(0, n, 2):
