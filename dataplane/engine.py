@@ -991,13 +991,21 @@ class Engine(_Tables, _Planes, _Guards, _Express):
                 return 0
             return lib.dp_housekeeping()
 
-    def close(self):
-        """Stop forwarding, remove every port, release DPDK memory."""
+    def close(self, keep_express: bool = False):
+        """Stop forwarding, remove every port, release DPDK memory. The
+        express lane's programs are taken off the pods' veths, or with
+        ``keep_express`` left there, carrying as they were (a service's
+        stop: its pods of one node keep talking until the next start takes
+        the veths over)."""
         if self._closed:
             return
         self.stop()
-        for port in self.express_ports():  # the pods' veths stay, the lane goes
-            self.express_remove_port(port)
+        for port in self.express_ports():
+            if keep_express:
+                with self._lock:
+                    self._express.pop(port)
+            else:
+                self.express_remove_port(port)
         with self._lock:
             lib.dp_express_close()
             self._views = {}

@@ -897,7 +897,8 @@ class NodeService:
     # --------------------------------------------------------------- stop
     def stop(self):
         """Ports closed, hugepage memory returned, API socket removed; pod
-        interfaces and addresses stay so pods keep them across a restart."""
+        interfaces and addresses stay so pods keep them across a restart,
+        and so do the express lane's programs on their veths."""
         self._stop.set()
         self._wake.set()
         if self._link_events is not None:
@@ -916,7 +917,11 @@ class NodeService:
             self.metrics_server = None
         with self.lock:
             if self.engine:
-                self.engine.close()
+                # the express lane's programs stay on the pods' veths: pods
+                # of this node keep reaching each other while the service is
+                # away (a restart, an upgrade); the next start takes them
+                # over, or removes them if it runs without the lane
+                self.engine.close(keep_express=True)
                 self.engine = None
             if self.store:
                 self.store.close()

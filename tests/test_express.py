@@ -285,17 +285,28 @@ def test_a_capture_sees_every_frame_and_the_lane_resumes(node):
     assert port_row(node, "a")["express"]["rx_packets"] == x0 + 3
 
 
-def test_no_lane_program_outlives_its_port_or_the_service(node):
+def test_the_lane_carries_on_while_the_service_is_away_and_goes_with_it(node):
+    """A deleted pod's program goes with its port. A stopped (or killed)
+    service leaves the lane's programs on the veths: its pods keep reaching
+    each other until the next start takes the veths over; a start without
+    the lane takes them off."""
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", CT_SPEC)
-    assert "ex_tc" in lane_filters(host_if(b))
-    node.cli("pod", "del", "b")
-    assert ping(a["ns"], ip_of(b), count=1, interval="0.1").returncode != 0
+    c = node.pod("c", CT_SPEC)
+    assert "ex_tc" in lane_filters(host_if(c))
+    node.cli("pod", "del", "c")
+    assert ping(a["ns"], ip_of(c), count=1, interval="0.1").returncode != 0
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0  # neighbours known
     node.stop()
-    assert "ex_tc" not in lane_filters(host_if(a))
-    # a killed service leaves its programs; a start without the lane takes them off
-    node.start()
-    assert "ex_tc" in lane_filters(host_if(a))
+    (old,) = [ln for ln in lane_filters(host_if(a)).splitlines() if "ex_tc" in ln]
+    # no core, no worker: the kernel carries a's pings to b and back
+    r = ping(a["ns"], ip_of(b), count=20, interval="0.01")
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+    node.start()  # takes them over: one program a veth (its own), counting anew
+    (new,) = [ln for ln in lane_filters(host_if(a)).splitlines() if "ex_tc" in ln]
+    assert new.split(" id ")[1] != old.split(" id ")[1], (old, new)
+    assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0
+    assert port_row(node, "a")["express"]["rx_packets"] >= 3
     node.stop(signal.SIGKILL)
     assert "ex_tc" in lane_filters(host_if(a))
     node.cfg.write_text(node.cfg.read_text() + "express_lane: false\n")
@@ -304,6 +315,7 @@ def test_no_lane_program_outlives_its_port_or_the_service(node):
     assert "ex_tc" not in lane_filters(host_if(a))
     assert node.api("GET", "/v1/status")["express_lane"] is False
     assert port_row(node, "a")["express"] is None
+    assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0  # the core's
 
 
 def test_the_lane_needs_the_afpacket_driver(tmp_path):

@@ -435,6 +435,8 @@ def test_a_storm_of_new_macs_neither_floods_the_control_thread_nor_keeps_out_arp
     assert len(eng.collect(t.a, wait=WAIT, expect=1000)) == 1000
     assert _limited(eng) > limited
     assert t.drops()["slowpath_full"] == base["slowpath_full"]
+    # the control thread learns what the worker reported, in its own time
+    assert _settle(eng, lambda: eng.learn_stats()["learned"] > learned)
     first = eng.learn_stats()["learned"] - learned
     assert 0 < first < 1000
     # the MACs held back are learned from their next frames
