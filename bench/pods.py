@@ -347,6 +347,12 @@ class Lab:
         say("the service's ports: " + ", ".join(f"{p['name']} ({p['role']})" for p in st["ports"]))
         self.express_lane = bool(st["express_lane"])
         say(f"express lane: {'on' if self.express_lane else 'off'}")
+        left = [p["name"] for p in st["ports"] if p["role"] == "pod" and p["express"] is None]
+        if self.express_lane and left:
+            say(
+                f"WARNING: pod ports not in the express lane: {', '.join(left)} (their frames "
+                f"cross the core); the service's log:\n{file_tail(self.service_log)}"
+            )
         self.ips["ours_local"] = (pa, pb, ips[1].split("/")[0])
         self.ips["ours_vtep"] = (pa, vm, VM_IP)
 
@@ -395,6 +401,17 @@ class Lab:
                     flush=True,
                 )
         self._made_ns = []
+
+    def lane_share(self) -> str:
+        """Each pod port's received frames and how many the express lane
+        carried (the service's status)."""
+        from dataplane.api import call
+
+        return ", ".join(
+            f"{p['pod']} {p['rx_packets']} ({p['express']['rx_packets']} in the lane)"
+            for p in call(self.sock, "GET", "/v1/status")["ports"]
+            if p["role"] == "pod" and p["express"] is not None
+        )
 
     def service_drops(self) -> dict:
         """The service's drop counters by reason (its status)."""
@@ -626,6 +643,8 @@ def run(args) -> dict:
                 "the service's drops during the runs: "
                 + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
             )
+            if lab.express_lane:  # what the lane carried of what the pods sent
+                say(f"frames from the pods, of them in the express lane: {lab.lane_share()}")
         finally:
             lab.close()
     say(
