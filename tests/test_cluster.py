@@ -1175,5 +1175,9 @@ def test_node_list_and_a_dead_node_removed(cluster):
     rows = {n["node"] for n in n1.api("GET", "/v1/nodes")}
     assert rows == {"node1", "node2"}
     assert "node removed" in n1.log()
+    # once more, or a name never seen: said so, nothing changed
+    for name in ("node3", "nodee2"):
+        rc, _, err = cli(n1, "node", "remove", name)
+        assert rc != 0 and f"node {name}: the cluster's store has no pod" in err, err
     for name in on3:
         cl.pods.pop(name, None)

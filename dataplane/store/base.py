@@ -100,8 +100,8 @@ class StateStore(abc.ABC):
         MACs) and CNI attachments, so that the other nodes stop sending to
         it (etcd), or so that a renamed node's old name leaves its own store
         (SQLite). ConfigError while a service holds the name (etcd) or for
-        the name of the service running on the store (SQLite). Counts of
-        what was removed."""
+        the name of the service running on the store (SQLite); NotFound for
+        a name no pod or attachment has. Counts of what was removed."""
         raise ConfigError(
             f"node {node}: a {self.kind} store keeps one node's state; removing a node is for a "
             "cluster store (etcd)"

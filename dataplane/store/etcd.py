@@ -271,9 +271,14 @@ class EtcdStore(StateStore):
                 f"{NODE_TTL_S} s after it stopped)"
             )
         pods = [p["name"] for p in self.pods(node=node)]
+        atts = [a["name"] for a in self.attachments(node=node)]
+        if not pods and not atts:  # a misspelt name, or one removed already
+            raise NotFound(
+                f"node {node}: the cluster's store has no pod or CNI attachment of a node of "
+                "that name ('dataplane node list' shows the names it has)"
+            )
         for name in pods:
             self.delete_pod(name)
-        atts = [a["name"] for a in self.attachments(node=node)]
         for name in atts:
             self.delete_attachment(name)
         return {"pods": len(pods), "attachments": len(atts)}
