@@ -31,8 +31,10 @@ says which and removes them.
 import argparse
 import errno
 import fcntl
+import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,10 +139,20 @@ def build_underlay():
     sh(*ul, "link", "set", "vxlan100", "type", "vxlan", "learning", check=False)
 
 
+#: the demo's state directories (its store), one a run, under the temp dir
+STATE_PREFIX = "dpdemo-state-"
+
+
+def _state_dirs() -> List[str]:
+    return sorted(glob.glob(os.path.join(tempfile.gettempdir(), STATE_PREFIX + "*")))
+
+
 def teardown():
     for ns in (*PODS, NS_VM, NS_UL):
         sh("ip", "netns", "del", ns, check=False)
     sh("ip", "link", "del", UPLINK, check=False)
+    for d in _state_dirs():  # no other demo runs (its lock): a killed one's
+        shutil.rmtree(d, ignore_errors=True)
 
 
 class Refused(Exception):
@@ -283,6 +295,7 @@ def leftovers() -> List[str]:
     found = [f"namespace {ns}" for ns in (*PODS, NS_UL, NS_VM) if ns in have_ns]
     if sh("ip", "link", "show", UPLINK, check=False).returncode == 0:
         found.append(f"interface {UPLINK}")
+    found += [f"state directory {d}" for d in _state_dirs()]
     return found
 
 
@@ -354,7 +367,7 @@ def _run(args, mode):
     if left:
         print(f"demo: removing what a demo that did not finish left: {', '.join(left)}")
         teardown()
-    state = tempfile.mkdtemp(prefix="dpdemo-state-")
+    state = tempfile.mkdtemp(prefix=STATE_PREFIX)
     cfg = parse_config(
         yaml.safe_load(
             CONFIG.format(mode=mode, state=state, api_socket=API_SOCKET, metrics_port=port)
@@ -419,8 +432,7 @@ def _run(args, mode):
                 except Exception:  # noqa: BLE001 - the pod may not have been made
                     pass
             svc.stop()
-        teardown()
-        subprocess.run(["rm", "-rf", state])
+        teardown()  # the state directory too
         print("demo: cleaned up")
     return 0 if ok else 1
 

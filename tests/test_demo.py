@@ -96,3 +96,38 @@ def test_a_running_service_s_api_socket_is_refused_naming_its_pid(tmp_path):
         holder.stdin.close()
         holder.wait(30)
     demo.check_api_socket(sock)  # free again: no refusal
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_demo_runs_its_topology_and_leaves_nothing_even_after_a_killed_one():
+    """The quickstart's main job as it runs it: pod to pod and pod to the
+    host behind the kernel's VTEP answer, status, FDB and metrics shown,
+    everything removed after. What a killed demo left (here: its state
+    directory) is named and removed first."""
+    before = (_demo_names(), os.path.exists(demo.DEMO_LOCK))
+    assert not before[0], f"demo names exist before the test: {before[0]}"
+    stale = tempfile.mkdtemp(prefix=demo.STATE_PREFIX)  # as a killed demo leaves it
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.demo", "--duration", "0"]
+        + ["--metrics-port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    assert "removing what a demo that did not finish left: " in out, out
+    assert f"state directory {stale}" in out, out
+    assert "pod a -> pod b (same node, net1): ok" in out, out
+    assert "pod b -> vm behind the kernel's VXLAN VTEP (VNI 100 over the underlay): ok" in out
+    assert "dataplane_network_encap" in out and "demo: cleaned up" in out, out
+    assert (_demo_names(), os.path.exists(demo.DEMO_LOCK)) == before
+    assert _state_dirs() == set(), _state_dirs()
