@@ -145,6 +145,8 @@ def cmd_check(args):
         print(f"warning: {a}")
     if store.read:
         print(f"store: {store.read}: checked against it")
+    if cfg.express_lane is not False and not notes:
+        print("express lane: on (the kernel took its programs; pod to pod of one network)")
     if cfg.cpu_latency_us is not None:
         from .cpulatency import no_effect
 

@@ -372,6 +372,7 @@ def test_check_loads_the_lane_as_a_start_would(tmp_path):
     )
     r = run_cli("check", "-c", str(cfg))
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "express lane: on (the kernel took its programs" in r.stdout, r.stdout
     assert express_loadable() is None
     missing = express_loadable(str(tmp_path / "none.bpf.o"))
     assert "none.bpf.o is missing" in missing and "clang" in missing
