@@ -237,6 +237,10 @@ def cmd_status(args):
         print(f"  cpu latency request changes nothing here: {st['cpu_latency_no_effect']}")
     if st.get("uplink_problem"):
         print(f"  UPLINK CANNOT CARRY FRAMES: {st['uplink_problem']}")
+    if st.get("express_lane_off"):  # auto, and the kernel would not take it
+        print(
+            f"  express lane off (pods reach each other through the core): {st['express_lane_off']}"
+        )
     store = st.get("store") or {}
     if st.get("store_error"):
         last = store.get("last_answer")

@@ -161,6 +161,7 @@ class NodeService:
         self.started = None
         self.cpu_latency = None  # the held CPU latency request (cpu_latency_us)
         self.cpu_latency_no_effect = None  # why it changes nothing on this kernel
+        self.express_off = None  # express_lane auto: why the kernel would not take it
         self._stop = threading.Event()
         self._wake = threading.Event()  # the main loop looks again: stop, or the uplink changed
         self._link_events = None  # a kernel uplink's notifications (LinkEvents)
@@ -546,6 +547,7 @@ class NodeService:
         ``true`` a kernel that cannot take it stops the start (nothing is
         attached yet); with ``auto`` the node goes on without it, every
         frame through the core, and says why once."""
+        self.express_off = None
         if self.config.express_lane is False:
             return
         try:
@@ -553,9 +555,10 @@ class NodeService:
         except DataplaneError as err:
             if self.config.express_lane:
                 raise
+            self.express_off = str(err)
             warning_event(
                 "express lane off: frames between this node's pods take the core's path",
-                why=str(err),
+                why=self.express_off,
             )
 
     def snapshot(self):
@@ -626,6 +629,8 @@ class NodeService:
         # level once traffic stops, whatever the frames were
         report["mbufs_in_use"] = snap.mbufs_in_use
         report["cpu_latency_us"] = self.config.cpu_latency_us
+        # express_lane: auto, and the kernel would not take the lane: why
+        report["express_lane_off"] = self.express_off
         if snap.cpu_latency_limit_us is not None:
             # what the kernel applies: the lowest request of every holder
             report["cpu_latency_limit_us"] = snap.cpu_latency_limit_us

@@ -55,7 +55,8 @@ def ifname_of(info, plane="std"):
 def test_pings_between_pods_take_the_lane_and_are_counted(node):
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", CT_SPEC)
-    assert node.api("GET", "/v1/status")["express_lane"] is True
+    st = node.api("GET", "/v1/status")
+    assert st["express_lane"] is True and st["express_lane_off"] is None
     assert "ex_tc" in lane_filters(host_if(a)), lane_filters(host_if(a))
     before_a, before_b = port_row(node, "a"), port_row(node, "b")
     local0 = _local(node)
@@ -342,7 +343,10 @@ def test_auto_goes_on_without_a_lane_the_kernel_refuses_and_true_stops(tmp_path,
     junk.write_bytes(b"not an ELF file")
     monkeypatch.setenv("DATAPLANE_EXPRESS_OBJECT", str(junk))
     with running_node(tmp_path) as node:
-        assert node.api("GET", "/v1/status")["express_lane"] is False
+        st = node.api("GET", "/v1/status")
+        assert st["express_lane"] is False and "junk.bpf.o" in st["express_lane_off"], st
+        out = node.cli("status").stdout
+        assert "  express lane off (pods reach each other through the core): " in out, out
         log = (tmp_path / "service.log").read_text()
         assert "express lane off" in log and "junk.bpf.o" in log, log
         a = node.pod("a", CT_SPEC)
