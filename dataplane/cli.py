@@ -127,25 +127,25 @@ def cmd_check(args):
     # running service has (its lock looked at, not taken)
     store = check_store(cfg)
     errors = [e for e in [uplink_in_use(cfg)] if e] + store.errors
-    notes = []
-    if cfg.express_lane is not False:  # the kernel takes the lane's programs, as run loads them
+    lane_off = None  # why the kernel would not take the lane's programs, as run loads them
+    if cfg.express_lane is not False:
         from .engine import express_loadable
 
-        why = express_loadable()
-        if why and cfg.express_lane:
-            errors.append(f"express_lane: true, but {why}")
-        elif why:
-            notes.append(f"express lane off (auto): {why}")
+        lane_off = express_loadable()
+        if lane_off and cfg.express_lane:
+            errors.append(f"express_lane: true, but {lane_off}")
     if errors:
         print(f"dataplane: {chr(10).join(errors)}", file=sys.stderr)
         return 2
     n = len(cfg.networks)
     print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")
-    for a in cfg.advice() + store.warnings + uplink_notes(cfg) + notes:
+    for a in cfg.advice() + store.warnings + uplink_notes(cfg):
         print(f"warning: {a}")
+    if lane_off:  # auto: the node runs without the lane
+        print(f"warning: express lane off (auto): {lane_off}")
     if store.read:
         print(f"store: {store.read}: checked against it")
-    if cfg.express_lane is not False and not notes:
+    if cfg.express_lane is not False and not lane_off:
         print("express lane: on (the kernel took its programs; pod to pod of one network)")
     if cfg.cpu_latency_us is not None:
         from .cpulatency import no_effect

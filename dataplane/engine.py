@@ -1000,12 +1000,11 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         if self._closed:
             return
         self.stop()
+        if keep_express:  # forgotten, not removed: their programs carry on
+            with self._lock:
+                self._express.clear()
         for port in self.express_ports():
-            if keep_express:
-                with self._lock:
-                    self._express.pop(port)
-            else:
-                self.express_remove_port(port)
+            self.express_remove_port(port)
         with self._lock:
             lib.dp_express_close()
             self._views = {}

@@ -10,6 +10,7 @@ import sys
 import tempfile
 
 import pytest
+from nodeparts import free_port
 
 from dataplane import demo
 
@@ -98,14 +99,6 @@ def test_a_running_service_s_api_socket_is_refused_naming_its_pid(tmp_path):
     demo.check_api_socket(sock)  # free again: no refusal
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_demo_runs_its_topology_and_leaves_nothing_even_after_a_killed_one():
     """The quickstart's main job as it runs it: pod to pod and pod to the
     host behind the kernel's VTEP answer, status, FDB and metrics shown,
@@ -116,7 +109,7 @@ def test_the_demo_runs_its_topology_and_leaves_nothing_even_after_a_killed_one()
     stale = tempfile.mkdtemp(prefix=demo.STATE_PREFIX)  # as a killed demo leaves it
     r = subprocess.run(
         [sys.executable, "-m", "dataplane.demo", "--duration", "0"]
-        + ["--metrics-port", str(_free_port())],
+        + ["--metrics-port", str(free_port())],
         capture_output=True,
         text=True,
         cwd=ROOT,
