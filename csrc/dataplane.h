@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 23
+#define DP_ABI_VERSION 24
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -92,7 +92,8 @@
 #define DP_WORKER_IDLE_SLEEPS 5      /* sleeps of an idle worker (dp_set_idle_sleep) */
 #define DP_WORKER_IDLE_YIELDS 6      /* CPU handed over by an idle spinning worker */
 #define DP_WORKER_LEARN_LIMITED 7    /* learning reports held back: over the worker's budget */
-#define DP_WORKER_CTR_COUNT 8
+#define DP_WORKER_NEIGH_HELD 8       /* frames held while their next hop was being resolved */
+#define DP_WORKER_CTR_COUNT 9
 
 /* fdb entry kinds (dp_fdb_get) */
 #define DP_FDB_NONE 0

@@ -38,7 +38,8 @@
     _(FDB_SLOW_LOOKUPS, "fdb_slow_lookups")                                 \
     _(IDLE_SLEEPS, "idle_sleeps")                                           \
     _(IDLE_YIELDS, "idle_yields")                                           \
-    _(LEARN_LIMITED, "learn_limited")
+    _(LEARN_LIMITED, "learn_limited")                                       \
+    _(NEIGH_HELD, "neigh_held")
 
 /* per (port, plane) queue of a shaped port (DP_BLOCK_QOS) */
 #define foreach_dp_qos_ctr                                                  \
@@ -55,7 +56,7 @@
     _(NO_DESTINATION, "no_destination")   /* flood with nobody to reach */  \
     _(OVERSIZE, "oversize")               /* too big once encapsulated */   \
     _(NO_HEADROOM, "no_headroom")         /* mbuf lacks room for header */  \
-    _(NEIGH_UNRESOLVED, "neigh_unresolved") /* next hop MAC unknown */      \
+    _(NEIGH_UNRESOLVED, "neigh_unresolved") /* next hop unresolved: too many held, held too long, tunnel gone */ \
     _(NO_UPLINK, "no_uplink")             /* remote target, no uplink */    \
     _(NO_MBUF, "no_mbuf")                 /* pool empty for a flood copy */ \
     _(TX_FULL, "tx_full")                 /* port tx queue full */          \

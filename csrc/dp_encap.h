@@ -78,19 +78,74 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 }
 
 /*
+ * m, for tunnel t (index ti) whose next hop is being resolved: held by the
+ * worker until it is (hold_run), as the kernel queues frames to a neighbour
+ * it is asking for - the first frames to a node just added (a pod's ARP
+ * request, a TCP SYN) then leave after the answer instead of waiting for
+ * their sender's retry a second later. A super-frame, or one over the
+ * worker's DP_HOLD_MAX, is dropped as neigh_unresolved.
+ */
+static void
+hold(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struct dp_tunnel *t,
+     struct rte_mbuf *m)
+{
+    if (w->n_held == DP_HOLD_MAX ||
+        (m->ol_flags &
+         (RTE_MBUF_F_TX_TUNNEL_MASK | RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_UDP_SEG))) {
+        drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
+        return;
+    }
+    w->held[w->n_held++] = (struct dp_held){
+        .m = m,
+        .tsc = w->rx_tsc,
+        .vtep_ip = t->ip,
+        .vni = net->vni,
+        .net = (uint16_t)net->idx,
+        .ti = (uint16_t)ti,
+    };
+    w->wc[DP_WORKER_NEIGH_HELD]++;
+}
+
+/* does the worker hold a frame for tunnel ti? (a frame to it waits behind
+ * those, so that a flow's frames leave in the order they came) */
+static int
+held_for(const struct dp_wctx *w, uint32_t ti)
+{
+    for (uint16_t i = 0; i < w->n_held; i++)
+        if (w->held[i].ti == ti)
+            return 1;
+    return 0;
+}
+
+/* m to tunnel t (index ti), when t is gone, is not resolved or the worker
+ * holds frames: returns 1 if m was dropped or held, 0 if it goes on */
+static __rte_noinline int
+encap_wait(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struct dp_tunnel *t,
+           struct rte_mbuf *m)
+{
+    if (t == NULL) {
+        drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
+        return 1;
+    }
+    if (t->resolved && !held_for(w, ti))
+        return 0;
+    hold(w, net, ti, t, m);
+    return 1;
+}
+
+/*
  * Rewrite m in place into a VXLAN frame to tunnel ti. wire: the longest
  * frame it is on a wire (its length; a super-frame's longest segment).
- * Returns 1, or 0 when the frame was dropped (and counted).
+ * Returns 1, or 0 when the frame was dropped (and counted) or held for the
+ * tunnel's next hop (hold).
  */
 static __rte_always_inline int
 encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m, uint32_t h,
           uint8_t tos, uint32_t wire, uint64_t *bytes, uint16_t *planes)
 {
     const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
-    if (unlikely(t == NULL || !t->resolved)) {
-        drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
+    if (unlikely(t == NULL || !t->resolved || w->n_held) && encap_wait(w, net, ti, t, m))
         return 0;
-    }
     if (unlikely(wire > net->max_frame)) {
         drop(w, m, DP_DROP_OVERSIZE);
         return 0;
@@ -152,6 +207,45 @@ static inline void
 encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m)
 {
     encap_wire(w, net, ti, m, m->pkt_len);
+}
+
+/*
+ * The frames the worker holds (hold), once a poll round: those whose next
+ * hop is now known are encapsulated and sent, in the order they came (one
+ * that finds its tunnel resolved behind one that did not, as the control
+ * thread resolves it meanwhile, waits for the next round with it); those
+ * held DP_HOLD_MS, or whose network or tunnel went (or was replaced: its
+ * index now another's), are dropped as neigh_unresolved; the rest wait.
+ * With `all`, the worker is stopping: nothing waits.
+ */
+static __rte_noinline void
+hold_run(struct dp_wctx *w, int all)
+{
+    struct dp_held cur[DP_HOLD_MAX];
+    uint16_t n = w->n_held;
+    memcpy(cur, w->held, n * sizeof(cur[0]));
+    w->n_held = 0; /* what encap_wire holds again, and what waits, go back in order */
+    uint64_t now = rte_rdtsc();
+    int sent = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        const struct dp_held *e = &cur[i];
+        const struct dp_net *net = atomic_load_explicit(&dp.nets[e->net], memory_order_acquire);
+        const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[e->ti], memory_order_acquire);
+        if (all || net == NULL || net->vni != e->vni || t == NULL || t->ip != e->vtep_ip ||
+            w->vtep->uplink < 0 || (!t->resolved && now - e->tsc >= w->hold_tsc)) {
+            drop(w, e->m, DP_DROP_NEIGH_UNRESOLVED);
+            continue;
+        }
+        if (!t->resolved || held_for(w, e->ti)) {
+            w->held[w->n_held++] = *e; /* and those after it to the same tunnel */
+            continue;
+        }
+        if (!sent++)
+            w->rx_tsc = e->tsc; /* its wait counts in the plane's latency */
+        encap_wire(w, net, e->ti, e->m, e->m->pkt_len);
+    }
+    if (sent)
+        tx_flush_all(w);
 }
 
 /* a super-frame to a remote VTEP, whole, for an uplink whose tunnel tap

@@ -39,6 +39,12 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
 #define DP_SLOW_RING_SIZE 1024
 #define DP_CTRL_TX_RING_SIZE 256
 #define DP_ARP_RETRY_US 500000
+/* frames to a tunnel whose next hop is being resolved: held by their worker
+ * (at most DP_HOLD_MAX each) and sent once it is, dropped as
+ * neigh_unresolved after DP_HOLD_MS (as the kernel queues frames while it
+ * retries ARP: ours retries every DP_ARP_RETRY_US) */
+#define DP_HOLD_MAX 64
+#define DP_HOLD_MS 2000
 
 /*
  * Per-worker caches of the FDB and of the (VNI, source VTEP) table: direct-

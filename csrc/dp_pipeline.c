@@ -113,6 +113,7 @@ dp_worker_new(int id)
     w->lat = dp.ctr->lat[id];
     w->wc = dp.ctr->worker[id];
     w->epoch = 1;
+    w->hold_tsc = rte_get_tsc_hz() / 1000 * DP_HOLD_MS;
     return w;
 }
 
@@ -137,6 +138,8 @@ dp_worker_main(void *arg)
         w->vtep = atomic_load_explicit(&dp.vtep, memory_order_acquire);
         w->fdb = atomic_load_explicit(&dp.fdb, memory_order_acquire);
         uint64_t busy = 0;
+        if (unlikely(w->n_held))
+            hold_run(w, 0);
 
         for (uint16_t i = 0; i < pl->n; i++) {
             uint16_t pi = pl->e[i].port, q = pl->e[i].queue;
@@ -199,6 +202,8 @@ dp_worker_main(void *arg)
     }
 
     tx_flush_all(w);
+    if (w->n_held)
+        hold_run(w, 1);
     rte_rcu_qsbr_thread_offline(dp.qsbr, (unsigned)id);
     (void)rte_rcu_qsbr_thread_unregister(dp.qsbr, (unsigned)id);
     rte_free(w);

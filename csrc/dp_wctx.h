@@ -30,6 +30,7 @@ struct dp_wctx {
     uint32_t fc_rest;   /* bursts left that skip the FDB cache (dp_lookup.h) */
     uint32_t fc_seen;   /* FDB cache lookups in the current window */
     uint32_t fc_missed; /* ... and misses */
+    uint16_t n_held;    /* frames in held[] (dp_encap.h: read per frame encapsulated) */
     uint16_t n_dirty;
     uint16_t dirty[DP_MAX_PORTS];
     uint8_t queued[DP_MAX_PORTS];
@@ -52,6 +53,17 @@ struct dp_wctx {
         uint64_t ms;   /* when the current millisecond began */
         uint32_t left; /* reports left in it */
     } learn_budget, heard_budget;
+    /* frames waiting for their tunnel's next hop (dp_encap.h, hold), oldest
+     * first; kept by value, not by the network's or tunnel's pointer, which
+     * may be freed while they wait */
+    uint64_t hold_tsc; /* DP_HOLD_MS in TSC cycles */
+    struct dp_held {
+        struct rte_mbuf *m;
+        uint64_t tsc;     /* when it was received */
+        uint32_t vtep_ip; /* the tunnel's remote VTEP, host order */
+        uint32_t vni;     /* the network's */
+        uint16_t net, ti;
+    } held[DP_HOLD_MAX];
 };
 
 static inline void

@@ -336,6 +336,8 @@ def cmd_status(args):
         print(line)
     if st["drops"]:
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))
+    if st.get("neigh_held"):
+        print(f"  held for a next hop's ARP answer: {st['neigh_held']} frames")
     return 0
 
 

@@ -296,6 +296,12 @@ class CoreCollector:
             "or learned ones heard again, over its 64 a millisecond of each",
             labels=["worker"],
         )
+        held = CounterMetricFamily(
+            "dataplane_worker_neigh_held",
+            "Frames to a VTEP whose underlay next hop was being resolved, held until "
+            "ARP answered (sent then, or dropped as neigh_unresolved after 2 s)",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
@@ -307,6 +313,7 @@ class CoreCollector:
             sleeps.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_sleeps")]))
             yields.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_yields")]))
             limited.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("learn_limited")]))
+            held.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("neigh_held")]))
         yield ratio
         yield total
         yield busy_total
@@ -316,6 +323,7 @@ class CoreCollector:
         yield sleeps
         yield yields
         yield limited
+        yield held
 
     @staticmethod
     def _planes(snap):

@@ -16,7 +16,7 @@ from .checks import (
     check_netns_path,
     check_pod_name,
 )
-from .engine import lib
+from .engine import WORKER_COUNTERS, lib
 from .hosts import is_static
 
 
@@ -149,6 +149,9 @@ def status_report(
             for p in snap.ports
         ],
         "drops": {k: v for k, v in c.drops().items() if v},
+        # frames that waited for a VTEP's next hop to answer ARP (those it
+        # never answered within 2 s are in drops as neigh_unresolved)
+        "neigh_held": int(c.worker[:, WORKER_COUNTERS.index("neigh_held")].sum()),
         "planes": [
             _plane_status(c, pl, snap.shaped.get(uplink, {}), uplink, config) for pl in snap.planes
         ],

@@ -18,6 +18,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from dataplane.checks import format_mac, parse_mac
+from dataplane.engine import WORKER_COUNTERS
 from dataplane.errors import ConfigError
 
 VTEP_IP = "10.0.0.1"
@@ -367,11 +368,58 @@ def test_arp_for_other_address_ignored(topo):
     assert topo.drops()["arp_ignored"] == 1
 
 
+def _tagged(tag, dst=R1):
+    """a frame from pod a to dst whose UDP payload is tag"""
+    return (
+        Ether(src=A, dst=dst)
+        / IP(src="192.168.1.1", dst="192.168.1.2")
+        / UDP(sport=1000, dport=2000)
+        / Raw(tag)
+    )
+
+
+def _held(eng):
+    return int(eng.counters().worker[:, WORKER_COUNTERS.index("neigh_held")].sum())
+
+
+def _wait_held(eng, base, n):
+    """frames held since the count was base, once n were or 2 s passed"""
+    for _ in range(200):
+        if _held(eng) - base >= n:
+            break
+        time.sleep(0.01)
+    return _held(eng) - base
+
+
+def _arp_reply(t, vtep_ip, mac):
+    t.send(
+        t.up,
+        Ether(src=mac, dst=VTEP_MAC)
+        / ARP(op=2, hwsrc=mac, psrc=vtep_ip, hwdst=VTEP_MAC, pdst=VTEP_IP),
+    )
+    for _ in range(200):
+        if t.eng.neighbor(vtep_ip):
+            break
+        time.sleep(0.01)
+    assert t.eng.neighbor(vtep_ip) == mac
+
+
+def _tunnelled(t, n):
+    """the next n VXLAN frames out of the uplink (ARP requests skipped)"""
+    got = []
+    for _ in range(10):
+        got += [o for o in t.recv(t.up, n - len(got)) if o.haslayer(VXLAN)]
+        if len(got) >= n:
+            break
+    return got
+
+
 def test_next_hop_resolved_by_arp(eng):
     t = Topo(eng, static_nh=False)
-    # before resolution: counted, not sent
-    t.send(t.a, udp_frame(dst=R1))
-    assert t.drops()["neigh_unresolved"] >= 0
+    h0 = _held(eng)
+    # before resolution the frame is held, not dropped
+    t.send(t.a, _tagged(b"first"))
+    assert _wait_held(eng, h0, 1) == 1
     # housekeeping asks for each unresolved next hop on the uplink
     reqs = []
     for f in eng.collect(t.up, wait=WAIT, expect=3):
@@ -380,24 +428,71 @@ def test_next_hop_resolved_by_arp(eng):
         assert p[ARP].psrc == VTEP_IP and p[ARP].hwsrc == VTEP_MAC
         reqs.append(p[ARP].pdst)
     assert sorted(reqs) == [R1_VTEP, R2_VTEP, R3_VTEP]
-    assert t.drops()["neigh_unresolved"] == 1
-    # the neighbour answers; the core learns it and encapsulates to it
+    assert t.drops()["neigh_unresolved"] == 0
+    # the neighbour answers; the core learns it, sends the held frame, and
+    # encapsulates the next straight to it
     peer_mac = "02:00:0a:00:00:02"
-    t.send(
-        t.up,
-        Ether(src=peer_mac, dst=VTEP_MAC)
-        / ARP(op=2, hwsrc=peer_mac, psrc=R1_VTEP, hwdst=VTEP_MAC, pdst=VTEP_IP),
-    )
-    import time
+    _arp_reply(t, R1_VTEP, peer_mac)
+    [held] = _tunnelled(t, 1)
+    assert held.dst == peer_mac and held[IP].dst == R1_VTEP
+    assert held[VXLAN][Ether].dst == R1 and bytes(held[VXLAN][UDP].payload) == b"first"
+    t.send(t.a, _tagged(b"second"))
+    [out] = _tunnelled(t, 1)
+    assert out.dst == peer_mac and bytes(out[VXLAN][UDP].payload) == b"second"
+    assert _held(eng) - h0 == 1 and t.drops()["neigh_unresolved"] == 0
 
-    for _ in range(200):
-        if eng.neighbor(R1_VTEP):
+
+def _fresh_remote(eng, k):
+    """a remote MAC behind a VTEP no earlier test resolved (the core keeps
+    its neighbours across tests)"""
+    mac, vtep = "02:00:00:00:02:%02x" % k, "10.0.0.%d" % (30 + k)
+    eng.fdb_add_remote(0, mac, vtep)
+    return mac, vtep
+
+
+def test_held_frames_leave_in_order_over_the_limit_dropped(eng):
+    """a worker holds 64 frames for next hops being resolved; the 65th on
+    is dropped at once, the held ones leave in the order they came"""
+    t = Topo(eng, static_nh=False)
+    mac, vtep = _fresh_remote(eng, 1)
+    h0 = _held(eng)
+    t.send(t.a, *[_tagged(b"%03d" % i, mac) for i in range(70)])
+    assert _wait_held(eng, h0, 64) == 64
+    assert wait_drop(eng, t.base, "neigh_unresolved", 6) == 6
+    eng.collect(t.up, wait=0.2)  # the ARP requests
+    _arp_reply(t, vtep, "02:00:0a:00:00:31")
+    outs = _tunnelled(t, 64)
+    got = [bytes(o[VXLAN][UDP].payload) for o in outs]
+    assert got == [b"%03d" % i for i in range(64)]
+    assert t.drops()["neigh_unresolved"] == 6
+
+
+def test_held_frames_dropped_when_nobody_answers(eng):
+    """held no longer than a second, as the kernel's neighbour queue"""
+    t = Topo(eng, static_nh=False)
+    mac, _ = _fresh_remote(eng, 2)
+    h0 = _held(eng)
+    t.send(t.a, *[udp_frame(dst=mac) for _ in range(3)])
+    assert _wait_held(eng, h0, 3) == 3
+    assert t.drops()["neigh_unresolved"] == 0
+    for _ in range(300):
+        if t.drops()["neigh_unresolved"] >= 3:
             break
         time.sleep(0.01)
-    assert eng.neighbor(R1_VTEP) == peer_mac
-    t.send(t.a, udp_frame(dst=R1))
-    outs = [o for o in t.recv(t.up, 1) if o.haslayer(VXLAN)]
-    assert outs and outs[0].dst == peer_mac and outs[0][IP].dst == R1_VTEP
+    assert t.drops()["neigh_unresolved"] == 3
+    assert not [f for f in eng.collect(t.up, wait=0.2) if Ether(f).haslayer(VXLAN)]
+
+
+def test_held_frame_dropped_when_its_tunnel_goes(eng):
+    t = Topo(eng, static_nh=False)
+    mac, _ = _fresh_remote(eng, 3)
+    h0 = _held(eng)
+    t.send(t.a, udp_frame(dst=mac))
+    assert _wait_held(eng, h0, 1) == 1
+    eng.fdb_del(0, mac)  # its tunnel's only user
+    assert wait_drop(eng, t.base, "neigh_unresolved") == 1
+    assert _held(eng) - h0 == 1
+    assert not [f for f in eng.collect(t.up, wait=0.2) if Ether(f).haslayer(VXLAN)]
 
 
 # ------------------------------------------------------------ drop reasons

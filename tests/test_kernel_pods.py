@@ -306,15 +306,16 @@ class Fabric:
         node.start()
         return node
 
-    def kernel_host(self, node_vteps):
+    def kernel_host(self, node_vteps, link_up=True):
         """The Linux kernel's own VTEP (VNI 101, flooding to ``node_vteps``)
         with a bridge and a "vm" namespace behind it; every veth keeps the
         offloads the kernel gives it (TX checksumming, TSO, GSO on). Returns
-        the vm's namespace."""
+        the vm's namespace. ``link_up=False``: its underlay port (ulh, in
+        the underlay's namespace) is left down."""
         h, vm = self.netns(f"{self.tag}h"), self.netns(f"{self.tag}vm")
         mtu, pod_mtu = self.mtu, self.pod_mtu
         ipn(self.ul, f"link add ulh mtu {mtu} type veth peer name eth0 mtu {mtu} netns {h}")
-        ipn(self.ul, "link set ulh master br0 up")
+        ipn(self.ul, "link set ulh master br0" + (" up" if link_up else ""))
         ipn(h, f"addr add {HOST_VTEP}/24 dev eth0")
         ipn(h, "link set eth0 up")
         ipn(h, f"link add vxlan101 type vxlan id {VNI} local {HOST_VTEP} dstport 4789 dev eth0")
@@ -518,6 +519,37 @@ def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric):
         except AssertionError as e:  # both directions reported, not just the first
             errors.append(str(e).splitlines()[0])
     assert not errors, "; ".join(errors)
+
+
+def test_first_ping_to_a_vtep_waits_for_its_next_hop_instead_of_being_lost(fabric):
+    """Frames to a VTEP whose underlay next hop has not answered ARP yet are
+    held and sent once it does (as the kernel queues them), not dropped: the
+    pod's first ARP request reaches a host that appears while it waits."""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP])
+    vm = fab.kernel_host(["10.99.0.1"], link_up=False)
+    a = fab.pod(1, "a", SUBNET + "11")
+    held0 = node.status()["neigh_held"]
+    # one echo request; the pod's ARP request for the vm floods to the host's
+    # VTEP, whose next hop (the host itself) cannot answer yet
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", a["ns"], "ping", "-n", "-c", "1", "-W", "10", VM_IP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    fab.helpers.append(p)
+    for _ in range(500):
+        if node.status()["neigh_held"] > held0:
+            break
+        time.sleep(0.01)
+    assert node.status()["neigh_held"] > held0, "nothing held for the unresolved next hop"
+    ipn(fab.ul, "link set ulh up")  # the host can answer the node's next ARP request
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, f"no reply to the one echo request:\n{out}"
+    st = node.status()
+    assert "neigh_unresolved" not in st["drops"], st["drops"]
+    assert nsx(vm, "ip", "neigh", "show", SUBNET + "11", check=True).stdout.strip()
 
 
 def jumbo_fabric(fabric, host):
