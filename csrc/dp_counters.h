@@ -56,7 +56,7 @@
     _(NO_DESTINATION, "no_destination")   /* flood with nobody to reach */  \
     _(OVERSIZE, "oversize")               /* too big once encapsulated */   \
     _(NO_HEADROOM, "no_headroom")         /* mbuf lacks room for header */  \
-    _(NEIGH_UNRESOLVED, "neigh_unresolved") /* next hop unresolved: too many held, held too long, tunnel gone */ \
+    _(NEIGH_UNRESOLVED, "neigh_unresolved") /* next hop unknown, not held */ \
     _(NO_UPLINK, "no_uplink")             /* remote target, no uplink */    \
     _(NO_MBUF, "no_mbuf")                 /* pool empty for a flood copy */ \
     _(TX_FULL, "tx_full")                 /* port tx queue full */          \
