@@ -198,8 +198,9 @@ int dp_port_afpacket_reopen(int port, unsigned frames);
  * called before the counters are read */
 void dp_kport_stats_update(void);
 
-/* the express lane (dp_express.c, bpf/express.bpf.c): unicast IP between
- * two pod ports of one network carried by the kernel, port to port */
+/* the express lane (dp_express.c, bpf/express.bpf.c): unicast IP from a
+ * pod port carried by the kernel, to another pod port of its network, or
+ * encapsulated to a remote VTEP out of a kernel uplink */
 #define DP_EXPRESS_MAX_IP4 8
 #define DP_EXPRESS_MAX_IP6 4
 /* load the lane's compiled programs from path, and switch it on */
@@ -223,8 +224,10 @@ int dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int 
                         const uint32_t *ip4, int n4, const uint8_t *ip6, int n6);
 int dp_express_port_clear(int ifindex, int net, const uint8_t *mac);
 /* frames and bytes the lane took from port (out[0], out[1]) and delivered
- * to it (out[2], out[3]), or set to 0 */
-int dp_express_counts(int port, uint64_t out[4]);
+ * to it or, the uplink, sent out of it (out[2], out[3]); of those taken, the
+ * frames and bytes encapsulated to a remote VTEP (out[4], out[5]) and the
+ * frames the kernel would not encapsulate, dropped (out[6]); or set to 0 */
+int dp_express_counts(int port, uint64_t out[7]);
 int dp_express_counts_reset(int port);
 
 /* networks */

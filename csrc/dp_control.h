@@ -43,6 +43,13 @@ void dp_sync(void);
 struct dp_port *dp_port_get(int idx);
 /* AF_PACKET port p's rx socket gets the express lane's filter (dp_express.c) */
 int dp_express_refilter(struct dp_port *p);
+/* the lane's copies of the core's tables, told of each change (nothing while
+ * the lane is not loaded): a tunnel, a network, the uplink and the planes'
+ * marking, an FDB entry (val 0: gone) */
+void dp_express_tunnel(int ti);
+void dp_express_net(int net);
+void dp_express_uplink(void);
+void dp_express_fdb(uint64_t key, uint32_t val);
 void dp_ports_free_all(void); /* teardown, workers stopped */
 
 /* dp_poll.c: a change of the poll lists is planned (allocations: may fail,

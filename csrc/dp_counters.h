@@ -98,7 +98,8 @@
     _(KPORT_KERNEL_TX, "kport_kernel_tx") /* kernel port: kernel tx drops */ \
     _(SPOOF_DHCP, "spoof_dhcp")           /* pod: a DHCP server's message */ \
     _(KPORT_TX_OVERSIZE, "kport_tx_oversize") /* kernel port: > its MTU */ \
-    _(KPORT_TX_DOWN, "kport_tx_down")     /* kernel port: interface set down */
+    _(KPORT_TX_DOWN, "kport_tx_down")     /* kernel port: interface set down */ \
+    _(EXPRESS_ENCAP, "express_encap")     /* express lane: encap refused */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

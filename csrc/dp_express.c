@@ -23,6 +23,8 @@
 #include "afpacket.h"
 #include "dp_control.h"
 #include "dp_internal.h"
+#include "dp_ftab.h"
+#include "dp_qos.h"
 
 #define EX_ETH_HLEN 14 /* what a port's MTU leaves out of a frame */
 
@@ -54,8 +56,27 @@ struct ex_dst {
 };
 
 struct ex_cnt {
-    uint64_t rx_pkts, rx_bytes, tx_pkts, tx_bytes;
+    uint64_t rx_pkts, rx_bytes, tx_pkts, tx_bytes, enc_pkts, enc_bytes, errors;
 };
+
+struct ex_tun {
+    uint8_t hdr[DP_VXLAN_HDR_LEN];
+    uint8_t ok;
+    uint8_t pad;
+    uint32_t csum_base;
+};
+_Static_assert(sizeof(struct ex_tun) == 56, "as express.bpf.c lays it");
+
+struct ex_net {
+    uint32_t vni_be, plane, ok;
+};
+
+struct ex_up {
+    uint32_t ifindex, port, on;
+    int8_t dscp_plane[64];
+    int16_t outer_tos[8];
+};
+_Static_assert(DP_MAX_PLANES == 8, "ex_up.outer_tos has a slot per plane");
 
 /* a tc filter of ours: priority and handle, so that detach finds it */
 #define EX_TC_PRIO 1
@@ -65,6 +86,7 @@ static struct {
     struct bpf_object *obj;
     int tc_fd, sock_fd;
     int src_fd, dst_fd, ctl_fd, cnt_fd;
+    int rdst_fd, tun_fd, net_fd, up_fd; /* the remote side: the core's tables mirrored */
     int ncpu;
 } ex = {.tc_fd = -1, .sock_fd = -1};
 
@@ -73,6 +95,117 @@ libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
     (void)level, (void)fmt, (void)ap;
     return 0; /* failures are reported through dp_fail */
+}
+
+/* ------------------------------------------------ the remote side's mirror
+ *
+ * The lane encapsulates to remote VTEPs from copies of the core's tables,
+ * kept by the control thread as it changes them (dp_fdb.c, dp_tunnel.c,
+ * dp_net.c, dp_qos.c, dp_plane.c, dp_port.c call the hooks below; each
+ * does nothing while the lane is not loaded). What a copy lacks - a MAC past
+ * ex_rdst's size, a table update the kernel refused - the core carries: the
+ * lane only ever takes less. */
+
+/* tunnel ti as the core has it (gone or unresolved: not for the lane) */
+void
+dp_express_tunnel(int ti)
+{
+    struct ex_tun v;
+    uint32_t k = (uint32_t)ti;
+
+    if (!ex.obj || ti < 0 || ti >= DP_MAX_TUNNELS)
+        return;
+    memset(&v, 0, sizeof(v));
+    const struct dp_tunnel *t = atomic_load(&dp.tunnels[ti]);
+    if (t && t->resolved) {
+        memcpy(v.hdr, t->hdr, sizeof(v.hdr));
+        v.csum_base = t->csum_base;
+        v.ok = 1;
+    }
+    (void)bpf_map_update_elem(ex.tun_fd, &k, &v, BPF_ANY);
+}
+
+/* network net as the core has it */
+void
+dp_express_net(int net)
+{
+    struct ex_net v;
+    uint32_t k = (uint32_t)net;
+
+    if (!ex.obj || net < 0 || net >= DP_MAX_NETS)
+        return;
+    memset(&v, 0, sizeof(v));
+    const struct dp_net *n = dp_net_get(net);
+    if (n) {
+        v.vni_be = n->vni_be_word;
+        v.plane = (uint32_t)n->plane;
+        v.ok = 1;
+    }
+    (void)bpf_map_update_elem(ex.net_fd, &k, &v, BPF_ANY);
+}
+
+/* the uplink (an AF_PACKET port without a shaper, or none for the lane) and
+ * the planes' DSCP map and marking */
+void
+dp_express_uplink(void)
+{
+    struct ex_up v;
+    uint32_t k = 0;
+
+    if (!ex.obj)
+        return;
+    memset(&v, 0, sizeof(v));
+    int up = dp_vconf_set ? dp_vconf.uplink : -1;
+    const struct dp_port *p = up >= 0 ? dp_port_get(up) : NULL;
+    if (p && p->driver == DP_DRV_AFPACKET && !p->qos) {
+        v.ifindex = (uint32_t)dp_afp_ifindex(p->afp);
+        v.port = (uint32_t)up;
+        v.on = v.ifindex > 0;
+    }
+    for (int i = 0; i < 64; i++)
+        v.dscp_plane[i] = __atomic_load_n(&dp_qg.dscp_plane[i], __ATOMIC_RELAXED);
+    for (int i = 0; i < DP_MAX_PLANES; i++)
+        v.outer_tos[i] = (int16_t)__atomic_load_n(&dp_qg.plane[i].outer_tos, __ATOMIC_RELAXED);
+    (void)bpf_map_update_elem(ex.up_fd, &k, &v, BPF_ANY);
+}
+
+/* FDB entry key := val (DP_FV; 0 when it went) */
+void
+dp_express_fdb(uint64_t key, uint32_t val)
+{
+    struct ex_dkey k;
+
+    if (!ex.obj)
+        return;
+    memset(&k, 0, sizeof(k));
+    k.net = (uint32_t)(key >> 48);
+    memcpy(k.mac, &key, 6);
+    if (val != 0 && DP_FV_KIND(val) == DP_FDB_REMOTE) {
+        uint32_t ti = DP_FV_TARGET(val);
+        /* a full table leaves the MAC to the core */
+        (void)bpf_map_update_elem(ex.rdst_fd, &k, &ti, BPF_ANY);
+    } else {
+        (void)bpf_map_delete_elem(ex.rdst_fd, &k);
+    }
+}
+
+/* everything, when the lane is loaded (the tables may be full already) */
+static void
+ex_mirror_all(void)
+{
+    uint32_t pos = 0, val;
+    uint64_t key;
+
+    dp_express_uplink();
+    for (int i = 0; i < DP_MAX_NETS; i++)
+        dp_express_net(i);
+    for (int i = 0; i < DP_MAX_TUNNELS; i++)
+        dp_express_tunnel(i);
+    if (dp.fdb == NULL)
+        return; /* before dp_setup: no table yet */
+    while (dp_ftab_next(&pos, &key, &val))
+        if (DP_FV_KIND(val) == DP_FDB_REMOTE)
+            dp_express_fdb(key, val);
 }
 
 int
@@ -105,13 +238,19 @@ dp_express_open(const char *path)
     ex.dst_fd = bpf_object__find_map_fd_by_name(obj, "ex_dst");
     ex.ctl_fd = bpf_object__find_map_fd_by_name(obj, "ex_ctl");
     ex.cnt_fd = bpf_object__find_map_fd_by_name(obj, "ex_cnt");
+    ex.rdst_fd = bpf_object__find_map_fd_by_name(obj, "ex_rdst");
+    ex.tun_fd = bpf_object__find_map_fd_by_name(obj, "ex_tun");
+    ex.net_fd = bpf_object__find_map_fd_by_name(obj, "ex_net");
+    ex.up_fd = bpf_object__find_map_fd_by_name(obj, "ex_up");
     ex.ncpu = libbpf_num_possible_cpus();
     if (ex.tc_fd < 0 || ex.sock_fd < 0 || ex.src_fd < 0 || ex.dst_fd < 0 || ex.ctl_fd < 0 ||
-        ex.cnt_fd < 0 || ex.ncpu <= 0) {
+        ex.cnt_fd < 0 || ex.rdst_fd < 0 || ex.tun_fd < 0 || ex.net_fd < 0 || ex.up_fd < 0 ||
+        ex.ncpu <= 0) {
         bpf_object__close(obj);
         return dp_fail(-EINVAL, "express lane: %s lacks a program or table of the lane", path);
     }
     ex.obj = obj;
+    ex_mirror_all();
     return dp_express_enable(1);
 }
 
@@ -289,12 +428,12 @@ dp_express_port_clear(int ifindex, int net, const uint8_t *mac)
 }
 
 int
-dp_express_counts(int port, uint64_t out[4])
+dp_express_counts(int port, uint64_t out[7])
 {
     struct ex_cnt c[ex.ncpu > 0 ? ex.ncpu : 1];
     uint32_t k = (uint32_t)port;
 
-    memset(out, 0, 4 * sizeof(uint64_t));
+    memset(out, 0, 7 * sizeof(uint64_t));
     if (!ex.obj)
         return 0;
     if (port < 0 || port >= DP_MAX_PORTS)
@@ -306,6 +445,9 @@ dp_express_counts(int port, uint64_t out[4])
         out[1] += c[i].rx_bytes;
         out[2] += c[i].tx_pkts;
         out[3] += c[i].tx_bytes;
+        out[4] += c[i].enc_pkts;
+        out[5] += c[i].enc_bytes;
+        out[6] += c[i].errors;
     }
     return 0;
 }

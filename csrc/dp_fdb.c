@@ -78,6 +78,7 @@ fdb_remove(uint64_t key)
     uint32_t old;
     if (dp_ftab_del(key, &old) < 0)
         return -ENOENT;
+    dp_express_fdb(key, 0);
     dp_learn_forget(key);
     /* no worker holds it once they have passed the grace period the
      * tunnel's release waits for */
@@ -118,6 +119,7 @@ fdb_store(int net, uint64_t key, uint32_t val, int had, uint32_t old)
                        ret == -ENOMEM ? "out of memory for a larger FDB (%u entries)"
                                       : "FDB full (%u entries)",
                        dp_ftab_count());
+    dp_express_fdb(key, val);
     if (had && DP_FV_KIND(old) == DP_FDB_REMOTE)
         dp_tunnel_unref(net, (int)DP_FV_TARGET(old));
     return 0;

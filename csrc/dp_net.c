@@ -35,6 +35,7 @@ void
 dp_net_publish(int net, struct dp_net *n)
 {
     struct dp_net *old = atomic_exchange(&dp.nets[net], n);
+    dp_express_net(net);
     dp_sync();
     rte_free(old);
 }
@@ -210,6 +211,8 @@ dp_nets_publish(struct dp_net *fresh[DP_MAX_NETS])
 void
 dp_nets_free_all(void)
 {
-    for (int i = 0; i < DP_MAX_NETS; i++)
+    for (int i = 0; i < DP_MAX_NETS; i++) {
         rte_free(atomic_exchange(&dp.nets[i], NULL));
+        dp_express_net(i);
+    }
 }

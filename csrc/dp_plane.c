@@ -145,6 +145,7 @@ dp_port_shaper(int idx, uint64_t rate_bps, uint32_t burst_bytes)
     rte_free(p);
     /* frames still queued are freed with it, and counted */
     dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED] += dp_qos_free(old);
+    dp_express_uplink(); /* the lane leaves a shaped uplink to the core */
     return 0;
 }
 

@@ -658,7 +658,8 @@ dp_port_afpacket_reopen(int idx, unsigned frames)
         return ret;
     }
     atomic_store(&dp.ports[idx], np);
-    dp_sync(); /* no worker holds p, nor the old device's sockets, now */
+    dp_express_uplink(); /* the uplink on its new device, for the lane */
+    dp_sync();           /* no worker holds p, nor the old device's sockets, now */
     /* the old device's drops and tunnel frames stay in the totals */
     afp_retire(p->afp);
     tnl_frames_gone[idx] += dp_afp_tunneled(p->afp);

@@ -128,8 +128,10 @@ static void
 tunnels_publish(struct dp_tunnel *fresh[DP_MAX_TUNNELS])
 {
     for (int i = 0; i < DP_MAX_TUNNELS; i++)
-        if (fresh[i])
+        if (fresh[i]) {
             fresh[i] = atomic_exchange(&dp.tunnels[i], fresh[i]);
+            dp_express_tunnel(i);
+        }
     dp_sync();
     for (int i = 0; i < DP_MAX_TUNNELS; i++)
         rte_free(fresh[i]);
@@ -178,6 +180,7 @@ dp_tunnel_ref(int net, uint32_t ip)
         created->ip = ip;
         tunnel_build(created);
         atomic_store(&dp.tunnels[ti], created);
+        dp_express_tunnel(ti);
     }
     if (net_tun_refs[net][ti] == 0) {
         /* frames from ip with the network's VNI are the network's */
@@ -188,6 +191,7 @@ dp_tunnel_ref(int net, uint32_t ip)
             if (created) {
                 /* nothing points at it yet: no worker can hold it */
                 atomic_store(&dp.tunnels[ti], NULL);
+                dp_express_tunnel(ti);
                 rte_free(created);
             }
             return dp_fail(ret, "VTEP table full");
@@ -216,6 +220,7 @@ dp_tunnel_unref(int net, int ti)
     }
     if (--tun_refs[ti] == 0) {
         atomic_store(&dp.tunnels[ti], NULL);
+        dp_express_tunnel(ti);
         dp_sync();
         rte_free(t);
     }
@@ -273,14 +278,17 @@ dp_vtep_set(const struct dp_vtep_conf *c)
     dp_nets_publish(nets); /* includes a grace period: no worker holds old */
     tunnels_publish(tuns);
     free(old);
+    dp_express_uplink();
     return 0;
 }
 
 void
 dp_tunnels_free_all(void)
 {
-    for (int i = 0; i < DP_MAX_TUNNELS; i++)
+    for (int i = 0; i < DP_MAX_TUNNELS; i++) {
         rte_free(atomic_exchange(&dp.tunnels[i], NULL));
+        dp_express_tunnel(i);
+    }
     memset(tun_refs, 0, sizeof(tun_refs));
     memset(net_tun_refs, 0, sizeof(net_tun_refs));
 }

@@ -473,7 +473,10 @@ class _Tables:
         if next_hop_mac is not None:
             c.static_nh = 1
             c.static_nh_mac = parse_mac(next_hop_mac, "next_hop_mac")
+        old_up = self._vtep["uplink"] if self._vtep else -1
         self._call("configuring the VTEP", lib.dp_vtep_set, c)
+        if uplink >= 0 and uplink != old_up:
+            lib.dp_express_counts_reset(uplink)  # what the lane sends out of it, from 0
         self._vtep = dict(
             address=address,
             mac=mac,
@@ -836,33 +839,62 @@ class _Express:
                 ifindex, net, octets = x
                 lib.dp_express_port_clear(ifindex, net, octets)
                 lib.dp_express_detach(ifindex)
-                c = np.array(self.express_counts(port), dtype=np.uint64)
+                c = self._express_raw(port)
                 self._express_left[port] = self._express_left.get(port, 0) + c
-                self._express_left_net[net] = self._express_left_net.get(net, 0) + c[0]
+                # the network's (local, encap) frames
+                self._express_left_net[net] = self._express_left_net.get(net, 0) + np.array(
+                    [c[0] - c[4], c[4]], dtype=np.uint64
+                )
 
-    def _express_fold(self, port: np.ndarray, net: np.ndarray):
+    def _express_fold(self, port: np.ndarray, net: np.ndarray, drop: np.ndarray):
         """What the lane carried added to the core's own counts, in place:
-        a pod port's rx and tx, and its network's ``local`` (the frames its
-        pods sent each other), so that every frame from or to a pod port
-        is counted once, by whichever path took it. Ports that left the
-        lane keep theirs until their index is freed; networks, always."""
+        a pod port's rx and tx, its network's ``local`` (the frames its pods
+        sent each other) and ``encap`` (those it encapsulated to remote
+        VTEPs), the uplink's tx, and the frames the kernel would not
+        encapsulate under the drop reason ``express_encap``; so that every
+        frame is counted once, by whichever path took it. Ports that left
+        the lane keep theirs until their index is freed; networks, always."""
         rx, rxb, tx, txb = (
             PORT_COUNTERS.index(k) for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
         )
-        local = NET_COUNTERS.index("local_packets")
+        local, encap = (NET_COUNTERS.index(k) for k in ("local_packets", "encap_packets"))
+        err = DROP_REASONS.index("express_encap")
         for p, c in self._express_left.items():
-            port[p, [rx, rxb, tx, txb]] += c
+            port[p, [rx, rxb, tx, txb]] += c[:4]
+            drop[err] += c[6]
         for n, c in self._express_left_net.items():
-            net[n, local] += c
+            net[n, [local, encap]] += c
         for p, (_, n, _) in self._express.items():
-            c = np.array(self.express_counts(p), dtype=np.uint64)
-            port[p, [rx, rxb, tx, txb]] += c
-            net[n, local] += c[0]
+            c = self._express_raw(p)
+            port[p, [rx, rxb, tx, txb]] += c[:4]
+            net[n, local] += c[0] - c[4]
+            net[n, encap] += c[4]
+            drop[err] += c[6]
+        up = self._express_uplink()
+        if up is not None:
+            port[up, [tx, txb]] += self._express_raw(up)[2:4]
+
+    def _express_uplink(self) -> Optional[int]:
+        """The uplink's port index, when the lane may send out of it (and
+        it is not a lane port itself)."""
+        up = self._vtep["uplink"] if self._vtep else -1
+        if not self.express_loaded or up < 0 or up in self._express:
+            return None
+        return up
+
+    def _express_raw(self, port: int) -> np.ndarray:
+        """Port ``port``'s lane counts: rx packets and bytes, tx packets and
+        bytes, of the rx those encapsulated (packets, bytes), and those the
+        kernel would not encapsulate."""
+        out = ffi.new("uint64_t[7]")
+        self._call(f"express lane: counters of port {port}", lib.dp_express_counts, port, out)
+        return np.array(list(out), dtype=np.uint64)
 
     def express_ports(self) -> List[int]:
-        """The ports in the lane."""
+        """The ports in the lane, and the uplink it sends out of."""
         with self._lock:
-            return sorted(self._express)
+            up = self._express_uplink()
+            return sorted([*self._express, *([up] if up is not None else [])])
 
     def express_detach(self, ifname: str):
         """No lane program on interface ``ifname`` (one a killed process
@@ -876,10 +908,9 @@ class _Express:
 
     def express_counts(self, port: int) -> Tuple[int, int, int, int]:
         """Frames and bytes the lane took from port ``port`` and delivered
-        to it: (rx_packets, rx_bytes, tx_packets, tx_bytes)."""
-        out = ffi.new("uint64_t[4]")
-        self._call(f"express lane: counters of port {port}", lib.dp_express_counts, port, out)
-        return tuple(out)
+        to it (the uplink: sent out of it, encapsulated): (rx_packets,
+        rx_bytes, tx_packets, tx_bytes)."""
+        return tuple(int(x) for x in self._express_raw(port)[:4])
 
 
 class Engine(_Tables, _Planes, _Guards, _Express):
@@ -927,8 +958,9 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         self._closed = False
         self.capturing = False
         self._express = {}  # port in the express lane -> (ifindex, network, MAC octets)
-        # what the lane carried for ports that left it: port -> (rx, rx bytes,
-        # tx, tx bytes) while the port stays; network -> frames pod to pod
+        # what the lane carried for ports that left it: port -> its counts
+        # (_express_raw) while the port stays; network -> (frames pod to pod,
+        # frames encapsulated)
         self._express_left = {}
         self._express_left_net = {}
 
@@ -1223,11 +1255,12 @@ class Engine(_Tables, _Planes, _Guards, _Express):
             lat = v[lib.DP_BLOCK_LAT].reshape(lib.DP_MAX_WORKERS, lib.DP_MAX_PLANES, -1)
             port = port.sum(axis=0, dtype=np.uint64)
             net = net.sum(axis=0, dtype=np.uint64)
-            self._express_fold(port, net)
+            drop = v[lib.DP_BLOCK_DROP][:, : len(DROP_REASONS)].sum(axis=0, dtype=np.uint64)
+            self._express_fold(port, net, drop)
             return Counters(
                 port=port,
                 net=net,
-                drop=v[lib.DP_BLOCK_DROP][:, : len(DROP_REASONS)].sum(axis=0, dtype=np.uint64),
+                drop=drop,
                 worker=v[lib.DP_BLOCK_WORKER][: self.n_workers, : len(WORKER_COUNTERS)].copy(),
                 qos=qos.sum(axis=0, dtype=np.uint64),
                 lat=lat.sum(axis=0, dtype=np.uint64),

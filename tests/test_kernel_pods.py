@@ -53,7 +53,7 @@ remotes: [{remotes}]
 state_dir: {dir}/state
 api_socket: {dir}/api.sock
 metrics: {{listen: null}}
-"""
+{extra}"""
 
 # TCP sink: accepts one connection, reads to EOF, prints what it got as JSON
 TCP_SERVER = """
@@ -202,7 +202,7 @@ def offloads(ns, dev):
 class Node:
     """A node service run inside its own namespace, uplink0 on the underlay."""
 
-    def __init__(self, fab, n, remotes, mtu, vtep=""):
+    def __init__(self, fab, n, remotes, mtu, vtep="", extra=""):
         self.n = n
         self.ns = fab.netns(f"{fab.tag}n{n}")
         self.dir = fab.tmp / f"node{n}"
@@ -213,7 +213,7 @@ class Node:
         self.proc = None
         rem = ", ".join(f"{{vtep: {r}, networks: [net1]}}" for r in remotes)
         cfg = NODE_CONFIG.format(
-            n=n, mtu=mtu, vni=VNI, subnet=SUBNET, dir=self.dir, remotes=rem, vtep=vtep
+            n=n, mtu=mtu, vni=VNI, subnet=SUBNET, dir=self.dir, remotes=rem, vtep=vtep, extra=extra
         )
         self.cfg = self.dir / "node.yaml"
         self.cfg.write_text(cfg)
@@ -299,9 +299,10 @@ class Fabric:
         quiet_netns(ns)
         return ns
 
-    def node(self, n, remotes, vtep=""):
-        """Node service n; ``vtep``: more keys of its vtep section (", k: v")."""
-        node = Node(self, n, remotes, self.mtu, vtep)
+    def node(self, n, remotes, vtep="", extra=""):
+        """Node service n; ``vtep``: more keys of its vtep section (", k: v");
+        ``extra``: more top-level lines of its config."""
+        node = Node(self, n, remotes, self.mtu, vtep, extra)
         self.nodes[n] = node
         node.start()
         return node
@@ -501,11 +502,14 @@ def test_tcp_between_pods_on_two_nodes(fabric):
         assert net1["encap_packets"] > 0 and net1["decap_packets"] > 0, net1
 
 
-def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric):
+@pytest.mark.parametrize("learning", [False, True])
+def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric, learning):
     """The kernel peer leaves inner checksums to offload (its veths keep TX
-    checksumming, TSO and GSO on): every segment must still arrive valid."""
+    checksumming, TSO and GSO on): every segment must still arrive valid.
+    Pod to host: without learning the host's MAC is unknown and flooded by
+    the core; with it, a remote FDB entry the express lane encapsulates to."""
     fab = fabric()
-    fab.node(1, [HOST_VTEP])
+    fab.node(1, [HOST_VTEP], vtep=", learning: true" if learning else "")
     vm = fab.kernel_host(["10.99.0.1"])
     a = fab.pod(1, "a", SUBNET + "11")
     reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")
@@ -519,6 +523,71 @@ def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric):
         except AssertionError as e:  # both directions reported, not just the first
             errors.append(str(e).splitlines()[0])
     assert not errors, "; ".join(errors)
+
+
+def _port_row(node, name_part):
+    [row] = [p for p in node.status()["ports"] if name_part(p)]
+    return row
+
+
+def test_express_lane_encapsulates_to_a_kernel_vtep_host(fabric):
+    """Pod to a host behind a kernel VTEP: the lane encapsulates in the
+    kernel, out of the uplink, and every frame is counted once - the pod
+    port's rx, the network's encap, the uplink's tx. (The node learns the
+    host's MAC from the underlay: a remote FDB entry; an unknown MAC is
+    flooded, through the core.)"""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", SUBNET + "11")
+    reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")
+    before = tcp_snmp(vm)
+    tcp_transfer(fab, "pod -> vtep host (lane)", vm, VM_IP, a["ns"], size=8 * MB)
+    after = tcp_snmp(vm)
+    assert after["InCsumErrors"] == before["InCsumErrors"], (before, after)
+    st = node.status()
+    assert st["express_lane"] is True
+    pod = _port_row(node, lambda p: p["role"] == "pod")
+    up = _port_row(node, lambda p: p["role"] == "uplink")
+    ex, upx = pod["express"], up["express"]
+    assert ex and ex["rx_packets"] > 0, pod
+    assert upx and upx["tx_packets"] > 0, up
+    # what the lane took from the pod went out of the uplink, encapsulated
+    net1 = st["networks"][0]
+    assert net1["encap_packets"] >= upx["tx_packets"], (net1, upx)
+    assert pod["rx_packets"] >= ex["rx_packets"] and up["tx_packets"] >= upx["tx_packets"]
+    assert "express_encap" not in st["drops"], st["drops"]
+    # on the wire: the headers the core would build (outer IPv4 checksum,
+    # UDP source port from the flow hash in 49152-65535, the network's VNI,
+    # DF, TTL 64), for the frames the lane took
+    from scapy.all import rdpcap
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    pcap = fab.tmp / "lane.pcap"
+    cap = fab.capture(fab.ul, "ul1", pcap, "udp dst port 4789 and src host 10.99.0.1")
+    taken = pod["express"]["rx_packets"]
+    r = ping(a["ns"], VM_IP, count=5, interval="0.05")
+    assert r.returncode == 0, r.stdout
+    # tcpdump's ring hands it frames when a block fills or its 1 s timer
+    # fires: it must see that happen before it is stopped
+    time.sleep(1.5)
+    cap.send_signal(signal.SIGINT)
+    cap.wait(10)
+    assert _port_row(node, lambda p: p["role"] == "pod")["express"]["rx_packets"] >= taken + 5
+    frames = [f for f in rdpcap(str(pcap)) if f.haslayer(VXLAN)]
+    assert len(frames) >= 5, [f.summary() for f in frames]
+    for f in frames:
+        ip, udp = f[IP], f[UDP]
+        sent = ip.chksum
+        del ip.chksum
+        assert IP(bytes(ip))[IP].chksum == sent, f.summary()
+        assert ip.flags == "DF" and ip.ttl == 64 and ip.dst == HOST_VTEP
+        assert 49152 <= udp.sport <= 65535 and udp.chksum == 0
+        assert udp.len == len(udp) and ip.len == len(ip)
+        assert f[VXLAN].vni == VNI and f[VXLAN].flags == 0x08
+        assert f[VXLAN][Ether].src == a["planes"][0]["mac"].lower()
 
 
 def test_first_ping_to_a_vtep_waits_for_its_next_hop_instead_of_being_lost(fabric):

@@ -26,9 +26,15 @@
  *    what they might refuse goes to the core);
  *  - its destination MAC is a pod port of the same network in ex_dst, not
  *    the sender's own.
+ * or its destination MAC is behind a remote VTEP (ex_rdst, the core's FDB
+ * mirrored by dp_express.c) whose next hop is resolved, the uplink a kernel
+ * interface without a shaper: the frame is encapsulated here, as the core
+ * would (its tunnel's header template, the network's VNI, the outer DSCP
+ * by the plane's marking or the inner one, the UDP source port from the
+ * flow hash), and sent out of the uplink (bpf_redirect) - a super-frame
+ * stays one, marked for UDP-tunnel segmentation after the tunnel.
  * ARP, neighbour discovery, VLAN, broadcast and multicast, unknown
- * destinations and traffic to or from the underlay always take the core's
- * path.
+ * destinations and traffic from the underlay always take the core's path.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -36,12 +42,17 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #define EX_MAX_PORTS 256
 #define EX_MAX_IP4 8
 #define EX_MAX_IP6 4
+#define EX_MAX_TUNNELS 1024
+#define EX_MAX_NETS 256
+#define EX_MAX_REMOTE 65536 /* remote MACs mirrored; those past it take the core's path */
+#define EX_HDR 50           /* outer Ethernet, IPv4, UDP, VXLAN */
 
 /* a pod port: the source side (key: its host-side veth's ifindex) */
 struct ex_src {
@@ -70,8 +81,34 @@ struct ex_dst {
 };
 
 struct ex_cnt {
-    __u64 rx_pkts, rx_bytes; /* taken from this port */
-    __u64 tx_pkts, tx_bytes; /* delivered to this port */
+    __u64 rx_pkts, rx_bytes;   /* taken from this port */
+    __u64 tx_pkts, tx_bytes;   /* delivered to this port (the uplink: sent out of it) */
+    __u64 enc_pkts, enc_bytes; /* of those taken, encapsulated to a remote VTEP */
+    __u64 errors;              /* taken, but the kernel refused to encapsulate: dropped */
+};
+
+/* a remote VTEP: the core's header template (struct dp_tunnel) */
+struct ex_tun {
+    __u8 hdr[EX_HDR];
+    __u8 ok; /* next hop resolved */
+    __u8 pad;
+    __u32 csum_base; /* as dp_tunnel's */
+};
+
+/* a network: its VNI as the VXLAN header carries it, and its plane */
+struct ex_net {
+    __u32 vni_be;
+    __u32 plane;
+    __u32 ok;
+};
+
+/* the uplink and the planes' marking (dp_qos.h) */
+struct ex_up {
+    __u32 ifindex;
+    __u32 port;
+    __u32 on; /* a kernel interface without a shaper */
+    __s8 dscp_plane[64];
+    __s16 outer_tos[8];
 };
 
 struct {
@@ -101,6 +138,43 @@ struct {
     __type(key, __u32);
     __type(value, struct ex_cnt);
 } ex_cnt SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, EX_MAX_REMOTE);
+    __type(key, struct ex_dkey);
+    __type(value, __u32); /* tunnel index */
+} ex_rdst SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EX_MAX_TUNNELS);
+    __type(key, __u32);
+    __type(value, struct ex_tun);
+} ex_tun SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EX_MAX_NETS);
+    __type(key, __u32);
+    __type(value, struct ex_net);
+} ex_net SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct ex_up);
+} ex_up SEC(".maps");
+
+/* where a frame the lane takes goes */
+struct ex_way {
+    struct ex_src *src;
+    struct ex_dst *dst;       /* a pod port of this node, or */
+    const struct ex_tun *tun; /* a remote VTEP, */
+    const struct ex_net *net; /* for this network, */
+    const struct ex_up *up;   /* out of this uplink */
+};
 
 static __always_inline int
 mac_eq(const __u8 *a, const __u8 *b)
@@ -145,10 +219,36 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
     return ok;
 }
 
-/* The destination of a frame the lane takes, with its source; NULL if the
- * core's path is to carry it. */
-static __always_inline struct ex_dst *
-ex_take(struct __sk_buff *skb, struct ex_src **srcp)
+/* A remote destination: the tunnel to its VTEP, if the lane can encapsulate
+ * to it (1, and *w filled), else 0. */
+static __always_inline int
+ex_remote(struct __sk_buff *skb, struct ex_dkey *k, struct ex_way *w)
+{
+    __u32 zero = 0, *ti, net = k->net;
+
+    ti = bpf_map_lookup_elem(&ex_rdst, k);
+    if (!ti)
+        return 0;
+    w->up = bpf_map_lookup_elem(&ex_up, &zero);
+    if (!w->up || !w->up->on)
+        return 0;
+    w->tun = bpf_map_lookup_elem(&ex_tun, ti);
+    if (!w->tun || !w->tun->ok)
+        return 0; /* its next hop unresolved: the core holds the frame and asks */
+    w->net = bpf_map_lookup_elem(&ex_net, &net);
+    if (!w->net || !w->net->ok)
+        return 0;
+    /* the outer IPv4 length must fit its 16 bits (the core cuts such a
+     * super-frame into segments first) */
+    if (skb->len + EX_HDR - ETH_HLEN > 0xffff)
+        return 0;
+    return 1;
+}
+
+/* Where a frame the lane takes goes, into *w (its source, and a local
+ * destination or a remote one); 0 if the core's path is to carry it. */
+static __always_inline int
+ex_take(struct __sk_buff *skb, struct ex_way *w)
 {
     struct ethhdr eth;
     struct ex_dkey k = {};
@@ -159,91 +259,179 @@ ex_take(struct __sk_buff *skb, struct ex_src **srcp)
 
     on = bpf_map_lookup_elem(&ex_ctl, &zero);
     if (!on || !*on)
-        return NULL;
+        return 0;
     src = bpf_map_lookup_elem(&ex_src, &ifindex);
     if (!src)
-        return NULL;
+        return 0;
     if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-        return NULL;
+        return 0;
     if (eth.h_dest[0] & 1)
-        return NULL;
+        return 0;
     if (!mac_eq(eth.h_source, src->mac))
-        return NULL;
+        return 0;
     /* longer than the network's MTU allows and not a super-frame (which the
      * receiving stack takes as the segments it stands for): the core counts
      * it (kport_oversize) and refuses it */
     if (skb->len > src->max_len && !skb->gso_size)
-        return NULL;
+        return 0;
     if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
         if (!ex_ip6_ok(skb, src))
-            return NULL;
+            return 0;
     } else if (eth.h_proto != bpf_htons(ETH_P_IP)) {
-        return NULL;
+        return 0;
     } else if (src->spoof_on) {
         struct iphdr ip;
         __u16 sport;
         int ok = 0;
 
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
-            return NULL;
+            return 0;
         saddr = ip.saddr;
 #pragma unroll
         for (int i = 0; i < EX_MAX_IP4; i++)
             if (i < src->n4 && src->ip4[i] == saddr)
                 ok = 1;
         if (!ok)
-            return NULL;
+            return 0;
         /* a DHCP server's message (UDP from port 67, first fragment): the
          * core's guard knows whether the pod may send one */
         if (ip.protocol == IPPROTO_UDP && !(ip.frag_off & bpf_htons(0x1fff))) {
             if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &sport, sizeof(sport)) < 0 ||
                 sport == bpf_htons(67))
-                return NULL;
+                return 0;
         }
     }
     k.net = src->net;
     __builtin_memcpy(k.mac, eth.h_dest, 6);
+    w->src = src;
     dst = bpf_map_lookup_elem(&ex_dst, &k);
-    if (!dst || dst->ifindex == ifindex)
-        return NULL;
-    *srcp = src;
-    return dst;
+    if (dst) {
+        if (dst->ifindex == ifindex)
+            return 0;
+        w->dst = dst;
+        return 1;
+    }
+    return ex_remote(skb, &k, w);
+}
+
+/*
+ * Frame skb (from source src) into a VXLAN frame through tunnel w->tun, as
+ * the core's encap_one builds it; 0, or < 0 if the kernel refused.
+ */
+static __always_inline int
+ex_encap(struct __sk_buff *skb, const struct ex_way *w)
+{
+    __u8 h[EX_HDR + ETH_HLEN]; /* the outer headers, then the frame's own Ethernet header */
+    __u8 tos = 0;
+    __u16 w16;
+    __u32 len = skb->len, hash, sum;
+    __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+                  BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+                  BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
+    const struct ex_tun *t = w->tun;
+    const struct ex_up *up = w->up;
+    int by, mark;
+
+    if (bpf_skb_load_bytes(skb, 0, h + EX_HDR, ETH_HLEN) < 0 ||
+        bpf_skb_load_bytes(skb, ETH_HLEN, &w16, sizeof(w16)) < 0)
+        return -1;
+    /* the inner DSCP: IPv4's TOS byte, IPv6's traffic class */
+    if (h[EX_HDR + 12] == 0x08)
+        tos = ((__u8 *)&w16)[1];
+    else
+        tos = (__u8)(bpf_ntohs(w16) >> 4);
+    tos &= 0xfc;
+    /* the plane: by the inner DSCP where a map says so, else the network's;
+     * the outer DSCP: the plane's marking, or the inner one copied */
+    by = up->dscp_plane[(tos >> 2) & 63];
+    mark = up->outer_tos[(by >= 0 ? (__u32)by : w->net->plane) & 7];
+    if (mark >= 0)
+        tos = (__u8)mark;
+    __builtin_memcpy(h, t->hdr, EX_HDR);
+    {
+        struct iphdr *ip = (struct iphdr *)(h + ETH_HLEN);
+        struct udphdr *udp = (struct udphdr *)(ip + 1);
+        __u16 ip_len = (__u16)(len + EX_HDR - ETH_HLEN);
+        __u16 w0 = bpf_htons((__u16)(0x45 << 8 | tos));
+
+        ip->tos = tos;
+        ip->tot_len = bpf_htons(ip_len);
+        /* incremental, as the core: the template's sum, the first word
+         * (version, TOS) and the length */
+        sum = t->csum_base + w0 + ip->tot_len;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        ip->check = (__u16)~sum;
+        hash = bpf_get_hash_recalc(skb);
+        hash ^= hash >> 16;
+        udp->source = bpf_htons((__u16)(0xc000 | (hash & 0x3fff)));
+        udp->len = bpf_htons((__u16)(ip_len - sizeof(*ip)));
+        /* the VNI: the VXLAN header's second word */
+        __builtin_memcpy(h + EX_HDR - 4, &w->net->vni_be, 4);
+    }
+    if (bpf_skb_adjust_room(skb, EX_HDR, BPF_ADJ_ROOM_MAC, flags) < 0)
+        return -1;
+    return bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0);
+}
+
+static __always_inline void
+ex_count(__u32 port, int rx, __u32 len, int enc)
+{
+    struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+
+    if (!c)
+        return;
+    if (rx) {
+        c->rx_pkts++;
+        c->rx_bytes += len;
+        if (enc) {
+            c->enc_pkts++;
+            c->enc_bytes += len;
+        }
+    } else {
+        c->tx_pkts++;
+        c->tx_bytes += len;
+    }
 }
 
 SEC("tc")
 int
 ex_tc(struct __sk_buff *skb)
 {
-    struct ex_src *src = NULL;
-    struct ex_dst *dst = ex_take(skb, &src);
-    struct ex_cnt *c;
-    __u32 i;
+    struct ex_way w = {};
+    __u32 len = skb->len;
 
-    if (!dst || !src)
+    if (!ex_take(skb, &w) || !w.src)
         return TC_ACT_OK;
-    i = src->port;
-    c = bpf_map_lookup_elem(&ex_cnt, &i);
-    if (c) {
-        c->rx_pkts++;
-        c->rx_bytes += skb->len;
+    if (w.dst) {
+        ex_count(w.src->port, 1, len, 0);
+        ex_count(w.dst->port, 0, len, 0);
+        return bpf_redirect_peer(w.dst->ifindex, 0);
     }
-    i = dst->port;
-    c = bpf_map_lookup_elem(&ex_cnt, &i);
-    if (c) {
-        c->tx_pkts++;
-        c->tx_bytes += skb->len;
+    if (!w.tun || !w.up || !w.net)
+        return TC_ACT_OK;
+    /* the packet socket refused it already (ex_sock): carried here or lost */
+    if (ex_encap(skb, &w) < 0) {
+        __u32 port = w.src->port;
+        struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+
+        if (c)
+            c->errors++;
+        return TC_ACT_SHOT;
     }
-    return bpf_redirect_peer(dst->ifindex, 0);
+    ex_count(w.src->port, 1, len, 1);
+    ex_count(w.up->port, 0, skb->len, 0);
+    return bpf_redirect(w.up->ifindex, 0);
 }
 
 SEC("socket")
 int
 ex_sock(struct __sk_buff *skb)
 {
-    struct ex_src *src = NULL;
+    struct ex_way w = {};
 
     /* 0: not for this socket (the tc program carries it); else whole */
-    return ex_take(skb, &src) ? 0 : skb->len;
+    return ex_take(skb, &w) ? 0 : skb->len;
 }
 
 char LICENSE[] SEC("license") = "Apache-2.0";
