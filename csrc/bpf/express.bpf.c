@@ -220,12 +220,20 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
 }
 
 /* A remote destination: the tunnel to its VTEP, if the lane can encapsulate
- * to it (1, and *w filled), else 0. */
+ * to it (1, and *w filled), else 0. TCP only: a bulk transfer's
+ * super-frames are what the core's path copies most (through two packet
+ * rings); datagrams - media, signalling, DNS - keep the core's path, where
+ * the worker works beside the sender on a CPU of its own and each plane's
+ * latency is measured. */
 static __always_inline int
-ex_remote(struct __sk_buff *skb, struct ex_dkey *k, struct ex_way *w)
+ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way *w)
 {
     __u32 zero = 0, *ti, net = k->net;
+    __u8 l4;
 
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + (proto == bpf_htons(ETH_P_IP) ? 9 : 6), &l4, 1) < 0 ||
+        l4 != IPPROTO_TCP)
+        return 0;
     ti = bpf_map_lookup_elem(&ex_rdst, k);
     if (!ti)
         return 0;
@@ -311,7 +319,7 @@ ex_take(struct __sk_buff *skb, struct ex_way *w)
         w->dst = dst;
         return 1;
     }
-    return ex_remote(skb, &k, w);
+    return ex_remote(skb, eth.h_proto, &k, w);
 }
 
 /*
