@@ -87,6 +87,7 @@ dp_plane_set(int plane, const struct dp_plane_conf *c)
     plane_poll[plane].worker = c->worker;
     plane_poll[plane].rx_queue = c->rx_queue;
     dp_qos_plane_set(plane, c);
+    dp_express_uplink(); /* the marking, for the lane */
     if (plan)
         dp_poll_apply(plan);
     return 0;
@@ -107,6 +108,7 @@ dp_dscp_plane(int dscp, int plane)
     if (plane >= DP_MAX_PLANES || (plane >= 0 && !dp_qg.plane[plane].used))
         return dp_fail(-EINVAL, "plane %d is not configured", plane);
     dp_qos_set_dscp_plane(dscp, plane);
+    dp_express_uplink();
     return 0;
 }
 

@@ -14,7 +14,6 @@
 #include <rte_errno.h>
 
 #include "dp_qos.h"
-#include "dp_control.h"
 
 struct dp_qos_global dp_qg;
 int dp_meta_off = -1;
@@ -86,7 +85,6 @@ dp_qos_plane_set(int plane, const struct dp_plane_conf *c)
     r->priority = c->priority;
     __atomic_store_n(&r->used, 1, __ATOMIC_RELEASE);
     order_rebuild();
-    dp_express_uplink(); /* the marking, for the lane */
 }
 
 void
@@ -100,7 +98,6 @@ void
 dp_qos_set_dscp_plane(int dscp, int plane)
 {
     __atomic_store_n(&dp_qg.dscp_plane[dscp], (int8_t)(plane < 0 ? -1 : plane), __ATOMIC_RELEASE);
-    dp_express_uplink();
 }
 
 struct dp_qos *

@@ -146,7 +146,10 @@ def cmd_check(args):
     if store.read:
         print(f"store: {store.read}: checked against it")
     if cfg.express_lane is not False and not lane_off:
-        print("express lane: on (the kernel took its programs; pod to pod of one network)")
+        print(
+            "express lane: on (the kernel took its programs; pod to pod of one network, "
+            "and TCP to remote VTEPs out of a kernel uplink)"
+        )
     if cfg.cpu_latency_us is not None:
         from .cpulatency import no_effect
 

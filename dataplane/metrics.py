@@ -39,8 +39,9 @@ class PortLabel(NamedTuple):
     link: Optional[bool] = None  # a DPDK port's link; None: not known (kernel ports)
     pod: str = ""  # a pod port's pod and plane ("" for the uplink)
     plane: str = ""
-    # a pod port in the express lane: (rx packets, rx bytes, tx packets,
-    # tx bytes) the lane carried, beside what the core forwarded
+    # a pod port in the express lane, or the uplink it sends out of: (rx
+    # packets, rx bytes, tx packets, tx bytes) the lane carried, beside what
+    # the core forwarded
     express: Optional[Tuple[int, int, int, int]] = None
 
 
@@ -129,12 +130,14 @@ class CoreCollector:
         xpk = CounterMetricFamily(
             "dataplane_port_express_packets",
             "Frames the express lane carried from (rx) and to (tx) a pod port, kernel to "
-            "kernel; counted in the port's rx_packets and tx_packets too (either path)",
+            "kernel, and TCP it encapsulated out of the uplink (tx); counted in the port's "
+            "rx_packets and tx_packets too (either path)",
             labels=xl,
         )
         xby = CounterMetricFamily(
             "dataplane_port_express_bytes",
-            "Bytes the express lane carried from (rx) and to (tx) a pod port",
+            "Bytes the express lane carried from (rx) and to (tx) a pod port, and out of "
+            "the uplink (tx, encapsulated)",
             labels=xl,
         )
         for p in snap.ports:

@@ -537,7 +537,8 @@ def test_express_lane_encapsulates_to_a_kernel_vtep_host(fabric):
     host's MAC from the underlay: a remote FDB entry; an unknown MAC is
     flooded, through the core.)"""
     fab = fabric()
-    node = fab.node(1, [HOST_VTEP], vtep=", learning: true")
+    # the std plane marks its frames' outer DSCP: AF11 (10), as the core would
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true", extra="planes: {std: {dscp: 10}}\n")
     vm = fab.kernel_host(["10.99.0.1"])
     a = fab.pod(1, "a", SUBNET + "11")
     reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")
@@ -589,11 +590,30 @@ def test_express_lane_encapsulates_to_a_kernel_vtep_host(fabric):
         sent = ip.chksum
         del ip.chksum
         assert IP(bytes(ip))[IP].chksum == sent, f.summary()
-        assert ip.flags == "DF" and ip.ttl == 64 and ip.dst == HOST_VTEP
+        assert ip.flags == "DF" and ip.ttl == 64 and ip.dst == HOST_VTEP and ip.tos == 10 << 2
         assert 49152 <= udp.sport <= 65535 and udp.chksum == 0
         assert udp.len == len(udp) and ip.len == len(ip)
         assert f[VXLAN].vni == VNI and f[VXLAN].flags == 0x08
         assert f[VXLAN][Ether].src == a["planes"][0]["mac"].lower()
+
+
+def test_express_lane_leaves_a_shaped_uplink_to_the_core(fabric):
+    """With a shaper on the uplink (vtep.uplink_rate) every frame to the
+    underlay goes through the core's plane queues: TCP to a remote VTEP
+    too, not the lane."""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true, uplink_rate: 5G")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", SUBNET + "11")
+    reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")
+    tcp_transfer(fab, "pod -> vtep host (shaped uplink)", vm, VM_IP, a["ns"], size=2 * MB)
+    st = node.status()
+    assert st["express_lane"] is True
+    pod = _port_row(node, lambda p: p["role"] == "pod")
+    up = _port_row(node, lambda p: p["role"] == "uplink")
+    assert pod["express"]["rx_packets"] == 0, pod
+    assert up["express"]["tx_packets"] == 0, up  # the lane sent nothing out of it
+    assert st["networks"][0]["encap_packets"] > 0
 
 
 def test_first_ping_to_a_vtep_waits_for_its_next_hop_instead_of_being_lost(fabric):
