@@ -101,7 +101,7 @@ libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
  *
  * The lane encapsulates to remote VTEPs from copies of the core's tables,
  * kept by the control thread as it changes them (dp_fdb.c, dp_tunnel.c,
- * dp_net.c, dp_qos.c, dp_plane.c, dp_port.c call the hooks below; each
+ * dp_net.c, dp_plane.c, dp_port.c call the hooks below; each
  * does nothing while the lane is not loaded). What a copy lacks - a MAC past
  * ex_rdst's size, a table update the kernel refused - the core carries: the
  * lane only ever takes less. */
@@ -182,8 +182,10 @@ dp_express_fdb(uint64_t key, uint32_t val)
     memcpy(k.mac, &key, 6);
     if (val != 0 && DP_FV_KIND(val) == DP_FDB_REMOTE) {
         uint32_t ti = DP_FV_TARGET(val);
-        /* a full table leaves the MAC to the core */
-        (void)bpf_map_update_elem(ex.rdst_fd, &k, &ti, BPF_ANY);
+        /* a full table leaves the MAC to the core; so does any refusal, the
+         * MAC's old entry (its VTEP before a move) removed with it */
+        if (bpf_map_update_elem(ex.rdst_fd, &k, &ti, BPF_ANY) < 0)
+            (void)bpf_map_delete_elem(ex.rdst_fd, &k);
     } else {
         (void)bpf_map_delete_elem(ex.rdst_fd, &k);
     }
