@@ -89,9 +89,7 @@ static void
 hold(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struct dp_tunnel *t,
      struct rte_mbuf *m)
 {
-    if (w->n_held == DP_HOLD_MAX ||
-        (m->ol_flags &
-         (RTE_MBUF_F_TX_TUNNEL_MASK | RTE_MBUF_F_TX_TCP_SEG | RTE_MBUF_F_TX_UDP_SEG))) {
+    if (w->n_held == DP_HOLD_MAX || dp_gso_frame(m) || (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK)) {
         drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
         return;
     }

@@ -527,25 +527,20 @@ def test_networks_are_isolated(cluster):
     assert "listening on" in line, line
     b2 = ip_of(b, "control")
     try:
-        # c (net1 only) sends to b's net2 address through its net1 interface
-        sh("ip", "-n", c["ns"], "route", "add", NET2 + "0/24", "dev", "eth0")
-        try:
-            r = ping(c["ns"], b2, count=3)
-        finally:
-            sh("ip", "-n", c["ns"], "route", "del", NET2 + "0/24", "dev", "eth0")
-        assert r.returncode != 0, r.stdout
-        # a (on both): b's net2 address routed into net1 by a host route,
-        # which wins over the control plane's subnet route. (a's control
-        # link stays up: set down, the service's pod check brings it back
-        # up within seconds, and a ping could then reach b on net2 as it
-        # should; so net2 carries a's own control-plane frames meanwhile,
-        # and b's net2 port counts them.)
-        sh("ip", "-n", a["ns"], "route", "add", b2 + "/32", "dev", "eth0")
-        try:
-            r = ping(a["ns"], b2, count=3)
-        finally:
-            sh("ip", "-n", a["ns"], "route", "del", b2 + "/32", "dev", "eth0")
-        assert r.returncode != 0, r.stdout
+        # c (net1 only): net2 routed through its net1 interface; a (on both):
+        # b's net2 address routed into net1 by a host route, which wins over
+        # the control plane's subnet route. (a's control link stays up: set
+        # down, the service's pod check brings it back up within seconds,
+        # and a ping could then reach b on net2 as it should; so net2
+        # carries a's own control-plane frames meanwhile, and b's net2 port
+        # counts them.)
+        for pod, route in ((c, NET2 + "0/24"), (a, b2 + "/32")):
+            sh("ip", "-n", pod["ns"], "route", "add", route, "dev", "eth0")
+            try:
+                r = ping(pod["ns"], b2, count=3)
+            finally:
+                sh("ip", "-n", pod["ns"], "route", "del", route, "dev", "eth0")
+            assert r.returncode != 0, f"{pod['name']} reached b's net2 address: {r.stdout}"
         time.sleep(0.3)
     finally:
         cl.end(td, signal.SIGINT)
