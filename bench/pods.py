@@ -3,11 +3,12 @@ the node service, against the kernel's own bridge and bridge + vxlan paths
 built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
-                         [--wire-underlay] [--idle-sleep-us US] [--only tcp_vxlan]
+                         [--wire-underlay] [--idle-sleep-us US] [--only tcp_vxlan|tcp_vxlan_rev]
                          [--kernel-driver af_xdp] [--no-tunnel-gso] [--cpu-latency-us US]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
+        tcp_vxlan_back_ratio=<ours vtep host->pod / kernel vxlan TCP the other way>
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
         (with --idle-sleep-us: idle_sleep_us=.. ours_idle_cpu=<share of a CPU
@@ -37,7 +38,8 @@ removed at the end, also on error, Ctrl-C or SIGTERM):
 Paths measured: ours pod -> pod (same node), ours pod -> the vm behind the
 kernel VTEP, bridge, vxlan. Per path: ``ping`` (``--pings`` echoes at 2 ms
 intervals after a few unmeasured ones that resolve ARP; avg and p99 of the
-replies), ``iperf3`` TCP (``--seconds``, the receiver's figure) and
+replies), ``iperf3`` TCP (``--seconds``, the receiver's figure), the same
+the other way (``iperf3 -R``: the far end sends; ``_tcp_back_gbps``) and
 ``iperf3`` UDP with 64-byte payloads at full speed (``-b 0``; the packets/s
 the server received). iperf3 needs a TCP control connection, so a path
 whose TCP does not work shows no UDP either.
@@ -131,10 +133,13 @@ LABEL = {
     "bridge": "kernel bridge",
     "vxlan": "kernel bridge + vxlan",
 }
-FIGURES = ("rtt_us", "rtt_p99_us", "tcp_gbps", "udp64_pps")
-TESTS = ("ping", "tcp", "udp64")
+FIGURES = ("rtt_us", "rtt_p99_us", "tcp_gbps", "tcp_rev_gbps", "udp64_pps")
+TESTS = ("ping", "tcp", "tcp_rev", "udp64")
 # --only: a subset of the paths and tests, to iterate on one figure
-ONLY = {"tcp_vxlan": (("ours_vtep", "vxlan"), ("tcp",))}
+ONLY = {
+    "tcp_vxlan": (("ours_vtep", "vxlan"), ("tcp",)),
+    "tcp_vxlan_rev": (("ours_vtep", "vxlan"), ("tcp_rev",)),
+}
 VNI = 101
 SUBNET, GATEWAY = "192.168.50.0/24", "192.168.50.1"
 VM_IP = "192.168.50.250"
@@ -470,9 +475,10 @@ class Lab:
             say(f"  {path}: {lost} of {a.pings} pings without reply")
         return sum(times) / len(times), p99
 
-    def iperf(self, path: str, udp: bool) -> float:
+    def iperf(self, path: str, udp: bool, reverse: bool = False) -> float:
         """TCP: Gbit/s the receiver counted; UDP 64 B: packets/s the server
-        received."""
+        received. ``reverse``: TCP from the path's far end to its near one
+        (iperf3 -R: the server sends)."""
         a = self.args
         cli, srv, ip = self.ips[path]
         port = "5201"
@@ -486,7 +492,7 @@ class Lab:
         )
         try:
             time.sleep(0.2)  # let it listen
-            kind = ["-u", "-l", "64", "-b", "0"] if udp else []
+            kind = ["-u", "-l", "64", "-b", "0"] if udp else ["-R"] if reverse else []
             c = run_cmd(
                 self.nsexec(
                     cli,
@@ -544,6 +550,7 @@ class Lab:
         for what, fn in (
             ("ping", lambda: self.ping(path)),
             ("tcp", lambda: self.iperf(path, udp=False)),
+            ("tcp_rev", lambda: self.iperf(path, udp=False, reverse=True)),
             ("udp64", lambda: self.iperf(path, udp=True)),
         ):
             if what not in tests:
@@ -560,6 +567,8 @@ class Lab:
                 r["rtt_us"], r["rtt_p99_us"] = v
             elif what == "tcp":
                 r["tcp_gbps"] = v
+            elif what == "tcp_rev":
+                r["tcp_rev_gbps"] = v
             else:
                 r["udp64_pps"] = v
         r["notes"] = notes
@@ -572,7 +581,7 @@ class Lab:
 def _fmt(r: dict) -> str:
     s = (
         f"RTT avg {r['rtt_us']:7.1f} us p99 {r['rtt_p99_us']:7.1f} us, "
-        f"TCP {r['tcp_gbps']:6.2f} Gbit/s, UDP 64 B {r['udp64_pps'] / 1e3:7.1f} kpps received"
+        f"TCP {r['tcp_gbps']:6.2f} Gbit/s (back {r['tcp_rev_gbps']:6.2f}), UDP 64 B {r['udp64_pps'] / 1e3:7.1f} kpps received"
     )
     return s + "".join(f"\n        {n}" for n in r["notes"])
 
@@ -654,19 +663,22 @@ def run(args) -> dict:
     med = {p: {k: median(v) for k, v in res[p].items()} for p in PATHS}
     show()
     say(f"medians of {args.runs} run(s):")
-    show(f"| {'path':38s} | RTT avg us | RTT p99 us | TCP Gbit/s | UDP 64 B kpps |")
-    show(f"|{'-' * 40}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 15}|")
+    show(
+        f"| {'path':38s} | RTT avg us | RTT p99 us | TCP Gbit/s | TCP back Gbit/s | UDP 64 B kpps |"
+    )
+    show(f"|{'-' * 40}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 17}|{'-' * 15}|")
     for p in PATHS:
         m = med[p]
         show(
             f"| {LABEL[p]:38s} | {m['rtt_us']:10.1f} | {m['rtt_p99_us']:10.1f} | "
-            f"{m['tcp_gbps']:10.2f} | {m['udp64_pps'] / 1e3:13.1f} |"
+            f"{m['tcp_gbps']:10.2f} | {m['tcp_rev_gbps']:15.2f} | {m['udp64_pps'] / 1e3:13.1f} |"
         )
     if args.runs > 1:
         for p in PATHS:
             say(
                 f"{p}: RTT us {fmt_runs(res[p]['rtt_us'], 1)}, TCP Gbit/s "
-                f"{fmt_runs(res[p]['tcp_gbps'])}, UDP kpps "
+                f"{fmt_runs(res[p]['tcp_gbps'])}, back {fmt_runs(res[p]['tcp_rev_gbps'])}, "
+                "UDP kpps "
                 f"{fmt_runs(res[p]['udp64_pps'], 1, 1e-3)}"
             )
     return {
@@ -754,7 +766,8 @@ def parser() -> argparse.ArgumentParser:
         "--only",
         choices=sorted(ONLY),
         help="measure one figure only (tcp_vxlan: TCP pod -> host behind the kernel VTEP "
-        "and kernel bridge + vxlan); the RESULT line's other figures are then 0 or nan",
+        "and kernel bridge + vxlan; tcp_vxlan_rev: the same the other way); the RESULT "
+        "line's other figures are then 0 or nan",
     )
     ap.add_argument(
         "--peer-csum-off",
@@ -789,6 +802,8 @@ def _result(res):
         "rtt_ratio": ratio(o["rtt_us"], b["rtt_us"]) if o["rtt_us"] > 0 else float("inf"),
         "tcp_local_ratio": ratio(o["tcp_gbps"], b["tcp_gbps"]),
         "tcp_vxlan_ratio": ratio(v["tcp_gbps"], k["tcp_gbps"]),
+        # the other way: host -> pod through our decapsulation
+        "tcp_vxlan_back_ratio": ratio(v["tcp_rev_gbps"], k["tcp_rev_gbps"]),
         "udp64_ratio": ratio(v["udp64_pps"], k["udp64_pps"]),
     }
     out = {key: f"{x:.3f}" for key, x in fields.items()}
@@ -798,6 +813,7 @@ def _result(res):
         out[f"{names[p]}_rtt_us"] = f"{m['rtt_us']:.1f}"
         out[f"{names[p]}_rtt_p99_us"] = f"{m['rtt_p99_us']:.1f}"
         out[f"{names[p]}_tcp_gbps"] = f"{m['tcp_gbps']:.3f}"
+        out[f"{names[p]}_tcp_back_gbps"] = f"{m['tcp_rev_gbps']:.3f}"
         out[f"{names[p]}_udp64_pps"] = f"{m['udp64_pps']:.0f}"
     if res["peer_csum_off"]:
         out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up

@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 24
+#define DP_ABI_VERSION 25
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -200,9 +200,11 @@ void dp_kport_stats_update(void);
 
 /* the express lane (dp_express.c, bpf/express.bpf.c): unicast IP from a
  * pod port carried by the kernel, to another pod port of its network, or
- * encapsulated to a remote VTEP out of a kernel uplink */
+ * encapsulated to a remote VTEP out of a kernel uplink; and VXLAN from a
+ * kernel uplink decapsulated into a pod */
 #define DP_EXPRESS_MAX_IP4 8
 #define DP_EXPRESS_MAX_IP6 4
+#define DP_EXPRESS_COUNTS 8
 /* load the lane's compiled programs from path, and switch it on */
 int dp_express_open(const char *path);
 int dp_express_close(void);
@@ -215,6 +217,9 @@ int dp_express_sock_filter(int port);
 /* the lane's tc program on the ingress of interface ifindex, or off it */
 int dp_express_attach(int ifindex);
 int dp_express_detach(int ifindex);
+/* the lane takes nothing more from the uplink and its tc program comes off
+ * it (a stop that does not keep the lane) */
+int dp_express_uplink_release(void);
 /* the lane carries frames from and to the port on ifindex (network net,
  * core port index port, the pod's MAC, frames of at most the network's
  * mtu (super-frames apart); with spoof_on only from its n4 IPv4 addresses
@@ -223,11 +228,14 @@ int dp_express_detach(int ifindex);
 int dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int mtu, int spoof_on,
                         const uint32_t *ip4, int n4, const uint8_t *ip6, int n6);
 int dp_express_port_clear(int ifindex, int net, const uint8_t *mac);
-/* frames and bytes the lane took from port (out[0], out[1]) and delivered
- * to it or, the uplink, sent out of it (out[2], out[3]); of those taken, the
- * frames and bytes encapsulated to a remote VTEP (out[4], out[5]) and the
- * frames the kernel would not encapsulate, dropped (out[6]); or set to 0 */
-int dp_express_counts(int port, uint64_t out[7]);
+/* frames and bytes the lane took from port (out[0], out[1]; the uplink:
+ * VXLAN it decapsulated) and delivered to it or, the uplink, sent out of
+ * it (out[2], out[3]); of those taken, the frames and bytes encapsulated
+ * to a remote VTEP (out[4], out[5]); the frames the kernel would not
+ * encapsulate (the uplink: decapsulate), dropped (out[6]); of those
+ * delivered, the frames decapsulated from the underlay (out[7]); or set
+ * to 0 */
+int dp_express_counts(int port, uint64_t out[DP_EXPRESS_COUNTS]);
 int dp_express_counts_reset(int port);
 
 /* networks */

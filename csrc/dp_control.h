@@ -50,6 +50,7 @@ void dp_express_tunnel(int ti);
 void dp_express_net(int net);
 void dp_express_uplink(void);
 void dp_express_fdb(uint64_t key, uint32_t val);
+int64_t dp_express_seen_ms(uint64_t key);
 void dp_ports_free_all(void); /* teardown, workers stopped */
 
 /* dp_poll.c: a change of the poll lists is planned (allocations: may fail,

@@ -99,7 +99,8 @@
     _(SPOOF_DHCP, "spoof_dhcp")           /* pod: a DHCP server's message */ \
     _(KPORT_TX_OVERSIZE, "kport_tx_oversize") /* kernel port: > its MTU */ \
     _(KPORT_TX_DOWN, "kport_tx_down")     /* kernel port: interface set down */ \
-    _(EXPRESS_ENCAP, "express_encap")     /* express lane: encap refused */
+    _(EXPRESS_ENCAP, "express_encap")     /* express lane: encap refused */ \
+    _(EXPRESS_DECAP, "express_decap")     /* express lane: decap refused */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

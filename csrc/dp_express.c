@@ -12,6 +12,7 @@
 #include <net/if.h>
 #include <sys/socket.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -56,7 +57,14 @@ struct ex_dst {
 };
 
 struct ex_cnt {
-    uint64_t rx_pkts, rx_bytes, tx_pkts, tx_bytes, enc_pkts, enc_bytes, errors;
+    uint64_t rx_pkts, rx_bytes, tx_pkts, tx_bytes, enc_pkts, enc_bytes, errors, dec_pkts;
+};
+_Static_assert(sizeof(struct ex_cnt) == DP_EXPRESS_COUNTS * 8, "a uint64_t per count");
+
+struct ex_rval {
+    uint32_t ti;
+    uint32_t pad;
+    uint64_t seen; /* CLOCK_MONOTONIC ns */
 };
 
 struct ex_tun {
@@ -75,6 +83,10 @@ struct ex_up {
     uint32_t ifindex, port, on;
     int8_t dscp_plane[64];
     int16_t outer_tos[8];
+    uint32_t dec_on;
+    uint32_t vtep_ip; /* network order */
+    uint8_t vtep_mac[6];
+    uint16_t udp_port; /* network order */
 };
 _Static_assert(DP_MAX_PLANES == 8, "ex_up.outer_tos has a slot per plane");
 
@@ -87,6 +99,9 @@ static struct {
     int tc_fd, sock_fd;
     int src_fd, dst_fd, ctl_fd, cnt_fd;
     int rdst_fd, tun_fd, net_fd, up_fd; /* the remote side: the core's tables mirrored */
+    int vni_fd;
+    uint32_t vni_of[DP_MAX_NETS]; /* each network's key in ex_vni (0: none) */
+    int up_ifindex;               /* the uplink with the tc program (0: none) */
     int ncpu;
 } ex = {.tc_fd = -1, .sock_fd = -1};
 
@@ -142,10 +157,32 @@ dp_express_net(int net)
         v.ok = 1;
     }
     (void)bpf_map_update_elem(ex.net_fd, &k, &v, BPF_ANY);
+    /* the underlay side finds the network by its VNI */
+    if (ex.vni_of[net] != 0 && ex.vni_of[net] != v.vni_be)
+        (void)bpf_map_delete_elem(ex.vni_fd, &ex.vni_of[net]);
+    ex.vni_of[net] = 0;
+    if (n && bpf_map_update_elem(ex.vni_fd, &v.vni_be, &k, BPF_ANY) == 0)
+        ex.vni_of[net] = v.vni_be;
+}
+
+/* the uplink's rx socket and interface get the lane's filter and tc
+ * program (both let everything through until ex_up says dec_on); 0 or
+ * < 0 (the lane then takes nothing from the underlay) */
+static int
+ex_uplink_hook(struct dp_port *p, int ifindex)
+{
+    if (ex.up_ifindex == ifindex && p->ex_filter)
+        return 0;
+    if (dp_express_refilter(p) != 0 || dp_express_attach(ifindex) != 0)
+        return -1;
+    p->ex_filter = 1;
+    ex.up_ifindex = ifindex;
+    return 0;
 }
 
 /* the uplink (an AF_PACKET port without a shaper, or none for the lane) and
- * the planes' DSCP map and marking */
+ * the planes' DSCP map and marking; the VTEP, for the underlay side (an
+ * AF_PACKET uplink, shaped or not: its shaper is on the way out) */
 void
 dp_express_uplink(void)
 {
@@ -156,17 +193,40 @@ dp_express_uplink(void)
         return;
     memset(&v, 0, sizeof(v));
     int up = dp_vconf_set ? dp_vconf.uplink : -1;
-    const struct dp_port *p = up >= 0 ? dp_port_get(up) : NULL;
-    if (p && p->driver == DP_DRV_AFPACKET && !p->qos) {
-        v.ifindex = (uint32_t)dp_afp_ifindex(p->afp);
+    struct dp_port *p = up >= 0 ? dp_port_get(up) : NULL;
+    if (p && p->driver == DP_DRV_AFPACKET) {
+        int ifindex = dp_afp_ifindex(p->afp);
+        v.ifindex = (uint32_t)ifindex;
         v.port = (uint32_t)up;
-        v.on = v.ifindex > 0;
+        v.on = ifindex > 0 && !p->qos;
+        v.dec_on = ifindex > 0 && ex_uplink_hook(p, ifindex) == 0;
+        v.vtep_ip = rte_cpu_to_be_32(dp_vconf.ip);
+        memcpy(v.vtep_mac, dp_vconf.mac, 6);
+        v.udp_port = rte_cpu_to_be_16(dp_vconf.udp_port);
     }
     for (int i = 0; i < 64; i++)
         v.dscp_plane[i] = __atomic_load_n(&dp_qg.dscp_plane[i], __ATOMIC_RELAXED);
     for (int i = 0; i < DP_MAX_PLANES; i++)
         v.outer_tos[i] = (int16_t)__atomic_load_n(&dp_qg.plane[i].outer_tos, __ATOMIC_RELAXED);
     (void)bpf_map_update_elem(ex.up_fd, &k, &v, BPF_ANY);
+}
+
+int
+dp_express_uplink_release(void)
+{
+    struct ex_up v;
+    uint32_t k = 0;
+
+    if (!ex.obj)
+        return 0;
+    if (bpf_map_lookup_elem(ex.up_fd, &k, &v) == 0 && v.dec_on) {
+        v.dec_on = 0;
+        if (bpf_map_update_elem(ex.up_fd, &k, &v, BPF_ANY) < 0)
+            return dp_fail(-errno, "express lane: the uplink's table: %m");
+    }
+    int ifindex = ex.up_ifindex;
+    ex.up_ifindex = 0;
+    return ifindex > 0 ? dp_express_detach(ifindex) : 0;
 }
 
 /* FDB entry key := val (DP_FV; 0 when it went) */
@@ -181,14 +241,36 @@ dp_express_fdb(uint64_t key, uint32_t val)
     k.net = (uint32_t)(key >> 48);
     memcpy(k.mac, &key, 6);
     if (val != 0 && DP_FV_KIND(val) == DP_FDB_REMOTE) {
-        uint32_t ti = DP_FV_TARGET(val);
+        struct ex_rval r = {.ti = DP_FV_TARGET(val)};
         /* a full table leaves the MAC to the core; so does any refusal, the
          * MAC's old entry (its VTEP before a move) removed with it */
-        if (bpf_map_update_elem(ex.rdst_fd, &k, &ti, BPF_ANY) < 0)
+        if (bpf_map_update_elem(ex.rdst_fd, &k, &r, BPF_ANY) < 0)
             (void)bpf_map_delete_elem(ex.rdst_fd, &k);
     } else {
         (void)bpf_map_delete_elem(ex.rdst_fd, &k);
     }
+}
+
+/* how long ago (ms) the lane last carried a frame from remote MAC key
+ * (an FDB key) from the underlay, or -1 if it has not (or has no lane):
+ * the core's ageing counts that as the MAC confirmed (dp_learn.c) */
+int64_t
+dp_express_seen_ms(uint64_t key)
+{
+    struct ex_dkey k;
+    struct ex_rval r;
+    struct timespec ts;
+
+    if (!ex.obj)
+        return -1;
+    memset(&k, 0, sizeof(k));
+    k.net = (uint32_t)(key >> 48);
+    memcpy(k.mac, &key, 6);
+    if (bpf_map_lookup_elem(ex.rdst_fd, &k, &r) < 0 || r.seen == 0 ||
+        clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return -1;
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    return now > r.seen ? (int64_t)((now - r.seen) / 1000000) : 0;
 }
 
 /* everything, when the lane is loaded (the tables may be full already) */
@@ -244,14 +326,17 @@ dp_express_open(const char *path)
     ex.tun_fd = bpf_object__find_map_fd_by_name(obj, "ex_tun");
     ex.net_fd = bpf_object__find_map_fd_by_name(obj, "ex_net");
     ex.up_fd = bpf_object__find_map_fd_by_name(obj, "ex_up");
+    ex.vni_fd = bpf_object__find_map_fd_by_name(obj, "ex_vni");
     ex.ncpu = libbpf_num_possible_cpus();
     if (ex.tc_fd < 0 || ex.sock_fd < 0 || ex.src_fd < 0 || ex.dst_fd < 0 || ex.ctl_fd < 0 ||
         ex.cnt_fd < 0 || ex.rdst_fd < 0 || ex.tun_fd < 0 || ex.net_fd < 0 || ex.up_fd < 0 ||
-        ex.ncpu <= 0) {
+        ex.vni_fd < 0 || ex.ncpu <= 0) {
         bpf_object__close(obj);
         return dp_fail(-EINVAL, "express lane: %s lacks a program or table of the lane", path);
     }
     ex.obj = obj;
+    memset(ex.vni_of, 0, sizeof(ex.vni_of));
+    ex.up_ifindex = 0;
     ex_mirror_all();
     return dp_express_enable(1);
 }
@@ -263,6 +348,7 @@ dp_express_close(void)
         bpf_object__close(ex.obj); /* the kernel keeps programs still attached */
     ex.obj = NULL;
     ex.tc_fd = ex.sock_fd = -1;
+    ex.up_ifindex = 0;
     return 0;
 }
 
@@ -430,12 +516,12 @@ dp_express_port_clear(int ifindex, int net, const uint8_t *mac)
 }
 
 int
-dp_express_counts(int port, uint64_t out[7])
+dp_express_counts(int port, uint64_t out[DP_EXPRESS_COUNTS])
 {
     struct ex_cnt c[ex.ncpu > 0 ? ex.ncpu : 1];
     uint32_t k = (uint32_t)port;
 
-    memset(out, 0, 7 * sizeof(uint64_t));
+    memset(out, 0, DP_EXPRESS_COUNTS * sizeof(uint64_t));
     if (!ex.obj)
         return 0;
     if (port < 0 || port >= DP_MAX_PORTS)
@@ -450,6 +536,7 @@ dp_express_counts(int port, uint64_t out[7])
         out[4] += c[i].enc_pkts;
         out[5] += c[i].enc_bytes;
         out[6] += c[i].errors;
+        out[7] += c[i].dec_pkts;
     }
     return 0;
 }

@@ -164,6 +164,10 @@ dp_learn_age_of(uint64_t key, uint32_t *age, uint32_t *frozen)
         return 0;
     uint64_t now = rte_get_tsc_cycles();
     *age = ms_of(now - lt[i].tsc);
+    /* heard since by way of the express lane */
+    int64_t seen = dp_express_seen_ms(key);
+    if (seen >= 0 && (uint64_t)seen < *age)
+        *age = (uint32_t)seen;
     *frozen = now < lt[i].frozen ? RTE_MAX(ms_of(lt[i].frozen - now), 1u) : 0;
     return 1;
 }
@@ -266,6 +270,13 @@ dp_learn_age(void)
         if (!lt[i].used || now - lt[i].tsc < (uint64_t)age_ms * hz_ms)
             continue;
         uint64_t key = lt[i].key;
+        /* its frames may come by the express lane, past the workers: a
+         * frame it carried within the age confirms the entry as theirs do */
+        int64_t seen = dp_express_seen_ms(key);
+        if (seen >= 0 && seen < (int64_t)age_ms) {
+            lt[i].tsc = now - (uint64_t)seen * hz_ms;
+            continue;
+        }
         uint8_t mac[6];
         memcpy(mac, &key, 6);
         int net = (int)(key >> 48);

@@ -16,6 +16,7 @@
       # tunnel_gso: true           # afpacket uplink: TCP super-frames leave whole (Linux >= 6.17)
       # learning: false            # learn remote MACs from the underlay (hosts no store knows)
       # duplicate_macs: {moves: 5, window_s: 180, freeze_s: 180}   # learned MAC flapping: frozen
+      # learned_age_s: 300         # a learned MAC not heard from this long is forgotten
     networks:
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
     remotes:
@@ -148,6 +149,7 @@ class VtepConfig:
     underlay_mtu: int = DEFAULT_UNDERLAY_MTU
     learning: bool = False
     duplicate_macs: DuplicateMacs = DuplicateMacs()  # with learning
+    learned_age_s: int = 300  # with learning: a learned MAC unheard this long is forgotten
     uplink_rate: int = 0  # shaper on the uplink, bit/s; 0 = off
     uplink_burst: int = 16384  # shaper bucket, bytes
     uplink_rx_queues: int = 1  # rx queues of a DPDK uplink (planes' rx_queue)
@@ -411,7 +413,7 @@ class NodeConfig:
                 k: v
                 for k, v in dataclasses.asdict(self.vtep).items()
                 # for learned MACs only: refused without learning
-                if k != "duplicate_macs" or self.vtep.learning
+                if k not in ("duplicate_macs", "learned_age_s") or self.vtep.learning
             },
             "planes": {
                 p.name: {
@@ -605,6 +607,7 @@ _VTEP_KEYS = (
     "underlay_mtu",
     "learning",
     "duplicate_macs",
+    "learned_age_s",
     "uplink_rate",
     "uplink_burst",
     "uplink_rx_queues",
@@ -774,12 +777,25 @@ def _vtep(value) -> VtepConfig:
         underlay_mtu=underlay_mtu,
         learning=learning,
         duplicate_macs=_duplicate_macs(v.get("duplicate_macs"), learning, f"{p}.duplicate_macs"),
+        learned_age_s=_learned_age(v.get("learned_age_s"), learning, f"{p}.learned_age_s"),
         uplink_rate=check_rate(v.get("uplink_rate", 0), f"{p}.uplink_rate"),
         uplink_burst=burst,
         uplink_rx_queues=rxq,
         uplink_driver=driver,
         tunnel_gso=check_bool(v.get("tunnel_gso", True), f"{p}.tunnel_gso"),
     )
+
+
+def _learned_age(value, learning: bool, path: str) -> int:
+    """vtep.learned_age_s: seconds a learned MAC lives unheard, for learned MACs."""
+    if value is None:
+        return VtepConfig.learned_age_s
+    if not learning:
+        raise fail(
+            path,
+            "applies to MACs learned from the underlay: set vtep.learning: true, or leave it out",
+        )
+    return check_int(value, path, 1, 86400)
 
 
 def _duplicate_macs(value, learning: bool, path: str) -> DuplicateMacs:

@@ -51,7 +51,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 24
+ABI_VERSION = 25
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -841,38 +841,46 @@ class _Express:
                 lib.dp_express_detach(ifindex)
                 c = self._express_raw(port)
                 self._express_left[port] = self._express_left.get(port, 0) + c
-                # the network's (local, encap) frames
+                # the network's (local, encap, decap) frames
                 self._express_left_net[net] = self._express_left_net.get(net, 0) + np.array(
-                    [c[0] - c[4], c[4]], dtype=np.uint64
+                    [c[0] - c[4] + c[7], c[4], c[7]], dtype=np.uint64
                 )
 
     def _express_fold(self, port: np.ndarray, net: np.ndarray, drop: np.ndarray):
         """What the lane carried added to the core's own counts, in place:
-        a pod port's rx and tx, its network's ``local`` (the frames its pods
-        sent each other) and ``encap`` (those it encapsulated to remote
-        VTEPs), the uplink's tx, and the frames the kernel would not
-        encapsulate under the drop reason ``express_encap``; so that every
-        frame is counted once, by whichever path took it. Ports that left
-        the lane keep theirs until their index is freed; networks, always."""
+        a pod port's rx and tx, its network's ``local`` (the frames
+        delivered to its pods: sent by another, or decapsulated),
+        ``encap`` (those it encapsulated to remote VTEPs) and ``decap``
+        (those it decapsulated from the underlay), the uplink's rx (VXLAN
+        it decapsulated) and tx, and the frames the kernel would not
+        encapsulate or decapsulate under the drop reasons ``express_encap``
+        and ``express_decap``; so that every frame is counted once, by
+        whichever path took it. Ports that left the lane keep theirs until
+        their index is freed; networks, always."""
         rx, rxb, tx, txb = (
             PORT_COUNTERS.index(k) for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
         )
-        local, encap = (NET_COUNTERS.index(k) for k in ("local_packets", "encap_packets"))
+        local, encap, decap = (
+            NET_COUNTERS.index(k) for k in ("local_packets", "encap_packets", "decap_packets")
+        )
         err = DROP_REASONS.index("express_encap")
         for p, c in self._express_left.items():
             port[p, [rx, rxb, tx, txb]] += c[:4]
             drop[err] += c[6]
         for n, c in self._express_left_net.items():
-            net[n, [local, encap]] += c
+            net[n, [local, encap, decap]] += c
         for p, (_, n, _) in self._express.items():
             c = self._express_raw(p)
             port[p, [rx, rxb, tx, txb]] += c[:4]
-            net[n, local] += c[0] - c[4]
+            net[n, local] += c[0] - c[4] + c[7]
             net[n, encap] += c[4]
+            net[n, decap] += c[7]
             drop[err] += c[6]
         up = self._express_uplink()
         if up is not None:
-            port[up, [tx, txb]] += self._express_raw(up)[2:4]
+            c = self._express_raw(up)
+            port[up, [rx, rxb, tx, txb]] += c[:4]
+            drop[DROP_REASONS.index("express_decap")] += c[6]
 
     def _express_uplink(self) -> Optional[int]:
         """The uplink's port index, when the lane may send out of it (and
@@ -883,15 +891,18 @@ class _Express:
         return up
 
     def _express_raw(self, port: int) -> np.ndarray:
-        """Port ``port``'s lane counts: rx packets and bytes, tx packets and
-        bytes, of the rx those encapsulated (packets, bytes), and those the
-        kernel would not encapsulate."""
-        out = ffi.new("uint64_t[7]")
+        """Port ``port``'s lane counts: rx packets and bytes (the uplink:
+        VXLAN decapsulated), tx packets and bytes, of the rx those
+        encapsulated (packets, bytes), those the kernel would not
+        encapsulate (the uplink: decapsulate), of the tx those decapsulated
+        from the underlay."""
+        out = ffi.new(f"uint64_t[{lib.DP_EXPRESS_COUNTS}]")
         self._call(f"express lane: counters of port {port}", lib.dp_express_counts, port, out)
         return np.array(list(out), dtype=np.uint64)
 
     def express_ports(self) -> List[int]:
-        """The ports in the lane, and the uplink it sends out of."""
+        """The ports in the lane, and the uplink it sends out of and takes
+        VXLAN from."""
         with self._lock:
             up = self._express_uplink()
             return sorted([*self._express, *([up] if up is not None else [])])
@@ -1025,7 +1036,8 @@ class Engine(_Tables, _Planes, _Guards, _Express):
 
     def close(self, keep_express: bool = False):
         """Stop forwarding, remove every port, release DPDK memory. The
-        express lane's programs are taken off the pods' veths, or with
+        express lane's programs are taken off the pods' veths and the
+        uplink, or with
         ``keep_express`` left there, carrying as they were (a service's
         stop: its pods of one node keep talking until the next start takes
         the veths over)."""
@@ -1038,6 +1050,8 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         for port in self.express_ports():
             self.express_remove_port(port)
         with self._lock:
+            if not keep_express:
+                lib.dp_express_uplink_release()
             lib.dp_express_close()
             self._views = {}
             lib.dp_shutdown()

@@ -387,6 +387,7 @@ class NodeService:
         if v.learning:
             d = v.duplicate_macs
             eng.set_duplicate_macs(d.moves, d.window_s, d.freeze_s)
+            eng.set_learning_limits(age_s=v.learned_age_s)
         for name, vteps in cfg.flood_lists().items():
             if vteps:
                 eng.set_flood(self.net_index[name], vteps)
@@ -410,6 +411,9 @@ class NodeService:
             raise ConfigError(
                 f"vtep.uplink: {v.uplink_ifname}: no such interface in this network namespace"
             ) from None
+        # a lane program a killed service left would go on decapsulating
+        # beside this core: off, until the lane (if on) hooks the new port
+        eng.express_detach(v.uplink_ifname)
         port = add_kernel_port(eng, v.uplink_ifname, v.uplink_driver, role="uplink")
         self.uplink, self.uplink_ifindex = port, ifindex
         try:

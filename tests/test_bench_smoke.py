@@ -94,12 +94,19 @@ CASES = {
             # ours may fail a path (counted as 0, said on stderr); the
             # kernel's baselines must work
             **{
-                k: MAYBE for k in ("rtt_ratio", "tcp_local_ratio", "tcp_vxlan_ratio", "udp64_ratio")
+                k: MAYBE
+                for k in (
+                    "rtt_ratio",
+                    "tcp_local_ratio",
+                    "tcp_vxlan_ratio",
+                    "tcp_vxlan_back_ratio",
+                    "udp64_ratio",
+                )
             },
             **{
                 f"{path}_{fig}": MAYBE if path.startswith("ours") else RATE
                 for path in ("ours", "ours_vtep", "bridge", "vxlan")
-                for fig in ("rtt_us", "rtt_p99_us", "tcp_gbps", "udp64_pps")
+                for fig in ("rtt_us", "rtt_p99_us", "tcp_gbps", "tcp_back_gbps", "udp64_pps")
             },
         },
     ),
@@ -305,7 +312,11 @@ def test_pods_only_tcp_vxlan():
     fields = dict(w.split("=", 1) for w in out.split()[1:])
     assert float(fields["vxlan_tcp_gbps"]) > 0, out
     assert float(fields["ours_vtep_tcp_gbps"]) >= 0, out
-    others = [k for k in fields if k.endswith(("_rtt_us", "_udp64_pps")) or k.startswith("bridge")]
+    others = [
+        k
+        for k in fields
+        if k.endswith(("_rtt_us", "_udp64_pps", "_tcp_back_gbps")) or k.startswith("bridge")
+    ]
     assert all(float(fields[k]) == 0 for k in others), out
     assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
     assert fields.get("tunnel_gso") == "off", out

@@ -44,6 +44,7 @@ vtep:
   underlay_mtu: 9000
   learning: true
   duplicate_macs: {moves: 0}        # detection off
+  learned_age_s: 60
   tunnel_gso: false
 planes:
   std: {priority: 0}
@@ -117,6 +118,7 @@ def test_full_file(tmp_path):
     assert v.udp_port == 8472 and v.underlay_mtu == 9000 and v.learning is True
     assert v.tunnel_gso is False
     assert v.duplicate_macs == DuplicateMacs(moves=0, window_s=180, freeze_s=180)
+    assert v.learned_age_s == 60
     assert list(c.planes) == ["std", "control", "media"]
     assert c.planes["control"].interface == "sig0"
     assert c.plane_id("media") == 7
@@ -255,6 +257,13 @@ def test_vtep_errors():
         r"^vtep\.duplicate_macs\.freeze_s: 0 out of range 1\.\.86400",
     )
     bad(vtep(learning=True, duplicate_macs=5), r"^vtep\.duplicate_macs: must be a mapping")
+    bad(
+        vtep(learned_age_s=60),
+        r"^vtep\.learned_age_s: applies to MACs learned from the underlay: set "
+        r"vtep\.learning: true",
+    )
+    bad(vtep(learning=True, learned_age_s=0), r"^vtep\.learned_age_s: 0 out of range 1\.\.86400")
+    bad(vtep(learning=True, learned_age_s="5m"), r"^vtep\.learned_age_s: ")
 
 
 def test_top_level_errors():

@@ -300,6 +300,7 @@ def test_the_lane_carries_on_while_the_service_is_away_and_goes_with_it(node):
     assert ping(a["ns"], ip_of(b), count=1).returncode == 0  # neighbours known
     node.stop()
     (old,) = [ln for ln in lane_filters(host_if(a)).splitlines() if "ex_tc" in ln]
+    assert "ex_tc" in lane_filters(node.uplink)  # it decapsulates meanwhile
     # no core, no worker: the kernel carries a's pings to b and back
     r = ping(a["ns"], ip_of(b), count=20, interval="0.01")
     assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
@@ -314,6 +315,7 @@ def test_the_lane_carries_on_while_the_service_is_away_and_goes_with_it(node):
     os.unlink(node.sock)  # the killed one's: start() waits for the new one's
     node.start()
     assert "ex_tc" not in lane_filters(host_if(a))
+    assert "ex_tc" not in lane_filters(node.uplink)  # nor on the uplink
     assert node.api("GET", "/v1/status")["express_lane"] is False
     assert port_row(node, "a")["express"] is None
     assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0  # the core's

@@ -597,6 +597,55 @@ def test_express_lane_encapsulates_to_a_kernel_vtep_host(fabric):
         assert f[VXLAN][Ether].src == a["planes"][0]["mac"].lower()
 
 
+def test_express_lane_decapsulates_from_a_kernel_vtep_host(fabric):
+    """Host behind a kernel VTEP to a pod: VXLAN from a MAC the node learned
+    behind that very VTEP is decapsulated by the lane in the kernel, into the
+    pod, and counted once - the uplink's rx, the network's decap and local,
+    the pod port's tx. The learned MAC, whose frames the workers no longer
+    see, stays confirmed past its age (2 s here) while it talks; TCP both
+    ways arrives whole, with no checksum errors."""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true, learned_age_s: 2")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", SUBNET + "11")
+    reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")  # the node learns the vm's MAC
+
+    def rows():
+        st = node.status()
+        up = _port_row(node, lambda p: p["role"] == "uplink")
+        pod = _port_row(node, lambda p: p["role"] == "pod")
+        return st, up, pod
+
+    st0, up0, pod0 = rows()
+    # 5 s of echo requests from the vm, 0.1 s apart: well past the age
+    r = ping(vm, a["ip"], count=50, interval="0.1")
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+    st1, up1, pod1 = rows()
+    # every request: had the vm's MAC aged out (the workers saw none of
+    # them), the next would have gone through the core to be learned again
+    taken = up1["express"]["rx_packets"] - up0["express"]["rx_packets"]
+    assert taken == 50, (up0["express"], up1["express"])
+    assert pod1["express"]["tx_packets"] - pod0["express"]["tx_packets"] == taken
+    # counted once, in the core's own counters as well
+    assert up1["rx_packets"] - up0["rx_packets"] >= taken
+    assert pod1["tx_packets"] - pod0["tx_packets"] >= taken
+    net0, net1 = st0["networks"][0], st1["networks"][0]
+    assert net1["decap_packets"] - net0["decap_packets"] >= taken, (net0, net1)
+    assert net1["local_packets"] - net0["local_packets"] >= taken, (net0, net1)
+    assert "express_decap" not in st1["drops"], st1["drops"]
+    # and the FDB says it was heard just now (the lane's last frame)
+    [vm_row] = [e for e in node.api("GET", "/v1/fdb") if e["mac"].lower() == VM_MAC.lower()]
+    assert vm_row["age_s"] is not None and vm_row["age_s"] < 1.0, vm_row
+    # TCP from the host (super-frames through the core, the rest by the lane)
+    before = tcp_snmp(a["ns"])
+    tcp_transfer(fab, "vtep host -> pod (lane)", a["ns"], a["ip"], vm, size=8 * MB)
+    after = tcp_snmp(a["ns"])
+    assert after["InCsumErrors"] == before["InCsumErrors"], (before, after)
+    st2, up2, _ = rows()
+    assert up2["express"]["rx_packets"] > up1["express"]["rx_packets"]
+    assert "express_decap" not in st2["drops"], st2["drops"]
+
+
 def test_express_lane_leaves_a_shaped_uplink_to_the_core(fabric):
     """With a shaper on the uplink (vtep.uplink_rate) every frame to the
     underlay goes through the core's plane queues: TCP to a remote VTEP

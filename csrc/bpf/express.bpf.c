@@ -33,8 +33,23 @@
  * by the plane's marking or the inner one, the UDP source port from the
  * flow hash), and sent out of the uplink (bpf_redirect) - a super-frame
  * stays one, marked for UDP-tunnel segmentation after the tunnel.
- * ARP, neighbour discovery, VLAN, broadcast and multicast, unknown
- * destinations and traffic from the underlay always take the core's path.
+ * ARP, neighbour discovery, VLAN, broadcast and multicast and unknown
+ * destinations always take the core's path.
+ *
+ * The same two programs on the uplink (a kernel interface) take VXLAN from
+ * the underlay the other way (ex_dtake): a frame to this VTEP's MAC,
+ * address and UDP port, outer IPv4 without options or fragments and with a
+ * valid header checksum, the VXLAN header exactly I-flag and VNI, the VNI a
+ * network's (ex_vni), carrying unicast IPv4 not longer than the network's
+ * MTU allows to a pod port of that network (ex_dst), from an inner source
+ * MAC the core's FDB has behind the very VTEP that sent it (ex_rdst, the
+ * tunnel's address = the outer source), not a TCP segment with data
+ * (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
+ * counted as the core counts it. A source the core
+ * learned is confirmed to the core's ageing through ex_rdst's `seen`
+ * (dp_express_seen). Super-frames (GRO), unknown sources and VTEPs, a MAC
+ * that moved, ARP, IPv6, floods and anything odd take the core's path and
+ * its checks.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -51,8 +66,9 @@
 #define EX_MAX_IP6 4
 #define EX_MAX_TUNNELS 1024
 #define EX_MAX_NETS 256
-#define EX_MAX_REMOTE 65536 /* remote MACs mirrored; those past it take the core's path */
-#define EX_HDR 50           /* outer Ethernet, IPv4, UDP, VXLAN */
+#define EX_MAX_REMOTE 65536     /* remote MACs mirrored; those past it take the core's path */
+#define EX_HDR 50               /* outer Ethernet, IPv4, UDP, VXLAN */
+#define EX_SEEN_NS 100000000ULL /* a remote source's `seen` is written at most this often */
 
 /* a pod port: the source side (key: its host-side veth's ifindex) */
 struct ex_src {
@@ -84,7 +100,17 @@ struct ex_cnt {
     __u64 rx_pkts, rx_bytes;   /* taken from this port */
     __u64 tx_pkts, tx_bytes;   /* delivered to this port (the uplink: sent out of it) */
     __u64 enc_pkts, enc_bytes; /* of those taken, encapsulated to a remote VTEP */
-    __u64 errors;              /* taken, but the kernel refused to encapsulate: dropped */
+    __u64 errors;              /* taken, but the kernel refused to encapsulate (the uplink:
+                                  to decapsulate): dropped */
+    __u64 dec_pkts;            /* delivered to this port, decapsulated from the underlay */
+};
+
+/* a remote MAC: its tunnel, and when the lane last carried a frame from it
+ * (bpf_ktime_get_ns; the core's ageing asks, dp_express_seen) */
+struct ex_rval {
+    __u32 ti;
+    __u32 pad;
+    __u64 seen;
 };
 
 /* a remote VTEP: the core's header template (struct dp_tunnel) */
@@ -109,6 +135,11 @@ struct ex_up {
     __u32 on; /* a kernel interface without a shaper */
     __s8 dscp_plane[64];
     __s16 outer_tos[8];
+    /* the underlay side: this VTEP, and whether the lane takes from it */
+    __u32 dec_on;  /* a kernel interface, the VTEP set */
+    __u32 vtep_ip; /* network order */
+    __u8 vtep_mac[6];
+    __u16 udp_port; /* network order */
 };
 
 struct {
@@ -143,8 +174,16 @@ struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, EX_MAX_REMOTE);
     __type(key, struct ex_dkey);
-    __type(value, __u32); /* tunnel index */
+    __type(value, struct ex_rval);
 } ex_rdst SEC(".maps");
+
+/* VNI (the VXLAN header's second word as it is on the wire) -> network */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, EX_MAX_NETS);
+    __type(key, __u32);
+    __type(value, __u32);
+} ex_vni SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -228,19 +267,20 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
 static __always_inline int
 ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way *w)
 {
-    __u32 zero = 0, *ti, net = k->net;
+    __u32 zero = 0, net = k->net;
+    struct ex_rval *r;
     __u8 l4;
 
     if (bpf_skb_load_bytes(skb, ETH_HLEN + (proto == bpf_htons(ETH_P_IP) ? 9 : 6), &l4, 1) < 0 ||
         l4 != IPPROTO_TCP)
         return 0;
-    ti = bpf_map_lookup_elem(&ex_rdst, k);
-    if (!ti)
+    r = bpf_map_lookup_elem(&ex_rdst, k);
+    if (!r)
         return 0;
     w->up = bpf_map_lookup_elem(&ex_up, &zero);
     if (!w->up || !w->up->on)
         return 0;
-    w->tun = bpf_map_lookup_elem(&ex_tun, ti);
+    w->tun = bpf_map_lookup_elem(&ex_tun, &r->ti);
     if (!w->tun || !w->tun->ok)
         return 0; /* its next hop unresolved: the core holds the frame and asks */
     w->net = bpf_map_lookup_elem(&ex_net, &net);
@@ -322,6 +362,105 @@ ex_take(struct __sk_buff *skb, struct ex_way *w)
     return ex_remote(skb, eth.h_proto, &k, w);
 }
 
+/* the headers of a VXLAN frame the lane decapsulates */
+struct ex_vxh {
+    struct ethhdr eth;
+    struct iphdr ip;
+    struct udphdr udp;
+    __be32 flags, vni;
+    struct ethhdr in; /* the inner frame's */
+} __attribute__((packed));
+
+/* where a frame from the underlay goes */
+struct ex_dway {
+    struct ex_dst *dst;   /* the pod port, */
+    struct ex_rval *from; /* from this remote MAC */
+};
+
+/* Whether the inner IPv4 datagram of a VXLAN frame may take the lane: not
+ * a TCP segment that carries data. A flow's data must stay on one path, in
+ * order, and its super-frames (GRO) take the core's: the lane cannot clear
+ * their UDP-tunnel GSO marks on this kernel (a pod that routes them on
+ * would cut them wrongly). ACKs, SYNs, datagrams and echoes take it. */
+static __always_inline int
+ex_dinner_ok(struct __sk_buff *skb)
+{
+    struct iphdr ip;
+    __u8 doff;
+    __u32 hl;
+
+    if (bpf_skb_load_bytes(skb, EX_HDR + ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+        return 0;
+    if (ip.protocol != IPPROTO_TCP)
+        return 1;
+    hl = ip.ihl * 4;
+    if (ip.frag_off & bpf_htons(0x1fff))
+        return 0; /* a later fragment of a segment */
+    if (bpf_skb_load_bytes(skb, EX_HDR + ETH_HLEN + hl + 12, &doff, 1) < 0)
+        return 0;
+    return (__u32)bpf_ntohs(ip.tot_len) == hl + (doff >> 4) * 4;
+}
+
+/* A frame on uplink `up`: VXLAN the lane decapsulates (1, and *d filled;
+ * its headers in *h), or 0 for the core's path. What the core would drop,
+ * learn, flood or look at twice is left to it. */
+static __always_inline int
+ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct ex_dway *d)
+{
+    struct ex_dkey k = {};
+    struct ex_src *to;
+    struct ex_tun *t;
+    __u32 *net, vtep_src, csum;
+    __u16 w16[sizeof(struct iphdr) / 2];
+
+    if (!up->dec_on || skb->gso_size)
+        return 0; /* a super-frame: the core cuts or keeps it as its GSO rules say */
+    if (bpf_skb_load_bytes(skb, 0, h, sizeof(*h)) < 0)
+        return 0;
+    if (!mac_eq(h->eth.h_dest, up->vtep_mac) || h->eth.h_proto != bpf_htons(ETH_P_IP) ||
+        ((__u8 *)&h->ip)[0] != 0x45 || (h->ip.frag_off & bpf_htons(0x3fff)) ||
+        h->ip.protocol != IPPROTO_UDP || h->ip.daddr != up->vtep_ip ||
+        (__u32)bpf_ntohs(h->ip.tot_len) + ETH_HLEN != skb->len || h->udp.dest != up->udp_port ||
+        bpf_ntohs(h->udp.len) != bpf_ntohs(h->ip.tot_len) - sizeof(struct iphdr) ||
+        h->flags != bpf_htonl(0x08000000) || (h->vni & bpf_htonl(0xff)) || (h->in.h_dest[0] & 1) ||
+        h->in.h_proto != bpf_htons(ETH_P_IP))
+        return 0;
+    /* the outer header's checksum: its ones' complement sum is all ones
+     * (by hand: a socket filter has no bpf_csum_diff) */
+    __builtin_memcpy(w16, &h->ip, sizeof(w16));
+    csum = 0;
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(w16) / 2); i++)
+        csum += w16[i];
+    csum = (csum & 0xffff) + (csum >> 16);
+    csum = (csum & 0xffff) + (csum >> 16);
+    if (csum != 0xffff || !ex_dinner_ok(skb))
+        return 0;
+    net = bpf_map_lookup_elem(&ex_vni, &h->vni);
+    if (!net)
+        return 0;
+    k.net = *net;
+    __builtin_memcpy(k.mac, h->in.h_dest, 6);
+    d->dst = bpf_map_lookup_elem(&ex_dst, &k);
+    if (!d->dst)
+        return 0;
+    /* no longer than the pod's network allows */
+    to = bpf_map_lookup_elem(&ex_src, &d->dst->ifindex);
+    if (!to || skb->len - EX_HDR > to->max_len)
+        return 0;
+    /* the source: a remote MAC of the network behind the VTEP that sent it */
+    __builtin_memcpy(k.mac, h->in.h_source, 6);
+    d->from = bpf_map_lookup_elem(&ex_rdst, &k);
+    if (!d->from)
+        return 0;
+    t = bpf_map_lookup_elem(&ex_tun, &d->from->ti);
+    if (!t || !t->ok)
+        return 0;
+    /* the template's outer IPv4 destination: bytes 30-33 */
+    __builtin_memcpy(&vtep_src, t->hdr + ETH_HLEN + 16, 4);
+    return vtep_src == h->ip.saddr;
+}
+
 /*
  * Frame skb (from source src) into a VXLAN frame through tunnel w->tun, as
  * the core's encap_one builds it; 0, or < 0 if the kernel refused.
@@ -399,7 +538,40 @@ ex_count(__u32 port, int rx, __u32 len, int enc)
     } else {
         c->tx_pkts++;
         c->tx_bytes += len;
+        if (enc) {
+            c->dec_pkts++;
+        }
     }
+}
+
+/* skb, VXLAN the lane takes (ex_dtake): decapsulated and sent into the
+ * pod's namespace, or dropped and counted if the kernel refused */
+static __always_inline int
+ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
+         const struct ex_dway *d)
+{
+    __u32 len = skb->len;
+    __u64 now;
+
+    /* out go the outer IPv4, UDP and VXLAN headers and the outer Ethernet
+     * header's place is the inner one's */
+    if (bpf_skb_adjust_room(skb, -EX_HDR, BPF_ADJ_ROOM_MAC, 0) < 0 ||
+        bpf_skb_store_bytes(skb, 0, &h->in, ETH_HLEN, 0) < 0) {
+        __u32 port = up->port;
+        struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+
+        if (c)
+            c->errors++;
+        return TC_ACT_SHOT;
+    }
+    /* a checksum the underlay's NIC verified was the outer one's level */
+    bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
+    now = bpf_ktime_get_ns();
+    if (now - d->from->seen > EX_SEEN_NS)
+        d->from->seen = now;
+    ex_count(up->port, 1, len, 0);
+    ex_count(d->dst->port, 0, skb->len, 1);
+    return bpf_redirect_peer(d->dst->ifindex, 0);
 }
 
 SEC("tc")
@@ -409,6 +581,19 @@ ex_tc(struct __sk_buff *skb)
     struct ex_way w = {};
     __u32 len = skb->len;
 
+    struct ex_up *up;
+    __u32 zero = 0, *on;
+
+    up = bpf_map_lookup_elem(&ex_up, &zero);
+    if (up && up->dec_on && skb->ifindex == up->ifindex) {
+        struct ex_vxh h;
+        struct ex_dway d = {};
+
+        on = bpf_map_lookup_elem(&ex_ctl, &zero);
+        if (!on || !*on || !ex_dtake(skb, up, &h, &d) || !d.dst || !d.from)
+            return TC_ACT_OK;
+        return ex_decap(skb, up, &h, &d);
+    }
     if (!ex_take(skb, &w) || !w.src)
         return TC_ACT_OK;
     if (w.dst) {
@@ -437,8 +622,18 @@ int
 ex_sock(struct __sk_buff *skb)
 {
     struct ex_way w = {};
+    struct ex_up *up;
+    __u32 zero = 0, *on;
 
     /* 0: not for this socket (the tc program carries it); else whole */
+    up = bpf_map_lookup_elem(&ex_up, &zero);
+    if (up && up->dec_on && skb->ifindex == up->ifindex) {
+        struct ex_vxh h;
+        struct ex_dway d = {};
+
+        on = bpf_map_lookup_elem(&ex_ctl, &zero);
+        return on && *on && ex_dtake(skb, up, &h, &d) ? 0 : skb->len;
+    }
     return ex_take(skb, &w) ? 0 : skb->len;
 }
 
