@@ -87,7 +87,8 @@ Set-up (all in three network namespaces made for the run, named
   sys, softirq, idle, steal - other work on a shared machine shows as user
   there) and, for the engines, the worker thread's CPU share, its busy-poll
   ratio and the frames the kernel dropped because the rx ring was full
-  (PACKET_STATISTICS of the pod port's socket). From the same figures: the
+  (PACKET_STATISTICS of the pod port's socket; for the native driver, which
+  reads and so resets those itself, its own ``kport_kernel`` drops). From the same figures: the
   share of the forwarding CPU the contender held (all but idle, steal and
   other processes' user time; the worker's user time counts as the
   engine's) and its rate per CPU-second held - printed beside the RESULT
@@ -766,7 +767,7 @@ def _rates(s0: dict, s1: dict) -> dict:
         r["engine"] = {
             "pod_rx_pps": (e1["pod_rx"] - e0["pod_rx"]) / dt,
             "uplink_tx_pps": (e1["up_tx"] - e0["up_tx"]) / dt,
-            # PACKET_STATISTICS counts from the previous read: the window
+            # counted from the previous snapshot: the window
             "ring_drop_pps": e1["ring_drops"] / dt,
             "busy_poll_ratio": (e1["busy_polls"] - e0["busy_polls"]) / polls if polls else 0.0,
             "worker_cpu": (wu + ws) / hz / dt,
