@@ -11,7 +11,9 @@
 #include <errno.h>
 #include <net/if.h>
 #include <sys/socket.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -87,6 +89,7 @@ struct ex_up {
     uint32_t vtep_ip; /* network order */
     uint8_t vtep_mac[6];
     uint16_t udp_port; /* network order */
+    uint32_t dec_v6;
 };
 _Static_assert(DP_MAX_PLANES == 8, "ex_up.outer_tos has a slot per plane");
 
@@ -102,8 +105,21 @@ static struct {
     int vni_fd;
     uint32_t vni_of[DP_MAX_NETS]; /* each network's key in ex_vni (0: none) */
     int up_ifindex;               /* the uplink with the tc program (0: none) */
+    uint32_t v6_decap;            /* the kernel sets skb->protocol on a decap (6.3) */
     int ncpu;
 } ex = {.tc_fd = -1, .sock_fd = -1};
+
+/* is the running kernel major.minor or later? */
+static int
+kernel_at_least(int major, int minor)
+{
+    struct utsname u;
+    int ma = 0, mi = 0;
+
+    if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+        return 0;
+    return ma > major || (ma == major && mi >= minor);
+}
 
 static int
 libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
@@ -203,6 +219,7 @@ dp_express_uplink(void)
         v.vtep_ip = rte_cpu_to_be_32(dp_vconf.ip);
         memcpy(v.vtep_mac, dp_vconf.mac, 6);
         v.udp_port = rte_cpu_to_be_16(dp_vconf.udp_port);
+        v.dec_v6 = ex.v6_decap;
     }
     for (int i = 0; i < 64; i++)
         v.dscp_plane[i] = __atomic_load_n(&dp_qg.dscp_plane[i], __ATOMIC_RELAXED);
@@ -335,6 +352,7 @@ dp_express_open(const char *path)
         return dp_fail(-EINVAL, "express lane: %s lacks a program or table of the lane", path);
     }
     ex.obj = obj;
+    ex.v6_decap = kernel_at_least(6, 3);
     memset(ex.vni_of, 0, sizeof(ex.vni_of));
     ex.up_ifindex = 0;
     ex_mirror_all();
@@ -441,6 +459,9 @@ dp_express_detach(int ifindex)
     struct bpf_tc_opts o;
     int ret;
 
+    /* also without the lane loaded (a program a killed service left):
+     * libbpf's own messages (no qdisc here) would go to stderr, the log */
+    libbpf_set_print(libbpf_quiet);
     tc_hook(&h, ifindex);
     memset(&o, 0, sizeof(o));
     o.sz = sizeof(o);

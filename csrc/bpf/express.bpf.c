@@ -40,16 +40,17 @@
  * the underlay the other way (ex_dtake): a frame to this VTEP's MAC,
  * address and UDP port, outer IPv4 without options or fragments and with a
  * valid header checksum, the VXLAN header exactly I-flag and VNI, the VNI a
- * network's (ex_vni), carrying unicast IPv4 not longer than the network's
+ * network's (ex_vni), carrying unicast IPv4 (or IPv6 where the kernel can
+ * set the decapsulated frame's protocol: Linux 6.3, dec_v6) not longer than the network's
  * MTU allows to a pod port of that network (ex_dst), from an inner source
  * MAC the core's FDB has behind the very VTEP that sent it (ex_rdst, the
- * tunnel's address = the outer source), not a TCP segment with data
- * (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
+ * tunnel's address = the outer source), not a TCP segment with data, IPv6
+ * only TCP, UDP or echoes (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
  * counted as the core counts it. A source the core
  * learned is confirmed to the core's ageing through ex_rdst's `seen`
  * (dp_express_seen). Super-frames (GRO), unknown sources and VTEPs, a MAC
- * that moved, ARP, IPv6, floods and anything odd take the core's path and
- * its checks.
+ * that moved, ARP, neighbour discovery, floods and anything odd take the
+ * core's path and its checks.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -69,6 +70,10 @@
 #define EX_MAX_REMOTE 65536     /* remote MACs mirrored; those past it take the core's path */
 #define EX_HDR 50               /* outer Ethernet, IPv4, UDP, VXLAN */
 #define EX_SEEN_NS 100000000ULL /* a remote source's `seen` is written at most this often */
+/* bpf_skb_adjust_room: the L3 header left after a shrink is IPv6 (sets
+ * skb->protocol; Linux 6.3, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, which older
+ * headers lack) */
+#define EX_ADJ_DECAP_L3_IPV6 (1ULL << 8)
 
 /* a pod port: the source side (key: its host-side veth's ifindex) */
 struct ex_src {
@@ -140,6 +145,7 @@ struct ex_up {
     __u32 vtep_ip; /* network order */
     __u8 vtep_mac[6];
     __u16 udp_port; /* network order */
+    __u32 dec_v6;   /* the kernel can decapsulate to IPv6 (EX_ADJ_DECAP_L3_IPV6) */
 };
 
 struct {
@@ -383,12 +389,32 @@ struct ex_dway {
  * their UDP-tunnel GSO marks on this kernel (a pod that routes them on
  * would cut them wrongly). ACKs, SYNs, datagrams and echoes take it. */
 static __always_inline int
-ex_dinner_ok(struct __sk_buff *skb)
+ex_dinner_ok(struct __sk_buff *skb, __be16 proto)
 {
     struct iphdr ip;
     __u8 doff;
     __u32 hl;
 
+    if (proto == bpf_htons(ETH_P_IPV6)) {
+        /* IPv6: TCP without data, UDP and echoes, no extension header;
+         * neighbour discovery and the rest are the core's */
+        struct ipv6hdr ip6;
+        __u32 off = EX_HDR + ETH_HLEN + sizeof(ip6);
+        __u8 l4;
+
+        if (bpf_skb_load_bytes(skb, EX_HDR + ETH_HLEN, &ip6, sizeof(ip6)) < 0 || ip6.version != 6)
+            return 0;
+        if (ip6.nexthdr == IPPROTO_UDP)
+            return 1;
+        if (ip6.nexthdr != IPPROTO_TCP && ip6.nexthdr != IPPROTO_ICMPV6)
+            return 0;
+        /* TCP: its data offset; ICMPv6: its type */
+        if (bpf_skb_load_bytes(skb, off + (ip6.nexthdr == IPPROTO_TCP ? 12 : 0), &l4, 1) < 0)
+            return 0;
+        if (ip6.nexthdr == IPPROTO_ICMPV6)
+            return l4 == 128 || l4 == 129;
+        return bpf_ntohs(ip6.payload_len) == (__u32)(l4 >> 4) * 4;
+    }
     if (bpf_skb_load_bytes(skb, EX_HDR + ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
         return 0;
     if (ip.protocol != IPPROTO_TCP)
@@ -423,7 +449,8 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
         (__u32)bpf_ntohs(h->ip.tot_len) + ETH_HLEN != skb->len || h->udp.dest != up->udp_port ||
         bpf_ntohs(h->udp.len) != bpf_ntohs(h->ip.tot_len) - sizeof(struct iphdr) ||
         h->flags != bpf_htonl(0x08000000) || (h->vni & bpf_htonl(0xff)) || (h->in.h_dest[0] & 1) ||
-        h->in.h_proto != bpf_htons(ETH_P_IP))
+        (h->in.h_proto != bpf_htons(ETH_P_IP) &&
+         (h->in.h_proto != bpf_htons(ETH_P_IPV6) || !up->dec_v6)))
         return 0;
     /* the outer header's checksum: its ones' complement sum is all ones
      * (by hand: a socket filter has no bpf_csum_diff) */
@@ -434,7 +461,7 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
         csum += w16[i];
     csum = (csum & 0xffff) + (csum >> 16);
     csum = (csum & 0xffff) + (csum >> 16);
-    if (csum != 0xffff || !ex_dinner_ok(skb))
+    if (csum != 0xffff || !ex_dinner_ok(skb, h->in.h_proto))
         return 0;
     net = bpf_map_lookup_elem(&ex_vni, &h->vni);
     if (!net)
@@ -555,7 +582,9 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
 
     /* out go the outer IPv4, UDP and VXLAN headers and the outer Ethernet
      * header's place is the inner one's */
-    if (bpf_skb_adjust_room(skb, -EX_HDR, BPF_ADJ_ROOM_MAC, 0) < 0 ||
+    if (bpf_skb_adjust_room(skb, -EX_HDR, BPF_ADJ_ROOM_MAC,
+                            h->in.h_proto == bpf_htons(ETH_P_IPV6) ? EX_ADJ_DECAP_L3_IPV6 : 0) <
+            0 ||
         bpf_skb_store_bytes(skb, 0, &h->in, ETH_HLEN, 0) < 0) {
         __u32 port = up->port;
         struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
@@ -574,26 +603,36 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
     return bpf_redirect_peer(d->dst->ifindex, 0);
 }
 
+/* The uplink, if skb came in on it while the lane takes from the underlay
+ * (NULL: a pod port's frame); *taken: whether the lane decapsulates it
+ * (ex_dtake, its headers in *h, its way in *d). Both programs ask. */
+static __always_inline struct ex_up *
+ex_underlay(struct __sk_buff *skb, struct ex_vxh *h, struct ex_dway *d, int *taken)
+{
+    __u32 zero = 0, *on;
+    struct ex_up *up = bpf_map_lookup_elem(&ex_up, &zero);
+
+    if (!up || !up->dec_on || skb->ifindex != up->ifindex)
+        return NULL;
+    on = bpf_map_lookup_elem(&ex_ctl, &zero);
+    *taken = on && *on && ex_dtake(skb, up, h, d) && d->dst && d->from;
+    return up;
+}
+
 SEC("tc")
 int
 ex_tc(struct __sk_buff *skb)
 {
     struct ex_way w = {};
-    __u32 len = skb->len;
-
+    struct ex_vxh h;
+    struct ex_dway d = {};
     struct ex_up *up;
-    __u32 zero = 0, *on;
+    __u32 len = skb->len;
+    int taken = 0;
 
-    up = bpf_map_lookup_elem(&ex_up, &zero);
-    if (up && up->dec_on && skb->ifindex == up->ifindex) {
-        struct ex_vxh h;
-        struct ex_dway d = {};
-
-        on = bpf_map_lookup_elem(&ex_ctl, &zero);
-        if (!on || !*on || !ex_dtake(skb, up, &h, &d) || !d.dst || !d.from)
-            return TC_ACT_OK;
-        return ex_decap(skb, up, &h, &d);
-    }
+    up = ex_underlay(skb, &h, &d, &taken);
+    if (up)
+        return taken ? ex_decap(skb, up, &h, &d) : TC_ACT_OK;
     if (!ex_take(skb, &w) || !w.src)
         return TC_ACT_OK;
     if (w.dst) {
@@ -622,18 +661,13 @@ int
 ex_sock(struct __sk_buff *skb)
 {
     struct ex_way w = {};
-    struct ex_up *up;
-    __u32 zero = 0, *on;
+    struct ex_vxh h;
+    struct ex_dway d = {};
+    int taken = 0;
 
     /* 0: not for this socket (the tc program carries it); else whole */
-    up = bpf_map_lookup_elem(&ex_up, &zero);
-    if (up && up->dec_on && skb->ifindex == up->ifindex) {
-        struct ex_vxh h;
-        struct ex_dway d = {};
-
-        on = bpf_map_lookup_elem(&ex_ctl, &zero);
-        return on && *on && ex_dtake(skb, up, &h, &d) ? 0 : skb->len;
-    }
+    if (ex_underlay(skb, &h, &d, &taken))
+        return taken ? 0 : skb->len;
     return ex_take(skb, &w) ? 0 : skb->len;
 }
 
