@@ -9,6 +9,8 @@ built on the same kind of veths, in the same run.
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
         tcp_vxlan_back_ratio=<ours vtep host->pod / kernel vxlan TCP the other way>
+        rtt_remote_ratio=<ours pod->pod on another node / kernel vxlan avg RTT>
+        tcp_remote_ratio=<the same, TCP>  udp64_remote_ratio=<the same, received pps>
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
         (with --idle-sleep-us: idle_sleep_us=.. ours_idle_cpu=<share of a CPU
@@ -23,9 +25,15 @@ removed at the end, also on error, Ctrl-C or SIGTERM):
              them: MTU 1450, offloads as the service sets them)
              node: ``python -m dataplane.cli run -c node.yaml`` (fallback
              mode, lcores [gen CPU, fwd CPU]: control thread, one worker),
-             VTEP 10.99.0.1 on uplink up0 ==veth== eth0 of the host ns,
-             the host a static remote of net1
-             host: 10.99.0.2 on eth0, the kernel's vxlan device (VNI 101,
+             VTEP 10.99.0.1 on uplink up0 ==veth== a bridge in the ul ns,
+             the host and node2 static remotes of net1
+             node2: a second node service the same way (VTEP 10.99.0.3, its
+             worker on the fwd CPU too, sleeping when idle - idle_sleep_us
+             1000 - so as not to take that CPU from node's worker; a frame
+             that finds it asleep waits for it to wake; a store of its own: pod c at the
+             fixed address 192.168.50.30; each node learns the other's
+             pods' MACs from the underlay)
+             host: 10.99.0.2 on eth0 (on the ul bridge), the kernel's vxlan device (VNI 101,
              dstport 4789, FDB 00:00:00:00:00:00 -> 10.99.0.1) in a
              bridge with vm0 ==veth== eth0 of the vm ns (192.168.50.250,
              MTU 1450): a VM or container behind a kernel VTEP
@@ -36,7 +44,9 @@ removed at the end, also on error, Ctrl-C or SIGTERM):
              (the flannel / docker-overlay class), built as the host above
 
 Paths measured: ours pod -> pod (same node), ours pod -> the vm behind the
-kernel VTEP, bridge, vxlan. Per path: ``ping`` (``--pings`` echoes at 2 ms
+kernel VTEP, ours pod -> pod on the other node (a -> c), bridge, vxlan.
+Ours crosses one bridge more on the underlay than the kernel's two nodes
+(a direct veth). Per path: ``ping`` (``--pings`` echoes at 2 ms
 intervals after a few unmeasured ones that resolve ARP; avg and p99 of the
 replies), ``iperf3`` TCP (``--seconds``, the receiver's figure), the same
 the other way (``iperf3 -R``: the far end sends; ``_tcp_back_gbps``) and
@@ -126,10 +136,11 @@ from .common import (
     stop_node_service,
 )
 
-PATHS = ("ours_local", "ours_vtep", "bridge", "vxlan")
+PATHS = ("ours_local", "ours_vtep", "ours_remote", "bridge", "vxlan")
 LABEL = {
     "ours_local": "ours, pod -> pod (same node)",
     "ours_vtep": "ours, pod -> host behind kernel VTEP",
+    "ours_remote": "ours, pod -> pod on another node",
     "bridge": "kernel bridge",
     "vxlan": "kernel bridge + vxlan",
 }
@@ -144,7 +155,9 @@ VNI = 101
 SUBNET, GATEWAY = "192.168.50.0/24", "192.168.50.1"
 VM_IP = "192.168.50.250"
 KA_IP, KB_IP = "192.168.50.11", "192.168.50.12"  # the kernel paths' pods
-NODE_VTEP, HOST_VTEP = "10.99.0.1", "10.99.0.2"
+NODE_VTEP, HOST_VTEP, NODE2_VTEP = "10.99.0.1", "10.99.0.2", "10.99.0.3"
+POD_C_IP = "192.168.50.30"  # the second node's pod: a fixed address (no shared store)
+NODE2_IDLE_SLEEP_US = 1000  # the second node's worker sleeps when idle (see setup_ours)
 POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
 POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 PING_INTERVAL = "0.002"
@@ -185,6 +198,10 @@ class Lab:
         self.service = None
         self.service_log = os.path.join(workdir, "service.log")
         self.sock = os.path.join(workdir, "api.sock")
+        # the second node of ours (path ours_remote)
+        self.service2 = None
+        self.service2_log = os.path.join(workdir, "service2.log")
+        self.sock2 = os.path.join(workdir, "api2.sock")
         self.ips = {}  # path -> (client ns, server ns, server IP)
         self.express_lane = False  # as the service's status says, once it runs
         # iperf3 takes whole seconds (and -t 0 means forever)
@@ -289,65 +306,95 @@ class Lab:
                 "bridge-nf sysctls",
             )
 
+    def node_config(
+        self, name: str, vtep: str, remotes, state: str, sock: str, idle_sleep_us=None
+    ) -> str:
+        """A node service's config: the pods' network net1, VTEP ``vtep`` on
+        uplink up0, learning on, flooding to ``remotes``; ``idle_sleep_us``
+        (default: --idle-sleep-us)."""
+        a = self.args
+        cfg = os.path.join(self.workdir, f"{name}.yaml")
+        rem = "".join(f"  - {{vtep: {r}, networks: [net1]}}\n" for r in remotes)
+        with open(cfg, "w") as f:
+            f.write(
+                f"node: {self.tag}{name}\n"
+                "mode: fallback\n"
+                f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
+                "memory_mb: 256\n"
+                f"idle_sleep_us: {a.idle_sleep_us if idle_sleep_us is None else idle_sleep_us}\n"
+                + (f"cpu_latency_us: {a.cpu_latency_us}\n" if a.cpu_latency_us is not None else "")
+                + f"kernel_driver: {a.kernel_driver}\n"
+                + ("express_lane: false\n" if a.no_express_lane else "")
+                # the host behind the kernel VTEP is in no store, nor are the
+                # other node's pods (each node has a store of its own here):
+                # their MACs are learned from what they send (else every frame
+                # to them is an unknown unicast flood, held to the storm rate)
+                + f"vtep: {{address: {vtep}/24, uplink: up0, learning: true"
+                f"{', tunnel_gso: false' if a.no_tunnel_gso else ''}}}\n"
+                "networks:\n"
+                f"  - {{name: net1, vni: {VNI}, plane: std, subnet: {SUBNET}, "
+                f"gateway: {GATEWAY}}}\n"
+                "remotes:\n" + rem + f"state_dir: {state}\n"
+                f"api_socket: {sock}\n"
+                "metrics: {listen: null}\n"
+            )
+        return cfg
+
+    def add_pod(self, sock: str, name: str, ns: str, ip=None) -> str:
+        """Pod ``name`` in namespace ``ns`` added through a service's API
+        (``ip``: a fixed address); its address."""
+        from dataplane.api import call
+
+        spec = dict(POD_SPEC, **({"ips": {"std": ip}} if ip else {}))
+        try:
+            info = call(
+                sock,
+                "POST",
+                "/v1/pods",
+                {"name": name, "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)},
+            )
+        except Exception as e:
+            raise BenchError(f"adding pod {name} through the API: {e}") from None
+        return next(p["ip"] for p in info["planes"] if p["plane"] == "std").split("/")[0]
+
     def setup_ours(self):
         a = self.args
         node, host, vm = self.add_ns("node"), self.add_ns("host"), self.add_ns("vm")
         pa, pb = self.add_ns("pa"), self.add_ns("pb")
-        self.veth(node, "up0", host, "eth0")
+        if a.two_nodes:
+            node2, pc, ul = self.add_ns("node2"), self.add_ns("pc"), self.add_ns("ul")
+            # the underlay: a bridge between the two nodes and the host
+            self.ip(ul, "link", "add", "br0", "type", "bridge")
+            for ns, port in ((node, "ul1"), (node2, "ul2"), (host, "ulh")):
+                self.veth(ul, port, ns, "up0" if ns != host else "eth0")
+                self.ip(ul, "link", "set", port, "master", "br0")
+            self.ip(ul, "link", "set", "br0", "up")
+            self.bridge_nf_off(ul)
+        else:
+            self.veth(node, "up0", host, "eth0")
         self.pod_addr(host, "eth0", f"{HOST_VTEP}/24")
         self.kernel_vtep(host, vm, VM_IP, "eth0", HOST_VTEP, NODE_VTEP)
         self.bridge_nf_off(host)
         if a.wire_underlay:
             # the same for ours: the kernel's GSO cuts the uplink's tunnel
             # super-frames before the veth, as a NIC before the wire
-            run_cmd(
-                self.nsexec(node, "ethtool", "-K", "up0", *TNL_SEG_OFF),
-                "underlay tunnel segmentation off",
-            )
+            for ns in (node, node2) if a.two_nodes else (node,):
+                run_cmd(
+                    self.nsexec(ns, "ethtool", "-K", "up0", *TNL_SEG_OFF),
+                    "underlay tunnel segmentation off",
+                )
         if a.peer_csum_off:
             # the host's stack then sends finished checksums (a diagnosis:
             # which failures are the checksum-partial frames of a kernel peer)
             run_cmd(self.nsexec(vm, "ethtool", "-K", "eth0", "tx", "off"), "peer tx checksum off")
-        cfg = os.path.join(self.workdir, "node.yaml")
-        with open(cfg, "w") as f:
-            f.write(
-                f"node: {self.tag}\n"
-                "mode: fallback\n"
-                f"lcores: [{a.gen_cpu}, {a.fwd_cpu}]\n"
-                "memory_mb: 256\n"
-                f"idle_sleep_us: {a.idle_sleep_us}\n"
-                + (f"cpu_latency_us: {a.cpu_latency_us}\n" if a.cpu_latency_us is not None else "")
-                + f"kernel_driver: {a.kernel_driver}\n"
-                + ("express_lane: false\n" if a.no_express_lane else "")
-                # the host behind the kernel VTEP is in no store: its MAC is
-                # learned from what it sends (else every frame to it is an
-                # unknown unicast flood, held to the pods' storm rate)
-                + f"vtep: {{address: {NODE_VTEP}/24, uplink: up0, learning: true"
-                f"{', tunnel_gso: false' if a.no_tunnel_gso else ''}}}\n"
-                "networks:\n"
-                f"  - {{name: net1, vni: {VNI}, plane: std, subnet: {SUBNET}, "
-                f"gateway: {GATEWAY}}}\n"
-                "remotes:\n"
-                f"  - {{vtep: {HOST_VTEP}, networks: [net1]}}\n"
-                f"state_dir: {self.workdir}/state\n"
-                f"api_socket: {self.sock}\n"
-                "metrics: {listen: null}\n"
-            )
+        remotes = (HOST_VTEP, NODE2_VTEP) if a.two_nodes else (HOST_VTEP,)
+        cfg = self.node_config("node", NODE_VTEP, remotes, f"{self.workdir}/state", self.sock)
         self.service = start_node_service(node, cfg, self.sock, self.service_log)
         from dataplane.api import call
 
-        ips = []
-        for name, ns in (("a", pa), ("b", pb)):
-            try:
-                info = call(
-                    self.sock,
-                    "POST",
-                    "/v1/pods",
-                    {"name": name, "netns": f"/var/run/netns/{ns}", "spec": json.dumps(POD_SPEC)},
-                )
-            except Exception as e:
-                raise BenchError(f"adding pod {name} through the API: {e}") from None
-            ips.append(next(p["ip"] for p in info["planes"] if p["plane"] == "std"))
+        ips = [self.add_pod(self.sock, name, ns) for name, ns in (("a", pa), ("b", pb))]
+        if a.two_nodes:
+            self.setup_node2(node2, pc, pa)
         st = call(self.sock, "GET", "/v1/status")
         say("the service's ports: " + ", ".join(f"{p['name']} ({p['role']})" for p in st["ports"]))
         self.express_lane = bool(st["express_lane"])
@@ -358,8 +405,25 @@ class Lab:
                 f"WARNING: pod ports not in the express lane: {', '.join(left)} (their frames "
                 f"cross the core); the service's log:\n{file_tail(self.service_log)}"
             )
-        self.ips["ours_local"] = (pa, pb, ips[1].split("/")[0])
+        self.ips["ours_local"] = (pa, pb, ips[1])
         self.ips["ours_vtep"] = (pa, vm, VM_IP)
+
+    def setup_node2(self, node2: str, pc: str, pa: str):
+        """--two-nodes: the second node of ours, with pod c (path
+        ours_remote). Its worker shares the forwarding CPU: it sleeps when
+        idle, else its spinning would take half of that CPU from the first
+        node's worker on every path."""
+        cfg2 = self.node_config(
+            "node2",
+            NODE2_VTEP,
+            (NODE_VTEP,),
+            f"{self.workdir}/state2",
+            self.sock2,
+            idle_sleep_us=NODE2_IDLE_SLEEP_US,
+        )
+        self.service2 = start_node_service(node2, cfg2, self.sock2, self.service2_log)
+        self.add_pod(self.sock2, "c", pc, POD_C_IP)
+        self.ips["ours_remote"] = (pa, pc, POD_C_IP)
 
     def worker_cpu(self, seconds: float = 2.0) -> float:
         """Share of a CPU the service's worker thread took over ``seconds``
@@ -394,9 +458,10 @@ class Lab:
         return file_tail(self.service_log, n)
 
     def close(self):
-        if self.service is not None:
-            stop_node_service(self.service)
-            self.service = None
+        for attr in ("service2", "service"):
+            if getattr(self, attr) is not None:
+                stop_node_service(getattr(self, attr))
+                setattr(self, attr, None)
         for ns in reversed(self._made_ns):
             p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
             if p.returncode != 0:
@@ -419,17 +484,23 @@ class Lab:
         )
 
     def service_drops(self) -> dict:
-        """The service's drop counters by reason (its status)."""
+        """The services' drop counters by reason (their status), summed."""
         from dataplane.api import call
 
-        return call(self.sock, "GET", "/v1/status")["drops"]
+        out = {}
+        for sock in (self.sock, self.sock2):
+            if os.path.exists(sock):
+                for k, v in call(sock, "GET", "/v1/status")["drops"].items():
+                    out[k] = out.get(k, 0) + v
+        return out
 
     def check_service(self):
-        if self.service is not None and self.service.poll() is not None:
-            raise BenchError(
-                f"the node service exited (code {self.service.returncode}) during the runs:\n"
-                + self.log_tail()
-            )
+        for p, log in ((self.service, self.service_log), (self.service2, self.service2_log)):
+            if p is not None and p.poll() is not None:
+                raise BenchError(
+                    f"the node service exited (code {p.returncode}) during the runs:\n"
+                    + file_tail(log, 25)
+                )
 
     # -------------------------------------------------------- measurements
     def ping(self, path: str) -> tuple:
@@ -630,6 +701,8 @@ def run(args) -> dict:
                     "checksums (tx checksum offload off on its eth0): not a user's set-up"
                 )
             paths, tests = ONLY[args.only] if args.only else (PATHS, TESTS)
+            if not args.two_nodes:  # the second node's path needs --two-nodes
+                paths = tuple(p for p in paths if p != "ours_remote")
             if args.only:
                 say(f"--only {args.only}: paths {', '.join(paths)}, tests {', '.join(tests)}")
             res = {p: {k: [] for k in FIGURES} for p in PATHS}
@@ -649,7 +722,7 @@ def run(args) -> dict:
             drops = {k: v - drops0.get(k, 0) for k, v in lab.service_drops().items()}
             drops = {k: v for k, v in drops.items() if v}
             say(
-                "the service's drops during the runs: "
+                "the services' drops during the runs: "
                 + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
             )
             if lab.express_lane:  # what the lane carried of what the pods sent
@@ -667,14 +740,15 @@ def run(args) -> dict:
         f"| {'path':38s} | RTT avg us | RTT p99 us | TCP Gbit/s | TCP back Gbit/s | UDP 64 B kpps |"
     )
     show(f"|{'-' * 40}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 17}|{'-' * 15}|")
-    for p in PATHS:
+    shown = [p for p in PATHS if p != "ours_remote" or args.two_nodes]
+    for p in shown:
         m = med[p]
         show(
             f"| {LABEL[p]:38s} | {m['rtt_us']:10.1f} | {m['rtt_p99_us']:10.1f} | "
             f"{m['tcp_gbps']:10.2f} | {m['tcp_rev_gbps']:15.2f} | {m['udp64_pps'] / 1e3:13.1f} |"
         )
     if args.runs > 1:
-        for p in PATHS:
+        for p in shown:
             say(
                 f"{p}: RTT us {fmt_runs(res[p]['rtt_us'], 1)}, TCP Gbit/s "
                 f"{fmt_runs(res[p]['tcp_gbps'])}, back {fmt_runs(res[p]['tcp_rev_gbps'])}, "
@@ -689,6 +763,7 @@ def run(args) -> dict:
         "cpu_latency_us": args.cpu_latency_us,
         "kernel_driver": args.kernel_driver,
         "express_lane": lab.express_lane,
+        "two_nodes": args.two_nodes,
         "no_tunnel_gso": args.no_tunnel_gso,
         "idle_cpu": idle_cpu,
     }
@@ -763,6 +838,15 @@ def parser() -> argparse.ArgumentParser:
         "request, the service's default)",
     )
     ap.add_argument(
+        "--two-nodes",
+        action="store_true",
+        help="also a second node service with a pod (path ours_remote: pod -> pod on "
+        "another node of ours, against the kernel's two nodes): on the same underlay "
+        "bridge, its worker on the forwarding CPU too, sleeping when idle (idle_sleep_us "
+        f"{NODE2_IDLE_SLEEP_US}); the RESULT line adds rtt_remote_ratio, tcp_remote_ratio, "
+        "udp64_remote_ratio and ours_remote_* and ends two_nodes=on",
+    )
+    ap.add_argument(
         "--only",
         choices=sorted(ONLY),
         help="measure one figure only (tcp_vxlan: TCP pod -> host behind the kernel VTEP "
@@ -796,19 +880,34 @@ def main(argv=None) -> int:
 
 def _result(res):
     med = res["med"]
-    o, v, b, k = (med[p] for p in PATHS)
+    o, v, r, b, k = (med[p] for p in PATHS)
+
+    def rtt(ours, base):  # a path whose pings all failed has no RTT: that is no win
+        return ratio(ours["rtt_us"], base["rtt_us"]) if ours["rtt_us"] > 0 else float("inf")
+
     fields = {
-        # a path whose pings all failed has no RTT: that is no win
-        "rtt_ratio": ratio(o["rtt_us"], b["rtt_us"]) if o["rtt_us"] > 0 else float("inf"),
+        "rtt_ratio": rtt(o, b),
         "tcp_local_ratio": ratio(o["tcp_gbps"], b["tcp_gbps"]),
         "tcp_vxlan_ratio": ratio(v["tcp_gbps"], k["tcp_gbps"]),
         # the other way: host -> pod through our decapsulation
         "tcp_vxlan_back_ratio": ratio(v["tcp_rev_gbps"], k["tcp_rev_gbps"]),
         "udp64_ratio": ratio(v["udp64_pps"], k["udp64_pps"]),
     }
+    if res.get("two_nodes"):  # two nodes of ours against two kernel nodes
+        fields["rtt_remote_ratio"] = rtt(r, k)
+        fields["tcp_remote_ratio"] = ratio(r["tcp_gbps"], k["tcp_gbps"])
+        fields["udp64_remote_ratio"] = ratio(r["udp64_pps"], k["udp64_pps"])
     out = {key: f"{x:.3f}" for key, x in fields.items()}
-    names = {"ours_local": "ours", "ours_vtep": "ours_vtep", "bridge": "bridge", "vxlan": "vxlan"}
+    names = {
+        "ours_local": "ours",
+        "ours_vtep": "ours_vtep",
+        "ours_remote": "ours_remote",
+        "bridge": "bridge",
+        "vxlan": "vxlan",
+    }
     for p in PATHS:
+        if p == "ours_remote" and not res.get("two_nodes"):
+            continue
         m = med[p]
         out[f"{names[p]}_rtt_us"] = f"{m['rtt_us']:.1f}"
         out[f"{names[p]}_rtt_p99_us"] = f"{m['rtt_p99_us']:.1f}"
@@ -825,6 +924,8 @@ def _result(res):
         out["kernel_driver"] = res["kernel_driver"]  # the pods' veths
     # pod to pod of one network: kernel to kernel (on) or through the core
     out["express_lane"] = "on" if res.get("express_lane") else "off"
+    if res.get("two_nodes"):
+        out["two_nodes"] = "on"
     if res.get("idle_sleep_us"):
         out["idle_sleep_us"] = str(res["idle_sleep_us"])
         out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic

@@ -320,7 +320,7 @@ def test_pods_only_tcp_vxlan():
     assert all(float(fields[k]) == 0 for k in others), out
     assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
     assert fields.get("tunnel_gso") == "off", out
-    assert "bench: the service's drops during the runs: " in err, err
+    assert "bench: the services' drops during the runs: " in err, err
 
 
 def test_pods_with_af_xdp_pods():
@@ -340,6 +340,26 @@ def test_pods_with_af_xdp_pods():
     # the pods' veths are net_af_xdp ports of the core
     ports = next(x for x in err.splitlines() if "the service's ports:" in x)
     assert ports.count("net_af_xdp_") == 2 and ports.count("(pod)") == 2, ports
+
+
+def test_pods_with_two_nodes():
+    """``--two-nodes``: a second node service with a pod on the same
+    underlay; ping, TCP both ways and UDP from a pod of the first to it
+    (path ours_remote) work, the RESULT line adds the remote ratios and
+    says two_nodes=on, and both services and their namespaces are gone."""
+    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
+    pid, rc, out, err = run_bench(
+        "pods", ["--seconds", "1", "--pings", "20", "--runs", "1", "--two-nodes"]
+    )
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert fields.get("two_nodes") == "on", out
+    for k in ("rtt_remote_ratio", "tcp_remote_ratio", "udp64_remote_ratio"):
+        assert math.isfinite(float(fields[k])) and float(fields[k]) > 0, (k, out)
+    for k in ("rtt_us", "tcp_gbps", "tcp_back_gbps", "udp64_pps"):
+        assert float(fields[f"ours_remote_{k}"]) > 0, (k, out)
+    assert "ours, pod -> pod on another node" in err, err
 
 
 @pytest.mark.netns
