@@ -297,19 +297,25 @@ def test_bad_arguments_are_refused_before_anything_runs(name, args, words):
     assert rc == 2 and words in err and out == "", err
 
 
+def pods_run(args):
+    """``python -m bench pods ARGS``, which must succeed and leave nothing
+    behind: (its stderr, stdout, the RESULT line's fields)."""
+    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
+    pid, rc, out, err = run_bench("pods", args)
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    return err, out, dict(w.split("=", 1) for w in out.split()[1:])
+
+
 @pytest.mark.netns
 def test_pods_only_tcp_vxlan():
     """``--only tcp_vxlan``: the TCP test of ours towards the kernel-VTEP host
     and of the kernel's bridge + vxlan alone; the other figures are 0. With
     ``--no-tunnel-gso`` (the default run covers tunnel GSO), which the
     RESULT line says."""
-    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
-    pid, rc, out, err = run_bench(
-        "pods", ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--no-tunnel-gso"]
+    err, out, fields = pods_run(
+        ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--no-tunnel-gso"]
     )
-    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
-    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
     assert float(fields["vxlan_tcp_gbps"]) > 0, out
     assert float(fields["ours_vtep_tcp_gbps"]) >= 0, out
     others = [
@@ -327,14 +333,9 @@ def test_pods_with_af_xdp_pods():
     """``--kernel-driver af_xdp``: the service reads the pods' veths with
     DPDK's net_af_xdp; TCP from a pod reaches the host behind the kernel
     VTEP, and the RESULT line names the driver."""
-    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
-    pid, rc, out, err = run_bench(
-        "pods",
-        ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--kernel-driver", "af_xdp"],
+    err, out, fields = pods_run(
+        ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--kernel-driver", "af_xdp"]
     )
-    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
-    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
     assert fields.get("kernel_driver") == "af_xdp", out
     assert float(fields["ours_vtep_tcp_gbps"]) > 0, out
     # the pods' veths are net_af_xdp ports of the core
@@ -347,13 +348,7 @@ def test_pods_with_two_nodes():
     underlay; ping, TCP both ways and UDP from a pod of the first to it
     (path ours_remote) work, the RESULT line adds the remote ratios and
     says two_nodes=on, and both services and their namespaces are gone."""
-    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
-    pid, rc, out, err = run_bench(
-        "pods", ["--seconds", "1", "--pings", "20", "--runs", "1", "--two-nodes"]
-    )
-    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
-    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    err, out, fields = pods_run(["--seconds", "1", "--pings", "20", "--runs", "1", "--two-nodes"])
     assert fields.get("two_nodes") == "on", out
     for k in ("rtt_remote_ratio", "tcp_remote_ratio", "udp64_remote_ratio"):
         assert math.isfinite(float(fields[k])) and float(fields[k]) > 0, (k, out)
