@@ -157,7 +157,7 @@ VM_IP = "192.168.50.250"
 KA_IP, KB_IP = "192.168.50.11", "192.168.50.12"  # the kernel paths' pods
 NODE_VTEP, HOST_VTEP, NODE2_VTEP = "10.99.0.1", "10.99.0.2", "10.99.0.3"
 POD_C_IP = "192.168.50.30"  # the second node's pod: a fixed address (no shared store)
-NODE2_IDLE_SLEEP_US = 1000  # the second node's worker sleeps when idle (see setup_ours)
+NODE2_IDLE_SLEEP_US = 1000  # the second node's worker sleeps when idle (see setup_node2)
 POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
 POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
 PING_INTERVAL = "0.002"
@@ -453,9 +453,6 @@ class Lab:
         if c0 is None or c1 is None:
             return -1.0
         return (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0)
-
-    def log_tail(self, n: int = 25) -> str:
-        return file_tail(self.service_log, n)
 
     def close(self):
         for attr in ("service2", "service"):

@@ -246,17 +246,25 @@ dp_express_uplink_release(void)
     return ifindex > 0 ? dp_express_detach(ifindex) : 0;
 }
 
+/* the lane's key of FDB key `key` (network in the top 16 bits, MAC below) */
+static struct ex_dkey
+ex_dkey_of(uint64_t key)
+{
+    struct ex_dkey k;
+
+    memset(&k, 0, sizeof(k));
+    k.net = (uint32_t)(key >> 48);
+    memcpy(k.mac, &key, 6);
+    return k;
+}
+
 /* FDB entry key := val (DP_FV; 0 when it went) */
 void
 dp_express_fdb(uint64_t key, uint32_t val)
 {
-    struct ex_dkey k;
-
     if (!ex.obj)
         return;
-    memset(&k, 0, sizeof(k));
-    k.net = (uint32_t)(key >> 48);
-    memcpy(k.mac, &key, 6);
+    struct ex_dkey k = ex_dkey_of(key);
     if (val != 0 && DP_FV_KIND(val) == DP_FDB_REMOTE) {
         struct ex_rval r = {.ti = DP_FV_TARGET(val)};
         /* a full table leaves the MAC to the core; so does any refusal, the
@@ -274,15 +282,12 @@ dp_express_fdb(uint64_t key, uint32_t val)
 int64_t
 dp_express_seen_ms(uint64_t key)
 {
-    struct ex_dkey k;
     struct ex_rval r;
     struct timespec ts;
 
     if (!ex.obj)
         return -1;
-    memset(&k, 0, sizeof(k));
-    k.net = (uint32_t)(key >> 48);
-    memcpy(k.mac, &key, 6);
+    struct ex_dkey k = ex_dkey_of(key);
     if (bpf_map_lookup_elem(ex.rdst_fd, &k, &r) < 0 || r.seen == 0 ||
         clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
         return -1;

@@ -786,15 +786,20 @@ def _vtep(value) -> VtepConfig:
     )
 
 
-def _learned_age(value, learning: bool, path: str) -> int:
-    """vtep.learned_age_s: seconds a learned MAC lives unheard, for learned MACs."""
-    if value is None:
-        return VtepConfig.learned_age_s
+def _for_learning(learning: bool, path: str):
+    """A vtep key for learned MACs only: refused without learning."""
     if not learning:
         raise fail(
             path,
             "applies to MACs learned from the underlay: set vtep.learning: true, or leave it out",
         )
+
+
+def _learned_age(value, learning: bool, path: str) -> int:
+    """vtep.learned_age_s: seconds a learned MAC lives unheard, for learned MACs."""
+    if value is None:
+        return VtepConfig.learned_age_s
+    _for_learning(learning, path)
     return check_int(value, path, 1, 86400)
 
 
@@ -802,11 +807,7 @@ def _duplicate_macs(value, learning: bool, path: str) -> DuplicateMacs:
     """vtep.duplicate_macs: {moves, window_s, freeze_s}, for learned MACs."""
     if value is None:
         return DuplicateMacs()
-    if not learning:
-        raise fail(
-            path,
-            "applies to MACs learned from the underlay: set vtep.learning: true, or leave it out",
-        )
+    _for_learning(learning, path)
     d = check_keys(value, path, _DUPLICATE_MACS_KEYS)
     base = DuplicateMacs()
     moves = check_int(d.get("moves", base.moves), f"{path}.moves", 0, 1000)

@@ -741,6 +741,14 @@ def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
     return None
 
 
+def _express_net_counts(c: np.ndarray) -> np.ndarray:
+    """A pod port's lane counts (:meth:`_Express._express_raw`) as its
+    network's (local, encap, decap) frames: delivered to a pod of the
+    network (sent by another pod, or decapsulated), encapsulated to remote
+    VTEPs, decapsulated from the underlay."""
+    return np.array([c[0] - c[4] + c[7], c[4], c[7]], dtype=np.uint64)
+
+
 class _Express:
     """The express lane (``csrc/bpf/express.bpf.c``, ``csrc/dp_express.c``):
     unicast IP between two pod ports of one network carried by the kernel
@@ -841,10 +849,8 @@ class _Express:
                 lib.dp_express_detach(ifindex)
                 c = self._express_raw(port)
                 self._express_left[port] = self._express_left.get(port, 0) + c
-                # the network's (local, encap, decap) frames
-                self._express_left_net[net] = self._express_left_net.get(net, 0) + np.array(
-                    [c[0] - c[4] + c[7], c[4], c[7]], dtype=np.uint64
-                )
+                left = self._express_left_net.get(net, 0)
+                self._express_left_net[net] = left + _express_net_counts(c)
 
     def _express_fold(self, port: np.ndarray, net: np.ndarray, drop: np.ndarray):
         """What the lane carried added to the core's own counts, in place:
@@ -872,9 +878,7 @@ class _Express:
         for p, (_, n, _) in self._express.items():
             c = self._express_raw(p)
             port[p, [rx, rxb, tx, txb]] += c[:4]
-            net[n, local] += c[0] - c[4] + c[7]
-            net[n, encap] += c[4]
-            net[n, decap] += c[7]
+            net[n, [local, encap, decap]] += _express_net_counts(c)
             drop[err] += c[6]
         up = self._express_uplink()
         if up is not None:

@@ -427,8 +427,9 @@ ex_dinner_ok(struct __sk_buff *skb, __be16 proto)
     return (__u32)bpf_ntohs(ip.tot_len) == hl + (doff >> 4) * 4;
 }
 
-/* A frame on uplink `up`: VXLAN the lane decapsulates (1, and *d filled;
- * its headers in *h), or 0 for the core's path. What the core would drop,
+/* A frame on uplink `up` (whose dec_on ex_underlay checked): VXLAN the
+ * lane decapsulates (1, and *d filled; its headers in *h), or 0 for the
+ * core's path. What the core would drop,
  * learn, flood or look at twice is left to it. */
 static __always_inline int
 ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct ex_dway *d)
@@ -439,7 +440,7 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
     __u32 *net, vtep_src, csum;
     __u16 w16[sizeof(struct iphdr) / 2];
 
-    if (!up->dec_on || skb->gso_size)
+    if (skb->gso_size)
         return 0; /* a super-frame: the core cuts or keeps it as its GSO rules say */
     if (bpf_skb_load_bytes(skb, 0, h, sizeof(*h)) < 0)
         return 0;
@@ -548,8 +549,10 @@ ex_encap(struct __sk_buff *skb, const struct ex_way *w)
     return bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0);
 }
 
+/* a frame of len bytes taken from (rx) or delivered to port; tun: taken
+ * and encapsulated, or delivered decapsulated from the underlay */
 static __always_inline void
-ex_count(__u32 port, int rx, __u32 len, int enc)
+ex_count(__u32 port, int rx, __u32 len, int tun)
 {
     struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
 
@@ -558,16 +561,15 @@ ex_count(__u32 port, int rx, __u32 len, int enc)
     if (rx) {
         c->rx_pkts++;
         c->rx_bytes += len;
-        if (enc) {
+        if (tun) {
             c->enc_pkts++;
             c->enc_bytes += len;
         }
     } else {
         c->tx_pkts++;
         c->tx_bytes += len;
-        if (enc) {
+        if (tun)
             c->dec_pkts++;
-        }
     }
 }
 
