@@ -879,7 +879,11 @@ def _result(res):
     med = res["med"]
     o, v, r, b, k = (med[p] for p in PATHS)
 
-    def rtt(ours, base):  # a path whose pings all failed has no RTT: that is no win
+    def rtt(ours, base):
+        # no baseline (not measured: --only): nan, as every ratio without
+        # one; a path of ours whose pings all failed has no RTT: no win
+        if base["rtt_us"] <= 0:
+            return float("nan")
         return ratio(ours["rtt_us"], base["rtt_us"]) if ours["rtt_us"] > 0 else float("inf")
 
     fields = {

@@ -324,6 +324,9 @@ def test_pods_only_tcp_vxlan():
         if k.endswith(("_rtt_us", "_udp64_pps", "_tcp_back_gbps")) or k.startswith("bridge")
     ]
     assert all(float(fields[k]) == 0 for k in others), out
+    # ratios without a measured baseline are nan, not a win or a loss
+    unmeasured = ("rtt_ratio", "tcp_local_ratio", "tcp_vxlan_back_ratio", "udp64_ratio")
+    assert all(fields[k] == "nan" for k in unmeasured), out
     assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
     assert fields.get("tunnel_gso") == "off", out
     assert "bench: the services' drops during the runs: " in err, err
