@@ -623,8 +623,21 @@ print(" ".join(map(str, seen)), flush=True)
 
 
 def _only_test_frames_on_pb(topo):
+    """No frames to pb but the test's own from now on: IPv6 off in every
+    namespace, and what switching it off sent (each interface's MLD reports
+    leaving its groups) through the core before the test counts."""
     for ns in topo.ns.values():
         sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", ns=ns)
+    last, quiet = None, 0
+    for _ in range(100):
+        c = topo.counters()
+        now = (c["ports"]["pb"]["tx_packets"], sum(c["drops"].values()))
+        quiet = quiet + 1 if now == last else 0
+        if quiet == 4:  # unchanged for 0.4 s
+            return
+        last = now
+        time.sleep(0.1)
+    raise AssertionError(f"frames to pb did not stop: {last}")
 
 
 def _send_to_b(topo, first, end):
