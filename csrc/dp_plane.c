@@ -124,6 +124,9 @@ dp_port_shaper(int idx, uint64_t rate_bps, uint32_t burst_bytes)
     if (rate_bps && burst_bytes < 2048)
         return dp_fail(-EINVAL, "port %d: shaper burst %u bytes below one frame (2048)", idx,
                        burst_bytes);
+    if (burst_bytes > DP_SHAPER_BURST_MAX)
+        return dp_fail(-EINVAL, "port %d: shaper burst %u bytes above %u", idx, burst_bytes,
+                       DP_SHAPER_BURST_MAX);
     if (p->qos && rate_bps) {
         /* shaped already: a new rate in place, nothing queued is lost */
         dp_qos_set_rate(p->qos, rate_bps, burst_bytes);

@@ -23,9 +23,9 @@ const uint64_t dp_lat_bounds_ns[DP_LAT_BOUNDS] = {DP_LAT_BOUNDS_NS};
 uint64_t
 dp_bps_to_tsc_rate(uint64_t bps)
 {
-    /* bytes per 2^20 TSC cycles */
-    long double r =
-        (long double)bps / 8.0L * (long double)(1u << 20) / (long double)rte_get_tsc_hz();
+    /* bytes per 2^DP_TOK_SHIFT TSC cycles */
+    long double r = (long double)bps / 8.0L * (long double)(UINT64_C(1) << DP_TOK_SHIFT) /
+                    (long double)rte_get_tsc_hz();
     return (uint64_t)(r + 0.5L);
 }
 
@@ -108,7 +108,7 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
         return NULL;
     q->rate_bytes_tsc = dp_bps_to_tsc_rate(rate_bps);
     q->burst_bytes = burst_bytes;
-    q->tokens = (int64_t)burst_bytes << 20;
+    q->tokens = (int64_t)burst_bytes << DP_TOK_SHIFT;
     q->last_tsc = rte_get_tsc_cycles();
     for (int p = 0; p < DP_MAX_PLANES; p++) {
         char name[RTE_RING_NAMESIZE];
@@ -123,8 +123,8 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
             dp_qos_free(q);
             return NULL;
         }
-        q->ptok_max[p] = (int64_t)burst_bytes << 20;
-        q->ptok_min[p] = (int64_t)burst_bytes << 20;
+        q->ptok_max[p] = (int64_t)burst_bytes << DP_TOK_SHIFT;
+        q->ptok_min[p] = (int64_t)burst_bytes << DP_TOK_SHIFT;
     }
     return q;
 }
@@ -238,10 +238,10 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
         if (m == NULL && rte_ring_sc_dequeue(q->q[qi], (void **)&m) != 0)
             break;
         q->head[qi] = NULL;
-        int64_t need = (int64_t)(m->pkt_len + DP_WIRE_OVERHEAD) << 20;
+        int64_t need = (int64_t)(m->pkt_len + DP_WIRE_OVERHEAD) << DP_TOK_SHIFT;
         /* rate and burst may change while the port is shaped (dp_qos_set_rate) */
         uint64_t rate = __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED);
-        int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << 20;
+        int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << DP_TOK_SHIFT;
         int64_t want = fit(need, cap);
         /* within its guarantee a plane may take the port's bucket into
          * debt, down to one burst below empty: a bunch of media that found
@@ -279,7 +279,7 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
 {
     uint64_t dt = now - q->last_tsc;
     q->last_tsc = now;
-    int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << 20;
+    int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << DP_TOK_SHIFT;
     q->tokens = refill(q->tokens, __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED), dt, cap);
     uint16_t k = 0;
     if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE)) {
@@ -309,7 +309,8 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
         int blocked = 0;
         k = drain(q, p, 0, out, k, max, ctr, &blocked);
         if (blocked &&
-            q->ptok_min[p] >= fit((int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << 20, cap))
+            q->ptok_min[p] >=
+                fit((int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << DP_TOK_SHIFT, cap))
             return k;
     }
     /* pass 2: strict priority for the rest */

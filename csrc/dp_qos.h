@@ -44,11 +44,20 @@ extern int dp_meta_off;
 #define DP_PLANE_OWN 0x80
 #define DP_META(m) RTE_MBUF_DYNFIELD((m), dp_meta_off, struct dp_meta *)
 
+/* tokens are bytes in fixed point, DP_TOK_SHIFT fractional bits; rates
+ * bytes per 2^DP_TOK_SHIFT TSC cycles. 32 bits: a rate's step is under
+ * 6 bit/s at a 3 GHz TSC (20 bits made it about 18 kbit/s at 2.4 GHz, and a
+ * rate under half a step 0: unshaped); a 64 MiB burst is 2^58, within an
+ * int64_t. */
+#define DP_TOK_SHIFT 32
+/* the largest shaper burst (bytes): config's vtep.uplink_burst at most */
+#define DP_SHAPER_BURST_MAX (1u << 26)
+
 /* plane settings the workers read (plain aligned words: no torn reads) */
 struct dp_plane_rt {
     int used;
     int priority;
-    uint64_t min_bytes_tsc; /* guaranteed rate, bytes per 2^20 TSC cycles */
+    uint64_t min_bytes_tsc; /* guaranteed rate, bytes per 2^DP_TOK_SHIFT TSC cycles */
     uint64_t max_bytes_tsc; /* maximum rate, same unit; 0 = none */
     uint32_t queue_len;
     int outer_tos; /* -1: copy the inner DSCP */
@@ -58,9 +67,9 @@ struct dp_plane_rt {
 struct dp_qos {
     struct rte_ring *q[DP_MAX_PLANES];
     struct rte_mbuf *head[DP_MAX_PLANES];
-    uint64_t rate_bytes_tsc; /* port shaper, bytes per 2^20 TSC cycles; 0 = off */
+    uint64_t rate_bytes_tsc; /* port shaper, bytes per 2^DP_TOK_SHIFT TSC cycles; 0 = off */
     int64_t burst_bytes;     /* bytes; it and the rate also set in place (dp_qos_set_rate) */
-    int64_t tokens;          /* port bucket, bytes << 20 */
+    int64_t tokens;          /* port bucket, bytes << DP_TOK_SHIFT */
     int64_t ptok_max[DP_MAX_PLANES];
     int64_t ptok_min[DP_MAX_PLANES];
     uint64_t last_tsc;
