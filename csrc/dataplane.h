@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 25
+#define DP_ABI_VERSION 26
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -37,6 +37,11 @@
 #define DP_UNDERLAY_MTU_MAX 9216
 /* on the wire per frame besides its bytes (FCS 4, preamble 8, gap 12): shapers count it */
 #define DP_WIRE_OVERHEAD 24
+/* a shaper's (and a plane's) least rate, bit/s, 0 being none; its bucket,
+ * bytes: at least one frame, at most what its 64-bit tokens hold (dp_qos.h) */
+#define DP_SHAPER_RATE_MIN 8000
+#define DP_SHAPER_BURST_MIN 2048
+#define DP_SHAPER_BURST_MAX 67108864 /* 64 MiB */
 
 /* port roles */
 #define DP_ROLE_POD 0

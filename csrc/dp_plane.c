@@ -118,12 +118,12 @@ dp_port_shaper(int idx, uint64_t rate_bps, uint32_t burst_bytes)
     struct dp_port *p = dp_port_get(idx);
     if (!p)
         return dp_fail(-ENOENT, "no port %d", idx);
-    if (rate_bps && rate_bps < 8000)
-        return dp_fail(-EINVAL, "port %d: shaper rate %lu bit/s below 8000", idx,
-                       (unsigned long)rate_bps);
-    if (rate_bps && burst_bytes < 2048)
-        return dp_fail(-EINVAL, "port %d: shaper burst %u bytes below one frame (2048)", idx,
-                       burst_bytes);
+    if (rate_bps && rate_bps < DP_SHAPER_RATE_MIN)
+        return dp_fail(-EINVAL, "port %d: shaper rate %lu bit/s below %u", idx,
+                       (unsigned long)rate_bps, DP_SHAPER_RATE_MIN);
+    if (rate_bps && burst_bytes < DP_SHAPER_BURST_MIN)
+        return dp_fail(-EINVAL, "port %d: shaper burst %u bytes below one frame (%u)", idx,
+                       burst_bytes, DP_SHAPER_BURST_MIN);
     if (burst_bytes > DP_SHAPER_BURST_MAX)
         return dp_fail(-EINVAL, "port %d: shaper burst %u bytes above %u", idx, burst_bytes,
                        DP_SHAPER_BURST_MAX);

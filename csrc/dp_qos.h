@@ -47,11 +47,9 @@ extern int dp_meta_off;
 /* tokens are bytes in fixed point, DP_TOK_SHIFT fractional bits; rates
  * bytes per 2^DP_TOK_SHIFT TSC cycles. 32 bits: a rate's step is under
  * 6 bit/s at a 3 GHz TSC (20 bits made it about 18 kbit/s at 2.4 GHz, and a
- * rate under half a step 0: unshaped); a 64 MiB burst is 2^58, within an
- * int64_t. */
+ * rate under half a step 0: unshaped); a DP_SHAPER_BURST_MAX (64 MiB) burst is
+ * 2^58, within an int64_t. */
 #define DP_TOK_SHIFT 32
-/* the largest shaper burst (bytes): config's vtep.uplink_burst at most */
-#define DP_SHAPER_BURST_MAX (1u << 26)
 
 /* plane settings the workers read (plain aligned words: no torn reads) */
 struct dp_plane_rt {

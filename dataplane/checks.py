@@ -32,6 +32,8 @@ VNI_MAX = lib.DP_VNI_MAX
 VXLAN_OVERHEAD = lib.DP_VXLAN_OVERHEAD
 #: bytes a shaper counts per frame besides the frame (FCS, preamble, gap)
 WIRE_OVERHEAD = lib.DP_WIRE_OVERHEAD
+SHAPER_RATE_MIN = lib.DP_SHAPER_RATE_MIN
+SHAPER_BURST_RANGE = (lib.DP_SHAPER_BURST_MIN, lib.DP_SHAPER_BURST_MAX)
 UNDERLAY_MTU_RANGE = (lib.DP_UNDERLAY_MTU_MIN, lib.DP_UNDERLAY_MTU_MAX)
 MAX_PLANES = lib.DP_MAX_PLANES
 MAX_NETWORKS = lib.DP_MAX_NETS
@@ -301,7 +303,7 @@ def check_dscp(value, path: str = "dscp") -> int:
 
 def check_rate(value, path: str) -> int:
     """bit/s: an integer, or a string such as '100M', '2.5G', '64k'; 0 is
-    none, anything else at least 8000."""
+    none, anything else at least SHAPER_RATE_MIN (8000)."""
     if isinstance(value, bool):
         raise fail(path, f"{show(value)} is not a rate")
     if isinstance(value, int):
@@ -313,8 +315,8 @@ def check_rate(value, path: str) -> int:
         n = int(float(m.group(1)) * _RATE_UNIT[m.group(2).lower()])
     if not 0 <= n <= _RATE_MAX:
         raise fail(path, f"{n} bit/s out of range 0..400G")
-    if 0 < n < 8000:
-        raise fail(path, f"{n} bit/s is below 8000 (use 0 for none)")
+    if 0 < n < SHAPER_RATE_MIN:
+        raise fail(path, f"{n} bit/s is below {SHAPER_RATE_MIN} (use 0 for none)")
     return n
 
 

@@ -50,6 +50,7 @@ from .checks import (
     MBUF_BYTES,
     MIN_MTU,
     POD_RESERVED_IFNAMES,
+    SHAPER_BURST_RANGE,
     STORM_BURST_MAX,
     STORM_PPS_MAX,
     VXLAN_OVERHEAD,
@@ -758,7 +759,7 @@ def _vtep(value) -> VtepConfig:
             )
         check_af_xdp_mtu(underlay_mtu, f"{p}.underlay_mtu", "uplink_driver")
     learning = check_bool(v.get("learning", False), f"{p}.learning")
-    burst = check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", 2048, 1 << 26)
+    burst = check_int(v.get("uplink_burst", 16384), f"{p}.uplink_burst", *SHAPER_BURST_RANGE)
     frame = underlay_mtu + 14 + WIRE_OVERHEAD  # the largest frame the uplink sends
     if burst < frame:
         raise fail(
