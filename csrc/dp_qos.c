@@ -20,6 +20,13 @@ int dp_meta_off = -1;
 
 const uint64_t dp_lat_bounds_ns[DP_LAT_BOUNDS] = {DP_LAT_BOUNDS_NS};
 
+/* bytes in the buckets' unit (DP_TOK_SHIFT fractional bits) */
+static inline int64_t
+tok(int64_t bytes)
+{
+    return bytes << DP_TOK_SHIFT;
+}
+
 uint64_t
 dp_bps_to_tsc_rate(uint64_t bps)
 {
@@ -108,7 +115,7 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
         return NULL;
     q->rate_bytes_tsc = dp_bps_to_tsc_rate(rate_bps);
     q->burst_bytes = burst_bytes;
-    q->tokens = (int64_t)burst_bytes << DP_TOK_SHIFT;
+    q->tokens = tok(burst_bytes);
     q->last_tsc = rte_get_tsc_cycles();
     for (int p = 0; p < DP_MAX_PLANES; p++) {
         char name[RTE_RING_NAMESIZE];
@@ -123,8 +130,8 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
             dp_qos_free(q);
             return NULL;
         }
-        q->ptok_max[p] = (int64_t)burst_bytes << DP_TOK_SHIFT;
-        q->ptok_min[p] = (int64_t)burst_bytes << DP_TOK_SHIFT;
+        q->ptok_max[p] = tok(burst_bytes);
+        q->ptok_min[p] = tok(burst_bytes);
     }
     return q;
 }
@@ -238,10 +245,10 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
         if (m == NULL && rte_ring_sc_dequeue(q->q[qi], (void **)&m) != 0)
             break;
         q->head[qi] = NULL;
-        int64_t need = (int64_t)(m->pkt_len + DP_WIRE_OVERHEAD) << DP_TOK_SHIFT;
+        int64_t need = tok(m->pkt_len + DP_WIRE_OVERHEAD);
         /* rate and burst may change while the port is shaped (dp_qos_set_rate) */
         uint64_t rate = __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED);
-        int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << DP_TOK_SHIFT;
+        int64_t cap = tok(__atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED));
         int64_t want = fit(need, cap);
         /* within its guarantee a plane may take the port's bucket into
          * debt, down to one burst below empty: a bunch of media that found
@@ -279,7 +286,7 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
 {
     uint64_t dt = now - q->last_tsc;
     q->last_tsc = now;
-    int64_t cap = __atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED) << DP_TOK_SHIFT;
+    int64_t cap = tok(__atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED));
     q->tokens = refill(q->tokens, __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED), dt, cap);
     uint16_t k = 0;
     if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE)) {
@@ -308,9 +315,7 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
             continue;
         int blocked = 0;
         k = drain(q, p, 0, out, k, max, ctr, &blocked);
-        if (blocked &&
-            q->ptok_min[p] >=
-                fit((int64_t)(q->head[p]->pkt_len + DP_WIRE_OVERHEAD) << DP_TOK_SHIFT, cap))
+        if (blocked && q->ptok_min[p] >= fit(tok(q->head[p]->pkt_len + DP_WIRE_OVERHEAD), cap))
             return k;
     }
     /* pass 2: strict priority for the rest */
