@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 26
+#define DP_ABI_VERSION 27
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_PORTS 256
@@ -242,6 +242,11 @@ int dp_express_port_clear(int ifindex, int net, const uint8_t *mac);
  * to 0 */
 int dp_express_counts(int port, uint64_t out[DP_EXPRESS_COUNTS]);
 int dp_express_counts_reset(int port);
+/* frames the lane's socket program refused to the core and its tc program
+ * then could not carry, the tables having changed between the two (a pod
+ * removed, a MAC moved): dropped, as express_changed; summed over CPUs
+ * since the lane was loaded */
+int dp_express_lost(uint64_t *out);
 
 /* networks */
 int dp_net_add(int net, uint32_t vni, int plane);

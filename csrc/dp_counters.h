@@ -100,7 +100,8 @@
     _(KPORT_TX_OVERSIZE, "kport_tx_oversize") /* kernel port: > its MTU */ \
     _(KPORT_TX_DOWN, "kport_tx_down")     /* kernel port: interface set down */ \
     _(EXPRESS_ENCAP, "express_encap")     /* express lane: encap refused */ \
-    _(EXPRESS_DECAP, "express_decap")     /* express lane: decap refused */
+    _(EXPRESS_DECAP, "express_decap")     /* express lane: decap refused */ \
+    _(EXPRESS_CHANGED, "express_changed") /* express lane: tables changed */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

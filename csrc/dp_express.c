@@ -103,11 +103,12 @@ static struct {
     int src_fd, dst_fd, ctl_fd, cnt_fd;
     int rdst_fd, tun_fd, net_fd, up_fd; /* the remote side: the core's tables mirrored */
     int vni_fd;
+    int lost_fd;                  /* frames the socket program refused and tc could not carry */
     uint32_t vni_of[DP_MAX_NETS]; /* each network's key in ex_vni (0: none) */
     int up_ifindex;               /* the uplink with the tc program (0: none) */
     uint32_t v6_decap;            /* the kernel sets skb->protocol on a decap (6.3) */
     int ncpu;
-} ex = {.tc_fd = -1, .sock_fd = -1};
+} ex = {.tc_fd = -1, .sock_fd = -1, .lost_fd = -1};
 
 /* is the running kernel major.minor or later? */
 static int
@@ -349,10 +350,11 @@ dp_express_open(const char *path)
     ex.net_fd = bpf_object__find_map_fd_by_name(obj, "ex_net");
     ex.up_fd = bpf_object__find_map_fd_by_name(obj, "ex_up");
     ex.vni_fd = bpf_object__find_map_fd_by_name(obj, "ex_vni");
+    ex.lost_fd = bpf_object__find_map_fd_by_name(obj, "ex_lost");
     ex.ncpu = libbpf_num_possible_cpus();
     if (ex.tc_fd < 0 || ex.sock_fd < 0 || ex.src_fd < 0 || ex.dst_fd < 0 || ex.ctl_fd < 0 ||
         ex.cnt_fd < 0 || ex.rdst_fd < 0 || ex.tun_fd < 0 || ex.net_fd < 0 || ex.up_fd < 0 ||
-        ex.vni_fd < 0 || ex.ncpu <= 0) {
+        ex.vni_fd < 0 || ex.lost_fd < 0 || ex.ncpu <= 0) {
         bpf_object__close(obj);
         return dp_fail(-EINVAL, "express lane: %s lacks a program or table of the lane", path);
     }
@@ -578,5 +580,21 @@ dp_express_counts_reset(int port)
     memset(c, 0, sizeof(c));
     if (bpf_map_update_elem(ex.cnt_fd, &k, c, BPF_ANY) < 0)
         return dp_fail(-errno, "express lane: counters of port %d: %m", port);
+    return 0;
+}
+
+int
+dp_express_lost(uint64_t *out)
+{
+    uint64_t c[ex.ncpu > 0 ? ex.ncpu : 1];
+    uint32_t k = 0;
+
+    *out = 0;
+    if (!ex.obj)
+        return 0;
+    if (bpf_map_lookup_elem(ex.lost_fd, &k, c) < 0)
+        return dp_fail(-errno, "express lane: frames lost to a change: %m");
+    for (int i = 0; i < ex.ncpu; i++)
+        *out += c[i];
     return 0;
 }

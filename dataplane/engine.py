@@ -51,7 +51,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 26
+ABI_VERSION = 27
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -860,9 +860,10 @@ class _Express:
         (those it decapsulated from the underlay), the uplink's rx (VXLAN
         it decapsulated) and tx, and the frames the kernel would not
         encapsulate or decapsulate under the drop reasons ``express_encap``
-        and ``express_decap``; so that every frame is counted once, by
-        whichever path took it. Ports that left the lane keep theirs until
-        their index is freed; networks, always."""
+        and ``express_decap``, and those its two programs saw differently
+        as the tables changed under ``express_changed``; so that every
+        frame is counted once, by whichever path took it. Ports that left
+        the lane keep theirs until their index is freed; networks, always."""
         rx, rxb, tx, txb = (
             PORT_COUNTERS.index(k) for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
         )
@@ -885,6 +886,10 @@ class _Express:
             c = self._express_raw(up)
             port[up, [rx, rxb, tx, txb]] += c[:4]
             drop[DROP_REASONS.index("express_decap")] += c[6]
+        if self.express_loaded:
+            lost = ffi.new("uint64_t *")
+            self._call("express lane: frames lost to a change", lib.dp_express_lost, lost)
+            drop[DROP_REASONS.index("express_changed")] += lost[0]
 
     def _express_uplink(self) -> Optional[int]:
         """The uplink's port index, when the lane may send out of it (and

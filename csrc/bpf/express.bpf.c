@@ -13,6 +13,15 @@
  *  - "socket" on that packet socket (SO_ATTACH_BPF): it refuses the frames
  *    the tc program takes (the kernel hands a frame to packet sockets
  *    before tc ingress runs), so the core never sees them twice.
+ * The socket program decides first and leaves its decision in the frame's
+ * control block (ex_said); the tc program keeps to it. A map the control
+ * thread changes between the two runs (the lane switched off for a capture,
+ * a pod removed, a MAC moved) then cannot make them disagree: a frame the
+ * socket refused is carried by tc or, if it no longer can (its destination
+ * gone), dropped and counted (ex_lost: express_changed); one the socket took
+ * is the core's alone. Where no decision is found (a socket without the
+ * program, or another packet socket's filter that ran after it and cleared
+ * the block), tc decides alone, as the socket program would.
  *
  * A frame is taken only if all of these hold, else the core forwards it as
  * before, with its checks and counters:
@@ -212,6 +221,23 @@ struct {
     __type(value, struct ex_up);
 } ex_up SEC(".maps");
 
+/* frames the socket program refused that the tc program then could not
+ * carry (the maps changed between the two): dropped, counted here */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} ex_lost SEC(".maps");
+
+/* the socket program's decision in skb->cb[0..1] (the kernel clears the
+ * block before it runs a packet socket's filter; tc ingress runs next on
+ * the same skb): cb[0] says a decision is there, cb[1] which */
+#define EX_SAID_MAGIC 0x65787072u /* "expr" */
+#define EX_SAID_LANE 0x6c616e65u  /* "lane": refused, tc carries it */
+#define EX_SAID_CORE 0x636f7265u  /* "core": the core's path */
+enum { SAID_NONE, SAID_LANE, SAID_CORE };
+
 /* where a frame the lane takes goes */
 struct ex_way {
     struct ex_src *src;
@@ -300,9 +326,10 @@ ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way 
 }
 
 /* Where a frame the lane takes goes, into *w (its source, and a local
- * destination or a remote one); 0 if the core's path is to carry it. */
+ * destination or a remote one); 0 if the core's path is to carry it. said:
+ * the socket program's decision (ex_said), when tc asks. */
 static __always_inline int
-ex_take(struct __sk_buff *skb, struct ex_way *w)
+ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
 {
     struct ethhdr eth;
     struct ex_dkey k = {};
@@ -311,8 +338,10 @@ ex_take(struct __sk_buff *skb, struct ex_way *w)
     __u32 zero = 0, *on, saddr;
     __u32 ifindex = skb->ifindex;
 
+    /* the switch turned off after the socket refused the frame: it is still
+     * carried (a capture cannot see it any more, and it is not lost) */
     on = bpf_map_lookup_elem(&ex_ctl, &zero);
-    if (!on || !*on)
+    if (said != SAID_LANE && (!on || !*on))
         return 0;
     src = bpf_map_lookup_elem(&ex_src, &ifindex);
     if (!src)
@@ -609,7 +638,7 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
  * (NULL: a pod port's frame); *taken: whether the lane decapsulates it
  * (ex_dtake, its headers in *h, its way in *d). Both programs ask. */
 static __always_inline struct ex_up *
-ex_underlay(struct __sk_buff *skb, struct ex_vxh *h, struct ex_dway *d, int *taken)
+ex_underlay(struct __sk_buff *skb, struct ex_vxh *h, struct ex_dway *d, int *taken, int said)
 {
     __u32 zero = 0, *on;
     struct ex_up *up = bpf_map_lookup_elem(&ex_up, &zero);
@@ -617,8 +646,36 @@ ex_underlay(struct __sk_buff *skb, struct ex_vxh *h, struct ex_dway *d, int *tak
     if (!up || !up->dec_on || skb->ifindex != up->ifindex)
         return NULL;
     on = bpf_map_lookup_elem(&ex_ctl, &zero);
-    *taken = on && *on && ex_dtake(skb, up, h, d) && d->dst && d->from;
+    *taken = (said == SAID_LANE || (on && *on)) && ex_dtake(skb, up, h, d) && d->dst && d->from;
     return up;
+}
+
+/* The socket program's decision on skb, read and wiped (SAID_NONE: none). */
+static __always_inline int
+ex_said(struct __sk_buff *skb)
+{
+    int said = SAID_NONE;
+
+    if (skb->cb[0] == EX_SAID_MAGIC) {
+        if (skb->cb[1] == EX_SAID_LANE)
+            said = SAID_LANE;
+        else if (skb->cb[1] == EX_SAID_CORE)
+            said = SAID_CORE;
+        skb->cb[0] = 0;
+    }
+    return said;
+}
+
+/* a frame the socket refused that tc cannot carry: dropped, counted */
+static __always_inline int
+ex_lost_one(void)
+{
+    __u32 zero = 0;
+    __u64 *n = bpf_map_lookup_elem(&ex_lost, &zero);
+
+    if (n)
+        (*n)++;
+    return TC_ACT_SHOT;
 }
 
 SEC("tc")
@@ -630,32 +687,36 @@ ex_tc(struct __sk_buff *skb)
     struct ex_dway d = {};
     struct ex_up *up;
     __u32 len = skb->len;
-    int taken = 0;
+    int taken = 0, said = ex_said(skb);
 
-    up = ex_underlay(skb, &h, &d, &taken);
-    if (up)
-        return taken ? ex_decap(skb, up, &h, &d) : TC_ACT_OK;
-    if (!ex_take(skb, &w) || !w.src)
-        return TC_ACT_OK;
-    if (w.dst) {
-        ex_count(w.src->port, 1, len, 0);
-        ex_count(w.dst->port, 0, len, 0);
-        return bpf_redirect_peer(w.dst->ifindex, 0);
-    }
-    if (!w.tun || !w.up || !w.net)
-        return TC_ACT_OK;
-    /* the packet socket refused it already (ex_sock): carried here or lost */
-    if (ex_encap(skb, &w) < 0) {
-        __u32 port = w.src->port;
-        struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+    if (said == SAID_CORE)
+        return TC_ACT_OK; /* the core has it */
+    up = ex_underlay(skb, &h, &d, &taken, said);
+    if (up) {
+        if (taken)
+            return ex_decap(skb, up, &h, &d);
+    } else if (ex_take(skb, &w, said) && w.src) {
+        if (w.dst) {
+            ex_count(w.src->port, 1, len, 0);
+            ex_count(w.dst->port, 0, len, 0);
+            return bpf_redirect_peer(w.dst->ifindex, 0);
+        }
+        if (w.tun && w.up && w.net) {
+            if (ex_encap(skb, &w) < 0) {
+                __u32 port = w.src->port;
+                struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
 
-        if (c)
-            c->errors++;
-        return TC_ACT_SHOT;
+                if (c)
+                    c->errors++;
+                return TC_ACT_SHOT;
+            }
+            ex_count(w.src->port, 1, len, 1);
+            ex_count(w.up->port, 0, skb->len, 0);
+            return bpf_redirect(w.up->ifindex, 0);
+        }
     }
-    ex_count(w.src->port, 1, len, 1);
-    ex_count(w.up->port, 0, skb->len, 0);
-    return bpf_redirect(w.up->ifindex, 0);
+    /* the packet socket refused it, and the lane can no longer carry it */
+    return said == SAID_LANE ? ex_lost_one() : TC_ACT_OK;
 }
 
 SEC("socket")
@@ -668,9 +729,11 @@ ex_sock(struct __sk_buff *skb)
     int taken = 0;
 
     /* 0: not for this socket (the tc program carries it); else whole */
-    if (ex_underlay(skb, &h, &d, &taken))
-        return taken ? 0 : skb->len;
-    return ex_take(skb, &w) ? 0 : skb->len;
+    if (!ex_underlay(skb, &h, &d, &taken, SAID_NONE))
+        taken = ex_take(skb, &w, SAID_NONE);
+    skb->cb[0] = EX_SAID_MAGIC;
+    skb->cb[1] = taken ? EX_SAID_LANE : EX_SAID_CORE;
+    return taken ? 0 : skb->len;
 }
 
 char LICENSE[] SEC("license") = "Apache-2.0";

@@ -1,0 +1,154 @@
+"""The express lane while its tables change: an engine in this process, two
+pods (namespaces) on one network in the lane, a stream of numbered UDP
+datagrams from pod a to pod b, and meanwhile a thread of the control
+process that changes what the lane's two programs read:
+
+* ``switch``: the lane on and off (what a capture does);
+* ``member``: pod b out of the lane and in again (what removing and
+  re-making its port does).
+
+The sender runs on another CPU than the changing thread, so that a change
+can land between the socket filter and tc ingress of one frame. Prints
+one JSON object: sent, received, duplicates, the changes made, the lane's
+and the core's share, the engine's non-zero drops.
+
+    python tests/lanerace.py switch|member [frames]
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataplane.engine import DROP_REASONS, Engine, EngineConfig  # noqa: E402
+
+MA, MB = "02:00:00:00:10:0a", "02:00:00:00:10:0b"
+IPA, IPB, UDP_PORT = "10.77.0.1", "10.77.0.2", 7000
+
+RECEIVER = """
+import socket, sys
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+s.bind((sys.argv[2], int(sys.argv[3])))
+print("ready", flush=True)
+s.settimeout(3)
+seen = bytearray(n)
+dup = 0
+try:
+    while True:
+        i = int.from_bytes(s.recv(64)[:4], "little")
+        dup += seen[i]
+        seen[i] = 1
+except socket.timeout:
+    pass
+print(sum(seen), dup)
+"""
+
+SENDER = """
+import os, socket, sys, time
+os.sched_setaffinity(0, {int(sys.argv[4])})
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+pad = bytes(28)
+for i in range(n):
+    s.sendto(i.to_bytes(4, "little") + pad, (sys.argv[2], int(sys.argv[3])))
+    if i % 64 == 63:
+        time.sleep(0.0002)  # below what b's socket and the core keep up with
+"""
+
+
+def sh(*args):
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def main(mode, frames):
+    tag = "lr" + uuid.uuid4().hex[:6]
+    na, nb, ha, hb = f"{tag}a", f"{tag}b", f"{tag}ha", f"{tag}hb"
+    ncpu = os.cpu_count() or 1
+    other = 1 % ncpu  # the sender's CPU; the changes run on CPU 0
+    made = []
+    eng = None
+    try:
+        for ns, h, mac, ip, peer in ((na, ha, MA, IPA, (IPB, MB)), (nb, hb, MB, IPB, (IPA, MA))):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            sh("ip", "link", "add", h, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", ns, "link", "set", "eth0", "address", mac, "up")
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "neigh", "add", peer[0], "lladdr", peer[1], "dev", "eth0")
+            sh("ip", "link", "set", h, "up")
+        eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1] if ncpu > 1 else [0]))
+        eng.add_network(0, vni=100)
+        pa = eng.add_afpacket_port(ha, network=0)
+        pb = eng.add_afpacket_port(hb, network=0)
+        eng.fdb_add_local(0, MA, pa)
+        eng.fdb_add_local(0, MB, pb)
+        eng.express_open()
+        eng.express_add_port(pa, ha, 0, MA, [IPA])
+        eng.express_add_port(pb, hb, 0, MB, [IPB])
+        eng.start()
+        rx = subprocess.Popen(
+            ["ip", "netns", "exec", nb, sys.executable, "-c", RECEIVER]
+            + [str(frames), IPB, str(UDP_PORT)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert rx.stdout.readline().strip() == "ready"
+        stop = threading.Event()
+        changes = [0]
+
+        def change():
+            os.sched_setaffinity(0, {0})
+            on = True
+            while not stop.is_set():
+                on = not on
+                if mode == "switch":
+                    eng.express_enable(on)
+                elif on:
+                    eng.express_add_port(pb, hb, 0, MB, [IPB])
+                else:
+                    eng.express_remove_port(pb)
+                changes[0] += 1
+            if mode == "member" and not on:
+                eng.express_add_port(pb, hb, 0, MB, [IPB])
+            eng.express_enable(True)
+
+        th = threading.Thread(target=change)
+        th.start()
+        try:
+            sh(
+                "ip", "netns", "exec", na, sys.executable, "-c", SENDER,
+                str(frames), IPB, str(UDP_PORT), str(other),
+            )  # fmt: skip
+        finally:
+            stop.set()
+            th.join()
+        got, dup = map(int, rx.communicate(timeout=30)[0].split())
+        c = eng.counters()
+        print(
+            json.dumps(
+                {
+                    "sent": frames,
+                    "received": got,
+                    "duplicates": dup,
+                    "changes": changes[0],
+                    "lane": int(eng.express_counts(pa)[0]),
+                    "drops": {r: int(c.drop[i]) for i, r in enumerate(DROP_REASONS) if c.drop[i]},
+                }
+            )
+        )
+    finally:
+        if eng is not None:
+            eng.close()
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 100000)
