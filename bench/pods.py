@@ -3,7 +3,8 @@ the node service, against the kernel's own bridge and bridge + vxlan paths
 built on the same kind of veths, in the same run.
 
     python -m bench pods [--seconds S] [--pings N] [--runs N] [--quiet]
-                         [--wire-underlay] [--idle-sleep-us US] [--only tcp_vxlan|tcp_vxlan_rev]
+                         [--wire-underlay] [--idle-sleep-us US] [--two-nodes]
+                         [--only tcp_vxlan|tcp_vxlan_rev|remote]
                          [--kernel-driver af_xdp] [--no-tunnel-gso] [--cpu-latency-us US]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
@@ -150,6 +151,7 @@ TESTS = ("ping", "tcp", "tcp_rev", "udp64")
 ONLY = {
     "tcp_vxlan": (("ours_vtep", "vxlan"), ("tcp",)),
     "tcp_vxlan_rev": (("ours_vtep", "vxlan"), ("tcp_rev",)),
+    "remote": (("ours_remote", "vxlan"), TESTS),  # with --two-nodes
 }
 VNI = 101
 SUBNET, GATEWAY = "192.168.50.0/24", "192.168.50.1"
@@ -847,8 +849,9 @@ def parser() -> argparse.ArgumentParser:
         "--only",
         choices=sorted(ONLY),
         help="measure one figure only (tcp_vxlan: TCP pod -> host behind the kernel VTEP "
-        "and kernel bridge + vxlan; tcp_vxlan_rev: the same the other way); the RESULT "
-        "line's other figures are then 0 or nan",
+        "and kernel bridge + vxlan; tcp_vxlan_rev: the same the other way; remote, with "
+        "--two-nodes: every test pod -> pod on another node of ours and kernel bridge + "
+        "vxlan); the RESULT line's other figures are then 0 or nan",
     )
     ap.add_argument(
         "--peer-csum-off",
@@ -865,6 +868,8 @@ def main(argv=None) -> int:
     check_cpu_options(ap, args)
     if args.pings < 1:
         ap.error("--pings must be >= 1")
+    if args.only == "remote" and not args.two_nodes:
+        ap.error("--only remote measures the second node's path: it needs --two-nodes")
     if not 0 <= args.idle_sleep_us <= 100000:
         ap.error("--idle-sleep-us must be in 0..100000")
     if args.cpu_latency_us is not None and not 0 <= args.cpu_latency_us <= 1_000_000:

@@ -5,14 +5,17 @@ process that changes what the lane's two programs read:
 
 * ``switch``: the lane on and off (what a capture does);
 * ``member``: pod b out of the lane and in again (what removing and
-  re-making its port does).
+  re-making its port does);
+* ``underlay``: the lane on and off while the datagrams come to pod b from
+  a host behind the kernel's own VXLAN VTEP (namespace h, on the uplink's
+  veth), which the lane decapsulates.
 
 The sender runs on another CPU than the changing thread, so that a change
 can land between the socket filter and tc ingress of one frame. Prints
 one JSON object: sent, received, duplicates, the changes made, the lane's
 and the core's share, the engine's non-zero drops.
 
-    python tests/lanerace.py switch|member [frames]
+    python tests/lanerace.py switch|member|underlay [frames]
 """
 
 import json
@@ -28,6 +31,11 @@ from dataplane.engine import DROP_REASONS, Engine, EngineConfig  # noqa: E402
 
 MA, MB = "02:00:00:00:10:0a", "02:00:00:00:10:0b"
 IPA, IPB, UDP_PORT = "10.77.0.1", "10.77.0.2", 7000
+# underlay: the kernel VTEP host's inner interface (as pod a), its VTEP,
+# ours, their MACs
+MH, VNI = "02:00:00:00:10:0c", 101
+HOST_VTEP, NODE_VTEP = "10.78.0.2", "10.78.0.1"
+HOST_UL_MAC, NODE_UL_MAC = "02:00:00:00:20:02", "02:00:00:00:20:01"
 
 RECEIVER = """
 import socket, sys
@@ -36,7 +44,7 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
 s.bind((sys.argv[2], int(sys.argv[3])))
 print("ready", flush=True)
-s.settimeout(3)
+s.settimeout(5)  # the first comes once the sender runs
 seen = bytearray(n)
 dup = 0
 try:
@@ -44,6 +52,7 @@ try:
         i = int.from_bytes(s.recv(64)[:4], "little")
         dup += seen[i]
         seen[i] = 1
+        s.settimeout(1)  # then: done after a second without one (late doubles too)
 except socket.timeout:
     pass
 print(sum(seen), dup)
@@ -73,8 +82,12 @@ def main(mode, frames):
     other = 1 % ncpu  # the sender's CPU; the changes run on CPU 0
     made = []
     eng = None
+    under = mode == "underlay"
+    nh, hu = f"{tag}h", f"{tag}hu"  # the kernel VTEP host, the uplink's host end
     try:
         for ns, h, mac, ip, peer in ((na, ha, MA, IPA, (IPB, MB)), (nb, hb, MB, IPB, (IPA, MA))):
+            if under and ns == na:
+                continue  # the datagrams come from the kernel VTEP host
             sh("ip", "netns", "add", ns)
             made.append(ns)
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
@@ -83,14 +96,53 @@ def main(mode, frames):
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
             sh("ip", "-n", ns, "neigh", "add", peer[0], "lladdr", peer[1], "dev", "eth0")
             sh("ip", "link", "set", h, "up")
+        if under:
+            na = nh
+            sh("ip", "netns", "add", nh)
+            made.append(nh)
+            sh("ip", "netns", "exec", nh, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            sh(
+                "ip",
+                "link",
+                "add",
+                hu,
+                "address",
+                NODE_UL_MAC,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                nh,
+            )
+            sh("ip", "link", "set", hu, "up")
+            for cmd in (
+                f"addr add {HOST_VTEP}/24 dev eth0",
+                f"link set eth0 address {HOST_UL_MAC} up",
+                f"neigh add {NODE_VTEP} lladdr {NODE_UL_MAC} dev eth0",
+                f"link add vx type vxlan id {VNI} local {HOST_VTEP} remote {NODE_VTEP} "
+                "dstport 4789 dev eth0",
+                f"link set vx address {MH} up",
+                "addr add 10.77.0.9/24 dev vx",
+                f"neigh add {IPB} lladdr {MB} dev vx",
+            ):
+                sh("ip", "-n", nh, *cmd.split())
         eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1] if ncpu > 1 else [0]))
-        eng.add_network(0, vni=100)
-        pa = eng.add_afpacket_port(ha, network=0)
+        eng.add_network(0, vni=VNI)
         pb = eng.add_afpacket_port(hb, network=0)
-        eng.fdb_add_local(0, MA, pa)
         eng.fdb_add_local(0, MB, pb)
+        if under:
+            up = eng.add_afpacket_port(hu, role="uplink")
+            eng.set_vtep(f"{NODE_VTEP}/24", NODE_UL_MAC, up, next_hop_mac=HOST_UL_MAC)
+            eng.fdb_add_remote(0, MH, HOST_VTEP)
+            pa = up
+        else:
+            pa = eng.add_afpacket_port(ha, network=0)
+            eng.fdb_add_local(0, MA, pa)
         eng.express_open()
-        eng.express_add_port(pa, ha, 0, MA, [IPA])
+        if not under:
+            eng.express_add_port(pa, ha, 0, MA, [IPA])
         eng.express_add_port(pb, hb, 0, MB, [IPB])
         eng.start()
         rx = subprocess.Popen(
@@ -108,7 +160,7 @@ def main(mode, frames):
             on = True
             while not stop.is_set():
                 on = not on
-                if mode == "switch":
+                if mode in ("switch", "underlay"):
                     eng.express_enable(on)
                 elif on:
                     eng.express_add_port(pb, hb, 0, MB, [IPB])

@@ -350,14 +350,23 @@ def test_pods_with_two_nodes():
     """``--two-nodes``: a second node service with a pod on the same
     underlay; ping, TCP both ways and UDP from a pod of the first to it
     (path ours_remote) work, the RESULT line adds the remote ratios and
-    says two_nodes=on, and both services and their namespaces are gone."""
-    err, out, fields = pods_run(["--seconds", "1", "--pings", "20", "--runs", "1", "--two-nodes"])
+    says two_nodes=on, and both services and their namespaces are gone.
+    ``--only remote`` measures that path and its baseline alone (the full
+    run is test_bench_runs[pods]); without --two-nodes it is refused."""
+    err, out, fields = pods_run(
+        ["--seconds", "1", "--pings", "20", "--runs", "1", "--two-nodes", "--only", "remote"]
+    )
     assert fields.get("two_nodes") == "on", out
+    assert "--only remote: paths ours_remote, vxlan, tests ping, tcp, tcp_rev, udp64" in err, err
+    assert fields["ours_tcp_gbps"] == "0.000", out  # the other paths: not measured
     for k in ("rtt_remote_ratio", "tcp_remote_ratio", "udp64_remote_ratio"):
         assert math.isfinite(float(fields[k])) and float(fields[k]) > 0, (k, out)
     for k in ("rtt_us", "tcp_gbps", "tcp_back_gbps", "udp64_pps"):
         assert float(fields[f"ours_remote_{k}"]) > 0, (k, out)
     assert "ours, pod -> pod on another node" in err, err
+    pid, rc, out, err = run_bench("pods", ["--only", "remote"])
+    assert rc == 2 and "--only remote" in err and "needs --two-nodes" in err, (rc, err)
+    assert out == "", out
 
 
 @pytest.mark.netns

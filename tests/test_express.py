@@ -393,7 +393,7 @@ def _lane_race(mode):
     import json
 
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "lanerace.py"), mode, "60000"],
+        [sys.executable, os.path.join(ROOT, "tests", "lanerace.py"), mode, "40000"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -427,3 +427,16 @@ def test_a_pod_leaving_the_lane_under_traffic_loses_only_what_is_counted():
     lost = res["drops"].get("express_changed", 0)
     assert res["received"] + lost == res["sent"], res
     assert set(res["drops"]) <= {"express_changed"}, res
+
+
+def test_switching_the_lane_under_vxlan_from_the_underlay_loses_and_doubles_nothing():
+    """The same from the other side: datagrams from a host behind the
+    kernel's own VXLAN VTEP to pod b, which the lane decapsulates on the
+    uplink while it is on and the core while it is off, the lane switched
+    meanwhile: each one arrives once."""
+    res = _lane_race("underlay")
+    assert res["changes"] > 1000, res
+    assert 0 < res["lane"] < res["sent"], res
+    assert res["duplicates"] == 0, res
+    assert res["received"] == res["sent"], res
+    assert not res["drops"], res

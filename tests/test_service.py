@@ -1368,9 +1368,10 @@ def test_a_deleted_plane_veth_is_made_again_and_the_other_planes_stay(node):
     ctl = _plane(a, "control")
     std_b, ctl_b = ip_of(b), _plane(b, "control")["ip"]
     old_index = socket.if_nametoindex(ctl["host_ifname"])
-    # std pings at 20/s run across the loss and the re-making of control
+    # std pings at 20/s run across the loss and the re-making of control,
+    # and a second past it (the last echo's answer waits at most -W 1)
     p = subprocess.Popen(
-        ["ip", "netns", "exec", a["ns"], "ping", "-i", "0.05", "-c", "200", "-W", "1", std_b],
+        ["ip", "netns", "exec", a["ns"], "ping", "-i", "0.05", "-c", "400", "-W", "1", std_b],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -1380,9 +1381,11 @@ def test_a_deleted_plane_veth_is_made_again_and_the_other_planes_stay(node):
         if '"pod plane made again' in (node.tmp / "service.log").read_text():
             break
         time.sleep(0.05)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)  # ping's summary, then its exit
     out, _ = p.communicate(timeout=60)
     sent, recv = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
-    assert recv == sent, out  # std never stopped
+    assert sent >= 40 and recv >= sent - 1, out  # std never stopped (the last may be on its way)
     log = (node.tmp / "service.log").read_text()
     assert '"pod plane made again: its veth was gone"' in log, log[-2000:]
     assert '"pod removed' not in log
