@@ -102,19 +102,7 @@ def main(mode, frames):
             made.append(nh)
             sh("ip", "netns", "exec", nh, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
             sh(
-                "ip",
-                "link",
-                "add",
-                hu,
-                "address",
-                NODE_UL_MAC,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                nh,
+                *f"ip link add {hu} address {NODE_UL_MAC} type veth peer name eth0 netns {nh}".split()
             )
             sh("ip", "link", "set", hu, "up")
             for cmd in (
