@@ -425,6 +425,8 @@ def cluster(tmp_path_factory, request):
         if request.session.testsfailed != failed:
             for node in cl.nodes.values():
                 print(f"--- node{node.n}: {node.logfile} (tail)\n{node.log()[-2000:]}")
+            if cl.etcd is not None:  # its own warnings: slow applies, elections
+                print(f"--- etcd: {cl.etcd.log_path} (tail)\n{cl.etcd.log_tail(40)}")
         cl.teardown()
 
 

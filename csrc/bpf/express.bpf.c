@@ -20,8 +20,9 @@
  * socket refused is carried by tc or, if it no longer can (its destination
  * gone), dropped and counted (ex_lost: express_changed); one the socket took
  * is the core's alone. Where no decision is found (a socket without the
- * program, or another packet socket's filter that ran after it and cleared
- * the block), tc decides alone, as the socket program would.
+ * program, or another packet socket's BPF filter that uses the block - the
+ * kernel clears it for such a filter - and ran after it), tc decides alone,
+ * as the socket program would.
  *
  * A frame is taken only if all of these hold, else the core forwards it as
  * before, with its checks and counters:
@@ -231,8 +232,9 @@ struct {
 } ex_lost SEC(".maps");
 
 /* the socket program's decision in skb->cb[0..1] (the kernel clears the
- * block before it runs a packet socket's filter; tc ingress runs next on
- * the same skb): cb[0] says a decision is there, cb[1] which */
+ * block before it runs a packet socket's filter that uses it, as this one
+ * does; tc ingress runs next on the same skb): cb[0] says a decision is
+ * there, cb[1] which */
 #define EX_SAID_MAGIC 0x65787072u /* "expr" */
 #define EX_SAID_LANE 0x6c616e65u  /* "lane": refused, tc carries it */
 #define EX_SAID_CORE 0x636f7265u  /* "core": the core's path */
