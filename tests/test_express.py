@@ -399,7 +399,9 @@ def _lane_race(mode):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-4000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["rcvbuf_errors"] == 0, res  # the receiver kept up: what is missing is ours
+    return res
 
 
 def test_switching_the_lane_under_traffic_loses_and_doubles_nothing():
