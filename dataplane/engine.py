@@ -886,10 +886,9 @@ class _Express:
             c = self._express_raw(up)
             port[up, [rx, rxb, tx, txb]] += c[:4]
             drop[DROP_REASONS.index("express_decap")] += c[6]
-        if self.express_loaded:
-            lost = ffi.new("uint64_t *")
-            self._call("express lane: frames lost to a change", lib.dp_express_lost, lost)
-            drop[DROP_REASONS.index("express_changed")] += lost[0]
+        lost = ffi.new("uint64_t *")  # 0 without the lane
+        self._call("express lane: frames lost to a change", lib.dp_express_lost, lost)
+        drop[DROP_REASONS.index("express_changed")] += lost[0]
 
     def _express_uplink(self) -> Optional[int]:
         """The uplink's port index, when the lane may send out of it (and

@@ -12,8 +12,9 @@ process that changes what the lane's two programs read:
 
 The sender runs on another CPU than the changing thread, so that a change
 can land between the socket filter and tc ingress of one frame. Prints
-one JSON object: sent, received, duplicates, the changes made, the lane's
-and the core's share, the engine's non-zero drops.
+one JSON object: sent, received, duplicates, pod b's socket overflows
+(the kernel's), the changes made, the frames the lane took from the
+sending port, the engine's non-zero drops.
 
     python tests/lanerace.py switch|member|underlay [frames]
 """
