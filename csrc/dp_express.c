@@ -69,13 +69,19 @@ struct ex_rval {
     uint64_t seen; /* CLOCK_MONOTONIC ns */
 };
 
-struct ex_tun {
+struct ex_tslot {
     uint8_t hdr[DP_VXLAN_HDR_LEN];
     uint8_t ok;
     uint8_t pad;
     uint32_t csum_base;
 };
-_Static_assert(sizeof(struct ex_tun) == 56, "as express.bpf.c lays it");
+
+struct ex_tun {
+    uint32_t gen;
+    uint32_t pad;
+    struct ex_tslot slot[2]; /* slot[gen & 1] is the current one */
+};
+_Static_assert(sizeof(struct ex_tun) == 120, "as express.bpf.c lays it");
 
 struct ex_net {
     uint32_t vni_be, plane, ok;
@@ -138,7 +144,10 @@ libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
  * ex_rdst's size, a table update the kernel refused - the core carries: the
  * lane only ever takes less. */
 
-/* tunnel ti as the core has it (gone or unresolved: not for the lane) */
+/* tunnel ti as the core has it (gone or unresolved: not for the lane).
+ * The new template goes into the slot no program reads, then gen moves to
+ * it: two updates, each rewriting the rest of the value with the bytes it
+ * had (express.bpf.c, struct ex_tun, says why). */
 void
 dp_express_tunnel(int ti)
 {
@@ -147,13 +156,19 @@ dp_express_tunnel(int ti)
 
     if (!ex.obj || ti < 0 || ti >= DP_MAX_TUNNELS)
         return;
-    memset(&v, 0, sizeof(v));
+    if (bpf_map_lookup_elem(ex.tun_fd, &k, &v) != 0)
+        memset(&v, 0, sizeof(v)); /* only this thread writes it */
+    struct ex_tslot *s = &v.slot[(v.gen + 1) & 1];
+    memset(s, 0, sizeof(*s));
     const struct dp_tunnel *t = atomic_load(&dp.tunnels[ti]);
     if (t && t->resolved) {
-        memcpy(v.hdr, t->hdr, sizeof(v.hdr));
-        v.csum_base = t->csum_base;
-        v.ok = 1;
+        memcpy(s->hdr, t->hdr, sizeof(s->hdr));
+        s->csum_base = t->csum_base;
+        s->ok = 1;
     }
+    if (bpf_map_update_elem(ex.tun_fd, &k, &v, BPF_ANY) != 0)
+        return; /* the old template stays whole */
+    v.gen++;
     (void)bpf_map_update_elem(ex.tun_fd, &k, &v, BPF_ANY);
 }
 

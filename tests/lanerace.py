@@ -8,15 +8,22 @@ process that changes what the lane's two programs read:
   re-making its port does);
 * ``underlay``: the lane on and off while the datagrams come to pod b from
   a host behind the kernel's own VXLAN VTEP (namespace h, on the uplink's
-  veth), which the lane decapsulates.
+  veth), which the lane decapsulates;
+* ``move``: pod a sends numbered TCP segments (raw frames) to a MAC
+  behind that host, which the lane encapsulates, while the MAC moves from
+  one VTEP to another and back (each move makes the new VTEP's tunnel and
+  frees the old one's, whose slot the next move takes again): each frame
+  on the underlay must carry one tunnel's header or the other's whole -
+  next-hop MAC, VTEP address and checksum of the same template.
 
 The sender runs on another CPU than the changing thread, so that a change
 can land between the socket filter and tc ingress of one frame. Prints
 one JSON object: sent, received, duplicates, pod b's socket overflows
 (the kernel's), the changes made, the frames the lane took from the
-sending port, the engine's non-zero drops.
+sending port, the engine's non-zero drops; ``move`` adds the frames seen
+on the underlay with an outer header neither template gives (``torn``).
 
-    python tests/lanerace.py switch|member|underlay [frames]
+    python tests/lanerace.py switch|member|underlay|move [frames]
 """
 
 import json
@@ -73,6 +80,61 @@ for i in range(n):
 """
 
 
+# move: the two VTEPs the MAC moves between, and their MACs (the host's
+# interface has the first; the second answers nothing, the frames to it
+# are only looked at), and pod a's raw sender
+RACE_VTEPS = ((HOST_VTEP, HOST_UL_MAC), ("10.78.0.3", "06:11:22:33:44:55"))
+
+TCP_SENDER = """
+import os, socket, struct, sys, time
+os.sched_setaffinity(0, {int(sys.argv[2])})
+n = int(sys.argv[1])
+mac = lambda s: bytes.fromhex(s.replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+eth = mac(sys.argv[3]) + mac(sys.argv[4]) + b"\\x08\\x00"
+src, dst = socket.inet_aton(sys.argv[5]), socket.inet_aton(sys.argv[6])
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    t = (t & 0xffff) + (t >> 16)
+    return ~((t & 0xffff) + (t >> 16)) & 0xffff
+ip0 = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 60, 0, 0x4000, 64, 6, 0, src, dst)
+ip = ip0[:10] + struct.pack("!H", csum(ip0)) + ip0[12:]
+for i in range(n):
+    tcp = struct.pack("!HHIIBBHHH", 40000, 7000, i, 0, 0x50, 0x10, 512, 0, 0) + bytes(20)
+    s.send(eth + ip + tcp)
+    if i % 64 == 63:
+        time.sleep(0.0002)
+"""
+
+TCP_RECEIVER = """
+import socket, struct, sys
+ok = set()
+for v in sys.argv[1].split(","):
+    ip, mac = v.split("=")
+    ok.add((bytes.fromhex(mac.replace(":", "")), socket.inet_aton(ip)))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+s.bind(("eth0", 0))
+print("ready", flush=True)
+s.settimeout(5)
+seen, torn = set(), 0
+try:
+    while True:
+        f = s.recv(2048)
+        # VXLAN (UDP 4789) around IPv4 TCP: the numbered segments
+        if len(f) < 104 or f[12:14] != b"\\x08\\x00" or f[23] != 17 or f[36:38] != b"\\x12\\xb5":
+            continue
+        if (f[0:6], f[30:34]) not in ok or sum(struct.unpack("!10H", f[14:34])) % 0xffff:
+            torn += 1
+        seen.add(struct.unpack("!I", f[50 + 38 : 50 + 42])[0])
+        s.settimeout(1)
+except socket.timeout:
+    pass
+print(len(seen), 0, 0, torn)
+"""
+
+
 def sh(*args):
     subprocess.run(args, check=True, capture_output=True)
 
@@ -84,11 +146,12 @@ def main(mode, frames):
     other = 1 % ncpu  # the sender's CPU; the changes run on CPU 0
     made = []
     eng = None
-    under = mode == "underlay"
+    under = mode in ("underlay", "move")
+    move = mode == "move"
     nh, hu = f"{tag}h", f"{tag}hu"  # the kernel VTEP host, the uplink's host end
     try:
         for ns, h, mac, ip, peer in ((na, ha, MA, IPA, (IPB, MB)), (nb, hb, MB, IPB, (IPA, MA))):
-            if under and ns == na:
+            if mode == "underlay" and ns == na:
                 continue  # the datagrams come from the kernel VTEP host
             sh("ip", "netns", "add", ns)
             made.append(ns)
@@ -99,7 +162,8 @@ def main(mode, frames):
             sh("ip", "-n", ns, "neigh", "add", peer[0], "lladdr", peer[1], "dev", "eth0")
             sh("ip", "link", "set", h, "up")
         if under:
-            na = nh
+            if not move:
+                na = nh
             sh("ip", "netns", "add", nh)
             made.append(nh)
             sh("ip", "netns", "exec", nh, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
@@ -124,23 +188,29 @@ def main(mode, frames):
         eng.fdb_add_local(0, MB, pb)
         if under:
             up = eng.add_afpacket_port(hu, role="uplink")
-            eng.set_vtep(f"{NODE_VTEP}/24", NODE_UL_MAC, up, next_hop_mac=HOST_UL_MAC)
+            if move:  # next hops from the neighbour table
+                eng.set_vtep(f"{NODE_VTEP}/24", NODE_UL_MAC, up)
+                for ip, mac in RACE_VTEPS:
+                    eng.set_neighbor(ip, mac)
+            else:
+                eng.set_vtep(f"{NODE_VTEP}/24", NODE_UL_MAC, up, next_hop_mac=HOST_UL_MAC)
             eng.fdb_add_remote(0, MH, HOST_VTEP)
             pa = up
-        else:
+        if not under or move:
             pa = eng.add_afpacket_port(ha, network=0)
             eng.fdb_add_local(0, MA, pa)
         eng.express_open()
-        if not under:
+        if not under or move:
             eng.express_add_port(pa, ha, 0, MA, [IPA])
         eng.express_add_port(pb, hb, 0, MB, [IPB])
         eng.start()
-        rx = subprocess.Popen(
-            ["ip", "netns", "exec", nb, sys.executable, "-c", RECEIVER]
-            + [str(frames), IPB, str(UDP_PORT)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        if move:  # the underlay's side sees what the lane sends
+            rx_cmd = ["ip", "netns", "exec", nh, sys.executable, "-c", TCP_RECEIVER]
+            rx_cmd.append(",".join(f"{ip}={mac}" for ip, mac in RACE_VTEPS))
+        else:
+            rx_cmd = ["ip", "netns", "exec", nb, sys.executable, "-c", RECEIVER]
+            rx_cmd += [str(frames), IPB, str(UDP_PORT)]
+        rx = subprocess.Popen(rx_cmd, stdout=subprocess.PIPE, text=True)
         assert rx.stdout.readline().strip() == "ready"
         stop = threading.Event()
         changes = [0]
@@ -152,6 +222,8 @@ def main(mode, frames):
                 on = not on
                 if mode in ("switch", "underlay"):
                     eng.express_enable(on)
+                elif move:
+                    eng.fdb_add_remote(0, MH, RACE_VTEPS[on][0])
                 elif on:
                     eng.express_add_port(pb, hb, 0, MB, [IPB])
                 else:
@@ -164,18 +236,25 @@ def main(mode, frames):
         th = threading.Thread(target=change)
         th.start()
         try:
-            sh(
-                "ip", "netns", "exec", na, sys.executable, "-c", SENDER,
-                str(frames), IPB, str(UDP_PORT), str(other),
-            )  # fmt: skip
+            if move:
+                sh(
+                    "ip", "netns", "exec", na, sys.executable, "-c", TCP_SENDER,
+                    str(frames), str(other), MH, MA, IPA, "10.77.0.9",
+                )  # fmt: skip
+            else:
+                sh(
+                    "ip", "netns", "exec", na, sys.executable, "-c", SENDER,
+                    str(frames), IPB, str(UDP_PORT), str(other),
+                )  # fmt: skip
         finally:
             stop.set()
             th.join()
-        got, dup, rcvbuf = map(int, rx.communicate(timeout=30)[0].split())
+        got, dup, rcvbuf, *torn = map(int, rx.communicate(timeout=30)[0].split())
         c = eng.counters()
         print(
             json.dumps(
                 {
+                    **({"torn": torn[0]} if torn else {}),
                     "sent": frames,
                     "received": got,
                     "duplicates": dup,

@@ -442,3 +442,18 @@ def test_switching_the_lane_under_vxlan_from_the_underlay_loses_and_doubles_noth
     assert res["duplicates"] == 0, res
     assert res["received"] == res["sent"], res
     assert not res["drops"], res
+
+
+def test_a_mac_moving_between_vteps_under_traffic_leaves_with_a_whole_header():
+    """A MAC behind the underlay moves from one VTEP to another and back,
+    over and over (each move makes one tunnel and frees the other, whose
+    slot the next move takes again), while pod a's TCP segments to it go
+    through the lane: every frame on the underlay carries one tunnel's
+    template whole - next-hop MAC, VTEP address and a valid checksum of
+    the same one - through the lane's two template slots (struct ex_tun)."""
+    res = _lane_race("move")
+    assert res["changes"] > 1000, res
+    assert res["lane"] > res["sent"] // 2, res  # the lane encapsulated them
+    assert res["received"] > res["sent"] // 2, res
+    assert res["torn"] == 0, res
+    assert set(res["drops"]) <= {"express_changed"}, res

@@ -128,12 +128,25 @@ struct ex_rval {
     __u64 seen;
 };
 
-/* a remote VTEP: the core's header template (struct dp_tunnel) */
-struct ex_tun {
+/* a remote VTEP's header template as the core has it (struct dp_tunnel) */
+struct ex_tslot {
     __u8 hdr[EX_HDR];
     __u8 ok; /* next hop resolved */
     __u8 pad;
     __u32 csum_base; /* as dp_tunnel's */
+};
+
+/* A remote VTEP: its template in two slots, slot[gen & 1] the current one.
+ * The control thread writes a new template into the other slot, then bumps
+ * gen, each a whole-value update that rewrites the rest with the bytes it
+ * had - an array map's value is copied in place, so a template rewritten
+ * where a program reads it could be read half old, half new (a next hop's
+ * new MAC). A reader copies the current slot and checks gen again
+ * (ex_tun_get): a slot can only be rewritten after gen moved past it. */
+struct ex_tun {
+    __u32 gen;
+    __u32 pad;
+    struct ex_tslot slot[2];
 };
 
 /* a network: its VNI as the VXLAN header carries it, and its plane */
@@ -244,10 +257,37 @@ enum { SAID_NONE, SAID_LANE, SAID_CORE };
 struct ex_way {
     struct ex_src *src;
     struct ex_dst *dst;       /* a pod port of this node, or */
-    const struct ex_tun *tun; /* a remote VTEP, */
+    int remote;               /* a remote VTEP, */
+    struct ex_tslot tun;      /* by its template (copied: ex_tun_get), */
     const struct ex_net *net; /* for this network, */
     const struct ex_up *up;   /* out of this uplink */
 };
+
+/* Tunnel ti's current template into *out: 1 if it is there and resolved,
+ * else 0 (the core's path carries the frame). Read as struct ex_tun says:
+ * gen, the slot, gen again, in that order (the compiler keeps it; the CPU
+ * does on x86, whose loads are not reordered with each other), tried again
+ * while the control thread moves on; it changes a tunnel at most a few
+ * times a second, so a reader that keeps losing is not waited for. */
+static __always_inline int
+ex_tun_get(__u32 ti, struct ex_tslot *out)
+{
+    const struct ex_tun *t = bpf_map_lookup_elem(&ex_tun, &ti);
+
+    if (!t)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        __u32 g = *(volatile const __u32 *)&t->gen;
+
+        asm volatile("" ::: "memory");
+        __builtin_memcpy(out, &t->slot[g & 1], sizeof(*out));
+        asm volatile("" ::: "memory");
+        if (*(volatile const __u32 *)&t->gen == g)
+            return out->ok;
+    }
+    return 0;
+}
 
 static __always_inline int
 mac_eq(const __u8 *a, const __u8 *b)
@@ -314,8 +354,7 @@ ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way 
     w->up = bpf_map_lookup_elem(&ex_up, &zero);
     if (!w->up || !w->up->on)
         return 0;
-    w->tun = bpf_map_lookup_elem(&ex_tun, &r->ti);
-    if (!w->tun || !w->tun->ok)
+    if (!ex_tun_get(r->ti, &w->tun))
         return 0; /* its next hop unresolved: the core holds the frame and asks */
     w->net = bpf_map_lookup_elem(&ex_net, &net);
     if (!w->net || !w->net->ok)
@@ -324,6 +363,7 @@ ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way 
      * super-frame into segments first) */
     if (skb->len + EX_HDR - ETH_HLEN > 0xffff)
         return 0;
+    w->remote = 1;
     return 1;
 }
 
@@ -467,7 +507,7 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
 {
     struct ex_dkey k = {};
     struct ex_src *to;
-    struct ex_tun *t;
+    struct ex_tslot t;
     __u32 *net, vtep_src, csum;
     __u16 w16[sizeof(struct iphdr) / 2];
 
@@ -512,11 +552,10 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
     d->from = bpf_map_lookup_elem(&ex_rdst, &k);
     if (!d->from)
         return 0;
-    t = bpf_map_lookup_elem(&ex_tun, &d->from->ti);
-    if (!t || !t->ok)
+    if (!ex_tun_get(d->from->ti, &t))
         return 0;
     /* the template's outer IPv4 destination: bytes 30-33 */
-    __builtin_memcpy(&vtep_src, t->hdr + ETH_HLEN + 16, 4);
+    __builtin_memcpy(&vtep_src, t.hdr + ETH_HLEN + 16, 4);
     return vtep_src == h->ip.saddr;
 }
 
@@ -534,7 +573,7 @@ ex_encap(struct __sk_buff *skb, const struct ex_way *w)
     __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
                   BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
                   BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
-    const struct ex_tun *t = w->tun;
+    const struct ex_tslot *t = &w->tun;
     const struct ex_up *up = w->up;
     int by, mark;
 
@@ -703,7 +742,7 @@ ex_tc(struct __sk_buff *skb)
             ex_count(w.dst->port, 0, len, 0);
             return bpf_redirect_peer(w.dst->ifindex, 0);
         }
-        if (w.tun && w.up && w.net) {
+        if (w.remote && w.up && w.net) {
             if (ex_encap(skb, &w) < 0) {
                 __u32 port = w.src->port;
                 struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
