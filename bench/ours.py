@@ -170,17 +170,25 @@ def measure(
 
 SAMPLE_SLOTS = 512
 SAMPLE_S = 0.02
+SAMPLE_MAX_S = 2.0
 
 
 def _sample(eng, out_port) -> list:
     """Frames the null port was given, copied by the core's capture for
     SAMPLE_S right after the window (same engine, still forwarding at full
     rate): what the parent checks the timed run's work with. The capture's
-    cost stays out of the figure."""
+    cost stays out of the figure. On a machine so loaded that the worker
+    was not scheduled meanwhile, it waits on, up to SAMPLE_MAX_S, for a
+    first frame."""
     eng.capture_start([out_port], "tx", "", snaplen=256, slots=SAMPLE_SLOTS)
     try:
-        time.sleep(SAMPLE_S)
-        return [r[4] for r in eng.capture_read()]
+        out = []
+        waited = 0.0
+        while not out and waited < SAMPLE_MAX_S:
+            time.sleep(SAMPLE_S)
+            waited += SAMPLE_S
+            out = [r[4] for r in eng.capture_read()]
+        return out
     finally:
         eng.capture_stop()
 

@@ -17,6 +17,7 @@ forwarding again as soon as its ports are back.
 """
 
 import collections
+import errno
 import os
 import signal
 import socket
@@ -78,6 +79,17 @@ def _exiting(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return fields[0] in "ZXx" or bool(int(fields[6]) & 0x4)  # PF_EXITING
+
+
+def _closing(pid: int) -> bool:
+    """Process ``pid`` is exiting and may still hold sockets (not yet a
+    zombie, whose files are all closed)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] not in "ZXx" and bool(int(fields[6]) & 0x4)
 
 
 def _config_path(value, path):
@@ -533,10 +545,26 @@ class NodeService:
         if self.registry is not None:
             reg.register(CoreCollector(self.snapshot, node=self.config.node, abi=ABI_VERSION))
         m = self.config.metrics
-        try:
-            self.metrics_server = metrics_http_server(m.host, m.port, reg)
-        except OSError as e:
-            raise ConfigError(f"metrics.listen: {m.listen}: {e.strerror or e}") from None
+        # a killed run of this service (its pid in the lock file) that is
+        # still exiting closes its files one by one: the lock may be free
+        # before its listening socket is, so the address is waited for
+        dying = self.unclean_stop[0] if self.unclean_stop else None
+        waited = 0.0
+        while True:
+            try:
+                self.metrics_server = metrics_http_server(m.host, m.port, reg)
+                return
+            except OSError as e:
+                if (
+                    e.errno == errno.EADDRINUSE
+                    and dying is not None
+                    and _closing(dying)
+                    and waited < CLAIM_WAIT_S
+                ):
+                    time.sleep(0.05)
+                    waited += 0.05
+                    continue
+                raise ConfigError(f"metrics.listen: {m.listen}: {e.strerror or e}") from None
 
     # --------------------------------------------------------------- pods
     def add_pod(self, name: str, netns: str, spec) -> dict:
