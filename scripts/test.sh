@@ -1,8 +1,65 @@
 #!/bin/bash
 # Set up (scripts/setup.sh), run the lint gate (scripts/lint.sh), then the
-# whole test suite.
+# whole test suite. With arguments: pytest with them, one process (e.g.
+# `bash scripts/test.sh tests/test_core.py -k encap`).
+#
+# The whole suite runs in two pytest processes side by side (lanes): the
+# tests that touch nothing of the host's own network namespace - the core
+# in a child process on ring and pcap ports, the store against its own
+# etcd, a cluster whose nodes live in namespaces of their own, the
+# configuration and packaging checks - in lane B; everything else in lane
+# A, one test at a time as before (node services in the host namespace
+# name their pods' veths after the pods, which two tests at once could
+# both want), the benchmarks' smoke tests and the idle-worker tests last,
+# when lane B, whose core busy-polls, has ended. Lane B's output follows
+# lane A's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/lint.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider)
+if [ $# -gt 0 ]; then
+    exec "${PYTEST[@]}" "$@"
+fi
+
+LANE_B=(
+    tests/test_core.py tests/test_guard_core.py tests/test_planes.py
+    tests/test_core_ports.py tests/test_capture.py tests/test_memif_guard.py
+    tests/test_rxqueues.py tests/test_sync.py tests/test_cluster.py
+    tests/test_store_down.py tests/test_store_etcd.py tests/test_store.py
+    tests/test_cni_store.py tests/test_packaging.py tests/test_config.py
+    tests/test_pod_spec.py tests/test_guard_config.py tests/test_engine_config.py
+    tests/test_checks.py tests/test_cni_deploy.py
+)
+LAST=(
+    tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
+    tests/test_bench_traffic.py tests/test_bench_dpdkpods.py tests/test_bench_smoke.py
+)
+LANE_A=()
+for f in tests/test_*.py; do
+    case " ${LANE_B[*]} ${LAST[*]} " in
+    *" $f "*) ;;
+    *) LANE_A+=("$f") ;;
+    esac
+done
+LANE_A+=("${LAST[@]}")
+
+base=/tmp/pytest-of-$(id -un)
+mkdir -p "$base"
+log_b=$(mktemp "$base/lane-b.XXXXXX.log")
+"${PYTEST[@]}" --basetemp="$base/lane-b" "${LANE_B[@]}" >"$log_b" 2>&1 &
+pid_b=$!
+# interrupted: lane B's pytest tears its fixtures down (their services,
+# namespaces, etcd) as on Ctrl-C
+trap 'kill -INT "$pid_b" 2>/dev/null || true; wait "$pid_b" || true' EXIT
+echo "test: lane A (${#LANE_A[@]} files) here; lane B (${#LANE_B[@]} files) in $log_b, shown when both end"
+rc_a=0
+"${PYTEST[@]}" --basetemp="$base/lane-a" "${LANE_A[@]}" || rc_a=$?
+rc_b=0
+wait "$pid_b" || rc_b=$?
+trap - EXIT
+echo "test: lane B:"
+cat "$log_b"
+rm -f "$log_b"
+echo "test: lane A exit $rc_a, lane B exit $rc_b"
+[ "$rc_a" -eq 0 ] && [ "$rc_b" -eq 0 ]
