@@ -70,26 +70,28 @@ CLAIM_WAIT_S = 15.0
 NO_UPLINK_MAC = "02:00:00:00:00:00"
 
 
-def _exiting(pid: int) -> bool:
-    """Process ``pid`` is gone or on its way out: a zombie, or exiting (a
-    killed service closes its packet sockets for a second or two)."""
+def _proc_state(pid: int):
+    """Process ``pid``'s state letter and flags, from /proc; None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    return fields[0] in "ZXx" or bool(int(fields[6]) & 0x4)  # PF_EXITING
+        return fields[0], int(fields[6])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _exiting(pid: int) -> bool:
+    """Process ``pid`` is gone or on its way out: a zombie, or exiting (a
+    killed service closes its packet sockets for a second or two)."""
+    st = _proc_state(pid)
+    return st is None or st[0] in "ZXx" or bool(st[1] & 0x4)  # PF_EXITING
 
 
 def _closing(pid: int) -> bool:
     """Process ``pid`` is exiting and may still hold sockets (not yet a
     zombie, whose files are all closed)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return fields[0] not in "ZXx" and bool(int(fields[6]) & 0x4)
+    st = _proc_state(pid)
+    return st is not None and st[0] not in "ZXx" and bool(st[1] & 0x4)
 
 
 def _config_path(value, path):

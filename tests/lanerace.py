@@ -17,7 +17,10 @@ process that changes what the lane's two programs read:
   next-hop MAC, VTEP address and checksum of the same template.
 
 The sender runs on another CPU than the changing thread, so that a change
-can land between the socket filter and tc ingress of one frame. Prints
+can land between the socket filter and tc ingress of one frame, and
+waits after each thousand frames for thirty more changes: at least 30
+changes per 1000 frames land while frames flow, on a busy machine too.
+Prints
 one JSON object: sent, received, duplicates, pod b's socket overflows
 (the kernel's), the changes made, the frames the lane took from the
 sending port, the engine's non-zero drops; ``move`` adds the frames seen
@@ -67,8 +70,16 @@ snmp = [ln.split() for ln in open("/proc/net/snmp") if ln.startswith("Udp:")]
 print(sum(seen), dup, snmp[1][snmp[0].index("RcvbufErrors")])
 """
 
+# the senders wait, after each PACE_FRAMES frames, for PACE_CHANGES more
+# changes (one byte on their stdin from the changing thread): every run
+# makes PACE_CHANGES * frames / PACE_FRAMES changes while frames flow,
+# however fast the machine runs either side
+PACE_FRAMES = 1000
+PACE_CHANGES = 30
+
 SENDER = """
 import os, socket, sys, time
+PACE_FRAMES = 1000  # = lanerace.PACE_FRAMES
 os.sched_setaffinity(0, {int(sys.argv[4])})
 n = int(sys.argv[1])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -77,6 +88,8 @@ for i in range(n):
     s.sendto(i.to_bytes(4, "little") + pad, (sys.argv[2], int(sys.argv[3])))
     if i % 64 == 63:
         time.sleep(0.0002)  # below what b's socket and the core keep up with
+    if i % PACE_FRAMES == PACE_FRAMES - 1:
+        sys.stdin.buffer.read(1)  # the changes' pace (main)
 """
 
 
@@ -87,6 +100,7 @@ RACE_VTEPS = ((HOST_VTEP, HOST_UL_MAC), ("10.78.0.3", "06:11:22:33:44:55"))
 
 TCP_SENDER = """
 import os, socket, struct, sys, time
+PACE_FRAMES = 1000  # = lanerace.PACE_FRAMES
 os.sched_setaffinity(0, {int(sys.argv[2])})
 n = int(sys.argv[1])
 mac = lambda s: bytes.fromhex(s.replace(":", ""))
@@ -105,6 +119,8 @@ for i in range(n):
     s.send(eth + ip + tcp)
     if i % 64 == 63:
         time.sleep(0.0002)
+    if i % PACE_FRAMES == PACE_FRAMES - 1:
+        sys.stdin.buffer.read(1)  # the changes' pace (main)
 """
 
 TCP_RECEIVER = """
@@ -214,8 +230,16 @@ def main(mode, frames):
         assert rx.stdout.readline().strip() == "ready"
         stop = threading.Event()
         changes = [0]
+        pace_r, pace_w = os.pipe()
+        os.set_blocking(pace_w, False)  # a full pipe: the sender is well ahead
 
         def change():
+            try:
+                changing()
+            finally:
+                os.close(pace_w)  # a sender waiting for the pace goes on
+
+        def changing():
             os.sched_setaffinity(0, {0})
             on = True
             while not stop.is_set():
@@ -229,6 +253,11 @@ def main(mode, frames):
                 else:
                     eng.express_remove_port(pb)
                 changes[0] += 1
+                if changes[0] % PACE_CHANGES == 0:
+                    try:
+                        os.write(pace_w, b".")
+                    except BlockingIOError:
+                        pass
             if mode == "member" and not on:
                 eng.express_add_port(pb, hb, 0, MB, [IPB])
             eng.express_enable(True)
@@ -237,18 +266,20 @@ def main(mode, frames):
         th.start()
         try:
             if move:
-                sh(
+                tx_cmd = [
                     "ip", "netns", "exec", na, sys.executable, "-c", TCP_SENDER,
                     str(frames), str(other), MH, MA, IPA, "10.77.0.9",
-                )  # fmt: skip
+                ]  # fmt: skip
             else:
-                sh(
+                tx_cmd = [
                     "ip", "netns", "exec", na, sys.executable, "-c", SENDER,
                     str(frames), IPB, str(UDP_PORT), str(other),
-                )  # fmt: skip
+                ]  # fmt: skip
+            subprocess.run(tx_cmd, check=True, capture_output=True, stdin=pace_r)
         finally:
             stop.set()
             th.join()
+            os.close(pace_r)
         got, dup, rcvbuf, *torn = map(int, rx.communicate(timeout=30)[0].split())
         c = eng.counters()
         print(
