@@ -10,9 +10,9 @@
 # configuration and packaging checks - in lane B; everything else in lane
 # A, one test at a time as before (node services in the host namespace
 # name their pods' veths after the pods, which two tests at once could
-# both want), the benchmarks' smoke tests and the idle-worker tests last,
-# when lane B, whose core busy-polls, has ended. Lane B's output follows
-# lane A's.
+# both want), and last, when lane B, whose core busy-polls, has ended,
+# what measures time: the shaper's rates (tests/test_planes.py), the idle
+# worker, the benchmarks' smoke tests. Lane B's output follows lane A's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -23,7 +23,7 @@ if [ $# -gt 0 ]; then
 fi
 
 LANE_B=(
-    tests/test_core.py tests/test_guard_core.py tests/test_planes.py
+    tests/test_core.py tests/test_guard_core.py
     tests/test_core_ports.py tests/test_capture.py tests/test_memif_guard.py
     tests/test_rxqueues.py tests/test_sync.py tests/test_cluster.py
     tests/test_store_down.py tests/test_store_etcd.py tests/test_store.py
@@ -32,7 +32,7 @@ LANE_B=(
     tests/test_checks.py tests/test_cni_deploy.py
 )
 LAST=(
-    tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
+    tests/test_planes.py tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
     tests/test_bench_traffic.py tests/test_bench_dpdkpods.py tests/test_bench_smoke.py
 )
 LANE_A=()
