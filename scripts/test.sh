@@ -6,7 +6,8 @@
 # The whole suite runs in two pytest processes side by side (lanes): the
 # tests that touch nothing of the host's own network namespace - the core
 # in a child process on ring and pcap ports, the store against its own
-# etcd, a cluster whose nodes live in namespaces of their own, the
+# etcd, clusters and nodes that live in namespaces of their own
+# (tests/clusterhost.py, the Fabric of tests/test_kernel_pods.py), the
 # configuration and packaging checks - in lane B; everything else in lane
 # A, one test at a time as before (node services in the host namespace
 # name their pods' veths after the pods, which two tests at once could
@@ -30,6 +31,8 @@ LANE_B=(
     tests/test_cni_store.py tests/test_packaging.py tests/test_config.py
     tests/test_pod_spec.py tests/test_guard_config.py tests/test_engine_config.py
     tests/test_checks.py tests/test_cni_deploy.py
+    tests/test_kernel_pods.py tests/test_kernel_gso.py tests/test_hostile.py
+    tests/test_learning.py tests/test_vf.py
 )
 LAST=(
     tests/test_planes.py tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
