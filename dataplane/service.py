@@ -70,8 +70,9 @@ CLAIM_WAIT_S = 15.0
 NO_UPLINK_MAC = "02:00:00:00:00:00"
 
 
-def _proc_state(pid: int):
-    """Process ``pid``'s state letter and flags, from /proc; None if gone."""
+def _proc_state(pid):
+    """Process (or ``pid/task/tid`` thread) ``pid``'s state letter and
+    flags, from /proc; None if gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -88,10 +89,21 @@ def _exiting(pid: int) -> bool:
 
 
 def _closing(pid: int) -> bool:
-    """Process ``pid`` is exiting and may still hold sockets (not yet a
-    zombie, whose files are all closed)."""
+    """Process ``pid`` is exiting and may still hold sockets: its files are
+    closed only when its last thread is a zombie (the first thread can be
+    one while the worker threads still unwind)."""
     st = _proc_state(pid)
-    return st is not None and st[0] not in "ZXx" and bool(st[1] & 0x4)
+    if st is None or not (st[0] in "ZXx" or st[1] & 0x4):
+        return False
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        t = _proc_state(f"{pid}/task/{tid}")
+        if t is not None and t[0] not in "ZXx":
+            return True
+    return False
 
 
 def _config_path(value, path):

@@ -1118,6 +1118,69 @@ def test_a_start_right_after_a_kill_takes_over(node):
     assert (node.tmp / "service.log").read_text().count("did not stop cleanly") == 1
 
 
+# a run of the service killed while a thread of it is still unwinding: its
+# first thread already a zombie, its listening socket still open (the
+# service's worker threads can take a second or two to close packet rings)
+DYING_RUN = """
+import ctypes, os, socket, sys, threading, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+with open(sys.argv[2], "w") as f:
+    f.write(f"{os.getpid()}\\n")
+def unwind():
+    time.sleep(float(sys.argv[3]))
+    os._exit(0)
+threading.Thread(target=unwind).start()
+print("ready", flush=True)
+ctypes.CDLL(None).syscall(60, 0)  # exit(2): this thread only
+"""
+
+
+def test_a_start_waits_for_the_metrics_port_of_a_run_still_unwinding(tmp_path):
+    """The lock of a killed run is free as soon as its first thread is
+    gone; its metrics socket only once its last thread is: a service
+    started in between waits for the port instead of refusing it."""
+    n = Node(tmp_path, uuid.uuid4().hex[:5])
+    dying = subprocess.Popen(
+        [sys.executable, "-c", DYING_RUN, str(n.metrics_port), n.sock + ".lock", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert dying.stdout.readline() == "ready\n"
+        for _ in range(100):  # its first thread a zombie, its second alive
+            with open(f"/proc/{dying.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        with socket.socket() as probe:
+            with pytest.raises(OSError):
+                probe.bind(("127.0.0.1", n.metrics_port))
+        n.start()
+        for _ in range(200):
+            log = (tmp_path / "service.log").read_text()
+            if '"node service started"' in log:
+                break
+            assert n.proc.poll() is None, log
+            time.sleep(0.05)
+        assert dying.wait(30) == 0
+        assert n.proc.poll() is None, log
+        assert "Address already in use" not in log
+        started = next(json.loads(ln) for ln in log.splitlines() if "node service started" in ln)
+        assert started["metrics"] == f"127.0.0.1:{n.metrics_port}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{n.metrics_port}/metrics", timeout=5) as r:
+            assert b"dataplane_" in r.read()
+        unclean = [json.loads(ln) for ln in log.splitlines() if "did not stop cleanly" in ln]
+        assert [u["previous_pid"] for u in unclean] == [dying.pid]
+    finally:
+        if dying.poll() is None:
+            dying.kill()
+            dying.wait()
+        n.cleanup()
+
+
 def test_start_refusals_name_the_setting_and_leave_nothing(node, tmp_path):
     """What only the start can find out - a busy metrics port, a network
     removed under a pod - is refused with the setting's name, no traceback,
