@@ -19,7 +19,7 @@
                                           or a renamed node's old name (SQLite store)
     dataplane attachment list             CNI attachments (container, ifname, pod)
     dataplane attachment del CONTAINER_ID IFNAME
-    dataplane bench {encap,decap,afpacket} [...]
+    dataplane bench NAME [...]            a benchmark from the checkout (--help: which)
 
 Client commands talk to the service's control API (HTTP+JSON on a unix
 socket): --socket, or the api_socket of -c FILE, or /run/dataplane/api.sock.
@@ -565,9 +565,23 @@ def cmd_attachment(args):
 
 
 def cmd_bench(args):
+    """``python -m bench ARGS`` from the checkout this package is installed
+    from (bench/ is beside dataplane/ there, not installed), from any
+    directory."""
     import os
 
-    os.execv(sys.executable, [sys.executable, "-m", "bench", *args.rest])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "bench", "__main__.py")):
+        print(
+            f"dataplane bench: the benchmarks run from a source checkout (bench/ beside "
+            f"dataplane/); there is none in {root}: install the package from a checkout "
+            f"(pip install -e .) or run python -m bench there",
+            file=sys.stderr,
+        )
+        return 2
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    os.execve(sys.executable, [sys.executable, "-m", "bench", *args.rest], env)
 
 
 def build_parser():
@@ -675,7 +689,9 @@ def build_parser():
     ad.add_argument("ifname")
     client(ad)
     p.set_defaults(fn=cmd_attachment)
-    p = sub.add_parser("bench", help="run a benchmark (python -m bench ...)")
+    p = sub.add_parser(
+        "bench", help="run a benchmark (python -m bench ...; --help lists them)", add_help=False
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
     return ap
@@ -686,6 +702,8 @@ def main(argv=None):
     args, extra = ap.parse_known_args(argv)
     if extra and args.cmd == "capture" and not any(x.startswith("-") for x in extra):
         args.filter += extra  # a filter after the options, as tcpdump takes it
+    elif extra and args.cmd == "bench":
+        args.rest = extra + args.rest  # options before the benchmark's name: its own
     elif extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:

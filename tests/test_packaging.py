@@ -68,3 +68,44 @@ def test_the_wheel_holds_every_module_and_imports(tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+    # the benchmarks are not in the wheel: `dataplane bench` says where they are
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            code.replace("print('ok')", "")
+            + "from dataplane.cli import main; sys.exit(main(['bench', 'encap']))",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "the benchmarks run from a source checkout" in r.stderr
+    assert str(tmp_path / "site") in r.stderr
+
+
+def test_bench_runs_from_any_directory(tmp_path):
+    """`dataplane bench` from outside the checkout runs the checkout's
+    benchmarks (bench/ beside the package), its options its own."""
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "bench", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+
+    r = cli("--help")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("encap", "decap", "afpacket", "pods", "churn"):
+        assert name in r.stderr
+    r = cli("encap", "--help")
+    assert r.returncode == 0 and "--runs" in r.stdout, r.stdout + r.stderr
+    r = cli("encap", "--runs", "0")
+    assert r.returncode == 2 and "--runs must be >= 1" in r.stderr, r.stdout + r.stderr
+    r = cli("nope")
+    assert r.returncode == 2 and "no benchmark 'nope'" in r.stderr
