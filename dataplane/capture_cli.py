@@ -28,7 +28,9 @@ def add_parser(sub):
         "expression, as for tcpdump.",
     )
     p.add_argument("target", help="PORT | uplink | POD | POD:PLANE")
-    p.add_argument("filter", nargs="*", help="pcap-filter expression (default: every frame)")
+    p.add_argument(
+        "filter", nargs="*", default=[], help="pcap-filter expression (default: every frame)"
+    )
     p.add_argument("-w", "--write", metavar="FILE", help="write pcapng to FILE")
     p.add_argument(
         "-c", "--count", type=int, default=0, help="stop after COUNT frames (0: no limit)"

@@ -149,6 +149,15 @@ def test_bad_requests_are_refused_and_leave_nothing_running(node, tmp_path):
     assert cap.wait(30) == 0
 
 
+def test_a_capture_without_a_target_names_only_the_target():
+    """The filter is optional: the usage error asks for the target alone."""
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "capture"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith("the following arguments are required: target"), r.stderr
+
+
 def test_sigterm_leaves_a_whole_file_and_no_capture(node, tmp_path):
     """timeout(1) and kill stop a capture as Ctrl-C does."""
     out = tmp_path / "t.pcapng"
