@@ -354,8 +354,10 @@ class APIServer:
                     return self._reply(200, fn(body, params))
                 except NotFound as e:
                     return self._reply(404, {"error": str(e)})
-                except (AlreadyExists, Busy) as e:
-                    return self._reply(409, {"error": str(e)})
+                except AlreadyExists as e:
+                    return self._reply(409, {"error": str(e), "conflict": "exists"})
+                except Busy as e:
+                    return self._reply(409, {"error": str(e), "conflict": "in_use"})
                 except (ConfigError, ValueError) as e:
                     return self._reply(400, {"error": str(e)})
                 except DataplaneError as e:

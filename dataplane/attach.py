@@ -366,21 +366,27 @@ def _pod_if_problems(a: dict, mac, addresses: List[str], mtu) -> List[str]:
     want = f"{a['ip']}/{a['prefixlen']}"
     if a["ip"] and want not in addresses:
         problems.append(f"{a['ifname']} has {addresses or 'no address'}, not {want}")
-    if a["mtu"] and mtu != a["mtu"]:
-        problems.append(f"{a['ifname']} has MTU {mtu}, not {a['mtu']}")
+    # a later chained plugin (tuning) may lower it; above the network's
+    # MTU the core would drop the pod's longest frames as oversize
+    if a["mtu"] and (mtu is None or mtu > a["mtu"]):
+        problems.append(f"{a['ifname']} has MTU {mtu}, above the network's {a['mtu']}")
     return problems
 
 
 def _route_problems(a: dict, netns: str) -> List[str]:
-    """The default route of a std attachment, if it is missing."""
+    """The default route of a std attachment, if it is missing from every
+    routing table (a later chained plugin, sbr, moves it out of main)."""
     from .podnet import _ipr
 
     if not (a["default_route"] and a["gateway"]):
         return []
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=a["ifname"])
-        routes = ipr.get_routes(family=socket.AF_INET, dst_len=0, table=254)
-    if any(r.get("RTA_GATEWAY") == a["gateway"] and r.get("RTA_OIF") in idx for r in routes):
+        routes = ipr.get_routes(family=socket.AF_INET)  # every table
+    if any(
+        r["dst_len"] == 0 and r.get("RTA_GATEWAY") == a["gateway"] and r.get("RTA_OIF") in idx
+        for r in routes
+    ):
         return []
     return [f"no default route via {a['gateway']} on {a['ifname']}"]
 

@@ -43,6 +43,7 @@ import time
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 DEFAULT_SOCKET = "/run/dataplane/api.sock"
 DEFAULT_TIMEOUT_S = 30
+MAX_TIMEOUT_S = 3600
 
 # the specification's error codes
 ERR_VERSION = 1
@@ -58,6 +59,8 @@ ERR_NOT_AVAILABLE = 50
 ERR_EXISTS = 100  # (container ID, ifname) is attached already
 ERR_SERVICE = 101  # the node service failed the request
 ERR_CHECK = 102  # CHECK found a difference
+ERR_IN_USE = 103  # something the attachment needs is another's (a VF)
+ERR_INTERNAL = 999  # the plugin failed on input it did not foresee
 
 _IFNAMSIZ = 16
 _MAX_CONTAINER_ID = 128  # the node service's limit (dataplane.attach.check_container_id)
@@ -221,6 +224,8 @@ def _service(conf, method, endpoint, body=None):
     if status == 503:
         raise CNIError(ERR_TRY_AGAIN, "try again later", msg)
     code = {400: ERR_CONFIG, 404: ERR_UNKNOWN_CONTAINER, 409: ERR_EXISTS}.get(status, ERR_SERVICE)
+    if status == 409 and isinstance(obj, dict) and obj.get("conflict") == "in_use":
+        code = ERR_IN_USE
     raise CNIError(code, msg)
 
 
@@ -245,12 +250,15 @@ def _check_env(environ, command):
         or not (cid[0].isascii() and cid[0].isalnum())
         or not all(c.isascii() and (c.isalnum() or c in "_.-") for c in cid)
     ):
-        raise CNIError(
-            ERR_ENV,
-            f"CNI_CONTAINERID: {cid!r} is not a container ID",
-            f"1..{_MAX_CONTAINER_ID} letters, digits, '_', '.', '-', starting with a letter "
-            "or digit",
-        )
+        if command == "DEL":  # never added: nothing to delete, which DEL
+            out["never_added"] = True  # answers with success
+        else:
+            raise CNIError(
+                ERR_ENV,
+                f"CNI_CONTAINERID: {cid!r} is not a container ID",
+                f"1..{_MAX_CONTAINER_ID} letters, digits, '_', '.', '-', starting with a letter "
+                "or digit",
+            )
     ifname = _env(environ, "CNI_IFNAME")
     if (
         len(ifname.encode()) >= _IFNAMSIZ
@@ -325,13 +333,40 @@ def _read_conf(data: bytes, command: str) -> dict:
     if not isinstance(sock, str) or not sock.startswith("/"):
         raise CNIError(ERR_CONFIG, f"socket: {sock!r} is not an absolute path")
     timeout = conf.get("timeout", DEFAULT_TIMEOUT_S)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-        raise CNIError(ERR_CONFIG, f"timeout: {timeout!r} is not a number of seconds")
+    if (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not 0 < timeout <= MAX_TIMEOUT_S
+    ):
+        raise CNIError(
+            ERR_CONFIG, f"timeout: {timeout!r} is not a number of seconds in (0, {MAX_TIMEOUT_S}]"
+        )
     rc = conf.get("runtimeConfig") or {}
     if not isinstance(rc, dict):
         raise CNIError(ERR_CONFIG, "runtimeConfig: is not an object")
+    _check_prev(conf.get("prevResult"))
     conf.update(socket=sock, timeout=timeout, kind=kind, runtimeConfig=rc)
     return conf
+
+
+def _check_prev(prev):
+    """A chained plugin's ``prevResult``, as far as ADD and CHECK read it:
+    refused here, before anything is attached, rather than half used."""
+    if prev is None:
+        return
+    if not isinstance(prev, dict):
+        raise CNIError(ERR_CONFIG, "prevResult: is not an object")
+    for key in ("interfaces", "ips", "routes"):
+        items = prev.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise CNIError(ERR_CONFIG, f"prevResult.{key}: is not a list")
+        for i, x in enumerate(items):
+            if not isinstance(x, dict):
+                raise CNIError(ERR_CONFIG, f"prevResult.{key}[{i}]: {x!r} is not an object")
+    if prev.get("dns") is not None and not isinstance(prev["dns"], dict):
+        raise CNIError(ERR_CONFIG, "prevResult.dns: is not an object")
 
 
 # ================================================================ results
@@ -435,6 +470,8 @@ def _add(conf, env) -> dict:
 
 
 def _del(conf, env):
+    if env.get("never_added"):
+        return None
     _service(
         conf,
         "DELETE",
@@ -488,17 +525,24 @@ def _check(conf, env):
         raise CNIError(ERR_CHECK, "; ".join(problems))
 
 
+#: the key GC's list of attachments still in use comes under: the name of
+#: the 1.1.0 specification's text, then the one libcni sends (both, today)
+GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
 def _gc(conf, env):
-    key = "cni.dev/valid-attachments"
-    if key not in conf:
+    key = next((k for k in GC_KEYS if k in conf), None)
+    if key is None:
         # the runtime lists what is still in use; without the list every
         # attachment of this configuration would be collected
         raise CNIError(
             ERR_CONFIG,
-            f"{key}: missing",
+            f"{GC_KEYS[0]}: missing",
             "GC needs the list of attachments still in use (an empty list collects all)",
         )
     valid = conf[key]
+    if valid is None:  # what a runtime with no attachment left sends (Go's nil slice)
+        valid = []
     if not isinstance(valid, list):
         raise CNIError(ERR_CONFIG, f"{key}: is not a list")
     keep = []
@@ -525,9 +569,9 @@ def _status(conf, env):
 
 
 def _version(conf) -> dict:
-    v = conf.get("cniVersion")
+    v = conf.get("cniVersion")  # the specification: the input's, whatever it is
     return {
-        "cniVersion": v if v in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1],
+        "cniVersion": v if isinstance(v, str) and v else SUPPORTED_VERSIONS[-1],
         "supportedVersions": list(SUPPORTED_VERSIONS),
     }
 
@@ -561,10 +605,16 @@ def run(environ, data: bytes):
         except (KeyError, TypeError, ValueError) as e:  # an answer we cannot read
             raise CNIError(ERR_SERVICE, "unexpected answer from the node service", repr(e))
     except CNIError as e:
-        err = {"cniVersion": version, "code": e.code, "msg": e.msg}
-        if e.details:
-            err["details"] = e.details
-        return 1, err
+        return 1, _error(version, e)
+    except Exception as e:  # noqa: BLE001 - the runtime reads an error, not a traceback
+        return 1, _error(version, CNIError(ERR_INTERNAL, "the plugin failed", repr(e)))
+
+
+def _error(version: str, e: CNIError) -> dict:
+    err = {"cniVersion": version, "code": e.code, "msg": e.msg}
+    if e.details:
+        err["details"] = e.details
+    return err
 
 
 #: the directory, next to the plugin, that holds its code (``dataplane_cni``)

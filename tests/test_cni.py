@@ -77,6 +77,9 @@ def test_version_lists_every_supported_version(plugin):
         assert out["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
     code, out, _ = run_plugin(plugin, "VERSION", b"")
     assert code == 0 and "1.1.0" in out["supportedVersions"]
+    # the specification: the cniVersion given, even one the plugin does not speak
+    code, out, _ = run_plugin(plugin, "VERSION", {"cniVersion": "0.2.0"})
+    assert code == 0 and out["cniVersion"] == "0.2.0"
 
 
 def test_error_codes_without_a_service(plugin, tmp_path):
@@ -106,6 +109,25 @@ def test_error_codes_without_a_service(plugin, tmp_path):
     assert run_plugin(plugin, "ADD", netconf(sock), **{**env, "ifname": "a/b"})[1]["code"] == 4
     assert run_plugin(plugin, "ADD", netconf(sock), **{**env, "container_id": "-x"})[1]["code"] == 4
     assert run_plugin(plugin, "FROB", netconf(sock), **env)[1]["code"] == 4
+    # 7: a timeout no socket takes, a chained plugin's prevResult of the wrong
+    # shape: refused before anything is attached, not a traceback
+    for bad, msg in (
+        ({"timeout": 1e300}, "timeout: 1e+300 is not a number of seconds in (0, 3600]"),
+        ({"prevResult": {"interfaces": 5}}, "prevResult.interfaces: is not a list"),
+        ({"prevResult": {"ips": ["10.0.0.1/24"]}}, "prevResult.ips[0]: '10.0.0.1/24' is not"),
+        ({"prevResult": []}, "prevResult: is not an object"),
+    ):
+        for verb in ("ADD", "CHECK"):
+            code, out, _ = run_plugin(plugin, verb, {**netconf(sock), **bad}, **env)
+            assert code != 0 and out["code"] == 7 and out["msg"].startswith(msg), out
+    # a DEL of an ID no ADD could have taken (longer than 128 characters):
+    # nothing to delete, success without asking the service
+    for cid in ("x" * 129, "-x"):
+        assert run_plugin(plugin, "DEL", netconf(sock), **{**env, "container_id": cid}) == (
+            0,
+            None,
+            "",
+        )
     # 11: the service does not answer: ADD, DEL and CHECK are to be retried,
     # a DEL never claims success (the address would leak)
     for verb in ("ADD", "DEL"):
@@ -277,6 +299,25 @@ def test_check(cnode):
     sh("ip", "-n", ns, "addr", "flush", "dev", "eth0")
     code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, cid, path)
     assert code != 0 and out["code"] == 102 and addr_of(res) in out["msg"]
+    # a later chained plugin may move the default route to a table of its
+    # own (sbr) and lower the MTU (tuning); not above the network's MTU
+    sh("ip", "-n", ns, "addr", "add", addr_of(res), "dev", "eth0")
+    gw = res["routes"][0]["gw"]
+    sh("ip", "-n", ns, "route", "add", "default", "via", gw, "dev", "eth0", "table", "100")
+    sh("ip", "-n", ns, "route", "del", "default", "table", "main", check=False)
+    assert "default" not in sh("ip", "-n", ns, "route", "show", "table", "main").stdout
+    mtu = json.loads(sh("ip", "-n", ns, "-j", "link", "show", "eth0").stdout)[0]["mtu"]
+    sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu - 100))
+    code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, cid, path)
+    assert code == 0, out
+    sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu + 100))
+    code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, cid, path)
+    assert code != 0 and out["code"] == 102
+    assert f"has MTU {mtu + 100}, above the network's {mtu}" in out["msg"]
+    sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu))
+    sh("ip", "-n", ns, "route", "del", "default", "table", "100")
+    code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, cid, path)
+    assert code != 0 and out["code"] == 102 and f"no default route via {gw}" in out["msg"]
     # an attachment that does not exist
     code, out, _ = cnode.cni("CHECK", {**conf, "prevResult": res}, "nosuch", path)
     assert code != 0 and out["code"] == 3
@@ -356,6 +397,17 @@ def test_gc_keeps_only_the_valid_attachments(cnode):
     assert code == 0, (out, err)
     left = {(a["container_id"], a["cni_network"]) for a in cnode.api("GET", "/v1/attachments")}
     assert left == {(c1, "std-net"), (c3, "control-net")}
+    # the 1.1.0 text's name for the list; null (a runtime with no attachment
+    # of it left, Go's nil slice): nothing is in use
+    gc = cnode.conf(version=v, **{"cni.dev/attachments": [{"containerID": c1, "ifname": "eth0"}]})
+    assert cnode.cni("GC", gc)[0] == 0
+    assert {a["container_id"] for a in cnode.api("GET", "/v1/attachments")} == {c1, c3}
+    gc = cnode.conf(version=v, name="control-net", **{"cni.dev/valid-attachments": None})
+    assert cnode.cni("GC", gc)[0] == 0
+    left = {(c1, "std-net")}
+    assert {
+        (a["container_id"], a["cni_network"]) for a in cnode.api("GET", "/v1/attachments")
+    } == left
     # without the list, or with an entry that names no interface, GC is
     # refused: it would collect attachments still in use
     key = "cni.dev/valid-attachments"

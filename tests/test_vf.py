@@ -95,6 +95,15 @@ def test_vf_moved_addressed_and_given_back(fabric, sockdir):
 
     with pytest.raises(APIError, match=f"vfstub0 is held by pod {fab.tag}a plane media"):
         node.api("POST", "/v1/pods", body2)
+    # the answer says it is in use (not that the pod exists): the CNI
+    # plugin's code for it is 103, not 100 ("attached already")
+    from dataplane.cni import ERR_IN_USE, CNIError, _service, api_call
+
+    status, obj = api_call(node.sock, "POST", "/v1/pods", body2)
+    assert (status, obj["conflict"]) == (409, "in_use"), obj
+    with pytest.raises(CNIError) as err:
+        _service({"socket": node.sock, "timeout": 10}, "POST", "/v1/pods", body2)
+    assert err.value.code == ERR_IN_USE == 103 and "is held by pod" in err.value.msg
     assert [p["name"] for p in node.api("GET", "/v1/pods")] == [f"{fab.tag}a"]
     assert ipn(ns2, "-o link show").stdout.count("\n") == 1  # lo only
 
