@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import urllib.parse
 from typing import Callable, Iterable, List, Mapping, Optional, Tuple
 
@@ -439,6 +440,22 @@ def check_unix_socket_path(value, path: str, base_dir: Optional[str] = None) -> 
     return value
 
 
+def check_not_a_file(sock: str, path: str):
+    """A socket path the service replaces at its start: anything there but
+    a socket (a dead run's) is refused, not deleted."""
+    try:
+        st = os.lstat(sock)
+    except OSError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a file, not a socket"
+        raise fail(
+            path,
+            f"{sock} exists and is {kind}: the service replaces what is at this path "
+            "when it starts; give it a path of its own",
+        )
+
+
 def split_listen(listen: str) -> Tuple[str, int]:
     """'host:port' or '[v6]:port' -> (host, port); checked by :func:`check_listen`."""
     host, _, port = listen.rpartition(":")
@@ -480,7 +497,10 @@ def check_etcd_endpoints(value, path: str) -> Tuple[str, ...]:
         p = f"{path}[{i}]"
         if not isinstance(url, str) or "://" not in url:
             raise fail(p, f"{show(url)} is not a URL (http://host:port)")
-        u = urllib.parse.urlsplit(url)
+        try:
+            u = urllib.parse.urlsplit(url)
+        except ValueError as e:  # e.g. an IPv6 host with its ']' missing
+            raise fail(p, f"{url!r} is not a URL: {e}") from None
         if u.scheme not in ("http", "https"):
             raise fail(p, f"{url!r}: scheme {u.scheme!r} is not http or https")
         try:
@@ -489,6 +509,12 @@ def check_etcd_endpoints(value, path: str) -> Tuple[str, ...]:
             raise fail(p, f"{url!r}: the port is not a number in 0..65535") from None
         if not u.hostname:
             raise fail(p, f"{url!r} has no host")
+        if any(c.isspace() or c in "\0\\" for c in u.hostname):
+            raise fail(
+                p,
+                f"{url!r}: the host {u.hostname!r} has white space or another "
+                "character no host name has",
+            )
         if port is None:
             raise fail(p, f"{url!r} has no port (etcd's client port is usually 2379)")
         if u.path not in ("", "/") or u.query or u.fragment or u.username or u.password:

@@ -73,6 +73,7 @@ from .checks import (
     check_memory_mb,
     check_mode,
     check_name,
+    check_not_a_file,
     check_pow2,
     check_rate,
     check_rx_queues,
@@ -458,9 +459,10 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader, node, deep=False):
-    loader.flatten_mapping(node)
     seen = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor`: its keys may be given again here, which wins
         key = loader.construct_object(key_node, deep=deep)
         try:
             hash(key)
@@ -476,10 +478,44 @@ def _construct_mapping(loader, node, deep=False):
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark
+    loader.flatten_mapping(node)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 numbers no one writes on purpose in a node's file: base 60
+# (an unquoted MAC such as 52:54:00:12:34:56, a time 1:40) is kept as the
+# text it is; a leading 0 (octal: vni 0100 would be 64) is refused
+_BASE60 = re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
+_OCTAL = re.compile(r"[-+]?0[0-9_]+$")
+
+
+def _construct_int(loader, node):
+    text = loader.construct_scalar(node)
+    if _BASE60.match(text):
+        return text
+    if _OCTAL.match(text):
+        octal = yaml.SafeLoader.construct_yaml_int(loader, node)
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"{text} has a leading 0, so YAML reads it as the octal number {octal}: "
+            f"write it without the 0, or in quotes for text",
+            node.start_mark,
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+def _construct_float(loader, node):
+    text = loader.construct_scalar(node)
+    if _BASE60.match(text):
+        return text
+    return yaml.SafeLoader.construct_yaml_float(loader, node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def load_config(path) -> NodeConfig:
@@ -508,6 +544,8 @@ def load_config(path) -> NodeConfig:
         raise ConfigError(f"{path}: {where}invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         raise ConfigError(f"{path}: the configuration file is empty")
     return parse_config(data, base_dir=os.path.dirname(os.path.abspath(path)))
@@ -679,6 +717,9 @@ def _node_config(data, base_dir) -> NodeConfig:
     api_socket = check_unix_socket_path(
         top.get("api_socket", DEFAULT_API_SOCKET), "api_socket", base_dir
     )
+    check_not_a_file(api_socket, "api_socket")
+    if store.kind == "sqlite" and store.path == api_socket:
+        raise fail("api_socket", f"{api_socket} is store.path too: the two need paths of their own")
     metrics = _metrics(top.get("metrics"))
     pod_socket_dir = check_abspath(
         top.get("pod_socket_dir", DEFAULT_POD_SOCKET_DIR), "pod_socket_dir", base_dir
@@ -728,6 +769,8 @@ def _vtep(value) -> VtepConfig:
             raise fail(f"{p}.gateway", f"{gateway} is not in the VTEP's subnet {net}")
         if gw == iface.ip:
             raise fail(f"{p}.gateway", f"{gateway} is the VTEP's own address")
+        if net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address):
+            raise fail(f"{p}.gateway", f"{gateway} is the network or broadcast address of {net}")
         gateway = str(gw)
     nh = v.get("next_hop_mac")
     nh = None if nh is None else check_mac(nh, f"{p}.next_hop_mac")
@@ -958,12 +1001,21 @@ def _networks(value, planes, vtep) -> List[NetworkConfig]:
 
 def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
     plane = n["plane"]
+    if not isinstance(plane, str):
+        raise fail(f"{p}.plane", f"{show(plane)} is not a plane name (known: {', '.join(planes)})")
     if plane not in planes:
         hint = ""
         if plane in DEFAULT_PLANES:  # the defaults go when `planes:` is given
             hint = f"; `planes:` lists every plane of the node: add {plane} there too"
         raise fail(f"{p}.plane", f"{show(plane)} is not a plane (known: {', '.join(planes)}){hint}")
     subnet = parse_ipv4_subnet(n["subnet"], f"{p}.subnet")
+    if subnet.prefixlen == 0 or subnet.is_multicast or subnet.is_loopback:
+        what = (
+            "all of IPv4"
+            if subnet.prefixlen == 0
+            else ("multicast" if subnet.is_multicast else "loopback")
+        )
+        raise fail(f"{p}.subnet", f"{subnet} is {what}: pods cannot be addressed in it")
     if subnet.prefixlen > 30:
         raise fail(
             f"{p}.subnet",
@@ -1055,6 +1107,8 @@ def _store(value, state_dir, base_dir) -> StoreConfig:
             raise fail(f"store.{key}", "is for kind etcd (add kind: etcd)")
     path = s.get("path")
     path = default_path if path is None else check_abspath(path, "store.path", base_dir)
+    if os.path.isdir(path):
+        raise fail("store.path", f"{path} is a directory: name the state file in it")
     return StoreConfig(kind=kind, path=path)
 
 

@@ -28,7 +28,7 @@ from typing import Optional
 from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
-from .checks import check_name
+from .checks import check_name, check_not_a_file
 from .config import RELOADABLE, NodeConfig, load_config, reload_changes
 from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
@@ -212,6 +212,7 @@ class NodeService:
         try:
             # the path is ours by the lock: a socket there is a dead service's
             # (one still exiting may even accept a connection to it)
+            check_not_a_file(cfg.api_socket, "api_socket")  # made since the check
             try:
                 os.unlink(cfg.api_socket)
             except FileNotFoundError:

@@ -198,6 +198,10 @@ def test_network_errors():
     bad(net(1, name="net1"), r"^networks\[1\]\.name: 'net1' is used by networks\[0\]")
     bad(net(name="a b"), r"^networks\[0\]\.name: 'a b' is not a valid network name")
     bad(net(plane="voice"), r"^networks\[0\]\.plane: 'voice' is not a plane")
+    bad(net(plane=["std"]), r"^networks\[0\]\.plane: \['std'\] is not a plane name \(known: ")
+    bad(net(subnet="224.0.0.0/24"), r"^networks\[0\]\.subnet: 224\.0\.0\.0/24 is multicast")
+    bad(net(subnet="127.0.0.0/24"), r"^networks\[0\]\.subnet: 127\.0\.0\.0/24 is loopback")
+    bad(net(subnet="0.0.0.0/0"), r"^networks\[0\]\.subnet: 0\.0\.0\.0/0 is all of IPv4")
     bad(net(subnet="192.168.10.1/24"), r"^networks\[0\]\.subnet: .*host bits")
     bad(net(subnet="192.168.10.0"), r"^networks\[0\]\.subnet: .*not an IPv4 subnet")
     bad(net(subnet="192.168.10.0/31"), r"^networks\[0\]\.subnet: .*too small")
@@ -227,6 +231,8 @@ def test_vtep_errors():
     )
     bad(vtep(address="10.0.0.300/24"), r"^vtep\.address: ")
     bad(vtep(address="10.0.0.0/24"), r"^vtep\.address: .*cannot be a VTEP address")
+    for gw in ("10.0.0.0", "10.0.0.255"):
+        bad(vtep(gateway=gw), rf"^vtep\.gateway: {gw} is the network or broadcast address")
     bad(vtep(uplink="a-very-long-interface"), r"^vtep\.uplink: .*longer than 15")
     bad(vtep(uplink="dpdk:"), r"^vtep\.uplink: 'dpdk:': give a DPDK device string")
     bad(vtep(mac="02:00:00:00:00"), r"^vtep\.mac: .*not a MAC address")
@@ -291,6 +297,40 @@ def test_top_level_errors():
     bad([1, 2], r"^configuration: must be a mapping, not list")
 
 
+def test_paths_that_would_lose_a_file(tmp_path):
+    """The service replaces what is at api_socket when it starts (a dead
+    run's socket): a file or directory there is refused, never deleted, and
+    so is a store file at the same path; a store path that is a directory
+    is named as such."""
+    state = tmp_path / "state.db"
+    state.write_text("x")
+    for there, what in ((state, "a file, not a socket"), (tmp_path, "a directory")):
+        bad(
+            cfg(api_socket=str(there)),
+            rf"^api_socket: {re.escape(str(there))} exists and is {what}: the service replaces",
+        )
+    assert state.read_text() == "x"
+    sock = str(tmp_path / "x.sock")
+    bad(
+        cfg(api_socket=sock, store={"kind": "sqlite", "path": sock}),
+        rf"^api_socket: {re.escape(sock)} is store\.path too",
+    )
+    bad(cfg(store={"kind": "sqlite", "path": str(tmp_path)}), r"^store\.path: .* is a directory")
+    # a socket there (a killed run's) is the service's to replace
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(sock)
+        assert parse_config(cfg(api_socket=sock)).api_socket == sock
+
+
+def test_a_file_nested_too_deeply(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: invalid YAML: nested too deeply$"):
+        load_config(p)
+
+
 def test_store_etcd():
     c = parse_config(
         cfg(
@@ -333,6 +373,11 @@ def test_store_etcd_errors():
     bad(etcd(endpoints=["http://a:2379", 5]), r"^store\.endpoints\[1\]: 5 is not a URL")
     bad(etcd(endpoints=["unix://x:1"]), r"^store\.endpoints\[0\]: .*scheme 'unix'")
     bad(etcd(endpoints=["http://a"]), r"^store\.endpoints\[0\]: 'http://a' has no port")
+    bad(
+        etcd(endpoints=["http://[::1:2379"]),
+        r"^store\.endpoints\[0\]: 'http://\[::1:2379' is not a URL: Invalid IPv6 URL",
+    )
+    bad(etcd(endpoints=["http://h :2379"]), r"^store\.endpoints\[0\]: .*the host 'h ' has white")
     bad(etcd(endpoints=["http://a:99999"]), r"^store\.endpoints\[0\]: .*port is not")
     bad(etcd(endpoints=["http://a:2379/v3"]), r"^store\.endpoints\[0\]: .*only scheme")
     bad(
@@ -497,6 +542,40 @@ def test_file_errors(tmp_path):
         load_config(p)
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match=r"^configuration: must be a mapping"):
+        load_config(p)
+    # YAML 1.1's octal: a VNI 0100 would silently be 64
+    base = "node: n\nvtep: {address: 10.0.0.1/24, uplink: eth1, mac: MAC}\nnetworks:\n"
+    p.write_text(base.replace("MAC", "02:00:00:00:00:01") + "  - {name: a, vni: 0100}\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"line 4, column 20: invalid YAML: 0100 has a leading 0, so YAML reads it as the "
+        r"octal number 64: write it without the 0",
+    ):
+        load_config(p)
+    # base 60: an unquoted MAC of digits stays the MAC, a time-like VNI is no number
+    p.write_text(
+        base.replace("MAC", "52:54:00:12:34:56")
+        + "  - {name: a, vni: 100, plane: std, subnet: 10.1.0.0/24}\n"
+    )
+    assert load_config(p).vtep.mac == "52:54:00:12:34:56"
+    p.write_text(
+        base.replace("MAC", "02:00:00:00:00:01")
+        + "  - {name: a, vni: 1:40, plane: std, subnet: 10.1.0.0/24}\n"
+    )
+    with pytest.raises(ConfigError, match=r"networks\[0\]\.vni: '1:40' is not an integer"):
+        load_config(p)
+    # a merge key's values given again in the mapping: theirs, not a duplicate
+    p.write_text(
+        base.replace("MAC", "02:00:00:00:00:01")
+        + "  - &n {name: a, vni: 100, plane: std, subnet: 10.1.0.0/24}\n"
+        "  - <<: *n\n    name: b\n    vni: 200\n    subnet: 10.2.0.0/24\n"
+    )
+    assert [(n.name, n.vni, n.plane) for n in load_config(p).networks] == [
+        ("a", 100, "std"),
+        ("b", 200, "std"),
+    ]
+    p.write_text(base + "  - <<: {name: a}\n    vni: 1\n    vni: 2\n")
+    with pytest.raises(ConfigError, match=r"'vni' is given twice"):
         load_config(p)
 
 

@@ -170,6 +170,7 @@ class SqliteStore(StateStore):
             raise NotFound(f"store {self.path}: no such file")
         mode = "ro" if os.path.exists(self.path + "-wal") else "ro&immutable=1"
         uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=" + mode
+        self._db = None
         try:
             self._db = sqlite3.connect(
                 uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -196,12 +197,15 @@ class SqliteStore(StateStore):
             if "node" not in cols:  # a file from before pods had a node
                 self._db.execute("CREATE TEMP VIEW pods AS SELECT *, NULL AS node FROM main.pods")
         except sqlite3.DatabaseError as e:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+            what = "a directory, not" if os.path.isdir(self.path) else "not"
             raise ConfigError(
-                f"store {self.path}: not a readable SQLite state file ({e})"
+                f"store {self.path}: {what} a readable SQLite state file ({e})"
             ) from None
         except Exception:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
             raise
 
     # ------------------------------------------------------------ plumbing
