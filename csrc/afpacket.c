@@ -908,7 +908,9 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
     uint8_t t = vh->gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
     int partial = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0;
     int udp = t == VIRTIO_NET_HDR_GSO_UDP_L4;
-    uint32_t l2 = RTE_ETHER_HDR_LEN, l4, lim = partial ? start : m->data_len;
+    /* csum_start is the kernel's (or a raw sender's) word: the walk stays
+     * within the first segment too */
+    uint32_t l2 = RTE_ETHER_HDR_LEN, l4, lim = partial ? RTE_MIN(start, m->data_len) : m->data_len;
     uint32_t base = 0; /* of an encapsulated frame: its outer headers */
     uint16_t et;
 
@@ -922,7 +924,9 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
         memcpy(&et, p + l2 + 2, 2);
         l2 += RTE_VLAN_HLEN;
     }
-    if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) && et != RTE_BE16(RTE_ETHER_TYPE_IPV6)))
+    /* l2_len has 7 bits; the IP header read below lies in the segment */
+    if (unlikely((et != RTE_BE16(RTE_ETHER_TYPE_IPV4) && et != RTE_BE16(RTE_ETHER_TYPE_IPV6)) ||
+                 l2 > 127 || l2 + 40 > m->data_len))
         goto bad;
     /* L3 up to csum_start, where TCP or UDP starts (a merged frame: from
      * the IP header, IPv6 without extension headers); TCP's length from

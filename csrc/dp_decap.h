@@ -191,6 +191,29 @@ outer_ip_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32
     return rte_raw_cksum(ip, hl) == 0xffff;
 }
 
+/* m cut to its first len bytes (0 < len < pkt_len), whichever segment
+ * they end in (a jumbo frame from a kernel uplink is a chain):
+ * rte_pktmbuf_trim cuts within the last segment only */
+static __rte_noinline void
+trim_to(struct rte_mbuf *m, uint32_t len)
+{
+    struct rte_mbuf *s = m;
+    uint32_t left = len;
+    uint16_t nb = 1;
+    while (s->data_len < left) {
+        left -= s->data_len;
+        s = s->next;
+        nb++;
+    }
+    s->data_len = (uint16_t)left;
+    if (s->next != NULL) {
+        rte_pktmbuf_free(s->next);
+        s->next = NULL;
+    }
+    m->nb_segs = nb;
+    m->pkt_len = len;
+}
+
 /*
  * Outer checks of one uplink frame, every reason in order. Returns the
  * outer header length (Ether + IPv4 + UDP + VXLAN) of a VXLAN frame for us,
@@ -270,9 +293,9 @@ outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         drop(w, m, DP_DROP_INNER_SPLIT);
         return 0;
     }
-    /* drop Ethernet padding past the IP datagram */
+    /* drop Ethernet padding (or whatever else follows) past the IP datagram */
     if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
-        rte_pktmbuf_trim(m, (uint16_t)(m->pkt_len - RTE_ETHER_HDR_LEN - tot));
+        trim_to(m, RTE_ETHER_HDR_LEN + tot);
     return outer;
 }
 

@@ -114,24 +114,34 @@ ip6_unspecified(const uint8_t *a)
 #define DP_GUARD_MAX_EXT 4  /* IPv6 extension headers looked through */
 #define DP_GUARD_MAX_OPTS 8 /* ND options looked at */
 #define DP_DHCP4_SERVER_PORT 67
+#define DP_DHCP4_CLIENT_PORT 68
 #define DP_DHCP6_SERVER_PORT 547
+#define DP_DHCP6_CLIENT_PORT 546
 /* hop-by-hop, routing, fragment, destination options */
 #define DP_IP6_EXT(nh) ((nh) == 0 || (nh) == 43 || (nh) == IPPROTO_FRAGMENT || (nh) == 60)
 
-/* the UDP header at off (the packet ending at end): a message from the
- * DHCP (or DHCPv6) server port, dropped unless the pod may serve DHCP */
+/* the UDP header at off (the packet ending at end): a DHCP (or DHCPv6)
+ * server's or relay's message - from the server port, or to the client
+ * port (clients listen on it whatever the source port; a client itself
+ * sends from it to the server port) - dropped unless the pod may serve
+ * DHCP */
 static inline int
 guard_dhcp_server(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off,
-                  uint32_t end, uint16_t server_port)
+                  uint32_t end, uint16_t server_port, uint16_t client_port)
 {
-    uint8_t ub[2];
+    uint8_t ub[4];
     const uint8_t *u;
 
     if (g->dhcp_server)
         return DP_GUARD_PASS;
-    u = guard_read(m, off, 2, ub);
-    if (u != NULL && off + 2 <= end && (uint16_t)(u[0] << 8 | u[1]) == server_port)
+    if (off + 4 <= end && (u = guard_read(m, off, 4, ub)) != NULL) {
+        if ((uint16_t)(u[0] << 8 | u[1]) == server_port ||
+            (uint16_t)(u[2] << 8 | u[3]) == client_port)
+            return DP_DROP_SPOOF_DHCP;
+    } else if (off + 2 <= end && (u = guard_read(m, off, 2, ub)) != NULL &&
+               (uint16_t)(u[0] << 8 | u[1]) == server_port) {
         return DP_DROP_SPOOF_DHCP;
+    }
     return DP_GUARD_PASS;
 }
 
@@ -175,7 +185,7 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     if (DP_IP6_EXT(nh))
         return DP_DROP_SPOOF_ND; /* more extension headers than a pod needs */
     if (nh == IPPROTO_UDP)       /* a DHCPv6 server's (or relay's) message */
-        return guard_dhcp_server(g, m, off, end, DP_DHCP6_SERVER_PORT);
+        return guard_dhcp_server(g, m, off, end, DP_DHCP6_SERVER_PORT, DP_DHCP6_CLIENT_PORT);
     if (nh != IPPROTO_ICMPV6)
         return DP_GUARD_PASS;
     uint8_t ib[24];
@@ -264,7 +274,7 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
          * packet's first fragment: a pod is no DHCP server unless allowed */
         if (ip[9] == IPPROTO_UDP && ((ip[6] << 8 | ip[7]) & 0x1fff) == 0)
             return guard_dhcp_server(g, m, off + (uint32_t)(ip[0] & 0xf) * 4, m->pkt_len,
-                                     DP_DHCP4_SERVER_PORT);
+                                     DP_DHCP4_SERVER_PORT, DP_DHCP4_CLIENT_PORT);
         return DP_GUARD_PASS;
     }
     if (et == RTE_ETHER_TYPE_ARP) {

@@ -150,13 +150,13 @@ def _send_from(ns, ifname, frame_hex):
     subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], check=True)
 
 
-def _frame(dst_mac, src_mac, src_ip, dst_ip, payload=b"express-lane-test", sport=53):
+def _frame(dst_mac, src_mac, src_ip, dst_ip, payload=b"express-lane-test", sport=53, dport=9):
     from scapy.layers.inet import IP, UDP
     from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
 
     ip = IPv6(src=src_ip, dst=dst_ip) if ":" in src_ip else IP(src=src_ip, dst=dst_ip)
-    f = Ether(dst=dst_mac, src=src_mac) / ip / UDP(sport=sport, dport=9)
+    f = Ether(dst=dst_mac, src=src_mac) / ip / UDP(sport=sport, dport=dport)
     return bytes(f / payload).hex()
 
 
@@ -213,6 +213,14 @@ def test_the_lane_keeps_networks_apart_and_spoofers_out(node):
         ifname_of(a),
         _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"dhcp-offer", sport=67),
     )
+    # the same to the DHCP client port from another source port: what a
+    # client listening on 68 takes from a server all the same
+    t6, got6 = _receiver(b["ns"], ifname_of(b), "dhcp-ack")
+    _send_from(
+        a["ns"],
+        ifname_of(a),
+        _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"dhcp-ack", sport=1067, dport=68),
+    )
     # a's own: carried
     # IPv6 from a's MAC but not from one of a's addresses: the guard's too
     t5, got5 = _receiver(b["ns"], ifname_of(b), "spoofed6")
@@ -221,16 +229,16 @@ def test_the_lane_keeps_networks_apart_and_spoofers_out(node):
     )
     t3, got3 = _receiver(b["ns"], ifname_of(b), "genuine")
     _send_from(a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"genuine"))
-    for t in (t1, t2, t3, t4, t5):
+    for t in (t1, t2, t3, t4, t5, t6):
         t.join()
-    assert (got1, got2, got3, got4, got5) == ([0], [0], [1], [0], [0])
+    assert (got1, got2, got3, got4, got5, got6) == ([0], [0], [1], [0], [0], [0])
     assert port_row(node, "a")["express"]["rx_packets"] - x0 == 1
     after = node.api("GET", "/v1/status")["drops"]
 
     def grew(reason):
         return after.get(reason, 0) - drops.get(reason, 0)
 
-    assert (grew("spoof_ipv4"), grew("spoof_dhcp"), grew("spoof_ipv6")) == (1, 1, 1), (
+    assert (grew("spoof_ipv4"), grew("spoof_dhcp"), grew("spoof_ipv6")) == (1, 2, 1), (
         drops,
         after,
     )

@@ -139,6 +139,15 @@ SPOOFED = {
     # a DHCP server's answers: a rogue server would hand out routers
     "dhcp_offer": (DHCP_OFFER, "spoof_dhcp"),
     "dhcp6_advertise": (DHCP6_ADVERTISE, "spoof_dhcp"),
+    # the same from another source port: clients listen on 68 / 546 alone
+    "dhcp_ack_other_sport": (
+        Ether(src=A, dst=B) / IP(src=A_IP, dst=B_IP) / UDP(sport=1067, dport=68) / Raw(b"\x02"),
+        "spoof_dhcp",
+    ),
+    "dhcp6_reply_other_sport": (
+        Ether(src=A, dst=B) / IPv6(src=A_LL, dst="fe80::b") / UDP(sport=5547, dport=546),
+        "spoof_dhcp",
+    ),
     # ND in a fragment (RFC 6980: hosts must ignore it; some do not)
     "nd_ra_atomic_fragment": (
         Ether(src=A, dst="33:33:00:00:00:01")

@@ -851,6 +851,62 @@ def test_jumbo_mtu_with_a_host_behind_a_kernel_vtep(fabric):
     )
 
 
+# a pod namespace's receiver: the lengths of the frames holding a marker
+_LEN_RECEIVER = """
+import json, select, socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0)); print("ready", flush=True)
+seen, end = [], time.time() + float(sys.argv[2])
+while time.time() < end:
+    if select.select([s], [], [], 0.05)[0]:
+        d, addr = s.recvfrom(65536)
+        if addr[2] != socket.PACKET_OUTGOING and sys.argv[3].encode() in d:
+            seen.append(len(d))
+print(json.dumps(seen), flush=True)
+"""
+
+
+def test_a_jumbo_frame_longer_than_its_datagram_is_cut_to_it(fabric):
+    """What follows an underlay frame's outer IPv4 datagram is no part of
+    it (Ethernet padding, or junk): cut off before the inner frame goes on,
+    also from a jumbo frame the uplink receives in several buffers. The pod
+    gets the inner frame alone."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+
+    fab, _, a, _ = jumbo_fabric(fabric, host=False)
+    node = fab.nodes[1]
+    link = json.loads(nsx(node.ns, "ip", "-j", "link", "show", "uplink0", check=True).stdout)
+    pod_mac, pod_ip = a["planes"][0]["mac"], a["ip"].split("/")[0]
+    inner = bytes(
+        Ether(dst=pod_mac, src=VM_MAC)
+        / IP(src=VM_IP, dst=pod_ip)
+        / UDP(sport=5555, dport=9)
+        / (b"mark-jumbotrim" + b"." * 900)
+    )
+    # VXLAN flags besides the I bit: the core's to decapsulate, not the lane's
+    outer = Ether(dst=link[0]["address"]) / IP(src=HOST_VTEP, dst="10.99.0.1", flags="DF")
+    outer /= UDP(sport=49999, dport=4789, chksum=0) / VXLAN(vni=VNI, flags=0x0C)
+    frame = bytes(outer / inner) + b"\xee" * 3000  # past the datagram: 3000 bytes
+    rcv = subprocess.Popen(
+        ["ip", "netns", "exec", a["ns"], sys.executable, "-c", _LEN_RECEIVER, "eth0", "3"]
+        + ["mark-jumbotrim"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    fab.helpers.append(rcv)
+    assert rcv.stdout.readline().strip() == "ready"
+    st0 = node.status()
+    sender = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+    sender += "s.bind(('ul1',0))\ns.send(bytes.fromhex(sys.argv[1]))\n"
+    nsx(fab.ul, sys.executable, "-c", sender, frame.hex(), check=True)
+    seen = json.loads(rcv.communicate(timeout=30)[0].strip().splitlines()[-1])
+    assert seen == [len(inner)], (seen, len(inner), node.status()["drops"])
+    st1 = node.status()
+    assert st1["networks"][0]["decap_packets"] == st0["networks"][0]["decap_packets"] + 1
+
+
 def tcp_snmp(ns):
     """The Tcp counters of /proc/net/snmp in namespace ``ns``."""
     lines = [x.split() for x in nsx(ns, "cat", "/proc/net/snmp", check=True).stdout.splitlines()]

@@ -315,7 +315,10 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
         /* UDP: its source port; ICMPv6: its type and code */
         if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &l4, sizeof(l4)) < 0)
             return 0;
-        if (ip6.nexthdr == IPPROTO_UDP && l4 == bpf_htons(547))
+        __u16 dport = 0;
+        if (ip6.nexthdr == IPPROTO_UDP &&
+            (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6) + 2, &dport, sizeof(dport)) < 0 ||
+             l4 == bpf_htons(547) || dport == bpf_htons(546)))
             return 0;
         if (ip6.nexthdr == IPPROTO_ICMPV6 && ((__u8 *)&l4)[0] != 128 && ((__u8 *)&l4)[0] != 129)
             return 0;
@@ -406,7 +409,6 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
         return 0;
     } else if (src->spoof_on) {
         struct iphdr ip;
-        __u16 sport;
         int ok = 0;
 
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
@@ -418,11 +420,13 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
                 ok = 1;
         if (!ok)
             return 0;
-        /* a DHCP server's message (UDP from port 67, first fragment): the
-         * core's guard knows whether the pod may send one */
+        /* a DHCP server's or relay's message (UDP from port 67 or to the
+         * client port 68, first fragment): the core's guard knows whether
+         * the pod may send one */
         if (ip.protocol == IPPROTO_UDP && !(ip.frag_off & bpf_htons(0x1fff))) {
-            if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, &sport, sizeof(sport)) < 0 ||
-                sport == bpf_htons(67))
+            __u16 ports[2];
+            if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, ports, sizeof(ports)) < 0 ||
+                ports[0] == bpf_htons(67) || ports[1] == bpf_htons(68))
                 return 0;
         }
     }
