@@ -59,8 +59,9 @@
  * From the underlay: a kernel VXLAN device on the other end of a veth (with
  *     tx-udp_tnl-segmentation on) hands over whole VXLAN super-frames, which
  *     the kernel describes as TCP (or UDP) GSO with the checksum starting at
- *     the inner header: they are marked as VXLAN tunnel TSO (dp_gso.h) and
- *     cut before decapsulation. A frame merged by the interface's GRO comes
+ *     the inner header (inner IPv4, or IPv6 without extension headers):
+ *     they are marked as VXLAN tunnel TSO (dp_gso.h), decapsulated whole
+ *     and carried on as plain super-frames. A frame merged by the interface's GRO comes
  *     with a complete checksum for its first segment only: it is made
  *     partial (the pseudo-header sum of the whole frame in its field).
  */
@@ -946,17 +947,23 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
          * (UDP-tunnel GSO from a kernel VTEP, which the kernel describes
          * by its inner TCP/UDP) */
         uint32_t ol3 = (p[l2] & 0xfu) * 4, in = l2 + ol3 + 8 + 8; /* inner Ethernet */
+        uint16_t iet;
 
-        if (unlikely(in + RTE_ETHER_HDR_LEN + 20 > start ||
-                     *(const unaligned_uint16_t *)(p + in + 12) != RTE_BE16(RTE_ETHER_TYPE_IPV4) ||
-                     start != in + RTE_ETHER_HDR_LEN + (p[in + RTE_ETHER_HDR_LEN] & 0xfu) * 4))
+        if (unlikely(in + RTE_ETHER_HDR_LEN + 20 > start))
+            goto bad;
+        /* inner IPv4, or IPv6 without extension headers (TCPV6) */
+        iet = *(const unaligned_uint16_t *)(p + in + 12);
+        if (unlikely(iet == RTE_BE16(RTE_ETHER_TYPE_IPV4)
+                         ? start != in + RTE_ETHER_HDR_LEN + (p[in + RTE_ETHER_HDR_LEN] & 0xfu) * 4
+                         : iet != RTE_BE16(RTE_ETHER_TYPE_IPV6) ||
+                               start != in + RTE_ETHER_HDR_LEN + 40))
             goto bad;
         m->outer_l2_len = l2;
         m->outer_l3_len = ol3;
         m->ol_flags |=
             RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4 | RTE_MBUF_F_TX_OUTER_IP_CKSUM;
         l2 = in + RTE_ETHER_HDR_LEN - l2 - ol3; /* outer UDP, VXLAN, inner Ethernet */
-        et = RTE_BE16(RTE_ETHER_TYPE_IPV4);
+        et = iet;
         base = m->outer_l2_len + ol3; /* from here on: past the outer IPv4 */
         start -= base;
         p += base;

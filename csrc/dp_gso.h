@@ -19,9 +19,10 @@
  * socket as plain TCP GSO whose checksum starts at the inner TCP header);
  * those are marked RTE_MBUF_F_TX_TUNNEL_VXLAN | RTE_MBUF_F_TX_OUTER_IPV4
  * with outer_l2_len, outer_l3_len (outer Ethernet, IPv4) and l2_len = outer
- * UDP + VXLAN + inner Ethernet, and always cut (the outer IPv4 length, id
- * and checksum and the outer UDP length fixed per segment as well, the
- * outer UDP checksum 0) before decapsulation.
+ * UDP + VXLAN + inner Ethernet. The decapsulation strips the tunnel marks
+ * and carries the inner super-frame on whole (gso_decap); one cut while
+ * still encapsulated has the outer IPv4 length, id and checksum and the
+ * outer UDP length fixed per segment as well, the outer UDP checksum 0.
  *
  * The pipeline carries such a frame whole to a kernel port (which writes it
  * with the same virtio-net header: the kernel or the receiving stack takes it
