@@ -23,6 +23,7 @@
 #define DP_ABI_VERSION 27
 
 #define DP_MAX_WORKERS 8
+#define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
 #define DP_MAX_PORTS 256
 #define DP_MAX_RXQ 8 /* rx queues per port */
 #define DP_MAX_NETS 256

@@ -24,6 +24,9 @@
 #include "dp_qos.h"
 #include "dp_shm.h"
 
+/* lcores the configuration checks take (dataplane.h) are lcores this EAL has */
+_Static_assert(DP_MAX_LCORE <= RTE_MAX_LCORE, "DP_MAX_LCORE above this DPDK's RTE_MAX_LCORE");
+
 struct dp_state dp;
 
 static int dp_eal_up;

@@ -54,6 +54,7 @@ UNIX_PATH_MAX = 107
 MEMORY_MB_RANGE = (64, 1 << 20)
 #: the highest CPU number an lcore list may name
 MAX_CPU = 1 << 16
+MAX_LCORE = lib.DP_MAX_LCORE  # the CPUs the EAL takes as lcores: 0..MAX_LCORE-1
 #: interface names a pod's plane cannot take, and why
 POD_RESERVED_IFNAMES = {"lo": "the pod's loopback interface"}
 
@@ -267,6 +268,12 @@ def check_lcores(value, path: str = "lcores") -> List[int]:
     seen = set()
     for i, c in enumerate(value):
         check_int(c, f"{path}[{i}]", 0, MAX_CPU)
+        if c >= MAX_LCORE:
+            raise fail(
+                f"{path}[{i}]",
+                f"CPU {c}: DPDK takes CPUs 0..{MAX_LCORE - 1} as lcores (RTE_MAX_LCORE); "
+                "pick a worker CPU below it",
+            )
         if c in seen:
             raise fail(f"{path}[{i}]", f"CPU {c} is listed twice")
         seen.add(c)
@@ -313,7 +320,10 @@ def check_rate(value, path: str) -> int:
         m = _RATE_RE.match(str(value))
         if not m:
             raise fail(path, f"{show(value)} is not a rate in bit/s (e.g. 100M, 2.5G)")
-        n = int(float(m.group(1)) * _RATE_UNIT[m.group(2).lower()])
+        f = float(m.group(1)) * _RATE_UNIT[m.group(2).lower()]
+        if 0 < f < SHAPER_RATE_MIN:  # 0.5 is no 0 (none)
+            raise fail(path, f"{show(value)} is below {SHAPER_RATE_MIN} bit/s (use 0 for none)")
+        n = int(f)
     if not 0 <= n <= _RATE_MAX:
         raise fail(path, f"{n} bit/s out of range 0..400G")
     if 0 < n < SHAPER_RATE_MIN:

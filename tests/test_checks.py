@@ -101,6 +101,9 @@ def test_rates():
     refused(checks.check_rate, "fast", "r", match=r"^r: 'fast' is not a rate in bit/s")
     refused(checks.check_rate, True, "r", match=r"^r: true is not a rate")
     refused(checks.check_rate, 7999, "r", match=r"^r: 7999 bit/s is below 8000")
+    # a fraction of a bit/s is no 0 (which means none)
+    refused(checks.check_rate, 0.5, "r", match=r"^r: 0\.5 is below 8000 bit/s \(use 0 for none\)")
+    assert checks.check_rate("0", "r") == checks.check_rate(0.0, "r") == 0
     refused(checks.check_rate, "401G", "r", match=r"out of range 0\.\.400G")
 
 
@@ -119,6 +122,14 @@ def test_mode_and_lcores():
     refused(checks.check_lcores, [0], match=r"^lcores: needs at least two")
     refused(checks.check_lcores, [0, 1, 1], match=r"^lcores\[2\]: CPU 1 is listed twice")
     refused(checks.check_lcores, [0, -1], match=r"^lcores\[1\]: -1 out of range")
+    # the EAL's lcores are CPUs below its RTE_MAX_LCORE (128 in Debian's DPDK)
+    assert checks.MAX_LCORE == 128
+    assert checks.check_lcores([0, 127]) == [0, 127]
+    refused(
+        checks.check_lcores,
+        [0, 200],
+        match=r"^lcores\[1\]: CPU 200: DPDK takes CPUs 0\.\.127 as lcores \(RTE_MAX_LCORE\)",
+    )
     refused(checks.check_lcores, "0,1", match=r"^lcores: '0,1' is not a list")
 
 
