@@ -1597,11 +1597,15 @@ dp_afp_set_udp_gso(struct dp_afp *a, int on)
 }
 
 uint16_t
-dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
+dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *lost,
+                uint64_t *lost_bytes)
 {
     uint32_t head = a->tx.head, mask = a->tx.frame_nr - 1;
     uint32_t max_frame = __atomic_load_n(&a->tx.max_frame, __ATOMIC_RELAXED);
     uint16_t i, queued = 0;
+
+    *lost = 0;
+    *lost_bytes = 0;
 
     if (unlikely(n == 0))
         return 0;
@@ -1627,6 +1631,8 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
              * refused at its head, sending it again at every kick - every
              * frame after it would wait for good. Dropped and counted. */
             a->tx.oversize++;
+            (*lost)++;
+            *lost_bytes += len;
             continue;
         }
         if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN ||
@@ -1638,8 +1644,11 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
                 afp_tx_kick(a);
             queued = 0;
             int r = (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ? afp_tx_tnl(a, m) : afp_tx_big(a, m);
-            if (unlikely(r < 0))
+            if (unlikely(r < 0)) {
                 a->tx.error++;
+                (*lost)++;
+                *lost_bytes += len;
+            }
             continue;
         }
         if (__atomic_load_n(&a->tx.udp_gso, __ATOMIC_RELAXED) && i + 1 < n) {
@@ -1653,6 +1662,9 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n)
                 queued = 0;
                 if (unlikely(afp_tx_ugso(a, pkts + i, r) < 0)) {
                     a->tx.error += r;
+                    *lost += r;
+                    for (uint16_t k = 0; k < r; k++)
+                        *lost_bytes += pkts[i + k]->pkt_len;
                 } else {
                     a->tx.batches++;
                     a->tx.batched += r;

@@ -82,8 +82,11 @@ uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
 /* Queue up to n mbufs for transmission, kick the kernel once (and once more
  * per frame larger than a ring frame: GSO super-frames, sent with sendmsg).
  * Sent mbufs are freed; returns how many were taken (the caller frees and
- * counts the rest; a taken frame the kernel refused is counted tx_error). */
-uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
+ * counts the rest). Of the taken, *lost frames (*lost_bytes bytes) were
+ * dropped here and counted by the port (tx_oversize, tx_error: too long
+ * for the interface, or a super-frame the kernel refused): not sent. */
+uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *lost,
+                         uint64_t *lost_bytes);
 /* Send runs of datagrams of one UDP flow (all of one size but the last) as
  * one UDP GSO frame each: the VXLAN frames of a cut super-frame leave the
  * uplink as one skb, which the kernel or the NIC cuts back into the same

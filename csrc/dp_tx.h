@@ -121,9 +121,16 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
             rte_spinlock_unlock(p->tx_lock);
         }
     } else {
+        uint16_t lost;
+        uint64_t lost_bytes;
         rte_spinlock_lock(p->tx_lock);
-        sent = dp_afp_tx_burst(p->afp, m, n);
+        sent = dp_afp_tx_burst(p->afp, m, n, &lost, &lost_bytes);
         rte_spinlock_unlock(p->tx_lock);
+        /* taken but not sent: the port's tx_oversize / tx_error (kport_*) */
+        tx_done(w, pi, m, n, sent, bytes);
+        w->port[pi][DP_PORT_TX_PACKETS] -= lost;
+        w->port[pi][DP_PORT_TX_BYTES] -= lost_bytes;
+        return;
     }
     tx_done(w, pi, m, n, sent, bytes);
 }

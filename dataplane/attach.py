@@ -312,6 +312,17 @@ class Attachments:
         try:
             a = self.info(name)
         except NotFound:
+            if self.store.attachment(name) is not None:
+                # recorded, its pod gone (its namespace died): a difference,
+                # not an unknown container - the record waits for DEL or GC
+                return {
+                    "name": name,
+                    **self.store.attachment(name),
+                    "problems": [
+                        f"container {cid} interface {ifname}: its pod is gone "
+                        "(a DEL or GC forgets it)"
+                    ],
+                }
             raise NotFound(f"container {cid} interface {ifname} is not attached on this node")
         netns = body.get("netns") or a["netns"]
         problems = []

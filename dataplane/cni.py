@@ -497,6 +497,8 @@ def _check(conf, env):
         {"container_id": env["container_id"], "ifname": env["ifname"], "netns": env["netns"]},
     )
     problems = list(a.get("problems") or [])
+    if "mac" not in a:  # its pod is gone: nothing to hold prevResult against
+        raise CNIError(ERR_CHECK, "; ".join(problems) or "the attachment is not whole")
     ifs = prev.get("interfaces") or []
     idx = [
         i

@@ -376,6 +376,11 @@ def test_attachments_survive_a_restart(cnode):
     assert "gone: its pod is not there (DEL or GC forgets it)" in line, line
     assert cnode.api("GET", "/v1/attachments/ready")["attachments"] == 1
     assert cnode.cni("CHECK", cnode.conf(prevResult=r1), c1, p1)[0] == 0
+    # CHECK of container 2: a difference (102), not an unknown container
+    # (3), which would tell the runtime no DEL is needed
+    code, out, _ = cnode.cni("CHECK", cnode.conf(prevResult=r2), c2, p2)
+    assert code != 0 and out["code"] == 102, out
+    assert out["msg"] == f"container {c2} interface eth0: its pod is gone (a DEL or GC forgets it)"
     assert cnode.cni("DEL", cnode.conf(), c2, None)[0] == 0
     assert [a["container_id"] for a in cnode.api("GET", "/v1/attachments")] == [c1]
     assert cnode.cni("DEL", cnode.conf(), c1, p1)[0] == 0
