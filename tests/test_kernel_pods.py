@@ -666,7 +666,8 @@ def test_express_lane_decapsulates_from_a_kernel_vtep_host(fabric):
     assert "express_decap" not in st2["drops"], st2["drops"]
 
 
-# a pod namespace's receiver of marked frames: prints the markers it saw
+# a pod namespace's receiver of marked frames: prints [marker, frame
+# length] of each it saw
 _MARK_RECEIVER = """
 import json, select, socket, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
@@ -677,9 +678,27 @@ while time.time() < end:
         d, addr = s.recvfrom(65536)
         if addr[2] != socket.PACKET_OUTGOING and b"mark-" in d:
             i = d.index(b"mark-")
-            seen.append(d[i:i + 12].decode(errors="replace"))
+            seen.append([d[i:i + 12].decode(errors="replace"), len(d)])
 print(json.dumps(seen), flush=True)
 """
+
+
+def marked_at_pod(fab, pod, frames):
+    """``frames`` sent straight into the node's uplink from the underlay
+    (the underlay's bridge would check an outer header itself and drop a
+    bad one before it gets there): [marker, frame length] of each marked
+    frame pod ``pod`` received within 3 s."""
+    rcv = subprocess.Popen(
+        ["ip", "netns", "exec", pod["ns"], sys.executable, "-c", _MARK_RECEIVER, "eth0", "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    fab.helpers.append(rcv)
+    assert rcv.stdout.readline().strip() == "ready"
+    sender = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+    sender += "s.bind(('ul1',0))\nfor h in sys.argv[1:]: s.send(bytes.fromhex(h))\n"
+    nsx(fab.ul, sys.executable, "-c", sender, *(f.hex() for f in frames), check=True)
+    return json.loads(rcv.communicate(timeout=30)[0].strip().splitlines()[-1])
 
 
 def test_express_lane_leaves_to_the_core_what_it_must_check(fabric):
@@ -724,19 +743,7 @@ def test_express_lane_leaves_to_the_core_what_it_must_check(fabric):
         return _port_row(node, lambda p: p["role"] == "uplink")
 
     before, st0 = up_row(), node.status()
-    rcv = subprocess.Popen(
-        ["ip", "netns", "exec", a["ns"], sys.executable, "-c", _MARK_RECEIVER, "eth0", "3"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    fab.helpers.append(rcv)
-    assert rcv.stdout.readline().strip() == "ready"
-    # straight into the node's uplink (the underlay's bridge would check
-    # the outer header itself and drop the bad one before it gets there)
-    sender = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
-    sender += "s.bind(('ul1',0))\nfor h in sys.argv[1:]: s.send(bytes.fromhex(h))\n"
-    nsx(fab.ul, sys.executable, "-c", sender, *(f.hex() for f in frames.values()), check=True)
-    seen = json.loads(rcv.communicate(timeout=30)[0].strip().splitlines()[-1])
+    seen = [m for m, _ in marked_at_pod(fab, a, frames.values())]
     after, st1 = up_row(), node.status()
     # the lane took the plain frame alone
     assert after["express"]["rx_packets"] - before["express"]["rx_packets"] == 1, (before, after)
@@ -851,21 +858,6 @@ def test_jumbo_mtu_with_a_host_behind_a_kernel_vtep(fabric):
     )
 
 
-# a pod namespace's receiver: the lengths of the frames holding a marker
-_LEN_RECEIVER = """
-import json, select, socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-s.bind((sys.argv[1], 0)); print("ready", flush=True)
-seen, end = [], time.time() + float(sys.argv[2])
-while time.time() < end:
-    if select.select([s], [], [], 0.05)[0]:
-        d, addr = s.recvfrom(65536)
-        if addr[2] != socket.PACKET_OUTGOING and sys.argv[3].encode() in d:
-            seen.append(len(d))
-print(json.dumps(seen), flush=True)
-"""
-
-
 def test_a_jumbo_frame_longer_than_its_datagram_is_cut_to_it(fabric):
     """What follows an underlay frame's outer IPv4 datagram is no part of
     it (Ethernet padding, or junk): cut off before the inner frame goes on,
@@ -889,20 +881,9 @@ def test_a_jumbo_frame_longer_than_its_datagram_is_cut_to_it(fabric):
     outer = Ether(dst=link[0]["address"]) / IP(src=HOST_VTEP, dst="10.99.0.1", flags="DF")
     outer /= UDP(sport=49999, dport=4789, chksum=0) / VXLAN(vni=VNI, flags=0x0C)
     frame = bytes(outer / inner) + b"\xee" * 3000  # past the datagram: 3000 bytes
-    rcv = subprocess.Popen(
-        ["ip", "netns", "exec", a["ns"], sys.executable, "-c", _LEN_RECEIVER, "eth0", "3"]
-        + ["mark-jumbotrim"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    fab.helpers.append(rcv)
-    assert rcv.stdout.readline().strip() == "ready"
     st0 = node.status()
-    sender = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
-    sender += "s.bind(('ul1',0))\ns.send(bytes.fromhex(sys.argv[1]))\n"
-    nsx(fab.ul, sys.executable, "-c", sender, frame.hex(), check=True)
-    seen = json.loads(rcv.communicate(timeout=30)[0].strip().splitlines()[-1])
-    assert seen == [len(inner)], (seen, len(inner), node.status()["drops"])
+    seen = marked_at_pod(fab, a, [frame])
+    assert seen == [["mark-jumbotr", len(inner)]], (seen, len(inner), node.status()["drops"])
     st1 = node.status()
     assert st1["networks"][0]["decap_packets"] == st0["networks"][0]["decap_packets"] + 1
 
