@@ -136,27 +136,31 @@ class Attachments:
         elif body.get("options"):
             raise ConfigError(f"options: {body['options']!r}: kind veth takes no options")
         name = attachment_name(cid, ifname)
-        if self.store.attachment(name) is not None:
-            pod = self.store.pod(name)
-            if pod and not self.pods.leftover(pod):
-                raise AlreadyExists(
-                    f"container {cid} interface {ifname} is attached already "
-                    "(DEL it first; an ADD is not repeated for the same container and interface)"
-                )
-            # its pod went with its namespace, or is what a failed ADD left
-            # (the pod add removes that)
-            self.store.delete_attachment(name)
-        self.store.put_attachment(name, record, node=self.config.node)  # intent first
-        try:
-            self.pods.add_pod(name, netns, spec)
-        except (ConfigError, AlreadyExists) as e:
-            msg = self._in_own_words(str(e), plane)  # while the record names it
-            self.store.delete_attachment(name)
-            raise type(e)(msg) from None
-        except BaseException:
-            self.store.delete_attachment(name)
-            raise
-        return self.info(name)
+        # under the pods' lock from the check to the pod: a DEL or GC of the
+        # same attachment (which takes it too) cannot fall between its record
+        # and its pod, nor a failed ADD's clean-up remove another ADD's record
+        with self.pods.lock:
+            if self.store.attachment(name) is not None:
+                pod = self.store.pod(name)
+                if pod and not self.pods.leftover(pod):
+                    raise AlreadyExists(
+                        f"container {cid} interface {ifname} is attached already "
+                        "(DEL it first; an ADD is not repeated for the same container and interface)"
+                    )
+                # its pod went with its namespace, or is what a failed ADD left
+                # (the pod add removes that)
+                self.store.delete_attachment(name)
+            self.store.put_attachment(name, record, node=self.config.node)  # intent first
+            try:
+                self.pods.add_pod(name, netns, spec)
+            except (ConfigError, AlreadyExists) as e:
+                msg = self._in_own_words(str(e), plane)  # while the record names it
+                self.store.delete_attachment(name)
+                raise type(e)(msg) from None
+            except BaseException:
+                self.store.delete_attachment(name)
+                raise
+            return self.info(name)
 
     def _in_own_words(self, msg: str, plane: str) -> str:
         """A pod-spec error as the caller wrote the request: ``ip``,
@@ -188,13 +192,14 @@ class Attachments:
     def _remove(self, name: str) -> bool:
         """Detach attachment ``name``'s pod and forget both; False if
         neither was recorded."""
-        pod = self.store.pod(name)
-        if pod:
-            try:
-                self.pods.del_pod(name)
-            except NotFound:  # deleted meanwhile
-                pass
-        return self.store.delete_attachment(name) or bool(pod)
+        with self.pods.lock:  # not between another request's record and its pod
+            pod = self.store.pod(name)
+            if pod:
+                try:
+                    self.pods.del_pod(name)
+                except NotFound:  # deleted meanwhile
+                    pass
+            return self.store.delete_attachment(name) or bool(pod)
 
     # ---------------------------------------------------------------- GC
     def gc(self, body: dict) -> dict:

@@ -209,6 +209,8 @@ def load_json_object(
             if better:
                 raise ConfigError(f"{better} (invalid JSON: {where})") from None
             raise ConfigError(f"{what} is not valid JSON: {where}") from None
+        except ValueError as e:  # e.g. an integer of more digits than Python converts
+            raise ConfigError(f"{what} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} must be a JSON object, not {type(data).__name__}")
     return data

@@ -17,6 +17,7 @@ they had; nothing is allocated twice.
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -772,8 +773,12 @@ class PodLife:
             raise ConfigError(
                 f"netns: {netns!r} must be a path such as /var/run/netns/NAME or /proc/PID/ns/net"
             )
-        if not os.path.exists(netns):
-            raise NotFound(f"netns: {netns} does not exist")
+        try:
+            mode = os.stat(netns).st_mode
+        except OSError:
+            raise NotFound(f"netns: {netns} does not exist") from None
+        if not stat.S_ISREG(mode):  # a namespace file is one (nsfs); a FIFO would hang the open
+            raise ConfigError(f"netns: {netns} is not a network namespace (not a namespace file)")
         ps = parse_pod_spec(spec, self.config)
         from .fastif import check_node_can
 

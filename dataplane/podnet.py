@@ -94,7 +94,9 @@ def _open_netns(netns_path) -> int:
     missing, not a network namespace, or this process's own."""
     path = os.fspath(netns_path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO at the path must not hold the caller (and the
+        # lock it holds) until someone writes to it
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(f"netns: cannot open {path}: {e.strerror}") from None
     try:

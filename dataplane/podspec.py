@@ -335,7 +335,7 @@ def _check_pod_ip(ip: str, plane: str, net) -> str:
     subnet = ipaddress.IPv4Network(net.subnet)
     addr, _, plen = ip.partition("/")
     a = parse_ipv4(addr, f"ips.{plane}")
-    if plen and not (plen.isdigit() and int(plen) <= 32):
+    if plen and not (plen.isascii() and plen.isdigit() and int(plen) <= 32):
         raise ConfigError(f"ips.{plane}: /{plen} in {ip!r} is not a prefix length (0..32)")
     if plen and plen != str(subnet.prefixlen):
         raise ConfigError(

@@ -1409,6 +1409,38 @@ def test_cli_edges(node):
     assert r.stdout == "deleted a\n"
 
 
+def test_requests_that_could_hang_or_break_the_api_are_refused(node, tmp_path):
+    """A FIFO given as a pod's namespace (opening it would wait for a
+    writer while the service's lock is held), a JSON integer of more digits
+    than Python converts, a prefix length of non-ASCII digits: each a 400
+    naming the field, and the service answers the next request."""
+    import http.client
+
+    from dataplane.api import APIError
+
+    fifo = tmp_path / "ns-fifo"
+    os.mkfifo(fifo)
+    ns = node.pod("a", IT_SPEC)["ns"]
+    for netns, body, msg in (
+        (str(fifo), IT_SPEC, f"netns: {fifo} is not a network namespace"),
+        (f"/var/run/netns/{ns}", {**IT_SPEC, "ips": {"std": "192.168.50.9/\u00b2"}}, "ips.std: "),
+    ):
+        with pytest.raises(APIError, match=re.escape(msg)) as e:
+            node.api("POST", "/v1/pods", {"name": "b", "netns": netns, "spec": body})
+        assert e.value.status == 400
+    # raw: an integer past Python's conversion limit (4300 digits)
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.connect(node.sock)
+    conn.sock.settimeout(10)
+    conn.request("POST", "/v1/pods", body='{"name": ' + "1" * 5000 + "}")
+    r = conn.getresponse()
+    assert r.status == 400 and b"not valid JSON" in r.read()
+    conn.close()
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
+    assert "Traceback" not in (node.tmp / "service.log").read_text()
+
+
 def _plane(info, plane):
     return next(p for p in info["planes"] if p["plane"] == plane)
 
