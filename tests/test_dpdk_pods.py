@@ -113,6 +113,17 @@ class PodTestpmd:
             + ["--", "-i", f"--forward-mode={fwd}", "--no-flush-rx", "--total-num-mbufs=2048"]
         )
         env = dict(os.environ, HOME="/tmp")
+        self.rundir = None
+        if user:
+            # the EAL's runtime directory of a user that is not root
+            # ($XDG_RUNTIME_DIR/dpdk, else /tmp/dpdk, which would stay):
+            # in a directory of its own, removed at quit
+            self.rundir = tempfile.mkdtemp(prefix=f"{self.prefix}-")
+            os.chmod(self.rundir, 0o711)  # the user passes through to its own
+            run = os.path.join(self.rundir, "run")
+            os.mkdir(run, 0o700)
+            os.chown(run, user, user)
+            env["XDG_RUNTIME_DIR"] = run
         with open(self.log, "w") as out:
             self.p = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True, env=env
@@ -178,6 +189,8 @@ class PodTestpmd:
                 self.p.wait()
         self.p.stdin.close()
         remove_eal_runtime_dir(self.prefix)  # testpmd leaves it, even with --in-memory
+        if self.rundir:
+            shutil.rmtree(self.rundir, ignore_errors=True)
 
 
 def node_with_sockets(fab, sockdir, n=1, remotes=()):
