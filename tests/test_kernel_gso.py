@@ -26,7 +26,6 @@ import json
 import os
 import re
 import signal
-import time
 
 import pytest
 import test_kernel_pods as kp
@@ -348,61 +347,6 @@ def test_super_frames_of_a_small_mss_are_cut_whole(fabric):
     assert node.status()["networks"][0]["encap_packets"] - cut0 >= 2 * kp.MB // 88
 
 
-# IPv6 TCP: a server (argv: port, seconds) that prints the bytes and the
-# SHA-256 it received, and a client (argv: address%if, port, bytes) that
-# sends that many bytes of a fixed pattern
-V6_SERVER = """
-import hashlib, json, socket, sys
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", int(sys.argv[1]))); s.listen(1); s.settimeout(float(sys.argv[2]))
-print("ready", flush=True)
-c, _ = s.accept(); c.settimeout(float(sys.argv[2]))
-h, n = hashlib.sha256(), 0
-while True:
-    d = c.recv(1 << 20)
-    if not d:
-        break
-    h.update(d); n += len(d)
-print(json.dumps({"bytes": n, "sha256": h.hexdigest()}), flush=True)
-"""
-V6_CLIENT = """
-import hashlib, json, socket, sys
-addr, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-ai = socket.getaddrinfo(addr, port, socket.AF_INET6, socket.SOCK_STREAM)[0]
-c = socket.socket(socket.AF_INET6); c.settimeout(30); c.connect(ai[4])
-block = bytes(range(256)) * 4096
-h, sent = hashlib.sha256(), 0
-while sent < size:
-    b = block[: size - sent]; c.sendall(b); h.update(b); sent += len(b)
-c.close()
-print(json.dumps({"bytes": sent, "sha256": h.hexdigest()}), flush=True)
-"""
-
-
-def _v6_link_local(ns):
-    kp.nsx(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0", check=True)
-    kp.nsx(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0", check=True)
-    for _ in range(100):
-        addrs = json.loads(kp.nsx(ns, "ip", "-6", "-j", "addr", "show", "dev", "eth0").stdout)
-        ll = [x["local"] for x in addrs[0]["addr_info"] if x["scope"] == "link"]
-        if ll:
-            return ll[0]
-        time.sleep(0.05)
-    raise AssertionError(f"{ns}: no IPv6 link-local address on eth0")
-
-
-def _v6_transfer(fab, label, server_ns, server_ll, client_ns, size):
-    srv = fab.spawn(server_ns, V6_SERVER, "5301", "60")
-    assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
-    cli = fab.spawn(client_ns, V6_CLIENT, f"{server_ll}%eth0", "5301", str(size))
-    c_out, c_err = cli.communicate(timeout=120)
-    s_out, s_err = srv.communicate(timeout=120)
-    assert cli.returncode == 0 and srv.returncode == 0, f"{label}: {c_err} {s_err}"
-    sent, got = json.loads(c_out.splitlines()[-1]), json.loads(s_out.splitlines()[-1])
-    assert got == sent, f"{label}: sent {sent}, received {got}"
-
-
 def test_ipv6_tcp_super_frames_both_ways_with_a_kernel_vtep_host(fabric):
     """IPv6 TCP between a pod and the host behind a kernel VTEP, offloads
     on at both ends: the VTEP's VXLAN super-frames of inner IPv6 are
@@ -413,12 +357,12 @@ def test_ipv6_tcp_super_frames_both_ways_with_a_kernel_vtep_host(fabric):
     vm = fab.kernel_host(["10.99.0.1"])
     a = fab.pod(1, "a", kp.SUBNET + "11")
     kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
-    a_ll, vm_ll = _v6_link_local(a["ns"]), _v6_link_local(vm)
+    a_ll, vm_ll = kp.v6_link_local(a["ns"]), kp.v6_link_local(vm)
     r = kp.nsx(vm, "ping", "-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", f"{a_ll}%eth0")
     assert r.returncode == 0, r.stdout
     before = gso_drops(node)
-    _v6_transfer(fab, "vtep host -> pod a, IPv6", a["ns"], a_ll, vm, 8 * kp.MB)
-    _v6_transfer(fab, "pod a -> vtep host, IPv6", vm, vm_ll, a["ns"], 8 * kp.MB)
+    kp.tcp_transfer(fab, "vtep host -> pod a, IPv6", a["ns"], f"{a_ll}%eth0", vm, 8 * kp.MB)
+    kp.tcp_transfer(fab, "pod a -> vtep host, IPv6", vm, f"{vm_ll}%eth0", a["ns"], 8 * kp.MB)
     assert gso_drops(node) == before, node.status()["drops"]
 
 

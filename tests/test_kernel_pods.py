@@ -59,9 +59,10 @@ metrics: {{listen: null}}
 TCP_SERVER = """
 import hashlib, json, socket, sys
 port, accept_timeout, idle = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-s = socket.socket()
+bind = sys.argv[4]
+s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port))
+s.bind((bind, port))
 s.listen(1)
 s.settimeout(accept_timeout)
 print("ready", flush=True)
@@ -434,8 +435,10 @@ def reach(ns, ip, what, deadline=10):
 # ------------------------------------------------------------------ transfers
 def tcp_transfer(fab, label, server_ns, server_ip, client_ns, size=4 * MB, port=5201):
     """``size`` bytes over one TCP connection from client_ns to
-    server_ip:port, verified by SHA-256 at the far end."""
-    srv = fab.spawn(server_ns, TCP_SERVER, port, CONNECT_TIMEOUT + 20, IDLE_TIMEOUT)
+    server_ip:port (IPv6 too: ``fe80::1%eth0``), verified by SHA-256 at
+    the far end."""
+    bind = "::" if ":" in server_ip else "0.0.0.0"
+    srv = fab.spawn(server_ns, TCP_SERVER, port, CONNECT_TIMEOUT + 20, IDLE_TIMEOUT, bind)
     assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
     cli = fab.spawn(client_ns, TCP_CLIENT, server_ip, port, size, CONNECT_TIMEOUT, IDLE_TIMEOUT)
     c_out, c_err = cli.communicate()  # ends by itself: connect and idle timeouts
@@ -639,17 +642,8 @@ def test_express_lane_decapsulates_from_a_kernel_vtep_host(fabric):
     # IPv6 echoes to the pod's link-local address too, where the kernel can
     # set a decapsulated frame's protocol (6.3); its neighbour discovery is
     # the core's
-    for ns in (a["ns"], vm):  # IPv6 on (the fabric's namespaces keep it off)
-        nsx(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0", check=True)
-        nsx(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0", check=True)
-    for _ in range(100):  # the pod's link-local, made from its MAC
-        addrs = json.loads(nsx(a["ns"], "ip", "-6", "-j", "addr", "show", "dev", "eth0").stdout)
-        ll = [x["local"] for x in addrs[0]["addr_info"] if x["scope"] == "link"]
-        if ll:
-            break
-        time.sleep(0.05)
-    assert ll, addrs
-    ll = ll[0]
+    v6_link_local(vm)
+    ll = v6_link_local(a["ns"])  # the pod's link-local, made from its MAC
     r = nsx(vm, "ping", "-6", "-n", "-c", "20", "-i", "0.05", "-W", "2", f"{ll}%eth0")
     assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
     _, up_v6, _ = rows()
@@ -664,6 +658,20 @@ def test_express_lane_decapsulates_from_a_kernel_vtep_host(fabric):
     st2, up2, _ = rows()
     assert up2["express"]["rx_packets"] > up_v6["express"]["rx_packets"]
     assert "express_decap" not in st2["drops"], st2["drops"]
+
+
+def v6_link_local(ns):
+    """IPv6 switched on for eth0 in ``ns`` (the fabric's namespaces keep
+    it off): its link-local address, once the kernel has made it."""
+    nsx(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0", check=True)
+    nsx(ns, "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0", check=True)
+    for _ in range(100):
+        addrs = json.loads(nsx(ns, "ip", "-6", "-j", "addr", "show", "dev", "eth0").stdout)
+        ll = [x["local"] for x in addrs[0]["addr_info"] if x["scope"] == "link"]
+        if ll:
+            return ll[0]
+        time.sleep(0.05)
+    raise AssertionError(f"{ns}: no IPv6 link-local address on eth0: {addrs}")
 
 
 # a pod namespace's receiver of marked frames: prints [marker, frame
