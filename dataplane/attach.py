@@ -317,12 +317,13 @@ class Attachments:
         try:
             a = self.info(name)
         except NotFound:
-            if self.store.attachment(name) is not None:
+            rec = self.store.attachment(name)
+            if rec is not None:
                 # recorded, its pod gone (its namespace died): a difference,
                 # not an unknown container - the record waits for DEL or GC
                 return {
                     "name": name,
-                    **self.store.attachment(name),
+                    **rec,
                     "problems": [
                         f"container {cid} interface {ifname}: its pod is gone "
                         "(a DEL or GC forgets it)"
