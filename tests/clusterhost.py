@@ -79,6 +79,41 @@ class NetnsEtcd(EtcdServer):
             time.sleep(0.05)
         return False
 
+    def report(self) -> str:
+        """What etcd is doing now, for a failure message: its process and
+        threads' states (a stopped or starved etcd shows here), how long a
+        health probe from inside its namespace takes, and its log's tail."""
+        p = self.proc
+        if p is None:
+            state = "not running"
+        elif p.poll() is not None:
+            state = f"exited ({p.returncode})"
+        else:
+            states = {}
+            try:
+                for t in os.listdir(f"/proc/{p.pid}/task"):
+                    with open(f"/proc/{p.pid}/task/{t}/stat") as f:
+                        st = f.read().rsplit(")", 1)[1].split()[0]
+                    states[st] = states.get(st, 0) + 1
+            except OSError:
+                pass
+            state = f"pid {p.pid}, threads by state {states}"
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(
+                ["ip", "netns", "exec", self.netns, sys.executable, "-c", _HEALTH,
+                 self.url + "/health"],
+                capture_output=True, timeout=10,
+            )  # fmt: skip
+            health = "healthy" if r.returncode == 0 else "not healthy"
+        except subprocess.TimeoutExpired:
+            health = "no answer"
+        took = time.monotonic() - t0
+        return (
+            f"etcd now: {state}; health probe: {health} after {took:.1f}s; "
+            f"load {os.getloadavg()}; its log:\n{self.log_tail(12)}"
+        )
+
 
 # exit 0 once etcd says it is healthy (polls for up to 2 s)
 _HEALTH = """

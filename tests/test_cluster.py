@@ -158,6 +158,7 @@ class Node:
 
     def __init__(self, cl, n):
         self.n = n
+        self.cl = cl
         self.ns = f"{cl.tag}n{n}"
         self.dir = cl.tmp / f"node{n}"
         self.dir.mkdir()
@@ -209,7 +210,8 @@ class Node:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(
-                    f"node{self.n} exited ({self.proc.returncode}):\n" + self.log()[-3000:]
+                    f"node{self.n} exited ({self.proc.returncode}):\n{self.log()[-3000:]}\n"
+                    + self.cl.etcd.report()
                 )
             if os.path.exists(self.sock) and self.syncs() > self._syncs_before:
                 try:
@@ -218,7 +220,9 @@ class Node:
                 except OSError:
                     pass
             time.sleep(0.1)
-        raise AssertionError(f"node{self.n} not ready in {timeout}s:\n" + self.log()[-3000:])
+        raise AssertionError(
+            f"node{self.n} not ready in {timeout}s:\n{self.log()[-3000:]}\n" + self.cl.etcd.report()
+        )
 
     def stop(self, timeout=30):
         """SIGTERM (its PID only); SIGKILL if it does not end. The exit code."""
@@ -235,9 +239,15 @@ class Node:
         return p.returncode
 
     def api(self, method, endpoint, body=None):
-        from dataplane.api import call
+        from dataplane.api import APIError, call
 
-        return call(self.sock, method, endpoint, body)
+        try:
+            return call(self.sock, method, endpoint, body)
+        except APIError as e:
+            if "etcd" not in str(e):
+                raise
+            # what etcd was doing: the CI log shows this message whole
+            raise AssertionError(f"node{self.n} {method} {endpoint}: {e}\n{self.cl.etcd.report()}")
 
 
 class Cluster:
