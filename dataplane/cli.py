@@ -77,6 +77,8 @@ def _print(obj, as_json):
         return
     if isinstance(obj, dict) and "planes" in obj:  # a pod
         print(f"{obj['name']}  netns={obj['netns']}  state={obj['state']}")
+        if obj.get("not_attached"):
+            print(f"  NOT ATTACHED (no forwarding; tried again every round): {obj['not_attached']}")
         for p in obj["planes"]:
             print(
                 f"  {p['plane']:8s} {p['ifname'] or '-':10s} {p['ip']:15s} {p['mac']}  "
@@ -240,6 +242,8 @@ def cmd_status(args):
         print(f"  cpu latency request changes nothing here: {st['cpu_latency_no_effect']}")
     if st.get("uplink_problem"):
         print(f"  UPLINK CANNOT CARRY FRAMES: {st['uplink_problem']}")
+    for pod, why in sorted((st.get("pods_not_attached") or {}).items()):
+        print(f"  POD NOT ATTACHED (no forwarding; tried again every round): {pod}: {why}")
     if st.get("express_lane_off"):  # auto, and the kernel would not take it
         print(
             f"  express lane off (pods reach each other through the core): {st['express_lane_off']}"

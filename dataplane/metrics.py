@@ -73,6 +73,7 @@ class Snapshot(NamedTuple):
     store_error: Optional[str] = None  # why the state store did not answer
     uplink_up: Optional[bool] = None  # a kernel uplink: False while it cannot carry frames
     express_lane: bool = False  # the express lane loaded (its frames in the port counters too)
+    pods_not_attached: int = 0  # this node's pods a replay could not attach (no forwarding)
 
 
 class CoreCollector:
@@ -205,6 +206,13 @@ class CoreCollector:
                 "is below the underlay's, or it was re-created and is not attached yet",
                 value=1 if snap.uplink_up else 0,
             )
+        yield GaugeMetricFamily(
+            "dataplane_pods_not_attached",
+            "Pods of this node whose ports a restart could not make again (no forwarding "
+            "for them; the housekeeping tries again every round; the log and "
+            "'dataplane pod list' say why)",
+            value=snap.pods_not_attached,
+        )
         yield GaugeMetricFamily(
             "dataplane_store_up",
             "1 if the state store (SQLite file or etcd) answered this scrape, else 0",

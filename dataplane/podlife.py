@@ -31,6 +31,9 @@ from .store import reach
 #: mbufs of the core's pool that af_xdp ports leave for forwarding (bursts,
 #: tx buffers, plane queues)
 AF_XDP_SPARE_MBUFS = 4095
+#: seconds between two housekeeping rounds of the node service (reap): pods
+#: whose namespace or veths are gone, pods a replay could not attach
+REAP_EVERY_S = 5
 
 #: pod-end checks (:meth:`PodLife.reap`) a housekeeping round makes at most,
 #: a few pods a round in turn (a plane's check takes a few ms: netlink dumps
@@ -230,6 +233,9 @@ class PodLife:
         # answer leaves nothing out of it (list_pods, the FDB's annotations)
         self.known: Dict[str, dict] = {}
         self.known_at: Dict[str, float] = {}
+        # ready pods of this node a replay could not attach: {pod: why}.
+        # Listed with the reason; the housekeeping tries them again
+        self.unattached: Dict[str, str] = {}
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
         self._store_mark: Optional[str] = None  # store_mark()
@@ -272,31 +278,82 @@ class PodLife:
                 )
                 self._remove(pod["name"], eps)
                 continue
-            allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
-            dhcp = set((pod.get("spec") or {}).get("dhcp_server") or ())
-            for e in eps:
-                kind = kinds.get(e["plane"], VETH)
-                if e in lost:  # its veth deleted: the pod's other planes stay
-                    self._remake_veth(pod, e, "replay")
-                elif kind == VETH:
-                    self._replay_mtu(pod, e)
-                    self._replay_mark(pod, e)
-                    self._restore_pod_end(pod, e, "replay")
-                    if not self.engine.express_loaded:  # a killed service's lane, if any
-                        self.engine.express_detach(e["host_ifname"])
-                    self._attach_port(
-                        e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
-                    )
-                elif kind in SOCKET_KINDS:
-                    self._attach_fast(
-                        pod["name"],
-                        e,
-                        self._plane_spec(pod["name"], e["plane"]),
-                        allowed.get(e["plane"], ()),
-                        dhcp_server=e["plane"] in dhcp,
-                    )
+            self._reattach(pod, eps, kinds, lost, "replay")
+
+    def _reattach(self, pod, eps, kinds, lost, by: str) -> bool:
+        """Attach ready pod ``pod`` (endpoints ``eps``; ``kinds``: {plane:
+        kind}; ``lost``: its veth endpoints whose veth is gone, made again)
+        again, ``by`` the replay or the housekeeping. Whether it is. A pod
+        that cannot be (its port not made: a socket path taken, the pool
+        full) does not stop the others: what was attached of it is undone,
+        its records stay, it is listed with why (``unattached``) and the
+        housekeeping tries again each round. A store that does not answer
+        is the caller's to handle."""
+        name = pod["name"]
+        try:
+            self._attach_planes(pod, eps, kinds, lost, by)
+        except ConnectionError:  # EtcdUnavailable: not this pod's problem
+            raise
+        except (DataplaneError, OSError) as err:
+            self._undo_ports(name, eps, kinds)
+            why = str(err) or type(err).__name__
+            if self.unattached.get(name) != why:  # said once, not every round
+                log.error(
+                    "%s: pod %s not attached: %s; it has no forwarding, its records stay, "
+                    "the housekeeping tries again every %d s",
+                    by,
+                    name,
+                    why,
+                    REAP_EVERY_S,
+                    extra={"fields": {"pod": name, "why": why}},
+                )
+            self.unattached[name] = why
             self._info(pod, eps)
-            event("replay: pod re-attached", pod=pod["name"], planes=[e["plane"] for e in eps])
+            return False
+        was = self.unattached.pop(name, None)
+        self._info(pod, eps)
+        event(
+            f"{by}: pod re-attached",
+            pod=name,
+            planes=[e["plane"] for e in eps],
+            **({"was_not_attached": was} if was else {}),
+        )
+        return True
+
+    def _attach_planes(self, pod, eps, kinds, lost, by):
+        allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
+        dhcp = set((pod.get("spec") or {}).get("dhcp_server") or ())
+        for e in eps:
+            kind = kinds.get(e["plane"], VETH)
+            if e in lost:  # its veth deleted: the pod's other planes stay
+                self._remake_veth(pod, e, by)
+            elif kind == VETH:
+                self._replay_mtu(pod, e)
+                self._replay_mark(pod, e)
+                self._restore_pod_end(pod, e, by)
+                if not self.engine.express_loaded:  # a killed service's lane, if any
+                    self.engine.express_detach(e["host_ifname"])
+                self._attach_port(e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp)
+            elif kind in SOCKET_KINDS:
+                self._attach_fast(
+                    pod["name"],
+                    e,
+                    self._plane_spec(pod["name"], e["plane"]),
+                    allowed.get(e["plane"], ()),
+                    dhcp_server=e["plane"] in dhcp,
+                )
+
+    def _undo_ports(self, name, eps, kinds):
+        """The core ports a failed re-attach of pod ``name`` made, removed
+        (its interfaces and records stay, for the next try)."""
+        for e in eps:
+            try:
+                if kinds.get(e["plane"], VETH) in SOCKET_KINDS:
+                    self._drop_fast(name, e["plane"])
+                elif kinds.get(e["plane"], VETH) == VETH:
+                    self._drop_port(e["host_ifname"])
+            except (DataplaneError, OSError) as err:
+                log.warning("pod %s plane %s: port not removed: %s", name, e["plane"], err)
 
     def remove_orphans(self) -> List[str]:
         """Delete the pod veths this node's service made that no pod record
@@ -623,6 +680,8 @@ class PodLife:
                 continue
             if not self._gone(pod, links):
                 alive.append(pod)
+                if pod["name"] in self.unattached:
+                    self._reattach_again(pod)
                 continue
             with self.lock:  # again under the lock: a delete and re-add meanwhile
                 now = self.store.pod(pod["name"])
@@ -642,6 +701,18 @@ class PodLife:
             removed.append(pod["name"])
         self._check_pod_ends(alive)
         return removed
+
+    def _reattach_again(self, pod):
+        """One more try at pod ``pod`` a replay could not attach (under the
+        lock: a delete meanwhile wins)."""
+        with self.lock:
+            now = self.store.pod(pod["name"])
+            if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
+                return
+            if pod["name"] not in self.unattached:
+                return
+            eps = self.store.endpoints(pod=now["name"])
+            self._reattach(now, eps, self._kinds(now["name"]), [], "housekeeping")
 
     def leftover(self, pod) -> bool:
         """Whether store record ``pod`` is what an add or a delete of this
@@ -1208,6 +1279,7 @@ class PodLife:
             fastif.remove_pod_dir(self.config.pod_socket_dir, name)
         self.known.pop(name, None)  # detached: not this node's any more
         self.known_at.pop(name, None)
+        self.unattached.pop(name, None)
 
     def del_pod(self, name: str) -> dict:
         """Detach pod ``name``; NotFound unless this node runs it. The store
@@ -1274,6 +1346,8 @@ class PodLife:
                 for e in eps
             ],
         }
+        if name in self.unattached and pod.get("node") in (None, self.config.node):
+            info["not_attached"] = self.unattached[name]  # no forwarding, and why
         if pod.get("node") in (None, self.config.node):
             self.known[name] = info
             self.known_at[name] = time.time()

@@ -34,7 +34,7 @@ from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging, warning_event  # noqa: F401 - setup_logging for the CLI
-from .podlife import PodLife, add_kernel_port
+from .podlife import REAP_EVERY_S, PodLife, add_kernel_port
 from .podnet import (
     LinkEvents,
     link_state,
@@ -56,10 +56,6 @@ from .store import StateStore, open_store, reach
 from .sync import ClusterSync, network_index
 
 __all__ = ["NodeService", "setup_logging"]
-
-
-#: seconds between two looks for pods whose namespace or veths are gone
-REAP_EVERY_S = 5
 
 
 #: how long a starting service waits for the lock of one that is exiting
@@ -633,6 +629,8 @@ class NodeService:
                 snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())
             if self.config.vtep.uplink_kind == "kernel":
                 snap = snap._replace(uplink_up=self.uplink_problem is None)
+            if self.pods is not None:
+                snap = snap._replace(pods_not_attached=len(self.pods.unattached))
             return snap
 
     def _store_counts(self, store):
@@ -685,6 +683,8 @@ class NodeService:
             report["cpu_latency_no_effect"] = self.cpu_latency_no_effect
         report["fdb_entries"] = snap.fdb_entries
         report["uplink_problem"] = self.uplink_problem  # None while it carries frames
+        # pods a replay could not attach: {pod: why}; tried again every round
+        report["pods_not_attached"] = dict(self.pods.unattached) if self.pods else {}
         report["store_error"] = snap.store_error  # None while the store answers
         report["store"] = self.store_state(snap.store_error)
         if snap.learning is not None:

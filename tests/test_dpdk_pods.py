@@ -19,6 +19,7 @@ Frames use ethertype 0x88b5 (local experimental): no kernel answers them.
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,18 @@ class PodTestpmd:
             os.chown(run, user, user)
             env["XDG_RUNTIME_DIR"] = run
         with open(self.log, "w") as out:
+            # SIGPIPE ignored, as this interpreter has it (restore_signals
+            # would set it back to the default): DPDK's memif client sends
+            # its disconnect message on the control socket of a killed
+            # server without MSG_NOSIGNAL, and would die of it
             self.p = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True, env=env
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                restore_signals=False,
             )
         self.wait_for("testpmd>", 30)
 
@@ -593,6 +604,52 @@ def test_replay_forgets_dpdk_pod_whose_namespace_is_gone(fabric, sockdir):
     assert node.api("GET", "/v1/pods") == []
     assert not os.path.exists(os.path.dirname(dpod["planes"][0]["socket"]))
     assert not [p for p in node.status()["ports"] if p["role"] == "pod"]
+
+
+def test_a_pod_that_cannot_be_attached_again_does_not_stop_the_others(fabric, sockdir):
+    """kill -9 of the service; meanwhile a memif pod's socket path became a
+    directory, so its port cannot be made again. The new service starts
+    anyway: the veth pods forward, the memif pod keeps its records and is
+    listed NOT ATTACHED with why (pod list, status, the CLI), and once the
+    path is free the housekeeping attaches it without a restart."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    v, w = add_pod(fab, node, "v"), add_pod(fab, node, "w")
+    d = add_pod(fab, node, "d", "memif")
+    dname, sock = d["name"], d["planes"][0]["socket"]
+    node.proc.kill()  # no clean-up of ports or sockets
+    node.proc.wait()
+    node.proc = None
+    if os.path.lexists(sock):
+        os.unlink(sock)
+    os.mkdir(sock)  # the memif server cannot listen there
+    node.start()
+    pods = {p["name"]: p for p in node.api("GET", "/v1/pods")}
+    assert set(pods) == {v["name"], w["name"], dname}
+    assert "Is a directory" in pods[dname].get("not_attached", ""), pods[dname]
+    assert pods[dname]["planes"][0]["port"] is None
+    for p in (v, w):
+        assert "not_attached" not in pods[p["name"]] and pods[p["name"]]["planes"][0]["port"]
+    assert list(node.status()["pods_not_attached"]) == [dname]
+    assert not [p for p in node.status()["ports"] if p.get("pod") == dname]
+    assert test_kernel_pods.ping(v["ns"], w["planes"][0]["ip"]).returncode == 0
+    out = node.cli("pod", "list").stdout
+    assert "NOT ATTACHED (no forwarding; tried again every round): [Errno 21]" in out, out
+    assert "POD NOT ATTACHED" in node.cli("status").stdout
+    assert f'"pod": "{dname}"' in node.log() and "not attached" in node.log()
+    os.rmdir(sock)
+    deadline = time.monotonic() + 30  # a housekeeping round is 5 s
+    while time.monotonic() < deadline:
+        dp = [p for p in node.api("GET", "/v1/pods") if p["name"] == dname][0]
+        if "not_attached" not in dp:
+            break
+        time.sleep(0.5)
+    assert "not_attached" not in dp and dp["planes"][0]["port"] is not None, dp
+    assert stat.S_ISSOCK(os.stat(sock).st_mode)
+    assert node.status()["pods_not_attached"] == {}
+    assert "housekeeping: pod re-attached" in node.log()
+    node.api("DELETE", f"/v1/pods?name={dname}")
+    assert not os.path.exists(os.path.dirname(sock))
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "etcd"])
