@@ -121,14 +121,14 @@ def cmd_run(args):
 
 
 def cmd_check(args):
-    from .startchecks import check_store, uplink_in_use, uplink_notes
+    from .startchecks import check_store, metrics_problem, uplink_in_use, uplink_notes
 
     cfg = load_config(args.config)
     # what 'run' would refuse because of the state store's records, read
     # only (a running service is not disturbed), and an uplink another
     # running service has (its lock looked at, not taken)
     store = check_store(cfg)
-    errors = [e for e in [uplink_in_use(cfg)] if e] + store.errors
+    errors = [e for e in [uplink_in_use(cfg), metrics_problem(cfg)] if e] + store.errors
     lane_off = None  # why the kernel would not take the lane's programs, as run loads them
     if cfg.express_lane is not False:
         from .engine import express_loadable

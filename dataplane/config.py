@@ -574,6 +574,10 @@ def _differing(old, new, prefix: str) -> List[str]:
         for k in old:
             out += _differing(old[k], new[k], f"{prefix}{k}.")
         return out
+    if isinstance(old, list) and isinstance(new, list):
+        names = [getattr(x, "name", None) for x in old], [getattr(x, "name", None) for x in new]
+        if all(n is not None for n in (*names[0], *names[1])) and names[0] != names[1]:
+            return [f"{prefix.rstrip('.')} ({_list_change(*names)})"]  # networks, by name
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         out = []
         for i, (o, n) in enumerate(zip(old, new)):
@@ -582,6 +586,22 @@ def _differing(old, new, prefix: str) -> List[str]:
             out += _differing(o, n, f"{prefix}{key}.")
         return out
     return [] if old == new else [prefix.rstrip(".")]
+
+
+def _list_change(old: List[str], new: List[str]) -> str:
+    """How a list of named items (networks) changed: added, removed, or
+    only its order (which places them in the core: index = position)."""
+    added = [n for n in new if n not in old]
+    removed = [n for n in old if n not in new]
+    if not added and not removed:
+        return (
+            f"their order: {', '.join(old)} -> {', '.join(new)}; a network's place in the "
+            "list is its index in the core: keep the old order to reload"
+        )
+    return "; ".join(
+        f"{what}: {', '.join(names)}" for what, names in (("added", added), ("removed", removed))
+        if names
+    )  # fmt: skip
 
 
 def reload_changes(old: NodeConfig, new: NodeConfig):

@@ -180,6 +180,29 @@ def others_pods(cfg: NodeConfig, store) -> Optional[str]:
     )
 
 
+def metrics_problem(cfg: NodeConfig) -> Optional[str]:
+    """Why the service could not listen on ``metrics.listen``, as far as
+    can be told without taking the port (a running service may hold it):
+    a host name that does not resolve, an address that is not this
+    host's. None if neither."""
+    m = cfg.metrics
+    if m.listen is None:
+        return None
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(m.host, m.port, type=socket.SOCK_STREAM)[0]
+    except OSError as e:  # socket.gaierror
+        return f"metrics.listen: {m.listen}: {m.host} does not resolve ({e.strerror or e})"
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr[0], 0, *addr[2:]))  # any port: the address alone
+        except OSError as e:
+            return (
+                f"metrics.listen: {m.listen}: {addr[0]} is not an address of this host "
+                f"({e.strerror or e})"
+            )
+    return None
+
+
 def uplink_notes(cfg: NodeConfig) -> List[str]:
     """What keeps a kernel uplink from carrying frames now (missing, down,
     without carrier, an MTU below ``vtep.underlay_mtu``): none of it stops

@@ -679,6 +679,22 @@ def test_reload_changes_takes_rates_and_names_the_rest():
         "planes.media.priority",
         "networks.net2.vni",
     ]
+    # networks are compared by name: one added, removed or moved is said as such
+    moved = copy.deepcopy(shaped)
+    moved["networks"].reverse()
+    order = [n["name"] for n in shaped["networks"]]
+    assert reload_changes(old, parse_config(moved)) == ([], [
+        f"networks (their order: {', '.join(order)} -> {', '.join(reversed(order))}; a "
+        "network's place in the list is its index in the core: keep the old order to reload)"
+    ])  # fmt: skip
+    grown = copy.deepcopy(shaped)
+    grown["networks"].append({"name": "net9", "vni": 909, "plane": "std",
+                              "subnet": "192.168.99.0/24"})  # fmt: skip
+    assert reload_changes(old, parse_config(grown)) == ([], ["networks (added: net9)"])
+    grown["networks"].pop(0)
+    assert reload_changes(old, parse_config(grown)) == (
+        [], [f"networks (added: net9; removed: {order[0]})"]
+    )  # fmt: skip
 
 
 def test_advice_on_more_memory_than_free_hugepages():
@@ -702,3 +718,29 @@ def test_advice_on_more_memory_than_free_hugepages():
     ), advice
     assert said(mode="hugepages", memory_mb=min(64, free_mb)) == []
     assert said(memory_mb=free_mb + 4096) == []  # fallback mode takes no hugepages
+
+
+def test_check_refuses_a_metrics_address_the_service_could_not_listen_on(tmp_path):
+    """``dataplane check`` says what ``run`` would fail on at start: a
+    metrics.listen address that is not this host's (the port itself is not
+    taken: a running service may hold it)."""
+    p = tmp_path / "node.yaml"
+    state = {"state_dir": str(tmp_path / "state")}
+    p.write_text(yaml.safe_dump(dict(BASE, metrics={"listen": "203.0.113.7:9464"}, **state)))
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(p)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.strip() == (
+        "dataplane: metrics.listen: 203.0.113.7:9464: 203.0.113.7 is not an address of this "
+        "host (Cannot assign requested address)"
+    )
+    p.write_text(yaml.safe_dump(dict(BASE, metrics={"listen": "127.0.0.1:9464"}, **state)))
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "check", "-c", str(p)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
