@@ -75,6 +75,51 @@ def _unfinished(state: str) -> str:
     return "add" if state == "pending" else "delete"
 
 
+_BOOT_ID: List[str] = []
+
+
+def _boot_id() -> str:
+    """This boot's id (the kernel's random boot_id), read once."""
+    if not _BOOT_ID:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _BOOT_ID.append(f.read().strip())
+        except OSError:
+            _BOOT_ID.append("")
+    return _BOOT_ID[0]
+
+
+def netns_identity(path: str) -> Optional[str]:
+    """What tells the network namespace at ``path`` from any other for as
+    long as it exists: this boot and the namespace's device and inode. A
+    path can outlive its namespace and lead to another one later: a
+    ``/proc/PID/ns/net`` whose process ended and whose PID was reused
+    (after a reboot, PIDs start again), a name under /var/run/netns given
+    to a new namespace. None if there is nothing at ``path``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{_boot_id()}/{st.st_dev}/{st.st_ino}"
+
+
+def netns_gone(pod) -> Optional[str]:
+    """Why pod record ``pod``'s namespace is not there any more, or None:
+    nothing at its path, or another namespace than the one it was added in
+    (records from before identities were kept: the path alone)."""
+    path = pod["netns"]
+    now = netns_identity(path)
+    if now is None:
+        return f"namespace {path} is gone"
+    if pod.get("netns_id") and now != pod["netns_id"]:
+        return (
+            f"namespace {path} is gone: the path leads to another namespace now (its "
+            "process ended and the PID was reused, the node restarted, or the name was "
+            "given to a new namespace)"
+        )
+    return None
+
+
 class _Made:
     """What one pod add made on this node so far, each with how to undo it,
     kept in memory as the add goes: a failed add undoes it without asking
@@ -233,6 +278,10 @@ class PodLife:
         # answer leaves nothing out of it (list_pods, the FDB's annotations)
         self.known: Dict[str, dict] = {}
         self.known_at: Dict[str, float] = {}
+        # a reader's refresh of ``known`` against a delete's removal from it:
+        # only adds and replays put a pod in, so a read racing a delete or a
+        # failed add never brings one back
+        self._known_lock = threading.Lock()
         # ready pods of this node a replay could not attach: {pod: why}.
         # Listed with the reason; the housekeeping tries them again
         self.unattached: Dict[str, str] = {}
@@ -259,11 +308,12 @@ class PodLife:
             kinds = self._kinds(pod["name"])
             lost = self._veths_missing(kinds, eps, links)  # made again, below
             missing = self._vfs_missing(pod["name"], eps)
-            if not os.path.exists(pod["netns"]):  # the pod is gone: memif, vhost-user too
+            ns_gone = netns_gone(pod)
+            if ns_gone:  # the pod is gone: memif, vhost-user too
                 missing = eps
             if missing or pod["state"] != "ready":
-                if not os.path.exists(pod["netns"]):
-                    why = f"namespace {pod['netns']} is gone"
+                if ns_gone:
+                    why = ns_gone
                 elif pod["state"] != "ready":
                     why = f"its {_unfinished(pod['state'])} did not finish"
                 else:
@@ -308,10 +358,10 @@ class PodLife:
                     extra={"fields": {"pod": name, "why": why}},
                 )
             self.unattached[name] = why
-            self._info(pod, eps)
+            self._info(pod, eps, remember=True)
             return False
         was = self.unattached.pop(name, None)
-        self._info(pod, eps)
+        self._info(pod, eps, remember=True)
         event(
             f"{by}: pod re-attached",
             pod=name,
@@ -690,7 +740,7 @@ class PodLife:
                 why = self._gone(now, _Present())  # each name looked up: exact
                 if not why:
                     continue
-                if os.path.exists(now["netns"]):  # a veth deleted, the pod lives
+                if not netns_gone(now):  # a veth deleted, the pod lives
                     eps = self.store.endpoints(pod=now["name"])
                     for e in self._veths_missing(self._kinds(now["name"]), eps, _Present()):
                         self._remake_veth(now, e, "housekeeping")
@@ -749,8 +799,9 @@ class PodLife:
     def _gone(self, pod, names) -> Optional[str]:
         """Why pod ``pod`` (a store record) cannot be forwarded for any
         more, or None. ``names``: the interfaces of this namespace."""
-        if not os.path.exists(pod["netns"]):
-            return f"namespace {pod['netns']} is gone"
+        ns_gone = netns_gone(pod)
+        if ns_gone:
+            return ns_gone
         eps = self.store.endpoints(pod=pod["name"])
         for e in self._veths_missing(self._kinds(pod["name"]), eps, names):
             return f"plane {e['plane']}: veth {e['host_ifname']} is gone"
@@ -934,7 +985,7 @@ class PodLife:
             finally:
                 self.adding.discard(name)
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
-        return self.pod_info(name)
+        return self.pod_info(name, remember=True)
 
     def _repeated(self, name: str, netns: str, ps) -> Optional[dict]:
         """An add of pod ``name`` that exists already, ready, on this node:
@@ -955,7 +1006,7 @@ class PodLife:
         ):
             return None
         why = self._gone(old, _Present())
-        if why and os.path.exists(old["netns"]):  # a veth deleted: made again, as
+        if why and not netns_gone(old):  # a veth deleted: made again, as
             eps = self.store.endpoints(pod=name)  # the housekeeping would
             for e in self._veths_missing(self._kinds(name), eps, _Present()):
                 self._remake_veth(old, e, "a new add")
@@ -1035,8 +1086,9 @@ class PodLife:
         AlreadyExists, saying what it is, if another pod has the name or the
         leftover cannot be removed now."""
         node = self.config.node
+        nid = netns_identity(netns)
         try:
-            self.store.put_pod(name, netns, ps.to_dict(), node=node)
+            self.store.put_pod(name, netns, ps.to_dict(), node=node, netns_id=nid)
             return
         except AlreadyExists as e:
             old = self.store.pod(name)
@@ -1061,7 +1113,7 @@ class PodLife:
                 ) from None
             else:
                 raise
-        self.store.put_pod(name, netns, ps.to_dict(), node=node)
+        self.store.put_pod(name, netns, ps.to_dict(), node=node, netns_id=nid)
 
     def _roll_back(self, name: str, made: "_Made", err: BaseException):
         """Undo a failed add of pod ``name``: what it made on this node
@@ -1069,6 +1121,7 @@ class PodLife:
         records a store that does not answer keeps ('pending') are removed
         by the housekeeping once it answers (:meth:`reap`)."""
         failed = made.undo()
+        self._forget(name)
         event("pod add failed: undone on this node", pod=name, error=str(err), not_undone=failed)
         if any(f.startswith("vf ") for f in failed):  # their records are the way back
             log.warning("pod %s: records kept: the housekeeping gives its VFs back", name)
@@ -1277,8 +1330,13 @@ class PodLife:
                 log.warning("removing %s: %s", hif, err)
         if any(k in SOCKET_KINDS for k in kinds.values()):
             fastif.remove_pod_dir(self.config.pod_socket_dir, name)
-        self.known.pop(name, None)  # detached: not this node's any more
-        self.known_at.pop(name, None)
+        self._forget(name)  # detached: not this node's any more
+
+    def _forget(self, name: str):
+        """Pod ``name`` out of what this service knows of its pods."""
+        with self._known_lock:
+            self.known.pop(name, None)
+            self.known_at.pop(name, None)
         self.unattached.pop(name, None)
 
     def del_pod(self, name: str) -> dict:
@@ -1325,15 +1383,17 @@ class PodLife:
         return {"deleted": name}
 
     # -------------------------------------------------------------- reads
-    def pod_info(self, name: str) -> dict:
+    def pod_info(self, name: str, remember: bool = False) -> dict:
         pod = self.store.pod(name)
         if not pod:
             raise NotFound(f"pod {name} is not attached")
-        return self._info(pod, self.store.endpoints(pod=name))
+        return self._info(pod, self.store.endpoints(pod=name), remember)
 
-    def _info(self, pod, eps) -> dict:
+    def _info(self, pod, eps, remember: bool = False) -> dict:
         """Pod record ``pod`` with its endpoints ``eps`` as the API shows
-        it; remembered (``known``) if it is this node's."""
+        it. If it is this node's: remembered (``known``) when ``remember``
+        (an add or a replay attached it), else only refreshed there if it
+        is known already (a read)."""
         name = pod["name"]
         info = {
             "name": name,
@@ -1349,8 +1409,10 @@ class PodLife:
         if name in self.unattached and pod.get("node") in (None, self.config.node):
             info["not_attached"] = self.unattached[name]  # no forwarding, and why
         if pod.get("node") in (None, self.config.node):
-            self.known[name] = info
-            self.known_at[name] = time.time()
+            with self._known_lock:
+                if remember or name in self.known:
+                    self.known[name] = info
+                    self.known_at[name] = time.time()
         return info
 
     def _plane_extra(self, name, e) -> dict:

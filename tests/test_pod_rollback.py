@@ -298,3 +298,34 @@ def test_leftover_records_are_removed_only_when_they_are_leftovers(podlife):
     pl.adding.discard("rbnow")  # its add "failed" with its records left
     assert pl.reap() == ["rbnow"]
     assert [p["name"] for p in store.pods()] == ["rbother"]
+
+
+def test_a_read_racing_a_failed_add_or_a_delete_leaves_no_ghost(podlife):
+    """What the service lists while etcd is down (the pods as it last knew
+    them) holds the pods it attached and no others: a read of a pod that an
+    add had only begun, and whose add then failed, or of a pod being
+    deleted, does not put it (back) there."""
+    from dataplane.podlife import _Made
+
+    pl, etcd, store = podlife
+    ns = "/proc/self/ns/net"
+    spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+    # an add has written its intent; a reader (GET /v1/pods) sees it meanwhile
+    store.put_pod("rbg", ns, spec, node="rbn1")
+    assert pl.pod_info("rbg")["state"] == "pending"
+    pl._roll_back("rbg", _Made(), RuntimeError("the add failed"))  # what a failed add does
+    # a pod the service attached; a read that began before its delete ends after it
+    store.put_pod("rbk", ns, spec, state="ready", node="rbn1")
+    pl.pod_info("rbk", remember=True)
+    store.put_pod("rbd", ns, spec, state="ready", node="rbn1")
+    pl.pod_info("rbd", remember=True)
+    rec, eps = store.pod("rbd"), store.endpoints(pod="rbd")  # the reader's read
+    pl._detach("rbd", eps)  # the delete
+    store.delete_pod("rbd")
+    pl._info(rec, eps)  # the reader's answer, made after the delete
+    assert pl.pod_info("rbk")["state"] == "ready"  # a read keeps a known pod current
+    etcd.stop()
+    listed = pl.list_pods()
+    assert [p["name"] for p in listed] == ["rbk"], listed
+    assert "does not answer" in listed[0]["store_error"]
+    etcd.start()

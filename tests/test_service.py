@@ -1815,6 +1815,29 @@ def test_a_service_starts_without_its_uplink_and_takes_it_when_it_appears(tmp_pa
         sh("ip", "netns", "del", ul, check=False)
 
 
+def test_a_namespace_path_leading_to_another_namespace_is_a_gone_pod(node):
+    """While the service is down a pod's namespace is deleted and a new one
+    made under the same name (a runtime reusing a sandbox name; a
+    /proc/PID/ns/net whose PID was reused, after a reboot above all): the
+    replay removes the pod, as for a namespace that is gone, instead of
+    making its veth again in a namespace that is not the pod's."""
+    a = node.pod("a", IT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    node.stop()
+    sh("ip", "netns", "del", b["ns"])
+    sh("ip", "netns", "add", b["ns"])  # the same path, another namespace
+    node.start()
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
+    links = json.loads(sh("ip", "-n", b["ns"], "-j", "link", "show").stdout)
+    assert [x["ifname"] for x in links] == ["lo"]  # nothing made in the new one
+    log = (node.tmp / "service.log").read_text()
+    assert "the path leads to another namespace now" in log, log[-2000:]
+    # the name can be used again, in the new namespace
+    body = {"name": "b", "netns": f"/var/run/netns/{b['ns']}", "spec": json.dumps(IT_SPEC)}
+    assert node.api("POST", "/v1/pods", body)["state"] == "ready"
+    assert ping(b["ns"], ip_of(a)).returncode == 0
+
+
 def test_replay_gives_pods_the_networks_mtu_of_the_config(node):
     """The underlay MTU lowered in the config while the service was down:
     the replayed pods' veths get the networks' new MTU (frames of the old

@@ -494,7 +494,7 @@ def test_a_file_without_positions_starts_from_the_lowest_free(path):
     s.close()
 
 
-def test_old_file_gets_the_node_column(path):
+def test_old_file_gets_the_node_and_netns_id_columns(path):
     os.makedirs(os.path.dirname(path))
     db = sqlite3.connect(path)
     db.executescript("""
@@ -505,6 +505,9 @@ def test_old_file_gets_the_node_column(path):
         INSERT INTO pods VALUES ('old', '/x', '{}', 'ready', 1.0);
     """)
     db.close()
+    r = SqliteStore(path, read_only=True)  # dataplane check: the file is not changed
+    assert (r.pod("old")["node"], r.pod("old")["netns_id"]) == (None, None)
+    r.close()
     s = SqliteStore(path)
     assert s.pod("old") == {
         "name": "old",
@@ -513,9 +516,11 @@ def test_old_file_gets_the_node_column(path):
         "state": "ready",
         "created": 1.0,
         "node": None,
+        "netns_id": None,
     }
-    s.put_pod("new", "/y", {}, node="node1")
+    s.put_pod("new", "/y", {}, node="node1", netns_id="b/4/1")
     assert [p["name"] for p in s.pods(node="node1")] == ["new"]
+    assert s.pod("new")["netns_id"] == "b/4/1"
     s.close()
     SqliteStore(path).close()  # opened again: nothing more to add
 

@@ -167,10 +167,13 @@ class StateStore(abc.ABC):
         spec_dict: Dict[str, Any],
         state: str = "pending",
         node: Optional[str] = None,
+        netns_id: Optional[str] = None,
     ) -> None:
         """Record pod ``name`` (intent: state 'pending'), run by ``node`` (in a
-        cluster; None on a single node). AlreadyExists if a pod of that name
-        is recorded."""
+        cluster; None on a single node), its namespace ``netns`` being the
+        one of identity ``netns_id`` (dataplane.podlife.netns_identity; the
+        record's ``netns_id``, None in records from before it was kept).
+        AlreadyExists if a pod of that name is recorded."""
 
     @abc.abstractmethod
     def set_pod_state(self, name: str, state: str) -> None:

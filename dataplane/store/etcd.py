@@ -460,6 +460,7 @@ class EtcdStore(StateStore):
         spec_dict: Dict[str, Any],
         state: str = "pending",
         node: Optional[str] = None,
+        netns_id: Optional[str] = None,
     ):
         """Record pod ``name`` (intent: state 'pending') run by ``node``.
         AlreadyExists if a pod of that name is recorded (on any node)."""
@@ -484,6 +485,7 @@ class EtcdStore(StateStore):
                     "state": state,
                     "created": time.time(),
                     "node": node,
+                    "netns_id": netns_id,
                 },
             )
 

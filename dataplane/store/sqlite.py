@@ -36,6 +36,8 @@ from .common import (
 )
 
 SCHEMA_VERSION = 1
+# columns of pods added after the first files were written: NULL in those
+_LATER_POD_COLUMNS = ("node", "netns_id")
 _STATES_SQL = ", ".join(f"'{s}'" for s in STATES)
 
 _SCHEMA = f"""
@@ -59,7 +61,8 @@ CREATE TABLE IF NOT EXISTS pods (
     state   TEXT NOT NULL DEFAULT 'pending'
             CHECK (state IN ({_STATES_SQL})),
     created REAL NOT NULL,
-    node    TEXT                                 -- the node that runs it (a cluster)
+    node    TEXT,                                -- the node that runs it (a cluster)
+    netns_id TEXT                                -- the namespace's identity at the add
 );
 CREATE TABLE IF NOT EXISTS endpoints (
     pod         TEXT NOT NULL,
@@ -138,10 +141,11 @@ class SqliteStore(StateStore):
             with self._tx() as db:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(stmt)
-                # files written before pods had a node column get it (NULL)
+                # files written before pods had these columns get them (NULL)
                 cols = {r[1] for r in db.execute("PRAGMA table_info(pods)")}
-                if "node" not in cols:
-                    db.execute("ALTER TABLE pods ADD COLUMN node TEXT")
+                for col in _LATER_POD_COLUMNS:
+                    if col not in cols:
+                        db.execute(f"ALTER TABLE pods ADD COLUMN {col} TEXT")
                 row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
                 if row is None:
                     db.execute(
@@ -194,8 +198,10 @@ class SqliteStore(StateStore):
                 if stmt.lstrip().startswith("CREATE TABLE") and name not in tables:
                     self._db.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE"))
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(pods)")}
-            if "node" not in cols:  # a file from before pods had a node
-                self._db.execute("CREATE TEMP VIEW pods AS SELECT *, NULL AS node FROM main.pods")
+            missing = [c for c in _LATER_POD_COLUMNS if c not in cols]
+            if missing:  # a file from before pods had these columns
+                nulls = "".join(f", NULL AS {c}" for c in missing)
+                self._db.execute(f"CREATE TEMP VIEW pods AS SELECT *{nulls} FROM main.pods")
         except sqlite3.DatabaseError as e:
             if self._db is not None:
                 self._db.close()
@@ -434,6 +440,7 @@ class SqliteStore(StateStore):
         spec_dict: Dict[str, Any],
         state: str = "pending",
         node: Optional[str] = None,
+        netns_id: Optional[str] = None,
     ):
         """Record pod ``name`` (intent: state 'pending'), run by ``node`` (in a
         cluster; None on a single node). AlreadyExists if a pod of that name is
@@ -447,9 +454,9 @@ class SqliteStore(StateStore):
             if db.execute("SELECT 1 FROM pods WHERE name=?", (name,)).fetchone():
                 raise AlreadyExists(f"pod {name} exists already")
             db.execute(
-                "INSERT INTO pods (name, netns, spec, state, created, node) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, netns, spec, state, time.time(), node),
+                "INSERT INTO pods (name, netns, spec, state, created, node, netns_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, netns, spec, state, time.time(), node, netns_id),
             )
 
     def set_pod_state(self, name: str, state: str):
