@@ -594,9 +594,11 @@ def attach_plane(
     nsfd = _open_netns(netns_path)
     try:
         with _ipr() as ipr:
-            if ipr.link_lookup(ifname=host_ifname):
+            found = ipr.link_lookup(ifname=host_ifname)
+            if found:
                 raise AlreadyExists(
-                    f"{what}: host interface {host_ifname} exists already (detach the plane first)"
+                    f"{what}: host interface {host_ifname} exists already"
+                    + _whose(ipr, found[0], node, store)
                 )
             try:
                 pod_ipr = _ipr(netns_path)
@@ -901,6 +903,28 @@ def parse_alias(alias) -> Optional[Tuple[str, str, str, str, bool]]:
     if m is None:
         return None
     return (*m.groups(), len(alias.encode()) < ALIAS_MAX)
+
+
+def _whose(ipr, index: int, node: Optional[str], store: Optional[str]) -> str:
+    """What a host interface in the way of a new plane's is, for the error:
+    another service's pod plane (its mark says whose: a service of this
+    namespace on another state store, or of another node, with a pod of
+    the same name) or, by default, this one's."""
+    try:
+        alias = ipr.get_links(index)[0].get("IFLA_IFALIAS")
+    except Exception:  # noqa: BLE001 - gone meanwhile: the plain message
+        alias = None
+    mark = parse_alias(alias)
+    if mark is None or (mark[0], mark[1]) == (node, store) or node is None:
+        return " (detach the plane first)"
+    other, other_store, plane, pod, _ = mark
+    return (
+        f": it is plane {plane} of pod {pod} of node {other}, state store {other_store} (this "
+        f"service: node {node}, state store {store}). Host interface names come from the pod "
+        "and plane names: two node services in one network namespace cannot both have a pod "
+        "of one name; give the pods different names, or run each service in a namespace of "
+        "its own"
+    )
 
 
 def marked_veths() -> List[Tuple[int, str, str]]:

@@ -1838,6 +1838,39 @@ def test_a_namespace_path_leading_to_another_namespace_is_a_gone_pod(node):
     assert ping(b["ns"], ip_of(a)).returncode == 0
 
 
+def test_a_pod_name_another_service_of_the_namespace_has_is_refused_naming_it(node):
+    """Two node services in one network namespace (two fabrics on one host),
+    each with a pod "web": host interface names come from pod and plane,
+    so the second add meets the first's veth. It is refused saying whose
+    the interface is (its mark) and what to do; nothing is left."""
+    from dataplane.podspec import host_ifname
+
+    name = f"w{node.tag}"
+    hif = host_ifname(name, "std")
+    sh("ip", "link", "add", hif, "type", "veth", "peer", "name", f"dpo{node.tag}")
+    try:
+        sh(
+            "ip",
+            "link",
+            "set",
+            hif,
+            "alias",
+            f"dataplane node=other store=0badcafe plane=std pod={name}",
+        )
+        with pytest.raises(APIError) as e:
+            node.pod(name, IT_SPEC)
+        msg = str(e.value)
+        assert (
+            f"pod {name} plane std: host interface {hif} exists already: it is plane std of pod "
+            f"{name} of node other, state store 0badcafe (this service: node " in msg
+        ), msg
+        assert "give the pods different names, or run each service in a namespace" in msg
+        assert node.api("GET", "/v1/pods") == []
+        assert sh("ip", "-j", "link", "show", hif).stdout  # the other's interface stays
+    finally:
+        sh("ip", "link", "del", hif, check=False)
+
+
 def test_replay_gives_pods_the_networks_mtu_of_the_config(node):
     """The underlay MTU lowered in the config while the service was down:
     the replayed pods' veths get the networks' new MTU (frames of the old
