@@ -156,8 +156,14 @@ class PodTestpmd:
         raise AssertionError(f"testpmd: no {what!r} in {timeout} s:\n{self.text()[-3000:]}")
 
     def cmd(self, line):
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
+        try:
+            self.p.stdin.write(line + "\n")
+            self.p.stdin.flush()
+        except BrokenPipeError:
+            self.p.wait(10)
+            raise AssertionError(
+                f"testpmd exited ({self.p.returncode}) before {line!r}:\n{self.text()[-3000:]}"
+            ) from None
 
     def link_up(self, port=0, timeout=20):
         """Wait until ``port``'s link is up (connected to the core)."""
@@ -198,7 +204,10 @@ class PodTestpmd:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
-        self.p.stdin.close()
+        try:
+            self.p.stdin.close()
+        except BrokenPipeError:  # it had exited: cmd() said so
+            pass
         remove_eal_runtime_dir(self.prefix)  # testpmd leaves it, even with --in-memory
         if self.rundir:
             shutil.rmtree(self.rundir, ignore_errors=True)
@@ -374,6 +383,12 @@ def test_dpdk_pod_reconnects_after_service_kill(fabric, sockdir, kind):
         ok, got = wait_echo(vpod, vp, dp, "a")
         assert ok, f"no echo before the restart: {got}"
         pid = tp.p.pid
+        if kind == "memif":
+            # DPDK 22.11's memif client unmaps its rings when the server
+            # goes while its lcore may still be polling them: SIGSEGV, in
+            # about one run in eight under load here. Not the core's to
+            # fix; the pod's forwarding is stopped (its port stays) first
+            tp.cmd("stop")
 
         node.proc.kill()  # no clean-up of ports or sockets
         node.proc.wait()
