@@ -14,6 +14,7 @@ pod interfaces that still exist are re-attached with the MACs and addresses
 they had; nothing is allocated twice.
 """
 
+import functools
 import os
 import re
 import socket
@@ -75,18 +76,14 @@ def _unfinished(state: str) -> str:
     return "add" if state == "pending" else "delete"
 
 
-_BOOT_ID: List[str] = []
-
-
+@functools.lru_cache(maxsize=None)
 def _boot_id() -> str:
     """This boot's id (the kernel's random boot_id), read once."""
-    if not _BOOT_ID:
-        try:
-            with open("/proc/sys/kernel/random/boot_id") as f:
-                _BOOT_ID.append(f.read().strip())
-        except OSError:
-            _BOOT_ID.append("")
-    return _BOOT_ID[0]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def netns_identity(path: str) -> Optional[str]:
@@ -330,10 +327,10 @@ class PodLife:
                 continue
             self._reattach(pod, eps, kinds, lost, "replay")
 
-    def _reattach(self, pod, eps, kinds, lost, by: str) -> bool:
+    def _reattach(self, pod, eps, kinds, lost, by: str):
         """Attach ready pod ``pod`` (endpoints ``eps``; ``kinds``: {plane:
         kind}; ``lost``: its veth endpoints whose veth is gone, made again)
-        again, ``by`` the replay or the housekeeping. Whether it is. A pod
+        again, ``by`` the replay or the housekeeping. A pod
         that cannot be (its port not made: a socket path taken, the pool
         full) does not stop the others: what was attached of it is undone,
         its records stay, it is listed with why (``unattached``) and the
@@ -359,7 +356,7 @@ class PodLife:
                 )
             self.unattached[name] = why
             self._info(pod, eps, remember=True)
-            return False
+            return
         was = self.unattached.pop(name, None)
         self._info(pod, eps, remember=True)
         event(
@@ -368,7 +365,6 @@ class PodLife:
             planes=[e["plane"] for e in eps],
             **({"was_not_attached": was} if was else {}),
         )
-        return True
 
     def _attach_planes(self, pod, eps, kinds, lost, by):
         allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
@@ -1406,9 +1402,9 @@ class PodLife:
                 for e in eps
             ],
         }
-        if name in self.unattached and pod.get("node") in (None, self.config.node):
-            info["not_attached"] = self.unattached[name]  # no forwarding, and why
         if pod.get("node") in (None, self.config.node):
+            if name in self.unattached:
+                info["not_attached"] = self.unattached[name]  # no forwarding, and why
             with self._known_lock:
                 if remember or name in self.known:
                     self.known[name] = info

@@ -12,13 +12,14 @@ the namespaced etcd address is not reachable).
 store_call runs (inside the namespace); it prints the result as JSON.
 """
 
+import collections
 import json
 import os
 import subprocess
 import sys
 import time
 
-from tests.etcdhost import EtcdServer
+from tests.etcdhost import EtcdServer, thread_states
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,14 +90,10 @@ class NetnsEtcd(EtcdServer):
         elif p.poll() is not None:
             state = f"exited ({p.returncode})"
         else:
-            states = {}
             try:
-                for t in os.listdir(f"/proc/{p.pid}/task"):
-                    with open(f"/proc/{p.pid}/task/{t}/stat") as f:
-                        st = f.read().rsplit(")", 1)[1].split()[0]
-                    states[st] = states.get(st, 0) + 1
+                states = dict(collections.Counter(thread_states(p.pid)))
             except OSError:
-                pass
+                states = {}
             state = f"pid {p.pid}, threads by state {states}"
         t0 = time.monotonic()
         try:

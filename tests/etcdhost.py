@@ -33,6 +33,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def thread_states(pid: int) -> list:
+    """The scheduler state letter (R, S, T, ...) of each thread of ``pid``;
+    OSError if it is gone."""
+    states = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{t}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+    return states
+
+
 class EtcdServer:
     def __init__(self, name="dptest"):
         self.name = name
@@ -145,11 +155,7 @@ class EtcdServer:
         os.kill(pid, signal.SIGSTOP)
         for _ in range(500):
             try:
-                tasks = os.listdir(f"/proc/{pid}/task")
-                states = []
-                for t in tasks:
-                    with open(f"/proc/{pid}/task/{t}/stat") as f:
-                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+                states = thread_states(pid)
             except OSError:
                 return  # gone
             if all(st in "Tt" for st in states):
