@@ -15,7 +15,24 @@
 #error "dp_encap.h is included by dp_pipeline.c only"
 #endif
 
-#define DP_FLOW_PORTS_INIT 0x9e3779b9u /* seeds the L4-port CRC of the flow hash */
+/* IP protocols whose first four bytes after the IP header are the ports */
+static const uint8_t dp_l4_ports[256] = {[IPPROTO_TCP] = 1, [IPPROTO_UDP] = 1, [IPPROTO_SCTP] = 1};
+
+/* the flow hash of an IPv4 packet ip (l4: its first L4 bytes, if within the
+ * frame): the addresses, from the L4 ports where the protocol has them and
+ * the packet is not a fragment (every fragment of a datagram hashes alike) */
+static __rte_always_inline uint32_t
+flow_ipv4(const struct rte_ipv4_hdr *ip, const uint8_t *l4)
+{
+    uint64_t addrs;
+    memcpy(&addrs, &ip->src_addr, 8);
+    uint32_t ports = 0;
+    if (l4 != NULL)
+        memcpy(&ports, l4, 4);
+    uint32_t with_ports =
+        dp_l4_ports[ip->next_proto_id] & !(ip->fragment_offset & RTE_BE16(0x3fff));
+    return dp_crc8(addrs, ports & (0u - with_ports));
+}
 
 /*
  * Inner flow hash for the outer UDP source port (RFC 7348 §5: entropy for
@@ -30,15 +47,8 @@ inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
     if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && m->data_len >= 34) {
         const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
         *tos = ip->type_of_service & 0xfc;
-        uint64_t addrs;
-        memcpy(&addrs, &ip->src_addr, 8);
         uint32_t hl = (ip->version_ihl & 0xf) * 4u;
-        uint8_t pr = ip->next_proto_id;
-        uint32_t ports = 0;
-        if ((pr == IPPROTO_TCP || pr == IPPROTO_UDP || pr == IPPROTO_SCTP) &&
-            !(ip->fragment_offset & RTE_BE16(0x3fff)) && m->data_len >= 14 + hl + 4)
-            memcpy(&ports, eth + 14 + hl, 4);
-        return rte_hash_crc_8byte(addrs, pr) ^ rte_hash_crc_4byte(ports, DP_FLOW_PORTS_INIT);
+        return flow_ipv4(ip, m->data_len >= 14 + hl + 4 ? eth + 14 + hl : NULL);
     }
     if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6) && m->data_len >= 54) {
         const uint8_t *ip6 = eth + 14;
@@ -53,9 +63,8 @@ inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 
 /*
  * The same, fast path: IPv4 without options (nearly every frame), whose L4
- * ports sit at a fixed offset. The two CRCs do not depend on each other, so
- * they run side by side; the protocol mix of real traffic is handled without
- * branches (the predictor would lose to it).
+ * ports sit at a fixed offset; the protocol mix of real traffic is handled
+ * without branches (the predictor would lose to it).
  */
 static __rte_always_inline uint32_t
 inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
@@ -66,15 +75,7 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
         return inner_flow_slow(m, eth, tos);
     const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
     *tos = ip->type_of_service & 0xfc;
-    uint64_t addrs;
-    memcpy(&addrs, &ip->src_addr, 8);
-    uint32_t ports;
-    memcpy(&ports, eth + 34, 4);
-    uint8_t pr = ip->next_proto_id;
-    uint32_t l4 = (pr == IPPROTO_TCP) | (pr == IPPROTO_UDP) | (pr == IPPROTO_SCTP);
-    l4 &= !(ip->fragment_offset & RTE_BE16(0x3fff));
-    return rte_hash_crc_8byte(addrs, pr) ^
-           rte_hash_crc_4byte(ports & (0u - l4), DP_FLOW_PORTS_INIT);
+    return flow_ipv4(ip, eth + 34);
 }
 
 /*
@@ -132,36 +133,31 @@ encap_wait(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struc
 }
 
 /*
- * Rewrite m in place into a VXLAN frame to tunnel ti. wire: the longest
- * frame it is on a wire (its length; a super-frame's longest segment).
- * Returns 1, or 0 when the frame was dropped (and counted) or held for the
- * tunnel's next hop (hold).
+ * m's plane (by its network's, net_plane, or by the inner DSCP tos where a
+ * map says so) into its metadata (meta_off: dp_meta_off) and the bit set
+ * planes; returns the outer DSCP: the plane's marking, or the inner one
+ * copied (dp_qg.tos_map has both).
  */
-static __rte_always_inline int
-encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m, uint32_t h,
-          uint8_t tos, uint32_t wire, uint64_t *bytes, uint16_t *planes)
+static __rte_always_inline uint8_t
+encap_plane(struct rte_mbuf *m, int meta_off, unsigned net_plane, uint8_t tos, uint16_t *planes)
 {
-    const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
-    if (unlikely(t == NULL || !t->resolved || w->n_held) && encap_wait(w, net, ti, t, m))
-        return 0;
-    if (unlikely(wire > net->max_frame)) {
-        drop(w, m, DP_DROP_OVERSIZE);
-        return 0;
-    }
-    /* h, tos: the inner flow's hash and DSCP (inner_flow) */
-    /* plane: by the network, or by the inner DSCP where a map says so;
-     * outer DSCP: the plane's marking, or the inner one copied */
-    int8_t by_dscp = dp_qg.dscp_plane[tos >> 2];
-    unsigned plane = by_dscp >= 0 ? (unsigned)by_dscp : (unsigned)net->plane;
-    DP_META(m)->plane = (uint8_t)plane;
-    *planes |= plane_bit(plane);
-    int mark = dp_qg.plane[plane & (DP_MAX_PLANES - 1)].outer_tos;
-    tos = mark >= 0 ? (uint8_t)mark : tos;
-    uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
-    if (unlikely(hdr == NULL)) {
-        drop(w, m, DP_DROP_NO_HEADROOM);
-        return 0;
-    }
+    uint16_t e = __atomic_load_n(&dp_qg.tos_map[net_plane & (DP_MAX_PLANES - 1)][tos >> 2],
+                                 __ATOMIC_RELAXED);
+    unsigned plane = e >> 8;
+    RTE_MBUF_DYNFIELD(m, meta_off, struct dp_meta *)->plane = (uint8_t)plane;
+    *planes |= (uint16_t)(1u << plane);
+    return (uint8_t)e;
+}
+
+/*
+ * The outer headers of m (already prepended, at hdr) to tunnel t: the
+ * template copied, then lengths, outer DSCP tos, checksum, the source port
+ * from the inner flow hash h, and the VNI word vni patched in.
+ */
+static __rte_always_inline void
+encap_hdr(const struct rte_mbuf *m, uint8_t *hdr, const struct dp_tunnel *t, uint32_t vni,
+          uint32_t h, uint8_t tos)
+{
     rte_memcpy(hdr, t->hdr, DP_VXLAN_HDR_LEN);
     struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(hdr + sizeof(struct rte_ether_hdr));
     struct rte_udp_hdr *udp = (struct rte_udp_hdr *)(ip + 1);
@@ -180,7 +176,33 @@ encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
     h ^= h >> 16;
     udp->src_port = rte_cpu_to_be_16((uint16_t)(0xc000 | (h & 0x3fff)));
     udp->dgram_len = rte_cpu_to_be_16((uint16_t)(ip_len - sizeof(struct rte_ipv4_hdr)));
-    vx->vx_vni = net->vni_be_word;
+    vx->vx_vni = vni;
+}
+
+/*
+ * Rewrite m in place into a VXLAN frame to tunnel ti. wire: the longest
+ * frame it is on a wire (its length; a super-frame's longest segment).
+ * Returns 1, or 0 when the frame was dropped (and counted) or held for the
+ * tunnel's next hop (hold).
+ */
+static __rte_always_inline int
+encap_one(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf *m, uint32_t h,
+          uint8_t tos, uint32_t wire, uint64_t *bytes, uint16_t *planes)
+{
+    const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[ti], memory_order_acquire);
+    if (unlikely(t == NULL || !t->resolved || w->n_held) && encap_wait(w, net, ti, t, m))
+        return 0;
+    if (unlikely(wire > net->max_frame)) {
+        drop(w, m, DP_DROP_OVERSIZE);
+        return 0;
+    }
+    uint8_t *hdr = (uint8_t *)rte_pktmbuf_prepend(m, DP_VXLAN_HDR_LEN);
+    if (unlikely(hdr == NULL)) {
+        drop(w, m, DP_DROP_NO_HEADROOM);
+        return 0;
+    }
+    tos = encap_plane(m, dp_meta_off, (unsigned)net->plane, tos, planes);
+    encap_hdr(m, hdr, t, net->vni_be_word, h, tos);
     *bytes += m->pkt_len;
     return 1;
 }
@@ -358,6 +380,92 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
         tx_put(w, targets[i], m);
 }
 
+/*
+ * The common case of a pod's burst, in a loop without calls, so that its
+ * values stay in registers: known unicast to a remote VTEP whose next hop
+ * is known, encapsulated straight into the uplink's buffer ubm from fill
+ * level *k (bytes and plane bits added to *bytes, *planes). A frame for
+ * anywhere else (a local port, a flood, a drop) is left to pod_slow: its
+ * index goes to rest. The first frame to a remote VTEP that this loop
+ * cannot send as it is (a super-frame, one too long or with too little
+ * headroom, a tunnel gone or not resolved) ends the loop, and pod_slow
+ * takes the burst from there, so that frames to the uplink leave in the
+ * order they came. Returns where it stopped (n: nothing left but rest).
+ * The caller has checked that there is an uplink, that its buffer has room
+ * for the burst and that the worker holds no frame (hold).
+ */
+static __rte_noinline uint16_t
+encap_fast(const struct dp_net *net, struct rte_mbuf *const *restrict pkts, uint16_t n,
+           uint64_t hits, const uint32_t *restrict val, const uint32_t *restrict fh,
+           const uint8_t *restrict ftos, struct dp_txbuf *restrict ub, uint16_t *restrict k,
+           uint64_t *restrict bytes, uint16_t *restrict planes, uint8_t *restrict rest,
+           uint16_t *restrict n_rest)
+{
+    const uint32_t max_frame = net->max_frame, vni = net->vni_be_word;
+    const unsigned net_plane = (unsigned)net->plane;
+    const int meta_off = dp_meta_off;
+    struct rte_mbuf **ubm = ub->m;
+    uint16_t kk = *k, nr = *n_rest, pl = *planes;
+    uint64_t by = *bytes;
+    uint16_t i;
+    for (i = 0; i < n; i++) {
+        struct rte_mbuf *m = pkts[i];
+        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
+        uint32_t v = val[i];
+        if (unlikely(m->data_len < RTE_ETHER_HDR_LEN || (eth[0] & 1) || !((hits >> i) & 1) ||
+                     DP_FV_KIND(v) != DP_FDB_REMOTE)) {
+            rest[nr++] = (uint8_t)i;
+            continue;
+        }
+        const struct dp_tunnel *t =
+            atomic_load_explicit(&dp.tunnels[DP_FV_TARGET(v)], memory_order_acquire);
+        if (unlikely(m->pkt_len > max_frame || dp_gso_frame(m) ||
+                     m->data_off < DP_VXLAN_HDR_LEN || t == NULL || !t->resolved))
+            break;
+        uint8_t tos = encap_plane(m, meta_off, net_plane, ftos[i], &pl);
+        m->data_off -= DP_VXLAN_HDR_LEN; /* rte_pktmbuf_prepend, headroom known */
+        m->data_len += DP_VXLAN_HDR_LEN;
+        m->pkt_len += DP_VXLAN_HDR_LEN;
+        encap_hdr(m, rte_pktmbuf_mtod(m, uint8_t *), t, vni, fh[i], tos);
+        by += m->pkt_len;
+        ubm[kk++] = m;
+    }
+    *k = kk;
+    *n_rest = nr;
+    *planes = pl;
+    *bytes = by;
+    return i;
+}
+
+/*
+ * A pod's burst, first pass: each frame's FDB key (net_key: its network's
+ * bits) and hash, with the key's table bucket prefetched when fdb is given
+ * (the worker skips its cache, fdb_lookup), and the inner flow hash and
+ * DSCP for encapsulation (a short loop of its own overlaps the frames'
+ * loads; out of line, so that its values stay in registers). Returns the
+ * burst's bytes.
+ */
+static __rte_noinline uint64_t
+pod_scan(const struct dp_ftab *fdb, uint64_t net_key, struct rte_mbuf **pkts, uint16_t n,
+         uint64_t *restrict keys, hash_sig_t *restrict sig, uint32_t *restrict fh,
+         uint8_t *restrict ftos)
+{
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        const struct rte_mbuf *m = pkts[i];
+        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
+        bytes += m->pkt_len;
+        uint64_t key = dp_fdb_key(0, eth) | net_key;
+        uint32_t h = dp_key8_hash(key);
+        keys[i] = key;
+        sig[i] = h;
+        if (fdb != NULL)
+            rte_prefetch0(dp_ftab_home(fdb, h));
+        fh[i] = inner_flow(m, eth, &ftos[i]);
+    }
+    return bytes;
+}
+
 /* the frames pod_burst encapsulated into the uplink's buffer since its
  * fill level was k0: the buffer's level, bytes, planes and counters */
 static __rte_always_inline void
@@ -398,15 +506,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint32_t fh[DP_BURST];  /* inner flow hash and DSCP, for encapsulation: */
     uint8_t ftos[DP_BURST]; /* a short loop of its own overlaps the frames' loads */
     uint8_t plane = (uint8_t)net->plane;
-    uint64_t bytes = 0;
-    for (uint16_t i = 0; i < n; i++) {
-        const uint8_t *eth = rte_pktmbuf_mtod(pkts[i], const uint8_t *);
-        bytes += pkts[i]->pkt_len;
-        keys[i] = dp_fdb_key((uint32_t)net->idx, eth);
-        sig[i] = dp_key8_hash(keys[i]);
-        fdb_prefetch_early(w, sig[i]);
-        fh[i] = inner_flow(pkts[i], eth, &ftos[i]);
-    }
+    uint64_t bytes = pod_scan(w->fc_rest ? w->fdb : NULL, (uint64_t)net->idx << 48, pkts, n, keys,
+                              sig, fh, ftos);
     w->port[pi][DP_PORT_RX_BYTES] += bytes;
     uint64_t hits = fdb_lookup(w, keys, sig, n, val);
     uint64_t local = 0;
@@ -421,7 +522,17 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint16_t k = ub->n, k0 = k;
     uint64_t ubytes = 0;
     uint16_t uplanes = 0;
-    for (uint16_t i = 0; i < n; i++) {
+    /* the common case first (encap_fast), then the frames it left, in
+     * their order: those in rest, then the burst from where it stopped */
+    uint8_t rest[DP_BURST];
+    uint16_t n_rest = 0, from = 0;
+    if (likely(up >= 0 && w->n_held == 0))
+        from = encap_fast(net, pkts, n, hits, val, fh, ftos, ub, &k, &ubytes, &uplanes, rest,
+                          &n_rest);
+    for (uint16_t i = from; i < n; i++)
+        rest[n_rest++] = (uint8_t)i;
+    for (uint16_t j = 0; j < n_rest; j++) {
+        uint16_t i = rest[j];
         struct rte_mbuf *m = pkts[i];
         if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
             drop(w, m, DP_DROP_TRUNCATED);
@@ -451,7 +562,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
                  * into the buffer, then it, then on with the fill level */
                 uplink_commit(w, net, ub, (uint16_t)up, k, k0, ubytes, uplanes);
                 encap_gso(w, net, target, m);
-                if (ub->n + (n - i) > DP_TXBUF)
+                if (ub->n + (n_rest - j) > DP_TXBUF)
                     tx_flush(w, (uint16_t)up);
                 k = k0 = ub->n;
                 ubytes = 0;

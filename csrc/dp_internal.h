@@ -103,10 +103,22 @@ dp_fdb_key(uint32_t net, const uint8_t *mac)
  * rte_hash_lookup_with_hash_bulk_data, one function so the two cannot differ.
  */
 #define DP_KEY8_HASH_INIT 0
+static __rte_always_inline uint32_t
+dp_crc8(uint64_t data, uint32_t init)
+{
+#ifdef __SSE4_2__
+    /* the instruction itself: the build targets the CPU it runs on, and
+     * rte_hash_crc_8byte would test which CRC it may use on every call */
+    return (uint32_t)_mm_crc32_u64(init, data);
+#else
+    return rte_hash_crc_8byte(data, init);
+#endif
+}
+
 static inline uint32_t
 dp_key8_hash(uint64_t key)
 {
-    return rte_hash_crc_8byte(key, DP_KEY8_HASH_INIT);
+    return dp_crc8(key, DP_KEY8_HASH_INIT);
 }
 
 /* decap key: VNI and source VTEP (both network byte order as on the wire) */

@@ -55,6 +55,21 @@ order_rebuild(void)
     __atomic_store_n(&dp_qg.n_order, n, __ATOMIC_RELEASE);
 }
 
+/* dp_qg.tos_map from dscp_plane and the planes' marking; each word
+ * written whole (a worker reads it meanwhile) */
+static void
+tos_map_rebuild(void)
+{
+    for (int np = 0; np < DP_MAX_PLANES; np++)
+        for (int d = 0; d < 64; d++) {
+            int by_dscp = __atomic_load_n(&dp_qg.dscp_plane[d], __ATOMIC_RELAXED);
+            int plane = by_dscp >= 0 ? by_dscp : np;
+            int mark = __atomic_load_n(&dp_qg.plane[plane].outer_tos, __ATOMIC_RELAXED);
+            uint16_t e = (uint16_t)(plane << 8 | (mark >= 0 ? mark : d << 2));
+            __atomic_store_n(&dp_qg.tos_map[np][d], e, __ATOMIC_RELAXED);
+        }
+}
+
 int
 dp_qos_init(void)
 {
@@ -76,6 +91,7 @@ dp_qos_init(void)
     dp_qg.priority_on = 1;
     dp_qg.latency_on = 1;
     order_rebuild();
+    tos_map_rebuild();
     return 0;
 }
 
@@ -92,6 +108,7 @@ dp_qos_plane_set(int plane, const struct dp_plane_conf *c)
     r->priority = c->priority;
     __atomic_store_n(&r->used, 1, __ATOMIC_RELEASE);
     order_rebuild();
+    tos_map_rebuild();
 }
 
 void
@@ -105,6 +122,7 @@ void
 dp_qos_set_dscp_plane(int dscp, int plane)
 {
     __atomic_store_n(&dp_qg.dscp_plane[dscp], (int8_t)(plane < 0 ? -1 : plane), __ATOMIC_RELEASE);
+    tos_map_rebuild();
 }
 
 struct dp_qos *

@@ -80,6 +80,10 @@ struct dp_qos_global {
     int priority_on; /* 0: one FIFO (the plane 0 queue) for all */
     int latency_on;
     int8_t dscp_plane[64]; /* inner DSCP -> plane, -1: by network */
+    /* the two above for the pipeline, one word per frame: for a network of
+     * plane p and an inner DSCP d, [p][d] = the frame's plane << 8 | the
+     * outer TOS byte (tos_map_rebuild after either changes) */
+    uint16_t tos_map[DP_MAX_PLANES][64];
     uint64_t lat_bound_tsc[DP_LAT_BOUNDS];
 };
 extern struct dp_qos_global dp_qg;
