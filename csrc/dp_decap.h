@@ -170,9 +170,16 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
 static __rte_always_inline int
 ip4_hdr20_sum_ok(const struct rte_ipv4_hdr *ip)
 {
-    uint32_t w[5];
-    memcpy(w, ip, sizeof(w));
-    uint64_t s = (uint64_t)w[0] + w[1] + w[2] + w[3] + w[4];
+    /* five loads from the header itself: a copy into a local array became
+     * a 16-byte store and 4-byte loads that waited on it (store forwarding) */
+    const uint8_t *p = (const uint8_t *)ip;
+    uint32_t w0, w1, w2, w3, w4;
+    memcpy(&w0, p, 4);
+    memcpy(&w1, p + 4, 4);
+    memcpy(&w2, p + 8, 4);
+    memcpy(&w3, p + 12, 4);
+    memcpy(&w4, p + 16, 4);
+    uint64_t s = (uint64_t)w0 + w1 + w2 + w3 + w4;
     s = (s & 0xffffffffu) + (s >> 32);
     s = (s & 0xffffu) + (s >> 16);
     s = (s & 0xffffu) + (s >> 16);
