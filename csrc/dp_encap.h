@@ -419,8 +419,8 @@ encap_fast(const struct dp_net *net, struct rte_mbuf *const *restrict pkts, uint
         }
         const struct dp_tunnel *t =
             atomic_load_explicit(&dp.tunnels[DP_FV_TARGET(v)], memory_order_acquire);
-        if (unlikely(m->pkt_len > max_frame || dp_gso_frame(m) ||
-                     m->data_off < DP_VXLAN_HDR_LEN || t == NULL || !t->resolved))
+        if (unlikely(m->pkt_len > max_frame || dp_gso_frame(m) || m->data_off < DP_VXLAN_HDR_LEN ||
+                     t == NULL || !t->resolved))
             break;
         uint8_t tos = encap_plane(m, meta_off, net_plane, ftos[i], &pl);
         m->data_off -= DP_VXLAN_HDR_LEN; /* rte_pktmbuf_prepend, headroom known */
@@ -527,8 +527,8 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     uint8_t rest[DP_BURST];
     uint16_t n_rest = 0, from = 0;
     if (likely(up >= 0 && w->n_held == 0))
-        from = encap_fast(net, pkts, n, hits, val, fh, ftos, ub, &k, &ubytes, &uplanes, rest,
-                          &n_rest);
+        from =
+            encap_fast(net, pkts, n, hits, val, fh, ftos, ub, &k, &ubytes, &uplanes, rest, &n_rest);
     for (uint16_t i = from; i < n; i++)
         rest[n_rest++] = (uint8_t)i;
     for (uint16_t j = 0; j < n_rest; j++) {
