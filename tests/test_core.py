@@ -218,6 +218,35 @@ def test_oversize_frame_dropped_not_truncated(topo):
     assert topo.drops()["oversize"] == 1
 
 
+def test_a_mixed_burst_keeps_each_ports_order_and_counts_its_drops(topo):
+    # one burst (one inject: the worker takes it at once) of every kind of
+    # frame a pod sends: the common ones (to a remote VTEP) are encapsulated
+    # by a loop of their own, the rest (local, flood, drops) afterwards, and
+    # an oversize frame to a remote VTEP hands the rest of the burst over
+    # mid-way; each port must still get its frames in the order sent
+    kinds = [R1, B, R2, BCAST, "big", R1, B, A, "02:00:00:00:09:99", R2]
+    frames = []
+    for seq, dst in enumerate(kinds):
+        if dst == "big":
+            frames.append(udp_frame(dst=R1, sport=seq, size=1465))
+        else:
+            frames.append(udp_frame(dst=dst, sport=seq))
+    topo.send(topo.a, *frames)
+    # uplink: the 4 unicast frames, then 3 flood copies of each of the two
+    # floods (broadcast, unknown MAC); pod b: its 2 frames, then the 2
+    # floods (a burst's floods leave after its unicast frames)
+    up = topo.recv(topo.up, 10)
+    b = topo.recv(topo.b, 4)
+    inner_up = [Ether(bytes(o[VXLAN].payload)) for o in up]
+    assert [(f.dst, f[UDP].sport) for f in inner_up[:4]] == [(R1, 0), (R2, 2), (R1, 5), (R2, 9)]
+    assert sorted(f[UDP].sport for f in inner_up[4:]) == [3, 3, 3, 8, 8, 8]
+    assert [f[UDP].sport for f in b] == [1, 6, 3, 8]
+    topo.nothing(topo.up, topo.a, topo.b, topo.c)
+    d = topo.drops()
+    assert d["oversize"] == 1 and d["hairpin"] == 1
+    assert sum(d.values()) == 2
+
+
 def test_oversize_follows_underlay_mtu(eng):
     t = Topo(eng, mtu=1000)
     t.send(t.a, udp_frame(size=964), udp_frame(size=965))
