@@ -94,6 +94,7 @@ port_rx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, uint16_t q, str
             return shm_rx(w, p, pi, q, pkts);
         return rte_eth_rx_burst(p->eth_port, q, pkts, DP_BURST);
     }
+    w->kernel_rx = 1;
     return dp_afp_rx_burst(p->afp, pkts, DP_BURST);
 }
 

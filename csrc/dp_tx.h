@@ -105,10 +105,12 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
     dp_capture_tap(pi, DP_CAP_TX, m, n, 0); /* 0: the capture reads the clock */
     if (p->driver == DP_DRV_ETHDEV) {
         /* a checksum left partial by a kernel peer: an ethdev port takes no
-         * partial checksum, so it is finished here */
-        for (uint16_t i = 0; i < n; i++)
-            if (unlikely(dp_csum_partial(m[i])))
-                dp_csum_complete(m[i]);
+         * partial checksum, so it is finished here (by a worker that has
+         * received from a kernel port: no other has such a frame) */
+        if (unlikely(w->kernel_rx))
+            for (uint16_t i = 0; i < n; i++)
+                if (unlikely(dp_csum_partial(m[i])))
+                    dp_csum_complete(m[i]);
         if (unlikely(p->shm)) {
             shm_tx(w, p, pi, m, n, bytes);
             return;

@@ -31,6 +31,9 @@ struct dp_wctx {
     uint32_t fc_seen;   /* FDB cache lookups in the current window */
     uint32_t fc_missed; /* ... and misses */
     uint16_t n_held;    /* frames in held[] (dp_encap.h: read per frame encapsulated) */
+    /* it has received from a kernel port: only such frames carry a partial
+     * checksum (dp_csum_partial), which an ethdev tx must finish (port_tx) */
+    uint8_t kernel_rx;
     uint16_t n_dirty;
     uint16_t dirty[DP_MAX_PORTS];
     uint8_t queued[DP_MAX_PORTS];
