@@ -385,12 +385,12 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
  * values stay in registers: known unicast to a remote VTEP whose next hop
  * is known, encapsulated straight into the uplink's buffer ubm from fill
  * level *k (bytes and plane bits added to *bytes, *planes). A frame for
- * anywhere else (a local port, a flood, a drop) is left to pod_slow: its
- * index goes to rest. The first frame to a remote VTEP that this loop
- * cannot send as it is (a super-frame, one too long or with too little
- * headroom, a tunnel gone or not resolved) ends the loop, and pod_slow
- * takes the burst from there, so that frames to the uplink leave in the
- * order they came. Returns where it stopped (n: nothing left but rest).
+ * anywhere else (a local port, a flood, a drop) is left to pod_burst's
+ * general loop: its index goes to rest. The first frame to a remote VTEP
+ * that this loop cannot send as it is (a super-frame, one too long or with
+ * too little headroom, a tunnel gone or not resolved) ends the loop, and
+ * the general loop takes the burst from there, so that frames to the
+ * uplink leave in the order they came. Returns where it stopped (n: nothing left but rest).
  * The caller has checked that there is an uplink, that its buffer has room
  * for the burst and that the worker holds no frame (hold).
  */
