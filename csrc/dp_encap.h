@@ -440,7 +440,8 @@ encap_fast(const struct dp_net *net, struct rte_mbuf *const *restrict pkts, uint
 /*
  * A pod's burst, first pass: each frame's FDB key (net_key: its network's
  * bits) and hash, with the key's table bucket prefetched when fdb is given
- * (the worker skips its cache, fdb_lookup), and the inner flow hash and
+ * (the worker skips its cache: fdb_prefetch_early, decided once a burst
+ * here), and the inner flow hash and
  * DSCP for encapsulation (a short loop of its own overlaps the frames'
  * loads; out of line, so that its values stay in registers). Returns the
  * burst's bytes.
