@@ -979,7 +979,7 @@ def test_fdb_large_table(eng):
         assert where[parse_mac(m)] == vteps[k % 3], m
     # one inner flow (the MACs differ, the addresses and ports do not): one
     # outer UDP source port, whether the worker looked up through its cache
-    # (the first bursts) or skipped it (the rest: another first pass)
+    # (the first bursts) or skipped it (the rest)
     assert len({f[34:36] for f in got}) == 1
     d = dict(zip(WORKER_COUNTERS, (eng.counters().worker.sum(axis=0) - c0).tolist()))
     assert d["fdb_lookups"] == n
