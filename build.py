@@ -151,6 +151,11 @@ def read_cdef(path=os.path.join(CSRC, "dataplane.h")):
     return text[start:end]
 
 
+#: DP_AB=1 in the environment: an A/B build, for ``python -m bench.abtest``
+#: (csrc/dp_internal.h: dp_ab); never a build to run a node with
+AB_BUILD = os.environ.get("DP_AB") == "1"
+
+
 def make_ffi():
     cflags = _pkg_config("--cflags")
     libs = _pkg_config("--libs")
@@ -170,7 +175,8 @@ def make_ffi():
             "-Wextra",
             "-Wno-unused-parameter",
             "-DALLOW_EXPERIMENTAL_API",
-        ],
+        ]
+        + (["-DDP_AB"] if AB_BUILD else []),
         # the ring PMD is a plugin; rte_eth_from_rings needs it at link time
         extra_link_args=libs + ["-lrte_net_ring", "-lpcap", "-lbpf"],
     )

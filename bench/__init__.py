@@ -26,7 +26,9 @@ Each shows its progress on stderr (``--quiet``: none) and prints one
 Modules: ``common`` (options, progress, medians, the RESULT line, child
 processes), ``topology`` (the addressing plan), ``traffic`` (scapy profiles
 -> pcap, output checks), ``ours`` / ``planes_ours`` / ``afpacket_ours`` (our
-core, run as a child process), ``testpmd`` (the baseline).
+core, run as a child process), ``testpmd`` (the baseline); ``abtest``
+(``python -m bench.abtest``: two versions of the core in one process, in a
+``DP_AB=1`` build; a tool for changes, not a benchmark of the product).
 """
 
 #: ``python -m bench NAME``: the module whose ``main(argv)`` runs it, and

@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 27
+#define DP_ABI_VERSION 28
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -171,6 +171,10 @@ int dp_running(void);
  * port (0: it spins, the default; at most 100000) */
 int dp_set_idle_sleep(unsigned us);
 void dp_set_idle_yield(int on); /* 1 (the default): an idle spinning worker yields its CPU */
+/* A/B builds (DP_AB=1 at build time; bench/abtest.py): 1 in such a build;
+ * dp_ab_set picks the second version of the code under measurement */
+int dp_ab_built(void);
+void dp_ab_set(int on);
 
 /* ports */
 /* net: network of a pod port from its first packet on (-1: none yet) */

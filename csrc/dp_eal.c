@@ -38,6 +38,30 @@ dp_abi_version(void)
     return DP_ABI_VERSION;
 }
 
+#ifdef DP_AB
+volatile int dp_ab;
+#endif
+
+int
+dp_ab_built(void)
+{
+#ifdef DP_AB
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void
+dp_ab_set(int on)
+{
+#ifdef DP_AB
+    dp_ab = on != 0;
+#else
+    (void)on;
+#endif
+}
+
 int
 dp_running(void)
 {

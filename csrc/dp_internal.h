@@ -6,6 +6,20 @@
 #ifndef DP_INTERNAL_H
 #define DP_INTERNAL_H
 
+/*
+ * A/B builds (`DP_AB=1 python build.py`, measured by `python -m
+ * bench.abtest`): code being measured reads dp_ab to choose between two
+ * versions of itself, which the measurement alternates in one process
+ * (dp_ab_set). In every other build dp_ab is the constant 0 and the second
+ * version is compiled out. Nothing on main reads it: a measurement adds
+ * the test in a build of its own.
+ */
+#ifdef DP_AB
+extern volatile int dp_ab;
+#else
+#define dp_ab 0
+#endif
+
 #include <stdatomic.h>
 #include <stdbool.h>
 

@@ -1,0 +1,99 @@
+"""``python -m bench.abtest``: two versions of the core in one process.
+
+The installed build has one version only and is refused before anything
+starts; an A/B build (``DP_AB=1 python build.py``, made here in a copy of
+the checkout, as a developer makes it in place) runs, and with no code
+reading ``dp_ab`` its two versions are the same code: an A/A run, whose
+ratio must be near 1.
+
+Needs root, DPDK with hugepages and the build tools: it fails, never
+skips, without them.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_RE = re.compile(
+    r"^RESULT name=abtest kind=encap macs=64 vteps=8 frames=64 phases=(\d+) "
+    r"a_mpps=([0-9.]+) b_mpps=([0-9.]+) ratio=([0-9.]+) b_won=(\d+)/(\d+)$"
+)
+
+pytestmark = pytest.mark.bench
+
+
+def abtest(cwd, *args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "bench.abtest", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+
+
+def test_a_build_without_dp_ab_is_refused_before_anything_starts():
+    r = abtest(ROOT, "encap", "--frames", "64", "--phases", "2")
+    assert r.returncode == 1, r.stderr
+    assert "built without DP_AB" in r.stderr and "DP_AB=1 python build.py" in r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["encap", "--phases", "3"], "--phases: 3: an even number"),
+        (["encap", "--frames", "32"], "--frames: 32 frames cannot cover 64 MACs"),
+        (["encap", "--phase-s", "0"], "--phase-s must be > 0"),
+    ],
+)
+def test_bad_arguments_are_refused(args, words):
+    r = abtest(ROOT, *args)
+    assert r.returncode == 2 and words in r.stderr and r.stdout == "", r.stderr
+
+
+def test_an_ab_build_alternates_its_two_versions(tmp_path):
+    assert os.geteuid() == 0, "the benchmark needs root (DPDK)"
+    src = tmp_path / "checkout"
+    skip = shutil.ignore_patterns("*.so", "*.o", "__pycache__", "*.egg-info")
+    for d in ("csrc", "dataplane", "bench"):
+        shutil.copytree(os.path.join(ROOT, d), src / d, ignore=skip)
+    shutil.copy(os.path.join(ROOT, "build.py"), src / "build.py")
+    env = dict(os.environ, DP_AB="1")
+    b = subprocess.run(
+        [sys.executable, "build.py"], cwd=src, capture_output=True, text=True, env=env
+    )
+    assert b.returncode == 0, b.stderr[-4000:]
+    env.pop("DP_AB")
+    r = abtest(
+        src,
+        "encap",
+        "--frames",
+        "64",
+        "--phases",
+        "6",
+        "--phase-s",
+        "0.2",
+        "--mode",
+        "fallback",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    m = RESULT_RE.match(r.stdout.rstrip("\n"))  # the RESULT line alone
+    assert m, r.stdout
+    phases, a, b_, ratio, won, pairs = m.groups()
+    assert int(phases) == 6 and int(pairs) == 3 and 0 <= int(won) <= 3
+    assert float(a) > 0 and float(b_) > 0
+    # the same code twice: the ratio is the method's own spread
+    assert 0.5 < float(ratio) < 2.0, r.stdout
+    assert r.stderr.count("bench: phase ") == 6, r.stderr
+    # the copy's build, not the installed one, ran
+    assert os.path.exists(src / "dataplane") and any(
+        f.startswith("_core") and f.endswith(".so") for f in os.listdir(src / "dataplane")
+    )
