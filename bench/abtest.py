@@ -35,9 +35,7 @@ from .common import BenchError
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.abtest", description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=("encap", "decap"))
-    ap.add_argument("--macs", type=int, default=topo.MIN_MACS)
-    ap.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
-    ap.add_argument("--frames", type=int, default=4096, help="frames in the pcap")
+    topo.add_options(ap, macs_help="destination MACs")
     ap.add_argument("--phases", type=int, default=30, help="phases, A and B alternating (even)")
     ap.add_argument("--phase-s", type=float, default=0.5, help="seconds a phase")
     ap.add_argument("--warmup", type=float, default=1.0)
@@ -52,11 +50,9 @@ def _check(ap, a):
     if a.phase_s <= 0 or a.warmup < 0:
         ap.error("--phase-s must be > 0 and --warmup >= 0")
     try:
-        topo.check_sizes(a.macs, a.vteps)
+        topo.check_options(a, max_frames=1 << 20)  # as the encap and decap benchmarks
     except ValueError as e:
         ap.error(str(e))
-    if a.frames < a.macs:
-        ap.error(f"--frames: {a.frames} frames cannot cover {a.macs} MACs")
 
 
 def run(a) -> dict:
