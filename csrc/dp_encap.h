@@ -390,7 +390,8 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
  * that this loop cannot send as it is (a super-frame, one too long or with
  * too little headroom, a tunnel gone or not resolved) ends the loop, and
  * the general loop takes the burst from there, so that frames to the
- * uplink leave in the order they came. Returns where it stopped (n: nothing left but rest).
+ * uplink leave in the order they came. Returns where it stopped (n:
+ * nothing left but rest).
  * The caller has checked that there is an uplink, that its buffer has room
  * for the burst and that the worker holds no frame (hold).
  */
@@ -441,10 +442,9 @@ encap_fast(const struct dp_net *net, struct rte_mbuf *const *restrict pkts, uint
  * A pod's burst, first pass: each frame's FDB key (net_key: its network's
  * bits) and hash, with the key's table bucket prefetched when fdb is given
  * (the worker skips its cache: fdb_prefetch_early, decided once a burst
- * here), and the inner flow hash and
- * DSCP for encapsulation (a short loop of its own overlaps the frames'
- * loads; out of line, so that its values stay in registers). Returns the
- * burst's bytes.
+ * here), and the inner flow hash and DSCP for encapsulation (a short loop
+ * of its own overlaps the frames' loads; out of line, so that its values
+ * stay in registers). Returns the burst's bytes.
  */
 static __rte_noinline uint64_t
 pod_scan(const struct dp_ftab *fdb, uint64_t net_key, struct rte_mbuf **pkts, uint16_t n,
