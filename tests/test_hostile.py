@@ -494,7 +494,10 @@ def test_hostile_corpus(world, tmp_path):
     # (frames the underlay sent meanwhile, delivered or flooded, at most
     # one count each apart)
     assert abs(d["rx"] - (core + d["local"] + d["encap"])) <= d["rx_uplink"], d
-    assert arrived == sent and d["rx"] - d["rx_uplink"] + kernel == arrived, (sent, arrived, d)
+    # pod b's own kernel may speak meanwhile (ARP, IPv6 ND after the MTU
+    # change): a few frames of its own beside the corpus
+    assert sent <= arrived <= sent + 16, (sent, arrived, d)
+    assert d["rx"] - d["rx_uplink"] + kernel == arrived, (sent, arrived, d)
     print(f"pod: {sent} sent, {arrived} arrived, {len(pod_kinds)} kinds: {d}")
     for reason in (
         "spoof_mac",
