@@ -308,6 +308,16 @@ class Fabric:
         quiet_netns(ns)
         return ns
 
+    def drops_said(self):
+        """Every running node's drop counters, for a failure's message."""
+        out = []
+        for n, node in sorted(self.nodes.items()):
+            try:
+                out.append(f"node{n} drops {node.status()['drops']}")
+            except Exception as e:  # the node itself may be what failed
+                out.append(f"node{n} status failed: {e!r}")
+        return "; ".join(out) or "no node"
+
     def node(self, n, remotes, vtep="", extra="", net=""):
         """Node service n; ``vtep``: more keys of its vtep section (", k: v");
         ``extra``: more top-level lines of its config; ``net``: more keys of
@@ -456,14 +466,14 @@ def tcp_transfer(fab, label, server_ns, server_ip, client_ns, size=4 * MB, port=
     if c["error"] and c["error"].startswith("connection timed out"):
         srv.kill()  # still waiting for a connection that never completed
         srv.communicate()
-        raise AssertionError(f"TCP {label}: {c['error']}; 0 bytes")
+        raise AssertionError(f"TCP {label}: {c['error']}; 0 bytes; {fab.drops_said()}")
     s_out, s_err = srv.communicate()  # ends at EOF or after its idle timeout
     assert s_out, f"TCP {label}: the server crashed:\n{s_err}"
     s = json.loads(s_out)
     got = s["bytes"]
     assert not c["error"] and not s["error"] and got == size, (
         f"TCP {label}: stalled after {got} of {size} bytes received "
-        f"(client: {c['error']}; server: {s['error']})"
+        f"(client: {c['error']}; server: {s['error']}); {fab.drops_said()}"
     )
     assert s["sha256"] == c["sha256"], (
         f"TCP {label}: {got} bytes arrived but differ from what was sent "
@@ -523,7 +533,7 @@ def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric, learning):
     network: at 1000 frames/s a bulk transfer would be the storm); with it,
     a remote FDB entry the express lane encapsulates to."""
     fab = fabric()
-    node = fab.node(
+    fab.node(
         1,
         [HOST_VTEP],
         vtep=", learning: true" if learning else "",
@@ -541,7 +551,7 @@ def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric, learning):
             tcp_transfer(fab, label, srv_ns, srv_ip, cli_ns)
         except AssertionError as e:  # both directions reported, not just the first
             errors.append(str(e).splitlines()[0])
-    assert not errors, "; ".join(errors) + f"; node drops: {node.status()['drops']}"
+    assert not errors, "; ".join(errors)
 
 
 def _port_row(node, name_part):
