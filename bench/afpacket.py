@@ -7,8 +7,11 @@ DPDK's ``net_af_packet`` PMD, DPDK's ``net_af_xdp`` PMD (the node's
         kernel_ratio=<native/kernel> afxdp_pps=.. afxdp_kernel_ratio=<afxdp/kernel>
         [source_limited=<contenders>]   (those that delivered all they were offered in
                                          most runs: the source's figure, not theirs)
-        [rate_pps=.. | load=..] [rps=off] [idle_yield=off] [idle_sleep_us=..]
-        [br_netfilter=on] [verified=0]   (what departs from the default footing)
+        [contenders=..] [rate_pps=.. | load=..] [rps=off] [idle_yield=off]
+        [idle_sleep_us=..] [br_netfilter=on] [verified=0]
+                                        (what departs from the default footing)
+    ``--contenders native,kernel`` (any of native, pmd, afxdp, kernel) runs those
+    alone: the line then has their figures and the ratios between them only.
 
 Set-up (all in three network namespaces made for the run, named
 ``afpb<pid>-{pod,node,ul}``, removed at the end, also on error or Ctrl-C):
@@ -105,8 +108,9 @@ Set-up (all in three network namespaces made for the run, named
   from 10.0.0.1 to the remote VTEP of its inner destination MAC, next-hop
   MAC as outer destination, the inner frame unchanged.
 
-Runs alternate native, pmd, afxdp, kernel, ``--runs`` times; the result is the
-median of each and the ratios of the medians. Progress goes to stderr
+Runs alternate native, pmd, afxdp, kernel (or ``--contenders``), ``--runs``
+times; the result is the median of each and the ratios of the medians.
+Progress goes to stderr
 (``--quiet``: none); stdout has the RESULT line. Needs root (namespaces),
 ``ip``/``bridge`` (iproute2), a C compiler and the built core (``python3
 build.py``).
@@ -146,6 +150,12 @@ from .common import (
 GEN_SRC = os.path.join(ROOT, "bench", "afpacket_gen.c")
 CONTENDERS = ("native", "pmd", "afxdp", "kernel")
 ENGINES = ("native", "pmd", "afxdp")
+#: the RESULT line's ratios: key -> (numerator, denominator)
+RATIOS = {
+    "ratio": ("native", "pmd"),
+    "kernel_ratio": ("native", "kernel"),
+    "afxdp_kernel_ratio": ("afxdp", "kernel"),
+}
 #: rx descriptors the core gives an ethdev queue (csrc/dp_port.c): the
 #: net_af_xdp rx ring's size, which the other drivers' rings are matched to
 AF_XDP_RX_SLOTS = 1024
@@ -882,11 +892,11 @@ def run(args) -> dict:
                 f"into vpod, generator CPU {src['gen_cpu']:.0%}; offered to every contender: "
                 + (f"{rate / 1e6:.3f} Mpps" if rate else "as fast as the generator can")
             )
-            res = {n: [] for n in CONTENDERS}
-            per_cpu = {n: [] for n in CONTENDERS}
-            limited = {n: 0 for n in CONTENDERS}  # runs that delivered all they were offered
+            res = {n: [] for n in args.contenders}
+            per_cpu = {n: [] for n in args.contenders}
+            limited = {n: 0 for n in args.contenders}  # runs that delivered all they were offered
             for r in range(1, args.runs + 1):
-                for name in CONTENDERS:
+                for name in args.contenders:
                     x = run_contender(
                         lab, name, pcap, frames, verify=args.verify and r == 1, rate_pps=rate
                     )
@@ -908,36 +918,30 @@ def run(args) -> dict:
         finally:
             lab.close()
     med = medians(res)
-    r, kr = ratio(med["native"], med["pmd"]), ratio(med["native"], med["kernel"])
-    xkr = ratio(med["afxdp"], med["kernel"])
+    # the RESULT's ratios, each where both of its contenders ran
+    ratios = {key: ratio(med[a], med[b]) for key, (a, b) in RATIOS.items() if a in med and b in med}
+    label = {"kernel": "kernel bridge+vxlan"}
     say(
-        f"afpacket: native median {med['native'] / 1e6:.3f} Mpps {fmt_mpps(res['native'])}, "
-        f"pmd {med['pmd'] / 1e6:.3f} Mpps {fmt_mpps(res['pmd'])}, afxdp "
-        f"{med['afxdp'] / 1e6:.3f} Mpps {fmt_mpps(res['afxdp'])}, kernel bridge+vxlan "
-        f"{med['kernel'] / 1e6:.3f} Mpps {fmt_mpps(res['kernel'])}; native/pmd {r:.3f}, "
-        f"native/kernel {kr:.3f}, afxdp/kernel {xkr:.3f}"
+        "afpacket: "
+        + ", ".join(
+            f"{label.get(n, n)} median {med[n] / 1e6:.3f} Mpps {fmt_mpps(res[n])}"
+            for n in args.contenders
+        )
+        + "".join(f"; {a}/{b} {ratios[k]:.3f}" for k, (a, b) in RATIOS.items() if k in ratios)
     )
     pc = medians(per_cpu)
     say(
         "per CPU-second the contender held on the forwarding CPU (other work on a shared "
-        f"machine takes the rest): native {pc['native'] / 1e6:.3f} Mpps "
-        f"{fmt_mpps(per_cpu['native'])}, pmd {pc['pmd'] / 1e6:.3f} Mpps "
-        f"{fmt_mpps(per_cpu['pmd'])}, afxdp {pc['afxdp'] / 1e6:.3f} Mpps "
-        f"{fmt_mpps(per_cpu['afxdp'])}, kernel {pc['kernel'] / 1e6:.3f} Mpps "
-        f"{fmt_mpps(per_cpu['kernel'])}"
+        "machine takes the rest): "
+        + ", ".join(f"{n} {pc[n] / 1e6:.3f} Mpps {fmt_mpps(per_cpu[n])}" for n in args.contenders)
     )
     return {
-        "native": med["native"],
-        "pmd": med["pmd"],
-        "afxdp": med["afxdp"],
-        "kernel": med["kernel"],
-        "ratio": r,
-        "kernel_ratio": kr,
-        "afxdp_kernel_ratio": xkr,
+        "pps": med,
+        "ratios": ratios,
         "source_pps": src["offered_pps"],
         # contenders that delivered all they were offered in most runs: their
         # figure is the source's, and a ratio to them says no more than that
-        "source_limited": [n for n in CONTENDERS if 2 * limited[n] > args.runs],
+        "source_limited": [n for n in args.contenders if 2 * limited[n] > args.runs],
         "footing": footing(args),
     }
 
@@ -947,6 +951,8 @@ def footing(args) -> dict:
     benchmark's default footing (empty for a default run), so a figure is
     never quoted without the set-up that produced it."""
     out = {}
+    if list(args.contenders) != list(CONTENDERS):
+        out["contenders"] = ",".join(args.contenders)
     if args.rate >= 0:
         out["rate_pps"] = str(args.rate)  # 0: the generator flat out
     elif args.load != DEFAULT_LOAD:
@@ -1042,6 +1048,14 @@ def parser() -> argparse.ArgumentParser:
         "(as on Kubernetes nodes); default off (the kernel's best case)",
     )
     ap.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        metavar="LIST",
+        help=f"the contenders to run, comma-separated, in this order (default all: "
+        f"{','.join(CONTENDERS)}); the RESULT line then has the figures and ratios of "
+        "those alone and ends contenders=LIST",
+    )
+    ap.add_argument(
         "--no-verify",
         dest="verify",
         action="store_false",
@@ -1062,6 +1076,13 @@ def main(argv=None) -> int:
         ap.error("--idle-sleep-us must be >= 0")
     if not 0 < args.load <= 1:
         ap.error("--load must be in (0, 1]")
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    for n in names:
+        if n not in CONTENDERS:
+            ap.error(f"--contenders: {n!r} is not one of {', '.join(CONTENDERS)}")
+    if not names or len(set(names)) != len(names):
+        ap.error("--contenders: each of them at most once, at least one")
+    args.contenders = names
     if args.ring_slots != AF_XDP_RX_SLOTS:
         ap.error(
             f"--ring-slots: {args.ring_slots}: the afxdp contender's rx ring is the core's "
@@ -1078,14 +1099,19 @@ def main(argv=None) -> int:
 
 
 def _result(res):
+    pps, ratios = res["pps"], res["ratios"]
+    # in the order of a full run's line: the fields of contenders that ran
+    fields = [
+        ("native_pps", pps.get("native"), "{:.0f}"),
+        ("pmd_pps", pps.get("pmd"), "{:.0f}"),
+        ("kernel_pps", pps.get("kernel"), "{:.0f}"),
+        ("ratio", ratios.get("ratio"), "{:.3f}"),
+        ("kernel_ratio", ratios.get("kernel_ratio"), "{:.3f}"),
+        ("afxdp_pps", pps.get("afxdp"), "{:.0f}"),
+        ("afxdp_kernel_ratio", ratios.get("afxdp_kernel_ratio"), "{:.3f}"),
+    ]
     return "afpacket", {
-        "native_pps": f"{res['native']:.0f}",
-        "pmd_pps": f"{res['pmd']:.0f}",
-        "kernel_pps": f"{res['kernel']:.0f}",
-        "ratio": f"{res['ratio']:.3f}",
-        "kernel_ratio": f"{res['kernel_ratio']:.3f}",
-        "afxdp_pps": f"{res['afxdp']:.0f}",
-        "afxdp_kernel_ratio": f"{res['afxdp_kernel_ratio']:.3f}",
+        **{k: f.format(v) for k, v, f in fields if v is not None},
         **({"source_limited": ",".join(res["source_limited"])} if res["source_limited"] else {}),
         **res["footing"],
     }

@@ -283,6 +283,12 @@ def test_unknown_peer_is_refused():
         ("encap", ["--seconds", "nan"], "--seconds must be a finite number, not nan"),
         ("afpacket", ["--rate", "-1"], "--rate must be >= 0"),
         ("afpacket", ["--idle-sleep-us", "-7"], "--idle-sleep-us must be >= 0"),
+        (
+            "afpacket",
+            ["--contenders", "native,xdp"],
+            "--contenders: 'xdp' is not one of native, pmd, afxdp, kernel",
+        ),
+        ("afpacket", ["--contenders", "kernel,kernel"], "--contenders: each of them at most"),
         ("planes", ["--burst", "0"], "--burst: must be > 0"),
         ("planes", ["--media-x", "nan"], "--media-x must be a finite number"),
         ("planes", ["--rate", "fast"], "--rate"),
@@ -411,3 +417,24 @@ def test_afpacket_result_says_its_footing():
     assert list(fields)[-3:] == ["load", "rps", "verified"], out
     assert (fields["load"], fields["rps"], fields["verified"]) == ("0.5", "off", "0"), out
     assert float(fields["kernel_pps"]) > 0, out
+
+
+@pytest.mark.netns
+def test_afpacket_runs_the_contenders_asked_for():
+    """``--contenders native,kernel``: those two alone run, in that order;
+    the RESULT line has their figures and the one ratio between them, and
+    says which contenders ran."""
+    assert os.geteuid() == 0, "the benchmark needs root (network namespaces)"
+    args = QUICK + ["--warmup", "0.1"] + FEW_FRAMES + ["--contenders", "kernel,native"]
+    pid, rc, out, err = run_bench("afpacket", args)
+    assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
+    assert not left_behind(pid), f"left behind: {left_behind(pid)}"
+    ran = re.findall(r"bench: run 1/1 (\w+) ", err)
+    assert ran == ["kernel", "native"], err
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    fields.pop("source_limited", None)
+    assert list(fields) == ["name", "native_pps", "kernel_pps", "kernel_ratio", "contenders"], out
+    assert fields["contenders"] == "kernel,native", out
+    native, kernel = float(fields["native_pps"]), float(fields["kernel_pps"])
+    assert native > 0 and kernel > 0, out
+    assert float(fields["kernel_ratio"]) == pytest.approx(native / kernel, rel=2e-3), out
