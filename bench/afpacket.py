@@ -5,12 +5,13 @@ DPDK's ``net_af_packet`` PMD, DPDK's ``net_af_xdp`` PMD (the node's
     python -m bench afpacket [--seconds S] [--runs N] ...
     ->  RESULT name=afpacket native_pps=.. pmd_pps=.. kernel_pps=.. ratio=<native/pmd>
         kernel_ratio=<native/kernel> afxdp_pps=.. afxdp_kernel_ratio=<afxdp/kernel>
+        lane_pps=.. lane_kernel_ratio=<lane/kernel>
         [source_limited=<contenders>]   (those that delivered all they were offered in
                                          most runs: the source's figure, not theirs)
         [contenders=..] [rate_pps=.. | load=..] [rps=off] [idle_yield=off]
         [idle_sleep_us=..] [br_netfilter=on] [verified=0]
                                         (what departs from the default footing)
-    ``--contenders native,kernel`` (any of native, pmd, afxdp, kernel) runs those
+    ``--contenders native,kernel`` (any of native, pmd, afxdp, lane, kernel) runs those
     alone: the line then has their figures and the ratios between them only.
 
 Set-up (all in three network namespaces made for the run, named
@@ -23,7 +24,8 @@ Set-up (all in three network namespaces made for the run, named
 - Traffic: bench.traffic's ``encap`` profile (scapy, 4096 frames of 64 bytes
   on the wire, 60 without FCS; 64 remote MACs behind 8 remote VTEPs
   10.0.0.2-9, VNI 5000; three in four UDP, one in four TCP; shuffled), the
-  same pcap ``python -m bench encap`` replays.
+  frames ``python -m bench encap`` replays, but all from one source MAC
+  (``POD_MAC``), as from one pod.
 - Generator (bench/afpacket_gen.c, compiled with the system C compiler at
   start): replays the pcap on the pod's eth0 through a PACKET_TX_RING with
   qdisc bypass, every ring frame filled once; per batch of 256 frames it only
@@ -55,6 +57,12 @@ Set-up (all in three network namespaces made for the run, named
             native on vpod: its program runs in vpod's NAPI, which the
             benchmark makes threaded and pins to the forwarding CPU, where
             RPS puts the others' receive work);
+    lane    the native contender with vpod in the express lane, as the node
+            service puts a kernel pod's port by default (``express_lane:
+            auto``): its tc program on vpod's ingress encapsulates the pod's
+            unicast IP itself and sends it out of vup, in vpod's receive
+            softirq, never through the rx ring or the worker (the progress
+            line says what share of the delivered frames the lane took);
     kernel  no process: vpod and a ``vxlan`` device (VNI 5000, local
             10.0.0.1, dstport 4789, nolearning, noudpcsum as our UDP checksum
             0) in a Linux bridge, static bridge + vxlan FDB entries for every
@@ -148,13 +156,14 @@ from .common import (
 )
 
 GEN_SRC = os.path.join(ROOT, "bench", "afpacket_gen.c")
-CONTENDERS = ("native", "pmd", "afxdp", "kernel")
-ENGINES = ("native", "pmd", "afxdp")
+CONTENDERS = ("native", "pmd", "afxdp", "lane", "kernel")
+ENGINES = ("native", "pmd", "afxdp", "lane")
 #: the RESULT line's ratios: key -> (numerator, denominator)
 RATIOS = {
     "ratio": ("native", "pmd"),
     "kernel_ratio": ("native", "kernel"),
     "afxdp_kernel_ratio": ("afxdp", "kernel"),
+    "lane_kernel_ratio": ("lane", "kernel"),
 }
 #: rx descriptors the core gives an ethdev queue (csrc/dp_port.c): the
 #: net_af_xdp rx ring's size, which the other drivers' rings are matched to
@@ -169,6 +178,9 @@ def native_frames(slots: int) -> int:
     return slots
 
 
+#: a kernel pod has one MAC: every frame of the pcap is from it (the express
+#: lane takes a pod's frames from its own MAC only)
+POD_MAC = topo.local_mac(0)
 POD_IF = "eth0"  # in the pod ns
 NODE_POD_IF = "vpod"  # in the node ns, facing the pod
 NODE_UP_IF = "vup"  # in the node ns, facing the underlay (the uplink)
@@ -591,7 +603,9 @@ class Lab:
                 "--vteps",
                 str(a.vteps),
                 "--frames",
-                str(native_frames(a.ring_slots) if driver == "native" else a.ring_slots),
+                str(native_frames(a.ring_slots) if driver in ("native", "lane") else a.ring_slots),
+                "--pod-mac",
+                POD_MAC,
                 "--worker-cpu",
                 str(a.fwd_cpu),
                 "--idle-sleep-us",
@@ -776,6 +790,7 @@ def _rates(s0: dict, s1: dict) -> dict:
         own_user = wu
         r["engine"] = {
             "pod_rx_pps": (e1["pod_rx"] - e0["pod_rx"]) / dt,
+            "lane_rx_pps": (e1["lane_rx"] - e0["lane_rx"]) / dt,
             "uplink_tx_pps": (e1["up_tx"] - e0["up_tx"]) / dt,
             # counted from the previous snapshot: the window
             "ring_drop_pps": e1["ring_drops"] / dt,
@@ -843,6 +858,8 @@ def _fmt(r: dict) -> str:
     e = r.get("engine")
     if e:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(e["drops"].items())) or "none"
+        if e["lane_rx_pps"]:
+            s += f"; the express lane took {e['lane_rx_pps'] / max(r['pps'], 1):.0%} of it"
         s += (
             f"; worker thread CPU {e['worker_cpu']:.0%}, busy polls "
             f"{e['busy_poll_ratio']:.0%}, rx ring full {e['ring_drop_pps'] / 1e6:.3f} "
@@ -865,8 +882,15 @@ def run(args) -> dict:
             f"writing {pcap}: {args.frames} frames over {args.macs} MACs behind "
             f"{args.vteps} VTEPs ..."
         )
-        traffic.write_pcap(pcap, "encap", args.frames, args.macs, args.vteps)
+        traffic.write_pcap(pcap, "encap", args.frames, args.macs, args.vteps, pod_mac=POD_MAC)
         frames = traffic.read_pcap(pcap)
+        # the express lane takes TCP to remote VTEPs (datagrams keep the core's path)
+        n_tcp = sum(1 for f in frames if f[12:14] == b"\x08\x00" and f[23] == 6)
+        if "lane" in args.contenders and not n_tcp:
+            say(
+                f"WARNING: no TCP among the {len(frames)} frames (--frames): the express "
+                "lane takes TCP only, so the lane contender is the native one here"
+            )
         lab = Lab(args, workdir)
         try:
             lab.build_generator()
@@ -900,6 +924,11 @@ def run(args) -> dict:
                     x = run_contender(
                         lab, name, pcap, frames, verify=args.verify and r == 1, rate_pps=rate
                     )
+                    if name == "lane" and n_tcp and not x["engine"]["lane_rx_pps"]:
+                        raise BenchError(
+                            "lane: the express lane took no frame from vpod: the figure "
+                            "would be the core's path, not the lane's\n  " + _fmt(x)
+                        )
                     res[name].append(x["pps"])
                     per_cpu[name].append(x["pps_per_cpu"])
                     say(f"run {r}/{args.runs} {name:6s} {_fmt(x)}")
@@ -1109,6 +1138,8 @@ def _result(res):
         ("kernel_ratio", ratios.get("kernel_ratio"), "{:.3f}"),
         ("afxdp_pps", pps.get("afxdp"), "{:.0f}"),
         ("afxdp_kernel_ratio", ratios.get("afxdp_kernel_ratio"), "{:.3f}"),
+        ("lane_pps", pps.get("lane"), "{:.0f}"),
+        ("lane_kernel_ratio", ratios.get("lane_kernel_ratio"), "{:.3f}"),
     ]
     return "afpacket", {
         **{k: f.format(v) for k, v, f in fields if v is not None},

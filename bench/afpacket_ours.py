@@ -1,7 +1,7 @@
 """Child processes of the AF_PACKET benchmark (bench.afpacket), each started
 by the parent inside one of its network namespaces (``ip netns exec NS``):
 
-    python -m bench.afpacket_ours engine --driver {native|pmd|afxdp} --pod IF --uplink IF ...
+    python -m bench.afpacket_ours engine --driver {native|pmd|afxdp|lane} --pod IF --uplink IF ...
     python -m bench.afpacket_ours capture --iface IF --count N --timeout S
 
 ``engine``: our core in fallback mode (EAL ``--no-huge``, one worker lcore)
@@ -10,7 +10,10 @@ veth end as the uplink, through either the core's native AF_PACKET driver
 (``Engine.add_afpacket_port``), DPDK's ``net_af_packet`` PMD
 (``Engine.add_port("net_af_packet0,iface=...")``, qdisc bypass on like
 ours) or DPDK's ``net_af_xdp`` PMD (``dataplane.podlife.add_kernel_port``,
-as the node service attaches ``kernel_driver: af_xdp``). Every thread of
+as the node service attaches ``kernel_driver: af_xdp``), or the native
+driver with the pod port in the express lane (``lane``: the node's default,
+``express_lane: auto``; the pod's MAC ``--pod-mac``, no anti-spoofing), whose
+kernel programs then encapsulate the pod's unicast IP themselves. Every thread of
 the engine (control, housekeeping, worker) runs on ``--worker-cpu`` unless
 ``--control-cpu`` says otherwise. The VTEP has a static next-hop MAC (no ARP) and every
 remote MAC of bench.topology an FDB entry to its remote VTEP: exactly the
@@ -39,7 +42,7 @@ import time
 from . import topology as topo
 from .common import child_failed, child_unwind_on_sigterm, emit, proc_stat
 
-DRIVERS = ("native", "pmd", "afxdp")
+DRIVERS = ("native", "pmd", "afxdp", "lane")
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
 PACKET_OUTGOING = 4
@@ -201,6 +204,8 @@ def _snap(eng, pod: int, up: int, stats, tids) -> dict:
         "pod_rx": c.port_dict(pod)["rx_packets"],
         "up_tx": c.port_dict(up)["tx_packets"],
         "encap": c.net_dict(topo.NET)["encap_packets"],
+        # what the express lane took from the pod port (0 without the lane)
+        "lane_rx": eng.express_counts(pod)[0] if eng.express_loaded else 0,
         "drops": {k: v for k, v in c.drops().items() if v},
         "polls": int(w[0]),
         "busy_polls": int(w[1]),
@@ -224,7 +229,9 @@ def run_engine(a) -> int:
     )
     with Engine(cfg) as eng:
         eng.add_network(topo.NET, vni=topo.VNI, plane=0)
-        if a.driver == "native":
+        if a.driver == "lane":
+            eng.express_open()  # refuses, saying why, where the kernel cannot run it
+        if a.driver in ("native", "lane"):
             pod = eng.add_afpacket_port(a.pod, role="pod", frames=a.frames, network=topo.NET)
             up = eng.add_afpacket_port(a.uplink, role="uplink", frames=a.frames)
         elif a.driver == "pmd":
@@ -243,11 +250,14 @@ def run_engine(a) -> int:
         )
         for k in range(a.macs):
             eng.fdb_add_remote(topo.NET, topo.remote_mac(k), topo.vtep_of(k, a.vteps))
+        if a.driver == "lane":
+            # as the service joins a pod port (PodLife._join_express)
+            eng.express_add_port(pod, a.pod, topo.NET, a.pod_mac, spoof=False)
         if a.driver == "afxdp":
             # the pod port's socket is the first made
             fds = sorted(_xdp_sockets())[:1]
             stats = XdpStats(fds)
-        elif a.driver == "native":
+        elif a.driver in ("native", "lane"):
             fds = _packet_sockets(a.pod)
             stats = KportStats(eng)
         else:
@@ -323,6 +333,7 @@ def main(argv=None) -> int:
     e.add_argument("--macs", type=int, default=topo.MIN_MACS)
     e.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
     e.add_argument("--frames", type=int, default=1024, help="ring size in frames (native, pmd)")
+    e.add_argument("--pod-mac", default=topo.local_mac(0), help="the pod's MAC (lane)")
     e.add_argument(
         "--control-cpu",
         type=int,

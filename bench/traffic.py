@@ -164,9 +164,16 @@ def frames(kind: str, n_frames: int, n_macs: int, n_vteps: int):
     return out
 
 
-def write_pcap(path: str, kind: str, n_frames: int, n_macs: int, n_vteps: int) -> int:
-    """Write profile ``kind`` to ``path``; returns the frame length in the pcap."""
+def write_pcap(path: str, kind: str, n_frames: int, n_macs: int, n_vteps: int, pod_mac=None) -> int:
+    """Write profile ``kind`` to ``path``; returns the frame length in the pcap.
+    ``pod_mac`` (encap): every frame from that one source MAC, as from one
+    pod, instead of one local MAC per remote one."""
     data = frames(kind, n_frames, n_macs, n_vteps)
+    if pod_mac is not None:
+        if kind != "encap":
+            raise ValueError(f"pod_mac: only for the encap profile, not {kind!r}")
+        src = parse_mac(pod_mac)
+        data = [d[:6] + src + d[12:] for d in data]
     with RawPcapWriter(path, linktype=DLT_EN10MB) as w:
         for d in data:
             w.write(d)

@@ -131,14 +131,15 @@ class CoreCollector:
         xpk = CounterMetricFamily(
             "dataplane_port_express_packets",
             "Frames the express lane carried from (rx) and to (tx) a pod port, kernel to "
-            "kernel, and TCP it encapsulated out of the uplink (tx); counted in the port's "
-            "rx_packets and tx_packets too (either path)",
+            "kernel; on the uplink, what it encapsulated out of it (tx) and the VXLAN it "
+            "decapsulated from it (rx); counted in the port's rx_packets and tx_packets "
+            "too (either path)",
             labels=xl,
         )
         xby = CounterMetricFamily(
             "dataplane_port_express_bytes",
-            "Bytes the express lane carried from (rx) and to (tx) a pod port, and out of "
-            "the uplink (tx, encapsulated)",
+            "Bytes the express lane carried from (rx) and to (tx) a pod port; on the "
+            "uplink, out of it (tx, encapsulated) and into it (rx, VXLAN it decapsulated)",
             labels=xl,
         )
         for p in snap.ports:

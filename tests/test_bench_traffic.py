@@ -55,3 +55,21 @@ def test_encap_check_passes_right_frames_and_names_wrong_ones():
 
     errs = traffic.check_encap_output(inp, out[:-1], n_macs, n_vteps)
     assert errs == [f"{len(out) - 1} frames out for {len(inp)} in", "1 input frames never came out"]
+
+
+def test_one_pod_mac_pcap_keeps_every_frame_distinct(tmp_path):
+    """``write_pcap(..., pod_mac=)`` (the AF_PACKET benchmark: one pod sends
+    it all): every frame from that MAC, otherwise the encap profile's
+    frames, each still distinct (the output check counts them by their
+    bytes); the decap profile refuses it."""
+    mac = topo.local_mac(0)
+    path = str(tmp_path / "encap.pcap")
+    traffic.write_pcap(path, "encap", 4096, 64, 8, pod_mac=mac)
+    got = traffic.read_pcap(path)
+    want = traffic.frames("encap", 4096, 64, 8)
+    assert len(got) == len(want) == len(set(got)) == 4096
+    assert {g[6:12] for g in got} == {parse_mac(mac)}
+    assert [g[:6] + g[12:] for g in got] == [w[:6] + w[12:] for w in want]
+    assert {w[6:12] for w in want} != {parse_mac(mac)}  # the plain profile has many
+    with pytest.raises(ValueError, match="pod_mac: only for the encap profile"):
+        traffic.write_pcap(path, "decap", 64, 64, 8, pod_mac=mac)
