@@ -1,6 +1,7 @@
 """dataplane command line.
 
-    dataplane run -c node.yaml            the node service, in the foreground
+    dataplane run -c node.yaml [--log-level debug|info|warning|error]
+                                          the node service, in the foreground
     dataplane check -c node.yaml          validate a config file, start nothing
     dataplane status                      what the running service has attached
     dataplane reload                      the service's new uplink and plane rates, live
@@ -8,12 +9,13 @@
     dataplane pod del NAME
     dataplane pod list
     dataplane net list
-    dataplane fdb [--network NAME] [--mac MAC]   which port or VTEP each MAC goes to
+    dataplane fdb [show] [--network NAME] [--mac MAC]   which port or VTEP each MAC goes to
     dataplane fdb summary [--network NAME]     entries by network and origin
     dataplane fdb clear [--network NAME] [--mac MAC]   learned MACs forgotten
     dataplane host add NAME --network NET --mac MAC --ip IP --vtep VTEP   (etcd store)
     dataplane host del NAME | dataplane host list
-    dataplane capture PORT|POD[:PLANE] [-w FILE] [-c N] [--duration S] [--direction rx|tx|both] [FILTER]
+    dataplane capture PORT|uplink|POD[:PLANE] [-w FILE] [-c N] [-s SNAPLEN] [--duration S]
+                      [--direction rx|tx|both] [FILTER]
     dataplane node list                   the cluster's nodes, running or not
     dataplane node remove NAME            forget a node gone for good (its pods' records),
                                           or a renamed node's old name (SQLite store)
@@ -22,7 +24,9 @@
     dataplane bench NAME [...]            a benchmark from the checkout (--help: which)
 
 Client commands talk to the service's control API (HTTP+JSON on a unix
-socket): --socket, or the api_socket of -c FILE, or /run/dataplane/api.sock.
+socket): --socket, or the api_socket of -c FILE (capture: --config FILE, its
+-c being the frame count, as for tcpdump), or /run/dataplane/api.sock. Each
+also takes --json (its answer as JSON) but capture, which writes frames.
 """
 
 import argparse
