@@ -60,9 +60,11 @@ Set-up (all in three network namespaces made for the run, named
     lane    the native contender with vpod in the express lane, as the node
             service puts a kernel pod's port by default (``express_lane:
             auto``): its tc program on vpod's ingress encapsulates the pod's
-            unicast IP itself and sends it out of vup, in vpod's receive
-            softirq, never through the rx ring or the worker (the progress
-            line says what share of the delivered frames the lane took);
+            TCP to remote VTEPs itself (the pcap's quarter that is TCP;
+            datagrams keep the core's path) and sends it out of vup, in
+            vpod's receive softirq, never through the rx ring or the worker
+            (the progress line says what share of the delivered frames the
+            lane took; a run where it took none fails);
     kernel  no process: vpod and a ``vxlan`` device (VNI 5000, local
             10.0.0.1, dstport 4789, nolearning, noudpcsum as our UDP checksum
             0) in a Linux bridge, static bridge + vxlan FDB entries for every
@@ -116,10 +118,10 @@ Set-up (all in three network namespaces made for the run, named
   from 10.0.0.1 to the remote VTEP of its inner destination MAC, next-hop
   MAC as outer destination, the inner frame unchanged.
 
-Runs alternate native, pmd, afxdp, kernel (or ``--contenders``), ``--runs``
-times; the result is the median of each and the ratios of the medians.
-Progress goes to stderr
-(``--quiet``: none); stdout has the RESULT line. Needs root (namespaces),
+Runs alternate native, pmd, afxdp, lane, kernel (or ``--contenders``),
+``--runs`` times; the result is the median of each and the ratios of the
+medians. Progress goes to stderr (``--quiet``: none); stdout has the RESULT
+line. Needs root (namespaces),
 ``ip``/``bridge`` (iproute2), a C compiler and the built core (``python3
 build.py``).
 """

@@ -9,12 +9,12 @@ with the pod-facing veth end as a pod port of network 0 and the underlay
 veth end as the uplink, through either the core's native AF_PACKET driver
 (``Engine.add_afpacket_port``), DPDK's ``net_af_packet`` PMD
 (``Engine.add_port("net_af_packet0,iface=...")``, qdisc bypass on like
-ours) or DPDK's ``net_af_xdp`` PMD (``dataplane.podlife.add_kernel_port``,
+ours), DPDK's ``net_af_xdp`` PMD (``dataplane.podlife.add_kernel_port``,
 as the node service attaches ``kernel_driver: af_xdp``), or the native
 driver with the pod port in the express lane (``lane``: the node's default,
-``express_lane: auto``; the pod's MAC ``--pod-mac``, no anti-spoofing), whose
-kernel programs then encapsulate the pod's unicast IP themselves. Every thread of
-the engine (control, housekeeping, worker) runs on ``--worker-cpu`` unless
+``express_lane: auto``; the pod's MAC ``--pod-mac``, no anti-spoofing),
+whose kernel programs then encapsulate the pod's TCP to remote VTEPs
+themselves. Every thread of the engine (control, housekeeping, worker) runs on ``--worker-cpu`` unless
 ``--control-cpu`` says otherwise. The VTEP has a static next-hop MAC (no ARP) and every
 remote MAC of bench.topology an FDB entry to its remote VTEP: exactly the
 encap set-up of bench.ours, on kernel interfaces. The parent drives it over
