@@ -633,6 +633,12 @@ print(" ".join(map(str, seen)), flush=True)
 """
 
 
+#: frames to pb besides a test's own that a test allows for: IPv6 is off
+#: (_only_test_frames_on_pb), but the namespaces' kernels may still send one
+#: now and then
+OTHER_FRAMES = 16
+
+
 def _only_test_frames_on_pb(topo):
     """No frames to pb but the test's own from now on: IPv6 off in every
     namespace, and what switching it off sent (each interface's MLD reports
@@ -703,11 +709,13 @@ def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo)
     for _ in range(200):  # until the worker has taken them all
         after = topo.counters()
         sent = after["ports"]["pb"]["tx_packets"] - before["ports"]["pb"]["tx_packets"]
-        if sent >= n and delta(after, "kport_kernel_tx") >= n:
+        if sent >= n and delta(after, "kport_kernel_tx") >= sent:
             break
         time.sleep(0.05)
-    assert sent == n, (before, after)
-    assert delta(after, "kport_kernel_tx") == n, (before, after)
+    # the test's frames, and at most a few that the namespaces' own kernels
+    # sent meanwhile (CI once saw 3003): each of them counted exactly once
+    assert n <= sent <= n + OTHER_FRAMES, (before, after)
+    assert delta(after, "kport_kernel_tx") == sent, (before, after)
     assert delta(after, "tx_full") == 0 and delta(after, "kport_kernel") == 0, (before, after)
     # b up again: the next frame arrives, and none of the dropped ones
     _after_up_only_a_new_frame_arrives(
@@ -737,7 +745,8 @@ def test_frames_for_an_interface_set_down_are_dropped_not_sent_late(topo):
         if delta(after, "kport_tx_down") + delta(after, "tx_full") >= n:
             break
         time.sleep(0.05)
-    assert delta(after, "kport_tx_down") + delta(after, "tx_full") == n, (before, after)
+    dropped = delta(after, "kport_tx_down") + delta(after, "tx_full")
+    assert n <= dropped <= n + OTHER_FRAMES, (before, after)  # as above
     assert delta(after, "kport_tx_down") >= 1000, (before, after)
     assert delta(after, "kport_kernel_tx") == 0, (before, after)
     _after_up_only_a_new_frame_arrives(
