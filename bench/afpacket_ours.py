@@ -14,9 +14,10 @@ as the node service attaches ``kernel_driver: af_xdp``), or the native
 driver with the pod port in the express lane (``lane``: the node's default,
 ``express_lane: auto``; the pod's MAC ``--pod-mac``, no anti-spoofing),
 whose kernel programs then encapsulate the pod's TCP to remote VTEPs
-themselves. Every thread of the engine (control, housekeeping, worker) runs on ``--worker-cpu`` unless
-``--control-cpu`` says otherwise. The VTEP has a static next-hop MAC (no ARP) and every
-remote MAC of bench.topology an FDB entry to its remote VTEP: exactly the
+themselves. Every thread of the engine (control, housekeeping, worker) runs
+on ``--worker-cpu`` unless ``--control-cpu`` says otherwise. The VTEP has a
+static next-hop MAC (no ARP) and every remote MAC of bench.topology an FDB
+entry to its remote VTEP: exactly the
 encap set-up of bench.ours, on kernel interfaces. The parent drives it over
 stdin, one command a line:
 
