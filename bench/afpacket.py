@@ -164,7 +164,6 @@ from .common import (
 
 GEN_SRC = os.path.join(ROOT, "bench", "afpacket_gen.c")
 CONTENDERS = ("native", "pmd", "afxdp", "lane", "kernel")
-ENGINES = ("native", "pmd", "afxdp", "lane")
 #: the RESULT line's ratios: key -> (numerator, denominator)
 RATIOS = {
     "ratio": ("native", "pmd"),

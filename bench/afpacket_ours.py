@@ -333,7 +333,9 @@ def main(argv=None) -> int:
     e.add_argument("--uplink", required=True, help="underlay kernel interface")
     e.add_argument("--macs", type=int, default=topo.MIN_MACS)
     e.add_argument("--vteps", type=int, default=topo.MIN_VTEPS)
-    e.add_argument("--frames", type=int, default=1024, help="ring size in frames (native, pmd)")
+    e.add_argument(
+        "--frames", type=int, default=1024, help="ring size in frames (native, lane, pmd)"
+    )
     e.add_argument("--pod-mac", default=topo.local_mac(0), help="the pod's MAC (lane)")
     e.add_argument(
         "--control-cpu",
