@@ -1291,7 +1291,8 @@ afp_iov_chain(struct iovec *iov, unsigned ni, const struct rte_mbuf *m)
     return ni;
 }
 
-/* Send m, longer than a ring frame (a GSO super-frame), with one sendmsg()
+/* Send m, longer than a ring frame (a GSO super-frame, or a frame of an
+ * interface whose MTU grew since its ring was made), with one sendmsg()
  * of its segments behind a virtio-net header. Returns 0 or -1 (refused). */
 static __rte_noinline int
 afp_tx_big(struct dp_afp *a, struct rte_mbuf *m)
@@ -1603,6 +1604,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
     uint32_t head = a->tx.head, mask = a->tx.frame_nr - 1;
     uint32_t max_frame = __atomic_load_n(&a->tx.max_frame, __ATOMIC_RELAXED);
     uint16_t i, queued = 0;
+    int ugso = __atomic_load_n(&a->tx.udp_gso, __ATOMIC_RELAXED);
 
     *lost = 0;
     *lost_bytes = 0;
@@ -1637,9 +1639,16 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
         }
         if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN ||
                      (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
-            if (len < RTE_ETHER_HDR_LEN || !dp_gso_frame(m))
-                break;
-            /* a super-frame: after the frames queued before it */
+            if (unlikely(len < RTE_ETHER_HDR_LEN)) {
+                /* a runt the kernel would refuse: dropped, counted */
+                a->tx.error++;
+                (*lost)++;
+                *lost_bytes += len;
+                continue;
+            }
+            /* a super-frame, or a frame the interface takes but no ring
+             * frame holds (its MTU raised since the ring was made): sent
+             * past the ring, after the frames queued before it */
             if (queued != 0)
                 afp_tx_kick(a);
             queued = 0;
@@ -1651,7 +1660,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
             }
             continue;
         }
-        if (__atomic_load_n(&a->tx.udp_gso, __ATOMIC_RELAXED) && i + 1 < n) {
+        if (ugso && i + 1 < n) {
             uint32_t l0 = afp_ugso_len(m);
             uint16_t r = l0 != 0 ? afp_ugso_run(pkts + i, n - i, l0) : 1;
 
@@ -1660,17 +1669,15 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
                 if (queued != 0)
                     afp_tx_kick(a);
                 queued = 0;
-                if (unlikely(afp_tx_ugso(a, pkts + i, r) < 0)) {
-                    a->tx.error += r;
-                    *lost += r;
-                    for (uint16_t k = 0; k < r; k++)
-                        *lost_bytes += pkts[i + k]->pkt_len;
-                } else {
+                if (likely(afp_tx_ugso(a, pkts + i, r) == 0)) {
                     a->tx.batches++;
                     a->tx.batched += r;
+                    i += r - 1;
+                    continue;
                 }
-                i += r - 1;
-                continue;
+                /* refused (the socket's buffer full, say): the rest of
+                 * the burst goes through the ring, frame by frame */
+                ugso = 0;
             }
         }
         if (!afp_tx_frame_free(h))
@@ -1678,15 +1685,24 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
 
         /* copy: contiguous data directly, segment chains gathered */
         p = rte_pktmbuf_read(m, 0, len, data);
-        if (unlikely(p == NULL))
-            break;
+        if (unlikely(p == NULL)) {
+            /* a chain shorter than its pkt_len: dropped, counted */
+            a->tx.error++;
+            (*lost)++;
+            *lost_bytes += len;
+            continue;
+        }
         if (p != data)
             rte_memcpy(data, p, len);
         afp_tx_vnet(vh, m, len);
         /* the whole frame as its "header": the kernel copies it into the
          * skb's linear part instead of lending the ring's page (no page
          * references, no pull of headers from a page fragment by the
-         * receiving stack); a jumbo frame keeps the page */
+         * receiving stack); a jumbo frame keeps the page, which the
+         * kernel copies when the frame crosses to a veth's peer (the skb
+         * carries the ring's zero-copy mark): a frame a slow reader still
+         * holds is not overwritten when its ring frame is used again
+         * (tests/test_kernel_pods.py) */
         if (likely(len <= AFP_SLOT && vh->gso_type == VIRTIO_NET_HDR_GSO_NONE))
             vh->hdr_len = (uint16_t)len;
 

@@ -57,11 +57,17 @@ metrics: {{listen: null}}
 
 # TCP sink: accepts one connection, reads to EOF, prints what it got as JSON
 TCP_SERVER = """
-import hashlib, json, socket, sys
+import hashlib, json, socket, sys, time
 port, accept_timeout, idle = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 bind = sys.argv[4]
+# a slow reader (optional): a receive buffer of rcvbuf bytes, left to fill
+# for `pause` seconds after the connection, then read with that pause
+# between reads of 16 KiB - what the stack holds meanwhile stays queued
+rcvbuf, pause = (int(sys.argv[5]), float(sys.argv[6])) if len(sys.argv) > 6 else (0, 0.0)
 s = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if rcvbuf:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
 s.bind((bind, port))
 s.listen(1)
 s.settimeout(accept_timeout)
@@ -75,8 +81,10 @@ except OSError as e:
 c.settimeout(idle)
 h = hashlib.sha256()
 try:
+    time.sleep(pause * 100)
     while True:
-        d = c.recv(1 << 16)
+        time.sleep(pause)
+        d = c.recv(1 << 14 if pause else 1 << 16)
         if not d:
             break
         h.update(d)
@@ -452,12 +460,17 @@ def reach(ns, ip, what, deadline=10):
 
 
 # ------------------------------------------------------------------ transfers
-def tcp_transfer(fab, label, server_ns, server_ip, client_ns, size=4 * MB, port=5201):
+def tcp_transfer(
+    fab, label, server_ns, server_ip, client_ns, size=4 * MB, port=5201, slow_reader=None
+):
     """``size`` bytes over one TCP connection from client_ns to
     server_ip:port (IPv6 too: ``fe80::1%eth0``), verified by SHA-256 at
-    the far end."""
+    the far end. ``slow_reader``: (receive buffer bytes, pause between
+    reads in seconds) for a server that lets its receive queue fill."""
     bind = "::" if ":" in server_ip else "0.0.0.0"
-    srv = fab.spawn(server_ns, TCP_SERVER, port, CONNECT_TIMEOUT + 20, IDLE_TIMEOUT, bind)
+    srv = fab.spawn(
+        server_ns, TCP_SERVER, port, CONNECT_TIMEOUT + 20, IDLE_TIMEOUT, bind, *(slow_reader or ())
+    )
     assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
     cli = fab.spawn(client_ns, TCP_CLIENT, server_ip, port, size, CONNECT_TIMEOUT, IDLE_TIMEOUT)
     c_out, c_err = cli.communicate()  # ends by itself: connect and idle timeouts
@@ -890,6 +903,30 @@ def test_jumbo_mtu_with_a_host_behind_a_kernel_vtep(fabric):
             ("jumbo vtep host -> pod a", a["ns"], a["ip"], vm),
         ],
     )
+
+
+def test_jumbo_frames_queued_by_a_slow_reader_arrive_intact(fabric):
+    """Single jumbo frames (the kernel-VTEP host's segmentation offloads
+    off: 8964-byte frames, not super-frames) sent to a pod whose
+    application reads slowly: its TCP receive queue holds hundreds of them
+    while the core keeps sending through the pod port's tx ring, which
+    wraps many times meanwhile. What the pod reads is what was sent: a
+    queued frame's bytes are its own, not a later frame's."""
+    fab, vm, a, _ = jumbo_fabric(fabric, host=True)
+    nsx(vm, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", check=True)
+    reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")
+    tcp_transfer(
+        fab,
+        "jumbo frames, vtep host -> a slow reader in pod a",
+        a["ns"],
+        a["ip"],
+        vm,
+        size=16 * MB,
+        slow_reader=(8 * MB, 0.002),
+    )
+    # they came as single frames through the pod port's tx ring
+    pod = _port_row(fab.nodes[1], lambda p: p["role"] == "pod" and p["pod"].endswith("a"))
+    assert pod["tx_bytes"] > 16 * MB and pod["tx_bytes"] / pod["tx_packets"] > 8000, pod
 
 
 def test_a_jumbo_frame_longer_than_its_datagram_is_cut_to_it(fabric):

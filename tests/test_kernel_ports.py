@@ -53,8 +53,14 @@ class Topo:
     """The namespaces, veths and the kernel VTEP; the engine in a child."""
 
     def __init__(
-        self, underlay_mtu=1500, pod_offloads=("tso", "off", "gso", "off"), tnl_seg_off=True
+        self,
+        underlay_mtu=1500,
+        pod_offloads=("tso", "off", "gso", "off"),
+        tnl_seg_off=True,
+        pod_mtu=None,
     ):
+        """``pod_mtu``: {pod: MTU} for pods whose veth differs from the
+        underlay's MTU less 50 when their port is opened."""
         tag = uuid.uuid4().hex[:6]
         self.ns = {k: f"dpk{k}-{tag}" for k in ("c", "a", "b", "v")}
         self.mtu = underlay_mtu
@@ -64,25 +70,9 @@ class Topo:
         c = self.ns["c"]
         for k in ("a", "b"):
             ns = self.ns[k]
-            sh(
-                "ip",
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                ns,
-                "mtu",
-                str(underlay_mtu - 50),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                f"p{k}",
-                "netns",
-                c,
-                "mtu",
-                str(underlay_mtu - 50),
-            )
+            mtu = str((pod_mtu or {}).get(k, underlay_mtu - 50))
+            sh("ip", "link", "add", "eth0", "netns", ns, "mtu", mtu,
+               "type", "veth", "peer", "name", f"p{k}", "netns", c, "mtu", mtu)  # fmt: skip
             sh("ip", "link", "set", "lo", "up", ns=ns)
             sh("ip", "addr", "add", f"{POD_IP[k]}/24", "dev", "eth0", ns=ns)
             sh("ip", "link", "set", "eth0", "up", ns=ns)
@@ -539,6 +529,39 @@ def test_a_frame_longer_than_a_pods_mtu_is_dropped_not_left_in_the_ring(jumbo):
     ping_rtts(jumbo.ns["a"], POD_IP["b"], count=5, interval="0.1", size=1000)
     r = sh("ping", "-c", "3", "-i", "0.2", "-W", "1", POD_IP["a"], ns=jumbo.ns["b"], check=False)
     assert " 0% packet loss" in r.stdout, r.stdout
+
+
+def test_a_frame_longer_than_the_ring_frames_of_a_port_whose_mtu_grew_is_sent():
+    """Pod b's port opened at MTU 1450 (its rings' frames sized for that),
+    then b's MTU raised to 8950: a 3000-byte frame for b fits the interface
+    but no tx ring frame. It is sent past the ring, as a super-frame is,
+    and counted as sent - not dropped with the frames behind it as a full
+    ring. (b's replies do not fit its rx ring's frames: counted there as
+    oversize, as before.)"""
+    t = Topo(underlay_mtu=9000, pod_mtu={"b": 1450})
+    try:
+        t.start_engine()
+        sh("ip", "link", "set", "pb", "mtu", "8950", ns=t.ns["c"])
+        sh("ip", "link", "set", "eth0", "mtu", "8950", ns=t.ns["b"])
+        ping_rtts(t.ns["a"], POD_IP["b"], count=2, interval="0.1", size=1000)
+        c0 = t.counters()  # reading the counters reads the MTU again
+        in0 = icmp_in_echos(t.ns["b"])
+        sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-s", "3000", POD_IP["b"], ns=t.ns["a"],
+           check=False)  # fmt: skip
+        c1 = t.counters()
+        assert icmp_in_echos(t.ns["b"]) - in0 == 3, (c0["drops"], c1["drops"])
+        for why in ("tx_full", "kport_tx_oversize", "kport_tx_error"):
+            assert c1["drops"].get(why, 0) == c0["drops"].get(why, 0), (c0["drops"], c1["drops"])
+        tx0, tx1 = c0["ports"]["pb"], c1["ports"]["pb"]
+        assert tx1["tx_bytes"] - tx0["tx_bytes"] >= 3 * 3042, (tx0, tx1)
+    finally:
+        t.close()
+
+
+def icmp_in_echos(ns):
+    """echo requests ns's stack has received"""
+    out = sh("nstat", "-az", "IcmpInEchos", ns=ns).stdout
+    return int(out.split("IcmpInEchos")[1].split()[0])
 
 
 def test_oversize_frame_is_counted(topo):
