@@ -833,9 +833,11 @@ dp_afp_tunnel_open(struct dp_afp *a, const char *tap)
 void
 dp_afp_tunnel_close(struct dp_afp *a)
 {
-    if (a->tx.tfd >= 0)
-        (void)close(a->tx.tfd);
-    a->tx.tfd = -1;
+    int fd = a->tx.tfd;
+
+    __atomic_store_n(&a->tx.tfd, -1, __ATOMIC_RELAXED);
+    if (fd >= 0)
+        (void)close(fd);
 }
 
 /*
@@ -1331,8 +1333,9 @@ afp_tx_tnl(struct dp_afp *a, struct rte_mbuf *m)
     uint32_t inner_nh = outer + m->l2_len, inner_th = inner_nh + m->l3_len;
     int udp = (m->ol_flags & RTE_MBUF_F_TX_UDP_SEG) != 0;
     unsigned ni = 0;
+    int tfd = __atomic_load_n(&a->tx.tfd, __ATOMIC_RELAXED); /* read once */
 
-    if (unlikely(a->tx.tfd < 0 || m->nb_segs >= AFP_IOV_MAX))
+    if (unlikely(tfd < 0 || m->nb_segs >= AFP_IOV_MAX))
         return -1;
     memset(&th, 0, sizeof(th));
     th.h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
@@ -1350,7 +1353,7 @@ afp_tx_tnl(struct dp_afp *a, struct rte_mbuf *m)
     iov[ni].iov_base = &th;
     iov[ni++].iov_len = AFP_TNL_HDR_LEN;
     ni = afp_iov_chain(iov, ni, m);
-    if (writev(a->tx.tfd, iov, (int)ni) != (ssize_t)(AFP_TNL_HDR_LEN + m->pkt_len)) {
+    if (writev(tfd, iov, (int)ni) != (ssize_t)(AFP_TNL_HDR_LEN + m->pkt_len)) {
         /* the tap is gone (deleted by hand: EBADFD) or down (EIO): the
          * pipeline cuts super-frames from now on (dp_afp_tunnel_ok) */
         if (errno == EBADFD || errno == EIO || errno == ENODEV)

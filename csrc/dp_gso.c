@@ -120,9 +120,10 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         memcpy(hdr, h, hl);
 
     /* what every segment starts from */
+    /* (TCP's: a UDP header is 8 bytes, and what follows it was not read) */
     const struct rte_tcp_hdr *th0 = (const struct rte_tcp_hdr *)(hdr + il + l3);
-    const uint32_t seq0 = rte_be_to_cpu_32(th0->sent_seq);
-    const uint8_t flags0 = th0->tcp_flags;
+    const uint32_t seq0 = udp ? 0 : rte_be_to_cpu_32(th0->sent_seq);
+    const uint8_t flags0 = udp ? 0 : th0->tcp_flags;
     uint16_t id0 = 0, oid0 = 0;
     if (tun)
         oid0 = rte_be_to_cpu_16(((const struct rte_ipv4_hdr *)(hdr + ol2))->packet_id);

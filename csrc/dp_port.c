@@ -609,6 +609,7 @@ dp_port_tunnel_tap(int idx, const char *tap)
     if (tap == NULL) {
         if (__atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED))
             return dp_fail(-EBUSY, "port %d (%s): tunnel GSO is on", idx, p->name);
+        dp_sync(); /* no worker still sends through it (tunnel GSO just off) */
         dp_afp_tunnel_close(p->afp);
         return 0;
     }
