@@ -82,6 +82,9 @@ class Route:
         check_keys(body, "", self.body, what="field", name="request body")
         query = {k: self.query[k](v, k) for k, v in query.items()}
         body = {k: self.body[k](v, k) for k, v in body.items() if v is not None}
+        for k in query.keys() & body.keys():
+            if query[k] != body[k]:  # which one was meant?
+                raise fail(k, f"{query[k]!r} in the query, {body[k]!r} in the body")
         for k in self.required:
             if body.get(k) is None and query.get(k) is None:
                 raise fail(k, "is required")
@@ -463,10 +466,19 @@ def _call_once(path, method, endpoint, body, timeout, query):
             conn.request(method, endpoint, body=data, headers=headers)
         except (BrokenPipeError, ConnectionResetError):
             pass  # answered before it was read (a busy server's 503): read that
-        resp = conn.getresponse()
-        obj = json.loads(resp.read() or b"null")
+        try:
+            resp = conn.getresponse()
+            obj = json.loads(resp.read() or b"null")
+        except http.client.RemoteDisconnected:
+            raise  # an OSError: closed without an answer
+        except (http.client.HTTPException, ValueError) as e:
+            # another program's socket (not HTTP, or not our JSON)
+            raise APIError(
+                0, f"{path} did not answer as the dataplane API ({type(e).__name__})"
+            ) from None
         if resp.status != 200:
-            raise APIError(resp.status, (obj or {}).get("error", f"HTTP {resp.status}"))
+            err = obj.get("error") if isinstance(obj, dict) else None
+            raise APIError(resp.status, err or f"HTTP {resp.status}")
         return obj
     finally:
         conn.close()

@@ -323,6 +323,8 @@ def check_rate(value, path: str) -> int:
         if not m:
             raise fail(path, f"{show(value)} is not a rate in bit/s (e.g. 100M, 2.5G)")
         f = float(m.group(1)) * _RATE_UNIT[m.group(2).lower()]
+        if not f <= _RATE_MAX:  # also what float() made infinite
+            raise fail(path, f"{show(value)} out of range 0..400G")
         if 0 < f < SHAPER_RATE_MIN:  # 0.5 is no 0 (none)
             raise fail(path, f"{show(value)} is below {SHAPER_RATE_MIN} bit/s (use 0 for none)")
         n = int(f)
@@ -334,6 +336,9 @@ def check_rate(value, path: str) -> int:
 
 
 # ---------------------------------------------------------------- Ethernet
+_OCTET_RE = re.compile(r"[0-9A-Fa-f]{2}")  # int(x, 16) would take "+2" or " 2"
+
+
 def parse_mac(value, path: str = "mac") -> bytes:
     """Any MAC, 'aa:bb:cc:dd:ee:ff' or 'aa-bb-...' or 6 bytes, as 6 bytes."""
     if isinstance(value, (bytes, bytearray)):
@@ -342,7 +347,7 @@ def parse_mac(value, path: str = "mac") -> bytes:
         raise fail(path, f"{len(value)} bytes are not a MAC address")
     parts = str(value).replace("-", ":").split(":")
     try:
-        if len(parts) != 6 or any(len(x) != 2 for x in parts):
+        if len(parts) != 6 or not all(_OCTET_RE.fullmatch(x) for x in parts):
             raise ValueError
         return bytes(int(x, 16) for x in parts)
     except ValueError:
@@ -493,8 +498,10 @@ def check_listen(value, path: str) -> Optional[str]:
             raise fail(path, f"{host[1:-1]!r} is not an IPv6 address") from None
     elif ":" in host:
         raise fail(path, f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise fail(path, f"port {port!r} out of range 0..65535")
+    if not port:
+        raise fail(path, f"{value!r} has no port (e.g. 127.0.0.1:9464)")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise fail(path, f"port {port!r} out of range 1..65535")
     return value
 
 
@@ -518,7 +525,7 @@ def check_etcd_endpoints(value, path: str) -> Tuple[str, ...]:
         try:
             port = u.port
         except ValueError:
-            raise fail(p, f"{url!r}: the port is not a number in 0..65535") from None
+            raise fail(p, f"{url!r}: the port is not a number in 1..65535") from None
         if not u.hostname:
             raise fail(p, f"{url!r} has no host")
         if any(c.isspace() or c in "\0\\" for c in u.hostname):
@@ -529,6 +536,8 @@ def check_etcd_endpoints(value, path: str) -> Tuple[str, ...]:
             )
         if port is None:
             raise fail(p, f"{url!r} has no port (etcd's client port is usually 2379)")
+        if port == 0:
+            raise fail(p, f"{url!r}: the port is not a number in 1..65535")
         if u.path not in ("", "/") or u.query or u.fragment or u.username or u.password:
             raise fail(p, f"{url!r}: give only scheme, host and port (http://host:port)")
         url = f"{u.scheme}://{u.netloc}"

@@ -357,10 +357,14 @@ def cmd_pod(args):
         spec = args.spec
         if spec.startswith("@"):
             try:
-                with open(spec[1:]) as f:
+                with open(spec[1:], encoding="utf-8") as f:
                     spec = f.read()
             except OSError as e:
                 raise SystemExit(f"dataplane: --spec {spec}: {e.strerror or e}")
+            except UnicodeDecodeError as e:
+                raise SystemExit(
+                    f"dataplane: --spec {spec}: not UTF-8 text (byte {e.start})"
+                ) from None
         info = _call(
             args, "POST", "/v1/pods", {"name": args.name, "netns": args.netns, "spec": spec}
         )
@@ -531,6 +535,8 @@ def cmd_attachment(args):
     if args.att_cmd == "del":
         # the list shows the first 12 characters of an ID, as container
         # runtimes do: a unique prefix names the container
+        if not args.container_id.strip():
+            raise SystemExit("dataplane: attachment del: container_id is empty")
         atts = _call(args, "GET", "/v1/attachments")
         ids = {a["container_id"] for a in atts if a["ifname"] == args.ifname}
         match = sorted(i for i in ids if i.startswith(args.container_id))

@@ -504,7 +504,12 @@ def _construct_int(loader, node):
             f"write it without the 0, or in quotes for text",
             node.start_mark,
         )
-    return yaml.SafeLoader.construct_yaml_int(loader, node)
+    try:
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    except ValueError:  # more digits than Python converts (4300)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of {len(text)} characters is out of any range", node.start_mark
+        ) from None
 
 
 def _construct_float(loader, node):
@@ -744,6 +749,12 @@ def _node_config(data, base_dir) -> NodeConfig:
     pod_socket_dir = check_abspath(
         top.get("pod_socket_dir", DEFAULT_POD_SOCKET_DIR), "pod_socket_dir", base_dir
     )
+    if os.path.commonpath([api_socket, pod_socket_dir]) == api_socket:
+        raise fail(
+            "pod_socket_dir",
+            f"{pod_socket_dir} is api_socket {api_socket} or under it: the two need paths "
+            "of their own",
+        )
     return NodeConfig(
         node=node,
         mode=mode,
@@ -993,6 +1004,9 @@ def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
             )
     classify = check_list(spec.get("classify_dscp"), f"{p}.classify_dscp", "list of DSCP values")
     classify = [check_dscp(d, f"{p}.classify_dscp[{i}]") for i, d in enumerate(classify)]
+    for i, d in enumerate(classify):
+        if d in classify[:i]:
+            raise fail(f"{p}.classify_dscp[{i}]", f"DSCP {d} is given twice")
     return PlaneConfig(name, prio, ifn, min_rate, max_rate, qlen, dscp, worker, rxq, classify)
 
 

@@ -29,8 +29,9 @@ import os
 import shutil
 from typing import Any, Dict, Optional, Tuple
 
-from .checks import IFNAMSIZ, check_int, check_pow2, fail
+from .checks import IFNAMSIZ, check_ifname, check_int, check_pow2, fail
 from .errors import ConfigError, DataplaneError, ResourceError
+from .vf import PCI_RE
 
 VETH = "veth"
 MEMIF = "memif"
@@ -85,6 +86,14 @@ def parse_interface(value, plane: str) -> Tuple[str, Optional[str], Dict[str, An
                 f"{path}.device",
                 "is required for kind vf (the VF's host interface name or PCI address)",
             )
+        if not PCI_RE.fullmatch(dev):
+            try:
+                check_ifname(dev, f"{path}.device")
+            except ConfigError:
+                raise fail(
+                    f"{path}.device",
+                    f"{dev!r} is neither an interface name nor a PCI address (0000:03:00.2)",
+                ) from None
         if "vlan" in opts:
             check_int(opts["vlan"], f"{path}.vlan", 0, 4094)
         for key in ("spoofchk", "trust"):

@@ -333,11 +333,11 @@ def _listed_planes(planes, pod_type: str, config: NodeConfig) -> List[str]:
 
 def _check_pod_ip(ip: str, plane: str, net) -> str:
     subnet = ipaddress.IPv4Network(net.subnet)
-    addr, _, plen = ip.partition("/")
+    addr, slash, plen = ip.partition("/")
     a = parse_ipv4(addr, f"ips.{plane}")
-    if plen and not (plen.isascii() and plen.isdigit() and int(plen) <= 32):
+    if slash and not (plen.isascii() and plen.isdigit() and int(plen) <= 32):
         raise ConfigError(f"ips.{plane}: /{plen} in {ip!r} is not a prefix length (0..32)")
-    if plen and plen != str(subnet.prefixlen):
+    if plen and int(plen) != subnet.prefixlen:
         raise ConfigError(
             f"ips.{plane}: prefix length /{plen} differs from network {net.name}'s subnet {subnet}"
         )

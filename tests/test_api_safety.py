@@ -184,6 +184,70 @@ def test_bad_query_refused(node, query, words):
     refused(node, request("DELETE", f"/v1/pods?{query}"), 400, words)
 
 
+def test_a_name_in_the_query_and_another_in_the_body_refused(node):
+    """Which pod was meant? Neither is deleted."""
+    body = json.dumps({"name": "other"}).encode()
+    refused(
+        node,
+        request("DELETE", f"/v1/pods?name={node.victim['name']}", body),
+        400,
+        f"name: '{node.victim['name']}' in the query, 'other' in the body",
+    )
+
+
+def test_cli_refuses_an_empty_container_id_before_asking_anything(node):
+    with unchanged(node):
+        r = node.cli("attachment", "del", "", "eth0", check=False)
+    assert r.returncode != 0 and "container_id is empty" in r.stderr, r.stderr
+
+
+def test_cli_names_a_spec_file_that_is_not_utf8(node, tmp_path):
+    f = tmp_path / "spec.json"
+    f.write_bytes(b'{"network_plane": "\xff"}')
+    with unchanged(node):
+        r = node.cli("pod", "add", "p9", "--netns", "/var/run/netns/x", "--spec", f"@{f}",
+                     check=False)  # fmt: skip
+    assert r.returncode != 0, r
+    assert f"--spec @{f}: not UTF-8 text (byte 19)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"hello\n", b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n<html></html>"],
+    ids=["not-http", "not-json"],
+)
+def test_cli_on_another_programs_socket_says_so(tmp_path, answer):
+    """--socket naming a socket some other program listens on: not our
+    API, said in one line, not a traceback."""
+    path = str(tmp_path / "other.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def answer_once():
+        c, _ = srv.accept()
+        with c:
+            c.recv(65536)
+            c.sendall(answer)
+
+    t = threading.Thread(target=answer_once, daemon=True)
+    t.start()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "status", "--socket", path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        t.join(timeout=10)
+        srv.close()
+    assert r.returncode != 0
+    assert f"{path} did not answer as the dataplane API" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_query_on_a_route_without_parameters_refused(node):
     refused(node, request("GET", "/v1/pods?x=1"), 400, "x: unknown query parameter")
 

@@ -105,6 +105,9 @@ def test_rates():
     refused(checks.check_rate, 0.5, "r", match=r"^r: 0\.5 is below 8000 bit/s \(use 0 for none\)")
     assert checks.check_rate("0", "r") == checks.check_rate(0.0, "r") == 0
     refused(checks.check_rate, "401G", "r", match=r"out of range 0\.\.400G")
+    # more digits than a float holds: out of range, not a traceback
+    refused(checks.check_rate, "1" * 400, "r", match=r"^r: '1{400}' out of range 0\.\.400G")
+    refused(checks.check_rate, "9" * 400 + "G", "r", match=r"out of range 0\.\.400G")
 
 
 def test_mode_and_lcores():
@@ -158,6 +161,9 @@ def test_mac_forms(form):
         "020000000001",
         "",
         5,
+        "+2:00:00:00:00:07",  # int(x, 16) would take a sign
+        " 2:00:00:00:00:07",  # or a space
+        "02:00:00:00:00:0x",
     ],
 )
 def test_mac_malformed(bad):

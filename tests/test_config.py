@@ -293,6 +293,10 @@ def test_top_level_errors():
     )
     bad(cfg(metrics={"listen": "::1:9464"}), r"^metrics\.listen: .*brackets")
     bad(cfg(metrics={"listen": "127.0.0.1:99999"}), r"^metrics\.listen: port '99999'")
+    bad(cfg(metrics={"listen": "127.0.0.1:"}), r"^metrics\.listen: '127\.0\.0\.1:' has no port")
+    bad(cfg(metrics={"listen": "127.0.0.1:0"}), r"^metrics\.listen: port '0' out of range 1\.\.")
+    # digits of another script are digits to str.isdigit, not a port
+    bad(cfg(metrics={"listen": "127.0.0.1:\u0663\u0663"}), r"^metrics\.listen: port '.*' out of")
     bad(cfg(api_socket="/" + "x" * 120), r"^api_socket: .*longer than 107 bytes")
     bad([1, 2], r"^configuration: must be a mapping, not list")
 
@@ -744,3 +748,33 @@ def test_check_refuses_a_metrics_address_the_service_could_not_listen_on(tmp_pat
         text=True,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_a_number_too_long_for_python_names_its_line(tmp_path):
+    """An integer of more digits than Python converts (4300) is refused with
+    the line it is on, not a traceback."""
+    p = tmp_path / "node.yaml"
+    p.write_text("node: n\nmemory_mb: " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 12: .*5000 characters is out of"):
+        load_config(p)
+
+
+def test_a_dscp_given_twice_in_one_plane_is_refused():
+    bad(
+        cfg(planes={"std": {"classify_dscp": [46, 46]}}),
+        r"^planes\.std\.classify_dscp\[1\]: DSCP 46 is given twice",
+    )
+
+
+def test_api_socket_and_pod_socket_dir_need_paths_of_their_own():
+    bad(
+        cfg(api_socket="/run/dataplane/pods", pod_socket_dir="/run/dataplane/pods"),
+        r"^pod_socket_dir: /run/dataplane/pods is api_socket",
+    )
+
+
+def test_an_etcd_endpoint_on_port_0_is_refused():
+    bad(
+        cfg(store={"kind": "etcd", "endpoints": ["http://h:0"]}),
+        r"^store\.endpoints\[0\]: 'http://h:0': the port is not a number in 1\.\.65535",
+    )

@@ -447,6 +447,11 @@ CONFIG = {
         ({"kind": "vf"}, "interfaces.media.device: is required for kind vf"),
         ({"kind": "vf", "device": "eth9", "vlan": 5000}, "interfaces.media.vlan"),
         ({"kind": "vf", "device": "eth9", "socket": "/x"}, "option 'socket' does not fit"),
+        (
+            {"kind": "vf", "device": "../../x y"},
+            "interfaces.media.device: '../../x y' is neither an interface name nor a PCI address",
+        ),
+        ({"kind": "vf", "device": ".."}, "is neither an interface name nor a PCI address"),
     ],
 )
 def test_bad_interface_kinds_and_options_named(iface, message):

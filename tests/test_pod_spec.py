@@ -203,6 +203,7 @@ def test_other_invalid_json():
         ({"ips": {"std": "192.168.10.0"}}, r"^ips\.std: .*network or broadcast"),
         ({"ips": {"std": "192.168.10.7/16"}}, r"^ips\.std: prefix length /16 differs"),
         ({"ips": {"std": "192.168.10.7/abc"}}, r"^ips\.std: /abc in .* is not a prefix length"),
+        ({"ips": {"std": "192.168.10.7/"}}, r"^ips\.std: / in .* is not a prefix length"),
         ({"ips": {"std": 5}}, r"^ips\.std: 5 is not an address$"),
         ({"ips": {"std": "nope"}}, r"^ips\.std: 'nope' is not an IPv4 address"),
         ({"macs": {"std": "01:00:00:00:00:01"}}, r"^macs\.std: .*multicast"),
