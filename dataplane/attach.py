@@ -184,8 +184,17 @@ class Attachments:
 
     # ---------------------------------------------------------------- DEL
     def delete(self, body: dict) -> dict:
-        """Detach (container_id, ifname); nothing to do is a success."""
-        cid, ifname = _key(body)
+        """Detach (container_id, ifname); nothing to do is a success - also
+        for a key an ADD refuses (an interface name such as ``lo``, one
+        longer than the kernel takes, a container ID that is not one): that
+        ADD made nothing, and the CNI specification has its DEL succeed."""
+        given = body.get("container_id"), body.get("ifname")
+        try:
+            cid, ifname = _key(body)
+        except ConfigError:
+            if all(isinstance(v, str) and v for v in given):
+                return {"deleted": None}  # never attached: nothing to delete
+            raise  # a key not given at all: the request's fault
         name = attachment_name(cid, ifname)
         return {"deleted": name if self._remove(name) else None}
 
@@ -235,7 +244,21 @@ class Attachments:
         pod = self.store.pod(name)
         if rec is None or not pod:
             raise NotFound(f"{name} is not an attachment of this node")
-        p = self.pods.pod_info(name)["planes"][0]
+        planes = self.pods.pod_info(name)["planes"]
+        if not planes:  # its ADD runs now (or died): no endpoint recorded yet
+            return {
+                "name": name,
+                **rec,
+                "netns": pod["netns"],
+                "state": pod["state"],
+                "plane": None,
+                "network": None,
+                "mac": None,
+                "ip": None,
+                "host_ifname": None,
+                "port": None,
+            }
+        p = planes[0]
         net = self.config.network(p["network"])
         out = {
             "name": name,
@@ -330,6 +353,14 @@ class Attachments:
                     ],
                 }
             raise NotFound(f"container {cid} interface {ifname} is not attached on this node")
+        if a["plane"] is None:  # being attached: nothing to compare yet
+            return {
+                **a,
+                "problems": [
+                    f"container {cid} interface {ifname} is being attached (its ADD has not "
+                    f"finished: state {a['state']})"
+                ],
+            }
         netns = body.get("netns") or a["netns"]
         problems = []
         if netns != a["netns"]:
@@ -432,7 +463,11 @@ def _vf_problems(a: dict, netns: str) -> List[str]:
 
 
 def attachment_routes(att: Attachments) -> Dict[tuple, object]:
-    """The control API's attachment routes (added to ``status.api_routes``)."""
+    """The control API's attachment routes (added to ``status.api_routes``),
+    each a :class:`~dataplane.api.Route` naming the fields it takes: an
+    unknown one (a misspelt ``ipv4`` for ``ip``) is refused, named, with
+    the closest known one. The values are checked by the handlers."""
+    from .api import Route
 
     def key_of(b, q) -> dict:
         return {
@@ -440,11 +475,43 @@ def attachment_routes(att: Attachments) -> Dict[tuple, object]:
             "ifname": q.get("ifname") or b.get("ifname"),
         }
 
+    def fields(*names):
+        return {n: _as_given for n in names}
+
+    key = fields("container_id", "ifname")
     return {
-        ("GET", "/v1/attachments"): lambda b, q: att.list(),
-        ("POST", "/v1/attachments"): lambda b, q: att.add(b),
-        ("DELETE", "/v1/attachments"): lambda b, q: att.delete(key_of(b, q)),
-        ("POST", "/v1/attachments/check"): lambda b, q: att.check(b),
-        ("POST", "/v1/attachments/gc"): lambda b, q: att.gc(b),
-        ("GET", "/v1/attachments/ready"): lambda b, q: att.ready(),
+        ("GET", "/v1/attachments"): Route(lambda b, q: att.list()),
+        ("POST", "/v1/attachments"): Route(lambda b, q: att.add(b), body=fields(*ADD_FIELDS)),
+        ("DELETE", "/v1/attachments"): Route(
+            lambda b, q: att.delete(key_of(b, q)), body=key, query=key
+        ),
+        ("POST", "/v1/attachments/check"): Route(
+            lambda b, q: att.check(b), body=fields("container_id", "ifname", "netns")
+        ),
+        ("POST", "/v1/attachments/gc"): Route(
+            lambda b, q: att.gc(b), body=fields("cni_network", "valid")
+        ),
+        ("GET", "/v1/attachments/ready"): Route(lambda b, q: att.ready()),
     }
+
+
+#: the fields an ADD (POST /v1/attachments) takes
+ADD_FIELDS = (
+    "container_id",
+    "ifname",
+    "netns",
+    "network",
+    "plane",
+    "kind",
+    "ip",
+    "mac",
+    "device",
+    "options",
+    "dhcp_server",
+    *_TEXT_KEYS,
+)
+
+
+def _as_given(value, path):
+    """A field's value as given: the handler checks it, in its own words."""
+    return value

@@ -266,7 +266,10 @@ def _check_env(environ, command):
         or any(c in ifname for c in "/:\0")
         or any(c.isspace() for c in ifname)
     ):
-        raise CNIError(ERR_ENV, f"CNI_IFNAME: {ifname!r} is not a valid interface name")
+        if command == "DEL":  # never added either: DEL answers with success
+            out["never_added"] = True
+        else:
+            raise CNIError(ERR_ENV, f"CNI_IFNAME: {ifname!r} is not a valid interface name")
     netns = _env(environ, "CNI_NETNS", required=command != "DEL")
     if netns and not netns.startswith("/"):
         raise CNIError(ERR_ENV, f"CNI_NETNS: {netns!r} is not a path")

@@ -76,6 +76,15 @@ def _unfinished(state: str) -> str:
     return "add" if state == "pending" else "delete"
 
 
+def _why(err: BaseException) -> str:
+    """An error as a log line says it: ours by its message; another (a
+    netlink error, an IndexError) with its type, which its message alone
+    may not say (``(19, 'No such device')``)."""
+    if isinstance(err, DataplaneError):
+        return str(err)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
 @functools.lru_cache(maxsize=None)
 def _boot_id() -> str:
     """This boot's id (the kernel's random boot_id), read once."""
@@ -624,41 +633,52 @@ class PodLife:
             if planes >= POD_ENDS_PER_ROUND:
                 break
             checked += 1
-            specs = {p.plane: p for p in self._stored_spec(pod["name"], pod)}  # one read
-            eps = [
-                e
-                for e in self.store.endpoints(pod=pod["name"])
-                if e["plane"] in specs and specs[e["plane"]].kind == VETH and e.get("host_ifname")
-            ]
-            ends = {}
-            for e in eps:
-                p = specs[e["plane"]]
-                if e["network"] in self.networks:
-                    ends[e["host_ifname"]] = self._pod_end(
-                        pod["name"], p, self.config.network(e["network"]), e["ip"]
-                    )
-            planes += len(ends)
-            lacking = pod_ends_lacking(pod["netns"], list(ends.values())) if ends else {}
-            if not lacking:
-                continue
-            with self.lock:  # a delete and re-add meanwhile: the record again
-                now = self.store.pod(pod["name"])
-                if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
-                    continue
-                for e in eps:
-                    if e["host_ifname"] in lacking:
-                        self._restore_pod_end(now, e, "housekeeping")
+            try:
+                planes += self._check_pod_end(pod, pod_ends_lacking)
+            except DataplaneError:  # the store's: the service's round says so
+                raise
+            except Exception as err:  # noqa: BLE001 - one pod's, not the node's
+                self._reap_failed(pod, err)
         self._ends_turn = start + checked
 
+    def _check_pod_end(self, pod, pod_ends_lacking) -> int:
+        """One pod's part of :meth:`_check_pod_ends`: the planes looked at."""
+        specs = {p.plane: p for p in self._stored_spec(pod["name"], pod)}  # one read
+        eps = [
+            e
+            for e in self.store.endpoints(pod=pod["name"])
+            if e["plane"] in specs and specs[e["plane"]].kind == VETH and e.get("host_ifname")
+        ]
+        ends = {}
+        for e in eps:
+            p = specs[e["plane"]]
+            if e["network"] in self.networks:
+                ends[e["host_ifname"]] = self._pod_end(
+                    pod["name"], p, self.config.network(e["network"]), e["ip"]
+                )
+        lacking = pod_ends_lacking(pod["netns"], list(ends.values())) if ends else {}
+        if not lacking:
+            return len(ends)
+        with self.lock:  # a delete and re-add meanwhile: the record again
+            now = self.store.pod(pod["name"])
+            if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
+                return len(ends)
+            for e in eps:
+                if e["host_ifname"] in lacking:
+                    self._restore_pod_end(now, e, "housekeeping")
+        return len(ends)
+
     def _replay_mtu(self, pod, e):
-        """A plane whose veth has another MTU than its network now has (the
-        underlay's MTU changed in the config while the service was down)
-        gets the network's, both ends, before its port is attached."""
-        from .podnet import set_plane_mtu
+        """A plane whose veth has an MTU above the one its network now has
+        (the underlay's MTU lowered in the config while the service was
+        down) gets the network's, each end above it, before its port is
+        attached. An MTU is only ever lowered, never raised: a pod end a
+        later chained CNI plugin (``tuning``) set lower keeps its MTU."""
+        from .podnet import lower_plane_mtu
 
         mtu = self.config.network(e["network"]).mtu
         try:
-            if set_plane_mtu(e["host_ifname"], pod["netns"], mtu):
+            if lower_plane_mtu(e["host_ifname"], pod["netns"], mtu):
                 event("replay: plane MTU set", pod=pod["name"], plane=e["plane"], mtu=mtu)
         except Exception as err:  # the pod still works at its old MTU
             log.warning(
@@ -720,33 +740,57 @@ class PodLife:
         removed, alive = [], []
         links = {n for _, n in socket.if_nameindex()}  # once a round
         for pod in self.store.pods(node=self.config.node):
-            if pod["state"] != "ready":
-                if self.leftover(pod) and self._remove_leftover(pod, "housekeeping"):
+            try:
+                if self._reap_one(pod, links, alive):
                     removed.append(pod["name"])
-                continue
-            if not self._gone(pod, links):
-                alive.append(pod)
-                if pod["name"] in self.unattached:
-                    self._reattach_again(pod)
-                continue
-            with self.lock:  # again under the lock: a delete and re-add meanwhile
-                now = self.store.pod(pod["name"])
-                if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
-                    continue
-                why = self._gone(now, _Present())  # each name looked up: exact
-                if not why:
-                    continue
-                if not netns_gone(now):  # a veth deleted, the pod lives
-                    eps = self.store.endpoints(pod=now["name"])
-                    for e in self._veths_missing(self._kinds(now["name"]), eps, _Present()):
-                        self._remake_veth(now, e, "housekeeping")
-                    continue
-                self._remove(now["name"], self.store.endpoints(pod=now["name"]))
-                self.on_removed()
-            warning_event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
-            removed.append(pod["name"])
+            except DataplaneError:  # the store's (or ours): the service's round says so
+                raise
+            except Exception as err:  # noqa: BLE001 - one pod's, not the node's
+                self._reap_failed(pod, err)
         self._check_pod_ends(alive)
         return removed
+
+    @staticmethod
+    def _reap_failed(pod, err: Exception):
+        """A housekeeping step for pod ``pod`` that failed unexpectedly (not
+        one of our errors: a netlink error, an IndexError): logged with the
+        pod's name; the other pods' steps go on, the next round tries it
+        again."""
+        log.error(
+            "housekeeping: pod %s: %s; its other pods go on, the next round tries again",
+            pod["name"],
+            _why(err),
+            exc_info=err,
+            extra={"fields": {"pod": pod["name"], "why": _why(err)}},
+        )
+
+    def _reap_one(self, pod, links, alive: list) -> bool:
+        """One pod's part of :meth:`reap` (``links``: this namespace's
+        interface names; a pod alive is put in ``alive``). Whether it was
+        removed."""
+        if pod["state"] != "ready":
+            return bool(self.leftover(pod) and self._remove_leftover(pod, "housekeeping"))
+        if not self._gone(pod, links):
+            alive.append(pod)
+            if pod["name"] in self.unattached:
+                self._reattach_again(pod)
+            return False
+        with self.lock:  # again under the lock: a delete and re-add meanwhile
+            now = self.store.pod(pod["name"])
+            if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
+                return False
+            why = self._gone(now, _Present())  # each name looked up: exact
+            if not why:
+                return False
+            if not netns_gone(now):  # a veth deleted, the pod lives
+                eps = self.store.endpoints(pod=now["name"])
+                for e in self._veths_missing(self._kinds(now["name"]), eps, _Present()):
+                    self._remake_veth(now, e, "housekeeping")
+                return False
+            self._remove(now["name"], self.store.endpoints(pod=now["name"]))
+            self.on_removed()
+        warning_event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
+        return True
 
     def _reattach_again(self, pod):
         """One more try at pod ``pod`` a replay could not attach (under the
@@ -1234,8 +1278,14 @@ class PodLife:
                 rec = vfs.holder(self.store, p.options["device"])
                 if rec and rec["pod"] == name:
                     vfs.give_back(self.store, p.options["device"])
-            except DataplaneError as err:
-                log.warning("giving back vf %s of pod %s: %s", p.options["device"], name, err)
+            except Exception as err:  # noqa: BLE001 - a netlink error too: the next VF, plane
+                log.warning(
+                    "giving back vf %s of pod %s: %s",
+                    p.options["device"],
+                    name,
+                    _why(err),
+                    extra={"fields": {"pod": name, "device": p.options["device"]}},
+                )
 
     def _add_fast_plane(self, name, netns, p, n, mac, ip, made: _Made):
         """A plane that is not a veth: recorded first, then made (and put in
@@ -1309,23 +1359,28 @@ class PodLife:
         for e in eps:
             if kinds.get(e["plane"], VETH) == VF:
                 continue
+            # each step on its own: one that fails (a netlink error as well as
+            # ours) is logged, and the pod's other steps and planes still run
             if kinds.get(e["plane"], VETH) in SOCKET_KINDS:
                 try:
                     self._drop_fast(name, e["plane"])
-                except DataplaneError as err:
-                    log.warning("removing %s plane %s: %s", name, e["plane"], err)
+                except Exception as err:  # noqa: BLE001
+                    log.warning("removing %s plane %s: %s", name, e["plane"], _why(err))
                 continue
             hif = e["host_ifname"]
             try:
                 self._drop_port(hif)
-            except DataplaneError as err:
-                log.warning("removing port %s: %s", hif, err)
+            except Exception as err:  # noqa: BLE001
+                log.warning("removing port %s of pod %s: %s", hif, name, _why(err))
             try:
                 detach_plane(hif)
-            except DataplaneError as err:
-                log.warning("removing %s: %s", hif, err)
+            except Exception as err:  # noqa: BLE001
+                log.warning("removing %s of pod %s: %s", hif, name, _why(err))
         if any(k in SOCKET_KINDS for k in kinds.values()):
-            fastif.remove_pod_dir(self.config.pod_socket_dir, name)
+            try:
+                fastif.remove_pod_dir(self.config.pod_socket_dir, name)
+            except Exception as err:  # noqa: BLE001
+                log.warning("removing the socket directory of pod %s: %s", name, _why(err))
         self._forget(name)  # detached: not this node's any more
 
     def _forget(self, name: str):

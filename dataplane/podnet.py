@@ -382,19 +382,23 @@ class LinkEvents:
         os.close(self._stop_w)
 
 
-def set_plane_mtu(host_ifname: str, netns_path: str, mtu: int) -> bool:
-    """Both ends of a pod plane's veth to ``mtu`` (the pod's end in its
-    namespace); False if they had it already."""
+def lower_plane_mtu(host_ifname: str, netns_path: str, mtu: int) -> bool:
+    """Each end of a pod plane's veth (the pod's end in its namespace) whose
+    MTU is above ``mtu`` lowered to it; an end at or below it is left as it
+    is - never raised: a pod end a later chained CNI plugin (``tuning``)
+    lowered keeps its MTU. False if neither end was above."""
     found = find_plane(host_ifname, netns_path)
     if found is None or found.peer_index is None:
         return False
-    if found.mtu == mtu and found.pod_mtu == mtu:
-        return False
-    with _ipr(netns_path) as pod_ipr:
-        pod_ipr.link("set", index=found.peer_index, mtu=mtu)
-    with _ipr() as ipr:
-        ipr.link("set", index=found.host_index, mtu=mtu)
-    return True
+    pod_high = found.pod_mtu is not None and found.pod_mtu > mtu
+    host_high = found.mtu is not None and found.mtu > mtu
+    if pod_high:  # the pod's end first: it never sends more than the host end takes
+        with _ipr(netns_path) as pod_ipr:
+            pod_ipr.link("set", index=found.peer_index, mtu=mtu)
+    if host_high:
+        with _ipr() as ipr:
+            ipr.link("set", index=found.host_index, mtu=mtu)
+    return pod_high or host_high
 
 
 def tunnel_tap_name(uplink: str) -> str:
@@ -747,9 +751,25 @@ def _add_subnet_route(pod_ipr, pod_index, iface):
     )
 
 
-def _add_default_route(pod_ipr, pod_index, gw):
-    """The std plane's default route via the network's gateway."""
-    pod_ipr.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=pod_index)
+def _add_default_route(pod_ipr, pod_index, gw, table: int = 254):
+    """The std plane's default route via the network's gateway (in routing
+    table ``table``: main unless the subnet route is in another)."""
+    pod_ipr.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=pod_index, table=table)
+
+
+def _subnet_route_table(pod_ipr, pod_index, iface) -> int:
+    """The routing table the pod end's subnet route is in: main (254), or
+    the one a later chained CNI plugin (sbr) moved it to - where a default
+    route put back must go too, for its gateway to be reachable."""
+    for r in pod_ipr.get_routes(family=socket.AF_INET):  # every table
+        if (
+            r.get("RTA_OIF") == pod_index
+            and r["type"] == 1  # RTN_UNICAST
+            and r["dst_len"] == iface.network.prefixlen
+            and r.get("RTA_DST") == str(iface.network.network_address)
+        ):
+            return r.get("RTA_TABLE") or r["table"]
+    return 254
 
 
 class PodEnd(NamedTuple):
@@ -791,10 +811,12 @@ def _pod_end_lacks(ipr, pod_ipr, end: PodEnd):
         lacks.append("host end up")
     if not peers[0]["flags"] & 1:
         lacks.append("pod end up")
+    # in any routing table: a later chained CNI plugin (sbr) moves them from
+    # main into a table of its own, and that is not a route gone
     routes = [
         r
-        for r in pod_ipr.get_routes(family=socket.AF_INET, table=254)
-        if r.get("RTA_OIF") == pod_index
+        for r in pod_ipr.get_routes(family=socket.AF_INET)  # every table
+        if r.get("RTA_OIF") == pod_index and r["type"] == 1  # RTN_UNICAST: not local's
     ]
     if not any(
         r["dst_len"] == iface.network.prefixlen
@@ -835,7 +857,10 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
     its address with its prefix, both ends up, the subnet route and (std
     plane) the default route - by the attach's own steps. What was put
     back, in LACKS' words, with the address or gateway: [] if nothing was
-    gone or the pair is not there. DataplaneError naming what could not."""
+    gone or the pair is not there. A route is looked for in every routing
+    table (a later chained CNI plugin, sbr, moves them out of main): only
+    one in none is put back - a default route into the table the subnet
+    route is in. DataplaneError naming what could not."""
     iface = parse_ipv4_interface(end.ip_cidr, "ip")
     done: List[str] = []
     what = ""
@@ -867,7 +892,10 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
                 done.append(what)
             if "default route" in lacks:
                 what = f"default route via {end.gateway}"
-                _add_default_route(pod_ipr, pod_index, parse_ipv4(end.gateway, "gateway"))
+                gw = parse_ipv4(end.gateway, "gateway")
+                _add_default_route(
+                    pod_ipr, pod_index, gw, _subnet_route_table(pod_ipr, pod_index, iface)
+                )
                 done.append(what)
     except Exception as e:
         if isinstance(e, DataplaneError):
@@ -1018,9 +1046,26 @@ def detach_plane(host_ifname: str) -> bool:
 
 
 def _host_link(ipr, host_ifname: str):
-    """(index, link) of interface ``host_ifname`` in this namespace, or None."""
-    idx = ipr.link_lookup(ifname=host_ifname)
-    return (idx[0], ipr.get_links(idx[0])[0]) if idx else None
+    """(index, link) of interface ``host_ifname`` in this namespace, or None
+    if there is none - also when it vanishes between the name's lookup and
+    the read of its link (ENODEV: the kernel deletes a dying namespace's
+    veths, and their host ends, in the background). Any other netlink
+    error: a DataplaneError naming the interface."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        idx = ipr.link_lookup(ifname=host_ifname)
+        if not idx:
+            return None
+        links = ipr.get_links(idx[0])
+    except NetlinkError as e:
+        if abs(e.code) in (errno.ENODEV, errno.ENOENT):
+            return None  # gone meanwhile: already gone, not an error
+        cls = BY_ERRNO.get(abs(e.code), DataplaneError)
+        if cls in (ConfigError, AlreadyExists):  # the kernel's, not the caller's input
+            cls = DataplaneError
+        raise cls(f"reading interface {host_ifname}: {_describe(e)}", abs(e.code)) from e
+    return (idx[0], links[0]) if links else None
 
 
 def _link_kind(link) -> Optional[str]:

@@ -1220,7 +1220,9 @@ class NodeService:
         removed (PodLife.reap); a store that does not answer waits for the
         next round; a hung one holds the main loop (and its uplink checks)
         for at most reach.VIEW_WAIT_S a request, not the store's timeout
-        (a removal it cuts off is atomic, and looked at again next round)."""
+        (a removal it cuts off is atomic, and looked at again next round).
+        Any other error ends the round, logged, never the service: its main
+        loop (the uplink's checks, the next rounds) goes on."""
         try:
             with reach.bounded(self.store):
                 self.pods.reap()
@@ -1233,3 +1235,13 @@ class NodeService:
                     e,
                 )
             self._reap_error = str(e)
+        except Exception as e:  # noqa: BLE001 - a bug or the kernel's: not the node's end
+            why = f"{type(e).__name__}: {e}"
+            if why != self._reap_error:
+                log.error(
+                    "housekeeping: round cut short (%s); the service goes on, the next round "
+                    "tries again",
+                    why,
+                    exc_info=e,
+                )
+            self._reap_error = why
