@@ -43,15 +43,25 @@ static __rte_noinline uint32_t
 inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 {
     uint16_t et;
+    uint32_t l3 = RTE_ETHER_HDR_LEN; /* where the IP header starts */
     memcpy(&et, eth + 12, 2);
-    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && m->data_len >= 34) {
-        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
+    /* through up to two VLAN tags (802.1Q, QinQ), as the pods' guard looks */
+    for (int t = 0;
+         t < 2 && (et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || et == RTE_BE16(RTE_ETHER_TYPE_QINQ));
+         t++) {
+        if (m->data_len < l3 + RTE_VLAN_HLEN)
+            break;
+        memcpy(&et, eth + l3 + 2, 2);
+        l3 += RTE_VLAN_HLEN;
+    }
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && m->data_len >= l3 + 20) {
+        const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + l3);
         *tos = ip->type_of_service & 0xfc;
         uint32_t hl = (ip->version_ihl & 0xf) * 4u;
-        return flow_ipv4(ip, m->data_len >= 14 + hl + 4 ? eth + 14 + hl : NULL);
+        return flow_ipv4(ip, m->data_len >= l3 + hl + 4 ? eth + l3 + hl : NULL);
     }
-    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6) && m->data_len >= 54) {
-        const uint8_t *ip6 = eth + 14;
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6) && m->data_len >= l3 + 40) {
+        const uint8_t *ip6 = eth + l3;
         uint32_t vtc;
         memcpy(&vtc, ip6, 4);
         *tos = (uint8_t)((rte_be_to_cpu_32(vtc) >> 20) & 0xfc);

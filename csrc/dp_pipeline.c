@@ -149,7 +149,10 @@ dp_worker_main(void *arg)
                 continue;
 
             /* control-plane frames (ARP requests) leave by the uplink */
-            if (q == 0 && p->role == DP_ROLE_UPLINK && unlikely(!rte_ring_empty(dp.ctrl_tx))) {
+            /* (the VTEP's uplink only: the ring has one consumer, and a
+             * second uplink port may exist while the VTEP moves to it) */
+            if (q == 0 && p->role == DP_ROLE_UPLINK && unlikely(!rte_ring_empty(dp.ctrl_tx)) &&
+                pi == w->vtep->uplink) {
                 struct rte_mbuf *c[DP_BURST];
                 unsigned nc = rte_ring_dequeue_burst(dp.ctrl_tx, (void **)c, DP_BURST, NULL);
                 for (unsigned x = 0; x < nc; x++) {

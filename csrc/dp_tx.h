@@ -82,7 +82,8 @@ shm_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf 
         rte_pktmbuf_free_bulk(m, n);
         return;
     }
-    const int shared = w->id >= p->n_txq; /* queue 0 under the port's lock */
+    /* fewer queues than workers: every worker on queue 0, under the lock */
+    const int shared = p->n_txq < dp.n_workers;
     int sent = shm_tx_burst(p, shared ? 0 : (uint16_t)w->id, shared, m, n);
     if (unlikely(sent < 0)) {
         shm_cut(w, pi);
@@ -115,7 +116,9 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
             shm_tx(w, p, pi, m, n, bytes);
             return;
         }
-        if (likely(w->id < p->n_txq)) {
+        /* a queue per worker, or queue 0 shared by all under the port's
+         * lock (worker 0 too: lock-free it would race the others there) */
+        if (likely(p->n_txq >= dp.n_workers)) {
             sent = rte_eth_tx_burst(p->eth_port, (uint16_t)w->id, m, n);
         } else {
             rte_spinlock_lock(p->tx_lock);

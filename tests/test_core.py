@@ -181,6 +181,32 @@ def test_encap_ipv6_and_non_ip_inner(topo):
         assert ip_checksum_ok(o)
 
 
+def test_encap_looks_through_vlan_tags_for_dscp_and_flow(topo):
+    """A pod's 802.1Q or QinQ frame: its DSCP is copied to the outer header
+    and its flows spread over source ports, as an untagged frame's."""
+    from scapy.layers.l2 import Dot1AD
+
+    def tagged(tags, tos, sport):
+        f = Ether(src=A, dst=R1)
+        for t in tags:
+            f = f / t
+        return (
+            f
+            / IP(src="192.168.1.1", dst="192.168.1.2", tos=tos)
+            / UDP(sport=sport)
+            / Raw(b"\x55" * 40)
+        )
+
+    one, two = [Dot1Q(vlan=7)], [Dot1AD(vlan=5), Dot1Q(vlan=7)]
+    frames = [tagged(tags, 0xB8, 1000 + i) for tags in (one, two) for i in range(16)]
+    topo.send(topo.a, *frames)
+    outs = topo.recv(topo.up, 32)
+    assert [o[IP].tos for o in outs] == [0xB8] * 32
+    for tags in (outs[:16], outs[16:]):
+        assert len({o[UDP].sport for o in tags}) >= 12  # 16 flows spread out
+    assert all(ip_checksum_ok(o) for o in outs)
+
+
 def test_encap_source_port_entropy(topo):
     flows = [
         udp_frame(sport=1000 + i, dport=2000 + 7 * i, ipsrc=f"192.168.{i}.1") for i in range(64)
