@@ -1051,6 +1051,8 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         the veths over)."""
         if self._closed:
             return
+        if self.capturing:  # it switched the lane off: on again before it is left behind
+            self.capture_stop()
         self.stop()
         if keep_express:  # forgotten, not removed: their programs carry on
             with self._lock:

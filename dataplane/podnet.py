@@ -275,23 +275,25 @@ def uplink_wire_sized(ifname: str) -> bool:
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCGIFMTU = 0x8921
+_SIOCGIFINDEX = 0x8933
 _IFF_UP, _IFF_RUNNING = 0x1, 0x40
 
 
 def link_state(ifname: str):
     """(ifindex, administratively up, carrier, MTU) of ``ifname`` in this
-    network namespace, or None if it does not exist."""
-    try:
-        index = socket.if_nametoindex(ifname)
-    except OSError:
-        return None
+    network namespace, or None if it does not exist. Any other failure (out
+    of file descriptors, say) is raised: not an interface gone."""
     req = struct.pack("16s16x", ifname.encode())
+    # (not socket.if_nametoindex: it says "no interface" for any failure)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
+            index = struct.unpack_from("i", fcntl.ioctl(s.fileno(), _SIOCGIFINDEX, req), 16)[0]
             flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req), 16)[0]
             mtu = struct.unpack_from("i", fcntl.ioctl(s.fileno(), _SIOCGIFMTU, req), 16)[0]
-        except OSError:
-            return None  # gone between the two calls
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENXIO):
+                return None  # none, or gone between the calls
+            raise
     return index, bool(flags & _IFF_UP), bool(flags & _IFF_RUNNING), mtu
 
 

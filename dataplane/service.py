@@ -190,6 +190,8 @@ class NodeService:
         self._pod_links = {}  # DPDK pod ports: index -> (name, link up) at the last look
         self._claims = []  # (fd, path) of the locks held while running
         self._reap_error = None  # the last error of the reaping rounds
+        self._periodic_errors = {}  # the main loop's checks: their last error
+        self._stop_signal = None  # the signal that asked to stop, said by the main loop
         self.uplink_ifindex = None  # a kernel uplink's, when it was attached
         self.uplink_problem = None  # why the uplink cannot carry frames now
         self.vtep_mac = None  # the VTEP's MAC in the core
@@ -993,7 +995,9 @@ class NodeService:
         def _sig(signum, frame):
             if os.getpid() != me:  # a forked helper (pyroute2 netns) inherited this
                 return
-            event("signal received, stopping", signal=signal.Signals(signum).name)
+            # nothing logged here: the handler may run inside a write to the
+            # log stream, and a second write would fail before the stop is set
+            self._stop_signal = signal.Signals(signum).name
             self._stop.set()
             self._wake.set()
 
@@ -1024,13 +1028,33 @@ class NodeService:
                     except DataplaneError as e:
                         log.error("SIGHUP: %s", e)
                 told = self._link_events is not None and self._link_events.take()
-                self.check_uplink("link event" if told else "periodic check")
-                self._check_pod_links()
+                self._periodic(
+                    "uplink check", self.check_uplink, "link event" if told else "periodic check"
+                )
+                self._periodic("pod link check", self._check_pod_links)
                 if time.monotonic() >= reap_at:
                     reap_at = time.monotonic() + REAP_EVERY_S
                     self._reap()
         finally:
+            if self._stop_signal:
+                event("signal received, stopping", signal=self._stop_signal)
             self.stop()
+
+    def _periodic(self, what: str, check, *args):
+        """One of the main loop's checks: an error it did not expect (out of
+        file descriptors, say) is logged once while it lasts, and the loop -
+        the node's forwarding - goes on; the next round tries again."""
+        try:
+            check(*args)
+        except Exception as e:  # noqa: BLE001 - a check's, not the node's end
+            why = f"{type(e).__name__}: {e}"
+            if self._periodic_errors.get(what) != why:
+                log.error("%s: %s; the service goes on, the next round tries again", what, why,
+                          exc_info=e)  # fmt: skip
+            self._periodic_errors[what] = why
+        else:
+            if self._periodic_errors.pop(what, None) is not None:
+                event(f"{what} works again")
 
     def check_uplink(self, noticed: str = "periodic check") -> Optional[str]:
         """What keeps a kernel uplink from carrying frames now, or None:

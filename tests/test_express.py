@@ -294,6 +294,20 @@ def test_a_capture_sees_every_frame_and_the_lane_resumes(node):
     assert port_row(node, "a")["express"]["rx_packets"] == x0 + 3
 
 
+def test_a_service_stopped_while_capturing_leaves_the_lane_on(node):
+    """A capture turns the lane off (the core sees every frame); the service
+    stopping while it runs turns it back on before leaving the programs on
+    the veths: its pods keep reaching each other while it is away."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0
+    cap = node.api("POST", "/v1/capture", {"target": "a:std"})
+    assert cap["id"]
+    node.stop()
+    r = ping(a["ns"], ip_of(b), count=20, interval="0.01")
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout
+
+
 def test_the_lane_carries_on_while_the_service_is_away_and_goes_with_it(node):
     """A deleted pod's program goes with its port. A stopped (or killed)
     service leaves the lane's programs on the veths: its pods keep reaching

@@ -1986,3 +1986,40 @@ def test_the_log_is_one_json_object_a_line_dpdk_s_lines_too(tmp_path, mode):
     assert dpdk, [o["msg"] for o in objs]
     assert all(o["level"] in ("debug", "info", "warning", "error") for o in dpdk), dpdk
     assert any(o["msg"] == "node service stopped" for o in objs)
+
+
+def test_a_check_that_fails_unexpectedly_ends_no_service(node):
+    """The main loop's uplink and pod-link checks open a netlink socket each
+    round. Out of file descriptors (its limit lowered to what it holds),
+    they fail: said once in the log, and the service goes on forwarding;
+    with descriptors again the checks work again, and a stop says which
+    signal asked for it."""
+    pid = node.proc.pid
+    held = len(os.listdir(f"/proc/{pid}/fd"))
+    limits = sh(
+        "prlimit", "--pid", str(pid), "--nofile", "--raw", "--noheadings", "-o", "SOFT,HARD"
+    )
+    soft, hard = (int(x) for x in limits.stdout.split())
+    log = node.tmp / "service.log"
+    sh("prlimit", "--pid", str(pid), f"--nofile={held}:{hard}")
+    try:
+        for _ in range(100):
+            if "the service goes on, the next round tries again" in log.read_text():
+                break
+            time.sleep(0.05)
+    finally:
+        sh("prlimit", "--pid", str(pid), f"--nofile={soft}:{hard}")
+    text = log.read_text()
+    assert node.proc.poll() is None, text
+    assert "Too many open files" in text, text
+    for _ in range(100):
+        if "works again" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert "works again" in log.read_text()
+    assert node.api("GET", "/v1/status")["node"]
+    # said once while it lasted, not every round
+    errs = [ln for ln in log.read_text().splitlines() if "the next round tries again" in ln]
+    assert len(errs) <= 2, errs  # the uplink check and the pod-link check
+    node.stop()
+    assert '"signal received, stopping"' in log.read_text() and '"SIGTERM"' in log.read_text()
