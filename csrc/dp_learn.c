@@ -5,7 +5,8 @@
  * What the underlay may not do through it: replace a local entry or one the
  * control API set (those are never overridden: learn_static), hold more
  * than learn_per_net entries of a network or learn_per_vtep of one source
- * VTEP (learn_limit), or keep an entry forever: a learned entry is removed
+ * VTEP, or learn from more than DP_LEARN_MAX_VTEPS source VTEPs
+ * (learn_limit), or keep an entry forever: a learned entry is removed
  * age_ms after it was learned or last confirmed (learn_aged), and learned
  * again from the MAC's next frame. The table of learned keys is the control
  * thread's alone.
@@ -25,6 +26,10 @@
 #include "dp_control.h"
 
 #define DP_LEARN_MAX 8192 /* learned entries, all networks */
+/* source VTEPs with learned entries: half the tunnel table at most, the
+ * other half kept for the VTEPs the control API sets (frames from spoofed
+ * source addresses would otherwise take every tunnel slot) */
+#define DP_LEARN_MAX_VTEPS (DP_MAX_TUNNELS / 2)
 #define DP_LEARN_IDX (2 * DP_LEARN_MAX)
 #define DP_LEARN_AGE_EVERY_MS 100
 
@@ -45,6 +50,7 @@ static struct {
     uint32_t ip;
     uint32_t n;
 } per_vtep[DP_MAX_TUNNELS];
+static uint32_t n_vteps; /* per_vtep slots in use (n > 0) */
 static uint32_t age_ms = DP_LEARN_AGE_MS_DEFAULT;
 static uint32_t max_net = DP_LEARN_PER_NET_DEFAULT;
 static uint32_t max_vtep = DP_LEARN_PER_VTEP_DEFAULT;
@@ -129,8 +135,8 @@ static void
 lt_drop(int i)
 {
     uint32_t *c = vtep_count(lt[i].vtep, 0);
-    if (c)
-        (*c)--;
+    if (c && --(*c) == 0)
+        n_vteps--;
     per_net[lt[i].key >> 48]--;
     lt[i].used = 0;
     lt_n--;
@@ -217,7 +223,8 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
         return 0;
     }
     uint32_t *vc = vtep_count(ip, 0);
-    if ((vc && *vc >= max_vtep) || (i < 0 && (per_net[net] >= max_net || lt_n >= DP_LEARN_MAX))) {
+    if ((vc && *vc >= max_vtep) || (!vc && n_vteps >= DP_LEARN_MAX_VTEPS) ||
+        (i < 0 && (per_net[net] >= max_net || lt_n >= DP_LEARN_MAX))) {
         stats[DP_LEARN_LIMIT]++;
         return 0;
     }
@@ -240,7 +247,8 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
         .key = key, .vtep = ip, .used = 1, .moves = was.moves, .tsc = now, .win_tsc = was.win_tsc};
     lt_index(i);
     lt_n++;
-    (*vc)++;
+    if ((*vc)++ == 0)
+        n_vteps++;
     per_net[net]++;
     stats[moved ? DP_LEARN_MOVED : DP_LEARN_LEARNED]++;
     return 0;

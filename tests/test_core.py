@@ -596,6 +596,65 @@ def learn_from(t, mac, vtep):
     raise AssertionError(f"{mac} behind {vtep} not learned")
 
 
+def test_learning_from_at_most_half_the_tunnel_slots_of_vteps(eng):
+    """Frames from 600 source VTEPs (spoofed addresses, one MAC each):
+    entries are learned from 512 of them, half the core's tunnel table;
+    the rest are refused and counted (limit), and the control API can still
+    add remote VTEPs. Once those learned entries age out, VTEPs are learned
+    from again."""
+    t = Topo(eng, learning=True)
+    eng.set_learning_limits(age_s=30.0)
+    base = eng.learn_stats()
+
+    def vtep(i):
+        return f"10.1.{i // 250}.{i % 250 + 1}"
+
+    def hear(lo, hi):
+        for k in range(lo, hi, 32):  # within the workers' report budget
+            n = min(32, hi - k)
+            frames = [
+                vxlan_frame(
+                    udp_frame(src=f"02:00:00:01:{i >> 8:02x}:{i & 255:02x}", dst=A),
+                    src_vtep=vtep(i),
+                )  # fmt: skip
+                for i in range(k, k + n)
+            ]
+            t.send(t.up, *frames)
+            t.recv(t.a, n)
+            time.sleep(0.005)
+
+    def vteps():
+        return {e.vtep for e in eng.fdb_list(0) if e.learned}
+
+    hear(0, 600)
+    for _ in range(300):
+        if eng.learn_stats()["learned"] - base["learned"] >= 512:
+            break
+        time.sleep(0.01)
+    time.sleep(0.2)  # the last reports taken
+    assert len(vteps()) == 512, len(vteps())
+    st = eng.learn_stats()
+    assert st["learned"] - base["learned"] == 512, st
+    assert st["refused_limit"] - base["refused_limit"] == 88, st
+    eng.fdb_add_remote(0, "02:00:00:00:08:01", "10.2.0.1")  # a tunnel slot left for the API
+    assert eng.fdb_get(0, "02:00:00:00:08:01") == ("remote", "10.2.0.1")
+    # aged out: learned from again
+    eng.set_learning_limits(age_s=0.3)
+    for _ in range(400):
+        if not vteps():
+            break
+        time.sleep(0.01)
+    assert not vteps()
+    eng.set_learning_limits(age_s=30.0)
+    hear(512, 600)
+    for _ in range(300):
+        if len(vteps()) == 88:
+            break
+        time.sleep(0.01)
+    assert len(vteps()) == 88
+    eng.set_learning_limits()
+
+
 def test_fdb_list_shows_every_entry_and_what_learned_it(eng):
     t = Topo(eng, learning=True)
     learned = "02:00:00:00:07:08"
