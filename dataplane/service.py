@@ -661,6 +661,8 @@ class NodeService:
             "error": error,
             "last_answer": reach.last_answer(store),
             "cluster_view_synced": sync.synced_at if sync is not None else None,
+            # remote FDB entries and flood lists the core refused (logged, skipped)
+            "cluster_view_refused": sync.refused if sync is not None else None,
         }
         if error is not None:
             out["consequence"] = (

@@ -6,7 +6,9 @@ Three layers, each testable on its own:
 - :func:`desired_tables` — pure: what the core should have, from the node
   config, this node's name and VTEP, and the cluster's endpoints;
 - :class:`CoreTables` — what this node has put in the core, and the diff
-  that brings it to the desired tables (only the difference changes);
+  that brings it to the desired tables (only the difference changes); an
+  entry the core refuses (e.g. no remote VTEP slot left) is logged once,
+  counted and skipped, and the rest is applied;
 - :class:`ClusterSync` — a thread: a snapshot of the store, then a watch
   from its revision; on any error a new snapshot, with back-off.
 """
@@ -17,7 +19,7 @@ import time
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from .config import NodeConfig
-from .errors import NotFound
+from .errors import DataplaneError, NotFound
 from .logs import event
 
 log = logging.getLogger("dataplane")
@@ -72,17 +74,43 @@ def desired_tables(config: NodeConfig, node: str, vtep: str, endpoints: Iterable
 
 
 class CoreTables:
-    """The remote FDB entries and flood lists this node has put in the core."""
+    """The remote FDB entries and flood lists this node has put in the core,
+    and those the core refuses."""
 
     def __init__(self):
         self.fdb: Dict[Tuple[int, str], str] = {}
         self.flood: Dict[int, List[str]] = {}
+        #: what the core refused in the last apply: ("fdb", net, mac) or
+        #: ("flood", net) -> (what was wanted, the core's reason). A refused
+        #: entry is not in ``fdb``/``flood`` as wanted, so every apply tries
+        #: it again; it is logged once per entry and reason.
+        self.refused: Dict[tuple, Tuple[object, str]] = {}
 
     def apply(self, engine, want: Tables):
         """Change in ``engine`` only what differs from ``want``. A MAC that a
         pod on this node has (it moved here, or a remote record is stale)
         stays local: the core's own table says which ones are (local entries
-        are made and purged with their ports), so no store read per change."""
+        are made and purged with their ports), so no store read per change.
+
+        Entry by entry: one the core refuses (DataplaneError: all remote VTEP
+        slots in use, a multicast MAC, ...) is recorded in ``refused`` and
+        skipped, and the others and the flood lists are applied. A flood list
+        the core refuses whole is applied without the VTEPs whose FDB entries
+        it refused (when that is another list), so the other nodes still get
+        this node's broadcasts and ARP. Errors other than DataplaneError
+        (the engine gone) propagate."""
+        refused: Dict[tuple, Tuple[object, str]] = {}
+
+        def refuse(key, value, what, err):
+            reason = str(err)
+            refused[key] = (value, reason)
+            if self.refused.get(key) != (value, reason):  # once per entry and reason
+                log.warning(
+                    "the core refused %s (%s); skipped, the rest of the cluster view is "
+                    "applied; tried again on each change",
+                    what,
+                    reason,
+                )
 
         def local(key):
             hit = engine.fdb_get(*key)
@@ -95,18 +123,56 @@ class CoreTables:
                         engine.fdb_del(*key)
                     except NotFound:
                         pass
+                    except DataplaneError as e:
+                        refuse(
+                            ("fdb",) + key, None, f"removing MAC {key[1]} of network {key[0]}", e
+                        )
+                        continue  # still in the core: removed on a later apply
                 del self.fdb[key]
+        bad_vteps = set()  # VTEPs of the FDB entries refused now
         for key, vtep in want.fdb.items():
             if local(key):
                 self.fdb.pop(key, None)
                 continue  # a pod here owns that MAC now (it moved here)
             if self.fdb.get(key) != vtep:
-                engine.fdb_add_remote(key[0], key[1], vtep)
+                try:
+                    engine.fdb_add_remote(key[0], key[1], vtep)
+                except DataplaneError as e:  # the core keeps what it had for key
+                    bad_vteps.add(vtep)
+                    refuse(
+                        ("fdb",) + key,
+                        vtep,
+                        f"remote MAC {key[1]} via {vtep} on network {key[0]}",
+                        e,
+                    )
+                    continue
                 self.fdb[key] = vtep
         for net, vteps in want.flood.items():
-            if self.flood.get(net, []) != vteps:
+            if self.flood.get(net, []) == vteps:
+                continue
+            try:
                 engine.set_flood(net, vteps)
                 self.flood[net] = vteps
+                continue
+            except DataplaneError as e:
+                err = e
+            part = [v for v in vteps if v not in bad_vteps]
+            what = f"the flood list of network {net} ({len(vteps)} VTEPs)"
+            if part != vteps:
+                try:
+                    if self.flood.get(net, []) != part:
+                        engine.set_flood(net, part)
+                        self.flood[net] = part
+                    what += f"; applied without {', '.join(v for v in vteps if v not in part)}"
+                except DataplaneError:
+                    pass  # the core keeps its list; err says why
+            refuse(("flood", net), tuple(vteps), what, err)
+        self.refused = refused
+
+
+class CoreFailed(Exception):
+    """Applying the cluster view to the core failed as a whole (not an entry
+    it refused: those :class:`CoreTables` skips); the store is not to blame."""
 
 
 class ClusterSync:
@@ -142,6 +208,19 @@ class ClusterSync:
             want = desired_tables(self.config, self.node, self.vtep, self.remote.values())
             self.tables.apply(self.engine, want)
 
+    @property
+    def refused(self) -> int:
+        """How many remote FDB entries and flood lists the core refused at
+        the last apply (each logged once; tried again on every change)."""
+        return len(self.tables.refused)
+
+    def _apply_core(self):
+        """apply(), its failure told apart from the store's (CoreFailed)."""
+        try:
+            self.apply()
+        except Exception as e:
+            raise CoreFailed(f"applying the cluster view to the core: {e}") from e
+
     def start(self):
         self._thread = threading.Thread(target=self._loop, name="dataplane-sync", daemon=True)
         self._thread.start()
@@ -162,7 +241,9 @@ class ClusterSync:
         nothing is added twice or left behind. Forwarding goes on meanwhile
         with what the core has. While the store cannot be reached it is tried
         again at most SYNC_RETRY_MAX seconds apart, so a node is back in step
-        within about that long after etcd is."""
+        within about that long after etcd is. Entries the core refuses do not
+        end the watch (they are skipped and counted, see CoreTables.apply);
+        a failure of the core as a whole does, and is logged as the core's."""
         backoff = 0.2
         failures, warned = 0, 0.0
         while not self._stop.is_set():
@@ -174,14 +255,16 @@ class ClusterSync:
                         for e in eps
                         if is_remote(e, self.node, self.vtep, self.networks)
                     }
-                    self.apply()
+                    self._apply_core()
                 self.synced_at = time.time()
                 self.synced.set()
+                refused = self.refused
                 event(
                     "cluster view synchronised",
                     endpoints=len(self.remote),
                     revision=rev,
                     **({"failed_attempts": failures} if failures else {}),
+                    **({"refused_by_core": refused} if refused else {}),
                 )
                 failures = 0
                 errors = []
@@ -193,9 +276,11 @@ class ClusterSync:
                 self._watch.cancel()
                 if self._stop.is_set():
                     return
+                why = errors[0] if errors else self._watch.error
                 log.warning(
-                    "cluster watch ended (%s); resynchronising",
-                    errors[0] if errors else self._watch.error,
+                    "cluster watch ended (%s%s); resynchronising",
+                    "the core failed, not the store: " if isinstance(why, CoreFailed) else "",
+                    why,
                 )
                 backoff = 0.2
             except Exception as e:  # noqa: BLE001 - keep forwarding, retry
@@ -205,8 +290,11 @@ class ClusterSync:
                 now = time.monotonic()
                 if failures == 1 or now - warned >= 30.0:  # not one line per attempt
                     log.warning(
-                        "cluster store unavailable (%s); forwarding on the last "
-                        "view, retrying every %.1fs at most (attempt %d)",
+                        "%s (%s); forwarding on the last view, retrying every %.1fs at "
+                        "most (attempt %d)",
+                        "the core failed to take the cluster view (the store answers)"
+                        if isinstance(e, CoreFailed)
+                        else "cluster store unavailable",
                         e,
                         SYNC_RETRY_MAX,
                         failures,
@@ -225,4 +313,4 @@ class ClusterSync:
                 self.remote[key] = obj
             else:
                 self.remote.pop(key, None)
-            self.apply()
+            self._apply_core()
