@@ -1051,11 +1051,24 @@ class PodLife:
             for e in self._veths_missing(self._kinds(name), eps, _Present()):
                 self._remake_veth(old, e, "a new add")
             why = self._gone(old, _Present())
+            if why:  # not made again: the pod stays, its other planes forward on
+                self._same_spec(name, old, netns, ps)
+                raise DataplaneError(
+                    f"pod {name} exists with this spec, but {why} and could not be made "
+                    "again (the service's log says why; the housekeeping tries again every "
+                    "5 s); its other planes forward on"
+                )
         if why:
             self._remove(name, self.store.endpoints(pod=name))
             self.on_removed()
             warning_event("pod removed: its interfaces are gone", pod=name, why=why, by="a new add")
             return None
+        self._same_spec(name, old, netns, ps)
+        return dict(self.pod_info(name), unchanged=True)
+
+    def _same_spec(self, name: str, old, netns: str, ps):
+        """AlreadyExists naming every field in which an add of ``netns`` and
+        spec ``ps`` differs from pod ``name``'s record ``old``."""
         diffs = self._spec_differences(old, netns, ps)
         if diffs:
             raise AlreadyExists(
@@ -1063,7 +1076,6 @@ class PodLife:
                 f"{'; '.join(diffs)} (delete it first to change it; an add with the spec it "
                 "has changes nothing)"
             )
-        return dict(self.pod_info(name), unchanged=True)
 
     def _spec_differences(self, old, netns: str, ps) -> List[str]:
         """How an add of ``netns`` and spec ``ps`` differs from pod record

@@ -385,3 +385,33 @@ def test_cni_del_of_an_interface_name_an_add_refuses_succeeds(cnode):
 
     with pytest.raises(APIError):
         cnode.api("DELETE", "/v1/attachments", {"container_id": cid})
+
+
+# ------------------------------- a retried add of a pod short of a plane
+
+
+def test_a_retried_add_keeps_a_pod_whose_plane_cannot_be_made_again(node):
+    """Pod a's control plane veth deleted, and its name in the pod taken
+    by another interface, so that the plane cannot be made again: a
+    retried add of the same spec says so, and leaves the pod as it was -
+    its std plane forwarding - instead of removing it to add it afresh
+    (which would fail the same way and leave nothing)."""
+    from dataplane.api import APIError, call
+    from tests.test_service import CT_SPEC
+
+    a = node.pod("a", CT_SPEC)
+    std, ctl = (next(p for p in a["planes"] if p["plane"] == k) for k in ("std", "control"))
+    # (the name taken before the veth goes: the service remakes a deleted
+    # veth as soon as the kernel says it went)
+    sh("ip", "-n", a["ns"], "link", "set", ctl["ifname"], "name", "ctl-old")
+    sh("ip", "-n", a["ns"], "link", "add", ctl["ifname"], "type", "veth", "peer", "name", "ctl-p")
+    sh("ip", "link", "del", ctl["host_ifname"])
+    body = {"name": "a", "netns": f"/var/run/netns/{a['ns']}", "spec": json.dumps(CT_SPEC)}
+    with pytest.raises(APIError) as e:
+        call(node.sock, "POST", "/v1/pods", body)
+    assert "could not be made again" in str(e.value), str(e.value)
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
+    assert _link(std["host_ifname"]) is not None  # its std plane as it was
+    assert _link(std["ifname"], a["ns"]) is not None
+    assert not _events(node, "pod removed: its interfaces are gone")
+    assert node.proc.poll() is None
