@@ -26,24 +26,79 @@ def _block(btype: int, body: bytes) -> bytes:
 
 
 class PcapngWriter:
-    """pcapng into an open binary file; ``interfaces``: [(name, snaplen)]."""
+    """pcapng into an open binary file; ``interfaces``: [(name, snaplen)].
 
-    def __init__(self, f, interfaces, app="dataplane"):
+    Blocks are gathered and written by ``flush`` (each call of ``write``
+    past 1 MiB gathered, or the caller's): give it a raw file (``open(...,
+    buffering=0)``) and it only ever ends on a whole block. A write that
+    fails (a full disk) cuts the file back to its last whole block and
+    raises; ``size`` and ``frames`` say what the file holds. ``max_size``
+    (bytes, headers included; 0: no limit) bounds the file: a frame whose
+    block would pass it is not taken and ``write`` answers False."""
+
+    FLUSH_AT = 1 << 20
+
+    def __init__(self, f, interfaces, app="dataplane", max_size=0):
         self.f = f
+        self.max_size = max_size
+        self.size = 0  # bytes of whole blocks in the file
+        self.frames = 0  # frames in the file
+        self._buf = bytearray()
+        self._ends = []  # (end of a block in _buf, whether it is a frame's)
         shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b"")
-        f.write(_block(_SHB, shb))
+        self._add(_block(_SHB, shb), False)
         for name, snaplen in interfaces:
             opts = _opt(2, name.encode()) + _opt(9, bytes([9])) + _opt(0, b"")
-            f.write(_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts))
+            self._add(
+                _block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts), False
+            )
+        self.flush()
 
-    def write(self, iface: int, ts_ns: int, direction: str, orig_len: int, data: bytes):
+    def _add(self, block: bytes, frame: bool):
+        self._buf += block
+        self._ends.append((len(self._buf), frame))
+
+    def write(self, iface: int, ts_ns: int, direction: str, orig_len: int, data: bytes) -> bool:
         body = (
             struct.pack("<IIIII", iface, ts_ns >> 32, ts_ns & 0xFFFFFFFF, len(data), orig_len)
             + data
             + b"\0" * ((-len(data)) % 4)
         )
         body += _opt(2, struct.pack("<I", _DIR_FLAG[direction])) + _opt(0, b"")
-        self.f.write(_block(_EPB, body))
+        block = _block(_EPB, body)
+        if self.max_size and self.size + len(self._buf) + len(block) > self.max_size:
+            return False
+        self._add(block, True)
+        if len(self._buf) >= self.FLUSH_AT:
+            self.flush()
+        return True
+
+    def flush(self):
+        """Write what was gathered. On an error (or an interrupt) the file is
+        cut back to its last whole block, the blocks not written are kept
+        for the next flush, and the error is raised."""
+        done = 0
+        try:
+            with memoryview(self._buf) as view:
+                while done < len(view):
+                    done += self.f.write(view[done:]) or 0  # a raw file may take part
+        except BaseException:
+            whole = max((end for end, _ in self._ends if end <= done), default=0)
+            self._commit(whole)
+            try:  # drop a block cut short (a full disk frees it); not on a pipe
+                self.f.truncate(self.size)
+                self.f.seek(self.size)
+            except OSError:
+                pass
+            raise
+        self._commit(done)
+
+    def _commit(self, n: int):
+        """The first ``n`` bytes gathered (whole blocks) are in the file."""
+        self.size += n
+        self.frames += sum(1 for end, frame in self._ends if frame and end <= n)
+        self._ends = [(end - n, frame) for end, frame in self._ends if end > n]
+        del self._buf[:n]
 
 
 # ------------------------------------------------------------------ summary
