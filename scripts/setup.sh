@@ -57,4 +57,6 @@ fi
 # but not where PYTHONDONTWRITEBYTECODE is set, and then every start of the
 # service or the CLI compiled the package again (0.1-0.2 s each)
 .venv/bin/python -m compileall -q dataplane bench >/dev/null
-echo "setup: done ($(.venv/bin/python -c 'import dataplane.engine as e; print("core ABI", e.ABI_VERSION)'))"
+# (its own line: a failure inside an echo's $(...) would not stop the script)
+abi=$(.venv/bin/python -c 'import dataplane.engine as e; print("core ABI", e.ABI_VERSION)')
+echo "setup: done ($abi)"

@@ -51,8 +51,14 @@ LANE_A+=("${LAST[@]}")
 base=/tmp/pytest-of-$(id -un)
 mkdir -p "$base"
 log_b=$(mktemp "$base/lane-b.XXXXXX.log")
+# job control on while it starts: lane B in a process group of its own,
+# which does not ignore SIGINT as a script's background job would - so
+# the trap below can interrupt it (a terminal's Ctrl-C reaches lane A and
+# this script, whose exit sends it on)
+set -m
 "${PYTEST[@]}" --basetemp="$base/lane-b" "${LANE_B[@]}" >"$log_b" 2>&1 &
 pid_b=$!
+set +m
 # interrupted: lane B's pytest tears its fixtures down (their services,
 # namespaces, etcd) as on Ctrl-C
 trap 'kill -INT "$pid_b" 2>/dev/null || true; wait "$pid_b" || true' EXIT
