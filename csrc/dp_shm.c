@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <rte_interrupts.h>
 #include <rte_memory.h>
 
 #include "dp_error.h"
@@ -23,8 +24,9 @@ static size_t page_size;
 
 /*
  * A read past the end of a file mapped with a size its owner declared,
- * outside a worker's burst: the memif driver's own thread reads a peer's
- * rings as the peer connects, in the mapping of the size the peer gave.
+ * outside a worker's burst, on DPDK's interrupt thread: the memif driver
+ * reads a peer's rings there as the peer connects, in the mapping of the
+ * size the peer gave.
  * That page (of 4 KiB, else 2 MiB or 1 GiB for a hugepage mapping) reads
  * as zeros from now on: the driver finds no ring there and refuses the
  * peer, instead of the process dying. Never over DPDK's own memory.
@@ -54,7 +56,11 @@ shm_fault(int sig, siginfo_t *si, void *uc)
         dp_shm_jb = NULL;
         siglongjmp(*jb, sig); /* SA_NODEFER: the signal stays unblocked */
     }
-    if (sig == SIGBUS && si != NULL && si->si_code == BUS_ADRERR && zero_page(si->si_addr))
+    /* the memif driver's thread only (DPDK's interrupt thread): a SIGBUS of
+     * any other thread, on any other mapping (a store's file cut short),
+     * is not hidden behind a page of zeros */
+    if (sig == SIGBUS && si != NULL && si->si_code == BUS_ADRERR && rte_thread_is_intr() &&
+        zero_page(si->si_addr))
         return; /* the access runs again and reads zeros */
     /* not a guarded burst: what would have happened without us */
     const struct sigaction *prev = sig == SIGBUS ? &prev_bus : &prev_segv;

@@ -168,3 +168,35 @@ def test_pods_come_and_go_while_the_core_polls(memif):
         # besides it, a frame read through a stale ring index may arrive
         # (DPDK's reconnect race, docs/dpdk-pods.md): it is not this one
         assert any(UDP in g and g[UDP].sport == 100 for g in got), got
+
+
+SIGBUS_ELSEWHERE = r"""
+import mmap, os, sys, tempfile, uuid
+from dataplane.engine import Engine, EngineConfig
+
+eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=2047,
+                          file_prefix=f"dpbus-{uuid.uuid4().hex[:8]}"))
+eng.start()  # the fault guard is in place from here
+fd, path = tempfile.mkstemp()
+os.write(fd, b"x" * 8192)
+m = mmap.mmap(fd, 8192)
+os.ftruncate(fd, 0)  # the mapping outlives the file's pages
+os.unlink(path)
+print("read", m[4096], flush=True)  # SIGBUS: past the end of the file
+"""
+
+
+def test_a_fault_outside_the_pods_memory_is_not_hidden():
+    """The guard reads zeros for a page a memif peer declared but did not
+    back, on the driver's own thread only: a SIGBUS of any other thread on
+    any other file mapping (a store's mmap over a file cut short) kills the
+    process as it would without the guard, instead of reading zeros and
+    writing to a private page."""
+    import signal
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", SIGBUS_ELSEWHERE], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert "read" not in r.stdout
