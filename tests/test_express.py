@@ -269,6 +269,33 @@ def test_a_frame_over_the_networks_mtu_is_the_cores_to_refuse(node):
     assert after.get("kport_oversize", 0) - drops.get("kport_oversize", 0) == 1, (drops, after)
 
 
+def test_a_vlan_tagged_frame_is_left_to_the_core(node):
+    """A frame a pod sends with an 802.1Q tag (which the kernel takes out of
+    the frame into the skb on the way in): the core carries it, tag and
+    all; the lane, which would lose the tag (or put it on the outer frame
+    to a remote VTEP), does not take it."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0
+    x0, c0 = port_row(node, "a")["express"]["rx_packets"], port_row(node, "a")["rx_packets"]
+    tagged = (
+        Ether(dst=mac_of(b), src=mac_of(a))
+        / Dot1Q(vlan=7)
+        / IP(src=ip_of(a), dst=ip_of(b))
+        / UDP(sport=53, dport=9)
+        / b"tagged-frame"
+    )
+    t, got = _receiver(b["ns"], ifname_of(b), "tagged-frame")
+    _send_from(a["ns"], ifname_of(a), bytes(tagged).hex())
+    t.join()
+    assert got == [1]
+    assert port_row(node, "a")["express"]["rx_packets"] == x0  # not the lane's
+    assert port_row(node, "a")["rx_packets"] >= c0 + 1  # the core's
+
+
 def test_a_capture_sees_every_frame_and_the_lane_resumes(node):
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", CT_SPEC)

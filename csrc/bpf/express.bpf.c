@@ -64,6 +64,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
@@ -391,6 +392,11 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
     src = bpf_map_lookup_elem(&ex_src, &ifindex);
     if (!src)
         return 0;
+    /* a VLAN-tagged frame (its tag taken out of the frame into the skb by
+     * the kernel): the core's, which puts the tag back; the lane would
+     * lose it, or put it on the outer frame */
+    if (skb->vlan_present)
+        return 0;
     if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
         return 0;
     if (eth.h_dest[0] & 1)
@@ -517,6 +523,8 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
 
     if (skb->gso_size)
         return 0; /* a super-frame: the core cuts or keeps it as its GSO rules say */
+    if (skb->vlan_present)
+        return 0; /* tagged on the underlay: the core's (which does not take it) */
     if (bpf_skb_load_bytes(skb, 0, h, sizeof(*h)) < 0)
         return 0;
     if (!mac_eq(h->eth.h_dest, up->vtep_mac) || h->eth.h_proto != bpf_htons(ETH_P_IP) ||
@@ -676,6 +684,10 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
         d->from->seen = now;
     ex_count(up->port, 1, len, 0);
     ex_count(d->dst->port, 0, skb->len, 1);
+    /* for the pod's stack (kernels before 6.15 keep the type the frame
+     * had where it came in: not ours, for a destination MAC not the
+     * veth's, and the pod's IP layer would drop it) */
+    bpf_skb_change_type(skb, PACKET_HOST);
     return bpf_redirect_peer(d->dst->ifindex, 0);
 }
 
@@ -744,6 +756,7 @@ ex_tc(struct __sk_buff *skb)
         if (w.dst) {
             ex_count(w.src->port, 1, len, 0);
             ex_count(w.dst->port, 0, len, 0);
+            bpf_skb_change_type(skb, PACKET_HOST); /* as in ex_decap */
             return bpf_redirect_peer(w.dst->ifindex, 0);
         }
         if (w.remote && w.up && w.net) {
