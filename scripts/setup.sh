@@ -11,7 +11,8 @@ for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
            clang-format clang libbpf-dev iperf3 libpcap-dev tshark openvswitch-switch-dpdk \
            podman runc busybox-static golang-go golang-github-appc-cni-dev \
            containernetworking-plugins; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    # installed, not merely known (a package removed but not purged is 'rc')
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
@@ -48,7 +49,9 @@ mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages || \
     echo "setup: could not mount hugetlbfs (fallback mode still works)"
 
 # Python: a virtual environment (stock Debian/Ubuntu python3 refuses system-wide pip)
-if [ ! -x .venv/bin/python ]; then
+# (made again if a run was cut off while it was made: a python without pip)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    rm -rf .venv
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
