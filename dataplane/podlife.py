@@ -386,8 +386,11 @@ class PodLife:
                 self._replay_mtu(pod, e)
                 self._replay_mark(pod, e)
                 self._restore_pod_end(pod, e, by)
-                if not self.engine.express_loaded:  # a killed service's lane, if any
-                    self.engine.express_detach(e["host_ifname"])
+                # the lane program a stopped or killed service left, with its
+                # old maps: off before the port is opened (the lane, if on,
+                # hooks its own once the port is attached), so that it never
+                # carries frames beside the core nor outlives a failed attach
+                self.engine.express_detach(e["host_ifname"])
                 self._attach_port(e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp)
             elif kind in SOCKET_KINDS:
                 self._attach_fast(
@@ -1019,13 +1022,16 @@ class PodLife:
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
                 self.store.set_pod_state(name, "ready")
+                # remembered under the lock: a delete right after the add
+                # cannot be undone by a late write of the pod into ``known``
+                info = self.pod_info(name, remember=True)
             except BaseException as e:
                 self._roll_back(name, made, e)
                 raise
             finally:
                 self.adding.discard(name)
         event("pod added", pod=name, netns=netns, planes=[p.plane for p in ps.planes])
-        return self.pod_info(name, remember=True)
+        return info
 
     def _repeated(self, name: str, netns: str, ps) -> Optional[dict]:
         """An add of pod ``name`` that exists already, ready, on this node:
