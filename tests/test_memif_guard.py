@@ -4,6 +4,7 @@ in Python (tests/memifpeer.py) against the core's own net_memif server port;
 the engine runs in a child process, so a fault the guard missed kills it and
 the test with it."""
 
+import os
 import time
 
 import pytest
@@ -171,11 +172,11 @@ def test_pods_come_and_go_while_the_core_polls(memif):
 
 
 SIGBUS_ELSEWHERE = r"""
-import mmap, os, sys, tempfile, uuid
+import mmap, os, sys, tempfile
 from dataplane.engine import Engine, EngineConfig
 
 eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=2047,
-                          file_prefix=f"dpbus-{uuid.uuid4().hex[:8]}"))
+                          file_prefix=sys.argv[1]))
 eng.start()  # the fault guard is in place from here
 fd, path = tempfile.mkstemp()
 os.write(fd, b"x" * 8192)
@@ -192,11 +193,19 @@ def test_a_fault_outside_the_pods_memory_is_not_hidden():
     any other file mapping (a store's mmap over a file cut short) kills the
     process as it would without the guard, instead of reading zeros and
     writing to a private page."""
+    import shutil
     import signal
     import subprocess
     import sys
+    import uuid
 
-    r = subprocess.run([sys.executable, "-c", SIGBUS_ELSEWHERE], capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
+    from dataplane.engine import _runtime_dir
+
+    prefix = f"dpbus-{uuid.uuid4().hex[:8]}"
+    try:
+        r = subprocess.run([sys.executable, "-c", SIGBUS_ELSEWHERE, prefix], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    finally:  # killed by the signal: the EAL's runtime directory is left
+        shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
     assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr[-2000:])
     assert "read" not in r.stdout
