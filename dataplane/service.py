@@ -1036,7 +1036,7 @@ class NodeService:
                 self._periodic("pod link check", self._check_pod_links)
                 if time.monotonic() >= reap_at:
                     reap_at = time.monotonic() + REAP_EVERY_S
-                    self._reap()
+                    self._periodic("housekeeping", self._reap)
         finally:
             if self._stop_signal:
                 event("signal received, stopping", signal=self._stop_signal)
@@ -1247,8 +1247,8 @@ class NodeService:
         next round; a hung one holds the main loop (and its uplink checks)
         for at most reach.VIEW_WAIT_S a request, not the store's timeout
         (a removal it cuts off is atomic, and looked at again next round).
-        Any other error ends the round, logged, never the service: its main
-        loop (the uplink's checks, the next rounds) goes on."""
+        Any other error ends the round, never the service: the main loop
+        runs it as its other checks (:meth:`_periodic`)."""
         try:
             with reach.bounded(self.store):
                 self.pods.reap()
@@ -1261,13 +1261,3 @@ class NodeService:
                     e,
                 )
             self._reap_error = str(e)
-        except Exception as e:  # noqa: BLE001 - a bug or the kernel's: not the node's end
-            why = f"{type(e).__name__}: {e}"
-            if why != self._reap_error:
-                log.error(
-                    "housekeeping: round cut short (%s); the service goes on, the next round "
-                    "tries again",
-                    why,
-                    exc_info=e,
-                )
-            self._reap_error = why
