@@ -151,6 +151,16 @@ def read_cdef(path=os.path.join(CSRC, "dataplane.h")):
     return text[start:end]
 
 
+#: DP_MARCH in the environment: the CPU the core is compiled for (gcc's
+#: ``-march``); ``native`` (the default) is this machine's CPU, fastest here
+#: and possibly refused elsewhere (an illegal instruction at the first
+#: burst). An image built once for many nodes names a baseline instead:
+#: deploy/Containerfile builds for ``x86-64-v2`` (SSE4.2, which Debian's
+#: DPDK needs itself: its own ``-march=corei7``).
+MARCH = os.environ.get("DP_MARCH", "native")
+if not MARCH or not all(c.isalnum() or c in "-_." for c in MARCH):
+    sys.exit(f"dataplane build: DP_MARCH={MARCH!r} is not a gcc -march name (e.g. native, x86-64-v2)")
+
 #: DP_AB=1 in the environment: an A/B build, for ``python -m bench.abtest``
 #: (csrc/dp_internal.h: dp_ab); never a build to run a node with
 AB_BUILD = os.environ.get("DP_AB") == "1"
@@ -169,7 +179,7 @@ def make_ffi():
         extra_compile_args=cflags
         + [
             "-O3",
-            "-march=native",
+            f"-march={MARCH}",
             "-std=gnu11",
             "-Wall",
             "-Wextra",

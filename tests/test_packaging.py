@@ -4,12 +4,20 @@ and the CNI plugin import from it alone. The container image installs it so
 (deploy/Containerfile: pip install .)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def image_march():
+    """The DP_MARCH the container image builds with."""
+    text = open(os.path.join(ROOT, "deploy", "Containerfile")).read()
+    (march,) = re.findall(r"^ARG DP_MARCH=(\S+)$", text, re.M)
+    return march
 
 
 def test_the_wheel_holds_every_module_and_imports(tmp_path):
@@ -25,6 +33,7 @@ def test_the_wheel_holds_every_module_and_imports(tmp_path):
             src_dir / d,
             ignore=shutil.ignore_patterns("*.o", "*.so", "__pycache__", "*.egg-info"),
         )
+    # for the CPU baseline the image names (DP_MARCH), not this machine's
     r = subprocess.run(
         [
             sys.executable,
@@ -39,12 +48,23 @@ def test_the_wheel_holds_every_module_and_imports(tmp_path):
         ],
         capture_output=True,
         text=True,
+        env={**os.environ, "DP_MARCH": image_march()},
     )
     assert r.returncode == 0, r.stdout + r.stderr
     (whl,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
     with zipfile.ZipFile(tmp_path / whl) as z:
         names = set(z.namelist())
         z.extractall(tmp_path / "site")
+    # no AVX register in the core: it runs on a CPU of that baseline
+    (core,) = [n for n in names if n.startswith("dataplane/_core") and n.endswith(".so")]
+    dis = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", str(tmp_path / "site" / core)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    wide = [ln for ln in dis.splitlines() if "%ymm" in ln or "%zmm" in ln]
+    assert not wide, f"{len(wide)} AVX instructions, e.g. {wide[:3]}"
     src = {
         os.path.relpath(os.path.join(d, f), ROOT)
         for d, _, files in os.walk(os.path.join(ROOT, "dataplane"))
