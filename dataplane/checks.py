@@ -237,10 +237,34 @@ def check_mode(value, path: str = "mode") -> str:
     return value
 
 
-def absent_cpus(cpus) -> Tuple[List[int], int]:
-    """The CPUs of ``cpus`` this machine does not have, and how many it has."""
-    ncpu = os.cpu_count() or 1
-    return [c for c in cpus if c >= ncpu], ncpu
+def usable_cpus() -> List[int]:
+    """The CPUs this process may run on: its affinity (a container's cpuset
+    or ``taskset`` narrows it), else every CPU of the machine."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def absent_cpus(cpus) -> Tuple[List[int], str]:
+    """The CPUs of ``cpus`` this process may not run on (absent from the
+    machine, or outside its cpuset), and the ones it may, as words."""
+    usable = usable_cpus()
+    have = set(usable)
+    return [c for c in cpus if c not in have], f"the CPUs this process may use: {_ranges(usable)}"
+
+
+def _ranges(nums) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, nums = [], sorted(nums)
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 def hugepages_free(meminfo: str = "/proc/meminfo") -> Optional[Tuple[int, int]]:

@@ -338,10 +338,10 @@ class NodeConfig:
                 "polls instead of halting, so the worker's sleep saves no CPU time and adds "
                 "its wake-up to every frame that finds it asleep; drop one of the two"
             )
-        missing, ncpu = absent_cpus(self.lcores)
+        missing, usable = absent_cpus(self.lcores)
         if missing:
             out.append(
-                f"lcores: {missing} not present on this machine ({ncpu} CPUs): "
+                f"lcores: {missing} not present on this machine or not allowed ({usable}): "
                 "'dataplane run' refuses the file here"
             )
         free = hugepages_free() if self.mode == "hugepages" else None

@@ -64,7 +64,7 @@ PODS = {
 CONFIG = """
 node: demo
 mode: {mode}
-lcores: [0, 1]
+lcores: {lcores}
 memory_mb: 512
 vtep: {{address: 10.77.0.1/24, uplink: dpdemo-up, learning: true}}
 networks:
@@ -342,6 +342,7 @@ def main(argv=None):
 
     # what the demo needs, free before anything is made
     try:
+        args.lcores = demo_lcores()
         check_port(args.metrics_port)
         check_api_socket()
         lock = claim()
@@ -351,6 +352,19 @@ def main(argv=None):
         return _run(args, mode)
     finally:
         release(lock)
+
+
+def demo_lcores() -> list:
+    """The first two CPUs this process may use (a container's cpuset need
+    not hold CPUs 0 and 1): the control thread's and the worker's."""
+    from .checks import usable_cpus
+
+    cpus = usable_cpus()
+    if len(cpus) < 2:
+        raise Refused(
+            f"needs two CPUs (a control thread and a worker); this process may use {cpus}"
+        )
+    return cpus[:2]
 
 
 def _run(args, mode):
@@ -370,7 +384,13 @@ def _run(args, mode):
     state = tempfile.mkdtemp(prefix=STATE_PREFIX)
     cfg = parse_config(
         yaml.safe_load(
-            CONFIG.format(mode=mode, state=state, api_socket=API_SOCKET, metrics_port=port)
+            CONFIG.format(
+                mode=mode,
+                state=state,
+                api_socket=API_SOCKET,
+                metrics_port=port,
+                lcores=args.lcores,
+            )
         )
     )
     stop = threading.Event()

@@ -115,11 +115,10 @@ class EngineConfig:
             raise ConfigError(
                 f"cpus: {list(self.cpus)!r} must give one CPU per lcore ({len(lcores)})"
             )
-        bad, ncpu = absent_cpus(cpus)
+        bad, usable = absent_cpus(cpus)
         if bad:
             raise ConfigError(
-                f"{'cpus' if self.cpus else 'lcores'}: {bad} not present "
-                f"(this machine has {ncpu} CPUs)"
+                f"{'cpus' if self.cpus else 'lcores'}: {bad} not present or not allowed ({usable})"
             )
         check_memory_mb(self.memory_mb)
         check_int(self.n_mbufs, "n_mbufs", 1023, 1 << 22)

@@ -124,3 +124,37 @@ def test_the_demo_runs_its_topology_and_leaves_nothing_even_after_a_killed_one()
     assert "dataplane_network_encap" in out and "demo: cleaned up" in out, out
     assert (_demo_names(), os.path.exists(demo.DEMO_LOCK)) == before
     assert _state_dirs() == set(), _state_dirs()
+
+
+def test_the_demo_takes_the_cpus_it_may_use_and_refuses_one():
+    """The demo's two lcores are the first two CPUs the process may use (a
+    container's cpuset need not hold CPUs 0 and 1); with one CPU it says
+    so and makes nothing."""
+    code = "from dataplane.demo import demo_lcores; print(demo_lcores())"
+    r = subprocess.run(["taskset", "-c", "1", sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT)  # fmt: skip
+    assert r.returncode != 0 and "needs two CPUs" in r.stderr and "may use [1]" in r.stderr, r
+    before = (_demo_names(), _state_dirs(), os.path.exists(demo.DEMO_LOCK))
+    r = subprocess.run(["taskset", "-c", "1", sys.executable, "-m", "dataplane.demo",
+                        "--duration", "0"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)  # fmt: skip
+    assert r.returncode != 0, r
+    assert r.stderr.strip() == (
+        "demo: needs two CPUs (a control thread and a worker); this process may use [1]; "
+        "nothing was made"
+    ), r.stderr
+    assert (_demo_names(), _state_dirs(), os.path.exists(demo.DEMO_LOCK)) == before
+    # a config whose lcores this process may not use is refused, naming them
+    from dataplane.engine import EngineConfig
+
+    code = (
+        "from dataplane.engine import EngineConfig\n"
+        "try:\n    EngineConfig(lcores=[0, 1]).eal_args()\n"
+        "except Exception as e:\n    print(e)"
+    )
+    r = subprocess.run(["taskset", "-c", "1", sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT)  # fmt: skip
+    assert r.stdout.strip() == (
+        "lcores: [0] not present or not allowed (the CPUs this process may use: 1)"
+    ), r
+    assert EngineConfig(lcores=[0, 1]).eal_args()  # both allowed here
