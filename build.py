@@ -68,6 +68,27 @@ def _pkg_config(*args):
     return shlex.split(out)
 
 
+#: the oldest DPDK the core builds against (its LTS: the APIs and the
+#: ABI 23 libraries it links)
+MIN_DPDK = (22, 11)
+
+
+def _check_dpdk_version():
+    """Refuse, naming both, a DPDK older than :data:`MIN_DPDK` (Ubuntu 22.04
+    ships 21.11): its headers lack what the core uses, and the compiler's
+    errors would not say so."""
+    text = _pkg_config("--modversion")[0]
+    try:
+        have = tuple(int(x) for x in text.split(".")[:2])
+    except ValueError:
+        return  # a version we cannot read: the compiler tells
+    if have < MIN_DPDK:
+        sys.exit(
+            f"dataplane build: DPDK {text} found by 'pkg-config libdpdk'; the core needs "
+            f"{MIN_DPDK[0]}.{MIN_DPDK[1]} LTS or newer (Debian 12's libdpdk-dev is 22.11)"
+        )
+
+
 def _compile_in_parallel():
     """The C files compiled side by side, one per CPU (setuptools compiles
     one extension's sources one after the other: 24 s here, 10 s so). A
@@ -193,6 +214,7 @@ def make_ffi():
     return ffi
 
 
+_check_dpdk_version()
 build_bpf()
 _compile_in_parallel()
 ffibuilder = make_ffi()

@@ -40,12 +40,17 @@ elif [ -x /etc/init.d/etcd ]; then
     if command -v update-rc.d >/dev/null 2>&1; then update-rc.d etcd disable >/dev/null 2>&1 || true; fi
 fi
 
-# hugepages: 1024 x 2 MB, and hugetlbfs mounted (the fallback mode needs neither)
-if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt 1024 ]; then
-    echo 1024 > /proc/sys/vm/nr_hugepages || echo "setup: could not reserve hugepages (fallback mode still works)"
+# hugepages: 1024 x 2 MB, and hugetlbfs mounted (the fallback mode needs neither);
+# 2 MB pages by name: on a machine booted with 1 GB default pages,
+# /proc/sys/vm/nr_hugepages would ask for 1024 GB
+hp2m=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+if [ ! -e "$hp2m" ]; then
+    echo "setup: this kernel has no 2 MB hugepages (fallback mode still works)"
+elif [ "$(cat "$hp2m")" -lt 1024 ]; then
+    echo 1024 > "$hp2m" || echo "setup: could not reserve hugepages (fallback mode still works)"
 fi
 mkdir -p /dev/hugepages
-mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages || \
+mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages || \
     echo "setup: could not mount hugetlbfs (fallback mode still works)"
 
 # Python: a virtual environment (stock Debian/Ubuntu python3 refuses system-wide pip)
