@@ -11,8 +11,9 @@ Every request is answered with JSON: the handler's value with 200, or
 405 (a method the path does not take), 408 (the request was not read in
 :data:`REQUEST_TIMEOUT_S`), 409 (exists, busy), 411 (no Content-Length with
 a body), 413 (a body over :data:`MAX_BODY_BYTES`), 431 (a request head over
-:data:`MAX_HEAD_BYTES`), 503 (more than :data:`MAX_CONNECTIONS` at once) or
-500. One request per connection. A refused request changes nothing.
+:data:`MAX_HEAD_BYTES`), 503 (more than :data:`MAX_CONNECTIONS` at once; or,
+with ``"unavailable": true``, the state store does not answer) or 500. One
+request per connection. A refused request changes nothing.
 """
 
 import dataclasses
@@ -31,7 +32,7 @@ import urllib.parse
 from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
 from .checks import brief, check_keys, fail, load_json_object
-from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
+from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, Unavailable
 
 Handler = Callable[[dict, dict], object]
 
@@ -363,6 +364,8 @@ class APIServer:
                     return self._reply(409, {"error": str(e), "conflict": "in_use"})
                 except (ConfigError, ValueError) as e:
                     return self._reply(400, {"error": str(e)})
+                except Unavailable as e:  # the store: the request may succeed later
+                    return self._reply(503, {"error": str(e), "unavailable": True})
                 except DataplaneError as e:
                     return self._reply(500, {"error": str(e)})
                 except Exception as e:  # noqa: BLE001 - report, keep serving
@@ -432,22 +435,28 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class APIError(Exception):
-    def __init__(self, status, message):
+    """A refused call: ``status`` its HTTP status; ``unavailable`` when the
+    service could not reach what the call needs (the state store), which
+    asking again at once does not change."""
+
+    def __init__(self, status, message, unavailable=False):
         super().__init__(message)
         self.status = status
+        self.unavailable = unavailable
 
 
 def call(path: str, method: str, endpoint: str, body=None, timeout=60, query=None, busy_wait=0.0):
     """One API call; returns the decoded JSON or raises APIError. ``query``:
     parameters added to ``endpoint``, percent-encoded. ``busy_wait``: for
     that many seconds a busy service (503, or a listen queue full) is asked
-    again, once a second, instead of raising."""
+    again, once a second, instead of raising (not one that answers 503
+    because its store does not: that says so at once)."""
     until = time.monotonic() + busy_wait
     while True:
         try:
             return _call_once(path, method, endpoint, body, timeout, query)
         except APIError as e:
-            if e.status != 503 or time.monotonic() >= until:
+            if e.status != 503 or e.unavailable or time.monotonic() >= until:
                 raise
         except BlockingIOError:
             if time.monotonic() >= until:
@@ -478,7 +487,8 @@ def _call_once(path, method, endpoint, body, timeout, query):
             ) from None
         if resp.status != 200:
             err = obj.get("error") if isinstance(obj, dict) else None
-            raise APIError(resp.status, err or f"HTTP {resp.status}")
+            unavailable = isinstance(obj, dict) and obj.get("unavailable") is True
+            raise APIError(resp.status, err or f"HTTP {resp.status}", unavailable)
         return obj
     finally:
         conn.close()

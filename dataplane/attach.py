@@ -80,6 +80,11 @@ def _kind_entry(kind: str, ifname: str, body: dict) -> dict:
     return entry
 
 
+#: what a write refused because the store does not answer leaves
+NOT_ATTACHED = "nothing was attached; try again when it answers"
+NOT_DETACHED = "the attachment stays until a DEL or GC gets through"
+
+
 class Attachments:
     """The attachments of node ``config.node``, made by ``pods``
     (:class:`dataplane.podlife.PodLife`) in ``store``."""
@@ -139,7 +144,7 @@ class Attachments:
         # under the pods' lock from the check to the pod: a DEL or GC of the
         # same attachment (which takes it too) cannot fall between its record
         # and its pod, nor a failed ADD's clean-up remove another ADD's record
-        with self.pods.lock:
+        with reach.required(self.store, NOT_ATTACHED), self.pods.lock:
             if self.store.attachment(name) is not None:
                 pod = self.store.pod(name)
                 if pod and not self.pods.leftover(pod):
@@ -196,7 +201,8 @@ class Attachments:
                 return {"deleted": None}  # never attached: nothing to delete
             raise  # a key not given at all: the request's fault
         name = attachment_name(cid, ifname)
-        return {"deleted": name if self._remove(name) else None}
+        with reach.required(self.store, NOT_DETACHED):
+            return {"deleted": name if self._remove(name) else None}
 
     def _remove(self, name: str) -> bool:
         """Detach attachment ``name``'s pod and forget both; False if
@@ -230,10 +236,11 @@ class Attachments:
                 raise ConfigError(f"valid[{i}].ifname: {ifname!r} is not an interface name")
             keep.add(attachment_name(cid, ifname))
         gone = []
-        for a in self.store.attachments(node=self.config.node):
-            if a.get("cni_network") == cni_network and a["name"] not in keep:
-                if self._remove(a["name"]):
-                    gone.append(a["name"])
+        with reach.required(self.store, NOT_DETACHED):
+            for a in self.store.attachments(node=self.config.node):
+                if a.get("cni_network") == cni_network and a["name"] not in keep:
+                    if self._remove(a["name"]):
+                        gone.append(a["name"])
         return {"deleted": gone}
 
     # ------------------------------------------------------------- reads

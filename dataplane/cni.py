@@ -465,10 +465,17 @@ def _add(conf, env) -> dict:
         try:
             write_device_info(dev, a)
         except OSError as e:
-            _service(
-                conf, "DELETE", "/v1/attachments", {k: body[k] for k in ("container_id", "ifname")}
-            )
-            raise CNIError(ERR_IO, f"cannot write the device-info file {dev}", str(e))
+            details = str(e)
+            try:
+                _service(
+                    conf,
+                    "DELETE",
+                    "/v1/attachments",
+                    {k: body[k] for k in ("container_id", "ifname")},
+                )
+            except CNIError as undo:  # the runtime's DEL after this failed ADD finishes it
+                details += f"; the attachment is not undone yet ({undo.msg}: {undo.details})"
+            raise CNIError(ERR_IO, f"cannot write the device-info file {dev}", details)
     return _result(conf, a)
 
 

@@ -38,6 +38,12 @@ class ResourceError(DataplaneError):
     """A table, pool or slot array is full, or memory ran out."""
 
 
+class Unavailable(DataplaneError):
+    """Something the request needs (the state store) does not answer now;
+    the same request may succeed later. The API answers 503 with
+    ``"unavailable": true``, the CNI plugin code 11 (try again later)."""
+
+
 class EALError(DataplaneError):
     """DPDK's environment (EAL) could not be started or is in the wrong state."""
 

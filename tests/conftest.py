@@ -20,6 +20,20 @@ def have_hugepages():
 
 MODES = ["fallback", "hugepages"]
 
+
+@pytest.fixture
+def cnode(tmp_path):
+    """A node service (fallback mode) with the CNI plugin installed next to
+    it (tests/test_cni.py: CNINode); removed with what it made."""
+    from tests.test_cni import CNINode
+
+    n = CNINode(tmp_path, uuid.uuid4().hex[:5])
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
 #: set by .ci/run: on CI every test runs; one that would skip (hugepages
 #: not reserved, etcd or a tool missing) fails instead, naming why
 NO_SKIPS = os.environ.get("DP_CI_NO_SKIPS") == "1"

@@ -49,16 +49,6 @@ class CNINode(Node):
 
 
 @pytest.fixture
-def cnode(tmp_path):
-    n = CNINode(tmp_path, uuid.uuid4().hex[:5])
-    try:
-        n.start()
-        yield n
-    finally:
-        n.cleanup()
-
-
-@pytest.fixture
 def plugin(tmp_path):
     return install_plugin(str(tmp_path / "bin"))
 
@@ -600,3 +590,51 @@ def test_memif_attachment_and_device_info(tmp_path):
     finally:
         n.cleanup()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def link_names(ns=None):
+    out = sh("ip", *(["-n", ns] if ns else []), "-o", "link", "show").stdout
+    return {ln.split(": ")[1].split("@")[0] for ln in out.splitlines() if ": " in ln}
+
+
+def test_a_store_that_does_not_answer_is_try_again_later(tmp_path):
+    """A node whose state store (etcd) stops answering: ADD and DEL are
+    refused with code 11 (the runtime retries them) and nothing is left
+    half made; once the store is back the same ADD and DEL succeed."""
+    from tests.etcdhost import EtcdServer, have_etcd
+
+    assert have_etcd(), "needs /usr/bin/etcd (Debian: etcd-server)"
+    etcd = EtcdServer(name="dptest-cni").start()
+    n = None
+    try:
+        n = CNINode(tmp_path, uuid.uuid4().hex[:5])
+        n.cfg.write_text(
+            n.cfg.read_text()
+            + f'store: {{kind: etcd, endpoints: ["{etcd.url}"], prefix: /dptest/{n.tag}}}\n'
+        )
+        n.start()
+        (c1, _, p1), (c2, ns2, p2) = n.container(), n.container()
+        assert n.cni("ADD", n.conf(), c1, p1)[0] == 0
+        links = link_names()
+        etcd.stop()  # the same ports and data when it starts again
+        try:
+            for verb, cid, path in (("ADD", c2, p2), ("DEL", c1, p1)):
+                code, out, _ = n.cni(verb, n.conf(timeout=3), cid, path)
+                assert code != 0 and out["code"] == 11, (verb, out)
+                assert f"the store (etcd {etcd.url}) does not answer" in out["details"], out
+            # the node's own tools say so at once, not after a busy service's retries
+            r = n.cli("attachment", "list", check=False)
+            assert r.returncode != 0 and "does not answer" in r.stderr, r
+        finally:
+            etcd.start()
+        # the refused ADD left no interface on the host or in the container
+        assert link_names() == links
+        assert link_names(ns2) == {"lo"}
+        assert n.cni("ADD", n.conf(), c2, p2)[0] == 0
+        assert n.cni("DEL", n.conf(), c1, p1)[0] == 0
+        assert [a["container_id"] for a in n.api("GET", "/v1/attachments")] == [c2]
+        assert n.cni("DEL", n.conf(), c2, p2)[0] == 0
+    finally:
+        if n is not None:
+            n.cleanup()
+        etcd.close()

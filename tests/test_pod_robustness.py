@@ -25,7 +25,6 @@ import uuid
 import pytest
 
 from tests.cnihost import run_plugin
-from tests.test_cni import CNINode
 from tests.test_service import IT_SPEC, Node, running_node, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -37,16 +36,6 @@ REFERENCE_PLUGINS = "/usr/lib/cni"
 def node(tmp_path):
     with running_node(tmp_path) as n:
         yield n
-
-
-@pytest.fixture
-def cnode(tmp_path):
-    n = CNINode(tmp_path, uuid.uuid4().hex[:5])
-    try:
-        n.start()
-        yield n
-    finally:
-        n.cleanup()
 
 
 def _log(node) -> str:

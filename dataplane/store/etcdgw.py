@@ -59,7 +59,7 @@ import etcd3gw
 import etcd3gw.exceptions as etcd_exc
 import requests
 
-from ..errors import Busy, ConfigError, DataplaneError
+from ..errors import Busy, ConfigError, DataplaneError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ DEFAULT_HEARTBEAT = 5.0
 MAX_ATTEMPTS = 500
 
 
-class EtcdUnavailable(DataplaneError, ConnectionError):
+class EtcdUnavailable(Unavailable, ConnectionError):
     """No etcd endpoint answered (stopped, unreachable, no leader, timed out)."""
 
 

@@ -18,7 +18,7 @@ A SQLite store is a local file: it always answers, and nothing is bounded.
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Optional, TypeVar
 
-from ..errors import DataplaneError
+from ..errors import Unavailable
 
 #: how long a view waits for the store to answer a probe (seconds)
 PROBE_WAIT_S = 1.0
@@ -28,7 +28,7 @@ VIEW_WAIT_S = 2.0
 T = TypeVar("T")
 
 
-class StoreDown(DataplaneError):
+class StoreDown(Unavailable):
     """The state store does not answer, and the view needs it."""
 
 
@@ -85,15 +85,23 @@ def down_message(store, error: str, consequence: str) -> str:
 
 
 @contextmanager
+def required(store, consequence: str):
+    """A block whose store requests wait as long as the store's own
+    timeout; if the store does not answer, :class:`StoreDown` saying
+    ``consequence`` (what was not done)."""
+    try:
+        yield
+    except ConnectionError as e:  # EtcdUnavailable
+        raise StoreDown(down_message(store, str(e), consequence)) from None
+
+
+@contextmanager
 def needed(store, consequence: str, seconds: float = VIEW_WAIT_S):
     """A block whose store reads wait at most ``seconds``; if the store does
     not answer, :class:`StoreDown` saying ``consequence`` (what the view
     cannot show, and what goes on regardless)."""
-    try:
-        with bounded(store, seconds):
-            yield
-    except ConnectionError as e:  # EtcdUnavailable
-        raise StoreDown(down_message(store, str(e), consequence)) from None
+    with required(store, consequence), bounded(store, seconds):
+        yield
 
 
 def read(store, fn: Callable[[], T], consequence: str, seconds: float = VIEW_WAIT_S) -> T:
