@@ -99,7 +99,8 @@
 #define DP_WORKER_IDLE_YIELDS 6      /* CPU handed over by an idle spinning worker */
 #define DP_WORKER_LEARN_LIMITED 7    /* learning reports held back: over the worker's budget */
 #define DP_WORKER_NEIGH_HELD 8       /* frames held while their next hop was being resolved */
-#define DP_WORKER_CTR_COUNT 9
+#define DP_WORKER_SLOWPATH_LOST 9    /* reports to the control thread its full ring refused */
+#define DP_WORKER_CTR_COUNT 10
 
 /* fdb entry kinds (dp_fdb_get) */
 #define DP_FDB_NONE 0

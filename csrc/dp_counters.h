@@ -39,7 +39,8 @@
     _(IDLE_SLEEPS, "idle_sleeps")                                           \
     _(IDLE_YIELDS, "idle_yields")                                           \
     _(LEARN_LIMITED, "learn_limited")                                       \
-    _(NEIGH_HELD, "neigh_held")
+    _(NEIGH_HELD, "neigh_held")                                             \
+    _(SLOWPATH_LOST, "slowpath_lost")
 
 /* per (port, plane) queue of a shaped port (DP_BLOCK_QOS) */
 #define foreach_dp_qos_ctr                                                  \
@@ -72,7 +73,6 @@
     _(TRUNCATED, "truncated")             /* frame shorter than headers */  \
     _(SPLIT_HORIZON, "split_horizon")     /* decapped frame for a remote */ \
     _(ARP_IGNORED, "arp_ignored")         /* ARP not for the VTEP */        \
-    _(SLOWPATH_FULL, "slowpath_full")     /* control ring full */           \
     _(QUEUE_FULL, "queue_full")           /* plane queue of a shaped port */ \
     _(QUEUE_FLUSHED, "queue_flushed")     /* queued when shaper/port went */ \
     _(KPORT_OVERSIZE, "kport_oversize")   /* kernel port: > its ring frame */ \

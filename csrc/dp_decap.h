@@ -77,8 +77,10 @@ learn_new(struct dp_wctx *w, uint32_t net, const uint8_t *src, uint64_t key, uin
         return;
     if (!report_budget(w, &w->learn_budget))
         return;
+    /* a report the full ring cannot take: the frame goes on, the MAC is
+     * reported again by a later frame */
     if (slow_put(dp.learn_ring, DP_EV_LEARN, src, vtep_be, net) != 0) {
-        w->drop[DP_DROP_SLOWPATH_FULL]++;
+        w->wc[DP_WORKER_SLOWPATH_LOST]++;
         return;
     }
     w->learn_budget.left--;
@@ -147,7 +149,7 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     }
     if (slow_put(dp.neigh_ring, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes,
                  arp->arp_data.arp_sip, 0) != 0)
-        w->drop[DP_DROP_SLOWPATH_FULL]++;
+        w->wc[DP_WORKER_SLOWPATH_LOST]++; /* the neighbour's next ARP tells it again */
     if (announce || arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
         drop(w, m, DP_DROP_ARP_REPLY); /* taken by the neighbour table */
         return;

@@ -349,6 +349,11 @@ def cmd_status(args):
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))
     if st.get("neigh_held"):
         print(f"  held for a next hop's ARP answer: {st['neigh_held']} frames")
+    if st.get("slowpath_lost"):
+        print(
+            f"  reports the control thread's full ring refused: {st['slowpath_lost']} "
+            "(learned MACs, heard ARP answers; reported again by their next frames)"
+        )
     return 0
 
 

@@ -314,6 +314,13 @@ class CoreCollector:
             "ARP answered (sent then, or dropped as neigh_unresolved after 2 s)",
             labels=["worker"],
         )
+        lost = CounterMetricFamily(
+            "dataplane_worker_slowpath_lost",
+            "Reports to the control thread its full ring could not take: a new MAC "
+            "learned from the underlay, an ARP answer heard (the frame goes on; the "
+            "next frame or ARP reports it again)",
+            labels=["worker"],
+        )
         for w in range(c.worker.shape[0]):
             p = int(c.worker[w, polls])
             ratio.add_metric([str(w)], (int(c.worker[w, busy]) / p) if p else 0.0)
@@ -326,6 +333,7 @@ class CoreCollector:
             yields.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("idle_yields")]))
             limited.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("learn_limited")]))
             held.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("neigh_held")]))
+            lost.add_metric([str(w)], int(c.worker[w, WORKER_COUNTERS.index("slowpath_lost")]))
         yield ratio
         yield total
         yield busy_total
@@ -336,6 +344,7 @@ class CoreCollector:
         yield yields
         yield limited
         yield held
+        yield lost
 
     @staticmethod
     def _planes(snap):

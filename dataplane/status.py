@@ -152,6 +152,9 @@ def status_report(
         # frames that waited for a VTEP's next hop to answer ARP (those it
         # never answered within 2 s are in drops as neigh_unresolved)
         "neigh_held": int(c.worker[:, WORKER_COUNTERS.index("neigh_held")].sum()),
+        # learning reports and heard ARP answers the control thread's full
+        # ring refused (not drops: the frames went on)
+        "slowpath_lost": int(c.worker[:, WORKER_COUNTERS.index("slowpath_lost")].sum()),
         "planes": [
             _plane_status(c, pl, snap.shaped.get(uplink, {}), uplink, config) for pl in snap.planes
         ],

@@ -404,6 +404,12 @@ def _limited(eng):
     return int(eng.counters().worker[:, WORKER_COUNTERS.index("learn_limited")].sum())
 
 
+def _lost(eng):
+    from dataplane.engine import WORKER_COUNTERS
+
+    return int(eng.counters().worker[:, WORKER_COUNTERS.index("slowpath_lost")].sum())
+
+
 def _storm(n, vtep="10.0.0.77"):
     """n frames from n new source MACs behind one VTEP."""
     return [
@@ -433,6 +439,7 @@ def test_a_storm_of_new_macs_neither_floods_the_control_thread_nor_keeps_out_arp
     t = Topo(eng, static_nh=False, learning=True)
     eng.collect(t.up, wait=0.7)  # the core asks for its next hops
     base, limited, learned = t.drops(), _limited(eng), eng.learn_stats()["learned"]
+    lost = _lost(eng)
     peer = "02:00:0a:00:00:02"
     # 1000 new MACs at once, an ARP reply right behind them
     storm = _storm(1000)
@@ -443,7 +450,7 @@ def test_a_storm_of_new_macs_neither_floods_the_control_thread_nor_keeps_out_arp
     # back and counted, none lost to a full ring
     assert len(eng.collect(t.a, wait=WAIT, expect=1000)) == 1000
     assert _limited(eng) > limited
-    assert t.drops()["slowpath_full"] == base["slowpath_full"]
+    assert _lost(eng) == lost
     # the control thread learns what the worker reported, in its own time
     assert _settle(eng, lambda: eng.learn_stats()["learned"] > learned)
     first = eng.learn_stats()["learned"] - learned
@@ -593,3 +600,29 @@ def test_frame_larger_than_the_shaper_burst_does_not_stall(eng):
     out = eng.collect(t.up, max_frames=10, wait=3.0, expect=5)
     assert len(out) == 5 and all(len(f) == 2040 + 50 for f in out)
     eng.set_shaper(t.up, 0)
+
+
+def test_reports_a_full_ring_refuses_are_counted_and_no_frame_is_dropped(eng):
+    """With the control thread not draining it, the learning ring fills:
+    the reports it refuses are counted (slowpath_lost), not as drops, and
+    every frame is delivered; the control thread learns what the ring held
+    once it runs."""
+    t = Topo(eng, learning=True)
+    eng.stop()
+    eng.start(housekeeping_interval=0)  # the workers alone
+    try:
+        base, lost, learned = t.drops(), _lost(eng), eng.learn_stats()["learned"]
+        storm = _storm(2000)
+        for i in range(0, len(storm), 40):  # within the worker's budget per ms
+            assert eng.inject(t.up, storm[i : i + 40]) == len(storm[i : i + 40])
+            time.sleep(0.002)
+        got = eng.collect(t.a, wait=WAIT, expect=len(storm))
+        assert len(got) == len(storm)
+        assert _lost(eng) - lost > 0
+        assert t.drops() == base, {k: v - base[k] for k, v in t.drops().items() if v != base[k]}
+    finally:
+        eng.stop()
+        eng.start()
+        eng.set_learning_limits()
+    assert _settle(eng, lambda: eng.learn_stats()["learned"] > learned)
+    assert eng.learn_stats()["learned"] - learned <= 1024  # what the ring held

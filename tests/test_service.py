@@ -636,6 +636,7 @@ def test_metrics_pass_promtool(node):
         "dataplane_worker_fdb_slow_lookups_total",
         "dataplane_worker_learn_limited_total",
         "dataplane_worker_neigh_held_total",
+        "dataplane_worker_slowpath_lost_total",
         "dataplane_plane_latency_seconds_bucket",
     ):
         assert f"\n{name}{{" in text, name
