@@ -52,7 +52,11 @@ static void
 shm_fault(int sig, siginfo_t *si, void *uc)
 {
     sigjmp_buf *jb = dp_shm_jb;
-    if (jb != NULL) {
+    /* sent (kill, sigqueue, tgkill: si_code <= 0), not a fault of an
+     * access: never a guarded burst's, and its default action must still
+     * happen */
+    int sent = si != NULL && si->si_code <= 0;
+    if (jb != NULL && !sent) {
         dp_shm_jb = NULL;
         siglongjmp(*jb, sig); /* SA_NODEFER: the signal stays unblocked */
     }
@@ -72,8 +76,11 @@ shm_fault(int sig, siginfo_t *si, void *uc)
         prev->sa_handler(sig);
         return;
     }
-    /* the default action: the faulting instruction runs again and dies */
+    /* the default action: the faulting instruction runs again and dies;
+     * a sent signal has no instruction to run again: sent again */
     signal(sig, SIG_DFL);
+    if (sent)
+        raise(sig);
 }
 
 static int

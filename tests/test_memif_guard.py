@@ -212,3 +212,49 @@ def test_a_fault_outside_the_pods_memory_is_not_hidden():
         shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
     assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr[-2000:])
     assert "read" not in r.stdout
+
+
+SENT_SIGNAL = r"""
+import sys, time
+from dataplane.engine import Engine, EngineConfig
+
+eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=2047,
+                          file_prefix=sys.argv[1]))
+eng.start()  # the fault guard is in place from here
+print("ready", flush=True)
+time.sleep(60)
+print("alive", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGBUS", "SIGSEGV"])
+def test_a_signal_sent_with_kill_is_not_taken_for_a_fault(sig):
+    """SIGBUS or SIGSEGV sent to the process (kill) is not a fault of an
+    access: the guard does not swallow it, and the process ends as it would
+    without the guard."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from dataplane.engine import _runtime_dir
+
+    prefix = f"dpkill-{uuid.uuid4().hex[:8]}"
+    p = subprocess.Popen([sys.executable, "-c", SENT_SIGNAL, prefix], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-2000:]
+        p.send_signal(getattr(signal, sig))
+        try:
+            out, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+    finally:  # killed by the signal: the EAL's runtime directory is left
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
+    assert p.returncode == -getattr(signal, sig), (p.returncode, out, err[-2000:])
+    assert "alive" not in out
