@@ -34,6 +34,7 @@ def cnode(tmp_path):
     finally:
         n.cleanup()
 
+
 #: set by .ci/run: on CI every test runs; one that would skip (hugepages
 #: not reserved, etcd or a tool missing) fails instead, naming why
 NO_SKIPS = os.environ.get("DP_CI_NO_SKIPS") == "1"
