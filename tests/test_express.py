@@ -7,6 +7,7 @@ network, a spoofed source, ARP) still goes through the core and its
 guard; a capture sees every frame; no program stays behind; a kernel
 that refuses it stops a start only with ``true``."""
 
+import json
 import os
 import signal
 import subprocess
@@ -15,10 +16,14 @@ import threading
 import time
 
 import pytest
+import test_kernel_pods as kp
 from test_kernel_pods import MB, Fabric, tcp_transfer
 from test_service import CT_SPEC, ROOT, ip_of, ping, run_cli, running_node, scrape, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+fabric = kp.fabric  # the kernel-pod tests' fabric: a node, its underlay, a kernel VTEP host
 
 
 @pytest.fixture
@@ -267,6 +272,88 @@ def test_a_frame_over_the_networks_mtu_is_the_cores_to_refuse(node):
     assert port_row(node, "a")["express"]["rx_packets"] - x0 == 1  # the one that fits
     after = node.api("GET", "/v1/status")["drops"]
     assert after.get("kport_oversize", 0) - drops.get("kport_oversize", 0) == 1, (drops, after)
+
+
+# TCP source for a while: connects, sends for `secs` seconds whatever the
+# connection takes, then resets it; its MSS and the bytes it queued as JSON
+TCP_PUSH = """
+import json, socket, struct, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.create_connection((ip, port), timeout=10)
+mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+s.setblocking(False)
+sent, buf, end = 0, bytes(1 << 16), time.monotonic() + secs
+while time.monotonic() < end:
+    try:
+        sent += s.send(buf)
+    except BlockingIOError:
+        time.sleep(0.01)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+print(json.dumps({"mss": mss, "sent": sent}))
+"""
+
+
+def test_super_frames_whose_segments_pass_the_networks_mtu_are_the_cores(fabric):
+    """Pod a's interface raised by hand past its network's MTU, and a peer
+    behind a kernel VTEP that offers a large MSS: a's TCP super-frames
+    would become segments longer than the underlay takes once cut after
+    the tunnel. The lane leaves them to the core, which refuses and counts
+    them (``oversize``, as for a port not in the lane); pod b at the
+    network's MTU, to the same peer, still has its super-frames carried
+    by the lane, encapsulated whole."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", learning: true")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    for p in (a, b):  # the node learns the vm's MAC: a remote FDB entry, the lane's
+        kp.reach(p["ns"], kp.VM_IP, f"pod {p['ip']} -> kernel-VTEP host")
+    kp.ipn(node.ns, f"link set {a['planes'][0]['host_ifname']} mtu 9000")
+    kp.ipn(a["ns"], "link set eth0 mtu 9000")
+    (route,) = [
+        r
+        for r in kp.nsx(vm, "ip", "route", "show", check=True).stdout.splitlines()
+        if r.startswith(kp.SUBNET + "0/")
+    ]
+    kp.nsx(vm, "ip", "route", "change", *route.split(), "advmss", "8000", check=True)
+    max_len = fab.pod_mtu + 14  # the longest frame the network takes
+
+    def lane(p):
+        return next(
+            r for r in node.status()["ports"] if r["name"] == p["planes"][0]["host_ifname"]
+        )["express"]
+
+    def oversize():
+        d = node.status()["drops"]
+        return d.get("oversize", 0) + d.get("kport_oversize", 0)
+
+    x0, o0 = lane(a), oversize()
+    srv = fab.spawn(vm, kp.TCP_SERVER, 5201, 20, 3, "0.0.0.0")
+    assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
+    cli = fab.spawn(a["ns"], TCP_PUSH, kp.VM_IP, 5201, 2)
+    out, err = cli.communicate(timeout=60)
+    assert out, err
+    pushed = json.loads(out)
+    got = json.loads(srv.communicate(timeout=60)[0])
+    x1, o1 = lane(a), oversize()
+    # a's segments are longer than the network's MTU allows ...
+    assert pushed["mss"] + 54 > max_len and pushed["sent"] > 0, pushed
+    # ... so none of its data frames took the lane: what it carried fits
+    rx_p, rx_b = x1["rx_packets"] - x0["rx_packets"], x1["rx_bytes"] - x0["rx_bytes"]
+    assert rx_b <= rx_p * max_len and rx_b < 64 * 1024, (x0, x1, pushed)
+    # the core refused and counted them, and none reached the peer
+    assert o1 > o0, (o0, o1, node.status()["drops"])
+    assert got["bytes"] == 0, got
+
+    # pod b at the network's MTU: its super-frames (MSS 1410 less options:
+    # segments of exactly the longest frame) encapsulated by the lane
+    y0, o2 = lane(b), oversize()
+    tcp_transfer(fab, "pod b -> vtep host (lane)", vm, kp.VM_IP, b["ns"], size=4 * MB)
+    y1 = lane(b)
+    rx_p, rx_b = y1["rx_packets"] - y0["rx_packets"], y1["rx_bytes"] - y0["rx_bytes"]
+    assert rx_b > 4 * MB, (y0, y1)
+    assert rx_b > rx_p * max_len, (y0, y1)  # super-frames, carried whole
+    assert oversize() == o2, node.status()["drops"]
 
 
 def test_a_vlan_tagged_frame_is_left_to_the_core(node):

@@ -42,7 +42,9 @@
  * would (its tunnel's header template, the network's VNI, the outer DSCP
  * by the plane's marking or the inner one, the UDP source port from the
  * flow hash), and sent out of the uplink (bpf_redirect) - a super-frame
- * stays one, marked for UDP-tunnel segmentation after the tunnel.
+ * stays one, marked for UDP-tunnel segmentation after the tunnel, and is
+ * taken only if each segment it is cut into fits the network's MTU
+ * (ex_segs_fit; to a pod of this node it goes whole, as through the core).
  * ARP, neighbour discovery, VLAN, broadcast and multicast and unknown
  * destinations always take the core's path.
  *
@@ -336,6 +338,37 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
     return ok;
 }
 
+/* Whether the segments super-frame skb (IP protocol l4; IPv6 without an
+ * extension header, as ex_ip6_ok lets through) is cut into after the
+ * tunnel are each no longer than max_len: the Ethernet, IP and TCP (its
+ * data offset) or UDP headers every segment repeats, plus gso_size bytes
+ * of payload - as the core measures a super-frame it encapsulates (the
+ * encap_whole and gso_cut paths of dp_encap.h). 0 also for another L4
+ * protocol or headers that cannot be read: the core's path looks at it. */
+static __always_inline int
+ex_segs_fit(struct __sk_buff *skb, __be16 proto, __u8 l4, __u32 max_len)
+{
+    __u32 hl = ETH_HLEN + sizeof(struct ipv6hdr);
+    __u8 b;
+
+    if (proto == bpf_htons(ETH_P_IP)) {
+        /* IPv4: its header length, options included */
+        if (bpf_skb_load_bytes(skb, ETH_HLEN, &b, 1) < 0 || (b & 0xf) < 5)
+            return 0;
+        hl = ETH_HLEN + (__u32)(b & 0xf) * 4;
+    }
+    if (l4 == IPPROTO_TCP) {
+        if (bpf_skb_load_bytes(skb, hl + 12, &b, 1) < 0 || (b >> 4) < 5)
+            return 0;
+        hl += (__u32)(b >> 4) * 4;
+    } else if (l4 == IPPROTO_UDP) {
+        hl += sizeof(struct udphdr);
+    } else {
+        return 0;
+    }
+    return hl + skb->gso_size <= max_len;
+}
+
 /* A remote destination: the tunnel to its VTEP, if the lane can encapsulate
  * to it (1, and *w filled), else 0. TCP only: a bulk transfer's
  * super-frames are what the core's path copies most (through two packet
@@ -351,6 +384,13 @@ ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way 
 
     if (bpf_skb_load_bytes(skb, ETH_HLEN + (proto == bpf_htons(ETH_P_IP) ? 9 : 6), &l4, 1) < 0 ||
         l4 != IPPROTO_TCP)
+        return 0;
+    /* a super-frame longer than the network's MTU allows (ex_take let it
+     * by) is cut after the tunnel into segments of gso_size payload: each
+     * must fit too, else it is the core's, which refuses and counts it
+     * (oversize) - a pod whose interface was given a larger MTU than its
+     * network's would otherwise send the underlay segments it cannot take */
+    if (skb->len > w->src->max_len && !ex_segs_fit(skb, proto, l4, w->src->max_len))
         return 0;
     r = bpf_map_lookup_elem(&ex_rdst, k);
     if (!r)
@@ -405,7 +445,9 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
         return 0;
     /* longer than the network's MTU allows and not a super-frame (which the
      * receiving stack takes as the segments it stands for): the core counts
-     * it (kport_oversize) and refuses it */
+     * it (kport_oversize) and refuses it. A super-frame to a pod of this
+     * node is carried whole, as the core carries it (gso_put); one to a
+     * remote VTEP only if its segments fit (ex_remote) */
     if (skb->len > src->max_len && !skb->gso_size)
         return 0;
     if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
