@@ -180,7 +180,9 @@ def read_cdef(path=os.path.join(CSRC, "dataplane.h")):
 #: DPDK needs itself: its own ``-march=corei7``).
 MARCH = os.environ.get("DP_MARCH", "native")
 if not MARCH or not all(c.isalnum() or c in "-_." for c in MARCH):
-    sys.exit(f"dataplane build: DP_MARCH={MARCH!r} is not a gcc -march name (e.g. native, x86-64-v2)")
+    sys.exit(
+        f"dataplane build: DP_MARCH={MARCH!r} is not a gcc -march name (e.g. native, x86-64-v2)"
+    )
 
 #: DP_AB=1 in the environment: an A/B build, for ``python -m bench.abtest``
 #: (csrc/dp_internal.h: dp_ab); never a build to run a node with
