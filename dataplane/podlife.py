@@ -739,7 +739,9 @@ class PodLife:
         pod's other planes are left alone. A plane whose pod end lost what
         the add made of it (its address, up state, routes) gets it back
         (:meth:`_check_pod_ends`: a few pods a round, in turn). Also the leftovers of this node's adds and deletes the
-        store failed during (:meth:`leftover`). The names removed."""
+        store failed during (:meth:`leftover`), and the VFs held by pods
+        that are provably gone without a delete (:func:`dataplane.vf.sweep`).
+        The names removed."""
         removed, alive = [], []
         links = {n for _, n in socket.if_nameindex()}  # once a round
         for pod in self.store.pods(node=self.config.node):
@@ -751,6 +753,9 @@ class PodLife:
             except Exception as err:  # noqa: BLE001 - one pod's, not the node's
                 self._reap_failed(pod, err)
         self._check_pod_ends(alive)
+        from . import vf as vfs
+
+        vfs.sweep(self.store, self.lock)
         return removed
 
     @staticmethod

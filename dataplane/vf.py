@@ -17,20 +17,31 @@ take  1. the device's original state (name, ifindex, MAC, MTU, up, and with a
 give_back  the reverse, from the stored state, wherever the device is now
       (the pod's namespace, or this one after the namespace died); the
       record is cleared only once the device is back.
+sweep  a holder whose pod is provably gone (no record of that pod in that
+      namespace, and the namespace itself gone: deleted, or its path leads
+      to another namespace now) without a delete reaching the service: its
+      device is given back by the housekeeping each round and by a new add
+      that asks for it. A holder whose namespace still exists is left
+      alone. A device not back on this node yet keeps its record (the next
+      round looks again), unless a device of that name or PCI address is
+      there as another interface: the recorded one is gone for good and
+      the record is cleared. The held devices are listed in the store
+      (meta key ``vfs:<node>``) for the housekeeping to look at.
 
 A VF bound to a userspace driver (vfio-pci: a PCI address with no network
 device) is not moved: it is recorded as held and its PCI address returned
 for the pod's DPDK application.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from typing import Optional
+from typing import Dict, List, Optional
 
 from .errors import Busy, ConfigError, DataplaneError, NotFound
-from .logs import event
+from .logs import event, log, warning_event
 
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 SYS_NET = "/sys/class/net"
@@ -41,6 +52,27 @@ def meta_key(store, device: str) -> str:
     """Where the device's holder and original state are kept: per node (an
     etcd store is the cluster's, and device names repeat across nodes)."""
     return f"vf:{store.node or ''}:{device}"
+
+
+def index_key(store) -> str:
+    """Where the devices this node holds are listed (for the housekeeping:
+    the store lists no meta keys)."""
+    return f"vfs:{store.node or ''}"
+
+
+def held_devices(store) -> List[str]:
+    """The devices listed as held on this node (a listed device may have no
+    record any more; records from before the list are not in it)."""
+    v = store.get_meta(index_key(store))
+    return json.loads(v) if v else []
+
+
+def _list_held(store, device: str, held: bool):
+    """``device`` in (``held``) or out of the list of held devices."""
+    devices = set(held_devices(store))
+    if (device in devices) != held:
+        devices = devices | {device} if held else devices - {device}
+        store.set_meta(index_key(store), json.dumps(sorted(devices)))
 
 
 def temp_name(device: str) -> str:
@@ -121,6 +153,7 @@ def take(
 ) -> dict:
     """Hand ``device`` to pod ``pod`` as ``ifname``; what the pod's
     application needs (pci, device). On failure the device is given back."""
+    from .podlife import netns_identity
     from .podnet import _ipr, _open_netns
 
     key = meta_key(store, device)
@@ -128,9 +161,16 @@ def take(
     if held:
         rec = json.loads(held)
         if (rec["pod"], rec["plane"]) != (pod, plane):
-            raise Busy(f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']}")
+            still = free_if_gone(store, device, by="a new add")
+            if still:
+                raise Busy(
+                    f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']}"
+                    + ("" if still is True else f": {still}")
+                )
     name, pci = resolve(device)
     rec = {"pod": pod, "plane": plane, "device": device, "netns": netns, "pci": pci}
+    rec["netns_id"] = netns_identity(netns)  # tells the namespace from a later one
+    _list_held(store, device, True)
     if name is None:  # bound to a userspace driver: the pod's DPDK uses it
         rec["dpdk"] = True
         store.set_meta(key, json.dumps(rec))
@@ -222,19 +262,21 @@ def give_back(store, device: str) -> bool:
         return False
     if rec.get("dpdk") or "orig" not in rec:
         store.set_meta(meta_key(store, device), "")
+        _list_held(store, device, False)
         return True
     orig, tmp = rec["orig"], temp_name(device)
     here = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            with _ipr(rec["netns"]) as pipr:
-                for name in (rec["ifname"], tmp):
-                    found = pipr.link_lookup(ifname=name)
-                    if found:
-                        pipr.link("set", index=found[0], state="down")
-                        pipr.link("set", index=found[0], ifname=tmp)
-                        pipr.link("set", index=found[0], net_ns_fd=here)
-                        break
+            if not _netns_gone(rec):  # never out of another namespace at that path
+                with _ipr(rec["netns"]) as pipr:
+                    for name in (rec["ifname"], tmp):
+                        found = pipr.link_lookup(ifname=name)
+                        if found:
+                            pipr.link("set", index=found[0], state="down")
+                            pipr.link("set", index=found[0], ifname=tmp)
+                            pipr.link("set", index=found[0], net_ns_fd=here)
+                            break
         except Exception:  # noqa: BLE001 - the namespace is gone: it came back by itself
             pass
     finally:
@@ -257,6 +299,7 @@ def give_back(store, device: str) -> bool:
         p = orig["pf_vf"]
         _set_at_pf(orig["pf"], orig["vf"], p["mac"], p["vlan"], p["spoofchk"], p["trust"])
     store.set_meta(meta_key(store, device), "")
+    _list_held(store, device, False)
     event("vf: device given back", pod=rec["pod"], plane=rec["plane"], device=device)
     return True
 
@@ -266,3 +309,153 @@ def _exists(ipr, index) -> bool:
         return bool(ipr.get_links(index))
     except Exception:  # noqa: BLE001 - ENODEV
         return False
+
+
+# ------------------------------------------------------ gone holders
+#: {meta key: what was last logged of a gone holder's device not given back}
+_said: Dict[str, str] = {}
+
+
+def _netns_gone(rec) -> Optional[str]:
+    """Why holder ``rec``'s namespace is not there any more, or None:
+    nothing at its path, or another namespace than the one the device was
+    moved into (records from before identities were kept: the path alone)."""
+    from .podlife import netns_identity
+
+    path = rec.get("netns")
+    if not path:
+        return None
+    now = netns_identity(path)
+    if now is None:
+        return f"its namespace {path} is gone"
+    if rec.get("netns_id") and now != rec["netns_id"]:
+        return f"its namespace {path} is gone (the path leads to another namespace now)"
+    return None
+
+
+def holder_gone(store, rec) -> Optional[str]:
+    """Why the pod of holder record ``rec`` is provably gone, or None: no
+    record of that pod on this node in that namespace (a pod's own delete,
+    the housekeeping or a replay gives its devices back while it has one),
+    and its namespace gone (:func:`_netns_gone`). A VF bound to a userspace
+    driver is judged alike: its pod's application ran in that namespace."""
+    pod = store.pod(rec["pod"])
+    if (
+        pod is not None
+        and (store.node is None or pod.get("node") in (None, store.node))
+        and pod.get("netns") == rec.get("netns")
+    ):
+        return None
+    return _netns_gone(rec)
+
+
+def _recreated(rec, device: str) -> bool:
+    """Whether ``device`` is on this node now as another interface than the
+    recorded one (made again: its name or PCI address has a new ifindex)."""
+    from .podnet import _ipr
+
+    try:
+        name, _ = resolve(device)
+    except ConfigError:
+        return False
+    if name is None:
+        return False
+    with _ipr() as ipr:
+        found = ipr.link_lookup(ifname=name)
+    return bool(found) and found[0] != rec["orig"]["index"]
+
+
+def free_if_gone(store, device: str, by: str):
+    """Give ``device`` back if the pod holding it is provably gone
+    (:func:`holder_gone`). None if it is not held (any more); True if its
+    holder is not gone; else why it is still held (its holder is gone, the
+    device is not back on this node yet)."""
+    key = meta_key(store, device)
+    rec = holder(store, device)
+    if not rec:
+        _said.pop(key, None)
+        return None
+    why = holder_gone(store, rec)
+    if not why:
+        _said.pop(key, None)
+        return True
+    try:
+        give_back(store, device)
+    except NotFound:
+        if not _recreated(rec, device):
+            still = (
+                f"its pod is gone ({why}) and the device is not back on this node yet "
+                f"(ifindex {rec['orig']['index']}); it is given back once it is"
+            )
+            if _said.get(key) != still:
+                warning_event(
+                    "vf: device of a gone pod not back yet",
+                    pod=rec["pod"],
+                    plane=rec["plane"],
+                    device=device,
+                    why=why,
+                    by=by,
+                )
+            _said[key] = still
+            return still
+        store.set_meta(key, "")
+        _list_held(store, device, False)
+        _said.pop(key, None)
+        warning_event(
+            "vf: record of a gone pod's device cleared: the device is there as another "
+            "interface now, the recorded one is gone",
+            pod=rec["pod"],
+            plane=rec["plane"],
+            device=device,
+            why=why,
+            orig=rec["orig"],
+            by=by,
+        )
+        return None
+    _said.pop(key, None)
+    warning_event(
+        "vf: device of a gone pod given back",
+        pod=rec["pod"],
+        plane=rec["plane"],
+        device=device,
+        why=why,
+        by=by,
+    )
+    return None
+
+
+def sweep(store, lock=None) -> List[str]:
+    """Give back the devices of this node whose holders are provably gone
+    (:func:`free_if_gone`); the devices given back or whose records were
+    cleared. Each is looked at without ``lock`` (the lock pod adds and
+    deletes hold) and, if its holder is gone, freed under it, the record
+    read again. One device's netlink error is logged (once while it lasts)
+    and the others go on; the store's errors are raised."""
+    lock = lock if lock is not None else contextlib.nullcontext()
+    freed = []
+    for device in held_devices(store):
+        key = meta_key(store, device)
+        rec = holder(store, device)
+        if rec and not holder_gone(store, rec):
+            _said.pop(key, None)
+            continue
+        try:
+            with lock:
+                if not holder(store, device):  # given back meanwhile, or listed only
+                    _list_held(store, device, False)
+                    continue
+                if free_if_gone(store, device, by="housekeeping") is None:
+                    freed.append(device)
+        except DataplaneError:
+            raise
+        except Exception as err:  # noqa: BLE001 - one device's, not the node's
+            why = f"{type(err).__name__}: {err}"
+            if _said.get(key) != why:
+                log.warning(
+                    "housekeeping: vf device %s: %s; the next round tries again",
+                    device,
+                    why,
+                    extra={"fields": {"device": device, "why": why}},
+                )
+            _said[key] = why
+    return freed

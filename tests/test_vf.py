@@ -5,18 +5,22 @@ under the plane's name, addressed and routed, and given back exactly (name,
 MAC, MTU, up, no address) on pod delete, after a kill -9 of the service and
 a pod delete by the new one, and by the replay of a pod whose add never
 finished. A device another pod holds, and one that does not exist, are
-refused and leave nothing. What a real VF adds (the PF's VLAN, MAC, spoof
+refused and leave nothing. A device whose pod went away without a delete
+(its namespace deleted) is given back by the housekeeping once it is back
+on the node, or its record cleared once the device is made again; one
+whose pod's namespace lives is never taken. What a real VF adds (the PF's VLAN, MAC, spoof
 check and trust) is not exercised: a macvlan has no PF."""
 
 import json
 import os
 import sqlite3
+import time
 
 import pytest
 
 from tests import test_dpdk_pods, test_kernel_pods
 from tests.test_dpdk_pods import node_with_sockets
-from tests.test_kernel_pods import ipn
+from tests.test_kernel_pods import ipn, sh
 
 pytestmark = [
     pytest.mark.netns,
@@ -71,6 +75,25 @@ def add(node, body):
     info = node.api("POST", "/v1/pods", body)
     node.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
     return info
+
+
+def until(cond, what, timeout=20.0):
+    """Wait for ``cond()`` (the housekeeping runs every few seconds)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def refused(node, body):
+    """The error of an add that must be refused."""
+    from dataplane.api import APIError
+
+    with pytest.raises(APIError) as err:
+        node.api("POST", "/v1/pods", body)
+    return str(err.value)
 
 
 def test_vf_moved_addressed_and_given_back(fabric, sockdir):
@@ -171,6 +194,87 @@ def test_dataplane_devices_refused_as_vf(fabric, sockdir):
     assert link(node.ns, "uplink0") is not None
 
 
+def test_vf_of_a_pod_gone_without_delete_is_given_back(fabric, sockdir):
+    """A pod's namespace deleted without a pod delete while its VF is not
+    back on the node (a namespace's teardown is asynchronous; a VF comes
+    back to the node's namespace by itself, down, under the pod's name:
+    here it waits in a namespace of the test's meanwhile and is moved back
+    so). The housekeeping removes the pod; an add asking for the VF
+    meanwhile is refused, saying why; once the VF is back, the next round
+    gives it back as it was, and a second pod gets it."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    before = stand_in(node)
+    ns, body = vf_pod(fab, node, "a")
+    add(node, body)
+    away = fab.netns(f"{fab.tag}away")
+    ipn(ns, f"link set sriov0 netns {away}")
+    sh("ip", "netns", "del", ns)
+    until(lambda: node.api("GET", "/v1/pods") == [], "pod a removed by the housekeeping")
+
+    ns2, body2 = vf_pod(fab, node, "b")
+    msg = refused(node, body2)
+    assert f"vfstub0 is held by pod {fab.tag}a plane media: its pod is gone (its namespace " in msg
+    assert "the device is not back on this node yet" in msg, msg
+    assert node.api("GET", "/v1/pods") == []
+
+    ipn(away, f"link set sriov0 netns {node.ns}")  # back, as the kernel brings it
+    until(lambda: link(node.ns, "vfstub0") is not None, "vfstub0 given back")
+    assert_restored(node, before)
+    assert link(node.ns, "sriov0") is None
+    log = node.log()
+    assert '"msg": "vf: device of a gone pod given back"' in log, log[-3000:]
+    assert '"by": "housekeeping"' in log
+
+    add(node, body2)
+    assert link(ns2, "sriov0")["ifindex"] == before["ifindex"]
+    node.api("DELETE", f"/v1/pods?name={fab.tag}b")
+    assert_restored(node, before)
+
+
+def test_vf_of_a_live_namespace_kept_of_a_dead_one_freed(fabric, sockdir):
+    """A VF whose pod has no record any more (forgotten while the service
+    was down) but whose namespace lives: never taken, by the housekeeping
+    or by another pod's add. Its namespace deleted, the VF dies with it (a
+    stand-in is a virtual device): refused until a device of that name is
+    made again, then its record is cleared and the device handed out."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    before = stand_in(node)
+    ns, body = vf_pod(fab, node, "a")
+    add(node, body)
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    db = sqlite3.connect(node.dir / "state" / "state.db")
+    with db:
+        for table, col in (("endpoints", "pod"), ("allocations", "pod"), ("pods", "name")):
+            db.execute(f"DELETE FROM {table} WHERE {col}=?", (f"{fab.tag}a",))
+    db.close()
+    node.start()
+    from dataplane.podlife import REAP_EVERY_S
+
+    time.sleep(REAP_EVERY_S + 2)  # a housekeeping round at least
+    assert link(ns, "sriov0")["ifindex"] == before["ifindex"]  # still the pod's
+    _, body2 = vf_pod(fab, node, "b")
+    msg = refused(node, body2)
+    assert msg.endswith(f"vfstub0 is held by pod {fab.tag}a plane media"), msg
+    assert link(ns, "sriov0")["ifindex"] == before["ifindex"]
+
+    sh("ip", "netns", "del", ns)  # the stand-in dies with it
+    until(lambda: "not back on this node yet" in refused(node, body2), "refused, saying why")
+    ipn(node.ns, "link add link vfwire0 name vfstub0 type macvlan mode bridge")
+    ipn(node.ns, f"link set vfstub0 address {VF_MAC} mtu {VF_MTU} up")
+    again = link(node.ns, "vfstub0")
+    until(
+        lambda: "record of a gone pod's device cleared" in node.log(),
+        "the record cleared by the housekeeping",
+    )
+    add(node, body2)
+    node.api("DELETE", f"/v1/pods?name={fab.tag}b")
+    assert_restored(node, again)
+
+
 # ------------------------------------------- sysfs discovery, on a fake sysfs
 class MetaStore:
     """The store's meta calls alone."""
@@ -179,9 +283,13 @@ class MetaStore:
 
     def __init__(self):
         self.meta = {}
+        self.pods = {}
 
     def get_meta(self, key):
         return self.meta.get(key)
+
+    def pod(self, name):
+        return self.pods.get(name)
 
     def set_meta(self, key, value):
         self.meta[key] = value
@@ -230,6 +338,7 @@ def test_dpdk_mode_vf_is_held_not_moved(fake_sysfs):
 
     store = MetaStore()
     args = ("/nonexistent", "sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False, {})
+    store.pods["p1"] = {"name": "p1", "netns": "/nonexistent", "node": "node1"}
     got = vf.take(store, "p1", "media", "0000:03:02.2", *args)
     assert got == {"pci": "0000:03:02.2", "device": "0000:03:02.2"}
     assert json.loads(store.meta["vf:node1:0000:03:02.2"])["pod"] == "p1"
@@ -271,3 +380,34 @@ def test_vf_attachment_check_sees_the_pods_interface(fabric, sockdir):
     ], problems
     node.api("DELETE", "/v1/attachments", key)
     assert_restored(node, before)
+
+
+def test_dpdk_mode_vf_of_a_gone_pod_freed(fake_sysfs, tmp_path):
+    """A VF bound to vfio-pci whose pod has no record: kept while its
+    namespace is there; once it is gone, the next pod asking gets it, and
+    the housekeeping's sweep frees it too."""
+    vf = fake_sysfs
+    from dataplane.errors import Busy
+
+    dev = "0000:03:02.2"
+    store = MetaStore()
+    netns = tmp_path / "netns-p1"  # stands for the namespace's path
+    netns.write_text("")
+    rest = ("sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False, {})
+    vf.take(store, "p1", "media", dev, str(netns), *rest)
+    assert vf.held_devices(store) == [dev]
+    with pytest.raises(Busy, match="held by pod p1 plane media$"):
+        vf.take(store, "p2", "media", dev, "/nonexistent", *rest)
+    assert vf.sweep(store) == [] and vf.holder(store, dev)["pod"] == "p1"
+
+    netns.unlink()
+    store.pods["p1"] = {"name": "p1", "netns": str(netns), "node": "node1"}
+    with pytest.raises(Busy, match="held by pod p1 plane media$"):  # its record: its delete's
+        vf.take(store, "p2", "media", dev, "/nonexistent", *rest)
+    assert vf.sweep(store) == []
+
+    del store.pods["p1"]
+    assert vf.take(store, "p2", "media", dev, "/nonexistent", *rest)["pci"] == dev
+    assert vf.holder(store, dev)["pod"] == "p2"
+    assert vf.sweep(store) == [dev]  # p2's namespace is gone too
+    assert vf.holder(store, dev) is None and vf.held_devices(store) == []
