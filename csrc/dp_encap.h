@@ -100,7 +100,14 @@ static void
 hold(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struct dp_tunnel *t,
      struct rte_mbuf *m)
 {
-    if (w->n_held == DP_HOLD_MAX || dp_gso_frame(m) || (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK)) {
+    /* a next hop that did not answer while earlier frames waited (a node
+     * down): its frames are dropped at once for DP_HOLD_GIVE_UP hold times,
+     * so that they neither fill the slots the first frames to other nodes
+     * need nor keep the worker off encap_fast (n_held) for as long as they
+     * come; then held again, while the core keeps asking */
+    const struct dp_gave_up *g = &w->gave_up[ti];
+    if (w->n_held == DP_HOLD_MAX || (g->t == t && g->ip == t->ip && w->rx_tsc < g->until) ||
+        dp_gso_frame(m) || (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK)) {
         drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
         return;
     }
@@ -263,6 +270,9 @@ hold_run(struct dp_wctx *w, int all)
         const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[e->ti], memory_order_acquire);
         if (all || net == NULL || net->vni != e->vni || t == NULL || t->ip != e->vtep_ip ||
             w->vtep->uplink < 0 || (!t->resolved && now - e->tsc >= w->hold_tsc)) {
+            if (t != NULL && !t->resolved && t->ip == e->vtep_ip)
+                w->gave_up[e->ti] =
+                    (struct dp_gave_up){t, t->ip, now + DP_HOLD_GIVE_UP * w->hold_tsc};
             drop(w, e->m, DP_DROP_NEIGH_UNRESOLVED);
             continue;
         }

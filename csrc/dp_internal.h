@@ -59,6 +59,9 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
  * retries ARP: ours retries every DP_ARP_RETRY_US) */
 #define DP_HOLD_MAX 64
 #define DP_HOLD_MS 2000
+/* a next hop that left held frames unanswered: its frames are not held
+ * again for this many DP_HOLD_MS (dp_encap.h, hold) */
+#define DP_HOLD_GIVE_UP 5
 
 /*
  * Per-worker caches of the FDB and of the (VNI, source VTEP) table: direct-

@@ -67,6 +67,17 @@ struct dp_wctx {
         uint32_t vni;     /* the network's */
         uint16_t net, ti;
     } held[DP_HOLD_MAX];
+    /* per tunnel: the template (unresolved) whose held frames waited out
+     * DP_HOLD_MS, and until when frames to it are not held again (hold):
+     * DP_HOLD_GIVE_UP times that, or until a new template (its next hop
+     * answered) replaces it. The template is compared, never dereferenced; its VTEP
+     * and the time bound keep a freed one's address, given to another
+     * tunnel, from counting. */
+    struct dp_gave_up {
+        const struct dp_tunnel *t;
+        uint32_t ip;
+        uint64_t until; /* TSC */
+    } gave_up[DP_MAX_TUNNELS];
 };
 
 static inline void

@@ -538,6 +538,36 @@ def test_held_frames_dropped_when_nobody_answers(eng):
     assert not [f for f in eng.collect(t.up, wait=0.2) if Ether(f).haslayer(VXLAN)]
 
 
+def test_frames_to_a_next_hop_that_did_not_answer_are_not_held_again(eng):
+    """Once a next hop left its held frames unanswered for the hold time (a
+    node down), its later frames are dropped at once instead of held: they
+    do not take the slots the first frames to another node need."""
+    t = Topo(eng, static_nh=False)
+    dead_mac, _ = _fresh_remote(eng, 4)
+    new_mac, new_vtep = _fresh_remote(eng, 5)
+    h0 = _held(eng)
+    t.send(t.a, udp_frame(dst=dead_mac))
+    assert _wait_held(eng, h0, 1) == 1
+    for _ in range(300):  # the hold time (2 s)
+        if t.drops()["neigh_unresolved"] >= 1:
+            break
+        time.sleep(0.01)
+    assert t.drops()["neigh_unresolved"] == 1
+    h1 = _held(eng)
+    t.send(t.a, *[_tagged(b"d%02d" % i, dead_mac) for i in range(70)])
+    assert wait_drop(eng, t.base, "neigh_unresolved", 71) == 71
+    assert _held(eng) == h1
+    # the first frame to a node being resolved is held, and leaves once its
+    # next hop answers
+    t.send(t.a, _tagged(b"new", new_mac))
+    assert _wait_held(eng, h1, 1) == 1
+    eng.collect(t.up, wait=0.2)  # the ARP requests
+    _arp_reply(t, new_vtep, "02:00:0a:00:00:35")
+    [out] = _tunnelled(t, 1)
+    assert out[IP].dst == new_vtep and bytes(out[VXLAN][UDP].payload) == b"new"
+    assert t.drops()["neigh_unresolved"] == 71
+
+
 def test_held_frame_dropped_when_its_tunnel_goes(eng):
     t = Topo(eng, static_nh=False)
     mac, _ = _fresh_remote(eng, 3)
