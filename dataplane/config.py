@@ -23,6 +23,7 @@
       - {vtep: 10.0.0.2, networks: [net1]}
     # store: {kind: sqlite}         # default: state_dir/state.db, one node
     # store: {kind: etcd, endpoints: ["http://127.0.0.1:2379"], prefix: /dataplane}
+    #   (https endpoints: tls: {ca: ca.crt, cert: node.crt, key: node.key})
     # pod_socket_dir: /run/dataplane/pods   # memif / vhost-user sockets, a directory per pod
 
 :func:`load_config` reads a file, :func:`parse_config` a dict already parsed.
@@ -261,10 +262,24 @@ class StoreConfig:
     path: str = os.path.join(DEFAULT_STATE_DIR, "state.db")
     endpoints: Tuple[str, ...] = ()
     prefix: str = DEFAULT_ETCD_PREFIX
+    #: etcd over https: the CA that signed the members' certificates (None:
+    #: the system's), and this node's client certificate and key (for
+    #: members that require one: etcd's --client-cert-auth)
+    tls_ca: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         if self.kind == "etcd":
-            return {"kind": self.kind, "endpoints": list(self.endpoints), "prefix": self.prefix}
+            d = {"kind": self.kind, "endpoints": list(self.endpoints), "prefix": self.prefix}
+            tls = {
+                k: v
+                for k, v in (("ca", self.tls_ca), ("cert", self.tls_cert), ("key", self.tls_key))
+                if v is not None
+            }
+            if tls:
+                d["tls"] = tls
+            return d
         return {"kind": self.kind, "path": self.path}
 
 
@@ -700,7 +715,7 @@ _NETWORK_KEYS = (
     "storm_pps",
     "storm_burst",
 )
-_STORE_KEYS = ("kind", "path", "endpoints", "prefix")
+_STORE_KEYS = ("kind", "path", "endpoints", "prefix", "tls")
 _DUPLICATE_MACS_KEYS = ("moves", "window_s", "freeze_s")
 
 
@@ -1130,13 +1145,18 @@ def _store(value, state_dir, base_dir) -> StoreConfig:
                 "store.endpoints",
                 "is required for kind etcd (a list of URLs, e.g. [http://127.0.0.1:2379])",
             )
+        endpoints = check_etcd_endpoints(s["endpoints"], "store.endpoints")
+        ca, cert, key = _store_tls(s.get("tls"), endpoints, base_dir)
         return StoreConfig(
             kind=kind,
             path=default_path,
-            endpoints=check_etcd_endpoints(s["endpoints"], "store.endpoints"),
+            endpoints=endpoints,
             prefix=check_etcd_prefix(s.get("prefix", DEFAULT_ETCD_PREFIX), "store.prefix"),
+            tls_ca=ca,
+            tls_cert=cert,
+            tls_key=key,
         )
-    for key in ("endpoints", "prefix"):
+    for key in ("endpoints", "prefix", "tls"):
         if s.get(key) is not None:
             raise fail(f"store.{key}", "is for kind etcd (add kind: etcd)")
     path = s.get("path")
@@ -1144,6 +1164,37 @@ def _store(value, state_dir, base_dir) -> StoreConfig:
     if os.path.isdir(path):
         raise fail("store.path", f"{path} is a directory: name the state file in it")
     return StoreConfig(kind=kind, path=path)
+
+
+def _store_tls(value, endpoints, base_dir) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    """store.tls: {ca, cert, key} - files (relative to the config file's
+    directory) that exist and can be read; cert and key together; for
+    https endpoints only."""
+    if value is None:
+        return None, None, None
+    t = check_keys(value, "store.tls", ("ca", "cert", "key"))
+    if not t:
+        raise fail("store.tls", "names none of ca, cert, key")
+    if not any(u.startswith("https://") for u in endpoints):
+        raise fail("store.tls", "is for https endpoints (store.endpoints are all http)")
+    if ("cert" in t) != ("key" in t):
+        have, lack = ("cert", "key") if "cert" in t else ("key", "cert")
+        raise fail(
+            f"store.tls.{lack}",
+            f"is required with store.tls.{have} (a client certificate and its key)",
+        )
+    out = []
+    for k in ("ca", "cert", "key"):
+        if t.get(k) is None:
+            out.append(None)
+            continue
+        f = check_abspath(t[k], f"store.tls.{k}", base_dir)
+        if not os.path.isfile(f):
+            raise fail(f"store.tls.{k}", f"{f}: no such file")
+        if not os.access(f, os.R_OK):
+            raise fail(f"store.tls.{k}", f"{f}: cannot be read")
+        out.append(f)
+    return out[0], out[1], out[2]
 
 
 def _metrics(value) -> MetricsConfig:

@@ -39,7 +39,13 @@ def open_store(store_config: StoreConfig, node: Optional[str] = None, **kwargs) 
         from .etcd import EtcdStore
 
         store = EtcdStore(
-            list(store_config.endpoints), prefix=store_config.prefix, node=node, **kwargs
+            list(store_config.endpoints),
+            prefix=store_config.prefix,
+            node=node,
+            ca_cert=store_config.tls_ca,
+            cert_cert=store_config.tls_cert,
+            cert_key=store_config.tls_key,
+            **kwargs,
         )
     else:
         raise ConfigError(f"store.kind: {kind!r} is not supported (supported: sqlite, etcd)")

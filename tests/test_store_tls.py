@@ -1,0 +1,154 @@
+"""An etcd store over TLS, as a production cluster runs it: the members'
+certificates signed by a private CA (``store.tls.ca``) and a client
+certificate each node presents (``store.tls.cert``/``key``, for etcd's
+``--client-cert-auth``). A real etcd with certificates made by openssl."""
+
+import os
+import ssl
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from dataplane.config import parse_config
+from dataplane.errors import ConfigError
+from tests.etcdhost import EtcdServer, have_etcd
+
+pytestmark = [pytest.mark.skipif(not have_etcd(), reason="needs /usr/bin/etcd (etcd-server)")]
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate
+    signed by it, and a second CA that signed neither."""
+    d = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
+                 "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN=dptest-{ca}", cwd=d)  # fmt: skip
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for who in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out",
+                 f"{who}.csr", "-subj", f"/CN=dptest-{who}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{who}.crt", "-days", "2", "-extfile",
+                 f"{who}.ext", cwd=d)  # fmt: skip
+    return d
+
+
+class TLSEtcd(EtcdServer):
+    """etcd serving clients over https, requiring a client certificate."""
+
+    def __init__(self, pki):
+        super().__init__(name="dptest-tls")
+        self.pki = pki
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.client_port}"
+
+    def _cmd(self):
+        p = self.pki
+        return super()._cmd() + [
+            "--cert-file", str(p / "server.crt"), "--key-file", str(p / "server.key"),
+            "--trusted-ca-file", str(p / "ca.crt"), "--client-cert-auth",
+        ]  # fmt: skip
+
+    def _wait_healthy(self, timeout) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "client.crt"), str(self.pki / "client.key"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1, context=ctx) as r:
+                    if b'"true"' in r.read():
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.1)
+        return False
+
+
+@pytest.fixture(scope="module")
+def etcd_tls(pki):
+    srv = TLSEtcd(pki)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.close()
+
+
+def _config(tmp_path, url, tls):
+    return {
+        "node": "node1",
+        "vtep": {"address": "10.0.0.1/24", "uplink": "eth1"},
+        "networks": [{"name": "net1", "vni": 100, "plane": "std", "subnet": "192.168.10.0/24"}],
+        "state_dir": str(tmp_path / "state"),
+        "store": {
+            "kind": "etcd",
+            "endpoints": [url],
+            "prefix": f"/dptest/{uuid.uuid4().hex}",
+            **({"tls": tls} if tls is not None else {}),
+        },
+    }
+
+
+def test_a_store_over_tls_with_a_client_certificate(tmp_path, etcd_tls, pki):
+    from dataplane.store import open_store
+
+    tls = {"ca": str(pki / "ca.crt"), "cert": str(pki / "client.crt"), "key": "client.key"}
+    cfg = parse_config(_config(tmp_path, etcd_tls.url, tls), base_dir=str(pki))
+    assert cfg.store.tls_key == str(pki / "client.key")  # relative: the config's directory
+    assert parse_config(cfg.to_dict()).store == cfg.store  # written back as read
+    store = open_store(cfg.store, cfg.node)
+    try:
+        store.set_meta("tls-check", "yes")
+        assert store.get_meta("tls-check") == "yes"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "tls, says",
+    [
+        ({"ca": "ca.crt"}, "does not answer"),  # no client certificate: refused
+        ({"ca": "other-ca.crt", "cert": "client.crt", "key": "client.key"}, "certificate"),
+        (None, "certificate"),  # the system's CAs do not know the private one
+    ],
+)
+def test_a_store_the_node_cannot_authenticate_to_is_refused_naming_why(
+    tmp_path, etcd_tls, pki, tls, says
+):
+    from dataplane.store import open_store
+
+    cfg = parse_config(_config(tmp_path, etcd_tls.url, tls), base_dir=str(pki))
+    with pytest.raises(ConnectionError) as e:
+        open_store(cfg.store, cfg.node, timeout=3)
+    assert etcd_tls.url in str(e.value) and says in str(e.value), e.value
+
+
+@pytest.mark.parametrize(
+    "url, tls, says",
+    [
+        ("http://127.0.0.1:2379", {"ca": "ca.crt"}, "store.tls: is for https endpoints"),
+        ("https://127.0.0.1:2379", {"cert": "client.crt"}, "store.tls.key: is required with"),
+        ("https://127.0.0.1:2379", {"key": "client.key"}, "store.tls.cert: is required with"),
+        ("https://127.0.0.1:2379", {"ca": "nope.crt"}, "nope.crt: no such file"),
+        ("https://127.0.0.1:2379", {"ca": "ca.crt", "crl": "x"}, "store.tls"),
+        ("https://127.0.0.1:2379", {}, "store.tls: names none of ca, cert, key"),
+    ],
+)
+def test_bad_tls_settings_are_refused_naming_them(tmp_path, pki, url, tls, says):
+    with pytest.raises(ConfigError) as e:
+        parse_config(_config(tmp_path, url, tls), base_dir=str(pki))
+    assert says in str(e.value), e.value
+    assert os.path.exists(pki / "ca.crt")
