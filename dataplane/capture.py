@@ -7,9 +7,18 @@ with the capture's counters, ``DELETE /v1/capture?id=`` stops it. One
 capture runs at a time. A capture whose client stops asking (killed, lost)
 is stopped after ``LEASE_S`` seconds, so the worker's capture path never
 stays on for nobody.
+
+A client may choose the capture's id (``id`` in the start's body, 16 hex
+digits), so that it can stop the capture without having read the start's
+answer (interrupted while waiting for it): a DELETE of an id that is not
+running is remembered (the last ``CANCELLED_KEPT``), and a start with such
+an id that comes after it - its request still on the way, or waiting for
+the service - is refused and starts nothing. A start repeated with the id
+of the running capture is answered as the first one was.
 """
 
 import base64
+import collections
 import re
 import secrets
 import threading
@@ -18,12 +27,13 @@ from typing import Callable, Dict, List
 
 from .api import Route
 from .checks import CAPTURE_SNAPLEN_RANGE, brief, check_int, check_string, fail
-from .errors import Busy, ConfigError, NotFound
+from .errors import AlreadyExists, Busy, ConfigError, NotFound
 
 LEASE_S = 15.0
 DIRECTIONS = ("rx", "tx", "both")
 SNAPLEN_DEFAULT = 9216
 SLOTS = 4096
+CANCELLED_KEPT = 256
 
 
 def _frames_json(frames, stats) -> dict:
@@ -48,6 +58,7 @@ class Captures:
         self.uplink = uplink
         self.current = None  # {"id", "interfaces", "last"}
         self.ended = None  # a capture ended by the service: {"id", "why", frames, stats}
+        self.cancelled = collections.OrderedDict()  # ids stopped before they ran: None
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._expire, name="capture-lease", daemon=True)
         self._watch.start()
@@ -94,27 +105,37 @@ class Captures:
 
     # ---------------------------------------------------------------- verbs
     def start(self, body: dict) -> dict:
-        """body: target (required), direction, filter, snaplen - checked by
-        the route (``routes``)."""
+        """body: target (required), direction, filter, snaplen, id (the
+        client's, else one made here) - checked by the route (``routes``)."""
         direction = body.get("direction", "both")
         flt = body.get("filter", "")
         snaplen = body.get("snaplen", SNAPLEN_DEFAULT)
+        cid = body.get("id")
         with self.lock:
+            if cid is not None and cid in self.cancelled:
+                raise AlreadyExists(f"capture {cid}: stopped before it started (start a new id)")
+            if self.current is not None and cid is not None and cid == self.current["id"]:
+                return self._answer()  # the same start again
             if self.current is not None:
                 raise Busy("a capture is already running (one at a time)")
+            if cid is not None and self.ended is not None and self.ended["id"] == cid:
+                raise AlreadyExists(f"capture {cid}: the id of a capture that ended")
             ifaces = self.resolve(body.get("target"))
             self.engine.capture_start(
                 [i["port"] for i in ifaces], direction, flt, snaplen=snaplen, slots=SLOTS
             )
             self.current = {
-                "id": secrets.token_hex(8),
+                "id": cid or secrets.token_hex(8),
                 "interfaces": ifaces,
                 "last": time.monotonic(),
                 "direction": direction,
                 "filter": flt,
                 "snaplen": snaplen,
             }
-            return {k: v for k, v in self.current.items() if k != "last"}
+            return self._answer()
+
+    def _answer(self) -> dict:
+        return {k: v for k, v in self.current.items() if k != "last"}
 
     def port_removed(self, port: int):
         """Port ``port`` is about to leave the core: a capture on it ends now
@@ -162,6 +183,11 @@ class Captures:
             ended = self._ended(cid)
             if ended is not None:
                 return ended
+            if self.current is None or cid != self.current["id"]:
+                # a start with this id still on its way starts nothing
+                self.cancelled[cid] = None
+                while len(self.cancelled) > CANCELLED_KEPT:
+                    self.cancelled.popitem(last=False)
             self._mine(cid)
             frames, stats = self._finish()
         return _frames_json(frames, stats)
@@ -198,6 +224,7 @@ class Captures:
                     "direction": _check_direction,
                     "filter": _check_filter,
                     "snaplen": lambda v, p: check_int(v, p, *CAPTURE_SNAPLEN_RANGE),
+                    "id": _check_id,
                 },
                 required=("target",),
             ),

@@ -6,13 +6,17 @@ tcpdump, and stops the capture when ``-c`` frames came, ``--duration`` ran
 out, the file reached ``--max-size``, on Ctrl-C or when the file cannot be
 written (a full disk); the file is always closed whole, and the counts of
 frames the capture could not keep (dropped from the capture, never from
-forwarding) are printed at the end.
+forwarding) are printed at the end. The capture's id is chosen here and sent
+with the start, so that a Ctrl-C or SIGTERM that comes before the start's
+answer was read stops the capture too.
 """
 
 import argparse
 import base64
+import contextlib
 import os
 import re
+import secrets
 import signal
 import stat
 import sys
@@ -21,6 +25,10 @@ import time
 from .pcapng import PcapngWriter, clock, summary
 
 POLL_S = 0.05
+#: how long an interrupted client waits for the service to take its stop
+CANCEL_WAIT_S = 2.0
+STOPS = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTED = "dataplane capture: interrupted before the capture started"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -65,17 +73,15 @@ def add_parser(sub):
     return p
 
 
-def _open(path):
+def _open(path, new):
     """``path`` opened raw for writing, not yet emptied (a capture that does
-    not start leaves a file that was there as it was), and whether this
-    created it."""
+    not start leaves a file that was there as it was): made here if ``new``
+    (None if it exists), else as it is (a pipe's open waits for its reader)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if new else 0)
     try:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            return open(fd, "wb", buffering=0), True
-        except FileExistsError:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            return open(fd, "wb", buffering=0), False
+        return open(os.open(path, flags, 0o666), "wb", buffering=0)
+    except FileExistsError:
+        return None
     except OSError as e:
         raise SystemExit(f"dataplane capture: -w {path}: {e.strerror or e}")
 
@@ -92,45 +98,72 @@ def run(args):
     old_term = signal.signal(signal.SIGTERM, term)
     try:
         return _capture(args)
+    except KeyboardInterrupt:  # before the start was sent, or a second one while stopping
+        raise SystemExit(INTERRUPTED) from None
     finally:
         signal.signal(signal.SIGTERM, old_term)
+
+
+@contextlib.contextmanager
+def _ignoring_stops():
+    """Ctrl-C and SIGTERM ignored: what runs here is short and must finish."""
+    old = [signal.signal(s, signal.SIG_IGN) for s in STOPS]
+    try:
+        yield
+    finally:
+        for s, h in zip(STOPS, old):
+            signal.signal(s, h)
+
+
+def _cancel(args, cid):
+    """Stop capture ``cid`` without waiting long for the service, whether it
+    runs or its start is still on the way (the service then refuses that
+    start). Once the request is sent the service acts on it, answered or not."""
+    from .api import call
+    from .cli import _socket
+
+    with _ignoring_stops():
+        try:  # the socket's path was found for the start: it is found again
+            call(
+                _socket(args),
+                "DELETE",
+                "/v1/capture",
+                query={"id": cid},
+                timeout=CANCEL_WAIT_S,
+                busy_wait=CANCEL_WAIT_S,
+            )
+        except Exception:  # noqa: BLE001 - not running (404), or the service is gone or slow
+            pass
 
 
 def _capture(args):
     from .cli import _call
 
+    # The capture's id is chosen here and sent with the start: an interrupt
+    # at any point after the start was sent stops the capture by its id,
+    # whether or not the answer was read (a stop the service gets first
+    # makes it refuse the start).
+    cid = secrets.token_hex(8)
     body = {
         "target": args.target,
         "direction": args.direction,
         "filter": " ".join(args.filter),
         "snaplen": args.snaplen,
+        "id": cid,
     }
-    # the file first: one that cannot be written starts no capture
-    out, created = _open(args.write) if args.write else (None, False)
-    try:
-        cap = _call(args, "POST", "/v1/capture", body)
-    except (SystemExit, KeyboardInterrupt) as e:
-        if out:  # a file this made goes; one that was there stays untouched
-            out.close()
-            if created:
-                try:
-                    os.unlink(args.write)
-                except OSError:
-                    pass
-        if isinstance(e, KeyboardInterrupt):
-            raise SystemExit("dataplane capture: interrupted before the capture started")
-        raise
-    cid, ifaces = cap["id"], cap["interfaces"]
-    index = {i["port"]: n for n, i in enumerate(ifaces)}
-    names = {i["port"]: i["name"] for i in ifaces}
-    where = ", ".join(f"{i['name']} (port {i['port']})" for i in ifaces)
+    out, created = None, False
+    cap = None  # the service's answer to the start
+    posting = interrupted = False
+    index, names = {}, {}
     n, stats, writer = 0, None, None
     failed = None  # the error that stopped writing the file
     full = False  # the next frame would have passed --max-size
-    end = time.monotonic() + args.duration if args.duration else None
+    ended = None  # why the capture ended before its client stopped it
 
     def take(frames):
         nonlocal n, full, failed
+        if out and writer is None:
+            return  # the file was not begun (interrupted before, or it failed)
         try:
             for ts, port, d, orig, b64 in frames:
                 if (args.count and n >= args.count) or full or failed:
@@ -151,8 +184,25 @@ def _capture(args):
                 except OSError as e:
                     failed = e
 
-    ended = None  # why the capture ended before its client stopped it
     try:
+        # the file first: one that cannot be written starts no capture
+        if args.write:
+            # an interrupt while it is made waits until `created` says whose it is
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+            try:
+                out = _open(args.write, new=True)
+                created = out is not None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            if out is None:
+                out = _open(args.write, new=False)
+        posting = True
+        cap = _call(args, "POST", "/v1/capture", body)
+        ifaces = cap["interfaces"]
+        index = {i["port"]: n for n, i in enumerate(ifaces)}
+        names = {i["port"]: i["name"] for i in ifaces}
+        where = ", ".join(f"{i['name']} (port {i['port']})" for i in ifaces)
+        end = time.monotonic() + args.duration if args.duration else None
         if out:
             try:
                 if stat.S_ISREG(os.fstat(out.fileno()).st_mode):
@@ -184,27 +234,38 @@ def _capture(args):
                 break
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
-        if ended is None:
+        if cap is None:  # refused, or interrupted before the answer was read
+            with _ignoring_stops():
+                if out:  # a file this made goes; one that was there stays untouched
+                    out.close()
+                    if created:
+                        try:
+                            os.unlink(args.write)
+                        except OSError:
+                            pass
+            if interrupted and posting:  # the service may have started it
+                _cancel(args, cid)
+        elif ended is None:
             try:
                 r = _call(args, "DELETE", "/v1/capture", query={"id": cid})
                 take(r["frames"])
                 stats = r["stats"]
                 ended = r.get("ended")
-            except (SystemExit, KeyboardInterrupt):
+            except SystemExit:
                 pass  # the service is gone or the capture expired: keep what came
-        if out:  # the capture is stopped: finishing the file takes no time
-            old = [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]
-            try:
+            except KeyboardInterrupt:
+                _cancel(args, cid)  # its last frames are not waited for
+        if cap is not None and out:  # the capture is stopped: finishing the file takes no time
+            with _ignoring_stops():
                 take([])  # what an interrupt kept from being written
                 try:
                     out.close()
                 except OSError as e:
                     failed = failed or e
-            finally:
-                signal.signal(signal.SIGINT, old[0])
-                signal.signal(signal.SIGTERM, old[1])
+    if cap is None:
+        raise SystemExit(INTERRUPTED)
     s = stats or {}
     if failed:
         print(

@@ -1,0 +1,216 @@
+"""``dataplane capture`` interrupted (Ctrl-C, SIGTERM) while its capture
+starts, against a running node service: whether the service has already
+started the capture and answered, is still to take the start, or has not
+been asked yet, the client exits 1 saying it was interrupted before the
+capture started, and no capture is left running: the next one starts at
+once. The client chooses the capture's id and stops it by that id; a stop
+the service takes before the start makes it refuse that start."""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from nodeparts import underlay_node
+from test_service import NETWORKS, ROOT
+
+from dataplane.api import APIError
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+INTERRUPTED = "dataplane capture: interrupted before the capture started"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    with underlay_node(tmp_path_factory.mktemp("capint"), NETWORKS, ["net1"]) as (n, _):
+        yield n
+
+
+@pytest.fixture
+def procs(node):
+    """Processes a test starts; the ones still running are killed after it
+    (stopped ones too), and the service is left running."""
+    started = []
+    yield started
+    node.proc.send_signal(signal.SIGCONT)
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def capture(node, procs, *args):
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dataplane.cli", "capture", *args, "--socket", node.sock],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    procs.append(p)
+    return p
+
+
+def wait_for(what, cond, timeout=20.0):
+    until = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > until:
+            raise AssertionError(f"never, in {timeout:g} s: {what}")
+        time.sleep(0.02)
+
+
+def wchan(proc):
+    with open(f"/proc/{proc.pid}/wchan") as f:
+        return f.read()
+
+
+def awaiting_answer(proc):
+    """Wait until ``proc`` has sent its start and waits for the answer: the
+    only call a capture client waits in before the start is answered is
+    the poll for that answer (its socket has a timeout)."""
+    seen = []
+
+    def polling():
+        seen.append("poll" in wchan(proc))
+        return seen[-2:] == [True, True]
+
+    wait_for(f"pid {proc.pid} waiting for the start's answer", polling)
+
+
+def unread_answer(proc):
+    """Wait until the service's answer waits, unread, in ``proc``'s socket."""
+
+    def queued():
+        r = subprocess.run(["ss", "-xnp"], capture_output=True, text=True, check=True)
+        for line in r.stdout.splitlines():
+            f = line.split()
+            if f"pid={proc.pid}," in line and f[1] == "ESTAB" and int(f[2]) > 0:
+                return True
+        return False
+
+    wait_for(f"an answer in pid {proc.pid}'s socket", queued)
+
+
+def capture_requests(node, pid):
+    """The capture requests of process ``pid`` the service took, in the
+    order it answered them: [(method, status)] (the status of one whose
+    client had gone is not the handler's)."""
+    out = []
+    for line in (node.tmp / "service.log").read_text().splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("msg") == "api request" and d.get("path") == "/v1/capture":
+            if d.get("caller_pid") == pid:
+                out.append((d["method"], d["status"]))
+    return out
+
+
+def nothing_running(node):
+    """No capture is running: one starts at once (and is stopped)."""
+    cap = node.api("POST", "/v1/capture", {"target": "uplink"})
+    node.api("DELETE", f"/v1/capture?id={cap['id']}")
+
+
+def interrupted(cap, timeout=30):
+    rc = cap.wait(timeout)
+    err = cap.stderr.read()
+    assert rc == 1, err
+    assert err.strip() == INTERRUPTED, err
+
+
+def test_an_interrupt_after_the_start_was_answered_stops_the_capture(node, tmp_path, procs):
+    """The service started the capture and answered; the client is
+    interrupted before it read the answer (and so the capture's id the
+    service gave): the capture is stopped before the client exits."""
+    out = tmp_path / "a.pcapng"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        node.proc.send_signal(signal.SIGSTOP)  # the start is answered only when told
+        try:
+            cap = capture(node, procs, "uplink", "-w", str(out))
+            awaiting_answer(cap)
+            cap.send_signal(signal.SIGSTOP)  # the answer is to wait, unread
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
+        try:
+            unread_answer(cap)
+            wait_for("the capture started", lambda: capture_requests(node, cap.pid))
+            assert capture_requests(node, cap.pid) == [("POST", 200)]
+            cap.send_signal(sig)
+        finally:
+            cap.send_signal(signal.SIGCONT)
+        interrupted(cap)
+        nothing_running(node)  # right after the client exits
+        wait_for("the stop logged", lambda: len(capture_requests(node, cap.pid)) > 1)
+        assert capture_requests(node, cap.pid) == [("POST", 200), ("DELETE", 200)]
+        assert not out.exists()  # the file it made goes
+
+
+def test_an_interrupt_while_the_service_has_not_taken_the_start(node, tmp_path, procs):
+    """The start is sent but the service does not answer yet: the client
+    exits at once, its stop sent; whichever of the two the service takes
+    first, no capture runs."""
+    old = tmp_path / "old.pcapng"
+    old.write_bytes(b"an earlier capture")
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        cap = capture(node, procs, "uplink", "-w", str(old))
+        awaiting_answer(cap)
+        t0 = time.monotonic()
+        cap.send_signal(signal.SIGINT)
+        interrupted(cap)
+        assert time.monotonic() - t0 < 10  # it does not wait for the service
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+    assert old.read_bytes() == b"an earlier capture"
+    wait_for(
+        "the service took the start and the stop",
+        lambda: len(capture_requests(node, cap.pid)) == 2,
+    )
+    # started then stopped, or the stop first and the start refused
+    nothing_running(node)
+
+
+def test_a_stop_that_comes_before_its_start_keeps_it_from_running(node, procs):
+    cid = secrets.token_hex(8)
+    with pytest.raises(APIError) as e:
+        node.api("DELETE", f"/v1/capture?id={cid}")
+    assert e.value.status == 404
+    with pytest.raises(APIError) as e:
+        node.api("POST", "/v1/capture", {"target": "uplink", "id": cid})
+    assert e.value.status == 409 and "stopped before it started" in str(e.value)
+    nothing_running(node)
+    # a start repeated with the running capture's id is answered as the first
+    cid = secrets.token_hex(8)
+    first = node.api("POST", "/v1/capture", {"target": "uplink", "id": cid})
+    try:
+        assert first["id"] == cid
+        assert node.api("POST", "/v1/capture", {"target": "uplink", "id": cid}) == first
+        with pytest.raises(APIError) as e:  # another id: one capture at a time
+            node.api("POST", "/v1/capture", {"target": "uplink", "id": secrets.token_hex(8)})
+        assert e.value.status == 409
+    finally:
+        node.api("DELETE", f"/v1/capture?id={cid}")
+    nothing_running(node)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_before_the_start_leaves_nothing(node, tmp_path, procs, sig):
+    """-w to a named pipe nobody reads: the client waits to open it, before
+    it sends the start; interrupted there it says so and exits 1, the pipe
+    stays and the service was asked nothing."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    cap = capture(node, procs, "uplink", "-w", str(fifo))
+    wait_for(f"pid {cap.pid} opening the pipe", lambda: "wait_for_partner" in wchan(cap))
+    cap.send_signal(sig)
+    interrupted(cap)
+    assert fifo.is_fifo()
+    assert capture_requests(node, cap.pid) == []
+    nothing_running(node)
