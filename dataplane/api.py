@@ -355,7 +355,7 @@ class APIServer:
                 except ConfigError as e:
                     raise _Refused(400, str(e)) from None
                 try:
-                    return self._reply(200, fn(body, params))
+                    result = fn(body, params)
                 except NotFound as e:
                     return self._reply(404, {"error": str(e)})
                 except AlreadyExists as e:
@@ -372,6 +372,9 @@ class APIServer:
                     if api.log:
                         api.log.exception("api %s %s failed", method, path)
                     return self._reply(500, {"error": f"internal error: {e}"})
+                # done: a client gone before its answer (interrupted) is not
+                # the handler's failure (handle() lets the write's error go)
+                return self._reply(200, result)
 
             def _reply(self, code, obj):
                 self._status = code

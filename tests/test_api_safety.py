@@ -473,3 +473,49 @@ def test_check_json_depth_ignores_brackets_in_strings():
     t = time.monotonic()
     check_json_depth('"\\"' * 300_000, "x")  # linear: no backtracking
     assert time.monotonic() - t < 2
+
+
+def test_a_client_gone_before_its_answer_is_not_a_failed_request(tmp_path):
+    """A client that closes its connection before the answer (an
+    interrupted CLI): the request was carried out, and is logged as done,
+    not as a handler's failure with a traceback and a 500."""
+    import logging
+
+    from dataplane.api import APIServer
+
+    gone, done = threading.Event(), threading.Event()
+
+    def slow(body, query):
+        gone.wait(10)
+        done.set()
+        return {"ok": True}
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    log = logging.getLogger(f"dptest-api-{os.getpid()}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Keep())
+    path = str(tmp_path / "api.sock")
+    srv = APIServer(path, {("POST", "/v1/slow"): slow}, log=log)
+    srv.start()
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.sendall(request("POST", "/v1/slow", b"{}"))
+        s.close()
+        gone.set()
+        assert done.wait(10)
+        for _ in range(200):  # the answer's write fails, then the request is logged
+            if any(r.getMessage() == "api request" for r in records):
+                break
+            time.sleep(0.01)
+    finally:
+        srv.stop()
+    assert not [r for r in records if r.levelno >= logging.ERROR], [r.getMessage() for r in records]
+    [req] = [r for r in records if r.getMessage() == "api request"]
+    assert req.fields["status"] == 200, req.fields
