@@ -24,13 +24,15 @@ caller; the core does not configure the pod's stack.
 rest acts on the node (directories, sockets, the engine's ports).
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
+import stat
 from typing import Any, Dict, Optional, Tuple
 
 from .checks import IFNAMSIZ, check_ifname, check_int, check_pow2, fail
-from .errors import ConfigError, DataplaneError, ResourceError
+from .errors import Busy, ConfigError, DataplaneError, ResourceError
 from .vf import PCI_RE
 
 VETH = "veth"
@@ -162,6 +164,8 @@ def devargs(kind: str, pod: str, plane: str, path: str, opts: Dict[str, Any]) ->
 
 
 def _prepare_dir(base: str, pod: str, opts: Dict[str, Any]) -> str:
+    # the base and the pod's directory are entries of root's directories:
+    # the pod cannot rename them, only what is inside its own directory
     os.makedirs(base, mode=0o755, exist_ok=True)
     d = pod_dir(base, pod)
     os.makedirs(d, mode=0o755, exist_ok=True)
@@ -173,48 +177,118 @@ def _prepare_dir(base: str, pod: str, opts: Dict[str, Any]) -> str:
     return d
 
 
+def _what(st) -> str:
+    m = st.st_mode
+    if stat.S_ISLNK(m):
+        return "a symbolic link"
+    if stat.S_ISDIR(m):
+        return "a directory"
+    if stat.S_ISREG(m):
+        return "a regular file"
+    return "not a socket"
+
+
+def _give_socket(path: str, pod: str, plane: str, uid: int, gid: int):
+    """Hand the core's memif socket at ``path`` to the pod's user, mode 0660.
+
+    The pod may rename entries of its directory at any time, so nothing
+    there is followed: the entry is opened without following a symbolic
+    link (O_PATH | O_NOFOLLOW), must be a socket the service itself created
+    (owned by this process's user), and its owner and mode are changed
+    through that descriptor: on the very inode checked, whatever the name
+    points to by then. Busy if the entry is something else."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Busy(
+            f"pod {pod} plane {plane}: memif socket {path} was removed before its owner was set"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            what = _what(st) if not stat.S_ISSOCK(st.st_mode) else f"a socket of uid {st.st_uid}"
+            raise Busy(
+                f"pod {pod} plane {plane}: {path} is {what}, not the core's memif socket "
+                "(replaced in the pod's directory): its owner and mode are left alone"
+            )
+        inode = f"/proc/self/fd/{fd}"  # the inode opened, not the name
+        if uid != -1 or gid != -1:
+            os.chown(inode, uid, gid)
+        os.chmod(inode, 0o660)
+    finally:
+        os.close(fd)
+
+
+def _check_pod_socket(path: str, pod: str, plane: str, opts: Dict[str, Any]):
+    """What a vhost-user plane's core port is about to connect to (the
+    core is the client; the pod creates the socket): nothing yet, or a
+    socket, not a symbolic link, owned by the plane's ``uid`` if it has
+    one. Busy otherwise: the core, which runs as root, must not connect to
+    a socket of another pod or of the host that the pod's directory points
+    to."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # the port connects once the pod's application listens
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Busy(
+            f"pod {pod} plane {plane}: kind vhost-user: {path} is {_what(st)}, not the pod's "
+            "socket: not connected (the pod removes it and listens there itself)"
+        )
+    uid = opts.get("uid")
+    if uid is not None and st.st_uid != uid:
+        raise Busy(
+            f"pod {pod} plane {plane}: kind vhost-user: socket {path} belongs to uid "
+            f"{st.st_uid}, not to the plane's uid {uid}: not connected"
+        )
+
+
 def attach(engine, net: int, pod: str, plane: str, kind: str, base: str, opts) -> Tuple[int, str]:
     """The plane's port in ``engine`` (network ``net``) and its socket path.
-    A stale socket of an earlier run is removed first; on failure nothing is
-    left (port, socket, directory)."""
+    A stale memif socket of an earlier run is removed first. On failure the
+    port is removed, a memif socket (the core's) too, and the pod's
+    directory if this call made it; a vhost-user socket (the pod's) stays."""
     path = socket_path(base, pod, plane)
     made = not os.path.isdir(pod_dir(base, pod))
     _prepare_dir(base, pod, opts)
     try:
         if kind == MEMIF:
             _unlink(path)  # the server cannot listen on an existing file
+        else:
+            _check_pod_socket(path, pod, plane, opts)
         try:
             port = engine.add_port(devargs(kind, pod, plane, path, opts), network=net)
         except DataplaneError as e:
             raise type(e)(f"pod {pod} plane {plane}: kind {kind}: {e}", e.errno) from e
         if kind == MEMIF:
-            uid, gid = opts.get("uid", -1), opts.get("gid", -1)
             try:
-                if uid != -1 or gid != -1:
-                    os.chown(path, uid, gid)
-                os.chmod(path, 0o660)
-            except OSError:
+                _give_socket(path, pod, plane, opts.get("uid", -1), opts.get("gid", -1))
+            except (OSError, DataplaneError):
                 engine.del_port(port)
                 raise
     except BaseException:
-        _unlink(path)
+        if kind == MEMIF:
+            with contextlib.suppress(OSError):  # the error that got here is the one to tell
+                _unlink(path)  # unlink does not follow a link: only the entry goes
         if made:
             shutil.rmtree(pod_dir(base, pod), ignore_errors=True)
         raise
     return port, path
 
 
-def detach(engine, port: Optional[int], base: str, pod: str, plane: str):
-    """Remove the plane's port and its socket (the pod's directory with its
-    last plane)."""
-    if port is not None:
-        engine.del_port(port)
-    path = socket_path(base, pod, plane)
-    _unlink(path)
-    try:
-        os.rmdir(pod_dir(base, pod))
-    except OSError:
-        pass  # other planes' sockets still there, or gone already
+def detach(
+    engine, port: Optional[int], base: str, pod: str, plane: str, kind: Optional[str] = None
+):
+    """Remove the plane's port; with it, for a memif plane (``kind``), the
+    core's socket. A vhost-user socket is the pod's and stays, and so does
+    the pod's directory, which the pod's container has mounted: it goes
+    with the pod (:func:`remove_pod_dir`)."""
+    if port is None:
+        return
+    engine.del_port(port)
+    if kind == MEMIF:
+        with contextlib.suppress(OSError):  # the port is gone: what is left is the pod's
+            _unlink(socket_path(base, pod, plane))
 
 
 def remove_pod_dir(base: str, pod: str):

@@ -403,11 +403,14 @@ class PodLife:
 
     def _undo_ports(self, name, eps, kinds):
         """The core ports a failed re-attach of pod ``name`` made, removed
-        (its interfaces and records stay, for the next try)."""
+        (its interfaces and records stay, for the next try). The pod runs:
+        its socket directory, which its container has mounted, and its
+        vhost-user sockets stay; a plane that got no port is left alone."""
         for e in eps:
             try:
-                if kinds.get(e["plane"], VETH) in SOCKET_KINDS:
-                    self._drop_fast(name, e["plane"])
+                kind = kinds.get(e["plane"], VETH)
+                if kind in SOCKET_KINDS:
+                    self._drop_fast(name, e["plane"], kind)
                 elif kinds.get(e["plane"], VETH) == VETH:
                     self._drop_port(e["host_ifname"])
             except (DataplaneError, OSError) as err:
@@ -1208,9 +1211,11 @@ class PodLife:
                 self.before_port_removed(port)
                 self.engine.del_port(port)
 
-    def _drop_fast(self, name: str, plane: str):
+    def _drop_fast(self, name: str, plane: str, kind: Optional[str] = None):
         """Remove the memif or vhost-user port of pod ``name``'s ``plane``
-        (if it has one) and its socket."""
+        (if it has one); a memif socket with it if ``kind`` says memif
+        (:func:`dataplane.fastif.detach`). The pod's directory stays: it
+        goes with the pod."""
         from . import fastif
         from .podspec import host_ifname
 
@@ -1219,7 +1224,7 @@ class PodLife:
             self.owners.pop(host_ifname(name, plane), None)
             if port is not None:
                 self.before_port_removed(port)
-            fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane)
+            fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane, kind)
 
     def _floating(self, but: str) -> Dict[str, Dict[str, str]]:
         """{network: {address: pod}} of the IPv4 addresses pods other than

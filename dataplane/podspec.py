@@ -50,7 +50,7 @@ from .checks import (
 )
 from .config import NodeConfig
 from .errors import ConfigError
-from .fastif import VETH, parse_interface
+from .fastif import SOCKET_KINDS, VETH, parse_interface
 
 POD_TYPES = ("ct", "it")
 SPEC_KEYS = (
@@ -200,6 +200,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
     used_if = {}
     used_mac = {}
     used_net = {}  # subnet -> (plane, network): one pod's planes must not overlap
+    owners = {}  # "uid"/"gid" -> (plane, value): one socket directory, one owner
     for plane in planes:
         name = networks.get(plane)
         if name is None:
@@ -240,6 +241,8 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
             )
         if kind in (VETH, "vf"):  # memif and vhost-user have no kernel interface
             used_if[ifname] = plane
+        if kind in SOCKET_KINDS:
+            _check_socket_owner(opts, plane, owners)
 
         ip = ips.get(plane)
         if ip is not None:
@@ -268,6 +271,23 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
             )
         )
     return PodSpec(pod_type=pod_type, planes=out)
+
+
+def _check_socket_owner(opts, plane: str, owners):
+    """The memif and vhost-user planes of a pod share its socket directory,
+    which is handed to their ``uid``/``gid``: planes that give one must give
+    the same (``owners``: the first plane giving each, and its value)."""
+    for key in ("uid", "gid"):
+        if key not in opts:
+            continue
+        first = owners.setdefault(key, (plane, opts[key]))
+        if first[1] != opts[key]:
+            raise fail(
+                f"interfaces.{plane}.{key}",
+                f"{opts[key]} differs from {key} {first[1]} of plane {first[0]}: a pod's "
+                "memif and vhost-user planes share one socket directory, owned by one "
+                f"{'user' if key == 'uid' else 'group'}",
+            )
 
 
 def _allowed_addresses(value, listed, config) -> Dict[str, List[str]]:
