@@ -11,15 +11,22 @@ Three layers, each testable on its own:
   counted and skipped, and the rest is applied;
 - :class:`ClusterSync` — a thread: a snapshot of the store, then a watch
   from its revision; on any error a new snapshot, with back-off.
+
+An endpoint record is read from a store any tool may write to (etcdctl, a
+script): one that cannot be used (not an object, a field of the wrong type,
+a remote endpoint without a MAC address or an IPv4 VTEP) is skipped, logged
+once and counted with the core's refusals; the rest of the view is applied.
 """
 
+import ipaddress
 import logging
 import threading
 import time
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+from .checks import format_mac, parse_mac
 from .config import NodeConfig
-from .errors import DataplaneError, NotFound
+from .errors import ConfigError, DataplaneError, NotFound
 from .logs import event
 
 log = logging.getLogger("dataplane")
@@ -53,22 +60,74 @@ def is_remote(ep: dict, node: str, vtep: str, networks) -> bool:
     )
 
 
+#: the fields of an endpoint record the cluster view reads: each a string or
+#: absent (None)
+RECORD_FIELDS = ("pod", "plane", "network", "node", "state", "vtep", "mac")
+
+
+def record_problem(ep) -> Optional[str]:
+    """Why ``ep`` cannot be read as an endpoint record (not an object, a
+    field of :data:`RECORD_FIELDS` not a string), or None."""
+    if not isinstance(ep, dict):
+        return f"the record is not an object but {type(ep).__name__} {ep!r:.60}"
+    for f in RECORD_FIELDS:
+        v = ep.get(f)
+        if v is not None and not isinstance(v, str):
+            return f"its {f} {v!r:.60} is not a string"
+    return None
+
+
+def remote_problem(ep: dict) -> Optional[str]:
+    """Why remote endpoint ``ep`` (a record :func:`is_remote` takes) cannot
+    be put in the core: its MAC is not a MAC address, its VTEP not an IPv4
+    address; or None."""
+    try:
+        parse_mac(ep.get("mac"))
+    except ConfigError:
+        return f"its mac {ep.get('mac')!r:.60} is not a MAC address (aa:bb:cc:dd:ee:ff)"
+    try:
+        ipaddress.IPv4Address(ep["vtep"])
+    except ValueError:
+        return f"its vtep {ep['vtep']!r:.60} is not an IPv4 address"
+    return None
+
+
+def classify(ep, node: str, vtep: str, networks) -> Tuple[bool, Optional[str]]:
+    """(whether record ``ep`` is a remote endpoint to put in the core, why
+    it cannot be used or None)."""
+    problem = record_problem(ep)
+    if problem is not None:
+        return False, problem
+    if not is_remote(ep, node, vtep, networks):
+        return False, None
+    problem = remote_problem(ep)
+    return problem is None, problem
+
+
+def record_name(ep) -> Tuple[Optional[str], Optional[str]]:
+    """(pod, plane) of a record, whatever it holds (None for what it lacks)."""
+    if not isinstance(ep, dict):
+        return None, None
+    return tuple(v if isinstance(v, str) else None for v in (ep.get("pod"), ep.get("plane")))
+
+
 def desired_tables(config: NodeConfig, node: str, vtep: str, endpoints: Iterable[dict]) -> Tables:
     """The remote FDB entries and flood lists the core of node ``node`` (VTEP
     ``vtep``) should have: every remote endpoint's MAC behind its VTEP, and
     per network the config's remotes plus the VTEP of every remote endpoint
     on it. Every network has a flood list (maybe empty). Of two endpoints
-    with one MAC on one network, the later one wins."""
+    with one MAC on one network, the later one wins. A record that cannot be
+    used (:func:`classify`) is left out."""
     index = network_index(config)
     fdb: Dict[Tuple[int, str], str] = {}
     flood = {i: set() for i in index.values()}
     for name, vteps in config.flood_lists().items():
         flood[index[name]].update(vteps)
     for e in endpoints:
-        if not is_remote(e, node, vtep, index):
+        if not classify(e, node, vtep, index)[0]:
             continue
         net = index[e["network"]]
-        fdb[(net, e["mac"].lower())] = e["vtep"]
+        fdb[(net, format_mac(parse_mac(e["mac"])))] = e["vtep"]
         flood[net].add(e["vtep"])
     return Tables(fdb, {net: sorted(v) for net, v in flood.items()})
 
@@ -191,6 +250,9 @@ class ClusterSync:
         self.vtep = config.vtep.ip
         self.networks = network_index(config)
         self.remote: Dict[tuple, dict] = {}  # (pod, plane) -> remote endpoint
+        #: endpoint records that cannot be used: (pod, plane) -> why (each
+        #: logged once per reason; gone when the record is fixed or deleted)
+        self.malformed: Dict[tuple, str] = {}
         self.tables = CoreTables()
         self.synced = threading.Event()  # the first snapshot is applied
         #: time.time() of the last snapshot applied (the watch keeps the
@@ -211,8 +273,28 @@ class ClusterSync:
     @property
     def refused(self) -> int:
         """How many remote FDB entries and flood lists the core refused at
-        the last apply (each logged once; tried again on every change)."""
-        return len(self.tables.refused)
+        the last apply (each logged once; tried again on every change), and
+        endpoint records that cannot be used (:attr:`malformed`)."""
+        return len(self.tables.refused) + len(self.malformed)
+
+    def _take(self, ep, malformed: Dict[tuple, str]) -> bool:
+        """Whether record ``ep`` is a remote endpoint for the core; one that
+        cannot be used is put in ``malformed`` and logged (once per record
+        and reason: not if :attr:`malformed` has it already)."""
+        remote, problem = classify(ep, self.node, self.vtep, self.networks)
+        if problem is not None:
+            key = record_name(ep)
+            malformed[key] = problem
+            if self.malformed.get(key) != problem:
+                log.warning(
+                    "endpoint record of pod %s plane %s in the cluster store cannot be "
+                    "used (%s); skipped, the rest of the cluster view is applied",
+                    key[0],
+                    key[1],
+                    problem,
+                    extra={"fields": {"pod": key[0], "plane": key[1], "problem": problem}},
+                )
+        return remote
 
     def _apply_core(self):
         """apply(), its failure told apart from the store's (CoreFailed)."""
@@ -250,21 +332,20 @@ class ClusterSync:
             try:
                 eps, rev = self.store.endpoints_snapshot()
                 with self.lock:
-                    self.remote = {
-                        (e["pod"], e["plane"]): e
-                        for e in eps
-                        if is_remote(e, self.node, self.vtep, self.networks)
-                    }
+                    malformed: Dict[tuple, str] = {}
+                    self.remote = {record_name(e): e for e in eps if self._take(e, malformed)}
+                    self.malformed = malformed
                     self._apply_core()
                 self.synced_at = time.time()
                 self.synced.set()
-                refused = self.refused
+                refused = len(self.tables.refused)
                 event(
                     "cluster view synchronised",
                     endpoints=len(self.remote),
                     revision=rev,
                     **({"failed_attempts": failures} if failures else {}),
                     **({"refused_by_core": refused} if refused else {}),
+                    **({"malformed_records": len(self.malformed)} if self.malformed else {}),
                 )
                 failures = 0
                 errors = []
@@ -307,10 +388,17 @@ class ClusterSync:
         if kind == "error":
             errors.append(obj)
             return
-        key = (obj.get("pod"), obj.get("plane"))
+        key = record_name(obj)
         with self.lock:
-            if kind == "put" and is_remote(obj, self.node, self.vtep, self.networks):
-                self.remote[key] = obj
+            if kind == "put":
+                malformed: Dict[tuple, str] = {}
+                if self._take(obj, malformed):
+                    self.remote[key] = obj
+                else:
+                    self.remote.pop(key, None)
+                self.malformed.pop(key, None)
+                self.malformed.update(malformed)
             else:
                 self.remote.pop(key, None)
+                self.malformed.pop(key, None)
             self._apply_core()

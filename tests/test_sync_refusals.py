@@ -9,6 +9,8 @@ other entry and the flood lists are applied, the watch goes on, and a
 resynchronisation (a new snapshot) completes and advances ``synced_at``.
 """
 
+import base64
+import json
 import logging
 import os
 import threading
@@ -227,3 +229,58 @@ def test_no_tunnel_slot_left_the_rest_and_the_flood_lists_still_apply(eng, store
     until(lambda: flood(eng, 0) == [V2, SLOTLESS], "net1's whole flood list")
     until(lambda: sync.refused == 0, "no refusal left")
     assert eng.fdb_get(1, D) is None
+
+
+def _raw_put(store, pod, plane, value: bytes):
+    """An endpoint record written as another tool would (etcd's own API)."""
+    key = store._k("endpoints", pod, plane)
+    store.client.post("kv/put", {"key": _b64(key), "value": base64.b64encode(value).decode()})
+
+
+def test_a_malformed_record_is_skipped_counted_and_logged_once(eng, store, sync_of, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    good = {"pod": "a", "plane": "std", "network": "net1", "node": "node2", "state": "ready"}
+    remote(store, "c", "net2", C, V3, "node3")
+    _raw_put(store, "nomac", "std", json.dumps(dict(good, pod="nomac", vtep=V3)).encode())
+    _raw_put(store, "badmac", "std", json.dumps(dict(good, pod="badmac", mac=7, vtep=V3)).encode())
+    _raw_put(
+        store, "badvtep", "std", json.dumps(dict(good, pod="badvtep", mac=X, vtep="x")).encode()
+    )
+    _raw_put(store, "notjson", "std", b"mac=02:00:00:00:00:77")
+    sync = sync_of()
+
+    assert eng.fdb_get(1, C) == ("remote", V3)  # the rest is applied
+    assert flood(eng, 1) == [V3]
+    assert flood(eng, 0) == []  # a skipped record adds nothing, its VTEP neither
+    assert eng.fdb_get(0, X) is None
+    assert sync.refused == 4 and len(sync.malformed) == 4
+    assert sync.tables.refused == {}
+    lines = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(lines) == 4, lines
+    assert any("its mac None is not a MAC address" in m for m in lines)
+    assert any("its mac 7 is not a string" in m for m in lines)
+    assert any("its vtep 'x' is not an IPv4 address" in m for m in lines)
+    assert any("not an object" in m for m in lines)
+    first = sync.synced_at
+
+    # the watch goes on: a good change applies, a malformed one is counted
+    remote(store, "a", "net1", A, V2, "node2")
+    until(lambda: eng.fdb_get(0, A) == ("remote", V2), "a good endpoint's entry")
+    _raw_put(store, "late", "std", json.dumps(dict(good, pod="late", mac="zz", vtep=V4)).encode())
+    until(lambda: sync.refused == 5, "the malformed record counted")
+    assert sync.synced_at == first and store_blamed(caplog) == []
+
+    # a resynchronisation logs nothing again
+    time.sleep(0.01)
+    sync._watch.cancel()
+    until(lambda: sync.synced_at > first, "a new snapshot")
+    assert sync.refused == 5
+    lines = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(lines) == 5, lines
+
+    # the record fixed: it goes in, the count drops
+    remote(store, "late", "net1", D, V4, "node4")
+    until(lambda: eng.fdb_get(0, D) == ("remote", V4), "the fixed record's entry")
+    until(lambda: sync.refused == 4, "the count, once the record is fixed")
+    store.delete_endpoint("badvtep", "std")
+    until(lambda: sync.refused == 3, "the count, once a record is deleted")

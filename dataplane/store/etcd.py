@@ -76,6 +76,7 @@ from .etcdgw import (
     EtcdUnavailable,
     Txn,
     Watch,
+    unb64,
 )
 
 __all__ = ["EtcdStore", "EtcdUnavailable", "EtcdCompacted", "STATIC_NODE_PREFIX"]
@@ -92,6 +93,13 @@ RENEW_WAIT_S = 2.0
 # a stopping service waits at most this long to give its name back; if etcd
 # does not answer, the claim lapses by itself NODE_TTL_S later
 RELEASE_WAIT_S = 1.0
+
+
+def _endpoint_order(ep) -> Tuple[str, str]:
+    """(pod, plane) of an endpoint record, whatever it holds."""
+    if not isinstance(ep, dict):
+        return ("", "")
+    return (str(ep.get("pod") or ""), str(ep.get("plane") or ""))
 
 
 def _claimed(node: str, held: dict) -> str:
@@ -216,19 +224,28 @@ class EtcdStore(StateStore):
     def _renew(self):
         """Keep the claim alive; one lost while etcd did not answer for longer
         than its TTL is made again (unless another service took the name
-        meanwhile: said, and tried again)."""
+        meanwhile: said, and tried again). Nothing ends the thread but
+        ``close``: a renewal that fails in any way is logged (once while it
+        fails the same way) and tried again at the next turn."""
         said = None
         while not self._claim_stop.wait(NODE_TTL_S / 3):
             node, lease, rec = self._claim
+            trace = False
             try:
                 with self.client.bounded(RENEW_WAIT_S):
                     why = self._renew_once(node, lease, rec)
             except DataplaneError as e:
                 why = f"node {node}: its claim on the name could not be renewed: {e}"
+            except Exception as e:  # noqa: BLE001 - a bug here must not end the claim
+                why = (
+                    f"node {node}: its claim on the name could not be renewed "
+                    f"({type(e).__name__}: {e}); tried again in {NODE_TTL_S / 3:.1f} s"
+                )
+                trace = True
             if why is None:
                 said = None
             elif why != said:
-                log.error("%s", why)
+                log.error("%s", why, exc_info=trace)
                 said = why
 
     def _renew_once(self, node, lease, rec) -> Optional[str]:
@@ -624,8 +641,10 @@ class EtcdStore(StateStore):
         """Every endpoint of the cluster and the etcd revision they were read
         at: watch from ``revision + 1`` to get every change after them."""
         tx = Txn(self.client)
-        eps = [ep for _, ep in tx.items(self._k("endpoints", ""), guard=False)]
-        return sorted(eps, key=lambda e: (e["pod"], e["plane"])), tx.revision
+        # records as they are (one written by another tool may lack fields,
+        # or not be JSON: then its text): the reader judges each
+        eps = [ep for _, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True)]
+        return sorted(eps, key=_endpoint_order), tx.revision
 
     def watch_endpoints(
         self,
@@ -651,9 +670,19 @@ class EtcdStore(StateStore):
             self._k("endpoints", ""),
             start_revision,
             callback,
-            self.layout.endpoint_event,
+            self._endpoint_event,
             heartbeat,
         )
+
+    def _endpoint_event(self, ev):
+        """The layout's endpoint event; a value that is not JSON (written by
+        another tool) comes as its text, for the reader to judge."""
+        try:
+            return self.layout.endpoint_event(ev)
+        except ValueError:
+            if ev.get("type", "PUT") == "PUT":
+                return "put", unb64(ev["kv"].get("value")).decode("utf-8", "replace")
+            return self.layout.endpoint_event({k: v for k, v in ev.items() if k != "prev_kv"})
 
     def put_static_endpoint(
         self, name: str, network: str, mac: str, ip: str, vtep: str

@@ -27,6 +27,33 @@ runs again on fresh reads (a bounded number of times, with jittered
 back-off). That makes each body serialisable against every other writer.
 etcd refuses a transaction of more than 128 operations (``--max-txn-ops``).
 
+Several members
+---------------
+A request goes to the member that answered last, and on to the next one
+when that one does not answer: its connection is refused or cut, it
+answers 503 (no leader) or not in time, or its answer is cut off or
+unreadable. After a member did not answer in time, the next request starts
+at the next member, so a hung member costs one request a share of its time,
+not every request its whole timeout. The time of a request (the timeout, or
+the bound of :meth:`EtcdGateway.bounded`) is for all the members it tries
+together: each try gets an equal share of what is left.
+
+A transaction that did not get its answer may have been applied all the
+same (a read timeout, a cut connection, etcd's "request timed out"), so
+sending it to the next member must not apply it twice. It does not: the
+transactions :meth:`EtcdGateway.atomic` builds compare every key they read
+(and every prefix they read as a range), and each of them writes a key it
+compared; once applied, that key's ``mod_revision`` is the new revision and
+every compare of a second application fails. A transaction that compares
+nothing only puts fixed values, which a second application leaves as they
+are. The resent transaction reads back its own writes when its compares
+fail: if every key it puts holds the value it puts, all at one revision
+after its reads (and every key it deletes is gone), the first try was
+applied and the commit succeeded; otherwise another writer came first and
+the body runs again on fresh reads, as after any conflict. Any other
+request (reads, lease grant, keepalive and revoke) is simply sent again: a
+lease granted twice leaves an unused lease that lapses after its TTL.
+
 Watching
 --------
 :meth:`EtcdGateway.watch` delivers every change under a prefix after a
@@ -215,10 +242,11 @@ class Txn:
         self._seen[key] = value
         return value
 
-    def items(self, prefix: str, guard: bool = True, keys_only: bool = False):
+    def items(self, prefix: str, guard: bool = True, keys_only: bool = False, loose=False):
         """[(key, JSON value or None)] under ``prefix``, in key order. With
         ``guard`` the commit requires that no key under it was created or
-        changed since (keys deleted meanwhile are not noticed)."""
+        changed since (keys deleted meanwhile are not noticed). ``loose``: a
+        value that is not JSON comes as its text (else ValueError)."""
         end = prefix_end(prefix.encode())
         kvs = self._range(prefix, end, keys_only=keys_only)
         if guard:
@@ -234,7 +262,7 @@ class Txn:
         out = []
         for kv in kvs:
             k = unb64(kv["key"]).decode()
-            out.append((k, None if keys_only else json.loads(unb64(kv.get("value")))))
+            out.append((k, None if keys_only else _json(unb64(kv.get("value")), loose)))
         return out
 
     def absent(self, key: str):
@@ -260,8 +288,51 @@ class Txn:
     def commit(self) -> bool:
         if not self._ops:
             return True
-        r = self._gw.post("kv/txn", {"compare": self._cmp, "success": self._ops, "failure": []})
-        return bool(r.get("succeeded", False))
+        return self._gw.txn(self._cmp, self._ops, self.revision)
+
+
+def _read_back(op: dict) -> dict:
+    """A range request for what ``op`` (a put or a delete) writes."""
+    if "request_put" in op:
+        return {"request_range": {"key": op["request_put"]["key"]}}
+    req = op["request_delete_range"]
+    rng = {"key": req["key"], "count_only": True}
+    if "range_end" in req:
+        rng["range_end"] = req["range_end"]
+    return {"request_range": rng}
+
+
+def _applied_before(ops: List[dict], responses: List[dict], revision: Optional[int]) -> bool:
+    """Whether the reads of :func:`_read_back` (``responses``, one per op of
+    ``ops``) show the writes of ``ops`` made: every key put holds the value
+    (and lease) put, all at one revision after ``revision`` (one
+    transaction's), every key deleted is gone."""
+    if len(responses) != len(ops):
+        return False
+    mods = set()
+    for op, res in zip(ops, responses):
+        rr = res.get("response_range") or {}
+        kvs = rr.get("kvs") or []
+        if "request_put" in op:
+            want = op["request_put"]
+            if len(kvs) != 1 or (kvs[0].get("value") or "") != want["value"]:
+                return False
+            if str(kvs[0].get("lease") or "0") != str(want.get("lease") or "0"):
+                return False
+            mods.add(int(kvs[0]["mod_revision"]))
+        elif int(rr.get("count") or 0):
+            return False
+    return not mods or (len(mods) == 1 and mods.pop() > (revision or 0))
+
+
+def _json(raw: bytes, loose: bool = False):
+    """The JSON value of ``raw``; with ``loose``, its text if it is not JSON."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        if not loose:
+            raise
+        return raw.decode("utf-8", "replace")
 
 
 class _Retry(Exception):
@@ -283,10 +354,21 @@ class Watch:
     """
 
     def __init__(
-        self, gateway, key, resp, lines, callback, decode, start_revision, heartbeat, session
+        self,
+        gateway,
+        key,
+        resp,
+        lines,
+        callback,
+        decode,
+        start_revision,
+        heartbeat,
+        session,
+        endpoint=None,
     ):
         self._gw = gateway
         self._key = key
+        self._endpoint = endpoint  # the member the stream comes from
         self._session = session
         self._resp = resp
         self._sock = _stream_socket(resp)
@@ -349,7 +431,9 @@ class Watch:
     def _beat(self):
         while not self._cancelled.wait(self._heartbeat) and not self._done.is_set():
             try:
-                self._gw.ping(self._key)
+                # that member, not any: another one answering says
+                # nothing of this stream
+                self._gw.ping(self._key, endpoint=self._endpoint)
             except Exception as e:  # noqa: BLE001 - any failure ends the watch
                 self._fail(
                     e
@@ -464,7 +548,8 @@ class EtcdGateway:
     members of one cluster may be given: when one does not answer the next
     is tried).
 
-    ``timeout`` bounds every request (seconds). ``ca_cert``, ``cert_cert``,
+    ``timeout`` bounds every request (seconds), over all the members it
+    tries. ``ca_cert``, ``cert_cert``,
     ``cert_key``: TLS files for https endpoints. One gateway may be shared by
     threads (a call borrows an HTTP client from a small pool)."""
 
@@ -484,7 +569,9 @@ class EtcdGateway:
         self._targets = [parse_endpoint(e) for e in self.urls]
         self.timeout = float(timeout)
         self._tls = {"ca_cert": ca_cert, "cert_cert": cert_cert, "cert_key": cert_key}
-        self._current = 0  # index of the endpoint that answered last
+        # index of the endpoint tried first: the one that answered last, or
+        # the one after one that did not answer in time
+        self._current = 0
         self._idle: List[list] = [[] for _ in self._targets]  # clients not in use
         self._api_paths: List[Optional[str]] = [None] * len(self._targets)
         self._sessions: List[requests.Session] = []
@@ -536,53 +623,114 @@ class EtcdGateway:
                 else:
                     self._idle[i].append(c)
 
-    def post(self, path: str, payload: dict) -> dict:
-        """One v3 request (``kv/range``, ``kv/txn``, ...), to the endpoint that
-        answered last, then the others. A connection that fails (or etcd's
-        503: no leader) moves to the next endpoint; a timeout does not (the
-        request may have been applied). Within :meth:`bounded` the request
-        waits at most that long."""
+    def post(self, path: str, payload: dict, endpoint: Optional[int] = None) -> dict:
+        """One v3 request (``kv/range``, ``lease/keepalive``, ...), to the
+        endpoint that answered last, then the others (see "Several members"
+        above; ``endpoint``: to that one only). Within :meth:`bounded` the
+        request waits at most that long in all. A transaction goes through
+        :meth:`txn`."""
+        return self._send(path, payload, endpoint=endpoint)[0]
+
+    def txn(self, compare: List[dict], success: List[dict], revision: Optional[int]) -> bool:
+        """Commit a transaction whose reads were made at ``revision``: True if
+        its compares held and ``success`` was applied. Sent again to the next
+        member when one did not answer, with a read-back of its writes in its
+        failure branch (see "Several members" above)."""
+        first = {"compare": compare, "success": success, "failure": []}
+        again = dict(first, failure=[_read_back(op) for op in success])
+        r, resent = self._send("kv/txn", first, again=again)
+        if r.get("succeeded", False):
+            return True
+        return resent and _applied_before(success, r.get("responses") or [], revision)
+
+    def _send(
+        self,
+        path: str,
+        payload: dict,
+        again: Optional[dict] = None,
+        endpoint: Optional[int] = None,
+    ) -> Tuple[dict, bool]:
+        """``path`` to the members in turn until one answers: (its answer,
+        whether it is the answer to ``again``, what is sent after a try that
+        failed). A member that does not answer in time, or whose answer is
+        cut off or unreadable, is not the first one tried next time."""
         if self._closed:
             raise DataplaneError("etcd store is closed")
         n = len(self._targets)
-        start = self._current
-        failed = []
-        timeout = self.request_timeout
-        for j in range(n):
-            i = (start + j) % n
+        order = [endpoint] if endpoint is not None else [(self._current + j) % n for j in range(n)]
+        failed: List[Tuple[str, str, bool]] = []  # (url, why, why is a sentence)
+        deadline = time.monotonic() + self.request_timeout
+        for j, i in enumerate(order):
+            began = time.monotonic()
+            left = deadline - began
+            if left <= 0:  # pragma: no cover - the shares below leave time to the last
+                failed.append((self.urls[i], "not tried: no time left for it", False))
+                continue
+            share = left / (len(order) - j)  # what is left is for every member left
+            body = again if (failed and again is not None) else payload
             with self._borrow(i) as c:
-                c.timeout = timeout
+                c.timeout = share
                 try:
-                    r = c.post(c.get_url(path), json=payload)
+                    url = c.get_url(path)  # may ask the member its API version first
+                    c.timeout = max(share - (time.monotonic() - began), 0.001)
+                    r = c.post(url, json=body)
                 except etcd_exc.ConnectionFailedError as e:
-                    failed.append((self.urls[i], plain_reason(e)))
+                    failed.append((self.urls[i], plain_reason(e), False))
                     continue
                 except etcd_exc.ConnectionTimeoutError as e:
                     if e.args:  # etcd answered, HTTP 408 or 504: (text, reason)
-                        raise self._down(
-                            f"etcd {self.urls[i]} does not answer: it cancelled the request "
-                            f"({_gateway_error(e)}); it may be stopping or restarting"
-                        ) from None
-                    raise self._down(
-                        f"etcd {self.urls[i]} does not answer: no answer within {timeout:g} s "
-                        "(it is hung, overloaded or cut off)"
-                    ) from None
+                        why = (
+                            f"it cancelled the request ({_gateway_error(e)}); it may be "
+                            "stopping or restarting"
+                        )
+                    else:
+                        why = (
+                            f"no answer within {round(share, 2):g} s "
+                            "(it is hung, overloaded or cut off)"
+                        )
+                    failed.append((self.urls[i], why, True))
+                    self._pass_over(i)
+                    continue
                 except etcd_exc.Etcd3Exception as e:
                     raise DataplaneError(
                         f"etcd {self.urls[i]}: {path} failed: {(e.detail_text or str(e)).strip()}"
                     ) from None
+                except (requests.exceptions.RequestException, ValueError) as e:
+                    # the answer cut off (ChunkedEncodingError), undecodable
+                    # (ContentDecodingError) or not JSON (ValueError)
+                    failed.append(
+                        (
+                            self.urls[i],
+                            f"its answer was cut off or unreadable ({plain_reason(e)})",
+                            False,
+                        )
+                    )
+                    self._pass_over(i)
+                    continue
                 finally:
                     c.timeout = self.timeout
                 self._api_paths[i] = c.api_path
-            self._current = i
+            if endpoint is None:
+                self._current = i
             self.last_answer = time.time()
             self.last_error = None
-            return r
+            return r, body is again
+        if len(failed) == 1:
+            url, why, sentence = failed[0]
+            raise self._down(
+                f"etcd {url} does not answer: {why}"
+                if sentence
+                else f"etcd {url} does not answer ({why})"
+            )
         raise self._down(
-            f"etcd {failed[0][0]} does not answer ({failed[0][1]})"
-            if n == 1
-            else "etcd does not answer: " + ", ".join(f"{u} ({why})" for u, why in failed)
+            "etcd does not answer: " + "; ".join(f"{url}: {why}" for url, why, _ in failed)
         )
+
+    def _pass_over(self, i: int):
+        """The next request starts after endpoint ``i`` (it did not answer in
+        time, or not readably), unless another request moved on already."""
+        if self._current == i:
+            self._current = (i + 1) % len(self._targets)
 
     def _down(self, message: str) -> "EtcdUnavailable":
         """EtcdUnavailable(message), remembered as the last outcome."""
@@ -626,10 +774,14 @@ class EtcdGateway:
             if "requested lease not found" not in str(e):
                 raise
 
-    def ping(self, key: str):
+    def ping(self, key: str, endpoint: Optional[int] = None):
         """The cheapest request that needs an answer (a count of ``key``):
-        EtcdUnavailable when none comes."""
-        self.post("kv/range", {"key": b64(key.encode()), "count_only": True, "limit": 1})
+        EtcdUnavailable when none comes (``endpoint``: from that member)."""
+        self.post(
+            "kv/range",
+            {"key": b64(key.encode()), "count_only": True, "limit": 1},
+            endpoint=endpoint,
+        )
 
     # -------------------------------------------------------- transactions
     def atomic(self, body: Callable[[Txn], Any]):
@@ -697,9 +849,19 @@ class EtcdGateway:
                 resp, lines, session = self._open_watch(i, create)
             except _NextEndpoint as e:
                 last = f"{self.urls[i]} ({e})"
+                self._pass_over(i)
                 continue
             w = Watch(
-                self, prefix, resp, lines, callback, decode, start_revision, heartbeat, session
+                self,
+                prefix,
+                resp,
+                lines,
+                callback,
+                decode,
+                start_revision,
+                heartbeat,
+                session,
+                endpoint=i,
             )
             self._watches.add(w)
             w._start()

@@ -1,0 +1,444 @@
+"""The etcd store with several members, one of which does not answer: real
+etcd servers (tests/etcdhost.py) and, for a member that is hung or cut off,
+plain sockets on 127.0.0.1 that accept connections and never answer, or
+answer half.
+
+- a member that never answers is passed over: reads, leases and
+  transactions go to the next one, the next request starts there, and the
+  time of a request is for all the members it tries together;
+- a transaction whose answer was lost after etcd applied it is sent to the
+  next member without being applied twice, and its caller gets the result
+  of the first application;
+- an answer cut off (a broken chunked body) is EtcdUnavailable, not a
+  requests exception, and the name claim's renewals go on through it;
+- a three-member cluster whose member in use is paused (SIGSTOP) goes on
+  through the others.
+"""
+
+import base64
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+from etcdhost import EtcdServer, _free_port, have_etcd, shared_server
+
+pytestmark = pytest.mark.skipif(
+    not have_etcd(),
+    reason="etcd-server is not installed (/usr/bin/etcd; apt-get install etcd-server)",
+)
+
+if have_etcd():
+    from dataplane.store import etcd as etcd_store
+    from dataplane.store.etcd import EtcdStore, EtcdUnavailable
+    from dataplane.store.etcdgw import EtcdGateway
+
+SUBNET = "192.168.10.0/24"
+
+
+def _b64(b):
+    return base64.b64encode(b if isinstance(b, bytes) else b.encode()).decode()
+
+
+# ---------------------------------------------------------------- servers
+class Listener:
+    """A TCP server on 127.0.0.1 that accepts connections and hands each to
+    ``serve(conn)`` in a thread (by default: never answers, like a hung
+    etcd whose kernel still accepts connections)."""
+
+    def __init__(self, serve=None):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)  # accept() looks at _stop that often
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.serve = serve or (lambda conn: None)
+        self.conns = []
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self.accepted += 1
+            self.conns.append(conn)  # kept open: no FIN, no answer
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            self.serve(conn)
+        except OSError:
+            pass
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+def read_request(conn):
+    """(method, path, body) of one HTTP/1.1 request on ``conn``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    length = 0
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    while len(body) < length:
+        body += conn.recv(65536)
+    return method, path, body
+
+
+def answer(conn, status, body: bytes):
+    conn.sendall(
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+
+
+def forward(target_url, method, path, body):
+    """The request sent to etcd at ``target_url``: (status line, body)."""
+    host, port = target_url.split("//")[1].split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        c.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        return f"{r.status} {r.reason}", r.read()
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def silent():
+    s = Listener()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def server(request):
+    return shared_server(request.config)
+
+
+@pytest.fixture
+def prefix():
+    return f"/dptest/{uuid.uuid4().hex}"
+
+
+def _wipe(url, prefix):
+    gw = EtcdGateway([url])
+    p = prefix.encode()
+    gw.post("kv/deleterange", {"key": _b64(p + b"/"), "range_end": _b64(p + b"0")})
+    gw.close()
+
+
+# ----------------------------------------------- a member that never answers
+def test_a_member_that_never_answers_is_passed_over(silent, server, prefix):
+    t = time.monotonic()
+    s = EtcdStore([silent.url, server.url], prefix=prefix, timeout=1)  # opening pings
+    opened = time.monotonic() - t
+    try:
+        assert opened < 1.5, opened  # at most the request's time, not the first's timeout
+        assert silent.accepted >= 1  # the hung member was tried first
+        # the next requests start at the member that answered: no wait at all
+        t = time.monotonic()
+        s.put_network("net1", 100, "std", SUBNET)
+        assert s.network("net1")["vni"] == 100
+        eps, rev = s.endpoints_snapshot()
+        lease = s.client.lease_grant(5)
+        assert s.client.lease_keepalive(lease)
+        assert time.monotonic() - t < 0.5
+    finally:
+        _wipe(server.url, prefix)
+        s.close()
+
+
+def test_the_time_of_a_request_is_for_all_the_members_it_tries(silent, server, prefix):
+    two = Listener()
+    gw = EtcdGateway([silent.url, two.url, server.url], timeout=10)
+    try:
+        t = time.monotonic()
+        with gw.bounded(0.9):
+            gw.ping(prefix)  # 0.3 s each for the silent two, the rest for etcd
+        assert time.monotonic() - t < 1.2
+        assert gw._current == 2
+        gw2 = EtcdGateway([silent.url, two.url], timeout=10)
+        t = time.monotonic()
+        with gw2.bounded(0.6), pytest.raises(EtcdUnavailable) as e:
+            gw2.ping(prefix)
+        took = time.monotonic() - t
+        assert 0.5 < took < 1.0, took  # the bound in all, not the bound per member
+        assert str(e.value) == (
+            f"etcd does not answer: {silent.url}: no answer within 0.3 s (it is hung, "
+            f"overloaded or cut off); {two.url}: no answer within 0.3 s (it is hung, "
+            "overloaded or cut off)"
+        )
+        gw2.close()
+    finally:
+        gw.close()
+        two.close()
+
+
+def test_a_transaction_goes_on_to_the_next_member(silent, server, prefix):
+    """A member that takes the transaction and never answers: it is sent to
+    the next one, applied once, and the next request starts there."""
+    gw = EtcdGateway([silent.url, server.url], timeout=1)
+    key = prefix + "/tx"
+    try:
+
+        def body(tx):
+            assert tx.get(key) is None
+            tx.put(key, {"v": 1})
+            return "made"
+
+        tx_reads_done = []
+
+        def body_hung_at_commit(tx):
+            r = body(tx)
+            tx_reads_done.append(True)
+            gw._current = 0  # the member in use hangs between the reads and the commit
+            return r
+
+        gw._current = 1
+        t = time.monotonic()
+        assert gw.atomic(body_hung_at_commit) == "made"
+        assert time.monotonic() - t < 1.5
+        assert tx_reads_done == [True]  # one run of the body: no conflict, no retry
+        assert gw._current == 1
+        assert gw.get(key) == {"v": 1}
+    finally:
+        _wipe(server.url, prefix)
+        gw.close()
+
+
+def test_a_transaction_applied_whose_answer_was_lost_is_not_applied_twice(server, prefix):
+    """The first member passes the transaction to etcd, which applies it,
+    and never answers: sent to the next member, its compares fail (it was
+    applied); its read-back shows its own writes, so the commit succeeded:
+    put_pod returns as it did, with no AlreadyExists and one record."""
+    applied = []
+
+    def apply_then_hang(conn):
+        method, path, body = read_request(conn)
+        status, out = forward(server.url, method, path, body)
+        if path.endswith("/kv/txn"):
+            applied.append(json.loads(out))
+            return  # applied; the answer is lost
+        answer(conn, status, out)
+
+    lossy = Listener(apply_then_hang)
+    s = EtcdStore([lossy.url, server.url], prefix=prefix, timeout=1)
+    try:
+        assert s.client._current == 0  # opening: the lossy member answers reads
+        s.put_pod("p1", "/run/netns/p1", {"planes": []}, node="n1")
+        assert len(applied) == 1 and applied[0]["succeeded"] is True
+        pod = s.pod("p1")
+        assert pod["node"] == "n1" and pod["state"] == "pending"
+        assert [p["name"] for p in s.pods()] == ["p1"]
+        # a change another writer made meanwhile is not taken for our own
+        s.client._current = 0
+        other = EtcdStore([server.url], prefix=prefix)
+        calls = []
+
+        def body(tx):
+            calls.append(1)
+            p = tx.get(s._k("pods", "p1"))
+            if len(calls) == 1:  # between this read and the commit: another writer
+                other.set_pod_state("p1", "deleting")
+            tx.put(s._k("pods", "p1"), dict(p, state="ready"))
+
+        s.client.atomic(body)
+        assert len(calls) >= 2  # the conflict: the body ran again on fresh reads
+        assert s.pod("p1")["state"] == "ready"
+        other.close()
+    finally:
+        _wipe(server.url, prefix)
+        s.close()
+        lossy.close()
+
+
+# ------------------------------------------------------ an answer cut off
+def _cut_after_head(conn):
+    """An answer whose chunked body ends before its first chunk does."""
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n40\r\n{"header":{"cluster_id":"1"'
+    )
+    conn.shutdown(socket.SHUT_RDWR)
+
+
+def _cut_answer(conn):
+    """etcd's /version answered, every other request cut in its body."""
+    _, path, _ = read_request(conn)
+    if path == "/version":
+        answer(conn, "200 OK", b'{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}')
+        return
+    _cut_after_head(conn)
+
+
+def test_an_answer_cut_off_is_etcd_unavailable():
+    cut = Listener(_cut_answer)
+    gw = EtcdGateway([cut.url], timeout=2)
+    try:
+        with pytest.raises(EtcdUnavailable) as e:
+            gw.lease_keepalive(1234)
+        assert str(e.value).startswith(f"etcd {cut.url} does not answer (its answer was cut off")
+        assert gw.last_error[0] == str(e.value)
+    finally:
+        gw.close()
+        cut.close()
+
+
+def test_the_name_claim_is_renewed_through_answers_cut_off(server, prefix, monkeypatch, caplog):
+    """While etcd's answers are cut off, the renewals fail and are logged;
+    the renewing thread goes on, and renews the claim once etcd answers."""
+    monkeypatch.setattr(etcd_store, "NODE_TTL_S", 2)  # renewed every 0.67 s
+    caplog.set_level(logging.INFO, logger="dataplane")
+    mode = {"cut": False}
+
+    def proxy(conn):
+        method, path, body = read_request(conn)
+        if mode["cut"] and path != "/version":
+            _cut_after_head(conn)
+            return
+        answer(conn, *forward(server.url, method, path, body))
+
+    px = Listener(proxy)
+    s = EtcdStore([px.url], prefix=prefix, timeout=2)
+    watcher = EtcdStore([server.url], prefix=prefix)
+    try:
+        s.claim_node("n1", "10.0.0.1", "h1")
+        assert watcher.node_claims()[0]["node"] == "n1"
+        mode["cut"] = True
+        time.sleep(1.6)  # two renewals cut off
+        assert s._claim_thread.is_alive()
+        failed = [r for r in caplog.records if "could not be renewed" in r.getMessage()]
+        assert failed and "cut off" in failed[0].getMessage()
+        mode["cut"] = False
+        time.sleep(3.0)  # longer than the TTL: only renewals keep the name
+        assert [c["node"] for c in watcher.node_claims()] == ["n1"]
+        assert s._claim_thread.is_alive()
+    finally:
+        s.close()
+        watcher.close()
+        px.close()
+        _wipe(server.url, prefix)
+
+
+# ------------------------------------------------- a cluster of three members
+class Member(EtcdServer):
+    """One member of a cluster of several (``peers``: name -> peer URL)."""
+
+    def __init__(self, name, peers, token):
+        super().__init__(name=name)
+        self.peers = peers
+        self.token = token
+
+    def _cmd(self):
+        cmd = super()._cmd()
+        cmd[cmd.index("--initial-cluster") + 1] = ",".join(
+            f"{n}={u}" for n, u in sorted(self.peers.items())
+        )
+        cmd[cmd.index("--initial-cluster-token") + 1] = self.token
+        return cmd
+
+
+@pytest.fixture
+def cluster():
+    names = ["m1", "m2", "m3"]
+    ports = {n: (_free_port(), _free_port()) for n in names}
+    peers = {n: f"http://127.0.0.1:{ports[n][1]}" for n in names}
+    token = f"dptest-{uuid.uuid4().hex[:8]}"
+    members = []
+    for n in names:
+        m = Member(n, peers, token)
+        m.client_port, m.peer_port = ports[n]
+        members.append(m)
+    errors = []
+
+    def start(m):
+        try:
+            m.start(timeout=20)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(m,)) for m in members]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        if errors:
+            raise errors[0]
+        yield members
+    finally:
+        for m in members:
+            m.close()
+
+
+def _leader(members):
+    """The member that leads (by etcd's own status)."""
+    for m in members:
+        gw = EtcdGateway([m.url], timeout=2)
+        try:
+            st = gw.post("maintenance/status", {})
+        finally:
+            gw.close()
+        if st["leader"] == st["header"]["member_id"]:
+            return m
+    raise AssertionError("no leader")
+
+
+def test_a_paused_member_of_a_cluster_is_passed_over(cluster, prefix, monkeypatch):
+    monkeypatch.setattr(etcd_store, "NODE_TTL_S", 2)
+    leader = _leader(cluster)
+    followers = [m for m in cluster if m is not leader]
+    hung = followers[0]  # a follower: the two others keep a quorum and a leader
+    s = EtcdStore([hung.url, leader.url, followers[1].url], prefix=prefix, timeout=2)
+    try:
+        s.put_network("net1", 100, "std", SUBNET)
+        s.claim_node("n1", "10.0.0.1", "h1")
+        assert s.client._current == 0
+        hung.pause()
+        try:
+            t = time.monotonic()
+            s.put_pod("p1", "/run/netns/p1", {"planes": []}, node="n1")
+            assert time.monotonic() - t < 2.5  # one share of the time on the hung one
+            assert s.client._current != 0
+            t = time.monotonic()
+            eps, _ = s.endpoints_snapshot()
+            assert s.pod("p1")["node"] == "n1"
+            assert s.delete_pod("p1") is True
+            assert time.monotonic() - t < 1.0  # the hung member is not tried again
+            time.sleep(2.5)  # longer than the claim's TTL: renewed through the others
+            assert [c["node"] for c in s.node_claims()] == ["n1"]
+        finally:
+            hung.resume()
+    finally:
+        s.close()
