@@ -150,7 +150,9 @@ def cmd_check(args):
     if lane_off:  # auto: the node runs without the lane
         print(f"warning: express lane off (auto): {lane_off}")
     if store.read:
-        print(f"store: {store.read}: checked against it")
+        # (a store with nothing recorded yet says so itself)
+        tail = "" if "no pod recorded" in store.read else ": checked against it"
+        print(f"store: {store.read}{tail}")
     if cfg.express_lane is not False and not lane_off:
         print(
             "express lane: on (the kernel took its programs; pod to pod of one network, "
@@ -612,9 +614,9 @@ def build_parser():
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    def client(p):
+    def client(p, config_help="node config (for its api_socket)"):
         p.add_argument("--socket", help="control API socket")
-        p.add_argument("-c", "--config", help="node config (for its api_socket)")
+        p.add_argument("-c", "--config", help=config_help)
         p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("run", help="run the node service in the foreground")
@@ -630,7 +632,11 @@ def build_parser():
         "planes' rates from it, while forwarding (anything else changed: refused, a restart "
         "applies it)",
     )
-    client(p)
+    client(
+        p,
+        "the service's config file: where its api_socket is, and the file it reads again "
+        "(a file other than the one it was started from is refused)",
+    )
     p.set_defaults(fn=cmd_reload)
     p = sub.add_parser("status", help="show the service's state and counters")
     client(p)

@@ -187,7 +187,9 @@ class CoreCollector:
         yield drops
 
         pods = GaugeMetricFamily(
-            "dataplane_network_pods", "Pods attached to the network", labels=["network"]
+            "dataplane_network_pods",
+            "Pods of this node attached to the network (sum over the nodes for the cluster's)",
+            labels=["network"],
         )
         eps = GaugeMetricFamily(
             "dataplane_network_endpoints",
