@@ -128,3 +128,83 @@ def test_containerfile_copies_what_exists():
             assert os.path.exists(os.path.join(ROOT, src)), src
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         assert 'dataplane-cni = "dataplane.cni:main"' in f.read()
+
+
+def _installed_closure(pkgs):
+    """``pkgs`` and every package they depend on, as this machine's dpkg
+    knows them (Debian 12, the image's base: the same package names)."""
+    import subprocess
+
+    seen, todo = set(), list(pkgs)
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        r = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Depends}, ${Pre-Depends}", p],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, f"{p}: not installed here ({r.stderr.strip()})"
+        for dep in r.stdout.replace("|", ",").split(","):
+            name = dep.strip().split(" ")[0].split(":")[0]
+            if name:
+                todo.append(name)
+    return seen
+
+
+def test_the_image_installs_every_library_the_core_loads():
+    """The runtime stage's packages hold every shared library the core
+    links (what ldd finds outside the base image's C library) and the DPDK
+    drivers its ports load as plugins: the mempool's, memif, vhost-user,
+    AF_XDP and AF_PACKET."""
+    import glob
+    import subprocess
+
+    with open(os.path.join(DEPLOY, "Containerfile")) as f:
+        runtime = f.read().split("\nFROM ")[-1]
+    (install,) = re.findall(
+        r"apt-get install -y --no-install-recommends\s*\\\n(.*?)\n &&", runtime, re.S
+    )
+    pkgs = install.replace("\\", " ").split()
+    have = _installed_closure(pkgs)
+    (core,) = glob.glob(os.path.join(ROOT, "dataplane", "_core*.so"))
+    ldd = subprocess.run(["ldd", core], capture_output=True, text=True, check=True).stdout
+    libs = re.findall(r"=> (/\S+) \(", ldd)
+    assert any("librte_eal" in lib for lib in libs), ldd
+    missing = {}
+    for lib in libs:
+        owner = subprocess.run(
+            ["dpkg", "-S", os.path.realpath(lib)], capture_output=True, text=True
+        )
+        if owner.returncode != 0:
+            owner = subprocess.run(["dpkg", "-S", lib], capture_output=True, text=True)
+        pkg = owner.stdout.split(":")[0]
+        if pkg and pkg not in have and pkg not in ("libc6",):
+            missing[lib] = pkg
+    assert not missing, f"the image lacks: {missing}"
+    for plugin in ("librte-mempool-ring23", "librte-net-memif23", "librte-net-vhost23",
+                   "librte-net-af-xdp23", "librte-net-af-packet23"):  # fmt: skip
+        assert plugin in have, plugin
+
+
+def test_the_daemonset_gives_one_cpu_per_lcore_and_runs_where_a_file_is():
+    """The service's container asks for a CPU per lcore of every node file
+    (spinning workers under a smaller limit are throttled), requests equal
+    limits in every container (Guaranteed), the namespace allows privileged
+    pods and is made before what lives in it, and the DaemonSet runs only
+    on the nodes labelled for it."""
+    ds = one("DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    cpus = int(c["resources"]["limits"]["cpu"])
+    assert all(len(cfg.lcores) <= cpus for cfg in node_configs().values())
+    for k in spec["containers"] + spec["initContainers"]:
+        assert k["resources"]["requests"] == k["resources"]["limits"], k["name"]
+    assert spec["nodeSelector"]["dataplane/enabled"] == "true"
+    ns = one("Namespace", "dataplane-system")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    # applied first (kubectl apply -f deploy/configmap.yaml -f deploy/daemonset.yaml)
+    first = docs("configmap.yaml")[0]
+    assert first["kind"] == "Namespace", first["kind"]
