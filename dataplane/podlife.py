@@ -334,7 +334,32 @@ class PodLife:
                 )
                 self._remove(pod["name"], eps)
                 continue
+            eps = self._own_vtep(eps)
             self._reattach(pod, eps, kinds, lost, "replay")
+
+    def _own_vtep(self, eps):
+        """``eps`` with the node's VTEP address as its config says now: an
+        endpoint recorded behind another (the node's address was changed
+        while it was stopped) is recorded again, so that the other nodes
+        send its frames, and accept its VXLAN, at the new one."""
+        out = []
+        me = self.config.vtep.ip
+        for e in eps:
+            if e.get("vtep") is not None and e["vtep"] != me:
+                self.store.add_endpoint(
+                    e["pod"], e["plane"], e["network"], e["ifname"], e["host_ifname"],
+                    e["mac"], e["ip"], node=e["node"], vtep=me, state=e["state"],
+                )  # fmt: skip
+                event(
+                    "replay: endpoint moved to the node's VTEP address",
+                    pod=e["pod"],
+                    plane=e["plane"],
+                    old=e["vtep"],
+                    new=me,
+                )
+                e = dict(e, vtep=me)
+            out.append(e)
+        return out
 
     def _reattach(self, pod, eps, kinds, lost, by: str):
         """Attach ready pod ``pod`` (endpoints ``eps``; ``kinds``: {plane:

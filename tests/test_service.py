@@ -2025,3 +2025,38 @@ def test_a_check_that_fails_unexpectedly_ends_no_service(node):
         assert len(errs) <= 1, errs
     node.stop()
     assert '"signal received, stopping"' in log.read_text() and '"SIGTERM"' in log.read_text()
+
+
+def test_a_changed_vtep_address_is_recorded_for_the_pods_at_restart(node):
+    """The node's VTEP address changed while it was stopped: its pods'
+    endpoints are recorded behind the new one at the restart (the other
+    nodes' FDBs and flood lists follow the records), and the pods forward."""
+    import sqlite3
+
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    db = node.tmp / "state" / "state.db"
+
+    def vteps():
+        with contextlib.closing(sqlite3.connect(db)) as c:
+            return {v for (v,) in c.execute("SELECT vtep FROM endpoints WHERE vtep IS NOT NULL")}
+
+    assert vteps() == {"10.99.0.1"}
+    node.stop()
+    node.cfg.write_text(node.cfg.read_text().replace("10.99.0.1/24", "10.99.0.7/24"))
+    node.start()
+    for _ in range(300):
+        if vteps() == {"10.99.0.7"}:
+            break
+        time.sleep(0.05)
+    assert vteps() == {"10.99.0.7"}
+    moved = [
+        json.loads(ln)
+        for ln in (node.tmp / "service.log").read_text().splitlines()
+        if "endpoint moved to the node's VTEP address" in ln
+    ]
+    assert {(m["pod"], m["old"], m["new"]) for m in moved} == {
+        ("a", "10.99.0.1", "10.99.0.7"),
+        ("b", "10.99.0.1", "10.99.0.7"),
+    }, moved
+    assert ping(a["ns"], ip_of(b)).returncode == 0
