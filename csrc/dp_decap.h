@@ -154,8 +154,9 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
         drop(w, m, DP_DROP_ARP_REPLY); /* taken by the neighbour table */
         return;
     }
-    /* turn the request into the reply, in place; it queues as our own
-     * frames do (plane 0's queue, outside the latency histograms) */
+    /* turn the request into the reply, in place; it leaves as our own
+     * frames do (on a shaped port ahead of the planes' queues, outside the
+     * latency histograms) */
     DP_META(m)->plane = DP_PLANE_OWN;
     arp->arp_opcode = RTE_BE16(RTE_ARP_OP_REPLY);
     arp->arp_data.arp_tha = arp->arp_data.arp_sha;

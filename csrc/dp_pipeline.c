@@ -156,7 +156,8 @@ dp_worker_main(void *arg)
                 struct rte_mbuf *c[DP_BURST];
                 unsigned nc = rte_ring_dequeue_burst(dp.ctrl_tx, (void **)c, DP_BURST, NULL);
                 for (unsigned x = 0; x < nc; x++) {
-                    /* plane 0's queue, outside the latency histograms */
+                    /* in no plane: on a shaped uplink ahead of every
+                     * plane's queue, outside the latency histograms */
                     DP_META(c[x])->plane = DP_PLANE_OWN;
                     tx_put(w, pi, c[x]);
                 }

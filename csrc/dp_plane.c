@@ -148,8 +148,10 @@ dp_port_shaper(int idx, uint64_t rate_bps, uint32_t burst_bytes)
     dp_sync(); /* no worker holds p, its queues or its heads any more */
     struct dp_qos *old = p->qos;
     rte_free(p);
-    /* frames still queued are freed with it, and counted */
-    dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED] += dp_qos_free(old);
+    /* frames still queued are freed with it, and counted: as a drop and
+     * against their plane (its enqueued = sent + dropped + queued holds) */
+    dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED] +=
+        dp_qos_free_counted(old, dp.ctr->qos[DP_CTRL_ROW][idx]);
     dp_express_uplink(); /* the lane leaves a shaped uplink to the core */
     return 0;
 }

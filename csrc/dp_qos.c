@@ -151,6 +151,14 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
         q->ptok_max[p] = tok(burst_bytes);
         q->ptok_min[p] = tok(burst_bytes);
     }
+    q->lent_rank = DP_MAX_PLANES;
+    char name[RTE_RING_NAMESIZE];
+    snprintf(name, sizeof(name), "dpqo_%d_%u", port, (unsigned)(q->last_tsc & 0xffff));
+    q->own = rte_ring_create(name, DP_QOS_OWN_LEN, (int)rte_socket_id(), RING_F_SC_DEQ);
+    if (!q->own) {
+        dp_qos_free(q);
+        return NULL;
+    }
     return q;
 }
 
@@ -170,28 +178,52 @@ dp_qos_queued(const struct dp_qos *q, int plane)
     return rte_ring_count(q->q[plane]) + (q->head[plane] != NULL);
 }
 
+/* a frame freed with its queues: counted against its plane (in FIFO mode
+ * queue 0 holds every plane's) */
+static void
+flush_one(struct rte_mbuf *m, uint64_t (*ctr)[DP_QOS_CTR_COUNT])
+{
+    unsigned p = DP_META(m)->plane;
+    if (ctr && p < DP_MAX_PLANES)
+        ctr[p][DP_QOS_DROPPED]++;
+    rte_pktmbuf_free(m);
+}
+
 unsigned
-dp_qos_free(struct dp_qos *q)
+dp_qos_free_counted(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT])
 {
     unsigned n = 0;
+    struct rte_mbuf *m;
     if (!q)
         return 0;
     for (int p = 0; p < DP_MAX_PLANES; p++) {
         if (q->head[p]) {
-            rte_pktmbuf_free(q->head[p]);
+            flush_one(q->head[p], ctr);
             n++;
         }
         if (q->q[p]) {
-            struct rte_mbuf *m;
             while (rte_ring_dequeue(q->q[p], (void **)&m) == 0) {
-                rte_pktmbuf_free(m);
+                flush_one(m, ctr);
                 n++;
             }
             rte_ring_free(q->q[p]);
         }
     }
+    if (q->own) {
+        while (rte_ring_dequeue(q->own, (void **)&m) == 0) {
+            rte_pktmbuf_free(m);
+            n++;
+        }
+        rte_ring_free(q->own);
+    }
     rte_free(q);
     return n;
+}
+
+unsigned
+dp_qos_free(struct dp_qos *q)
+{
+    return dp_qos_free_counted(q, NULL);
 }
 
 void
@@ -204,7 +236,15 @@ dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_ts
     for (uint16_t i = 0; i < n; i++) {
         struct dp_meta *md = DP_META(m[i]);
         md->rx_tsc = rx_tsc; /* latency of a queued frame is measured per frame */
-        unsigned p = md->plane & (DP_MAX_PLANES - 1);
+        unsigned p = md->plane;
+        if (unlikely(p >= DP_MAX_PLANES)) {
+            /* the core's own (ARP): in no plane, ahead of them all */
+            if (unlikely(rte_ring_mp_enqueue(q->own, m[i]) != 0)) {
+                rte_pktmbuf_free(m[i]);
+                (*queue_full)++;
+            }
+            continue;
+        }
         ctr[p][DP_QOS_ENQUEUED]++;
         unsigned qi = prio ? p : 0; /* FIFO mode: one queue for every plane */
         if (cnt[qi] == DP_BURST * 2) {
@@ -251,13 +291,31 @@ fit(int64_t need, int64_t cap)
     return need > cap ? cap : need;
 }
 
-/* take frames of queue qi while the buckets allow; pass 0 = guaranteed */
+/* how drain() takes a plane's frames */
+enum {
+    PASS_GUAR,   /* within its guarantee, no higher plane waiting: may borrow */
+    PASS_STRICT, /* strict priority, up to its maximum */
+    PASS_OWED,   /* within its guarantee and what it is owed, ahead of a
+                  * higher plane that has frames waiting: no borrowing */
+};
+
+/* a plane's queue holds frames */
+static inline int
+has_frames(const struct dp_qos *q, unsigned qi)
+{
+    return q->head[qi] != NULL || !rte_ring_empty(q->q[qi]);
+}
+
+/* take frames of queue qi (rank: its place in dp_qg.order, DP_MAX_PLANES for
+ * none) while the buckets allow */
 static uint16_t
-drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k, uint16_t max,
-      uint64_t (*ctr)[DP_QOS_CTR_COUNT], int *port_blocked)
+drain(struct dp_qos *q, unsigned qi, int rank, int pass, struct rte_mbuf **out, uint16_t k,
+      uint16_t max, int *port_blocked)
 {
     const struct dp_plane_rt *r = &dp_qg.plane[qi];
-    int limited_max = r->max_bytes_tsc != 0 && dp_qg.priority_on;
+    int prio = dp_qg.priority_on;
+    int limited_max = r->max_bytes_tsc != 0 && prio;
+    int owed = r->min_bytes_tsc != 0 && prio;
     while (k < max) {
         struct rte_mbuf *m = q->head[qi];
         if (m == NULL && rte_ring_sc_dequeue(q->q[qi], (void **)&m) != 0)
@@ -268,33 +326,107 @@ drain(struct dp_qos *q, unsigned qi, int pass, struct rte_mbuf **out, uint16_t k
         uint64_t rate = __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED);
         int64_t cap = tok(__atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED));
         int64_t want = fit(need, cap);
-        /* within its guarantee a plane may take the port's bucket into
-         * debt, down to one burst below empty: a bunch of media that found
-         * the bucket emptied by std's backlog (a worker back on a shared
-         * CPU) leaves at once, and std waits until the debt is repaid; the
-         * port's rate holds over time, its burst at most doubles */
-        int ok = !rate || q->tokens + (pass == 0 ? cap : 0) >= want;
-        if (pass == 0)
+        /* the port's tokens as this plane sees them: debt a lower plane
+         * borrowed is not its to wait for */
+        int64_t avail = q->tokens + (rank < q->lent_rank ? q->lent : 0);
+        /* within its guarantee, with no higher plane waiting, a plane may
+         * take the port's bucket into debt, down to one burst below empty: a
+         * bunch of media that found the bucket emptied by std's backlog (a
+         * worker back on a shared CPU) leaves at once, and std waits until
+         * the debt is repaid; the port's rate holds over time */
+        int ok = !rate || (pass == PASS_GUAR ? q->tokens + cap : avail) >= want;
+        if (pass != PASS_STRICT)
             ok = ok && q->ptok_min[qi] >= want;
+        if (pass == PASS_OWED)
+            ok = ok && q->ptok_owed[qi] >= want;
         if (limited_max)
             ok = ok && q->ptok_max[qi] >= want;
         if (!ok) {
             q->head[qi] = m; /* waits, in order, for tokens */
-            if (port_blocked && rate && q->tokens < want)
+            if (port_blocked && rate && avail < want)
                 *port_blocked = 1;
             break;
         }
-        if (rate)
+        if (rate) {
+            if (unlikely(avail < need) && pass == PASS_GUAR) {
+                /* borrowed: the planes above need not wait for it */
+                q->lent += need - (avail > 0 ? avail : 0);
+                if (rank < q->lent_rank)
+                    q->lent_rank = rank;
+            }
             q->tokens -= need;
-        if (pass == 0)
+        }
+        if (pass != PASS_STRICT)
             q->ptok_min[qi] -= need;
+        if (owed)
+            q->ptok_owed[qi] = q->ptok_owed[qi] > need ? q->ptok_owed[qi] - need : 0;
         if (limited_max)
             q->ptok_max[qi] -= need;
-        unsigned p = DP_META(m)->plane & (DP_MAX_PLANES - 1);
-        ctr[p][DP_QOS_SENT]++;
-        ctr[p][DP_QOS_SENT_BYTES] += m->pkt_len;
         out[k++] = m;
     }
+    return k;
+}
+
+/* the core's own frames, first: outside every plane and its limits, charged
+ * to the port's bucket (into debt if need be: the port's rate holds) */
+static uint16_t
+own_drain(struct dp_qos *q, struct rte_mbuf **out, uint16_t max)
+{
+    uint16_t k = (uint16_t)rte_ring_sc_dequeue_burst(q->own, (void **)out, max, NULL);
+    if (__atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED))
+        for (uint16_t i = 0; i < k; i++)
+            q->tokens -= tok(out[i]->pkt_len + DP_WIRE_OVERHEAD);
+    return k;
+}
+
+/*
+ * The planes in priority order (dp_qg.order), under the port's bucket.
+ *
+ * Pass 1, guaranteed rates: a plane with a min_rate takes frames within its
+ * guarantee bucket (min_rate, one burst deep) before strict priority - but
+ * ahead of a higher plane that has frames waiting only within what its
+ * guarantee owes it (ptok_owed: earned at min_rate while it had frames
+ * waiting, less what it sent; nothing when it had none) and without
+ * borrowing. So a lower plane's min_rate holds against a saturating higher
+ * plane (it is owed min_rate while it waits), while frames of a higher plane
+ * never wait behind a lower plane's idle credit: a lower plane that was
+ * idle goes after the higher planes' waiting frames. A plane within that
+ * and waiting only for the port's tokens keeps them: otherwise a higher
+ * plane of smaller frames would take every few bytes as they come and the
+ * guarantee of a plane of large frames would never be met.
+ *
+ * Pass 2, strict priority for the rest, each plane up to its maximum.
+ */
+static uint16_t
+dequeue_planes(struct dp_qos *q, struct rte_mbuf **out, uint16_t k, uint16_t max, int n,
+               int64_t cap)
+{
+    for (int i = 0; i < n && k < max; i++) {
+        unsigned p = dp_qg.order[i];
+        if (!dp_qg.plane[p].min_bytes_tsc)
+            continue;
+        int higher_waiting = 0;
+        for (int j = 0; j < i && !higher_waiting; j++)
+            higher_waiting = has_frames(q, dp_qg.order[j]);
+        int blocked = 0;
+        k = drain(q, p, i, higher_waiting ? PASS_OWED : PASS_GUAR, out, k, max, &blocked);
+        if (blocked) {
+            int64_t want = fit(tok(q->head[p]->pkt_len + DP_WIRE_OVERHEAD), cap);
+            if (q->ptok_min[p] >= want && (!higher_waiting || q->ptok_owed[p] >= want))
+                return k;
+        }
+    }
+    for (int i = 0; i < n && k < max; i++) {
+        int blocked = 0;
+        k = drain(q, dp_qg.order[i], i, PASS_STRICT, out, k, max, &blocked);
+        if (blocked)
+            break; /* the port's tokens are this plane's: no lower plane overtakes it */
+    }
+    /* queues of no plane in use (queue 0 holds what the FIFO held when
+     * priority was switched on; a plane may have gone): they go last */
+    for (unsigned p = 0; p < DP_MAX_PLANES && k < max; p++)
+        if (!dp_qg.plane[p].used && has_frames(q, p))
+            k = drain(q, p, DP_MAX_PLANES, PASS_STRICT, out, k, max, NULL);
     return k;
 }
 
@@ -306,47 +438,59 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
     q->last_tsc = now;
     int64_t cap = tok(__atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED));
     q->tokens = refill(q->tokens, __atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED), dt, cap);
+    if (q->tokens >= 0) {
+        q->lent = 0; /* repaid */
+        q->lent_rank = DP_MAX_PLANES;
+    }
     uint16_t k = 0;
+    if (unlikely(!rte_ring_empty(q->own)))
+        k = own_drain(q, out, max);
     if (!__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE)) {
         /* one FIFO (queue 0); what the planes' queues held when priority
          * was switched off goes after it */
-        k = drain(q, 0, 1, out, 0, max, ctr, NULL);
+        k = drain(q, 0, DP_MAX_PLANES, PASS_STRICT, out, k, max, NULL);
         for (unsigned p = 1; p < DP_MAX_PLANES && k < max; p++)
-            if (q->head[p] || !rte_ring_empty(q->q[p]))
-                k = drain(q, p, 1, out, k, max, ctr, NULL);
-        return k;
+            if (has_frames(q, p))
+                k = drain(q, p, DP_MAX_PLANES, PASS_STRICT, out, k, max, NULL);
+        q->waited = 0;
+    } else {
+        int n = __atomic_load_n(&dp_qg.n_order, __ATOMIC_ACQUIRE);
+        for (int i = 0; i < n; i++) {
+            unsigned p = dp_qg.order[i];
+            const struct dp_plane_rt *r = &dp_qg.plane[p];
+            q->ptok_max[p] = refill(q->ptok_max[p], r->max_bytes_tsc, dt, cap);
+            if (r->min_bytes_tsc) {
+                q->ptok_min[p] = refill(q->ptok_min[p], r->min_bytes_tsc, dt, cap);
+                /* owed only for the time it had frames waiting */
+                q->ptok_owed[p] =
+                    (q->waited >> p) & 1 ? refill(q->ptok_owed[p], r->min_bytes_tsc, dt, cap) : 0;
+            } else {
+                q->ptok_min[p] = 0;
+            }
+        }
+        k = dequeue_planes(q, out, k, max, n, cap);
+        uint8_t waited = 0;
+        for (int i = 0; i < n; i++) {
+            unsigned p = dp_qg.order[i];
+            if (dp_qg.plane[p].min_bytes_tsc && has_frames(q, p))
+                waited |= (uint8_t)(1u << p);
+        }
+        q->waited = waited;
     }
-    int n = __atomic_load_n(&dp_qg.n_order, __ATOMIC_ACQUIRE);
-    for (int i = 0; i < n; i++) {
-        unsigned p = dp_qg.order[i];
-        const struct dp_plane_rt *r = &dp_qg.plane[p];
-        q->ptok_max[p] = refill(q->ptok_max[p], r->max_bytes_tsc, dt, cap);
-        q->ptok_min[p] = r->min_bytes_tsc ? refill(q->ptok_min[p], r->min_bytes_tsc, dt, cap) : 0;
-    }
-    /* pass 1: guaranteed rates, in priority order. A plane within its
-     * guarantee that waits only for the port's tokens keeps them: otherwise a
-     * higher plane of smaller frames would take every few bytes as they come
-     * and the guarantee of a plane of large frames would never be met. */
-    for (int i = 0; i < n && k < max; i++) {
-        unsigned p = dp_qg.order[i];
-        if (!dp_qg.plane[p].min_bytes_tsc)
-            continue;
-        int blocked = 0;
-        k = drain(q, p, 0, out, k, max, ctr, &blocked);
-        if (blocked && q->ptok_min[p] >= fit(tok(q->head[p]->pkt_len + DP_WIRE_OVERHEAD), cap))
-            return k;
-    }
-    /* pass 2: strict priority for the rest */
-    for (int i = 0; i < n && k < max; i++) {
-        int blocked = 0;
-        k = drain(q, dp_qg.order[i], 1, out, k, max, ctr, &blocked);
-        if (blocked)
-            break; /* the port's tokens are this plane's: no lower plane overtakes it */
-    }
-    /* queues of no plane in use (queue 0 holds what the FIFO held when
-     * priority was switched on; a plane may have gone): they go last */
-    for (unsigned p = 0; p < DP_MAX_PLANES && k < max; p++)
-        if (!dp_qg.plane[p].used && (q->head[p] || !rte_ring_empty(q->q[p])))
-            k = drain(q, p, 1, out, k, max, ctr, NULL);
+    if (ctr)
+        for (uint16_t i = 0; i < k; i++) {
+            unsigned p = DP_META(out[i])->plane;
+            if (p < DP_MAX_PLANES) {
+                ctr[p][DP_QOS_SENT]++;
+                ctr[p][DP_QOS_SENT_BYTES] += out[i]->pkt_len;
+            }
+        }
     return k;
+}
+
+void
+dp_qos_refund(struct dp_qos *q, uint64_t wire_bytes)
+{
+    if (__atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED))
+        q->tokens += tok((int64_t)wire_bytes);
 }

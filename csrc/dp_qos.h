@@ -4,10 +4,15 @@
  * per-plane guaranteed / maximum rates, and per-plane latency histograms.
  *
  *   tx_flush(uplink) ──► classify by plane ──► q[plane] (bounded rte_ring,
- *                                               overflow dropped + counted)
- *   owner worker, every loop: dp_qos_dequeue ─► pass 1: planes with a
- *       guaranteed rate, up to it; pass 2: strict priority, each plane up
- *       to its maximum, all under the port's shaper ─► tx
+ *                    │                          overflow dropped + counted)
+ *                    └─► the core's own frames (ARP) ──► own (no plane)
+ *   owner worker, every loop: dp_qos_dequeue ─► own frames first, outside
+ *       every plane's limits (charged to the port's bucket, into debt if
+ *       need be); pass 1: planes with a guaranteed rate, up to it (ahead of
+ *       a higher plane that has frames waiting only with what the guarantee
+ *       owes them: see dp_qos_dequeue); pass 2: strict priority, each plane
+ *       up to its maximum, all under the port's shaper ─► tx; the worker
+ *       counts a frame sent once the driver has taken it
  *
  * Packets of one plane leave in the order they were queued: a packet that
  * does not fit the tokens yet waits as the plane's head.
@@ -39,9 +44,12 @@ struct dp_meta {
     uint8_t plane;
 };
 extern int dp_meta_off;
-/* plane of the frames the core makes itself (ARP requests): plane 0's queue
- * (the low bits), kept out of the latency histograms */
+/* plane of the frames the core makes itself (ARP requests and replies): on a
+ * shaped port they queue in a queue of their own that goes before every
+ * plane's (q->own); counted in no plane, kept out of the latency histograms */
 #define DP_PLANE_OWN 0x80
+/* frames the own queue holds (ARP is rate-limited well below that) */
+#define DP_QOS_OWN_LEN 256
 #define DP_META(m) RTE_MBUF_DYNFIELD((m), dp_meta_off, struct dp_meta *)
 
 /* tokens are bytes in fixed point, DP_TOK_SHIFT fractional bits; rates
@@ -70,7 +78,19 @@ struct dp_qos {
     int64_t tokens;          /* port bucket, bytes << DP_TOK_SHIFT */
     int64_t ptok_max[DP_MAX_PLANES];
     int64_t ptok_min[DP_MAX_PLANES];
+    /* what a guaranteed plane is owed: earned at its guaranteed rate while
+     * it had frames waiting, less what it sent, at least 0 and at most one
+     * burst; 0 while its queue is empty. The credit it may use ahead of a
+     * higher plane that has frames waiting. */
+    int64_t ptok_owed[DP_MAX_PLANES];
     uint64_t last_tsc;
+    /* port debt a guaranteed plane took by borrowing (bytes << DP_TOK_SHIFT):
+     * planes above lent_rank (their index in dp_qg.order) do not wait for
+     * it; 0 once the bucket is back at 0 */
+    int64_t lent;
+    int lent_rank;
+    uint8_t waited;       /* planes with frames left when the scheduler last ran */
+    struct rte_ring *own; /* the core's own frames (DP_PLANE_OWN) */
 };
 
 struct dp_qos_global {
@@ -107,6 +127,9 @@ struct dp_qos *dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes);
 void dp_qos_set_rate(struct dp_qos *q, uint64_t rate_bps, uint32_t burst_bytes);
 /* frees the queues and what they hold; returns how many frames that was */
 unsigned dp_qos_free(struct dp_qos *q);
+/* the same, each freed frame of a plane also counted dropped against its
+ * plane in ctr (one port's row: [plane][DP_QOS_*]) */
+unsigned dp_qos_free_counted(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
 unsigned dp_qos_queued(const struct dp_qos *q, int plane);
 uint64_t dp_bps_to_tsc_rate(uint64_t bps);
 /* the latency buckets' upper bounds, ns (DP_LAT_BOUNDS_NS) */
@@ -116,9 +139,15 @@ extern const uint64_t dp_lat_bounds_ns[DP_LAT_BOUNDS];
  * queue is full) */
 void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_tsc,
                     uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t *queue_full);
-/* worker: what the scheduler lets go now, at most max frames */
+/* worker: what the scheduler lets go now, at most max frames. Frames of a
+ * plane are counted sent in ctr when it is given; NULL: the caller counts
+ * them once its driver has taken them (dp_qos_account) */
 uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
                         uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
+/* worker (the one that dequeued): wire bytes of frames let out that the
+ * driver did not take, back into the port's bucket (they never went on the
+ * wire) */
+void dp_qos_refund(struct dp_qos *q, uint64_t wire_bytes);
 
 /* histogram bucket of a latency d (TSC cycles): a 4-step search of the 16 bounds */
 static inline unsigned
@@ -133,25 +162,42 @@ dp_lat_bucket(uint64_t d)
     return i;
 }
 
+/* what the accounting needs of a frame the scheduler let out, read before
+ * the frame is handed to the driver (which may free it at once) */
+struct dp_qos_out {
+    uint64_t rx_tsc;
+    uint32_t len;   /* pkt_len */
+    uint32_t plane; /* DP_PLANE_OWN: the core's own */
+};
+
 /*
- * Latencies of n frames from rx to now into the worker's per-plane
- * histograms. Runs of frames with the same (plane, bucket) — the common case
- * in a burst — are summed in registers and written once.
+ * n frames the scheduler let out at now, of which the driver took the first
+ * `taken`: those are counted sent against their plane (ctr: the port's row)
+ * and, with latency on, their time from rx to now goes into the per-plane
+ * histograms; the rest, which the driver refused (counted as drops, with
+ * their reason, where it refused them), are counted dropped against their
+ * plane, and their tokens go back to the port's bucket. Runs of frames with
+ * the same (plane, bucket) — the common case in a burst — are summed in
+ * registers and written once. Own frames are counted in no plane.
  */
 static inline void
-dp_lat_record_burst(uint64_t (*hist)[DP_LAT_ROW], struct rte_mbuf *const *m, uint16_t n,
-                    uint64_t now)
+dp_qos_account(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t (*hist)[DP_LAT_ROW],
+               const struct dp_qos_out *o, uint16_t n, uint16_t taken, uint64_t now)
 {
     const uint64_t *bound = dp_qg.lat_bound_tsc;
+    int lat = dp_qg.latency_on;
     unsigned cp = 0, cb = 0;
     uint64_t lo = 0, hi = bound[0]; /* (lo, hi]: the current bucket's range */
     uint64_t run = 0, sum = 0;
-    for (uint16_t i = 0; i < n; i++) {
-        const struct dp_meta *md = DP_META(m[i]);
-        uint64_t d = now - md->rx_tsc;
-        unsigned p = md->plane;
+    for (uint16_t i = 0; i < taken; i++) {
+        unsigned p = o[i].plane;
         if (unlikely(p >= DP_MAX_PLANES))
             continue; /* DP_PLANE_OWN */
+        ctr[p][DP_QOS_SENT]++;
+        ctr[p][DP_QOS_SENT_BYTES] += o[i].len;
+        if (!lat)
+            continue;
+        uint64_t d = now - o[i].rx_tsc;
         /* frames of a burst mostly share a bucket: test it before searching */
         unsigned b = cb;
         if (unlikely(d > hi || (d <= lo && cb != 0))) {
@@ -175,6 +221,15 @@ dp_lat_record_burst(uint64_t (*hist)[DP_LAT_ROW], struct rte_mbuf *const *m, uin
     if (run) {
         hist[cp][cb] += run;
         hist[cp][DP_LAT_SUM] += sum;
+    }
+    if (unlikely(taken < n)) {
+        uint64_t wire = 0;
+        for (uint16_t i = taken; i < n; i++) {
+            wire += o[i].len + DP_WIRE_OVERHEAD;
+            if (o[i].plane < DP_MAX_PLANES)
+                ctr[o[i].plane][DP_QOS_DROPPED]++;
+        }
+        dp_qos_refund(q, wire);
     }
 }
 

@@ -72,15 +72,16 @@ shm_tx_burst(const struct dp_port *p, uint16_t q, int shared, struct rte_mbuf **
     return sent;
 }
 
-/* tx to a port on a pod's shared memory (dp_shm.h) */
-static __rte_noinline void
+/* tx to a port on a pod's shared memory (dp_shm.h); returns how many frames
+ * the driver took (0 after a fault: none is known to be sent) */
+static __rte_noinline uint16_t
 shm_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n,
        uint64_t bytes)
 {
     if (unlikely(atomic_load_explicit(&dp_shm_faulted[pi], memory_order_relaxed))) {
         w->drop[DP_DROP_SHM_FAULT] += n;
         rte_pktmbuf_free_bulk(m, n);
-        return;
+        return 0;
     }
     /* fewer queues than workers: every worker on queue 0, under the lock */
     const int shared = p->n_txq < dp.n_workers;
@@ -91,14 +92,16 @@ shm_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf 
          * is not known: all count as lost and none is freed here (a few
          * mbufs lost to the pool rather than one freed twice) */
         w->drop[DP_DROP_SHM_FAULT] += n;
-        return;
+        return 0;
     }
     tx_done(w, pi, m, n, (uint16_t)sent, bytes);
+    return (uint16_t)sent;
 }
 
 /* hand n frames of `bytes` bytes to port p's driver; what it does not take is
- * freed and counted */
-static inline void
+ * freed and counted. Returns how many it took: the first ones of m (a kernel
+ * port may still lose some of those, counted under kport_*) */
+static inline uint16_t
 port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n,
         uint64_t bytes)
 {
@@ -112,10 +115,8 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
             for (uint16_t i = 0; i < n; i++)
                 if (unlikely(dp_csum_partial(m[i])))
                     dp_csum_complete(m[i]);
-        if (unlikely(p->shm)) {
-            shm_tx(w, p, pi, m, n, bytes);
-            return;
-        }
+        if (unlikely(p->shm))
+            return shm_tx(w, p, pi, m, n, bytes);
         /* a queue per worker, or queue 0 shared by all under the port's
          * lock (worker 0 too: lock-free it would race the others there) */
         if (likely(p->n_txq >= dp.n_workers)) {
@@ -135,9 +136,10 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
         tx_done(w, pi, m, n, sent, bytes);
         w->port[pi][DP_PORT_TX_PACKETS] -= lost;
         w->port[pi][DP_PORT_TX_BYTES] -= lost_bytes;
-        return;
+        return sent;
     }
     tx_done(w, pi, m, n, sent, bytes);
+    return sent;
 }
 
 static __rte_always_inline void
@@ -204,23 +206,29 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
         return;
     }
     lat_record(w, b->m, n, planes);
-    port_tx(w, p, pi, b->m, n, bytes);
+    (void)port_tx(w, p, pi, b->m, n, bytes);
 }
 
-/* the scheduler of a shaped port this worker owns */
+/* the scheduler of a shaped port this worker owns: a plane's frames are
+ * counted sent (and timed) once the driver has taken them */
 static void
 qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
 {
     struct rte_mbuf *out[DP_BURST * 2];
+    struct dp_qos_out o[DP_BURST * 2];
     uint64_t now = rte_rdtsc();
-    uint16_t n = dp_qos_dequeue(p->qos, out, RTE_DIM(out), now, w->qos[pi]);
+    uint16_t n = dp_qos_dequeue(p->qos, out, RTE_DIM(out), now, NULL);
     if (n) {
-        if (dp_qg.latency_on)
-            dp_lat_record_burst(w->lat, out, n, now);
         uint64_t bytes = 0;
-        for (uint16_t i = 0; i < n; i++)
-            bytes += out[i]->pkt_len;
-        port_tx(w, p, pi, out, n, bytes);
+        for (uint16_t i = 0; i < n; i++) {
+            const struct dp_meta *md = DP_META(out[i]);
+            o[i].rx_tsc = md->rx_tsc;
+            o[i].plane = md->plane;
+            o[i].len = out[i]->pkt_len;
+            bytes += o[i].len;
+        }
+        uint16_t taken = port_tx(w, p, pi, out, n, bytes);
+        dp_qos_account(p->qos, w->qos[pi], w->lat, o, n, taken, now);
     }
 }
 

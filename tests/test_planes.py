@@ -8,13 +8,14 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from dataplane.errors import ConfigError
 
 VTEP_MAC, NH_MAC = "02:00:0a:00:00:01", "02:00:0a:00:00:fe"
+VTEP_IP = "10.0.0.1"
 STD, CONTROL, MEDIA = 0, 2, 3
 RATE = 20_000_000  # uplink shaped to 20 Mbit/s
 TICK = 0.01
@@ -29,12 +30,12 @@ class Planes:
     """uplink + one pod port per plane (std, control, media), each in its own
     network whose remote MAC sits behind VTEP 10.0.0.2."""
 
-    def __init__(self, eng, qlen=128):
+    def __init__(self, eng, qlen=128, up_size=8192):
         self.eng = eng
         eng.set_plane(STD, priority=0, queue_len=qlen)
         eng.set_plane(CONTROL, priority=2, queue_len=qlen, dscp=24)  # CS3
         eng.set_plane(MEDIA, priority=3, queue_len=qlen, dscp=46)  # EF
-        self.up = eng.add_ring_port("up", role="uplink", size=8192)
+        self.up = eng.add_ring_port("up", role="uplink", size=up_size)
         eng.set_vtep("10.0.0.1/24", VTEP_MAC, self.up, next_hop_mac=NH_MAC)
         self.pods, self.remote = {}, {}
         for i, plane in enumerate((STD, CONTROL, MEDIA)):
@@ -371,3 +372,170 @@ def test_bad_plane_settings_refused(eng):
     eng.set_plane(1, priority=5)
     with pytest.raises(errors.AlreadyExists, match="priority 5"):
         eng.set_plane(2, priority=5)
+
+
+def _settled(eng, up, planes, c0, offered):
+    """counters once every offered frame is in its plane's queue and the
+    reads agree (a depth read while the worker holds a head frame it is
+    testing is one short)"""
+    for _ in range(500):
+        c = eng.counters()
+        q = {p: c.qos_dict(up, p) for p in planes}
+        q0 = {p: c0.qos_dict(up, p) for p in planes}
+        d = {p: {k: q[p][k] - q0[p][k] for k in q[p]} for p in planes}
+        depth = {p: eng.queue_depth(up, p) for p in planes}
+        if all(
+            d[p]["enqueued"] == offered[p]
+            and d[p]["sent"] + d[p]["dropped"] + depth[p] == offered[p]
+            for p in planes
+        ):
+            return c, d, depth
+        time.sleep(0.01)
+    return c, d, depth
+
+
+def test_own_arp_reply_goes_ahead_of_a_full_std_queue(planes):
+    """The core's own frames (here its ARP reply to the router) are in no
+    plane: on a shaped uplink whose std queue is full they leave at once,
+    ahead of the backlog, and std's counters do not see them. (In std's
+    queue, the reply would be dropped with std's excess, or wait behind
+    128 frames: 2 minutes at this rate.)"""
+    eng = planes.eng
+    eng.set_shaper(planes.up, 8_000, burst_bytes=2048)  # one std frame a second
+    c0 = eng.counters()
+    f = frame("02:00:00:00:00:01", planes.remote[STD], 950)
+    offered = sum(eng.inject(planes.pods[STD], [f] * 100) for _ in range(2))
+    assert offered == 200
+    c1, d, depth = _settled(eng, planes.up, [STD], c0, {STD: offered})
+    assert depth[STD] == 128 and d[STD]["dropped"] > 0  # std's queue is full
+    eng.collect(planes.up, max_frames=4096, wait=0.1)  # what left before
+    req = Ether(src=NH_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(
+        op=1, hwsrc=NH_MAC, psrc="10.0.0.254", pdst=VTEP_IP
+    )
+    assert eng.inject(planes.up, [bytes(req)]) == 1
+    out = []
+    for _ in range(20):
+        out += [Ether(o) for o in eng.collect(planes.up, wait=0.1)]
+        if any(o.haslayer(ARP) for o in out):
+            break
+    arp = [i for i, o in enumerate(out) if o.haslayer(ARP)]
+    assert arp, f"no ARP reply among {len(out)} frames out"
+    rep = out[arp[0]][ARP]
+    assert rep.op == 2 and rep.psrc == VTEP_IP and rep.hwdst == NH_MAC
+    # what went before it: at most the std frame the bucket already held
+    assert arp[0] <= 1, arp
+    # not std's: std's counters hold std's 200 frames only, and they add up
+    c2 = eng.counters()
+    std = {k: c2.qos_dict(planes.up, STD)[k] - c0.qos_dict(planes.up, STD)[k] for k in d[STD]}
+    assert std["enqueued"] == offered
+    assert std["dropped"] == d[STD]["dropped"]
+    assert std["sent"] + std["dropped"] + eng.queue_depth(planes.up, STD) == offered
+    assert c2.drops()["queue_full"] - c0.drops()["queue_full"] == std["dropped"]
+    eng.set_shaper(planes.up, 0)
+
+
+def test_a_guaranteed_lower_plane_does_not_go_ahead_of_media(planes):
+    """control has a min_rate, media none (the README's example), std keeps
+    the port's bucket empty. 30 control frames and then one media frame come
+    in together: media leaves first, by strict priority - control's unused
+    guarantee (its bucket full, one burst) does not put its 30 frames, taken
+    into the port's debt, ahead of media's one."""
+    eng = planes.eng
+    eng.set_shaper(planes.up, 10_000_000, burst_bytes=16384)
+    eng.set_plane(CONTROL, priority=2, queue_len=128, dscp=24, min_bps=2_000_000)
+    eng.set_dscp_plane(46, MEDIA)
+    time.sleep(0.2)  # control's guarantee bucket fills (250,000 bytes/s up to 16 KB)
+    try:
+        c0 = eng.counters()
+        std = frame("02:00:00:00:00:01", planes.remote[STD], 950)  # 1,024 bytes on the wire
+        assert eng.inject(planes.pods[STD], [std] * 120) == 120
+        for _ in range(500):  # std spent the bucket (16 frames) and waits for tokens
+            if (
+                eng.counters().qos_dict(planes.up, STD)["sent"]
+                - c0.qos_dict(planes.up, STD)["sent"]
+                >= 17
+                and eng.queue_depth(planes.up, STD) > 50
+            ):
+                break
+            time.sleep(0.001)
+        src, dst = "02:00:00:00:02:01", planes.remote[CONTROL]
+        burst = [frame(src, dst, 400)] * 30 + [frame(src, dst, 200, tos=46 << 2)]
+        assert eng.inject(planes.pods[CONTROL], burst) == 31  # one rx burst
+        seen = []
+        for _ in range(200):
+            for o in eng.collect(planes.up, max_frames=4096, wait=0.01):
+                tos = Ether(o)[IP].tos
+                if tos in (24 << 2, 46 << 2):
+                    seen.append("media" if tos == 46 << 2 else "control")
+            if len(seen) == 31:
+                break
+        assert sorted(seen) == ["control"] * 30 + ["media"], seen
+        # media went before most control frames (at most what control was
+        # owed while it waited, if the worker was held up)
+        assert seen.index("media") < 10, seen
+        c = eng.counters().since(c0)
+        assert c.qos_dict(planes.up, CONTROL)["sent"] == 30
+        assert c.qos_dict(planes.up, MEDIA)["sent"] == 1
+    finally:
+        eng.set_dscp_plane(46, None)
+        eng.set_plane(CONTROL, priority=2, queue_len=128, dscp=24)
+        eng.set_shaper(planes.up, 0)
+
+
+def test_flushed_frames_count_against_their_plane(planes):
+    """A shaper removed with frames queued: they are freed, counted
+    queue_flushed and dropped against their own plane, so each plane's
+    enqueued = sent + dropped + queued still holds."""
+    eng = planes.eng
+    eng.set_shaper(planes.up, 8_000, burst_bytes=2048)
+    c0 = eng.counters()
+    f = frame("02:00:00:00:00:01", planes.remote[STD], 950)
+    m = frame("02:00:00:00:03:01", planes.remote[MEDIA], 200)
+    offered = {STD: eng.inject(planes.pods[STD], [f] * 100), MEDIA: 0}
+    offered[MEDIA] = eng.inject(planes.pods[MEDIA], [m] * 20)
+    assert offered == {STD: 100, MEDIA: 20}
+    c1, d, depth = _settled(eng, planes.up, [STD, MEDIA], c0, offered)
+    queued = depth[STD] + depth[MEDIA]
+    assert depth[STD] > 50 and depth[MEDIA] > 0, depth
+    eng.set_shaper(planes.up, 0)  # the queues go, and what they held
+    c2 = eng.counters()
+    assert c2.drops()["queue_flushed"] - c1.drops()["queue_flushed"] == queued
+    for p in (STD, MEDIA):
+        q = {k: c2.qos_dict(planes.up, p)[k] - c0.qos_dict(planes.up, p)[k] for k in d[p]}
+        assert eng.queue_depth(planes.up, p) == 0
+        assert q["enqueued"] == offered[p]
+        assert q["sent"] + q["dropped"] == offered[p], (p, q, depth)
+        assert q["dropped"] == d[p]["dropped"] + depth[p]
+
+
+@pytest.fixture
+def small_uplink(eng):
+    p = Planes(eng, up_size=32)  # the uplink's tx ring holds 31 frames
+    yield p
+    eng.set_qos_mode(priority=True)
+
+
+def test_sent_counts_only_what_the_driver_took(small_uplink):
+    """A shaped uplink whose tx ring is full (nobody reads it): the frames
+    the driver refuses are counted tx_full and dropped against their plane,
+    not sent."""
+    planes = small_uplink
+    eng = planes.eng
+    eng.set_shaper(planes.up, 1_000_000_000, burst_bytes=1 << 20)  # never the limit
+    c0 = eng.counters()
+    f = frame("02:00:00:00:00:01", planes.remote[STD], 200)
+    offered = eng.inject(planes.pods[STD], [f] * 100)
+    assert offered == 100
+    c1, d, depth = _settled(eng, planes.up, [STD], c0, {STD: offered})
+    std = d[STD]
+    assert std["enqueued"] == offered and depth[STD] == 0
+    refused = c1.drops()["tx_full"] - c0.drops()["tx_full"]
+    out = eng.collect(planes.up, max_frames=4096, wait=0.2)
+    assert len(out) == 31 and refused == offered - 31
+    assert std["sent"] == len(out), std
+    assert std["dropped"] == refused
+    assert std["sent_bytes"] == sum(len(o) for o in out)
+    # and only what left is timed
+    lat = c1.since(c0).latency(STD)[0]
+    assert sum(lat) == len(out)
+    eng.set_shaper(planes.up, 0)
