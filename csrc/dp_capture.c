@@ -59,7 +59,11 @@ dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **p
     uint64_t matched = 0, captured = 0, dropped = 0;
     if (tsc == 0)
         tsc = rte_rdtsc();
-    uint64_t ts = c->ns0 + (uint64_t)((__uint128_t)(tsc - c->tsc0) * 1000000000u / c->hz);
+    /* a burst timed just before the capture's start (its rx time is read
+     * before the capture is), or on a CPU whose TSC runs a little behind:
+     * the start, not 2^64 cycles on */
+    uint64_t since = (int64_t)(tsc - c->tsc0) > 0 ? tsc - c->tsc0 : 0;
+    uint64_t ts = c->ns0 + (uint64_t)((__uint128_t)since * 1000000000u / c->hz);
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
         if (c->bpf) {

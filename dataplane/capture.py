@@ -28,6 +28,7 @@ from typing import Callable, Dict, List
 from .api import Route
 from .checks import CAPTURE_SNAPLEN_RANGE, brief, check_int, check_string, fail
 from .errors import AlreadyExists, Busy, ConfigError, NotFound
+from .logs import log
 
 LEASE_S = 15.0
 DIRECTIONS = ("rx", "tx", "both")
@@ -195,21 +196,40 @@ class Captures:
     def _finish(self):
         """The running capture's last frames and counters, and the capture
         stopped in the core (under the lock)."""
-        frames = self.engine.capture_read()
-        stats = self.engine.capture_stats()
-        self.engine.capture_stop()
-        self.current = None
+        try:
+            frames = self.engine.capture_read()
+            stats = self.engine.capture_stats()
+        finally:
+            try:
+                self.engine.capture_stop()
+            finally:  # whatever failed, a new capture may start
+                self.current = None
         return frames, stats
 
     def _expire(self):
         while not self._stop.wait(1.0):
-            with self.lock:
-                cur = self.current
-                if cur and time.monotonic() - cur["last"] > LEASE_S and self.engine:
-                    self.engine.capture_stop()
-                    self.current = None
-                if self.ended and time.monotonic() - self.ended["at"] > LEASE_S:
-                    self.ended = None  # a client that never came back for it
+            try:
+                self._expire_once()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("capture: ending an unread capture failed")
+
+    def _expire_once(self):
+        with self.lock:
+            cur = self.current
+            if cur and time.monotonic() - cur["last"] > LEASE_S and self.engine:
+                frames, stats = self._finish()
+                # its client, back after a pause (Ctrl-Z, a slow reader of its
+                # output), is told why instead of finding it gone
+                self.ended = {
+                    "id": cur["id"],
+                    "why": f"not read for {LEASE_S:g} s",
+                    "frames": frames,
+                    "stats": stats,
+                    "at": time.monotonic(),
+                }
+                return
+            if self.ended and time.monotonic() - self.ended["at"] > LEASE_S:
+                self.ended = None  # a client that never came back for it
 
     def close(self):
         self._stop.set()

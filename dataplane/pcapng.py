@@ -113,7 +113,9 @@ def _ip4(b: bytes) -> str:
 _ICMP = {0: "echo reply", 3: "unreachable", 8: "echo request", 11: "time exceeded"}
 
 
-def _l4(proto: int, data: bytes, src: str, dst: str, depth: int) -> str:
+def _l4(proto: int, data: bytes, src: str, dst: str, depth: int, l4len: int) -> str:
+    """``l4len``: the L4 length the IP header gives (the captured ``data``
+    may be cut by the snap length, or carry the Ethernet padding)."""
     if proto == 17 and len(data) >= 8:
         sp, dp, ln = struct.unpack_from("!HHH", data)
         if dp == 4789 and len(data) >= 16 and depth < 2:
@@ -123,7 +125,7 @@ def _l4(proto: int, data: bytes, src: str, dst: str, depth: int) -> str:
     if proto == 6 and len(data) >= 20:
         sp, dp, seq, ack, off, fl = struct.unpack_from("!HHIIBB", data)
         flags = "".join(c for c, bit in zip("FSRP.U", range(6)) if fl & (1 << bit)) or "none"
-        plen = len(data) - (off >> 4) * 4
+        plen = max(l4len - (off >> 4) * 4, 0)
         return f"{src}.{sp} > {dst}.{dp}: TCP [{flags}] seq {seq} ack {ack}, length {plen}"
     if proto == 1 and len(data) >= 4:
         return f"{src} > {dst}: ICMP {_ICMP.get(data[0], f'type {data[0]}')}"
@@ -150,17 +152,19 @@ def summary(frame: bytes, depth: int = 0) -> str:
         if op == 1:
             return head + f"ARP, Request who-has {tpa} tell {spa}"
         return head + f"ARP, Reply {spa} is-at {_mac(p[8:14])}"
-    if et == 0x0800 and len(p) >= 20:
+    if et == 0x0800 and len(p) >= 20 and (p[0] & 0x0F) >= 5:
         ihl = (p[0] & 0x0F) * 4
+        l4len = struct.unpack_from("!H", p, 2)[0] - ihl
         proto, s, d = p[9], _ip4(p[12:16]), _ip4(p[16:20])
         frag = struct.unpack_from("!H", p, 6)[0] & 0x3FFF
         if frag & 0x1FFF:
             return head + f"IP {s} > {d}: fragment"
-        return head + "IP " + _l4(proto, p[ihl:], s, d, depth)
+        return head + "IP " + _l4(proto, p[ihl:], s, d, depth, l4len)
     if et == 0x86DD and len(p) >= 40:
         s = str(ipaddress.IPv6Address(p[8:24]))
         d = str(ipaddress.IPv6Address(p[24:40]))
-        return head + "IP6 " + _l4(p[6], p[40:], s, d, depth)
+        l4len = struct.unpack_from("!H", p, 4)[0]
+        return head + "IP6 " + _l4(p[6], p[40:], s, d, depth, l4len)
     return head + f"ethertype 0x{et:04x}, length {len(frame)}"
 
 

@@ -200,3 +200,26 @@ def test_the_service_stopping_ends_a_capture_with_its_file_whole(node, tmp_path)
     assert "the capture ended: the service stopped answering" in err, err
     assert "frames written to" in err
     assert sum(1 for r in tshark(out, "icmp.type") if r[0] == "8") == 2
+
+
+def test_a_client_paused_past_the_lease_is_told_why_its_capture_ended(node, tmp_path):
+    """A capture whose client did not read it for the lease (15 s: the
+    client stopped with Ctrl-Z, or writing to a slow reader) is ended by
+    the service; the client, back, says why - not that the service stopped
+    answering - and its file holds what was captured."""
+    import signal
+
+    out = tmp_path / "p.pcapng"
+    a, b, cap = capturing(node, out, "b", 2)
+    cap.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(17.5)  # the lease, and the service's next check
+    finally:
+        cap.send_signal(signal.SIGCONT)
+    assert cap.wait(30) == 0
+    err = cap.stderr.read()
+    assert "the capture ended: not read for 15 s" in err, err
+    assert len(tshark(out, "eth.src")) >= 4  # the echoes and their replies
+    cap2 = capture(node, "b", "--duration", "0.2")  # nothing left running
+    started(cap2)
+    assert cap2.wait(30) == 0
