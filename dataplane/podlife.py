@@ -232,12 +232,17 @@ def add_kernel_port(
             raise NotFound(f"{ifname}: no such interface (kernel_driver af_xdp)") from None
         n = engine.config.n_mbufs
         have = sum(1 for p in engine.ports() if p.name.startswith("net_af_xdp"))
-        if (have + 1) * AF_XDP_FILL_MBUFS > n - AF_XDP_SPARE_MBUFS:
+        # what the pool holds now: DPDK 22.11's net_af_xdp does not give a
+        # closed port's fill ring back, so the af_xdp ports removed since
+        # the start keep theirs (docs/kernel-ports.md)
+        taken = max(have * AF_XDP_FILL_MBUFS, engine.pool_in_use())
+        if taken + AF_XDP_FILL_MBUFS > n - AF_XDP_SPARE_MBUFS:
             raise ResourceError(
                 f"{ifname}: kernel_driver af_xdp: the core's pool of {n} mbufs has room for "
                 f"{have} af_xdp ports (each keeps {AF_XDP_FILL_MBUFS} in its fill ring, "
-                f"{AF_XDP_SPARE_MBUFS} stay for forwarding): raise memory_mb, or use "
-                "kernel_driver afpacket"
+                f"{AF_XDP_SPARE_MBUFS} stay for forwarding; {taken} are in use, those of "
+                "af_xdp ports removed since the service started among them, until it "
+                "restarts): raise memory_mb, restart the service, or use kernel_driver afpacket"
             )
         # named for the interface: the port's name in status and metrics
         dev = f"net_af_xdp_{ifname},iface={ifname},start_queue=0,queue_count=1"

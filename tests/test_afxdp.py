@@ -334,3 +334,48 @@ def test_an_af_xdp_uplink_missing_at_start_is_attached_when_it_appears(tmp_path)
     finally:
         n.cleanup()
     assert n.uplink not in xdp_progs()
+
+
+CHURN_CHILD = textwrap.dedent("""
+    import os, sys
+    from dataplane.engine import Engine, EngineConfig
+    from dataplane.errors import ResourceError
+    from dataplane.podlife import add_kernel_port
+    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
+                       file_prefix=f"afxdp-churn-{os.getpid()}", log_level="error")
+    with Engine(cfg) as eng:
+        eng.start()
+        for ifname in sys.argv[1:]:
+            try:
+                p = add_kernel_port(eng, ifname, "af_xdp")
+            except ResourceError as e:
+                print("refused", e, flush=True)
+                continue
+            print("added", ifname, flush=True)
+            eng.del_port(p)
+            print("in use", eng.pool_in_use(), flush=True)
+""")
+
+
+def test_af_xdp_ports_removed_are_counted_against_the_pool():
+    """Ports added and removed one at a time (pods coming and going): the
+    mbufs a removed port's fill ring kept are counted before the next open,
+    which is refused, naming why, before it takes the forwarding's share."""
+    tag = uuid.uuid4().hex[:5]
+    names = [f"dpc{tag}{i}" for i in range(3)]
+    try:
+        for n in names:
+            sh("ip", "link", "add", n, "type", "veth", "peer", "name", f"{n}p")
+            sh("ip", "link", "set", n, "up")
+            sh("ip", "link", "set", f"{n}p", "up")
+        r = subprocess.run([sys.executable, "-c", CHURN_CHILD, *names], capture_output=True,
+                           text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        # 8191 mbufs, 4095 kept for forwarding: two fill rings of 2048
+        assert f"added {names[0]}" in r.stdout and f"added {names[1]}" in r.stdout, r.stdout
+        refused = f"refused {names[2]}: kernel_driver af_xdp: the core's pool of 8191 mbufs"
+        assert refused in r.stdout, r.stdout
+        assert "af_xdp ports removed since the service started" in r.stdout, r.stdout
+    finally:
+        for n in names:
+            sh("ip", "link", "del", n, check=False)
