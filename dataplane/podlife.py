@@ -416,6 +416,7 @@ class PodLife:
                 self._replay_mtu(pod, e)
                 self._replay_mark(pod, e)
                 self._restore_pod_end(pod, e, by)
+                self._replay_offloads(pod, e)
                 # the lane program a stopped or killed service left, with its
                 # old maps: off before the port is opened (the lane, if on,
                 # hooks its own once the port is attached), so that it never
@@ -430,6 +431,26 @@ class PodLife:
                     allowed.get(e["plane"], ()),
                     dhcp_server=e["plane"] in dhcp,
                 )
+
+    def _replay_offloads(self, pod, e):
+        """Under ``kernel_driver: af_xdp``, which cannot carry a frame's
+        checksum-offload state, the pod's transmit offloads off - also for a
+        pod made while the node ran ``afpacket``, which keeps them on (its
+        TCP would reach its peers with unfinished checksums)."""
+        if self.config.kernel_driver != "af_xdp":
+            return
+        from .podnet import _offloads_off
+
+        try:
+            _offloads_off(e["ifname"], pod["netns"])
+            _offloads_off(e["host_ifname"])
+        except OSError as err:
+            warning_event(
+                "replay: the pod's offloads could not be turned off",
+                pod=pod["name"],
+                plane=e["plane"],
+                error=str(err),
+            )
 
     def _undo_ports(self, name, eps, kinds):
         """The core ports a failed re-attach of pod ``name`` made, removed

@@ -133,6 +133,14 @@ def test_pods_ping_and_exchange_tcp_and_udp(node_xdp_uplink):
     assert "af_xdp" in (node.tmp / "service.log").read_text()
     r = ping(a["ns"], ip_of(b), count=5)
     assert r.returncode == 0, r.stdout + r.stderr
+    exchange(a, b)
+    st = node.api("GET", "/v1/status")
+    net1 = next(n for n in st["networks"] if n["name"] == "net1")
+    assert net1["local_packets"] > 1000
+
+
+def exchange(a, b):
+    """A TCP echo of 1 MB and 200 UDP datagrams from pod a to pod b."""
     srv = subprocess.Popen(
         ["ip", "netns", "exec", b["ns"], sys.executable, "-c", SERVER],
         stdout=subprocess.PIPE,
@@ -157,9 +165,32 @@ def test_pods_ping_and_exchange_tcp_and_udp(node_xdp_uplink):
     echoed = int(re.search(r"udp_echoed (\d+)", cl.stdout).group(1))
     assert echoed >= 190, cl.stdout  # paced, one at a time: a loss here is a bug
     assert f"tcp {1 << 20}" in out, out
-    st = node.api("GET", "/v1/status")
-    net1 = next(n for n in st["networks"] if n["name"] == "net1")
-    assert net1["local_packets"] > 1000
+
+
+def tx_csum(ns, ifname):
+    out = sh("ip", "netns", "exec", ns, "ethtool", "-k", ifname).stdout
+    return re.search(r"^tx-checksumming: (\w+)", out, re.M).group(1)
+
+
+def test_pods_made_under_afpacket_get_their_offloads_off_under_af_xdp(tmp_path):
+    """A node switched from afpacket (pods keep their checksum offload) to
+    af_xdp (which cannot carry a frame's checksum state): the replay turns
+    the pods' offloads off, and their TCP still arrives whole."""
+    n = Node(tmp_path, uuid.uuid4().hex[:5])
+    try:
+        n.start()
+        a = n.pod("a", CT_SPEC)
+        b = n.pod("b", IT_SPEC)
+        std_a = next(p["ifname"] for p in a["planes"] if p["plane"] == "std")
+        assert tx_csum(a["ns"], std_a) == "on"
+        n.stop()
+        n.cfg.write_text(n.cfg.read_text() + AF_XDP + "\n")
+        n.start()
+        assert n.host_links <= xdp_progs()
+        assert tx_csum(a["ns"], std_a) == "off"
+        exchange(a, b)
+    finally:
+        n.cleanup()
 
 
 def test_restart_and_stop_leave_no_xdp_program(node):
