@@ -230,6 +230,17 @@ def add_kernel_port(
             socket.if_nametoindex(ifname)
         except OSError:
             raise NotFound(f"{ifname}: no such interface (kernel_driver af_xdp)") from None
+        from .podnet import rx_channels
+
+        queues = rx_channels(ifname)
+        if queues is not None and queues > 1:
+            # only queue 0 is read: what RSS puts on the others would go to
+            # the kernel's own stack, unseen and uncounted
+            raise ConfigError(
+                f"{ifname}: kernel_driver af_xdp reads its queue 0 only, and it receives "
+                f"on {queues} queues: set it to one first (ethtool -L {ifname} combined 1, "
+                "or rx 1), or use afpacket"
+            )
         n = engine.config.n_mbufs
         have = sum(1 for p in engine.ports() if p.name.startswith("net_af_xdp"))
         # what the pool holds now: DPDK 22.11's net_af_xdp does not give a

@@ -190,6 +190,23 @@ def _features(sock, ifname: str, nbits: int):
     return bits(0), bits(2)
 
 
+_ETHTOOL_GCHANNELS = 0x3C
+
+
+def rx_channels(ifname: str) -> Optional[int]:
+    """How many receive queues ``ifname`` spreads frames over now (its rx
+    and combined channels, ETHTOOL_GCHANNELS as ``ethtool -l``); None if
+    the driver does not say."""
+    buf = ctypes.create_string_buffer(struct.pack("9I", _ETHTOOL_GCHANNELS, *([0] * 8)))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            _ethtool(sock, ifname, buf)
+    except OSError:
+        return None
+    f = struct.unpack_from("9I", buf.raw)  # cmd, 4 maximums, rx, tx, other, combined
+    return f[5] + f[8] or None
+
+
 def _features_off(sock, ifname: str, nbits: int, bits):
     """Ask for feature ``bits`` of ``ifname`` off (ETHTOOL_SFEATURES, as
     ``ethtool -K`` does); the caller reads back what took."""

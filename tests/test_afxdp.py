@@ -410,3 +410,36 @@ def test_af_xdp_ports_removed_are_counted_against_the_pool():
     finally:
         for n in names:
             sh("ip", "link", "del", n, check=False)
+
+
+def test_an_interface_receiving_on_several_queues_is_refused_naming_the_fix(tmp_path):
+    """af_xdp reads queue 0 only: an interface that spreads its frames over
+    more (a multi-queue NIC as the uplink) is refused before anything is
+    attached, naming the ethtool command, instead of losing most frames."""
+    name = f"dpq{uuid.uuid4().hex[:5]}"
+    sh("ip", "link", "add", name, "numrxqueues", "4", "numtxqueues", "4", "type", "veth",
+       "peer", "name", f"{name}p", "numrxqueues", "4", "numtxqueues", "4")  # fmt: skip
+    try:
+        sh("ip", "link", "set", name, "up")
+        sh("ip", "link", "set", f"{name}p", "up")
+        links = tmp_path / "links"
+        r = subprocess.run(
+            [sys.executable, "-c", POOL_CHILD.replace("ResourceError as e", "Exception as e"),
+             name],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+            env={**os.environ, "LINKS": str(links)},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (
+            f"refused {name}: kernel_driver af_xdp reads its queue 0 only, and it receives on 4 "
+            f"queues: set it to one first (ethtool -L {name} combined 1, or rx 1)"
+        ) in r.stdout, r.stdout
+        assert name not in xdp_progs()
+        sh("ethtool", "-L", name, "rx", "1")  # as the message says: then it is taken
+        sh("ethtool", "-L", f"{name}p", "tx", "1")  # (veth's XDP: no more peer tx queues)
+        r = subprocess.run([sys.executable, "-c", POOL_CHILD, name], capture_output=True,
+                           text=True, cwd=ROOT, timeout=60,
+                           env={**os.environ, "LINKS": str(links)})  # fmt: skip
+        assert f"added {name}" in r.stdout, r.stdout + r.stderr
+    finally:
+        sh("ip", "link", "del", name, check=False)
