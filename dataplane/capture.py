@@ -147,14 +147,20 @@ class Captures:
             name = cur and next((i["name"] for i in cur["interfaces"] if i["port"] == port), None)
             if not name:
                 return
-            frames, stats = self._finish()
-            self.ended = {
-                "id": cur["id"],
-                "why": f"{name} (port {port}) was removed",
-                "frames": frames,
-                "stats": stats,
-                "at": time.monotonic(),
-            }
+            self._end(f"{name} (port {port}) was removed")
+
+    def _end(self, why: str):
+        """The running capture ended by the service (under the lock): what
+        it kept, and ``why``, wait for its client's next call."""
+        cid = self.current["id"]
+        frames, stats = self._finish()
+        self.ended = {
+            "id": cid,
+            "why": why,
+            "frames": frames,
+            "stats": stats,
+            "at": time.monotonic(),
+        }
 
     def _ended(self, cid):
         """What is left of capture ``cid`` that the service ended, once."""
@@ -217,16 +223,9 @@ class Captures:
         with self.lock:
             cur = self.current
             if cur and time.monotonic() - cur["last"] > LEASE_S and self.engine:
-                frames, stats = self._finish()
                 # its client, back after a pause (Ctrl-Z, a slow reader of its
                 # output), is told why instead of finding it gone
-                self.ended = {
-                    "id": cur["id"],
-                    "why": f"not read for {LEASE_S:g} s",
-                    "frames": frames,
-                    "stats": stats,
-                    "at": time.monotonic(),
-                }
+                self._end(f"not read for {LEASE_S:g} s")
                 return
             if self.ended and time.monotonic() - self.ended["at"] > LEASE_S:
                 self.ended = None  # a client that never came back for it

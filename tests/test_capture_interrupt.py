@@ -11,14 +11,14 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from nodeparts import underlay_node
-from test_service import NETWORKS, ROOT
+from test_service import NETWORKS
 
 from dataplane.api import APIError
+from tests.test_capture_cli_disk import capture
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -42,18 +42,6 @@ def procs(node):
         if p.poll() is None:
             p.kill()
             p.wait()
-
-
-def capture(node, procs, *args):
-    p = subprocess.Popen(
-        [sys.executable, "-m", "dataplane.cli", "capture", *args, "--socket", node.sock],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    procs.append(p)
-    return p
 
 
 def wait_for(what, cond, timeout=20.0):
