@@ -425,11 +425,12 @@ def test_own_arp_reply_goes_ahead_of_a_full_std_queue(planes):
     # what went before it: at most the std frame the bucket already held
     assert arp[0] <= 1, arp
     # not std's: std's counters hold std's 200 frames only, and they add up
-    c2 = eng.counters()
-    std = {k: c2.qos_dict(planes.up, STD)[k] - c0.qos_dict(planes.up, STD)[k] for k in d[STD]}
+    # (one snapshot whose reads agree: a frame may leave between two reads)
+    c2, d2, depth2 = _settled(eng, planes.up, [STD], c0, {STD: offered})
+    std = d2[STD]
     assert std["enqueued"] == offered
     assert std["dropped"] == d[STD]["dropped"]
-    assert std["sent"] + std["dropped"] + eng.queue_depth(planes.up, STD) == offered
+    assert std["sent"] + std["dropped"] + depth2[STD] == offered
     assert c2.drops()["queue_full"] - c0.drops()["queue_full"] == std["dropped"]
     eng.set_shaper(planes.up, 0)
 

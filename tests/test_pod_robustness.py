@@ -211,7 +211,8 @@ def test_housekeeping_removes_a_pod_whose_namespace_was_deleted(node):
     b = node.pod("b", IT_SPEC)
     sh("ip", "netns", "del", a["ns"])
     _until(lambda: [p["name"] for p in node.api("GET", "/v1/pods")] == ["b"], "a reaped", 400)
-    (ev,) = _events(node, "pod removed: its interfaces are gone")
+    # the event is logged after the pod leaves the list
+    (ev,) = _until(lambda: _events(node, "pod removed: its interfaces are gone"), "event logged")
     assert ev["pod"] == "a"
     _until(lambda: _link(a["planes"][0]["host_ifname"]) is None, "a's veth gone")
     assert node.proc.poll() is None
