@@ -204,9 +204,11 @@ int dp_port_set_tunnel_gso(int port, int on);
  * batches, tunnel tap and tunnel GSO start off, as on a new port. The new
  * device's ifindex; on failure nothing changed. */
 int dp_port_afpacket_reopen(int port, unsigned frames);
-/* kernel (AF_PACKET) ports' drops, the kernel's own ring drops included,
- * written into the control thread's row of the drop counters (kport_*);
- * called before the counters are read */
+/* kernel (AF_PACKET) ports' drops, the kernel's own ring drops included
+ * (kport_*), and what DPDK ports' own drivers dropped before the core
+ * received it (dev_rx_*: rte_eth_stats imissed, ierrors, rx_nombuf; for
+ * net_af_xdp the AF_XDP socket's drops), written into the control thread's
+ * row of the drop counters; called before the counters are read */
 void dp_kport_stats_update(void);
 
 /* the express lane (dp_express.c, bpf/express.bpf.c): unicast IP from a

@@ -101,7 +101,10 @@
     _(KPORT_TX_DOWN, "kport_tx_down")     /* kernel port: interface set down */ \
     _(EXPRESS_ENCAP, "express_encap")     /* express lane: encap refused */ \
     _(EXPRESS_DECAP, "express_decap")     /* express lane: decap refused */ \
-    _(EXPRESS_CHANGED, "express_changed") /* express lane: tables changed */
+    _(EXPRESS_CHANGED, "express_changed") /* express lane: tables changed */ \
+    _(DEV_RX_MISSED, "dev_rx_missed")     /* DPDK port: its rx ring full */ \
+    _(DEV_RX_ERRORS, "dev_rx_errors")     /* DPDK port: bad frames */       \
+    _(DEV_RX_NO_MBUF, "dev_rx_no_mbuf")   /* DPDK port: pool empty */
 
 /* the enums; DP_*_CTR_END is the list's length */
 enum dp_port_ctr {

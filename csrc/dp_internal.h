@@ -163,6 +163,9 @@ struct dp_port {
     int tnl_gso;        /* AF_PACKET: VXLAN super-frames go whole to its tunnel tap */
     int shm;            /* its driver reads a pod's shared memory: guarded bursts (dp_shm.h) */
     int ex_filter;      /* AF_PACKET: its rx socket has the express lane's filter (dp_express.c) */
+    unsigned kif_index; /* net_af_xdp: its kernel interface, else 0 (control thread) */
+    uint64_t kif_drop_base; /* ... the interface's rx drops when the port opened */
+    uint64_t kif_drops;     /* ... its rx drops since, as last read */
     uint8_t mac[6];
     char name[64];
 };

@@ -10,6 +10,7 @@
  * was.
  */
 #include <errno.h>
+#include <net/if.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -153,6 +154,82 @@ port_free(struct dp_port *p)
 
 /* drops of kernel ports already closed (control thread only) */
 static struct dp_afp_stats afp_gone;
+
+/* what a DPDK port's own driver dropped before the core received it */
+struct dev_drops {
+    uint64_t missed;  /* imissed: the device's or kernel's ring was full */
+    uint64_t errors;  /* ierrors: frames the device found bad */
+    uint64_t no_mbuf; /* rx_nombuf: the driver found the pool empty */
+};
+/* ... of DPDK ports already closed (control thread only) */
+static struct dev_drops dev_gone;
+
+/* kernel interface ifindex's rx drops (its rx_dropped and
+ * rx_missed_errors, as `ip -s link` shows them) into *out; -1 if it cannot
+ * be read (the interface gone) */
+static int
+kif_rx_drops(unsigned ifindex, uint64_t *out)
+{
+    static const char *const what[] = {"rx_dropped", "rx_missed_errors"};
+    char name[IF_NAMESIZE], path[96];
+
+    if (if_indextoname(ifindex, name) == NULL)
+        return -1;
+    *out = 0;
+    for (unsigned i = 0; i < RTE_DIM(what); i++) {
+        unsigned long long v = 0;
+        snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/%s", name, what[i]);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            return -1;
+        int ok = fscanf(f, "%llu", &v) == 1;
+        fclose(f);
+        if (!ok)
+            return -1;
+        *out += v;
+    }
+    return 0;
+}
+
+/* a net_af_xdp port: note its kernel interface and the drops it had so far */
+static void
+kif_note(struct dp_port *p)
+{
+    struct rte_eth_dev_info di;
+    uint64_t v;
+
+    if (rte_eth_dev_info_get(p->eth_port, &di) != 0 || di.driver_name == NULL ||
+        strcmp(di.driver_name, "net_af_xdp") != 0 || di.if_index == 0)
+        return;
+    if (kif_rx_drops(di.if_index, &v) == 0) {
+        p->kif_index = di.if_index;
+        p->kif_drop_base = v;
+    }
+}
+
+/* add DPDK port p's own rx drops to *sum. Not oerrors: drivers differ on
+ * whether it holds the frames their tx burst handed back, which the
+ * pipeline counts itself (tx_full). A net_af_xdp port's frames that its
+ * socket could not take (rx ring full, fill ring empty) are dropped by the
+ * interface's XDP path: DPDK's imissed has only some of them (the socket's
+ * rx_dropped, not its ring-full drops) and a veth counts all of them in its
+ * rx drops, and a NIC driver may count them in neither; the larger of the
+ * two is taken. The interface's count is kept from its last read once the
+ * interface is gone. */
+static void
+dev_drops_add(struct dev_drops *sum, struct dp_port *p)
+{
+    struct rte_eth_stats es;
+    uint64_t v;
+
+    if (rte_eth_stats_get(p->eth_port, &es) != 0)
+        memset(&es, 0, sizeof(es));
+    if (p->kif_index != 0 && kif_rx_drops(p->kif_index, &v) == 0 && v >= p->kif_drop_base)
+        p->kif_drops = v - p->kif_drop_base;
+    sum->missed += RTE_MAX(es.imissed, p->kif_drops);
+    sum->errors += es.ierrors;
+    sum->no_mbuf += es.rx_nombuf;
+}
 /* per port: tunnel GSO frames sent by the devices an AF_PACKET port had
  * before it was reopened on a new one (control thread only) */
 static uint64_t tnl_frames_gone[DP_MAX_PORTS];
@@ -175,6 +252,7 @@ void
 dp_kport_stats_update(void)
 {
     struct dp_afp_stats sum = afp_gone, st;
+    struct dev_drops dev = dev_gone;
     uint64_t *row;
 
     if (dp.ctr == NULL)
@@ -185,6 +263,8 @@ dp_kport_stats_update(void)
         if (p != NULL && p->driver == DP_DRV_AFPACKET) {
             dp_afp_stats(p->afp, &st);
             afp_stats_add(&sum, &st);
+        } else if (p != NULL) {
+            dev_drops_add(&dev, p);
         }
     }
     /* these columns belong to this function alone: totals, not increments */
@@ -198,6 +278,9 @@ dp_kport_stats_update(void)
     row[DP_DROP_KPORT_KERNEL_TX] = sum.kernel_tx;
     row[DP_DROP_KPORT_TX_OVERSIZE] = sum.tx_oversize;
     row[DP_DROP_KPORT_TX_DOWN] = sum.tx_down;
+    row[DP_DROP_DEV_RX_MISSED] = dev.missed;
+    row[DP_DROP_DEV_RX_ERRORS] = dev.errors;
+    row[DP_DROP_DEV_RX_NO_MBUF] = dev.no_mbuf;
 }
 
 /* the drops of kernel port state a, about to be closed, kept in the totals */
@@ -218,6 +301,7 @@ port_release(struct dp_port *p)
         afp_retire(p->afp);
         dp_afp_close(p->afp);
     } else {
+        dev_drops_add(&dev_gone, p); /* kept in the totals */
         ethdev_release(p->eth_port);
         if (p->ring_tx)
             ring_port_free_rings(p->ring_rx, DP_MAX_RXQ, p->ring_tx);
@@ -300,8 +384,10 @@ dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
     p->idx = idx;
     p->eth_port = pid;
     ret = ethdev_setup(pid, p, n_rxq);
-    if (ret == 0)
+    if (ret == 0) {
+        kif_note(p);
         ret = port_publish(idx, p);
+    }
     if (ret != 0) {
         port_release(p);
         return ret;
