@@ -15,6 +15,7 @@ they had; nothing is allocated twice.
 """
 
 import functools
+import json
 import os
 import re
 import socket
@@ -25,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from .checks import AF_XDP_FILL_MBUFS, check_pod_name
 from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
-from .fastif import SOCKET_KINDS, VETH, VF
+from .fastif import KINDS, SOCKET_KINDS, VETH, VF
 from .logs import event, log, warning_event
 from .store import reach
 
@@ -69,6 +70,22 @@ def _named_for(name: str, pod: str, plane: str, whole: bool) -> bool:
     if whole:
         return name == host_ifname(pod, plane)
     return re.fullmatch(r"dp[0-9a-f]{8}" + re.escape(plane[: IFNAMSIZ - 11]), name) is not None
+
+
+def _recorded_kinds(spec) -> Dict[str, str]:
+    """{plane: kind} of the planes a recorded pod spec (JSON text or a
+    dict) names a kind for, read as it is, without the node's
+    configuration; the others are veths."""
+    try:
+        obj = json.loads(spec) if isinstance(spec, (str, bytes)) else spec
+        ifs = obj.get("interfaces") or {}
+        return {
+            plane: v["kind"]
+            for plane, v in ifs.items()
+            if isinstance(v, dict) and v.get("kind") in KINDS
+        }
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def _unfinished(state: str) -> str:
@@ -435,12 +452,15 @@ class PodLife:
                 self.engine.express_detach(e["host_ifname"])
                 self._attach_port(e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp)
             elif kind in SOCKET_KINDS:
+                ps = self._plane_spec(pod["name"], e["plane"])
+                if ps is None:  # its options are in the spec alone
+                    raise ConfigError(
+                        f"plane {e['plane']}: the pod's recorded {kind} spec does not fit the "
+                        f"node's configuration now ({self._spec_problem(pod) or 'no such plane'}); "
+                        "put the configuration back, or delete the pod and add it again"
+                    )
                 self._attach_fast(
-                    pod["name"],
-                    e,
-                    self._plane_spec(pod["name"], e["plane"]),
-                    allowed.get(e["plane"], ()),
-                    dhcp_server=e["plane"] in dhcp,
+                    pod["name"], e, ps, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
                 )
 
     def _replay_offloads(self, pod, e):
@@ -941,8 +961,26 @@ class PodLife:
         ]
 
     def _kinds(self, name) -> Dict[str, str]:
-        """{plane: kind} of pod ``name`` as its stored spec says."""
-        return {p.plane: p.kind for p in self._stored_spec(name)}
+        """{plane: kind} of pod ``name`` as its stored spec says; read as
+        recorded if the spec no longer fits the node's configuration, so
+        that a memif, vhost-user or VF plane is never taken for a veth (one
+        made for it, or the pod removed for lack of it)."""
+        pod = self.store.pod(name)
+        planes = self._stored_spec(name, pod)
+        if planes or not pod:
+            return {p.plane: p.kind for p in planes}
+        return _recorded_kinds(pod.get("spec"))
+
+    def _spec_problem(self, pod) -> str:
+        """Why pod record ``pod``'s spec does not parse against the node's
+        configuration now ("" if it does)."""
+        from .podspec import parse_pod_spec
+
+        try:
+            parse_pod_spec(pod["spec"], self.config)
+        except ConfigError as err:
+            return str(err)
+        return ""
 
     def _stored_spec(self, name, pod=None):
         """The planes of pod ``name`` as its record (``pod``, else read) says."""
@@ -1562,7 +1600,7 @@ class PodLife:
         from .podspec import host_ifname
 
         ps = self._plane_spec(name, e["plane"])
-        kind = ps.kind if ps else VETH
+        kind = ps.kind if ps else self._kinds(name).get(e["plane"], VETH)
         out = {"kind": kind}
         if kind == VETH:
             return out
@@ -1572,7 +1610,9 @@ class PodLife:
             "gateway": n.gateway if n else None,
             "mtu": n.mtu if n else None,
         }
-        if kind == VF:
+        if kind == VF and ps is None:  # a spec that no longer parses: not known
+            out |= {"device": None, "pci": None}
+        elif kind == VF:
             from . import vf as vfs
 
             rec = vfs.holder(self.store, ps.options["device"]) or {}

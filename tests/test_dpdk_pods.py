@@ -672,6 +672,42 @@ def test_a_pod_that_cannot_be_attached_again_does_not_stop_the_others(fabric, so
     assert not os.path.exists(os.path.dirname(sock))
 
 
+def test_a_memif_pod_whose_spec_no_longer_fits_the_config_is_kept_not_attached(fabric, sockdir):
+    """The service stopped, its network moved to another plane: the memif
+    pod's recorded spec no longer parses. Its plane is still a memif plane,
+    never taken for a veth (none is made for it, and the housekeeping does
+    not remove the pod for a missing veth): it is kept, listed NOT ATTACHED
+    with the spec's problem, its records stay."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    d = add_pod(fab, node, "d", "memif")
+    dname = d["name"]
+    links = set(json_links(node.ns))  # the service's own among them
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    text = node.cfg.read_text()
+    assert f"vni: {test_kernel_pods.VNI}, plane: std," in text, text
+    node.cfg.write_text(text.replace("plane: std,", "plane: media,", 1))
+    node.start()
+    time.sleep(6)  # a housekeeping round (5 s) has looked at it
+    pods = {p["name"]: p for p in node.api("GET", "/v1/pods")}
+    assert dname in pods, pods
+    why = pods[dname].get("not_attached", "")
+    assert "plane std: the pod's recorded memif spec does not fit the node's configuration" in (
+        why
+    ), why
+    assert "net1" in why, why
+    assert set(json_links(node.ns)) - links == set()  # no veth made for it
+    assert f'"pod": "{dname}"' in node.log() and "pod removed" not in node.log()
+
+
+def json_links(ns):
+    out = subprocess.run(["ip", "-n", ns, "-j", "link"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    return [link["ifname"] for link in json.loads(out)]
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "etcd"])
 def test_stores_keep_socket_and_vf_planes(kind, tmp_path, request):
     """Planes without a host interface (memif, vhost-user, vf), several per
