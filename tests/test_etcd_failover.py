@@ -25,7 +25,11 @@ import time
 import uuid
 
 import pytest
-from etcdhost import EtcdServer, _free_port, have_etcd, shared_server
+from etcdhost import EtcdServer, _free_port, have_etcd
+
+from tests.test_store_etcd import prefix, server  # the store tests' shared etcd, a fresh prefix
+
+__all__ = ["prefix", "server"]
 
 pytestmark = pytest.mark.skipif(
     not have_etcd(),
@@ -139,16 +143,6 @@ def silent():
     s = Listener()
     yield s
     s.close()
-
-
-@pytest.fixture
-def server(request):
-    return shared_server(request.config)
-
-
-@pytest.fixture
-def prefix():
-    return f"/dptest/{uuid.uuid4().hex}"
 
 
 def _wipe(url, prefix):

@@ -6,8 +6,6 @@ certificate each node presents (``store.tls.cert``/``key``, for etcd's
 import os
 import ssl
 import subprocess
-import time
-import urllib.request
 import uuid
 
 import pytest
@@ -60,21 +58,10 @@ class TLSEtcd(EtcdServer):
             "--trusted-ca-file", str(p / "ca.crt"), "--client-cert-auth",
         ]  # fmt: skip
 
-    def _wait_healthy(self, timeout) -> bool:
+    def _ssl_context(self):
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         ctx.load_cert_chain(str(self.pki / "client.crt"), str(self.pki / "client.key"))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1, context=ctx) as r:
-                    if b'"true"' in r.read():
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return False
+        return ctx
 
 
 @pytest.fixture(scope="module")
