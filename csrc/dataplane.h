@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 28
+#define DP_ABI_VERSION 29
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -349,6 +349,10 @@ int dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, uns
 /* records into buf (bytes written); the ones that do not fit stay queued */
 int dp_capture_read(uint8_t *buf, size_t buf_len);
 int dp_capture_stats(struct dp_cap_stats *out);
+/* the workers stop adding to the capture; its records stay readable and
+ * its counters are final, until dp_capture_stop frees it */
+int dp_capture_detach(void);
+/* detached (if not yet) and freed, with the records still queued */
 int dp_capture_stop(void);
 
 /* anti-spoofing and storm control of pod ports (dp_guard.h): the port's

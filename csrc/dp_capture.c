@@ -236,13 +236,24 @@ dp_capture_stats(struct dp_cap_stats *out)
 }
 
 int
+dp_capture_detach(void)
+{
+    if (cap_owned == NULL)
+        return dp_fail(-ENOENT, "no capture is running");
+    if (atomic_load_explicit(&dp_cap, memory_order_relaxed) != NULL) {
+        atomic_store_explicit(&dp_cap, NULL, memory_order_release);
+        dp_sync(); /* no worker holds it any more */
+    }
+    return 0;
+}
+
+int
 dp_capture_stop(void)
 {
     struct dp_capture *c = cap_owned;
     if (c == NULL)
         return dp_fail(-ENOENT, "no capture is running");
-    atomic_store_explicit(&dp_cap, NULL, memory_order_release);
-    dp_sync(); /* no worker holds it any more */
+    (void)dp_capture_detach();
     cap_owned = NULL;
     capture_free(c);
     return 0;

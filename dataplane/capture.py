@@ -200,17 +200,12 @@ class Captures:
         return _frames_json(frames, stats)
 
     def _finish(self):
-        """The running capture's last frames and counters, and the capture
-        stopped in the core (under the lock)."""
+        """The capture stopped in the core, and its last frames and final
+        counters: every record it still held (under the lock)."""
         try:
-            frames = self.engine.capture_read()
-            stats = self.engine.capture_stats()
-        finally:
-            try:
-                self.engine.capture_stop()
-            finally:  # whatever failed, a new capture may start
-                self.current = None
-        return frames, stats
+            return self.engine.capture_stop()
+        finally:  # whatever failed, a new capture may start
+            self.current = None
 
     def _expire(self):
         while not self._stop.wait(1.0):

@@ -51,7 +51,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 28
+ABI_VERSION = 29
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -1051,7 +1051,7 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         if self._closed:
             return
         if self.capturing:  # it switched the lane off: on again before it is left behind
-            self.capture_stop()
+            self.capture_stop(collect=False)
         self.stop()
         if keep_express:  # forgotten, not removed: their programs carry on
             with self._lock:
@@ -1244,7 +1244,7 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         forwarding goes on."""
         with self._lock:
             if self.capturing:
-                self.capture_stop()
+                self.capture_stop(collect=False)
             if self._vtep is not None:
                 self.set_vtep(**dict(self._vtep, uplink=-1))
             for p in self.ports():
@@ -1334,12 +1334,14 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         self._cap_buf = ffi.new("uint8_t[]", 1 << 20)
         self.capturing = True
 
-    def capture_read(self) -> List[Tuple[int, int, str, int, bytes]]:
+    def capture_read(self, drain: bool = False) -> List[Tuple[int, int, str, int, bytes]]:
         """The captured frames waiting, oldest first: (wall-clock ns, port,
-        "rx" | "tx", original length, captured bytes)."""
+        "rx" | "tx", original length, captured bytes). At most 8 MB of
+        records, as workers keep adding while it reads; ``drain``: every
+        one (a detached capture, to which nothing is added)."""
         rec = self.CAPTURE_RECORD
         out = []
-        for _ in range(8):  # bounded: workers keep adding while we read
+        for _ in range(1 << 20 if drain else 8):
             n = self._call("reading the capture", lib.dp_capture_read, self._cap_buf, 1 << 20)
             if n == 0:
                 break
@@ -1358,11 +1360,24 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         self._call("reading the capture's counters", lib.dp_capture_stats, st)
         return {k: int(getattr(st, k)) for k in ("matched", "captured", "dropped", "queued")}
 
-    def capture_stop(self):
-        self._call("stopping the capture", lib.dp_capture_stop)
-        self.capturing = False
-        if self.express_loaded:
-            self.express_enable(True)
+    def capture_stop(self, collect: bool = True):
+        """Stop the capture: the workers add nothing more to it, then the
+        records still waiting are read and the counters are final. Those,
+        as (frames, stats) as capture_read and capture_stats give them
+        (``collect`` False: ``([], {})``, not read), before it is freed:
+        nothing the capture took is lost unseen."""
+        frames, stats = [], {}
+        try:
+            self._call("stopping the capture", lib.dp_capture_detach)
+            if collect:
+                frames = self.capture_read(drain=True)
+                stats = self.capture_stats()
+        finally:
+            self._call("stopping the capture", lib.dp_capture_stop)
+            self.capturing = False
+            if self.express_loaded:
+                self.express_enable(True)
+        return frames, stats
 
     # ------------------------------------------------------- ring test ports
     def inject(self, port: int, frames: Sequence[bytes], queue: int = 0) -> int:
