@@ -143,7 +143,8 @@ struct dp_port_info {
     int shm;                    /* on a pod's shared memory (memif): bursts guarded */
     int shm_set_aside;          /* ... set aside after a fault (dp_shm.h) */
     int link;                   /* a DPDK port's link: 1 up (a memif or vhost-user
-                                 * pod's peer connected), 0 down, -1 not known */
+                                 * pod's peer connected; net_af_xdp: its kernel
+                                 * interface up with carrier), 0 down, -1 not known */
 };
 
 /* a network plane: strict priority (higher first), rates, queue, marking */

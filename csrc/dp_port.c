@@ -11,6 +11,9 @@
  */
 #include <errno.h>
 #include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -189,6 +192,26 @@ kif_rx_drops(unsigned ifindex, uint64_t *out)
         *out += v;
     }
     return 0;
+}
+
+/* kernel interface ifindex: 1 if it is up and running (carrier), 0 if
+ * not, -1 if that cannot be told (gone) */
+static int
+kif_running(unsigned ifindex)
+{
+    struct ifreq ifr;
+    int ret = -1;
+
+    memset(&ifr, 0, sizeof(ifr));
+    if (if_indextoname(ifindex, ifr.ifr_name) == NULL)
+        return -1;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0)
+        ret = (ifr.ifr_flags & (IFF_UP | IFF_RUNNING)) == (IFF_UP | IFF_RUNNING);
+    close(fd);
+    return ret;
 }
 
 /* a net_af_xdp port: note its kernel interface and the drops it had so far */
@@ -652,7 +675,10 @@ dp_port_info(int idx, struct dp_port_info *out)
     out->shm = p->shm;
     out->shm_set_aside = p->shm && atomic_load(&dp_shm_faulted[idx]);
     out->link = -1;
-    if (p->driver == DP_DRV_ETHDEV) {
+    if (p->kif_index != 0) {
+        /* net_af_xdp says up from its start on: the interface's own state */
+        out->link = kif_running(p->kif_index);
+    } else if (p->driver == DP_DRV_ETHDEV) {
         struct rte_eth_link l;
         if (rte_eth_link_get_nowait(p->eth_port, &l) == 0)
             out->link = l.link_status == RTE_ETH_LINK_UP;

@@ -218,7 +218,9 @@ def _port_notes(p) -> str:
         notes.append(f"express rx {x['rx_packets']} tx {x['tx_packets']}")
     if p.get("set_aside"):
         notes.append("SET ASIDE (its pod's shared memory faulted)")
-    if p.get("link") is False:
+    if p.get("link") is False and str(p.get("name", "")).startswith("net_af_xdp"):
+        notes.append("LINK DOWN (its kernel interface is down or has no carrier)")
+    elif p.get("link") is False:
         notes.append(
             "LINK DOWN ("
             + ("no pod application connected: " if p["role"] == "pod" else "")

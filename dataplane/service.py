@@ -1102,7 +1102,11 @@ class NodeService:
             for pl in info.get("planes", ())
             if pl.get("port") is not None
         }
-        now = {p.index: p for p in eng.ports() if p.role == "pod" and p.link is not None}
+        now = {  # (an af_xdp port's link is its veth's: no application of its own)
+            p.index: p
+            for p in eng.ports()
+            if p.role == "pod" and p.link is not None and not p.name.startswith("net_af_xdp")
+        }
         for i, p in now.items():
             was = self._pod_links.get(i)
             if was is not None and was[0] != p.name:

@@ -507,3 +507,41 @@ def test_frames_an_af_xdp_socket_cannot_hold_are_counted(tmp_path):
     finally:
         sh("ip", "link", "del", name, check=False)
         sh("ip", "netns", "del", ns, check=False)
+
+
+LINK_CHILD = textwrap.dedent("""
+    import os, subprocess, sys
+    from dataplane.engine import Engine, EngineConfig
+    from dataplane.podlife import add_kernel_port
+    ifname, ns = sys.argv[1], sys.argv[2]
+    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
+                       file_prefix=f"afxdp-link-{os.getpid()}", log_level="error")
+    with Engine(cfg) as eng:
+        p = add_kernel_port(eng, ifname, "af_xdp")
+        for state in ("up", "down", "up"):
+            subprocess.run(["ip", "-n", ns, "link", "set", f"{ifname}p", state], check=True)
+            print(f"peer {state}: link {eng.port_info(p).link}", flush=True)
+""")
+
+
+def test_an_af_xdp_port_link_is_its_interface_s(tmp_path):
+    """net_af_xdp says its link is up from its start on; the port's link
+    (status, metrics) is its kernel interface's: down while the pod's end
+    of the veth is down."""
+    tag = uuid.uuid4().hex[:5]
+    name = ns = f"dpl{tag}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p", "netns", ns)
+        sh("ip", "link", "set", name, "up")
+        r = subprocess.run([sys.executable, "-c", LINK_CHILD, name, ns], capture_output=True,
+                           text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.splitlines() == [
+            "peer up: link True",
+            "peer down: link False",
+            "peer up: link True",
+        ], r.stdout
+    finally:
+        sh("ip", "link", "del", name, check=False)
+        sh("ip", "netns", "del", ns, check=False)
