@@ -243,12 +243,16 @@ arp_request(uint32_t ip)
 static void
 neigh_forget(int i)
 {
-    uint32_t ip = neigh[i].ip;
-    int was_valid = neigh[i].state >= NEIGH_VALID;
+    struct dp_neigh was = neigh[i];
     neigh[i].state = NEIGH_FREE;
     neigh_reindex();
-    if (was_valid)
-        (void)dp_tunnels_refresh_nh(ip); /* on failure: the next round again */
+    if (was.state >= NEIGH_VALID && dp_tunnels_refresh_nh(was.ip) < 0) {
+        /* the tunnels still send to its MAC (no memory for new templates):
+         * kept as it was, so that the next round forgets it again, rather
+         * than a tunnel left resolved through an entry no round looks at */
+        neigh[i] = was;
+        neigh_reindex();
+    }
 }
 
 /* ask for ip now if not asked within the retry time */
