@@ -166,6 +166,7 @@ struct dp_port {
     unsigned kif_index; /* net_af_xdp: its kernel interface, else 0 (control thread) */
     uint64_t kif_drop_base; /* ... the interface's rx drops when the port opened */
     uint64_t kif_drops;     /* ... its rx drops since, as last read */
+    uint32_t kif_max_frame; /* ... MTU + Ethernet + VLAN, as last read (atomic) */
     uint8_t mac[6];
     char name[64];
 };

@@ -194,24 +194,45 @@ kif_rx_drops(unsigned ifindex, uint64_t *out)
     return 0;
 }
 
+/* ioctl req (SIOCGIFFLAGS, SIOCGIFMTU) on kernel interface ifindex into
+ * *ifr; -1 if it cannot be done (the interface gone) */
+static int
+kif_ioctl(unsigned ifindex, unsigned long req, struct ifreq *ifr)
+{
+    memset(ifr, 0, sizeof(*ifr));
+    if (if_indextoname(ifindex, ifr->ifr_name) == NULL)
+        return -1;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int ret = ioctl(fd, req, ifr);
+    close(fd);
+    return ret;
+}
+
 /* kernel interface ifindex: 1 if it is up and running (carrier), 0 if
  * not, -1 if that cannot be told (gone) */
 static int
 kif_running(unsigned ifindex)
 {
     struct ifreq ifr;
-    int ret = -1;
 
-    memset(&ifr, 0, sizeof(ifr));
-    if (if_indextoname(ifindex, ifr.ifr_name) == NULL)
+    if (kif_ioctl(ifindex, SIOCGIFFLAGS, &ifr) != 0)
         return -1;
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0)
-        ret = (ifr.ifr_flags & (IFF_UP | IFF_RUNNING)) == (IFF_UP | IFF_RUNNING);
-    close(fd);
-    return ret;
+    return (ifr.ifr_flags & (IFF_UP | IFF_RUNNING)) == (IFF_UP | IFF_RUNNING);
+}
+
+/* port p's kernel interface's MTU read again: the longest frame the
+ * workers hand it (kif_fit, dp_tx.h); as before if it cannot be read */
+static void
+kif_read_mtu(struct dp_port *p)
+{
+    struct ifreq ifr;
+
+    if (kif_ioctl(p->kif_index, SIOCGIFMTU, &ifr) == 0 && ifr.ifr_mtu > 0)
+        __atomic_store_n(&p->kif_max_frame,
+                         (uint32_t)ifr.ifr_mtu + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN,
+                         __ATOMIC_RELAXED);
 }
 
 /* a net_af_xdp port: note its kernel interface and the drops it had so far */
@@ -227,6 +248,8 @@ kif_note(struct dp_port *p)
     if (kif_rx_drops(di.if_index, &v) == 0) {
         p->kif_index = di.if_index;
         p->kif_drop_base = v;
+        p->kif_max_frame = UINT32_MAX; /* until its MTU is read */
+        kif_read_mtu(p);
     }
 }
 
@@ -249,6 +272,8 @@ dev_drops_add(struct dev_drops *sum, struct dp_port *p)
         memset(&es, 0, sizeof(es));
     if (p->kif_index != 0 && kif_rx_drops(p->kif_index, &v) == 0 && v >= p->kif_drop_base)
         p->kif_drops = v - p->kif_drop_base;
+    if (p->kif_index != 0)
+        kif_read_mtu(p); /* the MTU too, as for AF_PACKET ports */
     sum->missed += RTE_MAX(es.imissed, p->kif_drops);
     sum->errors += es.ierrors;
     sum->no_mbuf += es.rx_nombuf;

@@ -39,6 +39,30 @@ tx_done(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **m, uint16_t n, uint16_
     w->port[pi][DP_PORT_TX_BYTES] += bytes;
 }
 
+/* The frames of m that an af_xdp port's interface cannot take whole are
+ * dropped and counted (kport_tx_oversize), as for AF_PACKET ports: one
+ * longer than its MTU allows, which the kernel would drop uncounted, or in
+ * several segments, of which net_af_xdp would send the first segment's
+ * buffer read on past its end. The others stay in m, in order; *bytes
+ * loses the dropped ones'. How many stay. */
+static __rte_noinline uint16_t
+kif_fit(struct dp_wctx *w, const struct dp_port *p, struct rte_mbuf **m, uint16_t n,
+        uint64_t *bytes)
+{
+    const uint32_t max = __atomic_load_n(&p->kif_max_frame, __ATOMIC_RELAXED);
+    uint16_t k = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        if (likely(m[i]->pkt_len <= max && m[i]->nb_segs == 1)) {
+            m[k++] = m[i];
+            continue;
+        }
+        *bytes -= m[i]->pkt_len;
+        w->drop[DP_DROP_KPORT_TX_OVERSIZE]++;
+        rte_pktmbuf_free(m[i]);
+    }
+    return k;
+}
+
 /* a burst on a pod's shared memory cut short by a fault (dp_shm.h): the
  * port is set aside until its retry time (shm_rx) */
 static void
@@ -205,6 +229,8 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
         dp_qos_enqueue(p->qos, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }
+    if (unlikely(p->kif_index != 0) && (n = kif_fit(w, p, b->m, n, &bytes)) == 0)
+        return;
     lat_record(w, b->m, n, planes);
     (void)port_tx(w, p, pi, b->m, n, bytes);
 }

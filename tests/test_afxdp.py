@@ -545,3 +545,52 @@ def test_an_af_xdp_port_link_is_its_interface_s(tmp_path):
     finally:
         sh("ip", "link", "del", name, check=False)
         sh("ip", "netns", "del", ns, check=False)
+
+
+FIT_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from dataplane.engine import Engine, EngineConfig
+    from dataplane.podlife import add_kernel_port
+    ifname = sys.argv[1]
+    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
+                       file_prefix=f"afxdp-fit-{os.getpid()}", log_level="error")
+    with Engine(cfg) as eng:
+        eng.add_network(0, 5000)
+        up = eng.add_ring_port("fitup", role="uplink")  # an underlay of jumbo frames
+        eng.set_vtep("10.99.0.1/24", "02:00:00:00:00:01", up, underlay_mtu=9000)
+        src = eng.add_ring_port("fitsrc", network=0)
+        p = add_kernel_port(eng, ifname, "af_xdp", network=0)
+        eng.fdb_add_local(0, "02:00:00:00:00:0b", p)
+        eng.start()
+        head = bytes.fromhex("02000000000b" "02000000000a" "88b5")
+        for size in (1400, 1500 + 14, 1600, 1400):  # the veth's MTU is 1500
+            eng.inject(src, [head + bytes(size - len(head))])
+            time.sleep(0.2)
+            c = eng.counters()
+            print(size, c.port_dict(p)["tx_packets"], c.drops()["kport_tx_oversize"], flush=True)
+        print({k: v for k, v in eng.counters().drops().items() if v}, flush=True)
+""")
+
+
+def test_frames_longer_than_an_af_xdp_interface_takes_are_counted(tmp_path):
+    """A frame longer than the af_xdp port's interface's MTU allows (a
+    remote VTEP on a larger underlay MTU) would be dropped by the kernel
+    uncounted: it is dropped and counted kport_tx_oversize, as for
+    afpacket ports; frames that fit go on."""
+    name = f"dpf{uuid.uuid4().hex[:5]}"
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+    try:
+        for dev in (name, f"{name}p"):
+            sh("ip", "link", "set", dev, "addrgenmode", "none")
+            sh("ip", "link", "set", dev, "up")
+        r = subprocess.run([sys.executable, "-c", FIT_CHILD, name], capture_output=True,
+                           text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.splitlines()[:4] == [
+            "1400 1 0",
+            "1514 2 0",
+            "1600 2 1",
+            "1400 3 1",
+        ], r.stdout
+    finally:
+        sh("ip", "link", "del", name, check=False)
