@@ -20,7 +20,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -418,6 +418,13 @@ class _Tables:
         if want is not None:
             rows = rows[(rows["mac"] == np.frombuffer(want, np.uint8)).all(axis=1)]
         return rows
+
+    def fdb_local_keys(self) -> Set[Tuple[int, str]]:
+        """(network, MAC) of every local entry (a port of this node), from
+        one copy of the table (:meth:`fdb_rows`)."""
+        rows = self.fdb_rows()
+        rows = rows[rows["kind"] == lib.DP_FDB_LOCAL]
+        return {(int(n), format_mac(bytes(m))) for n, m in zip(rows["net"], rows["mac"])}
 
     def fdb_list(self, net: Optional[int] = None, mac=None) -> List[FdbEntry]:
         """The FDB's entries as :class:`FdbEntry` (:meth:`fdb_rows`): made

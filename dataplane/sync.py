@@ -111,6 +111,26 @@ def record_name(ep) -> Tuple[Optional[str], Optional[str]]:
     return tuple(v if isinstance(v, str) else None for v in (ep.get("pod"), ep.get("plane")))
 
 
+def contribution(e: dict, index: Dict[str, int]) -> Tuple[int, str, str]:
+    """What a remote endpoint record (one :func:`classify` takes) puts in
+    the core's tables: (network index, MAC as the core spells it, VTEP)."""
+    return index[e["network"]], format_mac(parse_mac(e["mac"])), e["vtep"]
+
+
+def tables_of(config: NodeConfig, contributions: Iterable[Tuple[int, str, str]]) -> Tables:
+    """The tables of :func:`desired_tables` from the remote endpoints'
+    :func:`contribution` (made once per record, not once per change)."""
+    index = network_index(config)
+    fdb: Dict[Tuple[int, str], str] = {}
+    flood = {i: set() for i in index.values()}
+    for name, vteps in config.flood_lists().items():
+        flood[index[name]].update(vteps)
+    for net, mac, vtep in contributions:
+        fdb[(net, mac)] = vtep
+        flood[net].add(vtep)
+    return Tables(fdb, {net: sorted(v) for net, v in flood.items()})
+
+
 def desired_tables(config: NodeConfig, node: str, vtep: str, endpoints: Iterable[dict]) -> Tables:
     """The remote FDB entries and flood lists the core of node ``node`` (VTEP
     ``vtep``) should have: every remote endpoint's MAC behind its VTEP, and
@@ -119,17 +139,9 @@ def desired_tables(config: NodeConfig, node: str, vtep: str, endpoints: Iterable
     with one MAC on one network, the later one wins. A record that cannot be
     used (:func:`classify`) is left out."""
     index = network_index(config)
-    fdb: Dict[Tuple[int, str], str] = {}
-    flood = {i: set() for i in index.values()}
-    for name, vteps in config.flood_lists().items():
-        flood[index[name]].update(vteps)
-    for e in endpoints:
-        if not classify(e, node, vtep, index)[0]:
-            continue
-        net = index[e["network"]]
-        fdb[(net, format_mac(parse_mac(e["mac"])))] = e["vtep"]
-        flood[net].add(e["vtep"])
-    return Tables(fdb, {net: sorted(v) for net, v in flood.items()})
+    return tables_of(
+        config, (contribution(e, index) for e in endpoints if classify(e, node, vtep, index)[0])
+    )
 
 
 class CoreTables:
@@ -171,9 +183,12 @@ class CoreTables:
                     reason,
                 )
 
+        # the MACs pods of this node have, from one copy of the core's table
+        # (a look-up per wanted entry made each change cost a call per MAC)
+        mine = engine.fdb_local_keys()
+
         def local(key):
-            hit = engine.fdb_get(*key)
-            return hit is not None and hit[0] == "local"
+            return key in mine
 
         for key in list(self.fdb):
             if key not in want.fdb:
@@ -250,6 +265,8 @@ class ClusterSync:
         self.vtep = config.vtep.ip
         self.networks = network_index(config)
         self.remote: Dict[tuple, dict] = {}  # (pod, plane) -> remote endpoint
+        #: (pod, plane) -> its contribution(), in step with ``remote``
+        self._contrib: Dict[tuple, Tuple[int, str, str]] = {}
         #: endpoint records that cannot be used: (pod, plane) -> why (each
         #: logged once per reason; gone when the record is fixed or deleted)
         self.malformed: Dict[tuple, str] = {}
@@ -267,7 +284,7 @@ class ClusterSync:
         with self.lock:
             if self.engine is None:
                 return
-            want = desired_tables(self.config, self.node, self.vtep, self.remote.values())
+            want = tables_of(self.config, self._contrib.values())
             self.tables.apply(self.engine, want)
 
     @property
@@ -334,6 +351,9 @@ class ClusterSync:
                 with self.lock:
                     malformed: Dict[tuple, str] = {}
                     self.remote = {record_name(e): e for e in eps if self._take(e, malformed)}
+                    self._contrib = {
+                        k: contribution(e, self.networks) for k, e in self.remote.items()
+                    }
                     self.malformed = malformed
                     self._apply_core()
                 self.synced_at = time.time()
@@ -394,11 +414,14 @@ class ClusterSync:
                 malformed: Dict[tuple, str] = {}
                 if self._take(obj, malformed):
                     self.remote[key] = obj
+                    self._contrib[key] = contribution(obj, self.networks)
                 else:
                     self.remote.pop(key, None)
+                    self._contrib.pop(key, None)
                 self.malformed.pop(key, None)
                 self.malformed.update(malformed)
             else:
                 self.remote.pop(key, None)
+                self._contrib.pop(key, None)
                 self.malformed.pop(key, None)
             self._apply_core()

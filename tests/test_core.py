@@ -691,6 +691,7 @@ def test_fdb_list_shows_every_entry_and_what_learned_it(eng):
     learn_from(t, learned, "10.0.0.77")
     got = {(e.network, e.mac): e for e in eng.fdb_list()}
     assert set(got) == {(0, A), (0, B), (1, C), (0, R1), (0, R2), (0, learned)}
+    assert eng.fdb_local_keys() == {(0, A), (0, B), (1, C)}  # the pods' MACs, in one read
     assert got[(0, A)][2:] == ("local", t.a, None, False, None, None)
     assert got[(1, C)][2:] == ("local", t.c, None, False, None, None)
     assert got[(0, R2)][2:] == ("remote", None, R2_VTEP, False, None, None)

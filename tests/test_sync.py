@@ -119,6 +119,9 @@ class FakeEngine:
     def fdb_get(self, net, mac):
         return self.fdb.get((net, mac))
 
+    def fdb_local_keys(self):
+        return {k for k, v in self.fdb.items() if v[0] == "local"}
+
     def fdb_add_remote(self, net, mac, vtep):
         self.calls.append(("add", net, mac, vtep))
         self.fdb[(net, mac)] = ("remote", vtep)
