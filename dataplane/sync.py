@@ -276,6 +276,7 @@ class ClusterSync:
         #: view in step after it, as long as the store answers)
         self.synced_at: Optional[float] = None
         self._stop = threading.Event()
+        self._dirty = threading.Event()  # the view changed since the core took it
         self._thread: Optional[threading.Thread] = None
         self._watch = None
 
@@ -369,12 +370,21 @@ class ClusterSync:
                 )
                 failures = 0
                 errors = []
+                self._dirty.clear()
                 self._watch = self.store.watch_endpoints(
                     rev + 1, lambda kind, obj: self._on_event(kind, obj, errors)
                 )
-                while not self._stop.is_set() and not self._watch.wait(0.5):
-                    pass
-                self._watch.cancel()
+                # the events change the view; the core takes it here, once
+                # for however many came while it took the last one (a node
+                # whose pods all restart sends a burst)
+                try:
+                    while not self._stop.is_set() and not self._watch.wait(0):
+                        if self._dirty.wait(0.5):
+                            self._dirty.clear()
+                            with self.lock:
+                                self._apply_core()  # CoreFailed: a new snapshot
+                finally:
+                    self._watch.cancel()
                 if self._stop.is_set():
                     return
                 why = errors[0] if errors else self._watch.error
@@ -424,4 +434,4 @@ class ClusterSync:
                 self.remote.pop(key, None)
                 self._contrib.pop(key, None)
                 self.malformed.pop(key, None)
-            self._apply_core()
+        self._dirty.set()
