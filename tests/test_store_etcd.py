@@ -804,3 +804,39 @@ def test_check_reads_the_cluster_store_and_writes_nothing(server, prefix):
         "the config was not checked against its networks, pods and addresses" in (down.warnings[0])
     )
     print(f"check against a closed etcd port: {took:.2f} s")
+
+
+def test_remove_node_deletes_only_while_the_node_is_stopped_and_only_its_records(server, prefix):
+    """``node remove`` checks that the node is not running, lists its pods,
+    then deletes them one transaction each: each transaction checks again.
+    A service that claims the name after the list was read (here, between
+    the list and the delete) keeps its pods; a pod of that name added on
+    another node meanwhile is not taken."""
+    s = EtcdStore([server.url], prefix=prefix)
+    other = EtcdStore([server.url], prefix=prefix)  # the node's own service
+    try:
+        s.put_network("net1", 101, "std", SUBNET)
+        for pod, node in (("a", "old"), ("b", "old")):
+            s.put_pod(pod, "/x", {"pod_type": "it"}, node=node, state="ready")
+        s.put_attachment("a", {"container_id": "c1", "ifname": "eth0"}, node="old")
+        # the list is read, then the service starts: the deletes refuse
+        other.claim_node("old", "10.0.0.9", "host9")
+        with pytest.raises(ConfigError, match="node old is running"):
+            s._delete_pod("a", stopped_node="old")
+        with pytest.raises(ConfigError, match="node old is running"):
+            s._delete_attachment("a", stopped_node="old")
+        assert s.pod("a") is not None and [a["name"] for a in s.attachments()] == ["a"]
+        other.close()  # its claim revoked: stopped
+        other = None
+        # b deleted and added again on another node since the list was read
+        s.delete_pod("b")
+        s.put_pod("b", "/y", {"pod_type": "it"}, node="new", state="ready")
+        assert s._delete_pod("b", stopped_node="old") is False
+        assert s.pod("b")["node"] == "new"
+        assert s.remove_node("old") == {"pods": 1, "attachments": 1}
+        assert s.pod("a") is None and s.attachments() == []
+    finally:
+        if other is not None:
+            other.close()
+        _wipe(s)
+        s.close()

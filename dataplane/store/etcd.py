@@ -279,14 +279,17 @@ class EtcdStore(StateStore):
     def node_claims(self) -> List[Dict[str, Any]]:
         return [v for _, v in self.client.items(self._k("nodes", ""))]
 
-    def remove_node(self, node: str) -> Dict[str, int]:
-        held = self.client.get(self._k("nodes", node))
+    def _not_running(self, node: str, held) -> None:
+        """ConfigError if node ``node``'s service holds its claim (``held``)."""
         if held is not None:
             raise ConfigError(
                 f"node {node} is running (VTEP {held.get('vtep')}, host {held.get('host')}, pid "
                 f"{held.get('pid')}): stop its service first (a crashed one's claim lapses "
                 f"{NODE_TTL_S} s after it stopped)"
             )
+
+    def remove_node(self, node: str) -> Dict[str, int]:
+        self._not_running(node, self.client.get(self._k("nodes", node)))
         pods = [p["name"] for p in self.pods(node=node)]
         atts = [a["name"] for a in self.attachments(node=node)]
         if not pods and not atts:  # a misspelt name, or one removed already
@@ -294,10 +297,14 @@ class EtcdStore(StateStore):
                 f"node {node}: the cluster's store has no pod or CNI attachment of a node of "
                 "that name ('dataplane node list' shows the names it has)"
             )
+        # each delete checks again, in its own transaction, that the node
+        # is not running and that the record is still its: a service that
+        # started meanwhile, or a pod of that name added elsewhere since
+        # the list was read, is left alone
         for name in pods:
-            self.delete_pod(name)
+            self._delete_pod(name, stopped_node=node)
         for name in atts:
-            self.delete_attachment(name)
+            self._delete_attachment(name, stopped_node=node)
         return {"pods": len(pods), "attachments": len(atts)}
 
     # ---------------------------------------------------------------- meta
@@ -350,9 +357,18 @@ class EtcdStore(StateStore):
         return sorted(out, key=lambda a: (a["created"], a["name"]))
 
     def delete_attachment(self, name: str) -> bool:
+        return self._delete_attachment(name)
+
+    def _delete_attachment(self, name: str, stopped_node: Optional[str] = None) -> bool:
+        """delete_attachment; with ``stopped_node``: only while that node is
+        not running and the attachment is still its (remove_node)."""
+
         def body(tx):
+            if stopped_node is not None:
+                self._not_running(stopped_node, tx.get(self._k("nodes", stopped_node)))
             key = self._k("attachments", name)
-            if tx.get(key) is None:
+            rec = tx.get(key)
+            if rec is None or (stopped_node is not None and rec.get("node") != stopped_node):
                 return False
             tx.delete(key)
             return True
@@ -536,9 +552,18 @@ class EtcdStore(StateStore):
     def delete_pod(self, name: str) -> bool:
         """Remove the pod, its endpoints, its addresses and its MACs in one
         transaction. False if nothing was recorded under ``name``."""
+        return self._delete_pod(name)
+
+    def _delete_pod(self, name: str, stopped_node: Optional[str] = None) -> bool:
+        """delete_pod; with ``stopped_node``: only while that node is not
+        running and the pod is still its (remove_node)."""
 
         def body(tx):
+            if stopped_node is not None:
+                self._not_running(stopped_node, tx.get(self._k("nodes", stopped_node)))
             pod = tx.get(self._k("pods", name))
+            if stopped_node is not None and (pod is None or pod.get("node") != stopped_node):
+                return False
             eps = [v for _, v in tx.items(self._k("endpoints", name, ""))]
             allocs = tx.items(self._k("podalloc", name, ""))
             pmacs = tx.items(self._k("podmacs", name, ""))
