@@ -744,7 +744,11 @@ def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo)
     _after_up_only_a_new_frame_arrives(
         topo, lambda: sh("ip", "link", "set", "eth0", "up", ns=topo.ns["b"])
     )
-    assert topo.counters()["drops"]["kport_kernel_tx"] == after["drops"]["kport_kernel_tx"]
+    # none of the 3,000 counted again (were they kept and tried again, the
+    # ring's 2,048 would be); at most a few frames sent while b's carrier
+    # was coming back are new drops (CI39 saw 2)
+    again = topo.counters()["drops"]["kport_kernel_tx"] - after["drops"]["kport_kernel_tx"]
+    assert again <= OTHER_FRAMES, again
 
 
 def test_frames_for_an_interface_set_down_are_dropped_not_sent_late(topo):
