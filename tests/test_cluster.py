@@ -1130,6 +1130,15 @@ def test_a_second_service_under_a_running_node_name_starts_nothing(cluster):
     cl = cluster
     a, b = cl.pods["a"], cl.pods["b"]
     pods_before = sorted(p["name"] for p in cl.store("pods"))
+    # node1's claim on its name is held (one lost while an earlier test cut
+    # node1 off etcd is made again within a second of etcd answering)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = {n["node"]: n for n in cl.nodes[1].api("GET", "/v1/nodes")}
+        if rows["node1"]["running"]:
+            break
+        time.sleep(0.2)
+    assert rows["node1"]["running"], rows
     ns = cl.netns(f"{cl.tag}n9")
     # the lowest MAC on the underlay's bridge, on purpose: etcd stays reachable
     # at the MAC the nodes know (br0's is set; see Cluster.build)

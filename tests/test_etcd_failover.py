@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from etcdhost import EtcdServer, _free_port, have_etcd
@@ -309,16 +310,17 @@ def test_an_answer_cut_off_is_etcd_unavailable():
         cut.close()
 
 
-def test_the_name_claim_is_renewed_through_answers_cut_off(server, prefix, monkeypatch, caplog):
-    """While etcd's answers are cut off, the renewals fail and are logged;
-    the renewing thread goes on, and renews the claim once etcd answers."""
-    monkeypatch.setattr(etcd_store, "NODE_TTL_S", 2)  # renewed every 0.67 s
-    caplog.set_level(logging.INFO, logger="dataplane")
-    mode = {"cut": False}
+@contextmanager
+def cut_store(server, prefix):
+    """(mode, store, watcher): a store through a proxy that cuts etcd's
+    answers off while ``mode["cut"]`` (``mode["tries"]`` counts the claim's
+    requests cut off), and a store straight to etcd to watch it with."""
+    mode = {"cut": False, "tries": 0}
 
     def proxy(conn):
         method, path, body = read_request(conn)
         if mode["cut"] and path != "/version":
+            mode["tries"] += path.endswith(("lease/keepalive", "lease/grant", "kv/txn"))
             _cut_after_head(conn)
             return
         answer(conn, *forward(server.url, method, path, body))
@@ -327,6 +329,20 @@ def test_the_name_claim_is_renewed_through_answers_cut_off(server, prefix, monke
     s = EtcdStore([px.url], prefix=prefix, timeout=2)
     watcher = EtcdStore([server.url], prefix=prefix)
     try:
+        yield mode, s, watcher
+    finally:
+        s.close()
+        watcher.close()
+        px.close()
+        _wipe(server.url, prefix)
+
+
+def test_the_name_claim_is_renewed_through_answers_cut_off(server, prefix, monkeypatch, caplog):
+    """While etcd's answers are cut off, the renewals fail and are logged;
+    the renewing thread goes on, and renews the claim once etcd answers."""
+    monkeypatch.setattr(etcd_store, "NODE_TTL_S", 2)  # renewed every 0.67 s
+    caplog.set_level(logging.INFO, logger="dataplane")
+    with cut_store(server, prefix) as (mode, s, watcher):
         s.claim_node("n1", "10.0.0.1", "h1")
         assert watcher.node_claims()[0]["node"] == "n1"
         mode["cut"] = True
@@ -338,11 +354,38 @@ def test_the_name_claim_is_renewed_through_answers_cut_off(server, prefix, monke
         time.sleep(3.0)  # longer than the TTL: only renewals keep the name
         assert [c["node"] for c in watcher.node_claims()] == ["n1"]
         assert s._claim_thread.is_alive()
-    finally:
-        s.close()
-        watcher.close()
-        px.close()
-        _wipe(server.url, prefix)
+
+
+def test_a_claim_lost_while_etcd_did_not_answer_is_made_again_soon(
+    server, prefix, monkeypatch, caplog
+):
+    """Answers cut off for longer than the claim's TTL: the claim lapses
+    (the name is free). The failing renewals are tried every RENEW_RETRY_S,
+    not every third of the TTL, so once etcd answers the claim is made
+    again at the next of them."""
+    monkeypatch.setattr(etcd_store, "NODE_TTL_S", 3)  # renewed every 1 s while it works
+    monkeypatch.setattr(etcd_store, "RENEW_RETRY_S", 0.1)
+    caplog.set_level(logging.INFO, logger="dataplane")
+    with cut_store(server, prefix) as (mode, s, watcher):
+        s.claim_node("n1", "10.0.0.1", "h1")
+        mode["cut"] = True
+        until(lambda: not watcher.node_claims())  # its lease runs out (3 s)
+        t = time.monotonic()
+        until(lambda: mode["tries"] >= 10)
+        # a third of the TTL apart, ten tries would take 10 s
+        assert time.monotonic() - t < 5 * etcd_store.NODE_TTL_S / 3, mode
+        mode["cut"] = False
+        until(watcher.node_claims)
+        assert [c["node"] for c in watcher.node_claims()] == ["n1"]
+        assert any("had lapsed; made again" in r.getMessage() for r in caplog.records)
+
+
+def until(cond, seconds: float = 60.0):
+    """Wait for cond() to hold (AssertionError after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "not within the wait"
+        time.sleep(0.05)
 
 
 # ------------------------------------------------- a cluster of three members

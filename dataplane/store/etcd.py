@@ -90,6 +90,10 @@ NODE_TTL_S = 10
 # one renewal waits at most this long for etcd (a hung etcd holds neither the
 # next try nor a stopping service for the full request timeout)
 RENEW_WAIT_S = 2.0
+# a claim that could not be renewed is tried again this often, so that one
+# lost while etcd did not answer is made again within about this long of it
+# answering again (the name is free for anyone until then)
+RENEW_RETRY_S = 1.0
 # a stopping service waits at most this long to give its name back; if etcd
 # does not answer, the claim lapses by itself NODE_TTL_S later
 RELEASE_WAIT_S = 1.0
@@ -226,9 +230,9 @@ class EtcdStore(StateStore):
         than its TTL is made again (unless another service took the name
         meanwhile: said, and tried again). Nothing ends the thread but
         ``close``: a renewal that fails in any way is logged (once while it
-        fails the same way) and tried again at the next turn."""
+        fails the same way) and tried again RENEW_RETRY_S later."""
         said = None
-        while not self._claim_stop.wait(NODE_TTL_S / 3):
+        while not self._claim_stop.wait(NODE_TTL_S / 3 if said is None else RENEW_RETRY_S):
             node, lease, rec = self._claim
             trace = False
             try:
