@@ -598,9 +598,17 @@ AF_XDP_MAX_MTU = 2048 - 256 - 14
 #: mbufs each ``net_af_xdp`` port takes from the core's pool for its fill
 #: ring when it starts, and keeps (DPDK 22.11: ETH_AF_XDP_DFLT_NUM_DESCS)
 AF_XDP_FILL_MBUFS = 2048
+#: the name every ``net_af_xdp`` port of the core starts with (its vdev)
+AF_XDP_PORT_PREFIX = "net_af_xdp"
 #: an mbuf of the core's pool, bytes of memory (2176-byte buffer, the mbuf
 #: header, the mempool's own header), rounded up
 MBUF_BYTES = 2560
+
+
+def is_af_xdp_port(name) -> bool:
+    """Whether the core's port ``name`` is a ``net_af_xdp`` port (whose link
+    is its kernel interface's, not the driver's)."""
+    return str(name).startswith(AF_XDP_PORT_PREFIX)
 
 
 def check_kernel_driver(value, path: str = "kernel_driver") -> str:

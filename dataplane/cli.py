@@ -36,6 +36,7 @@ import os
 import sys
 import time
 
+from .checks import is_af_xdp_port
 from .config import DEFAULT_API_SOCKET, load_config
 from .errors import DataplaneError
 
@@ -218,7 +219,7 @@ def _port_notes(p) -> str:
         notes.append(f"express rx {x['rx_packets']} tx {x['tx_packets']}")
     if p.get("set_aside"):
         notes.append("SET ASIDE (its pod's shared memory faulted)")
-    if p.get("link") is False and str(p.get("name", "")).startswith("net_af_xdp"):
+    if p.get("link") is False and is_af_xdp_port(p.get("name", "")):
         notes.append("LINK DOWN (its kernel interface is down or has no carrier)")
     elif p.get("link") is False:
         notes.append(

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from .checks import AF_XDP_FILL_MBUFS, check_pod_name
+from .checks import AF_XDP_FILL_MBUFS, AF_XDP_PORT_PREFIX, check_pod_name, is_af_xdp_port
 from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
 from .fastif import KINDS, SOCKET_KINDS, VETH, VF
 from .logs import event, log, warning_event
@@ -259,7 +259,7 @@ def add_kernel_port(
                 "or rx 1), or use afpacket"
             )
         n = engine.config.n_mbufs
-        have = sum(1 for p in engine.ports() if p.name.startswith("net_af_xdp"))
+        have = sum(1 for p in engine.ports() if is_af_xdp_port(p.name))
         # what the pool holds now: DPDK 22.11's net_af_xdp does not give a
         # closed port's fill ring back, so the af_xdp ports removed since
         # the start keep theirs (docs/kernel-ports.md)
@@ -273,7 +273,7 @@ def add_kernel_port(
                 "restarts): raise memory_mb, restart the service, or use kernel_driver afpacket"
             )
         # named for the interface: the port's name in status and metrics
-        dev = f"net_af_xdp_{ifname},iface={ifname},start_queue=0,queue_count=1"
+        dev = f"{AF_XDP_PORT_PREFIX}_{ifname},iface={ifname},start_queue=0,queue_count=1"
         try:
             return engine.add_port(dev, role=role, network=network)
         except DataplaneError as e:
@@ -971,28 +971,26 @@ class PodLife:
             return {p.plane: p.kind for p in planes}
         return _recorded_kinds(pod.get("spec"))
 
+    def _parsed_spec(self, pod):
+        """(planes, "") of pod record ``pod``'s spec parsed against the
+        node's configuration now, or ([], why it does not parse)."""
+        from .podspec import parse_pod_spec
+
+        try:
+            return parse_pod_spec(pod["spec"], self.config).planes, ""
+        except ConfigError as err:  # the node's configuration changed under it
+            return [], str(err)
+
     def _spec_problem(self, pod) -> str:
         """Why pod record ``pod``'s spec does not parse against the node's
         configuration now ("" if it does)."""
-        from .podspec import parse_pod_spec
-
-        try:
-            parse_pod_spec(pod["spec"], self.config)
-        except ConfigError as err:
-            return str(err)
-        return ""
+        return self._parsed_spec(pod)[1]
 
     def _stored_spec(self, name, pod=None):
-        """The planes of pod ``name`` as its record (``pod``, else read) says."""
-        from .podspec import parse_pod_spec
-
+        """The planes of pod ``name`` as its record (``pod``, else read) says
+        ([] if it does not parse against the node's configuration now)."""
         pod = pod or self.store.pod(name)
-        if not pod:
-            return []
-        try:
-            return parse_pod_spec(pod["spec"], self.config).planes
-        except ConfigError:  # the node's configuration changed under it
-            return []
+        return self._parsed_spec(pod)[0] if pod else []
 
     def _plane_spec(self, name, plane):
         for p in self._stored_spec(name):

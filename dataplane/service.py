@@ -28,7 +28,7 @@ from typing import Optional
 from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
-from .checks import check_name, check_not_a_file
+from .checks import check_name, check_not_a_file, is_af_xdp_port
 from .config import RELOADABLE, NodeConfig, load_config, reload_changes
 from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
@@ -1105,7 +1105,7 @@ class NodeService:
         now = {  # (an af_xdp port's link is its veth's: no application of its own)
             p.index: p
             for p in eng.ports()
-            if p.role == "pod" and p.link is not None and not p.name.startswith("net_af_xdp")
+            if p.role == "pod" and p.link is not None and not is_af_xdp_port(p.name)
         }
         for i, p in now.items():
             was = self._pod_links.get(i)

@@ -266,6 +266,7 @@ class ClusterSync:
         self.networks = network_index(config)
         self.remote: Dict[tuple, dict] = {}  # (pod, plane) -> remote endpoint
         #: (pod, plane) -> its contribution(), in step with ``remote``
+        #: (both changed through _keep and _forget only)
         self._contrib: Dict[tuple, Tuple[int, str, str]] = {}
         #: endpoint records that cannot be used: (pod, plane) -> why (each
         #: logged once per reason; gone when the record is fixed or deleted)
@@ -351,10 +352,10 @@ class ClusterSync:
                 eps, rev = self.store.endpoints_snapshot()
                 with self.lock:
                     malformed: Dict[tuple, str] = {}
-                    self.remote = {record_name(e): e for e in eps if self._take(e, malformed)}
-                    self._contrib = {
-                        k: contribution(e, self.networks) for k, e in self.remote.items()
-                    }
+                    self.remote, self._contrib = {}, {}
+                    for e in eps:
+                        if self._take(e, malformed):
+                            self._keep(record_name(e), e)
                     self.malformed = malformed
                     self._apply_core()
                 self.synced_at = time.time()
@@ -414,6 +415,16 @@ class ClusterSync:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, SYNC_RETRY_MAX)
 
+    def _keep(self, key, obj):
+        """Remote endpoint record ``obj`` into the view (lock held)."""
+        self.remote[key] = obj
+        self._contrib[key] = contribution(obj, self.networks)
+
+    def _forget(self, key):
+        """Remote endpoint ``key`` out of the view, if in it (lock held)."""
+        self.remote.pop(key, None)
+        self._contrib.pop(key, None)
+
     def _on_event(self, kind, obj, errors):
         if kind == "error":
             errors.append(obj)
@@ -423,15 +434,12 @@ class ClusterSync:
             if kind == "put":
                 malformed: Dict[tuple, str] = {}
                 if self._take(obj, malformed):
-                    self.remote[key] = obj
-                    self._contrib[key] = contribution(obj, self.networks)
+                    self._keep(key, obj)
                 else:
-                    self.remote.pop(key, None)
-                    self._contrib.pop(key, None)
+                    self._forget(key)
                 self.malformed.pop(key, None)
                 self.malformed.update(malformed)
             else:
-                self.remote.pop(key, None)
-                self._contrib.pop(key, None)
+                self._forget(key)
                 self.malformed.pop(key, None)
         self._dirty.set()

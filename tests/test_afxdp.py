@@ -293,13 +293,26 @@ def test_bad_uplink_driver_is_refused_naming_the_field():
     assert parse_config(cfg()).vtep.uplink_driver == "afpacket"
 
 
-POOL_CHILD = textwrap.dedent("""
-    import os, sys
+# what every child below starts with: an engine of 8191 mbufs (EAL
+# --no-huge) in a process of its own, so that its net_af_xdp ports' XDP
+# programs and UMEMs go when it ends
+CHILD_ENGINE = textwrap.dedent("""
+    import os, subprocess, sys, time
     from dataplane.engine import Engine, EngineConfig
     from dataplane.errors import ResourceError
     from dataplane.podlife import add_kernel_port
     cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
                        file_prefix=f"afxdp-test-{os.getpid()}", log_level="error")
+""")
+
+
+def run_child(body: str, *args, **kw) -> subprocess.CompletedProcess:
+    """``body`` after CHILD_ENGINE in a child Python, with ``args``."""
+    return subprocess.run([sys.executable, "-c", CHILD_ENGINE + body, *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, **kw)  # fmt: skip
+
+
+POOL_CHILD = textwrap.dedent("""
     with Engine(cfg) as eng:
         for ifname in sys.argv[1:]:
             try:
@@ -320,14 +333,7 @@ def test_af_xdp_ports_beyond_the_mbuf_pool_are_refused_cleanly(tmp_path):
             sh("ip", "link", "set", n, "up")
             sh("ip", "link", "set", f"{n}p", "up")
         links = tmp_path / "links"
-        r = subprocess.run(
-            [sys.executable, "-c", POOL_CHILD, *names],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            env={**os.environ, "LINKS": str(links)},
-        )
+        r = run_child(POOL_CHILD, *names, env={**os.environ, "LINKS": str(links)})
         assert r.returncode == 0, r.stdout + r.stderr
         # 8191 mbufs, 4095 kept for forwarding: two ports of 2048 each
         assert f"added {names[0]}" in r.stdout and f"added {names[1]}" in r.stdout
@@ -368,12 +374,6 @@ def test_an_af_xdp_uplink_missing_at_start_is_attached_when_it_appears(tmp_path)
 
 
 CHURN_CHILD = textwrap.dedent("""
-    import os, sys
-    from dataplane.engine import Engine, EngineConfig
-    from dataplane.errors import ResourceError
-    from dataplane.podlife import add_kernel_port
-    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
-                       file_prefix=f"afxdp-churn-{os.getpid()}", log_level="error")
     with Engine(cfg) as eng:
         eng.start()
         for ifname in sys.argv[1:]:
@@ -399,8 +399,7 @@ def test_af_xdp_ports_removed_are_counted_against_the_pool():
             sh("ip", "link", "add", n, "type", "veth", "peer", "name", f"{n}p")
             sh("ip", "link", "set", n, "up")
             sh("ip", "link", "set", f"{n}p", "up")
-        r = subprocess.run([sys.executable, "-c", CHURN_CHILD, *names], capture_output=True,
-                           text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        r = run_child(CHURN_CHILD, *names)
         assert r.returncode == 0, r.stdout + r.stderr
         # 8191 mbufs, 4095 kept for forwarding: two fill rings of 2048
         assert f"added {names[0]}" in r.stdout and f"added {names[1]}" in r.stdout, r.stdout
@@ -423,12 +422,8 @@ def test_an_interface_receiving_on_several_queues_is_refused_naming_the_fix(tmp_
         sh("ip", "link", "set", name, "up")
         sh("ip", "link", "set", f"{name}p", "up")
         links = tmp_path / "links"
-        r = subprocess.run(
-            [sys.executable, "-c", POOL_CHILD.replace("ResourceError as e", "Exception as e"),
-             name],
-            capture_output=True, text=True, cwd=ROOT, timeout=60,
-            env={**os.environ, "LINKS": str(links)},
-        )  # fmt: skip
+        r = run_child(POOL_CHILD.replace("ResourceError as e", "Exception as e"), name,
+                      env={**os.environ, "LINKS": str(links)})  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
         assert (
             f"refused {name}: kernel_driver af_xdp reads its queue 0 only, and it receives on 4 "
@@ -437,9 +432,7 @@ def test_an_interface_receiving_on_several_queues_is_refused_naming_the_fix(tmp_
         assert name not in xdp_progs()
         sh("ethtool", "-L", name, "rx", "1")  # as the message says: then it is taken
         sh("ethtool", "-L", f"{name}p", "tx", "1")  # (veth's XDP: no more peer tx queues)
-        r = subprocess.run([sys.executable, "-c", POOL_CHILD, name], capture_output=True,
-                           text=True, cwd=ROOT, timeout=60,
-                           env={**os.environ, "LINKS": str(links)})  # fmt: skip
+        r = run_child(POOL_CHILD, name, env={**os.environ, "LINKS": str(links)})
         assert f"added {name}" in r.stdout, r.stdout + r.stderr
     finally:
         sh("ip", "link", "del", name, check=False)
@@ -448,12 +441,7 @@ def test_an_interface_receiving_on_several_queues_is_refused_naming_the_fix(tmp_
 # frames sent into an af_xdp port while no worker reads it: what its socket
 # cannot hold is dropped by the kernel and counted dev_rx_missed
 MISSED_CHILD = textwrap.dedent("""
-    import os, subprocess, sys, time
-    from dataplane.engine import Engine, EngineConfig
-    from dataplane.podlife import add_kernel_port
     ifname, ns, n, sender = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
-                       file_prefix=f"afxdp-missed-{os.getpid()}", log_level="error")
     with Engine(cfg) as eng:
         p = add_kernel_port(eng, ifname, "af_xdp")
         subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", sender, f"{ifname}p",
@@ -496,8 +484,7 @@ def test_frames_an_af_xdp_socket_cannot_hold_are_counted(tmp_path):
             dev = name if not args else f"{name}p"
             sh("ip", *args, "link", "set", dev, "addrgenmode", "none")
             sh("ip", *args, "link", "set", dev, "up")
-        r = subprocess.run([sys.executable, "-c", MISSED_CHILD, name, ns, str(n), SENDER],
-                           capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        r = run_child(MISSED_CHILD, name, ns, str(n), SENDER)
         assert r.returncode == 0, r.stdout + r.stderr
         got = dict(re.findall(r"(missed|rx|after_del) (\d+)", r.stdout))
         missed, rx = int(got["missed"]), int(got["rx"])
@@ -510,12 +497,7 @@ def test_frames_an_af_xdp_socket_cannot_hold_are_counted(tmp_path):
 
 
 LINK_CHILD = textwrap.dedent("""
-    import os, subprocess, sys
-    from dataplane.engine import Engine, EngineConfig
-    from dataplane.podlife import add_kernel_port
     ifname, ns = sys.argv[1], sys.argv[2]
-    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
-                       file_prefix=f"afxdp-link-{os.getpid()}", log_level="error")
     with Engine(cfg) as eng:
         p = add_kernel_port(eng, ifname, "af_xdp")
         for state in ("up", "down", "up"):
@@ -534,8 +516,7 @@ def test_an_af_xdp_port_link_is_its_interface_s(tmp_path):
     try:
         sh("ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p", "netns", ns)
         sh("ip", "link", "set", name, "up")
-        r = subprocess.run([sys.executable, "-c", LINK_CHILD, name, ns], capture_output=True,
-                           text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        r = run_child(LINK_CHILD, name, ns)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.splitlines() == [
             "peer up: link True",
@@ -548,12 +529,7 @@ def test_an_af_xdp_port_link_is_its_interface_s(tmp_path):
 
 
 FIT_CHILD = textwrap.dedent("""
-    import os, sys, time
-    from dataplane.engine import Engine, EngineConfig
-    from dataplane.podlife import add_kernel_port
     ifname = sys.argv[1]
-    cfg = EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=8191,
-                       file_prefix=f"afxdp-fit-{os.getpid()}", log_level="error")
     with Engine(cfg) as eng:
         eng.add_network(0, 5000)
         up = eng.add_ring_port("fitup", role="uplink")  # an underlay of jumbo frames
@@ -583,8 +559,7 @@ def test_frames_longer_than_an_af_xdp_interface_takes_are_counted(tmp_path):
         for dev in (name, f"{name}p"):
             sh("ip", "link", "set", dev, "addrgenmode", "none")
             sh("ip", "link", "set", dev, "up")
-        r = subprocess.run([sys.executable, "-c", FIT_CHILD, name], capture_output=True,
-                           text=True, cwd=ROOT, timeout=60)  # fmt: skip
+        r = run_child(FIT_CHILD, name)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.splitlines()[:4] == [
             "1400 1 0",
