@@ -13,7 +13,10 @@ vhost-user   the core is the vhost-user backend (``net_vhost``) in client
              mode with reconnection; the pod's application (``virtio_user``
              with ``server=1``) creates the socket. Either side may restart:
              the core reconnects to the pod's socket by itself, and a pod
-             that restarts listens on the same path again.
+             that restarts listens on the same path again. The core connects
+             through a hard link of the pod's socket in a directory of root's
+             (:func:`pin`), never through the pod's directory, whose entries
+             the pod may swap for links to other sockets at any time.
 
 The port joins the plane's network like a veth pod's port: FDB entry for
 the pod's MAC, VXLAN to other nodes, plane queues, histograms, metrics. The
@@ -51,6 +54,9 @@ OPTIONS = {
 }
 #: sun_path of struct sockaddr_un, with its NUL
 SUN_PATH_MAX = 108
+#: the directory under pod_socket_dir (root's, mode 0700; no pod name starts
+#: with a dot) of the core's hard links to the pods' vhost-user sockets
+PIN_DIR = ".core"
 MEMIF_MAX_RING = 1 << 14
 
 
@@ -159,7 +165,8 @@ def devargs(kind: str, pod: str, plane: str, path: str, opts: Dict[str, Any]) ->
             d += f",rsize={int(opts['ring_size']).bit_length() - 1}"
         return d
     # client=1: the pod's virtio_user (server=1) owns the socket; the
-    # backend connects and reconnects to it after either side restarts
+    # backend connects and reconnects to it after either side restarts,
+    # through the core's link to it (path: pin_path), which no pod can swap
     return f"{name},iface={path},client=1,queues=1"
 
 
@@ -219,28 +226,110 @@ def _give_socket(path: str, pod: str, plane: str, uid: int, gid: int):
         os.close(fd)
 
 
-def _check_pod_socket(path: str, pod: str, plane: str, opts: Dict[str, Any]):
-    """What a vhost-user plane's core port is about to connect to (the
-    core is the client; the pod creates the socket): nothing yet, or a
-    socket, not a symbolic link, owned by the plane's ``uid`` if it has
-    one. Busy otherwise: the core, which runs as root, must not connect to
-    a socket of another pod or of the host that the pod's directory points
-    to."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return  # the port connects once the pod's application listens
+def pin_path(base: str, pod: str, plane: str) -> str:
+    """The core's link to the plane's vhost-user socket: the path it
+    connects to. ConfigError if it is too long for a unix socket."""
+    h = hashlib.sha256(f"{pod}\0{plane}".encode()).hexdigest()[:12]
+    path = os.path.join(base, PIN_DIR, f"{h}.sock")
+    if len(path.encode()) >= SUN_PATH_MAX:
+        raise ConfigError(
+            f"pod {pod} plane {plane}: kind vhost-user: the core's link to the pod's socket, "
+            f"{path}, is longer than a unix socket allows ({SUN_PATH_MAX - 1} bytes): use a "
+            "shorter pod_socket_dir"
+        )
+    return path
+
+
+def _pin_dir(base: str) -> str:
+    """The directory of the core's links, root's and 0700, made if missing;
+    DataplaneError if the name is taken by something else."""
+    d = os.path.join(base, PIN_DIR)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(d, 0o700)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise DataplaneError(
+            f"{d} is {_what(st) if not stat.S_ISDIR(st.st_mode) else 'a directory of another'} "
+            "user: the core keeps its links to the pods' vhost-user sockets there; remove it"
+        )
+    os.chmod(d, 0o700)
+    return d
+
+
+def unpin(base: str, pod: str, plane: str):
+    """The core's link to the plane's socket gone (the core cannot connect
+    until pin makes it again; a connection made stays)."""
+    with contextlib.suppress(OSError, ConfigError):
+        _unlink(pin_path(base, pod, plane))
+
+
+def _pod_socket_problem(st, path: str, pod: str, plane: str, opts: Dict[str, Any]):
+    """Why the entry ``st`` (lstat) at the plane's ``path`` is not the pod's
+    vhost-user socket, or None."""
     if not stat.S_ISSOCK(st.st_mode):
-        raise Busy(
+        return (
             f"pod {pod} plane {plane}: kind vhost-user: {path} is {_what(st)}, not the pod's "
             "socket: not connected (the pod removes it and listens there itself)"
         )
     uid = opts.get("uid")
     if uid is not None and st.st_uid != uid:
-        raise Busy(
+        return (
             f"pod {pod} plane {plane}: kind vhost-user: socket {path} belongs to uid "
             f"{st.st_uid}, not to the plane's uid {uid}: not connected"
         )
+    return None
+
+
+def pin(base: str, pod: str, plane: str, opts: Dict[str, Any]) -> Optional[str]:
+    """Point the core's link for a vhost-user plane (:func:`pin_path`) at
+    the pod's socket as it is now. The core, as root, connects to whatever
+    its path names, and the pod may swap the entries of its directory for
+    symbolic links to other pods' or the host's sockets at any moment; so
+    the core connects through a hard link, in root's directory, to the
+    socket inode checked here: made without following a link
+    (``link(2)``), then checked itself - a socket, owned by the plane's
+    ``uid`` if it has one. Returns None when the link is the pod's socket,
+    or nothing is there yet (the pod does not listen: no link, the core
+    waits); else why not (a link, another user's socket, ...), and the
+    core's link is removed: it connects to nothing until the pod's socket
+    is back. Made again whenever the pod listens on a new socket (its
+    application restarted): the service looks once a second."""
+    path = socket_path(base, pod, plane)
+    link = pin_path(base, pod, plane)
+    d = _pin_dir(base)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        _unlink(link)
+        return None
+    problem = _pod_socket_problem(st, path, pod, plane, opts)
+    if problem is not None:
+        _unlink(link)
+        return problem
+    with contextlib.suppress(FileNotFoundError):
+        have = os.lstat(link)
+        if (have.st_dev, have.st_ino) == (st.st_dev, st.st_ino):
+            return None  # the socket it is already
+    tmp = os.path.join(d, f".{os.path.basename(link)}.{os.getpid()}")
+    _unlink(tmp)
+    try:
+        os.link(path, tmp, follow_symlinks=False)  # the entry itself, whatever it is now
+    except FileNotFoundError:
+        _unlink(link)
+        return None  # gone meanwhile: the pod stopped listening
+    except OSError as e:
+        _unlink(link)
+        return (
+            f"pod {pod} plane {plane}: kind vhost-user: the core cannot link {path} into "
+            f"{d} ({e.strerror}): not connected (pod_socket_dir must be one file system)"
+        )
+    problem = _pod_socket_problem(os.lstat(tmp), path, pod, plane, opts)
+    if problem is not None:  # swapped between the two looks
+        _unlink(tmp)
+        _unlink(link)
+        return problem
+    os.replace(tmp, link)
+    return None
 
 
 def attach(engine, net: int, pod: str, plane: str, kind: str, base: str, opts) -> Tuple[int, str]:
@@ -254,10 +343,14 @@ def attach(engine, net: int, pod: str, plane: str, kind: str, base: str, opts) -
     try:
         if kind == MEMIF:
             _unlink(path)  # the server cannot listen on an existing file
+            core_path = path
         else:
-            _check_pod_socket(path, pod, plane, opts)
+            core_path = pin_path(base, pod, plane)
+            problem = pin(base, pod, plane, opts)
+            if problem is not None:
+                raise Busy(problem)
         try:
-            port = engine.add_port(devargs(kind, pod, plane, path, opts), network=net)
+            port = engine.add_port(devargs(kind, pod, plane, core_path, opts), network=net)
         except DataplaneError as e:
             raise type(e)(f"pod {pod} plane {plane}: kind {kind}: {e}", e.errno) from e
         if kind == MEMIF:
@@ -270,6 +363,8 @@ def attach(engine, net: int, pod: str, plane: str, kind: str, base: str, opts) -
         if kind == MEMIF:
             with contextlib.suppress(OSError):  # the error that got here is the one to tell
                 _unlink(path)  # unlink does not follow a link: only the entry goes
+        else:
+            unpin(base, pod, plane)
         if made:
             shutil.rmtree(pod_dir(base, pod), ignore_errors=True)
         raise
@@ -280,7 +375,8 @@ def detach(
     engine, port: Optional[int], base: str, pod: str, plane: str, kind: Optional[str] = None
 ):
     """Remove the plane's port; with it, for a memif plane (``kind``), the
-    core's socket. A vhost-user socket is the pod's and stays, and so does
+    core's socket, for a vhost-user plane the core's link to the pod's
+    socket. A vhost-user socket is the pod's and stays, and so does
     the pod's directory, which the pod's container has mounted: it goes
     with the pod (:func:`remove_pod_dir`)."""
     if port is None:
@@ -289,6 +385,8 @@ def detach(
     if kind == MEMIF:
         with contextlib.suppress(OSError):  # the port is gone: what is left is the pod's
             _unlink(socket_path(base, pod, plane))
+    else:  # a vhost-user plane's, if it has one
+        unpin(base, pod, plane)
 
 
 def remove_pod_dir(base: str, pod: str):

@@ -311,6 +311,11 @@ class PodLife:
         # host_ifname -> (pod, plane) of each port in self.ports: whose the
         # port is, for the names its metrics and status rows carry
         self.owners: Dict[str, Tuple[str, str]] = {}
+        # (pod, plane) -> options of each vhost-user port: its link to the
+        # pod's socket is made again as the socket changes (repin_vhost),
+        # and the problem last logged for it
+        self._pins: Dict[Tuple[str, str], dict] = {}
+        self._pin_problems: Dict[Tuple[str, str], str] = {}
         self.adding: Set[str] = set()  # pods whose add runs now (under lock)
         # this node's pods as last recorded or read (pod_info, and when):
         # every change of them is made here, so a store that does not
@@ -1011,9 +1016,34 @@ class PodLife:
             )
             self.ports[host_ifname(name, e["plane"])] = port
             self.owners[host_ifname(name, e["plane"])] = (name, e["plane"])
+            if ps.kind == fastif.VHOST_USER:
+                self._pins[(name, e["plane"])] = dict(ps.options)
+                self._pin_problems.pop((name, e["plane"]), None)
             self._guard_port(port, e, allowed, dhcp_server)
             self.engine.fdb_add_local(net, e["mac"], port)
         return port
+
+    def repin_vhost(self):
+        """Each vhost-user port's link to its pod's socket made again to the
+        socket as it is now (:func:`dataplane.fastif.pin`): a pod whose
+        application restarted listens on a new one, which the core then
+        reconnects to; one whose path turned into something else (a link
+        to another socket) leaves the core nothing to connect to, logged.
+        The service calls this once a second."""
+        from . import fastif
+
+        with self.lock:
+            for key, opts in list(self._pins.items()):
+                problem = fastif.pin(self.config.pod_socket_dir, *key, opts)
+                was = self._pin_problems.get(key)
+                if problem == was:
+                    continue
+                if problem is None:
+                    self._pin_problems.pop(key, None)
+                    event("pod socket usable again", pod=key[0], plane=key[1])
+                else:
+                    self._pin_problems[key] = problem
+                    log.warning("%s", problem)
 
     def _guard_port(self, port: int, e, allowed=(), dhcp_server=False):
         """What pod port ``port`` (endpoint ``e``) may send: with the
@@ -1320,6 +1350,8 @@ class PodLife:
         with self.lock:
             port = self.ports.pop(host_ifname(name, plane), None)
             self.owners.pop(host_ifname(name, plane), None)
+            self._pins.pop((name, plane), None)
+            self._pin_problems.pop((name, plane), None)
             if port is not None:
                 self.before_port_removed(port)
             fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane, kind)

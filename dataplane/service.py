@@ -1034,6 +1034,8 @@ class NodeService:
                     "uplink check", self.check_uplink, "link event" if told else "periodic check"
                 )
                 self._periodic("pod link check", self._check_pod_links)
+                if self.pods is not None:
+                    self._periodic("vhost-user socket links", self.pods.repin_vhost)
                 if time.monotonic() >= reap_at:
                     reap_at = time.monotonic() + REAP_EVERY_S
                     self._periodic("housekeeping", self._reap)

@@ -417,6 +417,32 @@ def test_dpdk_pod_reconnects_after_service_kill(fabric, sockdir, kind):
         tp.quit()
 
 
+def test_vhost_user_pod_reconnects_after_its_application_restarts(fabric, sockdir):
+    """The pod's application (testpmd, virtio_user server) stops and a new
+    one listens on the same path - a new socket: the core, which connects
+    through its own link to the pod's socket, has that link pointed at the
+    new socket by the service and reconnects, the pod's address and port
+    unchanged."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    vpod = add_pod(fab, node, "v")
+    dpod = add_pod(fab, node, "d", "vhost-user")
+    vp, dp = vpod["planes"][0], dpod["planes"][0]
+    for round_ in ("a", "b"):
+        if os.path.lexists(dp["socket"]):
+            os.unlink(dp["socket"])  # as a restarting server does before it listens
+        tp = PodTestpmd(dpod["ns"], [client_vdev("vhost-user", dp)], fab.tmp, fwd="macswap")
+        try:
+            tp.link_up(0)
+            tp.start()
+            ok, got = wait_echo(vpod, vp, dp, round_)
+            assert ok, f"no echo from application {round_}: {got}\n{node.log()[-2000:]}"
+        finally:
+            tp.quit()
+    d = [p for p in node.api("GET", "/v1/pods") if p["name"] == f"{fab.tag}d"][0]["planes"][0]
+    assert (d["socket"], d["port"], d["ip"]) == (dp["socket"], dp["port"], dp["ip"])
+
+
 # ------------------------------------------------------------------- refusals
 def spec_with(iface):
     return {

@@ -7,7 +7,9 @@ dataplane/fastif.py): nothing outside it.
   of an engine in a child process, the swap made right after the port);
 * a vhost-user socket that is a symbolic link, or another user's socket:
   the core, which runs as root, does not connect to it (real net_vhost port;
-  a listener of the test's stands for another pod's or the host's socket);
+  a listener of the test's stands for another pod's or the host's socket),
+  also when the link is put there after the port was made: the core
+  connects through its own link to the pod's socket;
 * a re-attach that fails for one plane leaves the running pod's directory
   and its vhost-user socket alone, and the pod reconnects once the cause is
   gone (node service, dpdk-testpmd as the pod's virtio_user server);
@@ -170,6 +172,54 @@ def test_vhost_user_socket_that_is_a_link_or_not_the_pods_is_refused(eng, base, 
         mine.close()
     finally:
         other.close()
+
+
+@ROOT_ONLY
+def test_vhost_user_core_connects_only_through_its_own_link(eng, base, tmp_path):
+    """The port is made before the pod listens; the pod then puts a link
+    to another socket (the host's, another pod's) at its path: DPDK's
+    reconnection, which goes on by path every second, reaches only the
+    core's own hard link in root's directory, which the service points at
+    the pod's socket as it is (fastif.pin, once a second): never the
+    other socket. The pod's own socket is connected, also after its
+    application restarted on a new one; the port's removal removes the
+    core's link."""
+    from dataplane import fastif
+
+    eng.add_network(0, vni=100)
+    opts = {"uid": NOBODY, "gid": NOBODY}
+    path = fastif.socket_path(base, "p3", "std")
+    link = fastif.pin_path(base, "p3", "std")
+    other = _listener(tmp_path / "host.sock")  # root's, as a host daemon's
+    port, got = fastif.attach(eng, 0, "p3", "std", fastif.VHOST_USER, base, opts)
+    try:
+        assert got == path and not os.path.lexists(link)  # nothing to connect to yet
+        d = os.lstat(os.path.dirname(link))
+        assert (d.st_uid, stat.S_IMODE(d.st_mode)) == (0, 0o700)
+        os.symlink(tmp_path / "host.sock", path)
+        assert "is a symbolic link, not the pod's socket" in fastif.pin(base, "p3", "std", opts)
+        assert not _connected(other, 3.0), "the core connected through the pod's link"
+        assert not os.path.lexists(link)
+
+        os.unlink(path)
+        mine = _listener(path)
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        assert fastif.pin(base, "p3", "std", opts) is None
+        assert os.lstat(link).st_ino == os.lstat(path).st_ino
+        assert _connected(mine, 5.0)  # the pod's socket, through the core's link
+        assert not _connected(other, 0.5)
+
+        mine.close()  # the pod's application restarts: a new socket there
+        os.unlink(path)
+        again = _listener(path)
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        assert fastif.pin(base, "p3", "std", opts) is None
+        assert _connected(again, 5.0)
+        again.close()
+    finally:
+        fastif.detach(eng, port, base, "p3", "std", fastif.VHOST_USER)
+        other.close()
+    assert not os.path.lexists(link) and os.path.lexists(path)  # the pod's stays
 
 
 # --------------------------------------------------- a re-attach that fails
