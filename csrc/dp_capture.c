@@ -51,12 +51,13 @@ port_taken(const struct dp_capture *c, uint16_t pi)
 }
 
 void
-dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
-                 uint64_t tsc)
+dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
+                uint64_t tsc, struct dp_cap_held *h)
 {
+    h->c = c;
+    h->n = 0;
     if (!(c->dirs & dir) || !port_taken(c, pi))
         return;
-    uint64_t matched = 0, captured = 0, dropped = 0;
     if (tsc == 0)
         tsc = rte_rdtsc();
     /* a burst timed just before the capture's start (its rx time is read
@@ -71,12 +72,13 @@ dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **p
             if (r == 0)
                 continue;
         }
-        matched++;
         void *slot;
-        if (rte_ring_dequeue(c->free, &slot) != 0) {
-            dropped++;
+        if (rte_ring_dequeue(c->free, &slot) != 0)
+            slot = NULL; /* counted as dropped if the frame is handed over */
+        h->idx[h->n] = i;
+        h->slot[h->n++] = slot;
+        if (slot == NULL)
             continue;
-        }
         struct dp_cap_rec *rec = slot;
         uint32_t len = m->pkt_len < c->snaplen ? m->pkt_len : c->snaplen;
         const void *d = rte_pktmbuf_read(m, 0, len, rec + 1);
@@ -87,14 +89,49 @@ dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **p
         rec->caplen = len;
         rec->port = pi;
         rec->dir = (uint8_t)dir;
+    }
+}
+
+void
+dp_capture_release(struct dp_cap_held *h, uint16_t taken)
+{
+    struct dp_capture *c = h->c;
+    uint64_t matched = 0, captured = 0, dropped = 0;
+    for (uint16_t j = 0; j < h->n; j++) {
+        void *slot = h->slot[j];
+        if (h->idx[j] >= taken) {
+            if (slot != NULL) /* the free ring holds every slot: cannot fail */
+                (void)rte_ring_enqueue(c->free, slot);
+            continue;
+        }
+        matched++;
+        if (slot == NULL) {
+            dropped++;
+            continue;
+        }
         /* the full ring holds every slot: cannot fail */
         (void)rte_ring_enqueue(c->full, slot);
         captured++;
     }
+    h->n = 0;
     if (matched) {
         __atomic_fetch_add(&c->matched, matched, __ATOMIC_RELAXED);
         __atomic_fetch_add(&c->captured, captured, __ATOMIC_RELAXED);
         __atomic_fetch_add(&c->dropped, dropped, __ATOMIC_RELAXED);
+    }
+}
+
+void
+dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
+                 uint64_t tsc)
+{
+    struct dp_cap_held h;
+    if (tsc == 0)
+        tsc = rte_rdtsc();
+    for (uint16_t i = 0; i < n; i += DP_CAP_HOLD) {
+        uint16_t k = (uint16_t)RTE_MIN(n - i, DP_CAP_HOLD);
+        dp_capture_hold(c, pi, dir, pkts + i, k, tsc, &h);
+        dp_capture_release(&h, k);
     }
 }
 

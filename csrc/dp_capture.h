@@ -13,6 +13,8 @@
 
 #include <rte_mbuf.h>
 
+#include "dataplane.h" /* DP_CAP_RX, DP_CAP_TX */
+
 struct dp_capture;
 
 /* the running capture, NULL when none; published by dp_capture_start,
@@ -24,6 +26,31 @@ extern struct dp_capture *_Atomic dp_cap;
 void dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts,
                       uint16_t n, uint64_t tsc);
 
+/* the most frames one tx burst hands to a driver (dp_tx.h checks) */
+#define DP_CAP_HOLD 64
+
+/*
+ * A tx burst's records, copied before the driver takes the frames (it may
+ * free one at once) and handed to the reader once it says how many it took:
+ * the frames it did not take (tx_full) are not in the capture, since they
+ * never left.
+ */
+struct dp_cap_held {
+    struct dp_capture *c;
+    uint16_t n;                /* entries below */
+    uint16_t idx[DP_CAP_HOLD]; /* the frame's index in the burst */
+    void *slot[DP_CAP_HOLD];   /* its record; NULL: matched, no free record */
+};
+
+/* what matches of pkts[0..n) (n <= DP_CAP_HOLD) copied into records held
+ * in h, not yet handed over */
+void dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
+                     uint64_t tsc, struct dp_cap_held *h);
+
+/* the records of h's frames before index `taken` handed to the reader (and
+ * counted); those of the frames after it back to the free records */
+void dp_capture_release(struct dp_cap_held *h, uint16_t taken);
+
 /* stop a running capture, if any (shutdown) */
 void dp_capture_teardown(void);
 
@@ -34,6 +61,25 @@ dp_capture_tap(uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n, uint64_
     struct dp_capture *c = atomic_load_explicit(&dp_cap, memory_order_acquire);
     if (__builtin_expect(c != NULL, 0))
         dp_capture_burst(c, pi, dir, pkts, n, tsc);
+}
+
+/* in the worker, before a tx burst goes to port pi's driver: its frames
+ * copied into h if a capture runs (dp_capture_tx_done hands them over) */
+static inline void
+dp_capture_tap_tx(uint16_t pi, struct rte_mbuf **pkts, uint16_t n, struct dp_cap_held *h)
+{
+    struct dp_capture *c = atomic_load_explicit(&dp_cap, memory_order_acquire);
+    h->n = 0;
+    if (__builtin_expect(c != NULL, 0))
+        dp_capture_hold(c, pi, DP_CAP_TX, pkts, n, 0, h);
+}
+
+/* after it: the records of the frames the driver took (the first `taken`) */
+static inline void
+dp_capture_tx_done(struct dp_cap_held *h, uint16_t taken)
+{
+    if (__builtin_expect(h->n != 0, 0))
+        dp_capture_release(h, taken);
 }
 
 #endif /* DP_CAPTURE_H */

@@ -122,6 +122,9 @@ shm_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf 
     return (uint16_t)sent;
 }
 
+_Static_assert(DP_TXBUF <= DP_CAP_HOLD && DP_BURST * 2 <= DP_CAP_HOLD,
+               "a tx burst fits the capture's held records");
+
 /* hand n frames of `bytes` bytes to port p's driver; what it does not take is
  * freed and counted. Returns how many it took: the first ones of m (a kernel
  * port may still lose some of those, counted under kport_*) */
@@ -130,7 +133,11 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
         uint64_t bytes)
 {
     uint16_t sent;
-    dp_capture_tap(pi, DP_CAP_TX, m, n, 0); /* 0: the capture reads the clock */
+    /* copied before the driver may free them, handed to the capture once
+     * it says which it took (the first `sent`): a frame it refused never
+     * left, and is not shown leaving */
+    struct dp_cap_held cap;
+    dp_capture_tap_tx(pi, m, n, &cap);
     if (p->driver == DP_DRV_ETHDEV) {
         /* a checksum left partial by a kernel peer: an ethdev port takes no
          * partial checksum, so it is finished here (by a worker that has
@@ -139,8 +146,11 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
             for (uint16_t i = 0; i < n; i++)
                 if (unlikely(dp_csum_partial(m[i])))
                     dp_csum_complete(m[i]);
-        if (unlikely(p->shm))
-            return shm_tx(w, p, pi, m, n, bytes);
+        if (unlikely(p->shm)) {
+            sent = shm_tx(w, p, pi, m, n, bytes);
+            dp_capture_tx_done(&cap, sent);
+            return sent;
+        }
         /* a queue per worker, or queue 0 shared by all under the port's
          * lock (worker 0 too: lock-free it would race the others there) */
         if (likely(p->n_txq >= dp.n_workers)) {
@@ -160,9 +170,11 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
         tx_done(w, pi, m, n, sent, bytes);
         w->port[pi][DP_PORT_TX_PACKETS] -= lost;
         w->port[pi][DP_PORT_TX_BYTES] -= lost_bytes;
+        dp_capture_tx_done(&cap, sent);
         return sent;
     }
     tx_done(w, pi, m, n, sent, bytes);
+    dp_capture_tx_done(&cap, sent);
     return sent;
 }
 

@@ -530,7 +530,8 @@ class _Planes:
     ):
         """Plane ``plane`` (0..DP_MAX_PLANES-1): strict ``priority`` (higher
         first), guaranteed/maximum rate on shaped ports (bit/s, 0 = none),
-        queue length (frames, power of two), outer DSCP to mark (None: copy
+        queue length (frames, power of two; the queues of ports shaped from
+        now on: a port shaped already keeps its own), outer DSCP to mark (None: copy
         the inner one), a worker of its own for its pod ports (None: shared),
         and with it rx queue ``rx_queue`` (1..) of every port that has it.
         Rates change at once, while traffic flows; a queue changes workers

@@ -3,6 +3,8 @@ match a pcap filter are copied out, nothing is taken from forwarding, a
 capture that cannot keep up counts what it missed, and bad requests change
 nothing."""
 
+import time
+
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -108,3 +110,32 @@ def test_stop_hands_over_every_record_the_capture_took(eng):
     got, st = eng.capture_stop()
     assert [r[4] for r in got] == [bytes(f) for f in frames]
     assert st == {"matched": 40, "captured": 40, "dropped": 0, "queued": 0}
+
+
+def test_tx_capture_shows_only_the_frames_the_driver_took(eng):
+    """A port whose driver refuses frames (its ring full, nobody reading
+    it: tx_full): the tx capture has the frames that left, in order, and
+    not the ones dropped - a capture shows what went out."""
+    t = Topo(eng)
+    small = eng.add_ring_port("s", size=64)
+    eng.set_port_network(small, 0)
+    mac = "02:00:00:00:00:5a"
+    eng.fdb_add_local(0, mac, small)
+    frames = [udp_frame(src=A, dst=mac, sport=100 + i) for i in range(200)]
+    c0 = eng.counters()
+    eng.capture_start([small], "tx", "")
+    try:
+        t.send(t.a, *frames)
+        for _ in range(200):  # until the worker has taken all 200
+            c = eng.counters().since(c0)
+            if c.port_dict(t.a)["rx_packets"] == 200:
+                break
+            time.sleep(0.01)
+    finally:
+        got, st = eng.capture_stop()
+    c = eng.counters().since(c0)
+    left = c.port_dict(small)["tx_packets"]
+    assert 0 < left < 200 and c.drops()["tx_full"] == 200 - left, (left, c.drops())
+    assert [r[4] for r in got] == [bytes(f) for f in frames[:left]]
+    assert st == {"matched": left, "captured": left, "dropped": 0, "queued": 0}
+    assert [bytes(f) for f in eng.collect(small, wait=0.5, expect=left)] == [r[4] for r in got]
