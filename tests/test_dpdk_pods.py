@@ -139,7 +139,13 @@ class PodTestpmd:
                 env=env,
                 restore_signals=False,
             )
-        self.wait_for("testpmd>", 30)
+        try:
+            self.wait_for("testpmd>", 30)
+        except BaseException:  # no prompt: nothing of it outlives the test
+            self.p.kill()
+            self.p.wait()
+            self.quit()
+            raise
 
     def text(self):
         return self.log.read_text(errors="replace")
