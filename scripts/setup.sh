@@ -59,7 +59,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2
     rm -rf .venv
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"  # build.py run by hand (A/B builds) reads pyproject.toml
 .venv/bin/python -m pip install -q -e ".[test]"
 # byte-compiled once here: an editable install is compiled on first import,
 # but not where PYTHONDONTWRITEBYTECODE is set, and then every start of the
