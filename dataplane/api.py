@@ -12,7 +12,8 @@ Every request is answered with JSON: the handler's value with 200, or
 :data:`REQUEST_TIMEOUT_S`), 409 (exists, busy), 411 (no Content-Length with
 a body), 413 (a body over :data:`MAX_BODY_BYTES`), 431 (a request head over
 :data:`MAX_HEAD_BYTES`), 503 (more than :data:`MAX_CONNECTIONS` at once; or,
-with ``"unavailable": true``, the state store does not answer) or 500. One
+with ``"unavailable": true``, the state store does not answer, or refuses the
+node: ``"refused": true``) or 500. One
 request per connection. A refused request changes nothing.
 """
 
@@ -32,7 +33,15 @@ import urllib.parse
 from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
 from .checks import brief, check_keys, fail, load_json_object
-from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, Unavailable
+from .errors import (
+    AlreadyExists,
+    Busy,
+    ConfigError,
+    DataplaneError,
+    NotFound,
+    Refused,
+    Unavailable,
+)
 
 Handler = Callable[[dict, dict], object]
 
@@ -366,6 +375,8 @@ class APIServer:
                     return self._reply(400, {"error": str(e)})
                 except Unavailable as e:  # the store: the request may succeed later
                     return self._reply(503, {"error": str(e), "unavailable": True})
+                except Refused as e:  # the store refuses the node: once access is given
+                    return self._reply(503, {"error": str(e), "unavailable": True, "refused": True})
                 except DataplaneError as e:
                     return self._reply(500, {"error": str(e)})
                 except Exception as e:  # noqa: BLE001 - report, keep serving

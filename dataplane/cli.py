@@ -96,12 +96,22 @@ def _print(obj, as_json):
     print(json.dumps(obj, indent=2))
 
 
+def _store_state(note: str) -> str:
+    """The heading for a store that cannot serve this node (``note``: a
+    view's store_error, or status's)."""
+    return (
+        "STORE REFUSES THIS NODE"
+        if "refuses this node" in note or "refuses the request" in note
+        else "STORE DOES NOT ANSWER"
+    )
+
+
 def _store_note(rows) -> None:
     """A view answered without the store: say so first, once (every row
     carries the same ``store_error``)."""
     note = next((r["store_error"] for r in rows if r.get("store_error")), None)
     if note:
-        print(f"STORE DOES NOT ANSWER: {note}")
+        print(f"{_store_state(note)}: {note}")
 
 
 def _print_plane_kind(p):
@@ -261,8 +271,13 @@ def cmd_status(args):
     if st.get("store_error"):
         last = store.get("last_answer")
         print(
-            f"  STORE DOES NOT ANSWER ({store.get('where') or 'store'}): {st['store_error']}"
-            + (f"; last answered {max(0.0, time.time() - last):.0f} s ago" if last else "")
+            f"  {_store_state(st['store_error'])} ({store.get('where') or 'store'}): "
+            f"{st['store_error']}"
+            + (
+                f"; last answered {max(0.0, time.time() - last):.0f} s ago"
+                if last and not store.get("refuses")
+                else ""
+            )
         )
         print(
             "    "

@@ -44,6 +44,13 @@ class Unavailable(DataplaneError):
     ``"unavailable": true``, the CNI plugin code 11 (try again later)."""
 
 
+class Refused(DataplaneError):
+    """Something the request needs (the state store) answered and refused
+    it: an etcd whose access control does not let this node in (auth
+    enabled, a role revoked), or that refuses the request itself. Unlike
+    :class:`Unavailable` it fails again until an operator changes that."""
+
+
 class EALError(DataplaneError):
     """DPDK's environment (EAL) could not be started or is in the wrong state."""
 

@@ -218,7 +218,8 @@ class CoreCollector:
         )
         yield GaugeMetricFamily(
             "dataplane_store_up",
-            "1 if the state store (SQLite file or etcd) answered this scrape, else 0",
+            "1 if the state store (SQLite file or etcd) answered this scrape, else 0 "
+            "(it does not answer, or refuses this node: 'dataplane status' says which)",
             value=0 if snap.store_error else 1,
         )
 

@@ -1665,7 +1665,7 @@ class PodLife:
                     return [
                         self.pod_info(p["name"]) for p in self.store.pods(node=self.config.node)
                     ]
-            except ConnectionError as e:  # EtcdUnavailable
+            except reach.NOT_SERVED as e:
                 err = str(e)
         msg = reach.down_message(
             self.store,

@@ -644,7 +644,7 @@ class NodeService:
             try:
                 with reach.bounded(store):
                     return store_counts(self.config, store)
-            except ConnectionError as e:  # EtcdUnavailable
+            except reach.NOT_SERVED as e:
                 err = str(e)
         return None, None, err
 
@@ -658,6 +658,8 @@ class NodeService:
             "kind": store.kind if store else None,
             "where": reach.where(store) if store else None,
             "answers": error is None,
+            # it answers, but not to this node (access control): error says why
+            "refuses": error is not None and reach.refuses(error),
             "error": error,
             "last_answer": reach.last_answer(store),
             "cluster_view_synced": sync.synced_at if sync is not None else None,

@@ -18,6 +18,7 @@ from .checks import (
 )
 from .engine import WORKER_COUNTERS, lib
 from .hosts import is_static
+from .store import reach
 
 
 def store_counts(config, store):
@@ -31,7 +32,7 @@ def store_counts(config, store):
             if e["pod"] in here:
                 pods.setdefault(e["network"], set()).add(e["pod"])
             eps[e["network"]] = eps.get(e["network"], 0) + 1
-    except ConnectionError as e:  # EtcdUnavailable
+    except reach.NOT_SERVED as e:
         return None, None, str(e)
     return pods, eps, None
 

@@ -13,8 +13,10 @@ import time
 import uuid
 
 import pytest
+import requests
 from test_service import IT_SPEC, Node
 
+from dataplane.api import APIError
 from dataplane.store.etcd import EtcdStore
 from tests.etcdhost import EtcdServer, have_etcd
 
@@ -68,21 +70,25 @@ def timed_cli(node, *args):
     return r, time.monotonic() - t
 
 
-def check_views_without_store(node, srv, info, why):
+def check_views_without_store(node, srv, info, why, refused=False):
     """What the views say while etcd does not answer (``why``: the words
-    for the failure, e.g. 'connection refused')."""
+    for the failure, e.g. 'connection refused'), or with ``refused``
+    answers this node with an error (its access control)."""
     mac = info["planes"][0]["mac"]
-    down = f"the store (etcd {srv.url}) does not answer ({why}"
+    state = "refuses this node's requests" if refused else "does not answer"
+    heading = "STORE REFUSES THIS NODE" if refused else "STORE DOES NOT ANSWER"
+    down = f"the store (etcd {srv.url}) {state} ({why}"
 
     # status answers, with the core's counters, and says the store does not
     r, took = timed_cli(node, "status")
     assert r.returncode == 0, r.stderr
     assert took < ETCD_TIMEOUT_S, took
-    assert f"STORE DOES NOT ANSWER (etcd {srv.url})" in r.stdout, r.stdout
+    assert f"{heading} (etcd {srv.url})" in r.stdout, r.stdout
     assert "pod counts per network are unknown" in r.stdout, r.stdout
     st = node.api("GET", "/v1/status")
     assert st["forwarding"] is True and why in st["store_error"], st
     assert st["store"]["answers"] is False and st["store"]["where"] == f"etcd {srv.url}"
+    assert st["store"]["refuses"] is refused, st["store"]
     assert all(n["pods"] is None for n in st["networks"]), st
 
     # the FDB: the core's entries; this node's pod as its own, the host as
@@ -91,7 +97,7 @@ def check_views_without_store(node, srv, info, why):
     assert r.returncode == 0, r.stderr
     assert took < ETCD_TIMEOUT_S, took
     lines = r.stdout.splitlines()
-    assert lines[0].startswith(f"STORE DOES NOT ANSWER: {down}"), r.stdout
+    assert lines[0].startswith(f"{heading}: {down}"), r.stdout
     assert "may be stale" in lines[0] and "the core forwards on" in lines[0], lines[0]
     assert lines[1].split() == ["NETWORK", "MAC", "TYPE", "TO", "ORIGIN", "WHOSE"], r.stdout
     assert any(
@@ -112,7 +118,7 @@ def check_views_without_store(node, srv, info, why):
     r, took = timed_cli(node, "fdb", "summary")
     assert r.returncode == 0 and took < ETCD_TIMEOUT_S, r.stderr
     out = r.stdout.splitlines()
-    assert out[0].startswith(f"STORE DOES NOT ANSWER: {down}"), r.stdout
+    assert out[0].startswith(f"{heading}: {down}"), r.stdout
     assert out[2].split()[:5] == ["net1", "1", "0", "0", "1"], r.stdout  # pod, host
     summary = node.api("GET", "/v1/fdb/summary")
     assert all(down in s["store_error"] for s in summary), summary
@@ -122,7 +128,7 @@ def check_views_without_store(node, srv, info, why):
     r, took = timed_cli(node, "pod", "list")
     assert r.returncode == 0 and took < ETCD_TIMEOUT_S, r.stderr
     out = r.stdout.splitlines()
-    assert out[0].startswith(f"STORE DOES NOT ANSWER: {down}"), r.stdout
+    assert out[0].startswith(f"{heading}: {down}"), r.stdout
     assert "none is left out" in out[0], out[0]
     assert out[1].startswith("vwa  netns=") and "state=ready" in out[1], r.stdout
     assert "vwother" not in r.stdout and "vwhost" not in r.stdout
@@ -187,6 +193,75 @@ def test_views_answer_while_etcd_is_stopped_or_hung(setup):
         time.sleep(0.1)
     assert not any("store_error" in r or "stale" in r for r in rows), rows
     assert "store_error" not in node.api("GET", "/v1/pods")[0]
+
+
+def _etcd_auth(srv, on: bool):
+    """Switch etcd's access control on (a root user, no user for the node:
+    every request of the node is refused, 'user name is empty') or off
+    again, through its own API, as an operator would with etcdctl."""
+
+    def call(path, body, token=None):
+        headers = {"Authorization": token} if token else {}
+        r = requests.post(f"{srv.url}/v3/{path}", json=body, headers=headers, timeout=10)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
+
+    if on:
+        call("auth/role/add", {"name": "root"})
+        call("auth/user/add", {"name": "root", "password": "dptest"})
+        call("auth/user/grant", {"user": "root", "role": "root"})
+        call("auth/enable", {})
+    else:
+        token = call("auth/authenticate", {"name": "root", "password": "dptest"})["token"]
+        call("auth/disable", {}, token)
+
+
+def test_views_answer_while_etcd_refuses_the_node(setup):
+    """An etcd that answers but refuses the node (access control switched
+    on without a user for it): the views answer as while it is down, and
+    say that it refuses and etcd's reason, not that it does not answer;
+    once access is back, nothing is said any more."""
+    node, srv, es, info = setup
+    assert node.api("GET", "/v1/status")["store"]["refuses"] is False
+    _etcd_auth(srv, True)
+    try:
+        why = "kv/range: etcdserver: user name is empty"
+        check_views_without_store(node, srv, info, why, refused=True)
+        # the cluster watch finds it at its next heartbeat, and resynchronises
+        # once a second meanwhile, forwarding on
+        log = node.tmp / "service.log"
+        for _ in range(200):
+            if "cluster watch ended (etcd" in log.read_text():
+                break
+            time.sleep(0.1)
+        assert "user name is empty" in log.read_text().split("cluster watch ended")[1]
+        # pods cannot be added meanwhile: refused at once, saying why
+        with pytest.raises(APIError) as e:
+            node.pod("vwb", IT_SPEC)
+        assert e.value.status == 503 and e.value.unavailable, e.value  # CNI: try again later
+        assert f"etcd {srv.url} refuses the request (" in str(e.value), e.value
+        assert "user name is empty" in str(e.value), e.value
+        url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+        assert "\ndataplane_store_up 0.0\n" in requests.get(url, timeout=10).text
+    finally:
+        _etcd_auth(srv, False)
+    for _ in range(100):
+        st = node.api("GET", "/v1/status")
+        if st["store"]["answers"]:
+            break
+        time.sleep(0.1)
+    assert st["store_error"] is None and st["store"]["refuses"] is False, st
+    assert {n["name"]: n["pods"] for n in st["networks"]} == {"net1": 1, "net2": 0}
+    assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["vwa"]
+    # the cluster view follows the store again: a host described now arrives
+    es.put_static_endpoint("vwhost2", "net1", "02:00:00:0a:77:02", "192.168.50.202", HOST_VTEP)
+    for _ in range(100):
+        if any(r["mac"] == "02:00:00:0a:77:02" for r in node.api("GET", "/v1/fdb")):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the cluster view did not resume after access came back")
+    assert "Traceback" not in log.read_text()
 
 
 def test_started_log_counts_this_nodes_pods(setup):

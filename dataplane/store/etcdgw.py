@@ -86,7 +86,7 @@ import etcd3gw
 import etcd3gw.exceptions as etcd_exc
 import requests
 
-from ..errors import Busy, ConfigError, DataplaneError, Unavailable
+from ..errors import Busy, ConfigError, DataplaneError, Refused, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,23 @@ MAX_ATTEMPTS = 500
 
 class EtcdUnavailable(Unavailable, ConnectionError):
     """No etcd endpoint answered (stopped, unreachable, no leader, timed out)."""
+
+
+class EtcdRefused(Refused):
+    """An etcd member answered with an error: the node is not authorised
+    (auth enabled, its user or role taken away) or the request was refused."""
+
+
+def _refusal(e: "etcd_exc.Etcd3Exception") -> str:
+    """etcd's own words for an error answer (the gRPC gateway's JSON body:
+    'etcdserver: permission denied'), else the HTTP reason."""
+    text = (e.detail_text or "").strip()
+    try:
+        body = json.loads(text)
+        text = str(body.get("message") or body.get("error") or text)
+    except (ValueError, AttributeError):
+        pass
+    return text or (str(e.args[0]) if e.args else "") or type(e).__name__
 
 
 class EtcdCompacted(DataplaneError):
@@ -692,8 +709,10 @@ class EtcdGateway:
                     self._pass_over(i)
                     continue
                 except etcd_exc.Etcd3Exception as e:
-                    raise DataplaneError(
-                        f"etcd {self.urls[i]}: {path} failed: {(e.detail_text or str(e)).strip()}"
+                    # answered, with an error: the next member would say the same
+                    self.last_answer = time.time()
+                    raise EtcdRefused(
+                        f"etcd {self.urls[i]} refuses the request ({path}: {_refusal(e)})"
                     ) from None
                 except (requests.exceptions.RequestException, ValueError) as e:
                     # the answer cut off (ChunkedEncodingError), undecodable

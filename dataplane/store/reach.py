@@ -18,7 +18,7 @@ A SQLite store is a local file: it always answers, and nothing is bounded.
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Optional, TypeVar
 
-from ..errors import Unavailable
+from ..errors import Refused, Unavailable
 
 #: how long a view waits for the store to answer a probe (seconds)
 PROBE_WAIT_S = 1.0
@@ -28,8 +28,15 @@ VIEW_WAIT_S = 2.0
 T = TypeVar("T")
 
 
+#: what a store's request raises when the store cannot serve the node: it
+#: does not answer (EtcdUnavailable, a ConnectionError) or it refuses the
+#: node (EtcdRefused: access control)
+NOT_SERVED = (ConnectionError, Refused)
+
+
 class StoreDown(Unavailable):
-    """The state store does not answer, and the view needs it."""
+    """The state store does not answer, or refuses this node, and the view
+    needs it."""
 
 
 def where(store) -> str:
@@ -60,7 +67,7 @@ def probe(store, seconds: float = PROBE_WAIT_S) -> Optional[str]:
         with gw.bounded(seconds):
             gw.ping(store.prefix)
         return None
-    except ConnectionError as e:  # EtcdUnavailable
+    except NOT_SERVED as e:
         return str(e)
 
 
@@ -69,10 +76,20 @@ def last_answer(store) -> Optional[float]:
     return getattr(getattr(store, "client", None), "last_answer", None)
 
 
+def refuses(error: str) -> bool:
+    """Is ``error`` (a probe's or a request's message) the store refusing
+    this node, rather than not answering?"""
+    return "refuses the request" in error
+
+
 def why(error: str) -> str:
     """What failed, from the store's message ('etcd URL does not answer
-    (connection refused: ...)' -> 'connection refused: ...')."""
-    head, sep, rest = error.partition("does not answer")
+    (connection refused: ...)' -> 'connection refused: ...'; 'etcd URL
+    refuses the request (kv/range: etcdserver: permission denied)' ->
+    'kv/range: etcdserver: permission denied')."""
+    head, sep, rest = error.partition(
+        "refuses the request" if refuses(error) else "does not answer"
+    )
     rest = rest.strip(" :") if sep else error
     if rest.startswith("(") and rest.endswith(")") and rest.count("(") == 1:
         rest = rest[1:-1]
@@ -80,18 +97,20 @@ def why(error: str) -> str:
 
 
 def down_message(store, error: str, consequence: str) -> str:
-    """'the store (etcd URL) does not answer (WHY): CONSEQUENCE'."""
-    return f"the store ({where(store)}) does not answer ({why(error)}): {consequence}"
+    """'the store (etcd URL) does not answer (WHY): CONSEQUENCE', or 'the
+    store (etcd URL) refuses this node's requests (WHY): CONSEQUENCE'."""
+    state = "refuses this node's requests" if refuses(error) else "does not answer"
+    return f"the store ({where(store)}) {state} ({why(error)}): {consequence}"
 
 
 @contextmanager
 def required(store, consequence: str):
     """A block whose store requests wait as long as the store's own
     timeout; if the store does not answer, :class:`StoreDown` saying
-    ``consequence`` (what was not done)."""
+    ``consequence`` (what was not done); the same if it refuses this node."""
     try:
         yield
-    except ConnectionError as e:  # EtcdUnavailable
+    except NOT_SERVED as e:
         raise StoreDown(down_message(store, str(e), consequence)) from None
 
 
