@@ -241,6 +241,10 @@ class NodeService:
                 log.warning(w)
             for n in cfg.networks:
                 self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
+            # the config's advice as the machine is before the core starts:
+            # DPDK's EAL narrows this thread to the main lcore's CPU and takes
+            # hugepages, so afterwards lcores and memory_mb would seem not to fit
+            advice = cfg.advice()
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs(), log_json=True))
             self._setup_core()
             self._open_express()
@@ -325,7 +329,7 @@ class NodeService:
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)),
                 extra={"fields": {"previous_pid": pid}},
             )
-        for a in cfg.advice():
+        for a in advice:
             log.warning(a)
 
     def _tunnel_gso(self, ifname: str):

@@ -161,6 +161,16 @@ def node(tmp_path):
         yield n
 
 
+def test_start_gives_no_advice_for_a_config_that_fits(node):
+    """The node's config uses CPUs 0 and 1 and 256 MB: no warning at start
+    that they are absent or too many, as once there was - the advice was
+    taken after DPDK's EAL had narrowed the main thread to CPU 0."""
+    assert {0, 1} <= os.sched_getaffinity(0), "the test machine has CPUs 0 and 1"
+    log = (node.tmp / "service.log").read_text()
+    assert "node service started" in log
+    assert "lcores:" not in log and "memory_mb:" not in log, log
+
+
 def uplink_problem(node, words, tries=200):
     """The service's uplink_problem once it holds ``words`` (None: once it
     is clear); the service looks once a second."""
