@@ -26,7 +26,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from .checks import format_mac, parse_mac
 from .config import NodeConfig
-from .errors import ConfigError, DataplaneError, NotFound
+from .errors import ConfigError, DataplaneError, NotFound, Refused
 from .logs import event
 
 log = logging.getLogger("dataplane")
@@ -406,6 +406,8 @@ class ClusterSync:
                         "most (attempt %d)",
                         "the core failed to take the cluster view (the store answers)"
                         if isinstance(e, CoreFailed)
+                        else "cluster store refuses this node"
+                        if isinstance(e, Refused)
                         else "cluster store unavailable",
                         e,
                         SYNC_RETRY_MAX,

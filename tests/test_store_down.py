@@ -235,6 +235,12 @@ def test_views_answer_while_etcd_refuses_the_node(setup):
                 break
             time.sleep(0.1)
         assert "user name is empty" in log.read_text().split("cluster watch ended")[1]
+        for _ in range(50):  # its first retry, logged
+            if "cluster store refuses this node (etcd" in log.read_text():
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"no retry logged: {log.read_text()[-2000:]}")
         # pods cannot be added meanwhile: refused at once, saying why
         with pytest.raises(APIError) as e:
             node.pod("vwb", IT_SPEC)
