@@ -144,7 +144,7 @@ class Attachments:
         # under the pods' lock from the check to the pod: a DEL or GC of the
         # same attachment (which takes it too) cannot fall between its record
         # and its pod, nor a failed ADD's clean-up remove another ADD's record
-        with reach.required(self.store, NOT_ATTACHED), self.pods.lock:
+        with reach.required(self.store, NOT_ATTACHED), self.pods.txn:
             if self.store.attachment(name) is not None:
                 pod = self.store.pod(name)
                 if pod and not self.pods.leftover(pod):
@@ -207,7 +207,7 @@ class Attachments:
     def _remove(self, name: str) -> bool:
         """Detach attachment ``name``'s pod and forget both; False if
         neither was recorded."""
-        with self.pods.lock:  # not between another request's record and its pod
+        with self.pods.txn:  # not between another request's record and its pod
             pod = self.store.pod(name)
             if pod:
                 try:

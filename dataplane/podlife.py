@@ -289,8 +289,16 @@ class PodLife:
     """The pods of node ``config.node``: their records in ``store``, their
     interfaces (netlink) and their ports in ``engine``. Changes to the
     engine's tables are made under ``lock``; ``networks`` maps a network's
-    name to the core's index. ``on_removed()`` is called (under ``lock``)
-    after a pod was deleted: a remote endpoint may have its MAC again."""
+    name to the core's index. ``on_removed()`` is called (under ``txn``)
+    after a pod was deleted: a remote endpoint may have its MAC again.
+
+    Two locks, always taken in this order: ``txn``, one pod transaction at
+    a time (add, delete, a restore, the housekeeping's removals, a CNI
+    attachment), held across the store's requests; and ``lock``, the
+    engine's, held only while a port and its tables are made or removed
+    (each seen whole or not at all). The views and the cluster view's sync
+    take ``lock`` alone, so they do not wait for a store that a
+    transaction waits on (a hung etcd: up to its request timeout)."""
 
     def __init__(
         self,
@@ -305,6 +313,7 @@ class PodLife:
         self.store = store
         self.engine = engine
         self.lock = lock
+        self.txn = threading.RLock()  # before ``lock``, never after it
         self.networks = networks
         self.on_removed = on_removed
         self.ports: Dict[str, int] = {}  # host_ifname -> core port
@@ -316,7 +325,7 @@ class PodLife:
         # and the problem last logged for it
         self._pins: Dict[Tuple[str, str], dict] = {}
         self._pin_problems: Dict[Tuple[str, str], str] = {}
-        self.adding: Set[str] = set()  # pods whose add runs now (under lock)
+        self.adding: Set[str] = set()  # pods whose add runs now (under txn)
         # this node's pods as last recorded or read (pod_info, and when):
         # every change of them is made here, so a store that does not
         # answer leaves nothing out of it (list_pods, the FDB's annotations)
@@ -596,7 +605,7 @@ class PodLife:
             n = self.config.network(e["network"])
             spec = pod.get("spec") or {}
             allowed = (spec.get("allowed_addresses") or {}).get(plane, ())
-            with self.lock:
+            with self.txn:
                 self._drop_port(hif)  # the port of the interface that went
                 self._make_veth(name, pod["netns"], p, n, e["mac"], e["ip"], self.store_mark())
                 try:
@@ -712,8 +721,8 @@ class PodLife:
         """Look at the pod ends of a few of the ready pods ``alive`` (their
         namespace and veths there), in turn from round to round (at most
         POD_ENDS_PER_ROUND planes), and restore what an add made of them and
-        is gone (:meth:`_restore_pod_end`). The look is made without the
-        lock; a restore under it, on the pod's record read again."""
+        is gone (:meth:`_restore_pod_end`). The look is made without
+        ``txn``; a restore under it, on the pod's record read again."""
         from .podnet import pod_ends_lacking
 
         if not alive:
@@ -752,7 +761,7 @@ class PodLife:
         lacking = pod_ends_lacking(pod["netns"], list(ends.values())) if ends else {}
         if not lacking:
             return len(ends)
-        with self.lock:  # a delete and re-add meanwhile: the record again
+        with self.txn:  # a delete and re-add meanwhile: the record again
             now = self.store.pod(pod["name"])
             if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
                 return len(ends)
@@ -845,7 +854,7 @@ class PodLife:
         self._check_pod_ends(alive)
         from . import vf as vfs
 
-        vfs.sweep(self.store, self.lock)
+        vfs.sweep(self.store, self.txn)
         return removed
 
     @staticmethod
@@ -873,7 +882,7 @@ class PodLife:
             if pod["name"] in self.unattached:
                 self._reattach_again(pod)
             return False
-        with self.lock:  # again under the lock: a delete and re-add meanwhile
+        with self.txn:  # again under txn: a delete and re-add meanwhile
             now = self.store.pod(pod["name"])
             if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
                 return False
@@ -891,9 +900,9 @@ class PodLife:
         return True
 
     def _reattach_again(self, pod):
-        """One more try at pod ``pod`` a replay could not attach (under the
-        lock: a delete meanwhile wins)."""
-        with self.lock:
+        """One more try at pod ``pod`` a replay could not attach (under
+        ``txn``: a delete meanwhile wins)."""
+        with self.txn:
             now = self.store.pod(pod["name"])
             if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
                 return
@@ -906,7 +915,7 @@ class PodLife:
         """Whether store record ``pod`` is what an add or a delete of this
         node left when the store failed during it: 'pending' or 'deleting',
         this node's, and no add of it running now in this process (an add
-        holds the lock throughout; a restart's replay removes the records
+        holds ``txn`` throughout; a restart's replay removes the records
         of adds and deletes the previous run left)."""
         return (
             pod is not None
@@ -917,10 +926,10 @@ class PodLife:
 
     def _remove_leftover(self, pod, by: str) -> bool:
         """Remove leftover ``pod`` (see :meth:`leftover`) if it still is one,
-        under the lock: whatever of it is still on the node, then its
+        under ``txn``: whatever of it is still on the node, then its
         records. Whether it was removed; the store's error if it fails."""
         name = pod["name"]
-        with self.lock:
+        with self.txn:
             now = self.store.pod(name)
             if not self.leftover(now) or now.get("created") != pod.get("created"):
                 return False
@@ -1086,7 +1095,7 @@ class PodLife:
         for p in ps.planes:
             check_node_can(p.kind, p.plane)
         node = self.config.node
-        with self.lock:
+        with self.txn:
             same = self._repeated(name, netns, ps)
             if same is not None:  # the add was done before: nothing to do
                 event("pod add repeated: unchanged", pod=name, netns=netns)
@@ -1158,7 +1167,7 @@ class PodLife:
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
                 self.store.set_pod_state(name, "ready")
-                # remembered under the lock: a delete right after the add
+                # remembered under txn: a delete right after the add
                 # cannot be undone by a late write of the pod into ``known``
                 info = self.pod_info(name, remember=True)
             except BaseException as e:
@@ -1555,7 +1564,7 @@ class PodLife:
         pod is deleted: if only the removal of its records fails, the answer
         says so in ``records_left`` and the housekeeping (:meth:`reap`)
         removes them once the store answers."""
-        with self.lock:
+        with self.txn:
             pod = self.store.pod(name)
             if not pod:
                 raise NotFound(f"pod {name} is not attached to this node")

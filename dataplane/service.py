@@ -17,6 +17,7 @@ forwarding again as soon as its ports are back.
 """
 
 import collections
+import contextlib
 import errno
 import os
 import signal
@@ -169,7 +170,7 @@ class NodeService:
         self._reload_lock = threading.Lock()  # one reload at a time (API, SIGHUP)
         self._reload_asked = False  # SIGHUP came: the main loop reloads
         self.registry = registry
-        self.lock = threading.RLock()  # guards the engine's tables
+        self.lock = threading.RLock()  # guards the engine's tables (PodLife: and its txn lock)
         self.engine = None
         self.captures = None
         self.store: Optional[StateStore] = None
@@ -717,6 +718,11 @@ class NodeService:
             vteps = self._live_engine().flood_list(self.net_index[network])
         return [{"vtep": ip, "resolved": ok} for ip, ok in vteps]
 
+    def _pod_txn(self):
+        """The pods' transaction lock (taken before ``self.lock``, never
+        after it: dataplane.podlife.PodLife), or nothing before there are pods."""
+        return self.pods.txn if self.pods is not None else contextlib.nullcontext()
+
     def _live_engine(self):
         """The engine, with self.lock held; NotFound while the service stops."""
         if self.engine is None:
@@ -885,7 +891,8 @@ class NodeService:
         if self.store.kind != "sqlite":  # another node's records, not under the engine's lock
             removed = self.store.remove_node(name)
         else:
-            with self.lock:  # the file answers at once; no pod add of this node in between
+            # the file answers at once; no pod add of this node in between
+            with self._pod_txn(), self.lock:
                 removed = self.store.remove_node(name)
                 removed["veths"] = len(self._remove_veths_of(name))
         event("node removed", node=name, **removed)
@@ -977,7 +984,7 @@ class NodeService:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
             self.metrics_server = None
-        with self.lock:
+        with self._pod_txn(), self.lock:  # after the pod transaction under way, if any
             if self.engine:
                 # the express lane's programs stay on the pods' veths: pods
                 # of this node keep reaching each other while the service is

@@ -9,6 +9,7 @@ consequence, not urllib3's text."""
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 
@@ -193,6 +194,39 @@ def test_views_answer_while_etcd_is_stopped_or_hung(setup):
         time.sleep(0.1)
     assert not any("store_error" in r or "stale" in r for r in rows), rows
     assert "store_error" not in node.api("GET", "/v1/pods")[0]
+
+
+def test_views_do_not_wait_for_a_pod_add_that_waits_on_etcd(setup):
+    """A pod add that waits on a hung etcd (up to its request timeout)
+    holds the pods' transaction lock, not the core's: status, the FDB, the
+    pod list and a metrics scrape answer meanwhile, the add still waiting;
+    once etcd is back the add completes."""
+    node, srv, es, info = setup
+    srv.pause()
+    added = {}
+
+    def add():
+        try:
+            added["info"] = node.pod("vwb", IT_SPEC)
+        except Exception as e:  # noqa: BLE001 - the test says what went wrong
+            added["error"] = e
+
+    adding = threading.Thread(target=add)
+    try:
+        adding.start()
+        time.sleep(0.5)  # the add is at its first request to etcd, which waits
+        st = node.api("GET", "/v1/status")
+        assert st["store"]["answers"] is False and "no answer within" in st["store_error"]
+        assert any(r["mac"] == info["planes"][0]["mac"] for r in node.api("GET", "/v1/fdb"))
+        assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["vwa"]
+        url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+        assert "\ndataplane_store_up 0.0\n" in requests.get(url, timeout=30).text
+        assert adding.is_alive(), f"the add ended before the views answered: {added}"
+    finally:
+        srv.resume()
+        adding.join(60)
+    assert "info" in added, added  # etcd answered again within the add's timeout
+    assert sorted(p["name"] for p in node.api("GET", "/v1/pods")) == ["vwa", "vwb"]
 
 
 def _etcd_auth(srv, on: bool):
