@@ -86,22 +86,25 @@ class Captures:
         pod, colon, plane = target.partition(":")
         if colon and not plane:
             raise ConfigError(f"capture target {target!r}: POD:PLANE needs a plane name")
-        try:
-            info = self.pods.pod_info(pod)
-        except NotFound:
+        # this node's pods as the service attached them, not the store's
+        # records: a capture starts while the store does not answer, and
+        # never waits on it (the engine's lock is held here)
+        info = self.pods.known.get(pod)
+        if info is None:
             raise NotFound(
                 f"capture target {target!r}: no such port or pod (a port name or index, "
                 f"'uplink', a pod or POD:PLANE; ports: {', '.join(sorted(by_name)) or 'none'})"
-            ) from None
-        planes = [p for p in info["planes"] if not plane or p["plane"] == plane]
+            )
+        planes = [p["plane"] for p in info["planes"] if not plane or p["plane"] == plane]
         if not planes:
             have = ", ".join(p["plane"] for p in info["planes"])
             raise NotFound(f"capture target {target!r}: pod {pod} has no plane {plane} ({have})")
+        port_of = {owner: port for port, owner in self.pods.port_owners().items()}
         out = []
-        for p in planes:
-            if p.get("port") is None:
-                raise NotFound(f"capture target {target!r}: plane {p['plane']} has no port now")
-            out.append({"port": p["port"], "name": f"{pod}:{p['plane']}"})
+        for pl in planes:
+            if port_of.get((pod, pl)) not in ports:
+                raise NotFound(f"capture target {target!r}: plane {pl} has no port now")
+            out.append({"port": port_of[(pod, pl)], "name": f"{pod}:{pl}"})
         return out
 
     # ---------------------------------------------------------------- verbs

@@ -138,6 +138,12 @@ def check_views_without_store(node, srv, info, why, refused=False):
     assert pods[0]["planes"][0]["mac"] == mac and pods[0]["planes"][0]["port"] is not None
     assert down in pods[0]["store_error"] and pods[0]["as_of"] <= time.time()
 
+    # a capture of the pod starts: its planes and ports are the service's own
+    cap = node.api("POST", "/v1/capture", {"target": "vwa"})
+    assert [i["name"] for i in cap["interfaces"]] == ["vwa:std"], cap
+    assert cap["interfaces"][0]["port"] == pods[0]["planes"][0]["port"]
+    node.api("DELETE", f"/v1/capture?id={cap['id']}")
+
     # what only the store knows: refused at once, saying what and why
     for args, what in (
         (("attachment", "list"), "the CNI attachments are recorded in it"),
