@@ -220,8 +220,13 @@ def test_guaranteed_rate_holds_against_smaller_frames_above(planes):
     sent = c1.qos_dict(planes.up, STD)["sent"] - c0.qos_dict(planes.up, STD)["sent"]
     rate = sent * wire_bits(std_size) / (t1 - t0)
     assert 0.85 * guaranteed <= rate <= 1.15 * guaranteed, rate
-    media = c1.qos_dict(planes.up, MEDIA)["sent"] - c0.qos_dict(planes.up, MEDIA)["sent"]
-    assert media * wire_bits(media_size) / (t1 - t0) >= 0.5 * RATE  # media has most of the rest
+    m0, m1 = c0.qos_dict(planes.up, MEDIA), c1.qos_dict(planes.up, MEDIA)
+    media = m1["sent"] - m0["sent"]
+    if media * wire_bits(media_size) / (t1 - t0) < 0.5 * RATE:  # media has most of the rest,
+        # unless it had less to send: the offering thread kept off its CPU
+        # (a loaded machine) - then none of what it had was held back
+        assert m1["dropped"] == m0["dropped"], (m0, m1)
+        assert media >= m1["enqueued"] - m0["enqueued"] - 128, (m0, m1)  # its queue_len
 
 
 def test_latency_counted_per_plane_in_a_mixed_burst(planes):
