@@ -19,6 +19,7 @@ import base64
 import http.client
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -189,11 +190,14 @@ def test_the_time_of_a_request_is_for_all_the_members_it_tries(silent, server, p
             gw2.ping(prefix)
         took = time.monotonic() - t
         assert 0.5 < took < 1.0, took  # the bound in all, not the bound per member
-        assert str(e.value) == (
-            f"etcd does not answer: {silent.url}: no answer within 0.3 s (it is hung, "
-            f"overloaded or cut off); {two.url}: no answer within 0.3 s (it is hung, "
-            "overloaded or cut off)"
-        )
+        # each member's share of what was left when it was tried: 0.3 s, or
+        # a little less for the second when the first took a little longer
+        within = r"no answer within 0\.(?:3|2\d) s \(it is hung, overloaded or cut off\)"
+        assert re.fullmatch(
+            f"etcd does not answer: {re.escape(silent.url)}: {within}; "
+            f"{re.escape(two.url)}: {within}",
+            str(e.value),
+        ), e.value
         gw2.close()
     finally:
         gw.close()
