@@ -99,11 +99,9 @@ def _print(obj, as_json):
 def _store_state(note: str) -> str:
     """The heading for a store that cannot serve this node (``note``: a
     view's store_error, or status's)."""
-    return (
-        "STORE REFUSES THIS NODE"
-        if "refuses this node" in note or "refuses the request" in note
-        else "STORE DOES NOT ANSWER"
-    )
+    from .store.reach import refuses
+
+    return "STORE REFUSES THIS NODE" if refuses(note) else "STORE DOES NOT ANSWER"
 
 
 def _store_note(rows) -> None:

@@ -87,6 +87,7 @@ import etcd3gw.exceptions as etcd_exc
 import requests
 
 from ..errors import Busy, ConfigError, DataplaneError, Refused, Unavailable
+from .reach import REFUSES_REQUEST
 
 log = logging.getLogger(__name__)
 
@@ -712,7 +713,7 @@ class EtcdGateway:
                     # answered, with an error: the next member would say the same
                     self.last_answer = time.time()
                     raise EtcdRefused(
-                        f"etcd {self.urls[i]} refuses the request ({path}: {_refusal(e)})"
+                        f"etcd {self.urls[i]} {REFUSES_REQUEST} ({path}: {_refusal(e)})"
                     ) from None
                 except (requests.exceptions.RequestException, ValueError) as e:
                     # the answer cut off (ChunkedEncodingError), undecodable

@@ -76,10 +76,16 @@ def last_answer(store) -> Optional[float]:
     return getattr(getattr(store, "client", None), "last_answer", None)
 
 
+#: the words of a refusal: in a request's error (etcdgw), and in
+#: down_message's sentence made of it
+REFUSES_REQUEST = "refuses the request"
+REFUSES_NODE = "refuses this node's requests"
+
+
 def refuses(error: str) -> bool:
-    """Is ``error`` (a probe's or a request's message) the store refusing
-    this node, rather than not answering?"""
-    return "refuses the request" in error
+    """Is ``error`` (a probe's or a request's message, or a view's
+    down_message) the store refusing this node, rather than not answering?"""
+    return REFUSES_REQUEST in error or REFUSES_NODE in error
 
 
 def why(error: str) -> str:
@@ -87,9 +93,7 @@ def why(error: str) -> str:
     (connection refused: ...)' -> 'connection refused: ...'; 'etcd URL
     refuses the request (kv/range: etcdserver: permission denied)' ->
     'kv/range: etcdserver: permission denied')."""
-    head, sep, rest = error.partition(
-        "refuses the request" if refuses(error) else "does not answer"
-    )
+    head, sep, rest = error.partition(REFUSES_REQUEST if refuses(error) else "does not answer")
     rest = rest.strip(" :") if sep else error
     if rest.startswith("(") and rest.endswith(")") and rest.count("(") == 1:
         rest = rest[1:-1]
@@ -99,7 +103,7 @@ def why(error: str) -> str:
 def down_message(store, error: str, consequence: str) -> str:
     """'the store (etcd URL) does not answer (WHY): CONSEQUENCE', or 'the
     store (etcd URL) refuses this node's requests (WHY): CONSEQUENCE'."""
-    state = "refuses this node's requests" if refuses(error) else "does not answer"
+    state = REFUSES_NODE if refuses(error) else "does not answer"
     return f"the store ({where(store)}) {state} ({why(error)}): {consequence}"
 
 
