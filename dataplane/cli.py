@@ -4,7 +4,8 @@
                                           the node service, in the foreground
     dataplane check -c node.yaml          validate a config file, start nothing
     dataplane status                      what the running service has attached
-    dataplane reload                      the service's new uplink and plane rates, live
+    dataplane reload                      the service's new uplink and plane rates and
+                                          networks, live
     dataplane pod add NAME --netns PATH --spec JSON|@FILE
     dataplane pod del NAME
     dataplane pod list
@@ -186,7 +187,8 @@ def cmd_reload(args):
     if not r["changed"]:
         print(f"{r['config']}: reloaded, nothing to change")
     for c in r["changed"]:
-        print(f"{c['field']}: {c['old']} -> {c['new']}")
+        old, new = (", ".join(v) if isinstance(v, list) else v for v in (c["old"], c["new"]))
+        print(f"{c['field']}: {old} -> {new}")
     return 0
 
 
@@ -645,8 +647,8 @@ def build_parser():
     p = sub.add_parser(
         "reload",
         help="the running service reads its config file again and takes the uplink's and the "
-        "planes' rates from it, while forwarding (anything else changed: refused, a restart "
-        "applies it)",
+        "planes' rates and networks added at the end of the list from it, while forwarding "
+        "(anything else changed: refused, a restart applies it)",
     )
     client(
         p,

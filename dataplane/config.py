@@ -572,13 +572,17 @@ def load_config(path) -> NodeConfig:
 
 
 # what a running node service takes from a changed configuration (reload):
-# the shaper's rate and burst, and the planes' guaranteed and maximum rates
+# the shaper's rate and burst, the planes' guaranteed and maximum rates, and
+# networks added at the end of the list (NETWORKS_ADDED)
 RELOADABLE = (
     "vtep.uplink_rate",
     "vtep.uplink_burst",
     "planes.<plane>.min_rate",
     "planes.<plane>.max_rate",
+    "networks (added at the end)",
 )
+#: the field name a reload's networks added at the end of the list go by
+NETWORKS_ADDED = "networks"
 
 
 def _differing(old, new, prefix: str) -> List[str]:
@@ -618,17 +622,49 @@ def _list_change(old: List[str], new: List[str]) -> str:
             f"their order: {', '.join(old)} -> {', '.join(new)}; a network's place in the "
             "list is its index in the core: keep the old order to reload"
         )
-    return "; ".join(
+    said = "; ".join(
         f"{what}: {', '.join(names)}" for what, names in (("added", added), ("removed", removed))
         if names
     )  # fmt: skip
+    if added and not removed:  # not at the end (reload_changes takes those)
+        said += (
+            "; a network's place in the list is its index in the core: add new networks at "
+            "the end of the list to reload"
+        )
+    return said
+
+
+def added_networks(old: NodeConfig, new: NodeConfig) -> List[NetworkConfig]:
+    """The networks ``new`` adds after the end of ``old``'s list (a network's
+    place is its index in the core: only there can one be added while the
+    core runs), or [] if it adds none or changes the list otherwise."""
+    n = len(old.networks)
+    names = [x.name for x in new.networks]
+    if len(names) <= n or names[:n] != [x.name for x in old.networks]:
+        return []
+    return list(new.networks[n:])
 
 
 def reload_changes(old: NodeConfig, new: NodeConfig):
     """What reloading ``new`` over the running ``old`` changes:
     ([(field, old value, new value)] for the fields a running service takes
-    (RELOADABLE), [fields that only a restart applies])."""
+    (RELOADABLE), [fields that only a restart applies]). Networks added at
+    the end of the list are taken as one change, (NETWORKS_ADDED, [old
+    names], [new names]); so is ``remotes`` when it changes only the new
+    networks' static flood lists."""
     takes, needs_restart = [], []
+    added = added_networks(old, new)
+    if added:
+        kept = new.networks[: len(old.networks)]
+        flood, flood_old = new.flood_lists(), old.flood_lists()
+        same_lists = all(flood[n.name] == flood_old[n.name] for n in old.networks)
+        # the rest compared as if the networks had not been added
+        new = dataclasses.replace(
+            new, networks=list(kept), remotes=old.remotes if same_lists else new.remotes
+        )
+        takes.append(
+            (NETWORKS_ADDED, [n.name for n in old.networks], [n.name for n in (*kept, *added)])
+        )
     for name in _differing(old, new, ""):
         parts = name.split(".")
         # a plane's field as RELOADABLE names it: planes.<plane>.FIELD

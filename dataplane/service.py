@@ -30,7 +30,7 @@ from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .checks import check_name, check_not_a_file, is_af_xdp_port
-from .config import RELOADABLE, NodeConfig, load_config, reload_changes
+from .config import RELOADABLE, NodeConfig, added_networks, load_config, reload_changes
 from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
@@ -274,7 +274,7 @@ class NodeService:
             if self.store.can_watch:
                 self.sync.start()
             routes = api_routes(
-                cfg,
+                lambda: self.config,
                 self.status,
                 self.pods,
                 self.fdb,
@@ -916,7 +916,9 @@ class NodeService:
         """The configuration file read again, and what a running service
         takes from it applied while traffic flows (``RELOADABLE``: the
         uplink shaper's rate and burst, in place, queued frames kept; the
-        planes' guaranteed and maximum rates). A file that does not
+        planes' guaranteed and maximum rates; networks added at the end of
+        the list, with their records in the store, after which the cluster
+        view is read again for their endpoints). A file that does not
         validate, or that changes anything else, changes nothing: the error
         names what is wrong in it, or the fields only a restart applies.
         ``expected``: the file the caller means (``dataplane reload -c
@@ -944,17 +946,40 @@ class NodeService:
                     f"{'changes' if len(restart) == 1 else 'change'} only with a restart of the "
                     f"service (a reload takes {', '.join(RELOADABLE)})"
                 )
-            with self.lock:
-                eng = self.engine
-                if eng is None or not eng.running:
-                    raise ConfigError("reload: the service is not running")
-                # an uplink not attached yet takes the new rates when it is
-                if self.uplink is not None and any(n.startswith("vtep.") for n, _, _ in takes):
-                    v = new.vtep
-                    eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
-                for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
-                    _set_plane(eng, new, new.planes[pl])
-                self.config = new
+            added = added_networks(self.config, new)
+            first = len(self.config.networks)
+            # no pod added or removed meanwhile: none sees half the networks
+            with self._pod_txn():
+                if added:
+                    self._check_added_networks(path, new)
+                with self.lock:
+                    eng = self.engine
+                    if eng is None or not eng.running:
+                        raise ConfigError("reload: the service is not running")
+                    self._add_networks(new, first)
+                # their records in the store, without the engine's lock (the
+                # views do not wait on the store); refused: out of the core again
+                try:
+                    for n in added:
+                        self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
+                except BaseException:
+                    with self.lock:
+                        if self.engine is not None:
+                            for i in range(first, len(new.networks)):
+                                self.engine.del_network(i)
+                    raise
+                with self.lock:  # the engine stays: a stop waits for the pod lock
+                    # an uplink not attached yet takes the new rates when it is
+                    if self.uplink is not None and any(n.startswith("vtep.") for n, _, _ in takes):
+                        v = new.vtep
+                        eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
+                    for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
+                        _set_plane(eng, new, new.planes[pl])
+                    self._take_config(new)
+                if added and self.sync is not None:
+                    self.sync.reconfigure(new)
+            for i, n in enumerate(added, first):
+                event("network added", network=n.name, vni=n.vni, plane=n.plane, index=i)
         changed = [{"field": n, "old": o, "new": v} for n, o, v in takes]
         event(
             "configuration reloaded" if takes else "configuration reloaded: no change",
@@ -962,6 +987,41 @@ class NodeService:
             changed={n: [o, v] for n, o, v in takes},
         )
         return {"config": path, "changed": changed}
+
+    def _check_added_networks(self, path: str, new: NodeConfig):
+        """ConfigError if the store's records refuse the networks ``new``
+        adds (a VNI or subnet the cluster defines otherwise), as a start
+        would. Reads the store: called without the engine's lock."""
+        errors, warnings = store_findings(new, self.store)
+        if errors:
+            raise ConfigError(f"{path}: not reloaded, nothing changed: " + "; ".join(errors))
+        for w in warnings:
+            log.warning(w)
+
+    def _add_networks(self, new: NodeConfig, first: int):
+        """Networks ``new.networks[first:]`` into the core, with their static
+        flood lists (self.lock held); on an error none of them stays."""
+        eng, done = self.engine, []
+        flood = new.flood_lists()
+        try:
+            for i, n in enumerate(new.networks[first:], first):
+                eng.add_network(i, vni=n.vni, plane=new.plane_id(n.plane))
+                done.append(i)
+                if flood[n.name]:
+                    eng.set_flood(i, flood[n.name])
+        except BaseException:
+            for i in done:
+                eng.del_network(i)
+            raise
+
+    def _take_config(self, new: NodeConfig):
+        """``new`` becomes the configuration every part of the service reads
+        (self.lock held)."""
+        self.config = new
+        self.net_index.update(network_index(new))  # shared: PodLife, StaticHosts
+        for part in (self.pods, self.attachments):
+            if part is not None:
+                part.config = new
 
     # --------------------------------------------------------------- stop
     def stop(self):

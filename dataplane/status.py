@@ -16,6 +16,7 @@ from .checks import (
     check_netns_path,
     check_pod_name,
 )
+from .config import NodeConfig
 from .engine import WORKER_COUNTERS, lib
 from .hosts import is_static
 from .store import reach
@@ -284,7 +285,7 @@ def fdb_summary(rows, networks: Dict[str, int], local_eps, remote_eps) -> list:
 
 
 def api_routes(
-    config,
+    config: Callable[[], NodeConfig],
     status: Callable[[], dict],
     pods,
     fdb: Callable[..., list],
@@ -294,7 +295,8 @@ def api_routes(
 ) -> dict:
     """The control API's routes: {(method, path): handler(body, query)},
     each a :class:`~dataplane.api.Route` naming the fields it takes.
-    ``status()`` gives the status report; ``pods`` attaches and detaches
+    ``config()`` gives the node's configuration as it is now (a reload may
+    add networks); ``status()`` gives the status report; ``pods`` attaches and detaches
     pods (add_pod, del_pod, list_pods); ``fdb(network, mac)`` lists the
     FDB (:func:`fdb_report`), either filter None for all; ``flood(name)``
     gives the VTEPs a network floods to, as the core has them;
@@ -329,7 +331,7 @@ def api_routes(
                     "mtu": n.mtu,
                     "flood": flood(n.name),
                 }
-                for n in config.networks
+                for n in config().networks
             ]
         ),
     }

@@ -278,6 +278,7 @@ class ClusterSync:
         self.synced_at: Optional[float] = None
         self._stop = threading.Event()
         self._dirty = threading.Event()  # the view changed since the core took it
+        self._resync = threading.Event()  # a new snapshot wanted (reconfigure)
         self._thread: Optional[threading.Thread] = None
         self._watch = None
 
@@ -288,6 +289,20 @@ class ClusterSync:
                 return
             want = tables_of(self.config, self._contrib.values())
             self.tables.apply(self.engine, want)
+
+    def reconfigure(self, config: NodeConfig):
+        """Take a config that adds networks (a reload): the core gets their
+        static flood lists at once, and a following thread a new snapshot of
+        the store, since the records of their endpoints were skipped until
+        now (endpoints of networks this node did not have)."""
+        with self.lock:
+            self.config = config
+            self.networks = network_index(config)
+            if self._thread is None:
+                self.apply()
+                return
+        self._resync.set()
+        self._dirty.set()  # wakes the watch's wait
 
     @property
     def refused(self) -> int:
@@ -349,6 +364,7 @@ class ClusterSync:
         failures, warned = 0, 0.0
         while not self._stop.is_set():
             try:
+                self._resync.clear()  # this snapshot is read with the networks as they are
                 eps, rev = self.store.endpoints_snapshot()
                 with self.lock:
                     malformed: Dict[tuple, str] = {}
@@ -380,6 +396,8 @@ class ClusterSync:
                 # whose pods all restart sends a burst)
                 try:
                     while not self._stop.is_set() and not self._watch.wait(0):
+                        if self._resync.is_set():
+                            break
                         if self._dirty.wait(0.5):
                             self._dirty.clear()
                             with self.lock:
@@ -388,6 +406,9 @@ class ClusterSync:
                     self._watch.cancel()
                 if self._stop.is_set():
                     return
+                if self._resync.is_set():
+                    log.info("cluster view: networks added, taking a new snapshot")
+                    continue
                 why = errors[0] if errors else self._watch.error
                 log.warning(
                     "cluster watch ended (%s%s); resynchronising",

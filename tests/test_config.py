@@ -649,8 +649,8 @@ def test_advice_on_settings_that_cannot_take_effect():
 
 
 def test_reload_changes_takes_rates_and_names_the_rest():
-    """What a reload takes (the shaper's rate and burst, the planes' rates)
-    and what needs a restart, named by the file's own paths (networks by
+    """What a reload takes (the shaper's rate and burst, the planes' rates,
+    networks added at the end of the list) and what needs a restart, named by the file's own paths (networks by
     name)."""
     from dataplane.config import reload_changes
 
@@ -697,7 +697,32 @@ def test_reload_changes_takes_rates_and_names_the_rest():
     grown = copy.deepcopy(shaped)
     grown["networks"].append({"name": "net9", "vni": 909, "plane": "std",
                               "subnet": "192.168.99.0/24"})  # fmt: skip
-    assert reload_changes(old, parse_config(grown)) == ([], ["networks (added: net9)"])
+    assert reload_changes(old, parse_config(grown)) == (
+        [("networks", order, [*order, "net9"])], []
+    )  # fmt: skip
+    # with a static flood list of its own, the rest as it was: taken too
+    grown["remotes"] = [{"vtep": "10.0.0.9", "networks": ["net9"]}]
+    assert reload_changes(old, parse_config(grown)) == (
+        [("networks", order, [*order, "net9"])], []
+    )  # fmt: skip
+    # an old network's flood list changed with it: that needs a restart
+    grown["remotes"] = [{"vtep": "10.0.0.9", "networks": ["net9", "net1"]}]
+    assert reload_changes(old, parse_config(grown)) == (
+        [("networks", order, [*order, "net9"])], ["remotes"]
+    )  # fmt: skip
+    # and so does a change of an old network beside the new one
+    grown["remotes"] = []
+    grown["networks"][0]["mtu"] = 1300
+    assert reload_changes(old, parse_config(grown)) == (
+        [("networks", order, [*order, "net9"])], [f"networks.{order[0]}.mtu"]
+    )  # fmt: skip
+    # added anywhere but at the end: each network's index would move
+    inserted = copy.deepcopy(shaped)
+    inserted["networks"].insert(0, grown["networks"][-1])
+    assert reload_changes(old, parse_config(inserted)) == ([], [
+        "networks (added: net9; a network's place in the list is its index in the core: add "
+        "new networks at the end of the list to reload)"
+    ])  # fmt: skip
     grown["networks"].pop(0)
     assert reload_changes(old, parse_config(grown)) == (
         [], [f"networks (added: net9; removed: {order[0]})"]

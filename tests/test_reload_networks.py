@@ -1,0 +1,147 @@
+"""A network added to a running node by ``dataplane reload``: the node
+service (real, fallback mode, its cluster store a real etcd of the test's
+own) takes a network appended to its file while its pods forward, reads
+the cluster view again for the new network's endpoints (a host behind the
+kernel's own VXLAN VTEP, described to the store before the reload), and a
+pod attached to the new network reaches that host. A file that adds a
+network anywhere but at the end, or one the cluster defines otherwise,
+changes nothing and says why."""
+
+import json
+import os
+import time
+import urllib.request
+import uuid
+
+import pytest
+from nodeparts import sh, underlay_node
+from test_service import HOST_IP, IT_SPEC, NETWORKS, ip_of, kernel_vtep, ping, wait_ping
+
+from dataplane.store.etcd import EtcdStore
+from tests.etcdhost import EtcdServer, have_etcd
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(not have_etcd(), reason="needs /usr/bin/etcd (Debian: etcd-server)"),
+]
+
+#: the network the reload adds, and a host of it behind a kernel VTEP
+NET3 = "  - {name: net3, vni: 103, plane: std, subnet: 192.168.53.0/24}\n"
+NET3_HOST = "192.168.53.201"
+
+
+def kernel_vtep_103(ul, node_vtep="10.99.0.1") -> str:
+    """The kernel's VXLAN VTEP of VNI 103 beside kernel_vtep's (same
+    underlay address), with NET3_HOST on it: its MAC."""
+    for cmd in (
+        "link add vx103 mtu 1450 type vxlan id 103 local 10.99.0.2 dstport 4789",
+        f"addr add {NET3_HOST}/24 dev vx103",
+        "link set vx103 up",
+    ):
+        sh("ip", "-n", ul, *cmd.split())
+    sh("bridge", "-n", ul, *f"fdb append 00:00:00:00:00:00 dev vx103 dst {node_vtep}".split())
+    out = sh("ip", "-n", ul, "-j", "link", "show", "vx103").stdout
+    return json.loads(out)[0]["address"]
+
+
+def net_names(n):
+    return [x["name"] for x in n.api("GET", "/v1/networks")]
+
+
+def test_reload_adds_a_network_while_pods_forward(tmp_path):
+    srv = EtcdServer("rletcd").start()
+    prefix = f"/rl{uuid.uuid4().hex[:6]}"
+    es = EtcdStore([srv.url], prefix=prefix)
+    extra = f"store: {{kind: etcd, endpoints: ['{srv.url}'], prefix: {prefix}}}"
+    try:
+        with underlay_node(tmp_path, NETWORKS, ["net1"], extra=extra) as (n, ul):
+            kernel_vtep(ul)
+            host_mac = kernel_vtep_103(ul)
+            a = n.pod("a", IT_SPEC)
+            b = n.pod("b", IT_SPEC)
+            n.pods_ns = {"a": a["ns"], "b": b["ns"]}
+            wait_ping(a["ns"], HOST_IP)
+            assert ping(a["ns"], ip_of(b)).returncode == 0
+            # another node's network, and a host on it described to the
+            # cluster, before this node has the network: its view skips it
+            es.put_network("net3", 103, "std", "192.168.53.0/24", None, 1450)
+            es.put_static_endpoint("rlhost", "net3", host_mac, NET3_HOST, "10.99.0.2")
+            assert not any(r["mac"] == host_mac for r in n.api("GET", "/v1/fdb"))
+
+            # the network added at the end of the file: reloaded, live
+            text = n.cfg.read_text()
+            n.cfg.write_text(text.replace(NETWORKS, NETWORKS + "\n" + NET3.rstrip("\n")))
+            out = n.cli("reload").stdout
+            assert out.splitlines() == ["networks: net1, net2 -> net1, net2, net3"], out
+            assert net_names(n) == ["net1", "net2", "net3"]
+            log = (n.tmp / "service.log").read_text()
+            assert '"msg": "network added"' in log and '"network": "net3"' in log, log
+            assert es.network("net3")["vni"] == 103  # its record in the cluster store
+            # the cluster view read again: the host's MAC and its VTEP in the
+            # new network's flood list
+            for _ in range(100):
+                rows = [r for r in n.api("GET", "/v1/fdb") if r["mac"] == host_mac]
+                if rows:
+                    break
+                time.sleep(0.05)
+            assert rows and rows[0]["network"] == "net3" and rows[0]["vtep"] == "10.99.0.2", rows
+            net3 = next(x for x in n.api("GET", "/v1/networks") if x["name"] == "net3")
+            assert net3["vni"] == 103 and [f["vtep"] for f in net3["flood"]] == ["10.99.0.2"], net3
+
+            # the pods of before forward on, and a pod of the new network
+            # reaches the host behind the kernel's VTEP of VNI 103
+            assert ping(a["ns"], ip_of(b)).returncode == 0
+            assert ping(a["ns"], HOST_IP).returncode == 0
+            c = n.pod("c", {"pod_type": "it", "network_plane": ["std"],
+                            "networks": {"std": "net3"}})  # fmt: skip
+            n.pods_ns["c"] = c["ns"]
+            assert ip_of(c).startswith("192.168.53."), c
+            wait_ping(c["ns"], NET3_HOST)
+            # kept apart: net1's host is not reached from net3's pod
+            assert ping(c["ns"], HOST_IP, count=1).returncode != 0
+            st = n.api("GET", "/v1/status")
+            nets = {x["name"]: x for x in st["networks"]}
+            assert nets["net3"]["encap_packets"] > 0 and nets["net3"]["decap_packets"] > 0, nets
+            url = f"http://127.0.0.1:{n.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                metrics = resp.read().decode()
+            said = [ln for ln in metrics.splitlines() if ln.startswith("dataplane_network_")]
+            assert any('network="net3"' in ln for ln in said), said
+
+            # a network inserted before the others: refused, nothing changed
+            net4 = "  - {name: net4, vni: 104, plane: std, subnet: 192.168.54.0/24}\n"
+            good = n.cfg.read_text()
+            n.cfg.write_text(good.replace("networks:\n", "networks:\n" + net4, 1))
+            r = n.cli("reload", check=False)
+            assert r.returncode != 0
+            assert (
+                "not reloaded, nothing changed: networks (added: net4; a network's place in "
+                "the list is its index in the core: add new networks at the end of the list "
+                "to reload)" in r.stderr
+            ), r.stderr
+            assert net_names(n) == ["net1", "net2", "net3"]
+
+            # one whose VNI the cluster has for another network: refused,
+            # nothing changed (in the core nor in the store)
+            es.put_network("net9", 104, "std", "192.168.59.0/24", None, 1450)
+            n.cfg.write_text(good.replace(NET3.rstrip("\n"), NET3 + net4.rstrip("\n")))
+            r = n.cli("reload", check=False)
+            assert r.returncode != 0
+            assert (
+                "not reloaded, nothing changed: network net4: VNI 104 is used by network net9 "
+                "already" in r.stderr
+            ), r.stderr
+            assert net_names(n) == ["net1", "net2", "net3"]
+            assert es.network("net4") is None
+            assert ping(c["ns"], NET3_HOST).returncode == 0
+
+            # a restart takes the file as it is: net3 and its pod come back
+            n.cfg.write_text(good)
+            n.stop()
+            n.start()
+            assert net_names(n) == ["net1", "net2", "net3"]
+            wait_ping(c["ns"], NET3_HOST)
+    finally:
+        es.close()
+        srv.close()
