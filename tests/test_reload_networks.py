@@ -145,3 +145,22 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
     finally:
         es.close()
         srv.close()
+
+
+def test_reload_adds_a_network_with_a_static_flood_list(tmp_path):
+    """The same on a node of its own (SQLite store, no cluster view): the
+    new network's static flood list, named in ``remotes`` beside the old
+    networks' unchanged ones, is taken with it, and a pod of the network
+    reaches a host behind the kernel's VTEP through it."""
+    with underlay_node(tmp_path, NETWORKS, ["net1"]) as (n, ul):
+        kernel_vtep_103(ul)
+        text = n.cfg.read_text()
+        assert "networks: [net1]}" in text
+        text = text.replace(NETWORKS, NETWORKS + "\n" + NET3.rstrip("\n"))
+        n.cfg.write_text(text.replace("networks: [net1]}", "networks: [net1, net3]}"))
+        out = n.cli("reload").stdout
+        assert out.splitlines() == ["networks: net1, net2 -> net1, net2, net3"], out
+        net3 = next(x for x in n.api("GET", "/v1/networks") if x["name"] == "net3")
+        assert [f["vtep"] for f in net3["flood"]] == ["10.99.0.2"], net3
+        c = n.pod("c", {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net3"}})
+        wait_ping(c["ns"], NET3_HOST)
