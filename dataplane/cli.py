@@ -647,7 +647,7 @@ def build_parser():
     p = sub.add_parser(
         "reload",
         help="the running service reads its config file again and takes the uplink's and the "
-        "planes' rates and networks added at the end of the list from it, while forwarding "
+        "planes' rates and the networks added or removed from it, while forwarding "
         "(anything else changed: refused, a restart applies it)",
     )
     client(

@@ -573,16 +573,16 @@ def load_config(path) -> NodeConfig:
 
 # what a running node service takes from a changed configuration (reload):
 # the shaper's rate and burst, the planes' guaranteed and maximum rates, and
-# networks added at the end of the list (NETWORKS_ADDED)
+# the networks added to and removed from the list (NETWORKS)
 RELOADABLE = (
     "vtep.uplink_rate",
     "vtep.uplink_burst",
     "planes.<plane>.min_rate",
     "planes.<plane>.max_rate",
-    "networks (added at the end)",
+    "networks added or removed",
 )
-#: the field name a reload's networks added at the end of the list go by
-NETWORKS_ADDED = "networks"
+#: the field name a reload's networks added, removed or reordered go by
+NETWORKS = "networks"
 
 
 def _differing(old, new, prefix: str) -> List[str]:
@@ -598,10 +598,6 @@ def _differing(old, new, prefix: str) -> List[str]:
         for k in old:
             out += _differing(old[k], new[k], f"{prefix}{k}.")
         return out
-    if isinstance(old, list) and isinstance(new, list):
-        names = [getattr(x, "name", None) for x in old], [getattr(x, "name", None) for x in new]
-        if all(n is not None for n in (*names[0], *names[1])) and names[0] != names[1]:
-            return [f"{prefix.rstrip('.')} ({_list_change(*names)})"]  # networks, by name
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         out = []
         for i, (o, n) in enumerate(zip(old, new)):
@@ -612,59 +608,38 @@ def _differing(old, new, prefix: str) -> List[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _list_change(old: List[str], new: List[str]) -> str:
-    """How a list of named items (networks) changed: added, removed, or
-    only its order (which places them in the core: index = position)."""
-    added = [n for n in new if n not in old]
-    removed = [n for n in old if n not in new]
-    if not added and not removed:
-        return (
-            f"their order: {', '.join(old)} -> {', '.join(new)}; a network's place in the "
-            "list is its index in the core: keep the old order to reload"
-        )
-    said = "; ".join(
-        f"{what}: {', '.join(names)}" for what, names in (("added", added), ("removed", removed))
-        if names
-    )  # fmt: skip
-    if added and not removed:  # not at the end (reload_changes takes those)
-        said += (
-            "; a network's place in the list is its index in the core: add new networks at "
-            "the end of the list to reload"
-        )
-    return said
-
-
-def added_networks(old: NodeConfig, new: NodeConfig) -> List[NetworkConfig]:
-    """The networks ``new`` adds after the end of ``old``'s list (a network's
-    place is its index in the core: only there can one be added while the
-    core runs), or [] if it adds none or changes the list otherwise."""
-    n = len(old.networks)
-    names = [x.name for x in new.networks]
-    if len(names) <= n or names[:n] != [x.name for x in old.networks]:
-        return []
-    return list(new.networks[n:])
+def network_changes(old: NodeConfig, new: NodeConfig):
+    """(the networks ``new`` adds, the names of those it removes): by name,
+    in their order in the file."""
+    have, want = {n.name for n in old.networks}, {n.name for n in new.networks}
+    return (
+        [n for n in new.networks if n.name not in have],
+        [n.name for n in old.networks if n.name not in want],
+    )
 
 
 def reload_changes(old: NodeConfig, new: NodeConfig):
     """What reloading ``new`` over the running ``old`` changes:
     ([(field, old value, new value)] for the fields a running service takes
-    (RELOADABLE), [fields that only a restart applies]). Networks added at
-    the end of the list are taken as one change, (NETWORKS_ADDED, [old
-    names], [new names]); so is ``remotes`` when it changes only the new
-    networks' static flood lists."""
+    (RELOADABLE), [fields that only a restart applies]). Networks added,
+    removed or put in another order are taken as one change, (NETWORKS,
+    [old names], [new names]); so is ``remotes`` when it changes only the
+    static flood lists of networks added or removed. A network kept is
+    compared field by field: a change of it needs a restart."""
     takes, needs_restart = [], []
-    added = added_networks(old, new)
-    if added:
-        kept = new.networks[: len(old.networks)]
+    names = [n.name for n in old.networks], [n.name for n in new.networks]
+    if names[0] != names[1]:
+        added, removed = network_changes(old, new)
+        kept_old = [n for n in old.networks if n.name not in removed]
+        kept_new = [new.network(n.name) for n in kept_old]
         flood, flood_old = new.flood_lists(), old.flood_lists()
-        same_lists = all(flood[n.name] == flood_old[n.name] for n in old.networks)
-        # the rest compared as if the networks had not been added
-        new = dataclasses.replace(
-            new, networks=list(kept), remotes=old.remotes if same_lists else new.remotes
+        same_lists = all(flood[n.name] == flood_old[n.name] for n in kept_old)
+        # the rest compared as if only the networks kept were there
+        old = dataclasses.replace(
+            old, networks=kept_old, remotes=new.remotes if same_lists else old.remotes
         )
-        takes.append(
-            (NETWORKS_ADDED, [n.name for n in old.networks], [n.name for n in (*kept, *added)])
-        )
+        new = dataclasses.replace(new, networks=kept_new)
+        takes.append((NETWORKS, *names))
     for name in _differing(old, new, ""):
         parts = name.split(".")
         # a plane's field as RELOADABLE names it: planes.<plane>.FIELD

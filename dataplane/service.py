@@ -24,15 +24,15 @@ import signal
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Dict, Optional
 
 from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
-from .checks import check_name, check_not_a_file, is_af_xdp_port
-from .config import RELOADABLE, NodeConfig, added_networks, load_config, reload_changes
+from .checks import MAX_NETWORKS, check_name, check_not_a_file, is_af_xdp_port
+from .config import RELOADABLE, NodeConfig, load_config, network_changes, reload_changes
 from .cpulatency import CpuLatencyRequest, no_effect
-from .errors import ConfigError, DataplaneError, NotFound
+from .errors import Busy, ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging, warning_event  # noqa: F401 - setup_logging for the CLI
 from .podlife import REAP_EVERY_S, PodLife, add_kernel_port
@@ -253,7 +253,7 @@ class NodeService:
                 self._link_events = LinkEvents(cfg.vtep.uplink_ifname, self._wake)
             # missing, down, or an MTU below the underlay's: said at start
             self.check_uplink("start")
-            self.sync = ClusterSync(cfg, self.store, self.engine, self.lock)
+            self.sync = ClusterSync(cfg, self.store, self.engine, self.lock, self.net_index)
             self.pods = PodLife(
                 cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
             )
@@ -916,9 +916,10 @@ class NodeService:
         """The configuration file read again, and what a running service
         takes from it applied while traffic flows (``RELOADABLE``: the
         uplink shaper's rate and burst, in place, queued frames kept; the
-        planes' guaranteed and maximum rates; networks added at the end of
-        the list, with their records in the store, after which the cluster
-        view is read again for their endpoints). A file that does not
+        planes' guaranteed and maximum rates; networks added, with their
+        records in the store, and removed when no pod of the node is on
+        them, after which the cluster view is read again for the endpoints
+        of the networks added). A file that does not
         validate, or that changes anything else, changes nothing: the error
         names what is wrong in it, or the fields only a restart applies.
         ``expected``: the file the caller means (``dataplane reload -c
@@ -946,17 +947,17 @@ class NodeService:
                     f"{'changes' if len(restart) == 1 else 'change'} only with a restart of the "
                     f"service (a reload takes {', '.join(RELOADABLE)})"
                 )
-            added = added_networks(self.config, new)
-            first = len(self.config.networks)
+            added, removed = network_changes(self.config, new)
             # no pod added or removed meanwhile: none sees half the networks
             with self._pod_txn():
-                if added:
-                    self._check_added_networks(path, new)
+                if added or removed:
+                    self._check_networks(path, new)
                 with self.lock:
                     eng = self.engine
                     if eng is None or not eng.running:
                         raise ConfigError("reload: the service is not running")
-                    self._add_networks(new, first)
+                    self._check_unused(path, removed)
+                    slots = self._add_networks(new, added)
                 # their records in the store, without the engine's lock (the
                 # views do not wait on the store); refused: out of the core again
                 try:
@@ -964,22 +965,31 @@ class NodeService:
                         self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
                 except BaseException:
                     with self.lock:
-                        if self.engine is not None:
-                            for i in range(first, len(new.networks)):
-                                self.engine.del_network(i)
+                        for i in slots.values():
+                            eng.del_network(i)
                     raise
                 with self.lock:  # the engine stays: a stop waits for the pod lock
+                    for name in removed:  # no port on them (checked): cannot fail
+                        i = self.net_index[name]
+                        eng.del_network(i)
+                        if self.sync is not None:
+                            self.sync.forget_network(i)
                     # an uplink not attached yet takes the new rates when it is
                     if self.uplink is not None and any(n.startswith("vtep.") for n, _, _ in takes):
                         v = new.vtep
                         eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
                     for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
                         _set_plane(eng, new, new.planes[pl])
-                    self._take_config(new)
-                if added and self.sync is not None:
-                    self.sync.reconfigure(new)
-            for i, n in enumerate(added, first):
-                event("network added", network=n.name, vni=n.vni, plane=n.plane, index=i)
+                    self._take_config(new, slots, removed)
+                    # with the index map it reads, in the same hold of the lock
+                    if (added or removed) and self.sync is not None:
+                        self.sync.reconfigure(new)
+            for n in added:
+                event(
+                    "network added", network=n.name, vni=n.vni, plane=n.plane, index=slots[n.name]
+                )
+            for name in removed:
+                event("network removed", network=name)
         changed = [{"field": n, "old": o, "new": v} for n, o, v in takes]
         event(
             "configuration reloaded" if takes else "configuration reloaded: no change",
@@ -988,37 +998,64 @@ class NodeService:
         )
         return {"config": path, "changed": changed}
 
-    def _check_added_networks(self, path: str, new: NodeConfig):
-        """ConfigError if the store's records refuse the networks ``new``
-        adds (a VNI or subnet the cluster defines otherwise), as a start
-        would. Reads the store: called without the engine's lock."""
+    def _check_networks(self, path: str, new: NodeConfig):
+        """ConfigError if the store's records refuse the networks of ``new``
+        as a start would: one added that the cluster defines otherwise (a
+        VNI another network has), one removed that pods of this node are
+        attached to (each named). Reads the store: called without the
+        engine's lock."""
         errors, warnings = store_findings(new, self.store)
         if errors:
             raise ConfigError(f"{path}: not reloaded, nothing changed: " + "; ".join(errors))
         for w in warnings:
             log.warning(w)
 
-    def _add_networks(self, new: NodeConfig, first: int):
-        """Networks ``new.networks[first:]`` into the core, with their static
-        flood lists (self.lock held); on an error none of them stays."""
-        eng, done = self.engine, []
+    def _check_unused(self, path: str, removed):
+        """Busy if a port of the core is on a network of ``removed`` (a pod
+        the store does not know of: being attached by hand, say); self.lock
+        held."""
+        nets = {self.net_index[name]: name for name in removed}
+        for p in self.engine.ports():
+            if p.network in nets:
+                raise Busy(
+                    f"{path}: not reloaded, nothing changed: network {nets[p.network]} still "
+                    f"has port {p.name} (port {p.index}) in the core"
+                )
+
+    def _add_networks(self, new: NodeConfig, added) -> Dict[str, int]:
+        """Networks ``added`` into the core, each at the lowest index no
+        network has, with its static flood list (self.lock held): {name:
+        index}. On an error none of them stays."""
+        eng, slots = self.engine, {}
         flood = new.flood_lists()
+        taken = set(self.net_index.values())
+        free = (i for i in range(MAX_NETWORKS) if i not in taken)
         try:
-            for i, n in enumerate(new.networks[first:], first):
+            for n in added:
+                i = next(free, None)
+                if i is None:  # the removed ones go after the new ones are in
+                    raise ConfigError(
+                        f"networks: {n.name}: the core holds at most {MAX_NETWORKS} networks, "
+                        "the ones this reload removes included: remove them in one reload, "
+                        "add the new ones in the next"
+                    )
                 eng.add_network(i, vni=n.vni, plane=new.plane_id(n.plane))
-                done.append(i)
+                slots[n.name] = i
                 if flood[n.name]:
                     eng.set_flood(i, flood[n.name])
         except BaseException:
-            for i in done:
+            for i in slots.values():
                 eng.del_network(i)
             raise
+        return slots
 
-    def _take_config(self, new: NodeConfig):
-        """``new`` becomes the configuration every part of the service reads
-        (self.lock held)."""
+    def _take_config(self, new: NodeConfig, slots: Dict[str, int], removed):
+        """``new`` becomes the configuration every part of the service reads,
+        its networks at their indices in the core (self.lock held)."""
         self.config = new
-        self.net_index.update(network_index(new))  # shared: PodLife, StaticHosts
+        for name in removed:  # the map is shared: PodLife, StaticHosts, ClusterSync
+            del self.net_index[name]
+        self.net_index.update(slots)
         for part in (self.pods, self.attachments):
             if part is not None:
                 part.config = new

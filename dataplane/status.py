@@ -76,7 +76,7 @@ def take_snapshot(
         # not shown until it is whole, so it never shows under other labels
         if not (whole and p.role == "pod" and p.index not in owners)
     ]
-    nets = [NetLabel(i, n.name, n.vni, n.plane) for i, n in enumerate(config.networks)]
+    nets = [NetLabel(networks[n.name], n.name, n.vni, n.plane) for n in config.networks]
     # pods of this node, endpoints of the cluster; a cluster store that does
     # not answer leaves them unknown, not the counters (forwarding goes on)
     pods, eps, store_error = counts if counts is not None else store_counts(config, store)

@@ -117,10 +117,16 @@ def contribution(e: dict, index: Dict[str, int]) -> Tuple[int, str, str]:
     return index[e["network"]], format_mac(parse_mac(e["mac"])), e["vtep"]
 
 
-def tables_of(config: NodeConfig, contributions: Iterable[Tuple[int, str, str]]) -> Tables:
+def tables_of(
+    config: NodeConfig,
+    contributions: Iterable[Tuple[int, str, str]],
+    index: Optional[Dict[str, int]] = None,
+) -> Tables:
     """The tables of :func:`desired_tables` from the remote endpoints'
-    :func:`contribution` (made once per record, not once per change)."""
-    index = network_index(config)
+    :func:`contribution` (made once per record, not once per change).
+    ``index``: the networks' indices in the core (by default their places
+    in the config, as at start)."""
+    index = network_index(config) if index is None else index
     fdb: Dict[Tuple[int, str], str] = {}
     flood = {i: set() for i in index.values()}
     for name, vteps in config.flood_lists().items():
@@ -156,6 +162,14 @@ class CoreTables:
         #: entry is not in ``fdb``/``flood`` as wanted, so every apply tries
         #: it again; it is logged once per entry and reason.
         self.refused: Dict[tuple, Tuple[object, str]] = {}
+
+    def forget_network(self, net: int):
+        """Network index ``net`` removed from the core with its entries."""
+        for key in [k for k in self.fdb if k[0] == net]:
+            del self.fdb[key]
+        self.flood.pop(net, None)
+        for key in [k for k in self.refused if k[1] == net]:
+            del self.refused[key]
 
     def apply(self, engine, want: Tables):
         """Change in ``engine`` only what differs from ``want``. A MAC that a
@@ -256,14 +270,16 @@ class ClusterSync:
     (e.g. after a local pod went: a remote endpoint may have its MAC);
     ``start()`` follows a store that can watch."""
 
-    def __init__(self, config: NodeConfig, store, engine, lock):
+    def __init__(self, config: NodeConfig, store, engine, lock, networks=None):
         self.config = config
         self.store = store
         self.engine = engine
         self.lock = lock
         self.node = config.node
         self.vtep = config.vtep.ip
-        self.networks = network_index(config)
+        #: network name -> the core's index (the service's own map, which a
+        #: reload changes; by default the places in the config)
+        self.networks = network_index(config) if networks is None else networks
         self.remote: Dict[tuple, dict] = {}  # (pod, plane) -> remote endpoint
         #: (pod, plane) -> its contribution(), in step with ``remote``
         #: (both changed through _keep and _forget only)
@@ -287,17 +303,27 @@ class ClusterSync:
         with self.lock:
             if self.engine is None:
                 return
-            want = tables_of(self.config, self._contrib.values())
+            want = tables_of(self.config, self._contrib.values(), self.networks)
             self.tables.apply(self.engine, want)
 
+    def forget_network(self, net: int):
+        """Network index ``net`` is gone from the core, with its entries (a
+        reload removed it; lock held): nothing of it is kept as put there
+        or wanted, so an index used again starts from nothing."""
+        self.tables.forget_network(net)
+        for key in [k for k, c in self._contrib.items() if c[0] == net]:
+            self._forget(key)
+
     def reconfigure(self, config: NodeConfig):
-        """Take a config that adds networks (a reload): the core gets their
-        static flood lists at once, and a following thread a new snapshot of
-        the store, since the records of their endpoints were skipped until
-        now (endpoints of networks this node did not have)."""
+        """Take a config whose networks changed (a reload; ``networks``
+        changed with it): the core gets the new networks' static flood lists
+        at once, and a following thread a new snapshot of the store, since
+        the records of their endpoints were skipped until now (endpoints of
+        networks this node did not have). The caller may hold ``lock`` (it
+        is reentrant): the service changes ``networks`` and the config in one
+        hold of it, so the view never reads the one without the other."""
         with self.lock:
             self.config = config
-            self.networks = network_index(config)
             if self._thread is None:
                 self.apply()
                 return
@@ -407,7 +433,7 @@ class ClusterSync:
                 if self._stop.is_set():
                     return
                 if self._resync.is_set():
-                    log.info("cluster view: networks added, taking a new snapshot")
+                    log.info("cluster view: the node's networks changed, taking a new snapshot")
                     continue
                 why = errors[0] if errors else self._watch.error
                 log.warning(

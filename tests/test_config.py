@@ -686,14 +686,14 @@ def test_reload_changes_takes_rates_and_names_the_rest():
         "planes.media.priority",
         "networks.net2.vni",
     ]
-    # networks are compared by name: one added, removed or moved is said as such
+    # networks are compared by name: added, removed or moved, they are taken
+    # as one change; a network kept is compared field by field
     moved = copy.deepcopy(shaped)
     moved["networks"].reverse()
     order = [n["name"] for n in shaped["networks"]]
-    assert reload_changes(old, parse_config(moved)) == ([], [
-        f"networks (their order: {', '.join(order)} -> {', '.join(reversed(order))}; a "
-        "network's place in the list is its index in the core: keep the old order to reload)"
-    ])  # fmt: skip
+    assert reload_changes(old, parse_config(moved)) == (
+        [("networks", order, order[::-1])], []
+    )  # fmt: skip
     grown = copy.deepcopy(shaped)
     grown["networks"].append({"name": "net9", "vni": 909, "plane": "std",
                               "subnet": "192.168.99.0/24"})  # fmt: skip
@@ -716,17 +716,19 @@ def test_reload_changes_takes_rates_and_names_the_rest():
     assert reload_changes(old, parse_config(grown)) == (
         [("networks", order, [*order, "net9"])], [f"networks.{order[0]}.mtu"]
     )  # fmt: skip
-    # added anywhere but at the end: each network's index would move
-    inserted = copy.deepcopy(shaped)
-    inserted["networks"].insert(0, grown["networks"][-1])
-    assert reload_changes(old, parse_config(inserted)) == ([], [
-        "networks (added: net9; a network's place in the list is its index in the core: add "
-        "new networks at the end of the list to reload)"
-    ])  # fmt: skip
-    grown["networks"].pop(0)
-    assert reload_changes(old, parse_config(grown)) == (
-        [], [f"networks (added: net9; removed: {order[0]})"]
+    # one added first, one removed: the same
+    swapped = copy.deepcopy(shaped)
+    swapped["networks"].insert(0, grown["networks"][-1])
+    swapped["networks"].pop()
+    assert reload_changes(old, parse_config(swapped)) == (
+        [("networks", order, ["net9", *order[:-1]])], []
     )  # fmt: skip
+    # a network renamed is one removed and one added: a VNI the removed one
+    # had is the store's to refuse (the service checks it as a start does)
+    renamed = copy.deepcopy(shaped)
+    renamed["networks"][0]["name"] = "net0"
+    takes, restart = reload_changes(old, parse_config(renamed))
+    assert takes == [("networks", order, ["net0", *order[1:]])] and restart == []
 
 
 def test_advice_on_more_memory_than_free_hugepages():

@@ -1,11 +1,13 @@
-"""A network added to a running node by ``dataplane reload``: the node
-service (real, fallback mode, its cluster store a real etcd of the test's
-own) takes a network appended to its file while its pods forward, reads
-the cluster view again for the new network's endpoints (a host behind the
-kernel's own VXLAN VTEP, described to the store before the reload), and a
-pod attached to the new network reaches that host. A file that adds a
-network anywhere but at the end, or one the cluster defines otherwise,
-changes nothing and says why."""
+"""Networks added to and removed from a running node by ``dataplane
+reload``: the node service (real, fallback mode, its cluster store a real
+etcd of the test's own) takes a network added to its file while its pods
+forward, reads the cluster view again for the new network's endpoints (a
+host behind the kernel's own VXLAN VTEP, described to the store before the
+reload), and a pod attached to the new network reaches that host. A
+network put first is taken too; one that pods are still on is not removed,
+and once they are gone it is, with its part of the cluster view. A file
+that adds a network the cluster defines otherwise changes nothing and says
+why. A restart afterwards places the networks as the file lists them."""
 
 import json
 import os
@@ -109,21 +111,10 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             said = [ln for ln in metrics.splitlines() if ln.startswith("dataplane_network_")]
             assert any('network="net3"' in ln for ln in said), said
 
-            # a network inserted before the others: refused, nothing changed
-            net4 = "  - {name: net4, vni: 104, plane: std, subnet: 192.168.54.0/24}\n"
-            good = n.cfg.read_text()
-            n.cfg.write_text(good.replace("networks:\n", "networks:\n" + net4, 1))
-            r = n.cli("reload", check=False)
-            assert r.returncode != 0
-            assert (
-                "not reloaded, nothing changed: networks (added: net4; a network's place in "
-                "the list is its index in the core: add new networks at the end of the list "
-                "to reload)" in r.stderr
-            ), r.stderr
-            assert net_names(n) == ["net1", "net2", "net3"]
-
             # one whose VNI the cluster has for another network: refused,
             # nothing changed (in the core nor in the store)
+            net4 = "  - {name: net4, vni: 104, plane: std, subnet: 192.168.54.0/24}\n"
+            good = n.cfg.read_text()
             es.put_network("net9", 104, "std", "192.168.59.0/24", None, 1450)
             n.cfg.write_text(good.replace(NET3.rstrip("\n"), NET3 + net4.rstrip("\n")))
             r = n.cli("reload", check=False)
@@ -136,12 +127,59 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             assert es.network("net4") is None
             assert ping(c["ns"], NET3_HOST).returncode == 0
 
-            # a restart takes the file as it is: net3 and its pod come back
-            n.cfg.write_text(good)
+            # one put first: taken (the list's order is the file's, each
+            # network keeps its place in the core)
+            net5 = "  - {name: net5, vni: 105, plane: control, subnet: 192.168.55.0/24}\n"
+            n.cfg.write_text(good.replace("networks:\n", "networks:\n" + net5, 1))
+            out = n.cli("reload").stdout
+            assert out.splitlines() == ["networks: net1, net2, net3 -> net5, net1, net2, net3"]
+            assert net_names(n) == ["net5", "net1", "net2", "net3"]
+            assert ping(c["ns"], NET3_HOST).returncode == 0
+            assert ping(a["ns"], ip_of(b)).returncode == 0
+
+            # net3 taken out while pod c is on it: refused, the pod named
+            with_net5 = n.cfg.read_text()
+            n.cfg.write_text(with_net5.replace(NET3, ""))
+            r = n.cli("reload", check=False)
+            assert r.returncode != 0
+            assert (
+                "not reloaded, nothing changed: networks: net3 is not in the config, but pod c "
+                "(plane std) on this node is attached to it" in r.stderr
+            ), r.stderr
+            assert ping(c["ns"], NET3_HOST).returncode == 0
+            # the pod deleted: net3 goes, with its cluster view
+            n.cli("pod", "del", "c")
+            out = n.cli("reload").stdout
+            assert out.splitlines() == ["networks: net5, net1, net2, net3 -> net5, net1, net2"]
+            assert net_names(n) == ["net5", "net1", "net2"]
+            assert not any(r["mac"] == host_mac for r in n.api("GET", "/v1/fdb"))
+            assert "net3" not in {x["name"] for x in n.api("GET", "/v1/status")["networks"]}
+            assert '"msg": "network removed"' in (n.tmp / "service.log").read_text()
+            assert es.network("net3") is not None  # the cluster's: other nodes may have it
+            assert ping(a["ns"], ip_of(b)).returncode == 0
+            assert ping(a["ns"], HOST_IP).returncode == 0
+
+            # back again (at its old index, free again): the cluster view
+            # has the host again
+            n.cfg.write_text(with_net5)
+            assert n.cli("reload").stdout.startswith("networks: net5, net1, net2 -> ")
+            for _ in range(100):
+                rows = [r for r in n.api("GET", "/v1/fdb") if r["mac"] == host_mac]
+                if rows:
+                    break
+                time.sleep(0.05)
+            assert rows and rows[0]["network"] == "net3", rows
+            d = n.pod("d", {"pod_type": "it", "network_plane": ["std"],
+                            "networks": {"std": "net3"}})  # fmt: skip
+            wait_ping(d["ns"], NET3_HOST)
+
+            # a restart takes the file as it is, each network at its place
             n.stop()
             n.start()
-            assert net_names(n) == ["net1", "net2", "net3"]
-            wait_ping(c["ns"], NET3_HOST)
+            assert net_names(n) == ["net5", "net1", "net2", "net3"]
+            wait_ping(d["ns"], NET3_HOST)
+            wait_ping(a["ns"], HOST_IP)
+            assert ping(a["ns"], ip_of(b)).returncode == 0
     finally:
         es.close()
         srv.close()
