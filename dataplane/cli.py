@@ -4,6 +4,8 @@
                                           the node service, in the foreground
     dataplane check -c node.yaml          validate a config file, start nothing
     dataplane status                      what the running service has attached
+    dataplane top [-d S] [-n N] [--lines N]   what it forwards now: rates per port,
+                                          network, plane and drop reason; workers' load
     dataplane reload                      the service's new uplink and plane rates and
                                           networks, live
     dataplane pod add NAME --netns PATH --spec JSON|@FILE
@@ -211,6 +213,56 @@ def _table(header, rows, indent="  ") -> list:
         (indent + "  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]])).rstrip()
         for r in rows
     ]
+
+
+def cmd_top(args):
+    """The node's rates, every ``--delay`` seconds: ``--count`` reports, or
+    until Ctrl-C. On a terminal each report replaces the last, as top does;
+    otherwise they follow each other (``--json``: one object a line)."""
+    from .top import rates, render
+
+    tty = sys.stdout.isatty() and not args.json
+    done = 0
+    try:
+        prev, t_prev = _call(args, "GET", "/v1/status"), time.monotonic()
+        while args.count is None or done < args.count:
+            time.sleep(args.delay)
+            cur, t_cur = _call(args, "GET", "/v1/status"), time.monotonic()
+            r = rates(prev, cur, t_cur - t_prev)
+            prev, t_prev = cur, t_cur
+            done += 1
+            if args.json:
+                print(json.dumps(r), flush=True)
+                continue
+            lines = render(r, _table, lines=args.lines)
+            if tty:
+                sys.stdout.write("\033[H\033[J")  # home, clear: the last report replaced
+            elif done > 1:
+                print()
+            print("\n".join(lines), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _positive_float(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number of seconds") from None
+    if not 0.05 <= f <= 3600:
+        raise argparse.ArgumentTypeError(f"{v} s: give 0.05 to 3600 seconds")
+    return f
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{v}: give 1 or more")
+    return n
 
 
 def _port_notes(p) -> str:
@@ -659,6 +711,22 @@ def build_parser():
     p = sub.add_parser("status", help="show the service's state and counters")
     client(p)
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser(
+        "top",
+        help="what the node forwards now: rates per port, network, plane and drop reason, "
+        "and how busy each worker is, refreshed every few seconds (Ctrl-C ends)",
+    )
+    client(p)
+    p.add_argument(
+        "-d", "--delay", type=_positive_float, default=2.0, help="seconds between reports (2)"
+    )
+    p.add_argument(
+        "-n", "--count", type=_positive_int, default=None, help="reports to give, then exit"
+    )
+    p.add_argument(
+        "--lines", type=_positive_int, default=None, help="at most this many ports (the busiest)"
+    )
+    p.set_defaults(fn=cmd_top)
     p = sub.add_parser("pod", help="attach, detach and list pods")
     psub = p.add_subparsers(dest="pod_cmd", required=True)
     pa = psub.add_parser("add")

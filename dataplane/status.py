@@ -17,7 +17,7 @@ from .checks import (
     check_pod_name,
 )
 from .config import NodeConfig
-from .engine import WORKER_COUNTERS, lib
+from .engine import LATENCY_BOUNDS_S, WORKER_COUNTERS, lib
 from .hosts import is_static
 from .store import reach
 
@@ -151,6 +151,12 @@ def status_report(
             for p in snap.ports
         ],
         "drops": {k: v for k, v in c.drops().items() if v},
+        # each forwarding worker's own counters (polls, busy_polls: the
+        # polls that found frames, fdb lookups and cache misses, ...)
+        "workers": [
+            {"worker": w, **{k: int(c.worker[w, i]) for i, k in enumerate(WORKER_COUNTERS)}}
+            for w in range(c.worker.shape[0])
+        ],
         # frames that waited for a VTEP's next hop to answer ARP (those it
         # never answered within 2 s are in drops as neigh_unresolved)
         "neigh_held": int(c.worker[:, WORKER_COUNTERS.index("neigh_held")].sum()),
@@ -160,6 +166,8 @@ def status_report(
         "planes": [
             _plane_status(c, pl, snap.shaped.get(uplink, {}), uplink, config) for pl in snap.planes
         ],
+        # upper bounds of the planes' latency buckets; the last bucket is beyond them
+        "latency_bounds_us": [round(b * 1e6, 3) for b in LATENCY_BOUNDS_S],
     }
 
 
@@ -173,7 +181,12 @@ def _plane_status(c, pl, depths, uplink, config):
     }
     # frames timed: with p50/p99 None, 0 says none passed, more says they are
     # beyond the histogram's last bound (100 ms)
-    d = {"name": pl.name, "plane": pl.index, "frames": sum(c.latency(pl.index)[0]), **q}
+    buckets, lat_sum = c.latency(pl.index)
+    d = {"name": pl.name, "plane": pl.index, "frames": sum(buckets), **q}
+    # the histogram itself (bounds: the report's latency_bounds_us), for
+    # rates over an interval (dataplane top)
+    d["latency_buckets"] = buckets
+    d["latency_sum_us"] = round(lat_sum * 1e6, 3)
     if pl.index in depths:
         d.update(c.qos_dict(uplink, pl.index), queue_depth=depths[pl.index])
         conf = config.planes.get(pl.name)

@@ -1,0 +1,211 @@
+"""``dataplane top``: what the node forwards now, as rates per second from
+two reads of its status (``GET /v1/status``) an interval apart - per port
+(packets and bits each way), per network (encapsulated, decapsulated,
+flooded, local), per plane (frames timed through the plane, their mean
+and 99th-percentile latency in the core over the interval; on a shaped
+uplink what its queue sent and dropped), per drop reason, and how busy each
+worker was in the interval (its polls that found frames). The counters are
+the core's own, the ones the metrics export; nothing is sampled.
+
+A counter that went down between the two reads (a port removed and its
+index given to another, a network re-added) has no rate for that interval:
+shown as ``-``, never as a negative or a made-up figure."""
+
+from typing import List, Optional
+
+#: port counters shown as rates: (status field, rate name, factor)
+PORT_RATES = (
+    ("rx_packets", "rx_pps", 1),
+    ("tx_packets", "tx_pps", 1),
+    ("rx_bytes", "rx_bps", 8),
+    ("tx_bytes", "tx_bps", 8),
+    ("guard_drops", "guard_drops_ps", 1),
+)
+NET_RATES = tuple((f"{k}_packets", f"{k}_pps", 1) for k in ("encap", "decap", "flood", "local"))
+PLANE_RATES = (
+    ("frames", "frames_ps", 1),
+    ("sent", "sent_pps", 1),
+    ("dropped", "dropped_ps", 1),
+)
+
+
+def _rate(old, new, dt: float, factor: int = 1) -> Optional[float]:
+    """(new - old) / dt, or None when either is missing or the counter went
+    down (it was reset meanwhile)."""
+    if old is None or new is None or new < old:
+        return None
+    return (new - old) * factor / dt
+
+
+def _rates(old: Optional[dict], new: dict, dt: float, fields) -> dict:
+    return {
+        name: _rate(old.get(src) if old else None, new.get(src), dt, factor)
+        for src, name, factor in fields
+    }
+
+
+def _latency(old: Optional[dict], new: dict, bounds: List[float]) -> dict:
+    """A plane's latency over the interval, from its histogram's growth:
+    the mean and the upper bound of the bucket holding the 99th percentile
+    (microseconds; None without frames; p99_beyond: the 99th percentile is
+    beyond the last bound, p99_us None)."""
+    none = {"avg_us": None, "p99_us": None, "p99_beyond": False}
+    a, b = (old or {}).get("latency_buckets"), new.get("latency_buckets")
+    if a is None or b is None or len(a) != len(b) or len(b) != len(bounds) + 1:
+        return none
+    d = [y - x for x, y in zip(a, b)]
+    n = sum(d)
+    if n <= 0 or min(d) < 0:
+        return none
+    acc, i = 0, 0
+    for i, c in enumerate(d):
+        acc += c
+        if acc >= 0.99 * n:
+            break
+    avg = (new["latency_sum_us"] - old["latency_sum_us"]) / n
+    beyond = i >= len(bounds)
+    return {
+        "avg_us": round(avg, 2),
+        "p99_us": None if beyond else bounds[i],
+        "p99_beyond": beyond,
+    }
+
+
+def rates(prev: dict, cur: dict, dt: float) -> dict:
+    """Rates per second between two status reports ``prev`` and ``cur``
+    taken ``dt`` seconds apart. A port is the same port in both when its
+    index and name are; a network or plane by name."""
+    if dt <= 0:
+        raise ValueError(f"interval {dt} s: the reads must be apart in time")
+    before = {(p["port"], p["name"]): p for p in prev.get("ports", [])}
+    ports = []
+    for p in cur.get("ports", []):
+        r = _rates(before.get((p["port"], p["name"])), p, dt, PORT_RATES)
+        ports.append({k: p.get(k) for k in ("port", "name", "pod", "plane", "role", "network")} | r)
+    # busiest first; ports without a rate (new) last, by index
+    ports.sort(key=lambda p: (-((p["rx_pps"] or 0) + (p["tx_pps"] or 0)), p["port"]))
+    nets_before = {n["name"]: n for n in prev.get("networks", [])}
+    networks = [
+        {"name": n["name"], "vni": n["vni"], "plane": n["plane"]}
+        | _rates(nets_before.get(n["name"]), n, dt, NET_RATES)
+        for n in cur.get("networks", [])
+    ]
+    planes_before = {p["name"]: p for p in prev.get("planes", [])}
+    bounds = cur.get("latency_bounds_us") or []
+    planes = []
+    for p in cur.get("planes", []):
+        o = planes_before.get(p["name"])
+        r = _rates(o, p, dt, PLANE_RATES)
+        if "sent" not in p:  # not on a shaped uplink: no queue of its own
+            r.pop("sent_pps"), r.pop("dropped_ps")
+        planes.append({"name": p["name"]} | r | _latency(o, p, bounds))
+    old_drops, new_drops = prev.get("drops", {}), cur.get("drops", {})
+    drops = {}
+    for reason, n in sorted(new_drops.items()):
+        r = _rate(old_drops.get(reason, 0), n, dt)
+        if r != 0:
+            drops[reason] = r
+    workers_before = {w["worker"]: w for w in prev.get("workers", [])}
+    workers = []
+    for w in cur.get("workers", []):
+        o = workers_before.get(w["worker"])
+        polls = None if o is None else w["polls"] - o["polls"]
+        busy = None if o is None else w["busy_polls"] - o["busy_polls"]
+        ok = polls is not None and polls >= 0 and 0 <= busy <= polls
+        workers.append(
+            {
+                "worker": w["worker"],
+                "busy": (busy / polls if polls else 0.0) if ok else None,
+                "polls_ps": polls / dt if ok else None,
+            }
+        )
+    return {
+        "node": cur.get("node"),
+        "interval_s": round(dt, 3),
+        "latency_last_bound_us": bounds[-1] if bounds else None,
+        "workers": workers,
+        "ports": ports,
+        "networks": networks,
+        "planes": planes,
+        "drops": drops,
+    }
+
+
+def _num(v: Optional[float]) -> str:
+    """A rate for a narrow column: 0, 950, 12.3k, 4.56M, 1.2G; '-' for none."""
+    if v is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.1f}"
+
+
+def _p99(p: dict, bounds_last: Optional[float]) -> str:
+    if p["p99_beyond"]:
+        return f"> {bounds_last:g}" if bounds_last else "beyond"
+    return "-" if p["p99_us"] is None else f"<= {p['p99_us']:g}"
+
+
+def render(r: dict, table, lines: Optional[int] = None) -> List[str]:
+    """The report as text; ``table(header, rows)`` lays out a table (the
+    CLI's), ``lines``: at most this many port rows (the busiest)."""
+    out = [
+        f"node {r['node']}  rates over {r['interval_s']:.1f} s  "
+        + "  ".join(
+            f"worker {w['worker']} busy "
+            + ("-" if w["busy"] is None else f"{100 * w['busy']:.1f}%")
+            for w in r["workers"]
+        )
+    ]
+    ports = r["ports"] if lines is None else r["ports"][:lines]
+    out += table(
+        ["PORT", "NAME", "POD", "PLANE", "NETWORK", "RX pps", "TX pps", "RX bit/s", "TX bit/s", ""],
+        [
+            [
+                p["port"],
+                p["name"],
+                p["pod"] or "-",
+                p["plane"] or "-",
+                p["network"] or "-",
+                *(_num(p[k]) for k in ("rx_pps", "tx_pps", "rx_bps", "tx_bps")),
+                f"guard drops {_num(p['guard_drops_ps'])}/s" if p["guard_drops_ps"] else "",
+            ]
+            for p in ports
+        ],
+    )
+    if len(ports) < len(r["ports"]):
+        out.append(f"  ({len(r['ports']) - len(ports)} quieter ports not shown)")
+    out += table(
+        ["NETWORK", "VNI", "PLANE", "ENCAP pps", "DECAP pps", "FLOOD pps", "LOCAL pps"],
+        [
+            [
+                n["name"],
+                n["vni"],
+                n["plane"],
+                *(_num(v) for k, v in n.items() if k.endswith("_pps")),
+            ]
+            for n in r["networks"]
+        ],
+    )
+    out += table(
+        ["PLANE", "FRAMES/s", "AVG us", "P99 us", "QUEUE SENT pps", "QUEUE DROPPED/s"],
+        [
+            [
+                p["name"],
+                _num(p["frames_ps"]),
+                "-" if p["avg_us"] is None else f"{p['avg_us']:.1f}",
+                _p99(p, r.get("latency_last_bound_us")),
+                _num(p.get("sent_pps")),
+                _num(p.get("dropped_ps")),
+            ]
+            for p in r["planes"]
+        ],
+    )
+    if r["drops"]:
+        out.append(
+            "  drops/s: " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(r["drops"].items()))
+        )
+    else:
+        out.append("  drops/s: none")
+    return out

@@ -1,0 +1,190 @@
+"""``dataplane top`` against a real node service (fallback mode, pods as
+network namespaces, a host behind the kernel's own VXLAN VTEP): the rates
+it prints are the core's counters over the interval - a known number of
+pings shows as that many frames on the pod's port, the uplink and the
+network - an idle pod's port shows none, and the text report has every
+table. Then what it does with counters that went down between two reads
+(a port's index given to another)."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from nodeparts import underlay_node
+from test_service import HOST_IP, IT_SPEC, NETWORKS, ROOT, kernel_vtep, wait_ping
+
+from dataplane.top import rates
+
+PINGS = 100
+
+
+def top(n, *args):
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "top", "--socket", n.sock, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_top_shows_the_frames_of_the_interval(tmp_path):
+    with underlay_node(tmp_path, NETWORKS, ["net1"]) as (n, ul):
+        kernel_vtep(ul)
+        a = n.pod("a", IT_SPEC)
+        b = n.pod("b", IT_SPEC)
+        n.pods_ns = {"a": a["ns"], "b": b["ns"]}
+        wait_ping(a["ns"], HOST_IP)  # the host's MAC and the next hop known
+        port_a = next(p["port"] for p in a["planes"])
+        port_b = next(p["port"] for p in b["planes"])
+
+        def pings(count):
+            r = subprocess.run(
+                ["ip", "netns", "exec", a["ns"], "ping", "-q", "-c", str(count), "-i", "0.01",
+                 HOST_IP],
+                capture_output=True,
+                text=True,
+            )  # fmt: skip
+            assert f"{count} received" in r.stdout, r.stdout
+
+        # the rates of two reads of the status around PINGS pings, as top
+        # makes them: that many frames each way, no more
+        t0, before = time.monotonic(), n.api("GET", "/v1/status")
+        pings(PINGS)
+        t1, after = time.monotonic(), n.api("GET", "/v1/status")
+        r = rates(before, after, t1 - t0)
+
+        def frames(rate):
+            return round(rate * (t1 - t0))
+
+        ports = {p["port"]: p for p in r["ports"]}
+        up = next(p for p in r["ports"] if p["role"] == "uplink")
+        # the pings (and perhaps a neighbour solicitation or two) in, the
+        # replies out; through the uplink both ways
+        assert PINGS <= frames(ports[port_a]["rx_pps"]) <= PINGS + 10, ports[port_a]
+        assert PINGS <= frames(ports[port_a]["tx_pps"]) <= PINGS + 10, ports[port_a]
+        assert PINGS <= frames(up["tx_pps"]) <= PINGS + 10, up
+        assert PINGS <= frames(up["rx_pps"]) <= PINGS + 10, up
+        assert frames(ports[port_a]["rx_bps"]) >= PINGS * 98 * 8, ports[port_a]  # echo frames
+        # the host's MAC is in no table here (no cluster store, no learning):
+        # each request is flooded, to the remote VTEP and to pod b, which
+        # sends nothing itself
+        assert frames(ports[port_b]["rx_pps"]) < 10, ports[port_b]
+        assert PINGS <= frames(ports[port_b]["tx_pps"]) <= PINGS + 10, ports[port_b]
+        net1 = next(x for x in r["networks"] if x["name"] == "net1")
+        assert PINGS <= frames(net1["flood_pps"]) <= PINGS + 10, net1
+        assert PINGS <= frames(net1["encap_pps"]) <= PINGS + 10, net1
+        assert PINGS <= frames(net1["decap_pps"]) <= PINGS + 10, net1
+        std = next(p for p in r["planes"] if p["name"] == "std")
+        assert frames(std["frames_ps"]) >= 2 * PINGS, std  # timed both ways
+        assert std["avg_us"] > 0 and (std["p99_us"] or std["p99_beyond"]), std
+        assert r["workers"] and 0 < r["workers"][0]["busy"] <= 1, r["workers"]
+
+        # the command: one report over a window the pings fall in (some of
+        # them at least: its first read is made when its process is up)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=top(n, "-n", "1", "-d", "6", "--json")))
+        t.start()
+        time.sleep(1.5)
+        pings(PINGS)
+        t.join()
+        (line,) = out["r"].splitlines()
+        r = json.loads(line)
+        assert r["interval_s"] >= 6 and r["node"] == after["node"], r
+        ports = {p["port"]: p for p in r["ports"]}
+        assert ports[port_a]["rx_pps"] > 2 * ports[port_b]["rx_pps"], ports
+        assert r["ports"][-1]["port"] not in (port_a, up["port"]), r["ports"]  # busiest first
+
+        # the text report: every table, the busiest port first
+        text = top(n, "-n", "2", "-d", "0.3")
+        for head in ("RX pps", "ENCAP pps", "FRAMES/s", "drops/s:"):
+            assert text.count(head) == 2, text
+        assert "rates over 0.3 s" in text and "worker 0 busy" in text, text
+        assert top(n, "-n", "1", "-d", "0.2", "--lines", "1").count("quieter ports not shown") == 1
+
+
+def test_a_counter_that_went_down_has_no_rate():
+    """A port whose index another port took between the reads (its counters
+    start again), a new network, a worker counter that went back: no rate,
+    never a negative one."""
+    port = {"port": 3, "name": "pa", "pod": "a", "plane": "std", "role": "pod",
+            "network": "net1", "rx_packets": 1000, "tx_packets": 10, "rx_bytes": 64000,
+            "tx_bytes": 640, "guard_drops": 0}  # fmt: skip
+    prev = {
+        "node": "n1",
+        "ports": [port],
+        "networks": [],
+        "planes": [{"name": "std", "frames": 50}],
+        "drops": {"tx_full": 7},
+        "workers": [{"worker": 0, "polls": 1000, "busy_polls": 100}],
+    }
+    cur = {
+        "node": "n1",
+        "ports": [
+            port | {"rx_packets": 1200, "rx_bytes": 76800},  # the same port: 100/s
+            {**port, "port": 4, "name": "pb"},  # a new one: no rate yet
+        ],
+        "networks": [
+            {
+                "name": "net2",
+                "vni": 102,
+                "plane": "std",
+                "encap_packets": 5,
+                "decap_packets": 0,
+                "flood_packets": 0,
+                "local_packets": 0,
+            }
+        ],  # fmt: skip
+        "planes": [{"name": "std", "frames": 40}],  # went down: reset
+        "drops": {"tx_full": 9, "storm": 4},
+        "workers": [{"worker": 0, "polls": 3000, "busy_polls": 600}],
+    }
+    r = rates(prev, cur, 2.0)
+    assert [(p["port"], p["rx_pps"], p["rx_bps"]) for p in r["ports"]] == [
+        (3, 100.0, 100.0 * 64 * 8),
+        (4, None, None),
+    ]
+    assert r["networks"][0]["encap_pps"] is None
+    assert r["planes"] == [
+        {"name": "std", "frames_ps": None, "avg_us": None, "p99_us": None, "p99_beyond": False}
+    ]
+    assert r["drops"] == {"storm": 2.0, "tx_full": 1.0}
+    assert r["workers"] == [{"worker": 0, "busy": 0.25, "polls_ps": 1000.0}]
+    # the same port name under its old index, its counters restarted
+    again = {**cur, "ports": [port | {"rx_packets": 5, "rx_bytes": 320}]}
+    assert rates(prev, again, 1.0)["ports"][0]["rx_pps"] is None
+    with pytest.raises(ValueError):
+        rates(prev, cur, 0)
+
+
+def test_a_planes_latency_over_the_interval():
+    """The mean and 99th percentile of the frames timed in the interval
+    only, from the histogram's growth (bounds 10, 20, 50 us and beyond)."""
+    bounds = [10.0, 20.0, 50.0]
+
+    def st(buckets, total_us):
+        plane = {"name": "media", "frames": sum(buckets), "latency_buckets": buckets,
+                 "latency_sum_us": total_us}  # fmt: skip
+        return {"ports": [], "planes": [plane], "latency_bounds_us": bounds}
+
+    # before: 1000 frames, most slow; in the interval 100 more, 99 under 10 us
+    # and one under 20: p99 <= 10 us, mean 5.5 us, whatever came before
+    r = rates(st([10, 0, 0, 990], 990_000.0), st([109, 1, 0, 990], 990_550.0), 1.0)
+    (p,) = r["planes"]
+    assert (p["frames_ps"], p["avg_us"], p["p99_us"], p["p99_beyond"]) == (100, 5.5, 10.0, False)
+    # frames beyond the last bound in the interval: said so, no number made up
+    r = rates(st([0, 0, 0, 0], 0.0), st([0, 0, 0, 10], 900.0), 1.0)
+    (p,) = r["planes"]
+    assert (p["p99_us"], p["p99_beyond"], p["avg_us"]) == (None, True, 90.0)
+    assert r["latency_last_bound_us"] == 50.0
+    # none timed in the interval
+    (p,) = rates(st([1, 0, 0, 0], 3.0), st([1, 0, 0, 0], 3.0), 1.0)["planes"]
+    assert (p["avg_us"], p["p99_us"]) == (None, None)
