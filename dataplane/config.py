@@ -579,6 +579,8 @@ RELOADABLE = (
     "vtep.uplink_burst",
     "planes.<plane>.min_rate",
     "planes.<plane>.max_rate",
+    "networks.<network>.storm_pps",
+    "networks.<network>.storm_burst",
     "networks added or removed",
 )
 #: the field name a reload's networks added, removed or reordered go by
@@ -642,6 +644,15 @@ def reload_changes(old: NodeConfig, new: NodeConfig):
         takes.append((NETWORKS, *names))
     for name in _differing(old, new, ""):
         parts = name.split(".")
+        if parts[0] == "networks" and len(parts) > 2:
+            # a network's field (its name may hold dots: the field is last)
+            net, field = name[len("networks.") :].rsplit(".", 1)
+            if f"networks.<network>.{field}" not in RELOADABLE:
+                needs_restart.append(name)
+                continue
+            o, n = old.network(net), new.network(net)
+            takes.append((name, getattr(o, field), getattr(n, field)))
+            continue
         # a plane's field as RELOADABLE names it: planes.<plane>.FIELD
         generic = ".".join(["planes", "<plane>", *parts[2:]]) if parts[0] == "planes" else name
         if generic not in RELOADABLE:

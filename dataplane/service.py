@@ -980,6 +980,13 @@ class NodeService:
                         eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
                     for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
                         _set_plane(eng, new, new.planes[pl])
+                    storms = {
+                        f.removeprefix("networks.").rsplit(".", 1)[0]
+                        for f, _, _ in takes
+                        if f.startswith("networks.") and f.endswith((".storm_pps", ".storm_burst"))
+                    }
+                    for name in storms:
+                        self._set_storm(new.network(name))
                     self._take_config(new, slots, removed)
                     # with the index map it reads, in the same hold of the lock
                     if (added or removed) and self.sync is not None:
@@ -1048,6 +1055,14 @@ class NodeService:
                 eng.del_network(i)
             raise
         return slots
+
+    def _set_storm(self, n):
+        """Network ``n``'s storm control on each of its pod ports in the
+        core, as a pod added now gets it (self.lock held)."""
+        i = self.net_index[n.name]
+        for p in self.engine.ports():
+            if p.network == i and p.role == "pod":
+                self.engine.set_port_storm(p.index, n.storm_pps, n.storm_burst)
 
     def _take_config(self, new: NodeConfig, slots: Dict[str, int], removed):
         """``new`` becomes the configuration every part of the service reads,

@@ -11,6 +11,7 @@ why. A restart afterwards places the networks as the file lists them."""
 
 import json
 import os
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -202,3 +203,42 @@ def test_reload_adds_a_network_with_a_static_flood_list(tmp_path):
         assert [f["vtep"] for f in net3["flood"]] == ["10.99.0.2"], net3
         c = n.pod("c", {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net3"}})
         wait_ping(c["ns"], NET3_HOST)
+
+
+def test_reload_changes_a_networks_storm_control(tmp_path):
+    """A network's storm_pps and storm_burst, changed in the file, apply to
+    the pods already on it at the reload: broadcasts pod a sends within the
+    default limit pass, then over a limit of 10 frames/s are dropped as
+    ``storm`` on its port, then with the limit off pass again."""
+    with underlay_node(tmp_path, NETWORKS, ["net1"]) as (n, _ul):
+        a = n.pod("a", IT_SPEC)
+        n.pod("b", IT_SPEC)
+        port = next(p["port"] for p in a["planes"])
+
+        def broadcasts():
+            """(storm drops, the port's guard drops) after 100 broadcasts."""
+            subprocess.run(
+                ["ip", "netns", "exec", a["ns"], "ping", "-b", "-q", "-c", "100", "-i", "0.005",
+                 "-W", "0.1", "192.168.50.255"],
+                capture_output=True,
+            )  # fmt: skip
+            st = n.api("GET", "/v1/status")
+            guard = next(p.get("guard_drops", 0) for p in st["ports"] if p["port"] == port)
+            return st["drops"].get("storm", 0), guard
+
+        assert broadcasts() == (0, 0)  # 200/s, under the default 1000/s
+        net1 = "gateway: 192.168.50.1}"
+        text = n.cfg.read_text()
+        n.cfg.write_text(text.replace(net1, net1[:-1] + ", storm_pps: 10, storm_burst: 1}"))
+        assert n.cli("reload").stdout.splitlines() == [
+            "networks.net1.storm_pps: 1000 -> 10",
+            "networks.net1.storm_burst: 200 -> 1",
+        ]
+        storm, guard = broadcasts()
+        assert 50 <= storm < 100 and guard == storm, (storm, guard)  # ~10/s of 200/s pass
+        n.cfg.write_text(text.replace(net1, net1[:-1] + ", storm_pps: 0}"))
+        assert n.cli("reload").stdout.splitlines() == [
+            "networks.net1.storm_pps: 10 -> 0",
+            "networks.net1.storm_burst: 1 -> 200",
+        ]
+        assert broadcasts() == (storm, guard)  # no limit: none dropped
