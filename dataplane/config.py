@@ -582,9 +582,12 @@ RELOADABLE = (
     "networks.<network>.storm_pps",
     "networks.<network>.storm_burst",
     "networks added or removed",
+    "remotes",
 )
 #: the field name a reload's networks added, removed or reordered go by
 NETWORKS = "networks"
+#: ... and its static flood lists
+REMOTES = "remotes"
 
 
 def _differing(old, new, prefix: str) -> List[str]:
@@ -610,6 +613,12 @@ def _differing(old, new, prefix: str) -> List[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def _remotes_said(c: NodeConfig) -> List[str]:
+    """A config's static remote VTEPs as a reload reports them:
+    ["VTEP: network, ...", ...]."""
+    return [f"{r.vtep}: {', '.join(r.networks)}" for r in c.remotes]
+
+
 def network_changes(old: NodeConfig, new: NodeConfig):
     """(the networks ``new`` adds, the names of those it removes): by name,
     in their order in the file."""
@@ -625,23 +634,22 @@ def reload_changes(old: NodeConfig, new: NodeConfig):
     ([(field, old value, new value)] for the fields a running service takes
     (RELOADABLE), [fields that only a restart applies]). Networks added,
     removed or put in another order are taken as one change, (NETWORKS,
-    [old names], [new names]); so is ``remotes`` when it changes only the
-    static flood lists of networks added or removed. A network kept is
-    compared field by field: a change of it needs a restart."""
+    [old names], [new names]); ``remotes`` (the static flood lists), as
+    (REMOTES, [old], [new]) each "VTEP: networks". A network kept is
+    compared field by field: only its storm control is taken."""
     takes, needs_restart = [], []
     names = [n.name for n in old.networks], [n.name for n in new.networks]
     if names[0] != names[1]:
         added, removed = network_changes(old, new)
         kept_old = [n for n in old.networks if n.name not in removed]
         kept_new = [new.network(n.name) for n in kept_old]
-        flood, flood_old = new.flood_lists(), old.flood_lists()
-        same_lists = all(flood[n.name] == flood_old[n.name] for n in kept_old)
         # the rest compared as if only the networks kept were there
-        old = dataclasses.replace(
-            old, networks=kept_old, remotes=new.remotes if same_lists else old.remotes
-        )
+        old = dataclasses.replace(old, networks=kept_old)
         new = dataclasses.replace(new, networks=kept_new)
         takes.append((NETWORKS, *names))
+    if old.remotes != new.remotes:  # the static flood lists, as one change
+        takes.append((REMOTES, _remotes_said(old), _remotes_said(new)))
+        new = dataclasses.replace(new, remotes=old.remotes)
     for name in _differing(old, new, ""):
         parts = name.split(".")
         if parts[0] == "networks" and len(parts) > 2:

@@ -30,7 +30,14 @@ from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .checks import MAX_NETWORKS, check_name, check_not_a_file, is_af_xdp_port
-from .config import RELOADABLE, NodeConfig, load_config, network_changes, reload_changes
+from .config import (
+    RELOADABLE,
+    REMOTES,
+    NodeConfig,
+    load_config,
+    network_changes,
+    reload_changes,
+)
 from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import Busy, ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
@@ -254,6 +261,7 @@ class NodeService:
             # missing, down, or an MTU below the underlay's: said at start
             self.check_uplink("start")
             self.sync = ClusterSync(cfg, self.store, self.engine, self.lock, self.net_index)
+            self.sync.apply()  # the static flood lists: the cluster view's from the start
             self.pods = PodLife(
                 cfg, self.store, self.engine, self.lock, self.net_index, on_removed=self.sync.apply
             )
@@ -392,11 +400,12 @@ class NodeService:
         self.vtep_mac = mac
 
     def _setup_core(self):
-        """The uplink, planes, networks, VTEP and static flood lists of the
-        config. A kernel uplink that does not exist yet leaves the core
-        without one: pods of the node forward among themselves, frames for
-        the underlay are dropped (``no_uplink``), and :meth:`check_uplink`
-        attaches it once it exists and is up."""
+        """The uplink, planes, networks and VTEP of the config (the static
+        flood lists come with the cluster view: ClusterSync.apply). A kernel
+        uplink that does not exist yet leaves the core without one: pods of
+        the node forward among themselves, frames for the underlay are
+        dropped (``no_uplink``), and :meth:`check_uplink` attaches it once it
+        exists and is up."""
         cfg, eng = self.config, self.engine
         v = cfg.vtep
         if v.uplink_kind == "dpdk":
@@ -418,9 +427,6 @@ class NodeService:
             d = v.duplicate_macs
             eng.set_duplicate_macs(d.moves, d.window_s, d.freeze_s)
             eng.set_learning_limits(age_s=v.learned_age_s)
-        for name, vteps in cfg.flood_lists().items():
-            if vteps:
-                eng.set_flood(self.net_index[name], vteps)
         event(
             "core ready",
             uplink=v.uplink,
@@ -989,8 +995,9 @@ class NodeService:
                         self._set_storm(new.network(name))
                     self._take_config(new, slots, removed)
                     # with the index map it reads, in the same hold of the lock
-                    if (added or removed) and self.sync is not None:
-                        self.sync.reconfigure(new)
+                    remotes = any(f == REMOTES for f, _, _ in takes)
+                    if (added or removed or remotes) and self.sync is not None:
+                        self.sync.reconfigure(new, resync=bool(added))
             for n in added:
                 event(
                     "network added", network=n.name, vni=n.vni, plane=n.plane, index=slots[n.name]
@@ -1031,10 +1038,10 @@ class NodeService:
 
     def _add_networks(self, new: NodeConfig, added) -> Dict[str, int]:
         """Networks ``added`` into the core, each at the lowest index no
-        network has, with its static flood list (self.lock held): {name:
-        index}. On an error none of them stays."""
+        network has (self.lock held; their flood lists come with the cluster
+        view's: ClusterSync.reconfigure): {name: index}. On an error none of
+        them stays."""
         eng, slots = self.engine, {}
-        flood = new.flood_lists()
         taken = set(self.net_index.values())
         free = (i for i in range(MAX_NETWORKS) if i not in taken)
         try:
@@ -1048,8 +1055,6 @@ class NodeService:
                     )
                 eng.add_network(i, vni=n.vni, plane=new.plane_id(n.plane))
                 slots[n.name] = i
-                if flood[n.name]:
-                    eng.set_flood(i, flood[n.name])
         except BaseException:
             for i in slots.values():
                 eng.del_network(i)

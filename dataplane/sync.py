@@ -314,21 +314,21 @@ class ClusterSync:
         for key in [k for k, c in self._contrib.items() if c[0] == net]:
             self._forget(key)
 
-    def reconfigure(self, config: NodeConfig):
-        """Take a config whose networks changed (a reload; ``networks``
-        changed with it): the core gets the new networks' static flood lists
-        at once, and a following thread a new snapshot of the store, since
-        the records of their endpoints were skipped until now (endpoints of
-        networks this node did not have). The caller may hold ``lock`` (it
-        is reentrant): the service changes ``networks`` and the config in one
-        hold of it, so the view never reads the one without the other."""
+    def reconfigure(self, config: NodeConfig, resync: bool = True):
+        """Take a config whose networks or static flood lists changed (a
+        reload; ``networks`` changed with it): the core gets the flood lists
+        at once, and with ``resync`` a following thread a new snapshot of
+        the store, since the records of the new networks' endpoints were
+        skipped until now (endpoints of networks this node did not have).
+        The caller may hold ``lock`` (it is reentrant): the service changes
+        ``networks`` and the config in one hold of it, so the view never
+        reads the one without the other."""
         with self.lock:
             self.config = config
-            if self._thread is None:
-                self.apply()
-                return
-        self._resync.set()
-        self._dirty.set()  # wakes the watch's wait
+            self.apply()
+        if resync and self._thread is not None:
+            self._resync.set()
+            self._dirty.set()  # wakes the watch's wait
 
     @property
     def refused(self) -> int:

@@ -712,16 +712,13 @@ def test_reload_changes_takes_rates_and_names_the_rest():
     assert reload_changes(old, parse_config(grown)) == (
         [("networks", order, [*order, "net9"])], []
     )  # fmt: skip
-    # with a static flood list of its own, the rest as it was: taken too
-    grown["remotes"] = [{"vtep": "10.0.0.9", "networks": ["net9"]}]
-    assert reload_changes(old, parse_config(grown)) == (
-        [("networks", order, [*order, "net9"])], []
-    )  # fmt: skip
-    # an old network's flood list changed with it: that needs a restart
+    # with a static flood list of its own, and one of an old network's
+    # changed: taken too, as one change
     grown["remotes"] = [{"vtep": "10.0.0.9", "networks": ["net9", "net1"]}]
-    assert reload_changes(old, parse_config(grown)) == (
-        [("networks", order, [*order, "net9"])], ["remotes"]
-    )  # fmt: skip
+    assert reload_changes(old, parse_config(grown)) == ([
+        ("networks", order, [*order, "net9"]),
+        ("remotes", [], ["10.0.0.9: net9, net1"]),
+    ], [])  # fmt: skip
     # and so does a change of an old network beside the new one
     grown["remotes"] = []
     grown["networks"][0]["mtu"] = 1300

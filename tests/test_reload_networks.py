@@ -57,6 +57,11 @@ def refused(n, why):
     assert f"not reloaded, nothing changed: {why}" in r.stderr, r.stderr
 
 
+def flood_lists(n) -> dict:
+    """{network: the VTEPs the core floods it to}."""
+    return {x["name"]: [f["vtep"] for f in x["flood"]] for x in n.api("GET", "/v1/networks")}
+
+
 def net_names(n):
     return [x["name"] for x in n.api("GET", "/v1/networks")]
 
@@ -179,9 +184,10 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
 
 def test_reload_adds_a_network_with_a_static_flood_list(tmp_path):
     """The same on a node of its own (SQLite store, no cluster view): the
-    new network's static flood list, named in ``remotes`` beside the old
-    networks' unchanged ones, is taken with it, and a pod of the network
-    reaches a host behind the kernel's VTEP through it."""
+    new network's static flood list, named in ``remotes``, is taken with
+    it, and a pod of the network reaches a host behind the kernel's VTEP
+    through it; then the static flood lists change alone, an emptied one
+    emptied in the core."""
     with underlay_node(tmp_path, NETWORKS, ["net1"]) as (n, ul):
         kernel_vtep_103(ul)
         text = n.cfg.read_text()
@@ -189,11 +195,27 @@ def test_reload_adds_a_network_with_a_static_flood_list(tmp_path):
         text = text.replace(NETWORKS, NETWORKS + "\n" + NET3.rstrip("\n"))
         n.cfg.write_text(text.replace("networks: [net1]}", "networks: [net1, net3]}"))
         out = n.cli("reload").stdout
-        assert out.splitlines() == ["networks: net1, net2 -> net1, net2, net3"], out
-        net3 = next(x for x in n.api("GET", "/v1/networks") if x["name"] == "net3")
-        assert [f["vtep"] for f in net3["flood"]] == ["10.99.0.2"], net3
+        assert out.splitlines() == [
+            "networks: net1, net2 -> net1, net2, net3",
+            "remotes: 10.99.0.2: net1 -> 10.99.0.2: net1, net3",
+        ], out
+        assert flood_lists(n) == {"net1": ["10.99.0.2"], "net2": [], "net3": ["10.99.0.2"]}
         c = n.pod("c", {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net3"}})
         wait_ping(c["ns"], NET3_HOST)
+        # the static flood lists alone: the old networks' change too, and a
+        # list emptied is emptied in the core
+        text = n.cfg.read_text()
+        n.cfg.write_text(
+            text.replace(
+                "- {vtep: 10.99.0.2, networks: [net1, net3]}",
+                "- {vtep: 10.99.0.2, networks: [net2]}\n  - {vtep: 10.99.0.9, networks: [net2]}",
+            )
+        )
+        assert n.cli("reload").stdout.splitlines() == [
+            "remotes: 10.99.0.2: net1, net3 -> 10.99.0.2: net2, 10.99.0.9: net2"
+        ]
+        assert flood_lists(n) == {"net1": [], "net2": ["10.99.0.2", "10.99.0.9"], "net3": []}
+        assert ping(c["ns"], NET3_HOST, count=1).returncode != 0  # no way to the host now
 
 
 def test_reload_changes_a_networks_storm_control(tmp_path):
