@@ -189,9 +189,20 @@ def cmd_reload(args):
     if not r["changed"]:
         print(f"{r['config']}: reloaded, nothing to change")
     for c in r["changed"]:
-        old, new = (", ".join(v) if isinstance(v, list) else v for v in (c["old"], c["new"]))
+        sep = "; " if c["field"] == "remotes" else ", "  # entries 'VTEP: net1, net2'
+        old, new = (_said(v, sep) for v in (c["old"], c["new"]))
         print(f"{c['field']}: {old} -> {new}")
+    for why in r.get("refused", []):  # taken, but the core would not hold it
+        print(f"refused by the core, the rest applied: {why}")
     return 0
+
+
+def _said(v, sep: str = ", ") -> str:
+    """A reloaded field's value: a list as its entries joined by ``sep``,
+    an empty one as '(none)'."""
+    if not isinstance(v, list):
+        return str(v)
+    return sep.join(str(x) for x in v) if v else "(none)"
 
 
 def _bits(bps: int) -> str:

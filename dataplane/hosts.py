@@ -32,11 +32,12 @@ def _row(e: Dict[str, Any]) -> Dict[str, Any]:
 class StaticHosts:
     """Add, list and remove the static hosts of ``store``; ``networks``:
     the names of the networks this node has (a host goes on one of them, or
-    on one the store has from other nodes)."""
+    on one the store has from other nodes): the service's own map, which a
+    reload changes, read as it is at each call."""
 
     def __init__(self, store, networks, vtep):
         self.store = store
-        self.networks = set(networks)
+        self.networks = networks
         self.vtep = vtep  # this node's VtepConfig: a host's VTEP must be reachable
 
     def _need_cluster_store(self):
@@ -64,7 +65,7 @@ class StaticHosts:
         name, network = body["name"], body["network"]
         # a network of the cluster: this node's, or one only other nodes have
         if network not in self.networks and self.store.network(network) is None:
-            known = self.networks | {n["name"] for n in self.store.networks()}
+            known = set(self.networks) | {n["name"] for n in self.store.networks()}
             raise fail(
                 "network",
                 f"no network {network!r} in the cluster (it has "

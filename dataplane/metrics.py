@@ -74,6 +74,7 @@ class Snapshot(NamedTuple):
     uplink_up: Optional[bool] = None  # a kernel uplink: False while it cannot carry frames
     express_lane: bool = False  # the express lane loaded (its frames in the port counters too)
     pods_not_attached: int = 0  # this node's pods a replay could not attach (no forwarding)
+    taken_at: Optional[float] = None  # time.monotonic() as the counters were read
 
 
 class CoreCollector:

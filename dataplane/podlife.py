@@ -1096,6 +1096,9 @@ class PodLife:
             check_node_can(p.kind, p.plane)
         node = self.config.node
         with self.txn:
+            # checked again, as the networks are now: a reload may have
+            # removed one while this add waited for the lock
+            ps = parse_pod_spec(spec, self.config)
             same = self._repeated(name, netns, ps)
             if same is not None:  # the add was done before: nothing to do
                 event("pod add repeated: unchanged", pod=name, netns=netns)

@@ -629,6 +629,7 @@ class NodeService:
         with self.lock:
             if self.engine is None or self.store is None:
                 return None
+            taken_at = time.monotonic()
             snap = take_snapshot(
                 self.config,
                 self.engine,
@@ -638,6 +639,7 @@ class NodeService:
                 counts=counts,
                 owners=self.pods.port_owners() if self.pods is not None else None,
             )
+            snap = snap._replace(taken_at=taken_at)
             if self.cpu_latency is not None:
                 snap = snap._replace(cpu_latency_limit_us=self.cpu_latency.limit_us())
             if self.config.vtep.uplink_kind == "kernel":
@@ -690,6 +692,9 @@ class NodeService:
         # mbufs of the core's pool in flight or queued: back to its idle
         # level once traffic stops, whatever the frames were
         report["mbufs_in_use"] = snap.mbufs_in_use
+        # when the counters were read (the host's monotonic clock, seconds):
+        # rates between two reports (dataplane top) divide by its difference
+        report["counters_at"] = snap.taken_at
         report["cpu_latency_us"] = self.config.cpu_latency_us
         # express_lane: auto, and the kernel would not take the lane: why
         report["express_lane_off"] = self.express_off
@@ -720,8 +725,8 @@ class NodeService:
         """The VTEPs ``network`` floods to (broadcast, multicast, unknown
         unicast), as the core has them: [{"vtep", "resolved"}]; resolved:
         the underlay next hop's MAC is known, so frames to it leave."""
-        with self.lock:
-            vteps = self._live_engine().flood_list(self.net_index[network])
+        with self.lock:  # NotFound for a network a reload just removed
+            vteps = self._live_engine().flood_list(self._net_of(network))
         return [{"vtep": ip, "resolved": ok} for ip, ok in vteps]
 
     def _pod_txn(self):
@@ -748,26 +753,28 @@ class NodeService:
         return self.net_index[network]
 
     def _fdb_views(self, network: Optional[str]):
-        """The engine, the network's index (None: all) and this node's
-        pods' and the cluster's endpoints by (network index, mac), for the
-        FDB's views: none of it read from the store (this node's pods as
-        the service recorded them, the cluster's as the cluster view has
-        them), so the views answer while the store does not."""
-        net = self._net_of(network)
+        """The engine, the network's index (None: all), the networks' map
+        as it is now (a copy: a reload changes the service's own) and this
+        node's pods' and the cluster's endpoints by (network index, mac),
+        for the FDB's views: none of it read from the store (this node's
+        pods as the service recorded them, the cluster's as the cluster view
+        has them), so the views answer while the store does not."""
 
         def by_key(endpoints):  # {(network index, mac): endpoint}
             return {
-                (self.net_index[e["network"]], e["mac"].lower()): e
+                (index[e["network"]], e["mac"].lower()): e
                 for e in endpoints
-                if e["network"] in self.net_index
+                if e["network"] in index
             }
 
         with self.lock:
+            net = self._net_of(network)
+            index = dict(self.net_index)
             engine = self._live_engine()
             ports = {p.index: p.name for p in engine.ports()}
             remote = by_key(self.sync.remote.values())
         local = by_key(self.pods.local_endpoints())
-        return engine, net, ports, local, remote
+        return engine, net, index, ports, local, remote
 
     def _fdb_store_note(self) -> Optional[str]:
         """None while the store answers (a probe of ``reach.PROBE_WAIT_S``
@@ -802,9 +809,9 @@ class NodeService:
     def fdb(self, network: Optional[str] = None, mac: Optional[str] = None) -> list:
         """The FDB (:func:`dataplane.status.fdb_report`): of ``network`` (a
         name), of one ``mac`` (normalised), or all."""
-        engine, net, ports, local, remote = self._fdb_views(network)
+        engine, net, index, ports, local, remote = self._fdb_views(network)
         entries = self._fdb_read(lambda: engine.fdb_list(net, mac))
-        rows = fdb_report(entries, self.net_index, ports, local, remote)
+        rows = fdb_report(entries, index, ports, local, remote)
         note = self._fdb_store_note()
         if note:  # said on every row (the answer stays a list)
             for r in rows:
@@ -816,9 +823,9 @@ class NodeService:
     def fdb_summary(self, network: Optional[str] = None) -> list:
         """Entries by network and origin (:func:`dataplane.status.fdb_summary`):
         of ``network`` (a name), or of every network."""
-        engine, net, _, local, remote = self._fdb_views(network)
+        engine, net, index, _, local, remote = self._fdb_views(network)
         rows = self._fdb_read(lambda: engine.fdb_rows(net))
-        nets = self.net_index if network is None else {network: net}
+        nets = index if network is None else {network: net}
         out = fdb_summary(rows, nets, local, remote)
         note = self._fdb_store_note()
         if note:
@@ -954,50 +961,59 @@ class NodeService:
                     f"service (a reload takes {', '.join(RELOADABLE)})"
                 )
             added, removed = network_changes(self.config, new)
+            refused = []  # static flood lists the core refused
             # no pod added or removed meanwhile: none sees half the networks
             with self._pod_txn():
                 if added or removed:
                     self._check_networks(path, new)
+                # what can fail comes first, each step undone if a later one
+                # fails: the networks added into the core, their records in
+                # the store (without the engine's lock: the views do not wait
+                # on the store), the rates and the storm control
                 with self.lock:
                     eng = self.engine
                     if eng is None or not eng.running:
                         raise ConfigError("reload: the service is not running")
                     self._check_unused(path, removed)
                     slots = self._add_networks(new, added)
-                # their records in the store, without the engine's lock (the
-                # views do not wait on the store); refused: out of the core again
+                recorded = []  # records this reload made
                 try:
                     for n in added:
+                        fresh = self.store.network(n.name) is None
                         self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
+                        if fresh:
+                            recorded.append(n.name)
+                    with self.lock:  # the engine stays: a stop waits for the pod lock
+                        self._take_rates(new, takes)
                 except BaseException:
-                    with self.lock:
-                        for i in slots.values():
-                            eng.del_network(i)
+                    self._undo_added(slots, recorded)
                     raise
-                with self.lock:  # the engine stays: a stop waits for the pod lock
-                    for name in removed:  # no port on them (checked): cannot fail
+                with self.lock:
+                    # last, what cannot be undone (and fails only for want of
+                    # memory: a network left in the core keeps its index
+                    # taken, see _add_networks)
+                    for name in removed:
                         i = self.net_index[name]
-                        eng.del_network(i)
+                        try:
+                            eng.del_network(i)
+                        except DataplaneError as e:
+                            log.error("network %s stays in the core at index %d: %s", name, i, e)
                         if self.sync is not None:
                             self.sync.forget_network(i)
-                    # an uplink not attached yet takes the new rates when it is
-                    if self.uplink is not None and any(n.startswith("vtep.") for n, _, _ in takes):
-                        v = new.vtep
-                        eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
-                    for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
-                        _set_plane(eng, new, new.planes[pl])
-                    storms = {
-                        f.removeprefix("networks.").rsplit(".", 1)[0]
-                        for f, _, _ in takes
-                        if f.startswith("networks.") and f.endswith((".storm_pps", ".storm_burst"))
-                    }
-                    for name in storms:
-                        self._set_storm(new.network(name))
                     self._take_config(new, slots, removed)
                     # with the index map it reads, in the same hold of the lock
                     remotes = any(f == REMOTES for f, _, _ in takes)
                     if (added or removed or remotes) and self.sync is not None:
                         self.sync.reconfigure(new, resync=bool(added))
+                        refused = self.sync.flood_refused()
+                # a node's own store forgets a network it removed (its VNI
+                # free for another); a cluster's keeps it for the other nodes
+                if new.store.kind == "sqlite":
+                    for name in removed:
+                        try:
+                            self.store.delete_network(name)
+                        except DataplaneError as e:
+                            log.warning("network %s: its record stays in the store: %s", name, e)
             for n in added:
                 event(
                     "network added", network=n.name, vni=n.vni, plane=n.plane, index=slots[n.name]
@@ -1010,7 +1026,43 @@ class NodeService:
             config=path,
             changed={n: [o, v] for n, o, v in takes},
         )
-        return {"config": path, "changed": changed}
+        out = {"config": path, "changed": changed}
+        if refused:
+            out["refused"] = refused
+        return out
+
+    def _take_rates(self, new: NodeConfig, takes):
+        """The uplink's shaper, the planes' rates and the networks' storm
+        control as ``new`` has them, where ``takes`` changes them (self.lock
+        held)."""
+        eng = self.engine
+        # an uplink not attached yet takes the new rates when it is
+        if self.uplink is not None and any(n.startswith("vtep.") for n, _, _ in takes):
+            v = new.vtep
+            eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
+        for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
+            _set_plane(eng, new, new.planes[pl])
+        storms = {
+            f.removeprefix("networks.").rsplit(".", 1)[0]
+            for f, _, _ in takes
+            if f.startswith("networks.") and f.endswith((".storm_pps", ".storm_burst"))
+        }
+        for name in storms:
+            self._set_storm(new.network(name))
+
+    def _undo_added(self, slots: Dict[str, int], recorded):
+        """A reload refused after networks were added: out of the core
+        again (``slots``), and the store's records it made (``recorded``)
+        deleted."""
+        with self.lock:
+            if self.engine is not None:
+                for i in slots.values():
+                    self.engine.del_network(i)
+        for name in recorded:
+            try:
+                self.store.delete_network(name)
+            except Exception as e:  # noqa: BLE001 - the reload's own error is the one to say
+                log.warning("network %s: its record stays in the store: %s", name, e)
 
     def _check_networks(self, path: str, new: NodeConfig):
         """ConfigError if the store's records refuse the networks of ``new``
@@ -1042,7 +1094,8 @@ class NodeService:
         view's: ClusterSync.reconfigure): {name: index}. On an error none of
         them stays."""
         eng, slots = self.engine, {}
-        taken = set(self.net_index.values())
+        # a network that failed to leave the core keeps its index taken
+        taken = set(self.net_index.values()) | set(eng.networks())
         free = (i for i in range(MAX_NETWORKS) if i not in taken)
         try:
             for n in added:

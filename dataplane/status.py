@@ -18,6 +18,7 @@ from .checks import (
 )
 from .config import NodeConfig
 from .engine import LATENCY_BOUNDS_S, WORKER_COUNTERS, lib
+from .errors import NotFound
 from .hosts import is_static
 from .store import reach
 
@@ -297,6 +298,29 @@ def fdb_summary(rows, networks: Dict[str, int], local_eps, remote_eps) -> list:
     ]
 
 
+def _networks(config, flood) -> list:
+    """The node's networks with their flood lists (``GET /v1/networks``);
+    one a reload removed meanwhile is left out."""
+    out = []
+    for n in config.networks:
+        try:
+            vteps = flood(n.name)
+        except NotFound:
+            continue
+        out.append(
+            {
+                "name": n.name,
+                "vni": n.vni,
+                "plane": n.plane,
+                "subnet": n.subnet,
+                "gateway": n.gateway,
+                "mtu": n.mtu,
+                "flood": vteps,
+            }
+        )
+    return out
+
+
 def api_routes(
     config: Callable[[], NodeConfig],
     status: Callable[[], dict],
@@ -333,20 +357,7 @@ def api_routes(
         ("GET", "/v1/fdb"): Route(
             lambda b, q: fdb(q.get("network"), q.get("mac")), query=fdb_query
         ),
-        ("GET", "/v1/networks"): Route(
-            lambda b, q: [
-                {
-                    "name": n.name,
-                    "vni": n.vni,
-                    "plane": n.plane,
-                    "subnet": n.subnet,
-                    "gateway": n.gateway,
-                    "mtu": n.mtu,
-                    "flood": flood(n.name),
-                }
-                for n in config().networks
-            ]
-        ),
+        ("GET", "/v1/networks"): Route(lambda b, q: _networks(config(), flood)),
     }
     if fdb_summary is not None:
         routes[("GET", "/v1/fdb/summary")] = Route(

@@ -330,6 +330,20 @@ class ClusterSync:
             self._resync.set()
             self._dirty.set()  # wakes the watch's wait
 
+    def flood_refused(self) -> List[str]:
+        """The flood lists the core refused at the last apply, each said
+        with its network's name, its VTEPs and the core's reason."""
+        names = {i: n for n, i in self.networks.items()}
+
+        def vteps(v):  # a long list: its first few and how many
+            return ", ".join(v) if len(v) <= 5 else f"{', '.join(v[:5])}, ... {len(v)} VTEPs"
+
+        return [
+            f"the flood list of network {names.get(key[1], key[1])} ({vteps(value)}): {why}"
+            for key, (value, why) in sorted(self.tables.refused.items(), key=repr)
+            if key[0] == "flood"
+        ]
+
     @property
     def refused(self) -> int:
         """How many remote FDB entries and flood lists the core refused at

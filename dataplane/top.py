@@ -73,8 +73,13 @@ def _latency(old: Optional[dict], new: dict, bounds: List[float]) -> dict:
 
 def rates(prev: dict, cur: dict, dt: float) -> dict:
     """Rates per second between two status reports ``prev`` and ``cur``
-    taken ``dt`` seconds apart. A port is the same port in both when its
-    index and name are; a network or plane by name."""
+    taken ``dt`` seconds apart (the difference of their ``counters_at``
+    instead where both have it: the service's own time of each read, not
+    the client's). A port is the same port in both when its index and name
+    are; a network or plane by name."""
+    a, b = prev.get("counters_at"), cur.get("counters_at")
+    if a is not None and b is not None and b > a:
+        dt = b - a
     if dt <= 0:
         raise ValueError(f"interval {dt} s: the reads must be apart in time")
     before = {(p["port"], p["name"]): p for p in prev.get("ports", [])}
@@ -115,7 +120,10 @@ def rates(prev: dict, cur: dict, dt: float) -> dict:
         workers.append(
             {
                 "worker": w["worker"],
-                "busy": (busy / polls if polls else 0.0) if ok else None,
+                # no poll in the interval: the worker is stuck or not run
+                # (an idle one still polls, its sleeps are microseconds)
+                "busy": busy / polls if ok and polls else None,
+                "stalled": ok and polls == 0,
                 "polls_ps": polls / dt if ok else None,
             }
         )
@@ -153,8 +161,12 @@ def render(r: dict, table, lines: Optional[int] = None) -> List[str]:
     out = [
         f"node {r['node']}  rates over {r['interval_s']:.1f} s  "
         + "  ".join(
-            f"worker {w['worker']} busy "
-            + ("-" if w["busy"] is None else f"{100 * w['busy']:.1f}%")
+            f"worker {w['worker']} "
+            + (
+                "STALLED (no poll in the interval)"
+                if w.get("stalled")
+                else "busy " + ("-" if w["busy"] is None else f"{100 * w['busy']:.1f}%")
+            )
             for w in r["workers"]
         )
     ]

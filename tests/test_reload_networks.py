@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 from nodeparts import underlay_node
-from test_service import HOST_IP, IT_SPEC, NETWORKS, ip_of, kernel_vtep, ping, wait_ping
+from test_service import HOST_IP, IT_SPEC, NETWORKS, Node, ip_of, kernel_vtep, ping, wait_ping
 
 from dataplane.store.etcd import EtcdStore
 from tests.etcdhost import EtcdServer, have_etcd
@@ -212,10 +212,20 @@ def test_reload_adds_a_network_with_a_static_flood_list(tmp_path):
             )
         )
         assert n.cli("reload").stdout.splitlines() == [
-            "remotes: 10.99.0.2: net1, net3 -> 10.99.0.2: net2, 10.99.0.9: net2"
+            "remotes: 10.99.0.2: net1, net3 -> 10.99.0.2: net2; 10.99.0.9: net2"
         ]
         assert flood_lists(n) == {"net1": [], "net2": ["10.99.0.2", "10.99.0.9"], "net3": []}
         assert ping(c["ns"], NET3_HOST, count=1).returncode != 0  # no way to the host now
+        # renamed: net3 taken away (its pod first), then its VNI under a new
+        # name - the node's own store forgot net3 with it
+        n.cli("pod", "del", "c")
+        text = n.cfg.read_text()
+        n.cfg.write_text(text.replace(NET3, ""))
+        assert n.cli("reload").stdout.splitlines() == ["networks: net1, net2, net3 -> net1, net2"]
+        net7 = NET3.replace("net3", "net7").replace("192.168.53.", "192.168.57.")
+        n.cfg.write_text(text.replace(NET3, net7))
+        assert n.cli("reload").stdout.splitlines() == ["networks: net1, net2 -> net1, net2, net7"]
+        assert [(x["name"], x["vni"]) for x in n.api("GET", "/v1/networks")][-1] == ("net7", 103)
 
 
 def test_reload_changes_a_networks_storm_control(tmp_path):
@@ -257,3 +267,30 @@ def test_reload_changes_a_networks_storm_control(tmp_path):
             "networks.net1.storm_burst: 1 -> 200",
         ]
         assert broadcasts()[1] == guard  # no limit: none dropped
+
+
+def test_reload_says_a_flood_list_the_core_refuses(tmp_path):
+    """A static flood list longer than the core's remote VTEP slots: the
+    reload takes the file, applies the rest, and says which list the core
+    refused and why; the network keeps the list it had."""
+    n = Node(tmp_path, uuid.uuid4().hex[:5])
+    try:
+        text = n.cfg.read_text()
+        vtep = f"uplink: {n.uplink}}}"
+        assert vtep in text
+        n.cfg.write_text(text.replace(vtep, f"uplink: {n.uplink}, gateway: 10.99.0.254}}"))
+        n.start()
+        many = "".join(
+            f"\n  - {{vtep: 10.98.{i // 250}.{i % 250 + 1}, networks: [net2]}}" for i in range(1030)
+        )
+        n.cfg.write_text(n.cfg.read_text() + "remotes:" + many + "\n")
+        out = n.cli("reload").stdout.splitlines()
+        assert out[0].startswith("remotes: (none) -> 10.98.0.1: net2; 10.98.0.2: net2"), out[0]
+        assert len(out) == 2 and out[1] == (
+            "refused by the core, the rest applied: the flood list of network net2 (10.98.0.1, "
+            "10.98.0.10, 10.98.0.100, 10.98.0.101, 10.98.0.102, ... 1030 VTEPs): setting flood "
+            "list of network 1: flood list of 1030 VTEPs (max 1024)"
+        ), out
+        assert flood_lists(n) == {"net1": [], "net2": []}
+    finally:
+        n.cleanup()

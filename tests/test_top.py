@@ -61,9 +61,11 @@ def test_top_shows_the_frames_of_the_interval(tmp_path):
         pings(PINGS)
         t1, after = time.monotonic(), n.api("GET", "/v1/status")
         r = rates(before, after, t1 - t0)
+        # over the service's own times of the two reads, not the client's
+        assert r["interval_s"] == round(after["counters_at"] - before["counters_at"], 3)
 
-        def frames(rate):
-            return round(rate * (t1 - t0))
+        def frames(rate):  # over the service's own interval between the reads
+            return round(rate * r["interval_s"])
 
         ports = {p["port"]: p for p in r["ports"]}
         up = next(p for p in r["ports"] if p["role"] == "uplink")
@@ -98,7 +100,7 @@ def test_top_shows_the_frames_of_the_interval(tmp_path):
         t.join()
         (line,) = out["r"].splitlines()
         r = json.loads(line)
-        assert r["interval_s"] >= 6 and r["node"] == after["node"], r
+        assert r["interval_s"] >= 5.9 and r["node"] == after["node"], r
         ports = {p["port"]: p for p in r["ports"]}
         assert ports[port_a]["rx_pps"] > 2 * ports[port_b]["rx_pps"], ports
         assert r["ports"][-1]["port"] not in (port_a, up["port"]), r["ports"]  # busiest first
@@ -157,7 +159,15 @@ def test_a_counter_that_went_down_has_no_rate():
         {"name": "std", "frames_ps": None, "avg_us": None, "p99_us": None, "p99_beyond": False}
     ]
     assert r["drops"] == {"storm": 2.0, "tx_full": 1.0}
-    assert r["workers"] == [{"worker": 0, "busy": 0.25, "polls_ps": 1000.0}]
+    assert r["workers"] == [{"worker": 0, "busy": 0.25, "stalled": False, "polls_ps": 1000.0}]
+    # a worker that did not poll at all in the interval is said to be stalled
+    stuck = {**cur, "workers": prev["workers"]}
+    assert rates(prev, stuck, 2.0)["workers"][0] == {
+        "worker": 0, "busy": None, "stalled": True, "polls_ps": 0.0
+    }  # fmt: skip
+    # the service's own times of the reads, where both reports have them
+    timed = rates({**prev, "counters_at": 100.0}, {**cur, "counters_at": 104.0}, 2.0)
+    assert timed["interval_s"] == 4.0 and timed["ports"][0]["rx_pps"] == 50.0
     # the same port name under its old index, its counters restarted
     again = {**cur, "ports": [port | {"rx_packets": 5, "rx_bytes": 320}]}
     assert rates(prev, again, 1.0)["ports"][0]["rx_pps"] is None
