@@ -6,7 +6,7 @@
     dataplane status                      what the running service has attached
     dataplane top [-d S] [-n N] [--lines N]   what it forwards now: rates per port,
                                           network, plane and drop reason; workers' load
-    dataplane reload                      the service's new uplink and plane rates and
+    dataplane reload [--dry-run]          the service's new uplink and plane rates and
                                           networks, live
     dataplane pod add NAME --netns PATH --spec JSON|@FILE
     dataplane pod del NAME
@@ -181,10 +181,19 @@ def cmd_check(args):
 
 def cmd_reload(args):
     # the file meant, if named: the service reads only its own, and says so
-    body = {"config": os.path.abspath(args.config)} if args.config else None
-    r = _call(args, "POST", "/v1/reload", body)
+    body = {"config": os.path.abspath(args.config)} if args.config else {}
+    if args.dry_run:
+        body["dry_run"] = True
+    r = _call(args, "POST", "/v1/reload", body or None)
     if args.json:
         _print(r, True)
+        return 0
+    if r.get("dry_run"):  # checked as a reload would be, nothing applied
+        print(f"{r['config']}: a reload would change" if r["changed"] else f"{r['config']}: "
+              "a reload would change nothing")  # fmt: skip
+        for c in r["changed"]:
+            sep = "; " if c["field"] == "remotes" else ", "
+            print(f"  {c['field']}: {_said(c['old'], sep)} -> {_said(c['new'], sep)}")
         return 0
     if not r["changed"]:
         print(f"{r['config']}: reloaded, nothing to change")
@@ -717,6 +726,12 @@ def build_parser():
         p,
         "the service's config file: where its api_socket is, and the file it reads again "
         "(a file other than the one it was started from is refused)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the file as a reload would (the store and the core included) and say what "
+        "it would change; change nothing",
     )
     p.set_defaults(fn=cmd_reload)
     p = sub.add_parser("status", help="show the service's state and counters")

@@ -29,7 +29,7 @@ from typing import Dict, Optional
 from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
 from .capture import Captures
-from .checks import MAX_NETWORKS, check_name, check_not_a_file, is_af_xdp_port
+from .checks import MAX_NETWORKS, check_bool, check_name, check_not_a_file, is_af_xdp_port
 from .config import (
     RELOADABLE,
     REMOTES,
@@ -297,7 +297,8 @@ class NodeService:
                 engine_running=lambda: self.engine is not None and self.engine.running,
             )
             routes[("POST", "/v1/reload")] = Route(
-                lambda b, q: self.reload(b.get("config")), body={"config": _config_path}
+                lambda b, q: self.reload(b.get("config"), bool(b.get("dry_run"))),
+                body={"config": _config_path, "dry_run": check_bool},
             )
             routes[("GET", "/v1/nodes")] = Route(lambda b, q: self.nodes())
             routes[("DELETE", "/v1/nodes")] = Route(
@@ -925,7 +926,7 @@ class NodeService:
         )
 
     # ------------------------------------------------------------- reload
-    def reload(self, expected: Optional[str] = None) -> dict:
+    def reload(self, expected: Optional[str] = None, dry_run: bool = False) -> dict:
         """The configuration file read again, and what a running service
         takes from it applied while traffic flows (``RELOADABLE``: the
         uplink shaper's rate and burst, in place, queued frames kept; the
@@ -938,7 +939,9 @@ class NodeService:
         ``expected``: the file the caller means (``dataplane reload -c
         FILE``); another than the service's own is refused, since the
         service reads only the file it was started from. Returns the file
-        and the fields changed (old and new values)."""
+        and the fields changed (old and new values). ``dry_run``: the same
+        checks, the store's and the core's included, and the same answer
+        (``dry_run: True``), nothing applied."""
         path = self.config_path
         if path is None:
             raise ConfigError(
@@ -975,6 +978,12 @@ class NodeService:
                     if eng is None or not eng.running:
                         raise ConfigError("reload: the service is not running")
                     self._check_unused(path, removed)
+                    if dry_run:
+                        return {
+                            "config": path,
+                            "changed": [{"field": n, "old": o, "new": v} for n, o, v in takes],
+                            "dry_run": True,
+                        }
                     slots = self._add_networks(new, added)
                 recorded = []  # records this reload made
                 try:

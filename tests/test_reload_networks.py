@@ -194,6 +194,15 @@ def test_reload_adds_a_network_with_a_static_flood_list(tmp_path):
         assert "networks: [net1]}" in text
         text = text.replace(NETWORKS, NETWORKS + "\n" + NET3.rstrip("\n"))
         n.cfg.write_text(text.replace("networks: [net1]}", "networks: [net1, net3]}"))
+        # first a dry run: what it would do, nothing done
+        out = n.cli("reload", "--dry-run").stdout
+        assert out.splitlines() == [
+            f"{n.cfg}: a reload would change",
+            "  networks: net1, net2 -> net1, net2, net3",
+            "  remotes: 10.99.0.2: net1 -> 10.99.0.2: net1, net3",
+        ], out
+        assert net_names(n) == ["net1", "net2"]
+        assert flood_lists(n) == {"net1": ["10.99.0.2"], "net2": []}
         out = n.cli("reload").stdout
         assert out.splitlines() == [
             "networks: net1, net2 -> net1, net2, net3",
@@ -217,10 +226,14 @@ def test_reload_adds_a_network_with_a_static_flood_list(tmp_path):
         assert flood_lists(n) == {"net1": [], "net2": ["10.99.0.2", "10.99.0.9"], "net3": []}
         assert ping(c["ns"], NET3_HOST, count=1).returncode != 0  # no way to the host now
         # renamed: net3 taken away (its pod first), then its VNI under a new
-        # name - the node's own store forgot net3 with it
-        n.cli("pod", "del", "c")
+        # name - the node's own store forgot net3 with it. A dry run while
+        # the pod is on it says what the reload would refuse
         text = n.cfg.read_text()
         n.cfg.write_text(text.replace(NET3, ""))
+        r = n.cli("reload", "--dry-run", check=False)
+        assert r.returncode != 0 and "but pod c (plane std) on this node" in r.stderr, r.stderr
+        assert "net3" in net_names(n)
+        n.cli("pod", "del", "c")
         assert n.cli("reload").stdout.splitlines() == ["networks: net1, net2, net3 -> net1, net2"]
         net7 = NET3.replace("net3", "net7").replace("192.168.53.", "192.168.57.")
         n.cfg.write_text(text.replace(NET3, net7))
