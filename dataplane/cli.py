@@ -192,18 +192,21 @@ def cmd_reload(args):
         print(f"{r['config']}: a reload would change" if r["changed"] else f"{r['config']}: "
               "a reload would change nothing")  # fmt: skip
         for c in r["changed"]:
-            sep = "; " if c["field"] == "remotes" else ", "
-            print(f"  {c['field']}: {_said(c['old'], sep)} -> {_said(c['new'], sep)}")
+            print("  " + _change(c))
         return 0
     if not r["changed"]:
         print(f"{r['config']}: reloaded, nothing to change")
     for c in r["changed"]:
-        sep = "; " if c["field"] == "remotes" else ", "  # entries 'VTEP: net1, net2'
-        old, new = (_said(v, sep) for v in (c["old"], c["new"]))
-        print(f"{c['field']}: {old} -> {new}")
+        print(_change(c))
     for why in r.get("refused", []):  # taken, but the core would not hold it
         print(f"refused by the core, the rest applied: {why}")
     return 0
+
+
+def _change(c) -> str:
+    """A field a reload changes: 'FIELD: OLD -> NEW'."""
+    sep = "; " if c["field"] == "remotes" else ", "  # entries 'VTEP: net1, net2'
+    return f"{c['field']}: {_said(c['old'], sep)} -> {_said(c['new'], sep)}"
 
 
 def _said(v, sep: str = ", ") -> str:
