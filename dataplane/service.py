@@ -963,6 +963,7 @@ class NodeService:
                     f"{'changes' if len(restart) == 1 else 'change'} only with a restart of the "
                     f"service (a reload takes {', '.join(RELOADABLE)})"
                 )
+            changed = [{"field": n, "old": o, "new": v} for n, o, v in takes]
             added, removed = network_changes(self.config, new)
             refused = []  # static flood lists the core refused
             # no pod added or removed meanwhile: none sees half the networks
@@ -979,11 +980,7 @@ class NodeService:
                         raise ConfigError("reload: the service is not running")
                     self._check_unused(path, removed)
                     if dry_run:
-                        return {
-                            "config": path,
-                            "changed": [{"field": n, "old": o, "new": v} for n, o, v in takes],
-                            "dry_run": True,
-                        }
+                        return {"config": path, "changed": changed, "dry_run": True}
                     slots = self._add_networks(new, added)
                 recorded = []  # records this reload made
                 try:
@@ -1018,18 +1015,13 @@ class NodeService:
                 # a node's own store forgets a network it removed (its VNI
                 # free for another); a cluster's keeps it for the other nodes
                 if new.store.kind == "sqlite":
-                    for name in removed:
-                        try:
-                            self.store.delete_network(name)
-                        except DataplaneError as e:
-                            log.warning("network %s: its record stays in the store: %s", name, e)
+                    self._delete_records(removed)
             for n in added:
                 event(
                     "network added", network=n.name, vni=n.vni, plane=n.plane, index=slots[n.name]
                 )
             for name in removed:
                 event("network removed", network=name)
-        changed = [{"field": n, "old": o, "new": v} for n, o, v in takes]
         event(
             "configuration reloaded" if takes else "configuration reloaded: no change",
             config=path,
@@ -1067,10 +1059,16 @@ class NodeService:
             if self.engine is not None:
                 for i in slots.values():
                     self.engine.del_network(i)
-        for name in recorded:
+        self._delete_records(recorded)
+
+    def _delete_records(self, names):
+        """The store's records of networks ``names`` deleted; one that
+        stays (the store refuses or does not answer) is said, not raised:
+        the reload's own outcome is the one to report."""
+        for name in names:
             try:
                 self.store.delete_network(name)
-            except Exception as e:  # noqa: BLE001 - the reload's own error is the one to say
+            except Exception as e:  # noqa: BLE001
                 log.warning("network %s: its record stays in the store: %s", name, e)
 
     def _check_networks(self, path: str, new: NodeConfig):
