@@ -211,7 +211,9 @@ def _change(c) -> str:
 
 def _said(v, sep: str = ", ") -> str:
     """A reloaded field's value: a list as its entries joined by ``sep``,
-    an empty one as '(none)'."""
+    an empty one as '(none)'; true and false as the file writes them."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if not isinstance(v, list):
         return str(v)
     return sep.join(str(x) for x in v) if v else "(none)"

@@ -572,8 +572,9 @@ def load_config(path) -> NodeConfig:
 
 
 # what a running node service takes from a changed configuration (reload):
-# the shaper's rate and burst, the planes' guaranteed and maximum rates, and
-# the networks added to and removed from the list (NETWORKS)
+# the shaper's rate and burst, the planes' guaranteed and maximum rates, a
+# network's storm control and anti-spoofing, and the networks added to and
+# removed from the list (NETWORKS)
 RELOADABLE = (
     "vtep.uplink_rate",
     "vtep.uplink_burst",
@@ -581,6 +582,7 @@ RELOADABLE = (
     "planes.<plane>.max_rate",
     "networks.<network>.storm_pps",
     "networks.<network>.storm_burst",
+    "networks.<network>.anti_spoofing",
     "networks added or removed",
     "remotes",
 )
@@ -636,7 +638,8 @@ def reload_changes(old: NodeConfig, new: NodeConfig):
     removed or put in another order are taken as one change, (NETWORKS,
     [old names], [new names]); ``remotes`` (the static flood lists), as
     (REMOTES, [old], [new]) each "VTEP: networks". A network kept is
-    compared field by field: only its storm control is taken."""
+    compared field by field: only its storm control and anti-spoofing are
+    taken."""
     takes, needs_restart = [], []
     names = [n.name for n in old.networks], [n.name for n in new.networks]
     if names[0] != names[1]:

@@ -14,6 +14,7 @@ pod interfaces that still exist are re-attached with the MACs and addresses
 they had; nothing is allocated twice.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -806,15 +807,16 @@ class PodLife:
             self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
         return port
 
-    def _join_express(self, port: int, e, net: int, allowed=()):
+    def _join_express(self, port: int, e, net: int, allowed=(), n=None):
         """Pod port ``port`` (endpoint ``e``) into the express lane, if the
-        node runs it: under the network's anti-spoofing, only from the
-        pod's addresses. A port the lane cannot take forwards through the
-        core, as without the lane; the log says why."""
+        node runs it: under the anti-spoofing of its network (``n``, by
+        default as the configuration has it), only from the pod's
+        addresses. A port the lane cannot take forwards through the core,
+        as without the lane; the log says why."""
         if not self.engine.express_loaded:
             return
         hif = e["host_ifname"]
-        n = self.config.network(e["network"])
+        n = n or self.config.network(e["network"])
         try:  # out of the lane again with the port (Engine.del_port)
             self.engine.express_add_port(
                 port, hif, net, e["mac"], [e["ip"], *allowed], spoof=n.anti_spoofing, mtu=n.mtu
@@ -1066,6 +1068,55 @@ class PodLife:
                 self.engine.set_port_dhcp_server(port, True)
         if n.storm_pps:
             self.engine.set_port_storm(port, n.storm_pps, n.storm_burst)
+
+    def guard_plan(self, name: str) -> list:
+        """This node's pod ports on network ``name`` with what their guards
+        are made from: [(port, endpoint, allowed addresses, DHCP server)].
+        Reads the store: called with the pods' transaction held (no pod
+        comes or goes until the plan is applied) and without ``lock``."""
+        from .podspec import host_ifname
+
+        plan = []
+        for pod in self.store.pods(node=self.config.node):
+            spec = pod.get("spec") or {}
+            allowed = spec.get("allowed_addresses") or {}
+            dhcp = set(spec.get("dhcp_server") or ())
+            for e in self.store.endpoints(pod=pod["name"]):
+                port = self.ports.get(host_ifname(pod["name"], e["plane"]))
+                if e["network"] == name and port is not None:  # VFs have none
+                    plan.append((port, e, tuple(allowed.get(e["plane"], ())), e["plane"] in dhcp))
+        return plan
+
+    def reguard(self, n, plan):
+        """The anti-spoofing of network ``n`` (its configuration as a reload
+        takes it) on the pod ports of ``plan`` (:meth:`guard_plan`): each
+        port's guard in the core, then its entry in the express lane (out of
+        the lane for a moment: its frames take the core's path, guarded as
+        the guard now says). Their storm control stays as it is. ``lock``
+        held. On an error the ports done so far get the old setting back
+        before it is raised."""
+        done = []
+        try:
+            for port, e, allowed, dhcp_server in plan:
+                done.append((port, e, allowed, dhcp_server))
+                self._reguard_one(n, port, e, allowed, dhcp_server)
+        except BaseException:
+            old = dataclasses.replace(n, anti_spoofing=not n.anti_spoofing)
+            for port, e, allowed, dhcp_server in done:
+                try:
+                    self._reguard_one(old, port, e, allowed, dhcp_server)
+                except DataplaneError as err:
+                    log.error("port %d: its guard could not be put back: %s", port, err)
+            raise
+
+    def _reguard_one(self, n, port, e, allowed, dhcp_server):
+        if n.anti_spoofing:
+            self.engine.set_port_guard(port, e["mac"], [e["ip"], *allowed])
+            self.engine.set_port_dhcp_server(port, dhcp_server)
+        else:
+            self.engine.set_port_guard(port, None)
+        if port in self.engine.express_ports():
+            self._join_express(port, e, self.networks[e["network"]], allowed, n)
 
     # -------------------------------------------------------- transactions
     def add_pod(self, name: str, netns: str, spec) -> dict:

@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
@@ -133,6 +133,18 @@ def _set_plane(eng, cfg: NodeConfig, pl):
         worker=(list(cfg.lcores).index(pl.worker) - 1 if pl.worker is not None else None),
         rx_queue=pl.rx_queue,
     )
+
+
+def _fields_of(takes, *fields) -> List[str]:
+    """The networks whose ``fields`` a reload's ``takes`` change, each once,
+    in the order of the changes."""
+    names = []
+    for f, _, _ in takes:
+        if f.startswith("networks.") and f.rsplit(".", 1)[1] in fields:
+            name = f.removeprefix("networks.").rsplit(".", 1)[0]  # a name may hold dots
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def metrics_http_server(host: str, port: int, registry):
@@ -930,7 +942,8 @@ class NodeService:
         """The configuration file read again, and what a running service
         takes from it applied while traffic flows (``RELOADABLE``: the
         uplink shaper's rate and burst, in place, queued frames kept; the
-        planes' guaranteed and maximum rates; networks added, with their
+        planes' guaranteed and maximum rates; a network's storm control and
+        anti-spoofing, on its pods' ports; networks added, with their
         records in the store, and removed when no pod of the node is on
         them, after which the cluster view is read again for the endpoints
         of the networks added). A file that does not
@@ -989,7 +1002,13 @@ class NodeService:
                         self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
                         if fresh:
                             recorded.append(n.name)
+                    guards = {  # the pod ports whose guards change, read from the store
+                        name: self.pods.guard_plan(name)
+                        for name in _fields_of(takes, "anti_spoofing")
+                    }
                     with self.lock:  # the engine stays: a stop waits for the pod lock
+                        for name, plan in guards.items():
+                            self.pods.reguard(new.network(name), plan)
                         self._take_rates(new, takes)
                 except BaseException:
                     self._undo_added(slots, recorded)
@@ -1043,12 +1062,7 @@ class NodeService:
             eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
         for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
             _set_plane(eng, new, new.planes[pl])
-        storms = {
-            f.removeprefix("networks.").rsplit(".", 1)[0]
-            for f, _, _ in takes
-            if f.startswith("networks.") and f.endswith((".storm_pps", ".storm_burst"))
-        }
-        for name in storms:
+        for name in _fields_of(takes, "storm_pps", "storm_burst"):
             self._set_storm(new.network(name))
 
     def _undo_added(self, slots: Dict[str, int], recorded):

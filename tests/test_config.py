@@ -686,17 +686,23 @@ def test_reload_changes_takes_rates_and_names_the_rest():
         "planes.media.priority",
         "networks.net2.vni",
     ]
-    # a network's storm control is taken, under the network's name (one
-    # with dots in it too); its other fields need a restart
+    # a network's storm control and anti-spoofing are taken, under the
+    # network's name (one with dots in it too); its other fields need a
+    # restart
     dotted = copy.deepcopy(shaped)
     dotted["networks"][0]["name"] = "net.one"
     before = parse_config(dotted)
     dotted["networks"][0]["storm_pps"] = 50
     dotted["networks"][0]["storm_burst"] = 5
     dotted["networks"][0]["anti_spoofing"] = False
+    dotted["networks"][0]["mtu"] = 1400
     assert reload_changes(before, parse_config(dotted)) == (
-        [("networks.net.one.storm_pps", 1000, 50), ("networks.net.one.storm_burst", 200, 5)],
-        ["networks.net.one.anti_spoofing"],
+        [
+            ("networks.net.one.anti_spoofing", True, False),
+            ("networks.net.one.storm_pps", 1000, 50),
+            ("networks.net.one.storm_burst", 200, 5),
+        ],
+        ["networks.net.one.mtu"],
     )
     # networks are compared by name: added, removed or moved, they are taken
     # as one change; a network kept is compared field by field

@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 from nodeparts import underlay_node
+from test_express import _frame, _receiver, _send_from, ifname_of, mac_of, port_row
 from test_service import HOST_IP, IT_SPEC, NETWORKS, Node, ip_of, kernel_vtep, ping, wait_ping
 
 from dataplane.store.etcd import EtcdStore
@@ -27,6 +28,9 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
     pytest.mark.skipif(not have_etcd(), reason="needs /usr/bin/etcd (Debian: etcd-server)"),
 ]
+
+#: a source address pod a may send from (its spec allows it), and one it may not
+ALLOWED, SPOOFED = "192.168.50.78", "192.168.50.77"
 
 #: the network the reload adds, and a host of it behind a kernel VTEP
 NET3 = "  - {name: net3, vni: 103, plane: std, subnet: 192.168.53.0/24}\n"
@@ -280,6 +284,57 @@ def test_reload_changes_a_networks_storm_control(tmp_path):
             "networks.net1.storm_burst: 1 -> 200",
         ]
         assert broadcasts()[1] == guard  # no limit: none dropped
+
+
+def test_reload_switches_a_networks_anti_spoofing(tmp_path):
+    """A network's anti_spoofing switched in the file applies at the reload
+    to the pods already on it. Off: a frame pod a sends to pod b from an
+    address not its own is carried (by the express lane, as the frames from
+    its own address and the one its spec allows). On: that frame is dropped
+    by the core's guard as ``spoof_ipv4`` and the other two still pass, the
+    lane carrying them. Off again: it passes again."""
+    net1 = "gateway: 192.168.50.1}"
+    n = Node(tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS)
+    text = n.cfg.read_text()
+    n.cfg.write_text(text.replace(net1, net1[:-1] + ", anti_spoofing: false}"))
+    try:
+        n.start()
+        a = n.pod("a", {**IT_SPEC, "allowed_addresses": {"std": [ALLOWED]}})
+        b = n.pod("b", IT_SPEC)
+        assert ping(a["ns"], ip_of(b), count=1).returncode == 0  # neighbours known
+
+        def sent():
+            """({source: frames b got} for one UDP frame from a from each of
+            a's own address, the allowed and a spoofed one; the spoof drops
+            and the frames the lane took from a in the meantime)."""
+            st = n.api("GET", "/v1/status")
+            drops, lane = st["drops"].get("spoof_ipv4", 0), port_row(n, "a")["express"]
+            sources = (ip_of(a), ALLOWED, SPOOFED)
+            waits = [_receiver(b["ns"], ifname_of(b), f"from-{s}") for s in sources]
+            for s in sources:
+                frame = _frame(mac_of(b), mac_of(a), s, ip_of(b), f"from-{s}".encode())
+                _send_from(a["ns"], ifname_of(a), frame)
+            got = {}
+            for s, (t, out) in zip(sources, waits):
+                t.join()
+                got[s] = out[0]
+            st = n.api("GET", "/v1/status")
+            return (
+                got,
+                st["drops"].get("spoof_ipv4", 0) - drops,
+                port_row(n, "a")["express"]["rx_packets"] - lane["rx_packets"],
+            )
+
+        everything = {ip_of(a): 1, ALLOWED: 1, SPOOFED: 1}
+        assert sent() == (everything, 0, 3)
+        n.cfg.write_text(text)  # anti_spoofing: true, the default
+        assert n.cli("reload").stdout.splitlines() == ["networks.net1.anti_spoofing: false -> true"]
+        assert sent() == ({**everything, SPOOFED: 0}, 1, 2)
+        n.cfg.write_text(text.replace(net1, net1[:-1] + ", anti_spoofing: false}"))
+        assert n.cli("reload").stdout.splitlines() == ["networks.net1.anti_spoofing: true -> false"]
+        assert sent() == (everything, 0, 3)
+    finally:
+        n.cleanup()
 
 
 def test_reload_says_a_flood_list_the_core_refuses(tmp_path):
