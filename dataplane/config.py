@@ -572,20 +572,25 @@ def load_config(path) -> NodeConfig:
 
 
 # what a running node service takes from a changed configuration (reload):
-# the shaper's rate and burst, the planes' guaranteed and maximum rates, a
-# network's storm control and anti-spoofing, and the networks added to and
-# removed from the list (NETWORKS)
+# the shaper's rate and burst, the VTEP's learning, the planes' guaranteed
+# and maximum rates, a network's storm control and anti-spoofing, and the
+# networks added to and removed from the list (NETWORKS)
 RELOADABLE = (
     "vtep.uplink_rate",
     "vtep.uplink_burst",
     "planes.<plane>.min_rate",
     "planes.<plane>.max_rate",
+    "vtep.learning",
+    "vtep.learned_age_s",
+    "vtep.duplicate_macs",
     "networks.<network>.storm_pps",
     "networks.<network>.storm_burst",
     "networks.<network>.anti_spoofing",
     "networks added or removed",
     "remotes",
 )
+#: the fields of the VTEP's learning from the underlay, as a reload names them
+LEARNING_FIELDS = ("vtep.learning", "vtep.learned_age_s", "vtep.duplicate_macs.")
 #: the field name a reload's networks added, removed or reordered go by
 NETWORKS = "networks"
 #: ... and its static flood lists
@@ -664,8 +669,10 @@ def reload_changes(old: NodeConfig, new: NodeConfig):
             o, n = old.network(net), new.network(net)
             takes.append((name, getattr(o, field), getattr(n, field)))
             continue
-        # a plane's field as RELOADABLE names it: planes.<plane>.FIELD
+        # a plane's field as RELOADABLE names it: planes.<plane>.FIELD;
+        # duplicate MAC detection as a whole: vtep.duplicate_macs
         generic = ".".join(["planes", "<plane>", *parts[2:]]) if parts[0] == "planes" else name
+        generic = "vtep.duplicate_macs" if name.startswith(LEARNING_FIELDS[2]) else generic
         if generic not in RELOADABLE:
             needs_restart.append(name)
             continue

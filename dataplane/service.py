@@ -31,6 +31,7 @@ from .attach import Attachments, attachment_routes
 from .capture import Captures
 from .checks import MAX_NETWORKS, check_bool, check_name, check_not_a_file, is_af_xdp_port
 from .config import (
+    LEARNING_FIELDS,
     RELOADABLE,
     REMOTES,
     NodeConfig,
@@ -397,9 +398,10 @@ class NodeService:
         if self.config.vtep.tunnel_gso:
             self._tunnel_gso(ifname)
 
-    def _set_vtep(self, mac: str):
-        """The core's VTEP as the config has it, on the uplink, with ``mac``."""
-        v = self.config.vtep
+    def _set_vtep(self, mac: str, v=None):
+        """The core's VTEP as the config has it (or ``v``, a reload's
+        ``vtep``), on the uplink, with ``mac``."""
+        v = v or self.config.vtep
         self.engine.set_vtep(
             v.address,
             mac,
@@ -1056,14 +1058,32 @@ class NodeService:
         control as ``new`` has them, where ``takes`` changes them (self.lock
         held)."""
         eng = self.engine
+        fields = {n for n, _, _ in takes}
         # an uplink not attached yet takes the new rates when it is
-        if self.uplink is not None and any(n.startswith("vtep.") for n, _, _ in takes):
+        if self.uplink is not None and fields & {"vtep.uplink_rate", "vtep.uplink_burst"}:
             v = new.vtep
             eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
+        if any(n.startswith(LEARNING_FIELDS) for n in fields):
+            self._take_learning(new.vtep)
         for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
             _set_plane(eng, new, new.planes[pl])
         for name in _fields_of(takes, "storm_pps", "storm_burst"):
             self._set_storm(new.network(name))
+
+    def _take_learning(self, v):
+        """The VTEP's learning as ``v`` (the reloaded ``vtep``) has it
+        (self.lock held): its limits and duplicate detection before it is
+        switched on; switched off, the MACs it learned removed at once, as
+        ``dataplane fdb clear`` removes them, rather than left to age."""
+        eng = self.engine
+        if v.learning:
+            d = v.duplicate_macs
+            eng.set_duplicate_macs(d.moves, d.window_s, d.freeze_s)
+            eng.set_learning_limits(age_s=v.learned_age_s)
+        if v.learning != self.config.vtep.learning:
+            self._set_vtep(self.vtep_mac, v)
+            if not v.learning:
+                event("learned MACs removed: learning switched off", learned=eng.learn_clear())
 
     def _undo_added(self, slots: Dict[str, int], recorded):
         """A reload refused after networks were added: out of the core

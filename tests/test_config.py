@@ -676,12 +676,12 @@ def test_reload_changes_takes_rates_and_names_the_rest():
     ]
     new["networks"][1]["vni"] = 201
     new["planes"]["media"]["priority"] = 4
-    new["vtep"]["learning"] = True
+    new["vtep"]["udp_port"] = 4790
     new["lcores"] = [0, 1, 2]
     takes, restart = reload_changes(old, parse_config(new))
     assert len(takes) == 4
     assert restart == [
-        "vtep.learning",
+        "vtep.udp_port",
         "lcores",
         "planes.media.priority",
         "networks.net2.vni",
@@ -703,6 +703,17 @@ def test_reload_changes_takes_rates_and_names_the_rest():
             ("networks.net.one.storm_burst", 200, 5),
         ],
         ["networks.net.one.mtu"],
+    )
+    # the VTEP's learning, switched on with its age and duplicate detection
+    learn = copy.deepcopy(shaped)
+    learn["vtep"].update(learning=True, learned_age_s=60, duplicate_macs={"moves": 3})
+    assert reload_changes(old, parse_config(learn)) == (
+        [
+            ("vtep.learning", False, True),
+            ("vtep.duplicate_macs.moves", 5, 3),
+            ("vtep.learned_age_s", 300, 60),
+        ],
+        [],
     )
     # networks are compared by name: added, removed or moved, they are taken
     # as one change; a network kept is compared field by field

@@ -337,6 +337,42 @@ def test_reload_switches_a_networks_anti_spoofing(tmp_path):
         n.cleanup()
 
 
+def test_reload_switches_the_vteps_learning(tmp_path):
+    """vtep.learning switched on by a reload: the MAC of a host behind a
+    kernel VTEP that no store knows is learned from its frames (until then
+    a pod reaches it by flooding). Switched off again: the learned MAC
+    leaves the FDB at the reload, and the host is reached by flooding."""
+    with underlay_node(tmp_path, NETWORKS, ["net1"]) as (n, ul):
+        host_mac = kernel_vtep(ul)
+        a = n.pod("a", IT_SPEC)
+        wait_ping(a["ns"], HOST_IP)
+
+        def origins():
+            return [r["origin"] for r in n.api("GET", "/v1/fdb") if r["mac"] == host_mac]
+
+        assert origins() == []
+        text = n.cfg.read_text()
+        vtep = f"uplink: {n.uplink}}}"
+        assert vtep in text
+        n.cfg.write_text(
+            text.replace(vtep, f"uplink: {n.uplink}, learning: true, learned_age_s: 60}}")
+        )
+        assert n.cli("reload").stdout.splitlines() == [
+            "vtep.learning: false -> true",
+            "vtep.learned_age_s: 300 -> 60",
+        ]
+        assert ping(a["ns"], HOST_IP).returncode == 0
+        assert origins() == ["learned"]
+        n.cfg.write_text(text)
+        assert n.cli("reload").stdout.splitlines() == [
+            "vtep.learning: true -> false",
+            "vtep.learned_age_s: 60 -> 300",
+        ]
+        assert origins() == []
+        assert ping(a["ns"], HOST_IP).returncode == 0
+        assert origins() == []
+
+
 def test_reload_says_a_flood_list_the_core_refuses(tmp_path):
     """A static flood list longer than the core's remote VTEP slots: the
     reload takes the file, applies the rest, and says which list the core
