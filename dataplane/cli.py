@@ -11,7 +11,9 @@
     dataplane pod add NAME --netns PATH --spec JSON|@FILE
     dataplane pod del NAME
     dataplane pod list
-    dataplane net list
+    dataplane net list                    this node's networks and flood lists
+    dataplane net records                 the store's network records: who carries each
+    dataplane net forget NAME             a network no node carries forgotten, its VNI free
     dataplane fdb [show] [--network NAME] [--mac MAC]   which port or VTEP each MAC goes to
     dataplane fdb summary [--network NAME]     entries by network and origin
     dataplane fdb clear [--network NAME] [--mac MAC]   learned MACs forgotten
@@ -488,6 +490,32 @@ def cmd_pod(args):
 
 
 def cmd_net(args):
+    if (args.net_cmd == "forget") != (args.name is not None):
+        raise SystemExit(
+            "dataplane: net forget takes the network's name"
+            if args.net_cmd == "forget"
+            else f"dataplane: net {args.net_cmd} takes no name"
+        )
+    if args.net_cmd == "forget":
+        r = _call(args, "DELETE", "/v1/networks", query={"name": args.name})
+        if args.json:
+            _print(r, True)
+        else:
+            print(f"network {r['network']} forgotten: VNI {r['vni']} is free for another network")
+        return 0
+    if args.net_cmd == "records":
+        recs = _call(args, "GET", "/v1/networks/records")
+        if args.json:
+            _print(recs, True)
+            return 0
+        print(f"{'NETWORK':10s} {'VNI':>8s}  {'PLANE':8s} {'SUBNET':18s} ENDPOINTS  CARRIED BY")
+        for r in recs:
+            free = "" if r["endpoints"] else " (dataplane net forget frees its VNI)"
+            print(
+                f"{r['name']:10s} {r['vni']:>8d}  {r['plane']:8s} {r['subnet']:18s} "
+                f"{r['endpoints']:>9d}  {', '.join(r['carried_by']) or '-' + free}"
+            )
+        return 0
     nets = _call(args, "GET", "/v1/networks")
     if args.json:
         _print(nets, True)
@@ -771,8 +799,19 @@ def build_parser():
     pl = psub.add_parser("list")
     client(pl)
     p.set_defaults(fn=cmd_pod)
-    p = sub.add_parser("net", help="list networks")
-    p.add_argument("net_cmd", choices=["list"])
+    p = sub.add_parser(
+        "net",
+        help="list this node's networks; list the store's network records; forget one no node "
+        "carries",
+    )
+    p.add_argument(
+        "net_cmd",
+        choices=["list", "records", "forget"],
+        help="list: this node's networks and flood lists; records: the store's (with etcd, the "
+        "cluster's) network records, who carries each and its endpoints; forget NAME: delete "
+        "the record of a network no running node carries and nothing is on, freeing its VNI",
+    )
+    p.add_argument("name", nargs="?", help="the network to forget")
     client(p)
     p.set_defaults(fn=cmd_net)
     p = sub.add_parser(

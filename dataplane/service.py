@@ -117,6 +117,10 @@ def _config_path(value, path):
     return value
 
 
+def _network_name(value, path):
+    return check_name(value, path, "network name")
+
+
 def _node_name(value, path):
     return check_name(value, path, "node name")
 
@@ -253,7 +257,9 @@ class NodeService:
             self.store = open_store(cfg.store, cfg.node)
             # the node's name held while running, before any pod is touched:
             # a second service under it (another machine) starts nothing
-            self.store.claim_node(cfg.node, cfg.vtep.ip, socket.gethostname())
+            self.store.claim_node(
+                cfg.node, cfg.vtep.ip, socket.gethostname(), networks=[n.name for n in cfg.networks]
+            )
             # what the store's records refuse (dataplane check finds the same)
             errors, warnings = store_findings(cfg, self.store)
             if errors:
@@ -312,6 +318,13 @@ class NodeService:
             routes[("POST", "/v1/reload")] = Route(
                 lambda b, q: self.reload(b.get("config"), bool(b.get("dry_run"))),
                 body={"config": _config_path, "dry_run": check_bool},
+            )
+            routes[("GET", "/v1/networks/records")] = Route(lambda b, q: self.network_records())
+            routes[("DELETE", "/v1/networks")] = Route(
+                lambda b, q: self.forget_network(q.get("name") or b.get("name")),
+                body={"name": _network_name},
+                query={"name": _network_name},
+                required=("name",),
             )
             routes[("GET", "/v1/nodes")] = Route(lambda b, q: self.nodes())
             routes[("DELETE", "/v1/nodes")] = Route(
@@ -998,7 +1011,10 @@ class NodeService:
                         return {"config": path, "changed": changed, "dry_run": True}
                     slots = self._add_networks(new, added)
                 recorded = []  # records this reload made
+                names = [n.name for n in new.networks]
                 try:
+                    if added:  # claimed before recorded: no other node forgets them meanwhile
+                        self.store.set_claim_networks({*names, *self.net_index})
                     for n in added:
                         fresh = self.store.network(n.name) is None
                         self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
@@ -1014,6 +1030,8 @@ class NodeService:
                         self._take_rates(new, takes)
                 except BaseException:
                     self._undo_added(slots, recorded)
+                    if added:
+                        self._claim_networks(list(self.net_index))
                     raise
                 with self.lock:
                     # last, what cannot be undone (and fails only for want of
@@ -1037,6 +1055,8 @@ class NodeService:
                 # free for another); a cluster's keeps it for the other nodes
                 if new.store.kind == "sqlite":
                     self._delete_records(removed)
+                if added or removed:
+                    self._claim_networks(names)
             for n in added:
                 event(
                     "network added", network=n.name, vni=n.vni, plane=n.plane, index=slots[n.name]
@@ -1094,6 +1114,60 @@ class NodeService:
                 for i in slots.values():
                     self.engine.del_network(i)
         self._delete_records(recorded)
+
+    def _claim_networks(self, names):
+        """The node's claim says it carries ``names``; an error is said,
+        not raised (the claim is made again from the renewals' record)."""
+        try:
+            self.store.set_claim_networks(names)
+        except DataplaneError as e:
+            log.warning("the node's claim still names its networks of before: %s", e)
+
+    def network_records(self) -> list:
+        """The store's network records (with etcd, the cluster's), each with
+        the running nodes that carry it (their claims; this node's
+        configuration) and its endpoints: what ``forget_network`` looks at."""
+        carried: Dict[str, list] = collections.defaultdict(list)
+        for c in self.store.node_claims():
+            for name in c.get("networks", ()):
+                carried[name].append(c["node"])
+        me = self.config.node
+        for n in self.config.networks:
+            if me not in carried[n.name]:
+                carried[n.name].append(me)
+        used = collections.Counter(e["network"] for e in self.store.endpoints())
+        return [
+            {
+                "name": r["name"],
+                "vni": r["vni"],
+                "plane": r["plane"],
+                "subnet": r["subnet"],
+                "carried_by": sorted(carried.get(r["name"], ())),
+                "endpoints": used.get(r["name"], 0),
+            }
+            for r in self.store.networks()
+        ]
+
+    def forget_network(self, name: str) -> dict:
+        """The store's record of network ``name`` deleted, its VNI free for
+        another network: with etcd, once no running node carries it and no
+        pod or static host of the cluster is on it; a network of this node's
+        configuration is refused (a reload takes it out first). NotFound
+        for a name the store has no record of."""
+        if any(n.name == name for n in self.config.networks):
+            raise Busy(
+                f"network {name} is in this node's configuration ({self.config_path or 'networks'}): "
+                "take it out of networks and reload first (dataplane reload)"
+            )
+        with self._pod_txn():  # no pod of this node added to it meanwhile
+            rec = self.store.network(name)
+            if rec is None or not self.store.delete_network(name):
+                raise NotFound(
+                    f"network {name}: the store has no record of it ('dataplane net records' "
+                    "lists them)"
+                )
+        event("network record forgotten", network=name, vni=rec["vni"])
+        return {"network": name, "vni": rec["vni"]}
 
     def _delete_records(self, names):
         """The store's records of networks ``names`` deleted; one that

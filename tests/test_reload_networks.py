@@ -9,6 +9,7 @@ and once they are gone it is, with its part of the cluster view. A file
 that adds a network the cluster defines otherwise changes nothing and says
 why. A restart afterwards places the networks as the file lists them."""
 
+import json
 import os
 import subprocess
 import time
@@ -182,6 +183,75 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             wait_ping(a["ns"], HOST_IP)
             assert ping(a["ns"], ip_of(b)).returncode == 0
     finally:
+        es.close()
+        srv.close()
+
+
+def test_a_removed_networks_record_is_forgotten_and_its_vni_given_again(tmp_path):
+    """With etcd, a network a reload removed keeps its record (and VNI) for
+    the other nodes; ``dataplane net forget`` deletes it once nothing in the
+    cluster has it - refused while it is in this node's file, while a host
+    is on it, and while another running node carries it, each said - and a
+    reload then gives its VNI to a network of another name. ``net records``
+    shows who carries each record, the node's claim what it carries."""
+    srv = EtcdServer("rfetcd").start()
+    prefix = f"/rf{uuid.uuid4().hex[:6]}"
+    es, other = EtcdStore([srv.url], prefix=prefix), EtcdStore([srv.url], prefix=prefix)
+    extra = f"store: {{kind: etcd, endpoints: ['{srv.url}'], prefix: {prefix}}}"
+    n = Node(
+        tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS + "\n" + NET3.rstrip("\n"), extra=extra
+    )
+    try:
+        n.start()
+        me = f"node-{n.tag}"
+
+        def records():
+            return {r["name"]: (r["vni"], r["carried_by"], r["endpoints"])
+                    for r in json.loads(n.cli("net", "records", "--json").stdout)}  # fmt: skip
+
+        def forget(name):
+            r = n.cli("net", "forget", name, check=False)
+            return r.returncode, (r.stdout + r.stderr).strip()
+
+        assert records() == {"net1": (101, [me], 0), "net2": (102, [me], 0), "net3": (103, [me], 0)}
+        code, said = forget("net3")
+        assert code != 0 and "network net3 is in this node's configuration" in said, said
+        # a host on it, and another running node that carries it
+        n.cli("host", "add", "vm1", "--network", "net3", "--mac", "02:00:00:00:35:01",
+              "--ip", "192.168.53.9", "--vtep", "10.99.0.7")  # fmt: skip
+        other.claim_node("node-other", "10.99.0.9", "host9", networks=["net3"])
+        # out of this node's file: the record stays for the cluster
+        with_net3 = n.cfg.read_text()
+        n.cfg.write_text(with_net3.replace(NET3, ""))
+        assert n.cli("reload").stdout.splitlines() == ["networks: net1, net2, net3 -> net1, net2"]
+        assert [c["networks"] for c in es.node_claims() if c["node"] == me] == [["net1", "net2"]]
+        assert records()["net3"] == (103, ["node-other"], 1)
+        code, said = forget("net3")
+        assert code != 0 and "network net3 is in use by host vm1: delete them first" in said, said
+        n.cli("host", "del", "vm1")
+        code, said = forget("net3")
+        assert code != 0 and "network net3: node node-other (VTEP 10.99.0.9) runs with it" in said
+        other.close()  # that node stopped: its claim goes
+        assert forget("net3") == (0, "network net3 forgotten: VNI 103 is free for another network")
+        assert "net3" not in records() and es.network("net3") is None
+        code, said = forget("net3")
+        assert code != 0 and "network net3: the store has no record of it" in said, said
+        # its VNI, given to a network of another name by a reload
+        net6 = "  - {name: net6, vni: 103, plane: std, subnet: 192.168.56.0/24}"
+        n.cfg.write_text(with_net3.replace(NET3.rstrip("\n"), net6))
+        assert n.cli("reload").stdout.splitlines() == ["networks: net1, net2 -> net1, net2, net6"]
+        assert records()["net6"] == (103, [me], 0)
+        assert [c["networks"] for c in es.node_claims()] == [["net1", "net2", "net6"]]
+        c = n.pod("c", {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net6"}})
+        assert ip_of(c).startswith("192.168.56."), c
+        # the CLI's own checks
+        r = n.cli("net", "forget", check=False)
+        assert r.returncode != 0 and "net forget takes the network's name" in r.stderr
+        r = n.cli("net", "list", "net1", check=False)
+        assert r.returncode != 0 and "net list takes no name" in r.stderr
+    finally:
+        n.cleanup()
+        other.close()
         es.close()
         srv.close()
 

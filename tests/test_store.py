@@ -128,7 +128,7 @@ def test_networks(store):
     store.allocate_ip("net1", "192.168.10.0/24", "192.168.10.1", "p1")
     with pytest.raises(Busy, match=r"would leave allocated addresses outside"):
         store.put_network("net1", 100, "std", "192.168.99.0/24")
-    with pytest.raises(Busy):
+    with pytest.raises(Busy, match=r"^network net1 is in use by pod p1: delete them first"):
         store.delete_network("net1")
     assert store.delete_network("net3") is True
     assert store.delete_network("net3") is False

@@ -197,6 +197,41 @@ def test_vni_moves_with_its_network(store):
     assert [(n["name"], n["vni"]) for n in store.networks()] == [("net2", 100), ("net3", 101)]
 
 
+def test_a_network_is_forgotten_only_when_nothing_in_the_cluster_has_it(server, prefix):
+    """A network's record stays while a pod or a static host is on it (each
+    named) and while a running node's claim says it carries the network (a
+    claim that does not say is taken as carrying it); then it goes, and
+    its VNI is free for another network."""
+    other = EtcdStore([server.url], prefix=prefix)
+    store = EtcdStore([server.url], prefix=prefix)
+    try:
+        store.put_network("net3", 103, "std", "192.168.53.0/24")
+        store.put_static_endpoint("vm1", "net3", "02:00:00:00:03:01", "192.168.53.9", "10.0.0.7")
+        with pytest.raises(Busy, match=r"^network net3 is in use by host vm1: delete them first"):
+            store.delete_network("net3")
+        store.delete_pod("vm1")  # as dataplane host del does
+        other.claim_node("node2", "10.0.0.9", "host9", networks=["net3", "net1"])
+        assert [c["networks"] for c in store.node_claims()] == [["net1", "net3"]]
+        with pytest.raises(Busy, match=r"^network net3: node node2 \(VTEP 10.0.0.9\) runs with it"):
+            store.delete_network("net3")
+        other.set_claim_networks(["net1"])  # a reload took it out there
+        assert [c["networks"] for c in store.node_claims()] == [["net1"]]
+        assert store.delete_network("net3") is True
+        assert store.delete_network("net3") is False
+        store.put_network("net4", 103, "std", "192.168.54.0/24")  # the VNI is free
+        # a claim that does not say which networks its node carries
+        key = other._k("nodes", "node2")
+        _, lease, rec = other._claim
+        del rec["networks"]
+        other.client.atomic(lambda tx: tx.put(key, rec, lease=lease))
+        with pytest.raises(Busy, match=r"^network net4: node node2"):
+            store.delete_network("net4")
+    finally:
+        other.close()
+        _wipe(store)
+        store.close()
+
+
 def test_a_network_other_nodes_use_is_not_redefined_by_one(server, prefix):
     """Every node writes its config's networks at start; one whose config
     disagrees with the cluster's record (VNI, plane, subnet) while other

@@ -34,7 +34,7 @@ only then do ``endpoints_snapshot`` and ``watch_endpoints`` work.
 
 import abc
 import uuid
-from typing import Any, Callable, Collection, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from ..errors import ConfigError
 from .common import mac_taken
@@ -78,12 +78,18 @@ class StateStore(abc.ABC):
         self.close()
 
     # --------------------------------------------------------------- nodes
-    def claim_node(self, node: str, vtep: str, host: str) -> None:
+    def claim_node(self, node: str, vtep: str, host: str, networks: Sequence[str] = ()) -> None:
         """Hold the name ``node`` for the calling service while it runs
         (until ``close``): ConfigError if a running service of another VTEP
         or host holds it - two services under one name would each take the
-        other's pods for its own. A store of one node (SQLite) has nothing to
-        claim: its file's lock is the claim."""
+        other's pods for its own. The claim also says the ``networks`` the
+        node carries (its configuration's), so that no other node forgets
+        their records under it (:meth:`delete_network`). A store of one
+        node (SQLite) has nothing to claim: its file's lock is the claim."""
+
+    def set_claim_networks(self, networks: Sequence[str]) -> None:
+        """The networks this node's claim says it carries, after a reload
+        changed them (``claim_node``); nothing without a claim."""
 
     def claim_problem(self, node: str, vtep: str, host: str) -> Optional[str]:
         """Why :meth:`claim_node` would refuse the name now, or None; read
@@ -92,7 +98,7 @@ class StateStore(abc.ABC):
 
     def node_claims(self) -> List[Dict[str, Any]]:
         """The names held by running services: dicts with node, vtep, host,
-        pid, started."""
+        pid, started, networks."""
         return []
 
     def remove_node(self, node: str) -> Dict[str, int]:
@@ -155,8 +161,9 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def delete_network(self, name: str) -> bool:
-        """Remove network ``name``; Busy while it has endpoints or addresses.
-        False if it was not recorded."""
+        """Remove network ``name``; Busy while it has endpoints or addresses
+        (naming whose), or (etcd) while a running node's claim says it
+        carries the network. False if it was not recorded."""
 
     # ---------------------------------------------------------------- pods
     @abc.abstractmethod

@@ -6,7 +6,7 @@ import ipaddress
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..checks import VNI_MAX, check_vni
-from ..errors import ConfigError, ResourceError
+from ..errors import Busy, ConfigError, ResourceError
 
 #: the node field of a static host's record (a host behind a kernel VTEP,
 #: described to the cluster): 'static:' + the host's name
@@ -176,4 +176,27 @@ def mac_taken(plane, mac, owner_pod, owner_plane) -> ConfigError:
     """The error for a requested MAC that another (pod, plane) has."""
     return ConfigError(
         f"macs.{plane}: {mac} is the MAC of pod {owner_pod} plane {owner_plane} already"
+    )
+
+
+def network_in_use(name: str, endpoints: Iterable[Dict], alloc_pods: Iterable[str]) -> Busy:
+    """Busy for network ``name``'s record, which ``endpoints`` (dicts with
+    pod and node) and the pods ``alloc_pods`` hold addresses of are on:
+    whose, the first five named."""
+    said: List[str] = []
+    for e in endpoints:
+        node = e.get("node") or ""
+        if node.startswith(STATIC_NODE_PREFIX):
+            who = f"host {e['pod']}"
+        else:
+            who = f"pod {e['pod']}" + (f" of node {node}" if node else "")
+        if who not in said:
+            said.append(who)
+    for pod in alloc_pods:
+        if not any(w in (f"host {pod}", f"pod {pod}") or w.startswith(f"pod {pod} ") for w in said):
+            said.append(f"pod {pod}")
+    more = f" and {len(said) - 5} more" if len(said) > 5 else ""
+    return Busy(
+        f"network {name} is in use by {', '.join(said[:5])}{more}: delete them first "
+        "('dataplane pod del', 'dataplane host del')"
     )

@@ -65,7 +65,14 @@ from ..checks import check_mac
 from ..errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
 from . import etcd_alloc as alloc
 from .base import STORE_ID, StateStore
-from .common import check_network, check_state, ip_request, reserved_held, reserved_taken
+from .common import (
+    check_network,
+    check_state,
+    ip_request,
+    network_in_use,
+    reserved_held,
+    reserved_taken,
+)
 from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
 from .etcdgw import (
@@ -177,13 +184,20 @@ class EtcdStore(StateStore):
         self.client.close()
 
     # --------------------------------------------------------------- nodes
-    def claim_node(self, node: str, vtep: str, host: str) -> None:
+    def claim_node(self, node: str, vtep: str, host: str, networks: Sequence[str] = ()) -> None:
         """The name as a key under a lease of NODE_TTL_S, renewed by a thread
-        until ``close``. A claim of the same VTEP and host is this node's
-        own from before a crash (its service's local lock is held by the
-        caller): taken over at once."""
+        until ``close``, with the ``networks`` the node carries. A claim of
+        the same VTEP and host is this node's own from before a crash (its
+        service's local lock is held by the caller): taken over at once."""
         lease = self.client.lease_grant(NODE_TTL_S)
-        rec = {"node": node, "vtep": vtep, "host": host, "pid": os.getpid(), "started": time.time()}
+        rec = {
+            "node": node,
+            "vtep": vtep,
+            "host": host,
+            "pid": os.getpid(),
+            "started": time.time(),
+            "networks": sorted(networks),
+        }
         try:
             held = self._put_claim(node, lease, rec)
         except BaseException:
@@ -196,6 +210,25 @@ class EtcdStore(StateStore):
         self._claim_stop.clear()
         self._claim_thread = threading.Thread(target=self._renew, name="node-claim", daemon=True)
         self._claim_thread.start()
+
+    def set_claim_networks(self, networks: Sequence[str]) -> None:
+        """The claim's record rewritten under its lease with ``networks``
+        (the renewals keep it so); one another service holds now is left
+        alone (the renewal thread says so)."""
+        if self._claim is None:
+            return
+        node, lease, rec = self._claim
+        rec = {**rec, "networks": sorted(networks)}
+        key = self._k("nodes", node)
+
+        def body(tx):
+            cur = tx.get(key)
+            if cur is not None and (cur.get("vtep"), cur.get("host")) != (rec["vtep"], rec["host"]):
+                return
+            tx.put(key, rec, lease=lease)
+
+        self.client.atomic(body)
+        self._claim = (node, lease, rec)
 
     def claim_problem(self, node: str, vtep: str, host: str) -> Optional[str]:
         """Why :meth:`claim_node` would refuse the name now (a running
@@ -474,12 +507,21 @@ class EtcdStore(StateStore):
 
         def body(tx):
             net = tx.get(self._k("networks", name))
-            used = any(ep["network"] == name for _, ep in tx.items(self._k("endpoints", "")))
-            used = used or bool(tx.items(self._k("alloc", name, ""), keys_only=True))
-            if used:
-                raise Busy(f"network {name} is in use by pods (endpoints or addresses)")
+            eps = [ep for _, ep in tx.items(self._k("endpoints", "")) if ep["network"] == name]
+            allocs = [a["pod"] for _, a in tx.items(self._k("alloc", name, ""))]
+            if eps or allocs:
+                raise network_in_use(name, eps, allocs)
             if net is None:
                 return False
+            # a running node that carries it would keep using the VNI
+            # while another network could be given it
+            for _, c in tx.items(self._k("nodes", "")):
+                if name in c.get("networks", (name,)):
+                    raise Busy(
+                        f"network {name}: node {c['node']} (VTEP {c.get('vtep')}) runs with it in "
+                        "its configuration: take it out of that node's networks and reload it "
+                        "first"
+                    )
             tx.delete(self._k("networks", name))
             tx.delete(self._k("lastip", name))
             owner = tx.get(self._k("vni", net["vni"]))

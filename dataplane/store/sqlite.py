@@ -29,6 +29,7 @@ from .common import (
     derive_mac,
     ip_request,
     mac_taken,
+    network_in_use,
     next_free,
     no_free_address,
     reserved_held,
@@ -268,7 +269,7 @@ class SqliteStore(StateStore):
             self._db.close()
 
     # --------------------------------------------------------------- nodes
-    def claim_node(self, node: str, vtep: str, host: str) -> None:
+    def claim_node(self, node: str, vtep: str, host: str, networks=()) -> None:
         # the file's lock (the service's) is the claim; the name is kept so
         # that the node removed is never the one this store serves
         self._claimed = node
@@ -422,13 +423,10 @@ class SqliteStore(StateStore):
     def delete_network(self, name: str) -> bool:
         """Remove network ``name``; Busy while it has endpoints or addresses."""
         with self._tx() as db:
-            n = db.execute(
-                "SELECT (SELECT count(*) FROM endpoints WHERE network=?) + "
-                "(SELECT count(*) FROM allocations WHERE network=?)",
-                (name, name),
-            ).fetchone()[0]
-            if n:
-                raise Busy(f"network {name} is in use by pods (endpoints or addresses)")
+            eps = db.execute("SELECT pod FROM endpoints WHERE network=?", (name,)).fetchall()
+            allocs = db.execute("SELECT pod FROM allocations WHERE network=?", (name,)).fetchall()
+            if eps or allocs:
+                raise network_in_use(name, [{"pod": p} for (p,) in eps], [p for (p,) in allocs])
             db.execute("DELETE FROM last_ip WHERE network=?", (name,))
             return db.execute("DELETE FROM networks WHERE name=?", (name,)).rowcount > 0
 
