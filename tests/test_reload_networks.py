@@ -133,7 +133,11 @@ def test_reload_adds_a_network_while_pods_forward(tmp_path):
             good = n.cfg.read_text()
             es.put_network("net9", 104, "std", "192.168.59.0/24", None, 1450)
             n.cfg.write_text(good.replace(NET3.rstrip("\n"), NET3 + net4.rstrip("\n")))
-            refused(n, "network net4: VNI 104 is used by network net9 already")
+            refused(
+                n,
+                "network net4: VNI 104 is used by network net9 already (one no node carries any "
+                "more is freed by 'dataplane net forget net9')",
+            )
             assert net_names(n) == ["net1", "net2", "net3"]
             assert es.network("net4") is None
             assert ping(c["ns"], NET3_HOST).returncode == 0

@@ -457,7 +457,8 @@ class EtcdStore(StateStore):
             owner = tx.get(self._k("vni", vni))
             if owner is not None and owner["name"] != name:
                 raise ConfigError(
-                    f"network {name}: VNI {vni} is used by network {owner['name']} already"
+                    f"network {name}: VNI {vni} is used by network {owner['name']} already (one no node "
+                    f"carries any more is freed by 'dataplane net forget {owner['name']}')"
                 )
             allocs = [(a["ip"], a["pod"]) for _, a in tx.items(self._k("alloc", name, ""))]
             outside = [ip for ip, _ in allocs if ipaddress.IPv4Address(ip) not in net]

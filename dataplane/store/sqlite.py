@@ -385,7 +385,8 @@ class SqliteStore(StateStore):
             ).fetchone()
             if other:
                 raise ConfigError(
-                    f"network {name}: VNI {vni} is used by network {other[0]} already"
+                    f"network {name}: VNI {vni} is used by network {other[0]} already (one no node "
+                    f"carries any more is freed by 'dataplane net forget {other[0]}')"
                 )
             outside = [
                 r[0]
