@@ -213,7 +213,10 @@ def _change(c) -> str:
 
 def _said(v, sep: str = ", ") -> str:
     """A reloaded field's value: a list as its entries joined by ``sep``,
-    an empty one as '(none)'; true and false as the file writes them."""
+    an empty one and an unset value as '(none)'; true and false as the
+    file writes them."""
+    if v is None:
+        return "(none)"
     if isinstance(v, bool):
         return "true" if v else "false"
     if not isinstance(v, list):
@@ -444,6 +447,14 @@ def cmd_status(args):
             if rates:
                 line += " rate " + " ".join(rates)
         print(line)
+    for w in st.get("workers") or []:  # since the start; `dataplane top` gives them now
+        polls, lookups = w.get("polls", 0), w.get("fdb_lookups", 0)
+        print(
+            f"  worker {w['worker']} polls {polls} found frames in "
+            + (f"{100 * w.get('busy_polls', 0) / polls:.1f}%" if polls else "-")
+            + " fdb cache misses "
+            + (f"{100 * w.get('fdb_cache_misses', 0) / lookups:.1f}%" if lookups else "-")
+        )
     if st["drops"]:
         print("  drops " + " ".join(f"{k}={v}" for k, v in st["drops"].items()))
     if st.get("neigh_held"):

@@ -573,13 +573,16 @@ def load_config(path) -> NodeConfig:
 
 # what a running node service takes from a changed configuration (reload):
 # the shaper's rate and burst, the VTEP's learning, the planes' guaranteed
-# and maximum rates, a network's storm control and anti-spoofing, and the
-# networks added to and removed from the list (NETWORKS)
+# and maximum rates, outer DSCP marking and DSCP classification, a
+# network's storm control and anti-spoofing, and the networks added to and
+# removed from the list (NETWORKS)
 RELOADABLE = (
     "vtep.uplink_rate",
     "vtep.uplink_burst",
     "planes.<plane>.min_rate",
     "planes.<plane>.max_rate",
+    "planes.<plane>.dscp",
+    "planes.<plane>.classify_dscp",
     "vtep.learning",
     "vtep.learned_age_s",
     "vtep.duplicate_macs",

@@ -1087,8 +1087,23 @@ class NodeService:
             self._take_learning(new.vtep)
         for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
             _set_plane(eng, new, new.planes[pl])
+        if any(n.endswith(".classify_dscp") for n in fields):
+            self._take_classification(new)
         for name in _fields_of(takes, "storm_pps", "storm_burst"):
             self._set_storm(new.network(name))
+
+    def _take_classification(self, new: NodeConfig):
+        """The inner DSCPs that pick a plane (``classify_dscp``) as ``new``
+        has them (self.lock held): a DSCP no plane claims any more goes
+        back to its network's plane, then the ones new or moved are set."""
+        eng = self.engine
+        was = {d: pl.name for pl in self.config.planes.values() for d in pl.classify_dscp}
+        now = {d: pl.name for pl in new.planes.values() for d in pl.classify_dscp}
+        for d in sorted(was.keys() - now.keys()):
+            eng.set_dscp_plane(d, None)
+        for d, name in sorted(now.items()):
+            if was.get(d) != name:
+                eng.set_dscp_plane(d, new.plane_id(name))
 
     def _take_learning(self, v):
         """The VTEP's learning as ``v`` (the reloaded ``vtep``) has it

@@ -57,11 +57,12 @@ MEDIA_NETWORK = "\n  - {name: net3, vni: 103, plane: media, subnet: 192.168.52.0
 
 
 @contextlib.contextmanager
-def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None, extra=""):
+def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None, extra="", vtep=""):
     """A started test_service.Node whose uplink's peer is the remote VTEP
     10.99.0.2 of ``remote_networks`` in an underlay namespace, the uplink
-    shaped to ``uplink_rate`` if given: (node, the namespace's name). Both
-    are removed afterwards."""
+    shaped to ``uplink_rate`` if given, ``vtep`` (", key: value" ...)
+    added to its vtep settings: (node, the namespace's name). Both are
+    removed afterwards."""
     from test_service import Node
 
     tag = uuid.uuid4().hex[:5]
@@ -71,11 +72,10 @@ def underlay_node(tmp_path, networks, remote_networks, uplink_rate=None, extra="
     try:
         uplink_peer_in(n, ul)
         if uplink_rate:
-            n.cfg.write_text(
-                n.cfg.read_text().replace(
-                    f"uplink: {n.uplink}}}", f"uplink: {n.uplink}, uplink_rate: {uplink_rate}}}"
-                )
-            )
+            vtep += f", uplink_rate: {uplink_rate}"
+        n.cfg.write_text(
+            n.cfg.read_text().replace(f"uplink: {n.uplink}}}", f"uplink: {n.uplink}{vtep}}}")
+        )
         n.start()
         yield n, ul
     finally:

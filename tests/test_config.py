@@ -666,20 +666,24 @@ def test_reload_changes_takes_rates_and_names_the_rest():
     new["vtep"]["uplink_burst"] = 65536
     new["planes"]["std"]["max_rate"] = "80M"
     new["planes"]["media"]["min_rate"] = "10M"
+    new["planes"]["media"]["dscp"] = 34
+    new["planes"]["control"]["classify_dscp"] = [26]
     takes, restart = reload_changes(old, parse_config(new))
     assert restart == []
     assert takes == [
         ("vtep.uplink_rate", 100_000_000, 1_000_000_000),
         ("vtep.uplink_burst", 16384, 65536),
         ("planes.std.max_rate", 50_000_000, 80_000_000),
+        ("planes.control.classify_dscp", [], [26]),
         ("planes.media.min_rate", 0, 10_000_000),
+        ("planes.media.dscp", 46, 34),
     ]
     new["networks"][1]["vni"] = 201
     new["planes"]["media"]["priority"] = 4
     new["vtep"]["udp_port"] = 4790
     new["lcores"] = [0, 1, 2]
     takes, restart = reload_changes(old, parse_config(new))
-    assert len(takes) == 4
+    assert len(takes) == 6
     assert restart == [
         "vtep.udp_port",
         "lcores",

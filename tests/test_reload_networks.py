@@ -12,6 +12,7 @@ why. A restart afterwards places the networks as the file lists them."""
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -445,6 +446,107 @@ def test_reload_switches_the_vteps_learning(tmp_path):
         assert origins() == []
         assert ping(a["ns"], HOST_IP).returncode == 0
         assert origins() == []
+
+
+PLANES = """planes:
+  std: {priority: 0, interface: eth0}
+  oam: {priority: 1, interface: oam}
+  control: {priority: 2, interface: control, dscp: 24}
+  media: {priority: 3, interface: media, dscp: 46}
+"""
+
+
+def outer_tos(tmp_path, n, ul, a, inner) -> dict:
+    """The outer TOS bytes of what pod a sends to the host behind the
+    kernel VTEP with each inner TOS of ``inner``, captured on the underlay:
+    {(inner, "icmp" | "tcp"): {outer, ...}} for two pings (datagrams take
+    the core's path) and two TCP SYNs (the express lane's)."""
+    from scapy.layers.inet import ICMP, IP, TCP
+    from scapy.layers.vxlan import VXLAN
+    from scapy.utils import rdpcap
+
+    cap = tmp_path / f"tos-{time.monotonic_ns()}.pcap"
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", ul, "tcpdump", "-i", f"dpu{n.tag}b", "-w", str(cap), "-U",
+         "--immediate-mode", "udp port 4789"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert "listening" in dump.stderr.readline()
+    syn = (
+        "import socket,sys\n"
+        "for _ in range(2):\n"
+        "    s=socket.socket(); s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, int(sys.argv[1]))\n"
+        "    s.settimeout(1)\n"
+        "    try: s.connect((sys.argv[2], 9))\n"
+        "    except OSError: pass\n"
+        "    s.close()\n"
+    )
+    for tos in inner:
+        subprocess.run(
+            ["ip", "netns", "exec", a["ns"], "ping", "-c", "2", "-i", "0.1", "-W", "1",
+             "-Q", str(tos), HOST_IP],
+            capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["ip", "netns", "exec", a["ns"], sys.executable, "-c", syn, str(tos), HOST_IP],
+            check=True,
+        )
+    time.sleep(0.3)
+    dump.terminate()
+    dump.wait(10)
+    out = {}
+    for f in rdpcap(str(cap)):
+        if VXLAN not in f or IP not in f[VXLAN].payload:
+            continue
+        ip = f[VXLAN].payload[IP]
+        if ip.src != ip_of(a):
+            continue
+        if ICMP in ip and ip[ICMP].type == 8:
+            kind = "icmp"
+        elif TCP in ip and ip[TCP].flags == "S":
+            kind = "tcp"
+        else:
+            continue
+        out.setdefault((ip.tos, kind), set()).add(f[IP].tos)
+    return out
+
+
+def test_reload_remarks_a_plane_and_classifies_by_dscp(tmp_path):
+    """A plane's outer DSCP marking and the inner DSCPs that pick a plane,
+    changed in the file, apply at the reload to what pods send - through
+    the core (pings) and through the express lane (TCP) alike: std marked
+    AF21 instead of copying the inner DSCP, inner DSCP 10 sent in the media
+    plane, marked EF; then back."""
+    with underlay_node(tmp_path, NETWORKS, ["net1"], extra=PLANES, vtep=", learning: true") as (
+        n,
+        ul,
+    ):
+        kernel_vtep(ul)
+        a = n.pod("a", IT_SPEC)
+        wait_ping(a["ns"], HOST_IP)  # the host's MAC learned: TCP to it takes the lane
+        lane = port_row(n, "a")["express"]["rx_packets"]
+        copied = {(0, "icmp"): {0}, (0, "tcp"): {0}, (0x28, "icmp"): {0x28}, (0x28, "tcp"): {0x28}}
+        assert outer_tos(tmp_path, n, ul, a, (0, 0x28)) == copied
+        assert port_row(n, "a")["express"]["rx_packets"] - lane >= 4  # the SYNs took the lane
+        text = n.cfg.read_text()
+        std, media = "std: {priority: 0, interface: eth0", "media: {priority: 3, interface: media"
+        n.cfg.write_text(
+            text.replace(std, std + ", dscp: 18").replace(media, media + ", classify_dscp: [10]")
+        )
+        assert n.cli("reload").stdout.splitlines() == [
+            "planes.std.dscp: (none) -> 18",
+            "planes.media.classify_dscp: (none) -> 10",
+        ]
+        af21, ef = 18 << 2, 46 << 2
+        assert outer_tos(tmp_path, n, ul, a, (0, 0x28)) == {
+            (0, "icmp"): {af21}, (0, "tcp"): {af21}, (0x28, "icmp"): {ef}, (0x28, "tcp"): {ef}
+        }  # fmt: skip
+        n.cfg.write_text(text)
+        assert n.cli("reload").stdout.splitlines() == [
+            "planes.std.dscp: 18 -> (none)",
+            "planes.media.classify_dscp: 10 -> (none)",
+        ]
+        assert outer_tos(tmp_path, n, ul, a, (0, 0x28)) == copied
 
 
 def test_reload_says_a_flood_list_the_core_refuses(tmp_path):

@@ -590,6 +590,12 @@ def test_status_cli(node):
     assert re.fullmatch(r"  plane std +frames \d+ latency p50 [\d.]+[mu]s p99 [\d.]+[mu]s", std), (
         std
     )
+    # the one worker (lcores [0, 1]): how often its polls found frames, how
+    # often its FDB cache missed, since the start
+    workers = [ln for ln in node.cli("status").stdout.splitlines() if ln.startswith("  worker ")]
+    assert len(workers) == 1 and re.fullmatch(
+        r"  worker 0 polls [1-9]\d* found frames in \d+\.\d% fdb cache misses \d+\.\d%", workers[0]
+    ), workers
     assert "a  netns=" in node.cli("pod", "list").stdout
 
 
