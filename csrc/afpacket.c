@@ -41,7 +41,10 @@
  *     frame and do not need one: the rx socket sets PACKET_COPY_THRESH, so
  *     the kernel puts the first ring-frame's worth in the ring flagged
  *     TP_STATUS_COPY and queues the whole frame on the socket, in ring order;
- *     we read it with one recvmsg() scattered straight into an mbuf chain.
+ *     we read it with one recvmsg() scattered straight into an mbuf chain,
+ *     checked against the ring frame (length, first bytes) so that the queue
+ *     and the ring stay in step, past an error the socket holds (ENETDOWN
+ *     after the interface went down and up).
  *     Memory: the queued frames are the sender's own buffers (a reference,
  *     not a copy), bounded by the socket's receive buffer (AFP_RCVBUF); the
  *     rings keep their MTU size. The frame is marked for TCP segmentation
@@ -148,6 +151,9 @@ struct afp_tnl_hdr {
 #define AFP_FRAMES_MIN 64u        /* fewest ring frames, jumbo included */
 #define AFP_VNET_LEN ((uint32_t)sizeof(struct virtio_net_hdr))
 #define AFP_BIG_MAX (65536u + 256u) /* largest GSO frame read (64 KiB + headers) */
+#define AFP_RECV_TRIES 4            /* reads of a queued frame past pending socket errors */
+#define AFP_MATCH_BYTES 64u         /* a queued copy's first bytes checked against the ring */
+#define AFP_STALE_MAX 64u           /* stale copies thrown away for one ring frame, at most */
 #define AFP_IOV_MAX 64u             /* iovecs of one GSO frame: header + segments */
 #define AFP_RCVBUF (8u << 20)       /* GSO frames queued on the rx socket, bytes */
 #define AFP_GSO_SNDBUF (8u << 20)   /* GSO frames in flight on the tx side, bytes */
@@ -1036,12 +1042,36 @@ afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr
     return 0;
 }
 
+/*
+ * One frame queued on the rx socket (a super-frame's whole copy) read into
+ * mh: its length with the virtio-net header, or -1 (errno EAGAIN: none
+ * queued). A pending socket error - ENETDOWN, set when the interface went
+ * down, even if it is up again since - is reported by the first call and
+ * cleared, the queue untouched: read again, or the frame would stay queued
+ * and every later super-frame read the one before it.
+ */
+static ssize_t
+afp_rx_dequeue(struct dp_afp *a, struct msghdr *mh)
+{
+    ssize_t r = -1;
+
+    for (int i = 0; i < AFP_RECV_TRIES; i++) {
+        r = recvmsg(a->rx.fd, mh, MSG_DONTWAIT | MSG_TRUNC);
+        if (r >= 0 || errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+    }
+    return r;
+}
+
 /* Throw away the frame queued on the socket for ring frame h. */
 static void
 afp_rx_skip_big(struct dp_afp *a)
 {
     uint8_t b;
-    (void)recv(a->rx.fd, &b, sizeof(b), MSG_DONTWAIT | MSG_TRUNC);
+    struct iovec iov = {.iov_base = &b, .iov_len = sizeof(b)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+    (void)afp_rx_dequeue(a, &mh);
 }
 
 /*
@@ -1056,7 +1086,7 @@ afp_rx_big(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
     const struct virtio_net_hdr *rvh =
         (const struct virtio_net_hdr *)((const uint8_t *)h + h->tp_mac - AFP_VNET_LEN);
     uint32_t vlan = (h->tp_status & TP_STATUS_VLAN_VALID) ? RTE_VLAN_HLEN : 0;
-    uint32_t len = h->tp_len, rest, k;
+    uint32_t len = h->tp_len, rest, k, cmp, stale;
     struct virtio_net_hdr vh;
     struct iovec iov[AFP_IOV_MAX];
     struct msghdr mh;
@@ -1079,6 +1109,7 @@ afp_rx_big(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
     iov[ni].iov_base = rte_pktmbuf_mtod_offset(m, uint8_t *, vlan);
     iov[ni++].iov_len = k - vlan;
     m->data_len = (uint16_t)k;
+    cmp = RTE_MIN(RTE_MIN(h->tp_snaplen, (uint32_t)AFP_MATCH_BYTES), k - vlan);
     for (rest = len + vlan - k; rest != 0; rest -= k) {
         struct rte_mbuf *s = rte_pktmbuf_alloc(a->rx.mp);
 
@@ -1103,11 +1134,21 @@ afp_rx_big(struct dp_afp *a, const struct tpacket2_hdr *h, struct rte_mbuf *m)
     memset(&mh, 0, sizeof(mh));
     mh.msg_iov = iov;
     mh.msg_iovlen = ni;
-    r = recvmsg(a->rx.fd, &mh, MSG_DONTWAIT | MSG_TRUNC);
-    if (unlikely(r != (ssize_t)(AFP_VNET_LEN + len))) {
-        a->rx.truncated++; /* nothing queued, or not the frame announced */
-        afp_rx_reset(m);
-        return -1;
+    /* the copy queued for this ring frame: its length, and its first bytes
+     * those the ring holds. Another is a copy left on the socket for a ring
+     * frame dropped before (counted then): thrown away and the next one
+     * read, so that the socket's queue and the ring stay in step */
+    for (stale = 0;; stale++) {
+        r = afp_rx_dequeue(a, &mh);
+        if (unlikely(r < 0 || stale == AFP_STALE_MAX)) {
+            a->rx.truncated++; /* none queued: the kernel could not keep it */
+            afp_rx_reset(m);
+            return -1;
+        }
+        if (likely(r == (ssize_t)(AFP_VNET_LEN + len) &&
+                   memcmp(rte_pktmbuf_mtod_offset(m, const uint8_t *, vlan),
+                          (const uint8_t *)h + h->tp_mac, cmp) == 0))
+            break;
     }
     if (unlikely(vlan != 0)) {
         /* the kernel stripped the outer tag into tp_vlan_tci: put it back

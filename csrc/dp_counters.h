@@ -76,7 +76,7 @@
     _(QUEUE_FULL, "queue_full")           /* plane queue of a shaped port */ \
     _(QUEUE_FLUSHED, "queue_flushed")     /* queued when shaper/port went */ \
     _(KPORT_OVERSIZE, "kport_oversize")   /* kernel port: > its ring frame */ \
-    _(KPORT_TRUNCATED, "kport_truncated") /* kernel port: runt frame */     \
+    _(KPORT_TRUNCATED, "kport_truncated") /* runt, or super-frame not queued */ \
     _(KPORT_NO_MBUF, "kport_no_mbuf")     /* kernel port: pool empty */     \
     _(KPORT_KERNEL, "kport_kernel")       /* kernel's own ring drops */  \
     _(SPOOF_MAC, "spoof_mac")             /* pod: not its source MAC */     \

@@ -332,6 +332,31 @@ def test_tcp_super_frames_cut_to_the_mss_on_the_underlay(fabric, tmp_path):
     print(f"{len(big)} super-frames from the kernel VTEP reached pod a whole")
 
 
+def test_super_frames_after_the_pods_interface_went_down_and_up(fabric):
+    """The pod's host end set down and up again (by hand, or by a runtime
+    that restarts the pod's network) leaves its packet socket an error
+    (ENETDOWN) that the next read of a super-frame's copy reports instead
+    of the frame: read again, the copy is the frame's. TCP with TSO from
+    the pod then completes, none of its super-frames lost, and the socket
+    stays in step with its ring (before, each later super-frame read the
+    copy of the one before it: dropped as ``kport_truncated``, the flow
+    stalled for good)."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", tunnel_gso: false", net=FLOODED)
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    assert_offloads_on(a)
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    (hif,) = [p["host_ifname"] for p in a["planes"]]
+    kp.nsx(node.ns, "ip", "link", "set", hif, "down", check=True)
+    kp.nsx(node.ns, "ip", "link", "set", hif, "up", check=True)
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host, its interface up again")
+    before = node.status()["drops"].get("kport_truncated", 0)
+    kp.tcp_transfer(fab, "pod a -> vtep host, after down and up", vm, kp.VM_IP, a["ns"])
+    kp.tcp_transfer(fab, "pod a -> vtep host, again", vm, kp.VM_IP, a["ns"], port=5202)
+    assert node.status()["drops"].get("kport_truncated", 0) == before, fab.drops_said()
+
+
 def test_super_frames_of_a_small_mss_are_cut_whole(fabric):
     """A peer that asks for a small MSS (88 bytes here; Linux takes down
     to 48) makes the pod's TCP send super-frames of several hundred
