@@ -1027,7 +1027,7 @@ class NodeService:
                     with self.lock:  # the engine stays: a stop waits for the pod lock
                         for name, plan in guards.items():
                             self.pods.reguard(new.network(name), plan)
-                        self._take_rates(new, takes)
+                        self._take_settings(new, takes)
                 except BaseException:
                     self._undo_added(slots, recorded)
                     if added:
@@ -1073,10 +1073,10 @@ class NodeService:
             out["refused"] = refused
         return out
 
-    def _take_rates(self, new: NodeConfig, takes):
-        """The uplink's shaper, the planes' rates and the networks' storm
-        control as ``new`` has them, where ``takes`` changes them (self.lock
-        held)."""
+    def _take_settings(self, new: NodeConfig, takes):
+        """The uplink's shaper, the VTEP's learning, the planes (rates,
+        marking, classification) and the networks' storm control as ``new``
+        has them, where ``takes`` changes them (self.lock held)."""
         eng = self.engine
         fields = {n for n, _, _ in takes}
         # an uplink not attached yet takes the new rates when it is
