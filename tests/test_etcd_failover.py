@@ -366,12 +366,13 @@ def test_a_claim_lost_while_etcd_did_not_answer_is_made_again_soon(
     """Answers cut off for longer than the claim's TTL: the claim lapses
     (the name is free). The failing renewals are tried every RENEW_RETRY_S,
     not every third of the TTL, so once etcd answers the claim is made
-    again at the next of them."""
+    again at the next of them, with the networks the node said last."""
     monkeypatch.setattr(etcd_store, "NODE_TTL_S", 3)  # renewed every 1 s while it works
     monkeypatch.setattr(etcd_store, "RENEW_RETRY_S", 0.1)
     caplog.set_level(logging.INFO, logger="dataplane")
     with cut_store(server, prefix) as (mode, s, watcher):
-        s.claim_node("n1", "10.0.0.1", "h1")
+        s.claim_node("n1", "10.0.0.1", "h1", networks=["net1"])
+        s.set_claim_networks(["net1", "net2"])  # a reload added one
         mode["cut"] = True
         until(lambda: not watcher.node_claims())  # its lease runs out (3 s)
         t = time.monotonic()
@@ -380,7 +381,9 @@ def test_a_claim_lost_while_etcd_did_not_answer_is_made_again_soon(
         assert time.monotonic() - t < 5 * etcd_store.NODE_TTL_S / 3, mode
         mode["cut"] = False
         until(watcher.node_claims)
-        assert [c["node"] for c in watcher.node_claims()] == ["n1"]
+        assert [(c["node"], c["networks"]) for c in watcher.node_claims()] == [
+            ("n1", ["net1", "net2"])
+        ]
         assert any("had lapsed; made again" in r.getMessage() for r in caplog.records)
 
 

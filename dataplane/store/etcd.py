@@ -266,11 +266,11 @@ class EtcdStore(StateStore):
         fails the same way) and tried again RENEW_RETRY_S later."""
         said = None
         while not self._claim_stop.wait(NODE_TTL_S / 3 if said is None else RENEW_RETRY_S):
-            node, lease, rec = self._claim
+            node, lease, _ = self._claim
             trace = False
             try:
                 with self.client.bounded(RENEW_WAIT_S):
-                    why = self._renew_once(node, lease, rec)
+                    why = self._renew_once(node, lease)
             except DataplaneError as e:
                 why = f"node {node}: its claim on the name could not be renewed: {e}"
             except Exception as e:  # noqa: BLE001 - a bug here must not end the claim
@@ -285,11 +285,12 @@ class EtcdStore(StateStore):
                 log.error("%s", why, exc_info=trace)
                 said = why
 
-    def _renew_once(self, node, lease, rec) -> Optional[str]:
+    def _renew_once(self, node, lease) -> Optional[str]:
         """One renewal: None when the claim is held, else why not."""
         if self.client.lease_keepalive(lease):
             return None
         lease = self.client.lease_grant(NODE_TTL_S)
+        rec = self._claim[2]  # as it is now: a reload may have changed its networks
         held = self._put_claim(node, lease, rec)
         if held is None:
             self._claim = (node, lease, rec)
