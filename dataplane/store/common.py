@@ -183,20 +183,18 @@ def network_in_use(name: str, endpoints: Iterable[Dict], alloc_pods: Iterable[st
     """Busy for network ``name``'s record, which ``endpoints`` (dicts with
     pod and node) and the pods ``alloc_pods`` hold addresses of are on:
     whose, the first five named."""
-    said: List[str] = []
+    said: Dict[str, str] = {}  # pod or host name -> how it is named, in order
     for e in endpoints:
         node = e.get("node") or ""
         if node.startswith(STATIC_NODE_PREFIX):
-            who = f"host {e['pod']}"
+            said.setdefault(e["pod"], f"host {e['pod']}")
         else:
-            who = f"pod {e['pod']}" + (f" of node {node}" if node else "")
-        if who not in said:
-            said.append(who)
-    for pod in alloc_pods:
-        if not any(w in (f"host {pod}", f"pod {pod}") or w.startswith(f"pod {pod} ") for w in said):
-            said.append(f"pod {pod}")
-    more = f" and {len(said) - 5} more" if len(said) > 5 else ""
+            said.setdefault(e["pod"], f"pod {e['pod']}" + (f" of node {node}" if node else ""))
+    for pod in alloc_pods:  # an address without an endpoint: an add under way
+        said.setdefault(pod, f"pod {pod}")
+    whom = list(said.values())
+    more = f" and {len(whom) - 5} more" if len(whom) > 5 else ""
     return Busy(
-        f"network {name} is in use by {', '.join(said[:5])}{more}: delete them first "
+        f"network {name} is in use by {', '.join(whom[:5])}{more}: delete them first "
         "('dataplane pod del', 'dataplane host del')"
     )
