@@ -544,9 +544,11 @@ def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric, learning):
     Pod to host: without learning the host's MAC is unknown and flooded by
     the core (storm control off, as ``dataplane check`` advises for such a
     network: at 1000 frames/s a bulk transfer would be the storm); with it,
-    a remote FDB entry the express lane encapsulates to."""
+    a remote FDB entry the express lane encapsulates to. The host's data to
+    the pod: through the core's workers when the host's MAC is unknown,
+    decapsulated by the lane (its super-frames whole) once it is learned."""
     fab = fabric()
-    fab.node(
+    node = fab.node(
         1,
         [HOST_VTEP],
         vtep=", learning: true" if learning else "",
@@ -565,6 +567,11 @@ def test_tcp_both_ways_with_a_host_behind_a_kernel_vtep(fabric, learning):
         except AssertionError as e:  # both directions reported, not just the first
             errors.append(str(e).splitlines()[0])
     assert not errors, "; ".join(errors)
+    up = _port_row(node, lambda p: p["role"] == "uplink")
+    if learning:
+        assert up["express"]["rx_bytes"] > 4 * MB, up
+    else:
+        assert up["express"]["rx_packets"] == 0 and up["rx_bytes"] > 4 * MB, up
 
 
 def _port_row(node, name_part):
@@ -689,13 +696,23 @@ def test_express_lane_decapsulates_from_a_kernel_vtep_host(fabric):
     major, minor = (int(x) for x in os.uname().release.split(".")[:2])
     want = 20 if (major, minor) >= (6, 3) else 0
     assert up_v6["express"]["rx_packets"] - up1["express"]["rx_packets"] == want, up_v6
-    # TCP from the host (super-frames through the core, the rest by the lane)
+    # TCP from the host to the pod's own address: its data too, the host's
+    # super-frames (its VTEP's TSO) whole, none through the workers
     before = tcp_snmp(a["ns"])
+    st1, up1, pod1 = rows()
     tcp_transfer(fab, "vtep host -> pod (lane)", a["ns"], a["ip"], vm, size=8 * MB)
     after = tcp_snmp(a["ns"])
     assert after["InCsumErrors"] == before["InCsumErrors"], (before, after)
-    st2, up2, _ = rows()
-    assert up2["express"]["rx_packets"] > up_v6["express"]["rx_packets"]
+    st2, up2, pod2 = rows()
+    lane_pkts = up2["express"]["rx_packets"] - up1["express"]["rx_packets"]
+    lane_bytes = up2["express"]["rx_bytes"] - up1["express"]["rx_bytes"]
+    core_pkts = (up2["rx_packets"] - up1["rx_packets"]) - lane_pkts
+    assert lane_bytes > 8 * MB, (up1["express"], up2["express"])
+    # fewer frames than MTU-sized segments: super-frames, decapsulated whole
+    assert lane_pkts < 8 * MB // 1400, (lane_pkts, lane_bytes)
+    assert pod2["express"]["tx_packets"] - pod1["express"]["tx_packets"] == lane_pkts
+    # the workers saw the handshake's first frames at most, not the data
+    assert core_pkts < 10, (core_pkts, up1, up2)
     assert "express_decap" not in st2["drops"], st2["drops"]
 
 
@@ -752,8 +769,10 @@ def test_express_lane_leaves_to_the_core_what_it_must_check(fabric):
     """VXLAN from the underlay that the core would refuse, or look at
     beyond the lane's checks, is not decapsulated by the lane: a bad outer
     checksum (the core drops it, bad_ip), VXLAN flags other than the I bit
-    alone, an inner source the FDB has behind another VTEP, TCP data (the
-    core delivers those); only the plain frame takes the lane."""
+    alone, an inner source the FDB has behind another VTEP, TCP data to an
+    address that is not the pod's own (the pod might route it on: the core
+    delivers those); the plain frame and TCP data to the pod's own address
+    take the lane."""
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
     from scapy.layers.vxlan import VXLAN
@@ -767,11 +786,13 @@ def test_express_lane_leaves_to_the_core_what_it_must_check(fabric):
     vtep_mac = link[0]["address"]
     pod_mac, pod_ip = a["planes"][0]["mac"], a["ip"].split("/")[0]
 
-    def vx(mark, src_vtep=HOST_VTEP, flags=0x08, inner_src=VM_MAC, l4=None, bad_csum=False):
+    def vx(
+        mark, src_vtep=HOST_VTEP, flags=0x08, inner_src=VM_MAC, l4=None, bad_csum=False, dst_ip=None
+    ):
         ip = IP(src=src_vtep, dst="10.99.0.1", flags="DF")
         if bad_csum:
             ip.chksum = 0x1234
-        inner = Ether(dst=pod_mac, src=inner_src) / IP(src=VM_IP, dst=pod_ip)
+        inner = Ether(dst=pod_mac, src=inner_src) / IP(src=VM_IP, dst=dst_ip or pod_ip)
         inner /= l4 if l4 is not None else UDP(sport=5555, dport=9)
         f = Ether(dst=vtep_mac) / ip / UDP(sport=49999, dport=4789, chksum=0)
         return bytes(f / VXLAN(vni=VNI, flags=flags) / inner / mark.encode())
@@ -792,10 +813,16 @@ def test_express_lane_leaves_to_the_core_what_it_must_check(fabric):
     before, st0 = up_row(), node.status()
     seen = [m for m, _ in marked_at_pod(fab, a, frames.values())]
     after, st1 = up_row(), node.status()
-    # the lane took the plain frame alone
-    assert after["express"]["rx_packets"] - before["express"]["rx_packets"] == 1, (before, after)
+    # the lane took the plain frame and the TCP data to the pod itself
+    assert after["express"]["rx_packets"] - before["express"]["rx_packets"] == 2, (before, after)
     assert sorted(seen) == ["mark-flags00", "mark-othervt", "mark-plain00", "mark-tcpdata"], seen
     assert st1["drops"].get("bad_ip", 0) - st0["drops"].get("bad_ip", 0) == 1, st1["drops"]
+    # TCP data to an address that is not the pod's own: the core's
+    other = vx("mark-tcpothr", l4=TCP(sport=5555, dport=9, flags="PA"), dst_ip=SUBNET + "99")
+    seen = [m for m, _ in marked_at_pod(fab, a, [other])]
+    last = up_row()
+    assert seen == ["mark-tcpothr"], seen
+    assert last["express"]["rx_packets"] == after["express"]["rx_packets"], (after, last)
 
 
 def test_express_lane_leaves_a_shaped_uplink_to_the_core(fabric):

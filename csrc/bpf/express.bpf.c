@@ -56,11 +56,14 @@
  * set the decapsulated frame's protocol: Linux 6.3, dec_v6) not longer than the network's
  * MTU allows to a pod port of that network (ex_dst), from an inner source
  * MAC the core's FDB has behind the very VTEP that sent it (ex_rdst, the
- * tunnel's address = the outer source), not a TCP segment with data, IPv6
- * only TCP, UDP or echoes (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
+ * tunnel's address = the outer source); IPv4 TCP data only to one of the
+ * pod's own addresses, IPv6 only TCP without data, UDP or echoes
+ * (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
  * counted as the core counts it. A source the core
  * learned is confirmed to the core's ageing through ex_rdst's `seen`
- * (dp_express_seen). Super-frames (GRO), unknown sources and VTEPs, a MAC
+ * (dp_express_seen). A TCP super-frame (a kernel VTEP's TSO, or GRO) is
+ * taken to a pod's own address, whole, if its segments fit the network's
+ * MTU; other super-frames, unknown sources and VTEPs, a MAC
  * that moved, ARP, neighbour discovery, floods and anything odd take the
  * core's path and its checks.
  */
@@ -506,13 +509,21 @@ struct ex_dway {
     struct ex_rval *from; /* from this remote MAC */
 };
 
-/* Whether the inner IPv4 datagram of a VXLAN frame may take the lane: not
- * a TCP segment that carries data. A flow's data must stay on one path, in
- * order, and its super-frames (GRO) take the core's: the lane cannot clear
- * their UDP-tunnel GSO marks on this kernel (a pod that routes them on
- * would cut them wrongly). ACKs, SYNs, datagrams and echoes take it. */
+/* Whether the inner datagram of a VXLAN frame may take the lane: 1 (ACKs,
+ * SYNs, FINs, datagrams, echoes), 0 (the core's), or EX_TCP_DATA: an IPv4
+ * TCP segment with data (*daddr: its destination; *hdrs: the inner
+ * Ethernet, IP and TCP headers' length), which the lane takes only to one
+ * of the pod's own addresses (ex_dtake). A flow's data must stay on one
+ * path, in order, so a flow's super-frames and its smaller segments go
+ * together; and a super-frame the lane decapsulates keeps its UDP-tunnel
+ * GSO marks (a tc program cannot clear them on these kernels), which the
+ * pod's stack ignores when it delivers the data to its own socket but
+ * would cut wrongly if it routed the frame on: hence the own address. The
+ * inner IPv4 length must cover the whole frame (a list of VXLAN datagrams
+ * merged by UDP GRO does not). IPv6 TCP data stays the core's. */
+#define EX_TCP_DATA 2
 static __always_inline int
-ex_dinner_ok(struct __sk_buff *skb, __be16 proto)
+ex_dinner_ok(struct __sk_buff *skb, __be16 proto, __u32 *daddr, __u32 *hdrs)
 {
     struct iphdr ip;
     __u8 doff;
@@ -547,7 +558,27 @@ ex_dinner_ok(struct __sk_buff *skb, __be16 proto)
         return 0; /* a later fragment of a segment */
     if (bpf_skb_load_bytes(skb, EX_HDR + ETH_HLEN + hl + 12, &doff, 1) < 0)
         return 0;
-    return (__u32)bpf_ntohs(ip.tot_len) == hl + (doff >> 4) * 4;
+    if ((__u32)bpf_ntohs(ip.tot_len) == hl + (doff >> 4) * 4)
+        return 1;
+    /* data: not a first fragment, the whole frame one segment's or one
+     * super-frame's */
+    if ((ip.frag_off & bpf_htons(0x2000)) ||
+        (__u32)bpf_ntohs(ip.tot_len) + EX_HDR + ETH_HLEN != skb->len)
+        return 0;
+    *daddr = ip.daddr;
+    *hdrs = ETH_HLEN + hl + (doff >> 4) * 4;
+    return EX_TCP_DATA;
+}
+
+/* Whether addr (network order) is one of pod port s's own IPv4 addresses */
+static __always_inline int
+ex_own_ip4(const struct ex_src *s, __u32 addr)
+{
+#pragma unroll
+    for (int i = 0; i < EX_MAX_IP4; i++)
+        if (i < s->n4 && s->ip4[i] == addr)
+            return 1;
+    return 0;
 }
 
 /* A frame on uplink `up` (whose dec_on ex_underlay checked): VXLAN the
@@ -560,11 +591,10 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
     struct ex_dkey k = {};
     struct ex_src *to;
     struct ex_tslot t;
-    __u32 *net, vtep_src, csum;
+    __u32 *net, vtep_src, csum, daddr = 0, hdrs = 0;
     __u16 w16[sizeof(struct iphdr) / 2];
+    int inner;
 
-    if (skb->gso_size)
-        return 0; /* a super-frame: the core cuts or keeps it as its GSO rules say */
     if (skb->vlan_present)
         return 0; /* tagged on the underlay: the core's (which does not take it) */
     if (bpf_skb_load_bytes(skb, 0, h, sizeof(*h)) < 0)
@@ -587,7 +617,12 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
         csum += w16[i];
     csum = (csum & 0xffff) + (csum >> 16);
     csum = (csum & 0xffff) + (csum >> 16);
-    if (csum != 0xffff || !ex_dinner_ok(skb, h->in.h_proto))
+    if (csum != 0xffff)
+        return 0;
+    inner = ex_dinner_ok(skb, h->in.h_proto, &daddr, &hdrs);
+    /* a super-frame: TCP data only (else the core cuts or keeps it as its
+     * GSO rules say) */
+    if (!inner || (skb->gso_size && inner != EX_TCP_DATA))
         return 0;
     net = bpf_map_lookup_elem(&ex_vni, &h->vni);
     if (!net)
@@ -599,8 +634,16 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
         return 0;
     /* no longer than the pod's network allows */
     to = bpf_map_lookup_elem(&ex_src, &d->dst->ifindex);
-    if (!to || skb->len - EX_HDR > to->max_len)
+    if (!to)
         return 0;
+    if (inner == EX_TCP_DATA) {
+        /* to the pod itself, each segment within the MTU */
+        if (!ex_own_ip4(to, daddr) ||
+            (skb->gso_size ? hdrs + skb->gso_size : skb->len - EX_HDR) > to->max_len)
+            return 0;
+    } else if (skb->len - EX_HDR > to->max_len) {
+        return 0;
+    }
     /* the source: a remote MAC of the network behind the VTEP that sent it */
     __builtin_memcpy(k.mac, h->in.h_source, 6);
     d->from = bpf_map_lookup_elem(&ex_rdst, &k);
@@ -708,9 +751,12 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
 
     /* out go the outer IPv4, UDP and VXLAN headers and the outer Ethernet
      * header's place is the inner one's */
+    /* a super-frame keeps its gso_size: the inner segments' payload, which
+     * the outer headers never were part of */
     if (bpf_skb_adjust_room(skb, -EX_HDR, BPF_ADJ_ROOM_MAC,
-                            h->in.h_proto == bpf_htons(ETH_P_IPV6) ? EX_ADJ_DECAP_L3_IPV6 : 0) <
-            0 ||
+                            BPF_F_ADJ_ROOM_FIXED_GSO | (h->in.h_proto == bpf_htons(ETH_P_IPV6)
+                                                            ? EX_ADJ_DECAP_L3_IPV6
+                                                            : 0)) < 0 ||
         bpf_skb_store_bytes(skb, 0, &h->in, ETH_HLEN, 0) < 0) {
         __u32 port = up->port;
         struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
