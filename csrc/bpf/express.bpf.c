@@ -56,9 +56,8 @@
  * set the decapsulated frame's protocol: Linux 6.3, dec_v6) not longer than the network's
  * MTU allows to a pod port of that network (ex_dst), from an inner source
  * MAC the core's FDB has behind the very VTEP that sent it (ex_rdst, the
- * tunnel's address = the outer source); IPv4 TCP data only to one of the
- * pod's own addresses, IPv6 only TCP without data, UDP or echoes
- * (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
+ * tunnel's address = the outer source); TCP data only to one of the pod's
+ * own addresses, IPv6 only TCP, UDP or echoes (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
  * counted as the core counts it. A source the core
  * learned is confirmed to the core's ageing through ex_rdst's `seen`
  * (dp_express_seen). A TCP super-frame (a kernel VTEP's TSO, or GRO) is
@@ -509,29 +508,36 @@ struct ex_dway {
     struct ex_rval *from; /* from this remote MAC */
 };
 
+/* A TCP segment with data from the underlay: where it goes and how long
+ * its headers are (ex_dinner_ok) */
+struct ex_tdata {
+    __u64 daddr[2]; /* its destination: IPv4 in the first 4 bytes, or IPv6 */
+    __u32 hdrs;     /* the inner Ethernet, IP and TCP headers' length */
+    __u32 v6;
+};
+
 /* Whether the inner datagram of a VXLAN frame may take the lane: 1 (ACKs,
- * SYNs, FINs, datagrams, echoes), 0 (the core's), or EX_TCP_DATA: an IPv4
- * TCP segment with data (*daddr: its destination; *hdrs: the inner
- * Ethernet, IP and TCP headers' length), which the lane takes only to one
- * of the pod's own addresses (ex_dtake). A flow's data must stay on one
- * path, in order, so a flow's super-frames and its smaller segments go
- * together; and a super-frame the lane decapsulates keeps its UDP-tunnel
- * GSO marks (a tc program cannot clear them on these kernels), which the
- * pod's stack ignores when it delivers the data to its own socket but
- * would cut wrongly if it routed the frame on: hence the own address. The
- * inner IPv4 length must cover the whole frame (a list of VXLAN datagrams
- * merged by UDP GRO does not). IPv6 TCP data stays the core's. */
+ * SYNs, FINs, datagrams, echoes), 0 (the core's), or EX_TCP_DATA: a TCP
+ * segment with data (*t), which the lane takes only to one of the pod's
+ * own addresses (ex_dtake). A flow's data must stay on one path, in
+ * order, so a flow's super-frames and its smaller segments go together;
+ * and a super-frame the lane decapsulates keeps its UDP-tunnel GSO marks
+ * (a tc program cannot clear them on these kernels), which the pod's
+ * stack ignores when it delivers the data to its own socket but would cut
+ * wrongly if it routed the frame on: hence the own address. The inner IP
+ * length must cover the whole frame (a list of VXLAN datagrams merged by
+ * UDP GRO does not). IPv6: no extension header. */
 #define EX_TCP_DATA 2
 static __always_inline int
-ex_dinner_ok(struct __sk_buff *skb, __be16 proto, __u32 *daddr, __u32 *hdrs)
+ex_dinner_ok(struct __sk_buff *skb, __be16 proto, struct ex_tdata *t)
 {
     struct iphdr ip;
     __u8 doff;
     __u32 hl;
 
     if (proto == bpf_htons(ETH_P_IPV6)) {
-        /* IPv6: TCP without data, UDP and echoes, no extension header;
-         * neighbour discovery and the rest are the core's */
+        /* IPv6: TCP, UDP and echoes, no extension header; neighbour
+         * discovery and the rest are the core's */
         struct ipv6hdr ip6;
         __u32 off = EX_HDR + ETH_HLEN + sizeof(ip6);
         __u8 l4;
@@ -547,7 +553,14 @@ ex_dinner_ok(struct __sk_buff *skb, __be16 proto, __u32 *daddr, __u32 *hdrs)
             return 0;
         if (ip6.nexthdr == IPPROTO_ICMPV6)
             return l4 == 128 || l4 == 129;
-        return bpf_ntohs(ip6.payload_len) == (__u32)(l4 >> 4) * 4;
+        if (bpf_ntohs(ip6.payload_len) == (__u32)(l4 >> 4) * 4)
+            return 1;
+        if ((__u32)bpf_ntohs(ip6.payload_len) + sizeof(ip6) + EX_HDR + ETH_HLEN != skb->len)
+            return 0;
+        __builtin_memcpy(t->daddr, &ip6.daddr, sizeof(t->daddr));
+        t->hdrs = ETH_HLEN + sizeof(ip6) + (l4 >> 4) * 4;
+        t->v6 = 1;
+        return EX_TCP_DATA;
     }
     if (bpf_skb_load_bytes(skb, EX_HDR + ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
         return 0;
@@ -565,18 +578,29 @@ ex_dinner_ok(struct __sk_buff *skb, __be16 proto, __u32 *daddr, __u32 *hdrs)
     if ((ip.frag_off & bpf_htons(0x2000)) ||
         (__u32)bpf_ntohs(ip.tot_len) + EX_HDR + ETH_HLEN != skb->len)
         return 0;
-    *daddr = ip.daddr;
-    *hdrs = ETH_HLEN + hl + (doff >> 4) * 4;
+    __builtin_memcpy(t->daddr, &ip.daddr, sizeof(ip.daddr));
+    t->hdrs = ETH_HLEN + hl + (doff >> 4) * 4;
+    t->v6 = 0;
     return EX_TCP_DATA;
 }
 
-/* Whether addr (network order) is one of pod port s's own IPv4 addresses */
+/* Whether t's destination is one of pod port s's own addresses */
 static __always_inline int
-ex_own_ip4(const struct ex_src *s, __u32 addr)
+ex_own_addr(const struct ex_src *s, const struct ex_tdata *t)
 {
+    __u32 a4;
+
+    if (t->v6) {
+#pragma unroll
+        for (int i = 0; i < EX_MAX_IP6; i++)
+            if (i < s->n6 && s->ip6[i][0] == t->daddr[0] && s->ip6[i][1] == t->daddr[1])
+                return 1;
+        return 0;
+    }
+    __builtin_memcpy(&a4, t->daddr, sizeof(a4));
 #pragma unroll
     for (int i = 0; i < EX_MAX_IP4; i++)
-        if (i < s->n4 && s->ip4[i] == addr)
+        if (i < s->n4 && s->ip4[i] == a4)
             return 1;
     return 0;
 }
@@ -591,7 +615,8 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
     struct ex_dkey k = {};
     struct ex_src *to;
     struct ex_tslot t;
-    __u32 *net, vtep_src, csum, daddr = 0, hdrs = 0;
+    struct ex_tdata td = {};
+    __u32 *net, vtep_src, csum;
     __u16 w16[sizeof(struct iphdr) / 2];
     int inner;
 
@@ -619,7 +644,7 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
     csum = (csum & 0xffff) + (csum >> 16);
     if (csum != 0xffff)
         return 0;
-    inner = ex_dinner_ok(skb, h->in.h_proto, &daddr, &hdrs);
+    inner = ex_dinner_ok(skb, h->in.h_proto, &td);
     /* a super-frame: TCP data only (else the core cuts or keeps it as its
      * GSO rules say) */
     if (!inner || (skb->gso_size && inner != EX_TCP_DATA))
@@ -638,8 +663,8 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
         return 0;
     if (inner == EX_TCP_DATA) {
         /* to the pod itself, each segment within the MTU */
-        if (!ex_own_ip4(to, daddr) ||
-            (skb->gso_size ? hdrs + skb->gso_size : skb->len - EX_HDR) > to->max_len)
+        if (!ex_own_addr(to, &td) ||
+            (skb->gso_size ? td.hdrs + skb->gso_size : skb->len - EX_HDR) > to->max_len)
             return 0;
     } else if (skb->len - EX_HDR > to->max_len) {
         return 0;
