@@ -9,6 +9,12 @@ process that changes what the lane's two programs read:
 * ``underlay``: the lane on and off while the datagrams come to pod b from
   a host behind the kernel's own VXLAN VTEP (namespace h, on the uplink's
   veth), which the lane decapsulates;
+* ``stream``: the lane on and off while the host behind that kernel VTEP
+  sends pod b a TCP stream (the kernel's own TCP, its VTEP's super-frames
+  whole), whose data the lane decapsulates while it is on and the core
+  while it is off: the stream must arrive whole and intact (``frames``
+  KiB of it; ``received`` and ``sent`` count bytes, ``intact`` compares
+  their SHA-256);
 * ``move``: pod a sends numbered TCP segments (raw frames) to a MAC
   behind that host, which the lane encapsulates, while the MAC moves from
   one VTEP to another and back (each move makes the new VTEP's tunnel and
@@ -26,7 +32,7 @@ one JSON object: sent, received, duplicates, pod b's socket overflows
 sending port, the engine's non-zero drops; ``move`` adds the frames seen
 on the underlay with an outer header neither template gives (``torn``).
 
-    python tests/lanerace.py switch|member|underlay|move [frames]
+    python tests/lanerace.py switch|member|underlay|stream|move [frames]
 """
 
 import json
@@ -151,6 +157,43 @@ print(len(seen), 0, 0, torn)
 """
 
 
+# stream: pod b's TCP receiver and the kernel VTEP host's sender (SHA-256
+# of what each saw; the receiver prints bytes, 0, 0 as RECEIVER's columns)
+STREAM_RECEIVER = """
+import hashlib, socket, sys
+ls = socket.socket()
+ls.bind((sys.argv[1], int(sys.argv[2])))
+ls.listen(1)
+print("ready", flush=True)
+ls.settimeout(30)
+c, _ = ls.accept()
+c.settimeout(10)
+h, n = hashlib.sha256(), 0
+while True:
+    d = c.recv(1 << 20)
+    if not d:
+        break
+    h.update(d)
+    n += len(d)
+print(n, 0, 0, h.hexdigest())
+"""
+
+STREAM_SENDER = """
+import hashlib, os, socket, sys
+os.sched_setaffinity(0, {int(sys.argv[4])})
+n = int(sys.argv[1]) * 1024
+s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=30)
+h, block = hashlib.sha256(), os.urandom(1 << 16)
+for i in range(n >> 16):
+    b = block[i % 251:] + block[:i % 251]  # no two blocks in a row alike
+    s.sendall(b)
+    h.update(b)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+print(h.hexdigest())
+"""
+
+
 def sh(*args):
     subprocess.run(args, check=True, capture_output=True)
 
@@ -162,13 +205,14 @@ def main(mode, frames):
     other = 1 % ncpu  # the sender's CPU; the changes run on CPU 0
     made = []
     eng = None
-    under = mode in ("underlay", "move")
+    under = mode in ("underlay", "stream", "move")
     move = mode == "move"
+    stream = mode == "stream"
     nh, hu = f"{tag}h", f"{tag}hu"  # the kernel VTEP host, the uplink's host end
     try:
         for ns, h, mac, ip, peer in ((na, ha, MA, IPA, (IPB, MB)), (nb, hb, MB, IPB, (IPA, MA))):
-            if mode == "underlay" and ns == na:
-                continue  # the datagrams come from the kernel VTEP host
+            if mode in ("underlay", "stream") and ns == na:
+                continue  # the datagrams (the stream) come from the kernel VTEP host
             sh("ip", "netns", "add", ns)
             made.append(ns)
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
@@ -198,6 +242,8 @@ def main(mode, frames):
                 f"neigh add {IPB} lladdr {MB} dev vx",
             ):
                 sh("ip", "-n", nh, *cmd.split())
+            if stream:  # pod b answers the host's TCP
+                sh("ip", "-n", nb, "neigh", "add", "10.77.0.9", "lladdr", MH, "dev", "eth0")
         eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1] if ncpu > 1 else [0]))
         eng.add_network(0, vni=VNI)
         pb = eng.add_afpacket_port(hb, network=0)
@@ -223,6 +269,9 @@ def main(mode, frames):
         if move:  # the underlay's side sees what the lane sends
             rx_cmd = ["ip", "netns", "exec", nh, sys.executable, "-c", TCP_RECEIVER]
             rx_cmd.append(",".join(f"{ip}={mac}" for ip, mac in RACE_VTEPS))
+        elif stream:
+            rx_cmd = ["ip", "netns", "exec", nb, sys.executable, "-c", STREAM_RECEIVER]
+            rx_cmd += [IPB, str(UDP_PORT)]
         else:
             rx_cmd = ["ip", "netns", "exec", nb, sys.executable, "-c", RECEIVER]
             rx_cmd += [str(frames), IPB, str(UDP_PORT)]
@@ -244,7 +293,7 @@ def main(mode, frames):
             on = True
             while not stop.is_set():
                 on = not on
-                if mode in ("switch", "underlay"):
+                if mode in ("switch", "underlay", "stream"):
                     eng.express_enable(on)
                 elif move:
                     eng.fdb_add_remote(0, MH, RACE_VTEPS[on][0])
@@ -265,7 +314,12 @@ def main(mode, frames):
         th = threading.Thread(target=change)
         th.start()
         try:
-            if move:
+            if stream:
+                tx_cmd = [
+                    "ip", "netns", "exec", na, sys.executable, "-c", STREAM_SENDER,
+                    str(frames), IPB, str(UDP_PORT), str(other),
+                ]  # fmt: skip
+            elif move:
                 tx_cmd = [
                     "ip", "netns", "exec", na, sys.executable, "-c", TCP_SENDER,
                     str(frames), str(other), MH, MA, IPA, "10.77.0.9",
@@ -275,18 +329,25 @@ def main(mode, frames):
                     "ip", "netns", "exec", na, sys.executable, "-c", SENDER,
                     str(frames), IPB, str(UDP_PORT), str(other),
                 ]  # fmt: skip
-            subprocess.run(tx_cmd, check=True, capture_output=True, stdin=pace_r)
+            tx = subprocess.run(tx_cmd, check=True, capture_output=True, stdin=pace_r, text=True)
         finally:
             stop.set()
             th.join()
             os.close(pace_r)
-        got, dup, rcvbuf, *torn = map(int, rx.communicate(timeout=30)[0].split())
+        out = rx.communicate(timeout=30)[0].split()
+        extra = {}
+        if stream:
+            extra = {"intact": out.pop() == tx.stdout.strip()}
+            dec = eng.counters().net_dict(0)["decap_packets"]
+            extra["core"] = dec - int(eng.express_counts(pa)[0])  # decapsulated by the core
+        got, dup, rcvbuf, *torn = map(int, out)
         c = eng.counters()
         print(
             json.dumps(
                 {
                     **({"torn": torn[0]} if torn else {}),
-                    "sent": frames,
+                    **extra,
+                    "sent": frames * 1024 if stream else frames,
                     "received": got,
                     "duplicates": dup,
                     "rcvbuf_errors": rcvbuf,  # b's socket full: the kernel's drops, not ours

@@ -580,6 +580,20 @@ def test_switching_the_lane_under_vxlan_from_the_underlay_loses_and_doubles_noth
     assert not res["drops"], res
 
 
+def test_switching_the_lane_under_a_tcp_stream_from_the_underlay_keeps_it_whole():
+    """A TCP stream from a host behind the kernel's own VXLAN VTEP to pod b
+    (its super-frames whole), whose data the lane decapsulates while it is
+    on and the core while it is off, the lane switched over and over
+    meanwhile: all 40 MB arrive, intact, and both paths carried some of
+    the data (some 600 super-frames of it: the handshake and the FIN are
+    a few frames)."""
+    res = _lane_race("stream")
+    assert res["changes"] > 100, res
+    assert res["lane"] > 100 and res["core"] > 100, res
+    assert res["received"] == res["sent"] and res["intact"], res
+    assert not res["drops"], res
+
+
 def test_a_mac_moving_between_vteps_under_traffic_leaves_with_a_whole_header():
     """A MAC behind the underlay moves from one VTEP to another and back,
     over and over (each move makes one tunnel and frees the other, whose
