@@ -57,7 +57,8 @@
  * MTU allows to a pod port of that network (ex_dst), from an inner source
  * MAC the core's FDB has behind the very VTEP that sent it (ex_rdst, the
  * tunnel's address = the outer source); TCP data only to one of the pod's
- * own addresses, IPv6 only TCP, UDP or echoes (ex_dinner_ok): decapsulated and redirected into the pod's namespace,
+ * own addresses, IPv6 only TCP, UDP or echoes (ex_dinner_ok): decapsulated
+ * and redirected into the pod's namespace,
  * counted as the core counts it. A source the core
  * learned is confirmed to the core's ageing through ex_rdst's `seen`
  * (dp_express_seen). A TCP super-frame (a kernel VTEP's TSO, or GRO) is
@@ -775,9 +776,9 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
     __u64 now;
 
     /* out go the outer IPv4, UDP and VXLAN headers and the outer Ethernet
-     * header's place is the inner one's */
-    /* a super-frame keeps its gso_size: the inner segments' payload, which
-     * the outer headers never were part of */
+     * header's place is the inner one's; a super-frame keeps its gso_size,
+     * the inner segments' payload, which the outer headers never were part
+     * of */
     if (bpf_skb_adjust_room(skb, -EX_HDR, BPF_ADJ_ROOM_MAC,
                             BPF_F_ADJ_ROOM_FIXED_GSO | (h->in.h_proto == bpf_htons(ETH_P_IPV6)
                                                             ? EX_ADJ_DECAP_L3_IPV6
