@@ -545,12 +545,26 @@ class Lab:
             say(f"  {path}: {lost} of {a.pings} pings without reply")
         return sum(times) / len(times), p99
 
+    def dsack_segs(self, ns: str) -> int:
+        """Segments the TCP senders of namespace ``ns`` were told arrived
+        twice (TcpExt TCPDSACKRecvSegs): retransmissions of segments that
+        were not lost, only late (reordered or held up on the way)."""
+        r = subprocess.run(
+            self.nsexec(ns, "cat", "/proc/net/netstat"), capture_output=True, text=True
+        )
+        rows = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("TcpExt:")]
+        if len(rows) < 2 or "TCPDSACKRecvSegs" not in rows[0]:
+            return 0
+        return int(rows[1][rows[0].index("TCPDSACKRecvSegs")])
+
     def iperf(self, path: str, udp: bool, reverse: bool = False) -> float:
         """TCP: Gbit/s the receiver counted; UDP 64 B: packets/s the server
         received. ``reverse``: TCP from the path's far end to its near one
         (iperf3 -R: the server sends)."""
         a = self.args
         cli, srv, ip = self.ips[path]
+        sender = srv if reverse else cli
+        dsack0 = 0 if udp else self.dsack_segs(sender)
         port = "5201"
         server = subprocess.Popen(
             self.nsexec(srv, "iperf3", "-s", "-1", "-J", "-p", port, cpu=a.gen_cpu),
@@ -603,7 +617,11 @@ class Lab:
             bps = end.get("sum_received", {}).get("bits_per_second", 0.0)
             retr = end.get("sum_sent", {}).get("retransmits", 0)
             if retr:
-                say(f"  {path}: {retr} TCP segments retransmitted (the sender's count)")
+                late = self.dsack_segs(sender) - dsack0
+                say(
+                    f"  {path}: {retr} TCP segments retransmitted (the sender's count; "
+                    f"{late} of them reported back as duplicates: late, not lost)"
+                )
             return bps / 1e9
         try:
             sj = json.loads(out)
