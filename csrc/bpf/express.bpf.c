@@ -302,6 +302,28 @@ mac_eq(const __u8 *a, const __u8 *b)
            a[5] == b[5];
 }
 
+/* Whether a (network order) is one of pod port s's IPv4 addresses */
+static __always_inline int
+ex_has_ip4(const struct ex_src *s, __u32 a)
+{
+#pragma unroll
+    for (int i = 0; i < EX_MAX_IP4; i++)
+        if (i < s->n4 && s->ip4[i] == a)
+            return 1;
+    return 0;
+}
+
+/* Whether a (wire order) is one of pod port s's IPv6 addresses */
+static __always_inline int
+ex_has_ip6(const struct ex_src *s, const __u64 a[2])
+{
+#pragma unroll
+    for (int i = 0; i < EX_MAX_IP6; i++)
+        if (i < s->n6 && s->ip6[i][0] == a[0] && s->ip6[i][1] == a[1])
+            return 1;
+    return 0;
+}
+
 /* An IPv6 frame the lane may take: TCP, UDP but a DHCPv6 server's (or
  * relay's) message, or an ICMPv6 echo request or reply, with no extension
  * header, from one of the pod's addresses where the network has
@@ -313,7 +335,6 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
     struct ipv6hdr ip6;
     __u64 a[2];
     __u16 l4;
-    int ok = 0;
 
     if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
         return 0;
@@ -334,11 +355,7 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
     if (!src->spoof_on)
         return 1;
     __builtin_memcpy(a, &ip6.saddr, sizeof(a));
-#pragma unroll
-    for (int i = 0; i < EX_MAX_IP6; i++)
-        if (i < src->n6 && src->ip6[i][0] == a[0] && src->ip6[i][1] == a[1])
-            ok = 1;
-    return ok;
+    return ex_has_ip6(src, a);
 }
 
 /* Whether the segments super-frame skb (IP protocol l4; IPv6 without an
@@ -460,16 +477,11 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
         return 0;
     } else if (src->spoof_on) {
         struct iphdr ip;
-        int ok = 0;
 
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
             return 0;
         saddr = ip.saddr;
-#pragma unroll
-        for (int i = 0; i < EX_MAX_IP4; i++)
-            if (i < src->n4 && src->ip4[i] == saddr)
-                ok = 1;
-        if (!ok)
+        if (!ex_has_ip4(src, saddr))
             return 0;
         /* a DHCP server's or relay's message (UDP from port 67 or to the
          * client port 68, first fragment): the core's guard knows whether
@@ -591,19 +603,10 @@ ex_own_addr(const struct ex_src *s, const struct ex_tdata *t)
 {
     __u32 a4;
 
-    if (t->v6) {
-#pragma unroll
-        for (int i = 0; i < EX_MAX_IP6; i++)
-            if (i < s->n6 && s->ip6[i][0] == t->daddr[0] && s->ip6[i][1] == t->daddr[1])
-                return 1;
-        return 0;
-    }
+    if (t->v6)
+        return ex_has_ip6(s, t->daddr);
     __builtin_memcpy(&a4, t->daddr, sizeof(a4));
-#pragma unroll
-    for (int i = 0; i < EX_MAX_IP4; i++)
-        if (i < s->n4 && s->ip4[i] == a4)
-            return 1;
-    return 0;
+    return ex_has_ip4(s, a4);
 }
 
 /* A frame on uplink `up` (whose dec_on ex_underlay checked): VXLAN the
