@@ -335,13 +335,13 @@ def main(mode, frames):
             th.join()
             os.close(pace_r)
         out = rx.communicate(timeout=30)[0].split()
+        c = eng.counters()
         extra = {}
         if stream:
             extra = {"intact": out.pop() == tx.stdout.strip()}
-            dec = eng.counters().net_dict(0)["decap_packets"]
+            dec = c.net_dict(0)["decap_packets"]
             extra["core"] = dec - int(eng.express_counts(pa)[0])  # decapsulated by the core
         got, dup, rcvbuf, *torn = map(int, out)
-        c = eng.counters()
         print(
             json.dumps(
                 {
