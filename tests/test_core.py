@@ -169,6 +169,44 @@ def test_encap_copies_dscp_not_ecn(topo, inner_tos, outer_tos):
     assert ip_checksum_ok(out)
 
 
+def test_encap_checksum_when_its_sum_carries_out_of_the_fold(topo):
+    """The outer IPv4 checksum is the tunnel's template sum plus the TOS
+    and length words, folded to 16 bits. Where the halves of that sum add
+    up past 0xffff the fold needs its end-around carry. A remote VTEP
+    whose address makes that reachable within the MTU (10.0.34.250 from
+    10.0.0.1; with this test's other VTEPs it never happens): its
+    template sum read back from a frame the core encapsulated, a frame
+    whose sum carries and one beside it that does not both leave with
+    valid checksums."""
+    far = "02:00:00:00:01:09"
+    topo.eng.fdb_add_remote(0, far, "10.0.34.250")
+    topo.send(topo.a, udp_frame(dst=far))
+    [first] = topo.recv(topo.up)
+    assert first[IP].dst == "10.0.34.250"
+    hdr = bytearray(bytes(first[IP])[:20])
+    hdr[2:4] = hdr[10:12] = b"\0\0"  # total length, checksum: patched per frame
+    # the words as the core adds them: native (little-endian) reads
+    base = sum(struct.unpack("<9H", bytes(hdr[2:20])))
+
+    def carries(tos, size):
+        total = size + 36
+        s = base + (0x45 | tos << 8) + ((total & 0xFF) << 8 | total >> 8)
+        return (s >> 16) + (s & 0xFFFF) > 0xFFFF
+
+    picks = {}
+    for size in range(60, 1450):
+        for tos in range(0, 256, 4):
+            picks.setdefault(carries(tos, size), (tos, size))
+    assert set(picks) == {True, False}
+    frames = [udp_frame(dst=far, tos=tos, size=size) for tos, size in picks.values()]
+    topo.send(topo.a, *frames)
+    outs = topo.recv(topo.up, 2)
+    assert sorted((o[IP].tos, o[IP].len) for o in outs) == sorted(
+        (tos, size + 36) for tos, size in picks.values()
+    )
+    assert all(ip_checksum_ok(o) for o in outs)
+
+
 def test_encap_ipv6_and_non_ip_inner(topo):
     v6 = Ether(src=A, dst=R1) / IPv6(src="fd00::1", dst="fd00::2", tc=0xB8) / UDP() / Raw(b"x" * 40)
     arpish = Ether(src=A, dst=R1, type=0x88B5) / Raw(b"y" * 60)
