@@ -831,6 +831,60 @@ def test_express_lane_leaves_to_the_core_what_it_must_check(fabric):
     assert last["express"]["rx_packets"] == after["express"]["rx_packets"], (after, last)
 
 
+def test_a_pod_that_forwards_what_the_lane_decapsulated_reaches_a_kernel_vtep_host(fabric):
+    """A router or NAT pod: TCP from a host behind a kernel VTEP comes into
+    the pod through the lane's decapsulation, and the pod forwards it to
+    another host behind that VTEP. The kernel VTEP left those skbs marked
+    as a tunnel's (their inner checksum and TSO were left to offload), a
+    mark the lane cannot clear, and the kernel refuses to encapsulate
+    such an skb again: the lane hands each back to the core instead of
+    dropping it (every connection died at its SYN before, counted as
+    ``express_encap``). Routed (the SYN and ACKs through the lane, the
+    data to an address not the pod's through the core) and NATed (the
+    data to the pod's own address: super-frames through the lane), 4 MB
+    each way arrive whole (the network lets its pods route: no address
+    checks)."""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true", net=", anti_spoofing: false")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", SUBNET + "11")
+    # a second host behind the kernel VTEP, with an address only the pod routes to
+    far, far_ip, far_routed = fab.netns(f"{fab.tag}far"), SUBNET + "201", "10.77.0.2"
+    h, mtu = f"{fab.tag}h", fab.pod_mtu
+    ipn(h, f"link add far0 mtu {mtu} type veth peer name eth0 mtu {mtu} netns {far}")
+    ipn(h, "link set far0 master br0 up")
+    ipn(far, "link set eth0 up")
+    ipn(far, f"addr add {far_ip}/24 dev eth0")
+    ipn(far, f"addr add {far_routed}/32 dev eth0")
+    ipn(vm, f"route add {far_routed}/32 via {a['ip']}")
+    ipn(a["ns"], f"route add {far_routed}/32 via {far_ip}")
+    nsx(a["ns"], "sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
+    nsx(a["ns"], "sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0", check=True)
+    nsx(a["ns"], "sysctl", "-qw", "net.ipv4.conf.eth0.send_redirects=0", check=True)
+    # the pod's own address, port 5202: to the far host, as from the pod
+    for rule in (
+        f"PREROUTING -p tcp --dport 5202 -j DNAT --to-destination {far_ip}",
+        f"POSTROUTING -p tcp -d {far_ip} --dport 5202 -j MASQUERADE",
+    ):
+        nsx(a["ns"], "iptables", "-t", "nat", "-A", *rule.split(), check=True)
+    reach(a["ns"], VM_IP, "pod a -> vm")
+    reach(a["ns"], far_ip, "pod a -> far host")
+    reach(vm, far_routed, "vm -> far host, routed by pod a")
+
+    def lane_rx():
+        return _port_row(node, lambda p: p["role"] == "uplink")["express"]["rx_bytes"]
+
+    tcp_transfer(fab, "vm -> far host, routed by pod a", far, far_routed, vm, size=4 * MB)
+    before = lane_rx()
+    tcp_transfer(
+        fab, "vm -> pod a, NATed to the far host", far, a["ip"], vm, size=4 * MB, port=5202
+    )
+    # the data to the pod's own address came in through the lane
+    assert lane_rx() - before > 4 * MB
+    drops = node.status()["drops"]
+    assert "express_encap" not in drops and "express_changed" not in drops, drops
+
+
 def test_express_lane_leaves_a_shaped_uplink_to_the_core(fabric):
     """With a shaper on the uplink (vtep.uplink_rate) every frame to the
     underlay goes through the core's plane queues: TCP to a remote VTEP

@@ -68,6 +68,7 @@
  * core's path and its checks.
  */
 #include <linux/bpf.h>
+#include <linux/errno.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/in.h>
@@ -258,6 +259,21 @@ struct {
 #define EX_SAID_LANE 0x6c616e65u  /* "lane": refused, tc carries it */
 #define EX_SAID_CORE 0x636f7265u  /* "core": the core's path */
 enum { SAID_NONE, SAID_LANE, SAID_CORE };
+
+/*
+ * A frame from a pod that the kernel will not encapsulate (bpf_skb_adjust_room
+ * says -EALREADY: the skb is still marked as carrying a tunnel) is handed back
+ * to the core. That is a frame the pod forwards (a router, NAT or load
+ * balancer pod) which came in through the lane's decapsulation from a sender
+ * that had set the mark - a kernel VTEP whose inner checksum or TSO was left
+ * to offload, or a node's tunnel tap: tc cannot clear it on these kernels
+ * (no BPF_F_ADJ_ROOM_DECAP_L4_UDP). Its packet socket has already passed on
+ * it, so tc puts it back at the interface's ingress marked with EX_MARK_CORE;
+ * on that second pass the socket program takes it for the core and tc clears
+ * the mark again. A pod's frame reaches its host end with mark 0 (a veth
+ * clears it between namespaces), so the mark is ours alone there.
+ */
+#define EX_MARK_CORE 0x65786362u /* "excb" */
 
 /* where a frame the lane takes goes */
 struct ex_way {
@@ -685,9 +701,12 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
     return vtep_src == h->ip.saddr;
 }
 
+#define EX_ENCAP_MARKED 1 /* ex_encap: refused as already a tunnel's, untouched */
+
 /*
  * Frame skb (from source src) into a VXLAN frame through tunnel w->tun, as
- * the core's encap_one builds it; 0, or < 0 if the kernel refused.
+ * the core's encap_one builds it; 0, < 0 if the kernel refused, or
+ * EX_ENCAP_MARKED (unchanged) if the skb still has a tunnel's mark.
  */
 static __always_inline int
 ex_encap(struct __sk_buff *skb, const struct ex_way *w)
@@ -740,8 +759,14 @@ ex_encap(struct __sk_buff *skb, const struct ex_way *w)
         /* the VNI: the VXLAN header's second word */
         __builtin_memcpy(h + EX_HDR - 4, &w->net->vni_be, 4);
     }
-    if (bpf_skb_adjust_room(skb, EX_HDR, BPF_ADJ_ROOM_MAC, flags) < 0)
-        return -1;
+    {
+        long r = bpf_skb_adjust_room(skb, EX_HDR, BPF_ADJ_ROOM_MAC, flags);
+
+        if (r == -EALREADY)
+            return EX_ENCAP_MARKED; /* the frame as it was: see EX_MARK_CORE */
+        if (r < 0)
+            return -1;
+    }
     return bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0);
 }
 
@@ -863,6 +888,12 @@ ex_tc(struct __sk_buff *skb)
     __u32 len = skb->len;
     int taken = 0, said = ex_said(skb);
 
+    if (skb->mark == EX_MARK_CORE) {
+        /* handed back (EX_MARK_CORE), second pass: the core's, or lost
+         * if no socket took it (its port closed meanwhile) */
+        skb->mark = 0;
+        return said == SAID_CORE ? TC_ACT_OK : ex_lost_one();
+    }
     if (said == SAID_CORE)
         return TC_ACT_OK; /* the core has it */
     up = ex_underlay(skb, &h, &d, &taken, said);
@@ -877,7 +908,13 @@ ex_tc(struct __sk_buff *skb)
             return bpf_redirect_peer(w.dst->ifindex, 0);
         }
         if (w.remote && w.up && w.net) {
-            if (ex_encap(skb, &w) < 0) {
+            int r = ex_encap(skb, &w);
+
+            if (r == EX_ENCAP_MARKED) {
+                skb->mark = EX_MARK_CORE;
+                return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+            }
+            if (r < 0) {
                 __u32 port = w.src->port;
                 struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
 
@@ -904,7 +941,9 @@ ex_sock(struct __sk_buff *skb)
     int taken = 0;
 
     /* 0: not for this socket (the tc program carries it); else whole */
-    if (!ex_underlay(skb, &h, &d, &taken, SAID_NONE))
+    if (skb->mark == EX_MARK_CORE)
+        taken = 0; /* handed back to the core by tc */
+    else if (!ex_underlay(skb, &h, &d, &taken, SAID_NONE))
         taken = ex_take(skb, &w, SAID_NONE);
     skb->cb[0] = EX_SAID_MAGIC;
     skb->cb[1] = taken ? EX_SAID_LANE : EX_SAID_CORE;
