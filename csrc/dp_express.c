@@ -59,7 +59,7 @@ struct ex_dst {
 };
 
 struct ex_cnt {
-    uint64_t rx_pkts, rx_bytes, tx_pkts, tx_bytes, enc_pkts, enc_bytes, errors, dec_pkts;
+    uint64_t rx_pkts, rx_bytes, tx_pkts, tx_bytes, enc_pkts, enc_bytes, errors, dec_pkts, to_core;
 };
 _Static_assert(sizeof(struct ex_cnt) == DP_EXPRESS_COUNTS * 8, "a uint64_t per count");
 
@@ -580,6 +580,7 @@ dp_express_counts(int port, uint64_t out[DP_EXPRESS_COUNTS])
         out[5] += c[i].enc_bytes;
         out[6] += c[i].errors;
         out[7] += c[i].dec_pkts;
+        out[8] += c[i].to_core;
     }
     return 0;
 }

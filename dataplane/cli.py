@@ -309,6 +309,8 @@ def _port_notes(p) -> str:
     x = p.get("express")
     if x and (x["rx_packets"] or x["tx_packets"]):  # of RX and TX, what the lane carried
         notes.append(f"express rx {x['rx_packets']} tx {x['tx_packets']}")
+    if x and x.get("to_core_packets"):  # taken by the lane, handed back to the core
+        notes.append(f"express to core {x['to_core_packets']}")
     if p.get("set_aside"):
         notes.append("SET ASIDE (its pod's shared memory faulted)")
     if p.get("link") is False and is_af_xdp_port(p.get("name", "")):

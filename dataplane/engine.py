@@ -51,7 +51,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 29
+ABI_VERSION = 30
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -910,7 +910,8 @@ class _Express:
         VXLAN decapsulated), tx packets and bytes, of the rx those
         encapsulated (packets, bytes), those the kernel would not
         encapsulate (the uplink: decapsulate), of the tx those decapsulated
-        from the underlay."""
+        from the underlay, and those it handed back to the core (the kernel
+        would not encapsulate them: still marked as a tunnel's)."""
         out = ffi.new(f"uint64_t[{lib.DP_EXPRESS_COUNTS}]")
         self._call(f"express lane: counters of port {port}", lib.dp_express_counts, port, out)
         return np.array(list(out), dtype=np.uint64)
@@ -932,11 +933,14 @@ class _Express:
         with self._lock:
             lib.dp_express_detach(ifindex)
 
-    def express_counts(self, port: int) -> Tuple[int, int, int, int]:
+    def express_counts(self, port: int) -> Tuple[int, int, int, int, int]:
         """Frames and bytes the lane took from port ``port`` and delivered
-        to it (the uplink: sent out of it, encapsulated): (rx_packets,
-        rx_bytes, tx_packets, tx_bytes)."""
-        return tuple(int(x) for x in self._express_raw(port)[:4])
+        to it (the uplink: sent out of it, encapsulated), and the frames it
+        took and handed back to the core (a pod forwarding what the lane
+        decapsulated, which the kernel will not encapsulate again):
+        (rx_packets, rx_bytes, tx_packets, tx_bytes, to_core_packets)."""
+        c = self._express_raw(port)
+        return (*(int(x) for x in c[:4]), int(c[8]))
 
 
 class Engine(_Tables, _Planes, _Guards, _Express):

@@ -41,8 +41,8 @@ class PortLabel(NamedTuple):
     plane: str = ""
     # a pod port in the express lane, or the uplink it sends out of: (rx
     # packets, rx bytes, tx packets, tx bytes) the lane carried, beside what
-    # the core forwarded
-    express: Optional[Tuple[int, int, int, int]] = None
+    # the core forwarded, and the frames it took and handed back to the core
+    express: Optional[Tuple[int, int, int, int, int]] = None
 
 
 class NetLabel(NamedTuple):
@@ -143,6 +143,14 @@ class CoreCollector:
             "uplink, out of it (tx, encapsulated) and into it (rx, VXLAN it decapsulated)",
             labels=xl,
         )
+        xback = CounterMetricFamily(
+            "dataplane_port_express_to_core_packets",
+            "Frames of a pod port the express lane took and handed back to the core, the "
+            "kernel refusing to encapsulate them as still a tunnel's: a pod forwarding "
+            "(routing, NAT) what the lane decapsulated; counted in the port's rx_packets by "
+            "the core",
+            labels=pl,
+        )
         for p in snap.ports:
             lv = [p.name, p.pod, p.plane, p.role, p.network]
             index.add_metric(lv, p.index)
@@ -151,6 +159,8 @@ class CoreCollector:
                 xby.add_metric(lv + ["rx"], p.express[1])
                 xpk.add_metric(lv + ["tx"], p.express[2])
                 xby.add_metric(lv + ["tx"], p.express[3])
+                if p.role == "pod":
+                    xback.add_metric(lv, p.express[4])
             for i, fam in port_fams.items():
                 if i == shm_i and p.set_aside is None:
                     continue  # no shared memory to fault in
@@ -167,6 +177,7 @@ class CoreCollector:
         yield link
         yield xpk
         yield xby
+        yield xback
 
         nl = ["network", "vni", "plane"]
         net_fams = {

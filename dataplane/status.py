@@ -146,7 +146,12 @@ def status_report(
                 "express": (
                     None
                     if p.express is None
-                    else dict(zip(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"), p.express))
+                    else dict(
+                        zip(
+                            ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "to_core_packets"),
+                            p.express,
+                        )
+                    )
                 ),
             }
             for p in snap.ports

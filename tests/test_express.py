@@ -74,6 +74,7 @@ def test_pings_between_pods_take_the_lane_and_are_counted(node):
     assert rb["express"]["rx_packets"] - before_b["express"]["rx_packets"] == 50
     assert ra["express"]["tx_packets"] - before_a["express"]["tx_packets"] == 50
     assert ra["express"]["rx_bytes"] - before_a["express"]["rx_bytes"] == 50 * 98
+    assert ra["express"]["to_core_packets"] == 0  # nothing handed back
     # the core saw none of the echoes: what it had from a is ARP and the
     # IPv6 multicast a new interface sends (router solicitations, MLD)
     lane_rx = ra["express"]["rx_packets"] - before_a["express"]["rx_packets"]

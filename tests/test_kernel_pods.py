@@ -874,13 +874,22 @@ def test_a_pod_that_forwards_what_the_lane_decapsulated_reaches_a_kernel_vtep_ho
     def lane_rx():
         return _port_row(node, lambda p: p["role"] == "uplink")["express"]["rx_bytes"]
 
+    def to_core():
+        return _port_row(node, lambda p: p["role"] == "pod")["express"]["to_core_packets"]
+
+    back0 = to_core()
     tcp_transfer(fab, "vm -> far host, routed by pod a", far, far_routed, vm, size=4 * MB)
+    # the ACKs the pod routed back to the vm (they came in through the lane)
+    back1 = to_core()
+    assert back1 > back0
     before = lane_rx()
     tcp_transfer(
         fab, "vm -> pod a, NATed to the far host", far, a["ip"], vm, size=4 * MB, port=5202
     )
-    # the data to the pod's own address came in through the lane
+    # the data to the pod's own address came in through the lane, and
+    # each frame of it the pod forwarded went back to the core
     assert lane_rx() - before > 4 * MB
+    assert to_core() - back1 > 4 * MB // 65536
     drops = node.status()["drops"]
     assert "express_encap" not in drops and "express_changed" not in drops, drops
 

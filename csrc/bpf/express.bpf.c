@@ -125,6 +125,7 @@ struct ex_cnt {
     __u64 errors;              /* taken, but the kernel refused to encapsulate (the uplink:
                                   to decapsulate): dropped */
     __u64 dec_pkts;            /* delivered to this port, decapsulated from the underlay */
+    __u64 to_core;             /* taken, then handed back to the core (EX_MARK_CORE) */
 };
 
 /* a remote MAC: its tunnel, and when the lane last carried a frame from it
@@ -807,10 +808,10 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
      * header's place is the inner one's; a super-frame keeps its gso_size,
      * the inner segments' payload, which the outer headers never were part
      * of */
-    if (bpf_skb_adjust_room(skb, -EX_HDR, BPF_ADJ_ROOM_MAC,
-                            BPF_F_ADJ_ROOM_FIXED_GSO | (h->in.h_proto == bpf_htons(ETH_P_IPV6)
-                                                            ? EX_ADJ_DECAP_L3_IPV6
-                                                            : 0)) < 0 ||
+    if (bpf_skb_adjust_room(
+            skb, -EX_HDR, BPF_ADJ_ROOM_MAC,
+            BPF_F_ADJ_ROOM_FIXED_GSO |
+                (h->in.h_proto == bpf_htons(ETH_P_IPV6) ? EX_ADJ_DECAP_L3_IPV6 : 0)) < 0 ||
         bpf_skb_store_bytes(skb, 0, &h->in, ETH_HLEN, 0) < 0) {
         __u32 port = up->port;
         struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
@@ -911,6 +912,11 @@ ex_tc(struct __sk_buff *skb)
             int r = ex_encap(skb, &w);
 
             if (r == EX_ENCAP_MARKED) {
+                __u32 port = w.src->port;
+                struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+
+                if (c)
+                    c->to_core++;
                 skb->mark = EX_MARK_CORE;
                 return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
             }
