@@ -773,10 +773,17 @@ ex_encap(struct __sk_buff *skb, const struct ex_way *w)
 
 /* a frame of len bytes taken from (rx) or delivered to port; tun: taken
  * and encapsulated, or delivered decapsulated from the underlay */
+/* port's counters (this CPU's), or NULL */
+static __always_inline struct ex_cnt *
+ex_cnt_of(__u32 port)
+{
+    return bpf_map_lookup_elem(&ex_cnt, &port);
+}
+
 static __always_inline void
 ex_count(__u32 port, int rx, __u32 len, int tun)
 {
-    struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+    struct ex_cnt *c = ex_cnt_of(port);
 
     if (!c)
         return;
@@ -813,8 +820,7 @@ ex_decap(struct __sk_buff *skb, const struct ex_up *up, const struct ex_vxh *h,
             BPF_F_ADJ_ROOM_FIXED_GSO |
                 (h->in.h_proto == bpf_htons(ETH_P_IPV6) ? EX_ADJ_DECAP_L3_IPV6 : 0)) < 0 ||
         bpf_skb_store_bytes(skb, 0, &h->in, ETH_HLEN, 0) < 0) {
-        __u32 port = up->port;
-        struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+        struct ex_cnt *c = ex_cnt_of(up->port);
 
         if (c)
             c->errors++;
@@ -912,8 +918,7 @@ ex_tc(struct __sk_buff *skb)
             int r = ex_encap(skb, &w);
 
             if (r == EX_ENCAP_MARKED) {
-                __u32 port = w.src->port;
-                struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+                struct ex_cnt *c = ex_cnt_of(w.src->port);
 
                 if (c)
                     c->to_core++;
@@ -921,8 +926,7 @@ ex_tc(struct __sk_buff *skb)
                 return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
             }
             if (r < 0) {
-                __u32 port = w.src->port;
-                struct ex_cnt *c = bpf_map_lookup_elem(&ex_cnt, &port);
+                struct ex_cnt *c = ex_cnt_of(w.src->port);
 
                 if (c)
                     c->errors++;
@@ -946,10 +950,9 @@ ex_sock(struct __sk_buff *skb)
     struct ex_dway d = {};
     int taken = 0;
 
-    /* 0: not for this socket (the tc program carries it); else whole */
-    if (skb->mark == EX_MARK_CORE)
-        taken = 0; /* handed back to the core by tc */
-    else if (!ex_underlay(skb, &h, &d, &taken, SAID_NONE))
+    /* 0: not for this socket (the tc program carries it); else whole. A
+     * frame tc handed back to the core (EX_MARK_CORE) is the socket's. */
+    if (skb->mark != EX_MARK_CORE && !ex_underlay(skb, &h, &d, &taken, SAID_NONE))
         taken = ex_take(skb, &w, SAID_NONE);
     skb->cb[0] = EX_SAID_MAGIC;
     skb->cb[1] = taken ? EX_SAID_LANE : EX_SAID_CORE;
