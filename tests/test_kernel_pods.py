@@ -342,7 +342,7 @@ class Fabric:
         the vm's namespace. ``link_up=False``: its underlay port (ulh, in
         the underlay's namespace) is left down."""
         h, vm = self.netns(f"{self.tag}h"), self.netns(f"{self.tag}vm")
-        mtu, pod_mtu = self.mtu, self.pod_mtu
+        mtu = self.mtu
         ipn(self.ul, f"link add ulh mtu {mtu} type veth peer name eth0 mtu {mtu} netns {h}")
         ipn(self.ul, "link set ulh master br0" + (" up" if link_up else ""))
         ipn(h, f"addr add {HOST_VTEP}/24 dev eth0")
@@ -356,11 +356,8 @@ class Fabric:
             )
         ipn(h, "link add br0 type bridge")
         ipn(h, "link set vxlan101 master br0 up")
-        ipn(h, f"link add vm0 mtu {pod_mtu} type veth peer name eth0 mtu {pod_mtu} netns {vm}")
-        ipn(h, "link set vm0 master br0 up")
         ipn(h, "link set br0 up")
-        ipn(vm, f"link set eth0 address {VM_MAC} up")
-        ipn(vm, f"addr add {VM_IP}/24 dev eth0")
+        self.behind_kernel_vtep(vm, "vm0", VM_IP, VM_MAC)
         # A frame that crossed a wire is never a GSO super-frame, but a kernel
         # VTEP on a veth of the same machine hands the core's uplink whole
         # UDP-tunnel GSO frames (its veth's tx-udp_tnl-segmentation is on):
@@ -373,6 +370,16 @@ class Fabric:
             on = [k for k in keys if f.get(k)]
             assert len(on) == len(keys), f"{dev} in {ns}: expected {keys} on, got {f}"
         return vm
+
+    def behind_kernel_vtep(self, ns, port, ip, mac=None):
+        """Namespace ``ns`` on the kernel VTEP host's bridge (kernel_host),
+        through its veth ``port`` there: eth0 with ``ip``/24 (and ``mac``),
+        the pods' MTU."""
+        h, mtu = f"{self.tag}h", self.pod_mtu
+        ipn(h, f"link add {port} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {ns}")
+        ipn(h, f"link set {port} master br0 up")
+        ipn(ns, "link set eth0" + (f" address {mac}" if mac else "") + " up")
+        ipn(ns, f"addr add {ip}/24 dev eth0")
 
     def pod(self, n, name, ip):
         node = self.nodes[n]
@@ -850,11 +857,7 @@ def test_a_pod_that_forwards_what_the_lane_decapsulated_reaches_a_kernel_vtep_ho
     a = fab.pod(1, "a", SUBNET + "11")
     # a second host behind the kernel VTEP, with an address only the pod routes to
     far, far_ip, far_routed = fab.netns(f"{fab.tag}far"), SUBNET + "201", "10.77.0.2"
-    h, mtu = f"{fab.tag}h", fab.pod_mtu
-    ipn(h, f"link add far0 mtu {mtu} type veth peer name eth0 mtu {mtu} netns {far}")
-    ipn(h, "link set far0 master br0 up")
-    ipn(far, "link set eth0 up")
-    ipn(far, f"addr add {far_ip}/24 dev eth0")
+    fab.behind_kernel_vtep(far, "far0", far_ip)
     ipn(far, f"addr add {far_routed}/32 dev eth0")
     ipn(vm, f"route add {far_routed}/32 via {a['ip']}")
     ipn(a["ns"], f"route add {far_routed}/32 via {far_ip}")
