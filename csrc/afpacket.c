@@ -103,7 +103,9 @@
 #include <rte_mbuf_dyn.h>
 #include <rte_memcpy.h>
 #include <rte_mempool.h>
+#include <rte_hash_crc.h>
 #include <rte_prefetch.h>
+#include <rte_sctp.h>
 #include <rte_tcp.h>
 #include <rte_udp.h>
 
@@ -1016,6 +1018,51 @@ bad:
     return -1;
 }
 
+/*
+ * SCTP's checksum left to offload: a kernel SCTP stack leaves its CRC32c
+ * to a device that computes it (a veth does: tx-checksum-sctp), and the
+ * packet socket hands such a frame over as any partial checksum, NEEDS_CSUM
+ * at offset 8 of the SCTP header - a virtio-net header cannot say that it
+ * is not an Internet checksum. Every later step would finish it as one
+ * (dp_csum_complete, a NIC, the kernel's checksum help behind a kernel
+ * port), so a frame whose checksum starts at an SCTP header right behind
+ * its IP header (IPv4, or IPv6 without extension headers) gets its CRC32c
+ * (RFC 9260, appendix A) here, over every segment. Returns 1 if it did.
+ */
+static int
+afp_sctp_finish(struct rte_mbuf *m, uint32_t start)
+{
+    uint8_t *p = rte_pktmbuf_mtod(m, uint8_t *);
+    uint32_t l2 = RTE_ETHER_HDR_LEN, crc = 0xffffffffu, off = start;
+    uint16_t et;
+
+    if (start + sizeof(struct rte_sctp_hdr) > m->data_len)
+        return 0;
+    memcpy(&et, p + 12, 2);
+    while ((et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || et == RTE_BE16(RTE_ETHER_TYPE_QINQ)) &&
+           l2 + RTE_VLAN_HLEN < start) {
+        memcpy(&et, p + l2 + 2, 2);
+        l2 += RTE_VLAN_HLEN;
+    }
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4)) {
+        if (start != l2 + (p[l2] & 0xfu) * 4 || p[l2 + 9] != IPPROTO_SCTP)
+            return 0;
+    } else if (et != RTE_BE16(RTE_ETHER_TYPE_IPV6) || start != l2 + 40 ||
+               p[l2 + 6] != IPPROTO_SCTP) {
+        return 0;
+    }
+    *(unaligned_uint32_t *)(p + start + 8) = 0;
+    for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
+        if (off < s->data_len)
+            crc = rte_hash_crc(rte_pktmbuf_mtod_offset(s, const uint8_t *, off), s->data_len - off,
+                               crc);
+        off = off > s->data_len ? off - s->data_len : 0;
+    }
+    /* the register's complement, least significant byte first */
+    *(unaligned_uint32_t *)(p + start + 8) = rte_cpu_to_le_32(~crc);
+    return 1;
+}
+
 /* The offload state the virtio-net header vh gives m's frame (vlan: bytes of
  * a tag put back after the MAC addresses). Returns 0, or -1 if the frame is
  * dropped (m is then empty again). */
@@ -1029,6 +1076,11 @@ afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr
 
         if (start >= 2 * RTE_ETHER_ADDR_LEN)
             start += vlan;
+        /* SCTP's CRC32c, finished here (no super-frame is SCTP's: the
+         * kernel does not hand one to a packet socket) */
+        if (unlikely(vh->csum_offset == offsetof(struct rte_sctp_hdr, cksum)) &&
+            vh->gso_type == VIRTIO_NET_HDR_GSO_NONE && afp_sctp_finish(m, start))
+            return 0;
         cm->start = (uint16_t)(m->data_off + start);
         cm->off = vh->csum_offset;
         m->ol_flags |= dp_csum_dynflag;

@@ -482,12 +482,15 @@ class PodLife:
         """Under ``kernel_driver: af_xdp``, which cannot carry a frame's
         checksum-offload state, the pod's transmit offloads off - also for a
         pod made while the node ran ``afpacket``, which keeps them on (its
-        TCP would reach its peers with unfinished checksums)."""
-        if self.config.kernel_driver != "af_xdp":
-            return
-        from .podnet import _offloads_off
+        TCP would reach its peers with unfinished checksums). Under
+        ``afpacket``, SCTP segmentation off (a pod made before the service
+        turned it off: its SCTP super-frames would never reach the core)."""
+        from .podnet import _is_sctp_gso, _offloads_off
 
         try:
+            if self.config.kernel_driver != "af_xdp":
+                _offloads_off(e["ifname"], pod["netns"], which=_is_sctp_gso)
+                return
             _offloads_off(e["ifname"], pod["netns"])
             _offloads_off(e["host_ifname"])
         except OSError as err:

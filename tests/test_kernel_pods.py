@@ -897,6 +897,30 @@ def test_a_pod_that_forwards_what_the_lane_decapsulated_reaches_a_kernel_vtep_ho
     assert "express_encap" not in drops and "express_changed" not in drops, drops
 
 
+def test_a_pod_keeps_its_offloads_but_sctp_segmentation(fabric):
+    """A pod keeps its checksum offloads (SCTP's CRC32c too: the core
+    finishes it when it reads the frame, tests/test_kernel_ports.py), TSO
+    and GSO, but not SCTP segmentation: the kernel never hands an SCTP
+    super-frame to a packet socket (a virtio-net header has no type for
+    it), so the core would never see one - and the express lane, which
+    could carry it, is not every frame's path (a capture turns it off).
+    A pod whose SCTP segmentation is on again (made by an older service)
+    gets it off when the service restarts."""
+    fab = fabric()
+    node = fab.node(1, [])
+    a = fab.pod(1, "a", SUBNET + "11")
+    f = offloads(a["ns"], "eth0")
+    for k in ("tx-checksumming", "tx-checksum-sctp", "tcp-segmentation-offload"):
+        assert f.get(k), f"{k} should stay on: {f}"
+    assert f.get("tx-sctp-segmentation") is False, f
+    nsx(a["ns"], "ethtool", "-K", "eth0", "tx-sctp-segmentation", "on", check=True)
+    assert offloads(a["ns"], "eth0")["tx-sctp-segmentation"]
+    node.stop()
+    node.start()
+    f = offloads(a["ns"], "eth0")
+    assert f["tx-sctp-segmentation"] is False and f["tcp-segmentation-offload"], f
+
+
 def test_express_lane_leaves_a_shaped_uplink_to_the_core(fabric):
     """With a shaper on the uplink (vtep.uplink_rate) every frame to the
     underlay goes through the core's plane queues: TCP to a remote VTEP
