@@ -483,13 +483,14 @@ class PodLife:
         checksum-offload state, the pod's transmit offloads off - also for a
         pod made while the node ran ``afpacket``, which keeps them on (its
         TCP would reach its peers with unfinished checksums). Under
-        ``afpacket``, SCTP segmentation off (a pod made before the service
-        turned it off: its SCTP super-frames would never reach the core)."""
-        from .podnet import _is_sctp_gso, _offloads_off
+        ``afpacket``, the segmentation offloads whose super-frames the core
+        cannot carry off (SCTP's, tunnels'): a pod made before the service
+        turned them off."""
+        from .podnet import _is_gso_not_carried, _offloads_off
 
         try:
             if self.config.kernel_driver != "af_xdp":
-                _offloads_off(e["ifname"], pod["netns"], which=_is_sctp_gso)
+                _offloads_off(e["ifname"], pod["netns"], which=_is_gso_not_carried)
                 return
             _offloads_off(e["ifname"], pod["netns"])
             _offloads_off(e["host_ifname"])

@@ -232,12 +232,31 @@ def _is_tx_offload(name: str) -> bool:
     )
 
 
-def _is_sctp_gso(name: str) -> bool:
-    """SCTP's segmentation offload: a super-frame of SCTP chunks, which the
-    kernel does not hand to a packet socket (a virtio-net header has no GSO
-    type for it): the socket drops it, and the AF_PACKET driver never sees
-    it."""
-    return name == "tx-sctp-segmentation"
+#: segmentation offloads whose super-frames the AF_PACKET driver cannot carry
+_GSO_NOT_CARRIED = frozenset(
+    (
+        # SCTP's: the kernel never hands one to a packet socket (a
+        # virtio-net header has no GSO type for it; the socket drops it)
+        "tx-sctp-segmentation",
+        # TCP in a pod's own tunnel (GRE, IPIP, IPv6 tunnels, UDP tunnels
+        # such as GENEVE with options): the socket calls it plain TCP GSO
+        # with the checksum inside the tunnel; the driver reads only
+        # VXLAN's layout there, and would drop the rest (kport_gso)
+        "tx-gre-segmentation",
+        "tx-gre-csum-segmentation",
+        "tx-ipxip4-segmentation",
+        "tx-ipxip6-segmentation",
+        "tx-udp_tnl-segmentation",
+        "tx-udp_tnl-csum-segmentation",
+    )
+)
+
+
+def _is_gso_not_carried(name: str) -> bool:
+    """A pod-end segmentation offload whose super-frames would not reach
+    the core whole (_GSO_NOT_CARRIED): off, the pod's kernel cuts them
+    before its veth, as for a device without the offload."""
+    return name in _GSO_NOT_CARRIED
 
 
 def _offloads_off(ifname: str, netns_path=None, which: Callable[[str], bool] = _is_tx_offload):
@@ -701,9 +720,9 @@ def _attach_steps(
         if offloads:
             # the pod's TX checksum offload, TSO and GSO stay on: the kernel
             # port carries partial checksums and TCP super-frames whole;
-            # SCTP's super-frames it would never see (_is_sctp_gso)
+            # SCTP's and tunnels' super-frames it could not (_GSO_NOT_CARRIED)
             step, desc = 2, f"keep TX checksum offload, TSO and GSO on {ifname}"
-            _offloads_off(ifname, netns_path, which=_is_sctp_gso)
+            _offloads_off(ifname, netns_path, which=_is_gso_not_carried)
         else:
             step, desc = 2, f"turn TX checksum offload, TSO and GSO off on {ifname}"
             _offloads_off(ifname, netns_path)

@@ -897,28 +897,55 @@ def test_a_pod_that_forwards_what_the_lane_decapsulated_reaches_a_kernel_vtep_ho
     assert "express_encap" not in drops and "express_changed" not in drops, drops
 
 
-def test_a_pod_keeps_its_offloads_but_sctp_segmentation(fabric):
+NOT_CARRIED = (
+    "tx-sctp-segmentation",
+    "tx-gre-segmentation",
+    "tx-gre-csum-segmentation",
+    "tx-ipxip4-segmentation",
+    "tx-ipxip6-segmentation",
+    "tx-udp_tnl-segmentation",
+    "tx-udp_tnl-csum-segmentation",
+)
+
+
+def test_a_pod_keeps_its_offloads_but_those_the_core_cannot_carry(fabric):
     """A pod keeps its checksum offloads (SCTP's CRC32c too: the core
-    finishes it when it reads the frame, tests/test_kernel_ports.py), TSO
-    and GSO, but not SCTP segmentation: the kernel never hands an SCTP
-    super-frame to a packet socket (a virtio-net header has no type for
-    it), so the core would never see one - and the express lane, which
-    could carry it, is not every frame's path (a capture turns it off).
-    A pod whose SCTP segmentation is on again (made by an older service)
-    gets it off when the service restarts."""
+    finishes it when it reads the frame, tests/test_kernel_ports.py), TSO,
+    GSO and UDP segmentation, but not the segmentation offloads whose
+    super-frames the core could not carry: SCTP's (the kernel never hands
+    one to a packet socket: a virtio-net header has no type for it) and TCP
+    in the pod's own tunnels (GRE, IPIP, UDP tunnels with layouts other
+    than VXLAN's: dropped as kport_gso) - and the express lane, which could
+    carry them, is not every frame's path (a capture turns it off). The
+    pod's kernel cuts those before its veth. A pod whose offloads are on
+    again (made by an older service) gets them off when the service
+    restarts. TCP through a VXLAN device of the pod's own still flows."""
     fab = fabric()
-    node = fab.node(1, [])
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true")
+    vm = fab.kernel_host(["10.99.0.1"])
     a = fab.pod(1, "a", SUBNET + "11")
     f = offloads(a["ns"], "eth0")
     for k in ("tx-checksumming", "tx-checksum-sctp", "tcp-segmentation-offload"):
         assert f.get(k), f"{k} should stay on: {f}"
-    assert f.get("tx-sctp-segmentation") is False, f
-    nsx(a["ns"], "ethtool", "-K", "eth0", "tx-sctp-segmentation", "on", check=True)
-    assert offloads(a["ns"], "eth0")["tx-sctp-segmentation"]
+    for k in ("tx-udp-segmentation", "generic-segmentation-offload"):
+        assert f.get(k), f"{k} should stay on: {f}"
+    assert [k for k in NOT_CARRIED if f.get(k) is not False] == [], f
+    nsx(a["ns"], "ethtool", "-K", "eth0", *(x for k in NOT_CARRIED for x in (k, "on")), check=True)
+    assert all(offloads(a["ns"], "eth0")[k] for k in NOT_CARRIED)
     node.stop()
     node.start()
     f = offloads(a["ns"], "eth0")
-    assert f["tx-sctp-segmentation"] is False and f["tcp-segmentation-offload"], f
+    assert [k for k in NOT_CARRIED if f.get(k) is not False] == [], f
+    assert f["tcp-segmentation-offload"], f
+    # the pod's own VXLAN tunnel to the host behind the kernel VTEP
+    for ns, here, there, inner in ((a["ns"], a["ip"], VM_IP, "1"), (vm, VM_IP, a["ip"], "2")):
+        mtu = fab.pod_mtu - 50
+        ipn(ns, f"link add t0 mtu {mtu} type vxlan id 7 local {here} remote {there} dstport 4790")
+        ipn(ns, f"addr add 10.200.0.{inner}/24 dev t0")
+        ipn(ns, "link set t0 up")
+    reach(a["ns"], "10.200.0.2", "pod a -> vm through the pod's own VXLAN tunnel")
+    tcp_transfer(fab, "pod a -> vm, in the pod's own tunnel", vm, "10.200.0.2", a["ns"])
+    assert "kport_gso" not in node.status()["drops"]
 
 
 def test_express_lane_leaves_a_shaped_uplink_to_the_core(fabric):
