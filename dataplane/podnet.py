@@ -232,31 +232,33 @@ def _is_tx_offload(name: str) -> bool:
     )
 
 
-#: segmentation offloads whose super-frames the AF_PACKET driver cannot carry
-_GSO_NOT_CARRIED = frozenset(
+#: the segmentation offloads a pod end keeps: super-frames the AF_PACKET
+#: driver carries whole (TCP over IPv4 and IPv6, ECN's CWR rule too, and
+#: UDP_SEGMENT's), and the kernel's generic GSO
+_GSO_CARRIED = frozenset(
     (
-        # SCTP's: the kernel never hands one to a packet socket (a
-        # virtio-net header has no GSO type for it; the socket drops it)
-        "tx-sctp-segmentation",
-        # TCP in a pod's own tunnel (GRE, IPIP, IPv6 tunnels, UDP tunnels
-        # such as GENEVE with options): the socket calls it plain TCP GSO
-        # with the checksum inside the tunnel; the driver reads only
-        # VXLAN's layout there, and would drop the rest (kport_gso)
-        "tx-gre-segmentation",
-        "tx-gre-csum-segmentation",
-        "tx-ipxip4-segmentation",
-        "tx-ipxip6-segmentation",
-        "tx-udp_tnl-segmentation",
-        "tx-udp_tnl-csum-segmentation",
+        "tx-generic-segmentation",
+        "tx-tcp-segmentation",
+        "tx-tcp-ecn-segmentation",
+        "tx-tcp-mangleid-segmentation",
+        "tx-tcp6-segmentation",
+        "tx-udp-segmentation",
     )
 )
 
 
 def _is_gso_not_carried(name: str) -> bool:
     """A pod-end segmentation offload whose super-frames would not reach
-    the core whole (_GSO_NOT_CARRIED): off, the pod's kernel cuts them
-    before its veth, as for a device without the offload."""
-    return name in _GSO_NOT_CARRIED
+    the core whole and right: off, the pod's kernel cuts them before its
+    veth, as for a device without the offload. Every kind not in
+    _GSO_CARRIED, those of later kernels too; among them SCTP's (the kernel
+    never hands one to a packet socket: a virtio-net header has no GSO type
+    for it, and the socket drops it), TCP in a tunnel of the pod's own (GRE,
+    IPIP, IPv6 tunnels, UDP tunnels: the socket calls it plain TCP GSO with
+    the checksum inside the tunnel, and the driver reads only VXLAN's layout
+    there, dropping the rest as kport_gso), and kinds the driver has not
+    been checked against (accurate ECN's)."""
+    return name.endswith("segmentation") and name not in _GSO_CARRIED
 
 
 def _offloads_off(ifname: str, netns_path=None, which: Callable[[str], bool] = _is_tx_offload):
@@ -720,7 +722,7 @@ def _attach_steps(
         if offloads:
             # the pod's TX checksum offload, TSO and GSO stay on: the kernel
             # port carries partial checksums and TCP super-frames whole;
-            # SCTP's and tunnels' super-frames it could not (_GSO_NOT_CARRIED)
+            # SCTP's, tunnels' and others it could not (_is_gso_not_carried)
             step, desc = 2, f"keep TX checksum offload, TSO and GSO on {ifname}"
             _offloads_off(ifname, netns_path, which=_is_gso_not_carried)
         else:
