@@ -811,17 +811,21 @@ def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo)
         return c["drops"].get(key, 0) - before["drops"].get(key, 0)
 
     _send_to_b(topo, 0, n)
-    for _ in range(200):  # until the worker has taken them all
+    for _ in range(600):  # until the worker has taken them all
         after = topo.counters()
         sent = after["ports"]["pb"]["tx_packets"] - before["ports"]["pb"]["tx_packets"]
-        if sent >= n and delta(after, "kport_kernel_tx") >= sent:
+        # (on a loaded machine pa's rx ring may have overflowed meanwhile:
+        # the kernel's drops there, counted, are not this test's)
+        lost_rx = delta(after, "kport_kernel")
+        if sent + lost_rx >= n and delta(after, "kport_kernel_tx") >= sent:
             break
         time.sleep(0.05)
     # the test's frames, and at most a few that the namespaces' own kernels
     # sent meanwhile (CI once saw 3003): each of them counted exactly once
-    assert n <= sent <= n + OTHER_FRAMES, (before, after)
+    assert n <= sent + lost_rx <= n + OTHER_FRAMES, (before, after)
+    assert sent >= 2048, (before, after)  # more than pb's tx ring holds
     assert delta(after, "kport_kernel_tx") == sent, (before, after)
-    assert delta(after, "tx_full") == 0 and delta(after, "kport_kernel") == 0, (before, after)
+    assert delta(after, "tx_full") == 0, (before, after)
     # b up again: the next frame arrives, and none of the dropped ones
     _after_up_only_a_new_frame_arrives(
         topo, lambda: sh("ip", "link", "set", "eth0", "up", ns=topo.ns["b"])
@@ -849,13 +853,14 @@ def test_frames_for_an_interface_set_down_are_dropped_not_sent_late(topo):
         return c["drops"].get(key, 0) - before["drops"].get(key, 0)
 
     _send_to_b(topo, 0, n)
-    for _ in range(200):  # until the worker has taken them all
+    for _ in range(600):  # until the worker has taken them all
         after = topo.counters()
-        if delta(after, "kport_tx_down") + delta(after, "tx_full") >= n:
+        dropped = delta(after, "kport_tx_down") + delta(after, "tx_full")
+        lost_rx = delta(after, "kport_kernel")  # pa's rx ring overflowed: as above
+        if dropped + lost_rx >= n:
             break
         time.sleep(0.05)
-    dropped = delta(after, "kport_tx_down") + delta(after, "tx_full")
-    assert n <= dropped <= n + OTHER_FRAMES, (before, after)  # as above
+    assert n <= dropped + lost_rx <= n + OTHER_FRAMES, (before, after)  # as above
     assert delta(after, "kport_tx_down") >= 1000, (before, after)
     assert delta(after, "kport_kernel_tx") == 0, (before, after)
     _after_up_only_a_new_frame_arrives(
