@@ -256,8 +256,9 @@ def _is_gso_not_carried(name: str) -> bool:
     for it, and the socket drops it), TCP in a tunnel of the pod's own (GRE,
     IPIP, IPv6 tunnels, UDP tunnels: the socket calls it plain TCP GSO with
     the checksum inside the tunnel, and the driver reads only VXLAN's layout
-    there, dropping the rest as kport_gso), and kinds the driver has not
-    been checked against (accurate ECN's)."""
+    there, dropping the rest as kport_gso) and accurate ECN's (the core's
+    segmentation clears CWR past the first segment, as classic ECN wants,
+    and accurate ECN counts with that bit)."""
     return name.endswith("segmentation") and name not in _GSO_CARRIED
 
 
