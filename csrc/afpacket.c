@@ -905,6 +905,22 @@ afp_rx_reset(struct rte_mbuf *m)
     rte_pktmbuf_reset(m);
 }
 
+/* Where frame p's IP header starts: past the Ethernet header and its VLAN
+ * tags, no tag read at or past byte lim; *et: the ethertype there */
+static inline uint32_t
+afp_l3_start(const uint8_t *p, uint32_t lim, uint16_t *et)
+{
+    uint32_t l2 = RTE_ETHER_HDR_LEN;
+
+    memcpy(et, p + 12, 2);
+    while ((*et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || *et == RTE_BE16(RTE_ETHER_TYPE_QINQ)) &&
+           l2 + RTE_VLAN_HLEN < lim) {
+        memcpy(et, p + l2 + 2, 2);
+        l2 += RTE_VLAN_HLEN;
+    }
+    return l2;
+}
+
 /* A GSO super-frame (virtio-net gso_type TCPV4/TCPV6, or UDP_L4 from a
  * UDP_SEGMENT socket or the interface's UDP GRO): mark it for segmentation
  * the DPDK way (dp_gso.h), its checksum partial (start: csum_start of a
@@ -921,7 +937,7 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
     int udp = t == VIRTIO_NET_HDR_GSO_UDP_L4;
     /* csum_start is the kernel's (or a raw sender's) word: the walk stays
      * within the first segment too */
-    uint32_t l2 = RTE_ETHER_HDR_LEN, l4, lim = partial ? RTE_MIN(start, m->data_len) : m->data_len;
+    uint32_t l2, l4, lim = partial ? RTE_MIN(start, m->data_len) : m->data_len;
     uint32_t base = 0; /* of an encapsulated frame: its outer headers */
     uint16_t et;
 
@@ -929,12 +945,7 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
                  vh->gso_size == 0 || m->data_len < RTE_ETHER_HDR_LEN + 40))
         goto bad;
     /* L2: the Ethernet header and its VLAN tags, up to the IP header */
-    memcpy(&et, p + 12, 2);
-    while ((et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || et == RTE_BE16(RTE_ETHER_TYPE_QINQ)) &&
-           l2 + RTE_VLAN_HLEN < lim) {
-        memcpy(&et, p + l2 + 2, 2);
-        l2 += RTE_VLAN_HLEN;
-    }
+    l2 = afp_l3_start(p, lim, &et);
     /* l2_len has 7 bits; the IP header read below lies in the segment */
     if (unlikely((et != RTE_BE16(RTE_ETHER_TYPE_IPV4) && et != RTE_BE16(RTE_ETHER_TYPE_IPV6)) ||
                  l2 > 127 || l2 + 40 > m->data_len))
@@ -1033,17 +1044,12 @@ static int
 afp_sctp_finish(struct rte_mbuf *m, uint32_t start)
 {
     uint8_t *p = rte_pktmbuf_mtod(m, uint8_t *);
-    uint32_t l2 = RTE_ETHER_HDR_LEN, crc = 0xffffffffu, off = start;
+    uint32_t l2, crc = 0xffffffffu, off = start;
     uint16_t et;
 
     if (start + sizeof(struct rte_sctp_hdr) > m->data_len)
         return 0;
-    memcpy(&et, p + 12, 2);
-    while ((et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || et == RTE_BE16(RTE_ETHER_TYPE_QINQ)) &&
-           l2 + RTE_VLAN_HLEN < start) {
-        memcpy(&et, p + l2 + 2, 2);
-        l2 += RTE_VLAN_HLEN;
-    }
+    l2 = afp_l3_start(p, start, &et);
     if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4)) {
         if (start != l2 + (p[l2] & 0xfu) * 4 || p[l2 + 9] != IPPROTO_SCTP)
             return 0;

@@ -441,10 +441,7 @@ def sctp_frames(topo, src, dst, size, n=3):
         f = Ether(src=topo.mac[src], dst=topo.mac[dst]) / l3
         f = f / SCTP(sport=2905, dport=2905, tag=0x1000 + i, chksum=0)
         f = f / SCTPChunkData(tsn=i, stream_id=0, proto_id=3, data=data)
-        raw = bytes(f)
-        start = 14 + (40 if v6 else 20)
-        raw = raw[: start + 8] + bytes(4) + raw[start + 12 :]
-        out.append((start, raw))
+        out.append((14 + (40 if v6 else 20), bytes(f)))
         payloads.append(data)
     return out, payloads
 

@@ -771,8 +771,6 @@ ex_encap(struct __sk_buff *skb, const struct ex_way *w)
     return bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0);
 }
 
-/* a frame of len bytes taken from (rx) or delivered to port; tun: taken
- * and encapsulated, or delivered decapsulated from the underlay */
 /* port's counters (this CPU's), or NULL */
 static __always_inline struct ex_cnt *
 ex_cnt_of(__u32 port)
@@ -780,6 +778,8 @@ ex_cnt_of(__u32 port)
     return bpf_map_lookup_elem(&ex_cnt, &port);
 }
 
+/* a frame of len bytes taken from (rx) or delivered to port; tun: taken
+ * and encapsulated, or delivered decapsulated from the underlay */
 static __always_inline void
 ex_count(__u32 port, int rx, __u32 len, int tun)
 {
