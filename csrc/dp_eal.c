@@ -410,6 +410,13 @@ dp_shutdown(void)
         setup_free();
         memset(&dp, 0, sizeof(dp));
     }
+    /* DPDK 22.11's net_memif leaves a removed port's listening socket
+     * among the interrupt thread's sources, its handle in DPDK's memory:
+     * the cleanup below makes that thread walk its sources again while it
+     * gives that memory back, which killed the process. Held in a callback
+     * of the core's own from here to the process's exit, the thread walks
+     * nothing. */
+    (void)dp_intr_hold();
     (void)rte_eal_cleanup(); /* nothing is left to undo if it fails */
     dp_eal_up = 0;
     dp_setup_done = 0;

@@ -100,15 +100,25 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
 }
 
 /* stop an ethdev port and give its device back (a vdev is removed, which
- * closes it; what cannot be removed is closed) */
+ * closes it; what cannot be removed is closed).
+ *
+ * A memif port is released with DPDK's interrupt thread held: the driver's
+ * handlers run there (a peer's exit unmaps and frees the connection's
+ * regions, a new peer maps them), and DPDK 22.11's net_memif frees the
+ * regions on stop as well, without a lock between the two; a peer leaving
+ * as its port went freed them twice and took the core's process down. */
 static void
 ethdev_release(uint16_t pid)
 {
     struct rte_eth_dev_info di;
-    (void)rte_eth_dev_stop(pid); /* fails only for a port that never started */
     int have = rte_eth_dev_info_get(pid, &di) == 0 && di.device;
+    int held = have && di.driver_name != NULL && strcmp(di.driver_name, "net_memif") == 0 &&
+               dp_intr_hold() == 0;
+    (void)rte_eth_dev_stop(pid); /* fails only for a port that never started */
     if (!have || rte_dev_remove(di.device) != 0)
         (void)rte_eth_dev_close(pid); /* nothing more to do if even that fails */
+    if (held)
+        dp_intr_release();
 }
 
 /* free a ring port's rings and the frames in them */

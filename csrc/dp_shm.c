@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <semaphore.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -111,4 +113,63 @@ dp_shm_guard_install(void)
     if (ret != 0)
         return dp_fail(ret, "cannot install the shared-memory fault guard (%s)", strerror(-ret));
     return 0;
+}
+
+/* the interrupt source of dp_intr_hold: an eventfd, made at the first hold */
+static struct rte_intr_handle *hold_ih;
+static sem_t hold_go;
+static atomic_int hold_in; /* the interrupt thread is in hold_cb */
+
+static void
+hold_cb(void *arg)
+{
+    uint64_t v;
+    (void)arg;
+    (void)!read(rte_intr_fd_get(hold_ih), &v, sizeof(v));
+    atomic_store(&hold_in, 1);
+    while (sem_wait(&hold_go) != 0) /* EINTR */
+        ;
+    atomic_store(&hold_in, 0);
+}
+
+static int
+hold_source(void)
+{
+    if (hold_ih != NULL)
+        return 0;
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    /* private: the source's copy lives in the heap of the process, not in
+     * DPDK's memory, which the EAL's cleanup gives back */
+    struct rte_intr_handle *ih = rte_intr_instance_alloc(RTE_INTR_INSTANCE_F_PRIVATE);
+    if (ih == NULL || sem_init(&hold_go, 0, 0) != 0 || rte_intr_fd_set(ih, fd) != 0 ||
+        rte_intr_type_set(ih, RTE_INTR_HANDLE_EXT) != 0 ||
+        rte_intr_callback_register(ih, hold_cb, NULL) != 0) {
+        rte_intr_instance_free(ih);
+        close(fd);
+        return -1;
+    }
+    hold_ih = ih;
+    return 0;
+}
+
+int
+dp_intr_hold(void)
+{
+    uint64_t one = 1;
+    if (rte_thread_is_intr() || hold_source() != 0 ||
+        write(rte_intr_fd_get(hold_ih), &one, sizeof(one)) != sizeof(one))
+        return -1;
+    while (!atomic_load(&hold_in))
+        usleep(20);
+    return 0;
+}
+
+void
+dp_intr_release(void)
+{
+    (void)sem_post(&hold_go);
+    while (atomic_load(&hold_in))
+        usleep(20);
 }

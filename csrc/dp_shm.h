@@ -46,4 +46,16 @@ extern atomic_uint_least64_t dp_shm_retry[DP_MAX_PORTS];
  * them since); 0 or a negative errno */
 int dp_shm_guard_install(void);
 
+/*
+ * Hold DPDK's interrupt thread, where net_memif's handlers run (a peer's
+ * connection and exit: the driver maps and frees the peer's regions
+ * there), in a callback of the core's own, while the calling thread works
+ * on what those handlers touch; dp_intr_release lets it go on. 0 once it
+ * is held; -1 if it could not be, or when called on that thread (whose
+ * handlers cannot run meanwhile anyway). One holder at a time: the control
+ * thread.
+ */
+int dp_intr_hold(void);
+void dp_intr_release(void);
+
 #endif

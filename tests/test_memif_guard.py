@@ -258,3 +258,55 @@ def test_a_signal_sent_with_kill_is_not_taken_for_a_fault(sig):
         shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
     assert p.returncode == -getattr(signal, sig), (p.returncode, out, err[-2000:])
     assert "alive" not in out
+
+
+PODS_EXIT_AS_PORTS_GO = r"""
+import sys
+from dataplane.engine import Engine, EngineConfig
+from tests.memifpeer import MemifPeer
+from tests.test_core import A, Topo
+from tests.test_memif_guard import M, frame
+
+prefix, folder, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1], memory_mb=256, n_mbufs=2047,
+                          file_prefix=prefix))
+eng.start()
+t = Topo(eng)
+for i in range(n):
+    sock = f"{folder}/p{i}.sock"
+    m = eng.add_port(f"net_memif_p{i},role=server,socket={sock},socket-abstract=no", network=0)
+    eng.fdb_add_local(0, M, m)
+    with MemifPeer(sock) as p:
+        p.send(frame(M, A, i))
+        got = t.recv(t.a)
+        assert got and got[0].src == M, got
+    eng.del_port(m)  # as the pod's exit reaches the driver's thread
+print("removed", flush=True)
+eng.close()
+print("closed", flush=True)
+"""
+
+
+def test_pods_that_exit_as_their_ports_go_do_not_take_the_core_down(tmp_path):
+    """A memif pod exits and its port is removed at once, 200 times: the
+    driver's thread (the pod's exit) and the control thread (the port's stop)
+    both free the connection's regions, and without the core holding the
+    driver's thread during the removal they freed them twice; the EAL's
+    cleanup at the core's shutdown then walked the interrupt sources the
+    removed ports' sockets left behind as it gave their memory back. The
+    process must live through both and end cleanly."""
+    import shutil
+    import subprocess
+    import sys
+    import uuid
+
+    from dataplane.engine import _runtime_dir
+
+    prefix = f"dpgone-{uuid.uuid4().hex[:8]}"
+    try:
+        r = subprocess.run([sys.executable, "-c", PODS_EXIT_AS_PORTS_GO, prefix, str(tmp_path), "200"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:  # if it died: the EAL's runtime directory is left
+        shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert r.stdout.split() == ["removed", "closed"]
