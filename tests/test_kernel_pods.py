@@ -897,6 +897,63 @@ def test_a_pod_that_forwards_what_the_lane_decapsulated_reaches_a_kernel_vtep_ho
     assert "express_encap" not in drops and "express_changed" not in drops, drops
 
 
+def snmp6(ns):
+    """/proc/net/snmp6 of namespace ``ns``."""
+    out = nsx(ns, "cat", "/proc/net/snmp6", check=True).stdout
+    return {k: int(v) for k, v in (ln.split() for ln in out.splitlines() if ln.strip())}
+
+
+def test_a_pod_that_routes_ipv6_between_hosts_behind_a_kernel_vtep(fabric):
+    """An IPv6 router pod (a CNF's addresses and routes of its own: the
+    service gives pods IPv4 only) between two hosts behind the kernel's
+    VTEP, each with an address only the pod routes to: TCP both ways
+    through the pod, 4 MB each, arrives whole and was the pod's to forward;
+    it crossed the node in super-frames both ways (the hosts' TSO into the
+    pod, the pod's own tcp6 GSO out of it)."""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true", net=", anti_spoofing: false")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", SUBNET + "11")
+    far = fab.netns(f"{fab.tag}far")
+    fab.behind_kernel_vtep(far, "far0", SUBNET + "201")
+    for ns, ip in ((vm, "fd00:99::1"), (a["ns"], "fd00:99::11"), (far, "fd00:99::201")):
+        v6_link_local(ns)
+        ipn(ns, f"-6 addr add {ip}/64 dev eth0 nodad")
+    # the hosts take no redirect: their traffic stays the pod's to route
+    for ns in (vm, far):
+        for conf in ("all", "eth0"):
+            nsx(ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_redirects=0", check=True)
+    ipn(vm, "-6 addr add fd00:66::1/128 dev eth0 nodad")
+    ipn(far, "-6 addr add fd00:77::2/128 dev eth0 nodad")
+    ipn(vm, "-6 route add fd00:77::2/128 via fd00:99::11")
+    ipn(far, "-6 route add fd00:66::1/128 via fd00:99::11")
+    ipn(a["ns"], "-6 route add fd00:77::2/128 via fd00:99::201")
+    ipn(a["ns"], "-6 route add fd00:66::1/128 via fd00:99::1")
+    nsx(a["ns"], "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", check=True)
+    reach(vm, "fd00:99::11", "vm -> pod a (IPv6)")
+    reach(far, "fd00:99::11", "far host -> pod a (IPv6)")
+    reach(vm, "fd00:77::2", "vm -> far host, routed by pod a (IPv6)")
+    up0 = _port_row(node, lambda p: p["role"] == "uplink")
+    pod0 = _port_row(node, lambda p: p["role"] == "pod")
+    before = snmp6(a["ns"])["Ip6OutForwDatagrams"]
+    tcp_transfer(fab, "vm -> far host, routed by pod a (IPv6)", far, "fd00:77::2", vm)
+    tcp_transfer(fab, "far host -> vm, routed by pod a (IPv6)", vm, "fd00:66::1", far)
+    forwarded = snmp6(a["ns"])["Ip6OutForwDatagrams"] - before
+    up1 = _port_row(node, lambda p: p["role"] == "uplink")
+    pod1 = _port_row(node, lambda p: p["role"] == "pod")
+    # 8 MB in and out of the node, in super-frames both ways (fewer frames
+    # than MTU-sized segments): the hosts' TSO into the pod, and what the
+    # pod forwarded (its tcp6 GSO) out to the far host
+    for row0, row1 in ((up0, up1), (pod0, pod1)):
+        got = row1["rx_bytes"] - row0["rx_bytes"]
+        frames = row1["rx_packets"] - row0["rx_packets"]
+        assert got > 2 * 4 * MB and frames < 2 * 4 * MB // 1400, (row0, row1)
+    # each direction's data went through the pod (super-frames count once)
+    assert forwarded > 2 * 4 * MB // 65536, forwarded
+    drops = node.status()["drops"]
+    assert "express_encap" not in drops and "express_changed" not in drops, drops
+
+
 # what a pod end keeps of the kernel's segmentation offloads (ethtool -k)
 GSO_KEPT = (
     "tx-tcp-segmentation",
