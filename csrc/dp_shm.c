@@ -115,10 +115,17 @@ dp_shm_guard_install(void)
     return 0;
 }
 
-/* the interrupt source of dp_intr_hold: an eventfd, made at the first hold */
+/* the interrupt source of dp_intr_hold: an eventfd, made at the first
+ * hold; the callback says it is in (held) and waits for the holder (go) */
 static struct rte_intr_handle *hold_ih;
-static sem_t hold_go;
-static atomic_int hold_in; /* the interrupt thread is in hold_cb */
+static sem_t hold_held, hold_go;
+
+static void
+sem_take(sem_t *s)
+{
+    while (sem_wait(s) != 0) /* EINTR */
+        ;
+}
 
 static void
 hold_cb(void *arg)
@@ -126,10 +133,8 @@ hold_cb(void *arg)
     uint64_t v;
     (void)arg;
     (void)!read(rte_intr_fd_get(hold_ih), &v, sizeof(v));
-    atomic_store(&hold_in, 1);
-    while (sem_wait(&hold_go) != 0) /* EINTR */
-        ;
-    atomic_store(&hold_in, 0);
+    (void)sem_post(&hold_held);
+    sem_take(&hold_go);
 }
 
 static int
@@ -143,8 +148,8 @@ hold_source(void)
     /* private: the source's copy lives in the heap of the process, not in
      * DPDK's memory, which the EAL's cleanup gives back */
     struct rte_intr_handle *ih = rte_intr_instance_alloc(RTE_INTR_INSTANCE_F_PRIVATE);
-    if (ih == NULL || sem_init(&hold_go, 0, 0) != 0 || rte_intr_fd_set(ih, fd) != 0 ||
-        rte_intr_type_set(ih, RTE_INTR_HANDLE_EXT) != 0 ||
+    if (ih == NULL || sem_init(&hold_held, 0, 0) != 0 || sem_init(&hold_go, 0, 0) != 0 ||
+        rte_intr_fd_set(ih, fd) != 0 || rte_intr_type_set(ih, RTE_INTR_HANDLE_EXT) != 0 ||
         rte_intr_callback_register(ih, hold_cb, NULL) != 0) {
         rte_intr_instance_free(ih);
         close(fd);
@@ -161,8 +166,7 @@ dp_intr_hold(void)
     if (rte_thread_is_intr() || hold_source() != 0 ||
         write(rte_intr_fd_get(hold_ih), &one, sizeof(one)) != sizeof(one))
         return -1;
-    while (!atomic_load(&hold_in))
-        usleep(20);
+    sem_take(&hold_held);
     return 0;
 }
 
@@ -170,6 +174,4 @@ void
 dp_intr_release(void)
 {
     (void)sem_post(&hold_go);
-    while (atomic_load(&hold_in))
-        usleep(20);
 }
