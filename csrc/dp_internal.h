@@ -167,7 +167,6 @@ struct dp_port {
     uint64_t kif_drop_base; /* ... the interface's rx drops when the port opened */
     uint64_t kif_drops;     /* ... its rx drops since, as last read */
     uint32_t kif_max_frame; /* ... MTU + Ethernet + VLAN, as last read (atomic) */
-    struct dp_afp *kif_tx;  /* ... what it sends goes out through this AF_PACKET port */
     uint8_t mac[6];
     char name[64];
 };

@@ -165,15 +165,6 @@ port_free(struct dp_port *p)
     rte_free(p);
 }
 
-/* the tx half's drops of the AF_PACKET port a net_af_xdp port sends by
- * (its rx half is never read: what it might hold is no frame's fate) */
-static void
-kif_tx_stats(struct dp_afp *a, struct dp_afp_stats *st)
-{
-    dp_afp_stats(a, st);
-    st->oversize = st->truncated = st->no_mbuf = st->kernel = st->gso = 0;
-}
-
 /* drops of kernel ports already closed (control thread only) */
 static struct dp_afp_stats afp_gone;
 
@@ -254,45 +245,22 @@ kif_read_mtu(struct dp_port *p)
                          __ATOMIC_RELAXED);
 }
 
-/* ring slots of the AF_PACKET port a net_af_xdp port sends through (its
- * rx half reads nothing: the interface's XDP program takes every frame) */
-#define KIF_TX_FRAMES 256
-
-/*
- * A net_af_xdp port: note its kernel interface and the drops it had so far,
- * and open the AF_PACKET port its frames leave by.
- *
- * Not its own AF_XDP socket's tx: on a veth (no zero-copy driver) a frame
- * sent there keeps its place in the socket's ring until the skb made of it
- * is freed, and the receiving stack may keep that skb a long time - TCP's
- * out-of-order queue does, waiting for a segment lost before. A pod's TCP
- * receive window of such frames took every place in the ring, the lost
- * segment's retransmission found none, and the pod's traffic from the
- * core stopped for good (every frame to it queued behind them, counted
- * sent). A packet socket's frames are the kernel's own copies.
- */
-static int
+/* a net_af_xdp port: note its kernel interface and the drops it had so far */
+static void
 kif_note(struct dp_port *p)
 {
     struct rte_eth_dev_info di;
-    char ifname[IF_NAMESIZE];
     uint64_t v;
 
     if (rte_eth_dev_info_get(p->eth_port, &di) != 0 || di.driver_name == NULL ||
         strcmp(di.driver_name, "net_af_xdp") != 0 || di.if_index == 0)
-        return 0;
-    if (if_indextoname(di.if_index, ifname) == NULL)
-        return dp_fail(-errno, "port %s: its interface (index %u) is gone", p->name, di.if_index);
-    int ret = dp_afp_open(ifname, KIF_TX_FRAMES, dp.pool, &p->kif_tx);
-    if (ret != 0)
-        return ret;
+        return;
     if (kif_rx_drops(di.if_index, &v) == 0) {
         p->kif_index = di.if_index;
         p->kif_drop_base = v;
         p->kif_max_frame = UINT32_MAX; /* until its MTU is read */
         kif_read_mtu(p);
     }
-    return 0;
 }
 
 /* add DPDK port p's own rx drops to *sum. Not oerrors: drivers differ on
@@ -355,10 +323,6 @@ dp_kport_stats_update(void)
             afp_stats_add(&sum, &st);
         } else if (p != NULL) {
             dev_drops_add(&dev, p);
-            if (p->kif_tx) {
-                kif_tx_stats(p->kif_tx, &st);
-                afp_stats_add(&sum, &st);
-            }
         }
     }
     /* these columns belong to this function alone: totals, not increments */
@@ -396,12 +360,6 @@ port_release(struct dp_port *p)
         dp_afp_close(p->afp);
     } else {
         dev_drops_add(&dev_gone, p); /* kept in the totals */
-        if (p->kif_tx) {
-            struct dp_afp_stats st;
-            kif_tx_stats(p->kif_tx, &st);
-            afp_stats_add(&afp_gone, &st);
-            dp_afp_close(p->kif_tx);
-        }
         ethdev_release(p->eth_port);
         if (p->ring_tx)
             ring_port_free_rings(p->ring_rx, DP_MAX_RXQ, p->ring_tx);
@@ -484,10 +442,10 @@ dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
     p->idx = idx;
     p->eth_port = pid;
     ret = ethdev_setup(pid, p, n_rxq);
-    if (ret == 0)
-        ret = kif_note(p);
-    if (ret == 0)
+    if (ret == 0) {
+        kif_note(p);
         ret = port_publish(idx, p);
+    }
     if (ret != 0) {
         port_release(p);
         return ret;

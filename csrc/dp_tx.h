@@ -138,10 +138,7 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
      * left, and is not shown leaving */
     struct dp_cap_held cap;
     dp_capture_tap_tx(pi, m, n, &cap);
-    /* an AF_PACKET port's, and a net_af_xdp port's by its AF_PACKET side
-     * (dp_port.c, kif_note) */
-    struct dp_afp *afp = p->driver == DP_DRV_ETHDEV ? p->kif_tx : p->afp;
-    if (p->driver == DP_DRV_ETHDEV && afp == NULL) {
+    if (p->driver == DP_DRV_ETHDEV) {
         /* a checksum left partial by a kernel peer: an ethdev port takes no
          * partial checksum, so it is finished here (by a worker that has
          * received from a kernel port: no other has such a frame) */
@@ -167,7 +164,7 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
         uint16_t lost;
         uint64_t lost_bytes;
         rte_spinlock_lock(p->tx_lock);
-        sent = dp_afp_tx_burst(afp, m, n, &lost, &lost_bytes);
+        sent = dp_afp_tx_burst(p->afp, m, n, &lost, &lost_bytes);
         rte_spinlock_unlock(p->tx_lock);
         /* taken but not sent: the port's tx_oversize / tx_error (kport_*) */
         tx_done(w, pi, m, n, sent, bytes);
