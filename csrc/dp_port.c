@@ -46,6 +46,14 @@ port_slot(void)
     return -1;
 }
 
+/* a device of DPDK's memif driver: its bursts read a pod's shared memory
+ * (dp_shm.h), and its removal holds the interrupt thread (ethdev_release) */
+static int
+is_memif(const struct rte_eth_dev_info *di)
+{
+    return di->driver_name != NULL && strcmp(di->driver_name, "net_memif") == 0;
+}
+
 static int
 ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
 {
@@ -94,7 +102,7 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
         memcpy(p->mac, ea.addr_bytes, 6);
     p->n_txq = ntx;
     p->n_rxq = (uint16_t)n_rxq;
-    p->shm = di.driver_name != NULL && strcmp(di.driver_name, "net_memif") == 0;
+    p->shm = is_memif(&di);
     atomic_store(&dp_shm_faulted[p->idx], 0);
     return 0;
 }
@@ -112,8 +120,7 @@ ethdev_release(uint16_t pid)
 {
     struct rte_eth_dev_info di;
     int have = rte_eth_dev_info_get(pid, &di) == 0 && di.device;
-    int held = have && di.driver_name != NULL && strcmp(di.driver_name, "net_memif") == 0 &&
-               dp_intr_hold() == 0;
+    int held = have && is_memif(&di) && dp_intr_hold() == 0;
     (void)rte_eth_dev_stop(pid); /* fails only for a port that never started */
     if (!have || rte_dev_remove(di.device) != 0)
         (void)rte_eth_dev_close(pid); /* nothing more to do if even that fails */

@@ -353,11 +353,12 @@ class NodeConfig:
                 "polls instead of halting, so the worker's sleep saves no CPU time and adds "
                 "its wake-up to every frame that finds it asleep; drop one of the two"
             )
-        xdp = [k for k, v in (("kernel_driver", self.kernel_driver),
-                              ("vtep.uplink_driver", self.vtep.uplink_driver)) if v == "af_xdp"]  # fmt: skip
+        xdp = "kernel_driver" if self.kernel_driver == "af_xdp" else None
+        if xdp is None and self.vtep.uplink_driver == "af_xdp":
+            xdp = "vtep.uplink_driver"
         if xdp and self.mode == "fallback":
             out.append(
-                f"{xdp[0]}: af_xdp with mode: fallback: under sustained TCP an af_xdp port in "
+                f"{xdp}: af_xdp with mode: fallback: under sustained TCP an af_xdp port in "
                 "fallback mode was seen to stop for good (docs/kernel-ports.md, af_xdp); use "
                 "mode: hugepages, or afpacket"
             )

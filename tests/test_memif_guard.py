@@ -190,26 +190,34 @@ print("read", m[4096], flush=True)  # SIGBUS: past the end of the file
 """
 
 
-def test_a_fault_outside_the_pods_memory_is_not_hidden():
-    """The guard reads zeros for a page a memif peer declared but did not
-    back, on the driver's own thread only: a SIGBUS of any other thread on
-    any other file mapping (a store's mmap over a file cut short) kills the
-    process as it would without the guard, instead of reading zeros and
-    writing to a private page."""
+def run_engine_script(script, tag, *args, timeout=120):
+    """``script`` run by a Python of its own with an EAL file prefix (its
+    first argument) and ``args``; the EAL's runtime directory, which a
+    process killed by a signal leaves, removed after it."""
     import shutil
-    import signal
     import subprocess
     import sys
     import uuid
 
     from dataplane.engine import _runtime_dir
 
-    prefix = f"dpbus-{uuid.uuid4().hex[:8]}"
+    prefix = f"{tag}-{uuid.uuid4().hex[:8]}"
     try:
-        r = subprocess.run([sys.executable, "-c", SIGBUS_ELSEWHERE, prefix], capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
-    finally:  # killed by the signal: the EAL's runtime directory is left
+        return subprocess.run([sys.executable, "-c", script, prefix, *map(str, args)],
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    finally:
         shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
+
+
+def test_a_fault_outside_the_pods_memory_is_not_hidden():
+    """The guard reads zeros for a page a memif peer declared but did not
+    back, on the driver's own thread only: a SIGBUS of any other thread on
+    any other file mapping (a store's mmap over a file cut short) kills the
+    process as it would without the guard, instead of reading zeros and
+    writing to a private page."""
+    import signal
+
+    r = run_engine_script(SIGBUS_ELSEWHERE, "dpbus")
     assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr[-2000:])
     assert "read" not in r.stdout
 
@@ -295,18 +303,6 @@ def test_pods_that_exit_as_their_ports_go_do_not_take_the_core_down(tmp_path):
     cleanup at the core's shutdown then walked the interrupt sources the
     removed ports' sockets left behind as it gave their memory back. The
     process must live through both and end cleanly."""
-    import shutil
-    import subprocess
-    import sys
-    import uuid
-
-    from dataplane.engine import _runtime_dir
-
-    prefix = f"dpgone-{uuid.uuid4().hex[:8]}"
-    try:
-        r = subprocess.run([sys.executable, "-c", PODS_EXIT_AS_PORTS_GO, prefix, str(tmp_path), "200"],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    finally:  # if it died: the EAL's runtime directory is left
-        shutil.rmtree(os.path.join(_runtime_dir(), prefix), ignore_errors=True)
+    r = run_engine_script(PODS_EXIT_AS_PORTS_GO, "dpgone", tmp_path, 200, timeout=300)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
     assert r.stdout.split() == ["removed", "closed"]
