@@ -16,6 +16,9 @@
 #include <rte_lcore.h>
 #include <rte_log.h>
 #include <rte_malloc.h>
+#include <rte_mbuf.h>
+#include <rte_mbuf_pool_ops.h>
+#include <rte_mempool.h>
 #include <rte_hash_crc.h>
 
 #include "dp_capture.h"
@@ -242,6 +245,120 @@ mk_hash(const char *name, uint32_t entries, uint32_t key_len)
     return h;
 }
 
+/*
+ * The mbuf pool. DPDK's net_af_xdp registers the pool's memory with the
+ * kernel as one AF_XDP UMEM: from its first chunk on, populated_size
+ * objects of the pool's object size, back to back. A pool laid out any
+ * other way has objects past that window, and the kernel takes no frame
+ * in them: a transmit descriptor there is skipped (the frame lost, its
+ * mbuf never completed, each send() stopping at it), a fill-ring entry
+ * there is dropped (a receive buffer gone). DPDK lays out a pool that way
+ * when its objects must not cross a page: with 4 KiB pages (mode fallback)
+ * one object per page, 40 % of the pool past the window; with 2 MiB pages
+ * a gap at every page's end.
+ *
+ * Objects may cross pages unless a device that reads memory by physical
+ * address can be on the bus: PCI devices in IOVA-as-PA mode. Every other
+ * port (af_packet, af_xdp, memif, vhost-user, tap, ring, pcap, null)
+ * copies by virtual address. With no such device the pool is one run of
+ * objects; with one, any object still past the window is taken out of
+ * the pool for good (pool_hold_outside), so no port ever gets it.
+ */
+static void **pool_held; /* objects past the UMEM window, never used */
+static unsigned pool_n_held;
+
+static struct rte_mempool *
+pool_create(const char *name, unsigned n, unsigned cache, int socket)
+{
+    unsigned flags = 0;
+    if (rte_eal_iova_mode() == RTE_IOVA_VA || !rte_eal_has_pci())
+        flags |= RTE_MEMPOOL_F_NO_IOVA_CONTIG;
+    struct rte_pktmbuf_pool_private priv = {.mbuf_data_room_size = RTE_MBUF_DEFAULT_BUF_SIZE};
+    struct rte_mempool *mp =
+        rte_mempool_create_empty(name, n, sizeof(struct rte_mbuf) + RTE_MBUF_DEFAULT_BUF_SIZE,
+                                 cache, sizeof(priv), socket, flags);
+    if (mp == NULL)
+        return NULL;
+    int ret = rte_mempool_set_ops_byname(mp, rte_mbuf_best_mempool_ops(), NULL);
+    if (ret == 0) {
+        rte_pktmbuf_pool_init(mp, &priv);
+        ret = rte_mempool_populate_default(mp);
+    }
+    if (ret < 0) {
+        rte_mempool_free(mp);
+        rte_errno = -ret;
+        return NULL;
+    }
+    rte_mempool_obj_iter(mp, rte_pktmbuf_init, NULL);
+    return mp;
+}
+
+struct pool_window {
+    uintptr_t lo, hi; /* the objects' bytes must lie in [lo, hi) */
+    size_t obj, hdr;
+    unsigned outside;
+};
+
+static void
+pool_window_of(struct rte_mempool *mp, struct pool_window *w)
+{
+    const struct rte_mempool_memhdr *first = STAILQ_FIRST(&mp->mem_list);
+    w->obj = (size_t)mp->header_size + mp->elt_size + mp->trailer_size;
+    w->hdr = mp->header_size;
+    w->lo = (uintptr_t)first->addr;
+    w->hi = w->lo + (uintptr_t)mp->populated_size * w->obj;
+    w->outside = 0;
+}
+
+static inline int
+pool_inside(const struct pool_window *w, const void *elt)
+{
+    uintptr_t a = (uintptr_t)elt - w->hdr;
+    return a >= w->lo && a + w->obj <= w->hi;
+}
+
+static void
+pool_count_outside(struct rte_mempool *mp, void *arg, void *elt, unsigned idx)
+{
+    struct pool_window *w = arg;
+    (void)mp;
+    (void)idx;
+    w->outside += !pool_inside(w, elt);
+}
+
+/* 0, or -ENOMEM; takes the objects of mp past the window net_af_xdp
+ * registers (above) out of it, into pool_held */
+static int
+pool_hold_outside(struct rte_mempool *mp)
+{
+    struct pool_window w;
+    pool_window_of(mp, &w);
+    rte_mempool_obj_iter(mp, pool_count_outside, &w);
+    if (w.outside == 0)
+        return 0;
+    unsigned n = mp->populated_size, good = 0;
+    void **all = malloc(sizeof(void *) * n);
+    pool_held = malloc(sizeof(void *) * w.outside);
+    if (all == NULL || pool_held == NULL || rte_mempool_get_bulk(mp, all, n) != 0) {
+        free(all);
+        free(pool_held);
+        pool_held = NULL;
+        return -ENOMEM;
+    }
+    pool_n_held = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (pool_inside(&w, all[i]))
+            all[good++] = all[i];
+        else
+            pool_held[pool_n_held++] = all[i];
+    }
+    rte_mempool_put_bulk(mp, all, good);
+    free(all);
+    RTE_LOG(INFO, USER1, "mbuf pool: %u of %u mbufs lie outside one run and are not used\n",
+            pool_n_held, n);
+    return 0;
+}
+
 /* free what dp_setup made, as far as it got (NULL pointers are skipped) */
 static void
 setup_free(void)
@@ -258,6 +375,12 @@ setup_free(void)
     rte_ring_free(dp.learn_ring);
     rte_ring_free(dp.neigh_ring);
     rte_ring_free(dp.ctrl_tx);
+    if (pool_held != NULL) {
+        rte_mempool_put_bulk(dp.pool, pool_held, pool_n_held);
+        free(pool_held);
+        pool_held = NULL;
+        pool_n_held = 0;
+    }
     rte_mempool_free(dp.pool);
     rte_free(dp.ctr);
     rte_free(dp.qsbr);
@@ -284,11 +407,14 @@ dp_setup(unsigned n_mbufs)
         ret = dp_fail(-ENOMEM, "cannot allocate the RCU state");
         goto fail;
     }
-    dp.pool =
-        rte_pktmbuf_pool_create("dp_pool", n_mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, socket);
+    dp.pool = pool_create("dp_pool", n_mbufs, 256, socket);
     if (!dp.pool) {
         ret = dp_fail(-rte_errno, "cannot create mbuf pool of %u mbufs: %s", n_mbufs,
                       rte_strerror(rte_errno));
+        goto fail;
+    }
+    if (pool_hold_outside(dp.pool) < 0) {
+        ret = dp_fail(-ENOMEM, "cannot sort the mbuf pool");
         goto fail;
     }
     dp_guard_init();

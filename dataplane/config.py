@@ -353,15 +353,6 @@ class NodeConfig:
                 "polls instead of halting, so the worker's sleep saves no CPU time and adds "
                 "its wake-up to every frame that finds it asleep; drop one of the two"
             )
-        xdp = "kernel_driver" if self.kernel_driver == "af_xdp" else None
-        if xdp is None and self.vtep.uplink_driver == "af_xdp":
-            xdp = "vtep.uplink_driver"
-        if xdp and self.mode == "fallback":
-            out.append(
-                f"{xdp}: af_xdp with mode: fallback: under sustained TCP an af_xdp port in "
-                "fallback mode was seen to stop for good (docs/kernel-ports.md, af_xdp); use "
-                "mode: hugepages, or afpacket"
-            )
         missing, usable = absent_cpus(self.lcores)
         if missing:
             out.append(

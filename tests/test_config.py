@@ -616,21 +616,6 @@ def test_advice_on_flooding_without_learning(tmp_path):
     assert r.stdout.splitlines()[1] == f"warning: {advice}"
 
 
-def test_advice_on_af_xdp_in_fallback_mode():
-    """af_xdp ports in fallback mode were seen to stop for good under
-    sustained TCP (docs/kernel-ports.md): said, naming the field, not
-    refused; nothing said in hugepages mode or for afpacket."""
-    [advice] = parse_config(dict(BASE, kernel_driver="af_xdp")).advice()
-    assert advice.startswith("kernel_driver: af_xdp with mode: fallback: under sustained TCP")
-    assert "use mode: hugepages, or afpacket" in advice
-    uplink = dict(BASE, vtep=dict(BASE["vtep"], uplink_driver="af_xdp"))
-    [advice] = parse_config(uplink).advice()
-    assert advice.startswith("vtep.uplink_driver: af_xdp with mode: fallback")
-    hp = parse_config(dict(BASE, kernel_driver="af_xdp", mode="hugepages", memory_mb=64))
-    assert not [a for a in hp.advice() if "af_xdp" in a]
-    assert parse_config(BASE).advice() == []
-
-
 def test_advice_on_settings_that_cannot_take_effect():
     planes = {
         "std": {"priority": 3, "interface": "eth0", "max_rate": "600M"},
