@@ -624,7 +624,8 @@ def test_af_xdp_pods_in_fallback_mode_carry_sustained_tcp(fabric):
     idle = node.status()["mbufs_in_use"]
     for label, reverse in (("pod -> vtep host", False), ("vtep host -> pod", True)):
         per_s, err = iperf3_tcp(fab, vm, VM_IP, a["ns"], 3, reverse=reverse)
-        assert not err and len(per_s) == 3 and min(per_s) > 0, (
+        # (iperf3 may add a last interval of a few ms)
+        assert not err and len(per_s) >= 3 and min(per_s[:3]) > 0, (
             f"TCP {label}: bytes per second {per_s}, {err}; {fab.drops_said()}"
         )
     deadline = time.monotonic() + 5  # frames in flight complete
