@@ -6,6 +6,7 @@ built on the same kind of veths, in the same run.
                          [--wire-underlay] [--idle-sleep-us US] [--two-nodes]
                          [--only tcp_vxlan|tcp_vxlan_rev|remote]
                          [--kernel-driver af_xdp] [--no-tunnel-gso] [--cpu-latency-us US]
+                         [--udp-rates KPPS,KPPS,..]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
@@ -14,6 +15,7 @@ built on the same kind of veths, in the same run.
         tcp_remote_ratio=<the same, TCP>  udp64_remote_ratio=<the same, received pps>
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
+        (with --udp-rates: udp64_paced=<kpps>:<ours/kernel vxlan received>,..)
         (with --idle-sleep-us: idle_sleep_us=.. ours_idle_cpu=<share of a CPU
         the service's worker took over 2 s without traffic, before the runs;
         said on stderr in every run>)
@@ -94,6 +96,15 @@ the kernel keeps every idle CPU out of idle states slower to leave than
 that (0: idle CPUs poll), for the kernel paths measured beside it too; the
 RESULT line then says ``cpu_latency_us=..``.
 
+``--udp-rates 150,200,250,300`` also offers 64-byte UDP at those fixed
+rates (kpps, ``iperf3 -b``), in every run, from pod a to the host behind
+the kernel VTEP and on the kernel's bridge + vxlan path, and prints what
+each received: at full speed (``-b 0``) the figure is how a receiver
+sharing the sender's CPU copes with more than it can take, which paced
+traffic (media) never offers. The RESULT line adds ``udp64_paced=``, one
+``<kpps>:<ratio>`` per rate (medians; ``nan`` where the kernel path
+received nothing).
+
 ``--peer-csum-off`` switches tx checksum offload off on the eth0 of the
 host behind the kernel VTEP, so its frames carry finished checksums: a
 diagnosis of which failures the checksum-partial frames of a kernel peer
@@ -153,6 +164,7 @@ ONLY = {
     "tcp_vxlan_rev": (("ours_vtep", "vxlan"), ("tcp_rev",)),
     "remote": (("ours_remote", "vxlan"), TESTS),  # with --two-nodes
 }
+PACED_PATHS = ("ours_vtep", "vxlan")  # --udp-rates: ours to a kernel VTEP, the kernel's own
 VNI = 101
 SUBNET, GATEWAY = "192.168.50.0/24", "192.168.50.1"
 VM_IP = "192.168.50.250"
@@ -557,10 +569,11 @@ class Lab:
             return 0
         return int(rows[1][rows[0].index("TCPDSACKRecvSegs")])
 
-    def iperf(self, path: str, udp: bool, reverse: bool = False) -> float:
+    def iperf(self, path: str, udp: bool, reverse: bool = False, kpps: int = 0) -> float:
         """TCP: Gbit/s the receiver counted; UDP 64 B: packets/s the server
-        received. ``reverse``: TCP from the path's far end to its near one
-        (iperf3 -R: the server sends)."""
+        received, offered at ``kpps`` thousand datagrams/s (0: as fast as
+        the client goes). ``reverse``: TCP from the path's far end to its
+        near one (iperf3 -R: the server sends)."""
         a = self.args
         cli, srv, ip = self.ips[path]
         sender = srv if reverse else cli
@@ -576,7 +589,9 @@ class Lab:
         )
         try:
             time.sleep(0.2)  # let it listen
-            kind = ["-u", "-l", "64", "-b", "0"] if udp else ["-R"] if reverse else []
+            # -b in bits of UDP payload: 64 bytes a datagram
+            rate = f"{kpps * 512}K" if kpps else "0"
+            kind = ["-u", "-l", "64", "-b", rate] if udp else ["-R"] if reverse else []
             c = run_cmd(
                 self.nsexec(
                     cli,
@@ -723,6 +738,7 @@ def run(args) -> dict:
             if args.only:
                 say(f"--only {args.only}: paths {', '.join(paths)}, tests {', '.join(tests)}")
             res = {p: {k: [] for k in FIGURES} for p in PATHS}
+            paced = {p: {kpps: [] for kpps in args.udp_rates} for p in PACED_PATHS}
             drops0 = lab.service_drops()
             for n in range(1, args.runs + 1):
                 for path in PATHS:
@@ -735,6 +751,19 @@ def run(args) -> dict:
                     for k in FIGURES:
                         res[path][k].append(r[k])
                     say(f"run {n}/{args.runs} {LABEL[path]:38s} {_fmt(r)}")
+                for kpps in args.udp_rates:
+                    for path in PACED_PATHS:
+                        lab.check_service()
+                        try:
+                            got = lab.iperf(path, udp=True, kpps=kpps)
+                        except PathFailed as e:
+                            say(f"  {path}: UDP at {kpps} kpps FAILED ({e}): counted as 0")
+                            got = 0.0
+                        paced[path][kpps].append(got)
+                        say(
+                            f"run {n}/{args.runs} {LABEL[path]:38s} UDP 64 B offered {kpps} "
+                            f"kpps: {got / 1e3:7.1f} kpps received"
+                        )
             lab.check_service()
             drops = {k: v - drops0.get(k, 0) for k, v in lab.service_drops().items()}
             drops = {k: v for k, v in drops.items() if v}
@@ -772,8 +801,18 @@ def run(args) -> dict:
                 "UDP kpps "
                 f"{fmt_runs(res[p]['udp64_pps'], 1, 1e-3)}"
             )
+    paced_med = {p: {kpps: median(v) for kpps, v in paced[p].items()} for p in PACED_PATHS}
+    if args.udp_rates:
+        show()
+        say("64-byte UDP at fixed offered rates, kpps received (medians):")
+        show(f"| offered kpps | {LABEL['ours_vtep']:38s} | {LABEL['vxlan']:22s} |")
+        show(f"|{'-' * 14}|{'-' * 40}|{'-' * 24}|")
+        for kpps in args.udp_rates:
+            o, k = (paced_med[p][kpps] / 1e3 for p in PACED_PATHS)
+            show(f"| {kpps:12d} | {o:38.1f} | {k:22.1f} |")
     return {
         "med": med,
+        "paced": paced_med,
         "peer_csum_off": args.peer_csum_off,
         "wire_underlay": args.wire_underlay,
         "idle_sleep_us": args.idle_sleep_us,
@@ -872,12 +911,39 @@ def parser() -> argparse.ArgumentParser:
         "vxlan); the RESULT line's other figures are then 0 or nan",
     )
     ap.add_argument(
+        "--udp-rates",
+        type=_kpps_list,
+        default=[],
+        metavar="KPPS,KPPS,..",
+        help="also 64-byte UDP offered at these fixed rates (thousand datagrams/s, 1..5000), "
+        "pod -> host behind the kernel VTEP and kernel bridge + vxlan; RESULT adds "
+        "udp64_paced=<kpps>:<ratio>,..",
+    )
+    ap.add_argument(
         "--peer-csum-off",
         action="store_true",
         help="switch tx checksum offload off on the eth0 of the host behind the kernel "
         "VTEP (a diagnosis, not the user's set-up: its frames then carry finished checksums)",
     )
     return ap
+
+
+def _kpps_list(text: str) -> list:
+    """``--udp-rates``: distinct whole numbers of kpps, 1..5000, in the order given."""
+    out = []
+    for part in text.split(","):
+        try:
+            v = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a whole number of kpps (e.g. 150,200,250)"
+            ) from None
+        if not 1 <= v <= 5000:
+            raise argparse.ArgumentTypeError(f"{v} kpps is outside 1..5000")
+        if v in out:
+            raise argparse.ArgumentTypeError(f"{v} kpps is given twice")
+        out.append(v)
+    return out
 
 
 def main(argv=None) -> int:
@@ -938,6 +1004,12 @@ def _result(res):
         out[f"{names[p]}_tcp_gbps"] = f"{m['tcp_gbps']:.3f}"
         out[f"{names[p]}_tcp_back_gbps"] = f"{m['tcp_rev_gbps']:.3f}"
         out[f"{names[p]}_udp64_pps"] = f"{m['udp64_pps']:.0f}"
+    paced = res.get("paced") or {}
+    if paced.get("ours_vtep"):  # --udp-rates: received at each offered rate
+        out["udp64_paced"] = ",".join(
+            f"{kpps}:{ratio(paced['ours_vtep'][kpps], paced['vxlan'][kpps]):.3f}"
+            for kpps in paced["ours_vtep"]
+        )
     if res["peer_csum_off"]:
         out["peer_tx_csum"] = "off"  # a diagnosis run, not a user's set-up
     if res.get("wire_underlay"):

@@ -295,6 +295,7 @@ def test_unknown_peer_is_refused():
         ("planes", ["--media-x", "nan"], "--media-x must be a finite number"),
         ("planes", ["--rate", "fast"], "--rate"),
         ("dpdkpods", ["--a-cpu", "99"], "--a-cpu: CPU 99 not present"),
+        ("pods", ["--udp-rates", "100,0"], "--udp-rates: 0 kpps is outside 1..5000"),
         ("churn", ["--sample-ms", "inf"], "--sample-ms must be a finite number"),
         ("cni", ["--containers", "1"], "--containers must be in 2..200, not 1"),
         ("nosuch", [], "bench: no benchmark 'nosuch'"),
@@ -322,8 +323,9 @@ def test_pods_only_tcp_vxlan():
     ``--no-tunnel-gso`` (the default run covers tunnel GSO), which the
     RESULT line says."""
     err, out, fields = pods_run(
-        ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--no-tunnel-gso"]
-    )
+        ["--seconds", "1", "--runs", "1", "--only", "tcp_vxlan", "--no-tunnel-gso",
+         "--udp-rates", "20,40"]
+    )  # fmt: skip
     assert float(fields["vxlan_tcp_gbps"]) > 0, out
     assert float(fields["ours_vtep_tcp_gbps"]) >= 0, out
     others = [
@@ -338,6 +340,11 @@ def test_pods_only_tcp_vxlan():
     assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
     assert fields.get("tunnel_gso") == "off", out
     assert "bench: the services' drops during the runs: " in err, err
+    # --udp-rates: both paths offered 20 and 40 kpps of 64-byte UDP, far
+    # below what either carries: each receives about what was offered
+    paced = dict(x.split(":") for x in fields.pop("udp64_paced").split(","))
+    assert list(paced) == ["20", "40"] and all(0.5 < float(r) < 2 for r in paced.values()), out
+    assert re.search(r"^\|\s+40 \|\s+[\d.]+ \|\s+[\d.]+ \|$", err, re.M), err
 
 
 def test_pods_with_af_xdp_pods():
