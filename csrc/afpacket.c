@@ -1037,8 +1037,9 @@ bad:
  * is not an Internet checksum. Every later step would finish it as one
  * (dp_csum_complete, a NIC, the kernel's checksum help behind a kernel
  * port), so a frame whose checksum starts at an SCTP header right behind
- * its IP header (IPv4, or IPv6 without extension headers) gets its CRC32c
- * (RFC 9260, appendix A) here, over every segment. Returns 1 if it did.
+ * its IP header (IPv4 with its options, or IPv6 and its extension headers)
+ * gets its CRC32c (RFC 9260, appendix A) here, over every segment. Returns
+ * 1 if it did.
  */
 static int
 afp_sctp_finish(struct rte_mbuf *m, uint32_t start)
@@ -1053,8 +1054,20 @@ afp_sctp_finish(struct rte_mbuf *m, uint32_t start)
     if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4)) {
         if (start != l2 + (p[l2] & 0xfu) * 4 || p[l2 + 9] != IPPROTO_SCTP)
             return 0;
-    } else if (et != RTE_BE16(RTE_ETHER_TYPE_IPV6) || start != l2 + 40 ||
-               p[l2 + 6] != IPPROTO_SCTP) {
+    } else if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6)) {
+        /* past the extension headers an SCTP packet may carry (hop-by-hop,
+         * routing, destination options: a fragment's checksum is not left
+         * to offload), all before start, in the first segment */
+        uint32_t off6 = l2 + 40;
+        uint8_t nh = p[l2 + 6];
+        while (off6 < start &&
+               (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS)) {
+            nh = p[off6];
+            off6 += (p[off6 + 1] + 1u) * 8;
+        }
+        if (off6 != start || nh != IPPROTO_SCTP)
+            return 0;
+    } else {
         return 0;
     }
     *(unaligned_uint32_t *)(p + start + 8) = 0;

@@ -427,21 +427,36 @@ for a in sys.argv[2:]:
 """
 
 
-def sctp_frames(topo, src, dst, size, n=3):
-    """n SCTP DATA frames from pod ``src`` to ``dst`` (IPv4, the last IPv6),
-    their CRC32c field 0, as a kernel SCTP stack leaves it for a device that
-    computes it: (csum_start, frame) pairs and the payloads sent."""
-    from scapy.all import IP, SCTP, Ether, IPv6, SCTPChunkData
+def sctp_frames(topo, src, dst, size):
+    """SCTP DATA frames from pod ``src`` to ``dst``: over IPv4 twice, over
+    IPv6, and over IPv6 with a destination-options and a hop-by-hop header
+    before the SCTP header; their CRC32c field 0, as a kernel SCTP stack
+    leaves it for a device that computes it: (csum_start, frame) pairs and
+    the payloads sent."""
+    from scapy.all import (
+        IP,
+        SCTP,
+        Ether,
+        IPv6,
+        IPv6ExtHdrDestOpt,
+        IPv6ExtHdrHopByHop,
+        SCTPChunkData,
+    )
 
+    v6 = IPv6(src="fd00::1", dst="fd00::2")
+    kinds = (
+        IP(src=POD_IP[src], dst=POD_IP[dst]),
+        IP(src=POD_IP[src], dst=POD_IP[dst]),
+        v6,
+        v6 / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt(),
+    )
     out, payloads = [], []
-    for i in range(n):
+    for i, l3 in enumerate(kinds):
         data = bytes([0x41 + i]) * size
-        v6 = i == n - 1
-        l3 = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src=POD_IP[src], dst=POD_IP[dst])
-        f = Ether(src=topo.mac[src], dst=topo.mac[dst]) / l3
+        f = Ether(src=topo.mac[src], dst=topo.mac[dst]) / l3.copy()
         f = f / SCTP(sport=2905, dport=2905, tag=0x1000 + i, chksum=0)
         f = f / SCTPChunkData(tsn=i, stream_id=0, proto_id=3, data=data)
-        out.append((14 + (40 if v6 else 20), bytes(f)))
+        out.append((len(bytes(l3)) + 14, bytes(f)))
         payloads.append(data)
     return out, payloads
 
@@ -505,7 +520,8 @@ def test_sctp_checksums_left_to_offload_arrive_complete(fixture, request):
     offset 8 of the SCTP header: the core computes it as SCTP's CRC32c when
     it reads the frame, not as an Internet checksum where it leaves. Pod to
     pod and to the host behind the kernel VTEP; with jumbo frames (8000
-    bytes of data: the frame is a chain of mbufs) too."""
+    bytes of data: the frame is a chain of mbufs) too. Over IPv4 and IPv6,
+    and IPv6 with extension headers before the SCTP header."""
     t = request.getfixturevalue(fixture)
     size = 8000 if fixture == "jumbo" else 1200
     for dst, ns, ifname in (("b", t.ns["b"], "eth0"), ("v", t.ns["v"], "ul0")):
