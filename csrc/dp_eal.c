@@ -254,7 +254,7 @@ mk_hash(const char *name, uint32_t entries, uint32_t key_len)
  * mbuf never completed, each send() stopping at it), a fill-ring entry
  * there is dropped (a receive buffer gone). DPDK lays out a pool that way
  * when its objects must not cross a page: with 4 KiB pages (mode fallback)
- * one object per page, 40 % of the pool past the window; with 2 MiB pages
+ * one object per page, 42 % of the pool past the window; with 2 MiB pages
  * a gap at every page's end.
  *
  * Objects may cross pages unless a device that reads memory by physical
@@ -414,7 +414,7 @@ dp_setup(unsigned n_mbufs)
         goto fail;
     }
     if (pool_hold_outside(dp.pool) < 0) {
-        ret = dp_fail(-ENOMEM, "cannot sort the mbuf pool");
+        ret = dp_fail(-ENOMEM, "cannot set aside the mbufs outside the pool's one run");
         goto fail;
     }
     dp_guard_init();

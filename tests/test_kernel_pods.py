@@ -611,7 +611,7 @@ def test_af_xdp_pods_in_fallback_mode_carry_sustained_tcp(fabric):
     frame in an object past that window (a transmit descriptor skipped, a
     fill-ring entry dropped, the mbuf never returned). The pool is laid out
     so that none is (csrc/dp_eal.c, pool_create): in fallback mode (4 KiB
-    pages) DPDK otherwise puts one object per page and 40 % of the pool
+    pages) DPDK otherwise puts one object per page and 42 % of the pool
     falls outside, and TCP from the kernel-VTEP host to the pod stopped
     for good within seconds. Sustained TCP both ways through an af_xdp pod
     port cycles through the pool: no second without data, and every mbuf
