@@ -278,6 +278,9 @@ class Attachments:
             "ip": p["ip"],
             "prefixlen": net.prefixlen,
             "gateway": net.gateway,
+            "ip6": net.ip6_of(p["ip"]),
+            "prefixlen6": net.prefixlen6,
+            "gateway6": net.gateway6,
             "mtu": net.mtu,
             "default_route": p["plane"] == "std" and rec.get("kind", "veth") in ("veth", "vf"),
             "host_ifname": p.get("host_ifname"),
@@ -418,9 +421,10 @@ def _pod_if_problems(a: dict, mac, addresses: List[str], mtu) -> List[str]:
     problems = []
     if (mac or "").lower() != a["mac"].lower():
         problems.append(f"{a['ifname']} has MAC {mac}, not {a['mac']}")
-    want = f"{a['ip']}/{a['prefixlen']}"
-    if a["ip"] and want not in addresses:
-        problems.append(f"{a['ifname']} has {addresses or 'no address'}, not {want}")
+    for ip, plen in (("ip", "prefixlen"), ("ip6", "prefixlen6")):
+        want = f"{a.get(ip)}/{a.get(plen)}"
+        if a.get(ip) and want not in addresses:
+            problems.append(f"{a['ifname']} has {addresses or 'no address'}, not {want}")
     # a later chained plugin (tuning) may lower it; above the network's
     # MTU the core would drop the pod's longest frames as oversize
     if a["mtu"] and (mtu is None or mtu > a["mtu"]):
@@ -429,27 +433,35 @@ def _pod_if_problems(a: dict, mac, addresses: List[str], mtu) -> List[str]:
 
 
 def _route_problems(a: dict, netns: str) -> List[str]:
-    """The default route of a std attachment, if it is missing from every
-    routing table (a later chained plugin, sbr, moves it out of main)."""
+    """The default routes (IPv4, and IPv6 on a dual-stack network) of a std
+    attachment, if missing from every routing table (a later chained
+    plugin, sbr, moves them out of main)."""
     from .podnet import _ipr
 
-    if not (a["default_route"] and a["gateway"]):
+    want = [
+        (family, a[gw])
+        for family, gw in ((socket.AF_INET, "gateway"), (socket.AF_INET6, "gateway6"))
+        if a["default_route"] and a.get(gw) and (gw == "gateway" or a.get("ip6"))
+    ]
+    if not want:
         return []
+    problems = []
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=a["ifname"])
-        routes = ipr.get_routes(family=socket.AF_INET)  # every table
-    if any(
-        r["dst_len"] == 0 and r.get("RTA_GATEWAY") == a["gateway"] and r.get("RTA_OIF") in idx
-        for r in routes
-    ):
-        return []
-    return [f"no default route via {a['gateway']} on {a['ifname']}"]
+        for family, gw in want:
+            routes = ipr.get_routes(family=family)  # every table
+            if not any(
+                r["dst_len"] == 0 and r.get("RTA_GATEWAY") == gw and r.get("RTA_OIF") in idx
+                for r in routes
+            ):
+                problems.append(f"no default route via {gw} on {a['ifname']}")
+    return problems
 
 
 def _vf_problems(a: dict, netns: str) -> List[str]:
     """A VF attachment as found in the pod's namespace: its interface, MAC,
     address, MTU, link state and default route."""
-    from .podnet import _ipr
+    from .podnet import _ipr, _pod_addresses
 
     try:
         with _ipr(netns) as ipr:
@@ -457,10 +469,7 @@ def _vf_problems(a: dict, netns: str) -> List[str]:
             if not idx:
                 return [f"interface {a['ifname']} is not in {netns}"]
             (link,) = ipr.get_links(idx[0])
-            addrs = [
-                f"{x.get_attr('IFA_ADDRESS')}/{x['prefixlen']}"
-                for x in ipr.get_addr(index=idx[0], family=socket.AF_INET)
-            ]
+            addrs = _pod_addresses(ipr, idx[0])
     except OSError as e:
         return [f"namespace {netns}: {e.strerror or e}"]
     problems = _pod_if_problems(a, link.get_attr("IFLA_ADDRESS"), addrs, link.get_attr("IFLA_MTU"))

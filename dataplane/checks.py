@@ -451,6 +451,26 @@ def parse_ipv4_subnet(value, path: str) -> ipaddress.IPv4Network:
         raise fail(path, f"{value!r} is not an IPv4 subnet ({e})") from None
 
 
+def parse_ipv6_subnet(value, path: str) -> ipaddress.IPv6Network:
+    """An IPv6 subnet 'x:y::/len' (no host bits set)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise fail(path, f"{show(value)} is not an IPv6 subnet (x:y::/len)")
+    try:
+        return ipaddress.IPv6Network(value)
+    except ValueError as e:
+        raise fail(path, f"{value!r} is not an IPv6 subnet ({e})") from None
+
+
+def parse_ipv6(value, path: str = "ip6") -> ipaddress.IPv6Address:
+    """A single IPv6 address 'x:y::z'."""
+    if not isinstance(value, str) or "/" in value:
+        raise fail(path, f"{show(value)} is not an IPv6 address")
+    try:
+        return ipaddress.IPv6Address(value)
+    except ValueError:
+        raise fail(path, f"{value!r} is not an IPv6 address") from None
+
+
 def check_vtep_ip(value, path: str = "vtep") -> ipaddress.IPv4Address:
     """A VTEP's address: unicast, not 0.0.0.0 nor loopback."""
     ip = parse_ipv4(value, path)

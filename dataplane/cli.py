@@ -95,6 +95,7 @@ def _print(obj, as_json):
                 f"net={p['network']}"
                 + (f" host={p['host_ifname']}" if p.get("host_ifname") else "")
                 + f" port={p['port']}"
+                + (f" ip6={p['ip6']}" if p.get("ip6") else "")
             )
             _print_plane_kind(p)
         return
@@ -123,7 +124,7 @@ def _print_plane_kind(p):
     if kind == "veth":
         return
     need = [f"kind={kind}"]
-    for key in ("socket", "pci", "device", "prefixlen", "gateway", "mtu"):
+    for key in ("socket", "pci", "device", "prefixlen", "gateway", "prefixlen6", "gateway6", "mtu"):
         if p.get(key) is not None:
             need.append(f"{key}={p[key]}")
     print("  " + " " * 8 + " " + " ".join(need))
@@ -539,7 +540,13 @@ def cmd_net(args):
         )
         print(
             f"{n['name']:10s} vni {n['vni']:<8d} plane {n['plane']:8s} subnet {n['subnet']} "
-            f"gateway {n['gateway'] or '-'} mtu {n['mtu']}  flood {flood or '-'}"
+            f"gateway {n['gateway'] or '-'} "
+            + (
+                f"subnet6 {n['subnet6']} gateway6 {n['gateway6'] or '-'} "
+                if n.get("subnet6")
+                else ""
+            )
+            + f"mtu {n['mtu']}  flood {flood or '-'}"
         )
     return 0
 

@@ -398,8 +398,17 @@ def _result(conf, a: dict) -> dict:
         if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
             ip["version"] = "4"
         ips.append(ip)
+    if a.get("ip6"):  # a dual-stack network
+        ip = {"address": f"{a['ip6']}/{a['prefixlen6']}", "interface": len(interfaces) - 1}
+        if a.get("gateway6"):
+            ip["gateway"] = a["gateway6"]
+        if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
+            ip["version"] = "6"
+        ips.append(ip)
     if a.get("default_route") and a.get("gateway"):
         routes.append({"dst": "0.0.0.0/0", "gw": a["gateway"]})
+    if a.get("default_route") and a.get("ip6") and a.get("gateway6"):
+        routes.append({"dst": "::/0", "gw": a["gateway6"]})
     out = {"cniVersion": conf["cniVersion"], "interfaces": interfaces, "ips": ips}
     if routes:
         out["routes"] = routes
@@ -525,14 +534,18 @@ def _check(conf, env):
             problems.append(
                 f"prevResult gives {env['ifname']} MAC {ifs[i].get('mac')}, not {a['mac']}"
             )
-        want = f"{a['ip']}/{a['prefixlen']}"
         have = [x.get("address") for x in prev.get("ips") or [] if x.get("interface") == i]
-        if a.get("ip") and want not in have:
-            problems.append(f"prevResult gives {env['ifname']} {have or 'no address'}, not {want}")
-    if a.get("default_route") and a.get("gateway"):
-        routes = prev.get("routes") or []
-        if not any(r.get("dst") == "0.0.0.0/0" and r.get("gw") == a["gateway"] for r in routes):
-            problems.append(f"prevResult has no default route via {a['gateway']}")
+        for ip, plen in (("ip", "prefixlen"), ("ip6", "prefixlen6")):
+            want = f"{a.get(ip)}/{a.get(plen)}"
+            if a.get(ip) and want not in have:
+                problems.append(
+                    f"prevResult gives {env['ifname']} {have or 'no address'}, not {want}"
+                )
+    routes = prev.get("routes") or []
+    for dst, gw in (("0.0.0.0/0", "gateway"), ("::/0", "gateway6")):
+        if a.get("default_route") and a.get(gw) and (gw == "gateway" or a.get("ip6")):
+            if not any(r.get("dst") == dst and r.get("gw") == a[gw] for r in routes):
+                problems.append(f"prevResult has no default route via {a[gw]}")
     if problems:
         raise CNIError(ERR_CHECK, "; ".join(problems))
 

@@ -19,6 +19,8 @@
       # learned_age_s: 300         # a learned MAC not heard from this long is forgotten
     networks:
       - {name: net1, vni: 100, plane: std, subnet: 192.168.10.0/24, gateway: 192.168.10.1}
+      # dual stack: subnet6: fd00:10::/64, gateway6: fd00:10::1   (a pod's IPv6 address is
+      #   its IPv4 host part there: 192.168.10.7 -> fd00:10::7)
     remotes:
       - {vtep: 10.0.0.2, networks: [net1]}
     # store: {kind: sqlite}         # default: state_dir/state.db, one node
@@ -89,6 +91,8 @@ from .checks import (
     parse_ipv4,
     parse_ipv4_interface,
     parse_ipv4_subnet,
+    parse_ipv6,
+    parse_ipv6_subnet,
     show,
     split_listen,
 )
@@ -240,10 +244,32 @@ class NetworkConfig:
     # floods from each pod port: frames/s (0 = unlimited) and burst
     storm_pps: int = DEFAULT_STORM_PPS
     storm_burst: int = DEFAULT_STORM_BURST
+    # dual stack: the network's IPv6 subnet ("x:y::/len", normalised) and
+    # the std plane's IPv6 default gateway in it; a pod's IPv6 address is
+    # its IPv4 address's counterpart there (ip6_of)
+    subnet6: Optional[str] = None
+    gateway6: Optional[str] = None
 
     @property
     def prefixlen(self) -> int:
         return ipaddress.IPv4Network(self.subnet).prefixlen
+
+    @property
+    def prefixlen6(self) -> Optional[int]:
+        return ipaddress.IPv6Network(self.subnet6).prefixlen if self.subnet6 else None
+
+    def ip6_of(self, ip: Optional[str]) -> Optional[str]:
+        """The IPv6 address of the pod whose IPv4 address on this network is
+        ``ip``: subnet6's first address plus ``ip``'s host part (192.168.10.7
+        in 192.168.10.0/24 is fd00:10::7 in fd00:10::/64), so that it is as
+        unique as the IPv4 one and needs no allocation of its own. None
+        without subnet6 or ``ip``."""
+        if not self.subnet6 or not ip:
+            return None
+        host = int(ipaddress.IPv4Address(ip)) - int(
+            ipaddress.IPv4Network(self.subnet).network_address
+        )
+        return str(ipaddress.IPv6Network(self.subnet6).network_address + host)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -757,6 +783,8 @@ _NETWORK_KEYS = (
     "anti_spoofing",
     "storm_pps",
     "storm_burst",
+    "subnet6",
+    "gateway6",
 )
 _STORE_KEYS = ("kind", "path", "endpoints", "prefix", "tls")
 _DUPLICATE_MACS_KEYS = ("moves", "window_s", "freeze_s")
@@ -1122,6 +1150,7 @@ def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
         if gw in (subnet.network_address, subnet.broadcast_address):
             raise fail(f"{p}.gateway", f"{gateway} is the network or broadcast address of {subnet}")
         gateway = str(gw)
+    subnet6, gateway6 = _network6(n, p, subnet, gateway)
     mtu = n.get("mtu")
     mtu = max_mtu if mtu is None else check_int(mtu, f"{p}.mtu", MIN_MTU, max_mtu)
     pps = check_int(n.get("storm_pps", DEFAULT_STORM_PPS), f"{p}.storm_pps", 0, STORM_PPS_MAX)
@@ -1138,7 +1167,64 @@ def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
         anti_spoofing=check_bool(n.get("anti_spoofing", True), f"{p}.anti_spoofing"),
         storm_pps=pps,
         storm_burst=burst,
+        subnet6=subnet6,
+        gateway6=gateway6,
     )
+
+
+def _network6(n, p, subnet, gateway) -> Tuple[Optional[str], Optional[str]]:
+    """A network's ``subnet6`` and ``gateway6``, normalised (None, None
+    without). Every IPv4 host of ``subnet`` must have its counterpart in
+    subnet6 (NetworkConfig.ip6_of), and gateway6 must be no pod's."""
+    value, gw_value = n.get("subnet6"), n.get("gateway6")
+    if value is None:
+        if gw_value is not None:
+            raise fail(f"{p}.gateway6", "needs subnet6, the network's IPv6 subnet")
+        return None, None
+    net6 = parse_ipv6_subnet(value, f"{p}.subnet6")
+    host_bits = 32 - subnet.prefixlen
+    if net6.prefixlen == 0 or net6.is_multicast or net6.is_loopback or net6.is_link_local:
+        what = (
+            "all of IPv6"
+            if net6.prefixlen == 0
+            else (
+                "multicast"
+                if net6.is_multicast
+                else "link-local"
+                if net6.is_link_local
+                else "loopback"
+            )
+        )
+        raise fail(f"{p}.subnet6", f"{net6} is {what}: pods cannot be addressed in it")
+    if 128 - net6.prefixlen < host_bits:
+        raise fail(
+            f"{p}.subnet6",
+            f"{net6} is too small for subnet {subnet}: a pod's IPv6 address is its IPv4 "
+            f"address's host part in subnet6, so subnet6 needs at least {host_bits} host bits "
+            f"(a prefix of /{128 - host_bits} or shorter; /64 is usual)",
+        )
+    if gw_value is None:
+        return str(net6), None
+    gw6 = parse_ipv6(gw_value, f"{p}.gateway6")
+    if gw6 not in net6:
+        raise fail(f"{p}.gateway6", f"{gw6} is not in subnet6 {net6}")
+    host = int(gw6) - int(net6.network_address)
+    own = int(ipaddress.IPv4Address(gateway)) - int(subnet.network_address) if gateway else None
+    if host == 0:
+        raise fail(f"{p}.gateway6", f"{gw6} is subnet6's own address (the subnet-router anycast)")
+    if host < (1 << host_bits) - 1 and host != own:
+        pod = subnet.network_address + host
+        hint = (
+            f"{net6.network_address + own}, the counterpart of gateway {gateway}, or an address"
+            if own is not None
+            else "an address"
+        )
+        raise fail(
+            f"{p}.gateway6",
+            f"{gw6} is the IPv6 address of the pod with {pod}: use {hint} from "
+            f"{net6.network_address + (1 << host_bits) - 1} on",
+        )
+    return str(net6), str(gw6)
 
 
 def _remotes(value, networks, vtep) -> List[RemoteConfig]:

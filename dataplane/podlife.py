@@ -47,6 +47,14 @@ POD_ENDS_PER_ROUND = 16
 UNFINISHED = ("pending", "deleting")
 
 
+def own_addresses(e, allowed, n) -> List[str]:
+    """What a pod port of endpoint ``e`` on network ``n`` may send from:
+    its IPv4 address, its IPv6 one on a dual-stack network
+    (NetworkConfig.ip6_of) and the ``allowed`` ones of its spec."""
+    out = [e["ip"], n.ip6_of(e["ip"]), *allowed]
+    return [a for i, a in enumerate(out) if a and a not in out[:i]]
+
+
 def _same_netns(a: str, b: str) -> bool:
     """Whether paths ``a`` and ``b`` name one network namespace: the same
     path, or two (``/var/run/netns/NAME``, ``/proc/PID/ns/net``) of one
@@ -654,7 +662,15 @@ class PodLife:
         from .podnet import PodEnd
         from .podspec import host_ifname
 
-        return PodEnd(host_ifname(name, p.plane), f"{ip}/{n.prefixlen}", n.gateway, p.default_route)
+        ip6 = n.ip6_of(ip)
+        return PodEnd(
+            host_ifname(name, p.plane),
+            f"{ip}/{n.prefixlen}",
+            n.gateway,
+            p.default_route,
+            f"{ip6}/{n.prefixlen6}" if ip6 else None,
+            n.gateway6,
+        )
 
     def _make_veth(self, name, netns, p, n, mac, ip, mark, host_end_made=None):
         """Plane ``p`` (its spec) of pod ``name``, on network ``n``, as a
@@ -678,6 +694,8 @@ class PodLife:
             node=self.config.node,
             store=mark,
             host_end_made=host_end_made,
+            ip6_cidr=end.ip6_cidr,
+            gateway6=end.gateway6,
         )
 
     def _restore_pod_end(self, pod, e, by: str) -> List[str]:
@@ -823,7 +841,13 @@ class PodLife:
         n = n or self.config.network(e["network"])
         try:  # out of the lane again with the port (Engine.del_port)
             self.engine.express_add_port(
-                port, hif, net, e["mac"], [e["ip"], *allowed], spoof=n.anti_spoofing, mtu=n.mtu
+                port,
+                hif,
+                net,
+                e["mac"],
+                own_addresses(e, allowed, n),
+                spoof=n.anti_spoofing,
+                mtu=n.mtu,
             )
         except DataplaneError as err:
             warning_event(
@@ -1067,7 +1091,7 @@ class PodLife:
         network's storm rate."""
         n = self.config.network(e["network"])
         if n.anti_spoofing:
-            self.engine.set_port_guard(port, e["mac"], [e["ip"], *allowed])
+            self.engine.set_port_guard(port, e["mac"], own_addresses(e, allowed, n))
             if dhcp_server:
                 self.engine.set_port_dhcp_server(port, True)
         if n.storm_pps:
@@ -1115,7 +1139,7 @@ class PodLife:
 
     def _reguard_one(self, n, port, e, allowed, dhcp_server):
         if n.anti_spoofing:
-            self.engine.set_port_guard(port, e["mac"], [e["ip"], *allowed])
+            self.engine.set_port_guard(port, e["mac"], own_addresses(e, allowed, n))
             self.engine.set_port_dhcp_server(port, dhcp_server)
         else:
             self.engine.set_port_guard(port, None)
@@ -1561,6 +1585,8 @@ class PodLife:
                 n.mtu,
                 p.default_route,
                 p.options,
+                ip6_cidr=f"{n.ip6_of(ip)}/{n.prefixlen6}" if n.subnet6 else None,
+                gateway6=n.gateway6,
             )  # given back by take itself if it fails
             made.add(f"vf {dev}", lambda: vfs.give_back(self.store, dev))
         self.store.set_endpoint_state(name, p.plane, "ready")
@@ -1677,7 +1703,7 @@ class PodLife:
             "state": pod["state"],
             "planes": [
                 {k: e[k] for k in ("plane", "network", "ifname", "host_ifname", "mac", "ip")}
-                | {"port": self.ports.get(e["host_ifname"])}
+                | {"ip6": self._ip6(e), "port": self.ports.get(e["host_ifname"])}
                 | self._plane_extra(name, e)
                 for e in eps
             ],
@@ -1690,6 +1716,12 @@ class PodLife:
                     self.known[name] = info
                     self.known_at[name] = time.time()
         return info
+
+    def _ip6(self, e) -> Optional[str]:
+        """Endpoint ``e``'s IPv6 address: on a dual-stack network of this
+        node's configuration, its IPv4 address's counterpart there."""
+        n = self.config.network(e["network"])
+        return n.ip6_of(e["ip"]) if n else None
 
     def _plane_extra(self, name, e) -> dict:
         """A plane's kind and what the pod's application needs to use it."""
@@ -1705,6 +1737,8 @@ class PodLife:
         out |= {
             "prefixlen": n.prefixlen if n else None,
             "gateway": n.gateway if n else None,
+            "prefixlen6": n.prefixlen6 if n else None,
+            "gateway6": n.gateway6 if n else None,
             "mtu": n.mtu if n else None,
         }
         if kind == VF and ps is None:  # a spec that no longer parses: not known

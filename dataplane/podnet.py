@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import ipaddress
 import os
 import re
 import select
@@ -30,6 +31,7 @@ from .checks import (
     parse_ipv4,
     parse_ipv4_interface,
     parse_mac,
+    show,
 )
 from .errors import BY_ERRNO, AlreadyExists, ConfigError, DataplaneError
 
@@ -69,6 +71,7 @@ _ETHTOOL_SFEATURES = 0x3B
 _ETH_SS_FEATURES = 4
 _ETH_GSTRING_LEN = 32
 N_STEPS = 5
+_IFA_F_NODAD = 0x02  # linux/if_addr.h: an address usable at once (no DAD)
 
 
 def _err_code(e) -> Optional[int]:
@@ -520,6 +523,36 @@ def _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr, gateway, m
     return mac, iface, gw
 
 
+def _parse_ip6_cidr(value, path: str = "ip6") -> ipaddress.IPv6Interface:
+    """An IPv6 address with its prefix length, 'x:y::z/len'."""
+    problem = f"{show(value)} is not an IPv6 address with prefix length (x:y::z/len)"
+    if not isinstance(value, str) or "/" not in value:
+        raise ConfigError(f"{path}: {problem}")
+    try:
+        return ipaddress.IPv6Interface(value)
+    except ValueError:
+        raise ConfigError(f"{path}: {problem}") from None
+
+
+def _check_attach_args6(ip6_cidr, gateway6, default_route):
+    """(the pod end's IPv6 interface, its IPv6 default gateway), each None
+    without: a dual-stack plane's part of the attach's arguments."""
+    if ip6_cidr is None:
+        if gateway6:
+            raise ConfigError("gateway6: given without ip6")
+        return None, None
+    iface6 = _parse_ip6_cidr(ip6_cidr)
+    gw6 = None
+    if gateway6 and default_route:
+        try:
+            gw6 = ipaddress.IPv6Address(gateway6)
+        except ValueError:
+            raise ConfigError(f"gateway6: {show(gateway6)} is not an IPv6 address") from None
+        if gw6 not in iface6.network:
+            raise ConfigError(f"gateway6: {gw6} is not in {iface6.network}")
+    return iface6, gw6
+
+
 @functools.lru_cache(maxsize=None)
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
@@ -558,6 +591,11 @@ def _announce_addresses(netns_fd):
     def write():
         with open("/proc/sys/net/ipv4/conf/default/arp_notify", "w") as f:
             f.write("1")
+        try:  # and an unsolicited neighbour advertisement (IPv6 on)
+            with open("/proc/sys/net/ipv6/conf/default/ndisc_notify", "w") as f:
+                f.write("1")
+        except OSError:
+            pass
 
     try:
         in_netns(netns_fd, write)
@@ -622,6 +660,8 @@ def attach_plane(
     node: Optional[str] = None,
     store: Optional[str] = None,
     host_end_made: Optional[Callable[[str], None]] = None,
+    ip6_cidr: Optional[str] = None,
+    gateway6: Optional[str] = None,
 ) -> AttachResult:
     """Put pod ``pod`` (network namespace at ``netns_path``) on a plane.
 
@@ -632,7 +672,10 @@ def attach_plane(
     super-frames), or turned off on both ends (a driver that cannot, such as
     AF_XDP); 3. ``ip_cidr`` on the pod end (the kernel adds the subnet route);
     4. both ends up; 5. on the std plane (``default_route``) a default route
-    via ``gateway``. If a step fails, the pair is deleted and the error names
+    via ``gateway``. A dual-stack plane (``ip6_cidr``) gets its IPv6
+    address in step 3 too (usable at once: no duplicate address detection,
+    the address is the pod's alone; kept when the pod takes its interface
+    down) and its IPv6 default route via ``gateway6`` in step 5. If a step fails, the pair is deleted and the error names
     the step. With ``node``, ``store`` (the state store's mark) and
     ``plane``, the host end is marked as that node's plane of the pod (its
     alias, :func:`plane_alias`), so that a service of that node and store
@@ -644,6 +687,7 @@ def attach_plane(
     mac, iface, gw = _check_attach_args(
         netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu, default_route
     )
+    iface6, gw6 = _check_attach_args6(ip6_cidr, gateway6, default_route)
     what = f"pod {pod}" + (f" plane {plane}" if plane else "")
     nsfd = _open_netns(netns_path)
     try:
@@ -681,6 +725,8 @@ def attach_plane(
                     mtu,
                     offloads,
                     host_end_made,
+                    iface6,
+                    gw6,
                 )
     finally:
         os.close(nsfd)
@@ -701,6 +747,8 @@ def _attach_steps(
     mtu,
     offloads,
     host_end_made=None,
+    iface6=None,
+    gw6=None,
 ) -> AttachResult:
     host_index = None
     step, desc = 0, ""
@@ -736,6 +784,10 @@ def _attach_steps(
 
         step, desc = 3, f"add address {iface} to {ifname}"
         _add_pod_address(pod_ipr, pod_index, iface)
+        if iface6 is not None:
+            step, desc = 3, f"add address {iface6} to {ifname}"
+            _ip6_on(nsfd, ifname)
+            _add_pod_address6(pod_ipr, pod_index, iface6)
 
         step, desc = 4, f"bring {host_ifname} and {ifname} up"
         _host_end_up(ipr, host_index, host_ifname)
@@ -744,6 +796,9 @@ def _attach_steps(
         step, desc = 5, (f"add default route via {gw}" if gw else "check routes")
         if gw is not None:
             _add_default_route(pod_ipr, pod_index, gw)
+        if gw6 is not None:
+            step, desc = 5, f"add IPv6 default route via {gw6}"
+            _add_default_route(pod_ipr, pod_index, gw6)
 
         link = ipr.get_links(host_index)[0]
         return AttachResult(host_ifname, link.get("IFLA_ADDRESS"))
@@ -779,6 +834,37 @@ def _add_pod_address(pod_ipr, pod_index, iface):
     pod_ipr.addr("add", index=pod_index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
 
+def _add_pod_address6(pod_ipr, pod_index, iface6):
+    """A dual-stack plane's IPv6 address with its prefix on the pod end,
+    without duplicate address detection (the kernel adds the subnet route)."""
+    pod_ipr.addr(
+        "add",
+        index=pod_index,
+        address=str(iface6.ip),
+        prefixlen=iface6.network.prefixlen,
+        flags=_IFA_F_NODAD,
+    )
+
+
+def _ip6_on(nsfd, ifname):
+    """IPv6 on the pod end of a dual-stack plane, whatever the pod's
+    namespace says for its interfaces (a container runtime's default may
+    switch it off), and its address kept while the pod end is down, as its
+    IPv4 one is (the kernel's default drops it): a pod that takes its
+    interface down and up again has it back at once. Best effort: adding
+    the address says what is wrong, a restore puts it back."""
+
+    def write():
+        for key, value in (("disable_ipv6", "0"), ("keep_addr_on_down", "1")):
+            with open(f"/proc/sys/net/ipv6/conf/{ifname}/{key}", "w") as f:
+                f.write(value)
+
+    try:
+        in_netns(nsfd, write)
+    except OSError:
+        pass
+
+
 def _host_end_up(ipr, host_index, host_ifname):
     """The host end up, without IPv6 of its own."""
     _disable_ipv6(host_ifname)
@@ -791,8 +877,11 @@ def _pod_end_up(pod_ipr, pod_index):
 
 def _add_subnet_route(pod_ipr, pod_index, iface):
     """The route the kernel adds with the address (proto kernel, scope
-    link, the address as source), for a restore that finds the address
-    but not it (deleted by hand)."""
+    link, the address as source; for IPv6 metric 256), for a restore that
+    finds the address but not it (deleted by hand)."""
+    if iface.version == 6:
+        pod_ipr.route("add", dst=str(iface.network), oif=pod_index, proto=2, priority=256)
+        return
     pod_ipr.route(
         "add",
         dst=str(iface.network),
@@ -804,16 +893,19 @@ def _add_subnet_route(pod_ipr, pod_index, iface):
 
 
 def _add_default_route(pod_ipr, pod_index, gw, table: int = 254):
-    """The std plane's default route via the network's gateway (in routing
-    table ``table``: main unless the subnet route is in another)."""
-    pod_ipr.route("add", dst="0.0.0.0/0", gateway=str(gw), oif=pod_index, table=table)
+    """The std plane's default route via the network's gateway, IPv4 or
+    IPv6 (in routing table ``table``: main unless the subnet route is in
+    another)."""
+    dst = "::/0" if gw.version == 6 else "0.0.0.0/0"
+    pod_ipr.route("add", dst=dst, gateway=str(gw), oif=pod_index, table=table)
 
 
 def _subnet_route_table(pod_ipr, pod_index, iface) -> int:
     """The routing table the pod end's subnet route is in: main (254), or
     the one a later chained CNI plugin (sbr) moved it to - where a default
     route put back must go too, for its gateway to be reachable."""
-    for r in pod_ipr.get_routes(family=socket.AF_INET):  # every table
+    family = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
+    for r in pod_ipr.get_routes(family=family):  # every table
         if (
             r.get("RTA_OIF") == pod_index
             and r["type"] == 1  # RTN_UNICAST
@@ -833,17 +925,63 @@ class PodEnd(NamedTuple):
     ip_cidr: str
     gateway: Optional[str]
     default_route: bool
+    #: a dual-stack plane's: its IPv6 address with prefix, IPv6 gateway
+    ip6_cidr: Optional[str] = None
+    gateway6: Optional[str] = None
 
 
 #: what a pod end may lack, in the order a restore puts it back
-LACKS = ("address", "host end up", "pod end up", "subnet route", "default route")
+LACKS = (
+    "address",
+    "IPv6 address",
+    "host end up",
+    "pod end up",
+    "subnet route",
+    "IPv6 subnet route",
+    "default route",
+    "IPv6 default route",
+)
+
+
+def _family_lacks(pod_ipr, pod_index, iface, gateway, default_route, v6=""):
+    """What of one family's part of a pod end is gone: its address, its
+    subnet route, its default route via ``gateway`` (with
+    ``default_route``), in LACKS' words (``v6``: "IPv6 " for IPv6's).
+    Routes are looked for in every routing table: a later chained CNI
+    plugin (sbr) moves them from main into a table of its own, and that
+    is not a route gone."""
+    family = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
+    lacks = []
+    have = {
+        (a.get("IFA_ADDRESS"), a["prefixlen"])
+        for a in pod_ipr.get_addr(index=pod_index, family=family)
+    }
+    if (str(iface.ip), iface.network.prefixlen) not in have:
+        lacks.append(v6 + "address")
+    routes = [
+        r
+        for r in pod_ipr.get_routes(family=family)  # every table
+        if r.get("RTA_OIF") == pod_index and r["type"] == 1  # RTN_UNICAST: not local's
+    ]
+    if not any(
+        r["dst_len"] == iface.network.prefixlen
+        and r.get("RTA_DST") == str(iface.network.network_address)
+        for r in routes
+    ):
+        lacks.append(v6 + "subnet route")
+    if gateway and default_route:
+        gw = str(ipaddress.ip_address(gateway))
+        if not any(r["dst_len"] == 0 and r.get("RTA_GATEWAY") == gw for r in routes):
+            lacks.append(v6 + "default route")
+    return lacks
 
 
 def _pod_end_lacks(ipr, pod_ipr, end: PodEnd):
     """(host index, pod index, what of ``end`` is gone, as LACKS names
-    it), or None if the pair is not there (or the pod end is not the host
-    end's peer)."""
+    it, in LACKS' order), or None if the pair is not there (or the pod end
+    is not the host end's peer)."""
     iface = parse_ipv4_interface(end.ip_cidr, "ip")
+    iface6 = _parse_ip6_cidr(end.ip6_cidr) if end.ip6_cidr else None
     found = _host_link(ipr, end.host_ifname)
     if found is None or found[1].get("IFLA_LINK") is None:
         return None
@@ -852,35 +990,14 @@ def _pod_end_lacks(ipr, pod_ipr, end: PodEnd):
     peers = pod_ipr.get_links(pod_index)
     if not peers or peers[0].get("IFLA_LINK") != host_index:
         return None
-    lacks = []
-    have = {
-        (a.get("IFA_ADDRESS"), a["prefixlen"])
-        for a in pod_ipr.get_addr(index=pod_index, family=socket.AF_INET)
-    }
-    if (str(iface.ip), iface.network.prefixlen) not in have:
-        lacks.append("address")
+    lacks = _family_lacks(pod_ipr, pod_index, iface, end.gateway, end.default_route)
+    if iface6 is not None:
+        lacks += _family_lacks(pod_ipr, pod_index, iface6, end.gateway6, end.default_route, "IPv6 ")
     if not link["flags"] & 1:  # IFF_UP
         lacks.append("host end up")
     if not peers[0]["flags"] & 1:
         lacks.append("pod end up")
-    # in any routing table: a later chained CNI plugin (sbr) moves them from
-    # main into a table of its own, and that is not a route gone
-    routes = [
-        r
-        for r in pod_ipr.get_routes(family=socket.AF_INET)  # every table
-        if r.get("RTA_OIF") == pod_index and r["type"] == 1  # RTN_UNICAST: not local's
-    ]
-    if not any(
-        r["dst_len"] == iface.network.prefixlen
-        and r.get("RTA_DST") == str(iface.network.network_address)
-        for r in routes
-    ):
-        lacks.append("subnet route")
-    if end.gateway and end.default_route:
-        gw = str(parse_ipv4(end.gateway, "gateway"))
-        if not any(r["dst_len"] == 0 and r.get("RTA_GATEWAY") == gw for r in routes):
-            lacks.append("default route")
-    return host_index, pod_index, lacks
+    return host_index, pod_index, sorted(lacks, key=LACKS.index)
 
 
 def pod_ends_lacking(netns_path: str, ends: List[PodEnd]) -> dict:
@@ -907,13 +1024,15 @@ def pod_ends_lacking(netns_path: str, ends: List[PodEnd]) -> dict:
 def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
     """Put back what the attach made of a plane's pod end and is gone now:
     its address with its prefix, both ends up, the subnet route and (std
-    plane) the default route - by the attach's own steps. What was put
+    plane) the default route, and a dual-stack plane's IPv6 ones - by the
+    attach's own steps. What was put
     back, in LACKS' words, with the address or gateway: [] if nothing was
     gone or the pair is not there. A route is looked for in every routing
     table (a later chained CNI plugin, sbr, moves them out of main): only
     one in none is put back - a default route into the table the subnet
     route is in. DataplaneError naming what could not."""
     iface = parse_ipv4_interface(end.ip_cidr, "ip")
+    iface6 = _parse_ip6_cidr(end.ip6_cidr) if end.ip6_cidr else None
     done: List[str] = []
     what = ""
     try:
@@ -925,6 +1044,10 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
             if "address" in lacks:
                 what = f"address {iface}"
                 _add_pod_address(pod_ipr, pod_index, iface)
+                done.append(what)
+            if "IPv6 address" in lacks:
+                what = f"address {iface6}"
+                _add_pod_address6(pod_ipr, pod_index, iface6)
                 done.append(what)
             if "host end up" in lacks:
                 what = "host end up"
@@ -938,15 +1061,32 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
             # coming up, and drops the default route with either going: look again
             got = _pod_end_lacks(ipr, pod_ipr, end)
             lacks = got[2] if got else []
+            if "IPv6 address" in lacks:  # went with the pod end down
+                what = f"address {iface6}"
+                _add_pod_address6(pod_ipr, pod_index, iface6)
+                done.append(what)
+                got = _pod_end_lacks(ipr, pod_ipr, end)
+                lacks = got[2] if got else []
             if "subnet route" in lacks:
                 what = f"subnet route {iface.network}"
                 _add_subnet_route(pod_ipr, pod_index, iface)
+                done.append(what)
+            if "IPv6 subnet route" in lacks:
+                what = f"subnet route {iface6.network}"
+                _add_subnet_route(pod_ipr, pod_index, iface6)
                 done.append(what)
             if "default route" in lacks:
                 what = f"default route via {end.gateway}"
                 gw = parse_ipv4(end.gateway, "gateway")
                 _add_default_route(
                     pod_ipr, pod_index, gw, _subnet_route_table(pod_ipr, pod_index, iface)
+                )
+                done.append(what)
+            if "IPv6 default route" in lacks:
+                what = f"IPv6 default route via {end.gateway6}"
+                gw6 = ipaddress.IPv6Address(end.gateway6)
+                _add_default_route(
+                    pod_ipr, pod_index, gw6, _subnet_route_table(pod_ipr, pod_index, iface6)
                 )
                 done.append(what)
     except Exception as e:
@@ -1097,6 +1237,17 @@ def detach_plane(host_ifname: str) -> bool:
         return True
 
 
+def _pod_addresses(pod_ipr, index) -> List[str]:
+    """Interface ``index``'s IPv4 addresses and global IPv6 ones (not its
+    link-local), "ip/len"."""
+    return [
+        f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+        for family in (socket.AF_INET, socket.AF_INET6)
+        for a in pod_ipr.get_addr(index=index, family=family)
+        if a["scope"] == 0 or family == socket.AF_INET
+    ]
+
+
 def _host_link(ipr, host_ifname: str):
     """(index, link) of interface ``host_ifname`` in this namespace, or None
     if there is none - also when it vanishes between the name's lookup and
@@ -1164,10 +1315,7 @@ def find_plane(host_ifname: str, netns_path: Optional[str] = None) -> Optional[P
             info.mac = peer.get("IFLA_ADDRESS")
             info.pod_mtu = peer.get("IFLA_MTU")
             info.pod_up = bool(peer["flags"] & 1)
-            info.addresses = [
-                f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
-                for a in pod_ipr.get_addr(index=info.peer_index, family=socket.AF_INET)
-            ]
+            info.addresses = _pod_addresses(pod_ipr, info.peer_index)
     except Exception:
         pass  # namespace or peer gone meanwhile
     return info

@@ -38,6 +38,7 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from .checks import (
+    GUARD_MAX_IP6,
     IFNAMSIZ,
     check_allowed_addresses,
     check_ifname,
@@ -215,16 +216,18 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
             raise ConfigError(
                 f"networks.{plane}: network {name} belongs to plane {net.plane}, not {plane}"
             )
-        subnet = ipaddress.IPv4Network(net.subnet)
-        for other, (oplane, oname) in used_net.items():
-            if subnet.overlaps(other):
-                # two connected routes for one range: the pod's stack would
-                # send one plane's traffic out of the other's interface
-                raise ConfigError(
-                    f"networks.{plane}: network {name} ({subnet}) overlaps network {oname} "
-                    f"({other}) of plane {oplane}: a pod cannot be on both"
-                )
-        used_net[subnet] = (plane, name)
+        subnets = [ipaddress.ip_network(s) for s in (net.subnet, net.subnet6) if s]
+        for subnet in subnets:
+            for other, (oplane, oname) in used_net.items():
+                if subnet.version == other.version and subnet.overlaps(other):
+                    # two connected routes for one range: the pod's stack would
+                    # send one plane's traffic out of the other's interface
+                    raise ConfigError(
+                        f"networks.{plane}: network {name} ({subnet}) overlaps network {oname} "
+                        f"({other}) of plane {oplane}: a pod cannot be on both"
+                    )
+        for subnet in subnets:
+            used_net[subnet] = (plane, name)
 
         kind, opts, given = VETH, {}, ifnames.get(plane)
         if isinstance(given, dict):
@@ -249,6 +252,13 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
             ip = _check_pod_ip(ip, plane, net)
         for i, a in enumerate(allowed.get(plane, ())):
             _check_floating(a, f"allowed_addresses.{plane}[{i}]", net, config)
+        n6 = sum(1 for a in allowed.get(plane, ()) if ":" in a)
+        if net.subnet6 and n6 > GUARD_MAX_IP6 - 2:
+            # the guard holds the link-local and the pod's own IPv6 address too
+            raise ConfigError(
+                f"allowed_addresses.{plane}: {n6} IPv6 addresses; at most {GUARD_MAX_IP6 - 2} "
+                f"on dual-stack network {name} (the pod's own IPv6 address takes a place)"
+            )
         mac = macs.get(plane)
         if mac is not None:
             mac = check_pod_mac(mac, f"macs.{plane}")
@@ -376,6 +386,8 @@ def _check_floating(addr: str, path: str, net, config: NodeConfig):
     VTEP (whose neighbours would be taught the pod's MAC for it)."""
     a = ipaddress.ip_address(addr)
     if not isinstance(a, ipaddress.IPv4Address):
+        if net.gateway6 and a == ipaddress.IPv6Address(net.gateway6):
+            raise ConfigError(f"{path}: {a} is the IPv6 gateway of network {net.name}")
         return
     subnet = ipaddress.IPv4Network(net.subnet)
     if a in (subnet.network_address, subnet.broadcast_address):

@@ -319,6 +319,8 @@ def _networks(config, flood) -> list:
                 "plane": n.plane,
                 "subnet": n.subnet,
                 "gateway": n.gateway,
+                "subnet6": n.subnet6,
+                "gateway6": n.gateway6,
                 "mtu": n.mtu,
                 "flood": vteps,
             }

@@ -150,11 +150,14 @@ def take(
     mtu: int,
     default_route: bool,
     opts: dict,
+    ip6_cidr: Optional[str] = None,
+    gateway6: Optional[str] = None,
 ) -> dict:
-    """Hand ``device`` to pod ``pod`` as ``ifname``; what the pod's
-    application needs (pci, device). On failure the device is given back."""
+    """Hand ``device`` to pod ``pod`` as ``ifname`` (with ``ip6_cidr`` and
+    ``gateway6`` on a dual-stack network); what the pod's application needs
+    (pci, device). On failure the device is given back."""
     from .podlife import netns_identity
-    from .podnet import _ipr, _open_netns
+    from .podnet import _IFA_F_NODAD, _ipr, _open_netns
 
     key = meta_key(store, device)
     held = store.get_meta(key)
@@ -210,6 +213,11 @@ def take(
             pipr.addr("add", index=pidx, address=ip, prefixlen=int(plen))
             if default_route and gateway:
                 pipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=pidx)
+            if ip6_cidr:
+                ip6, _, plen6 = ip6_cidr.partition("/")
+                pipr.addr("add", index=pidx, address=ip6, prefixlen=int(plen6), flags=_IFA_F_NODAD)
+                if default_route and gateway6:
+                    pipr.route("add", dst="::/0", gateway=gateway6, oif=pidx)
         if pf:
             _set_at_pf(pf, index, mac, opts.get("vlan", 0), opts.get("spoofchk"), opts.get("trust"))
     except BaseException:

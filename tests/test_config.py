@@ -219,6 +219,50 @@ def test_network_errors():
     bad(cfg(networks={"net1": {}}), r"^networks: must be a list")
 
 
+def test_dual_stack_network():
+    """subnet6: a pod's IPv6 address is its IPv4 host part there; the
+    gateway6 may not be a pod's."""
+
+    def net(**kw):
+        d = cfg()
+        d["networks"][0].update(kw)  # 192.168.10.0/24, gateway 192.168.10.1
+        return d
+
+    n = parse_config(net(subnet6="FD00:10:0::/64", gateway6="fd00:10::1")).networks[0]
+    assert (n.subnet6, n.gateway6, n.prefixlen6) == ("fd00:10::/64", "fd00:10::1", 64)
+    assert n.ip6_of("192.168.10.7") == "fd00:10::7" and n.ip6_of("192.168.10.254") == "fd00:10::fe"
+    # a gateway6 past the pods' addresses; none at all; the smallest subnet6
+    assert parse_config(net(subnet6="fd00:10::/64", gateway6="fd00:10::ff")).networks[0].gateway6
+    n = parse_config(net(subnet6="fd00:10::/120")).networks[0]
+    assert n.gateway6 is None and n.ip6_of("192.168.10.9") == "fd00:10::9"
+    assert parse_config(cfg()).networks[0].ip6_of("192.168.10.7") is None
+    bad(
+        net(subnet6="fd00:10::/121"),
+        r"^networks\[0\]\.subnet6: fd00:10::/121 is too small for subnet 192\.168\.10\.0/24: .* "
+        r"\(a prefix of /120 or shorter",
+    )
+    bad(net(subnet6="fd00:10::1/64"), r"^networks\[0\]\.subnet6: .*host bits")
+    bad(
+        net(subnet6="10.0.0.0/8"), r"^networks\[0\]\.subnet6: '10\.0\.0\.0/8' is not an IPv6 subnet"
+    )
+    bad(net(subnet6="fe80::/64"), r"^networks\[0\]\.subnet6: fe80::/64 is link-local")
+    bad(net(subnet6="ff05::/64"), r"^networks\[0\]\.subnet6: ff05::/64 is multicast")
+    bad(net(subnet6="::/0"), r"^networks\[0\]\.subnet6: ::/0 is all of IPv6")
+    bad(net(gateway6="fd00:10::1"), r"^networks\[0\]\.gateway6: needs subnet6")
+    bad(
+        net(subnet6="fd00:10::/64", gateway6="fd00:11::1"),
+        r"^networks\[0\]\.gateway6: fd00:11::1 is not in subnet6 fd00:10::/64",
+    )
+    bad(
+        net(subnet6="fd00:10::/64", gateway6="fd00:10::5"),
+        r"^networks\[0\]\.gateway6: fd00:10::5 is the IPv6 address of the pod with "
+        r"192\.168\.10\.5: use fd00:10::1, the counterpart of gateway 192\.168\.10\.1, or an "
+        r"address from fd00:10::ff on",
+    )
+    bad(net(subnet6="fd00:10::/64", gateway6="fd00:10::"), r"subnet-router anycast")
+    bad(net(subnet6="fd00:10::/64", gateway6="fd00:10::1/64"), r"is not an IPv6 address")
+
+
 def test_vtep_errors():
     def vtep(**kw):
         return cfg(vtep=dict({"address": "10.0.0.1/24", "uplink": "eth1"}, **kw))

@@ -294,6 +294,37 @@ def test_floating_addresses_outside_the_subnet_and_ipv6_are_taken():
     assert ps.planes[0].allowed == ("192.168.10.50", "172.16.0.9", "fd00::9")
 
 
+def test_dual_stack_planes():
+    """A pod's planes may not overlap in IPv6 either; on a dual-stack
+    network the pod's own IPv6 address takes one of the guard's places, and
+    its IPv6 gateway is nobody's floating address."""
+    nets = [dict(n) for n in BASE["networks"]]
+    nets[0] |= {"subnet6": "fd00:10::/64", "gateway6": "fd00:10::1"}  # net1, std
+    nets[1] |= {"subnet6": "fd00:10::/64"}  # net2, control: the same IPv6 range
+    cfg = parse_config(dict(BASE, networks=nets))
+    bad(
+        spec(),
+        r"^networks\.control: network net2 \(fd00:10::/64\) overlaps network net1 "
+        r"\(fd00:10::/64\) of plane std: a pod cannot be on both$",
+        config=cfg,
+    )
+    nets[1]["subnet6"] = "fd00:11::/64"
+    cfg = parse_config(dict(BASE, networks=nets))
+    assert [p.network for p in parse_pod_spec(spec(), cfg).planes] == ["net1", "net2", "net3"]
+    many = [f"fd00:99::{i:x}" for i in range(1, 16)]  # 15: as many as a plane may list
+    assert parse_pod_spec(spec(allowed_addresses={"media": many}), cfg)  # IPv4 only
+    bad(
+        spec(allowed_addresses={"std": many}),
+        r"^allowed_addresses\.std: 15 IPv6 addresses; at most 14 on dual-stack network net1",
+        config=cfg,
+    )
+    bad(
+        spec(allowed_addresses={"std": ["fd00:10::1"]}),
+        r"^allowed_addresses\.std\[0\]: fd00:10::1 is the IPv6 gateway of network net1",
+        config=cfg,
+    )
+
+
 def test_dhcp_server_planes():
     ps = parse_pod_spec(spec(dhcp_server=["control"]), CONFIG)
     assert [p.plane for p in ps.planes if p.dhcp_server] == ["control"]

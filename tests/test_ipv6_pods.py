@@ -1,0 +1,188 @@
+"""Dual-stack pods: a network with ``subnet6`` gives every pod on it the
+IPv6 counterpart of its IPv4 address (192.168.50.11 -> fd00:50::b), usable
+at once, with the std plane's IPv6 default route; the pod's guard lets that
+address out and no other; the service puts the address and route back when
+they go; the CNI plugin's result carries them. Real node services, pods in
+network namespaces, TCP checked by SHA-256 at the far end (the fabric of
+test_kernel_pods)."""
+
+import json
+import time
+
+from tests.cnihost import install_plugin, netconf, run_plugin
+from tests.test_kernel_pods import (
+    SUBNET,
+    fabric,  # noqa: F401 - the fixture
+    ipn,
+    nsx,
+    tcp_transfer,
+)
+from tests.test_service import Node, sh
+
+NET6 = ", subnet6: fd00:50::/64, gateway6: fd00:50::1"
+
+
+def v6(ip4: str) -> str:
+    """The pod's IPv6 address on fd00:50::/64 for its IPv4 one in /24."""
+    return f"fd00:50::{int(ip4.rsplit('.', 1)[1]):x}"
+
+
+def addrs6(ns, dev="eth0"):
+    """The global IPv6 addresses of ``dev`` in ``ns``: {address/len: flags}."""
+    out = json.loads(ipn(ns, f"-j -6 addr show dev {dev} scope global").stdout or "[]")
+    return {
+        f"{a['local']}/{a['prefixlen']}": {k for k in ("tentative", "nodad") if a.get(k)}
+        for i in out
+        for a in i.get("addr_info", ())
+        if "local" in a
+    }
+
+
+def default6(ns):
+    return ipn(ns, "-6 route show default").stdout.strip()
+
+
+def reach6(ns, ip, what, deadline=10):
+    r = nsx(ns, "ping", "-6", "-n", "-c", "1", "-i", "0.2", "-w", str(deadline), ip, timeout=60)
+    assert r.returncode == 0, f"{what}: no ping reply from {ip} in {deadline} s:\n{r.stdout}"
+
+
+def drops(node, reason):
+    return node.status()["drops"].get(reason, 0)
+
+
+def test_dual_stack_pods_on_one_node(fabric):  # noqa: F811
+    fab = fabric()
+    node = fab.node(1, [], net=NET6)
+    a, b = fab.pod(1, "a", SUBNET + "11"), fab.pod(1, "b", SUBNET + "12")
+    (pa,), (pb,) = a["planes"], b["planes"]
+    assert (pa["ip6"], pb["ip6"]) == ("fd00:50::b", "fd00:50::c"), (pa, pb)
+    # the address is usable at once (no duplicate address detection), and
+    # the std plane has its IPv6 default route
+    assert addrs6(a["ns"]) == {"fd00:50::b/64": {"nodad"}}
+    assert default6(a["ns"]).startswith("default via fd00:50::1 dev eth0"), default6(a["ns"])
+    reach6(a["ns"], pb["ip6"], "pod a -> pod b over IPv6")
+    tcp_transfer(fab, "pod a -> pod b over IPv6", b["ns"], pb["ip6"], a["ns"])
+    tcp_transfer(fab, "pod b -> pod a over IPv6", a["ns"], pa["ip6"], b["ns"])
+    # IPv4 is there as before
+    assert nsx(a["ns"], "ping", "-c", "1", "-w", "5", b["ip"]).returncode == 0
+
+    # the guard: another source address is the pod's no more than before
+    before = drops(node, "spoof_ipv6")
+    ipn(a["ns"], "addr add fd00:50::99/64 dev eth0 nodad")
+    r = nsx(
+        a["ns"],
+        "ping",
+        "-6",
+        "-n",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-w",
+        "3",
+        "-I",
+        "fd00:50::99",
+        pb["ip6"],
+    )
+    assert r.returncode != 0, r.stdout
+    assert drops(node, "spoof_ipv6") >= before + 3, fab.drops_said()
+    ipn(a["ns"], "addr del fd00:50::99/64 dev eth0")
+    reach6(a["ns"], pb["ip6"], "pod a -> pod b from its own address again")
+
+    # what the operator sees
+    pods = node.cli("pod", "list").stdout
+    assert "ip6=fd00:50::b" in pods and "ip6=fd00:50::c" in pods, pods
+    nets = node.cli("net", "list").stdout
+    assert "subnet6 fd00:50::/64 gateway6 fd00:50::1" in nets, nets
+
+
+def test_dual_stack_pods_on_two_nodes(fabric):  # noqa: F811
+    fab = fabric()
+    fab.node(1, ["10.99.0.2"], net=NET6)
+    fab.node(2, ["10.99.0.1"], net=NET6)
+    a, b = fab.pod(1, "a", SUBNET + "21"), fab.pod(2, "b", SUBNET + "22")
+    reach6(a["ns"], v6(b["ip"]), "node1 pod a -> node2 pod b over IPv6")
+    tcp_transfer(fab, "node1 -> node2 over IPv6", b["ns"], v6(b["ip"]), a["ns"])
+    tcp_transfer(fab, "node2 -> node1 over IPv6", a["ns"], v6(a["ip"]), b["ns"])
+
+
+def _restored(node, count):
+    """The service's "pod plane interface restored" events, once there are
+    ``count`` (its housekeeping looks every 5 s)."""
+    for _ in range(400):
+        evs = [
+            e
+            for ln in node.log().splitlines()
+            if ln.startswith("{")
+            for e in [json.loads(ln)]
+            if e.get("msg") == "housekeeping: pod plane interface restored"
+        ]
+        if len(evs) >= count:
+            return evs
+        time.sleep(0.05)
+    raise AssertionError(f"{count} restores expected, log:\n{node.log()[-3000:]}")
+
+
+def test_a_pod_keeps_or_gets_back_its_ipv6_address_and_route(fabric):  # noqa: F811
+    fab = fabric()
+    node = fab.node(1, [], net=NET6)
+    a, b = fab.pod(1, "a", SUBNET + "31"), fab.pod(1, "b", SUBNET + "32")
+    # down and up again: the address stays (as the IPv4 one does), the
+    # default route goes with the link and the service puts it back
+    ipn(a["ns"], "link set eth0 down")
+    ipn(a["ns"], "link set eth0 up")
+    assert "fd00:50::1f/64" in addrs6(a["ns"])
+    (ev,) = _restored(node, 1)
+    assert ev["restored"] == ["default route via 192.168.50.1", "IPv6 default route via fd00:50::1"]
+    # flushed by hand: the address comes back, and with it the route
+    ipn(a["ns"], "-6 addr flush dev eth0 scope global")
+    assert addrs6(a["ns"]) == {}
+    ev = _restored(node, 2)[1]
+    assert ev["restored"][0] == "address fd00:50::1f/64", ev
+    assert addrs6(a["ns"]) == {"fd00:50::1f/64": {"nodad"}}
+    assert default6(a["ns"]).startswith("default via fd00:50::1 dev eth0")
+    reach6(a["ns"], v6(b["ip"]), "pod a -> pod b after the restore")
+
+
+NETWORKS6 = """  - {name: net1, vni: 101, plane: std, subnet: 192.168.60.0/24, gateway: 192.168.60.1,
+     subnet6: "fd00:60::/64", gateway6: "fd00:60::1"}
+  - {name: net2, vni: 102, plane: control, subnet: 192.168.61.0/24, subnet6: "fd00:61::/64"}"""
+
+
+def test_cni_result_and_check_of_a_dual_stack_attachment(tmp_path):
+    node = Node(tmp_path, "v6", networks=NETWORKS6)
+    try:
+        node.start()
+        plugin = install_plugin(str(tmp_path / "bin"))
+        ns = "dpcv6a"
+        sh("ip", "netns", "add", ns)
+        node.netns.append(ns)
+        conf = netconf(node.sock, version="1.1.0", ip="192.168.60.20")
+        code, res, err = run_plugin(plugin, "ADD", conf, "c1", f"/var/run/netns/{ns}", "eth0")
+        node.host_links |= {i["name"] for i in res.get("interfaces", ()) if "sandbox" not in i}
+        assert code == 0, (res, err)
+        assert res["ips"] == [
+            {"address": "192.168.60.20/24", "gateway": "192.168.60.1", "interface": 1},
+            {"address": "fd00:60::14/64", "gateway": "fd00:60::1", "interface": 1},
+        ], res
+        assert res["routes"] == [
+            {"dst": "0.0.0.0/0", "gw": "192.168.60.1"},
+            {"dst": "::/0", "gw": "fd00:60::1"},
+        ], res
+        assert addrs6(ns) == {"fd00:60::14/64": {"nodad"}}
+        # a 0.4.0 runtime reads the address's version
+        conf4 = netconf(node.sock, network="net2", name="ctl", version="0.4.0")
+        code, res4, err = run_plugin(plugin, "ADD", conf4, "c1", f"/var/run/netns/{ns}", "net1")
+        node.host_links |= {i["name"] for i in res4.get("interfaces", ()) if "sandbox" not in i}
+        assert code == 0, (res4, err)
+        assert [ip["version"] for ip in res4["ips"]] == ["4", "6"], res4
+        assert "routes" not in res4  # no default route off the std plane
+        # CHECK: the IPv6 address and route are checked like the IPv4 ones
+        check = {**conf, "prevResult": res}
+        assert run_plugin(plugin, "CHECK", check, "c1", f"/var/run/netns/{ns}", "eth0")[0] == 0
+        ipn(ns, "-6 route del default")
+        code, out, _ = run_plugin(plugin, "CHECK", check, "c1", f"/var/run/netns/{ns}", "eth0")
+        assert code != 0 and "no default route via fd00:60::1" in out["msg"], out
+    finally:
+        node.cleanup()
