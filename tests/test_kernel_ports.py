@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -337,16 +338,30 @@ def median(v):
     return v[len(v) // 2]
 
 
+# Frames go to a file, not a pipe: four jumbo frames' hex overfill a pipe
+# the test does not read until the end, and on a busy machine the sniffer was
+# stopped inside a blocked write - the test read the last frame 2 KB short.
+# SIGTERM ends it once the frames queued by then are written.
 SNIFF = r"""
-import socket, sys
+import signal, socket, sys
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR: see what the stack sees
 s.bind((sys.argv[1], 0))
+s.settimeout(0.05)
+out = open(sys.argv[2], "w")
 print("ready", flush=True)
 while True:
-    d, addr = s.recvfrom(1 << 17)
+    try:
+        d, addr = s.recvfrom(1 << 17)
+    except socket.timeout:
+        if stop:
+            break
+        continue
     if addr[2] != 4:  # not our own tx (PACKET_OUTGOING)
-        print(d.hex(), flush=True)
+        out.write(d.hex() + "\n")
+out.close()
 """
 
 
@@ -360,8 +375,10 @@ class Sniffer:
         self.frames = []
 
     def __enter__(self):
+        fd, self.path = tempfile.mkstemp(prefix="dpsniff-", suffix=".hex")
+        os.close(fd)
         self.p = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-c", SNIFF, self.ifname],
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", SNIFF, self.ifname, self.path],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -371,8 +388,10 @@ class Sniffer:
     def __exit__(self, *exc):
         time.sleep(0.3)
         self.p.terminate()
-        out, _ = self.p.communicate(timeout=10)
-        self.frames = [bytes.fromhex(x) for x in out.split()]
+        self.p.communicate(timeout=10)
+        with open(self.path) as f:
+            self.frames = [bytes.fromhex(x) for x in f.read().split()]
+        os.unlink(self.path)
 
 
 def _fold(s):
