@@ -267,7 +267,9 @@ class NodeService:
             for w in warnings:
                 log.warning(w)
             for n in cfg.networks:
-                self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
+                self.store.put_network(
+                    n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu, subnet6=n.subnet6
+                )
             # the config's advice as the machine is before the core starts:
             # DPDK's EAL narrows this thread to the main lcore's CPU and takes
             # hugepages, so afterwards lcores and memory_mb would seem not to fit
@@ -1017,7 +1019,9 @@ class NodeService:
                         self.store.set_claim_networks({*names, *self.net_index})
                     for n in added:
                         fresh = self.store.network(n.name) is None
-                        self.store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu)
+                        self.store.put_network(
+                            n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu, subnet6=n.subnet6
+                        )
                         if fresh:
                             recorded.append(n.name)
                     guards = {  # the pod ports whose guards change, read from the store

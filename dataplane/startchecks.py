@@ -110,7 +110,16 @@ def store_findings(cfg: NodeConfig, store, claim: bool = False) -> Tuple[List[st
     errors += networks_in_use(cfg, store)
     for n in cfg.networks:
         try:
-            store.put_network(n.name, n.vni, n.plane, n.subnet, n.gateway, n.mtu, check_only=True)
+            store.put_network(
+                n.name,
+                n.vni,
+                n.plane,
+                n.subnet,
+                n.gateway,
+                n.mtu,
+                check_only=True,
+                subnet6=n.subnet6,
+            )
         except ConnectionError:  # EtcdUnavailable: the caller says so
             raise
         except DataplaneError as e:

@@ -638,3 +638,59 @@ def test_a_store_that_does_not_answer_is_try_again_later(tmp_path):
         if n is not None:
             n.cleanup()
         etcd.close()
+
+
+def _addrs6(ns, dev="eth0"):
+    """The global IPv6 addresses of ``dev`` in ``ns``: {address/len: flags}."""
+    out = json.loads(
+        sh("ip", "-n", ns, "-j", "-6", "addr", "show", "dev", dev, "scope", "global").stdout
+    )
+    return {
+        f"{a['local']}/{a['prefixlen']}": {k for k in ("tentative", "nodad") if a.get(k)}
+        for i in out
+        for a in i.get("addr_info", ())
+        if "local" in a
+    }
+
+
+NETWORKS_DUAL = """  - {name: net1, vni: 101, plane: std, subnet: 192.168.60.0/24, gateway: 192.168.60.1,
+     subnet6: "fd00:60::/64", gateway6: "fd00:60::1"}
+  - {name: net2, vni: 102, plane: control, subnet: 192.168.61.0/24, subnet6: "fd00:61::/64"}"""
+
+
+def test_cni_result_and_check_of_a_dual_stack_attachment(tmp_path):
+    node = Node(tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS_DUAL)
+    try:
+        node.start()
+        plugin = install_plugin(str(tmp_path / "bin"))
+        ns = f"dpc6{uuid.uuid4().hex[:6]}"
+        sh("ip", "netns", "add", ns)
+        node.netns.append(ns)
+        conf = netconf(node.sock, version="1.1.0", ip="192.168.60.20")
+        code, res, err = run_plugin(plugin, "ADD", conf, "c1", f"/var/run/netns/{ns}", "eth0")
+        node.host_links |= {i["name"] for i in res.get("interfaces", ()) if "sandbox" not in i}
+        assert code == 0, (res, err)
+        assert res["ips"] == [
+            {"address": "192.168.60.20/24", "gateway": "192.168.60.1", "interface": 1},
+            {"address": "fd00:60::14/64", "gateway": "fd00:60::1", "interface": 1},
+        ], res
+        assert res["routes"] == [
+            {"dst": "0.0.0.0/0", "gw": "192.168.60.1"},
+            {"dst": "::/0", "gw": "fd00:60::1"},
+        ], res
+        assert _addrs6(ns) == {"fd00:60::14/64": {"nodad"}}
+        # a 0.4.0 runtime reads the address's version
+        conf4 = netconf(node.sock, network="net2", name="ctl", version="0.4.0")
+        code, res4, err = run_plugin(plugin, "ADD", conf4, "c1", f"/var/run/netns/{ns}", "net1")
+        node.host_links |= {i["name"] for i in res4.get("interfaces", ()) if "sandbox" not in i}
+        assert code == 0, (res4, err)
+        assert [ip["version"] for ip in res4["ips"]] == ["4", "6"], res4
+        assert "routes" not in res4  # no default route off the std plane
+        # CHECK: the IPv6 address and route are checked like the IPv4 ones
+        check = {**conf, "prevResult": res}
+        assert run_plugin(plugin, "CHECK", check, "c1", f"/var/run/netns/{ns}", "eth0")[0] == 0
+        sh("ip", "-n", ns, "-6", "route", "del", "default")
+        code, out, _ = run_plugin(plugin, "CHECK", check, "c1", f"/var/run/netns/{ns}", "eth0")
+        assert code != 0 and "no default route via fd00:60::1" in out["msg"], out
+    finally:
+        node.cleanup()

@@ -2,22 +2,25 @@
 IPv6 counterpart of its IPv4 address (192.168.50.11 -> fd00:50::b), usable
 at once, with the std plane's IPv6 default route; the pod's guard lets that
 address out and no other; the service puts the address and route back when
-they go; the CNI plugin's result carries them. Real node services, pods in
+they go (the CNI plugin's result: tests/test_cni.py). Real node services, pods in
 network namespaces, TCP checked by SHA-256 at the far end (the fabric of
 test_kernel_pods)."""
 
 import json
+import subprocess
+import sys
 import time
 
-from tests.cnihost import install_plugin, netconf, run_plugin
+import pytest
+
 from tests.test_kernel_pods import (
+    ROOT,
     SUBNET,
     fabric,  # noqa: F401 - the fixture
     ipn,
     nsx,
     tcp_transfer,
 )
-from tests.test_service import Node, sh
 
 NET6 = ", subnet6: fd00:50::/64, gateway6: fd00:50::1"
 
@@ -145,44 +148,28 @@ def test_a_pod_keeps_or_gets_back_its_ipv6_address_and_route(fabric):  # noqa: F
     reach6(a["ns"], v6(b["ip"]), "pod a -> pod b after the restore")
 
 
-NETWORKS6 = """  - {name: net1, vni: 101, plane: std, subnet: 192.168.60.0/24, gateway: 192.168.60.1,
-     subnet6: "fd00:60::/64", gateway6: "fd00:60::1"}
-  - {name: net2, vni: 102, plane: control, subnet: 192.168.61.0/24, subnet6: "fd00:61::/64"}"""
-
-
-def test_cni_result_and_check_of_a_dual_stack_attachment(tmp_path):
-    node = Node(tmp_path, "v6", networks=NETWORKS6)
-    try:
+def test_subnet6_does_not_move_under_its_pods(fabric):  # noqa: F811
+    """The network's subnet6 is in the store's record: a config that moves
+    it while a pod holds an address there is refused by ``dataplane check``
+    and at start, naming the pods; the service starts again with it kept."""
+    fab = fabric()
+    node = fab.node(1, [], net=NET6)
+    fab.pod(1, "a", SUBNET + "41")
+    node.stop()
+    good = node.cfg.read_text()
+    node.cfg.write_text(
+        good.replace("fd00:50::/64", "fd00:51::/64").replace("fd00:50::1", "fd00:51::1")
+    )
+    cmd = f"ip netns exec {node.ns} {sys.executable} -m dataplane.cli check -c {node.cfg}"
+    r = subprocess.run(cmd.split(), capture_output=True, text=True, cwd=ROOT)
+    want = (
+        "network net1: subnet6 fd00:50::/64 would become fd00:51::/64 with 1 pod on it "
+        f"({fab.tag}a): their IPv6 addresses would change under them"
+    )
+    assert r.returncode != 0 and want in r.stdout + r.stderr, r.stdout + r.stderr
+    with pytest.raises(AssertionError, match="exited"):
         node.start()
-        plugin = install_plugin(str(tmp_path / "bin"))
-        ns = "dpcv6a"
-        sh("ip", "netns", "add", ns)
-        node.netns.append(ns)
-        conf = netconf(node.sock, version="1.1.0", ip="192.168.60.20")
-        code, res, err = run_plugin(plugin, "ADD", conf, "c1", f"/var/run/netns/{ns}", "eth0")
-        node.host_links |= {i["name"] for i in res.get("interfaces", ()) if "sandbox" not in i}
-        assert code == 0, (res, err)
-        assert res["ips"] == [
-            {"address": "192.168.60.20/24", "gateway": "192.168.60.1", "interface": 1},
-            {"address": "fd00:60::14/64", "gateway": "fd00:60::1", "interface": 1},
-        ], res
-        assert res["routes"] == [
-            {"dst": "0.0.0.0/0", "gw": "192.168.60.1"},
-            {"dst": "::/0", "gw": "fd00:60::1"},
-        ], res
-        assert addrs6(ns) == {"fd00:60::14/64": {"nodad"}}
-        # a 0.4.0 runtime reads the address's version
-        conf4 = netconf(node.sock, network="net2", name="ctl", version="0.4.0")
-        code, res4, err = run_plugin(plugin, "ADD", conf4, "c1", f"/var/run/netns/{ns}", "net1")
-        node.host_links |= {i["name"] for i in res4.get("interfaces", ()) if "sandbox" not in i}
-        assert code == 0, (res4, err)
-        assert [ip["version"] for ip in res4["ips"]] == ["4", "6"], res4
-        assert "routes" not in res4  # no default route off the std plane
-        # CHECK: the IPv6 address and route are checked like the IPv4 ones
-        check = {**conf, "prevResult": res}
-        assert run_plugin(plugin, "CHECK", check, "c1", f"/var/run/netns/{ns}", "eth0")[0] == 0
-        ipn(ns, "-6 route del default")
-        code, out, _ = run_plugin(plugin, "CHECK", check, "c1", f"/var/run/netns/{ns}", "eth0")
-        assert code != 0 and "no default route via fd00:60::1" in out["msg"], out
-    finally:
-        node.cleanup()
+    assert want in node.log()
+    node.cfg.write_text(good)
+    node.start()
+    assert [p["ip6"] for p in node.api("GET", "/v1/pods")[0]["planes"]] == ["fd00:50::29"]

@@ -494,7 +494,7 @@ def test_a_file_without_positions_starts_from_the_lowest_free(path):
     s.close()
 
 
-def test_old_file_gets_the_node_and_netns_id_columns(path):
+def test_old_file_gets_the_node_netns_id_and_subnet6_columns(path):
     os.makedirs(os.path.dirname(path))
     db = sqlite3.connect(path)
     db.executescript("""
@@ -503,10 +503,15 @@ def test_old_file_gets_the_node_and_netns_id_columns(path):
         CREATE TABLE pods (name TEXT PRIMARY KEY, netns TEXT NOT NULL, spec TEXT NOT NULL,
                            state TEXT NOT NULL DEFAULT 'pending', created REAL NOT NULL);
         INSERT INTO pods VALUES ('old', '/x', '{}', 'ready', 1.0);
+        CREATE TABLE networks (name TEXT PRIMARY KEY, vni INTEGER NOT NULL UNIQUE,
+                               plane TEXT NOT NULL, subnet TEXT NOT NULL, gateway TEXT,
+                               mtu INTEGER, updated REAL NOT NULL);
+        INSERT INTO networks VALUES ('n7', 7, 'std', '192.168.7.0/24', NULL, NULL, 1.0);
     """)
     db.close()
     r = SqliteStore(path, read_only=True)  # dataplane check: the file is not changed
     assert (r.pod("old")["node"], r.pod("old")["netns_id"]) == (None, None)
+    r.put_network("n7", 7, "std", "192.168.7.0/24", subnet6="fd00:7::/64", check_only=True)
     r.close()
     s = SqliteStore(path)
     assert s.pod("old") == {
@@ -518,11 +523,39 @@ def test_old_file_gets_the_node_and_netns_id_columns(path):
         "node": None,
         "netns_id": None,
     }
+    assert s.network("n7")["subnet6"] is None  # the column added
+    s.put_network("n7", 7, "std", "192.168.7.0/24", subnet6="fd00:7::/64")
+    assert s.network("n7")["subnet6"] == "fd00:7::/64"
     s.put_pod("new", "/y", {}, node="node1", netns_id="b/4/1")
     assert [p["name"] for p in s.pods(node="node1")] == ["new"]
     assert s.pod("new")["netns_id"] == "b/4/1"
     s.close()
     SqliteStore(path).close()  # opened again: nothing more to add
+
+
+def test_a_dual_stack_networks_subnet6_is_kept_and_not_moved_under_its_pods(store):
+    """subnet6 is in the network's record; a pod's IPv6 address follows from
+    its IPv4 one there, so subnet6 changes (or goes) only while no pod holds
+    an address on the network - adding one to a network is fine."""
+    store.put_network("net1", 100, "std", "192.168.10.0/24")
+    store.allocate_ip("net1", "192.168.10.0/24", None, "p1")
+    store.put_network("net1", 100, "std", "192.168.10.0/24", subnet6="fd00:10::/64")
+    assert store.network("net1")["subnet6"] == "fd00:10::/64"
+    for new in ("fd00:11::/64", None):
+        for check_only in (True, False):
+            with pytest.raises(Busy) as e:
+                store.put_network(
+                    "net1", 100, "std", "192.168.10.0/24", subnet6=new, check_only=check_only
+                )
+            assert str(e.value) == (
+                f"network net1: subnet6 fd00:10::/64 would become {new or 'none'} with 1 pod on "
+                "it (p1): their IPv6 addresses would change under them; keep subnet6, or "
+                "delete the pods first"
+            )
+    assert store.network("net1")["subnet6"] == "fd00:10::/64"
+    store.release_ips("p1")
+    store.put_network("net1", 100, "std", "192.168.10.0/24", subnet6="fd00:11::/64")
+    assert store.network("net1")["subnet6"] == "fd00:11::/64"
 
 
 def test_put_network_check_only_refuses_alike_and_writes_nothing(store):

@@ -143,13 +143,16 @@ class StateStore(abc.ABC):
         gateway: Optional[str] = None,
         mtu: Optional[int] = None,
         check_only: bool = False,
+        subnet6: Optional[str] = None,
     ) -> None:
         """Insert or update network ``name``. A VNI used by another network
         (ConfigError), a new subnet that leaves allocated addresses outside
         (Busy), or a new subnet or gateway that makes an allocated address
         the network's gateway, network or broadcast address (ConfigError,
-        naming the pods), is refused. ``check_only``: the same checks,
-        nothing written (``dataplane check``)."""
+        naming the pods), is refused; so is a changed ``subnet6`` (a
+        dual-stack network's IPv6 subnet, kept in the record) while pods
+        hold addresses on the network (Busy). ``check_only``: the same
+        checks, nothing written (``dataplane check``)."""
 
     @abc.abstractmethod
     def network(self, name: str) -> Optional[Dict[str, Any]]:

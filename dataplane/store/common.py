@@ -84,6 +84,25 @@ def reserved_taken(name, hits) -> ConfigError:
     )
 
 
+def subnet6_change_refused(name, old, subnet6, allocations) -> Optional[Busy]:
+    """The error for a change of network ``name``'s IPv6 subnet from the
+    stored record ``old`` (None if there is none) to ``subnet6`` while pods
+    hold addresses on it (``allocations``: (ip, pod) pairs), or None. A
+    pod's IPv6 address is its IPv4 one's counterpart in subnet6, so a
+    change would move every pod's address under it; adding a subnet6 to a
+    network that had none gives them one and is not refused."""
+    before = (old or {}).get("subnet6")
+    if not before or before == subnet6 or not allocations:
+        return None
+    pods = sorted({pod for _, pod in allocations})
+    return Busy(
+        f"network {name}: subnet6 {before} would become {subnet6 or 'none'} with "
+        f"{len(pods)} pod{'s' * (len(pods) > 1)} on it ({', '.join(pods[:5])}"
+        f"{', ...' if len(pods) > 5 else ''}): their IPv6 addresses would change under "
+        "them; keep subnet6, or delete the pods first"
+    )
+
+
 def ip_request(network, subnet_cidr, gateway, fixed, avoid=()):
     """Check the arguments of ``allocate_ip``: returns (subnet, reserved
     addresses, the fixed address asked for or None). The addresses of

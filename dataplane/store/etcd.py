@@ -72,6 +72,7 @@ from .common import (
     network_in_use,
     reserved_held,
     reserved_taken,
+    subnet6_change_refused,
 )
 from .etcd_alloc import STATIC_NODE_PREFIX
 from .etcd_keys import EtcdLayout, last_part
@@ -423,6 +424,7 @@ class EtcdStore(StateStore):
         gateway: Optional[str] = None,
         mtu: Optional[int] = None,
         check_only: bool = False,
+        subnet6: Optional[str] = None,
     ):
         """Insert or update network ``name``. A VNI used by another network
         (anywhere in the cluster, checked atomically), a new subnet that
@@ -471,6 +473,9 @@ class EtcdStore(StateStore):
             taken, _ = reserved_held(net, gateway, allocs, old)
             if taken:
                 raise reserved_taken(name, taken)
+            refused = subnet6_change_refused(name, old, subnet6, allocs)
+            if refused:
+                raise refused
             if check_only:
                 return
             tx.put(
@@ -483,6 +488,7 @@ class EtcdStore(StateStore):
                     "gateway": gateway,
                     "mtu": mtu,
                     "updated": time.time(),
+                    "subnet6": subnet6,
                 },
             )
             tx.put(self._k("vni", vni), {"name": name})

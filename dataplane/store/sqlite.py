@@ -34,11 +34,13 @@ from .common import (
     no_free_address,
     reserved_held,
     reserved_taken,
+    subnet6_change_refused,
 )
 
 SCHEMA_VERSION = 1
 # columns of pods added after the first files were written: NULL in those
 _LATER_POD_COLUMNS = ("node", "netns_id")
+_LATER_NETWORK_COLUMNS = ("subnet6",)
 _STATES_SQL = ", ".join(f"'{s}'" for s in STATES)
 
 _SCHEMA = f"""
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS networks (
     subnet  TEXT NOT NULL,
     gateway TEXT,
     mtu     INTEGER,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    subnet6 TEXT
 );
 CREATE TABLE IF NOT EXISTS pods (
     name    TEXT PRIMARY KEY,
@@ -147,6 +150,10 @@ class SqliteStore(StateStore):
                 for col in _LATER_POD_COLUMNS:
                     if col not in cols:
                         db.execute(f"ALTER TABLE pods ADD COLUMN {col} TEXT")
+                cols = {r[1] for r in db.execute("PRAGMA table_info(networks)")}
+                for col in _LATER_NETWORK_COLUMNS:
+                    if col not in cols:
+                        db.execute(f"ALTER TABLE networks ADD COLUMN {col} TEXT")
                 row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
                 if row is None:
                     db.execute(
@@ -373,6 +380,7 @@ class SqliteStore(StateStore):
         gateway: Optional[str] = None,
         mtu: Optional[int] = None,
         check_only: bool = False,
+        subnet6: Optional[str] = None,
     ):
         """Insert or update network ``name``. A VNI used by another network, a
         new subnet that leaves allocated addresses outside, or a change that
@@ -398,20 +406,26 @@ class SqliteStore(StateStore):
                     f"network {name}: subnet {net} would leave allocated "
                     f"addresses outside it ({', '.join(sorted(outside)[:5])})"
                 )
-            old = db.execute("SELECT subnet, gateway FROM networks WHERE name=?", (name,))
-            old = old.fetchone()
+            # (a file read only, written before networks had subnet6: none)
+            old = db.execute("SELECT * FROM networks WHERE name=?", (name,)).fetchone()
+            old = dict(old) if old else None
             allocs = db.execute("SELECT ip, pod FROM allocations WHERE network=?", (name,))
-            taken, _ = reserved_held(net, gateway, allocs.fetchall(), dict(old) if old else None)
+            allocs = allocs.fetchall()
+            taken, _ = reserved_held(net, gateway, allocs, old)
             if taken:
                 raise reserved_taken(name, taken)
+            refused = subnet6_change_refused(name, old, subnet6, allocs)
+            if refused:
+                raise refused
             if check_only:
                 return
             db.execute(
-                "INSERT INTO networks (name, vni, plane, subnet, gateway, mtu, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "INSERT INTO networks (name, vni, plane, subnet, gateway, mtu, updated, subnet6) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "vni=excluded.vni, plane=excluded.plane, subnet=excluded.subnet, "
-                "gateway=excluded.gateway, mtu=excluded.mtu, updated=excluded.updated",
-                (name, vni, plane, str(net), gateway, mtu, time.time()),
+                "gateway=excluded.gateway, mtu=excluded.mtu, updated=excluded.updated, "
+                "subnet6=excluded.subnet6",
+                (name, vni, plane, str(net), gateway, mtu, time.time(), subnet6),
             )
 
     def network(self, name: str) -> Optional[Dict[str, Any]]:
