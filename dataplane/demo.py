@@ -13,7 +13,7 @@ What it builds (every name starts with dpdemo, all removed at the end):
                         vxlan100 + bridge  --  "vm" dpdemo-vm 192.168.100.200
 
 It starts the service, attaches the two pods, pings pod to pod on this node
-and pod to the vm behind a standard Linux VXLAN VTEP (its MAC learned from
+(IPv4, and IPv6: net1 is dual-stack) and pod to the vm behind a standard Linux VXLAN VTEP (its MAC learned from
 its frames), prints the status, the FDB and
 a few metrics, then keeps serving (try `dataplane status` and
 `curl 127.0.0.1:9464/metrics` from another shell) until Ctrl-C or
@@ -68,7 +68,8 @@ lcores: {lcores}
 memory_mb: 512
 vtep: {{address: 10.77.0.1/24, uplink: dpdemo-up, learning: true}}
 networks:
-  - {{name: net1, vni: 100, plane: std, subnet: 192.168.100.0/24, gateway: 192.168.100.1}}
+  - {{name: net1, vni: 100, plane: std, subnet: 192.168.100.0/24, gateway: 192.168.100.1,
+     subnet6: "fd00:100::/64", gateway6: "fd00:100::1"}}
   - {{name: net2, vni: 200, plane: control, subnet: 192.168.200.0/24}}
   - {{name: net3, vni: 300, plane: media, subnet: 192.168.30.0/24}}
 remotes:
@@ -301,7 +302,21 @@ def leftovers() -> List[str]:
 
 def ping(ns, ip, label):
     r = subprocess.run(
-        ["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", ip],
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            *(["-6"] if ":" in ip else []),
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            ip,
+        ],
         capture_output=True,
         text=True,
     )
@@ -408,12 +423,16 @@ def _run(args, mode):
             sh("ip", "netns", "add", name)
             info = svc.add_pod(name, f"/var/run/netns/{name}", json.dumps(spec))
             ips[name] = {p["plane"]: p["ip"] for p in info["planes"]}
+            ips[name] |= {p["plane"] + "6": p["ip6"] for p in info["planes"] if p["ip6"]}
             for p in info["planes"]:
                 print(
                     f"demo: pod {name} {p['plane']:8s} {p['ifname']:8s} {p['ip']:16s} "
-                    f"{p['mac']} -> {p['network']}"
+                    f"{p['mac']} -> {p['network']}" + (f" (and {p['ip6']})" if p["ip6"] else "")
                 )
         ok &= ping("dpdemo-a", ips["dpdemo-b"]["std"], "pod a -> pod b (same node, net1)")
+        ok &= ping(
+            "dpdemo-a", ips["dpdemo-b"]["std6"], "pod a -> pod b over IPv6 (net1, dual stack)"
+        )
         ok &= ping(
             "dpdemo-b",
             "192.168.100.200",

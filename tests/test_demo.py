@@ -120,6 +120,8 @@ def test_the_demo_runs_its_topology_and_leaves_nothing_even_after_a_killed_one()
     assert "removing what a demo that did not finish left: " in out, out
     assert f"state directory {stale}" in out, out
     assert "pod a -> pod b (same node, net1): ok" in out, out
+    assert "pod a -> pod b over IPv6 (net1, dual stack): ok" in out, out
+    assert "demo: pod dpdemo-b std      eth0" in out and "(and fd00:100::" in out, out
     assert "pod b -> vm behind the kernel's VXLAN VTEP (VNI 100 over the underlay): ok" in out
     assert "dataplane_network_encap" in out and "demo: cleaned up" in out, out
     assert (_demo_names(), os.path.exists(demo.DEMO_LOCK)) == before
