@@ -6,7 +6,7 @@ built on the same kind of veths, in the same run.
                          [--wire-underlay] [--idle-sleep-us US] [--two-nodes]
                          [--only tcp_vxlan|tcp_vxlan_rev|remote]
                          [--kernel-driver af_xdp] [--no-tunnel-gso] [--cpu-latency-us US]
-                         [--udp-rates KPPS,KPPS,..]
+                         [--udp-rates KPPS,KPPS,..] [--ipv6]
     ->  RESULT name=pods rtt_ratio=<ours pod-pod / bridge avg RTT>
         tcp_local_ratio=<ours pod-pod / bridge TCP>
         tcp_vxlan_ratio=<ours pod->vtep host / kernel vxlan TCP>
@@ -16,6 +16,9 @@ built on the same kind of veths, in the same run.
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
         (with --udp-rates: udp64_paced=<kpps>:<ours/kernel vxlan received>,..)
+        (with --ipv6: every test over IPv6, each pod's address the counterpart
+        of its IPv4 one in fd00:50::/64, the service's network dual-stack;
+        ends ipv6=on)
         (with --idle-sleep-us: idle_sleep_us=.. ours_idle_cpu=<share of a CPU
         the service's worker took over 2 s without traffic, before the runs;
         said on stderr in every run>)
@@ -118,6 +121,7 @@ Runs repeat the four paths ``--runs`` times; figures are medians.
 """
 
 import argparse
+import ipaddress
 import json
 import math
 import os
@@ -171,6 +175,9 @@ VM_IP = "192.168.50.250"
 KA_IP, KB_IP = "192.168.50.11", "192.168.50.12"  # the kernel paths' pods
 NODE_VTEP, HOST_VTEP, NODE2_VTEP = "10.99.0.1", "10.99.0.2", "10.99.0.3"
 POD_C_IP = "192.168.50.30"  # the second node's pod: a fixed address (no shared store)
+# --ipv6: every pod's IPv6 address is its IPv4 host part in SUBNET6, as the
+# service gives it on a dual-stack network (NetworkConfig.ip6_of)
+SUBNET6, GATEWAY6 = "fd00:50::/64", "fd00:50::1"
 NODE2_IDLE_SLEEP_US = 1000  # the second node's worker sleeps when idle (see setup_node2)
 POD_MTU = 1450  # underlay 1500 - VXLAN's 50, as the service sets it
 POD_SPEC = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
@@ -245,6 +252,19 @@ class Lab:
 
     def pod_addr(self, ns, ifname, ip_cidr):
         self.ip(ns, "addr", "add", ip_cidr, "dev", ifname)
+        if self.args.ipv6 and ip_cidr.startswith(SUBNET.rsplit(".", 1)[0] + "."):
+            # a pod of the kernel's paths (or the host behind the kernel
+            # VTEP): IPv6 on for its interface, its address usable at once
+            run_cmd(
+                self.nsexec(ns, "sysctl", "-qw", f"net.ipv6.conf.{ifname}.disable_ipv6=0"),
+                "IPv6 on",
+            )
+            self.ip(ns, "addr", "add", f"{v6(ip_cidr.split('/')[0])}/64", "dev", ifname, "nodad")
+
+    def target(self, ip: str) -> str:
+        """The address a path's tests go to: ``ip``, or with --ipv6 its IPv6
+        counterpart."""
+        return v6(ip) if self.args.ipv6 else ip
 
     # ------------------------------------------------------------- set-up
     def kernel_vtep(self, node, pod, pod_ip, underlay_if, local, remote):
@@ -289,7 +309,7 @@ class Lab:
             self.ip(bn, "link", "set", ifname, "master", "br0")
             self.pod_addr(pod, "eth0", f"{ip}/24")
         self.ip(bn, "link", "set", "br0", "up")
-        self.ips["bridge"] = (ba, bb, KB_IP)
+        self.ips["bridge"] = (ba, bb, self.target(KB_IP))
         # kernel bridge + vxlan: two nodes over an underlay veth
         k1, k2, ka, kb = (self.add_ns(n) for n in ("k1", "k2", "ka", "kb"))
         self.veth(k1, "eth0", k2, "eth0")
@@ -305,7 +325,7 @@ class Lab:
                     self.nsexec(ns, "ethtool", "-K", "eth0", *TNL_SEG_OFF),
                     "underlay tunnel segmentation off",
                 )
-        self.ips["vxlan"] = (ka, kb, KB_IP)
+        self.ips["vxlan"] = (ka, kb, self.target(KB_IP))
         for ns in (bn, k1, k2):
             self.bridge_nf_off(ns)
 
@@ -347,7 +367,9 @@ class Lab:
                 f"{', tunnel_gso: false' if a.no_tunnel_gso else ''}}}\n"
                 "networks:\n"
                 f"  - {{name: net1, vni: {VNI}, plane: std, subnet: {SUBNET}, "
-                f"gateway: {GATEWAY}}}\n"
+                f"gateway: {GATEWAY}"
+                + (f', subnet6: "{SUBNET6}", gateway6: "{GATEWAY6}"' if a.ipv6 else "")
+                + "}\n"
                 "remotes:\n" + rem + f"state_dir: {state}\n"
                 f"api_socket: {sock}\n"
                 "metrics: {listen: null}\n"
@@ -419,8 +441,8 @@ class Lab:
                 f"WARNING: pod ports not in the express lane: {', '.join(left)} (their frames "
                 f"cross the core); the service's log:\n{file_tail(self.service_log)}"
             )
-        self.ips["ours_local"] = (pa, pb, ips[1])
-        self.ips["ours_vtep"] = (pa, vm, VM_IP)
+        self.ips["ours_local"] = (pa, pb, self.target(ips[1]))
+        self.ips["ours_vtep"] = (pa, vm, self.target(VM_IP))
 
     def setup_node2(self, node2: str, pc: str, pa: str):
         """--two-nodes: the second node of ours, with pod c (path
@@ -437,7 +459,7 @@ class Lab:
         )
         self.service2 = start_node_service(node2, cfg2, self.sock2, self.service2_log)
         self.add_pod(self.sock2, "c", pc, POD_C_IP)
-        self.ips["ours_remote"] = (pa, pc, POD_C_IP)
+        self.ips["ours_remote"] = (pa, pc, self.target(POD_C_IP))
 
     def worker_cpu(self, seconds: float = 2.0) -> float:
         """Share of a CPU the service's worker thread took over ``seconds``
@@ -696,6 +718,11 @@ def run(args) -> dict:
         try:
             lab.setup_kernel()
             lab.setup_ours()
+            say(
+                "the tests go to: "
+                + ", ".join(f"{p} {lab.ips[p][2]}" for p in PATHS if p in lab.ips)
+                + (" (IPv6)" if args.ipv6 else "")
+            )
             idle_cpu = lab.worker_cpu()
             say(
                 f"the service's worker took {idle_cpu * 100:.0f} % of a CPU over 2 s without "
@@ -820,9 +847,18 @@ def run(args) -> dict:
         "kernel_driver": args.kernel_driver,
         "express_lane": lab.express_lane,
         "two_nodes": args.two_nodes,
+        "ipv6": args.ipv6,
         "no_tunnel_gso": args.no_tunnel_gso,
         "idle_cpu": idle_cpu,
     }
+
+
+def v6(ip: str) -> str:
+    """The IPv6 counterpart in SUBNET6 of ``ip`` in SUBNET."""
+    return str(
+        ipaddress.IPv6Network(SUBNET6).network_address
+        + (int(ipaddress.IPv4Address(ip)) - int(ipaddress.IPv4Network(SUBNET).network_address))
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -918,6 +954,13 @@ def parser() -> argparse.ArgumentParser:
         help="also 64-byte UDP offered at these fixed rates (thousand datagrams/s, 1..5000), "
         "pod -> host behind the kernel VTEP and kernel bridge + vxlan; RESULT adds "
         "udp64_paced=<kpps>:<ratio>,..",
+    )
+    ap.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="every test over IPv6: the service's network dual-stack (subnet6), the kernel "
+        "paths' pods and the host behind the kernel VTEP with their IPv6 counterparts; "
+        "RESULT ends ipv6=on",
     )
     ap.add_argument(
         "--peer-csum-off",
@@ -1022,6 +1065,8 @@ def _result(res):
     out["express_lane"] = "on" if res.get("express_lane") else "off"
     if res.get("two_nodes"):
         out["two_nodes"] = "on"
+    if res.get("ipv6"):
+        out["ipv6"] = "on"  # every test over IPv6
     if res.get("idle_sleep_us"):
         out["idle_sleep_us"] = str(res["idle_sleep_us"])
         out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic

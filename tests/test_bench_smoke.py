@@ -349,6 +349,20 @@ def test_pods_only_tcp_vxlan():
     assert re.search(r"^\|\s+40 \|\s+[\d.]+ \|\s+[\d.]+ \|$", err, re.M), err
 
 
+def test_pods_over_ipv6():
+    """``--ipv6``: the service's network dual-stack and every path's tests
+    to an IPv6 address; ping, TCP and UDP work on each path, and the RESULT
+    line says ipv6=on."""
+    err, out, fields = pods_run(["--seconds", "1", "--runs", "1", "--pings", "50", "--ipv6"])
+    assert fields.get("ipv6") == "on", out
+    (line,) = [x for x in err.splitlines() if "the tests go to: " in x]
+    assert line.count("fd00:50::") == 4 and line.endswith("(IPv6)"), line
+    assert "ours_local fd00:50::" in line and "bridge fd00:50::c" in line, line
+    for path in ("ours", "ours_vtep", "bridge", "vxlan"):
+        for fig in ("rtt_us", "tcp_gbps", "tcp_back_gbps", "udp64_pps"):
+            assert float(fields[f"{path}_{fig}"]) > 0, (path, fig, out)
+
+
 def test_pods_with_af_xdp_pods():
     """``--kernel-driver af_xdp``: the service reads the pods' veths with
     DPDK's net_af_xdp; TCP from a pod reaches the host behind the kernel
