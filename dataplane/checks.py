@@ -441,24 +441,26 @@ def parse_ipv4_interface(value, path: str, need_prefix: bool = True) -> ipaddres
         raise fail(path, problem) from None
 
 
+def _parse_subnet(value, path: str, kind, form: str):
+    """A subnet of ``kind`` (IPv4Network, IPv6Network) written ``form``,
+    without host bits set."""
+    what = "IPv4" if kind is ipaddress.IPv4Network else "IPv6"
+    if not isinstance(value, str) or "/" not in value:
+        raise fail(path, f"{show(value)} is not an {what} subnet ({form})")
+    try:
+        return kind(value)
+    except ValueError as e:
+        raise fail(path, f"{value!r} is not an {what} subnet ({e})") from None
+
+
 def parse_ipv4_subnet(value, path: str) -> ipaddress.IPv4Network:
     """A subnet 'a.b.c.0/len' (no host bits set)."""
-    if not isinstance(value, str) or "/" not in value:
-        raise fail(path, f"{show(value)} is not an IPv4 subnet (a.b.c.d/len)")
-    try:
-        return ipaddress.IPv4Network(value)
-    except ValueError as e:
-        raise fail(path, f"{value!r} is not an IPv4 subnet ({e})") from None
+    return _parse_subnet(value, path, ipaddress.IPv4Network, "a.b.c.d/len")
 
 
 def parse_ipv6_subnet(value, path: str) -> ipaddress.IPv6Network:
     """An IPv6 subnet 'x:y::/len' (no host bits set)."""
-    if not isinstance(value, str) or "/" not in value:
-        raise fail(path, f"{show(value)} is not an IPv6 subnet (x:y::/len)")
-    try:
-        return ipaddress.IPv6Network(value)
-    except ValueError as e:
-        raise fail(path, f"{value!r} is not an IPv6 subnet ({e})") from None
+    return _parse_subnet(value, path, ipaddress.IPv6Network, "x:y::/len")
 
 
 def parse_ipv6(value, path: str = "ip6") -> ipaddress.IPv6Address:

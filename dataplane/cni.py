@@ -391,24 +391,22 @@ def _result(conf, a: dict) -> dict:
         if a.get("pci_address"):
             pod_if["pciID"] = a["pci_address"]
     interfaces.append(pod_if)
-    if a.get("ip"):
-        ip = {"address": f"{a['ip']}/{a['prefixlen']}", "interface": len(interfaces) - 1}
-        if a.get("gateway"):
-            ip["gateway"] = a["gateway"]
+    # the IPv4 address, and the IPv6 one on a dual-stack network
+    for v, sfx, default in (("4", "", "0.0.0.0/0"), ("6", "6", "::/0")):
+        if not a.get("ip" + sfx):
+            continue
+        ip = {
+            "address": f"{a['ip' + sfx]}/{a['prefixlen' + sfx]}",
+            "interface": len(interfaces) - 1,
+        }
+        gw = a.get("gateway" + sfx)
+        if gw:
+            ip["gateway"] = gw
+            if a.get("default_route"):
+                routes.append({"dst": default, "gw": gw})
         if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
-            ip["version"] = "4"
+            ip["version"] = v
         ips.append(ip)
-    if a.get("ip6"):  # a dual-stack network
-        ip = {"address": f"{a['ip6']}/{a['prefixlen6']}", "interface": len(interfaces) - 1}
-        if a.get("gateway6"):
-            ip["gateway"] = a["gateway6"]
-        if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
-            ip["version"] = "6"
-        ips.append(ip)
-    if a.get("default_route") and a.get("gateway"):
-        routes.append({"dst": "0.0.0.0/0", "gw": a["gateway"]})
-    if a.get("default_route") and a.get("ip6") and a.get("gateway6"):
-        routes.append({"dst": "::/0", "gw": a["gateway6"]})
     out = {"cniVersion": conf["cniVersion"], "interfaces": interfaces, "ips": ips}
     if routes:
         out["routes"] = routes

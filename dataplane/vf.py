@@ -157,7 +157,7 @@ def take(
     ``gateway6`` on a dual-stack network); what the pod's application needs
     (pci, device). On failure the device is given back."""
     from .podlife import netns_identity
-    from .podnet import _IFA_F_NODAD, _ipr, _open_netns
+    from .podnet import _IFA_F_NODAD, _ip6_on, _ipr, _open_netns
 
     key = meta_key(store, device)
     held = store.get_meta(key)
@@ -203,11 +203,15 @@ def take(
                 ipr.link("set", index=idx, state="down")
                 ipr.link("set", index=idx, ifname=tmp)
                 ipr.link("set", index=idx, net_ns_fd=nsfd)
+            with _ipr(netns) as pipr:
+                pidx = pipr.link_lookup(ifname=tmp)[0]
+                pipr.link("set", index=pidx, ifname=ifname, address=mac, mtu=mtu)
+            if ip6_cidr:  # IPv6 on for it, its address kept while down
+                _ip6_on(nsfd, ifname)
         finally:
             os.close(nsfd)
         with _ipr(netns) as pipr:
-            pidx = pipr.link_lookup(ifname=tmp)[0]
-            pipr.link("set", index=pidx, ifname=ifname, address=mac, mtu=mtu)
+            pidx = pipr.link_lookup(ifname=ifname)[0]
             pipr.link("set", index=pidx, state="up")
             ip, _, plen = ip_cidr.partition("/")
             pipr.addr("add", index=pidx, address=ip, prefixlen=int(plen))

@@ -20,7 +20,7 @@ import pytest
 
 from tests import test_dpdk_pods, test_kernel_pods
 from tests.test_dpdk_pods import node_with_sockets
-from tests.test_kernel_pods import ipn, sh
+from tests.test_kernel_pods import Node, ipn, sh
 
 pytestmark = [
     pytest.mark.netns,
@@ -133,6 +133,33 @@ def test_vf_moved_addressed_and_given_back(fabric, sockdir):
     node.api("DELETE", f"/v1/pods?name={fab.tag}a")
     assert_restored(node, before)
     assert link(ns, "sriov0") is None
+
+
+def test_vf_on_a_dual_stack_network_gets_its_ipv6_address(fabric, sockdir):
+    """On a network with subnet6 the VF gets its IPv6 address too (IPv6
+    switched on for it in a namespace that had it off) and is given back
+    without it."""
+    fab = fabric()
+    node = Node(fab, 1, [], fab.mtu)
+    net3 = test_dpdk_pods.MEDIA_NET.replace("}", ', subnet6: "fd00:53::/64"}')
+    text = node.cfg.read_text().replace("remotes:", net3 + "remotes:")
+    node.cfg.write_text(text + f"pod_socket_dir: {sockdir}\n")
+    fab.nodes[1] = node
+    node.start()
+    before = stand_in(node)
+    ns, body = vf_pod(fab, node, "a")
+    media = [p for p in add(node, body)["planes"] if p["plane"] == "media"][0]
+    host = int(media["ip"].rsplit(".", 1)[1])
+    assert media["ip6"] == f"fd00:53::{host:x}" and media["prefixlen6"] == 64, media
+    inpod = link(ns, "sriov0")
+    assert [
+        (a["local"], a["prefixlen"]) for a in inpod["addr_info"] if a.get("scope") == "global"
+    ] == [
+        (media["ip"], 24),
+        (media["ip6"], 64),
+    ], inpod
+    node.api("DELETE", f"/v1/pods?name={fab.tag}a")
+    assert_restored(node, before)
 
 
 def test_missing_vf_refused(fabric, sockdir):
