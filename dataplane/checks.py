@@ -464,8 +464,8 @@ def parse_ipv6_subnet(value, path: str) -> ipaddress.IPv6Network:
 
 
 def parse_ipv6(value, path: str = "ip6") -> ipaddress.IPv6Address:
-    """A single IPv6 address 'x:y::z'."""
-    if not isinstance(value, str) or "/" in value:
+    """A single IPv6 address 'x:y::z' (no prefix, no zone)."""
+    if not isinstance(value, str) or "/" in value or "%" in value:
         raise fail(path, f"{show(value)} is not an IPv6 address")
     try:
         return ipaddress.IPv6Address(value)

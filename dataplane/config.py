@@ -1150,9 +1150,9 @@ def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
         if gw in (subnet.network_address, subnet.broadcast_address):
             raise fail(f"{p}.gateway", f"{gateway} is the network or broadcast address of {subnet}")
         gateway = str(gw)
-    subnet6, gateway6 = _network6(n, p, subnet, gateway)
     mtu = n.get("mtu")
     mtu = max_mtu if mtu is None else check_int(mtu, f"{p}.mtu", MIN_MTU, max_mtu)
+    subnet6, gateway6 = _network6(n, p, subnet, gateway, mtu)
     pps = check_int(n.get("storm_pps", DEFAULT_STORM_PPS), f"{p}.storm_pps", 0, STORM_PPS_MAX)
     burst = check_int(
         n.get("storm_burst", DEFAULT_STORM_BURST), f"{p}.storm_burst", 1, STORM_BURST_MAX
@@ -1172,10 +1172,15 @@ def _network(n, p, name, vni, planes, max_mtu) -> NetworkConfig:
     )
 
 
-def _network6(n, p, subnet, gateway) -> Tuple[Optional[str], Optional[str]]:
+#: the smallest MTU IPv6 runs on (RFC 8200)
+IPV6_MIN_MTU = 1280
+
+
+def _network6(n, p, subnet, gateway, mtu) -> Tuple[Optional[str], Optional[str]]:
     """A network's ``subnet6`` and ``gateway6``, normalised (None, None
     without). Every IPv4 host of ``subnet`` must have its counterpart in
-    subnet6 (NetworkConfig.ip6_of), and gateway6 must be no pod's."""
+    subnet6 (NetworkConfig.ip6_of), gateway6 must be no pod's, and the
+    network's ``mtu`` one IPv6 runs on."""
     value, gw_value = n.get("subnet6"), n.get("gateway6")
     if value is None:
         if gw_value is not None:
@@ -1183,19 +1188,31 @@ def _network6(n, p, subnet, gateway) -> Tuple[Optional[str], Optional[str]]:
         return None, None
     net6 = parse_ipv6_subnet(value, f"{p}.subnet6")
     host_bits = 32 - subnet.prefixlen
-    if net6.prefixlen == 0 or net6.is_multicast or net6.is_loopback or net6.is_link_local:
-        what = (
-            "all of IPv6"
-            if net6.prefixlen == 0
-            else (
-                "multicast"
-                if net6.is_multicast
-                else "link-local"
-                if net6.is_link_local
-                else "loopback"
+    what = next(
+        (
+            w
+            for w, hit in (
+                ("all of IPv6", net6.prefixlen == 0),
+                ("multicast", net6.is_multicast),
+                ("link-local", net6.is_link_local),
+                ("loopback", net6.is_loopback),
+                (
+                    "reserved (the IPv4-mapped and -compatible addresses are there)",
+                    net6.is_reserved,
+                ),
             )
-        )
+            if hit
+        ),
+        None,
+    )
+    if what:
         raise fail(f"{p}.subnet6", f"{net6} is {what}: pods cannot be addressed in it")
+    if mtu < IPV6_MIN_MTU:
+        raise fail(
+            f"{p}.subnet6",
+            f"the network's mtu {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}: the kernel "
+            "runs no IPv6 on such an interface",
+        )
     if 128 - net6.prefixlen < host_bits:
         raise fail(
             f"{p}.subnet6",

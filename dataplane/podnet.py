@@ -583,19 +583,18 @@ def in_netns(netns_fd: int, fn):
     return out["value"]
 
 
-def _announce_addresses(netns_fd):
+def _announce_addresses(netns_fd, ip6=False):
     """Interfaces made in the pod's namespace from now on send a gratuitous
-    ARP when they come up, so peers that cached an old MAC for a reused or
-    moved address learn the new one at once (best effort)."""
+    ARP when they come up (and with ``ip6``, a dual-stack plane, an
+    unsolicited neighbour advertisement), so peers that cached an old MAC
+    for a reused or moved address learn the new one at once (best effort)."""
 
     def write():
         with open("/proc/sys/net/ipv4/conf/default/arp_notify", "w") as f:
             f.write("1")
-        try:  # and an unsolicited neighbour advertisement (IPv6 on)
+        if ip6:
             with open("/proc/sys/net/ipv6/conf/default/ndisc_notify", "w") as f:
                 f.write("1")
-        except OSError:
-            pass
 
     try:
         in_netns(netns_fd, write)
@@ -708,7 +707,7 @@ def attach_plane(
                         f"{what}: interface {ifname} exists in the pod's "
                         f"namespace {netns_path} already"
                     )
-                _announce_addresses(nsfd)
+                _announce_addresses(nsfd, ip6=iface6 is not None)
                 alias = plane_alias(node, store, pod, plane) if node and store and plane else None
                 return _attach_steps(
                     ipr,
@@ -863,6 +862,25 @@ def _ip6_on(nsfd, ifname):
         in_netns(nsfd, write)
     except OSError:
         pass
+
+
+def _ip6_on_at(netns_path, ifname):
+    """:func:`_ip6_on` for the namespace at ``netns_path`` (a restore: the
+    pod may have switched IPv6 off on its interface since, or the plane got
+    its IPv6 address only now)."""
+    try:
+        nsfd = _open_netns(netns_path)
+    except (OSError, DataplaneError):
+        return
+    try:
+        _ip6_on(nsfd, ifname)
+    finally:
+        os.close(nsfd)
+
+
+def peer_name(pod_ipr, pod_index) -> str:
+    """The name of the pod end ``pod_index`` in the pod's namespace."""
+    return pod_ipr.get_links(pod_index)[0].get("IFLA_IFNAME")
 
 
 def _host_end_up(ipr, host_index, host_ifname):
@@ -1047,6 +1065,7 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
                 done.append(what)
             if "IPv6 address" in lacks:
                 what = f"address {iface6}"
+                _ip6_on_at(netns_path, peer_name(pod_ipr, pod_index))
                 _add_pod_address6(pod_ipr, pod_index, iface6)
                 done.append(what)
             if "host end up" in lacks:

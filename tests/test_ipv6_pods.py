@@ -146,6 +146,14 @@ def test_a_pod_keeps_or_gets_back_its_ipv6_address_and_route(fabric):  # noqa: F
     assert addrs6(a["ns"]) == {"fd00:50::1f/64": {"nodad"}}
     assert default6(a["ns"]).startswith("default via fd00:50::1 dev eth0")
     reach6(a["ns"], v6(b["ip"]), "pod a -> pod b after the restore")
+    # IPv6 switched off on the pod's interface (what a runtime's default
+    # does to a namespace): on again, the address and route back
+    nsx(a["ns"], "sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1", check=True)
+    assert addrs6(a["ns"]) == {}
+    ev = _restored(node, 3)[-1]
+    assert ev["restored"] == ["address fd00:50::1f/64", "IPv6 default route via fd00:50::1"], ev
+    assert addrs6(a["ns"]) == {"fd00:50::1f/64": {"nodad"}}
+    reach6(a["ns"], v6(b["ip"]), "pod a -> pod b after IPv6 was switched on again")
 
 
 def test_subnet6_does_not_move_under_its_pods(fabric):  # noqa: F811

@@ -534,28 +534,41 @@ def test_old_file_gets_the_node_netns_id_and_subnet6_columns(path):
 
 
 def test_a_dual_stack_networks_subnet6_is_kept_and_not_moved_under_its_pods(store):
-    """subnet6 is in the network's record; a pod's IPv6 address follows from
-    its IPv4 one there, so subnet6 changes (or goes) only while no pod holds
-    an address on the network - adding one to a network is fine."""
-    store.put_network("net1", 100, "std", "192.168.10.0/24")
-    store.allocate_ip("net1", "192.168.10.0/24", None, "p1")
-    store.put_network("net1", 100, "std", "192.168.10.0/24", subnet6="fd00:10::/64")
+    """subnet6 is in the network's record; a pod's IPv6 address is its IPv4
+    one's host part there, counted from the IPv4 subnet's first address: so
+    while a pod holds an address on the network, subnet6 is not added,
+    moved or dropped, nor the IPv4 subnet's first address moved."""
+    net4 = "192.168.10.0/24"
+    store.put_network("net1", 100, "std", net4, subnet6="fd00:10::/64")
     assert store.network("net1")["subnet6"] == "fd00:10::/64"
+    store.allocate_ip("net1", net4, None, "p1")
     for new in ("fd00:11::/64", None):
         for check_only in (True, False):
             with pytest.raises(Busy) as e:
-                store.put_network(
-                    "net1", 100, "std", "192.168.10.0/24", subnet6=new, check_only=check_only
-                )
+                store.put_network("net1", 100, "std", net4, subnet6=new, check_only=check_only)
             assert str(e.value) == (
                 f"network net1: subnet6 fd00:10::/64 would become {new or 'none'} with 1 pod on "
                 "it (p1): their IPv6 addresses would change under them; keep subnet6, or "
                 "delete the pods first"
             )
+    with pytest.raises(Busy) as e:  # 192.168.10.2 would be fd00:10::202
+        store.put_network("net1", 100, "std", "192.168.8.0/22", subnet6="fd00:10::/64")
+    assert str(e.value) == (
+        "network net1: subnet 192.168.10.0/24 would become 192.168.8.0/22, whose first address "
+        "the IPv6 addresses in fd00:10::/64 are counted from, with 1 pod on it (p1): their "
+        "IPv6 addresses would change under them; keep the subnet's first address, or delete "
+        "the pods first"
+    )
+    store.put_network("net1", 100, "std", "192.168.10.0/23", subnet6="fd00:10::/64")  # grown
     assert store.network("net1")["subnet6"] == "fd00:10::/64"
     store.release_ips("p1")
-    store.put_network("net1", 100, "std", "192.168.10.0/24", subnet6="fd00:11::/64")
+    store.put_network("net1", 100, "std", net4, subnet6="fd00:11::/64")
     assert store.network("net1")["subnet6"] == "fd00:11::/64"
+    # a network of IPv4 only with pods on it: subnet6 is not added under them
+    store.put_network("net2", 200, "std", "192.168.20.0/24")
+    store.allocate_ip("net2", "192.168.20.0/24", None, "p2")
+    with pytest.raises(Busy, match=r"^network net2: subnet6 none would become fd00:20::/64"):
+        store.put_network("net2", 200, "std", "192.168.20.0/24", subnet6="fd00:20::/64")
 
 
 def test_put_network_check_only_refuses_alike_and_writes_nothing(store):

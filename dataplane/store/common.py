@@ -84,22 +84,34 @@ def reserved_taken(name, hits) -> ConfigError:
     )
 
 
-def subnet6_change_refused(name, old, subnet6, allocations) -> Optional[Busy]:
-    """The error for a change of network ``name``'s IPv6 subnet from the
-    stored record ``old`` (None if there is none) to ``subnet6`` while pods
+def subnet6_change_refused(name, old, subnet, subnet6, allocations) -> Optional[Busy]:
+    """The error for a change of network ``name`` from the stored record
+    ``old`` (None if there is none) to IPv4 ``subnet`` (an IPv4Network) and
+    IPv6 ``subnet6`` that would change its pods' IPv6 addresses while pods
     hold addresses on it (``allocations``: (ip, pod) pairs), or None. A
-    pod's IPv6 address is its IPv4 one's counterpart in subnet6, so a
-    change would move every pod's address under it; adding a subnet6 to a
-    network that had none gives them one and is not refused."""
-    before = (old or {}).get("subnet6")
-    if not before or before == subnet6 or not allocations:
+    pod's IPv6 address is its IPv4 one's host part in subnet6, counted from
+    the IPv4 subnet's first address: subnet6 may not be added, moved or
+    dropped under them, nor the IPv4 subnet's first address moved."""
+    if not allocations or old is None:
+        return None
+    before6 = old.get("subnet6")
+    first = ipaddress.IPv4Network(old["subnet"]).network_address
+    if before6 != subnet6:
+        what = f"subnet6 {before6 or 'none'} would become {subnet6 or 'none'}"
+        keep = "keep subnet6"
+    elif subnet6 and subnet.network_address != first:
+        what = (
+            f"subnet {old['subnet']} would become {subnet}, whose first address the IPv6 "
+            f"addresses in {subnet6} are counted from,"
+        )
+        keep = "keep the subnet's first address"
+    else:
         return None
     pods = sorted({pod for _, pod in allocations})
     return Busy(
-        f"network {name}: subnet6 {before} would become {subnet6 or 'none'} with "
-        f"{len(pods)} pod{'s' * (len(pods) > 1)} on it ({', '.join(pods[:5])}"
-        f"{', ...' if len(pods) > 5 else ''}): their IPv6 addresses would change under "
-        "them; keep subnet6, or delete the pods first"
+        f"network {name}: {what} with {len(pods)} pod{'s' * (len(pods) > 1)} on it "
+        f"({', '.join(pods[:5])}{', ...' if len(pods) > 5 else ''}): their IPv6 addresses "
+        f"would change under them; {keep}, or delete the pods first"
     )
 
 

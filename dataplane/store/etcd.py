@@ -473,7 +473,7 @@ class EtcdStore(StateStore):
             taken, _ = reserved_held(net, gateway, allocs, old)
             if taken:
                 raise reserved_taken(name, taken)
-            refused = subnet6_change_refused(name, old, subnet6, allocs)
+            refused = subnet6_change_refused(name, old, net, subnet6, allocs)
             if refused:
                 raise refused
             if check_only:
