@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 30
+#define DP_ABI_VERSION 31
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -217,7 +217,7 @@ void dp_kport_stats_update(void);
  * encapsulated to a remote VTEP out of a kernel uplink; and VXLAN from a
  * kernel uplink decapsulated into a pod */
 #define DP_EXPRESS_MAX_IP4 8
-#define DP_EXPRESS_MAX_IP6 4
+#define DP_EXPRESS_MAX_IP6 8
 #define DP_EXPRESS_COUNTS 9
 /* load the lane's compiled programs from path, and switch it on */
 int dp_express_open(const char *path);

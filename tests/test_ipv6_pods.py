@@ -181,3 +181,40 @@ def test_subnet6_does_not_move_under_its_pods(fabric):  # noqa: F811
     node.cfg.write_text(good)
     node.start()
     assert [p["ip6"] for p in node.api("GET", "/v1/pods")[0]["planes"]] == ["fd00:50::29"]
+
+
+def _pod_with(fab, node, name, ip, allowed):
+    """Pod ``name`` on node 1 with ``allowed`` IPv6 floating addresses."""
+    ns = fab.netns(f"{fab.tag}p{name}")
+    spec = {
+        "pod_type": "it",
+        "network_plane": ["std"],
+        "networks": {"std": "net1"},
+        "ips": {"std": ip},
+        "allowed_addresses": {"std": allowed},
+    }
+    body = {"name": f"{fab.tag}{name}", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)}
+    info = node.api("POST", "/v1/pods", body)
+    node.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
+    return ns, info
+
+
+def test_a_dual_stack_pod_keeps_the_express_lane_with_six_floating_ipv6_addresses(fabric):  # noqa: F811
+    """The lane holds 8 IPv6 sources a pod port: its link-local, its own
+    address on a dual-stack network and 6 floating ones (VRRP); a pod with
+    7 is left to the core, the log saying why - its guard still takes it."""
+    fab = fabric()
+    node = fab.node(1, [], net=NET6)
+    if not node.status()["express_lane"]:
+        raise AssertionError("the express lane did not load on this kernel")
+    six = [f"fd00:99::{i}" for i in range(1, 7)]
+    _, a = _pod_with(fab, node, "a", SUBNET + "51", six)
+    _, b = _pod_with(fab, node, "b", SUBNET + "52", [*six, "fd00:99::7"])
+    ports = {p["pod"]: p for p in node.status()["ports"] if p["pod"]}
+    assert ports[f"{fab.tag}a"]["express"] is not None, ports
+    assert ports[f"{fab.tag}b"]["express"] is None, ports
+    assert "8 IPv6 addresses (the link-local included), at most 8" not in node.log()
+    assert "9 IPv6 addresses (the link-local included), at most 8" in node.log(), node.log()[-2000:]
+    # the pod left to the core reaches the other over IPv6 all the same
+    ns_b = f"{fab.tag}pb"
+    reach6(ns_b, "fd00:50::33", "pod b (core) -> pod a (lane) over IPv6")

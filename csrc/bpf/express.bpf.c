@@ -81,7 +81,7 @@
 
 #define EX_MAX_PORTS 256
 #define EX_MAX_IP4 8
-#define EX_MAX_IP6 4
+#define EX_MAX_IP6 8
 #define EX_MAX_TUNNELS 1024
 #define EX_MAX_NETS 256
 #define EX_MAX_REMOTE 65536     /* remote MACs mirrored; those past it take the core's path */
