@@ -251,6 +251,16 @@ def test_a_network_other_nodes_use_is_not_redefined_by_one(server, prefix):
         ), e.value
         assert n2.network("net1")["vni"] == 102  # nothing written
         n2.put_network("net1", 102, "std", SUBNET)  # agreeing: fine
+        # dual stack: subnet6 is part of what every node must agree on
+        n1.put_network("net1", 102, "std", SUBNET, subnet6="fd00:1::/64")  # its own pods only
+        with pytest.raises(ConfigError) as e:
+            n2.put_network("net1", 102, "std", SUBNET)
+        assert str(e.value).startswith(
+            f"network net1: the cluster has it as VNI 102, plane std, subnet {SUBNET}, subnet6 "
+            f"fd00:1::/64, used by node1; this node's config says VNI 102, plane std, subnet "
+            f"{SUBNET}, subnet6 none: make every node's networks agree"
+        ), e.value
+        n2.put_network("net1", 102, "std", SUBNET, subnet6="fd00:1::/64")  # agreeing
     finally:
         _wipe(n1)
         n1.close()

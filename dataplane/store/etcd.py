@@ -435,11 +435,12 @@ class EtcdStore(StateStore):
 
         def body(tx):
             old = tx.get(self._k("networks", name))
-            if old is not None and (old["vni"], old["plane"], old["subnet"]) != (
-                vni,
-                plane,
-                str(net),
-            ):
+            if old is not None and (
+                old["vni"],
+                old["plane"],
+                old["subnet"],
+                old.get("subnet6"),
+            ) != (vni, plane, str(net), subnet6):
                 # every node must agree on a network: one whose pods live on
                 # other nodes is not redefined by this node's config alone
                 users = sorted(
@@ -450,12 +451,18 @@ class EtcdStore(StateStore):
                     }
                 )
                 if users:
+                    # (subnet6 said when either side is dual-stack)
+                    dual = old.get("subnet6") or subnet6
+
+                    def six(v):
+                        return f", subnet6 {v or 'none'}" if dual else ""
+
                     raise ConfigError(
                         f"network {name}: the cluster has it as VNI {old['vni']}, plane "
-                        f"{old['plane']}, subnet {old['subnet']}, used by {', '.join(users)}; "
-                        f"this node's config says VNI {vni}, plane {plane}, subnet {net}: make "
-                        "every node's networks agree (a network is redefined when no other "
-                        "node has an endpoint on it)"
+                        f"{old['plane']}, subnet {old['subnet']}{six(old.get('subnet6'))}, used "
+                        f"by {', '.join(users)}; this node's config says VNI {vni}, plane "
+                        f"{plane}, subnet {net}{six(subnet6)}: make every node's networks "
+                        "agree (a network is redefined when no other node has an endpoint on it)"
                     )
             owner = tx.get(self._k("vni", vni))
             if owner is not None and owner["name"] != name:
