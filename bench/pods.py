@@ -252,7 +252,7 @@ class Lab:
 
     def pod_addr(self, ns, ifname, ip_cidr):
         self.ip(ns, "addr", "add", ip_cidr, "dev", ifname)
-        if self.args.ipv6 and ip_cidr.startswith(SUBNET.rsplit(".", 1)[0] + "."):
+        if self.args.ipv6 and ipaddress.ip_interface(ip_cidr).ip in ipaddress.ip_network(SUBNET):
             # a pod of the kernel's paths (or the host behind the kernel
             # VTEP): IPv6 on for its interface, its address usable at once
             run_cmd(
@@ -854,11 +854,11 @@ def run(args) -> dict:
 
 
 def v6(ip: str) -> str:
-    """The IPv6 counterpart in SUBNET6 of ``ip`` in SUBNET."""
-    return str(
-        ipaddress.IPv6Network(SUBNET6).network_address
-        + (int(ipaddress.IPv4Address(ip)) - int(ipaddress.IPv4Network(SUBNET).network_address))
-    )
+    """The IPv6 counterpart of ``ip`` on the service's dual-stack network,
+    by the service's own rule (NetworkConfig.ip6_of)."""
+    from dataplane.config import NetworkConfig
+
+    return NetworkConfig("net1", VNI, "std", SUBNET, subnet6=SUBNET6).ip6_of(ip)
 
 
 def parser() -> argparse.ArgumentParser:

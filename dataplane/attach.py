@@ -267,6 +267,7 @@ class Attachments:
             }
         p = planes[0]
         net = self.config.network(p["network"])
+        ip6 = net.ip6_of(p["ip"])
         out = {
             "name": name,
             **rec,
@@ -278,9 +279,9 @@ class Attachments:
             "ip": p["ip"],
             "prefixlen": net.prefixlen,
             "gateway": net.gateway,
-            "ip6": net.ip6_of(p["ip"]),
+            "ip6": ip6,
             "prefixlen6": net.prefixlen6,
-            "gateway6": net.gateway6,
+            "gateway6": net.gateway6 if ip6 else None,  # a route to it needs the address
             "mtu": net.mtu,
             "default_route": p["plane"] == "std" and rec.get("kind", "veth") in ("veth", "vf"),
             "host_ifname": p.get("host_ifname"),
@@ -441,7 +442,7 @@ def _route_problems(a: dict, netns: str) -> List[str]:
     want = [
         (family, a[gw])
         for family, gw in ((socket.AF_INET, "gateway"), (socket.AF_INET6, "gateway6"))
-        if a["default_route"] and a.get(gw) and (gw == "gateway" or a.get("ip6"))
+        if a["default_route"] and a.get(gw)
     ]
     if not want:
         return []

@@ -393,20 +393,19 @@ def _result(conf, a: dict) -> dict:
     interfaces.append(pod_if)
     # the IPv4 address, and the IPv6 one on a dual-stack network
     for v, sfx, default in (("4", "", "0.0.0.0/0"), ("6", "6", "::/0")):
-        if not a.get("ip" + sfx):
-            continue
-        ip = {
-            "address": f"{a['ip' + sfx]}/{a['prefixlen' + sfx]}",
-            "interface": len(interfaces) - 1,
-        }
         gw = a.get("gateway" + sfx)
-        if gw:
-            ip["gateway"] = gw
-            if a.get("default_route"):
-                routes.append({"dst": default, "gw": gw})
-        if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
-            ip["version"] = v
-        ips.append(ip)
+        if a.get("ip" + sfx):
+            ip = {
+                "address": f"{a['ip' + sfx]}/{a['prefixlen' + sfx]}",
+                "interface": len(interfaces) - 1,
+            }
+            if gw:
+                ip["gateway"] = gw
+            if _version_tuple(conf["cniVersion"]) < (1, 0, 0):
+                ip["version"] = v
+            ips.append(ip)
+        if a.get("default_route") and gw:
+            routes.append({"dst": default, "gw": gw})
     out = {"cniVersion": conf["cniVersion"], "interfaces": interfaces, "ips": ips}
     if routes:
         out["routes"] = routes
@@ -541,7 +540,7 @@ def _check(conf, env):
                 )
     routes = prev.get("routes") or []
     for dst, gw in (("0.0.0.0/0", "gateway"), ("::/0", "gateway6")):
-        if a.get("default_route") and a.get(gw) and (gw == "gateway" or a.get("ip6")):
+        if a.get("default_route") and a.get(gw):
             if not any(r.get("dst") == dst and r.get("gw") == a[gw] for r in routes):
                 problems.append(f"prevResult has no default route via {a[gw]}")
     if problems:

@@ -271,6 +271,12 @@ class NetworkConfig:
         )
         return str(ipaddress.IPv6Network(self.subnet6).network_address + host)
 
+    def ip6_cidr_of(self, ip: Optional[str]) -> Optional[str]:
+        """:meth:`ip6_of` with subnet6's prefix length ("x:y::z/len"), as
+        the pod's interface gets it; None without subnet6 or ``ip``."""
+        ip6 = self.ip6_of(ip)
+        return f"{ip6}/{self.prefixlen6}" if ip6 else None
+
 
 @dataclasses.dataclass(frozen=True)
 class RemoteConfig:

@@ -302,21 +302,7 @@ def leftovers() -> List[str]:
 
 def ping(ns, ip, label):
     r = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            *(["-6"] if ":" in ip else []),
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            ip,
-        ],
+        ["ip", "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", ip],
         capture_output=True,
         text=True,
     )

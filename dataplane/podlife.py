@@ -662,13 +662,12 @@ class PodLife:
         from .podnet import PodEnd
         from .podspec import host_ifname
 
-        ip6 = n.ip6_of(ip)
         return PodEnd(
             host_ifname(name, p.plane),
             f"{ip}/{n.prefixlen}",
             n.gateway,
             p.default_route,
-            f"{ip6}/{n.prefixlen6}" if ip6 else None,
+            n.ip6_cidr_of(ip),
             n.gateway6,
         )
 
@@ -1585,7 +1584,7 @@ class PodLife:
                 n.mtu,
                 p.default_route,
                 p.options,
-                ip6_cidr=f"{n.ip6_of(ip)}/{n.prefixlen6}" if n.subnet6 else None,
+                ip6_cidr=n.ip6_cidr_of(ip),
                 gateway6=n.gateway6,
             )  # given back by take itself if it fails
             made.add(f"vf {dev}", lambda: vfs.give_back(self.store, dev))

@@ -30,6 +30,7 @@ from .checks import (
     check_mac,
     parse_ipv4,
     parse_ipv4_interface,
+    parse_ipv6,
     parse_mac,
     show,
 )
@@ -544,10 +545,7 @@ def _check_attach_args6(ip6_cidr, gateway6, default_route):
     iface6 = _parse_ip6_cidr(ip6_cidr)
     gw6 = None
     if gateway6 and default_route:
-        try:
-            gw6 = ipaddress.IPv6Address(gateway6)
-        except ValueError:
-            raise ConfigError(f"gateway6: {show(gateway6)} is not an IPv6 address") from None
+        gw6 = parse_ipv6(gateway6, "gateway6")
         if gw6 not in iface6.network:
             raise ConfigError(f"gateway6: {gw6} is not in {iface6.network}")
     return iface6, gw6
@@ -1053,6 +1051,15 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
     iface6 = _parse_ip6_cidr(end.ip6_cidr) if end.ip6_cidr else None
     done: List[str] = []
     what = ""
+
+    def put_back_ip6(pod_ipr, pod_index):
+        # IPv6 on for the pod end first: the pod may have switched it off
+        nonlocal what
+        what = f"address {iface6}"
+        _ip6_on_at(netns_path, peer_name(pod_ipr, pod_index))
+        _add_pod_address6(pod_ipr, pod_index, iface6)
+        done.append(what)
+
     try:
         with _ipr() as ipr, _ipr(netns_path) as pod_ipr:
             got = _pod_end_lacks(ipr, pod_ipr, end)
@@ -1064,10 +1071,7 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
                 _add_pod_address(pod_ipr, pod_index, iface)
                 done.append(what)
             if "IPv6 address" in lacks:
-                what = f"address {iface6}"
-                _ip6_on_at(netns_path, peer_name(pod_ipr, pod_index))
-                _add_pod_address6(pod_ipr, pod_index, iface6)
-                done.append(what)
+                put_back_ip6(pod_ipr, pod_index)
             if "host end up" in lacks:
                 what = "host end up"
                 _host_end_up(ipr, host_index, end.host_ifname)
@@ -1081,9 +1085,7 @@ def restore_pod_end(netns_path: str, end: PodEnd) -> List[str]:
             got = _pod_end_lacks(ipr, pod_ipr, end)
             lacks = got[2] if got else []
             if "IPv6 address" in lacks:  # went with the pod end down
-                what = f"address {iface6}"
-                _add_pod_address6(pod_ipr, pod_index, iface6)
-                done.append(what)
+                put_back_ip6(pod_ipr, pod_index)
                 got = _pod_end_lacks(ipr, pod_ipr, end)
                 lacks = got[2] if got else []
             if "subnet route" in lacks:
