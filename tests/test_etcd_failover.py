@@ -413,9 +413,10 @@ class Member(EtcdServer):
         return cmd
 
 
-@pytest.fixture
-def cluster():
-    names = ["m1", "m2", "m3"]
+def _start_cluster(names):
+    """Three members started together on ports picked just before; None
+    (everything it started stopped and removed) when one of them did not
+    come up, e.g. because another process took a port meanwhile."""
     ports = {n: (_free_port(), _free_port()) for n in names}
     peers = {n: f"http://127.0.0.1:{ports[n][1]}" for n in names}
     token = f"dptest-{uuid.uuid4().hex[:8]}"
@@ -437,9 +438,25 @@ def cluster():
         t.start()
     for t in threads:
         t.join()
+    if not errors:
+        return members, None
+    for m in members:
+        m.close()
+    return None, errors[0]
+
+
+@pytest.fixture
+def cluster():
+    # a member starts only on the ports the others were told, so a port
+    # taken between picking and binding means a whole new cluster: fresh
+    # ports, fresh data directories
+    for _attempt in range(3):
+        members, error = _start_cluster(["m1", "m2", "m3"])
+        if members is not None:
+            break
+    else:
+        raise error
     try:
-        if errors:
-            raise errors[0]
         yield members
     finally:
         for m in members:
