@@ -68,7 +68,16 @@
 #include <rte_mempool.h>
 #include <rte_sched.h>
 
+#include "dp_capture.h"
 #include "dp_qos.h"
+
+/* dp_qos.c shows the frames it drops to a running capture: none runs here */
+struct dp_capture *_Atomic dp_cap;
+void
+dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n, int reason)
+{
+    (void)c, (void)pi, (void)pkts, (void)n, (void)reason;
+}
 
 /* ------------------------------------------------------------- set-up */
 #define PL_STD 0
@@ -289,7 +298,7 @@ sched_enqueue(struct sched *s, struct rte_mbuf **m, uint16_t n, uint64_t now)
 {
     if (s->kind == OURS) {
         uint64_t full = s->queue_full;
-        dp_qos_enqueue(s->q, m, n, now, s->ctr, &s->queue_full);
+        dp_qos_enqueue(s->q, 0, m, n, now, s->ctr, &s->queue_full);
         return n - (unsigned)(s->queue_full - full);
     }
     /* what the core would do per frame for rte_sched: stamp, classify */

@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 31
+#define DP_ABI_VERSION 32
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -323,6 +323,10 @@ int dp_ring_collect(int port, uint8_t *buf, size_t buf_len, uint32_t *lens, int 
  * out; a frame finding no free record is dropped from the capture only */
 #define DP_CAP_RX 1
 #define DP_CAP_TX 2
+/* frames the core dropped, each with its reason (enum dp_drop): told of
+ * the port they came in by, or - dropped at a port's transmit (tx_full,
+ * queue_full, kport_tx_oversize) - of the port they were to leave by */
+#define DP_CAP_DROP 4
 #define DP_CAP_SNAPLEN_MIN 64
 #define DP_CAP_SNAPLEN_MAX 65535
 #define DP_CAP_SLOTS_MAX 65536
@@ -334,8 +338,9 @@ struct dp_cap_rec {
     uint32_t orig_len;
     uint32_t caplen;
     uint16_t port;
-    uint8_t dir; /* DP_CAP_RX or DP_CAP_TX */
-    uint8_t pad[5];
+    uint8_t dir;    /* DP_CAP_RX, DP_CAP_TX or DP_CAP_DROP */
+    uint8_t reason; /* DP_CAP_DROP: why (enum dp_drop); else 0 */
+    uint8_t pad[4];
 };
 
 struct dp_cap_stats {

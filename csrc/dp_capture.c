@@ -1,6 +1,7 @@
 /*
- * dp_capture.c - packet capture on any port, in either direction, with a
- * pcap-filter expression: compiled by libpcap to classic BPF, converted to
+ * dp_capture.c - packet capture on any port, in either direction and of
+ * the frames the core drops there (DP_CAP_DROP, each with its reason),
+ * with a pcap-filter expression: compiled by libpcap to classic BPF, converted to
  * DPDK's eBPF (rte_bpf_convert) and run on each frame's mbuf (JIT where the
  * library has one). One capture at a time.
  *
@@ -28,6 +29,8 @@
 #include "dp_internal.h"
 
 struct dp_capture *_Atomic dp_cap;
+
+_Static_assert(DP_DROP_COUNT <= 256, "a drop reason fits dp_cap_rec.reason");
 
 struct dp_capture {
     uint8_t ports[DP_MAX_PORTS / 8]; /* bit set of captured port indexes */
@@ -89,6 +92,7 @@ dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pk
         rec->caplen = len;
         rec->port = pi;
         rec->dir = (uint8_t)dir;
+        rec->reason = 0;
     }
 }
 
@@ -131,6 +135,21 @@ dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **p
     for (uint16_t i = 0; i < n; i += DP_CAP_HOLD) {
         uint16_t k = (uint16_t)RTE_MIN(n - i, DP_CAP_HOLD);
         dp_capture_hold(c, pi, dir, pkts + i, k, tsc, &h);
+        dp_capture_release(&h, k);
+    }
+}
+
+void
+dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n, int reason)
+{
+    struct dp_cap_held h;
+    uint64_t tsc = rte_rdtsc();
+    for (uint16_t i = 0; i < n; i += DP_CAP_HOLD) {
+        uint16_t k = (uint16_t)RTE_MIN(n - i, DP_CAP_HOLD);
+        dp_capture_hold(c, pi, DP_CAP_DROP, pkts + i, k, tsc, &h);
+        for (uint16_t j = 0; j < h.n; j++)
+            if (h.slot[j] != NULL)
+                ((struct dp_cap_rec *)h.slot[j])->reason = (uint8_t)reason;
         dp_capture_release(&h, k);
     }
 }
@@ -188,8 +207,10 @@ dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigne
         return dp_fail(-ENODEV, "dp_setup first");
     if (cap_owned != NULL)
         return dp_fail(-EBUSY, "a capture is already running (one at a time)");
-    if (!(dirs & (DP_CAP_RX | DP_CAP_TX)) || (dirs & ~(DP_CAP_RX | DP_CAP_TX)))
-        return dp_fail(-EINVAL, "capture direction %d: rx (1), tx (2) or both (3)", dirs);
+    if (!(dirs & (DP_CAP_RX | DP_CAP_TX | DP_CAP_DROP)) ||
+        (dirs & ~(DP_CAP_RX | DP_CAP_TX | DP_CAP_DROP)))
+        return dp_fail(-EINVAL, "capture directions %d: rx (1), tx (2), drop (4) or a sum of them",
+                       dirs);
     if (snaplen < DP_CAP_SNAPLEN_MIN || snaplen > DP_CAP_SNAPLEN_MAX)
         return dp_fail(-EINVAL, "capture snaplen %u: %d..%d bytes", snaplen, DP_CAP_SNAPLEN_MIN,
                        DP_CAP_SNAPLEN_MAX);

@@ -51,6 +51,11 @@ void dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf
  * counted); those of the frames after it back to the free records */
 void dp_capture_release(struct dp_cap_held *h, uint16_t taken);
 
+/* frames pkts[0..n) dropped for `reason` (enum dp_drop), told of port pi:
+ * copied, before they are freed, if the capture takes drops of that port */
+void dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n,
+                      int reason);
+
 /* stop a running capture, if any (shutdown) */
 void dp_capture_teardown(void);
 
@@ -61,6 +66,16 @@ dp_capture_tap(uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n, uint64_
     struct dp_capture *c = atomic_load_explicit(&dp_cap, memory_order_acquire);
     if (__builtin_expect(c != NULL, 0))
         dp_capture_burst(c, pi, dir, pkts, n, tsc);
+}
+
+/* in the worker: hand frames about to be dropped to the capture if one
+ * runs (one predictable branch while none does) */
+static inline void
+dp_capture_tap_drop(uint16_t pi, struct rte_mbuf **pkts, uint16_t n, int reason)
+{
+    struct dp_capture *c = atomic_load_explicit(&dp_cap, memory_order_acquire);
+    if (__builtin_expect(c != NULL, 0))
+        dp_capture_drops(c, pi, pkts, n, reason);
 }
 
 /* in the worker, before a tx burst goes to port pi's driver: its frames

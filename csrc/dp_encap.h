@@ -264,6 +264,8 @@ hold_run(struct dp_wctx *w, int all)
     memcpy(cur, w->held, n * sizeof(cur[0]));
     w->n_held = 0; /* what encap_wire holds again, and what waits, go back in order */
     uint64_t now = rte_rdtsc();
+    if (w->vtep->uplink >= 0) /* a drop here: of frames that were to leave by it */
+        w->at_port = (uint16_t)w->vtep->uplink;
     int sent = 0;
     for (uint16_t i = 0; i < n; i++) {
         const struct dp_held *e = &cur[i];

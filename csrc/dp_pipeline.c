@@ -176,6 +176,7 @@ dp_worker_main(void *arg)
                 continue;
             busy++;
             w->rx_tsc = rte_rdtsc();
+            w->at_port = pi;
             /* a table change made before these frames were queued applies
              * to them: the ring's ordering makes the bump visible here (the
              * caches are read only for received frames: their one sync) */

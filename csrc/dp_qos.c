@@ -13,6 +13,7 @@
 #include <rte_mbuf_dyn.h>
 #include <rte_errno.h>
 
+#include "dp_capture.h"
 #include "dp_qos.h"
 
 struct dp_qos_global dp_qg;
@@ -226,8 +227,21 @@ dp_qos_free(struct dp_qos *q)
     return dp_qos_free_counted(q, NULL);
 }
 
+/* frames m[0..n) of port pi that found their queue full: counted against
+ * their plane, shown to a capture of drops, freed */
+static void
+queue_drop(uint16_t pi, uint64_t (*ctr)[DP_QOS_CTR_COUNT], struct rte_mbuf **m, unsigned n)
+{
+    if (n == 0)
+        return;
+    for (unsigned j = 0; j < n; j++)
+        ctr[DP_META(m[j])->plane & (DP_MAX_PLANES - 1)][DP_QOS_DROPPED]++;
+    dp_capture_tap_drop(pi, m, (uint16_t)n, DP_DROP_QUEUE_FULL);
+    rte_pktmbuf_free_bulk(m, n);
+}
+
 void
-dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_tsc,
+dp_qos_enqueue(struct dp_qos *q, uint16_t pi, struct rte_mbuf **m, uint16_t n, uint64_t rx_tsc,
                uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t *queue_full)
 {
     struct rte_mbuf *byp[DP_MAX_PLANES][DP_BURST * 2];
@@ -240,6 +254,7 @@ dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_ts
         if (unlikely(p >= DP_MAX_PLANES)) {
             /* the core's own (ARP): in no plane, ahead of them all */
             if (unlikely(rte_ring_mp_enqueue(q->own, m[i]) != 0)) {
+                dp_capture_tap_drop(pi, &m[i], 1, DP_DROP_QUEUE_FULL);
                 rte_pktmbuf_free(m[i]);
                 (*queue_full)++;
             }
@@ -249,10 +264,7 @@ dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_ts
         unsigned qi = prio ? p : 0; /* FIFO mode: one queue for every plane */
         if (cnt[qi] == DP_BURST * 2) {
             unsigned k = rte_ring_enqueue_burst(q->q[qi], (void **)byp[qi], cnt[qi], NULL);
-            for (unsigned j = k; j < cnt[qi]; j++) {
-                ctr[DP_META(byp[qi][j])->plane & (DP_MAX_PLANES - 1)][DP_QOS_DROPPED]++;
-                rte_pktmbuf_free(byp[qi][j]);
-            }
+            queue_drop(pi, ctr, byp[qi] + k, cnt[qi] - k);
             *queue_full += cnt[qi] - k;
             cnt[qi] = 0;
         }
@@ -262,10 +274,7 @@ dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_ts
         if (!cnt[qi])
             continue;
         unsigned k = rte_ring_enqueue_burst(q->q[qi], (void **)byp[qi], cnt[qi], NULL);
-        for (unsigned j = k; j < cnt[qi]; j++) {
-            ctr[DP_META(byp[qi][j])->plane & (DP_MAX_PLANES - 1)][DP_QOS_DROPPED]++;
-            rte_pktmbuf_free(byp[qi][j]);
-        }
+        queue_drop(pi, ctr, byp[qi] + k, cnt[qi] - k);
         *queue_full += cnt[qi] - k;
     }
 }

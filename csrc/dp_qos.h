@@ -135,9 +135,9 @@ uint64_t dp_bps_to_tsc_rate(uint64_t bps);
 /* the latency buckets' upper bounds, ns (DP_LAT_BOUNDS_NS) */
 extern const uint64_t dp_lat_bounds_ns[DP_LAT_BOUNDS];
 
-/* worker: queue n frames received at rx_tsc (freed and counted when their
- * queue is full) */
-void dp_qos_enqueue(struct dp_qos *q, struct rte_mbuf **m, uint16_t n, uint64_t rx_tsc,
+/* worker: queue n frames received at rx_tsc for port pi (freed and
+ * counted, and shown to a capture of its drops, when their queue is full) */
+void dp_qos_enqueue(struct dp_qos *q, uint16_t pi, struct rte_mbuf **m, uint16_t n, uint64_t rx_tsc,
                     uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t *queue_full);
 /* worker: what the scheduler lets go now, at most max frames. Frames of a
  * plane are counted sent in ctr when it is given; NULL: the caller counts

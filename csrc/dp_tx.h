@@ -32,6 +32,7 @@ tx_done(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **m, uint16_t n, uint16_
     if (unlikely(sent < n)) {
         for (uint16_t i = sent; i < n; i++)
             bytes -= m[i]->pkt_len;
+        dp_capture_tap_drop(pi, m + sent, n - sent, DP_DROP_TX_FULL);
         w->drop[DP_DROP_TX_FULL] += n - sent;
         rte_pktmbuf_free_bulk(m + sent, n - sent);
     }
@@ -46,7 +47,7 @@ tx_done(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **m, uint16_t n, uint16_
  * buffer read on past its end. The others stay in m, in order; *bytes
  * loses the dropped ones'. How many stay. */
 static __rte_noinline uint16_t
-kif_fit(struct dp_wctx *w, const struct dp_port *p, struct rte_mbuf **m, uint16_t n,
+kif_fit(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n,
         uint64_t *bytes)
 {
     const uint32_t max = __atomic_load_n(&p->kif_max_frame, __ATOMIC_RELAXED);
@@ -57,6 +58,7 @@ kif_fit(struct dp_wctx *w, const struct dp_port *p, struct rte_mbuf **m, uint16_
             continue;
         }
         *bytes -= m[i]->pkt_len;
+        dp_capture_tap_drop(pi, &m[i], 1, DP_DROP_KPORT_TX_OVERSIZE);
         w->drop[DP_DROP_KPORT_TX_OVERSIZE]++;
         rte_pktmbuf_free(m[i]);
     }
@@ -238,10 +240,10 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
     }
     if (p->qos) {
         /* a shaped port: into the plane queues; its worker schedules them */
-        dp_qos_enqueue(p->qos, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
+        dp_qos_enqueue(p->qos, pi, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }
-    if (unlikely(p->kif_index != 0) && (n = kif_fit(w, p, b->m, n, &bytes)) == 0)
+    if (unlikely(p->kif_index != 0) && (n = kif_fit(w, p, pi, b->m, n, &bytes)) == 0)
         return;
     lat_record(w, b->m, n, planes);
     (void)port_tx(w, p, pi, b->m, n, bytes);

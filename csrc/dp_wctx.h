@@ -31,6 +31,7 @@ struct dp_wctx {
     uint32_t fc_seen;   /* FDB cache lookups in the current window */
     uint32_t fc_missed; /* ... and misses */
     uint16_t n_held;    /* frames in held[] (dp_encap.h: read per frame encapsulated) */
+    uint16_t at_port;   /* the port a drop() is told of to a capture: the burst's */
     /* it has received from a kernel port: only such frames carry a partial
      * checksum (dp_csum_partial), which an ethdev tx must finish (port_tx) */
     uint8_t kernel_rx;
@@ -83,6 +84,11 @@ struct dp_wctx {
 static inline void
 drop(struct dp_wctx *w, struct rte_mbuf *m, enum dp_drop why)
 {
+    /* a capture of drops has it before it is counted (not a frame cut
+     * short by a fault on a pod's shared memory: its data is not to be
+     * read again) */
+    if (why != DP_DROP_SHM_FAULT)
+        dp_capture_tap_drop(w->at_port, &m, 1, why);
     w->drop[why]++;
     rte_pktmbuf_free(m);
 }

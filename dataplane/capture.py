@@ -1,7 +1,9 @@
 """Packet capture through the control API, the service's side.
 
 ``POST /v1/capture`` starts one (a port by name or index, ``uplink``, a pod
-or ``pod:plane``; a direction; a pcap-filter expression; a snap length),
+or ``pod:plane``; a direction - rx, tx, both, drop (the frames the core
+drops there, each with its reason) or all; a pcap-filter expression; a snap
+length),
 ``GET /v1/capture?id=`` hands out the frames captured since the last call
 with the capture's counters, ``DELETE /v1/capture?id=`` stops it. One
 capture runs at a time. A capture whose client stops asking (killed, lost)
@@ -26,23 +28,23 @@ import time
 from typing import Callable, Dict, List
 
 from .api import Route
-from .checks import CAPTURE_SNAPLEN_RANGE, brief, check_int, check_string, fail
+from .checks import CAPTURE_DIRECTIONS, CAPTURE_SNAPLEN_RANGE, brief, check_int, check_string, fail
 from .errors import AlreadyExists, Busy, ConfigError, NotFound
 from .logs import log
 
 LEASE_S = 15.0
-DIRECTIONS = ("rx", "tx", "both")
 SNAPLEN_DEFAULT = 9216
 SLOTS = 4096
 CANCELLED_KEPT = 256
 
 
 def _frames_json(frames, stats) -> dict:
-    """[ts_ns, port, direction, original length, base64 bytes] per frame."""
+    """[ts_ns, port, direction, original length, base64 bytes, drop reason
+    or None] per frame."""
     return {
         "frames": [
-            [ts, port, d, orig, base64.b64encode(data).decode()]
-            for ts, port, d, orig, data in frames
+            [ts, port, d, orig, base64.b64encode(data).decode(), why]
+            for ts, port, d, orig, data, why in frames
         ],
         "stats": stats,
     }
@@ -261,8 +263,8 @@ def _check_id(value, path):
 
 
 def _check_direction(value, path):
-    if value not in DIRECTIONS:
-        raise fail(path, f"{brief(value)}: one of {', '.join(DIRECTIONS)}")
+    if value not in CAPTURE_DIRECTIONS:
+        raise fail(path, f"{brief(value)}: one of {', '.join(CAPTURE_DIRECTIONS)}")
     return value
 
 

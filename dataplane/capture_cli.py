@@ -64,7 +64,14 @@ def add_parser(sub):
         metavar="SIZE",
         help="with -w: stop before the file passes SIZE bytes, k/M/G for KiB/MiB/GiB (0: no limit)",
     )
-    p.add_argument("--direction", choices=["rx", "tx", "both"], default="both")
+    p.add_argument(
+        "--direction",
+        choices=["rx", "tx", "both", "drop", "all"],  # checks.CAPTURE_DIRECTIONS
+        default="both",
+        help="rx, tx, both (default), drop: the frames the core drops there, each with "
+        "its reason - by the port they came in by, or, dropped at a port's transmit, "
+        "the port they were to leave by - or all",
+    )
     p.add_argument("-s", "--snaplen", type=int, default=9216, help="bytes kept per frame")
     # -c is the frame count here, as for tcpdump: the config is --config only
     p.add_argument("--socket", help="control API socket")
@@ -165,16 +172,16 @@ def _capture(args):
         if out and writer is None:
             return  # the file was not begun (interrupted before, or it failed)
         try:
-            for ts, port, d, orig, b64 in frames:
+            for ts, port, d, orig, b64, why in frames:
                 if (args.count and n >= args.count) or full or failed:
                     return
                 data = base64.b64decode(b64)
                 if out:
-                    if not writer.write(index[port], ts, d, orig, data):
+                    if not writer.write(index[port], ts, d, orig, data, why):
                         full = True
                         return
                 else:
-                    arrow = "In " if d == "rx" else "Out"
+                    arrow = {"rx": "In ", "tx": "Out"}.get(d) or f"Drop {why}:"
                     print(f"{clock(ts)} {names[port]} {arrow} {summary(data)}", flush=True)
                 n += 1
         finally:

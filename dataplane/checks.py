@@ -41,6 +41,9 @@ MAX_NETWORKS = lib.DP_MAX_NETS
 MAX_WORKERS = lib.DP_MAX_WORKERS
 MAX_RX_QUEUES = lib.DP_MAX_RXQ
 CAPTURE_SNAPLEN_RANGE = (lib.DP_CAP_SNAPLEN_MIN, lib.DP_CAP_SNAPLEN_MAX)
+#: what a capture takes of its ports' frames: rx, tx, both (rx and tx),
+#: drop (the frames the core drops, each with its reason) or all three
+CAPTURE_DIRECTIONS = ("rx", "tx", "both", "drop", "all")
 #: worker lcores the core runs: its last counter row is the control thread's
 MAX_WORKER_LCORES = MAX_WORKERS - 1
 

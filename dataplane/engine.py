@@ -26,6 +26,7 @@ import numpy as np
 
 from . import checks, errors
 from .checks import (
+    CAPTURE_DIRECTIONS,
     absent_cpus,
     check_int,
     check_lcores,
@@ -51,7 +52,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 31
+ABI_VERSION = 32
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -1303,7 +1304,7 @@ class Engine(_Tables, _Planes, _Guards, _Express):
             )
 
     # ------------------------------------------------------------- capture
-    CAPTURE_RECORD = struct.Struct("<QIIHB5x")  # struct dp_cap_rec
+    CAPTURE_RECORD = struct.Struct("<QIIHBB4x")  # struct dp_cap_rec
 
     def capture_start(
         self,
@@ -1314,13 +1315,17 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         slots: int = 1024,
     ):
         """Start copying the frames of ``ports`` (port indexes) seen in
-        ``directions`` (rx, tx or both) that match the pcap-filter
-        expression ``bpf_filter`` ("" = all), up to ``snaplen`` bytes each,
-        into ``slots`` records read with ``capture_read``. One capture runs
-        at a time."""
-        dirs = {"rx": lib.DP_CAP_RX, "tx": lib.DP_CAP_TX, "both": lib.DP_CAP_RX | lib.DP_CAP_TX}
-        if directions not in dirs:
-            raise ValueError(f"capture direction {directions!r}: rx, tx or both")
+        ``directions`` that match the pcap-filter expression ``bpf_filter``
+        ("" = all), up to ``snaplen`` bytes each, into ``slots`` records
+        read with ``capture_read``. ``directions``: one of
+        :data:`CAPTURE_DIRECTIONS` - rx, tx, both (rx and tx), drop (the
+        frames the core drops, by the port they came in by, or for drops at
+        a port's transmit the port they were to leave by) or all. One
+        capture runs at a time."""
+        if directions not in CAPTURE_DIRECTIONS:
+            raise ValueError(f"capture direction {directions!r}: {', '.join(CAPTURE_DIRECTIONS)}")
+        rx, tx, dr = lib.DP_CAP_RX, lib.DP_CAP_TX, lib.DP_CAP_DROP
+        dirs = {"rx": rx, "tx": tx, "both": rx | tx, "drop": dr, "all": rx | tx | dr}
         mask = bytearray(lib.DP_MAX_PORTS // 8)
         for p in ports:
             if not 0 <= p < lib.DP_MAX_PORTS:
@@ -1346,11 +1351,14 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         self._cap_buf = ffi.new("uint8_t[]", 1 << 20)
         self.capturing = True
 
-    def capture_read(self, drain: bool = False) -> List[Tuple[int, int, str, int, bytes]]:
+    def capture_read(
+        self, drain: bool = False
+    ) -> List[Tuple[int, int, str, int, bytes, Optional[str]]]:
         """The captured frames waiting, oldest first: (wall-clock ns, port,
-        "rx" | "tx", original length, captured bytes). At most 8 MB of
-        records, as workers keep adding while it reads; ``drain``: every
-        one (a detached capture, to which nothing is added)."""
+        "rx" | "tx" | "drop", original length, captured bytes, the drop
+        reason of a dropped frame else None). At most 8 MB of records, as
+        workers keep adding while it reads; ``drain``: every one (a
+        detached capture, to which nothing is added)."""
         rec = self.CAPTURE_RECORD
         out = []
         for _ in range(1 << 20 if drain else 8):
@@ -1360,9 +1368,13 @@ class Engine(_Tables, _Planes, _Guards, _Express):
             raw = ffi.buffer(self._cap_buf, n)[:]
             off = 0
             while off < n:
-                ts, orig, cap, port, d = rec.unpack_from(raw, off)
+                ts, orig, cap, port, d, why = rec.unpack_from(raw, off)
                 data = raw[off + rec.size : off + rec.size + cap]
-                out.append((ts, port, "rx" if d == lib.DP_CAP_RX else "tx", orig, data))
+                if d == lib.DP_CAP_DROP:
+                    reason = DROP_REASONS[why] if why < len(DROP_REASONS) else f"reason {why}"
+                    out.append((ts, port, "drop", orig, data, reason))
+                else:
+                    out.append((ts, port, "rx" if d == lib.DP_CAP_RX else "tx", orig, data, None))
                 off += (rec.size + cap + 7) & ~7
         return out
 

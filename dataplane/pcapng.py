@@ -3,7 +3,9 @@
 Pure standard library: the CLI imports this without the core. The writer
 puts one interface description block per captured interface (its name,
 nanosecond timestamps) and one enhanced packet block per frame with its
-direction in ``epb_flags``, as tcpdump and Wireshark read them.
+direction in ``epb_flags``, as tcpdump and Wireshark read them; a frame the
+core dropped has no direction and says why in its comment (Wireshark's
+``frame.comment``).
 """
 
 import ipaddress
@@ -58,13 +60,20 @@ class PcapngWriter:
         self._buf += block
         self._ends.append((len(self._buf), frame))
 
-    def write(self, iface: int, ts_ns: int, direction: str, orig_len: int, data: bytes) -> bool:
+    def write(
+        self, iface: int, ts_ns: int, direction: str, orig_len: int, data: bytes, why=None
+    ) -> bool:
+        """A frame; ``direction`` rx, tx or drop (``why``: its reason)."""
         body = (
             struct.pack("<IIIII", iface, ts_ns >> 32, ts_ns & 0xFFFFFFFF, len(data), orig_len)
             + data
             + b"\0" * ((-len(data)) % 4)
         )
-        body += _opt(2, struct.pack("<I", _DIR_FLAG[direction])) + _opt(0, b"")
+        if direction == "drop":
+            body += _opt(1, f"dropped: {why}".encode())
+        else:
+            body += _opt(2, struct.pack("<I", _DIR_FLAG[direction]))
+        body += _opt(0, b"")
         block = _block(_EPB, body)
         if self.max_size and self.size + len(self._buf) + len(block) > self.max_size:
             return False

@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from dataplane import errors
-from tests.test_core import R1, R1_VTEP, A, B, Topo, udp_frame
+from tests.test_core import R1, R1_VTEP, A, B, Topo, udp_frame, vxlan_frame, wait_drop
 
 
 def test_rx_capture_takes_what_the_filter_matches(eng):
@@ -53,8 +53,8 @@ def test_tx_capture_of_the_uplink_shows_the_outer_headers(eng):
     finally:
         eng.capture_stop()
     assert len(recs) == 1
-    ts, port, d, orig, data = recs[0]
-    assert (port, d, orig, len(data)) == (t.up, "tx", len(out[0]), 64)  # cut at the snap length
+    ts, port, d, orig, data, why = recs[0]
+    assert (port, d, orig, len(data), why) == (t.up, "tx", len(out[0]), 64, None)  # cut at snaplen
     assert data == bytes(out[0])[:64]
     cap = Ether(data)
     assert cap[IP].dst == R1_VTEP and cap[VXLAN].vni == 100
@@ -139,3 +139,96 @@ def test_tx_capture_shows_only_the_frames_the_driver_took(eng):
     assert [r[4] for r in got] == [bytes(f) for f in frames[:left]]
     assert st == {"matched": left, "captured": left, "dropped": 0, "queued": 0}
     assert [bytes(f) for f in eng.collect(small, wait=0.5, expect=left)] == [r[4] for r in got]
+
+
+def _records(eng, n):
+    recs = []
+    for _ in range(200):
+        recs += eng.capture_read()
+        if len(recs) >= n:
+            break
+        time.sleep(0.01)
+    return recs
+
+
+def test_a_drop_capture_has_each_dropped_frame_with_its_reason(eng):
+    """Frames the core drops on the captured ports are copied with their
+    reason, by the port they came in by; frames it forwards, and drops on
+    ports not captured, are not."""
+    t = Topo(eng)
+    hairpin = udp_frame(src=B, dst=A, sport=7)  # A is behind port a itself
+    oversize = udp_frame(src=A, dst=R1, size=1465)  # underlay MTU 1500: 1464 fits
+    good = udp_frame(src=A, dst=B, sport=9)
+    bad_vni = vxlan_frame(udp_frame(src=R1, dst=A), vni=4242)
+    not_captured = udp_frame(src=A, dst=B, sport=11)  # a hairpin on port b
+    eng.capture_start([t.a, t.up], "drop", "")
+    try:
+        t.send(t.a, hairpin, good, oversize)
+        assert len(t.recv(t.b, n=1)) == 1
+        t.send(t.up, bad_vni)
+        t.send(t.b, not_captured)
+        assert wait_drop(eng, t.base, "hairpin", 2) == 2
+        recs = _records(eng, 3)
+        time.sleep(0.1)
+        recs += eng.capture_read()
+    finally:
+        eng.capture_stop()
+    got = sorted((port, d, why, data) for _ts, port, d, _orig, data, why in recs)
+    want = sorted(
+        [
+            (t.a, "drop", "hairpin", bytes(hairpin)),
+            (t.a, "drop", "oversize", bytes(oversize)),
+            (t.up, "drop", "unknown_vni", bytes(bad_vni)),
+        ]
+    )
+    assert got == want
+    assert all(orig == len(data) for _ts, _p, _d, orig, data, _w in recs)
+
+
+def test_drops_at_a_transmit_are_told_of_the_port_they_were_to_leave_by(eng):
+    """A port whose driver refuses frames (tx_full): with ``all``, the
+    frames that left are its tx records and the ones refused its drop
+    records, together every frame sent to it, once."""
+    t = Topo(eng)
+    small = eng.add_ring_port("s", size=64)
+    eng.set_port_network(small, 0)
+    mac = "02:00:00:00:00:5a"
+    eng.fdb_add_local(0, mac, small)
+    frames = [udp_frame(src=A, dst=mac, sport=100 + i) for i in range(200)]
+    c0 = eng.counters()
+    eng.capture_start([small], "all", "")
+    try:
+        t.send(t.a, *frames)
+        for _ in range(200):  # until each is counted sent or refused: captured before
+            c = eng.counters().since(c0)
+            if c.port_dict(small)["tx_packets"] + c.drops()["tx_full"] == 200:
+                break
+            time.sleep(0.01)
+    finally:
+        got, st = eng.capture_stop()
+    c = eng.counters().since(c0)
+    left = c.port_dict(small)["tx_packets"]
+    assert 0 < left < 200 and c.drops()["tx_full"] == 200 - left
+    sent = [r[4] for r in got if r[2] == "tx"]
+    refused = [r[4] for r in got if r[2] == "drop"]
+    assert all(r[1] == small for r in got)
+    assert {r[5] for r in got if r[2] == "drop"} == {"tx_full"}
+    assert all(r[5] is None for r in got if r[2] == "tx")
+    assert sent == [bytes(f) for f in frames[:left]]
+    assert sorted(sent + refused) == sorted(bytes(f) for f in frames)
+    assert st["matched"] == st["captured"] == 200
+
+
+def test_a_drop_capture_keeps_to_its_filter(eng):
+    t = Topo(eng)
+    frames = [udp_frame(src=B, dst=A, dport=5000 + (i % 2), sport=100 + i) for i in range(10)]
+    eng.capture_start([t.a], "drop", "udp dst port 5001")
+    try:
+        t.send(t.a, *frames)
+        assert wait_drop(eng, t.base, "hairpin", 10) == 10
+        recs = _records(eng, 5)
+    finally:
+        got, st = eng.capture_stop()
+    recs += got
+    assert [r[4] for r in recs] == [bytes(f) for f in frames if f[UDP].dport == 5001]
+    assert st["matched"] == 5

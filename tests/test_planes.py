@@ -322,6 +322,37 @@ def test_a_plane_queue_holds_queue_len_frames(planes):
     assert c2.drops()["queue_flushed"] == c0.drops()["queue_flushed"]
 
 
+def test_a_capture_of_drops_shows_the_frames_a_full_queue_refused(planes):
+    """The frames a full plane queue refuses (queue_full) are in a capture
+    of the uplink's drops, as they were refused: encapsulated, with their
+    reason, one record for each frame counted."""
+    eng = planes.eng
+    eng.set_shaper(planes.up, 8_000, burst_bytes=2048)
+    frames = [
+        frame("02:00:00:00:00:01", planes.remote[STD], 200, sport=3000 + i) for i in range(300)
+    ]
+    c0 = eng.counters()
+    eng.capture_start([planes.up], "drop", "")
+    try:
+        assert eng.inject(planes.pods[STD], frames) == 300
+        for _ in range(300):  # until every frame is sent, queued or refused
+            c = eng.counters().since(c0)
+            settled = c.qos_dict(planes.up, STD)["sent"] + c.drops()["queue_full"]
+            if settled + eng.queue_depth(planes.up, STD) == 300:
+                break
+            time.sleep(0.01)
+    finally:
+        got, st = eng.capture_stop()
+    dropped = eng.counters().drops()["queue_full"] - c0.drops()["queue_full"]
+    assert dropped > 100
+    assert len(got) == st["captured"] == dropped
+    assert {(r[1], r[2], r[5]) for r in got} == {(planes.up, "drop", "queue_full")}
+    inner = {bytes(Ether(r[4])[VXLAN].payload) for r in got}
+    assert len(inner) == dropped and inner <= set(frames)
+    assert all(Ether(r[4])[VXLAN].vni == 1000 + STD for r in got)
+    eng.set_shaper(planes.up, RATE, burst_bytes=4096)
+
+
 def test_a_low_rate_is_kept_exactly(planes):
     """12 kbit/s, a rate an OAM plane may get: frames leave at that rate,
     not at one rounded to the shaper's arithmetic (its tokens once had 20
