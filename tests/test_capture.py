@@ -1,5 +1,6 @@
 """Packet capture in the core: frames of chosen ports and directions that
-match a pcap filter are copied out, nothing is taken from forwarding, a
+match a pcap filter are copied out, and the frames the core drops there
+with their reasons, nothing is taken from forwarding, a
 capture that cannot keep up counts what it missed, and bad requests change
 nothing."""
 

@@ -1,6 +1,6 @@
 """``dataplane capture`` against a running node service: pod ports show
-the pods' own frames with their direction, the uplink shows the outer VXLAN
-headers, files are pcapng that tshark reads whole (after Ctrl-C too), and a
+the pods' own frames with their direction, and the frames the core drops
+with their reason, the uplink shows the outer VXLAN headers, files are pcapng that tshark reads whole (after Ctrl-C too), and a
 bad filter is refused without leaving anything running."""
 
 import os
@@ -223,3 +223,81 @@ def test_a_client_paused_past_the_lease_is_told_why_its_capture_ended(node, tmp_
     cap2 = capture(node, "b", "--duration", "0.2")  # nothing left running
     started(cap2)
     assert cap2.wait(30) == 0
+
+
+# one frame (hex argv[2]) sent on interface argv[1], as any process in a pod can
+SEND_RAW = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.send(bytes.fromhex(sys.argv[2]))
+"""
+
+
+def spoofed(node, a, b, sport):
+    """A UDP frame from pod a's std interface with an address not its own
+    (the guard drops it: spoof_ipv4), sent from inside a."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    pa = next(p for p in a["planes"] if p["plane"] == "std")
+    pb = next(p for p in b["planes"] if p["plane"] == "std")
+    f = Ether(src=pa["mac"], dst=pb["mac"]) / IP(src="192.168.50.222", dst=pb["ip"])
+    f = bytes(f / UDP(sport=sport, dport=9999) / (b"x" * 18))
+    r = subprocess.run(
+        ["ip", "netns", "exec", a["ns"], sys.executable, "-c", SEND_RAW, pa["ifname"], f.hex()],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    return f
+
+
+def test_a_drop_capture_shows_why_a_pods_frame_went_nowhere(node, tmp_path):
+    """A pod's frame the guard drops (a source address not its own): a
+    capture of the pod's drops prints it with its reason; in a pcapng file
+    of everything it is a frame with that reason as its comment, beside
+    the pod's frames that were forwarded, which have their direction."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    cap = capture(node, "a:std", "--direction", "drop", "-c", "1", "udp port 9999")
+    started(cap)
+    spoofed(node, a, b, 4001)
+    assert cap.wait(30) == 0, cap.stderr.read()
+    [line] = cap.stdout.read().splitlines()
+    assert " a:std Drop spoof_ipv4: " in line
+    assert f"IP 192.168.50.222.4001 > {ip_of(b)}.9999: UDP" in line, line
+
+    out = tmp_path / "all.pcapng"
+    cap = capture(node, "a", "-w", str(out), "--direction", "all", "-c", "5", "udp port 9999")
+    started(cap)
+    spoofed(node, a, b, 4002)
+    # from a's own address: forwarded (a's rx only: b's port is not captured)
+    ok = subprocess.run(
+        ["ip", "netns", "exec", a["ns"], "bash", "-c", f"echo hi > /dev/udp/{ip_of(b)}/9999"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    spoofed(node, a, b, 4003)
+    assert cap.wait(30) == 0, cap.stderr.read()
+    rows = tshark(
+        out,
+        "frame.interface_name",
+        "frame.packet_flags_direction",
+        "frame.comment",
+        "ip.src",
+        "udp.srcport",
+    )
+    assert [r[0] for r in rows] == ["a:std"] * 5
+    # each spoofed frame twice: received (direction inbound), then dropped
+    # (no direction; the reason in its comment)
+    spoof, mine = "192.168.50.222", ip_of(a)
+    assert [(int(r[1] or "0", 0), r[2], r[3]) for r in rows] == [
+        (1, "", spoof),
+        (0, "dropped: spoof_ipv4", spoof),
+        (1, "", mine),
+        (1, "", spoof),
+        (0, "dropped: spoof_ipv4", spoof),
+    ]
+    assert [r[4] for r in rows if r[3] == spoof] == ["4002", "4002", "4003", "4003"]
