@@ -325,7 +325,8 @@ int dp_ring_collect(int port, uint8_t *buf, size_t buf_len, uint32_t *lens, int 
 #define DP_CAP_TX 2
 /* frames the core dropped, each with its reason (enum dp_drop): told of
  * the port they came in by, or - dropped at a port's transmit (tx_full,
- * queue_full, kport_tx_oversize) - of the port they were to leave by */
+ * queue_full, an af_xdp port's kport_tx_oversize) - of the port they were
+ * to leave by */
 #define DP_CAP_DROP 4
 #define DP_CAP_SNAPLEN_MIN 64
 #define DP_CAP_SNAPLEN_MAX 65535

@@ -143,6 +143,8 @@ void
 dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n, int reason)
 {
     struct dp_cap_held h;
+    if (!(c->dirs & DP_CAP_DROP) || !port_taken(c, pi))
+        return; /* before the clock is read: a capture of other things */
     uint64_t tsc = rte_rdtsc();
     for (uint16_t i = 0; i < n; i += DP_CAP_HOLD) {
         uint16_t k = (uint16_t)RTE_MIN(n - i, DP_CAP_HOLD);

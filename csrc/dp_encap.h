@@ -118,6 +118,7 @@ hold(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struct dp_t
         .vni = net->vni,
         .net = (uint16_t)net->idx,
         .ti = (uint16_t)ti,
+        .in_port = w->at_port,
     };
     w->wc[DP_WORKER_NEIGH_HELD]++;
 }
@@ -264,11 +265,10 @@ hold_run(struct dp_wctx *w, int all)
     memcpy(cur, w->held, n * sizeof(cur[0]));
     w->n_held = 0; /* what encap_wire holds again, and what waits, go back in order */
     uint64_t now = rte_rdtsc();
-    if (w->vtep->uplink >= 0) /* a drop here: of frames that were to leave by it */
-        w->at_port = (uint16_t)w->vtep->uplink;
     int sent = 0;
     for (uint16_t i = 0; i < n; i++) {
         const struct dp_held *e = &cur[i];
+        w->at_port = e->in_port; /* a drop of it, or of what encap_wire makes of it */
         const struct dp_net *net = atomic_load_explicit(&dp.nets[e->net], memory_order_acquire);
         const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[e->ti], memory_order_acquire);
         if (all || net == NULL || net->vni != e->vni || t == NULL || t->ip != e->vtep_ip ||
@@ -516,6 +516,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         for (uint16_t i = 0; i < n; i++)
             bytes += pkts[i]->pkt_len;
         w->port[pi][DP_PORT_RX_BYTES] += bytes;
+        dp_capture_tap_drop(pi, pkts, n, DP_DROP_NO_NETWORK);
         w->drop[DP_DROP_NO_NETWORK] += n;
         rte_pktmbuf_free_bulk(pkts, n);
         return;

@@ -67,6 +67,7 @@ struct dp_wctx {
         uint32_t vtep_ip; /* the tunnel's remote VTEP, host order */
         uint32_t vni;     /* the network's */
         uint16_t net, ti;
+        uint16_t in_port; /* the port it came in by: a drop of it is told of that */
     } held[DP_HOLD_MAX];
     /* per tunnel: the template (unresolved) whose held frames waited out
      * DP_HOLD_MS, and until when frames to it are not held again (hold):

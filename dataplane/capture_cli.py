@@ -69,8 +69,8 @@ def add_parser(sub):
         choices=["rx", "tx", "both", "drop", "all"],  # checks.CAPTURE_DIRECTIONS
         default="both",
         help="rx, tx, both (default), drop: the frames the core drops there, each with "
-        "its reason - by the port they came in by, or, dropped at a port's transmit, "
-        "the port they were to leave by - or all",
+        "its reason (by the port they came in by, or, dropped at a port's transmit, "
+        "the port they were to leave by), or all",
     )
     p.add_argument("-s", "--snaplen", type=int, default=9216, help="bytes kept per frame")
     # -c is the frame count here, as for tcpdump: the config is --config only
@@ -172,7 +172,8 @@ def _capture(args):
         if out and writer is None:
             return  # the file was not begun (interrupted before, or it failed)
         try:
-            for ts, port, d, orig, b64, why in frames:
+            for ts, port, d, orig, b64, *why in frames:  # a service before drops: 5
+                why = why[0] if why else None
                 if (args.count and n >= args.count) or full or failed:
                     return
                 data = base64.b64decode(b64)

@@ -12,7 +12,17 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from dataplane import errors
-from tests.test_core import R1, R1_VTEP, A, B, Topo, udp_frame, vxlan_frame, wait_drop
+from tests.test_core import (
+    R1,
+    R1_VTEP,
+    A,
+    B,
+    Topo,
+    _fresh_remote,
+    udp_frame,
+    vxlan_frame,
+    wait_drop,
+)
 
 
 def test_rx_capture_takes_what_the_filter_matches(eng):
@@ -142,9 +152,10 @@ def test_tx_capture_shows_only_the_frames_the_driver_took(eng):
     assert [bytes(f) for f in eng.collect(small, wait=0.5, expect=left)] == [r[4] for r in got]
 
 
-def _records(eng, n):
+def _records(eng, n, tries=200):
+    """What the capture has, read until it holds n records (10 ms apart)."""
     recs = []
-    for _ in range(200):
+    for _ in range(tries):
         recs += eng.capture_read()
         if len(recs) >= n:
             break
@@ -233,3 +244,25 @@ def test_a_drop_capture_keeps_to_its_filter(eng):
     recs += got
     assert [r[4] for r in recs] == [bytes(f) for f in frames if f[UDP].dport == 5001]
     assert st["matched"] == 5
+
+
+def test_frames_that_waited_for_a_next_hop_in_vain_are_told_of_their_pods_port(eng):
+    """Frames held for a remote VTEP's next hop that never answers are
+    dropped later, outside the burst that brought them (neigh_unresolved):
+    told of the port they came in by, whatever port the worker received
+    from since."""
+    t = Topo(eng, static_nh=False)
+    mac, _vtep = _fresh_remote(eng, 7)
+    waiting = [udp_frame(src=B, dst=mac, sport=200 + i) for i in range(3)]
+    eng.capture_start([t.a, t.b, t.up], "drop", "")
+    try:
+        t.send(t.b, *waiting)
+        t.send(t.a, udp_frame(src=A, dst=B))  # the worker's last burst: port a's
+        assert len(t.recv(t.b, n=1)) == 1
+        recs = _records(eng, 3, tries=1000)  # they wait DP_HOLD_MS, 2 s
+    finally:
+        got, _st = eng.capture_stop()
+    recs += got
+    assert [(r[1], r[5], r[4]) for r in recs] == [
+        (t.b, "neigh_unresolved", bytes(f)) for f in waiting
+    ]
