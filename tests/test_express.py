@@ -592,7 +592,10 @@ def test_switching_the_lane_under_a_tcp_stream_from_the_underlay_keeps_it_whole(
     assert res["changes"] > 100, res
     assert res["lane"] > 100 and res["core"] > 100, res
     assert res["received"] == res["sent"] and res["intact"], res
-    assert not res["drops"], res
+    # none of ours; the kernel may drop a super-frame at a veth whose peer's
+    # backlog is full on a loaded machine (kport_kernel_tx: the interface's
+    # own tx_dropped; seen once with both test lanes running), which TCP sends again
+    assert set(res["drops"]) <= {"kport_kernel_tx"}, res
 
 
 def test_a_mac_moving_between_vteps_under_traffic_leaves_with_a_whole_header():
