@@ -32,24 +32,27 @@ def links() -> set:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
-def state(node) -> dict:
+def state(node, watched: set) -> dict:
     """What would build up if a pod's delete left something behind (the
     descriptors first: an API call's own socket may outlive its answer for
-    a moment)."""
+    a moment). Of the host's interfaces and namespaces only this node's
+    (``watched``: its uplink, its tunnel tap, every pod interface it made):
+    other tests make and delete theirs meanwhile."""
     fds = sorted(os.listdir(f"/proc/{node.proc.pid}/fd"), key=int)
     status = call(node.sock, "GET", "/v1/status")
     return {
         "fds": fds,
-        "links": links(),
+        "links": links() & watched,
         "ports": sorted(p["name"] for p in status["ports"]),
         "pods": sorted(p["name"] for p in call(node.sock, "GET", "/v1/pods")),
         "fdb": sorted((e["network"], e["mac"]) for e in call(node.sock, "GET", "/v1/fdb")),
-        "netns": sorted(os.listdir("/var/run/netns")),
+        "netns": sorted(n for n in os.listdir("/var/run/netns") if n.startswith(f"dpt{node.tag}")),
     }
 
 
-def cycle(node, i, b):
-    """Pod c<i> (two planes) added, its std plane pinging pod b, deleted."""
+def cycle(node, i, b, watched: set):
+    """Pod c<i> (two planes) added, its std plane pinging pod b, deleted;
+    its host interfaces added to ``watched``."""
     ns = f"dpt{node.tag}c{i}"
     sh("ip", "netns", "add", ns)
     try:
@@ -58,21 +61,23 @@ def cycle(node, i, b):
             "/v1/pods",
             {"name": f"c{i}", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(CT_SPEC)},
         )
+        mine = {p["host_ifname"] for p in info["planes"]}
+        watched |= mine
         r = ping(ns, ip_of(b), count=1, interval="0.2")
         assert r.returncode == 0, f"pod c{i} -> b: {r.stdout}{r.stderr}"
         call(node.sock, "DELETE", "/v1/pods", query={"name": f"c{i}"})
-        left = {p["host_ifname"] for p in info["planes"]} & links()
+        left = mine & links()
         assert not left, f"pod c{i} deleted, its host interfaces still there: {left}"
     finally:
         sh("ip", "netns", "del", ns, check=False)
 
 
-def settled(node, want=None) -> dict:
+def settled(node, watched: set, want=None) -> dict:
     """The state once two reads 50 ms apart agree (or once it is ``want``)."""
-    last = state(node)
+    last = state(node, watched)
     for _ in range(100):
         time.sleep(0.05)
-        now = state(node)
+        now = state(node, watched)
         if now == want or (want is None and now == last):
             return now
         last = now
@@ -81,13 +86,17 @@ def settled(node, want=None) -> dict:
 
 def test_a_hundred_pods_added_and_deleted_leave_nothing_behind(node):
     b = node.pod("b", IT_SPEC)
+    up = sh("ip", "-o", "link", "show", node.uplink).stdout
+    ifindex = up.split(":")[0]
+    watched = node.host_links | {node.uplink, f"dpu{node.tag}b", f"dpgso{ifindex}"}
     for i in range(WARM_UP):
-        cycle(node, i, b)
-    before = settled(node)
+        cycle(node, i, b, watched)
+    before = settled(node, watched)
     for i in range(WARM_UP, CYCLES):
-        cycle(node, i, b)
-    after = settled(node, want=before)
+        cycle(node, i, b, watched)
+    after = settled(node, watched, want=before)
     for key in before:
         assert after[key] == before[key], f"{key} after {CYCLES} pods: {after[key]}"
     assert before["pods"] == ["b"]
+    assert node.uplink in before["links"] and node.host_links <= before["links"]
     assert node.proc.poll() is None
