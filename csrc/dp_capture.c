@@ -50,7 +50,16 @@ static struct dp_capture *cap_owned; /* the control thread's reference */
 static inline int
 port_taken(const struct dp_capture *c, uint16_t pi)
 {
-    return (c->ports[pi >> 3] >> (pi & 7)) & 1;
+    /* a bit the control thread may clear meanwhile (dp_capture_port_gone) */
+    return (__atomic_load_n(&c->ports[pi >> 3], __ATOMIC_RELAXED) >> (pi & 7)) & 1;
+}
+
+void
+dp_capture_port_gone(uint16_t pi)
+{
+    struct dp_capture *c = cap_owned;
+    if (c != NULL && pi < DP_MAX_PORTS)
+        __atomic_fetch_and(&c->ports[pi >> 3], (uint8_t) ~(1u << (pi & 7)), __ATOMIC_RELAXED);
 }
 
 void

@@ -56,6 +56,11 @@ void dp_capture_release(struct dp_cap_held *h, uint16_t taken);
 void dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n,
                       int reason);
 
+/* control thread: port pi is being removed - a running capture takes no
+ * more of its index (a later port given it is another), from the grace
+ * period the removal waits for on */
+void dp_capture_port_gone(uint16_t pi);
+
 /* stop a running capture, if any (shutdown) */
 void dp_capture_teardown(void);
 

@@ -24,6 +24,7 @@
 #include <rte_eth_ring.h>
 #include <rte_malloc.h>
 
+#include "dp_capture.h"
 #include "dp_control.h"
 #include "dp_guard.h"
 #include "dp_shm.h"
@@ -630,6 +631,7 @@ dp_port_del(int idx)
     dp_fdb_purge(&keys);
     if (nn)
         dp_net_publish(p->net, nn);
+    dp_capture_port_gone((uint16_t)idx); /* the next port of this index is not it */
     atomic_store(&dp.ports[idx], NULL);
     dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
     dp_guard_clear(idx); /* the next port of this index starts without one */

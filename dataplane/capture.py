@@ -1,7 +1,7 @@
 """Packet capture through the control API, the service's side.
 
-``POST /v1/capture`` starts one (a port by name or index, ``uplink``, a pod
-or ``pod:plane``; a direction - rx, tx, both, drop (the frames the core
+``POST /v1/capture`` starts one (a port by name or index, ``uplink``,
+``any`` port, a pod or ``pod:plane``; a direction - rx, tx, both, drop (the frames the core
 drops there, each with its reason) or all; a pcap-filter expression; a snap
 length),
 ``GET /v1/capture?id=`` hands out the frames captured since the last call
@@ -69,11 +69,20 @@ class Captures:
     # ------------------------------------------------------------- targets
     def resolve(self, target) -> List[dict]:
         """A capture target -> [{"port", "name"}]: a port name or index,
-        "uplink", a pod (all its planes) or pod:plane."""
+        "uplink", "any" (every port there now; a pod's named pod:plane), a
+        pod (all its planes) or pod:plane."""
         if not isinstance(target, str) or not target:
-            raise ConfigError("capture target: a port, 'uplink', a pod or pod:plane")
+            raise ConfigError("capture target: a port, 'uplink', 'any', a pod or pod:plane")
         ports = {p.index: p for p in self.ports()}
         by_name = {p.name: p for p in ports.values()}
+        if target == "any":
+            if not ports:
+                raise NotFound("capture target 'any': the core has no port now")
+            owners = self.pods.port_owners()  # port -> (pod, plane)
+            return [
+                {"port": i, "name": ":".join(owners[i]) if i in owners else p.name}
+                for i, p in sorted(ports.items())
+            ]
         if target == "uplink" and self.uplink is not None and self.uplink in ports:
             return [{"port": self.uplink, "name": ports[self.uplink].name}]
         if target == "uplink" and self.uplink is None:
@@ -95,7 +104,8 @@ class Captures:
         if info is None:
             raise NotFound(
                 f"capture target {target!r}: no such port or pod (a port name or index, "
-                f"'uplink', a pod or POD:PLANE; ports: {', '.join(sorted(by_name)) or 'none'})"
+                f"'uplink', 'any', a pod or POD:PLANE; ports: "
+                f"{', '.join(sorted(by_name)) or 'none'})"
             )
         planes = [p["plane"] for p in info["planes"] if not plane or p["plane"] == plane]
         if not planes:
@@ -133,6 +143,7 @@ class Captures:
             self.current = {
                 "id": cid or secrets.token_hex(8),
                 "interfaces": ifaces,
+                "target": body.get("target"),
                 "last": time.monotonic(),
                 "direction": direction,
                 "filter": flt,
@@ -146,11 +157,13 @@ class Captures:
     def port_removed(self, port: int):
         """Port ``port`` is about to leave the core: a capture on it ends now
         (the frames it has kept go to its client's next call, with why), so
-        that it never records the next port given that index."""
+        that it never records the next port given that index - but for a
+        capture of ``any`` port, which goes on with the others (the core
+        takes no more of that index: Engine.del_port)."""
         with self.lock:
             cur = self.current
             name = cur and next((i["name"] for i in cur["interfaces"] if i["port"] == port), None)
-            if not name:
+            if not name or cur.get("target") == "any":
                 return
             self._end(f"{name} (port {port}) was removed")
 

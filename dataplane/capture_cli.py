@@ -44,11 +44,11 @@ def add_parser(sub):
     p = sub.add_parser(
         "capture",
         help="capture frames of a port or pod, like tcpdump",
-        description="Capture frames of a port (name or index, or 'uplink'), a pod (all "
-        "its planes) or POD:PLANE inside the dataplane. FILTER is a pcap-filter "
-        "expression, as for tcpdump.",
+        description="Capture frames of a port (name or index, or 'uplink'), every port "
+        "('any': those there at the start), a pod (all its planes) or POD:PLANE inside "
+        "the dataplane. FILTER is a pcap-filter expression, as for tcpdump.",
     )
-    p.add_argument("target", help="PORT | uplink | POD | POD:PLANE")
+    p.add_argument("target", help="PORT | uplink | any | POD | POD:PLANE")
     p.add_argument(
         "filter", nargs="*", default=[], help="pcap-filter expression (default: every frame)"
     )

@@ -266,3 +266,26 @@ def test_frames_that_waited_for_a_next_hop_in_vain_are_told_of_their_pods_port(e
     assert [(r[1], r[5], r[4]) for r in recs] == [
         (t.b, "neigh_unresolved", bytes(f)) for f in waiting
     ]
+
+
+def test_a_port_removed_under_a_capture_leaves_it_and_its_index_uncaptured(eng):
+    """A port removed while a capture takes it: what it captured before
+    stays, and the next port given its index is not recorded under it."""
+    t = Topo(eng)
+    x = eng.add_ring_port("x", network=0)
+    first = udp_frame(src=A, dst=B, sport=1)
+    eng.capture_start([t.a, x], "rx", "")
+    try:
+        t.send(x, first)
+        assert len(t.recv(t.b, n=1)) == 1
+        eng.del_port(x)
+        y = eng.add_ring_port("y", network=0)
+        assert y == x, "the test needs the index given again"
+        t.send(y, udp_frame(src=A, dst=B, sport=2))
+        t.send(t.a, udp_frame(src=A, dst=B, sport=3))
+        assert len(t.recv(t.b, n=2)) == 2
+        recs = _records(eng, 2)
+    finally:
+        got, _st = eng.capture_stop()
+    recs += got
+    assert [(r[1], Ether(r[4])[UDP].sport) for r in recs] == [(x, 1), (t.a, 3)]

@@ -301,3 +301,36 @@ def test_a_drop_capture_shows_why_a_pods_frame_went_nowhere(node, tmp_path):
         (0, "dropped: spoof_ipv4", spoof),
     ]
     assert [r[4] for r in rows if r[3] == spoof] == ["4002", "4002", "4003", "4003"]
+
+
+def test_a_capture_of_any_port_names_each_and_outlives_a_deleted_pod(node):
+    """``any``: every port there at the start, each named as the pod
+    plane it serves; a pod deleted meanwhile ends nothing, the capture
+    goes on with the others."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    c = node.pod("c", IT_SPEC)
+    cap = capture(node, "any", "--direction", "drop", "-c", "3", "udp port 9999")
+    started(cap)
+    spoofed(node, a, c, 4101)
+    spoofed(node, b, c, 4102)
+    call_del = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "pod", "del", "b", "--socket", node.sock],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert call_del.returncode == 0, call_del.stderr
+    spoofed(node, a, c, 4103)
+    assert cap.wait(30) == 0, cap.stderr.read()
+    lines = cap.stdout.read().splitlines()
+    assert [line.split()[1:3] for line in lines] == [
+        ["a:std", "Drop"],
+        ["b:std", "Drop"],
+        ["a:std", "Drop"],
+    ], lines
+    assert [line.split("192.168.50.222.")[1].split()[0] for line in lines] == [
+        "4101",
+        "4102",
+        "4103",
+    ]
