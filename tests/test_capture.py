@@ -33,11 +33,7 @@ def test_rx_capture_takes_what_the_filter_matches(eng):
         t.send(t.a, *frames)
         got = t.recv(t.b, n=40)
         assert len(got) == 40  # forwarding is untouched
-        recs = []
-        for _ in range(100):
-            recs += eng.capture_read()
-            if len(recs) >= 20:
-                break
+        recs = _records(eng, 20)
         st = eng.capture_stats()
     finally:
         eng.capture_stop()
@@ -123,10 +119,11 @@ def test_stop_hands_over_every_record_the_capture_took(eng):
     assert st == {"matched": 40, "captured": 40, "dropped": 0, "queued": 0}
 
 
-def test_tx_capture_shows_only_the_frames_the_driver_took(eng):
-    """A port whose driver refuses frames (its ring full, nobody reading
-    it: tx_full): the tx capture has the frames that left, in order, and
-    not the ones dropped - a capture shows what went out."""
+def _to_a_full_port(eng, directions):
+    """200 frames from pod a to a port whose driver refuses frames (its
+    ring of 64 full, nobody reading it: tx_full), captured there in
+    ``directions`` until each is counted sent or refused (it is captured
+    before that): (port, frames, records, capture counters, how many left)."""
     t = Topo(eng)
     small = eng.add_ring_port("s", size=64)
     eng.set_port_network(small, 0)
@@ -134,12 +131,12 @@ def test_tx_capture_shows_only_the_frames_the_driver_took(eng):
     eng.fdb_add_local(0, mac, small)
     frames = [udp_frame(src=A, dst=mac, sport=100 + i) for i in range(200)]
     c0 = eng.counters()
-    eng.capture_start([small], "tx", "")
+    eng.capture_start([small], directions, "")
     try:
         t.send(t.a, *frames)
-        for _ in range(200):  # until the worker has taken all 200
+        for _ in range(200):
             c = eng.counters().since(c0)
-            if c.port_dict(t.a)["rx_packets"] == 200:
+            if c.port_dict(small)["tx_packets"] + c.drops()["tx_full"] == 200:
                 break
             time.sleep(0.01)
     finally:
@@ -147,6 +144,14 @@ def test_tx_capture_shows_only_the_frames_the_driver_took(eng):
     c = eng.counters().since(c0)
     left = c.port_dict(small)["tx_packets"]
     assert 0 < left < 200 and c.drops()["tx_full"] == 200 - left, (left, c.drops())
+    return small, frames, got, st, left
+
+
+def test_tx_capture_shows_only_the_frames_the_driver_took(eng):
+    """A port whose driver refuses frames: the tx capture has the frames
+    that left, in order, and not the ones dropped - a capture shows what
+    went out."""
+    small, frames, got, st, left = _to_a_full_port(eng, "tx")
     assert [r[4] for r in got] == [bytes(f) for f in frames[:left]]
     assert st == {"matched": left, "captured": left, "dropped": 0, "queued": 0}
     assert [bytes(f) for f in eng.collect(small, wait=0.5, expect=left)] == [r[4] for r in got]
@@ -201,26 +206,7 @@ def test_drops_at_a_transmit_are_told_of_the_port_they_were_to_leave_by(eng):
     """A port whose driver refuses frames (tx_full): with ``all``, the
     frames that left are its tx records and the ones refused its drop
     records, together every frame sent to it, once."""
-    t = Topo(eng)
-    small = eng.add_ring_port("s", size=64)
-    eng.set_port_network(small, 0)
-    mac = "02:00:00:00:00:5a"
-    eng.fdb_add_local(0, mac, small)
-    frames = [udp_frame(src=A, dst=mac, sport=100 + i) for i in range(200)]
-    c0 = eng.counters()
-    eng.capture_start([small], "all", "")
-    try:
-        t.send(t.a, *frames)
-        for _ in range(200):  # until each is counted sent or refused: captured before
-            c = eng.counters().since(c0)
-            if c.port_dict(small)["tx_packets"] + c.drops()["tx_full"] == 200:
-                break
-            time.sleep(0.01)
-    finally:
-        got, st = eng.capture_stop()
-    c = eng.counters().since(c0)
-    left = c.port_dict(small)["tx_packets"]
-    assert 0 < left < 200 and c.drops()["tx_full"] == 200 - left
+    small, frames, got, st, left = _to_a_full_port(eng, "all")
     sent = [r[4] for r in got if r[2] == "tx"]
     refused = [r[4] for r in got if r[2] == "drop"]
     assert all(r[1] == small for r in got)
