@@ -144,6 +144,7 @@ class Captures:
                 "id": cid or secrets.token_hex(8),
                 "interfaces": ifaces,
                 "target": body.get("target"),
+                "started": time.monotonic(),
                 "last": time.monotonic(),
                 "direction": direction,
                 "filter": flt,
@@ -151,8 +152,23 @@ class Captures:
             }
             return self._answer()
 
+    def summary(self):
+        """The running capture as the status shows it (None: none runs):
+        its target, direction, filter, ports and age in seconds."""
+        cur = self.current  # read once: the lock is not taken for the status
+        if cur is None:
+            return None
+        return {
+            "id": cur["id"],
+            "target": cur.get("target"),
+            "direction": cur["direction"],
+            "filter": cur["filter"],
+            "ports": [i["name"] for i in cur["interfaces"]],
+            "running_s": round(time.monotonic() - cur["started"], 1),
+        }
+
     def _answer(self) -> dict:
-        return {k: v for k, v in self.current.items() if k != "last"}
+        return {k: v for k, v in self.current.items() if k not in ("last", "started")}
 
     def port_removed(self, port: int):
         """Port ``port`` is about to leave the core: a capture on it ends now

@@ -335,7 +335,11 @@ def cmd_status(args):
         f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}"
         + (f" (shaped to {_bits(rate)})" if rate else "")
         + f"  forwarding {st['forwarding']}  up {st['uptime_s']}s"
-        + ("  express lane on" if st.get("express_lane") else "")
+        + (
+            ("  express lane paused (a capture runs)" if st.get("capture") else "  express lane on")
+            if st.get("express_lane")
+            else ""
+        )
         + (
             f"  cpu latency {st['cpu_latency_us']} us (kernel limit {st['cpu_latency_limit_us']} us)"
             if st.get("cpu_latency_us") is not None
@@ -346,6 +350,14 @@ def cmd_status(args):
         print(f"  cpu latency request changes nothing here: {st['cpu_latency_no_effect']}")
     if st.get("uplink_problem"):
         print(f"  UPLINK CANNOT CARRY FRAMES: {st['uplink_problem']}")
+    cap = st.get("capture")
+    if cap:
+        flt = f" '{cap['filter']}'" if cap["filter"] else ""
+        print(
+            f"  capture {cap['id']} running for {cap['running_s']}s: {cap['direction']} on "
+            f"{cap['target']} ({', '.join(cap['ports'])}){flt}"
+            + ("; the express lane waits for it to end" if st.get("express_lane") else "")
+        )
     for pod, why in sorted((st.get("pods_not_attached") or {}).items()):
         print(f"  POD NOT ATTACHED (no forwarding; tried again every round): {pod}: {why}")
     if st.get("express_lane_off"):  # auto, and the kernel would not take it

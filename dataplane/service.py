@@ -728,6 +728,8 @@ class NodeService:
         report["cpu_latency_us"] = self.config.cpu_latency_us
         # express_lane: auto, and the kernel would not take the lane: why
         report["express_lane_off"] = self.express_off
+        # a capture running (None: none): the express lane waits for its end
+        report["capture"] = self.captures.summary() if self.captures is not None else None
         if snap.cpu_latency_limit_us is not None:
             # what the kernel applies: the lowest request of every holder
             report["cpu_latency_limit_us"] = snap.cpu_latency_limit_us

@@ -3,6 +3,7 @@ the pods' own frames with their direction, and the frames the core drops
 with their reason, the uplink shows the outer VXLAN headers, files are pcapng that tshark reads whole (after Ctrl-C too), and a
 bad filter is refused without leaving anything running."""
 
+import json
 import os
 import signal
 import subprocess
@@ -334,3 +335,29 @@ def test_a_capture_of_any_port_names_each_and_outlives_a_deleted_pod(node):
         "4102",
         "4103",
     ]
+
+
+def test_the_status_shows_a_running_capture_and_the_lane_waiting_for_it(node):
+    """While a capture runs the express lane is off for the whole node:
+    `dataplane status` says so, and which capture it waits for; once the
+    capture ends the status says the lane is on again."""
+    node.pod("a", CT_SPEC)
+    cap = capture(node, "a", "--direction", "drop", "udp port 9999")
+    started(cap)
+    try:
+        st = json.loads(node.cli("status", "--json").stdout)
+        assert st["express_lane"], "the test wants the express lane loaded"
+        c = st["capture"]
+        assert (c["target"], c["direction"], c["filter"]) == ("a", "drop", "udp port 9999")
+        assert sorted(c["ports"]) == ["a:control", "a:std"] and c["running_s"] >= 0
+        text = node.cli("status").stdout
+        assert "express lane paused (a capture runs)" in text, text
+        assert f"capture {c['id']} running for " in text
+        ports = ", ".join(c["ports"])
+        assert f"drop on a ({ports}) 'udp port 9999'; the express lane waits" in text
+    finally:
+        cap.send_signal(signal.SIGINT)
+        assert cap.wait(30) == 0, cap.stderr.read()
+    st = json.loads(node.cli("status", "--json").stdout)
+    assert st["capture"] is None
+    assert "express lane on" in node.cli("status").stdout
