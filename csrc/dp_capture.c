@@ -231,6 +231,12 @@ dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigne
     if (c == NULL)
         return dp_fail(-ENOMEM, "capture: out of hugepage memory");
     memcpy(c->ports, port_mask, sizeof(c->ports));
+    /* a port removed since the caller chose it (its index free, to be
+     * given to another) is not taken: dp_capture_port_gone, which keeps
+     * it so from now on, found no capture to tell */
+    for (int i = 0; i < DP_MAX_PORTS; i++)
+        if (port_taken(c, (uint16_t)i) && dp_port_get(i) == NULL)
+            c->ports[i >> 3] &= (uint8_t) ~(1u << (i & 7));
     c->dirs = dirs;
     c->snaplen = snaplen;
     c->slot_size = (uint32_t)RTE_ALIGN_CEIL(sizeof(struct dp_cap_rec) + snaplen, 8);

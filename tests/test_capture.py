@@ -275,3 +275,25 @@ def test_a_port_removed_under_a_capture_leaves_it_and_its_index_uncaptured(eng):
         got, _st = eng.capture_stop()
     recs += got
     assert [(r[1], Ether(r[4])[UDP].sport) for r in recs] == [(x, 1), (t.a, 3)]
+
+
+def test_a_port_removed_before_its_capture_starts_is_not_taken(eng):
+    """A port chosen for a capture but removed before the capture starts
+    (a pod's failed plane, between the service's choice and the start): the
+    next port given its index is not captured under it."""
+    t = Topo(eng)
+    x = eng.add_ring_port("x", network=0)
+    eng.del_port(x)
+    eng.capture_start([x, t.a], "rx", "")
+    try:
+        y = eng.add_ring_port("y", network=0)
+        assert y == x, "the test needs the index given again"
+        t.send(y, udp_frame(src=A, dst=B, sport=2))
+        t.send(t.a, udp_frame(src=A, dst=B, sport=3))
+        assert len(t.recv(t.b, n=2)) == 2
+        recs = _records(eng, 1)
+        time.sleep(0.1)
+    finally:
+        got, _st = eng.capture_stop()
+    recs += got
+    assert [(r[1], Ether(r[4])[UDP].sport) for r in recs] == [(t.a, 3)]
