@@ -85,15 +85,30 @@ metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
         return [sys.executable, "-m", "dataplane.cli", "run", "-c", str(self.cfg)]
 
     def start(self):
-        self.log = open(self.tmp / "service.log", "a")
-        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=self.log, cwd=ROOT)
-        for _ in range(self.START_TRIES):
-            if os.path.exists(self.sock):
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited: {(self.tmp / 'service.log').read_text()}")
-            time.sleep(0.05)
-        raise AssertionError("service did not open its API socket")
+        # the metrics port was picked free by binding and closing it: a
+        # process of the other test lane may have taken it since, and the
+        # service then refuses to start - again, on another free port
+        for attempt in range(3):
+            log_path = self.tmp / "service.log"
+            seen = log_path.stat().st_size if log_path.exists() else 0
+            self.log = open(log_path, "a")
+            self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=self.log, cwd=ROOT)
+            for _ in range(self.START_TRIES):
+                if os.path.exists(self.sock):
+                    return
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("service did not open its API socket")
+            text = log_path.read_text()
+            taken = f"metrics.listen: 127.0.0.1:{self.metrics_port}: Address already in use"
+            if taken not in text[seen:] or attempt == 2:
+                raise AssertionError(f"service exited: {text}")
+            self.log.close()
+            port = free_port()
+            self.cfg.write_text(self.cfg.read_text().replace(f":{self.metrics_port}", f":{port}"))
+            self.metrics_port = port
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
