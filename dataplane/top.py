@@ -136,6 +136,8 @@ def rates(prev: dict, cur: dict, dt: float) -> dict:
         "networks": networks,
         "planes": planes,
         "drops": drops,
+        # a capture running: the express lane is paused, so rates are the core's
+        "capture": cur.get("capture"),
     }
 
 
@@ -170,6 +172,12 @@ def render(r: dict, table, lines: Optional[int] = None) -> List[str]:
             for w in r["workers"]
         )
     ]
+    cap = r.get("capture")
+    if cap:
+        out.append(
+            f"  capture {cap['id']} running ({cap['direction']} on {cap['target']}): "
+            "the express lane is paused, every frame crosses the core"
+        )
     ports = r["ports"] if lines is None else r["ports"][:lines]
     out += table(
         ["PORT", "NAME", "POD", "PLANE", "NETWORK", "RX pps", "TX pps", "RX bit/s", "TX bit/s", ""],

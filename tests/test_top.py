@@ -17,7 +17,7 @@ import pytest
 from nodeparts import sh, underlay_node
 from test_service import HOST_IP, IT_SPEC, NETWORKS, ROOT, kernel_vtep, wait_ping
 
-from dataplane.top import rates
+from dataplane.top import rates, render
 
 PINGS = 100
 
@@ -202,3 +202,17 @@ def test_a_planes_latency_over_the_interval():
     # none timed in the interval
     (p,) = rates(st([1, 0, 0, 0], 3.0), st([1, 0, 0, 0], 3.0), 1.0)["planes"]
     assert (p["avg_us"], p["p99_us"]) == (None, None)
+
+
+def test_a_running_capture_is_said_with_the_rates():
+    """While a capture runs the express lane is paused and every frame
+    crosses the core: the rates say so, naming the capture."""
+    base = {"node": "n1", "ports": [], "networks": [], "planes": [], "drops": {}, "workers": []}
+    cap = {"id": "0123456789abcdef", "target": "any", "direction": "drop", "filter": ""}
+    r = rates(base, {**base, "capture": cap}, 1.0)
+    text = render(r, lambda header, rows: [])
+    assert (
+        "  capture 0123456789abcdef running (drop on any): the express lane is paused, "
+        "every frame crosses the core"
+    ) in text
+    assert not any("capture" in line for line in render(rates(base, base, 1.0), lambda h, r: []))
