@@ -163,6 +163,7 @@ def _capture(args):
     posting = interrupted = False
     index, names = {}, {}
     n, stats, writer = 0, None, None
+    reasons = {}  # dropped frames taken, by reason
     failed = None  # the error that stopped writing the file
     full = False  # the next frame would have passed --max-size
     ended = None  # why the capture ended before its client stopped it
@@ -185,6 +186,8 @@ def _capture(args):
                     arrow = {"rx": "In ", "tx": "Out"}.get(d) or f"Drop {why}:"
                     print(f"{clock(ts)} {names[port]} {arrow} {summary(data)}", flush=True)
                 n += 1
+                if d == "drop":
+                    reasons[why] = reasons.get(why, 0) + 1
         finally:
             if writer and not failed:
                 try:
@@ -296,4 +299,11 @@ def _capture(args):
         f"{s.get('dropped', 0)} dropped by the capture (never by forwarding)",
         file=sys.stderr,
     )
+    if reasons:  # a capture of drops: what it saw, most frequent first
+        by = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        print(
+            "dataplane: dropped frames taken, by reason: "
+            + ", ".join(f"{why} {k}" for why, k in by),
+            file=sys.stderr,
+        )
     return 1 if failed or (ended and ended.startswith("the service stopped")) else 0

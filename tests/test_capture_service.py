@@ -264,7 +264,8 @@ def test_a_drop_capture_shows_why_a_pods_frame_went_nowhere(node, tmp_path):
     cap = capture(node, "a:std", "--direction", "drop", "-c", "1", "udp port 9999")
     started(cap)
     spoofed(node, a, b, 4001)
-    assert cap.wait(30) == 0, cap.stderr.read()
+    assert cap.wait(30) == 0
+    assert "dataplane: dropped frames taken, by reason: spoof_ipv4 1" in cap.stderr.read()
     [line] = cap.stdout.read().splitlines()
     assert " a:std Drop spoof_ipv4: " in line
     assert f"IP 192.168.50.222.4001 > {ip_of(b)}.9999: UDP" in line, line
@@ -323,7 +324,8 @@ def test_a_capture_of_any_port_names_each_and_outlives_a_deleted_pod(node):
     )
     assert call_del.returncode == 0, call_del.stderr
     spoofed(node, a, c, 4103)
-    assert cap.wait(30) == 0, cap.stderr.read()
+    assert cap.wait(30) == 0
+    assert "dataplane: dropped frames taken, by reason: spoof_ipv4 3" in cap.stderr.read()
     lines = cap.stdout.read().splitlines()
     # (two ports' frames: in whatever order the worker polled them)
     got = sorted((ln.split("192.168.50.222.")[1].split()[0], *ln.split()[1:3]) for ln in lines)
