@@ -74,9 +74,10 @@
 /* dp_qos.c shows the frames it drops to a running capture: none runs here */
 struct dp_capture *_Atomic dp_cap;
 void
-dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n, int reason)
+dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
+                 uint64_t tsc, int reason)
 {
-    (void)c, (void)pi, (void)pkts, (void)n, (void)reason;
+    (void)c, (void)pi, (void)dir, (void)pkts, (void)n, (void)tsc, (void)reason;
 }
 
 /* ------------------------------------------------------------- set-up */

@@ -54,17 +54,24 @@ port_taken(const struct dp_capture *c, uint16_t pi)
     return (__atomic_load_n(&c->ports[pi >> 3], __ATOMIC_RELAXED) >> (pi & 7)) & 1;
 }
 
+/* port pi no longer taken (workers may be reading the bit meanwhile) */
+static inline void
+port_untake(struct dp_capture *c, uint16_t pi)
+{
+    __atomic_fetch_and(&c->ports[pi >> 3], (uint8_t) ~(1u << (pi & 7)), __ATOMIC_RELAXED);
+}
+
 void
 dp_capture_port_gone(uint16_t pi)
 {
     struct dp_capture *c = cap_owned;
     if (c != NULL && pi < DP_MAX_PORTS)
-        __atomic_fetch_and(&c->ports[pi >> 3], (uint8_t) ~(1u << (pi & 7)), __ATOMIC_RELAXED);
+        port_untake(c, pi);
 }
 
 void
 dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
-                uint64_t tsc, struct dp_cap_held *h)
+                uint64_t tsc, int reason, struct dp_cap_held *h)
 {
     h->c = c;
     h->n = 0;
@@ -101,7 +108,7 @@ dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pk
         rec->caplen = len;
         rec->port = pi;
         rec->dir = (uint8_t)dir;
-        rec->reason = 0;
+        rec->reason = (uint8_t)reason;
     }
 }
 
@@ -136,31 +143,16 @@ dp_capture_release(struct dp_cap_held *h, uint16_t taken)
 
 void
 dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
-                 uint64_t tsc)
+                 uint64_t tsc, int reason)
 {
     struct dp_cap_held h;
+    if (!(c->dirs & dir) || !port_taken(c, pi))
+        return; /* before the clock is read: a capture of other things */
     if (tsc == 0)
         tsc = rte_rdtsc();
     for (uint16_t i = 0; i < n; i += DP_CAP_HOLD) {
         uint16_t k = (uint16_t)RTE_MIN(n - i, DP_CAP_HOLD);
-        dp_capture_hold(c, pi, dir, pkts + i, k, tsc, &h);
-        dp_capture_release(&h, k);
-    }
-}
-
-void
-dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n, int reason)
-{
-    struct dp_cap_held h;
-    if (!(c->dirs & DP_CAP_DROP) || !port_taken(c, pi))
-        return; /* before the clock is read: a capture of other things */
-    uint64_t tsc = rte_rdtsc();
-    for (uint16_t i = 0; i < n; i += DP_CAP_HOLD) {
-        uint16_t k = (uint16_t)RTE_MIN(n - i, DP_CAP_HOLD);
-        dp_capture_hold(c, pi, DP_CAP_DROP, pkts + i, k, tsc, &h);
-        for (uint16_t j = 0; j < h.n; j++)
-            if (h.slot[j] != NULL)
-                ((struct dp_cap_rec *)h.slot[j])->reason = (uint8_t)reason;
+        dp_capture_hold(c, pi, dir, pkts + i, k, tsc, reason, &h);
         dp_capture_release(&h, k);
     }
 }
@@ -236,7 +228,7 @@ dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigne
      * it so from now on, found no capture to tell */
     for (int i = 0; i < DP_MAX_PORTS; i++)
         if (port_taken(c, (uint16_t)i) && dp_port_get(i) == NULL)
-            c->ports[i >> 3] &= (uint8_t) ~(1u << (i & 7));
+            port_untake(c, (uint16_t)i);
     c->dirs = dirs;
     c->snaplen = snaplen;
     c->slot_size = (uint32_t)RTE_ALIGN_CEIL(sizeof(struct dp_cap_rec) + snaplen, 8);

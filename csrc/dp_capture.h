@@ -22,9 +22,10 @@ struct dp_capture;
 extern struct dp_capture *_Atomic dp_cap;
 
 /* copy what matches of frames pkts[0..n) of port pi seen in direction dir
- * (DP_CAP_RX or DP_CAP_TX) at TSC time tsc (0: now) */
+ * (DP_CAP_RX, DP_CAP_TX, or DP_CAP_DROP: dropped for `reason`, enum
+ * dp_drop, before they are freed) at TSC time tsc (0: now) */
 void dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts,
-                      uint16_t n, uint64_t tsc);
+                      uint16_t n, uint64_t tsc, int reason);
 
 /* the most frames one tx burst hands to a driver (dp_tx.h checks) */
 #define DP_CAP_HOLD 64
@@ -43,18 +44,13 @@ struct dp_cap_held {
 };
 
 /* what matches of pkts[0..n) (n <= DP_CAP_HOLD) copied into records held
- * in h, not yet handed over */
+ * in h, not yet handed over (reason: a drop's, else 0) */
 void dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n,
-                     uint64_t tsc, struct dp_cap_held *h);
+                     uint64_t tsc, int reason, struct dp_cap_held *h);
 
 /* the records of h's frames before index `taken` handed to the reader (and
  * counted); those of the frames after it back to the free records */
 void dp_capture_release(struct dp_cap_held *h, uint16_t taken);
-
-/* frames pkts[0..n) dropped for `reason` (enum dp_drop), told of port pi:
- * copied, before they are freed, if the capture takes drops of that port */
-void dp_capture_drops(struct dp_capture *c, uint16_t pi, struct rte_mbuf **pkts, uint16_t n,
-                      int reason);
 
 /* control thread: port pi is being removed - a running capture takes no
  * more of its index (a later port given it is another), from the grace
@@ -70,17 +66,17 @@ dp_capture_tap(uint16_t pi, int dir, struct rte_mbuf **pkts, uint16_t n, uint64_
 {
     struct dp_capture *c = atomic_load_explicit(&dp_cap, memory_order_acquire);
     if (__builtin_expect(c != NULL, 0))
-        dp_capture_burst(c, pi, dir, pkts, n, tsc);
+        dp_capture_burst(c, pi, dir, pkts, n, tsc, 0);
 }
 
 /* in the worker: hand frames about to be dropped to the capture if one
- * runs (one predictable branch while none does) */
+ * runs (one predictable branch while none does), told of port pi */
 static inline void
 dp_capture_tap_drop(uint16_t pi, struct rte_mbuf **pkts, uint16_t n, int reason)
 {
     struct dp_capture *c = atomic_load_explicit(&dp_cap, memory_order_acquire);
     if (__builtin_expect(c != NULL, 0))
-        dp_capture_drops(c, pi, pkts, n, reason);
+        dp_capture_burst(c, pi, DP_CAP_DROP, pkts, n, 0, reason);
 }
 
 /* in the worker, before a tx burst goes to port pi's driver: its frames
@@ -91,7 +87,7 @@ dp_capture_tap_tx(uint16_t pi, struct rte_mbuf **pkts, uint16_t n, struct dp_cap
     struct dp_capture *c = atomic_load_explicit(&dp_cap, memory_order_acquire);
     h->n = 0;
     if (__builtin_expect(c != NULL, 0))
-        dp_capture_hold(c, pi, DP_CAP_TX, pkts, n, 0, h);
+        dp_capture_hold(c, pi, DP_CAP_TX, pkts, n, 0, 0, h);
 }
 
 /* after it: the records of the frames the driver took (the first `taken`) */
