@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 32
+#define DP_ABI_VERSION 33
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -353,6 +353,9 @@ struct dp_cap_stats {
 
 int dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigned snaplen,
                      unsigned slots);
+/* port pi (one added since the start) taken by the running capture from
+ * its next burst on */
+int dp_capture_add_port(int pi);
 /* records into buf (bytes written); the ones that do not fit stay queued */
 int dp_capture_read(uint8_t *buf, size_t buf_len);
 int dp_capture_stats(struct dp_cap_stats *out);

@@ -61,6 +61,19 @@ port_untake(struct dp_capture *c, uint16_t pi)
     __atomic_fetch_and(&c->ports[pi >> 3], (uint8_t) ~(1u << (pi & 7)), __ATOMIC_RELAXED);
 }
 
+int
+dp_capture_add_port(int pi)
+{
+    struct dp_capture *c = cap_owned;
+    if (c == NULL)
+        return dp_fail(-ENOENT, "no capture is running");
+    if (pi < 0 || pi >= DP_MAX_PORTS || dp_port_get(pi) == NULL)
+        return dp_fail(-ENOENT, "capture: no port %d", pi);
+    /* workers read the bit per burst: they take the port's next one */
+    __atomic_fetch_or(&c->ports[pi >> 3], (uint8_t)(1u << (pi & 7)), __ATOMIC_RELAXED);
+    return 0;
+}
+
 void
 dp_capture_port_gone(uint16_t pi)
 {

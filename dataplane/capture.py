@@ -25,7 +25,7 @@ import re
 import secrets
 import threading
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from .api import Route
 from .checks import CAPTURE_DIRECTIONS, CAPTURE_SNAPLEN_RANGE, brief, check_int, check_string, fail
@@ -36,6 +36,11 @@ LEASE_S = 15.0
 SNAPLEN_DEFAULT = 9216
 SLOTS = 4096
 CANCELLED_KEPT = 256
+# the first id of a port given, during a capture of `any`, the index of a
+# port removed from it (frames carry ports as 16 bits: no core port's)
+REUSED_ID0 = 1 << 16
+# what a start's answer says of the capture
+ANSWERED = ("id", "interfaces", "target", "direction", "filter", "snaplen")
 
 
 def _frames_json(frames, stats) -> dict:
@@ -69,7 +74,8 @@ class Captures:
     # ------------------------------------------------------------- targets
     def resolve(self, target) -> List[dict]:
         """A capture target -> [{"port", "name"}]: a port name or index,
-        "uplink", "any" (every port there now; a pod's named pod:plane), a
+        "uplink", "any" (every port there now, those added later: port_added;
+        a pod's named pod:plane), a
         pod (all its planes) or pod:plane."""
         if not isinstance(target, str) or not target:
             raise ConfigError("capture target: a port, 'uplink', 'any', a pod or pod:plane")
@@ -140,9 +146,18 @@ class Captures:
             self.engine.capture_start(
                 [i["port"] for i in ifaces], direction, flt, snaplen=snaplen, slots=SLOTS
             )
+            for i in ifaces:
+                i["id"] = i["port"]  # what its frames carry (port_added)
             self.current = {
                 "id": cid or secrets.token_hex(8),
                 "interfaces": ifaces,
+                # under `any`: the id each core port's frames are told by
+                # now, the ports taken and not removed since, and frames
+                # read out of the core early (port_added)
+                "ids": {i["port"]: i["port"] for i in ifaces},
+                "live": {i["port"] for i in ifaces},
+                "pending": [],
+                "next_id": REUSED_ID0,
                 "target": body.get("target"),
                 "started": time.monotonic(),
                 "last": time.monotonic(),
@@ -163,12 +178,62 @@ class Captures:
             "target": cur.get("target"),
             "direction": cur["direction"],
             "filter": cur["filter"],
-            "ports": [i["name"] for i in cur["interfaces"]],
+            # those it takes now (under `any`: not those removed since)
+            "ports": [
+                i["name"]
+                for i in cur["interfaces"]
+                if i["port"] in cur["live"] and cur["ids"][i["port"]] == i["id"]
+            ],
             "running_s": round(time.monotonic() - cur["started"], 1),
         }
 
     def _answer(self) -> dict:
-        return {k: v for k, v in self.current.items() if k not in ("last", "started")}
+        return {k: v for k, v in self.current.items() if k in ANSWERED}
+
+    def port_added(self, port: int, name: Optional[str] = None):
+        """Port ``port`` just joined the core (a pod's, ``name`` POD:PLANE; or
+        the uplink, by its port name): a capture of ``any`` port takes it
+        from now on, and its next read answer lists it. A port given the
+        index of one removed during the capture gets an id of its own for
+        its frames (REUSED_ID0 on): the frames of the one before, which the
+        core still holds, are read out first under the old id."""
+        with self.lock:
+            cur = self.current
+            if cur is None or cur.get("target") != "any" or port in cur["live"]:
+                return
+            if name is None:
+                name = next((p.name for p in self.ports() if p.index == port), str(port))
+            fid = port
+            if port in cur["ids"]:
+                cur["pending"] += self._read_queued()
+                fid, cur["next_id"] = cur["next_id"], cur["next_id"] + 1
+            try:
+                self.engine.capture_add_port(port)
+            except Exception as e:  # noqa: BLE001 - the capture goes on with the others
+                log.warning("capture %s: port %s (%s) not taken: %s", cur["id"], port, name, e)
+                return
+            cur["ids"][port] = fid
+            cur["live"].add(port)
+            cur["interfaces"].append({"port": port, "name": name, "id": fid})
+
+    def _read_queued(self) -> list:
+        """Every frame the core had queued for the capture when called (as
+        _read_core tells them), however many reads that takes."""
+        want, got = self.engine.capture_stats()["queued"], []
+        while len(got) < want:
+            more = self.engine.capture_read()
+            if not more:
+                break
+            got += more
+        return self._read_core(got)
+
+    def _read_core(self, frames=None) -> list:
+        """The frames the core holds for the running capture (or ``frames``,
+        read already), each told by its port's id (port_added)."""
+        ids = self.current["ids"]
+        if frames is None:
+            frames = self.engine.capture_read()
+        return [(ts, ids.get(p, p), *rest) for ts, p, *rest in frames]
 
     def port_removed(self, port: int):
         """Port ``port`` is about to leave the core: a capture on it ends now
@@ -179,17 +244,21 @@ class Captures:
         with self.lock:
             cur = self.current
             name = cur and next((i["name"] for i in cur["interfaces"] if i["port"] == port), None)
-            if not name or cur.get("target") == "any":
+            if name and cur.get("target") == "any":
+                cur["live"].discard(port)
+                return
+            if not name:
                 return
             self._end(f"{name} (port {port}) was removed")
 
     def _end(self, why: str):
         """The running capture ended by the service (under the lock): what
         it kept, and ``why``, wait for its client's next call."""
-        cid = self.current["id"]
+        cid, ifaces = self.current["id"], self.current["interfaces"]
         frames, stats = self._finish()
         self.ended = {
             "id": cid,
+            "interfaces": ifaces,
             "why": why,
             "frames": frames,
             "stats": stats,
@@ -201,7 +270,11 @@ class Captures:
         if self.ended is None or self.ended["id"] != cid:
             return None
         e, self.ended = self.ended, None
-        return {**_frames_json(e["frames"], e["stats"]), "ended": e["why"]}
+        return {
+            **_frames_json(e["frames"], e["stats"]),
+            "interfaces": e["interfaces"],
+            "ended": e["why"],
+        }
 
     def _mine(self, cid) -> dict:
         if self.current is None or cid != self.current["id"]:
@@ -215,9 +288,9 @@ class Captures:
                 return ended
             cur = self._mine(cid)
             cur["last"] = time.monotonic()
-            frames = self.engine.capture_read()
+            frames, cur["pending"] = cur["pending"] + self._read_core(), []
             stats = self.engine.capture_stats()
-        return _frames_json(frames, stats)
+        return {**_frames_json(frames, stats), "interfaces": cur["interfaces"]}
 
     def stop(self, cid) -> dict:
         with self.lock:
@@ -229,15 +302,16 @@ class Captures:
                 self.cancelled[cid] = None
                 while len(self.cancelled) > CANCELLED_KEPT:
                     self.cancelled.popitem(last=False)
-            self._mine(cid)
+            ifaces = self._mine(cid)["interfaces"]
             frames, stats = self._finish()
-        return _frames_json(frames, stats)
+        return {**_frames_json(frames, stats), "interfaces": ifaces}
 
     def _finish(self):
         """The capture stopped in the core, and its last frames and final
         counters: every record it still held (under the lock)."""
         try:
-            return self.engine.capture_stop()
+            frames, stats = self.engine.capture_stop()
+            return self.current["pending"] + self._read_core(frames), stats
         finally:  # whatever failed, a new capture may start
             self.current = None
 

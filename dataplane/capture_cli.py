@@ -45,7 +45,7 @@ def add_parser(sub):
         "capture",
         help="capture frames of a port or pod, like tcpdump",
         description="Capture frames of a port (name or index, or 'uplink'), every port "
-        "('any': those there at the start), a pod (all its planes) or POD:PLANE inside "
+        "('any': those there at the start and those added while it runs), a pod (all its planes) or POD:PLANE inside "
         "the dataplane. FILTER is a pcap-filter expression, as for tcpdump.",
     )
     p.add_argument("target", help="PORT | uplink | any | POD | POD:PLANE")
@@ -168,6 +168,22 @@ def _capture(args):
     full = False  # the next frame would have passed --max-size
     ended = None  # why the capture ended before its client stopped it
 
+    def joined(answer):
+        """Ports an `any` capture took after its start (pods attached
+        since), as the service's answer lists them: told, and in the file."""
+        for i in answer.get("interfaces", ()):
+            fid = i.get("id", i["port"])
+            if fid in index:
+                continue
+            index[fid], names[fid] = len(index), i["name"]
+            if writer is not None:
+                writer.add_interface(i["name"], cap["snaplen"])
+            print(
+                f"dataplane: capturing {i['name']} (port {i['port']}) too",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def take(frames):
         nonlocal n, full, failed
         if out and writer is None:
@@ -210,8 +226,9 @@ def _capture(args):
         posting = True
         cap = _call(args, "POST", "/v1/capture", body)
         ifaces = cap["interfaces"]
-        index = {i["port"]: n for n, i in enumerate(ifaces)}
-        names = {i["port"]: i["name"] for i in ifaces}
+        # frames are told by an interface's id (a service before ids: its port)
+        index = {i.get("id", i["port"]): n for n, i in enumerate(ifaces)}
+        names = {i.get("id", i["port"]): i["name"] for i in ifaces}
         where = ", ".join(f"{i['name']} (port {i['port']})" for i in ifaces)
         end = time.monotonic() + args.duration if args.duration else None
         if out:
@@ -238,6 +255,7 @@ def _capture(args):
             except SystemExit as e:
                 ended = f"the service stopped answering ({str(e.code).removeprefix('dataplane: ')})"
                 break
+            joined(r)
             take(r["frames"])
             stats = r["stats"]
             if r.get("ended"):
@@ -261,6 +279,7 @@ def _capture(args):
         elif ended is None:
             try:
                 r = _call(args, "DELETE", "/v1/capture", query={"id": cid})
+                joined(r)
                 take(r["frames"])
                 stats = r["stats"]
                 ended = r.get("ended")

@@ -52,7 +52,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 32
+ABI_VERSION = 33
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -1377,6 +1377,11 @@ class Engine(_Tables, _Planes, _Guards, _Express):
                     out.append((ts, port, "rx" if d == lib.DP_CAP_RX else "tx", orig, data, None))
                 off += (rec.size + cap + 7) & ~7
         return out
+
+    def capture_add_port(self, port: int):
+        """Port ``port`` (added since the capture started) into the running
+        capture, from its next burst on."""
+        self._call("adding a port to the capture", lib.dp_capture_add_port, port)
 
     def capture_stats(self) -> dict:
         """matched, captured, dropped (no free record), queued."""

@@ -50,11 +50,14 @@ class PcapngWriter:
         shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b"")
         self._add(_block(_SHB, shb), False)
         for name, snaplen in interfaces:
-            opts = _opt(2, name.encode()) + _opt(9, bytes([9])) + _opt(0, b"")
-            self._add(
-                _block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts), False
-            )
+            self.add_interface(name, snaplen)
         self.flush()
+
+    def add_interface(self, name: str, snaplen: int):
+        """One more interface (its description block), the next number for
+        ``write``: the first is 0."""
+        opts = _opt(2, name.encode()) + _opt(9, bytes([9])) + _opt(0, b"")
+        self._add(_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts), False)
 
     def _add(self, block: bytes, frame: bool):
         self._buf += block

@@ -349,6 +349,9 @@ class PodLife:
         self.unattached: Dict[str, str] = {}
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
+        # told of a pod's core port once whole: (port, "pod:plane") - a
+        # capture of any port takes it
+        self.after_port_added: Callable[[int, str], None] = lambda port, name: None
         self._store_mark: Optional[str] = None  # store_mark()
         # (pod, plane) -> the error last logged for a veth that could not be
         # made again (said once, tried again every housekeeping round)
@@ -826,6 +829,7 @@ class PodLife:
             # owned last: a scrape or a status shows a pod port once it is
             # whole - its pod, plane and network - never under other labels
             self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
+            self.after_port_added(port, f"{e['pod']}:{e['plane']}")
         return port
 
     def _join_express(self, port: int, e, net: int, allowed=(), n=None):
@@ -1059,6 +1063,7 @@ class PodLife:
                 self._pin_problems.pop((name, e["plane"]), None)
             self._guard_port(port, e, allowed, dhcp_server)
             self.engine.fdb_add_local(net, e["mac"], port)
+            self.after_port_added(port, f"{name}:{e['plane']}")
         return port
 
     def repin_vhost(self):

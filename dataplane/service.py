@@ -342,6 +342,7 @@ class NodeService:
             )
             routes.update(self.captures.routes())
             self.pods.before_port_removed = self.captures.port_removed
+            self.pods.after_port_added = self.captures.port_added
             self.api = APIServer(cfg.api_socket, routes, log=log)
             self.api.start()
         except BaseException:
@@ -1565,6 +1566,7 @@ class NodeService:
             raise
         if self.captures is not None:
             self.captures.uplink = self.uplink
+            self.captures.port_added(self.uplink)
 
     def _reap(self):
         """Pods whose namespace or veths went away while the service ran are

@@ -297,3 +297,28 @@ def test_a_port_removed_before_its_capture_starts_is_not_taken(eng):
         got, _st = eng.capture_stop()
     recs += got
     assert [(r[1], Ether(r[4])[UDP].sport) for r in recs] == [(t.a, 3)]
+
+
+def test_a_port_added_to_a_running_capture_is_taken_from_its_next_frame(eng):
+    """capture_add_port: a port added after the start (the service's `any`
+    capture, a pod attached meanwhile) is captured from then on; adding a
+    port that is not there, or to no capture, is refused by name."""
+    t = Topo(eng)
+    x = eng.add_ring_port("x", network=0)
+    with pytest.raises(errors.DataplaneError, match="no capture is running"):
+        eng.capture_add_port(x)
+    eng.capture_start([t.a], "rx", "")
+    try:
+        t.send(x, udp_frame(src=A, dst=B, sport=1))  # not taken yet
+        assert len(t.recv(t.b, n=1)) == 1
+        eng.capture_add_port(x)
+        t.send(x, udp_frame(src=A, dst=B, sport=2))
+        t.send(t.a, udp_frame(src=A, dst=B, sport=3))
+        assert len(t.recv(t.b, n=2)) == 2
+        with pytest.raises(errors.DataplaneError, match="capture: no port 200"):
+            eng.capture_add_port(200)
+        recs = _records(eng, 2)
+    finally:
+        got, _st = eng.capture_stop()
+    recs += got
+    assert sorted((r[1], Ether(r[4])[UDP].sport) for r in recs) == sorted([(x, 2), (t.a, 3)])

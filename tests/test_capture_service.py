@@ -360,3 +360,46 @@ def test_the_status_shows_a_running_capture_and_the_lane_waiting_for_it(node):
     st = json.loads(node.cli("status", "--json").stdout)
     assert st["capture"] is None
     assert "express lane on" in node.cli("status").stdout
+
+
+def _pod_ports(node):
+    """{(pod, plane): core port} of the node's pod ports, by its status."""
+    st = json.loads(node.cli("status", "--json").stdout)
+    return {(p["pod"], p["plane"]): p["port"] for p in st["ports"] if p["pod"]}
+
+
+def test_an_any_capture_takes_a_pod_attached_while_it_runs(node, tmp_path):
+    """A pod attached under a capture of ``any`` port joins it: the client
+    says so and its file gets the pod's interface. The new pod takes the
+    index of a pod deleted meanwhile, whose frames the core still held
+    (the client stopped): each frame keeps the name of the port it came
+    in by."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    c = node.pod("c", IT_SPEC)
+    b_port = _pod_ports(node)[("b", "std")]
+    out = tmp_path / "any.pcapng"
+    cap = capture(node, "any", "--direction", "drop", "-c", "3", "-w", str(out), "udp port 9999")
+    started(cap)
+    os.kill(cap.pid, signal.SIGSTOP)  # what the core captures waits there
+    try:
+        spoofed(node, b, c, 4200)
+        spoofed(node, a, c, 4201)
+        node.cli("pod", "del", "b")
+        d = node.pod("d", IT_SPEC)
+        assert _pod_ports(node)[("d", "std")] == b_port, "the test wants b's index given to d"
+        spoofed(node, d, c, 4202)
+        st = json.loads(node.cli("status", "--json").stdout)["capture"]
+        assert "d:std" in st["ports"] and "b:std" not in st["ports"], st
+    finally:
+        os.kill(cap.pid, signal.SIGCONT)
+    assert cap.wait(30) == 0
+    err = cap.stderr.read()
+    assert f"dataplane: capturing d:std (port {b_port}) too" in err, err
+    assert "dataplane: dropped frames taken, by reason: spoof_ipv4 3" in err, err
+    rows = tshark(out, "frame.interface_name", "frame.comment", "udp.srcport")
+    assert sorted(rows) == [
+        ["a:std", "dropped: spoof_ipv4", "4201"],
+        ["b:std", "dropped: spoof_ipv4", "4200"],
+        ["d:std", "dropped: spoof_ipv4", "4202"],
+    ], rows
