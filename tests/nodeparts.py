@@ -5,6 +5,8 @@ real Prometheus server."""
 import contextlib
 import socket
 import subprocess
+import time
+import urllib.request
 import uuid
 
 
@@ -30,26 +32,49 @@ def uplink_peer_in(node, ns, ip="10.99.0.2/24"):
 
 def start_prometheus(tmp_path, metrics_port, rules=None):
     """A Prometheus server scraping 127.0.0.1:metrics_port every second as
-    job ``dataplane`` (evaluating ``rules`` if given): (process, its port).
-    The caller terminates it."""
-    port = free_port()
+    job ``dataplane`` (evaluating ``rules`` if given), ready: (process, its
+    port). The caller terminates it. Its port is picked free and then bound
+    by Prometheus: a server that lost it to another process meanwhile
+    exits, and a new one is started on another port (up to 3 times)."""
     (tmp_path / "prom.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         + (f"rule_files: [{rules}]\n" if rules else "")
         + "scrape_configs:\n  - job_name: dataplane\n"
         + f'    static_configs: [{{targets: ["127.0.0.1:{metrics_port}"]}}]\n'
     )
-    prom = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={tmp_path}/prom.yml",
-            f"--storage.tsdb.path={tmp_path}/tsdb",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return prom, port
+    for _ in range(3):
+        port = free_port()
+        with open(tmp_path / "prom.log", "wb") as log:
+            prom = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={tmp_path}/prom.yml",
+                    f"--storage.tsdb.path={tmp_path}/tsdb",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        if _prometheus_ready(prom, port):
+            return prom, port
+        prom.kill()
+        prom.wait()
+    raise AssertionError(f"prometheus did not start: {(tmp_path / 'prom.log').read_text()[-2000:]}")
+
+
+def _prometheus_ready(prom, port, wait_s=60.0):
+    """Whether Prometheus ``prom`` answers as ready on ``port`` (False: it
+    exited, or never answered as Prometheus does)."""
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end and prom.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as r:
+                if b"Prometheus" in r.read() and prom.poll() is None:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 #: a third network, on the media plane, after test_service.NETWORKS
