@@ -249,7 +249,10 @@ dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigne
     if (ret < 0)
         goto fail;
     /* rings of `slots` entries hold slots - 1: one more than the slots */
-    c->free = rte_ring_create("dp_cap_free", slots * 2, SOCKET_ID_ANY, RING_F_SP_ENQ);
+    /* free: taken by workers, given back by the control thread (read) and
+     * by workers (a record whose frame a driver did not take): several
+     * producers and consumers. full: several producers, one consumer */
+    c->free = rte_ring_create("dp_cap_free", slots * 2, SOCKET_ID_ANY, 0);
     c->full = rte_ring_create("dp_cap_full", slots * 2, SOCKET_ID_ANY, RING_F_SC_DEQ);
     c->slots = rte_zmalloc("dp_cap_slots", (size_t)slots * c->slot_size, RTE_CACHE_LINE_SIZE);
     if (c->free == NULL || c->full == NULL || c->slots == NULL) {

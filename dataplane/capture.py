@@ -39,6 +39,9 @@ CANCELLED_KEPT = 256
 # the first id of a port given, during a capture of `any`, the index of a
 # port removed from it (frames carry ports as 16 bits: no core port's)
 REUSED_ID0 = 1 << 16
+# frames read out of the core early (a port index given again) kept for the
+# client at the most; more are counted as the capture's drops
+PENDING_MAX = SLOTS
 # what a start's answer says of the capture
 ANSWERED = ("id", "interfaces", "target", "direction", "filter", "snaplen")
 
@@ -157,6 +160,7 @@ class Captures:
                 "ids": {i["port"]: i["port"] for i in ifaces},
                 "live": {i["port"] for i in ifaces},
                 "pending": [],
+                "lost": 0,
                 "next_id": REUSED_ID0,
                 "target": body.get("target"),
                 "started": time.monotonic(),
@@ -188,7 +192,8 @@ class Captures:
         }
 
     def _answer(self) -> dict:
-        return {k: v for k, v in self.current.items() if k in ANSWERED}
+        a = {k: v for k, v in self.current.items() if k in ANSWERED}
+        return dict(a, interfaces=list(a["interfaces"]))
 
     def port_added(self, port: int, name: Optional[str] = None):
         """Port ``port`` just joined the core (a pod's, ``name`` POD:PLANE; or
@@ -196,18 +201,20 @@ class Captures:
         from now on, and its next read answer lists it. A port given the
         index of one removed during the capture gets an id of its own for
         its frames (REUSED_ID0 on): the frames of the one before, which the
-        core still holds, are read out first under the old id."""
+        core still holds, are read out first under the old id. Never
+        raises: a port the capture could not take is logged, and the pod's
+        attach goes on."""
         with self.lock:
             cur = self.current
             if cur is None or cur.get("target") != "any" or port in cur["live"]:
                 return
-            if name is None:
-                name = next((p.name for p in self.ports() if p.index == port), str(port))
-            fid = port
-            if port in cur["ids"]:
-                cur["pending"] += self._read_queued()
-                fid, cur["next_id"] = cur["next_id"], cur["next_id"] + 1
             try:
+                if name is None:
+                    name = next((p.name for p in self.ports() if p.index == port), str(port))
+                fid = port
+                if port in cur["ids"]:
+                    self._keep_queued(cur)
+                    fid, cur["next_id"] = cur["next_id"], cur["next_id"] + 1
                 self.engine.capture_add_port(port)
             except Exception as e:  # noqa: BLE001 - the capture goes on with the others
                 log.warning("capture %s: port %s (%s) not taken: %s", cur["id"], port, name, e)
@@ -216,16 +223,24 @@ class Captures:
             cur["live"].add(port)
             cur["interfaces"].append({"port": port, "name": name, "id": fid})
 
-    def _read_queued(self) -> list:
-        """Every frame the core had queued for the capture when called (as
-        _read_core tells them), however many reads that takes."""
-        want, got = self.engine.capture_stats()["queued"], []
-        while len(got) < want:
+    def _keep_queued(self, cur):
+        """Every frame the core had queued for the capture when called, read
+        into its pending frames as _read_core tells them (those past
+        PENDING_MAX counted as the capture's drops)."""
+        want = self.engine.capture_stats()["queued"]
+        while want > 0:
             more = self.engine.capture_read()
             if not more:
                 break
-            got += more
-        return self._read_core(got)
+            want -= len(more)
+            room = max(PENDING_MAX - len(cur["pending"]), 0)
+            cur["pending"] += self._read_core(more[:room])
+            cur["lost"] += len(more[room:])
+
+    def _stats(self, stats: dict) -> dict:
+        """The core's counters of the running capture, with the frames it
+        read early and could not keep among those it dropped."""
+        return dict(stats, dropped=stats.get("dropped", 0) + self.current["lost"])
 
     def _read_core(self, frames=None) -> list:
         """The frames the core holds for the running capture (or ``frames``,
@@ -254,7 +269,7 @@ class Captures:
     def _end(self, why: str):
         """The running capture ended by the service (under the lock): what
         it kept, and ``why``, wait for its client's next call."""
-        cid, ifaces = self.current["id"], self.current["interfaces"]
+        cid, ifaces = self.current["id"], list(self.current["interfaces"])
         frames, stats = self._finish()
         self.ended = {
             "id": cid,
@@ -289,8 +304,9 @@ class Captures:
             cur = self._mine(cid)
             cur["last"] = time.monotonic()
             frames, cur["pending"] = cur["pending"] + self._read_core(), []
-            stats = self.engine.capture_stats()
-        return {**_frames_json(frames, stats), "interfaces": cur["interfaces"]}
+            stats = self._stats(self.engine.capture_stats())
+            ifaces = list(cur["interfaces"])
+        return {**_frames_json(frames, stats), "interfaces": ifaces}
 
     def stop(self, cid) -> dict:
         with self.lock:
@@ -302,7 +318,7 @@ class Captures:
                 self.cancelled[cid] = None
                 while len(self.cancelled) > CANCELLED_KEPT:
                     self.cancelled.popitem(last=False)
-            ifaces = self._mine(cid)["interfaces"]
+            ifaces = list(self._mine(cid)["interfaces"])
             frames, stats = self._finish()
         return {**_frames_json(frames, stats), "interfaces": ifaces}
 
@@ -311,7 +327,7 @@ class Captures:
         counters: every record it still held (under the lock)."""
         try:
             frames, stats = self.engine.capture_stop()
-            return self.current["pending"] + self._read_core(frames), stats
+            return self.current["pending"] + self._read_core(frames), self._stats(stats)
         finally:  # whatever failed, a new capture may start
             self.current = None
 

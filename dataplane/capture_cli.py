@@ -171,13 +171,14 @@ def _capture(args):
     def joined(answer):
         """Ports an `any` capture took after its start (pods attached
         since), as the service's answer lists them: told, and in the file."""
+        nonlocal full
         for i in answer.get("interfaces", ()):
             fid = i.get("id", i["port"])
             if fid in index:
                 continue
             index[fid], names[fid] = len(index), i["name"]
-            if writer is not None:
-                writer.add_interface(i["name"], cap["snaplen"])
+            if writer is not None and not full and not failed:
+                full = not writer.add_interface(i["name"], cap["snaplen"])
             print(
                 f"dataplane: capturing {i['name']} (port {i['port']}) too",
                 file=sys.stderr,

@@ -27,6 +27,12 @@ def _block(btype: int, body: bytes) -> bytes:
     return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
 
 
+def _idb(name: str, snaplen: int) -> bytes:
+    """An Ethernet interface's description block: its name, ns timestamps."""
+    opts = _opt(2, name.encode()) + _opt(9, bytes([9])) + _opt(0, b"")
+    return _block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts)
+
+
 class PcapngWriter:
     """pcapng into an open binary file; ``interfaces``: [(name, snaplen)].
 
@@ -50,14 +56,18 @@ class PcapngWriter:
         shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b"")
         self._add(_block(_SHB, shb), False)
         for name, snaplen in interfaces:
-            self.add_interface(name, snaplen)
+            self._add(_idb(name, snaplen), False)
         self.flush()
 
-    def add_interface(self, name: str, snaplen: int):
+    def add_interface(self, name: str, snaplen: int) -> bool:
         """One more interface (its description block), the next number for
-        ``write``: the first is 0."""
-        opts = _opt(2, name.encode()) + _opt(9, bytes([9])) + _opt(0, b"")
-        self._add(_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts), False)
+        ``write`` (the first is 0); False, and not added, where its block
+        would pass ``max_size``."""
+        block = _idb(name, snaplen)
+        if self.max_size and self.size + len(self._buf) + len(block) > self.max_size:
+            return False
+        self._add(block, False)
+        return True
 
     def _add(self, block: bytes, frame: bool):
         self._buf += block

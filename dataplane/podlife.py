@@ -213,16 +213,20 @@ class _PortOpening:
             raise self._error
         return self._port
 
-    def abandon(self):
-        """The plane failed: the port, if one was opened, removed."""
+    def abandon(self, lock, before_removed: Callable[[int], None]):
+        """The plane failed: the port, if one was opened, removed under
+        ``lock`` (the engine's tables'), ``before_removed`` told first (a
+        capture of any port may have taken it meanwhile)."""
         if self._thread is None:
             return
         self._thread.join()
         if self._port is not None:
-            try:
-                self.engine.del_port(self._port)
-            except DataplaneError as e:
-                log.warning("removing port %s of a failed plane: %s", self._port, e)
+            with lock:
+                before_removed(self._port)
+                try:
+                    self.engine.del_port(self._port)
+                except DataplaneError as e:
+                    log.warning("removing port %s of a failed plane: %s", self._port, e)
 
 
 class _Present:
@@ -349,8 +353,8 @@ class PodLife:
         self.unattached: Dict[str, str] = {}
         # told of a core port about to go (a capture on it ends first)
         self.before_port_removed: Callable[[int], None] = lambda port: None
-        # told of a pod's core port once whole: (port, "pod:plane") - a
-        # capture of any port takes it
+        # told of a pod's core port as it is taken into the pod's plane
+        # (port, "pod:plane"): a capture of any port takes it
         self.after_port_added: Callable[[int, str], None] = lambda port, name: None
         self._store_mark: Optional[str] = None  # store_mark()
         # (pod, plane) -> the error last logged for a veth that could not be
@@ -822,6 +826,7 @@ class PodLife:
         port = opening.result(e["host_ifname"])
         with self.lock:
             self.ports[e["host_ifname"]] = port
+            self.after_port_added(port, f"{e['pod']}:{e['plane']}")
             self._guard_port(port, e, allowed, dhcp_server)
             self.engine.set_port_network(port, net)
             self.engine.fdb_add_local(net, e["mac"], port)
@@ -829,7 +834,6 @@ class PodLife:
             # owned last: a scrape or a status shows a pod port once it is
             # whole - its pod, plane and network - never under other labels
             self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
-            self.after_port_added(port, f"{e['pod']}:{e['plane']}")
         return port
 
     def _join_express(self, port: int, e, net: int, allowed=(), n=None):
@@ -1057,13 +1061,13 @@ class PodLife:
                 self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
             )
             self.ports[host_ifname(name, e["plane"])] = port
+            self.after_port_added(port, f"{name}:{e['plane']}")
             self.owners[host_ifname(name, e["plane"])] = (name, e["plane"])
             if ps.kind == fastif.VHOST_USER:
                 self._pins[(name, e["plane"])] = dict(ps.options)
                 self._pin_problems.pop((name, e["plane"]), None)
             self._guard_port(port, e, allowed, dhcp_server)
             self.engine.fdb_add_local(net, e["mac"], port)
-            self.after_port_added(port, f"{name}:{e['plane']}")
         return port
 
     def repin_vhost(self):
@@ -1233,7 +1237,7 @@ class PodLife:
                             host_end_made=opening.start if opening.early else None,
                         )
                     except BaseException:
-                        opening.abandon()
+                        opening.abandon(self.lock, self.before_port_removed)
                         raise
                     made.add(f"veth {hif}", lambda hif=hif: detach_plane(hif))
                     made.add(f"port of {hif}", lambda hif=hif: self._drop_port(hif))

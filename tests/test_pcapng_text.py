@@ -1,13 +1,16 @@
 """The capture's one-line text (``dataplane capture`` without ``-w``):
 lengths as the headers give them, not as many bytes as were captured (a
-snap length cuts them, Ethernet padding adds to them)."""
+snap length cuts them, Ethernet padding adds to them); and the pcapng
+writer's interfaces added after frames."""
+
+import subprocess
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from dataplane.pcapng import summary
+from dataplane.pcapng import PcapngWriter, summary
 
 A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
@@ -31,3 +34,28 @@ def test_an_ipv4_header_length_below_five_words_is_not_read_as_one():
     f = bytearray(bytes(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()))
     f[14] = 0x42  # version 4, header length 2 words
     assert "ethertype 0x0800" in summary(bytes(f)), summary(bytes(f))
+
+
+def test_an_interface_added_later_is_read_back_and_kept_within_max_size(tmp_path):
+    """An interface added after frames (a pod that joined an `any`
+    capture) is numbered next and read back by tshark with its frames; one
+    whose block would pass max_size is refused."""
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP() / UDP())
+    path = tmp_path / "later.pcapng"
+    with open(path, "wb", buffering=0) as f:
+        w = PcapngWriter(f, [("a:std", 128)])
+        assert w.write(0, 1_700_000_000 * 10**9, "rx", len(frame), frame)
+        assert w.add_interface("b:std", 128)
+        assert w.write(1, 1_700_000_001 * 10**9, "tx", len(frame), frame)
+        w.flush()
+        w.max_size = w.size + 8  # no room for one more interface block
+        assert not w.add_interface("c:std", 128)
+        w.flush()
+    r = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.interface_name"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["a:std", "b:std"]
+    assert path.stat().st_size == w.size
