@@ -838,14 +838,13 @@ dp_afp_tunnel_open(struct dp_afp *a, const char *tap)
     return 0;
 }
 
-void
-dp_afp_tunnel_close(struct dp_afp *a)
+int
+dp_afp_tunnel_detach(struct dp_afp *a)
 {
     int fd = a->tx.tfd;
 
     __atomic_store_n(&a->tx.tfd, -1, __ATOMIC_RELAXED);
-    if (fd >= 0)
-        (void)close(fd);
+    return fd;
 }
 
 /*

@@ -107,8 +107,10 @@ int dp_afp_has_tunnel(const struct dp_afp *a);
 int dp_afp_tunnel_ok(const struct dp_afp *a);
 /* VXLAN super-frames sent whole through the tunnel tap so far */
 uint64_t dp_afp_tunneled(const struct dp_afp *a);
-/* Close the tunnel tap (no tx_burst may run with tunnel frames meanwhile). */
-void dp_afp_tunnel_close(struct dp_afp *a);
+/* Take the tunnel tap away from tx_burst: its fd, for the caller to close
+ * once no tx_burst that may have read it still runs (a grace period); -1
+ * if there was none */
+int dp_afp_tunnel_detach(struct dp_afp *a);
 /* Drops so far; reads (and so resets) the kernel's counters: control thread,
  * one caller at a time. */
 void dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st);

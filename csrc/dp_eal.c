@@ -436,8 +436,10 @@ dp_setup(unsigned n_mbufs)
                                          DP_SLOW_RING_SIZE, socket, RING_F_SC_DEQ);
     dp.neigh_ring = rte_ring_create_elem("dp_neigh", sizeof(struct dp_slow_event),
                                          DP_SLOW_RING_SIZE, socket, RING_F_SC_DEQ);
-    dp.ctrl_tx =
-        rte_ring_create("dp_ctrl_tx", DP_CTRL_TX_RING_SIZE, socket, RING_F_SP_ENQ | RING_F_SC_DEQ);
+    /* one producer (the control thread, under the engine's lock); consumers:
+     * the worker polling the VTEP's uplink, and while the VTEP moves to
+     * another uplink port, the one polling that for a moment too */
+    dp.ctrl_tx = rte_ring_create("dp_ctrl_tx", DP_CTRL_TX_RING_SIZE, socket, RING_F_SP_ENQ);
     dp.ctr =
         rte_zmalloc_socket("dp_counters", sizeof(struct dp_counters), RTE_CACHE_LINE_SIZE, socket);
     if (!dp.learn_ring || !dp.neigh_ring || !dp.ctrl_tx || !dp.ctr) {

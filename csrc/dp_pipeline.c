@@ -149,8 +149,9 @@ dp_worker_main(void *arg)
                 continue;
 
             /* control-plane frames (ARP requests) leave by the uplink */
-            /* (the VTEP's uplink only: the ring has one consumer, and a
-             * second uplink port may exist while the VTEP moves to it) */
+            /* (the VTEP's uplink only; while the VTEP moves to another
+             * uplink port, workers with the old and the new VTEP may both
+             * take from the ring: it is multi-consumer) */
             if (q == 0 && p->role == DP_ROLE_UPLINK && unlikely(!rte_ring_empty(dp.ctrl_tx)) &&
                 pi == w->vtep->uplink) {
                 struct rte_mbuf *c[DP_BURST];

@@ -765,8 +765,13 @@ dp_port_tunnel_tap(int idx, const char *tap)
     if (tap == NULL) {
         if (__atomic_load_n(&p->tnl_gso, __ATOMIC_RELAXED))
             return dp_fail(-EBUSY, "port %d (%s): tunnel GSO is on", idx, p->name);
-        dp_sync(); /* no worker still sends through it (tunnel GSO just off) */
-        dp_afp_tunnel_close(p->afp);
+        /* frames marked for it may still wait in a shaped uplink's plane
+         * queues: a worker that read the fd before it was taken away has
+         * written with it before the grace period ends, none after */
+        int fd = dp_afp_tunnel_detach(p->afp);
+        dp_sync();
+        if (fd >= 0)
+            (void)close(fd);
         return 0;
     }
     if (p->role != DP_ROLE_UPLINK)

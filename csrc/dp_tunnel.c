@@ -189,9 +189,11 @@ dp_tunnel_ref(int net, uint32_t ip)
         int ret = rte_hash_add_key_data(dp.vteps, &k, (void *)(uintptr_t)net);
         if (ret != 0) {
             if (created) {
-                /* nothing points at it yet: no worker can hold it */
+                /* no FDB entry points at it yet, but a worker's held
+                 * frame for a tunnel once at this index may read it */
                 atomic_store(&dp.tunnels[ti], NULL);
                 dp_express_tunnel(ti);
+                dp_sync();
                 rte_free(created);
             }
             return dp_fail(ret, "VTEP table full");
