@@ -1699,6 +1699,15 @@ class PodLife:
             raise NotFound(f"pod {name} is not attached")
         return self._info(pod, self.store.endpoints(pod=name), remember)
 
+    def _listed(self, name: str) -> Optional[dict]:
+        """Pod ``name`` as a listing shows it; None if it was deleted since
+        the listing read the store's pods (a delete, a CNI DEL or the
+        reaper's, meanwhile)."""
+        try:
+            return self.pod_info(name)
+        except NotFound:
+            return None
+
     def _info(self, pod, eps, remember: bool = False) -> dict:
         """Pod record ``pod`` with its endpoints ``eps`` as the API shows
         it. If it is this node's: remembered (``known``) when ``remember``
@@ -1717,8 +1726,9 @@ class PodLife:
             ],
         }
         if pod.get("node") in (None, self.config.node):
-            if name in self.unattached:
-                info["not_attached"] = self.unattached[name]  # no forwarding, and why
+            why = self.unattached.get(name)  # (the reaper may re-attach it meanwhile)
+            if why is not None:
+                info["not_attached"] = why  # no forwarding, and why
             with self._known_lock:
                 if remember or name in self.known:
                     self.known[name] = info
@@ -1772,7 +1782,9 @@ class PodLife:
             try:
                 with reach.bounded(self.store):
                     return [
-                        self.pod_info(p["name"]) for p in self.store.pods(node=self.config.node)
+                        info
+                        for p in self.store.pods(node=self.config.node)
+                        if (info := self._listed(p["name"])) is not None
                     ]
             except reach.NOT_SERVED as e:
                 err = str(e)
@@ -1783,15 +1795,15 @@ class PodLife:
             "them, so none is left out); pods cannot be added or deleted until it answers; "
             "the core forwards on",
         )
+        with self._known_lock:  # filled and emptied together: read together
+            known = [(name, info, self.known_at[name]) for name, info in self.known.items()]
         out = []
-        for name, info in sorted(self.known.items()):
+        for name, info, at in sorted(known, key=lambda k: k[0]):
             planes = [dict(p) for p in info["planes"]]
             for p in planes:  # the port is the core's: known here, now
                 if p.get("kind", VETH) == VETH:
                     p["port"] = self.ports.get(p["host_ifname"])
-            out.append(
-                dict(info, planes=planes, store_error=msg, as_of=round(self.known_at[name], 3))
-            )
+            out.append(dict(info, planes=planes, store_error=msg, as_of=round(at, 3)))
         return out
 
     def port_owners(self) -> Dict[int, Tuple[str, str]]:

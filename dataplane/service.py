@@ -872,12 +872,12 @@ class NodeService:
         ``network``, of ``mac``, or all): learned again from their next
         frame, a duplicate's freeze lifted. Entries of pods, hosts and the
         cluster are never removed; naming one is an error."""
-        net = self._net_of(network)
-        if not self.config.vtep.learning:
-            raise ConfigError(
-                "vtep.learning is off on this node: no MAC is learned, so none is cleared"
-            )
-        with self.lock:
+        with self.lock:  # the network's index as the tables have it (a reload may change it)
+            net = self._net_of(network)
+            if not self.config.vtep.learning:
+                raise ConfigError(
+                    "vtep.learning is off on this node: no MAC is learned, so none is cleared"
+                )
             n = self._live_engine().learn_clear(net, mac)
         if n == 0 and mac is not None:
             rows = self.fdb(network, mac)
@@ -1032,9 +1032,7 @@ class NodeService:
                         for name in _fields_of(takes, "anti_spoofing")
                     }
                     with self.lock:  # the engine stays: a stop waits for the pod lock
-                        for name, plan in guards.items():
-                            self.pods.reguard(new.network(name), plan)
-                        self._take_settings(new, takes)
+                        self._take_guards_and_settings(new, takes, guards)
                 except BaseException:
                     self._undo_added(slots, recorded)
                     if added:
@@ -1080,31 +1078,61 @@ class NodeService:
             out["refused"] = refused
         return out
 
-    def _take_settings(self, new: NodeConfig, takes):
+    def _take_guards_and_settings(self, new: NodeConfig, takes, guards):
+        """The pod ports' anti-spoofing (``guards``: {network: its ports'
+        :meth:`PodLife.guard_plan`}) and the settings ``takes`` changes as
+        ``new`` has them (self.lock held). On an error, what was changed
+        is put back as the running configuration has it before it is
+        raised: the core stays as the configuration the service keeps."""
+        done = []
+        try:
+            for name, plan in guards.items():
+                self.pods.reguard(new.network(name), plan)  # undoes itself on an error
+                done.append(name)
+            self._take_settings(new, takes)
+        except BaseException:
+            old = self.config
+            for name in done:
+                try:
+                    self.pods.reguard(old.network(name), guards[name])
+                except Exception as e:  # noqa: BLE001 - said; the reload's error is raised
+                    log.error("reload: network %s: its guards could not be put back: %s", name, e)
+            try:
+                self._take_settings(old, takes, was=new)
+            except Exception as e:  # noqa: BLE001 - said; the reload's error is raised
+                log.error("reload: the settings could not all be put back: %s", e)
+            raise
+
+    def _take_settings(self, new: NodeConfig, takes, was: Optional[NodeConfig] = None):
         """The uplink's shaper, the VTEP's learning, the planes (rates,
         marking, classification) and the networks' storm control as ``new``
-        has them, where ``takes`` changes them (self.lock held)."""
+        has them, where ``takes`` changes them, from ``was`` (default: the
+        running configuration; self.lock held)."""
         eng = self.engine
+        was = was or self.config
         fields = {n for n, _, _ in takes}
         # an uplink not attached yet takes the new rates when it is
         if self.uplink is not None and fields & {"vtep.uplink_rate", "vtep.uplink_burst"}:
             v = new.vtep
             eng.set_shaper(self.uplink, v.uplink_rate, v.uplink_burst)
         if any(n.startswith(LEARNING_FIELDS) for n in fields):
-            self._take_learning(new.vtep)
+            self._take_learning(new.vtep, was.vtep)
         for pl in {n.split(".")[1] for n, _, _ in takes if n.startswith("planes.")}:
-            _set_plane(eng, new, new.planes[pl])
+            if pl in new.planes:
+                _set_plane(eng, new, new.planes[pl])
         if any(n.endswith(".classify_dscp") for n in fields):
-            self._take_classification(new)
+            self._take_classification(new, was)
         for name in _fields_of(takes, "storm_pps", "storm_burst"):
-            self._set_storm(new.network(name))
+            if name in self.net_index and any(n.name == name for n in new.networks):
+                self._set_storm(new.network(name))
 
-    def _take_classification(self, new: NodeConfig):
+    def _take_classification(self, new: NodeConfig, old: NodeConfig):
         """The inner DSCPs that pick a plane (``classify_dscp``) as ``new``
-        has them (self.lock held): a DSCP no plane claims any more goes
-        back to its network's plane, then the ones new or moved are set."""
+        has them, from ``old`` (self.lock held): a DSCP no plane claims any
+        more goes back to its network's plane, then the ones new or moved
+        are set."""
         eng = self.engine
-        was = {d: pl.name for pl in self.config.planes.values() for d in pl.classify_dscp}
+        was = {d: pl.name for pl in old.planes.values() for d in pl.classify_dscp}
         now = {d: pl.name for pl in new.planes.values() for d in pl.classify_dscp}
         for d in sorted(was.keys() - now.keys()):
             eng.set_dscp_plane(d, None)
@@ -1112,17 +1140,18 @@ class NodeService:
             if was.get(d) != name:
                 eng.set_dscp_plane(d, new.plane_id(name))
 
-    def _take_learning(self, v):
-        """The VTEP's learning as ``v`` (the reloaded ``vtep``) has it
-        (self.lock held): its limits and duplicate detection before it is
-        switched on; switched off, the MACs it learned removed at once, as
-        ``dataplane fdb clear`` removes them, rather than left to age."""
+    def _take_learning(self, v, was):
+        """The VTEP's learning as ``v`` (the reloaded ``vtep``) has it, from
+        ``was`` (self.lock held): its limits and duplicate detection before
+        it is switched on; switched off, the MACs it learned removed at
+        once, as ``dataplane fdb clear`` removes them, rather than left to
+        age."""
         eng = self.engine
         if v.learning:
             d = v.duplicate_macs
             eng.set_duplicate_macs(d.moves, d.window_s, d.freeze_s)
             eng.set_learning_limits(age_s=v.learned_age_s)
-        if v.learning != self.config.vtep.learning:
+        if v.learning != was.learning:
             self._set_vtep(self.vtep_mac, v)
             if not v.learning:
                 event("learned MACs removed: learning switched off", learned=eng.learn_clear())
@@ -1170,18 +1199,23 @@ class NodeService:
             for r in self.store.networks()
         ]
 
+    def _not_configured(self, name: str):
+        """Busy if network ``name`` is in this node's configuration."""
+        if any(n.name == name for n in self.config.networks):
+            raise Busy(
+                f"network {name} is in this node's configuration ({self.config_path or 'networks'}): "
+                "take it out of networks and reload first (dataplane reload)"
+            )
+
     def forget_network(self, name: str) -> dict:
         """The store's record of network ``name`` deleted, its VNI free for
         another network: with etcd, once no running node carries it and no
         pod or static host of the cluster is on it; a network of this node's
         configuration is refused (a reload takes it out first). NotFound
         for a name the store has no record of."""
-        if any(n.name == name for n in self.config.networks):
-            raise Busy(
-                f"network {name} is in this node's configuration ({self.config_path or 'networks'}): "
-                "take it out of networks and reload first (dataplane reload)"
-            )
+        self._not_configured(name)
         with self._pod_txn():  # no pod of this node added to it meanwhile
+            self._not_configured(name)  # nor a reload that took it in while this waited
             rec = self.store.network(name)
             if rec is None or not self.store.delete_network(name):
                 raise NotFound(
@@ -1534,6 +1568,9 @@ class NodeService:
                     self._set_vtep(mac)
                 asked = eng.refresh_neighbors()
         except Exception as e:  # noqa: BLE001 - the service goes on; the next look tries again
+            if not first:
+                with self.lock:  # a port reopened on the new device, the rest not done:
+                    self.uplink_ifindex = old  # the next look does it all again
             return f"{was}, but attaching it failed: {e}; tried again every second"
         event(
             "uplink attached" if first else "uplink re-attached",
