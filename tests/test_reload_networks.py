@@ -574,3 +574,51 @@ def test_reload_says_a_flood_list_the_core_refuses(tmp_path):
         assert flood_lists(n) == {"net1": [], "net2": []}
     finally:
         n.cleanup()
+
+
+def test_a_reload_that_fails_part_way_puts_back_what_it_changed(tmp_path):
+    """A reload that switches a network's anti_spoofing on and shapes the
+    uplink, where the shaper's plane queues do not fit the core's memory
+    (each plane's queue_len 1,048,576 frames, memory_mb 64): the reload
+    fails and says why, and the guards it had changed already are put
+    back - a spoofed frame still passes, as the running configuration
+    says - and the service keeps its configuration."""
+    net1 = "gateway: 192.168.50.1}"
+    planes = (
+        "planes: {"
+        + ", ".join(f"{p}: {{queue_len: 1048576}}" for p in ("std", "control", "media", "oam"))
+        + "}"
+    )
+    n = Node(tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS, extra=planes)
+    text = n.cfg.read_text().replace("memory_mb: 256", "memory_mb: 64")
+    off = text.replace(net1, net1[:-1] + ", anti_spoofing: false}")
+    n.cfg.write_text(off)
+    try:
+        n.start()
+        a = n.pod("a", IT_SPEC)
+        b = n.pod("b", IT_SPEC)
+        assert ping(a["ns"], ip_of(b), count=1).returncode == 0  # neighbours known
+
+        def spoof_passes():
+            st = n.api("GET", "/v1/status")["drops"].get("spoof_ipv4", 0)
+            t, out = _receiver(b["ns"], ifname_of(b), "spoofed")
+            _send_from(
+                a["ns"], ifname_of(a), _frame(mac_of(b), mac_of(a), SPOOFED, ip_of(b), b"spoofed")
+            )
+            t.join()
+            return out[0], n.api("GET", "/v1/status")["drops"].get("spoof_ipv4", 0) - st
+
+        assert spoof_passes() == (1, 0)
+        n.cfg.write_text(
+            text.replace("uplink: " + n.uplink + "}", "uplink: " + n.uplink + ", uplink_rate: 10G}")
+        )
+        r = n.cli("reload", check=False)
+        assert r.returncode != 0
+        assert "cannot create the plane queues" in r.stderr, r.stderr
+        assert spoof_passes() == (1, 0)
+        assert n.api("GET", "/v1/status")["uplink_rate_bps"] is None  # the running config
+        # the file as it runs again: nothing to change
+        n.cfg.write_text(off)
+        assert n.cli("reload").stdout.endswith(": reloaded, nothing to change\n")
+    finally:
+        n.cleanup()
