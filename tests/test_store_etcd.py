@@ -530,6 +530,10 @@ def test_static_endpoint(store):
     with pytest.raises(ConfigError, match=r"ips: 192\.168\.10\.1 is the gateway"):
         store.put_static_endpoint("kvm3", "net1", "02:aa:00:00:00:03", "192.168.10.1", "10.0.0.7")
     store.put_pod("p1", "/x", {})
+    # a pod named as a static host would take its address: refused
+    with pytest.raises(AlreadyExists, match=r"pod kvm1: a static host of that name exists"):
+        store.put_pod("kvm1", "/x", {})
+    assert store.pod("kvm1") is None and store.endpoints(pod="kvm1")[0]["vtep"] == "10.0.0.8"
     with pytest.raises(AlreadyExists, match=r"a pod of that name exists"):
         store.put_static_endpoint("p1", "net1", "02:aa:00:00:00:04", "192.168.10.31", "10.0.0.7")
     # gone with delete_pod, address and MAC too

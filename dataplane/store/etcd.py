@@ -570,6 +570,13 @@ class EtcdStore(StateStore):
             if old is not None:
                 where = f" on node {old['node']}" if old.get("node") else ""
                 raise AlreadyExists(f"pod {name} exists already{where}")
+            # a static host is endpoints without a pod record: a pod of its
+            # name would take its address and replace its endpoint
+            for _, ep in tx.items(self._k("endpoints", name, ""), loose=True):
+                if isinstance(ep, dict) and str(ep.get("node")).startswith(STATIC_NODE_PREFIX):
+                    raise AlreadyExists(
+                        f"pod {name}: a static host of that name exists (dataplane host list)"
+                    )
             tx.put(
                 key,
                 {
