@@ -811,6 +811,28 @@ class _Express:
         octets = ffi.new("uint8_t[6]", mac_b)
         arr = ffi.new("uint32_t[]", v4 or [0])
         arr6 = ffi.new("uint8_t[]", b"".join(v6))
+        entry = (
+            ifindex,
+            net,
+            port,
+            octets,
+            mtu,
+            1 if spoof else 0,
+            arr,
+            len(v4),
+            arr6,
+            len(v6),
+        )
+        if self._express.get(port) == (ifindex, net, bytes(octets)):
+            # in the lane already (its guard changed): its entries replaced in
+            # place, its programs and counts kept - no frame finds it half out
+            with self._lock:
+                try:
+                    check(lib.dp_express_port_set(*entry), lib, ffi, f"express lane: {ifname}")
+                except BaseException:
+                    self.express_remove_port(port)
+                    raise
+            return ifindex
         if port in self._express:
             self.express_remove_port(port)
         with self._lock:
@@ -820,23 +842,7 @@ class _Express:
             try:
                 check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
                 check(lib.dp_express_counts_reset(port), lib, ffi, f"express lane: {ifname}")
-                check(
-                    lib.dp_express_port_set(
-                        ifindex,
-                        net,
-                        port,
-                        octets,
-                        mtu,
-                        1 if spoof else 0,
-                        arr,
-                        len(v4),
-                        arr6,
-                        len(v6),
-                    ),
-                    lib,
-                    ffi,
-                    f"express lane: {ifname}",
-                )
+                check(lib.dp_express_port_set(*entry), lib, ffi, f"express lane: {ifname}")
             except BaseException:
                 lib.dp_express_detach(ifindex)
                 raise

@@ -466,6 +466,14 @@ class PodLife:
     def _attach_planes(self, pod, eps, kinds, lost, by):
         allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
         dhcp = set((pod.get("spec") or {}).get("dhcp_server") or ())
+        # the lane programs a stopped or killed service left on the pod's
+        # veths, with their old maps and guards: off before anything else, so
+        # that none carries frames beside the core, nor for a pod whose
+        # attach fails at another plane (the lane, if on, hooks its own
+        # once a port is attached)
+        for e in eps:
+            if kinds.get(e["plane"], VETH) == VETH and e not in lost:
+                self.engine.express_detach(e["host_ifname"])
         for e in eps:
             kind = kinds.get(e["plane"], VETH)
             if e in lost:  # its veth deleted: the pod's other planes stay
@@ -475,11 +483,6 @@ class PodLife:
                 self._replay_mark(pod, e)
                 self._restore_pod_end(pod, e, by)
                 self._replay_offloads(pod, e)
-                # the lane program a stopped or killed service left, with its
-                # old maps: off before the port is opened (the lane, if on,
-                # hooks its own once the port is attached), so that it never
-                # carries frames beside the core nor outlives a failed attach
-                self.engine.express_detach(e["host_ifname"])
                 self._attach_port(e, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp)
             elif kind in SOCKET_KINDS:
                 ps = self._plane_spec(pod["name"], e["plane"])
@@ -529,6 +532,7 @@ class PodLife:
                     self._drop_fast(name, e["plane"], kind)
                 elif kinds.get(e["plane"], VETH) == VETH:
                     self._drop_port(e["host_ifname"])
+                    self.engine.express_detach(e["host_ifname"])  # no lane without the core
             except (DataplaneError, OSError) as err:
                 log.warning("pod %s plane %s: port not removed: %s", name, e["plane"], err)
 

@@ -179,8 +179,12 @@ struct ex_up {
     __u32 dec_v6;   /* the kernel can decapsulate to IPv6 (EX_ADJ_DECAP_L3_IPV6) */
 };
 
+/* The hash maps are not preallocated: an entry the control thread replaces
+ * or removes is freed after an RCU grace period, so a program still holding
+ * it never reads it as another key's (a preallocated map reuses it at once) */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
     __uint(max_entries, EX_MAX_PORTS);
     __type(key, __u32);
     __type(value, struct ex_src);
@@ -188,6 +192,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
     __uint(max_entries, EX_MAX_PORTS);
     __type(key, struct ex_dkey);
     __type(value, struct ex_dst);
@@ -209,6 +214,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
     __uint(max_entries, EX_MAX_REMOTE);
     __type(key, struct ex_dkey);
     __type(value, struct ex_rval);
@@ -217,6 +223,7 @@ struct {
 /* VNI (the VXLAN header's second word as it is on the wire) -> network */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
     __uint(max_entries, EX_MAX_NETS);
     __type(key, __u32);
     __type(value, __u32);
