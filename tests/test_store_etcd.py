@@ -261,6 +261,19 @@ def test_a_network_other_nodes_use_is_not_redefined_by_one(server, prefix):
             f"{SUBNET}, subnet6 none: make every node's networks agree"
         ), e.value
         n2.put_network("net1", 102, "std", SUBNET, subnet6="fd00:1::/64")  # agreeing
+        # a running node that carries it, with no pod on it yet: it keeps
+        # the record's VNI, so the record is not renumbered under it
+        n3 = EtcdStore([server.url], prefix=prefix, node="node3")
+        try:
+            n3.claim_node("node3", "10.0.0.13", "host13", networks=["net9"])
+            n2.put_network("net9", 109, "std", "192.168.90.0/24")
+            with pytest.raises(ConfigError, match=r"subnet 192\.168\.90\.0/24, used by node3; "):
+                n2.put_network("net9", 119, "std", "192.168.90.0/24")
+            assert n2.network("net9")["vni"] == 109
+            n3.set_claim_networks([])  # a reload took it out there
+            n2.put_network("net9", 119, "std", "192.168.90.0/24")
+        finally:
+            n3.close()
     finally:
         _wipe(n1)
         n1.close()

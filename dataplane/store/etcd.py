@@ -442,12 +442,23 @@ class EtcdStore(StateStore):
                 old.get("subnet6"),
             ) != (vni, plane, str(net), subnet6):
                 # every node must agree on a network: one whose pods live on
-                # other nodes is not redefined by this node's config alone
+                # other nodes, or that another running node carries (its
+                # claim says so, or does not say), is not redefined by this
+                # node's config alone
                 users = sorted(
                     {
                         ep.get("node") or "?"
-                        for _, ep in tx.items(self._k("endpoints", ""), guard=False)
-                        if ep.get("network") == name and ep.get("node") != self.node
+                        for _, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True)
+                        if isinstance(ep, dict)
+                        and ep.get("network") == name
+                        and ep.get("node") != self.node
+                    }
+                    | {
+                        c.get("node") or "?"
+                        for _, c in tx.items(self._k("nodes", ""), loose=True)
+                        if isinstance(c, dict)
+                        and c.get("node") != self.node
+                        and name in c.get("networks", (name,))
                     }
                 )
                 if users:
@@ -462,7 +473,8 @@ class EtcdStore(StateStore):
                         f"{old['plane']}, subnet {old['subnet']}{six(old.get('subnet6'))}, used "
                         f"by {', '.join(users)}; this node's config says VNI {vni}, plane "
                         f"{plane}, subnet {net}{six(subnet6)}: make every node's networks "
-                        "agree (a network is redefined when no other node has an endpoint on it)"
+                        "agree (a network is redefined when no other node has an endpoint on "
+                        "it or runs with it)"
                     )
             owner = tx.get(self._k("vni", vni))
             if owner is not None and owner["name"] != name:
