@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 from dataplane.config import parse_config
+from dataplane.errors import Busy
 from dataplane.sync import ClusterSync
 from tests.etcdhost import have_etcd, shared_server
 
@@ -284,3 +285,8 @@ def test_a_malformed_record_is_skipped_counted_and_logged_once(eng, store, sync_
     until(lambda: sync.refused == 4, "the count, once the record is fixed")
     store.delete_endpoint("badvtep", "std")
     until(lambda: sync.refused == 3, "the count, once a record is deleted")
+
+    # the store's other readers leave such records out instead of failing
+    assert "notjson" not in [e["pod"] for e in store.endpoints()]
+    with pytest.raises(Busy, match="in use"):
+        store.delete_network("net1")  # its good endpoints still hold it

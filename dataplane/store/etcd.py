@@ -534,7 +534,11 @@ class EtcdStore(StateStore):
 
         def body(tx):
             net = tx.get(self._k("networks", name))
-            eps = [ep for _, ep in tx.items(self._k("endpoints", "")) if ep["network"] == name]
+            eps = [
+                ep
+                for _, ep in tx.items(self._k("endpoints", ""), loose=True)
+                if isinstance(ep, dict) and ep.get("network") == name
+            ]
             allocs = [a["pod"] for _, a in tx.items(self._k("alloc", name, ""))]
             if eps or allocs:
                 raise network_in_use(name, eps, allocs)
@@ -735,10 +739,15 @@ class EtcdStore(StateStore):
         """Endpoints (dicts with the columns), filtered by whatever is given."""
         prefix = self._k("endpoints", pod, "") if pod is not None else self._k("endpoints", "")
         want = {"network": network, "state": state, "node": node}
+        # a record another tool wrote that is not an endpoint's is left out
+        # here (the cluster view counts it as malformed: ClusterSync)
         out = [
             ep
-            for _, ep in self.client.items(prefix)
-            if all(v is None or ep.get(f) == v for f, v in want.items())
+            for _, ep in self.client.items(prefix, loose=True)
+            if isinstance(ep, dict)
+            and isinstance(ep.get("pod"), str)
+            and isinstance(ep.get("plane"), str)
+            and all(v is None or ep.get(f) == v for f, v in want.items())
         ]
         return sorted(out, key=lambda e: (e["pod"], e["plane"]))
 

@@ -826,9 +826,10 @@ class EtcdGateway:
         """The JSON value of ``key`` (None if absent)."""
         return Txn(self).get(key)
 
-    def items(self, prefix: str):
-        """[(key, JSON value)] under ``prefix``, in key order."""
-        return Txn(self).items(prefix, guard=False)
+    def items(self, prefix: str, loose: bool = False):
+        """[(key, JSON value)] under ``prefix``, in key order; ``loose``: a
+        value that is not JSON comes as its text (else ValueError)."""
+        return Txn(self).items(prefix, guard=False, loose=loose)
 
     # ------------------------------------------------------------- watches
     def watch(
