@@ -184,7 +184,12 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     }
     if (DP_IP6_EXT(nh))
         return DP_DROP_SPOOF_ND; /* more extension headers than a pod needs */
-    if (nh == IPPROTO_UDP)       /* a DHCPv6 server's (or relay's) message */
+    /* the header chain and a UDP header whole in the packet (a first
+     * fragment holds them all, RFC 7112): else the ports a DHCPv6 server's
+     * message is told by could come in the next fragment */
+    if (off > end || (nh == IPPROTO_UDP && off + 8 > end))
+        return DP_DROP_TRUNCATED;
+    if (nh == IPPROTO_UDP) /* a DHCPv6 server's (or relay's) message */
         return guard_dhcp_server(g, m, off, end, DP_DHCP6_SERVER_PORT, DP_DHCP6_CLIENT_PORT);
     if (nh != IPPROTO_ICMPV6)
         return DP_GUARD_PASS;
@@ -206,8 +211,11 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
         ic = guard_read(m, off, 24, ib);
         if (ic == NULL || off + 24 > end)
             return DP_DROP_TRUNCATED;
-        /* an advertisement speaks for its target: one of the pod's */
-        if (type == DP_ND_NA && !guard_ip6_ok(g, ic + 8))
+        /* an advertisement speaks for its target: one of the pod's; so
+         * does a duplicate-address probe (a solicitation from ::), which
+         * for another's address would make that pod give it up */
+        if ((type == DP_ND_NA || (type == DP_ND_NS && ip6_unspecified(h + 8))) &&
+            !guard_ip6_ok(g, ic + 8))
             return DP_DROP_SPOOF_ND;
         opt = off + 24;
     } else {
@@ -283,9 +291,14 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
             return DP_DROP_TRUNCATED;
         /* Ethernet/IPv4 ARP only, from the pod's MAC and address */
         static const uint8_t eth_ip4[6] = {0, 1, 8, 0, 6, 4};
-        uint32_t spa;
+        uint32_t spa, tpa;
         memcpy(&spa, a + 14, 4);
+        memcpy(&tpa, a + 24, 4);
         if (memcmp(a, eth_ip4, 6) != 0 || memcmp(a + 8, g->mac, 6) != 0 || !guard_ip4_ok(g, spa))
+            return DP_DROP_SPOOF_ARP;
+        /* a probe (sender address 0) for one of its own addresses only: one
+         * for another's would make that pod's conflict detection give it up */
+        if (spa == 0 && (tpa == 0 || !guard_ip4_ok(g, tpa)))
             return DP_DROP_SPOOF_ARP;
         return DP_GUARD_PASS;
     }

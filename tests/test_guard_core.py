@@ -164,6 +164,21 @@ SPOOFED = {
         / ICMPv6NDOptDstLLAddr(lladdr=A),
         "spoof_nd",
     ),
+    # duplicate-address probes for another's address: that pod would give it up
+    "nd_ns_dad_other": (ns(src="::", slla=None, target="fe80::b"), "spoof_nd"),
+    "arp_probe_other": (
+        Ether(src=A, dst=BCAST) / ARP(hwsrc=A, psrc="0.0.0.0", pdst=B_IP),
+        "spoof_arp",
+    ),
+    # a first fragment whose options header runs past it: the UDP ports of
+    # a DHCPv6 server's reply would come in the next fragment (RFC 7112)
+    "dhcp6_split_first_fragment": (
+        Ether(src=A, dst=B)
+        / IPv6(src=A_LL, dst="fe80::b", nh=44)
+        / IPv6ExtHdrFragment(offset=0, m=1, id=11, nh=60)
+        / Raw(bytes([17, 1]) + b"\x00" * 6),
+        "truncated",
+    ),
     "runt": (Ether(src=A, dst=B, type=0x0800) / Raw(b"\x45\x00"), "truncated"),
     "short_ethernet": (bytes(Ether(src=A, dst=B))[:10], "truncated"),
 }
