@@ -1766,9 +1766,14 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
             if (queued != 0)
                 afp_tx_kick(a);
             queued = 0;
-            int r = (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ? afp_tx_tnl(a, m) : afp_tx_big(a, m);
+            int tnl = (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) != 0;
+            int r = tnl ? afp_tx_tnl(a, m) : afp_tx_big(a, m);
             if (unlikely(r < 0)) {
-                a->tx.error++;
+                /* the interface dropped it (a veth whose peer is down or
+                 * whose backlog is full says ENOBUFS): counted in its
+                 * tx_dropped, kport_kernel_tx, not a second time here */
+                if (tnl || errno != ENOBUFS)
+                    a->tx.error++;
                 (*lost)++;
                 *lost_bytes += len;
             }

@@ -127,6 +127,19 @@ shm_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf 
 _Static_assert(DP_TXBUF <= DP_CAP_HOLD && DP_BURST * 2 <= DP_CAP_HOLD,
                "a tx burst fits the capture's held records");
 
+/* checksums left partial by a kernel peer, finished for an ethdev port, which
+ * takes no partial checksum: by the worker that received them (no other has
+ * such a frame) - before they go to a shaped port's plane queues too, whose
+ * frames another worker may send */
+static inline void
+csum_finish(const struct dp_wctx *w, struct rte_mbuf **m, uint16_t n)
+{
+    if (unlikely(w->kernel_rx))
+        for (uint16_t i = 0; i < n; i++)
+            if (unlikely(dp_csum_partial(m[i])))
+                dp_csum_complete(m[i]);
+}
+
 /* hand n frames of `bytes` bytes to port p's driver; what it does not take is
  * freed and counted. Returns how many it took: the first ones of m (a kernel
  * port may still lose some of those, counted under kport_*) */
@@ -141,13 +154,7 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
     struct dp_cap_held cap;
     dp_capture_tap_tx(pi, m, n, &cap);
     if (p->driver == DP_DRV_ETHDEV) {
-        /* a checksum left partial by a kernel peer: an ethdev port takes no
-         * partial checksum, so it is finished here (by a worker that has
-         * received from a kernel port: no other has such a frame) */
-        if (unlikely(w->kernel_rx))
-            for (uint16_t i = 0; i < n; i++)
-                if (unlikely(dp_csum_partial(m[i])))
-                    dp_csum_complete(m[i]);
+        csum_finish(w, m, n);
         if (unlikely(p->shm)) {
             sent = shm_tx(w, p, pi, m, n, bytes);
             dp_capture_tx_done(&cap, sent);
@@ -240,6 +247,8 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
     }
     if (p->qos) {
         /* a shaped port: into the plane queues; its worker schedules them */
+        if (p->driver == DP_DRV_ETHDEV)
+            csum_finish(w, b->m, n);
         dp_qos_enqueue(p->qos, pi, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }
