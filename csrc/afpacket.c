@@ -120,7 +120,7 @@
 #define PACKET_QDISC_BYPASS 20 /* Linux >= 3.14 */
 #endif
 #ifndef VIRTIO_NET_HDR_GSO_UDP_L4
-#define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* Linux >= 4.18: UDP_SEGMENT (RFC 8899 GSO) */
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* UDP segmentation; a packet socket takes it from Linux 6.2 */
 #endif
 /* UDP-tunnel GSO through a tap (Linux >= 6.17): the feature, the gso_type
  * bit of an IPv4 tunnel, and the virtio-net header that carries the outer
@@ -1795,7 +1795,12 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
                     continue;
                 }
                 /* refused (the socket's buffer full, say): the rest of
-                 * the burst goes through the ring, frame by frame */
+                 * the burst goes through the ring, frame by frame; a
+                 * kernel that does not know the gso_type (a packet socket
+                 * takes UDP_L4 from Linux 6.2) says EINVAL: batches off
+                 * for good, not one refused sendmsg every burst */
+                if (errno == EINVAL)
+                    __atomic_store_n(&a->tx.udp_gso, 0, __ATOMIC_RELAXED);
                 ugso = 0;
             }
         }
