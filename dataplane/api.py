@@ -131,7 +131,7 @@ class _DeadlineReader(io.RawIOBase):
         view = memoryview(buf)[: self.left]
         try:
             n = self.sock.recv_into(view)
-        except TimeoutError:
+        except (TimeoutError, socket.timeout):  # one before Python 3.10
             raise _Refused(408, f"request not received within {REQUEST_TIMEOUT_S:g} s") from None
         self.left -= n
         return n
@@ -284,7 +284,7 @@ class APIServer:
                     self.handle_one_request()
                 except _Refused as e:
                     self._reply(e.status, {"error": str(e)})
-                except (ConnectionError, TimeoutError):  # gone, or not reading the answer
+                except (ConnectionError, TimeoutError, socket.timeout):  # gone, or not reading
                     pass
                 if api.log and self.command not in ("", "GET", "HEAD") and self._status:
                     # who changed what: a change request in the log with its

@@ -20,10 +20,12 @@ record of the same name (``StateStore.put_attachment``). The routes (:func:`atta
 import hashlib
 import re
 import socket
-from typing import Dict, List
+import time
+from typing import Dict, List, Optional
 
 from .checks import POD_RESERVED_IFNAMES, check_ifname
-from .errors import AlreadyExists, ConfigError, NotFound
+from .errors import AlreadyExists, ConfigError, DataplaneError, NotFound
+from .logs import log
 from .store import reach
 
 #: the pod-name prefix of attachments
@@ -72,7 +74,9 @@ def _kind_entry(kind: str, ifname: str, body: dict) -> dict:
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"options: {options!r} is not a mapping of the kind's options")
-    entry = {"kind": kind, **options}
+    if "kind" in options:
+        raise ConfigError(f"options.kind: the kind is {kind!r} (kind), not an option")
+    entry = {**options, "kind": kind}
     if kind == "vf":
         entry["ifname"] = ifname
         if body.get("device"):
@@ -204,10 +208,16 @@ class Attachments:
         with reach.required(self.store, NOT_DETACHED):
             return {"deleted": name if self._remove(name) else None}
 
-    def _remove(self, name: str) -> bool:
+    def _remove(self, name: str, older_than: Optional[float] = None) -> bool:
         """Detach attachment ``name``'s pod and forget both; False if
-        neither was recorded."""
+        neither was recorded, or (``older_than``) if the attachment now
+        recorded under that name was made since then (an ADD that came
+        while a GC waited)."""
         with self.pods.txn:  # not between another request's record and its pod
+            if older_than is not None:
+                rec = self.store.attachment(name)
+                if rec is not None and rec.get("created", 0) >= older_than:
+                    return False
             pod = self.store.pod(name)
             if pod:
                 try:
@@ -235,12 +245,22 @@ class Attachments:
             if not isinstance(ifname, str) or not ifname:
                 raise ConfigError(f"valid[{i}].ifname: {ifname!r} is not an interface name")
             keep.add(attachment_name(cid, ifname))
-        gone = []
+        gone, failed = [], []
+        since = time.time()  # what is recorded from now on is not the runtime's to judge
         with reach.required(self.store, NOT_DETACHED):
             for a in self.store.attachments(node=self.config.node):
-                if a.get("cni_network") == cni_network and a["name"] not in keep:
-                    if self._remove(a["name"]):
+                if a.get("cni_network") != cni_network or a["name"] in keep:
+                    continue
+                if a["name"] in self.pods.adding:  # its ADD runs now: not stale
+                    continue
+                try:  # one that fails leaves the others to be removed (CNI 1.1 GC)
+                    if self._remove(a["name"], older_than=since):
                         gone.append(a["name"])
+                except DataplaneError as e:
+                    log.warning("GC: attachment %s not removed: %s", a["name"], e)
+                    failed.append(e)
+        if failed:
+            raise failed[0]
         return {"deleted": gone}
 
     # ------------------------------------------------------------- reads

@@ -261,7 +261,7 @@ def _check_env(environ, command):
             )
     ifname = _env(environ, "CNI_IFNAME")
     if (
-        len(ifname.encode()) >= _IFNAMSIZ
+        len(os.fsencode(ifname)) >= _IFNAMSIZ  # (bytes the environment had, whatever they are)
         or ifname in (".", "..")
         or any(c in ifname for c in "/:\0")
         or any(c.isspace() for c in ifname)
@@ -271,7 +271,7 @@ def _check_env(environ, command):
         else:
             raise CNIError(ERR_ENV, f"CNI_IFNAME: {ifname!r} is not a valid interface name")
     netns = _env(environ, "CNI_NETNS", required=command != "DEL")
-    if netns and not netns.startswith("/"):
+    if netns and not netns.startswith("/") and command != "DEL":  # DEL never enters it
         raise CNIError(ERR_ENV, f"CNI_NETNS: {netns!r} is not a path")
     out.update(container_id=cid, ifname=ifname, netns=netns)
     return out
@@ -513,7 +513,7 @@ def _check(conf, env):
         {"container_id": env["container_id"], "ifname": env["ifname"], "netns": env["netns"]},
     )
     problems = list(a.get("problems") or [])
-    if "mac" not in a:  # its pod is gone: nothing to hold prevResult against
+    if not a.get("mac"):  # its pod is gone or unfinished: nothing to hold prevResult against
         raise CNIError(ERR_CHECK, "; ".join(problems) or "the attachment is not whole")
     ifs = prev.get("interfaces") or []
     idx = [

@@ -325,6 +325,8 @@ def test_del_is_idempotent(cnode):
     assert cnode.cni("DEL", cnode.conf(), cid, path) == (0, None, "")
     assert cnode.cni("DEL", cnode.conf(), cid, None)[0] == 0
     assert cnode.cni("DEL", cnode.conf(), "never-added", None)[0] == 0
+    # a sandbox that is no namespace path (a VM's id): DEL does not enter it
+    assert cnode.cni("DEL", cnode.conf(), cid, "vm-sandbox-7")[0] == 0
     # the next container (another MAC) gets the next address, not the freed one
     c2, _, p2 = cnode.container()
     ip = addr_of(res).split("/")[0]
@@ -453,6 +455,9 @@ def test_bad_requests_name_the_problem(cnode):
     assert out["code"] == 3 and "nosuch-ns" in out["msg"]
     code, out, _ = cnode.cni("ADD", cnode.conf(kind="vf", options=[1]), cid, path)
     assert out["code"] == 7 and "options" in out["msg"]
+    # the kind is the kind's, not an option's
+    code, out, _ = cnode.cni("ADD", cnode.conf(kind="memif", options={"kind": "veth"}), cid, path)
+    assert out["code"] == 7 and out["msg"].startswith("options.kind: the kind is 'memif'"), out
     # a veth has no options to give
     code, out, _ = cnode.cni("ADD", cnode.conf(options={"uid": 1}), cid, path)
     assert out["code"] == 7 and out["msg"].startswith("options: {'uid': 1}: kind veth")
