@@ -352,7 +352,13 @@ drain(struct dp_qos *q, unsigned qi, int rank, int pass, struct rte_mbuf **out, 
             ok = ok && q->ptok_max[qi] >= want;
         if (!ok) {
             q->head[qi] = m; /* waits, in order, for tokens */
-            if (port_blocked && rate && avail < want)
+            /* waiting for the port's tokens, which its own buckets would
+             * let it take: they are its; held back by its own maximum (or
+             * guarantee), it keeps no lower plane waiting */
+            int own = (pass == PASS_STRICT || q->ptok_min[qi] >= want) &&
+                      (pass != PASS_OWED || q->ptok_owed[qi] >= want) &&
+                      (!limited_max || q->ptok_max[qi] >= want);
+            if (port_blocked && rate && avail < want && own)
                 *port_blocked = 1;
             break;
         }

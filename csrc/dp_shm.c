@@ -42,11 +42,46 @@ zero_page(void *addr)
     for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         size_t sz = i == 0 ? page_size : sizes[i];
         void *pg = (void *)((uintptr_t)addr & ~(uintptr_t)(sz - 1));
+        if (rte_mem_virt2memseg_list(pg) != NULL ||
+            rte_mem_virt2memseg_list((char *)pg + sz - 1) != NULL)
+            return 0;
         void *r =
             mmap(pg, sz, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (r != MAP_FAILED)
             return 1;
+        /* a larger page only for a hugepage mapping, which refuses a part
+         * of one (EINVAL), and whose page the whole range is: never over
+         * another mapping beside it */
+        if (errno != EINVAL)
+            return 0;
     }
+    return 0;
+}
+
+/*
+ * An address nothing is mapped at, read on DPDK's interrupt thread: the
+ * memif driver follows a peer's ring offset there as it connects (it does
+ * not check it against the region). A page of zeros is put there, never
+ * over a mapping (MAP_FIXED_NOREPLACE): the driver finds no ring and
+ * refuses the peer, instead of the process dying.
+ */
+static int
+hole_page(void *addr)
+{
+    /* at most this many (the interrupt thread alone counts them): past
+     * that, a peer that keeps trying does what it would have done before */
+    static unsigned holes;
+    if (addr == NULL || (uintptr_t)addr < (uintptr_t)page_size * 16 || holes >= DP_SHM_MAX_HOLES)
+        return 0; /* a null pointer's fault is a bug, not a peer's offset */
+    void *pg = (void *)((uintptr_t)addr & ~(uintptr_t)(page_size - 1));
+    void *r = mmap(pg, page_size, PROT_READ | PROT_WRITE,
+                   MAP_FIXED_NOREPLACE | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r == pg) {
+        holes++;
+        return 1;
+    }
+    if (r != MAP_FAILED) /* a kernel that took the flag for a hint */
+        (void)munmap(r, page_size);
     return 0;
 }
 
@@ -68,6 +103,9 @@ shm_fault(int sig, siginfo_t *si, void *uc)
     if (sig == SIGBUS && si != NULL && si->si_code == BUS_ADRERR && rte_thread_is_intr() &&
         zero_page(si->si_addr))
         return; /* the access runs again and reads zeros */
+    if (sig == SIGSEGV && si != NULL && si->si_code == SEGV_MAPERR && rte_thread_is_intr() &&
+        hole_page(si->si_addr))
+        return; /* the same */
     /* not a guarded burst: what would have happened without us */
     const struct sigaction *prev = sig == SIGBUS ? &prev_bus : &prev_segv;
     if ((prev->sa_flags & SA_SIGINFO) && prev->sa_sigaction != NULL) {

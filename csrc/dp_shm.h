@@ -35,7 +35,10 @@
 extern __thread sigjmp_buf *volatile dp_shm_jb __attribute__((tls_model("initial-exec")));
 
 #define DP_SHM_MAX_FAULTS 16 /* faults after which a port stays set aside */
-#define DP_SHM_RETRY_MS 100  /* a set-aside port is tried again after this */
+/* pages of zeros put, on DPDK's interrupt thread, where a memif peer's ring
+ * offset pointed at nothing (dp_shm.c): at most this many a process */
+#define DP_SHM_MAX_HOLES 256
+#define DP_SHM_RETRY_MS 100 /* a set-aside port is tried again after this */
 
 /* per port index: set aside after a fault (0/1; 0 when the port is added) */
 extern atomic_uchar dp_shm_faulted[DP_MAX_PORTS];

@@ -246,9 +246,12 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
         return;
     }
     if (p->qos) {
-        /* a shaped port: into the plane queues; its worker schedules them */
+        /* a shaped port: into the plane queues, as its driver will take
+         * them; its worker schedules them */
         if (p->driver == DP_DRV_ETHDEV)
             csum_finish(w, b->m, n);
+        if (unlikely(p->kif_index != 0) && (n = kif_fit(w, p, pi, b->m, n, &bytes)) == 0)
+            return;
         dp_qos_enqueue(p->qos, pi, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }

@@ -41,10 +41,17 @@ class MemifPeer:
     under the server's mapping (what a hostile pod can do); ``close``
     drops the connection (what a pod's exit does). ``lie``: declare the
     region's size but hand over an empty file (the server's first look at
-    the rings, as it accepts the connection, reads past its end)."""
+    the rings, as it accepts the connection, reads past its end).
+    ``ring_offset``: both rings said to be there, far past the region."""
 
     def __init__(
-        self, path: str, if_id: int = 0, log2: int = 4, name: str = "testpeer", lie: bool = False
+        self,
+        path: str,
+        if_id: int = 0,
+        log2: int = 4,
+        name: str = "testpeer",
+        lie: bool = False,
+        ring_offset: int = 0,
     ):
         self.log2 = log2
         self.slots = 1 << log2
@@ -62,6 +69,13 @@ class MemifPeer:
         self.head = 0
         self.events = [os.eventfd(0), os.eventfd(0)]
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._connect(path, if_id, log2, name, lie, ring_offset)
+        except BaseException:
+            self.close()  # refused: nothing of it left open
+            raise
+
+    def _connect(self, path, if_id, log2, name, lie, ring_offset):
         self.sock.settimeout(5)
         self.sock.connect(path)
         self._expect(HELLO)
@@ -72,6 +86,7 @@ class MemifPeer:
         self._send(ADD_REGION, struct.pack("<HQ", 0, self.size), self.fd)
         self._expect(ACK)
         for flags, off, ev in ((1, self.c2s, self.events[0]), (0, self.s2c, self.events[1])):
+            off = ring_offset or off  # a hostile pod's: past the region's end
             self._send(ADD_RING, struct.pack("<HHHIBH", flags, 0, 0, off, log2, 0), ev)
             self._expect(ACK)
         self._send(CONNECT, struct.pack("<32s", name.encode()))

@@ -87,6 +87,23 @@ def test_shrunk_memory_under_rx_is_cut_and_counted(memif):
         assert eng.counters().port_dict(t.m)["shm_faults"] == faults
 
 
+def test_a_pod_whose_rings_point_past_its_memory_is_refused(memif):
+    """A pod that says its rings are 3.5 GB past its region's start: the
+    driver follows the offset as the pod connects (on DPDK's interrupt
+    thread, outside any burst) to where nothing is mapped. It finds zeros
+    there, no ring, and refuses the pod; the core goes on, and the next
+    pod on the port works."""
+    t = memif
+    for _ in range(3):
+        with pytest.raises(MemifError):
+            MemifPeer(t.sock, ring_offset=0xE0000000).close()
+    with connect(t.sock) as q:
+        q.send(frame(M, A, 3))
+        assert t.recv(t.a)[0][UDP].sport == 4
+    t.send(t.a, frame(A, B))
+    assert t.recv(t.b)[0].src == A
+
+
 def test_a_pod_that_declares_more_memory_than_it_has_is_refused(memif):
     """The driver reads a new peer's rings in its own thread as it accepts
     the connection, in a mapping of the size the peer declared: a peer
