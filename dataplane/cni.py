@@ -442,12 +442,34 @@ def write_device_info(path: str, a: dict):
 
 
 # ================================================================== verbs
+def _runtime_ip(ips) -> str:
+    """The address the runtime asks for (runtimeConfig.ips, the ``ips``
+    capability), or '': one IPv4 address at most. A plane's IPv6 address is
+    its IPv4 address's counterpart on the network's subnet6, never chosen:
+    one asked for is refused rather than silently not given."""
+    if not isinstance(ips, list) or not ips:
+        return ""
+    v4 = [str(x) for x in ips if ":" not in str(x)]
+    v6 = [str(x) for x in ips if ":" in str(x)]
+    if v6:
+        raise CNIError(
+            ERR_CONFIG,
+            f"runtimeConfig.ips: {v6[0]}: a plane's IPv6 address is not chosen (on a "
+            "dual-stack network it is its IPv4 address's counterpart): give the IPv4 "
+            "address alone",
+        )
+    if len(v4) > 1:
+        raise CNIError(
+            ERR_CONFIG, f"runtimeConfig.ips: {', '.join(v4)}: a plane has one IPv4 address"
+        )
+    return v4[0]
+
+
 def _add(conf, env) -> dict:
     rc = conf["runtimeConfig"]
     ip = conf.get("ip") or env["args"].get("IP")
-    rips = rc.get("ips")
-    if not ip and isinstance(rips, list) and rips:
-        ip = str(rips[0])
+    if not ip:
+        ip = _runtime_ip(rc.get("ips"))
     mac = conf.get("mac") or rc.get("mac") or env["args"].get("MAC")
     body = {
         "container_id": env["container_id"],
@@ -466,6 +488,14 @@ def _add(conf, env) -> dict:
         "k8s_pod": env["args"].get("K8S_POD_NAME"),
     }
     a = _service(conf, "POST", "/v1/attachments", body)
+    plen = ip.partition("/")[2] if ip else ""
+    if plen and plen != str(a.get("prefixlen")):
+        # the address is the one asked for, the subnet not: nothing is kept
+        _del(conf, env)
+        raise CNIError(
+            ERR_CONFIG,
+            f"ip: {ip}: network {conf['network']} is a /{a.get('prefixlen')}, not a /{plen}",
+        )
     dev = rc.get("CNIDeviceInfoFile")
     if dev and (a.get("socket_path") or a.get("pci_address")):
         try:

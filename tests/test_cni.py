@@ -455,6 +455,20 @@ def test_bad_requests_name_the_problem(cnode):
     assert out["code"] == 3 and "nosuch-ns" in out["msg"]
     code, out, _ = cnode.cni("ADD", cnode.conf(kind="vf", options=[1]), cid, path)
     assert out["code"] == 7 and "options" in out["msg"]
+    # the runtime's ips capability: one IPv4 address of the network's subnet,
+    # never an IPv6 one to choose, nor another prefix length
+    rc = {"runtimeConfig": {"ips": ["192.168.60.77/24", "fd00::7/64"]}}
+    code, out, _ = cnode.cni("ADD", cnode.conf(**rc), cid, path)
+    assert out["code"] == 7 and out["msg"].startswith("runtimeConfig.ips: fd00::7/64:"), out
+    rc = {"runtimeConfig": {"ips": ["192.168.60.77/24", "192.168.60.78/24"]}}
+    code, out, _ = cnode.cni("ADD", cnode.conf(**rc), cid, path)
+    assert out["code"] == 7 and "a plane has one IPv4 address" in out["msg"], out
+    rc = {"runtimeConfig": {"ips": ["192.168.60.77/16"]}}
+    code, out, _ = cnode.cni("ADD", cnode.conf(**rc), cid, path)
+    assert out["code"] == 7 and out["msg"] == (
+        "ip: 192.168.60.77/16: network net1 is a /24, not a /16"
+    ), out
+    assert cnode.api("GET", "/v1/attachments") == []  # that ADD kept nothing
     # the kind is the kind's, not an option's
     code, out, _ = cnode.cni("ADD", cnode.conf(kind="memif", options={"kind": "veth"}), cid, path)
     assert out["code"] == 7 and out["msg"].startswith("options.kind: the kind is 'memif'"), out
