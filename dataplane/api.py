@@ -147,20 +147,42 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
 
     def __init__(self, path, handler, max_connections: int):
         self.slots = threading.BoundedSemaphore(max_connections)
+        # connections being answered 503, each in a short thread of its own
+        self.refusing = threading.BoundedSemaphore(max_connections)
         self.max_connections = max_connections
         super().__init__(path, handler)
 
     def process_request(self, request, client_address):
         """One thread per connection, at most ``max_connections`` at once;
-        the next is answered 503 here and closed."""
+        the next is answered 503 and closed, beside the loop that accepts
+        (a client that is slow to read its refusal holds no one else up),
+        or closed at once past as many refusals under way."""
         if not self.slots.acquire(blocking=False):
-            _refuse_busy(request, self.max_connections)
-            self.shutdown_request(request)
+            self._refuse(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.slots.release()
+            raise
+
+    def _refuse(self, request):
+        if not self.refusing.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+
+        def run():
+            try:
+                _refuse_busy(request, self.max_connections)
+            finally:
+                self.shutdown_request(request)
+                self.refusing.release()
+
+        try:
+            threading.Thread(target=run, name="api-busy", daemon=True).start()
+        except BaseException:
+            self.shutdown_request(request)
+            self.refusing.release()
             raise
 
     def process_request_thread(self, request, client_address):
