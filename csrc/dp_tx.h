@@ -245,18 +245,17 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
         rte_pktmbuf_free_bulk(b->m, n);
         return;
     }
+    /* what the driver of a kernel interface cannot take, shaped or not */
+    if (unlikely(p->kif_index != 0) && (n = kif_fit(w, p, pi, b->m, n, &bytes)) == 0)
+        return;
     if (p->qos) {
         /* a shaped port: into the plane queues, as its driver will take
          * them; its worker schedules them */
         if (p->driver == DP_DRV_ETHDEV)
             csum_finish(w, b->m, n);
-        if (unlikely(p->kif_index != 0) && (n = kif_fit(w, p, pi, b->m, n, &bytes)) == 0)
-            return;
         dp_qos_enqueue(p->qos, pi, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }
-    if (unlikely(p->kif_index != 0) && (n = kif_fit(w, p, pi, b->m, n, &bytes)) == 0)
-        return;
     lat_record(w, b->m, n, planes);
     (void)port_tx(w, p, pi, b->m, n, bytes);
 }

@@ -254,6 +254,16 @@ def test_frames_that_waited_for_a_next_hop_in_vain_are_told_of_their_pods_port(e
     ]
 
 
+def _send_from_the_index_again(eng, t, x):
+    """A new ring port given removed port x's index sends one frame (UDP
+    source port 2), and port a one (source port 3); both reach b."""
+    y = eng.add_ring_port("y", network=0)
+    assert y == x, "the test needs the index given again"
+    t.send(y, udp_frame(src=A, dst=B, sport=2))
+    t.send(t.a, udp_frame(src=A, dst=B, sport=3))
+    assert len(t.recv(t.b, n=2)) == 2
+
+
 def test_a_port_removed_under_a_capture_leaves_it_and_its_index_uncaptured(eng):
     """A port removed while a capture takes it: what it captured before
     stays, and the next port given its index is not recorded under it."""
@@ -265,11 +275,7 @@ def test_a_port_removed_under_a_capture_leaves_it_and_its_index_uncaptured(eng):
         t.send(x, first)
         assert len(t.recv(t.b, n=1)) == 1
         eng.del_port(x)
-        y = eng.add_ring_port("y", network=0)
-        assert y == x, "the test needs the index given again"
-        t.send(y, udp_frame(src=A, dst=B, sport=2))
-        t.send(t.a, udp_frame(src=A, dst=B, sport=3))
-        assert len(t.recv(t.b, n=2)) == 2
+        _send_from_the_index_again(eng, t, x)
         recs = _records(eng, 2)
     finally:
         got, _st = eng.capture_stop()
@@ -286,11 +292,7 @@ def test_a_port_removed_before_its_capture_starts_is_not_taken(eng):
     eng.del_port(x)
     eng.capture_start([x, t.a], "rx", "")
     try:
-        y = eng.add_ring_port("y", network=0)
-        assert y == x, "the test needs the index given again"
-        t.send(y, udp_frame(src=A, dst=B, sport=2))
-        t.send(t.a, udp_frame(src=A, dst=B, sport=3))
-        assert len(t.recv(t.b, n=2)) == 2
+        _send_from_the_index_again(eng, t, x)
         recs = _records(eng, 1)
         time.sleep(0.1)
     finally:
