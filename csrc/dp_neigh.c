@@ -239,6 +239,20 @@ arp_request(uint32_t ip)
         rte_pktmbuf_free(m);
 }
 
+/* ARP requests queued and not yet sent are dropped (the VTEP changed):
+ * incomplete entries are asked again by the next housekeeping round. The
+ * ring is multi-consumer, so workers may take from it meanwhile. */
+void
+dp_neigh_requests_drop(void)
+{
+    struct rte_mbuf *m;
+    while (rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0)
+        rte_pktmbuf_free(m);
+    for (int i = 0; i < DP_MAX_NEIGH; i++)
+        if (neigh[i].state == NEIGH_INCOMPLETE)
+            neigh[i].asked = 0;
+}
+
 /* entry i forgotten (its tunnels unresolved until it is asked again) */
 static void
 neigh_forget(int i)

@@ -280,6 +280,12 @@ dp_vtep_set(const struct dp_vtep_conf *c)
     dp_nets_publish(nets); /* includes a grace period: no worker holds old */
     tunnels_publish(tuns);
     free(old);
+    /* ARP requests asked under the old settings (another address, or for
+     * an uplink now gone) are not sent by the new uplink: the next hops
+     * still unresolved are asked again by the next housekeeping round */
+    if (!old_set || old_conf.uplink != c->uplink || old_conf.ip != c->ip ||
+        memcmp(old_conf.mac, c->mac, 6) != 0 || old_conf.static_nh != c->static_nh)
+        dp_neigh_requests_drop();
     dp_express_uplink();
     return 0;
 }

@@ -605,6 +605,29 @@ def test_neighbours_age_and_are_asked_again(eng):
         eng.set_neighbor_timers()
 
 
+def test_arp_requests_asked_under_an_old_vtep_are_not_sent_by_the_next(eng):
+    """Requests queued while no worker sends them (here: workers stopped)
+    and then the VTEP moves to another address and uplink: the new uplink
+    carries none of the old address's requests, only its own."""
+    eng.stop()
+    try:
+        t = Topo(eng, static_nh=False)
+        eng.housekeeping()  # asks for the three remote VTEPs
+        up2 = eng.add_ring_port("up2", role="uplink")
+        eng.set_vtep("10.0.0.9/24", "02:00:0a:00:00:09", up2)
+        eng.start(housekeeping_interval=0)
+        eng.housekeeping()  # the new VTEP asks for them
+        senders = set()
+        for port in (t.up, up2):
+            for f in eng.collect(port, max_frames=100, wait=0.3):
+                if Ether(f).haslayer(ARP):
+                    senders.add((port, Ether(f)[ARP].psrc))
+        assert senders == {(up2, "10.0.0.9")}, senders
+    finally:
+        eng.stop()
+        eng.start()
+
+
 def test_frame_larger_than_the_shaper_burst_does_not_stall(eng):
     """A burst smaller than a frame (2048 bytes, frames of 2114 on the wire
     under a 9000-byte underlay MTU): the frame waits for a full bucket and
