@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 33
+#define DP_ABI_VERSION 34
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -296,6 +296,9 @@ int dp_neigh_get(uint32_t ip, uint8_t *mac);
  * stale one is, when it does not; those set by dp_neigh_set stay. How many
  * were asked. */
 int dp_neigh_refresh(void);
+/* every neighbour forgotten, those set by dp_neigh_set too (a reset); for
+ * tunnels still there, the next hops are asked for again. How many. */
+int dp_neigh_flush(void);
 int dp_housekeeping(void);
 
 /* planes and queues */

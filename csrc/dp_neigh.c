@@ -334,6 +334,23 @@ dp_neigh_refresh(void)
     return n;
 }
 
+int
+dp_neigh_flush(void)
+{
+    if (!dp_setup_done)
+        return dp_fail(-EINVAL, "dp_setup not done");
+    int n = 0;
+    for (int i = 0; i < DP_MAX_NEIGH; i++)
+        if (neigh[i].state != NEIGH_FREE) {
+            /* a permanent entry is forgotten as a valid one is */
+            if (neigh[i].state == NEIGH_PERMANENT)
+                neigh[i].state = NEIGH_VALID;
+            neigh_forget(i);
+            n += neigh[i].state == NEIGH_FREE;
+        }
+    return n;
+}
+
 /*
  * Periodic control work, called by the control thread every few ms:
  * neighbours and learned MACs reported by workers, ARP requests for next

@@ -276,16 +276,18 @@ dp_vtep_set(const struct dp_vtep_conf *c)
     v->uplink = c->uplink;
     v->learning = c->learning;
     v->max_frame = dp_max_frame();
-    struct dp_vtep *old = atomic_exchange(&dp.vtep, v);
-    dp_nets_publish(nets); /* includes a grace period: no worker holds old */
-    tunnels_publish(tuns);
-    free(old);
     /* ARP requests asked under the old settings (another address, or for
-     * an uplink now gone) are not sent by the new uplink: the next hops
+     * an uplink now gone) are not sent by the new uplink: dropped before
+     * any worker takes the new VTEP (housekeeping, which asks, runs under
+     * the control API's lock: none is queued meanwhile); the next hops
      * still unresolved are asked again by the next housekeeping round */
     if (!old_set || old_conf.uplink != c->uplink || old_conf.ip != c->ip ||
         memcmp(old_conf.mac, c->mac, 6) != 0 || old_conf.static_nh != c->static_nh)
         dp_neigh_requests_drop();
+    struct dp_vtep *old = atomic_exchange(&dp.vtep, v);
+    dp_nets_publish(nets); /* includes a grace period: no worker holds old */
+    tunnels_publish(tuns);
+    free(old);
     dp_express_uplink();
     return 0;
 }

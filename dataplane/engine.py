@@ -52,7 +52,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 33
+ABI_VERSION = 34
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -1259,8 +1259,8 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         )
 
     def reset(self):
-        """Remove every port, network and table entry, and stop a capture;
-        forwarding goes on."""
+        """Remove every port, network and table entry (neighbours too), and
+        stop a capture; forwarding goes on."""
         with self._lock:
             if self.capturing:
                 self.capture_stop(collect=False)
@@ -1270,6 +1270,7 @@ class Engine(_Tables, _Planes, _Guards, _Express):
                 self.del_port(p.index)
             for n in list(self._nets):
                 self.del_network(n)
+            self._call("forgetting the neighbours", lib.dp_neigh_flush)
 
     # -------------------------------------------------------------- counters
     def port_by_worker(self, port: int) -> np.ndarray:

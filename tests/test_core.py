@@ -535,6 +535,27 @@ def test_next_hop_resolved_by_arp(eng):
     assert _held(eng) - h0 == 1 and t.drops()["neigh_unresolved"] == 0
 
 
+def test_a_reset_forgets_the_neighbours(eng):
+    """A next hop resolved by ARP, then the engine reset: the next VTEP
+    asks for it again, as for one it never knew."""
+
+    def asked_for(t, ip):
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            for f in eng.collect(t.up, max_frames=100, wait=0.1):
+                if Ether(f).haslayer(ARP) and Ether(f)[ARP].pdst == ip:
+                    return True
+        return False
+
+    t = Topo(eng, static_nh=False)
+    eng.set_neighbor("10.0.0.9", "02:00:0a:00:00:09")
+    assert asked_for(t, R1_VTEP)
+    _arp_reply(t, R1_VTEP, "02:00:0a:00:00:02")
+    eng.reset()
+    assert eng.neighbor(R1_VTEP) is None and eng.neighbor("10.0.0.9") is None
+    assert asked_for(Topo(eng, static_nh=False), R1_VTEP)
+
+
 def _fresh_remote(eng, k):
     """a remote MAC behind a VTEP no earlier test resolved (the core keeps
     its neighbours across tests)"""
