@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import sys
 import urllib.parse
 from typing import Callable, Iterable, List, Mapping, Optional, Tuple
 
@@ -56,7 +57,6 @@ UNIX_PATH_MAX = 107
 #: DPDK's memory, MB
 MEMORY_MB_RANGE = (64, 1 << 20)
 #: the highest CPU number an lcore list may name
-MAX_CPU = 1 << 16
 MAX_LCORE = lib.DP_MAX_LCORE  # the CPUs the EAL takes as lcores: 0..MAX_LCORE-1
 #: interface names a pod's plane cannot take, and why
 POD_RESERVED_IFNAMES = {"lo": "the pod's loopback interface"}
@@ -296,7 +296,9 @@ def check_lcores(value, path: str = "lcores") -> List[int]:
         raise fail(path, "needs at least two CPUs (one control thread, one worker)")
     seen = set()
     for i, c in enumerate(value):
-        check_int(c, f"{path}[{i}]", 0, MAX_CPU)
+        check_int(c, f"{path}[{i}]", -sys.maxsize, sys.maxsize)
+        if c < 0:
+            raise fail(f"{path}[{i}]", f"{c} is not a CPU number (0..{MAX_LCORE - 1})")
         if c >= MAX_LCORE:
             raise fail(
                 f"{path}[{i}]",
@@ -504,6 +506,27 @@ def check_unix_socket_path(value, path: str, base_dir: Optional[str] = None) -> 
             path, f"{value!r} is longer than {UNIX_PATH_MAX} bytes (limit of a unix socket path)"
         )
     return value
+
+
+def check_dirs_on_the_way(d: str, path: str):
+    """``d`` (a directory the service makes if missing) and each directory
+    above it, as far as they exist, are directories: a file in the way is
+    refused here rather than when the service makes ``d``."""
+    p = d
+    while True:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            parent = os.path.dirname(p)
+            if parent == p:
+                return
+            p = parent
+            continue
+        except OSError as e:
+            raise fail(path, f"{p}: {e.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise fail(path, f"{p} is a file, not a directory: {d} cannot be made there")
+        return
 
 
 def check_not_a_file(sock: str, path: str):

@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from .checks import (
-    MAX_CPU,
+    MAX_LCORE,
     MAX_NETWORKS,
     MAX_PLANES,
     MAX_RX_QUEUES,
@@ -62,6 +62,7 @@ from .checks import (
     check_abspath,
     check_af_xdp_mtu,
     check_bool,
+    check_dirs_on_the_way,
     check_dscp,
     check_etcd_endpoints,
     check_etcd_prefix,
@@ -847,6 +848,22 @@ def _node_config(data, base_dir) -> NodeConfig:
             f"{pod_socket_dir} is api_socket {api_socket} or under it: the two need paths "
             "of their own",
         )
+    # each pod's directory in it is handed to the pod's user and removed
+    # with the pod: nothing of the service's own may live there
+    own = [("state_dir", state_dir), ("api_socket", api_socket)]
+    if store.kind == "sqlite":
+        own.append(("store.path", store.path))
+    for field, where in own:
+        if os.path.commonpath([where, pod_socket_dir]) == pod_socket_dir:
+            raise fail(
+                "pod_socket_dir",
+                f"{pod_socket_dir} holds {field} {where}: the pods' socket directories "
+                "need a directory of their own",
+            )
+    for field, where in own + [("pod_socket_dir", pod_socket_dir)]:
+        check_dirs_on_the_way(
+            where if field in ("state_dir", "pod_socket_dir") else os.path.dirname(where), field
+        )
     return NodeConfig(
         node=node,
         mode=mode,
@@ -1081,7 +1098,7 @@ def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
     dscp = None if dscp is None else check_dscp(dscp, f"{p}.dscp")
     worker = spec.get("worker")
     if worker is not None:
-        check_int(worker, f"{p}.worker", 0, MAX_CPU)
+        check_int(worker, f"{p}.worker", 0, MAX_LCORE - 1)
         if worker not in workers:
             raise fail(f"{p}.worker", f"lcore {worker} is not one of the worker lcores {workers}")
     rxq = spec.get("rx_queue")

@@ -57,6 +57,7 @@ SUN_PATH_MAX = 108
 #: the directory under pod_socket_dir (root's, mode 0700; no pod name starts
 #: with a dot) of the core's hard links to the pods' vhost-user sockets
 PIN_DIR = ".core"
+POD_DIR_MARK = ".dataplane-pod"  # in each pod directory the service made
 MEMIF_MAX_RING = 1 << 14
 
 
@@ -170,12 +171,58 @@ def devargs(kind: str, pod: str, plane: str, path: str, opts: Dict[str, Any]) ->
     return f"{name},iface={path},client=1,queues=1"
 
 
+def _marked(d: str) -> bool:
+    """Is ``d`` a pod directory the service made (its mark, a file of this
+    process's user, inside)?"""
+    try:
+        st = os.lstat(os.path.join(d, POD_DIR_MARK))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def _only_sockets(d: str) -> bool:
+    """A real directory holding nothing but sockets (a pod directory of a
+    version that did not mark them, or one whose mark the pod removed)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(d).st_mode):
+            return False
+        with os.scandir(d) as it:
+            return all(stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode) for e in it)
+    except OSError:
+        return False
+
+
+def _mark(d: str):
+    # a mark the pod replaced (it owns the directory) is not followed; the
+    # directory is then removed with the pod only while it holds only sockets
+    with contextlib.suppress(OSError):
+        os.close(
+            os.open(
+                os.path.join(d, POD_DIR_MARK),
+                os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+            )
+        )
+
+
 def _prepare_dir(base: str, pod: str, opts: Dict[str, Any]) -> str:
     # the base and the pod's directory are entries of root's directories:
     # the pod cannot rename them, only what is inside its own directory
     os.makedirs(base, mode=0o755, exist_ok=True)
     d = pod_dir(base, pod)
-    os.makedirs(d, mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(d, 0o755)
+    except FileExistsError:
+        # a directory the service did not make is not taken over: it is
+        # handed to the pod's user and removed with the pod
+        if not _marked(d) and not _only_sockets(d):
+            raise Busy(
+                f"pod {pod}: {d} exists and was not made by the service for this pod "
+                "(it holds more than sockets): the pod's sockets need a directory of "
+                "their own; remove it or choose another pod_socket_dir"
+            ) from None
+    _mark(d)
     uid, gid = opts.get("uid", -1), opts.get("gid", -1)
     if uid != -1 or gid != -1:
         # the pod's user may create (vhost-user) and connect to its sockets
@@ -390,9 +437,10 @@ def detach(
 
 
 def remove_pod_dir(base: str, pod: str):
-    """The pod's socket directory, whatever is left in it (pod delete)."""
+    """The pod's socket directory, whatever is left in it (pod delete); one
+    the service did not make (no mark, more than sockets) is left alone."""
     d = pod_dir(base, pod)
-    if os.path.isdir(d):
+    if os.path.isdir(d) and not os.path.islink(d) and (_marked(d) or _only_sockets(d)):
         shutil.rmtree(d, ignore_errors=True)
 
 

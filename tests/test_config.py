@@ -327,7 +327,8 @@ def test_top_level_errors():
     bad(cfg(mode="turbo"), r"^mode: 'turbo' is not one of hugepages, fallback")
     bad(cfg(lcores=[0]), r"^lcores: needs at least two")
     bad(cfg(lcores=[0, 1, 1]), r"^lcores\[2\]: CPU 1 is listed twice")
-    bad(cfg(lcores=[0, -1]), r"^lcores\[1\]: -1 out of range")
+    bad(cfg(lcores=[0, -1]), r"^lcores\[1\]: -1 is not a CPU number \(0\.\.127\)")
+    bad(cfg(lcores=[0, 70000]), r"^lcores\[1\]: CPU 70000: DPDK takes CPUs 0\.\.127")
     bad(cfg(lcores="0,1"), r"^lcores: '0,1' is not a list")
     bad(cfg(lcores=list(range(checks.MAX_WORKERS + 2))), r"^lcores: at most")
     bad(cfg(memory_mb=10), r"^memory_mb: 10 out of range")
@@ -884,8 +885,63 @@ def test_api_socket_and_pod_socket_dir_need_paths_of_their_own():
     )
 
 
+def test_pod_socket_dir_may_not_hold_the_services_own_files(tmp_path):
+    """Each pod's directory in pod_socket_dir goes to the pod's user and is
+    removed with the pod: the state, the store and the API socket may not be
+    under it (nor may it be /)."""
+    t = str(tmp_path)
+    for changes, field in (
+        ({"pod_socket_dir": "/"}, "state_dir"),
+        ({"pod_socket_dir": "/var/lib"}, "state_dir"),
+        ({"pod_socket_dir": t, "state_dir": f"{t}/dataplane"}, "state_dir"),
+        ({"pod_socket_dir": t, "api_socket": f"{t}/api.sock"}, "api_socket"),
+        (
+            {"pod_socket_dir": t, "store": {"kind": "sqlite", "path": f"{t}/s/state.db"}},
+            "store.path",
+        ),
+    ):
+        bad(
+            cfg(**changes),
+            rf"^pod_socket_dir: {re.escape(changes['pod_socket_dir'])} holds {re.escape(field)} ",
+        )
+    # beside them, not over them
+    assert parse_config(cfg(pod_socket_dir=f"{t}/pods", state_dir=f"{t}/state")).pod_socket_dir == (
+        f"{t}/pods"
+    )
+
+
+def test_a_file_where_a_directory_is_made_is_refused(tmp_path):
+    """A path the service would make a directory at, or under, that has a
+    file in the way: refused by the check, not when the service starts."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    bad(cfg(state_dir=str(f)), rf"^state_dir: {re.escape(str(f))} is a file, not a directory")
+    bad(
+        cfg(api_socket=f"{f}/api.sock"),
+        rf"^api_socket: {re.escape(str(f))}: Not a directory|^api_socket: {re.escape(str(f))} is a file",
+    )
+    bad(cfg(pod_socket_dir=f"{f}/pods"), r"^pod_socket_dir: .*(Not a directory|is a file)")
+    assert f.read_text() == "x"
+
+
 def test_an_etcd_endpoint_on_port_0_is_refused():
     bad(
         cfg(store={"kind": "etcd", "endpoints": ["http://h:0"]}),
         r"^store\.endpoints\[0\]: 'http://h:0': the port is not a number in 1\.\.65535",
     )
+
+
+def test_a_reload_whose_file_names_another_api_socket_says_what_to_do(tmp_path):
+    """reload -c FILE reaches the service through the file's api_socket: a
+    file that changes it names it and says how to reach the running one."""
+    sock = str(tmp_path / "new.sock")
+    p = tmp_path / "node.yaml"
+    p.write_text(yaml.safe_dump(cfg(api_socket=sock)))
+    r = subprocess.run(
+        [sys.executable, "-m", "dataplane.cli", "reload", "-c", str(p)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert f"no service answers on {sock}" in r.stderr
+    assert "api_socket changes only with a restart: give the running service's socket" in (r.stderr)

@@ -551,6 +551,31 @@ def test_failed_fast_plane_leaves_nothing(fabric, sockdir):
     assert ipn(ns, "-o link show").stdout.count("\n") == 1  # lo only
 
 
+def test_a_directory_the_service_did_not_make_is_neither_taken_nor_removed(fabric, sockdir):
+    """A directory with a file in it at a pod's socket path (pod_socket_dir
+    shared with other data): the memif pod is refused naming it, and the
+    directory and its file stay; the pod's own directory, made and marked
+    by the service, goes with the pod."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    other = os.path.join(sockdir, f"{fab.tag}o")
+    os.mkdir(other)
+    with open(os.path.join(other, "data"), "w") as f:
+        f.write("keep")
+    from dataplane.api import APIError
+
+    with pytest.raises(APIError, match=r"exists and was not made by the service for this pod"):
+        add_pod(fab, node, "o", "memif", uid=NOBODY, gid=NOBODY)
+    assert node.api("GET", "/v1/pods") == []
+    assert os.listdir(other) == ["data"] and os.stat(other).st_uid == 0
+    mine = add_pod(fab, node, "m", "memif")
+    d = os.path.dirname(mine["planes"][0]["socket"])
+    assert sorted(os.listdir(d)) == [".dataplane-pod", "std.sock"]
+    node.api("DELETE", f"/v1/pods?name={fab.tag}m")
+    assert not os.path.exists(d)
+    assert open(os.path.join(other, "data")).read() == "keep"
+
+
 @pytest.mark.parametrize("kind", ["memif", "vhost-user"])
 def test_unprivileged_dpdk_pod(fabric, sockdir, kind):
     """testpmd as user nobody, no capabilities, on hugepages (memfd, no
