@@ -64,9 +64,15 @@ def _call(args, method, endpoint, body=None, query=None):
     except APIError as e:
         raise SystemExit(f"dataplane: {e}")
     except (FileNotFoundError, ConnectionRefusedError):
-        raise SystemExit(
-            f"dataplane: no service answers on {_socket(args)} (is 'dataplane run' running?)"
-        )
+        hint = "is 'dataplane run' running?"
+        named = getattr(args, "socket", None) or getattr(args, "top_socket", None)
+        if endpoint == "/v1/reload" and getattr(args, "config", None) and not named:
+            # the file's api_socket, which may be a new one: a restart takes that
+            hint += (
+                f" {args.config} names api_socket {_socket(args)}; api_socket changes only "
+                "with a restart: give the running service's socket with --socket"
+            )
+        raise SystemExit(f"dataplane: no service answers on {_socket(args)} ({hint})")
     except OSError as e:  # e.g. a path longer than a unix socket's 107 bytes
         raise SystemExit(f"dataplane: --socket {_socket(args)}: {e.strerror or e}")
 
