@@ -19,8 +19,8 @@
     dataplane fdb clear [--network NAME] [--mac MAC]   learned MACs forgotten
     dataplane host add NAME --network NET --mac MAC --ip IP --vtep VTEP   (etcd store)
     dataplane host del NAME | dataplane host list
-    dataplane capture PORT|uplink|any|POD[:PLANE] [-w FILE] [-c N] [-s SNAPLEN] [--duration S]
-                      [--direction rx|tx|both|drop|all] [FILTER]
+    dataplane capture PORT|uplink|any|POD[:PLANE] [-w FILE] [--max-size BYTES] [-c N]
+                      [-s SNAPLEN] [--duration S] [--direction rx|tx|both|drop|all] [FILTER]
     dataplane node list                   the cluster's nodes, running or not
     dataplane node remove NAME            forget a node gone for good (its pods' records),
                                           or a renamed node's old name (SQLite store)

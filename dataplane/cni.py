@@ -294,6 +294,10 @@ def _read_conf(data: bytes, command: str) -> dict:
         conf = json_loads(data or b"{}")
     except ValueError as e:
         raise CNIError(ERR_DECODE, "cannot decode the network configuration", str(e))
+    except RecursionError:
+        raise CNIError(
+            ERR_DECODE, "cannot decode the network configuration", "nested too deeply"
+        ) from None
     if not isinstance(conf, dict):
         raise CNIError(ERR_DECODE, "the network configuration is not a JSON object")
     version = conf.get("cniVersion")
@@ -449,6 +453,12 @@ def _runtime_ip(ips) -> str:
     one asked for is refused rather than silently not given."""
     if not isinstance(ips, list) or not ips:
         return ""
+    for x in ips:
+        if not isinstance(x, str):
+            raise CNIError(
+                ERR_CONFIG,
+                f"runtimeConfig.ips: {x!r} is not an address (a string, e.g. '192.168.100.7/24')",
+            )
     v4 = [str(x) for x in ips if ":" not in str(x)]
     v6 = [str(x) for x in ips if ":" in str(x)]
     if v6:
@@ -646,8 +656,8 @@ def run(environ, data: bytes):
             peek = json_loads(data or b"{}")
             if isinstance(peek, dict) and peek.get("cniVersion") in SUPPORTED_VERSIONS:
                 version = peek["cniVersion"]
-        except ValueError:
-            pass
+        except (ValueError, RecursionError):
+            pass  # _read_conf says what is wrong
         conf = _read_conf(data, command)
         if command == "VERSION":
             return 0, _version(conf)

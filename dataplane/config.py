@@ -893,6 +893,12 @@ def _vtep(value) -> VtepConfig:
     iface = parse_ipv4_interface(v["address"], f"{p}.address")
     check_vtep_ip(iface.ip, f"{p}.address")
     net = iface.network
+    if net.prefixlen == 0:
+        raise fail(
+            f"{p}.address",
+            f"{v['address']!r}: a /0 puts all of IPv4 on the uplink's link (no gateway is "
+            "ever used): give the underlay subnet's prefix length",
+        )
     if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
         raise fail(
             f"{p}.address",

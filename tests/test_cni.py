@@ -85,6 +85,8 @@ def test_error_codes_without_a_service(plugin, tmp_path):
     # 6: not JSON
     code, out, _ = run_plugin(plugin, "ADD", b"{not json", **env)
     assert code != 0 and out["code"] == 6
+    code, out, _ = run_plugin(plugin, "ADD", b"[" * 100000, **env)  # past the parser's depth
+    assert code != 0 and out["code"] == 6 and out["details"] == "nested too deeply", out
     # 7: no network, a bad kind, a relative socket
     conf = netconf(sock)
     del conf["network"]
@@ -460,6 +462,9 @@ def test_bad_requests_name_the_problem(cnode):
     rc = {"runtimeConfig": {"ips": ["192.168.60.77/24", "fd00::7/64"]}}
     code, out, _ = cnode.cni("ADD", cnode.conf(**rc), cid, path)
     assert out["code"] == 7 and out["msg"].startswith("runtimeConfig.ips: fd00::7/64:"), out
+    rc = {"runtimeConfig": {"ips": [{"address": "192.168.60.77/24"}]}}
+    code, out, _ = cnode.cni("ADD", cnode.conf(**rc), cid, path)
+    assert out["code"] == 7 and "{'address': '192.168.60.77/24'} is not an address" in out["msg"]
     rc = {"runtimeConfig": {"ips": ["192.168.60.77/24", "192.168.60.78/24"]}}
     code, out, _ = cnode.cni("ADD", cnode.conf(**rc), cid, path)
     assert out["code"] == 7 and "a plane has one IPv4 address" in out["msg"], out

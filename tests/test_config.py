@@ -282,6 +282,7 @@ def test_vtep_errors():
     )
     bad(vtep(address="10.0.0.300/24"), r"^vtep\.address: ")
     bad(vtep(address="10.0.0.0/24"), r"^vtep\.address: .*cannot be a VTEP address")
+    bad(vtep(address="10.0.0.1/0"), r"^vtep\.address: '10\.0\.0\.1/0': a /0 puts all of IPv4")
     for gw in ("10.0.0.0", "10.0.0.255"):
         bad(vtep(gateway=gw), rf"^vtep\.gateway: {gw} is the network or broadcast address")
     bad(vtep(uplink="a-very-long-interface"), r"^vtep\.uplink: .*longer than 15")
