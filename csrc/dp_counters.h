@@ -58,7 +58,7 @@
     _(OVERSIZE, "oversize")               /* too big once encapsulated */   \
     _(NO_HEADROOM, "no_headroom")         /* mbuf lacks room for header */  \
     _(NEIGH_UNRESOLVED, "neigh_unresolved") /* next hop unknown, not held */ \
-    _(NO_UPLINK, "no_uplink")             /* remote target, no uplink */    \
+    _(NO_UPLINK, "no_uplink")             /* remote target or flood copy, no uplink */ \
     _(NO_MBUF, "no_mbuf")                 /* pool empty for a flood copy */ \
     _(TX_FULL, "tx_full")                 /* port tx queue full */          \
     _(NOT_FOR_US, "not_for_us")           /* uplink frame for another host */ \

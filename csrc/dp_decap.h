@@ -226,13 +226,13 @@ trim_to(struct rte_mbuf *m, uint32_t len)
 }
 
 /*
- * Outer checks of one uplink frame, every reason in order. Returns the
- * outer header length (Ether + IPv4 + UDP + VXLAN) of a VXLAN frame for us,
- * its Ethernet padding trimmed, or 0 when the frame was consumed (ARP) or
- * dropped and counted.
+ * The outer headers up to the IPv4 protocol, every reason in order: an
+ * IPv4 datagram to our MAC and address, not a fragment, UDP. Returns its
+ * IPv4 header length, or 0 when the frame was consumed (ARP) or dropped
+ * and counted. Lengths past the IPv4 header are not looked at.
  */
-static __rte_noinline uint32_t
-outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
+static __rte_always_inline uint32_t
+outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
 {
     if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
         drop(w, m, DP_DROP_TRUNCATED);
@@ -270,6 +270,23 @@ outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         drop(w, m, DP_DROP_NOT_UDP);
         return 0;
     }
+    return hl;
+}
+
+/*
+ * Outer checks of one uplink frame, every reason in order. Returns the
+ * outer header length (Ether + IPv4 + UDP + VXLAN) of a VXLAN frame for us,
+ * its Ethernet padding trimmed, or 0 when the frame was consumed (ARP) or
+ * dropped and counted.
+ */
+static __rte_noinline uint32_t
+outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
+{
+    uint32_t hl = outer_check_head(w, v, m);
+    if (hl == 0)
+        return 0;
+    const struct rte_ipv4_hdr *ip =
+        rte_pktmbuf_mtod_offset(m, const struct rte_ipv4_hdr *, RTE_ETHER_HDR_LEN);
     uint32_t tot = rte_be_to_cpu_16(ip->total_length);
     uint32_t outer =
         RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr) + sizeof(struct rte_vxlan_hdr);
@@ -378,14 +395,33 @@ static __rte_noinline void uplink_segs(struct dp_wctx *w, uint16_t pi, struct rt
 
 /* a super-frame on the uplink that is not one VXLAN frame (UDP datagrams
  * merged by the interface's GRO): cut back into its datagrams (dp_gso.c),
- * which are decapsulated as a burst */
-static __rte_noinline void
+ * which are decapsulated as a burst. One that is not UDP to our VTEP (the
+ * host's own TCP, merged by GRO on an interface it shares) is dropped
+ * whole, once, under the reason its first headers give: not cut into
+ * segments that would each be dropped. Returns its bytes, 0 when its
+ * datagrams counted theirs. */
+static __rte_noinline uint32_t
 uplink_gso(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
 {
+    uint32_t len = m->pkt_len;
+    uint32_t hl = outer_check_head(w, w->vtep, m);
+    if (hl == 0)
+        return len;
+    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + hl + sizeof(struct rte_udp_hdr))) {
+        drop(w, m, DP_DROP_TRUNCATED);
+        return len;
+    }
+    const struct rte_udp_hdr *udp =
+        rte_pktmbuf_mtod_offset(m, const struct rte_udp_hdr *, RTE_ETHER_HDR_LEN + hl);
+    if (unlikely(udp->dst_port != w->vtep->udp_port_be)) {
+        drop(w, m, DP_DROP_UDP_PORT);
+        return len;
+    }
     struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
     int n = gso_cut(w, m, seg);
     for (int i = 0; i < n; i += DP_BURST)
         uplink_segs(w, pi, seg + i, (uint16_t)RTE_MIN(n - i, DP_BURST));
+    return 0;
 }
 
 /* inlined into the worker loop; the segments of a cut super-frame go
@@ -409,7 +445,7 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
     for (uint16_t i = 0; i < n; i++) {
         struct rte_mbuf *m = pkts[i];
         if (unlikely(dp_gso_frame(m) && !(m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK))) {
-            uplink_gso(w, pi, m); /* its datagrams' bytes counted there */
+            bytes += uplink_gso(w, pi, m); /* or its datagrams' bytes there */
             continue;
         }
         bytes += m->pkt_len; /* before a check may trim or drop it */

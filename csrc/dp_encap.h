@@ -254,7 +254,8 @@ encap(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_mbuf 
  * that finds its tunnel resolved behind one that did not, as the control
  * thread resolves it meanwhile, waits for the next round with it); those
  * held DP_HOLD_MS, or whose network or tunnel went (or was replaced: its
- * index now another's), are dropped as neigh_unresolved; the rest wait.
+ * index now another's), are dropped as neigh_unresolved, and all of them
+ * as no_uplink when the VTEP has no uplink any more; the rest wait.
  * With `all`, the worker is stopping: nothing waits.
  */
 static __rte_noinline void
@@ -276,7 +277,7 @@ hold_run(struct dp_wctx *w, int all)
             if (t != NULL && !t->resolved && t->ip == e->vtep_ip)
                 w->gave_up[e->ti] =
                     (struct dp_gave_up){t, t->ip, now + DP_HOLD_GIVE_UP * w->hold_tsc};
-            drop(w, e->m, DP_DROP_NEIGH_UNRESOLVED);
+            drop(w, e->m, w->vtep->uplink < 0 ? DP_DROP_NO_UPLINK : DP_DROP_NEIGH_UNRESOLVED);
             continue;
         }
         if (!t->resolved || held_for(w, e->ti)) {
@@ -372,7 +373,16 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
     for (uint16_t i = 0; i < net->n_local; i++)
         if (net->local[i] != in_port)
             targets[nt++] = net->local[i];
-    uint16_t nr = to_remote && w->vtep->uplink >= 0 ? net->n_flood : 0;
+    uint16_t nr = to_remote ? net->n_flood : 0;
+    if (unlikely(nr && w->vtep->uplink < 0)) {
+        /* remote copies with no uplink to leave by: counted, not made */
+        if (nt == 0) {
+            drop(w, m, DP_DROP_NO_UPLINK);
+            return;
+        }
+        w->drop[DP_DROP_NO_UPLINK] += nr;
+        nr = 0;
+    }
     if (unlikely(nt == 0 && nr == 0)) {
         drop(w, m, DP_DROP_NO_DESTINATION);
         return;

@@ -535,6 +535,33 @@ def test_next_hop_resolved_by_arp(eng):
     assert _held(eng) - h0 == 1 and t.drops()["neigh_unresolved"] == 0
 
 
+def test_without_an_uplink_floods_and_held_frames_count_as_no_uplink(eng):
+    """The VTEP without an uplink (as between a reset and the next VTEP, or
+    while a re-created uplink is attached again): a flood's remote copies
+    and the frames held for a next hop are each counted as no_uplink."""
+    t = Topo(eng, static_nh=False)
+    h0 = _held(eng)
+    t.send(t.a, _tagged(b"held"))
+    assert _wait_held(eng, h0, 1) == 1
+    base = eng.counters().drops()
+    eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, -1)
+    assert wait_drop(eng, base, "no_uplink", 1) == 1
+    # a broadcast in network 0: pod b's copy, three remote copies not made
+    base = eng.counters().drops()
+    bcast = Ether(src=A, dst=BCAST) / IP(src="192.168.1.1", dst="192.168.1.255") / UDP()
+    t.send(t.a, bcast)
+    assert len(t.recv(t.b)) == 1
+    assert wait_drop(eng, base, "no_uplink", 3) == 3
+    # network 1: pod c alone, and its flood list's VTEP: the frame itself
+    eng.set_flood(1, [R1_VTEP])
+    base = eng.counters().drops()
+    t.send(t.c, Ether(src=C, dst=BCAST) / IP() / UDP())
+    assert wait_drop(eng, base, "no_uplink", 1) == 1
+    t.nothing(t.a, t.b, t.up)
+    d = drops_since(eng, base)
+    assert d["no_uplink"] == 1 and d["no_destination"] == 0, d
+
+
 def test_a_reset_forgets_the_neighbours(eng):
     """A next hop resolved by ARP, then the engine reset: the next VTEP
     asks for it again, as for one it never knew."""
@@ -643,6 +670,10 @@ def test_held_frame_dropped_when_its_tunnel_goes(eng):
 def _dropped(topo, frame, reason, port=None):
     before = topo.drops()[reason]
     topo.send(topo.up if port is None else port, frame)
+    for _ in range(200):  # counted once a worker had the frame, however late
+        if topo.drops()[reason] > before:
+            break
+        time.sleep(0.01)
     topo.nothing(topo.a, topo.b, topo.c)
     assert topo.drops()[reason] == before + 1, topo.drops()
 

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import time
 
 import pytest
 import test_kernel_pods as kp
@@ -415,6 +416,60 @@ def test_ipv6_tcp_super_frames_both_ways_with_a_kernel_vtep_host(fabric, path):
         assert lane_bytes > 8 * kp.MB and lane_pkts < 8 * kp.MB // 1400, (up0, up1)
     else:
         assert lane_bytes == 0 and up1["rx_bytes"] - up0["rx_bytes"] > 8 * kp.MB, (up0, up1)
+
+
+# TCP super-frames with a virtio-net header (PACKET_VNET_HDR) out of a
+# packet socket on `dev`: `n` of 10 segments of 1448 bytes, to `dst_mac`
+# and `dst_ip` - what the uplink's socket receives when the host's own TCP
+# on an interface it shares with the core is merged by GRO
+VNET_TCP_SENDER = """
+import socket, struct, sys
+dev, dst_mac, src_ip, dst_ip, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
+s.bind((dev, 0))
+src = s.getsockname()[4]
+payload = bytes(1448 * 10)
+ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0x4000, 64, 6, 0,
+                           socket.inet_aton(src_ip), socket.inet_aton(dst_ip)))
+c = sum(struct.unpack("!10H", ip))
+c = (c & 0xFFFF) + (c >> 16)
+ip[10:12] = struct.pack("!H", ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF)
+tcp = struct.pack("!HHIIBBHHH", 40000, 5001, 1, 0, 5 << 4, 0x18, 65535, 0, 0)
+eth = bytes.fromhex(dst_mac.replace(":", "")) + src + bytes([8, 0])
+# NEEDS_CSUM, GSO_TCPV4, header length, MSS, checksum start and offset
+vnet = struct.pack("=BBHHHH", 1, 1, 54, 1448, 34, 16)
+sent = sum(s.send(vnet + eth + bytes(ip) + tcp + payload) > 0 for _ in range(n))
+print(sent)
+"""
+
+
+def test_a_super_frame_not_for_the_vtep_is_dropped_once_not_cut(fabric):
+    """TCP super-frames to the VTEP's MAC and address on the underlay (the
+    host's own TCP, merged by GRO, as the uplink's socket would see it):
+    each is dropped once as not_udp, never cut into segments first (which
+    cost a copy and a checksum of each segment, and counted each)."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP])
+    fab.kernel_host(["10.99.0.1"])
+    link = json.loads(kp.ipn(node.ns, "-j link show uplink0").stdout)[0]
+    before = node.status()["drops"]
+    n = 20
+    p = fab.spawn(
+        f"{fab.tag}h", VNET_TCP_SENDER, "eth0", link["address"], kp.HOST_VTEP, "10.99.0.1", n
+    )
+    out, err = p.communicate(timeout=60)
+    assert out.strip() == str(n), err
+    want = before.get("not_udp", 0) + n
+    for _ in range(100):
+        after = node.status()["drops"]
+        if after.get("not_udp", 0) >= want:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # a cut frame's other segments would show by now
+    after = node.status()["drops"]
+    assert after.get("not_udp", 0) == want, f"{before} -> {after}"
+    assert {k: after.get(k, 0) for k in GSO_DROPS} == {k: before.get(k, 0) for k in GSO_DROPS}
 
 
 def test_udp_super_frames_arrive_as_datagrams(fabric):
