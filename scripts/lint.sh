@@ -3,7 +3,9 @@
 # format check) for Python, clang-format for C (style in .clang-format).
 # Needs what scripts/setup.sh installs. Fix what it reports with
 #   .venv/bin/ruff format . && .venv/bin/ruff check --fix .
-#   clang-format -i csrc/*.[ch] bench/*.c
+#   .venv/bin/clang-format -i csrc/*.[ch] bench/*.c
+# (clang-format 14.0.6 from PyPI, pinned as ruff is: another version
+# formats some lines otherwise)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -12,5 +14,5 @@ echo "lint: ruff check"
 echo "lint: ruff format --check"
 "$PY" -m ruff format --check .
 echo "lint: clang-format"
-clang-format --dry-run --Werror csrc/*.[ch] bench/*.c
+"$(dirname "$PY")/clang-format" --dry-run --Werror csrc/*.[ch] bench/*.c
 echo "lint: clean"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
            iproute2 ethtool iputils-ping tcpdump prometheus etcd-server \
-           clang-format clang libbpf-dev iperf3 libpcap-dev tshark openvswitch-switch-dpdk \
+           clang libbpf-dev iperf3 libpcap-dev tshark openvswitch-switch-dpdk \
            podman runc busybox-static golang-go golang-github-appc-cni-dev \
            containernetworking-plugins openssl iptables; do
     # installed, not merely known (a package removed but not purged is 'rc')
@@ -16,8 +16,20 @@ for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
 done
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # a fresh cloud machine's first-boot upgrades may hold the lock a while;
+    # an install cut off earlier (Ctrl-C) is finished first
+    apt=(-o DPkg::Lock::Timeout=600)
+    DEBIAN_FRONTEND=noninteractive dpkg --configure -a
+    apt-get "${apt[@]}" update -qq
+    # the core needs DPDK 22.11 or later: said before anything is installed
+    dpdk=$(apt-cache policy libdpdk-dev | awk '/Candidate:/ {print $2}')
+    if [ -z "$dpdk" ] || [ "$dpdk" = "(none)" ] || ! dpkg --compare-versions "$dpdk" ge 22.11; then
+        echo "setup: this distribution offers libdpdk-dev ${dpdk:-(none)}; dataplane needs DPDK" \
+             "22.11 or later (Debian 12, Ubuntu 24.04)" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get "${apt[@]}" install -y -qq --no-install-recommends \
+        "${need[@]}" >/dev/null
 fi
 # the Prometheus server is started by the tests that need it, never as a service
 if systemctl is-active --quiet prometheus 2>/dev/null; then systemctl stop prometheus || true; fi
@@ -61,6 +73,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2
 fi
 .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"  # build.py run by hand (A/B builds) reads pyproject.toml
 .venv/bin/python -m pip install -q -e ".[test]"
+# an in-place build (python build.py, the A/B benchmark's) would be loaded
+# before the one just installed: removed, so that what runs is this build
+for so in dataplane/_core.cpython-*.so; do
+    [ -e "$so" ] || continue
+    echo "setup: removing the in-place build $so (python build.py makes it again)"
+    rm -f "$so"
+done
 # byte-compiled once here: an editable install is compiled on first import,
 # but not where PYTHONDONTWRITEBYTECODE is set, and then every start of the
 # service or the CLI compiled the package again (0.1-0.2 s each)
