@@ -1404,6 +1404,18 @@ afp_iov_chain(struct iovec *iov, unsigned ni, const struct rte_mbuf *m)
     return ni;
 }
 
+/* what a sendmsg() of want bytes returned, as 0 or -1 with errno set:
+ * a short write (no errno of its own) is EMSGSIZE */
+static inline int
+afp_sent(ssize_t got, size_t want)
+{
+    if (likely(got == (ssize_t)want))
+        return 0;
+    if (got >= 0)
+        errno = EMSGSIZE;
+    return -1;
+}
+
 /* Send m, longer than a ring frame (a GSO super-frame, or a frame of an
  * interface whose MTU grew since its ring was made), with one sendmsg()
  * of its segments behind a virtio-net header. Returns 0 or -1 (refused). */
@@ -1415,8 +1427,10 @@ afp_tx_big(struct dp_afp *a, struct rte_mbuf *m)
     struct msghdr mh;
     unsigned ni = 0;
 
-    if (unlikely(m->nb_segs >= AFP_IOV_MAX))
+    if (unlikely(m->nb_segs >= AFP_IOV_MAX)) {
+        errno = E2BIG; /* the caller reads errno: not a stale ENOBUFS */
         return -1;
+    }
     afp_tx_vnet(&vh, m, m->pkt_len);
     iov[ni].iov_base = &vh;
     iov[ni++].iov_len = AFP_VNET_LEN;
@@ -1424,7 +1438,7 @@ afp_tx_big(struct dp_afp *a, struct rte_mbuf *m)
     memset(&mh, 0, sizeof(mh));
     mh.msg_iov = iov;
     mh.msg_iovlen = ni;
-    return sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT) == (ssize_t)(AFP_VNET_LEN + m->pkt_len) ? 0 : -1;
+    return afp_sent(sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT), AFP_VNET_LEN + m->pkt_len);
 }
 
 /* Send m, a VXLAN-encapsulated super-frame (dp_gso.h: outer_l2_len,
@@ -1567,8 +1581,10 @@ afp_tx_ugso(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t r)
             dp_csum_complete(m);
         for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
             if (off < s->data_len) {
-                if (unlikely(ni == AFP_UGSO_IOV))
+                if (unlikely(ni == AFP_UGSO_IOV)) {
+                    errno = E2BIG; /* not the kernel's EINVAL: batches stay on */
                     return -1;
+                }
                 iov[ni].iov_base = rte_pktmbuf_mtod_offset(s, uint8_t *, off);
                 iov[ni++].iov_len = s->data_len - off;
             }
@@ -1600,9 +1616,7 @@ afp_tx_ugso(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t r)
     memset(&mh, 0, sizeof(mh));
     mh.msg_iov = iov;
     mh.msg_iovlen = ni;
-    return sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT) == (ssize_t)(AFP_VNET_LEN + AFP_UGSO_HDR + total)
-               ? 0
-               : -1;
+    return afp_sent(sendmsg(a->tx.gfd, &mh, MSG_DONTWAIT), AFP_VNET_LEN + AFP_UGSO_HDR + total);
 }
 
 /* Can the interface carry frames now: up, and with carrier (its operational
