@@ -22,6 +22,7 @@ No third-party imports: the children import this module next to DPDK.
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -173,7 +174,10 @@ def parse_args(ap, argv=None):
 
 
 def median(xs) -> float:
-    return statistics.median(xs)
+    """The median of the figures measured: a run that failed (NaN) is left
+    out; NaN when none was measured."""
+    got = [x for x in xs if not math.isnan(x)]
+    return statistics.median(got) if got else float("nan")
 
 
 def medians(runs: dict) -> dict:
@@ -349,6 +353,25 @@ def remove_eal_runtime_dir(prefix: str):
             shutil.rmtree(d, ignore_errors=True)
 
 
+#: the file prefixes the benchmarks give their DPDK processes: bench-KIND-PID[-RUN]
+_BENCH_PREFIX = re.compile(r"bench-[a-z]+-([0-9]+)(-[0-9]+)?")
+
+
+def remove_stale_eal_runtime_dirs():
+    """EAL runtime directories of benchmark processes that are gone (one
+    killed at a timeout, or a benchmark interrupted hard): named by their
+    file prefix, whose process id is not running any more."""
+    for base in EAL_RUNTIME_DIRS:
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            m = _BENCH_PREFIX.fullmatch(name)
+            if m and not os.path.exists(f"/proc/{m.group(1)}"):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
 def file_tail(path: str, n: int = 25) -> str:
     """The last ``n`` lines of the file at ``path``, indented, for an error."""
     try:
@@ -459,6 +482,7 @@ def run_main(run, args, result, errors=()) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: leave it
         signal.signal(signal.SIGHUP, _terminate)
+    remove_stale_eal_runtime_dirs()
     try:
         res = run(args)
     except (BenchError, *errors) as e:
@@ -469,4 +493,6 @@ def run_main(run, args, result, errors=()) -> int:
         return 130
     name, fields = result(res)
     print_result(name, **fields)
-    return 0
+    # a RESULT with measurements that failed (its failed= field) is shown
+    # but is not a clean run
+    return 1 if str(fields.get("failed", "0")) != "0" else 0

@@ -100,7 +100,11 @@ class Pmd:
             self.p = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True
             )
-        self.wait_for("testpmd>", 30)
+        try:
+            self.wait_for("testpmd>", 30)
+        except BaseException:  # not yet in the caller's list: stopped here
+            self.close()
+            raise
 
     def text(self):
         with open(self.log, errors="replace") as f:

@@ -241,17 +241,22 @@ class OvsDpdk:
                 self._run("ovs-appctl", "-t", f"{self.dir}/vswitchd.ctl", "exit", check=False)
         except (subprocess.TimeoutExpired, OSError):
             pass
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                    p.wait(20)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            for p in reversed(self.procs):
+                if p.poll() is None:
                     try:
-                        os.killpg(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    p.wait(10)
+                        os.killpg(p.pid, signal.SIGTERM)
+                        p.wait(20)
+                    except (ProcessLookupError, subprocess.TimeoutExpired):
+                        try:
+                            os.killpg(p.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        p.wait(10)
+        finally:  # the rest even if a process would not end
+            self._remove()
+
+    def _remove(self):
         self.procs = []
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
         remove_eal_runtime_dir(self.prefix)

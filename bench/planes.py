@@ -66,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 
-from .common import add_run_options, parse_args, run_json_child, run_main, say, show
+from .common import BenchError, add_run_options, parse_args, run_json_child, run_main, say, show
 from .planes_ours import CONTROL, MEDIA, PLANE_NAMES, PLANE_SETUP, STD
 
 SEED = 20240611
@@ -727,8 +727,10 @@ def run(args) -> dict:
             )
         for e in check_phase(ph, cfg):
             problems.append(f"{ph['phase']} run {ph['run']} attempt {ph['attempt']}: {e}")
-    for e in problems:
-        say(f"WARNING: {e}")
+    if problems:  # accounting or marking wrong: no RESULT line
+        raise BenchError(
+            f"{len(problems)} check(s) of the phases failed: " + "; ".join(problems[:5])
+        )
     if not problems:
         say(
             "checked: offered = sent + dropped + queued per plane (FIFO: over the shared queue); "

@@ -113,9 +113,12 @@ host behind the kernel VTEP, so its frames carry finished checksums: a
 diagnosis of which failures the checksum-partial frames of a kernel peer
 cause, not a set-up a user has.
 
-A path that fails (no reply, a connection that never completes) counts as
-0 and says why; the RESULT line is printed all the same, exit code 0. A
-set-up that fails (the service does not start) exits 1.
+A measurement that fails (no reply, a connection that never completes)
+says why and is left out of the medians (a path that failed in every run
+shows ``nan``), so that a failed run of either side moves no ratio; the
+RESULT line says how many failed (``failed=N failed_what=path:test,...``)
+and the exit code is then 1. A set-up that fails (the service does not
+start) exits 1 without a RESULT line.
 
 Runs repeat the four paths ``--runs`` times; figures are medians.
 """
@@ -162,6 +165,12 @@ LABEL = {
 }
 FIGURES = ("rtt_us", "rtt_p99_us", "tcp_gbps", "tcp_rev_gbps", "udp64_pps")
 TESTS = ("ping", "tcp", "tcp_rev", "udp64")
+TEST_FIGURES = {
+    "ping": ("rtt_us", "rtt_p99_us"),
+    "tcp": ("tcp_gbps",),
+    "tcp_rev": ("tcp_rev_gbps",),
+    "udp64": ("udp64_pps",),
+}
 # --only: a subset of the paths and tests, to iterate on one figure
 ONLY = {
     "tcp_vxlan": (("ours_vtep", "vxlan"), ("tcp",)),
@@ -671,7 +680,7 @@ class Lab:
 
     def measure(self, path: str, tests=TESTS) -> dict:
         r = dict.fromkeys(FIGURES, 0.0)
-        notes = []
+        notes, failed = [], []
         for what, fn in (
             ("ping", lambda: self.ping(path)),
             ("tcp", lambda: self.iperf(path, udp=False)),
@@ -686,7 +695,10 @@ class Lab:
                 why = str(e)
                 if what == "udp64" and "connect" in why:
                     why += "; iperf3's control connection is TCP"
-                notes.append(f"{what} FAILED ({why}): counted as 0")
+                notes.append(f"{what} FAILED ({why}): left out of the medians")
+                failed.append(what)
+                for k in TEST_FIGURES[what]:
+                    r[k] = float("nan")
                 continue
             if what == "ping":
                 r["rtt_us"], r["rtt_p99_us"] = v
@@ -696,7 +708,7 @@ class Lab:
                 r["tcp_rev_gbps"] = v
             else:
                 r["udp64_pps"] = v
-        r["notes"] = notes
+        r["notes"], r["failed"] = notes, failed
         return r
 
 
@@ -765,6 +777,7 @@ def run(args) -> dict:
             if args.only:
                 say(f"--only {args.only}: paths {', '.join(paths)}, tests {', '.join(tests)}")
             res = {p: {k: [] for k in FIGURES} for p in PATHS}
+            failed = []
             paced = {p: {kpps: [] for kpps in args.udp_rates} for p in PACED_PATHS}
             drops0 = lab.service_drops()
             for n in range(1, args.runs + 1):
@@ -775,6 +788,7 @@ def run(args) -> dict:
                         continue
                     lab.check_service()
                     r = lab.measure(path, tests)
+                    failed += [f"{path}:{t}" for t in r["failed"]]
                     for k in FIGURES:
                         res[path][k].append(r[k])
                     say(f"run {n}/{args.runs} {LABEL[path]:38s} {_fmt(r)}")
@@ -784,8 +798,9 @@ def run(args) -> dict:
                         try:
                             got = lab.iperf(path, udp=True, kpps=kpps)
                         except PathFailed as e:
-                            say(f"  {path}: UDP at {kpps} kpps FAILED ({e}): counted as 0")
-                            got = 0.0
+                            say(f"  {path}: UDP at {kpps} kpps FAILED ({e}): left out")
+                            failed.append(f"{path}:udp64@{kpps}")
+                            got = float("nan")
                         paced[path][kpps].append(got)
                         say(
                             f"run {n}/{args.runs} {LABEL[path]:38s} UDP 64 B offered {kpps} "
@@ -850,6 +865,7 @@ def run(args) -> dict:
         "ipv6": args.ipv6,
         "no_tunnel_gso": args.no_tunnel_gso,
         "idle_cpu": idle_cpu,
+        "failed": failed,
     }
 
 
@@ -1072,6 +1088,9 @@ def _result(res):
         out["ours_idle_cpu"] = f"{res['idle_cpu']:.2f}"  # worker's CPU share without traffic
     if res.get("cpu_latency_us") is not None:
         out["cpu_latency_us"] = str(res["cpu_latency_us"])  # idle CPUs kept this fast to wake
+    if res.get("failed"):  # measurements left out of the medians; exit code 1
+        out["failed"] = str(len(res["failed"]))
+        out["failed_what"] = ",".join(res["failed"])
     return "pods", out
 
 

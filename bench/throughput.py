@@ -257,6 +257,11 @@ def run(args) -> dict:
             tmp.cleanup()
 
     m_ours, m_base = median(ours), median(base)
+    for who, m in (("ours", m_ours), ("testpmd", m_base)) + (
+        (("ovs", median(ovs_runs)),) if ovs_runs else ()
+    ):
+        if not m > 0:  # a contender that forwarded nothing adds up, and is no baseline
+            raise BenchError(f"{who} forwarded nothing (median {m} Mpps); no result")
     rel = ratio(m_ours, m_base)
     floor, aim = _target(args.macs)
     say(
@@ -282,8 +287,9 @@ def run(args) -> dict:
         "vteps": args.vteps,
         "frames": args.frames,
         "mode": args.mode,
-        "cache_miss": misses / lookups if lookups else 0.0,
-        "fdb_slow": slow / lookups if lookups else 0.0,
+        # no lookup counted: no ratio to show
+        "cache_miss": misses / lookups if lookups else float("nan"),
+        "fdb_slow": slow / lookups if lookups else float("nan"),
         "verified": 1 if args.verify else 0,
         "learning": 1 if args.learning else 0,
     }
