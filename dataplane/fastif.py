@@ -182,13 +182,18 @@ def _marked(d: str) -> bool:
 
 
 def _only_sockets(d: str) -> bool:
-    """A real directory holding nothing but sockets (a pod directory of a
-    version that did not mark them, or one whose mark the pod removed)."""
+    """A real directory holding nothing but sockets and symbolic links (a
+    pod directory of a version that did not mark them, or one whose mark
+    the pod removed; a link is the pod's, checked where a plane's socket
+    is taken, and removed as a link, never followed)."""
     try:
         if not stat.S_ISDIR(os.lstat(d).st_mode):
             return False
         with os.scandir(d) as it:
-            return all(stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode) for e in it)
+            return all(
+                stat.S_ISSOCK(m) or stat.S_ISLNK(m)
+                for m in (e.stat(follow_symlinks=False).st_mode for e in it)
+            )
     except OSError:
         return False
 

@@ -257,15 +257,27 @@ def test_guard_refuses_bad_input(topo):
     assert len(topo.recv(topo.b)) == 1
 
 
+def _storm_run(t, src, dst, frames):
+    """Send frames from port src; collect at dst until each is delivered or
+    counted as storm (however late a loaded worker is). Delivered frames,
+    storm drops, and the most the limit may have let through in that time
+    (its burst and rate are the caller's: seconds taken)."""
+    before = t.drops()["storm"]
+    t0 = time.monotonic()
+    t.send(src, *frames)
+    got, storm = [], 0
+    while len(got) + storm < len(frames) and time.monotonic() - t0 < 10:
+        got += t.eng.collect(dst, max_frames=2 * len(frames), wait=0.05)
+        storm = t.drops()["storm"] - before
+    return got, storm, time.monotonic() - t0
+
+
 def test_storm_control_limits_floods_only(topo):
     eng = topo.eng
     eng.set_port_storm(topo.a, 50, 10)
-    before = topo.drops()
     bcast = Ether(src=A, dst=BCAST) / ARP(hwsrc=A, psrc=A_IP, pdst=B_IP)
-    topo.send(topo.a, *([bcast] * 200))
-    got = eng.collect(topo.b, max_frames=400, wait=0.5)
-    storm = topo.drops()["storm"] - before["storm"]
-    assert 10 <= len(got) <= 40, len(got)
+    got, storm, took = _storm_run(topo, topo.a, topo.b, [bcast] * 200)
+    assert 10 <= len(got) <= 10 + 50 * took + 1, (len(got), took)
     assert storm + len(got) == 200
     assert eng.counters().port_dict(topo.a)["guard_drops"] == storm
     # known unicast is not limited
@@ -283,11 +295,10 @@ def test_storm_control_limits_floods_only(topo):
 def test_storm_control_unknown_unicast(eng):
     t = Topo(eng)
     eng.set_port_storm(t.b, 10, 5)  # storm control alone, no address checks
-    before = t.drops()
-    t.send(t.b, *[udp_frame(src=B, dst="02:00:00:00:55:55", ipsrc="9.9.9.9")] * 50)
-    got = eng.collect(t.a, max_frames=100, wait=0.5)
-    assert 5 <= len(got) <= 10
-    assert t.drops()["storm"] - before["storm"] == 50 - len(got)
+    frames = [udp_frame(src=B, dst="02:00:00:00:55:55", ipsrc="9.9.9.9")] * 50
+    got, storm, took = _storm_run(t, t.b, t.a, frames)
+    assert 5 <= len(got) <= 5 + 10 * took + 1, (len(got), took)
+    assert storm == 50 - len(got)
 
 
 def test_storm_refuses_bad_input(topo):
@@ -562,9 +573,14 @@ def test_arp_to_the_vtep_is_rate_limited(topo):
     )
     before = topo.drops()
     topo.send(topo.up, *[req] * 1000)
-    got = topo.eng.collect(topo.up, max_frames=2000, wait=0.5)
-    limited = topo.drops()["arp_rate"] - before["arp_rate"]
-    assert limited >= 600 and len(got) + limited == 1000, (len(got), limited)
+    got, limited = [], 0
+    deadline = time.monotonic() + 5
+    while len(got) + limited < 1000 and time.monotonic() < deadline:
+        got += topo.eng.collect(topo.up, max_frames=2000, wait=0.1)
+        limited = topo.drops()["arp_rate"] - before["arp_rate"]
+    # a burst of 200 and 1000/s: at least 300 limited even if the worker
+    # lost the CPU for half a second in the middle of the 1000
+    assert limited >= 300 and len(got) + limited == 1000, (len(got), limited)
 
 
 def test_every_unresolved_next_hop_is_asked(eng):

@@ -59,13 +59,17 @@ def cycle(node, i, b, watched: set):
         info = node.api(
             "POST",
             "/v1/pods",
-            {"name": f"c{i}", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(CT_SPEC)},
+            {
+                "name": f"c{node.tag}{i}",
+                "netns": f"/var/run/netns/{ns}",
+                "spec": json.dumps(CT_SPEC),
+            },
         )
         mine = {p["host_ifname"] for p in info["planes"]}
         watched |= mine
         r = ping(ns, ip_of(b), count=1, interval="0.2")
         assert r.returncode == 0, f"pod c{i} -> b: {r.stdout}{r.stderr}"
-        call(node.sock, "DELETE", "/v1/pods", query={"name": f"c{i}"})
+        call(node.sock, "DELETE", "/v1/pods", query={"name": f"c{node.tag}{i}"})
         left = mine & links()
         assert not left, f"pod c{i} deleted, its host interfaces still there: {left}"
     finally:
@@ -85,7 +89,10 @@ def settled(node, watched: set, want=None) -> dict:
 
 
 def test_a_hundred_pods_added_and_deleted_leave_nothing_behind(node):
-    b = node.pod("b", IT_SPEC)
+    # names of this node's own: this test runs beside the other lane's node
+    # services in the host's namespace, whose pods' host interfaces are
+    # named after pod names such as b
+    b = node.pod(f"b{node.tag}", IT_SPEC)
     up = sh("ip", "-o", "link", "show", node.uplink).stdout
     ifindex = up.split(":")[0]
     watched = node.host_links | {node.uplink, f"dpu{node.tag}b", f"dpgso{ifindex}"}
@@ -97,6 +104,6 @@ def test_a_hundred_pods_added_and_deleted_leave_nothing_behind(node):
     after = settled(node, watched, want=before)
     for key in before:
         assert after[key] == before[key], f"{key} after {CYCLES} pods: {after[key]}"
-    assert before["pods"] == ["b"]
+    assert before["pods"] == [f"b{node.tag}"]
     assert node.uplink in before["links"] and node.host_links <= before["links"]
     assert node.proc.poll() is None

@@ -960,9 +960,11 @@ def test_three_planes_land_in_their_queues_and_markings(tmp_path):
                 "udp port 4789",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        time.sleep(1.0)
+        line = tcpdump.stderr.readline()  # capturing once it says so
+        assert "listening on" in line, line + tcpdump.stderr.read()
         # unknown destinations in each plane's subnet: ARP floods to the remote VTEP,
         # and pings with a DSCP of their own (std copies it, others mark their own)
         for ip, dev in (
