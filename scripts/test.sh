@@ -62,6 +62,10 @@ set +m
 # interrupted: lane B's pytest tears its fixtures down (their services,
 # namespaces, etcd) as on Ctrl-C
 trap 'kill -INT "$pid_b" 2>/dev/null || true; wait "$pid_b" || true' EXIT
+# killed (a CI timeout): bash runs no EXIT trap for a signal it does not
+# trap, and lane B, in a process group of its own, would live on
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 echo "test: lane A (${#LANE_A[@]} files) here; lane B (${#LANE_B[@]} files) in $log_b, shown when both end"
 rc_a=0
 "${PYTEST[@]}" --basetemp="$base/lane-a" "${LANE_A[@]}" || rc_a=$?
