@@ -628,10 +628,16 @@ def test_af_xdp_pods_in_fallback_mode_carry_sustained_tcp(fabric):
         assert not err and len(per_s) >= 3 and min(per_s[:3]) > 0, (
             f"TCP {label}: bytes per second {per_s}, {err}; {fab.drops_said()}"
         )
+    # the driver keeps a transmitted mbuf until a later transmit reaps its
+    # completion ring, and refills its fill ring in batches: a ping after
+    # the traffic, as before the idle count, and a batch's slack (the fault
+    # this guards against kept 42 % of the pool)
+    reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host, after the traffic")
+    slack = 64
     deadline = time.monotonic() + 5  # frames in flight complete
-    while (held := node.status()["mbufs_in_use"]) > idle and time.monotonic() < deadline:
+    while (held := node.status()["mbufs_in_use"]) > idle + slack and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert held <= idle, f"{held - idle} mbufs never came back from the af_xdp port"
+    assert held <= idle + slack, f"{held - idle} mbufs never came back from the af_xdp port"
 
 
 def _port_row(node, name_part):
