@@ -205,13 +205,14 @@ def _mark(d: str):
         os.close(
             os.open(
                 os.path.join(d, POD_DIR_MARK),
-                os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                # non-blocking: a FIFO the pod put there is not waited on
+                os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                 0o644,
             )
         )
 
 
-def _prepare_dir(base: str, pod: str, opts: Dict[str, Any]) -> str:
+def _prepare_dir(base: str, pod: str, opts: Dict[str, Any], ours: bool = False) -> str:
     # the base and the pod's directory are entries of root's directories:
     # the pod cannot rename them, only what is inside its own directory
     os.makedirs(base, mode=0o755, exist_ok=True)
@@ -220,8 +221,10 @@ def _prepare_dir(base: str, pod: str, opts: Dict[str, Any]) -> str:
         os.mkdir(d, 0o755)
     except FileExistsError:
         # a directory the service did not make is not taken over: it is
-        # handed to the pod's user and removed with the pod
-        if not _marked(d) and not _only_sockets(d):
+        # handed to the pod's user and removed with the pod (``ours``: the
+        # pod's own, of a pod the service has: replayed after a restart,
+        # whatever the pod did to its mark)
+        if not ours and not _marked(d) and not _only_sockets(d):
             raise Busy(
                 f"pod {pod}: {d} exists and was not made by the service for this pod "
                 "(it holds more than sockets): the pod's sockets need a directory of "
@@ -384,14 +387,16 @@ def pin(base: str, pod: str, plane: str, opts: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def attach(engine, net: int, pod: str, plane: str, kind: str, base: str, opts) -> Tuple[int, str]:
+def attach(
+    engine, net: int, pod: str, plane: str, kind: str, base: str, opts, ours: bool = False
+) -> Tuple[int, str]:
     """The plane's port in ``engine`` (network ``net``) and its socket path.
     A stale memif socket of an earlier run is removed first. On failure the
     port is removed, a memif socket (the core's) too, and the pod's
     directory if this call made it; a vhost-user socket (the pod's) stays."""
     path = socket_path(base, pod, plane)
     made = not os.path.isdir(pod_dir(base, pod))
-    _prepare_dir(base, pod, opts)
+    _prepare_dir(base, pod, opts, ours)
     try:
         if kind == MEMIF:
             _unlink(path)  # the server cannot listen on an existing file

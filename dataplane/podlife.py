@@ -493,7 +493,12 @@ class PodLife:
                         "put the configuration back, or delete the pod and add it again"
                     )
                 self._attach_fast(
-                    pod["name"], e, ps, allowed.get(e["plane"], ()), dhcp_server=e["plane"] in dhcp
+                    pod["name"],
+                    e,
+                    ps,
+                    allowed.get(e["plane"], ()),
+                    dhcp_server=e["plane"] in dhcp,
+                    replay=True,
                 )
 
     def _replay_offloads(self, pod, e):
@@ -1053,16 +1058,24 @@ class PodLife:
                 return p
         return None
 
-    def _attach_fast(self, name, e, ps, allowed=(), dhcp_server=False) -> int:
+    def _attach_fast(self, name, e, ps, allowed=(), dhcp_server=False, replay=False) -> int:
         """The memif / vhost-user port of pod ``name``'s plane (endpoint
-        ``e``), guarded like a veth's (``allowed``: its extra addresses)."""
+        ``e``), guarded like a veth's (``allowed``: its extra addresses);
+        ``replay``: a pod the service has, whose socket directory is its own."""
         from . import fastif
         from .podspec import host_ifname
 
         net = self.networks[e["network"]]
         with self.lock:  # seen whole or not at all, as _attach_port's
             port, _ = fastif.attach(
-                self.engine, net, name, e["plane"], ps.kind, self.config.pod_socket_dir, ps.options
+                self.engine,
+                net,
+                name,
+                e["plane"],
+                ps.kind,
+                self.config.pod_socket_dir,
+                ps.options,
+                ours=replay,
             )
             self.ports[host_ifname(name, e["plane"])] = port
             self.after_port_added(port, f"{name}:{e['plane']}")

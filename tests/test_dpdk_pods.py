@@ -571,6 +571,18 @@ def test_a_directory_the_service_did_not_make_is_neither_taken_nor_removed(fabri
     mine = add_pod(fab, node, "m", "memif")
     d = os.path.dirname(mine["planes"][0]["socket"])
     assert sorted(os.listdir(d)) == [".dataplane-pod", "std.sock"]
+    # the pod removes the mark and leaves a file: a restart's replay still
+    # takes its directory back, as the pod's own
+    os.unlink(os.path.join(d, ".dataplane-pod"))
+    with open(os.path.join(d, "app.pid"), "w") as f:
+        f.write("1")
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    node.start()
+    [m] = [p for p in node.api("GET", "/v1/pods") if p["name"] == f"{fab.tag}m"]
+    assert "not_attached" not in m and m["planes"][0]["port"] is not None, m
+    assert ".dataplane-pod" in os.listdir(d)
     node.api("DELETE", f"/v1/pods?name={fab.tag}m")
     assert not os.path.exists(d)
     assert open(os.path.join(other, "data")).read() == "keep"
