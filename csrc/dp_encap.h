@@ -376,7 +376,8 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
     uint16_t nr = to_remote ? net->n_flood : 0;
     if (unlikely(nr && w->vtep->uplink < 0)) {
         /* remote copies with no uplink to leave by: counted, not made */
-        if (nt == 0) {
+        if (nt == 0) { /* one per remote copy, the frame itself the last */
+            w->drop[DP_DROP_NO_UPLINK] += nr - 1u;
             drop(w, m, DP_DROP_NO_UPLINK);
             return;
         }

@@ -552,17 +552,18 @@ def test_without_an_uplink_floods_and_held_frames_count_as_no_uplink(eng):
     t.send(t.a, bcast)
     assert len(t.recv(t.b)) == 1
     assert wait_drop(eng, base, "no_uplink", 3) == 3
-    # network 1: pod c alone, and its flood list's VTEP: the frame itself
-    eng.set_flood(1, [R1_VTEP])
+    # network 1: pod c alone, and its flood list's two VTEPs: one per copy,
+    # the frame itself the last
+    eng.set_flood(1, [R1_VTEP, R2_VTEP])
     base = eng.counters().drops()
     t.send(t.c, Ether(src=C, dst=BCAST) / IP() / UDP())
-    assert wait_drop(eng, base, "no_uplink", 1) == 1
+    assert wait_drop(eng, base, "no_uplink", 2) == 2
     t.nothing(t.a, t.b)
     # (the ARP requests asked while the VTEP had its uplink may be there)
     out = [Ether(f) for f in eng.collect(t.up, wait=0.2)]
     assert [p.summary() for p in out if not p.haslayer(ARP)] == []
     d = drops_since(eng, base)
-    assert d["no_uplink"] == 1 and d["no_destination"] == 0, d
+    assert d["no_uplink"] == 2 and d["no_destination"] == 0, d
 
 
 def test_a_reset_forgets_the_neighbours(eng):
