@@ -6,9 +6,10 @@ control API takes while the core forwards, and what they cost the worker.
 
 Each run (bench.churn_ours, a child process) forwards the encap pcap of
 ``python -m bench encap`` (64-byte frames, 64 MACs behind 8 VTEPs) on one
-worker lcore, measures the rate without churn, then the rate while the
-control thread adds, moves and deletes FDB entries of ``--churn-macs``
-other MACs as fast as the Python API allows (each update is a hash
+worker lcore, measures the rate while the control thread adds, moves and
+deletes FDB entries of ``--churn-macs`` other MACs as fast as the Python
+API allows, and the rate without churn in a window before it and one after
+it (their mean) (each update is a hash
 insert/delete, published to the workers with their table generation), and
 the longest time the uplink's tx counter stood still (sampled every
 ``--sample-ms``). ``ratio`` = mpps_during / mpps_without, medians of
@@ -61,7 +62,7 @@ def run(args) -> dict:
                 "--sample-ms",
                 str(args.sample_ms),
             ]
-            o = run_json_child(cmd, "the churn run", timeout=args.warmup + 2 * args.seconds + 120)
+            o = run_json_child(cmd, "the churn run", timeout=args.warmup + 3 * args.seconds + 120)
             if o["drops"]:
                 raise BenchError(f"run {r}: the core dropped frames while churning: {o['drops']}")
             if o["fdb_entries_after"] < args.macs:
@@ -93,7 +94,7 @@ def parser():
     add_run_options(
         ap,
         seconds=2.0,
-        seconds_help="each window (without, then with churn)",
+        seconds_help="each window (without churn, with it, without again)",
         warmup=0.5,
         warmup_help="forwarding before the first window",
         runs=3,

@@ -5,15 +5,17 @@ per process):
 
 Forwards the encap pcap (bench.ours's set-up: pcap -> pod port, encap to
 the remote VTEPs, null uplink) on one worker lcore, and on the control
-thread measures two windows of SECONDS each:
+thread measures three windows of SECONDS each:
 
-1. without churn: the rate at the uplink's tx;
+1. and 3. without churn, before and after window 2: the rate at the
+   uplink's tx, the mean of the two (a rate still ramping up after the
+   warm-up, or drifting, moves both alike: it does not flatter the ratio);
 2. with churn: a loop adds, moves (to another VTEP) and deletes FDB entries
    of N MACs that carry no traffic, through the same Python API the node
    service uses, while a sampler thread reads the uplink's tx counter
    every ``--sample-ms`` and keeps the longest span in which it did not
    move (``max_gap_ms``; its resolution is the sampling interval). The
-   same sampler runs in window 1 too: a stall there is the machine's (the
+   same sampler runs in windows 1 and 3 too: a stall there is the machine's (the
    worker's CPU taken by another process), not the churn's.
 
 Prints one ``BENCH-JSON {...}`` line.
@@ -76,16 +78,20 @@ def measure(pcap, seconds, warmup, mode, n_macs, n_vteps, n_mbufs, churn_macs, s
         def tx():
             return int(eng.port_by_worker(up)[:, 2].sum())
 
-        child_say(f"forwarding {seconds:g} s without churn")
         sys.setswitchinterval(sample_ms / 4000)  # let the sampler in on time
-        quiet = _Sampler(eng, up, sample_ms / 1000)
-        quiet.start()
-        t0, v0 = time.monotonic(), tx()
-        time.sleep(seconds)
-        t1, v1 = time.monotonic(), tx()
-        quiet.stop.set()
-        quiet.join()
-        without = (v1 - v0) / (t1 - t0) / 1e6
+
+        def quiet_window(when):
+            child_say(f"forwarding {seconds:g} s without churn ({when})")
+            s = _Sampler(eng, up, sample_ms / 1000)
+            s.start()
+            t0, v0 = time.monotonic(), tx()
+            time.sleep(seconds)
+            t1, v1 = time.monotonic(), tx()
+            s.stop.set()
+            s.join()
+            return (v1 - v0) / (t1 - t0) / 1e6, s
+
+        before, quiet = quiet_window("before")
 
         child_say(f"forwarding {seconds:g} s while {churn_macs} FDB entries churn")
         sampler = _Sampler(eng, up, sample_ms / 1000)
@@ -110,6 +116,11 @@ def measure(pcap, seconds, warmup, mode, n_macs, n_vteps, n_mbufs, churn_macs, s
         sampler.stop.set()
         sampler.join()
         during = (v1 - v0) / (t1 - t0) / 1e6
+        # a window without churn on each side of it: a rate still ramping
+        # up (or drifting down) after the warm-up moves both alike
+        after, quiet2 = quiet_window("after")
+        without = (before + after) / 2
+        quiet.max_gap = max(quiet.max_gap, quiet2.max_gap)
         drops = eng.counters().drops()
         entries = eng.fdb_count()
         eng.stop()

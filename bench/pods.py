@@ -1028,9 +1028,9 @@ def _result(res):
     o, v, r, b, k = (med[p] for p in PATHS)
 
     def rtt(ours, base):
-        # no baseline (not measured: --only): nan, as every ratio without
-        # one; a path of ours whose pings all failed has no RTT: no win
-        if base["rtt_us"] <= 0:
+        # no baseline (not measured: --only, or failed): nan, as every
+        # ratio without one; ours failed in every run: nan too (failed=)
+        if not base["rtt_us"] > 0 or math.isnan(ours["rtt_us"]):
             return float("nan")
         return ratio(ours["rtt_us"], base["rtt_us"]) if ours["rtt_us"] > 0 else float("inf")
 
