@@ -14,5 +14,7 @@ echo "lint: ruff check"
 echo "lint: ruff format --check"
 "$PY" -m ruff format --check .
 echo "lint: clang-format"
-"$(dirname "$PY")/clang-format" --dry-run --Werror csrc/*.[ch] bench/*.c
+CF=${CLANG_FORMAT:-$(dirname "$PY")/clang-format}  # the pinned one, beside the venv's python
+[ -x "$CF" ] || { echo "lint: no $CF (scripts/setup.sh installs it; or set CLANG_FORMAT)" >&2; exit 1; }
+"$CF" --dry-run --Werror csrc/*.[ch] bench/*.c
 echo "lint: clean"

@@ -19,7 +19,11 @@ if [ ${#need[@]} -gt 0 ]; then
     # a fresh cloud machine's first-boot upgrades may hold the lock a while;
     # an install cut off earlier (Ctrl-C) is finished first
     apt=(-o DPkg::Lock::Timeout=600)
-    DEBIAN_FRONTEND=noninteractive dpkg --configure -a
+    # (dpkg itself does not wait for the lock: asked only when an install was
+    # cut off, as apt-get finds out, from dpkg's pending updates)
+    if [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ]; then
+        DEBIAN_FRONTEND=noninteractive dpkg --configure -a
+    fi
     apt-get "${apt[@]}" update -qq
     # the core needs DPDK 22.11 or later: said before anything is installed
     dpdk=$(apt-cache policy libdpdk-dev | awk '/Candidate:/ {print $2}')

@@ -66,6 +66,8 @@ trap 'kill -INT "$pid_b" 2>/dev/null || true; wait "$pid_b" || true' EXIT
 # trap, and lane B, in a process group of its own, would live on
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+# Ctrl-C: pytest ends with code 2 and bash would go on to the next lane
+trap 'exit 130' INT
 echo "test: lane A (${#LANE_A[@]} files) here; lane B (${#LANE_B[@]} files) in $log_b, shown when both end"
 rc_a=0
 "${PYTEST[@]}" --basetemp="$base/lane-a" "${LANE_A[@]}" || rc_a=$?
