@@ -64,6 +64,12 @@ if [ ! -e "$hp2m" ]; then
     echo "setup: this kernel has no 2 MB hugepages (fallback mode still works)"
 elif [ "$(cat "$hp2m")" -lt 1024 ]; then
     echo 1024 > "$hp2m" || echo "setup: could not reserve hugepages (fallback mode still works)"
+    # the kernel gives what it can find (memory fragmented, or too little)
+    got=$(cat "$hp2m")
+    if [ "$got" -lt 1024 ]; then
+        echo "setup: only $got of 1024 hugepages of 2 MB could be reserved (the tests in" \
+             "hugepages mode need 1024; free memory, or reserve them at boot)" >&2
+    fi
 fi
 mkdir -p /dev/hugepages
 mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages || \
