@@ -107,6 +107,12 @@ RENEW_RETRY_S = 1.0
 RELEASE_WAIT_S = 1.0
 
 
+def _records(items) -> List[Dict[str, Any]]:
+    """The values of ``items`` ((key, value) pairs read ``loose``) that are
+    records: one another tool wrote that is not a JSON object is left out."""
+    return [v for _, v in items if isinstance(v, dict)]
+
+
 def _endpoint_order(ep) -> Tuple[str, str]:
     """(pod, plane) of an endpoint record, whatever it holds."""
     if not isinstance(ep, dict):
@@ -448,17 +454,15 @@ class EtcdStore(StateStore):
                 users = sorted(
                     {
                         ep.get("node") or "?"
-                        for _, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True)
-                        if isinstance(ep, dict)
-                        and ep.get("network") == name
-                        and ep.get("node") != self.node
+                        for ep in _records(
+                            tx.items(self._k("endpoints", ""), guard=False, loose=True)
+                        )
+                        if ep.get("network") == name and ep.get("node") != self.node
                     }
                     | {
                         c.get("node") or "?"
-                        for _, c in tx.items(self._k("nodes", ""), loose=True)
-                        if isinstance(c, dict)
-                        and c.get("node") != self.node
-                        and name in c.get("networks", (name,))
+                        for c in _records(tx.items(self._k("nodes", ""), loose=True))
+                        if c.get("node") != self.node and name in c.get("networks", (name,))
                     }
                 )
                 if users:
@@ -536,8 +540,8 @@ class EtcdStore(StateStore):
             net = tx.get(self._k("networks", name))
             eps = [
                 ep
-                for _, ep in tx.items(self._k("endpoints", ""), loose=True)
-                if isinstance(ep, dict) and ep.get("network") == name
+                for ep in _records(tx.items(self._k("endpoints", ""), loose=True))
+                if ep.get("network") == name
             ]
             allocs = [a["pod"] for _, a in tx.items(self._k("alloc", name, ""))]
             if eps or allocs:
@@ -588,8 +592,8 @@ class EtcdStore(StateStore):
                 raise AlreadyExists(f"pod {name} exists already{where}")
             # a static host is endpoints without a pod record: a pod of its
             # name would take its address and replace its endpoint
-            for _, ep in tx.items(self._k("endpoints", name, ""), loose=True):
-                if isinstance(ep, dict) and str(ep.get("node")).startswith(STATIC_NODE_PREFIX):
+            for ep in _records(tx.items(self._k("endpoints", name, ""), loose=True)):
+                if str(ep.get("node")).startswith(STATIC_NODE_PREFIX):
                     raise AlreadyExists(
                         f"pod {name}: a static host of that name exists (dataplane host list)"
                     )
@@ -743,9 +747,8 @@ class EtcdStore(StateStore):
         # here (the cluster view counts it as malformed: ClusterSync)
         out = [
             ep
-            for _, ep in self.client.items(prefix, loose=True)
-            if isinstance(ep, dict)
-            and isinstance(ep.get("pod"), str)
+            for ep in _records(self.client.items(prefix, loose=True))
+            if isinstance(ep.get("pod"), str)
             and isinstance(ep.get("plane"), str)
             and all(v is None or ep.get(f) == v for f, v in want.items())
         ]
