@@ -428,12 +428,11 @@ def summary(m: dict, bounds) -> dict:
     return res
 
 
-def check_phase(ph, cfg, notes=None) -> list:
-    """Accounting and on-the-wire problems of one phase (list of str); what
+def check_phase(ph, cfg) -> tuple:
+    """Accounting and on-the-wire problems of one phase, and notes of what
     only says the offered load fell short (the generator's injection ring
-    refused frames: they were never offered) goes to ``notes``."""
-    errs = []
-    notes = [] if notes is None else notes
+    refused frames: they were never offered): two lists of str."""
+    errs, notes = [], []
     pl = ph["planes"]
     if ph["phase"] == "priority":
         for p in PLANES:
@@ -470,7 +469,7 @@ def check_phase(ph, cfg, notes=None) -> list:
     other = {k: v for k, v in ph["drops"].items() if k != "queue_full"}
     if other:
         errs.append(f"drops other than queue_full: {other}")
-    return errs
+    return errs, notes
 
 
 def print_phase(ph, cfg, bounds):
@@ -729,8 +728,8 @@ def run(args) -> dict:
                 f"window: out of retries"
             )
         where = f"{ph['phase']} run {ph['run']} attempt {ph['attempt']}"
-        short = []
-        for e in check_phase(ph, cfg, short):
+        errs, short = check_phase(ph, cfg)
+        for e in errs:
             problems.append(f"{where}: {e}")
         for e in short:
             say(f"WARNING: {where}: {e} (offered less than planned)")

@@ -257,9 +257,8 @@ def run(args) -> dict:
             tmp.cleanup()
 
     m_ours, m_base = median(ours), median(base)
-    for who, m in (("ours", m_ours), ("testpmd", m_base)) + (
-        (("ovs", median(ovs_runs)),) if ovs_runs else ()
-    ):
+    m_ovs = median(ovs_runs) if ovs_runs else None
+    for who, m in (("ours", m_ours), ("testpmd", m_base)) + ((("ovs", m_ovs),) if ovs_runs else ()):
         if not m > 0:  # a contender that forwarded nothing adds up, and is no baseline
             raise BenchError(f"{who} forwarded nothing (median {m} Mpps); no result")
     rel = ratio(m_ours, m_base)
@@ -272,7 +271,7 @@ def run(args) -> dict:
     say(f"{sampled} frames sampled from the timed runs' output, all forwarded correctly")
     peers = {}
     if ovs_runs:
-        peers = {"ovs_mpps": median(ovs_runs), "ovs_ratio": ratio(m_ours, median(ovs_runs))}
+        peers = {"ovs_mpps": m_ovs, "ovs_ratio": ratio(m_ours, m_ovs)}
         say(
             f"ovs-dpdk median {peers['ovs_mpps']:.3f} Mpps {fmt_runs(ovs_runs)}: ours/ovs "
             f"{peers['ovs_ratio']:.2f} (goal 2.5)"
