@@ -14,6 +14,7 @@ built on the same kind of veths, in the same run.
         rtt_remote_ratio=<ours pod->pod on another node / kernel vxlan avg RTT>
         tcp_remote_ratio=<the same, TCP>  udp64_remote_ratio=<the same, received pps>
         udp64_ratio=<ours pod->vtep host / kernel vxlan received pps>
+        udp64_delivered_ratio=<the same, received + refused by the full socket>
         ours_rtt_us=.. ours_rtt_p99_us=.. ... (every path's raw figures)
         (with --udp-rates: udp64_paced=<kpps>:<ours/kernel vxlan received>,..)
         (with --ipv6: every test over IPv6, each pod's address the counterpart
@@ -58,7 +59,12 @@ replies), ``iperf3`` TCP (``--seconds``, the receiver's figure), the same
 the other way (``iperf3 -R``: the far end sends; ``_tcp_back_gbps``) and
 ``iperf3`` UDP with 64-byte payloads at full speed (``-b 0``; the packets/s
 the server received). iperf3 needs a TCP control connection, so a path
-whose TCP does not work shows no UDP either.
+whose TCP does not work shows no UDP either. Each UDP test also says what
+the client sent and what the receiving socket refused with its buffer full
+(the server namespace's ``RcvbufErrors``): at full speed the server, on the
+sender's CPU, takes only part of what arrives. What a path brought to the
+socket, taken or refused, is ``_udp64_delivered_pps`` and
+``udp64_delivered_ratio``: the path's own rate, the receiver apart.
 
 CPUs: every ping and iperf3 process runs on ``--gen-cpu`` (default 1); the
 service's worker lcore on ``--fwd-cpu`` (default 0), its control thread on
@@ -163,13 +169,13 @@ LABEL = {
     "bridge": "kernel bridge",
     "vxlan": "kernel bridge + vxlan",
 }
-FIGURES = ("rtt_us", "rtt_p99_us", "tcp_gbps", "tcp_rev_gbps", "udp64_pps")
+FIGURES = ("rtt_us", "rtt_p99_us", "tcp_gbps", "tcp_rev_gbps", "udp64_pps", "udp64_delivered_pps")
 TESTS = ("ping", "tcp", "tcp_rev", "udp64")
 TEST_FIGURES = {
     "ping": ("rtt_us", "rtt_p99_us"),
     "tcp": ("tcp_gbps",),
     "tcp_rev": ("tcp_rev_gbps",),
-    "udp64": ("udp64_pps",),
+    "udp64": ("udp64_pps", "udp64_delivered_pps"),
 }
 # --only: a subset of the paths and tests, to iterate on one figure
 ONLY = {
@@ -233,6 +239,7 @@ class Lab:
         self.service2_log = os.path.join(workdir, "service2.log")
         self.sock2 = os.path.join(workdir, "api2.sock")
         self.ips = {}  # path -> (client ns, server ns, server IP)
+        self.udp_seen = (0.0, 0.0)  # the last UDP test: (sent, refused by the socket) /s
         self.express_lane = False  # as the service's status says, once it runs
         # iperf3 takes whole seconds (and -t 0 means forever)
         self.iperf_seconds = max(1, math.ceil(args.seconds))
@@ -600,6 +607,25 @@ class Lab:
             return 0
         return int(rows[1][rows[0].index("TCPDSACKRecvSegs")])
 
+    def udp_rcvbuf_errors(self, ns: str) -> int:
+        """Datagrams the UDP sockets of namespace ``ns`` refused because
+        their receive buffer was full (Udp and Udp6 RcvbufErrors): what a
+        receiver that cannot keep up loses, past every forwarding path."""
+        r = subprocess.run(
+            self.nsexec(ns, "cat", "/proc/net/snmp", "/proc/net/snmp6"),
+            capture_output=True,
+            text=True,
+        )
+        n = 0
+        rows = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("Udp:")]
+        if len(rows) >= 2 and "RcvbufErrors" in rows[0]:
+            n += int(rows[1][rows[0].index("RcvbufErrors")])
+        for ln in r.stdout.splitlines():
+            f = ln.split()
+            if len(f) == 2 and f[0] == "Udp6RcvbufErrors":
+                n += int(f[1])
+        return n
+
     def iperf(self, path: str, udp: bool, reverse: bool = False, kpps: int = 0) -> float:
         """TCP: Gbit/s the receiver counted; UDP 64 B: packets/s the server
         received, offered at ``kpps`` thousand datagrams/s (0: as fast as
@@ -609,6 +635,7 @@ class Lab:
         cli, srv, ip = self.ips[path]
         sender = srv if reverse else cli
         dsack0 = 0 if udp else self.dsack_segs(sender)
+        rcvbuf0 = self.udp_rcvbuf_errors(srv) if udp else 0
         port = "5201"
         server = subprocess.Popen(
             self.nsexec(srv, "iperf3", "-s", "-1", "-J", "-p", port, cpu=a.gen_cpu),
@@ -676,6 +703,11 @@ class Lab:
         s = sj.get("end", {}).get("sum", {})
         secs = s.get("seconds") or self.iperf_seconds
         got = s.get("packets", 0) - s.get("lost_packets", 0)
+        # what the client sent and what the receiving socket refused: at
+        # full speed (-b 0) a receiver on the sender's CPU cannot take it all
+        sent = cj.get("end", {}).get("sum", {}).get("packets", 0)
+        refused = self.udp_rcvbuf_errors(srv) - rcvbuf0
+        self.udp_seen = (sent / secs, refused / secs)
         return max(0, got) / secs
 
     def measure(self, path: str, tests=TESTS) -> dict:
@@ -708,6 +740,12 @@ class Lab:
                 r["tcp_rev_gbps"] = v
             else:
                 r["udp64_pps"] = v
+                sent, refused = self.udp_seen
+                r["udp64_delivered_pps"] = v + refused
+                notes.append(
+                    f"UDP 64 B: the client sent {sent / 1e3:.1f} kpps, the receiving "
+                    f"socket refused {refused / 1e3:.1f} kpps (its buffer full)"
+                )
         r["notes"], r["failed"] = notes, failed
         return r
 
@@ -802,9 +840,16 @@ def run(args) -> dict:
                             failed.append(f"{path}:udp64@{kpps}")
                             got = float("nan")
                         paced[path][kpps].append(got)
+                        seen = ""
+                        if not math.isnan(got):
+                            sent, refused = lab.udp_seen
+                            seen = (
+                                f" (sent {sent / 1e3:.1f}, refused by the full socket "
+                                f"{refused / 1e3:.1f})"
+                            )
                         say(
                             f"run {n}/{args.runs} {LABEL[path]:38s} UDP 64 B offered {kpps} "
-                            f"kpps: {got / 1e3:7.1f} kpps received"
+                            f"kpps: {got / 1e3:7.1f} kpps received{seen}"
                         )
             lab.check_service()
             drops = {k: v - drops0.get(k, 0) for k, v in lab.service_drops().items()}
@@ -1041,6 +1086,9 @@ def _result(res):
         # the other way: host -> pod through our decapsulation
         "tcp_vxlan_back_ratio": ratio(v["tcp_rev_gbps"], k["tcp_rev_gbps"]),
         "udp64_ratio": ratio(v["udp64_pps"], k["udp64_pps"]),
+        # what each path brought to the receiving socket, taken or refused
+        # by its full buffer: the path's own rate, the receiver's CPU apart
+        "udp64_delivered_ratio": ratio(v["udp64_delivered_pps"], k["udp64_delivered_pps"]),
     }
     if res.get("two_nodes"):  # two nodes of ours against two kernel nodes
         fields["rtt_remote_ratio"] = rtt(r, k)
@@ -1063,6 +1111,7 @@ def _result(res):
         out[f"{names[p]}_tcp_gbps"] = f"{m['tcp_gbps']:.3f}"
         out[f"{names[p]}_tcp_back_gbps"] = f"{m['tcp_rev_gbps']:.3f}"
         out[f"{names[p]}_udp64_pps"] = f"{m['udp64_pps']:.0f}"
+        out[f"{names[p]}_udp64_delivered_pps"] = f"{m['udp64_delivered_pps']:.0f}"
     paced = res.get("paced") or {}
     if paced.get("ours_vtep"):  # --udp-rates: received at each offered rate
         out["udp64_paced"] = ",".join(

@@ -103,12 +103,20 @@ CASES = {
                     "tcp_vxlan_ratio",
                     "tcp_vxlan_back_ratio",
                     "udp64_ratio",
+                    "udp64_delivered_ratio",
                 )
             },
             **{
                 f"{path}_{fig}": MAYBE if path.startswith("ours") else RATE
                 for path in ("ours", "ours_vtep", "bridge", "vxlan")
-                for fig in ("rtt_us", "rtt_p99_us", "tcp_gbps", "tcp_back_gbps", "udp64_pps")
+                for fig in (
+                    "rtt_us",
+                    "rtt_p99_us",
+                    "tcp_gbps",
+                    "tcp_back_gbps",
+                    "udp64_pps",
+                    "udp64_delivered_pps",
+                )
             },
         },
     ),
@@ -228,6 +236,11 @@ def test_bench_runs(name):
     if name == "pods":
         # the service's express lane, as its status said: on by default
         assert fields.pop("express_lane") == "on", line
+        # what reached a receiving socket counts what it took, and more
+        # when its buffer was full
+        for path in ("ours", "ours_vtep", "bridge", "vxlan"):
+            got, brought = (float(fields[f"{path}_udp64{x}_pps"]) for x in ("", "_delivered"))
+            assert brought >= got, (path, line)
     if name == "afpacket" and "source_limited" in fields:
         # contenders that delivered all the generator offered: named, known
         named = fields.pop("source_limited").split(",")
@@ -331,11 +344,18 @@ def test_pods_only_tcp_vxlan():
     others = [
         k
         for k in fields
-        if k.endswith(("_rtt_us", "_udp64_pps", "_tcp_back_gbps")) or k.startswith("bridge")
+        if k.endswith(("_rtt_us", "_udp64_pps", "_udp64_delivered_pps", "_tcp_back_gbps"))
+        or k.startswith("bridge")
     ]
     assert all(float(fields[k]) == 0 for k in others), out
     # ratios without a measured baseline are nan, not a win or a loss
-    unmeasured = ("rtt_ratio", "tcp_local_ratio", "tcp_vxlan_back_ratio", "udp64_ratio")
+    unmeasured = (
+        "rtt_ratio",
+        "tcp_local_ratio",
+        "tcp_vxlan_back_ratio",
+        "udp64_ratio",
+        "udp64_delivered_ratio",
+    )
     assert all(fields[k] == "nan" for k in unmeasured), out
     assert "--only tcp_vxlan: paths ours_vtep, vxlan, tests tcp" in err, err
     assert fields.get("tunnel_gso") == "off", out
