@@ -6,8 +6,9 @@
     dataplane status                      what the running service has attached
     dataplane top [-d S] [-n N] [--lines N]   what it forwards now: rates per port,
                                           network, plane and drop reason; workers' load
-    dataplane reload [--dry-run]          the service's new uplink and plane rates and
-                                          networks, live
+    dataplane reload [--dry-run]          what a running service takes from its changed
+                                          config (rates, marking, learning, storm control,
+                                          anti-spoofing, networks, remotes), live
     dataplane pod add NAME --netns PATH --spec JSON|@FILE
     dataplane pod del NAME
     dataplane pod list
@@ -789,9 +790,11 @@ def build_parser():
     p.set_defaults(fn=cmd_check)
     p = sub.add_parser(
         "reload",
-        help="the running service reads its config file again and takes the uplink's and the "
-        "planes' rates and the networks added or removed from it, while forwarding "
-        "(anything else changed: refused, a restart applies it)",
+        help="the running service reads its config file again and takes from it, while "
+        "forwarding: the uplink's rate and burst; the planes' rates, DSCP marking and "
+        "classification; the VTEP's learning; the networks' storm control and "
+        "anti-spoofing; networks added or removed; the static remotes (anything else "
+        "changed: refused, a restart applies it)",
     )
     client(
         p,

@@ -6,7 +6,7 @@
     lcores: [0, 1]                 # first: control thread, the rest: workers
     # idle_sleep_us: 0             # an idle worker sleeps up to this, woken by a frame (0: spins)
     # idle_yield: true             # a spinning worker yields its CPU when idle
-    # cpu_latency_us: 0            # idle CPUs wake within this (kernel CPU latency QoS; 0: they poll)
+    # cpu_latency_us: 0            # unset by default: no request; idle CPUs wake within this (kernel CPU latency QoS; 0: they poll)
     # express_lane: auto           # unicast IP between pods of this node carried by the kernel
     #                              #   (auto: where the kernel takes it; true: or refuse to start)
     vtep:
@@ -607,8 +607,8 @@ def load_config(path) -> NodeConfig:
 # what a running node service takes from a changed configuration (reload):
 # the shaper's rate and burst, the VTEP's learning, the planes' guaranteed
 # and maximum rates, outer DSCP marking and DSCP classification, a
-# network's storm control and anti-spoofing, and the networks added to and
-# removed from the list (NETWORKS)
+# network's storm control and anti-spoofing, the networks added to and
+# removed from the list (NETWORKS), and the static remote VTEPs
 RELOADABLE = (
     "vtep.uplink_rate",
     "vtep.uplink_burst",

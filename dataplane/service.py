@@ -962,8 +962,9 @@ class NodeService:
         """The configuration file read again, and what a running service
         takes from it applied while traffic flows (``RELOADABLE``: the
         uplink shaper's rate and burst, in place, queued frames kept; the
-        planes' guaranteed and maximum rates; a network's storm control and
-        anti-spoofing, on its pods' ports; networks added, with their
+        planes' guaranteed and maximum rates, DSCP marking and
+        classification; the VTEP's learning; a network's storm control and
+        anti-spoofing, on its pods' ports; the static remotes; networks added, with their
         records in the store, and removed when no pod of the node is on
         them, after which the cluster view is read again for the endpoints
         of the networks added). A file that does not
