@@ -98,6 +98,9 @@ class Attachments:
         self.store = store
         self.pods = pods
         self.engine_running = engine_running
+        # when each ADD of this process ended, by attachment: a GC judges
+        # only what was there, done, when it began
+        self.added_at: Dict[str, float] = {}
 
     # ---------------------------------------------------------------- ADD
     def add(self, body: dict) -> dict:
@@ -161,7 +164,11 @@ class Attachments:
                 self.store.delete_attachment(name)
             self.store.put_attachment(name, record, node=self.config.node)  # intent first
             try:
-                self.pods.add_pod(name, netns, spec)
+                # the answer is made of what is read before the pod's add
+                # and what that add returns: once it is done, the container
+                # is attached, and no failed read may say otherwise
+                stored = self.store.attachment(name)
+                pod = self.pods.add_pod(name, netns, spec)
             except (ConfigError, AlreadyExists) as e:
                 msg = self._in_own_words(str(e), plane)  # while the record names it
                 self.store.delete_attachment(name)
@@ -169,7 +176,9 @@ class Attachments:
             except BaseException:
                 self.store.delete_attachment(name)
                 raise
-            return self.info(name)
+            # a GC that began while this ADD ran judges it by this time
+            self.added_at[name] = time.time()
+            return self._shown(name, stored, pod)
 
     def _in_own_words(self, msg: str, plane: str) -> str:
         """A pod-spec error as the caller wrote the request: ``ip``,
@@ -215,9 +224,15 @@ class Attachments:
         while a GC waited)."""
         with self.pods.txn:  # not between another request's record and its pod
             if older_than is not None:
+                # made, or its ADD ended, since: not the caller's to judge
+                # (an ADD holds txn throughout, so one that ran as the
+                # caller began has ended by now)
+                if self.added_at.get(name, 0.0) >= older_than:
+                    return False
                 rec = self.store.attachment(name)
                 if rec is not None and rec.get("created", 0) >= older_than:
                     return False
+            self.added_at.pop(name, None)
             pod = self.store.pod(name)
             if pod:
                 try:
@@ -271,7 +286,13 @@ class Attachments:
         pod = self.store.pod(name)
         if rec is None or not pod:
             raise NotFound(f"{name} is not an attachment of this node")
-        planes = self.pods.pod_info(name)["planes"]
+        return self._shown(name, rec, self.pods.pod_info(name))
+
+    def _shown(self, name: str, rec: dict, pod: dict) -> dict:
+        """Attachment ``name`` as the API shows it, from its record ``rec``
+        and its pod as the pods' API shows it (``pod``: netns, state,
+        planes)."""
+        planes = pod["planes"]
         if not planes:  # its ADD runs now (or died): no endpoint recorded yet
             return {
                 "name": name,

@@ -351,7 +351,8 @@ def _read_conf(data: bytes, command: str) -> dict:
     rc = conf.get("runtimeConfig") or {}
     if not isinstance(rc, dict):
         raise CNIError(ERR_CONFIG, "runtimeConfig: is not an object")
-    _check_prev(conf.get("prevResult"))
+    if command in ("ADD", "CHECK"):  # what reads it; a DEL or GC ignores it
+        _check_prev(conf.get("prevResult"))
     conf.update(socket=sock, timeout=timeout, kind=kind, runtimeConfig=rc)
     return conf
 

@@ -23,7 +23,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .checks import AF_XDP_FILL_MBUFS, AF_XDP_PORT_PREFIX, check_pod_name, is_af_xdp_port
 from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
@@ -98,8 +98,9 @@ def _recorded_kinds(spec) -> Dict[str, str]:
 
 
 def _unfinished(state: str) -> str:
-    """What left a record in ``state`` (one of UNFINISHED): 'add' or 'delete'."""
-    return "add" if state == "pending" else "delete"
+    """What left a leftover record in ``state``: 'add' or 'delete' ('ready':
+    an add whose last write the store may have applied as it failed)."""
+    return "delete" if state == "deleting" else "add"
 
 
 def _why(err: BaseException) -> str:
@@ -339,6 +340,11 @@ class PodLife:
         self._pins: Dict[Tuple[str, str], dict] = {}
         self._pin_problems: Dict[Tuple[str, str], str] = {}
         self.adding: Set[str] = set()  # pods whose add runs now (under txn)
+        # pods whose add failed and was undone on this node while the store
+        # kept their records, by the records' creation time: one may say
+        # 'ready' (a store that failed as it applied the add's last write),
+        # and is then a leftover all the same, not a pod to make again
+        self.failed_adds: Dict[str, Any] = {}
         # this node's pods as last recorded or read (pod_info, and when):
         # every change of them is made here, so a store that does not
         # answer leaves nothing out of it (list_pods, the FDB's annotations)
@@ -921,7 +927,7 @@ class PodLife:
         """One pod's part of :meth:`reap` (``links``: this namespace's
         interface names; a pod alive is put in ``alive``). Whether it was
         removed."""
-        if pod["state"] != "ready":
+        if pod["state"] != "ready" or self.leftover(pod):
             return bool(self.leftover(pod) and self._remove_leftover(pod, "housekeeping"))
         if not self._gone(pod, links):
             alive.append(pod)
@@ -960,15 +966,16 @@ class PodLife:
     def leftover(self, pod) -> bool:
         """Whether store record ``pod`` is what an add or a delete of this
         node left when the store failed during it: 'pending' or 'deleting',
-        this node's, and no add of it running now in this process (an add
-        holds ``txn`` throughout; a restart's replay removes the records
-        of adds and deletes the previous run left)."""
-        return (
-            pod is not None
-            and pod["state"] in UNFINISHED
-            and pod.get("node") in (None, self.config.node)
-            and pod["name"] not in self.adding
-        )
+        this node's, or the record of an add undone here that the store
+        kept (``failed_adds``, whatever its state); and no add of it
+        running now in this process (an add holds ``txn`` throughout; a
+        restart's replay removes the 'pending' and 'deleting' records the
+        previous run left)."""
+        if pod is None or pod["name"] in self.adding:
+            return False
+        if pod["name"] in self.failed_adds and self.failed_adds[pod["name"]] == pod.get("created"):
+            return True  # whatever its state says
+        return pod["state"] in UNFINISHED and pod.get("node") in (None, self.config.node)
 
     def _remove_leftover(self, pod, by: str) -> bool:
         """Remove leftover ``pod`` (see :meth:`leftover`) if it still is one,
@@ -980,6 +987,7 @@ class PodLife:
             if not self.leftover(now) or now.get("created") != pod.get("created"):
                 return False
             self._remove(name, self.store.endpoints(pod=name))
+            self.failed_adds.pop(name, None)
             self.on_removed()
         event(
             f"leftover of a failed pod {_unfinished(now['state'])} removed",
@@ -1213,6 +1221,7 @@ class PodLife:
             self._check_addresses_free(name, ps, floating)
             self._put_pod(name, netns, ps)  # intent first
             made = _Made()
+            created = None  # the record's, once read back
             self.adding.add(name)
             try:
                 for p in ps.planes:
@@ -1273,12 +1282,17 @@ class PodLife:
                     )
                     announce(netns, p.ifname, mac, ip)
                     self.store.set_endpoint_state(name, p.plane, "ready")
+                # the answer, read before the last write: once that is
+                # made the pod is added, and no read can fail it
+                rec = self.store.pod(name)
+                created = rec.get("created")
+                info = self._info(dict(rec, state="ready"), self.store.endpoints(pod=name))
                 self.store.set_pod_state(name, "ready")
                 # remembered under txn: a delete right after the add
                 # cannot be undone by a late write of the pod into ``known``
-                info = self.pod_info(name, remember=True)
+                self._remember(name, info)
             except BaseException as e:
-                self._roll_back(name, made, e)
+                self._roll_back(name, made, e, created)
                 raise
             finally:
                 self.adding.discard(name)
@@ -1301,6 +1315,7 @@ class PodLife:
             old is None
             or old["state"] != "ready"
             or old.get("node") not in (None, self.config.node)
+            or self.leftover(old)
         ):
             return None
         why = self._gone(old, _Present())
@@ -1425,11 +1440,14 @@ class PodLife:
                 raise
         self.store.put_pod(name, netns, ps.to_dict(), node=node, netns_id=nid)
 
-    def _roll_back(self, name: str, made: "_Made", err: BaseException):
+    def _roll_back(self, name: str, made: "_Made", err: BaseException, created=None):
         """Undo a failed add of pod ``name``: what it made on this node
         (``made``), which needs no store, then its records, best effort:
-        records a store that does not answer keeps ('pending') are removed
-        by the housekeeping once it answers (:meth:`reap`)."""
+        records a store that does not answer keeps are removed by the
+        housekeeping once it answers (:meth:`reap`) - 'pending', or
+        'ready' if the store applied the add's last write as it failed,
+        known as a leftover by ``created`` (its record's creation time,
+        None if not read back: the record is then 'pending')."""
         failed = made.undo()
         self._forget(name)
         event("pod add failed: undone on this node", pod=name, error=str(err), not_undone=failed)
@@ -1439,6 +1457,8 @@ class PodLife:
         try:
             self.store.delete_pod(name)
         except Exception as e:  # noqa: BLE001 - the add's own error is what is raised
+            if created is not None:
+                self.failed_adds[name] = created
             log.warning(
                 "pod %s: the records of its failed add stay in the store (%s); they are "
                 "removed once it answers",
@@ -1751,6 +1771,12 @@ class PodLife:
                     self.known[name] = info
                     self.known_at[name] = time.time()
         return info
+
+    def _remember(self, name: str, info: dict):
+        """Pod ``name``'s ``info`` (:meth:`_info`) in ``known``: an add made it."""
+        with self._known_lock:
+            self.known[name] = info
+            self.known_at[name] = time.time()
 
     def _ip6(self, e) -> Optional[str]:
         """Endpoint ``e``'s IPv6 address: on a dual-stack network of this

@@ -12,9 +12,13 @@ PLAN is a file the test writes (and may write again to arm another stop)::
 While it exists, the ``nth`` call of ``EtcdStore.<method>`` that has
 ``pod`` among its positional arguments first stops etcd (SIGTERM to
 ``etcd_pid``, then waits until it has exited and its client port refuses
-connections), then goes on to the real call. The plan fires once: the file
-is renamed to ``PLAN.fired``. The test starts etcd again itself (it is
-etcd's parent).
+connections), then goes on to the real call. With ``"when": "after"`` the
+real call is made first and etcd stopped after it: the call then fails as
+one whose answer etcd never sent (``EtcdUnavailable``), though etcd applied
+it; with ``"when": "answered"`` the call succeeds and etcd stops right after
+it, before the next; with ``"when": "delay"`` etcd is not stopped: the call
+waits ``"seconds"`` first (a request held at that step while others come). The plan fires once: the file is renamed to ``PLAN.fired``. The test
+starts etcd again itself (it is etcd's parent).
 """
 
 import functools
@@ -71,29 +75,46 @@ def install(path: str):
 
     seen = {"plan": None, "calls": 0}
 
-    def maybe_stop(method, args):
+    def armed(method, args):
+        """The plan if this call is the one it names, else None."""
         try:
             with open(path) as f:
                 text = f.read()
         except FileNotFoundError:
-            return
+            return None
         if text != seen["plan"]:  # armed again: count afresh
             seen["plan"], seen["calls"] = text, 0
         plan = json.loads(text)
         if plan["method"] != method or plan["pod"] not in args:
-            return
+            return None
         seen["calls"] += 1
         if seen["calls"] < plan.get("nth", 1):
-            return
+            return None
         os.rename(path, path + ".fired")
-        _stop_etcd(plan)
+        return plan
 
     for name in METHODS:
         real = getattr(EtcdStore, name)
 
         def wrapper(self, *args, __real=real, __name=name, **kw):
-            maybe_stop(__name, args)
-            return __real(self, *args, **kw)
+            from dataplane.store.etcdgw import EtcdUnavailable
+
+            plan = armed(__name, args)
+            if plan is None:
+                return __real(self, *args, **kw)
+            if plan.get("when") == "delay":
+                time.sleep(plan["seconds"])
+                return __real(self, *args, **kw)
+            if plan.get("when") == "answered":
+                out = __real(self, *args, **kw)
+                _stop_etcd(plan)
+                return out
+            if plan.get("when") != "after":
+                _stop_etcd(plan)
+                return __real(self, *args, **kw)
+            __real(self, *args, **kw)  # applied; its answer is lost
+            _stop_etcd(plan)
+            raise EtcdUnavailable(f"etcd {plan['etcd_url']} does not answer (timed out)")
 
         setattr(EtcdStore, name, functools.wraps(real)(wrapper))
 

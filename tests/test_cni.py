@@ -112,6 +112,11 @@ def test_error_codes_without_a_service(plugin, tmp_path):
         for verb in ("ADD", "CHECK"):
             code, out, _ = run_plugin(plugin, verb, {**netconf(sock), **bad}, **env)
             assert code != 0 and out["code"] == 7 and out["msg"].startswith(msg), out
+        # a DEL does not read it, and is to succeed whatever the runtime
+        # cached: it goes on to the service (here: down, so code 11)
+        if "prevResult" in bad:
+            code, out, _ = run_plugin(plugin, "DEL", {**netconf(sock), **bad}, **env)
+            assert code != 0 and out["code"] == 11, (bad, out)
     # a DEL of an ID no ADD could have taken (longer than 128 characters):
     # nothing to delete, success without asking the service
     for cid in ("x" * 129, "-x"):

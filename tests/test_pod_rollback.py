@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -16,6 +17,7 @@ import pytest
 from test_service import CT_SPEC, IT_SPEC, Node, host_links, ip_of, ping
 
 from dataplane.api import APIError
+from dataplane.attach import attachment_name
 from dataplane.podspec import host_ifname
 from tests.etcdhost import EtcdServer, have_etcd
 
@@ -43,9 +45,12 @@ class FaultNode(Node):
     def service_log(self):
         return (self.tmp / "service.log").read_text(errors="replace")
 
-    def stop_etcd_before(self, method, pod, nth=1):
+    def stop_etcd_before(self, method, pod, nth=1, when="before", seconds=0):
         """Arm the service: etcd stops right before the ``nth`` call of the
-        store's ``method`` for ``pod``."""
+        store's ``method`` for ``pod`` (``when="after"``: right after it,
+        the call applied but failing as if its answer were lost;
+        ``"answered"``: right after it, the call done and answered;
+        ``"delay"``: not at all, the call held ``seconds`` first)."""
         self.plan.write_text(
             json.dumps(
                 {
@@ -54,6 +59,8 @@ class FaultNode(Node):
                     "method": method,
                     "pod": pod,
                     "nth": nth,
+                    "when": when,
+                    "seconds": seconds,
                 }
             )
         )
@@ -178,6 +185,109 @@ def test_add_interrupted_by_etcd_stopping_leaves_nothing(rbnode, method, nth):
     n.cli("pod", "del", name)
     assert not keys_of(n, name)
     assert not hifs & host_links() and not hifs & core_ports(n)
+
+
+def test_an_add_whose_last_write_etcd_applied_but_never_answered_is_not_revived(rbnode):
+    """The add's last write (the pod 'ready') reaches etcd, which stops
+    before it answers: the add fails and is undone on the node, and the
+    record etcd kept says 'ready'. Once etcd answers again the housekeeping
+    removes that record as the leftover it is, instead of making the pod's
+    veths again for a pod its caller was told failed."""
+    n = rbnode
+    other = n.add("rbo", IT_SPEC)
+    name = "rbr"
+    hifs = {host_ifname(name, p) for p in CT_SPEC["network_plane"]}
+    ns = n.new_ns(name)
+    n.stop_etcd_before("set_pod_state", name, when="after")
+    with pytest.raises(APIError) as e:
+        n.add(name, CT_SPEC, ns=ns)
+    assert n.fired() and "does not answer" in str(e.value), e.value
+    assert not hifs & host_links() and interfaces_in(ns) == ["lo"]
+    n.etcd_back()
+    assert wait_for(lambda: not keys_of(n, name)), keys_of(n, name)
+    log = n.service_log()
+    assert '"leftover of a failed pod add removed"' in log, log[-3000:]
+    # the namespace lives on, yet nothing of the pod was made again
+    assert not hifs & host_links() and interfaces_in(ns) == ["lo"]
+    assert not hifs & core_ports(n), core_ports(n)
+    assert "pod plane made again" not in n.service_log()
+    # and the add, tried again, works
+    a = n.add(name, CT_SPEC, ns=ns)
+    assert a["state"] == "ready"
+    assert ping(ns, ip_of(other)).returncode == 0
+    n.cli("pod", "del", name)
+    assert not keys_of(n, name)
+
+
+def test_an_attachment_whose_pod_is_added_is_answered_though_etcd_stops_then(rbnode):
+    """A CNI attachment (the API's POST /v1/attachments) whose pod's last
+    write is answered, etcd stopping right after it: the container is
+    attached, and the answer says so with its address, not 'nothing was
+    attached' from a read made after the add."""
+    n = rbnode
+    other = n.add("rbo", IT_SPEC)
+    cid = uuid.uuid4().hex
+    ns = n.new_ns("rbc")
+    name = attachment_name(cid, "eth0")
+    n.stop_etcd_before("set_pod_state", name, when="answered")
+    a = n.api(
+        "POST",
+        "/v1/attachments",
+        {"container_id": cid, "ifname": "eth0", "netns": f"/var/run/netns/{ns}", "network": "net1"},
+    )
+    assert n.fired()
+    assert a["state"] == "ready" and a["container_id"] == cid and a["ip"], a
+    assert ping(ns, ip_of(other)).returncode == 0  # attached, with etcd down
+    n.etcd_back()
+    r = n.api("DELETE", "/v1/attachments", {"container_id": cid, "ifname": "eth0"})
+    assert r["deleted"] == name, r
+    assert not keys_of(n, name)
+
+
+def test_a_gc_that_comes_during_an_add_leaves_that_attachment(rbnode):
+    """A CNI GC whose runtime did not yet list an attachment being added
+    (its ADD held, its record written, before its pod is recorded) leaves
+    it: it judges only what was there, done, when it began."""
+    n = rbnode
+    cid = uuid.uuid4().hex
+    ns = n.new_ns("rbg")
+    name = attachment_name(cid, "eth0")
+    n.stop_etcd_before("put_pod", name, when="delay", seconds=3)
+    out = {}
+
+    def add():
+        try:
+            out["a"] = n.api(
+                "POST",
+                "/v1/attachments",
+                {
+                    "container_id": cid,
+                    "ifname": "eth0",
+                    "netns": f"/var/run/netns/{ns}",
+                    "network": "net1",
+                    "cni_network": "std-net",
+                },
+            )
+        except Exception as e:  # noqa: BLE001 - asserted below
+            out["e"] = e
+
+    t = threading.Thread(target=add)
+    t.start()
+    try:
+        # the ADD's record is written and the ADD held: then the GC comes
+        assert wait_for(lambda: n.fired() and keys_of(n, name)), keys_of(n, name)
+        gc = n.api("POST", "/v1/attachments/gc", {"cni_network": "std-net", "valid": []})
+    finally:
+        t.join(30)
+    assert "e" not in out, out
+    assert out["a"]["state"] == "ready", out
+    assert gc["deleted"] == [], gc
+    (a,) = n.api("GET", "/v1/attachments")
+    assert a["container_id"] == cid and a["state"] == "ready", a
+    # a GC after the ADD, whose runtime does not list it, removes it
+    gc = n.api("POST", "/v1/attachments/gc", {"cni_network": "std-net", "valid": []})
+    assert gc["deleted"] == [name], gc
+    assert n.api("GET", "/v1/attachments") == []
 
 
 def test_delete_interrupted_by_etcd_stopping_says_what_happened(rbnode):
