@@ -234,7 +234,8 @@ def test_a_network_is_forgotten_only_when_nothing_in_the_cluster_has_it(server, 
 
 def test_a_network_other_nodes_use_is_not_redefined_by_one(server, prefix):
     """Every node writes its config's networks at start; one whose config
-    disagrees with the cluster's record (VNI, plane, subnet) while other
+    disagrees with the cluster's record (VNI, plane, subnet, subnet6,
+    gateway) while other
     nodes have endpoints on the network is refused, not let win."""
     n1 = EtcdStore([server.url], prefix=prefix, node="node1")
     n2 = EtcdStore([server.url], prefix=prefix, node="node2")
@@ -261,6 +262,20 @@ def test_a_network_other_nodes_use_is_not_redefined_by_one(server, prefix):
             f"{SUBNET}, subnet6 none: make every node's networks agree"
         ), e.value
         n2.put_network("net1", 102, "std", SUBNET, subnet6="fd00:1::/64")  # agreeing
+        # so is the gateway: each node keeps its own gateway's address from
+        # the addresses it gives its pods
+        gw = str(ipaddress.ip_network(SUBNET)[1])
+        n1.put_network("net1", 102, "std", SUBNET, gateway=gw, subnet6="fd00:1::/64")
+        with pytest.raises(ConfigError) as e:
+            n2.put_network("net1", 102, "std", SUBNET, subnet6="fd00:1::/64")
+        assert str(e.value).startswith(
+            f"network net1: the cluster has it as VNI 102, plane std, subnet {SUBNET}, subnet6 "
+            f"fd00:1::/64, gateway {gw}, used by node1; this node's config says VNI 102, plane "
+            f"std, subnet {SUBNET}, subnet6 fd00:1::/64, gateway none: make every node's "
+            "networks agree"
+        ), e.value
+        assert n2.network("net1")["gateway"] == gw  # nothing written
+        n2.put_network("net1", 102, "std", SUBNET, gateway=gw, subnet6="fd00:1::/64")
         # a running node that carries it, with no pod on it yet: it keeps
         # the record's VNI, so the record is not renumbered under it
         n3 = EtcdStore([server.url], prefix=prefix, node="node3")
@@ -843,7 +858,19 @@ def test_check_reads_the_cluster_store_and_writes_nothing(server, prefix):
         assert len(bad.errors) == 1 and bad.errors[0].startswith(
             "network net1: the cluster has it as VNI 101, plane std, subnet "
         ), bad.errors
-        gw = check_store(_node_config("node2", server.url, prefix, [dict(net, gateway=ip)]))
+        # another node may not move the gateway (the cluster's networks
+        # agree); the node whose pods alone use the network may, but not
+        # onto a pod's address
+        moved = check_store(_node_config("node2", server.url, prefix, [dict(net, gateway=ip)]))
+        assert (
+            len(moved.errors) == 1
+            and (
+                f"subnet {SUBNET}, gateway none, used by node1; this node's config says VNI 101, "
+                f"plane std, subnet {SUBNET}, gateway {ip}: make every node's networks agree"
+            )
+            in moved.errors[0]
+        ), moved.errors
+        gw = check_store(_node_config("node1", server.url, prefix, [dict(net, gateway=ip)]))
         assert gw.errors == [
             f"network net1: the gateway {ip} is the address of pod a; a pod keeps its address: "
             "give the network another gateway, or delete the pod first ('dataplane pod del a')"

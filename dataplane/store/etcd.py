@@ -434,8 +434,10 @@ class EtcdStore(StateStore):
     ):
         """Insert or update network ``name``. A VNI used by another network
         (anywhere in the cluster, checked atomically), a new subnet that
-        leaves allocated addresses outside, or a change that makes a pod's
-        address the gateway (network, broadcast) address, is refused.
+        leaves allocated addresses outside, a change that makes a pod's
+        address the gateway (network, broadcast) address, or a definition
+        (VNI, plane, subnets, gateway) other than the one other nodes use,
+        is refused.
         ``check_only``: only the checks, nothing written."""
         net = check_network(name, vni, subnet)
 
@@ -446,7 +448,8 @@ class EtcdStore(StateStore):
                 old["plane"],
                 old["subnet"],
                 old.get("subnet6"),
-            ) != (vni, plane, str(net), subnet6):
+                old.get("gateway"),
+            ) != (vni, plane, str(net), subnet6, gateway):
                 # every node must agree on a network: one whose pods live on
                 # other nodes, or that another running node carries (its
                 # claim says so, or does not say), is not redefined by this
@@ -472,11 +475,19 @@ class EtcdStore(StateStore):
                     def six(v):
                         return f", subnet6 {v or 'none'}" if dual else ""
 
+                    # (the gateway said when the two differ in it: each
+                    # node keeps its own gateway's address from its pods)
+                    other_gw = old.get("gateway") != gateway
+
+                    def gw(v):
+                        return f", gateway {v or 'none'}" if other_gw else ""
+
                     raise ConfigError(
                         f"network {name}: the cluster has it as VNI {old['vni']}, plane "
-                        f"{old['plane']}, subnet {old['subnet']}{six(old.get('subnet6'))}, used "
-                        f"by {', '.join(users)}; this node's config says VNI {vni}, plane "
-                        f"{plane}, subnet {net}{six(subnet6)}: make every node's networks "
+                        f"{old['plane']}, subnet {old['subnet']}{six(old.get('subnet6'))}"
+                        f"{gw(old.get('gateway'))}, used by {', '.join(users)}; this node's "
+                        f"config says VNI {vni}, plane {plane}, subnet {net}{six(subnet6)}"
+                        f"{gw(gateway)}: make every node's networks "
                         "agree (a network is redefined when no other node has an endpoint on "
                         "it or runs with it)"
                     )
