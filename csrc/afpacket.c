@@ -899,8 +899,7 @@ afp_append(struct rte_mempool *mp, struct rte_mbuf *m, struct rte_mbuf **last, c
 static inline void
 afp_rx_reset(struct rte_mbuf *m)
 {
-    if (m->next != NULL)
-        rte_pktmbuf_free(m->next);
+    dp_free_segs(m->next);
     rte_pktmbuf_reset(m);
 }
 

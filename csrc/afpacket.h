@@ -55,6 +55,18 @@ extern uint64_t dp_csum_dynflag;
 /* Register the dynamic flag and field. Returns 0 or a negative errno. */
 int dp_csum_init(void);
 
+/* Free the segments from s to the chain's end: a tail, not a packet (no
+ * packet header to check: rte_pktmbuf_free is for whole chains). */
+static inline void
+dp_free_segs(struct rte_mbuf *s)
+{
+    while (s != NULL) {
+        struct rte_mbuf *next = s->next;
+        rte_pktmbuf_free_seg(s);
+        s = next;
+    }
+}
+
 static inline int
 dp_csum_partial(const struct rte_mbuf *m)
 {

@@ -217,10 +217,8 @@ trim_to(struct rte_mbuf *m, uint32_t len)
         nb++;
     }
     s->data_len = (uint16_t)left;
-    if (s->next != NULL) {
-        rte_pktmbuf_free(s->next);
-        s->next = NULL;
-    }
+    dp_free_segs(s->next);
+    s->next = NULL;
     m->nb_segs = nb;
     m->pkt_len = len;
 }

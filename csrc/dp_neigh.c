@@ -235,8 +235,10 @@ arp_request(uint32_t ip)
     arp->arp_data.arp_tip = rte_cpu_to_be_32(ip);
     DP_META(m)->rx_tsc = rte_get_tsc_cycles();
     DP_META(m)->plane = 0;
-    if (rte_ring_enqueue(dp.ctrl_tx, m) != 0)
+    if (rte_ring_enqueue(dp.ctrl_tx, m) != 0) { /* asked again next round */
+        dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FULL]++;
         rte_pktmbuf_free(m);
+    }
 }
 
 /* ARP requests queued and not yet sent are dropped (the VTEP changed):
@@ -246,8 +248,10 @@ void
 dp_neigh_requests_drop(void)
 {
     struct rte_mbuf *m;
-    while (rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0)
+    while (rte_ring_dequeue(dp.ctrl_tx, (void **)&m) == 0) {
+        dp.ctr->drop[DP_CTRL_ROW][DP_DROP_QUEUE_FLUSHED]++;
         rte_pktmbuf_free(m);
+    }
     for (int i = 0; i < DP_MAX_NEIGH; i++)
         if (neigh[i].state == NEIGH_INCOMPLETE)
             neigh[i].asked = 0;

@@ -630,7 +630,10 @@ def test_arp_requests_asked_under_an_old_vtep_are_not_sent_by_the_next(eng):
         t = Topo(eng, static_nh=False)
         eng.housekeeping()  # asks for the three remote VTEPs
         up2 = eng.add_ring_port("up2", role="uplink")
+        flushed = t.drops()["queue_flushed"]
         eng.set_vtep("10.0.0.9/24", "02:00:0a:00:00:09", up2)
+        # the three requests no worker sent are dropped, and counted
+        assert t.drops()["queue_flushed"] - flushed == 3, t.drops()
         eng.start(housekeeping_interval=0)
         eng.housekeeping()  # the new VTEP asks for them
         senders = set()
