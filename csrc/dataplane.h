@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 34
+#define DP_ABI_VERSION 35
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -181,8 +181,10 @@ void dp_ab_set(int on);
 /* ports */
 /* net: network of a pod port from its first packet on (-1: none yet) */
 /* n_rxq: rx queues (ethdev ports; steering traffic into them is the
- * device's job: RSS, flow rules, or the kernel for a tap) */
-int dp_port_add(const char *devargs, int role, int net, unsigned n_rxq);
+ * device's job: RSS, flow rules, or the kernel for a tap); mtu: the MTU the
+ * device is set to (0: its own), with rx scatter and multi-segment tx past
+ * an mbuf's room (refused if the device has neither) */
+int dp_port_add(const char *devargs, int role, int net, unsigned n_rxq, unsigned mtu);
 int dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsigned n_rxq);
 int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames);
 int dp_port_del(int port); /* a kernel port's sockets close in the background */

@@ -56,7 +56,7 @@ is_memif(const struct rte_eth_dev_info *di)
 }
 
 static int
-ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
+ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq, unsigned mtu)
 {
     struct rte_eth_dev_info di;
     int ret = rte_eth_dev_info_get(pid, &di);
@@ -72,9 +72,43 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq)
         ntx = 1;
     struct rte_eth_conf conf;
     memset(&conf, 0, sizeof(conf));
+    if (mtu > 0) {
+        /* frames of this MTU, with a VLAN tag, received and sent whole:
+         * past an mbuf's room, a chain of mbufs each way */
+        /* the ethdev layer's own check: the MTU plus the device's
+         * overhead within its longest frame */
+        uint32_t over = di.max_mtu != UINT16_MAX && di.max_rx_pktlen > di.max_mtu
+                            ? di.max_rx_pktlen - di.max_mtu
+                            : RTE_ETHER_HDR_LEN + RTE_ETHER_CRC_LEN;
+        if (mtu > di.max_mtu || mtu < di.min_mtu || mtu + over > di.max_rx_pktlen)
+            return dp_fail(-EINVAL,
+                           "port %s: an MTU of %u asked, the device takes MTUs of %u..%u "
+                           "(frames of at most %u bytes)",
+                           p->name, mtu, (unsigned)di.min_mtu,
+                           (unsigned)RTE_MIN((uint32_t)di.max_mtu, di.max_rx_pktlen - over),
+                           (unsigned)di.max_rx_pktlen);
+        conf.rxmode.mtu = mtu;
+        uint32_t frame = mtu + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN;
+        uint32_t room = rte_pktmbuf_data_room_size(dp.pool) - RTE_PKTMBUF_HEADROOM;
+        if (frame > room) {
+            if (!(di.rx_offload_capa & RTE_ETH_RX_OFFLOAD_SCATTER) ||
+                !(di.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS))
+                return dp_fail(-EINVAL,
+                               "port %s: an MTU of %u needs frames of %u bytes in chains of "
+                               "%u-byte buffers, which the device cannot receive or send "
+                               "(no rx scatter or multi-segment tx)",
+                               p->name, mtu, frame, room);
+            conf.rxmode.offloads |= RTE_ETH_RX_OFFLOAD_SCATTER;
+            conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+        }
+    }
     ret = rte_eth_dev_configure(pid, (uint16_t)n_rxq, ntx, &conf);
     if (ret != 0)
         return dp_fail(ret, "port %s: rte_eth_dev_configure failed (%s)", p->name, strerror(-ret));
+    /* the device itself too (a tap's kernel end): configure only records it
+     * for most drivers; one without an MTU operation has it recorded */
+    if (mtu > 0 && (ret = rte_eth_dev_set_mtu(pid, (uint16_t)mtu)) != 0 && ret != -ENOTSUP)
+        return dp_fail(ret, "port %s: cannot set its MTU to %u (%s)", p->name, mtu, strerror(-ret));
     uint16_t nrxd = 1024, ntxd = 1024;
     ret = rte_eth_dev_adjust_nb_rx_tx_desc(pid, &nrxd, &ntxd);
     if (ret != 0)
@@ -422,7 +456,7 @@ port_add_slot(int role, int net)
 }
 
 int
-dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
+dp_port_add(const char *devargs, int role, int net, unsigned n_rxq, unsigned mtu)
 {
     int idx = port_add_slot(role, net);
     if (idx < 0)
@@ -449,7 +483,7 @@ dp_port_add(const char *devargs, int role, int net, unsigned n_rxq)
     }
     p->idx = idx;
     p->eth_port = pid;
-    ret = ethdev_setup(pid, p, n_rxq);
+    ret = ethdev_setup(pid, p, n_rxq, mtu);
     if (ret == 0) {
         kif_note(p);
         ret = port_publish(idx, p);
@@ -512,7 +546,7 @@ dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsign
     memcpy(p->ring_rx, rx, sizeof(p->ring_rx));
     p->ring_tx = tx;
     /* a ring port's tx ring is multi-producer: one tx queue per worker */
-    ret = ethdev_setup(p->eth_port, p, n_rxq);
+    ret = ethdev_setup(p->eth_port, p, n_rxq, 0);
     if (ret == 0)
         ret = port_publish(idx, p);
     if (ret != 0) {

@@ -52,7 +52,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 34
+ABI_VERSION = 35
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -1106,7 +1106,12 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         return -1 if net is None else net
 
     def add_port(
-        self, devargs: str, role: str = "pod", network: Optional[int] = None, rx_queues: int = 1
+        self,
+        devargs: str,
+        role: str = "pod",
+        network: Optional[int] = None,
+        rx_queues: int = 1,
+        mtu: int = 0,
     ) -> int:
         """Add a DPDK device (e.g. ``net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap``,
         ``net_null0``, ``net_tap0,iface=dp0``, ``net_memif0,role=server``,
@@ -1114,9 +1119,14 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         port given ``network`` belongs to it from its first packet on.
         ``rx_queues`` > 1: queue 0 is polled by the port's worker, queue q by
         the worker of the plane whose ``rx_queue`` is q (see :meth:`set_plane`);
-        which frames land in which queue is the device's steering."""
+        which frames land in which queue is the device's steering.
+        ``mtu`` > 0: the device is set to that MTU (a DPDK uplink: the
+        underlay's), receiving and sending frames longer than an mbuf holds
+        as chains; a device that cannot is refused, saying why."""
         if not isinstance(devargs, str) or not devargs.strip():
             raise ConfigError("devargs: empty device string")
+        if isinstance(mtu, bool) or not isinstance(mtu, int) or not 0 <= mtu <= 65535:
+            raise ConfigError(f"mtu: {mtu!r} is not 0 (the device's own) or an MTU up to 65535")
         r = self._role(role)
         return self._call(
             f"adding port {devargs!r}",
@@ -1125,6 +1135,7 @@ class Engine(_Tables, _Planes, _Guards, _Express):
             r,
             self._net(network),
             check_rx_queues(rx_queues),
+            mtu,
         )
 
     def add_ring_port(

@@ -441,7 +441,10 @@ class NodeService:
         v = cfg.vtep
         if v.uplink_kind == "dpdk":
             self.uplink = eng.add_port(
-                v.uplink_devargs, role="uplink", rx_queues=v.uplink_rx_queues
+                v.uplink_devargs,
+                role="uplink",
+                rx_queues=v.uplink_rx_queues,
+                mtu=v.underlay_mtu,
             )
         elif link_state(v.uplink_ifname) is not None:
             self._add_uplink()

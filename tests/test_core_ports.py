@@ -2,6 +2,7 @@
 traffic flows, and errors that name the problem and change nothing."""
 
 import time
+import uuid
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -161,6 +162,38 @@ def test_errors_name_the_problem_and_change_nothing(eng):
     with pytest.raises(errors.ConfigError, match="role"):
         eng.add_ring_port("x", role="spine")
     assert (eng.ports(), eng.networks(), eng.fdb_count()) == before
+
+
+def test_a_dpdk_uplink_takes_the_underlay_mtu_or_is_refused_saying_why(eng):
+    """A DPDK port added with an MTU (a DPDK uplink: vtep.underlay_mtu) is
+    set to it, or refused, naming the device's limit, before it is a port:
+    DPDK's tap takes frames of at most 1522 bytes, null and pcap chain no
+    buffers for frames past an mbuf. Jumbo frames would otherwise be
+    dropped by the device (dev_rx_errors), not refused at start."""
+    tap = f"dpmt{uuid.uuid4().hex[:6]}"
+    before = eng.ports()
+    with pytest.raises(
+        errors.ConfigError,
+        match=r"port net_tap_mt: an MTU of 9000 asked, the device takes MTUs of \d+\.\.1504 "
+        r"\(frames of at most 1522 bytes\)",
+    ):
+        eng.add_port(f"net_tap_mt,iface={tap}", role="uplink", mtu=9000)
+    with pytest.raises(
+        errors.ConfigError,
+        match=r"port net_null_mt: an MTU of 9000 needs frames of 9018 bytes in chains of "
+        r"2048-byte buffers, which the device cannot receive or send",
+    ):
+        eng.add_port("net_null_mt", role="uplink", mtu=9000)
+    with pytest.raises(errors.ConfigError, match=r"^mtu: -1 is not 0"):
+        eng.add_port("net_null_mt", mtu=-1)
+    assert eng.ports() == before
+    # the default underlay MTU: the device is set to it (the tap's kernel end)
+    up = eng.add_port(f"net_tap_mt,iface={tap}", role="uplink", mtu=1400)
+    try:
+        with open(f"/sys/class/net/{tap}/mtu") as f:
+            assert int(f.read()) == 1400
+    finally:
+        eng.del_port(up)
 
 
 def test_eal_cannot_start_twice(core):
