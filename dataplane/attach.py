@@ -263,7 +263,12 @@ class Attachments:
         gone, failed = [], []
         since = time.time()  # what is recorded from now on is not the runtime's to judge
         with reach.required(self.store, NOT_DETACHED):
-            for a in self.store.attachments(node=self.config.node):
+            listed = self.store.attachments(node=self.config.node)
+            # the ADDs' end times of attachments gone another way (a pod
+            # delete, a node's removal): no longer needed
+            for name in set(self.added_at) - {a["name"] for a in listed}:
+                self.added_at.pop(name, None)
+            for a in listed:
                 if a.get("cni_network") != cni_network or a["name"] in keep:
                     continue
                 if a["name"] in self.pods.adding:  # its ADD runs now: not stale

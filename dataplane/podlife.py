@@ -936,7 +936,12 @@ class PodLife:
             return False
         with self.txn:  # again under txn: a delete and re-add meanwhile
             now = self.store.pod(pod["name"])
-            if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
+            if (
+                not now
+                or now.get("created") != pod.get("created")
+                or now["state"] != "ready"
+                or self.leftover(now)  # a failed add's, since: removed as such next round
+            ):
                 return False
             why = self._gone(now, _Present())  # each name looked up: exact
             if not why:
@@ -956,7 +961,12 @@ class PodLife:
         ``txn``: a delete meanwhile wins)."""
         with self.txn:
             now = self.store.pod(pod["name"])
-            if not now or now.get("created") != pod.get("created") or now["state"] != "ready":
+            if (
+                not now
+                or now.get("created") != pod.get("created")
+                or now["state"] != "ready"
+                or self.leftover(now)
+            ):
                 return
             if pod["name"] not in self.unattached:
                 return
@@ -1451,14 +1461,15 @@ class PodLife:
         failed = made.undo()
         self._forget(name)
         event("pod add failed: undone on this node", pod=name, error=str(err), not_undone=failed)
+        if created is not None:  # until its records are gone: a leftover, whatever they say
+            self.failed_adds[name] = created
         if any(f.startswith("vf ") for f in failed):  # their records are the way back
             log.warning("pod %s: records kept: the housekeeping gives its VFs back", name)
             return
         try:
             self.store.delete_pod(name)
+            self.failed_adds.pop(name, None)
         except Exception as e:  # noqa: BLE001 - the add's own error is what is raised
-            if created is not None:
-                self.failed_adds[name] = created
             log.warning(
                 "pod %s: the records of its failed add stay in the store (%s); they are "
                 "removed once it answers",
@@ -1640,6 +1651,7 @@ class PodLife:
         """Detach what is left of pod ``name`` (ports, interfaces) and forget it."""
         self._detach(name, eps)
         self.store.delete_pod(name)
+        self.failed_adds.pop(name, None)
 
     def _detach(self, name, eps, pod=None):
         """Detach what is left of pod ``name`` (ports, interfaces, VFs,
@@ -1717,6 +1729,7 @@ class PodLife:
             left = None
             try:
                 self.store.delete_pod(name)
+                self.failed_adds.pop(name, None)
             except Exception as e:  # noqa: BLE001 - detached: deleted, records wait
                 left = (
                     f"the pod is detached from this node, but its records stay in the store "
