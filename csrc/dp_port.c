@@ -73,8 +73,6 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq, unsigned mtu)
     struct rte_eth_conf conf;
     memset(&conf, 0, sizeof(conf));
     if (mtu > 0) {
-        /* frames of this MTU, with a VLAN tag, received and sent whole:
-         * past an mbuf's room, a chain of mbufs each way */
         /* the ethdev layer's own check: the MTU plus the device's
          * overhead within its longest frame */
         uint32_t over = di.max_mtu != UINT16_MAX && di.max_rx_pktlen > di.max_mtu
@@ -88,7 +86,10 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq, unsigned mtu)
                            (unsigned)RTE_MIN((uint32_t)di.max_mtu, di.max_rx_pktlen - over),
                            (unsigned)di.max_rx_pktlen);
         conf.rxmode.mtu = mtu;
-        uint32_t frame = mtu + RTE_ETHER_HDR_LEN + RTE_VLAN_HLEN;
+        /* frames of this MTU received and sent whole: past an mbuf's room
+         * (counted as the largest drivers count a frame: two VLAN tags and
+         * the CRC), a chain of mbufs each way */
+        uint32_t frame = mtu + RTE_ETHER_HDR_LEN + 2 * RTE_VLAN_HLEN + RTE_ETHER_CRC_LEN;
         uint32_t room = rte_pktmbuf_data_room_size(dp.pool) - RTE_PKTMBUF_HEADROOM;
         if (frame > room) {
             if (!(di.rx_offload_capa & RTE_ETH_RX_OFFLOAD_SCATTER) ||
@@ -105,9 +106,13 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq, unsigned mtu)
     ret = rte_eth_dev_configure(pid, (uint16_t)n_rxq, ntx, &conf);
     if (ret != 0)
         return dp_fail(ret, "port %s: rte_eth_dev_configure failed (%s)", p->name, strerror(-ret));
-    /* the device itself too (a tap's kernel end): configure only records it
-     * for most drivers; one without an MTU operation has it recorded */
-    if (mtu > 0 && (ret = rte_eth_dev_set_mtu(pid, (uint16_t)mtu)) != 0 && ret != -ENOTSUP)
+    /* an MTU past Ethernet's set on the device itself too (a tap's kernel
+     * end, a kernel interface under net_af_packet): configure only records
+     * it for most drivers, and one without an MTU operation has it
+     * recorded. Ethernet's own is only recorded: the interface of a
+     * kernel-backed driver keeps a larger MTU it has for other traffic. */
+    if (mtu > RTE_ETHER_MTU && (ret = rte_eth_dev_set_mtu(pid, (uint16_t)mtu)) != 0 &&
+        ret != -ENOTSUP)
         return dp_fail(ret, "port %s: cannot set its MTU to %u (%s)", p->name, mtu, strerror(-ret));
     uint16_t nrxd = 1024, ntxd = 1024;
     ret = rte_eth_dev_adjust_nb_rx_tx_desc(pid, &nrxd, &ntxd);

@@ -1121,8 +1121,10 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         the worker of the plane whose ``rx_queue`` is q (see :meth:`set_plane`);
         which frames land in which queue is the device's steering.
         ``mtu`` > 0: the device is set to that MTU (a DPDK uplink: the
-        underlay's), receiving and sending frames longer than an mbuf holds
-        as chains; a device that cannot is refused, saying why."""
+        underlay's; one of 1500 or less only recorded, so that a kernel
+        interface under the driver keeps a larger one), receiving and
+        sending frames longer than an mbuf holds as chains; a device that
+        cannot is refused, saying why."""
         if not isinstance(devargs, str) or not devargs.strip():
             raise ConfigError("devargs: empty device string")
         if isinstance(mtu, bool) or not isinstance(mtu, int) or not 0 <= mtu <= 65535:
