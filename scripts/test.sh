@@ -28,12 +28,12 @@ LANE_B=(
     tests/test_core.py tests/test_guard_core.py
     tests/test_core_ports.py tests/test_capture.py tests/test_memif_guard.py
     tests/test_rxqueues.py tests/test_sync.py tests/test_sync_refusals.py tests/test_cluster.py
-    tests/test_store_down.py tests/test_store_etcd.py tests/test_store.py tests/test_store_tls.py
+    tests/test_store_etcd.py tests/test_store.py tests/test_store_tls.py
     tests/test_cni_store.py tests/test_packaging.py tests/test_config.py
     tests/test_pod_spec.py tests/test_guard_config.py tests/test_engine_config.py
     tests/test_checks.py tests/test_cni_deploy.py
     tests/test_kernel_pods.py tests/test_kernel_gso.py tests/test_hostile.py tests/test_ipv6_pods.py
-    tests/test_learning.py tests/test_vf.py tests/test_pod_churn.py
+    tests/test_learning.py tests/test_vf.py
 )
 LAST=(
     tests/test_planes.py tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
