@@ -895,7 +895,8 @@ class PodLife:
         The names removed."""
         removed, alive = [], []
         links = {n for _, n in socket.if_nameindex()}  # once a round
-        for pod in self.store.pods(node=self.config.node):
+        listed = self.store.pods(node=self.config.node)
+        for pod in listed:
             try:
                 if self._reap_one(pod, links, alive):
                     removed.append(pod["name"])
@@ -903,11 +904,45 @@ class PodLife:
                 raise
             except Exception as err:  # noqa: BLE001 - one pod's, not the node's
                 self._reap_failed(pod, err)
+        removed += self._drop_unrecorded({p["name"] for p in listed})
         self._check_pod_ends(alive)
         from . import vf as vfs
 
         vfs.sweep(self.store, self.txn)
         return removed
+
+    def _drop_unrecorded(self, listed) -> List[str]:
+        """Detach the pods this service runs whose records left the store
+        without it (``listed``: the names the store has for this node): a
+        ``dataplane node remove`` of this node while it was cut off from
+        etcd past its claim's TTL forgot them and gave their addresses and
+        MACs back, which other pods may get. They are detached here as a
+        restart would (their veths as orphans), not left forwarding
+        unrecorded. Each is read again under ``txn`` first. The names."""
+        with self._known_lock:
+            names = [n for n in self.known if n not in listed]
+        out = []
+        for name in names:
+            with self.txn:
+                info = self.known.get(name)
+                if info is None or name in self.adding:
+                    continue  # deleted meanwhile, or being added
+                rec = self.store.pod(name)
+                if rec is not None and rec.get("node") in (None, self.config.node):
+                    continue  # recorded after all (added since the listing)
+                kinds = {p["plane"]: p.get("kind", VETH) for p in info["planes"]}
+                self._detach_planes(name, info["planes"], kinds)
+                self.on_removed()
+            warning_event(
+                "pod removed: its records left the store while this node ran",
+                pod=name,
+                why="a 'dataplane node remove' of this node while it was cut off from the "
+                "store forgot it (its addresses and MACs may be another pod's now)"
+                if rec is None
+                else f"the store has it on node {rec.get('node')} now",
+            )
+            out.append(name)
+        return out
 
     @staticmethod
     def _reap_failed(pod, err: Exception):
@@ -1658,12 +1693,18 @@ class PodLife:
         sockets; ``eps``: its endpoints, ``pod``: its record if read
         already); its records stay. The store is asked nothing else, but
         for the VFs' records."""
+        planes = self._stored_spec(name, pod)
+        self._give_back_vfs(name, planes)
+        self._detach_planes(name, eps, {p.plane: p.kind for p in planes})
+
+    def _detach_planes(self, name, eps, kinds):
+        """Detach pod ``name``'s planes (``eps``: their endpoints, or what
+        the API showed of them: plane and host_ifname; ``kinds``: {plane:
+        kind}, a veth where not said; a VF's is left to its records), then
+        its socket directory, and forget it."""
         from . import fastif
         from .podnet import detach_plane
 
-        planes = self._stored_spec(name, pod)
-        kinds = {p.plane: p.kind for p in planes}
-        self._give_back_vfs(name, planes)
         for e in eps:
             if kinds.get(e["plane"], VETH) == VF:
                 continue

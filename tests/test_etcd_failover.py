@@ -19,6 +19,7 @@ import base64
 import http.client
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -385,6 +386,58 @@ def test_a_claim_lost_while_etcd_did_not_answer_is_made_again_soon(
             ("n1", ["net1", "net2"])
         ]
         assert any("had lapsed; made again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)")
+def test_a_node_removed_while_cut_off_detaches_its_pods_once_it_answers(server, prefix, tmp_path):
+    """A node service whose etcd answers are cut off past its claim's TTL
+    shows as not running, and an operator removes it: its pods' records,
+    addresses and MACs are forgotten while it still forwards for them.
+    Once etcd answers again the service makes its claim again and detaches
+    those pods, as a restart would, instead of forwarding for pods whose
+    addresses may be another pod's now."""
+    from test_service import IT_SPEC, Node, host_links
+
+    mode = {"cut": False}
+
+    def proxy(conn):
+        method, path, body = read_request(conn)
+        if mode["cut"] and path != "/version":
+            _cut_after_head(conn)
+            return
+        answer(conn, *forward(server.url, method, path, body))
+
+    px = Listener(proxy)
+    tag = uuid.uuid4().hex[:5]
+    node = Node(
+        tmp_path, tag, extra=f"store: {{kind: etcd, endpoints: ['{px.url}'], prefix: {prefix}}}"
+    )
+    watcher = EtcdStore([server.url], prefix=prefix)
+    name = f"node-{tag}"
+    try:
+        node.start()
+        a = node.pod("a", IT_SPEC)
+        hifs = {p["host_ifname"] for p in a["planes"]}
+        assert hifs <= host_links()
+        mode["cut"] = True
+        until(lambda: name not in {c["node"] for c in watcher.node_claims()})  # 10 s
+        gone = watcher.remove_node(name)  # the operator, meanwhile
+        assert gone["pods"] == 1, gone
+        assert hifs <= host_links()  # cut off: it cannot know yet
+        mode["cut"] = False
+        until(lambda: not hifs & host_links())
+        until(lambda: name in {c["node"] for c in watcher.node_claims()})
+        assert node.api("GET", "/v1/pods") == []
+        log = (tmp_path / "service.log").read_text()
+        assert "pod removed: its records left the store while this node ran" in log, log[-3000:]
+        # and the node goes on: a pod added again works
+        b = node.pod("b", IT_SPEC)
+        assert b["state"] == "ready"
+    finally:
+        node.cleanup()
+        watcher.close()
+        px.close()
+        _wipe(server.url, prefix)
 
 
 def until(cond, seconds: float = 60.0):
