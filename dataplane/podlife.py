@@ -962,8 +962,10 @@ class PodLife:
         """One pod's part of :meth:`reap` (``links``: this namespace's
         interface names; a pod alive is put in ``alive``). Whether it was
         removed."""
-        if pod["state"] != "ready" or self.leftover(pod):
-            return bool(self.leftover(pod) and self._remove_leftover(pod, "housekeeping"))
+        if self.leftover(pod):
+            return self._remove_leftover(pod, "housekeeping")
+        if pod["state"] != "ready":
+            return False
         if not self._gone(pod, links):
             alive.append(pod)
             if pod["name"] in self.unattached:
@@ -1032,7 +1034,6 @@ class PodLife:
             if not self.leftover(now) or now.get("created") != pod.get("created"):
                 return False
             self._remove(name, self.store.endpoints(pod=name))
-            self.failed_adds.pop(name, None)
             self.on_removed()
         event(
             f"leftover of a failed pod {_unfinished(now['state'])} removed",
@@ -1502,8 +1503,7 @@ class PodLife:
             log.warning("pod %s: records kept: the housekeeping gives its VFs back", name)
             return
         try:
-            self.store.delete_pod(name)
-            self.failed_adds.pop(name, None)
+            self._delete_records(name)
         except Exception as e:  # noqa: BLE001 - the add's own error is what is raised
             log.warning(
                 "pod %s: the records of its failed add stay in the store (%s); they are "
@@ -1685,6 +1685,11 @@ class PodLife:
     def _remove(self, name, eps):
         """Detach what is left of pod ``name`` (ports, interfaces) and forget it."""
         self._detach(name, eps)
+        self._delete_records(name)
+
+    def _delete_records(self, name: str):
+        """Pod ``name``'s records out of the store, and with them what this
+        service remembered of a failed add of it (``failed_adds``)."""
         self.store.delete_pod(name)
         self.failed_adds.pop(name, None)
 
@@ -1769,8 +1774,7 @@ class PodLife:
             self._detach(name, eps, pod)
             left = None
             try:
-                self.store.delete_pod(name)
-                self.failed_adds.pop(name, None)
+                self._delete_records(name)
             except Exception as e:  # noqa: BLE001 - detached: deleted, records wait
                 left = (
                     f"the pod is detached from this node, but its records stay in the store "
@@ -1820,17 +1824,17 @@ class PodLife:
             why = self.unattached.get(name)  # (the reaper may re-attach it meanwhile)
             if why is not None:
                 info["not_attached"] = why  # no forwarding, and why
-            with self._known_lock:
-                if remember or name in self.known:
-                    self.known[name] = info
-                    self.known_at[name] = time.time()
+            self._remember(name, info, refresh=not remember)
         return info
 
-    def _remember(self, name: str, info: dict):
-        """Pod ``name``'s ``info`` (:meth:`_info`) in ``known``: an add made it."""
+    def _remember(self, name: str, info: dict, refresh: bool = False):
+        """Pod ``name``'s ``info`` (:meth:`_info`) in ``known``: an add or a
+        replay made it; ``refresh``: only if it is known already (a read,
+        which must not bring back a pod a delete removed meanwhile)."""
         with self._known_lock:
-            self.known[name] = info
-            self.known_at[name] = time.time()
+            if not refresh or name in self.known:
+                self.known[name] = info
+                self.known_at[name] = time.time()
 
     def _ip6(self, e) -> Optional[str]:
         """Endpoint ``e``'s IPv6 address: on a dual-stack network of this
