@@ -139,6 +139,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Tuple
 
 from .common import (
     BenchError,
@@ -239,7 +240,6 @@ class Lab:
         self.service2_log = os.path.join(workdir, "service2.log")
         self.sock2 = os.path.join(workdir, "api2.sock")
         self.ips = {}  # path -> (client ns, server ns, server IP)
-        self.udp_seen = (0.0, 0.0)  # the last UDP test: (sent, refused by the socket) /s
         self.express_lane = False  # as the service's status says, once it runs
         # iperf3 takes whole seconds (and -t 0 means forever)
         self.iperf_seconds = max(1, math.ceil(args.seconds))
@@ -626,16 +626,11 @@ class Lab:
                 n += int(f[1])
         return n
 
-    def iperf(self, path: str, udp: bool, reverse: bool = False, kpps: int = 0) -> float:
-        """TCP: Gbit/s the receiver counted; UDP 64 B: packets/s the server
-        received, offered at ``kpps`` thousand datagrams/s (0: as fast as
-        the client goes). ``reverse``: TCP from the path's far end to its
-        near one (iperf3 -R: the server sends)."""
+    def _iperf(self, path: str, udp: bool, reverse: bool, kpps: int):
+        """One iperf3 test of ``path`` (see :meth:`iperf`, :meth:`udp64`):
+        the client's JSON, parsed, and the server's output."""
         a = self.args
         cli, srv, ip = self.ips[path]
-        sender = srv if reverse else cli
-        dsack0 = 0 if udp else self.dsack_segs(sender)
-        rcvbuf0 = self.udp_rcvbuf_errors(srv) if udp else 0
         port = "5201"
         server = subprocess.Popen(
             self.nsexec(srv, "iperf3", "-s", "-1", "-J", "-p", port, cpu=a.gen_cpu),
@@ -685,17 +680,35 @@ class Lab:
             if server.poll() is None:
                 server.kill()
                 server.wait()
-        if not udp:
-            end = cj.get("end", {})
-            bps = end.get("sum_received", {}).get("bits_per_second", 0.0)
-            retr = end.get("sum_sent", {}).get("retransmits", 0)
-            if retr:
-                late = self.dsack_segs(sender) - dsack0
-                say(
-                    f"  {path}: {retr} TCP segments retransmitted (the sender's count; "
-                    f"{late} of them reported back as duplicates: late, not lost)"
-                )
-            return bps / 1e9
+        return cj, out
+
+    def iperf(self, path: str, reverse: bool = False) -> float:
+        """TCP: Gbit/s the receiver counted. ``reverse``: from the path's
+        far end to its near one (iperf3 -R: the server sends)."""
+        cli, srv, _ = self.ips[path]
+        sender = srv if reverse else cli
+        dsack0 = self.dsack_segs(sender)
+        cj, _ = self._iperf(path, udp=False, reverse=reverse, kpps=0)
+        end = cj.get("end", {})
+        bps = end.get("sum_received", {}).get("bits_per_second", 0.0)
+        retr = end.get("sum_sent", {}).get("retransmits", 0)
+        if retr:
+            late = self.dsack_segs(sender) - dsack0
+            say(
+                f"  {path}: {retr} TCP segments retransmitted (the sender's count; "
+                f"{late} of them reported back as duplicates: late, not lost)"
+            )
+        return bps / 1e9
+
+    def udp64(self, path: str, kpps: int = 0) -> Tuple[float, float, float]:
+        """UDP of 64-byte datagrams offered at ``kpps`` thousand a second (0:
+        as fast as the client goes), per second: what the server received,
+        what the client sent, and what the receiving socket refused with
+        its buffer full (at full speed a receiver on the sender's CPU
+        cannot take it all)."""
+        srv = self.ips[path][1]
+        rcvbuf0 = self.udp_rcvbuf_errors(srv)
+        cj, out = self._iperf(path, udp=True, reverse=False, kpps=kpps)
         try:
             sj = json.loads(out)
         except ValueError:
@@ -703,21 +716,18 @@ class Lab:
         s = sj.get("end", {}).get("sum", {})
         secs = s.get("seconds") or self.iperf_seconds
         got = s.get("packets", 0) - s.get("lost_packets", 0)
-        # what the client sent and what the receiving socket refused: at
-        # full speed (-b 0) a receiver on the sender's CPU cannot take it all
         sent = cj.get("end", {}).get("sum", {}).get("packets", 0)
         refused = self.udp_rcvbuf_errors(srv) - rcvbuf0
-        self.udp_seen = (sent / secs, refused / secs)
-        return max(0, got) / secs
+        return max(0, got) / secs, sent / secs, refused / secs
 
     def measure(self, path: str, tests=TESTS) -> dict:
         r = dict.fromkeys(FIGURES, 0.0)
         notes, failed = [], []
         for what, fn in (
             ("ping", lambda: self.ping(path)),
-            ("tcp", lambda: self.iperf(path, udp=False)),
-            ("tcp_rev", lambda: self.iperf(path, udp=False, reverse=True)),
-            ("udp64", lambda: self.iperf(path, udp=True)),
+            ("tcp", lambda: self.iperf(path)),
+            ("tcp_rev", lambda: self.iperf(path, reverse=True)),
+            ("udp64", lambda: self.udp64(path)),
         ):
             if what not in tests:
                 continue
@@ -739,9 +749,9 @@ class Lab:
             elif what == "tcp_rev":
                 r["tcp_rev_gbps"] = v
             else:
-                r["udp64_pps"] = v
-                sent, refused = self.udp_seen
-                r["udp64_delivered_pps"] = v + refused
+                got, sent, refused = v
+                r["udp64_pps"] = got
+                r["udp64_delivered_pps"] = got + refused
                 notes.append(
                     f"UDP 64 B: the client sent {sent / 1e3:.1f} kpps, the receiving "
                     f"socket refused {refused / 1e3:.1f} kpps (its buffer full)"
@@ -833,20 +843,18 @@ def run(args) -> dict:
                 for kpps in args.udp_rates:
                     for path in PACED_PATHS:
                         lab.check_service()
+                        seen = ""
                         try:
-                            got = lab.iperf(path, udp=True, kpps=kpps)
+                            got, sent, refused = lab.udp64(path, kpps=kpps)
+                            seen = (
+                                f" (sent {sent / 1e3:.1f}, refused by the full socket "
+                                f"{refused / 1e3:.1f})"
+                            )
                         except PathFailed as e:
                             say(f"  {path}: UDP at {kpps} kpps FAILED ({e}): left out")
                             failed.append(f"{path}:udp64@{kpps}")
                             got = float("nan")
                         paced[path][kpps].append(got)
-                        seen = ""
-                        if not math.isnan(got):
-                            sent, refused = lab.udp_seen
-                            seen = (
-                                f" (sent {sent / 1e3:.1f}, refused by the full socket "
-                                f"{refused / 1e3:.1f})"
-                            )
                         say(
                             f"run {n}/{args.runs} {LABEL[path]:38s} UDP 64 B offered {kpps} "
                             f"kpps: {got / 1e3:7.1f} kpps received{seen}"
