@@ -182,8 +182,9 @@ void dp_ab_set(int on);
 /* net: network of a pod port from its first packet on (-1: none yet) */
 /* n_rxq: rx queues (ethdev ports; steering traffic into them is the
  * device's job: RSS, flow rules, or the kernel for a tap); mtu: the MTU the
- * device is set to (0: its own; up to 1500 only recorded), with rx scatter and multi-segment tx past
- * an mbuf's room (refused if the device has neither) */
+ * device is set to (0: its own; up to 1500 only recorded), with rx scatter
+ * and multi-segment tx past an mbuf's room (refused if the device has
+ * neither) */
 int dp_port_add(const char *devargs, int role, int net, unsigned n_rxq, unsigned mtu);
 int dp_port_add_ring(const char *name, int role, int net, unsigned ring_size, unsigned n_rxq);
 int dp_port_add_afpacket(const char *ifname, int role, int net, unsigned frames);

@@ -967,8 +967,8 @@ class NodeService:
         uplink shaper's rate and burst, in place, queued frames kept; the
         planes' guaranteed and maximum rates, DSCP marking and
         classification; the VTEP's learning; a network's storm control and
-        anti-spoofing, on its pods' ports; the static remotes; networks added, with their
-        records in the store, and removed when no pod of the node is on
+        anti-spoofing, on its pods' ports; the static remotes; networks
+        added, with their records in the store, and removed when no pod of the node is on
         them, after which the cluster view is read again for the endpoints
         of the networks added). A file that does not
         validate, or that changes anything else, changes nothing: the error

@@ -17,8 +17,9 @@ real call is made first and etcd stopped after it: the call then fails as
 one whose answer etcd never sent (``EtcdUnavailable``), though etcd applied
 it; with ``"when": "answered"`` the call succeeds and etcd stops right after
 it, before the next; with ``"when": "delay"`` etcd is not stopped: the call
-waits ``"seconds"`` first (a request held at that step while others come). The plan fires once: the file is renamed to ``PLAN.fired``. The test
-starts etcd again itself (it is etcd's parent).
+waits ``"seconds"`` first (a request held at that step while others come).
+The plan fires once: the file is renamed to ``PLAN.fired``. The test starts
+etcd again itself (it is etcd's parent).
 """
 
 import functools
@@ -100,21 +101,17 @@ def install(path: str):
             from dataplane.store.etcdgw import EtcdUnavailable
 
             plan = armed(__name, args)
-            if plan is None:
-                return __real(self, *args, **kw)
-            if plan.get("when") == "delay":
+            when = plan.get("when", "before") if plan else None
+            if when == "delay":
                 time.sleep(plan["seconds"])
-                return __real(self, *args, **kw)
-            if plan.get("when") == "answered":
-                out = __real(self, *args, **kw)
+            elif when == "before":
                 _stop_etcd(plan)
-                return out
-            if plan.get("when") != "after":
+            out = __real(self, *args, **kw)
+            if when in ("after", "answered"):
                 _stop_etcd(plan)
-                return __real(self, *args, **kw)
-            __real(self, *args, **kw)  # applied; its answer is lost
-            _stop_etcd(plan)
-            raise EtcdUnavailable(f"etcd {plan['etcd_url']} does not answer (timed out)")
+            if when == "after":  # applied; its answer is lost
+                raise EtcdUnavailable(f"etcd {plan['etcd_url']} does not answer (timed out)")
+            return out
 
         setattr(EtcdStore, name, functools.wraps(real)(wrapper))
 
