@@ -933,14 +933,14 @@ class PodLife:
                 kinds = {p["plane"]: p.get("kind", VETH) for p in info["planes"]}
                 self._detach_planes(name, info["planes"], kinds)
                 self.on_removed()
-            warning_event(
-                "pod removed: its records left the store while this node ran",
-                pod=name,
-                why="a 'dataplane node remove' of this node while it was cut off from the "
-                "store forgot it (its addresses and MACs may be another pod's now)"
-                if rec is None
-                else f"the store has it on node {rec.get('node')} now",
-            )
+                warning_event(
+                    "pod removed: its records left the store while this node ran",
+                    pod=name,
+                    why="a 'dataplane node remove' of this node while it was cut off from the "
+                    "store forgot it (its addresses and MACs may be another pod's now)"
+                    if rec is None
+                    else f"the store has it on node {rec.get('node')} now",
+                )
             out.append(name)
         return out
 
