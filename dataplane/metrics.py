@@ -165,7 +165,8 @@ class CoreCollector:
                 if i == shm_i and p.set_aside is None:
                     continue  # no shared memory to fault in
                 fam.add_metric(lv, int(c.port[p.index, i]))
-            tnl.add_metric(lv, p.tunnel_gso_frames)
+            if p.role == "uplink":  # the tunnel tap is the uplink's
+                tnl.add_metric(lv, p.tunnel_gso_frames)
             if p.set_aside is not None:
                 aside.add_metric(lv, int(p.set_aside))
             if p.link is not None:
@@ -248,10 +249,10 @@ class CoreCollector:
 
         if snap.cpu_latency_limit_us is not None:
             yield GaugeMetricFamily(
-                "dataplane_node_cpu_latency_limit_us",
+                "dataplane_node_cpu_latency_limit_seconds",
                 "CPU wake-up latency the kernel allows idle CPUs now, while the node holds "
                 "its cpu_latency_us request (the lowest request of every holder)",
-                value=snap.cpu_latency_limit_us,
+                value=snap.cpu_latency_limit_us / 1e6,
             )
 
         if snap.fdb_entries is not None:
@@ -326,7 +327,8 @@ class CoreCollector:
         held = CounterMetricFamily(
             "dataplane_worker_neigh_held",
             "Frames to a VTEP whose underlay next hop was being resolved, held until "
-            "ARP answered (sent then, or dropped as neigh_unresolved after 2 s)",
+            "ARP answered (sent then, or dropped as neigh_unresolved after 2 s, as "
+            "no_uplink if the uplink went meanwhile)",
             labels=["worker"],
         )
         lost = CounterMetricFamily(

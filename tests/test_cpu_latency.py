@@ -182,7 +182,12 @@ def test_the_service_holds_its_request_while_it_forwards(fabric):
     assert st["cpu_latency_us"] == 0
     assert st["cpu_latency_limit_us"] == 0
     assert current_limit_us() == 0
-    assert metric(node, "dataplane_node_cpu_latency_limit_us") == ["0.0"]
+    assert metric(node, "dataplane_node_cpu_latency_limit_seconds") == ["0.0"]
+    # in base units, as Prometheus' own check wants
+    r = subprocess.run(
+        ["promtool", "check", "metrics"], input=metrics_text(node), capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
     a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
     kp.reach(a["ns"], b["ip"], "pod a -> pod b")
     r = kp.ping(a["ns"], b["ip"], count=5, interval="0.05")
@@ -212,7 +217,7 @@ def test_a_service_without_the_setting_makes_no_request(fabric):
     assert st["cpu_latency_us"] is None
     assert "cpu_latency_limit_us" not in st
     assert current_limit_us() == MAX_US
-    assert metric(node, "dataplane_node_cpu_latency_limit_us") == []
+    assert metric(node, "dataplane_node_cpu_latency_limit_seconds") == []
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,26 @@ def test_alert_rules_fire_on_their_series_and_only_there():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_every_drop_reason_has_its_row_in_the_operators_guide():
+    """What the DataplaneDropsRising alert sends its reader to: a row for
+    each reason the core counts (a reason added to csrc/dp_counters.h
+    without one fails here), and no row for a reason it does not count."""
+    import re
+
+    from dataplane.engine import DROP_REASONS
+
+    text = open(os.path.join(ROOT, "docs", "operating.md")).read()
+    section = text.split("### Drop reasons", 1)[1].split("\n## ", 1)[0]
+    rows = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            rows |= set(re.findall(r"`([a-z0-9_]+)`", line.split("|")[1]))
+    assert rows == set(DROP_REASONS), (
+        f"without a row: {sorted(set(DROP_REASONS) - rows)}; "
+        f"rows for no reason: {sorted(rows - set(DROP_REASONS))}"
+    )
+
+
 def dashboard_queries():
     dash = json.load(open(DASHBOARD))
     out = []
