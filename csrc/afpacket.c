@@ -1726,7 +1726,7 @@ dp_afp_set_udp_gso(struct dp_afp *a, int on)
 
 uint16_t
 dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *lost,
-                uint64_t *lost_bytes)
+                uint64_t *lost_bytes, uint64_t *lost_mask)
 {
     uint32_t head = a->tx.head, mask = a->tx.frame_nr - 1;
     uint32_t max_frame = __atomic_load_n(&a->tx.max_frame, __ATOMIC_RELAXED);
@@ -1735,6 +1735,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
 
     *lost = 0;
     *lost_bytes = 0;
+    *lost_mask = 0;
 
     if (unlikely(n == 0))
         return 0;
@@ -1762,6 +1763,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
             a->tx.oversize++;
             (*lost)++;
             *lost_bytes += len;
+            *lost_mask |= 1ull << (i & 63);
             continue;
         }
         if (unlikely(len > a->tx.data_max || len < RTE_ETHER_HDR_LEN ||
@@ -1771,6 +1773,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
                 a->tx.error++;
                 (*lost)++;
                 *lost_bytes += len;
+                *lost_mask |= 1ull << (i & 63);
                 continue;
             }
             /* a super-frame, or a frame the interface takes but no ring
@@ -1789,6 +1792,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
                     a->tx.error++;
                 (*lost)++;
                 *lost_bytes += len;
+                *lost_mask |= 1ull << (i & 63);
             }
             continue;
         }
@@ -1827,6 +1831,7 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
             a->tx.error++;
             (*lost)++;
             *lost_bytes += len;
+            *lost_mask |= 1ull << (i & 63);
             continue;
         }
         if (p != data)

@@ -96,9 +96,10 @@ uint16_t dp_afp_rx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n);
  * Sent mbufs are freed; returns how many were taken (the caller frees and
  * counts the rest). Of the taken, *lost frames (*lost_bytes bytes) were
  * dropped here and counted by the port (tx_oversize, tx_error: too long
- * for the interface, or a super-frame the kernel refused): not sent. */
+ * for the interface, or a super-frame the kernel refused): not sent; bit i
+ * of *lost_mask is set for each, pkts[i] (n <= 64). */
 uint16_t dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *lost,
-                         uint64_t *lost_bytes);
+                         uint64_t *lost_bytes, uint64_t *lost_mask);
 /* Send runs of datagrams of one UDP flow (all of one size but the last) as
  * one UDP GSO frame each: the VXLAN frames of a cut super-frame leave the
  * uplink as one skb, which the kernel or the NIC cuts back into the same

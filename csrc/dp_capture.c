@@ -126,13 +126,13 @@ dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **pk
 }
 
 void
-dp_capture_release(struct dp_cap_held *h, uint16_t taken)
+dp_capture_release(struct dp_cap_held *h, uint16_t taken, uint64_t lost)
 {
     struct dp_capture *c = h->c;
     uint64_t matched = 0, captured = 0, dropped = 0;
     for (uint16_t j = 0; j < h->n; j++) {
         void *slot = h->slot[j];
-        if (h->idx[j] >= taken) {
+        if (h->idx[j] >= taken || ((lost >> (h->idx[j] & 63)) & 1)) {
             if (slot != NULL) /* the free ring holds every slot: cannot fail */
                 (void)rte_ring_enqueue(c->free, slot);
             continue;
@@ -166,7 +166,7 @@ dp_capture_burst(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf **p
     for (uint16_t i = 0; i < n; i += DP_CAP_HOLD) {
         uint16_t k = (uint16_t)RTE_MIN(n - i, DP_CAP_HOLD);
         dp_capture_hold(c, pi, dir, pkts + i, k, tsc, reason, &h);
-        dp_capture_release(&h, k);
+        dp_capture_release(&h, k, 0);
     }
 }
 

@@ -49,8 +49,9 @@ void dp_capture_hold(struct dp_capture *c, uint16_t pi, int dir, struct rte_mbuf
                      uint64_t tsc, int reason, struct dp_cap_held *h);
 
 /* the records of h's frames before index `taken` handed to the reader (and
- * counted); those of the frames after it back to the free records */
-void dp_capture_release(struct dp_cap_held *h, uint16_t taken);
+ * counted); those of the frames after it, and of those whose bit is set in
+ * `lost` (taken by the driver, dropped there), back to the free records */
+void dp_capture_release(struct dp_cap_held *h, uint16_t taken, uint64_t lost);
 
 /* control thread: port pi is being removed - a running capture takes no
  * more of its index (a later port given it is another), from the grace
@@ -90,12 +91,13 @@ dp_capture_tap_tx(uint16_t pi, struct rte_mbuf **pkts, uint16_t n, struct dp_cap
         dp_capture_hold(c, pi, DP_CAP_TX, pkts, n, 0, 0, h);
 }
 
-/* after it: the records of the frames the driver took (the first `taken`) */
+/* after it: the records of the frames the driver took (the first `taken`)
+ * and sent (bit i of `lost` set: pkts[i] taken but dropped, not sent) */
 static inline void
-dp_capture_tx_done(struct dp_cap_held *h, uint16_t taken)
+dp_capture_tx_done(struct dp_cap_held *h, uint16_t taken, uint64_t lost)
 {
     if (__builtin_expect(h->n != 0, 0))
-        dp_capture_release(h, taken);
+        dp_capture_release(h, taken, lost);
 }
 
 #endif /* DP_CAPTURE_H */

@@ -174,23 +174,31 @@ struct dp_qos_out {
  * n frames the scheduler let out at now, of which the driver took the first
  * `taken`: those are counted sent against their plane (ctr: the port's row)
  * and, with latency on, their time from rx to now goes into the per-plane
- * histograms; the rest, which the driver refused (counted as drops, with
- * their reason, where it refused them), are counted dropped against their
- * plane, and their tokens go back to the port's bucket. Runs of frames with
+ * histograms; the rest, which the driver refused, and those it took but
+ * dropped (o[i]'s bit set in `lost`: a kernel port's frame too long for
+ * its interface), are counted dropped against their plane (and as drops,
+ * with their reason, where they were refused), and their tokens go back to
+ * the port's bucket. Runs of frames with
  * the same (plane, bucket) — the common case in a burst — are summed in
  * registers and written once. Own frames are counted in no plane.
  */
 static inline void
 dp_qos_account(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t (*hist)[DP_LAT_ROW],
-               const struct dp_qos_out *o, uint16_t n, uint16_t taken, uint64_t now)
+               const struct dp_qos_out *o, uint16_t n, uint16_t taken, uint64_t lost, uint64_t now)
 {
     const uint64_t *bound = dp_qg.lat_bound_tsc;
     int lat = dp_qg.latency_on;
     unsigned cp = 0, cb = 0;
     uint64_t lo = 0, hi = bound[0]; /* (lo, hi]: the current bucket's range */
-    uint64_t run = 0, sum = 0;
+    uint64_t run = 0, sum = 0, lost_wire = 0;
     for (uint16_t i = 0; i < taken; i++) {
         unsigned p = o[i].plane;
+        if (unlikely((lost >> i) & 1)) {
+            lost_wire += o[i].len + DP_WIRE_OVERHEAD;
+            if (p < DP_MAX_PLANES)
+                ctr[p][DP_QOS_DROPPED]++;
+            continue;
+        }
         if (unlikely(p >= DP_MAX_PLANES))
             continue; /* DP_PLANE_OWN */
         ctr[p][DP_QOS_SENT]++;
@@ -222,8 +230,8 @@ dp_qos_account(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t (*h
         hist[cp][cb] += run;
         hist[cp][DP_LAT_SUM] += sum;
     }
-    if (unlikely(taken < n)) {
-        uint64_t wire = 0;
+    if (unlikely(taken < n || lost_wire != 0)) {
+        uint64_t wire = lost_wire;
         for (uint16_t i = taken; i < n; i++) {
             wire += o[i].len + DP_WIRE_OVERHEAD;
             if (o[i].plane < DP_MAX_PLANES)

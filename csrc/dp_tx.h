@@ -140,24 +140,27 @@ csum_finish(const struct dp_wctx *w, struct rte_mbuf **m, uint16_t n)
                 dp_csum_complete(m[i]);
 }
 
-/* hand n frames of `bytes` bytes to port p's driver; what it does not take is
- * freed and counted. Returns how many it took: the first ones of m (a kernel
- * port may still lose some of those, counted under kport_*) */
+/* hand n frames (n <= 64) of `bytes` bytes to port p's driver; what it does
+ * not take is freed and counted. Returns how many it took: the first ones
+ * of m. A kernel port may still lose some of those (counted under kport_*,
+ * not sent): m[i]'s bit in *lost. */
 static inline uint16_t
 port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m, uint16_t n,
-        uint64_t bytes)
+        uint64_t bytes, uint64_t *lost)
 {
+    RTE_BUILD_BUG_ON(DP_TXBUF > 64 || DP_BURST * 2 > 64); /* the bits of *lost */
     uint16_t sent;
     /* copied before the driver may free them, handed to the capture once
      * it says which it took (the first `sent`): a frame it refused never
      * left, and is not shown leaving */
     struct dp_cap_held cap;
     dp_capture_tap_tx(pi, m, n, &cap);
+    *lost = 0;
     if (p->driver == DP_DRV_ETHDEV) {
         csum_finish(w, m, n);
         if (unlikely(p->shm)) {
             sent = shm_tx(w, p, pi, m, n, bytes);
-            dp_capture_tx_done(&cap, sent);
+            dp_capture_tx_done(&cap, sent, 0);
             return sent;
         }
         /* a queue per worker, or queue 0 shared by all under the port's
@@ -170,20 +173,20 @@ port_tx(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf
             rte_spinlock_unlock(p->tx_lock);
         }
     } else {
-        uint16_t lost;
+        uint16_t nlost;
         uint64_t lost_bytes;
         rte_spinlock_lock(p->tx_lock);
-        sent = dp_afp_tx_burst(p->afp, m, n, &lost, &lost_bytes);
+        sent = dp_afp_tx_burst(p->afp, m, n, &nlost, &lost_bytes, lost);
         rte_spinlock_unlock(p->tx_lock);
         /* taken but not sent: the port's tx_oversize / tx_error (kport_*) */
         tx_done(w, pi, m, n, sent, bytes);
-        w->port[pi][DP_PORT_TX_PACKETS] -= lost;
+        w->port[pi][DP_PORT_TX_PACKETS] -= nlost;
         w->port[pi][DP_PORT_TX_BYTES] -= lost_bytes;
-        dp_capture_tx_done(&cap, sent);
+        dp_capture_tx_done(&cap, sent, *lost);
         return sent;
     }
     tx_done(w, pi, m, n, sent, bytes);
-    dp_capture_tx_done(&cap, sent);
+    dp_capture_tx_done(&cap, sent, 0);
     return sent;
 }
 
@@ -197,33 +200,44 @@ lat_add(struct dp_wctx *w, unsigned plane, unsigned bucket, uint64_t d, uint64_t
 }
 
 /*
- * Time from rx to tx, per plane, of frames leaving an unshaped port (before
- * the driver may free them). They all came in with the burst in hand (tx
- * buffers are flushed at the end of every burst), so they share one latency
- * and one bucket; frames of one plane (`planes`: the buffer's plane bits)
- * are counted at once, a mix by reading each frame's plane.
+ * n frames to unshaped port p, with the time from rx to tx per plane of
+ * those that left: the driver took them (the first `sent`) and did not drop
+ * them (lost). They all came in with the burst in hand (tx buffers are
+ * flushed at the end of every burst), so they share one latency and one
+ * bucket; frames of one plane (`planes`: the buffer's plane bits) are
+ * counted at once, a mix by each frame's plane, read before the driver may
+ * free the frame.
  */
 static inline void
-lat_record(struct dp_wctx *w, struct rte_mbuf **m, uint16_t n, uint16_t planes)
+port_tx_timed(struct dp_wctx *w, const struct dp_port *p, uint16_t pi, struct rte_mbuf **m,
+              uint16_t n, uint64_t bytes, uint16_t planes)
 {
-    if (!dp_qg.latency_on)
+    uint64_t lost;
+    if (!dp_qg.latency_on) {
+        (void)port_tx(w, p, pi, m, n, bytes, &lost);
         return;
+    }
     uint64_t d = rte_rdtsc() - w->rx_tsc;
     unsigned b = dp_lat_bucket(d);
     if (likely(planes != 0 && (planes & (planes - 1)) == 0)) {
-        lat_add(w, (unsigned)__builtin_ctz(planes), b, d, n);
+        uint16_t sent = port_tx(w, p, pi, m, n, bytes, &lost);
+        lat_add(w, (unsigned)__builtin_ctz(planes), b, d,
+                sent - (uint64_t)__builtin_popcountll(lost));
         return;
     }
-    unsigned cp = DP_META(m[0])->plane;
+    uint8_t pl[DP_TXBUF];
+    for (uint16_t i = 0; i < n; i++)
+        pl[i] = DP_META(m[i])->plane;
+    uint16_t sent = port_tx(w, p, pi, m, n, bytes, &lost);
+    unsigned cp = pl[0];
     uint64_t run = 0;
-    for (uint16_t i = 0; i < n; i++) {
-        unsigned p = DP_META(m[i])->plane;
-        if (unlikely(p != cp)) {
+    for (uint16_t i = 0; i < sent; i++) {
+        if (unlikely(pl[i] != cp)) {
             lat_add(w, cp, b, d, run);
-            cp = p;
+            cp = pl[i];
             run = 0;
         }
-        run++;
+        run += !((lost >> i) & 1);
     }
     lat_add(w, cp, b, d, run);
 }
@@ -256,8 +270,7 @@ tx_flush(struct dp_wctx *w, uint16_t pi)
         dp_qos_enqueue(p->qos, pi, b->m, n, w->rx_tsc, w->qos[pi], &w->drop[DP_DROP_QUEUE_FULL]);
         return;
     }
-    lat_record(w, b->m, n, planes);
-    (void)port_tx(w, p, pi, b->m, n, bytes);
+    port_tx_timed(w, p, pi, b->m, n, bytes, planes);
 }
 
 /* the scheduler of a shaped port this worker owns: a plane's frames are
@@ -278,8 +291,9 @@ qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
             o[i].len = out[i]->pkt_len;
             bytes += o[i].len;
         }
-        uint16_t taken = port_tx(w, p, pi, out, n, bytes);
-        dp_qos_account(p->qos, w->qos[pi], w->lat, o, n, taken, now);
+        uint64_t lost;
+        uint16_t taken = port_tx(w, p, pi, out, n, bytes, &lost);
+        dp_qos_account(p->qos, w->qos[pi], w->lat, o, n, taken, lost, now);
     }
 }
 
