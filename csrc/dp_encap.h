@@ -44,6 +44,10 @@ inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 {
     uint16_t et;
     uint32_t l3 = RTE_ETHER_HDR_LEN; /* where the IP header starts */
+    if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
+        *tos = 0; /* a runt, dropped as truncated: not read past its end */
+        return 0;
+    }
     memcpy(&et, eth + 12, 2);
     /* through up to two VLAN tags (802.1Q, QinQ), as the pods' guard looks */
     for (int t = 0;
@@ -80,8 +84,10 @@ static __rte_always_inline uint32_t
 inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 {
     uint16_t et;
+    if (unlikely(m->data_len < 38))
+        return inner_flow_slow(m, eth, tos);
     memcpy(&et, eth + 12, 2);
-    if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) || eth[14] != 0x45 || m->data_len < 38))
+    if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) || eth[14] != 0x45))
         return inner_flow_slow(m, eth, tos);
     const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
     *tos = ip->type_of_service & 0xfc;
@@ -618,7 +624,7 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
     }
     uplink_commit(w, net, ub, (uint16_t)up, k, k0, ubytes, uplanes);
     for (uint16_t i = 0; i < nf; i++) {
-        if (unlikely(g != NULL) && !storm_pass(w, g, pi)) {
+        if (unlikely(g != NULL) && !storm_pass(w, g, pi, fl[i])) {
             w->port[pi][DP_PORT_GUARD_DROPS]++;
             drop(w, fl[i], DP_DROP_STORM);
             continue;

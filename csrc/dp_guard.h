@@ -23,6 +23,7 @@
 #ifndef DP_GUARD_H
 #define DP_GUARD_H
 
+#include "dp_gso.h"
 #include "dp_internal.h"
 
 struct dp_port_guard {
@@ -117,8 +118,10 @@ ip6_unspecified(const uint8_t *a)
 #define DP_DHCP4_CLIENT_PORT 68
 #define DP_DHCP6_SERVER_PORT 547
 #define DP_DHCP6_CLIENT_PORT 546
-/* hop-by-hop, routing, fragment, destination options */
-#define DP_IP6_EXT(nh) ((nh) == 0 || (nh) == 43 || (nh) == IPPROTO_FRAGMENT || (nh) == 60)
+/* hop-by-hop, routing, fragment, authentication (AH: not encrypted, what
+ * follows it is read as any header's), destination options */
+#define DP_IP6_EXT(nh) \
+    ((nh) == 0 || (nh) == 43 || (nh) == IPPROTO_FRAGMENT || (nh) == IPPROTO_AH || (nh) == 60)
 
 /* the UDP header at off (the packet ending at end): a DHCP (or DHCPv6)
  * server's or relay's message - from the server port, or to the client
@@ -161,8 +164,8 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     uint8_t nh = h[6];
     int frag = 0;
     off += 40;
-    /* hop-by-hop, routing, destination options, a fragment header: ND may
-     * sit behind them */
+    /* hop-by-hop, routing, destination options, AH, a fragment header: ND
+     * and DHCPv6 may sit behind them */
     for (int i = 0; i < DP_GUARD_MAX_EXT && DP_IP6_EXT(nh); i++) {
         uint8_t e[4];
         const uint8_t *x = guard_read(m, off, 4, e);
@@ -177,6 +180,9 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
             frag = 1;
             nh = x[0];
             off += 8;
+        } else if (nh == IPPROTO_AH) { /* its length in 4-byte units, less 2 */
+            nh = x[0];
+            off += ((uint32_t)x[1] + 2) * 4;
         } else {
             nh = x[0];
             off += ((uint32_t)x[1] + 1) * 8;
@@ -307,9 +313,10 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
     return DP_GUARD_PASS;
 }
 
-/* one token of port pi's storm bucket at time now (TSC): 1, or 0 if empty */
+/* k frames' tokens of port pi's storm bucket at time now (TSC), all or
+ * none: 1, or 0 if it holds fewer */
 static inline int
-dp_storm_take(struct dp_storm_bkt *b, const struct dp_port_guard *g, uint64_t now)
+dp_storm_take_n(struct dp_storm_bkt *b, const struct dp_port_guard *g, uint64_t now, uint32_t k)
 {
     if (unlikely(b->gen != g->gen)) {
         b->gen = g->gen;
@@ -324,12 +331,20 @@ dp_storm_take(struct dp_storm_bkt *b, const struct dp_port_guard *g, uint64_t no
     uint64_t tok = b->tok + dt * g->storm_pps;
     if (tok > g->storm_tok_max)
         tok = g->storm_tok_max;
-    if (tok < g->tok_per_pkt) {
+    uint64_t need = g->tok_per_pkt * k;
+    if (tok < need) {
         b->tok = tok;
         return 0;
     }
-    b->tok = tok - g->tok_per_pkt;
+    b->tok = tok - need;
     return 1;
+}
+
+/* one frame's */
+static inline int
+dp_storm_take(struct dp_storm_bkt *b, const struct dp_port_guard *g, uint64_t now)
+{
+    return dp_storm_take_n(b, g, now, 1);
 }
 
 #ifdef DP_PIPELINE_TU
@@ -372,13 +387,22 @@ arp_check(struct dp_wctx *w, const struct rte_arp_hdr *arp)
     return DP_GUARD_PASS;
 }
 
-/* may port pi flood one more frame now? */
+/* may port pi flood frame m now? A super-frame is flooded as the frames
+ * it is cut into, and pays for each of them (all or none) */
 static inline int
-storm_pass(struct dp_wctx *w, const struct dp_port_guard *g, uint16_t pi)
+storm_pass(struct dp_wctx *w, const struct dp_port_guard *g, uint16_t pi, const struct rte_mbuf *m)
 {
     if (!g->storm_pps)
         return 1;
-    return dp_storm_take(&dp_gg.w[w->id].b[pi], g, w->rx_tsc);
+    uint32_t k = 1;
+    if (unlikely(dp_gso_frame(m)) && m->tso_segsz != 0) {
+        uint32_t hdr = m->l2_len + m->l3_len + m->l4_len;
+        uint32_t data = m->pkt_len > hdr ? m->pkt_len - hdr : 0;
+        k = (data + m->tso_segsz - 1) / m->tso_segsz;
+        if (k == 0)
+            k = 1;
+    }
+    return dp_storm_take_n(&dp_gg.w[w->id].b[pi], g, w->rx_tsc, k);
 }
 #endif /* DP_PIPELINE_TU */
 

@@ -388,9 +388,11 @@ def pin(base: str, pod: str, plane: str, opts: Dict[str, Any]) -> Optional[str]:
 
 
 def attach(
-    engine, net: int, pod: str, plane: str, kind: str, base: str, opts, ours: bool = False
+    engine, net: Optional[int], pod: str, plane: str, kind: str, base: str, opts, ours: bool = False
 ) -> Tuple[int, str]:
-    """The plane's port in ``engine`` (network ``net``) and its socket path.
+    """The plane's port in ``engine`` (network ``net``; None: in none yet,
+    for the caller to guard before its first frame goes anywhere) and its
+    socket path.
     A stale memif socket of an earlier run is removed first. On failure the
     port is removed, a memif socket (the core's) too, and the pod's
     directory if this call made it; a vhost-user socket (the pod's) stays."""

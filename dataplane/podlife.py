@@ -1121,9 +1121,12 @@ class PodLife:
 
         net = self.networks[e["network"]]
         with self.lock:  # seen whole or not at all, as _attach_port's
+            # in no network until guarded, as a veth's: a pod application
+            # already connected (a replay, a client quick on the socket)
+            # has no frame pass unchecked
             port, _ = fastif.attach(
                 self.engine,
-                net,
+                None,
                 name,
                 e["plane"],
                 ps.kind,
@@ -1138,6 +1141,7 @@ class PodLife:
                 self._pins[(name, e["plane"])] = dict(ps.options)
                 self._pin_problems.pop((name, e["plane"]), None)
             self._guard_port(port, e, allowed, dhcp_server)
+            self.engine.set_port_network(port, net)
             self.engine.fdb_add_local(net, e["mac"], port)
         return port
 

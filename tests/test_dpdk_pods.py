@@ -355,6 +355,70 @@ def test_dpdk_pod_exchanges_frames_with_veth_pod(fabric, sockdir, kind, where):
         assert node.api("GET", "/v1/pods") == []
 
 
+@pytest.mark.parametrize("kind", ["memif", "vhost-user"])
+def test_a_dpdk_pod_is_guarded_like_a_veth_pod(fabric, sockdir, kind):
+    """A memif or vhost-user pod's frames from a MAC not its own are
+    dropped (spoof_mac) and counted against its port, as a veth pod's; its
+    own frames, sent between them, arrive in order. Then (vhost-user: the
+    pod's application is the socket's server, and the core connects to it
+    as soon as it makes the port) a kill -9 of the service and a new one
+    while the application stays and sends forged frames all along: the
+    replayed port is in its network only once guarded, so none of them
+    reaches the other pod. (A memif client whose server dies may crash:
+    DPDK 22.11's, see the test of reconnects below.)"""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir, 1)
+    vpod = add_pod(fab, node, "v")
+    dpod = add_pod(fab, node, "d", kind)
+    vp, dp = vpod["planes"][0], dpod["planes"][0]
+    own = frames(dp["mac"], vp["mac"], "own")
+    forged = frames("02:00:00:00:00:99", vp["mac"], "forged")
+    mixed = [f for pair in zip(own, forged) for f in pair]
+    wrpcap(str(fab.tmp / "mixed.pcap"), [Ether(f) for f in mixed])
+    pcap = f"net_pcap0,rx_pcap={fab.tmp}/mixed.pcap,tx_pcap={fab.tmp}/out.pcap"
+    d0 = node.status()["drops"].get("spoof_mac", 0)
+    tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp), pcap], fab.tmp)
+    try:
+        tp.link_up(0)
+        peer = raw_peer(vpod["ns"], [], want=2 * N_FRAMES, wait=4.0)
+        tp.start()
+        tp.wait_tx(0, 2 * N_FRAMES)
+        assert finish(peer) == own
+    finally:
+        tp.quit()
+    st = node.status()
+    assert st["drops"].get("spoof_mac", 0) - d0 == N_FRAMES, st["drops"]
+    port = [p for p in st["ports"] if p["port"] == dp["port"]][0]
+    assert port["guard_drops"] >= N_FRAMES, port
+    if kind != "vhost-user":
+        return
+
+    # forged frames without end (the pcap replayed), across a restart
+    wrpcap(str(fab.tmp / "forged.pcap"), [Ether(f) for f in forged])
+    pcap = f"net_pcap0,rx_pcap={fab.tmp}/forged.pcap,infinite_rx=1"
+    tp = PodTestpmd(dpod["ns"], [client_vdev(kind, dp), pcap], fab.tmp)
+    try:
+        tp.link_up(0)
+        tp.start()
+        assert finish(raw_peer(vpod["ns"], [], want=1, wait=1.0)) == []
+        node.proc.kill()  # no clean-up of ports or sockets
+        node.proc.wait()
+        node.proc = None
+        peer = raw_peer(vpod["ns"], [], want=1, wait=15.0)
+        peer.stdin.write("go\n")  # listening from before the new service starts
+        peer.stdin.flush()
+        node.start()
+        for _ in range(100):  # the replayed port takes the forged frames
+            if node.status()["drops"].get("spoof_mac", 0) > 0:
+                break
+            time.sleep(0.1)
+        assert node.status()["drops"].get("spoof_mac", 0) > 0, node.log()[-3000:]
+        out, _ = peer.communicate(timeout=60)
+        assert json.loads(out.strip().splitlines()[-1]) == []
+    finally:
+        tp.quit()
+
+
 # ------------------------------------------------------ restart and reconnect
 def echo(vpod, vp, dp, tag, n=8):
     """Frames from the veth pod to the DPDK pod (testpmd macswap) and back."""

@@ -16,6 +16,7 @@ from scapy.layers.inet6 import (
     IPv6,
     IPv6ExtHdrFragment,
 )
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
@@ -46,6 +47,12 @@ def na(target=A_LL, tlla=A, src=A_LL):
         / ICMPv6ND_NA(tgt=target, R=0, S=0, O=1)
         / ICMPv6NDOptDstLLAddr(lladdr=tlla)
     )
+
+
+def ah(nh):
+    """An IPv6 authentication header (RFC 4302) before header ``nh``: 24
+    bytes, its length field in 4-byte units less 2."""
+    return AH(nh=nh, payloadlen=4, spi=1, seq=1, icv=b"\x00" * 12)
 
 
 def ns(src=A_LL, slla=A, target="fe80::b"):
@@ -98,6 +105,12 @@ OWN = {
     / IPv6(src=A_LL, dst="fe80::b")
     / IPv6ExtHdrFragment(offset=9, m=0, id=7, nh=58)
     / Raw(b"\x86" + b"x" * 31),
+    # behind an authentication header: looked through, as other headers
+    "nd_na_behind_ah": Ether(src=A, dst="33:33:00:00:00:01")
+    / IPv6(src=A_LL, dst="ff02::1")
+    / ah(58)
+    / ICMPv6ND_NA(tgt=A_LL, R=0, S=0, O=1)
+    / ICMPv6NDOptDstLLAddr(lladdr=A),
 }
 
 # someone else's: dropped, with the reason
@@ -163,6 +176,26 @@ SPOOFED = {
         / ICMPv6ND_NA(tgt=A_LL, R=0, S=0, O=1)
         / ICMPv6NDOptDstLLAddr(lladdr=A),
         "spoof_nd",
+    ),
+    # an authentication header is not encrypted: what is behind it is read
+    "nd_ra_behind_ah": (
+        Ether(src=A, dst="33:33:00:00:00:01")
+        / IPv6(src=A_LL, dst="ff02::1")
+        / ah(58)
+        / ICMPv6ND_RA(),
+        "spoof_nd",
+    ),
+    "nd_na_other_behind_ah": (
+        Ether(src=A, dst="33:33:00:00:00:01")
+        / IPv6(src=A_LL, dst="ff02::1")
+        / ah(58)
+        / ICMPv6ND_NA(tgt="fe80::b", R=0, S=0, O=1)
+        / ICMPv6NDOptDstLLAddr(lladdr=A),
+        "spoof_nd",
+    ),
+    "dhcp6_reply_behind_ah": (
+        Ether(src=A, dst=B) / IPv6(src=A_LL, dst="fe80::b") / ah(17) / UDP(sport=547, dport=546),
+        "spoof_dhcp",
     ),
     # duplicate-address probes for another's address: that pod would give it up
     "nd_ns_dad_other": (ns(src="::", slla=None, target="fe80::b"), "spoof_nd"),

@@ -499,6 +499,58 @@ def test_udp_super_frames_arrive_as_datagrams(fabric):
     assert after == before, f"drops while UDP super-frames crossed: {before} -> {after}"
 
 
+# UDP_GSO_CLIENT to a broadcast address, unpaced; prints what it sent
+# and the seconds from its first send to its last
+UDP_GSO_BROADCAST = """
+import json, socket, struct, sys, time
+ip, port, sends, per, size = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_UDP, 103, size)  # UDP_SEGMENT
+tail = bytes(range(size - 8))
+sent, t0 = 0, time.monotonic()
+for i in range(sends):
+    buf = b"".join(struct.pack("!Q", i * per + j) + tail for j in range(per))
+    sent += per if s.sendto(buf, (ip, port)) == len(buf) else 0
+print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}))
+"""
+
+
+def test_storm_control_pays_for_each_datagram_of_a_flooded_super_frame(fabric):
+    """A pod's UDP super-frames to its subnet's broadcast address are
+    flooded as the datagrams they are cut into: storm control takes a
+    token for each of them (a super-frame whole or not at all), so pod b
+    gets what the burst and the rate allow - not a super-frame's worth of
+    datagrams for every token. Each refused super-frame is one `storm`
+    drop."""
+    fab = fabric()
+    pps, burst, sends, per, size = 10, 50, 20, 40, 200
+    node = fab.node(1, [], net=f", storm_pps: {pps}, storm_burst: {burst}")
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    hif = a["planes"][0]["host_ifname"]
+
+    def a_rx():
+        [row] = [p for p in node.status()["ports"] if p["name"] == hif]
+        return row["rx_packets"]
+
+    storm0, rx0 = node.status()["drops"].get("storm", 0), a_rx()
+    srv = fab.spawn(b["ns"], kp.UDP_SERVER, 5302, size)
+    assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
+    cli = fab.spawn(a["ns"], UDP_GSO_BROADCAST, kp.SUBNET + "255", 5302, sends, per, size)
+    c_out, c_err = cli.communicate(timeout=120)
+    s_out, s_err = srv.communicate(timeout=120)
+    assert c_out and s_out, f"a side crashed:\n{c_err}\n{s_err}"
+    sent, got = json.loads(c_out), json.loads(s_out)
+    assert sent["sent"] == sends * per, sent
+    # they reached the core whole, not cut by the pod's kernel
+    assert a_rx() - rx0 < sends * 2, (a_rx() - rx0, sends)
+    allowed = burst + pps * sent["seconds"]
+    assert per <= got["received"] <= allowed, (got, sent, allowed)
+    assert got["bad"] == 0, got
+    storm = node.status()["drops"].get("storm", 0) - storm0
+    assert storm >= sends - allowed // per, (storm, node.status()["drops"])
+
+
 def test_uplink_batches_leave_as_mtu_sized_vxlan_frames(fabric, tmp_path):
     """The uplink sends a run of one flow's VXLAN frames (here: the segments
     of a TCP super-frame cut with tunnel GSO off) as one UDP GSO frame; on
