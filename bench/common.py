@@ -476,9 +476,10 @@ def _terminate(signum, frame):
 
 def run_main(run, args, result, errors=()) -> int:
     """``run(args)``, then the RESULT line ``result(res)`` gives as
-    ``(name, {key: formatted value})``; the exit status: 0, 1 for a failure
-    (BenchError or one of ``errors``, said on stderr), 130 for Ctrl-C,
-    SIGTERM or SIGHUP."""
+    ``(name, {key: formatted value})``, with ``runs=`` (how many runs its
+    figures are the medians of) where the benchmark takes ``--runs``; the
+    exit status: 0, 1 for a failure (BenchError or one of ``errors``, said
+    on stderr), 130 for Ctrl-C, SIGTERM or SIGHUP."""
     signal.signal(signal.SIGTERM, _terminate)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: leave it
         signal.signal(signal.SIGHUP, _terminate)
@@ -492,6 +493,8 @@ def run_main(run, args, result, errors=()) -> int:
         print("bench: interrupted", file=sys.stderr, flush=True)
         return 130
     name, fields = result(res)
+    if getattr(args, "runs", None) is not None:
+        fields.setdefault("runs", args.runs)
     print_result(name, **fields)
     # a RESULT with measurements that failed (its failed= field) is shown
     # but is not a clean run

@@ -58,16 +58,25 @@ fi
 
 # hugepages: 1024 x 2 MB, and hugetlbfs mounted (the fallback mode needs neither);
 # 2 MB pages by name: on a machine booted with 1 GB default pages,
-# /proc/sys/vm/nr_hugepages would ask for 1024 GB
+# /proc/sys/vm/nr_hugepages would ask for 1024 GB. Never more than half the
+# machine's memory: hugepages are taken from everything else for good.
 hp2m=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+want=1024
+if [ -n "$mem_kb" ] && [ $((mem_kb / 2 / 2048)) -lt $want ]; then
+    want=$((mem_kb / 2 / 2048))
+    echo "setup: this machine has $((mem_kb / 1024)) MB of memory: $want hugepages of 2 MB" \
+         "(half of it), not 1024 (the tests in hugepages mode need 1024; fallback mode" \
+         "needs none)" >&2
+fi
 if [ ! -e "$hp2m" ]; then
     echo "setup: this kernel has no 2 MB hugepages (fallback mode still works)"
-elif [ "$(cat "$hp2m")" -lt 1024 ]; then
-    echo 1024 > "$hp2m" || echo "setup: could not reserve hugepages (fallback mode still works)"
+elif [ "$(cat "$hp2m")" -lt $want ]; then
+    echo $want > "$hp2m" || echo "setup: could not reserve hugepages (fallback mode still works)"
     # the kernel gives what it can find (memory fragmented, or too little)
     got=$(cat "$hp2m")
-    if [ "$got" -lt 1024 ]; then
-        echo "setup: only $got of 1024 hugepages of 2 MB could be reserved (the tests in" \
+    if [ "$got" -lt $want ]; then
+        echo "setup: only $got of $want hugepages of 2 MB could be reserved (the tests in" \
              "hugepages mode need 1024; free memory, or reserve them at boot)" >&2
     fi
 fi
