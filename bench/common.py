@@ -477,7 +477,7 @@ def _terminate(signum, frame):
 def run_main(run, args, result, errors=()) -> int:
     """``run(args)``, then the RESULT line ``result(res)`` gives as
     ``(name, {key: formatted value})``, with ``runs=`` (how many runs its
-    figures are the medians of) where the benchmark takes ``--runs``; the
+    figures are the medians of) where the benchmark has runs; the
     exit status: 0, 1 for a failure (BenchError or one of ``errors``, said
     on stderr), 130 for Ctrl-C, SIGTERM or SIGHUP."""
     signal.signal(signal.SIGTERM, _terminate)

@@ -233,10 +233,9 @@ def test_bench_runs(name):
     assert RESULT_RE.match(line), f"malformed: {line!r}"
     fields = dict(w.split("=", 1) for w in line.split()[1:])
     assert fields.pop("name") == result_name, line
-    # the runs its medians are of, where it takes --runs (cni: one add and
-    # delete per container, no runs)
+    # the runs its medians are of (cni: one, an add and a delete per container)
     runs = fields.pop("runs", None)
-    assert runs == (args[args.index("--runs") + 1] if "--runs" in args else None), line
+    assert runs == (args[args.index("--runs") + 1] if "--runs" in args else "1"), line
     if name == "pods":
         # the service's express lane, as its status said: on by default
         assert fields.pop("express_lane") == "on", line
