@@ -21,8 +21,8 @@
   against the reference bridge + host-local plugins (bench.cni).
 
 Each shows its progress on stderr (``--quiet``: none) and prints one
-``RESULT name=... key=value ...`` line on stdout (with ``runs=``, the runs
-its medians are of, where it takes ``--runs``).
+``RESULT name=... key=value ...`` line on stdout (ending with ``runs=``,
+the runs its medians are of).
 
 Modules: ``common`` (options, progress, medians, the RESULT line, child
 processes), ``topology`` (the addressing plan), ``traffic`` (scapy profiles
