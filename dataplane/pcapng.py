@@ -9,6 +9,9 @@ core dropped has no direction and says why in its comment (Wireshark's
 """
 
 import ipaddress
+import os
+import select
+import signal
 import struct
 import time
 
@@ -96,18 +99,30 @@ class PcapngWriter:
         return True
 
     def flush(self):
-        """Write what was gathered. On an error (or an interrupt) the file is
+        """Write what was gathered. On an error (or an interrupt) a file is
         cut back to its last whole block, the blocks not written are kept
-        for the next flush, and the error is raised."""
+        for the next flush, and the error is raised. A pipe keeps what it
+        took: the rest of a block it took part of is kept instead, for the
+        next flush to go on with."""
         done = 0
+        try:
+            seekable = self.f.seekable()
+        except (OSError, ValueError):
+            seekable = False
         try:
             with memoryview(self._buf) as view:
                 while done < len(view):
-                    done += self.f.write(view[done:]) or 0  # a raw file may take part
+                    if seekable:
+                        done += self.f.write(view[done:]) or 0  # a raw file may take part
+                    else:  # a copy: a traceback keeps no view of _buf
+                        done += self._write_some(bytes(view[done : done + select.PIPE_BUF]))
         except BaseException:
+            if not seekable:
+                self._commit(done)
+                raise
             whole = max((end for end, _ in self._ends if end <= done), default=0)
             self._commit(whole)
-            try:  # drop a block cut short (a full disk frees it); not on a pipe
+            try:  # drop a block cut short (a full disk frees it)
                 self.f.truncate(self.size)
                 self.f.seek(self.size)
             except OSError:
@@ -115,8 +130,35 @@ class PcapngWriter:
             raise
         self._commit(done)
 
+    #: signals held off while a pipe takes a piece: what a handler raises
+    #: then (Ctrl-C) comes once the piece is counted, never between
+    _HOLD = frozenset(signal.valid_signals()) - {
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+    }
+
+    def _write_some(self, data: bytes) -> int:
+        """``data`` (at most PIPE_BUF bytes) into a pipe (or socket,
+        terminal): how much it took. Waits for room with signals as they
+        are (an interrupt then finds nothing written), then writes - all or
+        none into a pipe that has room - with signals held, so that an
+        interrupt never comes after the pipe took bytes and before they are
+        counted."""
+        fd = self.f.fileno()
+        select.select([], [fd], [])
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, self._HOLD)
+        try:
+            return os.write(fd, data)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
     def _commit(self, n: int):
-        """The first ``n`` bytes gathered (whole blocks) are in the file."""
+        """The first ``n`` bytes gathered are in the file (whole blocks but
+        on a pipe: ``size`` and ``frames`` count the whole ones)."""
         self.size += n
         self.frames += sum(1 for end, frame in self._ends if frame and end <= n)
         self._ends = [(end - n, frame) for end, frame in self._ends if end > n]

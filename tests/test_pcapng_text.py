@@ -4,6 +4,7 @@ snap length cuts them, Ethernet padding adds to them); and the pcapng
 writer's interfaces added after frames."""
 
 import subprocess
+import time
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -59,3 +60,62 @@ def test_an_interface_added_later_is_read_back_and_kept_within_max_size(tmp_path
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["a:std", "b:std"]
     assert path.stat().st_size == w.size
+
+
+def test_a_write_to_a_pipe_cut_by_a_signal_goes_on_where_it_stopped(tmp_path):
+    """``dataplane capture -w -`` into a pipe whose reader is slow, and a
+    signal (Ctrl-C) while a flush waits for it: the pipe has taken part of
+    a block, which cannot be taken back. The writer keeps the rest of that
+    block for the next flush instead of writing it again from its start:
+    the reader gets one whole pcapng stream, every frame once."""
+    import os
+    import signal
+    import threading
+
+    from scapy.utils import rdpcap
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    r, w = os.pipe()
+    got = bytearray()
+
+    def reader():
+        time.sleep(0.5)  # the writer fills the pipe and waits meanwhile
+        while chunk := os.read(r, 1 << 16):
+            got.extend(chunk)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    frames = [
+        bytes(
+            Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / Raw(bytes([i]) * 997)
+        )
+        for i in range(200)
+    ]
+    old = signal.signal(signal.SIGALRM, interrupt)
+    cut = False
+    try:
+        with open(w, "wb", buffering=0) as f:
+            wr = PcapngWriter(f, [("eth0", 65535)])
+            for i, fr in enumerate(frames):
+                assert wr.write(0, 1_000_000 * i, "rx", len(fr), fr)
+            signal.setitimer(signal.ITIMER_REAL, 0.1)  # while the pipe is full
+            try:
+                wr.flush()
+            except Interrupted:
+                cut = True
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            wr.flush()  # what the capture's end does
+            assert wr.frames == len(frames)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        t.join(30)
+        os.close(r)
+    assert cut, "the flush was not interrupted: the test did not test it"
+    (tmp_path / "got.pcapng").write_bytes(bytes(got))
+    assert [bytes(p) for p in rdpcap(str(tmp_path / "got.pcapng"))] == frames
