@@ -208,6 +208,14 @@ def left_behind(pid):
     return found
 
 
+def result_fields(out: str) -> dict:
+    """The fields of the RESULT line ``out``, name first, without the
+    ``runs=`` every one ends with (test_bench_runs checks its value)."""
+    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    assert list(fields)[-1] == "runs" and fields.pop("runs").isdigit(), out
+    return fields
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -233,8 +241,9 @@ def test_bench_runs(name):
     assert RESULT_RE.match(line), f"malformed: {line!r}"
     fields = dict(w.split("=", 1) for w in line.split()[1:])
     assert fields.pop("name") == result_name, line
-    # the runs its medians are of (cni: one, an add and a delete per container)
-    runs = fields.pop("runs", None)
+    # the runs its medians are of, last (cni: one, an add and a delete per container)
+    assert list(fields)[-1] == "runs", line
+    runs = fields.pop("runs")
     assert runs == (args[args.index("--runs") + 1] if "--runs" in args else "1"), line
     if name == "pods":
         # the service's express lane, as its status said: on by default
@@ -267,7 +276,7 @@ def test_encap_against_ovs_dpdk():
     pid, rc, out, err = run_bench("encap", args)
     assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
     assert "verify ovs: " in err and "all encapsulated correctly" in err, err
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    fields = result_fields(out)
     assert float(fields["ovs_mpps"]) > 0 and float(fields["ovs_ratio"]) > 0, out
     assert list(fields)[-2:] == ["ovs_mpps", "ovs_ratio"], out
     assert not left_behind(pid), f"left behind: {left_behind(pid)}"
@@ -282,7 +291,7 @@ def test_decap_with_learning():
     args = QUICK + ["--warmup", "0", "--learning", "--quiet"] + FEW_FRAMES
     pid, rc, out, err = run_bench("decap", args)
     assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    fields = result_fields(out)
     assert fields["learning"] == "1" and float(fields["mpps"]) > 0, out
     assert not left_behind(pid), f"left behind: {left_behind(pid)}"
 
@@ -331,7 +340,7 @@ def pods_run(args):
     pid, rc, out, err = run_bench("pods", args)
     assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
     assert not left_behind(pid), f"left behind: {left_behind(pid)}"
-    return err, out, dict(w.split("=", 1) for w in out.split()[1:])
+    return err, out, result_fields(out)
 
 
 @pytest.mark.netns
@@ -439,7 +448,7 @@ def test_pods_with_a_cpu_latency_request():
     )
     assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
     assert not left_behind(pid), f"left behind: {left_behind(pid)}"
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    fields = result_fields(out)
     assert fields.get("cpu_latency_us") == "0", out
     assert float(fields["ours_vtep_tcp_gbps"]) > 0, out
     assert "cpu_latency_us: 0, held for every path" in err, err
@@ -463,7 +472,7 @@ def test_afpacket_result_says_its_footing():
     pid, rc, out, err = run_bench("afpacket", args)
     assert rc == 0, f"exit code {rc}\n{err[-6000:]}"
     assert not left_behind(pid), f"left behind: {left_behind(pid)}"
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    fields = result_fields(out)
     assert list(fields)[-3:] == ["load", "rps", "verified"], out
     assert (fields["load"], fields["rps"], fields["verified"]) == ("0.5", "off", "0"), out
     assert float(fields["kernel_pps"]) > 0, out
@@ -484,7 +493,7 @@ def test_afpacket_runs_the_contenders_asked_for():
     ran = re.findall(r"bench: run 1/1 (\w+) ", err)
     assert ran == ["kernel", "native", "lane"], err
     assert re.search(r"run 1/1 lane .*the express lane took [1-9]\d*% of it", err), err
-    fields = dict(w.split("=", 1) for w in out.split()[1:])
+    fields = result_fields(out)
     fields.pop("source_limited", None)
     assert list(fields) == [
         "name",
