@@ -1093,6 +1093,13 @@ afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr
 
         if (start >= 2 * RTE_ETHER_ADDR_LEN)
             start += vlan;
+        /* where the checksum goes, within the frame (the kernel says so;
+         * a header that says otherwise is not carried on) */
+        if (unlikely(start + vh->csum_offset + 2u > m->pkt_len)) {
+            a->rx.truncated++;
+            afp_rx_reset(m);
+            return -1;
+        }
         /* SCTP's CRC32c, finished here (no super-frame is SCTP's: the
          * kernel does not hand one to a packet socket) */
         if (unlikely(vh->csum_offset == offsetof(struct rte_sctp_hdr, cksum)) &&

@@ -249,9 +249,8 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         return 0;
     }
     const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 1);
-    uint32_t hl = (ip->version_ihl & 0xf) * 4u;
     if (unlikely(m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) || (ip->version_ihl >> 4) != 4 ||
-                 hl < sizeof(*ip))) {
+                 (ip->version_ihl & 0xf) * 4u < sizeof(*ip))) {
         drop(w, m,
              m->data_len < RTE_ETHER_HDR_LEN + sizeof(*ip) ? DP_DROP_TRUNCATED : DP_DROP_BAD_IP);
         return 0;
@@ -268,7 +267,7 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         drop(w, m, DP_DROP_NOT_UDP);
         return 0;
     }
-    return hl;
+    return (ip->version_ihl & 0xf) * 4u;
 }
 
 /*

@@ -125,6 +125,9 @@ hold(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struct dp_t
         .net = (uint16_t)net->idx,
         .ti = (uint16_t)ti,
         .in_port = w->at_port,
+        .in_gen = w->at_port < DP_MAX_PORTS
+                      ? atomic_load_explicit(&dp.port_gen[w->at_port], memory_order_relaxed)
+                      : 0,
     };
     w->wc[DP_WORKER_NEIGH_HELD]++;
 }
@@ -275,7 +278,14 @@ hold_run(struct dp_wctx *w, int all)
     int sent = 0;
     for (uint16_t i = 0; i < n; i++) {
         const struct dp_held *e = &cur[i];
-        w->at_port = e->in_port; /* a drop of it, or of what encap_wire makes of it */
+        /* a drop of it, or of what encap_wire makes of it, is told of the
+         * port it came in by - of none once that port went (its index may
+         * be another pod's by now) */
+        w->at_port = e->in_port < DP_MAX_PORTS &&
+                             atomic_load_explicit(&dp.port_gen[e->in_port], memory_order_relaxed) ==
+                                 e->in_gen
+                         ? e->in_port
+                         : DP_NO_PORT;
         const struct dp_net *net = atomic_load_explicit(&dp.nets[e->net], memory_order_acquire);
         const struct dp_tunnel *t = atomic_load_explicit(&dp.tunnels[e->ti], memory_order_acquire);
         if (all || net == NULL || net->vni != e->vni || t == NULL || t->ip != e->vtep_ip ||
@@ -312,8 +322,9 @@ encap_whole(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte
         atomic_load_explicit(&dp.ports[w->vtep->uplink], memory_order_acquire);
     if (up == NULL || !__atomic_load_n(&up->tnl_gso, __ATOMIC_ACQUIRE) || up->qos != NULL ||
         !dp_afp_tunnel_ok(up->afp) || (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK) ||
-        m->pkt_len + DP_VXLAN_HDR_LEN - RTE_ETHER_HDR_LEN > UINT16_MAX)
-        return 0;
+        m->pkt_len + DP_VXLAN_HDR_LEN - RTE_ETHER_HDR_LEN > UINT16_MAX ||
+        m->l2_len > 127 - sizeof(struct rte_udp_hdr) - sizeof(struct rte_vxlan_hdr))
+        return 0; /* (l2_len is 7 bits: a frame of many VLAN tags is cut instead) */
     uint32_t seg = (uint32_t)m->l2_len + m->l3_len + m->l4_len + m->tso_segsz;
     /* marked before it is encapsulated: a frame dropped there is freed */
     m->ol_flags |=
@@ -496,7 +507,8 @@ pod_scan(const struct dp_ftab *fdb, uint64_t net_key, struct rte_mbuf **pkts, ui
         const struct rte_mbuf *m = pkts[i];
         const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
         bytes += m->pkt_len;
-        uint64_t key = dp_fdb_key(0, eth) | net_key;
+        /* a runt (dropped as truncated later) is not read past its end */
+        uint64_t key = (m->data_len >= 6 ? dp_fdb_key(0, eth) : 0) | net_key;
         uint32_t h = dp_key8_hash(key);
         keys[i] = key;
         sig[i] = h;

@@ -281,6 +281,7 @@ struct dp_state {
                                   * neighbour table */
     struct rte_ring *ctrl_tx;    /* control -> uplink: ARP requests */
     _Atomic(struct dp_port *) ports[DP_MAX_PORTS];
+    atomic_ushort port_gen[DP_MAX_PORTS]; /* bumped when the port of the index goes */
     _Atomic(struct dp_net *) nets[DP_MAX_NETS];
     _Atomic(struct dp_tunnel *) tunnels[DP_MAX_TUNNELS];
     _Atomic(struct dp_poll_list *) poll[DP_MAX_WORKERS];

@@ -14,6 +14,8 @@
 #error "dp_wctx.h is included by dp_pipeline.c only"
 #endif
 
+#define DP_NO_PORT UINT16_MAX /* dp_wctx.at_port: no port to tell a drop of */
+
 struct dp_wctx {
     int id;
     uint64_t *drop; /* this worker's drop counters */
@@ -31,7 +33,8 @@ struct dp_wctx {
     uint32_t fc_seen;   /* FDB cache lookups in the current window */
     uint32_t fc_missed; /* ... and misses */
     uint16_t n_held;    /* frames in held[] (dp_encap.h: read per frame encapsulated) */
-    uint16_t at_port;   /* the port a drop() is told of to a capture: the burst's */
+    uint16_t at_port;   /* the port a drop() is told of to a capture: the burst's
+                         * (DP_NO_PORT: none) */
     /* it has received from a kernel port: only such frames carry a partial
      * checksum (dp_csum_partial), which an ethdev tx must finish (port_tx) */
     uint8_t kernel_rx;
@@ -67,7 +70,8 @@ struct dp_wctx {
         uint32_t vtep_ip; /* the tunnel's remote VTEP, host order */
         uint32_t vni;     /* the network's */
         uint16_t net, ti;
-        uint16_t in_port; /* the port it came in by: a drop of it is told of that */
+        uint16_t in_port; /* the port it came in by: a drop of it is told of that, */
+        uint16_t in_gen;  /* while dp.port_gen says it is still that port */
     } held[DP_HOLD_MAX];
     /* per tunnel: the template (unresolved) whose held frames waited out
      * DP_HOLD_MS, and until when frames to it are not held again (hold):
@@ -88,7 +92,7 @@ drop(struct dp_wctx *w, struct rte_mbuf *m, enum dp_drop why)
     /* a capture of drops has it before it is counted (not a frame cut
      * short by a fault on a pod's shared memory: its data is not to be
      * read again) */
-    if (why != DP_DROP_SHM_FAULT)
+    if (why != DP_DROP_SHM_FAULT && w->at_port != DP_NO_PORT)
         dp_capture_tap_drop(w->at_port, &m, 1, why);
     w->drop[why]++;
     rte_pktmbuf_free(m);

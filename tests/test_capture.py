@@ -254,6 +254,44 @@ def test_frames_that_waited_for_a_next_hop_in_vain_are_told_of_their_pods_port(e
     ]
 
 
+def test_frames_held_from_a_port_removed_since_are_told_of_no_port(eng):
+    """Frames from port x wait for a next hop that never answers; x is
+    removed meanwhile and its index given to port y. When they are dropped
+    (neigh_unresolved, counted), a capture of y's drops does not show them
+    as y's: they came from another port, gone."""
+    from dataplane.engine import WORKER_COUNTERS
+    from tests.test_core import drops_since
+
+    def held():
+        return int(eng.counters().worker[:, WORKER_COUNTERS.index("neigh_held")].sum())
+
+    t = Topo(eng, static_nh=False)
+    mac, _vtep = _fresh_remote(eng, 8)
+    x = eng.add_ring_port("x", network=0)
+    base, h0 = eng.counters().drops(), held()
+    t.send(x, *[udp_frame(src=A, dst=mac, sport=300 + i) for i in range(3)])
+    for _ in range(200):  # held by the worker
+        if held() - h0 >= 3:
+            break
+        time.sleep(0.01)
+    assert held() - h0 == 3
+    eng.del_port(x)
+    y = eng.add_ring_port("y", network=0)
+    assert y == x, "the test needs the index given again"
+    eng.capture_start([y, t.a, t.b, t.up], "drop", "")
+    try:
+        for _ in range(400):  # they wait DP_HOLD_MS, 2 s
+            if drops_since(eng, base)["neigh_unresolved"] >= 3:
+                break
+            time.sleep(0.01)
+        assert drops_since(eng, base)["neigh_unresolved"] == 3
+        recs = _records(eng, 1, tries=20)
+    finally:
+        got, _st = eng.capture_stop()
+    assert recs + got == []
+    eng.del_port(y)
+
+
 def _send_from_the_index_again(eng, t, x):
     """A new ring port given removed port x's index sends one frame (UDP
     source port 2), and port a one (source port 3); both reach b."""
