@@ -397,7 +397,7 @@ unsigned dp_pool_in_use(void);
 #define DP_LEARN_LEARNED 0   /* new entries */
 #define DP_LEARN_MOVED 1     /* learned entries now behind another VTEP */
 #define DP_LEARN_STATIC 2    /* refused: a local or configured entry */
-#define DP_LEARN_LIMIT 3     /* refused: the network's or VTEP's limit */
+#define DP_LEARN_LIMIT 3     /* refused: a limit (network, VTEP, node, core tables) */
 #define DP_LEARN_AGED 4      /* removed: not confirmed in time */
 #define DP_LEARN_DUPLICATE 5 /* learned MACs found moving too often: frozen */
 #define DP_LEARN_FROZEN 6    /* refused: a move of a frozen MAC */

@@ -234,8 +234,14 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
         return 0;
     /* the hook in dp_fdb_put_remote forgets a moved entry's old VTEP */
     int ret = dp_fdb_put_remote(net, mac, ip, 1);
-    if (ret < 0)
+    if (ret < 0) {
+        /* the core's own limits: every remote VTEP slot taken (configured
+         * and learned VTEPs share them), the FDB full, memory: refused
+         * as at a limit of learning's, not silently (the MAC stays
+         * unknown, its frames flooded) */
+        stats[DP_LEARN_LIMIT]++;
         return ret;
+    }
     vc = vtep_count(ip, 1);
     if (!vc) { /* cannot happen: no more VTEPs than tunnels */
         (void)dp_fdb_del(net, mac);

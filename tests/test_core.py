@@ -779,6 +779,42 @@ def test_learning_from_at_most_half_the_tunnel_slots_of_vteps(eng):
     eng.set_learning_limits()
 
 
+def test_learning_with_every_tunnel_slot_taken_is_counted_refused(eng):
+    """Every remote VTEP slot of the core taken (by VTEPs the API set): a
+    MAC heard from one more VTEP is not learned, and learning says so
+    (refused_limit) - not a MAC silently left unknown, flooded to for
+    good. The frame itself is delivered."""
+    from dataplane import errors
+
+    t = Topo(eng, learning=True)
+    added = []
+    try:
+        for i in range(1100):
+            mac = f"02:00:00:09:{i >> 8:02x}:{i & 255:02x}"
+            try:
+                eng.fdb_add_remote(0, mac, f"10.3.{i // 250}.{i % 250 + 1}")
+            except errors.ResourceError:
+                break
+            added.append(mac)
+        else:
+            pytest.fail("1100 remote VTEPs taken: no limit met")
+        base = eng.learn_stats()
+        heard = "02:00:00:00:09:99"
+        t.send(t.up, vxlan_frame(udp_frame(src=heard, dst=A), src_vtep="10.4.0.1"))
+        assert len(t.recv(t.a)) == 1
+        for _ in range(200):
+            if eng.learn_stats()["refused_limit"] > base["refused_limit"]:
+                break
+            time.sleep(0.01)
+        st = eng.learn_stats()
+        assert st["refused_limit"] - base["refused_limit"] == 1, (base, st)
+        assert st["learned"] == base["learned"]
+        assert eng.fdb_get(0, heard) is None
+    finally:
+        for mac in added:
+            eng.fdb_del(0, mac)
+
+
 def test_fdb_list_shows_every_entry_and_what_learned_it(eng):
     t = Topo(eng, learning=True)
     learned = "02:00:00:00:07:08"
