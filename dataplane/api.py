@@ -13,7 +13,9 @@ Every request is answered with JSON: the handler's value with 200, or
 a body), 413 (a body over :data:`MAX_BODY_BYTES`), 431 (a request head over
 :data:`MAX_HEAD_BYTES`), 503 (more than :data:`MAX_CONNECTIONS` at once; or,
 with ``"unavailable": true``, the state store does not answer, or refuses the
-node: ``"refused": true``) or 500. One
+node: ``"refused": true``), 507 with ``"exhausted": true`` (the node is out of
+something the request needs: a network's addresses, the core's port slots,
+memory - another node may have it) or 500. One
 request per connection. A refused request changes nothing.
 """
 
@@ -40,6 +42,7 @@ from .errors import (
     DataplaneError,
     NotFound,
     Refused,
+    ResourceError,
     Unavailable,
 )
 
@@ -399,6 +402,8 @@ class APIServer:
                     return self._reply(503, {"error": str(e), "unavailable": True})
                 except Refused as e:  # the store refuses the node: once access is given
                     return self._reply(503, {"error": str(e), "unavailable": True, "refused": True})
+                except ResourceError as e:  # this node is full: another may not be
+                    return self._reply(507, {"error": str(e), "exhausted": True})
                 except DataplaneError as e:
                     return self._reply(500, {"error": str(e)})
                 except Exception as e:  # noqa: BLE001 - report, keep serving

@@ -60,6 +60,7 @@ ERR_EXISTS = 100  # (container ID, ifname) is attached already
 ERR_SERVICE = 101  # the node service failed the request
 ERR_CHECK = 102  # CHECK found a difference
 ERR_IN_USE = 103  # something the attachment needs is another's (a VF)
+ERR_EXHAUSTED = 104  # the node is out of something the attachment needs
 ERR_INTERNAL = 999  # the plugin failed on input it did not foresee
 
 _IFNAMSIZ = 16
@@ -226,6 +227,8 @@ def _service(conf, method, endpoint, body=None):
     code = {400: ERR_CONFIG, 404: ERR_UNKNOWN_CONTAINER, 409: ERR_EXISTS}.get(status, ERR_SERVICE)
     if status == 409 and isinstance(obj, dict) and obj.get("conflict") == "in_use":
         code = ERR_IN_USE
+    if status == 507:
+        code = ERR_EXHAUSTED
     raise CNIError(code, msg)
 
 

@@ -1263,6 +1263,10 @@ class Engine(_Tables, _Planes, _Guards, _Express):
     def ports(self) -> List[PortInfo]:
         return [p for p in (self.port_info(i) for i in range(lib.DP_MAX_PORTS)) if p]
 
+    def free_port_slots(self) -> int:
+        """How many more ports the core can take (of DP_MAX_PORTS)."""
+        return int(lib.DP_MAX_PORTS) - len(self.ports())
+
     def set_port_network(self, port: int, net: Optional[int]):
         self._call(
             f"attaching port {port} to network {net}",

@@ -1269,6 +1269,7 @@ class PodLife:
             self._check_macs_free(name, ps)  # refused before anything is written
             floating = self._floating(but=name)  # other pods', by network
             self._check_addresses_free(name, ps, floating)
+            self._check_port_slots(name, ps)
             self._put_pod(name, netns, ps)  # intent first
             made = _Made()
             created = None  # the record's, once read back
@@ -1558,6 +1559,21 @@ class PodLife:
                         {a: pod["name"] for a in addrs if ":" not in a}
                     )
         return out
+
+    def _check_port_slots(self, name: str, ps):
+        """ResourceError unless the core has a port slot for each of pod
+        ``name``'s planes that takes one (a veth's, memif's, vhost-user's;
+        not a VF's), refused before anything is written: the node is full."""
+        from .engine import lib
+
+        need = sum(1 for p in ps.planes if p.kind != VF)
+        free = self.engine.free_port_slots() if need else 0
+        if need > free:
+            raise ResourceError(
+                f"node {self.config.node} is full: pod {name} needs {need} of the core's "
+                f"port slots (one per plane but a VF's), {free} of its {lib.DP_MAX_PORTS} "
+                "are free; add the pod on another node, or delete pods here"
+            )
 
     def _check_addresses_free(self, name: str, ps, floating):
         """ConfigError if the spec would let one pod answer for another: an

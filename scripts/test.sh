@@ -33,7 +33,7 @@ LANE_B=(
     tests/test_pod_spec.py tests/test_guard_config.py tests/test_engine_config.py
     tests/test_checks.py tests/test_cni_deploy.py
     tests/test_kernel_pods.py tests/test_kernel_gso.py tests/test_hostile.py tests/test_ipv6_pods.py
-    tests/test_learning.py tests/test_vf.py
+    tests/test_learning.py tests/test_vf.py tests/test_node_limits.py
 )
 LAST=(
     tests/test_planes.py tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
