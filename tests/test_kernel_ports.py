@@ -631,19 +631,26 @@ def test_jumbo_frames_end_to_end(jumbo):
     tcp_transfer(jumbo.ns["a"], jumbo.ns["v"], POD_IP["v"], nbytes=1 << 20)
 
 
-def test_a_frame_longer_than_a_pods_mtu_is_dropped_not_left_in_the_ring(jumbo):
-    """Pod b's MTU lowered below what reaches it (pod a still sends 3000-byte
-    packets): each such frame is dropped before its kernel port's tx ring
-    and counted kport_tx_oversize. Handed to the kernel, the device would
-    refuse it and the ring keep it at its head, sent again at every kick:
-    b would receive nothing any more."""
+def _three_too_long_for_b(jumbo):
+    """Pod b's MTU lowered to 1450 (its veth's both ends), then three
+    3000-byte pings from a that b's port cannot send: the counters before
+    and after."""
     sh("ip", "link", "set", "eth0", "mtu", "1450", ns=jumbo.ns["b"])
     sh("ip", "link", "set", "pb", "mtu", "1450", ns=jumbo.ns["c"])
     c0 = jumbo.counters()  # reading the counters reads the MTU again
     r = sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "3000", POD_IP["b"],
            ns=jumbo.ns["a"], check=False)  # fmt: skip
     assert " 100% packet loss" in r.stdout, r.stdout
-    c1 = jumbo.counters()
+    return c0, jumbo.counters()
+
+
+def test_a_frame_longer_than_a_pods_mtu_is_dropped_not_left_in_the_ring(jumbo):
+    """Pod b's MTU lowered below what reaches it (pod a still sends 3000-byte
+    packets): each such frame is dropped before its kernel port's tx ring
+    and counted kport_tx_oversize. Handed to the kernel, the device would
+    refuse it and the ring keep it at its head, sent again at every kick:
+    b would receive nothing any more."""
+    c0, c1 = _three_too_long_for_b(jumbo)
     assert c1["drops"].get("kport_tx_oversize", 0) - c0["drops"].get("kport_tx_oversize", 0) >= 3
     # and not counted as sent: pb's tx grew by no 3042-byte frame (an ARP
     # exchange at most)
@@ -664,13 +671,7 @@ def test_a_frame_a_kernel_port_drops_is_not_timed_nor_sent_in_its_plane(jumbo, s
     dropped, not sent, and its shaper gets their tokens back."""
     if shaped:
         assert jumbo.ask("shape pb 1000000000")["event"] == "shaped"
-    sh("ip", "link", "set", "eth0", "mtu", "1450", ns=jumbo.ns["b"])
-    sh("ip", "link", "set", "pb", "mtu", "1450", ns=jumbo.ns["c"])
-    c0 = jumbo.counters()  # reading the counters reads the MTU again
-    r = sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "3000", POD_IP["b"],
-           ns=jumbo.ns["a"], check=False)  # fmt: skip
-    assert " 100% packet loss" in r.stdout, r.stdout
-    c1 = jumbo.counters()
+    c0, c1 = _three_too_long_for_b(jumbo)
     lost = c1["drops"].get("kport_tx_oversize", 0) - c0["drops"].get("kport_tx_oversize", 0)
     assert lost >= 3, (c0["drops"], c1["drops"])
     sent = {n: c1["ports"][n]["tx_packets"] - c0["ports"][n]["tx_packets"] for n in c1["ports"]}
