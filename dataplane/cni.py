@@ -59,7 +59,7 @@ ERR_NOT_AVAILABLE = 50
 ERR_EXISTS = 100  # (container ID, ifname) is attached already
 ERR_SERVICE = 101  # the node service failed the request
 ERR_CHECK = 102  # CHECK found a difference
-ERR_IN_USE = 103  # something the attachment needs is another's (a VF)
+ERR_IN_USE = 103  # something the attachment needs is another's (a VF, a host ifname)
 ERR_EXHAUSTED = 104  # the node is out of something the attachment needs
 ERR_INTERNAL = 999  # the plugin failed on input it did not foresee
 

@@ -625,7 +625,9 @@ class PodLife:
     def _remake_veth(self, pod, e, by: str) -> bool:
         """Make plane ``e``'s veth pair of ``pod`` (a ready pod whose
         namespace lives) again, as its add made it: the same names, MAC,
-        address, MTU and routes, its port guarded and in its network again.
+        address, MTU and routes, its port guarded and in its network again
+        (a pod not attached since a restart gets the veth alone: its ports
+        come back all together when it is attached, :meth:`_reattach_again`).
         Its host end was deleted (and the pod's end with it: ``ip link
         del``, a host network manager tidying up). Whether it was made; if
         not, the error is logged once and the next housekeeping round tries
@@ -644,9 +646,10 @@ class PodLife:
                 self._drop_port(hif)  # the port of the interface that went
                 self._make_veth(name, pod["netns"], p, n, e["mac"], e["ip"], self.store_mark())
                 try:
-                    self._attach_port(
-                        e, allowed, dhcp_server=plane in set(spec.get("dhcp_server") or ())
-                    )
+                    if name not in self.unattached:
+                        self._attach_port(
+                            e, allowed, dhcp_server=plane in set(spec.get("dhcp_server") or ())
+                        )
                 except BaseException:
                     detach_plane(hif)
                     raise
@@ -1567,7 +1570,9 @@ class PodLife:
         from .engine import lib
 
         need = sum(1 for p in ps.planes if p.kind != VF)
-        free = self.engine.free_port_slots() if need else 0
+        if self.engine is None or not need:  # no core (the store's side alone)
+            return
+        free = self.engine.free_port_slots()
         if need > free:
             raise ResourceError(
                 f"node {self.config.node} is full: pod {name} needs {need} of the core's "

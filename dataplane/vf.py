@@ -203,6 +203,11 @@ def take(
                 ipr.link("set", index=idx, state="down")
                 ipr.link("set", index=idx, ifname=tmp)
                 ipr.link("set", index=idx, net_ns_fd=nsfd)
+            if pf:  # its VLAN and checks at the PF while it is down: no frame
+                # leaves before them (the link-local's, the application's)
+                _set_at_pf(
+                    pf, index, mac, opts.get("vlan", 0), opts.get("spoofchk"), opts.get("trust")
+                )
             with _ipr(netns) as pipr:
                 pidx = pipr.link_lookup(ifname=tmp)[0]
                 pipr.link("set", index=pidx, ifname=ifname, address=mac, mtu=mtu)
@@ -222,8 +227,6 @@ def take(
                 pipr.addr("add", index=pidx, address=ip6, prefixlen=int(plen6), flags=_IFA_F_NODAD)
                 if default_route and gateway6:
                     pipr.route("add", dst="::/0", gateway=gateway6, oif=pidx)
-        if pf:
-            _set_at_pf(pf, index, mac, opts.get("vlan", 0), opts.get("spoofchk"), opts.get("trust"))
     except BaseException:
         try:
             give_back(store, device)

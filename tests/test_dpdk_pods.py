@@ -805,6 +805,54 @@ def test_a_pod_that_cannot_be_attached_again_does_not_stop_the_others(fabric, so
     assert not os.path.exists(os.path.dirname(sock))
 
 
+def test_a_veth_of_a_pod_not_attached_is_made_again_without_its_port(fabric, sockdir):
+    """A pod of a veth plane and a memif plane, not attached after a
+    restart (its memif socket path a directory), whose veth is deleted
+    meanwhile: the housekeeping makes the veth again but gives it no port
+    (the pod forwards on none of its planes until it is attached), and once
+    the path is free the pod is attached whole - both ports, no error."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    ns = fab.netns(f"{fab.tag}two")
+    name = f"{fab.tag}two"
+    spec = {
+        "pod_type": "ct",
+        "network_plane": ["std", "media"],
+        "networks": {"std": "net1", "media": "net3"},
+        "interfaces": {"media": {"kind": "memif"}},
+    }
+    info = node.api(
+        "POST", "/v1/pods", {"name": name, "netns": f"/var/run/netns/{ns}", "spec": spec}
+    )
+    std = [p for p in info["planes"] if p["plane"] == "std"][0]
+    sock = [p for p in info["planes"] if p["plane"] == "media"][0]["socket"]
+    node.host_links.add(std["host_ifname"])
+    node.proc.kill()  # no clean-up of ports or sockets
+    node.proc.wait()
+    node.proc = None
+    if os.path.lexists(sock):
+        os.unlink(sock)
+    os.mkdir(sock)  # the memif server cannot listen there
+    node.start()
+    assert list(node.status()["pods_not_attached"]) == [name]
+    ipn(node.ns, f"link del {std['host_ifname']}")
+    deadline = time.monotonic() + 30  # a housekeeping round is 5 s
+    while "pod plane made again: its veth was gone" not in node.log():
+        assert time.monotonic() < deadline, node.log()[-3000:]
+        time.sleep(0.2)
+    assert std["host_ifname"] in json_links(node.ns)
+    assert not [p for p in node.status()["ports"] if p.get("pod") == name]
+    assert list(node.status()["pods_not_attached"]) == [name]
+    os.rmdir(sock)
+    while node.status()["pods_not_attached"]:
+        assert time.monotonic() < deadline + 30, node.log()[-3000:]
+        time.sleep(0.5)
+    ports = [p for p in node.status()["ports"] if p.get("pod") == name]
+    assert sorted(p["plane"] for p in ports) == ["media", "std"], ports
+    assert "already a port" not in node.log()
+    node.api("DELETE", f"/v1/pods?name={name}")
+
+
 def test_a_memif_pod_whose_spec_no_longer_fits_the_config_is_kept_not_attached(fabric, sockdir):
     """The service stopped, its network moved to another plane: the memif
     pod's recorded spec no longer parses. Its plane is still a memif plane,

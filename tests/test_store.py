@@ -190,7 +190,7 @@ def test_endpoints_and_delete_pod(store):
     # re-recording the same endpoint updates it (a retried pod add)
     store.add_endpoint("p1", "std", "net1", "eth0", "h-p1-std", e["mac"], e["ip"], state="ready")
     assert len(store.endpoints(pod="p1")) == 2
-    with pytest.raises(AlreadyExists, match=r"host interface h-p1-std belongs to pod p1"):
+    with pytest.raises(Busy, match=r"host interface h-p1-std belongs to pod p1"):
         store.add_endpoint("p2", "std", "net1", "eth0", "h-p1-std", "02:00:00:00:00:01", None)
     # remote endpoints (another node's pods) have no host interface
     store.add_endpoint(

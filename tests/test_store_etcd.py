@@ -300,7 +300,7 @@ def test_host_interfaces_are_unique_per_node(store):
     store.add_endpoint(
         "b", "std", "net1", "eth0", "dp0", "02:00:00:00:00:02", None, node="node2"
     )  # another node: fine
-    with pytest.raises(AlreadyExists, match="host interface dp0 belongs to pod a"):
+    with pytest.raises(Busy, match="host interface dp0 belongs to pod a"):
         store.add_endpoint(
             "c", "std", "net1", "eth0", "dp0", "02:00:00:00:00:03", None, node="node1"
         )

@@ -190,6 +190,16 @@ def _avoided(subnet, avoid) -> set:
     return out
 
 
+def host_ifname_taken(host_ifname, pod, plane) -> Busy:
+    """Another pod's plane has the host interface name a new endpoint was
+    given (derived from its pod's name and plane: two names of one hash)."""
+    return Busy(
+        f"host interface {host_ifname} belongs to pod {pod} plane {plane} already "
+        "(host interface names are derived from the pod's name and plane: give "
+        "the pod another name)"
+    )
+
+
 def no_free_address(network, subnet, n_taken) -> ResourceError:
     return ResourceError(
         f"network {network}: no free address left in {subnet} ({n_taken} allocated or reserved)"

@@ -32,6 +32,7 @@ import urllib.parse
 from typing import Any, Dict, Tuple
 
 from ..errors import AlreadyExists, ConfigError
+from .common import host_ifname_taken
 from .etcdgw import Txn, unb64
 
 _EP_FIELDS = (
@@ -112,10 +113,7 @@ class EtcdLayout:
             hkey = self.hostif(rec["node"], rec["host_ifname"])
             other = tx.get(hkey)
             if other is not None and (other["pod"], other["plane"]) != (pod, plane):
-                raise AlreadyExists(
-                    f"host interface {rec['host_ifname']} belongs to pod "
-                    f"{other['pod']} plane {other['plane']} already"
-                )
+                raise host_ifname_taken(rec["host_ifname"], other["pod"], other["plane"])
         mkey = self.key("macs", rec["mac"])
         mac_owner = tx.get(mkey)
         if (

@@ -27,6 +27,7 @@ from .common import (
     check_network,
     check_state,
     derive_mac,
+    host_ifname_taken,
     ip_request,
     mac_taken,
     network_in_use,
@@ -533,10 +534,7 @@ class SqliteStore(StateStore):
                     (host_ifname, pod, plane),
                 ).fetchone()
                 if other:
-                    raise AlreadyExists(
-                        f"host interface {host_ifname} belongs to pod "
-                        f"{other[0]} plane {other[1]} already"
-                    )
+                    raise host_ifname_taken(host_ifname, other[0], other[1])
             db.execute(
                 "INSERT INTO endpoints (pod, plane, network, ifname, host_ifname, mac, ip, "
                 "node, vtep, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
