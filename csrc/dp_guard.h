@@ -331,7 +331,9 @@ dp_storm_take_n(struct dp_storm_bkt *b, const struct dp_port_guard *g, uint64_t 
     uint64_t tok = b->tok + dt * g->storm_pps;
     if (tok > g->storm_tok_max)
         tok = g->storm_tok_max;
-    uint64_t need = g->tok_per_pkt * k;
+    /* more than the bucket holds (a super-frame of more frames than the
+     * burst): it takes the bucket full, not never */
+    uint64_t need = RTE_MIN(g->tok_per_pkt * k, g->storm_tok_max);
     if (tok < need) {
         b->tok = tok;
         return 0;

@@ -238,8 +238,10 @@ dp_fdb_learn(int net, const uint8_t *mac, uint32_t ip)
         /* the core's own limits: every remote VTEP slot taken (configured
          * and learned VTEPs share them), the FDB full, memory: refused
          * as at a limit of learning's, not silently (the MAC stays
-         * unknown, its frames flooded) */
-        stats[DP_LEARN_LIMIT]++;
+         * unknown, its frames flooded); not a source no VTEP may have or
+         * a network removed meanwhile */
+        if (ret == -ENOSPC || ret == -ENOMEM)
+            stats[DP_LEARN_LIMIT]++;
         return ret;
     }
     vc = vtep_count(ip, 1);

@@ -670,10 +670,12 @@ dp_port_del(int idx)
     dp_fdb_purge(&keys);
     if (nn)
         dp_net_publish(p->net, nn);
-    dp_capture_port_gone((uint16_t)idx);    /* the next port of this index is not it */
-    atomic_fetch_add(&dp.port_gen[idx], 1); /* nor are frames held from this one */
+    dp_capture_port_gone((uint16_t)idx); /* the next port of this index is not it */
     atomic_store(&dp.ports[idx], NULL);
     dp_poll_apply(plan); /* includes the grace period: no worker holds p now */
+    /* nor are the frames held from this one: bumped once no worker can
+     * hold one more of them */
+    atomic_fetch_add(&dp.port_gen[idx], 1);
     dp_guard_clear(idx); /* the next port of this index starts without one */
     if (p->driver == DP_DRV_AFPACKET) {
         struct dp_afp *a = p->afp;

@@ -109,16 +109,18 @@ class PcapngWriter:
             seekable = self.f.seekable()
         except (OSError, ValueError):
             seekable = False
+        self._taken = 0  # a pipe's: counted by _write_some
         try:
             with memoryview(self._buf) as view:
-                while done < len(view):
+                while (self._taken if not seekable else done) < len(view):
                     if seekable:
                         done += self.f.write(view[done:]) or 0  # a raw file may take part
                     else:  # a copy: a traceback keeps no view of _buf
-                        done += self._write_some(bytes(view[done : done + select.PIPE_BUF]))
+                        t = self._taken
+                        self._write_some(bytes(view[t : t + select.PIPE_BUF]))
         except BaseException:
             if not seekable:
-                self._commit(done)
+                self._commit(self._taken)
                 raise
             whole = max((end for end, _ in self._ends if end <= done), default=0)
             self._commit(whole)
@@ -128,7 +130,7 @@ class PcapngWriter:
             except OSError:
                 pass
             raise
-        self._commit(done)
+        self._commit(done if seekable else self._taken)
 
     #: signals held off while a pipe takes a piece: what a handler raises
     #: then (Ctrl-C) comes once the piece is counted, never between
@@ -141,24 +143,28 @@ class PcapngWriter:
         signal.SIGILL,
     }
 
-    def _write_some(self, data: bytes) -> int:
+    def _write_some(self, data: bytes):
         """``data`` (at most PIPE_BUF bytes) into a pipe (or socket,
-        terminal): how much it took. Waits for room with signals as they
-        are (an interrupt then finds nothing written), then writes - all or
-        none into a pipe that has room - with signals held, so that an
-        interrupt never comes after the pipe took bytes and before they are
-        counted."""
+        terminal), what it took added to ``_taken``. Waits for room with
+        signals as they are (an interrupt then finds nothing written), then
+        writes - all or none into a pipe that has room - and counts with
+        signals held: a handler's exception (Ctrl-C) comes when they are let
+        go again, after the count (a single-threaded reader of signals, as
+        the capture is). The mask is read before it is changed, and put back
+        whatever is raised."""
         fd = self.f.fileno()
         select.select([], [fd], [])
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, self._HOLD)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # as it is; nothing changed
         try:
-            return os.write(fd, data)
+            signal.pthread_sigmask(signal.SIG_BLOCK, self._HOLD)
+            self._taken += os.write(fd, data)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _commit(self, n: int):
         """The first ``n`` bytes gathered are in the file (whole blocks but
-        on a pipe: ``size`` and ``frames`` count the whole ones)."""
+        on a pipe, where ``size`` counts a block's part too; ``frames`` the
+        whole ones)."""
         self.size += n
         self.frames += sum(1 for end, frame in self._ends if frame and end <= n)
         self._ends = [(end - n, frame) for end, frame in self._ends if end > n]

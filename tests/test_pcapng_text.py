@@ -4,7 +4,6 @@ snap length cuts them, Ethernet padding adds to them); and the pcapng
 writer's interfaces added after frames."""
 
 import subprocess
-import time
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -77,14 +76,17 @@ def test_a_write_to_a_pipe_cut_by_a_signal_goes_on_where_it_stopped(tmp_path):
     class Interrupted(Exception):
         pass
 
+    fired = threading.Event()
+
     def interrupt(signum, frame):
+        fired.set()
         raise Interrupted
 
     r, w = os.pipe()
     got = bytearray()
 
     def reader():
-        time.sleep(0.5)  # the writer fills the pipe and waits meanwhile
+        fired.wait(60)  # the writer fills the pipe and waits meanwhile
         while chunk := os.read(r, 1 << 16):
             got.extend(chunk)
 
