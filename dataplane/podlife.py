@@ -975,13 +975,8 @@ class PodLife:
                 self._reattach_again(pod)
             return False
         with self.txn:  # again under txn: a delete and re-add meanwhile
-            now = self.store.pod(pod["name"])
-            if (
-                not now
-                or now.get("created") != pod.get("created")
-                or now["state"] != "ready"
-                or self.leftover(now)  # a failed add's, since: removed as such next round
-            ):
+            now = self._still_ready(pod)
+            if now is None:
                 return False
             why = self._gone(now, _Present())  # each name looked up: exact
             if not why:
@@ -996,19 +991,26 @@ class PodLife:
         warning_event("pod removed: its interfaces are gone", pod=pod["name"], why=why)
         return True
 
+    def _still_ready(self, pod) -> Optional[dict]:
+        """Pod ``pod``'s record read again (under ``txn``), if it is still
+        that pod, ready: not deleted, nor added again (another ``created``),
+        nor a failed add's leftover since (removed as such next round)."""
+        now = self.store.pod(pod["name"])
+        if (
+            not now
+            or now.get("created") != pod.get("created")
+            or now["state"] != "ready"
+            or self.leftover(now)
+        ):
+            return None
+        return now
+
     def _reattach_again(self, pod):
         """One more try at pod ``pod`` a replay could not attach (under
         ``txn``: a delete meanwhile wins)."""
         with self.txn:
-            now = self.store.pod(pod["name"])
-            if (
-                not now
-                or now.get("created") != pod.get("created")
-                or now["state"] != "ready"
-                or self.leftover(now)
-            ):
-                return
-            if pod["name"] not in self.unattached:
+            now = self._still_ready(pod)
+            if now is None or pod["name"] not in self.unattached:
                 return
             eps = self.store.endpoints(pod=now["name"])
             self._reattach(now, eps, self._kinds(now["name"]), [], "housekeeping")

@@ -262,6 +262,23 @@ def finish(p):
     return [bytes.fromhex(h) for h in json.loads(out.strip().splitlines()[-1])] if out else err
 
 
+def kill9(node):
+    """kill -9 of the node's service: no clean-up of ports or sockets."""
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+
+
+def restart_with_memif_path_taken(node, sock):
+    """kill -9 of the service, then a directory where the memif socket
+    ``sock`` was (the memif server cannot listen there), then a new one."""
+    kill9(node)
+    if os.path.lexists(sock):
+        os.unlink(sock)
+    os.mkdir(sock)
+    node.start()
+
+
 def client_vdev(kind, plane):
     if kind == "memif":
         return (
@@ -401,9 +418,7 @@ def test_a_dpdk_pod_is_guarded_like_a_veth_pod(fabric, sockdir, kind):
         tp.link_up(0)
         tp.start()
         assert finish(raw_peer(vpod["ns"], [], want=1, wait=1.0)) == []
-        node.proc.kill()  # no clean-up of ports or sockets
-        node.proc.wait()
-        node.proc = None
+        kill9(node)
         peer = raw_peer(vpod["ns"], [], want=1, wait=15.0)
         peer.stdin.write("go\n")  # listening from before the new service starts
         peer.stdin.flush()
@@ -460,9 +475,7 @@ def test_dpdk_pod_reconnects_after_service_kill(fabric, sockdir, kind):
             # fix; the pod's forwarding is stopped (its port stays) first
             tp.cmd("stop")
 
-        node.proc.kill()  # no clean-up of ports or sockets
-        node.proc.wait()
-        node.proc = None
+        kill9(node)
         node.start()
         again = node.api("GET", "/v1/pods")
         d = [p for p in again if p["name"] == f"{fab.tag}d"][0]["planes"][0]
@@ -640,9 +653,7 @@ def test_a_directory_the_service_did_not_make_is_neither_taken_nor_removed(fabri
     os.unlink(os.path.join(d, ".dataplane-pod"))
     with open(os.path.join(d, "app.pid"), "w") as f:
         f.write("1")
-    node.proc.kill()
-    node.proc.wait()
-    node.proc = None
+    kill9(node)
     node.start()
     [m] = [p for p in node.api("GET", "/v1/pods") if p["name"] == f"{fab.tag}m"]
     assert "not_attached" not in m and m["planes"][0]["port"] is not None, m
@@ -747,9 +758,7 @@ def test_replay_forgets_dpdk_pod_whose_namespace_is_gone(fabric, sockdir):
     fab = fabric()
     node = node_with_sockets(fab, sockdir)
     dpod = add_pod(fab, node, "d", "memif")
-    node.proc.kill()
-    node.proc.wait()
-    node.proc = None
+    kill9(node)
     ipn_del = subprocess.run(["ip", "netns", "del", dpod["ns"]], capture_output=True)
     assert ipn_del.returncode == 0
     fab.namespaces.remove(dpod["ns"])
@@ -770,13 +779,7 @@ def test_a_pod_that_cannot_be_attached_again_does_not_stop_the_others(fabric, so
     v, w = add_pod(fab, node, "v"), add_pod(fab, node, "w")
     d = add_pod(fab, node, "d", "memif")
     dname, sock = d["name"], d["planes"][0]["socket"]
-    node.proc.kill()  # no clean-up of ports or sockets
-    node.proc.wait()
-    node.proc = None
-    if os.path.lexists(sock):
-        os.unlink(sock)
-    os.mkdir(sock)  # the memif server cannot listen there
-    node.start()
+    restart_with_memif_path_taken(node, sock)
     pods = {p["name"]: p for p in node.api("GET", "/v1/pods")}
     assert set(pods) == {v["name"], w["name"], dname}
     assert "Is a directory" in pods[dname].get("not_attached", ""), pods[dname]
@@ -827,13 +830,7 @@ def test_a_veth_of_a_pod_not_attached_is_made_again_without_its_port(fabric, soc
     std = [p for p in info["planes"] if p["plane"] == "std"][0]
     sock = [p for p in info["planes"] if p["plane"] == "media"][0]["socket"]
     node.host_links.add(std["host_ifname"])
-    node.proc.kill()  # no clean-up of ports or sockets
-    node.proc.wait()
-    node.proc = None
-    if os.path.lexists(sock):
-        os.unlink(sock)
-    os.mkdir(sock)  # the memif server cannot listen there
-    node.start()
+    restart_with_memif_path_taken(node, sock)
     assert list(node.status()["pods_not_attached"]) == [name]
     ipn(node.ns, f"link del {std['host_ifname']}")
     deadline = time.monotonic() + 30  # a housekeeping round is 5 s
@@ -864,9 +861,7 @@ def test_a_memif_pod_whose_spec_no_longer_fits_the_config_is_kept_not_attached(f
     d = add_pod(fab, node, "d", "memif")
     dname = d["name"]
     links = set(json_links(node.ns))  # the service's own among them
-    node.proc.kill()
-    node.proc.wait()
-    node.proc = None
+    kill9(node)
     text = node.cfg.read_text()
     assert f"vni: {test_kernel_pods.VNI}, plane: std," in text, text
     node.cfg.write_text(text.replace("plane: std,", "plane: media,", 1))

@@ -7,7 +7,6 @@ stay, and once one is deleted the next add fits. The fabric (node
 services in namespaces of their own) is the kernel pods' one."""
 
 import os
-import subprocess
 
 import pytest
 
@@ -15,6 +14,7 @@ from dataplane.api import APIError
 from dataplane.engine import lib
 from tests import test_kernel_pods as kp
 from tests.cnihost import install_plugin, netconf, run_plugin
+from tests.test_dpdk_pods import json_links
 
 fabric = kp.fabric
 
@@ -56,11 +56,6 @@ def add(fab, node, i, spec=None):
     return info
 
 
-def links(ns):
-    out = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True)
-    return {ln.split(": ")[1].split("@")[0] for ln in out.stdout.splitlines()}
-
-
 def test_a_node_out_of_port_slots_refuses_the_next_pod_as_full(fabric, tmp_path):
     fab = fabric()
     node = full_node(fab)
@@ -74,7 +69,7 @@ def test_a_node_out_of_port_slots_refuses_the_next_pod_as_full(fabric, tmp_path)
         add(fab, node, n, ONE_PLANE)
         n, free = n + 1, free - 1
     assert len(node.status()["ports"]) == lib.DP_MAX_PORTS
-    before = links(node.ns)
+    before = set(json_links(node.ns))
     with pytest.raises(APIError) as e:
         add(fab, node, n)
     assert e.value.status == 507, e.value
@@ -85,7 +80,7 @@ def test_a_node_out_of_port_slots_refuses_the_next_pod_as_full(fabric, tmp_path)
     ), str(e.value)
     # nothing of it was made: no record (nor its addresses), no veth
     assert f"{fab.tag}f{n}" not in {p["name"] for p in node.api("GET", "/v1/pods")}
-    assert links(node.ns) == before
+    assert set(json_links(node.ns)) == before
     # through the CNI plugin: its own code for a node out of something
     plugin = install_plugin(str(tmp_path / "bin"))
     code, out, err = run_plugin(
@@ -117,7 +112,7 @@ def test_a_network_out_of_addresses_refuses_the_next_pod_as_full(fabric):
     spec = {"pod_type": "ct", "network_plane": ["p1"], "networks": {"p1": "tiny"}}
     got = [add(fab, node, i, spec)["planes"][0]["ip"] for i in range(6)]
     assert sorted(got) == [f"10.70.0.{i}" for i in range(1, 7)], got
-    before = links(node.ns)
+    before = set(json_links(node.ns))
     with pytest.raises(APIError) as e:
         add(fab, node, 6, spec)
     assert e.value.status == 507, e.value
@@ -125,6 +120,6 @@ def test_a_network_out_of_addresses_refuses_the_next_pod_as_full(fabric):
         "network tiny: no free address left in 10.70.0.0/29 (8 allocated or reserved)"
     ), str(e.value)
     assert f"{fab.tag}f6" not in {p["name"] for p in node.api("GET", "/v1/pods")}
-    assert links(node.ns) == before
+    assert set(json_links(node.ns)) == before
     node.api("DELETE", f"/v1/pods?name={fab.tag}f2")
     assert add(fab, node, 7, spec)["planes"][0]["ip"] == "10.70.0.3"
