@@ -201,24 +201,32 @@ def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFA
     return status, obj
 
 
-def _service(conf, method, endpoint, body=None):
-    """The service's answer to one call, or CNIError with its code: 11 when
-    it does not answer, or stays busy (503) until the timeout; 7 when it
-    refuses the configuration, 3 when the namespace is gone, 100 for an
-    attachment that exists, 101 otherwise. (The plugin imports nothing of
-    the package, so this loop is its own, not ``dataplane.api.call``'s.)"""
+def _answer(conf, method, endpoint, body=None):
+    """(status, answer) of one call; a busy service (a node starting many
+    pods at once: 503, or its listen queue full) is asked again once a
+    second while the configuration's timeout lasts. ServiceDown when it
+    does not answer."""
     until = time.monotonic() + conf["timeout"]
     while True:
         try:
             status, obj = api_call(conf["socket"], method, endpoint, body, conf["timeout"])
         except ServiceBusy as e:
             status, obj = 503, {"error": str(e)}
-        except ServiceDown as e:
-            raise CNIError(ERR_TRY_AGAIN, "try again later", str(e))
-        # busy (a node starting many pods at once): asked again while time is left
         if status != 503 or time.monotonic() + 1.0 >= until:
-            break
+            return status, obj
         time.sleep(1.0)
+
+
+def _service(conf, method, endpoint, body=None):
+    """The service's answer to one call, or CNIError with its code: 11 when
+    it does not answer, or stays busy (503) until the timeout; 7 when it
+    refuses the configuration, 3 when the namespace is gone, 100 for an
+    attachment that exists, 101 otherwise. (The plugin imports nothing of
+    the package, so this loop is its own, not ``dataplane.api.call``'s.)"""
+    try:
+        status, obj = _answer(conf, method, endpoint, body)
+    except ServiceDown as e:
+        raise CNIError(ERR_TRY_AGAIN, "try again later", str(e))
     if status == 200:
         return obj
     msg = (obj or {}).get("error", f"HTTP {status}") if isinstance(obj, dict) else str(obj)
@@ -322,25 +330,31 @@ def _read_conf(data: bytes, command: str) -> dict:
         raise CNIError(ERR_VERSION, f"CHECK needs cniVersion 0.4.0 or later, not {version}")
     if command in ("GC", "STATUS") and _version_tuple(version) < (1, 1, 0):
         raise CNIError(ERR_VERSION, f"{command} needs cniVersion 1.1.0 or later, not {version}")
+    # DEL and GC are best-effort (the specification): they complete
+    # whatever the configuration says of the fields only ADD and CHECK use
+    # (a configuration edited after its pods were added, or refused at ADD,
+    # would otherwise leave its attachments behind), with the default
+    # timeout when the one given is unusable
+    lenient = command in ("DEL", "GC")
     name = conf.get("name")
-    if not isinstance(name, str) or not name:
+    if command != "DEL" and (not isinstance(name, str) or not name):
         raise CNIError(ERR_CONFIG, "name: the network configuration has no name")
+    kind = conf.get("kind", "veth")
     if command in ("ADD", "CHECK"):
         net = conf.get("network")
         if not isinstance(net, str) or not net:
             raise CNIError(ERR_CONFIG, "network: the name of a network of the node is required")
-    kind = conf.get("kind", "veth")
-    if kind not in _KINDS:
-        raise CNIError(ERR_CONFIG, f"kind: {kind!r} is not one of {', '.join(_KINDS)}")
-    if conf.get("options") is not None and not isinstance(conf["options"], dict):
-        raise CNIError(ERR_CONFIG, f"options: {conf['options']!r} is not an object")
-    for key in ("plane", "ip", "mac", "device", "deviceID"):
-        if conf.get(key) is not None and not isinstance(conf[key], str):
-            raise CNIError(ERR_CONFIG, f"{key}: {conf[key]!r} is not a string")
-    if not isinstance(conf.get("dhcpServer", False), bool):
-        raise CNIError(ERR_CONFIG, f"dhcpServer: {conf['dhcpServer']!r} is not true or false")
+        if kind not in _KINDS:
+            raise CNIError(ERR_CONFIG, f"kind: {kind!r} is not one of {', '.join(_KINDS)}")
+        if conf.get("options") is not None and not isinstance(conf["options"], dict):
+            raise CNIError(ERR_CONFIG, f"options: {conf['options']!r} is not an object")
+        for key in ("plane", "ip", "mac", "device", "deviceID"):
+            if conf.get(key) is not None and not isinstance(conf[key], str):
+                raise CNIError(ERR_CONFIG, f"{key}: {conf[key]!r} is not a string")
+        if not isinstance(conf.get("dhcpServer", False), bool):
+            raise CNIError(ERR_CONFIG, f"dhcpServer: {conf['dhcpServer']!r} is not true or false")
     sock = conf.get("socket", DEFAULT_SOCKET)
-    if not isinstance(sock, str) or not sock.startswith("/"):
+    if not isinstance(sock, str) or not sock.startswith("/"):  # where to go: even for a DEL
         raise CNIError(ERR_CONFIG, f"socket: {sock!r} is not an absolute path")
     timeout = conf.get("timeout", DEFAULT_TIMEOUT_S)
     if (
@@ -348,12 +362,17 @@ def _read_conf(data: bytes, command: str) -> dict:
         or isinstance(timeout, bool)
         or not 0 < timeout <= MAX_TIMEOUT_S
     ):
-        raise CNIError(
-            ERR_CONFIG, f"timeout: {timeout!r} is not a number of seconds in (0, {MAX_TIMEOUT_S}]"
-        )
+        if not lenient:
+            raise CNIError(
+                ERR_CONFIG,
+                f"timeout: {timeout!r} is not a number of seconds in (0, {MAX_TIMEOUT_S}]",
+            )
+        timeout = DEFAULT_TIMEOUT_S
     rc = conf.get("runtimeConfig") or {}
     if not isinstance(rc, dict):
-        raise CNIError(ERR_CONFIG, "runtimeConfig: is not an object")
+        if not lenient:
+            raise CNIError(ERR_CONFIG, "runtimeConfig: is not an object")
+        rc = {}
     if command in ("ADD", "CHECK"):  # what reads it; a DEL or GC ignores it
         _check_prev(conf.get("prevResult"))
     conf.update(socket=sock, timeout=timeout, kind=kind, runtimeConfig=rc)
@@ -505,10 +524,15 @@ def _add(conf, env) -> dict:
     plen = ip.partition("/")[2] if ip else ""
     if plen and plen != str(a.get("prefixlen")):
         # the address is the one asked for, the subnet not: nothing is kept
-        _del(conf, env)
+        details = ""
+        try:
+            _del(conf, env)
+        except CNIError as undo:  # the runtime's DEL after this failed ADD finishes it
+            details = f"the attachment is not undone yet ({undo.msg}: {undo.details})"
         raise CNIError(
             ERR_CONFIG,
             f"ip: {ip}: network {conf['network']} is a /{a.get('prefixlen')}, not a /{plen}",
+            details,
         )
     dev = rc.get("CNIDeviceInfoFile")
     if dev and (a.get("socket_path") or a.get("pci_address")):
@@ -539,7 +563,7 @@ def _del(conf, env):
         {"container_id": env["container_id"], "ifname": env["ifname"]},
     )
     dev = conf["runtimeConfig"].get("CNIDeviceInfoFile")
-    if dev:
+    if isinstance(dev, str) and dev:
         try:
             os.unlink(dev)
         except OSError:
@@ -624,13 +648,12 @@ def _gc(conf, env):
 
 def _status(conf, env):
     try:
-        status, obj = api_call(
-            conf["socket"], "GET", "/v1/attachments/ready", None, conf["timeout"]
-        )
+        status, obj = _answer(conf, "GET", "/v1/attachments/ready")
     except ServiceDown as e:
         raise CNIError(ERR_NOT_AVAILABLE, "the node service is not available", str(e))
-    if status != 200 or not (obj or {}).get("ready"):
-        why = (obj or {}).get("reason") or (obj or {}).get("error") or f"HTTP {status}"
+    obj = obj if isinstance(obj, dict) else {}
+    if status != 200 or not obj.get("ready"):
+        why = obj.get("reason") or obj.get("error") or f"HTTP {status}"
         raise CNIError(ERR_NOT_AVAILABLE, "the node service cannot take an ADD", why)
 
 

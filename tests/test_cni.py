@@ -423,6 +423,79 @@ def test_gc_keeps_only_the_valid_attachments(cnode):
     assert after == left
 
 
+def test_del_and_gc_complete_whatever_the_add_fields_say(cnode):
+    """DEL and GC are best-effort (the specification): a configuration
+    edited since its pods were added, with fields ADD would refuse, still
+    takes them away - else the pod stays Terminating and its address, MAC
+    and port leak."""
+    v = "1.1.0"
+    (c1, _, p1), (c2, _, p2) = cnode.container(), cnode.container()
+    r1 = cnode.cni("ADD", cnode.conf(version=v), c1, p1)[1]
+    assert cnode.cni("ADD", cnode.conf(version=v), c2, p2)[0] == 0
+    bad = {
+        "kind": "macvlan",
+        "options": [],
+        "plane": 3,
+        "dhcpServer": "yes",
+        "runtimeConfig": 5,
+        "timeout": 1e300,
+    }
+    # still refused where they are read, naming the field
+    code, out, _ = cnode.cni("ADD", {**cnode.conf(version=v), **bad}, c1, p1, ifname="net9")
+    assert code != 0 and out["code"] == 7 and out["msg"].startswith("kind: 'macvlan'"), out
+    assert cnode.cni("DEL", {**cnode.conf(version=v), **bad}, c1, p1) == (0, None, "")
+    assert not os.path.exists(f"/sys/class/net/{r1['interfaces'][0]['name']}")
+    assert [a["container_id"] for a in cnode.api("GET", "/v1/attachments")] == [c2]
+    gc = {**cnode.conf(version=v), **bad, "cni.dev/valid-attachments": []}
+    code, out, err = cnode.cni("GC", gc)
+    assert code == 0, (out, err)
+    assert cnode.api("GET", "/v1/attachments") == []
+    assert cnode.api("GET", "/v1/pods") == []
+    # a socket that is no path is still refused: the DEL would not know
+    # where the service is
+    code, out, _ = cnode.cni("DEL", {**cnode.conf(version=v), "socket": "x.sock"}, c1, p1)
+    assert code != 0 and out["code"] == 7 and out["msg"].startswith("socket: 'x.sock'"), out
+
+
+def test_status_waits_out_a_busy_service(cnode):
+    """A service serving its most connections at once answers 503: STATUS
+    asks again while the configuration's timeout lasts, as ADD does, rather
+    than telling the runtime the network is not ready (50)."""
+    import socket
+    import threading
+
+    from dataplane.api import MAX_CONNECTIONS
+
+    held = []
+    for _ in range(MAX_CONNECTIONS):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(cnode.sock))
+        held.append(s)
+    # the held connections have sent nothing: each is being served (the
+    # service waits for its request) until closed
+    release = threading.Timer(2.5, lambda: [s.close() for s in held])
+    release.start()
+    try:
+        code, out, err = cnode.cni("STATUS", cnode.conf(version="1.1.0", timeout=20))
+    finally:
+        release.cancel()
+        for s in held:
+            s.close()
+    assert (code, out) == (0, None), (out, err)
+    # the timeout spent busy: 50, saying so
+    held = []
+    for _ in range(MAX_CONNECTIONS):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(cnode.sock))
+        held.append(s)
+    try:
+        code, out, _ = cnode.cni("STATUS", cnode.conf(version="1.1.0", timeout=1))
+    finally:
+        for s in held:
+            s.close()
+    assert code != 0 and out["code"] == 50 and "busy" in out["details"], out
+
+
 def test_status(cnode):
     conf = cnode.conf(version="1.1.0")
     assert cnode.cni("STATUS", conf) == (0, None, "")
