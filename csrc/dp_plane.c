@@ -51,6 +51,11 @@ dp_plane_set(int plane, const struct dp_plane_conf *c)
         return dp_fail(-EINVAL, "plane %d: DSCP %d out of range 0..63 (or -1)", plane, c->dscp);
     if (c->max_bps && c->min_bps > c->max_bps)
         return dp_fail(-EINVAL, "plane %d: guaranteed rate above its maximum", plane);
+    /* (a rate far below it would round to no rate at all: no limit) */
+    if ((c->max_bps && c->max_bps < DP_SHAPER_RATE_MIN) ||
+        (c->min_bps && c->min_bps < DP_SHAPER_RATE_MIN))
+        return dp_fail(-EINVAL, "plane %d: a rate below %u bit/s (0 for none)", plane,
+                       DP_SHAPER_RATE_MIN);
     if (c->worker < -1 || c->worker >= dp.n_workers)
         return dp_fail(-EINVAL, "plane %d: worker %d does not exist (%d workers)", plane, c->worker,
                        dp.n_workers);

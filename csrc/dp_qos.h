@@ -144,10 +144,11 @@ void dp_qos_enqueue(struct dp_qos *q, uint16_t pi, struct rte_mbuf **m, uint16_t
  * them once its driver has taken them (dp_qos_account) */
 uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t now,
                         uint64_t (*ctr)[DP_QOS_CTR_COUNT]);
-/* worker (the one that dequeued): wire bytes of frames let out that the
- * driver did not take, back into the port's bucket (they never went on the
- * wire) */
-void dp_qos_refund(struct dp_qos *q, uint64_t wire_bytes);
+/* worker (the one that dequeued): the wire bytes of a frame of plane
+ * (DP_PLANE_OWN: the core's own) let out that never went on the wire (the
+ * driver refused or dropped it), back into the port's bucket and the
+ * plane's own (its maximum, its guarantee) */
+void dp_qos_refund(struct dp_qos *q, unsigned plane, uint64_t wire_bytes);
 
 /* histogram bucket of a latency d (TSC cycles): a 4-step search of the 16 bounds */
 static inline unsigned
@@ -190,11 +191,11 @@ dp_qos_account(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t (*h
     int lat = dp_qg.latency_on;
     unsigned cp = 0, cb = 0;
     uint64_t lo = 0, hi = bound[0]; /* (lo, hi]: the current bucket's range */
-    uint64_t run = 0, sum = 0, lost_wire = 0;
+    uint64_t run = 0, sum = 0;
     for (uint16_t i = 0; i < taken; i++) {
         unsigned p = o[i].plane;
         if (unlikely((lost >> i) & 1)) {
-            lost_wire += o[i].len + DP_WIRE_OVERHEAD;
+            dp_qos_refund(q, p, o[i].len + DP_WIRE_OVERHEAD);
             if (p < DP_MAX_PLANES)
                 ctr[p][DP_QOS_DROPPED]++;
             continue;
@@ -230,14 +231,10 @@ dp_qos_account(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t (*h
         hist[cp][cb] += run;
         hist[cp][DP_LAT_SUM] += sum;
     }
-    if (unlikely(taken < n || lost_wire != 0)) {
-        uint64_t wire = lost_wire;
-        for (uint16_t i = taken; i < n; i++) {
-            wire += o[i].len + DP_WIRE_OVERHEAD;
-            if (o[i].plane < DP_MAX_PLANES)
-                ctr[o[i].plane][DP_QOS_DROPPED]++;
-        }
-        dp_qos_refund(q, wire);
+    for (uint16_t i = taken; i < n; i++) {
+        dp_qos_refund(q, o[i].plane, o[i].len + DP_WIRE_OVERHEAD);
+        if (o[i].plane < DP_MAX_PLANES)
+            ctr[o[i].plane][DP_QOS_DROPPED]++;
     }
 }
 

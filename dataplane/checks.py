@@ -651,6 +651,9 @@ AF_XDP_PORT_PREFIX = "net_af_xdp"
 #: an mbuf of the core's pool, bytes of memory (2176-byte buffer, the mbuf
 #: header, the mempool's own header), rounded up
 MBUF_BYTES = 2560
+#: mbufs in the core's pool (engine.EngineConfig.n_mbufs) unless
+#: kernel_driver af_xdp makes it larger (config.af_xdp_pool_size)
+POOL_MBUFS = 16383
 
 
 def is_af_xdp_port(name) -> bool:

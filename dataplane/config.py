@@ -53,6 +53,7 @@ from .checks import (
     MBUF_BYTES,
     MIN_MTU,
     POD_RESERVED_IFNAMES,
+    POOL_MBUFS,
     SHAPER_BURST_RANGE,
     STORM_BURST_MAX,
     STORM_PPS_MAX,
@@ -443,8 +444,7 @@ class NodeConfig:
             "memory_mb": self.memory_mb,
             "pci": [pci] if pci else [],
         }
-        if "af_xdp" in (self.kernel_driver, self.vtep.uplink_driver):
-            kw["n_mbufs"] = af_xdp_pool_size(self.memory_mb)
+        kw["n_mbufs"] = pool_mbufs(self.kernel_driver, self.vtep.uplink_driver, self.memory_mb)
         return kw
 
     def to_dict(self) -> Dict[str, Any]:
@@ -489,12 +489,19 @@ class NodeConfig:
         }
 
 
+def pool_mbufs(kernel_driver: str, uplink_driver: str, memory_mb: int) -> int:
+    """The mbufs of the core's pool for a node with these drivers."""
+    if "af_xdp" in (kernel_driver, uplink_driver):
+        return af_xdp_pool_size(memory_mb)
+    return POOL_MBUFS
+
+
 def af_xdp_pool_size(memory_mb: int) -> int:
     """The core's mbuf pool under kernel_driver af_xdp: every AF_XDP port
     keeps AF_XDP_FILL_MBUFS of it in its fill ring, so the pool takes 40 %
-    of memory_mb (2**k - 1 mbufs, at least the engine's default 16383, at
-    most 262143): 256 MB give 32767 mbufs, room for about 14 kernel ports."""
-    n = 16383
+    of memory_mb (2**k - 1 mbufs, at least the engine's default POOL_MBUFS,
+    at most 262143): 256 MB give 32767 mbufs, room for about 14 kernel ports."""
+    n = POOL_MBUFS
     while (n * 2 + 1) * MBUF_BYTES <= memory_mb * (1 << 20) * 0.4 and n < 262143:
         n = n * 2 + 1
     return n
@@ -635,7 +642,7 @@ REMOTES = "remotes"
 
 def _differing(old, new, prefix: str) -> List[str]:
     """The dotted names of the fields in which two configuration values
-    differ, looking into dataclasses and dicts of them."""
+    differ, looking into dataclasses, dicts of them and lists of them."""
     if dataclasses.is_dataclass(old) and type(old) is type(new):
         out = []
         for f in dataclasses.fields(old):
@@ -646,7 +653,12 @@ def _differing(old, new, prefix: str) -> List[str]:
         for k in old:
             out += _differing(old[k], new[k], f"{prefix}{k}.")
         return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and all(dataclasses.is_dataclass(o) for o in old + new)
+    ):  # (a list of values - a plane's classify_dscp - is one field, changed whole)
         out = []
         for i, (o, n) in enumerate(zip(old, new)):
             name = getattr(o, "name", None)  # networks by name, as in the file
@@ -825,6 +837,19 @@ def _node_config(data, base_dir) -> NodeConfig:
         )
     vtep = _vtep(top["vtep"])
     planes = _planes(top.get("planes"), lcores[1:], vtep.uplink_rx_queues)
+    # frames queued for the planes of a shaped uplink hold mbufs of the
+    # core's pool: lower planes' queues full must leave the rest enough to
+    # receive (media first is lost if its frames are dropped on receive)
+    pool = pool_mbufs(kernel_driver, vtep.uplink_driver, memory_mb)
+    queued = sum(p.queue_len for p in planes.values())
+    if queued > (pool + 1) // 2:
+        raise fail(
+            "planes",
+            f"their queue_len add up to {queued} frames, more than half the core's pool of "
+            f"{pool} mbufs: queues of a shaped uplink that fill would leave too few to "
+            "receive with, and a higher plane's frames would be dropped before they are "
+            f"classified; keep the sum at {(pool + 1) // 2} or less",
+        )
     networks = _networks(top.get("networks"), planes, vtep)
     if kernel_driver == "af_xdp":
         for i, n in enumerate(networks):

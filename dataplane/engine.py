@@ -27,6 +27,7 @@ import numpy as np
 from . import checks, errors
 from .checks import (
     CAPTURE_DIRECTIONS,
+    POOL_MBUFS,
     absent_cpus,
     check_int,
     check_lcores,
@@ -103,7 +104,7 @@ class EngineConfig:
     cpus: Sequence[int] = ()  # CPU of each lcore; empty: lcore n on CPU n
     pci: Sequence[str] = ()  # PCI devices to use; empty: --no-pci
     memory_mb: int = 512
-    n_mbufs: int = 16383
+    n_mbufs: int = POOL_MBUFS
     file_prefix: Optional[str] = None  # default: unique per process
     log_level: str = "notice"
     log_json: bool = False  # DPDK's log lines as the node service's: JSON objects

@@ -134,6 +134,7 @@ def test_full_file(tmp_path):
         "lcores": [2, 3, 4],
         "memory_mb": 1024,
         "pci": [],
+        "n_mbufs": 16383,
     }
 
 
@@ -476,6 +477,20 @@ def test_plane_errors():
     bad(cfg(planes={"std": {"interface": "a/b"}}), r"^planes\.std\.interface: ")
     bad(cfg(planes={}), r"^planes: must be a non-empty mapping")
     bad(cfg(planes={"std": {"interface": "lo"}}), r"^planes\.std\.interface: 'lo' is the")
+    # queues that could hold most of the core's pool: the higher planes'
+    # frames would find no mbuf to be received in
+    four = {p: {"queue_len": 2048} for p in ("std", "control", "media", "oam")}
+    assert sum(pl.queue_len for pl in parse_config(cfg(planes=four)).planes.values()) == 8192
+    four["std"]["queue_len"] = 4096
+    bad(
+        cfg(planes=four),
+        r"^planes: their queue_len add up to 10240 frames, more than half the core's pool of "
+        r"16383 mbufs: .* keep the sum at 8192 or less$",
+    )
+    bad(cfg(planes={"std": {"queue_len": 16384}}), r"^planes: their queue_len add up to 16384 ")
+    # a larger pool (af_xdp's) takes more
+    big = cfg(planes=four, kernel_driver="af_xdp", memory_mb=1024)
+    assert parse_config(big).engine_kwargs()["n_mbufs"] > 2 * 10240
 
 
 def test_plane_rx_queue():
@@ -731,6 +746,16 @@ def test_reload_changes_takes_rates_and_names_the_rest():
         ("planes.media.min_rate", 0, 10_000_000),
         ("planes.media.dscp", 46, 34),
     ]
+    # a list of values changed in place (the same length) is one field too,
+    # as RELOADABLE names it, not its items
+    one = copy.deepcopy(new)
+    one["planes"]["control"]["classify_dscp"] = [34]
+    assert reload_changes(parse_config(new), parse_config(one)) == (
+        [("planes.control.classify_dscp", [26], [34])],
+        [],
+    )
+    one["lcores"] = [1, 0]
+    assert reload_changes(parse_config(new), parse_config(one))[1] == ["lcores"]
     new["networks"][1]["vni"] = 201
     new["planes"]["media"]["priority"] = 4
     new["vtep"]["udp_port"] = 4790

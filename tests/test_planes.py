@@ -419,6 +419,10 @@ def test_bad_plane_settings_refused(eng):
         eng.set_plane(1, priority=5, queue_len=100)
     with pytest.raises(errors.ConfigError, match="DSCP"):
         eng.set_plane(1, priority=5, dscp=64)
+    # a rate that rounds to none in the core's units would be no limit
+    for kw in ({"max_bps": 2}, {"min_bps": 7999}):
+        with pytest.raises(errors.ConfigError, match=r"plane 1: a rate below 8000 bit/s"):
+            eng.set_plane(1, priority=5, **kw)
     eng.set_plane(1, priority=5)
     with pytest.raises(errors.AlreadyExists, match="priority 5"):
         eng.set_plane(2, priority=5)
@@ -597,3 +601,42 @@ def test_sent_counts_only_what_the_driver_took(small_uplink):
     lat = c1.since(c0).latency(STD)[0]
     assert sum(lat) == len(out)
     eng.set_shaper(planes.up, 0)
+
+
+def test_frames_the_driver_refuses_are_given_back_to_their_planes_limit(small_uplink):
+    """A plane held to its max_rate whose frames the driver refused (the
+    uplink's tx ring full): what they were charged goes back to the
+    plane's own bucket as well as the port's - they never went on the
+    wire, and the plane may still send them. Here the plane's bucket (the
+    port's burst: 40 frames) pays for 40 frames, 9 of which the full ring
+    refuses; its rate (1,000 bytes/s) refills a frame in about a quarter of
+    a second. Once the ring is read, 9 more leave at once: on the 9 given
+    back."""
+    planes = small_uplink
+    eng = planes.eng
+    f = frame("02:00:00:00:00:01", planes.remote[STD], 200)
+    wire = len(f) + 50 + 24  # VXLAN-encapsulated, and the wire's own
+    eng.set_plane(STD, priority=0, queue_len=128, max_bps=8000)
+    try:
+        # shaped afresh, its buckets full (the port's rate is never the
+        # limit: its bucket refills in µs)
+        eng.set_shaper(planes.up, 0)
+        eng.set_shaper(planes.up, 1_000_000_000, burst_bytes=40 * wire)
+        c0 = eng.counters()
+        assert eng.inject(planes.pods[STD], [f] * 40) == 40
+        c1, d, depth = _settled(eng, planes.up, [STD], c0, {STD: 40})
+        for _ in range(500):  # the plane's drops as the worker counts them after tx_full
+            if d[STD]["dropped"] == 9:
+                break
+            time.sleep(0.01)
+            c1, d, depth = _settled(eng, planes.up, [STD], c0, {STD: 40})
+        # all 40 let out at once: 31 into the ring, 9 refused
+        assert d[STD]["sent"] == 31 and d[STD]["dropped"] == 9 and depth[STD] == 0, d
+        assert len(eng.collect(planes.up, max_frames=4096)) == 31
+        assert eng.inject(planes.pods[STD], [f] * 9) == 9
+        out = eng.collect(planes.up, max_frames=4096, wait=0.3, expect=9)
+        # without the refund: the one or two frames its rate earned meanwhile
+        assert len(out) == 9, len(out)
+    finally:
+        eng.set_plane(STD, priority=0, queue_len=128)
+        eng.set_shaper(planes.up, 0)

@@ -576,21 +576,25 @@ def test_reload_says_a_flood_list_the_core_refuses(tmp_path):
         n.cleanup()
 
 
+class ShaperFaultNode(Node):
+    """A node whose core cannot create the uplink shaper's plane queues
+    (tests/enginefault.py: as out of memory)."""
+
+    def command(self):
+        return [sys.executable, "-m", "tests.enginefault", "run", "-c", str(self.cfg)]
+
+
 def test_a_reload_that_fails_part_way_puts_back_what_it_changed(tmp_path):
     """A reload that switches a network's anti_spoofing on and shapes the
-    uplink, where the shaper's plane queues do not fit the core's memory
-    (each plane's queue_len 1,048,576 frames, memory_mb 64): the reload
-    fails and says why, and the guards it had changed already are put
-    back - a spoofed frame still passes, as the running configuration
-    says - and the service keeps its configuration."""
+    uplink, where the core cannot create the shaper's plane queues (its
+    refusal made by tests/enginefault.py: the configuration no longer takes
+    queues long enough to run a real core out of memory): the reload fails
+    and says why, and the guards it had changed already are put back - a
+    spoofed frame still passes, as the running configuration says - and
+    the service keeps its configuration."""
     net1 = "gateway: 192.168.50.1}"
-    planes = (
-        "planes: {"
-        + ", ".join(f"{p}: {{queue_len: 1048576}}" for p in ("std", "control", "media", "oam"))
-        + "}"
-    )
-    n = Node(tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS, extra=planes)
-    text = n.cfg.read_text().replace("memory_mb: 256", "memory_mb: 64")
+    n = ShaperFaultNode(tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS)
+    text = n.cfg.read_text()
     off = text.replace(net1, net1[:-1] + ", anti_spoofing: false}")
     n.cfg.write_text(off)
     try:
