@@ -68,6 +68,14 @@ RECORD_FIELDS = ("pod", "plane", "network", "node", "state", "vtep", "mac")
 def record_problem(ep) -> Optional[str]:
     """Why ``ep`` cannot be read as an endpoint record (not an object, a
     field of :data:`RECORD_FIELDS` not a string), or None."""
+    if isinstance(ep, dict) and "unreadable" in ep:  # the store's: see keyed_endpoint
+        v = ep["unreadable"]
+        if isinstance(v, dict):
+            return (
+                f"it names pod {v.get('pod')!r:.60} plane {v.get('plane')!r:.60}, its key "
+                f"{ep['pod']}/{ep['plane']}"
+            )
+        ep = v
     if not isinstance(ep, dict):
         return f"the record is not an object but {type(ep).__name__} {ep!r:.60}"
     for f in RECORD_FIELDS:

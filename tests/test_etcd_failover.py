@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(
 if have_etcd():
     from dataplane.store import etcd as etcd_store
     from dataplane.store.etcd import EtcdStore, EtcdUnavailable
-    from dataplane.store.etcdgw import EtcdGateway
+    from dataplane.store.etcdgw import EtcdGateway, EtcdRefused
 
 SUBNET = "192.168.10.0/24"
 
@@ -174,6 +174,52 @@ def test_a_member_that_never_answers_is_passed_over(silent, server, prefix):
     finally:
         _wipe(server.url, prefix)
         s.close()
+
+
+@pytest.mark.parametrize(
+    "status,message",
+    [
+        ("429 Too Many Requests", "etcdserver: too many requests"),
+        ("500 Internal Server Error", "x"),
+    ],
+)
+def test_a_member_answering_its_own_error_is_passed_over(server, prefix, status, message):
+    """A member that answers every request with an error of its own - too
+    many requests (its apply far behind its commits), an internal error -
+    while the others serve: requests, transactions and watches go to the
+    next member, as for one that does not answer (they once took it for the
+    cluster refusing the node). A store of that member alone is refused."""
+    body = json.dumps({"error": message, "code": 8, "message": message}).encode()
+
+    def sick_answer(conn):
+        read_request(conn)
+        answer(conn, status, body)
+
+    sick = Listener(sick_answer)
+    s = EtcdStore([sick.url, server.url], prefix=prefix, timeout=2)
+    try:
+        s.put_network("net1", 100, "std", SUBNET)
+        assert s.network("net1")["vni"] == 100
+        got = []
+        s.client._current = 0  # the sick member first again
+        w = s.watch_endpoints(None, lambda kind, obj: got.append((kind, obj)))
+        s.client._current = 0
+        s.put_static_endpoint("h1", "net1", "02:00:00:00:00:11", "192.168.10.11", "10.0.0.9")
+        for _ in range(200):
+            if got:
+                break
+            time.sleep(0.02)
+        w.cancel()
+        assert [(k, o["pod"]) for k, o in got] == [("put", "h1")], got
+        assert sick.accepted >= 3  # tried first each time
+        alone = EtcdStore([sick.url], prefix=prefix, timeout=2, connect=False)
+        with pytest.raises(EtcdRefused, match=re.escape(message)):
+            alone.network("net1")
+        alone.close()
+    finally:
+        _wipe(server.url, prefix)
+        s.close()
+        sick.close()
 
 
 def test_the_time_of_a_request_is_for_all_the_members_it_tries(silent, server, prefix):

@@ -290,3 +290,36 @@ def test_a_malformed_record_is_skipped_counted_and_logged_once(eng, store, sync_
     assert "notjson" not in [e["pod"] for e in store.endpoints()]
     with pytest.raises(Busy, match="in use"):
         store.delete_network("net1")  # its good endpoints still hold it
+
+
+def test_a_record_overwritten_by_another_tool_is_named_by_its_key(eng, store, sync_of, caplog):
+    """A remote endpoint's key overwritten with what is no record of it
+    (text, or an object naming another pod): the entry the key held leaves
+    the core and the record is counted refused under the key's pod and
+    plane - in the watch as in a snapshot - and the key deleted, the count
+    drops (all such records once shared one nameless slot, and the old
+    entry stayed)."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    remote(store, "a", "net1", A, V2, "node2")
+    remote(store, "c", "net1", C, V3, "node3")
+    sync = sync_of()
+    assert eng.fdb_get(0, A) == ("remote", V2) and eng.fdb_get(0, C) == ("remote", V3)
+    _raw_put(store, "a", "std", b"x")
+    until(lambda: eng.fdb_get(0, A) is None, "a's entry gone with its record")
+    until(lambda: sync.refused == 1, "the text counted")
+    other = {"pod": "z", "plane": "std", "network": "net1", "node": "node3", "mac": X, "vtep": V4}
+    _raw_put(store, "c", "std", json.dumps(other).encode())
+    until(lambda: eng.fdb_get(0, C) is None, "c's entry gone with its record")
+    until(lambda: sync.refused == 2, "both counted")
+    assert eng.fdb_get(0, X) is None  # under no name of its own
+    assert set(sync.malformed) == {("a", "std"), ("c", "std")}, sync.malformed
+    assert "its key c/std" in sync.malformed[("c", "std")]
+    # a snapshot sees them alike
+    first = sync.synced_at
+    sync._watch.cancel()
+    until(lambda: sync.synced_at > first, "a new snapshot")
+    assert set(sync.malformed) == {("a", "std"), ("c", "std")} and eng.fdb_get(0, A) is None
+    for pod, left in (("a", 1), ("c", 0)):  # as the other tool would
+        key = store._k("endpoints", pod, "std")
+        store.client.post("kv/deleterange", {"key": _b64(key)})
+        until(lambda: sync.refused == left, f"the count, once {pod}'s key is deleted")

@@ -84,7 +84,6 @@ from .etcdgw import (
     EtcdUnavailable,
     Txn,
     Watch,
-    unb64,
 )
 
 __all__ = ["EtcdStore", "EtcdUnavailable", "EtcdCompacted", "STATIC_NODE_PREFIX"]
@@ -771,7 +770,10 @@ class EtcdStore(StateStore):
         tx = Txn(self.client)
         # records as they are (one written by another tool may lack fields,
         # or not be JSON: then its text): the reader judges each
-        eps = [ep for _, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True)]
+        eps = [
+            self.layout.keyed_endpoint(k, ep)
+            for k, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True)
+        ]
         return sorted(eps, key=_endpoint_order), tx.revision
 
     def watch_endpoints(
@@ -803,14 +805,9 @@ class EtcdStore(StateStore):
         )
 
     def _endpoint_event(self, ev):
-        """The layout's endpoint event; a value that is not JSON (written by
-        another tool) comes as its text, for the reader to judge."""
-        try:
-            return self.layout.endpoint_event(ev)
-        except ValueError:
-            if ev.get("type", "PUT") == "PUT":
-                return "put", unb64(ev["kv"].get("value")).decode("utf-8", "replace")
-            return self.layout.endpoint_event({k: v for k, v in ev.items() if k != "prev_kv"})
+        """The layout's endpoint event (a record written by another tool
+        that is not one comes named by its key, for the reader to refuse)."""
+        return self.layout.endpoint_event(ev)
 
     def put_static_endpoint(
         self, name: str, network: str, mac: str, ip: str, vtep: str

@@ -151,17 +151,47 @@ class EtcdLayout:
         tx.put(self.key("podmacs", pod, plane), {"mac": rec["mac"]})
         return ep
 
+    def endpoint_name(self, key: str) -> Tuple[str, str]:
+        """(pod, plane) of endpoint key ``key``."""
+        pod, _, plane = key[len(self.key("endpoints", "")) :].partition("/")
+        return urllib.parse.unquote(pod), urllib.parse.unquote(plane)
+
+    def keyed_endpoint(self, key: str, value) -> Dict[str, Any]:
+        """Endpoint record ``value`` read at ``key``, named by its key (the
+        pod and plane a record lacks are its key's): a record of another
+        tool that is not an object, or names another pod or plane than its
+        key, comes as {pod, plane, "unreadable": value} - still the key's,
+        so that the reader drops what the key held before and refuses it."""
+        pod, plane = self.endpoint_name(key)
+        if (
+            isinstance(value, dict)
+            and value.get("pod", pod) == pod
+            and value.get("plane", plane) == plane
+        ):
+            return {**value, "pod": pod, "plane": plane}
+        return {"pod": pod, "plane": plane, "unreadable": value}
+
     def endpoint_event(self, ev) -> Tuple[str, Dict[str, Any]]:
-        """A watch event of an endpoint key as ('put', endpoint) or
-        ('delete', {pod, plane, and what the endpoint had})."""
+        """A watch event of an endpoint key as ('put', endpoint: see
+        :meth:`keyed_endpoint`) or ('delete', {pod, plane, and what the
+        endpoint had})."""
         kv = ev["kv"]
         key = unb64(kv["key"]).decode()
         if ev.get("type", "PUT") == "PUT":
-            return "put", json.loads(unb64(kv.get("value")))
-        rest = key[len(self.key("endpoints", "")) :]
-        pod, _, plane = rest.partition("/")
+            raw = unb64(kv.get("value"))
+            try:
+                value = json.loads(raw)
+            except ValueError:  # not JSON: its text
+                value = raw.decode("utf-8", "replace")
+            return "put", self.keyed_endpoint(key, value)
+        pod, plane = self.endpoint_name(key)
         data = {}
         if ev.get("prev_kv") and ev["prev_kv"].get("value"):
-            data = json.loads(unb64(ev["prev_kv"]["value"]))
-        data.update(pod=urllib.parse.unquote(pod), plane=urllib.parse.unquote(plane))
+            try:
+                data = json.loads(unb64(ev["prev_kv"]["value"]))
+            except ValueError:
+                data = {}
+            if not isinstance(data, dict):
+                data = {}
+        data.update(pod=pod, plane=plane)
         return "delete", data

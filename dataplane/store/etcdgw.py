@@ -195,6 +195,20 @@ _REASONS = (
 )
 
 
+#: HTTP reasons of errors that are one member's, not the cluster's: too
+#: many requests (its apply too far behind its commits: gRPC ResourceExhausted)
+#: and an internal error (gRPC Unknown or Internal)
+_MEMBERS_OWN = ("Too Many Requests", "Internal Server Error")
+
+
+def _members_own(e) -> bool:
+    """Whether error answer ``e`` is the member's own trouble, which another
+    member may not have."""
+    return isinstance(e, etcd_exc.InternalServerError) or (
+        bool(e.args) and str(e.args[0]) in _MEMBERS_OWN
+    )
+
+
 def _gateway_error(e) -> str:
     """An HTTP error etcd's gateway answered, as 'HTTP reason: message'."""
     text = e.detail_text or ""
@@ -677,6 +691,7 @@ class EtcdGateway:
         n = len(self._targets)
         order = [endpoint] if endpoint is not None else [(self._current + j) % n for j in range(n)]
         failed: List[Tuple[str, str, bool]] = []  # (url, why, why is a sentence)
+        refused: List[str] = []  # the refusals of members that answered with their own error
         deadline = time.monotonic() + self.request_timeout
         for j, i in enumerate(order):
             began = time.monotonic()
@@ -710,11 +725,17 @@ class EtcdGateway:
                     self._pass_over(i)
                     continue
                 except etcd_exc.Etcd3Exception as e:
-                    # answered, with an error: the next member would say the same
                     self.last_answer = time.time()
-                    raise EtcdRefused(
-                        f"etcd {self.urls[i]} {REFUSES_REQUEST} ({path}: {_refusal(e)})"
-                    ) from None
+                    refusal = f"etcd {self.urls[i]} {REFUSES_REQUEST} ({path}: {_refusal(e)})"
+                    if not _members_own(e):
+                        # answered, with an error: the next member would say the same
+                        raise EtcdRefused(refusal) from None
+                    # that member's own trouble (too far behind its peers,
+                    # an internal error): the next may answer
+                    failed.append((self.urls[i], f"it answered {_gateway_error(e)}", True))
+                    refused.append(refusal)
+                    self._pass_over(i)
+                    continue
                 except (requests.exceptions.RequestException, ValueError) as e:
                     # the answer cut off (ChunkedEncodingError), undecodable
                     # (ContentDecodingError) or not JSON (ValueError)
@@ -735,6 +756,8 @@ class EtcdGateway:
             self.last_answer = time.time()
             self.last_error = None
             return r, body is again
+        if len(refused) == len(order):  # every one answered, each with such an error
+            raise EtcdRefused(refused[-1])
         if len(failed) == 1:
             url, why, sentence = failed[0]
             raise self._down(
@@ -864,8 +887,8 @@ class EtcdGateway:
             create["start_revision"] = start_revision
         n = len(self._targets)
         last = None
-        for j in range(n):
-            i = (self._current + j) % n
+        # (the order fixed first: a member passed over moves _current)
+        for i in [(self._current + j) % n for j in range(n)]:
             try:
                 resp, lines, session = self._open_watch(i, create)
             except _NextEndpoint as e:
@@ -906,8 +929,8 @@ class EtcdGateway:
         try:
             if resp.status_code != 200:
                 text = resp.text.strip()
-                if resp.status_code == 503:
-                    raise _NextEndpoint(text)
+                if resp.status_code in (503, 429, 500):  # that member's: the next may answer
+                    raise _NextEndpoint(f"HTTP {resp.status_code}: {_first_line(text)}")
                 raise DataplaneError(
                     f"etcd {self.urls[i]}: watch refused (HTTP {resp.status_code}): {text}"
                 )
