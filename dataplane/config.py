@@ -416,6 +416,17 @@ class NodeConfig:
                         f"planes.{p.name}.{key}: {v} bit/s is above vtep.uplink_rate ({rate} "
                         "bit/s): the uplink's rate limits the plane first"
                     )
+        burst = self.vtep.uplink_burst
+        if rate and burst * 8 * 1_000_000 < rate * BURST_MIN_US:
+            # the bucket holds at most a burst: what a longer worker loop
+            # would have earned past it is lost, and the uplink runs slower
+            want = -(-rate * BURST_MIN_US // 8_000_000)
+            out.append(
+                f"vtep.uplink_burst: {burst} bytes is {burst * 8e6 / rate:.1f} us at "
+                f"vtep.uplink_rate ({rate} bit/s): a worker's loop longer than that loses "
+                f"credit and the uplink runs below its rate; give it {want} bytes or more "
+                f"({BURST_MIN_US} us)"
+            )
         guaranteed = sum(p.min_rate for p in self.planes.values())
         if rate and guaranteed > rate:
             out.append(
@@ -634,6 +645,9 @@ RELOADABLE = (
 )
 #: the fields of the VTEP's learning from the underlay, as a reload names them
 LEARNING_FIELDS = ("vtep.learning", "vtep.learned_age_s", "vtep.duplicate_macs.")
+#: the least time, microseconds, the uplink shaper's burst should last at
+#: its rate: a worker's loop over its ports can take tens of microseconds
+BURST_MIN_US = 50
 #: the field name a reload's networks added, removed or reordered go by
 NETWORKS = "networks"
 #: ... and its static flood lists

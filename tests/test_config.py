@@ -707,6 +707,17 @@ def test_advice_on_settings_that_cannot_take_effect():
         "planes.std.max_rate: 600000000 bit/s is above vtep.uplink_rate" in a for a in advice
     )
     assert any("min_rate of all planes add up to 160000000 bit/s" in a for a in advice)
+    assert not any(a.startswith("vtep.uplink_burst") for a in advice), advice
+    # a burst that lasts a few microseconds at the rate: lost credit
+    shaped["vtep"]["uplink_rate"] = "100G"
+    advice = parse_config(shaped).advice()
+    assert (
+        "vtep.uplink_burst: 16384 bytes is 1.3 us at vtep.uplink_rate (100000000000 bit/s): a "
+        "worker's loop longer than that loses credit and the uplink runs below its rate; give "
+        "it 625000 bytes or more (50 us)"
+    ) in advice, advice
+    shaped["vtep"]["uplink_burst"] = 625000
+    assert not any(a.startswith("vtep.uplink_burst") for a in parse_config(shaped).advice())
     # one DSCP, two planes: refused, the last would win silently
     planes["std"]["classify_dscp"] = [46]
     planes["media"]["classify_dscp"] = [46]
