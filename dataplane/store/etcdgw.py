@@ -550,6 +550,25 @@ def _stream_socket(resp):
         return None
 
 
+#: unanswered keepalive probes after which a watch stream's connection is dead
+KEEPALIVE_PROBES = 3
+
+
+def _keepalive(sock, every: float):
+    """TCP keepalives on ``sock``: a probe after ``every`` seconds without
+    traffic, then every ``every`` seconds; KEEPALIVE_PROBES unanswered end
+    the connection (its reads fail). Where the socket has no TCP options
+    (not TCP), nothing."""
+    s = max(1, round(every))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    except OSError:
+        pass
+
+
 class _StreamError(Exception):
     def __init__(self, exc):
         super().__init__(str(exc))
@@ -890,7 +909,7 @@ class EtcdGateway:
         # (the order fixed first: a member passed over moves _current)
         for i in [(self._current + j) % n for j in range(n)]:
             try:
-                resp, lines, session = self._open_watch(i, create)
+                resp, lines, session = self._open_watch(i, create, heartbeat)
             except _NextEndpoint as e:
                 last = f"{self.urls[i]} ({e})"
                 self._pass_over(i)
@@ -912,9 +931,14 @@ class EtcdGateway:
             return w
         raise self._down(f"etcd: cannot watch, no endpoint answers: {last}")
 
-    def _open_watch(self, i, create):
+    def _open_watch(self, i, create, heartbeat=DEFAULT_HEARTBEAT):
         """Open the watch stream on endpoint ``i`` and read etcd's confirmation
-        (within the timeout); then the stream may stay silent for ever."""
+        (within the timeout); then the stream may stay silent for ever - its
+        connection probed by TCP keepalives every ``heartbeat`` seconds, so
+        that one whose peer went away without a word (state lost in a NAT or
+        a load balancer, a host gone) ends the watch, as the heartbeat's
+        requests, which may reach another member behind one address, cannot
+        tell."""
         c = self._new_client(i)  # its own session: the stream keeps a connection
         try:
             resp = c.session.post(
@@ -944,6 +968,8 @@ class EtcdGateway:
             sock = _stream_socket(resp)
             if sock is not None:
                 sock.settimeout(None)  # events may be minutes apart: the heartbeat
+                if heartbeat:
+                    _keepalive(sock, heartbeat)
             else:  # pragma: no cover - urllib3 internals changed  # watches liveness
                 log.warning(
                     "etcd watch: cannot reach the stream's socket; a watch "
