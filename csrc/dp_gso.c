@@ -134,7 +134,7 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         psum = rte_raw_cksum(&ip->src_addr, 8);
     } else {
         const struct rte_ipv6_hdr *ip6 = (const struct rte_ipv6_hdr *)(hdr + il);
-        psum = rte_raw_cksum(ip6->src_addr, 32);
+        psum = rte_raw_cksum(&ip6->src_addr, 32); /* (an array, or a struct from DPDK 24.11) */
     }
     psum += rte_cpu_to_be_16(udp ? IPPROTO_UDP : IPPROTO_TCP);
 
