@@ -250,6 +250,41 @@ def test_the_lane_keeps_networks_apart_and_spoofers_out(node):
     )
 
 
+def test_an_ipv6_length_past_its_frame_is_the_cores_to_refuse(node):
+    """IPv6 whose payload length says the packet ends past the frame, or
+    before its UDP header: not carried by the lane (the receiving kernel
+    would drop it, counted nowhere of ours) but dropped by the core's guard
+    as truncated; the same datagram with its true length takes the lane."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    from dataplane.checks import ipv6_link_local
+
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    a_ll, b_ll = (str(ipv6_link_local(bytes.fromhex(mac_of(p).replace(":", "")))) for p in (a, b))
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0
+
+    def frame(marker, plen=None):
+        ip = IPv6(src=a_ll, dst=b_ll) if plen is None else IPv6(src=a_ll, dst=b_ll, plen=plen)
+        f = Ether(dst=mac_of(b), src=mac_of(a)) / ip / UDP(sport=1000, dport=2000)
+        return bytes(f / (marker.encode() + b"." * 16)).hex()
+
+    drops = node.api("GET", "/v1/status")["drops"]
+    x0 = port_row(node, "a")["express"]["rx_packets"]
+    got = {}
+    for marker, plen in (("too-long", 200), ("too-short", 4), ("whole", None)):
+        t, out = _receiver(b["ns"], ifname_of(b), marker)
+        _send_from(a["ns"], ifname_of(a), frame(marker, plen))
+        t.join()
+        got[marker] = out[0]
+    assert got == {"too-long": 0, "too-short": 0, "whole": 1}, got
+    assert port_row(node, "a")["express"]["rx_packets"] - x0 == 1
+    after = node.api("GET", "/v1/status")["drops"]
+    assert after.get("truncated", 0) - drops.get("truncated", 0) == 2, (drops, after)
+
+
 def test_a_frame_over_the_networks_mtu_is_the_cores_to_refuse(node):
     """A pod whose interface was given a larger MTU by hand: its frame
     longer than the network's MTU allows is not carried by the lane (which

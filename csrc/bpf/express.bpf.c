@@ -350,8 +350,9 @@ ex_has_ip6(const struct ex_src *s, const __u64 a[2])
 
 /* An IPv6 frame the lane may take: TCP, UDP but a DHCPv6 server's (or
  * relay's) message, or an ICMPv6 echo request or reply, with no extension
- * header, from one of the pod's addresses where the network has
- * anti-spoofing. Neighbour discovery, router messages and everything else
+ * header, its payload length within the frame and past the L4 header, from
+ * one of the pod's addresses where the network has anti-spoofing.
+ * Neighbour discovery, router messages and everything else
  * go to the core, whose guard knows the rules for them. */
 static __always_inline int
 ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
@@ -361,6 +362,13 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
     __u16 l4;
 
     if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+        return 0;
+    /* a payload length past the frame, or short of its L4 header: the
+     * core's guard drops it (truncated) where it has one */
+    __u32 plen = bpf_ntohs(ip6.payload_len);
+    if (ETH_HLEN + sizeof(ip6) + plen > skb->len || plen < (ip6.nexthdr == IPPROTO_TCP   ? 20
+                                                            : ip6.nexthdr == IPPROTO_UDP ? 8
+                                                                                         : 4))
         return 0;
     if (ip6.nexthdr == IPPROTO_UDP || ip6.nexthdr == IPPROTO_ICMPV6) {
         /* UDP: its source port; ICMPv6: its type and code */
