@@ -1206,9 +1206,9 @@ class PodLife:
     def reguard(self, n, plan):
         """The anti-spoofing of network ``n`` (its configuration as a reload
         takes it) on the pod ports of ``plan`` (:meth:`guard_plan`): each
-        port's guard in the core, then its entry in the express lane (out of
-        the lane for a moment: its frames take the core's path, guarded as
-        the guard now says). Their storm control stays as it is. ``lock``
+        port's guard in the core and its entry in the express lane, the
+        stricter first (switched on: the lane's, switched off: the core's),
+        the lane's replaced in place. Their storm control stays as it is. ``lock``
         held. On an error the ports done so far get the old setting back
         before it is raised."""
         done = []
@@ -1226,12 +1226,19 @@ class PodLife:
             raise
 
     def _reguard_one(self, n, port, e, allowed, dhcp_server):
+        # switched on, the lane's entry first: from the moment the core's
+        # guard is on, neither path carries a forged frame (the other way
+        # round the lane would, unguarded, after the core's guard was on);
+        # switched off, the core first
+        lane = port in self.engine.express_ports()
+        if n.anti_spoofing and lane:
+            self._join_express(port, e, self.networks[e["network"]], allowed, n)
         if n.anti_spoofing:
             self.engine.set_port_guard(port, e["mac"], own_addresses(e, allowed, n))
             self.engine.set_port_dhcp_server(port, dhcp_server)
         else:
             self.engine.set_port_guard(port, None)
-        if port in self.engine.express_ports():
+        if not n.anti_spoofing and lane:
             self._join_express(port, e, self.networks[e["network"]], allowed, n)
 
     # -------------------------------------------------------- transactions
