@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 35
+#define DP_ABI_VERSION 36
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -237,6 +237,10 @@ int dp_express_detach(int ifindex);
 /* the lane takes nothing more from the uplink and its tc program comes off
  * it (a stop that does not keep the lane) */
 int dp_express_uplink_release(void);
+/* whether the uplink can carry frames now (up, with carrier: the node
+ * service watches it); while it cannot, the lane leaves the pods' frames
+ * to the underlay to the core, which counts them dropped (kport_tx_down) */
+int dp_express_uplink_carries(int carries);
 /* the lane carries frames from and to the port on ifindex (network net,
  * core port index port, the pod's MAC, frames of at most the network's
  * mtu (super-frames apart); with spoof_on only from its n4 IPv4 addresses

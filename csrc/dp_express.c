@@ -112,6 +112,7 @@ static struct {
     int lost_fd;                  /* frames the socket program refused and tc could not carry */
     uint32_t vni_of[DP_MAX_NETS]; /* each network's key in ex_vni (0: none) */
     int up_ifindex;               /* the uplink with the tc program (0: none) */
+    int up_down;                  /* the uplink cannot carry frames (dp_express_uplink_carries) */
     uint32_t v6_decap;            /* the kernel sets skb->protocol on a decap (6.3) */
     int ncpu;
 } ex = {.tc_fd = -1, .sock_fd = -1, .lost_fd = -1};
@@ -230,7 +231,7 @@ dp_express_uplink(void)
         int ifindex = dp_afp_ifindex(p->afp);
         v.ifindex = (uint32_t)ifindex;
         v.port = (uint32_t)up;
-        v.on = ifindex > 0 && !p->qos;
+        v.on = ifindex > 0 && !p->qos && !ex.up_down;
         v.dec_on = ifindex > 0 && ex_uplink_hook(p, ifindex) == 0;
         v.vtep_ip = rte_cpu_to_be_32(dp_vconf.ip);
         memcpy(v.vtep_mac, dp_vconf.mac, 6);
@@ -242,6 +243,16 @@ dp_express_uplink(void)
     for (int i = 0; i < DP_MAX_PLANES; i++)
         v.outer_tos[i] = (int16_t)__atomic_load_n(&dp_qg.plane[i].outer_tos, __ATOMIC_RELAXED);
     (void)bpf_map_update_elem(ex.up_fd, &k, &v, BPF_ANY);
+}
+
+int
+dp_express_uplink_carries(int carries)
+{
+    if (ex.up_down != !carries) {
+        ex.up_down = !carries;
+        dp_express_uplink();
+    }
+    return 0;
 }
 
 int

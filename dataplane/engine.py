@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 35
+ABI_VERSION = 36
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -777,6 +777,14 @@ class _Express:
     def express_enable(self, on: bool):
         """Off: every frame takes the core's path (while a capture runs)."""
         self._call("switching the express lane", lib.dp_express_enable, 1 if on else 0)
+
+    def express_uplink_carries(self, carries: bool):
+        """Whether the uplink can carry frames now: while it cannot (down,
+        no carrier, gone), the pods' frames to the underlay take the core's
+        path, which counts them dropped, instead of the lane's, which would
+        count them sent."""
+        self._call("telling the express lane of the uplink", lib.dp_express_uplink_carries,
+                   1 if carries else 0)  # fmt: skip
 
     def express_add_port(
         self,

@@ -1445,6 +1445,11 @@ class NodeService:
             else:
                 event("uplink carries frames again", uplink=name)
         self.uplink_problem = problem
+        with self.lock:  # (the core asks the kernel only when it changes)
+            if self.engine is not None and self.engine.express_loaded:
+                # while it cannot carry them, the pods' frames to the
+                # underlay take the core's path, which counts them dropped
+                self.engine.express_uplink_carries(problem is None)
         return problem
 
     def _check_pod_links(self):

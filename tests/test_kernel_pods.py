@@ -712,6 +712,65 @@ def test_express_lane_encapsulates_to_a_kernel_vtep_host(fabric):
         assert f[VXLAN][Ether].src == a["planes"][0]["mac"].lower()
 
 
+def test_with_the_uplink_down_the_lane_leaves_tcp_to_the_core_which_counts_it(fabric):
+    """The uplink set down: TCP from a pod to a host behind a kernel VTEP,
+    which the lane encapsulates while the uplink carries frames, takes the
+    core's path and is counted dropped (kport_tx_down) - the lane would
+    count it sent and the kernel drop it unseen; set up again, the lane
+    takes it again."""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true")
+    fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", SUBNET + "11")
+    reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")  # the node learns the vm's MAC
+    ifname, mac = a["planes"][0]["ifname"], a["planes"][0]["mac"]
+    code = (
+        "import socket,sys\n"
+        "from scapy.layers.inet import IP, TCP\n"
+        "from scapy.layers.l2 import Ether\n"
+        f"f=bytes(Ether(src={mac!r}, dst={VM_MAC!r})/IP(src={SUBNET + '11'!r}, dst={VM_IP!r})"
+        "/TCP(sport=40000, dport=9, flags='A', seq=1)/(b'x'*64))\n"
+        "s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+        f"s.bind(({ifname!r}, 0))\n"
+        "for _ in range(20): s.send(f)\n"
+    )
+
+    def send20():
+        r = nsx(a["ns"], sys.executable, "-c", code)
+        assert r.returncode == 0, r.stderr
+
+    def counts():
+        st = node.status()
+        pod = _port_row(node, lambda p: p["role"] == "pod")
+        return pod["express"]["rx_packets"], st["drops"].get("kport_tx_down", 0)
+
+    x0, d0 = counts()
+    send20()
+    x1, d1 = counts()
+    assert (x1 - x0, d1 - d0) == (20, 0), (x0, d0, x1, d1)
+    ipn(node.ns, "link set uplink0 down")
+    for _ in range(100):
+        if node.status().get("uplink_problem"):
+            break
+        time.sleep(0.1)
+    assert "uplink0 is down" in (node.status().get("uplink_problem") or "")
+    send20()
+    for _ in range(100):
+        x2, d2 = counts()
+        if d2 - d1 >= 20:
+            break
+        time.sleep(0.05)
+    assert (x2 - x1, d2 - d1) == (0, 20), (x1, d1, x2, d2)
+    ipn(node.ns, "link set uplink0 up")
+    for _ in range(100):
+        if not node.status().get("uplink_problem"):
+            break
+        time.sleep(0.1)
+    send20()
+    x3, d3 = counts()
+    assert (x3 - x2, d3 - d2) == (20, 0), (x2, d2, x3, d3)
+
+
 def test_express_lane_decapsulates_from_a_kernel_vtep_host(fabric):
     """Host behind a kernel VTEP to a pod: VXLAN from a MAC the node learned
     behind that very VTEP is decapsulated by the lane in the kernel, into the
