@@ -121,6 +121,9 @@ network_config_dir = "{self.netdir}"
         self(
             "run", "-d", "--name", name, "--network", net, *opts,
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+            # busybox's ping opens a raw socket: podman 4.9 (Ubuntu 24.04)
+            # no longer gives NET_RAW by default, 4.3 (Debian 12) does
+            "--cap-add", "NET_RAW",
             "--rootfs", str(self.rootfs), *cmd,
         )  # fmt: skip
         self.containers.append(name)
