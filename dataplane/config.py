@@ -302,6 +302,23 @@ class StoreConfig:
     tls_ca: Optional[str] = None
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
+    #: etcd's access control: the user the node is, and the file holding its
+    #: password (its first line), read when the store is opened
+    user: Optional[str] = None
+    password_file: Optional[str] = None
+
+    def password(self) -> Optional[str]:
+        """The password of ``password_file`` (None without one); a file
+        that cannot be read is a ConfigError naming it."""
+        if self.password_file is None:
+            return None
+        try:
+            with open(self.password_file, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"store.password_file: {self.password_file}: cannot be read ({e})"
+            ) from None
 
     def to_dict(self) -> Dict[str, Any]:
         if self.kind == "etcd":
@@ -313,6 +330,8 @@ class StoreConfig:
             }
             if tls:
                 d["tls"] = tls
+            if self.user is not None:
+                d.update(user=self.user, password_file=self.password_file)
             return d
         return {"kind": self.kind, "path": self.path}
 
@@ -819,7 +838,7 @@ _NETWORK_KEYS = (
     "subnet6",
     "gateway6",
 )
-_STORE_KEYS = ("kind", "path", "endpoints", "prefix", "tls")
+_STORE_KEYS = ("kind", "path", "endpoints", "prefix", "tls", "user", "password_file")
 _DUPLICATE_MACS_KEYS = ("moves", "window_s", "freeze_s")
 
 
@@ -1361,6 +1380,17 @@ def _store(value, state_dir, base_dir) -> StoreConfig:
             )
         endpoints = check_etcd_endpoints(s["endpoints"], "store.endpoints")
         ca, cert, key = _store_tls(s.get("tls"), endpoints, base_dir)
+        user, password_file = s.get("user"), s.get("password_file")
+        if user is not None:
+            user = check_name(user, "store.user", "etcd user name")
+            if password_file is None:
+                raise fail("store.password_file", "is required with store.user (its password)")
+        if password_file is not None:
+            if user is None:
+                raise fail("store.user", "is required with store.password_file (whose password)")
+            password_file = check_abspath(password_file, "store.password_file", base_dir)
+            if not os.path.isfile(password_file):
+                raise fail("store.password_file", f"{password_file} is not a file")
         return StoreConfig(
             kind=kind,
             path=default_path,
@@ -1369,8 +1399,10 @@ def _store(value, state_dir, base_dir) -> StoreConfig:
             tls_ca=ca,
             tls_cert=cert,
             tls_key=key,
+            user=user,
+            password_file=password_file,
         )
-    for key in ("endpoints", "prefix", "tls"):
+    for key in ("endpoints", "prefix", "tls", "user", "password_file"):
         if s.get(key) is not None:
             raise fail(f"store.{key}", "is for kind etcd (add kind: etcd)")
     path = s.get("path")

@@ -45,6 +45,8 @@ def open_store(store_config: StoreConfig, node: Optional[str] = None, **kwargs) 
             ca_cert=store_config.tls_ca,
             cert_cert=store_config.tls_cert,
             cert_key=store_config.tls_key,
+            user=store_config.user,
+            password=store_config.password(),
             **kwargs,
         )
     else:

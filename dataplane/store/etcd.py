@@ -158,9 +158,17 @@ class EtcdStore(StateStore):
         cert_cert: Optional[str] = None,
         cert_key: Optional[str] = None,
         connect: bool = True,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
     ):
         self.client = EtcdGateway(
-            endpoints, timeout=timeout, ca_cert=ca_cert, cert_cert=cert_cert, cert_key=cert_key
+            endpoints,
+            timeout=timeout,
+            ca_cert=ca_cert,
+            cert_cert=cert_cert,
+            cert_key=cert_key,
+            user=user,
+            password=password,
         )
         self.layout = EtcdLayout(prefix)
         self.prefix = self.layout.prefix

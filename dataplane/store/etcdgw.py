@@ -201,6 +201,14 @@ _REASONS = (
 _MEMBERS_OWN = ("Too Many Requests", "Internal Server Error")
 
 
+def _token_refused(e) -> bool:
+    """Whether error answer ``e`` says the member no longer takes the
+    node's token (expired, unknown to a member that restarted, issued
+    before the auth store changed): a new one may do."""
+    text = _refusal(e)
+    return "invalid auth token" in text or "revision of auth store is old" in text
+
+
 def _members_own(e) -> bool:
     """Whether error answer ``e`` is the member's own trouble, which another
     member may not have."""
@@ -601,8 +609,13 @@ class EtcdGateway:
 
     ``timeout`` bounds every request (seconds), over all the members it
     tries. ``ca_cert``, ``cert_cert``,
-    ``cert_key``: TLS files for https endpoints. One gateway may be shared by
-    threads (a call borrows an HTTP client from a small pool)."""
+    ``cert_key``: TLS files for https endpoints. ``user``, ``password``: the
+    etcd user the node is (etcd's access control: its role says which keys
+    it may read and write); the token etcd gives for them is asked of each
+    member (a simple token is the member's own) and asked again when a
+    member no longer takes it (it expired, the member restarted, the auth
+    store changed). One gateway may be shared by threads (a call borrows an
+    HTTP client from a small pool)."""
 
     def __init__(
         self,
@@ -611,6 +624,8 @@ class EtcdGateway:
         ca_cert: Optional[str] = None,
         cert_cert: Optional[str] = None,
         cert_key: Optional[str] = None,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
     ):
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -620,6 +635,8 @@ class EtcdGateway:
         self._targets = [parse_endpoint(e) for e in self.urls]
         self.timeout = float(timeout)
         self._tls = {"ca_cert": ca_cert, "cert_cert": cert_cert, "cert_key": cert_key}
+        self._user = (user, password or "") if user else None
+        self._tokens: List[Optional[str]] = [None] * len(self._targets)  # each member's
         # index of the endpoint tried first: the one that answered last, or
         # the one after one that did not answer in time
         self._current = 0
@@ -653,6 +670,33 @@ class EtcdGateway:
         )
         c.session.trust_env = False  # etcd is never reached through a proxy
         return c
+
+    def _authorize(self, c, i: int):
+        """Client ``c`` of endpoint ``i`` sends the node's token (asked of
+        the member first if it has none): with no user, nothing. An answer
+        refusing the user and password is EtcdRefused; no answer raises as
+        any request's does."""
+        if self._user is None:
+            return
+        token = self._tokens[i]
+        if token is None:
+            name, password = self._user
+            c.session.headers.pop("Authorization", None)
+            try:
+                r = c.post(
+                    c.get_url("auth/authenticate"), json={"name": name, "password": password}
+                )
+            except etcd_exc.Etcd3Exception as e:
+                if isinstance(e, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError)):
+                    raise
+                raise EtcdRefused(
+                    f"etcd {self.urls[i]} refuses the node's user {name!r}: {_refusal(e)}"
+                ) from None
+            token = r.get("token") if isinstance(r, dict) else None
+            if not token:
+                raise EtcdRefused(f"etcd {self.urls[i]} gave user {name!r} no token: {r!r:.200}")
+            self._tokens[i] = token
+        c.session.headers["Authorization"] = token
 
     @contextmanager
     def _borrow(self, i: int):
@@ -724,8 +768,17 @@ class EtcdGateway:
                 c.timeout = share
                 try:
                     url = c.get_url(path)  # may ask the member its API version first
+                    self._authorize(c, i)
                     c.timeout = max(share - (time.monotonic() - began), 0.001)
-                    r = c.post(url, json=body)
+                    try:
+                        r = c.post(url, json=body)
+                    except etcd_exc.Etcd3Exception as e:
+                        if self._user is None or not _token_refused(e):
+                            raise
+                        # the member no longer takes the token: a new one, once
+                        self._tokens[i] = None
+                        self._authorize(c, i)
+                        r = c.post(url, json=body)
                 except etcd_exc.ConnectionFailedError as e:
                     failed.append((self.urls[i], plain_reason(e), False))
                     continue
@@ -941,6 +994,7 @@ class EtcdGateway:
         tell."""
         c = self._new_client(i)  # its own session: the stream keeps a connection
         try:
+            self._authorize(c, i)
             resp = c.session.post(
                 c.get_url("watch"),
                 json={"create_request": create},
