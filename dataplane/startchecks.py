@@ -265,6 +265,15 @@ def check_store(cfg: NodeConfig) -> StoreReport:
             [], [], f"sqlite {cfg.store.path}: no state file yet, no pod recorded to check against"
         )
     except ConnectionError as e:  # EtcdUnavailable
+        if getattr(e, "tls", False):  # a configuration to fix, not an outage to wait out
+            return StoreReport(
+                [
+                    f"store: {e}: fix store.tls (or the members' certificates); 'dataplane "
+                    "run' does not start while no member can be spoken to"
+                ],
+                [],
+                None,
+            )
         return StoreReport([], [_not_read(cfg, str(e))], None)
     try:
         with reach.bounded(store, CHECK_WAIT_S):

@@ -107,9 +107,14 @@ def test_a_store_over_tls_with_a_client_certificate(tmp_path, etcd_tls, pki):
 @pytest.mark.parametrize(
     "tls, says",
     [
-        ({"ca": "ca.crt"}, "does not answer"),  # no client certificate: refused
-        ({"ca": "other-ca.crt", "cert": "client.crt", "key": "client.key"}, "certificate"),
-        (None, "certificate"),  # the system's CAs do not know the private one
+        # no client certificate: refused
+        ({"ca": "ca.crt"}, "it refuses this node's client certificate, or requires one"),
+        (
+            {"ca": "other-ca.crt", "cert": "client.crt", "key": "client.key"},
+            "its TLS certificate is not signed by a CA in store.tls.ca",
+        ),
+        # the system's CAs do not know the private one
+        (None, "its TLS certificate is not signed by a CA in store.tls.ca"),
     ],
 )
 def test_a_store_the_node_cannot_authenticate_to_is_refused_naming_why(
@@ -121,6 +126,24 @@ def test_a_store_the_node_cannot_authenticate_to_is_refused_naming_why(
     with pytest.raises(ConnectionError) as e:
         open_store(cfg.store, cfg.node, timeout=3)
     assert etcd_tls.url in str(e.value) and says in str(e.value), e.value
+    assert e.value.tls, e.value  # a configuration to fix, not etcd down
+    # dataplane check fails on it (an outage is only a warning)
+    from dataplane.startchecks import check_store
+
+    report = check_store(cfg)
+    assert len(report.errors) == 1 and says in report.errors[0], report
+    assert "fix store.tls" in report.errors[0]
+
+
+def test_a_member_whose_certificate_does_not_name_the_host_is_said_so(tmp_path, etcd_tls, pki):
+    """The member's certificate names 127.0.0.1 only; the URL says localhost."""
+    from dataplane.store import open_store
+
+    url = etcd_tls.url.replace("127.0.0.1", "localhost")
+    tls = {"ca": "ca.crt", "cert": "client.crt", "key": "client.key"}
+    cfg = parse_config(_config(tmp_path, url, tls), base_dir=str(pki))
+    with pytest.raises(ConnectionError, match="its TLS certificate does not name the URL's host"):
+        open_store(cfg.store, cfg.node, timeout=3)
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,12 @@ MAX_ATTEMPTS = 500
 
 
 class EtcdUnavailable(Unavailable, ConnectionError):
-    """No etcd endpoint answered (stopped, unreachable, no leader, timed out)."""
+    """No etcd endpoint answered (stopped, unreachable, no leader, timed out).
+    ``tls``: no member could be spoken to for want of TLS settings both
+    sides take (a certificate not trusted, not naming the host, expired; a
+    client certificate missing or refused) - a configuration to fix."""
+
+    tls = False
 
 
 class EtcdRefused(Refused):
@@ -177,10 +182,27 @@ def _first_line(x) -> str:
     return lines[0] if lines else type(x).__name__
 
 
+#: a TLS failure's text, in a few plain words
+_TLS_REASONS = (
+    # (the member's certificate, as this node's TLS checks it)
+    ("Hostname mismatch", "its TLS certificate does not name the URL's host"),
+    ("IP address mismatch", "its TLS certificate does not name the URL's address"),
+    ("certificate has expired", "its TLS certificate has expired"),
+    ("local issuer certificate", "its TLS certificate is not signed by a CA in store.tls.ca"),
+    ("self-signed certificate", "its TLS certificate is not signed by a CA in store.tls.ca"),
+    ("self signed certificate", "its TLS certificate is not signed by a CA in store.tls.ca"),
+    ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate is not trusted"),
+    # (this node's client certificate, as the member's TLS checks it)
+    ("CERTIFICATE_REQUIRED", "it requires a client certificate (store.tls.cert and key)"),
+    ("certificate required", "it requires a client certificate (store.tls.cert and key)"),
+    ("BAD_CERTIFICATE", "it refuses this node's client certificate, or requires one"),
+    ("UNKNOWN_CA", "it does not trust the CA of this node's client certificate"),
+    ("CERTIFICATE_EXPIRED", "it finds this node's client certificate expired"),
+)
 #: what a failed connection's text says, in a few plain words (urllib3's
 #: "HTTPConnectionPool(...): Max retries exceeded ... NewConnectionError(...)"
-#: says little more, at length)
-_REASONS = (
+#: says little more, at length); TLS's first
+_REASONS = _TLS_REASONS + (
     ("refused", "connection refused: nothing listens there"),
     ("Name or service not known", "the host name does not resolve"),
     ("Temporary failure in name resolution", "the host name does not resolve"),
@@ -190,9 +212,10 @@ _REASONS = (
     ("reset by peer", "the connection was reset"),
     ("RemoteDisconnected", "the connection was closed without an answer"),
     ("Connection aborted", "the connection was closed without an answer"),
-    ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate is not trusted"),
     ("SSLError", "the TLS handshake failed"),
 )
+#: what a TLS failure is said as: a configuration to fix, not a member down
+TLS_WORDS = frozenset(words for _, words in _TLS_REASONS)
 
 
 #: HTTP reasons of errors that are one member's, not the cluster's: too
@@ -830,6 +853,9 @@ class EtcdGateway:
             return r, body is again
         if len(refused) == len(order):  # every one answered, each with such an error
             raise EtcdRefused(refused[-1])
+        if all(why in TLS_WORDS for _, why, _ in failed):
+            # each member's TLS and this node's disagree: said as such
+            return self._tls_down(failed)
         if len(failed) == 1:
             url, why, sentence = failed[0]
             raise self._down(
@@ -840,6 +866,16 @@ class EtcdGateway:
         raise self._down(
             "etcd does not answer: " + "; ".join(f"{url}: {why}" for url, why, _ in failed)
         )
+
+    def _tls_down(self, failed):
+        """EtcdUnavailable for members whose TLS and this node's disagree
+        (``failed``: (url, why, _) each), marked ``tls``."""
+        e = self._down(
+            "etcd: no TLS connection with this node's settings: "
+            + "; ".join(f"{url}: {why}" for url, why, _ in failed)
+        )
+        e.tls = True
+        raise e
 
     def _pass_over(self, i: int):
         """The next request starts after endpoint ``i`` (it did not answer in
