@@ -20,6 +20,7 @@
 
 #include <rte_dev.h>
 #include <rte_errno.h>
+#include <rte_bus_vdev.h>
 #include <rte_ethdev.h>
 #include <rte_eth_ring.h>
 #include <rte_malloc.h>
@@ -474,7 +475,13 @@ dp_port_add(const char *devargs, int role, int net, unsigned n_rxq, unsigned mtu
     uint16_t pid;
     if (rte_eth_dev_get_port_by_name(name, &pid) == 0)
         return dp_fail(-EEXIST, "device %s is already a port", name);
-    int ret = rte_dev_probe(devargs);
+    /* a virtual device straight from the vdev bus: rte_dev_probe hands
+     * its arguments to other processes in 128 bytes, and from DPDK 24.11
+     * refuses longer ones (E2BIG) - a memif socket's or a pcap file's path
+     * takes more */
+    int ret = strncmp(name, "net_", 4) == 0
+                  ? rte_vdev_init(name, comma ? devargs + (comma - name) + 1 : "")
+                  : rte_dev_probe(devargs);
     if (ret != 0)
         return dp_fail(ret, "cannot probe device '%s' (%s)", devargs, strerror(-ret));
     if (rte_eth_dev_get_port_by_name(name, &pid) != 0) {
