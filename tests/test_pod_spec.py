@@ -138,7 +138,8 @@ def test_list_forms_that_are_valid_json():
 
 
 def test_other_invalid_json():
-    bad('{"pod_type": "ct",}', r"^pod spec is not valid JSON: .* at line 1 column 19")
+    # (where Python's JSON puts a trailing comma's error: 19, or 18 from 3.13)
+    bad('{"pod_type": "ct",}', r"^pod spec is not valid JSON: .* at line 1 column 1[89]")
     bad('{"pod_type": "ct", "pod_type": "it"}', r"^pod spec: key 'pod_type' is given twice")
     bad('["std"]', r"^pod spec must be a JSON object, not list")
     bad(b"\xff", r"^pod spec: not UTF-8")
