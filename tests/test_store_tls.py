@@ -24,13 +24,18 @@ def _openssl(*args, cwd):
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A CA, a server certificate for 127.0.0.1 and a client certificate
-    signed by it, and a second CA that signed neither."""
+    signed by it, and a second CA that signed neither - with the extensions
+    strict X.509 checking asks for (Python 3.13's default: a CA's key usage,
+    a certificate's authority key identifier)."""
     d = tmp_path_factory.mktemp("pki")
     for ca in ("ca", "other-ca"):
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-                 "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN=dptest-{ca}", cwd=d)  # fmt: skip
-    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+                 "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN=dptest-{ca}",
+                 "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)  # fmt: skip
+    leaf = "basicConstraints=CA:FALSE\nauthorityKeyIdentifier=keyid\n"
+    (d / "server.ext").write_text(leaf + "subjectAltName=IP:127.0.0.1\n")
+    (d / "client.ext").write_text(leaf + "extendedKeyUsage=clientAuth\n")
     for who in ("server", "client"):
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out",
                  f"{who}.csr", "-subj", f"/CN=dptest-{who}", cwd=d)  # fmt: skip

@@ -191,6 +191,10 @@ _TLS_REASONS = (
     ("local issuer certificate", "its TLS certificate is not signed by a CA in store.tls.ca"),
     ("self-signed certificate", "its TLS certificate is not signed by a CA in store.tls.ca"),
     ("self signed certificate", "its TLS certificate is not signed by a CA in store.tls.ca"),
+    (
+        "key usage extension",
+        "its CA's certificate lacks the key usage extension that strict checking requires",
+    ),
     ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate is not trusted"),
     # (this node's client certificate, as the member's TLS checks it)
     ("CERTIFICATE_REQUIRED", "it requires a client certificate (store.tls.cert and key)"),
