@@ -2004,7 +2004,6 @@ def test_a_full_state_disk_refuses_changes_and_says_where(tmp_path):
         sh("umount", str(state), check=False)
 
 
-@pytest.mark.parametrize("mode", ["fallback", "hugepages"])
 def _dpdk_abi() -> int:
     """The major ABI of this machine's DPDK: 23 (22.11), 24 (23.11), 25 (24.11)."""
     import glob
@@ -2013,6 +2012,7 @@ def _dpdk_abi() -> int:
     return int(lib.rsplit(".so.", 1)[1].split(".")[0])
 
 
+@pytest.mark.parametrize("mode", ["fallback", "hugepages"])
 def test_the_log_is_one_json_object_a_line_dpdk_s_lines_too(tmp_path, mode):
     """Everything the service writes to its log, DPDK's own lines (EAL,
     telemetry, drivers) among them, is one JSON object a line with the
