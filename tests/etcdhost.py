@@ -205,3 +205,19 @@ def _close_shared():
     if _shared is not None:
         _shared.close()
         _shared = None
+
+
+def watch_a_put(store, between=lambda: None):
+    """A watch of ``store``'s endpoints opened, ``between()`` run, static
+    host h1 put on network net1 (which must be recorded): the events the
+    watch delivered within a few seconds, as (kind, pod)."""
+    got = []
+    w = store.watch_endpoints(None, lambda kind, obj: got.append((kind, obj)))
+    between()
+    store.put_static_endpoint("h1", "net1", "02:00:00:00:00:11", "192.168.10.11", "10.0.0.9")
+    for _ in range(200):
+        if got:
+            break
+        time.sleep(0.02)
+    w.cancel()
+    return [(k, o["pod"]) for k, o in got]

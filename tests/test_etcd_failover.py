@@ -28,7 +28,7 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from etcdhost import EtcdServer, _free_port, have_etcd
+from etcdhost import EtcdServer, _free_port, have_etcd, watch_a_put
 
 from tests.test_store_etcd import prefix, server  # the store tests' shared etcd, a fresh prefix
 
@@ -200,17 +200,12 @@ def test_a_member_answering_its_own_error_is_passed_over(server, prefix, status,
     try:
         s.put_network("net1", 100, "std", SUBNET)
         assert s.network("net1")["vni"] == 100
-        got = []
-        s.client._current = 0  # the sick member first again
-        w = s.watch_endpoints(None, lambda kind, obj: got.append((kind, obj)))
-        s.client._current = 0
-        s.put_static_endpoint("h1", "net1", "02:00:00:00:00:11", "192.168.10.11", "10.0.0.9")
-        for _ in range(200):
-            if got:
-                break
-            time.sleep(0.02)
-        w.cancel()
-        assert [(k, o["pod"]) for k, o in got] == [("put", "h1")], got
+        s.client._current = 0  # the sick member first again, for the watch and the put
+
+        def sick_first():
+            s.client._current = 0
+
+        assert watch_a_put(s, sick_first) == [("put", "h1")]
         assert sick.accepted >= 3  # tried first each time
         alone = EtcdStore([sick.url], prefix=prefix, timeout=2, connect=False)
         with pytest.raises(EtcdRefused, match=re.escape(message)):

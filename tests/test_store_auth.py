@@ -11,7 +11,7 @@ import requests
 
 from dataplane.config import parse_config
 from dataplane.errors import ConfigError
-from tests.etcdhost import EtcdServer, have_etcd
+from tests.etcdhost import EtcdServer, have_etcd, watch_a_put
 
 pytestmark = pytest.mark.skipif(
     not have_etcd(),
@@ -61,15 +61,7 @@ def test_a_node_with_its_user_reads_writes_and_watches_its_prefix(srv):
     try:
         s.put_network("net1", 100, "std", SUBNET)
         assert s.network("net1")["vni"] == 100
-        got = []
-        w = s.watch_endpoints(None, lambda kind, obj: got.append((kind, obj)))
-        s.put_static_endpoint("h1", "net1", "02:00:00:00:00:11", "192.168.10.11", "10.0.0.9")
-        for _ in range(200):
-            if got:
-                break
-            w.wait(0.02)
-        w.cancel()
-        assert [(k, o["pod"]) for k, o in got] == [("put", "h1")], got
+        assert watch_a_put(s) == [("put", "h1")]
         # a member restarted forgets its simple tokens: asked for a new one
         srv.stop()
         srv.start()
