@@ -475,13 +475,18 @@ dp_port_add(const char *devargs, int role, int net, unsigned n_rxq, unsigned mtu
     uint16_t pid;
     if (rte_eth_dev_get_port_by_name(name, &pid) == 0)
         return dp_fail(-EEXIST, "device %s is already a port", name);
-    /* a virtual device straight from the vdev bus: rte_dev_probe hands
-     * its arguments to other processes in 128 bytes, and from DPDK 24.11
-     * refuses longer ones (E2BIG) - a memif socket's or a pcap file's path
-     * takes more */
-    int ret = strncmp(name, "net_", 4) == 0
-                  ? rte_vdev_init(name, comma ? devargs + (comma - name) + 1 : "")
-                  : rte_dev_probe(devargs);
+    /* a virtual device (any name but a PCI address) straight from the vdev
+     * bus: rte_dev_probe hands its arguments to other processes in 128
+     * bytes, and from DPDK 24.11 refuses longer ones (E2BIG) - a memif
+     * socket's or a pcap file's path takes more */
+    int vdev = strchr(name, ':') == NULL;
+    int ret = vdev ? rte_vdev_init(name, comma ? devargs + (comma - name) + 1 : "")
+                   : rte_dev_probe(devargs);
+    if (vdev && (ret > 0 || ret == -1)) /* no driver of that name (1, or -1 from 24.11) */
+        return dp_fail(-ENODEV,
+                       "cannot probe device '%s': no DPDK driver for %s (a PMD not "
+                       "installed, or a misspelt name)",
+                       devargs, name);
     if (ret != 0)
         return dp_fail(ret, "cannot probe device '%s' (%s)", devargs, strerror(-ret));
     if (rte_eth_dev_get_port_by_name(name, &pid) != 0) {

@@ -377,6 +377,7 @@ drain(struct dp_qos *q, unsigned qi, int rank, int pass, struct rte_mbuf **out, 
             q->ptok_owed[qi] = q->ptok_owed[qi] > need ? q->ptok_owed[qi] - need : 0;
         if (limited_max)
             q->ptok_max[qi] -= need;
+        DP_META(m)->guar = pass != PASS_STRICT;
         out[k++] = m;
     }
     return k;
@@ -504,19 +505,21 @@ dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, uint64_t n
 }
 
 void
-dp_qos_refund(struct dp_qos *q, unsigned plane, uint64_t wire_bytes)
+dp_qos_refund(struct dp_qos *q, unsigned plane, uint64_t wire_bytes, int guar)
 {
     int64_t t = tok((int64_t)wire_bytes);
     if (__atomic_load_n(&q->rate_bytes_tsc, __ATOMIC_RELAXED))
         q->tokens += t;
     if (plane >= DP_MAX_PLANES || !__atomic_load_n(&dp_qg.priority_on, __ATOMIC_ACQUIRE))
         return;
-    /* a plane's buckets hold at most a burst; a guarantee refunded for a
-     * frame that went in the strict pass (not charged to it) is within it */
+    /* a plane's buckets hold at most a burst; its guarantee's (and what
+     * it is owed) only for a frame charged to them (not the strict pass) */
     int64_t cap = tok(__atomic_load_n(&q->burst_bytes, __ATOMIC_RELAXED));
     const struct dp_plane_rt *r = &dp_qg.plane[plane];
     if (r->max_bytes_tsc)
         q->ptok_max[plane] = RTE_MIN(q->ptok_max[plane] + t, cap);
-    if (r->min_bytes_tsc)
+    if (r->min_bytes_tsc && guar) {
         q->ptok_min[plane] = RTE_MIN(q->ptok_min[plane] + t, cap);
+        q->ptok_owed[plane] = RTE_MIN(q->ptok_owed[plane] + t, cap);
+    }
 }

@@ -42,6 +42,7 @@ _Static_assert(DP_LAT_BOUNDS == 16, "dp_lat_bucket's 4-step search is written fo
 struct dp_meta {
     uint64_t rx_tsc;
     uint8_t plane;
+    uint8_t guar; /* let out within its plane's guarantee (charged to it): dp_qos.c */
 };
 extern int dp_meta_off;
 /* plane of the frames the core makes itself (ARP requests and replies): on a
@@ -147,8 +148,8 @@ uint16_t dp_qos_dequeue(struct dp_qos *q, struct rte_mbuf **out, uint16_t max, u
 /* worker (the one that dequeued): the wire bytes of a frame of plane
  * (DP_PLANE_OWN: the core's own) let out that never went on the wire (the
  * driver refused or dropped it), back into the port's bucket and the
- * plane's own (its maximum, its guarantee) */
-void dp_qos_refund(struct dp_qos *q, unsigned plane, uint64_t wire_bytes);
+ * plane's own it was charged to (its maximum; its guarantee if guar) */
+void dp_qos_refund(struct dp_qos *q, unsigned plane, uint64_t wire_bytes, int guar);
 
 /* histogram bucket of a latency d (TSC cycles): a 4-step search of the 16 bounds */
 static inline unsigned
@@ -168,7 +169,8 @@ dp_lat_bucket(uint64_t d)
 struct dp_qos_out {
     uint64_t rx_tsc;
     uint32_t len;   /* pkt_len */
-    uint32_t plane; /* DP_PLANE_OWN: the core's own */
+    uint16_t plane; /* DP_PLANE_OWN: the core's own */
+    uint16_t guar;  /* charged to its plane's guarantee (dp_meta.guar) */
 };
 
 /*
@@ -195,7 +197,7 @@ dp_qos_account(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t (*h
     for (uint16_t i = 0; i < taken; i++) {
         unsigned p = o[i].plane;
         if (unlikely((lost >> i) & 1)) {
-            dp_qos_refund(q, p, o[i].len + DP_WIRE_OVERHEAD);
+            dp_qos_refund(q, p, o[i].len + DP_WIRE_OVERHEAD, o[i].guar);
             if (p < DP_MAX_PLANES)
                 ctr[p][DP_QOS_DROPPED]++;
             continue;
@@ -232,7 +234,7 @@ dp_qos_account(struct dp_qos *q, uint64_t (*ctr)[DP_QOS_CTR_COUNT], uint64_t (*h
         hist[cp][DP_LAT_SUM] += sum;
     }
     for (uint16_t i = taken; i < n; i++) {
-        dp_qos_refund(q, o[i].plane, o[i].len + DP_WIRE_OVERHEAD);
+        dp_qos_refund(q, o[i].plane, o[i].len + DP_WIRE_OVERHEAD, o[i].guar);
         if (o[i].plane < DP_MAX_PLANES)
             ctr[o[i].plane][DP_QOS_DROPPED]++;
     }

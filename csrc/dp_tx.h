@@ -288,6 +288,7 @@ qos_run(struct dp_wctx *w, const struct dp_port *p, uint16_t pi)
             const struct dp_meta *md = DP_META(out[i]);
             o[i].rx_tsc = md->rx_tsc;
             o[i].plane = md->plane;
+            o[i].guar = md->guar;
             o[i].len = out[i]->pkt_len;
             bytes += o[i].len;
         }

@@ -876,13 +876,16 @@ def _node_config(data, base_dir) -> NodeConfig:
     # frames queued for the planes of a shaped uplink hold mbufs of the
     # core's pool: lower planes' queues full must leave the rest enough to
     # receive (media first is lost if its frames are dropped on receive)
-    pool = pool_mbufs(kernel_driver, vtep.uplink_driver, memory_mb)
+    # (an af_xdp node's larger pool is for its ports' fill rings: the
+    # default pool's half holds there too)
+    pool = POOL_MBUFS
     queued = sum(p.queue_len for p in planes.values())
     if queued > (pool + 1) // 2:
         raise fail(
             "planes",
             f"their queue_len add up to {queued} frames, more than half the core's pool of "
-            f"{pool} mbufs: queues of a shaped uplink that fill would leave too few to "
+            f"{pool} mbufs (af_xdp's larger pool is its ports' fill rings'): queues of a "
+            "shaped uplink that fill would leave too few to "
             "receive with, and a higher plane's frames would be dropped before they are "
             f"classified; keep the sum at {(pool + 1) // 2} or less",
         )

@@ -219,6 +219,7 @@ class NodeService:
         self._stop_signal = None  # the signal that asked to stop, said by the main loop
         self.uplink_ifindex = None  # a kernel uplink's, when it was attached
         self.uplink_problem = None  # why the uplink cannot carry frames now
+        self._lane_carries = True  # what the express lane was last told of the uplink
         self.vtep_mac = None  # the VTEP's MAC in the core
         # (pid, start time) of a previous run that did not stop cleanly
         self.unclean_stop = None
@@ -1439,17 +1440,22 @@ class NodeService:
             problem = self._take_uplink(st, noticed)  # None once attached: then as any
         if problem is None:
             problem = self._link_problem(st)
+        # gone, down or without carrier: the pods' frames to the underlay
+        # take the core's path, which counts them dropped, not the express
+        # lane's (told before the status says so; an MTU below the
+        # underlay's is the core's to cut or count alike, either way)
+        carries = st is not None and self.uplink is not None and bool(st[1] and st[2])
+        if carries != self._lane_carries:
+            with self.lock:
+                if self.engine is not None and self.engine.express_loaded:
+                    self.engine.express_uplink_carries(carries)
+                    self._lane_carries = carries
         if problem != self.uplink_problem:
             if problem:
                 log.error("uplink: %s", problem)
             else:
                 event("uplink carries frames again", uplink=name)
         self.uplink_problem = problem
-        with self.lock:  # (the core asks the kernel only when it changes)
-            if self.engine is not None and self.engine.express_loaded:
-                # while it cannot carry them, the pods' frames to the
-                # underlay take the core's path, which counts them dropped
-                self.engine.express_uplink_carries(problem is None)
         return problem
 
     def _check_pod_links(self):

@@ -193,6 +193,10 @@ try:
         eng.add_port("net_null_mt", mtu=-1)
     except errors.ConfigError as e:
         out["bad"] = str(e)
+    try:  # a driver DPDK does not have (a misspelt name, a PMD not installed)
+        eng.add_port("net_nosuchpmd0,x=1")
+    except errors.DataplaneError as e:
+        out["nodriver"] = str(e)
     out["ports"] = len(eng.ports())
     up = eng.add_port("net_tap_mt,iface=dpmt0", role="uplink", mtu=1504)
     with open("/sys/class/net/dpmt0/mtu") as f:
@@ -236,6 +240,10 @@ def test_a_dpdk_uplink_takes_the_underlay_mtu_or_is_refused_saying_why(tmp_path)
         "2048-byte buffers, which the device cannot receive or send"
     ) in out["null"], out
     assert out["bad"].startswith("mtu: -1 is not 0"), out
+    assert out["nodriver"] == (
+        "adding port 'net_nosuchpmd0,x=1': cannot probe device 'net_nosuchpmd0,x=1': no DPDK "
+        "driver for net_nosuchpmd0 (a PMD not installed, or a misspelt name)"
+    ), out
     assert out["ports"] == 0  # nothing of the refused ones is a port
     # an MTU past Ethernet's the device takes: set on it (the tap's kernel end)
     assert out["tap_mtu"] == 1504, out

@@ -73,7 +73,6 @@ def test_a_watch_whose_stream_is_cut_off_without_a_word_ends(two_namespaces):
         # without keepalives on the stream: 'running' (the watch would wait
         # for ever, the cluster view frozen)
         assert out.startswith("ended "), out
-        assert "timed out" in out.lower() or "etcd" in out, out
     finally:
         if probe is not None:
             probe.kill()

@@ -180,7 +180,7 @@ def test_a_member_that_never_answers_is_passed_over(silent, server, prefix):
     "status,message",
     [
         ("429 Too Many Requests", "etcdserver: too many requests"),
-        ("500 Internal Server Error", "x"),
+        ("500 Internal Server Error", "etcdserver: an internal error of this member"),
     ],
 )
 def test_a_member_answering_its_own_error_is_passed_over(server, prefix, status, message):

@@ -714,8 +714,10 @@ class EtcdGateway:
                     c.get_url("auth/authenticate"), json={"name": name, "password": password}
                 )
             except etcd_exc.Etcd3Exception as e:
-                if isinstance(e, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError)):
-                    raise
+                if isinstance(
+                    e, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError)
+                ) or _members_own(e):
+                    raise  # as any request's: the next member may answer
                 raise EtcdRefused(
                     f"etcd {self.urls[i]} refuses the node's user {name!r}: {_refusal(e)}"
                 ) from None
@@ -1034,7 +1036,11 @@ class EtcdGateway:
         tell."""
         c = self._new_client(i)  # its own session: the stream keeps a connection
         try:
-            self._authorize(c, i)
+            try:
+                self._authorize(c, i)
+            except DataplaneError:
+                c.session.close()
+                raise
             resp = c.session.post(
                 c.get_url("watch"),
                 json={"create_request": create},
@@ -1059,6 +1065,16 @@ class EtcdGateway:
                 raise _NextEndpoint(f"no watch confirmation: {plain_reason(e)}") from None
             if "error" in first or not first.get("result", {}).get("created"):
                 raise DataplaneError(f"etcd {self.urls[i]}: watch not created: {first}")
+            if first["result"].get("canceled"):
+                # created and cancelled at once: refused (its user's token
+                # no longer taken, or no permission on the prefix)
+                why = str(first["result"].get("cancel_reason") or "cancelled")
+                if self._user is not None and (
+                    "invalid auth token" in why or "revision of auth store is old" in why
+                ):
+                    self._tokens[i] = None  # a new one at the next try
+                    raise _NextEndpoint(f"watch refused: {why}")
+                raise EtcdRefused(f"etcd {self.urls[i]} {REFUSES_REQUEST} (watch: {why})")
             sock = _stream_socket(resp)
             if sock is not None:
                 sock.settimeout(None)  # events may be minutes apart: the heartbeat
