@@ -474,7 +474,8 @@ class NodeConfig:
             "memory_mb": self.memory_mb,
             "pci": [pci] if pci else [],
         }
-        kw["n_mbufs"] = pool_mbufs(self.kernel_driver, self.vtep.uplink_driver, self.memory_mb)
+        if "af_xdp" in (self.kernel_driver, self.vtep.uplink_driver):
+            kw["n_mbufs"] = af_xdp_pool_size(self.memory_mb)
         return kw
 
     def to_dict(self) -> Dict[str, Any]:
@@ -517,13 +518,6 @@ class NodeConfig:
             "metrics": dataclasses.asdict(self.metrics),
             "pod_socket_dir": self.pod_socket_dir,
         }
-
-
-def pool_mbufs(kernel_driver: str, uplink_driver: str, memory_mb: int) -> int:
-    """The mbufs of the core's pool for a node with these drivers."""
-    if "af_xdp" in (kernel_driver, uplink_driver):
-        return af_xdp_pool_size(memory_mb)
-    return POOL_MBUFS
 
 
 def af_xdp_pool_size(memory_mb: int) -> int:

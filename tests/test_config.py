@@ -134,7 +134,6 @@ def test_full_file(tmp_path):
         "lcores": [2, 3, 4],
         "memory_mb": 1024,
         "pci": [],
-        "n_mbufs": 16383,
     }
 
 

@@ -230,11 +230,15 @@ def node_with_sockets(fab, sockdir, n=1, remotes=()):
     return node
 
 
-def add_pod(fab, node, name, kind=None, **iface):
+def add_pod(fab, node, name, kind=None, spec=None, **iface):
+    """Pod ``name`` (the fabric's tag before it) in a namespace of its own:
+    an it pod on net1 (its std plane of ``kind`` with ``iface``), or of
+    ``spec``. Its info, with "ns"."""
     ns = fab.netns(f"{fab.tag}{name}")
-    spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
-    if kind:
-        spec["interfaces"] = {"std": {"kind": kind, **iface}}
+    if spec is None:
+        spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+        if kind:
+            spec["interfaces"] = {"std": {"kind": kind, **iface}}
     body = {"name": f"{fab.tag}{name}", "netns": f"/var/run/netns/{ns}", "spec": spec}
     info = node.api("POST", "/v1/pods", body)
     node.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
@@ -816,20 +820,16 @@ def test_a_veth_of_a_pod_not_attached_is_made_again_without_its_port(fabric, soc
     the path is free the pod is attached whole - both ports, no error."""
     fab = fabric()
     node = node_with_sockets(fab, sockdir)
-    ns = fab.netns(f"{fab.tag}two")
-    name = f"{fab.tag}two"
     spec = {
         "pod_type": "ct",
         "network_plane": ["std", "media"],
         "networks": {"std": "net1", "media": "net3"},
         "interfaces": {"media": {"kind": "memif"}},
     }
-    info = node.api(
-        "POST", "/v1/pods", {"name": name, "netns": f"/var/run/netns/{ns}", "spec": spec}
-    )
+    info = add_pod(fab, node, "two", spec=spec)
+    name = info["name"]
     std = [p for p in info["planes"] if p["plane"] == "std"][0]
     sock = [p for p in info["planes"] if p["plane"] == "media"][0]["socket"]
-    node.host_links.add(std["host_ifname"])
     restart_with_memif_path_taken(node, sock)
     assert list(node.status()["pods_not_attached"]) == [name]
     ipn(node.ns, f"link del {std['host_ifname']}")

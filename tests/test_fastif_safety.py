@@ -236,17 +236,14 @@ def test_failed_reattach_keeps_the_pods_directory_and_vhost_socket(fabric, sockd
     fab = fabric()
     node = dpk.node_with_sockets(fab, sockdir)
     vpod = dpk.add_pod(fab, node, "v")
-    ns = fab.netns(f"{fab.tag}d")
-    name = f"{fab.tag}d"
     spec = {
         "pod_type": "ct",
         "network_plane": ["std", "media"],
         "networks": {"std": "net1", "media": "net3"},
         "interfaces": {"std": {"kind": "vhost-user"}, "media": {"kind": "memif"}},
     }
-    info = node.api(
-        "POST", "/v1/pods", {"name": name, "netns": f"/var/run/netns/{ns}", "spec": spec}
-    )
+    info = dpk.add_pod(fab, node, "d", spec=spec)
+    name, ns = info["name"], info["ns"]
     planes = {p["plane"]: p for p in info["planes"]}
     dp, mp, vp = planes["std"], planes["media"], vpod["planes"][0]
     pdir = os.path.dirname(dp["socket"])

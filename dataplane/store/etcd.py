@@ -808,14 +808,9 @@ class EtcdStore(StateStore):
             self._k("endpoints", ""),
             start_revision,
             callback,
-            self._endpoint_event,
+            self.layout.endpoint_event,
             heartbeat,
         )
-
-    def _endpoint_event(self, ev):
-        """The layout's endpoint event (a record written by another tool
-        that is not one comes named by its key, for the reader to refuse)."""
-        return self.layout.endpoint_event(ev)
 
     def put_static_endpoint(
         self, name: str, network: str, mac: str, ip: str, vtep: str

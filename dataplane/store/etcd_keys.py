@@ -26,14 +26,13 @@ An endpoint's ``hostif``, ``macs`` and ``podmacs`` keys are written with it
 and removed with it (only while they still name its pod and plane).
 """
 
-import json
 import time
 import urllib.parse
 from typing import Any, Dict, Tuple
 
 from ..errors import AlreadyExists, ConfigError
 from .common import host_ifname_taken
-from .etcdgw import Txn, unb64
+from .etcdgw import Txn, _json, unb64
 
 _EP_FIELDS = (
     "pod",
@@ -177,20 +176,12 @@ class EtcdLayout:
         endpoint had})."""
         kv = ev["kv"]
         key = unb64(kv["key"]).decode()
-        if ev.get("type", "PUT") == "PUT":
-            raw = unb64(kv.get("value"))
-            try:
-                value = json.loads(raw)
-            except ValueError:  # not JSON: its text
-                value = raw.decode("utf-8", "replace")
-            return "put", self.keyed_endpoint(key, value)
+        if ev.get("type", "PUT") == "PUT":  # (a value that is not JSON: its text)
+            return "put", self.keyed_endpoint(key, _json(unb64(kv.get("value")), loose=True))
         pod, plane = self.endpoint_name(key)
         data = {}
         if ev.get("prev_kv") and ev["prev_kv"].get("value"):
-            try:
-                data = json.loads(unb64(ev["prev_kv"]["value"]))
-            except ValueError:
-                data = {}
+            data = _json(unb64(ev["prev_kv"]["value"]), loose=True)
             if not isinstance(data, dict):
                 data = {}
         data.update(pod=pod, plane=plane)

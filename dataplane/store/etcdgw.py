@@ -228,11 +228,10 @@ TLS_WORDS = frozenset(words for _, words in _TLS_REASONS)
 _MEMBERS_OWN = ("Too Many Requests", "Internal Server Error")
 
 
-def _token_refused(e) -> bool:
-    """Whether error answer ``e`` says the member no longer takes the
+def _token_gone(text: str) -> bool:
+    """Whether etcd's words ``text`` say the member no longer takes the
     node's token (expired, unknown to a member that restarted, issued
     before the auth store changed): a new one may do."""
-    text = _refusal(e)
     return "invalid auth token" in text or "revision of auth store is old" in text
 
 
@@ -802,7 +801,7 @@ class EtcdGateway:
                     try:
                         r = c.post(url, json=body)
                     except etcd_exc.Etcd3Exception as e:
-                        if self._user is None or not _token_refused(e):
+                        if self._user is None or not _token_gone(_refusal(e)):
                             raise
                         # the member no longer takes the token: a new one, once
                         self._tokens[i] = None
@@ -861,7 +860,7 @@ class EtcdGateway:
             raise EtcdRefused(refused[-1])
         if all(why in TLS_WORDS for _, why, _ in failed):
             # each member's TLS and this node's disagree: said as such
-            return self._tls_down(failed)
+            raise self._tls_down(failed)
         if len(failed) == 1:
             url, why, sentence = failed[0]
             raise self._down(
@@ -881,7 +880,7 @@ class EtcdGateway:
             + "; ".join(f"{url}: {why}" for url, why, _ in failed)
         )
         e.tls = True
-        raise e
+        return e
 
     def _pass_over(self, i: int):
         """The next request starts after endpoint ``i`` (it did not answer in
@@ -1036,11 +1035,7 @@ class EtcdGateway:
         tell."""
         c = self._new_client(i)  # its own session: the stream keeps a connection
         try:
-            try:
-                self._authorize(c, i)
-            except DataplaneError:
-                c.session.close()
-                raise
+            self._authorize(c, i)
             resp = c.session.post(
                 c.get_url("watch"),
                 json={"create_request": create},
@@ -1050,6 +1045,9 @@ class EtcdGateway:
         except (requests.exceptions.RequestException, etcd_exc.Etcd3Exception) as e:
             c.session.close()
             raise _NextEndpoint(plain_reason(e)) from None
+        except DataplaneError:  # the node's user refused
+            c.session.close()
+            raise
         try:
             if resp.status_code != 200:
                 text = resp.text.strip()
@@ -1069,9 +1067,7 @@ class EtcdGateway:
                 # created and cancelled at once: refused (its user's token
                 # no longer taken, or no permission on the prefix)
                 why = str(first["result"].get("cancel_reason") or "cancelled")
-                if self._user is not None and (
-                    "invalid auth token" in why or "revision of auth store is old" in why
-                ):
+                if self._user is not None and _token_gone(why):
                     self._tokens[i] = None  # a new one at the next try
                     raise _NextEndpoint(f"watch refused: {why}")
                 raise EtcdRefused(f"etcd {self.urls[i]} {REFUSES_REQUEST} (watch: {why})")
