@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 36
+#define DP_ABI_VERSION 37
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -241,6 +241,13 @@ int dp_express_uplink_release(void);
  * service watches it); while it cannot, the lane leaves the pods' frames
  * to the underlay to the core, which counts them dropped (kport_tx_down) */
 int dp_express_uplink_carries(int carries);
+/* whether pod port `port`'s interface can take frames now (its veth has
+ * carrier: the pod's end is up; the node service watches it); while it
+ * cannot, the lane hands it nothing - frames to it, from pods and from the
+ * underlay, take the core's path, which counts them dropped
+ * (kport_kernel_tx), where the kernel would drop the lane's unseen. A port
+ * joins the lane carrying; dp_express_port_clear forgets this */
+int dp_express_port_carries(int port, int carries);
 /* the lane carries frames from and to the port on ifindex (network net,
  * core port index port, the pod's MAC, frames of at most the network's
  * mtu (super-frames apart); with spoof_on only from its n4 IPv4 addresses

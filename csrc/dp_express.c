@@ -115,6 +115,14 @@ static struct {
     int up_down;                  /* the uplink cannot carry frames (dp_express_uplink_carries) */
     uint32_t v6_decap;            /* the kernel sets skb->protocol on a decap (6.3) */
     int ncpu;
+    /* each lane port's entry in ex_dst, as dp_express_port_set made it,
+     * and whether it is out of the table while its interface cannot take
+     * frames (dp_express_port_carries) */
+    struct ex_dslot {
+        struct ex_dkey k;
+        struct ex_dst d;
+        uint8_t set, down;
+    } dst[DP_MAX_PORTS];
 } ex = {.tc_fd = -1, .sock_fd = -1, .lost_fd = -1};
 
 /* is the running kernel major.minor or later? */
@@ -387,6 +395,7 @@ dp_express_open(const char *path)
     ex.obj = obj;
     ex.v6_decap = kernel_at_least(6, 3);
     memset(ex.vni_of, 0, sizeof(ex.vni_of));
+    memset(ex.dst, 0, sizeof(ex.dst));
     ex.up_ifindex = 0;
     ex_mirror_all();
     return dp_express_enable(1);
@@ -542,14 +551,46 @@ dp_express_port_set(int ifindex, int net, int port, const uint8_t *mac, int mtu,
     memset(&k, 0, sizeof(k));
     k.net = (uint32_t)net;
     memcpy(k.mac, mac, 6);
-    /* a destination before a source: others reach it before it sends */
-    if (bpf_map_update_elem(ex.dst_fd, &k, &d, BPF_ANY) < 0)
+    struct ex_dslot *slot = &ex.dst[port];
+    if (slot->set && (slot->d.ifindex != d.ifindex || memcmp(&slot->k, &k, sizeof(k)) != 0))
+        slot->down = 0; /* another interface or key in that slot: joins carrying */
+    /* a destination before a source: others reach it before it sends (not
+     * while its interface cannot take frames: the core's then) */
+    if (slot->down)
+        (void)bpf_map_delete_elem(ex.dst_fd, &k);
+    else if (bpf_map_update_elem(ex.dst_fd, &k, &d, BPF_ANY) < 0)
         return dp_fail(-errno, "express lane: port %d: destination table: %m", port);
     if (bpf_map_update_elem(ex.src_fd, &key, &s, BPF_ANY) < 0) {
         int err = -errno;
         (void)bpf_map_delete_elem(ex.dst_fd, &k);
+        slot->set = slot->down = 0;
         return dp_fail(err, "express lane: port %d: source table: %s", port, strerror(-err));
     }
+    slot->k = k;
+    slot->d = d;
+    slot->set = 1;
+    return 0;
+}
+
+int
+dp_express_port_carries(int port, int carries)
+{
+    if (!ex.obj)
+        return 0;
+    if (port < 0 || port >= DP_MAX_PORTS)
+        return dp_fail(-EINVAL, "express lane: port %d out of range", port);
+    struct ex_dslot *slot = &ex.dst[port];
+    if (!slot->set || slot->down == !carries)
+        return 0; /* not in the lane, or no change */
+    if (!carries) {
+        slot->down = 1;
+        if (bpf_map_delete_elem(ex.dst_fd, &slot->k) < 0 && errno != ENOENT)
+            return dp_fail(-errno, "express lane: port %d: destination table: %m", port);
+        return 0;
+    }
+    if (bpf_map_update_elem(ex.dst_fd, &slot->k, &slot->d, BPF_ANY) < 0)
+        return dp_fail(-errno, "express lane: port %d: destination table: %m", port);
+    slot->down = 0;
     return 0;
 }
 
@@ -566,6 +607,10 @@ dp_express_port_clear(int ifindex, int net, const uint8_t *mac)
     memcpy(k.mac, mac, 6);
     (void)bpf_map_delete_elem(ex.src_fd, &key);
     (void)bpf_map_delete_elem(ex.dst_fd, &k);
+    for (int i = 0; i < DP_MAX_PORTS; i++)
+        if (ex.dst[i].set && ex.dst[i].d.ifindex == (uint32_t)ifindex &&
+            memcmp(&ex.dst[i].k, &k, sizeof(k)) == 0)
+            ex.dst[i].set = ex.dst[i].down = 0;
     return 0;
 }
 

@@ -20,7 +20,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 36
+ABI_VERSION = 37
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -785,6 +785,23 @@ class _Express:
         count them sent."""
         self._call("telling the express lane of the uplink", lib.dp_express_uplink_carries,
                    1 if carries else 0)  # fmt: skip
+
+    def express_port_carries(self, port: int, carries: bool):
+        """Whether lane port ``port``'s interface can take frames now (its
+        veth has carrier: the pod's end is up). While it cannot, frames to
+        it take the core's path, which counts them dropped
+        (``kport_kernel_tx``), instead of the lane's, which would count them
+        delivered while the kernel dropped them unseen. A port joins the
+        lane carrying."""
+        with self._lock:
+            if port in self._express:
+                self._call(f"express lane: port {port}'s carrier", lib.dp_express_port_carries,
+                           port, 1 if carries else 0)  # fmt: skip
+
+    def express_pod_ports(self) -> Dict[int, int]:
+        """The pod ports in the lane: port index -> interface index."""
+        with self._lock:
+            return {p: x[0] for p, x in self._express.items()}
 
     def express_add_port(
         self,

@@ -20,7 +20,7 @@ import select
 import socket
 import struct
 import threading
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Set, Tuple
 
 from .checks import (
     MIN_MTU,
@@ -379,16 +379,20 @@ def _link_names(data: bytes):
 
 
 class LinkEvents:
-    """The kernel's link notifications (rtnetlink's link group) for one
-    interface name in this network namespace: created, deleted, up or down,
-    carrier, MTU. ``wake`` is set on each (and when the socket overflowed,
-    as notifications may then be lost); ``pending`` says one came since the
-    caller last took it (:meth:`take`). A thread reads the socket until
-    :meth:`close`."""
+    """The kernel's link notifications (rtnetlink's link group) for the
+    interface names ``wanted`` says yes to, in this network namespace:
+    created, deleted, up or down, carrier, MTU. ``wake`` is set on each
+    (and when the socket overflowed, as notifications may then be lost);
+    :meth:`take` says which names had one since the caller last took them.
+    A thread reads the socket until :meth:`close`."""
 
-    def __init__(self, ifname: str, wake: threading.Event):
-        self.ifname, self.wake = ifname, wake
-        self._pending = False
+    #: in :meth:`take`'s answer: the socket overflowed, any may have changed
+    ANY = "*"
+
+    def __init__(self, wanted: Callable[[str], bool], wake: threading.Event):
+        self.wanted, self.wake = wanted, wake
+        self._pending: Set[str] = set()
+        self._pending_lock = threading.Lock()
         self._closed = False
         self._sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
@@ -415,16 +419,19 @@ class LinkEvents:
                     return
                 if e.errno != errno.ENOBUFS:
                     raise
-                hit = True  # overflowed: some may be lost, so look
+                hit = {self.ANY}  # overflowed: some may be lost, so look
             else:
-                hit = self.ifname in _link_names(data)
+                hit = {n for n in _link_names(data) if self.wanted(n)}
             if hit:
-                self._pending = True
+                with self._pending_lock:
+                    self._pending |= hit
                 self.wake.set()
 
-    def take(self) -> bool:
-        """Whether a notification for the name came since the last take."""
-        was, self._pending = self._pending, False
+    def take(self) -> Set[str]:
+        """The names a notification came for since the last take (with
+        :attr:`ANY` if some may have been lost); empty if none."""
+        with self._pending_lock:
+            was, self._pending = self._pending, set()
         return was
 
     def close(self):

@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .api import STOP_POLL_S, APIServer, Route
 from .attach import Attachments, attachment_routes
@@ -211,8 +211,10 @@ class NodeService:
         self.express_off = None  # express_lane auto: why the kernel would not take it
         self._stop = threading.Event()
         self._wake = threading.Event()  # the main loop looks again: stop, or the uplink changed
-        self._link_events = None  # a kernel uplink's notifications (LinkEvents)
+        self._link_events = None  # the uplink's and lane pod ports' notifications (LinkEvents)
         self._pod_links = {}  # DPDK pod ports: index -> (name, link up) at the last look
+        self._lane_links = {}  # lane pod ports: index -> (ifindex, carries) at the last look
+        self._lane_names = frozenset()  # their interfaces' names, for the notifications
         self._claims = []  # (fd, path) of the locks held while running
         self._reap_error = None  # the last error of the reaping rounds
         self._periodic_errors = {}  # the main loop's checks: their last error
@@ -278,8 +280,8 @@ class NodeService:
             self.engine = Engine(EngineConfig(**cfg.engine_kwargs(), log_json=True))
             self._setup_core()
             self._open_express()
-            if cfg.vtep.uplink_kind == "kernel":  # changes seen as they come
-                self._link_events = LinkEvents(cfg.vtep.uplink_ifname, self._wake)
+            # changes to a kernel uplink and the lane's pod interfaces seen as they come
+            self._link_events = LinkEvents(self._link_wanted, self._wake)
             # missing, down, or an MTU below the underlay's: said at start
             self.check_uplink("start")
             self.sync = ClusterSync(cfg, self.store, self.engine, self.lock, self.net_index)
@@ -1388,11 +1390,13 @@ class NodeService:
                         self.reload()
                     except DataplaneError as e:
                         log.error("SIGHUP: %s", e)
-                told = self._link_events is not None and self._link_events.take()
+                told = self._link_events.take() if self._link_events is not None else set()
+                told &= {self.config.vtep.uplink_ifname, LinkEvents.ANY}
                 self._periodic(
                     "uplink check", self.check_uplink, "link event" if told else "periodic check"
                 )
                 self._periodic("pod link check", self._check_pod_links)
+                self._periodic("express lane pod link check", self._check_lane_links)
                 if self.pods is not None:
                     self._periodic("vhost-user socket links", self.pods.repin_vhost)
                 if time.monotonic() >= reap_at:
@@ -1458,6 +1462,69 @@ class NodeService:
         self.uplink_problem = problem
         return problem
 
+    def _link_wanted(self, name: str) -> bool:
+        """Whether the kernel's notification of a change to interface
+        ``name`` should wake the main loop: a kernel uplink's, a lane pod
+        port's (called by the notifications' thread)."""
+        v = self.config.vtep
+        return (v.uplink_kind == "kernel" and name == v.uplink_ifname) or name in self._lane_names
+
+    def _port_owners(self) -> Dict[int, Tuple[str, str]]:
+        """Pod port index -> (pod, plane) of the pods this node runs."""
+        pods = self.pods
+        if pods is None:
+            return {}
+        return {
+            pl["port"]: (name, pl["plane"])
+            for name, info in list(pods.known.items())
+            for pl in info.get("planes", ())
+            if pl.get("port") is not None
+        }
+
+    def _check_lane_links(self):
+        """A kernel pod port in the express lane whose interface cannot
+        take frames (the pod's end of its veth down: no carrier) is out of
+        the lane's destinations until it can: frames to it, from pods and
+        from the underlay, then take the core's path, which counts them
+        dropped (kport_kernel_tx), where the lane would count them
+        delivered and the kernel drop them unseen. Looked at once a second
+        and as soon as the kernel tells of a change to one of them; logged
+        when it changes."""
+        with self.lock:  # no pod joins or leaves the lane meanwhile
+            eng = self.engine
+            if eng is None or not eng.express_loaded:
+                self._lane_links, self._lane_names = {}, frozenset()
+                return
+            now, names, owners = {}, set(), None
+            for port, ifindex in eng.express_pod_ports().items():
+                try:
+                    name = socket.if_indextoname(ifindex)
+                except OSError:
+                    name = None  # gone: its pod's removal takes it out of the lane
+                st = link_state(name) if name else None
+                carries = bool(st is not None and st[0] == ifindex and st[1] and st[2])
+                was = self._lane_links.get(port)
+                before = was[1] if was is not None and was[0] == ifindex else True  # joins carrying
+                if carries != before:
+                    eng.express_port_carries(port, carries)
+                    owners = self._port_owners() if owners is None else owners
+                    pod, plane = owners.get(port, (None, None))
+                    if carries:
+                        event("pod interface carries frames again", pod=pod, plane=plane,
+                              interface=name)  # fmt: skip
+                    else:
+                        log.warning(
+                            "pod %s plane %s: its interface is down (%s has no carrier): frames "
+                            "to it are dropped (kport_kernel_tx) until it is up",
+                            pod,
+                            plane,
+                            name,
+                        )
+                now[port] = (ifindex, carries)
+                if name:
+                    names.add(name)
+            self._lane_links, self._lane_names = now, frozenset(names)
+
     def _check_pod_links(self):
         """A memif or vhost-user pod's application connecting to its plane's
         port, or gone from it (the DPDK port's link), logged with the pod
@@ -1467,12 +1534,7 @@ class NodeService:
         eng, pods = self.engine, self.pods
         if eng is None or pods is None:
             return
-        where = {
-            pl["port"]: (name, pl["plane"])
-            for name, info in list(pods.known.items())
-            for pl in info.get("planes", ())
-            if pl.get("port") is not None
-        }
+        where = self._port_owners()
         now = {  # (an af_xdp port's link is its veth's: no application of its own)
             p.index: p
             for p in eng.ports()

@@ -310,6 +310,73 @@ def test_a_frame_over_the_networks_mtu_is_the_cores_to_refuse(node):
     assert after.get("kport_oversize", 0) - drops.get("kport_oversize", 0) == 1, (drops, after)
 
 
+def test_frames_to_a_pod_whose_interface_is_down_are_the_cores_to_count(node):
+    """Pod b's interface set down in its namespace: frames from pod a to
+    it, which the lane would count delivered while the kernel dropped them
+    unseen (a veth whose peer is down takes nothing), take the core's path
+    once the service has seen it, and are counted dropped there
+    (kport_kernel_tx); set up again, the lane carries them to b again."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", CT_SPEC)
+    assert ping(a["ns"], ip_of(b), count=1).returncode == 0
+    frame = _frame(mac_of(b), mac_of(a), ip_of(a), ip_of(b), b"to-b")
+
+    def counts():
+        st = node.api("GET", "/v1/status")
+        row = next(p for p in st["ports"] if p["pod"] == "a" and p["plane"] == "std")
+        return row["express"]["rx_packets"], st["drops"].get("kport_kernel_tx", 0)
+
+    def send(n):
+        code = (
+            "import socket\n"
+            "s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+            f"s.bind(({ifname_of(a)!r}, 0))\n"
+            f"for _ in range({n}): s.send(bytes.fromhex({frame!r}))\n"
+        )
+        subprocess.run(["ip", "netns", "exec", a["ns"], sys.executable, "-c", code], check=True)
+
+    def until(cond, what):
+        for _ in range(100):
+            got = counts()
+            if cond(got):
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"{what}: {got}")
+
+    x0, d0 = counts()
+    send(20)
+    x1, d1 = counts()
+    assert (x1 - x0, d1 - d0) == (20, 0), (x0, d0, x1, d1)
+    sh("ip", "-n", b["ns"], "link", "set", ifname_of(b), "down")
+    # the service sees it when the kernel tells it: from then on the lane
+    # leaves a's frames to b to the core (one more frame sent until it does)
+    for _ in range(100):
+        xa = counts()[0]
+        send(1)
+        time.sleep(0.2)
+        if counts()[0] == xa:
+            break
+    else:
+        raise AssertionError("the lane kept carrying frames to b's interface, which is down")
+    x2, d2 = counts()
+    send(20)
+    # (pod a's kernel may probe b's address meanwhile: those are dropped too)
+    x3, d3 = until(lambda c: c[1] - d2 >= 20, "the core did not count 20 drops")
+    assert x3 == x2, (x2, d2, x3, d3)
+    sh("ip", "-n", b["ns"], "link", "set", ifname_of(b), "up")
+    t, got = _receiver(b["ns"], ifname_of(b), "to-b", seconds=4.0)
+    for _ in range(60):  # the lane takes them again once the service has seen it
+        x4 = counts()[0]
+        send(1)
+        if counts()[0] > x4:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the lane did not take a's frames to b again once b was up")
+    t.join()
+    assert got[0] >= 1, got
+
+
 # TCP source for a while: connects, sends for `secs` seconds whatever the
 # connection takes, then resets it; its MSS and the bytes it queued as JSON
 TCP_PUSH = """
