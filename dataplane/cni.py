@@ -21,7 +21,8 @@ Every verb is forwarded to the node service's control API
 Errors are the specification's JSON on stdout with its codes: 1
 incompatible version, 4 bad environment, 6 undecodable input, 7 invalid
 network configuration, 11 try again later (the service does not answer),
-50 not available (STATUS), and our own from 100 (:data:`ERR_EXISTS`,
+50 not available and 51 not available with limited connectivity (STATUS),
+and our own from 100 (:data:`ERR_EXISTS`,
 :data:`ERR_SERVICE`, :data:`ERR_CHECK`).
 
 Only the standard library is imported, and of it only modules built into
@@ -38,6 +39,8 @@ import _socket
 import os
 import sys
 import time
+from errno import ECONNREFUSED as _ECONNREFUSED
+from errno import ENOENT as _ENOENT
 
 #: every version of the specification the plugin speaks, oldest first
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -55,6 +58,7 @@ ERR_DECODE = 6
 ERR_CONFIG = 7
 ERR_TRY_AGAIN = 11
 ERR_NOT_AVAILABLE = 50
+ERR_LIMITED = 51  # not available, and existing pods may have limited connectivity
 # ours
 ERR_EXISTS = 100  # (container ID, ifname) is attached already
 ERR_SERVICE = 101  # the node service failed the request
@@ -160,6 +164,10 @@ class ServiceBusy(ServiceDown):
     """The node service is there but takes no more connections now."""
 
 
+class ServiceGone(ServiceDown):
+    """No node service runs: its socket is missing, or nothing listens on it."""
+
+
 def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFAULT_TIMEOUT_S):
     """One HTTP/1.0 request on the service's unix socket: (status, JSON).
     ServiceDown if the socket is missing, refuses, or times out."""
@@ -176,7 +184,8 @@ def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFA
         except BlockingIOError:  # its listen queue is full: it is there, and busy
             raise ServiceBusy(f"the node service on {sock_path} is busy (its queue is full)")
         except OSError as e:
-            raise ServiceDown(f"the node service does not answer on {sock_path}: {e.strerror or e}")
+            gone = ServiceGone if e.errno in (_ENOENT, _ECONNREFUSED) else ServiceDown
+            raise gone(f"the node service does not answer on {sock_path}: {e.strerror or e}")
         try:
             s.sendall(head.encode() + data)
             chunks = []
@@ -649,6 +658,14 @@ def _gc(conf, env):
 def _status(conf, env):
     try:
         status, obj = _answer(conf, "GET", "/v1/attachments/ready")
+    except ServiceGone as e:
+        # no core forwards this node's pods (the express lane's programs,
+        # left in the kernel, still carry some of their traffic)
+        raise CNIError(
+            ERR_LIMITED,
+            "the node service is not running: no ADD, and this node's pods are not forwarded",
+            str(e),
+        )
     except ServiceDown as e:
         raise CNIError(ERR_NOT_AVAILABLE, "the node service is not available", str(e))
     obj = obj if isinstance(obj, dict) else {}

@@ -131,9 +131,9 @@ def test_error_codes_without_a_service(plugin, tmp_path):
         code, out, _ = run_plugin(plugin, verb, netconf(sock), **env)
         assert code != 0 and out["code"] == 11, out
         assert str(sock) in out["details"]
-    # 50: STATUS while the service is down
+    # 51: STATUS while no service runs (its socket missing)
     code, out, _ = run_plugin(plugin, "STATUS", netconf(sock, version="1.1.0"))
-    assert code != 0 and out["code"] == 50
+    assert code != 0 and out["code"] == 51, out
 
 
 def test_json_without_the_json_module():
@@ -497,11 +497,15 @@ def test_status_waits_out_a_busy_service(cnode):
 
 
 def test_status(cnode):
+    """Ready while the service answers; with no service running, 51: no ADD
+    and the node's pods not forwarded (50 is for a service that is there
+    but cannot take an ADD: test_status_waits_out_a_busy_service)."""
     conf = cnode.conf(version="1.1.0")
     assert cnode.cni("STATUS", conf) == (0, None, "")
     cnode.stop()
     code, out, _ = cnode.cni("STATUS", conf)
-    assert code != 0 and out["code"] == 50
+    assert code != 0 and out["code"] == 51, out
+    assert out["msg"].startswith("the node service is not running"), out
     cnode.start()
     assert cnode.cni("STATUS", conf)[0] == 0
 
