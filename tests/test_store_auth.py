@@ -117,3 +117,40 @@ def test_the_configuration_names_the_user_and_its_password_file(srv, tmp_path):
     os.unlink(pw)
     with pytest.raises(ConfigError, match=f"store.password_file: {pw}: cannot be read"):
         open_store(gone.store, "node1", timeout=5)
+
+
+def test_a_member_refusing_the_login_with_its_own_error_is_passed_over(srv):
+    """A member that answers the login itself with an error of its own (too
+    many requests: its apply far behind) is passed over for the next one,
+    which logs the node in, as for any request - not taken for the cluster
+    refusing the node's user."""
+    import json
+
+    from tests.test_etcd_failover import Listener, answer, forward, read_request
+
+    message = "etcdserver: too many requests"
+    logins = []
+
+    def sick_answer(conn):
+        # the login refused; anything else (the opening's ping) passed on
+        method, path, body = read_request(conn)
+        if path.endswith("/auth/authenticate"):
+            logins.append(path)
+            body = json.dumps({"error": message, "code": 8, "message": message}).encode()
+            answer(conn, "429 Too Many Requests", body)
+        else:
+            answer(conn, *forward(srv.url, method, path, body))
+
+    sick = Listener(sick_answer)
+    s = None
+    try:
+        s = EtcdStore(
+            [sick.url, srv.url], prefix=PREFIX, user="node1", password="s3cret", timeout=5
+        )
+        s.put_network("net1", 100, "std", SUBNET)
+        assert s.network("net1")["vni"] == 100
+        assert logins, "the sick member was not asked to log the node in"
+    finally:
+        if s is not None:
+            s.close()
+        sick.close()
