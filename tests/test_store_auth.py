@@ -154,3 +154,20 @@ def test_a_member_refusing_the_login_with_its_own_error_is_passed_over(srv):
         if s is not None:
             s.close()
         sick.close()
+
+
+def test_a_watch_the_member_cancels_as_it_creates_it_is_refused_saying_why(srv):
+    """A watch of a prefix the node's user may not read: etcd creates it and
+    cancels it in the same answer (permission denied). Refused at once,
+    naming the member and etcd's reason - not taken for a watch that runs
+    and never delivers anything."""
+    s = EtcdStore([srv.url], prefix=PREFIX, user="node1", password="s3cret", timeout=5)
+    try:
+        with pytest.raises(EtcdRefused) as e:
+            s.client.watch("/other/", None, lambda kind, obj: None, lambda ev: ("put", ev))
+        assert srv.url in str(e.value) and "permission denied" in str(e.value), e.value
+        # the node's own prefix still watched
+        s.put_network("net1", 100, "std", SUBNET)
+        assert watch_a_put(s) == [("put", "h1")]
+    finally:
+        s.close()
