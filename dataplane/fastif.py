@@ -112,7 +112,23 @@ def parse_interface(value, plane: str) -> Tuple[str, Optional[str], Dict[str, An
 
 
 # ============================================================ node support
-def hugepages_total(meminfo: str = "/proc/meminfo") -> int:
+#: the kernel's pools of hugepages, one directory per page size
+SYS_HUGEPAGES = "/sys/kernel/mm/hugepages"
+
+
+def hugepages_total(meminfo: str = "/proc/meminfo", sysfs: str = SYS_HUGEPAGES) -> int:
+    """Hugepages reserved on this node, of every page size (HugePages_Total
+    in /proc/meminfo counts the default size's only: a node that reserves
+    1 GiB pages alone has none there)."""
+    total = 0
+    try:
+        for d in os.listdir(sysfs):
+            with open(os.path.join(sysfs, d, "nr_hugepages")) as f:
+                total += int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        total = 0
+    if total:
+        return total
     try:
         with open(meminfo) as f:
             for line in f:
@@ -123,13 +139,15 @@ def hugepages_total(meminfo: str = "/proc/meminfo") -> int:
     return 0
 
 
-def check_node_can(kind: str, plane: str, meminfo: str = "/proc/meminfo"):
+def check_node_can(
+    kind: str, plane: str, meminfo: str = "/proc/meminfo", sysfs: str = SYS_HUGEPAGES
+):
     """ResourceError unless this node can give a pod a ``kind`` plane: a
     memif or vhost-user pod runs DPDK on hugepages of the node's pool."""
-    if kind in SOCKET_KINDS and hugepages_total(meminfo) == 0:
+    if kind in SOCKET_KINDS and hugepages_total(meminfo, sysfs) == 0:
         raise ResourceError(
             f"interfaces.{plane}: kind {kind} needs hugepages on this node for the pod's "
-            "DPDK application, and none are reserved (HugePages_Total is 0)"
+            "DPDK application, and none are reserved (of any page size)"
         )
 
 
@@ -438,7 +456,9 @@ def detach(
     socket. A vhost-user socket is the pod's and stays, and so does
     the pod's directory, which the pod's container has mounted: it goes
     with the pod (:func:`remove_pod_dir`)."""
-    if port is None:
+    if port is None:  # no port (a pod whose add did not finish): no link either
+        if kind != MEMIF:
+            unpin(base, pod, plane)
         return
     engine.del_port(port)
     if kind == MEMIF:

@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .checks import AF_XDP_FILL_MBUFS, AF_XDP_PORT_PREFIX, check_pod_name, is_af_xdp_port
-from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound, ResourceError
+from .errors import AlreadyExists, ConfigError, DataplaneError, NotFound, ResourceError
 from .fastif import KINDS, SOCKET_KINDS, VETH, VF
 from .logs import event, log, warning_event
 from .store import reach
@@ -1695,8 +1695,7 @@ class PodLife:
             ours = {self.config.vtep.uplink_ifname} | {
                 x["host_ifname"] for x in self.store.endpoints(node=self.config.node)
             }
-            if dev in ours:
-                raise Busy(f"vf device {dev} is the dataplane's own (uplink or a pod's veth)")
+            vfs.refuse_own(dev, ours, [self.config.vtep.uplink_pci])
             vfs.take(
                 self.store,
                 name,

@@ -40,7 +40,7 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from .errors import Busy, ConfigError, DataplaneError, NotFound
+from .errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
 from .logs import event, log, warning_event
 
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -95,6 +95,31 @@ def resolve(device: str):
     if not os.path.isdir(os.path.join(SYS_NET, device)):
         raise ConfigError(f"vf device {device}: no such network interface on this node")
     return device, _pci_of(device)
+
+
+def _held_as(store, device: str, pci: Optional[str], pod: str, plane: str) -> Optional[str]:
+    """Another name under which a pod other than ``pod`` plane ``plane``
+    holds the device with PCI address ``pci``, or None."""
+    if pci is None:
+        return None  # a virtual device: its one name is its key
+    for d in held_devices(store):
+        rec = holder(store, d) if d != device else None
+        if rec and rec.get("pci") == pci and (rec["pod"], rec["plane"]) != (pod, plane):
+            return d
+    return None
+
+
+def refuse_own(device: str, names, pcis):
+    """Busy if ``device`` (a name or a PCI address) is one of the
+    dataplane's own: an interface in ``names`` (the uplink, pods' veths)
+    or a PCI device in ``pcis`` (a DPDK uplink's), however it is named."""
+    try:
+        name, pci = resolve(device)
+    except ConfigError:  # not here (held, in a pod's namespace; or none): take says which
+        name, pci = device, None
+    own_pcis = {p.lower() for p in pcis if p} | ({_pci_of(n) for n in names if n} - {None})
+    if device in names or name in names or (pci is not None and pci in own_pcis):
+        raise Busy(f"vf device {device} is the dataplane's own (uplink or a pod's veth)")
 
 
 def _pci_of(ifname: str) -> Optional[str]:
@@ -171,6 +196,36 @@ def take(
                     + ("" if still is True else f": {still}")
                 )
     name, pci = resolve(device)
+    # the same device under another spelling (its interface name, its PCI
+    # address in capitals or not) held by another pod
+    alias = _held_as(store, device, pci, pod, plane)
+    if alias is not None:
+        rec = holder(store, alias)
+        still = free_if_gone(store, alias, by="a new add")
+        if still and rec:
+            raise Busy(
+                f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']} "
+                f"(as {alias})" + ("" if still is True else f": {still}")
+            )
+    pf, index = _pf_of(name) if name is not None else (None, None)
+    at_pf = [k for k in ("vlan", "spoofchk", "trust") if opts.get(k) not in (None, 0)]
+    if at_pf and name is None:
+        raise ConfigError(
+            f"interfaces.{plane}.{at_pf[0]}: not applied to vf device {device}, which is "
+            "bound to a userspace driver: set it at the PF"
+        )
+    if at_pf and not pf:
+        raise ConfigError(
+            f"interfaces.{plane}.{at_pf[0]}: vf device {device} is not an SR-IOV VF (no "
+            "PF found), so nothing would apply it"
+        )
+    if name is not None:
+        with _ipr(netns) as pipr:
+            if pipr.link_lookup(ifname=ifname):
+                raise AlreadyExists(
+                    f"interfaces.{plane}: interface {ifname} exists in the pod's namespace "
+                    f"{netns} already"
+                )
     rec = {"pod": pod, "plane": plane, "device": device, "netns": netns, "pci": pci}
     rec["netns_id"] = netns_identity(netns)  # tells the namespace from a later one
     _list_held(store, device, True)
@@ -178,7 +233,6 @@ def take(
         rec["dpdk"] = True
         store.set_meta(key, json.dumps(rec))
         return {"pci": pci, "device": device}
-    pf, index = _pf_of(name)
     with _ipr() as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
         link = ipr.get_links(idx)[0]

@@ -100,7 +100,7 @@ def test_vf_moved_addressed_and_given_back(fabric, sockdir):
     fab = fabric()
     node = node_with_sockets(fab, sockdir)
     before = stand_in(node)
-    ns, body = vf_pod(fab, node, "a", vlan=30, spoofchk=False)
+    ns, body = vf_pod(fab, node, "a", vlan=0, spoofchk=False)  # nothing for a PF to do
     info = add(node, body)
     media = [p for p in info["planes"] if p["plane"] == "media"][0]
     assert media["kind"] == "vf" and media["device"] == "vfstub0" and media["pci"] is None
@@ -221,6 +221,41 @@ def test_dataplane_devices_refused_as_vf(fabric, sockdir):
     assert link(node.ns, "uplink0") is not None
 
 
+def test_a_vf_add_refused_before_anything_moves(fabric, sockdir):
+    """What a VF add cannot do is refused before the device moves, naming
+    the field, and leaves the device and the pod's namespace as they were:
+    the plane's interface name taken in the pod's namespace already (the
+    device was once moved in, failed to be renamed, and the give-back took
+    the pod's own interface down for it), and a VLAN, spoof check or trust
+    for a device with no PF to apply them (they were ignored: the pod sent
+    untagged)."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    before = stand_in(node)
+    ns, body = vf_pod(fab, node, "a")
+    ipn(ns, "link add sriov0 type veth peer name sriov1")
+    ipn(ns, "link set sriov0 up")
+    assert "already" in refused(node, body) and "interfaces.media: interface sriov0 exists" in (
+        refused(node, body)
+    )
+    assert "UP" in link(ns, "sriov0")["flags"]  # the pod's own, untouched
+    assert node.api("GET", "/v1/pods") == []
+    assert_restored(node, before)
+    ipn(ns, "link del sriov0")
+    for opt, value in (("vlan", 30), ("spoofchk", True), ("trust", True)):
+        _, body = vf_pod(fab, node, f"o{opt[0]}", **{opt: value})
+        assert refused(node, body).startswith(
+            f"interfaces.media.{opt}: vf device vfstub0 is not an SR-IOV VF (no PF found)"
+        )
+        assert node.api("GET", "/v1/pods") == []
+        assert_restored(node, before)
+    # vlan 0 and false checks ask nothing of a PF: taken
+    _, body = vf_pod(fab, node, "z", vlan=0, spoofchk=False)
+    add(node, body)
+    node.api("DELETE", f"/v1/pods?name={fab.tag}z")
+    assert_restored(node, before)
+
+
 def test_vf_of_a_pod_gone_without_delete_is_given_back(fabric, sockdir):
     """A pod's namespace deleted without a pod delete while its VF is not
     back on the node (a namespace's teardown is asynchronous; a VF comes
@@ -325,11 +360,12 @@ class MetaStore:
 @pytest.fixture
 def fake_sysfs(tmp_path, monkeypatch):
     """A PF 0000:03:00.0 (ens1f0) with VF 3 = 0000:03:02.1 (netdev vf0) and
-    VF 4 = 0000:03:02.2 bound to a userspace driver (no netdev)."""
+    VF 4 = 0000:03:02.2 bound to a userspace driver (no netdev); another
+    device bound to one, 0000:0a:02.4."""
     from dataplane import vf
 
     pci, net = tmp_path / "bus/pci/devices", tmp_path / "class/net"
-    for d in ("0000:03:00.0/net/ens1f0", "0000:03:02.1/net/vf0", "0000:03:02.2"):
+    for d in ("0000:03:00.0/net/ens1f0", "0000:03:02.1/net/vf0", "0000:03:02.2", "0000:0a:02.4"):
         (pci / d).mkdir(parents=True)
     net.mkdir(parents=True)
     for name, dev in (("ens1f0", "0000:03:00.0"), ("vf0", "0000:03:02.1")):
@@ -355,6 +391,33 @@ def test_vf_found_by_name_or_pci_address_with_its_pf(fake_sysfs):
     # a device the request names and the node lacks: the request's fault
     with pytest.raises(ConfigError, match="0000:03:09.0: no such PCI device"):
         vf.resolve("0000:03:09.0")
+
+
+def test_a_vf_named_otherwise_is_still_the_one_held_or_the_dataplanes(fake_sysfs):
+    """A device is held, and the dataplane's own, however the request names
+    it: its PCI address in capitals, its interface name or its address."""
+    vf = fake_sysfs
+    from dataplane.errors import Busy
+
+    store = MetaStore()
+    args = ("/nonexistent", "sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False)
+    store.pods["p1"] = {"name": "p1", "netns": "/nonexistent", "node": "node1"}
+    vf.take(store, "p1", "media", "0000:0a:02.4", *args, {})
+    with pytest.raises(Busy, match=r"held by pod p1 plane media \(as 0000:0a:02.4\)"):
+        vf.take(store, "p2", "media", "0000:0A:02.4", *args, {})
+    assert vf.held_devices(store) == ["0000:0a:02.4"]
+    # a VF bound to a userspace driver: its VLAN cannot be set from here
+    from dataplane.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^interfaces.media.vlan: not applied to vf device"):
+        vf.take(store, "p3", "media", "0000:03:02.2", *args, {"vlan": 7})
+    assert vf.held_devices(store) == ["0000:0a:02.4"]
+    # the uplink's interface, named by its PCI address; a DPDK uplink's address
+    with pytest.raises(Busy, match="vf device 0000:03:02.1 is the dataplane's own"):
+        vf.refuse_own("0000:03:02.1", {"vf0"}, [])
+    with pytest.raises(Busy, match="vf device vf0 is the dataplane's own"):
+        vf.refuse_own("vf0", {"uplink0"}, ["0000:03:02.1"])
+    vf.refuse_own("0000:03:02.2", {"vf0", "uplink0"}, [None])  # another's: fine
 
 
 def test_dpdk_mode_vf_is_held_not_moved(fake_sysfs):
