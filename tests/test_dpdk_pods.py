@@ -594,16 +594,26 @@ def test_kinds_round_trip_through_the_stored_spec():
 
 
 def test_no_hugepages_refused(tmp_path):
+    """A memif or vhost-user plane needs hugepages of some size on the node:
+    refused with none, taken with only 1 GiB pages reserved (which
+    /proc/meminfo's HugePages_Total, the default size's, does not count)."""
     from dataplane.errors import ResourceError
     from dataplane.fastif import check_node_can
 
-    meminfo = tmp_path / "meminfo"
+    meminfo, sysfs = tmp_path / "meminfo", tmp_path / "hugepages"
     meminfo.write_text("MemTotal: 1 kB\nHugePages_Total:       0\n")
-    with pytest.raises(ResourceError, match="kind memif needs hugepages"):
-        check_node_can("memif", "media", str(meminfo))
-    check_node_can("veth", "media", str(meminfo))
+    for size, n in (("2048kB", 0), ("1048576kB", 0)):
+        (sysfs / f"hugepages-{size}").mkdir(parents=True)
+        (sysfs / f"hugepages-{size}" / "nr_hugepages").write_text(f"{n}\n")
+    with pytest.raises(ResourceError, match="kind memif needs hugepages .* none are reserved"):
+        check_node_can("memif", "media", str(meminfo), str(sysfs))
+    check_node_can("veth", "media", str(meminfo), str(sysfs))
+    (sysfs / "hugepages-1048576kB" / "nr_hugepages").write_text("2\n")
+    check_node_can("vhost-user", "media", str(meminfo), str(sysfs))
+    check_node_can("memif", "media", str(meminfo), str(sysfs))
+    # no sysfs to read (an old kernel): /proc/meminfo's word
     meminfo.write_text("HugePages_Total:    1024\n")
-    check_node_can("vhost-user", "media", str(meminfo))
+    check_node_can("vhost-user", "media", str(meminfo), str(tmp_path / "none"))
 
 
 def test_failed_fast_plane_leaves_nothing(fabric, sockdir):

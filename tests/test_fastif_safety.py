@@ -222,6 +222,31 @@ def test_vhost_user_core_connects_only_through_its_own_link(eng, base, tmp_path)
     assert not os.path.lexists(link) and os.path.lexists(path)  # the pod's stays
 
 
+@ROOT_ONLY
+def test_a_vhost_user_plane_without_a_port_leaves_no_link_of_the_core(base):
+    """A plane whose pod is removed with no port (its add never finished, or
+    the replay drops a pod whose namespace died while the service was
+    away): the core's link to its socket goes all the same, not left in
+    the core's directory once the pod's is gone."""
+    from dataplane import fastif
+
+    opts = {"uid": NOBODY, "gid": NOBODY}
+    path = fastif.socket_path(base, "p4", "std")
+    os.makedirs(os.path.dirname(path))
+    pod = _listener(path)
+    os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    try:
+        assert fastif.pin(base, "p4", "std", opts) is None
+        link = fastif.pin_path(base, "p4", "std")
+        assert os.path.lexists(link)
+        fastif.detach(None, None, base, "p4", "std", fastif.VHOST_USER)
+        fastif.remove_pod_dir(base, "p4")
+        assert not os.path.lexists(link)
+        assert os.listdir(os.path.dirname(link)) == []
+    finally:
+        pod.close()
+
+
 # --------------------------------------------------- a re-attach that fails
 @pytest.mark.netns
 @ROOT_ONLY
