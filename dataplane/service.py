@@ -152,22 +152,56 @@ def _fields_of(takes, *fields) -> List[str]:
     return names
 
 
+#: scrapes the metrics endpoint serves at once; a connection past them is
+#: closed at once (a scraper tries again at its next interval)
+METRICS_MAX_CONNECTIONS = 16
+#: how long a metrics connection may be silent while its request is read or
+#: its answer sent before it is closed
+METRICS_TIMEOUT_S = 10.0
+
+
 def metrics_http_server(host: str, port: int, registry):
     """The Prometheus endpoint on ``host``:``port``, served from a daemon
     thread: what prometheus_client's ``start_http_server`` makes, but with
     a loop that looks for a stop every :data:`~dataplane.api.STOP_POLL_S`
-    (its own looks every 0.5 s, and a service's stop waits for it)."""
+    (its own looks every 0.5 s, and a service's stop waits for it), at most
+    :data:`METRICS_MAX_CONNECTIONS` connections at once, each closed once
+    silent for :data:`METRICS_TIMEOUT_S`: idle connections (anyone who can
+    reach the port) cannot take the service's threads and file
+    descriptors, which its control API and pods need."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import make_wsgi_app
     from prometheus_client.exposition import ThreadingWSGIServer
 
     class Quiet(WSGIRequestHandler):
+        timeout = METRICS_TIMEOUT_S  # on the connection's socket (StreamRequestHandler)
+
         def log_message(self, format, *args):  # a scrape is not an event
             pass
 
     class Server(ThreadingWSGIServer):
         address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        slots = threading.BoundedSemaphore(METRICS_MAX_CONNECTIONS)
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)  # busy: closed, the scraper tries again
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request, client_address):
+            pass  # a client gone or silent too long: nothing for the log
 
     httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=Quiet)
     threading.Thread(

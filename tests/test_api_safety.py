@@ -519,3 +519,51 @@ def test_a_client_gone_before_its_answer_is_not_a_failed_request(tmp_path):
     assert not [r for r in records if r.levelno >= logging.ERROR], [r.getMessage() for r in records]
     [req] = [r for r in records if r.getMessage() == "api request"]
     assert req.fields["status"] == 200, req.fields
+
+
+def test_idle_connections_to_the_metrics_port_take_nothing_the_node_needs(node):
+    """Anyone who can reach the metrics port opens hundreds of connections
+    and sends nothing: the service keeps at most METRICS_MAX_CONNECTIONS of
+    them (closing the rest at once, and those it kept once silent for
+    METRICS_TIMEOUT_S), so its file descriptors stay bounded and its
+    control API answers throughout; scrapes work again once they go."""
+    from dataplane.service import METRICS_MAX_CONNECTIONS, METRICS_TIMEOUT_S
+    from tests.test_service import scrape
+
+    def fds():
+        return len(os.listdir(f"/proc/{node.proc.pid}/fd"))
+
+    scrape(node)  # its server thread and socket there before counting
+    before = fds()
+    idle = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", node.metrics_port), timeout=5)
+            idle.append(s)
+        time.sleep(0.5)  # the service has accepted (and closed) what it will not keep
+        held = fds() - before
+        assert held <= METRICS_MAX_CONNECTIONS + 2, held
+        assert node.api("GET", "/v1/status")["ports"]  # the control API answers
+        # the kept ones are closed by the service once silent long enough
+        kept = [s for s in idle if _open(s)]
+        assert 0 < len(kept) <= METRICS_MAX_CONNECTIONS, len(kept)
+        time.sleep(METRICS_TIMEOUT_S + 1.0)
+        assert not any(_open(s) for s in kept)
+    finally:
+        for s in idle:
+            s.close()
+    assert "dataplane_port_rx_packets_total" in scrape(node)
+
+
+def _open(s: socket.socket) -> bool:
+    """Whether the server end of ``s`` has not closed it (nothing to read
+    without blocking)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.setblocking(True)
