@@ -9,8 +9,8 @@ refused, naming the field, before the handler runs.
 Every request is answered with JSON: the handler's value with 200, or
 ``{"error": message}`` with 400 (bad input), 404 (unknown object or path),
 405 (a method the path does not take), 408 (the request was not read in
-:data:`REQUEST_TIMEOUT_S`), 409 (exists, busy), 411 (no Content-Length with
-a body), 413 (a body over :data:`MAX_BODY_BYTES`), 431 (a request head over
+:data:`REQUEST_TIMEOUT_S`), 409 (exists, busy), 411 (a POST without
+Content-Length), 413 (a body over :data:`MAX_BODY_BYTES`), 431 (a request head over
 :data:`MAX_HEAD_BYTES`), 503 (more than :data:`MAX_CONNECTIONS` at once; or,
 with ``"unavailable": true``, the state store does not answer, or refuses the
 node: ``"refused": true``), 507 with ``"exhausted": true`` (the node is out of
@@ -358,6 +358,10 @@ class APIServer:
                 if self.headers.get("Transfer-Encoding") is not None:
                     raise _Refused(411, "Transfer-Encoding is not supported: give Content-Length")
                 lengths = self.headers.get_all("Content-Length") or []
+                if not lengths and self.command == "POST":
+                    # a body sent without one would go unread, and the
+                    # request be taken as one without (a dry run reloading)
+                    raise _Refused(411, "Content-Length: required for POST (0 for no body)")
                 if len(lengths) > 1:
                     raise _Refused(400, "Content-Length: given more than once")
                 text = lengths[0].strip() if lengths else "0"

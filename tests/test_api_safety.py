@@ -300,6 +300,17 @@ def test_chunked_body_refused(node):
     refused(node, data, 411, "Content-Length")
 
 
+def test_a_post_without_content_length_refused(node):
+    """A POST whose body goes without Content-Length: refused, not taken as
+    a request without a body (a dry run would reload, or a request be
+    refused for a field it has); one that says 0 is answered."""
+    body = json.dumps({"dry_run": True}).encode()
+    data = request("POST", "/v1/reload", headers=[("Connection", "close")]) + body
+    refused(node, data, 411, "Content-Length: required for POST")
+    data = request("POST", "/v1/pods", headers=[("Content-Length", "0")])
+    refused(node, data, 400, "name")  # read as the empty body it says it is
+
+
 def test_head_over_the_limit_refused(node):
     data = request("GET", "/v1/pods", headers=[("X-Pad", "a" * (MAX_HEAD_BYTES + 1))])
     refused(node, data, 431, "head")
