@@ -398,8 +398,8 @@ def check_mac(value, path: str = "mac") -> str:
 
 
 def check_ifname(value, path: str = "ifname", reserved: Mapping[str, str] = None) -> str:
-    """A kernel interface name: 1..15 bytes (UTF-8), no NUL, '/', ':' or
-    white space, not '.' or '..'. ``reserved``: names refused, with why
+    """A kernel interface name: 1..15 bytes (UTF-8), no NUL, '/', ':', '%'
+    or white space, not '.' or '..'. ``reserved``: names refused, with why
     (e.g. :data:`POD_RESERVED_IFNAMES`)."""
     if not isinstance(value, str) or not value:
         raise fail(path, f"{show(value)} is not a non-empty string")
@@ -413,6 +413,12 @@ def check_ifname(value, path: str = "ifname", reserved: Mapping[str, str] = None
     if value in (".", "..") or any(c in value for c in "/:\0") or any(c.isspace() for c in value):
         raise fail(
             path, f"{value!r} is not a valid interface name (no '/', ':', NUL or white space)"
+        )
+    if "%" in value:  # the kernel makes 'sig%d' sig0, sig1, ...: never the name asked for
+        raise fail(
+            path,
+            f"{value!r} is not an interface name but a kernel template (no '%': the kernel "
+            "would number it)",
         )
     if reserved and value in reserved:
         raise fail(path, f"{value!r} is {reserved[value]}")

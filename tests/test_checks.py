@@ -203,6 +203,19 @@ def test_ifname_15_ascii_bytes_ok_16_refused():
     assert "16 bytes, longer than 15" in msg
 
 
+@pytest.mark.parametrize("path", ["vtep.uplink", "planes.control.interface", "interfaces.media"])
+def test_an_ifname_the_kernel_would_number_is_refused(path):
+    """'sig%d' is a template to the kernel (it makes sig0): the pod add
+    that asked for it would not find its interface, a service would wait
+    for an uplink of that name for ever."""
+    refused(
+        checks.check_ifname,
+        "sig%d",
+        path,
+        match=r"^" + re.escape(path) + r": 'sig%d' is not an interface name but a kernel template",
+    )
+
+
 def test_ifname_counted_in_bytes():
     name = "\u20ac" * 6  # 6 characters, 18 bytes of UTF-8
     assert len(name) == 6 and len(name.encode()) == 18
