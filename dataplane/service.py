@@ -1013,9 +1013,12 @@ class NodeService:
         ``expected``: the file the caller means (``dataplane reload -c
         FILE``); another than the service's own is refused, since the
         service reads only the file it was started from. Returns the file
-        and the fields changed (old and new values). ``dry_run``: the same
-        checks, the store's and the core's included, and the same answer
-        (``dry_run: True``), nothing applied."""
+        and the fields changed (old and new values). ``dry_run``: the
+        same checks of the file, the store's records, the pods on networks
+        removed and the core's room for networks added, and the same answer
+        (``dry_run: True``), nothing applied - the core's own steps (its
+        tables for a network, a shaper's queues) are not tried, and what
+        they refuse (out of memory) only a reload says."""
         path = self.config_path
         if path is None:
             raise ConfigError(
@@ -1054,6 +1057,7 @@ class NodeService:
                         raise ConfigError("reload: the service is not running")
                     self._check_unused(path, removed)
                     if dry_run:
+                        self._free_slots(added)
                         return {"config": path, "changed": changed, "dry_run": True}
                     slots = self._add_networks(new, added)
                 recorded = []  # records this reload made
@@ -1306,18 +1310,9 @@ class NodeService:
         view's: ClusterSync.reconfigure): {name: index}. On an error none of
         them stays."""
         eng, slots = self.engine, {}
-        # a network that failed to leave the core keeps its index taken
-        taken = set(self.net_index.values()) | set(eng.networks())
-        free = (i for i in range(MAX_NETWORKS) if i not in taken)
+        free = self._free_slots(added)
         try:
-            for n in added:
-                i = next(free, None)
-                if i is None:  # the removed ones go after the new ones are in
-                    raise ConfigError(
-                        f"networks: {n.name}: the core holds at most {MAX_NETWORKS} networks, "
-                        "the ones this reload removes included: remove them in one reload, "
-                        "add the new ones in the next"
-                    )
+            for n, i in zip(added, free):
                 eng.add_network(i, vni=n.vni, plane=new.plane_id(n.plane))
                 slots[n.name] = i
         except BaseException:
@@ -1325,6 +1320,20 @@ class NodeService:
                 eng.del_network(i)
             raise
         return slots
+
+    def _free_slots(self, added) -> List[int]:
+        """The core's indices networks ``added`` would take, the lowest
+        free first (self.lock held); ConfigError if they do not fit."""
+        # a network that failed to leave the core keeps its index taken
+        taken = set(self.net_index.values()) | set(self.engine.networks())
+        free = [i for i in range(MAX_NETWORKS) if i not in taken][: len(added)]
+        if len(free) < len(added):  # the removed ones go after the new ones are in
+            raise ConfigError(
+                f"networks: {added[len(free)].name}: the core holds at most {MAX_NETWORKS} "
+                "networks, the ones this reload removes included: remove them in one reload, "
+                "add the new ones in the next"
+            )
+        return free
 
     def _set_storm(self, n):
         """Network ``n``'s storm control on each of its pod ports in the

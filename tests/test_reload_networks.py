@@ -626,3 +626,32 @@ def test_a_reload_that_fails_part_way_puts_back_what_it_changed(tmp_path):
         assert n.cli("reload").stdout.endswith(": reloaded, nothing to change\n")
     finally:
         n.cleanup()
+
+
+def test_a_dry_run_says_the_core_has_no_room_for_the_networks_added(tmp_path):
+    """A node with as many networks as the core holds: a reload removing
+    one and adding another in the same file is refused, since the network
+    removed leaves only after the one added is in - and its dry run says
+    so too, rather than that the reload would change them."""
+    from dataplane.checks import MAX_NETWORKS
+
+    nets = "\n".join(
+        f"  - {{name: n{i}, vni: {1000 + i}, plane: std, subnet: 10.{i // 250}.{i % 250}.0/24}}"
+        for i in range(MAX_NETWORKS)
+    )
+    n = Node(tmp_path, uuid.uuid4().hex[:5], networks=nets)
+    try:
+        n.start()
+        last = f"  - {{name: n{MAX_NETWORKS - 1}, vni: {1000 + MAX_NETWORKS - 1},"
+        text = n.cfg.read_text()
+        n.cfg.write_text(text.replace(last, "  - {name: extra, vni: 999,"))
+        for args in (("reload", "--dry-run"), ("reload",)):
+            r = n.cli(*args, check=False)
+            assert r.returncode != 0, (args, r.stdout)
+            assert f"networks: extra: the core holds at most {MAX_NETWORKS} networks" in r.stderr, (
+                args,
+                r.stderr,
+            )
+        assert len(n.api("GET", "/v1/networks")) == MAX_NETWORKS
+    finally:
+        n.cleanup()
