@@ -273,6 +273,20 @@ class NetworkConfig:
         )
         return str(ipaddress.IPv6Network(self.subnet6).network_address + host)
 
+    def ip4_of(self, ip6: Optional[str]) -> Optional[str]:
+        """The IPv4 address whose :meth:`ip6_of` is ``ip6``, or None (no
+        subnet6, or ``ip6`` is no pod's IPv6 address by position)."""
+        if not self.subnet6 or not ip6:
+            return None
+        try:
+            host = int(ipaddress.IPv6Address(ip6)) - int(
+                ipaddress.IPv6Network(self.subnet6).network_address
+            )
+        except ValueError:
+            return None
+        subnet = ipaddress.IPv4Network(self.subnet)
+        return str(subnet.network_address + host) if 0 <= host < subnet.num_addresses else None
+
     def ip6_cidr_of(self, ip: Optional[str]) -> Optional[str]:
         """:meth:`ip6_of` with subnet6's prefix length ("x:y::z/len"), as
         the pod's interface gets it; None without subnet6 or ``ip``."""

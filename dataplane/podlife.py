@@ -1289,8 +1289,12 @@ class PodLife:
             try:
                 for p in ps.planes:
                     n = self.config.network(p.network)
-                    # nobody's floating address, this pod's own included
+                    # nobody's floating address, this pod's own included, by
+                    # itself or by its IPv6 counterpart; nor the node's VTEP
                     avoid = {*floating.get(n.name, ()), *p.allowed}
+                    avoid |= {n.ip4_of(a) for a in avoid if ":" in a} - {None}
+                    if self.config.vtep is not None:
+                        avoid.add(self.config.vtep.ip)
                     ip = self.store.allocate_ip(
                         n.name, n.subnet, n.gateway, name, fixed=p.ip, avoid=avoid
                     )
@@ -1556,9 +1560,10 @@ class PodLife:
             fastif.detach(self.engine, port, self.config.pod_socket_dir, name, plane, kind)
 
     def _floating(self, but: str) -> Dict[str, Dict[str, str]]:
-        """{network: {address: pod}} of the IPv4 addresses pods other than
-        ``but`` may also send from (their allowed_addresses), cluster-wide:
-        one pass over the pods' records."""
+        """{network: {address: pod}} of the IPv4 and IPv6 addresses pods
+        other than ``but`` may also send from (their allowed_addresses, as
+        recorded: normalised), cluster-wide: one pass over the pods'
+        records. The allocator skips the IPv6 ones (not its to give)."""
         out: Dict[str, Dict[str, str]] = {}
         for pod in self.store.pods():
             spec = pod.get("spec") or {}
@@ -1567,9 +1572,7 @@ class PodLife:
             nets = spec.get("networks") or {}
             for plane, addrs in spec["allowed_addresses"].items():
                 if plane in nets:
-                    out.setdefault(nets[plane], {}).update(
-                        {a: pod["name"] for a in addrs if ":" not in a}
-                    )
+                    out.setdefault(nets[plane], {}).update({a: pod["name"] for a in addrs})
         return out
 
     def _check_port_slots(self, name: str, ps):
@@ -1591,27 +1594,43 @@ class PodLife:
 
     def _check_addresses_free(self, name: str, ps, floating):
         """ConfigError if the spec would let one pod answer for another: an
-        allowed (floating) address that is another pod's own address, or a
-        fixed address that is another pod's floating one (``floating``:
-        other pods' by network, :meth:`_floating`). Pods may share a
-        floating address (a VRRP pair does)."""
+        allowed (floating) address that is another pod's own address (its
+        IPv4 one, or on a dual-stack network that one's IPv6 counterpart,
+        NetworkConfig.ip6_of), or a fixed address that is, or whose IPv6
+        counterpart is, another pod's floating one (``floating``: other
+        pods' by network, :meth:`_floating`). Pods may share a floating
+        address (a VRRP pair does)."""
         for p in ps.planes:
+            n = self.config.network(p.network)
             if p.allowed:
-                owners = {
-                    a["ip"]: a["pod"] for a in self.store.allocations(p.network) if a["pod"] != name
-                }
+                owners = {}  # address -> (pod, "IPv6 " for a counterpart)
+                for a in self.store.allocations(p.network):
+                    if a["pod"] != name:
+                        owners[a["ip"]] = (a["pod"], "")
+                        ip6 = n.ip6_of(a["ip"])
+                        if ip6:
+                            owners[ip6] = (a["pod"], "IPv6 ")
                 for i, addr in enumerate(p.allowed):
                     if addr in owners:
+                        pod, what = owners[addr]
                         raise ConfigError(
-                            f"allowed_addresses.{p.plane}[{i}]: {addr} is the address of pod "
-                            f"{owners[addr]} on network {p.network}"
+                            f"allowed_addresses.{p.plane}[{i}]: {addr} is the {what}address of "
+                            f"pod {pod} on network {p.network}"
                         )
             if p.ip:
-                holder = floating.get(p.network, {}).get(p.ip)
+                held = floating.get(p.network, {})
+                holder = held.get(p.ip)
                 if holder:
                     raise ConfigError(
                         f"ips.{p.plane}: {p.ip} is a floating address of pod {holder} on "
                         f"network {p.network} (its allowed_addresses)"
+                    )
+                ip6 = n.ip6_of(p.ip)
+                holder = held.get(ip6) if ip6 else None
+                if holder:
+                    raise ConfigError(
+                        f"ips.{p.plane}: {p.ip} gives the pod IPv6 address {ip6}, a floating "
+                        f"address of pod {holder} on network {p.network} (its allowed_addresses)"
                     )
 
     def _check_macs_free(self, name: str, ps):

@@ -249,7 +249,7 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
 
         ip = ips.get(plane)
         if ip is not None:
-            ip = _check_pod_ip(ip, plane, net)
+            ip = _check_pod_ip(ip, plane, net, config)
         for i, a in enumerate(allowed.get(plane, ())):
             _check_floating(a, f"allowed_addresses.{plane}[{i}]", net, config)
         n6 = sum(1 for a in allowed.get(plane, ()) if ":" in a)
@@ -361,7 +361,10 @@ def _listed_planes(planes, pod_type: str, config: NodeConfig) -> List[str]:
     return planes
 
 
-def _check_pod_ip(ip: str, plane: str, net) -> str:
+def _check_pod_ip(ip: str, plane: str, net, config: NodeConfig) -> str:
+    """A fixed address: in the network's subnet, and nobody else's by
+    position (the network's own, broadcast or gateway address, the node's
+    VTEP)."""
     subnet = ipaddress.IPv4Network(net.subnet)
     addr, slash, plen = ip.partition("/")
     a = parse_ipv4(addr, f"ips.{plane}")
@@ -377,15 +380,35 @@ def _check_pod_ip(ip: str, plane: str, net) -> str:
         raise ConfigError(f"ips.{plane}: {a} is the network or broadcast address of {subnet}")
     if net.gateway and a == ipaddress.IPv4Address(net.gateway):
         raise ConfigError(f"ips.{plane}: {a} is the gateway of network {net.name}")
+    _check_not_vtep(a, f"ips.{plane}", config)
     return str(a)
+
+
+def _check_not_vtep(a: ipaddress.IPv4Address, path: str, config: NodeConfig):
+    """ConfigError if ``a`` is the node's VTEP address: the VTEP's
+    neighbours on the underlay would be taught a pod's MAC for it."""
+    vtep = config.vtep.ip if config.vtep else None
+    if vtep and a == ipaddress.IPv4Address(vtep):
+        raise ConfigError(f"{path}: {a} is this node's VTEP address")
 
 
 def _check_floating(addr: str, path: str, net, config: NodeConfig):
     """An address a plane may also send from is nobody else's by position:
     not the network's own, broadcast or gateway address, nor the node's
-    VTEP (whose neighbours would be taught the pod's MAC for it)."""
+    VTEP (whose neighbours would be taught the pod's MAC for it); in IPv6
+    not subnet6's network address (the subnet-router anycast address) nor
+    gateway6. Any other IPv6 address is taken, a link-local one too (VRRPv3
+    announces an fe80:: virtual address). Another pod's own address is
+    refused when the pod is added (:meth:`dataplane.podlife.PodLife.add_pod`):
+    the spec alone does not know it."""
     a = ipaddress.ip_address(addr)
     if not isinstance(a, ipaddress.IPv4Address):
+        subnet6 = ipaddress.IPv6Network(net.subnet6) if net.subnet6 else None
+        if subnet6 and a == subnet6.network_address:
+            raise ConfigError(
+                f"{path}: {a} is the network address of {subnet6} "
+                "(its subnet-router anycast address)"
+            )
         if net.gateway6 and a == ipaddress.IPv6Address(net.gateway6):
             raise ConfigError(f"{path}: {a} is the IPv6 gateway of network {net.name}")
         return
@@ -394,9 +417,7 @@ def _check_floating(addr: str, path: str, net, config: NodeConfig):
         raise ConfigError(f"{path}: {a} is the network or broadcast address of {subnet}")
     if net.gateway and a == ipaddress.IPv4Address(net.gateway):
         raise ConfigError(f"{path}: {a} is the gateway of network {net.name}")
-    vtep = config.vtep.ip if config.vtep else None
-    if vtep and a == ipaddress.IPv4Address(vtep):
-        raise ConfigError(f"{path}: {a} is this node's VTEP address")
+    _check_not_vtep(a, path, config)
 
 
 def host_ifname(pod: str, plane: str) -> str:

@@ -6,6 +6,7 @@ they go (the CNI plugin's result: tests/test_cni.py). Real node services, pods i
 network namespaces, TCP checked by SHA-256 at the far end (the fabric of
 test_kernel_pods)."""
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -218,3 +219,80 @@ def test_a_dual_stack_pod_keeps_the_express_lane_with_six_floating_ipv6_addresse
     # the pod left to the core reaches the other over IPv6 all the same
     ns_b = f"{fab.tag}pb"
     reach6(ns_b, "fd00:50::33", "pod b (core) -> pod a (lane) over IPv6")
+
+
+def test_a_floating_ipv6_address_cannot_be_another_pods(fabric):  # noqa: F811
+    """On a dual-stack network a pod's IPv6 address is as much its own as
+    its IPv4 one: another pod may not list it in allowed_addresses (its
+    guard and express lane would let it advertise the address), nor ask for
+    a fixed address whose IPv6 counterpart another pod lists there. Refused
+    naming the other pod, with nothing made; subnet6's network address is
+    nobody's floating address either. A VRRP pair still shares its floating
+    address, a link-local one (VRRPv3's) too."""
+    from dataplane.api import APIError
+
+    fab = fabric()
+    node = fab.node(1, [], net=NET6)
+    tag = fab.tag
+    b = fab.pod(1, "b", SUBNET + "61")
+    assert b["planes"][0]["ip6"] == v6(b["ip"]) == "fd00:50::3d"
+
+    def refused(name, ip, allowed=None):
+        with pytest.raises(APIError) as ei:
+            if allowed is None:
+                fab.pod(1, name, ip)
+            else:
+                _pod_with(fab, node, name, ip, allowed)
+        assert ei.value.status == 400, ei.value
+        return str(ei.value)
+
+    assert refused("a1", SUBNET + "62", [v6(b["ip"])]) == (
+        f"allowed_addresses.std[0]: fd00:50::3d is the IPv6 address of pod {tag}b on network net1"
+    )
+    # as the same spec with b's IPv4 address is
+    assert refused("a2", SUBNET + "62", ["fd00:99::1", b["ip"]]) == (
+        f"allowed_addresses.std[1]: {b['ip']} is the address of pod {tag}b on network net1"
+    )
+    assert refused("a3", SUBNET + "62", ["fd00:50::"]) == (
+        "allowed_addresses.std[0]: fd00:50:: is the network address of fd00:50::/64 "
+        "(its subnet-router anycast address)"
+    )
+    # c floats fd00:50::40, the counterpart of .64: d may not have .64
+    _, c = _pod_with(fab, node, "c", SUBNET + "63", ["fd00:50::40", "fe80::1"])
+    assert refused("d", SUBNET + "64") == (
+        f"ips.std: {SUBNET}64 gives the pod IPv6 address fd00:50::40, a floating address "
+        f"of pod {tag}c on network net1 (its allowed_addresses)"
+    )
+    # c's VRRP peer lists the same addresses
+    _, e = _pod_with(fab, node, "e", SUBNET + "65", ["fd00:50::40", "fe80::1"])
+    pods = node.api("GET", "/v1/pods")
+    assert sorted(p["name"] for p in pods) == [b["name"], c["name"], e["name"]]
+    assert sorted(pl["ip"] for p in pods for pl in p["planes"]) == [
+        SUBNET + "61",
+        SUBNET + "63",
+        SUBNET + "65",
+    ]
+
+
+def test_no_address_is_given_whose_ipv6_counterpart_or_itself_is_taken(fabric):  # noqa: F811
+    """A pod given its address by the network (no fixed one) never gets one
+    whose IPv6 counterpart is another pod's floating address (it would
+    answer for that pod's address), nor the node's VTEP address where the
+    network's subnet holds it."""
+    fab = fabric()
+    node = fab.node(1, [], net=NET6)
+    # the address the network would give next (it goes round its subnet,
+    # after the last one it gave): its IPv6 counterpart floated by pod c,
+    # then the network chooses for pod f
+    ns = fab.netns(f"{fab.tag}pf")
+    spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
+    body = {"name": f"{fab.tag}probe", "netns": f"/var/run/netns/{ns}", "spec": json.dumps(spec)}
+    probe = node.api("POST", "/v1/pods", body)["planes"][0]["ip"]
+    node.api("DELETE", f"/v1/pods?name={fab.tag}probe")
+    after = str(ipaddress.IPv4Address(probe) + 1)
+    _pod_with(fab, node, "c", SUBNET + "63", [v6(after)])
+    body["name"] = f"{fab.tag}f"
+    info = node.api("POST", "/v1/pods", body)
+    node.host_links |= {p["host_ifname"] for p in info["planes"] if p.get("host_ifname")}
+    got = info["planes"][0]
+    assert got["ip"] != after and got["ip6"] != v6(after), got

@@ -324,6 +324,41 @@ def test_dual_stack_planes():
         r"^allowed_addresses\.std\[0\]: fd00:10::1 is the IPv6 gateway of network net1",
         config=cfg,
     )
+    # subnet6's network address is its subnet-router anycast address
+    bad(
+        spec(allowed_addresses={"std": ["fd00:10::5", "fd00:10::"]}),
+        r"^allowed_addresses\.std\[1\]: fd00:10:: is the network address of fd00:10::/64 "
+        r"\(its subnet-router anycast address\)$",
+        config=cfg,
+    )
+    # any other IPv6 address is taken, in subnet6 or not, a link-local one
+    # too (VRRPv3's virtual address is one)
+    ps = parse_pod_spec(
+        spec(allowed_addresses={"std": ["fd00:10::5", "fe80::1", "fd00:99::1"]}), cfg
+    )
+    assert ps.planes[0].allowed == ("fd00:10::5", "fe80::1", "fd00:99::1")
+
+
+def test_the_vtep_address_is_nobodys_fixed_address():
+    """A network whose subnet holds the node's VTEP address: the VTEP's
+    neighbours would be taught a pod's MAC for it, whether the pod asks for
+    it as its own address or as a floating one."""
+    nets = [dict(n) for n in BASE["networks"]]
+    nets[0] |= {"subnet": "10.0.0.0/24", "gateway": "10.0.0.254"}  # net1 holds 10.0.0.1
+    cfg = parse_config(dict(BASE, networks=nets))
+    assert cfg.vtep.ip == "10.0.0.1"
+    for ip in ("10.0.0.1", "10.0.0.1/24"):
+        bad(
+            spec(ips={"std": ip}),
+            r"^ips\.std: 10\.0\.0\.1 is this node's VTEP address$",
+            config=cfg,
+        )
+    bad(
+        spec(allowed_addresses={"std": ["10.0.0.1"]}),
+        r"^allowed_addresses\.std\[0\]: 10\.0\.0\.1 is this node's VTEP address$",
+        config=cfg,
+    )
+    assert parse_pod_spec(spec(ips={"std": "10.0.0.2"}), cfg).planes[0].ip == "10.0.0.2"
 
 
 def test_dhcp_server_planes():

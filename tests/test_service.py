@@ -152,10 +152,11 @@ metrics: {{listen: "127.0.0.1:{self.metrics_port}"}}
 
 
 @contextlib.contextmanager
-def running_node(tmp, extra=""):
-    """A started :class:`Node` (config lines ``extra`` added), cleaned up
-    after: what the test files' ``node`` fixtures hold."""
-    n = Node(tmp, uuid.uuid4().hex[:5], extra=extra)
+def running_node(tmp, extra="", networks=None):
+    """A started :class:`Node` (config lines ``extra`` added; ``networks``:
+    its own network lines), cleaned up after: what the test files' ``node``
+    fixtures hold."""
+    n = Node(tmp, uuid.uuid4().hex[:5], extra=extra, networks=networks)
     try:
         n.start()
         yield n
@@ -189,6 +190,17 @@ def test_start_gives_no_advice_for_a_config_that_fits(node):
     text = log.read_text()
     assert "node service started" in text, text
     assert "lcores:" not in text and "memory_mb:" not in text, text
+
+
+def test_the_network_never_gives_a_pod_the_vtep_address(tmp_path):
+    """A network whose subnet holds the node's VTEP address (10.99.0.1 in
+    10.99.0.0/24, as on a flat network): a pod given its address by the
+    network does not get it - the underlay's neighbours of the VTEP would
+    be taught the pod's MAC for it."""
+    nets = "  - {name: net1, vni: 101, plane: std, subnet: 10.99.0.0/24}"
+    with running_node(tmp_path, networks=nets) as n:
+        got = n.pod("a", IT_SPEC)["planes"][0]["ip"]
+        assert got != "10.99.0.1", got
 
 
 def uplink_problem(node, words, tries=200):
