@@ -914,6 +914,13 @@ def _node_config(data, base_dir) -> NodeConfig:
     pod_socket_dir = check_abspath(
         top.get("pod_socket_dir", DEFAULT_POD_SOCKET_DIR), "pod_socket_dir", base_dir
     )
+    if any(c in pod_socket_dir for c in ",="):
+        # the sockets' paths go into DPDK device arguments (socket=PATH,...)
+        raise fail(
+            "pod_socket_dir",
+            f"{pod_socket_dir!r} holds ',' or '=': the pods' socket paths go into DPDK device "
+            "arguments, which those split",
+        )
     if os.path.commonpath([api_socket, pod_socket_dir]) == api_socket:
         raise fail(
             "pod_socket_dir",

@@ -925,6 +925,13 @@ def test_api_socket_and_pod_socket_dir_need_paths_of_their_own():
     )
 
 
+@pytest.mark.parametrize("path", ["/run/dp,x/pods", "/run/dp/a=b"])
+def test_pod_socket_dir_with_what_splits_device_arguments_refused(path):
+    """The memif and vhost-user sockets' paths go into DPDK device arguments
+    (``socket=PATH,...``): a ',' or '=' in them would split the arguments."""
+    bad(cfg(pod_socket_dir=path), r"^pod_socket_dir: .* holds ',' or '='")
+
+
 def test_pod_socket_dir_may_not_hold_the_services_own_files(tmp_path):
     """Each pod's directory in pod_socket_dir goes to the pod's user and is
     removed with the pod: the state, the store and the API socket may not be
