@@ -155,6 +155,10 @@ def cmd_check(args):
     # running service has (its lock looked at, not taken)
     store = check_store(cfg)
     errors = [e for e in [uplink_in_use(cfg), metrics_problem(cfg)] if e] + store.errors
+    if cfg.cpu_latency_us is not None:
+        from .cpulatency import hold_problem
+
+        errors += [e for e in [hold_problem()] if e]  # run refuses to start without it
     lane_off = None  # why the kernel would not take the lane's programs, as run loads them
     if cfg.express_lane is not False:
         from .engine import express_loadable

@@ -31,6 +31,26 @@ SYSFS_CPU = "/sys/devices/system/cpu"
 MAX_US = 2_000_000_000  # the kernel's "no constraint" (PM_QOS_CPU_LATENCY_DEFAULT_VALUE)
 
 
+def hold_problem(device: str = DEVICE) -> Optional[str]:
+    """Why the service could not hold a request here (``dataplane check``:
+    what ``run`` would refuse), or None. The device opened and closed at
+    once: a request opened holds the kernel's default, no constraint,
+    until a value is written."""
+    try:
+        os.close(os.open(device, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as e:
+        return _cannot_hold(device, e)
+    return None
+
+
+def _cannot_hold(device: str, e: OSError) -> str:
+    return (
+        f"cpu_latency_us: cannot hold a CPU latency request: {device}: "
+        f"{e.strerror or e} (the service needs root and the device; "
+        "leave cpu_latency_us out to run without)"
+    )
+
+
 class CpuLatencyRequest:
     """A held request of ``us`` µs; ``limit_us()`` reads what the kernel
     applies now (the lowest request of every holder)."""
@@ -41,11 +61,7 @@ class CpuLatencyRequest:
         try:
             self._fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
-            raise DataplaneError(
-                f"cpu_latency_us: cannot hold a CPU latency request: {device}: "
-                f"{e.strerror or e} (the service needs root and the device; "
-                "leave cpu_latency_us out to run without)"
-            ) from None
+            raise DataplaneError(_cannot_hold(device, e)) from None
         try:
             os.write(self._fd, struct.pack("=i", us))
         except OSError as e:

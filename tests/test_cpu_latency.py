@@ -266,3 +266,30 @@ def test_dataplane_check_says_when_the_request_would_change_nothing(tmp_path):
     why = no_effect(0)
     line = f"warning: cpu_latency_us: {why}; the request would change nothing here"
     assert (line in out.stdout) == bool(why), out.stdout
+
+
+def test_dataplane_check_refuses_a_request_the_service_could_not_hold(tmp_path):
+    """cpu_latency_us where the device cannot be opened (here: a /dev of
+    its own, empty, in a mount namespace of the check's own): `dataplane
+    check` says so and fails, as `run` would refuse to start - not ok."""
+    import yaml
+
+    from dataplane.cpulatency import DEVICE, hold_problem
+
+    assert hold_problem() is None  # here the service can hold one
+    missing = str(tmp_path / "cpu_dma_latency")
+    assert hold_problem(missing).startswith(
+        f"cpu_latency_us: cannot hold a CPU latency request: {missing}: No such file"
+    )
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({"vtep": VTEP, "cpu_latency_us": 0}))
+    check = f"{sys.executable} -m dataplane.cli check -c {path}"
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs none /dev && exec {check}"],
+        capture_output=True,
+        text=True,
+        cwd=kp.ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert f"cpu_latency_us: cannot hold a CPU latency request: {DEVICE}" in out.stderr
