@@ -123,10 +123,20 @@ def check_bool(value, path: str) -> bool:
     return value
 
 
+def not_a_string(value) -> str:
+    """``value`` is not a non-empty string: what to say, with how to write a
+    name YAML took for a boolean (``node: no``)."""
+    said = f"{show(value)} is not a non-empty string"
+    if isinstance(value, bool):
+        words = "yes, on or true" if value else "no, off or false"
+        said += f" (YAML reads {words} unquoted as {show(value)}: quote the name)"
+    return said
+
+
 def check_string(value, path: str) -> str:
     """A non-empty string."""
     if not isinstance(value, str) or not value:
-        raise fail(path, f"{show(value)} is not a non-empty string")
+        raise fail(path, not_a_string(value))
     return value
 
 
@@ -402,7 +412,7 @@ def check_ifname(value, path: str = "ifname", reserved: Mapping[str, str] = None
     or white space, not '.' or '..'. ``reserved``: names refused, with why
     (e.g. :data:`POD_RESERVED_IFNAMES`)."""
     if not isinstance(value, str) or not value:
-        raise fail(path, f"{show(value)} is not a non-empty string")
+        raise fail(path, not_a_string(value))
     size = len(value.encode("utf-8", "surrogatepass"))
     if size >= IFNAMSIZ:
         raise fail(

@@ -338,6 +338,9 @@ def test_top_level_errors():
     bad(cfg(lcores=list(range(checks.MAX_WORKERS + 2))), r"^lcores: at most")
     bad(cfg(memory_mb=10), r"^memory_mb: 10 out of range")
     bad(cfg(node=""), r"^node: '' is not a non-empty string")
+    # YAML's booleans: `node: no`, `uplink: on`
+    bad(cfg(node=False), r"^node: false is not a non-empty string \(YAML reads no, off or false")
+    bad(cfg(node=True), r"^node: true is not a .* \(YAML reads yes, on or true unquoted as true")
     bad(
         cfg(store={"kind": "consul"}),
         r"^store\.kind: 'consul' is not supported "
