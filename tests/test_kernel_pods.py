@@ -840,6 +840,51 @@ def test_express_lane_decapsulates_from_a_kernel_vtep_host(fabric):
     assert "express_decap" not in st2["drops"], st2["drops"]
 
 
+def test_vxlan_to_a_pod_whose_interface_is_down_is_the_cores_to_count(fabric):
+    """A host behind a kernel VTEP pings a pod whose interface was set down
+    in its namespace: the lane, which would decapsulate the requests into
+    an interface that takes nothing (dropped unseen, counted delivered),
+    leaves them to the core once the service has seen it, which counts them
+    dropped (kport_kernel_tx); set up again, the lane takes them again."""
+    fab = fabric()
+    node = fab.node(1, [HOST_VTEP], vtep=", learning: true")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", SUBNET + "11")
+    reach(a["ns"], VM_IP, "pod a -> kernel-VTEP host")  # both learn the other's MAC
+    assert ping(vm, a["ip"], count=3, interval="0.1").returncode == 0
+
+    def counts():
+        st = node.status()
+        up = _port_row(node, lambda p: p["role"] == "uplink")
+        return up["express"]["rx_packets"], st["drops"].get("kport_kernel_tx", 0)
+
+    ipn(a["ns"], f"link set {a['planes'][0]['ifname']} down")
+    for _ in range(100):  # until the service has seen it: the lane takes none
+        x0 = counts()[0]
+        ping(vm, a["ip"], count=1, wait="0.2")
+        if counts()[0] == x0:
+            break
+    else:
+        raise AssertionError("the lane kept decapsulating into a's interface, which is down")
+    x1, d1 = counts()
+    r = ping(vm, a["ip"], count=20, interval="0.01", wait="0.5")
+    assert r.returncode != 0  # nothing reaches a
+    for _ in range(100):
+        x2, d2 = counts()
+        if d2 - d1 >= 20:
+            break
+        time.sleep(0.05)
+    assert (x2 - x1, d2 - d1 >= 20) == (0, True), (x1, d1, x2, d2)
+    ipn(a["ns"], f"link set {a['planes'][0]['ifname']} up")
+    for _ in range(100):
+        x3 = counts()[0]
+        if ping(vm, a["ip"], count=1, wait="0.5").returncode == 0 and counts()[0] > x3:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the lane did not decapsulate to a again once it was up")
+
+
 def lane_decapsulates_ipv6() -> bool:
     """Whether this kernel lets the lane give a decapsulated frame the IPv6
     protocol (Linux 6.3), so that it takes IPv6 from the underlay."""
