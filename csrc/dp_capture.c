@@ -215,6 +215,42 @@ capture_filter(struct dp_capture *c, const char *filter)
     return 0;
 }
 
+static size_t
+slot_size_of(unsigned snaplen)
+{
+    return RTE_ALIGN_CEIL(sizeof(struct dp_cap_rec) + snaplen, 8);
+}
+
+/* whether `slots` records of `snaplen` bytes can be had now (tried) */
+static int
+records_fit(unsigned slots, unsigned snaplen)
+{
+    void *p =
+        rte_malloc("dp_cap_probe", (size_t)slots * slot_size_of(snaplen), RTE_CACHE_LINE_SIZE);
+    rte_free(p);
+    return p != NULL;
+}
+
+/* the largest snap length below `over` whose `slots` records the memory
+ * free now holds, 0 if not even the least one's: what a refused start
+ * says (the records are one allocation: the largest free block decides,
+ * in whatever memory the EAL may still take) */
+static unsigned
+snaplen_fitting(unsigned slots, unsigned over)
+{
+    unsigned lo = DP_CAP_SNAPLEN_MIN, hi = over - 1;
+    if (over <= lo || !records_fit(slots, lo))
+        return 0;
+    while (lo < hi) { /* records_fit(lo) holds; is there more up to hi? */
+        unsigned mid = lo + (hi - lo + 1) / 2;
+        if (records_fit(slots, mid))
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
 int
 dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigned snaplen,
                  unsigned slots)
@@ -244,7 +280,7 @@ dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigne
             port_untake(c, (uint16_t)i);
     c->dirs = dirs;
     c->snaplen = snaplen;
-    c->slot_size = (uint32_t)RTE_ALIGN_CEIL(sizeof(struct dp_cap_rec) + snaplen, 8);
+    c->slot_size = (uint32_t)slot_size_of(snaplen);
     int ret = capture_filter(c, filter);
     if (ret < 0)
         goto fail;
@@ -255,11 +291,22 @@ dp_capture_start(const uint8_t *port_mask, int dirs, const char *filter, unsigne
     c->free = rte_ring_create("dp_cap_free", slots * 2, SOCKET_ID_ANY, 0);
     c->full = rte_ring_create("dp_cap_full", slots * 2, SOCKET_ID_ANY, RING_F_SC_DEQ);
     c->slots = rte_zmalloc("dp_cap_slots", (size_t)slots * c->slot_size, RTE_CACHE_LINE_SIZE);
-    if (c->free == NULL || c->full == NULL || c->slots == NULL) {
-        ret = dp_fail(-ENOMEM,
-                      "capture: no hugepage memory for %u slots of %u bytes; "
-                      "lower the snap length or the slots",
-                      slots, c->slot_size);
+    if (c->free == NULL || c->full == NULL) {
+        ret = dp_fail(-ENOMEM, "capture: no memory left for the rings of %u records", slots);
+        goto fail;
+    }
+    if (c->slots == NULL) {
+        unsigned fits = snaplen_fitting(slots, snaplen);
+        if (fits == 0)
+            ret = dp_fail(-ENOMEM,
+                          "capture: %u records do not fit in the memory free now, not even "
+                          "at the least snap length (%d)",
+                          slots, DP_CAP_SNAPLEN_MIN);
+        else
+            ret = dp_fail(-ENOMEM,
+                          "capture snaplen %u: %u records of %u bytes do not fit in the memory "
+                          "free now; the largest snap length that fits is %u",
+                          snaplen, slots, c->slot_size, fits);
         goto fail;
     }
     for (unsigned i = 0; i < slots; i++)

@@ -6,9 +6,12 @@ drops there, each with its reason) or all; a pcap-filter expression; a snap
 length),
 ``GET /v1/capture?id=`` hands out the frames captured since the last call
 with the capture's counters, ``DELETE /v1/capture?id=`` stops it. One
-capture runs at a time. A capture whose client stops asking (killed, lost)
-is stopped after ``LEASE_S`` seconds, so the worker's capture path never
-stays on for nobody.
+capture runs at a time. A capture whose client stops asking (killed, lost,
+paused) is stopped after ``LEASE_S`` seconds, so the worker's capture path
+never stays on for nobody; what it took since its last read, and why it
+ended, are kept for its client's next call until a next capture starts.
+A start with ``"dry_run": true`` starts nothing: it answers the interfaces
+the capture would take (a client sizing its file's headers).
 
 A client may choose the capture's id (``id`` in the start's body, 16 hex
 digits), so that it can stop the capture without having read the start's
@@ -28,7 +31,15 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from .api import Route
-from .checks import CAPTURE_DIRECTIONS, CAPTURE_SNAPLEN_RANGE, brief, check_int, check_string, fail
+from .checks import (
+    CAPTURE_DIRECTIONS,
+    CAPTURE_SNAPLEN_RANGE,
+    brief,
+    check_bool,
+    check_int,
+    check_string,
+    fail,
+)
 from .errors import AlreadyExists, Busy, ConfigError, NotFound
 from .logs import log
 
@@ -70,6 +81,8 @@ class Captures:
         self.current = None  # {"id", "interfaces", "last"}
         self.ended = None  # a capture ended by the service: {"id", "why", frames, stats}
         self.cancelled = collections.OrderedDict()  # ids stopped before they ran: None
+        # ended captures whose frames went, unread, when a next one started: why they ended
+        self.gone = collections.OrderedDict()
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._expire, name="capture-lease", daemon=True)
         self._watch.start()
@@ -131,24 +144,40 @@ class Captures:
     # ---------------------------------------------------------------- verbs
     def start(self, body: dict) -> dict:
         """body: target (required), direction, filter, snaplen, id (the
-        client's, else one made here) - checked by the route (``routes``)."""
+        client's, else one made here), dry_run - checked by the route
+        (``routes``)."""
         direction = body.get("direction", "both")
         flt = body.get("filter", "")
         snaplen = body.get("snaplen", SNAPLEN_DEFAULT)
         cid = body.get("id")
         with self.lock:
+            if body.get("dry_run"):  # what it would take now; nothing starts
+                return {
+                    "dry_run": True,
+                    "interfaces": self.resolve(body.get("target")),
+                    "target": body.get("target"),
+                    "direction": direction,
+                    "filter": flt,
+                    "snaplen": snaplen,
+                }
             if cid is not None and cid in self.cancelled:
                 raise AlreadyExists(f"capture {cid}: stopped before it started (start a new id)")
             if self.current is not None and cid is not None and cid == self.current["id"]:
                 return self._answer()  # the same start again
             if self.current is not None:
                 raise Busy("a capture is already running (one at a time)")
-            if cid is not None and self.ended is not None and self.ended["id"] == cid:
+            ended = self.ended is not None and self.ended["id"] == cid
+            if cid is not None and (ended or cid in self.gone):
                 raise AlreadyExists(f"capture {cid}: the id of a capture that ended")
             ifaces = self.resolve(body.get("target"))
             self.engine.capture_start(
                 [i["port"] for i in ifaces], direction, flt, snaplen=snaplen, slots=SLOTS
             )
+            if self.ended is not None:  # its client did not come back for it before this
+                self.gone[self.ended["id"]] = self.ended["why"]
+                while len(self.gone) > CANCELLED_KEPT:
+                    self.gone.popitem(last=False)
+                self.ended = None
             for i in ifaces:
                 i["id"] = i["port"]  # what its frames carry (port_added)
             self.current = {
@@ -268,7 +297,8 @@ class Captures:
 
     def _end(self, why: str):
         """The running capture ended by the service (under the lock): what
-        it kept, and ``why``, wait for its client's next call."""
+        it kept, and ``why``, wait for its client's next call (until a
+        next capture starts)."""
         cid, ifaces = self.current["id"], list(self.current["interfaces"])
         frames, stats = self._finish()
         self.ended = {
@@ -277,7 +307,6 @@ class Captures:
             "why": why,
             "frames": frames,
             "stats": stats,
-            "at": time.monotonic(),
         }
 
     def _ended(self, cid):
@@ -293,7 +322,12 @@ class Captures:
 
     def _mine(self, cid) -> dict:
         if self.current is None or cid != self.current["id"]:
-            raise NotFound(f"capture {cid}: not running (stopped, expired or never started)")
+            if cid in self.gone:
+                raise NotFound(
+                    f"capture {cid}: ended, {self.gone[cid]}; what it took since its last "
+                    "read went when the next capture started"
+                )
+            raise NotFound(f"capture {cid}: not running (stopped, or never started)")
         return self.current
 
     def read(self, cid) -> dict:
@@ -313,7 +347,7 @@ class Captures:
             ended = self._ended(cid)
             if ended is not None:
                 return ended
-            if self.current is None or cid != self.current["id"]:
+            if (self.current is None or cid != self.current["id"]) and cid not in self.gone:
                 # a start with this id still on its way starts nothing
                 self.cancelled[cid] = None
                 while len(self.cancelled) > CANCELLED_KEPT:
@@ -343,11 +377,9 @@ class Captures:
             cur = self.current
             if cur and time.monotonic() - cur["last"] > LEASE_S and self.engine:
                 # its client, back after a pause (Ctrl-Z, a slow reader of its
-                # output), is told why instead of finding it gone
+                # output) however long, is told why and gets what it took,
+                # unless a next capture started meanwhile
                 self._end(f"not read for {LEASE_S:g} s")
-                return
-            if self.ended and time.monotonic() - self.ended["at"] > LEASE_S:
-                self.ended = None  # a client that never came back for it
 
     def close(self):
         self._stop.set()
@@ -363,6 +395,7 @@ class Captures:
                     "filter": _check_filter,
                     "snaplen": lambda v, p: check_int(v, p, *CAPTURE_SNAPLEN_RANGE),
                     "id": _check_id,
+                    "dry_run": check_bool,
                 },
                 required=("target",),
             ),

@@ -8,7 +8,10 @@ written (a full disk); the file is always closed whole, and the counts of
 frames the capture could not keep (dropped from the capture, never from
 forwarding) are printed at the end. The capture's id is chosen here and sent
 with the start, so that a Ctrl-C or SIGTERM that comes before the start's
-answer was read stops the capture too.
+answer was read stops the capture too. A Ctrl-C or SIGTERM while frames
+the service handed out are on their way (its answer awaited, the frames
+being written) stops the capture once they are written; a second one gives
+up waiting, and the frames it leaves unwritten are counted at the end.
 """
 
 import argparse
@@ -22,7 +25,7 @@ import stat
 import sys
 import time
 
-from .pcapng import PcapngWriter, clock, summary
+from .pcapng import PcapngWriter, clock, headers_size, summary
 
 POLL_S = 0.05
 #: how long an interrupted client waits for the service to take its stop
@@ -99,16 +102,98 @@ def run(args):
     if args.max_size and not args.write:
         raise SystemExit("dataplane capture: --max-size needs -w FILE")
 
-    def term(signum, frame):  # timeout(1), kill: stop as on Ctrl-C
-        raise KeyboardInterrupt
-
-    old_term = signal.signal(signal.SIGTERM, term)
+    stops = _Stops()  # timeout(1), kill: stop as on Ctrl-C
+    # (a Ctrl-C ignored, as by a shell for a command it runs in the background, stays so)
+    old = [
+        signal.getsignal(s)
+        if signal.getsignal(s) == signal.SIG_IGN and s == signal.SIGINT
+        else signal.signal(s, stops)
+        for s in STOPS
+    ]
     try:
-        return _capture(args)
+        return _capture(args, stops)
     except KeyboardInterrupt:  # before the start was sent, or a second one while stopping
         raise SystemExit(INTERRUPTED) from None
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for s, h in zip(STOPS, old):
+            signal.signal(s, h)
+
+
+class _Stops:
+    """The handler of Ctrl-C and SIGTERM: KeyboardInterrupt, but not while
+    frames the service hands out are on their way to the file or the
+    screen (``held``: its answer awaited, then the frames written). There
+    the first one only asks for the stop (``deferred``), which the capture
+    acts on once they are written; a second one raises, giving up on a
+    service slow to answer or an output that does not take its frames,
+    but not while frames are being put in the file's buffer (``gathering``,
+    which takes no time): it raises right after that."""
+
+    def __init__(self):
+        self.asked = False  # a stop came: a next one raises
+        self.deferred = False  # ... while frames were on their way
+        self.forced = False  # a second one came while gathering
+        self.level = 0  # 0: raise; 1: held; 2: gathering
+
+    def __call__(self, signum, frame):
+        if self.level and not self.asked:
+            self.asked = self.deferred = True
+            return
+        self.asked = True
+        if self.level == 2:
+            self.forced = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _at(self, level):
+        was, self.level = self.level, max(self.level, level)
+        try:
+            yield
+        finally:
+            self.level = was
+        if self.forced and self.level < 2:
+            self.forced = False
+            raise KeyboardInterrupt
+
+    def held(self):
+        return self._at(1)
+
+    def gathering(self):
+        return self._at(2)
+
+
+class _NoCapture(Exception):
+    """The service answered that it does not have the capture (404)."""
+
+
+def _ask(args, method, cid):
+    """GET or DELETE of capture ``cid``: the service's answer. A service
+    that answers that it has no such capture raises _NoCapture (its
+    words), one that does not answer SystemExit, as for any command."""
+    from .api import APIError
+    from .cli import _call
+
+    try:
+        return _call(args, method, "/v1/capture", query={"id": cid})
+    except SystemExit as e:
+        why = e.__context__  # what _call turned into the exit, if the service answered
+        if isinstance(why, APIError) and why.status == 404:
+            raise _NoCapture(str(why)) from None
+        raise
+
+
+def _too_small(args, answer):
+    """Why --max-size is refused where the file's headers for the
+    interfaces of ``answer`` (a start's, or a dry run's) pass it; None
+    where they fit."""
+    least = headers_size([(i["name"], answer["snaplen"]) for i in answer["interfaces"]])
+    if args.max_size and least > args.max_size:
+        return (
+            f"dataplane capture: --max-size {args.max_size}: the file's headers alone take "
+            f"{least} bytes; --max-size is at least {least}"
+        )
+    return None
 
 
 @contextlib.contextmanager
@@ -143,7 +228,7 @@ def _cancel(args, cid):
             pass
 
 
-def _capture(args):
+def _capture(args, stops):
     from .cli import _call
 
     # The capture's id is chosen here and sent with the start: an interrupt
@@ -167,6 +252,11 @@ def _capture(args):
     failed = None  # the error that stopped writing the file
     full = False  # the next frame would have passed --max-size
     ended = None  # why the capture ended before its client stopped it
+    lost = False  # ... and the service had the frames since the last read no longer
+    final = False  # stats are the capture's last: every frame it took was handed out
+    got = 0  # frames the service's answers held
+    cut = 0  # frames of those a second stop left neither written nor shown
+    refused = None  # --max-size below the headers of the interfaces the start took
 
     def joined(answer):
         """Ports an `any` capture took after its start (pods attached
@@ -186,25 +276,38 @@ def _capture(args):
             )
 
     def take(frames):
-        nonlocal n, full, failed
+        """The frames of an answer into the file (gathered, then written)
+        or onto the screen, those past -c, --max-size or a failed write
+        left out. A second stop while a screen line waits to be shown
+        raises, the frames not shown counted in ``cut``."""
+        nonlocal n, full, failed, got, cut
+        got += len(frames)
         if out and writer is None:
             return  # the file was not begun (interrupted before, or it failed)
+        done = 0
         try:
-            for ts, port, d, orig, b64, *why in frames:  # a service before drops: 5
-                why = why[0] if why else None
-                if (args.count and n >= args.count) or full or failed:
-                    return
-                data = base64.b64decode(b64)
-                if out:
-                    if not writer.write(index[port], ts, d, orig, data, why):
-                        full = True
-                        return
-                else:
-                    arrow = {"rx": "In ", "tx": "Out"}.get(d) or f"Drop {why}:"
-                    print(f"{clock(ts)} {names[port]} {arrow} {summary(data)}", flush=True)
-                n += 1
-                if d == "drop":
-                    reasons[why] = reasons.get(why, 0) + 1
+            with stops.gathering() if out else contextlib.nullcontext():
+                for ts, port, d, orig, b64, *why in frames:  # a service before drops: 5
+                    why = why[0] if why else None
+                    if (args.count and n >= args.count) or full or failed:
+                        done = len(frames)
+                        break
+                    data = base64.b64decode(b64)
+                    if out:
+                        if not writer.add(index[port], ts, d, orig, data, why):
+                            full = True
+                            done = len(frames)
+                            break
+                    else:
+                        arrow = {"rx": "In ", "tx": "Out"}.get(d) or f"Drop {why}:"
+                        print(f"{clock(ts)} {names[port]} {arrow} {summary(data)}", flush=True)
+                    n += 1
+                    done += 1
+                    if d == "drop":
+                        reasons[why] = reasons.get(why, 0) + 1
+        except KeyboardInterrupt:
+            cut += len(frames) - done
+            raise
         finally:
             if writer and not failed:
                 try:
@@ -213,6 +316,11 @@ def _capture(args):
                     failed = e
 
     try:
+        if args.max_size:  # a size the file's headers do not fit in starts nothing
+            dry = _call(args, "POST", "/v1/capture", dict(body, id=None, dry_run=True))
+            refused = _too_small(args, dry)
+            if refused:
+                raise SystemExit(refused)
         # the file first: one that cannot be written starts no capture
         if args.write:
             # an interrupt while it is made waits until `created` says whose it is
@@ -232,6 +340,10 @@ def _capture(args):
         names = {i.get("id", i["port"]): i["name"] for i in ifaces}
         where = ", ".join(f"{i['name']} (port {i['port']})" for i in ifaces)
         end = time.monotonic() + args.duration if args.duration else None
+        # the interfaces it took (`any`: ports added since the dry run) may not fit
+        refused = _too_small(args, cap)
+        if refused:
+            raise KeyboardInterrupt  # stopped as an interrupted capture is
         if out:
             try:
                 if stat.S_ISREG(os.fstat(out.fileno()).st_mode):
@@ -251,17 +363,25 @@ def _capture(args):
         while not (
             (args.count and n >= args.count) or (end and time.monotonic() >= end) or full or failed
         ):
-            try:
-                r = _call(args, "GET", "/v1/capture", query={"id": cid})
-            except SystemExit as e:
-                ended = f"the service stopped answering ({str(e.code).removeprefix('dataplane: ')})"
-                break
-            joined(r)
-            take(r["frames"])
-            stats = r["stats"]
+            # a stop now waits until what the service hands out is written
+            with stops.held():
+                try:
+                    r = _ask(args, "GET", cid)
+                except _NoCapture as e:
+                    ended, lost = f"the service no longer has it ({e})", True
+                    break
+                except SystemExit as e:
+                    why = str(e.code).removeprefix("dataplane: ")
+                    ended, lost = f"the service stopped answering ({why})", True
+                    break
+                joined(r)
+                take(r["frames"])
+                stats = r["stats"]
             if r.get("ended"):
-                ended = r["ended"]
+                ended, final = r["ended"], True
                 break
+            if stops.deferred:
+                raise KeyboardInterrupt
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         interrupted = True
@@ -279,13 +399,17 @@ def _capture(args):
                 _cancel(args, cid)
         elif ended is None:
             try:
-                r = _call(args, "DELETE", "/v1/capture", query={"id": cid})
-                joined(r)
-                take(r["frames"])
-                stats = r["stats"]
-                ended = r.get("ended")
+                # its last frames: a first stop now waits for them, a next one does not
+                with stops.held():
+                    r = _ask(args, "DELETE", cid)
+                    joined(r)
+                    take(r["frames"])
+                    stats, final = r["stats"], True
+                    ended = r.get("ended")
+            except _NoCapture as e:
+                ended, lost = f"the service no longer has it ({e})", True
             except SystemExit:
-                pass  # the service is gone or the capture expired: keep what came
+                pass  # the service is gone: keep what came
             except KeyboardInterrupt:
                 _cancel(args, cid)  # its last frames are not waited for
         if cap is not None and out:  # the capture is stopped: finishing the file takes no time
@@ -297,6 +421,11 @@ def _capture(args):
                     failed = failed or e
     if cap is None:
         raise SystemExit(INTERRUPTED)
+    if refused:  # stopped before its file was begun: one made here goes
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(args.write)
+        raise SystemExit(refused)
     s = stats or {}
     if failed:
         print(
@@ -319,6 +448,17 @@ def _capture(args):
         f"{s.get('dropped', 0)} dropped by the capture (never by forwarding)",
         file=sys.stderr,
     )
+    # frames the capture took that a second stop left unwritten: those of
+    # an answer given up on (known from the last counters: those the
+    # capture took but did not drop were all handed out) and those cut
+    unwritten = cut + (max(s.get("matched", 0) - s.get("dropped", 0) - got, 0) if final else 0)
+    if unwritten:
+        print(
+            f"dataplane: {unwritten} frames the capture took were not "
+            f"{'written' if out else 'shown'}: stopped a second time while they were on "
+            "their way",
+            file=sys.stderr,
+        )
     if reasons:  # a capture of drops: what it saw, most frequent first
         by = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         print(
@@ -326,4 +466,4 @@ def _capture(args):
             + ", ".join(f"{why} {k}" for why, k in by),
             file=sys.stderr,
         )
-    return 1 if failed or (ended and ended.startswith("the service stopped")) else 0
+    return 1 if failed or lost else 0

@@ -36,16 +36,30 @@ def _idb(name: str, snaplen: int) -> bytes:
     return _block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts)
 
 
+def _shb(app: str) -> bytes:
+    """The section header block: little-endian, version 1.0, the application."""
+    body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b"")
+    return _block(_SHB, body)
+
+
+def headers_size(interfaces, app="dataplane") -> int:
+    """Bytes of the blocks a file of ``interfaces`` ([(name, snaplen)])
+    begins with, before any frame: the least ``max_size`` it can have."""
+    return len(_shb(app)) + sum(len(_idb(name, snaplen)) for name, snaplen in interfaces)
+
+
 class PcapngWriter:
     """pcapng into an open binary file; ``interfaces``: [(name, snaplen)].
 
-    Blocks are gathered and written by ``flush`` (each call of ``write``
-    past 1 MiB gathered, or the caller's): give it a raw file (``open(...,
-    buffering=0)``) and it only ever ends on a whole block. A write that
-    fails (a full disk) cuts the file back to its last whole block and
-    raises; ``size`` and ``frames`` say what the file holds. ``max_size``
-    (bytes, headers included; 0: no limit) bounds the file: a frame whose
-    block would pass it is not taken and ``write`` answers False."""
+    Blocks are gathered (``add``) and written by ``flush`` (each call of
+    ``write`` past 1 MiB gathered, or the caller's): give it a raw file
+    (``open(..., buffering=0)``) and it only ever ends on a whole block. A
+    write that fails (a full disk) cuts the file back to its last whole
+    block and raises; ``size`` and ``frames`` say what the file holds.
+    ``max_size`` (bytes, headers included; 0: no limit) bounds the file: a
+    frame whose block would pass it is not taken and ``write`` answers
+    False; headers that alone pass it (``headers_size``) are refused
+    (ValueError) before anything is written."""
 
     FLUSH_AT = 1 << 20
 
@@ -56,8 +70,10 @@ class PcapngWriter:
         self.frames = 0  # frames in the file
         self._buf = bytearray()
         self._ends = []  # (end of a block in _buf, whether it is a frame's)
-        shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + _opt(4, app.encode()) + _opt(0, b"")
-        self._add(_block(_SHB, shb), False)
+        least = headers_size(interfaces, app)
+        if max_size and least > max_size:
+            raise ValueError(f"max_size {max_size}: the headers alone take {least} bytes")
+        self._add(_shb(app), False)
         for name, snaplen in interfaces:
             self._add(_idb(name, snaplen), False)
         self.flush()
@@ -79,7 +95,19 @@ class PcapngWriter:
     def write(
         self, iface: int, ts_ns: int, direction: str, orig_len: int, data: bytes, why=None
     ) -> bool:
-        """A frame; ``direction`` rx, tx or drop (``why``: its reason)."""
+        """A frame; ``direction`` rx, tx or drop (``why``: its reason);
+        what is gathered is written once it passes 1 MiB."""
+        if not self.add(iface, ts_ns, direction, orig_len, data, why):
+            return False
+        if len(self._buf) >= self.FLUSH_AT:
+            self.flush()
+        return True
+
+    def add(
+        self, iface: int, ts_ns: int, direction: str, orig_len: int, data: bytes, why=None
+    ) -> bool:
+        """A frame gathered, as ``write`` takes it, written only by the
+        next ``flush``: no I/O, nothing to wait for."""
         body = (
             struct.pack("<IIIII", iface, ts_ns >> 32, ts_ns & 0xFFFFFFFF, len(data), orig_len)
             + data
@@ -94,8 +122,6 @@ class PcapngWriter:
         if self.max_size and self.size + len(self._buf) + len(block) > self.max_size:
             return False
         self._add(block, True)
-        if len(self._buf) >= self.FLUSH_AT:
-            self.flush()
         return True
 
     def flush(self):

@@ -4,6 +4,7 @@ with their reasons, nothing is taken from forwarding, a
 capture that cannot keep up counts what it missed, and bad requests change
 nothing."""
 
+import re
 import time
 
 import pytest
@@ -103,6 +104,31 @@ def test_bad_requests_name_the_problem_and_start_nothing(eng):
             eng.capture_start([t.b], "rx")
     finally:
         eng.capture_stop()
+
+
+def test_records_too_large_for_the_memory_name_the_largest_snap_length_that_fits(eng):
+    """4096 records (what the node service asks for) of 65535 bytes do not
+    fit in the test core's memory: the refusal says the largest snap length
+    whose records fit - which starts, where one byte more does not."""
+    t = Topo(eng)
+    with pytest.raises(errors.DataplaneError) as e:
+        eng.capture_start([t.a], "rx", "", snaplen=65535, slots=4096)
+    m = re.search(
+        r"capture snaplen 65535: 4096 records of \d+ bytes do not fit in the memory free "
+        r"now; the largest snap length that fits is (\d+)$",
+        str(e.value),
+    )
+    assert m, str(e.value)
+    fits = int(m.group(1))
+    assert 64 <= fits < 65535
+    eng.capture_start([t.a], "rx", "", snaplen=fits, slots=4096)
+    eng.capture_stop()
+    with pytest.raises(
+        errors.DataplaneError, match=f"the largest snap length that fits is {fits}$"
+    ):
+        eng.capture_start([t.a], "rx", "", snaplen=fits + 1, slots=4096)
+    eng.capture_start([t.a], "rx", "", snaplen=fits, slots=4096)  # nothing left taken
+    eng.capture_stop()
 
 
 def test_stop_hands_over_every_record_the_capture_took(eng):

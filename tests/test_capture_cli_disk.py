@@ -4,6 +4,7 @@ its last whole block and one line saying why, ``--max-size`` ends it before
 the file passes the size, and Ctrl-C while the capture starts removes the
 file the client made, never one that was there."""
 
+import json
 import os
 import re
 import signal
@@ -158,6 +159,55 @@ def test_max_size_ends_the_capture_before_the_file_passes_it(node, tmp_path, pro
     # overwritten, stopped at the first frame that would not fit (blocks < 1.5 KiB)
     assert 65536 - 1536 < size <= 65536, size
     assert pcapng_blocks(out).count(EPB) == n == len(scapy_frames(out))
+    nothing_left_running(node, procs)
+
+
+def capture_requests(node, pid):
+    """[(method, status)] of the capture requests (those that change
+    something: not GET) the service took from process ``pid``."""
+    out = []
+    for line in (node.tmp / "service.log").read_text().splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("msg") == "api request" and d.get("path") == "/v1/capture":
+            if d.get("caller_pid") == pid:
+                out.append((d["method"], d["status"]))
+    return out
+
+
+def test_a_max_size_below_the_headers_is_refused_before_anything_starts(node, tmp_path, procs):
+    """The file begins with its headers - the section header (48 bytes
+    here) and an interface block per captured port (44 for a:std, 48 for
+    a:control) - and never passes --max-size: a size they do not fit in is
+    refused, naming the least size, before a capture starts or the file is
+    touched; the headers' size exactly is taken."""
+    node.pod("a", CT_SPEC)
+    old = tmp_path / "old.pcapng"
+    old.write_bytes(b"an earlier capture")
+    new = tmp_path / "new.pcapng"
+    for target, out, size, least in (
+        ("a:std", new, "1", 92),
+        ("a:std", old, "91", 92),
+        ("a", new, "139", 140),  # both planes of pod a
+    ):
+        cap = capture(node, procs, target, "-w", str(out), "--max-size", size)
+        rc = cap.wait(30)
+        err = cap.stderr.read()
+        assert rc == 1, err
+        assert err.strip() == (
+            f"dataplane capture: --max-size {size}: the file's headers alone take {least} "
+            f"bytes; --max-size is at least {least}"
+        ), err
+        assert "capturing" not in err
+        assert capture_requests(node, cap.pid) == [("POST", 200)]  # asked, not started
+    assert not new.exists()
+    assert old.read_bytes() == b"an earlier capture"
+    cap = capture(node, procs, "a", "-w", str(new), "--max-size", "140", "--duration", "0.2")
+    started(cap)
+    assert cap.wait(30) == 0, cap.stderr.read()
+    assert new.stat().st_size == 140 and pcapng_blocks(new) == [0x0A0D0D0A, 1, 1]
     nothing_left_running(node, procs)
 
 

@@ -8,6 +8,7 @@ the service takes before the start makes it refuse that start."""
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -15,10 +16,10 @@ import time
 
 import pytest
 from nodeparts import underlay_node
-from test_service import NETWORKS
+from test_service import CT_SPEC, IT_SPEC, NETWORKS, ip_of, ping
 
 from dataplane.api import APIError
-from tests.test_capture_cli_disk import capture
+from tests.test_capture_cli_disk import EPB, capture, pcapng_blocks, started
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -201,4 +202,126 @@ def test_an_interrupt_before_the_start_leaves_nothing(node, tmp_path, procs, sig
     interrupted(cap)
     assert fifo.is_fifo()
     assert capture_requests(node, cap.pid) == []
+    nothing_running(node)
+
+
+@pytest.fixture(scope="module")
+def pods(node):
+    """Pods a (two planes) and b of the module's node, for echoes from a
+    to b through the core."""
+    return node.pod("a", CT_SPEC), node.pod("b", IT_SPEC)
+
+
+def state(proc):
+    """The process's state letter (/proc/PID/stat): S sleeping, T stopped ..."""
+    with open(f"/proc/{proc.pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def stopped(proc):
+    wait_for(f"pid {proc.pid} stopped", lambda: state(proc) == "T")
+
+
+SUMMARY = re.compile(
+    r"dataplane: (\d+) frames written to \S+; (\d+) matched the filter, "
+    r"(\d+) dropped by the capture"
+)
+
+
+def summed_up(err):
+    """(written, matched, dropped) of the client's last line but one."""
+    m = SUMMARY.search(err)
+    assert m, err
+    return tuple(int(g) for g in m.groups())
+
+
+def sockets_of(proc):
+    """The lines of ``ss -xnp`` for unix sockets of ``proc``: a capture
+    client has one only while it asks the service something."""
+    r = subprocess.run(["ss", "-xanp"], capture_output=True, text=True, check=True)
+    return [line for line in r.stdout.splitlines() if f"pid={proc.pid}," in line]
+
+
+def paused_between_reads(proc):
+    """Pause capture client ``proc`` where it has no request out to the
+    service (one it sent might be answered while it is paused)."""
+
+    def paused():
+        proc.send_signal(signal.SIGSTOP)
+        stopped(proc)
+        if not sockets_of(proc):
+            return True
+        proc.send_signal(signal.SIGCONT)
+        return False
+
+    wait_for(f"pid {proc.pid} paused between two reads", paused)
+
+
+def frames_held_in_a_read(node, cap, pods, *sigs):
+    """Capture ``cap`` (of a:std, icmp) interrupted by ``sigs`` while it
+    waits for the service's answer to a read that hands out frames: the
+    client is paused between two reads while a's echoes to b are
+    captured, so the core holds them; it is let go with the service paused, so that its next read waits
+    for the answer; then, paused again with the signals pending, it gets
+    them only once that answer - holding every echo - is in its socket.
+    Returns how many frames the echoes made (a:std rx and tx)."""
+    a, b = pods
+    paused_between_reads(cap)
+    r = ping(a["ns"], ip_of(b), count=20, interval="0.01")
+    assert r.returncode == 0, r.stdout
+    node.proc.send_signal(signal.SIGSTOP)
+    try:
+        cap.send_signal(signal.SIGCONT)
+        awaiting_answer(cap)  # a read the paused service has not answered
+        cap.send_signal(signal.SIGSTOP)
+        stopped(cap)
+        for sig in sigs:
+            cap.send_signal(sig)
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+    try:
+        unread_answer(cap)
+    finally:
+        cap.send_signal(signal.SIGCONT)
+    return 40
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_while_a_read_is_answered_loses_no_frame(node, pods, tmp_path, procs, sig):
+    """Ctrl-C or SIGTERM while the client waits for the service's answer to
+    a read: the client takes that answer, writes its frames and then stops
+    the capture - every frame the capture took is in the file or counted
+    dropped by the capture."""
+    out = tmp_path / "held.pcapng"
+    cap = capture(node, procs, "a:std", "-w", str(out), "icmp")
+    started(cap)
+    echoes = frames_held_in_a_read(node, cap, pods, sig)
+    rc = cap.wait(30)
+    err = cap.stderr.read()
+    assert rc == 0, err
+    n, matched, dropped = summed_up(err)
+    assert matched >= echoes and n + dropped == matched, err
+    assert "were not written" not in err, err
+    assert pcapng_blocks(out).count(EPB) == n
+    assert capture_requests(node, cap.pid) == [("POST", 200), ("DELETE", 200)]
+    nothing_running(node)
+
+
+def test_a_second_interrupt_gives_up_the_answer_and_counts_its_frames(node, pods, tmp_path, procs):
+    """A second stop while the client still waits for an answer with
+    frames (a service slow to answer) gives it up: the capture is stopped,
+    and the summary counts the frames it held that were not written."""
+    out = tmp_path / "given-up.pcapng"
+    cap = capture(node, procs, "a:std", "-w", str(out), "icmp")
+    started(cap)
+    echoes = frames_held_in_a_read(node, cap, pods, signal.SIGINT, signal.SIGTERM)
+    rc = cap.wait(30)
+    err = cap.stderr.read()
+    assert rc == 0, err
+    n, matched, dropped = summed_up(err)
+    m = re.search(r"dataplane: (\d+) frames the capture took were not written", err)
+    assert m, err
+    assert matched >= echoes and n + dropped + int(m.group(1)) == matched, err
+    assert int(m.group(1)) >= echoes
+    assert pcapng_blocks(out).count(EPB) == n
     nothing_running(node)

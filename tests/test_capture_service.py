@@ -5,14 +5,16 @@ bad filter is refused without leaving anything running."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from nodeparts import underlay_node
-from test_service import CT_SPEC, IT_SPEC, NETWORKS, ROOT, ip_of, ping
+from test_service import CT_SPEC, IT_SPEC, NETWORKS, ROOT, Node, ip_of, ping
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -150,6 +152,20 @@ def test_bad_requests_are_refused_and_leave_nothing_running(node, tmp_path):
     assert cap.wait(30) == 0
 
 
+def test_a_snap_length_the_memory_cannot_hold_is_refused_naming_the_largest_that_fits(node):
+    """-s 65535: the capture's records do not fit in this node's memory;
+    the refusal says the largest snap length that does, which starts."""
+    node.pod("a", CT_SPEC)
+    cap = capture(node, "a:std", "-s", "65535")
+    assert cap.wait(30) == 1
+    err = cap.stderr.read()
+    m = re.search(r"the largest snap length that fits is (\d+)$", err.strip())
+    assert m and "slots" not in err, err
+    cap = capture(node, "a:std", "-s", m.group(1), "--duration", "0.2")
+    started(cap)
+    assert cap.wait(30) == 0, cap.stderr.read()
+
+
 def test_a_capture_without_a_target_names_only_the_target():
     """The filter is optional: the usage error asks for the target alone."""
     r = subprocess.run(
@@ -203,27 +219,112 @@ def test_the_service_stopping_ends_a_capture_with_its_file_whole(node, tmp_path)
     assert sum(1 for r in tshark(out, "icmp.type") if r[0] == "8") == 2
 
 
-def test_a_client_paused_past_the_lease_is_told_why_its_capture_ended(node, tmp_path):
-    """A capture whose client did not read it for the lease (15 s: the
-    client stopped with Ctrl-Z, or writing to a slow reader) is ended by
-    the service; the client, back, says why - not that the service stopped
-    answering - and its file holds what was captured."""
-    import signal
+#: the capture lease of the service ShortLeaseNode runs, in seconds
+SHORT_LEASE_S = 2
+#: a node service whose capture lease is SHORT_LEASE_S
+SHORT_LEASE = (
+    "import sys; import dataplane.capture as c; "
+    f"c.LEASE_S = {SHORT_LEASE_S}; "
+    "from dataplane.cli import main; sys.exit(main())"
+)
 
-    out = tmp_path / "p.pcapng"
-    a, b, cap = capturing(node, out, "b", 2)
+
+class ShortLeaseNode(Node):
+    """A node service that ends a capture nobody read for SHORT_LEASE_S."""
+
+    def command(self):
+        return [sys.executable, "-c", SHORT_LEASE, "run", "-c", str(self.cfg)]
+
+
+@pytest.fixture
+def short_lease_node(tmp_path):
+    n = ShortLeaseNode(tmp_path, uuid.uuid4().hex[:5])
+    try:
+        n.start()
+        yield n
+    finally:
+        n.cleanup()
+
+
+def paused_past_the_lease(node, cap, meanwhile=None, then=None):
+    """Pause client ``cap`` (running ``meanwhile`` then, if given) until
+    the service has ended its capture for want of reads, and for twice the
+    lease after that (then run ``then``, if given), then let it go on."""
     cap.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(17.5)  # the lease, and the service's next check
+        if meanwhile:
+            meanwhile()
+        until_ended = time.monotonic() + 60
+        while json.loads(node.cli("status", "--json").stdout)["capture"] is not None:
+            assert time.monotonic() < until_ended, "the lease never ended the capture"
+            time.sleep(0.2)
+        time.sleep(2 * SHORT_LEASE_S + 1)  # as long again as the service waits for reads
+        if then:
+            then()
     finally:
         cap.send_signal(signal.SIGCONT)
-    assert cap.wait(30) == 0
+
+
+SUMMARY = re.compile(
+    r"dataplane: (\d+) frames written to \S+; (\d+) matched the filter, "
+    r"(\d+) dropped by the capture"
+)
+
+
+def test_a_client_paused_past_the_lease_is_told_why_its_capture_ended(short_lease_node, tmp_path):
+    """A capture whose client did not read it for the lease (the client
+    stopped with Ctrl-Z, or writing to a slow reader) is ended by the
+    service, which keeps what it took for the client however long it stays
+    away; the client, back, says why - not that the service stopped
+    answering - writes those frames (echoes sent while it was paused) and
+    exits 0."""
+    node = short_lease_node
+    out = tmp_path / "p.pcapng"
+    a, b, cap = capturing(node, out, "b", 2)
+
+    def more_echoes():
+        assert ping(a["ns"], ip_of(b), count=3, interval="0.1").returncode == 0
+
+    paused_past_the_lease(node, cap, meanwhile=more_echoes)
+    assert cap.wait(30) == 0, cap.stderr.read()
     err = cap.stderr.read()
-    assert "the capture ended: not read for 15 s" in err, err
-    assert len(tshark(out, "eth.src")) >= 4  # the echoes and their replies
+    assert f"dataplane: the capture ended: not read for {SHORT_LEASE_S} s" in err, err
+    assert "stopped answering" not in err, err
+    m = SUMMARY.search(err)
+    assert m, err
+    n, matched, dropped = (int(g) for g in m.groups())
+    assert n >= 10 and n + dropped == matched, err  # the echoes and their replies
+    assert len(tshark(out, "eth.src")) == n
+    assert sum(1 for r in tshark(out, "icmp.type") if r[0] == "8") == 5
     cap2 = capture(node, "b", "--duration", "0.2")  # nothing left running
     started(cap2)
     assert cap2.wait(30) == 0
+
+
+def test_a_client_back_after_the_next_capture_started_is_told_so(short_lease_node, tmp_path):
+    """The frames of a capture the service ended go once another capture
+    starts: its client, back after that, says that its capture ended and
+    what became of it - not that the service stopped answering - and
+    exits 1, its file whole with what it had written."""
+    node = short_lease_node
+    out = tmp_path / "q.pcapng"
+    a, b, cap = capturing(node, out, "b", 2)
+
+    def another():
+        cid = node.api("POST", "/v1/capture", {"target": "b"})["id"]
+        node.api("DELETE", f"/v1/capture?id={cid}")
+
+    paused_past_the_lease(node, cap, then=another)
+    assert cap.wait(30) == 1
+    err = cap.stderr.read()
+    assert "stopped answering" not in err, err
+    assert "dataplane: the capture ended: the service no longer has it (capture " in err, err
+    assert (
+        f": ended, not read for {SHORT_LEASE_S} s; what it took since its last read went "
+        "when the next capture started)" in err
+    ), err
+    assert SUMMARY.search(err), err
+    tshark(out, "eth.src")  # whole
 
 
 # one frame (hex argv[2]) sent on interface argv[1], as any process in a pod can
