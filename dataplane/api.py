@@ -140,8 +140,35 @@ class _DeadlineReader(io.RawIOBase):
         return n
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class BoundedThreads(socketserver.ThreadingMixIn):
+    """A thread per connection, at most ``slots`` (a BoundedSemaphore the
+    server sets) at once; a connection past them goes to :meth:`busy`."""
+
     daemon_threads = True
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def busy(self, request):
+        """A connection past the slots: closed at once."""
+        self.shutdown_request(request)
+
+
+class _UnixHTTPServer(BoundedThreads, socketserver.UnixStreamServer):
     block_on_close = False
     # connections the kernel holds until they are accepted: a burst of
     # clients (a node starting many pods) is answered, if only with a 503,
@@ -155,19 +182,11 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         self.max_connections = max_connections
         super().__init__(path, handler)
 
-    def process_request(self, request, client_address):
-        """One thread per connection, at most ``max_connections`` at once;
-        the next is answered 503 and closed, beside the loop that accepts
-        (a client that is slow to read its refusal holds no one else up),
-        or closed at once past as many refusals under way."""
-        if not self.slots.acquire(blocking=False):
-            self._refuse(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
+    def busy(self, request):
+        """Past ``max_connections``: answered 503 and closed, beside the
+        loop that accepts (a client that is slow to read its refusal holds
+        no one else up), or closed at once past as many refusals under way."""
+        self._refuse(request)
 
     def _refuse(self, request):
         if not self.refusing.acquire(blocking=False):
@@ -187,12 +206,6 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
             self.shutdown_request(request)
             self.refusing.release()
             raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
 
 
 def _refuse_busy(sock: socket.socket, limit: int):

@@ -174,31 +174,18 @@ def metrics_http_server(host: str, port: int, registry):
     from prometheus_client import make_wsgi_app
     from prometheus_client.exposition import ThreadingWSGIServer
 
+    from .api import BoundedThreads
+
     class Quiet(WSGIRequestHandler):
         timeout = METRICS_TIMEOUT_S  # on the connection's socket (StreamRequestHandler)
 
         def log_message(self, format, *args):  # a scrape is not an event
             pass
 
-    class Server(ThreadingWSGIServer):
+    class Server(BoundedThreads, ThreadingWSGIServer):
+        # past the slots: closed at once, the scraper tries again
         address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         slots = threading.BoundedSemaphore(METRICS_MAX_CONNECTIONS)
-
-        def process_request(self, request, client_address):
-            if not self.slots.acquire(blocking=False):
-                self.shutdown_request(request)  # busy: closed, the scraper tries again
-                return
-            try:
-                super().process_request(request, client_address)
-            except BaseException:
-                self.slots.release()
-                raise
-
-        def process_request_thread(self, request, client_address):
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.slots.release()
 
         def handle_error(self, request, client_address):
             pass  # a client gone or silent too long: nothing for the log

@@ -163,8 +163,9 @@ def test_max_size_ends_the_capture_before_the_file_passes_it(node, tmp_path, pro
 
 
 def capture_requests(node, pid):
-    """[(method, status)] of the capture requests (those that change
-    something: not GET) the service took from process ``pid``."""
+    """The capture requests of process ``pid`` the service took, in the
+    order it answered them: [(method, status)] (the status of one whose
+    client had gone is not the handler's)."""
     out = []
     for line in (node.tmp / "service.log").read_text().splitlines():
         try:

@@ -6,7 +6,6 @@ capture started, and no capture is left running: the next one starts at
 once. The client chooses the capture's id and stops it by that id; a stop
 the service takes before the start makes it refuse that start."""
 
-import json
 import os
 import re
 import secrets
@@ -19,7 +18,7 @@ from nodeparts import underlay_node
 from test_service import CT_SPEC, IT_SPEC, NETWORKS, ip_of, ping
 
 from dataplane.api import APIError
-from tests.test_capture_cli_disk import EPB, capture, pcapng_blocks, started
+from tests.test_capture_cli_disk import EPB, capture, capture_requests, pcapng_blocks, started
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -83,22 +82,6 @@ def unread_answer(proc):
         return False
 
     wait_for(f"an answer in pid {proc.pid}'s socket", queued)
-
-
-def capture_requests(node, pid):
-    """The capture requests of process ``pid`` the service took, in the
-    order it answered them: [(method, status)] (the status of one whose
-    client had gone is not the handler's)."""
-    out = []
-    for line in (node.tmp / "service.log").read_text().splitlines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        if d.get("msg") == "api request" and d.get("path") == "/v1/capture":
-            if d.get("caller_pid") == pid:
-                out.append((d["method"], d["status"]))
-    return out
 
 
 def nothing_running(node):
