@@ -96,6 +96,7 @@
 #include <rte_branch_prediction.h>
 #include <rte_byteorder.h>
 #include <rte_common.h>
+#include <rte_cycles.h>
 #include <rte_errno.h>
 #include <rte_ether.h>
 #include <rte_ip.h>
@@ -194,17 +195,22 @@ struct dp_afp {
         uint8_t *map; /* V2 ring mapping */
         size_t map_len;
         uint32_t frame_size;
-        uint32_t frame_nr;  /* power of two */
-        uint32_t head;      /* next frame to fill */
-        uint32_t data_max;  /* largest frame we can queue */
-        uint64_t error;     /* large frames the kernel refused */
-        uint64_t oversize;  /* longer than the interface's MTU allows: not queued */
-        uint64_t down;      /* queued while the interface was down: skipped */
-        uint32_t max_frame; /* MTU + Ethernet + VLAN, as last read (dp_afp_stats) */
-        uint64_t batches;   /* UDP GSO batches sent (udp_gso) */
-        uint64_t batched;   /* datagrams they carried */
-        uint64_t tunneled;  /* VXLAN super-frames sent whole through tfd */
-        int udp_gso;        /* batch runs of one UDP flow into one GSO frame */
+        uint32_t frame_nr;        /* power of two */
+        uint32_t head;            /* next frame to fill */
+        uint32_t data_max;        /* largest frame we can queue */
+        uint64_t error;           /* large frames the kernel refused */
+        uint64_t oversize;        /* longer than the interface's MTU allows: not queued */
+        uint64_t down;            /* queued while the interface was down: skipped */
+        uint64_t nocarrier_until; /* TSC: till then the interface is taken to have
+                                   * no carrier (afp_tx_kick found it so): frames
+                                   * dropped before the kernel, 0 = not */
+        uint64_t nocarrier;       /* dropped so, as the interface would have:
+                                   * counted with its own (kport_kernel_tx) */
+        uint32_t max_frame;       /* MTU + Ethernet + VLAN, as last read (dp_afp_stats) */
+        uint64_t batches;         /* UDP GSO batches sent (udp_gso) */
+        uint64_t batched;         /* datagrams they carried */
+        uint64_t tunneled;        /* VXLAN super-frames sent whole through tfd */
+        int udp_gso;              /* batch runs of one UDP flow into one GSO frame */
         int fd;
         int gfd;      /* no ring: sendmsg() of frames larger than a ring frame */
         int tfd;      /* the tunnel tap (dp_afp_tunnel_open), -1 = none */
@@ -771,7 +777,9 @@ dp_afp_stats(struct dp_afp *a, struct dp_afp_stats *st)
     st->tx_error = __atomic_load_n(&a->tx.error, __ATOMIC_RELAXED);
     st->tx_oversize = __atomic_load_n(&a->tx.oversize, __ATOMIC_RELAXED);
     st->tx_down = __atomic_load_n(&a->tx.down, __ATOMIC_RELAXED);
-    st->kernel_tx = a->kernel_tx;
+    /* the interface's own drops, and those made for it while it had no
+     * carrier (dp_afp_tx_burst) */
+    st->kernel_tx = a->kernel_tx + __atomic_load_n(&a->tx.nocarrier, __ATOMIC_RELAXED);
 }
 
 int
@@ -1671,9 +1679,12 @@ afp_tx_refused(const struct dp_afp *a)
  * counted at every kick, held the ring, and the frames behind it would
  * leave whenever the carrier came back. So when the interface cannot carry
  * frames the refused one is dropped for good: its length made invalid,
- * PACKET_LOSS makes the kernel skip it at the next kick without trying it,
- * and the kick is repeated for the frames behind it. Each frame is tried,
- * and counted in tx_dropped (kport_kernel_tx), once.
+ * PACKET_LOSS makes the kernel skip it at the next kick without trying it.
+ * The frames behind it are dropped with it, not tried (each try would cost
+ * a kick and the look at the interface), counted as the interface counts
+ * the one it refused (kport_kernel_tx), and the kick is repeated for the
+ * kernel to skip them; the port then drops what comes for a while without
+ * asking (AFP_NOCARRIER_HZ). Each frame is counted once.
  */
 /*
  * The interface is set down (ENETDOWN): the kernel sends nothing and leaves
@@ -1685,7 +1696,7 @@ afp_tx_refused(const struct dp_afp *a)
  * dropped were dropped by an earlier kick. Counted in tx.down.
  */
 static void
-afp_tx_drop_waiting(struct dp_afp *a)
+afp_tx_drop_waiting(struct dp_afp *a, uint64_t *count)
 {
     uint32_t mask = a->tx.frame_nr - 1, j = a->tx.head;
 
@@ -1698,9 +1709,13 @@ afp_tx_drop_waiting(struct dp_afp *a)
         if (st != TP_STATUS_SEND_REQUEST || h->tp_len == 0)
             return;
         h->tp_len = 0; /* shorter than its virtio-net header: skipped */
-        a->tx.down++;
+        (*count)++;
     }
 }
+
+/* how long (1/N s) a port whose interface was found without carrier drops
+ * its frames before asking the kernel again */
+#define AFP_NOCARRIER_HZ 500
 
 static void
 afp_tx_kick(struct dp_afp *a)
@@ -1711,7 +1726,7 @@ afp_tx_kick(struct dp_afp *a)
         if (sendto(a->tx.fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
             return;
         if (errno == ENETDOWN) {
-            afp_tx_drop_waiting(a);
+            afp_tx_drop_waiting(a, &a->tx.down);
             return;
         }
         if (errno != ENOBUFS)
@@ -1722,6 +1737,11 @@ afp_tx_kick(struct dp_afp *a)
         if (h == NULL)
             return;
         h->tp_len = 0; /* shorter than its virtio-net header: skipped */
+        /* the frames behind it would each be refused the same way, at a
+         * kick and a look at the interface apiece: dropped here, and the
+         * interface left alone for a while (dp_afp_tx_burst) */
+        afp_tx_drop_waiting(a, &a->tx.nocarrier);
+        a->tx.nocarrier_until = rte_get_tsc_cycles() + rte_get_tsc_hz() / AFP_NOCARRIER_HZ;
     }
 }
 
@@ -1746,6 +1766,21 @@ dp_afp_tx_burst(struct dp_afp *a, struct rte_mbuf **pkts, uint16_t n, uint16_t *
 
     if (unlikely(n == 0))
         return 0;
+    /* an interface without carrier (a veth whose pod's end is down) drops
+     * every frame it is given, and each would cost a kick and the look at
+     * the interface that tells why it failed: for 1/AFP_NOCARRIER_HZ s
+     * after a kick found it so, bursts are dropped here as the interface
+     * would drop them - sent as far as the port's counters go, and counted
+     * with the interface's own drops (kport_kernel_tx) - without a system
+     * call; the first burst after that asks the kernel again */
+    if (unlikely(a->tx.nocarrier_until != 0)) {
+        if (rte_get_tsc_cycles() < a->tx.nocarrier_until) {
+            a->tx.nocarrier += n;
+            rte_pktmbuf_free_bulk(pkts, n);
+            return n;
+        }
+        a->tx.nocarrier_until = 0;
+    }
     /* a ring full of frames a kick left queued (a device that was set down,
      * whose frames the kernel is to skip, or a full device queue): kicked
      * first, so that this burst's frames find room */

@@ -10,7 +10,7 @@ for pkg in dpdk dpdk-dev libdpdk-dev pkg-config gcc python3-venv python3-dev \
            iproute2 ethtool iputils-ping tcpdump prometheus etcd-server \
            clang libbpf-dev iperf3 libpcap-dev tshark openvswitch-switch-dpdk \
            podman runc busybox-static golang-go golang-github-appc-cni-dev \
-           containernetworking-plugins openssl iptables; do
+           containernetworking-plugins openssl iptables strace; do
     # installed, not merely known (a package removed but not purged is 'rc')
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || need+=("$pkg")
 done

@@ -15,6 +15,7 @@ touches the host's interfaces.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -908,6 +909,55 @@ def test_a_frame_the_kernel_drops_on_transmit_is_counted_once_and_not_kept(topo)
     # was coming back are new drops (CI39 saw 2)
     again = topo.counters()["drops"]["kport_kernel_tx"] - after["drops"]["kport_kernel_tx"]
     assert again <= OTHER_FRAMES, again
+
+
+def test_frames_for_an_interface_without_carrier_cost_the_worker_no_system_call_each(topo):
+    """Pod b's interface is down and frames pour at it (a flood from the
+    underlay reaches every pod): once the kernel has refused one, the port
+    drops the others itself for a while, counted with the interface's own
+    drops (kport_kernel_tx), instead of a kick and a look at the interface
+    (sendto, two ioctls) for each - which made the worker, and every port
+    it serves, crawl. The core's system calls meanwhile, traced."""
+    n = 3000
+    _only_test_frames_on_pb(topo)
+    sh("ip", "link", "set", "eth0", "down", ns=topo.ns["b"])
+    before = topo.counters()
+    trace = tempfile.NamedTemporaryFile(prefix="dpstrace", suffix=".txt", delete=False)
+    trace.close()
+    st = subprocess.Popen(
+        ["strace", "-f", "-c", "-e", "trace=sendto,ioctl", "-o", trace.name,
+         "-p", str(topo.proc.pid)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert "attached" in st.stderr.readline()  # its first thread traced
+        time.sleep(0.5)  # and the others
+        _send_to_b(topo, 0, n)
+        for _ in range(600):  # until the worker has taken them all
+            after = topo.counters()
+            sent = after["ports"]["pb"]["tx_packets"] - before["ports"]["pb"]["tx_packets"]
+            lost_rx = after["drops"].get("kport_kernel", 0) - before["drops"].get("kport_kernel", 0)
+            if sent + lost_rx >= n:
+                break
+            time.sleep(0.05)
+        st.send_signal(signal.SIGINT)
+        st.wait(30)
+        calls = {}
+        for line in open(trace.name):
+            f = line.split()
+            if f and f[-1] in ("sendto", "ioctl"):
+                calls[f[-1]] = int(f[3])  # % time, seconds, usecs/call, calls
+    finally:
+        if st.poll() is None:
+            st.kill()
+            st.wait()
+        os.unlink(trace.name)
+    dropped = after["drops"]["kport_kernel_tx"] - before["drops"].get("kport_kernel_tx", 0)
+    assert sent >= n - lost_rx - OTHER_FRAMES and dropped == sent, (before, after)
+    # a kick and a look at the interface per refusal, at most one refusal
+    # a few milliseconds: far fewer than the frames
+    assert calls.get("sendto", 0) + calls.get("ioctl", 0) < n // 10, calls
 
 
 def test_frames_for_an_interface_set_down_are_dropped_not_sent_late(topo):
