@@ -418,7 +418,7 @@ uplink_gso(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
     int n = gso_cut(w, m, seg);
     for (int i = 0; i < n; i += DP_BURST)
         uplink_segs(w, pi, seg + i, (uint16_t)RTE_MIN(n - i, DP_BURST));
-    return 0;
+    return n > 0 ? 0 : len; /* not cut (dropped, counted): its bytes are the port's */
 }
 
 /* inlined into the worker loop; the segments of a cut super-frame go

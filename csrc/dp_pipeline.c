@@ -209,6 +209,9 @@ dp_worker_main(void *arg)
     }
 
     tx_flush_all(w);
+    /* the VTEP as it is now: the one read at the last round may be freed
+     * since, had the worker slept offline (dp_worker_idle) through a change */
+    w->vtep = atomic_load_explicit(&dp.vtep, memory_order_acquire);
     if (w->n_held)
         hold_run(w, 1);
     rte_rcu_qsbr_thread_offline(dp.qsbr, (unsigned)id);
