@@ -183,7 +183,9 @@ def metrics_http_server(host: str, port: int, registry):
             pass
 
     class Server(BoundedThreads, ThreadingWSGIServer):
-        # past the slots: closed at once, the scraper tries again
+        # past the slots: closed at once, the scraper tries again; a stop
+        # does not wait for a silent connection's thread
+        block_on_close = False
         address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         slots = threading.BoundedSemaphore(METRICS_MAX_CONNECTIONS)
 

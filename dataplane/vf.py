@@ -117,9 +117,18 @@ def refuse_own(device: str, names, pcis):
         name, pci = resolve(device)
     except ConfigError:  # not here (held, in a pod's namespace; or none): take says which
         name, pci = device, None
-    own_pcis = {p.lower() for p in pcis if p} | ({_pci_of(n) for n in names if n} - {None})
+    # (a kernel interface is matched by name: a PCI function may have other
+    # netdevs, a dual-port NIC's, that are not the dataplane's)
+    own_pcis = {_full_pci(p) for p in pcis if p}
     if device in names or name in names or (pci is not None and pci in own_pcis):
         raise Busy(f"vf device {device} is the dataplane's own (uplink or a pod's veth)")
+
+
+def _full_pci(addr: str) -> str:
+    """A PCI address with its domain ("03:00.0": "0000:03:00.0"), in small
+    letters, as sysfs names it."""
+    addr = addr.lower()
+    return addr if addr.count(":") == 2 else f"0000:{addr}"
 
 
 def _pci_of(ifname: str) -> Optional[str]:
@@ -207,6 +216,7 @@ def take(
                 f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']} "
                 f"(as {alias})" + ("" if still is True else f": {still}")
             )
+        name, pci = resolve(device)  # given back: under its own name again
     pf, index = _pf_of(name) if name is not None else (None, None)
     at_pf = [k for k in ("vlan", "spoofchk", "trust") if opts.get(k) not in (None, 0)]
     if at_pf and name is None:

@@ -412,11 +412,14 @@ def test_a_vf_named_otherwise_is_still_the_one_held_or_the_dataplanes(fake_sysfs
     with pytest.raises(ConfigError, match=r"^interfaces.media.vlan: not applied to vf device"):
         vf.take(store, "p3", "media", "0000:03:02.2", *args, {"vlan": 7})
     assert vf.held_devices(store) == ["0000:0a:02.4"]
-    # the uplink's interface, named by its PCI address; a DPDK uplink's address
+    # the uplink's interface, named by its PCI address; a DPDK uplink's
+    # address, with or without its domain
     with pytest.raises(Busy, match="vf device 0000:03:02.1 is the dataplane's own"):
         vf.refuse_own("0000:03:02.1", {"vf0"}, [])
     with pytest.raises(Busy, match="vf device vf0 is the dataplane's own"):
         vf.refuse_own("vf0", {"uplink0"}, ["0000:03:02.1"])
+    with pytest.raises(Busy, match="vf device 0000:03:02.2 is the dataplane's own"):
+        vf.refuse_own("0000:03:02.2", {"uplink0"}, ["03:02.2"])
     vf.refuse_own("0000:03:02.2", {"vf0", "uplink0"}, [None])  # another's: fine
 
 
