@@ -1020,7 +1020,7 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         self._hk_thread = None
         self._closed = False
         self.capturing = False
-        self._cap_buf = None  # the capture's read buffer, made at the first start
+        self._cap_buf = None  # the capture's read buffer, made at the first read
         self._express = {}  # port in the express lane -> (ifindex, network, MAC octets)
         # what the lane carried for ports that left it: port -> its counts
         # (_express_raw) while the port stays; network -> (frames pod to pod,
@@ -1399,8 +1399,6 @@ class Engine(_Tables, _Planes, _Guards, _Express):
             if self.express_loaded:
                 self.express_enable(True)
             raise
-        if self._cap_buf is None:
-            self._cap_buf = ffi.new("uint8_t[]", 1 << 20)
         self.capturing = True
 
     def capture_read(
@@ -1413,7 +1411,7 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         detached capture, to which nothing is added)."""
         rec = self.CAPTURE_RECORD
         out = []
-        if self._cap_buf is None:  # (no capture started yet: the core says so)
+        if self._cap_buf is None:
             self._cap_buf = ffi.new("uint8_t[]", 1 << 20)
         for _ in range(1 << 20 if drain else 8):
             n = self._call("reading the capture", lib.dp_capture_read, self._cap_buf, 1 << 20)

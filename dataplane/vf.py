@@ -97,16 +97,28 @@ def resolve(device: str):
     return device, _pci_of(device)
 
 
-def _held_as(store, device: str, pci: Optional[str], pod: str, plane: str) -> Optional[str]:
-    """Another name under which a pod other than ``pod`` plane ``plane``
-    holds the device with PCI address ``pci``, or None."""
-    if pci is None:
-        return None  # a virtual device: its one name is its key
-    for d in held_devices(store):
-        rec = holder(store, d) if d != device else None
-        if rec and rec.get("pci") == pci and (rec["pod"], rec["plane"]) != (pod, plane):
-            return d
-    return None
+def _held_as(store, device: str, pci: Optional[str], pod: str, plane: str):
+    """(another name, its record) under which a pod other than ``pod``
+    plane ``plane`` holds the device with PCI address ``pci``, or (None,
+    None)."""
+    if pci is not None:  # (a virtual device: its one name is its key)
+        for d in held_devices(store):
+            rec = holder(store, d) if d != device else None
+            if rec and rec.get("pci") == pci and (rec["pod"], rec["plane"]) != (pod, plane):
+                return d, rec
+    return None, None
+
+
+def _refuse_held(store, held: str, device: str, rec: dict):
+    """Busy unless the pod that holds ``device`` under the name ``held``
+    (its record ``rec``) is provably gone: its device is then given back."""
+    still = free_if_gone(store, held, by="a new add")
+    if still:
+        known_as = "" if held == device else f" (as {held})"
+        raise Busy(
+            f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']}{known_as}"
+            + ("" if still is True else f": {still}")
+        )
 
 
 def refuse_own(device: str, names, pcis):
@@ -194,28 +206,15 @@ def take(
     from .podnet import _IFA_F_NODAD, _ip6_on, _ipr, _open_netns
 
     key = meta_key(store, device)
-    held = store.get_meta(key)
-    if held:
-        rec = json.loads(held)
-        if (rec["pod"], rec["plane"]) != (pod, plane):
-            still = free_if_gone(store, device, by="a new add")
-            if still:
-                raise Busy(
-                    f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']}"
-                    + ("" if still is True else f": {still}")
-                )
+    rec = holder(store, device)
+    if rec and (rec["pod"], rec["plane"]) != (pod, plane):
+        _refuse_held(store, device, device, rec)
     name, pci = resolve(device)
     # the same device under another spelling (its interface name, its PCI
     # address in capitals or not) held by another pod
-    alias = _held_as(store, device, pci, pod, plane)
+    alias, rec = _held_as(store, device, pci, pod, plane)
     if alias is not None:
-        rec = holder(store, alias)
-        still = free_if_gone(store, alias, by="a new add")
-        if still and rec:
-            raise Busy(
-                f"vf device {device} is held by pod {rec['pod']} plane {rec['plane']} "
-                f"(as {alias})" + ("" if still is True else f": {still}")
-            )
+        _refuse_held(store, alias, device, rec)
         name, pci = resolve(device)  # given back: under its own name again
     pf, index = _pf_of(name) if name is not None else (None, None)
     at_pf = [k for k in ("vlan", "spoofchk", "trust") if opts.get(k) not in (None, 0)]
