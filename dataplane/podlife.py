@@ -1079,13 +1079,14 @@ class PodLife:
             and not vfs.in_pod(self.store, by_plane[e["plane"]].options["device"])
         ]
 
-    def _kinds(self, name) -> Dict[str, str]:
+    def _kinds(self, name, pod=None, planes=None) -> Dict[str, str]:
         """{plane: kind} of pod ``name`` as its stored spec says; read as
         recorded if the spec no longer fits the node's configuration, so
         that a memif, vhost-user or VF plane is never taken for a veth (one
-        made for it, or the pod removed for lack of it)."""
-        pod = self.store.pod(name)
-        planes = self._stored_spec(name, pod)
+        made for it, or the pod removed for lack of it). ``pod``, ``planes``:
+        its record and parsed spec, if read already."""
+        pod = pod or self.store.pod(name)
+        planes = self._stored_spec(name, pod) if planes is None else planes
         if planes or not pod:
             return {p.plane: p.kind for p in planes}
         return _recorded_kinds(pod.get("spec"))
@@ -1660,24 +1661,26 @@ class PodLife:
                     )
 
     def _give_back_vfs(self, name, planes):
-        """Every VF pod ``name`` (its spec's ``planes``) holds, back to the
-        node as it was."""
+        """Every VF pod ``name`` holds, back to the node as it was: those
+        its spec's ``planes`` name, and those the node's list of held
+        devices says it holds (a recorded spec the node's configuration no
+        longer takes names none; records from before the list exist)."""
         from . import vf as vfs
 
-        for p in planes:
-            if p.kind != VF:
-                continue
+        devices = [p.options["device"] for p in planes if p.kind == VF]
+        devices += [d for d in vfs.held_devices(self.store) if d not in devices]
+        for device in devices:
             try:
-                rec = vfs.holder(self.store, p.options["device"])
+                rec = vfs.holder(self.store, device)
                 if rec and rec["pod"] == name:
-                    vfs.give_back(self.store, p.options["device"])
+                    vfs.give_back(self.store, device)
             except Exception as err:  # noqa: BLE001 - a netlink error too: the next VF, plane
                 log.warning(
                     "giving back vf %s of pod %s: %s",
-                    p.options["device"],
+                    device,
                     name,
                     _why(err),
-                    extra={"fields": {"pod": name, "device": p.options["device"]}},
+                    extra={"fields": {"pod": name, "device": device}},
                 )
 
     def _add_fast_plane(self, name, netns, p, n, mac, ip, made: _Made):
@@ -1750,9 +1753,10 @@ class PodLife:
         sockets; ``eps``: its endpoints, ``pod``: its record if read
         already); its records stay. The store is asked nothing else, but
         for the VFs' records."""
+        pod = pod or self.store.pod(name)
         planes = self._stored_spec(name, pod)
         self._give_back_vfs(name, planes)
-        self._detach_planes(name, eps, {p.plane: p.kind for p in planes})
+        self._detach_planes(name, eps, self._kinds(name, pod, planes))
 
     def _detach_planes(self, name, eps, kinds):
         """Detach pod ``name``'s planes (``eps``: their endpoints, or what

@@ -504,3 +504,30 @@ def test_dpdk_mode_vf_of_a_gone_pod_freed(fake_sysfs, tmp_path):
     assert vf.holder(store, dev)["pod"] == "p2"
     assert vf.sweep(store) == [dev]  # p2's namespace is gone too
     assert vf.holder(store, dev) is None and vf.held_devices(store) == []
+
+
+def test_vf_given_back_when_the_recorded_spec_no_longer_fits(fabric, sockdir):
+    """A pod whose recorded spec the node's configuration no longer takes
+    (its network renamed away, or a check a newer version added): its
+    delete still gives the VF back, from the VF's own record."""
+    fab = fabric()
+    node = node_with_sockets(fab, sockdir)
+    before = stand_in(node)
+    ns, body = vf_pod(fab, node, "a")
+    add(node, body)
+
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+    db = sqlite3.connect(node.dir / "state" / "state.db")
+    with db:
+        (spec,) = db.execute("SELECT spec FROM pods WHERE name=?", (f"{fab.tag}a",)).fetchone()
+        spec = json.loads(spec)
+        spec["networks"]["media"] = "gone9"  # no such network on the node any more
+        db.execute("UPDATE pods SET spec=? WHERE name=?", (json.dumps(spec), f"{fab.tag}a"))
+    db.close()
+    node.start()
+    assert link(ns, "sriov0") is not None  # kept: the pod still has it
+    node.api("DELETE", f"/v1/pods?name={fab.tag}a")
+    assert_restored(node, before)
+    assert link(ns, "sriov0") is None
