@@ -127,10 +127,13 @@ class _Stops:
     acts on once they are written; a second one raises, giving up on a
     service slow to answer or an output that does not take its frames,
     but not while frames are being put in the file's buffer (``gathering``,
-    which takes no time): it raises right after that."""
+    which takes no time): it raises right after that. After a second
+    stop (``gave_up``) nothing waits for the output any more: a pipe whose
+    reader stalled gets what it takes at once, the rest counted unwritten."""
 
     def __init__(self):
         self.asked = False  # a stop came: a next one raises
+        self.gave_up = False  # a second one came: no waiting for the output
         self.deferred = False  # ... while frames were on their way
         self.forced = False  # a second one came while gathering
         self.level = 0  # 0: raise; 1: held; 2: gathering
@@ -139,6 +142,7 @@ class _Stops:
         if self.level and not self.asked:
             self.asked = self.deferred = True
             return
+        self.gave_up = self.asked
         self.asked = True
         if self.level == 2:
             self.forced = True
@@ -311,7 +315,9 @@ def _capture(args, stops):
         finally:
             if writer and not failed:
                 try:
-                    writer.flush()
+                    writer.flush(wait=not stops.gave_up)
+                except BlockingIOError:
+                    pass  # a pipe with no room, given up on: its frames stay unwritten
                 except OSError as e:
                     failed = e
 
@@ -412,9 +418,14 @@ def _capture(args, stops):
                 pass  # the service is gone: keep what came
             except KeyboardInterrupt:
                 _cancel(args, cid)  # its last frames are not waited for
-        if cap is not None and out:  # the capture is stopped: finishing the file takes no time
+        if cap is not None and out:  # the capture is stopped: what an interrupt kept from the file
+            if writer is None or writer.seekable:
+                with _ignoring_stops():  # a file: takes no time
+                    take([])
+            else:  # a pipe waits for its reader, but a stop gives up on it
+                with contextlib.suppress(KeyboardInterrupt):
+                    take([])
             with _ignoring_stops():
-                take([])  # what an interrupt kept from being written
                 try:
                     out.close()
                 except OSError as e:
@@ -452,6 +463,13 @@ def _capture(args, stops):
     # an answer given up on (known from the last counters: those the
     # capture took but did not drop were all handed out) and those cut
     unwritten = cut + (max(s.get("matched", 0) - s.get("dropped", 0) - got, 0) if final else 0)
+    pending = writer.pending if writer else 0  # taken, but never taken by the pipe's reader
+    if pending and not failed:
+        print(
+            f"dataplane: {pending} frames the capture took were not written: "
+            f"{args.write}'s reader did not take them before the stop",
+            file=sys.stderr,
+        )
     if unwritten:
         print(
             f"dataplane: {unwritten} frames the capture took were not "

@@ -8,6 +8,7 @@ core dropped has no direction and says why in its comment (Wireshark's
 ``frame.comment``).
 """
 
+import errno
 import ipaddress
 import os
 import select
@@ -124,17 +125,28 @@ class PcapngWriter:
         self._add(block, True)
         return True
 
-    def flush(self):
+    @property
+    def seekable(self) -> bool:
+        """A file (not a pipe, socket or terminal)."""
+        try:
+            return self.f.seekable()
+        except (OSError, ValueError):
+            return False
+
+    @property
+    def pending(self) -> int:
+        """Frames gathered that are not (wholly) in the file yet."""
+        return sum(1 for _, frame in self._ends if frame)
+
+    def flush(self, wait=True):
         """Write what was gathered. On an error (or an interrupt) a file is
         cut back to its last whole block, the blocks not written are kept
         for the next flush, and the error is raised. A pipe keeps what it
         took: the rest of a block it took part of is kept instead, for the
-        next flush to go on with."""
+        next flush to go on with. Without ``wait`` a pipe is given only what
+        it has room for now, and BlockingIOError raised if that is not all."""
         done = 0
-        try:
-            seekable = self.f.seekable()
-        except (OSError, ValueError):
-            seekable = False
+        seekable = self.seekable
         self._taken = 0  # a pipe's: counted by _write_some
         try:
             with memoryview(self._buf) as view:
@@ -143,7 +155,7 @@ class PcapngWriter:
                         done += self.f.write(view[done:]) or 0  # a raw file may take part
                     else:  # a copy: a traceback keeps no view of _buf
                         t = self._taken
-                        self._write_some(bytes(view[t : t + select.PIPE_BUF]))
+                        self._write_some(bytes(view[t : t + select.PIPE_BUF]), wait)
         except BaseException:
             if not seekable:
                 self._commit(self._taken)
@@ -169,9 +181,10 @@ class PcapngWriter:
         signal.SIGILL,
     }
 
-    def _write_some(self, data: bytes):
+    def _write_some(self, data: bytes, wait=True):
         """``data`` (at most PIPE_BUF bytes) into a pipe (or socket,
-        terminal), what it took added to ``_taken``. Waits for room with
+        terminal), what it took added to ``_taken``. Waits for room (without
+        ``wait``: BlockingIOError where there is none now) with
         signals as they are (an interrupt then finds nothing written), then
         writes - all or none into a pipe that has room - and counts with
         signals held: a handler's exception (Ctrl-C) comes when they are let
@@ -179,7 +192,8 @@ class PcapngWriter:
         the capture is). The mask is read before it is changed, and put back
         whatever is raised."""
         fd = self.f.fileno()
-        select.select([], [fd], [])
+        if not select.select([], [fd], [], None if wait else 0)[1]:
+            raise BlockingIOError(errno.EAGAIN, "no room in the pipe")
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # as it is; nothing changed
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, self._HOLD)

@@ -308,3 +308,56 @@ def test_a_second_interrupt_gives_up_the_answer_and_counts_its_frames(node, pods
     assert int(m.group(1)) >= echoes
     assert pcapng_blocks(out).count(EPB) == n
     nothing_running(node)
+
+
+def test_a_second_stop_gives_up_on_a_pipe_whose_reader_stalled(node, pods, tmp_path, procs):
+    """-w to a pipe whose reader keeps it open but stopped reading: the
+    client waits for room while the capture runs, a second stop gives up
+    on it - the client stops the capture, ends, and counts the frames the
+    pipe never took - instead of waiting for the reader forever."""
+    import fcntl
+    import struct
+    import termios
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, never read
+    try:
+        cap = capture(node, procs, "a:std", "-w", str(fifo), "icmp")
+        started(cap)
+        a, b = pods
+        subprocess.run(
+            ["ip", "netns", "exec", a["ns"], "ping", "-q", "-c", "100", "-i", "0.005"]
+            + ["-s", "1400", "-W", "1", ip_of(b)],
+            capture_output=True,
+            check=True,
+        )
+
+        def in_pipe():
+            return struct.unpack("i", fcntl.ioctl(reader, termios.FIONREAD, b"\0" * 4))[0]
+
+        seen = []
+
+        def waiting_for_room():
+            # blocked in a select (a poll), with no request out to the service
+            seen.append("poll" in wchan(cap) and not sockets_of(cap) and in_pipe() > 32768)
+            return seen[-2:] == [True, True]
+
+        wait_for(f"pid {cap.pid} waiting for room in the pipe", waiting_for_room)
+        cap.send_signal(signal.SIGINT)
+        cap.send_signal(signal.SIGTERM)
+        rc = cap.wait(30)
+        err = cap.stderr.read()
+        assert rc == 0, err
+        n, matched, dropped = summed_up(err)
+        m = re.search(
+            r"dataplane: (\d+) frames the capture took were not written: \S+'s reader", err
+        )
+        assert m, err
+        pending = int(m.group(1))
+        cut = re.search(r"dataplane: (\d+) frames the capture took were not written: stopped", err)
+        assert pending > 0 and n > 0, err
+        assert n + dropped + pending + (int(cut.group(1)) if cut else 0) == matched >= 200, err
+        nothing_running(node)
+    finally:
+        os.close(reader)
