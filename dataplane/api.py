@@ -34,7 +34,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
-from .checks import brief, check_keys, fail, load_json_object
+from .checks import UNIX_PATH_MAX, brief, check_keys, fail, load_json_object
 from .errors import (
     AlreadyExists,
     Busy,
@@ -449,8 +449,12 @@ class APIServer:
 
         # bound and listening under a name of its own, then renamed into
         # place: a client that finds the path finds a listening socket (not
-        # one bound but not yet listening, which refuses it)
-        tmp = f"{path}.{os.getpid()}.new"
+        # one bound but not yet listening, which refuses it). The name is
+        # short: a path near the 107 bytes of a unix socket's may not grow;
+        # in a directory too deep even for it, bound in place.
+        tmp = os.path.join(os.path.dirname(path), f".api-{os.getpid()}.new")
+        if len(tmp.encode()) > UNIX_PATH_MAX:
+            tmp = path
         try:
             os.unlink(tmp)
         except FileNotFoundError:
@@ -461,7 +465,8 @@ class APIServer:
         finally:
             os.umask(old)
         os.chmod(tmp, 0o600)
-        os.rename(tmp, path)
+        if tmp != path:
+            os.rename(tmp, path)
         self.thread = threading.Thread(
             target=self.server.serve_forever,
             kwargs={"poll_interval": STOP_POLL_S},

@@ -23,6 +23,7 @@ from dataplane.api import (
     MAX_HEAD_BYTES,
     REQUEST_TIMEOUT_S,
     APIError,
+    APIServer,
 )
 from dataplane.checks import JSON_MAX_DEPTH
 from tests.test_service import IT_SPEC, Node, sh
@@ -578,3 +579,32 @@ def _open(s: socket.socket) -> bool:
         return False
     finally:
         s.setblocking(True)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_an_api_socket_path_as_long_as_the_configuration_takes_is_served(tmp_path, deep):
+    """api_socket may be as long as a unix socket's path (107 bytes): the
+    server's name of its own while it starts must not be longer - in a
+    short directory with a long name, and in a directory so deep that no
+    name of its own fits beside it (bound in place then)."""
+    from dataplane.api import call
+    from dataplane.checks import UNIX_PATH_MAX, check_unix_socket_path
+
+    base = str(tmp_path)
+    if deep:
+        d = base + "/" + "d" * (UNIX_PATH_MAX - len(base) - 5)
+        path = d + "/a.s"
+    else:
+        d = base
+        path = base + "/" + "s" * (UNIX_PATH_MAX - len(base) - 1)
+    assert len(path) == UNIX_PATH_MAX
+    assert check_unix_socket_path(path, "api_socket") == path  # the configuration takes it
+    srv = APIServer(path, {("GET", "/v1/ping"): lambda *a: {"pong": True}})
+    srv.start()
+    try:
+        assert call(path, "GET", "/v1/ping") == {"pong": True}
+        assert sorted(os.listdir(d)) == [os.path.basename(path)]  # nothing of its own left
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        srv.stop()
+    assert not os.path.exists(path)
