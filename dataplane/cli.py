@@ -44,7 +44,7 @@ import time
 
 from .checks import is_af_xdp_port
 from .config import DEFAULT_API_SOCKET, load_config
-from .errors import DataplaneError
+from .errors import ConfigError, DataplaneError
 
 
 def _socket(args):
@@ -155,6 +155,12 @@ def cmd_check(args):
     # running service has (its lock looked at, not taken)
     store = check_store(cfg)
     errors = [e for e in [uplink_in_use(cfg), metrics_problem(cfg)] if e] + store.errors
+    from .engine import EngineConfig
+
+    try:  # what 'run' refuses on this machine: lcores it has not, or may not use
+        EngineConfig(**cfg.engine_kwargs()).eal_args()
+    except ConfigError as e:
+        errors.append(str(e))
     if cfg.cpu_latency_us is not None:
         from .cpulatency import hold_problem
 

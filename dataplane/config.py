@@ -59,7 +59,6 @@ from .checks import (
     STORM_PPS_MAX,
     VXLAN_OVERHEAD,
     WIRE_OVERHEAD,
-    absent_cpus,
     check_abspath,
     check_af_xdp_mtu,
     check_bool,
@@ -419,12 +418,6 @@ class NodeConfig:
                 f"idle_sleep_us: {self.idle_sleep_us} with cpu_latency_us: 0: an idle CPU "
                 "polls instead of halting, so the worker's sleep saves no CPU time and adds "
                 "its wake-up to every frame that finds it asleep; drop one of the two"
-            )
-        missing, usable = absent_cpus(self.lcores)
-        if missing:
-            out.append(
-                f"lcores: {missing} not present on this machine or not allowed ({usable}): "
-                "'dataplane run' refuses the file here"
             )
         free = hugepages_free() if self.mode == "hugepages" else None
         if free is not None and self.memory_mb > free[0] * free[1] // 1024:

@@ -280,6 +280,11 @@ class NodeService:
             # first request imports the metrics module too: two threads
             # importing prometheus_client at once can see it half initialised)
             self._start_metrics()
+            # what the core's start would refuse (lcores this machine has
+            # not): before the store is opened, so a refused file writes
+            # nothing to it
+            engine_cfg = EngineConfig(**cfg.engine_kwargs(), log_json=True)
+            engine_cfg.eal_args()
             self.store = open_store(cfg.store, cfg.node)
             # the node's name held while running, before any pod is touched:
             # a second service under it (another machine) starts nothing
@@ -300,7 +305,7 @@ class NodeService:
             # DPDK's EAL narrows this thread to the main lcore's CPU and takes
             # hugepages, so afterwards lcores and memory_mb would seem not to fit
             advice = cfg.advice()
-            self.engine = Engine(EngineConfig(**cfg.engine_kwargs(), log_json=True))
+            self.engine = Engine(engine_cfg)
             self._setup_core()
             self._open_express()
             # changes to a kernel uplink and the lane's pod interfaces seen as they come
