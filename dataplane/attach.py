@@ -10,7 +10,7 @@ Kubernetes namespace and pod, interface kind) is the store's attachment
 record of the same name (``StateStore.put_attachment``). The routes (:func:`attachment_routes`)::
 
     POST   /v1/attachments          ADD   {container_id, ifname, netns, network, ...}
-    DELETE /v1/attachments          DEL   {container_id, ifname}: idempotent
+    DELETE /v1/attachments          DEL   {container_id, ifname, cni_network}: idempotent
     POST   /v1/attachments/check    CHECK {container_id, ifname, netns}
     POST   /v1/attachments/gc       GC    {cni_network, valid: [{container_id, ifname}]}
     GET    /v1/attachments          the attachments of this node
@@ -20,7 +20,9 @@ record of the same name (``StateStore.put_attachment``). The routes (:func:`atta
 import hashlib
 import re
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from typing import Dict, List, Optional
 
 from .checks import POD_RESERVED_IFNAMES, check_ifname
@@ -101,6 +103,30 @@ class Attachments:
         # when each ADD of this process ended, by attachment: a GC judges
         # only what was there, done, when it began
         self.added_at: Dict[str, float] = {}
+        # the ADDs and DELs of each attachment, in the order they came
+        self._turn = threading.Condition()
+        self._queues: Dict[str, List[object]] = {}
+
+    @contextmanager
+    def _in_turn(self, name: str):
+        """A block that the ADDs and DELs of attachment ``name`` run in one
+        at a time, in the order they came (the pods' lock wakes its waiters
+        in no order). A plugin that gave up waiting for an ADD sends a DEL
+        to undo it, then the runtime its ADD again: the DEL must come after
+        the first ADD, and the second ADD after the DEL."""
+        me = object()
+        with self._turn:
+            queue = self._queues.setdefault(name, [])
+            queue.append(me)
+            self._turn.wait_for(lambda: queue[0] is me)
+        try:
+            yield
+        finally:
+            with self._turn:
+                queue.pop(0)
+                if not queue:
+                    del self._queues[name]
+                self._turn.notify_all()
 
     # ---------------------------------------------------------------- ADD
     def add(self, body: dict) -> dict:
@@ -151,12 +177,15 @@ class Attachments:
         # under the pods' lock from the check to the pod: a DEL or GC of the
         # same attachment (which takes it too) cannot fall between its record
         # and its pod, nor a failed ADD's clean-up remove another ADD's record
-        with reach.required(self.store, NOT_ATTACHED), self.pods.txn:
-            if self.store.attachment(name) is not None:
+        with self._in_turn(name), reach.required(self.store, NOT_ATTACHED), self.pods.txn:
+            held = self.store.attachment(name)
+            if held is not None:
                 pod = self.store.pod(name)
                 if pod and not self.pods.leftover(pod):
+                    owner = held.get("cni_network")
+                    by = f" by network configuration {owner}" if owner else ""
                     raise AlreadyExists(
-                        f"container {cid} interface {ifname} is attached already "
+                        f"container {cid} interface {ifname} is attached already{by} "
                         "(DEL it first; an ADD is not repeated for the same container and interface)"
                     )
                 # its pod went with its namespace, or is what a failed ADD left
@@ -205,8 +234,16 @@ class Attachments:
         """Detach (container_id, ifname); nothing to do is a success - also
         for a key an ADD refuses (an interface name such as ``lo``, one
         longer than the kernel takes, a container ID that is not one): that
-        ADD made nothing, and the CNI specification has its DEL succeed."""
+        ADD made nothing, and the CNI specification has its DEL succeed.
+        With ``cni_network`` (the network configuration's name) an
+        attachment another configuration made is left alone, and the DEL
+        succeeds: the runtime DELs after an ADD refused because another
+        configuration has that interface, and that one stays attached.
+        Without it (a plugin from before the field), whatever is attached."""
         given = body.get("container_id"), body.get("ifname")
+        cni_network = body.get("cni_network")
+        if cni_network is not None and (not isinstance(cni_network, str) or not cni_network):
+            raise ConfigError(f"cni_network: {cni_network!r} is not a network configuration name")
         try:
             cid, ifname = _key(body)
         except ConfigError:
@@ -214,7 +251,12 @@ class Attachments:
                 return {"deleted": None}  # never attached: nothing to delete
             raise  # a key not given at all: the request's fault
         name = attachment_name(cid, ifname)
-        with reach.required(self.store, NOT_DETACHED):
+        with self._in_turn(name), reach.required(self.store, NOT_DETACHED), self.pods.txn:
+            if cni_network is not None:
+                rec = self.store.attachment(name)
+                owner = rec.get("cni_network") if rec is not None else None
+                if owner and owner != cni_network:  # not this configuration's to delete
+                    return {"deleted": None, "owner": owner}
             return {"deleted": name if self._remove(name) else None}
 
     def _remove(self, name: str, older_than: Optional[float] = None) -> bool:
@@ -380,12 +422,14 @@ class Attachments:
         """Whether an ADD can be taken now (the core forwards)."""
         if not self.engine_running():
             return {"ready": False, "reason": "the forwarding core is not running"}
-        # those whose pod is there (what list() shows, but gone ones)
-        n = sum(
-            1
-            for rec in self.store.attachments(node=self.config.node)
-            if self.store.pod(rec["name"])
-        )
+        # those whose pod is there (what list() shows, but gone ones); a
+        # store that does not answer: StoreDown at once, saying so
+        with reach.needed(self.store, "no ADD is taken until it does (it records each first)"):
+            n = sum(
+                1
+                for rec in self.store.attachments(node=self.config.node)
+                if self.store.pod(rec["name"])
+            )
         return {"ready": True, "attachments": n}
 
     # -------------------------------------------------------------- CHECK
@@ -536,12 +580,13 @@ def attachment_routes(att: Attachments) -> Dict[tuple, object]:
         return {
             "container_id": q.get("container_id") or b.get("container_id"),
             "ifname": q.get("ifname") or b.get("ifname"),
+            "cni_network": q.get("cni_network") or b.get("cni_network"),
         }
 
     def fields(*names):
         return {n: _as_given for n in names}
 
-    key = fields("container_id", "ifname")
+    key = fields("container_id", "ifname", "cni_network")
     return {
         ("GET", "/v1/attachments"): Route(lambda b, q: att.list()),
         ("POST", "/v1/attachments"): Route(lambda b, q: att.add(b), body=fields(*ADD_FIELDS)),

@@ -60,7 +60,7 @@ ERR_TRY_AGAIN = 11
 ERR_NOT_AVAILABLE = 50
 ERR_LIMITED = 51  # not available, and existing pods may have limited connectivity
 # ours
-ERR_EXISTS = 100  # (container ID, ifname) is attached already
+ERR_EXISTS = 100  # an interface CNI_IFNAME is in the container already (ours or another's)
 ERR_SERVICE = 101  # the node service failed the request
 ERR_CHECK = 102  # CHECK found a difference
 ERR_IN_USE = 103  # something the attachment needs is another's (a VF, a host ifname)
@@ -78,6 +78,8 @@ class CNIError(Exception):
         self.code = code
         self.msg = msg
         self.details = details
+        #: the request went out and no answer came: the service may do it yet
+        self.unanswered = False
 
 
 # ================================================================== JSON
@@ -168,9 +170,15 @@ class ServiceGone(ServiceDown):
     """No node service runs: its socket is missing, or nothing listens on it."""
 
 
+class NoAnswer(ServiceDown):
+    """The request went out and no answer came back: the service may have
+    done it, or do it yet."""
+
+
 def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFAULT_TIMEOUT_S):
     """One HTTP/1.0 request on the service's unix socket: (status, JSON).
-    ServiceDown if the socket is missing, refuses, or times out."""
+    ServiceDown if the socket is missing, refuses, or times out; NoAnswer
+    once the request may have reached the service."""
     data = json_dumps(body).encode() if body is not None else b""
     head = (
         f"{method} {endpoint} HTTP/1.0\r\nHost: localhost\r\n"
@@ -195,7 +203,7 @@ def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFA
                     break
                 chunks.append(c)
         except OSError as e:  # incl. a timeout
-            raise ServiceDown(f"the node service on {sock_path} did not answer: {e}")
+            raise NoAnswer(f"the node service on {sock_path} did not answer: {e}")
     finally:
         s.close()
     raw = b"".join(chunks)
@@ -205,23 +213,35 @@ def api_call(sock_path: str, method: str, endpoint: str, body=None, timeout=DEFA
         obj = json_loads(payload or b"null")
     except (IndexError, ValueError):
         if not raw:
-            raise ServiceDown(f"the node service on {sock_path} closed without an answer")
-        raise ServiceDown(f"the node service on {sock_path} gave an unreadable answer")
+            raise NoAnswer(f"the node service on {sock_path} closed without an answer")
+        raise NoAnswer(f"the node service on {sock_path} gave an unreadable answer")
     return status, obj
+
+
+def _store_down(status, obj) -> bool:
+    """Is this the service's 503 for its state store not answering, or
+    refusing the node (``"unavailable"``, ``"refused"``), rather than a
+    busy service's?"""
+    return (
+        status == 503
+        and isinstance(obj, dict)
+        and (obj.get("unavailable") is True or obj.get("refused") is True)
+    )
 
 
 def _answer(conf, method, endpoint, body=None):
     """(status, answer) of one call; a busy service (a node starting many
     pods at once: 503, or its listen queue full) is asked again once a
-    second while the configuration's timeout lasts. ServiceDown when it
-    does not answer."""
+    second while the configuration's timeout lasts. Not one whose store
+    does not answer or refuses the node: the service waited for it already,
+    and says so at once. ServiceDown when it does not answer."""
     until = time.monotonic() + conf["timeout"]
     while True:
         try:
             status, obj = api_call(conf["socket"], method, endpoint, body, conf["timeout"])
         except ServiceBusy as e:
             status, obj = 503, {"error": str(e)}
-        if status != 503 or time.monotonic() + 1.0 >= until:
+        if status != 503 or _store_down(status, obj) or time.monotonic() + 1.0 >= until:
             return status, obj
         time.sleep(1.0)
 
@@ -235,7 +255,9 @@ def _service(conf, method, endpoint, body=None):
     try:
         status, obj = _answer(conf, method, endpoint, body)
     except ServiceDown as e:
-        raise CNIError(ERR_TRY_AGAIN, "try again later", str(e))
+        err = CNIError(ERR_TRY_AGAIN, "try again later", str(e))
+        err.unanswered = isinstance(e, NoAnswer)
+        raise err
     if status == 200:
         return obj
     msg = (obj or {}).get("error", f"HTTP {status}") if isinstance(obj, dict) else str(obj)
@@ -280,21 +302,35 @@ def _check_env(environ, command):
                 "or digit",
             )
     ifname = _env(environ, "CNI_IFNAME")
+    bad = _bad_ifname(ifname)
+    if bad:
+        if command == "DEL":  # never added either: DEL answers with success
+            out["never_added"] = True
+        else:
+            raise CNIError(ERR_ENV, f"CNI_IFNAME: {ifname!r} {bad}")
+    netns = _env(environ, "CNI_NETNS", required=command != "DEL")
+    if netns and not netns.startswith("/") and command != "DEL":  # DEL never enters it
+        raise CNIError(ERR_ENV, f"CNI_NETNS: {netns!r} is not a path")
+    out.update(container_id=cid, ifname=ifname, netns=netns)
+    return out
+
+
+def _bad_ifname(ifname: str) -> str:
+    """Why ``ifname`` cannot be the container's interface, or '': the
+    service's own checks (``dataplane.checks.check_ifname``), made here so
+    that the runtime is told CNI_IFNAME (4), not the configuration (7)."""
     if (
         len(os.fsencode(ifname)) >= _IFNAMSIZ  # (bytes the environment had, whatever they are)
         or ifname in (".", "..")
         or any(c in ifname for c in "/:\0")
         or any(c.isspace() for c in ifname)
     ):
-        if command == "DEL":  # never added either: DEL answers with success
-            out["never_added"] = True
-        else:
-            raise CNIError(ERR_ENV, f"CNI_IFNAME: {ifname!r} is not a valid interface name")
-    netns = _env(environ, "CNI_NETNS", required=command != "DEL")
-    if netns and not netns.startswith("/") and command != "DEL":  # DEL never enters it
-        raise CNIError(ERR_ENV, f"CNI_NETNS: {netns!r} is not a path")
-    out.update(container_id=cid, ifname=ifname, netns=netns)
-    return out
+        return "is not a valid interface name"
+    if "%" in ifname:  # the kernel makes 'eth%d' eth0, eth1, ...: never the name asked for
+        return "is not an interface name but a kernel template (no '%': the kernel would number it)"
+    if ifname == "lo":
+        return "is the container's loopback interface"
+    return ""
 
 
 def _cni_args(text: str) -> dict:
@@ -529,15 +565,20 @@ def _add(conf, env) -> dict:
         "k8s_namespace": env["args"].get("K8S_POD_NAMESPACE"),
         "k8s_pod": env["args"].get("K8S_POD_NAME"),
     }
-    a = _service(conf, "POST", "/v1/attachments", body)
+    try:
+        a = _service(conf, "POST", "/v1/attachments", body)
+    except CNIError as e:
+        if not e.unanswered:
+            raise
+        # the service may finish the ADD after the plugin gave up on it: a
+        # runtime told to try again would then find it attached (100) on
+        # every retry. Undone here, so that the retry starts anew
+        e.details += "; " + _undo(conf, env, "the ADD is undone (a retry starts anew)")
+        raise
     plen = ip.partition("/")[2] if ip else ""
     if plen and plen != str(a.get("prefixlen")):
         # the address is the one asked for, the subnet not: nothing is kept
-        details = ""
-        try:
-            _del(conf, env)
-        except CNIError as undo:  # the runtime's DEL after this failed ADD finishes it
-            details = f"the attachment is not undone yet ({undo.msg}: {undo.details})"
+        details = _undo(conf, env, "")
         raise CNIError(
             ERR_CONFIG,
             f"ip: {ip}: network {conf['network']} is a /{a.get('prefixlen')}, not a /{plen}",
@@ -548,30 +589,53 @@ def _add(conf, env) -> dict:
         try:
             write_device_info(dev, a)
         except OSError as e:
-            details = str(e)
-            try:
-                _service(
-                    conf,
-                    "DELETE",
-                    "/v1/attachments",
-                    {k: body[k] for k in ("container_id", "ifname")},
-                )
-            except CNIError as undo:  # the runtime's DEL after this failed ADD finishes it
-                details += f"; the attachment is not undone yet ({undo.msg}: {undo.details})"
-            raise CNIError(ERR_IO, f"cannot write the device-info file {dev}", details)
+            undo = _undo(conf, env, "", device_info=False)
+            raise CNIError(
+                ERR_IO,
+                f"cannot write the device-info file {dev}",
+                f"{e}; {undo}" if undo else str(e),
+            )
     return _result(conf, a)
 
 
-def _del(conf, env):
+def _undo(conf, env, done: str, device_info: bool = True) -> str:
+    """Take back the attachment this ADD made, or may have made: ``done``
+    if that worked, else what the runtime is to know."""
+    try:
+        _del(conf, env, device_info)
+    except CNIError as undo:
+        if undo.unanswered:  # the service takes a key's requests in turn: after the ADD
+            return f"a DEL of it was sent, not answered either: it follows the ADD ({undo.details})"
+        # the runtime's DEL after this failed ADD finishes it
+        return f"the attachment is not undone yet ({undo.msg}: {undo.details})"
+    return done
+
+
+def _del(conf, env, device_info: bool = True):
     if env.get("never_added"):
         return None
-    _service(
-        conf,
-        "DELETE",
-        "/v1/attachments",
-        {"container_id": env["container_id"], "ifname": env["ifname"]},
-    )
-    dev = conf["runtimeConfig"].get("CNIDeviceInfoFile")
+    key = {"container_id": env["container_id"], "ifname": env["ifname"]}
+    # the configuration whose attachment it is: a DEL the runtime sends
+    # after another configuration's ADD was refused (that interface name
+    # taken) leaves the attachment that has it alone
+    name = conf.get("name")
+    if isinstance(name, str) and name:
+        key["cni_network"] = name
+    try:
+        _service(conf, "DELETE", "/v1/attachments", key)
+    except CNIError as e:
+        # a service from before the field (the plugin is installed before
+        # the service restarts in an upgrade) refuses it by name: asked as
+        # it was then, so that no pod's DEL fails meanwhile
+        if (
+            "cni_network" not in key
+            or e.code != ERR_CONFIG
+            or not e.msg.startswith("cni_network: unknown field")
+        ):
+            raise
+        del key["cni_network"]
+        _service(conf, "DELETE", "/v1/attachments", key)
+    dev = conf["runtimeConfig"].get("CNIDeviceInfoFile") if device_info else None
     if isinstance(dev, str) and dev:
         try:
             os.unlink(dev)
@@ -669,6 +733,12 @@ def _status(conf, env):
     except ServiceDown as e:
         raise CNIError(ERR_NOT_AVAILABLE, "the node service is not available", str(e))
     obj = obj if isinstance(obj, dict) else {}
+    if _store_down(status, obj):  # at once: the service waited for the store already
+        raise CNIError(
+            ERR_NOT_AVAILABLE,
+            "the node service cannot take an ADD without its state store",
+            obj.get("error") or f"HTTP {status}",  # whether it does not answer, or refuses
+        )
     if status != 200 or not obj.get("ready"):
         why = obj.get("reason") or obj.get("error") or f"HTTP {status}"
         raise CNIError(ERR_NOT_AVAILABLE, "the node service cannot take an ADD", why)

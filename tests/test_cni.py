@@ -268,6 +268,97 @@ def test_add_twice_fails_and_keeps_the_first(cnode):
     assert "routes" not in res2  # no default route off the std plane
 
 
+def test_an_add_given_up_on_is_undone(cnode):
+    """An ADD the plugin stops waiting for (its timeout) may still be done
+    by the service: the plugin answers 11 (try again later) and undoes it,
+    so that the runtime's retry attaches anew instead of finding it
+    attached already (100) every time. The service takes the ADD, its undoing
+    DEL and the retried ADD in the order they came."""
+    import sqlite3
+
+    cid, ns, path = cnode.container()
+    # the store's write lock held: the service's ADD waits for it (up to
+    # its SQLite timeout), past the plugin's timeout, then finishes
+    db = sqlite3.connect(str(cnode.tmp / "state" / "state.db"), isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        code, out, err = cnode.cni("ADD", cnode.conf(timeout=1), cid, path)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert code != 0 and out["code"] == 11, (out, err)
+    assert out["details"].startswith(f"the node service on {cnode.sock} did not answer"), out
+    assert "a DEL of it was sent, not answered either: it follows the ADD" in out["details"], out
+    # the retry: attached, once
+    code, res, err = cnode.cni("ADD", cnode.conf(), cid, path)
+    assert code == 0, (res, err)
+    (a,) = cnode.api("GET", "/v1/attachments")
+    assert a["container_id"] == cid and a["state"] == "ready", a
+    assert cnode.cni("CHECK", cnode.conf(prevResult=res), cid, path)[0] == 0
+    assert cnode.cni("DEL", cnode.conf(), cid, path)[0] == 0
+    assert cnode.api("GET", "/v1/attachments") == [] and link_names(ns) == {"lo"}
+
+
+def test_del_leaves_another_configurations_attachment(cnode):
+    """An ADD refused because another network configuration's attachment
+    has that interface name names that configuration; the DEL the runtime
+    sends after it (the specification asks for one) succeeds and leaves
+    the other's attachment working. A DEL that names no configuration (a
+    plugin from before it was sent) deletes whatever is attached."""
+    cid, ns, path = cnode.container()
+    std = cnode.conf()
+    code, res, _ = cnode.cni("ADD", std, cid, path)
+    assert code == 0, res
+    ctl = cnode.conf(network="net2", name="control-net")
+    code, out, _ = cnode.cni("ADD", ctl, cid, path)
+    assert code != 0 and out["code"] == 100, out
+    assert out["msg"].startswith(
+        f"container {cid} interface eth0 is attached already by network configuration std-net "
+    ), out
+    assert cnode.cni("DEL", ctl, cid, path) == (0, None, "")
+    (a,) = cnode.api("GET", "/v1/attachments")
+    assert (a["cni_network"], a["state"]) == ("std-net", "ready"), a
+    assert cnode.cni("CHECK", {**std, "prevResult": res}, cid, path)[0] == 0
+    assert "eth0" in link_names(ns)
+    # its own configuration's DEL takes it away
+    assert cnode.cni("DEL", std, cid, path) == (0, None, "")
+    assert cnode.api("GET", "/v1/attachments") == [] and link_names(ns) == {"lo"}
+    # without the configuration's name: whatever is attached, as before
+    assert cnode.cni("ADD", std, cid, path)[0] == 0
+    nameless = {k: v for k, v in ctl.items() if k != "name"}
+    assert cnode.cni("DEL", nameless, cid, path) == (0, None, "")
+    assert cnode.api("GET", "/v1/attachments") == []
+    assert cnode.cni("ADD", std, cid, path)[0] == 0
+    body = {"container_id": cid, "ifname": "eth0"}
+    assert cnode.api("DELETE", "/v1/attachments", body)["deleted"]
+    assert cnode.api("GET", "/v1/attachments") == [] and link_names(ns) == {"lo"}
+    # a service from before cni_network refuses it as any unknown field,
+    # by name: the words the plugin's DEL falls back on (sent as before)
+    from dataplane.cni import api_call
+
+    status, obj = api_call(cnode.sock, "DELETE", "/v1/attachments", dict(body, cni_netwrk="x"))
+    assert status == 400 and obj["error"].startswith("cni_netwrk: unknown field"), obj
+
+
+def test_interface_names_no_container_can_have_are_the_environments_fault(cnode):
+    """CNI_IFNAME a kernel template ('eth%d': the kernel would number it) or
+    the container's loopback: error 4 naming CNI_IFNAME, as for any
+    malformed variable, from the plugin itself; a DEL of one succeeds (no
+    ADD can have made it)."""
+    cid, ns, path = cnode.container()
+    for bad, why in (
+        ("eth%d", "is not an interface name but a kernel template"),
+        ("lo", "is the container's loopback interface"),
+    ):
+        for verb in ("ADD", "CHECK"):
+            conf = cnode.conf(prevResult={}) if verb == "CHECK" else cnode.conf()
+            code, out, _ = cnode.cni(verb, conf, cid, path, ifname=bad)
+            assert code != 0 and out["code"] == 4, (verb, out)
+            assert out["msg"].startswith(f"CNI_IFNAME: {bad!r} {why}"), out
+        assert cnode.cni("DEL", cnode.conf(), cid, path, ifname=bad) == (0, None, "")
+    assert cnode.api("GET", "/v1/attachments") == [] and link_names(ns) == {"lo"}
+
+
 def test_two_containers_reach_each_other_through_the_core(cnode):
     (c1, ns1, p1), (c2, _, p2) = cnode.container(), cnode.container()
     r1 = cnode.cni("ADD", cnode.conf(network="net3", name="media-net", plane="media"), c1, p1)[1]
@@ -740,6 +831,47 @@ def test_a_store_that_does_not_answer_is_try_again_later(tmp_path):
         assert n.cni("DEL", n.conf(), c1, p1)[0] == 0
         assert [a["container_id"] for a in n.api("GET", "/v1/attachments")] == [c2]
         assert n.cni("DEL", n.conf(), c2, p2)[0] == 0
+    finally:
+        if n is not None:
+            n.cleanup()
+        etcd.close()
+
+
+def test_a_store_that_does_not_answer_is_told_at_once(tmp_path):
+    """The service's 503 that says its state store does not answer (or
+    refuses the node) is not asked again, as a busy service's is: the
+    service waited for the store already. STATUS answers 50 naming the
+    store at once, ADD 11, not after the configuration's whole timeout
+    (an hour here: the plugin's run would not end)."""
+    from tests.etcdhost import EtcdServer, have_etcd
+
+    assert have_etcd(), "needs /usr/bin/etcd (Debian: etcd-server)"
+    etcd = EtcdServer(name="dptest-cni-status").start()
+    n = None
+    try:
+        n = CNINode(tmp_path, uuid.uuid4().hex[:5])
+        n.cfg.write_text(
+            n.cfg.read_text()
+            + f'store: {{kind: etcd, endpoints: ["{etcd.url}"], prefix: /dptest/{n.tag}}}\n'
+        )
+        n.start()
+        cid, ns, path = n.container()
+        conf = n.conf(version="1.1.0", timeout=3600)
+        assert n.cni("STATUS", conf) == (0, None, "")
+        etcd.stop()
+        try:
+            code, out, _ = n.cni("STATUS", conf)
+            assert code != 0 and out["code"] == 50, out
+            assert out["msg"] == "the node service cannot take an ADD without its state store"
+            assert out["details"].startswith(f"the store (etcd {etcd.url}) does not answer"), out
+            code, out, _ = n.cni("ADD", conf, cid, path)
+            assert code != 0 and out["code"] == 11, out
+            assert f"the store (etcd {etcd.url}) does not answer" in out["details"], out
+        finally:
+            etcd.start()
+        assert n.cni("STATUS", conf) == (0, None, "")
+        assert n.cni("ADD", conf, cid, path)[0] == 0
+        assert n.cni("DEL", conf, cid, path)[0] == 0
     finally:
         if n is not None:
             n.cleanup()
