@@ -233,6 +233,7 @@ def _cancel(args, cid):
 
 
 def _capture(args, stops):
+    from .api import APIError
     from .cli import _call
 
     # The capture's id is chosen here and sent with the start: an interrupt
@@ -323,8 +324,21 @@ def _capture(args, stops):
 
     try:
         if args.max_size:  # a size the file's headers do not fit in starts nothing
-            dry = _call(args, "POST", "/v1/capture", dict(body, id=None, dry_run=True))
-            refused = _too_small(args, dry)
+            try:
+                dry = _call(args, "POST", "/v1/capture", dict(body, id=None, dry_run=True))
+            except SystemExit as e:
+                # a service from before dry runs (not restarted since an
+                # upgrade) refuses the field by name: the start's own answer
+                # is checked against --max-size instead, as it is anyway
+                why = e.__context__
+                if not (
+                    isinstance(why, APIError)
+                    and why.status == 400
+                    and str(why).startswith("dry_run: unknown field")
+                ):
+                    raise
+                dry = None
+            refused = dry and _too_small(args, dry)
             if refused:
                 raise SystemExit(refused)
         # the file first: one that cannot be written starts no capture
