@@ -64,13 +64,24 @@ class StaticHosts:
         self._need_cluster_store()
         name, network = body["name"], body["network"]
         # a network of the cluster: this node's, or one only other nodes have
-        if network not in self.networks and self.store.network(network) is None:
-            known = set(self.networks) | {n["name"] for n in self.store.networks()}
-            raise fail(
-                "network",
-                f"no network {network!r} in the cluster (it has "
-                f"{', '.join(sorted(known)) or 'none'})",
-            )
+        if network not in self.networks:
+            if self.store.network(network) is None:
+                known = set(self.networks) | {n["name"] for n in self.store.networks()}
+                raise fail(
+                    "network",
+                    f"no network {network!r} in the cluster (it has "
+                    f"{', '.join(sorted(known)) or 'none'})",
+                )
+            # a record outlives the network in every node's file: a host on
+            # it would be forwarded to by no node, and keep its record from
+            # being forgotten. A claim that lists no networks (a node of an
+            # older version) may carry it.
+            if not any(network in c.get("networks", (network,)) for c in self.store.node_claims()):
+                raise fail(
+                    "network",
+                    f"network {network!r}: no node carries it (it is in no running node's "
+                    f"configuration; its record is kept until 'dataplane net forget {network}')",
+                )
         problem = self.vtep.remote_problem(body["vtep"])
         if problem:
             raise fail("vtep", problem)

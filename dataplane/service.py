@@ -1039,6 +1039,10 @@ class NodeService:
             refused = []  # static flood lists the core refused
             # no pod added or removed meanwhile: none sees half the networks
             with self._pod_txn():
+                # a stop that had the pod lock first has closed the engine
+                # and the store (an API request still in its thread)
+                if self.engine is None:
+                    raise ConfigError("reload: the service is not running")
                 if added or removed:
                     self._check_networks(path, new)
                 # what can fail comes first, each step undone if a later one
@@ -1073,9 +1077,12 @@ class NodeService:
                     with self.lock:  # the engine stays: a stop waits for the pod lock
                         self._take_guards_and_settings(new, takes, guards)
                 except BaseException:
-                    self._undo_added(slots, recorded)
+                    # the claim put back first: the store refuses to delete
+                    # the record of a network a running node's claim lists,
+                    # this node's own included
                     if added:
                         self._claim_networks(list(self.net_index))
+                    self._undo_added(slots, recorded)
                     raise
                 with self.lock:
                     # last, what cannot be undone (and fails only for want of

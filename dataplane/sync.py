@@ -14,8 +14,9 @@ Three layers, each testable on its own:
 
 An endpoint record is read from a store any tool may write to (etcdctl, a
 script): one that cannot be used (not an object, a field of the wrong type,
-a remote endpoint without a MAC address or an IPv4 VTEP) is skipped, logged
-once and counted with the core's refusals; the rest of the view is applied.
+a key that is not UTF-8, a remote endpoint without a MAC address or an IPv4
+VTEP) is skipped, logged once and counted with the core's refusals; the rest
+of the view is applied.
 """
 
 import ipaddress
@@ -69,6 +70,8 @@ def record_problem(ep) -> Optional[str]:
     """Why ``ep`` cannot be read as an endpoint record (not an object, a
     field of :data:`RECORD_FIELDS` not a string), or None."""
     if isinstance(ep, dict) and "unreadable" in ep:  # the store's: see keyed_endpoint
+        if "bad_key" in ep:
+            return f"its key {ep['bad_key']:.200} is not UTF-8 (stray bytes shown as \\xNN)"
         v = ep["unreadable"]
         if isinstance(v, dict):
             return (
@@ -271,6 +274,10 @@ class CoreFailed(Exception):
     it refused: those :class:`CoreTables` skips); the store is not to blame."""
 
 
+class _Stopped(Exception):
+    """The cluster view stops: nothing more is asked of the store."""
+
+
 class ClusterSync:
     """Keeps ``engine``'s remote entries in step with the endpoints in
     ``store``. ``lock`` is the one that guards the engine's tables (pods are
@@ -305,6 +312,10 @@ class ClusterSync:
         self._resync = threading.Event()  # a new snapshot wanted (reconfigure)
         self._thread: Optional[threading.Thread] = None
         self._watch = None
+        #: the thread waits on a request to the store (see _ask); read and
+        #: set with the stop under _state
+        self._asking = False
+        self._state = threading.Lock()
 
     def apply(self):
         """Bring the core to the desired tables of what is known now."""
@@ -390,14 +401,33 @@ class ClusterSync:
         self._thread.start()
 
     def stop(self):
-        """End the thread and the watch; ``apply`` does nothing afterwards."""
-        self._stop.set()
+        """End the thread and the watch; ``apply`` does nothing afterwards.
+        A thread waiting on the store (a hung etcd answers only at its
+        request timeout) is not waited for: it ends once the answer comes,
+        leaving it unused."""
+        with self._state:
+            self._stop.set()
+            asking = self._asking
         if self._watch is not None:
             self._watch.cancel()
-        if self._thread is not None:
+        if self._thread is not None and not asking:
             self._thread.join(10)
         with self.lock:
             self.engine = None
+
+    def _ask(self, request, *args):
+        """``request(*args)`` to the store, from the thread, marked so that
+        a stop does not wait for its answer; _Stopped, with nothing asked,
+        once the stop came."""
+        with self._state:
+            if self._stop.is_set():
+                raise _Stopped("the cluster view is stopping")
+            self._asking = True
+        try:
+            return request(*args)
+        finally:
+            with self._state:
+                self._asking = False
 
     def _loop(self):
         """A snapshot, then a watch from its revision; on any error (etcd
@@ -413,7 +443,9 @@ class ClusterSync:
         while not self._stop.is_set():
             try:
                 self._resync.clear()  # this snapshot is read with the networks as they are
-                eps, rev = self.store.endpoints_snapshot()
+                eps, rev = self._ask(self.store.endpoints_snapshot)
+                if self._stop.is_set():  # a stop that did not wait for it
+                    return
                 with self.lock:
                     malformed: Dict[tuple, str] = {}
                     self.remote, self._contrib = {}, {}
@@ -436,8 +468,12 @@ class ClusterSync:
                 failures = 0
                 errors = []
                 self._dirty.clear()
-                self._watch = self.store.watch_endpoints(
-                    rev + 1, lambda kind, obj: self._on_event(kind, obj, errors)
+                # a watch made after a stop that did not wait for it ends
+                # below, at once
+                self._watch = self._ask(
+                    self.store.watch_endpoints,
+                    rev + 1,
+                    lambda kind, obj: self._on_event(kind, obj, errors),
                 )
                 # the events change the view; the core takes it here, once
                 # for however many came while it took the last one (a node

@@ -655,3 +655,77 @@ def test_a_dry_run_says_the_core_has_no_room_for_the_networks_added(tmp_path):
         assert len(n.api("GET", "/v1/networks")) == MAX_NETWORKS
     finally:
         n.cleanup()
+
+
+def test_a_reload_that_fails_after_adding_a_network_leaves_no_record_of_it(tmp_path):
+    """With etcd: a reload that adds a network and shapes the uplink, where
+    the core cannot create the shaper's plane queues (tests/enginefault.py),
+    fails after the network's record was made - and deletes it again, with
+    the node's claim back as it was: a refused reload changes nothing in
+    the cluster store either."""
+    srv = EtcdServer("rsetcd").start()
+    prefix = f"/rs{uuid.uuid4().hex[:6]}"
+    es = EtcdStore([srv.url], prefix=prefix)
+    extra = f"store: {{kind: etcd, endpoints: ['{srv.url}'], prefix: {prefix}}}"
+    n = ShaperFaultNode(tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS, extra=extra)
+    try:
+        n.start()
+        me = f"node-{n.tag}"
+        text = n.cfg.read_text()
+        shaped = text.replace(
+            "uplink: " + n.uplink + "}", "uplink: " + n.uplink + ", uplink_rate: 10G}"
+        )
+        n.cfg.write_text(shaped.replace(NETWORKS, NETWORKS + "\n" + NET3.rstrip("\n")))
+        r = n.cli("reload", check=False)
+        assert r.returncode != 0
+        assert "cannot create the plane queues" in r.stderr, r.stderr
+        assert es.network("net3") is None
+        assert [c["networks"] for c in es.node_claims() if c["node"] == me] == [["net1", "net2"]]
+        assert net_names(n) == ["net1", "net2"]
+        assert "its record stays in the store" not in (n.tmp / "service.log").read_text()
+        # the file as it runs again: nothing to change
+        n.cfg.write_text(text)
+        assert n.cli("reload").stdout.endswith(": reloaded, nothing to change\n")
+    finally:
+        n.cleanup()
+        es.close()
+        srv.close()
+
+
+def test_a_host_is_refused_on_a_network_no_node_carries(tmp_path):
+    """With etcd, a network's record outlives the network in every node's
+    file (for its VNI): ``host add`` on it is refused, saying no node
+    carries it - no node would forward to the host, and the host would keep
+    the record from being forgotten. Once a running node's claim lists the
+    network, the host is taken."""
+    srv = EtcdServer("hnetcd").start()
+    prefix = f"/hn{uuid.uuid4().hex[:6]}"
+    es, other = EtcdStore([srv.url], prefix=prefix), EtcdStore([srv.url], prefix=prefix)
+    extra = f"store: {{kind: etcd, endpoints: ['{srv.url}'], prefix: {prefix}}}"
+    n = Node(tmp_path, uuid.uuid4().hex[:5], networks=NETWORKS, extra=extra)
+    try:
+        n.start()
+        es.put_network("net3", 103, "std", "192.168.53.0/24", None, 1450)  # no node has it
+        add = ("host", "add", "vm1", "--network", "net3", "--mac", "02:00:00:00:35:01",
+               "--ip", "192.168.53.9", "--vtep", "10.99.0.7")  # fmt: skip
+        r = n.cli(*add, check=False)
+        assert r.returncode != 0
+        assert "network 'net3': no node carries it" in r.stderr, r.stderr
+        assert es.endpoints(pod="vm1") == []
+        r = n.cli("net", "forget", "net3", check=False)  # nothing keeps the record
+        assert r.returncode == 0, r.stderr
+        # another running node carries it: the host is taken
+        es.put_network("net3", 103, "std", "192.168.53.0/24", None, 1450)
+        other.claim_node("node-other", "10.99.0.9", "host9", networks=["net3"])
+        n.cli(*add)
+        assert [(e["network"], e["vtep"]) for e in es.endpoints(pod="vm1")] == [
+            ("net3", "10.99.0.7")
+        ]
+        # one of this node's own networks needs no claim of another
+        n.cli("host", "add", "vm2", "--network", "net1", "--mac", "02:00:00:00:35:02",
+              "--ip", "192.168.50.9", "--vtep", "10.99.0.7")  # fmt: skip
+    finally:
+        n.cleanup()
+        other.close()
+        es.close()
+        srv.close()

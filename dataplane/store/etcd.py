@@ -780,7 +780,7 @@ class EtcdStore(StateStore):
         # or not be JSON: then its text): the reader judges each
         eps = [
             self.layout.keyed_endpoint(k, ep)
-            for k, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True)
+            for k, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True, raw_keys=True)
         ]
         return sorted(eps, key=_endpoint_order), tx.revision
 

@@ -32,7 +32,7 @@ from typing import Any, Dict, Tuple
 
 from ..errors import AlreadyExists, ConfigError
 from .common import host_ifname_taken
-from .etcdgw import Txn, _json, unb64
+from .etcdgw import Txn, _json, key_text, unb64
 
 _EP_FIELDS = (
     "pod",
@@ -155,12 +155,21 @@ class EtcdLayout:
         pod, _, plane = key[len(self.key("endpoints", "")) :].partition("/")
         return urllib.parse.unquote(pod), urllib.parse.unquote(plane)
 
-    def keyed_endpoint(self, key: str, value) -> Dict[str, Any]:
-        """Endpoint record ``value`` read at ``key``, named by its key (the
-        pod and plane a record lacks are its key's): a record of another
-        tool that is not an object, or names another pod or plane than its
-        key, comes as {pod, plane, "unreadable": value} - still the key's,
-        so that the reader drops what the key held before and refuses it."""
+    def keyed_endpoint(self, raw_key: bytes, value) -> Dict[str, Any]:
+        """Endpoint record ``value`` read at the key of bytes ``raw_key``,
+        named by its key (the pod and plane a record lacks are its key's): a
+        record of another tool that is not an object, or names another pod
+        or plane than its key, comes as {pod, plane, "unreadable": value} -
+        still the key's, so that the reader drops what the key held before
+        and refuses it; one at a key that is not UTF-8 alike, whatever it
+        holds, named by the key's :func:`key_text`, which it has as
+        "bad_key"."""
+        try:
+            key = raw_key.decode()
+        except UnicodeDecodeError:
+            key = key_text(raw_key)
+            pod, plane = self.endpoint_name(key)
+            return {"pod": pod, "plane": plane, "unreadable": value, "bad_key": key}
         pod, plane = self.endpoint_name(key)
         if (
             isinstance(value, dict)
@@ -175,10 +184,10 @@ class EtcdLayout:
         :meth:`keyed_endpoint`) or ('delete', {pod, plane, and what the
         endpoint had})."""
         kv = ev["kv"]
-        key = unb64(kv["key"]).decode()
+        raw = unb64(kv["key"])
         if ev.get("type", "PUT") == "PUT":  # (a value that is not JSON: its text)
-            return "put", self.keyed_endpoint(key, _json(unb64(kv.get("value")), loose=True))
-        pod, plane = self.endpoint_name(key)
+            return "put", self.keyed_endpoint(raw, _json(unb64(kv.get("value")), loose=True))
+        pod, plane = self.endpoint_name(key_text(raw))  # as the put named it
         data = {}
         if ev.get("prev_kv") and ev["prev_kv"].get("value"):
             data = _json(unb64(ev["prev_kv"]["value"]), loose=True)

@@ -144,6 +144,14 @@ def unb64(s: Optional[str]) -> bytes:
     return base64.b64decode(s) if s else b""
 
 
+def key_text(raw: bytes) -> str:
+    """A key's bytes as text. The store's own keys are UTF-8; one another
+    tool wrote that is not comes with its stray bytes as \\xNN escapes
+    rather than failing every read under its prefix (never one of the
+    store's own keys: their names are percent-quoted, with no '\\')."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The first key after every key that starts with ``prefix``."""
     b = bytearray(prefix)
@@ -308,11 +316,19 @@ class Txn:
         self._seen[key] = value
         return value
 
-    def items(self, prefix: str, guard: bool = True, keys_only: bool = False, loose=False):
+    def items(
+        self,
+        prefix: str,
+        guard: bool = True,
+        keys_only: bool = False,
+        loose=False,
+        raw_keys=False,
+    ):
         """[(key, JSON value or None)] under ``prefix``, in key order. With
         ``guard`` the commit requires that no key under it was created or
         changed since (keys deleted meanwhile are not noticed). ``loose``: a
-        value that is not JSON comes as its text (else ValueError)."""
+        value that is not JSON comes as its text (else ValueError). Keys come
+        as :func:`key_text`, or with ``raw_keys`` as their bytes."""
         end = prefix_end(prefix.encode())
         kvs = self._range(prefix, end, keys_only=keys_only)
         if guard:
@@ -327,7 +343,8 @@ class Txn:
             )
         out = []
         for kv in kvs:
-            k = unb64(kv["key"]).decode()
+            k = unb64(kv["key"])
+            k = k if raw_keys else key_text(k)
             out.append((k, None if keys_only else _json(unb64(kv.get("value")), loose)))
         return out
 
