@@ -837,7 +837,10 @@ class PodLife:
     def _attach_port(self, e, allowed=(), dhcp_server=False, opening=None) -> int:
         """Endpoint ``e``'s host interface as a guarded port in its network;
         the port ``opening`` (a :class:`_PortOpening`) opened, if given."""
+        from .podnet import close_host_end
+
         net = self.networks[e["network"]]
+        close_host_end(e["host_ifname"])  # also a pod's made before it was done
         # in its network only once guarded: no frame passes unchecked
         if opening is None:
             opening = _PortOpening(self.engine, self.config.kernel_driver)

@@ -517,6 +517,37 @@ def _disable_ipv6(ifname: str):
         pass
 
 
+#: IPv4 settings of a pod's host end: the node's own stack takes nothing a
+#: pod sends through it - no ARP answer for the node's addresses (8: none
+#: for any), nothing routed on from it, no unicast IP in a broadcast frame,
+#: and strict source validation (only sources routed out of it: none)
+HOST_END_IPV4 = {
+    "arp_ignore": "8",
+    "forwarding": "0",
+    "drop_unicast_in_l2_multicast": "1",
+    "rp_filter": "1",
+}
+
+
+def close_host_end(ifname: str):
+    """The node's stack closed to what a pod sends on its host end
+    ``ifname``: no IPv6 (:func:`_disable_ipv6`), and :data:`HOST_END_IPV4`.
+    Its frames are the core's, which guards them; the kernel would take a
+    copy of each unguarded - ARP for the node's addresses, IPv4 to the
+    node's sockets or routed on from a forged source. What these settings
+    leave (a limited broadcast to the node's sockets, or a unicast frame to
+    the host end's MAC where the node's rp_filter is loose) the express
+    lane's program drops, where the node runs it (docs/security.md). Best
+    effort: a setting the kernel lacks is skipped."""
+    _disable_ipv6(ifname)
+    for key, value in HOST_END_IPV4.items():
+        try:
+            with open(f"/proc/sys/net/ipv4/conf/{ifname}/{key}", "w") as f:
+                f.write(value)
+        except OSError:
+            pass
+
+
 def _check_attach_args(netns_path, ifname, host_ifname, mac, ip_cidr, gateway, mtu, default_route):
     check_ifname(ifname, "ifname", reserved=POD_RESERVED_IFNAMES)
     check_ifname(host_ifname, "host_ifname", reserved=POD_RESERVED_IFNAMES)
@@ -889,8 +920,8 @@ def peer_name(pod_ipr, pod_index) -> str:
 
 
 def _host_end_up(ipr, host_index, host_ifname):
-    """The host end up, without IPv6 of its own."""
-    _disable_ipv6(host_ifname)
+    """The host end up, closed to the node's stack (:func:`close_host_end`)."""
+    close_host_end(host_ifname)
     ipr.link("set", index=host_index, state="up")
 
 

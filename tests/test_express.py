@@ -713,3 +713,80 @@ def test_a_mac_moving_between_vteps_under_traffic_leaves_with_a_whole_header():
     assert res["received"] > res["sent"] // 2, res
     assert res["torn"] == 0, res
     assert set(res["drops"]) <= {"express_changed"}, res
+
+
+# what a UDP socket of the node's own stack (0.0.0.0:7777) receives, one
+# line each, until the datagram "control" (sent last, by the node itself)
+NODE_LISTENER = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(("0.0.0.0", 7777))
+print("ready", flush=True)
+while True:
+    d, a = s.recvfrom(2048)
+    print(d.decode(errors="replace"), a[0], flush=True)
+    if d == b"control":
+        break
+"""
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_pod_reaches_nothing_of_the_nodes_own_stack(fabric, lane):
+    """A pod's frames are the core's, which guards them; the node's own
+    stack, which also sees them on the pod's host end, takes none: no ARP
+    answer for the node's addresses, no datagram to its sockets - unicast
+    to the host end's MAC (a static neighbour entry), unicast IP in a
+    broadcast frame, and (with the lane's program on the host end) a
+    limited broadcast from 0.0.0.0. Pods still reach each other."""
+    from tests.test_kernel_pods import ipn, nsx
+
+    fab = fabric()
+    node = fab.node(1, [], extra="" if lane else "express_lane: false\n")
+    assert node.status()["express_lane"] is lane
+    a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
+    hif = b["planes"][0]["host_ifname"]
+    # an address of the node's (its management network, say), and strict
+    # reverse-path checks left to each interface's own setting
+    ipn(node.ns, "link add mg0 type veth peer name mg1")
+    node.host_links.add("mg0")
+    ipn(node.ns, "addr add 10.200.0.1/24 dev mg0")
+    ipn(node.ns, "link set mg0 up")
+    nsx(node.ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", check=True)
+    listener = fab.spawn(node.ns, NODE_LISTENER)
+    assert listener.stdout.readline().strip() == "ready"
+
+    ipn(b["ns"], "route add 10.200.0.0/24 dev eth0")
+    r = nsx(b["ns"], "ping", "-c", "2", "-i", "0.2", "-W", "1", "10.200.0.1")
+    assert r.returncode != 0, r.stdout  # no ARP answer, no echo reply
+    neigh = ipn(b["ns"], "neigh show 10.200.0.1 dev eth0").stdout
+    assert "lladdr" not in neigh, neigh
+    host_mac = json.loads(ipn(node.ns, f"-j link show {hif}").stdout)[0]["address"]
+    ipn(b["ns"], f"neigh replace 10.200.0.1 lladdr {host_mac} dev eth0")
+    send = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'unicast', ('10.200.0.1', 7777))\n"
+    )
+    nsx(b["ns"], sys.executable, "-c", send, check=True)
+    bcast = "ff:ff:ff:ff:ff:ff"
+    _send_from(
+        b["ns"], "eth0", _frame(bcast, mac_of(b), b["ip"], "10.200.0.1", b"l2bcast", 9, 7777)
+    )
+    if lane:  # what no interface setting keeps from the node's sockets
+        _send_from(
+            b["ns"],
+            "eth0",
+            _frame(bcast, mac_of(b), "0.0.0.0", "255.255.255.255", b"limited", 68, 7777),
+        )
+    r = ping(a["ns"], ip_of(b), count=3, interval="0.1")  # pods: through the lane or the core
+    assert r.returncode == 0, r.stdout
+    nsx(
+        node.ns,
+        sys.executable,
+        "-c",
+        send.replace("unicast", "control").replace("10.200.0.1", "127.0.0.1"),
+        check=True,
+    )
+    got = listener.communicate(timeout=30)[0].split("\n")
+    assert [g for g in got if g] == ["control 127.0.0.1"], got

@@ -9,7 +9,9 @@
  * Two programs share one decision (ex_take):
  *  - "tc" on the ingress of a pod's host-side veth: a frame it takes is
  *    counted and redirected into the destination pod's namespace; anything
- *    else goes on (TC_ACT_OK) to the packet socket the core reads;
+ *    else is the core's, whose packet socket took it before tc ran
+ *    (ex_core_has: dropped after that on a pod's veth, so that the node's
+ *    own stack never takes a pod's frame unguarded);
  *  - "socket" on that packet socket (SO_ATTACH_BPF): it refuses the frames
  *    the tc program takes (the kernel hands a frame to packet sockets
  *    before tc ingress runs), so the core never sees them twice.
@@ -899,6 +901,20 @@ ex_lost_one(void)
     return TC_ACT_SHOT;
 }
 
+/* A frame the core has: its packet socket took it before tc ran. On a
+ * pod's host veth (in ex_src) nothing else is to take it: the node's own
+ * stack would, unguarded - an ARP answer for the node's addresses, IPv4
+ * to its sockets or routed on, from any source the pod forges - so it is
+ * dropped here (the core's copy goes on). The uplink's frames go on to the
+ * node as they always did. */
+static __always_inline int
+ex_core_has(struct __sk_buff *skb)
+{
+    __u32 ifindex = skb->ifindex;
+
+    return bpf_map_lookup_elem(&ex_src, &ifindex) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
 SEC("tc")
 int
 ex_tc(struct __sk_buff *skb)
@@ -914,10 +930,10 @@ ex_tc(struct __sk_buff *skb)
         /* handed back (EX_MARK_CORE), second pass: the core's, or lost
          * if no socket took it (its port closed meanwhile) */
         skb->mark = 0;
-        return said == SAID_CORE ? TC_ACT_OK : ex_lost_one();
+        return said == SAID_CORE ? ex_core_has(skb) : ex_lost_one();
     }
     if (said == SAID_CORE)
-        return TC_ACT_OK; /* the core has it */
+        return ex_core_has(skb);
     up = ex_underlay(skb, &h, &d, &taken, said);
     if (up) {
         if (taken)
@@ -953,7 +969,7 @@ ex_tc(struct __sk_buff *skb)
         }
     }
     /* the packet socket refused it, and the lane can no longer carry it */
-    return said == SAID_LANE ? ex_lost_one() : TC_ACT_OK;
+    return said == SAID_LANE ? ex_lost_one() : ex_core_has(skb);
 }
 
 SEC("socket")
