@@ -25,7 +25,13 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .checks import AF_XDP_FILL_MBUFS, AF_XDP_PORT_PREFIX, check_pod_name, is_af_xdp_port
+from .checks import (
+    AF_XDP_FILL_MBUFS,
+    AF_XDP_PORT_PREFIX,
+    check_pod_name,
+    ipv6_link_local,
+    is_af_xdp_port,
+)
 from .errors import AlreadyExists, ConfigError, DataplaneError, NotFound, ResourceError
 from .fastif import KINDS, SOCKET_KINDS, VETH, VF
 from .logs import event, log, warning_event
@@ -1599,8 +1605,9 @@ class PodLife:
     def _check_addresses_free(self, name: str, ps, floating):
         """ConfigError if the spec would let one pod answer for another: an
         allowed (floating) address that is another pod's own address (its
-        IPv4 one, or on a dual-stack network that one's IPv6 counterpart,
-        NetworkConfig.ip6_of), or a fixed address that is, or whose IPv6
+        IPv4 one, on a dual-stack network that one's IPv6 counterpart,
+        NetworkConfig.ip6_of, and the IPv6 link-local address its MAC gives
+        it on any network), or a fixed address that is, or whose IPv6
         counterpart is, another pod's floating one (``floating``: other
         pods' by network, :meth:`_floating`). Pods may share a floating
         address (a VRRP pair does)."""
@@ -1614,6 +1621,12 @@ class PodLife:
                         ip6 = n.ip6_of(a["ip"])
                         if ip6:
                             owners[ip6] = (a["pod"], "IPv6 ")
+                # the link-local address each interface's kernel makes from
+                # its MAC (EUI-64), which the guard lets its pod use
+                for e in self.store.endpoints(network=p.network):
+                    if e["pod"] != name and e.get("mac"):
+                        ll = str(ipv6_link_local(bytes.fromhex(e["mac"].replace(":", ""))))
+                        owners[ll] = (e["pod"], "IPv6 link-local ")
                 for i, addr in enumerate(p.allowed):
                     if addr in owners:
                         pod, what = owners[addr]

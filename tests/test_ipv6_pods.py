@@ -230,6 +230,7 @@ def test_a_floating_ipv6_address_cannot_be_another_pods(fabric):  # noqa: F811
     nobody's floating address either. A VRRP pair still shares its floating
     address, a link-local one (VRRPv3's) too."""
     from dataplane.api import APIError
+    from dataplane.checks import ipv6_link_local
 
     fab = fabric()
     node = fab.node(1, [], net=NET6)
@@ -252,6 +253,13 @@ def test_a_floating_ipv6_address_cannot_be_another_pods(fabric):  # noqa: F811
     # as the same spec with b's IPv4 address is
     assert refused("a2", SUBNET + "62", ["fd00:99::1", b["ip"]]) == (
         f"allowed_addresses.std[1]: {b['ip']} is the address of pod {tag}b on network net1"
+    )
+    # nor the link-local address b's kernel made from its MAC (its guard lets
+    # b advertise it: another pod listing it would take b's neighbours)
+    ll = str(ipv6_link_local(bytes.fromhex(b["planes"][0]["mac"].replace(":", ""))))
+    assert refused("a4", SUBNET + "62", [ll]) == (
+        f"allowed_addresses.std[0]: {ll} is the IPv6 link-local address of pod {tag}b "
+        "on network net1"
     )
     assert refused("a3", SUBNET + "62", ["fd00:50::"]) == (
         "allowed_addresses.std[0]: fd00:50:: is the network address of fd00:50::/64 "
