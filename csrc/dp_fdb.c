@@ -153,7 +153,10 @@ dp_fdb_put_remote(int net, const uint8_t *mac, uint32_t ip, int learned)
     int ret = fdb_check(net, mac);
     if (ret)
         return ret;
-    if (ip == 0 || ip == 0xffffffffu)
+    /* ip in host order: "this network" 0/8, loopback, multicast, reserved
+     * and the limited broadcast are no VTEP's */
+    uint32_t a = ip >> 24;
+    if (a == 0 || a == 127 || a >= 224)
         return dp_fail(-EINVAL, "remote VTEP address is not a unicast address");
     if (dp_vconf_set && ip == dp_vconf.ip)
         return dp_fail(-EINVAL, "remote VTEP is this node's own VTEP address");

@@ -495,9 +495,11 @@ def parse_ipv6(value, path: str = "ip6") -> ipaddress.IPv6Address:
 
 
 def check_vtep_ip(value, path: str = "vtep") -> ipaddress.IPv4Address:
-    """A VTEP's address: unicast, not 0.0.0.0 nor loopback."""
+    """A VTEP's address: unicast - not "this network" (0/8), loopback,
+    multicast nor reserved (240/4, the limited broadcast with it), which the
+    core refuses as well and whose frames it drops."""
     ip = parse_ipv4(value, path)
-    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.packed == b"\xff" * 4:
+    if ip.packed[0] in (0, 127) or ip.is_multicast or ip.is_reserved:
         raise fail(path, f"{ip} cannot be a VTEP address")
     return ip
 

@@ -586,7 +586,8 @@ def test_remote_errors():
         r"subnet 10\.0\.0\.0/24$",
     )
     bad(rem({"vtep": "10.0.0.0", "networks": ["net1"]}), r"network address of the underlay")
-    bad(rem({"vtep": "255.255.255.255", "networks": ["net1"]}), r"cannot be a VTEP address")
+    for ip in ("255.255.255.255", "240.0.0.7", "224.0.0.5", "127.0.0.9", "0.1.2.3"):
+        bad(rem({"vtep": ip, "networks": ["net1"]}), rf"^remotes\[0\]\.vtep: {ip} cannot be a VTEP")
     off = rem({"vtep": "10.8.0.5", "networks": ["net1"]})
     bad(
         off,

@@ -6,6 +6,7 @@ the one of test_kernel_pods.py; the core-level cases (confirmation, moves,
 API-set entries) are in test_core.py.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -248,3 +249,71 @@ def test_a_mac_claimed_from_two_vteps_is_frozen_where_it_was(fabric):
     learned = [r for r in node.api("GET", "/v1/fdb?network=net1") if r["origin"] == "learned"]
     assert node.api("DELETE", "/v1/fdb?network=net1") == {"cleared": len(learned)}
     assert len(learned) >= 1
+
+
+# VXLAN frames to the node's VTEP from the outer sources given, one inner
+# source MAC each (02:bb:..:0i), then one from a real unicast source (the
+# inner source 02:bb:00:00:00:ff), raw out of eth0
+FROM_SOURCES = """
+import socket, sys
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+vni, vtep_mac, vtep, own, last = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+srcs = sys.argv[6:] + [last]
+for i, src in enumerate(srcs):
+    mac = "02:bb:00:00:00:%02x" % (0xff if src == last else i)
+    inner = Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="192.168.50.99", dst="192.168.50.255")
+    outer = Ether(dst=vtep_mac, src=own) / IP(src=src, dst=vtep) / UDP(sport=49152, dport=4789)
+    s.send(bytes(outer / VXLAN(vni=vni) / inner / UDP(dport=9)))
+"""
+
+
+def test_frames_from_a_source_no_vtep_can_have_are_dropped_not_learned(fabric):
+    """An underlay sender forges the outer source of VXLAN frames: 0/8,
+    loopback, multicast, reserved and the limited broadcast. Each is
+    dropped as bad_ip, and learning makes no tunnel to it; a frame from a
+    unicast VTEP sent after them is learned as ever."""
+    fab = fabric()
+    node = node_with(fab, 1, [], "", vtep_extra="learning: true")
+    fab.pod(1, "a", kp.SUBNET + "11")
+    spoof = fab.netns(f"{fab.tag}sp")
+    kp.ipn(fab.ul, f"link add uls mtu {fab.mtu} type veth peer name eth0 netns {spoof}")
+    kp.ipn(fab.ul, "link set uls master br0 up")
+    kp.ipn(spoof, "link set eth0 up")
+    vtep_mac = json.loads(kp.ipn(node.ns, "-j link show uplink0").stdout)[0]["address"]
+    own = json.loads(kp.ipn(spoof, "-j link show eth0").stdout)[0]["address"]
+    bogus = [
+        "0.0.0.0",
+        "0.1.2.3",
+        "127.0.0.9",
+        "224.0.0.5",
+        "239.1.1.1",
+        "240.0.0.7",
+        "255.255.255.255",
+    ]
+    before = node.status()["drops"].get("bad_ip", 0)
+    r = kp.nsx(
+        spoof,
+        sys.executable,
+        "-c",
+        FROM_SOURCES,
+        str(kp.VNI),
+        vtep_mac,
+        "10.99.0.1",
+        own,
+        "10.99.0.52",
+        *bogus,
+    )
+    assert r.returncode == 0, r.stderr
+    for _ in range(300):
+        rows = node.api("GET", "/v1/fdb?network=net1&mac=02:bb:00:00:00:ff")
+        if rows:
+            break
+        time.sleep(0.02)
+    assert rows and rows[0]["vtep"] == "10.99.0.52", rows
+    learned = {r["mac"]: r["vtep"] for r in node.api("GET", "/v1/fdb") if r["origin"] == "learned"}
+    assert learned == {"02:bb:00:00:00:ff": "10.99.0.52"}, learned
+    assert node.status()["drops"].get("bad_ip", 0) - before == len(bogus), node.status()["drops"]
