@@ -3,6 +3,7 @@ applies, the error codes, with a real node service (fallback mode) and
 network namespaces as containers. The plugin runs as a runtime runs it: an
 executable in a CNI bin directory, the CNI environment, stdin, stdout."""
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -794,14 +795,14 @@ def link_names(ns=None):
     return {ln.split(": ")[1].split("@")[0] for ln in out.splitlines() if ": " in ln}
 
 
-def test_a_store_that_does_not_answer_is_try_again_later(tmp_path):
-    """A node whose state store (etcd) stops answering: ADD and DEL are
-    refused with code 11 (the runtime retries them) and nothing is left
-    half made; once the store is back the same ADD and DEL succeed."""
+@contextlib.contextmanager
+def node_on_etcd(tmp_path, name):
+    """(a node service whose state store is an etcd of its own, that etcd),
+    both stopped and cleaned up afterwards."""
     from tests.etcdhost import EtcdServer, have_etcd
 
     assert have_etcd(), "needs /usr/bin/etcd (Debian: etcd-server)"
-    etcd = EtcdServer(name="dptest-cni").start()
+    etcd = EtcdServer(name=name).start()
     n = None
     try:
         n = CNINode(tmp_path, uuid.uuid4().hex[:5])
@@ -810,6 +811,18 @@ def test_a_store_that_does_not_answer_is_try_again_later(tmp_path):
             + f'store: {{kind: etcd, endpoints: ["{etcd.url}"], prefix: /dptest/{n.tag}}}\n'
         )
         n.start()
+        yield n, etcd
+    finally:
+        if n is not None:
+            n.cleanup()
+        etcd.close()
+
+
+def test_a_store_that_does_not_answer_is_try_again_later(tmp_path):
+    """A node whose state store (etcd) stops answering: ADD and DEL are
+    refused with code 11 (the runtime retries them) and nothing is left
+    half made; once the store is back the same ADD and DEL succeed."""
+    with node_on_etcd(tmp_path, "dptest-cni") as (n, etcd):
         (c1, _, p1), (c2, ns2, p2) = n.container(), n.container()
         assert n.cni("ADD", n.conf(), c1, p1)[0] == 0
         links = link_names()
@@ -831,10 +844,6 @@ def test_a_store_that_does_not_answer_is_try_again_later(tmp_path):
         assert n.cni("DEL", n.conf(), c1, p1)[0] == 0
         assert [a["container_id"] for a in n.api("GET", "/v1/attachments")] == [c2]
         assert n.cni("DEL", n.conf(), c2, p2)[0] == 0
-    finally:
-        if n is not None:
-            n.cleanup()
-        etcd.close()
 
 
 def test_a_store_that_does_not_answer_is_told_at_once(tmp_path):
@@ -843,18 +852,7 @@ def test_a_store_that_does_not_answer_is_told_at_once(tmp_path):
     service waited for the store already. STATUS answers 50 naming the
     store at once, ADD 11, not after the configuration's whole timeout
     (an hour here: the plugin's run would not end)."""
-    from tests.etcdhost import EtcdServer, have_etcd
-
-    assert have_etcd(), "needs /usr/bin/etcd (Debian: etcd-server)"
-    etcd = EtcdServer(name="dptest-cni-status").start()
-    n = None
-    try:
-        n = CNINode(tmp_path, uuid.uuid4().hex[:5])
-        n.cfg.write_text(
-            n.cfg.read_text()
-            + f'store: {{kind: etcd, endpoints: ["{etcd.url}"], prefix: /dptest/{n.tag}}}\n'
-        )
-        n.start()
+    with node_on_etcd(tmp_path, "dptest-cni-status") as (n, etcd):
         cid, ns, path = n.container()
         conf = n.conf(version="1.1.0", timeout=3600)
         assert n.cni("STATUS", conf) == (0, None, "")
@@ -872,10 +870,6 @@ def test_a_store_that_does_not_answer_is_told_at_once(tmp_path):
         assert n.cni("STATUS", conf) == (0, None, "")
         assert n.cni("ADD", conf, cid, path)[0] == 0
         assert n.cni("DEL", conf, cid, path)[0] == 0
-    finally:
-        if n is not None:
-            n.cleanup()
-        etcd.close()
 
 
 def _addrs6(ns, dev="eth0"):

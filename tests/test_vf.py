@@ -87,6 +87,18 @@ def until(cond, what, timeout=20.0):
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+def kill_service(node):
+    """kill -9 of the node's service: nothing of it runs its stop."""
+    node.proc.kill()
+    node.proc.wait()
+    node.proc = None
+
+
+def state_db(node):
+    """The node's SQLite state store, opened beside a stopped service."""
+    return sqlite3.connect(node.dir / "state" / "state.db")
+
+
 def refused(node, body):
     """The error of an add that must be refused."""
     from dataplane.api import APIError
@@ -185,9 +197,7 @@ def test_vf_given_back_after_kill_and_replay(fabric, sockdir):
     ns, body = vf_pod(fab, node, "a")
     add(node, body)
 
-    node.proc.kill()
-    node.proc.wait()
-    node.proc = None
+    kill_service(node)
     node.start()
     assert link(ns, "sriov0") is not None
     assert [p["state"] for p in node.api("GET", "/v1/pods")] == ["ready"]
@@ -195,10 +205,8 @@ def test_vf_given_back_after_kill_and_replay(fabric, sockdir):
     assert_restored(node, before)
 
     add(node, body)
-    node.proc.kill()
-    node.proc.wait()
-    node.proc = None
-    db = sqlite3.connect(node.dir / "state" / "state.db")
+    kill_service(node)
+    db = state_db(node)
     with db:
         db.execute("UPDATE pods SET state='pending' WHERE name=?", (f"{fab.tag}a",))
     db.close()
@@ -305,10 +313,8 @@ def test_vf_of_a_live_namespace_kept_of_a_dead_one_freed(fabric, sockdir):
     before = stand_in(node)
     ns, body = vf_pod(fab, node, "a")
     add(node, body)
-    node.proc.kill()
-    node.proc.wait()
-    node.proc = None
-    db = sqlite3.connect(node.dir / "state" / "state.db")
+    kill_service(node)
+    db = state_db(node)
     with db:
         for table, col in (("endpoints", "pod"), ("allocations", "pod"), ("pods", "name")):
             db.execute(f"DELETE FROM {table} WHERE {col}=?", (f"{fab.tag}a",))
@@ -516,10 +522,8 @@ def test_vf_given_back_when_the_recorded_spec_no_longer_fits(fabric, sockdir):
     ns, body = vf_pod(fab, node, "a")
     add(node, body)
 
-    node.proc.kill()
-    node.proc.wait()
-    node.proc = None
-    db = sqlite3.connect(node.dir / "state" / "state.db")
+    kill_service(node)
+    db = state_db(node)
     with db:
         (spec,) = db.execute("SELECT spec FROM pods WHERE name=?", (f"{fab.tag}a",)).fetchone()
         spec = json.loads(spec)
