@@ -120,6 +120,7 @@ int dp_plane_rxq_worker(int q);
 /* dp_neigh.c */
 const uint8_t *dp_neigh_mac(uint32_t ip);
 void dp_neigh_requests_drop(void);
+void dp_neigh_answers_drop(void);
 
 /* dp_learn.c: learn (housekeeping, from workers' reports), age, and forget
  * an entry the control API set or removed */

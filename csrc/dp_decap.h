@@ -16,11 +16,17 @@
 #error "dp_decap.h is included by dp_pipeline.c only"
 #endif
 
-/* an event for the control thread on ring r: 0, or -ENOBUFS with it full */
+/* an event for the control thread on ring r (vni_word: the frame's VXLAN
+ * VNI word, rte_vxlan_hdr.vx_vni, of a learning report; 0 for ARP): 0, or
+ * -ENOBUFS with it full */
 static int
-slow_put(struct rte_ring *r, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net)
+slow_put(struct rte_ring *r, uint8_t kind, const uint8_t *mac, uint32_t ip_be, uint32_t net,
+         uint32_t vni_word)
 {
-    struct dp_slow_event ev = {.kind = kind, .ip = rte_be_to_cpu_32(ip_be), .net = net};
+    struct dp_slow_event ev = {.kind = kind,
+                               .ip = rte_be_to_cpu_32(ip_be),
+                               .net = net,
+                               .vni = rte_be_to_cpu_32(vni_word) >> 8};
     memcpy(ev.mac, mac, 6);
     return rte_ring_enqueue_elem(r, &ev, sizeof(ev));
 }
@@ -68,7 +74,7 @@ reported(struct dp_wctx *w, unsigned s, uint64_t key, uint32_t vtep_be, uint32_t
  */
 static void
 learn_new(struct dp_wctx *w, uint32_t net, const uint8_t *src, uint64_t key, uint32_t h,
-          uint32_t vtep_be)
+          uint32_t vtep_be, uint32_t vni_word)
 {
     unsigned s = h & (DP_LEARN_HEARD_SLOTS - 1);
     uint64_t hold = atomic_load_explicit(&dp_learn_report_cycles, memory_order_relaxed) >> 6;
@@ -79,7 +85,7 @@ learn_new(struct dp_wctx *w, uint32_t net, const uint8_t *src, uint64_t key, uin
         return;
     /* a report the full ring cannot take: the frame goes on, the MAC is
      * reported again by a later frame */
-    if (slow_put(dp.learn_ring, DP_EV_LEARN, src, vtep_be, net) != 0) {
+    if (slow_put(dp.learn_ring, DP_EV_LEARN, src, vtep_be, net, vni_word) != 0) {
         w->wc[DP_WORKER_SLOWPATH_LOST]++;
         return;
     }
@@ -89,7 +95,7 @@ learn_new(struct dp_wctx *w, uint32_t net, const uint8_t *src, uint64_t key, uin
 
 static void
 learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t olen,
-          uint32_t src_ip_be)
+          uint32_t src_ip_be, uint32_t vni_word)
 {
     const uint8_t *src = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen + 6);
     if (src[0] & 1)
@@ -97,7 +103,7 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
     uint64_t key = dp_fdb_key(net, src);
     uint32_t h = dp_key8_hash(key), v;
     if (!dp_ftab_find(w->fdb, key, h, &v)) {
-        learn_new(w, net, src, key, h, src_ip_be);
+        learn_new(w, net, src, key, h, src_ip_be, vni_word);
         return;
     }
     if (!DP_FV_LEARNED(v))
@@ -113,7 +119,7 @@ learn_src(struct dp_wctx *w, uint32_t net, const struct rte_mbuf *m, uint32_t ol
         return;
     /* a confirmation the full ring cannot take is not a loss: the MAC's
      * next frame tries again */
-    if (slow_put(dp.learn_ring, DP_EV_HEARD, src, src_ip_be, net) != 0)
+    if (slow_put(dp.learn_ring, DP_EV_HEARD, src, src_ip_be, net, vni_word) != 0)
         return;
     w->heard_budget.left--;
     reported(w, s, key, src_ip_be, 0);
@@ -148,7 +154,7 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
         return;
     }
     if (slow_put(dp.neigh_ring, DP_EV_NEIGH, arp->arp_data.arp_sha.addr_bytes,
-                 arp->arp_data.arp_sip, 0) != 0)
+                 arp->arp_data.arp_sip, 0, 0) != 0)
         w->wc[DP_WORKER_SLOWPATH_LOST]++; /* the neighbour's next ARP tells it again */
     if (announce || arp->arp_opcode != RTE_BE16(RTE_ARP_OP_REQUEST)) {
         drop(w, m, DP_DROP_ARP_REPLY); /* taken by the neighbour table */
@@ -491,7 +497,7 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
         if (likely((hits >> i) & 1)) {
             net = vnet[i];
             if (unlikely(v->learning))
-                learn_src(w, net, m, olen[i], (uint32_t)vkeys[i]);
+                learn_src(w, net, m, olen[i], (uint32_t)vkeys[i], (uint32_t)(vkeys[i] >> 32));
         } else {
             uint32_t vni = rte_be_to_cpu_32((uint32_t)(vkeys[i] >> 32)) >> 8;
             void *d;
@@ -507,7 +513,8 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
             const uint8_t *isrc = rte_pktmbuf_mtod_offset(m, const uint8_t *, olen[i] + 6);
             if (!(isrc[0] & 1)) {
                 uint64_t skey = dp_fdb_key(net, isrc);
-                learn_new(w, net, isrc, skey, dp_key8_hash(skey), (uint32_t)vkeys[i]);
+                learn_new(w, net, isrc, skey, dp_key8_hash(skey), (uint32_t)vkeys[i],
+                          (uint32_t)(vkeys[i] >> 32));
             }
         }
         rte_pktmbuf_adj(m, olen[i]);

@@ -214,6 +214,7 @@ struct dp_slow_event {
     uint8_t pad;
     uint32_t ip; /* host order */
     uint32_t net;
+    uint32_t vni; /* a learning report's: the frame's VNI, host order */
 };
 #define DP_EV_NEIGH 1
 #define DP_EV_LEARN 2 /* a source MAC the FDB does not have, and its VTEP */

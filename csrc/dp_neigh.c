@@ -257,6 +257,17 @@ dp_neigh_requests_drop(void)
             neigh[i].asked = 0;
 }
 
+/* ARP answers heard and not yet taken are dropped (the VTEP changed, and
+ * no worker has the old one any more): heard on the old uplink or subnet,
+ * they are not about the new one's next hops */
+void
+dp_neigh_answers_drop(void)
+{
+    struct dp_slow_event ev[64];
+    while (rte_ring_dequeue_burst_elem(dp.neigh_ring, ev, sizeof(ev[0]), 64, NULL) > 0)
+        ;
+}
+
 /* entry i forgotten (its tunnels unresolved until it is asked again) */
 static void
 neigh_forget(int i)
@@ -381,7 +392,11 @@ dp_housekeeping(void)
     }
     while ((n = rte_ring_dequeue_burst_elem(dp.learn_ring, ev, sizeof(ev[0]), 64, NULL)) > 0) {
         for (unsigned i = 0; i < n; i++) {
-            if (!dp_net_get((int)ev[i].net))
+            /* a report made before a change is not applied after it: not
+             * once learning is off, nor to another network now at the
+             * index its frame's network had (removed, an index reused) */
+            const struct dp_net *rn = dp_net_get((int)ev[i].net);
+            if (!rn || rn->vni != ev[i].vni || !(dp_vconf_set && dp_vconf.learning))
                 continue;
             if (ev[i].kind == DP_EV_LEARN)
                 (void)dp_fdb_learn((int)ev[i].net, ev[i].mac, ev[i].ip);

@@ -281,11 +281,14 @@ dp_vtep_set(const struct dp_vtep_conf *c)
      * any worker takes the new VTEP (housekeeping, which asks, runs under
      * the control API's lock: none is queued meanwhile); the next hops
      * still unresolved are asked again by the next housekeeping round */
-    if (!old_set || old_conf.uplink != c->uplink || old_conf.ip != c->ip ||
-        memcmp(old_conf.mac, c->mac, 6) != 0 || old_conf.static_nh != c->static_nh)
+    int moved = !old_set || old_conf.uplink != c->uplink || old_conf.ip != c->ip ||
+                memcmp(old_conf.mac, c->mac, 6) != 0 || old_conf.static_nh != c->static_nh;
+    if (moved)
         dp_neigh_requests_drop();
     struct dp_vtep *old = atomic_exchange(&dp.vtep, v);
     dp_nets_publish(nets); /* includes a grace period: no worker holds old */
+    if (moved)             /* ... and what the old one heard */
+        dp_neigh_answers_drop();
     tunnels_publish(tuns);
     free(old);
     dp_express_uplink();

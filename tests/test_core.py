@@ -708,6 +708,44 @@ def test_learning_accepts_and_learns_unknown_vtep(eng):
     assert eng.fdb_get(0, "02:00:00:00:07:07") == ("remote", "10.0.0.77")
 
 
+@pytest.mark.parametrize("change", ["network replaced", "learning off"])
+def test_a_learning_report_made_before_a_change_is_not_applied_after_it(eng, change):
+    """A worker reports a MAC behind an unknown VTEP of network 0 (VNI
+    100); before the control thread takes the report, network 0 is removed
+    and index 0 given to VNI 999 - or learning is switched off. The report
+    is not applied: no entry, no tunnel from that VTEP into the new
+    network, whose frames from it are dropped as unknown_vtep."""
+    t = Topo(eng, learning=True)
+    mac = "02:00:00:00:07:07"
+    eng.stop()
+    eng.start(housekeeping_interval=0)  # the workers alone: the report waits
+    try:
+        t.send(t.up, vxlan_frame(udp_frame(src=mac, dst=A), src_vtep="10.0.0.77"))
+        assert t.recv(t.a)  # delivered, and reported
+        if change == "network replaced":
+            for port in (t.a, t.b):
+                eng.set_port_network(port, None)
+            eng.del_network(0)
+            eng.add_network(0, vni=999)
+            eng.set_port_network(t.a, 0)
+            eng.fdb_add_local(0, A, t.a)
+        else:
+            eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, t.up, next_hop_mac=NH_MAC, learning=False)
+        eng.housekeeping()
+        assert eng.fdb_get(0, mac) is None
+        # no tunnel from that VTEP either: with learning off, its frames
+        # are refused
+        eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, t.up, next_hop_mac=NH_MAC, learning=False)
+        base = t.drops()
+        vni = 999 if change == "network replaced" else VNI0
+        t.send(t.up, vxlan_frame(udp_frame(src=mac, dst=A), vni=vni, src_vtep="10.0.0.77"))
+        t.nothing(t.a)
+        assert t.drops()["unknown_vtep"] - base["unknown_vtep"] == 1, t.drops()
+    finally:
+        eng.stop()
+        eng.start()
+
+
 def learn_from(t, mac, vtep):
     """A frame from ``mac`` behind ``vtep`` to pod a, delivered; then wait
     until the control thread has learned it."""

@@ -680,6 +680,40 @@ def test_arp_requests_asked_under_an_old_vtep_are_not_sent_by_the_next(eng):
         eng.start()
 
 
+def test_arp_answers_heard_under_an_old_vtep_are_not_believed_by_the_next(eng):
+    """The core asks for a next hop on its uplink; the answer comes, but the
+    VTEP moves to another uplink before the control thread takes it. The
+    answer, heard on the old segment, is not taken for the new one's next
+    hop: it stays unresolved and is asked again on the new uplink."""
+    eng.stop()
+    try:
+        t = Topo(eng, static_nh=False)
+        eng.start(housekeeping_interval=0)  # the workers alone: answers wait
+        eng.housekeeping()  # asks for the remote VTEPs on t.up
+        asked = [
+            Ether(f)[ARP].pdst
+            for f in eng.collect(t.up, wait=WAIT, expect=3)
+            if Ether(f).haslayer(ARP)
+        ]
+        assert R1_VTEP in asked, asked
+        before = t.drops()["arp_reply"]
+        t.send(t.up, _arp_reply(R1_VTEP, "02:00:0a:00:00:77"))
+        assert _settle(eng, lambda: t.drops()["arp_reply"] == before + 1)  # heard, queued
+        up2 = eng.add_ring_port("up2", role="uplink")
+        eng.set_vtep("10.0.0.1/24", "02:00:0a:00:00:01", up2)
+        eng.housekeeping()
+        assert eng.neighbor(R1_VTEP) is None
+        asked = [
+            Ether(f)[ARP].pdst
+            for f in eng.collect(up2, wait=WAIT, expect=3)
+            if Ether(f).haslayer(ARP)
+        ]
+        assert R1_VTEP in asked, asked
+    finally:
+        eng.stop()
+        eng.start()
+
+
 def test_frame_larger_than_the_shaper_burst_does_not_stall(eng):
     """A burst smaller than a frame (2048 bytes, frames of 2114 on the wire
     under a 9000-byte underlay MTU): the frame waits for a full bucket and
