@@ -136,9 +136,13 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
     q->burst_bytes = burst_bytes;
     q->tokens = tok(burst_bytes);
     q->last_tsc = rte_get_tsc_cycles();
+    /* ring names are unique while both sets live (a shaper rebuilt makes
+     * its new queues before the old ones go): a serial, not the clock */
+    static unsigned serial;
+    unsigned id = serial++;
     for (int p = 0; p < DP_MAX_PLANES; p++) {
         char name[RTE_RING_NAMESIZE];
-        snprintf(name, sizeof(name), "dpq_%d_%d_%u", port, p, (unsigned)(q->last_tsc & 0xffff));
+        snprintf(name, sizeof(name), "dpq_%d_%d_%u", port, p, id);
         unsigned len = dp_qg.plane[p].used ? dp_qg.plane[p].queue_len : 1024;
         /* the frame at the head that waits for tokens is held outside the
          * ring (q->head): the ring takes one fewer, so a queue holds at most
@@ -154,7 +158,7 @@ dp_qos_new(int port, uint64_t rate_bps, uint32_t burst_bytes)
     }
     q->lent_rank = DP_MAX_PLANES;
     char name[RTE_RING_NAMESIZE];
-    snprintf(name, sizeof(name), "dpqo_%d_%u", port, (unsigned)(q->last_tsc & 0xffff));
+    snprintf(name, sizeof(name), "dpqo_%d_%u", port, id);
     q->own = rte_ring_create(name, DP_QOS_OWN_LEN, (int)rte_socket_id(), RING_F_SC_DEQ);
     if (!q->own) {
         dp_qos_free(q);
