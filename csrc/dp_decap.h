@@ -229,16 +229,6 @@ trim_to(struct rte_mbuf *m, uint32_t len)
     m->pkt_len = len;
 }
 
-/* an outer source no VTEP can have (RFC 1122 3.2.1.3: "this network"
- * 0/8, loopback 127/8, multicast 224/4, reserved 240/4 and the limited
- * broadcast): refused before learning could make a tunnel to it */
-static __rte_always_inline uint32_t
-outer_src_bad(const struct rte_ipv4_hdr *ip)
-{
-    uint8_t a = ((const uint8_t *)&ip->src_addr)[0];
-    return (uint32_t)(a == 0) | (uint32_t)(a == 127) | (uint32_t)(a >= 224);
-}
-
 /*
  * The outer headers up to the IPv4 protocol, every reason in order: an
  * IPv4 datagram to our MAC and address, not a fragment, UDP. Returns its
@@ -273,10 +263,6 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
     }
     if (unlikely(ip->dst_addr != v->ip_be)) {
         drop(w, m, DP_DROP_NOT_FOR_US);
-        return 0;
-    }
-    if (unlikely(outer_src_bad(ip))) {
-        drop(w, m, DP_DROP_BAD_IP);
         return 0;
     }
     if (unlikely(ip->fragment_offset & RTE_BE16(0x3fff))) {
@@ -377,7 +363,7 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
             (uint32_t)(et ^ RTE_BE16(RTE_ETHER_TYPE_IPV4)) | (uint32_t)(ip->version_ihl ^ 0x45) |
             (uint32_t)(ip->fragment_offset & RTE_BE16(0x3fff)) |
             (uint32_t)(ip->next_proto_id ^ IPPROTO_UDP) | (ip->dst_addr ^ r->ip_be) |
-            outer_src_bad(ip) | (uint32_t)(udp->dst_port ^ r->udp_port_be) |
+            (uint32_t)(udp->dst_port ^ r->udp_port_be) |
             (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
             (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN) |
             (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip))));
@@ -507,6 +493,15 @@ uplink_burst(struct dp_wctx *w, uint16_t pi, struct rte_mbuf **pkts, uint16_t n)
             }
             if (!v->learning) {
                 drop(w, m, DP_DROP_UNKNOWN_VTEP);
+                continue;
+            }
+            /* a source no VTEP can have (RFC 1122 3.2.1.3: "this network"
+             * 0/8, loopback, multicast, reserved 240/4 and the limited
+             * broadcast) is not learned: a tunnel to it would lead nowhere.
+             * Only here: a known (VNI, VTEP) pair is never such a source */
+            uint32_t a = rte_be_to_cpu_32((uint32_t)vkeys[i]) >> 24;
+            if (unlikely(a == 0 || a == 127 || a >= 224)) {
+                drop(w, m, DP_DROP_BAD_IP);
                 continue;
             }
             net = (uint32_t)(uintptr_t)d;
