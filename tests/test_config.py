@@ -670,6 +670,17 @@ def test_bad_file_has_no_side_effects(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["node.yaml"]
 
 
+def test_advice_on_the_express_lane_switched_off():
+    """express_lane: false leaves the pods' limited broadcast reaching the
+    node's own sockets (docs/security.md): said, naming what to do; not
+    under auto, nor with the af_xdp driver (which takes every frame)."""
+    [advice] = parse_config(dict(BASE, express_lane=False)).advice()
+    assert advice.startswith("express_lane: false: a pod's limited broadcast"), advice
+    assert "firewall (docs/security.md)" in advice
+    assert parse_config(dict(BASE, express_lane="auto")).advice() == []
+    assert parse_config(dict(BASE, express_lane=False, kernel_driver="af_xdp")).advice() == []
+
+
 def test_advice_on_flooding_without_learning(tmp_path):
     """Remote VTEPs with learning off: MACs behind a kernel VTEP are reached
     by flooding only, which storm control caps - said by ``dataplane check``
