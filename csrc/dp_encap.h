@@ -112,7 +112,8 @@ hold(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, const struct dp_t
      * need nor keep the worker off encap_fast (n_held) for as long as they
      * come; then held again, while the core keeps asking */
     const struct dp_gave_up *g = &w->gave_up[ti];
-    if (w->n_held == DP_HOLD_MAX || (g->t == t && g->ip == t->ip && w->rx_tsc < g->until) ||
+    if (w->n_held == DP_HOLD_MAX ||
+        (g->t == t && g->gen == t->gen && g->ip == t->ip && w->rx_tsc < g->until) ||
         dp_gso_frame(m) || (m->ol_flags & RTE_MBUF_F_TX_TUNNEL_MASK)) {
         drop(w, m, DP_DROP_NEIGH_UNRESOLVED);
         return;
@@ -292,7 +293,7 @@ hold_run(struct dp_wctx *w, int all)
             w->vtep->uplink < 0 || (!t->resolved && now - e->tsc >= w->hold_tsc)) {
             if (t != NULL && !t->resolved && t->ip == e->vtep_ip)
                 w->gave_up[e->ti] =
-                    (struct dp_gave_up){t, t->ip, now + DP_HOLD_GIVE_UP * w->hold_tsc};
+                    (struct dp_gave_up){t, t->gen, t->ip, now + DP_HOLD_GIVE_UP * w->hold_tsc};
             drop(w, e->m, w->vtep->uplink < 0 ? DP_DROP_NO_UPLINK : DP_DROP_NEIGH_UNRESOLVED);
             continue;
         }

@@ -194,6 +194,7 @@ struct dp_net {
 struct dp_tunnel {
     uint8_t hdr[DP_VXLAN_HDR_LEN];
     uint8_t resolved;
+    uint8_t gen; /* of its build: told apart from a later one at its address */
     uint32_t csum_base;
     uint32_t ip;    /* remote VTEP, host order */
     uint32_t nh_ip; /* underlay next hop, host order */

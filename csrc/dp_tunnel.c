@@ -62,7 +62,11 @@ csum_words(const uint8_t *p, size_t len)
 static void
 tunnel_build(struct dp_tunnel *t)
 {
+    static uint8_t gen;
     const uint8_t *nh_mac = NULL;
+    /* a worker that gave up on a template (gave_up) knows it by address
+     * and build: a later template may get the same address from the heap */
+    t->gen = ++gen;
     t->nh_ip = next_hop(t->ip);
     if (dp_vconf.static_nh) {
         nh_mac = dp_vconf.static_nh_mac;

@@ -81,6 +81,7 @@ struct dp_wctx {
      * tunnel, from counting. */
     struct dp_gave_up {
         const struct dp_tunnel *t;
+        uint8_t gen; /* t's, when given up on */
         uint32_t ip;
         uint64_t until; /* TSC */
     } gave_up[DP_MAX_TUNNELS];
