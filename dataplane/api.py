@@ -186,9 +186,6 @@ class _UnixHTTPServer(BoundedThreads, socketserver.UnixStreamServer):
         """Past ``max_connections``: answered 503 and closed, beside the
         loop that accepts (a client that is slow to read its refusal holds
         no one else up), or closed at once past as many refusals under way."""
-        self._refuse(request)
-
-    def _refuse(self, request):
         if not self.refusing.acquire(blocking=False):
             self.shutdown_request(request)
             return
