@@ -6,6 +6,7 @@ answer and what may be stale; ``attachment list`` and ``host list``, which
 only the store can answer, fail at once, naming the store and the
 consequence, not urllib3's text."""
 
+import contextlib
 import json
 import os
 import signal
@@ -33,35 +34,46 @@ HOST_MAC, HOST_IP, HOST_VTEP = "02:00:00:0a:77:01", "192.168.50.201", "10.99.0.5
 ETCD_TIMEOUT_S = 10.0
 
 
-@pytest.fixture
-def setup(tmp_path):
-    """(node, etcd, a store client of the node's prefix, pod vwa's info)."""
-    srv = EtcdServer("vwetcd").start()
-    prefix = f"/vw{uuid.uuid4().hex[:6]}"
+@contextlib.contextmanager
+def service_on_etcd(tmp_path, etcd_name, tag):
+    """(a node service, not started, whose state store is an etcd of its
+    own under the prefix /TAG..., that etcd, the prefix); the node cleaned
+    up and etcd closed afterwards."""
+    srv = EtcdServer(etcd_name).start()
+    prefix = f"/{tag}{uuid.uuid4().hex[:6]}"
     node = Node(
         tmp_path,
         uuid.uuid4().hex[:5],
         extra=f"store: {{kind: etcd, endpoints: ['{srv.url}'], prefix: {prefix}}}",
     )
-    es = None
     try:
-        node.start()
-        info = node.pod("vwa", IT_SPEC)
-        es = EtcdStore([srv.url], prefix=prefix)
-        # a host described to the cluster, and a pod of another node: the
-        # cluster view has the host; neither is this node's pod
-        es.put_static_endpoint("vwhost", "net1", HOST_MAC, HOST_IP, HOST_VTEP)
-        es.put_pod("vwother", "/var/run/netns/vwother", {}, node="vwnode2")
-        for _ in range(100):
-            if any(r["mac"] == HOST_MAC for r in node.api("GET", "/v1/fdb")):
-                break
-            time.sleep(0.05)
-        yield node, srv, es, info
+        yield node, srv, prefix
     finally:
-        if es is not None:
-            es.close()
         node.cleanup()
         srv.close()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """(node, etcd, a store client of the node's prefix, pod vwa's info)."""
+    with service_on_etcd(tmp_path, "vwetcd", "vw") as (node, srv, prefix):
+        es = None
+        try:
+            node.start()
+            info = node.pod("vwa", IT_SPEC)
+            es = EtcdStore([srv.url], prefix=prefix)
+            # a host described to the cluster, and a pod of another node: the
+            # cluster view has the host; neither is this node's pod
+            es.put_static_endpoint("vwhost", "net1", HOST_MAC, HOST_IP, HOST_VTEP)
+            es.put_pod("vwother", "/var/run/netns/vwother", {}, node="vwnode2")
+            for _ in range(100):
+                if any(r["mac"] == HOST_MAC for r in node.api("GET", "/v1/fdb")):
+                    break
+                time.sleep(0.05)
+            yield node, srv, es, info
+        finally:
+            if es is not None:
+                es.close()
 
 
 def timed_cli(node, *args):
