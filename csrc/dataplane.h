@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 37
+#define DP_ABI_VERSION 38
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -222,14 +222,20 @@ void dp_kport_stats_update(void);
 #define DP_EXPRESS_MAX_IP4 8
 #define DP_EXPRESS_MAX_IP6 8
 #define DP_EXPRESS_COUNTS 9
-/* load the lane's compiled programs from path, and switch it on */
-int dp_express_open(const char *path);
+/* load the lane's compiled programs from path, and switch it on; carry 0:
+ * a guard only - it carries nothing, ever (every frame takes the core's
+ * path), and its tc program on the pods' host ends only drops what the
+ * core's socket took, so that the node's stack takes none of it; nothing
+ * on the uplink */
+int dp_express_open(const char *path, int carry);
 int dp_express_close(void);
+/* 0: not loaded, 1: the lane, 2: the guard only (dp_express_open) */
 int dp_express_loaded(void);
-/* off: every frame takes the core's path (a capture running) */
+/* off: every frame takes the core's path (a capture running); a guard
+ * stays off */
 int dp_express_enable(int on);
 /* AF_PACKET pod port `port`: its rx socket refuses what the lane carries
- * (kept over a reopen) */
+ * (kept over a reopen; none for a guard, which carries nothing) */
 int dp_express_sock_filter(int port);
 /* the lane's tc program on the ingress of interface ifindex, or off it */
 int dp_express_attach(int ifindex);

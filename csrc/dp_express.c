@@ -114,6 +114,7 @@ static struct {
     int up_ifindex;               /* the uplink with the tc program (0: none) */
     int up_down;                  /* the uplink cannot carry frames (dp_express_uplink_carries) */
     uint32_t v6_decap;            /* the kernel sets skb->protocol on a decap (6.3) */
+    int guard;                    /* carries nothing: the host ends' guard only */
     int ncpu;
     /* each lane port's entry in ex_dst, as dp_express_port_set made it,
      * and whether it is out of the table while its interface cannot take
@@ -235,7 +236,7 @@ dp_express_uplink(void)
     memset(&v, 0, sizeof(v));
     int up = dp_vconf_set ? dp_vconf.uplink : -1;
     struct dp_port *p = up >= 0 ? dp_port_get(up) : NULL;
-    if (p && p->driver == DP_DRV_AFPACKET) {
+    if (p && p->driver == DP_DRV_AFPACKET && !ex.guard) {
         int ifindex = dp_afp_ifindex(p->afp);
         v.ifindex = (uint32_t)ifindex;
         v.port = (uint32_t)up;
@@ -350,7 +351,7 @@ ex_mirror_all(void)
 }
 
 int
-dp_express_open(const char *path)
+dp_express_open(const char *path, int carry)
 {
     struct bpf_object *obj;
     int ret;
@@ -397,6 +398,7 @@ dp_express_open(const char *path)
     memset(ex.vni_of, 0, sizeof(ex.vni_of));
     memset(ex.dst, 0, sizeof(ex.dst));
     ex.up_ifindex = 0;
+    ex.guard = !carry;
     ex_mirror_all();
     return dp_express_enable(1);
 }
@@ -415,13 +417,13 @@ dp_express_close(void)
 int
 dp_express_loaded(void)
 {
-    return ex.obj != NULL;
+    return ex.obj == NULL ? 0 : ex.guard ? 2 : 1;
 }
 
 int
 dp_express_enable(int on)
 {
-    uint32_t k = 0, v = on != 0;
+    uint32_t k = 0, v = on != 0 && !ex.guard;
 
     if (!ex.obj)
         return dp_fail(-ENOENT, "express lane: not loaded");
@@ -451,6 +453,8 @@ dp_express_sock_filter(int port)
         return dp_fail(-ENOENT, "express lane: not loaded");
     if (!p || p->driver != DP_DRV_AFPACKET)
         return dp_fail(-EINVAL, "express lane: port %d is not an AF_PACKET port", port);
+    if (ex.guard)
+        return 0; /* nothing to refuse: the core takes every frame */
     int ret = dp_express_refilter(p);
     if (ret != 0)
         return ret;

@@ -165,13 +165,13 @@ def cmd_check(args):
         from .cpulatency import hold_problem
 
         errors += [e for e in [hold_problem()] if e]  # run refuses to start without it
-    lane_off = None  # why the kernel would not take the lane's programs, as run loads them
-    if cfg.express_lane is not False:
-        from .engine import express_loadable
+    # why the kernel would not take the lane's programs, as run loads them
+    # (under express_lane: false, as the host ends' guard)
+    from .engine import express_loadable
 
-        lane_off = express_loadable()
-        if lane_off and cfg.express_lane:
-            errors.append(f"express_lane: true, but {lane_off}")
+    lane_off = express_loadable()
+    if lane_off and cfg.express_lane:
+        errors.append(f"express_lane: true, but {lane_off}")
     if errors:
         print(f"dataplane: {chr(10).join(errors)}", file=sys.stderr)
         return 2
@@ -179,8 +179,15 @@ def cmd_check(args):
     print(f"{args.config}: ok (node {cfg.node}, {n} network{'s' * (n != 1)}, mode {cfg.mode})")
     for a in cfg.advice() + store.warnings + uplink_notes(cfg):
         print(f"warning: {a}")
-    if lane_off:  # auto: the node runs without the lane
+    if lane_off and cfg.express_lane is None:  # auto: the node runs without the lane
         print(f"warning: express lane off (auto): {lane_off}")
+    if lane_off and cfg.express_lane is False and cfg.kernel_driver == "afpacket":
+        print(
+            "warning: express_lane: false, and the kernel would not take the lane's programs as "
+            "the pods' host ends' guard: a pod's limited broadcast (0.0.0.0 to 255.255.255.255) "
+            "reaches the node's own sockets bound to all addresses; filter the host ends in the "
+            f"node's firewall (docs/security.md): {lane_off}"
+        )
     if store.read:
         # (a store with nothing recorded yet says so itself)
         tail = "" if "no pod recorded" in store.read else ": checked against it"
@@ -189,6 +196,11 @@ def cmd_check(args):
         print(
             "express lane: on (the kernel took its programs; pod to pod of one network, "
             "and TCP to remote VTEPs out of a kernel uplink)"
+        )
+    elif not lane_off:
+        print(
+            "express lane: off (every frame through the core); its programs guard the pods' "
+            "host ends"
         )
     if cfg.cpu_latency_us is not None:
         from .cpulatency import no_effect
@@ -380,6 +392,11 @@ def cmd_status(args):
     if st.get("express_lane_off"):  # auto, and the kernel would not take it
         print(
             f"  express lane off (pods reach each other through the core): {st['express_lane_off']}"
+        )
+    if st.get("express_guard_off"):  # false, and the kernel would not take its guard
+        print(
+            "  PODS' HOST ENDS WITHOUT THE LANE'S GUARD (a pod's limited broadcast reaches the "
+            f"node's sockets; docs/security.md): {st['express_guard_off']}"
         )
     store = st.get("store") or {}
     if st.get("store_error"):

@@ -419,13 +419,6 @@ class NodeConfig:
                 "polls instead of halting, so the worker's sleep saves no CPU time and adds "
                 "its wake-up to every frame that finds it asleep; drop one of the two"
             )
-        if self.express_lane is False and self.kernel_driver == "afpacket":
-            out.append(
-                "express_lane: false: a pod's limited broadcast (0.0.0.0 to 255.255.255.255) "
-                "reaches the node's own sockets bound to all addresses, which the lane's "
-                "program would drop (the pods' host ends are otherwise closed to the node's "
-                "stack); filter them in the node's firewall (docs/security.md)"
-            )
         free = hugepages_free() if self.mode == "hugepages" else None
         if free is not None and self.memory_mb > free[0] * free[1] // 1024:
             pages, kb = free

@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 37
+ABI_VERSION = 38
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -744,7 +744,7 @@ def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
         )
     if lib.dp_express_loaded():
         return None
-    if lib.dp_express_open(path.encode()) < 0:
+    if lib.dp_express_open(path.encode(), 1) < 0:
         return ffi.string(lib.dp_last_error()).decode(errors="replace")
     lib.dp_express_close()
     return None
@@ -764,15 +764,32 @@ class _Express:
     from one pod's veth into the other's namespace, never through the core.
     Part of :class:`Engine`."""
 
-    def express_open(self, path: str = EXPRESS_OBJECT):
-        """Load the lane's programs into the kernel, switched on."""
+    def express_open(self, path: str = EXPRESS_OBJECT, carry: bool = True):
+        """Load the lane's programs into the kernel, switched on; ``carry``
+        False: as the host ends' guard only (:attr:`express_guard`)."""
         if not os.path.exists(path):
             raise ConfigError(express_loadable(path))
-        self._call("loading the express lane", lib.dp_express_open, path.encode())
+        what = "loading the express lane" + ("" if carry else " as the host ends' guard")
+        self._call(what, lib.dp_express_open, path.encode(), 1 if carry else 0)
 
     @property
     def express_loaded(self) -> bool:
+        """The lane's programs loaded, carrying frames or as a guard: pod
+        ports join it."""
         return bool(lib.dp_express_loaded())
+
+    @property
+    def express_carrying(self) -> bool:
+        """The lane loaded to carry frames (``express_lane`` auto or true)."""
+        return lib.dp_express_loaded() == 1
+
+    @property
+    def express_guard(self) -> bool:
+        """The lane's programs loaded to carry nothing (``express_lane:
+        false``): every frame takes the core's path, and the tc program on
+        each pod's host end only drops the frames the core's socket took,
+        so that the node's own stack takes none of them."""
+        return lib.dp_express_loaded() == 2
 
     def express_enable(self, on: bool):
         """Off: every frame takes the core's path (while a capture runs)."""

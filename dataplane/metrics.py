@@ -73,6 +73,7 @@ class Snapshot(NamedTuple):
     store_error: Optional[str] = None  # why the state store did not answer
     uplink_up: Optional[bool] = None  # a kernel uplink: False while it cannot carry frames
     express_lane: bool = False  # the express lane loaded (its frames in the port counters too)
+    express_guard: bool = False  # its programs loaded to carry nothing: the host ends' guard
     pods_not_attached: int = 0  # this node's pods a replay could not attach (no forwarding)
     taken_at: Optional[float] = None  # time.monotonic() as the counters were read
 

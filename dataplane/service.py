@@ -232,6 +232,7 @@ class NodeService:
         self.cpu_latency = None  # the held CPU latency request (cpu_latency_us)
         self.cpu_latency_no_effect = None  # why it changes nothing on this kernel
         self.express_off = None  # express_lane auto: why the kernel would not take it
+        self.express_guard_off = None  # express_lane false: why it would not take the guard
         self._stop = threading.Event()
         self._wake = threading.Event()  # the main loop looks again: stop, or the uplink changed
         self._link_events = None  # the uplink's and lane pod ports' notifications (LinkEvents)
@@ -664,12 +665,25 @@ class NodeService:
 
     # ------------------------------------------------------------- status
     def _open_express(self):
-        """The express lane loaded, unless the config says ``false``: with
-        ``true`` a kernel that cannot take it stops the start (nothing is
-        attached yet); with ``auto`` the node goes on without it, every
-        frame through the core, and says why once."""
-        self.express_off = None
+        """The express lane loaded: with ``true`` a kernel that cannot take
+        it stops the start (nothing is attached yet); with ``auto`` the node
+        goes on without it, every frame through the core, and says why
+        once. With ``false`` its programs are loaded to carry nothing, as
+        the guard of the pods' host ends (``Engine.express_guard``); a
+        kernel that will not take them leaves those ends as the interface
+        settings close them, and the log says what stays open."""
+        self.express_off = self.express_guard_off = None
         if self.config.express_lane is False:
+            try:
+                self.engine.express_open(carry=False)
+            except DataplaneError as err:
+                self.express_guard_off = str(err)
+                warning_event(
+                    "pods' host ends without the lane's guard: a pod's limited broadcast "
+                    "(0.0.0.0 to 255.255.255.255) reaches the node's own sockets bound to all "
+                    "addresses; filter the host ends in the node's firewall (docs/security.md)",
+                    why=self.express_guard_off,
+                )
             return
         try:
             self.engine.express_open()
@@ -763,6 +777,8 @@ class NodeService:
         report["cpu_latency_us"] = self.config.cpu_latency_us
         # express_lane: auto, and the kernel would not take the lane: why
         report["express_lane_off"] = self.express_off
+        # express_lane: false, and the kernel would not take its guard: why
+        report["express_guard_off"] = self.express_guard_off
         # a capture running (None: none): the express lane waits for its end
         report["capture"] = self.captures.summary() if self.captures is not None else None
         if snap.cpu_latency_limit_us is not None:

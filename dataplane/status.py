@@ -59,7 +59,9 @@ def take_snapshot(
     names = {i: n for n, i in networks.items()}
     whole = owners is not None  # a pod port is shown once its pod owns it
     owners = owners or {}
-    express = {p: engine.express_counts(p) for p in engine.express_ports()}
+    # (a guard's ports carry nothing: no lane counts to show)
+    lane = engine.express_ports() if engine.express_carrying else []
+    express = {p: engine.express_counts(p) for p in lane}
     ports = [
         PortLabel(
             p.index,
@@ -98,7 +100,8 @@ def take_snapshot(
         fdb_entries=engine.fdb_count(),
         learning=engine.learn_stats() if config.vtep.learning else None,
         store_error=store_error,
-        express_lane=engine.express_loaded,
+        express_lane=engine.express_carrying,
+        express_guard=engine.express_guard,
     )
 
 
@@ -116,6 +119,8 @@ def status_report(
         "uplink": config.vtep.uplink,
         "uplink_rate_bps": config.vtep.uplink_rate or None,  # its shaper; None: not shaped
         "express_lane": snap.express_lane,  # loaded: auto or true, and the kernel took it
+        # false: the lane's program on the pods' host ends as their guard only
+        "express_guard": snap.express_guard,
         "uptime_s": round(time.time() - (started or time.time()), 1),
         "forwarding": forwarding,
         "networks": [

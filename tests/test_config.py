@@ -670,15 +670,36 @@ def test_bad_file_has_no_side_effects(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["node.yaml"]
 
 
-def test_advice_on_the_express_lane_switched_off():
-    """express_lane: false leaves the pods' limited broadcast reaching the
-    node's own sockets (docs/security.md): said, naming what to do; not
-    under auto, nor with the af_xdp driver (which takes every frame)."""
-    [advice] = parse_config(dict(BASE, express_lane=False)).advice()
-    assert advice.startswith("express_lane: false: a pod's limited broadcast"), advice
-    assert "firewall (docs/security.md)" in advice
-    assert parse_config(dict(BASE, express_lane="auto")).advice() == []
-    assert parse_config(dict(BASE, express_lane=False, kernel_driver="af_xdp")).advice() == []
+def test_check_on_the_express_lane_switched_off(tmp_path):
+    """express_lane: false still loads the lane's programs, as the guard of
+    the pods' host ends (docs/security.md): ``dataplane check`` says so
+    where the kernel takes them, and where it would not (no program file
+    here) says what stays open and what to do - not under auto, nor with
+    the af_xdp driver (which takes every frame)."""
+    assert parse_config(dict(BASE, express_lane=False)).advice() == []
+
+    def check(env=None, **over):
+        p = tmp_path / "node.yaml"
+        p.write_text(yaml.safe_dump(dict(BASE, **over)))
+        r = subprocess.run(
+            [sys.executable, "-m", "dataplane.cli", "check", "-c", str(p)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = check(express_lane=False)
+    assert "express lane: off (every frame through the core); its programs guard" in out, out
+    assert "limited broadcast" not in out, out
+    gone = {"DATAPLANE_EXPRESS_OBJECT": str(tmp_path / "missing.bpf.o")}
+    out = check(gone, express_lane=False)
+    assert "warning: express_lane: false, and the kernel would not take the lane's" in out, out
+    assert "limited broadcast" in out and "firewall (docs/security.md)" in out, out
+    out = check(gone, express_lane="auto")
+    assert "warning: express lane off (auto)" in out and "limited broadcast" not in out, out
+    assert "limited broadcast" not in check(gone, express_lane=False, kernel_driver="af_xdp")
 
 
 def test_advice_on_flooding_without_learning(tmp_path):

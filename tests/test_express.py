@@ -511,6 +511,30 @@ def test_a_capture_sees_every_frame_and_the_lane_resumes(node):
     assert port_row(node, "a")["express"]["rx_packets"] == x0 + 3
 
 
+def test_the_guard_of_express_lane_false_carries_nothing_even_after_a_capture(tmp_path):
+    """express_lane: false loads the lane's programs as the host ends'
+    guard only: every frame takes the core's path (counted by its ports,
+    not the lane's), nothing is attached to the uplink, and a capture's end
+    does not switch a lane on."""
+    with running_node(tmp_path, extra="express_lane: false\n") as node:
+        a = node.pod("a", CT_SPEC)
+        b = node.pod("b", CT_SPEC)
+        assert "ex_tc" in lane_filters(host_if(a))
+        assert "ex_tc" not in lane_filters(node.uplink)
+        st = node.api("GET", "/v1/status")
+        assert st["express_lane"] is False and st["express_guard"] is True, st
+        for capture in (False, True):
+            if capture:
+                cap = node.api("POST", "/v1/capture", {"target": "a:std"})
+                node.api("DELETE", f"/v1/capture?id={cap['id']}")
+            c0 = port_row(node, "b")["tx_packets"]
+            assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0
+            row = port_row(node, "b")
+            assert row["express"] is None and row["tx_packets"] >= c0 + 3, row
+        st = node.api("GET", "/v1/status")
+        assert st["express_lane"] is False and st["express_guard"] is True, st
+
+
 def test_a_service_stopped_while_capturing_leaves_the_lane_on(node):
     """A capture turns the lane off (the core sees every frame); the service
     stopping while it runs turns it back on before leaving the programs on
@@ -553,9 +577,12 @@ def test_the_lane_carries_on_while_the_service_is_away_and_goes_with_it(node):
     node.cfg.write_text(node.cfg.read_text() + "express_lane: false\n")
     os.unlink(node.sock)  # the killed one's: start() waits for the new one's
     node.start()
-    assert "ex_tc" not in lane_filters(host_if(a))
-    assert "ex_tc" not in lane_filters(node.uplink)  # nor on the uplink
-    assert node.api("GET", "/v1/status")["express_lane"] is False
+    # the lane's program again, as the host end's guard only (a new one)
+    (guard,) = [ln for ln in lane_filters(host_if(a)).splitlines() if "ex_tc" in ln]
+    assert guard.split(" id ")[1] != new.split(" id ")[1], (new, guard)
+    assert "ex_tc" not in lane_filters(node.uplink)  # nothing on the uplink
+    st = node.api("GET", "/v1/status")
+    assert st["express_lane"] is False and st["express_guard"] is True, st
     assert port_row(node, "a")["express"] is None
     assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0  # the core's
 
@@ -737,13 +764,15 @@ def test_a_pod_reaches_nothing_of_the_nodes_own_stack(fabric, lane):
     stack, which also sees them on the pod's host end, takes none: no ARP
     answer for the node's addresses, no datagram to its sockets - unicast
     to the host end's MAC (a static neighbour entry), unicast IP in a
-    broadcast frame, and (with the lane's program on the host end) a
-    limited broadcast from 0.0.0.0. Pods still reach each other."""
+    broadcast frame, and a limited broadcast from 0.0.0.0 (dropped by the
+    lane's program on the host end, which express_lane: false loads as a
+    guard only). Pods still reach each other."""
     from tests.test_kernel_pods import ipn, nsx
 
     fab = fabric()
     node = fab.node(1, [], extra="" if lane else "express_lane: false\n")
-    assert node.status()["express_lane"] is lane
+    st = node.status()
+    assert st["express_lane"] is lane and st["express_guard"] is not lane, st
     a, b = fab.pod(1, "a", kp.SUBNET + "11"), fab.pod(1, "b", kp.SUBNET + "12")
     hif = b["planes"][0]["host_ifname"]
     # an address of the node's (its management network, say), and strict
@@ -773,12 +802,12 @@ def test_a_pod_reaches_nothing_of_the_nodes_own_stack(fabric, lane):
     _send_from(
         b["ns"], "eth0", _frame(bcast, mac_of(b), b["ip"], "10.200.0.1", b"l2bcast", 9, 7777)
     )
-    if lane:  # what no interface setting keeps from the node's sockets
-        _send_from(
-            b["ns"],
-            "eth0",
-            _frame(bcast, mac_of(b), "0.0.0.0", "255.255.255.255", b"limited", 68, 7777),
-        )
+    # what no interface setting keeps from the node's sockets
+    _send_from(
+        b["ns"],
+        "eth0",
+        _frame(bcast, mac_of(b), "0.0.0.0", "255.255.255.255", b"limited", 68, 7777),
+    )
     r = ping(a["ns"], ip_of(b), count=3, interval="0.1")  # pods: through the lane or the core
     assert r.returncode == 0, r.stdout
     nsx(
