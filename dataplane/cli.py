@@ -363,7 +363,7 @@ def cmd_status(args):
     print(
         f"node {st['node']}  mode {st['mode']}  vtep {st['vtep']}  uplink {st['uplink']}"
         + (f" (shaped to {_bits(rate)})" if rate else "")
-        + f"  forwarding {st['forwarding']}  up {st['uptime_s']}s"
+        + f"  forwarding {'yes' if st['forwarding'] else 'NO'}  up {st['uptime_s']}s"
         + (
             ("  express lane paused (a capture runs)" if st.get("capture") else "  express lane on")
             if st.get("express_lane")

@@ -1181,14 +1181,17 @@ def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
             raise fail(f"{p}.worker", f"lcore {worker} is not one of the worker lcores {workers}")
     rxq = spec.get("rx_queue")
     if rxq is not None:
-        check_int(rxq, f"{p}.rx_queue", 1, MAX_RX_QUEUES - 1)
-        if worker is None:
-            raise fail(f"{p}.rx_queue", f"needs the plane's own worker (set {p}.worker)")
-        if rxq >= uplink_rx_queues:
+        if not isinstance(rxq, int) or isinstance(rxq, bool):
+            check_int(rxq, f"{p}.rx_queue", 1, MAX_RX_QUEUES - 1)  # not an integer: said so
+        if not 1 <= rxq < uplink_rx_queues:
+            span = f"out of range 1..{uplink_rx_queues - 1}" if uplink_rx_queues > 1 else "refused"
             raise fail(
                 f"{p}.rx_queue",
-                f"{rxq}: the uplink has {uplink_rx_queues} rx queue(s) (vtep.uplink_rx_queues)",
+                f"{rxq} {span}: the uplink has {uplink_rx_queues} rx queue(s) "
+                "(vtep.uplink_rx_queues; queue 0 is the shared planes')",
             )
+        if worker is None:
+            raise fail(f"{p}.rx_queue", f"needs the plane's own worker (set {p}.worker)")
     classify = check_list(spec.get("classify_dscp"), f"{p}.classify_dscp", "list of DSCP values")
     classify = [check_dscp(d, f"{p}.classify_dscp[{i}]") for i, d in enumerate(classify)]
     for i, d in enumerate(classify):

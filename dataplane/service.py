@@ -51,7 +51,13 @@ from .podnet import (
     tunnel_tap_name,
     uplink_wire_sized,
 )
-from .startchecks import store_findings, uplink_lock_path, uplink_lock_text, uplink_taken
+from .startchecks import (
+    metrics_problem,
+    store_findings,
+    uplink_lock_path,
+    uplink_lock_text,
+    uplink_taken,
+)
 from .status import (
     STALE_ORIGINS,
     api_routes,
@@ -202,6 +208,21 @@ def metrics_http_server(host: str, port: int, registry):
     return httpd
 
 
+def _missing_dirs(cfg) -> List[str]:
+    """The directories a start would make for ``cfg`` (its API socket's,
+    the SQLite state file's, and their parents) that do not exist yet,
+    deepest first: what a refused start removes again, if still empty."""
+    out = []
+    paths = [cfg.api_socket] + ([cfg.store.path] if cfg.store.kind == "sqlite" else [])
+    for path in paths:
+        d = os.path.dirname(os.path.abspath(path))
+        while d and d != "/" and not os.path.exists(d):
+            if d not in out:
+                out.append(d)
+            d = os.path.dirname(d)
+    return sorted(out, key=len, reverse=True)
+
+
 class NodeService:
     """One node: ``start()`` opens the store, sets the core up, replays the
     pods, starts forwarding, the cluster sync, the control API and the
@@ -255,9 +276,17 @@ class NodeService:
         from .engine import Engine, EngineConfig
 
         cfg = self.config
-        # first of all: a second service of the same node (its API socket,
-        # its state file) starts nothing - not even a replay of the pods the
+        # what the file alone refuses on this machine (lcores it has not, a
+        # metrics address not its own): before anything is made or held
+        engine_cfg = EngineConfig(**cfg.engine_kwargs(), log_json=True)
+        engine_cfg.eal_args()
+        why = metrics_problem(cfg)
+        if why:
+            raise ConfigError(why)
+        # then: a second service of the same node (its API socket, its
+        # state file) starts nothing - not even a replay of the pods the
         # running one forwards for
+        made = _missing_dirs(cfg)
         self._claim()
         try:
             # the path is ours by the lock: a socket there is a dead service's
@@ -281,11 +310,6 @@ class NodeService:
             # first request imports the metrics module too: two threads
             # importing prometheus_client at once can see it half initialised)
             self._start_metrics()
-            # what the core's start would refuse (lcores this machine has
-            # not): before the store is opened, so a refused file writes
-            # nothing to it
-            engine_cfg = EngineConfig(**cfg.engine_kwargs(), log_json=True)
-            engine_cfg.eal_args()
             self.store = open_store(cfg.store, cfg.node)
             # the node's name held while running, before any pod is touched:
             # a second service under it (another machine) starts nothing
@@ -379,6 +403,11 @@ class NodeService:
             self.api.start()
         except BaseException:
             self.stop()
+            for d in made:  # the directories this start made, left empty
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
             raise
         self.started = time.time()
         event(
@@ -1397,7 +1426,7 @@ class NodeService:
                 # the express lane's programs stay on the pods' veths: pods
                 # of this node keep reaching each other while the service is
                 # away (a restart, an upgrade); the next start takes them
-                # over, or removes them if it runs without the lane
+                # over (with express_lane: false, as the host ends' guard)
                 self.engine.close(keep_express=True)
                 self.engine = None
             if self.store:
@@ -1405,7 +1434,10 @@ class NodeService:
                 self.store = None
             self._release_cpu_latency()
         self._release_claims()
-        event("node service stopped", node=self.config.node)
+        if self.started is not None:
+            event("node service stopped", node=self.config.node)
+        else:  # a start refused half-way: undone, never started
+            event("node service start undone", node=self.config.node)
 
     def _release_cpu_latency(self):
         if self.cpu_latency is not None:

@@ -29,7 +29,7 @@ if [ ${#need[@]} -gt 0 ]; then
     dpdk=$(apt-cache policy libdpdk-dev | awk '/Candidate:/ {print $2}')
     if [ -z "$dpdk" ] || [ "$dpdk" = "(none)" ] || ! dpkg --compare-versions "$dpdk" ge 22.11; then
         echo "setup: this distribution offers libdpdk-dev ${dpdk:-(none)}; dataplane needs DPDK" \
-             "22.11 or later (Debian 12, Ubuntu 24.04)" >&2
+             "22.11 or later (Debian 12 or 13, Ubuntu 24.04)" >&2
         exit 1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get "${apt[@]}" install -y -qq --no-install-recommends \

@@ -521,11 +521,23 @@ def test_plane_rx_queue_errors():
     )
     bad(
         cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 2}}),
-        r"^planes\.media\.rx_queue: 2: the uplink has 2 rx queue\(s\)",
+        r"^planes\.media\.rx_queue: 2 out of range 1\.\.1: the uplink has 2 rx queue\(s\)",
     )
     bad(
         cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": 0}}),
-        r"^planes\.media\.rx_queue: 0 out of range 1\.\.7",
+        r"^planes\.media\.rx_queue: 0 out of range 1\.\.1: the uplink has 2",
+    )
+    bad(
+        cfg(
+            lcores=[0, 1, 2],
+            vtep=dict(up, uplink_rx_queues=1),
+            planes={"std": {}, "media": {"worker": 2, "rx_queue": 1}},
+        ),
+        r"^planes\.media\.rx_queue: 1 refused: the uplink has 1 rx queue\(s\)",
+    )
+    bad(
+        cfg(lcores=[0, 1, 2], vtep=up, planes={"std": {}, "media": {"worker": 2, "rx_queue": "x"}}),
+        r"^planes\.media\.rx_queue: ",
     )
     bad(
         cfg(
@@ -951,6 +963,50 @@ def test_check_and_run_refuse_lcores_this_machine_has_not(tmp_path):
         assert r.returncode == 2, (cmd, r.stdout, r.stderr)
         assert r.stderr.strip().splitlines()[-1].startswith(f"dataplane: {why}"), (cmd, r.stderr)
         assert not state.exists() or not os.listdir(state), (cmd, os.listdir(state))
+
+
+def test_a_refused_run_leaves_nothing_behind_and_says_it_never_started(tmp_path):
+    """``run`` refusing a file - lcores this machine has not, a metrics
+    address not its own (in ``check``'s words), a metrics port another
+    process holds - makes no directory (or removes those it made) and
+    does not log a stop of a service that never started."""
+    import socket
+
+    state, run = tmp_path / "state", tmp_path / "run"
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    port = held.getsockname()[1]
+    cases = [
+        ({"lcores": [0, 127]}, "lcores: [127] not present or not allowed"),
+        (
+            {"metrics": {"listen": "203.0.113.7:9464"}},
+            "metrics.listen: 203.0.113.7:9464: 203.0.113.7 is not an address of this host",
+        ),
+        (
+            {"metrics": {"listen": f"127.0.0.1:{port}"}},
+            f"metrics.listen: 127.0.0.1:{port}: Address already in",
+        ),
+    ]
+    try:
+        for over, why in cases:
+            p = tmp_path / "node.yaml"
+            p.write_text(
+                yaml.safe_dump(
+                    dict(BASE, state_dir=str(state), api_socket=str(run / "a" / "api.sock"), **over)
+                )
+            )
+            r = subprocess.run(
+                [sys.executable, "-m", "dataplane.cli", "run", "-c", str(p)],
+                capture_output=True,
+                text=True,
+            )
+            assert r.returncode == 2, (over, r.stdout, r.stderr)
+            assert f"dataplane: {why}" in r.stderr, (over, r.stderr)
+            assert not state.exists() and not run.exists(), (over, list(tmp_path.rglob("*")))
+            assert "node service stopped" not in r.stderr + r.stdout, (over, r.stderr)
+    finally:
+        held.close()
 
 
 def test_a_number_too_long_for_python_names_its_line(tmp_path):
