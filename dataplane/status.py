@@ -122,6 +122,7 @@ def status_report(
         # false: the lane's program on the pods' host ends as their guard only
         "express_guard": snap.express_guard,
         "uptime_s": round(time.time() - (started or time.time()), 1),
+        "started_at": started,  # when this service started (wall clock): another, a restart
         "forwarding": forwarding,
         "networks": [
             {

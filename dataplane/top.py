@@ -9,8 +9,14 @@ the core's own, the ones the metrics export; nothing is sampled.
 
 A counter that went down between the two reads (a port removed and its
 index given to another, a network re-added) has no rate for that interval:
-shown as ``-``, never as a negative or a made-up figure."""
+shown as ``-``, never as a negative or a made-up figure - nor has any other
+counter of its row (a pod deleted and added again under the same port index
+and name: its rx may have grown past the old count while its tx went down).
+A service restarted between the two reads (its ``started_at`` changed) has
+no rate at all for that interval, whatever its counters did: the report says
+so (``restarted``)."""
 
+import math
 from typing import List, Optional
 
 #: port counters shown as rates: (status field, rate name, factor)
@@ -37,11 +43,52 @@ def _rate(old, new, dt: float, factor: int = 1) -> Optional[float]:
     return (new - old) * factor / dt
 
 
+def _went_down(old: Optional[dict], new: dict, keys) -> bool:
+    """Whether any of counters ``keys`` of a row is lower in ``new`` than in
+    ``old`` (the row was reset meanwhile: all its counters started again)."""
+    if not old:
+        return False
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, list) and isinstance(b, list):  # a histogram's buckets
+            if len(a) != len(b) or any(y < x for x, y in zip(a, b)):
+                return True
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and b < a:
+            return True
+    return False
+
+
 def _rates(old: Optional[dict], new: dict, dt: float, fields) -> dict:
+    """A row's rates; none at all when any of its counters went down: the
+    row is not the same one, or not wholly."""
+    if _went_down(old, new, [src for src, _, _ in fields]):
+        old = None
     return {
         name: _rate(old.get(src) if old else None, new.get(src), dt, factor)
         for src, name, factor in fields
     }
+
+
+#: a service that does not give its start time (``started_at``): its uptime
+#: (seconds, rounded to 0.1; the wall clock's) grew this much less than the
+#: interval or more: restarted meanwhile
+UPTIME_SLACK_S = 0.5
+
+
+def restarted(prev: dict, cur: dict, dt: float) -> bool:
+    """Whether the service restarted between reports ``prev`` and ``cur``
+    (``dt`` seconds apart): its start time (``started_at``) is another, or
+    only one report has one (another version answered); from a service that
+    gives none, its uptime grew by less than the interval."""
+    if ("started_at" in prev) != ("started_at" in cur):
+        return True
+    a, b = prev.get("started_at"), cur.get("started_at")
+    if a is not None and b is not None:
+        return a != b
+    u0, u1 = prev.get("uptime_s"), cur.get("uptime_s")
+    if u0 is None or u1 is None:
+        return False
+    return u1 < u0 + dt - UPTIME_SLACK_S
 
 
 def _latency(old: Optional[dict], new: dict, bounds: List[float]) -> dict:
@@ -76,12 +123,17 @@ def rates(prev: dict, cur: dict, dt: float) -> dict:
     taken ``dt`` seconds apart (the difference of their ``counters_at``
     instead where both have it: the service's own time of each read, not
     the client's). A port is the same port in both when its index and name
-    are; a network or plane by name."""
+    are; a network or plane by name. A row any counter of which went down
+    has no rate; if the service restarted in between (``restarted``), no
+    row has any, nor the drops (None) or the workers."""
     a, b = prev.get("counters_at"), cur.get("counters_at")
     if a is not None and b is not None and b > a:
         dt = b - a
     if dt <= 0:
         raise ValueError(f"interval {dt} s: the reads must be apart in time")
+    restart = restarted(prev, cur, dt)
+    if restart:  # the counters of the first read are another process's
+        prev = {}
     before = {(p["port"], p["name"]): p for p in prev.get("ports", [])}
     ports = []
     for p in cur.get("ports", []):
@@ -100,16 +152,20 @@ def rates(prev: dict, cur: dict, dt: float) -> dict:
     planes = []
     for p in cur.get("planes", []):
         o = planes_before.get(p["name"])
+        if _went_down(o, p, [k for k, _, _ in PLANE_RATES] + ["latency_buckets"]):
+            o = None  # reset meanwhile: no rate, no latency
         r = _rates(o, p, dt, PLANE_RATES)
         if "sent" not in p:  # not on a shaped uplink: no queue of its own
             r.pop("sent_pps"), r.pop("dropped_ps")
         planes.append({"name": p["name"]} | r | _latency(o, p, bounds))
     old_drops, new_drops = prev.get("drops", {}), cur.get("drops", {})
-    drops = {}
+    drops: Optional[dict] = {}
     for reason, n in sorted(new_drops.items()):
         r = _rate(old_drops.get(reason, 0), n, dt)
         if r != 0:
             drops[reason] = r
+    if restart:  # not known: the ones above are counts since the restart
+        drops = None
     workers_before = {w["worker"]: w for w in prev.get("workers", [])}
     workers = []
     for w in cur.get("workers", []):
@@ -130,6 +186,8 @@ def rates(prev: dict, cur: dict, dt: float) -> dict:
     return {
         "node": cur.get("node"),
         "interval_s": round(dt, 3),
+        # the service restarted between the reads: no rate (None) anywhere
+        "restarted": restart,
         "latency_last_bound_us": bounds[-1] if bounds else None,
         "workers": workers,
         "ports": ports,
@@ -142,13 +200,18 @@ def rates(prev: dict, cur: dict, dt: float) -> dict:
 
 
 def _num(v: Optional[float]) -> str:
-    """A rate for a narrow column: 0, 950, 12.3k, 4.56M, 1.2G; '-' for none."""
+    """A rate for a narrow column: 0, 0.012, 3.5, 950, 12.3k, 4.56M, 1.2G;
+    '-' for none."""
     if v is None:
         return "-"
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if v >= div:
             return f"{v / div:.3g}{unit}"
-    return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.1f}"
+    if v >= 10 or v == 0:
+        return f"{v:.0f}"
+    if v < 0.1:  # small but not none: 2 significant digits (0.012), not 0.0
+        return f"{v:.{1 - math.floor(math.log10(v))}f}"
+    return f"{v:.1f}"
 
 
 def _p99(p: dict, bounds_last: Optional[float]) -> str:
@@ -172,6 +235,8 @@ def render(r: dict, table, lines: Optional[int] = None) -> List[str]:
             for w in r["workers"]
         )
     ]
+    if r.get("restarted"):
+        out.append("  the service restarted in the interval: no rates for it (shown as -)")
     cap = r.get("capture")
     if cap:
         out.append(
@@ -222,7 +287,9 @@ def render(r: dict, table, lines: Optional[int] = None) -> List[str]:
             for p in r["planes"]
         ],
     )
-    if r["drops"]:
+    if r["drops"] is None:
+        out.append("  drops/s: -")
+    elif r["drops"]:
         out.append(
             "  drops/s: " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(r["drops"].items()))
         )

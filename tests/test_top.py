@@ -3,8 +3,10 @@ network namespaces, a host behind the kernel's own VXLAN VTEP): the rates
 it prints are the core's counters over the interval - a known number of
 pings shows as that many frames on the pod's port, the uplink and the
 network - an idle pod's port shows none, and the text report has every
-table. Then what it does with counters that went down between two reads
-(a port's index given to another)."""
+table; a restart of the service within top's interval shows no rate and
+says why. Then what it does with counters that went down between two reads
+(a port's index given to another, a row half reset), a restart, and a small
+rate."""
 
 import json
 import os
@@ -116,6 +118,25 @@ def test_top_shows_the_frames_of_the_interval(tmp_path):
         assert "rates over 0.3 s" in text and "worker 0 busy" in text, text
         assert top(n, "-n", "1", "-d", "0.2", "--lines", "1").count("quieter ports not shown") == 1
 
+        # the service restarted within top's interval: whatever its new
+        # counters, no rate for that interval, and the report says why
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=top(n, "-n", "1", "-d", "15")))
+        t.start()
+        time.sleep(1.5)  # its first read made
+        t0 = time.monotonic()
+        n.stop()
+        n.start()
+        while n.api("GET", "/v1/status")["started_at"] is None:  # its API opens first
+            time.sleep(0.05)
+        assert time.monotonic() - t0 < 10, "the restart took too long for top's interval"
+        pings(PINGS)
+        t.join()
+        assert "the service restarted in the interval: no rates for it (shown as -)" in out["r"]
+        assert "drops/s: -" in out["r"], out["r"]
+        # what says it: the service's start time, the same in the reads before
+        assert before["started_at"] == after["started_at"] and not r["restarted"]
+
 
 def test_a_counter_that_went_down_has_no_rate():
     """A port whose index another port took between the reads (its counters
@@ -216,3 +237,115 @@ def test_a_running_capture_is_said_with_the_rates():
         "every frame crosses the core"
     ) in text
     assert not any("capture" in line for line in render(rates(base, base, 1.0), lambda h, r: []))
+
+
+def _status(started_at, uptime_s, rx, tx, encap, decap, frames, dropped, drops, polls):
+    """A status report of one pod port, one network and one shaped plane."""
+    return {
+        "node": "n1",
+        "started_at": started_at,
+        "uptime_s": uptime_s,
+        "ports": [
+            {"port": 3, "name": "pa", "pod": "a", "plane": "std", "role": "pod",
+             "network": "net1", "rx_packets": rx, "tx_packets": tx, "rx_bytes": 64 * rx,
+             "tx_bytes": 64 * tx, "guard_drops": 0}
+        ],
+        "networks": [
+            {"name": "net1", "vni": 101, "plane": "std", "encap_packets": encap,
+             "decap_packets": decap, "flood_packets": 0, "local_packets": 0}
+        ],
+        "planes": [
+            {"name": "std", "frames": frames, "sent": frames, "dropped": dropped,
+             "latency_buckets": [frames, 0], "latency_sum_us": 2.0 * frames}
+        ],
+        "latency_bounds_us": [10.0],
+        "drops": drops,
+        "workers": [{"worker": 0, "polls": polls, "busy_polls": polls // 2}],
+    }  # fmt: skip
+
+
+def _no_rate_at_all(r):
+    for row in r["ports"] + r["networks"] + r["planes"]:
+        assert all(v is None for k, v in row.items() if k.endswith(("_pps", "_ps", "_bps"))), row
+    for p in r["planes"]:
+        assert (p["avg_us"], p["p99_us"], p["p99_beyond"]) == (None, None, False), p
+    assert r["drops"] is None
+    assert r["workers"] == [{"worker": 0, "busy": None, "stalled": False, "polls_ps": None}]
+
+
+def test_a_restart_in_the_interval_has_no_rate():
+    """The service restarted between the two reads and its new process
+    counted more than the old one had: every counter is higher, yet none
+    has a rate for that interval, and the report says why."""
+    prev = _status(1000.0, 50.0, 100, 100, 10, 10, 100, 1, {"tx_full": 1}, 1000)
+    same = _status(1000.0, 52.0, 300, 300, 30, 30, 300, 3, {"tx_full": 3}, 3000)
+    r = rates(prev, same, 2.0)  # the same process: rates as ever
+    assert (r["ports"][0]["rx_pps"], r["networks"][0]["decap_pps"]) == (100.0, 10.0)
+    assert (r["planes"][0]["frames_ps"], r["drops"]) == (100.0, {"tx_full": 1.0})
+    assert "restarted" not in "\n".join(render(r, lambda h, rows: []))
+
+    # another process: it started 1.5 s before the second read, and counted
+    # more in that time than the old one had in 50 s
+    new = _status(1058.5, 1.5, 500, 400, 50, 40, 500, 4, {"tx_full": 5}, 5000)
+    r = rates(prev, new, 2.0)
+    _no_rate_at_all(r)
+    assert r["restarted"] is True
+    text = render(r, lambda h, rows: [])
+    assert "  the service restarted in the interval: no rates for it (shown as -)" in text
+    assert "  drops/s: -" in text and "  drops/s: none" not in text
+    json.dumps(r)  # --json: the field with the rest
+    assert rates(prev, same, 2.0)["restarted"] is False
+
+    # a service that does not give its start time: its uptime, shorter than
+    # the interval (or gone down), says it restarted
+    old = {k: v for k, v in prev.items() if k != "started_at"}
+    assert (
+        rates(old, {k: v for k, v in same.items() if k != "started_at"}, 2.0)["restarted"] is False
+    )
+    _no_rate_at_all(rates(old, {k: v for k, v in new.items() if k != "started_at"}, 2.0))
+    young = {**old, "uptime_s": 0.2}  # the first read just after a start
+    later = {k: v for k, v in new.items() if k != "started_at"} | {"uptime_s": 3.0}
+    assert rates(young, later, 5.0)["restarted"] is True  # grew 2.8 s in 5 s
+    assert rates(young, later | {"uptime_s": 5.2}, 5.0)["restarted"] is False
+    # one report with a start time, the other without: another program answered
+    assert rates(old, same, 2.0)["restarted"] is True
+
+
+def test_a_row_half_reset_has_no_rate():
+    """A pod deleted and added again within the interval under the same port
+    index and name: its rx grew past the old count while its tx went down.
+    The row is not the same one wholly: none of its rates, not half of
+    them; so for a network or plane row one counter of which went down."""
+    prev = _status(1000.0, 50.0, 100, 100, 10, 10, 100, 5, {}, 1000)
+    cur = _status(1000.0, 52.0, 150, 20, 30, 2, 300, 1, {}, 3000)
+    r = rates(prev, cur, 2.0)
+    (p,) = r["ports"]
+    assert (p["rx_pps"], p["tx_pps"], p["rx_bps"], p["tx_bps"], p["guard_drops_ps"]) == (
+        None, None, None, None, None
+    )  # fmt: skip
+    (n,) = r["networks"]
+    assert (n["encap_pps"], n["decap_pps"], n["flood_pps"], n["local_pps"]) == (None,) * 4
+    (pl,) = r["planes"]  # frames and sent grew, dropped went down
+    assert (pl["frames_ps"], pl["sent_pps"], pl["dropped_ps"], pl["avg_us"]) == (None,) * 4
+    # the workers are no row of the pod's: their rates stand
+    assert r["workers"][0]["polls_ps"] == 1000.0
+    # every counter up: the rates of each
+    ok = rates(prev, _status(1000.0, 52.0, 150, 120, 30, 12, 300, 7, {}, 3000), 2.0)
+    assert (ok["ports"][0]["rx_pps"], ok["ports"][0]["tx_pps"]) == (25.0, 10.0)
+    assert (ok["networks"][0]["encap_pps"], ok["networks"][0]["decap_pps"]) == (10.0, 1.0)
+    assert (ok["planes"][0]["frames_ps"], ok["planes"][0]["dropped_ps"]) == (100.0, 1.0)
+    assert ok["planes"][0]["avg_us"] == 2.0
+    assert not r["restarted"] and not ok["restarted"]  # no restart: rows one by one
+
+
+def test_a_small_rate_is_not_shown_as_zero():
+    """A rate under 0.1/s (a frame now and then over a long interval) shows
+    with 2 significant digits, not as 0.0; none is 0, no rate -."""
+    from dataplane.top import _num
+
+    assert [_num(v) for v in (0.012, 0.04, 0.00028, 0.0, 0, None)] == [
+        "0.012", "0.040", "0.00028", "0", "0", "-"
+    ]  # fmt: skip
+    assert [_num(v) for v in (0.5, 3.25, 12.4, 950, 12_300, 4_560_000)] == [
+        "0.5", "3.2", "12", "950", "12.3k", "4.56M"
+    ]  # fmt: skip
