@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 38
+#define DP_ABI_VERSION 39
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -237,6 +237,10 @@ int dp_express_enable(int on);
 /* AF_PACKET pod port `port`: its rx socket refuses what the lane carries
  * (kept over a reopen; none for a guard, which carries nothing) */
 int dp_express_sock_filter(int port);
+/* interface ifindex is a pod's host end (on) or no longer (off): its
+ * frames never reach the node's stack where the lane's tc program runs on
+ * it, whether or not it is a lane port (set before dp_express_attach) */
+int dp_express_hostend(int ifindex, int on);
 /* the lane's tc program on the ingress of interface ifindex, or off it */
 int dp_express_attach(int ifindex);
 int dp_express_detach(int ifindex);

@@ -110,6 +110,7 @@ static struct {
     int rdst_fd, tun_fd, net_fd, up_fd; /* the remote side: the core's tables mirrored */
     int vni_fd;
     int lost_fd;                  /* frames the socket program refused and tc could not carry */
+    int hend_fd;                  /* the pods' host ends (ex_hend) */
     uint32_t vni_of[DP_MAX_NETS]; /* each network's key in ex_vni (0: none) */
     int up_ifindex;               /* the uplink with the tc program (0: none) */
     int up_down;                  /* the uplink cannot carry frames (dp_express_uplink_carries) */
@@ -215,6 +216,9 @@ ex_uplink_hook(struct dp_port *p, int ifindex)
 {
     if (ex.up_ifindex == ifindex && p->ex_filter)
         return 0;
+    /* the node's frames on the uplink are its own: not a host end's (an
+     * entry left by a deleted pod veth whose index the uplink now has) */
+    (void)bpf_map_delete_elem(ex.hend_fd, &ifindex);
     if (dp_express_refilter(p) != 0 || dp_express_attach(ifindex) != 0)
         return -1;
     p->ex_filter = 1;
@@ -386,10 +390,11 @@ dp_express_open(const char *path, int carry)
     ex.up_fd = bpf_object__find_map_fd_by_name(obj, "ex_up");
     ex.vni_fd = bpf_object__find_map_fd_by_name(obj, "ex_vni");
     ex.lost_fd = bpf_object__find_map_fd_by_name(obj, "ex_lost");
+    ex.hend_fd = bpf_object__find_map_fd_by_name(obj, "ex_hend");
     ex.ncpu = libbpf_num_possible_cpus();
     if (ex.tc_fd < 0 || ex.sock_fd < 0 || ex.src_fd < 0 || ex.dst_fd < 0 || ex.ctl_fd < 0 ||
         ex.cnt_fd < 0 || ex.rdst_fd < 0 || ex.tun_fd < 0 || ex.net_fd < 0 || ex.up_fd < 0 ||
-        ex.vni_fd < 0 || ex.lost_fd < 0 || ex.ncpu <= 0) {
+        ex.vni_fd < 0 || ex.lost_fd < 0 || ex.hend_fd < 0 || ex.ncpu <= 0) {
         bpf_object__close(obj);
         return dp_fail(-EINVAL, "express lane: %s lacks a program or table of the lane", path);
     }
@@ -399,6 +404,13 @@ dp_express_open(const char *path, int carry)
     memset(ex.dst, 0, sizeof(ex.dst));
     ex.up_ifindex = 0;
     ex.guard = !carry;
+    uint32_t one = 1, g = (uint32_t)ex.guard;
+    if (bpf_map_update_elem(ex.ctl_fd, &one, &g, BPF_ANY) < 0) {
+        int err = -errno;
+        bpf_object__close(obj);
+        ex.obj = NULL;
+        return dp_fail(err, "express lane: its switch: %m");
+    }
     ex_mirror_all();
     return dp_express_enable(1);
 }
@@ -495,6 +507,20 @@ dp_express_attach(int ifindex)
     ret = bpf_tc_attach(&h, &o);
     if (ret < 0)
         return dp_fail(ret, "express lane: %s: tc ingress program: %s", name, strerror(-ret));
+    return 0;
+}
+
+int
+dp_express_hostend(int ifindex, int on)
+{
+    uint32_t k = (uint32_t)ifindex, v = 1;
+
+    if (!ex.obj)
+        return dp_fail(-ENOENT, "express lane: not loaded");
+    if (on && bpf_map_update_elem(ex.hend_fd, &k, &v, BPF_ANY) < 0)
+        return dp_fail(-errno, "express lane: host end %d: %m", ifindex);
+    if (!on && bpf_map_delete_elem(ex.hend_fd, &k) < 0 && errno != ENOENT)
+        return dp_fail(-errno, "express lane: host end %d: %m", ifindex);
     return 0;
 }
 

@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 38
+ABI_VERSION = 39
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -837,6 +837,8 @@ class _Express:
         from ``mac``; frames longer than the network's ``mtu`` allows (but
         super-frames) also take the core's path, which refuses them. The
         interface's index."""
+        if self.express_guard:  # carries nothing: the host end guarded only
+            return self.express_guard_port(port, ifname)
         try:
             ifindex = socket.if_nametoindex(ifname)
         except OSError:
@@ -879,31 +881,102 @@ class _Express:
         if port in self._express:
             self.express_remove_port(port)
         with self._lock:
-            # the filter and the tc program first: in no table, they let
-            # everything through; the table entries turn the lane on
+            # the host end's mark, the filter and the tc program first: in
+            # no table, they carry nothing and let nothing of the pod's to
+            # the node's stack; the table entries turn the lane on
+            self._hostend(port, ifindex, ifname)
             check(lib.dp_express_sock_filter(port), lib, ffi, f"express lane: port {port}")
-            try:
-                check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
-                check(lib.dp_express_counts_reset(port), lib, ffi, f"express lane: {ifname}")
-                check(lib.dp_express_port_set(*entry), lib, ffi, f"express lane: {ifname}")
-            except BaseException:
-                lib.dp_express_detach(ifindex)
-                raise
+            check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
+            check(lib.dp_express_counts_reset(port), lib, ffi, f"express lane: {ifname}")
+            # refused (its addresses): the port stays guarded, carried by the core
+            check(lib.dp_express_port_set(*entry), lib, ffi, f"express lane: {ifname}")
             self._express[port] = (ifindex, net, bytes(octets))
         return ifindex
 
-    def express_remove_port(self, port: int):
+    def _hostend(self, port: int, ifindex: int, ifname: str):
+        """Port ``port``'s interface (``ifindex``) marked a pod's host end
+        in the lane's tables: the lane's program on it, once attached, lets
+        none of its frames reach the node's own stack."""
+        self._prune_kept_guards()
+        was = self._hostends.get(port)
+        if was is not None and was[0] != ifindex:  # another interface under the index
+            lib.dp_express_hostend(was[0], 0)
+        check(lib.dp_express_hostend(ifindex, 1), lib, ffi, f"express lane: {ifname}")
+        self._kept_guards.pop(ifindex, None)
+        self._hostends[port] = (ifindex, ifname)
+
+    def _prune_kept_guards(self):
+        """The kept guards of interfaces since deleted (their program went
+        with them) out of the lane's table of host ends."""
+        for ifindex, name in list(self._kept_guards.items()):
+            try:
+                same = socket.if_indextoname(ifindex) == name
+            except OSError:
+                same = False
+            if not same:
+                del self._kept_guards[ifindex]
+                if all(h[0] != ifindex for h in self._hostends.values()):
+                    lib.dp_express_hostend(ifindex, 0)
+
+    def express_guard_port(self, port: int, ifname: str) -> int:
+        """Pod port ``port``'s host end ``ifname`` guarded by the lane's
+        program without being in the lane (nothing carried for it: the
+        lane is a guard only, or the port cannot join it): every frame of
+        the pod's is the core's, and none reaches the node's own stack. The
+        interface's index."""
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            raise errors.NotFound(f"express lane: {ifname}: no such interface") from None
+        if port in self._express:
+            self.express_remove_port(port)
+        with self._lock:
+            self._hostend(port, ifindex, ifname)
+            check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
+        return ifindex
+
+    def express_guard_ifname(self, ifname: str):
+        """Host end ``ifname`` of a pod that has no port now (not yet
+        attached, or its attach undone) guarded by this engine's program, in
+        place of whatever program a stopped service left on it: none of the
+        pod's frames reaches the node's stack or another pod meanwhile.
+        Without the lane's programs loaded, the program left there is taken
+        off (it would carry beside the core)."""
+        if not self.express_loaded:
+            self.express_detach(ifname)
+            return
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            return
+        with self._lock:
+            self._prune_kept_guards()
+            check(lib.dp_express_hostend(ifindex, 1), lib, ffi, f"express lane: {ifname}")
+            check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
+            self._kept_guards[ifindex] = ifname
+
+    def express_remove_port(self, port: int, keep_guard: bool = True):
         """Port ``port`` leaves the lane (if it is in it): its table entries
-        first (its frames take the core's path from then on), then the tc
-        program (gone with the interface, if that was deleted). What the
-        lane carried for it stays in the port's and its network's counters
+        go (its frames take the core's path from then on). With
+        ``keep_guard`` its tc program stays on the interface, as the host
+        end's guard, until the interface is deleted (taking it along) or
+        the engine closes without keeping the lane; else it comes off. What the lane
+        carried for it stays in the port's and its network's counters
         (:meth:`counters`)."""
         with self._lock:
+            hend = self._hostends.pop(port, None)
+            if hend is not None:
+                if keep_guard:
+                    self._kept_guards[hend[0]] = hend[1]
+                else:
+                    lib.dp_express_detach(hend[0])
+                    lib.dp_express_hostend(hend[0], 0)
             x = self._express.pop(port, None)
             if x is not None:
                 ifindex, net, octets = x
                 lib.dp_express_port_clear(ifindex, net, octets)
-                lib.dp_express_detach(ifindex)
+                if not keep_guard and (hend is None or ifindex != hend[0]):
+                    lib.dp_express_detach(ifindex)
                 c = self._express_raw(port)
                 self._express_left[port] = self._express_left.get(port, 0) + c
                 left = self._express_left_net.get(net, 0)
@@ -1039,6 +1112,12 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         self.capturing = False
         self._cap_buf = None  # the capture's read buffer, made at the first read
         self._express = {}  # port in the express lane -> (ifindex, network, MAC octets)
+        # pod port -> its host end (ifindex, name), guarded by the lane's
+        # program (every lane port, and those only guarded: express_guard_port)
+        self._hostends = {}
+        # host ends (ifindex -> name) whose port went, their guard kept
+        # until the interface goes too (express_remove_port)
+        self._kept_guards = {}
         # what the lane carried for ports that left it: port -> its counts
         # (_express_raw) while the port stays; network -> (frames pod to pod,
         # frames encapsulated)
@@ -1119,8 +1198,15 @@ class Engine(_Tables, _Planes, _Guards, _Express):
         if keep_express:  # forgotten, not removed: their programs carry on
             with self._lock:
                 self._express.clear()
-        for port in self.express_ports():
-            self.express_remove_port(port)
+                self._hostends.clear()
+                self._kept_guards.clear()
+        for port in sorted({*self.express_ports(), *self._hostends}):
+            self.express_remove_port(port, keep_guard=False)
+        with self._lock:
+            self._prune_kept_guards()  # those whose interface is gone: nothing to take off
+            for ifindex in list(self._kept_guards):
+                lib.dp_express_detach(ifindex)
+            self._kept_guards.clear()
         with self._lock:
             if not keep_express:
                 lib.dp_express_uplink_release()

@@ -479,13 +479,15 @@ class PodLife:
         allowed = (pod.get("spec") or {}).get("allowed_addresses") or {}
         dhcp = set((pod.get("spec") or {}).get("dhcp_server") or ())
         # the lane programs a stopped or killed service left on the pod's
-        # veths, with their old maps and guards: off before anything else, so
+        # veths, with their old maps and guards: replaced before anything
+        # else by this service's, which carries nothing for a port not yet
+        # in its tables and lets nothing of the pod's reach the node's
+        # stack (taken off where this service runs no lane programs), so
         # that none carries frames beside the core, nor for a pod whose
-        # attach fails at another plane (the lane, if on, hooks its own
-        # once a port is attached)
+        # attach fails at another plane
         for e in eps:
             if kinds.get(e["plane"], VETH) == VETH and e not in lost:
-                self.engine.express_detach(e["host_ifname"])
+                self.engine.express_guard_ifname(e["host_ifname"])
         for e in eps:
             kind = kinds.get(e["plane"], VETH)
             if e in lost:  # its veth deleted: the pod's other planes stay
@@ -549,7 +551,8 @@ class PodLife:
                     self._drop_fast(name, e["plane"], kind)
                 elif kinds.get(e["plane"], VETH) == VETH:
                     self._drop_port(e["host_ifname"])
-                    self.engine.express_detach(e["host_ifname"])  # no lane without the core
+                    # no lane without the core; the host end still guarded
+                    self.engine.express_guard_ifname(e["host_ifname"])
             except (DataplaneError, OSError) as err:
                 log.warning("pod %s plane %s: port not removed: %s", name, e["plane"], err)
 
@@ -847,6 +850,9 @@ class PodLife:
 
         net = self.networks[e["network"]]
         close_host_end(e["host_ifname"])  # also a pod's made before it was done
+        # the lane's program on it before its port opens: from then on none
+        # of the pod's frames reaches the node's stack (where it runs)
+        self.engine.express_guard_ifname(e["host_ifname"])
         # in its network only once guarded: no frame passes unchecked
         if opening is None:
             opening = _PortOpening(self.engine, self.config.kernel_driver)
@@ -884,8 +890,13 @@ class PodLife:
                 mtu=n.mtu,
             )
         except DataplaneError as err:
+            try:  # guarded all the same: nothing of the pod's to the node's stack
+                self.engine.express_guard_port(port, hif)
+                guarded = "its host end is guarded by the lane's program"
+            except DataplaneError as err2:
+                guarded = f"ITS HOST END IS NOT GUARDED by the lane's program ({err2})"
             warning_event(
-                "pod plane not in the express lane: its frames take the core's path",
+                f"pod plane not in the express lane: its frames take the core's path; {guarded}",
                 pod=e["pod"],
                 plane=e["plane"],
                 interface=hif,

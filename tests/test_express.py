@@ -758,6 +758,118 @@ while True:
 """
 
 
+#: a pod sending limited broadcasts (0.0.0.0 -> 255.255.255.255:7777) out of
+#: eth0 every 2 ms until its stdin closes
+BROADCASTER = """
+import socket, sys, threading, time
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+mac = open("/sys/class/net/eth0/address").read().strip()
+f = bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / IP(src="0.0.0.0", dst="255.255.255.255")
+          / UDP(sport=68, dport=7777) / b"limited")
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+n = 0
+while not done.is_set():
+    try:
+        s.send(f)
+        n += 1
+    except OSError:
+        break  # the pod's interface went (the pod deleted)
+    time.sleep(0.002)
+print(n, flush=True)
+"""
+
+
+def test_a_host_end_stays_guarded_through_a_restart_a_delete_and_a_lane_refusal(fabric):
+    """The host end of a pod is guarded by the lane's program from before
+    its port opens until its veth is deleted: a pod sending limited
+    broadcasts the whole time reaches none of the node's sockets while
+    the service restarts (the old program replaced, not taken off first),
+    while the pod is deleted, nor when the lane refuses the pod (more
+    addresses than it holds: its frames take the core's path)."""
+    from tests.test_kernel_pods import nsx
+
+    fab = fabric()
+    node = fab.node(1, [])
+    assert node.status()["express_lane"] is True
+    nsx(node.ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", check=True)
+    listener = fab.spawn(node.ns, NODE_LISTENER)
+    assert listener.stdout.readline().strip() == "ready"
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    more = {"std": [kp.SUBNET + str(100 + i) for i in range(8)]}  # 9 with its own: past 8
+    b = fab.pod(1, "b", kp.SUBNET + "12", allowed_addresses=more)
+    hif_b = b["planes"][0]["host_ifname"]
+    assert (
+        "ex_tc" in nsx(node.ns, "tc", "filter", "show", "dev", hif_b, "ingress").stdout
+    )  # refused by the lane, guarded all the same
+    senders = [
+        subprocess.Popen(
+            ["ip", "netns", "exec", p["ns"], sys.executable, "-c", BROADCASTER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for p in (a, b)
+    ]
+    try:
+        time.sleep(0.3)
+        node.stop()
+        node.start()
+        time.sleep(0.3)
+        node.api("DELETE", f"/v1/pods?name={fab.tag}a")
+        time.sleep(0.3)
+    finally:
+        sent = [int(p.communicate("", timeout=30)[0].strip() or 0) for p in senders]
+    assert sent[0] > 50 and sent[1] > 200, sent
+    assert "ex_tc" in nsx(node.ns, "tc", "filter", "show", "dev", hif_b, "ingress").stdout
+    nsx(
+        node.ns,
+        sys.executable,
+        "-c",
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'control', ('127.0.0.1', 7777))\n",
+        check=True,
+    )
+    got = listener.communicate(timeout=30)[0].split("\n")
+    assert [g for g in got if g] == ["control 127.0.0.1"], (got[:5], len(got))
+
+
+def test_af_xdp_host_ends_are_guarded_while_the_service_is_away(fabric):
+    """Under kernel_driver: af_xdp the lane's programs are the host ends'
+    guard (the lane needs the AF_PACKET driver): each pod's host end has
+    its tc program, which keeps the pod's frames from the node's stack
+    also once the service stopped and its XDP program went."""
+    from tests.test_kernel_pods import nsx
+
+    fab = fabric()
+    node = fab.node(1, [], extra="kernel_driver: af_xdp\n")
+    st = node.status()
+    assert st["express_lane"] is False and st["express_guard"] is True, st
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    hif = a["planes"][0]["host_ifname"]
+    assert "ex_tc" in nsx(node.ns, "tc", "filter", "show", "dev", hif, "ingress").stdout
+    nsx(node.ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", check=True)
+    listener = fab.spawn(node.ns, NODE_LISTENER)
+    assert listener.stdout.readline().strip() == "ready"
+    node.stop()
+    bcast = _frame("ff:ff:ff:ff:ff:ff", mac_of(a), "0.0.0.0", "255.255.255.255", b"away", 68, 7777)
+    for _ in range(3):
+        _send_from(a["ns"], "eth0", bcast)
+    nsx(
+        node.ns,
+        sys.executable,
+        "-c",
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'control', ('127.0.0.1', 7777))\n",
+        check=True,
+    )
+    got = listener.communicate(timeout=30)[0].split("\n")
+    assert [g for g in got if g] == ["control 127.0.0.1"], got
+
+
 @pytest.mark.parametrize("lane", [True, False])
 def test_a_pod_reaches_nothing_of_the_nodes_own_stack(fabric, lane):
     """A pod's frames are the core's, which guards them; the node's own

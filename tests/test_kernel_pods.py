@@ -381,11 +381,13 @@ class Fabric:
         ipn(ns, "link set eth0" + (f" address {mac}" if mac else "") + " up")
         ipn(ns, f"addr add {ip}/24 dev eth0")
 
-    def pod(self, n, name, ip):
+    def pod(self, n, name, ip, **more):
+        """Pod ``name`` on node n at ``ip`` (``more``: more keys of its spec)."""
         node = self.nodes[n]
         ns = self.netns(f"{self.tag}p{name}")
         spec = {"pod_type": "it", "network_plane": ["std"], "networks": {"std": "net1"}}
         spec["ips"] = {"std": ip}
+        spec.update(more)
         body = {"name": f"{self.tag}{name}", "netns": f"/var/run/netns/{ns}"}
         info = node.api("POST", "/v1/pods", {**body, "spec": json.dumps(spec)})
         info.update(ns=ns, node=n, ip=ip)

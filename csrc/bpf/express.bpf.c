@@ -200,12 +200,28 @@ struct {
     __type(value, struct ex_dst);
 } ex_dst SEC(".maps");
 
+/* [0]: the lane is on (off while a capture runs); [1]: the programs are
+ * the host ends' guard only (express_lane: false): they carry nothing */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 1);
+    __uint(max_entries, 2);
     __type(key, __u32);
     __type(value, __u32);
 } ex_ctl SEC(".maps");
+
+/* the pods' host ends (ifindex): every frame on them is the core's or the
+ * lane's, never the node's stack's - set before the tc program is
+ * attached and kept after a port leaves, so that no frame of a pod slips
+ * past while its entries come and go (a stale one is harmless: the
+ * program runs on host ends and the uplink only, and the uplink's hook
+ * clears its own) */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(max_entries, 4 * EX_MAX_PORTS);
+    __type(key, __u32);
+    __type(value, __u32);
+} ex_hend SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -912,7 +928,18 @@ ex_core_has(struct __sk_buff *skb)
 {
     __u32 ifindex = skb->ifindex;
 
-    return bpf_map_lookup_elem(&ex_src, &ifindex) ? TC_ACT_SHOT : TC_ACT_OK;
+    if (bpf_map_lookup_elem(&ex_hend, &ifindex) || bpf_map_lookup_elem(&ex_src, &ifindex))
+        return TC_ACT_SHOT;
+    return TC_ACT_OK;
+}
+
+/* the programs are the host ends' guard only (ex_ctl[1]) */
+static __always_inline int
+ex_guard_only(void)
+{
+    __u32 one = 1, *g = bpf_map_lookup_elem(&ex_ctl, &one);
+
+    return g && *g;
 }
 
 SEC("tc")
@@ -926,6 +953,10 @@ ex_tc(struct __sk_buff *skb)
     __u32 len = skb->len;
     int taken = 0, said = ex_said(skb);
 
+    /* carrying nothing: a decision left in the control block (stale, or
+     * written by anything but this lane's socket program) is not obeyed */
+    if (ex_guard_only())
+        return ex_core_has(skb);
     if (skb->mark == EX_MARK_CORE) {
         /* handed back (EX_MARK_CORE), second pass: the core's, or lost
          * if no socket took it (its port closed meanwhile) */
