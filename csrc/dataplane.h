@@ -231,6 +231,10 @@ int dp_express_open(const char *path, int carry);
 int dp_express_close(void);
 /* 0: not loaded, 1: the lane, 2: the guard only (dp_express_open) */
 int dp_express_loaded(void);
+/* whether the lane encapsulates to remote VTEPs: only where the kernel lets
+ * its programs check a frame's checksum offsets (bpf_cast_to_kern_ctx,
+ * Linux 6.2) */
+int dp_express_remote(void);
 /* off: every frame takes the core's path (a capture running); a guard
  * stays off */
 int dp_express_enable(int on);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <linux/pkt_cls.h>
 
@@ -116,6 +117,7 @@ static struct {
     int up_down;                  /* the uplink cannot carry frames (dp_express_uplink_carries) */
     uint32_t v6_decap;            /* the kernel sets skb->protocol on a decap (6.3) */
     int guard;                    /* carries nothing: the host ends' guard only */
+    uint32_t kctx;                /* the programs check a frame's checksum offsets (ex_kctx) */
     int ncpu;
     /* each lane port's entry in ex_dst, as dp_express_port_set made it,
      * and whether it is out of the table while its interface cannot take
@@ -354,6 +356,38 @@ ex_mirror_all(void)
             dp_express_fdb(key, val);
 }
 
+/* whether the running kernel has kfunc `name` (in its BTF) */
+static int
+kernel_has_kfunc(const char *name)
+{
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+
+    if (vmlinux == NULL || libbpf_get_error(vmlinux))
+        return 0;
+    int id = btf__find_by_name_kind(vmlinux, name, BTF_KIND_FUNC);
+    btf__free(vmlinux);
+    return id > 0;
+}
+
+/* the programs' constants (ex_kctx), set before the load */
+static int
+ex_set_rodata(struct bpf_object *obj)
+{
+    struct bpf_map *m;
+
+    ex.kctx = (uint32_t)kernel_has_kfunc("bpf_cast_to_kern_ctx");
+    bpf_object__for_each_map(m, obj)
+    {
+        size_t size = 0;
+        if (strstr(bpf_map__name(m), ".rodata") == NULL)
+            continue;
+        if (bpf_map__initial_value(m, &size) == NULL || size != sizeof(ex.kctx))
+            return -EINVAL;
+        return bpf_map__set_initial_value(m, &ex.kctx, sizeof(ex.kctx));
+    }
+    return -EINVAL;
+}
+
 int
 dp_express_open(const char *path, int carry)
 {
@@ -370,6 +404,11 @@ dp_express_open(const char *path, int carry)
         /* libbpf's own codes (4000 and up) are not errno's: its words */
         libbpf_strerror(err, why, sizeof(why));
         return dp_fail(err, "express lane: %s: %s", path, why);
+    }
+    ret = ex_set_rodata(obj);
+    if (ret < 0) {
+        bpf_object__close(obj);
+        return dp_fail(ret, "express lane: %s: its constants (.rodata) are not the lane's", path);
     }
     ret = bpf_object__load(obj);
     if (ret < 0) {
@@ -424,6 +463,12 @@ dp_express_close(void)
     ex.tc_fd = ex.sock_fd = -1;
     ex.up_ifindex = 0;
     return 0;
+}
+
+int
+dp_express_remote(void)
+{
+    return ex.obj != NULL && !ex.guard && ex.kctx;
 }
 
 int

@@ -167,9 +167,9 @@ def cmd_check(args):
         errors += [e for e in [hold_problem()] if e]  # run refuses to start without it
     # why the kernel would not take the lane's programs, as run loads them
     # (under express_lane: false, as the host ends' guard)
-    from .engine import express_loadable
+    from .engine import express_probe
 
-    lane_off = express_loadable()
+    lane_off, lane_remote = express_probe()
     if lane_off and cfg.express_lane:
         errors.append(f"express_lane: true, but {lane_off}")
     if errors:
@@ -195,7 +195,12 @@ def cmd_check(args):
     if cfg.express_lane is not False and not lane_off:
         print(
             "express lane: on (the kernel took its programs; pod to pod of one network, "
-            "and TCP to remote VTEPs out of a kernel uplink)"
+            + (
+                "and TCP to remote VTEPs out of a kernel uplink)"
+                if lane_remote
+                else "not to remote VTEPs: this kernel cannot let its programs check a frame's "
+                "checksum offsets, bpf_cast_to_kern_ctx, Linux 6.2)"
+            )
         )
     elif not lane_off:
         print(

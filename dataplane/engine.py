@@ -733,21 +733,30 @@ EXPRESS_OBJECT = os.environ.get("DATAPLANE_EXPRESS_OBJECT") or os.path.join(
 )
 
 
-def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
+def express_probe(path: str = EXPRESS_OBJECT) -> Tuple[Optional[str], bool]:
     """Why the express lane's programs cannot be loaded here (``dataplane
-    check``), or None: loaded into the kernel and let go at once, as a
-    start would load them; no EAL, no port, nothing attached."""
+    check``), or None; and whether, loaded, they would encapsulate to
+    remote VTEPs (the kernel lets them check a frame's checksum offsets:
+    Linux 6.2). Loaded into the kernel and let go at once, as a start
+    would load them; no EAL, no port, nothing attached."""
     if not os.path.exists(path):
         return (
             f"express lane: {path} is missing: the package was built without clang; "
             "install clang and libbpf-dev and rebuild (pip install -e .)"
-        )
+        ), False
     if lib.dp_express_loaded():
-        return None
+        return None, bool(lib.dp_express_remote())
     if lib.dp_express_open(path.encode(), 1) < 0:
-        return ffi.string(lib.dp_last_error()).decode(errors="replace")
+        return ffi.string(lib.dp_last_error()).decode(errors="replace"), False
+    remote = bool(lib.dp_express_remote())
     lib.dp_express_close()
-    return None
+    return None, remote
+
+
+def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
+    """Why the express lane's programs cannot be loaded here, or None
+    (:func:`express_probe`)."""
+    return express_probe(path)[0]
 
 
 def _express_net_counts(c: np.ndarray) -> np.ndarray:
@@ -777,6 +786,12 @@ class _Express:
         """The lane's programs loaded, carrying frames or as a guard: pod
         ports join it."""
         return bool(lib.dp_express_loaded())
+
+    @property
+    def express_remote(self) -> bool:
+        """The lane encapsulates pods' TCP to remote VTEPs: it carries, and
+        the kernel lets its programs check a frame's checksum offsets."""
+        return bool(lib.dp_express_remote())
 
     @property
     def express_carrying(self) -> bool:

@@ -808,6 +808,8 @@ class NodeService:
         report["express_lane_off"] = self.express_off
         # express_lane: false, and the kernel would not take its guard: why
         report["express_guard_off"] = self.express_guard_off
+        # the lane encapsulates pods' TCP to remote VTEPs (Linux 6.2 and later)
+        report["express_remote"] = self.engine.express_remote
         # a capture running (None: none): the express lane waits for its end
         report["capture"] = self.captures.summary() if self.captures is not None else None
         if snap.cpu_latency_limit_us is not None:
