@@ -30,7 +30,11 @@
  *     leave through another kernel port the same way, so the kernel (or the
  *     NIC, or the receiving stack, which trusts a partial checksum) finishes
  *     it. A port that cannot take it (a DPDK ethdev) gets it completed in
- *     software before tx (dp_csum_complete).
+ *     software before tx (dp_csum_complete). That is after the guard read
+ *     the frame's addresses, so only a TCP or UDP checksum right behind the
+ *     IP header, at its field, stays partial; any other a pod's header names
+ *     (one over its source address, say) is completed as the frame is read
+ *     (afp_rx_offload).
  *
  * Ring size: ring frames are sized from the interface's MTU when the port is
  *     opened (2 KiB up to MTU 1900, then powers of two: 16 KiB for 9216), the
@@ -53,7 +57,8 @@
  *     the ring): the kernel or the receiving stack takes it as it is.
  *     A frame longer than the ring frame that is not GSO (the MTU raised
  *     later) or that the kernel could not queue is dropped as `oversize`; a
- *     GSO frame of another kind (UDP) as `gso`.
+ *     GSO frame of another kind (UFO), with headers out of place or of more
+ *     than DP_GSO_MAX_SEGS segments as `gso`.
  *
  * Hot path: no syscalls in rx_burst but one recvmsg() per GSO frame, one
  * sendto() per non-empty tx_burst and one sendmsg() per GSO frame, no
@@ -927,13 +932,49 @@ afp_l3_start(const uint8_t *p, uint32_t lim, uint16_t *et)
     return l2;
 }
 
+/* The protocol of the header at start of frame p (l2, et: where its IP
+ * header starts and the ethertype there, afp_l3_start), if start is right
+ * behind that IP header: IPv4 with its options, or IPv6 and its hop-by-hop,
+ * routing and destination-options headers; else -1. Reads no byte past
+ * start (the caller's to have in the first segment). */
+static inline int
+afp_l4_proto(const uint8_t *p, uint32_t l2, uint16_t et, uint32_t start)
+{
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4)) {
+        if (l2 + sizeof(struct rte_ipv4_hdr) > start || start != l2 + (p[l2] & 0xfu) * 4)
+            return -1;
+        return p[l2 + 9];
+    }
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6)) {
+        uint32_t off = l2 + sizeof(struct rte_ipv6_hdr);
+        uint8_t nh;
+
+        if (off > start)
+            return -1;
+        nh = p[l2 + 6];
+        /* (a fragment header ends the walk: no checksum of a fragment is
+         * left to offload) */
+        while (off < start &&
+               (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS)) {
+            nh = p[off];
+            off += (p[off + 1] + 1u) * 8;
+        }
+        return off == start ? nh : -1;
+    }
+    return -1;
+}
+
 /* A GSO super-frame (virtio-net gso_type TCPV4/TCPV6, or UDP_L4 from a
  * UDP_SEGMENT socket or the interface's UDP GRO): mark it for segmentation
  * the DPDK way (dp_gso.h), its checksum partial (start: csum_start of a
  * partial one, vlan already added). A merged (GRO) frame's checksum is
  * complete for its first segment only: it is made partial here, the
  * pseudo-header sum over the whole frame in its field. Returns 0, or -1
- * for a GSO frame of another kind (UFO) or with its headers out of place. */
+ * for a GSO frame of another kind (UFO), with its headers out of place, a
+ * partial checksum that is not its TCP's (UDP's) own, or more segments than
+ * the core cuts one into (DP_GSO_MAX_SEGS: what a kernel would cut it into
+ * behind us, as the tunnel tap's, is bounded as our own cut is; gso_size is
+ * the pod's word, 1 makes 64 KiB of segments). */
 static int
 afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh, uint32_t start)
 {
@@ -1002,8 +1043,17 @@ afp_rx_gso(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh
                       ? start - l2 != (p[l2] & 0xfu) * 4u
                       : start - l2 < 40 || (p[l2 + 6] == IPPROTO_UDP && start - l2 != 40))))
         goto bad;
+    /* the IP header's protocol the gso_type's; a partial checksum the
+     * TCP's (UDP's) own, at its field */
+    if (unlikely(afp_l4_proto(p, l2, et, start) != (udp ? IPPROTO_UDP : IPPROTO_TCP) ||
+                 (partial && vh->csum_offset != (udp ? offsetof(struct rte_udp_hdr, dgram_cksum)
+                                                     : offsetof(struct rte_tcp_hdr, cksum)))))
+        goto bad;
     l4 = udp ? 8 : (uint32_t)(p[start + 12] >> 4) * 4;
     if (unlikely(l4 < 8 || base + start + l4 > m->data_len))
+        goto bad;
+    /* at most DP_GSO_MAX_SEGS segments: ceil(payload / gso_size) */
+    if (unlikely(m->pkt_len - (base + start + l4) > (uint32_t)vh->gso_size * DP_GSO_MAX_SEGS))
         goto bad;
     m->l2_len = l2;
     m->l3_len = start - l2;
@@ -1056,26 +1106,12 @@ afp_sctp_finish(struct rte_mbuf *m, uint32_t start)
 
     if (start + sizeof(struct rte_sctp_hdr) > m->data_len)
         return 0;
+    /* past the extension headers an SCTP packet may carry (hop-by-hop,
+     * routing, destination options), all before start, in the first
+     * segment */
     l2 = afp_l3_start(p, start, &et);
-    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4)) {
-        if (start != l2 + (p[l2] & 0xfu) * 4 || p[l2 + 9] != IPPROTO_SCTP)
-            return 0;
-    } else if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6)) {
-        /* past the extension headers an SCTP packet may carry (hop-by-hop,
-         * routing, destination options: a fragment's checksum is not left
-         * to offload), all before start, in the first segment */
-        uint32_t off6 = l2 + 40;
-        uint8_t nh = p[l2 + 6];
-        while (off6 < start &&
-               (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS)) {
-            nh = p[off6];
-            off6 += (p[off6 + 1] + 1u) * 8;
-        }
-        if (off6 != start || nh != IPPROTO_SCTP)
-            return 0;
-    } else {
+    if (afp_l4_proto(p, l2, et, start) != IPPROTO_SCTP)
         return 0;
-    }
     *(unaligned_uint32_t *)(p + start + 8) = 0;
     for (const struct rte_mbuf *s = m; s != NULL; s = s->next) {
         if (off < s->data_len)
@@ -1088,17 +1124,56 @@ afp_sctp_finish(struct rte_mbuf *m, uint32_t start)
     return 1;
 }
 
-/* The offload state the virtio-net header vh gives m's frame (vlan: bytes of
+/* Is the partial checksum (start, off) of m's frame, not a super-frame,
+ * the one of a TCP or UDP header right behind the frame's IP header, at
+ * its field (headers and field in the first segment)? */
+static inline int
+afp_csum_l4(const struct rte_mbuf *m, uint32_t start, uint32_t off)
+{
+    const uint8_t *p = rte_pktmbuf_mtod(m, const uint8_t *);
+    uint32_t l2;
+    uint16_t et;
+    int pr;
+
+    if (off != offsetof(struct rte_tcp_hdr, cksum) &&
+        off != offsetof(struct rte_udp_hdr, dgram_cksum))
+        return 0;
+    if (start + off + 2 > m->data_len)
+        return 0;
+    l2 = afp_l3_start(p, start, &et);
+    pr = afp_l4_proto(p, l2, et, start);
+    return off == offsetof(struct rte_tcp_hdr, cksum) ? pr == IPPROTO_TCP : pr == IPPROTO_UDP;
+}
+
+/*
+ * The offload state the virtio-net header vh gives m's frame (vlan: bytes of
  * a tag put back after the MAC addresses). Returns 0, or -1 if the frame is
- * dropped (m is then empty again). */
+ * dropped (m is then empty again).
+ *
+ * A partial checksum is completed later, after the guard checked the
+ * frame's addresses (on a flood, by a DPDK port, in an uplink batch, by the
+ * kernel behind a kernel port), so its csum_start and csum_offset, which a
+ * pod writes as it likes, must not point at anything the guard reads: a
+ * checksum over the bytes from an address on, written over that address,
+ * with a pad word tuned, makes it any address. Only a TCP or UDP checksum
+ * right behind the IP header (past VLAN tags; IPv4 options, IPv6 extension
+ * headers), at its own field, stays partial (and SCTP's is finished here);
+ * a super-frame's is checked by afp_rx_gso. Any other one is completed
+ * here, before the guard, which then sees the frame's final bytes - what a
+ * kernel does (skb_checksum_help) before a device that cannot take a
+ * checksum where it is: a kernel VXLAN device's frame, its inner checksum
+ * partial, goes on right.
+ */
 static inline int
 afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr *vh, uint32_t vlan)
 {
+    uint32_t start = 0;
+
     /* checksum left to offload: carry where it starts and where it goes */
     if (unlikely(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
         struct dp_csum_meta *cm = dp_csum_meta(m);
-        uint32_t start = vh->csum_start;
 
+        start = vh->csum_start;
         if (start >= 2 * RTE_ETHER_ADDR_LEN)
             start += vlan;
         /* where the checksum goes, within the frame (the kernel says so;
@@ -1108,18 +1183,24 @@ afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr
             afp_rx_reset(m);
             return -1;
         }
-        /* SCTP's CRC32c, finished here (no super-frame is SCTP's: the
-         * kernel does not hand one to a packet socket) */
-        if (unlikely(vh->csum_offset == offsetof(struct rte_sctp_hdr, cksum)) &&
-            vh->gso_type == VIRTIO_NET_HDR_GSO_NONE && afp_sctp_finish(m, start))
-            return 0;
         cm->start = (uint16_t)(m->data_off + start);
         cm->off = vh->csum_offset;
         m->ol_flags |= dp_csum_dynflag;
+        if (vh->gso_type == VIRTIO_NET_HDR_GSO_NONE &&
+            unlikely(!afp_csum_l4(m, start, vh->csum_offset))) {
+            /* SCTP's CRC32c, finished here (no super-frame is SCTP's: the
+             * kernel does not hand one to a packet socket) */
+            if (vh->csum_offset == offsetof(struct rte_sctp_hdr, cksum) &&
+                afp_sctp_finish(m, start)) {
+                m->ol_flags &= ~dp_csum_dynflag;
+                return 0;
+            }
+            dp_csum_complete(m); /* any other: finished before the guard */
+            return 0;
+        }
     }
     /* a super-frame: segmentation offload */
-    if (unlikely(vh->gso_type != VIRTIO_NET_HDR_GSO_NONE) &&
-        afp_rx_gso(a, m, vh, dp_csum_meta(m)->start - m->data_off) < 0) {
+    if (unlikely(vh->gso_type != VIRTIO_NET_HDR_GSO_NONE) && afp_rx_gso(a, m, vh, start) < 0) {
         afp_rx_reset(m);
         return -1;
     }

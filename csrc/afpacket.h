@@ -29,7 +29,8 @@ struct dp_afp_stats {
     uint64_t truncated;   /* runts and frames the kernel cut short */
     uint64_t no_mbuf;     /* no mbuf for a segment of a long frame */
     uint64_t kernel;      /* the kernel's own ring drops (PACKET_STATISTICS) */
-    uint64_t gso;         /* a GSO frame of a kind not carried (not TCP, ...) */
+    uint64_t gso;         /* a GSO frame not carried: UFO, headers out of place,
+                           * more than DP_GSO_MAX_SEGS segments */
     uint64_t tx_error;    /* a large or GSO frame the kernel refused to send */
     uint64_t kernel_tx;   /* the kernel's drops on transmit (tx_dropped) */
     uint64_t tx_oversize; /* longer than the interface's MTU: not handed to it */

@@ -1,0 +1,379 @@
+"""A kernel pod's offload fields cannot get a frame past the guard, nor
+make a super-frame that the kernel cuts into tens of thousands of frames.
+
+A pod's frames reach the core through a packet socket with a virtio-net
+header the pod writes itself: NEEDS_CSUM with any csum_start/csum_offset,
+any gso_type and gso_size. Pod b sends, from inside its namespace through
+a packet socket with PACKET_VNET_HDR (as any process in a pod can):
+
+- a broadcast ARP and a broadcast UDP datagram whose "checksum" - to be
+  completed after the guard ran, on the flood - covers two bytes of the
+  sender / source address, its pad word tuned so that the completed value
+  is pod a's address: the checksum is completed as the frame is read, the
+  guard sees the forged address and drops it (spoof_arp, spoof_ipv4), the
+  host behind the kernel VTEP never sees it; control frames (a correct
+  partial UDP checksum, a checksum inside the payload) arrive complete;
+- TCP super-frames with a gso_size of 1 (20,000 segments) or more
+  segments than the core's own cutter takes (DP_GSO_MAX_SEGS), and
+  partial super-frames whose IP protocol is not their gso_type's: dropped
+  as kport_gso, nothing of them on the underlay; a super-frame of 10
+  segments and one of exactly DP_GSO_MAX_SEGS leave whole through the
+  uplink's tunnel tap, cut by the kernel before the uplink's veth (its
+  tunnel segmentation switched off here, as on a NIC without it), and
+  counted there segment by segment.
+
+The world (node service, pods a and b, the host behind the kernel VTEP)
+is test_guard_pods'; the fabric of the super-frame test test_kernel_pods'.
+"""
+
+import json
+import os
+import re
+import socket
+import struct
+import sys
+import time
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Raw
+
+from tests import test_guard_pods as gp
+from tests import test_kernel_pods as kp
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, DPDK EAL)"),
+]
+
+world = gp.world  # test_guard_pods' world fixture, as it is
+fabric = kp.fabric  # the kernel-pod tests' fabric fixture, as it is
+
+NEEDS_CSUM = 1
+GSO_NONE, GSO_TCPV4, GSO_UDP_L4 = 0, 1, 5
+
+
+def _max_segs():
+    with open(os.path.join(kp.ROOT, "csrc", "dp_gso.h")) as f:
+        return int(re.search(r"#define DP_GSO_MAX_SEGS (\d+)u", f.read()).group(1))
+
+
+DP_GSO_MAX_SEGS = _max_segs()
+
+# sends frames with the virtio-net header each gives (hex "header:frame",
+# one per line in the file argv[2]) on interface argv[1]
+VNET_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+s.bind((sys.argv[1], 0))
+sent = 0
+for line in open(sys.argv[2]).read().split():
+    hdr, frame = line.split(":")
+    try:
+        sent += s.send(bytes.fromhex(hdr) + bytes.fromhex(frame)) > 0
+    except OSError as e:  # the pod's own kernel refused it
+        print(e, file=sys.stderr)
+print(sent)
+"""
+
+# UDP sink on port argv[1]: every datagram's source address and payload
+# (hex), until 2 s without one (10 s before the first)
+UDP_SINK = """
+import json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(10)
+print("ready", flush=True)
+got = []
+try:
+    while True:
+        d, addr = s.recvfrom(4096)
+        got.append([addr[0], d.hex()])
+        s.settimeout(2)
+except socket.timeout:
+    pass
+print(json.dumps(got))
+"""
+
+
+def vnet(flags=0, gso_type=GSO_NONE, hdr_len=0, gso_size=0, start=0, off=0):
+    return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, start, off)
+
+
+def send_vnet(tmp, ns, frames, ifname="eth0", all_sent=True):
+    """``frames``, (virtio-net header, frame) pairs, sent from namespace
+    ``ns``: how many the pod's kernel took (all, if ``all_sent``)."""
+    path = tmp / f"vnet-{time.monotonic_ns()}.hex"
+    path.write_text("\n".join(f"{h.hex()}:{bytes(f).hex()}" for h, f in frames))
+    r = kp.nsx(ns, sys.executable, "-c", VNET_SENDER, ifname, str(path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == len(frames) or not all_sent, r.stdout + r.stderr
+    return int(r.stdout)
+
+
+def _sum16(b):
+    b = bytes(b) + b"\0" * (len(b) % 2)
+    s = sum(int.from_bytes(b[i : i + 2], "big") for i in range(0, len(b), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def complete(frame, start, off):
+    """``frame`` with its checksum completed as offload completes it: the
+    one's complement sum from ``start`` to the end (the field included as it
+    is) written at ``start + off``."""
+    f = bytearray(frame)
+    cs = ~_sum16(f[start:]) & 0xFFFF
+    f[start + off : start + off + 2] = (cs or 0xFFFF).to_bytes(2, "big")
+    return bytes(f)
+
+
+def tune(frame, start, at, want):
+    """``frame`` with its 16-bit word at ``at`` chosen so that completing its
+    checksum from ``start`` (csum_offset 0) writes the bytes ``want`` at
+    ``start``: what a pod does to forge two bytes past the guard."""
+    assert (at - start) % 2 == 0 and at >= start + 2
+    f = bytearray(frame)
+    f[at : at + 2] = b"\0\0"
+    s0, t = _sum16(f[start:]), ~int.from_bytes(want, "big") & 0xFFFF
+    f[at : at + 2] = ((t - s0) % 0xFFFF).to_bytes(2, "big")
+    assert complete(f, start, 0)[start : start + 2] == want
+    return bytes(f)
+
+
+def ip4(a):
+    return socket.inet_aton(a)
+
+
+# ------------------------------------------------- forged through csum_start
+def _forged_arp():
+    """Pod b's gratuitous ARP reply from its own address, whose last two
+    bytes (frame bytes 30-31) the completion of a "checksum" from byte 30
+    turns into pod a's: (virtio-net header, frame)."""
+    f = bytes(
+        Ether(src=gp.B_MAC, dst=gp.BCAST)
+        / ARP(op=2, hwsrc=gp.B_MAC, psrc=gp.B_IP, hwdst=gp.BCAST, pdst=gp.A_IP)
+        / Raw(bytes(18))
+    )
+    assert f[28:32] == ip4(gp.B_IP) and len(f) == 60
+    f = tune(f, 30, 58, ip4(gp.A_IP)[2:])
+    assert ARP(complete(f, 30, 0)[14:]).psrc == gp.A_IP  # what the vm would get
+    return vnet(NEEDS_CSUM, start=30, off=0), f
+
+
+def test_arp_sender_forged_through_a_checksum_offset_is_dropped(world):
+    """A broadcast ARP from pod b with NEEDS_CSUM, csum_start 30 and
+    csum_offset 0: completed before the guard, its sender is pod a's address
+    and it is dropped as spoof_arp; the vm's cache keeps pod a's MAC and
+    no ARP for pod a's address from pod b's MAC reaches it. A control ARP
+    (pod b's own address, its checksum start in the padding: completed,
+    harmless) reaches the vm."""
+    world.learn_victim()
+    hdr, forged = _forged_arp()
+    control = bytes(
+        Ether(src=gp.B_MAC, dst=gp.BCAST)
+        / ARP(op=2, hwsrc=gp.B_MAC, psrc=gp.B_IP, hwdst=gp.BCAST, pdst=gp.B_IP)
+        / Raw(bytes(18))
+    )
+    cap = world.tmp / f"arp-{time.monotonic_ns()}.pcap"
+    dump = world.fab.capture(world.vm, "eth0", cap, "arp")
+    before = world.drops()
+    n = 3
+    send_vnet(world.tmp, world.b["ns"], [(vnet(NEEDS_CSUM, start=42, off=0), control)])
+    send_vnet(world.tmp, world.b["ns"], [(hdr, forged)] * n)
+    for _ in range(100):
+        if world.drops().get("spoof_arp", 0) >= before.get("spoof_arp", 0) + n:
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # what passed would have reached the vm by now
+    dump.send_signal(2)
+    dump.wait(10)
+    after = world.drops()
+    from scapy.all import rdpcap
+
+    arps = [p[ARP] for p in rdpcap(str(cap)) if ARP in p and p[ARP].hwsrc == gp.B_MAC]
+    assert [a for a in arps if a.psrc == gp.A_IP] == [], "pod b's forged ARP reached the vm"
+    assert [a for a in arps if a.psrc == gp.B_IP], "the control ARP did not reach the vm"
+    assert world.arp_of(gp.A_IP) == gp.A_MAC, "the vm now sends pod a's traffic to pod b"
+    assert after.get("spoof_arp", 0) - before.get("spoof_arp", 0) == n, (before, after)
+    kp.reach(world.vm, gp.A_IP, "vm -> pod a after the forged ARP")
+
+
+def _udp(src, payload, sport=40000, dport=5350, udp_csum=0):
+    return bytes(
+        Ether(src=gp.B_MAC, dst=gp.BCAST)
+        / IP(src=src, dst=kp.SUBNET + "255", ttl=64, id=1)
+        / UDP(sport=sport, dport=dport, chksum=udp_csum)
+        / Raw(payload)
+    )
+
+
+def test_udp_source_forged_through_a_checksum_offset_is_dropped(world):
+    """A UDP broadcast from pod b with NEEDS_CSUM, csum_start 28 (the last
+    two bytes of the IPv4 source) and csum_offset 0, its IPv4 header checksum
+    right for pod a's address and a pad word tuned to make that address:
+    dropped as spoof_ipv4, the vm receives nothing from pod a's address.
+    Controls, received by the vm from pod b's address: a datagram whose UDP
+    checksum is left partial as a kernel leaves it (it arrives, so it was
+    completed right) and one whose checksum start lies in the payload (a
+    frame the core completes as it reads it: the value is checked)."""
+    port = 5350
+    # the forged one: built with a's address (header checksum and all),
+    # sent with b's in its last two bytes
+    f = bytearray(_udp(gp.A_IP, b"forged" + bytes(32)))
+    f[28:30] = ip4(gp.B_IP)[2:]
+    forged = tune(bytes(f), 28, 14 + 20 + 8 + 6, ip4(gp.A_IP)[2:])
+    assert IP(complete(forged, 28, 0)[14:]).src == gp.A_IP
+    # the controls: UDP's own checksum partial (the pseudo-header sum in
+    # its field), and a checksum in the payload, from its byte 0
+    payload = b"partial" + bytes(range(40))
+    plen = 8 + len(payload)
+    pseudo = ip4(gp.B_IP) + ip4(kp.SUBNET + "255") + bytes([0, 17]) + plen.to_bytes(2, "big")
+    partial = _udp(gp.B_IP, payload, udp_csum=_sum16(pseudo))
+    inner = _udp(gp.B_IP, b"\0\0inner" + bytes(range(20)))
+    srv = world.fab.spawn(world.vm, UDP_SINK, port)
+    assert srv.stdout.readline().strip() == "ready", srv.stderr.read()
+    before = world.drops()
+    n = 3
+    send_vnet(
+        world.tmp,
+        world.b["ns"],
+        [(vnet(NEEDS_CSUM, start=34, off=6), partial), (vnet(NEEDS_CSUM, start=42), inner)]
+        + [(vnet(NEEDS_CSUM, start=28, off=0), forged)] * n,
+    )
+    out, err = srv.communicate(timeout=60)
+    after = world.drops()
+    got = json.loads(out)
+    sources = {src for src, _ in got}
+    assert gp.A_IP not in sources, f"the vm received UDP from pod a's address: {got}"
+    data = {bytes.fromhex(d) for src, d in got if src == gp.B_IP}
+    assert payload in data, f"the partial-checksum control did not arrive: {got}"
+    inner_got = [d for d in data if d[2:7] == b"inner"]
+    assert inner_got, f"the payload-checksum control did not arrive: {got}"
+    assert inner_got[0] == complete(inner, 42, 0)[42:], inner_got
+    assert after.get("spoof_ipv4", 0) - before.get("spoof_ipv4", 0) == n, (before, after)
+
+
+# ------------------------------------------------------------- super-frames
+def _tcp_super(src_mac, src_ip, payload_len, gso_size, proto=6, gso_type=GSO_TCPV4, off=None):
+    """A TCP super-frame from pod a to the vm, its checksum left partial as
+    a kernel leaves it (the pseudo-header sum of the whole frame): (virtio-
+    net header, frame). ``proto`` 17 makes the same bytes an IPv4 packet of
+    UDP (whose payload then starts as a TCP header would: data offset 5);
+    ``off``: another checksum offset than the protocol's."""
+    payload = bytearray(i & 0xFF for i in range(payload_len))
+    if proto == 17:
+        payload[4] = 5 << 4
+    l4 = 20 if proto == 6 else 8
+    ip = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + l4 + payload_len,
+            1,
+            0x4000,
+            64,
+            proto,
+            0,
+            ip4(src_ip),
+            ip4(kp.VM_IP),
+        )
+    )
+    ip[10:12] = (~_sum16(ip) & 0xFFFF).to_bytes(2, "big")
+    pseudo = bytes(ip[12:20]) + bytes([0, proto]) + (l4 + payload_len).to_bytes(2, "big")
+    if proto == 6:
+        hdr = struct.pack("!HHIIBBHHH", 40000, 5399, 1, 0, 5 << 4, 0x18, 65535, _sum16(pseudo), 0)
+    else:
+        hdr = struct.pack("!HHHH", 40000, 5399, 8 + payload_len, _sum16(pseudo))
+    eth = bytes.fromhex(kp.VM_MAC.replace(":", "") + src_mac.replace(":", "")) + b"\x08\x00"
+    off = (16 if proto == 6 else 6) if off is None else off
+    frame = eth + bytes(ip) + hdr + bytes(payload)
+    return vnet(NEEDS_CSUM, gso_type, 14 + 20 + l4, gso_size, 34, off), frame
+
+
+def _link_tx(ns, dev):
+    """Frames ``dev`` sent, and those it dropped on the way (a veth whose
+    peer's backlog was full)."""
+    st = json.loads(kp.ipn(ns, f"-s -j link show dev {dev}").stdout)[0]["stats64"]["tx"]
+    return st["packets"] + st["dropped"]
+
+
+def test_super_frames_of_too_many_segments_are_dropped(fabric):
+    """Pod a's TCP super-frames to the vm behind the kernel VTEP (an unknown
+    MAC: flooded to the one VTEP, so whole through the uplink's tunnel tap
+    where this kernel has it), the uplink's veth made to segment as a NIC
+    without tunnel segmentation does: one of 10 segments and one of exactly
+    DP_GSO_MAX_SEGS leave, counted segment by segment on the uplink; one of
+    gso_size 1 (20,000 segments), one of DP_GSO_MAX_SEGS + 1, and partial
+    ones whose IP protocol is not their gso_type's are each dropped once as
+    kport_gso, nothing of them on the underlay."""
+    from tests.test_kernel_gso import FLOODED, tunnel_gso_started, uplink_status
+
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], net=FLOODED, extra="express_lane: false\n")
+    fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    whole = tunnel_gso_started(node)
+    kp.nsx(
+        node.ns,
+        *"ethtool -K uplink0 tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off".split(),
+        check=True,
+    )
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")
+    mac, ip = a["planes"][0]["mac"], a["ip"]
+
+    def counts():
+        return (
+            node.status()["drops"].get("kport_gso", 0),
+            uplink_status(node)["tunnel_gso_frames"],
+            _link_tx(node.ns, "uplink0"),
+        )
+
+    def send(frame, settle, all_sent=True):
+        c0 = counts()
+        if not send_vnet(fab.tmp, a["ns"], [frame], all_sent=all_sent):
+            return None
+        for _ in range(100):
+            c = counts()
+            if c[0] > c0[0] or c[1] > c0[1] or c[2] >= c0[2] + settle:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # the last segments, and any echo of them
+        c = counts()
+        return c[0] - c0[0], c[1] - c0[1], c[2] - c0[2]
+
+    n = DP_GSO_MAX_SEGS
+    legit = {
+        "10 segments": (_tcp_super(mac, ip, 1400 * 10, 1400), 10),
+        f"{n} segments": (_tcp_super(mac, ip, 8 * n, 8), n),
+    }
+    bad = {
+        "gso_size 1": _tcp_super(mac, ip, 20000, 1),
+        f"{n + 1} segments": _tcp_super(mac, ip, 8 * n + 1, 8),
+        # (the checksum offset the gso_type's: the pod's kernel refuses
+        # others; it may refuse these too, which then never reach the core)
+        "TCPV4 of UDP": _tcp_super(mac, ip, 1400 * 10, 1400, proto=17, off=16),
+        "UDP_L4 of TCP": _tcp_super(mac, ip, 1400 * 10, 1400, gso_type=GSO_UDP_L4, off=6),
+    }
+    refused_ok = ("TCPV4 of UDP", "UDP_L4 of TCP")
+    errors = []
+    for what, (frame, segs) in legit.items():
+        dropped, tunnel, sent = send(frame, segs)
+        print(f"{what}: dropped {dropped}, through the tunnel tap {tunnel}, {sent} on the uplink")
+        if dropped or not segs <= sent <= segs + 20 or (whole and tunnel != 1):
+            errors.append(f"{what}: {dropped} kport_gso, {tunnel} whole, {sent} segments sent")
+    for what, frame in bad.items():
+        got = send(frame, 2, all_sent=what not in refused_ok)
+        if got is None:
+            print(f"{what}: refused by the pod's own kernel")
+            continue
+        dropped, tunnel, sent = got
+        print(f"{what}: dropped {dropped}, through the tunnel tap {tunnel}, {sent} on the uplink")
+        if dropped != 1 or tunnel or sent > 20:
+            errors.append(f"{what}: {dropped} kport_gso, {tunnel} whole, {sent} segments sent")
+    assert not errors, "; ".join(errors) + f"; {fab.drops_said()}"
