@@ -377,3 +377,82 @@ def test_super_frames_of_too_many_segments_are_dropped(fabric):
         if dropped != 1 or tunnel or sent > 20:
             errors.append(f"{what}: {dropped} kport_gso, {tunnel} whole, {sent} segments sent")
     assert not errors, "; ".join(errors) + f"; {fab.drops_said()}"
+
+
+# ------------------------------------------------ the express lane's remote
+def test_tcp_source_forged_through_a_checksum_offset_does_not_leave_by_the_lane(fabric, tmp_path):
+    """The express lane encapsulates a pod's TCP to a remote VTEP in the
+    kernel, and the uplink completes a partial checksum after the lane
+    checked the source address - here in software: the uplink's tx
+    checksumming switched off, as on a NIC without it. A TCP frame from pod
+    b to the host behind the kernel VTEP whose checksum start is the last
+    two bytes of its IPv4 source, its pad word tuned to make them pod a's:
+    the lane leaves it to the core (it is partial elsewhere than in its TCP
+    header), which completes it as it reads it and drops it as spoof_ipv4;
+    the host sees no frame from pod a's address. A control from pod b,
+    partial in its TCP header as a kernel leaves it, is taken by the lane
+    and arrives."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", learning: true")
+    vm = fab.kernel_host(["10.99.0.1"])
+    a_ip, b_ip = kp.SUBNET + "11", kp.SUBNET + "12"
+    fab.pod(1, "a", a_ip)
+    b = fab.pod(1, "b", b_ip)
+    st = node.status()
+    if not st.get("express_remote"):
+        pytest.fail(f"this kernel's lane does not encapsulate to remote VTEPs: {st}")
+    kp.reach(b["ns"], kp.VM_IP, "pod b -> the kernel-VTEP host")  # its MAC learned
+    r = kp.nsx(node.ns, "ethtool", "-K", "uplink0", "tx", "off")
+    assert r.returncode == 0, r.stderr
+    b_mac = b["planes"][0]["mac"]
+
+    from scapy.layers.inet import TCP
+
+    def tcp(src, payload):
+        return bytes(
+            Ether(src=b_mac, dst=kp.VM_MAC)
+            / IP(src=src, dst=kp.VM_IP, ttl=64, id=7)
+            / TCP(sport=40001, dport=5351, flags="PA", seq=1000, ack=1, chksum=0)
+            / Raw(payload)
+        )
+
+    # the forged one: pod a's address, b's in its last two bytes, a pad word
+    # in the payload tuned so that completing from byte 28 writes a's
+    f = bytearray(tcp(a_ip, b"forged" + bytes(32)))
+    f[28:30] = ip4(b_ip)[2:]
+    forged = tune(bytes(f), 28, 14 + 20 + 20 + 6, ip4(a_ip)[2:])
+    assert IP(complete(forged, 28, 0)[14:]).src == a_ip
+    # the control: its TCP checksum partial as a kernel leaves it (the
+    # pseudo-header sum in its field)
+    payload = b"control" + bytes(24)
+    tlen = 20 + len(payload)
+    pseudo = ip4(b_ip) + ip4(kp.VM_IP) + bytes([0, 6]) + tlen.to_bytes(2, "big")
+    c = bytearray(tcp(b_ip, payload))
+    c[50:52] = _sum16(pseudo).to_bytes(2, "big")
+    control = bytes(c)
+
+    def b_lane_rx():
+        row = next(p for p in node.status()["ports"] if p["pod"] == f"{fab.tag}b")
+        return (row["express"] or {}).get("rx_packets", 0)
+
+    cap = tmp_path / "tcp.pcap"
+    dump = fab.capture(vm, "eth0", cap, "tcp")
+    before, lane0 = node.status()["drops"], b_lane_rx()
+    n = 3
+    send_vnet(tmp_path, b["ns"], [(vnet(NEEDS_CSUM, start=34, off=16), control)])
+    send_vnet(tmp_path, b["ns"], [(vnet(NEEDS_CSUM, start=28, off=0), forged)] * n)
+    for _ in range(100):
+        if node.status()["drops"].get("spoof_ipv4", 0) >= before.get("spoof_ipv4", 0) + n:
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # what passed would have reached the host by now
+    dump.send_signal(2)
+    dump.wait(10)
+    after, lane1 = node.status()["drops"], b_lane_rx()
+    from scapy.all import rdpcap
+
+    got = [p[IP] for p in rdpcap(str(cap)) if IP in p and TCP in p and p[TCP].dport == 5351]
+    assert [p for p in got if p.src == a_ip] == [], "pod a's forged source reached the host"
+    assert [p for p in got if p.src == b_ip and bytes(p[TCP].payload).startswith(b"control")], got
+    assert lane1 - lane0 == 1, (lane0, lane1)  # the control took the lane, the forged did not
+    assert after.get("spoof_ipv4", 0) - before.get("spoof_ipv4", 0) == n, (before, after)
