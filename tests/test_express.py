@@ -758,6 +758,19 @@ while True:
 """
 
 
+def _listened(node, listener):
+    """What NODE_LISTENER in node's namespace got, up to the control
+    datagram sent to it now from the node itself."""
+    from tests.test_kernel_pods import nsx
+
+    control = (
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'control', ('127.0.0.1', 7777))\n"
+    )
+    nsx(node.ns, sys.executable, "-c", control, check=True)
+    return [g for g in listener.communicate(timeout=30)[0].split("\n") if g]
+
+
 #: a pod sending limited broadcasts (0.0.0.0 -> 255.255.255.255:7777) out of
 #: eth0 every 2 ms until its stdin closes
 BROADCASTER = """
@@ -825,16 +838,8 @@ def test_a_host_end_stays_guarded_through_a_restart_a_delete_and_a_lane_refusal(
         sent = [int(p.communicate("", timeout=30)[0].strip() or 0) for p in senders]
     assert sent[0] > 50 and sent[1] > 200, sent
     assert "ex_tc" in nsx(node.ns, "tc", "filter", "show", "dev", hif_b, "ingress").stdout
-    nsx(
-        node.ns,
-        sys.executable,
-        "-c",
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "s.sendto(b'control', ('127.0.0.1', 7777))\n",
-        check=True,
-    )
-    got = listener.communicate(timeout=30)[0].split("\n")
-    assert [g for g in got if g] == ["control 127.0.0.1"], (got[:5], len(got))
+    got = _listened(node, listener)
+    assert got == ["control 127.0.0.1"], (got[:5], len(got))
 
 
 def test_af_xdp_host_ends_are_guarded_while_the_service_is_away(fabric):
@@ -858,16 +863,8 @@ def test_af_xdp_host_ends_are_guarded_while_the_service_is_away(fabric):
     bcast = _frame("ff:ff:ff:ff:ff:ff", mac_of(a), "0.0.0.0", "255.255.255.255", b"away", 68, 7777)
     for _ in range(3):
         _send_from(a["ns"], "eth0", bcast)
-    nsx(
-        node.ns,
-        sys.executable,
-        "-c",
-        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "s.sendto(b'control', ('127.0.0.1', 7777))\n",
-        check=True,
-    )
-    got = listener.communicate(timeout=30)[0].split("\n")
-    assert [g for g in got if g] == ["control 127.0.0.1"], got
+    got = _listened(node, listener)
+    assert got == ["control 127.0.0.1"], got
 
 
 @pytest.mark.parametrize("lane", [True, False])
