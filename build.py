@@ -47,6 +47,11 @@ SOURCES = [
 # next to the package, loaded by the node service (dataplane/express.py)
 BPF_SOURCE = os.path.join(CSRC, "bpf", "express.bpf.c")
 BPF_OBJECT = os.path.join(HERE, "dataplane", "express.bpf.o")
+#: the same programs without the kernel function that reads a frame's
+#: checksum offload state (bpf_cast_to_kern_ctx, Linux 6.2) and without
+#: CO-RE: for a kernel that lacks it or its BTF (they carry no TCP to
+#: remote VTEPs)
+BPF_PLAIN_OBJECT = os.path.join(HERE, "dataplane", "express.plain.bpf.o")
 
 
 def _pkg_config(*args):
@@ -144,8 +149,9 @@ def _compile_in_parallel():
     CCompiler.compile = compile
 
 
-def build_bpf(src=BPF_SOURCE, out=BPF_OBJECT):
-    """Compile the express lane's programs (clang, BPF target, with BTF)."""
+def build_bpf(src=BPF_SOURCE, out=BPF_OBJECT, plain=BPF_PLAIN_OBJECT):
+    """Compile the express lane's programs (clang, BPF target, with BTF),
+    and their plain build (``plain``: -DEX_PLAIN)."""
     clang = next(
         (c for c in ("clang", "clang-16", "clang-15", "clang-14") if shutil.which(c)), None
     )
@@ -158,10 +164,11 @@ def build_bpf(src=BPF_SOURCE, out=BPF_OBJECT):
         ["gcc", "-print-multiarch"], capture_output=True, text=True
     ).stdout.strip()
     incs = [f"-I/usr/include/{machine}"] if machine else []
-    cmd = [clang, "-O2", "-g", "-target", "bpf", *incs, "-c", src, "-o", out]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"dataplane build: {' '.join(cmd)} failed:\n{r.stderr}")
+    for obj, defs in ((out, []), (plain, ["-DEX_PLAIN"])):
+        cmd = [clang, "-O2", "-g", "-target", "bpf", *incs, *defs, "-c", src, "-o", obj]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"dataplane build: {' '.join(cmd)} failed:\n{r.stderr}")
 
 
 def read_cdef(path=os.path.join(CSRC, "dataplane.h")):

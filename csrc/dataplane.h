@@ -235,6 +235,9 @@ int dp_express_loaded(void);
  * its programs check a frame's checksum offsets (bpf_cast_to_kern_ctx,
  * Linux 6.2) */
 int dp_express_remote(void);
+/* whether this kernel has that function (and its BTF): express.bpf.o;
+ * else the plain build, express.plain.bpf.o */
+int dp_express_kernel_checks(void);
 /* off: every frame takes the core's path (a capture running); a guard
  * stays off */
 int dp_express_enable(int on);

@@ -369,13 +369,14 @@ kernel_has_kfunc(const char *name)
     return id > 0;
 }
 
-/* the programs' constants (ex_kctx), set before the load */
+/* the programs' constant ex_kctx, set before the load: whether the kernel
+ * has bpf_cast_to_kern_ctx; a plain build (no constants) has no use for it */
 static int
 ex_set_rodata(struct bpf_object *obj)
 {
     struct bpf_map *m;
 
-    ex.kctx = (uint32_t)kernel_has_kfunc("bpf_cast_to_kern_ctx");
+    ex.kctx = 0;
     bpf_object__for_each_map(m, obj)
     {
         size_t size = 0;
@@ -383,9 +384,16 @@ ex_set_rodata(struct bpf_object *obj)
             continue;
         if (bpf_map__initial_value(m, &size) == NULL || size != sizeof(ex.kctx))
             return -EINVAL;
+        ex.kctx = (uint32_t)kernel_has_kfunc("bpf_cast_to_kern_ctx");
         return bpf_map__set_initial_value(m, &ex.kctx, sizeof(ex.kctx));
     }
-    return -EINVAL;
+    return 0;
+}
+
+int
+dp_express_kernel_checks(void)
+{
+    return kernel_has_kfunc("bpf_cast_to_kern_ctx");
 }
 
 int

@@ -727,18 +727,28 @@ class _Guards:
 
 
 #: the express lane's kernel programs, compiled by build.py (another
-#: build's: $DATAPLANE_EXPRESS_OBJECT)
-EXPRESS_OBJECT = os.environ.get("DATAPLANE_EXPRESS_OBJECT") or os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "express.bpf.o"
-)
+#: build's: $DATAPLANE_EXPRESS_OBJECT): their build that reads a frame's
+#: checksum offload state (Linux 6.2, with BTF), or else the plain one,
+#: which encapsulates nothing to remote VTEPs
+_HERE = os.path.dirname(os.path.abspath(__file__))
+EXPRESS_OBJECT = os.environ.get("DATAPLANE_EXPRESS_OBJECT")
 
 
-def express_probe(path: str = EXPRESS_OBJECT) -> Tuple[Optional[str], bool]:
+def express_object() -> str:
+    """The express lane's object for this kernel (:data:`EXPRESS_OBJECT`)."""
+    if EXPRESS_OBJECT:
+        return EXPRESS_OBJECT
+    checks_offsets = lib.dp_express_kernel_checks()  # reads the kernel's BTF: once
+    return os.path.join(_HERE, "express.bpf.o" if checks_offsets else "express.plain.bpf.o")
+
+
+def express_probe(path: Optional[str] = None) -> Tuple[Optional[str], bool]:
     """Why the express lane's programs cannot be loaded here (``dataplane
     check``), or None; and whether, loaded, they would encapsulate to
     remote VTEPs (the kernel lets them check a frame's checksum offsets:
     Linux 6.2). Loaded into the kernel and let go at once, as a start
     would load them; no EAL, no port, nothing attached."""
+    path = path or express_object()
     if not os.path.exists(path):
         return (
             f"express lane: {path} is missing: the package was built without clang; "
@@ -753,7 +763,7 @@ def express_probe(path: str = EXPRESS_OBJECT) -> Tuple[Optional[str], bool]:
     return None, remote
 
 
-def express_loadable(path: str = EXPRESS_OBJECT) -> Optional[str]:
+def express_loadable(path: Optional[str] = None) -> Optional[str]:
     """Why the express lane's programs cannot be loaded here, or None
     (:func:`express_probe`)."""
     return express_probe(path)[0]
@@ -773,9 +783,10 @@ class _Express:
     from one pod's veth into the other's namespace, never through the core.
     Part of :class:`Engine`."""
 
-    def express_open(self, path: str = EXPRESS_OBJECT, carry: bool = True):
+    def express_open(self, path: Optional[str] = None, carry: bool = True):
         """Load the lane's programs into the kernel, switched on; ``carry``
         False: as the host ends' guard only (:attr:`express_guard`)."""
+        path = path or express_object()
         if not os.path.exists(path):
             raise ConfigError(express_loadable(path))
         what = "loading the express lane" + ("" if carry else " as the host ends' guard")
@@ -967,7 +978,12 @@ class _Express:
         with self._lock:
             self._prune_kept_guards()
             check(lib.dp_express_hostend(ifindex, 1), lib, ffi, f"express lane: {ifname}")
-            check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
+            try:
+                check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
+            except BaseException:
+                if all(h[0] != ifindex for h in self._hostends.values()):
+                    lib.dp_express_hostend(ifindex, 0)  # not left behind in the table
+                raise
             self._kept_guards[ifindex] = ifname
 
     def express_remove_port(self, port: int, keep_guard: bool = True):

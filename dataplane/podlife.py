@@ -487,7 +487,7 @@ class PodLife:
         # attach fails at another plane
         for e in eps:
             if kinds.get(e["plane"], VETH) == VETH and e not in lost:
-                self.engine.express_guard_ifname(e["host_ifname"])
+                self._guard_host_end(e)
         for e in eps:
             kind = kinds.get(e["plane"], VETH)
             if e in lost:  # its veth deleted: the pod's other planes stay
@@ -552,7 +552,7 @@ class PodLife:
                 elif kinds.get(e["plane"], VETH) == VETH:
                     self._drop_port(e["host_ifname"])
                     # no lane without the core; the host end still guarded
-                    self.engine.express_guard_ifname(e["host_ifname"])
+                    self._guard_host_end(e)
             except (DataplaneError, OSError) as err:
                 log.warning("pod %s plane %s: port not removed: %s", name, e["plane"], err)
 
@@ -852,7 +852,7 @@ class PodLife:
         close_host_end(e["host_ifname"])  # also a pod's made before it was done
         # the lane's program on it before its port opens: from then on none
         # of the pod's frames reaches the node's stack (where it runs)
-        self.engine.express_guard_ifname(e["host_ifname"])
+        self._guard_host_end(e)
         # in its network only once guarded: no frame passes unchecked
         if opening is None:
             opening = _PortOpening(self.engine, self.config.kernel_driver)
@@ -868,6 +868,23 @@ class PodLife:
             # whole - its pod, plane and network - never under other labels
             self.owners[e["host_ifname"]] = (e["pod"], e["plane"])
         return port
+
+    def _guard_host_end(self, e):
+        """Endpoint ``e``'s host end under the lane's program without a port
+        (Engine.express_guard_ifname); one the kernel will not take leaves
+        the host end to its interface settings, said, not a reason to
+        forward nothing for the pod."""
+        try:
+            self.engine.express_guard_ifname(e["host_ifname"])
+        except DataplaneError as err:
+            warning_event(
+                "pod plane's host end not guarded by the lane's program: a limited broadcast "
+                "from the pod may reach the node's sockets (docs/security.md)",
+                pod=e["pod"],
+                plane=e["plane"],
+                interface=e["host_ifname"],
+                why=str(err),
+            )
 
     def _join_express(self, port: int, e, net: int, allowed=(), n=None):
         """Pod port ``port`` (endpoint ``e``) into the express lane, if the

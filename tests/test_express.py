@@ -603,6 +603,30 @@ def test_the_lane_needs_the_afpacket_driver(tmp_path):
     assert parse_config({**base, "kernel_driver": "af_xdp"}).express_lane is False
 
 
+def test_the_plain_build_carries_between_pods_and_nothing_to_remote_vteps(tmp_path, monkeypatch):
+    """The programs' plain build (express.plain.bpf.o: for a kernel without
+    bpf_cast_to_kern_ctx or its BTF) loads and carries pod to pod, and
+    says it encapsulates nothing to remote VTEPs (it cannot check a
+    frame's checksum offsets); the full build here does."""
+    from dataplane.engine import _HERE, express_probe
+
+    plain = os.path.join(_HERE, "express.plain.bpf.o")
+    assert express_probe(os.path.join(_HERE, "express.bpf.o")) == (None, True)
+    assert express_probe(plain) == (None, False)
+    monkeypatch.setenv("DATAPLANE_EXPRESS_OBJECT", plain)
+    with running_node(tmp_path) as node:
+        st = node.api("GET", "/v1/status")
+        assert st["express_lane"] is True and st["express_remote"] is False, st
+        a = node.pod("a", CT_SPEC)
+        b = node.pod("b", CT_SPEC)
+        x0 = port_row(node, "a")["express"]["rx_packets"]
+        assert ping(a["ns"], ip_of(b), count=3, interval="0.05").returncode == 0
+        assert port_row(node, "a")["express"]["rx_packets"] == x0 + 3
+        node.stop()
+        r = run_cli("check", "-c", str(node.cfg))
+        assert r.returncode == 0 and "not to remote VTEPs" in r.stdout, r.stdout + r.stderr
+
+
 def test_auto_goes_on_without_a_lane_the_kernel_refuses_and_true_stops(tmp_path, monkeypatch):
     """A lane the kernel will not load (here: not an ELF object): with the
     default ``auto`` the node starts without it, says why, and its pods

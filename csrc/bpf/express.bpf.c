@@ -80,7 +80,9 @@
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#ifndef EX_PLAIN
 #include <bpf/bpf_core_read.h>
+#endif
 
 #define EX_MAX_PORTS 256
 #define EX_MAX_IP4 8
@@ -440,6 +442,7 @@ ex_segs_fit(struct __sk_buff *skb, __be16 proto, __u8 l4, __u32 max_len)
     return hl + skb->gso_size <= max_len;
 }
 
+#ifndef EX_PLAIN
 /* Set by the loader (dp_express.c) before the load: the kernel has
  * bpf_cast_to_kern_ctx (Linux 6.2), through which ex_csum_sane reads the
  * frame's checksum offload state. Without it the verifier drops the call
@@ -483,6 +486,16 @@ ex_csum_sane(struct __sk_buff *skb, __u32 l4)
         return 1;
     return k->csum_start == (__u32)k->mac_header + l4 && k->csum_offset == 16;
 }
+#else
+/* the plain build (express.plain.bpf.o, for a kernel without
+ * bpf_cast_to_kern_ctx or its BTF): no frame's offsets can be checked, so
+ * none is encapsulated to a remote VTEP */
+static __always_inline int
+ex_csum_sane(struct __sk_buff *skb, __u32 l4)
+{
+    return 0;
+}
+#endif
 
 /* A remote destination: the tunnel to its VTEP, if the lane can encapsulate
  * to it (1, and *w filled), else 0. TCP only: a bulk transfer's
