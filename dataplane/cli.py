@@ -370,8 +370,15 @@ def cmd_status(args):
         + (f" (shaped to {_bits(rate)})" if rate else "")
         + f"  forwarding {'yes' if st['forwarding'] else 'NO'}  up {st['uptime_s']}s"
         + (
-            ("  express lane paused (a capture runs)" if st.get("capture") else "  express lane on")
+            (
+                "  express lane paused (a capture runs)"
+                if st.get("capture")
+                else "  express lane on"
+                + ("" if st.get("express_remote", True) else " (not to remote VTEPs)")
+            )
             if st.get("express_lane")
+            else "  express lane off (its programs guard the pods' host ends)"
+            if st.get("express_guard")
             else ""
         )
         + (

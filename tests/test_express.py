@@ -523,6 +523,8 @@ def test_the_guard_of_express_lane_false_carries_nothing_even_after_a_capture(tm
         assert "ex_tc" not in lane_filters(node.uplink)
         st = node.api("GET", "/v1/status")
         assert st["express_lane"] is False and st["express_guard"] is True, st
+        out = node.cli("status").stdout
+        assert "  express lane off (its programs guard the pods' host ends)" in out, out
         for capture in (False, True):
             if capture:
                 cap = node.api("POST", "/v1/capture", {"target": "a:std"})
@@ -617,6 +619,8 @@ def test_the_plain_build_carries_between_pods_and_nothing_to_remote_vteps(tmp_pa
     with running_node(tmp_path) as node:
         st = node.api("GET", "/v1/status")
         assert st["express_lane"] is True and st["express_remote"] is False, st
+        out = node.cli("status").stdout
+        assert "  express lane on (not to remote VTEPs)" in out, out
         a = node.pod("a", CT_SPEC)
         b = node.pod("b", CT_SPEC)
         x0 = port_row(node, "a")["express"]["rx_packets"]
