@@ -742,6 +742,27 @@ def express_object() -> str:
     return os.path.join(_HERE, "express.bpf.o" if checks_offsets else "express.plain.bpf.o")
 
 
+def _plain_of(path: str) -> Optional[str]:
+    """The plain build beside the lane's object ``path`` (``X.bpf.o`` ->
+    ``X.plain.bpf.o``), if there is one and ``path`` is not it."""
+    if not path.endswith(".bpf.o") or path.endswith(".plain.bpf.o"):
+        return None
+    plain = path[: -len(".bpf.o")] + ".plain.bpf.o"
+    return plain if os.path.exists(plain) else None
+
+
+def _express_open(path: str, carry: int) -> int:
+    """dp_express_open of ``path``, or, if the kernel refuses it (a kernel
+    function call it will not take: no JIT, say), of its plain build
+    beside it, which carries nothing to remote VTEPs (dp_last_error then
+    says the plain build's refusal, if it is refused too)."""
+    ret = lib.dp_express_open(path.encode(), carry)
+    plain = _plain_of(path) if ret < 0 else None
+    if plain is not None:
+        ret = lib.dp_express_open(plain.encode(), carry)
+    return ret
+
+
 def express_probe(path: Optional[str] = None) -> Tuple[Optional[str], bool]:
     """Why the express lane's programs cannot be loaded here (``dataplane
     check``), or None; and whether, loaded, they would encapsulate to
@@ -756,7 +777,7 @@ def express_probe(path: Optional[str] = None) -> Tuple[Optional[str], bool]:
         ), False
     if lib.dp_express_loaded():
         return None, bool(lib.dp_express_remote())
-    if lib.dp_express_open(path.encode(), 1) < 0:
+    if _express_open(path, 1) < 0:
         return ffi.string(lib.dp_last_error()).decode(errors="replace"), False
     remote = bool(lib.dp_express_remote())
     lib.dp_express_close()
@@ -790,7 +811,7 @@ class _Express:
         if not os.path.exists(path):
             raise ConfigError(express_loadable(path))
         what = "loading the express lane" + ("" if carry else " as the host ends' guard")
-        self._call(what, lib.dp_express_open, path.encode(), 1 if carry else 0)
+        self._call(what, _express_open, path, 1 if carry else 0)
 
     @property
     def express_loaded(self) -> bool:

@@ -9,6 +9,7 @@ that refuses it stops a start only with ``true``."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -615,6 +616,14 @@ def test_the_plain_build_carries_between_pods_and_nothing_to_remote_vteps(tmp_pa
     plain = os.path.join(_HERE, "express.plain.bpf.o")
     assert express_probe(os.path.join(_HERE, "express.bpf.o")) == (None, True)
     assert express_probe(plain) == (None, False)
+    # a full build the kernel refuses (here: not an ELF file) falls back to
+    # the plain build beside it; without one, the refusal is said
+    (tmp_path / "fb").mkdir()
+    junk = tmp_path / "fb" / "express.bpf.o"
+    junk.write_bytes(b"not an ELF file")
+    assert express_probe(str(junk))[0] is not None
+    shutil.copy(plain, tmp_path / "fb" / "express.plain.bpf.o")
+    assert express_probe(str(junk)) == (None, False)
     monkeypatch.setenv("DATAPLANE_EXPRESS_OBJECT", plain)
     with running_node(tmp_path) as node:
         st = node.api("GET", "/v1/status")
