@@ -426,7 +426,7 @@ dp_setup(unsigned n_mbufs)
         goto fail;
     }
     int fdb_ret = dp_ftab_create(socket);
-    dp.vteps = mk_hash("dp_vteps", 1 << 16, sizeof(uint64_t));
+    dp.vteps = mk_hash("dp_vteps", DP_MAX_VTEP_PAIRS, sizeof(uint64_t));
     dp.vnis = mk_hash("dp_vnis", 1 << 12, sizeof(uint32_t));
     if (fdb_ret < 0 || !dp.vteps || !dp.vnis) {
         ret = dp_fail(-ENOMEM, "cannot create hash tables: %s", rte_strerror(rte_errno));

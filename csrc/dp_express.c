@@ -570,8 +570,13 @@ dp_express_hostend(int ifindex, int on)
 
     if (!ex.obj)
         return dp_fail(-ENOENT, "express lane: not loaded");
-    if (on && bpf_map_update_elem(ex.hend_fd, &k, &v, BPF_ANY) < 0)
+    if (on && bpf_map_update_elem(ex.hend_fd, &k, &v, BPF_ANY) < 0) {
+        if (errno == E2BIG)
+            return dp_fail(-ENOSPC,
+                           "express lane: host end %d: its table of host ends is full (%d)",
+                           ifindex, 4 * DP_MAX_PORTS);
         return dp_fail(-errno, "express lane: host end %d: %m", ifindex);
+    }
     if (!on && bpf_map_delete_elem(ex.hend_fd, &k) < 0 && errno != ENOENT)
         return dp_fail(-errno, "express lane: host end %d: %m", ifindex);
     return 0;

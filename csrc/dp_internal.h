@@ -51,6 +51,7 @@ _Static_assert(DP_VXLAN_HDR_LEN == DP_VXLAN_OVERHEAD, "outer Ether/IPv4/UDP/VXLA
 
 #define DP_TXBUF 64 /* per worker, per port tx buffer */
 #define DP_SLOW_RING_SIZE 1024
+#define DP_MAX_VTEP_PAIRS (1 << 16) /* (network, remote VTEP) pairs: dp.vteps */
 #define DP_CTRL_TX_RING_SIZE 256
 #define DP_ARP_RETRY_US 500000
 /* frames to a tunnel whose next hop is being resolved: held by their worker

@@ -200,7 +200,7 @@ dp_tunnel_ref(int net, uint32_t ip)
                 dp_sync();
                 rte_free(created);
             }
-            return dp_fail(ret, "VTEP table full");
+            return dp_fail(ret, "VTEP table full (%d network and VTEP pairs)", DP_MAX_VTEP_PAIRS);
         }
         dp_tables_changed();
     }
