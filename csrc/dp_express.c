@@ -384,16 +384,21 @@ ex_set_rodata(struct bpf_object *obj)
             continue;
         if (bpf_map__initial_value(m, &size) == NULL || size != sizeof(ex.kctx))
             return -EINVAL;
-        ex.kctx = (uint32_t)kernel_has_kfunc("bpf_cast_to_kern_ctx");
+        ex.kctx = (uint32_t)dp_express_kernel_checks();
         return bpf_map__set_initial_value(m, &ex.kctx, sizeof(ex.kctx));
     }
     return 0;
 }
 
+/* (the kernel's BTF read once: the object's choice and its load both ask) */
 int
 dp_express_kernel_checks(void)
 {
-    return kernel_has_kfunc("bpf_cast_to_kern_ctx");
+    static int has = -1;
+
+    if (has < 0)
+        has = kernel_has_kfunc("bpf_cast_to_kern_ctx");
+    return has;
 }
 
 int

@@ -167,7 +167,7 @@ def cmd_check(args):
         errors += [e for e in [hold_problem()] if e]  # run refuses to start without it
     # why the kernel would not take the lane's programs, as run loads them
     # (under express_lane: false, as the host ends' guard)
-    from .engine import express_probe
+    from .engine import HOST_ENDS_OPEN, express_probe
 
     lane_off, lane_remote = express_probe()
     if lane_off and cfg.express_lane:
@@ -184,9 +184,7 @@ def cmd_check(args):
     if lane_off and cfg.express_lane is False and cfg.kernel_driver == "afpacket":
         print(
             "warning: express_lane: false, and the kernel would not take the lane's programs as "
-            "the pods' host ends' guard: a pod's limited broadcast (0.0.0.0 to 255.255.255.255) "
-            "reaches the node's own sockets bound to all addresses; filter the host ends in the "
-            f"node's firewall (docs/security.md): {lane_off}"
+            f"the pods' host ends' guard: {HOST_ENDS_OPEN}: {lane_off}"
         )
     if store.read:
         # (a store with nothing recorded yet says so itself)

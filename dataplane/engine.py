@@ -733,6 +733,13 @@ class _Guards:
 _HERE = os.path.dirname(os.path.abspath(__file__))
 EXPRESS_OBJECT = os.environ.get("DATAPLANE_EXPRESS_OBJECT")
 
+#: what stays open of the pods' host ends where the kernel will not take
+#: the lane's programs (docs/security.md), as the log and check say it
+HOST_ENDS_OPEN = (
+    "a pod's limited broadcast (0.0.0.0 to 255.255.255.255) reaches the node's own sockets "
+    "bound to all addresses; filter the host ends in the node's firewall (docs/security.md)"
+)
+
 
 def express_object() -> str:
     """The express lane's object for this kernel (:data:`EXPRESS_OBJECT`)."""
@@ -962,8 +969,12 @@ class _Express:
                 same = False
             if not same:
                 del self._kept_guards[ifindex]
-                if all(h[0] != ifindex for h in self._hostends.values()):
+                if not self._hostend_in_use(ifindex):
                     lib.dp_express_hostend(ifindex, 0)
+
+    def _hostend_in_use(self, ifindex: int) -> bool:
+        """Whether interface ``ifindex`` is a port's host end now."""
+        return any(h[0] == ifindex for h in self._hostends.values())
 
     def express_guard_port(self, port: int, ifname: str) -> int:
         """Pod port ``port``'s host end ``ifname`` guarded by the lane's
@@ -1002,7 +1013,7 @@ class _Express:
             try:
                 check(lib.dp_express_attach(ifindex), lib, ffi, f"express lane: {ifname}")
             except BaseException:
-                if all(h[0] != ifindex for h in self._hostends.values()):
+                if not self._hostend_in_use(ifindex):
                     lib.dp_express_hostend(ifindex, 0)  # not left behind in the table
                 raise
             self._kept_guards[ifindex] = ifname

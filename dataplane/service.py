@@ -701,6 +701,8 @@ class NodeService:
         the guard of the pods' host ends (``Engine.express_guard``); a
         kernel that will not take them leaves those ends as the interface
         settings close them, and the log says what stays open."""
+        from .engine import HOST_ENDS_OPEN
+
         self.express_off = self.express_guard_off = None
         if self.config.express_lane is False:
             try:
@@ -708,9 +710,7 @@ class NodeService:
             except DataplaneError as err:
                 self.express_guard_off = str(err)
                 warning_event(
-                    "pods' host ends without the lane's guard: a pod's limited broadcast "
-                    "(0.0.0.0 to 255.255.255.255) reaches the node's own sockets bound to all "
-                    "addresses; filter the host ends in the node's firewall (docs/security.md)",
+                    f"pods' host ends without the lane's guard: {HOST_ENDS_OPEN}",
                     why=self.express_guard_off,
                 )
             return

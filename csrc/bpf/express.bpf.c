@@ -411,25 +411,19 @@ ex_ip6_ok(struct __sk_buff *skb, const struct ex_src *src)
     return ex_has_ip6(src, a);
 }
 
-/* Whether the segments super-frame skb (IP protocol l4; IPv6 without an
- * extension header, as ex_ip6_ok lets through) is cut into after the
+/* Whether the segments super-frame skb (IP protocol l4, its header at hl:
+ * the Ethernet and IP headers' length, IPv4 options included; IPv6 without
+ * an extension header, as ex_ip6_ok lets through) is cut into after the
  * tunnel are each no longer than max_len: the Ethernet, IP and TCP (its
  * data offset) or UDP headers every segment repeats, plus gso_size bytes
  * of payload - as the core measures a super-frame it encapsulates (the
  * encap_whole and gso_cut paths of dp_encap.h). 0 also for another L4
  * protocol or headers that cannot be read: the core's path looks at it. */
 static __always_inline int
-ex_segs_fit(struct __sk_buff *skb, __be16 proto, __u8 l4, __u32 max_len)
+ex_segs_fit(struct __sk_buff *skb, __u32 hl, __u8 l4, __u32 max_len)
 {
-    __u32 hl = ETH_HLEN + sizeof(struct ipv6hdr);
     __u8 b;
 
-    if (proto == bpf_htons(ETH_P_IP)) {
-        /* IPv4: its header length, options included */
-        if (bpf_skb_load_bytes(skb, ETH_HLEN, &b, 1) < 0 || (b & 0xf) < 5)
-            return 0;
-        hl = ETH_HLEN + (__u32)(b & 0xf) * 4;
-    }
     if (l4 == IPPROTO_TCP) {
         if (bpf_skb_load_bytes(skb, hl + 12, &b, 1) < 0 || (b >> 4) < 5)
             return 0;
@@ -508,15 +502,14 @@ ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way 
 {
     __u32 zero = 0, net = k->net;
     struct ex_rval *r;
-    __u8 l4;
-
-    __u32 l4off = ETH_HLEN + sizeof(struct ipv6hdr);
-    __u8 b;
+    __u32 l4off = ETH_HLEN + sizeof(struct ipv6hdr); /* the TCP header's */
+    __u8 l4, b;
 
     if (bpf_skb_load_bytes(skb, ETH_HLEN + (proto == bpf_htons(ETH_P_IP) ? 9 : 6), &l4, 1) < 0 ||
         l4 != IPPROTO_TCP)
         return 0;
     if (proto == bpf_htons(ETH_P_IP)) {
+        /* IPv4: its header length, options included */
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &b, 1) < 0 || (b & 0xf) < 5)
             return 0;
         l4off = ETH_HLEN + (__u32)(b & 0xf) * 4;
@@ -530,7 +523,7 @@ ex_remote(struct __sk_buff *skb, __be16 proto, struct ex_dkey *k, struct ex_way 
      * must fit too, else it is the core's, which refuses and counts it
      * (oversize) - a pod whose interface was given a larger MTU than its
      * network's would otherwise send the underlay segments it cannot take */
-    if (skb->len > w->src->max_len && !ex_segs_fit(skb, proto, l4, w->src->max_len))
+    if (skb->len > w->src->max_len && !ex_segs_fit(skb, l4off, l4, w->src->max_len))
         return 0;
     r = bpf_map_lookup_elem(&ex_rdst, k);
     if (!r)
