@@ -143,7 +143,7 @@ def status_report(
                 "pod": p.pod or None,  # the pod and plane a pod port serves
                 "plane": p.plane or None,
                 "role": p.role,
-                "network": p.network,
+                "network": p.network or None,  # None for the uplink, as pod and plane
                 **c.port_dict(p.index),
                 "tunnel_gso_frames": p.tunnel_gso_frames,
                 "set_aside": p.set_aside,

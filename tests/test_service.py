@@ -1694,6 +1694,8 @@ def test_a_re_created_uplink_is_attached_again(tmp_path):
         def counters():
             st = n.api("GET", "/v1/status")
             up = next(p for p in st["ports"] if p["role"] == "uplink")
+            # of no pod, plane or network, each said alike
+            assert (up["pod"], up["plane"], up["network"]) == (None, None, None), up
             std = next(p for p in st["planes"] if p["name"] == "std")
             return up, std, st["drops"]
 
