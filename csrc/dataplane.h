@@ -20,7 +20,7 @@
 
 /* CDEF BEGIN */
 
-#define DP_ABI_VERSION 39
+#define DP_ABI_VERSION 40
 
 #define DP_MAX_WORKERS 8
 #define DP_MAX_LCORE 128 /* CPUs 0..127 as lcores: RTE_MAX_LCORE of the DPDK builds we take */
@@ -235,6 +235,9 @@ int dp_express_loaded(void);
  * its programs check a frame's checksum offsets (bpf_cast_to_kern_ctx,
  * Linux 6.2) */
 int dp_express_remote(void);
+/* remote MACs the lane's table (65,536) had no room for, since the process
+ * started: the core carries their frames (dp_express_fdb) */
+uint64_t dp_express_remote_refused(void);
 /* whether this kernel has that function (and its BTF): express.bpf.o;
  * else the plain build, express.plain.bpf.o */
 int dp_express_kernel_checks(void);

@@ -129,6 +129,9 @@ static struct {
     } dst[DP_MAX_PORTS];
 } ex = {.tc_fd = -1, .sock_fd = -1, .lost_fd = -1};
 
+/* remote MACs ex_rdst refused (full): the core carries their frames */
+static uint64_t rdst_refused;
+
 /* is the running kernel major.minor or later? */
 static int
 kernel_at_least(int major, int minor)
@@ -311,8 +314,10 @@ dp_express_fdb(uint64_t key, uint32_t val)
         struct ex_rval r = {.ti = DP_FV_TARGET(val)};
         /* a full table leaves the MAC to the core; so does any refusal, the
          * MAC's old entry (its VTEP before a move) removed with it */
-        if (bpf_map_update_elem(ex.rdst_fd, &k, &r, BPF_ANY) < 0)
+        if (bpf_map_update_elem(ex.rdst_fd, &k, &r, BPF_ANY) < 0) {
             (void)bpf_map_delete_elem(ex.rdst_fd, &k);
+            rdst_refused++;
+        }
     } else {
         (void)bpf_map_delete_elem(ex.rdst_fd, &k);
     }
@@ -482,6 +487,12 @@ int
 dp_express_remote(void)
 {
     return ex.obj != NULL && !ex.guard && ex.kctx;
+}
+
+uint64_t
+dp_express_remote_refused(void)
+{
+    return rdst_refused;
 }
 
 int

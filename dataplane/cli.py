@@ -373,6 +373,11 @@ def cmd_status(args):
                 if st.get("capture")
                 else "  express lane on"
                 + ("" if st.get("express_remote", True) else " (not to remote VTEPs)")
+                + (
+                    f" ({st['express_remote_refused']} remote MACs past its table: the core's)"
+                    if st.get("express_remote_refused")
+                    else ""
+                )
             )
             if st.get("express_lane")
             else "  express lane off (its programs guard the pods' host ends)"

@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
     ) from e
 
 #: the C ABI this Python code was written against (csrc/dataplane.h)
-ABI_VERSION = 39
+ABI_VERSION = 40
 if lib.dp_abi_version() != ABI_VERSION:  # pragma: no cover
     raise ImportError(
         f"dataplane._core ABI {lib.dp_abi_version()} does not match the Python "
@@ -831,6 +831,12 @@ class _Express:
         """The lane encapsulates pods' TCP to remote VTEPs: it carries, and
         the kernel lets its programs check a frame's checksum offsets."""
         return bool(lib.dp_express_remote())
+
+    @property
+    def express_remote_refused(self) -> int:
+        """Remote MACs the lane's table (65,536) had no room for since the
+        process started: the core carries their frames."""
+        return int(lib.dp_express_remote_refused())
 
     @property
     def express_carrying(self) -> bool:

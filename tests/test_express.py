@@ -63,6 +63,7 @@ def test_pings_between_pods_take_the_lane_and_are_counted(node):
     b = node.pod("b", CT_SPEC)
     st = node.api("GET", "/v1/status")
     assert st["express_lane"] is True and st["express_lane_off"] is None
+    assert st["express_remote_refused"] == 0  # the table full: tests/test_node_limits.py
     assert "ex_tc" in lane_filters(host_if(a)), lane_filters(host_if(a))
     before_a, before_b = port_row(node, "a"), port_row(node, "b")
     local0 = _local(node)

@@ -123,3 +123,44 @@ def test_a_network_out_of_addresses_refuses_the_next_pod_as_full(fabric):
     assert set(json_links(node.ns)) == before
     node.api("DELETE", f"/v1/pods?name={fab.tag}f2")
     assert add(fab, node, 7, spec)["planes"][0]["ip"] == "10.70.0.3"
+
+
+LANE_FULL = r"""
+import sys
+from dataplane.engine import Engine, EngineConfig
+
+mac = lambda i: "02:01:%02x:%02x:%02x:01" % (i >> 16, (i >> 8) & 255, i & 255)
+eng = Engine(EngineConfig(mode="fallback", lcores=[0, 1]))
+try:
+    eng.add_network(0, vni=5000)
+    up = eng.add_port("net_null0", role="uplink")
+    eng.set_vtep("10.0.0.1/24", "02:00:0a:00:00:01", up, next_hop_mac="02:00:0a:00:00:fe")
+    eng.express_open()
+    n = 65536 + 64
+    for i in range(n):
+        eng.fdb_add_remote(0, mac(i), "10.0.0.%d" % (2 + i % 8))
+    full = eng.express_remote_refused
+    for i in range(100):  # room again: the next ones fit
+        eng.fdb_del(0, mac(i))
+    for i in range(n, n + 50):
+        eng.fdb_add_remote(0, mac(i), "10.0.0.2")
+    print(eng.fdb_count(), full, eng.express_remote_refused)
+finally:
+    eng.close()
+"""
+
+
+def test_remote_macs_past_the_lanes_table_are_counted():
+    """The express lane mirrors at most 65,536 remote MACs; the core has
+    the rest, and the ones the lane's table refused are counted (status
+    ``express_remote_refused``), not left unsaid; once entries go, the
+    next ones fit again."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", LANE_FULL], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    fdb, full, after = (int(x) for x in r.stdout.split()[-3:])
+    assert (fdb, full, after) == (65536 + 64 - 100 + 50, 64, 64), r.stdout
