@@ -87,16 +87,19 @@ ms_tsc(uint64_t ms)
     return rte_get_tsc_hz() / 1000 * ms;
 }
 
-/* is ip the next hop of a tunnel? */
-static int
-neigh_wanted(uint32_t ip)
+/* wanted[i]: entry i is the next hop of a tunnel - marked in one pass over
+ * the tunnels, so that a pass over the table costs entries + tunnels, not
+ * their product */
+static void
+neigh_mark_wanted(uint8_t wanted[DP_MAX_NEIGH])
 {
+    memset(wanted, 0, DP_MAX_NEIGH);
     for (int t = 0; t < DP_MAX_TUNNELS; t++) {
         struct dp_tunnel *tu = atomic_load(&dp.tunnels[t]);
-        if (tu && tu->nh_ip == ip)
-            return 1;
+        int i = tu ? neigh_find(tu->nh_ip) : -1;
+        if (i >= 0)
+            wanted[i] = 1;
     }
-    return 0;
 }
 
 /* a slot for a new entry: a free one, else the one least worth keeping
@@ -105,11 +108,14 @@ neigh_wanted(uint32_t ip)
 static int
 neigh_slot(void)
 {
+    static uint8_t wanted[DP_MAX_NEIGH];
     int best = -1;
-    for (int i = 0; i < DP_MAX_NEIGH; i++) {
+    for (int i = 0; i < DP_MAX_NEIGH; i++)
         if (neigh[i].state == NEIGH_FREE)
             return i;
-        if (neigh[i].state == NEIGH_PERMANENT || neigh_wanted(neigh[i].ip))
+    neigh_mark_wanted(wanted);
+    for (int i = 0; i < DP_MAX_NEIGH; i++) {
+        if (neigh[i].state == NEIGH_PERMANENT || wanted[i])
             continue;
         if (best < 0 || neigh[i].state < neigh[best].state ||
             (neigh[i].state == neigh[best].state && neigh[i].updated < neigh[best].updated))
@@ -299,16 +305,19 @@ neigh_ask(int i, uint64_t now, uint64_t retry)
 static void
 neigh_age(uint64_t now, uint64_t retry)
 {
+    static uint8_t wanted[DP_MAX_NEIGH];
     uint64_t reach = ms_tsc(reachable_tsc_ms);
+    /* (an entry forgotten below leaves the others' slots as they were) */
+    neigh_mark_wanted(wanted);
     for (int i = 0; i < DP_MAX_NEIGH; i++) {
         struct dp_neigh *e = &neigh[i];
-        if (e->state == NEIGH_INCOMPLETE && !neigh_wanted(e->ip)) {
+        if (e->state == NEIGH_INCOMPLETE && !wanted[i]) {
             neigh_forget(i);
             continue;
         }
         if (e->state != NEIGH_VALID || now - e->updated < reach)
             continue;
-        if (!neigh_wanted(e->ip) || e->probes >= DP_NEIGH_PROBES) {
+        if (!wanted[i] || e->probes >= DP_NEIGH_PROBES) {
             if (e->asked && now - e->asked < retry)
                 continue; /* the last probe's answer may still come */
             neigh_forget(i);
@@ -411,13 +420,16 @@ dp_housekeeping(void)
     uint64_t now = rte_get_tsc_cycles();
     uint64_t retry = rte_get_tsc_hz() / 1000000 * DP_ARP_RETRY_US;
     /* next hops of unresolved tunnels: each asked once per retry time */
+    int full = 0;
     for (int t = 0; t < DP_MAX_TUNNELS; t++) {
         struct dp_tunnel *tu = atomic_load(&dp.tunnels[t]);
         if (!tu || tu->resolved)
             continue;
         int i = neigh_find(tu->nh_ip);
-        if (i < 0 && (i = neigh_new(tu->nh_ip)) < 0)
-            continue; /* every slot a wanted next hop: asked once one goes */
+        if (i < 0 && (full || (i = neigh_new(tu->nh_ip)) < 0)) {
+            full = 1; /* every slot a wanted next hop: none this round, */
+            continue; /* asked once one goes */
+        }
         if (neigh[i].state == NEIGH_INCOMPLETE)
             neigh_ask(i, now, retry);
     }

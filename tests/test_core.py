@@ -1344,3 +1344,30 @@ def test_fdb_changes_while_forwarding(eng):
     assert set(k for k, v in d.items() if v) <= {"no_destination"}
     assert dropped <= sent // 100
     assert eng.fdb_count() == len(stable) + len(moving) + 12 * 400
+
+
+def test_a_full_neighbour_table_gives_up_only_what_no_tunnel_wants(eng):
+    """The underlay's neighbours (1024 at most): when the table is full, a
+    new one takes the slot of an entry no tunnel sends through; the control
+    API's permanent entries and the next hops tunnels wait for are kept,
+    and with only those left a new one is refused, naming the table."""
+    t = Topo(eng, static_nh=False)
+    # the tunnels to R1, R2 (FDB) and R3 (flood list) wait for their next hops
+    asked = {Ether(f)[ARP].pdst for f in eng.collect(t.up, wait=WAIT, expect=3)}
+    assert asked == {R1_VTEP, R2_VTEP, R3_VTEP}
+    mac = "02:00:0a:00:77:01"
+    for k in range(1024 - 3):
+        eng.set_neighbor(f"10.1.{k >> 8}.{k & 255}", mac)
+    with pytest.raises(Exception, match=r"neighbour table full \(1024 permanent or in use\)"):
+        eng.set_neighbor("10.2.0.1", mac)
+    assert eng.neighbor("10.2.0.1") is None
+    # R3's tunnel gone: its next hop is wanted no more, and its slot is free
+    eng.set_flood(0, [R1_VTEP, R2_VTEP])
+    eng.set_neighbor("10.2.0.1", mac)
+    assert eng.neighbor("10.2.0.1") == mac and eng.neighbor("10.1.0.0") == mac
+    # R1 and R2 still wait for their next hops: asked again, and R1 answers
+    eng.collect(t.up, wait=0.2)
+    _arp_reply(t, R1_VTEP, "02:00:0a:00:00:02")
+    t.send(t.a, _tagged(b"to r1"))
+    [out] = _tunnelled(t, 1)
+    assert out.dst == "02:00:0a:00:00:02" and out[IP].dst == R1_VTEP

@@ -22,6 +22,7 @@ import uuid
 
 import pytest
 from nodeparts import MEDIA_NETWORK, free_port, sh, start_prometheus, underlay_node
+from test_tunnel_tap import kernel_takes_tunnel_gso
 
 from dataplane.api import APIError
 
@@ -1713,7 +1714,6 @@ def test_a_re_created_uplink_is_attached_again(tmp_path):
         def taken_again(old_index, new_index, before):
             took = wait_ping(a["ns"], HOST_IP)
             print(f"uplink re-created: pings answered again after {took:.2f} s")
-            assert took < 5.0
             assert problem(None) is None
             assert "\ndataplane_uplink_up 1.0\n" in scrape(n)
             # the VTEP's MAC is the new device's (no vtep.mac in the config)
@@ -1740,7 +1740,9 @@ def test_a_re_created_uplink_is_attached_again(tmp_path):
             assert (f"dpgso{new_index}" in links) == tunnel_tap
 
         index = socket.if_nametoindex(n.uplink)
-        tunnel_tap = f"dpgso{index}" in host_links()
+        # the uplink has a tunnel tap where the kernel takes tunnel GSO
+        tunnel_tap = kernel_takes_tunnel_gso()
+        assert (f"dpgso{index}" in host_links()) == tunnel_tap
         # re-created in one go
         before = counters()
         new = recreate()
