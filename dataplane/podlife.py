@@ -159,6 +159,25 @@ def netns_gone(pod) -> Optional[str]:
     return None
 
 
+
+def _check_link_local(p, mac: str, floating) -> None:
+    """ConfigError if ``mac`` (plane ``p``'s, asked for or derived) gives
+    the pod an IPv6 link-local address (EUI-64, which the guard lets the
+    pod send from) that another pod holds as a floating address
+    (``floating``: :meth:`PodLife._floating`): the pod would answer for it."""
+    held = floating.get(p.network, {})
+    if not held:
+        return
+    ll = str(ipv6_link_local(bytes.fromhex(mac.replace(":", ""))))
+    holder = held.get(ll)
+    if holder:
+        given = "" if p.mac else "derived for the plane "
+        raise ConfigError(
+            f"macs.{p.plane}: {mac} {given}gives the pod IPv6 link-local address {ll}, a "
+            f"floating address of pod {holder} on network {p.network} (its allowed_addresses)"
+            + ("" if p.mac else "; give the plane another MAC (macs)")
+        )
+
 class _Made:
     """What one pod add made on this node so far, each with how to undo it,
     kept in memory as the add goes: a failed add undoes it without asking
@@ -1340,6 +1359,7 @@ class PodLife:
                         mac = self.store.reserve_mac(name, p.plane, p.mac)
                     else:
                         mac = self.store.allocate_mac(name, p.plane)
+                    _check_link_local(p, mac, floating)
                     hif = host_ifname(name, p.plane)
                     if p.kind != VETH:
                         self._add_fast_plane(name, netns, p, n, mac, ip, made)
@@ -1662,6 +1682,8 @@ class PodLife:
                             f"allowed_addresses.{p.plane}[{i}]: {addr} is the {what}address of "
                             f"pod {pod} on network {p.network}"
                         )
+            if p.mac:  # before anything is written (a derived one: once derived)
+                _check_link_local(p, p.mac, floating)
             if p.ip:
                 held = floating.get(p.network, {})
                 holder = held.get(p.ip)

@@ -273,12 +273,35 @@ def test_a_floating_ipv6_address_cannot_be_another_pods(fabric):  # noqa: F811
     )
     # c's VRRP peer lists the same addresses
     _, e = _pod_with(fab, node, "e", SUBNET + "65", ["fd00:50::40", "fe80::1"])
+    # nor a MAC whose link-local address is another pod's floating one, asked
+    # for or derived (the guard would let the pod advertise it: g's
+    # neighbours would be taken)
+    from dataplane.store.common import derive_mac
+
+    def ll_of(mac):
+        return str(ipv6_link_local(bytes.fromhex(mac.replace(":", ""))))
+
+    mine = derive_mac(f"{tag}h", "std", 0)
+    _, g = _pod_with(fab, node, "g", SUBNET + "66", [ll_of("02:00:00:00:00:99"), ll_of(mine)])
+    with pytest.raises(APIError) as ei:
+        fab.pod(1, "f", SUBNET + "67", macs={"std": "02:00:00:00:00:99"})
+    assert (ei.value.status, str(ei.value)) == (
+        400,
+        "macs.std: 02:00:00:00:00:99 gives the pod IPv6 link-local address fe80::ff:fe00:99, a "
+        f"floating address of pod {tag}g on network net1 (its allowed_addresses)",
+    )
+    assert refused("h", SUBNET + "68") == (
+        f"macs.std: {mine} derived for the plane gives the pod IPv6 link-local address "
+        f"{ll_of(mine)}, a floating address of pod {tag}g on network net1 (its "
+        "allowed_addresses); give the plane another MAC (macs)"
+    )
     pods = node.api("GET", "/v1/pods")
-    assert sorted(p["name"] for p in pods) == [b["name"], c["name"], e["name"]]
+    assert sorted(p["name"] for p in pods) == [b["name"], c["name"], e["name"], g["name"]]
     assert sorted(pl["ip"] for p in pods for pl in p["planes"]) == [
         SUBNET + "61",
         SUBNET + "63",
         SUBNET + "65",
+        SUBNET + "66",
     ]
 
 
