@@ -118,6 +118,10 @@ ip6_unspecified(const uint8_t *a)
 #define DP_DHCP4_CLIENT_PORT 68
 #define DP_DHCP6_SERVER_PORT 547
 #define DP_DHCP6_CLIENT_PORT 546
+/* ICMPv6 types 130 (MLD query) to 143 (MLDv2 report): MLD and ND, what a
+ * host sends from :: before it has an address */
+#define DP_MLD_QUERY 130
+#define DP_MLD2_REPORT 143
 /* hop-by-hop, routing, fragment, authentication (AH: not encrypted, what
  * follows it is read as any header's), destination options */
 #define DP_IP6_EXT(nh) \
@@ -156,7 +160,11 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     const uint8_t *h = guard_read(m, off, 40, buf);
     if (h == NULL)
         return DP_DROP_TRUNCATED;
-    if (!ip6_unspecified(h + 8) && !guard_ip6_ok(g, h + 8))
+    /* :: (no address yet) only for what a host sends before it has one:
+     * ND (duplicate-address detection, router solicitations) and MLD,
+     * checked below as from any source; nothing else is traced back */
+    int unspec = ip6_unspecified(h + 8);
+    if (!unspec && !guard_ip6_ok(g, h + 8))
         return DP_DROP_SPOOF_IPV6;
     uint32_t end = off + 40 + ((uint32_t)h[4] << 8 | h[5]);
     if (end > m->pkt_len)
@@ -176,7 +184,7 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
              * cannot be read as ND without the first (RFC 5722: no
              * overlaps) */
             if (((uint16_t)x[2] << 8 | x[3]) & 0xfff8)
-                return DP_GUARD_PASS;
+                return unspec ? DP_DROP_SPOOF_IPV6 : DP_GUARD_PASS;
             frag = 1;
             nh = x[0];
             off += 8;
@@ -195,6 +203,8 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
      * message is told by could come in the next fragment */
     if (off > end || (nh == IPPROTO_UDP && off + 8 > end))
         return DP_DROP_TRUNCATED;
+    if (unspec && nh != IPPROTO_ICMPV6)
+        return DP_DROP_SPOOF_IPV6;
     if (nh == IPPROTO_UDP) /* a DHCPv6 server's (or relay's) message */
         return guard_dhcp_server(g, m, off, end, DP_DHCP6_SERVER_PORT, DP_DHCP6_CLIENT_PORT);
     if (nh != IPPROTO_ICMPV6)
@@ -204,6 +214,8 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     if (ic == NULL || off + 4 > end)
         return DP_DROP_TRUNCATED;
     uint8_t type = ic[0];
+    if (unspec && (type < DP_MLD_QUERY || type > DP_MLD2_REPORT))
+        return DP_DROP_SPOOF_IPV6; /* an echo, an error: not from :: */
     if (type == DP_ND_RA || type == DP_ND_REDIRECT)
         return DP_DROP_SPOOF_ND; /* a pod is no router */
     if (frag && type >= DP_ND_RS && type <= DP_ND_REDIRECT)

@@ -6,11 +6,14 @@ frames pass, ports without a guard behave as before."""
 import time
 
 import pytest
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6MLReport2,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
     ICMPv6ND_RA,
+    ICMPv6ND_RS,
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
     IPv6,
@@ -88,6 +91,13 @@ OWN = {
     "ipv6_floating": Ether(src=A, dst=B) / IPv6(src=VIP6, dst="fd00::b") / UDP(),
     "nd_ns": ns(),
     "nd_ns_dad": ns(src="::", slla=None, target=A_LL),
+    # before a host has an address: its MLD report and router solicitation
+    "mld2_report_unspecified": Ether(src=A, dst="33:33:00:00:00:16")
+    / IPv6(src="::", dst="ff02::16", hlim=1)
+    / ICMPv6MLReport2(),
+    "nd_rs_unspecified": Ether(src=A, dst="33:33:00:00:00:02")
+    / IPv6(src="::", dst="ff02::2")
+    / ICMPv6ND_RS(),
     "nd_na": na(),
     "nd_na_floating": na(target=VIP6, src=VIP6),
     "vlan_ipv4": Ether(src=A, dst=B) / Dot1Q(vlan=7) / IP(src=A_IP, dst=B_IP) / UDP(),
@@ -134,6 +144,27 @@ SPOOFED = {
         "spoof_arp",
     ),
     "ipv6_source": (Ether(src=A, dst=B) / IPv6(src="fe80::b", dst="fe80::1") / UDP(), "spoof_ipv6"),
+    # :: is for ND and MLD before a host has an address: anything else from
+    # it could be traced to no one
+    "ipv6_unspecified_udp": (
+        Ether(src=A, dst=B) / IPv6(src="::", dst="fe80::b") / UDP(dport=9),
+        "spoof_ipv6",
+    ),
+    "ipv6_unspecified_tcp_syn": (
+        Ether(src=A, dst=B) / IPv6(src="::", dst="fd00::b") / TCP(flags="S"),
+        "spoof_ipv6",
+    ),
+    "ipv6_unspecified_echo": (
+        Ether(src=A, dst=B) / IPv6(src="::", dst="fe80::b") / ICMPv6EchoRequest(),
+        "spoof_ipv6",
+    ),
+    "ipv6_unspecified_later_fragment": (
+        Ether(src=A, dst=B)
+        / IPv6(src="::", dst="fe80::b")
+        / IPv6ExtHdrFragment(offset=9, m=0, id=7, nh=17)
+        / Raw(b"x" * 32),
+        "spoof_ipv6",
+    ),
     "nd_na_target": (na(target="fe80::b"), "spoof_nd"),
     "nd_na_tlla": (na(tlla=B), "spoof_nd"),
     "nd_ns_slla": (ns(slla=B), "spoof_nd"),
