@@ -159,7 +159,6 @@ def netns_gone(pod) -> Optional[str]:
     return None
 
 
-
 def _check_link_local(p, mac: str, floating) -> None:
     """ConfigError if ``mac`` (plane ``p``'s, asked for or derived) gives
     the pod an IPv6 link-local address (EUI-64, which the guard lets the
@@ -177,6 +176,7 @@ def _check_link_local(p, mac: str, floating) -> None:
             f"floating address of pod {holder} on network {p.network} (its allowed_addresses)"
             + ("" if p.mac else "; give the plane another MAC (macs)")
         )
+
 
 class _Made:
     """What one pod add made on this node so far, each with how to undo it,
