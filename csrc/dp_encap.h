@@ -351,6 +351,20 @@ encap_gso(struct dp_wctx *w, const struct dp_net *net, uint32_t ti, struct rte_m
         encap(w, net, ti, seg[i]);
 }
 
+/* the bytes of the VLAN tags (one or two: 802.1Q, 802.1ad) at the start of
+ * frame m (eth: its first segment's data, 14 bytes or more) */
+static inline uint32_t
+vlan_room(const struct rte_mbuf *m, const uint8_t *eth)
+{
+    uint16_t t = (uint16_t)(eth[12] << 8 | eth[13]);
+    if (t != RTE_ETHER_TYPE_VLAN && t != RTE_ETHER_TYPE_QINQ)
+        return 0;
+    if (m->data_len >= RTE_ETHER_HDR_LEN + 4 &&
+        (uint16_t)(eth[16] << 8 | eth[17]) == RTE_ETHER_TYPE_VLAN)
+        return 2 * RTE_VLAN_HLEN;
+    return RTE_VLAN_HLEN;
+}
+
 static void flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote,
                   struct rte_mbuf *m);
 
@@ -400,6 +414,17 @@ flood(struct dp_wctx *w, const struct dp_net *net, int in_port, int to_remote, s
             return;
         }
         w->drop[DP_DROP_NO_UPLINK] += nr;
+        nr = 0;
+    }
+    if (unlikely(nr && m->pkt_len > net->max_frame)) {
+        /* VLAN-tagged, within the MTU to local ports but not through the
+         * underlay: each remote copy counted, not made */
+        if (nt == 0) {
+            w->drop[DP_DROP_OVERSIZE] += nr - 1u;
+            drop(w, m, DP_DROP_OVERSIZE);
+            return;
+        }
+        w->drop[DP_DROP_OVERSIZE] += nr;
         nr = 0;
     }
     if (unlikely(nt == 0 && nr == 0)) {
@@ -595,12 +620,15 @@ pod_burst(struct dp_wctx *w, const struct dp_port *in, uint16_t pi, struct rte_m
         }
         /* longer than any network's MTU allows (a DPDK pod sends what it
          * likes; a kernel pod's stack keeps to its MTU): to a local port as
-         * well as to the underlay. A super-frame's segments are cut to size. */
-        if (unlikely(m->pkt_len > net->max_frame) && !dp_gso_frame(m)) {
+         * well as to the underlay - a VLAN tag or two not counted against
+         * the MTU to a local port, as a bridge does (encap_one and flood
+         * hold the underlay to it). A super-frame's segments are cut to size. */
+        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
+        if (unlikely(m->pkt_len > net->max_frame) && !dp_gso_frame(m) &&
+            m->pkt_len > net->max_frame + vlan_room(m, eth)) {
             drop(w, m, DP_DROP_OVERSIZE);
             continue;
         }
-        const uint8_t *eth = rte_pktmbuf_mtod(m, const uint8_t *);
         if (unlikely((eth[0] & 1) || !((hits >> i) & 1))) {
             fl[nf++] = m;
             continue;

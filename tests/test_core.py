@@ -385,6 +385,41 @@ def test_oversize_frame_to_a_local_port_dropped(topo):
     assert topo.drops()["oversize"] == 2
 
 
+def test_vlan_tags_are_not_counted_against_the_mtu_to_a_local_pod(topo):
+    """A pod's VLAN sub-interface has its parent's MTU: its full-size
+    packets, one tag (802.1Q) or two (802.1ad + 802.1Q) longer than the
+    untagged limit (1464 bytes on a 1500-byte underlay), reach a local pod,
+    as through a bridge; the underlay cannot take them (its MTU, DF set):
+    to a remote VTEP, and a flood's remote copies, each counted oversize."""
+    from scapy.layers.l2 import Dot1AD
+
+    def tagged(dst, tags, size):
+        f = Ether(src=A, dst=dst)
+        for t in tags:
+            f = f / t
+        f = f / IP(src="192.168.1.1", dst="192.168.1.2") / UDP(sport=1000, dport=2000)
+        return f / Raw(b"\x55" * (size - len(f)))
+
+    one, two = [Dot1Q(vlan=7)], [Dot1AD(vlan=5), Dot1Q(vlan=7)]
+    fits = [tagged(B, one, 1468), tagged(B, two, 1472)]
+    topo.send(topo.a, *fits, tagged(B, one, 1469), tagged(B, two, 1473))
+    assert [bytes(f) for f in topo.recv(topo.b, 2)] == [bytes(f) for f in fits]
+    topo.nothing(topo.b, topo.up)
+    assert topo.drops()["oversize"] == 2
+    topo.send(topo.a, tagged(R1, one, 1468))
+    topo.nothing(topo.up)
+    assert topo.drops()["oversize"] == 3
+    # a broadcast: pod b's copy; the flood list's three VTEPs none
+    topo.send(topo.a, tagged(BCAST, one, 1468))
+    assert len(topo.recv(topo.b)) == 1
+    topo.nothing(topo.up, topo.c)
+    assert topo.drops()["oversize"] == 6
+    # a tagged frame within the underlay's limit goes everywhere
+    topo.send(topo.a, tagged(R1, one, 1464))
+    [out] = topo.recv(topo.up)
+    assert out[VXLAN][Dot1Q].vlan == 7 and len(bytes(out)) == 1514
+
+
 def test_networks_are_isolated(topo):
     # C is known only in network 1: from a (network 0) it is unknown unicast,
     # flooded inside network 0 only
