@@ -1169,6 +1169,10 @@ afp_rx_offload(struct dp_afp *a, struct rte_mbuf *m, const struct virtio_net_hdr
 {
     uint32_t start = 0;
 
+    /* verified by the kernel or its device (CHECKSUM_UNNECESSARY): the
+     * outermost L4 checksum is good (a VTEP's on the uplink, dp_decap.h) */
+    if (vh->flags & VIRTIO_NET_HDR_F_DATA_VALID)
+        m->ol_flags |= RTE_MBUF_F_RX_L4_CKSUM_GOOD;
     /* checksum left to offload: carry where it starts and where it goes */
     if (unlikely(vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
         struct dp_csum_meta *cm = dp_csum_meta(m);

@@ -276,6 +276,66 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
     return (ip->version_ihl & 0xf) * 4u;
 }
 
+/* the outer UDP checksum: 0 (none), one the receiving device (or the
+ * kernel under a kernel uplink) verified, one left to offload (a frame of
+ * this host's kernel, on a kernel uplink) - trusted - or one that adds up
+ * (RFC 768), verified here */
+static __rte_always_inline int
+outer_udp_csum_trusted(const struct rte_mbuf *m)
+{
+    return (m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_GOOD ||
+           dp_csum_partial(m);
+}
+
+static inline int
+outer_udp_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl,
+                  const struct rte_udp_hdr *udp)
+{
+    if (udp->dgram_cksum == 0 || outer_udp_csum_trusted(m))
+        return 1;
+    if ((m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_BAD)
+        return 0;
+    return rte_ipv4_udptcp_cksum_mbuf_verify(m, ip, RTE_ETHER_HDR_LEN + hl) == 0;
+}
+
+/* RFC 6040 4.2, as the kernel's VTEP: the underlay marked congestion (CE)
+ * on the outer header of m (its outer headers outer bytes long): an inner
+ * IPv4 or IPv6 packet that is ECN-capable gets CE too; one that is not
+ * cannot carry the mark and is dropped (0); anything else goes on as it is */
+static __rte_noinline int
+ecn_decap(struct rte_mbuf *m, uint32_t outer)
+{
+    uint8_t *eth = rte_pktmbuf_mtod_offset(m, uint8_t *, outer);
+    uint16_t et = (uint16_t)(eth[12] << 8 | eth[13]);
+    uint32_t l3 = outer + RTE_ETHER_HDR_LEN;
+    if (m->data_len < l3 + sizeof(struct rte_ipv6_hdr))
+        return 1; /* (a runt, or its IP header past the first segment) */
+    uint8_t *h = eth + RTE_ETHER_HDR_LEN;
+    if (et == RTE_ETHER_TYPE_IPV4 && (h[0] >> 4) == 4) {
+        if ((h[1] & 3) == 0)
+            return 0;
+        if ((h[1] & 3) != 3) {
+            /* the checksum follows the TOS byte's change (RFC 1624) */
+            uint16_t old = (uint16_t)(h[0] << 8 | h[1]);
+            h[1] |= 3;
+            uint16_t now = (uint16_t)(h[0] << 8 | h[1]);
+            uint32_t sum = (uint16_t)~(h[10] << 8 | h[11]) + (uint16_t)~old + now;
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (uint16_t)~sum;
+            h[10] = (uint8_t)(sum >> 8);
+            h[11] = (uint8_t)sum;
+        }
+    } else if (et == RTE_ETHER_TYPE_IPV6 && (h[0] >> 4) == 6) {
+        /* the traffic class's low bits: the low nibble of byte 1's top */
+        uint8_t ecn = (uint8_t)((h[1] >> 4) & 3);
+        if (ecn == 0)
+            return 0;
+        h[1] |= 0x30;
+    }
+    return 1;
+}
+
 /*
  * Outer checks of one uplink frame, every reason in order. Returns the
  * outer header length (Ether + IPv4 + UDP + VXLAN) of a VXLAN frame for us,
@@ -327,6 +387,14 @@ outer_check_full(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
     /* drop Ethernet padding (or whatever else follows) past the IP datagram */
     if (RTE_ETHER_HDR_LEN + tot < m->pkt_len)
         trim_to(m, RTE_ETHER_HDR_LEN + tot);
+    if (unlikely(!outer_udp_csum_ok(m, ip, hl, udp))) {
+        drop(w, m, DP_DROP_UDP_CHECKSUM);
+        return 0;
+    }
+    if (unlikely((ip->type_of_service & 3) == 3) && !ecn_decap(m, outer)) {
+        drop(w, m, DP_DROP_ECN_NOT_ECT);
+        return 0;
+    }
     return outer;
 }
 
@@ -366,7 +434,9 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
             (uint32_t)(udp->dst_port ^ r->udp_port_be) |
             (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
             (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN) |
-            (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip))));
+            (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip)))) |
+            (uint32_t)(udp->dgram_cksum != 0 && !outer_udp_csum_trusted(m)) |
+            (uint32_t)((ip->type_of_service & 3) == 3);
         if (likely(bad == 0) && likely(outer_ip_csum_ok(m, ip, sizeof(*ip))))
             return DP_VXLAN_HDR_LEN;
     }

@@ -69,7 +69,14 @@ inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
         uint32_t vtc;
         memcpy(&vtc, ip6, 4);
         *tos = (uint8_t)((rte_be_to_cpu_32(vtc) >> 20) & 0xfc);
-        return rte_hash_crc(ip6 + 8, 32, vtc & RTE_BE32(0x000fffff));
+        /* the addresses and the flow label, and the L4 ports of a protocol
+         * that has them right behind the header (an extension header, a
+         * fragment's among them: not looked through, every fragment of a
+         * datagram hashes alike) */
+        uint32_t ports = 0;
+        if (dp_l4_ports[ip6[6]] && m->data_len >= l3 + 44)
+            memcpy(&ports, ip6 + 40, 4);
+        return rte_hash_crc(ip6 + 8, 32, (vtc & RTE_BE32(0x000fffff)) ^ ports);
     }
     *tos = 0;
     return rte_hash_crc(eth, 12, et);

@@ -261,6 +261,23 @@ def test_encap_source_port_entropy(topo):
     assert {o[UDP].sport for o in again} == {outs[5][UDP].sport}
 
 
+def test_encap_ipv6_flows_differ_by_port(topo):
+    """IPv6 flows between two addresses, flow label 0 (a DPDK pod, a host
+    with auto_flowlabels off), spread by their L4 ports; a flow keeps its
+    source port, its fragments with it (no ports read past the fragment
+    header)."""
+    f = [
+        Ether(src=A, dst=R1) / IPv6(src="fd00::1", dst="fd00::2") / proto(sport=p, dport=80)
+        for proto, ports in ((UDP, range(5000, 5008)), (TCP, range(5008, 5016)))
+        for p in ports
+    ]
+    topo.send(topo.a, *f)
+    outs = topo.recv(topo.up, 16)
+    assert len({o[UDP].sport for o in outs}) >= 12
+    topo.send(topo.a, *[f[3]] * 4)
+    assert {o[UDP].sport for o in topo.recv(topo.up, 4)} == {outs[3][UDP].sport}
+
+
 def test_encap_tcp_flows_differ_by_port(topo):
     f = [
         Ether(src=A, dst=R1) / IP(src="1.1.1.1", dst="2.2.2.2") / TCP(sport=p, dport=80)

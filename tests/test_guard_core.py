@@ -397,6 +397,62 @@ def test_outer_udp_length_verified(topo):
     assert len(topo.recv(topo.a)) == 1
 
 
+def test_outer_udp_checksum_verified_when_sent(topo):
+    """A VTEP that sends a UDP checksum (hardware VTEPs, Linux with
+    udpcsum) has it checked: a wrong one is dropped (udp_checksum), a right
+    one and none (0, as VTEPs send over IPv4) pass."""
+    inner = udp_frame(src=R1, dst=A)
+    right = vxlan_frame(inner)
+    right[UDP].chksum = None  # scapy computes it
+    right = Ether(bytes(right))
+    assert right[UDP].chksum != 0
+    wrong = right.copy()
+    wrong[UDP].chksum ^= 0x0101
+    _uplink_drop(topo, wrong, "udp_checksum")
+    for f in (right, vxlan_frame(inner)):
+        topo.send(topo.up, f)
+        [got] = topo.recv(topo.a)
+        assert bytes(got) == bytes(inner)
+
+
+def test_a_congestion_mark_of_the_underlay_reaches_the_inner_packet(topo):
+    """RFC 6040 4.2, as the kernel's VTEP decapsulates: an outer CE mark
+    sets CE on an ECN-capable inner IPv4 (its header checksum right) or
+    IPv6 packet; an inner packet that is not ECN-capable cannot carry it
+    and is dropped (ecn_not_ect); anything else is as it came."""
+    from scapy.layers.inet6 import IPv6 as IP6
+
+    def outer_ce(inner, tos=0x03):
+        f = vxlan_frame(inner)
+        f[IP].tos = tos
+        del f[IP].chksum
+        return Ether(bytes(f))
+
+    for ect in (0x01, 0x02, 0x03):
+        inner = udp_frame(src=R1, dst=A, tos=0xB8 | ect)
+        topo.send(topo.up, outer_ce(inner))
+        [got] = topo.recv(topo.a)
+        assert got[IP].tos == 0xBB, (ect, got[IP].tos)
+        want = got[IP].copy()
+        del want.chksum
+        assert got[IP].chksum == IP(bytes(want)).chksum
+        assert bytes(got[UDP]) == bytes(inner[UDP])
+    six = Ether(src=R1, dst=A) / IP6(src="fd00::2", dst="fd00::1", tc=0xB8 | 0x02) / UDP()
+    topo.send(topo.up, outer_ce(six))
+    [got] = topo.recv(topo.a)
+    assert got[IP6].tc == 0xBB and bytes(got[UDP]) == bytes(six[UDP])
+    _uplink_drop(topo, outer_ce(udp_frame(src=R1, dst=A, tos=0xB8)), "ecn_not_ect")
+    six_not = Ether(src=R1, dst=A) / IP6(src="fd00::2", dst="fd00::1", tc=0xB8) / UDP()
+    _uplink_drop(topo, outer_ce(six_not), "ecn_not_ect")
+    # not IP: as it came; an outer ECT mark (no congestion) changes nothing
+    arp = Ether(src=R1, dst=A) / ARP(hwsrc=R1, psrc="192.168.1.2", pdst="192.168.1.1")
+    plain = udp_frame(src=R1, dst=A, tos=0xB8)
+    for inner, tos in ((arp, 0x03), (plain, 0x02), (plain, 0x01)):
+        topo.send(topo.up, outer_ce(inner, tos))
+        [got] = topo.recv(topo.a)
+        assert bytes(got) == bytes(inner)
+
+
 def test_pool_in_use_returns(topo):
     eng = topo.eng
     base = eng.pool_in_use()

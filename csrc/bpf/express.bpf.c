@@ -747,6 +747,8 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
         (__u32)bpf_ntohs(h->ip.tot_len) + ETH_HLEN != skb->len || h->udp.dest != up->udp_port ||
         bpf_ntohs(h->udp.len) != bpf_ntohs(h->ip.tot_len) - sizeof(struct iphdr) ||
         h->flags != bpf_htonl(0x08000000) || (h->vni & bpf_htonl(0xff)) || (h->in.h_dest[0] & 1) ||
+        /* a congestion mark to carry inward (RFC 6040): the core's */
+        (h->ip.tos & 3) == 3 ||
         (h->in.h_proto != bpf_htons(ETH_P_IP) &&
          (h->in.h_proto != bpf_htons(ETH_P_IPV6) || !up->dec_v6)))
         return 0;
