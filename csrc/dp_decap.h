@@ -319,7 +319,7 @@ ecn_decap(struct rte_mbuf *m, uint32_t outer)
             uint16_t old = (uint16_t)(h[0] << 8 | h[1]);
             h[1] |= 3;
             uint16_t now = (uint16_t)(h[0] << 8 | h[1]);
-            uint32_t sum = (uint16_t)~(h[10] << 8 | h[11]) + (uint16_t)~old + now;
+            uint32_t sum = (uint16_t) ~(h[10] << 8 | h[11]) + (uint16_t)~old + now;
             sum = (sum & 0xffff) + (sum >> 16);
             sum = (sum & 0xffff) + (sum >> 16);
             sum = (uint16_t)~sum;
