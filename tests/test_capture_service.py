@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -53,6 +54,37 @@ def tshark(path, *fields):
     return [line.split("|") for line in r.stdout.splitlines()]
 
 
+def echoes_in(path):
+    """(echo requests, echo replies) among the IPv4 frames the pcapng file
+    at ``path`` holds so far (a block still being written not counted)."""
+    data = path.read_bytes() if path.exists() else b""
+    off, req, rep = 0, 0, 0
+    while off + 12 <= len(data):
+        btype, blen = struct.unpack_from("<II", data, off)
+        if blen < 12 or off + blen > len(data):
+            break  # the rest is still to be written
+        if btype == 6:  # an enhanced packet block: its frame after 28 bytes
+            caplen = struct.unpack_from("<I", data, off + 20)[0]
+            f = data[off + 28 : off + 28 + caplen]
+            if f[12:14] == b"\x81\x00":  # one VLAN tag
+                f = f[:12] + f[16:]
+            if len(f) > 34 and f[12:14] == b"\x08\x00" and f[23] == 1:  # IPv4 ICMP
+                icmp = 14 + (f[14] & 0x0F) * 4
+                req += f[icmp] == 8
+                rep += f[icmp] == 0
+        off += blen
+    return req, rep
+
+
+def written(path, pings, timeout=20.0):
+    """Wait until the capture's file holds ``pings`` echo requests and their
+    replies (the client writes what it fetches as it fetches it)."""
+    end = time.monotonic() + timeout
+    while echoes_in(path) < (pings, pings):
+        assert time.monotonic() < end, f"not in the file: {echoes_in(path)} of {pings} echoes"
+        time.sleep(0.05)
+
+
 def capturing(node, out, target, pings):
     """Pods a (CT) and b (IT), a capture of ``target`` to file ``out``
     started, ``pings`` echoes from a to b caught in it: (a, b, capture)."""
@@ -61,7 +93,7 @@ def capturing(node, out, target, pings):
     cap = capture(node, target, "-w", str(out))
     started(cap)
     assert ping(a["ns"], ip_of(b), count=pings, interval="0.1").returncode == 0
-    time.sleep(0.3)
+    written(out, pings)
     return a, b, cap
 
 
@@ -118,7 +150,7 @@ def test_ctrl_c_leaves_a_whole_file_and_no_capture(node, tmp_path):
     cap = capture(node, a["name"], "-w", str(out))  # every plane of pod a
     started(cap)
     assert ping(a["ns"], ip_of(b), count=3, interval="0.1").returncode == 0
-    time.sleep(0.3)
+    written(out, 3)
     cap.send_signal(signal.SIGINT)
     assert cap.wait(30) == 0, cap.stderr.read()
     rows = tshark(out, "frame.interface_name", "icmp.type")
@@ -442,6 +474,7 @@ def test_the_status_shows_a_running_capture_and_the_lane_waiting_for_it(node):
     `dataplane status` says so, and which capture it waits for; once the
     capture ends the status says the lane is on again."""
     node.pod("a", CT_SPEC)
+    launched = time.monotonic()
     cap = capture(node, "a", "--direction", "drop", "udp port 9999")
     started(cap)
     try:
@@ -449,7 +482,16 @@ def test_the_status_shows_a_running_capture_and_the_lane_waiting_for_it(node):
         assert st["express_lane"], "the test wants the express lane loaded"
         c = st["capture"]
         assert (c["target"], c["direction"], c["filter"]) == ("a", "drop", "udp port 9999")
-        assert sorted(c["ports"]) == ["a:control", "a:std"] and c["running_s"] >= 0
+        assert sorted(c["ports"]) == ["a:control", "a:std"]
+        # its age: no more than since its client was launched (in tenths)
+        assert 0 <= c["running_s"] <= time.monotonic() - launched + 0.05, c
+        # and it grows while it runs
+        for _ in range(100):
+            later = json.loads(node.cli("status", "--json").stdout)["capture"]
+            if later["running_s"] > c["running_s"]:
+                break
+            time.sleep(0.05)
+        assert later["id"] == c["id"] and later["running_s"] > c["running_s"], (c, later)
         text = node.cli("status").stdout
         assert "express lane paused (a capture runs)" in text, text
         assert f"capture {c['id']} running for " in text

@@ -5,6 +5,7 @@ then makes nothing."""
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,25 +108,28 @@ def test_the_demo_runs_its_topology_and_leaves_nothing_even_after_a_killed_one()
     before = (_demo_names(), os.path.exists(demo.DEMO_LOCK))
     assert not before[0], f"demo names exist before the test: {before[0]}"
     stale = tempfile.mkdtemp(prefix=demo.STATE_PREFIX)  # as a killed demo leaves it
-    r = subprocess.run(
-        [sys.executable, "-m", "dataplane.demo", "--duration", "0"]
-        + ["--metrics-port", str(free_port())],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    out = r.stdout
-    assert r.returncode == 0, out + r.stderr
-    assert "removing what a demo that did not finish left: " in out, out
-    assert f"state directory {stale}" in out, out
-    assert "pod a -> pod b (same node, net1): ok" in out, out
-    assert "pod a -> pod b over IPv6 (net1, dual stack): ok" in out, out
-    assert "demo: pod dpdemo-b std      eth0" in out and "(and fd00:100::" in out, out
-    assert "pod b -> vm behind the kernel's VXLAN VTEP (VNI 100 over the underlay): ok" in out
-    assert "dataplane_network_encap" in out and "demo: cleaned up" in out, out
-    assert (_demo_names(), os.path.exists(demo.DEMO_LOCK)) == before
-    assert _state_dirs() == set(), _state_dirs()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "dataplane.demo", "--duration", "0"]
+            + ["--metrics-port", str(free_port())],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+        out = r.stdout
+        assert r.returncode == 0, out + r.stderr
+        assert "removing what a demo that did not finish left: " in out, out
+        assert f"state directory {stale}" in out, out
+        assert "pod a -> pod b (same node, net1): ok" in out, out
+        assert "pod a -> pod b over IPv6 (net1, dual stack): ok" in out, out
+        assert "demo: pod dpdemo-b std      eth0" in out and "(and fd00:100::" in out, out
+        assert "pod b -> vm behind the kernel's VXLAN VTEP (VNI 100 over the underlay): ok" in out
+        assert "dataplane_network_encap" in out and "demo: cleaned up" in out, out
+        assert (_demo_names(), os.path.exists(demo.DEMO_LOCK)) == before
+        assert _state_dirs() == set(), _state_dirs()  # the stale one too, by the demo
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)  # left only when the demo failed
 
 
 def test_the_demo_takes_the_cpus_it_may_use_and_refuses_one():

@@ -62,10 +62,12 @@ def decoys():
 def test_a_killed_engines_runtime_dir_goes_at_the_next_start(decoys):
     assert os.geteuid() == 0, "needs root (the runtime directory under /var/run/dpdk)"
     a = start_engine()
-    dir_a = os.path.join(_runtime_dir(), f"dataplane-{a.pid}")
-    assert os.path.isdir(dir_a), f"no runtime directory {dir_a}"
-    a.send_signal(signal.SIGKILL)
-    a.wait()
+    try:
+        dir_a = os.path.join(_runtime_dir(), f"dataplane-{a.pid}")
+        assert os.path.isdir(dir_a), f"no runtime directory {dir_a}"
+    finally:
+        a.send_signal(signal.SIGKILL)  # killed, as the test wants it, or on a failure
+        a.wait()
     assert os.path.isdir(dir_a), "the killed engine's runtime directory went by itself"
 
     b = start_engine()

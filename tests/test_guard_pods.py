@@ -155,6 +155,19 @@ class World:
         """Drops of what pods send: spoofing and storm control."""
         return sum(v for k, v in self.drops().items() if k.startswith(("spoof_", "storm")))
 
+    def forget_arp(self, ip):
+        """The vm's ARP cache has no entry for ``ip`` (the next announcement
+        of it makes one, whatever the last said)."""
+        nsx(self.vm, "ip", "-4", "neigh", "del", ip, "dev", "eth0")  # none: fine
+        assert self.arp_of(ip) is None, ip
+
+    def broadcasts_taken(self):
+        """UDP broadcasts the vm's stack received for a port nobody listens
+        on (Udp IgnoredMulti): how a DHCP offer flooded to it shows."""
+        lines = nsx(self.vm, "cat", "/proc/net/snmp").stdout.splitlines()
+        head, values = [ln.split() for ln in lines if ln.startswith("Udp:")][:2]
+        return int(values[head.index("IgnoredMulti")])
+
     def arp_of(self, ip):
         out = nsx(self.vm, "ip", "-4", "neigh", "show", ip, "dev", "eth0").stdout.split()
         return out[out.index("lladdr") + 1] if "lladdr" in out else None
@@ -278,6 +291,15 @@ def test_router_advertisement_from_pod_dropped(world):
     assert "default" not in routes and "2001:db8:66" not in routes, routes
 
 
+def until(cond, what, tries=100):
+    """Wait for cond() (0.05 s apart), AssertionError naming ``what``."""
+    for _ in range(tries):
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
 def test_floating_address_may_be_announced(world):
     """allowed_addresses: pod b's floating address is its own to announce."""
     before = world.pod_drops()
@@ -298,10 +320,12 @@ def test_guard_is_replayed_after_a_restart(world):
     world.learn_victim()
     world.attack(ARP_CASES["gratuitous_reply"][0], "spoof_arp")
     assert world.arp_of(A_IP) == A_MAC
-    # allowed_addresses came back with the pod's record
+    # allowed_addresses came back with the pod's record: the announcement
+    # reaches the vm (its cache emptied first) and nothing is dropped
+    world.forget_arp(FLOAT_IP)
     before = world.pod_drops()
-    send_frames(world.tmp, world.b["ns"], [_arp(2, B_MAC, FLOAT_IP, FLOAT_IP)])
-    time.sleep(0.5)
+    assert send_frames(world.tmp, world.b["ns"], [_arp(2, B_MAC, FLOAT_IP, FLOAT_IP)]) == 1
+    until(lambda: world.arp_of(FLOAT_IP) == B_MAC, "b's floating address announced to the vm")
     assert world.pod_drops() == before, world.drops()
 
 
@@ -332,13 +356,12 @@ def test_floating_address_cannot_be_another_pods(world):
     # the second member of b's pair announces the shared address too
     e = v6_pod(world.fab, 1, "e", SUBNET + "15", "02:00:00:0a:00:15", allowed=[FLOAT_IP])
     try:
+        world.forget_arp(FLOAT_IP)
         before = world.pod_drops()
-        send_frames(
-            world.tmp,
-            e["ns"],
-            [_arp(2, "02:00:00:0a:00:15", FLOAT_IP, FLOAT_IP, src="02:00:00:0a:00:15")],
-        )
-        time.sleep(0.5)
+        e_mac = "02:00:00:0a:00:15"
+        sent = send_frames(world.tmp, e["ns"], [_arp(2, e_mac, FLOAT_IP, FLOAT_IP, src=e_mac)])
+        assert sent == 1
+        until(lambda: world.arp_of(FLOAT_IP) == e_mac, "e's announcement of the shared address")
         assert world.pod_drops() == before, world.drops()
     finally:
         world.node.api("DELETE", "/v1/pods", {"name": e["name"]})
@@ -401,9 +424,10 @@ def test_dhcp_server_only_where_the_spec_says(world):
                 world.node.stop()
                 world.node.start()
                 reach(ns, A_IP, "pod h -> pod a after a restart", deadline=20)
-            before = world.drops()
-            send_frames(world.tmp, ns, [_offer(mac, ip)])
-            time.sleep(0.5)
+            before, taken = world.drops(), world.broadcasts_taken()
+            assert send_frames(world.tmp, ns, [_offer(mac, ip)]) == 1
+            # the offer was forwarded: flooded to the vm, whose stack took it
+            until(lambda: world.broadcasts_taken() > taken, f"the offer at the vm ({when})")
             assert world.drops() == before, (when, world.drops())
     finally:
         world.node.api("DELETE", "/v1/pods", {"name": body["name"]})

@@ -40,12 +40,11 @@ def test_stops_while_its_cluster_view_waits_on_a_hung_etcd(tmp_path):
             # the watch's heartbeat gave up on etcd: the cluster view asks it
             # for a new snapshot, which waits for the request timeout
             assert wait_log(n, "cluster watch ended")
-            t = time.monotonic()
             n.proc.send_signal(signal.SIGTERM)
-            assert n.proc.wait(60) == 0
-            took = time.monotonic() - t
-            # a stop that waited for a request would take at least this long
-            assert took < ETCD_TIMEOUT_S, took
+            # a stop that waited for the snapshot's request would take the
+            # request timeout: it does not end within it
+            # (subprocess.TimeoutExpired)
+            assert n.proc.wait(ETCD_TIMEOUT_S) == 0
             log = (n.tmp / "service.log").read_text()
             assert '"node service stopped"' in log
             # the snapshot's answer, had it come before the process ended, was

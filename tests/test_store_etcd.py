@@ -124,11 +124,12 @@ def test_bad_arguments():
 
 
 def test_unreachable_etcd_is_an_error_not_a_hang():
+    # nothing listens: the connection is refused, said as such (not a wait
+    # for the request timeout, which would say "no answer within")
     url = f"http://127.0.0.1:{_free_port()}"
-    t = time.monotonic()
-    with pytest.raises(EtcdUnavailable, match=r"does not answer"):
+    with pytest.raises(EtcdUnavailable) as e:
         EtcdStore([url], timeout=2)
-    assert time.monotonic() - t < 5
+    assert str(e.value).startswith(f"etcd {url} does not answer (connection refused"), e.value
 
 
 def test_next_endpoint_when_one_does_not_answer(server, prefix):
@@ -753,12 +754,15 @@ def test_hung_etcd_is_noticed_by_the_heartbeat(own_server):
         kind, err = ev.next(timeout=10)
         assert kind == "error" and isinstance(err, EtcdUnavailable)
         assert w.wait(5) and not w.running
-        t = time.monotonic()  # calls time out, none hangs
+        # calls time out at the store's timeout, none hangs: each error says
+        # the wait it gave up after
         with pytest.raises(EtcdUnavailable, match=r"no answer within 1 s"):
             s.endpoints_snapshot()
-        with pytest.raises(EtcdUnavailable, match=r"cannot watch"):
+        with pytest.raises(EtcdUnavailable, match=r"cannot watch") as e:
             s.watch_endpoints(None, ev)
-        assert time.monotonic() - t < 5
+        assert str(e.value) == (
+            f"etcd: cannot watch, no endpoint answers: {own_server.url} (the connection timed out)"
+        )
     finally:
         own_server.resume()
     _, rev = s.endpoints_snapshot()  # answers again
@@ -794,10 +798,9 @@ def test_store_errors_name_the_endpoint_in_plain_words(own_server):
     assert s.client.last_error is None and s.client.last_answer is not None
     own_server.pause()
     try:
-        t = time.monotonic()
+        # gave up at the bound (its message says 0.5 s), not the 10 s timeout
         with s.client.bounded(0.5), pytest.raises(EtcdUnavailable) as hung:
             s.pods()
-        assert time.monotonic() - t < 5
         assert str(hung.value) == (
             f"etcd {own_server.url} does not answer: no answer within 0.5 s "
             "(it is hung, overloaded or cut off)"

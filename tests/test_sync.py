@@ -1,11 +1,14 @@
-"""The cluster view without etcd or root: which remote entries and flood
-lists a node wants from the cluster's endpoints, and the diff that brings
-the core there (against a fake engine)."""
+"""The cluster view without etcd: which remote entries and flood lists a
+node wants from the cluster's endpoints, and the diff that brings the core
+there (a real core in a child process, ring ports only; those tests need
+root for DPDK's EAL)."""
+
+import os
+import uuid
 
 import pytest
 
 from dataplane.config import parse_config
-from dataplane.errors import NotFound
 from dataplane.sync import CoreTables, Tables, desired_tables, is_remote, network_index
 
 CONFIG = {
@@ -108,39 +111,81 @@ def test_one_vtep_appears_once_in_a_flood_list(config):
 
 
 # -------------------------------------------------------------- core tables
-class FakeEngine:
-    """The engine calls the diff makes, on dicts, recorded in ``calls``."""
+MY_VTEP = "10.0.0.1"
 
-    def __init__(self):
-        self.fdb = {}  # (net, mac) -> ("local", port) | ("remote", vtep)
-        self.flood = {}
+
+@pytest.fixture(scope="module")
+def core():
+    if os.geteuid() != 0:
+        pytest.skip("the forwarding core needs root (DPDK EAL)")
+    from tests.enginehost import start_host
+
+    host = start_host()
+    engine = host.Engine(
+        mode="fallback",
+        lcores=[0, 1],
+        memory_mb=256,
+        n_mbufs=8191,
+        file_prefix=f"dptest-sync-{uuid.uuid4().hex[:8]}",
+    )
+    engine.start()
+    yield engine
+    engine.close()
+    host.shutdown()
+
+
+class Recorded:
+    """The real engine, each change the diff asks of it recorded in
+    ``calls`` (then made); reads go straight to it."""
+
+    def __init__(self, engine):
+        self.engine = engine
         self.calls = []
 
-    def fdb_get(self, net, mac):
-        return self.fdb.get((net, mac))
-
-    def fdb_local_keys(self):
-        return {k for k, v in self.fdb.items() if v[0] == "local"}
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
 
     def fdb_add_remote(self, net, mac, vtep):
         self.calls.append(("add", net, mac, vtep))
-        self.fdb[(net, mac)] = ("remote", vtep)
+        return self.engine.fdb_add_remote(net, mac, vtep)
 
     def fdb_del(self, net, mac):
         self.calls.append(("del", net, mac))
-        if self.fdb.pop((net, mac), None) is None:
-            raise NotFound(f"MAC {mac} is not in network {net}")
+        return self.engine.fdb_del(net, mac)
 
     def set_flood(self, net, vteps):
         self.calls.append(("flood", net, list(vteps)))
-        self.flood[net] = list(vteps)
+        return self.engine.set_flood(net, vteps)
+
+
+@pytest.fixture
+def eng(core):
+    """The core with an uplink, networks 0 and 1, this node's VTEP and a pod
+    port (``eng.pod``) on network 0, behind a recorder of the diff's calls."""
+    up = core.add_ring_port("up", role="uplink")
+    core.add_network(0, vni=100)
+    core.add_network(1, vni=200)
+    core.set_vtep(f"{MY_VTEP}/24", "02:00:0a:00:00:01", up, next_hop_mac="02:00:0a:00:00:fe")
+    rec = Recorded(core)
+    rec.pod = core.add_ring_port("pa", role="pod", network=0)
+    yield rec
+    core.reset()
+
+
+def fdb(eng, net=0):
+    """{MAC: ("local", port) | ("remote", VTEP)} of network ``net``, as the core has it."""
+    return {e.mac: eng.fdb_get(net, e.mac) for e in eng.fdb_list(net)}
+
+
+def flood(eng, net):
+    return [ip for ip, _ in eng.flood_list(net)]
 
 
 M1, M2 = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 
-def test_apply_adds_then_changes_only_the_difference():
-    eng, t = FakeEngine(), CoreTables()
+def test_apply_adds_then_changes_only_the_difference(eng):
+    t = CoreTables()
     t.apply(
         eng,
         Tables({(0, M1): "10.0.0.2", (0, M2): "10.0.0.3"}, {0: ["10.0.0.2", "10.0.0.3"], 1: []}),
@@ -150,6 +195,8 @@ def test_apply_adds_then_changes_only_the_difference():
         ("add", 0, M2, "10.0.0.3"),
         ("flood", 0, ["10.0.0.2", "10.0.0.3"]),
     ]  # none empty
+    assert fdb(eng) == {M1: ("remote", "10.0.0.2"), M2: ("remote", "10.0.0.3")}
+    assert sorted(flood(eng, 0)) == ["10.0.0.2", "10.0.0.3"] and flood(eng, 1) == []
     eng.calls.clear()
     t.apply(
         eng,
@@ -162,31 +209,39 @@ def test_apply_adds_then_changes_only_the_difference():
         ("del", 0, M2),
         ("flood", 0, ["10.0.0.4"]),
     ]
-    assert eng.fdb == {(0, M1): ("remote", "10.0.0.4")}
+    assert fdb(eng) == {M1: ("remote", "10.0.0.4")} and fdb(eng, 1) == {}
+    assert flood(eng, 0) == ["10.0.0.4"]
     assert t.fdb == {(0, M1): "10.0.0.4"} and t.flood == {0: ["10.0.0.4"]}
 
 
-def test_a_local_mac_stays_local():
-    eng, t = FakeEngine(), CoreTables()
-    eng.fdb[(0, M1)] = ("local", 3)  # a pod here has it
+def test_a_local_mac_stays_local(eng):
+    t = CoreTables()
+    eng.fdb_add_local(0, M1, eng.pod)  # a pod here has it
     t.apply(eng, Tables({(0, M1): "10.0.0.2"}, {0: ["10.0.0.2"]}))
     assert eng.calls == [("flood", 0, ["10.0.0.2"])]
-    assert eng.fdb[(0, M1)] == ("local", 3) and t.fdb == {}
+    assert fdb(eng) == {M1: ("local", eng.pod)} and t.fdb == {}
+    assert flood(eng, 0) == ["10.0.0.2"]
 
 
-def test_a_pod_that_moved_here_keeps_its_local_entry():
-    eng, t = FakeEngine(), CoreTables()
+def test_a_pod_that_moved_here_keeps_its_local_entry(eng):
+    t = CoreTables()
     t.apply(eng, Tables({(0, M1): "10.0.0.2"}, {0: ["10.0.0.2"]}))
-    eng.fdb[(0, M1)] = ("local", 3)  # attached here since
+    assert fdb(eng) == {M1: ("remote", "10.0.0.2")}
+    eng.fdb_add_local(0, M1, eng.pod)  # attached here since
+    assert fdb(eng) == {M1: ("local", eng.pod)}
     eng.calls.clear()
     t.apply(eng, Tables({}, {0: []}))  # its remote record went
     assert eng.calls == [("flood", 0, [])]  # the local entry is not deleted
-    assert eng.fdb[(0, M1)] == ("local", 3) and t.fdb == {}
+    assert fdb(eng) == {M1: ("local", eng.pod)} and t.fdb == {}
+    assert flood(eng, 0) == []
 
 
-def test_an_entry_already_gone_from_the_core_is_forgotten():
-    eng, t = FakeEngine(), CoreTables()
+def test_an_entry_already_gone_from_the_core_is_forgotten(eng):
+    t = CoreTables()
     t.apply(eng, Tables({(0, M1): "10.0.0.2"}, {0: []}))
-    del eng.fdb[(0, M1)]  # e.g. its port's purge
-    t.apply(eng, Tables({}, {0: []}))
-    assert t.fdb == {}
+    assert fdb(eng) == {M1: ("remote", "10.0.0.2")}
+    eng.engine.fdb_del(0, M1)  # e.g. its port's purge (not the diff's call)
+    eng.calls.clear()
+    t.apply(eng, Tables({}, {0: []}))  # the core's NotFound is no failure
+    assert eng.calls == [("del", 0, M1)]
+    assert t.fdb == {} and fdb(eng) == {}

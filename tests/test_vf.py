@@ -344,23 +344,16 @@ def test_vf_of_a_live_namespace_kept_of_a_dead_one_freed(fabric, sockdir):
 
 
 # ------------------------------------------- sysfs discovery, on a fake sysfs
-class MetaStore:
-    """The store's meta calls alone."""
+@pytest.fixture
+def store(tmp_path):
+    """A real SQLite store in tmp_path, of node node1 (the VF records are
+    the node's: their keys name it)."""
+    from dataplane.store import SqliteStore
 
-    node = "node1"
-
-    def __init__(self):
-        self.meta = {}
-        self.pods = {}
-
-    def get_meta(self, key):
-        return self.meta.get(key)
-
-    def pod(self, name):
-        return self.pods.get(name)
-
-    def set_meta(self, key, value):
-        self.meta[key] = value
+    s = SqliteStore(str(tmp_path / "state.db"))
+    s.node = "node1"
+    yield s
+    s.close()
 
 
 @pytest.fixture
@@ -399,15 +392,14 @@ def test_vf_found_by_name_or_pci_address_with_its_pf(fake_sysfs):
         vf.resolve("0000:03:09.0")
 
 
-def test_a_vf_named_otherwise_is_still_the_one_held_or_the_dataplanes(fake_sysfs):
+def test_a_vf_named_otherwise_is_still_the_one_held_or_the_dataplanes(fake_sysfs, store):
     """A device is held, and the dataplane's own, however the request names
     it: its PCI address in capitals, its interface name or its address."""
     vf = fake_sysfs
     from dataplane.errors import Busy
 
-    store = MetaStore()
     args = ("/nonexistent", "sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False)
-    store.pods["p1"] = {"name": "p1", "netns": "/nonexistent", "node": "node1"}
+    store.put_pod("p1", "/nonexistent", {}, node="node1")
     vf.take(store, "p1", "media", "0000:0a:02.4", *args, {})
     with pytest.raises(Busy, match=r"held by pod p1 plane media \(as 0000:0a:02.4\)"):
         vf.take(store, "p2", "media", "0000:0A:02.4", *args, {})
@@ -429,18 +421,17 @@ def test_a_vf_named_otherwise_is_still_the_one_held_or_the_dataplanes(fake_sysfs
     vf.refuse_own("0000:03:02.2", {"vf0", "uplink0"}, [None])  # another's: fine
 
 
-def test_dpdk_mode_vf_is_held_not_moved(fake_sysfs):
+def test_dpdk_mode_vf_is_held_not_moved(fake_sysfs, store):
     """A VF bound to vfio-pci: recorded as held, its PCI address returned,
     nothing moved; another pod is refused; give_back frees it."""
     vf = fake_sysfs
     from dataplane.errors import Busy
 
-    store = MetaStore()
     args = ("/nonexistent", "sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False, {})
-    store.pods["p1"] = {"name": "p1", "netns": "/nonexistent", "node": "node1"}
+    store.put_pod("p1", "/nonexistent", {}, node="node1")
     got = vf.take(store, "p1", "media", "0000:03:02.2", *args)
     assert got == {"pci": "0000:03:02.2", "device": "0000:03:02.2"}
-    assert json.loads(store.meta["vf:node1:0000:03:02.2"])["pod"] == "p1"
+    assert json.loads(store.get_meta("vf:node1:0000:03:02.2"))["pod"] == "p1"
     with pytest.raises(Busy, match="held by pod p1 plane media"):
         vf.take(store, "p2", "media", "0000:03:02.2", *args)
     assert vf.give_back(store, "0000:03:02.2") is True
@@ -481,7 +472,7 @@ def test_vf_attachment_check_sees_the_pods_interface(fabric, sockdir):
     assert_restored(node, before)
 
 
-def test_dpdk_mode_vf_of_a_gone_pod_freed(fake_sysfs, tmp_path):
+def test_dpdk_mode_vf_of_a_gone_pod_freed(fake_sysfs, store, tmp_path):
     """A VF bound to vfio-pci whose pod has no record: kept while its
     namespace is there; once it is gone, the next pod asking gets it, and
     the housekeeping's sweep frees it too."""
@@ -489,7 +480,6 @@ def test_dpdk_mode_vf_of_a_gone_pod_freed(fake_sysfs, tmp_path):
     from dataplane.errors import Busy
 
     dev = "0000:03:02.2"
-    store = MetaStore()
     netns = tmp_path / "netns-p1"  # stands for the namespace's path
     netns.write_text("")
     rest = ("sriov0", "02:00:00:00:00:01", "10.0.0.2/24", None, 1500, False, {})
@@ -500,12 +490,12 @@ def test_dpdk_mode_vf_of_a_gone_pod_freed(fake_sysfs, tmp_path):
     assert vf.sweep(store) == [] and vf.holder(store, dev)["pod"] == "p1"
 
     netns.unlink()
-    store.pods["p1"] = {"name": "p1", "netns": str(netns), "node": "node1"}
+    store.put_pod("p1", str(netns), {}, node="node1")
     with pytest.raises(Busy, match="held by pod p1 plane media$"):  # its record: its delete's
         vf.take(store, "p2", "media", dev, "/nonexistent", *rest)
     assert vf.sweep(store) == []
 
-    del store.pods["p1"]
+    assert store.delete_pod("p1")
     assert vf.take(store, "p2", "media", dev, "/nonexistent", *rest)["pci"] == dev
     assert vf.holder(store, dev)["pod"] == "p2"
     assert vf.sweep(store) == [dev]  # p2's namespace is gone too
