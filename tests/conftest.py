@@ -50,6 +50,18 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped on CI, where every test must run: {why}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a module skipped as it is collected (a module-level
+    skip or importorskip), which no test report would show."""
+    outcome = yield
+    report = outcome.get_result()
+    if NO_SKIPS and report.skipped:
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped on CI, where every test must run: {why}"
+
+
 @pytest.fixture(scope="session", params=MODES)
 def core(request):
     """An Engine in a child process, one per EAL mode, shared by the tests of

@@ -2,9 +2,9 @@
 
 import pytest
 
+from dataplane import engine
 from dataplane.errors import ConfigError
 
-engine = pytest.importorskip("dataplane.engine")
 EngineConfig = engine.EngineConfig
 
 

@@ -91,7 +91,7 @@ def test_tunnel_tap_made_refused_and_removed(eng, veths):
     pod = eng.add_afpacket_port(pod_if, role="pod")
     ring = eng.add_ring_port("tnlring", role="pod")
     if refused_before_6_17(eng, up, tap):
-        return
+        pytest.skip("Linux < 6.17: no tunnel GSO on taps (the refusal was checked)")
 
     with pytest.raises(DataplaneError, match="has no tunnel tap"):
         eng.set_tunnel_gso(up)
@@ -135,7 +135,7 @@ def test_redirect_ingress_puts_a_tc_redirect_on_the_tap(eng, veths):
     (up_if, _), tap = veths
     up = eng.add_afpacket_port(up_if, role="uplink")
     if refused_before_6_17(eng, up, tap):
-        return
+        pytest.skip("Linux < 6.17: no tunnel GSO on taps (the refusal was checked)")
     eng.open_tunnel_tap(up, tap)
     try:
         with pytest.raises(OSError, match="no interface nosuchlink0"):
