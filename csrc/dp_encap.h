@@ -60,7 +60,7 @@ inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
     }
     if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && m->data_len >= l3 + 20) {
         const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + l3);
-        *tos = ip->type_of_service & 0xfc;
+        *tos = ip->type_of_service;
         uint32_t hl = (ip->version_ihl & 0xf) * 4u;
         return flow_ipv4(ip, m->data_len >= l3 + hl + 4 ? eth + l3 + hl : NULL);
     }
@@ -68,7 +68,7 @@ inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
         const uint8_t *ip6 = eth + l3;
         uint32_t vtc;
         memcpy(&vtc, ip6, 4);
-        *tos = (uint8_t)((rte_be_to_cpu_32(vtc) >> 20) & 0xfc);
+        *tos = (uint8_t)(rte_be_to_cpu_32(vtc) >> 20);
         /* the addresses and the flow label, and the L4 ports of a protocol
          * that has them right behind the header (an extension header, a
          * fragment's among them: not looked through, every fragment of a
@@ -97,7 +97,7 @@ inner_flow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
     if (unlikely(et != RTE_BE16(RTE_ETHER_TYPE_IPV4) || eth[14] != 0x45))
         return inner_flow_slow(m, eth, tos);
     const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + 14);
-    *tos = ip->type_of_service & 0xfc;
+    *tos = ip->type_of_service;
     return flow_ipv4(ip, eth + 34);
 }
 
@@ -181,7 +181,11 @@ encap_plane(struct rte_mbuf *m, int meta_off, unsigned net_plane, uint8_t tos, u
     unsigned plane = e >> 8;
     RTE_MBUF_DYNFIELD(m, meta_off, struct dp_meta *)->plane = (uint8_t)plane;
     *planes |= (uint16_t)(1u << plane);
-    return (uint8_t)e;
+    /* the inner ECN field copied, CE as ECT(0) (RFC 6040 normal mode, as
+     * the kernel's VTEP): the underlay may mark congestion, which the far
+     * end's decapsulation carries inward */
+    uint8_t ecn = tos & 3;
+    return (uint8_t)((uint8_t)e | (ecn ^ ((ecn >> 1) & ecn & 1)));
 }
 
 /*

@@ -160,9 +160,11 @@ def test_encap_picks_vtep_per_mac(topo):
 
 
 @pytest.mark.parametrize(
-    "inner_tos,outer_tos", [(0xB8, 0xB8), (0x60, 0x60), (0x03, 0x00), (0xBB, 0xB8), (0, 0)]
+    "inner_tos,outer_tos",
+    # DSCP and ECN copied, CE as ECT(0) (RFC 6040 normal mode, as the kernel's VTEP)
+    [(0xB8, 0xB8), (0x60, 0x60), (0x03, 0x02), (0xBB, 0xBA), (0xB9, 0xB9), (0x02, 0x02), (0, 0)],
 )
-def test_encap_copies_dscp_not_ecn(topo, inner_tos, outer_tos):
+def test_encap_copies_dscp_and_ecn(topo, inner_tos, outer_tos):
     topo.send(topo.a, udp_frame(tos=inner_tos))
     [out] = topo.recv(topo.up)
     assert out[IP].tos == outer_tos
@@ -208,12 +210,12 @@ def test_encap_checksum_when_its_sum_carries_out_of_the_fold(topo):
 
 
 def test_encap_ipv6_and_non_ip_inner(topo):
-    v6 = Ether(src=A, dst=R1) / IPv6(src="fd00::1", dst="fd00::2", tc=0xB8) / UDP() / Raw(b"x" * 40)
+    v6 = Ether(src=A, dst=R1) / IPv6(src="fd00::1", dst="fd00::2", tc=0xB9) / UDP() / Raw(b"x" * 40)
     arpish = Ether(src=A, dst=R1, type=0x88B5) / Raw(b"y" * 60)
     topo.send(topo.a, v6, arpish)
     outs = topo.recv(topo.up, 2)
     by_type = {bytes(o[VXLAN].payload)[12:14]: o for o in outs}
-    assert by_type[b"\x86\xdd"][IP].tos == 0xB8
+    assert by_type[b"\x86\xdd"][IP].tos == 0xB9  # DSCP and ECN (ECT(1))
     assert by_type[b"\x88\xb5"][IP].tos == 0
     for o in outs:
         assert ip_checksum_ok(o)

@@ -277,6 +277,11 @@ def test_shaper_off_sends_directly(planes):
     got = eng.collect(planes.up, wait=2.0, expect=5)
     assert len(got) == 5
     assert all(Ether(f)[IP].tos == 46 << 2 for f in got)
+    # the plane's marking keeps the inner ECN field (CE as ECT(0))
+    ecn = [frame("02:00:00:00:03:01", planes.remote[MEDIA], 200, tos=t) for t in (1, 2, 3)]
+    eng.inject(planes.pods[MEDIA], ecn)
+    got = eng.collect(planes.up, wait=2.0, expect=3)
+    assert sorted(Ether(f)[IP].tos for f in got) == [46 << 2 | 1, 46 << 2 | 2, 46 << 2 | 2]
 
 
 def test_a_plane_queue_holds_queue_len_frames(planes):

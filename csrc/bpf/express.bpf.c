@@ -811,7 +811,7 @@ static __always_inline int
 ex_encap(struct __sk_buff *skb, const struct ex_way *w)
 {
     __u8 h[EX_HDR + ETH_HLEN]; /* the outer headers, then the frame's own Ethernet header */
-    __u8 tos = 0;
+    __u8 tos = 0, ecn;
     __u16 w16;
     __u32 len = skb->len, hash, sum;
     __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
@@ -829,6 +829,11 @@ ex_encap(struct __sk_buff *skb, const struct ex_way *w)
         tos = ((__u8 *)&w16)[1];
     else
         tos = (__u8)(bpf_ntohs(w16) >> 4);
+    /* the inner ECN field copied, CE as ECT(0) (RFC 6040 normal mode, as
+     * the kernel's VTEP: the underlay may mark congestion; the core does
+     * the same) */
+    ecn = tos & 3;
+    ecn ^= (ecn >> 1) & ecn & 1;
     tos &= 0xfc;
     /* the plane: by the inner DSCP where a map says so, else the network's;
      * the outer DSCP: the plane's marking, or the inner one copied */
@@ -836,6 +841,7 @@ ex_encap(struct __sk_buff *skb, const struct ex_way *w)
     mark = up->outer_tos[(by >= 0 ? (__u32)by : w->net->plane) & 7];
     if (mark >= 0)
         tos = (__u8)mark;
+    tos |= ecn;
     __builtin_memcpy(h, t->hdr, EX_HDR);
     {
         struct iphdr *ip = (struct iphdr *)(h + ETH_HLEN);
