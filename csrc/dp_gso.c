@@ -87,6 +87,35 @@ csum_fold32(uint32_t sum)
     return (uint16_t)sum;
 }
 
+/* the destination of an IPv6 packet's transport checksum (ip6: its header
+ * and extension headers, l3 bytes in all): its last one, past a routing
+ * header (RFC 8200 8.1: the final destination) - the last address of a
+ * type 0 or 2 header, Segment List[0] of a segment routing header (type 4,
+ * RFC 8754) - else the header's */
+static const uint8_t *
+ip6_final_dst(const uint8_t *ip6, uint32_t l3)
+{
+    const uint8_t *dst = ip6 + 24;
+    uint32_t off = sizeof(struct rte_ipv6_hdr);
+    uint8_t nh = ip6[6];
+    while (off + 8 <= l3 &&
+           (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS)) {
+        const uint8_t *x = ip6 + off;
+        uint32_t len = ((uint32_t)x[1] + 1) * 8;
+        if (off + len > l3)
+            break;
+        if (nh == IPPROTO_ROUTING && x[3] != 0 && x[1] >= 2) { /* segments left */
+            if (x[2] == 4)
+                dst = x + 8;
+            else if (x[2] == 0 || x[2] == 2)
+                dst = x + 8 + 16 * (x[1] / 2 - 1);
+        }
+        nh = x[0];
+        off += len;
+    }
+    return dst;
+}
+
 int
 dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out, unsigned max)
 {
@@ -133,8 +162,9 @@ dp_gso_segment(struct rte_mbuf *m, struct rte_mempool *mp, struct rte_mbuf **out
         id0 = rte_be_to_cpu_16(ip->packet_id);
         psum = rte_raw_cksum(&ip->src_addr, 8);
     } else {
-        const struct rte_ipv6_hdr *ip6 = (const struct rte_ipv6_hdr *)(hdr + il);
-        psum = rte_raw_cksum(&ip6->src_addr, 32); /* (an array, or a struct from DPDK 24.11) */
+        const uint8_t *ip6 = hdr + il;
+        /* the source, and the final destination (a routing header's) */
+        psum = rte_raw_cksum(ip6 + 8, 16) + rte_raw_cksum(ip6_final_dst(ip6, l3), 16);
     }
     psum += rte_cpu_to_be_16(udp ? IPPROTO_UDP : IPPROTO_TCP);
 

@@ -596,3 +596,71 @@ def test_uplink_batches_leave_as_mtu_sized_vxlan_frames(fabric, tmp_path):
     # a frame sent alone keeps the core's outer checksum 0; one of a batch
     # gets the one the kernel's UDP segmentation sets: most of them here
     assert outer["valid"] + outer["partial"] > outer["zero"], f"no batches went out: {outer}"
+
+
+def test_tcp6_super_frames_behind_a_routing_header_are_cut_with_the_final_destination(
+    fabric, tmp_path
+):
+    """An IPv6 TCP super-frame with a segment routing header (a pod routed
+    by SRv6) is cut by the core (tunnel GSO off) into segments whose TCP
+    checksums cover the final destination, Segment List[0] (RFC 8200 8.1),
+    as the kernel that left the checksum partial summed it - not the IPv6
+    header's destination, the next segment."""
+    import ipaddress
+
+    from scapy.layers.inet6 import TCP, IPv6, IPv6ExtHdrSegmentRouting
+    from scapy.layers.l2 import Ether
+    from scapy.layers.vxlan import VXLAN
+    from test_offload_guard import NEEDS_CSUM, _sum16, send_vnet, vnet
+
+    from dataplane.checks import ipv6_link_local
+
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", tunnel_gso: false", net=FLOODED)
+    fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> kernel-VTEP host")  # its MAC known: unicast
+    mac = a["planes"][0]["mac"]
+    src = str(ipv6_link_local(bytes.fromhex(mac.replace(":", ""))))
+    final, nxt = "fd00:99::77", "fd00:99::1"
+    gso, segs = 1000, 4
+    payload = bytes(i & 0xFF for i in range(gso * segs))
+
+    def pseudo(length):
+        return (
+            ipaddress.IPv6Address(src).packed
+            + ipaddress.IPv6Address(final).packed
+            + length.to_bytes(4, "big")
+            + b"\0\0\0\x06"
+        )
+
+    srh = IPv6ExtHdrSegmentRouting(addresses=[final, nxt], segleft=1, lastentry=1, nh=6)
+    # the kernel's partial checksum of a super-frame: the pseudo-header's
+    # sum (its length 0, as TCP leaves it for segmentation)
+    tcp = TCP(sport=40000, dport=5399, seq=1, flags="PA", window=65535, chksum=_sum16(pseudo(0)))
+    head = bytes(Ether(src=mac, dst=kp.VM_MAC) / IPv6(src=src, dst=nxt, hlim=64) / srh / tcp)
+    start = len(head) - 20  # the TCP header's
+    hdr = vnet(NEEDS_CSUM, 4, len(head), gso, start, 16)  # GSO_TCPV6
+    before = gso_drops(node)
+    cap = tmp_path / "underlay.pcap"
+    dump = fab.capture(fab.ul, "ul1", cap, "udp port 4789")
+    up0 = uplink_status(node)["tx_packets"]
+    time.sleep(1.5)  # (tcpdump hands over what it reads in blocks of up to a second)
+    assert send_vnet(fab.tmp, a["ns"], [(hdr, head + payload)]) == 1
+    for _ in range(100):
+        if uplink_status(node)["tx_packets"] >= up0 + segs:
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # tcpdump's last block
+    stop_capture(dump)
+    got = [bytes(p[VXLAN].payload) for p in read_pcap(cap) if VXLAN in p]
+    got = [f for f in got if len(f) > start and f[start : start + 2] == (40000).to_bytes(2, "big")]
+    assert len(got) == segs, f"{len(got)} segments on the underlay; {fab.drops_said()}"
+    data = b""
+    for f in got:
+        seg = f[start:]  # the TCP header and its payload
+        assert f[38:54] == ipaddress.IPv6Address(nxt).packed  # the next segment, as sent
+        assert _sum16(pseudo(len(seg)) + seg) == 0xFFFF, f"{len(seg) - 20} bytes: bad checksum"
+        data += seg[20:]
+    assert data == payload
+    assert gso_drops(node) == before
