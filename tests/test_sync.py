@@ -4,7 +4,6 @@ there (a real core in a child process, ring ports only; those tests need
 root for DPDK's EAL)."""
 
 import os
-import uuid
 
 import pytest
 
@@ -118,20 +117,10 @@ MY_VTEP = "10.0.0.1"
 def core():
     if os.geteuid() != 0:
         pytest.skip("the forwarding core needs root (DPDK EAL)")
-    from tests.enginehost import start_host
+    from tests.enginehost import small_core
 
-    host = start_host()
-    engine = host.Engine(
-        mode="fallback",
-        lcores=[0, 1],
-        memory_mb=256,
-        n_mbufs=8191,
-        file_prefix=f"dptest-sync-{uuid.uuid4().hex[:8]}",
-    )
-    engine.start()
-    yield engine
-    engine.close()
-    host.shutdown()
+    with small_core("sync") as engine:
+        yield engine
 
 
 class Recorded:

@@ -49,20 +49,10 @@ LOGGER = "dataplane"
 
 @pytest.fixture(scope="module")
 def core():
-    from tests.enginehost import start_host
+    from tests.enginehost import small_core
 
-    host = start_host()
-    engine = host.Engine(
-        mode="fallback",
-        lcores=[0, 1],
-        memory_mb=256,
-        n_mbufs=8191,
-        file_prefix=f"dptest-refusals-{uuid.uuid4().hex[:8]}",
-    )
-    engine.start()
-    yield engine
-    engine.close()
-    host.shutdown()
+    with small_core("refusals") as engine:
+        yield engine
 
 
 @pytest.fixture
