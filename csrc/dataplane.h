@@ -235,8 +235,9 @@ int dp_express_loaded(void);
  * its programs check a frame's checksum offsets (bpf_cast_to_kern_ctx,
  * Linux 6.2) */
 int dp_express_remote(void);
-/* remote MACs the lane's table (65,536) had no room for, since the process
- * started: the core carries their frames (dp_express_fdb) */
+/* updates of remote MACs the lane's table (65,536) had no room for, since
+ * the process started (a MAC stored again counts again): the core carries
+ * their frames (dp_express_fdb) */
 uint64_t dp_express_remote_refused(void);
 /* whether this kernel has that function (and its BTF): express.bpf.o;
  * else the plain build, express.plain.bpf.o */

@@ -201,7 +201,10 @@ ip4_hdr20_sum_ok(const struct rte_ipv4_hdr *ip)
 static inline int
 outer_ip_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl)
 {
-    if ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_GOOD)
+    /* (a device that parsed the frame as a tunnel's says the inner
+     * header's state there, and of the outer one only that it is bad) */
+    if ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_GOOD &&
+        !(m->packet_type & RTE_PTYPE_TUNNEL_MASK))
         return 1;
     if (hl == sizeof(*ip))
         return ip4_hdr20_sum_ok(ip);
@@ -280,11 +283,25 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
  * kernel under a kernel uplink) verified, one left to offload (a frame of
  * this host's kernel, on a kernel uplink) - trusted - or one that adds up
  * (RFC 768), verified here */
+/* the device's word on the outer UDP checksum (RTE_MBUF_F_RX_L4_CKSUM_*
+ * values): a device that parsed the frame as a tunnel's says it in the
+ * OUTER flags, the others in the plain ones */
+static __rte_always_inline uint64_t
+outer_udp_csum_state(const struct rte_mbuf *m)
+{
+    if (unlikely(m->packet_type & RTE_PTYPE_TUNNEL_MASK)) {
+        uint64_t o = m->ol_flags & RTE_MBUF_F_RX_OUTER_L4_CKSUM_MASK;
+        return o == RTE_MBUF_F_RX_OUTER_L4_CKSUM_GOOD  ? RTE_MBUF_F_RX_L4_CKSUM_GOOD
+               : o == RTE_MBUF_F_RX_OUTER_L4_CKSUM_BAD ? RTE_MBUF_F_RX_L4_CKSUM_BAD
+                                                       : RTE_MBUF_F_RX_L4_CKSUM_UNKNOWN;
+    }
+    return m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK;
+}
+
 static __rte_always_inline int
 outer_udp_csum_trusted(const struct rte_mbuf *m)
 {
-    return (m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_GOOD ||
-           dp_csum_partial(m);
+    return outer_udp_csum_state(m) == RTE_MBUF_F_RX_L4_CKSUM_GOOD || dp_csum_partial(m);
 }
 
 static inline int
@@ -293,7 +310,7 @@ outer_udp_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint3
 {
     if (udp->dgram_cksum == 0 || outer_udp_csum_trusted(m))
         return 1;
-    if ((m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_BAD)
+    if (outer_udp_csum_state(m) == RTE_MBUF_F_RX_L4_CKSUM_BAD)
         return 0;
     return rte_ipv4_udptcp_cksum_mbuf_verify(m, ip, RTE_ETHER_HDR_LEN + hl) == 0;
 }
@@ -307,11 +324,18 @@ ecn_decap(struct rte_mbuf *m, uint32_t outer)
 {
     uint8_t *eth = rte_pktmbuf_mtod_offset(m, uint8_t *, outer);
     uint16_t et = (uint16_t)(eth[12] << 8 | eth[13]);
-    uint32_t l3 = outer + RTE_ETHER_HDR_LEN;
-    if (m->data_len < l3 + sizeof(struct rte_ipv6_hdr))
-        return 1; /* (a runt, or its IP header past the first segment) */
-    uint8_t *h = eth + RTE_ETHER_HDR_LEN;
-    if (et == RTE_ETHER_TYPE_IPV4 && (h[0] >> 4) == 4) {
+    uint32_t l3 = RTE_ETHER_HDR_LEN; /* within the inner frame */
+    /* through up to two VLAN tags, as the encapsulation copied the field */
+    for (int t = 0; t < 2 && (et == RTE_ETHER_TYPE_VLAN || et == RTE_ETHER_TYPE_QINQ); t++) {
+        if (m->data_len < outer + l3 + RTE_VLAN_HLEN)
+            return 1;
+        et = (uint16_t)(eth[l3 + 2] << 8 | eth[l3 + 3]);
+        l3 += RTE_VLAN_HLEN;
+    }
+    uint8_t *h = eth + l3;
+    /* (a runt, or its IP header past the first segment: as it came) */
+    if (et == RTE_ETHER_TYPE_IPV4 && m->data_len >= outer + l3 + sizeof(struct rte_ipv4_hdr) &&
+        (h[0] >> 4) == 4) {
         if ((h[1] & 3) == 0)
             return 0;
         if ((h[1] & 3) != 3) {
@@ -326,7 +350,8 @@ ecn_decap(struct rte_mbuf *m, uint32_t outer)
             h[10] = (uint8_t)(sum >> 8);
             h[11] = (uint8_t)sum;
         }
-    } else if (et == RTE_ETHER_TYPE_IPV6 && (h[0] >> 4) == 6) {
+    } else if (et == RTE_ETHER_TYPE_IPV6 &&
+               m->data_len >= outer + l3 + sizeof(struct rte_ipv6_hdr) && (h[0] >> 4) == 6) {
         /* the traffic class's low bits: the low nibble of byte 1's top */
         uint8_t ecn = (uint8_t)((h[1] >> 4) & 3);
         if (ecn == 0)
@@ -492,6 +517,10 @@ uplink_gso(struct dp_wctx *w, uint16_t pi, struct rte_mbuf *m)
     }
     struct rte_mbuf *seg[DP_GSO_MAX_SEGS];
     int n = gso_cut(w, m, seg);
+    /* each datagram's checksum just computed over data the kernel's GRO
+     * had verified: not summed again */
+    for (int i = 0; i < n; i++)
+        seg[i]->ol_flags |= RTE_MBUF_F_RX_L4_CKSUM_GOOD;
     for (int i = 0; i < n; i += DP_BURST)
         uplink_segs(w, pi, seg + i, (uint16_t)RTE_MIN(n - i, DP_BURST));
     return n > 0 ? 0 : len; /* not cut (dropped, counted): its bytes are the port's */

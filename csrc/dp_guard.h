@@ -118,9 +118,10 @@ ip6_unspecified(const uint8_t *a)
 #define DP_DHCP4_CLIENT_PORT 68
 #define DP_DHCP6_SERVER_PORT 547
 #define DP_DHCP6_CLIENT_PORT 546
-/* ICMPv6 types 130 (MLD query) to 143 (MLDv2 report): MLD and ND, what a
- * host sends from :: before it has an address */
-#define DP_MLD_QUERY 130
+/* MLD reports and done (RFC 2710, 3810): with router and neighbour
+ * solicitations, what a host sends from :: before it has an address */
+#define DP_MLD_REPORT 131
+#define DP_MLD_DONE 132
 #define DP_MLD2_REPORT 143
 /* hop-by-hop, routing, fragment, authentication (AH: not encrypted, what
  * follows it is read as any header's), destination options */
@@ -214,8 +215,9 @@ guard_ipv6(const struct dp_port_guard *g, const struct rte_mbuf *m, uint32_t off
     if (ic == NULL || off + 4 > end)
         return DP_DROP_TRUNCATED;
     uint8_t type = ic[0];
-    if (unspec && (type < DP_MLD_QUERY || type > DP_MLD2_REPORT))
-        return DP_DROP_SPOOF_IPV6; /* an echo, an error: not from :: */
+    if (unspec && type != DP_MLD_REPORT && type != DP_MLD_DONE && type != DP_ND_RS &&
+        type != DP_ND_NS && type != DP_MLD2_REPORT)
+        return DP_DROP_SPOOF_IPV6; /* an echo, an error, a query: not from :: */
     if (type == DP_ND_RA || type == DP_ND_REDIRECT)
         return DP_DROP_SPOOF_ND; /* a pod is no router */
     if (frag && type >= DP_ND_RS && type <= DP_ND_REDIRECT)

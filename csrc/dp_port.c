@@ -75,8 +75,11 @@ ethdev_setup(uint16_t pid, struct dp_port *p, unsigned n_rxq, unsigned mtu)
     memset(&conf, 0, sizeof(conf));
     /* the uplink's device verifies the outer UDP checksums VTEPs send
      * (Linux's by default), where it can: the core need not (dp_decap.h) */
-    if (p->role == DP_ROLE_UPLINK && (di.rx_offload_capa & RTE_ETH_RX_OFFLOAD_UDP_CKSUM))
-        conf.rxmode.offloads |= RTE_ETH_RX_OFFLOAD_UDP_CKSUM;
+    if (p->role == DP_ROLE_UPLINK) {
+        conf.rxmode.offloads |= di.rx_offload_capa & RTE_ETH_RX_OFFLOAD_UDP_CKSUM;
+        /* (one that parses VXLAN says the outer one apart) */
+        conf.rxmode.offloads |= di.rx_offload_capa & RTE_ETH_RX_OFFLOAD_OUTER_UDP_CKSUM;
+    }
     if (mtu > 0) {
         /* the ethdev layer's own check: the MTU plus the device's
          * overhead within its longest frame */

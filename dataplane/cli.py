@@ -374,7 +374,7 @@ def cmd_status(args):
                 else "  express lane on"
                 + ("" if st.get("express_remote", True) else " (not to remote VTEPs)")
                 + (
-                    f" ({st['express_remote_refused']} remote MACs past its table: the core's)"
+                    f" ({st['express_remote_refused']} remote MAC updates past its table: the core's)"
                     if st.get("express_remote_refused")
                     else ""
                 )

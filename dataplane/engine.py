@@ -834,8 +834,9 @@ class _Express:
 
     @property
     def express_remote_refused(self) -> int:
-        """Remote MACs the lane's table (65,536) had no room for since the
-        process started: the core carries their frames."""
+        """Updates of remote MACs the lane's table (65,536) had no room for
+        since the process started (a MAC stored again counts again): the
+        core carries their frames."""
         return int(lib.dp_express_remote_refused())
 
     @property

@@ -810,7 +810,7 @@ class NodeService:
         report["express_guard_off"] = self.express_guard_off
         # the lane encapsulates pods' TCP to remote VTEPs (Linux 6.2 and later)
         report["express_remote"] = self.engine.express_remote
-        # remote MACs the lane's table had no room for: the core carries them
+        # updates of remote MACs the lane's table had no room for (the core carries them)
         report["express_remote_refused"] = self.engine.express_remote_refused
         # a capture running (None: none): the express lane waits for its end
         report["capture"] = self.captures.summary() if self.captures is not None else None

@@ -108,6 +108,7 @@ def test_an_ab_build_alternates_its_two_versions(tmp_path):
     assert 0 <= surely <= int(won) <= maybe <= 3, (won, ra, rb)
     # the ratio: the median of the pairs' B/A, within what rounding each rate
     # to 0.001 (and the ratio itself) can move it
+    assert min(ra + rb) > 0, (ra, rb)  # every phase forwarded
     pair_ratios = [y / x for x, y in zip(ra, rb)]
     slack = float(ratio) * 2 * 0.0005 / min(ra + rb) + 0.0005
     assert abs(float(ratio) - statistics.median(pair_ratios)) <= slack, (ratio, pair_ratios)

@@ -80,7 +80,7 @@ def written(path, pings, timeout=20.0):
     """Wait until the capture's file holds ``pings`` echo requests and their
     replies (the client writes what it fetches as it fetches it)."""
     end = time.monotonic() + timeout
-    while echoes_in(path) < (pings, pings):
+    while min(echoes_in(path)) < pings:
         assert time.monotonic() < end, f"not in the file: {echoes_in(path)} of {pings} echoes"
         time.sleep(0.05)
 

@@ -9,6 +9,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
+    ICMPv6MLQuery,
     ICMPv6MLReport2,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
@@ -156,6 +157,12 @@ SPOOFED = {
     ),
     "ipv6_unspecified_echo": (
         Ether(src=A, dst=B) / IPv6(src="::", dst="fe80::b") / ICMPv6EchoRequest(),
+        "spoof_ipv6",
+    ),
+    "mld_query_unspecified": (
+        Ether(src=A, dst="33:33:00:00:00:01")
+        / IPv6(src="::", dst="ff02::1", hlim=1)
+        / ICMPv6MLQuery(),
         "spoof_ipv6",
     ),
     "ipv6_unspecified_later_fragment": (
@@ -444,6 +451,23 @@ def test_a_congestion_mark_of_the_underlay_reaches_the_inner_packet(topo):
     _uplink_drop(topo, outer_ce(udp_frame(src=R1, dst=A, tos=0xB8)), "ecn_not_ect")
     six_not = Ether(src=R1, dst=A) / IP6(src="fd00::2", dst="fd00::1", tc=0xB8) / UDP()
     _uplink_drop(topo, outer_ce(six_not), "ecn_not_ect")
+    # behind VLAN tags, as the encapsulation copied the field through them
+    for tags in ([Dot1Q(vlan=7)], [Dot1AD(vlan=5), Dot1Q(vlan=7)]):
+        f = Ether(src=R1, dst=A)
+        for t in tags:
+            f = f / t
+        ect = f / IP(src="192.168.1.2", dst="192.168.1.1", tos=0x02) / UDP()
+        topo.send(topo.up, outer_ce(ect))
+        [got] = topo.recv(topo.a)
+        assert got[IP].tos == 0x03 and got[Dot1Q].vlan == 7, got.summary()
+        _uplink_drop(
+            topo, outer_ce(f / IP(src="192.168.1.2", dst="192.168.1.1") / UDP()), "ecn_not_ect"
+        )
+    # an inner IPv4 packet shorter than an IPv6 header: marked all the same
+    tiny = Ether(src=R1, dst=A) / IP(src="192.168.1.2", dst="192.168.1.1", tos=0x01) / UDP()
+    topo.send(topo.up, outer_ce(tiny))
+    [got] = topo.recv(topo.a)
+    assert len(bytes(got)) == 14 + 28 and got[IP].tos == 0x03
     # not IP: as it came; an outer ECT mark (no congestion) changes nothing
     arp = Ether(src=R1, dst=A) / ARP(hwsrc=R1, psrc="192.168.1.2", pdst="192.168.1.1")
     plain = udp_frame(src=R1, dst=A, tos=0xB8)
