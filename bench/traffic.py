@@ -148,8 +148,19 @@ def _vxlan(inner: bytes, i: int, n_macs: int, n_vteps: int, templates) -> bytes:
     return bytes(hdr) + inner
 
 
-def frames(kind: str, n_frames: int, n_macs: int, n_vteps: int):
-    """The frames (bytes) of profile ``kind`` in replay order."""
+def _with_udp_csum(frame: bytes) -> bytes:
+    """VXLAN frame ``frame`` with its outer UDP checksum computed, as a
+    Linux VTEP sends by default (udpcsum), instead of 0."""
+    ip = frame[14:34]
+    udp = frame[34:]
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+    c = _csum(pseudo + udp[:6] + b"\0\0" + udp[8:]) or 0xFFFF
+    return frame[:40] + c.to_bytes(2, "big") + frame[42:]
+
+
+def frames(kind: str, n_frames: int, n_macs: int, n_vteps: int, udp_csum: bool = False):
+    """The frames (bytes) of profile ``kind`` in replay order; ``udp_csum``
+    (decap): with outer UDP checksums."""
     if kind not in KINDS:
         raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     topo.check_sizes(n_macs, n_vteps)
@@ -160,15 +171,22 @@ def frames(kind: str, n_frames: int, n_macs: int, n_vteps: int):
     for i in range(n_frames):
         inner = _inner(i, n_macs, reverse=(kind == "decap"))
         out.append(_vxlan(inner, i, n_macs, n_vteps, templates) if templates else inner)
+    if udp_csum:
+        if kind != "decap":
+            raise ValueError(f"udp_csum: only for the decap profile, not {kind!r}")
+        out = [_with_udp_csum(f) for f in out]
     random.Random(SHUFFLE_SEED).shuffle(out)
     return out
 
 
-def write_pcap(path: str, kind: str, n_frames: int, n_macs: int, n_vteps: int, pod_mac=None) -> int:
+def write_pcap(
+    path: str, kind: str, n_frames: int, n_macs: int, n_vteps: int, pod_mac=None, udp_csum=False
+) -> int:
     """Write profile ``kind`` to ``path``; returns the frame length in the pcap.
     ``pod_mac`` (encap): every frame from that one source MAC, as from one
-    pod, instead of one local MAC per remote one."""
-    data = frames(kind, n_frames, n_macs, n_vteps)
+    pod, instead of one local MAC per remote one; ``udp_csum`` (decap):
+    outer UDP checksums, as a Linux VTEP sends them."""
+    data = frames(kind, n_frames, n_macs, n_vteps, udp_csum=udp_csum)
     if pod_mac is not None:
         if kind != "encap":
             raise ValueError(f"pod_mac: only for the encap profile, not {kind!r}")
