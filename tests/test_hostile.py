@@ -27,6 +27,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
+from dataplane.checks import ipv6_link_local
 from tests.test_kernel_pods import HOST_VTEP, SUBNET, VM_IP, VM_MAC, Fabric, ipn, nsx, reach
 
 pytestmark = [
@@ -265,7 +266,13 @@ def pod_corpus(b_mac, a_mac, r):
         / IPv6(src="fe80::1", dst="ff02::1")
         / ICMPv6ND_NA(tgt="fe80::1", O=1)
         / ICMPv6NDOptDstLLAddr(lladdr=b_mac),
-        Ether(src=b_mac, dst="33:33:00:00:00:01") / IPv6(src="::", dst="ff02::1") / ICMPv6ND_RA(),
+        # from ::, which only ND and MLD may use before a host has an address
+        Ether(src=b_mac, dst=a_mac) / IPv6(src="::", dst="fe80::2") / UDP(dport=9),
+    ]
+    # a router advertisement from its own address: a pod is no router
+    b_ll = str(ipv6_link_local(bytes.fromhex(b_mac.replace(":", ""))))
+    k["spoof_nd"] = [
+        Ether(src=b_mac, dst="33:33:00:00:00:01") / IPv6(src=b_ll, dst="ff02::1") / ICMPv6ND_RA(),
     ]
     k["vlan_qinq"] = [
         Ether(src=b_mac, dst=a_mac) / Dot1Q(vlan=3) / IP(src=A_IP, dst="192.168.50.99") / UDP(),
