@@ -279,10 +279,6 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
     return (ip->version_ihl & 0xf) * 4u;
 }
 
-/* the outer UDP checksum: 0 (none), one the receiving device (or the
- * kernel under a kernel uplink) verified, one left to offload (a frame of
- * this host's kernel, on a kernel uplink) - trusted - or one that adds up
- * (RFC 768), verified here */
 /* the device's word on the outer UDP checksum (RTE_MBUF_F_RX_L4_CKSUM_*
  * values): a device that parsed the frame as a tunnel's says it in the
  * OUTER flags, the others in the plain ones */
@@ -304,6 +300,10 @@ outer_udp_csum_trusted(const struct rte_mbuf *m)
     return outer_udp_csum_state(m) == RTE_MBUF_F_RX_L4_CKSUM_GOOD || dp_csum_partial(m);
 }
 
+/* the outer UDP checksum: 0 (none), one the receiving device (or the
+ * kernel under a kernel uplink) verified, one left to offload (a frame of
+ * this host's kernel, on a kernel uplink) - trusted - or one that adds up
+ * (RFC 768), verified here */
 static inline int
 outer_udp_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl,
                   const struct rte_udp_hdr *udp)
@@ -323,19 +323,14 @@ static __rte_noinline int
 ecn_decap(struct rte_mbuf *m, uint32_t outer)
 {
     uint8_t *eth = rte_pktmbuf_mtod_offset(m, uint8_t *, outer);
-    uint16_t et = (uint16_t)(eth[12] << 8 | eth[13]);
-    uint32_t l3 = RTE_ETHER_HDR_LEN; /* within the inner frame */
-    /* through up to two VLAN tags, as the encapsulation copied the field */
-    for (int t = 0; t < 2 && (et == RTE_ETHER_TYPE_VLAN || et == RTE_ETHER_TYPE_QINQ); t++) {
-        if (m->data_len < outer + l3 + RTE_VLAN_HLEN)
-            return 1;
-        et = (uint16_t)(eth[l3 + 2] << 8 | eth[l3 + 3]);
-        l3 += RTE_VLAN_HLEN;
-    }
+    uint16_t et;
+    /* through its VLAN tags, as the encapsulation copied the field (the
+     * inner Ethernet header is in the first segment: outer_check_full) */
+    uint32_t l3 = l3_past_tags(eth, m->data_len - outer, &et);
     uint8_t *h = eth + l3;
     /* (a runt, or its IP header past the first segment: as it came) */
-    if (et == RTE_ETHER_TYPE_IPV4 && m->data_len >= outer + l3 + sizeof(struct rte_ipv4_hdr) &&
-        (h[0] >> 4) == 4) {
+    if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) &&
+        m->data_len >= outer + l3 + sizeof(struct rte_ipv4_hdr) && (h[0] >> 4) == 4) {
         if ((h[1] & 3) == 0)
             return 0;
         if ((h[1] & 3) != 3) {
@@ -350,7 +345,7 @@ ecn_decap(struct rte_mbuf *m, uint32_t outer)
             h[10] = (uint8_t)(sum >> 8);
             h[11] = (uint8_t)sum;
         }
-    } else if (et == RTE_ETHER_TYPE_IPV6 &&
+    } else if (et == RTE_BE16(RTE_ETHER_TYPE_IPV6) &&
                m->data_len >= outer + l3 + sizeof(struct rte_ipv6_hdr) && (h[0] >> 4) == 6) {
         /* the traffic class's low bits: the low nibble of byte 1's top */
         uint8_t ecn = (uint8_t)((h[1] >> 4) & 3);

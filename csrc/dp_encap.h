@@ -34,6 +34,26 @@ flow_ipv4(const struct rte_ipv4_hdr *ip, const uint8_t *l4)
     return dp_crc8(addrs, ports & (0u - with_ports));
 }
 
+/* Where the IP header of frame eth (len bytes of it readable, 14 or more)
+ * starts: past up to two VLAN tags (802.1Q, QinQ), as the pods' guard
+ * looks; *et: the ethertype there (network order; a tag's if the frame
+ * ends within its tags) */
+static inline uint32_t
+l3_past_tags(const uint8_t *eth, uint32_t len, uint16_t *et)
+{
+    uint32_t l3 = RTE_ETHER_HDR_LEN;
+    memcpy(et, eth + 12, 2);
+    for (int t = 0;
+         t < 2 && (*et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || *et == RTE_BE16(RTE_ETHER_TYPE_QINQ));
+         t++) {
+        if (len < l3 + RTE_VLAN_HLEN)
+            break;
+        memcpy(et, eth + l3 + 2, 2);
+        l3 += RTE_VLAN_HLEN;
+    }
+    return l3;
+}
+
 /*
  * Inner flow hash for the outer UDP source port (RFC 7348 §5: entropy for
  * ECMP, in the dynamic range 49152-65535) and the inner DSCP to copy: the
@@ -43,21 +63,11 @@ static __rte_noinline uint32_t
 inner_flow_slow(const struct rte_mbuf *m, const uint8_t *eth, uint8_t *tos)
 {
     uint16_t et;
-    uint32_t l3 = RTE_ETHER_HDR_LEN; /* where the IP header starts */
     if (unlikely(m->data_len < RTE_ETHER_HDR_LEN)) {
         *tos = 0; /* a runt, dropped as truncated: not read past its end */
         return 0;
     }
-    memcpy(&et, eth + 12, 2);
-    /* through up to two VLAN tags (802.1Q, QinQ), as the pods' guard looks */
-    for (int t = 0;
-         t < 2 && (et == RTE_BE16(RTE_ETHER_TYPE_VLAN) || et == RTE_BE16(RTE_ETHER_TYPE_QINQ));
-         t++) {
-        if (m->data_len < l3 + RTE_VLAN_HLEN)
-            break;
-        memcpy(&et, eth + l3 + 2, 2);
-        l3 += RTE_VLAN_HLEN;
-    }
+    uint32_t l3 = l3_past_tags(eth, m->data_len, &et); /* where the IP header starts */
     if (et == RTE_BE16(RTE_ETHER_TYPE_IPV4) && m->data_len >= l3 + 20) {
         const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eth + l3);
         *tos = ip->type_of_service;

@@ -129,7 +129,8 @@ static struct {
     } dst[DP_MAX_PORTS];
 } ex = {.tc_fd = -1, .sock_fd = -1, .lost_fd = -1};
 
-/* remote MACs ex_rdst refused (full): the core carries their frames */
+/* updates of remote MACs ex_rdst refused (full): the core carries their
+ * frames (dp_express_remote_refused) */
 static uint64_t rdst_refused;
 
 /* is the running kernel major.minor or later? */

@@ -1357,9 +1357,9 @@ class PodLife:
                     )
                     if p.mac:  # reserved for the pair: unique on the node (in the cluster)
                         mac = self.store.reserve_mac(name, p.plane, p.mac)
-                    else:
+                    else:  # (one asked for: checked before anything was written)
                         mac = self.store.allocate_mac(name, p.plane)
-                    _check_link_local(p, mac, floating)
+                        _check_link_local(p, mac, floating)
                     hif = host_ifname(name, p.plane)
                     if p.kind != VETH:
                         self._add_fast_plane(name, netns, p, n, mac, ip, made)
