@@ -1,9 +1,10 @@
 """Two versions of the core measured in one process, alternating:
 
     DP_AB=1 python build.py            (an A/B build, in place)
-    python -m bench.abtest {encap|decap} [--macs N --vteps N --frames N] [--phases N] ...
+    python -m bench.abtest {encap|decap} [--macs N --vteps N --frames N] [--phases N]
+                           [--udp-csum] ...
     ->  RESULT name=abtest kind=.. macs=.. vteps=.. frames=.. phases=.. a_mpps=.. b_mpps=..
-        ratio=<median of the pairs' B/A> b_won=<pairs B was faster>/<pairs>
+        ratio=<median of the pairs' B/A> b_won=<pairs B was faster>/<pairs> [udp_csum=1]
     rm dataplane/_core.cpython-*.so    (back to the installed build)
 
 Separate runs of one build move by ±15 % on a shared VM (its load over
@@ -40,6 +41,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--phase-s", type=float, default=0.5, help="seconds a phase")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--mode", choices=("hugepages", "fallback"), default="hugepages")
+    ap.add_argument(
+        "--udp-csum",
+        action="store_true",
+        help="decap: every frame with an outer UDP checksum (as python -m bench decap --udp-csum)",
+    )
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return ap
 
@@ -49,6 +55,8 @@ def _check(ap, a):
         ap.error(f"--phases: {a.phases}: an even number, at least 2 (pairs of A and B)")
     if a.phase_s <= 0 or a.warmup < 0:
         ap.error("--phase-s must be > 0 and --warmup >= 0")
+    if a.udp_csum and a.kind != "decap":
+        ap.error("--udp-csum: decap only (the frames from the underlay carry it)")
     try:
         topo.check_options(a, max_frames=1 << 20)  # as the encap and decap benchmarks
     except ValueError as e:
@@ -73,7 +81,7 @@ def run(a) -> dict:
     rates = {0: [], 1: []}
     with tempfile.TemporaryDirectory(prefix="abtest-") as tmp:
         pcap = os.path.join(tmp, f"{a.kind}.pcap")
-        write_pcap(pcap, a.kind, a.frames, a.macs, a.vteps)
+        write_pcap(pcap, a.kind, a.frames, a.macs, a.vteps, udp_csum=a.udp_csum)
         with ours.bench_engine(a.mode, n_mbufs, "abtest") as eng:
             _, out = ours._setup(
                 eng,
@@ -118,6 +126,7 @@ def run(a) -> dict:
         "b_mpps": statistics.median(rb),
         "ratio": statistics.median(pairs),
         "b_won": f"{sum(r > 1 for r in pairs)}/{len(pairs)}",
+        **({"udp_csum": 1} if a.udp_csum else {}),
     }
 
 
@@ -143,6 +152,7 @@ def main(argv=None) -> int:
         f"RESULT name=abtest kind={r['kind']} macs={r['macs']} vteps={r['vteps']} "
         f"frames={r['frames']} phases={r['phases']} a_mpps={r['a_mpps']:.3f} "
         f"b_mpps={r['b_mpps']:.3f} ratio={r['ratio']:.3f} b_won={r['b_won']}"
+        + (" udp_csum=1" if r.get("udp_csum") else "")
     )
     return 0
 

@@ -101,6 +101,7 @@
     _(KPORT_TX_DOWN, "kport_tx_down")     /* kernel port: interface set down */ \
     _(UDP_CHECKSUM, "udp_checksum")       /* outer UDP checksum wrong */    \
     _(ECN_NOT_ECT, "ecn_not_ect")         /* outer CE over a Not-ECT inner */ \
+    _(FRAG_NEEDED, "frag_needed")         /* ICMP: our VXLAN too big on path */ \
     _(EXPRESS_ENCAP, "express_encap")     /* express lane: encap refused */ \
     _(EXPRESS_DECAP, "express_decap")     /* express lane: decap refused */ \
     _(EXPRESS_CHANGED, "express_changed") /* express lane: tables changed */ \

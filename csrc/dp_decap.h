@@ -174,6 +174,43 @@ arp_input(struct dp_wctx *w, struct rte_mbuf *m)
     tx_put(w, (uint16_t)v->uplink, m);
 }
 
+/* the one's complement sum of len bytes at p, unfolded: 32-bit words
+ * summed in 64 bits, a 16-bit word and an odd last byte as rte_raw_cksum
+ * takes them (the byte first in its word), so the folded sum is the same */
+static __rte_always_inline uint64_t
+dp_sum_words(const uint8_t *p, uint32_t len)
+{
+    uint64_t s = 0;
+    uint32_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        uint32_t x;
+        memcpy(&x, p + i, 4);
+        s += x;
+    }
+    if (len - i >= 2) {
+        uint16_t x;
+        memcpy(&x, p + i, 2);
+        s += x;
+        i += 2;
+    }
+    if (i < len) {
+        uint16_t x = 0;
+        memcpy(&x, p + i, 1);
+        s += x;
+    }
+    return s;
+}
+
+static __rte_always_inline uint16_t
+dp_sum_fold(uint64_t s)
+{
+    s = (s & 0xffffffffu) + (s >> 32);
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    return (uint16_t)s;
+}
+
 /* the one's complement sum of a 20-byte IPv4 header (no options) is
  * 0xffff: five 32-bit loads summed in 64 bits and folded (the fast path's
  * check; rte_raw_cksum walks 16-bit words) */
@@ -189,12 +226,22 @@ ip4_hdr20_sum_ok(const struct rte_ipv4_hdr *ip)
     memcpy(&w2, p + 8, 4);
     memcpy(&w3, p + 12, 4);
     memcpy(&w4, p + 16, 4);
-    uint64_t s = (uint64_t)w0 + w1 + w2 + w3 + w4;
-    s = (s & 0xffffffffu) + (s >> 32);
-    s = (s & 0xffffu) + (s >> 16);
-    s = (s & 0xffffu) + (s >> 16);
-    s = (s & 0xffffu) + (s >> 16);
-    return s == 0xffff;
+    return dp_sum_fold((uint64_t)w0 + w1 + w2 + w3 + w4) == 0xffff;
+}
+
+/* the outer UDP checksum of a datagram wholly in the first segment adds
+ * up (RFC 768: over the pseudo-header, the UDP header and the data): the
+ * fast path's verification, in 32-bit words where rte_raw_cksum walks
+ * 16-bit ones */
+static __rte_always_inline int
+outer_udp_sum_ok(const struct rte_ipv4_hdr *ip, const struct rte_udp_hdr *udp)
+{
+    uint32_t src, dst;
+    memcpy(&src, &ip->src_addr, 4);
+    memcpy(&dst, &ip->dst_addr, 4);
+    uint64_t s = (uint64_t)src + dst + RTE_BE16(IPPROTO_UDP) + udp->dgram_len +
+                 dp_sum_words((const uint8_t *)udp, rte_be_to_cpu_16(udp->dgram_len));
+    return dp_sum_fold(s) == 0xffff;
 }
 
 /* the outer IPv4 header checksum is right (or the device checked it) */
@@ -230,6 +277,23 @@ trim_to(struct rte_mbuf *m, uint32_t len)
     s->next = NULL;
     m->nb_segs = nb;
     m->pkt_len = len;
+}
+
+/* m (IPv4 to our VTEP, its header hl bytes long) is an ICMP
+ * "fragmentation needed" (RFC 792, 1191) about a UDP datagram this VTEP
+ * sent: a link of the underlay's path is smaller than what we send there
+ * (DF is always set), so vtep.underlay_mtu is above the path's MTU */
+static __rte_noinline int
+icmp_frag_needed(const struct dp_vtep *v, const struct rte_mbuf *m, uint32_t hl)
+{
+    const uint8_t *ip = rte_pktmbuf_mtod_offset(m, const uint8_t *, RTE_ETHER_HDR_LEN);
+    /* the quote: our IPv4 header (no options) and UDP header */
+    if (ip[9] != IPPROTO_ICMP || m->data_len < RTE_ETHER_HDR_LEN + hl + 8 + 28)
+        return 0;
+    const uint8_t *icmp = ip + hl;
+    const uint8_t *quoted = icmp + 8;
+    return icmp[0] == 3 && icmp[1] == 4 && quoted[0] == 0x45 && quoted[9] == IPPROTO_UDP &&
+           memcmp(quoted + 12, &v->ip_be, 4) == 0 && memcmp(quoted + 22, &v->udp_port_be, 2) == 0;
 }
 
 /*
@@ -273,7 +337,9 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
         return 0;
     }
     if (unlikely(ip->next_proto_id != IPPROTO_UDP)) {
-        drop(w, m, DP_DROP_NOT_UDP);
+        drop(w, m,
+             icmp_frag_needed(v, m, (ip->version_ihl & 0xf) * 4u) ? DP_DROP_FRAG_NEEDED
+                                                                  : DP_DROP_NOT_UDP);
         return 0;
     }
     return (ip->version_ihl & 0xf) * 4u;
@@ -455,9 +521,13 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
             (uint32_t)(~*(const uint8_t *)(udp + 1) & 0x08) |
             (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN) |
             (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip)))) |
-            (uint32_t)(udp->dgram_cksum != 0 && !outer_udp_csum_trusted(m)) |
             (uint32_t)((ip->type_of_service & 3) == 3);
-        if (likely(bad == 0) && likely(outer_ip_csum_ok(m, ip, sizeof(*ip))))
+        /* a UDP checksum no device or kernel verified is summed here when
+         * the datagram is in one segment (a wrong one goes on to the full
+         * check, which counts it) */
+        if (likely(bad == 0) && likely(outer_ip_csum_ok(m, ip, sizeof(*ip))) &&
+            (likely(udp->dgram_cksum == 0) || outer_udp_csum_trusted(m) ||
+             (m->data_len == m->pkt_len && outer_udp_sum_ok(ip, udp))))
             return DP_VXLAN_HDR_LEN;
     }
     return outer_check_full(w, v, m);

@@ -22,10 +22,25 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from dataplane.checks import ipv6_link_local, parse_mac
-from tests.test_core import BCAST, R1, R1_VTEP, WAIT, A, B, Topo, udp_frame, vxlan_frame
+from tests.test_core import (
+    BCAST,
+    NH_MAC,
+    R1,
+    R1_VTEP,
+    VNI0,
+    VTEP_IP,
+    VTEP_MAC,
+    WAIT,
+    A,
+    B,
+    Topo,
+    udp_frame,
+    vxlan_frame,
+)
 from tests.test_planes import CONTROL, Planes, frame
 
 A_IP, B_IP, VIP = "192.168.1.1", "192.168.1.2", "192.168.1.100"
@@ -420,6 +435,56 @@ def test_outer_udp_checksum_verified_when_sent(topo):
         topo.send(topo.up, f)
         [got] = topo.recv(topo.a)
         assert bytes(got) == bytes(inner)
+    # every length modulo 4 (the fast path sums 32-bit words, then a
+    # 16-bit one and an odd byte): right passes, one byte changed anywhere
+    # in the datagram - its last bytes above all - is dropped. The last
+    # bytes are 0 in the right frame, so that a sum that left them out
+    # would take the changed frame as right.
+    for size in (101, 102, 103, 104):
+        inner = udp_frame(src=R1, dst=A, size=size - 3) / Raw(b"\0\0\0")
+        right = vxlan_frame(inner)
+        right[UDP].chksum = None
+        raw = bytes(right)
+        topo.send(topo.up, Ether(raw))
+        [got] = topo.recv(topo.a)
+        assert bytes(got) == bytes(inner), size
+        for at in (len(raw) - 1, len(raw) - 2, len(raw) - 3, 14 + 20 + 8 + 8 + 20):
+            bad = bytearray(raw)
+            bad[at] ^= 0x40
+            _uplink_drop(topo, Ether(bytes(bad)), "udp_checksum")
+
+
+def test_an_underlay_too_small_for_our_datagrams_is_named(topo):
+    """A router of the underlay that cannot forward our VXLAN datagram (DF
+    set, larger than its next link) says so with an ICMP "fragmentation
+    needed" quoting it: counted as frag_needed, so that an operator sees
+    vtep.underlay_mtu is above the path's. Other ICMP, and a frag-needed
+    about a datagram this VTEP did not send, stay not_udp."""
+    from scapy.layers.inet import ICMP
+
+    ours = bytes(
+        IP(src=VTEP_IP, dst=R1_VTEP, flags="DF")
+        / UDP(sport=54321, dport=4789, chksum=0)
+        / VXLAN(vni=VNI0)
+        / udp_frame(size=1400)
+    )[:28]
+
+    def icmp(quoted, type_=3, code=4):
+        return (
+            Ether(src=NH_MAC, dst=VTEP_MAC)
+            / IP(src="10.99.0.1", dst=VTEP_IP)
+            / ICMP(type=type_, code=code, nexthopmtu=1400)
+            / Raw(quoted)
+        )
+
+    _uplink_drop(topo, icmp(ours), "frag_needed")
+    _uplink_drop(topo, icmp(ours, type_=3, code=3), "not_udp")
+    _uplink_drop(topo, icmp(b"", type_=8, code=0), "not_udp")
+    theirs = bytes(IP(src="10.99.0.7", dst=R1_VTEP) / UDP(sport=1, dport=4789))[:28]
+    _uplink_drop(topo, icmp(theirs), "not_udp")
+    _uplink_drop(topo, icmp(ours[:20]), "not_udp")  # the quote cut short of UDP
+    other_port = bytes(IP(src=VTEP_IP, dst=R1_VTEP) / UDP(sport=1, dport=53))[:28]
+    _uplink_drop(topo, icmp(other_port), "not_udp")
 
 
 def test_a_congestion_mark_of_the_underlay_reaches_the_inner_packet(topo):
