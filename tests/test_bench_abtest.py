@@ -52,6 +52,7 @@ def test_a_build_without_dp_ab_is_refused_before_anything_starts():
         (["encap", "--phases", "3"], "--phases: 3: an even number"),
         (["encap", "--frames", "32"], "--frames: 32 out of range 64..1048576"),
         (["encap", "--phase-s", "0"], "--phase-s must be > 0"),
+        (["encap", "--udp-csum"], "--udp-csum: decap only"),
     ],
 )
 def test_bad_arguments_are_refused(args, words):
