@@ -120,9 +120,13 @@ def measure(pcap, seconds, warmup, mode, n_macs, n_vteps, n_mbufs, churn_macs, s
         # up (or drifting down) after the warm-up moves both alike
         after, quiet_after = quiet_window("after")
         without = (before + after) / 2
-        drops = eng.counters().drops()
-        entries = eng.fdb_count()
         eng.stop()
+        # the whole run's accounting, read once the worker has stopped
+        c = eng.counters()
+        drops = c.drops()
+        rx_total = int(c.port[pod][0])  # PORT_COUNTERS: rx_packets
+        tx_total = int(c.port[up][2])  # tx_packets
+        entries = eng.fdb_count()
     return {
         "updates_per_s": updates / (t1 - t0),
         "updates": updates,
@@ -133,6 +137,8 @@ def measure(pcap, seconds, warmup, mode, n_macs, n_vteps, n_mbufs, churn_macs, s
         "samples": sampler.samples,
         "fdb_entries_after": entries,
         "drops": {k: v for k, v in drops.items() if v},
+        "rx_packets": rx_total,
+        "tx_packets": tx_total,
     }
 
 
