@@ -237,6 +237,21 @@ def _l4(proto: int, data: bytes, src: str, dst: str, depth: int, l4len: int) -> 
         flags = "".join(c for c, bit in zip("FSRP.U", range(6)) if fl & (1 << bit)) or "none"
         plen = max(l4len - (off >> 4) * 4, 0)
         return f"{src}.{sp} > {dst}.{dp}: TCP [{flags}] seq {seq} ack {ack}, length {plen}"
+    if proto == 1 and len(data) >= 8 and data[0] == 3 and data[1] == 4:
+        # a router's "fragmentation needed" (RFC 1191): the MTU of its next
+        # link, and the datagram it could not send on (an underlay's word
+        # that vtep.underlay_mtu is too large: the frag_needed drop)
+        about = ""
+        q = data[8:]
+        if len(q) >= 20 and q[0] >> 4 == 4:
+            qs, qd, qhl = _ip4(q[12:16]), _ip4(q[16:20]), (q[0] & 0xF) * 4
+            if q[9] == 17 and qhl >= 20 and len(q) >= qhl + 4:
+                sp, dp = struct.unpack_from("!HH", q, qhl)
+                about = f", about {qs}.{sp} > {qd}.{dp}: UDP"
+            else:
+                about = f", about {qs} > {qd}: ip-proto-{q[9]}"
+        mtu = struct.unpack_from("!H", data, 6)[0]
+        return f"{src} > {dst}: ICMP unreachable - need to frag (mtu {mtu}){about}"
     if proto == 1 and len(data) >= 4:
         return f"{src} > {dst}: ICMP {_ICMP.get(data[0], f'type {data[0]}')}"
     if proto == 58 and len(data) >= 4:

@@ -5,7 +5,7 @@ writer's interfaces added after frames."""
 
 import subprocess
 
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -34,6 +34,26 @@ def test_an_ipv4_header_length_below_five_words_is_not_read_as_one():
     f = bytearray(bytes(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2") / TCP()))
     f[14] = 0x42  # version 4, header length 2 words
     assert "ethertype 0x0800" in summary(bytes(f)), summary(bytes(f))
+
+
+def test_a_routers_fragmentation_needed_names_the_mtu_and_the_datagram():
+    """What `dataplane capture uplink --direction drop icmp` shows of a
+    frag_needed drop: the MTU the router names and which datagram of ours
+    it could not send on; other ICMP as before."""
+    quoted = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=54321, dport=4789))[:28]
+    f = bytes(
+        Ether(src=A, dst=B)
+        / IP(src="10.9.0.1", dst="10.0.0.1")
+        / ICMP(type=3, code=4, nexthopmtu=1400)
+        / Raw(quoted)
+    )
+    assert summary(f).endswith(
+        "10.9.0.1 > 10.0.0.1: ICMP unreachable - need to frag (mtu 1400), "
+        "about 10.0.0.1.54321 > 10.0.0.2.4789: UDP"
+    ), summary(f)
+    assert summary(f[: 14 + 20 + 8]).endswith("ICMP unreachable - need to frag (mtu 1400)")
+    port = bytes(Ether(src=A, dst=B) / IP(src="10.9.0.1", dst="10.0.0.1") / ICMP(type=3, code=3))
+    assert summary(port).endswith("10.9.0.1 > 10.0.0.1: ICMP unreachable"), summary(port)
 
 
 def test_an_interface_added_later_is_read_back_and_kept_within_max_size(tmp_path):
