@@ -258,6 +258,41 @@ def test_a_drop_capture_keeps_to_its_filter(eng):
     assert st["matched"] == 5
 
 
+def test_an_underlay_too_small_for_our_datagrams_is_one_capture_away(eng):
+    """A router's "fragmentation needed" about one of our datagrams is a
+    frag_needed drop on the uplink; `capture uplink --direction drop icmp`
+    has it, with the MTU the router names, and not the uplink's other
+    drops."""
+    from scapy.layers.inet import ICMP
+    from scapy.packet import Raw
+
+    from dataplane.pcapng import summary
+    from tests.test_core import NH_MAC, VTEP_IP, VTEP_MAC
+
+    t = Topo(eng)
+    quoted = bytes(IP(src=VTEP_IP, dst=R1_VTEP) / UDP(sport=54000, dport=4789))[:28]
+    icmp = (
+        Ether(src=NH_MAC, dst=VTEP_MAC)
+        / IP(src="10.99.0.1", dst=VTEP_IP)
+        / ICMP(type=3, code=4, nexthopmtu=1400)
+        / Raw(quoted)
+    )
+    eng.capture_start([t.up], "drop", "icmp")
+    try:
+        t.send(t.up, vxlan_frame(udp_frame(src=R1, dst=A), vni=4242), icmp)
+        assert wait_drop(eng, t.base, "frag_needed", 1) == 1
+        assert wait_drop(eng, t.base, "unknown_vni", 1) == 1
+        recs = _records(eng, 1)
+        time.sleep(0.1)
+        recs += eng.capture_read()
+    finally:
+        eng.capture_stop()
+    assert [(r[1], r[2], r[5], r[4]) for r in recs] == [(t.up, "drop", "frag_needed", bytes(icmp))]
+    assert "ICMP unreachable - need to frag (mtu 1400), about 10.0.0.1.54000 > 10.0.0.2.4789" in (
+        summary(recs[0][4])
+    )
+
+
 def test_frames_that_waited_for_a_next_hop_in_vain_are_told_of_their_pods_port(eng):
     """Frames held for a remote VTEP's next hop that never answers are
     dropped later, outside the burst that brought them (neigh_unresolved):
