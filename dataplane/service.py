@@ -310,7 +310,8 @@ class NodeService:
             # first request imports the metrics module too: two threads
             # importing prometheus_client at once can see it half initialised)
             self._start_metrics()
-            self.store = open_store(cfg.store, cfg.node)
+            timeout = {} if cfg.store.timeout_s is None else {"timeout": float(cfg.store.timeout_s)}
+            self.store = open_store(cfg.store, cfg.node, **timeout)
             # the node's name held while running, before any pod is touched:
             # a second service under it (another machine) starts nothing
             self.store.claim_node(
