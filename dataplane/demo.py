@@ -331,6 +331,9 @@ def main(argv=None):
         help=f"the service's /metrics on 127.0.0.1:PORT (default {METRICS_PORT})",
     )
     args = ap.parse_args(argv)
+    # each line as it is printed, also into a pipe, a file or a journal:
+    # "serving" is to be seen while the demo serves, not when it ends
+    sys.stdout.reconfigure(line_buffering=True)
     if args.duration is not None and not 0 <= args.duration < 1e9:
         ap.error(f"--duration: {args.duration} is not a number of seconds (0 or more)")
     if not 1 <= args.metrics_port <= 65535:

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Set up this machine for dataplane (Debian/Ubuntu, as root), idempotently:
-# system packages (DPDK 22.11 LTS from the distribution), hugepages and the
+# system packages (the distribution's DPDK: 22.11 or later), hugepages and the
 # hugetlbfs mount, a virtual environment in .venv with the package built.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,9 +6,11 @@ then makes nothing."""
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 from nodeparts import free_port
@@ -103,22 +105,41 @@ def test_a_running_service_s_api_socket_is_refused_naming_its_pid(tmp_path):
 def test_the_demo_runs_its_topology_and_leaves_nothing_even_after_a_killed_one():
     """The quickstart's main job as it runs it: pod to pod and pod to the
     host behind the kernel's VTEP answer, status, FDB and metrics shown,
-    everything removed after. What a killed demo left (here: its state
-    directory) is named and removed first."""
+    "serving" said while it serves - its output a pipe, as under a
+    journal or tee - and, after Ctrl-C, everything removed. What a killed
+    demo left (here: its state directory) is named and removed first."""
     before = (_demo_names(), os.path.exists(demo.DEMO_LOCK))
     assert not before[0], f"demo names exist before the test: {before[0]}"
     stale = tempfile.mkdtemp(prefix=demo.STATE_PREFIX)  # as a killed demo leaves it
     try:
-        r = subprocess.run(
-            [sys.executable, "-m", "dataplane.demo", "--duration", "0"]
-            + ["--metrics-port", str(free_port())],
-            capture_output=True,
+        p = subprocess.Popen(
+            [sys.executable, "-m", "dataplane.demo", "--metrics-port", str(free_port())],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            timeout=300,
         )
-        out = r.stdout
-        assert r.returncode == 0, out + r.stderr
+        # a demo that never says "serving" (or says it only at its end) is
+        # stopped here, and fails below
+        watchdog = threading.Timer(300, p.kill)
+        watchdog.start()
+        served, lines = False, []
+        try:
+            for line in p.stdout:
+                lines.append(line)
+                if line.startswith("demo: serving"):
+                    served = True
+                    break
+            p.send_signal(signal.SIGINT)
+            rest, err = p.communicate(timeout=120)
+        finally:
+            watchdog.cancel()
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        out = "".join(lines) + rest
+        assert served, out + err
+        assert p.returncode == 0, out + err
         assert "removing what a demo that did not finish left: " in out, out
         assert f"state directory {stale}" in out, out
         assert "pod a -> pod b (same node, net1): ok" in out, out
