@@ -25,8 +25,7 @@
       - {vtep: 10.0.0.2, networks: [net1]}
     # store: {kind: sqlite}         # default: state_dir/state.db, one node
     # store: {kind: etcd, endpoints: ["http://127.0.0.1:2379"], prefix: /dataplane}
-    #   (https endpoints: tls: {ca: ca.crt, cert: node.crt, key: node.key};
-    #   timeout_s: 10 - how long one request may wait, over all the members)
+    #   (https endpoints: tls: {ca: ca.crt, cert: node.crt, key: node.key})
     # pod_socket_dir: /run/dataplane/pods   # memif / vhost-user sockets, a directory per pod
 
 :func:`load_config` reads a file, :func:`parse_config` a dict already parsed.
@@ -320,9 +319,6 @@ class StoreConfig:
     #: password (its first line), read when the store is opened
     user: Optional[str] = None
     password_file: Optional[str] = None
-    #: how long one request to etcd may take, over all the members it tries
-    #: (seconds; None: the store's default, 10)
-    timeout_s: Optional[int] = None
 
     def password(self) -> Optional[str]:
         """The password of ``password_file`` (None without one); a file
@@ -349,8 +345,6 @@ class StoreConfig:
                 d["tls"] = tls
             if self.user is not None:
                 d.update(user=self.user, password_file=self.password_file)
-            if self.timeout_s is not None:
-                d["timeout_s"] = self.timeout_s
             return d
         return {"kind": self.kind, "path": self.path}
 
@@ -848,9 +842,7 @@ _NETWORK_KEYS = (
     "subnet6",
     "gateway6",
 )
-_STORE_KEYS = ("kind", "path", "endpoints", "prefix", "tls", "user", "password_file", "timeout_s")
-#: store.timeout_s's range: a request to etcd may wait 1 s to an hour
-STORE_TIMEOUT_RANGE_S = (1, 3600)
+_STORE_KEYS = ("kind", "path", "endpoints", "prefix", "tls", "user", "password_file")
 _DUPLICATE_MACS_KEYS = ("moves", "window_s", "freeze_s")
 
 
@@ -1428,11 +1420,8 @@ def _store(value, state_dir, base_dir) -> StoreConfig:
             tls_key=key,
             user=user,
             password_file=password_file,
-            timeout_s=None
-            if s.get("timeout_s") is None
-            else check_int(s["timeout_s"], "store.timeout_s", *STORE_TIMEOUT_RANGE_S),
         )
-    for key in ("endpoints", "prefix", "tls", "user", "password_file", "timeout_s"):
+    for key in ("endpoints", "prefix", "tls", "user", "password_file"):
         if s.get(key) is not None:
             raise fail(f"store.{key}", "is for kind etcd (add kind: etcd)")
     path = s.get("path")

@@ -310,8 +310,7 @@ class NodeService:
             # first request imports the metrics module too: two threads
             # importing prometheus_client at once can see it half initialised)
             self._start_metrics()
-            timeout = {} if cfg.store.timeout_s is None else {"timeout": float(cfg.store.timeout_s)}
-            self.store = open_store(cfg.store, cfg.node, **timeout)
+            self.store = open_store(cfg.store, cfg.node)
             # the node's name held while running, before any pod is touched:
             # a second service under it (another machine) starts nothing
             self.store.claim_node(

@@ -417,10 +417,6 @@ def test_store_etcd():
         cfg(store={"kind": "etcd", "endpoints": "http://[::1]:2379", "prefix": "/clusters/a/"})
     )
     assert c.store.endpoints == ("http://[::1]:2379",) and c.store.prefix == "/clusters/a"
-    assert c.store.timeout_s is None  # the store's default
-    c = parse_config(cfg(store={"kind": "etcd", "endpoints": "http://a:2379", "timeout_s": 30}))
-    assert c.store.timeout_s == 30 and c.to_dict()["store"]["timeout_s"] == 30
-    assert parse_config(c.to_dict()) == c
     # the sqlite store's dict has no etcd keys, and round-trips too
     assert parse_config(BASE).to_dict()["store"] == {
         "kind": "sqlite",
@@ -462,16 +458,6 @@ def test_store_etcd_errors():
     bad(etcd(endpoints=["http://a:2379"], path="/x.db"), r"^store\.path: is for kind sqlite")
     bad(cfg(store={"endpoints": ["http://a:2379"]}), r"^store\.endpoints: is for kind etcd")
     bad(cfg(store={"kind": "sqlite", "prefix": "/x"}), r"^store\.prefix: is for kind etcd")
-    bad(cfg(store={"timeout_s": 5}), r"^store\.timeout_s: is for kind etcd")
-    bad(
-        etcd(endpoints=["http://a:2379"], timeout_s=0),
-        r"^store\.timeout_s: 0 out of range 1\.\.3600",
-    )
-    bad(
-        etcd(endpoints=["http://a:2379"], timeout_s="10s"),
-        r"^store\.timeout_s: '10s' is not an int",
-    )
-    bad(etcd(endpoints=["http://a:2379"], timeout_s=2.5), r"^store\.timeout_s: 2\.5 is not an int")
     bad(
         etcd(endpoints=["http://a:2379"], endpoint="x"),
         r"^store\.endpoint: unknown key \(did you mean 'endpoints'\?\)",
