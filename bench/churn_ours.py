@@ -26,6 +26,8 @@ import sys
 import threading
 import time
 
+from dataplane.engine import PORT_COUNTERS
+
 from . import topology as topo
 from .common import child_failed, child_say, child_unwind_on_sigterm, emit
 from .ours import _setup, add_core_options, bench_engine
@@ -124,8 +126,8 @@ def measure(pcap, seconds, warmup, mode, n_macs, n_vteps, n_mbufs, churn_macs, s
         # the whole run's accounting, read once the worker has stopped
         c = eng.counters()
         drops = c.drops()
-        rx_total = int(c.port[pod][0])  # PORT_COUNTERS: rx_packets
-        tx_total = int(c.port[up][2])  # tx_packets
+        rx_total = int(c.port[pod][PORT_COUNTERS.index("rx_packets")])
+        tx_total = int(c.port[up][PORT_COUNTERS.index("tx_packets")])
         entries = eng.fdb_count()
     return {
         "updates_per_s": updates / (t1 - t0),

@@ -287,8 +287,10 @@ static __rte_noinline int
 icmp_frag_needed(const struct dp_vtep *v, const struct rte_mbuf *m, uint32_t hl)
 {
     const uint8_t *ip = rte_pktmbuf_mtod_offset(m, const uint8_t *, RTE_ETHER_HDR_LEN);
-    /* the quote: our IPv4 header (no options) and UDP header */
-    if (ip[9] != IPPROTO_ICMP || m->data_len < RTE_ETHER_HDR_LEN + hl + 8 + 28)
+    /* the quote: our IPv4 header (no options) and UDP header, within the
+     * ICMP datagram (not read from what follows it) */
+    uint32_t tot = (uint32_t)ip[2] << 8 | ip[3];
+    if (ip[9] != IPPROTO_ICMP || tot < hl + 8 + 28 || m->data_len < RTE_ETHER_HDR_LEN + hl + 8 + 28)
         return 0;
     const uint8_t *icmp = ip + hl;
     const uint8_t *quoted = icmp + 8;
@@ -523,11 +525,12 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
             (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip)))) |
             (uint32_t)((ip->type_of_service & 3) == 3);
         /* a UDP checksum no device or kernel verified is summed here when
-         * the datagram is in one segment (a wrong one goes on to the full
-         * check, which counts it) */
+         * the datagram is in one segment (a wrong one, or one the device
+         * called bad, goes on to the full check, which counts it) */
         if (likely(bad == 0) && likely(outer_ip_csum_ok(m, ip, sizeof(*ip))) &&
             (likely(udp->dgram_cksum == 0) || outer_udp_csum_trusted(m) ||
-             (m->data_len == m->pkt_len && outer_udp_sum_ok(ip, udp))))
+             (outer_udp_csum_state(m) != RTE_MBUF_F_RX_L4_CKSUM_BAD && m->data_len == m->pkt_len &&
+              outer_udp_sum_ok(ip, udp))))
             return DP_VXLAN_HDR_LEN;
     }
     return outer_check_full(w, v, m);

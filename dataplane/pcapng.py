@@ -250,8 +250,9 @@ def _l4(proto: int, data: bytes, src: str, dst: str, depth: int, l4len: int) -> 
                 about = f", about {qs}.{sp} > {qd}.{dp}: UDP"
             else:
                 about = f", about {qs} > {qd}: ip-proto-{q[9]}"
-        mtu = struct.unpack_from("!H", data, 6)[0]
-        return f"{src} > {dst}: ICMP unreachable - need to frag (mtu {mtu}){about}"
+        mtu = struct.unpack_from("!H", data, 6)[0]  # 0: a router before RFC 1191
+        said = f" (mtu {mtu})" if mtu else ""
+        return f"{src} > {dst}: ICMP unreachable - need to frag{said}{about}"
     if proto == 1 and len(data) >= 4:
         return f"{src} > {dst}: ICMP {_ICMP.get(data[0], f'type {data[0]}')}"
     if proto == 58 and len(data) >= 4:

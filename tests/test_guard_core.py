@@ -3,6 +3,7 @@ the forwarding core, golden-packet style on real net_ring ports (both EAL
 modes): every spoofed frame is dropped under its own reason, the pod's own
 frames pass, ports without a guard behave as before."""
 
+import struct
 import time
 
 import pytest
@@ -452,6 +453,43 @@ def test_outer_udp_checksum_verified_when_sent(topo):
             bad = bytearray(raw)
             bad[at] ^= 0x40
             _uplink_drop(topo, Ether(bytes(bad)), "udp_checksum")
+    # an odd datagram's last byte is the high half of its last word (RFC
+    # 768's zero pad after it): a checksum made with it in the low half is
+    # wrong, and dropped
+    inner = udp_frame(src=R1, dst=A, size=100) / Raw(b"\x5a")
+    f = bytearray(bytes(vxlan_frame(inner)))
+    assert (len(f) - 34) % 2 == 1
+    f[40:42] = _udp_sum(f, misplaced_tail=True).to_bytes(2, "big")
+    assert _udp_sum(f, check=True) != 0xFFFF
+    _uplink_drop(topo, Ether(bytes(f)), "udp_checksum")
+    # a datagram whose sum comes out 0 carries 0xffff (0 means none): right
+    inner = udp_frame(src=R1, dst=A, size=100) / Raw(b"\0\0")  # an even datagram
+    f = bytearray(bytes(vxlan_frame(inner)))
+    f[-2:] = _udp_sum(f).to_bytes(2, "big")  # the pad word cancels the rest
+    assert _udp_sum(f) == 0
+    f[40:42] = b"\xff\xff"
+    assert _udp_sum(f, check=True) == 0xFFFF
+    topo.send(topo.up, Ether(bytes(f)))
+    [got] = topo.recv(topo.a)
+    assert bytes(got) == bytes(f[50:])
+
+
+def _udp_sum(frame, misplaced_tail=False, check=False):
+    """The outer UDP checksum of an Ethernet + IPv4 (no options) frame
+    (its checksum field taken as 0), or with ``check`` the one's complement
+    sum over it all, field included (0xffff when right). With
+    ``misplaced_tail`` an odd last byte is summed as the low half of its
+    word, the mistake a checksum must not accept."""
+    ip, udp = bytes(frame[14:34]), bytearray(frame[34:])
+    if not check:
+        udp[6:8] = b"\0\0"
+    if len(udp) % 2:
+        udp = udp[:-1] + (b"\0" + udp[-1:] if misplaced_tail else udp[-1:] + b"\0")
+    data = ip[12:20] + bytes([0, 17]) + (len(frame) - 34).to_bytes(2, "big") + bytes(udp)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total if check else (~total & 0xFFFF)
 
 
 def test_an_underlay_too_small_for_our_datagrams_is_named(topo):
@@ -485,6 +523,16 @@ def test_an_underlay_too_small_for_our_datagrams_is_named(topo):
     _uplink_drop(topo, icmp(ours[:20]), "not_udp")  # the quote cut short of UDP
     other_port = bytes(IP(src=VTEP_IP, dst=R1_VTEP) / UDP(sport=1, dport=53))[:28]
     _uplink_drop(topo, icmp(other_port), "not_udp")
+    tcp = bytes(IP(src=VTEP_IP, dst=R1_VTEP) / TCP(sport=1, dport=4789))[:28]
+    _uplink_drop(topo, icmp(tcp), "not_udp")
+    # our datagrams have no IP options; a quote with them is not ours
+    opts = bytes(IP(src=VTEP_IP, dst=R1_VTEP, options=b"\x01\x01\x01\x00") / UDP(dport=4789))
+    _uplink_drop(topo, icmp(opts[:32]), "not_udp")
+    # the router's own header with options: the ICMP read past them
+    routed = icmp(ours)
+    routed[IP].options = b"\x01\x01\x01\x00"
+    del routed[IP].ihl, routed[IP].len, routed[IP].chksum
+    _uplink_drop(topo, Ether(bytes(routed)), "frag_needed")
 
 
 def test_a_congestion_mark_of_the_underlay_reaches_the_inner_packet(topo):

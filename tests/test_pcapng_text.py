@@ -52,6 +52,10 @@ def test_a_routers_fragmentation_needed_names_the_mtu_and_the_datagram():
         "about 10.0.0.1.54321 > 10.0.0.2.4789: UDP"
     ), summary(f)
     assert summary(f[: 14 + 20 + 8]).endswith("ICMP unreachable - need to frag (mtu 1400)")
+    old = bytes(Ether(src=A, dst=B) / IP(src="10.9.0.1", dst="10.0.0.1") / ICMP(type=3, code=4))
+    assert summary(old).endswith("ICMP unreachable - need to frag"), summary(old)  # no MTU
+    for n in range(len(f) + 1):  # cut anywhere: a line, never an exception
+        assert isinstance(summary(f[:n]), str)
     port = bytes(Ether(src=A, dst=B) / IP(src="10.9.0.1", dst="10.0.0.1") / ICMP(type=3, code=3))
     assert summary(port).endswith("10.9.0.1 > 10.0.0.1: ICMP unreachable"), summary(port)
 
