@@ -368,19 +368,30 @@ outer_udp_csum_trusted(const struct rte_mbuf *m)
     return outer_udp_csum_state(m) == RTE_MBUF_F_RX_L4_CKSUM_GOOD || dp_csum_partial(m);
 }
 
+/* a datagram split over segments (a jumbo frame from a kernel uplink):
+ * DPDK's sum, which walks the chain; out of the fast path's code */
+static __rte_noinline int
+outer_udp_csum_chain_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl)
+{
+    return rte_ipv4_udptcp_cksum_mbuf_verify(m, ip, RTE_ETHER_HDR_LEN + hl) == 0;
+}
+
 /* the outer UDP checksum: 0 (none), one the receiving device (or the
  * kernel under a kernel uplink) verified, one left to offload (a frame of
  * this host's kernel, on a kernel uplink) - trusted - or one that adds up
- * (RFC 768), verified here */
-static inline int
+ * (RFC 768), verified here. m ends where its IPv4 datagram does: the fast
+ * check and the full one (after trim_to) both see to it. */
+static __rte_always_inline int
 outer_udp_csum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip, uint32_t hl,
                   const struct rte_udp_hdr *udp)
 {
-    if (udp->dgram_cksum == 0 || outer_udp_csum_trusted(m))
+    if (likely(udp->dgram_cksum == 0) || outer_udp_csum_trusted(m))
         return 1;
     if (outer_udp_csum_state(m) == RTE_MBUF_F_RX_L4_CKSUM_BAD)
         return 0;
-    return rte_ipv4_udptcp_cksum_mbuf_verify(m, ip, RTE_ETHER_HDR_LEN + hl) == 0;
+    if (likely(m->data_len == m->pkt_len))
+        return outer_udp_sum_ok(ip, udp);
+    return outer_udp_csum_chain_ok(m, ip, hl);
 }
 
 /* RFC 6040 4.2, as the kernel's VTEP: the underlay marked congestion (CE)
@@ -524,13 +535,10 @@ outer_check(struct dp_wctx *w, const struct dp_vtep *v, const struct dp_outer_re
             (uint32_t)(RTE_ETHER_HDR_LEN + tot != m->pkt_len) | (uint32_t)(tot < DP_VXLAN_HDR_LEN) |
             (uint32_t)(udp->dgram_len ^ rte_cpu_to_be_16((uint16_t)(tot - sizeof(*ip)))) |
             (uint32_t)((ip->type_of_service & 3) == 3);
-        /* a UDP checksum no device or kernel verified is summed here when
-         * the datagram is in one segment (a wrong one, or one the device
-         * called bad, goes on to the full check, which counts it) */
+        /* (a wrong UDP checksum, or one the device called bad, goes on to
+         * the full check, which counts it) */
         if (likely(bad == 0) && likely(outer_ip_csum_ok(m, ip, sizeof(*ip))) &&
-            (likely(udp->dgram_cksum == 0) || outer_udp_csum_trusted(m) ||
-             (outer_udp_csum_state(m) != RTE_MBUF_F_RX_L4_CKSUM_BAD && m->data_len == m->pkt_len &&
-              outer_udp_sum_ok(ip, udp))))
+            likely(outer_udp_csum_ok(m, ip, sizeof(*ip), udp)))
             return DP_VXLAN_HDR_LEN;
     }
     return outer_check_full(w, v, m);
