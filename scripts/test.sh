@@ -39,7 +39,7 @@ LANE_B=(
 LAST=(
     tests/test_planes.py tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
     tests/test_bench_traffic.py tests/test_bench_dpdkpods.py tests/test_bench_smoke.py
-    tests/test_bench_abtest.py
+    tests/test_bench_abtest.py tests/test_bench_sched.py
 )
 LANE_A=()
 for f in tests/test_*.py; do
