@@ -349,7 +349,8 @@ outer_check_head(struct dp_wctx *w, const struct dp_vtep *v, struct rte_mbuf *m)
 
 /* the device's word on the outer UDP checksum (RTE_MBUF_F_RX_L4_CKSUM_*
  * values): a device that parsed the frame as a tunnel's says it in the
- * OUTER flags, the others in the plain ones */
+ * OUTER flags (whose both bits set is no state: unknown), the others in
+ * the plain ones */
 static __rte_always_inline uint64_t
 outer_udp_csum_state(const struct rte_mbuf *m)
 {
@@ -362,10 +363,15 @@ outer_udp_csum_state(const struct rte_mbuf *m)
     return m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK;
 }
 
+/* verified by the device: GOOD, or NONE - the data's integrity verified,
+ * the field not final (a virtio device under a host that left the sum to
+ * offload: its partial sum, which would not add up here) */
 static __rte_always_inline int
 outer_udp_csum_trusted(const struct rte_mbuf *m)
 {
-    return outer_udp_csum_state(m) == RTE_MBUF_F_RX_L4_CKSUM_GOOD || dp_csum_partial(m);
+    uint64_t st = outer_udp_csum_state(m);
+    return st == RTE_MBUF_F_RX_L4_CKSUM_GOOD || st == RTE_MBUF_F_RX_L4_CKSUM_NONE ||
+           dp_csum_partial(m);
 }
 
 /* a datagram split over segments (a jumbo frame from a kernel uplink):
