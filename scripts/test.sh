@@ -34,7 +34,7 @@ LANE_B=(
     tests/test_pod_spec.py tests/test_guard_config.py tests/test_engine_config.py
     tests/test_checks.py tests/test_cni_deploy.py
     tests/test_kernel_pods.py tests/test_kernel_gso.py tests/test_hostile.py tests/test_ipv6_pods.py
-    tests/test_learning.py tests/test_vf.py tests/test_node_limits.py
+    tests/test_learning.py tests/test_vf.py tests/test_node_limits.py tests/test_virtio_uplink_csum.py
 )
 LAST=(
     tests/test_planes.py tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
@@ -49,6 +49,8 @@ for f in tests/test_*.py; do
     esac
 done
 
+# each lane ends with its slowest tests, where the suite's time goes
+PYTEST+=(--durations=12 --durations-min=15)
 base=/tmp/pytest-of-$(id -un)
 mkdir -p "$base"
 log_b=$(mktemp "$base/lane-b.XXXXXX.log")
