@@ -122,6 +122,14 @@ Set-up (all in three network namespaces made for the run, named
   out of the underlay exactly once as VXLAN (VNI, dst port 4789, flags 0x08)
   from 10.0.0.1 to the remote VTEP of its inner destination MAC, next-hop
   MAC as outer destination, the inner frame unchanged.
+- Accounting, for every run of an engine (the functional check included):
+  once the generator has stopped, the engine stops its worker (which sends
+  what it holds) and reads its counters - every frame the core received on
+  its two ports must have been sent or counted as a drop with a reason
+  (the kernel's ring drops and the express lane's are before the core's
+  receive, and not part of that sum). One that is neither ends the
+  benchmark without a RESULT, exit code 1. The kernel contender has no such
+  count: its rate is what vup sent.
 
 Runs alternate native, pmd, afxdp, lane, kernel (or ``--contenders``),
 ``--runs`` times; the result is the median of each and the ratios of the
@@ -850,7 +858,27 @@ def run_contender(lab: Lab, name: str, pcap: str, frames, verify: bool, rate_pps
     try:
         if verify:
             lab.verify(name, pcap, frames, engine=eng)
-        return _measure(lab, pcap, engine=eng, rate_pps=rate_pps)
+        r = _measure(lab, pcap, engine=eng, rate_pps=rate_pps)
+        # the generator has stopped: the engine stops its worker and tells
+        # the whole run's accounting (verification included)
+        eng.send("final")
+        f = eng.expect("final", 30)
+        before = ", ".join(f"{k} {v}" for k, v in f["not_of_rx"].items())
+        before = f"; before the core's receive: {before}" if before else ""
+        if f["unaccounted"] != 0:
+            raise BenchError(
+                f"{name}: the core received {f['pod_rx']} frames on the pod port and "
+                f"{f['up_rx']} on the uplink, sent {f['up_tx']} and {f['pod_tx']}, and counted "
+                f"{f['dropped']} dropped ({f['drops']}): {f['unaccounted']} unaccounted for"
+                f"{before}; no result"
+            )
+        say(
+            f"{name}: accounting adds up: {f['pod_rx'] + f['up_rx']} frames received = "
+            f"{f['up_tx'] + f['pod_tx']} sent + {f['dropped']} dropped"
+            + (f" ({f['drops']})" if f["drops"] else "")
+            + before
+        )
+        return r
     finally:
         lab.reap(eng, grace=15.0)
         if eng.p.returncode not in (0, None):

@@ -23,6 +23,9 @@ stdin, one command a line:
 
     (start-up)  ->  BENCH-JSON {"event": "ready", ...}
     snap        ->  BENCH-JSON {"event": "snap", counters ...}
+    final       ->  stop the worker (which flushes what it holds), then
+                    BENCH-JSON {"event": "final", ...}: the whole run's
+                    accounting (see _final), close the ports, exit 0
     quit / EOF  ->  stop, close the ports, exit 0
 
 ``capture``: counts and keeps frames received on IF (an AF_PACKET socket):
@@ -215,6 +218,50 @@ def _snap(eng, pod: int, up: int, stats, tids) -> dict:
     }
 
 
+#: drops of frames the core never received (the kernel's ring, a frame
+#: that did not fit a ring slot or an mbuf, a DPDK port's own drops, the
+#: express lane's refusals in the kernel) and of frames it sent (the
+#: kernel's transmit): outside the core's rx = tx + drops
+NOT_OF_RX = (
+    "kport_kernel",
+    "kport_oversize",
+    "kport_truncated",
+    "kport_no_mbuf",
+    "kport_kernel_tx",
+    "dev_rx_missed",
+    "dev_rx_errors",
+    "dev_rx_no_mbuf",
+    "express_encap",
+    "express_decap",
+    "express_changed",
+)
+
+
+def _final(eng, pod: int, up: int) -> dict:
+    """The whole run's accounting, read once the worker has stopped and
+    flushed (nothing in flight): frames the core received on its two
+    ports, frames it sent, and its drops by reason; ``unaccounted`` is
+    what received frames neither left nor were counted as dropped (0 in a
+    run that adds up)."""
+    c = eng.counters()
+    p, u = c.port_dict(pod), c.port_dict(up)
+    drops = {k: v for k, v in c.drops().items() if v}
+    rx = p["rx_packets"] + u["rx_packets"]
+    tx = p["tx_packets"] + u["tx_packets"]
+    dropped = sum(v for k, v in drops.items() if k not in NOT_OF_RX)
+    return {
+        "event": "final",
+        "pod_rx": p["rx_packets"],
+        "up_rx": u["rx_packets"],
+        "pod_tx": p["tx_packets"],
+        "up_tx": u["tx_packets"],
+        "dropped": dropped,
+        "drops": {k: v for k, v in drops.items() if k not in NOT_OF_RX},
+        "not_of_rx": {k: v for k, v in drops.items() if k in NOT_OF_RX},
+        "unaccounted": rx - tx - dropped,
+    }
+
+
 def run_engine(a) -> int:
     from dataplane.engine import Engine, EngineConfig
     from dataplane.podlife import add_kernel_port
@@ -280,15 +327,19 @@ def run_engine(a) -> int:
                 "worker_threads": len(tids),
             }
         )
+        final = False
         for line in sys.stdin:
             cmd = line.strip()
             if cmd == "snap":
                 emit(_snap(eng, pod, up, stats, tids))
-            elif cmd == "quit":
+            elif cmd in ("quit", "final"):
+                final = cmd == "final"
                 break
             elif cmd:
                 print(f"bench.afpacket_ours: unknown command {cmd!r}", file=sys.stderr, flush=True)
         eng.stop()
+        if final:
+            emit(_final(eng, pod, up))
     return 0
 
 

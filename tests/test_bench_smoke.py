@@ -254,6 +254,14 @@ def test_bench_runs(name):
             err,
         )
         assert len(seen) == 4 and all(float(r) <= float(s) for s, r in seen), (seen, err)
+    if name == "afpacket":
+        # every engine's run: what the core received, sent or counted dropped
+        sums = re.findall(
+            r"bench: (\w+): accounting adds up: (\d+) frames received = (\d+) sent \+ (\d+) dropped",
+            err,
+        )
+        assert sorted(c for c, *_ in sums) == ["afxdp", "lane", "native", "pmd"], err
+        assert all(int(r) == int(s) + int(d) and int(r) > 0 for _, r, s, d in sums), sums
     if name == "afpacket" and "source_limited" in fields:
         # contenders that delivered all the generator offered: named, known
         named = fields.pop("source_limited").split(",")
