@@ -35,6 +35,8 @@ LANE_B=(
     tests/test_checks.py tests/test_cni_deploy.py
     tests/test_kernel_pods.py tests/test_kernel_gso.py tests/test_hostile.py tests/test_ipv6_pods.py
     tests/test_learning.py tests/test_vf.py tests/test_node_limits.py tests/test_virtio_uplink_csum.py
+    tests/test_pcapng_text.py tests/test_store_auth.py tests/test_etcd_failover.py tests/test_etcd_blackhole.py
+    tests/test_kernel_ports.py
 )
 LAST=(
     tests/test_planes.py tests/test_kernel_idle.py tests/test_cpu_latency.py tests/test_afxdp.py
