@@ -126,10 +126,10 @@ Set-up (all in three network namespaces made for the run, named
   once the generator has stopped, the engine stops its worker (which sends
   what it holds) and reads its counters - every frame the core received on
   its two ports must have been sent or counted as a drop with a reason
-  (the kernel's ring drops and the express lane's are before the core's
-  receive, and not part of that sum). One that is neither ends the
-  benchmark without a RESULT, exit code 1. The kernel contender has no such
-  count: its rate is what vup sent.
+  (the kernel's ring drops, before the core's receive or after its send,
+  and the express lane's are not part of that sum, and are shown apart).
+  One that is neither ends the benchmark without a RESULT, exit code 1.
+  The kernel contender has no such count: its rate is what vup sent.
 
 Runs alternate native, pmd, afxdp, lane, kernel (or ``--contenders``),
 ``--runs`` times; the result is the median of each and the ratios of the
@@ -864,7 +864,7 @@ def run_contender(lab: Lab, name: str, pcap: str, frames, verify: bool, rate_pps
         eng.send("final")
         f = eng.expect("final", 30)
         before = ", ".join(f"{k} {v}" for k, v in f["not_of_rx"].items())
-        before = f"; before the core's receive: {before}" if before else ""
+        before = f"; apart (the kernel's rings, the lane): {before}" if before else ""
         if f["unaccounted"] != 0:
             raise BenchError(
                 f"{name}: the core received {f['pod_rx']} frames on the pod port and "
