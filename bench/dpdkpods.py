@@ -34,17 +34,74 @@ take turns in scheduler time slices: rings and descriptors are made as large
 as DPDK allows (16384) so that a pod keeps a whole slice of frames. With
 ``--b-cpu 1`` the receiver shares the core's CPU instead (and has it alone
 in the direct path). Each testpmd's main lcore only waits for commands.
+
+Accounting, every path in every run: once the rate is measured pod a stops
+(testpmd ``stop``), pod b and the core drain (their counters read every
+50 ms until they stand still, at most 2 s, else no result), and every frame
+pod a sent must be accounted for; a run in which one is not ends the
+benchmark without a RESULT line, exit code 1, naming every number. Each run
+says its equations ("accounting adds up"). The counts, each since the pods
+and the core's ports were made:
+
+    a_tx      pod a's TX-packets (``show port stats 0``): what its driver's
+              tx burst took - into the memif ring, the vring, the af_packet
+              tx ring (kicked); what a burst refused testpmd counts apart
+              (TX-dropped) and never sent
+    b_rx      pod b's RX-packets; b_drops its RX-missed + RX-errors +
+              RX-nombuf (0 over memif and virtio, whose full rings hold the
+              sender back instead)
+    rx_, tx_  the core's rx_packets, tx_packets on its port to pod a (_a),
+              to pod b (_b); tx what the driver's tx burst took: the rest
+              the core frees and counts (tx_full)
+    before    the core's drops of frames it never received: a DPDK port's
+              own (dev_rx_missed, dev_rx_errors, dev_rx_no_mbuf), a kernel
+              port's (kport_kernel: its socket's ring full; kport_oversize,
+              kport_truncated, kport_no_mbuf)
+    dropped   its other drops (tx_full, ...): of frames it received
+    kernel_tx kport_kernel_tx: the host end's own tx drops, of frames the
+              core counted as sent
+
+    memif, vhost  a_tx = rx_a + before
+                  rx_a + rx_b = tx_a + tx_b + dropped
+                  tx_b = b_rx + b_drops
+    direct        a_tx = b_rx + b_drops
+    veth          a_tx = tx packets + tx dropped of pod a's veth end
+                  pod a's veth end's tx packets = rx_a + before
+                  rx_a + rx_b = tx_a + tx_b + dropped
+                  tx_b = the host end to pod b's tx packets + kernel_tx
+                  the host end's tx packets = offered to pod b's socket
+                    (of which ring_drops found its ring full)
+                  offered - ring_drops = b_rx + b_drops
+
+Pod b sends nothing, so rx_b and tx_a are 0 and before is pod a's port's;
+its namespace has no IPv6 and the host ends are closed as the node closes a
+pod's (dataplane.podnet.close_host_end), so the kernels add no frames of
+their own. On the veth path every hop is counted by the kernel (``ip -s
+link``; veth counts a frame its peer's backlog took as sent, one it did not
+as a tx drop) except pod b's socket: net_af_packet (DPDK 22.11) reports no
+rx drops, so the kernel's PACKET_STATISTICS of that socket (frames offered
+to its rx ring, and of them those dropped, the ring full) are read through
+a copy of it (pidfd_getfd), once, at the end (a read resets them). One
+gap stays: net_af_packet counts a frame as sent once it is in pod a's tx
+ring and the kick is made, even when the kernel's send stopped short (its
+veth dropped one); the rest wait for the next kick, which a stopped pod
+never makes, and such a run would end without a result though nothing was
+lost. None has been seen: the veths dropped nothing in the runs so far.
 """
 
 import argparse
+import ctypes
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from .afpacket_ours import NOT_OF_RX
 from .common import (
     BenchError,
     add_run_options,
@@ -75,6 +132,20 @@ VIRTIO_QUEUE = 1 << RING_LOG2  # virtio rings as large
 #: churned there is no such pair of pages and the device fails to
 #: initialise ("eth_virtio_dev_init fails"). In VA mode any two pages do.
 IOVA_MODE = "--iova-mode=va"
+#: after pod a stops: how long the rest may take to drain, and how often
+#: the counters are read until they stand still
+DRAIN_S, DRAIN_POLL_S = 2.0, 0.05
+#: the core's drops that are not of frames it received (NOT_OF_RX, shared
+#: with bench.afpacket_ours): the kernel's transmit drops come after its
+#: tx count (a kernel port), the rest before its rx count - a DPDK port's
+#: own (dev_rx_*), a kernel port's ring and slot drops (kport_*)
+AFTER_TX = ("kport_kernel_tx",)
+BEFORE_RX = tuple(k for k in NOT_OF_RX if k not in AFTER_TX)
+#: testpmd's ``show port stats`` fields read (rte_eth_stats since the port
+#: started: RX-missed imissed, RX-errors ierrors, RX-nombuf rx_nombuf)
+PORT_STATS = ("RX-packets", "RX-missed", "RX-errors", "RX-nombuf", "TX-packets", "TX-errors")
+SOL_PACKET, PACKET_STATISTICS = 263, 6
+SYS_PIDFD_GETFD = 438  # the same number on every architecture
 
 
 class Pmd:
@@ -111,10 +182,13 @@ class Pmd:
             return f.read()
 
     def wait_for(self, what, timeout, start=0):
+        """The log from ``start`` once it holds ``what`` (a string, or a
+        tuple of strings any of which will do)."""
+        whats = (what,) if isinstance(what, str) else what
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             t = self.text()
-            if what in t[start:]:
+            if any(w in t[start:] for w in whats):
                 return t[start:]
             if self.p.poll() is not None:
                 raise BenchError(f"testpmd {self.prefix} exited:\n{t[-2000:]}")
@@ -137,9 +211,63 @@ class Pmd:
             time.sleep(0.1)
         raise BenchError(f"testpmd {self.prefix}: port not connected:\n{self.text()[-2000:]}")
 
+    def port_stats(self) -> dict:
+        """Port 0's PORT_STATS, since it started."""
+        t = self.cmd("show port stats 0", "Tx-bps")  # the last line of the block
+        try:
+            return {k: int(re.search(rf"{k}:\s+(\d+)", t).group(1)) for k in PORT_STATS}
+        except AttributeError:
+            raise BenchError(f"testpmd {self.prefix}: no port stats in:\n{t[-2000:]}") from None
+
     def rx_packets(self):
-        t = self.cmd("show port stats 0", "TX-packets")
-        return int(re.search(r"RX-packets:\s+(\d+)", t).group(1))
+        return self.port_stats()["RX-packets"]
+
+    def stop_forwarding(self):
+        """Stop forwarding, and return when testpmd has (its lcores no
+        longer send or poll); a pod not forwarding stays so."""
+        self.cmd("stop", ("Done.", "Packet forwarding not started"))
+
+    def packet_socket_stats(self) -> dict:
+        """The kernel's PACKET_STATISTICS of this pod's AF_PACKET socket
+        (net_af_packet's one socket of its queue pair): ``offered``, the
+        frames the kernel brought to its rx ring, of which ``ring_drops``
+        found the ring full. net_af_packet does not read them (it reports
+        no rx drops), so they are read here through a copy of its socket
+        (pidfd_getfd); the kernel resets them on every read: read once, at
+        the end."""
+        pid = self.p.pid  # ip netns exec and stdbuf exec testpmd: its pid
+        with open(f"/proc/{pid}/net/packet") as f:  # the pod's namespace's
+            next(f)
+            inodes = {line.split()[8] for line in f}
+        fds = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                fds.append(int(fd))
+        if len(fds) != 1:
+            raise BenchError(f"testpmd {self.prefix} (pid {pid}): {len(fds)} packet sockets, not 1")
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+        try:
+            mine = libc.syscall(SYS_PIDFD_GETFD, pidfd, fds[0], 0)
+            if mine < 0:
+                e = ctypes.get_errno()
+                raise BenchError(f"pidfd_getfd of testpmd {self.prefix}: {os.strerror(e)}")
+        finally:
+            os.close(pidfd)
+        s = socket.socket(fileno=mine)
+        try:
+            st = s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        finally:
+            s.close()
+        # tp_packets counts the drops too
+        return {
+            "offered": int.from_bytes(st[0:4], "little"),
+            "ring_drops": int.from_bytes(st[4:8], "little"),
+        }
 
     def stop(self):
         """Stop forwarding (nothing polls the port any more); a pod that
@@ -164,6 +292,47 @@ class Pmd:
         except OSError:
             pass
         remove_eal_runtime_dir(self.prefix)
+
+
+def link_stats(name, ns=None) -> dict:
+    """An interface's kernel counts (``ip -s link``)."""
+    cmd = ["ip", *(["-n", ns] if ns else []), "-j", "-s", "link", "show", name]
+    v = json.loads(run_cmd(cmd, "ip -s link").stdout)[0]["stats64"]
+    return {f"{d}_{k}": int(v[d][k]) for d in ("rx", "tx") for k in ("packets", "dropped")}
+
+
+def pod_b_drops(got) -> list:
+    """Pod b's port's own rx drops (testpmd's port stats)."""
+    return [(k, got[k]) for k in ("RX-missed", "RX-errors", "RX-nombuf")]
+
+
+def check_accounting(path, eqs) -> str:
+    """The equations as said when they hold; BenchError naming every
+    number when one does not."""
+    parts, wrong = [], []
+    for what, n, terms in eqs:
+        total = sum(v for _, v in terms)
+        text = f"{what} {n} = " + " + ".join(f"{v} {w.strip()}" for w, v in terms)
+        if total != n:
+            text += f" (NOT: that sum is {total}, {n - total:+d})"
+            wrong.append(text)
+        parts.append(text)
+    if wrong:
+        raise BenchError(
+            f"{path}: the accounting does not add up: " + "; ".join(parts) + "; no result"
+        )
+    return "; ".join(parts)
+
+
+class PathRun:
+    """One measurement's parts: the pods, the core's ports and its counts
+    before it."""
+
+    def __init__(self, path):
+        self.path = path
+        self.a = self.b = None
+        self.ports = []
+        self.base = {}
 
 
 class Lab:
@@ -239,6 +408,8 @@ class Lab:
                 for x, m in (("a", MAC_A), ("b", MAC_B))
             }
         else:  # veth: the pods' veths, their host ends AF_PACKET ports
+            from dataplane.podnet import close_host_end
+
             ports = []
             for x in "ab":
                 host = f"dpph{x}{os.getpid() % 100000}"
@@ -258,6 +429,9 @@ class Lab:
                     ],
                     "ip link add",
                 )
+                # as the node closes a pod's host end: no IPv6 of the
+                # node's own into pod b's counts
+                close_host_end(host)
                 run_cmd(["ip", "link", "set", host, "up"], "ip link set")
                 run_cmd(["ip", "-n", self.ns[x], "link", "set", "eth0", "up"], "ip link set")
                 ports.append(self.eng.add_afpacket_port(host, network=0))
@@ -275,56 +449,214 @@ class Lab:
             for x in "ab":
                 run_cmd(["ip", "link", "del", f"dpph{x}{os.getpid() % 100000}"], "ip", check=False)
 
-    def measure(self, path) -> float:
-        """Frames per second pod b received from pod a on ``path``."""
-        ports = []
-        a = b = None
+    def measure(self, path):
+        """(frames per second pod b received from pod a on ``path``, the
+        run's accounting as said); BenchError if the accounting does not
+        add up (see account)."""
+        r = PathRun(path)
         try:
-            if path == "direct":
-                s = f"{self.dir}/direct.sock"
-                b = self.pmd(
-                    "b",
-                    f"net_memif0,role=server,id=0,socket={s},socket-abstract=no,"
-                    f"rsize={RING_LOG2},mac={MAC_B}",
-                    "rxonly",
-                )
-                a = self.pmd(
-                    "a",
-                    f"net_memif0,role=client,id=0,socket={s},socket-abstract=no,"
-                    f"rsize={RING_LOG2},mac={MAC_A}",
-                    "txonly",
-                )
-            else:
-                ports, vdevs = self._core_ports(path)
-                b = self.pmd("b", vdevs["b"], "rxonly")
-                a = self.pmd("a", vdevs["a"], "txonly")
-            a.link_up()
-            b.link_up()
-            b.cmd("start", "packet forwarding")
-            a.cmd("start", "packet forwarding")
+            self.open_path(r)
+            r.b.cmd("start", "packet forwarding")
+            r.a.cmd("start", "packet forwarding")
             time.sleep(self.args.warmup)
-            n0, t0 = b.rx_packets(), time.monotonic()
+            n0, t0 = r.b.rx_packets(), time.monotonic()
             time.sleep(self.args.seconds)
-            n1, t1 = b.rx_packets(), time.monotonic()
-            return (n1 - n0) / (t1 - t0)
+            n1, t1 = r.b.rx_packets(), time.monotonic()
+            return (n1 - n0) / (t1 - t0), self.account(r)
         finally:
-            # in this order: DPDK 22.11's memif unmaps the peer's memory as
-            # soon as the peer goes, under a burst that may still be reading
-            # it, so neither side polls a port when the other leaves: the
-            # pods stop forwarding, the core's ports go (its workers let go
-            # of them first), then the pods quit
-            for p in (a, b):
-                if p is not None:
-                    p.stop()
+            self.close_path(r)
+
+    def open_path(self, r):
+        """Pods a and b on path ``r.path``, connected, not yet forwarding;
+        the core's ports (all but the direct path) and its counts before
+        any frame. What is made is in ``r`` as soon as it is, for
+        close_path."""
+        if r.path == "direct":
+            s = f"{self.dir}/direct.sock"
+            r.b = self.pmd(
+                "b",
+                f"net_memif0,role=server,id=0,socket={s},socket-abstract=no,"
+                f"rsize={RING_LOG2},mac={MAC_B}",
+                "rxonly",
+            )
+            r.a = self.pmd(
+                "a",
+                f"net_memif0,role=client,id=0,socket={s},socket-abstract=no,"
+                f"rsize={RING_LOG2},mac={MAC_A}",
+                "txonly",
+            )
+        else:
+            r.ports, vdevs = self._core_ports(r.path)
+            # counted from here: the ports are new, but the drops are the
+            # engine's since it started
+            r.base = self._core_counts(r.path, r.ports)
+            r.b = self.pmd("b", vdevs["b"], "rxonly")
+            r.a = self.pmd("a", vdevs["a"], "txonly")
+        r.a.link_up()
+        r.b.link_up()
+
+    def account(self, r) -> str:
+        """Pod a stops, the rest drains, and every frame pod a sent must be
+        accounted for (the module's docstring): the equations as said, or
+        BenchError naming every number."""
+        # the sender stops first: what it sent is then final
+        r.a.stop_forwarding()
+        sent = r.a.port_stats()
+        self._drain(r.path, r.b, r.ports)
+        got = r.b.port_stats()
+        if r.path == "direct":
+            eqs = self._account_direct(sent, got)
+        else:
+            core = self._core_counts(r.path, r.ports)
+            core = {k: v - r.base.get(k, 0) for k, v in core.items()}
+            if r.path == "veth":
+                core.update(r.b.packet_socket_stats())
+            eqs = self._account(r.path, sent, core, got)
+        return check_accounting(r.path, eqs)
+
+    def close_path(self, r):
+        # in this order: DPDK 22.11's memif unmaps the peer's memory as
+        # soon as the peer goes, under a burst that may still be reading
+        # it, so neither side polls a port when the other leaves: the pods
+        # stop forwarding, the core's ports go (its workers let go of them
+        # first), then the pods quit
+        for p in (r.a, r.b):
+            if p is not None:
+                p.stop()
+        if r.ports:
+            self._drop_ports(r.path, r.ports)
+        for p in (r.a, r.b):
+            if p is not None:
+                p.close()
+                self.pmds.remove(p)
+        for f in os.listdir(self.dir):
+            if f.endswith(".sock"):
+                os.unlink(os.path.join(self.dir, f))
+
+    def _drain(self, path, b, ports):
+        """Wait until pod b's and the core's counters stand still (pod a
+        has stopped): what is in rings and queues has arrived."""
+        end = time.monotonic() + DRAIN_S
+        last = None
+        while True:
+            now = [b.rx_packets()]
             if ports:
-                self._drop_ports(path, ports)
-            for p in (a, b):
-                if p is not None:
-                    p.close()
-                    self.pmds.remove(p)
-            for f in os.listdir(self.dir):
-                if f.endswith(".sock"):
-                    os.unlink(os.path.join(self.dir, f))
+                c = self.eng.counters()
+                now += [c.port_dict(p)[k] for p in ports for k in ("rx_packets", "tx_packets")]
+            if now == last:
+                return
+            if time.monotonic() > end:
+                raise BenchError(
+                    f"{path}: pod b's and the core's counters still moving {DRAIN_S:g} s after "
+                    f"pod a stopped ({last} then {now}); no result"
+                )
+            last = now
+            time.sleep(DRAIN_POLL_S)
+
+    def _core_counts(self, path, ports) -> dict:
+        """The core's counts for the accounting, since the engine started
+        (the caller takes differences): its two ports' rx and tx, its
+        drops by reason and, on the veth path, the veths' kernel counts."""
+        c = self.eng.counters()
+        pa, pb = c.port_dict(ports[0]), c.port_dict(ports[1])
+        out = {
+            "rx_a": pa["rx_packets"],
+            "rx_b": pb["rx_packets"],
+            "tx_a": pa["tx_packets"],
+            "tx_b": pb["tx_packets"],
+        }
+        out.update({f"drop:{k}": v for k, v in c.drops().items()})
+        if path == "veth":
+            for k, v in link_stats("eth0", self.ns["a"]).items():
+                out[f"pod_a_veth_{k}"] = v
+            for k, v in link_stats(f"dpphb{os.getpid() % 100000}").items():
+                out[f"host_b_veth_{k}"] = v
+        return out
+
+    @staticmethod
+    def _account_direct(sent, got):
+        return [
+            (
+                "pod a sent",
+                sent["TX-packets"],
+                [("pod b received", got["RX-packets"]), *pod_b_drops(got)],
+            )
+        ]
+
+    @staticmethod
+    def _account(path, sent, core, got):
+        """The chain from pod a's tx to pod b's rx, as equations (see the
+        module's docstring): (what, count, [(what, count), ...] it must
+        equal the sum of)."""
+        drops = {k[5:]: v for k, v in core.items() if k.startswith("drop:") and v}
+        before = {k: v for k, v in drops.items() if k in BEFORE_RX}
+        after = {k: v for k, v in drops.items() if k in AFTER_TX}
+        dropped = {k: v for k, v in drops.items() if k not in NOT_OF_RX}
+        core_eq = (
+            "the core received",
+            core["rx_a"] + core["rx_b"],
+            [
+                ("sent", core["tx_a"] + core["tx_b"]),
+                (f"dropped {dropped or ''}", sum(dropped.values())),
+            ],
+        )
+        if path != "veth":
+            return [
+                (
+                    "pod a sent",
+                    sent["TX-packets"],
+                    [
+                        ("the core received", core["rx_a"]),
+                        (f"dropped by the core's port {before or ''}", sum(before.values())),
+                    ],
+                ),
+                core_eq,
+                (
+                    "the core sent to pod b",
+                    core["tx_b"],
+                    [("pod b received", got["RX-packets"]), *pod_b_drops(got)],
+                ),
+            ]
+        return [
+            (
+                "pod a sent",
+                sent["TX-packets"],
+                [
+                    ("its veth passed on", core["pod_a_veth_tx_packets"]),
+                    ("its veth dropped", core["pod_a_veth_tx_dropped"]),
+                ],
+            ),
+            (
+                "pod a's veth passed on",
+                core["pod_a_veth_tx_packets"],
+                [
+                    ("the core received", core["rx_a"]),
+                    (f"dropped at the core's socket {before or ''}", sum(before.values())),
+                ],
+            ),
+            core_eq,
+            (
+                "the core sent to pod b",
+                core["tx_b"],
+                [
+                    ("the veth to pod b passed on", core["host_b_veth_tx_packets"]),
+                    (f"the veth dropped {after or ''}", sum(after.values())),
+                ],
+            ),
+            (
+                "the veth to pod b passed on",
+                core["host_b_veth_tx_packets"],
+                [
+                    ("pod b's socket put in its ring", core["offered"] - core["ring_drops"]),
+                    ("pod b's socket dropped, the ring full", core["ring_drops"]),
+                ],
+            ),
+            (
+                "pod b's socket put in its ring",
+                core["offered"] - core["ring_drops"],
+                [("pod b received", got["RX-packets"]), *pod_b_drops(got)],
+            ),
+        ]
 
     def close(self):
         for p in self.pmds:
@@ -352,9 +684,10 @@ def run(args) -> dict:
             )
             for n in range(1, args.runs + 1):
                 for path in PATHS:
-                    pps = lab.measure(path)
+                    pps, acct = lab.measure(path)
                     res[path].append(pps)
                     say(f"run {n}/{args.runs} {path:7s} {pps / 1e6:8.3f} Mpps received")
+                    say(f"run {n}/{args.runs} {path}: accounting adds up: {acct}")
         finally:
             lab.close()
     finally:

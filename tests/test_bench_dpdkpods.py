@@ -1,4 +1,5 @@
-"""The DPDK pods benchmark's vhost-user pod on a churned hugepage pool.
+"""The DPDK pods benchmark (bench.dpdkpods): its vhost-user pod on a
+churned hugepage pool, and its accounting of every frame.
 
 A virtio_user device with the benchmark's rings (16384 descriptors) has a tx
 header region of 2.25 MB, more than one 2 MB hugepage. With physical
@@ -14,20 +15,32 @@ neighbour, then starts a pod as the benchmark does. Its backend is a second
 testpmd with DPDK's vhost PMD as the client, the role the core has in the
 benchmark.
 
+Accounting: a run says, per path, that every frame pod a sent is accounted
+for; and the check is shown catching frames that are not, with real parts:
+pod b stops reading on the memif path, so the frames the core already put
+in its ring are counted as sent by the core and never received - until pod
+b reads again, when the same run adds up.
+
 Needs root, hugepages, dpdk-testpmd: fails, never skips, without them.
 """
 
 import contextlib
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
 from bench import dpdkpods
+from bench.common import BenchError
 
 pytestmark = pytest.mark.bench
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HUGEPAGE = 2 << 20
 #: pages taken; half go back, isolated: more than a pod's -m 192 (96 pages)
 TAKEN = 256
@@ -109,3 +122,77 @@ def test_vhost_pod_initialises_on_churned_hugepages(tmp_path):
     finally:
         for p in pmds:
             p.close()
+
+
+def sums_hold(line):
+    """The equations of an "accounting adds up" line, each checked: how
+    many there are."""
+    n = 0
+    for part in line.split(": accounting adds up: ", 1)[1].split("; "):
+        lhs, rhs = part.split(" = ", 1)
+        total = int(lhs.split()[-1])
+        terms = [int(t.split()[0]) for t in rhs.split(" + ")]
+        assert sum(terms) == total, part
+        n += 1
+    return n
+
+
+def test_every_path_says_its_accounting_adds_up():
+    assert os.geteuid() == 0, "needs root (namespaces, hugepages)"
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "dpdkpods", "--seconds", "0.2", "--warmup", "0.1"]
+        + ["--runs", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-6000:]
+    assert p.stdout.startswith("RESULT name=dpdkpods "), p.stdout
+    lines = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r"run 1/1 (\w+): accounting adds up: .*", p.stderr)
+    }
+    assert sorted(lines) == sorted(dpdkpods.PATHS), p.stderr[-6000:]
+    # pod a to pod b: one equation direct, three through the core's DPDK
+    # ports, six over the veths
+    want = {"direct": 1, "memif": 3, "vhost": 3, "veth": 6}
+    assert {k: sums_hold(v) for k, v in lines.items()} == want, lines
+
+
+def test_accounting_catches_frames_pod_b_never_took():
+    assert os.geteuid() == 0, "needs root (namespaces, hugepages)"
+    args = dpdkpods.parser().parse_args([])
+    workdir = tempfile.mkdtemp(prefix="dppt", dir="/tmp")  # short: socket paths
+    lab = dpdkpods.Lab(args, workdir)
+    r = dpdkpods.PathRun("memif")
+    try:
+        lab.setup()
+        lab.open_path(r)
+        r.b.cmd("start", "packet forwarding")
+        r.a.cmd("start", "packet forwarding")
+        time.sleep(0.5)
+        # pod b stops reading: the core fills its ring, then finds it full
+        r.b.stop_forwarding()
+        time.sleep(0.5)
+        with pytest.raises(BenchError) as e:
+            lab.account(r)
+        msg = str(e.value)
+        assert "no result" in msg, msg
+        # the frames in pod b's ring: sent by the core, not received; at
+        # most the ring's slots
+        m = re.search(r"the core sent to pod b \d+ = .*?\(NOT: that sum is \d+, \+(\d+)\)", msg)
+        assert m, msg
+        assert 0 < int(m.group(1)) <= 1 << dpdkpods.RING_LOG2, msg
+        # what the core could not place counts as its drop: that part holds
+        assert "tx_full" in msg and msg.count("NOT:") == 1, msg
+        # pod b reads again: they were waiting, not lost
+        r.b.cmd("start", "packet forwarding")
+        line = lab.account(r)
+        assert "tx_full" in line and "NOT" not in line, line
+    finally:
+        try:
+            lab.close_path(r)
+        finally:
+            lab.close()
+            shutil.rmtree(workdir, ignore_errors=True)
