@@ -18,7 +18,8 @@ pod b received per second over ``--seconds`` after a warm-up.
     vhost    a: net_virtio_user (server=1) ==> core (net_vhost, client=1)
              ==> b: net_virtio_user
     direct   a: net_memif client ==> b: net_memif server: no core
-    veth     a, b: net_af_packet on the pods' veths; the host ends are
+    veth     a, b: net_af_packet on the pods' veths (rings of 16384 frames,
+             ``framecnt``, as the other paths'); the host ends are
              ports of the core through its native AF_PACKET driver (the
              path a veth pod's traffic takes)
 
@@ -435,7 +436,10 @@ class Lab:
                 run_cmd(["ip", "link", "set", host, "up"], "ip link set")
                 run_cmd(["ip", "-n", self.ns[x], "link", "set", "eth0", "up"], "ip link set")
                 ports.append(self.eng.add_afpacket_port(host, network=0))
-            vdevs = {x: "net_af_packet0,iface=eth0,qpairs=1" for x in "ab"}
+            # rings as large as the other paths' (net_af_packet's default
+            # of 512 frames left pod b's socket dropping most of what
+            # reached it while pod a had the shared CPU)
+            vdevs = {x: f"net_af_packet0,iface=eth0,qpairs=1,framecnt={VIRTIO_QUEUE}" for x in "ab"}
         self.eng.fdb_add_local(0, MAC_A, ports[0])
         self.eng.fdb_add_local(0, MAC_B, ports[1])
         return ports, vdevs
