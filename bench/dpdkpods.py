@@ -57,10 +57,10 @@ and the core's ports were made:
     before    the core's drops of frames it never received: a DPDK port's
               own (dev_rx_missed, dev_rx_errors, dev_rx_no_mbuf), a kernel
               port's (kport_kernel: its socket's ring full; kport_oversize,
-              kport_truncated, kport_no_mbuf)
+              kport_truncated, kport_no_mbuf, kport_gso)
     dropped   its other drops (tx_full, ...): of frames it received
-    kernel_tx kport_kernel_tx: the host end's own tx drops, of frames the
-              core counted as sent
+    kernel_tx kport_kernel_tx, kport_tx_down: the host end's own tx
+              drops, of frames the core counted as sent
 
     memif, vhost  a_tx = rx_a + before
                   rx_a + rx_b = tx_a + tx_b + dropped
@@ -102,7 +102,7 @@ import sys
 import tempfile
 import time
 
-from .afpacket_ours import NOT_OF_RX
+from .afpacket_ours import AFTER_TX, BEFORE_RX, NOT_OF_RX
 from .common import (
     BenchError,
     add_run_options,
@@ -136,12 +136,10 @@ IOVA_MODE = "--iova-mode=va"
 #: after pod a stops: how long the rest may take to drain, and how often
 #: the counters are read until they stand still
 DRAIN_S, DRAIN_POLL_S = 2.0, 0.05
-#: the core's drops that are not of frames it received (NOT_OF_RX, shared
-#: with bench.afpacket_ours): the kernel's transmit drops come after its
-#: tx count (a kernel port), the rest before its rx count - a DPDK port's
-#: own (dev_rx_*), a kernel port's ring and slot drops (kport_*)
-AFTER_TX = ("kport_kernel_tx",)
-BEFORE_RX = tuple(k for k in NOT_OF_RX if k not in AFTER_TX)
+#: the core's drops that are not of frames it received, before its rx
+#: count (BEFORE_RX: a DPDK port's own, dev_rx_*; a kernel port's ring and
+#: slot drops, kport_*) or after its tx count (AFTER_TX: a kernel port's
+#: transmit), shared with bench.afpacket_ours
 #: testpmd's ``show port stats`` fields read (rte_eth_stats since the port
 #: started: RX-missed imissed, RX-errors ierrors, RX-nombuf rx_nombuf)
 PORT_STATS = ("RX-packets", "RX-missed", "RX-errors", "RX-nombuf", "TX-packets", "TX-errors")
@@ -539,15 +537,18 @@ class Lab:
 
     def _drain(self, path, b, ports):
         """Wait until pod b's and the core's counters stand still (pod a
-        has stopped): what is in rings and queues has arrived."""
+        has stopped): what is in rings and queues has arrived. Still for
+        two readings in a row, so that a pod b off its CPU for one poll
+        is not taken as done."""
         end = time.monotonic() + DRAIN_S
-        last = None
+        last, still = None, 0
         while True:
             now = [b.rx_packets()]
             if ports:
                 c = self.eng.counters()
                 now += [c.port_dict(p)[k] for p in ports for k in ("rx_packets", "tx_packets")]
-            if now == last:
+            still = still + 1 if now == last else 0
+            if still == 2:
                 return
             if time.monotonic() > end:
                 raise BenchError(
