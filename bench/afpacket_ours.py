@@ -44,7 +44,7 @@ import sys
 import time
 
 from . import topology as topo
-from .common import child_failed, child_unwind_on_sigterm, emit, proc_stat
+from .common import child_failed, child_unwind_on_sigterm, emit, packet_socket_fds, proc_stat
 
 DRIVERS = ("native", "pmd", "afxdp", "lane")
 ETH_P_ALL = 0x0003
@@ -74,22 +74,7 @@ def _packet_sockets(ifname: str):
     """fds of this process's AF_PACKET sockets bound to ``ifname`` with a
     protocol (receiving sockets; a tx-only socket is bound with 0)."""
     ifindex = socket.if_nametoindex(ifname)
-    inodes = set()
-    with open("/proc/self/net/packet") as f:
-        next(f)
-        for line in f:
-            v = line.split()  # sk RefCnt Type Proto Iface R Rmem User Inode
-            if int(v[4]) == ifindex and int(v[3], 16) != 0:
-                inodes.add(v[8])
-    fds = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:[") and link[8:-1] in inodes:
-            fds.append(int(fd))
-    return fds
+    return packet_socket_fds("self", lambda v: int(v[4]) == ifindex and int(v[3], 16) != 0)
 
 
 def ring_stats(fds) -> dict:

@@ -250,6 +250,28 @@ def cpu_ticks(path: str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def packet_socket_fds(pid="self", keep=lambda fields: True) -> list:
+    """The fds of process ``pid``'s AF_PACKET sockets (of its network
+    namespace's /proc/PID/net/packet) whose line there, split into ``sk
+    RefCnt Type Proto Iface R Rmem User Inode``, ``keep`` accepts."""
+    inodes = set()
+    with open(f"/proc/{pid}/net/packet") as f:
+        next(f)
+        for line in f:
+            v = line.split()
+            if keep(v):
+                inodes.add(v[8])
+    fds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            fds.append(int(fd))
+    return fds
+
+
 def pool_memory_mb(n_mbufs: int) -> int:
     """EAL memory (MB) for a process whose mbuf pool has ``n_mbufs`` default
     mbufs (2,176 bytes of buffer, ~2.4 KB with header and pool overhead),

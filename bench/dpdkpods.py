@@ -109,6 +109,7 @@ from .common import (
     check_cpus_present,
     fmt_runs,
     median,
+    packet_socket_fds,
     parse_args,
     quiet_netns,
     ratio,
@@ -235,17 +236,7 @@ class Pmd:
         (pidfd_getfd); the kernel resets them on every read: read once, at
         the end."""
         pid = self.p.pid  # ip netns exec and stdbuf exec testpmd: its pid
-        with open(f"/proc/{pid}/net/packet") as f:  # the pod's namespace's
-            next(f)
-            inodes = {line.split()[8] for line in f}
-        fds = []
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:[") and link[8:-1] in inodes:
-                fds.append(int(fd))
+        fds = packet_socket_fds(pid)  # of the pod's namespace
         if len(fds) != 1:
             raise BenchError(f"testpmd {self.prefix} (pid {pid}): {len(fds)} packet sockets, not 1")
         libc = ctypes.CDLL(None, use_errno=True)
