@@ -291,9 +291,11 @@ def link_stats(name, ns=None) -> dict:
     return {f"{d}_{k}": int(v[d][k]) for d in ("rx", "tx") for k in ("packets", "dropped")}
 
 
-def pod_b_drops(got) -> list:
-    """Pod b's port's own rx drops (testpmd's port stats)."""
-    return [(k, got[k]) for k in ("RX-missed", "RX-errors", "RX-nombuf")]
+def into_pod_b(what, n, got):
+    """The equation of ``n`` frames (``what``) offered to pod b's port: what
+    pod b received, and its port's own rx drops (testpmd's port stats)."""
+    drops = [(k, got[k]) for k in ("RX-missed", "RX-errors", "RX-nombuf")]
+    return (what, n, [("pod b received", got["RX-packets"]), *drops])
 
 
 def check_accounting(path, eqs) -> str:
@@ -571,13 +573,7 @@ class Lab:
 
     @staticmethod
     def _account_direct(sent, got):
-        return [
-            (
-                "pod a sent",
-                sent["TX-packets"],
-                [("pod b received", got["RX-packets"]), *pod_b_drops(got)],
-            )
-        ]
+        return [into_pod_b("pod a sent", sent["TX-packets"], got)]
 
     @staticmethod
     def _account(path, sent, core, got):
@@ -588,49 +584,45 @@ class Lab:
         before = {k: v for k, v in drops.items() if k in BEFORE_RX}
         after = {k: v for k, v in drops.items() if k in AFTER_TX}
         dropped = {k: v for k, v in drops.items() if k not in NOT_OF_RX}
-        core_eq = (
-            "the core received",
-            core["rx_a"] + core["rx_b"],
-            [
-                ("sent", core["tx_a"] + core["tx_b"]),
-                (f"dropped {dropped or ''}", sum(dropped.values())),
-            ],
-        )
-        if path != "veth":
-            return [
+        veth = path == "veth"
+        eqs = []
+        if veth:
+            eqs.append(
                 (
                     "pod a sent",
                     sent["TX-packets"],
                     [
-                        ("the core received", core["rx_a"]),
-                        (f"dropped by the core's port {before or ''}", sum(before.values())),
+                        ("its veth passed on", core["pod_a_veth_tx_packets"]),
+                        ("its veth dropped", core["pod_a_veth_tx_dropped"]),
                     ],
-                ),
-                core_eq,
-                (
-                    "the core sent to pod b",
-                    core["tx_b"],
-                    [("pod b received", got["RX-packets"]), *pod_b_drops(got)],
-                ),
-            ]
-        return [
+                )
+            )
+        # what reached the core's port to pod a: received, or dropped before
+        where_before = "at the core's socket" if veth else "by the core's port"
+        eqs.append(
             (
-                "pod a sent",
-                sent["TX-packets"],
-                [
-                    ("its veth passed on", core["pod_a_veth_tx_packets"]),
-                    ("its veth dropped", core["pod_a_veth_tx_dropped"]),
-                ],
-            ),
-            (
-                "pod a's veth passed on",
-                core["pod_a_veth_tx_packets"],
+                "pod a's veth passed on" if veth else "pod a sent",
+                core["pod_a_veth_tx_packets"] if veth else sent["TX-packets"],
                 [
                     ("the core received", core["rx_a"]),
-                    (f"dropped at the core's socket {before or ''}", sum(before.values())),
+                    (f"dropped {where_before} {before or ''}", sum(before.values())),
                 ],
-            ),
-            core_eq,
+            )
+        )
+        eqs.append(
+            (
+                "the core received",
+                core["rx_a"] + core["rx_b"],
+                [
+                    ("sent", core["tx_a"] + core["tx_b"]),
+                    (f"dropped {dropped or ''}", sum(dropped.values())),
+                ],
+            )
+        )
+        if not veth:
+            return eqs + [into_pod_b("the core sent to pod b", core["tx_b"], got)]
+        into_ring = core["offered"] - core["ring_drops"]
+        return eqs + [
             (
                 "the core sent to pod b",
                 core["tx_b"],
@@ -643,15 +635,11 @@ class Lab:
                 "the veth to pod b passed on",
                 core["host_b_veth_tx_packets"],
                 [
-                    ("pod b's socket put in its ring", core["offered"] - core["ring_drops"]),
+                    ("pod b's socket put in its ring", into_ring),
                     ("pod b's socket dropped, the ring full", core["ring_drops"]),
                 ],
             ),
-            (
-                "pod b's socket put in its ring",
-                core["offered"] - core["ring_drops"],
-                [("pod b received", got["RX-packets"]), *pod_b_drops(got)],
-            ),
+            into_pod_b("pod b's socket put in its ring", into_ring, got),
         ]
 
     def close(self):
