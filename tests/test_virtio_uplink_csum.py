@@ -35,7 +35,7 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from bench.common import remove_eal_runtime_dir
+from bench.dpdkpods import Pmd
 from tests.enginehost import small_core
 from tests.test_core import NH_MAC, R1, R1_VTEP, VNI0, VTEP_IP, VTEP_MAC, A
 
@@ -74,8 +74,9 @@ def pseudo_header_sum(f):
     return s
 
 
-class Peer:
-    """dpdk-testpmd on its prompt, the vhost-user server (--no-huge)."""
+class Peer(Pmd):
+    """dpdk-testpmd on its prompt, the vhost-user server (--no-huge); its
+    prompt and log driven as the benchmark drives its pods' (bench.dpdkpods)."""
 
     def __init__(self, d, sock):
         self.prefix = f"dpvu{uuid.uuid4().hex[:8]}"
@@ -93,53 +94,25 @@ class Peer:
                 cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True
             )
         try:
-            self.wait_for("testpmd> ", 30, 0)
+            self.wait_for("testpmd> ", 30)
         except BaseException:  # no prompt: nothing of it outlives the test
             self.close()
             raise
 
-    def text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
-
-    def wait_for(self, what, timeout, start):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            t = self.text()[start:]
-            if what in t:
-                return t
-            assert self.p.poll() is None, f"testpmd exited ({self.p.returncode}):\n{t[-3000:]}"
-            time.sleep(0.05)
-        raise AssertionError(f"testpmd: no {what!r} in {timeout} s:\n{self.text()[-3000:]}")
-
     def run(self, line, until="testpmd> ", timeout=10):
         """Its output to ``line``, up to ``until``."""
-        start = len(self.text())
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-        return self.wait_for(until, timeout, start)
+        return self.cmd(line, until, timeout)
 
-    def link_up(self, port, timeout=20):
+    def port_up(self, port, timeout=20):
         end = time.monotonic() + timeout
         while "Link status: up" not in self.run(f"show port info {port}", "Link speed"):
             assert time.monotonic() < end, f"testpmd port {port} down:\n{self.text()[-3000:]}"
             time.sleep(0.2)
 
-    def stop(self):
+    def fwd_stop(self):
         """Forwarding stopped: {port: (RX-packets, TX-packets)} since start."""
         t = self.run("stop", "Done.")
         return {int(p): (int(rx), int(tx)) for p, rx, tx in _FWD.findall(t)}
-
-    def close(self):
-        if self.p.poll() is None:
-            try:
-                self.p.stdin.write("quit\n")
-                self.p.stdin.flush()
-                self.p.wait(20)
-            except (BrokenPipeError, subprocess.TimeoutExpired):
-                self.p.kill()  # by its PID
-                self.p.wait()
-        remove_eal_runtime_dir(self.prefix)
 
 
 def drops_since(eng, base):
@@ -174,7 +147,7 @@ def test_offloaded_outer_udp_checksum_on_virtio_uplink():
             eng.set_vtep(f"{VTEP_IP}/24", VTEP_MAC, up, next_hop_mac=NH_MAC)
             eng.fdb_add_local(0, A, pod)
             eng.fdb_add_remote(0, R1, R1_VTEP)  # VNI 100 from R1_VTEP accepted
-            peer.link_up(1)
+            peer.port_up(1)
             assert eng.port_info(up).link, "the core's virtio_user port is down"
 
             # wrong checksums, plain (io: no offload flag on the mbufs)
@@ -186,7 +159,7 @@ def test_offloaded_outer_udp_checksum_on_virtio_uplink():
             while drops_since(eng, base).get("udp_checksum", 0) < N and time.monotonic() < end:
                 time.sleep(0.05)
             bad_got = eng.collect(pod, wait=0.3)
-            bad_stats = peer.stop()
+            bad_stats = peer.fwd_stop()
             bad_drops = drops_since(eng, base)
 
             # the checksum left to offload (csum engine, udp hw)
@@ -198,7 +171,7 @@ def test_offloaded_outer_udp_checksum_on_virtio_uplink():
             start = len(peer.text())
             peer.run("start", "packet forwarding - ports=")
             got = eng.collect(pod, wait=10, expect=N)
-            off_stats = peer.stop()
+            off_stats = peer.fwd_stop()
             verbose = peer.text()[start:]
             peer.run("set verbose 0")
             seen, _ = eng.capture_stop()
