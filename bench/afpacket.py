@@ -863,20 +863,20 @@ def run_contender(lab: Lab, name: str, pcap: str, frames, verify: bool, rate_pps
         # the whole run's accounting (verification included)
         eng.send("final")
         f = eng.expect("final", 30)
-        before = ", ".join(f"{k} {v}" for k, v in f["not_of_rx"].items())
-        before = f"; apart (the kernel's rings, the lane): {before}" if before else ""
+        apart = ", ".join(f"{k} {v}" for k, v in f["not_of_rx"].items())
+        apart = f"; apart (the kernel's rings, the lane): {apart}" if apart else ""
         if f["unaccounted"] != 0:
             raise BenchError(
                 f"{name}: the core received {f['pod_rx']} frames on the pod port and "
                 f"{f['up_rx']} on the uplink, sent {f['up_tx']} and {f['pod_tx']}, and counted "
                 f"{f['dropped']} dropped ({f['drops']}): {f['unaccounted']} unaccounted for"
-                f"{before}; no result"
+                f"{apart}; no result"
             )
         say(
             f"{name}: accounting adds up: {f['pod_rx'] + f['up_rx']} frames received = "
             f"{f['up_tx'] + f['pod_tx']} sent + {f['dropped']} dropped"
             + (f" ({f['drops']})" if f["drops"] else "")
-            + before
+            + apart
         )
         return r
     finally:

@@ -240,19 +240,19 @@ def _final(eng, pod: int, up: int) -> dict:
     c = eng.counters()
     p, u = c.port_dict(pod), c.port_dict(up)
     drops = {k: v for k, v in c.drops().items() if v}
+    of_rx = {k: v for k, v in drops.items() if k not in NOT_OF_RX}
     rx = p["rx_packets"] + u["rx_packets"]
     tx = p["tx_packets"] + u["tx_packets"]
-    dropped = sum(v for k, v in drops.items() if k not in NOT_OF_RX)
     return {
         "event": "final",
         "pod_rx": p["rx_packets"],
         "up_rx": u["rx_packets"],
         "pod_tx": p["tx_packets"],
         "up_tx": u["tx_packets"],
-        "dropped": dropped,
-        "drops": {k: v for k, v in drops.items() if k not in NOT_OF_RX},
+        "dropped": sum(of_rx.values()),
+        "drops": of_rx,
         "not_of_rx": {k: v for k, v in drops.items() if k in NOT_OF_RX},
-        "unaccounted": rx - tx - dropped,
+        "unaccounted": rx - tx - sum(of_rx.values()),
     }
 
 
