@@ -142,7 +142,8 @@ def cmd_run(args):
 
     setup_logging(getattr(logging, args.log_level.upper()))
     cfg = load_config(args.config)
-    NodeService(cfg, config_path=args.config).run_forever()
+    # absolute: reload's answers name it, to clients in other directories
+    NodeService(cfg, config_path=os.path.abspath(args.config)).run_forever()
     return 0
 
 

@@ -1316,8 +1316,10 @@ class PodLife:
             )
         try:
             mode = os.stat(netns).st_mode
-        except OSError:
+        except FileNotFoundError:
             raise NotFound(f"netns: {netns} does not exist") from None
+        except OSError as e:  # it may exist: not readable (EACCES), a loop, ...
+            raise ConfigError(f"netns: {netns}: {e.strerror}") from None
         if not stat.S_ISREG(mode):  # a namespace file is one (nsfs); a FIFO would hang the open
             raise ConfigError(f"netns: {netns} is not a network namespace (not a namespace file)")
         ps = parse_pod_spec(spec, self.config)

@@ -223,6 +223,16 @@ def _missing_dirs(cfg) -> List[str]:
     return sorted(out, key=len, reverse=True)
 
 
+def _remove_empty(dirs):
+    """``dirs`` (deepest first: :func:`_missing_dirs`) removed where still
+    empty: a refused start leaves none of what it made."""
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # something else was put there meanwhile
+
+
 class NodeService:
     """One node: ``start()`` opens the store, sets the core up, replays the
     pods, starts forwarding, the cluster sync, the control API and the
@@ -287,7 +297,11 @@ class NodeService:
         # state file) starts nothing - not even a replay of the pods the
         # running one forwards for
         made = _missing_dirs(cfg)
-        self._claim()
+        try:
+            self._claim()  # refused (in use): what it made goes too
+        except BaseException:
+            _remove_empty(made)
+            raise
         try:
             # the path is ours by the lock: a socket there is a dead service's
             # (one still exiting may even accept a connection to it)
@@ -403,11 +417,7 @@ class NodeService:
             self.api.start()
         except BaseException:
             self.stop()
-            for d in made:  # the directories this start made, left empty
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
+            _remove_empty(made)
             raise
         self.started = time.time()
         event(
@@ -1605,16 +1615,18 @@ class NodeService:
                     eng.express_port_carries(port, carries)
                     owners = self._port_owners() if owners is None else owners
                     pod, plane = owners.get(port, (None, None))
-                    if carries:
+                    if name is None:
+                        pass  # gone, not down: the pod's removal is logged, with why
+                    elif carries:
                         event("pod interface carries frames again", pod=pod, plane=plane,
                               interface=name)  # fmt: skip
                     else:
-                        log.warning(
-                            "pod %s plane %s: its interface is down (%s has no carrier): frames "
-                            "to it are dropped (kport_kernel_tx) until it is up",
-                            pod,
-                            plane,
-                            name,
+                        warning_event(
+                            "pod interface is down (no carrier): frames to it are dropped "
+                            "(kport_kernel_tx) until it is up",
+                            pod=pod,
+                            plane=plane,
+                            interface=name,
                         )
                 now[port] = (ifindex, carries)
                 if name:

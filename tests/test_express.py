@@ -377,6 +377,13 @@ def test_frames_to_a_pod_whose_interface_is_down_are_the_cores_to_count(node):
         raise AssertionError("the lane did not take a's frames to b again once b was up")
     t.join()
     assert got[0] >= 1, got
+    # the log said both, with the pod, plane and interface as fields
+    lines = [json.loads(x) for x in (node.tmp / "service.log").read_text().splitlines()
+             if x.startswith("{") and '"pod interface ' in x]  # fmt: skip
+    said = [(x["level"], x["msg"].split(" (")[0].split(":")[0]) for x in lines]
+    assert said == [("warning", "pod interface is down"),
+                    ("info", "pod interface carries frames again")], lines  # fmt: skip
+    assert all((x["pod"], x["plane"], x["interface"]) == ("b", "std", host_if(b)) for x in lines)
 
 
 # TCP source for a while: connects, sends for `secs` seconds whatever the

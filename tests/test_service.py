@@ -1113,7 +1113,7 @@ def test_a_second_service_on_the_same_uplink_is_refused(node, tmp_path):
     assert said in r.stderr, r.stderr
     assert host_links() == links  # no tunnel tap, nothing attached
     assert not os.path.exists(sock2) and not os.path.exists(f"{sock2}.lock")
-    assert not os.path.exists(state2 / "state.db")
+    assert not state2.exists()  # not even the directory its state would be in
     assert open(lock).read() == f"{node.proc.pid}\n{node.sock}\n"  # still the first one's
     assert ping(a["ns"], ip_of(b)).returncode == 0
     # killed: its lock file stays, held by nobody
@@ -1463,7 +1463,8 @@ def test_cli_edges(node):
 
 def test_requests_that_could_hang_or_break_the_api_are_refused(node, tmp_path):
     """A FIFO given as a pod's namespace (opening it would wait for a
-    writer while the service's lock is held), a JSON integer of more digits
+    writer while the service's lock is held), a path that cannot be
+    looked at (said as it is, not as missing), a JSON integer of more digits
     than Python converts, a prefix length of non-ASCII digits: each a 400
     naming the field, and the service answers the next request."""
     import http.client
@@ -1472,9 +1473,12 @@ def test_requests_that_could_hang_or_break_the_api_are_refused(node, tmp_path):
 
     fifo = tmp_path / "ns-fifo"
     os.mkfifo(fifo)
+    loop = tmp_path / "ns-loop"
+    os.symlink(loop, loop)  # there, but not to be followed: not "does not exist"
     ns = node.pod("a", IT_SPEC)["ns"]
     for netns, body, msg in (
         (str(fifo), IT_SPEC, f"netns: {fifo} is not a network namespace"),
+        (str(loop), IT_SPEC, f"netns: {loop}: Too many levels of symbolic links"),
         (f"/var/run/netns/{ns}", {**IT_SPEC, "ips": {"std": "192.168.50.9/\u00b2"}}, "ips.std: "),
     ):
         with pytest.raises(APIError, match=re.escape(msg)) as e:
@@ -1593,6 +1597,8 @@ def test_a_pod_whose_namespace_is_deleted_is_removed(node):
     log = (node.tmp / "service.log").read_text()
     assert '"level": "warning", "msg": "pod removed: its interfaces are gone"' in log, log[-2000:]
     assert "is gone" in log
+    # its interfaces gone are not also said to be down (an interface named None)
+    assert "None has no carrier" not in log and '"interface": null' not in log, log[-2000:]
     r = node.cli("pod", "del", "b", check=False)
     assert r.returncode != 0 and "pod b is not attached to this node" in r.stderr
     assert [p["name"] for p in node.api("GET", "/v1/pods")] == ["a"]
