@@ -35,6 +35,7 @@ LANE_B=(
     tests/test_checks.py tests/test_cni_deploy.py
     tests/test_kernel_pods.py tests/test_kernel_gso.py tests/test_hostile.py tests/test_ipv6_pods.py
     tests/test_learning.py tests/test_vf.py tests/test_node_limits.py tests/test_virtio_uplink_csum.py
+    tests/test_vhost_pod_csum.py
     tests/test_pcapng_text.py tests/test_store_auth.py tests/test_etcd_failover.py tests/test_etcd_blackhole.py
     tests/test_kernel_ports.py
 )
