@@ -424,6 +424,14 @@ def _read_conf(data: bytes, command: str) -> dict:
     return conf
 
 
+#: the string fields of prevResult's entries that ADD and CHECK read
+_PREV_STRINGS = {
+    "interfaces": ("name", "mac", "sandbox"),
+    "ips": ("address", "gateway"),
+    "routes": ("dst", "gw"),
+}
+
+
 def _check_prev(prev):
     """A chained plugin's ``prevResult``, as far as ADD and CHECK read it:
     refused here, before anything is attached, rather than half used."""
@@ -440,6 +448,17 @@ def _check_prev(prev):
         for i, x in enumerate(items):
             if not isinstance(x, dict):
                 raise CNIError(ERR_CONFIG, f"prevResult.{key}[{i}]: {x!r} is not an object")
+            for field in _PREV_STRINGS[key]:  # what CHECK compares, as the spec has them
+                if x.get(field) is not None and not isinstance(x[field], str):
+                    raise CNIError(
+                        ERR_CONFIG, f"prevResult.{key}[{i}].{field}: {x[field]!r} is not a string"
+                    )
+            if key == "ips" and x.get("interface") is not None:
+                if not isinstance(x["interface"], int) or isinstance(x["interface"], bool):
+                    raise CNIError(
+                        ERR_CONFIG,
+                        f"prevResult.ips[{i}].interface: {x['interface']!r} is not an index",
+                    )
     if prev.get("dns") is not None and not isinstance(prev["dns"], dict):
         raise CNIError(ERR_CONFIG, "prevResult.dns: is not an object")
 
@@ -519,7 +538,14 @@ def _runtime_ip(ips) -> str:
     capability), or '': one IPv4 address at most. A plane's IPv6 address is
     its IPv4 address's counterpart on the network's subnet6, never chosen:
     one asked for is refused rather than silently not given."""
-    if not isinstance(ips, list) or not ips:
+    if ips is None:
+        return ""
+    if not isinstance(ips, list):
+        raise CNIError(
+            ERR_CONFIG,
+            f"runtimeConfig.ips: {ips!r} is not a list (e.g. ['192.168.100.7/24'])",
+        )
+    if not ips:
         return ""
     for x in ips:
         if not isinstance(x, str):
@@ -543,12 +569,28 @@ def _runtime_ip(ips) -> str:
     return v4[0]
 
 
+def _from_env(e: CNIError, env_fields) -> CNIError:
+    """The service's refusal ``e`` of a field that came from the
+    environment (``env_fields``: field -> the variable it came from) as
+    the spec has it: code 4, naming the variable; any other as it is."""
+    if e.code == ERR_CONFIG:
+        for field, var in env_fields.items():
+            if e.msg.startswith(f"{field}: "):
+                return CNIError(ERR_ENV, f"{var}: {e.msg[len(field) + 2 :]}", e.details)
+    return e
+
+
 def _add(conf, env) -> dict:
     rc = conf["runtimeConfig"]
     ip = conf.get("ip") or env["args"].get("IP")
+    env_fields = {"netns": "CNI_NETNS"}  # the service's refusals of these are code 4
+    if not conf.get("ip") and env["args"].get("IP"):
+        env_fields["ip"] = "CNI_ARGS IP"
     if not ip:
         ip = _runtime_ip(rc.get("ips"))
     mac = conf.get("mac") or rc.get("mac") or env["args"].get("MAC")
+    if not conf.get("mac") and not rc.get("mac") and env["args"].get("MAC"):
+        env_fields["mac"] = "CNI_ARGS MAC"
     body = {
         "container_id": env["container_id"],
         "ifname": env["ifname"],
@@ -569,7 +611,7 @@ def _add(conf, env) -> dict:
         a = _service(conf, "POST", "/v1/attachments", body)
     except CNIError as e:
         if not e.unanswered:
-            raise
+            raise _from_env(e, env_fields) from None
         # the service may finish the ADD after the plugin gave up on it: a
         # runtime told to try again would then find it attached (100) on
         # every retry. Undone here, so that the retry starts anew

@@ -109,6 +109,15 @@ def test_error_codes_without_a_service(plugin, tmp_path):
         ({"prevResult": {"interfaces": 5}}, "prevResult.interfaces: is not a list"),
         ({"prevResult": {"ips": ["10.0.0.1/24"]}}, "prevResult.ips[0]: '10.0.0.1/24' is not"),
         ({"prevResult": []}, "prevResult: is not an object"),
+        (
+            {"prevResult": {"interfaces": [{"name": "eth0", "mac": 5}]}},
+            "prevResult.interfaces[0].mac: 5 is not a string",
+        ),
+        (
+            {"prevResult": {"ips": [{"address": "10.0.0.1/24", "interface": "0"}]}},
+            "prevResult.ips[0].interface: '0' is not an index",
+        ),
+        ({"prevResult": {"routes": [{"dst": ["0.0.0.0/0"]}]}}, "prevResult.routes[0].dst: ["),
     ):
         for verb in ("ADD", "CHECK"):
             code, out, _ = run_plugin(plugin, verb, {**netconf(sock), **bad}, **env)
@@ -648,6 +657,28 @@ def test_bad_requests_name_the_problem(cnode):
         "ip: 192.168.60.77/16: network net1 is a /24, not a /16"
     ), out
     assert cnode.api("GET", "/v1/attachments") == []  # that ADD kept nothing
+    # an ips capability that is not a list is refused, not ignored (the
+    # container would get another address than the one asked for)
+    rc = {"runtimeConfig": {"ips": "192.168.60.77/24"}}
+    code, out, _ = cnode.cni("ADD", cnode.conf(**rc), cid, path)
+    assert out["code"] == 7 and out["msg"].startswith(
+        "runtimeConfig.ips: '192.168.60.77/24' is not a list"
+    ), out
+    # what the environment gave (CNI_NETNS, CNI_ARGS' IP and MAC) and the
+    # service refuses is the environment's fault (4), named as the runtime
+    # knows it
+    code, out, _ = cnode.cni("ADD", cnode.conf(), cid, "/etc/hostname")
+    assert out["code"] == 4 and out["msg"].startswith(
+        "CNI_NETNS: /etc/hostname is not a network namespace"
+    ), out
+    code, out, _ = cnode.cni("ADD", cnode.conf(), cid, path, args="IP=192.168.60.300")
+    assert out["code"] == 4 and out["msg"].startswith("CNI_ARGS IP: '192.168.60.300'"), out
+    code, out, _ = cnode.cni("ADD", cnode.conf(), cid, path, args="MAC=zz")
+    assert out["code"] == 4 and out["msg"].startswith("CNI_ARGS MAC: 'zz'"), out
+    # the same address in the configuration is the configuration's (7)
+    code, out, _ = cnode.cni("ADD", cnode.conf(ip="192.168.60.300"), cid, path)
+    assert out["code"] == 7 and out["msg"].startswith("ip: '192.168.60.300'"), out
+    assert cnode.api("GET", "/v1/attachments") == []
     # the kind is the kind's, not an option's
     code, out, _ = cnode.cni("ADD", cnode.conf(kind="memif", options={"kind": "veth"}), cid, path)
     assert out["code"] == 7 and out["msg"].startswith("options.kind: the kind is 'memif'"), out
