@@ -167,7 +167,12 @@ class Pmd:
             + ["--total-num-mbufs=49152", f"--txd={1 << RING_LOG2}", f"--rxd={1 << RING_LOG2}"]
             + [f"--eth-peer=0,{MAC_B}", "--no-flush-rx"]
         )
-        with open(log_path, "w") as out:
+        self.spawn(cmd)
+
+    def spawn(self, cmd):
+        """Start ``cmd`` (a testpmd in interactive mode), its output to
+        ``self.log``, and wait for its prompt; stopped again without one."""
+        with open(self.log, "w") as out:
             self.p = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True
             )
@@ -176,6 +181,10 @@ class Pmd:
         except BaseException:  # not yet in the caller's list: stopped here
             self.close()
             raise
+
+    def run(self, line, until="testpmd> ", timeout=10):
+        """Its output to ``line``, up to ``until`` (the next prompt)."""
+        return self.cmd(line, until, timeout)
 
     def text(self):
         with open(self.log, errors="replace") as f:

@@ -38,7 +38,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 import uuid
 
@@ -164,19 +163,7 @@ class PodPmd(Pmd):
         cmd += ["--file-prefix", self.prefix, "--in-memory", "--single-file-segments"]
         cmd += ["-m", "64", *(f"--vdev={v}" for v in vdevs)]
         cmd += ["--", "-i", "--no-flush-rx", "--total-num-mbufs=2048"]
-        with open(self.log, "w") as out:
-            self.p = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True
-            )
-        try:
-            self.wait_for("testpmd> ", 30)
-        except BaseException:  # no prompt: nothing of it outlives the test
-            self.close()
-            raise
-
-    def run(self, line, until="testpmd> ", timeout=10):
-        """Its output to ``line``, up to ``until``."""
-        return self.cmd(line, until, timeout)
+        self.spawn(cmd)
 
     def tx_packets(self, port):
         t = self.run(f"show port stats {port}", "Tx-bps")

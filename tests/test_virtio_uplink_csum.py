@@ -24,7 +24,6 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
 import tempfile
 import time
 import uuid
@@ -89,19 +88,7 @@ class Peer(Pmd):
         cmd = ["stdbuf", "-oL", TESTPMD, "-l", "0,1", "--no-pci", "--no-huge", "--no-shconf"]
         cmd += ["-m", "128", "--file-prefix", self.prefix, *(f"--vdev={v}" for v in vdevs)]
         cmd += ["--", "-i", "--no-flush-rx", "--disable-link-check", "--total-num-mbufs=4096"]
-        with open(self.log, "w") as out:
-            self.p = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, text=True
-            )
-        try:
-            self.wait_for("testpmd> ", 30)
-        except BaseException:  # no prompt: nothing of it outlives the test
-            self.close()
-            raise
-
-    def run(self, line, until="testpmd> ", timeout=10):
-        """Its output to ``line``, up to ``until``."""
-        return self.cmd(line, until, timeout)
+        self.spawn(cmd)
 
     def port_up(self, port, timeout=20):
         end = time.monotonic() + timeout
