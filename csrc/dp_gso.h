@@ -45,10 +45,7 @@
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 
-/* most segments one super-frame may be cut into: 64 KiB at the smallest
- * MSS Linux sends with (48 bytes, net.ipv4.tcp_min_snd_mss), which a peer
- * may ask for */
-#define DP_GSO_MAX_SEGS 1366u
+#include "dp_gso_limits.h" /* DP_GSO_MAX_SEGS */
 
 /* a super-frame to be segmented (or carried whole)? */
 static inline int

@@ -294,6 +294,12 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
         const uint8_t *ip = guard_read(m, off, 20, buf);
         if (ip == NULL)
             return DP_DROP_TRUNCATED;
+        /* the header and the packet no longer than it says, and within the
+         * frame (a total length of 0: a super-frame past 64 KiB, as Linux's
+         * BIG TCP sends, measured by its frame) */
+        uint32_t hl = (uint32_t)(ip[0] & 0xf) * 4, tot = (uint32_t)(ip[2] << 8 | ip[3]);
+        if (hl < 20 || off + hl > m->pkt_len || (tot != 0 && (tot < hl || off + tot > m->pkt_len)))
+            return DP_DROP_TRUNCATED;
         uint32_t src;
         memcpy(&src, ip + 12, 4);
         if (!guard_ip4_ok(g, src))
@@ -301,8 +307,8 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
         /* a DHCP server's (or relay's) message, from UDP port 67, in a
          * packet's first fragment: a pod is no DHCP server unless allowed */
         if (ip[9] == IPPROTO_UDP && ((ip[6] << 8 | ip[7]) & 0x1fff) == 0)
-            return guard_dhcp_server(g, m, off + (uint32_t)(ip[0] & 0xf) * 4, m->pkt_len,
-                                     DP_DHCP4_SERVER_PORT, DP_DHCP4_CLIENT_PORT);
+            return guard_dhcp_server(g, m, off + hl, m->pkt_len, DP_DHCP4_SERVER_PORT,
+                                     DP_DHCP4_CLIENT_PORT);
         return DP_GUARD_PASS;
     }
     if (et == RTE_ETHER_TYPE_ARP) {

@@ -407,7 +407,24 @@ class Fabric:
     def capture(self, ns, dev, path, bpf):
         """tcpdump on ``dev`` in ``ns`` into ``path``, capturing once it returns."""
         p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "tcpdump", "-n", "-U", "-i", dev, "-w", str(path), bpf],
+            # (immediate: a frame is written as it comes, not when its
+            # block of the capture ring is full or times out - a capture
+            # stopped soon after a few frames would otherwise lose them)
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-i",
+                dev,
+                "-w",
+                str(path),
+                bpf,
+            ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -38,6 +38,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
+from scapy.utils import rdpcap
 
 from tests import test_guard_pods as gp
 from tests import test_kernel_pods as kp
@@ -55,7 +56,7 @@ GSO_NONE, GSO_TCPV4, GSO_UDP_L4 = 0, 1, 5
 
 
 def _max_segs():
-    with open(os.path.join(kp.ROOT, "csrc", "dp_gso.h")) as f:
+    with open(os.path.join(kp.ROOT, "csrc", "dp_gso_limits.h")) as f:
         return int(re.search(r"#define DP_GSO_MAX_SEGS (\d+)u", f.read()).group(1))
 
 
@@ -259,12 +260,22 @@ def test_udp_source_forged_through_a_checksum_offset_is_dropped(world):
 
 
 # ------------------------------------------------------------- super-frames
-def _tcp_super(src_mac, src_ip, payload_len, gso_size, proto=6, gso_type=GSO_TCPV4, off=None):
-    """A TCP super-frame from pod a to the vm, its checksum left partial as
-    a kernel leaves it (the pseudo-header sum of the whole frame): (virtio-
-    net header, frame). ``proto`` 17 makes the same bytes an IPv4 packet of
-    UDP (whose payload then starts as a TCP header would: data offset 5);
-    ``off``: another checksum offset than the protocol's."""
+def _tcp_super(
+    src_mac,
+    src_ip,
+    payload_len,
+    gso_size,
+    proto=6,
+    gso_type=GSO_TCPV4,
+    off=None,
+    dst=(kp.VM_MAC, kp.VM_IP),
+):
+    """A TCP super-frame from a pod to ``dst`` (MAC, IPv4; the vm behind
+    the kernel VTEP), its checksum left partial as a kernel leaves it (the
+    pseudo-header sum of the whole frame): (virtio-net header, frame).
+    ``proto`` 17 makes the same bytes an IPv4 packet of UDP (whose payload
+    then starts as a TCP header would: data offset 5); ``off``: another
+    checksum offset than the protocol's."""
     payload = bytearray(i & 0xFF for i in range(payload_len))
     if proto == 17:
         payload[4] = 5 << 4
@@ -281,7 +292,7 @@ def _tcp_super(src_mac, src_ip, payload_len, gso_size, proto=6, gso_type=GSO_TCP
             proto,
             0,
             ip4(src_ip),
-            ip4(kp.VM_IP),
+            ip4(dst[1]),
         )
     )
     ip[10:12] = (~_sum16(ip) & 0xFFFF).to_bytes(2, "big")
@@ -290,7 +301,7 @@ def _tcp_super(src_mac, src_ip, payload_len, gso_size, proto=6, gso_type=GSO_TCP
         hdr = struct.pack("!HHIIBBHHH", 40000, 5399, 1, 0, 5 << 4, 0x18, 65535, _sum16(pseudo), 0)
     else:
         hdr = struct.pack("!HHHH", 40000, 5399, 8 + payload_len, _sum16(pseudo))
-    eth = bytes.fromhex(kp.VM_MAC.replace(":", "") + src_mac.replace(":", "")) + b"\x08\x00"
+    eth = bytes.fromhex(dst[0].replace(":", "") + src_mac.replace(":", "")) + b"\x08\x00"
     off = (16 if proto == 6 else 6) if off is None else off
     frame = eth + bytes(ip) + hdr + bytes(payload)
     return vnet(NEEDS_CSUM, gso_type, 14 + 20 + l4, gso_size, 34, off), frame
@@ -377,6 +388,181 @@ def test_super_frames_of_too_many_segments_are_dropped(fabric):
         if dropped != 1 or tunnel or sent > 20:
             errors.append(f"{what}: {dropped} kport_gso, {tunnel} whole, {sent} segments sent")
     assert not errors, "; ".join(errors) + f"; {fab.drops_said()}"
+
+
+def test_the_lane_leaves_super_frames_of_too_many_segments_to_the_core(fabric):
+    """The express lane on (the default): pod b's TCP super-frame of
+    gso_size 1 (20,000 segments) to pod a on the node, and to the vm behind
+    the kernel VTEP (its MAC learned), is not the lane's - it would hand
+    pod a a frame that stands for 20,000, or have the kernel cut it into
+    20,000 frames behind the uplink - but the core's, which drops each
+    once as kport_gso, as with the lane off; one of DP_GSO_MAX_SEGS + 1
+    likewise. A control of 10 segments to each is carried by the lane."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", learning: true")
+    fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    b = fab.pod(1, "b", kp.SUBNET + "12")
+    st = node.status()
+    if not st.get("express_remote"):
+        pytest.fail(f"this kernel's lane does not encapsulate to remote VTEPs: {st}")
+    kp.reach(b["ns"], kp.VM_IP, "pod b -> the kernel-VTEP host")  # the vm's MAC learned
+    kp.reach(b["ns"], a["ip"], "pod b -> pod a")
+    b_mac = b["planes"][0]["mac"]
+    to = {"pod a": (a["planes"][0]["mac"], a["ip"]), "the vm": (kp.VM_MAC, kp.VM_IP)}
+
+    def counts():
+        st = node.status()
+        row = next(p for p in st["ports"] if p["pod"] == b["name"])
+        up = next(p for p in st["ports"] if p["role"] == "uplink")
+        return st["drops"].get("kport_gso", 0), row["express"]["rx_packets"], up["tx_packets"]
+
+    def send(frame):
+        c0 = counts()
+        send_vnet(fab.tmp, b["ns"], [frame])
+        for _ in range(100):  # until the core drops it or the lane takes it
+            c = counts()
+            if c[0] > c0[0] or c[1] > c0[1]:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything more it would have caused
+        c = counts()
+        return c[0] - c0[0], c[1] - c0[1], c[2] - c0[2]
+
+    n = DP_GSO_MAX_SEGS
+    errors = []
+    for where, dst in to.items():
+        for what, frame in (
+            ("gso_size 1", _tcp_super(b_mac, b["ip"], 20000, 1, dst=dst)),
+            (f"{n + 1} segments", _tcp_super(b_mac, b["ip"], 8 * n + 1, 8, dst=dst)),
+        ):
+            dropped, lane, uplink = send(frame)
+            print(f"{what} to {where}: kport_gso {dropped}, lane {lane}, uplink tx {uplink}")
+            if (dropped, lane) != (1, 0) or uplink > 20:
+                errors.append(f"{what} to {where}: {dropped} kport_gso, {lane} by the lane")
+        dropped, lane, _ = send(_tcp_super(b_mac, b["ip"], 1400 * 10, 1400, dst=dst))
+        print(f"10 segments to {where}: kport_gso {dropped}, lane {lane}")
+        if (dropped, lane) != (0, 1):
+            errors.append(f"10 segments to {where}: {dropped} kport_gso, {lane} by the lane")
+    assert not errors, "; ".join(errors) + f"; {fab.drops_said()}"
+
+
+def test_ipv4_announcing_more_than_its_frame_holds_is_truncated_on_either_path(fabric):
+    """Pod b (anti-spoofing on, the lane on) sends pod a IPv4 whose total
+    length passes the frame's end, whose header length passes it, and
+    whose header length is below 20: the lane leaves each to the core,
+    whose guard drops it as truncated; none reaches pod a. A control that
+    says its length truly is carried by the lane and arrives."""
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    b = fab.pod(1, "b", kp.SUBNET + "12")
+    kp.reach(b["ns"], a["ip"], "pod b -> pod a")
+    a_mac, b_mac = a["planes"][0]["mac"], b["planes"][0]["mac"]
+
+    def udp(marker, **ip):
+        return bytearray(
+            bytes(
+                Ether(src=b_mac, dst=a_mac)
+                / IP(src=b["ip"], dst=a["ip"], **ip)
+                / UDP(sport=40000, dport=5399)
+                / Raw(marker + b"x" * 20)
+            )
+        )
+
+    long_total = udp(b"TOTL", len=1000)
+    long_header = udp(b"HDRL")
+    long_header[14] = 0x4F  # 60 bytes of header in a 54-byte packet
+    short_header = udp(b"HDRS")
+    short_header[14] = 0x44
+    control = udp(b"CTRL")
+
+    def counts():
+        st = node.status()
+        row = next(p for p in st["ports"] if p["pod"] == b["name"])
+        return st["drops"].get("truncated", 0), row["express"]["rx_packets"]
+
+    cap = fab.capture(a["ns"], "eth0", fab.tmp / "a.pcap", f"ether src {b_mac} and udp port 5399")
+    c0 = counts()
+    send_vnet(fab.tmp, b["ns"], [(vnet(), f) for f in (long_total, long_header, short_header)])
+    send_vnet(fab.tmp, b["ns"], [(vnet(), control)])
+    for _ in range(100):
+        c = counts()
+        if c[0] - c0[0] >= 3 and c[1] > c0[1]:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    c = counts()
+    cap.send_signal(2)
+    cap.wait(30)
+    fab.helpers.remove(cap)
+    got = [bytes(f) for f in rdpcap(str(fab.tmp / "a.pcap"))]
+    markers = [m for m in (b"TOTL", b"HDRL", b"HDRS", b"CTRL") if any(m in f for f in got)]
+    assert (c[0] - c0[0], c[1] - c0[1]) == (3, 1), (c0, c, fab.drops_said())
+    assert markers == [b"CTRL"], markers
+
+
+def test_the_lane_leaves_vxlan_with_an_outer_udp_checksum_over_udp_to_the_core(fabric):
+    """From the host behind the kernel VTEP, VXLAN to pod a carrying UDP
+    (its own checksum 0, as IPv4 allows) with an outer UDP checksum: the
+    lane, which does not verify an outer checksum, leaves it to the core
+    (it takes one only over TCP, whose own checksum the pod checks); the
+    core drops the wrong one (udp_checksum) and delivers the right one.
+    The same without an outer checksum is the lane's and arrives."""
+    from scapy.layers.vxlan import VXLAN
+
+    fab = fabric()
+    node = fab.node(1, [kp.HOST_VTEP], vtep=", learning: true")
+    fab.kernel_host(["10.99.0.1"])
+    a = fab.pod(1, "a", kp.SUBNET + "11")
+    kp.reach(a["ns"], kp.VM_IP, "pod a -> the kernel-VTEP host")  # the vm's MAC learned
+    a_mac = a["planes"][0]["mac"]
+    vtep_mac = json.loads(kp.ipn(node.ns, "-j link show dev uplink0").stdout)[0]["address"]
+    h = f"{fab.tag}h"
+
+    def vxlan(marker, outer_csum):
+        f = (
+            Ether(dst=vtep_mac)
+            / IP(src=kp.HOST_VTEP, dst="10.99.0.1", ttl=64)
+            / UDP(sport=49152, dport=4789)
+            / VXLAN(flags=8, vni=kp.VNI)
+            / Ether(src=kp.VM_MAC, dst=a_mac)
+            / IP(src=kp.VM_IP, dst=a["ip"], ttl=64)
+            / UDP(sport=40000, dport=5399, chksum=0)
+            / Raw(marker + b"x" * 20)
+        )
+        f = Ether(bytes(f))  # every checksum computed
+        if outer_csum == "none":
+            f[UDP].chksum = 0
+        elif outer_csum == "wrong":
+            f[UDP].chksum ^= 0x1234
+        return bytes(f)
+
+    def counts():
+        st = node.status()
+        up = next(p for p in st["ports"] if p["role"] == "uplink")
+        return st["drops"].get("udp_checksum", 0), up["express"]["rx_packets"]
+
+    cap = fab.capture(a["ns"], "eth0", fab.tmp / "a.pcap", "udp port 5399")
+    c0 = counts()
+    frames = [vxlan(b"WRNG", "wrong"), vxlan(b"RGHT", "right"), vxlan(b"NONE", "none")]
+    send_vnet(fab.tmp, h, [(vnet(), f) for f in frames])
+    for _ in range(100):
+        c = counts()
+        if c[0] > c0[0] and c[1] > c0[1]:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    c = counts()
+    cap.send_signal(2)
+    cap.wait(30)
+    fab.helpers.remove(cap)
+    got = [bytes(f) for f in rdpcap(str(fab.tmp / "a.pcap"))]
+    markers = [m for m in (b"WRNG", b"RGHT", b"NONE") if any(m in f for f in got)]
+    # the wrong one dropped by the core, the right one by the core too
+    # (delivered), only the one without an outer checksum by the lane
+    assert (c[0] - c0[0], c[1] - c0[1]) == (1, 1), (c0, c, fab.drops_said())
+    assert markers == [b"RGHT", b"NONE"], markers
 
 
 # ------------------------------------------------ the express lane's remote

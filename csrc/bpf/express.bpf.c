@@ -84,6 +84,8 @@
 #include <bpf/bpf_core_read.h>
 #endif
 
+#include "../dp_gso_limits.h" /* DP_GSO_MAX_SEGS, the core's bound */
+
 #define EX_MAX_PORTS 256
 #define EX_MAX_IP4 8
 #define EX_MAX_IP6 8
@@ -583,6 +585,12 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
      * remote VTEP only if its segments fit (ex_remote) */
     if (skb->len > src->max_len && !skb->gso_size)
         return 0;
+    /* a super-frame that may stand for more segments than the core cuts
+     * one into (a gso_size of 1: a frame per byte, wherever it is cut):
+     * the core's, which counts it (kport_gso) and refuses it. Counted over
+     * the whole frame, headers included: never fewer than the core counts */
+    if (skb->gso_size && skb->len > skb->gso_size * DP_GSO_MAX_SEGS)
+        return 0;
     if (eth.h_proto == bpf_htons(ETH_P_IPV6)) {
         if (!ex_ip6_ok(skb, src))
             return 0;
@@ -592,6 +600,12 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
         struct iphdr ip;
 
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+            return 0;
+        /* headers or a length past the frame's end: the core's guard
+         * counts it (truncated) */
+        if (ETH_HLEN + ip.ihl * 4 > skb->len ||
+            (ip.tot_len && (bpf_ntohs(ip.tot_len) < ip.ihl * 4 ||
+                            ETH_HLEN + (__u32)bpf_ntohs(ip.tot_len) > skb->len)))
             return 0;
         saddr = ip.saddr;
         if (!ex_has_ip4(src, saddr))
@@ -639,7 +653,8 @@ struct ex_dway {
 struct ex_tdata {
     __u64 daddr[2]; /* its destination: IPv4 in the first 4 bytes, or IPv6 */
     __u32 hdrs;     /* the inner Ethernet, IP and TCP headers' length */
-    __u32 v6;
+    __u16 v6;
+    __u16 tcp; /* the inner datagram is TCP (data or not) */
 };
 
 /* Whether the inner datagram of a VXLAN frame may take the lane: 1 (ACKs,
@@ -674,6 +689,7 @@ ex_dinner_ok(struct __sk_buff *skb, __be16 proto, struct ex_tdata *t)
             return 1;
         if (ip6.nexthdr != IPPROTO_TCP && ip6.nexthdr != IPPROTO_ICMPV6)
             return 0;
+        t->tcp = ip6.nexthdr == IPPROTO_TCP;
         /* TCP: its data offset; ICMPv6: its type */
         if (bpf_skb_load_bytes(skb, off + (ip6.nexthdr == IPPROTO_TCP ? 12 : 0), &l4, 1) < 0)
             return 0;
@@ -692,6 +708,7 @@ ex_dinner_ok(struct __sk_buff *skb, __be16 proto, struct ex_tdata *t)
         return 0;
     if (ip.protocol != IPPROTO_TCP)
         return 1;
+    t->tcp = 1;
     hl = ip.ihl * 4;
     if (ip.frag_off & bpf_htons(0x1fff))
         return 0; /* a later fragment of a segment */
@@ -767,6 +784,12 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
     /* a super-frame: TCP data only (else the core cuts or keeps it as its
      * GSO rules say) */
     if (!inner || (skb->gso_size && inner != EX_TCP_DATA))
+        return 0;
+    /* an outer UDP checksum the lane does not verify: taken only over TCP,
+     * whose own checksum the pod's stack checks; over anything else (UDP
+     * whose checksum may be 0, ICMP) the core verifies it, and drops and
+     * counts a wrong one (udp_checksum), as for a frame it decapsulates */
+    if (h->udp.check && !td.tcp)
         return 0;
     net = bpf_map_lookup_elem(&ex_vni, &h->vni);
     if (!net)
