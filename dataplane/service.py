@@ -988,8 +988,15 @@ class NodeService:
         """The cluster's nodes: those whose service runs (it holds the name:
         VTEP, host, pid, since) and those only pods still name, with their
         pod counts."""
-        claims = {c["node"]: c for c in self.store.node_claims()}
-        pods = collections.Counter(p.get("node") for p in self.store.pods())
+        # bounded as the other views that only the store can answer (host
+        # list): a store without quorum fails it at once, naming the store
+        with reach.needed(
+            self.store,
+            "the nodes' claims and pods are recorded in it, so none can be listed; "
+            "the core forwards on",
+        ):
+            claims = {c["node"]: c for c in self.store.node_claims()}
+            pods = collections.Counter(p.get("node") for p in self.store.pods())
         me = self.config.node
         out = []
         for name in sorted(set(claims) | {n for n in pods if n} | {me}):

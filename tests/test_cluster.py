@@ -835,6 +835,8 @@ def test_static_hosts_added_listed_and_removed_through_any_node(cluster):
         ("--ip", "10.1.2.3"): "10.1.2.3",
         ("--vtep", "127.0.0.1"): "cannot be a VTEP address",
         ("--vtep", "10.99.0.1"): "10.99.0.1 is this node's own VTEP address",
+        # another node's: that node has no entry for the host's MAC
+        ("--vtep", "10.99.0.2"): "vtep 10.99.0.2 is the VTEP of node node2, running (host",
         ("--vtep", "10.99.0.255"): "broadcast address of the underlay subnet 10.99.0.0/24",
     }
     for (opt, val), words in bad.items():
@@ -1037,6 +1039,33 @@ def test_node_cut_off_from_etcd_resynchronises_without_leftovers(cluster):
     cl.del_pod("y")  # node3 has no pod on net2 again
 
 
+def test_node_list_fails_at_once_naming_the_store_when_etcd_does_not_answer(cluster):
+    """``dataplane node list`` against a hung etcd (no quorum: SIGSTOP)
+    fails as ``host list`` does, naming the store and what it cannot show,
+    within its view's bound (not after etcd comes back from its pause)."""
+    cl = cluster
+    n1 = cl.nodes[1]
+    cl.etcd.pause()
+    try:
+        listed = cli(n1, "node", "list")
+        hosts = cli(n1, "host", "list")
+    finally:
+        cl.etcd.resume()
+    rc, out, err = listed
+    assert rc != 0, out
+    assert f"the store (etcd {cl.etcd.url}) does not answer" in err, err
+    assert "the nodes' claims and pods are recorded in it, so none can be listed" in err, err
+    assert hosts[0] != 0 and f"the store (etcd {cl.etcd.url}) does not answer" in hosts[2], hosts
+    # and once etcd answers again, it lists the nodes
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rc, out, err = cli(n1, "node", "list")
+        if rc == 0:
+            break
+        time.sleep(0.2)
+    assert rc == 0 and "node1" in out, err
+
+
 def test_etcd_outage_does_not_stop_traffic(cluster):
     cl = cluster
     a, b = cl.pods["a"], cl.pods["b"]
@@ -1172,6 +1201,58 @@ def test_a_second_service_under_a_running_node_name_starts_nothing(cluster):
     n1.wait_ready()
     assert [p["name"] for p in n1.api("GET", "/v1/pods")] == ["a"]
     assert ping(a["ns"], ip_of(b)).returncode == 0
+
+
+def test_a_second_node_with_a_running_nodes_vtep_starts_nothing(cluster):
+    """A node of its own name whose ``vtep.address`` is a running node's
+    (node1's) is refused by ``dataplane check`` and by ``dataplane run``,
+    naming node1, before it holds a name or touches anything: no claim of
+    it in the store, node1's pods and traffic stay. (Accepted, the other
+    nodes sent node1's pods' traffic to whichever of the two answered.)"""
+    cl = cluster
+    a, b = cl.pods["a"], cl.pods["b"]
+    deadline = time.monotonic() + 30  # node1's claim is held (restarted by the test before)
+    while time.monotonic() < deadline:
+        rows = {n["node"]: n for n in cl.nodes[2].api("GET", "/v1/nodes")}
+        if rows["node1"]["running"]:
+            break
+        time.sleep(0.2)
+    assert rows["node1"]["running"], rows
+    pods_before = sorted(p["name"] for p in cl.store("pods"))
+    ns = cl.netns(f"{cl.tag}n8")
+    # the lowest MAC on the underlay's bridge, as ul9 (Cluster.build: br0's is set)
+    sh("ip", "-n", cl.ul, "link", "add", "ul8", "address", "02:00:00:00:00:08", "type", "veth",
+       "peer", "name", "uplink0", "netns", ns)  # fmt: skip
+    sh("ip", "-n", cl.ul, "link", "set", "ul8", "master", "br0", "up")
+    sh("ip", "-n", ns, "addr", "add", "10.99.1.8/24", "dev", "uplink0")
+    sh("ip", "-n", ns, "link", "set", "uplink0", "up")
+    links_before = nsx(ns, "ip", "-o", "link", "show", check=True).stdout
+    d = cl.tmp / "node8"
+    d.mkdir()
+    cfg = NODE_CONFIG.format(n=8, etcd=cl.etcd.url, prefix=cl.prefix, dir=d)
+    (d / "node.yaml").write_text(cfg.replace("10.99.0.8/24", "10.99.0.1/24"))
+    want = "vtep.address: 10.99.0.1 is the VTEP of node node1, running (host"
+    for cmd in ("check", "run"):
+        r = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "dataplane.cli", cmd, "-c",
+             str(d / "node.yaml")],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, (cmd, out[-3000:])
+        assert want in out and "each node needs its own" in out, (cmd, out[-3000:])
+        assert "replay" not in out, out[-3000:]
+    # nothing changed: no claim of node8, no pod, no interface made
+    assert {c["node"] for c in cl.store("node_claims")} == {"node1", "node2", "node3"}
+    assert sorted(p["name"] for p in cl.store("pods")) == pods_before
+    assert nsx(ns, "ip", "-o", "link", "show", check=True).stdout == links_before
+    for n in (1, 2):
+        rows = {r["node"]: r for r in cl.nodes[n].api("GET", "/v1/nodes")}
+        assert set(rows) == {"node1", "node2", "node3"}, rows
+        assert rows["node1"]["vtep"] == "10.99.0.1" and rows["node1"]["running"], rows
+    assert [p["name"] for p in cl.nodes[1].api("GET", "/v1/pods")] == ["a"]
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+    assert ping(b["ns"], ip_of(a)).returncode == 0
 
 
 def test_node_list_and_a_dead_node_removed(cluster):

@@ -82,7 +82,9 @@ class StateStore(abc.ABC):
         """Hold the name ``node`` for the calling service while it runs
         (until ``close``): ConfigError if a running service of another VTEP
         or host holds it - two services under one name would each take the
-        other's pods for its own. The claim also says the ``networks`` the
+        other's pods for its own - or if a running service of another name
+        has the VTEP address ``vtep`` (the other nodes would send its pods'
+        traffic to whichever answers). The claim also says the ``networks`` the
         node carries (its configuration's), so that no other node forgets
         their records under it (:meth:`delete_network`). A store of one
         node (SQLite) has nothing to claim: its file's lock is the claim."""

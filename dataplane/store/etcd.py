@@ -132,6 +132,40 @@ def _claimed(node: str, held: dict) -> str:
     )
 
 
+def _vtep_taken(vtep: str, held: dict) -> str:
+    """Why a node may not claim a name with VTEP address ``vtep``, which the
+    running service of record ``held`` (of another name) has."""
+    return (
+        f"vtep.address: {vtep} is the VTEP of node {held.get('node')}, running (host "
+        f"{held.get('host')}, pid {held.get('pid')}): each node needs its own (the other "
+        "nodes would send that node's pods' traffic to whichever answers). A crashed "
+        f"service's claim lapses {NODE_TTL_S} s after it stopped"
+    )
+
+
+def _claim_refusal(node: str, rec: dict, claims) -> Optional[str]:
+    """Why the claim ``rec`` on name ``node`` is refused, given the live
+    ``claims`` ((key, record) pairs under nodes/, read loose): the name held
+    by another VTEP or host, or the VTEP held under another name; else None."""
+    for _, cur in claims:
+        if not isinstance(cur, dict):
+            continue
+        if cur.get("node") == node:
+            if (cur.get("vtep"), cur.get("host")) != (rec["vtep"], rec["host"]):
+                return _claimed(node, cur)
+        elif _same_ip(cur.get("vtep"), rec["vtep"]):
+            return _vtep_taken(rec["vtep"], cur)
+    return None
+
+
+def _same_ip(a, b) -> bool:
+    """Whether ``a`` and ``b`` name one IP address (as text otherwise)."""
+    try:
+        return ipaddress.ip_address(str(a)) == ipaddress.ip_address(str(b))
+    except ValueError:
+        return str(a) == str(b)
+
+
 class EtcdStore(StateStore):
     """The cluster's state in etcd at ``endpoints`` (URLs like
     ``http://127.0.0.1:2379``; several members of one cluster may be given:
@@ -219,7 +253,7 @@ class EtcdStore(StateStore):
             raise
         if held is not None:
             self._revoke_quietly(lease)
-            raise ConfigError(_claimed(node, held))
+            raise ConfigError(held)
         self._claim = (node, lease, rec)
         self._claim_stop.clear()
         self._claim_thread = threading.Thread(target=self._renew, name="node-claim", daemon=True)
@@ -247,22 +281,24 @@ class EtcdStore(StateStore):
     def claim_problem(self, node: str, vtep: str, host: str) -> Optional[str]:
         """Why :meth:`claim_node` would refuse the name now (a running
         service of another VTEP or host holds it), or None; read only."""
-        cur = self.client.get(self._k("nodes", node))
-        if cur is not None and (cur.get("vtep"), cur.get("host")) != (vtep, host):
-            return _claimed(node, cur)
-        return None
+        claims = self.client.items(self._k("nodes", ""), loose=True)
+        return _claim_refusal(node, {"vtep": vtep, "host": host}, claims)
 
     def _put_claim(self, node, lease, rec):
-        """Write the claim unless another VTEP or host holds the name: None,
-        or the other holder's record."""
+        """Write the claim unless another VTEP or host holds the name, or a
+        running service of another name has its VTEP address: None, or why
+        not. One transaction: the claims read are required unchanged (two
+        services claiming one VTEP at once: the second's commit fails, and
+        its retry finds the first's claim); lapsed claims are gone (their
+        lease's keys went with it) and refuse nothing."""
         key = self._k("nodes", node)
 
         def body(tx):
-            cur = tx.get(key)
-            if cur is not None and (cur.get("vtep"), cur.get("host")) != (rec["vtep"], rec["host"]):
-                return cur
-            tx.put(key, rec, lease=lease)
-            return None
+            tx.get(key)  # the name's own key compared too (deleted meanwhile)
+            why = _claim_refusal(node, rec, tx.items(self._k("nodes", ""), loose=True))
+            if why is None:
+                tx.put(key, rec, lease=lease)
+            return why
 
         return self.client.atomic(body)
 
@@ -312,8 +348,7 @@ class EtcdStore(StateStore):
             return None
         self._revoke_quietly(lease)
         return (
-            f"node {node}: while etcd did not answer, another service (VTEP "
-            f"{held.get('vtep')}, host {held.get('host')}) took this node's name"
+            f"node {node}: its claim lapsed while etcd did not answer, and is refused now: {held}"
         )
 
     def _release_node(self):
@@ -836,11 +871,37 @@ class EtcdStore(StateStore):
             ) from None
         if vtep_ip.is_multicast or vtep_ip.is_unspecified or vtep_ip.is_loopback:
             raise ConfigError(f"static endpoint {name}: {vtep_ip} cannot be a VTEP address")
-        return self.client.atomic(
-            lambda tx: alloc.record_static_host(
-                tx, self.layout, name, network, mac, ip, str(vtep_ip)
-            )
-        )
+
+        def body(tx):
+            # a node's VTEP: the node has no entry for the host's MAC. Its
+            # claim (running) is required unchanged, so a node that claims
+            # the address meanwhile fails the commit and the retry finds it;
+            # a stopped node's VTEP is in its pods' endpoint records
+            why = self._node_vtep(tx, str(vtep_ip))
+            if why:
+                raise ConfigError(
+                    f"static endpoint {name}: vtep {vtep_ip} is the VTEP of {why}: a static "
+                    "host's VTEP must be its own (the node has no entry for the host's MAC)"
+                )
+            return alloc.record_static_host(tx, self.layout, name, network, mac, ip, str(vtep_ip))
+
+        return self.client.atomic(body)
+
+    def _node_vtep(self, tx, vtep: str) -> Optional[str]:
+        """The node (and whether it runs) whose VTEP ``vtep`` is, as words
+        ('node node1, running (host H, pid P)'), or None: a live claim's
+        (read in ``tx``, guarded), else one of the pods' endpoint records of a
+        node (not a static host) that names it."""
+        for _, c in tx.items(self._k("nodes", ""), loose=True):
+            if isinstance(c, dict) and _same_ip(c.get("vtep"), vtep):
+                return f"node {c.get('node')}, running (host {c.get('host')}, pid {c.get('pid')})"
+        for _, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True):
+            if not isinstance(ep, dict) or not _same_ip(ep.get("vtep"), vtep):
+                continue
+            node = str(ep.get("node") or "")
+            if node and not node.startswith(STATIC_NODE_PREFIX):
+                return f"node {node}, not running with it (its pods' records name it)"
+        return None
 
     # ---------------------------------------------------------------- IPAM
     def allocate_ip(
