@@ -236,6 +236,8 @@ def cmd_reload(args):
         print(_change(c))
     for why in r.get("refused", []):  # taken, but the core would not hold it
         print(f"refused by the core, the rest applied: {why}")
+    for w in r.get("warnings", []):  # as dataplane check says them
+        print(f"warning: {w}")
     return 0
 
 

@@ -223,6 +223,30 @@ def _missing_dirs(cfg) -> List[str]:
     return sorted(out, key=len, reverse=True)
 
 
+def _reload_warnings(new: NodeConfig, takes, flushed: int) -> List[str]:
+    """What a reload that took ``takes`` into ``new`` should say beside
+    its changes: the warnings ``dataplane check`` (and a start) gives of
+    the rates it changed - a plane's rate above the uplink's, guarantees
+    that add up past it, a burst too small for the rate - and the frames a
+    shaper taken away dropped from its queues (``flushed``, counted as
+    queue_flushed)."""
+    fields = {n for n, _, _ in takes}
+    rates = "vtep.uplink_rate" in fields or any(f.startswith("planes.") for f in fields)
+    out = []
+    for w in new.advice():
+        subject = w.split(":", 1)[0]
+        if subject in fields or (
+            rates and (subject.startswith("planes") or subject == "vtep.uplink_burst")
+        ):
+            out.append(w)
+    if flushed:
+        out.append(
+            f"vtep.uplink_rate: the shaper taken away dropped the {flushed} frames its plane "
+            "queues held (queue_flushed)"
+        )
+    return out
+
+
 def _remove_empty(dirs):
     """``dirs`` (deepest first: :func:`_missing_dirs`) removed where still
     empty: a refused start leaves none of what it made."""
@@ -1061,7 +1085,9 @@ class NodeService:
     def reload(self, expected: Optional[str] = None, dry_run: bool = False) -> dict:
         """The configuration file read again, and what a running service
         takes from it applied while traffic flows (``RELOADABLE``: the
-        uplink shaper's rate and burst, in place, queued frames kept; the
+        uplink shaper's rate and burst, in place, queued frames kept - but
+        for a shaper taken away (no ``uplink_rate``), whose queued frames
+        are dropped and said (``warnings``); the
         planes' guaranteed and maximum rates, DSCP marking and
         classification; the VTEP's learning; a network's storm control and
         anti-spoofing, on its pods' ports; the static remotes; networks
@@ -1078,7 +1104,9 @@ class NodeService:
         removed and the core's room for networks added, and the same answer
         (``dry_run: True``), nothing applied - the core's own steps (its
         tables for a network, a shaper's queues) are not tried, and what
-        they refuse (out of memory) only a reload says."""
+        they refuse (out of memory) only a reload says. ``warnings``: what
+        ``dataplane check`` would warn of the rates changed (a plane's rate
+        above the uplink's, ...), logged too."""
         path = self.config_path
         if path is None:
             raise ConfigError(
@@ -1141,7 +1169,9 @@ class NodeService:
                         for name in _fields_of(takes, "anti_spoofing")
                     }
                     with self.lock:  # the engine stays: a stop waits for the pod lock
+                        flushed = eng.counters().drops().get("queue_flushed", 0)
                         self._take_guards_and_settings(new, takes, guards)
+                        flushed = eng.counters().drops().get("queue_flushed", 0) - flushed
                 except BaseException:
                     # the claim put back first: the store refuses to delete
                     # the record of a network a running node's claim lists,
@@ -1188,6 +1218,11 @@ class NodeService:
         out = {"config": path, "changed": changed}
         if refused:
             out["refused"] = refused
+        warnings = _reload_warnings(new, takes, flushed)
+        for w in warnings:
+            log.warning("reload: %s", w)
+        if warnings:
+            out["warnings"] = warnings
         return out
 
     def _take_guards_and_settings(self, new: NodeConfig, takes, guards):

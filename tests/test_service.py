@@ -473,6 +473,45 @@ def test_reload_takes_new_rates_while_forwarding(tmp_path):
         log = (n.tmp / "service.log").read_text()
         assert '"msg": "configuration reloaded"' in log and '"planes.std.max_rate": [4000000' in log
 
+        # rates that a start or a check would warn of: said by the reload too
+        edit("uplink_rate: 200M}", "uplink_rate: 5M}")
+        out = n.cli("reload").stdout
+        assert out.splitlines()[0] == "vtep.uplink_rate: 200000000 -> 5000000", out
+        assert (
+            "warning: planes.std.max_rate: 12000000 bit/s is above vtep.uplink_rate "
+            "(5000000 bit/s)" in out
+        ), out
+        assert "warning: planes: the min_rate of all planes add up to 10000000 bit/s" in out, out
+        # the shaper taken away while its queues hold frames: they are
+        # dropped (queue_flushed), and the reload says how many
+        flood = subprocess.Popen(
+            ["ip", "netns", "exec", a["ns"], sys.executable, "-c",
+             "import socket, time\n"
+             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "t = time.monotonic() + 3\n"
+             "while time.monotonic() < t:\n"
+             "    try: s.sendto(bytes(1000), ('%s', 9))\n"
+             "    except OSError: pass\n" % HOST_IP]
+        )  # fmt: skip
+        try:
+            for _ in range(100):  # std's queue filled (5 Mbit/s of a flood)
+                if plane("std")[1]["queue_depth"] > 100:
+                    break
+                time.sleep(0.05)
+            f0 = n.api("GET", "/v1/status")["drops"].get("queue_flushed", 0)
+            edit(", uplink_rate: 5M}", "}")
+            out = n.cli("reload").stdout
+        finally:
+            flood.wait(30)
+        flushed = n.api("GET", "/v1/status")["drops"].get("queue_flushed", 0) - f0
+        assert (
+            flushed > 100
+            and (f"warning: vtep.uplink_rate: the shaper taken away dropped the {flushed} frames")
+            in out
+        ), (flushed, out)
+        edit(f"uplink: {n.uplink}}}", f"uplink: {n.uplink}, uplink_rate: 200M}}")
+        assert n.cli("reload").stdout.splitlines() == ["vtep.uplink_rate: 0 -> 200000000"]
+
         # anything else changed: refused, named, nothing applied
         edit("max_rate: 12M}", "max_rate: 32M}")
         edit("vni: 101,", "vni: 111,")
