@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * dp_gso_limits.h - the bound on a super-frame's segments, shared by the
  * core (dp_gso.h) and the express lane's kernel programs (bpf/), which

@@ -295,10 +295,11 @@ dp_guard_frame(const struct dp_port_guard *g, const struct rte_mbuf *m)
         if (ip == NULL)
             return DP_DROP_TRUNCATED;
         /* the header and the packet no longer than it says, and within the
-         * frame (a total length of 0: a super-frame past 64 KiB, as Linux's
-         * BIG TCP sends, measured by its frame) */
+         * frame (a total length of 0 only for a super-frame past 64 KiB, as
+         * Linux's BIG TCP sends: measured by its frame) */
         uint32_t hl = (uint32_t)(ip[0] & 0xf) * 4, tot = (uint32_t)(ip[2] << 8 | ip[3]);
-        if (hl < 20 || off + hl > m->pkt_len || (tot != 0 && (tot < hl || off + tot > m->pkt_len)))
+        int big = tot == 0 && dp_gso_frame(m) && m->pkt_len - off > 0xffff;
+        if (hl < 20 || off + hl > m->pkt_len || (!big && (tot < hl || off + tot > m->pkt_len)))
             return DP_DROP_TRUNCATED;
         uint32_t src;
         memcpy(&src, ip + 12, 4);

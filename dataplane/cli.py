@@ -229,6 +229,8 @@ def cmd_reload(args):
               "a reload would change nothing")  # fmt: skip
         for c in r["changed"]:
             print("  " + _change(c))
+        for w in r.get("warnings", []):
+            print(f"warning: {w}")
         return 0
     if not r["changed"]:
         print(f"{r['config']}: reloaded, nothing to change")

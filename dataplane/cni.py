@@ -621,10 +621,13 @@ def _add(conf, env) -> dict:
     if plen and plen != str(a.get("prefixlen")):
         # the address is the one asked for, the subnet not: nothing is kept
         details = _undo(conf, env, "")
-        raise CNIError(
-            ERR_CONFIG,
-            f"ip: {ip}: network {conf['network']} is a /{a.get('prefixlen')}, not a /{plen}",
-            details,
+        raise _from_env(
+            CNIError(
+                ERR_CONFIG,
+                f"ip: {ip}: network {conf['network']} is a /{a.get('prefixlen')}, not a /{plen}",
+                details,
+            ),
+            env_fields,
         )
     dev = rc.get("CNIDeviceInfoFile")
     if dev and (a.get("socket_path") or a.get("pci_address")):

@@ -231,7 +231,9 @@ def _reload_warnings(new: NodeConfig, takes, flushed: int) -> List[str]:
     shaper taken away dropped from its queues (``flushed``, counted as
     queue_flushed)."""
     fields = {n for n, _, _ in takes}
-    rates = "vtep.uplink_rate" in fields or any(f.startswith("planes.") for f in fields)
+    rates = any(
+        f.startswith("vtep.uplink_") or f.endswith((".min_rate", ".max_rate")) for f in fields
+    )
     out = []
     for w in new.advice():
         subject = w.split(":", 1)[0]
@@ -1150,7 +1152,11 @@ class NodeService:
                     self._check_unused(path, removed)
                     if dry_run:
                         self._free_slots(added)
-                        return {"config": path, "changed": changed, "dry_run": True}
+                        out = {"config": path, "changed": changed, "dry_run": True}
+                        warnings = _reload_warnings(new, takes, 0)
+                        if warnings:  # as the reload would say them
+                            out["warnings"] = warnings
+                        return out
                     slots = self._add_networks(new, added)
                 recorded = []  # records this reload made
                 names = [n.name for n in new.networks]

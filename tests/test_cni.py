@@ -675,6 +675,10 @@ def test_bad_requests_name_the_problem(cnode):
     assert out["code"] == 4 and out["msg"].startswith("CNI_ARGS IP: '192.168.60.300'"), out
     code, out, _ = cnode.cni("ADD", cnode.conf(), cid, path, args="MAC=zz")
     assert out["code"] == 4 and out["msg"].startswith("CNI_ARGS MAC: 'zz'"), out
+    code, out, _ = cnode.cni("ADD", cnode.conf(), cid, path, args="IP=192.168.60.77/16")
+    assert out["code"] == 4 and out["msg"].startswith(
+        "CNI_ARGS IP: 192.168.60.77/16: network net1 is a /24, not a /16"
+    ), out
     # the same address in the configuration is the configuration's (7)
     code, out, _ = cnode.cni("ADD", cnode.conf(ip="192.168.60.300"), cid, path)
     assert out["code"] == 7 and out["msg"].startswith("ip: '192.168.60.300'"), out

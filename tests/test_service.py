@@ -473,8 +473,11 @@ def test_reload_takes_new_rates_while_forwarding(tmp_path):
         log = (n.tmp / "service.log").read_text()
         assert '"msg": "configuration reloaded"' in log and '"planes.std.max_rate": [4000000' in log
 
-        # rates that a start or a check would warn of: said by the reload too
+        # rates that a start or a check would warn of: said by the reload
+        # too, and by its dry run before it
         edit("uplink_rate: 200M}", "uplink_rate: 5M}")
+        dry = n.cli("reload", "--dry-run").stdout
+        assert "warning: planes: the min_rate of all planes add up to 10000000" in dry, dry
         out = n.cli("reload").stdout
         assert out.splitlines()[0] == "vtep.uplink_rate: 200000000 -> 5000000", out
         assert (

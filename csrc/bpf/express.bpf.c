@@ -59,7 +59,8 @@
  * MTU allows to a pod port of that network (ex_dst), from an inner source
  * MAC the core's FDB has behind the very VTEP that sent it (ex_rdst, the
  * tunnel's address = the outer source); TCP data only to one of the pod's
- * own addresses, IPv6 only TCP, UDP or echoes (ex_dinner_ok): decapsulated
+ * own addresses, IPv6 only TCP, UDP or echoes (ex_dinner_ok), an outer UDP
+ * checksum (not verified here) only over TCP: decapsulated
  * and redirected into the pod's namespace,
  * counted as the core counts it. A source the core
  * learned is confirmed to the core's ageing through ex_rdst's `seen`
@@ -601,11 +602,13 @@ ex_take(struct __sk_buff *skb, struct ex_way *w, int said)
 
         if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
             return 0;
-        /* headers or a length past the frame's end: the core's guard
+        /* headers or a length past the frame's end (a total length of 0
+         * only for a super-frame past 64 KiB, BIG TCP): the core's guard
          * counts it (truncated) */
         if (ETH_HLEN + ip.ihl * 4 > skb->len ||
-            (ip.tot_len && (bpf_ntohs(ip.tot_len) < ip.ihl * 4 ||
-                            ETH_HLEN + (__u32)bpf_ntohs(ip.tot_len) > skb->len)))
+            (!(ip.tot_len == 0 && skb->gso_size && skb->len - ETH_HLEN > 0xffff) &&
+             (bpf_ntohs(ip.tot_len) < ip.ihl * 4 ||
+              ETH_HLEN + (__u32)bpf_ntohs(ip.tot_len) > skb->len)))
             return 0;
         saddr = ip.saddr;
         if (!ex_has_ip4(src, saddr))
