@@ -465,7 +465,10 @@ def test_a_node_removed_while_cut_off_detaches_its_pods_once_it_answers(server, 
     name = f"node-{tag}"
     try:
         node.start()
-        a = node.pod("a", IT_SPEC)
+        # pod names of this test's own: its node runs in the test's network
+        # namespace, where the other lane's node services make pods too, and
+        # a host end's name comes from its pod's name
+        a = node.pod(f"a{tag}", IT_SPEC)
         hifs = {p["host_ifname"] for p in a["planes"]}
         assert hifs <= host_links()
         mode["cut"] = True
@@ -481,7 +484,7 @@ def test_a_node_removed_while_cut_off_detaches_its_pods_once_it_answers(server, 
         logged = "pod removed: its records left the store while this node ran"
         until(lambda: logged in (tmp_path / "service.log").read_text())
         # and the node goes on: a pod added again works
-        b = node.pod("b", IT_SPEC)
+        b = node.pod(f"b{tag}", IT_SPEC)
         assert b["state"] == "ready"
     finally:
         node.cleanup()

@@ -504,11 +504,15 @@ def test_ipv4_announcing_more_than_its_frame_holds_is_truncated_on_either_path(f
 
 def test_the_lane_leaves_vxlan_with_an_outer_udp_checksum_over_udp_to_the_core(fabric):
     """From the host behind the kernel VTEP, VXLAN to pod a carrying UDP
-    (its own checksum 0, as IPv4 allows) with an outer UDP checksum: the
-    lane, which does not verify an outer checksum, leaves it to the core
-    (it takes one only over TCP, whose own checksum the pod checks); the
-    core drops the wrong one (udp_checksum) and delivers the right one.
-    The same without an outer checksum is the lane's and arrives."""
+    (its own checksum 0, as IPv4 allows) with an outer UDP checksum that
+    no device verified (sent by a packet socket: CHECKSUM_NONE): the lane,
+    which does not sum an outer checksum, leaves it to the core (it takes
+    one only over TCP, whose own checksum the pod checks, or where the
+    kernel holds it good); the core drops the wrong one (udp_checksum) and
+    delivers the right one. The same without an outer checksum is the
+    lane's and arrives. (A kernel VTEP's own datagrams, their checksum left
+    to offload, take the lane: test_express.py's lane race from the
+    underlay.)"""
     from scapy.layers.vxlan import VXLAN
 
     fab = fabric()

@@ -60,7 +60,8 @@
  * MAC the core's FDB has behind the very VTEP that sent it (ex_rdst, the
  * tunnel's address = the outer source); TCP data only to one of the pod's
  * own addresses, IPv6 only TCP, UDP or echoes (ex_dinner_ok), an outer UDP
- * checksum (not verified here) only over TCP: decapsulated
+ * checksum (not summed here) only over TCP or where the kernel holds it
+ * good (ex_outer_csum_good): decapsulated
  * and redirected into the pod's namespace,
  * counted as the core counts it. A source the core
  * learned is confirmed to the core's ageing through ex_rdst's `seen`
@@ -483,12 +484,40 @@ ex_csum_sane(struct __sk_buff *skb, __u32 l4)
         return 1;
     return k->csum_start == (__u32)k->mac_header + l4 && k->csum_offset == 16;
 }
+
+#define EX_CHECKSUM_UNNECESSARY 1
+
+/* Whether the kernel holds a frame's outer UDP checksum good without
+ * summing it: a device verified it (CHECKSUM_UNNECESSARY: the outermost
+ * checksum at least), or its sender is a VTEP on this host that left it to
+ * offload (CHECKSUM_PARTIAL: the field holds the pseudo-header sum, as the
+ * core's uplink driver takes it too). Not known on this kernel (ex_kctx
+ * 0): no. */
+static __always_inline int
+ex_outer_csum_good(struct __sk_buff *skb)
+{
+    struct sk_buff___ex *k;
+    __u8 s;
+
+    if (!ex_kctx)
+        return 0;
+    k = bpf_cast_to_kern_ctx(skb);
+    s = BPF_CORE_READ_BITFIELD(k, ip_summed);
+    return s == EX_CHECKSUM_UNNECESSARY || s == EX_CHECKSUM_PARTIAL;
+}
 #else
 /* the plain build (express.plain.bpf.o, for a kernel without
  * bpf_cast_to_kern_ctx or its BTF): no frame's offsets can be checked, so
  * none is encapsulated to a remote VTEP */
 static __always_inline int
 ex_csum_sane(struct __sk_buff *skb, __u32 l4)
+{
+    return 0;
+}
+
+/* nor whether the kernel holds an outer checksum good */
+static __always_inline int
+ex_outer_csum_good(struct __sk_buff *skb)
 {
     return 0;
 }
@@ -788,11 +817,12 @@ ex_dtake(struct __sk_buff *skb, const struct ex_up *up, struct ex_vxh *h, struct
      * GSO rules say) */
     if (!inner || (skb->gso_size && inner != EX_TCP_DATA))
         return 0;
-    /* an outer UDP checksum the lane does not verify: taken only over TCP,
-     * whose own checksum the pod's stack checks; over anything else (UDP
-     * whose checksum may be 0, ICMP) the core verifies it, and drops and
-     * counts a wrong one (udp_checksum), as for a frame it decapsulates */
-    if (h->udp.check && !td.tcp)
+    /* an outer UDP checksum the lane does not verify: taken over TCP, whose
+     * own checksum the pod's stack checks, or where the kernel holds it good
+     * (a device verified it, or a VTEP on this host left it to offload);
+     * over anything else (UDP whose checksum may be 0, ICMP) the core
+     * verifies it, and drops and counts a wrong one (udp_checksum) */
+    if (h->udp.check && !td.tcp && !ex_outer_csum_good(skb))
         return 0;
     net = bpf_map_lookup_elem(&ex_vni, &h->vni);
     if (!net)
