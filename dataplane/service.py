@@ -1048,7 +1048,13 @@ class NodeService:
         endpoints go. Refused for this node and for one whose service runs.
         On a node's own store (SQLite) the node removed is an old name of
         this one (renamed): its pods' veths, marked as that name's in this
-        store, are on this host and are deleted too."""
+        store, are on this host and are deleted too (``veths``). On a
+        cluster's store (etcd) the veths on this host marked as that name's
+        in this store can only be an old name's of this node (another
+        node's pods live on other hosts): deleted too, and ``veths`` says
+        how many when there were any - also when the name's records were
+        forgotten already (removed from another node), whose veths were
+        left here."""
         if name == self.config.node:
             if self.store.kind == "sqlite":
                 raise ConfigError(
@@ -1061,7 +1067,21 @@ class NodeService:
                 "or stop the service and remove it from another node"
             )
         if self.store.kind != "sqlite":  # another node's records, not under the engine's lock
-            removed = self.store.remove_node(name)
+            try:
+                removed = self.store.remove_node(name)  # refused while it runs
+            except NotFound:
+                # its records forgotten already (a node remove on another
+                # node): its veths here, if any, are still to go
+                with self._pod_txn():
+                    veths = self._remove_veths_of(name)
+                if not veths:
+                    raise
+                removed = {"pods": 0, "attachments": 0}
+            else:
+                with self._pod_txn():  # an add of one of its pods' names waits for it
+                    veths = self._remove_veths_of(name)
+            if veths:  # an old name of this node (renamed)
+                removed["veths"] = len(veths)
         else:
             # the file answers at once; no pod add of this node in between
             with self._pod_txn(), self.lock:
@@ -1071,9 +1091,9 @@ class NodeService:
         return {"node": name, **removed}
 
     def _remove_veths_of(self, node: str) -> list:
-        """Delete the pod veths marked as node ``node``'s in this store
-        (an old name of this node, removed), as a start deletes its own
-        orphans; each logged. The names deleted."""
+        """Delete the pod veths of this host marked as node ``node``'s in
+        this store (an old name of this node, removed), as a start deletes
+        its own orphans; each logged. The names deleted."""
         known = {e["host_ifname"] for e in self.store.endpoints() if e.get("host_ifname")}
         return self.pods.delete_marked_veths(
             node,

@@ -15,7 +15,8 @@ allocated addresses outside it, a new gateway, network or broadcast address
 that is a pod's address), and, with a cluster store, the node's name held
 by a running service of another host or VTEP. Said, not refused: a
 gateway that was a pod's address already, pods of another node name in the
-node's own store, and an uplink that is missing, down or too small now
+node's own store (on a cluster's store: those of a node name not running whose
+veths on this host are marked as made on this store), and an uplink that is missing, down or too small now
 (the service starts without it and takes it when it can).
 """
 
@@ -174,8 +175,11 @@ def others_pods(cfg: NodeConfig, store) -> Optional[str]:
     """A node's own store (SQLite) that holds pods of another node name and
     none of this one: the node was renamed (``node:``, or the host name it
     defaults to), and those pods are not replayed. Said, not guessed at: the
-    operator renames it back or deletes them."""
-    if cfg.store.kind != "sqlite" or store.pods(node=cfg.node):
+    operator renames it back or deletes them. On a cluster's store (etcd),
+    where other nodes' pods are recorded too: :func:`others_veths`."""
+    if cfg.store.kind != "sqlite":
+        return others_veths(cfg, store)
+    if store.pods(node=cfg.node):
         return None
     others = sorted({p.get("node") for p in store.pods()} - {None, cfg.node})
     if not others:
@@ -186,6 +190,59 @@ def others_pods(cfg: NodeConfig, store) -> Optional[str]:
         "to the host name); give the node its old name back, or, with the service running, "
         "forget the old name's pods and their veths: "
         + ", ".join(f"'dataplane node remove {o}'" for o in others)
+    )
+
+
+def others_veths(cfg: NodeConfig, store) -> Optional[str]:
+    """A cluster's store (etcd): pods recorded under another node name,
+    which no running service holds, whose veths are on this host (this
+    network namespace), marked as made by a service of that name on this
+    store (their alias, :func:`dataplane.podnet.plane_alias`) - an old name
+    of this node, renamed: its pods are not replayed, and their veths hold
+    their names. Another node's pods live on other hosts, and a running
+    node's veths are its own: neither is said. Reads only (the store's
+    identity is not made here: a store without one has no marked veth)."""
+    from .podnet import marked_veths, parse_alias
+    from .store.base import STORE_ID
+
+    mark = (store.get_meta(STORE_ID) or "")[:8]
+    if not mark:
+        return None
+    try:
+        veths = marked_veths()
+    except Exception:  # noqa: BLE001 - a warning's look-up: never a reason to stop
+        return None
+    marked = {}  # old node name -> [(pod, whole)]
+    for _, _, alias in veths:
+        node, store_mark, _, pod, whole = parse_alias(alias)
+        if store_mark == mark and node != cfg.node:
+            marked.setdefault(node, []).append((pod, whole))
+    if not marked:
+        return None
+    running = {c.get("node") for c in store.node_claims()}
+    found = {}  # old node name -> its recorded pods with veths here
+    for old, on in sorted(marked.items()):
+        if old in running:
+            continue
+        recorded = {p["name"] for p in store.pods(node=old)}
+        pods = {
+            r
+            for r in recorded
+            for pod, whole in on
+            if r == pod or (not whole and r.startswith(pod))
+        }
+        if pods:
+            found[old] = sorted(pods)
+    if not found:
+        return None
+    return (
+        f"node: the cluster's store ({reach.where(store)}) has pods of node "
+        + ", ".join(f"{o} ({', '.join(p)})" for o, p in found.items())
+        + ", a name no running service holds, with veths on this host marked as made here on "
+        f"this store; this service runs as node {cfg.node}: they are not replayed (was the "
+        "node renamed? 'node:' defaults to the host name); give the node its old name back, "
+        "or, with the service running, forget the old name's pods and their veths: "
+        + ", ".join(f"'dataplane node remove {o}'" for o in found)
     )
 
 

@@ -28,7 +28,7 @@ LANE_B=(
     tests/test_core.py tests/test_guard_core.py
     tests/test_core_ports.py tests/test_capture.py tests/test_memif_guard.py
     tests/test_rxqueues.py tests/test_sync.py tests/test_sync_refusals.py tests/test_sync_unreadable_keys.py
-    tests/test_cluster.py tests/test_cluster_vtep.py
+    tests/test_cluster.py tests/test_cluster_vtep.py tests/test_cluster_rename.py
     tests/test_store_etcd.py tests/test_store.py tests/test_store_tls.py
     tests/test_cni_store.py tests/test_packaging.py tests/test_config.py
     tests/test_pod_spec.py tests/test_guard_config.py tests/test_engine_config.py
