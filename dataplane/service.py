@@ -19,6 +19,7 @@ forwarding again as soon as its ports are back.
 import collections
 import contextlib
 import errno
+import ipaddress
 import os
 import signal
 import socket
@@ -247,6 +248,14 @@ def _reload_warnings(new: NodeConfig, takes, flushed: int) -> List[str]:
             "queues held (queue_flushed)"
         )
     return out
+
+
+def _same_address(a, b) -> bool:
+    """Whether ``a`` and ``b`` are one IP address (as text otherwise)."""
+    try:
+        return ipaddress.ip_address(str(a)) == ipaddress.ip_address(str(b))
+    except ValueError:
+        return str(a) == str(b)
 
 
 def _remove_empty(dirs):
@@ -1049,12 +1058,9 @@ class NodeService:
         On a node's own store (SQLite) the node removed is an old name of
         this one (renamed): its pods' veths, marked as that name's in this
         store, are on this host and are deleted too (``veths``). On a
-        cluster's store (etcd) the veths on this host marked as that name's
-        in this store can only be an old name's of this node (another
-        node's pods live on other hosts): deleted too, and ``veths`` says
-        how many when there were any - also when the name's records were
-        forgotten already (removed from another node), whose veths were
-        left here."""
+        cluster's store (etcd) likewise where the name's pods' records name
+        this node's VTEP (an old name of this node): ``veths`` says how many
+        when there were any."""
         if name == self.config.node:
             if self.store.kind == "sqlite":
                 raise ConfigError(
@@ -1067,21 +1073,20 @@ class NodeService:
                 "or stop the service and remove it from another node"
             )
         if self.store.kind != "sqlite":  # another node's records, not under the engine's lock
-            try:
-                removed = self.store.remove_node(name)  # refused while it runs
-            except NotFound:
-                # its records forgotten already (a node remove on another
-                # node): its veths here, if any, are still to go
-                with self._pod_txn():
-                    veths = self._remove_veths_of(name)
-                if not veths:
-                    raise
-                removed = {"pods": 0, "attachments": 0}
-            else:
+            # an old name of this node (renamed: its pods' records name this
+            # node's VTEP): its pods' veths on this host go with it. Another
+            # node's - even one that ran beside this one on this host - are
+            # left to its own start, which removes its orphans
+            mine = any(
+                _same_address(e.get("vtep"), self.config.vtep.ip)
+                for e in self.store.endpoints(node=name)
+            )
+            removed = self.store.remove_node(name)  # refused while it runs
+            if mine:
                 with self._pod_txn():  # an add of one of its pods' names waits for it
                     veths = self._remove_veths_of(name)
-            if veths:  # an old name of this node (renamed)
-                removed["veths"] = len(veths)
+                if veths:
+                    removed["veths"] = len(veths)
         else:
             # the file answers at once; no pod add of this node in between
             with self._pod_txn(), self.lock:

@@ -224,7 +224,13 @@ def others_veths(cfg: NodeConfig, store) -> Optional[str]:
     for old, on in sorted(marked.items()):
         if old in running:
             continue
-        recorded = {p["name"] for p in store.pods(node=old)}
+        # its pods' records name this node's VTEP: an old name of this node
+        # (another node's service that ran beside this one keeps its own)
+        recorded = {
+            e.get("pod")
+            for e in store.endpoints(node=old)
+            if str(e.get("vtep")) == str(cfg.vtep.ip)
+        }
         pods = {
             r
             for r in recorded
