@@ -8,32 +8,19 @@ tests/test_cluster.py (test_a_second_node_with_a_running_nodes_vtep_starts_nothi
 
 import os
 import threading
-import uuid
 
 import pytest
 
 from dataplane.errors import ConfigError
-from tests.etcdhost import have_etcd, shared_server
+from tests import test_store_etcd as se
+from tests.etcdhost import have_etcd
 
-pytestmark = pytest.mark.skipif(
-    not have_etcd(),
-    reason="etcd-server is not installed (/usr/bin/etcd; apt-get install etcd-server)",
-)
+pytestmark = se.pytestmark
+server, prefix = se.server, se.prefix  # test_store_etcd's fixtures, as they are
+SUBNET = se.SUBNET
 
 if have_etcd():
     from dataplane.store.etcd import EtcdStore
-
-SUBNET = "192.168.10.0/24"
-
-
-@pytest.fixture
-def server(request):
-    return shared_server(request.config)
-
-
-@pytest.fixture
-def prefix():
-    return f"/dptest/{uuid.uuid4().hex}"
 
 
 @pytest.fixture

@@ -447,6 +447,27 @@ def test_the_lane_leaves_super_frames_of_too_many_segments_to_the_core(fabric):
     assert not errors, "; ".join(errors) + f"; {fab.drops_said()}"
 
 
+def _settled(counts, done):
+    """``counts()`` once ``done`` holds of it (or 5 s passed), read again
+    0.3 s later: anything more the frames sent would cause counted too."""
+    for _ in range(100):
+        if done(counts()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return counts()
+
+
+def _markers_seen(fab, cap, path, markers):
+    """Capture ``cap`` (into ``path``) stopped: which of ``markers`` its
+    frames carry, in the order given."""
+    cap.send_signal(2)
+    cap.wait(30)
+    fab.helpers.remove(cap)
+    got = [bytes(f) for f in rdpcap(str(path))]
+    return [m for m in markers if any(m in f for f in got)]
+
+
 def test_ipv4_announcing_more_than_its_frame_holds_is_truncated_on_either_path(fabric):
     """Pod b (anti-spoofing on, the lane on) sends pod a IPv4 whose total
     length passes the frame's end, whose header length passes it, and
@@ -486,18 +507,8 @@ def test_ipv4_announcing_more_than_its_frame_holds_is_truncated_on_either_path(f
     c0 = counts()
     send_vnet(fab.tmp, b["ns"], [(vnet(), f) for f in (long_total, long_header, short_header)])
     send_vnet(fab.tmp, b["ns"], [(vnet(), control)])
-    for _ in range(100):
-        c = counts()
-        if c[0] - c0[0] >= 3 and c[1] > c0[1]:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)
-    c = counts()
-    cap.send_signal(2)
-    cap.wait(30)
-    fab.helpers.remove(cap)
-    got = [bytes(f) for f in rdpcap(str(fab.tmp / "a.pcap"))]
-    markers = [m for m in (b"TOTL", b"HDRL", b"HDRS", b"CTRL") if any(m in f for f in got)]
+    c = _settled(counts, lambda c: c[0] - c0[0] >= 3 and c[1] > c0[1])
+    markers = _markers_seen(fab, cap, fab.tmp / "a.pcap", (b"TOTL", b"HDRL", b"HDRS", b"CTRL"))
     assert (c[0] - c0[0], c[1] - c0[1]) == (3, 1), (c0, c, fab.drops_said())
     assert markers == [b"CTRL"], markers
 
@@ -551,18 +562,8 @@ def test_the_lane_leaves_vxlan_with_an_outer_udp_checksum_over_udp_to_the_core(f
     c0 = counts()
     frames = [vxlan(b"WRNG", "wrong"), vxlan(b"RGHT", "right"), vxlan(b"NONE", "none")]
     send_vnet(fab.tmp, h, [(vnet(), f) for f in frames])
-    for _ in range(100):
-        c = counts()
-        if c[0] > c0[0] and c[1] > c0[1]:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)
-    c = counts()
-    cap.send_signal(2)
-    cap.wait(30)
-    fab.helpers.remove(cap)
-    got = [bytes(f) for f in rdpcap(str(fab.tmp / "a.pcap"))]
-    markers = [m for m in (b"WRNG", b"RGHT", b"NONE") if any(m in f for f in got)]
+    c = _settled(counts, lambda c: c[0] > c0[0] and c[1] > c0[1])
+    markers = _markers_seen(fab, cap, fab.tmp / "a.pcap", (b"WRNG", b"RGHT", b"NONE"))
     # the wrong one dropped by the core, the right one by the core too
     # (delivered), only the one without an outer checksum by the lane
     assert (c[0] - c0[0], c[1] - c0[1]) == (1, 1), (c0, c, fab.drops_said())
