@@ -24,13 +24,15 @@ def binary(tmp_path_factory):
     return sched.build(str(tmp_path_factory.mktemp("sched")))
 
 
-def _run(binary, stop_ms=0):
-    """sched_cmp's cost and overload scenarios, on CPU 0, with no retries;
-    with stop_ms, the process is stopped that long inside the window of its
-    first loaded measurement (ours). Returns its stdout lines."""
+def _run(binary, stop_ms=0, retries=0):
+    """sched_cmp's cost and overload scenarios, on CPU 0, with ``retries``
+    (None: the benchmark's own, which tries a stalled overload attempt
+    again); with stop_ms, the process is stopped that long inside the
+    window of its first loaded measurement (ours). Returns its stdout
+    lines."""
     prefix = f"test-sched-{os.getpid()}"
     cmd = [binary, "--seconds", str(SECONDS), "--lcore", "0", "--prefix", prefix]
-    cmd += ["--retries", "0", "--only", "cost,overload"]
+    cmd += ([] if retries is None else ["--retries", str(retries)]) + ["--only", "cost,overload"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     lines = []
     try:
@@ -79,7 +81,10 @@ def test_stall_longer_than_the_media_queue_is_unjudged(binary):
 
 
 def test_no_stall_holds(binary):
-    verdicts = _verdicts(_run(binary))
+    # as the benchmark judges: an attempt the machine stalled (a vCPU
+    # stopped for ms, more often than the verdict puts down to the machine)
+    # is tried again, as `bench sched` does (CI once saw 5 stalled turns)
+    verdicts = _verdicts(_run(binary, retries=None))
     assert len(verdicts) == 2, verdicts  # ours and rte_sched as meant
     for v in verdicts:
         # no loss; "holds" unless a noisy moment moved a timing part
