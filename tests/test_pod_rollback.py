@@ -317,7 +317,9 @@ def test_delete_interrupted_by_etcd_stopping_says_what_happened(rbnode):
     assert interfaces_in(d["ns"]) == ["lo"]
     n.etcd_back()
     assert wait_for(lambda: not keys_of(n, name)), keys_of(n, name)
-    assert '"leftover of a failed pod delete removed"' in n.service_log()
+    # (logged once the records are gone: waited for as they are)
+    said = '"leftover of a failed pod delete removed"'
+    assert wait_for(lambda: said in n.service_log()), n.service_log()[-3000:]
     assert [p["name"] for p in n.api("GET", "/v1/pods")] == ["rbo"]
     # the name can be used again
     d = n.add(name, CT_SPEC, ns=d["ns"])
