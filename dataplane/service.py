@@ -19,7 +19,6 @@ forwarding again as soon as its ports are back.
 import collections
 import contextlib
 import errno
-import ipaddress
 import os
 import signal
 import socket
@@ -44,6 +43,7 @@ from .cpulatency import CpuLatencyRequest, no_effect
 from .errors import Busy, ConfigError, DataplaneError, NotFound
 from .hosts import StaticHosts, host_routes
 from .logs import event, log, setup_logging, warning_event  # noqa: F401 - setup_logging for the CLI
+from .netutil import same_ip
 from .podlife import REAP_EVERY_S, PodLife, add_kernel_port
 from .podnet import (
     LinkEvents,
@@ -248,14 +248,6 @@ def _reload_warnings(new: NodeConfig, takes, flushed: int) -> List[str]:
             "queues held (queue_flushed)"
         )
     return out
-
-
-def _same_address(a, b) -> bool:
-    """Whether ``a`` and ``b`` are one IP address (as text otherwise)."""
-    try:
-        return ipaddress.ip_address(str(a)) == ipaddress.ip_address(str(b))
-    except ValueError:
-        return str(a) == str(b)
 
 
 def _remove_empty(dirs):
@@ -1078,8 +1070,7 @@ class NodeService:
             # node's - even one that ran beside this one on this host - are
             # left to its own start, which removes its orphans
             mine = any(
-                _same_address(e.get("vtep"), self.config.vtep.ip)
-                for e in self.store.endpoints(node=name)
+                same_ip(e.get("vtep"), self.config.vtep.ip) for e in self.store.endpoints(node=name)
             )
             removed = self.store.remove_node(name)  # refused while it runs
             if mine:

@@ -27,6 +27,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 from .config import NodeConfig
 from .errors import DataplaneError, NotFound
+from .netutil import same_ip
 from .podnet import link_state
 from .store import reach
 from .store.common import reserved_held
@@ -227,9 +228,7 @@ def others_veths(cfg: NodeConfig, store) -> Optional[str]:
         # its pods' records name this node's VTEP: an old name of this node
         # (another node's service that ran beside this one keeps its own)
         recorded = {
-            e.get("pod")
-            for e in store.endpoints(node=old)
-            if str(e.get("vtep")) == str(cfg.vtep.ip)
+            e.get("pod") for e in store.endpoints(node=old) if same_ip(e.get("vtep"), cfg.vtep.ip)
         }
         pods = {
             r

@@ -63,6 +63,7 @@ from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tu
 
 from ..checks import check_mac
 from ..errors import AlreadyExists, Busy, ConfigError, DataplaneError, NotFound
+from ..netutil import same_ip
 from . import etcd_alloc as alloc
 from .base import STORE_ID, StateStore
 from .common import (
@@ -153,17 +154,9 @@ def _claim_refusal(node: str, rec: dict, claims) -> Optional[str]:
         if cur.get("node") == node:
             if (cur.get("vtep"), cur.get("host")) != (rec["vtep"], rec["host"]):
                 return _claimed(node, cur)
-        elif _same_ip(cur.get("vtep"), rec["vtep"]):
+        elif same_ip(cur.get("vtep"), rec["vtep"]):
             return _vtep_taken(rec["vtep"], cur)
     return None
-
-
-def _same_ip(a, b) -> bool:
-    """Whether ``a`` and ``b`` name one IP address (as text otherwise)."""
-    try:
-        return ipaddress.ip_address(str(a)) == ipaddress.ip_address(str(b))
-    except ValueError:
-        return str(a) == str(b)
 
 
 class EtcdStore(StateStore):
@@ -893,10 +886,10 @@ class EtcdStore(StateStore):
         (read in ``tx``, guarded), else one of the pods' endpoint records of a
         node (not a static host) that names it."""
         for _, c in tx.items(self._k("nodes", ""), loose=True):
-            if isinstance(c, dict) and _same_ip(c.get("vtep"), vtep):
+            if isinstance(c, dict) and same_ip(c.get("vtep"), vtep):
                 return f"node {c.get('node')}, running (host {c.get('host')}, pid {c.get('pid')})"
         for _, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True):
-            if not isinstance(ep, dict) or not _same_ip(ep.get("vtep"), vtep):
+            if not isinstance(ep, dict) or not same_ip(ep.get("vtep"), vtep):
                 continue
             node = str(ep.get("node") or "")
             if node and not node.startswith(STATIC_NODE_PREFIX):
