@@ -28,8 +28,9 @@ the runs of the cost and overload figures, with their range; stdout has the
 final RESULT line: medians, ratio of the medians. ``--quiet``: only that.
 A run in which our scheduler lost media or control frames under overload
 (strict priority broken) ends without a RESULT line, exit code 1 - unless
-its loop stalled longer than that plane's queue lasts (the child's verdict
-says "unjudged" and how long; a WARNING here, docs/sched.md); the
+its loop stalled longer than that plane's queue lasts and the stalls
+explain every frame lost (the child's verdict says "unjudged" and how
+long; a WARNING here, docs/sched.md); the
 verdict's timing parts (std within 3 % of what the shaper left it, media's
 p99 below std's median) are shown, not enforced, as a noisy machine moves
 them.

@@ -20,9 +20,10 @@
  * repeated up to --retries times (default 3); an attempt that did not
  * stall is kept before one that did, then the one that waited least, and
  * printed with its wait share ("cpu wait"). The strict-priority verdict of
- * an attempt that stalled in at most 3 turns, and lost no more media or
- * control frames than fell due beyond their queues then (and a burst),
- * says "unjudged", with the stalls, instead of judging their losses.
+ * an attempt whose stalls took at most a quarter of its window, and that
+ * lost no more media or control frames than fell due beyond their queues'
+ * room in the stalls' turns (losses_of_stalls), says "unjudged", with the
+ * stalls, instead of judging their losses.
  *
  * Planes as in bench/planes.py: std plane 0 (priority 0), control plane 2
  * (priority 2), media plane 3 (priority 3, highest). rte_sched: one port,
@@ -119,6 +120,9 @@ static int verbose;
 
 static const uint16_t STD_SIZES[12] = {60, 594, 60, 60, 1464, 60, 594, 60, 594, 60, 60, 594};
 static const uint16_t CTRL_SIZES[3] = {260, 300, 340};
+/* the smallest frame of a protected plane, on the wire */
+static const double MIN_WIRE[DP_MAX_PLANES] = {
+    [PL_CTRL] = 260 + WIRE_OH, [PL_MEDIA] = 200 + WIRE_OH};
 
 static inline uint16_t
 frame_len(int plane, uint64_t i)
@@ -339,6 +343,17 @@ rte_qlen(struct sched *s, int plane)
     return qlen;
 }
 
+/* frames a protected plane's queue takes now: ours holds one frame
+ * outside its ring (the head waiting for tokens), which takes one fewer
+ * than the queue's length */
+static unsigned
+sched_room(struct sched *s, int plane)
+{
+    if (s->kind == OURS)
+        return rte_ring_free_count(s->q->q[plane]);
+    return PQLEN[plane] - rte_qlen(s, plane);
+}
+
 /*
  * rte_sched_port_free frees what is still queued, but it reads a full
  * queue (qw - qr == qsize) as empty and leaks its mbufs (DPDK 22.11, still
@@ -531,21 +546,29 @@ struct load_res {
     uint64_t alloc_fail;
     double cpu_wait;  /* share of the window spent waiting for the CPU */
     double max_gap_s; /* longest time between two turns of the loop in the window */
-    /* turns in the window in which more of a plane's frames fell due at
-     * once than its queue holds (the loop had stalled: its thread off the
-     * CPU, the vCPU stopped), and by how many frames in all */
+    /* turns in the window in which more of a protected plane's frames
+     * fell due at once than its queue had room for (the loop had stalled:
+     * its thread off the CPU, the vCPU stopped), by how many frames in
+     * all, and how long the loop had been away before them */
     unsigned overflow_turns;
     uint64_t overflow[DP_MAX_PLANES];
+    double stall_s;
     unsigned full_at_free; /* rte_sched: frames in full queues at the end */
 };
 
+/* one load scenario; where strict priority is judged (overload), the
+ * turns in which the loop stalled are found (struct load_res) */
 static void
-run_load(struct sched *s, const double offered_bps[DP_MAX_PLANES], struct load_res *r)
+run_load(struct sched *s, const double offered_bps[DP_MAX_PLANES], int judged, struct load_res *r)
 {
     memset(r, 0, sizeof(*r));
     struct lat lat[DP_MAX_PLANES] = {{0}};
     double rate[DP_MAX_PLANES], owed[DP_MAX_PLANES] = {0};
     uint64_t idx[DP_MAX_PLANES] = {0}, drops0[DP_MAX_PLANES], drops1[DP_MAX_PLANES];
+    uint64_t sent_all[DP_MAX_PLANES] = {0}, dropped[DP_MAX_PLANES], dbase[DP_MAX_PLANES];
+    int recovering[DP_MAX_PLANES] = {0}; /* a plane's queue still full after a stall */
+    sched_drops(s, dbase);
+    memcpy(dropped, dbase, sizeof(dropped));
     for (int p = 0; p < DP_MAX_PLANES; p++)
         rate[p] = offered_bps[p] / 8.0 / (double)hz; /* wire bytes per TSC cycle */
     double warm = seconds / 4 < 0.5 ? seconds / 4 : 0.5;
@@ -576,6 +599,20 @@ run_load(struct sched *s, const double offered_bps[DP_MAX_PLANES], struct load_r
                 continue;
             owed[p] += rate[p] * dt;
             uint64_t due0 = idx[p];
+            /* a protected plane's room, read from its scheduler where this
+             * turn's frames could fill its queue: where at most
+             * generated - sent - dropped frames are queued (the drops as
+             * last read: a queue with room for all that falls due drops
+             * none) and that leaves room for all that may fall due, its
+             * queue takes them all */
+            uint64_t room = PQLEN[p];
+            if (judged && p != PL_STD) {
+                uint64_t held = idx[p] - sent_all[p] - (dropped[p] - dbase[p]);
+                if (held + (uint64_t)(owed[p] / MIN_WIRE[p]) >= PQLEN[p] - 1) {
+                    sched_drops(s, dropped);
+                    room = sched_room(s, p);
+                }
+            }
             for (;;) {
                 uint16_t len = frame_len(p, idx[p]);
                 if (owed[p] < len + WIRE_OH)
@@ -601,17 +638,34 @@ run_load(struct sched *s, const double offered_bps[DP_MAX_PLANES], struct load_r
                     ng = 0;
                 }
             }
-            if (in_window && idx[p] - due0 > PQLEN[p]) {
-                r->overflow[p] += idx[p] - due0 - PQLEN[p];
-                over = 1;
+            /* more fell due than one dequeue takes and than there was room
+             * for: the loop had been away (a queue a scheduler kept full
+             * overflows by a frame or two a turn, and is not this); and in
+             * the turns after, until its queue has room again for a turn's
+             * frames and a dequeue's more, what the backlog leaves no room
+             * for */
+            uint64_t due = idx[p] - due0;
+            if (judged && p != PL_STD && due > room && (due > BURST || recovering[p])) {
+                recovering[p] = 1;
+                if (in_window) {
+                    r->overflow[p] += due - room;
+                    over = 1;
+                }
+            } else if (room >= due + BURST) {
+                recovering[p] = 0;
             }
         }
-        r->overflow_turns += (unsigned)over;
+        if (over) {
+            r->overflow_turns++;
+            r->stall_s += dt; /* cycles here, seconds below */
+        }
         if (ng)
             sched_enqueue(s, gen, ng, now);
         uint16_t n = sched_dequeue(s, out, BURST, rte_rdtsc());
         if (n) {
             uint64_t t = rte_rdtsc();
+            for (uint16_t i = 0; i < n; i++)
+                sent_all[DP_META(out[i])->plane & (DP_MAX_PLANES - 1)]++;
             if (in_window)
                 for (uint16_t i = 0; i < n; i++) {
                     const struct dp_meta *md = DP_META(out[i]);
@@ -626,6 +680,7 @@ run_load(struct sched *s, const double offered_bps[DP_MAX_PLANES], struct load_r
     r->window_s = (double)(rte_rdtsc() - t_w0) / (double)hz;
     r->cpu_wait = ((double)cpu_wait_ns() - r->cpu_wait) / (r->window_s * 1e9);
     r->max_gap_s /= (double)hz;
+    r->stall_s /= (double)hz;
     sched_drops(s, drops1);
     for (int p = 0; p < DP_MAX_PLANES; p++) {
         r->drops[p] = drops1[p] - drops0[p];
@@ -681,26 +736,26 @@ queue_span_s(const struct load_res *r, int p)
     return PQLEN[p] * avg_wire(p) / ((double)r->off_wire[p] / r->window_s);
 }
 
-/* the loop stalled longer than a protected plane's queue lasts (more of
- * its frames fell due in one turn than its queue holds) */
+/* the loop stalled: in some turn more of a protected plane's frames fell
+ * due at once than its queue had room for */
 static int
 stalled(const struct load_res *r)
 {
     return r->overflow[PL_MEDIA] > 0 || r->overflow[PL_CTRL] > 0;
 }
 
-/* turns of that kind are a stall when there are few; a scheduler whose
- * every call took that long would make them many, and be judged */
-#define MAX_STALLS 3
+/* stalls take at most this share of the window; a scheduler whose every
+ * call took that long would stall the loop for all of it, and be judged */
+#define MAX_STALL_SHARE 0.25
 
-/* the media and control losses of r are the stalls': a plane lost no more
- * than the frames its queue could not hold in the turns after them, and a
- * burst (what one dequeue may have left queued before the stall) */
+/* the media and control losses of r are the stalls': a queue tail-drops
+ * exactly what falls due beyond its room, so a plane that lost no more than
+ * that in the stalls' turns lost nothing anywhere else */
 static int
 losses_of_stalls(const struct load_res *r)
 {
-    return r->overflow_turns <= MAX_STALLS && r->drops[PL_MEDIA] <= r->overflow[PL_MEDIA] + BURST &&
-           r->drops[PL_CTRL] <= r->overflow[PL_CTRL] + BURST;
+    return r->stall_s <= MAX_STALL_SHARE * r->window_s &&
+           r->drops[PL_MEDIA] <= r->overflow[PL_MEDIA] && r->drops[PL_CTRL] <= r->overflow[PL_CTRL];
 }
 
 /*
@@ -714,7 +769,7 @@ losses_of_stalls(const struct load_res *r)
 static const char *
 check_strict(const struct load_res *r, double shaper_bps)
 {
-    static char buf[448];
+    static char buf[640];
     double w = r->window_s;
     double media = mbps(r->sent_wire[PL_MEDIA], w), ctrl = mbps(r->sent_wire[PL_CTRL], w);
     double std = mbps(r->sent_wire[PL_STD], w), want_std = shaper_bps / 1e6 - media - ctrl;
@@ -733,11 +788,12 @@ check_strict(const struct load_res *r, double shaper_bps)
         r->drops[PL_MEDIA], r->drops[PL_CTRL], std, want_std, r->p99[PL_MEDIA], r->p50[PL_STD]);
     if (!ok && stalled(r) && n > 0 && (size_t)n < sizeof(buf))
         snprintf(buf + n, sizeof(buf) - (size_t)n,
-                 ": the loop stalled %.1f ms at most, in %u turn(s) %" PRIu64 " media and %" PRIu64
-                 " control frames fell due beyond their queues (media's lasts %.1f ms, "
-                 "control's %.1f ms at their offered rates)",
-                 1e3 * r->max_gap_s, r->overflow_turns, r->overflow[PL_MEDIA], r->overflow[PL_CTRL],
-                 1e3 * queue_span_s(r, PL_MEDIA), 1e3 * queue_span_s(r, PL_CTRL));
+                 ": the loop stalled %.1f ms at most, %.1f ms in all before %u turn(s) in which "
+                 "%" PRIu64 " media and %" PRIu64 " control frames fell due beyond their queues' "
+                 "room (media's queue lasts %.1f ms, control's %.1f ms at their offered rates)",
+                 1e3 * r->max_gap_s, 1e3 * r->stall_s, r->overflow_turns, r->overflow[PL_MEDIA],
+                 r->overflow[PL_CTRL], 1e3 * queue_span_s(r, PL_MEDIA),
+                 1e3 * queue_span_s(r, PL_CTRL));
     return buf;
 }
 
@@ -808,7 +864,7 @@ measure_load(const char *scen, const struct contender *c, const double offered_b
     for (int a = 0; a <= retries; a++) {
         struct sched s;
         make(&s, c);
-        run_load(&s, offered_bps, &r);
+        run_load(&s, offered_bps, judged, &r);
         r.full_at_free = sched_free(&s);
         leak_check(scen);
         int st = judged && stalled(&r), best_st = judged && stalled(best);

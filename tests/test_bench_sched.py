@@ -67,10 +67,13 @@ def test_stall_longer_than_the_media_queue_is_unjudged(binary):
     assert int(ours.split("media lost ")[1].split(",")[0]) > 0, ours
     stall_ms = float(ours.split("the loop stalled ")[1].split(" ms")[0])
     assert stall_ms >= 60, ours
-    assert "media's lasts 4.6 ms" in ours, ours
-    # no more lost than fell due beyond the queue then (and a burst)
+    assert "media's queue lasts 4.6 ms" in ours, ours
+    stalls_ms = float(ours.split(" ms in all")[0].rsplit(" ", 1)[1])
+    assert stall_ms <= stalls_ms <= 0.25 * SECONDS * 1e3, ours
+    # no more lost than fell due beyond the queue's room then (a queue
+    # tail-drops exactly that)
     beyond = int(ours.split(" media and ")[0].rsplit(" ", 1)[1])
-    assert int(ours.split("media lost ")[1].split(",")[0]) <= beyond + 32, ours
+    assert int(ours.split("media lost ")[1].split(",")[0]) <= beyond, ours
     # the benchmark warns and keeps its figures ...
     res = sched._parse(lines)
     assert res["result"]["ours_ns_per_pkt"] > 0
