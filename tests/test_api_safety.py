@@ -24,6 +24,7 @@ from dataplane.api import (
     REQUEST_TIMEOUT_S,
     APIError,
     APIServer,
+    call,
 )
 from dataplane.checks import JSON_MAX_DEPTH
 from tests.test_service import IT_SPEC, Node, sh
@@ -473,9 +474,13 @@ def test_connections_are_bounded(node):
         with pytest.raises(APIError) as e:
             node.api("GET", "/v1/pods")
         assert e.value.status == 503
-        time.sleep(REQUEST_TIMEOUT_S + 1)  # the idle ones are answered 408, closed
-        assert [p["name"] for p in node.api("GET", "/v1/pods")] == [node.victim["name"]]
+        # the idle ones are answered 408 at their request timeout, and closed
+        for c in idle:
+            c.settimeout(REQUEST_TIMEOUT_S + 30)
         assert all(c.recv(20).startswith(b"HTTP/1.0 408") for c in idle)
+        # their slots given back as they close: served again
+        pods = call(node.sock, "GET", "/v1/pods", busy_wait=10)
+        assert [p["name"] for p in pods] == [node.victim["name"]]
     finally:
         for c in idle:
             c.close()
@@ -584,14 +589,21 @@ def test_idle_connections_to_the_metrics_port_take_nothing_the_node_needs(node):
         for _ in range(300):
             s = socket.create_connection(("127.0.0.1", node.metrics_port), timeout=5)
             idle.append(s)
-        time.sleep(0.5)  # the service has accepted (and closed) what it will not keep
+        # the service accepts them all, and closes at once what it will not
+        # keep (those still in its listen queue look open from here)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and sum(map(_open, idle)) > METRICS_MAX_CONNECTIONS:
+            time.sleep(0.1)
         held = fds() - before
         assert held <= METRICS_MAX_CONNECTIONS + 2, held
         assert node.api("GET", "/v1/status")["ports"]  # the control API answers
         # the kept ones are closed by the service once silent long enough
         kept = [s for s in idle if _open(s)]
         assert 0 < len(kept) <= METRICS_MAX_CONNECTIONS, len(kept)
-        time.sleep(METRICS_TIMEOUT_S + 1.0)
+        time.sleep(METRICS_TIMEOUT_S - 1.0)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and any(_open(s) for s in kept):
+            time.sleep(0.1)
         assert not any(_open(s) for s in kept)
     finally:
         for s in idle:
@@ -619,7 +631,6 @@ def test_an_api_socket_path_as_long_as_the_configuration_takes_is_served(tmp_pat
     server's name of its own while it starts must not be longer - in a
     short directory with a long name, and in a directory so deep that no
     name of its own fits beside it (bound in place then)."""
-    from dataplane.api import call
     from dataplane.checks import UNIX_PATH_MAX, check_unix_socket_path
 
     base = str(tmp_path)

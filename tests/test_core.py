@@ -843,11 +843,14 @@ def test_learning_from_at_most_half_the_tunnel_slots_of_vteps(eng):
         return {e.vtep for e in eng.fdb_list(0) if e.learned}
 
     hear(0, 600)
-    for _ in range(300):
-        if eng.learn_stats()["learned"] - base["learned"] >= 512:
+    end = time.monotonic() + 20  # the control thread takes the reports
+    while time.monotonic() < end:
+        st = eng.learn_stats()
+        if st["learned"] - base["learned"] >= 512 and (
+            st["refused_limit"] - base["refused_limit"] >= 88
+        ):
             break
         time.sleep(0.01)
-    time.sleep(0.2)  # the last reports taken
     assert len(vteps()) == 512, len(vteps())
     st = eng.learn_stats()
     assert st["learned"] - base["learned"] == 512, st
@@ -971,7 +974,7 @@ def test_entry_set_by_the_api_over_a_learned_one_from_the_same_vtep_is_kept(eng)
 
 def test_learned_mac_heard_again_is_confirmed_and_follows_a_move(eng):
     t = Topo(eng, learning=True)
-    eng.set_learning_limits(age_s=1.0)
+    eng.set_learning_limits(age_s=2.0)  # 1.9 s of slack for a stalled VM
     mac = "02:00:00:00:07:09"
 
     def hear(vtep, n=1):
@@ -984,10 +987,10 @@ def test_learned_mac_heard_again_is_confirmed_and_follows_a_move(eng):
     learn_from(t, mac, "10.0.0.77")
     base = eng.learn_stats()
     # heard every 0.1 s for three ages: confirmed each time, never aged out
-    for _ in range(30):
+    for _ in range(60):
         hear("10.0.0.77")
         time.sleep(0.1)
-        assert entry() is not None and entry().age_s < 1.0
+        assert entry() is not None and entry().age_s < 2.0
     now = eng.learn_stats()
     assert now["aged"] == base["aged"] and now["learned"] == base["learned"]
     # now from another VTEP the core already knows (R1's): the entry moves

@@ -77,11 +77,12 @@ def test_pings_between_pods_take_the_lane_and_are_counted(node):
     assert ra["express"]["tx_packets"] - before_a["express"]["tx_packets"] == 50
     assert ra["express"]["rx_bytes"] - before_a["express"]["rx_bytes"] == 50 * 98
     assert ra["express"]["to_core_packets"] == 0  # nothing handed back
-    # the core saw none of the echoes: what it had from a is ARP and the
-    # IPv6 multicast a new interface sends (router solicitations, MLD)
+    # the core saw none of the echoes, and they are counted once: what it
+    # had from a is ARP and the IPv6 multicast a new interface sends (router
+    # solicitations, MLD, DAD: more of it the longer the set-up took)
     lane_rx = ra["express"]["rx_packets"] - before_a["express"]["rx_packets"]
     all_rx = ra["rx_packets"] - before_a["rx_packets"]
-    assert 50 <= all_rx < 50 + 10, (ra, before_a)
+    assert 50 <= all_rx < 50 + 40, (ra, before_a)
     # the port's and the network's counters hold the lane's frames too
     assert ra["rx_bytes"] - before_a["rx_bytes"] >= 50 * 98
     assert rb["tx_packets"] - before_b["tx_packets"] >= lane_rx
@@ -347,7 +348,8 @@ def test_frames_to_a_pod_whose_interface_is_down_are_the_cores_to_count(node):
 
     x0, d0 = counts()
     send(20)
-    x1, d1 = counts()
+    # counted as the kernel takes them in (its softirq may come later)
+    x1, d1 = until(lambda c: c[0] - x0 + c[1] - d0 >= 20, "20 frames not counted")
     assert (x1 - x0, d1 - d0) == (20, 0), (x0, d0, x1, d1)
     sh("ip", "-n", b["ns"], "link", "set", ifname_of(b), "down")
     # the service sees it when the kernel tells it: from then on the lane

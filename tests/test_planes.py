@@ -378,9 +378,10 @@ def test_a_low_rate_is_kept_exactly(planes):
         if 30 in marks:
             break
         time.sleep(0.005)
-    # 16 frames apart: their time on a 12 kbit/s wire
+    # 16 frames apart: their time on a 12 kbit/s wire (within 20 %, which a
+    # stalled VM may take at either mark; 18 kbit/s would be a third less)
     want = 16 * wire_bits(size) / rate
-    assert 0.9 * want <= marks[30] - marks[14] <= 1.1 * want, (marks[30] - marks[14], want)
+    assert 0.8 * want <= marks[30] - marks[14] <= 1.2 * want, (marks[30] - marks[14], want)
 
 
 def test_a_guaranteed_plane_borrows_one_burst_from_the_port(planes):

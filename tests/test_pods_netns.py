@@ -34,8 +34,10 @@ def root_links():
     return {link["ifname"] for link in ip_json("link", "show")}
 
 
-def wait_gone(name, timeout=3.0):
-    """Deleting a veth is synchronous, a namespace's end is not always."""
+def wait_gone(name, timeout=30.0):
+    """Deleting a veth is synchronous, a namespace's end is not always (the
+    kernel tears namespaces down in one queue, which the other lane's
+    tests fill too)."""
     end = time.time() + timeout
     while name in root_links() and time.time() < end:
         time.sleep(0.05)

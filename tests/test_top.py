@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -34,6 +33,34 @@ def top(n, *args):
     )
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+def top_started(n, *args):
+    """``dataplane top`` running, returned once it has made its first read
+    (asleep for its interval: however long its start took on a busy VM)."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "dataplane.cli", "top", "--socket", n.sock, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    end = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < end:
+        with open(f"/proc/{p.pid}/wchan") as f:
+            if "nanosleep" in f.read():
+                return p
+        time.sleep(0.02)
+    p.kill()
+    out, err = p.communicate()
+    raise AssertionError(f"top made no first read: {out}{err}")
+
+
+def top_ended(p):
+    """The stdout of ``top_started``'s process, once it has ended well."""
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    return out
 
 
 @pytest.mark.netns
@@ -98,13 +125,9 @@ def test_top_shows_the_frames_of_the_interval(tmp_path):
 
         # the command: one report over a window the pings fall in (some of
         # them at least: its first read is made when its process is up)
-        out = {}
-        t = threading.Thread(target=lambda: out.update(r=top(n, "-n", "1", "-d", "6", "--json")))
-        t.start()
-        time.sleep(1.5)
+        t = top_started(n, "-n", "1", "-d", "6", "--json")
         pings(PINGS)
-        t.join()
-        (line,) = out["r"].splitlines()
+        (line,) = top_ended(t).splitlines()
         r = json.loads(line)
         assert r["interval_s"] >= 5.9 and r["node"] == after["node"], r
         ports = {p["port"]: p for p in r["ports"]}
@@ -120,21 +143,18 @@ def test_top_shows_the_frames_of_the_interval(tmp_path):
 
         # the service restarted within top's interval: whatever its new
         # counters, no rate for that interval, and the report says why
-        out = {}
-        t = threading.Thread(target=lambda: out.update(r=top(n, "-n", "1", "-d", "15")))
-        t.start()
-        time.sleep(1.5)  # its first read made
+        t = top_started(n, "-n", "1", "-d", "15")
         n.stop()
         n.start()
         while n.api("GET", "/v1/status")["started_at"] is None:  # its API opens first
             time.sleep(0.05)
         # top's second read is still to come: the restart fell in its interval
-        assert t.is_alive() and not out, "top's interval ended before the restart did"
+        assert t.poll() is None, "top's interval ended before the restart did"
         restarted = n.api("GET", "/v1/status")  # a read of the restarted service
         pings(PINGS)
-        t.join()
-        assert "the service restarted in the interval: no rates for it (shown as -)" in out["r"]
-        assert "drops/s: -" in out["r"], out["r"]
+        text = top_ended(t)
+        assert "the service restarted in the interval: no rates for it (shown as -)" in text
+        assert "drops/s: -" in text, text
         # what says it: the service's start time, the same in the two reads
         # of one run, another in a read after the restart
         assert before["started_at"] == after["started_at"] and not r["restarted"]
