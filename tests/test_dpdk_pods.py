@@ -77,12 +77,14 @@ def _testpmd_present():
 
 
 @pytest.fixture
-def sockdir():
-    """A short base directory for pod sockets (sun_path has 108 bytes)."""
+def sockdir(fabric):
+    """A short base directory for pod sockets (sun_path has 108 bytes),
+    removed once the fabric's node services have stopped (a service still
+    running would make its directories in it again)."""
     d = tempfile.mkdtemp(prefix="dpk", dir="/tmp")
     os.chmod(d, 0o755)  # an unprivileged pod reaches its own directory
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    fabric.after.append(lambda: shutil.rmtree(d, ignore_errors=True))
+    return d
 
 
 def frames(src, dst, tag, n=N_FRAMES):
