@@ -157,3 +157,29 @@ def test_a_static_host_is_refused_a_nodes_vtep(prefix, stores):
     with pytest.raises(ConfigError, match="is the VTEP of node node1"):
         s.put_static_endpoint("vm1", "net1", "02:00:00:0a:00:01", "192.168.10.200", "10.0.0.1")
     assert [e["vtep"] for e in s.endpoints(pod="vm1")] == ["10.0.0.50"]
+
+
+def test_a_node_is_refused_a_static_hosts_vtep(server, prefix, stores):
+    """The other way round: a node whose VTEP address is a static host's is
+    refused its claim, naming the host, and nothing is written; ``dataplane
+    check`` says the same; once the host is removed the node may start."""
+    from dataplane.startchecks import check_store
+
+    s = stores()
+    s.put_network("net1", 101, "std", SUBNET)
+    s.put_static_endpoint("vm1", "net1", "02:00:00:0a:00:01", "192.168.10.200", "10.0.0.50")
+    want = "vtep.address: 10.0.0.50 is the VTEP of static host vm1 ('dataplane host list')"
+    n5 = stores()
+    assert want in (n5.claim_problem("node5", "10.0.0.50", "host5") or "")
+    with pytest.raises(ConfigError) as e:
+        n5.claim_node("node5", "10.0.0.50", "host5", networks=["net1"])
+    assert want in str(e.value)
+    assert _claimed(s) == [] and n5._claim is None  # no claim written
+    report = check_store(_config("node5", "10.0.0.50/24", server.url, prefix))
+    assert [x for x in report.errors if want in x], report.errors
+    # another address: not refused
+    assert n5.claim_problem("node5", "10.0.0.5", "host5") is None
+    s.delete_pod("vm1")  # what 'dataplane host del' does
+    assert n5.claim_problem("node5", "10.0.0.50", "host5") is None
+    n5.claim_node("node5", "10.0.0.50", "host5", networks=["net1"])
+    assert _claimed(s) == [("node5", "10.0.0.50")]

@@ -273,9 +273,32 @@ class EtcdStore(StateStore):
 
     def claim_problem(self, node: str, vtep: str, host: str) -> Optional[str]:
         """Why :meth:`claim_node` would refuse the name now (a running
-        service of another VTEP or host holds it), or None; read only."""
+        service of another VTEP or host holds it, or the VTEP is another
+        node's or a static host's), or None; read only."""
         claims = self.client.items(self._k("nodes", ""), loose=True)
-        return _claim_refusal(node, {"vtep": vtep, "host": host}, claims)
+        why = _claim_refusal(node, {"vtep": vtep, "host": host}, claims)
+        if why is None:
+            why = self._static_vtep(self.client.items(self._k("endpoints", ""), loose=True), vtep)
+        return why
+
+    @staticmethod
+    def _static_vtep(endpoints, vtep: str) -> Optional[str]:
+        """Why a node may not have VTEP address ``vtep``: a static host's
+        endpoint in ``endpoints`` ((key, record) pairs) is behind it; else
+        None."""
+        for _, ep in endpoints:
+            if not isinstance(ep, dict) or not same_ip(ep.get("vtep"), vtep):
+                continue
+            node = str(ep.get("node") or "")
+            if node.startswith(STATIC_NODE_PREFIX):
+                return (
+                    f"vtep.address: {vtep} is the VTEP of static host "
+                    f"{node[len(STATIC_NODE_PREFIX) :]} ('dataplane host list'): each node "
+                    "needs a VTEP of its own (the other nodes would send this node's pods' "
+                    "traffic to that host); remove the host ('dataplane host del') or give "
+                    "this node another address"
+                )
+        return None
 
     def _put_claim(self, node, lease, rec):
         """Write the claim unless another VTEP or host holds the name, or a
@@ -289,6 +312,14 @@ class EtcdStore(StateStore):
         def body(tx):
             tx.get(key)  # the name's own key compared too (deleted meanwhile)
             why = _claim_refusal(node, rec, tx.items(self._k("nodes", ""), loose=True))
+            if why is None:
+                # the endpoints are read, not guarded (any pod's change
+                # would fail the commit): a static host added once this
+                # claim is in is refused by its own transaction (it guards
+                # the claims), one added in the moment between this read and
+                # the commit is not seen
+                eps = tx.items(self._k("endpoints", ""), guard=False, loose=True)
+                why = self._static_vtep(eps, rec["vtep"])
             if why is None:
                 tx.put(key, rec, lease=lease)
             return why
