@@ -1150,8 +1150,8 @@ def _plane(name, spec, p, workers, uplink_rx_queues) -> PlaneConfig:
     if not isinstance(name, str) or not _PLANE_RE.fullmatch(name):
         raise fail(
             p,
-            f"{show(name)} is not a valid plane name (lower-case letter, then "
-            "letters, digits, '_' or '-'; at most 15)",
+            f"{show(name)} is not a valid plane name (a lower-case letter, then "
+            "lower-case letters, digits, '_' or '-'; at most 15)",
         )
     spec = check_keys({} if spec is None else spec, p, _PLANE_KEYS)
     default = DEFAULT_PLANES.get(name)
