@@ -325,6 +325,30 @@ def uplink_wire_sized(ifname: str) -> bool:
         return True
 
 
+def netns_local(ifname: str) -> bool:
+    """Whether ``ifname`` (in this namespace) is bound to it, so that no
+    move to another namespace passes: a loopback, a bridge, or a device the
+    kernel's ``netns-local`` feature says so of (kernels before 6.12 show
+    it; later ones keep it to themselves, and the move is refused then)."""
+    sys_dev = os.path.join("/sys/class/net", ifname)
+    try:
+        with open(os.path.join(sys_dev, "flags")) as f:
+            if int(f.read(), 16) & 0x8:  # IFF_LOOPBACK
+                return True
+    except (OSError, ValueError):
+        return False
+    if os.path.isdir(os.path.join(sys_dev, "bridge")):
+        return True
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            names = _feature_names(sock, ifname)
+            if "netns-local" not in names:
+                return False
+            return names.index("netns-local") in _features(sock, ifname, len(names))[1]
+    except OSError:
+        return False
+
+
 _SIOCGIFFLAGS = 0x8913
 _SIOCGIFMTU = 0x8921
 _SIOCGIFINDEX = 0x8933

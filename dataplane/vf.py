@@ -121,10 +121,16 @@ def _refuse_held(store, held: str, device: str, rec: dict):
         )
 
 
+# the tunnel taps node services make beside their uplinks (podnet.tunnel_tap_name)
+_TUNNEL_TAP_RE = re.compile(r"^dpgso[0-9]+$")
+
+
 def refuse_own(device: str, names, pcis):
     """Busy if ``device`` (a name or a PCI address) is one of the
-    dataplane's own: an interface in ``names`` (the uplink, pods' veths)
-    or a PCI device in ``pcis`` (a DPDK uplink's), however it is named."""
+    dataplane's own: an interface in ``names`` (the uplink, pods' veths), a
+    node service's tunnel tap, or a PCI device in ``pcis`` (a DPDK
+    uplink's), however it is named; ConfigError for the node's loopback.
+    Nothing is changed before."""
     try:
         name, pci = resolve(device)
     except ConfigError:  # not here (held, in a pod's namespace; or none): take says which
@@ -134,6 +140,18 @@ def refuse_own(device: str, names, pcis):
     own_pcis = {_full_pci(p) for p in pcis if p}
     if device in names or name in names or (pci is not None and pci in own_pcis):
         raise Busy(f"vf device {device} is the dataplane's own (uplink or a pod's veth)")
+    if name is not None and _TUNNEL_TAP_RE.match(name):
+        raise Busy(
+            f"vf device {device} is the dataplane's own (a node service's tunnel tap, "
+            "which carries its uplink's VXLAN super-frames)"
+        )
+    from .podnet import netns_local
+
+    if name is not None and netns_local(name):
+        raise ConfigError(
+            f"vf device {device} is bound to the node's namespace (a loopback, a "
+            "bridge): no pod can have it"
+        )
 
 
 def _full_pci(addr: str) -> str:
@@ -203,7 +221,7 @@ def take(
     ``gateway6`` on a dual-stack network); what the pod's application needs
     (pci, device). On failure the device is given back."""
     from .podlife import netns_identity
-    from .podnet import _IFA_F_NODAD, _ip6_on, _ipr, _open_netns
+    from .podnet import _IFA_F_NODAD, _err_code, _ip6_on, _ipr, _open_netns
 
     key = meta_key(store, device)
     rec = holder(store, device)
@@ -265,7 +283,17 @@ def take(
             with _ipr() as ipr:
                 ipr.link("set", index=idx, state="down")
                 ipr.link("set", index=idx, ifname=tmp)
-                ipr.link("set", index=idx, net_ns_fd=nsfd)
+                try:
+                    ipr.link("set", index=idx, net_ns_fd=nsfd)
+                except Exception as e:  # noqa: BLE001 - pyroute2's NetlinkError
+                    code = _err_code(e)
+                    if code is None:
+                        raise
+                    # (given back below: its name and state as they were)
+                    raise ConfigError(
+                        f"vf device {device}: cannot be moved into the pod's namespace: "
+                        f"{os.strerror(code)}"
+                    ) from None
             if pf:  # its VLAN and checks at the PF while it is down: no frame
                 # leaves before them (the link-local's, the application's)
                 _set_at_pf(

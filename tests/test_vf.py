@@ -216,17 +216,46 @@ def test_vf_given_back_after_kill_and_replay(fabric, sockdir):
 
 
 def test_dataplane_devices_refused_as_vf(fabric, sockdir):
-    """The uplink and a pod's veth are the dataplane's: never handed out."""
+    """The uplink, a pod's veth and the uplink's tunnel tap are the
+    dataplane's: never handed out; nor is a device bound to the node's
+    namespace (its loopback, a bridge), which was taken down before the
+    move failed. Each is refused before anything changes."""
     fab = fabric()
     node = node_with_sockets(fab, sockdir)
     from dataplane.api import APIError
 
-    for dev in ("uplink0",):
-        _, body = vf_pod(fab, node, "u", device=dev)
-        with pytest.raises(APIError, match=f"vf device {dev} is the dataplane's own"):
+    [tap] = [x["ifname"] for x in json.loads(ipn(node.ns, "-j link show").stdout)
+             if x["ifname"].startswith("dpgso")]  # fmt: skip
+
+    def tc_filters():
+        return sh("ip", "netns", "exec", node.ns, "tc", "filter", "show", "dev", tap, "ingress")
+
+    tc_before = tc_filters().stdout
+    assert "mirred" in tc_before, tc_before  # its super-frames go to the uplink
+    ipn(node.ns, "link add vfbr0 type bridge")
+    node.host_links.add("vfbr0")
+    ipn(node.ns, "link set vfbr0 up")
+    for i, (dev, words) in enumerate(
+        (
+            ("uplink0", "vf device uplink0 is the dataplane's own (uplink or a pod's veth)"),
+            (tap, f"vf device {tap} is the dataplane's own (a node service's tunnel tap"),
+            ("lo", "vf device lo is bound to the node's namespace (a loopback, a bridge)"),
+            ("vfbr0", "vf device vfbr0 is bound to the node's namespace"),
+        )
+    ):
+        before = link(node.ns, dev)
+        _, body = vf_pod(fab, node, f"u{i}", device=dev)
+        with pytest.raises(APIError) as e:
             node.api("POST", "/v1/pods", body)
-    assert node.api("GET", "/v1/pods") == []
-    assert link(node.ns, "uplink0") is not None
+        assert words in str(e.value) and e.value.status in (400, 409), e.value
+        assert node.api("GET", "/v1/pods") == []
+        now = link(node.ns, dev)
+        assert now is not None and (now["ifindex"], now["flags"], now["addr_info"]) == (
+            before["ifindex"],
+            before["flags"],
+            before["addr_info"],
+        ), (dev, before, now)
+    assert tc_filters().stdout == tc_before  # the tap keeps its redirect
 
 
 def test_a_vf_add_refused_before_anything_moves(fabric, sockdir):
