@@ -280,6 +280,10 @@ def parse_pod_spec(obj, config: NodeConfig) -> PodSpec:
                 dhcp_server=plane in dhcp,
             )
         )
+    for p in out:  # one socket directory, one owner: every socket the pod's user's
+        if p.kind in SOCKET_KINDS:
+            for key, (_, value) in owners.items():
+                p.options.setdefault(key, value)
     return PodSpec(pod_type=pod_type, planes=out)
 
 

@@ -355,3 +355,12 @@ def test_socket_planes_of_one_pod_with_different_owners_refused():
     ):
         ps = parse_pod_spec(s, cfg)
         assert parse_pod_spec(ps.to_dict(), cfg) == ps
+    # a socket plane that gives none has the pod's owner: every socket in
+    # the pod's directory is its user's (a veth plane has none)
+    ps = parse_pod_spec(spec({**memif, "uid": 1000}, {**vhost, "gid": 5}), cfg)
+    assert [(p.options.get("uid"), p.options.get("gid")) for p in ps.planes] == [
+        (1000, 5),
+        (1000, 5),
+    ]
+    ps = parse_pod_spec(spec({**memif, "uid": 1000}, "rtp0"), cfg)
+    assert [p.options.get("uid") for p in ps.planes] == [1000, None]
