@@ -41,7 +41,7 @@ from .checks import (
     fail,
 )
 from .errors import AlreadyExists, Busy, ConfigError, NotFound
-from .logs import log
+from .logs import log, warning_event
 
 LEASE_S = 15.0
 SNAPLEN_DEFAULT = 9216
@@ -379,7 +379,15 @@ class Captures:
                 # its client, back after a pause (Ctrl-Z, a slow reader of its
                 # output) however long, is told why and gets what it took,
                 # unless a next capture started meanwhile
-                self._end(f"not read for {LEASE_S:g} s")
+                why = f"not read for {LEASE_S:g} s"
+                warning_event(
+                    "capture ended by the service: its client stopped reading it (killed, "
+                    "or stopped)",
+                    capture=cur["id"],
+                    interfaces=[i["name"] for i in cur["interfaces"]],
+                    why=why,
+                )
+                self._end(why)
 
     def close(self):
         self._stop.set()

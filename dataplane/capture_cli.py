@@ -30,7 +30,9 @@ from .pcapng import PcapngWriter, clock, headers_size, summary
 POLL_S = 0.05
 #: how long an interrupted client waits for the service to take its stop
 CANCEL_WAIT_S = 2.0
-STOPS = (signal.SIGINT, signal.SIGTERM)
+#: what stops a capture as Ctrl-C does: SIGHUP too (its terminal gone: the
+#: capture must not go on in the core until the service's timeout)
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTED = "dataplane capture: interrupted before the capture started"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -55,7 +57,9 @@ def add_parser(sub):
     p.add_argument(
         "filter", nargs="*", default=[], help="pcap-filter expression (default: every frame)"
     )
-    p.add_argument("-w", "--write", metavar="FILE", help="write pcapng to FILE")
+    p.add_argument(
+        "-w", "--write", metavar="FILE", help="write pcapng to FILE ('-': standard output)"
+    )
     p.add_argument(
         "-c", "--count", type=int, default=0, help="stop after COUNT frames (0: no limit)"
     )
@@ -83,10 +87,24 @@ def add_parser(sub):
     return p
 
 
+def _unlinked(path) -> bool:
+    """``path`` removed (False if it could not be)."""
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
 def _open(path, new):
     """``path`` opened raw for writing, not yet emptied (a capture that does
     not start leaves a file that was there as it was): made here if ``new``
-    (None if it exists), else as it is (a pipe's open waits for its reader)."""
+    (None if it exists), else as it is (a pipe's open waits for its reader).
+    ``-`` is standard output, as for tcpdump (never made here)."""
+    if path == "-":
+        if new:
+            return None
+        return open(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if new else 0)
     try:
         return open(os.open(path, flags, 0o666), "wb", buffering=0)
@@ -102,11 +120,12 @@ def run(args):
     if args.max_size and not args.write:
         raise SystemExit("dataplane capture: --max-size needs -w FILE")
 
-    stops = _Stops()  # timeout(1), kill: stop as on Ctrl-C
-    # (a Ctrl-C ignored, as by a shell for a command it runs in the background, stays so)
+    stops = _Stops()  # timeout(1), kill, a hangup: stop as on Ctrl-C
+    # (a Ctrl-C ignored, as by a shell for a command it runs in the
+    # background, stays so; a hangup ignored, as under nohup, too)
     old = [
         signal.getsignal(s)
-        if signal.getsignal(s) == signal.SIG_IGN and s == signal.SIGINT
+        if signal.getsignal(s) == signal.SIG_IGN and s in (signal.SIGINT, signal.SIGHUP)
         else signal.signal(s, stops)
         for s in STOPS
     ]
@@ -452,7 +471,15 @@ def _capture(args, stops):
                 os.unlink(args.write)
         raise SystemExit(refused)
     s = stats or {}
-    if failed:
+    if failed and writer is None:  # not even its headers: no capture file at all
+        stays = created and not _unlinked(args.write)
+        print(
+            f"dataplane capture: -w {args.write}: {failed.strerror or failed}; "
+            "the capture stopped, nothing was written"
+            + (" (the file is removed)" if created and not stays else ""),
+            file=sys.stderr,
+        )
+    elif failed:
         print(
             f"dataplane capture: -w {args.write}: {failed.strerror or failed}; "
             "the capture stopped, the file ends with its last whole frame",

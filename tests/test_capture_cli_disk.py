@@ -4,6 +4,7 @@ its last whole block and one line saying why, ``--max-size`` ends it before
 the file passes the size, and Ctrl-C while the capture starts removes the
 file the client made, never one that was there."""
 
+import contextlib
 import json
 import os
 import re
@@ -276,3 +277,93 @@ def test_ctrl_c_while_the_capture_starts_removes_only_the_file_it_made(node, tmp
         else:
             assert out.read_bytes() == b"an earlier capture"
     assert node.api("GET", "/v1/status")  # the service went on
+
+
+def test_a_hangup_stops_the_capture_as_ctrl_c_does(node, tmp_path, procs):
+    """The client's terminal or ssh session gone (SIGHUP): the capture is
+    stopped in the core and its file closed whole, not left running until
+    the service's lease ends it; under nohup (SIGHUP ignored) it goes on."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    out = tmp_path / "hup.pcapng"
+    cap = capture(node, procs, "a:std", "-w", str(out))
+    started(cap)
+    assert subprocess.run(
+        ["ip", "netns", "exec", a["ns"], "ping", "-q", "-c", "3", "-i", "0.1", ip_of(b)]
+    ).returncode == 0  # fmt: skip
+    cap.send_signal(signal.SIGHUP)
+    assert cap.wait(30) == 0, cap.stderr.read()
+    err = cap.stderr.read()
+    assert written(err) >= 6 and pcapng_blocks(out).count(EPB) == written(err), err
+    assert node.api("GET", "/v1/status")["capture"] is None  # stopped in the core
+    nothing_left_running(node, procs)
+    # SIGHUP ignored before it starts (nohup): the capture runs on
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+         "from dataplane.cli import main; sys.exit(main())", "capture", "a:std", "-w",
+         str(out), "--socket", node.sock],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    procs.append(p)
+    started(p)
+    p.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert p.poll() is None
+    p.send_signal(signal.SIGINT)
+    assert p.wait(30) == 0, p.stderr.read()
+
+
+def test_a_capture_to_standard_output(node, tmp_path, procs):
+    """``-w -``: the pcapng goes to standard output (into a pipe, as to
+    ``tshark -r -``), the messages to standard error; no file named '-'."""
+    a = node.pod("a", CT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    cap = subprocess.Popen(
+        [sys.executable, "-m", "dataplane.cli", "capture", "a:std", "-c", "6", "-w", "-",
+         "icmp", "--socket", node.sock],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    procs.append(cap)
+    assert b"capturing" in cap.stderr.readline()
+    assert subprocess.run(
+        ["ip", "netns", "exec", a["ns"], "ping", "-q", "-c", "3", "-i", "0.1", ip_of(b)]
+    ).returncode == 0  # fmt: skip
+    data, err = cap.communicate(timeout=30)
+    assert cap.returncode == 0, err
+    path = tmp_path / "stdout.pcapng"
+    path.write_bytes(data)
+    assert pcapng_blocks(path).count(EPB) == 6
+    assert len(scapy_frames(path)) == 6
+    assert not (tmp_path / "-").exists()
+    assert b"dataplane: 6 frames written to -" in err, err
+
+
+def test_a_disk_full_before_the_headers_leaves_no_file(node, tmp_path, procs):
+    """The file made, the disk already full: its headers cannot be written,
+    so the capture stops, says nothing was written and removes the (empty)
+    file it made - no 0-byte file that no reader takes."""
+    node.pod("a", CT_SPEC)
+    small = tmp_path / "small"
+    small.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small))
+    try:
+        filler = small / "filler"
+        with open(filler, "wb", buffering=0) as f:  # every block taken
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+        out = small / "g.pcapng"
+        cap = capture(node, procs, "a:std", "-w", str(out))
+        assert cap.wait(30) == 1
+        err = cap.stderr.read()
+        assert "Traceback" not in err, err
+        assert (
+            f"dataplane capture: -w {out}: No space left on device; the capture stopped, "
+            "nothing was written (the file is removed)"
+        ) in err, err
+        assert not out.exists()
+        nothing_left_running(node, procs)
+    finally:
+        if sh("umount", str(small), check=False).returncode:
+            sh("umount", "-l", str(small), check=False)

@@ -322,6 +322,10 @@ def test_a_client_paused_past_the_lease_is_told_why_its_capture_ended(short_leas
     err = cap.stderr.read()
     assert f"dataplane: the capture ended: not read for {SHORT_LEASE_S} s" in err, err
     assert "stopped answering" not in err, err
+    # the service's log says why the lane paused and a next capture was refused
+    log = (node.tmp / "service.log").read_text()
+    said = [x for x in log.splitlines() if "capture ended by the service: its client" in x]
+    assert len(said) == 1 and f"not read for {SHORT_LEASE_S} s" in said[0], log[-2000:]
     m = SUMMARY.search(err)
     assert m, err
     n, matched, dropped = (int(g) for g in m.groups())
