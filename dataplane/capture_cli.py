@@ -34,6 +34,8 @@ CANCEL_WAIT_S = 2.0
 #: capture must not go on in the core until the service's timeout)
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTED = "dataplane capture: interrupted before the capture started"
+#: -s: every frame whole (a jumbo frame's 9216 bytes) but a GSO super-frame
+SNAPLEN_DEFAULT = 9216
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -79,7 +81,13 @@ def add_parser(sub):
         "its reason (by the port they came in by, or, dropped at a port's transmit, "
         "the port they were to leave by), or all",
     )
-    p.add_argument("-s", "--snaplen", type=int, default=9216, help="bytes kept per frame")
+    p.add_argument(
+        "-s",
+        "--snaplen",
+        type=int,
+        default=SNAPLEN_DEFAULT,
+        help=f"bytes kept per frame (0: {SNAPLEN_DEFAULT}, as large as a jumbo frame)",
+    )
     # -c is the frame count here, as for tcpdump: the config is --config only
     p.add_argument("--socket", help="control API socket")
     p.add_argument("--config", help="node config (for its api_socket)")
@@ -119,6 +127,8 @@ def run(args):
         raise SystemExit("dataplane capture: --count and --duration are >= 0 (0: no limit)")
     if args.max_size and not args.write:
         raise SystemExit("dataplane capture: --max-size needs -w FILE")
+    if args.snaplen == 0:  # tcpdump's "whole frames"
+        args.snaplen = SNAPLEN_DEFAULT
 
     stops = _Stops()  # timeout(1), kill, a hangup: stop as on Ctrl-C
     # (a Ctrl-C ignored, as by a shell for a command it runs in the

@@ -315,12 +315,13 @@ def test_a_hangup_stops_the_capture_as_ctrl_c_does(node, tmp_path, procs):
 
 def test_a_capture_to_standard_output(node, tmp_path, procs):
     """``-w -``: the pcapng goes to standard output (into a pipe, as to
-    ``tshark -r -``), the messages to standard error; no file named '-'."""
+    ``tshark -r -``), the messages to standard error; no file named '-'.
+    ``-s 0``, as for tcpdump: whole frames."""
     a = node.pod("a", CT_SPEC)
     b = node.pod("b", IT_SPEC)
     cap = subprocess.Popen(
         [sys.executable, "-m", "dataplane.cli", "capture", "a:std", "-c", "6", "-w", "-",
-         "icmp", "--socket", node.sock],
+         "-s", "0", "icmp", "--socket", node.sock],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -334,7 +335,7 @@ def test_a_capture_to_standard_output(node, tmp_path, procs):
     path = tmp_path / "stdout.pcapng"
     path.write_bytes(data)
     assert pcapng_blocks(path).count(EPB) == 6
-    assert len(scapy_frames(path)) == 6
+    assert [len(f) for f in scapy_frames(path)] == [98] * 6  # echoes of 56 bytes, whole
     assert not (tmp_path / "-").exists()
     assert b"dataplane: 6 frames written to -" in err, err
 
