@@ -107,6 +107,34 @@ def test_not_a_database(tmp_path):
         SqliteStore(str(p))
 
 
+def test_damage_past_what_the_open_read_is_named_not_raised_raw(tmp_path):
+    """A state file whose pages past those read at open are damaged: a read
+    or a write says which file and what, as a DataplaneError (the CLI's
+    message, the API's error), never SQLite's own exception."""
+    p = tmp_path / "state.db"
+    s = SqliteStore(str(p))
+    for i in range(300):  # pods' rows over many pages
+        s.put_pod(f"pod{i:03d}", f"/var/run/netns/x{i}", {"pod_type": "it", "pad": "x" * 200})
+    s.close()
+    db = sqlite3.connect(p)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = bytearray(p.read_bytes())
+    page = 4096
+    assert len(data) > 8 * page
+    for off in range(4 * page, len(data), page):  # the pods' pages, not the schema's
+        data[off : off + 64] = b"\xff" * 64
+    p.write_bytes(bytes(data))
+    s = SqliteStore(str(p))  # the schema's page reads well
+    try:
+        with pytest.raises(DataplaneError, match=r"state\.db: not a readable SQLite state file"):
+            s.pods()
+        with pytest.raises(DataplaneError, match=r"state\.db: not a readable SQLite state file"):
+            s.put_pod("new", "/var/run/netns/new", {"pod_type": "it"})
+    finally:
+        s.close()
+
+
 def test_networks(store):
     store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
     store.put_network("net3", 300, "media", "192.168.30.0/24")

@@ -227,7 +227,7 @@ class SqliteStore(StateStore):
     @contextmanager
     def _read(self):
         """One read transaction: what it reads is of one moment."""
-        with self._lock:
+        with self._lock, self._readable():
             self._db.execute("BEGIN")
             try:
                 yield _Cursor(self._db)
@@ -235,11 +235,24 @@ class SqliteStore(StateStore):
                 self._db.execute("ROLLBACK")
 
     @contextmanager
+    def _readable(self):
+        """A damaged file (pages past those read at open) read: said as a
+        DataplaneError naming the file, not as SQLite's exception."""
+        try:
+            yield
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as e:
+            msg = f"store {self.path}: not a readable SQLite state file ({e})"
+            log.error("%s", msg)
+            raise DataplaneError(msg) from None
+
+    @contextmanager
     def _tx(self):
         """One write transaction (BEGIN IMMEDIATE: takes the write lock now)."""
         if self.read_only:
             raise DataplaneError(f"store {self.path}: opened read only, nothing is written")
-        with self._lock:
+        with self._lock, self._readable():
             cur = _Cursor(self._db)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -269,7 +282,7 @@ class SqliteStore(StateStore):
         return DataplaneError(msg)
 
     def _query(self, sql, args=()):
-        with self._lock:
+        with self._lock, self._readable():
             return self._db.execute(sql, args).fetchall()
 
     def close(self):
