@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Mapping, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .checks import UNIX_PATH_MAX, brief, check_keys, fail, load_json_object
 from .errors import (
@@ -449,13 +449,7 @@ class APIServer:
         # one bound but not yet listening, which refuses it). The name is
         # short: a path near the 107 bytes of a unix socket's may not grow;
         # in a directory too deep even for it, bound in place.
-        tmp = os.path.join(os.path.dirname(path), f".api-{os.getpid()}.new")
-        if len(tmp.encode()) > UNIX_PATH_MAX:
-            tmp = path
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp = self._tmp_name()
         old = os.umask(0o177)
         try:
             self.server = _UnixHTTPServer(tmp, RequestHandler, max_connections)
@@ -464,12 +458,65 @@ class APIServer:
         os.chmod(tmp, 0o600)
         if tmp != path:
             os.rename(tmp, path)
+        self._ino = os.stat(path).st_ino
         self.thread = threading.Thread(
             target=self.server.serve_forever,
             kwargs={"poll_interval": STOP_POLL_S},
             name="dataplane-api",
             daemon=True,
         )
+
+    def _tmp_name(self) -> str:
+        """The name a socket is bound and listens under before it is renamed
+        to the path (the path itself where that name would be too long),
+        free."""
+        tmp = os.path.join(os.path.dirname(self.path), f".api-{os.getpid()}.new")
+        if len(tmp.encode()) > UNIX_PATH_MAX:
+            tmp = self.path
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        return tmp
+
+    def keep_socket(self) -> Optional[str]:
+        """The socket as it should be at its path: one removed while the
+        service runs (a tidy-up of its directory) is bound and listening
+        there again, under the descriptor the server polls (the old one's
+        queued connections go with it): what was done, for the log; None if
+        nothing was needed. DataplaneError if another file took the path."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if st.st_ino == self._ino:
+                return None
+            raise DataplaneError(
+                f"api_socket: {self.path} is no longer this service's socket (replaced while "
+                "it ran): the service is not reachable there; remove what is there and it "
+                "makes its socket again"
+            )
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        tmp = self._tmp_name()
+        new = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old = os.umask(0o177)
+            try:
+                new.bind(tmp)
+            finally:
+                os.umask(old)
+            os.chmod(tmp, 0o600)
+            new.listen(self.server.request_queue_size)
+            # the server's loop polls its descriptor's number: that number
+            # is the new socket from here on
+            os.dup2(new.fileno(), self.server.socket.fileno())
+        finally:
+            new.close()
+        if tmp != self.path:
+            os.rename(tmp, self.path)
+        self._ino = os.stat(self.path).st_ino
+        return f"api_socket: {self.path} was removed while the service ran; listening there again"
 
     def start(self):
         self.thread.start()
@@ -478,7 +525,8 @@ class APIServer:
         self.server.shutdown()
         self.server.server_close()
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self._ino:  # ours, not what replaced it
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

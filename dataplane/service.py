@@ -680,6 +680,50 @@ class NodeService:
             os.pwrite(fd, text.encode(), 0)
             self._claims.append((fd, lock))
 
+    def _keep_own_files(self):
+        """The files this service holds, put back where they were removed
+        while it ran (a tidy-up of its directories): the SQLite state file,
+        from the copy it has open (``SqliteStore.keep_file``), the API
+        socket, listening again (``APIServer.keep_socket``), and its lock
+        files, made and locked again, so that a second service still finds
+        them held. Each said as a warning when done."""
+        import fcntl
+
+        keep = getattr(self.store, "keep_file", None)
+        if keep is not None:
+            said = keep()
+            if said:
+                warning_event(said)
+        if self.api is not None:
+            said = self.api.keep_socket()
+            if said:
+                warning_event(said)
+        for i, (fd, lock) in enumerate(self._claims):
+            try:
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    continue
+            except FileNotFoundError:
+                pass
+            text = os.pread(fd, 4096, 0)
+            os.makedirs(os.path.dirname(lock) or ".", mode=0o700, exist_ok=True)
+            new = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.lockf(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(new, 4096, 0).decode(errors="replace").split("\n", 1)[0]
+                os.close(new)
+                raise DataplaneError(
+                    f"{lock}: this service's lock file was removed while it ran, and another "
+                    f"service (pid {holder or '?'}) holds the one made since: two services on "
+                    "one socket or store - stop one"
+                ) from None
+            os.ftruncate(new, 0)
+            os.pwrite(new, text, 0)
+            os.close(fd)
+            self._claims[i] = (new, lock)
+            warning_event("a lock file of this service was removed while it ran: made again",
+                          path=lock)  # fmt: skip
+
     def _release_claims(self):
         for fd, lock in self._claims:
             try:
@@ -1572,6 +1616,7 @@ class NodeService:
                 if time.monotonic() >= reap_at:
                     reap_at = time.monotonic() + REAP_EVERY_S
                     self._periodic("housekeeping", self._reap)
+                    self._periodic("own files", self._keep_own_files)
         finally:
             if self._stop_signal:
                 event("signal received, stopping", signal=self._stop_signal)

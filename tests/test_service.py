@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import sqlite3
@@ -2178,4 +2179,45 @@ def test_a_changed_vtep_address_is_recorded_for_the_pods_at_restart(node):
         ("a", "10.99.0.1", "10.99.0.7"),
         ("b", "10.99.0.1", "10.99.0.7"),
     }, moved
+    assert ping(a["ns"], ip_of(b)).returncode == 0
+
+
+def test_a_state_directory_removed_while_it_runs_is_written_back(node, tmp_path):
+    """`rm -rf` of the state directory under a running service (a tidy-up):
+    the state file is written back from the copy the service has open - a
+    pod added meanwhile in it too - and its lock file made and held again,
+    so that a second service on the store is still refused; its API socket
+    removed too: listening there again; a restart replays every pod."""
+    a = node.pod("a", IT_SPEC)
+    b = node.pod("b", IT_SPEC)
+    state = node.tmp / "state"
+    shutil.rmtree(state)
+    node.pod("c", IT_SPEC)  # its change goes into the file written back
+    os.unlink(node.sock)
+    log = node.tmp / "service.log"
+    for _ in range(300):  # the housekeeping (every 5 s) makes them again
+        if os.path.exists(f"{state}/state.db.lock") and os.path.exists(node.sock):
+            break
+        time.sleep(0.05)
+    assert node.api("GET", "/v1/status")["ports"]  # the API answers there again
+    text = log.read_text()
+    assert f"api_socket: {node.sock} was removed while the service ran; listening" in text
+    assert "the state file was removed while the service ran; written back" in text, text[-3000:]
+    assert '"a lock file of this service was removed while it ran: made again"' in text
+    assert (state / "state.db").exists()
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        node.cfg.read_text()
+        .replace(f":{node.metrics_port}", f":{free_port()}")
+        .replace(f"api_socket: {node.sock}", f"api_socket: {tmp_path}/other.sock")
+    )
+    r = run_service(other)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (
+        f"store.path: {state}/state.db is in use by a running service (pid {node.proc.pid})"
+        in r.stderr
+    ), r.stderr
+    node.stop()
+    node.start()
+    assert sorted(p["name"] for p in node.api("GET", "/v1/pods")) == ["a", "b", "c"]
     assert ping(a["ns"], ip_of(b)).returncode == 0

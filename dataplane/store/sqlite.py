@@ -7,6 +7,7 @@ serialises writers). The interface and the order of work are those of
 :class:`dataplane.store.base.StateStore`.
 """
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -121,6 +122,7 @@ class SqliteStore(StateStore):
     def __init__(self, path: str, timeout: float = 10.0, read_only: bool = False):
         self.path = os.fspath(path)
         self.read_only = read_only
+        self._file = None  # (device, inode) of the file opened for writing
         self._lock = threading.RLock()
         self._claimed = None  # the node name of the service running on it (claim_node)
         if read_only:
@@ -132,17 +134,10 @@ class SqliteStore(StateStore):
             os.chmod(parent, 0o700)  # makedirs' mode is filtered by the umask
         if not os.path.exists(self.path):
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        # autocommit mode: transactions are opened explicitly by _tx()
-        self._db = sqlite3.connect(
-            self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
+        self._timeout = timeout
+        self._db = None
         try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":  # pragma: no cover - e.g. a read-only medium
-                raise sqlite3.OperationalError(f"journal mode is {mode}, not WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._connect()
             with self._tx() as db:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(stmt)
@@ -166,11 +161,79 @@ class SqliteStore(StateStore):
                         f"this program knows {SCHEMA_VERSION}"
                     )
         except sqlite3.DatabaseError as e:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
             raise ConfigError(f"store {self.path}: not a usable SQLite state file ({e})") from None
         except Exception:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
             raise
+
+    def _connect(self):
+        """The file at the path opened for writing (WAL, synchronous), and
+        which file that is (``_file``: device and inode)."""
+        # autocommit mode: transactions are opened explicitly by _tx()
+        self._db = sqlite3.connect(
+            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":  # pragma: no cover - e.g. a read-only medium
+            raise sqlite3.OperationalError(f"journal mode is {mode}, not WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        st = os.stat(self.path)
+        self._file = (st.st_dev, st.st_ino)
+
+    def keep_file(self) -> Optional[str]:
+        """The state file as it should be at its path: one removed while
+        this store had it open (the file, or its directory with it) is
+        written back from the open copy, which holds every change, and used
+        from then on: what was done, for the log; None if nothing was
+        needed. DataplaneError if the path holds another file (replaced
+        while it ran: the changes would go where no restart reads them) or
+        the copy cannot be written."""
+        if self.read_only:
+            return None
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if (st.st_dev, st.st_ino) == self._file:
+                    return None
+                raise DataplaneError(
+                    f"store {self.path}: not the file this service opened (replaced while it "
+                    "ran); nothing changed: the service's pods are in the one it has open, "
+                    "which no restart would read - put the file back, or restart the service "
+                    "to use the new one"
+                )
+            parent = os.path.dirname(os.path.abspath(self.path))
+            try:
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+                tmp = f"{self.path}.restore"
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+                dst = sqlite3.connect(tmp)
+                try:
+                    self._db.backup(dst)
+                finally:
+                    dst.close()
+                os.rename(tmp, self.path)
+                old = self._db
+                self._connect()
+                old.close()
+            except (OSError, sqlite3.Error) as e:
+                raise DataplaneError(
+                    f"store {self.path}: the file was removed while the service ran and "
+                    f"cannot be written back ({e}); nothing changed"
+                ) from None
+            return (
+                f"store {self.path}: the state file was removed while the service ran; "
+                "written back from the copy the service had open (every pod and record kept)"
+            )
 
     def _open_read_only(self, timeout: float):
         """The file read, never written (``dataplane check``): no file is
@@ -253,6 +316,10 @@ class SqliteStore(StateStore):
         if self.read_only:
             raise DataplaneError(f"store {self.path}: opened read only, nothing is written")
         with self._lock, self._readable():
+            if self._db is not None and self._file is not None:  # (not while it opens)
+                said = self.keep_file()
+                if said:
+                    log.warning("%s", said)
             cur = _Cursor(self._db)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
