@@ -10,6 +10,7 @@ import base64
 import ipaddress
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import threading
@@ -131,6 +132,30 @@ def test_damage_past_what_the_open_read_is_named_not_raised_raw(tmp_path):
             s.pods()
         with pytest.raises(DataplaneError, match=r"state\.db: not a readable SQLite state file"):
             s.put_pod("new", "/var/run/netns/new", {"pod_type": "it"})
+    finally:
+        s.close()
+
+
+def test_a_state_file_removed_is_written_back_and_one_replaced_refuses(tmp_path):
+    """The file removed under an open store (its directory too): the next
+    change writes it back from the open copy and goes into it; a file put
+    in its place instead is not written into: changes refused, naming it."""
+    d = tmp_path / "st"
+    s = SqliteStore(str(d / "state.db"))
+    try:
+        s.put_pod("a", "/var/run/netns/a", {"pod_type": "it"})
+        shutil.rmtree(d)
+        s.put_pod("b", "/var/run/netns/b", {"pod_type": "it"})  # written back first
+        assert (d / "state.db").exists() and not (d / "state.db.restore").exists()
+        assert s.keep_file() is None  # the file at the path is the store's again
+        other = SqliteStore(str(d / "state.db"), read_only=True)
+        assert sorted(p["name"] for p in other.pods()) == ["a", "b"]
+        other.close()
+        (d / "new.db").write_bytes(b"")
+        os.replace(d / "new.db", d / "state.db")  # another file in its place
+        with pytest.raises(DataplaneError, match="not the file this service opened"):
+            s.put_pod("c", "/var/run/netns/c", {"pod_type": "it"})
+        assert sorted(p["name"] for p in s.pods()) == ["a", "b"]  # reads go on
     finally:
         s.close()
 

@@ -123,6 +123,7 @@ class SqliteStore(StateStore):
         self.path = os.fspath(path)
         self.read_only = read_only
         self._file = None  # (device, inode) of the file opened for writing
+        self._abspath = os.path.abspath(self.path)  # where it is looked for again
         self._lock = threading.RLock()
         self._claimed = None  # the node name of the service running on it (claim_node)
         if read_only:
@@ -174,7 +175,7 @@ class SqliteStore(StateStore):
         which file that is (``_file``: device and inode)."""
         # autocommit mode: transactions are opened explicitly by _tx()
         self._db = sqlite3.connect(
-            self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            self._abspath, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
         self._db.row_factory = sqlite3.Row
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -182,7 +183,7 @@ class SqliteStore(StateStore):
             raise sqlite3.OperationalError(f"journal mode is {mode}, not WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        st = os.stat(self.path)
+        st = os.stat(self._abspath)
         self._file = (st.st_dev, st.st_ino)
 
     def keep_file(self) -> Optional[str]:
@@ -197,7 +198,7 @@ class SqliteStore(StateStore):
             return None
         with self._lock:
             try:
-                st = os.stat(self.path)
+                st = os.stat(self._abspath)
             except FileNotFoundError:
                 st = None
             if st is not None:
@@ -209,10 +210,10 @@ class SqliteStore(StateStore):
                     "which no restart would read - put the file back, or restart the service "
                     "to use the new one"
                 )
-            parent = os.path.dirname(os.path.abspath(self.path))
+            parent = os.path.dirname(self._abspath)
             try:
                 os.makedirs(parent, mode=0o700, exist_ok=True)
-                tmp = f"{self.path}.restore"
+                tmp = f"{self._abspath}.restore"
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
@@ -221,7 +222,7 @@ class SqliteStore(StateStore):
                     self._db.backup(dst)
                 finally:
                     dst.close()
-                os.rename(tmp, self.path)
+                os.rename(tmp, self._abspath)
                 old = self._db
                 self._connect()
                 old.close()
