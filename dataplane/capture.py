@@ -165,7 +165,12 @@ class Captures:
             if self.current is not None and cid is not None and cid == self.current["id"]:
                 return self._answer()  # the same start again
             if self.current is not None:
-                raise Busy("a capture is already running (one at a time)")
+                cur = self.current
+                raise Busy(
+                    f"a capture is already running (one at a time): {cur['id']}, "
+                    f"{cur.get('direction', 'both')} on {cur.get('target')} for "
+                    f"{time.monotonic() - cur['started']:.0f} s ('dataplane status' shows it)"
+                )
             ended = self.ended is not None and self.ended["id"] == cid
             if cid is not None and (ended or cid in self.gone):
                 raise AlreadyExists(f"capture {cid}: the id of a capture that ended")

@@ -167,6 +167,9 @@ def test_a_stop_that_comes_before_its_start_keeps_it_from_running(node, procs):
         with pytest.raises(APIError) as e:  # another id: one capture at a time
             node.api("POST", "/v1/capture", {"target": "uplink", "id": secrets.token_hex(8)})
         assert e.value.status == 409
+        # the refusal says which runs
+        want = f"a capture is already running (one at a time): {cid}, both on uplink for "
+        assert want in str(e.value), e.value
     finally:
         node.api("DELETE", f"/v1/capture?id={cid}")
     nothing_running(node)
