@@ -160,6 +160,22 @@ def test_a_state_file_removed_is_written_back_and_one_replaced_refuses(tmp_path)
         s.close()
 
 
+def test_a_file_another_program_holds_locked_is_refused_at_open_saying_so(tmp_path):
+    p = tmp_path / "state.db"
+    SqliteStore(str(p)).close()
+    holder = sqlite3.connect(p, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(DataplaneError) as e:
+            SqliteStore(str(p), timeout=0.2)
+        assert str(e.value) == (
+            f"store {p}: cannot be opened for writing (database is locked): another program "
+            "holds its write lock"
+        ), e.value
+    finally:
+        holder.close()
+
+
 def test_networks(store):
     store.put_network("net1", 100, "std", "192.168.10.0/24", "192.168.10.1", 1450)
     store.put_network("net3", 300, "media", "192.168.30.0/24")

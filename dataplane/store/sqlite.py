@@ -123,6 +123,7 @@ class SqliteStore(StateStore):
         self.path = os.fspath(path)
         self.read_only = read_only
         self._file = None  # (device, inode) of the file opened for writing
+        self._opened = False  # its schema checked: open for changes
         self._abspath = os.path.abspath(self.path)  # where it is looked for again
         self._lock = threading.RLock()
         self._claimed = None  # the node name of the service running on it (claim_node)
@@ -169,6 +170,7 @@ class SqliteStore(StateStore):
             if self._db is not None:
                 self._db.close()
             raise
+        self._opened = True
 
     def _connect(self):
         """The file at the path opened for writing (WAL, synchronous), and
@@ -344,7 +346,10 @@ class SqliteStore(StateStore):
             "attempt to write a readonly database": "make it writable again",
             "database is locked": "another program holds its write lock",
         }.get(text)
-        msg = f"store {self.path}: the change was not written ({text}); nothing changed"
+        if not self._opened:  # its opening's own schema check
+            msg = f"store {self.path}: cannot be opened for writing ({text})"
+        else:
+            msg = f"store {self.path}: the change was not written ({text}); nothing changed"
         msg += f": {hint}" if hint else ""
         log.error("%s", msg)
         return DataplaneError(msg)
