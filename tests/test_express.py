@@ -838,6 +838,8 @@ while not done.is_set():
         n += 1
     except OSError:
         break  # the pod's interface went (the pod deleted)
+    if n == 1:
+        print("sending", flush=True)
     time.sleep(0.002)
 print(n, flush=True)
 """
@@ -875,6 +877,8 @@ def test_a_host_end_stays_guarded_through_a_restart_a_delete_and_a_lane_refusal(
         for p in (a, b)
     ]
     try:
+        for p in senders:  # sending (scapy's import takes a while on a busy VM)
+            assert p.stdout.readline().strip() == "sending"
         time.sleep(0.3)
         node.stop()
         node.start()
