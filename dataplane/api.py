@@ -455,10 +455,7 @@ class APIServer:
             self.server = _UnixHTTPServer(tmp, RequestHandler, max_connections)
         finally:
             os.umask(old)
-        os.chmod(tmp, 0o600)
-        if tmp != path:
-            os.rename(tmp, path)
-        self._ino = os.stat(path).st_ino
+        self._put_in_place(tmp)
         self.thread = threading.Thread(
             target=self.server.serve_forever,
             kwargs={"poll_interval": STOP_POLL_S},
@@ -478,6 +475,14 @@ class APIServer:
         except FileNotFoundError:
             pass
         return tmp
+
+    def _put_in_place(self, tmp: str):
+        """The socket bound and listening at ``tmp`` made the service's at
+        its path (mode 0600), and known by its inode."""
+        os.chmod(tmp, 0o600)
+        if tmp != self.path:
+            os.rename(tmp, self.path)
+        self._ino = os.stat(self.path).st_ino
 
     def keep_socket(self) -> Optional[str]:
         """The socket as it should be at its path: one removed while the
@@ -506,16 +511,13 @@ class APIServer:
                 new.bind(tmp)
             finally:
                 os.umask(old)
-            os.chmod(tmp, 0o600)
             new.listen(self.server.request_queue_size)
             # the server's loop polls its descriptor's number: that number
             # is the new socket from here on
             os.dup2(new.fileno(), self.server.socket.fileno())
         finally:
             new.close()
-        if tmp != self.path:
-            os.rename(tmp, self.path)
-        self._ino = os.stat(self.path).st_ino
+        self._put_in_place(tmp)
         return f"api_socket: {self.path} was removed while the service ran; listening there again"
 
     def start(self):

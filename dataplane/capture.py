@@ -168,7 +168,7 @@ class Captures:
                 cur = self.current
                 raise Busy(
                     f"a capture is already running (one at a time): {cur['id']}, "
-                    f"{cur.get('direction', 'both')} on {cur.get('target')} for "
+                    f"{cur['direction']} on {cur.get('target')} for "
                     f"{time.monotonic() - cur['started']:.0f} s ('dataplane status' shows it)"
                 )
             ended = self.ended is not None and self.ended["id"] == cid

@@ -440,10 +440,7 @@ def _capture(args, stops):
                 if out:  # a file this made goes; one that was there stays untouched
                     out.close()
                     if created:
-                        try:
-                            os.unlink(args.write)
-                        except OSError:
-                            pass
+                        _unlinked(args.write)
             if interrupted and posting:  # the service may have started it
                 _cancel(args, cid)
         elif ended is None:
@@ -477,8 +474,7 @@ def _capture(args, stops):
         raise SystemExit(INTERRUPTED)
     if refused:  # stopped before its file was begun: one made here goes
         if created:
-            with contextlib.suppress(OSError):
-                os.unlink(args.write)
+            _unlinked(args.write)
         raise SystemExit(refused)
     s = stats or {}
     if failed and writer is None:  # not even its headers: no capture file at all

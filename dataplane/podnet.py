@@ -486,10 +486,21 @@ def lower_plane_mtu(host_ifname: str, netns_path: str, mtu: int) -> bool:
     return pod_high or host_high
 
 
+#: the names of the uplinks' tunnel taps: this, then the uplink's index
+TUNNEL_TAP_PREFIX = "dpgso"
+
+
 def tunnel_tap_name(uplink: str) -> str:
     """The name of the uplink's tunnel tap: by the uplink's index, so two
     uplinks (two engines) never share one."""
-    return f"dpgso{socket.if_nametoindex(uplink)}"
+    return f"{TUNNEL_TAP_PREFIX}{socket.if_nametoindex(uplink)}"
+
+
+def is_tunnel_tap(ifname: str) -> bool:
+    """Whether ``ifname`` is a name ``tunnel_tap_name`` gives (any node
+    service's tap)."""
+    rest = ifname[len(TUNNEL_TAP_PREFIX) :]
+    return ifname.startswith(TUNNEL_TAP_PREFIX) and rest.isdigit() and rest.isascii()
 
 
 def redirect_ingress(tap: str, uplink: str):

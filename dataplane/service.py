@@ -93,6 +93,35 @@ def _proc_state(pid):
         return None
 
 
+def _at_path(fd: int, path: str) -> bool:
+    """Whether the file open as ``fd`` is the one at ``path`` (not removed,
+    nor replaced, since)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _lock_file(lock: str):
+    """``lock`` made (with its directory) and locked by this process: (its
+    descriptor, None), or (None, what the file says) where another process
+    holds it (its pid first). OSError if it cannot be made."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(lock) or ".", mode=0o700, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        # a POSIX lock, not flock(): a child forked without exec (pyroute2's
+        # namespace helpers) does not inherit it, so it goes with this
+        # process, not with the last child
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        said = os.pread(fd, 4096, 0).decode(errors="replace")
+        os.close(fd)
+        return None, said
+    return fd, None
+
+
 def _exiting(pid: int) -> bool:
     """Process ``pid`` is gone or on its way out: a zombie, or exiting (a
     killed service closes its packet sockets for a second or two)."""
@@ -610,8 +639,6 @@ class NodeService:
         this service runs; a DataplaneError that names the holder if another
         service has one. Each file says who holds it: the pid (and, the
         uplink's, the API socket)."""
-        import fcntl
-
         cfg = self.config
         pid_text = f"{os.getpid()}\n"
         paths = [("api_socket", cfg.api_socket, f"{cfg.api_socket}.lock", pid_text)]
@@ -631,20 +658,12 @@ class NodeService:
             waited = 0.0
             while True:
                 try:
-                    os.makedirs(os.path.dirname(lock) or ".", mode=0o700, exist_ok=True)
-                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    fd, said = _lock_file(lock)
                 except OSError as e:
                     self._release_claims()
                     raise ConfigError(f"{field}: cannot make {lock}: {e.strerror or e}") from None
-                try:
-                    # a POSIX lock, not flock(): a child forked without exec
-                    # (pyroute2's namespace helpers) does not inherit it, so
-                    # it goes with this process, not with the last child
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    said = os.pread(fd, 4096, 0).decode(errors="replace")
+                if fd is None:
                     holder = said.split("\n", 1)[0].strip()  # the pid
-                    os.close(fd)
                     if holder.isdigit() and _exiting(int(holder)) and waited < CLAIM_WAIT_S:
                         # killed, still closing its sockets: the lock is
                         # free in a second or two
@@ -665,11 +684,8 @@ class NodeService:
                         f"{field}: {path} is in use by a running service"
                         + (f" (pid {holder})" if holder else "")
                     ) from None
-                try:  # the file locked is still the one at the path (not
-                    if os.stat(lock).st_ino == os.fstat(fd).st_ino:  # unlinked by a
-                        break  # service that stopped meanwhile)
-                except FileNotFoundError:
-                    pass
+                if _at_path(fd, lock):  # (not unlinked by a service that stopped meanwhile)
+                    break
                 os.close(fd)
             # a clean stop removes the file: a pid in it is a run that was
             # killed or crashed (said once the service has started)
@@ -687,31 +703,16 @@ class NodeService:
         socket, listening again (``APIServer.keep_socket``), and its lock
         files, made and locked again, so that a second service still finds
         them held. Each said as a warning when done."""
-        import fcntl
-
-        keep = getattr(self.store, "keep_file", None)
-        if keep is not None:
-            said = keep()
-            if said:
-                warning_event(said)
-        if self.api is not None:
-            said = self.api.keep_socket()
+        for said in (self.store.keep_file(), self.api.keep_socket() if self.api else None):
             if said:
                 warning_event(said)
         for i, (fd, lock) in enumerate(self._claims):
-            try:
-                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                    continue
-            except FileNotFoundError:
-                pass
+            if _at_path(fd, lock):
+                continue
             text = os.pread(fd, 4096, 0)
-            os.makedirs(os.path.dirname(lock) or ".", mode=0o700, exist_ok=True)
-            new = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.lockf(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.pread(new, 4096, 0).decode(errors="replace").split("\n", 1)[0]
-                os.close(new)
+            new, said = _lock_file(lock)
+            if new is None:
+                holder = said.split("\n", 1)[0].strip()
                 raise DataplaneError(
                     f"{lock}: this service's lock file was removed while it ran, and another "
                     f"service (pid {holder or '?'}) holds the one made since: two services on "

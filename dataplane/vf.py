@@ -121,10 +121,6 @@ def _refuse_held(store, held: str, device: str, rec: dict):
         )
 
 
-# the tunnel taps node services make beside their uplinks (podnet.tunnel_tap_name)
-_TUNNEL_TAP_RE = re.compile(r"^dpgso[0-9]+$")
-
-
 def refuse_own(device: str, names, pcis):
     """Busy if ``device`` (a name or a PCI address) is one of the
     dataplane's own: an interface in ``names`` (the uplink, pods' veths), a
@@ -140,12 +136,13 @@ def refuse_own(device: str, names, pcis):
     own_pcis = {_full_pci(p) for p in pcis if p}
     if device in names or name in names or (pci is not None and pci in own_pcis):
         raise Busy(f"vf device {device} is the dataplane's own (uplink or a pod's veth)")
-    if name is not None and _TUNNEL_TAP_RE.match(name):
+    from .podnet import is_tunnel_tap, netns_local
+
+    if name is not None and is_tunnel_tap(name):
         raise Busy(
             f"vf device {device} is the dataplane's own (a node service's tunnel tap, "
             "which carries its uplink's VXLAN super-frames)"
         )
-    from .podnet import netns_local
 
     if name is not None and netns_local(name):
         raise ConfigError(

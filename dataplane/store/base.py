@@ -93,6 +93,12 @@ class StateStore(abc.ABC):
         """The networks this node's claim says it carries, after a reload
         changed them (``claim_node``); nothing without a claim."""
 
+    def keep_file(self) -> Optional[str]:
+        """A store in a file of its own (SQLite) puts the file back where it
+        was removed while open: what was done, or None; DataplaneError if
+        it cannot. Nothing to do for the others."""
+        return None
+
     def claim_problem(self, node: str, vtep: str, host: str) -> Optional[str]:
         """Why :meth:`claim_node` would refuse the name now, or None; read
         only (``dataplane check``)."""

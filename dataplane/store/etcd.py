@@ -144,6 +144,15 @@ def _vtep_taken(vtep: str, held: dict) -> str:
     )
 
 
+def _nodes_behind(endpoints, vtep: str):
+    """The node of each endpoint record in ``endpoints`` ((key, record)
+    pairs, read loose) that names VTEP ``vtep`` ("" where it names none;
+    ``static:NAME`` for a static host's)."""
+    for _, ep in endpoints:
+        if isinstance(ep, dict) and same_ip(ep.get("vtep"), vtep):
+            yield str(ep.get("node") or "")
+
+
 def _claim_refusal(node: str, rec: dict, claims) -> Optional[str]:
     """Why the claim ``rec`` on name ``node`` is refused, given the live
     ``claims`` ((key, record) pairs under nodes/, read loose): the name held
@@ -286,10 +295,7 @@ class EtcdStore(StateStore):
         """Why a node may not have VTEP address ``vtep``: a static host's
         endpoint in ``endpoints`` ((key, record) pairs) is behind it; else
         None."""
-        for _, ep in endpoints:
-            if not isinstance(ep, dict) or not same_ip(ep.get("vtep"), vtep):
-                continue
-            node = str(ep.get("node") or "")
+        for node in _nodes_behind(endpoints, vtep):
             if node.startswith(STATIC_NODE_PREFIX):
                 return (
                     f"vtep.address: {vtep} is the VTEP of static host "
@@ -919,10 +925,9 @@ class EtcdStore(StateStore):
         for _, c in tx.items(self._k("nodes", ""), loose=True):
             if isinstance(c, dict) and same_ip(c.get("vtep"), vtep):
                 return f"node {c.get('node')}, running (host {c.get('host')}, pid {c.get('pid')})"
-        for _, ep in tx.items(self._k("endpoints", ""), guard=False, loose=True):
-            if not isinstance(ep, dict) or not same_ip(ep.get("vtep"), vtep):
-                continue
-            node = str(ep.get("node") or "")
+        for node in _nodes_behind(
+            tx.items(self._k("endpoints", ""), guard=False, loose=True), vtep
+        ):
             if node and not node.startswith(STATIC_NODE_PREFIX):
                 return f"node {node}, not running with it (its pods' records name it)"
         return None

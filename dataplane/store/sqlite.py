@@ -319,7 +319,7 @@ class SqliteStore(StateStore):
         if self.read_only:
             raise DataplaneError(f"store {self.path}: opened read only, nothing is written")
         with self._lock, self._readable():
-            if self._db is not None and self._file is not None:  # (not while it opens)
+            if self._opened:  # (its schema's check at the open: the file just opened)
                 said = self.keep_file()
                 if said:
                     log.warning("%s", said)
